@@ -1,0 +1,380 @@
+"""Routed adapters: the objects a routing table holds and the API calls directly.
+
+Each adapter wraps one provider implementation of one operation. It validates sizes the
+contract declares, draws nonces, converts :class:`SecretBytes`, and wraps provider faults.
+All of that is decided when the adapter is built; a call pays only the checks it must.
+
+Provider exceptions never leak: an ``XpsError`` raised by the provider passes through, anything
+else is first re-diagnosed against the inputs (so a ``str`` key becomes XPS_ERR_KEY rather
+than a provider TypeError) and otherwise becomes :class:`ProviderError` naming the provider.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NoReturn
+
+from .errors import AuthError, KeyError_, NonceError, PolicyError, ProviderError, XpsError
+from .interfaces import Aead, Buffer, Kdf, Kem, KeyAgreement, Signature
+from .sealed import Sealed
+from .secret import SecretBytes
+
+__all__ = ["AeadRoute", "KdfRoute", "KemRoute", "KexRoute", "SignatureRoute", "UnavailableRoute"]
+
+_BUFFERS = (bytes, bytearray, memoryview)
+_urandom = os.urandom
+
+
+def _buf(value: Any, field: str, error: type[XpsError]) -> Buffer:
+    """Validate one input as a byte buffer (slow path and non-hot APIs only)."""
+    if isinstance(value, SecretBytes):
+        if value.wiped:
+            raise error(f"{field}: SecretBytes was wiped")
+        return value._buf
+    if not isinstance(value, _BUFFERS):
+        raise error(f"{field}: expected bytes-like, got {type(value).__name__}")
+    return value
+
+
+def _check_len(value: Buffer, sizes: tuple[int, ...], field: str, error: type[XpsError]) -> None:
+    if len(value) not in sizes:
+        want = " or ".join(str(s) for s in sizes)
+        raise error(f"{field}: expected {want} bytes, got {len(value)}")
+
+
+def _secret(buf: bytearray | bytes) -> SecretBytes:
+    return SecretBytes.take(buf) if type(buf) is bytearray else SecretBytes(buf)
+
+
+class _Route:
+    """Identity shared by every adapter."""
+
+    __slots__ = ("operation", "provider")
+
+    def __init__(self, operation: str, provider: str) -> None:
+        self.operation = operation
+        self.provider = provider
+
+    def _fault(self, exc: BaseException) -> NoReturn:
+        # The provider's message is kept (cryptography/libsodium messages carry no key bytes);
+        # the exception is chained for debugging.
+        raise ProviderError(
+            f"{self.operation}: provider {self.provider!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.operation} via {self.provider}>"
+
+
+class AeadRoute(_Route):
+    """AEAD over one provider implementation."""
+
+    __slots__ = ("_auto_nonce", "_dec", "_enc", "_key_sizes", "key_size", "nonce_size", "tag_size")
+
+    def __init__(self, operation: str, provider: str, impl: Aead, *, auto_nonce: bool) -> None:
+        super().__init__(operation, provider)
+        self._enc = impl.encrypt
+        self._dec = impl.decrypt
+        self._key_sizes = frozenset(impl.key_sizes)
+        self.key_size = max(impl.key_sizes)
+        self.nonce_size = impl.nonce_size
+        self.tag_size = impl.tag_size
+        self._auto_nonce = auto_nonce
+
+    def encrypt(self, key: Any, plaintext: Buffer, aad: Buffer = b"", nonce: bytes | None = None) -> Sealed:
+        try:
+            if type(key) is SecretBytes:
+                key = key._buf
+            if len(key) not in self._key_sizes:
+                self._check_inputs(key, None, plaintext, aad)
+            if nonce is None:
+                if not self._auto_nonce:
+                    raise NonceError("nonce: required (nonce policy is 'app')")
+                nonce = _urandom(self.nonce_size)
+            elif len(nonce) != self.nonce_size:
+                self._check_inputs(key, nonce, plaintext, aad)
+            return Sealed(nonce, self._enc(key, nonce, plaintext, aad), self.tag_size)
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._check_inputs(key, nonce, plaintext, aad)
+            self._fault(exc)
+
+    def decrypt(self, key: Any, nonce: bytes, ciphertext: Buffer, tag: Buffer, aad: Buffer = b"") -> bytes:
+        try:
+            if type(key) is SecretBytes:
+                key = key._buf
+            if len(key) not in self._key_sizes or len(nonce) != self.nonce_size:
+                self._check_inputs(key, nonce, ciphertext, aad)
+            if len(tag) != self.tag_size:
+                raise AuthError(f"tag: expected {self.tag_size} bytes, got {len(tag)}")
+            return self._dec(key, nonce, b"".join((ciphertext, tag)), aad)
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._check_inputs(key, nonce, ciphertext, aad)
+            _buf(tag, "tag", AuthError)
+            self._fault(exc)
+
+    def open(self, key: Any, sealed: Sealed, aad: Buffer = b"") -> bytes:
+        try:
+            if type(key) is SecretBytes:
+                key = key._buf
+            nonce = sealed.nonce
+            if len(key) not in self._key_sizes or len(nonce) != self.nonce_size:
+                self._check_inputs(key, nonce, b"", aad)
+            if sealed._tag_size != self.tag_size:
+                raise AuthError(f"sealed: tag size {sealed._tag_size} does not match {self.operation}")
+            return self._dec(key, nonce, sealed._wire, aad)
+        except XpsError:
+            raise
+        except AttributeError:
+            raise PolicyError(f"sealed: expected a Sealed, got {type(sealed).__name__}") from None
+        except Exception as exc:
+            self._check_inputs(key, sealed.nonce, b"", aad)
+            self._fault(exc)
+
+    def _check_inputs(self, key: Any, nonce: Any, data: Any, aad: Any) -> None:
+        """Raise the typed error for whichever input is malformed; return if all look fine."""
+        key = _buf(key, "key", KeyError_)
+        _check_len(key, tuple(sorted(self._key_sizes)), "key", KeyError_)
+        if nonce is not None:
+            nonce = _buf(nonce, "nonce", NonceError)
+            _check_len(nonce, (self.nonce_size,), "nonce", NonceError)
+        _buf(data, "data", PolicyError)
+        _buf(aad, "aad", PolicyError)
+
+
+class SignatureRoute(_Route):
+    """A signature scheme; secret keys are seeds."""
+
+    __slots__ = ("_impl", "public_key_size", "secret_key_size", "signature_size")
+
+    def __init__(self, operation: str, provider: str, impl: Signature) -> None:
+        super().__init__(operation, provider)
+        self._impl = impl
+        self.public_key_size = impl.public_key_size
+        self.secret_key_size = impl.secret_key_size
+        self.signature_size = impl.signature_size
+
+    def generate_keypair(self) -> tuple[bytes, SecretBytes]:
+        try:
+            pk, sk = self._impl.generate()
+        except Exception as exc:
+            self._fault(exc)
+        return pk, _secret(sk)
+
+    def public_key(self, secret_key: Any) -> bytes:
+        sk = _buf(secret_key, "secret_key", KeyError_)
+        _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
+        try:
+            return self._impl.public_key(sk)
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._fault(exc)
+
+    def sign(self, secret_key: Any, message: Buffer, context: bytes = b"") -> bytes:
+        sk = _buf(secret_key, "secret_key", KeyError_)
+        _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
+        _buf(message, "message", PolicyError)
+        self._check_context(context)
+        try:
+            return self._impl.sign(sk, message, context)
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._fault(exc)
+
+    def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes = b"") -> None:
+        pk = _buf(public_key, "public_key", KeyError_)
+        _check_len(pk, (self.public_key_size,), "public_key", KeyError_)
+        sig = _buf(signature, "signature", AuthError)
+        if len(sig) != self.signature_size:
+            raise AuthError(f"signature: expected {self.signature_size} bytes, got {len(sig)}")
+        _buf(message, "message", PolicyError)
+        self._check_context(context)
+        try:
+            self._impl.verify(pk, message, sig, context)
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._fault(exc)
+
+    def _check_context(self, context: Any) -> None:
+        ctx = _buf(context, "context", PolicyError)
+        if len(ctx) > 255:
+            raise PolicyError(f"context: at most 255 bytes, got {len(ctx)}")
+        if ctx and self.operation == "sig.ed25519":
+            raise PolicyError("context: Ed25519 (RFC 8032 pure) takes no context")
+
+
+class KexRoute(_Route):
+    """Key agreement; rejects the all-zero shared secret."""
+
+    __slots__ = ("_impl", "public_key_size", "secret_key_size")
+
+    def __init__(self, operation: str, provider: str, impl: KeyAgreement) -> None:
+        super().__init__(operation, provider)
+        self._impl = impl
+        self.public_key_size = impl.public_key_size
+        self.secret_key_size = impl.secret_key_size
+
+    def generate_keypair(self) -> tuple[bytes, SecretBytes]:
+        try:
+            pk, sk = self._impl.generate()
+        except Exception as exc:
+            self._fault(exc)
+        return pk, _secret(sk)
+
+    def public_key(self, secret_key: Any) -> bytes:
+        sk = _buf(secret_key, "secret_key", KeyError_)
+        _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
+        try:
+            return self._impl.public_key(sk)
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._fault(exc)
+
+    def derive_shared(self, secret_key: Any, peer_public_key: Buffer) -> SecretBytes:
+        sk = _buf(secret_key, "secret_key", KeyError_)
+        _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
+        pk = _buf(peer_public_key, "peer_public_key", KeyError_)
+        _check_len(pk, (self.public_key_size,), "peer_public_key", KeyError_)
+        try:
+            shared = self._impl.exchange(sk, pk)
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._fault(exc)
+        # OR-accumulate so the check does not exit early on the first non-zero byte.
+        acc = 0
+        for b in shared:
+            acc |= b
+        if acc == 0:
+            raise KeyError_("peer_public_key: low-order point (all-zero shared secret)")
+        return _secret(shared)
+
+
+class KemRoute(_Route):
+    """A KEM whose decapsulation key is a seed."""
+
+    __slots__ = ("_impl", "ciphertext_size", "public_key_size", "secret_key_size")
+
+    def __init__(self, operation: str, provider: str, impl: Kem) -> None:
+        super().__init__(operation, provider)
+        self._impl = impl
+        self.public_key_size = impl.public_key_size
+        self.secret_key_size = impl.secret_key_size
+        self.ciphertext_size = impl.ciphertext_size
+
+    def generate_keypair(self) -> tuple[bytes, SecretBytes]:
+        try:
+            pk, sk = self._impl.generate()
+        except Exception as exc:
+            self._fault(exc)
+        return pk, _secret(sk)
+
+    def public_key(self, secret_key: Any) -> bytes:
+        sk = _buf(secret_key, "secret_key", KeyError_)
+        _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
+        try:
+            return self._impl.public_key(sk)
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._fault(exc)
+
+    def encapsulate(self, public_key: Buffer) -> tuple[bytes, SecretBytes]:
+        pk = _buf(public_key, "public_key", KeyError_)
+        _check_len(pk, (self.public_key_size,), "public_key", KeyError_)
+        try:
+            ct, ss = self._impl.encapsulate(pk)
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._fault(exc)
+        return ct, _secret(ss)
+
+    def decapsulate(self, secret_key: Any, ciphertext: Buffer) -> SecretBytes:
+        sk = _buf(secret_key, "secret_key", KeyError_)
+        _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
+        ct = _buf(ciphertext, "ciphertext", AuthError)
+        if len(ct) != self.ciphertext_size:
+            raise AuthError(f"ciphertext: expected {self.ciphertext_size} bytes, got {len(ct)}")
+        try:
+            return _secret(self._impl.decapsulate(sk, ct))
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._fault(exc)
+
+
+class KdfRoute(_Route):
+    """HKDF: extract, expand, and the one-shot derive."""
+
+    __slots__ = ("_impl", "hash_size", "max_output")
+
+    def __init__(self, operation: str, provider: str, impl: Kdf) -> None:
+        super().__init__(operation, provider)
+        self._impl = impl
+        self.hash_size = impl.hash_size
+        self.max_output = impl.max_output
+
+    def extract(self, salt: Buffer, ikm: Any) -> SecretBytes:
+        salt_b = _buf(salt, "salt", PolicyError)
+        ikm_b = _buf(ikm, "ikm", KeyError_)
+        try:
+            return _secret(self._impl.extract(salt_b, ikm_b))
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._fault(exc)
+
+    def expand(self, prk: Any, info: Buffer, length: int) -> SecretBytes:
+        prk_b = _buf(prk, "prk", KeyError_)
+        if len(prk_b) < self.hash_size:
+            raise KeyError_(f"prk: expected at least {self.hash_size} bytes, got {len(prk_b)}")
+        info_b = _buf(info, "info", PolicyError)
+        self._check_length(length)
+        try:
+            return _secret(self._impl.expand(prk_b, info_b, length))
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._fault(exc)
+
+    def derive(self, ikm: Any, length: int, *, salt: Buffer = b"", info: Buffer = b"") -> SecretBytes:
+        self._check_length(length)
+        with self.extract(salt, ikm) as prk:
+            return self.expand(prk, info, length)
+
+    def _check_length(self, length: Any) -> None:
+        if type(length) is not int or not 0 < length <= self.max_output:
+            raise KeyError_(f"length: expected 1..{self.max_output}, got {length!r}")
+
+
+class UnavailableRoute:
+    """Stands in the table for an operation that is not routed; every method raises.
+
+    Keeping it in the table (rather than a missing key) means the hot path never checks for
+    absence; the error names the operation and the reason (policy, no provider, failed KAT).
+    """
+
+    __slots__ = ("operation", "reason")
+
+    provider = None
+
+    def __init__(self, operation: str, reason: str) -> None:
+        self.operation = operation
+        self.reason = reason
+
+    def __getattr__(self, name: str) -> Any:
+        def unavailable(*_args: object, **_kwargs: object) -> NoReturn:
+            raise PolicyError(f"{self.operation}: not available ({self.reason})")
+
+        return unavailable
+
+    def __repr__(self) -> str:
+        return f"<UnavailableRoute {self.operation}: {self.reason}>"

@@ -1,0 +1,360 @@
+"""The engine: holds the current routing table and offers the API namespaces.
+
+A call reads ``engine._table`` once and calls the adapter it finds; publishing a new table is
+one reference assignment, so readers never see a half-built table and never take a lock.
+
+Example:
+    >>> from xpscerpto import Engine, EngineConfig
+    >>> eng = Engine(EngineConfig.from_mapping({"policy": {"forbid": ["aes128"]}}))
+    >>> sealed = eng.aead.encrypt("AES-256-GCM", bytes(32), b"hi")
+    >>> eng.aead.open("AES-256-GCM", bytes(32), sealed)
+    b'hi'
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._routing import RoutingTable, build_table
+from .config import EngineConfig
+from .errors import InternalError, KeyError_, PolicyError
+from .interfaces import OPERATIONS, Buffer, Provider
+from .sealed import Sealed
+from .secret import SecretBytes
+
+if TYPE_CHECKING:
+    from xpscerpto.kat import KatResult
+
+    from ._plugins import PluginFailure
+
+__all__ = ["AeadAPI", "Engine", "HkdfAPI", "KemAPI", "KexAPI", "SignatureAPI", "random_bytes"]
+
+_MAX_RANDOM = 1 << 20
+
+
+def random_bytes(n: int) -> bytes:
+    """``n`` bytes from the operating system's CSPRNG.
+
+    Example:
+        >>> len(random_bytes(32))
+        32
+    """
+    if type(n) is not int or not 0 <= n <= _MAX_RANDOM:
+        raise KeyError_(f"n: expected an int in 0..{_MAX_RANDOM}, got {n!r}")
+    return os.urandom(n)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    """What an engine loaded at start: providers, plugin failures, self-test results."""
+
+    providers: tuple[Provider, ...]
+    failures: tuple[PluginFailure, ...]
+    selftests: tuple[KatResult, ...]
+
+
+class Engine:
+    """A crypto-agility engine: providers, a routing table, and the API over it.
+
+    Args:
+        config: routing policy, nonce mode and preferences (default: permissive, auto nonce).
+        plugins: extra plugin objects registered after the built-ins (embedders, tests).
+        lazy: defer loading providers and self-tests until the first call.
+    """
+
+    def __init__(self, config: EngineConfig | None = None, *, plugins: Iterable[object] = (),
+                 lazy: bool = False) -> None:
+        self.config = config or EngineConfig()
+        self._plugins = tuple(plugins)
+        # Serialises start and publish; never taken on the call path.
+        self._lock = threading.RLock()
+        self._state: EngineState | None = None
+        self._table: RoutingTable = _bootstrap_table(self)
+        self.aead = AeadAPI(self)
+        self.ed25519 = SignatureAPI(self, "sig.ed25519")
+        self.mldsa65 = SignatureAPI(self, "sig.mldsa65")
+        self.x25519 = KexAPI(self, "kex.x25519")
+        self.mlkem768 = KemAPI(self, "kem.mlkem768")
+        self.hkdf = HkdfAPI(self, "kdf.hkdf_sha256")
+        if not lazy:
+            self.start()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load plugins, run the power-on self-tests, publish the first table (idempotent)."""
+        with self._lock:
+            if self._state is not None:
+                return
+            from xpscerpto.kat import run_selftest
+
+            from ._plugins import load_providers
+
+            registry = load_providers(self._plugins, autoload=self.config.autoload_plugins)
+            providers = tuple(sorted(registry.providers.values(), key=lambda p: p.name))
+            results = []
+            for p in providers:
+                for op, impl in sorted(p.implementations.items()):
+                    results.append(run_selftest(p.name, op, OPERATIONS[op].kind, impl,
+                                                p.kat.get(op, ())))
+            self._state = EngineState(providers, tuple(registry.failures), tuple(results))
+            self.publish(self.build_table())
+
+    @property
+    def state(self) -> EngineState:
+        """Providers, plugin failures and self-test results (starts the engine if needed)."""
+        self.start()
+        assert self._state is not None
+        return self._state
+
+    @property
+    def table(self) -> RoutingTable:
+        """The routing table in force now (starts the engine if needed)."""
+        self.start()
+        return self._table
+
+    def build_table(self, providers: Iterable[Provider] | None = None,
+                    config: EngineConfig | None = None) -> RoutingTable:
+        """Build (not publish) the next table from ``providers`` (default: those loaded)."""
+        state = self.state
+        provs = state.providers if providers is None else tuple(providers)
+        failures = {(r.provider, r.operation): r.failure or "failed"
+                    for r in state.selftests if not r.passed}
+        return build_table(provs, config or self.config, version=self._table.version + 1,
+                           kat_failures=failures)
+
+    def publish(self, table: RoutingTable) -> RoutingTable:
+        """Install ``table`` as the one every new call uses; returns the table it replaced.
+
+        The swap is a single reference assignment: calls already running keep the table they
+        loaded. Tables must be published in version order.
+        """
+        with self._lock:
+            old = self._table
+            if table.version != old.version + 1:
+                raise InternalError(
+                    f"table.version: expected {old.version + 1}, got {table.version}")
+            self._table = table
+            return old
+
+
+def _bootstrap_table(engine: Engine) -> RoutingTable:
+    """Version 0: every entry starts the engine on first use and forwards the call."""
+    entries: dict[str, Any] = {}
+    for op, spec in OPERATIONS.items():
+        entries[op] = _StartOnFirstUse(engine, op)
+        for alias in spec.aliases:
+            entries[alias] = entries[op]
+    aead = {k: v for k, v in entries.items() if OPERATIONS[v.operation].kind == "aead"}
+    return RoutingTable(version=0, routes={}, unrouted={}, entries=entries, aead=aead)
+
+
+class _StartOnFirstUse:
+    __slots__ = ("_engine", "operation")
+
+    def __init__(self, engine: Engine, operation: str) -> None:
+        self._engine = engine
+        self.operation = operation
+
+    def __getattr__(self, name: str) -> Any:
+        self._engine.start()
+        return getattr(self._engine._table.entries[self.operation], name)
+
+
+# -- API namespaces --------------------------------------------------------------------------
+
+
+class AeadAPI:
+    """Raw AEAD primitives (the layer under the keyring): you manage keys and nonces.
+
+    Example:
+        >>> import xpscerpto as xps
+        >>> key = xps.random_bytes(32)
+        >>> s = xps.aead.encrypt(xps.AEAD.AES_256_GCM, key, b"data", b"aad")
+        >>> xps.aead.decrypt(xps.AEAD.AES_256_GCM, key, s.nonce, s.ciphertext, s.tag, b"aad")
+        b'data'
+    """
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def encrypt(self, algo: str, key: Buffer | SecretBytes, plaintext: Buffer, aad: Buffer = b"",
+                nonce: bytes | None = None) -> Sealed:
+        """Encrypt; with ``nonce=None`` a fresh one is drawn (nonce policy ``auto``).
+
+        Raises:
+            PolicyError: unknown or unavailable algorithm.
+            KeyError_: wrong key size or type.
+            NonceError: wrong nonce size, or none given under nonce policy ``app``.
+        """
+        try:
+            route = self._engine._table.aead[algo]
+        except (KeyError, TypeError):
+            raise PolicyError(f"algo: unknown AEAD algorithm {algo!r}") from None
+        return route.encrypt(key, plaintext, aad, nonce)  # type: ignore[no-any-return]
+
+    def decrypt(self, algo: str, key: Buffer | SecretBytes, nonce: bytes, ciphertext: Buffer,
+                tag: Buffer, aad: Buffer = b"") -> bytes:
+        """Decrypt and verify; on any mismatch raise AuthError and return no plaintext."""
+        try:
+            route = self._engine._table.aead[algo]
+        except (KeyError, TypeError):
+            raise PolicyError(f"algo: unknown AEAD algorithm {algo!r}") from None
+        return route.decrypt(key, nonce, ciphertext, tag, aad)  # type: ignore[no-any-return]
+
+    def open(self, algo: str, key: Buffer | SecretBytes, sealed: Sealed, aad: Buffer = b"") -> bytes:
+        """Decrypt a :class:`Sealed` without re-joining ciphertext and tag (zero copy)."""
+        try:
+            route = self._engine._table.aead[algo]
+        except (KeyError, TypeError):
+            raise PolicyError(f"algo: unknown AEAD algorithm {algo!r}") from None
+        return route.open(key, sealed, aad)  # type: ignore[no-any-return]
+
+    def info(self, algo: str) -> dict[str, Any]:
+        """Sizes and serving provider of ``algo``: key_size, nonce_size, tag_size, provider."""
+        try:
+            route = self._engine.table.aead[algo]
+        except (KeyError, TypeError):
+            raise PolicyError(f"algo: unknown AEAD algorithm {algo!r}") from None
+        return {"operation": route.operation, "provider": route.provider,
+                "key_size": route.key_size, "nonce_size": route.nonce_size,
+                "tag_size": route.tag_size}
+
+
+class _OpAPI:
+    __slots__ = ("_engine", "_op")
+
+    def __init__(self, engine: Engine, operation: str) -> None:
+        self._engine = engine
+        self._op = operation
+
+    @property
+    def provider(self) -> str | None:
+        """The provider currently serving this operation."""
+        return self._engine.table.provider_for(self._op)
+
+
+class SignatureAPI(_OpAPI):
+    """Ed25519 or ML-DSA-65 signatures; secret keys are seeds held in SecretBytes.
+
+    Example:
+        >>> import xpscerpto as xps
+        >>> pk, sk = xps.ed25519.generate_keypair()
+        >>> sig = xps.ed25519.sign(sk, b"msg")
+        >>> xps.ed25519.verify(pk, b"msg", sig)   # raises AuthError if invalid
+    """
+
+    __slots__ = ()
+
+    def generate_keypair(self) -> tuple[bytes, SecretBytes]:
+        """Return ``(public_key, secret_key)``."""
+        return self._engine._table.entries[self._op].generate_keypair()  # type: ignore[no-any-return]
+
+    def public_key(self, secret_key: Buffer | SecretBytes) -> bytes:
+        """Derive the public key from a secret key."""
+        return self._engine._table.entries[self._op].public_key(secret_key)  # type: ignore[no-any-return]
+
+    def sign(self, secret_key: Buffer | SecretBytes, message: Buffer, context: bytes = b"") -> bytes:
+        """Sign ``message`` (Ed25519 is deterministic; ML-DSA is hedged)."""
+        return self._engine._table.entries[self._op].sign(secret_key, message, context)  # type: ignore[no-any-return]
+
+    def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes = b"") -> None:
+        """Return if the signature is valid; raise AuthError otherwise."""
+        self._engine._table.entries[self._op].verify(public_key, message, signature, context)
+
+    def is_valid(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes = b"") -> bool:
+        """Boolean convenience over :meth:`verify` (bad key sizes still raise KeyError_)."""
+        from .errors import AuthError
+
+        try:
+            self.verify(public_key, message, signature, context)
+        except AuthError:
+            return False
+        return True
+
+
+class KexAPI(_OpAPI):
+    """X25519 key agreement.
+
+    Example:
+        >>> import xpscerpto as xps
+        >>> a_pk, a_sk = xps.x25519.generate_keypair(); b_pk, b_sk = xps.x25519.generate_keypair()
+        >>> xps.x25519.derive_shared(a_sk, b_pk) == xps.x25519.derive_shared(b_sk, a_pk)
+        True
+    """
+
+    __slots__ = ()
+
+    def generate_keypair(self) -> tuple[bytes, SecretBytes]:
+        """Return ``(public_key, secret_key)``."""
+        return self._engine._table.entries[self._op].generate_keypair()  # type: ignore[no-any-return]
+
+    def public_key(self, secret_key: Buffer | SecretBytes) -> bytes:
+        """Derive the public key."""
+        return self._engine._table.entries[self._op].public_key(secret_key)  # type: ignore[no-any-return]
+
+    def derive_shared(self, secret_key: Buffer | SecretBytes, peer_public_key: Buffer) -> SecretBytes:
+        """The raw shared secret; an all-zero result (low-order peer key) raises KeyError_."""
+        return self._engine._table.entries[self._op].derive_shared(secret_key, peer_public_key)  # type: ignore[no-any-return]
+
+
+class KemAPI(_OpAPI):
+    """ML-KEM-768 key encapsulation; the decapsulation key is the 64-byte seed.
+
+    Example:
+        >>> import xpscerpto as xps
+        >>> ek, dk = xps.mlkem768.generate_keypair()
+        >>> ct, ss = xps.mlkem768.encapsulate(ek)
+        >>> xps.mlkem768.decapsulate(dk, ct) == ss
+        True
+    """
+
+    __slots__ = ()
+
+    def generate_keypair(self) -> tuple[bytes, SecretBytes]:
+        """Return ``(encapsulation_key, seed)``."""
+        return self._engine._table.entries[self._op].generate_keypair()  # type: ignore[no-any-return]
+
+    def public_key(self, secret_key: Buffer | SecretBytes) -> bytes:
+        """Derive the encapsulation key from the seed."""
+        return self._engine._table.entries[self._op].public_key(secret_key)  # type: ignore[no-any-return]
+
+    def encapsulate(self, public_key: Buffer) -> tuple[bytes, SecretBytes]:
+        """Return ``(ciphertext, shared_secret)``."""
+        return self._engine._table.entries[self._op].encapsulate(public_key)  # type: ignore[no-any-return]
+
+    def decapsulate(self, secret_key: Buffer | SecretBytes, ciphertext: Buffer) -> SecretBytes:
+        """Return the shared secret (a tampered ciphertext yields an unrelated one, per FIPS 203)."""
+        return self._engine._table.entries[self._op].decapsulate(secret_key, ciphertext)  # type: ignore[no-any-return]
+
+
+class HkdfAPI(_OpAPI):
+    """HKDF-SHA256 (RFC 5869).
+
+    Example:
+        >>> import xpscerpto as xps
+        >>> okm = xps.hkdf.derive(b"ikm" * 11, 64, salt=b"salt", info=b"ctx")
+        >>> len(okm)
+        64
+    """
+
+    __slots__ = ()
+
+    def derive(self, ikm: Buffer | SecretBytes, length: int, *, salt: Buffer = b"",
+               info: Buffer = b"") -> SecretBytes:
+        """Extract then expand in one call."""
+        return self._engine._table.entries[self._op].derive(ikm, length, salt=salt, info=info)  # type: ignore[no-any-return]
+
+    def extract(self, salt: Buffer, ikm: Buffer | SecretBytes) -> SecretBytes:
+        """The pseudo-random key ``PRK = HMAC(salt, ikm)``."""
+        return self._engine._table.entries[self._op].extract(salt, ikm)  # type: ignore[no-any-return]
+
+    def expand(self, prk: Buffer | SecretBytes, info: Buffer, length: int) -> SecretBytes:
+        """``length`` bytes of output keying material bound to ``info`` (e.g. a transcript hash)."""
+        return self._engine._table.entries[self._op].expand(prk, info, length)  # type: ignore[no-any-return]

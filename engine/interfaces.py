@@ -1,0 +1,207 @@
+"""Provider contracts: what an algorithm provider implements, one ABC per primitive kind.
+
+These are the *raw* layer. The router only ever sees these contracts; input validation,
+nonce generation, error wrapping and the friendly API live in the engine, above them.
+
+A provider is a :class:`Provider` record listing, per operation name (see
+:data:`OPERATIONS`), an object implementing the matching contract. Implementations may
+assume the engine already checked every length declared here; they must raise
+:class:`xpscerpto.errors.AuthError` when a tag or signature does not verify and may raise
+anything else on internal failure (the engine wraps it).
+
+Example:
+    >>> from xpscerpto.interfaces import Aead
+    >>> class Null(Aead):
+    ...     key_sizes = (32,); nonce_size = 12; tag_size = 16
+    ...     def encrypt(self, key, nonce, plaintext, aad): ...
+    ...     def decrypt(self, key, nonce, data, aad): ...
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import ClassVar, Literal
+
+__all__ = [
+    "OPERATIONS",
+    "Aead",
+    "Buffer",
+    "Kdf",
+    "Kem",
+    "KeyAgreement",
+    "OperationSpec",
+    "Provider",
+    "Signature",
+]
+
+Buffer = bytes | bytearray | memoryview
+Kind = Literal["aead", "sig", "kex", "kem", "kdf"]
+
+
+class Aead(abc.ABC):
+    """Authenticated encryption with associated data; ciphertext and tag are concatenated."""
+
+    key_sizes: ClassVar[tuple[int, ...]]
+    nonce_size: ClassVar[int]
+    tag_size: ClassVar[int]
+
+    @abc.abstractmethod
+    def encrypt(self, key: Buffer, nonce: bytes, plaintext: Buffer, aad: Buffer) -> bytes:
+        """Return ``ciphertext || tag``."""
+
+    @abc.abstractmethod
+    def decrypt(self, key: Buffer, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+        """Open ``ciphertext || tag``; raise AuthError (and return nothing) if it does not verify."""
+
+
+class Signature(abc.ABC):
+    """A signature scheme whose private key is a fixed-size seed."""
+
+    public_key_size: ClassVar[int]
+    secret_key_size: ClassVar[int]
+    signature_size: ClassVar[int]
+
+    @abc.abstractmethod
+    def generate(self) -> tuple[bytes, bytearray]:
+        """Return ``(public_key, secret_seed)``; the seed is a fresh mutable buffer."""
+
+    @abc.abstractmethod
+    def public_key(self, secret_key: Buffer) -> bytes:
+        """Derive the public key from the secret seed."""
+
+    @abc.abstractmethod
+    def sign(self, secret_key: Buffer, message: Buffer, context: bytes) -> bytes:
+        """Sign ``message``; ``context`` is empty for schemes without one (Ed25519)."""
+
+    @abc.abstractmethod
+    def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes) -> None:
+        """Return if valid; raise AuthError if the signature does not verify."""
+
+
+class KeyAgreement(abc.ABC):
+    """Diffie-Hellman style key agreement (X25519)."""
+
+    public_key_size: ClassVar[int]
+    secret_key_size: ClassVar[int]
+    shared_size: ClassVar[int]
+
+    @abc.abstractmethod
+    def generate(self) -> tuple[bytes, bytearray]:
+        """Return ``(public_key, secret_key)``."""
+
+    @abc.abstractmethod
+    def public_key(self, secret_key: Buffer) -> bytes:
+        """Derive the public key."""
+
+    @abc.abstractmethod
+    def exchange(self, secret_key: Buffer, peer_public_key: Buffer) -> bytearray:
+        """Return the raw shared secret (the engine rejects the all-zero value)."""
+
+
+class Kem(abc.ABC):
+    """A key-encapsulation mechanism whose decapsulation key is a seed (ML-KEM ``d || z``)."""
+
+    public_key_size: ClassVar[int]
+    secret_key_size: ClassVar[int]
+    ciphertext_size: ClassVar[int]
+    shared_size: ClassVar[int]
+
+    @abc.abstractmethod
+    def generate(self) -> tuple[bytes, bytearray]:
+        """Return ``(encapsulation_key, seed)``."""
+
+    @abc.abstractmethod
+    def public_key(self, secret_key: Buffer) -> bytes:
+        """Derive the encapsulation key from the seed."""
+
+    @abc.abstractmethod
+    def encapsulate(self, public_key: Buffer) -> tuple[bytes, bytearray]:
+        """Return ``(ciphertext, shared_secret)``."""
+
+    @abc.abstractmethod
+    def decapsulate(self, secret_key: Buffer, ciphertext: Buffer) -> bytearray:
+        """Return the shared secret (implicit rejection gives a pseudo-random one)."""
+
+
+class Kdf(abc.ABC):
+    """An extract-then-expand key derivation function (HKDF)."""
+
+    hash_size: ClassVar[int]
+    max_output: ClassVar[int]
+
+    @abc.abstractmethod
+    def extract(self, salt: Buffer, ikm: Buffer) -> bytearray:
+        """Return the pseudo-random key."""
+
+    @abc.abstractmethod
+    def expand(self, prk: Buffer, info: Buffer, length: int) -> bytearray:
+        """Return ``length`` bytes of output keying material."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperationSpec:
+    """What the engine knows about an operation name, independent of any provider."""
+
+    name: str
+    kind: Kind
+    contract: type[abc.ABC]
+    #: Lower-case tokens matched by a policy's ``forbid`` list (e.g. ``"aes128"``, ``"gcm"``).
+    tokens: tuple[str, ...]
+    #: Public names accepted by the API for this operation (AEAD enum values and aliases).
+    aliases: tuple[str, ...] = ()
+
+
+def _op(name: str, kind: Kind, contract: type[abc.ABC], tokens: tuple[str, ...],
+        aliases: tuple[str, ...] = ()) -> tuple[str, OperationSpec]:
+    return name, OperationSpec(name, kind, contract, tokens, aliases)
+
+
+#: Every operation the engine can route, by name. Providers may only declare these.
+OPERATIONS: Mapping[str, OperationSpec] = MappingProxyType(dict([
+    _op("aead.aes128gcm", "aead", Aead, ("aes", "aes128", "gcm"), ("AES-128-GCM", "aes128gcm")),
+    _op("aead.aes256gcm", "aead", Aead, ("aes", "aes256", "gcm"), ("AES-256-GCM", "aes256gcm")),
+    _op("aead.chacha20poly1305", "aead", Aead, ("chacha20", "poly1305"),
+        ("CHACHA20-POLY1305", "chacha20poly1305")),
+    _op("aead.xchacha20poly1305", "aead", Aead, ("xchacha20", "chacha20", "poly1305"),
+        ("XCHACHA20-POLY1305", "xchacha20poly1305")),
+    _op("aead.aes256gcmsiv", "aead", Aead, ("aes", "aes256", "gcmsiv"),
+        ("AES-256-GCM-SIV", "aes256gcmsiv")),
+    _op("aead.aegis256", "aead", Aead, ("aegis", "aegis256"), ("AEGIS-256", "aegis256")),
+    _op("sig.ed25519", "sig", Signature, ("ed25519", "eddsa", "sha512")),
+    _op("sig.mldsa65", "sig", Signature, ("mldsa", "mldsa65", "pq")),
+    _op("kex.x25519", "kex", KeyAgreement, ("x25519", "ecdh")),
+    _op("kem.mlkem768", "kem", Kem, ("mlkem", "mlkem768", "pq")),
+    _op("kdf.hkdf_sha256", "kdf", Kdf, ("hkdf", "sha256")),
+]))
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A provider's declaration: identity, capabilities and the KATs that gate it.
+
+    Args:
+        name: unique provider name, e.g. ``"openssl"``.
+        backend: the library underneath, with its version, e.g. ``"OpenSSL 3.5.0"``.
+        version: the provider's own version.
+        implementations: operation name -> object implementing that operation's contract.
+        constant_time: whether the backend claims constant-time implementations.
+        priority: higher wins when several providers offer an operation.
+        kat: operation name -> extra KAT vector files (paths) the provider ships; the engine's
+            own self-test vectors for the operation always run as well.
+    """
+
+    name: str
+    backend: str
+    version: str
+    implementations: Mapping[str, object]
+    constant_time: bool = True
+    priority: int = 0
+    kat: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def operations(self) -> tuple[str, ...]:
+        """The operation names this provider implements, sorted."""
+        return tuple(sorted(self.implementations))

@@ -1,0 +1,1 @@
+"""Built-in provider plugins: ``openssl`` (pyca/cryptography) and ``sodium`` (PyNaCl)."""

@@ -1,0 +1,191 @@
+"""The ``openssl`` provider: OpenSSL through pyca/cryptography.
+
+Adapters are thin: each builds the cryptography object from the raw key per call (the engine
+API is stateless over keys) and maps cryptography's exceptions to the contract's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from xpscerpto.errors import AuthError
+from xpscerpto.hookspecs import hookimpl
+from xpscerpto.interfaces import Aead, Buffer, Kdf, Kem, KeyAgreement, Provider, Signature
+
+__all__ = ["PROVIDER_NAME", "make_provider", "xps_register_providers"]
+
+PROVIDER_NAME = "openssl"
+
+
+def _aead_class(name: str, cls: Any, keys: tuple[int, ...]) -> type[Aead]:
+    class _Impl(Aead):
+        key_sizes = keys
+        nonce_size = 12
+        tag_size = 16
+
+        def encrypt(self, key: Buffer, nonce: bytes, plaintext: Buffer, aad: Buffer) -> bytes:
+            return cls(key).encrypt(nonce, plaintext, aad)  # type: ignore[no-any-return]
+
+        def decrypt(self, key: Buffer, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+            try:
+                return cls(key).decrypt(nonce, data, aad)  # type: ignore[no-any-return]
+            except InvalidTag:
+                raise AuthError("ciphertext: authentication failed") from None
+
+    _Impl.__name__ = _Impl.__qualname__ = name
+    return _Impl
+
+
+AesGcm128 = _aead_class("AesGcm128", AESGCM, (16,))
+AesGcm256 = _aead_class("AesGcm256", AESGCM, (32,))
+AesGcmSiv256 = _aead_class("AesGcmSiv256", AESGCMSIV, (32,))
+ChaCha20Poly1305Impl = _aead_class("ChaCha20Poly1305Impl", ChaCha20Poly1305, (32,))
+
+
+class Ed25519Impl(Signature):
+    public_key_size = 32
+    secret_key_size = 32
+    signature_size = 64
+
+    def generate(self) -> tuple[bytes, bytearray]:
+        sk = ed25519.Ed25519PrivateKey.generate()
+        return sk.public_key().public_bytes_raw(), bytearray(sk.private_bytes_raw())
+
+    def public_key(self, secret_key: Buffer) -> bytes:
+        return ed25519.Ed25519PrivateKey.from_private_bytes(secret_key).public_key().public_bytes_raw()
+
+    def sign(self, secret_key: Buffer, message: Buffer, context: bytes) -> bytes:
+        return ed25519.Ed25519PrivateKey.from_private_bytes(secret_key).sign(message)
+
+    def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes) -> None:
+        try:
+            ed25519.Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+        except (InvalidSignature, ValueError):
+            # ValueError: the public key is not a valid point encoding; same answer, no detail.
+            raise AuthError("signature: verification failed") from None
+
+
+class MlDsa65Impl(Signature):
+    public_key_size = 1952
+    secret_key_size = 32
+    signature_size = 3309
+
+    def generate(self) -> tuple[bytes, bytearray]:
+        sk = mldsa.MLDSA65PrivateKey.generate()
+        return sk.public_key().public_bytes_raw(), bytearray(sk.private_bytes_raw())
+
+    def public_key(self, secret_key: Buffer) -> bytes:
+        return mldsa.MLDSA65PrivateKey.from_seed_bytes(secret_key).public_key().public_bytes_raw()
+
+    def sign(self, secret_key: Buffer, message: Buffer, context: bytes) -> bytes:
+        return mldsa.MLDSA65PrivateKey.from_seed_bytes(secret_key).sign(message, context or None)
+
+    def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes) -> None:
+        try:
+            mldsa.MLDSA65PublicKey.from_public_bytes(public_key).verify(signature, message, context or None)
+        except (InvalidSignature, ValueError):
+            raise AuthError("signature: verification failed") from None
+
+
+class X25519Impl(KeyAgreement):
+    public_key_size = 32
+    secret_key_size = 32
+    shared_size = 32
+
+    def generate(self) -> tuple[bytes, bytearray]:
+        sk = x25519.X25519PrivateKey.generate()
+        return sk.public_key().public_bytes_raw(), bytearray(sk.private_bytes_raw())
+
+    def public_key(self, secret_key: Buffer) -> bytes:
+        return x25519.X25519PrivateKey.from_private_bytes(secret_key).public_key().public_bytes_raw()
+
+    def exchange(self, secret_key: Buffer, peer_public_key: Buffer) -> bytearray:
+        sk = x25519.X25519PrivateKey.from_private_bytes(secret_key)
+        try:
+            return bytearray(sk.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public_key)))
+        except ValueError:
+            # OpenSSL refuses an all-zero result itself; report it as the engine would.
+            return bytearray(32)
+
+
+class MlKem768Impl(Kem):
+    public_key_size = 1184
+    secret_key_size = 64
+    ciphertext_size = 1088
+    shared_size = 32
+
+    def generate(self) -> tuple[bytes, bytearray]:
+        sk = mlkem.MLKEM768PrivateKey.generate()
+        return sk.public_key().public_bytes_raw(), bytearray(sk.private_bytes_raw())
+
+    def public_key(self, secret_key: Buffer) -> bytes:
+        return mlkem.MLKEM768PrivateKey.from_seed_bytes(secret_key).public_key().public_bytes_raw()
+
+    def encapsulate(self, public_key: Buffer) -> tuple[bytes, bytearray]:
+        shared, ct = mlkem.MLKEM768PublicKey.from_public_bytes(public_key).encapsulate()
+        return ct, bytearray(shared)
+
+    def decapsulate(self, secret_key: Buffer, ciphertext: Buffer) -> bytearray:
+        return bytearray(mlkem.MLKEM768PrivateKey.from_seed_bytes(secret_key).decapsulate(ciphertext))
+
+
+class HkdfSha256Impl(Kdf):
+    """RFC 5869 with HMAC-SHA256; extract and expand are exposed separately."""
+
+    hash_size = 32
+    max_output = 255 * 32
+
+    def extract(self, salt: Buffer, ikm: Buffer) -> bytearray:
+        h = hmac.HMAC(bytes(salt) if salt else b"\x00" * 32, hashes.SHA256())
+        h.update(ikm)
+        return bytearray(h.finalize())
+
+    def expand(self, prk: Buffer, info: Buffer, length: int) -> bytearray:
+        return bytearray(HKDFExpand(hashes.SHA256(), length, bytes(info)).derive(prk))
+
+
+def _backend_version() -> str:
+    from cryptography.hazmat.backends.openssl.backend import backend
+
+    return str(backend.openssl_version_text())
+
+
+def make_provider() -> Provider:
+    """The provider record, built from what this cryptography/OpenSSL offers."""
+    import cryptography
+
+    impls: dict[str, object] = {
+        "aead.aes128gcm": AesGcm128(),
+        "aead.aes256gcm": AesGcm256(),
+        "aead.chacha20poly1305": ChaCha20Poly1305Impl(),
+        "sig.ed25519": Ed25519Impl(),
+        "sig.mldsa65": MlDsa65Impl(),
+        "kex.x25519": X25519Impl(),
+        "kem.mlkem768": MlKem768Impl(),
+        "kdf.hkdf_sha256": HkdfSha256Impl(),
+    }
+    # AES-GCM-SIV needs OpenSSL >= 3.2; older builds just do not offer it.
+    try:
+        AESGCMSIV(b"\x00" * 32)
+        impls["aead.aes256gcmsiv"] = AesGcmSiv256()
+    except Exception:  # noqa: S110 - absence of an optional algorithm is not an error
+        pass
+    return Provider(
+        name=PROVIDER_NAME,
+        backend=f"{_backend_version()} via cryptography {cryptography.__version__}",
+        version=cryptography.__version__,
+        implementations=impls,
+        constant_time=True,
+        priority=100,
+    )
+
+
+@hookimpl
+def xps_register_providers(registry: Any) -> None:
+    registry.add(make_provider())
