@@ -16,7 +16,6 @@ from typing import Any, NoReturn
 
 from .errors import AuthError, KeyError_, NonceError, PolicyError, ProviderError, XpsError
 from .interfaces import Aead, Buffer, Kdf, Kem, KeyAgreement, Signature
-from .sealed import Sealed
 from .secret import SecretBytes
 
 __all__ = ["AeadRoute", "KdfRoute", "KemRoute", "KexRoute", "SignatureRoute", "UnavailableRoute"]
@@ -67,82 +66,49 @@ class _Route:
 
 
 class AeadRoute(_Route):
-    """AEAD over one provider implementation."""
+    """One provider's AEAD, as data the API's hot path reads directly.
 
-    __slots__ = ("_auto_nonce", "_dec", "_enc", "_key_sizes", "key_size", "nonce_size", "tag_size")
+    The call path lives in :class:`xpscerpto.engine.AeadAPI` so that a call runs one Python
+    frame of the engine's; this object holds what that frame needs, resolved at build time.
+    ``cipher`` is the provider's keyed-cipher factory: a feature that must act per call
+    (canary, size buckets, drain tracking) installs a different factory, not an ``if``.
+    """
+
+    __slots__ = ("auth_errors", "auto_nonce", "cipher", "key_size", "key_sizes", "nonce_size",
+                 "tag_size")
 
     def __init__(self, operation: str, provider: str, impl: Aead, *, auto_nonce: bool) -> None:
         super().__init__(operation, provider)
-        self._enc = impl.encrypt
-        self._dec = impl.decrypt
-        self._key_sizes = frozenset(impl.key_sizes)
+        self.cipher = impl.cipher
+        self.auth_errors = (*impl.auth_errors, AuthError)
+        self.key_sizes = frozenset(impl.key_sizes)
         self.key_size = max(impl.key_sizes)
         self.nonce_size = impl.nonce_size
         self.tag_size = impl.tag_size
-        self._auto_nonce = auto_nonce
+        self.auto_nonce = auto_nonce
 
-    def encrypt(self, key: Any, plaintext: Buffer, aad: Buffer = b"", nonce: bytes | None = None) -> Sealed:
+    def diagnose(self, exc: BaseException, key: Any, nonce: Any, data: Any, aad: Any) -> XpsError:
+        """Turn a failure on the call path into the right typed error (slow path only)."""
+        if isinstance(exc, XpsError):
+            return exc
+        if isinstance(exc, self.auth_errors):
+            return AuthError("ciphertext: authentication failed")
         try:
-            if type(key) is SecretBytes:
-                key = key._buf
-            if len(key) not in self._key_sizes:
-                self._check_inputs(key, None, plaintext, aad)
-            if nonce is None:
-                if not self._auto_nonce:
-                    raise NonceError("nonce: required (nonce policy is 'app')")
-                nonce = _urandom(self.nonce_size)
-            elif len(nonce) != self.nonce_size:
-                self._check_inputs(key, nonce, plaintext, aad)
-            return Sealed(nonce, self._enc(key, nonce, plaintext, aad), self.tag_size)
-        except XpsError:
-            raise
-        except Exception as exc:
-            self._check_inputs(key, nonce, plaintext, aad)
-            self._fault(exc)
-
-    def decrypt(self, key: Any, nonce: bytes, ciphertext: Buffer, tag: Buffer, aad: Buffer = b"") -> bytes:
+            if type(key) is not SecretBytes:
+                key = _buf(key, "key", KeyError_)
+            elif key.wiped:
+                raise KeyError_("key: SecretBytes was wiped")
+            _check_len(key, tuple(sorted(self.key_sizes)), "key", KeyError_)
+            if nonce is not None:
+                _check_len(_buf(nonce, "nonce", NonceError), (self.nonce_size,), "nonce", NonceError)
+            _buf(data, "data", PolicyError)
+            _buf(aad, "aad", PolicyError)
+        except XpsError as typed:
+            return typed
         try:
-            if type(key) is SecretBytes:
-                key = key._buf
-            if len(key) not in self._key_sizes or len(nonce) != self.nonce_size:
-                self._check_inputs(key, nonce, ciphertext, aad)
-            if len(tag) != self.tag_size:
-                raise AuthError(f"tag: expected {self.tag_size} bytes, got {len(tag)}")
-            return self._dec(key, nonce, b"".join((ciphertext, tag)), aad)
-        except XpsError:
-            raise
-        except Exception as exc:
-            self._check_inputs(key, nonce, ciphertext, aad)
-            _buf(tag, "tag", AuthError)
             self._fault(exc)
-
-    def open(self, key: Any, sealed: Sealed, aad: Buffer = b"") -> bytes:
-        try:
-            if type(key) is SecretBytes:
-                key = key._buf
-            nonce = sealed.nonce
-            if len(key) not in self._key_sizes or len(nonce) != self.nonce_size:
-                self._check_inputs(key, nonce, b"", aad)
-            if sealed._tag_size != self.tag_size:
-                raise AuthError(f"sealed: tag size {sealed._tag_size} does not match {self.operation}")
-            return self._dec(key, nonce, sealed._wire, aad)
-        except XpsError:
-            raise
-        except AttributeError:
-            raise PolicyError(f"sealed: expected a Sealed, got {type(sealed).__name__}") from None
-        except Exception as exc:
-            self._check_inputs(key, sealed.nonce, b"", aad)
-            self._fault(exc)
-
-    def _check_inputs(self, key: Any, nonce: Any, data: Any, aad: Any) -> None:
-        """Raise the typed error for whichever input is malformed; return if all look fine."""
-        key = _buf(key, "key", KeyError_)
-        _check_len(key, tuple(sorted(self._key_sizes)), "key", KeyError_)
-        if nonce is not None:
-            nonce = _buf(nonce, "nonce", NonceError)
-            _check_len(nonce, (self.nonce_size,), "nonce", NonceError)
-        _buf(data, "data", PolicyError)
-        _buf(aad, "aad", PolicyError)
+        except ProviderError as wrapped:
+            return wrapped
 
 
 class SignatureRoute(_Route):

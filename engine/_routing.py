@@ -55,7 +55,8 @@ class RoutingTable:
         entries: operation name or alias -> adapter (routed or :class:`UnavailableRoute`);
             this is what the API reads. A plain dict for lookup speed; never mutated after
             :func:`build_table` returns.
-        aead: the AEAD subset of ``entries`` (so ``aead.encrypt`` cannot reach a signer).
+        aead: the routed AEADs of ``entries`` (so ``aead.encrypt`` cannot reach a signer, and
+            an unrouted AEAD is a miss whose reason ``unrouted`` gives).
     """
 
     version: int
@@ -148,6 +149,5 @@ def build_table(
         routes=MappingProxyType(routes),
         unrouted=MappingProxyType(unrouted),
         entries=entries,
-        aead={k: v for k, v in entries.items()
-              if (OPERATIONS.get(k) or OPERATIONS[v.operation]).kind == "aead"},
+        aead={k: v for k, v in entries.items() if isinstance(v, AeadRoute)},
     )

@@ -19,9 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._routes import UnavailableRoute
 from ._routing import RoutingTable, build_table
 from .config import EngineConfig
-from .errors import InternalError, KeyError_, PolicyError
+from .errors import AuthError, InternalError, KeyError_, NonceError, PolicyError, XpsError
 from .interfaces import OPERATIONS, Buffer, Provider
 from .sealed import Sealed
 from .secret import SecretBytes
@@ -162,7 +163,10 @@ class _StartOnFirstUse:
 
     def __getattr__(self, name: str) -> Any:
         self._engine.start()
-        return getattr(self._engine._table.entries[self.operation], name)
+        real = self._engine._table.entries[self.operation]
+        if isinstance(real, UnavailableRoute):
+            raise PolicyError(f"{self.operation}: not available ({real.reason})")
+        return getattr(real, name)
 
 
 # -- API namespaces --------------------------------------------------------------------------
@@ -170,6 +174,10 @@ class _StartOnFirstUse:
 
 class AeadAPI:
     """Raw AEAD primitives (the layer under the keyring): you manage keys and nonces.
+
+    This is the hot path: one load of the routing table, one dict lookup, the checks the
+    algorithm needs, and a direct call into the provider. Everything else (wrapping provider
+    exceptions, naming the bad field) happens only on the error path.
 
     Example:
         >>> import xpscerpto as xps
@@ -186,45 +194,102 @@ class AeadAPI:
 
     def encrypt(self, algo: str, key: Buffer | SecretBytes, plaintext: Buffer, aad: Buffer = b"",
                 nonce: bytes | None = None) -> Sealed:
-        """Encrypt; with ``nonce=None`` a fresh one is drawn (nonce policy ``auto``).
+        """Encrypt; with ``nonce=None`` a fresh one is drawn from the CSPRNG (policy ``auto``).
 
         Raises:
             PolicyError: unknown or unavailable algorithm.
             KeyError_: wrong key size or type.
             NonceError: wrong nonce size, or none given under nonce policy ``app``.
         """
+        table = self._engine._table
         try:
-            route = self._engine._table.aead[algo]
-        except (KeyError, TypeError):
-            raise PolicyError(f"algo: unknown AEAD algorithm {algo!r}") from None
-        return route.encrypt(key, plaintext, aad, nonce)  # type: ignore[no-any-return]
+            r = table.aead[algo]
+            if type(key) is SecretBytes:
+                key = key._buf
+            if len(key) not in r.key_sizes:
+                raise KeyError_(f"key: expected {r.key_size} bytes, got {len(key)}")
+            if nonce is None:
+                if not r.auto_nonce:
+                    raise NonceError("nonce: required (nonce policy is 'app')")
+                nonce = _urandom(r.nonce_size)
+            elif len(nonce) != r.nonce_size:
+                raise NonceError(f"nonce: expected {r.nonce_size} bytes, got {len(nonce)}")
+            return _new_sealed(Sealed, (nonce, r.cipher(key).encrypt(nonce, plaintext, aad), r.tag_size))
+        except Exception as exc:
+            raise _aead_error(table, algo, exc, key, nonce, plaintext, aad) from None
 
     def decrypt(self, algo: str, key: Buffer | SecretBytes, nonce: bytes, ciphertext: Buffer,
                 tag: Buffer, aad: Buffer = b"") -> bytes:
-        """Decrypt and verify; on any mismatch raise AuthError and return no plaintext."""
+        """Decrypt and verify; on any mismatch raise AuthError and return no plaintext.
+
+        ``ciphertext`` and ``tag`` are joined for the provider (one copy); :meth:`open`
+        avoids that copy when you still hold the :class:`Sealed`.
+        """
+        table = self._engine._table
         try:
-            route = self._engine._table.aead[algo]
-        except (KeyError, TypeError):
-            raise PolicyError(f"algo: unknown AEAD algorithm {algo!r}") from None
-        return route.decrypt(key, nonce, ciphertext, tag, aad)  # type: ignore[no-any-return]
+            r = table.aead[algo]
+            if type(key) is SecretBytes:
+                key = key._buf
+            if len(key) not in r.key_sizes:
+                raise KeyError_(f"key: expected {r.key_size} bytes, got {len(key)}")
+            if len(nonce) != r.nonce_size:
+                raise NonceError(f"nonce: expected {r.nonce_size} bytes, got {len(nonce)}")
+            if len(tag) != r.tag_size:
+                raise AuthError(f"tag: expected {r.tag_size} bytes, got {len(tag)}")
+            return r.cipher(key).decrypt(nonce, b"".join((ciphertext, tag)), aad)  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise _aead_error(table, algo, exc, key, nonce, ciphertext, aad) from None
 
     def open(self, algo: str, key: Buffer | SecretBytes, sealed: Sealed, aad: Buffer = b"") -> bytes:
         """Decrypt a :class:`Sealed` without re-joining ciphertext and tag (zero copy)."""
+        table = self._engine._table
+        nonce = None
         try:
-            route = self._engine._table.aead[algo]
-        except (KeyError, TypeError):
-            raise PolicyError(f"algo: unknown AEAD algorithm {algo!r}") from None
-        return route.open(key, sealed, aad)  # type: ignore[no-any-return]
+            r = table.aead[algo]
+            if type(key) is SecretBytes:
+                key = key._buf
+            nonce, wire, tag_size = _tget(sealed, 0), _tget(sealed, 1), _tget(sealed, 2)
+            if len(key) not in r.key_sizes:
+                raise KeyError_(f"key: expected {r.key_size} bytes, got {len(key)}")
+            if len(nonce) != r.nonce_size:
+                raise NonceError(f"nonce: expected {r.nonce_size} bytes, got {len(nonce)}")
+            if tag_size != r.tag_size:
+                raise AuthError(f"sealed: tag size {tag_size} does not match {r.operation}")
+            return r.cipher(key).decrypt(nonce, wire, aad)  # type: ignore[no-any-return]
+        except Exception as exc:
+            if not isinstance(sealed, Sealed):
+                raise PolicyError(f"sealed: expected a Sealed, got {type(sealed).__name__}") from None
+            raise _aead_error(table, algo, exc, key, nonce, b"", aad) from None
 
     def info(self, algo: str) -> dict[str, Any]:
         """Sizes and serving provider of ``algo``: key_size, nonce_size, tag_size, provider."""
+        table = self._engine.table
         try:
-            route = self._engine.table.aead[algo]
-        except (KeyError, TypeError):
-            raise PolicyError(f"algo: unknown AEAD algorithm {algo!r}") from None
-        return {"operation": route.operation, "provider": route.provider,
-                "key_size": route.key_size, "nonce_size": route.nonce_size,
-                "tag_size": route.tag_size}
+            r = table.aead[algo]
+        except Exception as exc:
+            raise _aead_error(table, algo, exc, b"", None, b"", b"") from None
+        return {"operation": r.operation, "provider": r.provider, "key_size": r.key_size,
+                "nonce_size": r.nonce_size, "tag_size": r.tag_size}
+
+
+def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce: Any,
+                data: Any, aad: Any) -> XpsError:
+    """The typed error for a failed AEAD call (error path only)."""
+    try:
+        r = table.aead[algo]
+    except (KeyError, TypeError):
+        op = _AEAD_NAMES.get(algo) if isinstance(algo, str) else None
+        if op is not None and op in table.unrouted:
+            return PolicyError(f"algo: {algo} is not available ({table.unrouted[op]})")
+        return PolicyError(f"algo: unknown AEAD algorithm {algo!r}")
+    return r.diagnose(exc, key, nonce, data, aad)  # type: ignore[no-any-return]
+
+
+_AEAD_NAMES = {name: op for op, spec in OPERATIONS.items() if spec.kind == "aead"
+               for name in (op, *spec.aliases)}
+_urandom = os.urandom
+_new_sealed = tuple.__new__
+_tget = tuple.__getitem__
 
 
 class _OpAPI:

@@ -65,7 +65,7 @@ class AuthError(XpsError):
     code = ErrorCode.AUTH
 
 
-class KeyError_(XpsError, ValueError):  # noqa: N801 - trailing underscore avoids shadowing builtins.KeyError
+class KeyError_(XpsError, ValueError):
     """A key has the wrong type, size or value (e.g. an all-zero X25519 shared secret)."""
 
     code = ErrorCode.KEY

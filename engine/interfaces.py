@@ -6,15 +6,18 @@ nonce generation, error wrapping and the friendly API live in the engine, above 
 A provider is a :class:`Provider` record listing, per operation name (see
 :data:`OPERATIONS`), an object implementing the matching contract. Implementations may
 assume the engine already checked every length declared here; they must raise
-:class:`xpscerpto.errors.AuthError` when a tag or signature does not verify and may raise
-anything else on internal failure (the engine wraps it).
+:class:`xpscerpto.errors.AuthError` when a tag or signature does not verify (AEADs may name
+their own exception in ``auth_errors`` instead) and may raise anything else on internal
+failure (the engine wraps it).
 
 Example:
     >>> from xpscerpto.interfaces import Aead
-    >>> class Null(Aead):
+    >>> from cryptography.exceptions import InvalidTag
+    >>> from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    >>> class MyAesGcm(Aead):
     ...     key_sizes = (32,); nonce_size = 12; tag_size = 16
-    ...     def encrypt(self, key, nonce, plaintext, aad): ...
-    ...     def decrypt(self, key, nonce, data, aad): ...
+    ...     auth_errors = (InvalidTag,)
+    ...     cipher = AESGCM
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
 __all__ = [
     "OPERATIONS",
     "Aead",
+    "AeadCipher",
     "Buffer",
     "Kdf",
     "Kem",
@@ -41,20 +45,33 @@ Buffer = bytes | bytearray | memoryview
 Kind = Literal["aead", "sig", "kex", "kem", "kdf"]
 
 
+class AeadCipher(Protocol):
+    """A keyed AEAD object, shaped like pyca/cryptography's ``AESGCM(key)``."""
+
+    def encrypt(self, nonce: bytes, data: Buffer, associated_data: Buffer) -> bytes:
+        """Return ``ciphertext || tag``."""
+
+    def decrypt(self, nonce: bytes, data: Buffer, associated_data: Buffer) -> bytes:
+        """Open ``ciphertext || tag``; raise one of the provider's ``auth_errors`` if it fails."""
+
+
 class Aead(abc.ABC):
-    """Authenticated encryption with associated data; ciphertext and tag are concatenated."""
+    """Authenticated encryption with associated data; ciphertext and tag are concatenated.
+
+    ``cipher(key)`` returns a keyed object; a provider backed by pyca/cryptography can simply
+    set ``cipher = AESGCM`` so no Python frame of its own runs per call. ``auth_errors`` lists
+    the exceptions its ``decrypt`` raises when a tag does not verify; the engine turns those
+    into :class:`~xpscerpto.errors.AuthError` and anything else into a provider fault.
+    """
 
     key_sizes: ClassVar[tuple[int, ...]]
     nonce_size: ClassVar[int]
     tag_size: ClassVar[int]
+    auth_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
     @abc.abstractmethod
-    def encrypt(self, key: Buffer, nonce: bytes, plaintext: Buffer, aad: Buffer) -> bytes:
-        """Return ``ciphertext || tag``."""
-
-    @abc.abstractmethod
-    def decrypt(self, key: Buffer, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
-        """Open ``ciphertext || tag``; raise AuthError (and return nothing) if it does not verify."""
+    def cipher(self, key: Buffer) -> AeadCipher:
+        """Return a keyed cipher object (key length already checked by the engine)."""
 
 
 class Signature(abc.ABC):

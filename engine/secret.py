@@ -53,8 +53,7 @@ def constant_time_eq(a: BytesLike | SecretBytes, b: BytesLike | SecretBytes) -> 
         a = a._buf
     if isinstance(b, SecretBytes):
         b = b._buf
-    return hmac.compare_digest(bytes(a) if isinstance(a, memoryview) else a,
-                               bytes(b) if isinstance(b, memoryview) else b)
+    return hmac.compare_digest(a, b)
 
 
 class SecretBytes:
@@ -89,6 +88,9 @@ class SecretBytes:
     def wipe(self) -> None:
         """Zero the buffer; the object is unusable afterwards."""
         secure_wipe(self._buf)
+        # An empty buffer fails every key-length check, so a wiped key can never be used
+        # (as an all-zero key) without the call path paying for a flag test.
+        del self._buf[:]
         self._wiped = True
 
     @property

@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
-
 from xpscerpto.errors import AuthError
 from xpscerpto.hookspecs import hookimpl
 from xpscerpto.interfaces import Aead, Buffer, Kdf, Kem, KeyAgreement, Provider, Signature
@@ -23,29 +22,24 @@ __all__ = ["PROVIDER_NAME", "make_provider", "xps_register_providers"]
 PROVIDER_NAME = "openssl"
 
 
-def _aead_class(name: str, cls: Any, keys: tuple[int, ...]) -> type[Aead]:
-    class _Impl(Aead):
-        key_sizes = keys
-        nonce_size = 12
-        tag_size = 16
-
-        def encrypt(self, key: Buffer, nonce: bytes, plaintext: Buffer, aad: Buffer) -> bytes:
-            return cls(key).encrypt(nonce, plaintext, aad)  # type: ignore[no-any-return]
-
-        def decrypt(self, key: Buffer, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
-            try:
-                return cls(key).decrypt(nonce, data, aad)  # type: ignore[no-any-return]
-            except InvalidTag:
-                raise AuthError("ciphertext: authentication failed") from None
-
-    _Impl.__name__ = _Impl.__qualname__ = name
-    return _Impl
+class AesGcm128(Aead):
+    key_sizes = (16,)
+    nonce_size = 12
+    tag_size = 16
+    auth_errors = (InvalidTag,)
+    cipher: Any = AESGCM  # the class itself: AESGCM(key).encrypt(...) runs no Python frame of ours
 
 
-AesGcm128 = _aead_class("AesGcm128", AESGCM, (16,))
-AesGcm256 = _aead_class("AesGcm256", AESGCM, (32,))
-AesGcmSiv256 = _aead_class("AesGcmSiv256", AESGCMSIV, (32,))
-ChaCha20Poly1305Impl = _aead_class("ChaCha20Poly1305Impl", ChaCha20Poly1305, (32,))
+class AesGcm256(AesGcm128):
+    key_sizes = (32,)
+
+
+class AesGcmSiv256(AesGcm256):
+    cipher = AESGCMSIV
+
+
+class ChaCha20Poly1305Impl(AesGcm256):
+    cipher = ChaCha20Poly1305
 
 
 class Ed25519Impl(Signature):
@@ -65,7 +59,7 @@ class Ed25519Impl(Signature):
 
     def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes) -> None:
         try:
-            ed25519.Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+            ed25519.Ed25519PublicKey.from_public_bytes(bytes(public_key)).verify(signature, message)
         except (InvalidSignature, ValueError):
             # ValueError: the public key is not a valid point encoding; same answer, no detail.
             raise AuthError("signature: verification failed") from None
@@ -88,7 +82,8 @@ class MlDsa65Impl(Signature):
 
     def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes) -> None:
         try:
-            mldsa.MLDSA65PublicKey.from_public_bytes(public_key).verify(signature, message, context or None)
+            pk = mldsa.MLDSA65PublicKey.from_public_bytes(bytes(public_key))
+            pk.verify(signature, message, context or None)
         except (InvalidSignature, ValueError):
             raise AuthError("signature: verification failed") from None
 
@@ -108,7 +103,7 @@ class X25519Impl(KeyAgreement):
     def exchange(self, secret_key: Buffer, peer_public_key: Buffer) -> bytearray:
         sk = x25519.X25519PrivateKey.from_private_bytes(secret_key)
         try:
-            return bytearray(sk.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public_key)))
+            return bytearray(sk.exchange(x25519.X25519PublicKey.from_public_bytes(bytes(peer_public_key))))
         except ValueError:
             # OpenSSL refuses an all-zero result itself; report it as the engine would.
             return bytearray(32)
@@ -128,7 +123,7 @@ class MlKem768Impl(Kem):
         return mlkem.MLKEM768PrivateKey.from_seed_bytes(secret_key).public_key().public_bytes_raw()
 
     def encapsulate(self, public_key: Buffer) -> tuple[bytes, bytearray]:
-        shared, ct = mlkem.MLKEM768PublicKey.from_public_bytes(public_key).encapsulate()
+        shared, ct = mlkem.MLKEM768PublicKey.from_public_bytes(bytes(public_key)).encapsulate()
         return ct, bytearray(shared)
 
     def decapsulate(self, secret_key: Buffer, ciphertext: Buffer) -> bytearray:

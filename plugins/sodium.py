@@ -6,11 +6,11 @@ copied into a short-lived ``bytes`` for the call; that copy cannot be wiped (doc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import nacl.bindings as b
 import nacl.exceptions
-
 from xpscerpto.errors import AuthError
 from xpscerpto.hookspecs import hookimpl
 from xpscerpto.interfaces import Aead, Buffer, KeyAgreement, Provider, Signature
@@ -24,35 +24,51 @@ def _bytes(x: Buffer) -> bytes:
     return x if type(x) is bytes else bytes(x)
 
 
-def _aead_class(name: str, enc: Any, dec: Any, nonce: int, tag: int = 16) -> type[Aead]:
-    class _Impl(Aead):
-        key_sizes = (32,)
-        nonce_size = nonce
-        tag_size = tag
+class _SodiumCipher:
+    """A keyed libsodium AEAD with the cryptography-style call shape."""
 
-        def encrypt(self, key: Buffer, nonce: bytes, plaintext: Buffer, aad: Buffer) -> bytes:
-            return enc(_bytes(plaintext), _bytes(aad), _bytes(nonce), _bytes(key))  # type: ignore[no-any-return]
+    __slots__ = ("_dec", "_enc", "_key")
 
-        def decrypt(self, key: Buffer, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
-            try:
-                return dec(_bytes(data), _bytes(aad), _bytes(nonce), _bytes(key))  # type: ignore[no-any-return]
-            except nacl.exceptions.CryptoError:
-                raise AuthError("ciphertext: authentication failed") from None
+    _enc: Callable[[bytes, bytes, bytes, bytes], bytes]
+    _dec: Callable[[bytes, bytes, bytes, bytes], bytes]
 
-    _Impl.__name__ = _Impl.__qualname__ = name
-    return _Impl
+    def __init__(self, key: Buffer, enc: Any, dec: Any) -> None:
+        self._key = _bytes(key)
+        self._enc = enc
+        self._dec = dec
+
+    def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+        return self._enc(_bytes(data), _bytes(aad), _bytes(nonce), self._key)
+
+    def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+        return self._dec(_bytes(data), _bytes(aad), _bytes(nonce), self._key)
 
 
-ChaCha20Poly1305Impl = _aead_class(
-    "ChaCha20Poly1305Impl", b.crypto_aead_chacha20poly1305_ietf_encrypt,
-    b.crypto_aead_chacha20poly1305_ietf_decrypt, 12)
-XChaCha20Poly1305Impl = _aead_class(
-    "XChaCha20Poly1305Impl", b.crypto_aead_xchacha20poly1305_ietf_encrypt,
-    b.crypto_aead_xchacha20poly1305_ietf_decrypt, 24)
-# libsodium's AEGIS-256 uses the 256-bit tag the AEGIS draft recommends; so does the engine's
-# aead.aegis256 operation.
-Aegis256Impl = _aead_class(
-    "Aegis256Impl", b.crypto_aead_aegis256_encrypt, b.crypto_aead_aegis256_decrypt, 32, 32)
+class ChaCha20Poly1305Impl(Aead):
+    key_sizes = (32,)
+    nonce_size = 12
+    tag_size = 16
+    auth_errors = (nacl.exceptions.CryptoError,)
+    _enc = staticmethod(b.crypto_aead_chacha20poly1305_ietf_encrypt)
+    _dec = staticmethod(b.crypto_aead_chacha20poly1305_ietf_decrypt)
+
+    def cipher(self, key: Buffer) -> _SodiumCipher:
+        return _SodiumCipher(key, self._enc, self._dec)
+
+
+class XChaCha20Poly1305Impl(ChaCha20Poly1305Impl):
+    nonce_size = 24
+    _enc = staticmethod(b.crypto_aead_xchacha20poly1305_ietf_encrypt)
+    _dec = staticmethod(b.crypto_aead_xchacha20poly1305_ietf_decrypt)
+
+
+class Aegis256Impl(ChaCha20Poly1305Impl):
+    """AEGIS-256 with the 256-bit tag libsodium uses (and the AEGIS draft recommends)."""
+
+    nonce_size = 32
+    tag_size = 32
+    _enc = staticmethod(b.crypto_aead_aegis256_encrypt)
+    _dec = staticmethod(b.crypto_aead_aegis256_decrypt)
 
 
 class Ed25519Impl(Signature):
@@ -66,11 +82,11 @@ class Ed25519Impl(Signature):
 
     def public_key(self, secret_key: Buffer) -> bytes:
         pk, _ = b.crypto_sign_seed_keypair(_bytes(secret_key))
-        return pk  # type: ignore[no-any-return]
+        return pk
 
     def sign(self, secret_key: Buffer, message: Buffer, context: bytes) -> bytes:
         _, sk64 = b.crypto_sign_seed_keypair(_bytes(secret_key))
-        return b.crypto_sign(_bytes(message), sk64)[:64]  # type: ignore[no-any-return]
+        return b.crypto_sign(_bytes(message), sk64)[:64]
 
     def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes) -> None:
         try:
@@ -89,7 +105,7 @@ class X25519Impl(KeyAgreement):
         return pk, bytearray(sk)
 
     def public_key(self, secret_key: Buffer) -> bytes:
-        return b.crypto_scalarmult_base(_bytes(secret_key))  # type: ignore[no-any-return]
+        return b.crypto_scalarmult_base(_bytes(secret_key))
 
     def exchange(self, secret_key: Buffer, peer_public_key: Buffer) -> bytearray:
         try:
