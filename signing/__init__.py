@@ -1,0 +1,1 @@
+"""Publisher keys, canonical manifests and trust store. Not implemented yet: see the capsule issue."""

@@ -1,0 +1,1 @@
+"""First-class fakes for tests: providers built from real backends, with named faults."""
