@@ -293,6 +293,13 @@ _tget = tuple.__getitem__
 
 
 class _OpAPI:
+    """Base of the fixed-operation namespaces.
+
+    Each method loads ``engine._table`` into a local that lives for the whole call: the old
+    table is freed only when the last call that loaded it returns, which is how the updater
+    learns that a replaced implementation has drained (at no cost to the call).
+    """
+
     __slots__ = ("_engine", "_op")
 
     def __init__(self, engine: Engine, operation: str) -> None:
@@ -319,19 +326,23 @@ class SignatureAPI(_OpAPI):
 
     def generate_keypair(self) -> tuple[bytes, SecretBytes]:
         """Return ``(public_key, secret_key)``."""
-        return self._engine._table.entries[self._op].generate_keypair()  # type: ignore[no-any-return]
+        table = self._engine._table
+        return table.entries[self._op].generate_keypair()  # type: ignore[no-any-return]
 
     def public_key(self, secret_key: Buffer | SecretBytes) -> bytes:
         """Derive the public key from a secret key."""
-        return self._engine._table.entries[self._op].public_key(secret_key)  # type: ignore[no-any-return]
+        table = self._engine._table
+        return table.entries[self._op].public_key(secret_key)  # type: ignore[no-any-return]
 
     def sign(self, secret_key: Buffer | SecretBytes, message: Buffer, context: bytes = b"") -> bytes:
         """Sign ``message`` (Ed25519 is deterministic; ML-DSA is hedged)."""
-        return self._engine._table.entries[self._op].sign(secret_key, message, context)  # type: ignore[no-any-return]
+        table = self._engine._table
+        return table.entries[self._op].sign(secret_key, message, context)  # type: ignore[no-any-return]
 
     def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes = b"") -> None:
         """Return if the signature is valid; raise AuthError otherwise."""
-        self._engine._table.entries[self._op].verify(public_key, message, signature, context)
+        table = self._engine._table
+        table.entries[self._op].verify(public_key, message, signature, context)
 
     def is_valid(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes = b"") -> bool:
         """Boolean convenience over :meth:`verify` (bad key sizes still raise KeyError_)."""
@@ -358,15 +369,18 @@ class KexAPI(_OpAPI):
 
     def generate_keypair(self) -> tuple[bytes, SecretBytes]:
         """Return ``(public_key, secret_key)``."""
-        return self._engine._table.entries[self._op].generate_keypair()  # type: ignore[no-any-return]
+        table = self._engine._table
+        return table.entries[self._op].generate_keypair()  # type: ignore[no-any-return]
 
     def public_key(self, secret_key: Buffer | SecretBytes) -> bytes:
         """Derive the public key."""
-        return self._engine._table.entries[self._op].public_key(secret_key)  # type: ignore[no-any-return]
+        table = self._engine._table
+        return table.entries[self._op].public_key(secret_key)  # type: ignore[no-any-return]
 
     def derive_shared(self, secret_key: Buffer | SecretBytes, peer_public_key: Buffer) -> SecretBytes:
         """The raw shared secret; an all-zero result (low-order peer key) raises KeyError_."""
-        return self._engine._table.entries[self._op].derive_shared(secret_key, peer_public_key)  # type: ignore[no-any-return]
+        table = self._engine._table
+        return table.entries[self._op].derive_shared(secret_key, peer_public_key)  # type: ignore[no-any-return]
 
 
 class KemAPI(_OpAPI):
@@ -384,19 +398,23 @@ class KemAPI(_OpAPI):
 
     def generate_keypair(self) -> tuple[bytes, SecretBytes]:
         """Return ``(encapsulation_key, seed)``."""
-        return self._engine._table.entries[self._op].generate_keypair()  # type: ignore[no-any-return]
+        table = self._engine._table
+        return table.entries[self._op].generate_keypair()  # type: ignore[no-any-return]
 
     def public_key(self, secret_key: Buffer | SecretBytes) -> bytes:
         """Derive the encapsulation key from the seed."""
-        return self._engine._table.entries[self._op].public_key(secret_key)  # type: ignore[no-any-return]
+        table = self._engine._table
+        return table.entries[self._op].public_key(secret_key)  # type: ignore[no-any-return]
 
     def encapsulate(self, public_key: Buffer) -> tuple[bytes, SecretBytes]:
         """Return ``(ciphertext, shared_secret)``."""
-        return self._engine._table.entries[self._op].encapsulate(public_key)  # type: ignore[no-any-return]
+        table = self._engine._table
+        return table.entries[self._op].encapsulate(public_key)  # type: ignore[no-any-return]
 
     def decapsulate(self, secret_key: Buffer | SecretBytes, ciphertext: Buffer) -> SecretBytes:
         """Return the shared secret (a tampered ciphertext yields an unrelated one, per FIPS 203)."""
-        return self._engine._table.entries[self._op].decapsulate(secret_key, ciphertext)  # type: ignore[no-any-return]
+        table = self._engine._table
+        return table.entries[self._op].decapsulate(secret_key, ciphertext)  # type: ignore[no-any-return]
 
 
 class HkdfAPI(_OpAPI):
@@ -414,12 +432,15 @@ class HkdfAPI(_OpAPI):
     def derive(self, ikm: Buffer | SecretBytes, length: int, *, salt: Buffer = b"",
                info: Buffer = b"") -> SecretBytes:
         """Extract then expand in one call."""
-        return self._engine._table.entries[self._op].derive(ikm, length, salt=salt, info=info)  # type: ignore[no-any-return]
+        table = self._engine._table
+        return table.entries[self._op].derive(ikm, length, salt=salt, info=info)  # type: ignore[no-any-return]
 
     def extract(self, salt: Buffer, ikm: Buffer | SecretBytes) -> SecretBytes:
         """The pseudo-random key ``PRK = HMAC(salt, ikm)``."""
-        return self._engine._table.entries[self._op].extract(salt, ikm)  # type: ignore[no-any-return]
+        table = self._engine._table
+        return table.entries[self._op].extract(salt, ikm)  # type: ignore[no-any-return]
 
     def expand(self, prk: Buffer | SecretBytes, info: Buffer, length: int) -> SecretBytes:
         """``length`` bytes of output keying material bound to ``info`` (e.g. a transcript hash)."""
-        return self._engine._table.entries[self._op].expand(prk, info, length)  # type: ignore[no-any-return]
+        table = self._engine._table
+        return table.entries[self._op].expand(prk, info, length)  # type: ignore[no-any-return]

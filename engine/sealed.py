@@ -69,5 +69,5 @@ class Sealed(tuple):  # type: ignore[type-arg]  # a tuple so that building one r
         n = len(_tget(self, 1)) - _tget(self, 2)
         return f"Sealed(nonce={self.nonce.hex()}, ciphertext=<{n} bytes>, tag={self.tag.hex()})"
 
-    def __getnewargs__(self) -> tuple[Any, ...]:
-        return (tuple(_tget(self, i) for i in range(3)),)
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Sealed.of, (_tget(self, 0), _tget(self, 1), _tget(self, 2)))

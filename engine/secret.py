@@ -88,9 +88,13 @@ class SecretBytes:
     def wipe(self) -> None:
         """Zero the buffer; the object is unusable afterwards."""
         secure_wipe(self._buf)
-        # An empty buffer fails every key-length check, so a wiped key can never be used
-        # (as an all-zero key) without the call path paying for a flag test.
-        del self._buf[:]
+        # Leave the secret empty: an empty key fails every key-length check, so a wiped secret
+        # can never be used as an all-zero key, and the call path pays for no flag test.
+        # A live view forbids resizing; the zeroed buffer then stays with the view.
+        try:
+            del self._buf[:]
+        except BufferError:
+            self._buf = bytearray()
         self._wiped = True
 
     @property
