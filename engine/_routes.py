@@ -11,7 +11,9 @@ than a provider TypeError) and otherwise becomes :class:`ProviderError` naming t
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .errors import AuthError, KeyError_, NonceError, PolicyError, ProviderError, XpsError
@@ -45,16 +47,25 @@ def _secret(buf: bytearray | bytes) -> SecretBytes:
     return SecretBytes.take(buf) if type(buf) is bytearray else SecretBytes(buf)
 
 
+FaultSink = Callable[[str, str, BaseException], None]
+
+
 class _Route:
-    """Identity shared by every adapter."""
+    """Identity shared by every adapter, and the error path's fault report."""
 
-    __slots__ = ("operation", "provider")
+    __slots__ = ("_on_fault", "operation", "provider")
 
-    def __init__(self, operation: str, provider: str) -> None:
+    def __init__(self, operation: str, provider: str, on_fault: FaultSink | None = None) -> None:
         self.operation = operation
         self.provider = provider
+        self._on_fault = on_fault
 
     def _fault(self, exc: BaseException) -> NoReturn:
+        # Reported on the error path only (the updater rolls back a capsule that faults);
+        # a failing listener must not mask the caller's error.
+        if self._on_fault is not None:
+            with contextlib.suppress(Exception):
+                self._on_fault(self.provider, self.operation, exc)
         # The provider's message is kept (cryptography/libsodium messages carry no key bytes);
         # the exception is chained for debugging.
         raise ProviderError(
@@ -77,8 +88,9 @@ class AeadRoute(_Route):
     __slots__ = ("auth_errors", "auto_nonce", "cipher", "key_size", "key_sizes", "nonce_size",
                  "tag_size")
 
-    def __init__(self, operation: str, provider: str, impl: Aead, *, auto_nonce: bool) -> None:
-        super().__init__(operation, provider)
+    def __init__(self, operation: str, provider: str, impl: Aead, *, auto_nonce: bool,
+                 on_fault: FaultSink | None = None) -> None:
+        super().__init__(operation, provider, on_fault)
         self.cipher = impl.cipher
         self.auth_errors = (*impl.auth_errors, AuthError)
         self.key_sizes = frozenset(impl.key_sizes)
@@ -87,8 +99,17 @@ class AeadRoute(_Route):
         self.tag_size = impl.tag_size
         self.auto_nonce = auto_nonce
 
-    def diagnose(self, exc: BaseException, key: Any, nonce: Any, data: Any, aad: Any) -> XpsError:
-        """Turn a failure on the call path into the right typed error (slow path only)."""
+    def diagnose(self, exc: BaseException, key: Any, nonce: Any, *, nonce_required: bool,
+                 inputs: tuple[tuple[str, Any, type[XpsError]], ...]) -> XpsError:
+        """Turn a failure on the call path into the right typed error (slow path only).
+
+        Args:
+            exc: what the call path raised.
+            key, nonce: the caller's key and nonce.
+            nonce_required: False only for encrypt, where None means "draw one".
+            inputs: (field name, value, error class) for every other byte input, in the
+                order the caller passed them.
+        """
         if isinstance(exc, XpsError):
             return exc
         if isinstance(exc, self.auth_errors):
@@ -99,10 +120,14 @@ class AeadRoute(_Route):
             elif key.wiped:
                 raise KeyError_("key: SecretBytes was wiped")
             _check_len(key, tuple(sorted(self.key_sizes)), "key", KeyError_)
-            if nonce is not None:
+            if nonce is not None or nonce_required:
+                if nonce is None:
+                    raise NonceError("nonce: required, got None")
                 _check_len(_buf(nonce, "nonce", NonceError), (self.nonce_size,), "nonce", NonceError)
-            _buf(data, "data", PolicyError)
-            _buf(aad, "aad", PolicyError)
+            for field, value, error in inputs:
+                if isinstance(value, SecretBytes):
+                    raise error(f"{field}: pass secret data as SecretBytes.view(), not SecretBytes")
+                _buf(value, field, error)
         except XpsError as typed:
             return typed
         try:
@@ -116,8 +141,9 @@ class SignatureRoute(_Route):
 
     __slots__ = ("_impl", "public_key_size", "secret_key_size", "signature_size")
 
-    def __init__(self, operation: str, provider: str, impl: Signature) -> None:
-        super().__init__(operation, provider)
+    def __init__(self, operation: str, provider: str, impl: Signature,
+                 on_fault: FaultSink | None = None) -> None:
+        super().__init__(operation, provider, on_fault)
         self._impl = impl
         self.public_key_size = impl.public_key_size
         self.secret_key_size = impl.secret_key_size
@@ -180,8 +206,9 @@ class KexRoute(_Route):
 
     __slots__ = ("_impl", "public_key_size", "secret_key_size")
 
-    def __init__(self, operation: str, provider: str, impl: KeyAgreement) -> None:
-        super().__init__(operation, provider)
+    def __init__(self, operation: str, provider: str, impl: KeyAgreement,
+                 on_fault: FaultSink | None = None) -> None:
+        super().__init__(operation, provider, on_fault)
         self._impl = impl
         self.public_key_size = impl.public_key_size
         self.secret_key_size = impl.secret_key_size
@@ -228,8 +255,9 @@ class KemRoute(_Route):
 
     __slots__ = ("_impl", "ciphertext_size", "public_key_size", "secret_key_size")
 
-    def __init__(self, operation: str, provider: str, impl: Kem) -> None:
-        super().__init__(operation, provider)
+    def __init__(self, operation: str, provider: str, impl: Kem,
+                 on_fault: FaultSink | None = None) -> None:
+        super().__init__(operation, provider, on_fault)
         self._impl = impl
         self.public_key_size = impl.public_key_size
         self.secret_key_size = impl.secret_key_size
@@ -282,8 +310,9 @@ class KdfRoute(_Route):
 
     __slots__ = ("_impl", "hash_size", "max_output")
 
-    def __init__(self, operation: str, provider: str, impl: Kdf) -> None:
-        super().__init__(operation, provider)
+    def __init__(self, operation: str, provider: str, impl: Kdf,
+                 on_fault: FaultSink | None = None) -> None:
+        super().__init__(operation, provider, on_fault)
         self._impl = impl
         self.hash_size = impl.hash_size
         self.max_output = impl.max_output
@@ -313,12 +342,15 @@ class KdfRoute(_Route):
 
     def derive(self, ikm: Any, length: int, *, salt: Buffer = b"", info: Buffer = b"") -> SecretBytes:
         self._check_length(length)
+        _buf(info, "info", PolicyError)
         with self.extract(salt, ikm) as prk:
             return self.expand(prk, info, length)
 
     def _check_length(self, length: Any) -> None:
-        if type(length) is not int or not 0 < length <= self.max_output:
-            raise KeyError_(f"length: expected 1..{self.max_output}, got {length!r}")
+        if type(length) is not int:
+            raise KeyError_(f"length: expected an int, got {type(length).__name__}")
+        if not 0 < length <= self.max_output:
+            raise KeyError_(f"length: expected 1..{self.max_output}, got {length}")
 
 
 class UnavailableRoute:

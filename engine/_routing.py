@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ._routes import AeadRoute, KdfRoute, KemRoute, KexRoute, SignatureRoute, UnavailableRoute
+from ._routes import AeadRoute, FaultSink, KdfRoute, KemRoute, KexRoute, SignatureRoute, UnavailableRoute
 from .config import EngineConfig
 from .interfaces import OPERATIONS, Provider
 
@@ -80,6 +80,7 @@ def build_table(
     *,
     version: int,
     kat_failures: Mapping[tuple[str, str], str] = MappingProxyType({}),
+    on_fault: FaultSink | None = None,
 ) -> RoutingTable:
     """Choose one implementation per operation and build the adapters.
 
@@ -93,6 +94,7 @@ def build_table(
         config: policy, nonce mode and preferences.
         version: the version number this table will carry.
         kat_failures: (provider, operation) -> reason for each failed self-test.
+        on_fault: called (error path only) when a routed provider raises unexpectedly.
     """
     by_op: dict[str, list[Provider]] = {op: [] for op in OPERATIONS}
     for p in providers:
@@ -135,9 +137,10 @@ def build_table(
         else:
             impl: Any = chosen.implementations[op]
             if spec.kind == "aead":
-                adapter = AeadRoute(op, chosen.name, impl, auto_nonce=config.nonce == "auto")
+                adapter = AeadRoute(op, chosen.name, impl, auto_nonce=config.nonce == "auto",
+                                    on_fault=on_fault)
             else:
-                adapter = _ADAPTERS[spec.kind](op, chosen.name, impl)
+                adapter = _ADAPTERS[spec.kind](op, chosen.name, impl, on_fault)
             routes[op] = Route(op, chosen.name, chosen.backend, chosen.version,
                                chosen.constant_time, tuple(candidates))
         entries[op] = adapter

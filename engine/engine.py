@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +44,10 @@ def random_bytes(n: int) -> bytes:
         >>> len(random_bytes(32))
         32
     """
-    if type(n) is not int or not 0 <= n <= _MAX_RANDOM:
-        raise KeyError_(f"n: expected an int in 0..{_MAX_RANDOM}, got {n!r}")
+    if type(n) is not int:
+        raise KeyError_(f"n: expected an int, got {type(n).__name__}")
+    if not 0 <= n <= _MAX_RANDOM:
+        raise KeyError_(f"n: expected 0..{_MAX_RANDOM}, got {n}")
     return os.urandom(n)
 
 
@@ -74,6 +76,7 @@ class Engine:
         # Serialises start and publish; never taken on the call path.
         self._lock = threading.RLock()
         self._state: EngineState | None = None
+        self._fault_listeners: tuple[Callable[[str, str, BaseException], None], ...] = ()
         self._table: RoutingTable = _bootstrap_table(self)
         self.aead = AeadAPI(self)
         self.ed25519 = SignatureAPI(self, "sig.ed25519")
@@ -120,13 +123,28 @@ class Engine:
 
     def build_table(self, providers: Iterable[Provider] | None = None,
                     config: EngineConfig | None = None) -> RoutingTable:
-        """Build (not publish) the next table from ``providers`` (default: those loaded)."""
+        """Build (not publish) the next table from ``providers`` (default: those loaded).
+
+        Providers not loaded at start (capsules) must have passed their self-tests already.
+        """
         state = self.state
         provs = state.providers if providers is None else tuple(providers)
         failures = {(r.provider, r.operation): r.failure or "failed"
                     for r in state.selftests if not r.passed}
         return build_table(provs, config or self.config, version=self._table.version + 1,
-                           kat_failures=failures)
+                           kat_failures=failures, on_fault=self._report_fault)
+
+    def add_fault_listener(self, listener: Callable[[str, str, BaseException], None]) -> None:
+        """Call ``listener(provider, operation, exc)`` when a routed provider raises unexpectedly.
+
+        Runs on the failing call's thread, on the error path only; keep it short.
+        """
+        with self._lock:
+            self._fault_listeners = (*self._fault_listeners, listener)
+
+    def _report_fault(self, provider: str, operation: str, exc: BaseException) -> None:
+        for listener in self._fault_listeners:
+            listener(provider, operation, exc)
 
     def publish(self, table: RoutingTable) -> RoutingTable:
         """Install ``table`` as the one every new call uses; returns the table it replaced.
@@ -216,7 +234,9 @@ class AeadAPI:
                 raise NonceError(f"nonce: expected {r.nonce_size} bytes, got {len(nonce)}")
             return _new_sealed(Sealed, (nonce, r.cipher(key).encrypt(nonce, plaintext, aad), r.tag_size))
         except Exception as exc:
-            raise _aead_error(table, algo, exc, key, nonce, plaintext, aad) from None
+            err = _aead_error(table, algo, exc, key, nonce, nonce_required=False,
+                              inputs=(("plaintext", plaintext, PolicyError), ("aad", aad, PolicyError)))
+            raise err from err.__cause__
 
     def decrypt(self, algo: str, key: Buffer | SecretBytes, nonce: bytes, ciphertext: Buffer,
                 tag: Buffer, aad: Buffer = b"") -> bytes:
@@ -238,7 +258,10 @@ class AeadAPI:
                 raise AuthError(f"tag: expected {r.tag_size} bytes, got {len(tag)}")
             return r.cipher(key).decrypt(nonce, b"".join((ciphertext, tag)), aad)  # type: ignore[no-any-return]
         except Exception as exc:
-            raise _aead_error(table, algo, exc, key, nonce, ciphertext, aad) from None
+            err = _aead_error(table, algo, exc, key, nonce, nonce_required=True,
+                              inputs=(("ciphertext", ciphertext, PolicyError), ("tag", tag, AuthError),
+                                      ("aad", aad, PolicyError)))
+            raise err from err.__cause__
 
     def open(self, algo: str, key: Buffer | SecretBytes, sealed: Sealed, aad: Buffer = b"") -> bytes:
         """Decrypt a :class:`Sealed` without re-joining ciphertext and tag (zero copy)."""
@@ -248,6 +271,8 @@ class AeadAPI:
             r = table.aead[algo]
             if type(key) is SecretBytes:
                 key = key._buf
+            if type(sealed) is not Sealed:  # a plain tuple must not pass for a Sealed
+                raise TypeError
             nonce, wire, tag_size = _tget(sealed, 0), _tget(sealed, 1), _tget(sealed, 2)
             if len(key) not in r.key_sizes:
                 raise KeyError_(f"key: expected {r.key_size} bytes, got {len(key)}")
@@ -257,9 +282,12 @@ class AeadAPI:
                 raise AuthError(f"sealed: tag size {tag_size} does not match {r.operation}")
             return r.cipher(key).decrypt(nonce, wire, aad)  # type: ignore[no-any-return]
         except Exception as exc:
-            if not isinstance(sealed, Sealed):
+            if type(sealed) is not Sealed:
                 raise PolicyError(f"sealed: expected a Sealed, got {type(sealed).__name__}") from None
-            raise _aead_error(table, algo, exc, key, nonce, b"", aad) from None
+            err = _aead_error(table, algo, exc, key, nonce, nonce_required=True,
+                              inputs=(("sealed.ciphertext", _tget(sealed, 1), PolicyError),
+                                      ("aad", aad, PolicyError)))
+            raise err from err.__cause__
 
     def info(self, algo: str) -> dict[str, Any]:
         """Sizes and serving provider of ``algo``: key_size, nonce_size, tag_size, provider."""
@@ -267,13 +295,13 @@ class AeadAPI:
         try:
             r = table.aead[algo]
         except Exception as exc:
-            raise _aead_error(table, algo, exc, b"", None, b"", b"") from None
+            raise _aead_error(table, algo, exc, b"", None, nonce_required=False, inputs=()) from None
         return {"operation": r.operation, "provider": r.provider, "key_size": r.key_size,
                 "nonce_size": r.nonce_size, "tag_size": r.tag_size}
 
 
-def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce: Any,
-                data: Any, aad: Any) -> XpsError:
+def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce: Any, *,
+                nonce_required: bool, inputs: tuple[tuple[str, Any, type[XpsError]], ...]) -> XpsError:
     """The typed error for a failed AEAD call (error path only)."""
     try:
         r = table.aead[algo]
@@ -282,7 +310,7 @@ def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce:
         if op is not None and op in table.unrouted:
             return PolicyError(f"algo: {algo} is not available ({table.unrouted[op]})")
         return PolicyError(f"algo: unknown AEAD algorithm {algo!r}")
-    return r.diagnose(exc, key, nonce, data, aad)  # type: ignore[no-any-return]
+    return r.diagnose(exc, key, nonce, nonce_required=nonce_required, inputs=inputs)  # type: ignore[no-any-return]
 
 
 _AEAD_NAMES = {name: op for op, spec in OPERATIONS.items() if spec.kind == "aead"

@@ -49,11 +49,15 @@ class XpsError(Exception):
     """Base of every XPScerpto error; ``.code`` is an :class:`ErrorCode`."""
 
     code: ErrorCode = ErrorCode.INTERNAL
+    #: A short machine-readable cause (e.g. ``"rollback"`` for a refused capsule), or None.
+    reason: str | None = None
 
-    def __init__(self, message: str, *, code: ErrorCode | None = None) -> None:
+    def __init__(self, message: str, *, code: ErrorCode | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
+        if reason is not None:
+            self.reason = reason
 
     def __str__(self) -> str:
         return f"{self.code}: {self.args[0]}"

@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import ClassVar, Literal, Protocol
 
 __all__ = [
+    "API_VERSION",
     "OPERATIONS",
     "Aead",
     "AeadCipher",
@@ -40,6 +41,9 @@ __all__ = [
     "Provider",
     "Signature",
 ]
+
+#: The provider-contract version; capsules declare the range they need (``>=1.0,<2``).
+API_VERSION = (1, 0)
 
 Buffer = bytes | bytearray | memoryview
 Kind = Literal["aead", "sig", "kex", "kem", "kdf"]

@@ -5,6 +5,6 @@ citing its source); the engine runs them against every provider before routing i
 ``wycheproof/`` (in the source tree) holds the full upstream files for the conformance suite.
 """
 
-from .selftest import KatResult, run_selftest, selftest_vectors
+from .selftest import KatResult, parse_vectors, run_selftest, selftest_vectors
 
-__all__ = ["KatResult", "run_selftest", "selftest_vectors"]
+__all__ = ["KatResult", "parse_vectors", "run_selftest", "selftest_vectors"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from xpscerpto.errors import AuthError
 
-__all__ = ["KatResult", "run_selftest", "selftest_vectors"]
+__all__ = ["KatResult", "parse_vectors", "run_selftest", "selftest_vectors"]
 
 _DIR = Path(__file__).with_name("selftest")
 
@@ -41,14 +41,16 @@ class KatFailure(Exception):
     """A known answer did not match (internal to this module)."""
 
 
+def parse_vectors(raw: bytes | str) -> tuple[dict[str, Any], ...]:
+    """Parse a self-test vector file (``{"vectors": [...]}``, hex strings) into dicts of bytes."""
+    doc = json.loads(raw)
+    return tuple({k: (bytes.fromhex(x) if isinstance(x, str) and k not in ("result", "source") else x)
+                  for k, x in v.items()} for v in doc["vectors"])
+
+
 @cache
 def _load(path: Path) -> tuple[dict[str, Any], ...]:
-    doc = json.loads(path.read_text())
-    out = []
-    for v in doc["vectors"]:
-        out.append({k: (bytes.fromhex(x) if isinstance(x, str) and k not in ("result", "source")
-                        else x) for k, x in v.items()})
-    return tuple(out)
+    return parse_vectors(path.read_bytes())
 
 
 def selftest_vectors(operation: str, extra_files: Iterable[str | Path] = ()) -> tuple[dict[str, Any], ...]:
@@ -143,7 +145,8 @@ _CHECKS: dict[str, Callable[[Any, dict[str, Any]], None]] = {
 
 
 def run_selftest(provider: str, operation: str, kind: str, impl: object,
-                 extra_files: Iterable[str | Path] = ()) -> KatResult:
+                 extra_files: Iterable[str | Path] = (),
+                 extra_vectors: Iterable[dict[str, Any]] = ()) -> KatResult:
     """Run the self-test for one provider implementation; never raises.
 
     Args:
@@ -152,11 +155,12 @@ def run_selftest(provider: str, operation: str, kind: str, impl: object,
         kind: the operation's kind (``"aead"``, ``"sig"``…).
         impl: the provider's raw implementation.
         extra_files: the provider's own KAT files for this operation.
+        extra_vectors: more vectors already parsed (a capsule's in-memory KAT files).
     """
     start = time.perf_counter()
     n = 0
     try:
-        vectors = selftest_vectors(operation, extra_files)
+        vectors = (*selftest_vectors(operation, extra_files), *extra_vectors)
         check = _CHECKS[kind]
         for v in vectors:
             check(impl, v)

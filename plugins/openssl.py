@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
-from xpscerpto.errors import AuthError
+from xpscerpto.errors import AuthError, KeyError_
 from xpscerpto.hookspecs import hookimpl
 from xpscerpto.interfaces import Aead, Buffer, Kdf, Kem, KeyAgreement, Provider, Signature
 
@@ -123,7 +123,13 @@ class MlKem768Impl(Kem):
         return mlkem.MLKEM768PrivateKey.from_seed_bytes(secret_key).public_key().public_bytes_raw()
 
     def encapsulate(self, public_key: Buffer) -> tuple[bytes, bytearray]:
-        shared, ct = mlkem.MLKEM768PublicKey.from_public_bytes(bytes(public_key)).encapsulate()
+        try:
+            pk = mlkem.MLKEM768PublicKey.from_public_bytes(bytes(public_key))
+        except ValueError:
+            # FIPS 203 7.2 modulus check (cryptography's message only mentions the length).
+            raise KeyError_("public_key: not a valid ML-KEM-768 encapsulation key "
+                            "(coefficients not reduced mod q)") from None
+        shared, ct = pk.encapsulate()
         return ct, bytearray(shared)
 
     def decapsulate(self, secret_key: Buffer, ciphertext: Buffer) -> bytearray:

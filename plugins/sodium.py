@@ -21,7 +21,13 @@ PROVIDER_NAME = "sodium"
 
 
 def _bytes(x: Buffer) -> bytes:
-    return x if type(x) is bytes else bytes(x)
+    # memoryview() first: bytes() alone would also accept a list of ints or an int (zeros).
+    return x if type(x) is bytes else bytes(memoryview(x))
+
+
+def _aad(x: Buffer | None) -> bytes:
+    # None is empty associated data, as cryptography treats it, so both providers agree.
+    return b"" if x is None else _bytes(x)
 
 
 class _SodiumCipher:
@@ -38,10 +44,10 @@ class _SodiumCipher:
         self._dec = dec
 
     def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
-        return self._enc(_bytes(data), _bytes(aad), _bytes(nonce), self._key)
+        return self._enc(_bytes(data), _aad(aad), _bytes(nonce), self._key)
 
     def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
-        return self._dec(_bytes(data), _bytes(aad), _bytes(nonce), self._key)
+        return self._dec(_bytes(data), _aad(aad), _bytes(nonce), self._key)
 
 
 class ChaCha20Poly1305Impl(Aead):

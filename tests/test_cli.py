@@ -10,7 +10,7 @@ from pathlib import Path
 
 def xps(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "xpscerpto", *args], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
 
 
 def test_demo_runs_end_to_end() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from xpscerpto import EngineConfig, Policy, PolicyError
 
 
@@ -59,7 +58,8 @@ def test_toml_and_json_files(tmp_path: Path) -> None:
     ("bad.json", "{", "not valid json"),
     ("list.json", "[1]", "'config': expected Mapping"),
 ], ids=["missing", "bad-toml", "bad-json", "not-a-mapping"])
-def test_bad_config_file_is_a_typed_error(tmp_path: Path, name: str, content: str | None, message: str) -> None:
+def test_bad_config_file_is_a_typed_error(
+        tmp_path: Path, name: str, content: str | None, message: str) -> None:
     path = tmp_path / name
     if content is not None:
         path.write_text(content)

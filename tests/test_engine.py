@@ -7,7 +7,6 @@ import sys
 import threading
 
 import pytest
-
 import xpscerpto as xps
 from xpscerpto.config import EngineConfig
 from xpscerpto.interfaces import OPERATIONS

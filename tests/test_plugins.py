@@ -6,12 +6,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 import xpscerpto as xps
-from tests.fakes.providers import ProviderPlugin, RealAesGcm256
 from xpscerpto._plugins import DISABLE_AUTOLOAD_ENV, ENTRY_POINT_GROUP, load_providers, validate_provider
 from xpscerpto.config import EngineConfig
 from xpscerpto.interfaces import Aead, Provider
+
+from tests.fakes.providers import ProviderPlugin, RealAesGcm256
 
 GOOD_PLUGIN = '''
 from cryptography.exceptions import InvalidTag

@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 import xpscerpto as xps
-from tests.fakes.providers import ProviderPlugin, WrongAesGcm256, aes_provider
 from xpscerpto._routing import build_table
 from xpscerpto.config import EngineConfig, Policy
 from xpscerpto.interfaces import OPERATIONS
 from xpscerpto.plugins import openssl, sodium
+
+from tests.fakes.providers import ProviderPlugin, WrongAesGcm256, aes_provider
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,8 @@ def test_providers_restriction_pins_the_table(builtins: tuple) -> None:
     (("pq",), {"sig.mldsa65", "kem.mlkem768"}),
     (("sha1", "des"), set()),  # nothing routed uses them; nothing blocked
 ], ids=["token", "token-case", "family", "glob", "post-quantum", "absent-algorithms"])
-def test_forbid_list_blocks_exactly_the_matching_operations(builtins: tuple, forbid: tuple, blocked: set) -> None:
+def test_forbid_list_blocks_exactly_the_matching_operations(
+        builtins: tuple, forbid: tuple, blocked: set) -> None:
     table = build_table(builtins, EngineConfig(policy=Policy(forbid=forbid)), version=1)
     assert set(table.unrouted) == blocked
     for op in blocked:
@@ -100,7 +101,8 @@ def test_provider_failing_its_kat_is_never_routed_and_the_failure_is_reported() 
     assert not result.passed and "encrypt output differs" in (result.failure or "")
     route = eng.table.routes["aead.aes256gcm"]
     assert route.provider == "openssl"
-    assert ("broken", "self-test failed: " + result.failure) in [(c.provider, c.excluded) for c in route.candidates]
+    excluded = [(c.provider, c.excluded) for c in route.candidates]
+    assert ("broken", "self-test failed: " + result.failure) in excluded
 
 
 def test_sole_provider_failing_its_kat_leaves_the_operation_unrouted() -> None:

@@ -11,7 +11,6 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from xpscerpto.hookspecs import hookimpl
 from xpscerpto.interfaces import Aead, Provider
 
