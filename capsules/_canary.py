@@ -1,0 +1,158 @@
+"""Transitional implementations used while a capsule is staged: canary and dual-run.
+
+Each wraps the *current* implementation (``old``) and the candidate (``new``) behind the same
+provider contract, so the routing table and the API need no special case; they exist only in
+tables published during staging, never in the steady-state one.
+
+- Canary: a share of calls goes to ``new``; if ``new`` raises (or, on decrypt, refuses what
+  ``old`` accepts) the call is answered by ``old`` and the fault reported. No call fails.
+- Dual-run: every call is answered by ``old`` and shadowed through ``new``; a difference
+  (output, or accept/refuse) is reported.
+
+AEAD is wrapped at the keyed-cipher level; other kinds per method.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from xpscerpto.interfaces import OPERATIONS
+
+__all__ = ["Fault", "transitional"]
+
+Fault = Callable[[str], None]
+
+# Methods whose output is a function of the input, hence comparable in dual-run.
+_DETERMINISTIC = {
+    "sig": ("public_key", "verify"), "kex": ("public_key", "exchange"),
+    "kem": ("public_key", "decapsulate"), "kdf": ("extract", "expand"),
+}
+
+
+def _outcome(fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+    try:
+        return True, fn(*args)
+    except Exception as exc:
+        return False, exc
+
+
+class _CanaryKeyed:
+    __slots__ = ("_fault", "_new", "_old")
+
+    def __init__(self, old: Any, new: Any, fault: Fault) -> None:
+        self._old, self._new, self._fault = old, new, fault
+
+    def encrypt(self, nonce: bytes, data: Any, aad: Any) -> bytes:
+        ok, out = _outcome(self._new.encrypt, nonce, data, aad)
+        if ok:
+            return out  # type: ignore[no-any-return]
+        self._fault(f"canary encrypt raised {type(out).__name__}: {out}")
+        return self._old.encrypt(nonce, data, aad)  # type: ignore[no-any-return]
+
+    def decrypt(self, nonce: bytes, data: Any, aad: Any) -> bytes:
+        ok, out = _outcome(self._new.decrypt, nonce, data, aad)
+        if ok:
+            return out  # type: ignore[no-any-return]
+        # Either a genuine forgery (old refuses too: re-raise old's verdict) or a capsule fault.
+        result = self._old.decrypt(nonce, data, aad)
+        self._fault(f"canary decrypt refused what the current implementation accepts ({type(out).__name__})")
+        return result  # type: ignore[no-any-return]
+
+
+class _ShadowKeyed:
+    __slots__ = ("_fault", "_new", "_old")
+
+    def __init__(self, old: Any, new: Any, fault: Fault) -> None:
+        self._old, self._new, self._fault = old, new, fault
+
+    def encrypt(self, nonce: bytes, data: Any, aad: Any) -> bytes:
+        out = self._old.encrypt(nonce, data, aad)
+        ok, shadow = _outcome(self._new.encrypt, nonce, data, aad)
+        if not ok or shadow != out:
+            self._fault("dual-run encrypt differs from the current implementation")
+        return out  # type: ignore[no-any-return]
+
+    def decrypt(self, nonce: bytes, data: Any, aad: Any) -> bytes:
+        ok_old, out = _outcome(self._old.decrypt, nonce, data, aad)
+        ok_new, shadow = _outcome(self._new.decrypt, nonce, data, aad)
+        if ok_old != ok_new or (ok_old and bytes(shadow) != bytes(out)):
+            self._fault("dual-run decrypt differs from the current implementation")
+        if not ok_old:
+            raise out
+        return out  # type: ignore[no-any-return]
+
+
+class _TransitionalAead:
+    """Contract-compatible AEAD built per call from old and new keyed ciphers."""
+
+    def __init__(self, old: Any, new: Any, mode: str, share: float, fault: Fault) -> None:
+        self.key_sizes, self.nonce_size, self.tag_size = old.key_sizes, old.nonce_size, old.tag_size
+        self.auth_errors = (*old.auth_errors, *new.auth_errors)
+        self._old, self._new, self._mode, self._fault = old, new, mode, fault
+        self._every = max(1, round(1 / share)) if share > 0 else 0
+        self._n = itertools.count()
+
+    def cipher(self, key: Any) -> Any:
+        if self._mode == "dual-run":
+            return _ShadowKeyed(self._old.cipher(key), self._new.cipher(key), self._fault)
+        if self._every and next(self._n) % self._every == 0:
+            return _CanaryKeyed(self._old.cipher(key), self._new.cipher(key), self._fault)
+        return self._old.cipher(key)
+
+
+class _TransitionalOther:
+    """Per-method canary/dual-run for signature, key-agreement, KEM and KDF contracts."""
+
+    def __init__(self, kind: str, old: Any, new: Any, mode: str, share: float, fault: Fault) -> None:
+        for attr in ("public_key_size", "secret_key_size", "signature_size", "shared_size",
+                     "ciphertext_size", "hash_size", "max_output"):
+            if hasattr(old, attr):
+                setattr(self, attr, getattr(old, attr))
+        self._kind, self._old, self._new, self._mode, self._fault = kind, old, new, mode, fault
+        self._every = max(1, round(1 / share)) if share > 0 else 0
+        self._n = itertools.count()
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        old_fn, new_fn = getattr(self._old, method), getattr(self._new, method)
+        comparable = method in _DETERMINISTIC.get(self._kind, ())
+
+        def call(*args: Any) -> Any:
+            if self._mode == "dual-run":
+                ok_old, out = _outcome(old_fn, *args)
+                if comparable:
+                    ok_new, shadow = _outcome(new_fn, *args)
+                    if ok_old != ok_new or (ok_old and shadow != out):
+                        self._fault(f"dual-run {method} differs from the current implementation")
+                if not ok_old:
+                    raise out
+                return out
+            if self._every and next(self._n) % self._every == 0:
+                ok, out = _outcome(new_fn, *args)
+                if ok:
+                    return out
+                ok_old, ref = _outcome(old_fn, *args)
+                if ok_old:
+                    self._fault(f"canary {method} raised {type(out).__name__}: {out}")
+                    return ref
+                raise ref
+            return old_fn(*args)
+
+        return call
+
+
+def transitional(operation: str, old: Any, new: Any, *, mode: str, share: float, fault: Fault) -> Any:
+    """The implementation to route during staging (``mode``: ``"canary"`` or ``"dual-run"``)."""
+    kind = OPERATIONS[operation].kind
+    impl_cls = type(old).__mro__[0]
+    if kind == "aead":
+        obj: Any = _TransitionalAead(old, new, mode, share, fault)
+    else:
+        obj = _TransitionalOther(kind, old, new, mode, share, fault)
+    # Present as an instance of the contract so provider validation accepts it.
+    contract = OPERATIONS[operation].contract
+    wrapper_cls = type(f"Transitional{contract.__name__}", (type(obj), contract), {})
+    obj.__class__ = wrapper_cls
+    del impl_cls
+    return obj

@@ -1,0 +1,70 @@
+"""The isolated validator: runs a candidate capsule's code in a throw-away process.
+
+Protocol: one JSON request on stdin; one JSON result written to the file descriptor the
+parent names (stdout is redirected to stderr first, so capsule code that prints cannot
+forge a result). Any crash, hang, exit or memory blow-up simply produces no result, which
+the parent treats as a rejection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+
+def _limit_memory(max_bytes: int) -> None:
+    if max_bytes > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+
+
+def run(request: dict[str, Any]) -> dict[str, Any]:
+    from xpscerpto._plugins import validate_provider
+    from xpscerpto.interfaces import OPERATIONS
+    from xpscerpto.kat.selftest import parse_vectors, run_selftest
+
+    from . import _diff
+    from .loader import load_provider
+
+    files = {p: bytes.fromhex(h) for p, h in request["files"].items()}
+    provider = load_provider(sha256=request["sha256"], name=request["name"], version=request["version"],
+                             files=files, operations=request["operations"], kat={})
+    problem = validate_provider(provider)
+    if problem is not None:
+        return {"ok": False, "stage": "contract", "reason": problem}
+    out: dict[str, Any] = {"ok": True, "kat": {}, "diff": {}, "bench": {}}
+    for op, impl in provider.implementations.items():
+        kind = OPERATIONS[op].kind
+        vectors = [v for path in request["kat"].get(op, ()) for v in parse_vectors(files[path])]
+        result = run_selftest(provider.name, op, kind, impl, extra_vectors=vectors)
+        out["kat"][op] = {"passed": result.passed, "vectors": result.vectors, "failure": result.failure}
+        if not result.passed:
+            return {"ok": False, "stage": "kat", "reason": f"{op}: {result.failure}", **out}
+        inputs = request["diff_inputs"].get(op)
+        if inputs is not None:
+            out["diff"][op] = _diff.compute(kind, op, impl, inputs)
+        if kind == "aead" and request["bench_bytes"] > 0:
+            out["bench"][op] = _diff.bench_aead(impl, request["bench_bytes"], request["bench_seconds"])
+    return out
+
+
+def main() -> None:
+    result_fd = int(sys.argv[1])
+    os.dup2(2, 1)  # capsule prints go to stderr; only this module writes to result_fd
+    request = json.loads(sys.stdin.buffer.read())
+    _limit_memory(int(request.get("memory_bytes", 0)))
+    started = time.perf_counter()
+    try:
+        result = run(request)
+    except BaseException as exc:  # the capsule's fault, reported rather than crashing mute
+        result = {"ok": False, "stage": "load", "reason": f"{type(exc).__name__}: {exc}"[:500]}
+    result["seconds"] = time.perf_counter() - started
+    with os.fdopen(result_fd, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Validate a verified capsule off the hot path, in a separate process.
+
+The child (``xpscerpto.capsules._child``) loads the capsule from the verified bytes sent to
+it, checks the provider contract, runs the capsule's own KATs and the engine's, computes the
+differential observations and a micro-benchmark. The parent compares those against the
+implementation routed now. A capsule whose code hangs, raises, exits, segfaults or exhausts
+memory produces no valid result and is rejected; the engine process never ran its code.
+
+This isolates *faults*; it is not a sandbox against malice (signatures are what keep
+untrusted code out).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from xpscerpto.errors import UpdateError
+from xpscerpto.interfaces import OPERATIONS
+
+from . import _diff
+from ._verifier import VerifiedCapsule
+
+__all__ = ["Gates", "ValidationReport", "validate_isolated"]
+
+
+@dataclass(frozen=True, slots=True)
+class Gates:
+    """Validation gates (configurable per updater)."""
+
+    timeout_s: float = 60.0  # wall-clock limit for the child
+    memory_bytes: int = 2 * 1024**3  # address-space limit for the child
+    diff_samples: int = 22  # random inputs per operation (covers every AEAD size bucket twice)
+    bench_bytes: int = 64 * 1024  # AEAD micro-benchmark message size; 0 disables the gate
+    bench_seconds: float = 0.3
+    max_slowdown: float = 2.0  # refuse a candidate slower than this multiple of the current one
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What the isolated validation observed (for the audit trail and ``xps status``)."""
+
+    kat: Mapping[str, Any]
+    diff_checked: tuple[str, ...]
+    slowdown: Mapping[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _reject(message: str, reason: str) -> UpdateError:
+    return UpdateError(message, reason=reason)
+
+
+def validate_isolated(capsule: VerifiedCapsule, references: Mapping[str, Any], gates: Gates = Gates()) -> ValidationReport:
+    """Run the child and judge its result.
+
+    Args:
+        capsule: the verified capsule.
+        references: operation -> the raw implementation routed now (differential and
+            benchmark baseline); operations absent here are checked by KATs only.
+        gates: limits and thresholds.
+    """
+    m = capsule.manifest
+    inputs = {op: _diff.make_inputs(OPERATIONS[op].kind, op, references[op], gates.diff_samples)
+              for op in m.operations if op in references}
+    request = {
+        "sha256": capsule.sha256, "name": m.name, "version": m.version,
+        "files": {p: b.hex() for p, b in capsule.files.items()},
+        "operations": dict(m.operations), "kat": {op: list(p) for op, p in m.kat.items()},
+        "diff_inputs": inputs, "bench_bytes": gates.bench_bytes if references else 0,
+        "bench_seconds": gates.bench_seconds, "memory_bytes": gates.memory_bytes,
+    }
+    result = _run_child(json.dumps(request).encode(), gates)
+    if not result.get("ok"):
+        stage = result.get("stage", "?")
+        reason = {"kat": "kat-failed", "contract": "contract"}.get(stage, "validation-failed")
+        raise _reject(f"validation ({stage}): {result.get('reason', 'no reason given')}", reason)
+
+    for op, observed in result.get("diff", {}).items():
+        ref = references[op]
+        expected = _diff.compute(OPERATIONS[op].kind, op, ref, inputs[op])
+        problem = _diff.compare(OPERATIONS[op].kind, op, ref, inputs[op], observed, expected)
+        if problem is not None:
+            reason = "tamper-accepted" if "tampered" in problem else "differential-mismatch"
+            raise _reject(f"differential check {op}: {problem}", reason)
+    missing = set(inputs) - set(result.get("diff", {}))
+    if missing:
+        raise _reject(f"differential check: no result for {sorted(missing)[0]}", "validation-failed")
+
+    slowdown: dict[str, float] = {}
+    for op, cand_s in result.get("bench", {}).items():
+        ref_s = _diff.bench_aead(references[op], gates.bench_bytes, gates.bench_seconds)
+        slowdown[op] = cand_s / ref_s
+        if slowdown[op] > gates.max_slowdown:
+            raise _reject(f"benchmark {op}: {slowdown[op]:.2f}x slower than the current implementation at "
+                          f"{gates.bench_bytes} bytes (gate {gates.max_slowdown}x)", "too-slow")
+    return ValidationReport(result.get("kat", {}), tuple(sorted(inputs)), slowdown, result.get("seconds", 0.0))
+
+
+def _run_child(request: bytes, gates: Gates) -> dict[str, Any]:
+    with tempfile.TemporaryFile() as out:
+        fd = out.fileno()
+        # -I: isolated mode (no user site, no PYTHON* env, no cwd on sys.path).
+        cmd = [sys.executable, "-I", "-m", "xpscerpto.capsules._child", str(fd)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, pass_fds=(fd,), start_new_session=True)
+        try:
+            _, err = proc.communicate(request, timeout=gates.timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise _reject(f"validation: no answer within {gates.timeout_s:g} s (hang); child killed",
+                          "timeout") from None
+        tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        if proc.returncode < 0:
+            name = signal.Signals(-proc.returncode).name
+            raise _reject(f"validation: child killed by {name} {tail[0][:200]}".rstrip(), "crashed")
+        out.seek(0)
+        raw = out.read()
+        if proc.returncode != 0 or not raw:
+            raise _reject(f"validation: child exited with status {proc.returncode} and no result "
+                          f"{tail[0][:200]}".rstrip(), "crashed")
+        try:
+            result: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            raise _reject("validation: unreadable result from child", "crashed") from None
+        return result

@@ -1,0 +1,146 @@
+"""Accepted capsules on disk and the committed routing state.
+
+The capsule store is content-addressed (``<sha256>.capsule``, written atomically, never
+modified). ``state.json`` is the single commit point of the routing state: which capsules
+are active (in precedence order), what each replaced, the highest version ever accepted per
+capsule name, and a bounded history. It is replaced atomically, so a crash at any moment
+leaves either the previous or the next state.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from xpscerpto._atomic import atomic_write
+from xpscerpto.errors import UpdateError
+from xpscerpto.home import Home
+
+__all__ = ["ActiveCapsule", "CapsuleStore", "RoutingState", "state_lock"]
+
+_HISTORY = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveCapsule:
+    """One enabled capsule: its identity, the operations it serves, and what it replaced."""
+
+    name: str
+    version: str
+    sha256: str
+    operations: tuple[str, ...]
+    replaced: str | None = None  # sha256 of the same-name capsule it replaced, if any
+
+
+@dataclass(frozen=True)
+class RoutingState:
+    """The committed routing state (immutable; methods return new states)."""
+
+    active: tuple[ActiveCapsule, ...] = ()
+    highest: Mapping[str, str] = field(default_factory=dict)
+    history: tuple[Mapping[str, Any], ...] = ()
+
+    def find(self, target: str) -> ActiveCapsule | None:
+        """The active capsule named ``target``, serving operation ``target``, or with that hash."""
+        for a in reversed(self.active):  # later entries take precedence
+            if target in (a.name, a.sha256) or target in a.operations or (
+                    len(target) >= 8 and a.sha256.startswith(target)):
+                return a
+        return None
+
+    def enable(self, cap: ActiveCapsule, *, operator: str) -> RoutingState:
+        """``cap`` becomes active (replacing a same-name version); raises the highest version."""
+        previous = next((a for a in self.active if a.name == cap.name), None)
+        cap = replace(cap, replaced=previous.sha256 if previous else None)
+        active = (*(a for a in self.active if a.name != cap.name), cap)
+        highest = dict(self.highest)
+        if _ver(cap.version) > _ver(highest.get(cap.name, "0.0.0")):
+            highest[cap.name] = cap.version
+        return self._with(active, highest, "enable", cap, operator)
+
+    def disable(self, cap: ActiveCapsule, *, operator: str, restore: ActiveCapsule | None = None) -> RoutingState:
+        """Deactivate ``cap``; optionally activate ``restore`` (an earlier version) in its place."""
+        active = tuple(a for a in self.active if a.sha256 != cap.sha256)
+        if restore is not None:
+            active = (*active, restore)
+        return self._with(active, self.highest, "rollback", cap, operator,
+                          to=(restore.version if restore else None))
+
+    def _with(self, active: tuple[ActiveCapsule, ...], highest: Mapping[str, str], event: str,
+              cap: ActiveCapsule, operator: str, **extra: Any) -> RoutingState:
+        entry = {"time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "event": event, "name": cap.name,
+                 "version": cap.version, "sha256": cap.sha256, "operator": operator, **extra}
+        return RoutingState(active, highest, (*self.history, entry)[-_HISTORY:])
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``state.json`` document."""
+        return {"format": 1, "active": [asdict(a) | {"operations": list(a.operations)} for a in self.active],
+                "highest": dict(self.highest), "history": list(self.history)}
+
+    @classmethod
+    def load(cls, path: Path) -> RoutingState:
+        """Read ``state.json``; missing means nothing was ever enabled."""
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as exc:
+            raise UpdateError(f"state {str(path)!r}: unreadable ({exc})", reason="state") from None
+        try:
+            active = tuple(ActiveCapsule(a["name"], a["version"], a["sha256"], tuple(a["operations"]),
+                                         a.get("replaced")) for a in doc["active"])
+            return cls(active, dict(doc["highest"]), tuple(doc.get("history", ())))
+        except (KeyError, TypeError) as exc:
+            raise UpdateError(f"state {str(path)!r}: malformed ({exc})", reason="state") from None
+
+    def save(self, path: Path) -> None:
+        """Commit atomically."""
+        atomic_write(path, json.dumps(self.to_json(), indent=1).encode() + b"\n")
+
+
+def _ver(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
+
+
+class CapsuleStore:
+    """Content-addressed accepted capsules."""
+
+    def __init__(self, home: Home) -> None:
+        self.dir = home.capsules
+
+    def put(self, raw: bytes) -> str:
+        """Store ``raw`` (idempotent); returns its SHA-256."""
+        sha = hashlib.sha256(raw).hexdigest()
+        path = self.dir / f"{sha}.capsule"
+        if not path.exists():
+            atomic_write(path, raw, 0o600)
+        return sha
+
+    def get(self, sha256: str) -> bytes:
+        """The stored bytes; their hash is checked against the name."""
+        path = self.dir / f"{sha256}.capsule"
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise UpdateError(f"capsule store: {sha256[:12]} unreadable ({exc.strerror})", reason="state") from None
+        if hashlib.sha256(raw).hexdigest() != sha256:
+            raise UpdateError(f"capsule store: {sha256[:12]} was modified on disk", reason="digest-mismatch")
+        return raw
+
+
+@contextmanager
+def state_lock(home: Home) -> Iterator[None]:
+    """Exclusive lock for read-modify-write of ``state.json`` across processes."""
+    with open(home.lock, "a+b") as f:  # noqa: PTH123 - need the fd for flock
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,414 @@
+"""The updater: the only thing that changes routing at runtime.
+
+A capsule flows one way: bytes -> :func:`verify_capsule` -> :func:`validate_isolated`
+(child process) -> load from the verified bytes -> in-process KAT -> stage (optional canary
+and dual-run) -> commit ``state.json`` -> publish the new table -> drain the old one. Any
+refusal is audited as PATCH_REJECT and leaves routing untouched; a bad signal after staging
+republishes the previous table (PATCH_ROLLBACK).
+
+Drain detection costs the call path nothing: every API call holds the table it loaded in a
+local variable, so the replaced table is freed exactly when the last call that loaded it
+returns. A ``weakref.finalize`` on it marks the drain complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from xpscerpto._routing import RoutingTable
+from xpscerpto.audit import AuditLog
+from xpscerpto.engine import Engine
+from xpscerpto.errors import UpdateError, XpsError
+from xpscerpto.home import Home
+from xpscerpto.interfaces import OPERATIONS, Provider
+from xpscerpto.kat.selftest import parse_vectors, run_selftest
+from xpscerpto.signing import TrustStore
+
+from ._canary import transitional
+from ._verifier import VerifiedCapsule, verify_capsule
+from .format import Limits
+from .isolate import Gates, validate_isolated
+from .loader import load_provider
+from .store import ActiveCapsule, CapsuleStore, RoutingState, state_lock
+
+__all__ = ["Drain", "StagePlan", "Updater"]
+
+
+@dataclass(frozen=True, slots=True)
+class StagePlan:
+    """How a verified capsule goes live.
+
+    A canary share routes that fraction of calls to the new implementation (falling back to
+    the current one on any fault); dual-run answers every call with the current one and
+    shadow-compares the new one. Zero seconds skips a phase.
+    """
+
+    canary_share: float = 0.1
+    canary_seconds: float = 0.0
+    dual_run_seconds: float = 0.0
+    drain_timeout: float = 30.0  # seconds to wait for calls on the old table before reporting
+
+
+@dataclass
+class Drain:
+    """Tracks the calls still running on a replaced table."""
+
+    table_version: int
+    started: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    seconds: float | None = None
+
+    def _finished(self) -> None:  # runs in whichever thread drops the last reference
+        self.seconds = time.monotonic() - self.started
+        self.done.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once every call that loaded the old table has returned."""
+        return self.done.wait(timeout)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    capsule: VerifiedCapsule
+    provider: Provider
+
+
+class Updater:
+    """Applies, stages, enables and rolls back capsules for one engine and one home.
+
+    Example:
+        >>> eng = Engine()                                        # doctest: +SKIP
+        >>> up = Updater(eng, "/var/lib/xps"); up.restore()      # doctest: +SKIP
+        >>> up.apply(Path("x-1.0.0.capsule").read_bytes())       # doctest: +SKIP
+    """
+
+    def __init__(self, engine: Engine, home: str | Path | Home | None = None, *, gates: Gates = Gates(),
+                 plan: StagePlan = StagePlan(), limits: Limits = Limits(), operator: str = "local",
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.engine = engine
+        self.home = home if isinstance(home, Home) else Home.resolve(home)
+        self.gates, self.plan, self.limits, self.operator, self._clock = gates, plan, limits, operator, clock
+        self.store = CapsuleStore(self.home)
+        self.audit = AuditLog(self.home.audit)
+        self._lock = threading.RLock()  # one update at a time; never taken by API calls
+        self._loaded: dict[str, _Loaded] = {}
+        self._state = RoutingState()
+        self._staging: str | None = None  # capsule name under canary/dual-run
+        self._stage_fault: queue.Queue[str] = queue.Queue()
+        self._faults: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.last_drain: Drain | None = None
+        engine.add_fault_listener(self._on_provider_fault)
+        threading.Thread(target=self._watch_faults, name="xps-fault-watch", daemon=True).start()
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def restore(self) -> RoutingTable:
+        """Re-verify and load the committed active capsules, then publish their table.
+
+        A capsule that no longer verifies (key unpinned, expired, store tampered) is dropped
+        from the committed state with a PATCH_REJECT event; the rest stay routed.
+        """
+        with self._lock, state_lock(self.home):
+            state = RoutingState.load(self.home.state)
+            keep = []
+            for cap in state.active:
+                try:
+                    loaded = self._load(self.store.get(cap.sha256), state, allow_version=cap.version)
+                    keep.append(replace(cap, operations=tuple(sorted(loaded.capsule.manifest.operations))))
+                except XpsError as exc:
+                    self._audit("PATCH_REJECT", sha256=cap.sha256, name=cap.name, version=cap.version,
+                                phase="restore", reason=exc.reason, detail=str(exc))
+            if tuple(keep) != state.active:
+                state = RoutingState(tuple(keep), state.highest, state.history)
+                state.save(self.home.state)
+            self._state = state
+            self._publish(self._table_for(state.active))
+            return self.engine._table
+
+    # -- the pipeline -----------------------------------------------------------------------
+
+    def apply(self, raw: bytes, *, source: str = "api", operator: str | None = None) -> ActiveCapsule:
+        """Verify, validate, stage and enable a capsule; raise UpdateError/PolicyError if refused.
+
+        Every step is audited; a refusal leaves routing and committed state untouched.
+        """
+        operator = operator or self.operator
+        sha = hashlib.sha256(raw).hexdigest()
+        self._audit("PATCH_LOAD", sha256=sha, source=source, operator=operator, bytes=len(raw))
+        with self._lock:
+            try:
+                return self._apply(raw, sha, operator)
+            except XpsError as exc:
+                self._audit("PATCH_REJECT", sha256=sha, source=source, operator=operator,
+                            reason=exc.reason or exc.code, detail=str(exc))
+                raise
+
+    def _apply(self, raw: bytes, sha: str, operator: str) -> ActiveCapsule:
+        capsule = self._verify(raw, self._state)
+        m = capsule.manifest
+        self._audit("PATCH_VERIFY", sha256=sha, name=m.name, version=m.version,
+                    publisher=sorted(capsule.signed_by), operator=operator)
+        report = validate_isolated(capsule, self._current_impls(m.operations), self.gates)
+        self._audit("PATCH_KAT", sha256=sha, name=m.name, version=m.version, kat=report.kat,
+                    differential=list(report.diff_checked), slowdown=report.slowdown,
+                    child_seconds=round(report.seconds, 3))
+        loaded = self._load(raw, self._state, verified=capsule)
+        self.store.put(raw)
+        cap = ActiveCapsule(m.name, m.version, sha, tuple(sorted(m.operations)))
+        self._audit("PATCH_STAGE", sha256=sha, name=m.name, version=m.version, operations=list(cap.operations))
+
+        for mode, seconds in (("canary", self.plan.canary_seconds), ("dual-run", self.plan.dual_run_seconds)):
+            if seconds > 0:
+                self._trial(loaded, mode, seconds, operator)
+
+        state = self._state.enable(cap, operator=operator)
+        state.save(self.home.state)  # the commit point: a crash before it changes nothing
+        self._state = state
+        table = self._publish(self._table_for(state.active))
+        self._audit("PATCH_ENABLE", sha256=sha, name=m.name, version=m.version, operations=list(cap.operations),
+                    publisher=sorted(capsule.signed_by), operator=operator, table_version=table.version)
+        # A KAT re-check in the live process, now that the provider serves traffic.
+        failure = self._kat_failure(loaded)
+        if failure is not None:
+            self._rollback(cap, None, operator="auto", reason=f"KAT re-check failed: {failure}")
+            raise UpdateError(f"enable: KAT re-check failed after cutover ({failure}); rolled back",
+                              reason="kat-recheck")
+        return cap
+
+    def _trial(self, loaded: _Loaded, mode: str, seconds: float, operator: str) -> None:
+        """Route through a canary or dual-run implementation; roll back on the first fault."""
+        m = loaded.capsule.manifest
+        while not self._stage_fault.empty():
+            self._stage_fault.get_nowait()
+        self._staging = m.name
+        try:
+            self._publish(self._table_for(self._state.active, trial=(loaded, mode)))
+            self._audit("PATCH_STAGE", sha256=loaded.capsule.sha256, name=m.name, version=m.version,
+                        phase=mode, share=self.plan.canary_share if mode == "canary" else 1.0, seconds=seconds)
+            try:
+                problem = self._stage_fault.get(timeout=seconds)
+            except queue.Empty:
+                return
+            self._publish(self._table_for(self._state.active))
+            self._audit("PATCH_ROLLBACK", sha256=loaded.capsule.sha256, name=m.name, version=m.version,
+                        phase=mode, operator="auto", reason=problem)
+            raise UpdateError(f"{mode}: {problem}; previous routing restored", reason=f"{mode}-fault")
+        finally:
+            self._staging = None
+
+    # -- rollback ---------------------------------------------------------------------------
+
+    def rollback(self, target: str, *, to: str | None = None, operator: str | None = None,
+                 reason: str = "operator request") -> ActiveCapsule:
+        """Deactivate the capsule named ``target`` (or serving operation ``target``).
+
+        Without ``to``, the version it replaced (if any) comes back; with ``to``, that stored
+        version of the same capsule is re-verified and enabled instead.
+        """
+        with self._lock:
+            cap = self._state.find(target)
+            if cap is None:
+                raise UpdateError(f"rollback: no active capsule matches {target!r}", reason="not-found")
+            return self._rollback(cap, to, operator=operator or self.operator, reason=reason)
+
+    def _rollback(self, cap: ActiveCapsule, to: str | None, *, operator: str, reason: str) -> ActiveCapsule:
+        restore_sha = self._sha_of(cap.name, to) if to is not None else cap.replaced
+        restore = None
+        if restore_sha is not None:
+            raw = self.store.get(restore_sha)
+            version = to or self._version_of(restore_sha)
+            loaded = self._load(raw, self._state, allow_version=version)
+            m = loaded.capsule.manifest
+            restore = ActiveCapsule(m.name, m.version, restore_sha, tuple(sorted(m.operations)))
+        state = self._state.disable(cap, operator=operator, restore=restore)
+        state.save(self.home.state)
+        self._state = state
+        table = self._publish(self._table_for(state.active))
+        self._audit("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
+                    to=restore.version if restore else "built-in", operator=operator, reason=reason,
+                    table_version=table.version)
+        return cap
+
+    def _sha_of(self, name: str, version: str) -> str:
+        for entry in reversed(self._state.history):
+            if entry.get("name") == name and entry.get("version") == version and entry.get("event") == "enable":
+                return str(entry["sha256"])
+        raise UpdateError(f"rollback --to: {name} {version} was never enabled here", reason="not-found")
+
+    def _version_of(self, sha: str) -> str:
+        for entry in reversed(self._state.history):
+            if entry.get("sha256") == sha:
+                return str(entry["version"])
+        raise UpdateError(f"rollback: no record of capsule {sha[:12]}", reason="not-found")
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self, events: int = 20) -> dict[str, Any]:
+        """Routing table, active and retired capsules, highest versions, recent events."""
+        table = self.engine.table
+        active_shas = {a.sha256 for a in self._state.active}
+        retired = []
+        seen = set()
+        for e in reversed(self._state.history):
+            if e.get("sha256") not in active_shas and e.get("sha256") not in seen:
+                seen.add(e.get("sha256"))
+                retired.append({k: e.get(k) for k in ("name", "version", "sha256")})
+        return {
+            "running": True,
+            "table_version": table.version,
+            "routes": {op: r.provider for op, r in table.routes.items()},
+            "unrouted": dict(table.unrouted),
+            "active": [{"name": a.name, "version": a.version, "sha256": a.sha256,
+                        "operations": list(a.operations)} for a in self._state.active],
+            "staging": self._staging,
+            "retired": retired,
+            "highest": dict(self._state.highest),
+            "events": self.audit.tail(events),
+        }
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _verify(self, raw: bytes, state: RoutingState, allow_version: str | None = None) -> VerifiedCapsule:
+        capsule = verify_capsule(raw, trust=TrustStore.load(self.home.trust), highest=state.highest,
+                                 now=self._clock(), policy=self.engine.config.policy, limits=self.limits,
+                                 allow_version=allow_version)
+        builtin = {p.name for p in self.engine.state.providers}
+        if capsule.manifest.name in builtin:
+            raise UpdateError(f"name: {capsule.manifest.name!r} is a built-in provider's name",
+                              reason="name-collision")
+        return capsule
+
+    def _load(self, raw: bytes, state: RoutingState, *, verified: VerifiedCapsule | None = None,
+              allow_version: str | None = None) -> _Loaded:
+        """Verify (unless given), import from the verified bytes, and run the KATs in-process."""
+        capsule = verified or self._verify(raw, state, allow_version)
+        cached = self._loaded.get(capsule.sha256)
+        if cached is not None:
+            return cached
+        m = capsule.manifest
+        try:
+            provider = load_provider(sha256=capsule.sha256, name=m.name, version=m.version, files=capsule.files,
+                                     operations=m.operations, kat=m.kat)
+        except Exception as exc:
+            raise UpdateError(f"load: {type(exc).__name__}: {exc}", reason="load-failed") from None
+        loaded = _Loaded(capsule, provider)
+        failure = self._kat_failure(loaded)
+        if failure is not None:
+            raise UpdateError(f"KAT in the engine process: {failure}", reason="kat-failed")
+        self._loaded[capsule.sha256] = loaded
+        return loaded
+
+    def _kat_failure(self, loaded: _Loaded) -> str | None:
+        m, provider = loaded.capsule.manifest, loaded.provider
+        for op, impl in provider.implementations.items():
+            vectors = [v for p in m.kat.get(op, ()) for v in parse_vectors(loaded.capsule.files[p])]
+            result = run_selftest(provider.name, op, OPERATIONS[op].kind, impl, extra_vectors=vectors)
+            if not result.passed:
+                return f"{op}: {result.failure}"
+        return None
+
+    def _current_impls(self, operations: Mapping[str, str] | tuple[str, ...]) -> dict[str, object]:
+        """Operation -> the raw implementation routed now (for differential checks)."""
+        table = self.engine.table
+        providers = {p.name: p for p in self._all_providers(self._state.active)}
+        out: dict[str, object] = {}
+        for op in operations:
+            route = table.routes.get(op)
+            if route is not None and route.provider in providers:
+                out[op] = providers[route.provider].implementations[op]
+        return out
+
+    def _all_providers(self, active: tuple[ActiveCapsule, ...]) -> list[Provider]:
+        return [*self.engine.state.providers, *(self._loaded[a.sha256].provider for a in active)]
+
+    def _table_for(self, active: tuple[ActiveCapsule, ...],
+                   trial: tuple[_Loaded, str] | None = None) -> RoutingTable:
+        providers = self._all_providers(active)
+        prefer = dict(self.engine.config.prefer)
+        for a in active:  # later capsules win for the operations they share
+            for op in a.operations:
+                prefer[op] = a.name
+        if trial is not None:
+            loaded, mode = trial
+            current = self._current_impls(tuple(loaded.provider.implementations))
+            impls = {op: transitional(op, current[op], new, mode=mode, share=self.plan.canary_share,
+                                      fault=self._stage_fault.put)
+                     if op in current else new for op, new in loaded.provider.implementations.items()}
+            providers.append(replace(loaded.provider, implementations=impls))
+            for op in impls:
+                prefer[op] = loaded.provider.name
+        return self.engine.build_table(providers, replace(self.engine.config, prefer=prefer))
+
+    def _publish(self, table: RoutingTable) -> RoutingTable:
+        old = self.engine.publish(table)
+        drain = Drain(old.version)
+        weakref.finalize(old, drain._finished)
+        del old  # from here only in-flight calls keep the old table alive
+        self.last_drain = drain
+        threading.Thread(target=self._report_drain, args=(drain, table.version), daemon=True,
+                         name=f"xps-drain-{drain.table_version}").start()
+        return table
+
+    def _report_drain(self, drain: Drain, new_version: int) -> None:
+        if drain.wait(self.plan.drain_timeout):
+            self._audit("PATCH_DRAINED", table_version=drain.table_version, replaced_by=new_version,
+                        seconds=round(drain.seconds or 0.0, 6))
+        else:
+            self._audit("PATCH_DRAIN_TIMEOUT", table_version=drain.table_version, replaced_by=new_version,
+                        seconds=self.plan.drain_timeout)
+
+    def _on_provider_fault(self, provider: str, operation: str, exc: BaseException) -> None:
+        # Error path of a call: only enqueue; the watcher thread does the rollback.
+        self._faults.put((provider, f"{operation}: {type(exc).__name__}: {exc}"[:300]))
+
+    def _watch_faults(self) -> None:
+        while True:
+            provider, detail = self._faults.get()
+            if provider == self._staging:
+                self._stage_fault.put(detail)
+                continue
+            with self._lock:
+                cap = next((a for a in self._state.active if a.name == provider), None)
+                if cap is not None:
+                    try:
+                        self._rollback(cap, None, operator="auto", reason=f"provider fault after enable: {detail}")
+                    except XpsError as exc:
+                        self._audit("PATCH_ROLLBACK_FAILED", name=cap.name, reason=str(exc))
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        self.audit.record(event, **fields)
+
+
+def rollback_offline(home: Home, target: str, *, to: str | None = None, operator: str = "local") -> ActiveCapsule:
+    """Roll back in the committed state when no engine runs (verified again at next start)."""
+    with state_lock(home):
+        state = RoutingState.load(home.state)
+        cap = state.find(target)
+        if cap is None:
+            raise UpdateError(f"rollback: no active capsule matches {target!r}", reason="not-found")
+        restore_sha = cap.replaced
+        if to is not None:
+            restore_sha = next((e["sha256"] for e in reversed(state.history)
+                                if e.get("name") == cap.name and e.get("version") == to
+                                and e.get("event") == "enable"), None)
+            if restore_sha is None:
+                raise UpdateError(f"rollback --to: {cap.name} {to} was never enabled here", reason="not-found")
+        restore = None
+        if restore_sha is not None:
+            version = next(e["version"] for e in reversed(state.history) if e.get("sha256") == restore_sha)
+            restore = ActiveCapsule(cap.name, version, restore_sha, cap.operations)
+        new = state.disable(cap, operator=operator, restore=restore)
+        new.save(home.state)
+    AuditLog(home.audit).record("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
+                                to=restore.version if restore else "built-in", operator=operator,
+                                mode="offline", reason="operator request")
+    return cap
