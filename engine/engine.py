@@ -28,6 +28,9 @@ from .sealed import Sealed
 from .secret import SecretBytes
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from xpscerpto.capsules.service import WatchService
     from xpscerpto.kat import KatResult
 
     from ._plugins import PluginFailure
@@ -134,6 +137,16 @@ class Engine:
         return build_table(provs, config or self.config, version=self._table.version + 1,
                            kat_failures=failures, on_fault=self._report_fault)
 
+    def watch(self, directory: str | Path, home: str | Path | None = None, **options: Any) -> WatchService:
+        """Start hot-patching from a watched folder (and the control socket); returns the service.
+
+        Options are those of :class:`xpscerpto.capsules.service.WatchService` (``polling``,
+        ``plan``, ``gates``…). Call ``.stop()`` on the result to stop watching.
+        """
+        from xpscerpto.capsules.service import WatchService
+
+        return WatchService(self, directory, home, **options).start()
+
     def add_fault_listener(self, listener: Callable[[str, str, BaseException], None]) -> None:
         """Call ``listener(provider, operation, exc)`` when a routed provider raises unexpectedly.
 
@@ -232,7 +245,7 @@ class AeadAPI:
                 nonce = _urandom(r.nonce_size)
             elif len(nonce) != r.nonce_size:
                 raise NonceError(f"nonce: expected {r.nonce_size} bytes, got {len(nonce)}")
-            return _new_sealed(Sealed, (nonce, r.cipher(key).encrypt(nonce, plaintext, aad), r.tag_size))
+            return Sealed((nonce, r.cipher(key).encrypt(nonce, plaintext, aad), r.tag_size))
         except Exception as exc:
             err = _aead_error(table, algo, exc, key, nonce, nonce_required=False,
                               inputs=(("plaintext", plaintext, PolicyError), ("aad", aad, PolicyError)))
@@ -273,7 +286,7 @@ class AeadAPI:
                 key = key._buf
             if type(sealed) is not Sealed:  # a plain tuple must not pass for a Sealed
                 raise TypeError
-            nonce, wire, tag_size = _tget(sealed, 0), _tget(sealed, 1), _tget(sealed, 2)
+            nonce, wire, tag_size = sealed.nonce, sealed.ciphertext_and_tag, sealed.tag_size
             if len(key) not in r.key_sizes:
                 raise KeyError_(f"key: expected {r.key_size} bytes, got {len(key)}")
             if len(nonce) != r.nonce_size:
@@ -285,7 +298,7 @@ class AeadAPI:
             if type(sealed) is not Sealed:
                 raise PolicyError(f"sealed: expected a Sealed, got {type(sealed).__name__}") from None
             err = _aead_error(table, algo, exc, key, nonce, nonce_required=True,
-                              inputs=(("sealed.ciphertext", _tget(sealed, 1), PolicyError),
+                              inputs=(("sealed.ciphertext", sealed.ciphertext_and_tag, PolicyError),
                                       ("aad", aad, PolicyError)))
             raise err from err.__cause__
 
@@ -316,8 +329,6 @@ def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce:
 _AEAD_NAMES = {name: op for op, spec in OPERATIONS.items() if spec.kind == "aead"
                for name in (op, *spec.aliases)}
 _urandom = os.urandom
-_new_sealed = tuple.__new__
-_tget = tuple.__getitem__
 
 
 class _OpAPI:

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["Sealed"]
 
-_tget = tuple.__getitem__
+# namedtuple's field descriptors read a tuple slot in C; borrowing them keeps field access
+# (used by AeadAPI.open on the hot path) free of Python frames.
+_Fields = namedtuple("_Fields", "nonce ciphertext_and_tag tag_size")
 
 
-class Sealed(tuple):  # type: ignore[type-arg]  # a tuple so that building one runs no Python frame
+class Sealed(tuple):  # type: ignore[type-arg]  # a tuple: Sealed((n, w, t)) runs no Python frame
     """Nonce, ciphertext and tag of one AEAD encryption.
 
     The provider's output (``ciphertext || tag``) is kept whole, so sealing and
     :meth:`xpscerpto.engine.AeadAPI.open` copy nothing; ``ciphertext`` is a read-only
     ``memoryview`` over it (``bytes(sealed.ciphertext)`` for a copy) and ``tag`` is ``bytes``.
     Unpacks as ``nonce, ciphertext, tag``.
+
+    Attributes:
+        nonce: the nonce used.
+        ciphertext_and_tag: ``ciphertext || tag`` as the provider produced it (what most wire
+            formats carry).
+        tag_size: length of the tag in bytes.
 
     Example:
         >>> s = Sealed.of(b"n" * 12, b"ct" + b"t" * 16, 16)
@@ -27,37 +36,26 @@ class Sealed(tuple):  # type: ignore[type-arg]  # a tuple so that building one r
 
     __slots__ = ()
 
+    nonce: bytes = _Fields.nonce
+    ciphertext_and_tag: bytes = _Fields.ciphertext_and_tag
+    tag_size: int = _Fields.tag_size
+
     @classmethod
     def of(cls, nonce: bytes, ciphertext_and_tag: bytes, tag_size: int) -> Sealed:
         """Build from the nonce and the provider's ``ciphertext || tag``."""
-        return tuple.__new__(cls, (nonce, ciphertext_and_tag, tag_size))
-
-    @property
-    def nonce(self) -> bytes:
-        """The nonce used."""
-        return _tget(self, 0)  # type: ignore[no-any-return]
+        return cls((nonce, ciphertext_and_tag, tag_size))
 
     @property
     def ciphertext(self) -> memoryview:
         """The ciphertext without the tag (a zero-copy view)."""
-        wire = _tget(self, 1)
-        return memoryview(wire)[: len(wire) - _tget(self, 2)]
+        wire = self.ciphertext_and_tag
+        return memoryview(wire)[: len(wire) - self.tag_size]
 
     @property
     def tag(self) -> bytes:
         """The authentication tag."""
-        wire = _tget(self, 1)
-        return wire[len(wire) - _tget(self, 2) :]  # type: ignore[no-any-return]
-
-    @property
-    def tag_size(self) -> int:
-        """Length of the tag in bytes."""
-        return _tget(self, 2)  # type: ignore[no-any-return]
-
-    @property
-    def ciphertext_and_tag(self) -> bytes:
-        """``ciphertext || tag`` as the provider produced it (what most wire formats carry)."""
-        return _tget(self, 1)  # type: ignore[no-any-return]
+        wire = self.ciphertext_and_tag
+        return wire[len(wire) - self.tag_size :]
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.nonce, self.ciphertext, self.tag))
@@ -66,8 +64,8 @@ class Sealed(tuple):  # type: ignore[type-arg]  # a tuple so that building one r
         return (self.nonce, self.ciphertext, self.tag)[index]
 
     def __repr__(self) -> str:
-        n = len(_tget(self, 1)) - _tget(self, 2)
+        n = len(self.ciphertext_and_tag) - self.tag_size
         return f"Sealed(nonce={self.nonce.hex()}, ciphertext=<{n} bytes>, tag={self.tag.hex()})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Sealed.of, (_tget(self, 0), _tget(self, 1), _tget(self, 2)))
+        return (Sealed.of, (self.nonce, self.ciphertext_and_tag, self.tag_size))

@@ -25,29 +25,48 @@ def _bytes(x: Buffer) -> bytes:
     return x if type(x) is bytes else bytes(memoryview(x))
 
 
-def _aad(x: Buffer | None) -> bytes:
-    # None is empty associated data, as cryptography treats it, so both providers agree.
-    return b"" if x is None else _bytes(x)
+class _Keyed:
+    """A keyed libsodium AEAD with the cryptography-style call shape.
 
+    The subclasses themselves are the ``cipher`` factories, and conversions are inlined, so a
+    call runs two short Python frames (``__init__`` and ``encrypt``/``decrypt``).
+    """
 
-class _SodiumCipher:
-    """A keyed libsodium AEAD with the cryptography-style call shape."""
-
-    __slots__ = ("_dec", "_enc", "_key")
-
+    __slots__ = ("_key",)
     _enc: Callable[[bytes, bytes, bytes, bytes], bytes]
     _dec: Callable[[bytes, bytes, bytes, bytes], bytes]
 
-    def __init__(self, key: Buffer, enc: Any, dec: Any) -> None:
-        self._key = _bytes(key)
-        self._enc = enc
-        self._dec = dec
+    def __init__(self, key: Buffer) -> None:
+        self._key = key if type(key) is bytes else bytes(memoryview(key))
 
-    def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
-        return self._enc(_bytes(data), _aad(aad), _bytes(nonce), self._key)
+    def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer | None) -> bytes:
+        return self._enc(data if type(data) is bytes else _bytes(data),
+                         # None is empty associated data, as cryptography treats it.
+                         aad if type(aad) is bytes else (b"" if aad is None else _bytes(aad)),
+                         nonce if type(nonce) is bytes else _bytes(nonce), self._key)
 
-    def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
-        return self._dec(_bytes(data), _aad(aad), _bytes(nonce), self._key)
+    def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer | None) -> bytes:
+        return self._dec(data if type(data) is bytes else _bytes(data),
+                         aad if type(aad) is bytes else (b"" if aad is None else _bytes(aad)),
+                         nonce if type(nonce) is bytes else _bytes(nonce), self._key)
+
+
+class _ChaChaKeyed(_Keyed):
+    __slots__ = ()
+    _enc = staticmethod(b.crypto_aead_chacha20poly1305_ietf_encrypt)
+    _dec = staticmethod(b.crypto_aead_chacha20poly1305_ietf_decrypt)
+
+
+class _XChaChaKeyed(_Keyed):
+    __slots__ = ()
+    _enc = staticmethod(b.crypto_aead_xchacha20poly1305_ietf_encrypt)
+    _dec = staticmethod(b.crypto_aead_xchacha20poly1305_ietf_decrypt)
+
+
+class _AegisKeyed(_Keyed):
+    __slots__ = ()
+    _enc = staticmethod(b.crypto_aead_aegis256_encrypt)
+    _dec = staticmethod(b.crypto_aead_aegis256_decrypt)
 
 
 class ChaCha20Poly1305Impl(Aead):
@@ -55,17 +74,12 @@ class ChaCha20Poly1305Impl(Aead):
     nonce_size = 12
     tag_size = 16
     auth_errors = (nacl.exceptions.CryptoError,)
-    _enc = staticmethod(b.crypto_aead_chacha20poly1305_ietf_encrypt)
-    _dec = staticmethod(b.crypto_aead_chacha20poly1305_ietf_decrypt)
-
-    def cipher(self, key: Buffer) -> _SodiumCipher:
-        return _SodiumCipher(key, self._enc, self._dec)
+    cipher: Any = _ChaChaKeyed
 
 
 class XChaCha20Poly1305Impl(ChaCha20Poly1305Impl):
     nonce_size = 24
-    _enc = staticmethod(b.crypto_aead_xchacha20poly1305_ietf_encrypt)
-    _dec = staticmethod(b.crypto_aead_xchacha20poly1305_ietf_decrypt)
+    cipher: Any = _XChaChaKeyed
 
 
 class Aegis256Impl(ChaCha20Poly1305Impl):
@@ -73,8 +87,7 @@ class Aegis256Impl(ChaCha20Poly1305Impl):
 
     nonce_size = 32
     tag_size = 32
-    _enc = staticmethod(b.crypto_aead_aegis256_encrypt)
-    _dec = staticmethod(b.crypto_aead_aegis256_decrypt)
+    cipher: Any = _AegisKeyed
 
 
 class Ed25519Impl(Signature):
