@@ -56,7 +56,8 @@ def _reject(message: str, reason: str) -> UpdateError:
     return UpdateError(message, reason=reason)
 
 
-def validate_isolated(capsule: VerifiedCapsule, references: Mapping[str, Any], gates: Gates = Gates()) -> ValidationReport:
+def validate_isolated(capsule: VerifiedCapsule, references: Mapping[str, Any],
+                      gates: Gates = Gates()) -> ValidationReport:
     """Run the child and judge its result.
 
     Args:
@@ -107,7 +108,7 @@ def _run_child(request: bytes, gates: Gates) -> dict[str, Any]:
         fd = out.fileno()
         # -I: isolated mode (no user site, no PYTHON* env, no cwd on sys.path).
         cmd = [sys.executable, "-I", "-m", "xpscerpto.capsules._child", str(fd)]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,  # noqa: S603 - our own interpreter and module stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, pass_fds=(fd,), start_new_session=True)
         try:
             _, err = proc.communicate(request, timeout=gates.timeout_s)

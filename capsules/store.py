@@ -138,7 +138,7 @@ class CapsuleStore:
 @contextmanager
 def state_lock(home: Home) -> Iterator[None]:
     """Exclusive lock for read-modify-write of ``state.json`` across processes."""
-    with open(home.lock, "a+b") as f:  # noqa: PTH123 - need the fd for flock
+    with open(home.lock, "a+b") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield

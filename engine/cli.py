@@ -6,11 +6,12 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .config import EngineConfig
 from .engine import Engine
-from .errors import XpsError
+from .errors import ErrorCode, XpsError
 
 __all__ = ["main"]
 
@@ -90,6 +91,135 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_engine(args))
 
 
+def _home(args: argparse.Namespace) -> Any:
+    from .home import Home
+
+    return Home.resolve(args.home)
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    """Manage pinned publisher keys: add, list, remove, threshold."""
+    from xpscerpto.signing import TrustStore, load_public_key
+
+    home = _home(args)
+    store = TrustStore.load(home.trust)
+    if args.trust_cmd == "add":
+        key = load_public_key(args.pub)
+        store = store.add(key, args.ops, args.label or Path(args.pub).stem)
+        store.save(home.trust)
+        print(f"trusted {key.keyid} for {', '.join(args.ops)}")
+    elif args.trust_cmd == "remove":
+        store.remove(args.keyid).save(home.trust)
+        print(f"removed {args.keyid}")
+    elif args.trust_cmd == "threshold":
+        store.with_threshold(args.k).save(home.trust)
+        print(f"threshold set to {args.k}")
+    else:
+        data = store.to_json()
+        if args.json:
+            json.dump(data, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print(f"threshold {store.threshold}")
+            for k in store.keys.values():
+                print(f"  {k.keyid}  {k.label:<16} ops: {', '.join(k.ops)}")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Watch a folder for capsules and serve the control socket until interrupted."""
+    import signal
+    import threading
+
+    from xpscerpto.capsules.updater import StagePlan
+
+    eng = _engine(args)
+    plan = StagePlan(canary_share=args.canary_share, canary_seconds=args.canary_seconds,
+                     dual_run_seconds=args.dual_run_seconds)
+    svc = eng.watch(args.dir, home=args.home, polling=args.polling or None, plan=plan)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"watching {args.dir} ({svc.inbox.observer_kind}); home {svc.updater.home.root}; "
+          f"table v{eng.table.version}", flush=True)
+    stop.wait()
+    svc.stop()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Routing table, active/retired capsules and recent events (live if an engine runs)."""
+    from xpscerpto.capsules.control import NoEngineRunning, request
+
+    home = _home(args)
+    try:
+        answer = request(home.socket, {"cmd": "status"})
+        if not answer.get("ok"):
+            raise XpsError(str(answer.get("error")))
+        data = answer["result"]
+    except NoEngineRunning:
+        data = _offline_status(home)
+
+    def text() -> None:
+        print(f"engine: {'running' if data['running'] else 'not running (committed state)'}")
+        if data.get("table_version") is not None:
+            print(f"routing table v{data['table_version']}")
+            for op, provider in data["routes"].items():
+                print(f"  {op:<24} {provider}")
+        for a in data["active"]:
+            print(f"active  {a['name']} {a['version']} ({a['sha256'][:12]}) {', '.join(a['operations'])}")
+        if data.get("staging"):
+            print(f"staging {data['staging']}")
+        for r in data["retired"]:
+            print(f"retired {r['name']} {r['version']} ({str(r['sha256'])[:12]})")
+        for e in data["events"]:
+            extra = " ".join(f"{k}={e[k]}" for k in ("name", "version", "reason", "operator") if e.get(k))
+            print(f"  {e['time']} {e['event']:<20} {extra}")
+
+    _emit(args, data, text)
+    return 0
+
+
+def _offline_status(home: Any) -> dict[str, Any]:
+    from xpscerpto.audit import AuditLog
+    from xpscerpto.capsules.store import RoutingState
+
+    state = RoutingState.load(home.state)
+    active = {a.sha256 for a in state.active}
+    retired = {e["sha256"]: e for e in state.history if e.get("sha256") not in active}
+    return {"running": False, "table_version": None, "routes": {}, "staging": None,
+            "active": [{"name": a.name, "version": a.version, "sha256": a.sha256,
+                        "operations": list(a.operations)} for a in state.active],
+            "retired": [{k: e.get(k) for k in ("name", "version", "sha256")} for e in retired.values()],
+            "highest": dict(state.highest), "events": AuditLog(home.audit).tail(20)}
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Roll back a capsule (by name or operation) in the running engine, or in the committed state."""
+    from xpscerpto.capsules.control import NoEngineRunning, request
+    from xpscerpto.capsules.updater import rollback_offline
+
+    home = _home(args)
+    try:
+        answer = request(home.socket, {"cmd": "rollback", "target": args.target, "to": args.to,
+                                       "operator": args.operator})
+    except NoEngineRunning:
+        cap = rollback_offline(home, args.target, to=args.to, operator=args.operator)
+        print(f"rolled back {cap.name} {cap.version} in the committed state (no engine running)")
+        return 0
+    if not answer.get("ok"):
+        raise XpsError(str(answer.get("error")).removeprefix(f"{answer.get('code')}: "),
+                       code=ErrorCode(answer["code"]) if answer.get("code") else None)
+    r = answer["result"]["rolled_back"]
+    print(f"rolled back {r['name']} {r['version']} in the running engine")
+    return 0
+
+
+def cmd_capsule(args: argparse.Namespace) -> int:
+    """Publisher commands (same as tools/make_capsule.py)."""
+    return int(args.capsule_func(args))
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     """Print the installed version."""
     import xpscerpto
@@ -102,13 +232,53 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="xps", description="XPScerpto crypto-agility engine")
     parser.add_argument("--config", metavar="FILE", help="engine configuration (.toml or .json)")
+    parser.add_argument("--home", metavar="DIR", help="engine state directory (default: $XPS_HOME or "
+                        "~/.local/state/xpscerpto)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, fn, has_json in (("providers", cmd_providers, True), ("selftest", cmd_selftest, True),
-                               ("demo", cmd_demo, False), ("version", cmd_version, False)):
+                               ("demo", cmd_demo, False), ("version", cmd_version, False),
+                               ("status", cmd_status, True)):
         p = sub.add_parser(name, help=(fn.__doc__ or "").split("\n")[0])
         if has_json:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=fn)
+
+    p = sub.add_parser("trust", help=cmd_trust.__doc__)
+    tsub = p.add_subparsers(dest="trust_cmd", required=True)
+    t = tsub.add_parser("add", help="pin a publisher key")
+    t.add_argument("pub", metavar="NAME.pub")
+    t.add_argument("--ops", action="append", required=True, metavar="GLOB",
+                   help="operations this key may provide, e.g. 'aead.*' (repeatable)")
+    t.add_argument("--label")
+    t = tsub.add_parser("remove", help="unpin a key")
+    t.add_argument("keyid")
+    t = tsub.add_parser("threshold", help="signatures required per capsule")
+    t.add_argument("k", type=int)
+    t = tsub.add_parser("list", help="show pinned keys")
+    t.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_trust)
+
+    p = sub.add_parser("watch", help=cmd_watch.__doc__)
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--polling", action="store_true", help="poll instead of inotify")
+    p.add_argument("--canary-share", type=float, default=0.1)
+    p.add_argument("--canary-seconds", type=float, default=0.0)
+    p.add_argument("--dual-run-seconds", type=float, default=0.0)
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("rollback", help=cmd_rollback.__doc__)
+    p.add_argument("target", metavar="OPERATION|CAPSULE")
+    p.add_argument("--to", metavar="VERSION")
+    p.add_argument("--operator", default="cli")
+    p.set_defaults(func=cmd_rollback)
+
+    from xpscerpto.capsules.cli import add_publisher_commands
+
+    p = sub.add_parser("capsule", help=cmd_capsule.__doc__)
+    csub = p.add_subparsers(dest="capsule_cmd", required=True)
+    add_publisher_commands(csub)
+    for action in csub.choices.values():
+        action.set_defaults(capsule_func=action.get_default("func"), func=cmd_capsule)
     return parser
 
 

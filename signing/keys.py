@@ -18,7 +18,6 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from xpscerpto.errors import KeyError_
 from xpscerpto.secret import SecretBytes
 

@@ -14,7 +14,6 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
 from xpscerpto.interfaces import Aead
 
 _SIGMA = struct.unpack("<4I", b"expand 32-byte k")

@@ -1,0 +1,320 @@
+"""The updater end to end in-process: swaps under load, drain, persistence, automatic rollback."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.exceptions import InvalidTag
+
+import xpscerpto as xps
+from tests.fakes.providers import ProviderPlugin
+from xpscerpto.capsules.build import build_capsule
+from xpscerpto.capsules.isolate import Gates
+from xpscerpto.capsules.store import RoutingState
+from xpscerpto.capsules.updater import StagePlan, Updater, rollback_offline
+from xpscerpto.home import Home
+from xpscerpto.interfaces import Aead, Provider
+from xpscerpto.plugins.sodium import XChaCha20Poly1305Impl
+from xpscerpto.signing import TrustStore, generate_keypair, load_private_key
+
+DEMO = Path(__file__).resolve().parents[2] / "capsules" / "demo-capsule"
+OP, ALGO = "aead.xchacha20poly1305", "XCHACHA20-POLY1305"
+FAST_GATES = Gates(timeout_s=60, bench_seconds=0.05, diff_samples=11)
+NO_TRIAL = StagePlan(canary_seconds=0, dual_run_seconds=0, drain_timeout=10)
+
+
+class Publisher:
+    """Builds signed demo capsules at any version, with a trust store pinned in a home."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        generate_keypair(tmp / "pub")
+        self.signer = load_private_key(tmp / "pub.key")
+        self.home = Home.resolve(tmp / "home")
+        TrustStore().add(self.signer[0], ["aead.*"]).save(self.home.trust)
+
+    def capsule(self, version: str, *, module_patch: tuple[str, str] | None = None) -> bytes:
+        src = self.tmp / f"src-{version}"
+        if not src.exists():
+            shutil.copytree(DEMO, src, ignore=shutil.ignore_patterns("__pycache__"))
+            toml = src / "capsule.toml"
+            toml.write_text(re.sub(r'version = "[^"]+"', f'version = "{version}"', toml.read_text()))
+            if module_patch is not None:
+                mod = src / "xchacha.py"
+                mod.write_text(mod.read_text().replace(*module_patch))
+        return build_capsule(src, [self.signer])
+
+
+@pytest.fixture
+def publisher(tmp_path: Path) -> Publisher:
+    return Publisher(tmp_path)
+
+
+def _updater(engine: xps.Engine, home: Home, plan: StagePlan = NO_TRIAL) -> Updater:
+    up = Updater(engine, home, gates=FAST_GATES, plan=plan)
+    up.restore()
+    return up
+
+
+def _events(up: Updater) -> list[str]:
+    return [e["event"] for e in up.audit.tail(200)]
+
+
+def test_apply_routes_the_capsule_and_rollback_restores_the_builtin(publisher: Publisher) -> None:
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home)
+    assert eng.table.provider_for(OP) == "sodium"
+    cap = up.apply(publisher.capsule("1.0.0"))
+    assert eng.table.provider_for(OP) == "xchacha20-openssl" == cap.name
+    key = bytes(range(32))
+    assert eng.aead.open(ALGO, key, eng.aead.encrypt(ALGO, key, b"m")) == b"m"
+    up.rollback(OP)
+    assert eng.table.provider_for(OP) == "sodium"
+    events = _events(up)
+    for name in ("PATCH_LOAD", "PATCH_VERIFY", "PATCH_KAT", "PATCH_STAGE", "PATCH_ENABLE", "PATCH_ROLLBACK"):
+        assert name in events
+    enable = next(e for e in up.audit.tail(50) if e["event"] == "PATCH_ENABLE")
+    assert enable["publisher"] == [publisher.signer[0].keyid] and enable["operator"] == "local"
+
+
+def test_four_threads_see_zero_failed_calls_across_100_swaps_and_rollbacks(publisher: Publisher) -> None:
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home)
+    up.apply(publisher.capsule("1.0.0"))
+    up.apply(publisher.capsule("1.0.1"))  # 1.0.1 replaces 1.0.0; both now stored and verified
+    stop = threading.Event()
+    failures: list[str] = []
+    sealed: list[tuple[bytes, xps.Sealed, bytes]] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        key = bytes([i]) * 32
+        n = 0
+        while not stop.is_set():
+            msg = f"{i}:{n}".encode() * (1 + n % 50)
+            try:
+                s = eng.aead.encrypt(ALGO, key, msg, b"aad")
+                if eng.aead.decrypt(ALGO, key, s.nonce, s.ciphertext, s.tag, b"aad") != msg:
+                    failures.append("wrong plaintext")
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
+            if n % 25 == 0:
+                with lock:
+                    sealed.append((key, s, msg))
+            n += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    providers_seen = set()
+    try:
+        for k in range(100):
+            if k % 4 == 3:
+                up.rollback(OP)  # back to the built-in (libsodium) ...
+                providers_seen.add(eng.table.provider_for(OP))
+                up.apply(publisher.capsule(f"1.1.{k}"))  # ... and a newer capsule again
+            else:
+                up.rollback("xchacha20-openssl", to=("1.0.0" if k % 2 == 0 else "1.0.1"))
+            providers_seen.add(eng.table.provider_for(OP))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert providers_seen == {"sodium", "xchacha20-openssl"}
+    assert len(sealed) > 100
+    # Every ciphertext made by whichever implementation was routed decrypts now.
+    for key, s, msg in sealed:
+        assert eng.aead.open(ALGO, key, s, b"aad") == msg
+
+
+class _Gate:
+    """Blocks inside the provider while a test holds it closed (to keep calls in flight)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Semaphore(0)
+        self.release = threading.Event()
+
+
+GATE = _Gate()
+
+
+class _BlockingKeyed:
+    def __init__(self, key: Any) -> None:
+        self._inner = XChaCha20Poly1305Impl.cipher(key)
+
+    def encrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        if bytes(data).startswith(b"BLOCK"):
+            GATE.entered.release()
+            GATE.release.wait(30)
+        return self._inner.encrypt(nonce, data, aad)  # type: ignore[no-any-return]
+
+    def decrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        return self._inner.decrypt(nonce, data, aad)  # type: ignore[no-any-return]
+
+
+class BlockingXChaCha(Aead):
+    key_sizes = (32,)
+    nonce_size = 24
+    tag_size = 16
+    auth_errors = (*XChaCha20Poly1305Impl.auth_errors, InvalidTag)
+    cipher: Any = _BlockingKeyed
+
+
+def test_cutover_waits_for_in_flight_calls_and_audits_the_drain(publisher: Publisher) -> None:
+    slow = Provider(name="slowsodium", backend="test", version="1",
+                    implementations={OP: BlockingXChaCha()}, priority=1000)
+    eng = xps.Engine(plugins=[ProviderPlugin((slow,))])
+    up = _updater(eng, publisher.home)
+    assert eng.table.provider_for(OP) == "slowsodium"
+    key = bytes(32)
+    results: list[bytes] = []
+    calls = [threading.Thread(target=lambda: results.append(
+        eng.aead.open(ALGO, key, eng.aead.encrypt(ALGO, key, b"BLOCK me")))) for _ in range(3)]
+    for t in calls:
+        t.start()
+    for _ in calls:
+        assert GATE.entered.acquire(timeout=10)  # three calls are inside the old implementation
+    up.apply(publisher.capsule("1.0.0"))
+    assert eng.table.provider_for(OP) == "xchacha20-openssl"  # new calls go to the capsule ...
+    drain = up.last_drain
+    assert drain is not None
+    assert not drain.wait(0.3)  # ... while the old table still has calls inside it
+    assert "PATCH_DRAINED" not in [e["event"] for e in up.audit.tail(3)]
+    GATE.release.set()
+    for t in calls:
+        t.join(10)
+    assert results == [b"BLOCK me"] * 3
+    assert drain.wait(5)
+    deadline = threading.Event()
+    for _ in range(50):
+        if any(e["event"] == "PATCH_DRAINED" and e["table_version"] == drain.table_version
+               for e in up.audit.tail(10)):
+            break
+        deadline.wait(0.1)
+    else:
+        pytest.fail("PATCH_DRAINED was not audited")
+
+
+def test_committed_state_survives_restart_and_offline_rollback(publisher: Publisher) -> None:
+    eng = xps.Engine()
+    _updater(eng, publisher.home).apply(publisher.capsule("1.0.0"))
+    # A new process (new engine, same home) routes the capsule after re-verifying it.
+    eng2 = xps.Engine()
+    up2 = _updater(eng2, publisher.home)
+    assert eng2.table.provider_for(OP) == "xchacha20-openssl"
+    assert any(e["event"] == "PATCH_DRAINED" for e in up2.audit.tail(5))
+    # No engine running: rollback edits the committed state.
+    rollback_offline(publisher.home, OP, operator="ops")
+    assert RoutingState.load(publisher.home.state).active == ()
+    eng3 = xps.Engine()
+    _updater(eng3, publisher.home)
+    assert eng3.table.provider_for(OP) == "sodium"
+    # The version memory survived all of it.
+    with pytest.raises(xps.UpdateError) as ei:
+        _updater(xps.Engine(), publisher.home).apply(publisher.capsule("1.0.0"))
+    assert ei.value.reason == "rollback"
+
+
+def test_restart_drops_a_capsule_whose_key_was_unpinned(publisher: Publisher) -> None:
+    _updater(xps.Engine(), publisher.home).apply(publisher.capsule("1.0.0"))
+    TrustStore.load(publisher.home.trust).remove(publisher.signer[0].keyid).save(publisher.home.trust)
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home)
+    assert eng.table.provider_for(OP) == "sodium"
+    assert RoutingState.load(publisher.home.state).active == ()
+    reject = [e for e in up.audit.tail(10) if e["event"] == "PATCH_REJECT"][-1]
+    assert reject["phase"] == "restore" and reject["reason"] == "bad-signature"
+
+
+def test_restart_refuses_a_stored_capsule_modified_on_disk(publisher: Publisher) -> None:
+    cap = _updater(xps.Engine(), publisher.home).apply(publisher.capsule("1.0.0"))
+    path = publisher.home.capsules / f"{cap.sha256}.capsule"
+    path.write_bytes(path.read_bytes() + b"x")
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home)
+    assert eng.table.provider_for(OP) == "sodium"
+    assert [e for e in up.audit.tail(10) if e["event"] == "PATCH_REJECT"][-1]["reason"] == "digest-mismatch"
+
+
+# A capsule that passes every validation gate but faults on a rare input once live.
+FAULTY_PATCH = ("        sub = ChaCha20Poly1305(hchacha20(self._key, nonce[:16]))\n"
+                "        return sub.encrypt(",
+                "        if bytes(data) == b'TRIGGER-FAULT':\n"
+                "            raise RuntimeError('latent bug')\n"
+                "        sub = ChaCha20Poly1305(hchacha20(self._key, nonce[:16]))\n"
+                "        return sub.encrypt(")
+
+
+def test_a_provider_fault_after_enable_rolls_back_automatically(publisher: Publisher) -> None:
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home)
+    up.apply(publisher.capsule("1.0.0", module_patch=FAULTY_PATCH))
+    assert eng.table.provider_for(OP) == "xchacha20-openssl"
+    with pytest.raises(xps.ProviderError):
+        eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")
+    for _ in range(100):
+        if eng.table.provider_for(OP) == "sodium":
+            break
+        threading.Event().wait(0.05)
+    assert eng.table.provider_for(OP) == "sodium"
+    rb = [e for e in up.audit.tail(10) if e["event"] == "PATCH_ROLLBACK"][-1]
+    assert rb["operator"] == "auto" and "latent bug" in rb["reason"]
+    assert eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")  # served by libsodium now
+
+
+def test_canary_fault_rolls_back_before_enable_and_no_call_fails(publisher: Publisher) -> None:
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home, StagePlan(canary_share=1.0, canary_seconds=5, dual_run_seconds=0))
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            try:
+                eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")
+            except Exception as exc:
+                errors.append(exc)
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    try:
+        with pytest.raises(xps.UpdateError) as ei:
+            up.apply(publisher.capsule("1.0.0", module_patch=FAULTY_PATCH))
+    finally:
+        stop.set()
+        t.join()
+    assert ei.value.reason == "canary-fault"
+    assert errors == []  # the canary answered faulty calls with the current implementation
+    assert eng.table.provider_for(OP) == "sodium"
+    assert RoutingState.load(publisher.home.state).active == ()
+
+
+DIVERGENT_PATCH = ("        sub = ChaCha20Poly1305(hchacha20(self._key, nonce[:16]))\n"
+                   "        return sub.encrypt(b\"\\x00\\x00\\x00\\x00\" + nonce[16:], data, aad)",
+                   "        sub = ChaCha20Poly1305(hchacha20(self._key, nonce[:16]))\n"
+                   "        if bytes(aad) == b'DIVERGE':\n"
+                   "            aad = b'other'\n"
+                   "        return sub.encrypt(b\"\\x00\\x00\\x00\\x00\" + nonce[16:], data, aad)")
+
+
+def test_dual_run_mismatch_rolls_back(publisher: Publisher) -> None:
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home, StagePlan(canary_seconds=0, dual_run_seconds=5))
+    stop = threading.Event()
+    t = threading.Thread(target=lambda: [eng.aead.encrypt(ALGO, bytes(32), b"m", b"DIVERGE")
+                                         for _ in iter(lambda: stop.is_set(), True)])
+    t.start()
+    try:
+        with pytest.raises(xps.UpdateError) as ei:
+            up.apply(publisher.capsule("1.0.0", module_patch=DIVERGENT_PATCH))
+    finally:
+        stop.set()
+        t.join()
+    assert ei.value.reason == "dual-run-fault"
+    assert eng.table.provider_for(OP) == "sodium"
