@@ -169,6 +169,7 @@ def _parse_signatures(raw: bytes) -> Mapping[str, bytes]:
 
 # -- manifest ---------------------------------------------------------------------------------
 
+# Always used with fullmatch(): "$" alone would accept a trailing newline.
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _VERSION = re.compile(r"^(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})$")
 _KEYID = re.compile(r"^[0-9a-f]{32}$")
@@ -202,7 +203,7 @@ class Manifest:
 
 def parse_version(text: str) -> tuple[int, int, int]:
     """``"1.2.3"`` -> ``(1, 2, 3)``; raises UpdateError for anything else."""
-    m = _VERSION.match(text) if isinstance(text, str) else None
+    m = _VERSION.fullmatch(text) if isinstance(text, str) else None
     if m is None:
         raise _reject(f"version: {text!r} is not MAJOR.MINOR.PATCH", "malformed")
     return int(m[1]), int(m[2]), int(m[3])
@@ -211,7 +212,7 @@ def parse_version(text: str) -> tuple[int, int, int]:
 def satisfies(version: tuple[int, ...], spec: str) -> bool:
     """Whether ``version`` meets a ``>=1.0,<2`` style specifier."""
     for clause in spec.split(","):
-        m = _SPEC.match(clause.strip())
+        m = _SPEC.fullmatch(clause.strip())
         if m is None:
             raise _reject(f"requires: bad version specifier {spec!r}", "malformed")
         want = tuple(int(x) for x in m[2].split("."))
@@ -266,12 +267,12 @@ def parse_manifest(raw: bytes) -> Manifest:
         raise _reject(f"manifest: unknown field {unknown[0]!r}", "malformed")
 
     name = _field(doc, "name", str)
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise _reject(f"manifest.name: {name!r} must match {_NAME.pattern}", "malformed")
     version = _field(doc, "version", str)
     parse_version(version)
     keys = _field(doc, "publisher_keys", list)
-    if not keys or not all(isinstance(k, str) and _KEYID.match(k) for k in keys) or len(set(keys)) != len(keys):
+    if not keys or not all(isinstance(k, str) and _KEYID.fullmatch(k) for k in keys) or len(set(keys)) != len(keys):
         raise _reject("manifest.publisher_keys: a non-empty list of distinct key ids", "malformed")
     requires = _field(doc, "requires", dict)
     if set(requires) != {"engine_api", "python"}:
@@ -285,7 +286,7 @@ def parse_manifest(raw: bytes) -> Manifest:
     for op, entry in ops.items():
         if op not in OPERATIONS:
             raise _reject(f"manifest.operations: {op!r} is not an engine operation", "malformed")
-        if not isinstance(entry, str) or not _ENTRY.match(entry):
+        if not isinstance(entry, str) or not _ENTRY.fullmatch(entry):
             raise _reject(f"manifest.operations.{op}: entry must be 'module:attribute'", "malformed")
 
     files_doc = _field(doc, "files", dict)
@@ -296,7 +297,7 @@ def parse_manifest(raw: bytes) -> Manifest:
             raise _reject(f"manifest.files.{path}: exactly 'sha256' and 'size'", "malformed")
         digest, size = _field(meta, "sha256", str, f"manifest.files.{path}"), _field(
             meta, "size", int, f"manifest.files.{path}")
-        if not _SHA256.match(digest) or size < 0:
+        if not _SHA256.fullmatch(digest) or size < 0:
             raise _reject(f"manifest.files.{path}: bad sha256 or size", "malformed")
         files[path] = (digest, size)
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from xpscerpto.kat import KatResult
 
     from ._plugins import PluginFailure
+    from .home import Home
 
 __all__ = ["AeadAPI", "Engine", "HkdfAPI", "KemAPI", "KexAPI", "SignatureAPI", "random_bytes"]
 
@@ -137,7 +138,7 @@ class Engine:
         return build_table(provs, config or self.config, version=self._table.version + 1,
                            kat_failures=failures, on_fault=self._report_fault)
 
-    def watch(self, directory: str | Path, home: str | Path | None = None, **options: Any) -> WatchService:
+    def watch(self, directory: str | Path, home: str | Path | Home | None = None, **options: Any) -> WatchService:
         """Start hot-patching from a watched folder (and the control socket); returns the service.
 
         Options are those of :class:`xpscerpto.capsules.service.WatchService` (``polling``,

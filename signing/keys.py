@@ -69,9 +69,14 @@ def generate_keypair(stem: str | Path) -> PublisherKey:
     seed = SecretBytes(sk.private_bytes_raw())
     pub = PublisherKey(key_id(sk.public_key().public_bytes_raw()), sk.public_key().public_bytes_raw())
     doc = {"type": "ed25519-private", "keyid": pub.keyid, "seed": seed.view().hex()}
-    _write_new(key_path, json.dumps(doc).encode(), 0o600)
-    seed.wipe()
-    _write_new(pub_path, json.dumps(pub.to_json(), indent=1).encode() + b"\n", 0o644)
+    try:
+        _write_new(key_path, json.dumps(doc).encode(), 0o600)
+        _write_new(pub_path, json.dumps(pub.to_json(), indent=1).encode() + b"\n", 0o644)
+    except OSError as exc:
+        key_path.unlink(missing_ok=True)
+        raise KeyError_(f"out: cannot write {str(exc.filename)!r}: {exc.strerror}") from None
+    finally:
+        seed.wipe()
     return pub
 
 

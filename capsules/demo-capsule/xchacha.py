@@ -14,7 +14,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from xpscerpto.interfaces import Aead
+from xpscerpto.interfaces import Aead, Buffer
 
 _SIGMA = struct.unpack("<4I", b"expand 32-byte k")
 _ZEROS = bytes(64)
@@ -34,14 +34,14 @@ def hchacha20(key: bytes, nonce16: bytes) -> bytes:
 class _Keyed:
     __slots__ = ("_key",)
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: Buffer) -> None:
         self._key = bytes(key)
 
-    def encrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+    def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
         sub = ChaCha20Poly1305(hchacha20(self._key, nonce[:16]))
         return sub.encrypt(b"\x00\x00\x00\x00" + nonce[16:], data, aad)
 
-    def decrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+    def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
         sub = ChaCha20Poly1305(hchacha20(self._key, nonce[:16]))
         return sub.decrypt(b"\x00\x00\x00\x00" + nonce[16:], data, aad)
 
@@ -52,5 +52,5 @@ class XChaCha20Poly1305(Aead):
     tag_size = 16
     auth_errors = (InvalidTag,)
 
-    def cipher(self, key: bytes) -> _Keyed:
+    def cipher(self, key: Buffer) -> _Keyed:
         return _Keyed(key)

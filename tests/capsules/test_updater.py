@@ -9,10 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.exceptions import InvalidTag
-
 import xpscerpto as xps
-from tests.fakes.providers import ProviderPlugin
+from cryptography.exceptions import InvalidTag
 from xpscerpto.capsules.build import build_capsule
 from xpscerpto.capsules.isolate import Gates
 from xpscerpto.capsules.store import RoutingState
@@ -21,6 +19,8 @@ from xpscerpto.home import Home
 from xpscerpto.interfaces import Aead, Provider
 from xpscerpto.plugins.sodium import XChaCha20Poly1305Impl
 from xpscerpto.signing import TrustStore, generate_keypair, load_private_key
+
+from tests.fakes.providers import ProviderPlugin
 
 DEMO = Path(__file__).resolve().parents[2] / "capsules" / "demo-capsule"
 OP, ALGO = "aead.xchacha20poly1305", "XCHACHA20-POLY1305"
@@ -307,8 +307,12 @@ def test_dual_run_mismatch_rolls_back(publisher: Publisher) -> None:
     eng = xps.Engine()
     up = _updater(eng, publisher.home, StagePlan(canary_seconds=0, dual_run_seconds=5))
     stop = threading.Event()
-    t = threading.Thread(target=lambda: [eng.aead.encrypt(ALGO, bytes(32), b"m", b"DIVERGE")
-                                         for _ in iter(lambda: stop.is_set(), True)])
+
+    def traffic() -> None:
+        while not stop.is_set():
+            eng.aead.encrypt(ALGO, bytes(32), b"m", b"DIVERGE")
+
+    t = threading.Thread(target=traffic)
     t.start()
     try:
         with pytest.raises(xps.UpdateError) as ei:

@@ -1,0 +1,207 @@
+"""Real processes: the publisher tool, ``xps watch`` / ``status`` / ``rollback``, kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "capsules" / "demo-capsule"
+OP = "aead.xchacha20poly1305"
+NAME = "xchacha20-openssl-1.0.0.capsule"
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(list(args), capture_output=True, text=True, timeout=120, check=False)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{args} exited {out.returncode}: {out.stderr}")
+    return out
+
+
+def tool(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run(sys.executable, str(ROOT / "tools" / "make_capsule.py"), *args, check=check)
+
+
+def xps(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run(sys.executable, "-m", "xpscerpto", "--home", str(home), *args, check=check)
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(capsule file, public key, home with the key trusted)."""
+    tool("keygen", "--out", str(tmp_path / "alice"))
+    capsule = tmp_path / NAME
+    tool("build", str(DEMO), "--key", str(tmp_path / "alice.key"), "--out", str(capsule))
+    home = tmp_path / "home"
+    xps(home, "trust", "add", str(tmp_path / "alice.pub"), "--ops", "aead.*")
+    return capsule, tmp_path / "alice.pub", home
+
+
+def test_publisher_tool_keygen_build_inspect_verify(tmp_path: Path) -> None:
+    out = tool("keygen", "--out", str(tmp_path / "alice"))
+    assert "key id" in out.stdout
+    assert stat.S_IMODE((tmp_path / "alice.key").stat().st_mode) == 0o600
+    assert tool("keygen", "--out", str(tmp_path / "alice"), check=False).returncode == 2  # no overwrite
+    capsule = tmp_path / NAME
+    tool("build", str(DEMO), "--key", str(tmp_path / "alice.key"), "--out", str(capsule))
+    info = json.loads(tool("inspect", str(capsule), "--json").stdout)
+    assert info["name"] == "xchacha20-openssl" and info["operations"] == {OP: "xchacha:XChaCha20Poly1305"}
+    assert "OK xchacha20-openssl-1.0.0" in tool("verify", str(capsule), "--trust", str(tmp_path / "alice.pub")).stdout
+    tool("keygen", "--out", str(tmp_path / "mallory"))
+    bad = tool("verify", str(capsule), "--trust", str(tmp_path / "mallory.pub"), check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "XPS_ERR_UPDATE: signatures: signed by 0/1" in bad.stderr
+    # k-of-n: a second publisher co-signs; the threshold of 2 is then met.
+    tool("keygen", "--out", str(tmp_path / "bob"))
+    two = tmp_path / "two.capsule"
+    tool("build", str(DEMO), "--key", str(tmp_path / "alice.key"), "--key", str(tmp_path / "bob.key"),
+         "--out", str(two))
+    assert "signed by 2/2" in tool("verify", str(two), "--trust", str(tmp_path / "alice.pub"), "--trust",
+                                   str(tmp_path / "bob.pub"), "--threshold", "2").stdout
+    # The same commands are `xps capsule …`.
+    same = run(sys.executable, "-m", "xpscerpto", "capsule", "inspect", str(capsule))
+    assert "provides aead.xchacha20poly1305" in same.stdout
+
+
+class Watcher:
+    """``xps watch`` in a subprocess."""
+
+    def __init__(self, home: Path, inbox: Path, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "xpscerpto", "--home", str(home), "watch", str(inbox), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # printed once the socket and the inbox are up
+        assert line.startswith("watching"), line + (self.proc.stderr.read() if self.proc.stderr else "")
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+
+@pytest.fixture
+def watchers() -> Iterator[list[Watcher]]:
+    started: list[Watcher] = []
+    yield started
+    for w in started:
+        w.stop()
+
+
+def status(home: Path) -> dict:
+    return json.loads(xps(home, "status", "--json").stdout)
+
+
+def wait_for(pred, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def audit_events(home: Path) -> list[dict]:
+    path = home / "audit.log"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def slow_copy(src: Path, dst: Path, chunks: int = 4, pause: float = 0.3) -> None:
+    data = src.read_bytes()
+    step = len(data) // chunks + 1
+    with dst.open("wb") as f:
+        for i in range(0, len(data), step):
+            f.write(data[i:i + step])
+            f.flush()
+            time.sleep(pause)
+
+
+def test_watch_drop_status_and_rollback_in_a_running_engine(published, tmp_path: Path, watchers) -> None:  # type: ignore[no-untyped-def]
+    capsule, _, home = published
+    inbox = tmp_path / "inbox"
+    watchers.append(Watcher(home, inbox))
+    assert stat.S_IMODE((home / "control.sock").stat().st_mode) == 0o600
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    before = status(home)
+    assert before["running"] and before["routes"][OP] == "sodium"
+    slow_copy(capsule, inbox / NAME)  # a slow copy, not an atomic rename
+    wait_for(lambda: status(home)["routes"][OP] == "xchacha20-openssl", "the capsule to be enabled")
+    assert (inbox / "accepted" / NAME).exists() and not (inbox / NAME).exists()
+    live = status(home)
+    assert [a["name"] for a in live["active"]] == ["xchacha20-openssl"]
+    assert {"PATCH_VERIFY", "PATCH_KAT", "PATCH_ENABLE"} <= {e["event"] for e in live["events"]}
+    # Rollback goes through the control socket: in force when the command returns.
+    out = xps(home, "rollback", OP)
+    assert "in the running engine" in out.stdout
+    after = status(home)
+    assert after["routes"][OP] == "sodium" and after["active"] == []
+    assert [r["name"] for r in after["retired"]] == ["xchacha20-openssl"]
+    # The same capsule dropped again is refused (not newer) and filed with its reason.
+    (inbox / "again.capsule").write_bytes(capsule.read_bytes())
+    wait_for((inbox / "rejected" / "again.capsule.reason").exists, "the rejection")
+    assert (inbox / "rejected" / "again.capsule.reason").read_text().startswith("rollback:")
+
+
+def test_status_and_rollback_without_a_running_engine(published, tmp_path: Path, watchers) -> None:  # type: ignore[no-untyped-def]
+    capsule, _, home = published
+    inbox = tmp_path / "inbox"
+    w = Watcher(home, inbox)
+    watchers.append(w)
+    (inbox / NAME).write_bytes(capsule.read_bytes())
+    wait_for(lambda: status(home)["active"] != [], "the capsule to be enabled")
+    w.stop()
+    offline = status(home)
+    assert offline["running"] is False and offline["active"][0]["name"] == "xchacha20-openssl"
+    out = xps(home, "rollback", "xchacha20-openssl")
+    assert "committed state (no engine running)" in out.stdout
+    assert status(home)["active"] == []
+    missing = xps(home, "rollback", "nothing-like-this", check=False)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == ("xps: error: XPS_ERR_UPDATE: rollback: no active capsule matches "
+                                      "'nothing-like-this'")
+
+
+def test_kill_9_during_cutover_and_after_commit_restarts_consistent(published, tmp_path: Path, watchers) -> None:  # type: ignore[no-untyped-def]
+    capsule, _, home = published
+    inbox = tmp_path / "inbox"
+    # 1. Killed mid-staging (the canary window): nothing was committed.
+    w = Watcher(home, inbox, "--canary-seconds", "30")
+    watchers.append(w)
+    (inbox / NAME).write_bytes(capsule.read_bytes())
+    wait_for(lambda: any(e.get("phase") == "canary" for e in audit_events(home)), "the canary phase")
+    w.kill9()
+    state = json.loads((home / "state.json").read_text()) if (home / "state.json").exists() else {"active": []}
+    assert state["active"] == []
+    w2 = Watcher(home, tmp_path / "inbox2")
+    watchers.append(w2)
+    s = status(home)
+    assert s["routes"][OP] == "sodium" and s["active"] == []
+    w2.stop()
+    # 2. Killed right after the commit: the restart routes the capsule (re-verified).
+    inbox3 = tmp_path / "inbox3"
+    w3 = Watcher(home, inbox3)
+    watchers.append(w3)
+    (inbox3 / NAME).write_bytes(capsule.read_bytes())  # same version: it was never accepted
+    wait_for(lambda: any(e["event"] == "PATCH_ENABLE" for e in audit_events(home)), "PATCH_ENABLE")
+    w3.kill9()
+    w4 = Watcher(home, tmp_path / "inbox4")
+    watchers.append(w4)
+    s = status(home)
+    assert s["routes"][OP] == "xchacha20-openssl"
+    assert [a["version"] for a in s["active"]] == ["1.0.0"]
+    assert os.path.exists(home / "capsules" / f"{s['active'][0]['sha256']}.capsule")
