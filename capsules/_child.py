@@ -42,7 +42,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         result = run_selftest(provider.name, op, kind, impl, extra_vectors=vectors)
         out["kat"][op] = {"passed": result.passed, "vectors": result.vectors, "failure": result.failure}
         if not result.passed:
-            return {"ok": False, "stage": "kat", "reason": f"{op}: {result.failure}", **out}
+            return {**out, "ok": False, "stage": "kat", "reason": f"{op}: {result.failure}"}
         inputs = request["diff_inputs"].get(op)
         if inputs is not None:
             out["diff"][op] = _diff.compute(kind, op, impl, inputs)

@@ -87,8 +87,17 @@ def check_signatures(container: Container, manifest: Manifest, trust: TrustStore
     if not result:
         unlisted = sorted(set(container.signatures) - set(listed))
         extra = f"; {len(unlisted)} signature(s) by keys the manifest does not list" if unlisted else ""
-        reason = "key-not-allowed" if any("not allowed" in r for r in result.rejected.values()) else (
-            "threshold" if result.signed else "bad-signature")
+        why = set(result.rejected.values())
+        if any("not allowed" in r for r in why):
+            reason = "key-not-allowed"
+        elif result.signed:
+            reason = "threshold"
+        elif not listed:
+            reason = "unlisted-key"
+        elif why == {"not a trusted key"}:
+            reason = "untrusted-key"
+        else:
+            reason = "bad-signature"
         raise UpdateError(f"signatures: {result.describe()}{extra}", reason=reason)
     return result.signed
 

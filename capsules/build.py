@@ -30,7 +30,7 @@ from xpscerpto.errors import UpdateError
 from xpscerpto.secret import SecretBytes
 from xpscerpto.signing import PublisherKey, sign
 
-from .format import FORMAT, canonical_json, read_container, write_container
+from .format import FORMAT, canonical_json, parse_manifest, read_container, write_container
 
 __all__ = ["SOURCE_FILE", "add_signature", "build_capsule", "collect_payload", "manifest_document"]
 
@@ -75,8 +75,12 @@ def manifest_document(source: Mapping[str, Any], files: Mapping[str, bytes],
 
 
 def build_capsule(src_dir: str | Path, signers: Iterable[tuple[PublisherKey, SecretBytes]],
-                  *, now: datetime | None = None) -> bytes:
-    """Build and sign a capsule from a source directory; returns the capsule bytes."""
+                  *, cosigners: Iterable[PublisherKey] = (), now: datetime | None = None) -> bytes:
+    """Build and sign a capsule from a source directory; returns the capsule bytes.
+
+    ``cosigners`` are listed in the manifest without signing now; each adds a signature
+    later with :func:`add_signature` (k-of-n with keys held by different people).
+    """
     src = Path(src_dir)
     try:
         source = tomllib.loads((src / SOURCE_FILE).read_text())
@@ -89,7 +93,8 @@ def build_capsule(src_dir: str | Path, signers: Iterable[tuple[PublisherKey, Sec
         raise UpdateError("key: at least one signing key is required", reason="unsigned")
     files = collect_payload(src)
     when = (now or datetime.now(UTC)).replace(microsecond=0)
-    manifest_bytes = canonical_json(manifest_document(source, files, [k for k, _ in signers], when))
+    listed = [k for k, _ in signers] + [k for k in cosigners if k.keyid not in {s.keyid for s, _ in signers}]
+    manifest_bytes = canonical_json(manifest_document(source, files, listed, when))
     signatures = {key.keyid: sign(seed, manifest_bytes) for key, seed in signers}
     return write_container(manifest_bytes, signatures, files)
 
@@ -97,9 +102,7 @@ def build_capsule(src_dir: str | Path, signers: Iterable[tuple[PublisherKey, Sec
 def add_signature(raw: bytes, key: PublisherKey, seed: SecretBytes) -> bytes:
     """Co-sign an existing capsule (for k-of-n thresholds); the manifest must list the key."""
     container = read_container(raw)
-    import json
-
-    listed = json.loads(container.manifest_bytes)["publisher_keys"]
+    listed = parse_manifest(container.manifest_bytes).publisher_keys
     if key.keyid not in listed:
         raise UpdateError(f"key: {key.keyid[:12]} is not listed in the manifest's publisher_keys",
                           reason="key-not-allowed")

@@ -45,7 +45,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     """Build and sign a capsule from a source directory."""
     signers = [load_private_key(k) for k in args.key]
-    raw = build_capsule(args.src, signers)
+    raw = build_capsule(args.src, signers, cosigners=[load_public_key(p) for p in args.cosigner])
     out = Path(args.out)
     atomic_write(out, raw, 0o644)
     m = parse_manifest(read_container(raw).manifest_bytes)
@@ -111,6 +111,8 @@ def add_publisher_commands(sub: Any) -> None:
     p = sub.add_parser("build", help=cmd_build.__doc__)
     p.add_argument("src", metavar="SRC_DIR")
     p.add_argument("--key", action="append", required=True, metavar="NAME.key")
+    p.add_argument("--cosigner", action="append", default=[], metavar="NAME.pub",
+                   help="list this key in the manifest; its holder signs later with `sign`")
     p.add_argument("--out", required=True, metavar="FILE.capsule")
     p.set_defaults(func=cmd_build)
     p = sub.add_parser("sign", help=cmd_sign.__doc__)

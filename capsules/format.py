@@ -95,8 +95,10 @@ def read_container(raw: bytes, limits: Limits = Limits()) -> Container:
         seen.add(name)
         _check_member_name(name)
         mode = info.external_attr >> 16
-        if info.is_dir() or stat.S_ISLNK(mode) or (stat.S_IFMT(mode) not in (0, stat.S_IFREG)):
-            raise _reject(f"entry {name!r}: not a regular file (symlink, directory or device)", "symlink")
+        if stat.S_ISLNK(mode):
+            raise _reject(f"entry {name!r}: not a regular file (symlink)", "symlink")
+        if info.is_dir() or stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+            raise _reject(f"entry {name!r}: not a regular file (directory, FIFO or device)", "not-regular-file")
         if info.flag_bits & 0x1:
             raise _reject(f"entry {name!r}: encrypted members are not allowed", "malformed")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -210,13 +212,19 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 
 def satisfies(version: tuple[int, ...], spec: str) -> bool:
-    """Whether ``version`` meets a ``>=1.0,<2`` style specifier."""
+    """Whether ``version`` meets a ``>=1.0,<2`` style specifier.
+
+    Both sides are padded with zeros, as PEP 440 compares releases: ``3.11.7 > 3.11`` and
+    ``3.11.7 != 3.11`` (so write ``>=3.11,<3.12`` for "any 3.11").
+    """
     for clause in spec.split(","):
         m = _SPEC.fullmatch(clause.strip())
         if m is None:
             raise _reject(f"requires: bad version specifier {spec!r}", "malformed")
-        want = tuple(int(x) for x in m[2].split("."))
-        have = tuple(version[: len(want)])
+        want_raw = tuple(int(x) for x in m[2].split("."))
+        width = max(len(want_raw), len(version))
+        want = want_raw + (0,) * (width - len(want_raw))
+        have = tuple(version) + (0,) * (width - len(version))
         ok = {">=": have >= want, "<=": have <= want, "==": have == want,
               "<": have < want, ">": have > want}[m[1]]
         if not ok:

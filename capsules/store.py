@@ -23,7 +23,7 @@ from xpscerpto._atomic import atomic_write
 from xpscerpto.errors import UpdateError
 from xpscerpto.home import Home
 
-__all__ = ["ActiveCapsule", "CapsuleStore", "RoutingState", "state_lock"]
+__all__ = ["ActiveCapsule", "CapsuleStore", "RoutingState", "state_lock", "version_tuple"]
 
 _HISTORY = 200
 
@@ -61,7 +61,7 @@ class RoutingState:
         cap = replace(cap, replaced=previous.sha256 if previous else None)
         active = (*(a for a in self.active if a.name != cap.name), cap)
         highest = dict(self.highest)
-        if _ver(cap.version) > _ver(highest.get(cap.name, "0.0.0")):
+        if version_tuple(cap.version) > version_tuple(highest.get(cap.name, "0.0.0")):
             highest[cap.name] = cap.version
         return self._with(active, highest, "enable", cap, operator)
 
@@ -105,7 +105,8 @@ class RoutingState:
         atomic_write(path, json.dumps(self.to_json(), indent=1).encode() + b"\n")
 
 
-def _ver(v: str) -> tuple[int, ...]:
+def version_tuple(v: str) -> tuple[int, ...]:
+    """``"1.2.3"`` -> ``(1, 2, 3)`` (versions here were validated when first accepted)."""
     return tuple(int(x) for x in v.split("."))
 
 

@@ -39,6 +39,7 @@ from .format import Limits
 from .isolate import Gates, validate_isolated
 from .loader import load_provider
 from .store import ActiveCapsule, CapsuleStore, RoutingState, state_lock
+from .store import version_tuple as _ver
 
 __all__ = ["Drain", "StagePlan", "Updater"]
 
@@ -102,6 +103,7 @@ class Updater:
         self._lock = threading.RLock()  # one update at a time; never taken by API calls
         self._loaded: dict[str, _Loaded] = {}
         self._state = RoutingState()
+        self._restored = False
         self._staging: str | None = None  # capsule name under canary/dual-run
         self._stage_fault: queue.Queue[str] = queue.Queue()
         self._faults: queue.Queue[tuple[str, str]] = queue.Queue()
@@ -131,8 +133,15 @@ class Updater:
                 state = RoutingState(tuple(keep), state.highest, state.history)
                 state.save(self.home.state)
             self._state = state
+            self._restored = True
             self._publish(self._table_for(state.active))
             return self.engine._table
+
+    def _ensure_restored(self) -> None:
+        # Applying before restoring would check versions against an empty memory and could
+        # overwrite the committed downgrade protection; restore first, always.
+        if not self._restored:
+            self.restore()
 
     # -- the pipeline -----------------------------------------------------------------------
 
@@ -143,9 +152,11 @@ class Updater:
         """
         operator = operator or self.operator
         sha = hashlib.sha256(raw).hexdigest()
+        self._ensure_restored()
         self._audit("PATCH_LOAD", sha256=sha, source=source, operator=operator, bytes=len(raw))
-        with self._lock:
+        with self._lock, state_lock(self.home):
             try:
+                self._merge_committed_highest()
                 return self._apply(raw, sha, operator)
             except XpsError as exc:
                 self._audit("PATCH_REJECT", sha256=sha, source=source, operator=operator,
@@ -214,11 +225,21 @@ class Updater:
         Without ``to``, the version it replaced (if any) comes back; with ``to``, that stored
         version of the same capsule is re-verified and enabled instead.
         """
-        with self._lock:
+        self._ensure_restored()
+        with self._lock, state_lock(self.home):
             cap = self._state.find(target)
             if cap is None:
                 raise UpdateError(f"rollback: no active capsule matches {target!r}", reason="not-found")
             return self._rollback(cap, to, operator=operator or self.operator, reason=reason)
+
+    def _merge_committed_highest(self) -> None:
+        """Never let the in-memory version memory fall below what is committed on disk."""
+        committed = RoutingState.load(self.home.state).highest
+        highest = dict(self._state.highest)
+        for name, version in committed.items():
+            if name not in highest or _ver(version) > _ver(highest[name]):
+                highest[name] = version
+        self._state = replace(self._state, highest=highest)
 
     def _rollback(self, cap: ActiveCapsule, to: str | None, *, operator: str, reason: str) -> ActiveCapsule:
         restore_sha = self._sha_of(cap.name, to) if to is not None else cap.replaced
@@ -254,6 +275,7 @@ class Updater:
 
     def status(self, events: int = 20) -> dict[str, Any]:
         """Routing table, active and retired capsules, highest versions, recent events."""
+        self._ensure_restored()
         table = self.engine.table
         active_shas = {a.sha256 for a in self._state.active}
         retired = []
@@ -376,7 +398,7 @@ class Updater:
             if provider == self._staging:
                 self._stage_fault.put(detail)
                 continue
-            with self._lock:
+            with self._lock, state_lock(self.home):
                 cap = next((a for a in self._state.active if a.name == provider), None)
                 if cap is not None:
                     try:

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from xpscerpto._atomic import atomic_write
 from xpscerpto.errors import PolicyError
 
-from .keys import PublisherKey, verify
+from .keys import PublisherKey, key_id, verify
 
 __all__ = ["TrustStore", "TrustedKey", "VerificationResult"]
 
@@ -124,14 +124,25 @@ class TrustStore:
             return cls()
         except (OSError, ValueError) as exc:
             raise PolicyError(f"trust store {str(p)!r}: unreadable: {exc}") from None
+        where = f"trust store {str(p)!r}"
         try:
+            if doc.get("format") != 1:
+                raise PolicyError(f"{where}: format must be 1")
+            threshold = doc["threshold"]
+            if type(threshold) is not int or threshold < 1:
+                raise PolicyError(f"{where}: threshold must be an integer >= 1, got {threshold!r}")
             keys = {}
             for k in doc["keys"]:
                 pk = bytes.fromhex(k["public_key"])
-                keys[k["keyid"]] = TrustedKey(k["keyid"], pk, tuple(k["ops"]), k.get("label", ""))
-            return cls(MappingProxyType(keys), int(doc["threshold"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PolicyError(f"trust store {str(p)!r}: malformed ({exc})") from None
+                if len(pk) != 32 or key_id(pk) != k["keyid"]:
+                    raise PolicyError(f"{where}: key {str(k['keyid'])[:12]} does not match its public key")
+                ops = k["ops"]
+                if not isinstance(ops, list) or not ops or not all(isinstance(o, str) for o in ops):
+                    raise PolicyError(f"{where}: key {k['keyid'][:12]}: ops must be a non-empty list of globs")
+                keys[k["keyid"]] = TrustedKey(k["keyid"], pk, tuple(ops), str(k.get("label", "")))
+            return cls(MappingProxyType(keys), threshold)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PolicyError(f"{where}: malformed ({exc})") from None
 
     def save(self, path: str | Path) -> None:
         """Write atomically (temp file in the same folder, fsync, rename)."""

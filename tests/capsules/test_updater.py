@@ -229,7 +229,7 @@ def test_restart_drops_a_capsule_whose_key_was_unpinned(publisher: Publisher) ->
     assert eng.table.provider_for(OP) == "sodium"
     assert RoutingState.load(publisher.home.state).active == ()
     reject = [e for e in up.audit.tail(10) if e["event"] == "PATCH_REJECT"][-1]
-    assert reject["phase"] == "restore" and reject["reason"] == "bad-signature"
+    assert reject["phase"] == "restore" and reject["reason"] == "untrusted-key"
 
 
 def test_restart_refuses_a_stored_capsule_modified_on_disk(publisher: Publisher) -> None:
