@@ -15,7 +15,8 @@ def _commands() -> list[str]:
 def test_readme_has_one_demo_and_one_test_command() -> None:
     demo, test = _commands()[:2]
     assert demo.endswith("xps demo")
-    assert "pytest" in test
+    assert test == "bash tools/test.sh"
+    assert "pytest" in (ROOT / "tools" / "test.sh").read_text()
 
 
 def test_ci_runs_the_readme_test_command_verbatim() -> None:
