@@ -1,55 +1,884 @@
-"""The audit trail: append-only JSON lines, one per event, fsynced.
+"""The audit journal: append-only, hash-chained JSON lines with Ed25519-signed checkpoints.
 
-Every hot-patch step is recorded (PATCH_LOAD, PATCH_VERIFY, PATCH_KAT, PATCH_STAGE,
-PATCH_ENABLE, PATCH_DRAINED, PATCH_ROLLBACK, PATCH_REJECT) with the time, capsule hash,
-publisher key ids, operator and reason. Fields are whitelisted by the callers; nothing secret
-is ever passed here. (The keyring issue turns this into a hash-chained, signed journal.)
+One record per line, canonical JSON (sorted keys, compact, ASCII)::
+
+    {"event":"PATCH_ENABLE","hash":"…","name":"demo","prev":"…","seq":7,"time":"2025-01-01T12:00:00.000000Z",…}
+
+* ``seq`` counts 1, 2, 3, … with no gap;
+* ``prev`` is the ``hash`` of the record before (64 zeros for the first);
+* ``hash`` is SHA-256 over the canonical JSON of the record without ``hash`` (:func:`record_hash`).
+
+So editing a record breaks its own hash, and deleting, inserting or reordering records breaks
+``seq`` or the ``prev`` link. An attacker who can write the file can recompute every hash
+after the record they changed — that is what the checkpoints are for: after every
+``checkpoint_every`` records a ``CHECKPOINT`` record (itself chained) carries an Ed25519
+signature over the seq and hash of the record before it (:func:`checkpoint_message`). The key
+lives next to the log (``audit.key``, 0600) and its public half in ``audit.pub`` so a verifier
+can pin it; rewriting history before a checkpoint needs the private key.
+
+Everything the hot-patch updater does (PATCH_LOAD, PATCH_VERIFY, PATCH_KAT, PATCH_STAGE,
+PATCH_ENABLE, PATCH_DRAINED, PATCH_ROLLBACK, PATCH_REJECT, …) and authentication failures
+(CRYPTO_FAIL_AUTH, through :meth:`AuditLog.record_rate_limited`) go into the same journal.
+
+Secrets are never recorded: field values that are bytes, bytearray, memoryview or
+:class:`~xpscerpto.secret.SecretBytes` (also nested) are refused with a
+:class:`~xpscerpto.errors.PolicyError` — callers log hex digests and key ids instead. A
+secret pasted into a *string* cannot be recognised; callers keep whitelisting their fields.
+
+Limits (what the chain can and cannot show):
+
+* **Truncation of the newest records** after the last checkpoint, or rewriting them with
+  recomputed hashes, leaves a valid-looking chain. It is detectable only against an
+  externally kept copy of a later state: export ``last_seq``/``last_hash`` of a
+  :class:`VerifyReport` (or the newest checkpoint) somewhere the attacker cannot write, and
+  pass it back as ``verify(anchor=(seq, hash))``. The same holds for deleting the whole log
+  *and* its ``.pub`` file.
+* **Replacing the key**: a verifier that trusts the ``.pub`` next to the log accepts a log
+  that an attacker re-signed with a key of their own *and* wrote to ``.pub``; pin the public
+  key you exported earlier (``verify(public_key=…)``).
+* **Appending** well-formed records after the newest one needs no key: the chain proves the
+  order and integrity of what is there, and a checkpoint proves that the key holder vouched for
+  the history up to it — not who wrote each record. The log is created 0600 for that reason.
+* Rate limiting and the lock are per host: ``fcntl.flock`` (not for NFS), and the
+  rate-limit windows live in each process's memory.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> log = AuditLog(pathlib.Path(tempfile.mkdtemp()) / "audit.log", checkpoint_every=2)
+    >>> log.record("PATCH_LOAD", sha256="ab" * 32, operator="alice")["seq"]
+    1
+    >>> _ = log.record("PATCH_REJECT", sha256="ab" * 32, reason="bad-signature")
+    >>> [e["event"] for e in log.tail(3)]      # a checkpoint followed the second record
+    ['PATCH_LOAD', 'PATCH_REJECT', 'CHECKPOINT']
+    >>> report = log.verify()
+    >>> report.records, report.checkpoints, report.last_seq
+    (3, 1, 3)
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import math
 import os
+import re
+import stat
 import threading
+import time
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AuditLog"]
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .errors import ErrorCode, InternalError, KeyError_, PolicyError, XpsError
+from .secret import SecretBytes
+
+__all__ = [
+    "GENESIS",
+    "AuditLog",
+    "AuditTampered",
+    "VerifyReport",
+    "checkpoint_message",
+    "read_public_key",
+    "record_hash",
+]
+
+#: ``prev`` of the first record.
+GENESIS = "0" * 64
+CHECKPOINT = "CHECKPOINT"
+REPAIRED = "AUDIT_REPAIRED"
+#: Keys the journal sets itself; a caller passing one would forge the chain's own fields.
+_RESERVED_FIELDS = frozenset({"seq", "time", "event", "prev", "hash", "suppressed"})
+#: Events only the journal writes (a caller-made CHECKPOINT would look like a signed one).
+_RESERVED_EVENTS = frozenset({CHECKPOINT, REPAIRED})
+_EVENT_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX128 = re.compile(r"[0-9a-f]{128}")
+#: One record (one line) at most; bounds memory for readers and keeps appends small.
+MAX_RECORD_BYTES = 64 * 1024
+_MAX_DEPTH = 16
+#: Rate-limit windows kept per process; beyond this, new (event, bucket) pairs share one
+#: overflow window so an attacker varying the bucket (e.g. a peer id) cannot exhaust memory.
+_MAX_BUCKETS = 1024
+_WINDOW_SECONDS = 60.0
+_CHUNK = 64 * 1024
+_FORBIDDEN = (bytes, bytearray, memoryview, SecretBytes)
+_OPEN_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+class AuditTampered(XpsError):
+    """The journal does not verify. ``.seq`` is the first bad record's seq, ``.reason`` one of
+    ``"modified"``, ``"deleted"``, ``"inserted"``, ``"reordered"``, ``"bad checkpoint signature"``,
+    ``"malformed line"``, ``"truncated tail"``; ``.line`` the 1-based line (None if unknown)."""
+
+    code = ErrorCode.INTERNAL
+
+    def __init__(self, path: Path, seq: int | None, reason: str, detail: str, line: int | None = None) -> None:
+        where = f"record seq {seq}" if seq is not None else "record"
+        if line is not None:
+            where += f" (line {line})"
+        super().__init__(f"audit journal {path}: {where}: {reason}: {detail}", reason=reason)
+        self.path, self.seq, self.detail, self.line = path, seq, detail, line
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable despite the richer __init__
+        return (type(self), (self.path, self.seq, self.reason, self.detail, self.line))
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What :meth:`AuditLog.verify` checked. Export ``last_seq``/``last_hash`` to detect later truncation."""
+
+    path: str
+    records: int  # all records, checkpoints included
+    checkpoints: int
+    last_seq: int  # 0 for an empty journal
+    last_hash: str  # GENESIS for an empty journal
+    last_checkpoint_seq: int | None
+    after_checkpoint: int  # records after the last checkpoint: not yet covered by a signature
+    public_key: str | None  # hex of the key checkpoints were checked against
+    torn_tail: int = 0  # bytes of a torn final line (crash mid-append); 0 if none
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (for ``xps audit verify --json``)."""
+        d = asdict(self)
+        d["warnings"] = list(self.warnings)
+        return d
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
+def record_hash(rec: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) over the canonical JSON of ``rec`` without its ``hash`` key.
+
+    Example:
+        >>> record_hash({"seq": 1, "event": "X", "prev": GENESIS, "hash": "ignored"}) == record_hash(
+        ...     {"prev": GENESIS, "event": "X", "seq": 1})
+        True
+    """
+    return hashlib.sha256(_canonical({k: v for k, v in rec.items() if k != "hash"})).hexdigest()
+
+
+def checkpoint_message(signed_seq: int, signed_hash: str) -> bytes:
+    """The exact bytes a checkpoint's Ed25519 signature covers.
+
+    Example:
+        >>> checkpoint_message(100, "ab" * 32)[:33]
+        b'XPSCERPTO-AUDIT-CHECKPOINT/1\\nseq='
+    """
+    return f"XPSCERPTO-AUDIT-CHECKPOINT/1\nseq={signed_seq}\nhash={signed_hash}\n".encode("ascii")
+
+
+def read_public_key(path: str | Path) -> bytes:
+    """Read a ``.pub`` file (64 hex digits) as 32 raw bytes; :class:`KeyError_` if it is not one."""
+    try:
+        text = Path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyError_(f"audit public key {path}: cannot read it ({type(exc).__name__})") from exc
+    if not _HEX64.fullmatch(text):
+        raise KeyError_(f"audit public key {path}: expected 64 lowercase hex digits")
+    return bytes.fromhex(text)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _plain(value: Any, where: str, depth: int = 0) -> Any:
+    """A JSON-plain copy of ``value``; refuses secrets/raw bytes and anything not JSON."""
+    if isinstance(value, _FORBIDDEN):
+        # Never echo the value: it may be key material.
+        raise PolicyError(f"audit field {where}: {type(value).__name__} refused — secrets and raw bytes are "
+                          "never recorded; record a hex digest or a key id instead", reason="secret-field")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)  # IntEnum and friends become plain ints, as they would read back
+    if isinstance(value, float):
+        # JSON has no NaN/Infinity; a measurement that came out non-finite is kept as text
+        # rather than failing the operation being audited.
+        return float(value) if math.isfinite(value) else repr(float(value))
+    if isinstance(value, str):
+        return str.__str__(value)  # a StrEnum becomes its plain value
+    if depth >= _MAX_DEPTH:
+        raise PolicyError(f"audit field {where}: nested deeper than {_MAX_DEPTH} levels", reason="not-json")
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise PolicyError(f"audit field {where}: mapping keys must be str, got {type(k).__name__}",
+                                  reason="not-json")
+            out[str.__str__(k)] = _plain(v, f"{where}.{k}", depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        return [_plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    raise PolicyError(f"audit field {where}: {type(value).__name__} is not JSON-serialisable "
+                      "(pass str, int, float, bool, None, lists or dicts of them)", reason="not-json")
+
+
+def _check_event(event: Any) -> str:
+    if not isinstance(event, str) or not _EVENT_RE.fullmatch(event):
+        raise PolicyError("audit event: expected an UPPER_SNAKE_CASE name of at most 64 characters",
+                          reason="bad-event")
+    if event in _RESERVED_EVENTS:
+        raise PolicyError(f"audit event: {event} is written by the journal itself", reason="bad-event")
+    return str.__str__(event)
+
+
+def _check_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    clash = sorted(_RESERVED_FIELDS.intersection(fields))
+    if clash:
+        raise PolicyError(f"audit fields: {', '.join(clash)} are set by the journal itself", reason="reserved-field")
+    clean = {k: _plain(v, k) for k, v in fields.items()}
+    # Checked before the log is touched; the margin covers seq, time, event, prev and hash.
+    if len(_canonical(clean)) > MAX_RECORD_BYTES - 512:
+        raise PolicyError(f"audit fields: larger than {MAX_RECORD_BYTES - 512} bytes once encoded", reason="too-large")
+    return clean
+
+
+def _last_newline(fd: int, end: int) -> int:
+    """Offset of the last ``\\n`` before ``end``, or -1; reads backwards so big logs stay cheap."""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - _CHUNK)
+        i = os.pread(fd, pos - start, start).rfind(b"\n")
+        if i >= 0:
+            return start + i
+        pos = start
+    return -1
+
+
+def _parse_record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """Parse one line (without its newline) into a record, or (None, what is wrong)."""
+    if len(raw) > MAX_RECORD_BYTES:
+        return None, f"longer than {MAX_RECORD_BYTES} bytes"
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return None, "not JSON"
+    if not isinstance(rec, dict):
+        return None, "not a JSON object"
+    seq, h, prev = rec.get("seq"), rec.get("hash"), rec.get("prev")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        return None, "no valid seq"
+    if not isinstance(h, str) or not _HEX64.fullmatch(h) or not isinstance(prev, str) or not _HEX64.fullmatch(prev):
+        return None, "no valid hash/prev"
+    if not isinstance(rec.get("event"), str) or not isinstance(rec.get("time"), str):
+        return None, "no event/time"
+    try:
+        canonical = _canonical(rec)
+    except ValueError:
+        return None, "not canonical JSON"
+    # Byte-exact canonical form: duplicate keys, re-spacing or re-escaping are edits too.
+    if canonical != raw:
+        return None, "not in canonical form (edited by hand?)"
+    return rec, ""
+
+
+@dataclass
+class _Window:
+    times: deque[float] = field(default_factory=deque)
+    suppressed: int = 0
+
+
+@dataclass
+class _Head:
+    seq: int
+    hash: str
 
 
 class AuditLog:
-    """Append-only event log at ``path`` (safe across threads; each line written with O_APPEND)."""
+    """The journal at ``path``: append with :meth:`record`, read with :meth:`tail`, check with :meth:`verify`.
 
-    def __init__(self, path: str | Path) -> None:
+    Safe across threads and processes: every append takes an exclusive ``flock`` on the log,
+    reads the last record, appends with ``O_APPEND`` in one ``write`` and fsyncs. Opening an
+    AuditLog creates nothing; the first :meth:`record` creates the log (0600) and then the
+    signing key.
+
+    ``signing_key`` is the path of the Ed25519 key file (a 32-byte seed); by default
+    ``path.with_suffix(".key")`` next to the log. If missing it is created 0600 — exclusively
+    (a temp file opened with O_EXCL, then ``link(2)``, which fails if the name exists), so two
+    processes racing to create it end up with one key, never a half-written one. A key file
+    readable by group or others, or not exactly 32 bytes, is refused (:class:`KeyError_`).
+    The public key is written to ``path.with_suffix(".pub")`` (hex) so verifiers can pin it.
+
+    ``clock`` (seconds, monotonic) drives the rate-limit windows only; tests inject one.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> log = AuditLog(pathlib.Path(tempfile.mkdtemp()) / "audit.log")
+        >>> for _ in range(1000):
+        ...     _ = log.record_rate_limited("CRYPTO_FAIL_AUTH", "aead.aes-256-gcm", 10, operation="aead")
+        >>> len(log.tail(100))
+        10
+    """
+
+    def __init__(self, path: str | Path, *, signing_key: str | Path | None = None, checkpoint_every: int = 100,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self.key_path = Path(signing_key) if signing_key is not None else self.path.with_suffix(".key")
+        self.pub_path = self.path.with_suffix(".pub")
+        if len({self.path, self.key_path, self.pub_path}) != 3:
+            raise PolicyError(f"audit log {self.path}: the log, key and .pub paths must differ", reason="bad-path")
+        if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
+            raise PolicyError("checkpoint_every: expected an int >= 1", reason="bad-argument")
+        self.checkpoint_every = checkpoint_every
+        self._clock = clock
+        self._lock = threading.Lock()  # threads of this instance; flock covers other fds and processes
+        self._sk: Ed25519PrivateKey | None = None
+        self._pub_hex: str | None = None
+        self._rl_lock = threading.Lock()
+        self._windows: dict[tuple[str, str], _Window] = {}
+
+    # ------------------------------------------------------------------ writing
 
     def record(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Append one event; returns the record written."""
-        rec = {"time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "event": event, **fields}
-        line = (json.dumps(rec, sort_keys=True, default=str) + "\n").encode()
+        """Append one event; returns the record as written (with ``seq``, ``prev``, ``hash``).
+
+        ``event`` is UPPER_SNAKE_CASE; ``fields`` must be JSON values (str, int, float, bool,
+        None, lists, dicts). Bytes-like values and SecretBytes are refused. If the log ends in
+        a torn line (a crash mid-append) it is repaired first and an ``AUDIT_REPAIRED``
+        record says so. Raises :class:`AuditTampered` if the last line is not a record (the
+        chain cannot be continued — run :meth:`verify`), :class:`InternalError` on I/O errors.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> log = AuditLog(pathlib.Path(tempfile.mkdtemp()) / "audit.log")
+            >>> r = log.record("PATCH_ROLLBACK", name="demo", reason="operator request")
+            >>> r["seq"], r["prev"] == GENESIS, r["hash"] == record_hash(r)
+            (1, True, True)
+        """
+        return self._append(_check_event(event), _check_fields(fields))
+
+    def record_rate_limited(self, event: str, bucket: str, per_minute: int, **fields: Any) -> dict[str, Any] | None:
+        """Record at most ``per_minute`` events per (event, bucket) in any rolling 60 s; None if suppressed.
+
+        Suppressed events are counted, and the next one that passes carries ``"suppressed": n``.
+        Meant for CRYPTO_FAIL_AUTH: a flood of forged ciphertexts must not flood the journal
+        or push the real events out of ``tail``. The window is in this process's memory.
+        Bad input is refused even when the event would have been suppressed.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> t = [0.0]
+            >>> log = AuditLog(pathlib.Path(tempfile.mkdtemp()) / "a.log", clock=lambda: t[0])
+            >>> [log.record_rate_limited("CRYPTO_FAIL_AUTH", "k1", 1) is None for _ in range(3)]
+            [False, True, True]
+            >>> t[0] = 61.0
+            >>> log.record_rate_limited("CRYPTO_FAIL_AUTH", "k1", 1)["suppressed"]
+            2
+        """
+        event = _check_event(event)
+        clean = _check_fields(fields)
+        if not isinstance(per_minute, int) or isinstance(per_minute, bool) or per_minute < 1:
+            raise PolicyError("per_minute: expected an int >= 1", reason="bad-argument")
+        if not isinstance(bucket, str):
+            raise PolicyError("bucket: expected a str", reason="bad-argument")
+        with self._rl_lock:
+            now = self._clock()
+            win = self._window((event, bucket), now)
+            while win.times and now - win.times[0] >= _WINDOW_SECONDS:
+                win.times.popleft()
+            if len(win.times) >= per_minute:
+                win.suppressed += 1
+                return None
+            win.times.append(now)
+            suppressed, win.suppressed = win.suppressed, 0
+        if suppressed:
+            clean["suppressed"] = suppressed
+        try:
+            return self._append(event, clean)
+        except BaseException:
+            with self._rl_lock:  # not written: keep the count for the next one
+                self._window((event, bucket), now).suppressed += suppressed
+            raise
+
+    def _window(self, key: tuple[str, str], now: float) -> _Window:
+        win = self._windows.get(key)
+        if win is not None:
+            return win
+        if len(self._windows) >= _MAX_BUCKETS:
+            # Drop idle windows (nothing in the last minute, nothing pending); if all are busy,
+            # the newcomer shares one overflow window per event.
+            for k in [k for k, w in self._windows.items()
+                      if not w.suppressed and (not w.times or now - w.times[-1] >= _WINDOW_SECONDS)]:
+                del self._windows[k]
+            if len(self._windows) >= _MAX_BUCKETS:
+                key = (key[0], "\x00overflow")
+                win = self._windows.get(key)
+                if win is not None:
+                    return win
+        win = self._windows[key] = _Window()
+        return win
+
+    def _append(self, event: str, fields: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.write(fd, line)
-                os.fsync(fd)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _OPEN_FLAGS, 0o600)
+            except OSError as exc:
+                raise InternalError(f"audit journal {self.path}: cannot open ({exc.strerror})") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # released by close
+                size = os.fstat(fd).st_size
+                if size > 0:
+                    # Existing journal: a key problem must surface before anything is written.
+                    self._signing_key()
+                prefix, head, repair = self._head(fd, size)
+                written, main = self._build(head, repair, event, fields)
+                data = prefix + b"".join(_canonical(r) + b"\n" for r in written)
+                end = os.fstat(fd).st_size
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                except OSError as exc:
+                    # Leave no torn line behind if we can (ENOSPC, EIO); a crash is repaired later.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, end)
+                    raise InternalError(f"audit journal {self.path}: write failed ({exc.strerror})") from exc
+                if size == 0:
+                    _fsync_dir(self.path.parent)
             finally:
                 os.close(fd)
-        return rec
+            if self._sk is None:
+                # First record of a new journal: the key (and .pub) come after it, so a .pub
+                # next to an empty or missing log means the log was deleted (see verify).
+                self._signing_key()
+            return main
+
+    def _head(self, fd: int, size: int) -> tuple[bytes, _Head, dict[str, Any] | None]:
+        """The last record's (seq, hash), repairing a torn final line first.
+
+        Returns (bytes to write before the new records, head, AUDIT_REPAIRED fields or None).
+        """
+        if size == 0:
+            return b"", _Head(0, GENESIS), None
+        nl = _last_newline(fd, size)
+        head = self._last_complete(fd, nl)
+        if nl == size - 1:
+            return b"", head, None
+        # A torn final line: the crash happened mid-write. If the bytes are the complete next
+        # record minus its newline, keep it; otherwise cut them off. Either way the repair is
+        # itself recorded, chained after whatever survives.
+        torn_len = size - (nl + 1)
+        digest = hashlib.sha256()
+        off = nl + 1
+        while off < size:
+            chunk = os.pread(fd, min(_CHUNK, size - off), off)
+            digest.update(chunk)
+            off += len(chunk)
+        if torn_len <= MAX_RECORD_BYTES:
+            rec, _ = _parse_record(os.pread(fd, torn_len, nl + 1))
+            if (rec is not None and rec["hash"] == record_hash(rec) and rec["seq"] == head.seq + 1
+                    and rec["prev"] == head.hash):
+                return b"\n", _Head(rec["seq"], rec["hash"]), {
+                    "action": "completed", "repaired_seq": rec["seq"], "bytes": torn_len}
+        os.ftruncate(fd, nl + 1)
+        return b"", head, {"action": "truncated", "bytes": torn_len, "sha256": digest.hexdigest()}
+
+    def _last_complete(self, fd: int, nl: int) -> _Head:
+        if nl < 0:
+            return _Head(0, GENESIS)
+        begin = _last_newline(fd, nl) + 1
+        if nl - begin > MAX_RECORD_BYTES:
+            rec, why = None, f"longer than {MAX_RECORD_BYTES} bytes"
+        else:
+            rec, why = _parse_record(os.pread(fd, nl - begin, begin))
+        if rec is None:
+            raise AuditTampered(self.path, None, "malformed line",
+                                f"the last line is not an audit record ({why}); the chain cannot be "
+                                "continued — run verify")
+        return _Head(rec["seq"], rec["hash"])
+
+    def _build(self, head: _Head, repair: dict[str, Any] | None, event: str,
+               fields: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        now = _now()
+        out: list[dict[str, Any]] = []
+        seq, prev = head.seq, head.hash
+
+        def chain(ev: str, body: dict[str, Any]) -> dict[str, Any]:
+            nonlocal seq, prev
+            seq += 1
+            rec = {"seq": seq, "time": now, "event": ev, **body, "prev": prev}
+            rec["hash"] = prev = record_hash(rec)
+            out.append(rec)
+            return rec
+
+        def checkpoint_if_due() -> None:
+            # Positions are a pure function of seq, so processes appending to the same log
+            # agree on them without any other shared state.
+            if (seq + 1) % (self.checkpoint_every + 1) == 0:
+                sk = self._signing_key()
+                chain(CHECKPOINT, {"signed_seq": seq, "signed_hash": prev, "key": self._pub_hex,
+                                   "sig": sk.sign(checkpoint_message(seq, prev)).hex()})
+
+        if repair is not None:
+            if repair["action"] == "completed":
+                checkpoint_if_due()
+            chain(REPAIRED, repair)
+            checkpoint_if_due()
+        main = chain(event, fields)
+        checkpoint_if_due()
+        return out, main
+
+    # ------------------------------------------------------------------ keys
+
+    def _signing_key(self) -> Ed25519PrivateKey:
+        if self._sk is None:
+            seed = _load_or_create_seed(self.key_path)
+            try:
+                sk = Ed25519PrivateKey.from_private_bytes(seed)
+            finally:
+                seed[:] = bytes(len(seed))  # our copy; the key object keeps its own
+            pub_hex = sk.public_key().public_bytes_raw().hex()
+            _ensure_pub(self.pub_path, pub_hex)
+            self._sk, self._pub_hex = sk, pub_hex
+        return self._sk
+
+    # ------------------------------------------------------------------ reading
 
     def tail(self, n: int = 20) -> list[dict[str, Any]]:
-        """The last ``n`` events (a torn last line from a crash is skipped)."""
+        """The newest ``n`` records, oldest first (checkpoints included; a torn last line is skipped).
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> log = AuditLog(pathlib.Path(tempfile.mkdtemp()) / "audit.log")
+            >>> for i in range(5):
+            ...     _ = log.record("PATCH_LOAD", i=i)
+            >>> [e["i"] for e in log.tail(2)]
+            [3, 4]
+        """
+        if n <= 0:
+            return []
         try:
-            with self.path.open("rb") as f:
-                lines = deque(f, maxlen=n)
+            fd = os.open(self.path, os.O_RDONLY | _OPEN_FLAGS)
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise InternalError(f"audit journal {self.path}: cannot open ({exc.strerror})") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # a writer's line is never seen half-written
+            size = os.fstat(fd).st_size
+            end = _last_newline(fd, size) + 1  # drop a torn last line
+            pos, buf = end, b""
+            while pos > 0 and buf.count(b"\n") <= n:
+                start = max(0, pos - max(_CHUNK, len(buf)))
+                buf = os.pread(fd, pos - start, start) + buf
+                pos = start
+        finally:
+            os.close(fd)
+        lines = buf.split(b"\n")[:-1]
+        if pos > 0:
+            lines = lines[1:]  # the first piece may be a partial line
         out = []
-        for line in lines:
+        for line in lines[-n:]:
             try:
-                out.append(json.loads(line))
+                rec = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(rec, dict):
+                out.append(rec)
         return out
+
+    def verify(self, *, public_key: bytes | str | None = None, anchor: tuple[int, str] | None = None,
+               strict: bool = False) -> VerifyReport:
+        """Check the whole journal; raise :class:`AuditTampered` on the first problem.
+
+        Recomputes every hash and ``prev`` link, checks ``seq`` runs 1..N without gap and
+        verifies every checkpoint: it must sign (seq, hash) of the record before it, with
+        ``public_key`` if given (pinned: 32 raw bytes or 64 hex digits), else with the key in
+        the ``.pub`` file next to the log — a checkpoint by any other key fails. The error's
+        ``reason`` names what is wrong: ``modified`` (a record's hash does not match its
+        content, or a record was altered and re-hashed so the next ``prev`` breaks),
+        ``deleted`` (seq gap), ``inserted`` (an extra record: a duplicate seq, or a line whose
+        removal repairs the chain), ``reordered`` (a missing seq appears later),
+        ``bad checkpoint signature``, ``malformed line``.
+
+        A **torn final line** (crash mid-append: bytes after the last newline) is *not* an
+        error: a crash legitimately leaves one, the chain before it is intact, and the next
+        :meth:`record` repairs it and writes an AUDIT_REPAIRED record into the chain. It is
+        reported in ``torn_tail``/``warnings``; ``strict=True`` makes it an error
+        (reason ``"truncated tail"``).
+
+        ``anchor=(seq, hash)`` is an externally kept earlier state (e.g. an exported
+        ``last_seq``/``last_hash``): the journal must still contain that record unchanged.
+        Without it, removal of the newest records is undetectable (see the module docs).
+        A missing or empty log whose ``.pub`` exists counts as deleted (the key is written
+        only after the first record).
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> log = AuditLog(pathlib.Path(tempfile.mkdtemp()) / "audit.log")
+            >>> r = log.record("PATCH_LOAD", sha256="00" * 32)
+            >>> log.verify(anchor=(1, r["hash"])).last_seq
+            1
+        """
+        pinned: str | None = None
+        if public_key is not None:
+            pinned = _coerce_public_key(public_key)
+        exists = True
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _OPEN_FLAGS)
+        except FileNotFoundError:
+            data, exists = b"", False
+        except OSError as exc:
+            raise InternalError(f"audit journal {self.path}: cannot open ({exc.strerror})") from exc
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)  # appends wait; we see whole lines only
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    data = f.read()
+            finally:
+                os.close(fd)
+
+        warnings: list[str] = []
+        pub_hex = pinned
+        pub_file: str | None = None
+        if self.pub_path.exists():
+            pub_file = read_public_key(self.pub_path).hex()
+        if pinned is None:
+            pub_hex = pub_file
+        elif pub_file is not None and pub_file != pinned:
+            warnings.append(f"{self.pub_path} does not hold the pinned public key")
+
+        lines = data.split(b"\n")
+        torn = lines.pop()  # b"" when the file ends with a newline (or is empty)
+        if not lines and not torn and pub_file is not None:
+            raise AuditTampered(self.path, 1, "deleted", f"the journal is {'empty' if exists else 'missing'} "
+                                f"but {self.pub_path.name} exists (written after the first record): "
+                                "every record was removed")
+        walk = _Walk(self.path, lines, pub_hex, "pinned" if pinned else str(self.pub_path))
+        walk.run()
+
+        if torn:
+            detail = (f"{len(torn)} bytes after the last newline (line {len(lines) + 1}): a torn final "
+                      "record, as a crash mid-append leaves; the next record() repairs it")
+            if strict:
+                raise AuditTampered(self.path, walk.last_seq + 1, "truncated tail", detail, line=len(lines) + 1)
+            warnings.append(f"truncated tail: {detail}")
+        if anchor is not None:
+            a_seq, a_hash = anchor
+            if (not isinstance(a_seq, int) or isinstance(a_seq, bool) or a_seq < 0
+                    or not isinstance(a_hash, str) or not _HEX64.fullmatch(a_hash)):
+                raise PolicyError("anchor: expected (seq >= 0, 64 lowercase hex digits)", reason="bad-argument")
+            if a_seq > walk.last_seq:
+                raise AuditTampered(self.path, walk.last_seq + 1, "deleted",
+                                    f"the journal ends at seq {walk.last_seq} but the anchor is seq {a_seq}: "
+                                    "the newest records were removed")
+            if a_seq >= 1 and walk.hashes[a_seq - 1] != a_hash:
+                raise AuditTampered(self.path, a_seq, "modified",
+                                    "its hash differs from the anchored one: the chain was rewritten")
+        return VerifyReport(
+            path=str(self.path), records=walk.last_seq, checkpoints=walk.checkpoints, last_seq=walk.last_seq,
+            last_hash=walk.hashes[-1] if walk.hashes else GENESIS, last_checkpoint_seq=walk.last_checkpoint,
+            after_checkpoint=walk.last_seq - (walk.last_checkpoint or 0), public_key=pub_hex,
+            torn_tail=len(torn), warnings=tuple(warnings))
+
+
+class _Walk:
+    """One pass over the lines of a journal, raising on the first problem.
+
+    Only the failure paths look ahead (to tell an insertion from a reordering or deletion),
+    so a journal that verifies is parsed exactly once.
+    """
+
+    def __init__(self, path: Path, lines: list[bytes], pub_hex: str | None, pub_source: str) -> None:
+        self.path, self.lines, self.pub_hex, self.pub_source = path, lines, pub_hex, pub_source
+        self.hashes: list[str] = []  # hashes[seq - 1]
+        self.lines_of: list[int] = []  # line number of each seq
+        self.checkpoints = 0
+        self.last_checkpoint: int | None = None
+
+    @property
+    def last_seq(self) -> int:
+        return len(self.hashes)
+
+    def _fail(self, seq: int | None, reason: str, detail: str, line: int) -> AuditTampered:
+        return AuditTampered(self.path, seq, reason, detail, line)
+
+    def run(self) -> None:
+        for i, raw in enumerate(self.lines):
+            line = i + 1
+            expected = len(self.hashes) + 1
+            last = self.hashes[-1] if self.hashes else GENESIS
+            rec, why = _parse_record(raw)
+            if rec is None:
+                raise self._fail(expected, "malformed line", f"line {line} is not an audit record ({why})", line)
+            seq = rec["seq"]
+            if rec["hash"] != record_hash(rec):
+                if self._continues(i + 1, expected, last):
+                    raise self._fail(expected, "inserted", f"line {line} (claims seq {seq}, hash does not match) "
+                                     "was inserted: the next line continues the chain", line)
+                claim = "" if seq == expected else f" (its seq field now says {seq})"
+                raise self._fail(expected, "modified", f"its content no longer matches its hash{claim}", line)
+            if seq != expected or rec["prev"] != last:
+                raise self._classify(i, rec, expected, last)
+            if rec["event"] == CHECKPOINT:
+                self._checkpoint(rec, line)
+            self.hashes.append(rec["hash"])
+            self.lines_of.append(line)
+
+    # -- look-ahead helpers (failure paths only)
+
+    def _records(self, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        for j in range(start, len(self.lines)):
+            rec, _ = _parse_record(self.lines[j])
+            if rec is not None:
+                yield j, rec
+
+    def _continues(self, i: int, seq: int, prev: str) -> bool:
+        """Whether line ``i`` is an intact record with this seq and prev (the chain resumes there)."""
+        if i >= len(self.lines):
+            return False
+        rec, _ = _parse_record(self.lines[i])
+        return rec is not None and rec["hash"] == record_hash(rec) and rec["seq"] == seq and rec["prev"] == prev
+
+    def _line_with_seq(self, start: int, seq: int) -> int | None:
+        return next((j + 1 for j, rec in self._records(start) if rec["seq"] == seq), None)
+
+    def _linked(self, i: int, rec: dict[str, Any]) -> bool:
+        """Whether another line links to this record or it links to another: a genuine record moved."""
+        return any(j != i and (r["prev"] == rec["hash"] or r["hash"] == rec["prev"]) for j, r in self._records(0))
+
+    def _classify(self, i: int, rec: dict[str, Any], expected: int, last: str) -> AuditTampered:
+        line, seq = i + 1, rec["seq"]
+        if seq < expected:
+            first = self.lines_of[seq - 1]
+            what = "a copy of" if self.hashes[seq - 1] == rec["hash"] else "a second record claiming"
+            return self._fail(seq, "inserted", f"{what} seq {seq} (first at line {first}) was inserted here", line)
+        if seq > expected:
+            again = self._line_with_seq(i + 1, seq)
+            if again is not None:
+                return self._fail(seq, "inserted", f"a second record claiming seq {seq} (again at line {again}) "
+                                  "was inserted here", line)
+            later = self._line_with_seq(i + 1, expected)
+            if later is not None:
+                if self._continues(i + 1, expected, last) and not self._linked(i, rec):
+                    return self._fail(seq, "inserted", f"line {line} (claims seq {seq}) was inserted: "
+                                      "the next line continues the chain", line)
+                return self._fail(expected, "reordered", f"seq {expected} is out of order: found at line {later}, "
+                                  f"after seq {seq} (line {line})", line)
+            missing = f"{expected}" if seq == expected + 1 else f"{expected}..{seq - 1}"
+            return self._fail(expected, "deleted", f"record(s) {missing} missing: line {line} is seq {seq}", line)
+        if self._continues(i + 1, expected, last):
+            return self._fail(seq, "inserted", f"line {line} (claims seq {seq}) was inserted: "
+                              "the next line continues the chain", line)
+        if expected == 1:
+            return self._fail(1, "modified", "the first record's prev is not the genesis value", line)
+        # seq is right but prev is not the previous record's hash: that record was edited and
+        # re-hashed (an attacker keeps their own record's prev consistent, so the break shows
+        # one record later).
+        return self._fail(expected - 1, "modified", f"it was altered and its hash recomputed: seq {expected} "
+                          f"(line {line}) links to a different hash", self.lines_of[-1])
+
+    def _checkpoint(self, rec: dict[str, Any], line: int) -> None:
+        seq = rec["seq"]
+        bad = "bad checkpoint signature"
+        if self.pub_hex is None:
+            raise self._fail(seq, bad, f"no public key to check it against ({self.pub_source} is missing; "
+                             "pass public_key= to pin one)", line)
+        key, sig = rec.get("key"), rec.get("sig")
+        if not isinstance(key, str) or key != self.pub_hex:
+            raise self._fail(seq, bad, f"signed by key {str(key)[:16]}…, not the expected key "
+                             f"{self.pub_hex[:16]}… ({self.pub_source})", line)
+        if rec.get("signed_seq") != seq - 1 or rec.get("signed_hash") != rec["prev"]:
+            raise self._fail(seq, bad, "it does not cover the record just before it", line)
+        if not isinstance(sig, str) or not _HEX128.fullmatch(sig):
+            raise self._fail(seq, bad, "the signature is not 64 bytes of hex", line)
+        try:
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(self.pub_hex)).verify(
+                bytes.fromhex(sig), checkpoint_message(seq - 1, rec["prev"]))
+        except InvalidSignature:
+            raise self._fail(seq, bad, "the Ed25519 signature does not verify", line) from None
+        self.checkpoints += 1
+        self.last_checkpoint = seq
+
+
+def _coerce_public_key(key: bytes | str) -> str:
+    if isinstance(key, str):
+        if not _HEX64.fullmatch(key.strip().lower()):
+            raise KeyError_("public_key: expected 64 hex digits")
+        return key.strip().lower()
+    if not isinstance(key, bytes | bytearray | memoryview) or len(key) != 32:
+        raise KeyError_("public_key: expected 32 bytes")
+    return bytes(key).hex()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(path: Path, data: bytes, mode: int) -> bool:
+    """Create ``path`` holding ``data`` exclusively; False if it already exists.
+
+    The content goes to an O_EXCL temp file first and is then ``link``-ed into place, which
+    fails if ``path`` exists: a concurrent reader sees the whole file or none.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return True
+
+
+def _load_or_create_seed(path: Path) -> bytearray:
+    try:
+        if not path.exists() and not path.is_symlink():
+            _publish(path, os.urandom(32), 0o600)
+        fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
+    except OSError as exc:
+        raise KeyError_(f"audit signing key {path}: cannot create or open it ({exc.strerror})") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyError_(f"audit signing key {path}: not a regular file")
+        if st.st_mode & 0o077:
+            raise KeyError_(f"audit signing key {path}: readable by group or others "
+                            f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it")
+        seed = bytearray(33)
+        n = os.readv(fd, [seed])
+    finally:
+        os.close(fd)
+    if n != 32:
+        seed[:] = bytes(33)
+        raise KeyError_(f"audit signing key {path}: expected a 32-byte Ed25519 seed, got {n} bytes")
+    del seed[32:]
+    return seed
+
+
+def _ensure_pub(path: Path, pub_hex: str) -> None:
+    try:
+        if not path.exists():
+            _publish(path, (pub_hex + "\n").encode("ascii"), 0o644)
+    except OSError as exc:
+        raise KeyError_(f"audit public key {path}: cannot write it ({exc.strerror})") from exc
+    # Whoever created it, it must be our key: a different .pub means key or .pub were swapped.
+    if read_public_key(path).hex() != pub_hex:
+        raise KeyError_(f"audit public key {path} does not match the signing key; refusing to sign "
+                        "checkpoints a verifier would reject")

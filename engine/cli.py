@@ -9,16 +9,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import EngineConfig
+from .config import XpsConfig
 from .engine import Engine
 from .errors import ErrorCode, XpsError
 
 __all__ = ["main"]
 
 
+def _config(args: argparse.Namespace) -> XpsConfig:
+    return XpsConfig.load(args.config) if args.config else XpsConfig.defaults()
+
+
 def _engine(args: argparse.Namespace) -> Engine:
-    config = EngineConfig.from_file(args.config) if args.config else EngineConfig()
-    return Engine(config)
+    return Engine(_config(args).engine)
 
 
 def _emit(args: argparse.Namespace, data: Any, text: Callable[[], None]) -> None:
@@ -131,12 +134,21 @@ def cmd_watch(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from xpscerpto.capsules.isolate import Gates
     from xpscerpto.capsules.updater import StagePlan
 
-    eng = _engine(args)
-    plan = StagePlan(canary_share=args.canary_share, canary_seconds=args.canary_seconds,
-                     dual_run_seconds=args.dual_run_seconds)
-    svc = eng.watch(args.dir, home=args.home, polling=args.polling or None, plan=plan)
+    config = _config(args)
+    eng = Engine(config.engine)
+    h = config.hotpatch
+    plan = StagePlan(
+        canary_share=h.canary_share if args.canary_share is None else args.canary_share,
+        canary_seconds=h.canary_seconds if args.canary_seconds is None else args.canary_seconds,
+        dual_run_seconds=h.dual_run_seconds if args.dual_run_seconds is None else args.dual_run_seconds,
+        drain_timeout=h.drain_timeout_seconds)
+    gates = Gates(timeout_s=h.timeout_seconds, memory_bytes=h.memory_bytes, bench_bytes=h.bench_bytes,
+                  max_slowdown=h.max_slowdown)
+    svc = eng.watch(args.dir, home=args.home, polling=args.polling or None, plan=plan, gates=gates,
+                    settle_seconds=h.settle_seconds)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -231,7 +243,8 @@ def cmd_version(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="xps", description="XPScerpto crypto-agility engine")
-    parser.add_argument("--config", metavar="FILE", help="engine configuration (.toml or .json)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="configuration file (.yaml, .yml, .toml or .json; see docs/CONFIGURATION.md)")
     parser.add_argument("--home", metavar="DIR", help="engine state directory (default: $XPS_HOME or "
                         "~/.local/state/xpscerpto)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -261,9 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", help=cmd_watch.__doc__)
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--polling", action="store_true", help="poll instead of inotify")
-    p.add_argument("--canary-share", type=float, default=0.1)
-    p.add_argument("--canary-seconds", type=float, default=0.0)
-    p.add_argument("--dual-run-seconds", type=float, default=0.0)
+    p.add_argument("--canary-share", type=float, help="override hotpatch.canary_share")
+    p.add_argument("--canary-seconds", type=float, help="override hotpatch.canary_seconds")
+    p.add_argument("--dual-run-seconds", type=float, help="override hotpatch.dual_run_seconds")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("rollback", help=cmd_rollback.__doc__)

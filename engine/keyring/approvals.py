@@ -1,0 +1,163 @@
+"""k-of-n operator approvals for revoke and destroy.
+
+An operator registers an Ed25519 public key (``xps operator add NAME.pub``). A request is
+a canonical JSON document naming the action, the key (and version), the reason, whether it
+is an emergency, a random nonce and an expiry; approvers sign its exact bytes. The keyring
+accepts a request only with enough distinct registered signatures, before expiry, for the
+very transition asked, and only once (its nonce is consumed in the transition's own
+database transaction).
+
+Request bundle file::
+
+    {"request": {...}, "signatures": [{"keyid": "...", "sig": "<hex>"}]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from xpscerpto._atomic import atomic_write
+from xpscerpto.errors import PolicyError
+from xpscerpto.secret import SecretBytes
+from xpscerpto.signing import PublisherKey, key_id, sign, verify
+
+__all__ = ["ApprovalRequest", "Approvals", "OperatorRegistry"]
+
+_FORMAT = "xps-approval/1"
+
+
+def _canonical(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class OperatorRegistry:
+    """Registered operator keys (key id -> public key and label), stored as JSON."""
+
+    keys: Mapping[str, tuple[bytes, str]] = field(default_factory=lambda: MappingProxyType({}))
+
+    def add(self, key: PublisherKey, label: str = "") -> OperatorRegistry:
+        """Register an operator key."""
+        keys = dict(self.keys)
+        keys[key.keyid] = (key.public_key, label)
+        return OperatorRegistry(MappingProxyType(keys))
+
+    @classmethod
+    def load(cls, path: str | Path) -> OperatorRegistry:
+        """Read the registry; a missing file is empty."""
+        p = Path(path)
+        try:
+            doc = json.loads(p.read_bytes())
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as exc:
+            raise PolicyError(f"operators {str(p)!r}: unreadable ({exc})") from None
+        keys = {}
+        for entry in doc.get("operators", []):
+            pk = bytes.fromhex(entry["public_key"])
+            if key_id(pk) != entry["keyid"]:
+                raise PolicyError(f"operators {str(p)!r}: key {entry['keyid'][:12]} does not match its public key")
+            keys[entry["keyid"]] = (pk, entry.get("label", ""))
+        return cls(MappingProxyType(keys))
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically."""
+        doc = {"format": 1, "operators": [{"keyid": k, "public_key": pk.hex(), "label": label}
+                                          for k, (pk, label) in sorted(self.keys.items())]}
+        atomic_write(Path(path), json.dumps(doc, indent=1).encode() + b"\n")
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """What approvers sign: one transition of one key, once, before ``expires``."""
+
+    action: str  # "revoke" | "destroy"
+    key_id: str
+    reason: str
+    expires: float
+    nonce: str
+    version: int | None = None
+    emergency: bool = False
+
+    @classmethod
+    def new(cls, action: str, key_id: str, *, reason: str, ttl: float, now: float,
+            version: int | None = None, emergency: bool = False) -> ApprovalRequest:
+        """A fresh request with a random nonce."""
+        if action not in ("revoke", "destroy"):
+            raise PolicyError(f"action: expected 'revoke' or 'destroy', got {action!r}")
+        return cls(action, key_id, reason, now + ttl, os.urandom(16).hex(), version, emergency)
+
+    def to_json(self) -> dict[str, Any]:
+        """The signed document."""
+        return {"format": _FORMAT, "action": self.action, "key_id": self.key_id, "version": self.version,
+                "reason": self.reason, "emergency": self.emergency, "nonce": self.nonce, "expires": self.expires}
+
+    def message(self) -> bytes:
+        """The exact bytes approvers sign."""
+        return _canonical(self.to_json())
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ApprovalRequest:
+        """Parse a request document strictly."""
+        try:
+            if doc["format"] != _FORMAT or set(doc) != {"format", "action", "key_id", "version", "reason",
+                                                        "emergency", "nonce", "expires"}:
+                raise ValueError
+            version = doc["version"]
+            if version is not None and (type(version) is not int or version < 1):
+                raise ValueError
+            if type(doc["emergency"]) is not bool:
+                raise ValueError
+            return cls(str(doc["action"]), str(doc["key_id"]), str(doc["reason"]), float(doc["expires"]),
+                       str(doc["nonce"]), version, doc["emergency"])
+        except (KeyError, TypeError, ValueError):
+            raise PolicyError("approvals.request: malformed approval request") from None
+
+
+@dataclass(frozen=True)
+class Approvals:
+    """A request with the signatures collected so far."""
+
+    request: ApprovalRequest
+    signatures: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
+
+    def signed_by(self, key: PublisherKey, seed: SecretBytes) -> Approvals:
+        """Add an operator's signature."""
+        sigs = dict(self.signatures)
+        sigs[key.keyid] = sign(seed, self.request.message())
+        return Approvals(self.request, MappingProxyType(sigs))
+
+    def valid_signers(self, registry: OperatorRegistry) -> frozenset[str]:
+        """Distinct registered operators whose signature over the exact request verifies."""
+        message = self.request.message()
+        return frozenset(k for k, sig in self.signatures.items()
+                         if k in registry.keys and verify(registry.keys[k][0], message, sig))
+
+    def to_json(self) -> dict[str, Any]:
+        """The bundle file document."""
+        return {"request": self.request.to_json(),
+                "signatures": [{"keyid": k, "sig": s.hex()} for k, s in sorted(self.signatures.items())]}
+
+    @classmethod
+    def load(cls, path: str | Path) -> Approvals:
+        """Read a bundle file."""
+        p = Path(path)
+        try:
+            doc = json.loads(p.read_bytes())
+            sigs = {e["keyid"]: bytes.fromhex(e["sig"]) for e in doc["signatures"]}
+            request = doc["request"]
+        except OSError as exc:
+            raise PolicyError(f"approvals {str(p)!r}: {exc.strerror}") from None
+        except (ValueError, KeyError, TypeError):
+            raise PolicyError(f"approvals {str(p)!r}: malformed bundle") from None
+        return cls(ApprovalRequest.from_json(request), MappingProxyType(sigs))
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically (readable by the approvers who pass it along)."""
+        atomic_write(Path(path), json.dumps(self.to_json(), indent=1).encode() + b"\n", 0o644)

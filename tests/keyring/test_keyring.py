@@ -1,0 +1,379 @@
+"""Keyring API, envelope, Appendix A usage rules, storage hygiene, approvals."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+import xpscerpto as xps
+from xpscerpto.config import XpsConfig
+from xpscerpto.errors import AuthError, KeyError_, PolicyError
+from xpscerpto.keyring import ApprovalRequest, Approvals, Keyring, KeyState, VersionState, parse_policy
+from xpscerpto.keyring.envelope import HEADER
+from xpscerpto.signing import generate_keypair, load_private_key
+
+DAY = 86400.0
+
+
+def _keyring_config(**kw: object) -> object:
+    return XpsConfig.from_mapping({"keyring": kw}).keyring
+
+
+class Clock:
+    """A controllable clock (seconds since the epoch)."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ring(tmp_path: Path, clock: Clock) -> Keyring:
+    r = Keyring(tmp_path / "home", clock=clock, config=_keyring_config(dual_window="30d"))
+    yield r
+    r.close()
+
+
+def _events(ring: Keyring) -> list[str]:
+    return [e["event"] for e in ring.audit.tail(200)]
+
+
+@pytest.mark.parametrize("algo", ["AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305", "XCHACHA20-POLY1305",
+                                  "AES-256-GCM-SIV", "AEGIS-256"])
+def test_round_trip_for_every_algorithm(ring: Keyring, algo: str) -> None:
+    ring.create("k", algo)
+    blob = ring.encrypt("k", b"plaintext", b"aad")
+    assert ring.decrypt(blob, b"aad") == b"plaintext"
+    assert ring.decrypt(ring.encrypt("k", b""), b"") == b""
+
+
+def test_blob_is_self_describing(ring: Keyring) -> None:
+    kid = ring.create("orders", "XCHACHA20-POLY1305")
+    blob = ring.encrypt("orders", b"m")
+    fmt, key_id, version, code, commitment = HEADER.unpack_from(blob)
+    assert (fmt, key_id.hex(), version, code) == (1, kid, 1, 4)
+    assert len(commitment) == 32
+    assert len(blob) == HEADER.size + 24 + 1 + 16  # header, 24-byte nonce, 1 byte, tag
+
+
+@pytest.mark.parametrize("mutate", ["format", "key_id", "version", "algorithm", "commitment", "nonce",
+                                    "ciphertext", "tag", "truncate", "aad", "empty", "other-key"])
+def test_every_tampering_is_one_opaque_auth_error(ring: Keyring, mutate: str) -> None:
+    kid = ring.create("a")
+    ring.create("b")
+    blob = bytearray(ring.encrypt("a", b"secret message", b"ctx"))
+    aad = b"ctx"
+    offsets = {"format": 0, "key_id": 1, "version": 12, "algorithm": 13, "commitment": 20, "nonce": 48,
+               "ciphertext": HEADER.size + 12, "tag": len(blob) - 1}
+    if mutate in offsets:
+        blob[offsets[mutate]] ^= 0x01
+    elif mutate == "truncate":
+        del blob[-1]
+    elif mutate == "aad":
+        aad = b"other"
+    elif mutate == "empty":
+        blob = bytearray()
+    elif mutate == "other-key":  # the same blob pointed at key b: commitment and tag fail
+        other = ring.describe("b").key_id
+        blob[1:9] = bytes.fromhex(other)
+    with pytest.raises(AuthError) as ei:
+        ring.decrypt(bytes(blob), aad)
+    assert str(ei.value) == "XPS_ERR_AUTH: keyring: decryption failed"
+    assert kid not in str(ei.value) and "a" not in ei.value.args[0].split(":")[-1].replace("failed", "")
+
+
+def test_commitment_blocks_a_blob_crafted_for_another_version(ring: Keyring) -> None:
+    ring.create("k")
+    blob = bytearray(ring.encrypt("k", b"m"))
+    ring.rotate("k")
+    blob[9:13] = struct.pack(">I", 2)  # claim version 2; its commitment differs
+    with pytest.raises(AuthError):
+        ring.decrypt(bytes(blob))
+
+
+def test_rotation_dual_window_then_retired_version_stops_decrypting(ring: Keyring, clock: Clock) -> None:
+    ring.create("k")
+    old = ring.encrypt("k", b"old")
+    assert ring.rotate("k") == 2
+    new = ring.encrypt("k", b"new")
+    assert HEADER.unpack_from(new)[2] == 2
+    assert ring.decrypt(old) == b"old"  # retired, inside the dual-key window
+    info = ring.describe("k")
+    assert [(v.version, v.state) for v in info.versions] == [(1, VersionState.RETIRED), (2, VersionState.ACTIVE)]
+    clock.advance(30 * DAY + 1)
+    with pytest.raises(AuthError):
+        ring.decrypt(old)  # outside the window
+    assert ring.decrypt(new) == b"new"
+
+
+def test_only_the_active_version_encrypts(ring: Keyring) -> None:
+    ring.create("k")
+    ring.rotate("k")
+    ring.rotate("k")
+    versions = {HEADER.unpack_from(ring.encrypt("k", b"x"))[2] for _ in range(20)}
+    assert versions == {3}
+
+
+def test_revoked_key_neither_encrypts_nor_decrypts_and_revoke_is_idempotent(ring: Keyring) -> None:
+    ring.create("k")
+    blob = ring.encrypt("k", b"m")
+    ring.revoke("k", "compromised laptop")
+    ring.revoke("k", "again")  # no-op
+    assert _events(ring).count("KEY_REVOKE") == 1
+    with pytest.raises(KeyError_, match="'k' is revoked"):
+        ring.encrypt("k", b"m")
+    with pytest.raises(AuthError):
+        ring.decrypt(blob)
+    with pytest.raises(PolicyError, match="revoked key cannot rotate"):
+        ring.rotate("k")
+    info = ring.describe("k")
+    assert info.state is KeyState.REVOKED and info.revoke_reason == "compromised laptop"
+    assert {v.state for v in info.versions} == {VersionState.REVOKED}
+
+
+def test_destroy_requires_revoke_and_erases_material_but_keeps_metadata(ring: Keyring) -> None:
+    kid = ring.create("k")
+    with pytest.raises(PolicyError, match="revoke it first"):
+        ring.destroy("k")
+    ring.revoke("k", "done")
+    ring.destroy("k")
+    ring.destroy("k")  # idempotent
+    info = ring.describe(kid)
+    assert info.state is KeyState.DESTROYED and all(v.state is VersionState.DESTROYED for v in info.versions)
+    assert ring.store.versions(kid)[0].wrapped is None
+    with pytest.raises(KeyError_):
+        ring.get("k")
+    assert _events(ring).count("KEY_DESTROY") == 1
+
+
+def test_destroying_a_retired_version_keeps_the_key_working(ring: Keyring) -> None:
+    ring.create("k")
+    old = ring.encrypt("k", b"old")
+    ring.rotate("k")
+    with pytest.raises(PolicyError, match="cannot destroy the active version"):
+        ring.destroy("k", version=2)
+    ring.destroy("k", version=1)
+    with pytest.raises(AuthError):
+        ring.decrypt(old)
+    assert ring.decrypt(ring.encrypt("k", b"new")) == b"new"
+
+
+def test_usage_limit_rotates_before_the_limit_is_reached(tmp_path: Path, clock: Clock) -> None:
+    cfg = XpsConfig.from_mapping({"keyring": {"usage_block": 4}}).keyring
+    with Keyring(tmp_path / "h", clock=clock, config=cfg) as ring:
+        ring.create("k", "AES-256-GCM", policy="rotate=never,max_encryptions=10")
+        versions = [HEADER.unpack_from(ring.encrypt("k", b"x"))[2] for _ in range(25)]
+        assert versions == [1] * 10 + [2] * 10 + [3] * 5
+        info = ring.describe("k")
+        assert [v.encryptions for v in info.versions][:2] == [10, 10]
+        assert all(v.encryptions <= 10 for v in info.versions)
+        rotations = [e for e in ring.audit.tail(50) if e["event"] == "KEY_ROTATE"]
+        assert [e["reason"] for e in rotations] == ["usage", "usage"]
+
+
+def test_time_based_rotation(ring: Keyring, clock: Clock) -> None:
+    ring.create("k", policy="rotate=7d")
+    assert HEADER.unpack_from(ring.encrypt("k", b"x"))[2] == 1
+    clock.advance(7 * DAY + 1)
+    assert HEADER.unpack_from(ring.encrypt("k", b"x"))[2] == 2
+    assert [e["reason"] for e in ring.audit.tail(20) if e["event"] == "KEY_ROTATE"] == ["time"]
+
+
+def test_rotate_with_expected_version_is_idempotent(ring: Keyring) -> None:
+    ring.create("k")
+    assert ring.rotate("k", expected_version=1) == 2
+    assert ring.rotate("k", expected_version=1) == 2  # already rotated away from 1
+    assert len(ring.describe("k").versions) == 2
+
+
+def test_create_is_idempotent_and_refuses_conflicts(ring: Keyring) -> None:
+    kid = ring.create("k", "AES-256-GCM", "rotate=90d")
+    assert ring.create("k", "AES-256-GCM", "rotate=90d") == kid
+    with pytest.raises(PolicyError, match="exists with another algorithm"):
+        ring.create("k", "XCHACHA20-POLY1305", "rotate=90d")
+    assert _events(ring).count("KEY_CREATE") == 1
+
+
+@pytest.mark.parametrize(("args", "error", "field"), [
+    (("bad name!",), PolicyError, "name"),
+    (("k", "DES"), PolicyError, "algorithm"),
+    (("k", "AES-256-GCM", "rotate=soon"), PolicyError, "policy.rotate"),
+    (("k", "AES-256-GCM", "max_encryptions=-1"), PolicyError, "policy.max_encryptions"),
+    (("k", "AES-256-GCM", "colour=blue"), PolicyError, "policy"),
+], ids=["bad-name", "bad-algorithm", "bad-rotate", "bad-max", "unknown-policy-field"])
+def test_create_rejects_bad_input(ring: Keyring, args: tuple, error: type, field: str) -> None:
+    with pytest.raises(error) as ei:
+        ring.create(*args)
+    assert ei.value.args[0].startswith(field)
+
+
+def test_unknown_key_errors_name_the_field(ring: Keyring) -> None:
+    for call in (lambda: ring.encrypt("nope", b"x"), lambda: ring.rotate("nope"),
+                 lambda: ring.revoke("nope", "r"), lambda: ring.describe("nope")):
+        with pytest.raises(KeyError_, match=r"^XPS_ERR_KEY: key: no key"):
+            call()
+    with pytest.raises(PolicyError, match=r"^XPS_ERR_POLICY: reason"):
+        ring.create("k")
+        ring.revoke("k", " ")
+
+
+def test_parse_policy() -> None:
+    assert parse_policy("rotate=365d") == (365 * DAY, None)
+    assert parse_policy("rotate=never,max_encryptions=5") == (None, 5)
+    assert parse_policy("") == (None, None)
+
+
+def test_get_materialises_the_active_version(ring: Keyring) -> None:
+    ring.create("k")
+    with ring.get("k") as material:
+        assert len(material) == 32 and repr(material) == "SecretBytes(<redacted, 32 bytes>)"
+    ring.rotate("k")
+    with ring.get("k", version=1) as v1, ring.get("k") as v2:
+        assert v1 != v2
+
+
+def test_no_plaintext_key_material_on_disk(tmp_path: Path, clock: Clock) -> None:
+    home = tmp_path / "home"
+    ring = Keyring(home, clock=clock)
+    secrets: list[bytes] = []
+    for i, algo in enumerate(["AES-256-GCM", "AES-128-GCM", "XCHACHA20-POLY1305", "AEGIS-256"]):
+        ring.create(f"k{i}", algo)
+        ring.encrypt(f"k{i}", b"x")
+        ring.rotate(f"k{i}")
+        for v in (1, 2):
+            with ring.get(f"k{i}", version=v) as m:
+                secrets.append(bytes(m.view()))
+        for h in ring._handles.values():  # derived encryption keys too
+            secrets.append(bytes(h.enc_key.view()))
+    ring.revoke("k0", "r")
+    ring.destroy("k0")
+    ring.close()
+    files = [p for p in home.rglob("*") if p.is_file() and p.name != "kek.key"]
+    assert any(p.name.startswith("keyring.db") for p in files)
+    blob = b"".join(p.read_bytes() for p in files)
+    for s in secrets:
+        assert s not in blob
+        assert s.hex().encode() not in blob
+
+
+def test_database_file_is_private(ring: Keyring) -> None:
+    ring.create("k")
+    assert (ring.store.path.stat().st_mode & 0o777) == 0o600
+
+
+def test_rewrap_moves_blobs_to_the_newest_version(ring: Keyring) -> None:
+    ring.create("k")
+    blobs = [ring.encrypt("k", f"m{i}".encode(), b"a") for i in range(5)]
+    ring.rotate("k")
+    out = ring.rewrap([*blobs, ring.encrypt("k", b"fresh", b"a")], b"a", progress=False)
+    assert [HEADER.unpack_from(b)[2] for b in out] == [2] * 6
+    assert [ring.decrypt(b, b"a") for b in out[:5]] == [f"m{i}".encode() for i in range(5)]
+    assert out[5] == ring.rewrap([out[5]], b"a")[0]  # already newest: unchanged
+
+
+def test_usage_counters_and_unused_for(ring: Keyring, clock: Clock) -> None:
+    ring.create("k")
+    blob = ring.encrypt("k", b"x")
+    ring.rotate("k")
+    assert ring.decrypt(blob) == b"x"
+    clock.advance(3600)
+    assert ring.unused_for("k", 1) == pytest.approx(3600)
+    assert ring.describe("k").versions[0].decryptions == 1
+
+
+# -- approvals ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def operators(tmp_path: Path) -> list:
+    out = []
+    for name in ("op1", "op2", "op3"):
+        generate_keypair(tmp_path / name)
+        out.append(load_private_key(tmp_path / f"{name}.key"))
+    return out
+
+
+@pytest.fixture
+def gated(tmp_path: Path, clock: Clock, operators: list) -> Keyring:
+    approvals = XpsConfig.from_mapping({"approvals": {"revoke": 2, "destroy": 2, "emergency_revoke": 1}}).approvals
+    ring = Keyring(tmp_path / "gated", clock=clock, approvals=approvals)
+    for i in range(2):
+        ring.register_operator(tmp_path / f"op{i + 1}.pub", f"op{i + 1}")
+    yield ring
+    ring.close()
+
+
+def _request(ring: Keyring, action: str, ref: str, clock: Clock, **kw: object) -> Approvals:
+    kid = ring.describe(ref).key_id
+    return Approvals(ApprovalRequest.new(action, kid, reason="ticket-7", ttl=DAY, now=clock(), **kw))
+
+
+def test_revoke_needs_two_distinct_registered_approvals(gated: Keyring, operators: list, clock: Clock) -> None:
+    gated.create("k")
+    with pytest.raises(PolicyError, match="requires 2 operator approval"):
+        gated.revoke("k", "r")
+    req = _request(gated, "revoke", "k", clock)
+    one = req.signed_by(*operators[0])
+    with pytest.raises(PolicyError, match="1 valid"):
+        gated.revoke("k", "r", approvals=one)
+    unregistered = one.signed_by(*operators[2])  # op3 is not a registered operator
+    with pytest.raises(PolicyError, match="1 valid"):
+        gated.revoke("k", "r", approvals=unregistered)
+    both = one.signed_by(*operators[1])
+    gated.revoke("k", "r", approvals=both)
+    event = [e for e in gated.audit.tail(10) if e["event"] == "KEY_REVOKE"][-1]
+    assert sorted(event["approvers"]) == sorted(k.keyid for k, _ in operators[:2])
+    assert event["emergency"] is False
+
+
+def test_approvals_are_bound_to_the_transition_and_single_use(gated: Keyring, operators: list, clock: Clock) -> None:
+    gated.create("a")
+    gated.create("b")
+    req_a = _request(gated, "revoke", "a", clock).signed_by(*operators[0]).signed_by(*operators[1])
+    with pytest.raises(PolicyError, match="not this revoke"):
+        gated.revoke("b", "r", approvals=req_a)  # approved for another key
+    gated.revoke("a", "r", approvals=req_a)
+    gated.create("c")
+    gated.revoke("a", "r", approvals=req_a)  # idempotent no-op on an already revoked key
+    destroy = _request(gated, "destroy", "a", clock).signed_by(*operators[0]).signed_by(*operators[1])
+    gated.destroy("a", approvals=destroy)
+    # replay of the same (consumed) request on another transition fails
+    with pytest.raises(PolicyError):
+        gated.revoke("c", "r", approvals=req_a)
+
+
+def test_expired_and_tampered_requests_are_refused(gated: Keyring, operators: list, clock: Clock) -> None:
+    gated.create("k")
+    req = _request(gated, "revoke", "k", clock).signed_by(*operators[0]).signed_by(*operators[1])
+    clock.advance(DAY + 1)
+    with pytest.raises(PolicyError, match="expired"):
+        gated.revoke("k", "r", approvals=req)
+    fresh = _request(gated, "revoke", "k", clock).signed_by(*operators[0]).signed_by(*operators[1])
+    forged = Approvals(ApprovalRequest(**{**fresh.request.__dict__, "reason": "other"}), fresh.signatures)
+    with pytest.raises(PolicyError, match="0 valid"):
+        gated.revoke("k", "r", approvals=forged)
+
+
+def test_emergency_revoke_needs_fewer_and_is_flagged(gated: Keyring, operators: list, clock: Clock) -> None:
+    gated.create("k")
+    req = _request(gated, "revoke", "k", clock, emergency=True).signed_by(*operators[0])
+    with pytest.raises(PolicyError, match="not this revoke"):
+        gated.revoke("k", "stolen", approvals=req)  # an emergency request is not a normal one
+    gated.revoke("k", "stolen", approvals=req, emergency=True)
+    event = [e for e in gated.audit.tail(10) if e["event"] == "KEY_REVOKE"][-1]
+    assert event["emergency"] is True and event["required_approvals"] == 1
+
+
+def test_keyring_uses_the_routed_engine(ring: Keyring) -> None:
+    assert ring.engine is xps.default_engine()

@@ -1,0 +1,697 @@
+"""The audit journal: hash chain, signed checkpoints, tamper detection, torn tails, concurrency.
+
+Every tamper test edits the real file the way an attacker with write access would — often
+re-computing hashes with an independent implementation of the documented format (below),
+so only the chain links and the checkpoint signatures stand in the way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from xpscerpto import KeyError_, PolicyError, SecretBytes, XpsError
+from xpscerpto.audit import GENESIS, AuditLog, AuditTampered, checkpoint_message, read_public_key
+
+SECRET = bytes(range(0x41, 0x41 + 32))
+
+
+# --- an independent implementation of the on-disk format -------------------------------------
+
+def canon(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def rehash(rec: dict[str, Any]) -> str:
+    return hashlib.sha256(canon({k: v for k, v in rec.items() if k != "hash"})).hexdigest()
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def write(path: Path, recs: list[dict[str, Any]]) -> None:
+    path.write_bytes(b"".join(canon(r) + b"\n" for r in recs))
+
+
+def rechain(recs: list[dict[str, Any]], start: int = 0, *, renumber: bool = False) -> None:
+    """What an attacker does after an edit: fix seq (optionally), prev and hash from ``start`` on."""
+    for i in range(start, len(recs)):
+        if renumber:
+            recs[i]["seq"] = i + 1
+        recs[i]["prev"] = recs[i - 1]["hash"] if i else GENESIS
+        recs[i]["hash"] = rehash(recs[i])
+
+
+def expect_tamper(log: AuditLog, seq: int | None, reason: str, **kw: Any) -> AuditTampered:
+    with pytest.raises(AuditTampered) as ei:
+        log.verify(**kw)
+    e = ei.value
+    assert isinstance(e, XpsError)
+    assert e.code == "XPS_ERR_INTERNAL"
+    assert (e.seq, e.reason) == (seq, reason), str(e)
+    assert str(e).startswith("XPS_ERR_INTERNAL: audit journal ")
+    assert reason in str(e)
+    if seq is not None:
+        assert f"seq {seq}" in str(e)
+    return e
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "audit.log"
+
+
+@pytest.fixture
+def log(path: Path) -> AuditLog:
+    """12 events with a checkpoint after every 5: seq 1-5, CHECKPOINT 6, 7-11, CHECKPOINT 12, 13-14."""
+    log = AuditLog(path, checkpoint_every=5)
+    for i in range(12):
+        log.record("PATCH_LOAD", i=i, sha256=f"{i:064x}", operator="alice")
+    return log
+
+
+def test_the_log_is_the_documented_chain(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    assert [r["seq"] for r in recs] == list(range(1, 15))
+    assert [r["seq"] for r in recs if r["event"] == "CHECKPOINT"] == [6, 12]
+    raw = path.read_bytes().splitlines()
+    pub = Ed25519PublicKey.from_public_bytes(read_public_key(path.with_suffix(".pub")))
+    for i, rec in enumerate(recs):
+        assert raw[i] == canon(rec)  # one canonical JSON object per line
+        assert rec["hash"] == rehash(rec)
+        assert rec["prev"] == (recs[i - 1]["hash"] if i else GENESIS)
+        assert rec["time"].endswith("Z")
+        if rec["event"] == "CHECKPOINT":
+            assert (rec["signed_seq"], rec["signed_hash"]) == (rec["seq"] - 1, recs[i - 1]["hash"])
+            assert rec["key"] == path.with_suffix(".pub").read_text().strip()
+            pub.verify(bytes.fromhex(rec["sig"]), checkpoint_message(rec["signed_seq"], rec["signed_hash"]))
+        else:
+            assert {"event", "time", "seq", "prev", "hash", "i", "sha256", "operator"} == set(rec)
+    report = log.verify()
+    assert (report.records, report.checkpoints, report.last_seq) == (14, 2, 14)
+    assert (report.last_checkpoint_seq, report.after_checkpoint) == (12, 2)
+    assert report.last_hash == recs[-1]["hash"]
+    assert report.torn_tail == 0
+    assert report.warnings == ()
+    assert report.as_dict()["last_seq"] == 14
+
+
+def test_a_long_chain_verifies_and_ends_on_a_checkpoint(path: Path) -> None:
+    log = AuditLog(path, checkpoint_every=10)
+    for i in range(100):
+        log.record("PATCH_STAGE", i=i, phase="canary", share=0.25, operations=["aead.aes-256-gcm"])
+    report = log.verify(public_key=read_public_key(path.with_suffix(".pub")))
+    assert (report.records, report.checkpoints, report.after_checkpoint) == (110, 10, 0)
+
+
+def test_record_returns_what_was_written_and_tail_returns_the_newest(log: AuditLog, path: Path) -> None:
+    rec = log.record("PATCH_ENABLE", name="demo", version="1.2", table_version=7, publisher=["k1", "k2"])
+    assert rec == read(path)[-1]
+    assert rec["seq"] == 15 and rec["prev"] == read(path)[-2]["hash"]
+    assert [e["seq"] for e in log.tail(3)] == [13, 14, 15]
+    assert log.tail(3)[-1]["table_version"] == 7
+    assert len(log.tail(1000)) == 15
+    assert log.tail(0) == []
+    assert AuditLog(path.with_name("nothing.log")).tail() == []
+
+
+def test_tail_reads_beyond_one_block(path: Path) -> None:
+    log = AuditLog(path, checkpoint_every=1000)
+    for i in range(300):
+        log.record("PATCH_LOAD", i=i, detail="x" * 500)  # > 64 KiB per 100 lines
+    assert path.stat().st_size > 3 * 64 * 1024
+    assert [e["i"] for e in log.tail(250)] == list(range(50, 300))
+
+
+# --- tampering ---------------------------------------------------------------------------------
+
+def test_a_modified_field_value_is_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    recs[2]["operator"] = "mallory"
+    write(path, recs)
+    expect_tamper(log, 3, "modified")
+
+
+def test_a_modified_record_with_a_recomputed_hash_is_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    recs[2]["operator"] = "mallory"
+    recs[2]["hash"] = rehash(recs[2])
+    write(path, recs)
+    e = expect_tamper(log, 3, "modified")
+    assert "recomputed" in str(e)
+
+
+def test_a_modified_seq_field_is_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    recs[3]["seq"] = 40
+    write(path, recs)
+    expect_tamper(log, 4, "modified")
+
+
+def test_a_deleted_middle_record_is_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    del recs[3]
+    write(path, recs)
+    e = expect_tamper(log, 4, "deleted")
+    assert e.line == 4
+
+
+def test_several_deleted_records_are_named(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    del recs[2:4]
+    write(path, recs)
+    e = expect_tamper(log, 3, "deleted")
+    assert "3..4" in str(e)
+
+
+def test_the_deleted_first_record_is_detected(log: AuditLog, path: Path) -> None:
+    write(path, read(path)[1:])
+    expect_tamper(log, 1, "deleted")
+
+
+def test_an_inserted_record_with_a_recomputed_hash_is_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    forged = {"seq": 4, "time": recs[2]["time"], "event": "PATCH_ROLLBACK", "operator": "mallory",
+              "prev": recs[2]["hash"]}
+    forged["hash"] = rehash(forged)
+    recs.insert(3, forged)
+    write(path, recs)
+    e = expect_tamper(log, 4, "inserted")
+    assert e.line == 5  # the genuine seq 4, whose prev no longer matches
+
+
+def test_an_inserted_record_with_a_bad_hash_is_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    forged = {"seq": 4, "time": recs[2]["time"], "event": "PATCH_ROLLBACK", "prev": recs[2]["hash"], "hash": "0" * 64}
+    recs.insert(3, forged)
+    write(path, recs)
+    expect_tamper(log, 4, "inserted")
+
+
+def test_an_inserted_record_with_an_out_of_range_seq_is_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    forged = {"seq": 999, "time": recs[2]["time"], "event": "PATCH_ROLLBACK", "prev": "ab" * 32}
+    forged["hash"] = rehash(forged)
+    recs.insert(3, forged)
+    write(path, recs)
+    expect_tamper(log, 999, "inserted")
+
+
+def test_a_replayed_copy_of_a_record_is_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    recs.insert(8, dict(recs[1]))
+    write(path, recs)
+    e = expect_tamper(log, 2, "inserted")
+    assert "a copy of seq 2" in str(e)
+
+
+def test_two_swapped_records_are_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    recs[2], recs[3] = recs[3], recs[2]
+    write(path, recs)
+    expect_tamper(log, 3, "reordered")
+
+
+def test_a_record_moved_further_is_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    moved = recs.pop(2)
+    recs.insert(9, moved)
+    write(path, recs)
+    e = expect_tamper(log, 3, "reordered")
+    assert "line 10" in str(e)
+
+
+def test_swapping_the_last_two_records_is_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    recs[-1], recs[-2] = recs[-2], recs[-1]
+    write(path, recs)
+    expect_tamper(log, 13, "reordered")
+
+
+def test_deleting_the_record_before_a_checkpoint_is_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    assert recs[5]["event"] == "CHECKPOINT"
+    del recs[4]
+    write(path, recs)
+    expect_tamper(log, 5, "deleted")
+
+
+def test_deleting_the_record_before_a_checkpoint_and_rechaining_breaks_its_signature(log: AuditLog,
+                                                                                     path: Path) -> None:
+    recs = read(path)
+    del recs[4]
+    cp = recs[4]
+    cp["signed_seq"], cp["signed_hash"] = 4, recs[3]["hash"]  # make it look like it covers seq 4
+    rechain(recs, 4, renumber=True)
+    write(path, recs)
+    e = expect_tamper(log, 5, "bad checkpoint signature")
+    assert "does not verify" in str(e)
+
+
+def test_rewriting_history_behind_a_checkpoint_is_caught_by_its_signature(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    recs[1]["operator"] = "mallory"
+    rechain(recs, 1)  # every hash and prev consistent again
+    write(path, recs)
+    e = expect_tamper(log, 6, "bad checkpoint signature")
+    assert "does not cover" in str(e)
+    recs[5]["signed_hash"] = recs[4]["hash"]  # and the checkpoint's own claim too
+    rechain(recs, 5)
+    write(path, recs)
+    expect_tamper(log, 6, "bad checkpoint signature")
+
+
+def test_a_forged_checkpoint_signature_is_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    sig = bytearray.fromhex(recs[11]["sig"])
+    sig[0] ^= 1
+    recs[11]["sig"] = sig.hex()
+    rechain(recs, 11)
+    write(path, recs)
+    expect_tamper(log, 12, "bad checkpoint signature")
+
+
+def test_a_checkpoint_signed_by_another_key_is_detected(log: AuditLog, path: Path) -> None:
+    pinned = read_public_key(path.with_suffix(".pub"))
+    mallory = Ed25519PrivateKey.generate()
+    mallory_pub = mallory.public_key().public_bytes_raw().hex()
+    recs = read(path)
+    for i in range(5, len(recs)):  # re-sign every checkpoint with mallory's key, re-chain the rest
+        rec = recs[i]
+        rec["prev"] = recs[i - 1]["hash"]
+        if rec["event"] == "CHECKPOINT":
+            rec["signed_hash"], rec["key"] = rec["prev"], mallory_pub
+            rec["sig"] = mallory.sign(checkpoint_message(rec["signed_seq"], rec["signed_hash"])).hex()
+        rec["hash"] = rehash(rec)
+    write(path, recs)
+    e = expect_tamper(log, 6, "bad checkpoint signature")
+    assert "not the expected key" in str(e)
+
+    # The attacker also swaps the .pub next to the log: only a pinned key catches it.
+    path.with_suffix(".pub").write_text(mallory_pub + "\n")
+    assert log.verify().checkpoints == 2
+    expect_tamper(log, 6, "bad checkpoint signature", public_key=pinned)
+    expect_tamper(log, 6, "bad checkpoint signature", public_key=pinned.hex())
+    assert AuditLog(path).verify(public_key=mallory_pub).warnings == ()
+    # ...and the journal refuses to sign further checkpoints with a key that .pub disowns.
+    with pytest.raises(KeyError_, match="does not match the signing key"):
+        AuditLog(path).record("PATCH_LOAD")
+
+
+def test_a_checkpoint_without_a_public_key_is_not_trusted(log: AuditLog, path: Path) -> None:
+    path.with_suffix(".pub").unlink()
+    e = expect_tamper(log, 6, "bad checkpoint signature")
+    assert "missing" in str(e)
+    assert log.verify(public_key=log._pub_hex).checkpoints == 2
+
+
+def test_a_pinned_key_that_differs_from_the_pub_file_is_warned_about(log: AuditLog, path: Path) -> None:
+    other = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    expect_tamper(log, 6, "bad checkpoint signature", public_key=other)
+    with pytest.raises(KeyError_):
+        log.verify(public_key=b"short")
+    with pytest.raises(KeyError_):
+        log.verify(public_key="zz" * 32)
+
+
+def test_malformed_lines_are_detected(log: AuditLog, path: Path) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+
+    def write_lines(ls: list[bytes]) -> None:
+        path.write_bytes(b"".join(ls))
+
+    write_lines([*lines[:3], b"not json\n", *lines[3:]])
+    e = expect_tamper(log, 4, "malformed line")
+    assert e.line == 4
+    # Same content, different spelling: still an edit.
+    respaced = json.dumps(json.loads(lines[3]), sort_keys=True).encode() + b"\n"
+    write_lines([*lines[:3], respaced, *lines[4:]])
+    e = expect_tamper(log, 4, "malformed line")
+    assert "canonical" in str(e)
+    # A duplicated key that the JSON parser would silently resolve.
+    dup = lines[3].replace(b'"event":', b'"event":"X","event":', 1)
+    write_lines([*lines[:3], dup, *lines[4:]])
+    expect_tamper(log, 4, "malformed line")
+    write_lines([*lines[:3], b"[1,2]\n", *lines[4:]])
+    expect_tamper(log, 4, "malformed line")
+
+
+def test_truncating_the_newest_records_needs_an_exported_anchor(log: AuditLog, path: Path) -> None:
+    anchor = log.verify()
+    recs = read(path)
+    write(path, recs[:-2])  # the two records after the last checkpoint
+    assert log.verify().last_seq == 12  # by design: nothing in the file can show this
+    e = expect_tamper(log, 13, "deleted", anchor=(anchor.last_seq, anchor.last_hash))
+    assert "anchor" in str(e)
+    # Rewriting them (re-hashed) instead of deleting: the anchor's hash no longer matches.
+    recs[-1]["operator"] = "mallory"
+    rechain(recs, 13)
+    write(path, recs)
+    expect_tamper(log, 14, "modified", anchor=(anchor.last_seq, anchor.last_hash))
+    with pytest.raises(PolicyError):
+        log.verify(anchor=(-1, "ab" * 32))
+
+
+def test_a_deleted_or_emptied_log_with_its_key_left_behind_is_detected(log: AuditLog, path: Path) -> None:
+    path.write_bytes(b"")
+    expect_tamper(log, 1, "deleted")
+    path.unlink()
+    e = expect_tamper(log, 1, "deleted")
+    assert "missing" in str(e)
+
+
+def test_a_fresh_log_verifies_empty_and_creates_nothing(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.log")
+    report = log.verify()
+    assert (report.records, report.last_seq, report.last_hash) == (0, 0, GENESIS)
+    assert log.tail() == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_audit_tampered_pickles(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    del recs[3]
+    write(path, recs)
+    with pytest.raises(AuditTampered) as ei:
+        log.verify()
+    back = pickle.loads(pickle.dumps(ei.value))
+    assert (type(back), back.seq, back.reason, back.line, str(back)) == (
+        AuditTampered, 4, "deleted", 4, str(ei.value))
+
+
+# --- torn tail -----------------------------------------------------------------------------------
+
+def test_a_torn_tail_warns_and_the_next_record_repairs_it(log: AuditLog, path: Path) -> None:
+    before = read(path)
+    half = canon({"seq": 15, "event": "PATCH_ENABLE", "operator": "alice"})[:30]
+    with path.open("ab") as f:
+        f.write(half)  # a crash in the middle of the write
+    report = log.verify()
+    assert report.last_seq == 14
+    assert report.torn_tail == len(half)
+    assert any("truncated tail" in w for w in report.warnings)
+    e = expect_tamper(log, 15, "truncated tail", strict=True)
+    assert e.line == 15
+    assert [r["seq"] for r in log.tail(2)] == [13, 14]  # tail skips the torn line
+
+    rec = log.record("PATCH_ENABLE", operator="alice")
+    recs = read(path)
+    assert recs[:14] == before
+    repaired = recs[14]
+    assert repaired["event"] == "AUDIT_REPAIRED"
+    assert (repaired["seq"], repaired["action"], repaired["bytes"]) == (15, "truncated", len(half))
+    assert repaired["sha256"] == hashlib.sha256(half).hexdigest()
+    assert repaired["prev"] == before[-1]["hash"]
+    assert rec["seq"] == 16 and rec["prev"] == repaired["hash"]
+    report = log.verify(strict=True)
+    assert (report.last_seq, report.torn_tail, report.warnings) == (16, 0, ())
+
+
+def test_a_record_missing_only_its_newline_is_kept(log: AuditLog, path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:-1])
+    assert log.verify().torn_tail > 0
+    log.record("PATCH_LOAD", i=99)
+    recs = read(path)
+    assert recs[13]["seq"] == 14 and recs[13]["event"] == "PATCH_LOAD"
+    assert (recs[14]["event"], recs[14]["action"], recs[14]["repaired_seq"]) == ("AUDIT_REPAIRED", "completed", 14)
+    assert recs[15]["i"] == 99
+    assert log.verify(strict=True).last_seq == 16
+
+
+def test_a_log_that_is_only_a_torn_line_is_repaired(path: Path) -> None:
+    path.write_bytes(b'{"seq":1,"ev')
+    log = AuditLog(path)
+    assert log.verify().torn_tail == 12
+    log.record("PATCH_LOAD")
+    assert [r["event"] for r in read(path)] == ["AUDIT_REPAIRED", "PATCH_LOAD"]
+    assert log.verify(strict=True).last_seq == 2
+
+
+def test_appending_after_a_malformed_last_line_is_refused(log: AuditLog, path: Path) -> None:
+    with path.open("ab") as f:
+        f.write(b"garbage\n")
+    size = path.stat().st_size
+    with pytest.raises(AuditTampered) as ei:
+        log.record("PATCH_LOAD")
+    assert ei.value.reason == "malformed line"
+    assert path.stat().st_size == size
+
+
+# --- concurrency ---------------------------------------------------------------------------------
+
+CHILD = """
+import sys
+from xpscerpto.audit import AuditLog
+log = AuditLog(sys.argv[1], checkpoint_every=int(sys.argv[3]))
+sys.stdin.readline()  # start together
+for i in range(200):
+    log.record("TEST_WRITE", writer=sys.argv[2], i=i)
+"""
+
+
+def test_two_processes_append_concurrently(path: Path) -> None:
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(path), name, "7"], stdin=subprocess.PIPE)
+             for name in ("a", "b")]
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(b"go\n")
+        p.stdin.close()
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+
+    report = AuditLog(path).verify()
+    recs = read(path)
+    writes = [r for r in recs if r["event"] == "TEST_WRITE"]
+    assert len(writes) == 400
+    assert report.records == len(recs) >= 400
+    assert [r["seq"] for r in recs] == list(range(1, len(recs) + 1))  # no duplicate, no gap
+    assert report.checkpoints == len(recs) // 8 > 0
+    for name in ("a", "b"):  # each writer's records in its own order
+        assert [r["i"] for r in writes if r["writer"] == name] == list(range(200))
+    # Both processes raced to create the key; exactly one key exists and signed everything.
+    assert {r["key"] for r in recs if r["event"] == "CHECKPOINT"} == {path.with_suffix(".pub").read_text().strip()}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["audit.key", "audit.log", "audit.pub"]
+
+
+def test_threads_and_two_instances_append_concurrently(path: Path) -> None:
+    logs = [AuditLog(path, checkpoint_every=9), AuditLog(path, checkpoint_every=9)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def work(n: int) -> None:
+        try:
+            start.wait()
+            for i in range(50):
+                logs[n % 2].record("TEST_WRITE", thread=n, i=i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    recs = read(path)
+    assert [r["seq"] for r in recs] == list(range(1, len(recs) + 1))
+    assert sum(r["event"] == "TEST_WRITE" for r in recs) == 400
+    assert logs[0].verify().checkpoints == len(recs) // 10
+
+
+# --- what may be recorded ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [
+    SECRET, bytearray(SECRET), memoryview(SECRET), SecretBytes(SECRET),
+    [SECRET], {"inner": {"key": SecretBytes(SECRET)}}, ("ok", bytearray(SECRET)),
+], ids=["bytes", "bytearray", "memoryview", "SecretBytes", "in-list", "in-dict", "in-tuple"])
+def test_secrets_and_raw_bytes_are_refused(path: Path, value: Any) -> None:
+    log = AuditLog(path)
+    with pytest.raises(PolicyError) as ei:
+        log.record("KEY_CREATED", key_id="k1", key=value)
+    assert ei.value.reason == "secret-field"
+    assert "never recorded" in str(ei.value)
+    for form in (repr(SECRET), SECRET.hex(), SECRET.decode("latin-1")):
+        assert form not in str(ei.value)
+    with pytest.raises(PolicyError):  # refused even when it would have been rate-limited away
+        log.record_rate_limited("CRYPTO_FAIL_AUTH", "b", 1, key=value)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(("event", "fields", "reason"), [
+    ("patch_load", {}, "bad-event"),
+    ("", {}, "bad-event"),
+    ("A" * 65, {}, "bad-event"),
+    ("CHECKPOINT", {}, "bad-event"),
+    ("AUDIT_REPAIRED", {}, "bad-event"),
+    ("PATCH_LOAD", {"seq": 1}, "reserved-field"),
+    ("PATCH_LOAD", {"hash": "0" * 64}, "reserved-field"),
+    ("PATCH_LOAD", {"time": "yesterday"}, "reserved-field"),
+    ("PATCH_LOAD", {"suppressed": 3}, "reserved-field"),
+    ("PATCH_LOAD", {"x": {1, 2}}, "not-json"),
+    ("PATCH_LOAD", {"x": object()}, "not-json"),
+    ("PATCH_LOAD", {"x": {1: "a"}}, "not-json"),
+    ("PATCH_LOAD", {"x": "y" * 70_000}, "too-large"),
+])
+def test_bad_events_and_fields_are_refused(path: Path, event: str, fields: dict[str, Any], reason: str) -> None:
+    with pytest.raises(PolicyError) as ei:
+        AuditLog(path).record(event, **fields)
+    assert ei.value.reason == reason
+    assert not path.exists()
+
+
+def test_values_are_stored_as_plain_json(path: Path) -> None:
+    from xpscerpto.errors import ErrorCode
+    rec = AuditLog(path).record("PATCH_REJECT", reason=ErrorCode.UPDATE, slowdown={"aead": float("inf")},
+                                operations=("a", "b"), ok=True, none=None)
+    assert rec["reason"] == "XPS_ERR_UPDATE" and type(rec["reason"]) is str
+    assert rec["slowdown"] == {"aead": "inf"}
+    assert rec["operations"] == ["a", "b"]
+    assert read(path)[0] == rec
+    assert AuditLog(path).verify().records == 1
+
+
+def test_bad_constructor_arguments_are_refused(path: Path) -> None:
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(PolicyError):
+            AuditLog(path, checkpoint_every=bad)  # type: ignore[arg-type]
+    with pytest.raises(PolicyError):
+        AuditLog(path, signing_key=path)
+
+
+# --- the key -----------------------------------------------------------------------------------
+
+def test_the_key_is_created_0600_after_the_first_record(path: Path) -> None:
+    log = AuditLog(path, checkpoint_every=1)
+    log.record("PATCH_LOAD")
+    key, pub = path.with_suffix(".key"), path.with_suffix(".pub")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(key.read_bytes()) == 32
+    sk = Ed25519PrivateKey.from_private_bytes(key.read_bytes())
+    assert pub.read_text() == sk.public_key().public_bytes_raw().hex() + "\n"
+    assert read(path)[1]["key"] == pub.read_text().strip()
+    # A second instance reuses the key rather than making a new one.
+    AuditLog(path, checkpoint_every=1).record("PATCH_LOAD")
+    assert {r["key"] for r in read(path) if r["event"] == "CHECKPOINT"} == {pub.read_text().strip()}
+
+
+def test_an_explicit_key_path_is_used(tmp_path: Path) -> None:
+    keyfile = tmp_path / "keys" / "journal.seed"
+    keyfile.parent.mkdir()
+    log = AuditLog(tmp_path / "audit.log", signing_key=keyfile, checkpoint_every=1)
+    log.record("PATCH_LOAD")
+    assert stat.S_IMODE(keyfile.stat().st_mode) == 0o600
+    assert not (tmp_path / "audit.key").exists()
+    assert log.verify().checkpoints == 1
+
+
+@pytest.mark.parametrize(("content", "mode", "message"), [
+    (os.urandom(32), 0o644, "readable by group or others"),
+    (os.urandom(31), 0o600, "expected a 32-byte"),
+    (os.urandom(33), 0o600, "expected a 32-byte"),
+])
+def test_a_bad_key_file_is_refused(path: Path, content: bytes, mode: int, message: str) -> None:
+    log = AuditLog(path)
+    log.record("PATCH_LOAD")
+    key = path.with_suffix(".key")
+    key.unlink()
+    path.with_suffix(".pub").unlink()
+    key.write_bytes(content)
+    key.chmod(mode)
+    size = path.stat().st_size
+    with pytest.raises(KeyError_, match=message):
+        AuditLog(path).record("PATCH_LOAD")
+    assert path.stat().st_size == size  # refused before anything was written
+
+
+def test_a_symlinked_key_is_refused(path: Path, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_bytes(os.urandom(32))
+    target.chmod(0o600)
+    path.with_suffix(".key").symlink_to(target)
+    log = AuditLog(path)
+    with pytest.raises(KeyError_):
+        log.record("PATCH_LOAD")
+
+
+# --- rate limiting -----------------------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fail_auth(log: AuditLog, bucket: str = "aead.aes-256-gcm", per_minute: int = 10) -> dict[str, Any] | None:
+    return log.record_rate_limited("CRYPTO_FAIL_AUTH", bucket, per_minute, operation="aead.decrypt",
+                                   provider="builtin")
+
+
+def test_a_burst_of_auth_failures_is_rate_limited(path: Path) -> None:
+    clock = Clock()
+    log = AuditLog(path, clock=clock)
+    passed = [r for r in (fail_auth(log) for _ in range(1000)) if r is not None]
+    assert len(passed) == 10
+    assert sum(r["event"] == "CRYPTO_FAIL_AUTH" for r in read(path)) == 10
+    assert all("suppressed" not in r for r in passed)
+
+    # Real events are not pushed out of the tail by the flood.
+    log.record("PATCH_ENABLE", name="demo")
+    assert log.tail(1)[0]["event"] == "PATCH_ENABLE"
+
+    clock.now = 59.9  # the window still holds the first ten
+    assert fail_auth(log) is None
+    clock.now = 60.0
+    rec = fail_auth(log)
+    assert rec is not None and rec["suppressed"] == 991
+    nxt = fail_auth(log)
+    assert nxt is not None and "suppressed" not in nxt
+    assert sum(r["event"] == "CRYPTO_FAIL_AUTH" for r in read(path)) == 12
+    assert log.verify().records == 13
+
+
+def test_the_window_rolls_and_buckets_are_independent(path: Path) -> None:
+    clock = Clock()
+    log = AuditLog(path, clock=clock)
+    assert all(fail_auth(log) is not None for _ in range(5))
+    clock.now = 30.0
+    assert all(fail_auth(log) is not None for _ in range(5))
+    clock.now = 45.0
+    assert fail_auth(log) is None  # ten within the last minute
+    assert fail_auth(log, bucket="other-key") is not None  # another bucket has its own window
+    assert log.record_rate_limited("CRYPTO_FAIL_SIG", "aead.aes-256-gcm", 10) is not None  # and another event
+    clock.now = 60.0  # the five from t=0 left the window; those from t=30 did not
+    recs = [fail_auth(log) for _ in range(6)]
+    assert [r is not None for r in recs] == [True] * 5 + [False]
+    assert recs[0] is not None and recs[0]["suppressed"] == 1
+
+
+def test_many_buckets_stay_bounded(path: Path) -> None:
+    log = AuditLog(path, clock=Clock(), checkpoint_every=10_000)
+    passed = sum(fail_auth(log, bucket=f"peer-{i}", per_minute=1) is not None for i in range(3000))
+    assert passed == 1025  # 1024 windows, then one shared overflow window
+    assert log.verify().records == 1025
+
+
+def test_rate_limit_arguments_are_checked(path: Path) -> None:
+    log = AuditLog(path)
+    for per_minute in (0, -5, True):
+        with pytest.raises(PolicyError):
+            log.record_rate_limited("CRYPTO_FAIL_AUTH", "b", per_minute)
+    with pytest.raises(PolicyError):
+        log.record_rate_limited("CRYPTO_FAIL_AUTH", 7, 1)  # type: ignore[arg-type]
+    with pytest.raises(PolicyError):
+        log.record_rate_limited("CRYPTO_FAIL_AUTH", "b", 1, suppressed=4)
