@@ -6,6 +6,7 @@ JSON line each::
 
     {"cmd": "status"}                                   -> {"ok": true, "result": {...}}
     {"cmd": "rollback", "target": "aead.x", "to": null} -> {"ok": true, "result": {...}}
+    {"cmd": "emergency", "key": "engine.policy.forbid", "value": [...], "operator": "...", "reason": "..."}
     errors                                              -> {"ok": false, "error": "...", "code": "...", "reason": "..."}
 """
 
@@ -36,8 +37,9 @@ class NoEngineRunning(Exception):
 class ControlServer:
     """Serves status and rollback requests for one updater on a background thread."""
 
-    def __init__(self, updater: Updater, path: str | Path) -> None:
+    def __init__(self, updater: Updater, path: str | Path, service: Any = None) -> None:
         self.updater = updater
+        self.service = service
         self.path = Path(path)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -122,6 +124,12 @@ class ControlServer:
             cap = self.updater.rollback(str(req["target"]), to=req.get("to"),
                                         operator=str(req.get("operator") or "control-socket"))
             return {"rolled_back": {"name": cap.name, "version": cap.version, "sha256": cap.sha256},
+                    "routes": self.updater.status(events=0)["routes"]}
+        if cmd == "emergency" and self.service is not None:
+            new = self.service.emergency_change(str(req["key"]), req.get("value"),
+                                                operator=str(req.get("operator") or ""),
+                                                reason=str(req.get("reason") or ""))
+            return {"key": req["key"], "value": new.get(str(req["key"])),
                     "routes": self.updater.status(events=0)["routes"]}
         raise XpsError(f"cmd: unknown command {cmd!r}")
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from xpscerpto._routing import RoutingTable
 from xpscerpto.audit import AuditLog
+from xpscerpto.config import EngineConfig
 from xpscerpto.engine import Engine
 from xpscerpto.errors import UpdateError, XpsError
 from xpscerpto.home import Home
@@ -270,6 +271,18 @@ class Updater:
             if entry.get("sha256") == sha:
                 return str(entry["version"])
         raise UpdateError(f"rollback: no record of capsule {sha[:12]}", reason="not-found")
+
+    def reconfigure(self, engine_config: EngineConfig, *, gates: Gates | None = None,
+                    plan: StagePlan | None = None) -> RoutingTable:
+        """Apply an (audited, emergency) configuration change: republish routing under it."""
+        self._ensure_restored()
+        with self._lock:
+            self.engine.config = engine_config
+            if gates is not None:
+                self.gates = gates
+            if plan is not None:
+                self.plan = plan
+            return self._publish(self._table_for(self._state.active))
 
     # -- status -----------------------------------------------------------------------------
 

@@ -148,7 +148,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     gates = Gates(timeout_s=h.timeout_seconds, memory_bytes=h.memory_bytes, bench_bytes=h.bench_bytes,
                   max_slowdown=h.max_slowdown)
     svc = eng.watch(args.dir, home=args.home, polling=args.polling or None, plan=plan, gates=gates,
-                    settle_seconds=h.settle_seconds)
+                    settle_seconds=h.settle_seconds, config=config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -227,6 +227,59 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Verify the audit journal's chain and checkpoints, or show its newest events."""
+    from .audit import AuditLog
+
+    log = AuditLog(_home(args).audit)
+    if args.audit_cmd == "tail":
+        events = log.tail(args.n)
+        if args.json:
+            json.dump(events, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        for e in events if not args.json else ():
+            extra = " ".join(f"{k}={e[k]}" for k in sorted(e) if k not in ("seq", "time", "event", "prev", "hash",
+                                                                           "sig", "key"))
+            print(f"{e.get('seq', '?'):>6} {e['time']} {e['event']:<22} {extra}")
+        return 0
+    pub = bytes.fromhex(args.public_key) if args.public_key else None
+    report = log.verify(public_key=pub, strict=args.strict)
+    data = report.as_dict()
+    _emit(args, data, lambda: print(
+        f"audit journal OK: {data['records']} records, {data['checkpoints']} signed checkpoints, last seq "
+        f"{data['last_seq']} hash {data['last_hash']}"
+        + "".join(f"\nwarning: {w}" for w in data.get("warnings", []))))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Check a configuration file, show the effective one, or make an audited emergency change."""
+    if args.config_cmd == "check":
+        XpsConfig.load(args.file)
+        print(f"{args.file}: OK")
+        return 0
+    if args.config_cmd == "show":
+        print(json.dumps(_config(args).to_mapping(), indent=2, sort_keys=True))
+        return 0
+    from xpscerpto.capsules.control import NoEngineRunning, request
+
+    try:
+        value = json.loads(args.value)
+    except ValueError:
+        value = args.value
+    try:
+        answer = request(_home(args).socket, {"cmd": "emergency", "key": args.key, "value": value,
+                                              "operator": args.operator, "reason": args.reason})
+    except NoEngineRunning:
+        raise XpsError("config emergency: no engine is running here (edit the file and restart instead)",
+                       code=ErrorCode.POLICY) from None
+    if not answer.get("ok"):
+        raise XpsError(str(answer.get("error")).removeprefix(f"{answer.get('code')}: "),
+                       code=ErrorCode(answer["code"]) if answer.get("code") else None)
+    print(f"{args.key} = {json.dumps(answer['result']['value'])} in the running engine (audited)")
+    return 0
+
+
 def cmd_capsule(args: argparse.Namespace) -> int:
     """Publisher commands (same as tools/make_capsule.py)."""
     return int(args.capsule_func(args))
@@ -284,6 +337,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", metavar="VERSION")
     p.add_argument("--operator", default="cli")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("audit", help=cmd_audit.__doc__)
+    asub = p.add_subparsers(dest="audit_cmd", required=True)
+    a = asub.add_parser("verify", help="check every hash link and checkpoint signature")
+    a.add_argument("--public-key", metavar="HEX", help="pin the checkpoint key instead of reading audit.pub")
+    a.add_argument("--strict", action="store_true", help="fail on a torn last line")
+    a.add_argument("--json", action="store_true")
+    a = asub.add_parser("tail", help="newest events")
+    a.add_argument("-n", type=int, default=20)
+    a.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("config", help=cmd_config.__doc__)
+    csub = p.add_subparsers(dest="config_cmd", required=True)
+    c = csub.add_parser("check", help="validate a configuration file")
+    c.add_argument("file")
+    csub.add_parser("show", help="the effective configuration (defaults + --config)")
+    c = csub.add_parser("emergency", help="audited runtime change of a whitelisted key in the running engine")
+    c.add_argument("key", metavar="KEY", help="e.g. engine.policy.forbid")
+    c.add_argument("value", metavar="VALUE", help="JSON, e.g. '[\"aes128\"]'")
+    c.add_argument("--reason", required=True)
+    c.add_argument("--operator", default="cli")
+    p.set_defaults(func=cmd_config)
+
+    from xpscerpto.keyring.cli import add_key_commands
+
+    add_key_commands(sub)
 
     from xpscerpto.capsules.cli import add_publisher_commands
 

@@ -205,3 +205,18 @@ def test_kill_9_during_cutover_and_after_commit_restarts_consistent(published, t
     assert s["routes"][OP] == "xchacha20-openssl"
     assert [a["version"] for a in s["active"]] == ["1.0.0"]
     assert os.path.exists(home / "capsules" / f"{s['active'][0]['sha256']}.capsule")
+
+
+def test_emergency_forbid_change_in_a_running_engine_is_audited(published, tmp_path: Path, watchers) -> None:  # type: ignore[no-untyped-def]
+    _, _, home = published
+    watchers.append(Watcher(home, tmp_path / "inbox"))
+    assert status(home)["routes"]["aead.aes128gcm"] == "openssl"
+    out = xps(home, "config", "emergency", "engine.policy.forbid", '["aes128"]', "--reason", "CVE-2026-0001")
+    assert "in the running engine (audited)" in out.stdout
+    live = status(home)
+    assert "aead.aes128gcm" not in live["routes"] and "forbidden by policy" in live["unrouted"]["aead.aes128gcm"]
+    change = [e for e in live["events"] if e["event"] == "CONFIG_EMERGENCY_CHANGE"][-1]
+    assert change["key"] == "engine.policy.forbid" and change["new"] == ["aes128"]
+    assert change["reason"] == "CVE-2026-0001" and change["operator"] == "cli"
+    refused = xps(home, "config", "emergency", "keyring.database", '"x.db"', "--reason", "r", check=False)
+    assert refused.returncode == 2 and "not changeable at runtime" in refused.stderr

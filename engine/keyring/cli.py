@@ -1,0 +1,178 @@
+"""``xps key …`` and ``xps operator …``: the keyring from the command line.
+
+    xps key create NAME [--algo AEAD] [--policy rotate=90d,max_encryptions=N]
+    xps key list|describe REF [--json]
+    xps key rotate REF [--if-version N]
+    xps key request revoke|destroy REF --reason R [--version N] [--emergency] --out REQ.json
+    xps key approve REQ.json --key OPERATOR.key          (each approver, in turn)
+    xps key revoke REF --reason R [--emergency] [--approvals REQ.json]
+    xps key destroy REF [--version N] [--approvals REQ.json]
+    xps key encrypt NAME [--aad TEXT] < plaintext > blob
+    xps key decrypt [--aad TEXT] < blob > plaintext
+    xps key rewrap FILE... [--aad TEXT]
+    xps operator add NAME.pub [--label L] | list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from xpscerpto.config import XpsConfig
+from xpscerpto.engine import Engine
+from xpscerpto.home import Home
+from xpscerpto.signing import load_private_key
+
+from .approvals import ApprovalRequest, Approvals, OperatorRegistry
+from .keyring import KeyInfo, Keyring, rewrap_files
+
+__all__ = ["add_key_commands"]
+
+
+def _ring(args: argparse.Namespace) -> Keyring:
+    config = XpsConfig.load(args.config) if args.config else XpsConfig.defaults()
+    return Keyring(Home.resolve(args.home), engine=Engine(config.engine), config=config.keyring,
+                   approvals=config.approvals, audit_config=config.audit, operator=args.operator)
+
+
+def _info_json(info: KeyInfo) -> dict[str, Any]:
+    doc = asdict(info)
+    doc["state"] = str(info.state)
+    for v in doc["versions"]:
+        v["state"] = str(v["state"])
+    return doc
+
+
+def _print_info(info: KeyInfo) -> None:
+    print(f"{info.name}  id {info.key_id}  {info.algorithm}  {info.state}  policy {info.policy}")
+    if info.revoke_reason:
+        print(f"  revoked: {info.revoke_reason}")
+    for v in info.versions:
+        until = (f", decrypts until {time.strftime('%Y-%m-%d %H:%M', time.gmtime(v.decrypts_until))}Z"
+                 if v.decrypts_until else "")
+        print(f"  v{v.version:<3} {v.state:<9} encryptions<={v.encryptions} decryptions={v.decryptions}{until}")
+
+
+def cmd_key(args: argparse.Namespace) -> int:
+    """Dispatch ``xps key`` subcommands."""
+    action = args.key_cmd
+    if action == "approve":
+        bundle = Approvals.load(args.request)
+        key, seed = load_private_key(args.key)
+        bundle.signed_by(key, seed).save(args.request)
+        seed.wipe()
+        print(f"approved {bundle.request.action} of {bundle.request.key_id} as {key.keyid}")
+        return 0
+    approvals = Approvals.load(args.approvals) if getattr(args, "approvals", None) else None
+    with _ring(args) as ring:
+        if action == "create":
+            print(ring.create(args.name, args.algo, args.policy))
+        elif action == "list":
+            infos = ring.list()
+            if args.json:
+                json.dump([_info_json(i) for i in infos], sys.stdout, indent=2)
+                sys.stdout.write("\n")
+            for i in infos if not args.json else ():
+                print(f"{i.name:<24} {i.key_id}  {i.algorithm:<20} {i.state:<9} v{i.active_version or '-'}")
+        elif action == "describe":
+            info = ring.describe(args.ref)
+            if args.json:
+                print(json.dumps(_info_json(info), indent=2))
+            else:
+                _print_info(info)
+        elif action == "rotate":
+            print(f"active version {ring.rotate(args.ref, expected_version=args.if_version)}")
+        elif action == "request":
+            kid = ring.describe(args.ref).key_id
+            req = ApprovalRequest.new(args.action, kid, reason=args.reason, version=args.version,
+                                      emergency=args.emergency, ttl=ring.approvals_config.request_ttl_seconds,
+                                      now=ring.clock())
+            Approvals(req).save(args.out)
+            print(f"wrote {args.out}: {args.action} of {kid}; have approvers run `xps key approve {args.out}`")
+        elif action == "revoke":
+            ring.revoke(args.ref, args.reason, approvals=approvals, emergency=args.emergency)
+            print(f"revoked {args.ref}")
+        elif action == "destroy":
+            ring.destroy(args.ref, version=args.version, approvals=approvals)
+            print(f"destroyed {args.ref}" + (f" version {args.version}" if args.version else ""))
+        elif action == "encrypt":
+            sys.stdout.buffer.write(ring.encrypt(args.name, sys.stdin.buffer.read(), args.aad.encode()))
+        elif action == "decrypt":
+            sys.stdout.buffer.write(ring.decrypt(sys.stdin.buffer.read(), args.aad.encode()))
+        elif action == "rewrap":
+            changed = rewrap_files(ring, [Path(f) for f in args.files], args.aad.encode())
+            print(f"rewrapped {changed} of {len(args.files)} file(s)")
+    return 0
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    """Register or list operator keys that approve revoke/destroy."""
+    home = Home.resolve(args.home)
+    if args.operator_cmd == "add":
+        with _ring(args) as ring:
+            print(f"registered operator {ring.register_operator(args.pub, args.label or Path(args.pub).stem)}")
+    else:
+        for kid, (_, label) in OperatorRegistry.load(home.root / "operators.json").keys.items():
+            print(f"{kid}  {label}")
+    return 0
+
+
+def add_key_commands(sub: Any) -> None:
+    """Register ``key`` and ``operator`` on the top-level subparsers."""
+    p = sub.add_parser("key", help="keyring: create, rotate, revoke, destroy, encrypt, decrypt, rewrap keys")
+    p.add_argument("--operator", default="cli", help="who is acting (recorded in the audit journal)")
+    ks = p.add_subparsers(dest="key_cmd", required=True)
+    k = ks.add_parser("create", help="create a key with an active version 1")
+    k.add_argument("name")
+    k.add_argument("--algo")
+    k.add_argument("--policy")
+    k = ks.add_parser("list", help="list keys")
+    k.add_argument("--json", action="store_true")
+    k = ks.add_parser("describe", help="a key's versions, states and usage")
+    k.add_argument("ref", metavar="NAME|ID")
+    k.add_argument("--json", action="store_true")
+    k = ks.add_parser("rotate", help="retire the active version, activate a new one")
+    k.add_argument("ref", metavar="NAME|ID")
+    k.add_argument("--if-version", type=int, help="rotate only if this version is still active")
+    k = ks.add_parser("request", help="write an approval request for revoke/destroy")
+    k.add_argument("action", choices=["revoke", "destroy"])
+    k.add_argument("ref", metavar="NAME|ID")
+    k.add_argument("--reason", required=True)
+    k.add_argument("--version", type=int)
+    k.add_argument("--emergency", action="store_true")
+    k.add_argument("--out", required=True)
+    k = ks.add_parser("approve", help="sign an approval request with an operator key")
+    k.add_argument("request", metavar="REQ.json")
+    k.add_argument("--key", required=True, metavar="OPERATOR.key")
+    k = ks.add_parser("revoke", help="make every version unusable")
+    k.add_argument("ref", metavar="NAME|ID")
+    k.add_argument("--reason", required=True)
+    k.add_argument("--emergency", action="store_true")
+    k.add_argument("--approvals", metavar="REQ.json")
+    k = ks.add_parser("destroy", help="erase material of a revoked key or a retired version")
+    k.add_argument("ref", metavar="NAME|ID")
+    k.add_argument("--version", type=int)
+    k.add_argument("--approvals", metavar="REQ.json")
+    k = ks.add_parser("encrypt", help="stdin -> blob on stdout")
+    k.add_argument("name")
+    k.add_argument("--aad", default="")
+    k = ks.add_parser("decrypt", help="blob on stdin -> plaintext on stdout")
+    k.add_argument("--aad", default="")
+    k = ks.add_parser("rewrap", help="re-encrypt blob files under their key's newest version")
+    k.add_argument("files", nargs="+", metavar="FILE")
+    k.add_argument("--aad", default="")
+    p.set_defaults(func=cmd_key)
+
+    p = sub.add_parser("operator", help="operator keys that approve revoke/destroy")
+    p.add_argument("--operator", default="cli")
+    osub = p.add_subparsers(dest="operator_cmd", required=True)
+    o = osub.add_parser("add")
+    o.add_argument("pub", metavar="NAME.pub")
+    o.add_argument("--label")
+    osub.add_parser("list")
+    p.set_defaults(func=cmd_operator)
