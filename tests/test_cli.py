@@ -18,7 +18,8 @@ def test_demo_runs_end_to_end() -> None:
     assert out.returncode == 0, out.stderr
     for expected in ("power-on self-tests", "routing table", "AES-256-GCM", "rejected: XPS_ERR_AUTH",
                      "Ed25519", "ML-DSA-65", "X25519 shared secrets agree", "ML-KEM-768",
-                     "demo complete"):
+                     "served by xchacha20-openssl", "0 failed", "still opens inside the dual-key window",
+                     "decryption now fails opaquely", "hash-chained records verified", "demo complete"):
         assert expected in out.stdout
 
 
