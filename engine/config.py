@@ -97,8 +97,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, cast
 
-import yaml
-
 from .algorithms import AEAD
 from .errors import PolicyError
 
@@ -713,50 +711,10 @@ class XpsConfig:
 # --------------------------------------------------------------------------- files and helpers
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader (plain YAML types only); duplicate keys are checked on the node tree."""
-
-
-def _check_duplicates(node: yaml.Node, path: str, seen_nodes: set[int]) -> None:
-    if id(node) in seen_nodes:  # aliases: walk each node once (no alias blow-up, no cycles)
-        return
-    seen_nodes.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        keys: set[str] = set()
-        for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    _check_duplicates(value_node, path, seen_nodes)
-                    continue
-                name = str(key_node.value)
-                dotted = f"{path}.{name}" if path else name
-                if name in keys:
-                    raise _DuplicateKey(dotted, key_node.start_mark.line + 1)
-                keys.add(name)
-            else:
-                dotted = f"{path}.?" if path else "?"
-            _check_duplicates(value_node, dotted, seen_nodes)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _check_duplicates(item, f"{path}[{i}]", seen_nodes)
-
-
 class _DuplicateKey(Exception):
     def __init__(self, key: str, line: int) -> None:
         super().__init__(key, line)
         self.key, self.line = key, line
-
-
-def _load_yaml(text: str) -> object:
-    loader = _StrictLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_duplicates(node, "", set())
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
 
 
 def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -777,19 +735,27 @@ def _read_file(p: Path, kind: str) -> object:
     try:
         text = raw.decode()
         if kind == "yaml":
-            return _load_yaml(text)
+            from ._yaml import DuplicateKey, load_strict
+
+            try:
+                return load_strict(text)
+            except DuplicateKey as dup:
+                raise _DuplicateKey(dup.key, dup.line) from None
         if kind == "toml":
             return tomllib.loads(text)
         return json.loads(text, object_pairs_hook=_json_pairs)
     except _DuplicateKey as dup:
         at = f" (line {dup.line})" if dup.line else ""
         raise PolicyError(f"config file {str(p)!r}: duplicate key {dup.key!r}{at}") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise PolicyError(f"config file {str(p)!r}: not valid yaml: {exc.problem or exc.context}{at}") from None
-    except (ValueError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise PolicyError(f"config file {str(p)!r}: not valid {kind}: {exc}") from None
+    except Exception as exc:  # yaml's errors: importing yaml only to name them would cost every import
+        from ._yaml import describe_error
+
+        described = describe_error(exc)
+        if described is None:
+            raise
+        raise PolicyError(f"config file {str(p)!r}: not valid yaml: {described}") from None
 
 
 def _no_unknown(data: Mapping[Any, Any], known: set[str] | frozenset[str], prefix: str) -> None:

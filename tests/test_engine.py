@@ -135,7 +135,7 @@ def test_aead_hot_path_runs_one_python_frame_and_no_hook_lock_or_logging(call: s
 
 def test_import_is_lazy_about_numba_watchdog_pluggy_and_the_providers() -> None:
     code = ("import sys, xpscerpto; "
-            "print(sorted(m for m in ('numba', 'watchdog', 'pluggy', 'cryptography', 'nacl') "
+            "print(sorted(m for m in ('numba', 'watchdog', 'pluggy', 'cryptography', 'nacl', 'yaml', 'pkcs11') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
