@@ -34,7 +34,7 @@ key                                       default                 meaning
 ``keyring.default_algorithm``             ``AES-256-GCM``         AEAD of new keys
 ``keyring.default_policy``                ``rotate=365d``         policy string of new keys
 ``keyring.dual_window``                   ``30d``                 retired versions still decrypt
-``keyring.usage_block``                   ``1024``                encryptions reserved per DB write
+``keyring.usage_block``                   ``16384``               encryptions reserved per DB write
                                                                   (>= 1)
 ``keyring.max_encryptions.<AEAD>``        see below               rotate before reaching it (>= 1)
 ``keyring.kek.provider``                  ``file``                ``file`` or ``pkcs11``
@@ -288,7 +288,7 @@ class KeyringConfig:
     default_algorithm: AEAD = AEAD.AES_256_GCM
     default_policy: str = "rotate=365d"
     dual_window_seconds: float = 30 * 86400.0
-    usage_block: int = 1024
+    usage_block: int = 16384  # one fsynced write per block; a crash wastes at most one block of budget
     max_encryptions: Mapping[str, int] = field(default_factory=_default_max_encryptions)
     kek: KekConfig = field(default_factory=KekConfig)
 

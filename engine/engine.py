@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ._plugins import PluginFailure
     from .home import Home
 
-__all__ = ["AeadAPI", "Engine", "HkdfAPI", "KemAPI", "KexAPI", "SignatureAPI", "random_bytes"]
+__all__ = ["AeadAPI", "Engine", "HkdfAPI", "KemAPI", "KexAPI", "KeyedAead", "SignatureAPI", "random_bytes"]
 
 _MAX_RANDOM = 1 << 20
 
@@ -303,6 +303,16 @@ class AeadAPI:
                                       ("aad", aad, PolicyError)))
             raise err from err.__cause__
 
+    def keyed(self, algo: str, key: Buffer | SecretBytes) -> KeyedAead:
+        """An AEAD bound to one key, like Tink's primitive: no per-call key setup.
+
+        The provider's keyed cipher is built once and rebuilt whenever a new routing table is
+        published, so hot-patching applies to keyed AEADs too. The key is copied into a
+        SecretBytes the object owns (``wipe()`` it when done); the provider's internal key
+        schedule lives until the object is dropped.
+        """
+        return KeyedAead(self._engine, algo, key)
+
     def info(self, algo: str) -> dict[str, Any]:
         """Sizes and serving provider of ``algo``: key_size, nonce_size, tag_size, provider."""
         table = self._engine.table
@@ -312,6 +322,103 @@ class AeadAPI:
             raise _aead_error(table, algo, exc, b"", None, nonce_required=False, inputs=()) from None
         return {"operation": r.operation, "provider": r.provider, "key_size": r.key_size,
                 "nonce_size": r.nonce_size, "tag_size": r.tag_size}
+
+
+class _Bound:
+    """A keyed cipher for one table version (replaced whole, never mutated)."""
+
+    __slots__ = ("auto_nonce", "cipher", "nonce_size", "route", "tag_size", "version")
+
+    def __init__(self, version: int, route: Any, cipher: Any) -> None:
+        self.version, self.route, self.cipher = version, route, cipher
+        self.nonce_size, self.tag_size, self.auto_nonce = route.nonce_size, route.tag_size, route.auto_nonce
+
+
+class KeyedAead:
+    """An AEAD bound to one key; see :meth:`AeadAPI.keyed`.
+
+    Example:
+        >>> import xpscerpto as xps
+        >>> k = xps.aead.keyed("AES-256-GCM", xps.random_bytes(32))
+        >>> s = k.encrypt(b"data", b"aad")
+        >>> k.decrypt(s.nonce, s.ciphertext_and_tag, b"aad")
+        b'data'
+    """
+
+    __slots__ = ("_algo", "_bound", "_engine", "_key")
+
+    def __init__(self, engine: Engine, algo: str, key: Buffer | SecretBytes) -> None:
+        self._engine = engine
+        self._algo = algo
+        if isinstance(key, SecretBytes):
+            key = key.view()
+        try:
+            self._key = SecretBytes(key)
+        except TypeError:
+            raise KeyError_(f"key: expected bytes-like, got {type(key).__name__}") from None
+        self._bound = self._bind(engine.table)
+
+    def _bind(self, table: RoutingTable) -> _Bound:
+        try:
+            r = table.aead[self._algo]
+            if len(self._key) not in r.key_sizes:
+                raise KeyError_(f"key: expected {r.key_size} bytes, got {len(self._key)}")
+            bound = _Bound(table.version, r, r.cipher(self._key._buf))
+        except Exception as exc:
+            raise _aead_error(table, self._algo, exc, self._key, None, nonce_required=False, inputs=()) from None
+        # One attribute holds version and cipher together, so no call pairs a new table with an
+        # old cipher; a call that loaded the old table keeps it (and so its drain) until it returns.
+        self._bound = bound
+        return bound
+
+    def encrypt(self, plaintext: Buffer, aad: Buffer = b"", nonce: bytes | None = None) -> Sealed:
+        """Encrypt; with ``nonce=None`` a fresh one is drawn (nonce policy ``auto``)."""
+        table = self._engine._table
+        b = self._bound
+        try:
+            if b.version != table.version:
+                b = self._bind(table)
+            if nonce is None:
+                if not b.auto_nonce:
+                    raise NonceError("nonce: required (nonce policy is 'app')")
+                nonce = _urandom(b.nonce_size)
+            elif len(nonce) != b.nonce_size:
+                raise NonceError(f"nonce: expected {b.nonce_size} bytes, got {len(nonce)}")
+            return Sealed((nonce, b.cipher.encrypt(nonce, plaintext, aad), b.tag_size))
+        except Exception as exc:
+            err = _aead_error(table, self._algo, exc, self._key, nonce, nonce_required=False,
+                              inputs=(("plaintext", plaintext, PolicyError), ("aad", aad, PolicyError)))
+            raise err from err.__cause__
+
+    def decrypt(self, nonce: bytes, ciphertext_and_tag: Buffer, aad: Buffer = b"") -> bytes:
+        """Open ``ciphertext || tag``; AuthError (and no plaintext) if it does not verify."""
+        table = self._engine._table
+        b = self._bound
+        try:
+            if b.version != table.version:
+                b = self._bind(table)
+            if len(nonce) != b.nonce_size:
+                raise NonceError(f"nonce: expected {b.nonce_size} bytes, got {len(nonce)}")
+            return b.cipher.decrypt(nonce, ciphertext_and_tag, aad)  # type: ignore[no-any-return]
+        except Exception as exc:
+            err = _aead_error(table, self._algo, exc, self._key, nonce, nonce_required=True,
+                              inputs=(("ciphertext_and_tag", ciphertext_and_tag, PolicyError),
+                                      ("aad", aad, PolicyError)))
+            raise err from err.__cause__
+
+    def open(self, sealed: Sealed, aad: Buffer = b"") -> bytes:
+        """Decrypt a :class:`Sealed` from :meth:`encrypt`."""
+        if type(sealed) is not Sealed:
+            raise PolicyError(f"sealed: expected a Sealed, got {type(sealed).__name__}")
+        return self.decrypt(sealed.nonce, sealed.ciphertext_and_tag, aad)
+
+    def wipe(self) -> None:
+        """Wipe the key copy and drop the provider's keyed cipher; the object is unusable after."""
+        self._key.wipe()
+        self._bound = _Bound(-1, self._bound.route, None)
+
+    def __repr__(self) -> str:
+        return f"<KeyedAead {self._algo} via {self._bound.route.provider}>"
 
 
 def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce: Any, *,

@@ -134,7 +134,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert cfg.aead == AeadDefaults(default_algorithm=AEAD.AES_256_GCM)
     assert cfg.keyring.database == "keyring.db" and cfg.keyring.default_algorithm == "AES-256-GCM"
     assert cfg.keyring.default_policy == "rotate=365d"
-    assert cfg.keyring.dual_window_seconds == 30 * 86400 and cfg.keyring.usage_block == 1024
+    assert cfg.keyring.dual_window_seconds == 30 * 86400 and cfg.keyring.usage_block == 16384
     assert dict(cfg.keyring.max_encryptions) == {
         "AES-128-GCM": 2**32, "AES-256-GCM": 2**32, "CHACHA20-POLY1305": 2**32,
         "AES-256-GCM-SIV": 2**48, "XCHACHA20-POLY1305": 2**64 - 1, "AEGIS-256": 2**64 - 1}

@@ -15,7 +15,9 @@ rest of a block) and is rotated before it would. The call path pays an atomic co
 from __future__ import annotations
 
 import contextlib
+import hmac
 import itertools
+import math
 import os
 import re
 import sqlite3
@@ -30,15 +32,15 @@ from typing import NoReturn
 
 from xpscerpto.audit import AuditLog
 from xpscerpto.config import ApprovalsConfig, AuditConfig, KeyringConfig
-from xpscerpto.engine import Engine
+from xpscerpto.engine import Engine, KeyedAead
 from xpscerpto.errors import AuthError, KeyError_, PolicyError, XpsError
 from xpscerpto.home import Home
-from xpscerpto.secret import SecretBytes, constant_time_eq
+from xpscerpto.secret import SecretBytes
 
 from .approvals import Approvals, OperatorRegistry
 from .envelope import CODES, HEADER, NONCE_SIZES, parse
 from .kek import KekProvider, open_kek
-from .states import Action, KeyState, VersionState, can_decrypt, key_after, version_after
+from .states import Action, KeyState, VersionState, decrypt_deadline, key_after, version_after
 from .store import KeyRow, Store, VersionRow
 
 __all__ = ["KeyInfo", "Keyring", "VersionInfo", "parse_policy"]
@@ -47,6 +49,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _DURATION = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _urandom = os.urandom
+_unpack = HEADER.unpack_from
+_ct_eq = hmac.compare_digest  # constant time; both sides are 32-byte bytes here
 
 
 def _opaque() -> AuthError:
@@ -118,15 +122,19 @@ class KeyInfo:
 class _Handle:
     """A usable key version in memory: derived keys, header prefix, usage window."""
 
-    __slots__ = ("algorithm", "commitment", "counter", "decryptions", "enc_key", "key_id", "last_used",
-                 "name", "nonce_size", "prefix", "recheck_at", "retired_at", "state", "version")
+    __slots__ = ("aead", "algorithm", "code", "commitment", "counter", "decrypt_until", "decryptions",
+                 "header_size", "key_id", "last_used", "name", "nonce_size", "prefix", "recheck_at", "state",
+                 "version")
 
-    def __init__(self, row: KeyRow, ver: VersionRow, enc_key: SecretBytes, commitment: bytes) -> None:
+    def __init__(self, row: KeyRow, ver: VersionRow, aead: KeyedAead, commitment: bytes) -> None:
         self.key_id, self.name, self.version, self.algorithm = row.key_id, row.name, ver.version, row.algorithm
-        self.state, self.retired_at = ver.state, ver.retired_at
-        self.enc_key, self.commitment = enc_key, commitment
-        self.prefix = HEADER.pack(1, bytes.fromhex(row.key_id), ver.version, CODES[row.algorithm], commitment)
+        self.state = ver.state
+        self.decrypt_until = -math.inf  # set by the keyring from the version's state
+        self.aead, self.commitment = aead, commitment
+        self.code = CODES[row.algorithm]
+        self.prefix = HEADER.pack(1, bytes.fromhex(row.key_id), ver.version, self.code, commitment)
         self.nonce_size = NONCE_SIZES[row.algorithm]
+        self.header_size = HEADER.size + self.nonce_size
         self.counter = itertools.count()  # at >= 0: no encryptions reserved (see Keyring.encrypt)
         self.recheck_at = 0.0
         self.decryptions = 0
@@ -192,23 +200,35 @@ class Keyring:
         h.last_used = now
         nonce = _urandom(h.nonce_size)
         header = h.prefix + nonce
-        sealed = self._aead.encrypt(h.algorithm, h.enc_key, plaintext, header + aad, nonce=nonce)
-        return header + sealed.ciphertext_and_tag
+        try:
+            aad = header + aad
+        except TypeError:
+            raise PolicyError(f"aad: expected bytes-like, got {type(aad).__name__}") from None
+        return header + h.aead.encrypt(plaintext, aad, nonce).ciphertext_and_tag
 
     def decrypt(self, blob: bytes, aad: bytes = b"") -> bytes:
         """Open a blob from :meth:`encrypt`; any failure is one opaque AuthError naming no key."""
-        env = parse(blob)
-        h = self._handles.get((env.key_id, env.version))
+        try:
+            fmt, key_id, version, code, commitment = _unpack(blob)
+        except (struct.error, TypeError):
+            raise _opaque() from None
+        h = self._handles.get((key_id, version))
         now = self.clock()
         if h is None or now >= h.recheck_at:
-            h = self._decrypting_handle(env.key_id, env.version, now)
-        if (h is None or not can_decrypt(h.state, h.retired_at, now, self.config.dual_window_seconds)
-                or not constant_time_eq(h.commitment, env.commitment)):
-            self._fail(env.key_id, env.version)
+            h = self._decrypting_handle(key_id, version, now)
+        # decrypt_until folds Appendix A into one number: +inf for the active version, the end
+        # of the dual-key window for a retired one, -inf for anything unusable.
+        if h is None or now >= h.decrypt_until or fmt != 1 or code != h.code or not _ct_eq(h.commitment, commitment):
+            self._fail(key_id, version)
+        n = h.header_size
         try:
-            plaintext = self._aead.open(env.algorithm, h.enc_key, env.sealed, env.header + aad)
+            aad = blob[:n] + aad
+        except TypeError:
+            raise PolicyError(f"aad: expected bytes-like, got {type(aad).__name__}") from None
+        try:
+            plaintext = h.aead.decrypt(blob[HEADER.size:n], memoryview(blob)[n:], aad)
         except XpsError:
-            self._fail(env.key_id, env.version)
+            self._fail(key_id, version)
         h.decryptions += 1
         h.last_used = now
         return plaintext
@@ -404,7 +424,7 @@ class Keyring:
         self._flush_usage()
         with self._lock:
             for h in self._handles.values():
-                h.enc_key.wipe()
+                h.aead.wipe()
             self._handles.clear()
             self._active.clear()
         self.store.close()
@@ -448,10 +468,11 @@ class Keyring:
             size = 16 if row.algorithm == "AES-128-GCM" else 32
             with self.engine.hkdf.derive(material, size + 32, salt=b"xps-keyring/v1", info=info) as okm:
                 view = okm.view()
-                enc_key = SecretBytes(view[:size])
+                aead = self._aead.keyed(row.algorithm, view[:size])  # keeps its own wipeable copy
                 commitment = bytes(view[size:])
                 del view
-        h = _Handle(row, ver, enc_key, commitment)
+        h = _Handle(row, ver, aead, commitment)
+        self._set_window(h, ver)
         # Re-read state at least once a second so other processes' revocations take effect.
         h.recheck_at = now + 1.0
         return h
@@ -513,8 +534,12 @@ class Keyring:
                 except XpsError:
                     return None
                 self._handles[(key_id, version)] = h
-            h.state, h.retired_at, h.recheck_at = ver.state, ver.retired_at, now + 1.0
+            h.state, h.recheck_at = ver.state, now + 1.0
+            self._set_window(h, ver)
             return h
+
+    def _set_window(self, h: _Handle, ver: VersionRow) -> None:
+        h.decrypt_until = decrypt_deadline(ver.state, ver.retired_at, self.config.dual_window_seconds)
 
     def _forget(self, key_id: str, name: str) -> None:
         """Drop (and wipe) cached handles of a key after a transition."""
@@ -522,7 +547,7 @@ class Keyring:
         self._flush_usage()
         self._active.pop(name, None)
         for k in [k for k in self._handles if k[0] == kid]:
-            self._handles.pop(k).enc_key.wipe()
+            self._handles.pop(k).aead.wipe()
 
     def _flush_usage(self) -> None:
         with self._lock:

@@ -17,10 +17,11 @@ Usage rules:
 from __future__ import annotations
 
 import enum
+import math
 
 from xpscerpto.errors import PolicyError
 
-__all__ = ["Action", "KeyState", "VersionState", "can_decrypt", "key_after", "version_after"]
+__all__ = ["Action", "KeyState", "VersionState", "can_decrypt", "decrypt_deadline", "key_after", "version_after"]
 
 
 class KeyState(enum.StrEnum):
@@ -86,8 +87,19 @@ def version_after(state: VersionState, *, destroy: bool) -> VersionState:
     return VersionState.DESTROYED
 
 
+def decrypt_deadline(state: VersionState, retired_at: float | None, window: float) -> float:
+    """Appendix A as one number: a version decrypts while ``now`` is below it.
+
+    +inf for the active version, the end of the dual-key window for a retired one, -inf for
+    revoked and destroyed versions.
+    """
+    if state is VersionState.ACTIVE:
+        return math.inf
+    if state is VersionState.RETIRED and retired_at is not None:
+        return retired_at + window
+    return -math.inf
+
+
 def can_decrypt(state: VersionState, retired_at: float | None, now: float, window: float) -> bool:
     """Appendix A: active decrypts; retired decrypts inside the dual-key window; nothing else."""
-    if state is VersionState.ACTIVE:
-        return True
-    return state is VersionState.RETIRED and retired_at is not None and now < retired_at + window
+    return now < decrypt_deadline(state, retired_at, window)

@@ -255,7 +255,7 @@ def test_no_plaintext_key_material_on_disk(tmp_path: Path, clock: Clock) -> None
             with ring.get(f"k{i}", version=v) as m:
                 secrets.append(bytes(m.view()))
         for h in ring._handles.values():  # derived encryption keys too
-            secrets.append(bytes(h.enc_key.view()))
+            secrets.append(bytes(h.aead._key.view()))
     ring.revoke("k0", "r")
     ring.destroy("k0")
     ring.close()
