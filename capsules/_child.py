@@ -1,9 +1,13 @@
 """The isolated validator: runs a candidate capsule's code in a throw-away process.
 
 Protocol: one JSON request on stdin; one JSON result written to the file descriptor the
-parent names (stdout is redirected to stderr first, so capsule code that prints cannot
-forge a result). Any crash, hang, exit or memory blow-up simply produces no result, which
-the parent treats as a rejection.
+parent names (stdout is redirected to stderr first, so a capsule that merely prints cannot
+pass for a result). Any crash, hang, exit or memory blow-up produces no result, which the
+parent treats as a rejection.
+
+This contains faults, not malice: capsule code runs with this process's rights and could
+find the result descriptor and forge a verdict. That is why only signed capsules get here,
+and why the engine re-runs the KATs in its own process before routing anything.
 """
 
 from __future__ import annotations
@@ -15,10 +19,14 @@ import sys
 import time
 from typing import Any
 
+_MAX_FILE = 64 * 1024 * 1024  # bytes: the result of a full differential run is a few MB at most
+
 
 def _limit_memory(max_bytes: int) -> None:
     if max_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+    # Bounds the stderr file (and the result) a capsule can make the parent store.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (_MAX_FILE, _MAX_FILE))
 
 
 def run(request: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,9 @@ untrusted code out).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -104,20 +106,27 @@ def validate_isolated(capsule: VerifiedCapsule, references: Mapping[str, Any],
 
 
 def _run_child(request: bytes, gates: Gates) -> dict[str, Any]:
-    with tempfile.TemporaryFile() as out:
+    # Result and stderr go to temporary files, not pipes: a capsule that floods stderr fills a
+    # size-limited file (the child sets RLIMIT_FSIZE), never the engine's memory.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         fd = out.fileno()
         # -I: isolated mode (no user site, no PYTHON* env, no cwd on sys.path).
         cmd = [sys.executable, "-I", "-m", "xpscerpto.capsules._child", str(fd)]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,  # noqa: S603 - our own interpreter and module stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, pass_fds=(fd,), start_new_session=True)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,  # noqa: S603 - own module
+                                stderr=err, pass_fds=(fd,), start_new_session=True)
         try:
-            _, err = proc.communicate(request, timeout=gates.timeout_s)
+            proc.communicate(request, timeout=gates.timeout_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+            # The child leads its own session: kill the whole group, grandchildren included.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             raise _reject(f"validation: no answer within {gates.timeout_s:g} s (hang); child killed",
                           "timeout") from None
-        tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # nothing the capsule started outlives validation
+        err.seek(max(0, os.fstat(err.fileno()).st_size - 4096))
+        tail = err.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
         if proc.returncode < 0:
             name = signal.Signals(-proc.returncode).name
             raise _reject(f"validation: child killed by {name} {tail[0][:200]}".rstrip(), "crashed")

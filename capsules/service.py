@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from xpscerpto._atomic import atomic_write
+from xpscerpto.audit import AuditLog
 from xpscerpto.config import XpsConfig
 from xpscerpto.engine import Engine
-from xpscerpto.errors import XpsError
+from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.home import Home
 
 from .control import ControlServer
@@ -33,9 +36,12 @@ class WatchService:
                  config: XpsConfig | None = None) -> None:
         from .watch import Inbox, InboxResult
 
-        self.updater = Updater(engine, home, gates=gates, plan=plan, limits=limits, operator=operator)
         base = config or XpsConfig.defaults()
+        h = home if isinstance(home, Home) else Home.resolve(home)
+        audit = AuditLog(h.audit, checkpoint_every=base.audit.checkpoint_every)
+        self.updater = Updater(engine, h, gates=gates, plan=plan, limits=limits, operator=operator, audit=audit)
         self.config = replace(base, engine=engine.config)
+        self._overrides_path = self.updater.home.root / "overrides.json"
         self.control = ControlServer(self.updater, self.updater.home.socket, service=self)
 
         def handle(raw: bytes, path: Path) -> InboxResult:
@@ -49,7 +55,14 @@ class WatchService:
                            max_bytes=limits.max_capsule_bytes)
 
     def start(self) -> WatchService:
-        """Restore the committed state, then open the socket and the inbox."""
+        """Re-apply emergency overrides, restore the committed state, then open socket and inbox."""
+        for key, value in self._overrides().items():
+            self.config = self.config.emergency_change(key, value, operator="restart",
+                                                       reason=f"re-applied from {self._overrides_path.name}",
+                                                       audit=self.updater.audit)
+        self.updater.engine.config = self.config.engine
+        self.updater.gates = replace(self.updater.gates, max_slowdown=self.config.hotpatch.max_slowdown)
+        self.updater.plan = replace(self.updater.plan, canary_share=self.config.hotpatch.canary_share)
         self.updater.restore()
         self.control.start()
         self.inbox.start()
@@ -58,6 +71,8 @@ class WatchService:
     def emergency_change(self, key: str, value: Any, *, operator: str, reason: str) -> XpsConfig:
         """An audited runtime change (see ``XpsConfig.emergency_change``), applied to this engine."""
         new = self.config.emergency_change(key, value, operator=operator, reason=reason, audit=self.updater.audit)
+        overrides = {**self._overrides(), key: new.get(key)}
+        atomic_write(self._overrides_path, json.dumps(overrides, indent=1, sort_keys=True).encode() + b"\n")
         h = new.hotpatch
         gates = replace(self.updater.gates, max_slowdown=h.max_slowdown)
         plan = replace(self.updater.plan, canary_share=h.canary_share)
@@ -65,7 +80,19 @@ class WatchService:
         self.config = new
         return new
 
+    def _overrides(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self._overrides_path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise PolicyError(f"overrides {str(self._overrides_path)!r}: unreadable ({exc})") from None
+        if not isinstance(data, dict):
+            raise PolicyError(f"overrides {str(self._overrides_path)!r}: expected a JSON object")
+        return data
+
     def stop(self) -> None:
         """Close the inbox and the socket (routing stays as it is)."""
         self.inbox.stop()
         self.control.stop()
+        self.updater.close()

@@ -13,6 +13,7 @@ returns. A ``weakref.finalize`` on it marks the drain complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import threading
@@ -95,19 +96,19 @@ class Updater:
 
     def __init__(self, engine: Engine, home: str | Path | Home | None = None, *, gates: Gates = Gates(),
                  plan: StagePlan = StagePlan(), limits: Limits = Limits(), operator: str = "local",
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), audit: AuditLog | None = None) -> None:
         self.engine = engine
         self.home = home if isinstance(home, Home) else Home.resolve(home)
         self.gates, self.plan, self.limits, self.operator, self._clock = gates, plan, limits, operator, clock
         self.store = CapsuleStore(self.home)
-        self.audit = AuditLog(self.home.audit)
+        self.audit = audit or AuditLog(self.home.audit)
         self._lock = threading.RLock()  # one update at a time; never taken by API calls
         self._loaded: dict[str, _Loaded] = {}
         self._state = RoutingState()
         self._restored = False
         self._staging: str | None = None  # capsule name under canary/dual-run
         self._stage_fault: queue.Queue[str] = queue.Queue()
-        self._faults: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._faults: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self.last_drain: Drain | None = None
         engine.add_fault_listener(self._on_provider_fault)
         threading.Thread(target=self._watch_faults, name="xps-fault-watch", daemon=True).start()
@@ -125,7 +126,12 @@ class Updater:
             keep = []
             for cap in state.active:
                 try:
-                    loaded = self._load(self.store.get(cap.sha256), state, allow_version=cap.version)
+                    raw = self.store.get(cap.sha256)
+                    # The child validates again before this process runs the code: a capsule that
+                    # crashes must not crash-loop the engine at every start.
+                    validate_isolated(self._verify(raw, state, cap.version), {},
+                                      replace(self.gates, bench_bytes=0))
+                    loaded = self._load(raw, state, allow_version=cap.version)
                     keep.append(replace(cap, operations=tuple(sorted(loaded.capsule.manifest.operations))))
                 except XpsError as exc:
                     self._audit("PATCH_REJECT", sha256=cap.sha256, name=cap.name, version=cap.version,
@@ -183,11 +189,15 @@ class Updater:
                 self._trial(loaded, mode, seconds, operator)
 
         state = self._state.enable(cap, operator=operator)
-        state.save(self.home.state)  # the commit point: a crash before it changes nothing
-        self._state = state
-        table = self._publish(self._table_for(state.active))
+        table = self._table_for(state.active)
+        # Journal first: if the journal refuses, nothing is enabled. The commit point is the
+        # state file; a crash between the two leaves an ENABLE that the restart's state denies
+        # (the journal over-reports, never under-reports).
         self._audit("PATCH_ENABLE", sha256=sha, name=m.name, version=m.version, operations=list(cap.operations),
                     publisher=sorted(capsule.signed_by), operator=operator, table_version=table.version)
+        state.save(self.home.state)
+        self._state = state
+        self._publish(table)
         # A KAT re-check in the live process, now that the provider serves traffic.
         failure = self._kat_failure(loaded)
         if failure is not None:
@@ -252,12 +262,13 @@ class Updater:
             m = loaded.capsule.manifest
             restore = ActiveCapsule(m.name, m.version, restore_sha, tuple(sorted(m.operations)))
         state = self._state.disable(cap, operator=operator, restore=restore)
-        state.save(self.home.state)
-        self._state = state
-        table = self._publish(self._table_for(state.active))
+        table = self._table_for(state.active)
         self._audit("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
                     to=restore.version if restore else "built-in", operator=operator, reason=reason,
                     table_version=table.version)
+        state.save(self.home.state)
+        self._state = state
+        self._publish(table)
         return cap
 
     def _sha_of(self, name: str, version: str) -> str:
@@ -402,22 +413,38 @@ class Updater:
                         seconds=self.plan.drain_timeout)
 
     def _on_provider_fault(self, provider: str, operation: str, exc: BaseException) -> None:
-        # Error path of a call: only enqueue; the watcher thread does the rollback.
-        self._faults.put((provider, f"{operation}: {type(exc).__name__}: {exc}"[:300]))
+        # Error path of a call: only enqueue; the watcher thread does the rollback. Only the
+        # exception's type is kept: a provider's message could carry anything, secrets included.
+        self._faults.put((provider, f"{operation}: {type(exc).__name__}"))
 
     def _watch_faults(self) -> None:
         while True:
-            provider, detail = self._faults.get()
+            item = self._faults.get()
+            if item is None:  # close()
+                return
+            provider, detail = item
             if provider == self._staging:
                 self._stage_fault.put(detail)
                 continue
+            # Rolling back takes the update lock, which apply() may hold through a canary; do
+            # it on its own thread so faults of a staged capsule are never queued behind it.
+            threading.Thread(target=self._auto_rollback, args=(provider, detail), daemon=True,
+                             name="xps-auto-rollback").start()
+
+    def _auto_rollback(self, provider: str, detail: str) -> None:
+        try:
             with self._lock, state_lock(self.home):
                 cap = next((a for a in self._state.active if a.name == provider), None)
                 if cap is not None:
-                    try:
-                        self._rollback(cap, None, operator="auto", reason=f"provider fault after enable: {detail}")
-                    except XpsError as exc:
-                        self._audit("PATCH_ROLLBACK_FAILED", name=cap.name, reason=str(exc))
+                    self._rollback(cap, None, operator="auto", reason=f"provider fault after enable: {detail}")
+        except Exception as exc:  # never let a failed rollback pass silently, nor kill anything
+            with contextlib.suppress(Exception):
+                self._audit("PATCH_ROLLBACK_FAILED", name=provider, reason=f"{type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        """Stop reacting to provider faults (the routing in force stays as it is)."""
+        self.engine.remove_fault_listener(self._on_provider_fault)
+        self._faults.put(None)
 
     def _audit(self, event: str, **fields: Any) -> None:
         self.audit.record(event, **fields)

@@ -66,11 +66,9 @@ class _Route:
         if self._on_fault is not None:
             with contextlib.suppress(Exception):
                 self._on_fault(self.provider, self.operation, exc)
-        # The provider's message is kept (cryptography/libsodium messages carry no key bytes);
-        # the exception is chained for debugging.
-        raise ProviderError(
-            f"{self.operation}: provider {self.provider!r} failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        # Only the type: a provider's message could carry anything (a capsule's, secrets
+        # included). The original stays chained as __cause__ for a debugger, never formatted.
+        raise ProviderError(f"{self.operation}: provider {self.provider!r} failed: {type(exc).__name__}") from exc
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.operation} via {self.provider}>"

@@ -12,9 +12,34 @@ So editing a record breaks its own hash, and deleting, inserting or reordering r
 ``seq`` or the ``prev`` link. An attacker who can write the file can recompute every hash
 after the record they changed — that is what the checkpoints are for: after every
 ``checkpoint_every`` records a ``CHECKPOINT`` record (itself chained) carries an Ed25519
-signature over the seq and hash of the record before it (:func:`checkpoint_message`). The key
-lives next to the log (``audit.key``, 0600) and its public half in ``audit.pub`` so a verifier
-can pin it; rewriting history before a checkpoint needs the private key.
+signature over the seq and hash of the record before it (:func:`checkpoint_message`).
+
+Where the checkpoints are is a pure function of ``seq``: exactly the seqs that are multiples
+of ``checkpoint_every + 1`` hold one (with the default 100: 101, 202, …), and each records the
+interval it was written with in its ``every`` field. :meth:`AuditLog.verify` checks this both
+ways against *its own* interval (the instance's ``checkpoint_every`` unless given): a due seq
+holding another event is ``"missing checkpoint"``, a CHECKPOINT anywhere else is
+``"unexpected checkpoint"``, an ``every`` that differs is ``"checkpoint interval"``. So
+stripping the checkpoints and re-chaining the hashes does not verify. ``every`` is not signed
+and never widens what is accepted; it only names a writer/verifier mismatch — verify with the
+interval the writers use.
+
+A checkpoint is only as strong as the secrecy of its key, and **by default the key lives next
+to the log** (``audit.key``, 0600, beside ``audit.pub``). Whoever can write the home can
+normally read that key as well, rewrite any record, re-chain and re-sign every checkpoint with
+it: the result verifies, even against a pinned public key, because it is the same key. Only
+two things kept *elsewhere*, out of the attacker's reach, protect against that:
+
+* an **exported anchor**: ``last_seq``/``last_hash`` of a :class:`VerifyReport`, passed back as
+  ``verify(anchor=(seq, hash))``. Rewriting any record up to the anchored seq, or cutting the
+  log below it, then fails; records after the newest exported anchor remain rewritable by
+  anyone holding the key;
+* a **pinned public key** (``verify(public_key=…)``, exported earlier): it catches a log
+  re-signed with any *other* key — an attacker who could not read ``audit.key`` and replaced
+  it and ``audit.pub`` with their own. It cannot catch re-signing with the genuine key.
+
+Moving the key out of the home (``signing_key=``) helps only against attackers who can write
+the home but not read that file; the journal's writers must still be able to read it.
 
 Everything the hot-patch updater does (PATCH_LOAD, PATCH_VERIFY, PATCH_KAT, PATCH_STAGE,
 PATCH_ENABLE, PATCH_DRAINED, PATCH_ROLLBACK, PATCH_REJECT, …) and authentication failures
@@ -27,18 +52,19 @@ secret pasted into a *string* cannot be recognised; callers keep whitelisting th
 
 Limits (what the chain can and cannot show):
 
-* **Truncation of the newest records** after the last checkpoint, or rewriting them with
-  recomputed hashes, leaves a valid-looking chain. It is detectable only against an
-  externally kept copy of a later state: export ``last_seq``/``last_hash`` of a
-  :class:`VerifyReport` (or the newest checkpoint) somewhere the attacker cannot write, and
-  pass it back as ``verify(anchor=(seq, hash))``. The same holds for deleting the whole log
-  *and* its ``.pub`` file.
+* **Rewriting with the key**: see above — without an anchor, a log rewritten and re-signed
+  with the key beside it is indistinguishable from the original.
+* **Truncation**: removing the newest records — any number of them, checkpoints included —
+  leaves a shorter chain that verifies (if the cut falls just before a due checkpoint,
+  ``verify`` warns, as it does after a crash there, and ``strict=True`` refuses it). Only an
+  exported anchor shows it. The same holds for deleting the whole log *and* its ``.pub`` file.
 * **Replacing the key**: a verifier that trusts the ``.pub`` next to the log accepts a log
   that an attacker re-signed with a key of their own *and* wrote to ``.pub``; pin the public
-  key you exported earlier (``verify(public_key=…)``).
-* **Appending** well-formed records after the newest one needs no key: the chain proves the
-  order and integrity of what is there, and a checkpoint proves that the key holder vouched for
-  the history up to it — not who wrote each record. The log is created 0600 for that reason.
+  key you exported earlier.
+* **Appending** well-formed records after the newest one needs no key until the next
+  checkpoint is due (and none at all with the key): the chain proves the order and integrity
+  of what is there, and a checkpoint proves that the key holder vouched for the history up to
+  it — not who wrote each record. The log is created 0600 for that reason.
 * Rate limiting and the lock are per host: ``fcntl.flock`` (not for NFS), and the
   rate-limit windows live in each process's memory.
 
@@ -116,6 +142,7 @@ _OPEN_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW
 class AuditTampered(XpsError):
     """The journal does not verify. ``.seq`` is the first bad record's seq, ``.reason`` one of
     ``"modified"``, ``"deleted"``, ``"inserted"``, ``"reordered"``, ``"bad checkpoint signature"``,
+    ``"missing checkpoint"``, ``"unexpected checkpoint"``, ``"checkpoint interval"``,
     ``"malformed line"``, ``"truncated tail"``; ``.line`` the 1-based line (None if unknown)."""
 
     code = ErrorCode.INTERNAL
@@ -143,6 +170,7 @@ class VerifyReport:
     last_checkpoint_seq: int | None
     after_checkpoint: int  # records after the last checkpoint: not yet covered by a signature
     public_key: str | None  # hex of the key checkpoints were checked against
+    checkpoint_every: int  # the interval checkpoint positions were checked against
     torn_tail: int = 0  # bytes of a torn final line (crash mid-append); 0 if none
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
@@ -515,16 +543,21 @@ class AuditLog:
             return rec
 
         def checkpoint_if_due() -> None:
-            # Positions are a pure function of seq, so processes appending to the same log
-            # agree on them without any other shared state.
-            if (seq + 1) % (self.checkpoint_every + 1) == 0:
+            # Positions are a pure function of seq (see _checkpoint_due), so processes
+            # appending to the same log agree on them without any other shared state, and
+            # verify() can insist on them.
+            if _checkpoint_due(seq + 1, self.checkpoint_every):
                 sk = self._signing_key()
                 chain(CHECKPOINT, {"signed_seq": seq, "signed_hash": prev, "key": self._pub_hex,
+                                   "every": self.checkpoint_every,
                                    "sig": sk.sign(checkpoint_message(seq, prev)).hex()})
 
+        # One owed by the journal as it stands: a crash that kept the record but not the
+        # checkpoint written with it (cut at the newline between them, or in the middle of the
+        # checkpoint line, which the repair truncates). Written first, so no other record ever
+        # takes a due position.
+        checkpoint_if_due()
         if repair is not None:
-            if repair["action"] == "completed":
-                checkpoint_if_due()
             chain(REPAIRED, repair)
             checkpoint_if_due()
         main = chain(event, fields)
@@ -591,7 +624,7 @@ class AuditLog:
         return out
 
     def verify(self, *, public_key: bytes | str | None = None, anchor: tuple[int, str] | None = None,
-               strict: bool = False) -> VerifyReport:
+               strict: bool = False, checkpoint_every: int | None = None) -> VerifyReport:
         """Check the whole journal; raise :class:`AuditTampered` on the first problem.
 
         Recomputes every hash and ``prev`` link, checks ``seq`` runs 1..N without gap and
@@ -602,13 +635,26 @@ class AuditLog:
         content, or a record was altered and re-hashed so the next ``prev`` breaks),
         ``deleted`` (seq gap), ``inserted`` (an extra record: a duplicate seq, or a line whose
         removal repairs the chain), ``reordered`` (a missing seq appears later),
-        ``bad checkpoint signature``, ``malformed line``.
+        ``bad checkpoint signature``, ``malformed line``, and for checkpoint positions:
+
+        * ``missing checkpoint`` — a seq where a CHECKPOINT is due (a multiple of
+          ``checkpoint_every + 1``) holds another event: checkpoints were stripped and the
+          chain re-hashed, or the journal was written with a larger interval;
+        * ``unexpected checkpoint`` — a correctly signed CHECKPOINT where none is due;
+        * ``checkpoint interval`` — a CHECKPOINT's ``every`` field is not ``checkpoint_every``
+          (writer and verifier disagree; pass the writers' interval).
+
+        ``checkpoint_every`` defaults to this instance's. Positions are checked against it,
+        never against what the journal claims.
 
         A **torn final line** (crash mid-append: bytes after the last newline) is *not* an
         error: a crash legitimately leaves one, the chain before it is intact, and the next
         :meth:`record` repairs it and writes an AUDIT_REPAIRED record into the chain. It is
         reported in ``torn_tail``/``warnings``; ``strict=True`` makes it an error
-        (reason ``"truncated tail"``).
+        (reason ``"truncated tail"``). Likewise a journal that **ends just before a due
+        checkpoint** (the crash cut the append between the record and its checkpoint — or
+        someone cut the log there) only warns; the next :meth:`record` writes the checkpoint
+        first. ``strict=True`` makes it ``"missing checkpoint"``.
 
         ``anchor=(seq, hash)`` is an externally kept earlier state (e.g. an exported
         ``last_seq``/``last_hash``): the journal must still contain that record unchanged.
@@ -623,6 +669,9 @@ class AuditLog:
             >>> log.verify(anchor=(1, r["hash"])).last_seq
             1
         """
+        every = self.checkpoint_every if checkpoint_every is None else checkpoint_every
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise PolicyError("checkpoint_every: expected an int >= 1", reason="bad-argument")
         pinned: str | None = None
         if public_key is not None:
             pinned = _coerce_public_key(public_key)
@@ -657,7 +706,7 @@ class AuditLog:
             raise AuditTampered(self.path, 1, "deleted", f"the journal is {'empty' if exists else 'missing'} "
                                 f"but {self.pub_path.name} exists (written after the first record): "
                                 "every record was removed")
-        walk = _Walk(self.path, lines, pub_hex, "pinned" if pinned else str(self.pub_path))
+        walk = _Walk(self.path, lines, pub_hex, "pinned" if pinned else str(self.pub_path), every)
         walk.run()
 
         if torn:
@@ -666,6 +715,14 @@ class AuditLog:
             if strict:
                 raise AuditTampered(self.path, walk.last_seq + 1, "truncated tail", detail, line=len(lines) + 1)
             warnings.append(f"truncated tail: {detail}")
+        owed = walk.last_seq + 1
+        if walk.last_seq and _checkpoint_due(owed, every):
+            detail = (f"the journal ends at seq {walk.last_seq}, just before the checkpoint due at seq {owed} "
+                      f"(checkpoint_every={every}): the append that writes it was cut short (a crash) or the "
+                      "log was cut there; the next record() writes it")
+            if strict:
+                raise AuditTampered(self.path, owed, "missing checkpoint", detail, line=len(lines) + 1)
+            warnings.append(f"missing checkpoint: {detail}")
         if anchor is not None:
             a_seq, a_hash = anchor
             if (not isinstance(a_seq, int) or isinstance(a_seq, bool) or a_seq < 0
@@ -682,7 +739,7 @@ class AuditLog:
             path=str(self.path), records=walk.last_seq, checkpoints=walk.checkpoints, last_seq=walk.last_seq,
             last_hash=walk.hashes[-1] if walk.hashes else GENESIS, last_checkpoint_seq=walk.last_checkpoint,
             after_checkpoint=walk.last_seq - (walk.last_checkpoint or 0), public_key=pub_hex,
-            torn_tail=len(torn), warnings=tuple(warnings))
+            checkpoint_every=every, torn_tail=len(torn), warnings=tuple(warnings))
 
 
 class _Walk:
@@ -692,8 +749,9 @@ class _Walk:
     so a journal that verifies is parsed exactly once.
     """
 
-    def __init__(self, path: Path, lines: list[bytes], pub_hex: str | None, pub_source: str) -> None:
+    def __init__(self, path: Path, lines: list[bytes], pub_hex: str | None, pub_source: str, every: int) -> None:
         self.path, self.lines, self.pub_hex, self.pub_source = path, lines, pub_hex, pub_source
+        self.every = every
         self.hashes: list[str] = []  # hashes[seq - 1]
         self.lines_of: list[int] = []  # line number of each seq
         self.checkpoints = 0
@@ -723,8 +781,14 @@ class _Walk:
                 raise self._fail(expected, "modified", f"its content no longer matches its hash{claim}", line)
             if seq != expected or rec["prev"] != last:
                 raise self._classify(i, rec, expected, last)
+            due = _checkpoint_due(seq, self.every)
             if rec["event"] == CHECKPOINT:
-                self._checkpoint(rec, line)
+                self._checkpoint(rec, line, due)
+            elif due:
+                raise self._fail(seq, "missing checkpoint", f"a CHECKPOINT is due at seq {seq} (checkpoint_every="
+                                 f"{self.every}: after every {self.every} records) but it holds {rec['event']}: "
+                                 "checkpoints were removed and the chain re-hashed, or the journal was written with "
+                                 f"another interval{self._interval_hint()}", line)
             self.hashes.append(rec["hash"])
             self.lines_of.append(line)
 
@@ -781,7 +845,15 @@ class _Walk:
         return self._fail(expected - 1, "modified", f"it was altered and its hash recomputed: seq {expected} "
                           f"(line {line}) links to a different hash", self.lines_of[-1])
 
-    def _checkpoint(self, rec: dict[str, Any], line: int) -> None:
+    def _interval_hint(self) -> str:
+        """Failure path: the interval a later checkpoint claims, if it is not ours."""
+        for _, rec in self._records(0):
+            every = rec.get("every")
+            if rec["event"] == CHECKPOINT and _is_count(every) and every != self.every:
+                return f" (its checkpoints say checkpoint_every={every})"
+        return ""
+
+    def _checkpoint(self, rec: dict[str, Any], line: int, due: bool) -> None:
         seq = rec["seq"]
         bad = "bad checkpoint signature"
         if self.pub_hex is None:
@@ -800,8 +872,30 @@ class _Walk:
                 bytes.fromhex(sig), checkpoint_message(seq - 1, rec["prev"]))
         except InvalidSignature:
             raise self._fail(seq, bad, "the Ed25519 signature does not verify", line) from None
+        every = rec.get("every")
+        if not _is_count(every) or every != self.every:
+            claim = f"written with checkpoint_every={every}" if _is_count(every) else "it records no valid interval"
+            raise self._fail(seq, "checkpoint interval", f"{claim}, verified with checkpoint_every={self.every}: "
+                             "verify with the interval the writers use", line)
+        if not due:
+            raise self._fail(seq, "unexpected checkpoint", f"none is due at seq {seq} with checkpoint_every="
+                             f"{self.every} (they sit at multiples of {self.every + 1})", line)
         self.checkpoints += 1
         self.last_checkpoint = seq
+
+
+def _checkpoint_due(seq: int, every: int) -> bool:
+    """Whether record ``seq`` must be a CHECKPOINT: one after every ``every`` records.
+
+    Example:
+        >>> [s for s in range(1, 13) if _checkpoint_due(s, 5)]
+        [6, 12]
+    """
+    return seq % (every + 1) == 0
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _coerce_public_key(key: bytes | str) -> str:

@@ -62,7 +62,7 @@ key                                       default                 meaning
 ``channel.rekey_after``                   ``1h``                  rekey after this long (> 0)
 ``audit.checkpoint_every``                ``100``                 records per signed checkpoint
                                                                   (>= 1)
-``audit.auth_fail_per_minute``            ``10``                  auth failures/min before an alert
+``audit.auth_fail_per_minute``            ``10``                  CRYPTO_FAIL_AUTH records kept per minute (>= 1)
 ========================================  ======================  ===================================
 
 ``keyring.max_encryptions`` defaults: 2^32 for AES-128-GCM, AES-256-GCM and CHACHA20-POLY1305
@@ -124,7 +124,6 @@ KekProvider = Literal["file", "pkcs11"]
 #: for the life of the process).
 EMERGENCY_KEYS: frozenset[str] = frozenset({
     "engine.policy.forbid", "engine.policy.allow",
-    "approvals.revoke", "approvals.destroy", "approvals.emergency_revoke",
     "hotpatch.max_slowdown", "hotpatch.canary_share",
 })
 
@@ -524,7 +523,7 @@ _SECTIONS: dict[str, tuple[type, tuple[_Field, ...]]] = {
     )),
     "audit": (AuditConfig, (
         _Field("checkpoint_every", "checkpoint_every", _count(1)),
-        _Field("auth_fail_per_minute", "auth_fail_per_minute", _count()),
+        _Field("auth_fail_per_minute", "auth_fail_per_minute", _count(1)),
     )),
 }
 
@@ -553,13 +552,27 @@ def _dump(obj: object, schema: tuple[_Field, ...]) -> dict[str, Any]:
     return {f.key: f.dump(getattr(obj, f.attr)) for f in schema}
 
 
+def safe_max_encryptions(algorithm: str) -> int:
+    """The most encryptions one key may safely make with ``algorithm`` (random nonces).
+
+    2^32 for 96-bit random nonces (AES-GCM, ChaCha20-Poly1305: NIST SP 800-38D 8.3), 2^48 for
+    AES-GCM-SIV (nonce-misuse resistant), unbounded for 192/256-bit nonces.
+    """
+    return _default_max_encryptions()[algorithm]
+
+
 def _max_encryptions(data: object, key: str) -> Mapping[str, int]:
     _expect(data, Mapping, key)
     merged = dict(_default_max_encryptions())
     count = _count(1)
     for name, limit in cast("Mapping[Any, Any]", data).items():
         algo = _aead(name, f"{key}.{name}")
-        merged[algo.value] = count(limit, f"{key}.{name}")
+        value = count(limit, f"{key}.{name}")
+        # Lower is allowed (rotate sooner); higher would let random nonces repeat.
+        if value > safe_max_encryptions(algo.value):
+            raise PolicyError(f"config key '{key}.{name}': {value} exceeds the safe bound "
+                              f"{safe_max_encryptions(algo.value)} for random nonces")
+        merged[algo.value] = value
     return MappingProxyType(merged)
 
 

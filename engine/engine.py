@@ -156,6 +156,11 @@ class Engine:
         with self._lock:
             self._fault_listeners = (*self._fault_listeners, listener)
 
+    def remove_fault_listener(self, listener: Callable[[str, str, BaseException], None]) -> None:
+        """Stop calling ``listener``."""
+        with self._lock:
+            self._fault_listeners = tuple(f for f in self._fault_listeners if f != listener)
+
     def _report_fault(self, provider: str, operation: str, exc: BaseException) -> None:
         for listener in self._fault_listeners:
             listener(provider, operation, exc)

@@ -8,6 +8,7 @@ end of a ``with`` block, and never appear in ``repr``, ``str``, pickles, logs or
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hmac
 from types import TracebackType
@@ -141,6 +142,14 @@ class SecretBytes:
 
     def __bool__(self) -> bool:
         return not self._wiped and len(self._buf) > 0
+
+    def __del__(self) -> None:
+        # A secret dropped without wipe() is still zeroed when collected: callers that share a
+        # SecretBytes across threads can let the last holder's reference end its life.
+        buf = getattr(self, "_buf", None)
+        if buf:
+            with contextlib.suppress(Exception):
+                secure_wipe(buf)
 
     def __reduce_ex__(self, protocol: object) -> NoReturn:
         raise TypeError("SecretBytes cannot be pickled")

@@ -95,12 +95,13 @@ def test_the_log_is_the_documented_chain(log: AuditLog, path: Path) -> None:
         if rec["event"] == "CHECKPOINT":
             assert (rec["signed_seq"], rec["signed_hash"]) == (rec["seq"] - 1, recs[i - 1]["hash"])
             assert rec["key"] == path.with_suffix(".pub").read_text().strip()
+            assert rec["every"] == 5  # the interval it was written with
             pub.verify(bytes.fromhex(rec["sig"]), checkpoint_message(rec["signed_seq"], rec["signed_hash"]))
         else:
             assert {"event", "time", "seq", "prev", "hash", "i", "sha256", "operator"} == set(rec)
     report = log.verify()
     assert (report.records, report.checkpoints, report.last_seq) == (14, 2, 14)
-    assert (report.last_checkpoint_seq, report.after_checkpoint) == (12, 2)
+    assert (report.last_checkpoint_seq, report.after_checkpoint, report.checkpoint_every) == (12, 2, 5)
     assert report.last_hash == recs[-1]["hash"]
     assert report.torn_tail == 0
     assert report.warnings == ()
@@ -272,6 +273,113 @@ def test_rewriting_history_behind_a_checkpoint_is_caught_by_its_signature(log: A
     expect_tamper(log, 6, "bad checkpoint signature")
 
 
+def sign_checkpoint(path: Path, rec: dict[str, Any]) -> None:
+    """What an attacker holding ``audit.key`` does: re-sign a checkpoint for its (new) place."""
+    sk = Ed25519PrivateKey.from_private_bytes(path.with_suffix(".key").read_bytes())
+    rec["signed_seq"], rec["signed_hash"] = rec["seq"] - 1, rec["prev"]
+    rec["sig"] = sk.sign(checkpoint_message(rec["signed_seq"], rec["signed_hash"])).hex()
+
+
+def rechain_signing(path: Path, recs: list[dict[str, Any]], start: int = 0) -> None:
+    """rechain(), renumbering, and re-signing every checkpoint with the genuine key."""
+    for i in range(start, len(recs)):
+        recs[i]["seq"] = i + 1
+        recs[i]["prev"] = recs[i - 1]["hash"] if i else GENESIS
+        if recs[i]["event"] == "CHECKPOINT":
+            sign_checkpoint(path, recs[i])
+        recs[i]["hash"] = rehash(recs[i])
+
+
+def test_stripping_the_checkpoints_and_rewriting_history_is_detected(log: AuditLog, path: Path) -> None:
+    # Review finding M1: without the position check this verified with 0 checkpoints, no warning.
+    recs = [r for r in read(path) if r["event"] != "CHECKPOINT"]
+    assert len(recs) == 12
+    recs[0]["operator"] = "mallory"  # record 1
+    rechain(recs, renumber=True)
+    write(path, recs)
+    e = expect_tamper(log, 6, "missing checkpoint")  # the first due seq (checkpoint_every=5)
+    assert e.line == 6
+    assert "holds PATCH_LOAD" in str(e)
+
+
+def test_stripping_a_single_checkpoint_is_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    del recs[11]  # the checkpoint at seq 12; 13 and 14 renumbered to 12 and 13
+    rechain(recs, 11, renumber=True)
+    write(path, recs)
+    expect_tamper(log, 12, "missing checkpoint")
+
+
+def test_a_checkpoint_at_a_position_that_is_not_due_is_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    # A copy of a genuine checkpoint, moved: its signature covers another record.
+    recs.insert(2, dict(recs[5]))
+    rechain(recs, 2, renumber=True)
+    write(path, recs)
+    expect_tamper(log, 3, "bad checkpoint signature")
+    # Correctly signed with the genuine key (which sits next to the log) and every=5: the
+    # position alone gives it away.
+    sign_checkpoint(path, recs[2])
+    rechain(recs, 2)
+    write(path, recs)
+    e = expect_tamper(log, 3, "unexpected checkpoint")
+    assert "multiples of 6" in str(e)
+
+
+def test_an_extra_checkpoint_appended_at_the_end_is_detected(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    extra = {**recs[11], "seq": 15, "prev": recs[-1]["hash"]}
+    sign_checkpoint(path, extra)
+    extra["hash"] = rehash(extra)
+    write(path, [*recs, extra])
+    expect_tamper(log, 15, "unexpected checkpoint")
+
+
+def test_a_log_written_with_another_interval_does_not_verify(path: Path) -> None:
+    writer = AuditLog(path, checkpoint_every=5)
+    for i in range(12):
+        writer.record("PATCH_LOAD", i=i)
+    assert writer.verify().checkpoints == 2
+    # The verifier expects fewer checkpoints: the first one it meets names both intervals.
+    e = expect_tamper(AuditLog(path, checkpoint_every=10), 6, "checkpoint interval")
+    assert "checkpoint_every=5" in str(e) and "checkpoint_every=10" in str(e)
+    expect_tamper(AuditLog(path), 6, "checkpoint interval", checkpoint_every=10)
+    assert AuditLog(path).verify(checkpoint_every=5).checkpoints == 2
+    # It expects more: a due position holds an ordinary record.
+    e = expect_tamper(writer, 4, "missing checkpoint", checkpoint_every=3)
+    assert "its checkpoints say checkpoint_every=5" in str(e)
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(PolicyError):
+            writer.verify(checkpoint_every=bad)  # type: ignore[arg-type]
+
+
+def test_a_checkpoint_without_its_interval_does_not_verify(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    del recs[5]["every"]  # the field is not signed; only the verifier's interval counts
+    rechain(recs, 5)
+    write(path, recs)
+    e = expect_tamper(log, 6, "checkpoint interval")
+    assert "no valid interval" in str(e)
+
+
+def test_an_attacker_holding_the_key_is_caught_only_by_an_anchor(log: AuditLog, path: Path) -> None:
+    # The documented limit: the key lives next to the log, so a home-writer can re-sign.
+    anchor = log.verify()
+    seq3_hash = read(path)[2]["hash"]
+    pinned = read_public_key(path.with_suffix(".pub"))
+    recs = [r for r in read(path) if r["event"] != "CHECKPOINT"]
+    recs[0]["operator"] = "mallory"
+    for at in (5, 11):  # checkpoints back where they are due
+        recs.insert(at, {"seq": 0, "time": recs[at - 1]["time"], "event": "CHECKPOINT", "key": pinned.hex(),
+                         "every": 5})
+    rechain_signing(path, recs)
+    write(path, recs)
+    assert log.verify().checkpoints == 2
+    assert log.verify(public_key=pinned).checkpoints == 2  # same key: pinning cannot tell
+    expect_tamper(log, 14, "modified", anchor=(anchor.last_seq, anchor.last_hash))
+    expect_tamper(log, 3, "modified", anchor=(3, seq3_hash))  # any earlier exported state will do
+
+
 def test_a_forged_checkpoint_signature_is_detected(log: AuditLog, path: Path) -> None:
     recs = read(path)
     sig = bytearray.fromhex(recs[11]["sig"])
@@ -303,7 +411,7 @@ def test_a_checkpoint_signed_by_another_key_is_detected(log: AuditLog, path: Pat
     assert log.verify().checkpoints == 2
     expect_tamper(log, 6, "bad checkpoint signature", public_key=pinned)
     expect_tamper(log, 6, "bad checkpoint signature", public_key=pinned.hex())
-    assert AuditLog(path).verify(public_key=mallory_pub).warnings == ()
+    assert AuditLog(path, checkpoint_every=5).verify(public_key=mallory_pub).warnings == ()
     # ...and the journal refuses to sign further checkpoints with a key that .pub disowns.
     with pytest.raises(KeyError_, match="does not match the signing key"):
         AuditLog(path).record("PATCH_LOAD")
@@ -430,6 +538,39 @@ def test_a_record_missing_only_its_newline_is_kept(log: AuditLog, path: Path) ->
     assert log.verify(strict=True).last_seq == 16
 
 
+def test_a_crash_between_a_record_and_its_checkpoint_warns_and_is_caught_up(log: AuditLog, path: Path) -> None:
+    recs = read(path)
+    write(path, recs[:11])  # the append of seq 11 + CHECKPOINT 12 kept only its first line
+    report = log.verify()
+    assert (report.last_seq, report.torn_tail) == (11, 0)
+    assert [w.split(":")[0] for w in report.warnings] == ["missing checkpoint"]
+    e = expect_tamper(log, 12, "missing checkpoint", strict=True)
+    assert "ends at seq 11" in str(e)
+    rec = log.record("PATCH_ENABLE")
+    after = read(path)
+    assert (after[11]["seq"], after[11]["event"], after[11]["signed_seq"]) == (12, "CHECKPOINT", 11)
+    assert after[11]["every"] == 5
+    assert rec["seq"] == 13
+    assert log.verify(strict=True).checkpoints == 2
+
+
+@pytest.mark.parametrize("torn", ["checkpoint", "newline"])
+def test_a_torn_append_before_a_checkpoint_is_repaired_with_the_checkpoint_first(log: AuditLog, path: Path,
+                                                                                torn: str) -> None:
+    recs = read(path)
+    data = b"".join(canon(r) + b"\n" for r in recs[:11])
+    # Cut in the middle of the CHECKPOINT line, or only the newline of seq 11 is missing.
+    path.write_bytes(data + canon(recs[11])[:40] if torn == "checkpoint" else data[:-1])
+    report = log.verify()
+    assert report.torn_tail > 0
+    log.record("PATCH_ENABLE")
+    after = read(path)
+    assert [r["event"] for r in after[10:]] == ["PATCH_LOAD", "CHECKPOINT", "AUDIT_REPAIRED", "PATCH_ENABLE"]
+    assert after[12]["action"] == ("truncated" if torn == "checkpoint" else "completed")
+    report = log.verify(strict=True)
+    assert (report.last_seq, report.checkpoints, report.warnings) == (14, 2, ())
+
+
 def test_a_log_that_is_only_a_torn_line_is_repaired(path: Path) -> None:
     path.write_bytes(b'{"seq":1,"ev')
     log = AuditLog(path)
@@ -470,7 +611,7 @@ def test_two_processes_append_concurrently(path: Path) -> None:
         p.stdin.close()
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
 
-    report = AuditLog(path).verify()
+    report = AuditLog(path, checkpoint_every=7).verify()  # the writers' interval
     recs = read(path)
     writes = [r for r in recs if r["event"] == "TEST_WRITE"]
     assert len(writes) == 400

@@ -222,7 +222,7 @@ OVERRIDES: list[tuple[str, Any, Any]] = [
     ("channel.rekey_after_bytes", "1MiB", 1024**2),
     ("channel.rekey_after", "30m", 1800.0),
     ("audit.checkpoint_every", 1, 1),
-    ("audit.auth_fail_per_minute", 0, 0),
+    ("audit.auth_fail_per_minute", 1, 1),
 ]
 _ATTRS = {"dual_window": "dual_window_seconds", "request_ttl": "request_ttl_seconds",
           "timeout": "timeout_seconds", "memory": "memory_bytes", "settle": "settle_seconds",
@@ -361,7 +361,10 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("rekey-bytes-0", {"channel": {"rekey_after_bytes": "0KiB"}}, "'channel.rekey_after_bytes': must be > 0"),
     ("rekey-after-str", {"channel": {"rekey_after": "soon"}}, "'channel.rekey_after': expected a duration"),
     ("checkpoint-0", {"audit": {"checkpoint_every": 0}}, "'audit.checkpoint_every': must be >= 1"),
-    ("auth-fail-neg", {"audit": {"auth_fail_per_minute": -3}}, "'audit.auth_fail_per_minute': must be >= 0"),
+    ("auth-fail-neg", {"audit": {"auth_fail_per_minute": -3}}, "'audit.auth_fail_per_minute': must be >= 1"),
+    ("auth-fail-zero", {"audit": {"auth_fail_per_minute": 0}}, "'audit.auth_fail_per_minute': must be >= 1"),
+    ("max-enc-above-safe", {"keyring": {"max_encryptions": {"AES-256-GCM": 2**33}}},
+     "exceeds the safe bound 4294967296 for random nonces"),
     ("root-not-mapping", [], "'config': expected Mapping"),  # type: ignore[list-item]
 ]
 
@@ -539,9 +542,6 @@ def test_alias_bomb_is_cheap(tmp_path: Path) -> None:
 EMERGENCY_CASES: list[tuple[str, Any, Any]] = [
     ("engine.policy.forbid", ["sha1", "aes128"], ["sha1", "aes128"]),
     ("engine.policy.allow", ["aead.*"], ["aead.*"]),
-    ("approvals.revoke", 5, 5),
-    ("approvals.destroy", 3, 3),
-    ("approvals.emergency_revoke", 1, 1),
     ("hotpatch.max_slowdown", 1.5, 1.5),
     ("hotpatch.canary_share", 0, 0.0),
 ]
@@ -574,16 +574,18 @@ def test_emergency_forbid_takes_effect_on_the_new_policy_only() -> None:
 
 def test_emergency_change_writes_the_real_audit_log(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "audit.log")
-    XpsConfig.defaults().emergency_change("approvals.destroy", 2, operator="carol", reason="incident 7", audit=log)
+    XpsConfig.defaults().emergency_change("hotpatch.max_slowdown", 1.5, operator="carol", reason="incident 7",
+                                          audit=log)
     (rec,) = log.tail()
     assert rec["event"] == "CONFIG_EMERGENCY_CHANGE"
     assert (rec["key"], rec["old"], rec["new"], rec["operator"], rec["reason"]) == (
-        "approvals.destroy", 0, 2, "carol", "incident 7")
+        "hotpatch.max_slowdown", 2.0, 1.5, "carol", "incident 7")
 
 
 @pytest.mark.parametrize("key", ["keyring.dual_window", "engine.nonce", "engine.providers", "keyring.kek.provider",
                                  "channel.rekey_after", "approvals.request_ttl", "hotpatch.timeout", "engine.policy",
-                                 "approvals", "nope", ""])
+                                 "approvals", "approvals.revoke", "approvals.destroy", "approvals.emergency_revoke",
+                                 "nope", ""])
 def test_emergency_change_refuses_other_keys(key: str) -> None:
     audit = Recorder()
     with pytest.raises(PolicyError, match=re.escape(f"config key {key!r}: not changeable at runtime")):
@@ -593,12 +595,11 @@ def test_emergency_change_refuses_other_keys(key: str) -> None:
 
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("engine.policy.forbid", "sha1", "'engine.policy.forbid': expected a list of strings"),
-    ("approvals.destroy", -1, "'approvals.destroy': must be >= 0"),
-    ("approvals.revoke", True, "'approvals.revoke': expected an integer"),
-    ("approvals.emergency_revoke", 3, "'approvals.emergency_revoke': must be <= approvals.revoke"),
+    ("engine.policy.allow", [1], "'engine.policy.allow': expected a list of strings"),
+    ("hotpatch.max_slowdown", True, "'hotpatch.max_slowdown': expected a number"),
     ("hotpatch.max_slowdown", 0.9, "'hotpatch.max_slowdown': must be >= 1"),
     ("hotpatch.canary_share", 2, "'hotpatch.canary_share': must be in [0, 1]"),
-], ids=["forbid-type", "negative", "bool", "cross-check", "slowdown", "share"])
+], ids=["forbid-type", "allow-type", "bool", "slowdown", "share"])
 def test_emergency_change_validates_like_loading(key: str, value: Any, message: str) -> None:
     audit = Recorder()
     with pytest.raises(PolicyError, match=re.escape(message)):
@@ -610,7 +611,7 @@ def test_emergency_change_needs_operator_and_reason() -> None:
     audit = Recorder()
     for operator, reason in (("", "r"), ("alice", " ")):
         with pytest.raises(PolicyError, match="must be a non-empty string"):
-            XpsConfig.defaults().emergency_change("approvals.destroy", 1, operator=operator, reason=reason,
+            XpsConfig.defaults().emergency_change("hotpatch.max_slowdown", 1.5, operator=operator, reason=reason,
                                                   audit=audit)
     assert audit.events == []
 
@@ -622,8 +623,8 @@ def test_emergency_change_fails_closed_when_audit_fails() -> None:
 
     cfg = XpsConfig.defaults()
     with pytest.raises(OSError, match="disk full"):
-        cfg.emergency_change("approvals.destroy", 1, operator="a", reason="r", audit=Broken())
-    assert cfg.approvals.destroy == 0
+        cfg.emergency_change("hotpatch.max_slowdown", 1.5, operator="a", reason="r", audit=Broken())
+    assert cfg.hotpatch.max_slowdown == 2.0
 
 
 def test_get_names_unknown_keys() -> None:

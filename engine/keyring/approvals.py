@@ -50,27 +50,59 @@ class OperatorRegistry:
 
     @classmethod
     def load(cls, path: str | Path) -> OperatorRegistry:
-        """Read the registry; a missing file is empty."""
+        """Read the registry; a missing file is empty, any malformation a PolicyError naming the file."""
         p = Path(path)
+        where = f"operators {str(p)!r}"
         try:
             doc = json.loads(p.read_bytes())
         except FileNotFoundError:
             return cls()
-        except (OSError, ValueError) as exc:
-            raise PolicyError(f"operators {str(p)!r}: unreadable ({exc})") from None
-        keys = {}
-        for entry in doc.get("operators", []):
-            pk = bytes.fromhex(entry["public_key"])
-            if key_id(pk) != entry["keyid"]:
-                raise PolicyError(f"operators {str(p)!r}: key {entry['keyid'][:12]} does not match its public key")
-            keys[entry["keyid"]] = (pk, entry.get("label", ""))
+        except OSError as exc:
+            raise PolicyError(f"{where}: unreadable ({exc.strerror})") from None
+        except ValueError as exc:  # also UnicodeDecodeError
+            raise PolicyError(f"{where}: not JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise PolicyError(f"{where}: expected a JSON object, got {type(doc).__name__}")
+        if doc.get("format") != 1:
+            raise PolicyError(f"{where}: format must be 1, got {doc.get('format')!r}")
+        entries = doc.get("operators")
+        if not isinstance(entries, list):
+            raise PolicyError(f"{where}: 'operators' must be a list")
+        keys: dict[str, tuple[bytes, str]] = {}
+        for i, entry in enumerate(entries):
+            at = f"{where}: operators[{i}]"
+            if not isinstance(entry, dict):
+                raise PolicyError(f"{at}: expected an object")
+            kid, pk_hex, label = entry.get("keyid"), entry.get("public_key"), entry.get("label", "")
+            if not isinstance(kid, str) or not kid:
+                raise PolicyError(f"{at}: 'keyid' must be a non-empty string")
+            if not isinstance(pk_hex, str) or len(pk_hex) != 64:
+                raise PolicyError(f"{at}: 'public_key' must be 64 hex digits")
+            try:
+                pk = bytes.fromhex(pk_hex)
+            except ValueError:
+                raise PolicyError(f"{at}: 'public_key' must be 64 hex digits") from None
+            if not isinstance(label, str):
+                raise PolicyError(f"{at}: 'label' must be a string")
+            if key_id(pk) != kid:
+                raise PolicyError(f"{at}: key {kid[:12]!r} does not match its public key")
+            if kid in keys:
+                raise PolicyError(f"{at}: key {kid[:12]!r} is listed twice")
+            keys[kid] = (pk, label)
         return cls(MappingProxyType(keys))
 
     def save(self, path: str | Path) -> None:
         """Write atomically."""
         doc = {"format": 1, "operators": [{"keyid": k, "public_key": pk.hex(), "label": label}
                                           for k, (pk, label) in sorted(self.keys.items())]}
-        atomic_write(Path(path), json.dumps(doc, indent=1).encode() + b"\n")
+        _write(Path(path), "operators", json.dumps(doc, indent=1).encode() + b"\n", 0o600)
+
+
+def _write(path: Path, what: str, data: bytes, mode: int) -> None:
+    try:
+        atomic_write(path, data, mode)
+    except OSError as exc:
+        raise PolicyError(f"{what} {str(path)!r}: cannot write ({exc.strerror})") from None
 
 
 @dataclass(frozen=True)
@@ -160,4 +192,4 @@ class Approvals:
 
     def save(self, path: str | Path) -> None:
         """Write atomically (readable by the approvers who pass it along)."""
-        atomic_write(Path(path), json.dumps(self.to_json(), indent=1).encode() + b"\n", 0o644)
+        _write(Path(path), "approvals", json.dumps(self.to_json(), indent=1).encode() + b"\n", 0o644)

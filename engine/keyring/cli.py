@@ -23,13 +23,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from xpscerpto._atomic import atomic_write
 from xpscerpto.config import XpsConfig
 from xpscerpto.engine import Engine
+from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.home import Home
 from xpscerpto.signing import load_private_key
 
 from .approvals import ApprovalRequest, Approvals, OperatorRegistry
-from .keyring import KeyInfo, Keyring, rewrap_files
+from .keyring import KeyInfo, Keyring
 
 __all__ = ["add_key_commands"]
 
@@ -105,9 +107,72 @@ def cmd_key(args: argparse.Namespace) -> int:
         elif action == "decrypt":
             sys.stdout.buffer.write(ring.decrypt(sys.stdin.buffer.read(), args.aad.encode()))
         elif action == "rewrap":
-            changed = rewrap_files(ring, [Path(f) for f in args.files], args.aad.encode())
+            changed = _rewrap_files(ring, [Path(f) for f in args.files], args.aad.encode())
             print(f"rewrapped {changed} of {len(args.files)} file(s)")
     return 0
+
+
+_BAR = 30
+
+
+class _Progress:
+    """``(done, total)`` callback of :meth:`Keyring.rewrap`: a bar on stderr, if wanted.
+
+    Drawn when stderr is a terminal or for more than 1,000 files; at most ~100 redraws.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.show = total > 0 and (total > 1000 or sys.stderr.isatty())
+        self._step = max(1, total // 100)
+        self._open = False  # a bar line without its newline is on screen
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done = done
+        if not self.show or (done % self._step and done != total):
+            return
+        filled = _BAR * done // max(total, 1)
+        sys.stderr.write(f"\rrewrap [{'#' * filled}{'.' * (_BAR - filled)}] {done}/{total}")
+        self._open = done != total
+        if not self._open:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        """End an interrupted bar's line so an error message starts on its own."""
+        if self._open:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self._open = False
+
+
+def _rewrap_files(ring: Keyring, paths: list[Path], aad: bytes) -> int:
+    """Rewrap blobs stored one per file, each replaced atomically; returns how many changed."""
+    blobs = []
+    for path in paths:
+        try:
+            blobs.append(path.read_bytes())
+        except OSError as exc:
+            raise PolicyError(f"rewrap: file {str(path)!r}: cannot read ({exc.strerror})") from None
+    progress = _Progress(len(blobs))
+    try:
+        new = ring.rewrap(blobs, aad, progress=progress)
+    except XpsError as exc:
+        progress.close()
+        # The callback ran once per finished blob, so the failing one is the next.
+        where = f"file {str(paths[progress.done])!r}" if progress.done < len(paths) else "files"
+        raise XpsError(f"rewrap: {where}: {exc.args[0]}", code=exc.code, reason=exc.reason) from None
+    changed = 0
+    for path, old, blob in zip(paths, blobs, new, strict=True):
+        if blob != old:
+            try:
+                atomic_write(path, blob, 0o600)
+            except OSError as exc:
+                raise PolicyError(f"rewrap: file {str(path)!r}: cannot write ({exc.strerror}); "
+                                  f"{changed} file(s) before it were rewrapped") from None
+            changed += 1
+    return changed
 
 
 def cmd_operator(args: argparse.Namespace) -> int:

@@ -22,7 +22,6 @@ import os
 import re
 import sqlite3
 import struct
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,30 +30,25 @@ from pathlib import Path
 from typing import NoReturn
 
 from xpscerpto.audit import AuditLog
-from xpscerpto.config import ApprovalsConfig, AuditConfig, KeyringConfig
+from xpscerpto.config import ApprovalsConfig, AuditConfig, KeyringConfig, parse_duration, safe_max_encryptions
 from xpscerpto.engine import Engine, KeyedAead
-from xpscerpto.errors import AuthError, KeyError_, PolicyError, XpsError
+from xpscerpto.errors import KeyError_, PolicyError, XpsError
 from xpscerpto.home import Home
 from xpscerpto.secret import SecretBytes
 
 from .approvals import Approvals, OperatorRegistry
-from .envelope import CODES, HEADER, NONCE_SIZES, parse
-from .kek import KekProvider, open_kek
+from .envelope import CODES, HEADER, NONCE_SIZES, _opaque, parse
+from .kek import KekProvider, _random_secret, open_kek
 from .states import Action, KeyState, VersionState, decrypt_deadline, key_after, version_after
 from .store import KeyRow, Store, VersionRow
 
 __all__ = ["KeyInfo", "Keyring", "VersionInfo", "parse_policy"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_DURATION = re.compile(r"(\d+)([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
 _urandom = os.urandom
 _unpack = HEADER.unpack_from
 _ct_eq = hmac.compare_digest  # constant time; both sides are 32-byte bytes here
-
-
-def _opaque() -> AuthError:
-    return AuthError("keyring: decryption failed")
 
 
 def parse_policy(policy: str) -> tuple[float | None, int | None]:
@@ -69,10 +63,13 @@ def parse_policy(policy: str) -> tuple[float | None, int | None]:
         if field == "rotate":
             if value == "never":
                 rotate = None
-            elif (m := _DURATION.fullmatch(value)) and int(m[1]) > 0:
-                rotate = float(int(m[1]) * _UNITS[m[2]])
             else:
-                raise PolicyError(f"policy.rotate: expected a duration like 90d or 'never', got {value!r}")
+                try:
+                    rotate = parse_duration(value, "policy.rotate")
+                except PolicyError:
+                    rotate = 0.0
+                if rotate <= 0:
+                    raise PolicyError(f"policy.rotate: expected a positive duration like 90d or 'never', got {value!r}")
         elif field == "max_encryptions":
             if not value.isdigit() or int(value) < 1:
                 raise PolicyError(f"policy.max_encryptions: expected a positive integer, got {value!r}")
@@ -178,7 +175,7 @@ class Keyring:
         k = self.config.kek
         self.kek = kek or open_kek(k.provider, self.home.root, path=k.path, module=k.module,
                                    token_label=k.token_label, pin_env=k.pin_env, key_label=k.key_label)
-        self.audit = audit or AuditLog(self.home.audit)
+        self.audit = audit or AuditLog(self.home.audit, checkpoint_every=self.audit_config.checkpoint_every)
         self.store = Store(self.home.root / self.config.database)
         self.operators_path = self.home.root / "operators.json"
         self.clock = clock
@@ -186,13 +183,17 @@ class Keyring:
         self._lock = threading.RLock()  # slow paths only: loading, reserving, transitions
         self._active: dict[str, _Handle] = {}  # name -> the handle that encrypts
         self._handles: dict[tuple[bytes, int], _Handle] = {}  # (key id, version) -> handle
+        self._misses: dict[tuple[bytes, int], float] = {}  # (key id, version) -> don't look again before
         self._aead = engine.aead
 
     # -- the AEAD ---------------------------------------------------------------------------
 
     def encrypt(self, name: str, plaintext: bytes, aad: bytes = b"") -> bytes:
         """Encrypt under the active version of key ``name``; returns the self-describing blob."""
-        h = self._active.get(name)
+        try:
+            h = self._active.get(name)
+        except TypeError:
+            raise KeyError_(f"name: expected str, got {type(name).__name__}") from None
         now = self.clock()
         # The counter runs from minus the reserved block up to zero: one atomic step per call.
         if h is None or now >= h.recheck_at or next(h.counter) >= 0:
@@ -215,7 +216,8 @@ class Keyring:
         h = self._handles.get((key_id, version))
         now = self.clock()
         if h is None or now >= h.recheck_at:
-            h = self._decrypting_handle(key_id, version, now)
+            miss = self._misses.get((key_id, version))
+            h = None if miss is not None and now < miss else self._decrypting_handle(key_id, version, now)
         # decrypt_until folds Appendix A into one number: +inf for the active version, the end
         # of the dual-key window for a retired one, -inf for anything unusable.
         if h is None or now >= h.decrypt_until or fmt != 1 or code != h.code or not _ct_eq(h.commitment, commitment):
@@ -240,13 +242,14 @@ class Keyring:
                                            key_id=key_id.hex(), version=version)
         raise _opaque()
 
-    def rewrap(self, blobs: Sequence[bytes], aad: bytes = b"", *, progress: bool | None = None) -> list[bytes]:
+    def rewrap(self, blobs: Sequence[bytes], aad: bytes = b"", *,
+               progress: Callable[[int, int], None] | None = None) -> list[bytes]:
         """Re-encrypt blobs under their key's newest version (those already there are kept).
 
-        A progress bar goes to stderr when ``progress`` is true, or by default for more than
-        1,000 blobs on a terminal.
+        ``progress(done, total)`` is called after each blob (the CLI draws a bar with it).
         """
-        show = progress if progress is not None else (len(blobs) > 1000 and sys.stderr.isatty())
+        if not isinstance(blobs, list | tuple):
+            raise PolicyError(f"blobs: expected a list of blobs, got {type(blobs).__name__}")
         out: list[bytes] = []
         for i, blob in enumerate(blobs, 1):
             env = parse(blob)
@@ -258,11 +261,8 @@ class Keyring:
                 plaintext = self.decrypt(blob, aad)  # raises the opaque error for unusable keys
                 assert row is not None
                 out.append(self.encrypt(row.name, plaintext, aad))
-            if show and (i % 100 == 0 or i == len(blobs)):
-                done = int(30 * i / len(blobs))
-                sys.stderr.write(f"\rrewrap [{'#' * done}{'.' * (30 - done)}] {i}/{len(blobs)}")
-                if i == len(blobs):
-                    sys.stderr.write("\n")
+            if progress is not None:
+                progress(i, len(blobs))
         return out
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -275,12 +275,17 @@ class Keyring:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise PolicyError(f"name: expected {_NAME.pattern}, got {name!r}")
         algorithm = algorithm or self.config.default_algorithm
-        if algorithm not in CODES:
+        if not isinstance(algorithm, str) or algorithm not in CODES:
             raise PolicyError(f"algorithm: {algorithm!r} is not a keyring AEAD ({', '.join(CODES)})")
+        if _KEY_ID.fullmatch(name):
+            raise PolicyError(f"name: {name!r} looks like a key id; names and ids share one namespace")
         policy = policy if policy is not None else self.config.default_policy
+        if not isinstance(policy, str):
+            raise PolicyError(f"policy: expected a string like 'rotate=90d', got {type(policy).__name__}")
         rotate_every, max_enc = parse_policy(policy)
-        # SQLite integers are signed 64-bit; 2^63 - 1 encryptions is "unlimited" in practice.
-        max_enc = min(max_enc or self.config.max_encryptions.get(algorithm, 2**32), 2**63 - 1)
+        # Never above the random-nonce bound of the algorithm, whatever the policy asks; and
+        # SQLite integers are signed 64-bit (2^63 - 1 is "unlimited" in practice).
+        max_enc = min(max_enc or self.config.max_encryptions[algorithm], safe_max_encryptions(algorithm), 2**63 - 1)
         now = self.clock()
         key_id = _urandom(8).hex()
         with self._lock:
@@ -294,12 +299,13 @@ class Keyring:
                     db.execute("INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,NULL)",
                                (key_id, name, algorithm, policy, rotate_every, max_enc, KeyState.ACTIVE, now, now))
                     self._insert_version(db, key_id, algorithm, 1, now)
+                    # Journaled inside the transaction: if the journal refuses, nothing happened.
+                    self.audit.record("KEY_CREATE", key_id=key_id, name=name, algorithm=algorithm, policy=policy,
+                                      version=1, operator=self.operator)
             except sqlite3.IntegrityError:  # another process created the same name first
                 existing = self.store.key(name)
                 assert existing is not None
                 return existing.key_id
-        self.audit.record("KEY_CREATE", key_id=key_id, name=name, algorithm=algorithm, policy=policy,
-                          version=1, operator=self.operator)
         return key_id
 
     def rotate(self, ref: str, *, expected_version: int | None = None, reason: str = "manual") -> int:
@@ -322,9 +328,9 @@ class Keyring:
                 new = active.version + 1
                 self._insert_version(db, row.key_id, row.algorithm, new, now)
                 db.execute("UPDATE keys SET updated = ? WHERE key_id = ?", (now, row.key_id))
+                self.audit.record("KEY_ROTATE", key_id=row.key_id, name=row.name, version=new,
+                                  retired=active.version, reason=reason, operator=self.operator)
             self._forget(row.key_id, row.name)
-        self.audit.record("KEY_ROTATE", key_id=row.key_id, name=row.name, version=new, retired=active.version,
-                          reason=reason, operator=self.operator)
         return new
 
     def revoke(self, ref: str, reason: str, *, approvals: Approvals | None = None, emergency: bool = False) -> None:
@@ -338,15 +344,16 @@ class Keyring:
                 if row.state is KeyState.REVOKED:
                     return
                 key_after(row.state, Action.REVOKE)
-                signers = self._check_approvals(db, approvals, required, "revoke", row.key_id, None, emergency)
+                signers = self._check_approvals(db, approvals, required, "revoke", row.key_id, None, emergency,
+                                                reason=reason)
                 now = self.clock()
                 db.execute("UPDATE versions SET state = ?, revoked_at = ? WHERE key_id = ? AND state IN (?, ?)",
                            (VersionState.REVOKED, now, row.key_id, VersionState.ACTIVE, VersionState.RETIRED))
                 db.execute("UPDATE keys SET state = ?, updated = ?, revoke_reason = ? WHERE key_id = ?",
                            (KeyState.REVOKED, now, reason, row.key_id))
+                self.audit.record("KEY_REVOKE", key_id=row.key_id, name=row.name, reason=reason, emergency=emergency,
+                                  approvers=sorted(signers), required_approvals=required, operator=self.operator)
             self._forget(row.key_id, row.name)
-        self.audit.record("KEY_REVOKE", key_id=row.key_id, name=row.name, reason=reason, emergency=emergency,
-                          approvers=sorted(signers), required_approvals=required, operator=self.operator)
 
     def destroy(self, ref: str, *, version: int | None = None, approvals: Approvals | None = None) -> None:
         """Erase material: of one retired/revoked version, or of a revoked key. Idempotent, one-way."""
@@ -375,10 +382,11 @@ class Keyring:
                 if version is None:
                     db.execute("UPDATE keys SET state = ?, updated = ? WHERE key_id = ?",
                                (KeyState.DESTROYED, now, row.key_id))
+                self.audit.record("KEY_DESTROY", key_id=row.key_id, name=row.name,
+                                  version=version if version else "all", approvers=sorted(signers),
+                                  required_approvals=required, operator=self.operator)
             self._forget(row.key_id, row.name)
         self.store.checkpoint()  # the erased wrapped material leaves the WAL as well
-        self.audit.record("KEY_DESTROY", key_id=row.key_id, name=row.name, version=version if version else "all",
-                          approvers=sorted(signers), required_approvals=required, operator=self.operator)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -391,7 +399,10 @@ class Keyring:
                else self.store.active_version(row.key_id))
         if ver is None or ver.wrapped is None:
             raise KeyError_(f"version: key {row.name!r} has no usable version {version or ''}".rstrip())
-        return self._unwrap(row, ver)
+        material = self._unwrap(row, ver)
+        self.audit.record("KEY_EXPORT", key_id=row.key_id, name=row.name, version=ver.version,
+                          operator=self.operator)
+        return material
 
     def list(self) -> list[KeyInfo]:
         """Every key with its versions."""
@@ -420,7 +431,10 @@ class Keyring:
         return key.keyid
 
     def close(self) -> None:
-        """Flush usage counters, wipe cached keys, close the database and the KEK."""
+        """Flush usage counters, wipe cached keys, close the database and the KEK.
+
+        Call it once no other thread uses this keyring any more.
+        """
         self._flush_usage()
         with self._lock:
             for h in self._handles.values():
@@ -449,9 +463,7 @@ class Keyring:
 
     def _insert_version(self, db: sqlite3.Connection, key_id: str, algorithm: str, version: int, now: float) -> None:
         size = 16 if algorithm == "AES-128-GCM" else 32
-        buf = bytearray(size)
-        buf[:] = _urandom(size)
-        with SecretBytes.take(buf) as material:
+        with SecretBytes.take(_random_secret(size)) as material:  # straight into a wipeable buffer
             wrapped = self.kek.wrap(material, self._aad(key_id, version, algorithm))
         db.execute("INSERT INTO versions (key_id, version, state, kek_id, wrapped, created) VALUES (?,?,?,?,?,?)",
                    (key_id, version, VersionState.ACTIVE, self.kek.kek_id, wrapped, now))
@@ -525,7 +537,10 @@ class Keyring:
             row = self.store.key(kid)
             ver = self.store.version(kid, version) if row is not None else None
             if row is None or ver is None or ver.wrapped is None or row.state is not KeyState.ACTIVE:
+                # Remember the miss for a second: forged blobs naming unknown keys must not
+                # cost a lock and database reads each.
                 self._handles.pop((key_id, version), None)
+                self._misses[(key_id, version)] = now + 1.0
                 return None
             h = self._handles.get((key_id, version))
             if h is None:
@@ -542,12 +557,16 @@ class Keyring:
         h.decrypt_until = decrypt_deadline(ver.state, ver.retired_at, self.config.dual_window_seconds)
 
     def _forget(self, key_id: str, name: str) -> None:
-        """Drop (and wipe) cached handles of a key after a transition."""
+        """Drop cached handles of a key after a transition.
+
+        Not wiped here: another thread may be inside encrypt/decrypt with this handle. The key
+        copy is a SecretBytes, zeroed when the last reference (that call's) goes away.
+        """
         kid = bytes.fromhex(key_id)
         self._flush_usage()
         self._active.pop(name, None)
         for k in [k for k in self._handles if k[0] == kid]:
-            self._handles.pop(k).aead.wipe()
+            del self._handles[k]
 
     def _flush_usage(self) -> None:
         with self._lock:
@@ -564,7 +583,8 @@ class Keyring:
                 h.decryptions = 0
 
     def _check_approvals(self, db: sqlite3.Connection, approvals: Approvals | None, required: int, action: str,
-                         key_id: str, version: int | None, emergency: bool) -> frozenset[str]:
+                         key_id: str, version: int | None, emergency: bool, *,
+                         reason: str | None = None) -> frozenset[str]:
         """Verify k-of-n operator approvals for exactly this transition and consume them."""
         if required <= 0 and approvals is None:
             return frozenset()
@@ -575,6 +595,8 @@ class Keyring:
         if (req.action, req.key_id, req.version, req.emergency) != (action, key_id, version, emergency):
             raise PolicyError(f"approvals.request: approves {req.action} of {req.key_id} (version {req.version}, "
                               f"emergency {req.emergency}), not this {action}", reason="approvals")
+        if reason is not None and req.reason != reason:
+            raise PolicyError("approvals.request: approves another reason than the one given", reason="approvals")
         if self.clock() >= req.expires:
             raise PolicyError("approvals.request: expired", reason="approvals")
         signers = approvals.valid_signers(OperatorRegistry.load(self.operators_path))
@@ -598,14 +620,20 @@ class Keyring:
                        row.max_encryptions, row.revoke_reason, versions)
 
 
-def rewrap_files(ring: Keyring, paths: Iterable[Path], aad: bytes = b"") -> int:
+def rewrap_files(ring: Keyring, paths: Iterable[Path], aad: bytes = b"", *,
+                 progress: Callable[[int, int], None] | None = None) -> int:
     """Rewrap blobs stored one per file, atomically in place; returns how many changed."""
     from xpscerpto._atomic import atomic_write
 
     paths = list(paths)
-    blobs = [p.read_bytes() for p in paths]
+    blobs = []
+    for p in paths:
+        try:
+            blobs.append(p.read_bytes())
+        except OSError as exc:
+            raise PolicyError(f"file {str(p)!r}: {exc.strerror}") from None
     changed = 0
-    for path, old, new in zip(paths, blobs, ring.rewrap(blobs, aad), strict=True):
+    for path, old, new in zip(paths, blobs, ring.rewrap(blobs, aad, progress=progress), strict=True):
         if new != old:
             atomic_write(path, new, 0o600)
             changed += 1

@@ -220,3 +220,17 @@ def test_emergency_forbid_change_in_a_running_engine_is_audited(published, tmp_p
     assert change["reason"] == "CVE-2026-0001" and change["operator"] == "cli"
     refused = xps(home, "config", "emergency", "keyring.database", '"x.db"', "--reason", "r", check=False)
     assert refused.returncode == 2 and "not changeable at runtime" in refused.stderr
+
+
+def test_emergency_change_survives_a_restart(published, tmp_path: Path, watchers) -> None:  # type: ignore[no-untyped-def]
+    """Review finding M7: an emergency forbid must not silently revert when the engine restarts."""
+    _, _, home = published
+    w = Watcher(home, tmp_path / "inbox")
+    watchers.append(w)
+    xps(home, "config", "emergency", "engine.policy.forbid", '["aes128"]', "--reason", "CVE-2026-0001")
+    w.stop()
+    watchers.append(Watcher(home, tmp_path / "inbox"))
+    live = status(home)
+    assert "forbidden by policy" in live["unrouted"]["aead.aes128gcm"]
+    reapplied = [e for e in live["events"] if e["event"] == "CONFIG_EMERGENCY_CHANGE"][-1]
+    assert reapplied["operator"] == "restart" and reapplied["new"] == ["aes128"]

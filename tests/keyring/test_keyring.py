@@ -251,10 +251,13 @@ def test_no_plaintext_key_material_on_disk(tmp_path: Path, clock: Clock) -> None
         ring.create(f"k{i}", algo)
         ring.encrypt(f"k{i}", b"x")
         ring.rotate(f"k{i}")
+        old = ring.encrypt(f"k{i}", b"y")  # version 2 is now cached ...
+        ring.decrypt(old)
         for v in (1, 2):
             with ring.get(f"k{i}", version=v) as m:
                 secrets.append(bytes(m.view()))
-        for h in ring._handles.values():  # derived encryption keys too
+        assert ring._handles  # ... so its derived encryption key is checked too
+        for h in ring._handles.values():
             secrets.append(bytes(h.aead._key.view()))
     ring.revoke("k0", "r")
     ring.destroy("k0")
@@ -276,7 +279,9 @@ def test_rewrap_moves_blobs_to_the_newest_version(ring: Keyring) -> None:
     ring.create("k")
     blobs = [ring.encrypt("k", f"m{i}".encode(), b"a") for i in range(5)]
     ring.rotate("k")
-    out = ring.rewrap([*blobs, ring.encrypt("k", b"fresh", b"a")], b"a", progress=False)
+    seen: list[tuple[int, int]] = []
+    out = ring.rewrap([*blobs, ring.encrypt("k", b"fresh", b"a")], b"a", progress=lambda i, n: seen.append((i, n)))
+    assert seen == [(i, 6) for i in range(1, 7)]
     assert [HEADER.unpack_from(b)[2] for b in out] == [2] * 6
     assert [ring.decrypt(b, b"a") for b in out[:5]] == [f"m{i}".encode() for i in range(5)]
     assert out[5] == ring.rewrap([out[5]], b"a")[0]  # already newest: unchanged
@@ -326,12 +331,12 @@ def test_revoke_needs_two_distinct_registered_approvals(gated: Keyring, operator
     req = _request(gated, "revoke", "k", clock)
     one = req.signed_by(*operators[0])
     with pytest.raises(PolicyError, match="1 valid"):
-        gated.revoke("k", "r", approvals=one)
+        gated.revoke("k", "ticket-7", approvals=one)
     unregistered = one.signed_by(*operators[2])  # op3 is not a registered operator
     with pytest.raises(PolicyError, match="1 valid"):
-        gated.revoke("k", "r", approvals=unregistered)
+        gated.revoke("k", "ticket-7", approvals=unregistered)
     both = one.signed_by(*operators[1])
-    gated.revoke("k", "r", approvals=both)
+    gated.revoke("k", "ticket-7", approvals=both)
     event = [e for e in gated.audit.tail(10) if e["event"] == "KEY_REVOKE"][-1]
     assert sorted(event["approvers"]) == sorted(k.keyid for k, _ in operators[:2])
     assert event["emergency"] is False
@@ -342,15 +347,15 @@ def test_approvals_are_bound_to_the_transition_and_single_use(gated: Keyring, op
     gated.create("b")
     req_a = _request(gated, "revoke", "a", clock).signed_by(*operators[0]).signed_by(*operators[1])
     with pytest.raises(PolicyError, match="not this revoke"):
-        gated.revoke("b", "r", approvals=req_a)  # approved for another key
-    gated.revoke("a", "r", approvals=req_a)
+        gated.revoke("b", "ticket-7", approvals=req_a)  # approved for another key
+    gated.revoke("a", "ticket-7", approvals=req_a)
     gated.create("c")
-    gated.revoke("a", "r", approvals=req_a)  # idempotent no-op on an already revoked key
+    gated.revoke("a", "ticket-7", approvals=req_a)  # idempotent no-op on an already revoked key
     destroy = _request(gated, "destroy", "a", clock).signed_by(*operators[0]).signed_by(*operators[1])
     gated.destroy("a", approvals=destroy)
     # replay of the same (consumed) request on another transition fails
     with pytest.raises(PolicyError):
-        gated.revoke("c", "r", approvals=req_a)
+        gated.revoke("c", "ticket-7", approvals=req_a)
 
 
 def test_expired_and_tampered_requests_are_refused(gated: Keyring, operators: list, clock: Clock) -> None:
@@ -358,22 +363,133 @@ def test_expired_and_tampered_requests_are_refused(gated: Keyring, operators: li
     req = _request(gated, "revoke", "k", clock).signed_by(*operators[0]).signed_by(*operators[1])
     clock.advance(DAY + 1)
     with pytest.raises(PolicyError, match="expired"):
-        gated.revoke("k", "r", approvals=req)
+        gated.revoke("k", "ticket-7", approvals=req)
     fresh = _request(gated, "revoke", "k", clock).signed_by(*operators[0]).signed_by(*operators[1])
     forged = Approvals(ApprovalRequest(**{**fresh.request.__dict__, "reason": "other"}), fresh.signatures)
     with pytest.raises(PolicyError, match="0 valid"):
-        gated.revoke("k", "r", approvals=forged)
+        gated.revoke("k", "other", approvals=forged)
 
 
 def test_emergency_revoke_needs_fewer_and_is_flagged(gated: Keyring, operators: list, clock: Clock) -> None:
     gated.create("k")
     req = _request(gated, "revoke", "k", clock, emergency=True).signed_by(*operators[0])
     with pytest.raises(PolicyError, match="not this revoke"):
-        gated.revoke("k", "stolen", approvals=req)  # an emergency request is not a normal one
-    gated.revoke("k", "stolen", approvals=req, emergency=True)
+        gated.revoke("k", "ticket-7", approvals=req)  # an emergency request is not a normal one
+    gated.revoke("k", "ticket-7", approvals=req, emergency=True)
     event = [e for e in gated.audit.tail(10) if e["event"] == "KEY_REVOKE"][-1]
     assert event["emergency"] is True and event["required_approvals"] == 1
 
 
 def test_keyring_uses_the_routed_engine(ring: Keyring) -> None:
     assert ring.engine is xps.default_engine()
+
+
+def test_threads_encrypting_and_decrypting_while_rotating_never_fail(tmp_path: Path) -> None:
+    """Review finding C1: a rotation must not wipe a key another thread is still using."""
+    import threading
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    ring = Keyring(tmp_path / "home", config=_keyring_config(usage_block=64))
+    ring.create("k")
+    stop = threading.Event()
+    failures: list[str] = []
+    blobs: list[tuple[bytes, bytes]] = []
+    lock = threading.Lock()
+
+    def encryptor(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            msg = f"{i}:{n}".encode()
+            try:
+                blob = ring.encrypt("k", msg, b"a")
+                if ring.decrypt(blob, b"a") != msg:
+                    failures.append("wrong plaintext")
+                with lock:
+                    blobs.append((blob, msg))
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
+            n += 1
+
+    threads = [threading.Thread(target=encryptor, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(60):
+            ring.rotate("k")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    zero = AESGCM(bytes(32))
+    for blob, msg in blobs:
+        assert ring.decrypt(blob, b"a") == msg  # all inside the dual-key window
+        n = HEADER.size + 12
+        try:  # and none was sealed under an all-zero key
+            zero.decrypt(blob[HEADER.size:n], blob[n:], blob[:n] + b"a")
+        except Exception:
+            continue
+        raise AssertionError("a blob opened under the all-zero key")
+    ring.close()
+
+
+def test_approvals_bind_the_reason_too(gated: Keyring, operators: list, clock: Clock) -> None:
+    """Review finding M6: the journal must record the reason the approvers signed."""
+    gated.create("k")
+    req = _request(gated, "revoke", "k", clock).signed_by(*operators[0]).signed_by(*operators[1])
+    with pytest.raises(PolicyError, match="another reason"):
+        gated.revoke("k", "something else", approvals=req)
+    gated.revoke("k", "ticket-7", approvals=req)
+    assert [e["reason"] for e in gated.audit.tail(5) if e["event"] == "KEY_REVOKE"] == ["ticket-7"]
+
+
+def test_names_that_look_like_key_ids_are_refused(ring: Keyring) -> None:
+    """Review finding M6: names and ids share one lookup, so a name must not shadow an id."""
+    kid = ring.create("alpha")
+    with pytest.raises(PolicyError, match="looks like a key id"):
+        ring.create(kid)
+
+
+@pytest.mark.parametrize(("call", "error", "field"), [
+    (lambda r: r.encrypt(["k"], b"x"), KeyError_, "name"),
+    (lambda r: r.encrypt("k", "text"), PolicyError, "plaintext"),
+    (lambda r: r.encrypt("k", b"x", aad="a"), PolicyError, "aad"),
+    (lambda r: r.decrypt(r.encrypt("k", b"x"), aad=None), PolicyError, "aad"),
+    (lambda r: r.create("k2", policy=5), PolicyError, "policy"),
+    (lambda r: r.create("k2", algorithm=["x"]), PolicyError, "algorithm"),
+    (lambda r: r.rewrap(None), PolicyError, "blobs"),
+], ids=["name-list", "plaintext-str", "aad-str", "aad-none", "policy-int", "algorithm-list", "rewrap-none"])
+def test_bad_input_types_are_typed_errors(ring: Keyring, call: object, error: type, field: str) -> None:
+    """Review finding M5: these reached raw TypeError/AttributeError."""
+    ring.create("k")
+    with pytest.raises(error) as ei:
+        call(ring)  # type: ignore[operator]
+    assert ei.value.args[0].startswith(field)
+
+
+def test_policy_cannot_raise_the_usage_limit_above_the_random_nonce_bound(ring: Keyring) -> None:
+    """Review finding M4: max_encryptions is capped at the algorithm's safe bound."""
+    ring.create("k", "AES-128-GCM", policy="max_encryptions=9000000000000000000")
+    assert ring.describe("k").max_encryptions == 2**32
+
+
+def test_decrypt_of_a_blob_naming_an_unknown_key_does_not_touch_the_database_each_time(ring: Keyring) -> None:
+    ring.create("k")
+    blob = bytearray(ring.encrypt("k", b"x"))
+    blob[1:9] = bytes(8)  # a key id that does not exist
+    with pytest.raises(AuthError):
+        ring.decrypt(bytes(blob))
+    queries = []
+    ring.store._db().set_trace_callback(queries.append)
+    for _ in range(5):
+        with pytest.raises(AuthError):
+            ring.decrypt(bytes(blob))
+    ring.store._db().set_trace_callback(None)
+    assert queries == []
+
+
+def test_exporting_key_material_is_journaled(ring: Keyring) -> None:
+    ring.create("k")
+    ring.get("k").wipe()
+    assert [e["event"] for e in ring.audit.tail(5)][-1] == "KEY_EXPORT"
