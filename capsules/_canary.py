@@ -145,7 +145,6 @@ class _TransitionalOther:
 def transitional(operation: str, old: Any, new: Any, *, mode: str, share: float, fault: Fault) -> Any:
     """The implementation to route during staging (``mode``: ``"canary"`` or ``"dual-run"``)."""
     kind = OPERATIONS[operation].kind
-    impl_cls = type(old).__mro__[0]
     if kind == "aead":
         obj: Any = _TransitionalAead(old, new, mode, share, fault)
     else:
@@ -154,5 +153,4 @@ def transitional(operation: str, old: Any, new: Any, *, mode: str, share: float,
     contract = OPERATIONS[operation].contract
     wrapper_cls = type(f"Transitional{contract.__name__}", (type(obj), contract), {})
     obj.__class__ = wrapper_cls
-    del impl_cls
     return obj

@@ -31,7 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from xpscerpto._atomic import atomic_write
+from xpscerpto._atomic import atomic_write, fsync_dir
+from xpscerpto.errors import PolicyError
 
 __all__ = ["Handler", "Inbox", "InboxResult"]
 
@@ -133,11 +134,11 @@ class Inbox:
                  settle_seconds: float = 0.5, poll_interval: float = 0.5, pattern: str = "*.capsule",
                  max_bytes: int = 64 * 1024 * 1024) -> None:
         if settle_seconds < 0:
-            raise ValueError("settle_seconds must be >= 0")
+            raise PolicyError("settle_seconds: must be >= 0")
         if poll_interval <= 0:
-            raise ValueError("poll_interval must be > 0")
+            raise PolicyError("poll_interval: must be > 0")
         if max_bytes <= 0:
-            raise ValueError("max_bytes must be > 0")
+            raise PolicyError("max_bytes: must be > 0")
         self.directory = Path(os.path.abspath(directory))
         self.accepted_dir = self.directory / "accepted"
         self.rejected_dir = self.directory / "rejected"
@@ -169,7 +170,7 @@ class Inbox:
         """
         with self._life:
             if self._worker is not None:
-                raise RuntimeError("inbox already started")
+                raise PolicyError("inbox: already started")
             for d in (self.directory, self.accepted_dir, self.rejected_dir):
                 _ensure_private_dir(d)
             dev = self.directory.stat().st_dev
@@ -451,9 +452,9 @@ class Inbox:
         dest = _free_name(folder, name, suffix)
         atomic_write(dest.with_name(dest.name + suffix), (text + "\n").encode())
         os.replace(path, dest)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         with contextlib.suppress(OSError):
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         if result.accepted:
             log.info("inbox: accepted %s -> %s: %s", name, dest.name, detail)
         else:
@@ -507,10 +508,3 @@ def _ensure_private_dir(path: Path) -> None:
     else:
         os.chmod(path, 0o700)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

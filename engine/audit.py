@@ -103,6 +103,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ._atomic import fsync_dir
 from .errors import ErrorCode, InternalError, KeyError_, PolicyError, XpsError
 from .secret import SecretBytes
 
@@ -475,7 +476,7 @@ class AuditLog:
                         os.ftruncate(fd, end)
                     raise InternalError(f"audit journal {self.path}: write failed ({exc.strerror})") from exc
                 if size == 0:
-                    _fsync_dir(self.path.parent)
+                    fsync_dir(self.path.parent)
             finally:
                 os.close(fd)
             if self._sk is None:
@@ -908,13 +909,6 @@ def _coerce_public_key(key: bytes | str) -> str:
     return bytes(key).hex()
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _publish(path: Path, data: bytes, mode: int) -> bool:
     """Create ``path`` holding ``data`` exclusively; False if it already exists.
@@ -937,7 +931,7 @@ def _publish(path: Path, data: bytes, mode: int) -> bool:
             return False
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return True
 
 

@@ -5,7 +5,9 @@
     1       8     key id
     9       4     key version (big-endian)
     13      1     algorithm code
-    14      32    key commitment: HKDF(key, "xps-keyring/v1 commit" ...) of that version
+    14      32    key commitment: the last 32 bytes of HKDF-SHA256(version material,
+                  salt "xps-keyring/v1", info key id || version || algorithm); the first
+                  bytes of the same output are the AEAD key
     46      n     nonce (the algorithm's size)
     46+n    ...   ciphertext || tag
 

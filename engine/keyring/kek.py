@@ -48,6 +48,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .._atomic import fsync_dir
 from ..errors import AuthError, KeyError_, PolicyError, ProviderError
 from ..secret import SecretBytes, secure_wipe
 
@@ -197,13 +198,6 @@ def _random_secret(n: int) -> bytearray:
     return buf
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _read_kek_file(path: Path) -> SecretBytes | None:
     """Load and vet a KEK file; None if it does not exist."""
@@ -284,7 +278,7 @@ def _create_kek_file(path: Path) -> SecretBytes | None:
             return None
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except OSError as exc:
         secure_wipe(buf)
         raise KeyError_(f"path: cannot create KEK file {path}: {exc.strerror}") from None
