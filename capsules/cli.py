@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from xpscerpto._atomic import atomic_write
-from xpscerpto.errors import UpdateError, XpsError
+from xpscerpto.errors import UpdateError
 from xpscerpto.signing import TrustStore, generate_keypair, load_private_key, load_public_key
 
 from ._verifier import verify_capsule
@@ -35,6 +34,13 @@ def _read(path: str) -> bytes:
         raise UpdateError(f"capsule file {path!r}: {exc.strerror}", reason="io") from None
 
 
+def _write(path: str, raw: bytes) -> None:
+    try:
+        atomic_write(Path(path), raw, 0o644)
+    except OSError as exc:
+        raise UpdateError(f"--out {path!r}: cannot write ({exc.strerror})", reason="io") from None
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Create a publisher key pair."""
     key = generate_keypair(args.out)
@@ -46,10 +52,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     """Build and sign a capsule from a source directory."""
     signers = [load_private_key(k) for k in args.key]
     raw = build_capsule(args.src, signers, cosigners=[load_public_key(p) for p in args.cosigner])
-    out = Path(args.out)
-    atomic_write(out, raw, 0o644)
+    _write(args.out, raw)
     m = parse_manifest(read_container(raw).manifest_bytes)
-    print(f"built {out} ({len(raw)} bytes): {m.name} {m.version}, {len(m.files)} files, "
+    print(f"built {args.out} ({len(raw)} bytes): {m.name} {m.version}, {len(m.files)} files, "
           f"signed by {len(signers)} key(s)")
     return 0
 
@@ -58,7 +63,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
     """Add a signature to an existing capsule."""
     key, seed = load_private_key(args.key)
     raw = add_signature(_read(args.file), key, seed)
-    atomic_write(Path(args.out or args.file), raw, 0o644)
+    _write(args.out or args.file, raw)
     print(f"signed {args.out or args.file} with {key.keyid}")
     return 0
 
@@ -136,8 +141,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "make_capsule.py") -> in
     parser = argparse.ArgumentParser(prog=prog, description="Build, sign, inspect and verify XPScerpto capsules")
     add_publisher_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except XpsError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+    from xpscerpto.cli import run_command  # one error report for both entry points
+
+    return run_command(prog, lambda: args.func(args))

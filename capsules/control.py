@@ -13,11 +13,13 @@ JSON line each::
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from .updater import Updater
 __all__ = ["ControlServer", "NoEngineRunning", "request"]
 
 _MAX_REQUEST = 64 * 1024
+_MAX_ANSWER = 64 * 1024 * 1024
 
 
 class NoEngineRunning(Exception):
@@ -35,7 +38,18 @@ class NoEngineRunning(Exception):
 
 
 class ControlServer:
-    """Serves status and rollback requests for one updater on a background thread."""
+    """Serves status and rollback requests for one updater.
+
+    One accepting thread, and one short-lived thread per connection (each with a 5 s
+    timeout), so a client that connects and stays silent cannot hold up the others.
+    Changes (rollback, emergency) still run one at a time.
+
+    While serving, the server holds an exclusive lock on ``<socket>.lock``: a second engine
+    on the same home fails to start with an XpsError instead of taking the socket over.
+    """
+
+    #: Seconds a connection may take to send its request and read the answer.
+    connection_timeout = 5.0
 
     def __init__(self, updater: Updater, path: str | Path, service: Any = None) -> None:
         self.updater = updater
@@ -43,48 +57,102 @@ class ControlServer:
         self.path = Path(path)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._lock_fd: int | None = None
+        self._change_lock = threading.Lock()
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock file held while serving (next to the socket)."""
+        return self.path.with_name(self.path.name + ".lock")
 
     def start(self) -> None:
         """Bind (replacing a stale socket file) and serve until :meth:`stop`."""
-        if self.path.exists():
+        where = f"control socket {str(self.path)!r}"
+        self._take_lock(where)
+        try:
+            self._remove_stale(where)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                request(self.path, {"cmd": "ping"}, timeout=1.0)
-            except NoEngineRunning:
-                self.path.unlink()
-            else:
-                raise XpsError(f"control socket {str(self.path)!r}: another engine is already running here")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(str(self.path))
-        os.chmod(self.path, 0o600)
-        sock.listen(8)
+                sock.bind(str(self.path))
+                os.chmod(self.path, 0o600)
+                sock.listen(16)
+            except OSError as exc:
+                sock.close()
+                raise XpsError(f"{where}: cannot listen ({exc.strerror or exc})") from None
+        except BaseException:
+            self._release_lock()
+            raise
         self._sock = sock
-        self._thread = threading.Thread(target=self._serve, name="xps-control", daemon=True)
+        self._thread = threading.Thread(target=self._serve, args=(sock,), name="xps-control", daemon=True)
         self._thread.start()
 
+    def _take_lock(self, where: str) -> None:
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise XpsError(f"{where}: cannot open lock file {str(self.lock_path)!r} ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise XpsError(f"{where}: another engine is already running here") from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _remove_stale(self, where: str) -> None:
+        """Remove a socket file left by an engine that died (we hold the lock, so none of ours runs)."""
+        if not os.path.lexists(self.path):
+            return
+        try:
+            request(self.path, {"cmd": "ping"}, timeout=1.0)
+        except NoEngineRunning:
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise XpsError(f"{where}: cannot remove the stale socket file ({exc.strerror})") from None
+            return
+        except XpsError:
+            raise XpsError(f"{where}: in use by a process that does not answer; stop it or remove the file") \
+                from None
+        raise XpsError(f"{where}: another engine is already running here")
+
     def stop(self) -> None:
-        """Stop serving and remove the socket file."""
-        if self._sock is not None:
+        """Stop serving, remove the socket file, release the lock."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
             with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._sock.close()
-            self._sock = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
         if self._thread is not None:
             self._thread.join(timeout=5)
+            self._thread = None
+        self._release_lock()
 
-    def _serve(self) -> None:
-        while self._sock is not None:
+    def _serve(self, sock: socket.socket) -> None:
+        while self._sock is sock:
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = sock.accept()
             except OSError:
+                if self._sock is sock:  # e.g. EMFILE: do not spin, do not die
+                    time.sleep(0.05)
+                    continue
                 return
-            with conn:
-                try:
-                    self._handle(conn)
-                except Exception as exc:  # a bad client must not stop the server
-                    with contextlib.suppress(OSError):
-                        conn.sendall(_line({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
+            threading.Thread(target=self._connection, args=(conn,), name="xps-control-conn", daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(self.connection_timeout)
+            try:
+                self._handle(conn)
+            except Exception as exc:  # a bad client must not stop the server
+                with contextlib.suppress(OSError):
+                    conn.sendall(_line({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
 
     def _handle(self, conn: socket.socket) -> None:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -92,7 +160,6 @@ class ControlServer:
         if uid != os.getuid():
             conn.sendall(_line({"ok": False, "error": "permission denied: not the engine's owner"}))
             return
-        conn.settimeout(5.0)
         data = b""
         while not data.endswith(b"\n"):
             chunk = conn.recv(4096)
@@ -109,7 +176,11 @@ class ControlServer:
             conn.sendall(_line({"ok": False, "error": "malformed request"}))
             return
         try:
-            result = self._dispatch(cmd, req)
+            if cmd in ("ping", "status"):
+                result = self._dispatch(cmd, req)
+            else:
+                with self._change_lock:
+                    result = self._dispatch(cmd, req)
         except XpsError as exc:
             conn.sendall(_line({"ok": False, "error": str(exc), "code": str(exc.code), "reason": exc.reason}))
             return
@@ -139,25 +210,44 @@ def _line(doc: Any) -> bytes:
 
 
 def request(path: str | Path, payload: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    """Send one request to a running engine; raise NoEngineRunning if none listens."""
+    """Send one request to a running engine and return its answer.
+
+    Raises NoEngineRunning if nothing listens, XpsError if the engine does not answer within
+    ``timeout`` seconds, drops the connection or answers something unreadable.
+    """
+    where = f"control socket {str(path)!r}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
+    data = b""
     try:
         try:
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise NoEngineRunning(str(exc)) from None
+        except PermissionError:
+            raise XpsError(f"{where}: permission denied (the engine belongs to another user)") from None
         sock.sendall(_line(payload))
-        data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
             if not chunk:
                 break
             data += chunk
+            if len(data) > _MAX_ANSWER:
+                raise XpsError(f"{where}: the engine's answer is too large")
+    except TimeoutError:  # socket.timeout
+        raise XpsError(f"{where}: the engine did not answer within {timeout:g} s") from None
+    except (ConnectionResetError, BrokenPipeError):
+        raise XpsError(f"{where}: the engine closed the connection without answering") from None
+    except OSError as exc:
+        raise XpsError(f"{where}: {exc.strerror or exc}") from None
     finally:
         sock.close()
+    if not data:
+        raise XpsError(f"{where}: the engine closed the connection without answering")
     try:
-        answer: dict[str, Any] = json.loads(data)
+        answer = json.loads(data)
     except ValueError:
-        raise XpsError("control socket: unreadable answer") from None
+        raise XpsError(f"{where}: unreadable answer from the engine") from None
+    if not isinstance(answer, dict):
+        raise XpsError(f"{where}: unreadable answer from the engine")
     return answer

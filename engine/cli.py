@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,9 +14,14 @@ from typing import Any
 
 from .config import XpsConfig
 from .engine import Engine
-from .errors import ErrorCode, XpsError
+from .errors import ErrorCode, PolicyError, XpsError
 
-__all__ = ["main"]
+__all__ = ["main", "run_command"]
+
+#: Seconds ``xps status`` waits for a running engine's answer (it reads memory only).
+STATUS_TIMEOUT = 10.0
+#: Seconds ``xps rollback`` / ``config emergency`` wait (the engine re-verifies and may wait for a lock).
+CHANGE_TIMEOUT = 30.0
 
 
 def _config(args: argparse.Namespace) -> XpsConfig:
@@ -165,10 +173,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     home = _home(args)
     try:
-        answer = request(home.socket, {"cmd": "status"})
-        if not answer.get("ok"):
-            raise XpsError(str(answer.get("error")))
-        data = answer["result"]
+        data = _result(request(home.socket, {"cmd": "status"}, timeout=STATUS_TIMEOUT))
     except NoEngineRunning:
         data = _offline_status(home)
 
@@ -186,10 +191,22 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"retired {r['name']} {r['version']} ({str(r['sha256'])[:12]})")
         for e in data["events"]:
             extra = " ".join(f"{k}={e[k]}" for k in ("name", "version", "reason", "operator") if e.get(k))
-            print(f"  {e['time']} {e['event']:<20} {extra}")
+            print(f"  {e.get('time', '?')} {e.get('event', '?')!s:<20} {extra}")
 
     _emit(args, data, text)
     return 0
+
+
+def _result(answer: dict[str, Any]) -> dict[str, Any]:
+    """The ``result`` of a control-socket answer, or its error raised as the engine typed it."""
+    if not answer.get("ok"):
+        code = answer.get("code")
+        raise XpsError(str(answer.get("error")).removeprefix(f"{code}: "),
+                       code=ErrorCode(code) if code in {c.value for c in ErrorCode} else None)
+    result = answer.get("result")
+    if not isinstance(result, dict):
+        raise XpsError("control socket: the engine's answer has no result")
+    return result
 
 
 def _offline_status(home: Any) -> dict[str, Any]:
@@ -214,16 +231,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     home = _home(args)
     try:
         answer = request(home.socket, {"cmd": "rollback", "target": args.target, "to": args.to,
-                                       "operator": args.operator})
+                                       "operator": args.operator}, timeout=CHANGE_TIMEOUT)
     except NoEngineRunning:
         cap = rollback_offline(home, args.target, to=args.to, operator=args.operator)
         print(f"rolled back {cap.name} {cap.version} in the committed state (no engine running)")
         return 0
-    if not answer.get("ok"):
-        raise XpsError(str(answer.get("error")).removeprefix(f"{answer.get('code')}: "),
-                       code=ErrorCode(answer["code"]) if answer.get("code") else None)
-    r = answer["result"]["rolled_back"]
-    print(f"rolled back {r['name']} {r['version']} in the running engine")
+    r = _result(answer).get("rolled_back") or {}
+    print(f"rolled back {r.get('name', '?')} {r.get('version', '?')} in the running engine")
     return 0
 
 
@@ -240,9 +254,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         for e in events if not args.json else ():
             extra = " ".join(f"{k}={e[k]}" for k in sorted(e) if k not in ("seq", "time", "event", "prev", "hash",
                                                                            "sig", "key"))
-            print(f"{e.get('seq', '?'):>6} {e['time']} {e['event']:<22} {extra}")
+            print(f"{e.get('seq', '?')!s:>6} {e.get('time', '?')} {e.get('event', '?')!s:<22} {extra}")
         return 0
-    pub = bytes.fromhex(args.public_key) if args.public_key else None
+    pub = _public_key(args.public_key) if args.public_key is not None else None
     report = log.verify(public_key=pub, strict=args.strict)
     data = report.as_dict()
     _emit(args, data, lambda: print(
@@ -250,6 +264,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
         f"{data['last_seq']} hash {data['last_hash']}"
         + "".join(f"\nwarning: {w}" for w in data.get("warnings", []))))
     return 0
+
+
+def _public_key(text: str) -> bytes:
+    """``--public-key``: an Ed25519 public key as 64 hex digits."""
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise PolicyError(f"--public-key: expected 64 hex digits (a 32-byte Ed25519 public key), "
+                          f"got {len(text)} characters")
+    return key
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -269,14 +295,12 @@ def cmd_config(args: argparse.Namespace) -> int:
         value = args.value
     try:
         answer = request(_home(args).socket, {"cmd": "emergency", "key": args.key, "value": value,
-                                              "operator": args.operator, "reason": args.reason})
+                                              "operator": args.operator, "reason": args.reason},
+                         timeout=CHANGE_TIMEOUT)
     except NoEngineRunning:
         raise XpsError("config emergency: no engine is running here (edit the file and restart instead)",
                        code=ErrorCode.POLICY) from None
-    if not answer.get("ok"):
-        raise XpsError(str(answer.get("error")).removeprefix(f"{answer.get('code')}: "),
-                       code=ErrorCode(answer["code"]) if answer.get("code") else None)
-    print(f"{args.key} = {json.dumps(answer['result']['value'])} in the running engine (audited)")
+    print(f"{args.key} = {json.dumps(_result(answer).get('value'))} in the running engine (audited)")
     return 0
 
 
@@ -375,17 +399,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``xps`` and ``python -m xpscerpto``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+#: Raised by the standard library on bad input or I/O; reported as XPS_ERR_INTERNAL, without a traceback.
+_LAST_RESORT = (OSError, sqlite3.Error, ValueError, KeyError, UnicodeError, json.JSONDecodeError)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def run_command(prog: str, call: Callable[[], int]) -> int:
+    """Run a command; any failure is one line ``PROG: error: CODE: message`` on stderr and exit 2.
+
+    XpsError carries its code; a few standard exceptions that bad input or a failing disk
+    raise are reported as ``XPS_ERR_INTERNAL: <Type>: <message>``. Ctrl-C exits 130, a
+    closed stdout (``xps … | head``) 141, both quietly.
+    """
     try:
-        return int(args.func(args))
+        return int(call())
     except XpsError as exc:
         # One line, no traceback: operators' scripts read the reason.
-        print(f"xps: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError as exc:
+        if not _stdout_closed():
+            return _internal(prog, exc)
+        # The reader went away; point stdout at /dev/null so the exit flush cannot fail again.
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), sys.stdout.fileno())
+        return 141
+    except _LAST_RESORT as exc:
+        return _internal(prog, exc)
+
+
+def _internal(prog: str, exc: BaseException) -> int:
+    print(f"{prog}: error: {ErrorCode.INTERNAL}: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
+    return 2
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports POLLERR on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``xps`` and ``python -m xpscerpto``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return run_command("xps", lambda: args.func(args))
 
 
 if __name__ == "__main__":
