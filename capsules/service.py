@@ -64,8 +64,13 @@ class WatchService:
         self.updater.gates = replace(self.updater.gates, max_slowdown=self.config.hotpatch.max_slowdown)
         self.updater.plan = replace(self.updater.plan, canary_share=self.config.hotpatch.canary_share)
         self.updater.restore()
-        self.control.start()
-        self.inbox.start()
+        try:
+            self.control.start()
+            self.inbox.start()
+        except BaseException:
+            self.control.stop()
+            self.updater.close()
+            raise
         return self
 
     def emergency_change(self, key: str, value: Any, *, operator: str, reason: str) -> XpsConfig:

@@ -245,7 +245,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Verify the audit journal's chain and checkpoints, or show its newest events."""
     from .audit import AuditLog
 
-    log = AuditLog(_home(args).audit)
+    log = AuditLog(_home(args).audit, checkpoint_every=_config(args).audit.checkpoint_every)
     if args.audit_cmd == "tail":
         events = log.tail(args.n)
         if args.json:

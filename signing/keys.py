@@ -63,7 +63,11 @@ def generate_keypair(stem: str | Path) -> PublisherKey:
     stem = Path(stem)
     key_path, pub_path = stem.with_name(stem.name + ".key"), stem.with_name(stem.name + ".pub")
     for p in (key_path, pub_path):
-        if p.exists():
+        try:
+            exists = p.exists()
+        except OSError as exc:  # e.g. a name too long for the filesystem
+            raise KeyError_(f"out: cannot use {str(p)!r}: {exc.strerror}") from None
+        if exists:
             raise KeyError_(f"out: {str(p)!r} already exists; refusing to overwrite a key")
     sk = Ed25519PrivateKey.generate()
     seed = SecretBytes(sk.private_bytes_raw())

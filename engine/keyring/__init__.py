@@ -14,7 +14,7 @@ Example:
 """
 
 from .approvals import ApprovalRequest, Approvals, OperatorRegistry
-from .keyring import KeyInfo, Keyring, VersionInfo, parse_policy, rewrap_files
+from .keyring import KeyInfo, Keyring, VersionInfo, parse_policy
 from .states import KeyState, VersionState
 
 __all__ = [
@@ -27,5 +27,4 @@ __all__ = [
     "VersionInfo",
     "VersionState",
     "parse_policy",
-    "rewrap_files",
 ]

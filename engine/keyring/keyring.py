@@ -24,7 +24,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -619,22 +619,3 @@ class Keyring:
         return KeyInfo(row.key_id, row.name, row.algorithm, row.policy, row.state, row.created, row.rotate_every,
                        row.max_encryptions, row.revoke_reason, versions)
 
-
-def rewrap_files(ring: Keyring, paths: Iterable[Path], aad: bytes = b"", *,
-                 progress: Callable[[int, int], None] | None = None) -> int:
-    """Rewrap blobs stored one per file, atomically in place; returns how many changed."""
-    from xpscerpto._atomic import atomic_write
-
-    paths = list(paths)
-    blobs = []
-    for p in paths:
-        try:
-            blobs.append(p.read_bytes())
-        except OSError as exc:
-            raise PolicyError(f"file {str(p)!r}: {exc.strerror}") from None
-    changed = 0
-    for path, old, new in zip(paths, blobs, ring.rewrap(blobs, aad, progress=progress), strict=True):
-        if new != old:
-            atomic_write(path, new, 0o600)
-            changed += 1
-    return changed
