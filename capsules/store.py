@@ -102,7 +102,9 @@ class RoutingState:
 
     def save(self, path: Path) -> None:
         """Commit atomically."""
-        atomic_write(path, json.dumps(self.to_json(), indent=1).encode() + b"\n")
+        # Compact: json.dumps with indent runs the pure-Python encoder, which holds the GIL for
+        # milliseconds on a long history, while API calls on other threads wait for it.
+        atomic_write(path, json.dumps(self.to_json(), separators=(",", ":")).encode() + b"\n")
 
 
 def version_tuple(v: str) -> tuple[int, ...]:
