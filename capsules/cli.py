@@ -138,7 +138,9 @@ def add_publisher_commands(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None, prog: str = "make_capsule.py") -> int:
     """Run one publisher command; exit status non-zero with a one-line reason on failure."""
-    parser = argparse.ArgumentParser(prog=prog, description="Build, sign, inspect and verify XPScerpto capsules")
+    from xpscerpto.cli import OneLineParser
+
+    parser = OneLineParser(prog=prog, description="Build, sign, inspect and verify XPScerpto capsules")
     add_publisher_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     from xpscerpto.cli import run_command  # one error report for both entry points

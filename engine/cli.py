@@ -10,7 +10,7 @@ import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .config import XpsConfig
 from .engine import Engine
@@ -317,9 +317,20 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``prog: error: XPS_ERR_POLICY: …``), exit 2.
+
+    Operators' scripts read the last line of stderr; argparse's default prints the usage first.
+    Subcommand parsers inherit this class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog.split()[0]}: error: XPS_ERR_POLICY: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
-    parser = argparse.ArgumentParser(prog="xps", description="XPScerpto crypto-agility engine")
+    parser = OneLineParser(prog="xps", description="XPScerpto crypto-agility engine")
     parser.add_argument("--config", metavar="FILE",
                         help="configuration file (.yaml, .yml, .toml or .json; see docs/CONFIGURATION.md)")
     parser.add_argument("--home", metavar="DIR", help="engine state directory (default: $XPS_HOME or "

@@ -351,3 +351,16 @@ def test_run_command_keeps_keyboard_interrupt_and_reports_internal_errors(capsys
     assert run_command("xps", interrupted) == 130
     assert run_command("xps", broken) == 2
     assert capsys.readouterr().err == "xps: error: XPS_ERR_INTERNAL: KeyError: 'time'\n"
+
+
+def test_usage_errors_are_one_line_too(tmp_path: Path) -> None:
+    """argparse prints usage then the error; operators' scripts get one line instead."""
+    for args in (("key", "create"), ("nosuch",), ("rollback",)):
+        out = subprocess.run([sys.executable, "-m", "xpscerpto", "--home", str(tmp_path), *args],
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 2
+        assert out.stderr.count("\n") == 1 and out.stderr.startswith("xps: error: XPS_ERR_POLICY: ")
+    out = subprocess.run([sys.executable, str(TOOL), "build"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert out.stderr.startswith("make_capsule.py: error: XPS_ERR_POLICY: ")
