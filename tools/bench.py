@@ -38,11 +38,13 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 from typing import Any
+
+from _benchlib import Loop, Timing, parse_sizes, sample, size_label  # tools/ is on sys.path
 
 DEFAULT_SIZES = (64, 1024, 65536, 1048576)
 OPS = ("encrypt", "decrypt", "open")
@@ -53,7 +55,6 @@ THROUGHPUT_TARGET = 0.95
 THROUGHPUT_SIZES = (65536, 1048576)
 
 # A timing loop: run the call n times, return elapsed nanoseconds.
-Loop = Callable[[int], int]
 
 
 # -- raw references ---------------------------------------------------------------------------
@@ -219,28 +220,11 @@ def engine_open_loop(api: Any, algo: str, key: bytes, sealed: Any, aad: bytes) -
 # -- measurement ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Timing:
-    sample_ns: float
-    calib_ns: float
-    rounds: int
-
-
-def _sample(loop: Loop, n: int) -> int:
-    """One timed sample of ``n`` calls, after one untimed call (absorbs a switch-over transient)."""
-    gc.disable()
-    try:
-        loop(1)
-        return loop(n)
-    finally:
-        gc.enable()
-
-
 def calibrate(loops: Sequence[Loop], timing: Timing) -> int:
     """Iterations per sample so that the slowest loop of the group takes ~``sample_ns``."""
     n = 1
     while True:
-        worst = max(_sample(loop, n) for loop in loops)
+        worst = max(sample(loop, n) for loop in loops)
         if worst >= timing.calib_ns or n >= 1 << 26:
             break
         n = max(n * 2, int(n * min(100.0, timing.calib_ns * 1.2 / max(worst, 1))))
@@ -255,7 +239,7 @@ def measure(loops: Sequence[Loop], timing: Timing) -> tuple[int, list[list[float
     gc.collect()
     for r in range(timing.rounds):
         for i in order if r % 2 == 0 else order[::-1]:
-            per_call[i].append(_sample(loops[i], n) / n)
+            per_call[i].append(sample(loops[i], n) / n)
     return n, per_call
 
 
@@ -334,13 +318,6 @@ class Case:
     operation: str  # e.g. "aead.aes256gcm"
     provider: str
     raw: Raw
-
-
-def size_label(size: int) -> str:
-    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale and size % scale == 0:
-            return f"{size // scale}{unit}"
-    return f"{size}B"
 
 
 def _public_name(operation: str) -> str:
@@ -566,25 +543,6 @@ def hot_path_line(rows: list[dict[str, Any]]) -> str:
     join = at["decrypt", large]["engine_us"] - at["open", large]["engine_us"]
     return (f"  {rows[0]['algo']:<18} {rows[0]['provider']:<8} " + "  ".join(parts)
             + f"  | decrypt-open at {size_label(large)}: {join:+.2f} us")
-
-
-def parse_sizes(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        p = part.strip().upper().removesuffix("B").removesuffix("I")
-        scale = 1
-        if p.endswith("K"):
-            p, scale = p[:-1], 1 << 10
-        elif p.endswith("M"):
-            p, scale = p[:-1], 1 << 20
-        try:
-            size = int(p) * scale
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad size {part!r}") from None
-        if size <= 0:
-            raise argparse.ArgumentTypeError(f"size must be positive, got {part!r}")
-        out.append(size)
-    return out
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

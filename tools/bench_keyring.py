@@ -53,11 +53,13 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 from typing import Any
+
+from _benchlib import Loop, Timing, parse_sizes, sample, size_label  # tools/ is on sys.path
 
 DEFAULT_SIZES = (64, 65536)
 DEFAULT_ALGOS = ("AES-256-GCM", "XCHACHA20-POLY1305")
@@ -69,7 +71,6 @@ PEERS = ("raw", "tink", "keyring")
 SHORT = {"XCHACHA20-POLY1305": "XCHACHA20"}  # column headings
 
 # A timing loop: run the call n times, return elapsed nanoseconds.
-Loop = Callable[[int], int]
 
 
 # -- timing loops -----------------------------------------------------------------------------
@@ -93,28 +94,11 @@ def timed(stmt: str, **names: Any) -> Loop:
 # -- measurement (the core of tools/bench.py) -------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Timing:
-    sample_ns: float
-    calib_ns: float
-    rounds: int
-
-
-def _sample(loop: Loop, n: int) -> int:
-    """One timed sample of ``n`` calls, after one untimed call (absorbs a switch-over transient)."""
-    gc.disable()
-    try:
-        loop(1)
-        return loop(n)
-    finally:
-        gc.enable()
-
-
 def calibrate(loops: Sequence[Loop], timing: Timing, multiple: int = 1) -> int:
     """Calls per sample so the slowest loop takes ~``sample_ns``, rounded up to ``multiple``."""
     n = 1
     while True:
-        worst = max(_sample(loop, n) for loop in loops)
+        worst = max(sample(loop, n) for loop in loops)
         if worst >= timing.calib_ns or n >= 1 << 26:
             break
         n = max(n * 2, int(n * min(100.0, timing.calib_ns * 1.2 / max(worst, 1))))
@@ -130,7 +114,7 @@ def measure(loops: Sequence[Loop], timing: Timing, multiple: int = 1) -> tuple[i
     gc.collect()
     for r in range(timing.rounds):
         for i in order if r % 2 == 0 else order[::-1]:
-            per_call[i].append(_sample(loops[i], n) / n)
+            per_call[i].append(sample(loops[i], n) / n)
     return n, per_call
 
 
@@ -550,13 +534,6 @@ def loadavg() -> str:
         return "n/a"
 
 
-def size_label(size: int) -> str:
-    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale and size % scale == 0:
-            return f"{size // scale}{unit}"
-    return f"{size}B"
-
-
 def fmt_us(us: float | None) -> str:
     if us is None:
         return "-"
@@ -624,25 +601,6 @@ def closing_lines(cells: list[dict[str, Any]]) -> list[str]:
                   f"{c['components_us']['work'] - c['tink_us']:+.3f};\n{'':<35}")
         out.append(f"  {c['algo']:<18} {size_label(c['size']):>5} {c['op']:<7} {vs}keyring's own costs "
                    f"{sum(own.values()):.3f}, largest: " + ", ".join(f"{SHORT_LABELS[k]} {v:.3f}" for k, v in top))
-    return out
-
-
-def parse_sizes(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        p = part.strip().upper().removesuffix("B").removesuffix("I")
-        scale = 1
-        if p.endswith("K"):
-            p, scale = p[:-1], 1 << 10
-        elif p.endswith("M"):
-            p, scale = p[:-1], 1 << 20
-        try:
-            size = int(p) * scale
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad size {part!r}") from None
-        if size <= 0:
-            raise argparse.ArgumentTypeError(f"size must be positive, got {part!r}")
-        out.append(size)
     return out
 
 
