@@ -44,7 +44,8 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-from _benchlib import Loop, Timing, parse_sizes, sample, size_label  # tools/ is on sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers beside this script, however it runs
+from _benchlib import Loop, Timing, parse_sizes, sample, size_label
 
 DEFAULT_SIZES = (64, 1024, 65536, 1048576)
 OPS = ("encrypt", "decrypt", "open")
