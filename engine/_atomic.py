@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir"]
+__all__ = ["atomic_write", "create_exclusive", "fsync_dir"]
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -36,3 +36,35 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def create_exclusive(path: Path, data: bytes | bytearray | memoryview, mode: int = 0o600) -> bool:
+    """Create ``path`` holding ``data``, never replacing a file; False if ``path`` exists.
+
+    The content goes to an ``O_EXCL`` temporary file in the same folder (mode set at creation
+    and again with fchmod, so it is never wider whatever the umask), is fsynced, then ``link``-ed
+    into place, which fails if ``path`` exists. Readers see the whole file or none, and two
+    processes creating it at once agree on one content. ``data`` is written from the caller's
+    buffer (no copy), so a secret in a bytearray stays wipeable by the caller.
+    """
+    tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data).cast("B")
+            done = 0
+            while done < len(view):
+                done += os.write(fd, view[done:])
+            view.release()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True

@@ -103,7 +103,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ._atomic import fsync_dir
+from ._atomic import create_exclusive, fsync_dir
 from .errors import ErrorCode, InternalError, KeyError_, PolicyError, XpsError
 from .secret import SecretBytes
 
@@ -910,35 +910,10 @@ def _coerce_public_key(key: bytes | str) -> str:
 
 
 
-def _publish(path: Path, data: bytes, mode: int) -> bool:
-    """Create ``path`` holding ``data`` exclusively; False if it already exists.
-
-    The content goes to an O_EXCL temp file first and is then ``link``-ed into place, which
-    fails if ``path`` exists: a concurrent reader sees the whole file or none.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-    return True
-
-
 def _load_or_create_seed(path: Path) -> bytearray:
     try:
         if not path.exists() and not path.is_symlink():
-            _publish(path, os.urandom(32), 0o600)
+            create_exclusive(path, os.urandom(32), 0o600)
         fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
     except OSError as exc:
         raise KeyError_(f"audit signing key {path}: cannot create or open it ({exc.strerror})") from exc
@@ -963,7 +938,7 @@ def _load_or_create_seed(path: Path) -> bytearray:
 def _ensure_pub(path: Path, pub_hex: str) -> None:
     try:
         if not path.exists():
-            _publish(path, (pub_hex + "\n").encode("ascii"), 0o644)
+            create_exclusive(path, (pub_hex + "\n").encode("ascii"), 0o644)
     except OSError as exc:
         raise KeyError_(f"audit public key {path}: cannot write it ({exc.strerror})") from exc
     # Whoever created it, it must be our key: a different .pub means key or .pub were swapped.

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from xpscerpto._atomic import create_exclusive
 from xpscerpto.errors import KeyError_
 from xpscerpto.secret import SecretBytes
 
@@ -43,13 +43,9 @@ def key_id(public_key: bytes) -> str:
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
-    # O_EXCL: never overwrite an existing key; the mode is set at creation, not after.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    # Never overwrite an existing key; the mode is set at creation, not after.
+    if not create_exclusive(path, data, mode):
+        raise KeyError_(f"out: {str(path)!r} already exists; refusing to overwrite a key")
 
 
 def generate_keypair(stem: str | Path) -> PublisherKey:

@@ -48,7 +48,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .._atomic import fsync_dir
+from .._atomic import create_exclusive
 from ..errors import AuthError, KeyError_, PolicyError, ProviderError
 from ..secret import SecretBytes, secure_wipe
 
@@ -259,29 +259,14 @@ def _create_kek_file(path: Path) -> SecretBytes | None:
     if not folder.is_dir():
         raise KeyError_(f"path: cannot create KEK file {path}: folder {folder} does not exist")
     buf = _random_secret(KEK_SIZE)
-    tmp = folder / f".{path.name}.{os.urandom(8).hex()}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(buf)
-            done = 0
-            while done < KEK_SIZE:
-                done += os.write(fd, view[done:])
-            view.release()
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            secure_wipe(buf)
-            return None
-        finally:
-            tmp.unlink(missing_ok=True)
-        fsync_dir(folder)
+        created = create_exclusive(path, buf, 0o600)
     except OSError as exc:
         secure_wipe(buf)
         raise KeyError_(f"path: cannot create KEK file {path}: {exc.strerror}") from None
+    if not created:
+        secure_wipe(buf)
+        return None
     return SecretBytes.take(buf)
 
 
@@ -291,7 +276,29 @@ def _file_kek_id(key: SecretBytes) -> str:
     return "file:" + h.hexdigest()[:16]
 
 
-class FileKek:
+class _ProviderBase:
+    """What both KEK providers share: context manager, no pickling, str is the redacted repr."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    def __reduce_ex__(self, protocol: object) -> Any:
+        raise TypeError(f"{type(self).__name__} cannot be pickled")
+
+
+class FileKek(_ProviderBase):
     """AES-256-GCM key wrapping under a 32-byte KEK held in a local file.
 
     On first use (``create=True``) the file is created with mode 0600; afterwards it is refused
@@ -400,21 +407,9 @@ class FileKek:
         with self._lock:
             self._finalizer()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "closed" if self._key.wiped else "open"
         return f"FileKek(path={str(self._path)!r}, kek_id={self._kek_id!r}, {state})"
-
-    __str__ = __repr__
-
-    def __reduce_ex__(self, protocol: object) -> Any:
-        raise TypeError("FileKek cannot be pickled")
 
 
 # -- Pkcs11Kek -----------------------------------------------------------------------------------
@@ -576,7 +571,7 @@ def _check_token_key(key: _TokenKey, key_label: str, token_label: str) -> None:
         raise KeyError_(f"{where} is not allowed to encrypt and decrypt")
 
 
-class Pkcs11Kek:
+class Pkcs11Kek(_ProviderBase):
     """AES-256-GCM key wrapping done by a PKCS#11 token (an HSM, or SoftHSM2 in tests).
 
     The KEK is an AES-256 token object (``CKA_TOKEN``, ``CKA_PRIVATE``, ``CKA_SENSITIVE``, not
@@ -755,21 +750,9 @@ class Pkcs11Kek:
         """Release this provider's share of the token session (the key stays on the token). Idempotent."""
         self._finalizer()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "open" if self._finalizer.alive else "closed"
         return f"Pkcs11Kek(kek_id={self._kek_id!r}, {state})"
-
-    __str__ = __repr__
-
-    def __reduce_ex__(self, protocol: object) -> Any:
-        raise TypeError("Pkcs11Kek cannot be pickled")
 
 
 # -- factory -------------------------------------------------------------------------------------
