@@ -160,15 +160,10 @@ class ControlServer:
         if uid != os.getuid():
             conn.sendall(_line({"ok": False, "error": "permission denied: not the engine's owner"}))
             return
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > _MAX_REQUEST:
-                conn.sendall(_line({"ok": False, "error": "request too large"}))
-                return
+        data = _read_line(conn, _MAX_REQUEST)
+        if data is None:
+            conn.sendall(_line({"ok": False, "error": "request too large"}))
+            return
         try:
             req = json.loads(data)
             cmd = req["cmd"]
@@ -209,6 +204,19 @@ def _line(doc: Any) -> bytes:
     return json.dumps(doc, default=str).encode() + b"\n"
 
 
+def _read_line(sock: socket.socket, limit: int) -> bytes | None:
+    """Bytes up to and including a newline (or until the peer closes); None past ``limit``."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > limit:
+            return None
+    return data
+
+
 def request(path: str | Path, payload: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
     """Send one request to a running engine and return its answer.
 
@@ -227,13 +235,10 @@ def request(path: str | Path, payload: dict[str, Any], timeout: float = 30.0) ->
         except PermissionError:
             raise XpsError(f"{where}: permission denied (the engine belongs to another user)") from None
         sock.sendall(_line(payload))
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > _MAX_ANSWER:
-                raise XpsError(f"{where}: the engine's answer is too large")
+        answer_line = _read_line(sock, _MAX_ANSWER)
+        if answer_line is None:
+            raise XpsError(f"{where}: the engine's answer is too large")
+        data = answer_line
     except TimeoutError:  # socket.timeout
         raise XpsError(f"{where}: the engine did not answer within {timeout:g} s") from None
     except (ConnectionResetError, BrokenPipeError):
