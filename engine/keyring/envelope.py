@@ -20,12 +20,10 @@ the AEAD runs.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from xpscerpto.errors import AuthError
-from xpscerpto.sealed import Sealed
 
-__all__ = ["ALGORITHMS", "CODES", "FORMAT", "HEADER", "Envelope", "parse"]
+__all__ = ["ALGORITHMS", "CODES", "FORMAT", "HEADER", "NONCE_SIZES"]
 
 FORMAT = 0x01
 HEADER = struct.Struct(">B8sIB32s")  # format, key id, version, algorithm, commitment
@@ -35,40 +33,7 @@ ALGORITHMS = {1: "AES-256-GCM", 2: "AES-128-GCM", 3: "CHACHA20-POLY1305", 4: "XC
 CODES = {name: code for code, name in ALGORITHMS.items()}
 NONCE_SIZES = {"AES-256-GCM": 12, "AES-128-GCM": 12, "CHACHA20-POLY1305": 12, "XCHACHA20-POLY1305": 24,
                "AES-256-GCM-SIV": 12, "AEGIS-256": 32}
-TAG_SIZES = {"AEGIS-256": 32}
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """A parsed blob (nothing verified yet)."""
-
-    key_id: bytes
-    version: int
-    algorithm: str
-    commitment: bytes
-    header: bytes  # everything up to and including the nonce (the authenticated prefix)
-    nonce: bytes
-    sealed: Sealed  # nonce and a zero-copy view of ciphertext || tag, for AeadAPI.open
-
-
 def _opaque() -> AuthError:
     # One error for every malformed blob: the caller learns nothing about which part failed.
     return AuthError("keyring: decryption failed")
 
-
-def parse(blob: bytes) -> Envelope:
-    """Split a blob into its fields; any malformation is the opaque AuthError."""
-    if not isinstance(blob, bytes | bytearray | memoryview) or len(blob) < HEADER.size:
-        raise _opaque()
-    fmt, key_id, version, code, commitment = HEADER.unpack_from(blob)
-    algorithm = ALGORITHMS.get(code)
-    if fmt != FORMAT or algorithm is None:
-        raise _opaque()
-    n = HEADER.size + NONCE_SIZES[algorithm]
-    tag_size = TAG_SIZES.get(algorithm, 16)
-    if len(blob) < n + tag_size:
-        raise _opaque()
-    view = memoryview(blob)
-    nonce = bytes(view[HEADER.size:n])
-    return Envelope(key_id, version, algorithm, commitment, bytes(view[:n]), nonce,
-                    Sealed.of(nonce, view[n:], tag_size))  # type: ignore[arg-type]  # open() takes any buffer

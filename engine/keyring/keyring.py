@@ -37,9 +37,9 @@ from xpscerpto.home import Home
 from xpscerpto.secret import SecretBytes
 
 from .approvals import Approvals, OperatorRegistry
-from .envelope import CODES, HEADER, NONCE_SIZES, _opaque, parse
+from .envelope import CODES, HEADER, NONCE_SIZES, _opaque
 from .kek import KekProvider, _random_secret, open_kek
-from .states import Action, KeyState, VersionState, decrypt_deadline, key_after, version_after
+from .states import Action, KeyState, VersionState, decrypt_deadline, key_after, version_destroyable
 from .store import KeyRow, Store, VersionRow
 
 __all__ = ["KeyInfo", "Keyring", "VersionInfo", "parse_policy"]
@@ -252,10 +252,13 @@ class Keyring:
             raise PolicyError(f"blobs: expected a list of blobs, got {type(blobs).__name__}")
         out: list[bytes] = []
         for i, blob in enumerate(blobs, 1):
-            env = parse(blob)
-            row = self.store.key(env.key_id.hex())
+            try:
+                _, key_id, version, _, _ = _unpack(blob)
+            except (struct.error, TypeError):
+                raise _opaque() from None
+            row = self.store.key(key_id.hex())
             active = self.store.active_version(row.key_id) if row is not None else None
-            if active is not None and active.version == env.version:
+            if active is not None and active.version == version:
                 out.append(bytes(blob))
             else:
                 plaintext = self.decrypt(blob, aad)  # raises the opaque error for unusable keys
@@ -372,7 +375,7 @@ class Keyring:
                         raise KeyError_(f"version: key {row.name!r} has no version {version}")
                     if ver.state is VersionState.DESTROYED:
                         return
-                    version_after(ver.state, destroy=True)
+                    version_destroyable(ver.state)
                     targets = [version]
                 signers = self._check_approvals(db, approvals, required, "destroy", row.key_id, version, False)
                 now = self.clock()

@@ -21,7 +21,7 @@ import math
 
 from xpscerpto.errors import PolicyError
 
-__all__ = ["Action", "KeyState", "VersionState", "can_decrypt", "decrypt_deadline", "key_after", "version_after"]
+__all__ = ["Action", "KeyState", "VersionState", "decrypt_deadline", "key_after", "version_destroyable"]
 
 
 class KeyState(enum.StrEnum):
@@ -77,10 +77,11 @@ def key_after(state: KeyState, action: Action) -> KeyState:
         raise PolicyError(f"state: cannot {action} a {state} key: {hint}", reason="lifecycle") from None
 
 
-def version_after(state: VersionState, *, destroy: bool) -> VersionState:
-    """State of a single version after a destroy request (versions otherwise follow the key)."""
-    if not destroy:
-        return state
+def version_destroyable(state: VersionState) -> VersionState:
+    """Check one version may be destroyed on its own; returns the state it goes to.
+
+    Versions otherwise follow their key (rotation retires, revocation revokes them).
+    """
     if state not in _VERSION_DESTROYABLE:
         raise PolicyError(f"version: cannot destroy the {state} version; rotate or revoke first",
                           reason="lifecycle")
@@ -99,7 +100,3 @@ def decrypt_deadline(state: VersionState, retired_at: float | None, window: floa
         return retired_at + window
     return -math.inf
 
-
-def can_decrypt(state: VersionState, retired_at: float | None, now: float, window: float) -> bool:
-    """Appendix A: active decrypts; retired decrypts inside the dual-key window; nothing else."""
-    return now < decrypt_deadline(state, retired_at, window)
