@@ -134,18 +134,19 @@ class AeadRoute(_Route):
             return wrapped
 
 
-class SignatureRoute(_Route):
-    """A signature scheme; secret keys are seeds."""
+class _KeyPairRoute(_Route):
+    """Adapters whose contract has ``generate()`` and ``public_key(sk)`` (signature, kex, KEM)."""
 
-    __slots__ = ("_impl", "public_key_size", "secret_key_size", "signature_size")
+    __slots__ = ("_impl", "public_key_size", "secret_key_size")
 
-    def __init__(self, operation: str, provider: str, impl: Signature,
+    _impl: Signature | KeyAgreement | Kem
+
+    def __init__(self, operation: str, provider: str, impl: Signature | KeyAgreement | Kem,
                  on_fault: FaultSink | None = None) -> None:
         super().__init__(operation, provider, on_fault)
         self._impl = impl
         self.public_key_size = impl.public_key_size
         self.secret_key_size = impl.secret_key_size
-        self.signature_size = impl.signature_size
 
     def generate_keypair(self) -> tuple[bytes, SecretBytes]:
         try:
@@ -163,6 +164,19 @@ class SignatureRoute(_Route):
             raise
         except Exception as exc:
             self._fault(exc)
+
+
+class SignatureRoute(_KeyPairRoute):
+    """A signature scheme; secret keys are seeds."""
+
+    __slots__ = ("signature_size",)
+
+    _impl: Signature
+
+    def __init__(self, operation: str, provider: str, impl: Signature,
+                 on_fault: FaultSink | None = None) -> None:
+        super().__init__(operation, provider, impl, on_fault)
+        self.signature_size = impl.signature_size
 
     def sign(self, secret_key: Any, message: Buffer, context: bytes = b"") -> bytes:
         sk = _buf(secret_key, "secret_key", KeyError_)
@@ -199,34 +213,12 @@ class SignatureRoute(_Route):
             raise PolicyError("context: Ed25519 (RFC 8032 pure) takes no context")
 
 
-class KexRoute(_Route):
+class KexRoute(_KeyPairRoute):
     """Key agreement; rejects the all-zero shared secret."""
 
-    __slots__ = ("_impl", "public_key_size", "secret_key_size")
+    __slots__ = ()
 
-    def __init__(self, operation: str, provider: str, impl: KeyAgreement,
-                 on_fault: FaultSink | None = None) -> None:
-        super().__init__(operation, provider, on_fault)
-        self._impl = impl
-        self.public_key_size = impl.public_key_size
-        self.secret_key_size = impl.secret_key_size
-
-    def generate_keypair(self) -> tuple[bytes, SecretBytes]:
-        try:
-            pk, sk = self._impl.generate()
-        except Exception as exc:
-            self._fault(exc)
-        return pk, _secret(sk)
-
-    def public_key(self, secret_key: Any) -> bytes:
-        sk = _buf(secret_key, "secret_key", KeyError_)
-        _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
-        try:
-            return self._impl.public_key(sk)
-        except XpsError:
-            raise
-        except Exception as exc:
-            self._fault(exc)
+    _impl: KeyAgreement
 
     def derive_shared(self, secret_key: Any, peer_public_key: Buffer) -> SecretBytes:
         sk = _buf(secret_key, "secret_key", KeyError_)
@@ -248,35 +240,17 @@ class KexRoute(_Route):
         return _secret(shared)
 
 
-class KemRoute(_Route):
+class KemRoute(_KeyPairRoute):
     """A KEM whose decapsulation key is a seed."""
 
-    __slots__ = ("_impl", "ciphertext_size", "public_key_size", "secret_key_size")
+    __slots__ = ("ciphertext_size",)
+
+    _impl: Kem
 
     def __init__(self, operation: str, provider: str, impl: Kem,
                  on_fault: FaultSink | None = None) -> None:
-        super().__init__(operation, provider, on_fault)
-        self._impl = impl
-        self.public_key_size = impl.public_key_size
-        self.secret_key_size = impl.secret_key_size
+        super().__init__(operation, provider, impl, on_fault)
         self.ciphertext_size = impl.ciphertext_size
-
-    def generate_keypair(self) -> tuple[bytes, SecretBytes]:
-        try:
-            pk, sk = self._impl.generate()
-        except Exception as exc:
-            self._fault(exc)
-        return pk, _secret(sk)
-
-    def public_key(self, secret_key: Any) -> bytes:
-        sk = _buf(secret_key, "secret_key", KeyError_)
-        _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
-        try:
-            return self._impl.public_key(sk)
-        except XpsError:
-            raise
-        except Exception as exc:
-            self._fault(exc)
 
     def encapsulate(self, public_key: Buffer) -> tuple[bytes, SecretBytes]:
         pk = _buf(public_key, "public_key", KeyError_)
