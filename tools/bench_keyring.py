@@ -309,34 +309,30 @@ def aa_control(lib: RawLib, size: int, timing: Timing) -> dict[str, Any]:
 class _StandInHandle:
     """The fields of the keyring's cached key handle that its hot path touches."""
 
-    __slots__ = ("counter", "decryptions", "last_used", "recheck_at", "retired_at", "state")
+    __slots__ = ("counter", "decrypt_until", "decryptions", "last_used", "recheck_at")
 
     def __init__(self) -> None:
-        from xpscerpto.keyring import VersionState
-
         self.counter = itertools.count(-(1 << 62))  # a reserved block that never runs out
-        self.recheck_at = math.inf
+        self.recheck_at = self.decrypt_until = math.inf
         self.decryptions, self.last_used = 0, 0.0
-        self.state, self.retired_at = VersionState.ACTIVE, None
 
 
 class _StandInRing:
     """The attributes the keyring's hot path loads from ``self``."""
 
-    __slots__ = ("_active", "_handles", "clock", "window")
+    __slots__ = ("_active", "_handles", "clock")
 
     def __init__(self, name: str, key_ref: tuple[bytes, int]) -> None:
         h = _StandInHandle()
         self._active, self._handles = {name: h}, {key_ref: h}
-        self.clock, self.window = time.time, 30 * 86400.0
+        self.clock = time.time
 
 
 # Each component: (key, label, statement or None when derived by difference).
 Parts = tuple[tuple[str, str, str | None], ...]
 ENCRYPT_PARTS: Parts = (
     ("work", "library AEAD work, key schedule cached", None),
-    ("setup", "per-call key setup: AESGCM(key)", None),
-    ("dispatch", "= engine dispatch (route, checks, Sealed)", None),
+    ("dispatch", "= KeyedAead.encrypt: checks, Sealed", None),
     ("nonce", "nonce: os.urandom(nonce size)", "urandom(ns)"),
     ("header", "header: prefix + nonce", "prefix + nonce"),
     ("aad", "associated data: header + aad", "header + aad"),
@@ -346,20 +342,20 @@ ENCRYPT_PARTS: Parts = (
     ("reserve", "usage reservation, amortized (below)", None),
     ("residual", "= residual (method frame, loads)", None),
 )
-SHORT_LABELS = {"work": "library work", "setup": "key setup", "dispatch": "engine dispatch", "nonce": "urandom nonce",
+SHORT_LABELS = {"work": "library work", "dispatch": "engine dispatch", "nonce": "urandom nonce",
                 "header": "header build", "aad": "aad concat", "join": "output join", "book": "bookkeeping",
-                "reserve": "usage reservation", "residual": "residual", "parse": "parse(blob)",
+                "reserve": "usage reservation", "residual": "residual", "parse": "header unpack",
                 "commit": "commitment check"}
 DECRYPT_PARTS: Parts = (
     ("work", "library AEAD work, key schedule cached", None),
-    ("setup", "per-call key setup: AESGCM(key)", None),
-    ("dispatch", "= engine dispatch (route, checks, buffers)", None),
-    ("parse", "parse(blob): header fields, views", "parse(blob)"),
-    ("commit", "key commitment: constant_time_eq", "constant_time_eq(commitment, env.commitment)"),
-    ("aad", "associated data: header + aad", "env.header + aad"),
-    ("book", "handle lookup, clock, state, counters", "h = st._handles.get((env.key_id, env.version)); "
-     "now = st.clock(); h is None or now >= h.recheck_at; "
-     "can_decrypt(h.state, h.retired_at, now, st.window); h.decryptions += 1; h.last_used = now"),
+    ("dispatch", "= KeyedAead.decrypt: checks", None),
+    ("parse", "header: unpack, nonce and ciphertext slices", "fmt, kid, version, code, c = unpack(blob); "
+     "nonce = blob[hs:n]; wire = memoryview(blob)[n:]"),
+    ("commit", "key commitment: compare_digest", "ct_eq(commitment, c)"),
+    ("aad", "associated data: header + aad", "blob[:n] + aad"),
+    ("book", "handle lookup, clock, deadline, counters", "h = st._handles.get((kid, version)); "
+     "now = st.clock(); h is None or now >= h.recheck_at or now >= h.decrypt_until; "
+     "h.decryptions += 1; h.last_used = now"),
     ("residual", "= residual (method frame, loads)", None),
 )
 
@@ -374,9 +370,9 @@ def breakdown(subject: Subject, size: int, op: str, timing: Timing, reserve_us: 
     rows marked '=' are by difference, so the rows add up to the keyring total. The usage
     reservation comes from :func:`reservation`, spread over one usage block.
     """
-    from xpscerpto.keyring.envelope import CODES, HEADER, parse
-    from xpscerpto.keyring.states import can_decrypt
-    from xpscerpto.secret import SecretBytes, constant_time_eq
+    import hmac
+
+    from xpscerpto.keyring.envelope import CODES, HEADER
 
     algo, lib, eng = subject.algo, subject.lib, subject.ring.engine
     d = inputs(subject, size)
@@ -386,10 +382,10 @@ def breakdown(subject: Subject, size: int, op: str, timing: Timing, reserve_us: 
     nonce = os.urandom(lib.nonce_size)
     header = prefix + nonce
     key_bytes = os.urandom(32)
-    key = SecretBytes(key_bytes)
-    sealed = eng.aead.encrypt(algo, key, pt, header + aad, nonce=nonce)
+    keyed = eng.aead.keyed(algo, key_bytes)  # what a keyring handle holds
+    sealed = keyed.encrypt(pt, header + aad, nonce)
     blob = header + sealed.ciphertext_and_tag  # a stand-in blob under the stand-in key
-    env = parse(blob)
+    hs, n = HEADER.size, len(header)
     st = _StandInRing(subject.name, (kid, 1))
     loops: dict[str, Loop] = {"keyring": timed("ring.encrypt(name, pt, aad)", ring=subject.ring,
                                                name=subject.name, pt=pt, aad=aad) if op == "encrypt"
@@ -397,27 +393,25 @@ def breakdown(subject: Subject, size: int, op: str, timing: Timing, reserve_us: 
     if subject.tink is not None:
         loops["tink"] = (timed("p.encrypt(pt, aad)", p=subject.tink, pt=pt, aad=aad) if op == "encrypt"
                          else timed("p.decrypt(ct, aad)", p=subject.tink, ct=d["tct"], aad=aad))
-    # What the engine hands the library: SecretBytes' bytearray (converted by the engine's libsodium
+    # What KeyedAead hands the library: its SecretBytes' bytearray (converted by the libsodium
     # wrapper, so that copy lands in "dispatch"; the raw binding itself takes bytes only).
     lib_key = bytearray(key_bytes) if lib.buffers_ok else key_bytes
     if op == "encrypt":
-        loops["engine"] = timed("aead.encrypt(algo, key, pt, aad, nonce=nonce).ciphertext_and_tag",
-                                aead=eng.aead, algo=algo, key=key, pt=pt, aad=header + aad, nonce=nonce)
+        loops["engine"] = timed("k.encrypt(pt, aad, nonce).ciphertext_and_tag", k=keyed, pt=pt,
+                                aad=header + aad, nonce=nonce)
         loops["work"] = timed(lib.work_encrypt, **lib.bind(lib_key, pt=pt, aad=header + aad, nonce=nonce))
         names = {"urandom": os.urandom, "ns": lib.nonce_size, "prefix": prefix, "nonce": nonce, "header": header,
                  "aad": aad, "ct": sealed.ciphertext_and_tag, "st": st, "name": subject.name}
         parts = ENCRYPT_PARTS
     else:
-        wire = env.sealed.ciphertext_and_tag
-        loops["engine"] = timed("aead.open(algo, key, sealed, aad)", aead=eng.aead, algo=algo, key=key,
-                                sealed=env.sealed, aad=env.header + aad)
+        wire = memoryview(blob)[n:]
+        loops["engine"] = timed("k.decrypt(nonce, wire, aad)", k=keyed, nonce=nonce, wire=wire, aad=header + aad)
         loops["work"] = timed(lib.work_decrypt, **lib.bind(
-            lib_key, nonce=nonce, aad=env.header + aad, wire=wire if lib.buffers_ok else bytes(wire)))
-        names = {"parse": parse, "blob": blob, "constant_time_eq": constant_time_eq, "commitment": commitment,
-                 "env": env, "aad": aad, "st": st, "can_decrypt": can_decrypt}
+            lib_key, nonce=nonce, aad=header + aad, wire=wire if lib.buffers_ok else bytes(wire)))
+        names = {"unpack": HEADER.unpack_from, "blob": blob, "hs": hs, "n": n, "ct_eq": hmac.compare_digest,
+                 "commitment": commitment, "c": bytes(bytearray(commitment)), "aad": aad, "st": st,
+                 "kid": kid, "version": 1}
         parts = DECRYPT_PARTS
-    if lib.key_setup is not None:
-        loops["setup"] = timed(lib.key_setup, **lib.bind(lib_key))
     for key_, _, stmt in parts:
         if stmt is not None:
             loops[key_] = timed(stmt, **names)
@@ -428,8 +422,9 @@ def breakdown(subject: Subject, size: int, op: str, timing: Timing, reserve_us: 
     times = {k: low_half_median(v) for k, v in zip(loops, per_call, strict=True)}
     us = {k: (v - times["empty"]) / 1e3 for k, v in times.items() if k != "empty"}
 
-    c: dict[str, float | None] = {"work": us["work"], "setup": us.get("setup")}
-    c["dispatch"] = us["engine"] - us["work"] - (c["setup"] or 0.0)
+    # KeyedAead builds the library's key object once per table, so there is no per-call setup.
+    c: dict[str, float | None] = {"work": us["work"]}
+    c["dispatch"] = us["engine"] - us["work"]
     if op == "encrypt":
         c.update({k: us[k] for k in ("nonce", "header", "aad", "join", "book")})
         c["reserve"] = reserve_us
