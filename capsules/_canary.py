@@ -1,5 +1,8 @@
 """Transitional implementations used while a capsule is staged: canary and dual-run.
 
+Faults are reported by the exception's type only: a candidate's exception message could carry
+anything (secrets included) and it goes into the audit journal.
+
 Each wraps the *current* implementation (``old``) and the candidate (``new``) behind the same
 provider contract, so the routing table and the API need no special case; they exist only in
 tables published during staging, never in the steady-state one.
@@ -18,7 +21,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from xpscerpto.interfaces import OPERATIONS
+from xpscerpto.interfaces import OPERATIONS, AeadCipher, Buffer
 
 __all__ = ["Fault", "transitional"]
 
@@ -38,50 +41,68 @@ def _outcome(fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
         return False, exc
 
 
+class _Raised:
+    """What a shadowed call raised (so a result and a failure never share one variable)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+def _attempt(fn: Callable[[bytes, Buffer, Buffer], bytes], nonce: bytes, data: Buffer,
+             aad: Buffer) -> bytes | _Raised:
+    try:
+        return fn(nonce, data, aad)
+    except Exception as exc:
+        return _Raised(exc)
+
+
 class _CanaryKeyed:
     __slots__ = ("_fault", "_new", "_old")
 
-    def __init__(self, old: Any, new: Any, fault: Fault) -> None:
+    def __init__(self, old: AeadCipher, new: AeadCipher, fault: Fault) -> None:
         self._old, self._new, self._fault = old, new, fault
 
-    def encrypt(self, nonce: bytes, data: Any, aad: Any) -> bytes:
-        ok, out = _outcome(self._new.encrypt, nonce, data, aad)
-        if ok:
-            return out  # type: ignore[no-any-return]
-        self._fault(f"canary encrypt raised {type(out).__name__}: {out}")
-        return self._old.encrypt(nonce, data, aad)  # type: ignore[no-any-return]
+    def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+        out = _attempt(self._new.encrypt, nonce, data, aad)
+        if not isinstance(out, _Raised):
+            return out
+        self._fault(f"canary encrypt raised {type(out.exc).__name__}")
+        return self._old.encrypt(nonce, data, aad)
 
-    def decrypt(self, nonce: bytes, data: Any, aad: Any) -> bytes:
-        ok, out = _outcome(self._new.decrypt, nonce, data, aad)
-        if ok:
-            return out  # type: ignore[no-any-return]
+    def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+        out = _attempt(self._new.decrypt, nonce, data, aad)
+        if not isinstance(out, _Raised):
+            return out
         # Either a genuine forgery (old refuses too: re-raise old's verdict) or a capsule fault.
         result = self._old.decrypt(nonce, data, aad)
-        self._fault(f"canary decrypt refused what the current implementation accepts ({type(out).__name__})")
-        return result  # type: ignore[no-any-return]
+        self._fault(f"canary decrypt refused what the current implementation accepts ({type(out.exc).__name__})")
+        return result
 
 
 class _ShadowKeyed:
     __slots__ = ("_fault", "_new", "_old")
 
-    def __init__(self, old: Any, new: Any, fault: Fault) -> None:
+    def __init__(self, old: AeadCipher, new: AeadCipher, fault: Fault) -> None:
         self._old, self._new, self._fault = old, new, fault
 
-    def encrypt(self, nonce: bytes, data: Any, aad: Any) -> bytes:
+    def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
         out = self._old.encrypt(nonce, data, aad)
-        ok, shadow = _outcome(self._new.encrypt, nonce, data, aad)
-        if not ok or shadow != out:
+        shadow = _attempt(self._new.encrypt, nonce, data, aad)
+        if isinstance(shadow, _Raised) or shadow != out:
             self._fault("dual-run encrypt differs from the current implementation")
-        return out  # type: ignore[no-any-return]
+        return out
 
-    def decrypt(self, nonce: bytes, data: Any, aad: Any) -> bytes:
-        ok_old, out = _outcome(self._old.decrypt, nonce, data, aad)
-        ok_new, shadow = _outcome(self._new.decrypt, nonce, data, aad)
-        if ok_old != ok_new or (ok_old and bytes(shadow) != bytes(out)):
+    def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+        out = _attempt(self._old.decrypt, nonce, data, aad)
+        shadow = _attempt(self._new.decrypt, nonce, data, aad)
+        if isinstance(out, _Raised) != isinstance(shadow, _Raised) or (
+                not isinstance(out, _Raised) and not isinstance(shadow, _Raised) and bytes(shadow) != bytes(out)):
             self._fault("dual-run decrypt differs from the current implementation")
-        if not ok_old:
-            raise out
-        return out  # type: ignore[no-any-return]
+        if isinstance(out, _Raised):
+            raise out.exc
+        return out
 
 
 class _TransitionalAead:
@@ -134,7 +155,7 @@ class _TransitionalOther:
                     return out
                 ok_old, ref = _outcome(old_fn, *args)
                 if ok_old:
-                    self._fault(f"canary {method} raised {type(out).__name__}: {out}")
+                    self._fault(f"canary {method} raised {type(out).__name__}")
                     return ref
                 raise ref
             return old_fn(*args)

@@ -30,16 +30,25 @@ def _limit_memory(max_bytes: int) -> None:
 
 
 def run(request: dict[str, Any]) -> dict[str, Any]:
+    from datetime import datetime
+
     from xpscerpto._plugins import validate_provider
     from xpscerpto.interfaces import OPERATIONS
     from xpscerpto.kat.selftest import parse_vectors, run_selftest
+    from xpscerpto.signing import TrustStore
 
     from . import _diff
+    from ._verifier import verify_capsule
+    from .format import Limits
     from .loader import load_provider
 
-    files = {p: bytes.fromhex(h) for p, h in request["files"].items()}
-    provider = load_provider(sha256=request["sha256"], name=request["name"], version=request["version"],
-                             files=files, operations=request["operations"], kat={})
+    # Verified again here, with what the engine verified it against: code runs only from a
+    # VerifiedCapsule, in this process as in the engine's.
+    capsule = verify_capsule(bytes.fromhex(request["capsule"]), trust=TrustStore.from_json(request["trust"]),
+                             highest={}, now=datetime.fromisoformat(request["now"]),
+                             limits=Limits(**request["limits"]))
+    files = capsule.files
+    provider = load_provider(capsule)
     problem = validate_provider(provider)
     if problem is not None:
         return {"ok": False, "stage": "contract", "reason": problem}

@@ -12,6 +12,8 @@ import os
 import time
 from typing import Any
 
+from .refusal import Refusal
+
 __all__ = ["bench_aead", "compare", "compute", "make_inputs"]
 
 _AEAD_SIZES = (0, 1, 15, 16, 17, 63, 64, 255, 1000, 4096, 65536)
@@ -83,30 +85,31 @@ def _rejects_tamper(impl: Any, b: dict[str, bytes], ct: bytes) -> bool:
 
 
 def compare(kind: str, operation: str, reference: Any, inputs: list[dict[str, str]],
-            candidate: list[dict[str, Any]], expected: list[dict[str, Any]]) -> str | None:
-    """The first disagreement between candidate and reference, or None."""
+            candidate: list[dict[str, Any]], expected: list[dict[str, Any]]) -> tuple[Refusal, str] | None:
+    """The first disagreement between candidate and reference (its code and detail), or None."""
+    mismatch = Refusal.DIFFERENTIAL_MISMATCH
     if len(candidate) != len(expected):
-        return f"returned {len(candidate)} results for {len(expected)} inputs"
+        return mismatch, f"returned {len(candidate)} results for {len(expected)} inputs"
     for i, (got, want) in enumerate(zip(candidate, expected, strict=True)):
         if kind == "aead":
             if not got.get("rejects_tamper"):
-                return f"input {i}: accepted a tampered ciphertext"
+                return Refusal.TAMPER_ACCEPTED, f"input {i}: accepted a tampered ciphertext"
             if not got.get("roundtrip"):
-                return f"input {i}: does not decrypt its own ciphertext"
+                return mismatch, f"input {i}: does not decrypt its own ciphertext"
         if kind == "sig" and operation == "sig.mldsa65":
             # Hedged signatures differ run to run: the reference must accept the candidate's.
             if got.get("pk") != want["pk"]:
-                return f"input {i}: public key differs"
+                return mismatch, f"input {i}: public key differs"
             x = inputs[i]
             try:
                 reference.verify(bytes.fromhex(got["pk"]), bytes.fromhex(x["msg"]),
                                  bytes.fromhex(got["sig"]), b"")
             except Exception:
-                return f"input {i}: the current implementation rejects the candidate's signature"
+                return mismatch, f"input {i}: the current implementation rejects the candidate's signature"
             continue
         for key, value in want.items():
             if got.get(key) != value:
-                return f"input {i}: {key} differs from the current implementation"
+                return mismatch, f"input {i}: {key} differs from the current implementation"
     return None
 
 

@@ -2,47 +2,84 @@
 
 Modelled on python-tuf's trusted metadata set: each step is named for the attack it
 defends against, runs in a fixed order, and raises :class:`UpdateError` (or
-:class:`PolicyError` for engine policy) with a ``reason`` code. Nothing from the capsule
-is imported here; only :class:`VerifiedCapsule` carries bytes onward to be executed.
+:class:`PolicyError` for engine policy) whose ``reason`` is a
+:class:`~xpscerpto.capsules.refusal.Refusal`. This is the whole gate: nothing else decides
+whether a capsule may run. Nothing from the capsule is imported here; only a
+:class:`VerifiedCapsule`, which only :func:`verify_capsule` can make, carries bytes onward to
+be executed (the loader accepts nothing else).
 """
 
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from xpscerpto.config import Policy
-from xpscerpto.errors import PolicyError, UpdateError
+from xpscerpto.errors import InternalError
 from xpscerpto.interfaces import API_VERSION, OPERATIONS
-from xpscerpto.signing import TrustStore
+from xpscerpto.settings import Policy
+from xpscerpto.signing import Rejection, TrustStore
 
-from .format import Container, Limits, Manifest, parse_manifest, python_version, read_container, satisfies
+from .format import (
+    Container,
+    Limits,
+    Manifest,
+    parse_manifest,
+    parse_version,
+    python_version,
+    read_container,
+    satisfies,
+)
+from .refusal import Refusal, refuse
 
-__all__ = ["VerifiedCapsule", "verify_capsule"]
+__all__ = ["VerifiedCapsule", "is_verified", "verify_capsule"]
 
 _SKEW = timedelta(minutes=5)  # tolerated clock difference between publisher and engine
+
+# Held only by this module: VerifiedCapsule refuses to be built without it, so "only verified
+# bytes run" is enforced where a capsule is loaded, not left to each caller's discipline.
+_MINT = object()
+# Every instance verify_capsule() returned (dataclasses.replace() would copy the token above
+# into a capsule with other bytes; a copy is not in here).
+_MINTED: weakref.WeakValueDictionary[int, VerifiedCapsule] = weakref.WeakValueDictionary()
 
 
 @dataclass(frozen=True)
 class VerifiedCapsule:
-    """A capsule whose provenance, freshness and integrity were checked.
+    """A capsule whose provenance, freshness and integrity were checked; made only by
+    :func:`verify_capsule`.
 
     ``files`` are the verified payload bytes: the only bytes ever executed for this capsule.
+    ``trust``, ``verified_at`` and ``limits`` are what it was verified against (the validation
+    child verifies the same bytes again with them before it runs anything).
     """
 
     sha256: str
-    raw: bytes
+    raw: bytes = field(repr=False)
     manifest: Manifest
-    manifest_bytes: bytes
-    files: Mapping[str, bytes]
+    manifest_bytes: bytes = field(repr=False)
+    files: Mapping[str, bytes] = field(repr=False)
     signed_by: frozenset[str]
+    trust: TrustStore = field(repr=False)
+    verified_at: datetime
+    limits: Limits = field(repr=False)
+    _mint: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._mint is not _MINT:
+            raise InternalError("VerifiedCapsule: only verify_capsule() makes one")
 
     @property
     def label(self) -> str:
         """``name-version``."""
         return f"{self.manifest.name}-{self.manifest.version}"
+
+
+def is_verified(capsule: object) -> bool:
+    """Whether ``capsule`` is a VerifiedCapsule that :func:`verify_capsule` itself returned."""
+    return isinstance(capsule, VerifiedCapsule) and _MINTED.get(id(capsule)) is capsule
 
 
 def verify_capsule(
@@ -54,6 +91,7 @@ def verify_capsule(
     policy: Policy = Policy(),
     limits: Limits = Limits(),
     allow_version: str | None = None,
+    reserved_names: frozenset[str] = frozenset(),
 ) -> VerifiedCapsule:
     """Run every verification step in order; return the verified capsule or raise.
 
@@ -66,17 +104,25 @@ def verify_capsule(
         limits: container input limits.
         allow_version: re-verifying an already accepted capsule (at restart or an operator's
             roll-forward) may match exactly this version instead of exceeding ``highest``.
+        reserved_names: provider names a capsule may not take (the engine's built-ins).
+
+    Raises:
+        UpdateError: ``reason`` names the refusing step (:class:`Refusal`).
+        PolicyError: an operation the engine's policy does not route (``Refusal.POLICY``).
     """
     container = read_container(raw, limits)  # endless data, path tricks, symlinks, duplicates
     manifest = parse_manifest(container.manifest_bytes)  # malformed or unknown-format manifests
     signed_by = check_signatures(container, manifest, trust)  # arbitrary software, key compromise
+    check_name(manifest, reserved_names)  # impersonating a built-in provider
     check_version(manifest, highest, allow_version)  # rollback and downgrade
     check_expiry(manifest, now)  # freeze
     check_payload(manifest, container.files)  # tampered payload, mix-and-match
     check_compatibility(manifest)
     check_policy(manifest, policy)
-    return VerifiedCapsule(hashlib.sha256(raw).hexdigest(), raw, manifest, container.manifest_bytes,
-                           container.files, signed_by)
+    verified = VerifiedCapsule(hashlib.sha256(raw).hexdigest(), raw, manifest, container.manifest_bytes,
+                               container.files, signed_by, trust, now, limits, _MINT)
+    _MINTED[id(verified)] = verified
+    return verified
 
 
 def check_signatures(container: Container, manifest: Manifest, trust: TrustStore) -> frozenset[str]:
@@ -87,19 +133,25 @@ def check_signatures(container: Container, manifest: Manifest, trust: TrustStore
     if not result:
         unlisted = sorted(set(container.signatures) - set(listed))
         extra = f"; {len(unlisted)} signature(s) by keys the manifest does not list" if unlisted else ""
-        why = set(result.rejected.values())
-        if any("not allowed" in r for r in why):
-            reason = "key-not-allowed"
+        kinds = set(result.kinds.values())
+        if Rejection.NOT_ALLOWED in kinds:
+            reason = Refusal.KEY_NOT_ALLOWED
         elif result.signed:
-            reason = "threshold"
+            reason = Refusal.THRESHOLD
         elif not listed:
-            reason = "unlisted-key"
-        elif why == {"not a trusted key"}:
-            reason = "untrusted-key"
+            reason = Refusal.UNLISTED_KEY
+        elif kinds == {Rejection.UNTRUSTED}:
+            reason = Refusal.UNTRUSTED_KEY
         else:
-            reason = "bad-signature"
-        raise UpdateError(f"signatures: {result.describe()}{extra}", reason=reason)
+            reason = Refusal.BAD_SIGNATURE
+        raise refuse(reason, f"signatures: {result.describe()}{extra}")
     return result.signed
+
+
+def check_name(manifest: Manifest, reserved_names: frozenset[str]) -> None:
+    """A capsule may not take a built-in provider's name (and so its place in routing)."""
+    if manifest.name in reserved_names:
+        raise refuse(Refusal.NAME_COLLISION, f"name: {manifest.name!r} is a built-in provider's name")
 
 
 def check_version(manifest: Manifest, highest: Mapping[str, str], allow_version: str | None) -> None:
@@ -107,51 +159,51 @@ def check_version(manifest: Manifest, highest: Mapping[str, str], allow_version:
     top = highest.get(manifest.name)
     if top is None or manifest.version == allow_version:
         return
-    if manifest.version_tuple <= tuple(int(x) for x in top.split(".")):
-        raise UpdateError(f"version: {manifest.name} {manifest.version} is not newer than the highest "
-                          f"accepted version {top}", reason="rollback")
+    if manifest.version_tuple <= parse_version(top):
+        raise refuse(Refusal.ROLLBACK, f"version: {manifest.name} {manifest.version} is not newer than the "
+                                       f"highest accepted version {top}")
 
 
 def check_expiry(manifest: Manifest, now: datetime) -> None:
     """Refuse a capsule whose publisher no longer vouches for it, or that is from the future."""
     if manifest.expires <= now:
-        raise UpdateError(f"expires: {manifest.name} {manifest.version} expired at "
-                          f"{manifest.expires:%Y-%m-%dT%H:%M:%SZ}", reason="expired")
+        raise refuse(Refusal.EXPIRED, f"expires: {manifest.name} {manifest.version} expired at "
+                                      f"{manifest.expires:%Y-%m-%dT%H:%M:%SZ}")
     if manifest.created > now.replace(microsecond=0) + _SKEW:
-        raise UpdateError("created: lies in the future", reason="malformed")
+        raise refuse(Refusal.MALFORMED, "created: lies in the future")
     if manifest.expires <= manifest.created:
-        raise UpdateError("expires: not after created", reason="malformed")
+        raise refuse(Refusal.MALFORMED, "expires: not after created")
 
 
 def check_payload(manifest: Manifest, files: Mapping[str, bytes]) -> None:
     """Exactly the listed files, each with the listed size and SHA-256."""
     missing = sorted(set(manifest.files) - set(files))
     if missing:
-        raise UpdateError(f"payload: {missing[0]!r} is listed in the manifest but missing", reason="missing-file")
+        raise refuse(Refusal.MISSING_FILE, f"payload: {missing[0]!r} is listed in the manifest but missing")
     extra = sorted(set(files) - set(manifest.files))
     if extra:
-        raise UpdateError(f"payload: {extra[0]!r} is not listed in the manifest", reason="extra-file")
+        raise refuse(Refusal.EXTRA_FILE, f"payload: {extra[0]!r} is not listed in the manifest")
     for path, (digest, size) in sorted(manifest.files.items()):
         blob = files[path]
         if len(blob) != size:
-            raise UpdateError(f"payload: {path!r} is {len(blob)} bytes, manifest says {size}", reason="size-mismatch")
+            raise refuse(Refusal.SIZE_MISMATCH, f"payload: {path!r} is {len(blob)} bytes, manifest says {size}")
         if hashlib.sha256(blob).hexdigest() != digest:
-            raise UpdateError(f"payload: {path!r} SHA-256 does not match the manifest", reason="digest-mismatch")
+            raise refuse(Refusal.DIGEST_MISMATCH, f"payload: {path!r} SHA-256 does not match the manifest")
     for op, entry in manifest.operations.items():
         module = entry.split(":")[0].replace(".", "/")
         if f"{module}.py" not in files and f"{module}/__init__.py" not in files:
-            raise UpdateError(f"operations.{op}: module {entry.split(':')[0]!r} is not in the payload",
-                              reason="missing-file")
+            raise refuse(Refusal.MISSING_FILE,
+                         f"operations.{op}: module {entry.split(':')[0]!r} is not in the payload")
 
 
 def check_compatibility(manifest: Manifest) -> None:
     """This engine's provider-contract version and this Python must be in the required ranges."""
     if not satisfies(API_VERSION, manifest.requires_engine_api):
-        raise UpdateError(f"requires.engine_api: {manifest.requires_engine_api!r} excludes this engine's "
-                          f"API {'.'.join(map(str, API_VERSION))}", reason="incompatible")
+        raise refuse(Refusal.INCOMPATIBLE, f"requires.engine_api: {manifest.requires_engine_api!r} excludes "
+                                           f"this engine's API {'.'.join(map(str, API_VERSION))}")
     if not satisfies(python_version(), manifest.requires_python):
-        raise UpdateError(f"requires.python: {manifest.requires_python!r} excludes Python "
-                          f"{'.'.join(map(str, python_version()))}", reason="incompatible")
+        raise refuse(Refusal.INCOMPATIBLE, f"requires.python: {manifest.requires_python!r} excludes Python "
+                                           f"{'.'.join(map(str, python_version()))}")
 
 
 def check_policy(manifest: Manifest, policy: Policy) -> None:
@@ -159,5 +211,5 @@ def check_policy(manifest: Manifest, policy: Policy) -> None:
     for op in manifest.operations:
         why = policy.reason(op, OPERATIONS[op].tokens)
         if why is not None:
-            raise PolicyError(f"operations.{op}: {why}", reason="policy")
+            raise refuse(Refusal.POLICY, f"operations.{op}: {why}")
 

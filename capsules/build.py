@@ -26,11 +26,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from xpscerpto.errors import UpdateError
 from xpscerpto.secret import SecretBytes
 from xpscerpto.signing import PublisherKey, sign
 
 from .format import FORMAT, canonical_json, parse_manifest, read_container, write_container
+from .refusal import Refusal, refuse
 
 __all__ = ["SOURCE_FILE", "add_signature", "build_capsule", "collect_payload", "manifest_document"]
 
@@ -45,7 +45,7 @@ def collect_payload(src: Path) -> dict[str, bytes]:
         if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
             continue
         if path.is_symlink():
-            raise UpdateError(f"source: {rel} is a symlink; capsules carry regular files only", reason="symlink")
+            raise refuse(Refusal.SYMLINK, f"source: {rel} is a symlink; capsules carry regular files only")
         if path.is_file() and rel.as_posix() != SOURCE_FILE:
             files[rel.as_posix()] = path.read_bytes()
     return files
@@ -71,7 +71,7 @@ def manifest_document(source: Mapping[str, Any], files: Mapping[str, bytes],
                       for p, b in sorted(files.items())},
         }
     except KeyError as exc:
-        raise UpdateError(f"{SOURCE_FILE}: missing field {exc.args[0]!r}", reason="malformed") from None
+        raise refuse(Refusal.MALFORMED, f"{SOURCE_FILE}: missing field {exc.args[0]!r}") from None
 
 
 def build_capsule(src_dir: str | Path, signers: Iterable[tuple[PublisherKey, SecretBytes]],
@@ -85,12 +85,12 @@ def build_capsule(src_dir: str | Path, signers: Iterable[tuple[PublisherKey, Sec
     try:
         source = tomllib.loads((src / SOURCE_FILE).read_text())
     except OSError as exc:
-        raise UpdateError(f"source: cannot read {src / SOURCE_FILE}: {exc.strerror}", reason="malformed") from None
+        raise refuse(Refusal.MALFORMED, f"source: cannot read {src / SOURCE_FILE}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise UpdateError(f"{SOURCE_FILE}: {exc}", reason="malformed") from None
+        raise refuse(Refusal.MALFORMED, f"{SOURCE_FILE}: {exc}") from None
     signers = list(signers)
     if not signers:
-        raise UpdateError("key: at least one signing key is required", reason="unsigned")
+        raise refuse(Refusal.UNSIGNED, "key: at least one signing key is required")
     files = collect_payload(src)
     when = (now or datetime.now(UTC)).replace(microsecond=0)
     listed = [k for k, _ in signers] + [k for k in cosigners if k.keyid not in {s.keyid for s, _ in signers}]
@@ -104,8 +104,7 @@ def add_signature(raw: bytes, key: PublisherKey, seed: SecretBytes) -> bytes:
     container = read_container(raw)
     listed = parse_manifest(container.manifest_bytes).publisher_keys
     if key.keyid not in listed:
-        raise UpdateError(f"key: {key.keyid[:12]} is not listed in the manifest's publisher_keys",
-                          reason="key-not-allowed")
+        raise refuse(Refusal.KEY_NOT_ALLOWED, f"key: {key.keyid[:12]} is not listed in the manifest's publisher_keys")
     sigs = dict(container.signatures)
     sigs[key.keyid] = sign(seed, container.manifest_bytes)
     return write_container(container.manifest_bytes, sigs, container.files)

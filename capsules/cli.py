@@ -1,10 +1,18 @@
-"""Publisher commands, shared by ``tools/make_capsule.py`` and ``xps capsule``.
+"""The capsules' command line: publisher commands and the operator's hot-patch commands.
+
+Publisher (``tools/make_capsule.py`` and ``xps capsule``)::
 
     keygen --out NAME                               NAME.key (0600) and NAME.pub
     build SRC_DIR --key NAME.key [--key ...] --out FILE.capsule
     sign FILE.capsule --key NAME.key                co-sign (k-of-n) in place
     inspect FILE.capsule [--json]
     verify FILE.capsule --trust NAME.pub [--trust ...] [--threshold K]
+
+Operator (``xps``)::
+
+    watch DIR [--polling] [--canary-share F] [--canary-seconds S] [--dual-run-seconds S]
+    status [--json]
+    rollback OPERATION|CAPSULE [--to VERSION]
 """
 
 from __future__ import annotations
@@ -17,28 +25,33 @@ from pathlib import Path
 from typing import Any
 
 from xpscerpto._atomic import atomic_write
-from xpscerpto.errors import UpdateError
 from xpscerpto.signing import TrustStore, generate_keypair, load_private_key, load_public_key
 
 from ._verifier import verify_capsule
 from .build import add_signature, build_capsule
 from .format import parse_manifest, read_container
+from .refusal import Refusal, refuse
 
-__all__ = ["add_publisher_commands", "main"]
+__all__ = ["add_operator_commands", "add_publisher_commands", "main"]
+
+#: Seconds ``xps status`` waits for a running engine's answer (it reads memory only).
+STATUS_TIMEOUT = 10.0
+#: Seconds ``xps rollback`` waits (the engine re-verifies and may wait for a lock).
+CHANGE_TIMEOUT = 30.0
 
 
 def _read(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise UpdateError(f"capsule file {path!r}: {exc.strerror}", reason="io") from None
+        raise refuse(Refusal.IO, f"capsule file {path!r}: {exc.strerror}") from None
 
 
 def _write(path: str, raw: bytes) -> None:
     try:
         atomic_write(Path(path), raw, 0o644)
     except OSError as exc:
-        raise UpdateError(f"--out {path!r}: cannot write ({exc.strerror})", reason="io") from None
+        raise refuse(Refusal.IO, f"--out {path!r}: cannot write ({exc.strerror})") from None
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -134,6 +147,139 @@ def add_publisher_commands(sub: Any) -> None:
     p.add_argument("--trust", action="append", required=True, metavar="NAME.pub")
     p.add_argument("--threshold", type=int, default=1)
     p.set_defaults(func=cmd_verify)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Watch a folder for capsules and serve the control socket until interrupted."""
+    import signal
+    import threading
+
+    from xpscerpto.cli import context
+    from xpscerpto.engine import Engine
+
+    from .isolate import Gates
+    from .service import WatchService
+    from .updater import StagePlan
+
+    config = context.config(args)
+    eng = Engine(config.engine)
+    h = config.hotpatch
+    plan = StagePlan(
+        canary_share=h.canary_share if args.canary_share is None else args.canary_share,
+        canary_seconds=h.canary_seconds if args.canary_seconds is None else args.canary_seconds,
+        dual_run_seconds=h.dual_run_seconds if args.dual_run_seconds is None else args.dual_run_seconds,
+        drain_timeout=h.drain_timeout_seconds)
+    gates = Gates(timeout_s=h.timeout_seconds, memory_bytes=h.memory_bytes, bench_bytes=h.bench_bytes,
+                  max_slowdown=h.max_slowdown)
+    svc = WatchService(eng, args.dir, args.home, polling=args.polling or None, plan=plan, gates=gates,
+                       settle_seconds=h.settle_seconds, config=config).start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"watching {args.dir} ({svc.inbox.observer_kind}); home {svc.updater.home.root}; "
+          f"table v{eng.table.version}", flush=True)
+    stop.wait()
+    svc.stop()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Routing table, active/retired capsules and recent events (live if an engine runs)."""
+    from xpscerpto.cli import context
+
+    from .control import NoEngineRunning, request, result
+
+    home = context.home(args)
+    try:
+        data = result(request(home.socket, {"cmd": "status"}, timeout=STATUS_TIMEOUT))
+    except NoEngineRunning:
+        data = _offline_status(home)
+
+    def text() -> None:
+        print(f"engine: {'running' if data['running'] else 'not running (committed state)'}")
+        if data.get("table_version") is not None:
+            print(f"routing table v{data['table_version']}")
+            for op, provider in data["routes"].items():
+                print(f"  {op:<24} {provider}")
+        for a in data["active"]:
+            print(f"active  {a['name']} {a['version']} ({a['sha256'][:12]}) {', '.join(a['operations'])}")
+        if data.get("staging"):
+            print(f"staging {data['staging']}")
+        for r in data["retired"]:
+            print(f"retired {r['name']} {r['version']} ({str(r['sha256'])[:12]})")
+        for e in data["events"]:
+            extra = " ".join(f"{k}={e[k]}" for k in ("name", "version", "reason", "operator") if e.get(k))
+            print(f"  {e.get('time', '?')} {e.get('event', '?')!s:<20} {extra}")
+
+    context.emit(args, data, text)
+    return 0
+
+
+def _offline_status(home: Any) -> dict[str, Any]:
+    from xpscerpto.audit import AuditLog
+
+    from .store import RoutingState
+
+    state = RoutingState.load(home.state)
+    active = {a.sha256 for a in state.active}
+    retired = {e["sha256"]: e for e in state.history if e.get("sha256") not in active}
+    return {"running": False, "table_version": None, "routes": {}, "staging": None,
+            "active": [{"name": a.name, "version": a.version, "sha256": a.sha256,
+                        "operations": list(a.operations)} for a in state.active],
+            "retired": [{k: e.get(k) for k in ("name", "version", "sha256")} for e in retired.values()],
+            "highest": dict(state.highest), "events": AuditLog(home.audit).tail(20)}
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Roll back a capsule (by name or operation) in the running engine, or in the committed state."""
+    from xpscerpto.cli import context
+
+    from .control import NoEngineRunning, request, result
+    from .updater import rollback_offline
+
+    home = context.home(args)
+    try:
+        answer = request(home.socket, {"cmd": "rollback", "target": args.target, "to": args.to,
+                                       "operator": args.operator}, timeout=CHANGE_TIMEOUT)
+    except NoEngineRunning:
+        cap = rollback_offline(home, args.target, to=args.to, operator=args.operator)
+        print(f"rolled back {cap.name} {cap.version} in the committed state (no engine running)")
+        return 0
+    r = result(answer).get("rolled_back") or {}
+    print(f"rolled back {r.get('name', '?')} {r.get('version', '?')} in the running engine")
+    return 0
+
+
+def cmd_capsule(args: argparse.Namespace) -> int:
+    """Publisher commands (same as tools/make_capsule.py)."""
+    return int(args.capsule_func(args))
+
+
+def add_operator_commands(sub: Any) -> None:
+    """Register ``watch``, ``status``, ``rollback`` and ``capsule …`` on the ``xps`` subparsers."""
+    p = sub.add_parser("status", help=cmd_status.__doc__)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("watch", help=cmd_watch.__doc__)
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--polling", action="store_true", help="poll instead of inotify")
+    p.add_argument("--canary-share", type=float, help="override hotpatch.canary_share")
+    p.add_argument("--canary-seconds", type=float, help="override hotpatch.canary_seconds")
+    p.add_argument("--dual-run-seconds", type=float, help="override hotpatch.dual_run_seconds")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("rollback", help=cmd_rollback.__doc__)
+    p.add_argument("target", metavar="OPERATION|CAPSULE")
+    p.add_argument("--to", metavar="VERSION")
+    p.add_argument("--operator", default="cli")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("capsule", help=cmd_capsule.__doc__)
+    csub = p.add_subparsers(dest="capsule_cmd", required=True)
+    add_publisher_commands(csub)
+    for action in csub.choices.values():
+        action.set_defaults(capsule_func=action.get_default("func"), func=cmd_capsule)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "make_capsule.py") -> int:

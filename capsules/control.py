@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xpscerpto.errors import XpsError
+from xpscerpto.errors import ErrorCode, XpsError
 
 from .updater import Updater
 
-__all__ = ["ControlServer", "NoEngineRunning", "request"]
+__all__ = ["ControlServer", "NoEngineRunning", "request", "result"]
 
 _MAX_REQUEST = 64 * 1024
 _MAX_ANSWER = 64 * 1024 * 1024
@@ -256,3 +256,15 @@ def request(path: str | Path, payload: dict[str, Any], timeout: float = 30.0) ->
     if not isinstance(answer, dict):
         raise XpsError(f"{where}: unreadable answer from the engine")
     return answer
+
+
+def result(answer: dict[str, Any]) -> dict[str, Any]:
+    """The ``result`` of an answer from :func:`request`, or its error raised as the engine typed it."""
+    if not answer.get("ok"):
+        code = answer.get("code")
+        raise XpsError(str(answer.get("error")).removeprefix(f"{code}: "),
+                       code=ErrorCode(code) if code in {c.value for c in ErrorCode} else None)
+    out = answer.get("result")
+    if not isinstance(out, dict):
+        raise XpsError("control socket: the engine's answer has no result")
+    return out

@@ -28,6 +28,8 @@ from typing import Any
 from xpscerpto.errors import UpdateError
 from xpscerpto.interfaces import OPERATIONS
 
+from .refusal import Refusal
+
 __all__ = ["FORMAT", "Container", "Limits", "Manifest", "canonical_json", "parse_manifest",
            "parse_version", "read_container", "satisfies", "write_container"]
 
@@ -57,62 +59,62 @@ class Container:
     files: Mapping[str, bytes]
 
 
-def _reject(message: str, reason: str) -> UpdateError:
+def _reject(message: str, reason: Refusal) -> UpdateError:
     return UpdateError(message, reason=reason)
 
 
 def _check_member_name(name: str) -> None:
     if "\\" in name or "\x00" in name:
-        raise _reject(f"entry {name!r}: backslash or NUL in path", "path")
+        raise _reject(f"entry {name!r}: backslash or NUL in path", Refusal.PATH)
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        raise _reject(f"entry {name!r}: absolute path", "path")
+        raise _reject(f"entry {name!r}: absolute path", Refusal.PATH)
     parts = name.split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise _reject(f"entry {name!r}: '..', '.' or empty path component", "path")
+        raise _reject(f"entry {name!r}: '..', '.' or empty path component", Refusal.PATH)
     if name not in (MANIFEST, SIGNATURES) and not name.startswith(PAYLOAD):
-        raise _reject(f"entry {name!r}: not manifest.json, signatures.json or payload/…", "unexpected-entry")
+        raise _reject(f"entry {name!r}: not manifest.json, signatures.json or payload/…", Refusal.UNEXPECTED_ENTRY)
 
 
 def read_container(raw: bytes, limits: Limits = Limits()) -> Container:
     """Read a capsule archive within ``limits``; raise UpdateError naming the first problem."""
     if len(raw) > limits.max_capsule_bytes:
         raise _reject(f"capsule: {len(raw)} bytes exceeds the {limits.max_capsule_bytes}-byte limit",
-                      "too-large")
+                      Refusal.TOO_LARGE)
     try:
         zf = zipfile.ZipFile(io.BytesIO(raw))
         infos = zf.infolist()
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise _reject(f"capsule: not a capsule archive ({exc})", "malformed") from None
+        raise _reject(f"capsule: not a capsule archive ({exc})", Refusal.MALFORMED) from None
     if len(infos) > limits.max_entries:
         raise _reject(f"capsule: {len(infos)} entries exceeds the {limits.max_entries}-entry limit",
-                      "too-many-entries")
+                      Refusal.TOO_MANY_ENTRIES)
     seen: set[str] = set()
     declared_total = 0
     for info in infos:
         name = info.filename
         if name in seen:
-            raise _reject(f"entry {name!r}: duplicate name", "duplicate")
+            raise _reject(f"entry {name!r}: duplicate name", Refusal.DUPLICATE)
         seen.add(name)
         _check_member_name(name)
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
-            raise _reject(f"entry {name!r}: not a regular file (symlink)", "symlink")
+            raise _reject(f"entry {name!r}: not a regular file (symlink)", Refusal.SYMLINK)
         if info.is_dir() or stat.S_IFMT(mode) not in (0, stat.S_IFREG):
-            raise _reject(f"entry {name!r}: not a regular file (directory, FIFO or device)", "not-regular-file")
+            raise _reject(f"entry {name!r}: not a regular file (directory, FIFO or device)", Refusal.NOT_REGULAR_FILE)
         if info.flag_bits & 0x1:
-            raise _reject(f"entry {name!r}: encrypted members are not allowed", "malformed")
+            raise _reject(f"entry {name!r}: encrypted members are not allowed", Refusal.MALFORMED)
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise _reject(f"entry {name!r}: compression method {info.compress_type} not allowed", "malformed")
+            raise _reject(f"entry {name!r}: compression method {info.compress_type} not allowed", Refusal.MALFORMED)
         if info.file_size > limits.max_file_bytes:
             raise _reject(f"entry {name!r}: {info.file_size} bytes exceeds the {limits.max_file_bytes}-byte "
-                          "limit", "too-large")
+                          "limit", Refusal.TOO_LARGE)
         if info.file_size > 4096 and info.file_size > limits.max_ratio * max(info.compress_size, 1):
             raise _reject(f"entry {name!r}: compression ratio above {limits.max_ratio}:1 (compression bomb?)",
-                          "compression-bomb")
+                          Refusal.COMPRESSION_BOMB)
         declared_total += info.file_size
         if declared_total > limits.max_total_bytes:
             raise _reject(f"capsule: uncompressed size exceeds the {limits.max_total_bytes}-byte limit",
-                          "too-large")
+                          Refusal.TOO_LARGE)
 
     data: dict[str, bytes] = {}
     total = 0
@@ -123,23 +125,23 @@ def read_container(raw: bytes, limits: Limits = Limits()) -> Container:
             with zf.open(info) as member:
                 blob = member.read(info.file_size + 1)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-            raise _reject(f"entry {info.filename!r}: unreadable ({exc})", "malformed") from None
+            raise _reject(f"entry {info.filename!r}: unreadable ({exc})", Refusal.MALFORMED) from None
         if len(blob) != info.file_size:
-            raise _reject(f"entry {info.filename!r}: size differs from its header", "malformed")
+            raise _reject(f"entry {info.filename!r}: size differs from its header", Refusal.MALFORMED)
         total += len(blob)
         if total > limits.max_total_bytes:
             raise _reject(f"capsule: uncompressed size exceeds the {limits.max_total_bytes}-byte limit",
-                          "too-large")
+                          Refusal.TOO_LARGE)
         data[info.filename] = blob
 
     manifest_bytes = data.pop(MANIFEST, None)
     if manifest_bytes is None:
-        raise _reject("capsule: manifest.json is missing", "malformed")
+        raise _reject("capsule: manifest.json is missing", Refusal.MALFORMED)
     if len(manifest_bytes) > limits.max_manifest_bytes:
-        raise _reject("manifest.json: larger than the manifest limit", "too-large")
+        raise _reject("manifest.json: larger than the manifest limit", Refusal.TOO_LARGE)
     sig_bytes = data.pop(SIGNATURES, None)
     if sig_bytes is None:
-        raise _reject("capsule: signatures.json is missing", "unsigned")
+        raise _reject("capsule: signatures.json is missing", Refusal.UNSIGNED)
     files = {name[len(PAYLOAD):]: blob for name, blob in data.items()}
     return Container(manifest_bytes, _parse_signatures(sig_bytes), MappingProxyType(files))
 
@@ -158,14 +160,14 @@ def _parse_signatures(raw: bytes) -> Mapping[str, bytes]:
             if not isinstance(e["keyid"], str) or len(sig) != 64:
                 raise ValueError
             if e["keyid"] in sigs:
-                raise _reject(f"signatures.json: key {e['keyid'][:12]} signs twice", "malformed")
+                raise _reject(f"signatures.json: key {e['keyid'][:12]} signs twice", Refusal.MALFORMED)
             sigs[e["keyid"]] = sig
     except UpdateError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise _reject("signatures.json: malformed", "malformed") from None
+        raise _reject("signatures.json: malformed", Refusal.MALFORMED) from None
     if not sigs:
-        raise _reject("signatures.json: no signatures", "unsigned")
+        raise _reject("signatures.json: no signatures", Refusal.UNSIGNED)
     return MappingProxyType(sigs)
 
 
@@ -207,7 +209,7 @@ def parse_version(text: str) -> tuple[int, int, int]:
     """``"1.2.3"`` -> ``(1, 2, 3)``; raises UpdateError for anything else."""
     m = _VERSION.fullmatch(text) if isinstance(text, str) else None
     if m is None:
-        raise _reject(f"version: {text!r} is not MAJOR.MINOR.PATCH", "malformed")
+        raise _reject(f"version: {text!r} is not MAJOR.MINOR.PATCH", Refusal.MALFORMED)
     return int(m[1]), int(m[2]), int(m[3])
 
 
@@ -220,7 +222,7 @@ def satisfies(version: tuple[int, ...], spec: str) -> bool:
     for clause in spec.split(","):
         m = _SPEC.fullmatch(clause.strip())
         if m is None:
-            raise _reject(f"requires: bad version specifier {spec!r}", "malformed")
+            raise _reject(f"requires: bad version specifier {spec!r}", Refusal.MALFORMED)
         want_raw = tuple(int(x) for x in m[2].split("."))
         width = max(len(want_raw), len(version))
         want = want_raw + (0,) * (width - len(want_raw))
@@ -234,10 +236,10 @@ def satisfies(version: tuple[int, ...], spec: str) -> bool:
 
 def _field(doc: Mapping[str, Any], key: str, typ: type, where: str = "manifest") -> Any:
     if key not in doc:
-        raise _reject(f"{where}: missing field {key!r}", "malformed")
+        raise _reject(f"{where}: missing field {key!r}", Refusal.MALFORMED)
     value = doc[key]
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise _reject(f"{where}.{key}: expected {typ.__name__}", "malformed")
+        raise _reject(f"{where}.{key}: expected {typ.__name__}", Refusal.MALFORMED)
     return value
 
 
@@ -246,12 +248,12 @@ def _time(doc: Mapping[str, Any], key: str) -> datetime:
     try:
         return datetime.strptime(text, _TIME).replace(tzinfo=UTC)
     except ValueError:
-        raise _reject(f"manifest.{key}: {text!r} is not YYYY-MM-DDTHH:MM:SSZ", "malformed") from None
+        raise _reject(f"manifest.{key}: {text!r} is not YYYY-MM-DDTHH:MM:SSZ", Refusal.MALFORMED) from None
 
 
 def _payload_path(path: object, where: str) -> str:
     if not isinstance(path, str):
-        raise _reject(f"{where}: path must be a string", "malformed")
+        raise _reject(f"{where}: path must be a string", Refusal.MALFORMED)
     _check_member_name(PAYLOAD + path)
     return path
 
@@ -261,62 +263,62 @@ def parse_manifest(raw: bytes) -> Manifest:
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise _reject("manifest.json: not valid UTF-8 JSON", "malformed") from None
+        raise _reject("manifest.json: not valid UTF-8 JSON", Refusal.MALFORMED) from None
     if not isinstance(doc, dict):
-        raise _reject("manifest.json: not an object", "malformed")
+        raise _reject("manifest.json: not an object", Refusal.MALFORMED)
     fmt = doc.get("format")
     if fmt != FORMAT:
         raise _reject(f"manifest.format: {fmt!r} is not a supported format (want {FORMAT!r})",
-                      "unknown-format")
+                      Refusal.UNKNOWN_FORMAT)
     known = {"format", "name", "version", "publisher_keys", "created", "expires", "requires",
              "operations", "kat", "files"}
     unknown = sorted(set(doc) - known)
     if unknown:
-        raise _reject(f"manifest: unknown field {unknown[0]!r}", "malformed")
+        raise _reject(f"manifest: unknown field {unknown[0]!r}", Refusal.MALFORMED)
 
     name = _field(doc, "name", str)
     if not _NAME.fullmatch(name):
-        raise _reject(f"manifest.name: {name!r} must match {_NAME.pattern}", "malformed")
+        raise _reject(f"manifest.name: {name!r} must match {_NAME.pattern}", Refusal.MALFORMED)
     version = _field(doc, "version", str)
     parse_version(version)
     keys = _field(doc, "publisher_keys", list)
     if not keys or not all(isinstance(k, str) and _KEYID.fullmatch(k) for k in keys) or len(set(keys)) != len(keys):
-        raise _reject("manifest.publisher_keys: a non-empty list of distinct key ids", "malformed")
+        raise _reject("manifest.publisher_keys: a non-empty list of distinct key ids", Refusal.MALFORMED)
     requires = _field(doc, "requires", dict)
     if set(requires) != {"engine_api", "python"}:
-        raise _reject("manifest.requires: exactly 'engine_api' and 'python'", "malformed")
+        raise _reject("manifest.requires: exactly 'engine_api' and 'python'", Refusal.MALFORMED)
     for k in ("engine_api", "python"):
         satisfies((0, 0, 0), _field(requires, k, str, "manifest.requires"))  # syntax check only
 
     ops = _field(doc, "operations", dict)
     if not ops:
-        raise _reject("manifest.operations: provides nothing", "malformed")
+        raise _reject("manifest.operations: provides nothing", Refusal.MALFORMED)
     for op, entry in ops.items():
         if op not in OPERATIONS:
-            raise _reject(f"manifest.operations: {op!r} is not an engine operation", "malformed")
+            raise _reject(f"manifest.operations: {op!r} is not an engine operation", Refusal.MALFORMED)
         if not isinstance(entry, str) or not _ENTRY.fullmatch(entry):
-            raise _reject(f"manifest.operations.{op}: entry must be 'module:attribute'", "malformed")
+            raise _reject(f"manifest.operations.{op}: entry must be 'module:attribute'", Refusal.MALFORMED)
 
     files_doc = _field(doc, "files", dict)
     files: dict[str, tuple[str, int]] = {}
     for path, meta in files_doc.items():
         _payload_path(path, "manifest.files")
         if not isinstance(meta, dict) or set(meta) != {"sha256", "size"}:
-            raise _reject(f"manifest.files.{path}: exactly 'sha256' and 'size'", "malformed")
+            raise _reject(f"manifest.files.{path}: exactly 'sha256' and 'size'", Refusal.MALFORMED)
         digest, size = _field(meta, "sha256", str, f"manifest.files.{path}"), _field(
             meta, "size", int, f"manifest.files.{path}")
         if not _SHA256.fullmatch(digest) or size < 0:
-            raise _reject(f"manifest.files.{path}: bad sha256 or size", "malformed")
+            raise _reject(f"manifest.files.{path}: bad sha256 or size", Refusal.MALFORMED)
         files[path] = (digest, size)
 
     kat_doc = _field(doc, "kat", dict)
     kat: dict[str, tuple[str, ...]] = {}
     for op, paths in kat_doc.items():
         if op not in ops or not isinstance(paths, list):
-            raise _reject(f"manifest.kat.{op}: must list files for a provided operation", "malformed")
+            raise _reject(f"manifest.kat.{op}: must list files for a provided operation", Refusal.MALFORMED)
         for p in paths:
             if _payload_path(p, f"manifest.kat.{op}") not in files:
-                raise _reject(f"manifest.kat.{op}: {p!r} is not a payload file", "malformed")
+                raise _reject(f"manifest.kat.{op}: {p!r} is not a payload file", Refusal.MALFORMED)
         kat[op] = tuple(paths)
 
     return Manifest(

@@ -13,6 +13,7 @@ untrusted code out).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ from xpscerpto.interfaces import OPERATIONS
 
 from . import _diff
 from ._verifier import VerifiedCapsule
+from .refusal import Refusal
 
 __all__ = ["Gates", "ValidationReport", "validate_isolated"]
 
@@ -54,7 +56,7 @@ class ValidationReport:
     seconds: float = 0.0
 
 
-def _reject(message: str, reason: str) -> UpdateError:
+def _reject(message: str, reason: Refusal) -> UpdateError:
     return UpdateError(message, reason=reason)
 
 
@@ -72,16 +74,18 @@ def validate_isolated(capsule: VerifiedCapsule, references: Mapping[str, Any],
     inputs = {op: _diff.make_inputs(OPERATIONS[op].kind, op, references[op], gates.diff_samples)
               for op in m.operations if op in references}
     request = {
-        "sha256": capsule.sha256, "name": m.name, "version": m.version,
-        "files": {p: b.hex() for p, b in capsule.files.items()},
-        "operations": dict(m.operations), "kat": {op: list(p) for op, p in m.kat.items()},
+        # The child verifies these bytes again before it runs any of them (load_provider takes
+        # only a VerifiedCapsule); the trust store, time and limits are the ones used here.
+        "capsule": capsule.raw.hex(), "trust": capsule.trust.to_json(),
+        "now": capsule.verified_at.isoformat(), "limits": dataclasses.asdict(capsule.limits),
+        "kat": {op: list(p) for op, p in m.kat.items()},
         "diff_inputs": inputs, "bench_bytes": gates.bench_bytes if references else 0,
         "bench_seconds": gates.bench_seconds, "memory_bytes": gates.memory_bytes,
     }
     result = _run_child(json.dumps(request).encode(), gates)
     if not result.get("ok"):
         stage = result.get("stage", "?")
-        reason = {"kat": "kat-failed", "contract": "contract"}.get(stage, "validation-failed")
+        reason = {"kat": Refusal.KAT_FAILED, "contract": Refusal.CONTRACT}.get(stage, Refusal.VALIDATION_FAILED)
         raise _reject(f"validation ({stage}): {result.get('reason', 'no reason given')}", reason)
 
     for op, observed in result.get("diff", {}).items():
@@ -89,11 +93,11 @@ def validate_isolated(capsule: VerifiedCapsule, references: Mapping[str, Any],
         expected = _diff.compute(OPERATIONS[op].kind, op, ref, inputs[op])
         problem = _diff.compare(OPERATIONS[op].kind, op, ref, inputs[op], observed, expected)
         if problem is not None:
-            reason = "tamper-accepted" if "tampered" in problem else "differential-mismatch"
-            raise _reject(f"differential check {op}: {problem}", reason)
+            reason, detail = problem
+            raise _reject(f"differential check {op}: {detail}", reason)
     missing = set(inputs) - set(result.get("diff", {}))
     if missing:
-        raise _reject(f"differential check: no result for {sorted(missing)[0]}", "validation-failed")
+        raise _reject(f"differential check: no result for {sorted(missing)[0]}", Refusal.VALIDATION_FAILED)
 
     slowdown: dict[str, float] = {}
     for op, cand_s in result.get("bench", {}).items():
@@ -101,7 +105,7 @@ def validate_isolated(capsule: VerifiedCapsule, references: Mapping[str, Any],
         slowdown[op] = cand_s / ref_s
         if slowdown[op] > gates.max_slowdown:
             raise _reject(f"benchmark {op}: {slowdown[op]:.2f}x slower than the current implementation at "
-                          f"{gates.bench_bytes} bytes (gate {gates.max_slowdown}x)", "too-slow")
+                          f"{gates.bench_bytes} bytes (gate {gates.max_slowdown}x)", Refusal.TOO_SLOW)
     return ValidationReport(result.get("kat", {}), tuple(sorted(inputs)), slowdown, result.get("seconds", 0.0))
 
 
@@ -122,21 +126,21 @@ def _run_child(request: bytes, gates: Gates) -> dict[str, Any]:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise _reject(f"validation: no answer within {gates.timeout_s:g} s (hang); child killed",
-                          "timeout") from None
+                          Refusal.TIMEOUT) from None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # nothing the capsule started outlives validation
         err.seek(max(0, os.fstat(err.fileno()).st_size - 4096))
         tail = err.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
         if proc.returncode < 0:
             name = signal.Signals(-proc.returncode).name
-            raise _reject(f"validation: child killed by {name} {tail[0][:200]}".rstrip(), "crashed")
+            raise _reject(f"validation: child killed by {name} {tail[0][:200]}".rstrip(), Refusal.CRASHED)
         out.seek(0)
         raw = out.read()
         if proc.returncode != 0 or not raw:
             raise _reject(f"validation: child exited with status {proc.returncode} and no result "
-                          f"{tail[0][:200]}".rstrip(), "crashed")
+                          f"{tail[0][:200]}".rstrip(), Refusal.CRASHED)
         try:
             result: dict[str, Any] = json.loads(raw)
         except ValueError:
-            raise _reject("validation: unreadable result from child", "crashed") from None
+            raise _reject("validation: unreadable result from child", Refusal.CRASHED) from None
         return result

@@ -16,7 +16,10 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
+from xpscerpto.errors import InternalError
 from xpscerpto.interfaces import Provider
+
+from ._verifier import VerifiedCapsule, is_verified
 
 __all__ = ["load_provider", "package_name"]
 
@@ -77,22 +80,27 @@ def _install(package: str, files: Mapping[str, bytes], label: str) -> None:
             sys.meta_path.insert(0, _PayloadFinder(package, files, label))
 
 
-def load_provider(*, sha256: str, name: str, version: str, files: Mapping[str, bytes],
-                  operations: Mapping[str, str], kat: Mapping[str, tuple[str, ...]] = {}) -> Provider:
-    """Import the entry objects from ``files`` and return the capsule's Provider record.
+def load_provider(capsule: VerifiedCapsule) -> Provider:
+    """Import the entry objects from the verified payload and return the capsule's Provider.
 
-    Args:
-        sha256: the capsule's digest (names the synthetic package).
-        name, version: from the verified manifest.
-        files: the verified payload bytes.
-        operations: operation -> ``module:attribute``; a class is instantiated with no arguments.
-        kat: operation -> payload KAT files (kept as ``payload:`` references for reporting).
+    Only a :class:`VerifiedCapsule` is accepted, and only its verified ``files`` are executed.
+    Each ``operations`` entry names ``module:attribute``; a class is instantiated with no
+    arguments. The manifest's KAT files are kept as ``payload:`` references for reporting.
+
+    Raises:
+        InternalError: ``capsule`` is not a VerifiedCapsule that verify_capsule() returned.
+        Exception: whatever the capsule's code raises at import (the caller refuses it).
     """
+    if not is_verified(capsule):
+        raise InternalError(f"capsule: expected a VerifiedCapsule from verify_capsule(), got "
+                            f"{type(capsule).__name__}")
+    m, sha256 = capsule.manifest, capsule.sha256
+    name, version, kat = m.name, m.version, m.kat
     package = package_name(sha256)
     label = f"{name}-{version}"
-    _install(package, files, label)
+    _install(package, capsule.files, label)
     impls: dict[str, object] = {}
-    for op, entry in operations.items():
+    for op, entry in m.operations.items():
         mod_name, attr = entry.split(":")
         module = importlib.import_module(f"{package}.{mod_name}")
         obj = getattr(module, attr)

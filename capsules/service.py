@@ -17,6 +17,7 @@ from xpscerpto.home import Home
 from .control import ControlServer
 from .format import Limits
 from .isolate import Gates
+from .refusal import Refusal
 from .updater import StagePlan, Updater
 
 __all__ = ["WatchService"]
@@ -26,7 +27,7 @@ class WatchService:
     """Watch ``directory`` for capsules and serve the control socket for ``engine``.
 
     Example:
-        >>> svc = engine.watch("/srv/xps/inbox", home="/var/lib/xps")   # doctest: +SKIP
+        >>> svc = WatchService(engine, "/srv/xps/inbox", "/var/lib/xps").start()   # doctest: +SKIP
         >>> svc.stop()                                                 # doctest: +SKIP
     """
 
@@ -48,7 +49,8 @@ class WatchService:
             try:
                 cap = self.updater.apply(raw, source=str(path), operator=operator)
             except XpsError as exc:
-                return InboxResult(False, exc.reason or str(exc.code), str(exc))
+                reason = exc.reason if isinstance(exc.reason, Refusal) else Refusal.INTERNAL
+                return InboxResult(False, reason, str(exc))
             return InboxResult(True, "accepted", f"enabled {cap.name} {cap.version} for {', '.join(cap.operations)}")
 
         self.inbox = Inbox(directory, handle, polling=polling, settle_seconds=settle_seconds,
@@ -60,9 +62,10 @@ class WatchService:
             self.config = self.config.emergency_change(key, value, operator="restart",
                                                        reason=f"re-applied from {self._overrides_path.name}",
                                                        audit=self.updater.audit)
-        self.updater.engine.config = self.config.engine
-        self.updater.gates = replace(self.updater.gates, max_slowdown=self.config.hotpatch.max_slowdown)
-        self.updater.plan = replace(self.updater.plan, canary_share=self.config.hotpatch.canary_share)
+        self.updater.reconfigure(
+            self.config.engine,
+            gates=replace(self.updater.gates, max_slowdown=self.config.hotpatch.max_slowdown),
+            plan=replace(self.updater.plan, canary_share=self.config.hotpatch.canary_share))
         self.updater.restore()
         try:
             self.control.start()

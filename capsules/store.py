@@ -3,8 +3,9 @@
 The capsule store is content-addressed (``<sha256>.capsule``, written atomically, never
 modified). ``state.json`` is the single commit point of the routing state: which capsules
 are active (in precedence order), what each replaced, the highest version ever accepted per
-capsule name, and a bounded history. It is replaced atomically, so a crash at any moment
-leaves either the previous or the next state.
+capsule name, every version ever enabled here (what ``rollback --to`` needs), and a bounded
+history for ``xps status``. Nothing a rollback needs lives only in the bounded history. It is
+replaced atomically, so a crash at any moment leaves either the previous or the next state.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from xpscerpto._atomic import atomic_write
-from xpscerpto.errors import UpdateError
 from xpscerpto.home import Home
 
-__all__ = ["ActiveCapsule", "CapsuleStore", "RoutingState", "state_lock", "version_tuple"]
+from .format import parse_version
+from .refusal import Refusal, refuse
+
+__all__ = ["ActiveCapsule", "CapsuleStore", "RoutingState", "state_lock"]
 
 _HISTORY = 200
 
@@ -37,15 +40,21 @@ class ActiveCapsule:
     sha256: str
     operations: tuple[str, ...]
     replaced: str | None = None  # sha256 of the same-name capsule it replaced, if any
+    replaced_version: str | None = None  # and its version
 
 
 @dataclass(frozen=True)
 class RoutingState:
-    """The committed routing state (immutable; methods return new states)."""
+    """The committed routing state (immutable; methods return new states).
+
+    ``enabled`` maps capsule name -> version -> sha256 for every version ever enabled here;
+    unlike ``history`` (the newest events, for display) it is never truncated.
+    """
 
     active: tuple[ActiveCapsule, ...] = ()
     highest: Mapping[str, str] = field(default_factory=dict)
     history: tuple[Mapping[str, Any], ...] = ()
+    enabled: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def find(self, target: str) -> ActiveCapsule | None:
         """The active capsule named ``target``, serving operation ``target``, or with that hash."""
@@ -55,15 +64,26 @@ class RoutingState:
                 return a
         return None
 
+    def sha_of(self, name: str, version: str) -> str | None:
+        """The sha256 of ``name`` ``version`` if it was ever enabled here."""
+        return self.enabled.get(name, {}).get(version)
+
+    def version_of(self, name: str, sha256: str) -> str | None:
+        """The version of ``name`` whose capsule has ``sha256``, if it was ever enabled here."""
+        return next((v for v, sha in self.enabled.get(name, {}).items() if sha == sha256), None)
+
     def enable(self, cap: ActiveCapsule, *, operator: str) -> RoutingState:
         """``cap`` becomes active (replacing a same-name version); raises the highest version."""
         previous = next((a for a in self.active if a.name == cap.name), None)
-        cap = replace(cap, replaced=previous.sha256 if previous else None)
+        cap = replace(cap, replaced=previous.sha256 if previous else None,
+                      replaced_version=previous.version if previous else None)
         active = (*(a for a in self.active if a.name != cap.name), cap)
         highest = dict(self.highest)
-        if version_tuple(cap.version) > version_tuple(highest.get(cap.name, "0.0.0")):
+        if parse_version(cap.version) > parse_version(highest.get(cap.name, "0.0.0")):
             highest[cap.name] = cap.version
-        return self._with(active, highest, "enable", cap, operator)
+        enabled = {name: dict(versions) for name, versions in self.enabled.items()}
+        enabled.setdefault(cap.name, {})[cap.version] = cap.sha256
+        return replace(self._with(active, highest, "enable", cap, operator), enabled=enabled)
 
     def disable(self, cap: ActiveCapsule, *, operator: str, restore: ActiveCapsule | None = None) -> RoutingState:
         """Deactivate ``cap``; optionally activate ``restore`` (an earlier version) in its place."""
@@ -77,12 +97,13 @@ class RoutingState:
               cap: ActiveCapsule, operator: str, **extra: Any) -> RoutingState:
         entry = {"time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "event": event, "name": cap.name,
                  "version": cap.version, "sha256": cap.sha256, "operator": operator, **extra}
-        return RoutingState(active, highest, (*self.history, entry)[-_HISTORY:])
+        return RoutingState(active, highest, (*self.history, entry)[-_HISTORY:], self.enabled)
 
     def to_json(self) -> dict[str, Any]:
         """The ``state.json`` document."""
         return {"format": 1, "active": [asdict(a) | {"operations": list(a.operations)} for a in self.active],
-                "highest": dict(self.highest), "history": list(self.history)}
+                "highest": dict(self.highest), "enabled": {n: dict(v) for n, v in self.enabled.items()},
+                "history": list(self.history)}
 
     @classmethod
     def load(cls, path: Path) -> RoutingState:
@@ -92,24 +113,32 @@ class RoutingState:
         except FileNotFoundError:
             return cls()
         except (OSError, ValueError) as exc:
-            raise UpdateError(f"state {str(path)!r}: unreadable ({exc})", reason="state") from None
+            raise refuse(Refusal.STATE, f"state {str(path)!r}: unreadable ({exc})") from None
         try:
-            active = tuple(ActiveCapsule(a["name"], a["version"], a["sha256"], tuple(a["operations"]),
-                                         a.get("replaced")) for a in doc["active"])
-            return cls(active, dict(doc["highest"]), tuple(doc.get("history", ())))
-        except (KeyError, TypeError) as exc:
-            raise UpdateError(f"state {str(path)!r}: malformed ({exc})", reason="state") from None
+            history = tuple(doc.get("history", ()))
+            enabled: dict[str, dict[str, str]] = {n: dict(v) for n, v in doc.get("enabled", {}).items()}
+            if "enabled" not in doc:  # written before "enabled" existed: what the history still shows
+                for e in history:
+                    if e.get("event") == "enable":
+                        enabled.setdefault(e["name"], {})[e["version"]] = e["sha256"]
+            active = []
+            for a in doc["active"]:
+                replaced = a.get("replaced")
+                replaced_version = a.get("replaced_version")
+                if replaced is not None and replaced_version is None:
+                    replaced_version = next((v for v, sha in enabled.get(a["name"], {}).items() if sha == replaced),
+                                            None)
+                active.append(ActiveCapsule(a["name"], a["version"], a["sha256"], tuple(a["operations"]),
+                                            replaced, replaced_version))
+            return cls(tuple(active), dict(doc["highest"]), history, enabled)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise refuse(Refusal.STATE, f"state {str(path)!r}: malformed ({exc})") from None
 
     def save(self, path: Path) -> None:
         """Commit atomically."""
         # Compact: json.dumps with indent runs the pure-Python encoder, which holds the GIL for
         # milliseconds on a long history, while API calls on other threads wait for it.
         atomic_write(path, json.dumps(self.to_json(), separators=(",", ":")).encode() + b"\n")
-
-
-def version_tuple(v: str) -> tuple[int, ...]:
-    """``"1.2.3"`` -> ``(1, 2, 3)`` (versions here were validated when first accepted)."""
-    return tuple(int(x) for x in v.split("."))
 
 
 class CapsuleStore:
@@ -132,9 +161,9 @@ class CapsuleStore:
         try:
             raw = path.read_bytes()
         except OSError as exc:
-            raise UpdateError(f"capsule store: {sha256[:12]} unreadable ({exc.strerror})", reason="state") from None
+            raise refuse(Refusal.STATE, f"capsule store: {sha256[:12]} unreadable ({exc.strerror})") from None
         if hashlib.sha256(raw).hexdigest() != sha256:
-            raise UpdateError(f"capsule store: {sha256[:12]} was modified on disk", reason="digest-mismatch")
+            raise refuse(Refusal.DIGEST_MISMATCH, f"capsule store: {sha256[:12]} was modified on disk")
         return raw
 
 

@@ -27,21 +27,21 @@ from typing import Any
 
 from xpscerpto._routing import RoutingTable
 from xpscerpto.audit import AuditLog
-from xpscerpto.config import EngineConfig
 from xpscerpto.engine import Engine
-from xpscerpto.errors import UpdateError, XpsError
+from xpscerpto.errors import XpsError
 from xpscerpto.home import Home
 from xpscerpto.interfaces import OPERATIONS, Provider
 from xpscerpto.kat.selftest import parse_vectors, run_selftest
+from xpscerpto.settings import EngineConfig
 from xpscerpto.signing import TrustStore
 
 from ._canary import transitional
 from ._verifier import VerifiedCapsule, verify_capsule
-from .format import Limits
+from .format import Limits, parse_version
 from .isolate import Gates, validate_isolated
 from .loader import load_provider
+from .refusal import Refusal, refuse
 from .store import ActiveCapsule, CapsuleStore, RoutingState, state_lock
-from .store import version_tuple as _ver
 
 __all__ = ["Drain", "StagePlan", "Updater"]
 
@@ -142,7 +142,7 @@ class Updater:
             self._state = state
             self._restored = True
             self._publish(self._table_for(state.active))
-            return self.engine._table
+            return self.engine.table
 
     def _ensure_restored(self) -> None:
         # Applying before restoring would check versions against an empty memory and could
@@ -166,8 +166,9 @@ class Updater:
                 self._merge_committed_highest()
                 return self._apply(raw, sha, operator)
             except XpsError as exc:
+                reason = exc.reason if isinstance(exc.reason, Refusal) else Refusal.INTERNAL
                 self._audit("PATCH_REJECT", sha256=sha, source=source, operator=operator,
-                            reason=exc.reason or exc.code, detail=str(exc))
+                            reason=reason, detail=str(exc))
                 raise
 
     def _apply(self, raw: bytes, sha: str, operator: str) -> ActiveCapsule:
@@ -202,8 +203,7 @@ class Updater:
         failure = self._kat_failure(loaded)
         if failure is not None:
             self._rollback(cap, None, operator="auto", reason=f"KAT re-check failed: {failure}")
-            raise UpdateError(f"enable: KAT re-check failed after cutover ({failure}); rolled back",
-                              reason="kat-recheck")
+            raise refuse(Refusal.KAT_RECHECK, f"enable: KAT re-check failed after cutover ({failure}); rolled back")
         return cap
 
     def _trial(self, loaded: _Loaded, mode: str, seconds: float, operator: str) -> None:
@@ -223,7 +223,8 @@ class Updater:
             self._publish(self._table_for(self._state.active))
             self._audit("PATCH_ROLLBACK", sha256=loaded.capsule.sha256, name=m.name, version=m.version,
                         phase=mode, operator="auto", reason=problem)
-            raise UpdateError(f"{mode}: {problem}; previous routing restored", reason=f"{mode}-fault")
+            fault = Refusal.CANARY_FAULT if mode == "canary" else Refusal.DUAL_RUN_FAULT
+            raise refuse(fault, f"{mode}: {problem}; previous routing restored")
         finally:
             self._staging = None
 
@@ -240,7 +241,7 @@ class Updater:
         with self._lock, state_lock(self.home):
             cap = self._state.find(target)
             if cap is None:
-                raise UpdateError(f"rollback: no active capsule matches {target!r}", reason="not-found")
+                raise refuse(Refusal.NOT_FOUND, f"rollback: no active capsule matches {target!r}")
             return self._rollback(cap, to, operator=operator or self.operator, reason=reason)
 
     def _merge_committed_highest(self) -> None:
@@ -248,16 +249,15 @@ class Updater:
         committed = RoutingState.load(self.home.state).highest
         highest = dict(self._state.highest)
         for name, version in committed.items():
-            if name not in highest or _ver(version) > _ver(highest[name]):
+            if name not in highest or parse_version(version) > parse_version(highest[name]):
                 highest[name] = version
         self._state = replace(self._state, highest=highest)
 
     def _rollback(self, cap: ActiveCapsule, to: str | None, *, operator: str, reason: str) -> ActiveCapsule:
-        restore_sha = self._sha_of(cap.name, to) if to is not None else cap.replaced
+        restore_sha, version = _restore_target(self._state, cap, to)
         restore = None
-        if restore_sha is not None:
+        if restore_sha is not None and version is not None:
             raw = self.store.get(restore_sha)
-            version = to or self._version_of(restore_sha)
             loaded = self._load(raw, self._state, allow_version=version)
             m = loaded.capsule.manifest
             restore = ActiveCapsule(m.name, m.version, restore_sha, tuple(sorted(m.operations)))
@@ -271,29 +271,20 @@ class Updater:
         self._publish(table)
         return cap
 
-    def _sha_of(self, name: str, version: str) -> str:
-        for entry in reversed(self._state.history):
-            if entry.get("name") == name and entry.get("version") == version and entry.get("event") == "enable":
-                return str(entry["sha256"])
-        raise UpdateError(f"rollback --to: {name} {version} was never enabled here", reason="not-found")
-
-    def _version_of(self, sha: str) -> str:
-        for entry in reversed(self._state.history):
-            if entry.get("sha256") == sha:
-                return str(entry["version"])
-        raise UpdateError(f"rollback: no record of capsule {sha[:12]}", reason="not-found")
-
     def reconfigure(self, engine_config: EngineConfig, *, gates: Gates | None = None,
                     plan: StagePlan | None = None) -> RoutingTable:
-        """Apply an (audited, emergency) configuration change: republish routing under it."""
-        self._ensure_restored()
+        """Apply an (audited, emergency) configuration change: republish routing under it.
+
+        Before :meth:`restore` it routes the built-in providers only; restore then verifies
+        and routes the committed capsules under the new configuration.
+        """
         with self._lock:
-            self.engine.config = engine_config
             if gates is not None:
                 self.gates = gates
             if plan is not None:
                 self.plan = plan
-            return self._publish(self._table_for(self._state.active))
+            active = self._state.active if self._restored else ()
+            return self._publish(self._table_for(active, config=engine_config), config=engine_config)
 
     # -- status -----------------------------------------------------------------------------
 
@@ -324,14 +315,10 @@ class Updater:
     # -- internals --------------------------------------------------------------------------
 
     def _verify(self, raw: bytes, state: RoutingState, allow_version: str | None = None) -> VerifiedCapsule:
-        capsule = verify_capsule(raw, trust=TrustStore.load(self.home.trust), highest=state.highest,
-                                 now=self._clock(), policy=self.engine.config.policy, limits=self.limits,
-                                 allow_version=allow_version)
-        builtin = {p.name for p in self.engine.state.providers}
-        if capsule.manifest.name in builtin:
-            raise UpdateError(f"name: {capsule.manifest.name!r} is a built-in provider's name",
-                              reason="name-collision")
-        return capsule
+        return verify_capsule(raw, trust=TrustStore.load(self.home.trust), highest=state.highest,
+                              now=self._clock(), policy=self.engine.config.policy, limits=self.limits,
+                              allow_version=allow_version,
+                              reserved_names=frozenset(p.name for p in self.engine.state.providers))
 
     def _load(self, raw: bytes, state: RoutingState, *, verified: VerifiedCapsule | None = None,
               allow_version: str | None = None) -> _Loaded:
@@ -340,16 +327,15 @@ class Updater:
         cached = self._loaded.get(capsule.sha256)
         if cached is not None:
             return cached
-        m = capsule.manifest
         try:
-            provider = load_provider(sha256=capsule.sha256, name=m.name, version=m.version, files=capsule.files,
-                                     operations=m.operations, kat=m.kat)
+            provider = load_provider(capsule)
         except Exception as exc:
-            raise UpdateError(f"load: {type(exc).__name__}: {exc}", reason="load-failed") from None
+            # Only the type: a capsule's exception message could carry anything.
+            raise refuse(Refusal.LOAD_FAILED, f"load: {type(exc).__name__}") from None
         loaded = _Loaded(capsule, provider)
         failure = self._kat_failure(loaded)
         if failure is not None:
-            raise UpdateError(f"KAT in the engine process: {failure}", reason="kat-failed")
+            raise refuse(Refusal.KAT_FAILED, f"KAT in the engine process: {failure}")
         self._loaded[capsule.sha256] = loaded
         return loaded
 
@@ -376,10 +362,11 @@ class Updater:
     def _all_providers(self, active: tuple[ActiveCapsule, ...]) -> list[Provider]:
         return [*self.engine.state.providers, *(self._loaded[a.sha256].provider for a in active)]
 
-    def _table_for(self, active: tuple[ActiveCapsule, ...],
-                   trial: tuple[_Loaded, str] | None = None) -> RoutingTable:
+    def _table_for(self, active: tuple[ActiveCapsule, ...], trial: tuple[_Loaded, str] | None = None,
+                   config: EngineConfig | None = None) -> RoutingTable:
+        config = config or self.engine.config
         providers = self._all_providers(active)
-        prefer = dict(self.engine.config.prefer)
+        prefer = dict(config.prefer)
         for a in active:  # later capsules win for the operations they share
             for op in a.operations:
                 prefer[op] = a.name
@@ -392,10 +379,10 @@ class Updater:
             providers.append(replace(loaded.provider, implementations=impls))
             for op in impls:
                 prefer[op] = loaded.provider.name
-        return self.engine.build_table(providers, replace(self.engine.config, prefer=prefer))
+        return self.engine.build_table(providers, replace(config, prefer=prefer))
 
-    def _publish(self, table: RoutingTable) -> RoutingTable:
-        old = self.engine.publish(table)
+    def _publish(self, table: RoutingTable, config: EngineConfig | None = None) -> RoutingTable:
+        old = self.engine.publish(table, config=config)
         drain = Drain(old.version)
         weakref.finalize(old, drain._finished)
         del old  # from here only in-flight calls keep the old table alive
@@ -456,17 +443,10 @@ def rollback_offline(home: Home, target: str, *, to: str | None = None, operator
         state = RoutingState.load(home.state)
         cap = state.find(target)
         if cap is None:
-            raise UpdateError(f"rollback: no active capsule matches {target!r}", reason="not-found")
-        restore_sha = cap.replaced
-        if to is not None:
-            restore_sha = next((e["sha256"] for e in reversed(state.history)
-                                if e.get("name") == cap.name and e.get("version") == to
-                                and e.get("event") == "enable"), None)
-            if restore_sha is None:
-                raise UpdateError(f"rollback --to: {cap.name} {to} was never enabled here", reason="not-found")
+            raise refuse(Refusal.NOT_FOUND, f"rollback: no active capsule matches {target!r}")
+        restore_sha, version = _restore_target(state, cap, to)
         restore = None
-        if restore_sha is not None:
-            version = next(e["version"] for e in reversed(state.history) if e.get("sha256") == restore_sha)
+        if restore_sha is not None and version is not None:
             restore = ActiveCapsule(cap.name, version, restore_sha, cap.operations)
         new = state.disable(cap, operator=operator, restore=restore)
         new.save(home.state)
@@ -474,3 +454,19 @@ def rollback_offline(home: Home, target: str, *, to: str | None = None, operator
                                 to=restore.version if restore else "built-in", operator=operator,
                                 mode="offline", reason="operator request")
     return cap
+
+
+def _restore_target(state: RoutingState, cap: ActiveCapsule, to: str | None) -> tuple[str | None, str | None]:
+    """(sha256, version) of what rolling back ``cap`` re-enables: ``to``, else what it replaced."""
+    if to is not None:
+        sha = state.sha_of(cap.name, to)
+        if sha is None:
+            raise refuse(Refusal.NOT_FOUND, f"rollback --to: {cap.name} {to} was never enabled here")
+        return sha, to
+    if cap.replaced is None:
+        return None, None
+    version = cap.replaced_version or state.version_of(cap.name, cap.replaced)
+    if version is None:
+        raise refuse(Refusal.STATE, f"rollback: {cap.name} replaced capsule {cap.replaced[:12]}, whose version "
+                                    "is not recorded in state.json")
+    return cap.replaced, version

@@ -34,6 +34,8 @@ from typing import Any, Self
 from xpscerpto._atomic import atomic_write, fsync_dir
 from xpscerpto.errors import PolicyError
 
+from .refusal import Refusal
+
 __all__ = ["Handler", "Inbox", "InboxResult"]
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,9 @@ _Key = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 class InboxResult:
     """What the handler decided about one capsule file.
 
-    ``reason`` is a short machine code (``"accepted"``, ``"rollback"``, ``"bad-signature"``…);
-    ``detail`` a one-line human message. Both end up in ``NAME.reason`` / ``NAME.result``.
+    ``reason`` is ``"accepted"`` or a :class:`~xpscerpto.capsules.refusal.Refusal` code
+    (``"rollback"``, ``"bad-signature"``…); ``detail`` a one-line human message. Both end up in
+    ``NAME.result`` / ``NAME.reason``.
 
     Example:
         >>> InboxResult(False, "bad-signature", "signature does not verify")
@@ -392,11 +395,11 @@ class Inbox:
 
     def _process(self, name: str, path: Path, st: os.stat_result, key: _Key, entry: _Pending) -> None:
         if not stat.S_ISREG(st.st_mode):
-            self._file(name, path, key, InboxResult(False, "not-regular-file",
+            self._file(name, path, key, InboxResult(False, Refusal.NOT_REGULAR_FILE,
                                                     "not a regular file (symlink, fifo…)"))
             return
         if st.st_size > self._max_bytes:
-            self._file(name, path, key, InboxResult(False, "too-large",
+            self._file(name, path, key, InboxResult(False, Refusal.TOO_LARGE,
                                                     f"{st.st_size} bytes exceeds the {self._max_bytes}-byte limit"))
             return
         try:
@@ -407,7 +410,7 @@ class Inbox:
             now = time.monotonic()
             first = entry.unreadable_since if entry.unreadable_since is not None else now
             if now - first >= _UNREADABLE_GIVE_UP_SECONDS:
-                self._file(name, path, key, InboxResult(False, "unreadable", f"{type(exc).__name__}: {exc}"))
+                self._file(name, path, key, InboxResult(False, Refusal.UNREADABLE, f"{type(exc).__name__}: {exc}"))
             else:
                 self._requeue(name, unreadable_since=first)
             return
@@ -427,9 +430,9 @@ class Inbox:
             result: object = self._handler(data, path)
         except Exception as exc:
             log.exception("inbox: handler failed on %s", path.name)
-            return InboxResult(False, "internal", f"{type(exc).__name__}: {exc}")
+            return InboxResult(False, Refusal.INTERNAL, f"{type(exc).__name__}: {exc}")
         if not isinstance(result, InboxResult):
-            return InboxResult(False, "internal", f"handler returned {type(result).__name__}, not InboxResult")
+            return InboxResult(False, Refusal.INTERNAL, f"handler returned {type(result).__name__}, not InboxResult")
         return result
 
     def _file(self, name: str, path: Path, key: _Key, result: InboxResult) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 from .algorithms import AEAD
-from .config import EngineConfig, Policy
 from .engine import Engine, random_bytes
 from .errors import (
     AuthError,
@@ -31,6 +30,7 @@ from .errors import (
 )
 from .sealed import Sealed
 from .secret import SecretBytes, constant_time_eq, secure_wipe
+from .settings import EngineConfig, Policy
 
 __all__ = [
     "AEAD",

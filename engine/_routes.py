@@ -17,10 +17,10 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .errors import AuthError, KeyError_, NonceError, PolicyError, ProviderError, XpsError
-from .interfaces import Aead, Buffer, Kdf, Kem, KeyAgreement, Signature
+from .interfaces import Aead, AeadCipher, Buffer, Kdf, Kem, KeyAgreement, Signature
 from .secret import SecretBytes
 
-__all__ = ["AeadRoute", "KdfRoute", "KemRoute", "KexRoute", "SignatureRoute", "UnavailableRoute"]
+__all__ = ["AeadRoute", "FaultSink", "KdfRoute", "KemRoute", "KexRoute", "SignatureRoute"]
 
 _BUFFERS = (bytes, bytearray, memoryview)
 _urandom = os.urandom
@@ -86,6 +86,14 @@ class AeadRoute(_Route):
     __slots__ = ("auth_errors", "auto_nonce", "cipher", "key_size", "key_sizes", "nonce_size",
                  "tag_size")
 
+    cipher: Callable[[Buffer], AeadCipher]
+    auth_errors: tuple[type[BaseException], ...]
+    key_sizes: frozenset[int]
+    key_size: int
+    nonce_size: int
+    tag_size: int
+    auto_nonce: bool
+
     def __init__(self, operation: str, provider: str, impl: Aead, *, auto_nonce: bool,
                  on_fault: FaultSink | None = None) -> None:
         super().__init__(operation, provider, on_fault)
@@ -149,13 +157,15 @@ class _KeyPairRoute(_Route):
         self.secret_key_size = impl.secret_key_size
 
     def generate_keypair(self) -> tuple[bytes, SecretBytes]:
+        """Return ``(public_key, secret_key)``; the secret key is a fresh SecretBytes."""
         try:
             pk, sk = self._impl.generate()
         except Exception as exc:
             self._fault(exc)
         return pk, _secret(sk)
 
-    def public_key(self, secret_key: Any) -> bytes:
+    def public_key(self, secret_key: Buffer | SecretBytes) -> bytes:
+        """Derive the public key from a secret key."""
         sk = _buf(secret_key, "secret_key", KeyError_)
         _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
         try:
@@ -178,7 +188,8 @@ class SignatureRoute(_KeyPairRoute):
         super().__init__(operation, provider, impl, on_fault)
         self.signature_size = impl.signature_size
 
-    def sign(self, secret_key: Any, message: Buffer, context: bytes = b"") -> bytes:
+    def sign(self, secret_key: Buffer | SecretBytes, message: Buffer, context: bytes = b"") -> bytes:
+        """Sign ``message`` (Ed25519 is deterministic; ML-DSA is hedged)."""
         sk = _buf(secret_key, "secret_key", KeyError_)
         _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
         _buf(message, "message", PolicyError)
@@ -191,6 +202,7 @@ class SignatureRoute(_KeyPairRoute):
             self._fault(exc)
 
     def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes = b"") -> None:
+        """Return if the signature is valid; raise AuthError otherwise."""
         pk = _buf(public_key, "public_key", KeyError_)
         _check_len(pk, (self.public_key_size,), "public_key", KeyError_)
         sig = _buf(signature, "signature", AuthError)
@@ -220,7 +232,8 @@ class KexRoute(_KeyPairRoute):
 
     _impl: KeyAgreement
 
-    def derive_shared(self, secret_key: Any, peer_public_key: Buffer) -> SecretBytes:
+    def derive_shared(self, secret_key: Buffer | SecretBytes, peer_public_key: Buffer) -> SecretBytes:
+        """The raw shared secret; an all-zero result (low-order peer key) raises KeyError_."""
         sk = _buf(secret_key, "secret_key", KeyError_)
         _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
         pk = _buf(peer_public_key, "peer_public_key", KeyError_)
@@ -253,6 +266,7 @@ class KemRoute(_KeyPairRoute):
         self.ciphertext_size = impl.ciphertext_size
 
     def encapsulate(self, public_key: Buffer) -> tuple[bytes, SecretBytes]:
+        """Return ``(ciphertext, shared_secret)``."""
         pk = _buf(public_key, "public_key", KeyError_)
         _check_len(pk, (self.public_key_size,), "public_key", KeyError_)
         try:
@@ -263,7 +277,8 @@ class KemRoute(_KeyPairRoute):
             self._fault(exc)
         return ct, _secret(ss)
 
-    def decapsulate(self, secret_key: Any, ciphertext: Buffer) -> SecretBytes:
+    def decapsulate(self, secret_key: Buffer | SecretBytes, ciphertext: Buffer) -> SecretBytes:
+        """Return the shared secret (a tampered ciphertext yields an unrelated one, per FIPS 203)."""
         sk = _buf(secret_key, "secret_key", KeyError_)
         _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
         ct = _buf(ciphertext, "ciphertext", AuthError)
@@ -289,7 +304,8 @@ class KdfRoute(_Route):
         self.hash_size = impl.hash_size
         self.max_output = impl.max_output
 
-    def extract(self, salt: Buffer, ikm: Any) -> SecretBytes:
+    def extract(self, salt: Buffer, ikm: Buffer | SecretBytes) -> SecretBytes:
+        """The pseudo-random key ``PRK = HMAC(salt, ikm)``."""
         salt_b = _buf(salt, "salt", PolicyError)
         ikm_b = _buf(ikm, "ikm", KeyError_)
         try:
@@ -299,7 +315,8 @@ class KdfRoute(_Route):
         except Exception as exc:
             self._fault(exc)
 
-    def expand(self, prk: Any, info: Buffer, length: int) -> SecretBytes:
+    def expand(self, prk: Buffer | SecretBytes, info: Buffer, length: int) -> SecretBytes:
+        """``length`` bytes of output keying material bound to ``info`` (e.g. a transcript hash)."""
         prk_b = _buf(prk, "prk", KeyError_)
         if len(prk_b) < self.hash_size:
             raise KeyError_(f"prk: expected at least {self.hash_size} bytes, got {len(prk_b)}")
@@ -312,7 +329,9 @@ class KdfRoute(_Route):
         except Exception as exc:
             self._fault(exc)
 
-    def derive(self, ikm: Any, length: int, *, salt: Buffer = b"", info: Buffer = b"") -> SecretBytes:
+    def derive(self, ikm: Buffer | SecretBytes, length: int, *, salt: Buffer = b"",
+               info: Buffer = b"") -> SecretBytes:
+        """Extract then expand in one call."""
         self._check_length(length)
         _buf(info, "info", PolicyError)
         with self.extract(salt, ikm) as prk:
@@ -323,28 +342,3 @@ class KdfRoute(_Route):
             raise KeyError_(f"length: expected an int, got {type(length).__name__}")
         if not 0 < length <= self.max_output:
             raise KeyError_(f"length: expected 1..{self.max_output}, got {length}")
-
-
-class UnavailableRoute:
-    """Stands in the table for an operation that is not routed; every method raises.
-
-    Keeping it in the table (rather than a missing key) means the hot path never checks for
-    absence; the error names the operation and the reason (policy, no provider, failed KAT).
-    """
-
-    __slots__ = ("operation", "reason")
-
-    provider = None
-
-    def __init__(self, operation: str, reason: str) -> None:
-        self.operation = operation
-        self.reason = reason
-
-    def __getattr__(self, name: str) -> Any:
-        def unavailable(*_args: object, **_kwargs: object) -> NoReturn:
-            raise PolicyError(f"{self.operation}: not available ({self.reason})")
-
-        return unavailable
-
-    def __repr__(self) -> str:
-        return f"<UnavailableRoute {self.operation}: {self.reason}>"

@@ -15,28 +15,27 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._routes import UnavailableRoute
+from ._namespaces import HkdfAPI, KemAPI, KexAPI, SignatureAPI
+from ._routes import AeadRoute
 from ._routing import RoutingTable, build_table
-from .config import EngineConfig
 from .errors import AuthError, InternalError, KeyError_, NonceError, PolicyError, XpsError
-from .interfaces import OPERATIONS, Buffer, Provider
+from .interfaces import OPERATIONS, AeadCipher, Buffer, Provider
 from .sealed import Sealed
 from .secret import SecretBytes
+from .settings import EngineConfig
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from xpscerpto.capsules.service import WatchService
     from xpscerpto.kat import KatResult
 
     from ._plugins import PluginFailure
-    from .home import Home
 
 __all__ = ["AeadAPI", "Engine", "HkdfAPI", "KemAPI", "KexAPI", "KeyedAead", "SignatureAPI", "random_bytes"]
+
+R = TypeVar("R")
 
 _MAX_RANDOM = 1 << 20
 
@@ -75,13 +74,15 @@ class Engine:
 
     def __init__(self, config: EngineConfig | None = None, *, plugins: Iterable[object] = (),
                  lazy: bool = False) -> None:
-        self.config = config or EngineConfig()
+        self._config = config or EngineConfig()
         self._plugins = tuple(plugins)
         # Serialises start and publish; never taken on the call path.
         self._lock = threading.RLock()
         self._state: EngineState | None = None
         self._fault_listeners: tuple[Callable[[str, str, BaseException], None], ...] = ()
-        self._table: RoutingTable = _bootstrap_table(self)
+        # Version 0 routes nothing: a call misses, and its error path starts the engine
+        # (see route_missing), so a lazy engine costs its callers nothing once started.
+        self._table: RoutingTable = RoutingTable.empty()
         self.aead = AeadAPI(self)
         self.ed25519 = SignatureAPI(self, "sig.ed25519")
         self.mldsa65 = SignatureAPI(self, "sig.mldsa65")
@@ -102,7 +103,7 @@ class Engine:
 
             from ._plugins import load_providers
 
-            registry = load_providers(self._plugins, autoload=self.config.autoload_plugins)
+            registry = load_providers(self._plugins, autoload=self._config.autoload_plugins)
             providers = tuple(sorted(registry.providers.values(), key=lambda p: p.name))
             results = []
             for p in providers:
@@ -111,6 +112,11 @@ class Engine:
                                                 p.kat.get(op, ())))
             self._state = EngineState(providers, tuple(registry.failures), tuple(results))
             self.publish(self.build_table())
+
+    @property
+    def config(self) -> EngineConfig:
+        """The configuration the table in force was built under (changed only by :meth:`publish`)."""
+        return self._config
 
     @property
     def state(self) -> EngineState:
@@ -135,18 +141,8 @@ class Engine:
         provs = state.providers if providers is None else tuple(providers)
         failures = {(r.provider, r.operation): r.failure or "failed"
                     for r in state.selftests if not r.passed}
-        return build_table(provs, config or self.config, version=self._table.version + 1,
+        return build_table(provs, config or self._config, version=self._table.version + 1,
                            kat_failures=failures, on_fault=self._report_fault)
-
-    def watch(self, directory: str | Path, home: str | Path | Home | None = None, **options: Any) -> WatchService:
-        """Start hot-patching from a watched folder (and the control socket); returns the service.
-
-        Options are those of :class:`xpscerpto.capsules.service.WatchService` (``polling``,
-        ``plan``, ``gates``…). Call ``.stop()`` on the result to stop watching.
-        """
-        from xpscerpto.capsules.service import WatchService
-
-        return WatchService(self, directory, home, **options).start()
 
     def add_fault_listener(self, listener: Callable[[str, str, BaseException], None]) -> None:
         """Call ``listener(provider, operation, exc)`` when a routed provider raises unexpectedly.
@@ -165,45 +161,41 @@ class Engine:
         for listener in self._fault_listeners:
             listener(provider, operation, exc)
 
-    def publish(self, table: RoutingTable) -> RoutingTable:
+    def publish(self, table: RoutingTable, *, config: EngineConfig | None = None) -> RoutingTable:
         """Install ``table`` as the one every new call uses; returns the table it replaced.
 
         The swap is a single reference assignment: calls already running keep the table they
-        loaded. Tables must be published in version order.
+        loaded. Tables must be published in version order. ``config``, when given, is the
+        configuration ``table`` was built under and becomes :attr:`config` in the same step
+        (the hot-patch updater's audited emergency changes); only the updater publishes at
+        runtime.
         """
         with self._lock:
             old = self._table
             if table.version != old.version + 1:
                 raise InternalError(
                     f"table.version: expected {old.version + 1}, got {table.version}")
+            if config is not None:
+                self._config = config
             self._table = table
             return old
 
+    def route_missing(self, table: RoutingTable, operation: str,
+                      select: Callable[[RoutingTable], Mapping[str, R]]) -> R:
+        """Error path of a call whose lookup in ``table`` missed ``operation``.
 
-def _bootstrap_table(engine: Engine) -> RoutingTable:
-    """Version 0: every entry starts the engine on first use and forwards the call."""
-    entries: dict[str, Any] = {}
-    for op, spec in OPERATIONS.items():
-        entries[op] = _StartOnFirstUse(engine, op)
-        for alias in spec.aliases:
-            entries[alias] = entries[op]
-    aead = {k: v for k, v in entries.items() if OPERATIONS[v.operation].kind == "aead"}
-    return RoutingTable(version=0, routes={}, unrouted={}, entries=entries, aead=aead)
-
-
-class _StartOnFirstUse:
-    __slots__ = ("_engine", "operation")
-
-    def __init__(self, engine: Engine, operation: str) -> None:
-        self._engine = engine
-        self.operation = operation
-
-    def __getattr__(self, name: str) -> Any:
-        self._engine.start()
-        real = self._engine._table.entries[self.operation]
-        if isinstance(real, UnavailableRoute):
-            raise PolicyError(f"{self.operation}: not available ({real.reason})")
-        return getattr(real, name)
+        Before the first start (table version 0) this starts the engine and returns the route
+        from the first real table; otherwise it raises the PolicyError naming why nothing
+        serves the operation.
+        """
+        if table.version == 0:
+            self.start()
+            try:
+                return select(self._table)[operation]
+            except KeyError:
+                table = self._table
+        reason = table.unrouted.get(operation, "not routed")
+        raise PolicyError(f"{operation}: not available ({reason})")
 
 
 # -- API namespaces --------------------------------------------------------------------------
@@ -253,6 +245,9 @@ class AeadAPI:
                 raise NonceError(f"nonce: expected {r.nonce_size} bytes, got {len(nonce)}")
             return Sealed((nonce, r.cipher(key).encrypt(nonce, plaintext, aad), r.tag_size))
         except Exception as exc:
+            if table.version == 0:  # first call on a lazy engine: the lookup missed before anything ran
+                self._engine.start()
+                return self.encrypt(algo, key, plaintext, aad, nonce)
             err = _aead_error(table, algo, exc, key, nonce, nonce_required=False,
                               inputs=(("plaintext", plaintext, PolicyError), ("aad", aad, PolicyError)))
             raise err from err.__cause__
@@ -275,8 +270,11 @@ class AeadAPI:
                 raise NonceError(f"nonce: expected {r.nonce_size} bytes, got {len(nonce)}")
             if len(tag) != r.tag_size:
                 raise AuthError(f"tag: expected {r.tag_size} bytes, got {len(tag)}")
-            return r.cipher(key).decrypt(nonce, b"".join((ciphertext, tag)), aad)  # type: ignore[no-any-return]
+            return r.cipher(key).decrypt(nonce, b"".join((ciphertext, tag)), aad)
         except Exception as exc:
+            if table.version == 0:  # first call on a lazy engine: the lookup missed before anything ran
+                self._engine.start()
+                return self.decrypt(algo, key, nonce, ciphertext, tag, aad)
             err = _aead_error(table, algo, exc, key, nonce, nonce_required=True,
                               inputs=(("ciphertext", ciphertext, PolicyError), ("tag", tag, AuthError),
                                       ("aad", aad, PolicyError)))
@@ -299,8 +297,11 @@ class AeadAPI:
                 raise NonceError(f"nonce: expected {r.nonce_size} bytes, got {len(nonce)}")
             if tag_size != r.tag_size:
                 raise AuthError(f"sealed: tag size {tag_size} does not match {r.operation}")
-            return r.cipher(key).decrypt(nonce, wire, aad)  # type: ignore[no-any-return]
+            return r.cipher(key).decrypt(nonce, wire, aad)
         except Exception as exc:
+            if table.version == 0:  # first call on a lazy engine: the lookup missed before anything ran
+                self._engine.start()
+                return self.open(algo, key, sealed, aad)
             if type(sealed) is not Sealed:
                 raise PolicyError(f"sealed: expected a Sealed, got {type(sealed).__name__}") from None
             err = _aead_error(table, algo, exc, key, nonce, nonce_required=True,
@@ -334,9 +335,23 @@ class _Bound:
 
     __slots__ = ("auto_nonce", "cipher", "nonce_size", "route", "tag_size", "version")
 
-    def __init__(self, version: int, route: Any, cipher: Any) -> None:
+    def __init__(self, version: int, route: AeadRoute, cipher: AeadCipher) -> None:
         self.version, self.route, self.cipher = version, route, cipher
         self.nonce_size, self.tag_size, self.auto_nonce = route.nonce_size, route.tag_size, route.auto_nonce
+
+
+class _WipedCipher:
+    """Stands in for a wiped KeyedAead's cipher: its version (-1) makes every call re-bind,
+    which refuses the wiped key, so this is never reached; if it were, it refuses too."""
+
+    def encrypt(self, nonce: bytes, data: Buffer, associated_data: Buffer) -> bytes:
+        raise KeyError_("key: this KeyedAead was wiped")
+
+    def decrypt(self, nonce: bytes, data: Buffer, associated_data: Buffer) -> bytes:
+        raise KeyError_("key: this KeyedAead was wiped")
+
+
+_WIPED = _WipedCipher()
 
 
 class KeyedAead:
@@ -404,7 +419,7 @@ class KeyedAead:
                 b = self._bind(table)
             if len(nonce) != b.nonce_size:
                 raise NonceError(f"nonce: expected {b.nonce_size} bytes, got {len(nonce)}")
-            return b.cipher.decrypt(nonce, ciphertext_and_tag, aad)  # type: ignore[no-any-return]
+            return b.cipher.decrypt(nonce, ciphertext_and_tag, aad)
         except Exception as exc:
             err = _aead_error(table, self._algo, exc, self._key, nonce, nonce_required=True,
                               inputs=(("ciphertext_and_tag", ciphertext_and_tag, PolicyError),
@@ -420,7 +435,7 @@ class KeyedAead:
     def wipe(self) -> None:
         """Wipe the key copy and drop the provider's keyed cipher; the object is unusable after."""
         self._key.wipe()
-        self._bound = _Bound(-1, self._bound.route, None)
+        self._bound = _Bound(-1, self._bound.route, _WIPED)
 
     def __repr__(self) -> str:
         return f"<KeyedAead {self._algo} via {self._bound.route.provider}>"
@@ -436,7 +451,7 @@ def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce:
         if op is not None and op in table.unrouted:
             return PolicyError(f"algo: {algo} is not available ({table.unrouted[op]})")
         return PolicyError(f"algo: unknown AEAD algorithm {algo!r}")
-    return r.diagnose(exc, key, nonce, nonce_required=nonce_required, inputs=inputs)  # type: ignore[no-any-return]
+    return r.diagnose(exc, key, nonce, nonce_required=nonce_required, inputs=inputs)
 
 
 _AEAD_NAMES = {name: op for op, spec in OPERATIONS.items() if spec.kind == "aead"
@@ -444,155 +459,3 @@ _AEAD_NAMES = {name: op for op, spec in OPERATIONS.items() if spec.kind == "aead
 _urandom = os.urandom
 
 
-class _OpAPI:
-    """Base of the fixed-operation namespaces.
-
-    Each method loads ``engine._table`` into a local that lives for the whole call: the old
-    table is freed only when the last call that loaded it returns, which is how the updater
-    learns that a replaced implementation has drained (at no cost to the call).
-    """
-
-    __slots__ = ("_engine", "_op")
-
-    def __init__(self, engine: Engine, operation: str) -> None:
-        self._engine = engine
-        self._op = operation
-
-    @property
-    def provider(self) -> str | None:
-        """The provider currently serving this operation."""
-        return self._engine.table.provider_for(self._op)
-
-
-class SignatureAPI(_OpAPI):
-    """Ed25519 or ML-DSA-65 signatures; secret keys are seeds held in SecretBytes.
-
-    Example:
-        >>> import xpscerpto as xps
-        >>> pk, sk = xps.ed25519.generate_keypair()
-        >>> sig = xps.ed25519.sign(sk, b"msg")
-        >>> xps.ed25519.verify(pk, b"msg", sig)   # raises AuthError if invalid
-    """
-
-    __slots__ = ()
-
-    def generate_keypair(self) -> tuple[bytes, SecretBytes]:
-        """Return ``(public_key, secret_key)``."""
-        table = self._engine._table
-        return table.entries[self._op].generate_keypair()  # type: ignore[no-any-return]
-
-    def public_key(self, secret_key: Buffer | SecretBytes) -> bytes:
-        """Derive the public key from a secret key."""
-        table = self._engine._table
-        return table.entries[self._op].public_key(secret_key)  # type: ignore[no-any-return]
-
-    def sign(self, secret_key: Buffer | SecretBytes, message: Buffer, context: bytes = b"") -> bytes:
-        """Sign ``message`` (Ed25519 is deterministic; ML-DSA is hedged)."""
-        table = self._engine._table
-        return table.entries[self._op].sign(secret_key, message, context)  # type: ignore[no-any-return]
-
-    def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes = b"") -> None:
-        """Return if the signature is valid; raise AuthError otherwise."""
-        table = self._engine._table
-        table.entries[self._op].verify(public_key, message, signature, context)
-
-    def is_valid(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes = b"") -> bool:
-        """Boolean convenience over :meth:`verify` (bad key sizes still raise KeyError_)."""
-        from .errors import AuthError
-
-        try:
-            self.verify(public_key, message, signature, context)
-        except AuthError:
-            return False
-        return True
-
-
-class KexAPI(_OpAPI):
-    """X25519 key agreement.
-
-    Example:
-        >>> import xpscerpto as xps
-        >>> a_pk, a_sk = xps.x25519.generate_keypair(); b_pk, b_sk = xps.x25519.generate_keypair()
-        >>> xps.x25519.derive_shared(a_sk, b_pk) == xps.x25519.derive_shared(b_sk, a_pk)
-        True
-    """
-
-    __slots__ = ()
-
-    def generate_keypair(self) -> tuple[bytes, SecretBytes]:
-        """Return ``(public_key, secret_key)``."""
-        table = self._engine._table
-        return table.entries[self._op].generate_keypair()  # type: ignore[no-any-return]
-
-    def public_key(self, secret_key: Buffer | SecretBytes) -> bytes:
-        """Derive the public key."""
-        table = self._engine._table
-        return table.entries[self._op].public_key(secret_key)  # type: ignore[no-any-return]
-
-    def derive_shared(self, secret_key: Buffer | SecretBytes, peer_public_key: Buffer) -> SecretBytes:
-        """The raw shared secret; an all-zero result (low-order peer key) raises KeyError_."""
-        table = self._engine._table
-        return table.entries[self._op].derive_shared(secret_key, peer_public_key)  # type: ignore[no-any-return]
-
-
-class KemAPI(_OpAPI):
-    """ML-KEM-768 key encapsulation; the decapsulation key is the 64-byte seed.
-
-    Example:
-        >>> import xpscerpto as xps
-        >>> ek, dk = xps.mlkem768.generate_keypair()
-        >>> ct, ss = xps.mlkem768.encapsulate(ek)
-        >>> xps.mlkem768.decapsulate(dk, ct) == ss
-        True
-    """
-
-    __slots__ = ()
-
-    def generate_keypair(self) -> tuple[bytes, SecretBytes]:
-        """Return ``(encapsulation_key, seed)``."""
-        table = self._engine._table
-        return table.entries[self._op].generate_keypair()  # type: ignore[no-any-return]
-
-    def public_key(self, secret_key: Buffer | SecretBytes) -> bytes:
-        """Derive the encapsulation key from the seed."""
-        table = self._engine._table
-        return table.entries[self._op].public_key(secret_key)  # type: ignore[no-any-return]
-
-    def encapsulate(self, public_key: Buffer) -> tuple[bytes, SecretBytes]:
-        """Return ``(ciphertext, shared_secret)``."""
-        table = self._engine._table
-        return table.entries[self._op].encapsulate(public_key)  # type: ignore[no-any-return]
-
-    def decapsulate(self, secret_key: Buffer | SecretBytes, ciphertext: Buffer) -> SecretBytes:
-        """Return the shared secret (a tampered ciphertext yields an unrelated one, per FIPS 203)."""
-        table = self._engine._table
-        return table.entries[self._op].decapsulate(secret_key, ciphertext)  # type: ignore[no-any-return]
-
-
-class HkdfAPI(_OpAPI):
-    """HKDF-SHA256 (RFC 5869).
-
-    Example:
-        >>> import xpscerpto as xps
-        >>> okm = xps.hkdf.derive(b"ikm" * 11, 64, salt=b"salt", info=b"ctx")
-        >>> len(okm)
-        64
-    """
-
-    __slots__ = ()
-
-    def derive(self, ikm: Buffer | SecretBytes, length: int, *, salt: Buffer = b"",
-               info: Buffer = b"") -> SecretBytes:
-        """Extract then expand in one call."""
-        table = self._engine._table
-        return table.entries[self._op].derive(ikm, length, salt=salt, info=info)  # type: ignore[no-any-return]
-
-    def extract(self, salt: Buffer, ikm: Buffer | SecretBytes) -> SecretBytes:
-        """The pseudo-random key ``PRK = HMAC(salt, ikm)``."""
-        table = self._engine._table
-        return table.entries[self._op].extract(salt, ikm)  # type: ignore[no-any-return]
-
-    def expand(self, prk: Buffer | SecretBytes, info: Buffer, length: int) -> SecretBytes:
-        """``length`` bytes of output keying material bound to ``info`` (e.g. a transcript hash)."""
-        table = self._engine._table
-        return table.entries[self._op].expand(prk, info, length)  # type: ignore[no-any-return]

@@ -12,7 +12,7 @@ import contextlib
 import ctypes
 import hmac
 from types import TracebackType
-from typing import NoReturn, Self
+from typing import NoReturn, Self, final
 
 __all__ = ["SecretBytes", "constant_time_eq", "secure_wipe"]
 
@@ -57,6 +57,7 @@ def constant_time_eq(a: BytesLike | SecretBytes, b: BytesLike | SecretBytes) -> 
     return hmac.compare_digest(a, b)
 
 
+@final
 class SecretBytes:
     """A bytearray-backed secret that can be wiped and is never printed or pickled.
 

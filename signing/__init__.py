@@ -6,10 +6,11 @@ decides whether to accept capsules must not be replaceable by one.
 """
 
 from .keys import PublisherKey, generate_keypair, key_id, load_private_key, load_public_key, sign, verify
-from .trust import TrustedKey, TrustStore, VerificationResult
+from .trust import Rejection, TrustedKey, TrustStore, VerificationResult
 
 __all__ = [
     "PublisherKey",
+    "Rejection",
     "TrustStore",
     "TrustedKey",
     "VerificationResult",

@@ -7,19 +7,21 @@ sign these exact manifest bytes?" — the single provenance question of the upda
 
 from __future__ import annotations
 
+import enum
 import fnmatch
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from xpscerpto._atomic import atomic_write
 from xpscerpto.errors import PolicyError
 
 from .keys import PublisherKey, key_id, verify
 
-__all__ = ["TrustStore", "TrustedKey", "VerificationResult"]
+__all__ = ["Rejection", "TrustStore", "TrustedKey", "VerificationResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,16 +38,26 @@ class TrustedKey:
         return all(any(fnmatch.fnmatchcase(op, g) for g in self.ops) for op in operations)
 
 
+class Rejection(enum.Enum):
+    """Why one signature does not count towards the threshold."""
+
+    UNTRUSTED = "not a trusted key"
+    BAD_SIGNATURE = "bad signature"
+    NOT_ALLOWED = "not allowed to provide the operations"
+
+
 @dataclass(frozen=True, slots=True)
 class VerificationResult:
     """How many trusted keys validly signed, against the threshold.
 
-    ``signed``: key ids that count; ``rejected``: key id -> why it does not count.
+    ``signed``: key ids that count; ``rejected``: key id -> why it does not count (one line);
+    ``kinds``: key id -> the :class:`Rejection` behind that line (what code decides on).
     """
 
     threshold: int
     signed: frozenset[str]
     rejected: Mapping[str, str]
+    kinds: Mapping[str, Rejection] = field(default_factory=lambda: MappingProxyType({}))
 
     def __bool__(self) -> bool:
         return len(self.signed) >= self.threshold
@@ -93,18 +105,20 @@ class TrustStore:
         ops = tuple(operations)
         signed: set[str] = set()
         rejected: dict[str, str] = {}
+        kinds: dict[str, Rejection] = {}
         for keyid, sig in signatures.items():
             key = self.keys.get(keyid)
             if key is None:
-                rejected[keyid] = "not a trusted key"
+                kinds[keyid], rejected[keyid] = Rejection.UNTRUSTED, Rejection.UNTRUSTED.value
             elif not verify(key.public_key, manifest_bytes, sig):
-                rejected[keyid] = "bad signature"
+                kinds[keyid], rejected[keyid] = Rejection.BAD_SIGNATURE, Rejection.BAD_SIGNATURE.value
             elif not key.allows(ops):
                 denied = [op for op in ops if not key.allows((op,))]
-                rejected[keyid] = f"not allowed to provide {', '.join(denied)}"
+                kinds[keyid], rejected[keyid] = Rejection.NOT_ALLOWED, f"not allowed to provide {', '.join(denied)}"
             else:
                 signed.add(keyid)
-        return VerificationResult(self.threshold, frozenset(signed), MappingProxyType(rejected))
+        return VerificationResult(self.threshold, frozenset(signed), MappingProxyType(rejected),
+                                  MappingProxyType(kinds))
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -124,7 +138,11 @@ class TrustStore:
             return cls()
         except (OSError, ValueError) as exc:
             raise PolicyError(f"trust store {str(p)!r}: unreadable: {exc}") from None
-        where = f"trust store {str(p)!r}"
+        return cls.from_json(doc, f"trust store {str(p)!r}")
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str = "trust store") -> TrustStore:
+        """Parse a trust document (:meth:`to_json`'s shape); PolicyError naming ``where`` if malformed."""
         try:
             if doc.get("format") != 1:
                 raise PolicyError(f"{where}: format must be 1")

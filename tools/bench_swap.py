@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 import xpscerpto as xps  # noqa: E402
+from xpscerpto.capsules import watch_folder  # noqa: E402
 from xpscerpto.capsules.build import build_capsule  # noqa: E402
 from xpscerpto.capsules.isolate import Gates  # noqa: E402
 from xpscerpto.capsules.updater import StagePlan, Updater  # noqa: E402
@@ -61,7 +62,7 @@ def drop_to_serving(tmp: Path, quick: bool) -> None:
     home, signer = _setup(tmp / "drop")
     eng = xps.Engine()
     inbox = tmp / "drop" / "inbox"
-    svc = eng.watch(inbox, home=home, plan=StagePlan(canary_seconds=0, dual_run_seconds=0),
+    svc = watch_folder(eng, inbox, home=home, plan=StagePlan(canary_seconds=0, dual_run_seconds=0),
                     gates=Gates(bench_seconds=0.1))
     times = []
     try:
@@ -149,7 +150,7 @@ def drain_tracking_cost(quick: bool) -> None:
         __slots__ = ()
 
         def sign(self, secret_key, message, context=b""):  # type: ignore[no-untyped-def]
-            return self._engine._table.entries[self._op].sign(secret_key, message, context)
+            return self._engine._table.signature[self._op].sign(secret_key, message, context)
 
     plain = xps.Engine()
     watched = xps.Engine()

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from xpscerpto import Policy, PolicyError, UpdateError, XpsError
 from xpscerpto.capsules._verifier import verify_capsule
+from xpscerpto.capsules.refusal import Refusal
 from xpscerpto.capsules.format import Limits
 from xpscerpto.capsules.store import RoutingState
 from xpscerpto.errors import ErrorCode
@@ -509,6 +510,7 @@ def test_verifier_refuses(factory: CapsuleFactory, build: Builder, reason: str, 
     exc = info.value
     assert type(exc) is error
     assert exc.reason == reason, str(exc)
+    assert isinstance(exc.reason, Refusal)  # a member of the closed set, not free text
     assert says in str(exc)
     assert str(exc).startswith(f"{error.code}: ")
     assert_never_ran(c.capsule)

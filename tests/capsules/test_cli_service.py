@@ -118,7 +118,10 @@ def audit_events(home: Path) -> list[dict]:
     path = home / "audit.log"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # Only newline-terminated lines are records: a writer may be mid-append (or was killed
+    # mid-append) and the journal itself ignores a torn last line.
+    lines = path.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def slow_copy(src: Path, dst: Path, chunks: int = 4, pause: float = 0.3) -> None:

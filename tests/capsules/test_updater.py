@@ -323,3 +323,35 @@ def test_dual_run_mismatch_rolls_back(publisher: Publisher) -> None:
         t.join()
     assert ei.value.reason == "dual-run-fault"
     assert eng.table.provider_for(OP) == "sodium"
+
+
+def test_rollback_still_finds_its_target_after_the_history_passed_its_cap(publisher: Publisher) -> None:
+    from xpscerpto.capsules.store import ActiveCapsule
+
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home)
+    up.apply(publisher.capsule("1.0.0"))
+    up.apply(publisher.capsule("1.0.1"))
+    up.close()
+    # 250 enable/rollback pairs of another capsule push both enables out of the 200-event
+    # history (rollback offline used to end in a bare StopIteration then).
+    state = RoutingState.load(publisher.home.state)
+    for i in range(250):
+        other = ActiveCapsule("other", f"1.0.{i}", f"{i:064x}", ("aead.aes256gcm",))
+        state = state.enable(other, operator="t")
+        state = state.disable(state.find("other"), operator="t")  # type: ignore[arg-type]
+    state.save(publisher.home.state)
+    assert not any(e.get("name") == "xchacha20-openssl" for e in RoutingState.load(publisher.home.state).history)
+
+    def active() -> list[str]:
+        return [a.version for a in RoutingState.load(publisher.home.state).active]
+
+    assert rollback_offline(publisher.home, "xchacha20-openssl").version == "1.0.1"
+    assert active() == ["1.0.0"]  # what 1.0.1 replaced
+    assert rollback_offline(publisher.home, "xchacha20-openssl", to="1.0.1").version == "1.0.0"
+    assert active() == ["1.0.1"]
+    live = _updater(xps.Engine(), publisher.home)
+    live.rollback("xchacha20-openssl", to="1.0.0")
+    assert active() == ["1.0.0"]
+    assert live.engine.table.provider_for(OP) == "xchacha20-openssl"
+    live.close()

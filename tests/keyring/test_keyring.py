@@ -493,3 +493,4 @@ def test_exporting_key_material_is_journaled(ring: Keyring) -> None:
     ring.create("k")
     ring.get("k").wipe()
     assert [e["event"] for e in ring.audit.tail(5)][-1] == "KEY_EXPORT"
+

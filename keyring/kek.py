@@ -47,10 +47,9 @@ from urllib.parse import quote
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from .._atomic import create_exclusive
-from ..errors import AuthError, KeyError_, PolicyError, ProviderError
-from ..secret import SecretBytes, secure_wipe
+from xpscerpto._atomic import create_exclusive
+from xpscerpto.errors import AuthError, KeyError_, PolicyError, ProviderError
+from xpscerpto.secret import SecretBytes, secure_wipe
 
 if TYPE_CHECKING:
     from pkcs11 import Session

@@ -102,10 +102,9 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
-from ._atomic import create_exclusive, fsync_dir
-from .errors import ErrorCode, InternalError, KeyError_, PolicyError, XpsError
-from .secret import SecretBytes
+from xpscerpto._atomic import create_exclusive, fsync_dir
+from xpscerpto.errors import ErrorCode, InternalError, KeyError_, PolicyError, XpsError
+from xpscerpto.secret import SecretBytes
 
 __all__ = [
     "GENESIS",

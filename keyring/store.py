@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from xpscerpto.errors import InternalError
 
@@ -171,9 +172,9 @@ class Store:
         return _version(row) if row else None
 
 
-def _key(r: tuple) -> KeyRow:  # type: ignore[type-arg]
+def _key(r: tuple[Any, ...]) -> KeyRow:
     return KeyRow(r[0], r[1], r[2], r[3], r[4], r[5], KeyState(r[6]), r[7], r[8], r[9])
 
 
-def _version(r: tuple) -> VersionRow:  # type: ignore[type-arg]
+def _version(r: tuple[Any, ...]) -> VersionRow:
     return VersionRow(r[0], r[1], VersionState(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11])

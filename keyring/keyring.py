@@ -29,14 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from xpscerpto._config_fields import parse_duration
 from xpscerpto.audit import AuditLog
-from xpscerpto.config import ApprovalsConfig, AuditConfig, KeyringConfig, parse_duration, safe_max_encryptions
+from xpscerpto.audit.config import AuditConfig
 from xpscerpto.engine import Engine, KeyedAead
 from xpscerpto.errors import KeyError_, PolicyError, XpsError
 from xpscerpto.home import Home
 from xpscerpto.secret import SecretBytes
 
 from .approvals import Approvals, OperatorRegistry
+from .config import ApprovalsConfig, KeyringConfig, safe_max_encryptions
 from .envelope import CODES, HEADER, NONCE_SIZES, _opaque
 from .kek import KekProvider, _random_secret, open_kek
 from .states import Action, KeyState, VersionState, decrypt_deadline, key_after, version_destroyable

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from xpscerpto._atomic import atomic_write
-from xpscerpto.config import XpsConfig
+from xpscerpto.cli import context
 from xpscerpto.engine import Engine
 from xpscerpto.errors import PolicyError, XpsError
-from xpscerpto.home import Home
 from xpscerpto.signing import load_private_key
 
 from .approvals import ApprovalRequest, Approvals, OperatorRegistry
@@ -37,8 +36,8 @@ __all__ = ["add_key_commands"]
 
 
 def _ring(args: argparse.Namespace) -> Keyring:
-    config = XpsConfig.load(args.config) if args.config else XpsConfig.defaults()
-    return Keyring(Home.resolve(args.home), engine=Engine(config.engine), config=config.keyring,
+    config = context.config(args)
+    return Keyring(context.home(args), engine=Engine(config.engine), config=config.keyring,
                    approvals=config.approvals, audit_config=config.audit, operator=args.operator)
 
 
@@ -177,7 +176,7 @@ def _rewrap_files(ring: Keyring, paths: list[Path], aad: bytes) -> int:
 
 def cmd_operator(args: argparse.Namespace) -> int:
     """Register or list operator keys that approve revoke/destroy."""
-    home = Home.resolve(args.home)
+    home = context.home(args)
     if args.operator_cmd == "add":
         with _ring(args) as ring:
             print(f"registered operator {ring.register_operator(args.pub, args.label or Path(args.pub).stem)}")

@@ -22,7 +22,7 @@ from xpscerpto.capsules.control import ControlServer, request
 from xpscerpto.errors import XpsError
 from xpscerpto.signing import generate_keypair
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "capsules" / "demo-capsule"
 TOOL = ROOT / "tools" / "make_capsule.py"
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .engine import Engine
-from .errors import AuthError, KeyError_
+from xpscerpto.engine import Engine
+from xpscerpto.errors import AuthError, KeyError_
 
 __all__ = ["run_demo"]
 
@@ -30,7 +30,7 @@ def run_demo(eng: Engine) -> int:
 
     _step("3. AEAD: encrypt and decrypt with every routed algorithm")
     message, aad = b"attack at dawn", b"header:v1"
-    from .engine import random_bytes
+    from xpscerpto.engine import random_bytes
 
     for algo in sorted(table.aead):
         if not algo.isupper():  # show each algorithm once, by its public name
@@ -103,6 +103,7 @@ def _hot_patch(eng: Engine) -> bool:
 
     from xpscerpto.capsules.build import build_capsule
     from xpscerpto.capsules.control import request
+    from xpscerpto.capsules.service import WatchService
     from xpscerpto.capsules.updater import StagePlan
     from xpscerpto.home import Home
     from xpscerpto.signing import TrustStore, generate_keypair, load_private_key
@@ -124,8 +125,8 @@ def _hot_patch(eng: Engine) -> bool:
         home = Home.resolve(tmp / "home")
         TrustStore().add(pub, ["aead.*"], "demo publisher").save(home.trust)
         inbox = tmp / "inbox"
-        svc = eng.watch(inbox, home=home, plan=StagePlan(canary_share=0.25, canary_seconds=0.5,
-                                                          dual_run_seconds=0.5))
+        svc = WatchService(eng, inbox, home, plan=StagePlan(canary_share=0.25, canary_seconds=0.5,
+                                                            dual_run_seconds=0.5)).start()
         stop, calls, failures = threading.Event(), [0], []
 
         def traffic() -> None:

@@ -90,7 +90,7 @@ def test_bad_config_file_is_a_typed_error(
 
 # --------------------------------------------------------------------------- Appendix C: XpsConfig
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "CONFIGURATION.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "CONFIGURATION.md"
 
 
 def _yaml_blocks() -> list[str]:

@@ -1,0 +1,64 @@
+"""``xps audit verify|tail``: check the journal's chain and checkpoints, or show its newest events."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from xpscerpto.cli import context
+from xpscerpto.errors import PolicyError
+
+from .journal import AuditLog
+
+__all__ = ["add_audit_commands"]
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Verify the audit journal's chain and checkpoints, or show its newest events."""
+    log = AuditLog(context.home(args).audit, checkpoint_every=context.config(args).audit.checkpoint_every)
+    if args.audit_cmd == "tail":
+        events = log.tail(args.n)
+        if args.json:
+            json.dump(events, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        for e in events if not args.json else ():
+            extra = " ".join(f"{k}={e[k]}" for k in sorted(e) if k not in ("seq", "time", "event", "prev", "hash",
+                                                                           "sig", "key"))
+            print(f"{e.get('seq', '?')!s:>6} {e.get('time', '?')} {e.get('event', '?')!s:<22} {extra}")
+        return 0
+    pub = _public_key(args.public_key) if args.public_key is not None else None
+    report = log.verify(public_key=pub, strict=args.strict)
+    data = report.as_dict()
+    context.emit(args, data, lambda: print(
+        f"audit journal OK: {data['records']} records, {data['checkpoints']} signed checkpoints, last seq "
+        f"{data['last_seq']} hash {data['last_hash']}"
+        + "".join(f"\nwarning: {w}" for w in data.get("warnings", []))))
+    return 0
+
+
+def _public_key(text: str) -> bytes:
+    """``--public-key``: an Ed25519 public key as 64 hex digits."""
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise PolicyError(f"--public-key: expected 64 hex digits (a 32-byte Ed25519 public key), "
+                          f"got {len(text)} characters")
+    return key
+
+
+def add_audit_commands(sub: Any) -> None:
+    """Register ``audit`` on the ``xps`` subparsers object."""
+    p = sub.add_parser("audit", help=cmd_audit.__doc__)
+    asub = p.add_subparsers(dest="audit_cmd", required=True)
+    a = asub.add_parser("verify", help="check every hash link and checkpoint signature")
+    a.add_argument("--public-key", metavar="HEX", help="pin the checkpoint key instead of reading audit.pub")
+    a.add_argument("--strict", action="store_true", help="fail on a torn last line")
+    a.add_argument("--json", action="store_true")
+    a = asub.add_parser("tail", help="newest events")
+    a.add_argument("-n", type=int, default=20)
+    a.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)

@@ -1,0 +1,43 @@
+"""What every ``xps`` command reads from the global options: configuration, home, output mode.
+
+Subsystems register their own subcommands (``xpscerpto.keyring.cli``, ``xpscerpto.capsules.cli``
+…) and use these helpers, so ``--config``, ``--home`` and ``--json`` mean the same everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from xpscerpto.config import XpsConfig
+from xpscerpto.engine import Engine
+from xpscerpto.home import Home
+
+__all__ = ["config", "emit", "engine", "home"]
+
+
+def config(args: argparse.Namespace) -> XpsConfig:
+    """The configuration ``--config`` names, or every default."""
+    return XpsConfig.load(args.config) if args.config else XpsConfig.defaults()
+
+
+def engine(args: argparse.Namespace) -> Engine:
+    """An engine under the configuration's ``engine:`` section."""
+    return Engine(config(args).engine)
+
+
+def home(args: argparse.Namespace) -> Home:
+    """The engine home ``--home`` names (else ``$XPS_HOME`` or the XDG default), created 0700."""
+    return Home.resolve(args.home)
+
+
+def emit(args: argparse.Namespace, data: Any, text: Callable[[], None]) -> None:
+    """Print ``data`` as JSON under ``--json``, else call ``text()``."""
+    if getattr(args, "json", False):
+        json.dump(data, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        text()

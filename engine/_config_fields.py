@@ -1,0 +1,226 @@
+"""Value parsers and the field schema every configuration section is built from.
+
+Each subsystem owns its section (a frozen dataclass beside its code); this module gives them
+one way to validate a key and name it when it is wrong, so every section reports errors the
+same way: ``config key 'keyring.kek.provider': expected 'file' or 'pkcs11', got 'hsm'``.
+``bool`` is never accepted as a number.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from .algorithms import AEAD
+from .errors import PolicyError
+
+__all__ = [
+    "Field",
+    "build_section",
+    "count",
+    "dump_section",
+    "env_name",
+    "expect",
+    "no_unknown",
+    "number",
+    "optional_text",
+    "parse_aead_name",
+    "parse_duration",
+    "parse_size",
+    "positive",
+    "seconds_out",
+    "show",
+    "str_list",
+    "text",
+    "to_str",
+]
+
+T = TypeVar("T")
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_SIZE_RE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|TiB)?")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def show(value: object) -> str:
+    """A value for an error message: scalars as written, anything else by type only."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool | int | float | str):
+        return repr(value)
+    return type(value).__name__
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def parse_duration(value: object, key: str = "duration") -> float:
+    """Seconds from an int/float or a string like ``"45s"``, ``"90m"``, ``"12h"``, ``"30d"``.
+
+    Raises:
+        PolicyError: naming ``key`` if the value is not a duration or is negative.
+
+    >>> parse_duration("90m"), parse_duration(2), parse_duration("250ms")
+    (5400.0, 2.0, 0.25)
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.fullmatch(value.strip())):
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        raise PolicyError(f"config key {key!r}: expected a duration (seconds, or a string like '45s', "
+                          f"'90m', '12h', '30d'), got {show(value)}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise PolicyError(f"config key {key!r}: a duration must be finite and >= 0, got {show(value)}")
+    return seconds
+
+
+def parse_size(value: object, key: str = "size") -> int:
+    """Bytes from an int or a string like ``"64KiB"``, ``"1MiB"``, ``"2GiB"``.
+
+    Raises:
+        PolicyError: naming ``key`` if the value is not a size or is negative.
+
+    >>> parse_size("64KiB"), parse_size(512), parse_size("2GiB")
+    (65536, 512, 2147483648)
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE_RE.fullmatch(value.strip())):
+        size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    else:
+        raise PolicyError(f"config key {key!r}: expected a size (bytes, or a string like '64KiB', "
+                          f"'1MiB', '2GiB'), got {show(value)}")
+    if size < 0:
+        raise PolicyError(f"config key {key!r}: a size must be >= 0, got {show(value)}")
+    return size
+
+
+def positive(parse: Callable[[object, str], Any]) -> Callable[[object, str], Any]:
+    """``parse``, then refuse values <= 0."""
+    def check(value: object, key: str) -> Any:
+        out = parse(value, key)
+        if out <= 0:
+            raise PolicyError(f"config key {key!r}: must be > 0, got {show(value)}")
+        return out
+    return check
+
+
+def count(minimum: int = 0) -> Callable[[object, str], int]:
+    """An integer parser with a lower bound."""
+    def parse(value: object, key: str) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise PolicyError(f"config key {key!r}: expected an integer, got {show(value)}")
+        if value < minimum:
+            raise PolicyError(f"config key {key!r}: must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def number(low: float, high: float = math.inf) -> Callable[[object, str], float]:
+    """A finite number parser within ``[low, high]``."""
+    def parse(value: object, key: str) -> float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise PolicyError(f"config key {key!r}: expected a number, got {show(value)}")
+        out = float(value)
+        if not (math.isfinite(out) and low <= out <= high):
+            bound = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+            raise PolicyError(f"config key {key!r}: must be {bound}, got {show(value)}")
+        return out
+    return parse
+
+
+def text(value: object, key: str) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise PolicyError(f"config key {key!r}: expected a non-empty string, got {show(value)}")
+    return value
+
+
+def optional_text(value: object, key: str) -> str | None:
+    """``null`` or a non-empty string."""
+    return None if value is None else text(value, key)
+
+
+def parse_aead_name(value: object, key: str) -> AEAD:
+    """An :class:`~xpscerpto.AEAD` member from its name."""
+    try:
+        return AEAD(cast("str", value))
+    except (ValueError, TypeError):
+        names = ", ".join(a.value for a in AEAD)
+        raise PolicyError(f"config key {key!r}: expected an AEAD algorithm ({names}), got {show(value)}") from None
+
+
+def env_name(value: object, key: str) -> str:
+    """The *name* of an environment variable (never a secret itself)."""
+    if not isinstance(value, str) or not _ENV_NAME_RE.fullmatch(value):
+        raise PolicyError(f"config key {key!r}: expected the name of an environment variable "
+                          f"(never the PIN itself), got {'a string' if isinstance(value, str) else show(value)}")
+    return value
+
+
+def seconds_out(value: float) -> int | float:
+    """A duration as :meth:`to_mapping` shows it (whole seconds as int)."""
+    return int(value) if value.is_integer() else value
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def to_str(value: Any) -> Any:
+    """Dump an enum member (or None) as plain text."""
+    return None if value is None else str(value)
+
+
+def expect(value: object, typ: type | tuple[type, ...], key: str) -> None:
+    """Refuse ``value`` unless it is an instance of ``typ``."""
+    if not isinstance(value, typ):
+        name = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+        raise PolicyError(f"config key {key!r}: expected {name}, got {_type_name(value)}")
+
+
+def no_unknown(data: Mapping[Any, Any], known: set[str] | frozenset[str], prefix: str) -> None:
+    """Refuse keys not in ``known``, naming the first with its dotted path."""
+    for key in data:
+        if key not in known:
+            at = f" at '{prefix}{key}'" if prefix else ""
+            raise PolicyError(f"config: unknown key {key!r}{at} (known: {', '.join(sorted(known))})")
+
+
+def str_list(value: object, key: str) -> list[str]:
+    """A list of strings."""
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise PolicyError(f"config key {key!r}: expected a list of strings")
+    return list(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One key of a section: its name in the file, its attribute, and how to read/write it."""
+
+    key: str  # name in the file
+    attr: str  # dataclass attribute
+    parse: Callable[[object, str], Any]
+    dump: Callable[[Any], Any] = _same
+
+
+def build_section(cls: type[T], schema: tuple[Field, ...], data: object, prefix: str,
+                  extra: frozenset[str] = frozenset(), **nested: Any) -> T:
+    """Validate ``data`` against ``schema`` and build ``cls``; ``extra`` keys are the caller's."""
+    expect(data, Mapping, prefix.rstrip("."))
+    data = cast("Mapping[Any, Any]", data)
+    no_unknown(data, {f.key for f in schema} | extra, prefix)
+    values = {f.attr: f.parse(data[f.key], prefix + f.key) for f in schema if f.key in data}
+    return cls(**values, **nested)
+
+
+def dump_section(obj: object, schema: tuple[Field, ...]) -> dict[str, Any]:
+    """Every field of ``obj`` as plain data."""
+    return {f.key: f.dump(getattr(obj, f.attr)) for f in schema}

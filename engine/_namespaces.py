@@ -1,0 +1,164 @@
+"""The fixed-operation API namespaces (``xps.ed25519``, ``x25519``, ``mlkem768``, ``hkdf`` …).
+
+Each method of a namespace is made by :func:`_forward` from the routed adapter's method of the
+same name: it loads the engine's table once, looks its operation up in the map of its kind,
+and calls the adapter. So the signature and docstring a user sees are the adapter's, written
+once in :mod:`xpscerpto._routes`, and strict mypy checks every call through.
+
+The loaded table stays in a local for the whole call: the replaced table is freed only when
+the last call that loaded it returns, which is how the updater learns that an implementation
+has drained (at no cost to the call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from operator import attrgetter
+from typing import TYPE_CHECKING, Concatenate, Generic, ParamSpec, TypeVar
+
+from ._routes import KdfRoute, KemRoute, KexRoute, SignatureRoute, _KeyPairRoute
+from .errors import AuthError
+from .interfaces import Buffer
+
+if TYPE_CHECKING:
+    from ._routing import RoutingTable
+    from .engine import Engine
+
+__all__ = ["HkdfAPI", "KemAPI", "KexAPI", "SignatureAPI"]
+
+R_co = TypeVar("R_co", covariant=True)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# attrgetter runs in C: selecting the kind's map costs the call no Python frame.
+_SIGNATURE: Callable[[RoutingTable], Mapping[str, SignatureRoute]] = attrgetter("signature")
+_KEX: Callable[[RoutingTable], Mapping[str, KexRoute]] = attrgetter("kex")
+_KEM: Callable[[RoutingTable], Mapping[str, KemRoute]] = attrgetter("kem")
+_KDF: Callable[[RoutingTable], Mapping[str, KdfRoute]] = attrgetter("kdf")
+
+
+class _OpAPI(Generic[R_co]):
+    """Base of the fixed-operation namespaces: an engine, an operation, and its kind's map."""
+
+    __slots__ = ("_engine", "_op", "_select")
+
+    def __init__(self, engine: Engine, operation: str,
+                 select: Callable[[RoutingTable], Mapping[str, R_co]]) -> None:
+        self._engine = engine
+        self._op = operation
+        self._select = select
+
+    @property
+    def provider(self) -> str | None:
+        """The provider currently serving this operation."""
+        return self._engine.table.provider_for(self._op)
+
+
+def _forward(method: Callable[Concatenate[R_co, P], T]) -> Callable[Concatenate[_OpAPI[R_co], P], T]:
+    """The namespace method that calls ``method`` on the route the current table holds."""
+
+    def call(self: _OpAPI[R_co], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        table = self._engine._table
+        try:
+            route = self._select(table)[self._op]
+        except KeyError:
+            route = self._engine.route_missing(table, self._op, self._select)
+        return method(route, *args, **kwargs)
+
+    call.__name__ = call.__qualname__ = method.__name__
+    call.__doc__ = method.__doc__
+    return call
+
+
+class _KeyPairAPI(_OpAPI[R_co]):
+    """Namespaces whose keys come in pairs (signatures, key agreement, KEM)."""
+
+    __slots__ = ()
+
+    generate_keypair = _forward(_KeyPairRoute.generate_keypair)
+    public_key = _forward(_KeyPairRoute.public_key)
+
+
+class SignatureAPI(_KeyPairAPI[SignatureRoute]):
+    """Ed25519 or ML-DSA-65 signatures; secret keys are seeds held in SecretBytes.
+
+    Example:
+        >>> import xpscerpto as xps
+        >>> pk, sk = xps.ed25519.generate_keypair()
+        >>> sig = xps.ed25519.sign(sk, b"msg")
+        >>> xps.ed25519.verify(pk, b"msg", sig)   # raises AuthError if invalid
+    """
+
+    __slots__ = ()
+
+    def __init__(self, engine: Engine, operation: str) -> None:
+        super().__init__(engine, operation, _SIGNATURE)
+
+    sign = _forward(SignatureRoute.sign)
+    verify = _forward(SignatureRoute.verify)
+
+    def is_valid(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes = b"") -> bool:
+        """Boolean convenience over :meth:`verify` (bad key sizes still raise KeyError_)."""
+        try:
+            self.verify(public_key, message, signature, context)
+        except AuthError:
+            return False
+        return True
+
+
+class KexAPI(_KeyPairAPI[KexRoute]):
+    """X25519 key agreement.
+
+    Example:
+        >>> import xpscerpto as xps
+        >>> a_pk, a_sk = xps.x25519.generate_keypair(); b_pk, b_sk = xps.x25519.generate_keypair()
+        >>> xps.x25519.derive_shared(a_sk, b_pk) == xps.x25519.derive_shared(b_sk, a_pk)
+        True
+    """
+
+    __slots__ = ()
+
+    def __init__(self, engine: Engine, operation: str) -> None:
+        super().__init__(engine, operation, _KEX)
+
+    derive_shared = _forward(KexRoute.derive_shared)
+
+
+class KemAPI(_KeyPairAPI[KemRoute]):
+    """ML-KEM-768 key encapsulation; the decapsulation key is the 64-byte seed.
+
+    Example:
+        >>> import xpscerpto as xps
+        >>> ek, dk = xps.mlkem768.generate_keypair()
+        >>> ct, ss = xps.mlkem768.encapsulate(ek)
+        >>> xps.mlkem768.decapsulate(dk, ct) == ss
+        True
+    """
+
+    __slots__ = ()
+
+    def __init__(self, engine: Engine, operation: str) -> None:
+        super().__init__(engine, operation, _KEM)
+
+    encapsulate = _forward(KemRoute.encapsulate)
+    decapsulate = _forward(KemRoute.decapsulate)
+
+
+class HkdfAPI(_OpAPI[KdfRoute]):
+    """HKDF-SHA256 (RFC 5869).
+
+    Example:
+        >>> import xpscerpto as xps
+        >>> okm = xps.hkdf.derive(b"ikm" * 11, 64, salt=b"salt", info=b"ctx")
+        >>> len(okm)
+        64
+    """
+
+    __slots__ = ()
+
+    def __init__(self, engine: Engine, operation: str) -> None:
+        super().__init__(engine, operation, _KDF)
+
+    derive = _forward(KdfRoute.derive)
+    extract = _forward(KdfRoute.extract)
+    expand = _forward(KdfRoute.expand)

@@ -1,0 +1,162 @@
+"""The core's configuration sections: ``engine:`` (routing policy) and ``aead:`` (AEAD defaults).
+
+Every subsystem owns its section beside its code (``xpscerpto.keyring.config``,
+``xpscerpto.capsules.config`` …); :mod:`xpscerpto.config` only reads the file and composes them.
+
+Example:
+    >>> cfg = EngineConfig.from_mapping({"policy": {"forbid": ["aes128"]}, "nonce": "app"})
+    >>> cfg.policy.permits("aead.aes128gcm", ("aes", "aes128", "gcm")), cfg.nonce
+    (False, 'app')
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, cast
+
+from ._config_fields import Field, build_section, dump_section, expect, no_unknown, parse_aead_name, str_list, to_str
+from .algorithms import AEAD
+from .errors import PolicyError
+
+__all__ = ["AeadDefaults", "EngineConfig", "NonceMode", "Policy"]
+
+NonceMode = Literal["auto", "app"]
+
+_ENGINE_KEYS = frozenset({"policy", "nonce", "prefer", "providers", "autoload_plugins"})
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Which operations may be routed.
+
+    Args:
+        allow: glob patterns of operation names that may be routed (``None``: all).
+        forbid: algorithm tokens or operation globs that must never be routed, e.g.
+            ``("sha1", "des", "aes128")`` or ``("aead.aes128*",)``.
+    """
+
+    allow: tuple[str, ...] | None = None
+    forbid: tuple[str, ...] = ()
+
+    def permits(self, operation: str, tokens: tuple[str, ...]) -> bool:
+        """Whether ``operation`` (with its algorithm ``tokens``) may be routed."""
+        return self.reason(operation, tokens) is None
+
+    def reason(self, operation: str, tokens: tuple[str, ...]) -> str | None:
+        """Why ``operation`` is not permitted, or None."""
+        for pattern in self.forbid:
+            p = pattern.lower()
+            if p in tokens or fnmatch.fnmatchcase(operation, p):
+                return f"forbidden by policy (forbid: {pattern!r})"
+        if self.allow is not None and not any(fnmatch.fnmatchcase(operation, p) for p in self.allow):
+            return "not in the policy allow-list"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything an engine needs to build routing tables (the ``engine:`` section).
+
+    Args:
+        policy: allow/forbid lists.
+        nonce: ``"auto"`` draws a nonce from the CSPRNG when none is given; ``"app"`` requires
+            the application to pass one (and a missing nonce is XPS_ERR_NONCE).
+        prefer: operation -> provider name that wins over priority for that operation.
+        providers: if set, only these providers are considered (tests, pinning).
+        autoload_plugins: load third-party entry points (``None``: follow the env var).
+    """
+
+    policy: Policy = field(default_factory=Policy)
+    nonce: NonceMode = "auto"
+    prefer: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    providers: tuple[str, ...] | None = None
+    autoload_plugins: bool | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], prefix: str = "") -> EngineConfig:
+        """Validate and build from plain data; raises PolicyError naming the bad key.
+
+        ``prefix`` is where the section sits in the file (``"engine."``), for messages.
+        """
+        where = prefix.rstrip(".") or "config"
+        expect(data, Mapping, where)
+        no_unknown(data, _ENGINE_KEYS, prefix)
+        policy_data = data.get("policy", {})
+        expect(policy_data, Mapping, f"{prefix}policy")
+        no_unknown(policy_data, {"allow", "forbid"}, f"{prefix}policy.")
+        allow = policy_data.get("allow")
+        if allow is not None:
+            allow = tuple(str_list(allow, f"{prefix}policy.allow"))
+        forbid = tuple(str_list(policy_data.get("forbid", []), f"{prefix}policy.forbid"))
+        nonce = data.get("nonce", "auto")
+        if nonce not in ("auto", "app"):
+            raise PolicyError(f"config key '{prefix}nonce': expected 'auto' or 'app', got {nonce!r}")
+        prefer = data.get("prefer", {})
+        expect(prefer, Mapping, f"{prefix}prefer")
+        for k, v in prefer.items():
+            expect(k, str, f"{prefix}prefer (key)")
+            expect(v, str, f"{prefix}prefer.{k}")
+        providers = data.get("providers")
+        if providers is not None:
+            providers = tuple(str_list(providers, f"{prefix}providers"))
+        autoload = data.get("autoload_plugins")
+        if autoload is not None:
+            expect(autoload, bool, f"{prefix}autoload_plugins")
+        return cls(Policy(allow, forbid), nonce, MappingProxyType(dict(prefer)), providers, autoload)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> EngineConfig:
+        """Load the engine settings from a file.
+
+        ``.toml`` and ``.json`` (any other suffix is read as JSON) hold the engine keys at
+        their root, as ``xps --config`` always accepted; ``.yaml``/``.yml`` is the whole
+        Appendix C file (:meth:`xpscerpto.config.XpsConfig.load`), of which the ``engine:``
+        section is returned.
+        """
+        from .config import XpsConfig, read_file
+
+        p = Path(path)
+        if p.suffix in (".yaml", ".yml"):
+            return XpsConfig.load(p).engine
+        data = read_file(p, "toml" if p.suffix == ".toml" else "json")
+        expect(data, Mapping, "config")
+        return cls.from_mapping(cast("Mapping[str, Any]", data))
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Plain data (lists, dicts) that :meth:`from_mapping` turns back into an equal config."""
+        return {
+            "nonce": self.nonce,
+            "autoload_plugins": self.autoload_plugins,
+            "providers": None if self.providers is None else list(self.providers),
+            "prefer": dict(self.prefer),
+            "policy": {"allow": None if self.policy.allow is None else list(self.policy.allow),
+                       "forbid": list(self.policy.forbid)},
+        }
+
+    @staticmethod
+    def is_engine_keys(data: Mapping[str, Any]) -> bool:
+        """Whether ``data``'s keys are all ``engine:`` keys (the pre-Appendix C file layout)."""
+        return bool(data) and set(data) <= _ENGINE_KEYS
+
+
+@dataclass(frozen=True, slots=True)
+class AeadDefaults:
+    """``aead:`` -- defaults of the raw AEAD layer."""
+
+    default_algorithm: AEAD = AEAD.AES_256_GCM
+
+    @classmethod
+    def from_mapping(cls, data: object, prefix: str = "aead.") -> AeadDefaults:
+        """Validate and build; raises PolicyError naming the bad key."""
+        return build_section(cls, _AEAD_FIELDS, data, prefix)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Every key as plain data."""
+        return dump_section(self, _AEAD_FIELDS)
+
+
+_AEAD_FIELDS = (Field("default_algorithm", "default_algorithm", parse_aead_name, to_str),)

@@ -1,0 +1,195 @@
+"""The keyring's configuration sections: ``keyring:`` (with ``keyring.kek:``) and ``approvals:``.
+
+``keyring.max_encryptions`` defaults: 2^32 for AES-128-GCM, AES-256-GCM and CHACHA20-POLY1305
+(NIST SP 800-38D bound for random 96-bit nonces), 2^48 for AES-256-GCM-SIV, 2^64-1 for
+XCHACHA20-POLY1305 and AEGIS-256. Entries given in the file override these per algorithm;
+the others keep their default. ``docs/CONFIGURATION.md`` documents every key.
+
+Example:
+    >>> KeyringConfig.from_mapping({"dual_window": "7d"}).dual_window_seconds
+    604800.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, cast
+
+from xpscerpto._config_fields import (
+    Field,
+    build_section,
+    count,
+    dump_section,
+    env_name,
+    expect,
+    optional_text,
+    parse_aead_name,
+    parse_duration,
+    positive,
+    seconds_out,
+    show,
+    text,
+    to_str,
+)
+from xpscerpto.algorithms import AEAD
+from xpscerpto.errors import PolicyError
+
+__all__ = ["ApprovalsConfig", "KekConfig", "KeyringConfig", "safe_max_encryptions"]
+
+KekProvider = Literal["file", "pkcs11"]
+
+
+def _default_max_encryptions() -> Mapping[str, int]:
+    two32, two48, two64 = 2**32, 2**48, 2**64 - 1
+    return MappingProxyType({
+        AEAD.AES_128_GCM.value: two32, AEAD.AES_256_GCM.value: two32, AEAD.CHACHA20_POLY1305.value: two32,
+        AEAD.AES_256_GCM_SIV.value: two48, AEAD.XCHACHA20_POLY1305.value: two64, AEAD.AEGIS_256.value: two64,
+    })
+
+
+def safe_max_encryptions(algorithm: str) -> int:
+    """The most encryptions one key may safely make with ``algorithm`` (random nonces).
+
+    2^32 for 96-bit random nonces (AES-GCM, ChaCha20-Poly1305: NIST SP 800-38D 8.3), 2^48 for
+    AES-GCM-SIV (nonce-misuse resistant), unbounded for 192/256-bit nonces.
+    """
+    return _default_max_encryptions()[algorithm]
+
+
+def _kek_provider(value: object, key: str) -> str:
+    if isinstance(value, str) and value in {"file", "pkcs11"}:
+        return value
+    raise PolicyError(f"config key {key!r}: expected 'file' or 'pkcs11', got {show(value)}")
+
+
+@dataclass(frozen=True, slots=True)
+class KekConfig:
+    """``keyring.kek:`` -- where the key-encryption key lives.
+
+    ``pin_env`` is the *name* of the environment variable holding the PKCS#11 PIN; the PIN
+    itself never appears in a configuration file.
+    """
+
+    provider: KekProvider = "file"
+    path: str = "kek.key"
+    module: str | None = None
+    token_label: str = "xps"  # noqa: S105 -- a token label, not a secret
+    pin_env: str = "XPS_PKCS11_PIN"
+    key_label: str = "xps-kek"
+
+    @classmethod
+    def from_mapping(cls, data: object, prefix: str = "keyring.kek.") -> KekConfig:
+        """Validate and build; a PKCS#11 KEK needs its module path."""
+        kek = build_section(cls, _KEK_FIELDS, data, prefix)
+        if kek.provider == "pkcs11" and kek.module is None:
+            raise PolicyError(f"config key '{prefix}module': required when {prefix}provider is 'pkcs11' "
+                              "(the path of the PKCS#11 module)")
+        return kek
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Every key as plain data."""
+        return dump_section(self, _KEK_FIELDS)
+
+
+_KEK_FIELDS = (
+    Field("provider", "provider", _kek_provider),
+    Field("path", "path", text),
+    Field("module", "module", optional_text),
+    Field("token_label", "token_label", text),
+    Field("pin_env", "pin_env", env_name),
+    Field("key_label", "key_label", text),
+)
+
+
+def _max_encryptions(data: object, key: str) -> Mapping[str, int]:
+    expect(data, Mapping, key)
+    merged = dict(_default_max_encryptions())
+    limit_of = count(1)
+    for name, limit in cast("Mapping[Any, Any]", data).items():
+        algo = parse_aead_name(name, f"{key}.{name}")
+        value = limit_of(limit, f"{key}.{name}")
+        # Lower is allowed (rotate sooner); higher would let random nonces repeat.
+        if value > safe_max_encryptions(algo.value):
+            raise PolicyError(f"config key '{key}.{name}': {value} exceeds the safe bound "
+                              f"{safe_max_encryptions(algo.value)} for random nonces")
+        merged[algo.value] = value
+    return MappingProxyType(merged)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyringConfig:
+    """``keyring:`` -- the managed key store.
+
+    ``max_encryptions`` maps every :class:`~xpscerpto.AEAD` name to the number of encryptions
+    after which a key must have been rotated (read-only mapping).
+    """
+
+    database: str = "keyring.db"
+    default_algorithm: AEAD = AEAD.AES_256_GCM
+    default_policy: str = "rotate=365d"
+    dual_window_seconds: float = 30 * 86400.0
+    usage_block: int = 16384  # one fsynced write per block; a crash wastes at most one block of budget
+    max_encryptions: Mapping[str, int] = field(default_factory=_default_max_encryptions)
+    kek: KekConfig = field(default_factory=KekConfig)
+
+    @classmethod
+    def from_mapping(cls, data: object, prefix: str = "keyring.") -> KeyringConfig:
+        """Validate and build; raises PolicyError naming the bad key."""
+        expect(data, Mapping, prefix.rstrip("."))
+        data = cast("Mapping[Any, Any]", data)
+        nested: dict[str, Any] = {}
+        if "max_encryptions" in data:
+            nested["max_encryptions"] = _max_encryptions(data["max_encryptions"], f"{prefix}max_encryptions")
+        if "kek" in data:
+            nested["kek"] = KekConfig.from_mapping(data["kek"], f"{prefix}kek.")
+        return build_section(cls, _KEYRING_FIELDS, data, prefix, frozenset(("max_encryptions", "kek")), **nested)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Every key as plain data (durations in seconds)."""
+        out = dump_section(self, _KEYRING_FIELDS)
+        out["max_encryptions"] = dict(self.max_encryptions)
+        out["kek"] = self.kek.to_mapping()
+        return out
+
+
+_KEYRING_FIELDS = (
+    Field("database", "database", text),
+    Field("default_algorithm", "default_algorithm", parse_aead_name, to_str),
+    Field("default_policy", "default_policy", text),
+    Field("dual_window", "dual_window_seconds", parse_duration, seconds_out),
+    Field("usage_block", "usage_block", count(1)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalsConfig:
+    """``approvals:`` -- distinct operator approvals required for dangerous key operations."""
+
+    revoke: int = 0
+    destroy: int = 0
+    emergency_revoke: int = 0
+    request_ttl_seconds: float = 86400.0
+
+    @classmethod
+    def from_mapping(cls, data: object, prefix: str = "approvals.") -> ApprovalsConfig:
+        """Validate and build; an emergency may need fewer approvals than a revoke, not more."""
+        cfg = build_section(cls, _APPROVALS_FIELDS, data, prefix)
+        if cfg.emergency_revoke > cfg.revoke:
+            raise PolicyError(f"config key '{prefix}emergency_revoke': must be <= {prefix}revoke "
+                              f"({cfg.revoke}); an emergency may need fewer approvals, not more, "
+                              f"got {cfg.emergency_revoke}")
+        return cfg
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Every key as plain data."""
+        return dump_section(self, _APPROVALS_FIELDS)
+
+
+_APPROVALS_FIELDS = (
+    Field("revoke", "revoke", count()),
+    Field("destroy", "destroy", count()),
+    Field("emergency_revoke", "emergency_revoke", count()),
+    Field("request_ttl", "request_ttl_seconds", positive(parse_duration), seconds_out),
+)

@@ -1,0 +1,67 @@
+"""``xps trust …``: the operator's pins of publisher keys (who may ship which operations).
+
+    xps trust add NAME.pub --ops 'aead.*' [--label L]
+    xps trust remove KEYID
+    xps trust threshold K
+    xps trust list [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from xpscerpto.cli import context
+
+from .keys import load_public_key
+from .trust import TrustStore
+
+__all__ = ["add_trust_commands"]
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    """Manage pinned publisher keys: add, list, remove, threshold."""
+    home = context.home(args)
+    store = TrustStore.load(home.trust)
+    if args.trust_cmd == "add":
+        key = load_public_key(args.pub)
+        store = store.add(key, args.ops, args.label or Path(args.pub).stem)
+        store.save(home.trust)
+        print(f"trusted {key.keyid} for {', '.join(args.ops)}")
+    elif args.trust_cmd == "remove":
+        store.remove(args.keyid).save(home.trust)
+        print(f"removed {args.keyid}")
+    elif args.trust_cmd == "threshold":
+        store.with_threshold(args.k).save(home.trust)
+        print(f"threshold set to {args.k}")
+    else:
+        data = store.to_json()
+        if args.json:
+            json.dump(data, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print(f"threshold {store.threshold}")
+            for k in store.keys.values():
+                print(f"  {k.keyid}  {k.label:<16} ops: {', '.join(k.ops)}")
+    return 0
+
+
+def add_trust_commands(sub: Any) -> None:
+    """Register ``trust`` on the ``xps`` subparsers object."""
+    p = sub.add_parser("trust", help=cmd_trust.__doc__)
+    tsub = p.add_subparsers(dest="trust_cmd", required=True)
+    t = tsub.add_parser("add", help="pin a publisher key")
+    t.add_argument("pub", metavar="NAME.pub")
+    t.add_argument("--ops", action="append", required=True, metavar="GLOB",
+                   help="operations this key may provide, e.g. 'aead.*' (repeatable)")
+    t.add_argument("--label")
+    t = tsub.add_parser("remove", help="unpin a key")
+    t.add_argument("keyid")
+    t = tsub.add_parser("threshold", help="signatures required per capsule")
+    t.add_argument("k", type=int)
+    t = tsub.add_parser("list", help="show pinned keys")
+    t.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_trust)
