@@ -44,7 +44,11 @@ from .kek import KekProvider, _random_secret, open_kek
 from .states import Action, KeyState, VersionState, decrypt_deadline, key_after, version_destroyable
 from .store import KeyRow, Store, VersionRow
 
-__all__ = ["KeyInfo", "Keyring", "VersionInfo", "parse_policy"]
+__all__ = ["MAX_CACHED_MISSES", "KeyInfo", "Keyring", "VersionInfo", "parse_policy"]
+
+#: Unknown (key id, version) pairs a keyring remembers for a second, so that forged blobs do not
+#: each cost a lock and a database read; the oldest are forgotten first.
+MAX_CACHED_MISSES = 4096
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
@@ -536,6 +540,17 @@ class Keyring:
         h.counter = itertools.count(1 - block)
         return True
 
+    def _remember_miss(self, ref: tuple[bytes, int], now: float) -> None:
+        """Cache a miss for a second, in a bounded FIFO (forged blobs name endless key ids)."""
+        misses = self._misses
+        misses.pop(ref, None)  # re-inserted at the end: insertion order stays expiry order
+        while misses:
+            oldest, until = next(iter(misses.items()))
+            if until > now and len(misses) < MAX_CACHED_MISSES:
+                break
+            del misses[oldest]
+        misses[ref] = now + 1.0
+
     def _decrypting_handle(self, key_id: bytes, version: int, now: float) -> _Handle | None:
         with self._lock:
             kid = key_id.hex()
@@ -545,7 +560,7 @@ class Keyring:
                 # Remember the miss for a second: forged blobs naming unknown keys must not
                 # cost a lock and database reads each.
                 self._handles.pop((key_id, version), None)
-                self._misses[(key_id, version)] = now + 1.0
+                self._remember_miss((key_id, version), now)
                 return None
             h = self._handles.get((key_id, version))
             if h is None:

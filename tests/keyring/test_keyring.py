@@ -494,3 +494,15 @@ def test_exporting_key_material_is_journaled(ring: Keyring) -> None:
     ring.get("k").wipe()
     assert [e["event"] for e in ring.audit.tail(5)][-1] == "KEY_EXPORT"
 
+
+def test_forged_blobs_naming_unknown_keys_do_not_grow_the_miss_cache_without_bound(ring: Keyring) -> None:
+    from xpscerpto.keyring.keyring import MAX_CACHED_MISSES
+
+    ring.create("real")
+    genuine = ring.encrypt("real", b"kept")
+    for i in range(20_000):  # each names a different key id the keyring has never seen
+        forged = HEADER.pack(1, i.to_bytes(8, "big"), 1, 1, bytes(32)) + bytes(12 + 16)
+        with pytest.raises(AuthError, match="^XPS_ERR_AUTH: keyring: decryption failed$"):
+            ring.decrypt(forged)
+    assert len(ring._misses) <= MAX_CACHED_MISSES
+    assert ring.decrypt(genuine) == b"kept"  # the real key is unaffected
