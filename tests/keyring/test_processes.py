@@ -20,6 +20,7 @@ ROTATOR = textwrap.dedent("""
     from xpscerpto.keyring import Keyring
     home, kid, expected, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
     ring = Keyring(home)
+    print("ready", flush=True)  # the parent releases the barrier once every rotator said this
     while not go.exists():
         time.sleep(0.001)
     print(ring.rotate(kid, expected_version=expected))
@@ -35,7 +36,8 @@ def test_two_processes_rotating_at_once_make_exactly_one_new_version(tmp_path: P
         go = tmp_path / f"go{expected}"
         procs = [subprocess.Popen([sys.executable, "-c", ROTATOR, str(home), kid, str(expected), str(go)],
                                   stdout=subprocess.PIPE, text=True) for _ in range(2)]
-        time.sleep(0.5)  # both are waiting at the barrier
+        for p in procs:  # both have opened the keyring and wait at the barrier
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         go.touch()
         outs = [p.communicate(timeout=60)[0].strip() for p in procs]
         assert all(p.returncode == 0 for p in procs)
