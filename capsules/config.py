@@ -1,5 +1,10 @@
 """The hot-patch configuration section (``hotpatch:``): validation gates, staging, inbox.
 
+The seed's three switches are here as it spells them: ``require_signature``,
+``run_selftests`` and ``rollback_on_error`` (all true by default). Turning either of the first
+two off removes a gate that keeps unreviewed code out of the engine, so it is refused unless
+``development: true`` is set as well; the engine journals the resulting configuration.
+
 Example:
     >>> HotpatchConfig.from_mapping({"canary_seconds": "30s"}).canary_seconds
     30.0
@@ -14,12 +19,14 @@ from xpscerpto._config_fields import (
     Field,
     build_section,
     dump_section,
+    flag,
     number,
     parse_duration,
     parse_size,
     positive,
     seconds_out,
 )
+from xpscerpto.errors import PolicyError
 
 __all__ = ["HotpatchConfig"]
 
@@ -37,11 +44,26 @@ class HotpatchConfig:
     bench_bytes: int = 64 * 1024
     settle_seconds: float = 0.5
     drain_timeout_seconds: float = 30.0
+    require_signature: bool = True
+    run_selftests: bool = True
+    rollback_on_error: bool = True
+    #: Explicitly allows switching signature checks or self-tests off (development only).
+    development: bool = False
 
     @classmethod
     def from_mapping(cls, data: object, prefix: str = "hotpatch.") -> HotpatchConfig:
         """Validate and build; raises PolicyError naming the bad key."""
-        return build_section(cls, _FIELDS, data, prefix)
+        cfg = build_section(cls, _FIELDS, data, prefix)
+        for name in ("require_signature", "run_selftests"):
+            if not getattr(cfg, name) and not cfg.development:
+                raise PolicyError(f"config key '{prefix}{name}': false removes a gate that keeps unreviewed code out "
+                                  f"of the engine; it needs '{prefix}development: true' as well (never in production)")
+        return cfg
+
+    @property
+    def insecure(self) -> tuple[str, ...]:
+        """The seed switches that are off (journaled whenever an engine starts with them)."""
+        return tuple(n for n in ("require_signature", "run_selftests", "rollback_on_error") if not getattr(self, n))
 
     def to_mapping(self) -> dict[str, Any]:
         """Every key as plain data (durations in seconds, sizes in bytes)."""
@@ -49,6 +71,10 @@ class HotpatchConfig:
 
 
 _FIELDS = (
+    Field("require_signature", "require_signature", flag),
+    Field("run_selftests", "run_selftests", flag),
+    Field("rollback_on_error", "rollback_on_error", flag),
+    Field("development", "development", flag),
     Field("canary_share", "canary_share", number(0.0, 1.0)),
     Field("canary_seconds", "canary_seconds", parse_duration, seconds_out),
     Field("dual_run_seconds", "dual_run_seconds", parse_duration, seconds_out),

@@ -95,7 +95,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(f"{args.file}: OK")
         return 0
     if args.config_cmd == "show":
-        print(json.dumps(context.config(args).to_mapping(), indent=2, sort_keys=True))
+        # The Appendix C shape; JSON is also YAML, so the output loads back with --config.
+        print(json.dumps(context.config(args).to_document(), indent=2))
         return 0
     from xpscerpto.capsules.control import NoEngineRunning, request, result
 
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_cmd", required=True)
     c = csub.add_parser("check", help="validate a configuration file")
     c.add_argument("file")
-    csub.add_parser("show", help="the effective configuration (defaults + --config)")
+    csub.add_parser("show", help="the effective configuration (defaults + --config), as an Appendix C document")
     c = csub.add_parser("emergency", help="audited runtime change of a whitelisted key in the running engine")
     c.add_argument("key", metavar="KEY", help="e.g. engine.policy.forbid")
     c.add_argument("value", metavar="VALUE", help="JSON, e.g. '[\"aes128\"]'")

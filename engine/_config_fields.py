@@ -21,13 +21,19 @@ __all__ = [
     "Field",
     "build_section",
     "count",
+    "days_as_seconds",
+    "days_out",
     "dump_section",
     "env_name",
     "expect",
+    "flag",
+    "minutes_as_seconds",
+    "minutes_out",
     "no_unknown",
     "number",
     "optional_text",
     "parse_aead_name",
+    "parse_days",
     "parse_duration",
     "parse_size",
     "positive",
@@ -102,6 +108,54 @@ def parse_size(value: object, key: str = "size") -> int:
     return size
 
 
+def parse_days(value: object, key: str) -> float:
+    """A number of days (int or float, finite, >= 0), as the seed writes ``dual_window_days: 30``.
+
+    Raises:
+        PolicyError: naming ``key`` if the value is not a non-negative number.
+    """
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise PolicyError(f"config key {key!r}: expected a number of days, got {show(value)}")
+    days = float(value)
+    if not math.isfinite(days) or days < 0:
+        raise PolicyError(f"config key {key!r}: a number of days must be finite and >= 0, got {show(value)}")
+    return days
+
+
+def days_as_seconds(value: object, key: str) -> float:
+    """:func:`parse_days`, in seconds."""
+    return parse_days(value, key) * 86400.0
+
+
+def days_out(seconds: float) -> int | float:
+    """Seconds as whole (or fractional) days for a document."""
+    days = seconds / 86400.0
+    return int(days) if days.is_integer() else days
+
+
+def minutes_as_seconds(value: object, key: str) -> float:
+    """A number of minutes (as the seed writes ``rekey_minutes: 60``), in seconds."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise PolicyError(f"config key {key!r}: expected a number of minutes, got {show(value)}")
+    minutes = float(value)
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise PolicyError(f"config key {key!r}: a number of minutes must be finite and > 0, got {show(value)}")
+    return minutes * 60.0
+
+
+def minutes_out(seconds: float) -> int | float:
+    """Seconds as whole (or fractional) minutes for a document."""
+    minutes = seconds / 60.0
+    return int(minutes) if minutes.is_integer() else minutes
+
+
+def flag(value: object, key: str) -> bool:
+    """``true`` or ``false`` (never 0/1 or strings)."""
+    if not isinstance(value, bool):
+        raise PolicyError(f"config key {key!r}: expected true or false, got {show(value)}")
+    return value
+
+
 def positive(parse: Callable[[object, str], Any]) -> Callable[[object, str], Any]:
     """``parse``, then refuse values <= 0."""
     def check(value: object, key: str) -> Any:
@@ -151,8 +205,8 @@ def optional_text(value: object, key: str) -> str | None:
 def parse_aead_name(value: object, key: str) -> AEAD:
     """An :class:`~xpscerpto.AEAD` member from its name."""
     try:
-        return AEAD(cast("str", value))
-    except (ValueError, TypeError):
+        return AEAD.parse(value)
+    except ValueError:
         names = ", ".join(a.value for a in AEAD)
         raise PolicyError(f"config key {key!r}: expected an AEAD algorithm ({names}), got {show(value)}") from None
 

@@ -1,109 +1,102 @@
 """Configuration (seed Appendix C): the file loader only.
 
 It reads one YAML (or TOML/JSON) file, validates it, and composes the sections the subsystems
-own, each a frozen dataclass beside its code:
+own, each a frozen dataclass beside its code. The file is the specification's Appendix C
+document, rooted at ``crypto:``, with the seed's section and key names (``aead.default``,
+``aead.nonce``, ``keyring.rotation_days``, ``policy.forbid``, ``hotpatch.require_signature``,
+``tls.rekey_messages`` …) and the engine's richer keys beside them; ``docs/CONFIGURATION.md``
+is its reference. The earlier layout (top-level ``engine:``, ``keyring:`` … sections) still
+loads, with a :class:`DeprecationWarning`; :meth:`XpsConfig.to_mapping` keeps that
+per-section shape, :meth:`XpsConfig.to_document` gives the Appendix C one.
 
-=============  ===========================================  ==========================
-section        class                                        owner
-=============  ===========================================  ==========================
-``engine:``    :class:`~xpscerpto.settings.EngineConfig`    routing (core)
-``aead:``      :class:`~xpscerpto.settings.AeadDefaults`    raw AEAD API (core)
-``keyring:``   :class:`~xpscerpto.keyring.config.KeyringConfig`  keyring
-``approvals:`` :class:`~xpscerpto.keyring.config.ApprovalsConfig`  keyring
-``hotpatch:``  :class:`~xpscerpto.capsules.config.HotpatchConfig`  capsules
-``channel:``   :class:`~xpscerpto.channel.config.ChannelConfig`  secure channel
-``audit:``     :class:`~xpscerpto.audit.config.AuditConfig`  audit journal
-=============  ===========================================  ==========================
+The Python object has one frozen section per owner: ``engine`` and ``aead``
+(:mod:`xpscerpto.settings`, the core), ``keyring`` and ``approvals``
+(:mod:`xpscerpto.keyring.config`), ``hotpatch`` (:mod:`xpscerpto.capsules.config`),
+``channel`` (:mod:`xpscerpto.channel.config`, the document's ``tls:``) and ``audit``
+(:mod:`xpscerpto.audit.config`).
 
-Every key is optional and has the default below (``docs/CONFIGURATION.md`` has the same
-table and an example). An unknown key (at any depth) or a value of the wrong type or range is
-a :class:`~xpscerpto.errors.PolicyError` whose message names the full dotted key
-(``config key 'keyring.kek.provider': expected 'file' or 'pkcs11', got 'hsm'``). ``bool`` is
-never accepted as a number. Durations are seconds (int or float) or strings ``"250ms"``,
-``"45s"``, ``"90m"``, ``"12h"``, ``"30d"``, ``"2w"``; sizes are bytes (int) or strings
-``"512B"``, ``"64KiB"``, ``"1MiB"``, ``"2GiB"``, ``"1TiB"``. Neither may be negative.
+Every key is optional and has the default below. An unknown key (at any depth) or a value of
+the wrong type or range is a :class:`~xpscerpto.errors.PolicyError` whose message names the
+full dotted key (``config key 'crypto.keyring.kek.provider': expected 'file' or 'pkcs11', got
+'hsm'``). ``bool`` is never accepted as a number. Days and minutes are numbers; other
+durations are seconds (int or float) or strings ``"250ms"``, ``"45s"``, ``"90m"``, ``"12h"``,
+``"30d"``, ``"2w"``; sizes are bytes (int) or strings ``"512B"``, ``"64KiB"``, ``"1MiB"``,
+``"2GiB"``, ``"1TiB"``. None may be negative.
 
-========================================  ======================  ===================================
-key                                       default                 meaning
-========================================  ======================  ===================================
-``engine.nonce``                          ``auto``                ``auto``: draw a nonce when none is
-                                                                  given; ``app``: the caller must
-``engine.autoload_plugins``               ``null``                load entry-point plugins (``null``:
-                                                                  yes unless
-                                                                  ``XPS_DISABLE_PLUGIN_AUTOLOAD``)
-``engine.providers``                      ``null``                only these providers (``null``: all)
-``engine.prefer``                         ``{}``                  operation -> provider that wins
-``engine.policy.allow``                   ``null``                operation globs allowed (``null``:
-                                                                  all)
-``engine.policy.forbid``                  ``[]``                  algorithm tokens / operation globs
-                                                                  never routed
-``aead.default_algorithm``                ``AES-256-GCM``         an :class:`~xpscerpto.AEAD` name
-``keyring.database``                      ``keyring.db``          relative to the engine home
-``keyring.default_algorithm``             ``AES-256-GCM``         AEAD of new keys
-``keyring.default_policy``                ``rotate=365d``         policy string of new keys
-``keyring.dual_window``                   ``30d``                 retired versions still decrypt
-``keyring.usage_block``                   ``16384``               encryptions reserved per DB write
-                                                                  (>= 1)
-``keyring.max_encryptions.<AEAD>``        see below               rotate before reaching it (>= 1)
-``keyring.kek.provider``                  ``file``                ``file`` or ``pkcs11``
-``keyring.kek.path``                      ``kek.key``             file provider, relative to home
-``keyring.kek.module``                    ``null``                PKCS#11 module path (required for
-                                                                  ``pkcs11``)
-``keyring.kek.token_label``               ``xps``                 PKCS#11 token label
-``keyring.kek.pin_env``                   ``XPS_PKCS11_PIN``      env var *name* holding the PIN
-``keyring.kek.key_label``                 ``xps-kek``             PKCS#11 key label
-``approvals.revoke``                      ``0``                   distinct operator approvals
-``approvals.destroy``                     ``0``                   distinct operator approvals
-``approvals.emergency_revoke``            ``0``                   approvals; <= ``approvals.revoke``
-``approvals.request_ttl``                 ``1d``                  how long a request stays open (> 0)
-``hotpatch.canary_share``                 ``0.1``                 fraction of calls in canary, [0, 1]
-``hotpatch.canary_seconds``               ``0``                   canary phase (0 skips it)
-``hotpatch.dual_run_seconds``             ``0``                   dual-run phase (0 skips it)
-``hotpatch.timeout``                      ``60s``                 validation child wall clock (> 0)
-``hotpatch.memory``                       ``2GiB``                validation child memory (> 0)
-``hotpatch.max_slowdown``                 ``2.0``                 refuse a slower candidate (>= 1)
-``hotpatch.bench_bytes``                  ``64KiB``               benchmark size (0 disables)
-``hotpatch.settle``                       ``0.5s``                inbox quiet time before loading
-``hotpatch.drain_timeout``                ``30s``                 wait for calls on the old table
-``channel.rekey_after_messages``          ``1048576``             rekey after this many (>= 1)
-``channel.rekey_after_bytes``             ``1GiB``                rekey after this much (> 0)
-``channel.rekey_after``                   ``1h``                  rekey after this long (> 0)
-``audit.checkpoint_every``                ``100``                 records per signed checkpoint
-                                                                  (>= 1)
-``audit.auth_fail_per_minute``            ``10``                  CRYPTO_FAIL_AUTH records kept per minute (>= 1)
-========================================  ======================  ===================================
+=========================================  ==================  =========================================================
+key                                        default             meaning
+=========================================  ==================  =========================================================
+``crypto.aead.default``                    ``AES-256-GCM``     the AEAD used wherever none is named (keys created ...
+``crypto.aead.nonce``                      ``auto``            auto: draw a nonce from the CSPRNG when none is given
+``crypto.keyring.rotation_days``           ``365``             new keys rotate after this many days (never: no ...
+``crypto.keyring.dual_window_days``        ``30``              how long a retired version still decrypts
+``crypto.keyring.destroy_after_days``      ``180``             a retired version is destroyed this long after its ...
+``crypto.keyring.database``                ``keyring.db``      key store database, relative to the engine home
+``crypto.keyring.usage_block``             ``16384``           encryptions reserved per database write (>= 1)
+``crypto.keyring.max_encryptions.<AEAD>``  ``see below``       rotate before reaching it (>= 1)
+``crypto.keyring.kek.provider``            ``file``            where the key-encryption key lives: file or pkcs11
+``crypto.keyring.kek.path``                ``kek.key``         file provider: KEK file, relative to the engine home
+``crypto.keyring.kek.module``              ``null``            pkcs11 provider: path of the PKCS#11 module (required ...
+``crypto.keyring.kek.token_label``         ``xps``             pkcs11 provider: token label
+``crypto.keyring.kek.pin_env``             ``XPS_PKCS11_PIN``  name of the environment variable holding the PIN ...
+``crypto.keyring.kek.key_label``           ``xps-kek``         pkcs11 provider: label of the KEK object
+``crypto.policy.allow``                    ``null``            list of operation globs that may be routed
+``crypto.policy.forbid``                   ``[]``              algorithm tokens (sha1, aes128) or operation globs ...
+``crypto.hotpatch.require_signature``      ``true``            capsules must carry enough trusted signatures
+``crypto.hotpatch.run_selftests``          ``true``            capsules are validated (contract, KATs, differential, ...
+``crypto.hotpatch.rollback_on_error``      ``true``            a provider fault after cutover rolls the capsule back ...
+``crypto.hotpatch.development``            ``false``           allows the two switches above to be false (never in ...
+``crypto.hotpatch.canary_share``           ``0.1``             fraction of calls routed to a new capsule during the ...
+``crypto.hotpatch.canary_seconds``         ``0``               canary phase duration (0 skips it)
+``crypto.hotpatch.dual_run_seconds``       ``0``               dual-run (shadow compare) phase duration (0 skips it)
+``crypto.hotpatch.timeout``                ``60s``             wall-clock limit of the isolated validation child (> 0)
+``crypto.hotpatch.memory``                 ``2GiB``            address-space limit of the validation child (> 0)
+``crypto.hotpatch.max_slowdown``           ``2.0``             refuse a candidate slower than this multiple of the ...
+``crypto.hotpatch.bench_bytes``            ``64KiB``           AEAD micro-benchmark message size (0 disables the gate)
+``crypto.hotpatch.settle``                 ``0.5s``            how long a capsule in the inbox must be unchanged ...
+``crypto.hotpatch.drain_timeout``          ``30s``             how long to wait for calls on a replaced routing table
+``crypto.tls.rekey_messages``              ``1048576``         a secure channel rekeys after this many messages (>= 1)
+``crypto.tls.rekey_minutes``               ``60``              ..
+``crypto.tls.rekey_bytes``                 ``1GiB``            ..
+``crypto.engine.autoload_plugins``         ``null``            load third-party entry-point plugins
+``crypto.engine.providers``                ``null``            list of provider names to restrict routing to
+``crypto.engine.prefer``                   ``{}``              operation -> provider name that wins over priority
+``crypto.approvals.revoke``                ``0``               distinct operator approvals required to revoke a key
+``crypto.approvals.destroy``               ``0``               distinct operator approvals required to destroy a key
+``crypto.approvals.emergency_revoke``      ``0``               approvals for an emergency revoke
+``crypto.approvals.request_ttl``           ``1d``              how long an approval request stays open (> 0)
+``crypto.audit.checkpoint_every``          ``100``             journal records per signed checkpoint (>= 1)
+``crypto.audit.auth_fail_per_minute``      ``10``              CRYPTO_FAIL_AUTH records kept per minute and source
+=========================================  ==================  =========================================================
 
-``keyring.max_encryptions`` defaults: 2^32 for AES-128-GCM, AES-256-GCM and CHACHA20-POLY1305
-(NIST SP 800-38D bound for random 96-bit nonces), 2^48 for AES-256-GCM-SIV, 2^64-1 for
-XCHACHA20-POLY1305 and AEGIS-256. Entries given in the file override these per algorithm;
-the others keep their default. ``docs/CONFIGURATION.md`` has the same table and an example.
-
-A configuration never changes in place. :meth:`XpsConfig.emergency_change` returns a *new*
-object with one whitelisted key changed (:data:`EMERGENCY_KEYS`), after validating it exactly
-like loading does and recording ``CONFIG_EMERGENCY_CHANGE`` in the audit journal.
+``crypto.keyring.max_encryptions`` defaults: 2^32 for AES-128-GCM, AES-256-GCM and
+CHACHA20-POLY1305 (NIST SP 800-38D bound for random 96-bit nonces), 2^48 for AES-256-GCM-SIV,
+2^64-1 for XCHACHA20-POLY1305 and AEGIS-256. ``docs/CONFIGURATION.md`` has the same table, an
+example, and the earlier layout's names.
 
 Example:
-    >>> cfg = XpsConfig.from_mapping({"engine": {"policy": {"forbid": ["aes128"]}},
-    ...                               "keyring": {"dual_window": "7d"}})
+    >>> cfg = XpsConfig.from_mapping({"crypto": {"policy": {"forbid": ["aes128"]},
+    ...                                          "keyring": {"dual_window_days": 7}}})
     >>> cfg.engine.policy.permits("aead.aes128gcm", ("aes", "aes128", "gcm"))
     False
     >>> cfg.keyring.dual_window_seconds
     604800.0
     >>> try:
-    ...     XpsConfig.from_mapping({"keyring": {"kek": {"provider": "hsm"}}})
+    ...     XpsConfig.from_mapping({"crypto": {"keyring": {"kek": {"provider": "hsm"}}}})
     ... except PolicyError as e:
     ...     print(e)
-    XPS_ERR_POLICY: config key 'keyring.kek.provider': expected 'file' or 'pkcs11', got 'hsm'
+    XPS_ERR_POLICY: config key 'crypto.keyring.kek.provider': expected 'file' or 'pkcs11', got 'hsm'
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from xpscerpto.audit.config import AuditConfig
 from xpscerpto.capsules.config import HotpatchConfig
@@ -115,6 +108,7 @@ from .errors import PolicyError
 from .settings import AeadDefaults, EngineConfig, Policy
 
 __all__ = [
+    "DOCUMENT_KEYS",
     "EMERGENCY_KEYS",
     "AeadDefaults",
     "ApprovalsConfig",
@@ -134,11 +128,23 @@ __all__ = [
 ]
 
 #: Keys that :meth:`XpsConfig.emergency_change` may change at runtime (everything else is fixed
-#: for the life of the process).
+#: for the life of the process), in the per-section spelling; :data:`DOCUMENT_KEYS` maps the
+#: Appendix C spellings (``crypto.policy.forbid`` …) onto them.
 EMERGENCY_KEYS: frozenset[str] = frozenset({
     "engine.policy.forbid", "engine.policy.allow",
     "hotpatch.max_slowdown", "hotpatch.canary_share",
 })
+
+#: Appendix C spelling -> per-section spelling, for the keys whose spelling differs and that
+#: :meth:`XpsConfig.get` and :meth:`XpsConfig.emergency_change` accept either way.
+DOCUMENT_KEYS: dict[str, str] = {
+    "crypto.policy.forbid": "engine.policy.forbid", "crypto.policy.allow": "engine.policy.allow",
+    "crypto.aead.nonce": "engine.nonce", "crypto.aead.default": "aead.default_algorithm",
+    "crypto.hotpatch.max_slowdown": "hotpatch.max_slowdown", "crypto.hotpatch.canary_share": "hotpatch.canary_share",
+}
+
+#: Sections of the Appendix C document, in the order ``to_document`` writes them.
+_DOCUMENT_SECTIONS = ("aead", "keyring", "policy", "hotpatch", "tls", "engine", "approvals", "audit")
 
 
 class AuditSink(Protocol):
@@ -188,11 +194,45 @@ class XpsConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> XpsConfig:
-        """Validate plain data (the parsed file) and build; raises PolicyError naming the bad key."""
+        """Validate plain data (the parsed file) and build; raises PolicyError naming the bad key.
+
+        ``{"crypto": {...}}`` is the Appendix C document; top-level sections (``engine``,
+        ``keyring`` …) are the earlier layout, still accepted with a DeprecationWarning.
+        """
         expect(data, Mapping, "config")
-        no_unknown(data, frozenset(_SECTIONS), "")
+        if "crypto" in data:
+            no_unknown(data, frozenset({"crypto"}), "")
+            return cls._from_document(data["crypto"])
+        if data:
+            warnings.warn("configuration: top-level sections (engine:, keyring: …) are the pre-Appendix C "
+                          "layout; put them under 'crypto:' with the seed's names (docs/CONFIGURATION.md)",
+                          DeprecationWarning, stacklevel=2)
+        return cls._from_sections(data)
+
+    @classmethod
+    def _from_sections(cls, data: Mapping[str, Any]) -> XpsConfig:
+        no_unknown(data, frozenset(_SECTIONS) | {"crypto"}, "")
         return cls(**{name: section.from_mapping(data[name], f"{name}.")
                       for name, section in _SECTIONS.items() if name in data})
+
+    @classmethod
+    def _from_document(cls, crypto: object) -> XpsConfig:
+        expect(crypto, Mapping, "crypto")
+        doc = cast("Mapping[str, Any]", crypto)
+        no_unknown(doc, frozenset(_DOCUMENT_SECTIONS), "crypto.")
+        part = {name: doc.get(name, {}) for name in _DOCUMENT_SECTIONS}
+        expect(part["aead"], Mapping, "crypto.aead")
+        no_unknown(part["aead"], frozenset({"default", "nonce"}), "crypto.aead.")
+        aead = AeadDefaults.from_document(part["aead"])
+        return cls(
+            engine=EngineConfig.from_document(part["aead"], part["policy"], part["engine"]),
+            aead=aead,
+            keyring=KeyringConfig.from_document(part["keyring"], aead.default_algorithm),
+            approvals=ApprovalsConfig.from_mapping(part["approvals"], "crypto.approvals."),
+            hotpatch=HotpatchConfig.from_mapping(part["hotpatch"], "crypto.hotpatch."),
+            channel=ChannelConfig.from_document(part["tls"]),
+            audit=AuditConfig.from_mapping(part["audit"], "crypto.audit."),
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> XpsConfig:
@@ -225,17 +265,40 @@ class XpsConfig:
         return cls.from_mapping(data)
 
     def to_mapping(self) -> dict[str, Any]:
-        """Every key as plain data (durations in seconds, sizes in bytes, lists, dicts).
+        """Every key as plain data, per section (durations in seconds, sizes in bytes, lists, dicts).
 
-        ``XpsConfig.from_mapping(cfg.to_mapping()) == cfg``; the result can be written with
-        ``yaml.safe_dump`` or ``json.dumps``.
+        ``XpsConfig.from_mapping(cfg.to_mapping()) == cfg`` (through the deprecated layout);
+        :meth:`to_document` is the Appendix C file.
         """
         sections: dict[str, _Section] = {name: getattr(self, name) for name in _SECTIONS}
         return {name: section.to_mapping() for name, section in sections.items()}
 
+    def to_document(self) -> dict[str, Any]:
+        """The effective configuration as an Appendix C document (``{"crypto": {...}}``).
+
+        What ``xps config show`` prints; ``XpsConfig.from_mapping(cfg.to_document()) == cfg``
+        except a legacy ``keyring.default_policy`` with more than ``rotate=`` in it, which
+        Appendix C has no spelling for.
+        """
+        aead_part, policy, engine = self.engine.to_document()
+        doc = {
+            "aead": {**self.aead.to_document(), **aead_part},
+            "keyring": self.keyring.to_document(),
+            "policy": policy,
+            "hotpatch": self.hotpatch.to_mapping(),
+            "tls": self.channel.to_document(),
+            "engine": engine,
+            "approvals": self.approvals.to_mapping(),
+            "audit": self.audit.to_mapping(),
+        }
+        return {"crypto": {name: doc[name] for name in _DOCUMENT_SECTIONS}}
+
     def get(self, key: str) -> Any:
-        """The plain value of a dotted key as :meth:`to_mapping` shows it (``"approvals.destroy"``)."""
-        node: Any = self.to_mapping()
+        """The plain value of a dotted key (``"approvals.destroy"``, ``"crypto.keyring.rotation_days"``).
+
+        Per-section keys read :meth:`to_mapping`, ``crypto.`` keys read :meth:`to_document`.
+        """
+        node: Any = self.to_document() if key.startswith("crypto.") else self.to_mapping()
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 raise PolicyError(f"config key {key!r}: no such key")
@@ -255,6 +318,7 @@ class XpsConfig:
             PolicyError: the key is not changeable at runtime, the value is invalid, or the
                 operator/reason is missing.
         """
+        key = DOCUMENT_KEYS.get(key, key)
         if key not in EMERGENCY_KEYS:
             raise PolicyError(f"config key {key!r}: not changeable at runtime "
                               f"(emergency changes allowed for: {', '.join(sorted(EMERGENCY_KEYS))})")
@@ -268,7 +332,7 @@ class XpsConfig:
             node = node[part]
         old = node[leaf]
         node[leaf] = value
-        new_cfg = XpsConfig.from_mapping(data)
+        new_cfg = XpsConfig._from_sections(data)
         new = new_cfg.get(key)
         audit.record("CONFIG_EMERGENCY_CHANGE", key=key, old=old, new=new, operator=operator, reason=reason)
         return new_cfg

@@ -171,7 +171,8 @@ class OperationSpec:
     contract: type[abc.ABC]
     #: Lower-case tokens matched by a policy's ``forbid`` list (e.g. ``"aes128"``, ``"gcm"``).
     tokens: tuple[str, ...]
-    #: Public names accepted by the API for this operation (AEAD enum values and aliases).
+    #: Public names accepted by the API for this operation: the AEAD enum value, its member
+    #: name, the seed's spellings (``AES_GCM`` is AES-256-GCM) and the short lower-case form.
     aliases: tuple[str, ...] = ()
 
 
@@ -182,15 +183,16 @@ def _op(name: str, kind: Kind, contract: type[abc.ABC], tokens: tuple[str, ...],
 
 #: Every operation the engine can route, by name. Providers may only declare these.
 OPERATIONS: Mapping[str, OperationSpec] = MappingProxyType(dict([
-    _op("aead.aes128gcm", "aead", Aead, ("aes", "aes128", "gcm"), ("AES-128-GCM", "aes128gcm")),
-    _op("aead.aes256gcm", "aead", Aead, ("aes", "aes256", "gcm"), ("AES-256-GCM", "aes256gcm")),
+    _op("aead.aes128gcm", "aead", Aead, ("aes", "aes128", "gcm"), ("AES-128-GCM", "aes128gcm", "AES_128_GCM")),
+    _op("aead.aes256gcm", "aead", Aead, ("aes", "aes256", "gcm"),
+        ("AES-256-GCM", "aes256gcm", "AES_256_GCM", "AES_GCM")),
     _op("aead.chacha20poly1305", "aead", Aead, ("chacha20", "poly1305"),
-        ("CHACHA20-POLY1305", "chacha20poly1305")),
+        ("CHACHA20-POLY1305", "chacha20poly1305", "CHACHA20_POLY1305")),
     _op("aead.xchacha20poly1305", "aead", Aead, ("xchacha20", "chacha20", "poly1305"),
-        ("XCHACHA20-POLY1305", "xchacha20poly1305")),
+        ("XCHACHA20-POLY1305", "xchacha20poly1305", "XCHACHA20_POLY1305")),
     _op("aead.aes256gcmsiv", "aead", Aead, ("aes", "aes256", "gcmsiv"),
-        ("AES-256-GCM-SIV", "aes256gcmsiv")),
-    _op("aead.aegis256", "aead", Aead, ("aegis", "aegis256"), ("AEGIS-256", "aegis256")),
+        ("AES-256-GCM-SIV", "aes256gcmsiv", "AES_256_GCM_SIV")),
+    _op("aead.aegis256", "aead", Aead, ("aegis", "aegis256"), ("AEGIS-256", "aegis256", "AEGIS_256")),
     _op("sig.ed25519", "sig", Signature, ("ed25519", "eddsa", "sha512")),
     _op("sig.mldsa65", "sig", Signature, ("mldsa", "mldsa65", "pq")),
     _op("kex.x25519", "kex", KeyAgreement, ("x25519", "ecdh")),

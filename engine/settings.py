@@ -18,7 +18,17 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, cast
 
-from ._config_fields import Field, build_section, dump_section, expect, no_unknown, parse_aead_name, str_list, to_str
+from ._config_fields import (
+    Field,
+    build_section,
+    dump_section,
+    expect,
+    no_unknown,
+    parse_aead_name,
+    show,
+    str_list,
+    to_str,
+)
 from .algorithms import AEAD
 from .errors import PolicyError
 
@@ -80,33 +90,50 @@ class EngineConfig:
     def from_mapping(cls, data: Mapping[str, Any], prefix: str = "") -> EngineConfig:
         """Validate and build from plain data; raises PolicyError naming the bad key.
 
-        ``prefix`` is where the section sits in the file (``"engine."``), for messages.
+        ``prefix`` is where the section sits in a legacy file (``"engine."``), for messages.
         """
-        where = prefix.rstrip(".") or "config"
-        expect(data, Mapping, where)
+        expect(data, Mapping, prefix.rstrip(".") or "config")
         no_unknown(data, _ENGINE_KEYS, prefix)
-        policy_data = data.get("policy", {})
-        expect(policy_data, Mapping, f"{prefix}policy")
-        no_unknown(policy_data, {"allow", "forbid"}, f"{prefix}policy.")
+        policy = data.get("policy", {})
+        expect(policy, Mapping, f"{prefix}policy")
+        return cls._build(policy, f"{prefix}policy.", data.get("nonce", "auto"), f"{prefix}nonce", data, prefix)
+
+    @classmethod
+    def from_document(cls, aead: Mapping[str, Any], policy: Mapping[str, Any], engine: Mapping[str, Any],
+                      prefix: str = "crypto.") -> EngineConfig:
+        """Build from an Appendix C document: ``aead.nonce``, ``policy:`` and the ``engine:`` extras.
+
+        The caller has checked ``aead``'s keys (it also holds ``default``).
+        """
+        for name, section in (("policy", policy), ("engine", engine)):
+            expect(section, Mapping, f"{prefix}{name}")
+        no_unknown(engine, _ENGINE_KEYS - {"policy", "nonce"}, f"{prefix}engine.")
+        return cls._build(policy, f"{prefix}policy.", aead.get("nonce", "auto"), f"{prefix}aead.nonce",
+                          engine, f"{prefix}engine.")
+
+    @classmethod
+    def _build(cls, policy_data: Mapping[str, Any], policy_at: str, nonce: object, nonce_at: str,
+               data: Mapping[str, Any], at: str) -> EngineConfig:
+        no_unknown(policy_data, {"allow", "forbid"}, policy_at)
         allow = policy_data.get("allow")
         if allow is not None:
-            allow = tuple(str_list(allow, f"{prefix}policy.allow"))
-        forbid = tuple(str_list(policy_data.get("forbid", []), f"{prefix}policy.forbid"))
-        nonce = data.get("nonce", "auto")
+            allow = tuple(str_list(allow, f"{policy_at}allow"))
+        forbid = tuple(str_list(policy_data.get("forbid", []), f"{policy_at}forbid"))
         if nonce not in ("auto", "app"):
-            raise PolicyError(f"config key '{prefix}nonce': expected 'auto' or 'app', got {nonce!r}")
+            raise PolicyError(f"config key '{nonce_at}': expected 'auto' or 'app', got {show(nonce)}")
         prefer = data.get("prefer", {})
-        expect(prefer, Mapping, f"{prefix}prefer")
+        expect(prefer, Mapping, f"{at}prefer")
         for k, v in prefer.items():
-            expect(k, str, f"{prefix}prefer (key)")
-            expect(v, str, f"{prefix}prefer.{k}")
+            expect(k, str, f"{at}prefer (key)")
+            expect(v, str, f"{at}prefer.{k}")
         providers = data.get("providers")
         if providers is not None:
-            providers = tuple(str_list(providers, f"{prefix}providers"))
+            providers = tuple(str_list(providers, f"{at}providers"))
         autoload = data.get("autoload_plugins")
         if autoload is not None:
-            expect(autoload, bool, f"{prefix}autoload_plugins")
-        return cls(Policy(allow, forbid), nonce, MappingProxyType(dict(prefer)), providers, autoload)
+            expect(autoload, bool, f"{at}autoload_plugins")
+        return cls(Policy(allow, forbid), nonce, MappingProxyType(dict(prefer)), providers,
+                   autoload)
 
     @classmethod
     def from_file(cls, path: str | Path) -> EngineConfig:
@@ -137,6 +164,13 @@ class EngineConfig:
                        "forbid": list(self.policy.forbid)},
         }
 
+    def to_document(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """``(aead, policy, engine)`` parts of an Appendix C document (``aead`` holds ``nonce``)."""
+        data = self.to_mapping()
+        policy = data.pop("policy")
+        nonce = data.pop("nonce")
+        return {"nonce": nonce}, policy, data
+
     @staticmethod
     def is_engine_keys(data: Mapping[str, Any]) -> bool:
         """Whether ``data``'s keys are all ``engine:`` keys (the pre-Appendix C file layout)."""
@@ -154,9 +188,19 @@ class AeadDefaults:
         """Validate and build; raises PolicyError naming the bad key."""
         return build_section(cls, _AEAD_FIELDS, data, prefix)
 
+    @classmethod
+    def from_document(cls, data: Mapping[str, Any], prefix: str = "crypto.aead.") -> AeadDefaults:
+        """From an Appendix C ``aead:`` section (``default``; ``nonce`` is the engine's)."""
+        return build_section(cls, _AEAD_DOC_FIELDS, {k: v for k, v in data.items() if k != "nonce"}, prefix)
+
     def to_mapping(self) -> dict[str, Any]:
         """Every key as plain data."""
         return dump_section(self, _AEAD_FIELDS)
 
+    def to_document(self) -> dict[str, Any]:
+        """The Appendix C spelling."""
+        return dump_section(self, _AEAD_DOC_FIELDS)
+
 
 _AEAD_FIELDS = (Field("default_algorithm", "default_algorithm", parse_aead_name, to_str),)
+_AEAD_DOC_FIELDS = (Field("default", "default_algorithm", parse_aead_name, to_str),)

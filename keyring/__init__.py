@@ -14,8 +14,9 @@ Example:
 """
 
 from .approvals import ApprovalRequest, Approvals, OperatorRegistry
-from .keyring import KeyInfo, Keyring, VersionInfo, parse_policy
+from .keyring import KeyInfo, Keyring, VersionInfo
 from .states import KeyState, VersionState
+from .usage import parse_policy
 
 __all__ = [
     "ApprovalRequest",

@@ -1,5 +1,10 @@
 """The keyring's configuration sections: ``keyring:`` (with ``keyring.kek:``) and ``approvals:``.
 
+In an Appendix C document (``crypto:`` root) the keyring section is spelled as the seed spells
+it — ``rotation_days``, ``dual_window_days``, ``destroy_after_days`` — beside the richer keys
+(``database``, ``usage_block``, ``max_encryptions``, ``kek``); new keys use ``aead.default``.
+The pre-Appendix C layout (``keyring.dual_window``, ``keyring.default_policy`` …) still loads.
+
 ``keyring.max_encryptions`` defaults: 2^32 for AES-128-GCM, AES-256-GCM and CHACHA20-POLY1305
 (NIST SP 800-38D bound for random 96-bit nonces), 2^48 for AES-256-GCM-SIV, 2^64-1 for
 XCHACHA20-POLY1305 and AEGIS-256. Entries given in the file override these per algorithm;
@@ -21,11 +26,14 @@ from xpscerpto._config_fields import (
     Field,
     build_section,
     count,
+    days_as_seconds,
+    days_out,
     dump_section,
     env_name,
     expect,
     optional_text,
     parse_aead_name,
+    parse_days,
     parse_duration,
     positive,
     seconds_out,
@@ -35,6 +43,8 @@ from xpscerpto._config_fields import (
 )
 from xpscerpto.algorithms import AEAD
 from xpscerpto.errors import PolicyError
+
+from .usage import parse_policy
 
 __all__ = ["ApprovalsConfig", "KekConfig", "KeyringConfig", "safe_max_encryptions"]
 
@@ -133,6 +143,8 @@ class KeyringConfig:
     usage_block: int = 16384  # one fsynced write per block; a crash wastes at most one block of budget
     max_encryptions: Mapping[str, int] = field(default_factory=_default_max_encryptions)
     kek: KekConfig = field(default_factory=KekConfig)
+    #: A retired version is destroyed once its dual-key window and then this much more have passed.
+    destroy_after_seconds: float = 180 * 86400.0
 
     @classmethod
     def from_mapping(cls, data: object, prefix: str = "keyring.") -> KeyringConfig:
@@ -146,6 +158,19 @@ class KeyringConfig:
             nested["kek"] = KekConfig.from_mapping(data["kek"], f"{prefix}kek.")
         return build_section(cls, _KEYRING_FIELDS, data, prefix, frozenset(("max_encryptions", "kek")), **nested)
 
+    @classmethod
+    def from_document(cls, data: object, default_algorithm: AEAD, prefix: str = "crypto.keyring.") -> KeyringConfig:
+        """From an Appendix C ``keyring:`` section; new keys use ``default_algorithm`` (``aead.default``)."""
+        expect(data, Mapping, prefix.rstrip("."))
+        data = cast("Mapping[Any, Any]", data)
+        nested: dict[str, Any] = {"default_algorithm": default_algorithm}
+        if "max_encryptions" in data:
+            nested["max_encryptions"] = _max_encryptions(data["max_encryptions"], f"{prefix}max_encryptions")
+        if "kek" in data:
+            nested["kek"] = KekConfig.from_mapping(data["kek"], f"{prefix}kek.")
+        return build_section(cls, _KEYRING_DOC_FIELDS, data, prefix, frozenset(("max_encryptions", "kek")),
+                             **nested)
+
     def to_mapping(self) -> dict[str, Any]:
         """Every key as plain data (durations in seconds)."""
         out = dump_section(self, _KEYRING_FIELDS)
@@ -153,12 +178,54 @@ class KeyringConfig:
         out["kek"] = self.kek.to_mapping()
         return out
 
+    def to_document(self) -> dict[str, Any]:
+        """The Appendix C spelling (durations in days)."""
+        out = dump_section(self, _KEYRING_DOC_FIELDS)
+        out["max_encryptions"] = dict(self.max_encryptions)
+        out["kek"] = self.kek.to_mapping()
+        return out
+
+
+def _usage_policy(value: object, key: str) -> str:
+    """A key usage policy string, checked now rather than at the first ``key create``."""
+    policy = text(value, key)
+    try:
+        parse_policy(policy)
+    except PolicyError as exc:
+        raise PolicyError(f"config key {key!r}: {exc.args[0]}") from None
+    return policy
+
+
+def _rotation_days(value: object, key: str) -> str:
+    """``rotation_days`` (a positive number, or ``never``) as the usage policy it means."""
+    if value == "never":
+        return "rotate=never"
+    days = positive(parse_days)(value, key)
+    return f"rotate={_number_text(days)}d"
+
+
+def _rotation_days_out(policy: str) -> int | float | str:
+    rotate, _ = parse_policy(policy)
+    return "never" if rotate is None else days_out(rotate)
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
 
 _KEYRING_FIELDS = (
     Field("database", "database", text),
     Field("default_algorithm", "default_algorithm", parse_aead_name, to_str),
-    Field("default_policy", "default_policy", text),
+    Field("default_policy", "default_policy", _usage_policy),
     Field("dual_window", "dual_window_seconds", parse_duration, seconds_out),
+    Field("destroy_after", "destroy_after_seconds", parse_duration, seconds_out),
+    Field("usage_block", "usage_block", count(1)),
+)
+_KEYRING_DOC_FIELDS = (
+    Field("rotation_days", "default_policy", _rotation_days, _rotation_days_out),
+    Field("dual_window_days", "dual_window_seconds", days_as_seconds, days_out),
+    Field("destroy_after_days", "destroy_after_seconds", days_as_seconds, days_out),
+    Field("database", "database", text),
     Field("usage_block", "usage_block", count(1)),
 )
 

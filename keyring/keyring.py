@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from xpscerpto._config_fields import parse_duration
 from xpscerpto.audit import AuditLog
 from xpscerpto.audit.config import AuditConfig
 from xpscerpto.engine import Engine, KeyedAead
@@ -43,6 +42,7 @@ from .envelope import CODES, HEADER, NONCE_SIZES, _opaque
 from .kek import KekProvider, _random_secret, open_kek
 from .states import Action, KeyState, VersionState, decrypt_deadline, key_after, version_destroyable
 from .store import KeyRow, Store, VersionRow
+from .usage import parse_policy
 
 __all__ = ["MAX_CACHED_MISSES", "KeyInfo", "Keyring", "VersionInfo", "parse_policy"]
 
@@ -55,34 +55,6 @@ _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _urandom = os.urandom
 _unpack = HEADER.unpack_from
 _ct_eq = hmac.compare_digest  # constant time; both sides are 32-byte bytes here
-
-
-def parse_policy(policy: str) -> tuple[float | None, int | None]:
-    """``"rotate=365d,max_encryptions=1000000"`` -> (rotate_every seconds, max encryptions).
-
-    ``rotate=never`` disables time-based rotation. Unknown fields are an error naming them.
-    """
-    rotate: float | None = None
-    max_enc: int | None = None
-    for part in filter(None, (p.strip() for p in policy.split(","))):
-        field, _, value = part.partition("=")
-        if field == "rotate":
-            if value == "never":
-                rotate = None
-            else:
-                try:
-                    rotate = parse_duration(value, "policy.rotate")
-                except PolicyError:
-                    rotate = 0.0
-                if rotate <= 0:
-                    raise PolicyError(f"policy.rotate: expected a positive duration like 90d or 'never', got {value!r}")
-        elif field == "max_encryptions":
-            if not value.isdigit() or int(value) < 1:
-                raise PolicyError(f"policy.max_encryptions: expected a positive integer, got {value!r}")
-            max_enc = int(value)
-        else:
-            raise PolicyError(f"policy: unknown field {field!r} (known: rotate, max_encryptions)")
-    return rotate, max_enc
 
 
 @dataclass(frozen=True, slots=True)

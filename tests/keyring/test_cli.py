@@ -89,8 +89,8 @@ def test_config_check_and_show(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text("engine:\n  policy:\n    forbid: [aes128]\nkeyring:\n  dual_window: 7d\n")
     assert "OK" in ok(xps(tmp_path / "h", "config", "check", str(good)))
-    shown = json.loads(ok(xps(tmp_path / "h", "config", "show", config=good)))
-    assert shown["engine"]["policy"]["forbid"] == ["aes128"] and shown["keyring"]["dual_window"] == 7 * 86400
+    shown = json.loads(ok(xps(tmp_path / "h", "config", "show", config=good)))["crypto"]  # Appendix C's shape
+    assert shown["policy"]["forbid"] == ["aes128"] and shown["keyring"]["dual_window_days"] == 7
     bad = tmp_path / "bad.yaml"
     bad.write_text("keyring:\n  kek:\n    provider: hsm\n")
     out = xps(tmp_path / "h", "config", "check", str(bad))
