@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from xpscerpto import Policy, PolicyError, UpdateError, XpsError
 from xpscerpto.capsules._verifier import verify_capsule
-from xpscerpto.capsules.refusal import Refusal
 from xpscerpto.capsules.format import Limits
+from xpscerpto.capsules.refusal import Refusal
 from xpscerpto.capsules.store import RoutingState
 from xpscerpto.errors import ErrorCode
 from xpscerpto.home import Home

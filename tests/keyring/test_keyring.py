@@ -502,7 +502,7 @@ def test_forged_blobs_naming_unknown_keys_do_not_grow_the_miss_cache_without_bou
     genuine = ring.encrypt("real", b"kept")
     for i in range(20_000):  # each names a different key id the keyring has never seen
         forged = HEADER.pack(1, i.to_bytes(8, "big"), 1, 1, bytes(32)) + bytes(12 + 16)
-        with pytest.raises(AuthError, match="^XPS_ERR_AUTH: keyring: decryption failed$"):
+        with pytest.raises(AuthError, match=r"^XPS_ERR_AUTH: keyring: decryption failed$"):
             ring.decrypt(forged)
     assert len(ring._misses) <= MAX_CACHED_MISSES
     assert ring.decrypt(genuine) == b"kept"  # the real key is unaffected
