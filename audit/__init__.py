@@ -17,6 +17,7 @@ from .journal import (
     checkpoint_message,
     read_public_key,
     record_hash,
+    record_message,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "checkpoint_message",
     "read_public_key",
     "record_hash",
+    "record_message",
 ]

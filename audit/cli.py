@@ -1,4 +1,9 @@
-"""``xps audit verify|tail``: check the journal's chain and checkpoints, or show its newest events."""
+"""``xps audit verify|anchor|tail``: check the journal, export its newest state, show its newest events.
+
+Keep the output of ``xps audit anchor`` (``SEQ:HASH``) somewhere the home's writers cannot
+reach (another host, a ticket, a log shipper); ``xps audit verify --anchor SEQ:HASH`` then
+refuses a journal that was cut back below it or rewritten up to it.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ from .journal import AuditLog
 
 __all__ = ["add_audit_commands"]
 
+#: Chain and signature fields: ``tail`` shows what happened, ``verify`` checks these.
+_NOT_SHOWN = frozenset({"seq", "time", "event", "prev", "hash", "sig", "rsig", "key"})
+
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Verify the audit journal's chain and checkpoints, or show its newest events."""
@@ -24,13 +32,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
             json.dump(events, sys.stdout, indent=2)
             sys.stdout.write("\n")
         for e in events if not args.json else ():
-            extra = " ".join(f"{k}={e[k]}" for k in sorted(e) if k not in ("seq", "time", "event", "prev", "hash",
-                                                                           "sig", "key"))
+            extra = " ".join(f"{k}={e[k]}" for k in sorted(e) if k not in _NOT_SHOWN)
             print(f"{e.get('seq', '?')!s:>6} {e.get('time', '?')} {e.get('event', '?')!s:<22} {extra}")
         return 0
     pub = _public_key(args.public_key) if args.public_key is not None else None
-    report = log.verify(public_key=pub, strict=args.strict)
+    anchor = _anchor(args.anchor) if getattr(args, "anchor", None) is not None else None
+    report = log.verify(public_key=pub, strict=getattr(args, "strict", False), anchor=anchor)
     data = report.as_dict()
+    if args.audit_cmd == "anchor":
+        context.emit(args, {"anchor": report.anchor, "last_seq": report.last_seq, "last_hash": report.last_hash,
+                            "public_key": report.public_key}, lambda: print(report.anchor))
+        return 0
     context.emit(args, data, lambda: print(
         f"audit journal OK: {data['records']} records, {data['checkpoints']} signed checkpoints, last seq "
         f"{data['last_seq']} hash {data['last_hash']}"
@@ -50,13 +62,26 @@ def _public_key(text: str) -> bytes:
     return key
 
 
+def _anchor(text: str) -> tuple[int, str]:
+    """``--anchor``: ``SEQ:HASH`` as ``xps audit anchor`` prints it."""
+    seq, _, digest = text.strip().partition(":")
+    if not seq.isdigit() or len(seq) > 19 or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise PolicyError(f"--anchor: expected SEQ:HASH (a record number and 64 lowercase hex digits), got "
+                          f"{len(text)} characters")
+    return int(seq), digest
+
+
 def add_audit_commands(sub: Any) -> None:
     """Register ``audit`` on the ``xps`` subparsers object."""
     p = sub.add_parser("audit", help=cmd_audit.__doc__)
     asub = p.add_subparsers(dest="audit_cmd", required=True)
     a = asub.add_parser("verify", help="check every hash link and checkpoint signature")
     a.add_argument("--public-key", metavar="HEX", help="pin the checkpoint key instead of reading audit.pub")
-    a.add_argument("--strict", action="store_true", help="fail on a torn last line")
+    a.add_argument("--strict", action="store_true", help="fail on a torn last line or an unsigned record")
+    a.add_argument("--anchor", metavar="SEQ:HASH", help="an exported anchor: the journal must still hold it")
+    a.add_argument("--json", action="store_true")
+    a = asub.add_parser("anchor", help="verify, then print SEQ:HASH of the newest record to keep elsewhere")
+    a.add_argument("--public-key", metavar="HEX", help="pin the key instead of reading audit.pub")
     a.add_argument("--json", action="store_true")
     a = asub.add_parser("tail", help="newest events")
     a.add_argument("-n", type=int, default=20)

@@ -114,6 +114,7 @@ __all__ = [
     "checkpoint_message",
     "read_public_key",
     "record_hash",
+    "record_message",
 ]
 
 #: ``prev`` of the first record.
@@ -121,11 +122,12 @@ GENESIS = "0" * 64
 CHECKPOINT = "CHECKPOINT"
 REPAIRED = "AUDIT_REPAIRED"
 #: Keys the journal sets itself; a caller passing one would forge the chain's own fields.
-_RESERVED_FIELDS = frozenset({"seq", "time", "event", "prev", "hash", "suppressed"})
+_RESERVED_FIELDS = frozenset({"seq", "time", "event", "prev", "hash", "rsig", "suppressed"})
 #: Events only the journal writes (a caller-made CHECKPOINT would look like a signed one).
 _RESERVED_EVENTS = frozenset({CHECKPOINT, REPAIRED})
 _EVENT_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_TXID = re.compile(r"[0-9a-f]{8,64}")
 _HEX128 = re.compile(r"[0-9a-f]{128}")
 #: One record (one line) at most; bounds memory for readers and keeps appends small.
 MAX_RECORD_BYTES = 64 * 1024
@@ -173,6 +175,13 @@ class VerifyReport:
     checkpoint_every: int  # the interval checkpoint positions were checked against
     torn_tail: int = 0  # bytes of a torn final line (crash mid-append); 0 if none
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    signed_records: int = 0  # records carrying a valid per-record signature
+    unsigned_prefix: int = 0  # records before the first signed one (written before records were signed)
+
+    @property
+    def anchor(self) -> str:
+        """``SEQ:HASH`` of the newest record: keep it outside the home, pass it to ``--anchor``."""
+        return f"{self.last_seq}:{self.last_hash}"
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (for ``xps audit verify --json``)."""
@@ -188,12 +197,26 @@ def _canonical(obj: Any) -> bytes:
 def record_hash(rec: Mapping[str, Any]) -> str:
     """SHA-256 (hex) over the canonical JSON of ``rec`` without its ``hash`` key.
 
+    The record's own signature (``rsig``) is inside what this covers, so the chain carries
+    the signatures too: stripping one changes the hash every later record links to.
+
     Example:
         >>> record_hash({"seq": 1, "event": "X", "prev": GENESIS, "hash": "ignored"}) == record_hash(
         ...     {"prev": GENESIS, "event": "X", "seq": 1})
         True
     """
     return hashlib.sha256(_canonical({k: v for k, v in rec.items() if k != "hash"})).hexdigest()
+
+
+def record_message(rec: Mapping[str, Any]) -> bytes:
+    """The exact bytes a record's own signature (``rsig``) covers: its content, prev included.
+
+    Example:
+        >>> record_message({"seq": 1, "event": "X", "prev": GENESIS, "rsig": "s", "hash": "h"})[:24]
+        b'XPSCERPTO-AUDIT-RECORD/1'
+    """
+    body = {k: v for k, v in rec.items() if k not in ("hash", "rsig")}
+    return b"XPSCERPTO-AUDIT-RECORD/1\nseq=" + str(rec["seq"]).encode() + b"\n" + _canonical(body)
 
 
 def checkpoint_message(signed_seq: int, signed_hash: str) -> bytes:
@@ -285,6 +308,25 @@ def _last_newline(fd: int, end: int) -> int:
     return -1
 
 
+def _find_recent(fd: int, size: int, needle: bytes, cutoff: str) -> dict[str, Any] | None:
+    """The newest record whose line contains ``needle``, searching back to time ``cutoff``."""
+    pos, carry = _last_newline(fd, size) + 1, b""  # carry: a line's start that lies before ``pos``
+    while pos > 0:
+        start = max(0, pos - _CHUNK)
+        lines = (os.pread(fd, pos - start, start) + carry).split(b"\n")
+        carry, lines = (lines[0], lines[1:]) if start > 0 else (b"", lines)
+        for line in reversed(lines):
+            rec, _ = _parse_record(line) if line else (None, "")
+            if rec is None:
+                continue
+            if needle in line:
+                return rec
+            if rec["time"] < cutoff:
+                return None
+        pos = start
+    return None
+
+
 def _parse_record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     """Parse one line (without its newline) into a record, or (None, what is wrong)."""
     if len(raw) > MAX_RECORD_BYTES:
@@ -364,6 +406,7 @@ class AuditLog:
         self._lock = threading.Lock()  # threads of this instance; flock covers other fds and processes
         self._sk: Ed25519PrivateKey | None = None
         self._pub_hex: str | None = None
+        self._published = False
         self._rl_lock = threading.Lock()
         self._windows: dict[tuple[str, str], _Window] = {}
 
@@ -448,7 +491,33 @@ class AuditLog:
         win = self._windows[key] = _Window()
         return win
 
-    def _append(self, event: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def record_once(self, event: str, txid: str, *, since: float, **fields: Any) -> dict[str, Any]:
+        """Append ``event`` with field ``txid`` unless a record with that ``txid`` is already there.
+
+        For records committed elsewhere first (the keyring's outbox): whoever delivers them —
+        the process that made the change, or a later one reconciling after a crash — delivers
+        each exactly once. The check and the append happen under the journal's lock; records
+        older than ``since`` (seconds since the epoch, the change's time) minus ten minutes
+        are not searched.
+
+        Example:
+            >>> import tempfile, pathlib, time
+            >>> log = AuditLog(pathlib.Path(tempfile.mkdtemp()) / "audit.log")
+            >>> a = log.record_once("KEY_CREATE", "0123abcd", since=time.time(), name="k")
+            >>> b = log.record_once("KEY_CREATE", "0123abcd", since=time.time(), name="k")
+            >>> a["seq"] == b["seq"] == 1
+            True
+        """
+        if not isinstance(txid, str) or not _TXID.fullmatch(txid):
+            raise PolicyError("txid: expected 8 to 64 lowercase hex digits", reason="bad-argument")
+        if not isinstance(since, int | float) or isinstance(since, bool) or not math.isfinite(since):
+            raise PolicyError("since: expected seconds since the epoch", reason="bad-argument")
+        clean = _check_fields({**fields, "txid": txid})
+        cutoff = datetime.fromtimestamp(max(0.0, since - 600.0), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return self._append(_check_event(event), clean, once=(f'"txid":"{txid}"'.encode(), cutoff))
+
+    def _append(self, event: str, fields: dict[str, Any],
+                once: tuple[bytes, str] | None = None) -> dict[str, Any]:
         with self._lock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _OPEN_FLAGS, 0o600)
@@ -457,6 +526,10 @@ class AuditLog:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # released by close
                 size = os.fstat(fd).st_size
+                if once is not None:
+                    found = _find_recent(fd, size, *once)
+                    if found is not None:
+                        return found
                 if size > 0:
                     # Existing journal: a key problem must surface before anything is written.
                     self._signing_key()
@@ -478,9 +551,9 @@ class AuditLog:
                     fsync_dir(self.path.parent)
             finally:
                 os.close(fd)
-            if self._sk is None:
-                # First record of a new journal: the key (and .pub) come after it, so a .pub
-                # next to an empty or missing log means the log was deleted (see verify).
+            if not self._published:
+                # First record of a new journal: the .pub comes after it, so a .pub next to
+                # an empty or missing log means the log was deleted (see verify).
                 self._signing_key()
             return main
 
@@ -534,10 +607,15 @@ class AuditLog:
         out: list[dict[str, Any]] = []
         seq, prev = head.seq, head.hash
 
+        sk = self._signing_key(publish=head.seq > 0)
+
         def chain(ev: str, body: dict[str, Any]) -> dict[str, Any]:
             nonlocal seq, prev
             seq += 1
             rec = {"seq": seq, "time": now, "event": ev, **body, "prev": prev}
+            # Every record is signed: appending a well-chained forgery, or editing and
+            # re-chaining the records after the last checkpoint, now needs the key.
+            rec["rsig"] = sk.sign(record_message(rec)).hex()
             rec["hash"] = prev = record_hash(rec)
             out.append(rec)
             return rec
@@ -547,7 +625,6 @@ class AuditLog:
             # appending to the same log agree on them without any other shared state, and
             # verify() can insist on them.
             if _checkpoint_due(seq + 1, self.checkpoint_every):
-                sk = self._signing_key()
                 chain(CHECKPOINT, {"signed_seq": seq, "signed_hash": prev, "key": self._pub_hex,
                                    "every": self.checkpoint_every,
                                    "sig": sk.sign(checkpoint_message(seq, prev)).hex()})
@@ -566,16 +643,24 @@ class AuditLog:
 
     # ------------------------------------------------------------------ keys
 
-    def _signing_key(self) -> Ed25519PrivateKey:
+    def _signing_key(self, *, publish: bool = True) -> Ed25519PrivateKey:
+        """The signing key, created on first use; ``publish`` also writes/checks the ``.pub`` file.
+
+        A new journal signs its first record before the ``.pub`` exists: the ``.pub`` is written
+        after that record, so a ``.pub`` beside an empty or missing log still means deletion.
+        """
         if self._sk is None:
             seed = _load_or_create_seed(self.key_path)
             try:
                 sk = Ed25519PrivateKey.from_private_bytes(seed)
             finally:
                 seed[:] = bytes(len(seed))  # our copy; the key object keeps its own
-            pub_hex = sk.public_key().public_bytes_raw().hex()
-            _ensure_pub(self.pub_path, pub_hex)
-            self._sk, self._pub_hex = sk, pub_hex
+            self._sk, self._pub_hex = sk, sk.public_key().public_bytes_raw().hex()
+            self._published = False
+        if publish and not self._published:
+            assert self._pub_hex is not None
+            _ensure_pub(self.pub_path, self._pub_hex)
+            self._published = True
         return self._sk
 
     # ------------------------------------------------------------------ reading
@@ -672,6 +757,11 @@ class AuditLog:
         every = self.checkpoint_every if checkpoint_every is None else checkpoint_every
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise PolicyError("checkpoint_every: expected an int >= 1", reason="bad-argument")
+        if anchor is not None and not (
+                isinstance(anchor, tuple) and len(anchor) == 2 and isinstance(anchor[0], int)
+                and not isinstance(anchor[0], bool) and anchor[0] >= 0 and isinstance(anchor[1], str)
+                and _HEX64.fullmatch(anchor[1])):
+            raise PolicyError("anchor: expected (seq >= 0, 64 lowercase hex digits)", reason="bad-argument")
         pinned: str | None = None
         if public_key is not None:
             pinned = _coerce_public_key(public_key)
@@ -709,6 +799,13 @@ class AuditLog:
         walk = _Walk(self.path, lines, pub_hex, "pinned" if pinned else str(self.pub_path), every)
         walk.run()
 
+        if strict and walk.unsigned:
+            raise AuditTampered(self.path, 1, "unsigned record",
+                                f"{walk.unsigned} record(s) at the start carry no signature (written before records "
+                                "were signed, or stripped of them); strict verification requires every record signed",
+                                line=1)
+        if walk.unsigned:
+            warnings.append(f"unsigned prefix: the first {walk.unsigned} record(s) predate per-record signatures")
         if torn:
             detail = (f"{len(torn)} bytes after the last newline (line {len(lines) + 1}): a torn final "
                       "record, as a crash mid-append leaves; the next record() repairs it")
@@ -725,9 +822,6 @@ class AuditLog:
             warnings.append(f"missing checkpoint: {detail}")
         if anchor is not None:
             a_seq, a_hash = anchor
-            if (not isinstance(a_seq, int) or isinstance(a_seq, bool) or a_seq < 0
-                    or not isinstance(a_hash, str) or not _HEX64.fullmatch(a_hash)):
-                raise PolicyError("anchor: expected (seq >= 0, 64 lowercase hex digits)", reason="bad-argument")
             if a_seq > walk.last_seq:
                 raise AuditTampered(self.path, walk.last_seq + 1, "deleted",
                                     f"the journal ends at seq {walk.last_seq} but the anchor is seq {a_seq}: "
@@ -739,7 +833,8 @@ class AuditLog:
             path=str(self.path), records=walk.last_seq, checkpoints=walk.checkpoints, last_seq=walk.last_seq,
             last_hash=walk.hashes[-1] if walk.hashes else GENESIS, last_checkpoint_seq=walk.last_checkpoint,
             after_checkpoint=walk.last_seq - (walk.last_checkpoint or 0), public_key=pub_hex,
-            checkpoint_every=every, torn_tail=len(torn), warnings=tuple(warnings))
+            checkpoint_every=every, torn_tail=len(torn), warnings=tuple(warnings), signed_records=walk.signed,
+            unsigned_prefix=walk.unsigned)
 
 
 class _Walk:
@@ -756,6 +851,9 @@ class _Walk:
         self.lines_of: list[int] = []  # line number of each seq
         self.checkpoints = 0
         self.last_checkpoint: int | None = None
+        self.signed_recs: list[tuple[dict[str, Any], int]] = []  # checked after the chain walk
+        self.signed = 0  # records with a valid own signature
+        self.unsigned = 0  # records before the first signed one (journals from before record signing)
 
     @property
     def last_seq(self) -> int:
@@ -781,6 +879,7 @@ class _Walk:
                 raise self._fail(expected, "modified", f"its content no longer matches its hash{claim}", line)
             if seq != expected or rec["prev"] != last:
                 raise self._classify(i, rec, expected, last)
+            self.signed_recs.append((rec, line))
             due = _checkpoint_due(seq, self.every)
             if rec["event"] == CHECKPOINT:
                 self._checkpoint(rec, line, due)
@@ -791,6 +890,11 @@ class _Walk:
                                  f"another interval{self._interval_hint()}", line)
             self.hashes.append(rec["hash"])
             self.lines_of.append(line)
+        # Second pass, once the chain and its checkpoints hold: each record's own signature.
+        # (Structure first, so a broken chain is named as such rather than as a bad signature.)
+        for rec, line in self.signed_recs:
+            self._record_signature(rec, line)
+        self.signed_recs = []
 
     # -- look-ahead helpers (failure paths only)
 
@@ -852,6 +956,30 @@ class _Walk:
             if rec["event"] == CHECKPOINT and _is_count(every) and every != self.every:
                 return f" (its checkpoints say checkpoint_every={every})"
         return ""
+
+    def _record_signature(self, rec: dict[str, Any], line: int) -> None:
+        seq, rsig = rec["seq"], rec.get("rsig")
+        if rsig is None:
+            if self.signed:
+                raise self._fail(seq, "unsigned record", "a record without its signature follows signed ones: it was "
+                                 "appended, or the chain rewritten, by someone without the signing key", line)
+            self.unsigned += 1
+            return
+        bad = "bad record signature"
+        if self.pub_hex is None:
+            raise self._fail(seq, bad, f"no public key to check it against ({self.pub_source} is missing; "
+                             "pass public_key= to pin one)", line)
+        if not isinstance(rsig, str) or not _HEX128.fullmatch(rsig):
+            raise self._fail(seq, bad, "the signature is not 64 bytes of hex", line)
+        try:
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(self.pub_hex)).verify(
+                bytes.fromhex(rsig), record_message(rec))
+        except InvalidSignature:
+            # Its content no longer matches what the key signed: edited (or forged and chained).
+            raise self._fail(seq, "modified", "it was altered and its hash recomputed (or forged and chained), but "
+                             f"its own signature does not verify under the signing key {self.pub_hex[:16]}…",
+                             line) from None
+        self.signed += 1
 
     def _checkpoint(self, rec: dict[str, Any], line: int, due: bool) -> None:
         seq = rec["seq"]

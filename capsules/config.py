@@ -60,6 +60,13 @@ class HotpatchConfig:
                                   f"of the engine; it needs '{prefix}development: true' as well (never in production)")
         return cfg
 
+    @staticmethod
+    def tightens(key: str, old: Any, new: Any) -> bool:
+        """A gate switched on, or development mode switched off, is stricter."""
+        if key in ("require_signature", "run_selftests", "rollback_on_error"):
+            return new is True
+        return key == "development" and new is False
+
     @property
     def insecure(self) -> tuple[str, ...]:
         """The seed switches that are off (journaled whenever an engine starts with them)."""

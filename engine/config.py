@@ -110,6 +110,7 @@ from .settings import AeadDefaults, EngineConfig, Policy
 __all__ = [
     "DOCUMENT_KEYS",
     "EMERGENCY_KEYS",
+    "SECURITY_KEYS",
     "AeadDefaults",
     "ApprovalsConfig",
     "AuditConfig",
@@ -120,9 +121,11 @@ __all__ = [
     "KekConfig",
     "KeyringConfig",
     "Policy",
+    "PolicyChange",
     "XpsConfig",
     "parse_duration",
     "parse_size",
+    "policy_changes",
     "read_file",
     "safe_max_encryptions",
 ]
@@ -142,6 +145,51 @@ DOCUMENT_KEYS: dict[str, str] = {
     "crypto.aead.nonce": "engine.nonce", "crypto.aead.default": "aead.default_algorithm",
     "crypto.hotpatch.max_slowdown": "hotpatch.max_slowdown", "crypto.hotpatch.canary_share": "hotpatch.canary_share",
 }
+
+#: The security policy a home records when it is initialised (per-section spelling). Every
+#: later invocation uses the recorded values; a configuration that differs in one of these is
+#: refused unless the change is applied explicitly (``xps policy apply``).
+SECURITY_KEYS: tuple[str, ...] = (
+    "approvals.revoke", "approvals.destroy", "approvals.emergency_revoke", "approvals.request_ttl",
+    "keyring.kek", "keyring.dual_window", "keyring.destroy_after", "keyring.default_policy",
+    "keyring.max_encryptions",
+    "hotpatch.require_signature", "hotpatch.run_selftests", "hotpatch.rollback_on_error", "hotpatch.development",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """One security-policy key that differs between the recorded policy and another."""
+
+    key: str
+    old: Any
+    new: Any
+    loosens: bool  # True unless the new value is strictly at least as strict in every respect
+
+
+def policy_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[PolicyChange]:
+    """The keys of :data:`SECURITY_KEYS` whose values differ, each judged tighter or looser.
+
+    Tighter: more approvals, shorter request lifetime, shorter dual-key window, shorter
+    retention, rotating sooner, fewer encryptions per version, a hot-patch gate switched on,
+    development mode switched off. Anything else (the KEK above all) counts as loosening.
+    """
+    out = []
+    for key in SECURITY_KEYS:
+        a, b = old.get(key), new.get(key)
+        if a != b:
+            out.append(PolicyChange(key, a, b, not _tightens(key, a, b)))
+    return out
+
+
+def _tightens(key: str, old: Any, new: Any) -> bool:
+    # Each section knows what "stricter" means for its own keys.
+    section, _, leaf = key.partition(".")
+    try:
+        return bool(_SECTIONS[section].tightens(leaf, old, new))
+    except (TypeError, PolicyError, KeyError, AttributeError):
+        return False
+
 
 #: Sections of the Appendix C document, in the order ``to_document`` writes them.
 _DOCUMENT_SECTIONS = ("aead", "keyring", "policy", "hotpatch", "tls", "engine", "approvals", "audit")
@@ -292,6 +340,23 @@ class XpsConfig:
             "audit": self.audit.to_mapping(),
         }
         return {"crypto": {name: doc[name] for name in _DOCUMENT_SECTIONS}}
+
+    def security_policy(self) -> dict[str, Any]:
+        """The values of :data:`SECURITY_KEYS` as plain data (what a home records)."""
+        return {key: self.get(key) for key in SECURITY_KEYS}
+
+    def with_security_policy(self, policy: Mapping[str, Any]) -> XpsConfig:
+        """A new configuration with ``policy``'s values (a home's record) in place of its own.
+
+        Raises:
+            PolicyError: a recorded value no longer validates (the record was edited).
+        """
+        data = self.to_mapping()
+        for key in SECURITY_KEYS:
+            if key in policy:
+                section, _, leaf = key.partition(".")
+                data[section][leaf] = policy[key]
+        return XpsConfig._from_sections(data)
 
     def get(self, key: str) -> Any:
         """The plain value of a dotted key (``"approvals.destroy"``, ``"crypto.keyring.rotation_days"``).

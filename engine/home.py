@@ -1,35 +1,128 @@
-"""An engine's state directory: trust store, capsule store, routing state, audit, control socket.
+"""An engine's state directory, and the record that says what it holds and what policy protects it.
 
 ``--home DIR``, else ``$XPS_HOME``, else ``$XDG_STATE_HOME/xpscerpto`` (default
 ``~/.local/state/xpscerpto``). Created with mode 0700: it holds the trust pins and the socket
 that can roll back the running engine.
+
+``HOME/home.json`` is the home's record:
+
+* ``stores``: every stateful file ever created in the home (the keyring database, the KEK,
+  the routing state, the audit journal …). A store is created only while the record does not
+  list it; once listed, a missing, empty or unreadable file is a refusal naming the file and
+  how to restore it — never a silent reset to an empty state.
+* ``policy``: the security policy the home was initialised with (approval thresholds, the
+  KEK, windows, retention, usage limits, hot-patch gates). Every later invocation uses it; a
+  configuration that differs in any of these keys is refused unless the change is applied
+  explicitly (``xps policy apply``), audited, with the current approvals when it loosens.
+  Once the home has a keyring, the keyring keeps its own sealed copy of the policy (sealed
+  under a key the KEK wraps) and refuses to open if ``home.json`` says otherwise, so an edit
+  of ``home.json`` outside xps is detected where the keyring opens.
+
+The record is created by ``xps init`` or by the first run on an empty home (no record and no
+store file). A home that holds stores but no record is refused rather than adopted silently;
+``xps init --adopt`` adopts it explicitly.
+
+Example:
+    >>> import tempfile
+    >>> home = Home.resolve(tempfile.mkdtemp())
+    >>> record = home.initialise(policy={"approvals.revoke": 2})
+    >>> home.record().policy["approvals.revoke"], home.store_exists("keyring")
+    (2, False)
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
-__all__ = ["Home"]
+from ._atomic import atomic_write
+from .errors import InternalError, PolicyError
+
+__all__ = ["STORES", "Home", "HomeRecord"]
+
+RECORD_FORMAT = 1
+_TOKEN_PREFIX = "pkcs11:"  # noqa: S105 -- a URI scheme, not a secret
+
+#: Store name -> its default file in the home, and how an operator restores it.
+STORES: Mapping[str, tuple[str, str]] = MappingProxyType({
+    "keyring": ("keyring.db", "restore it from a backup of the home (it holds every wrapped key)"),
+    "kek": ("kek.key", "restore it from a backup; without it no key in keyring.db can be unwrapped"),
+    "routing": ("state.json", "restore it from a backup of the home (routing state and version memory)"),
+    "audit": ("audit.log", "restore it from a backup (the journal cannot restart without losing its chain)"),
+    "overrides": ("overrides.json", "restore it from a backup, or undo the emergency change with a new one"),
+})
+
+
+@dataclass(frozen=True)
+class HomeRecord:
+    """What ``home.json`` holds (read-only; changes write a new record)."""
+
+    created: str
+    stores: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    policy: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    format: int = RECORD_FORMAT
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``home.json`` document."""
+        return {"format": self.format, "created": self.created, "stores": dict(self.stores),
+                "policy": dict(self.policy)}
+
+    @classmethod
+    def from_json(cls, doc: object, where: str) -> HomeRecord:
+        """Parse strictly; PolicyError naming ``where`` and the bad field."""
+        if not isinstance(doc, dict):
+            raise PolicyError(f"{where}: expected a JSON object")
+        if doc.get("format") != RECORD_FORMAT:
+            raise PolicyError(f"{where}: format must be {RECORD_FORMAT}")
+        if set(doc) != {"format", "created", "stores", "policy"}:
+            raise PolicyError(f"{where}: unexpected or missing fields")
+        created, stores, policy = doc["created"], doc["stores"], doc["policy"]
+        if not isinstance(created, str):
+            raise PolicyError(f"{where}: 'created' must be a string")
+        if not isinstance(stores, dict) or not all(
+                isinstance(k, str) and k in STORES and isinstance(v, str) and v for k, v in stores.items()):
+            raise PolicyError(f"{where}: 'stores' must map known store names to file names")
+        if not isinstance(policy, dict) or not all(isinstance(k, str) for k in policy):
+            raise PolicyError(f"{where}: 'policy' must be an object")
+        return cls(created, MappingProxyType(dict(stores)), MappingProxyType(dict(policy)))
 
 
 @dataclass(frozen=True, slots=True)
 class Home:
-    """Paths inside one engine home."""
+    """Paths inside one engine home, and its record."""
 
     root: Path
 
     @classmethod
     def resolve(cls, home: str | Path | None = None, *, create: bool = True) -> Home:
-        """Pick the home directory (argument, env, XDG default) and create it 0700."""
+        """Pick the home directory (argument, env, XDG default) and create it 0700.
+
+        Raises:
+            PolicyError: ``home`` is not a path.
+            InternalError: the directory cannot be created or used (the OS error's type named).
+        """
         if home is None:
             home = os.environ.get("XPS_HOME") or Path(
                 os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "xpscerpto"
-        h = cls(Path(home).expanduser().resolve())
-        if create:
-            h.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            h.capsules.mkdir(mode=0o700, exist_ok=True)
+        if not isinstance(home, str | os.PathLike):
+            raise PolicyError(f"home: expected a path, got {type(home).__name__}")
+        try:
+            h = cls(Path(home).expanduser().resolve())
+            if create:
+                h.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+                h.capsules.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise InternalError(f"{type(exc).__name__}: home: cannot use {str(home)!r} ({exc.strerror})") from None
+        except ValueError:
+            raise PolicyError("home: not a usable path (NUL byte?)") from None
         return h
 
     @property
@@ -61,3 +154,136 @@ class Home:
     def lock(self) -> Path:
         """Serialises writers of ``state.json`` across processes."""
         return self.root / "state.lock"
+
+    @property
+    def record_path(self) -> Path:
+        """The home's record (stores and security policy)."""
+        return self.root / "home.json"
+
+    # -- the record -------------------------------------------------------------------------
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive lock for read-modify-write of ``home.json`` across processes."""
+        fd = os.open(self.root / "home.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def record(self) -> HomeRecord:
+        """The record; PolicyError if the home has none or it is unreadable (naming the fix)."""
+        found = self._read_record()
+        if found is None:
+            raise PolicyError(f"home {str(self.root)!r}: no home.json; run `xps init` (or open the empty home once)")
+        return found
+
+    def _read_record(self) -> HomeRecord | None:
+        where = f"home record {str(self.record_path)!r}"
+        try:
+            raw = self.record_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise PolicyError(f"{where}: unreadable ({exc.strerror}); restore it from a backup") from None
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise PolicyError(f"{where}: not JSON (emptied or corrupted); restore it from a backup") from None
+        return HomeRecord.from_json(doc, where)
+
+    def initialise(self, *, policy: Mapping[str, Any], adopt: bool = False) -> HomeRecord:
+        """Create the record if there is none; return the record in force.
+
+        Without ``adopt``, a home that already holds a store file but no record is refused: its
+        record was lost, and guessing its policy (or re-creating its stores) would undo what it
+        protected. With ``adopt`` the store files present are recorded as they are.
+
+        Raises:
+            PolicyError: the home holds state but no record (and ``adopt`` is false), or the
+                existing record is unreadable.
+        """
+        with self.locked():
+            found = self._read_record()
+            if found is not None:
+                return found
+            present = {name: rel for name, (rel, _) in STORES.items() if (self.root / rel).exists()}
+            if present and not adopt:
+                files = ", ".join(sorted(present.values()))
+                raise PolicyError(f"home {str(self.root)!r}: it holds {files} but no home.json (lost or from an "
+                                  "older xpscerpto); restore home.json from a backup, or adopt the home as it is "
+                                  "with `xps init --adopt --config FILE`")
+            record = HomeRecord(datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                MappingProxyType(present), MappingProxyType(dict(policy)))
+            self._write_record(record)
+            return record
+
+    def store_exists(self, name: str) -> bool:
+        """Whether the record lists store ``name`` (so it must be there, and is never re-created)."""
+        found = self._read_record()
+        return found is not None and name in found.stores
+
+    def store_ref(self, path: Path) -> str:
+        """How the record names a store file: relative to the home when inside it."""
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+
+    def check_store(self, name: str, ref: str | None = None) -> bool:
+        """Before opening store ``name``: True if it must be created now, False if it exists.
+
+        ``ref`` is what the record calls the store: a file (relative to the home, or absolute;
+        default: the store's usual file) or, for a KEK inside a token, ``pkcs11:TOKEN/LABEL``.
+
+        Raises:
+            PolicyError: the record lists the store but its file is missing or empty, or names
+                another file or token for it than ``ref`` (the message says how to restore it).
+        """
+        default, restore = STORES[name]
+        ref = ref or default
+        record = self._read_record()
+        if record is None or name not in record.stores:
+            return True
+        if record.stores[name] != ref:
+            raise PolicyError(f"{name} store: this home records {record.stores[name]!r}, the configuration names "
+                              f"{ref!r}; a home keeps its stores where they were created")
+        if ref.startswith(_TOKEN_PREFIX):
+            return False  # not a file: its opener checks it exists (and is told not to create it)
+        path = self.root / ref
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise PolicyError(f"{name} store {str(path)!r}: missing, though this home recorded it; {restore}; "
+                              "xpscerpto never re-creates a recorded store") from None
+        except OSError as exc:
+            raise PolicyError(f"{name} store {str(path)!r}: unreadable ({exc.strerror}); {restore}") from None
+        if size == 0:
+            raise PolicyError(f"{name} store {str(path)!r}: empty, though this home recorded it; {restore}")
+        return False
+
+    def register_store(self, name: str, ref: str | None = None) -> None:
+        """Record that store ``name`` (called ``ref``, as for :meth:`check_store`) now exists."""
+        ref = ref or STORES[name][0]
+        with self.locked():
+            record = self._read_record()
+            if record is None:
+                raise PolicyError(f"home {str(self.root)!r}: no home.json to record the {name} store in")
+            if record.stores.get(name) == ref:
+                return
+            self._write_record(replace(record, stores=MappingProxyType({**record.stores, name: ref})))
+
+    def replace_policy(self, policy: Mapping[str, Any]) -> HomeRecord:
+        """Write a new policy; callers have authorised and committed the change."""
+        with self.locked():
+            record = self.record()
+            if dict(record.policy) == dict(policy):
+                return record
+            new = replace(record, policy=MappingProxyType(dict(policy)))
+            self._write_record(new)
+            return new
+
+    def _write_record(self, record: HomeRecord) -> None:
+        try:
+            atomic_write(self.record_path, json.dumps(record.to_json(), indent=1, sort_keys=True).encode() + b"\n",
+                         0o600)
+        except OSError as exc:
+            raise PolicyError(f"home record {str(self.record_path)!r}: cannot write ({exc.strerror})") from None

@@ -13,10 +13,17 @@ Example:
     b'card 4111'
 """
 
-from .approvals import ApprovalRequest, Approvals, OperatorRegistry
-from .keyring import KeyInfo, Keyring, VersionInfo
-from .states import KeyState, VersionState
-from .usage import parse_policy
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .approvals import ApprovalRequest, Approvals, OperatorRegistry
+    from .integrity import KeyringTampered
+    from .keyring import KeyInfo, Keyring, VersionInfo
+    from .states import KeyState, VersionState
+    from .usage import parse_policy
 
 __all__ = [
     "ApprovalRequest",
@@ -24,8 +31,25 @@ __all__ = [
     "KeyInfo",
     "KeyState",
     "Keyring",
+    "KeyringTampered",
     "OperatorRegistry",
     "VersionInfo",
     "VersionState",
     "parse_policy",
 ]
+
+# Loaded on first use: the configuration loader imports xpscerpto.keyring.config, which must
+# not pull in the keyring (SQLite, the KEK providers) — nor the loader back through it.
+_WHERE = {
+    "ApprovalRequest": ".approvals", "Approvals": ".approvals", "OperatorRegistry": ".approvals",
+    "KeyringTampered": ".integrity", "KeyInfo": ".keyring", "Keyring": ".keyring", "VersionInfo": ".keyring",
+    "KeyState": ".states", "VersionState": ".states", "parse_policy": ".usage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(import_module(_WHERE[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

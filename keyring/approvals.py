@@ -1,11 +1,17 @@
-"""k-of-n operator approvals for revoke and destroy.
+"""k-of-n operator approvals for dangerous changes.
 
-An operator registers an Ed25519 public key (``xps operator add NAME.pub``). A request is
-a canonical JSON document naming the action, the key (and version), the reason, whether it
-is an emergency, a random nonce and an expiry; approvers sign its exact bytes. The keyring
-accepts a request only with enough distinct registered signatures, before expiry, for the
-very transition asked, and only once (its nonce is consumed in the transition's own
-database transaction).
+An operator registers an Ed25519 public key (``xps operator add NAME.pub``; the first ones at
+``xps init``, later ones with the current approvals). A request is a canonical JSON document
+naming the action, its subject, the reason, whether it is an emergency, a random nonce and an
+expiry; approvers sign its exact bytes. The keyring accepts a request only with enough
+distinct registered signatures, before expiry, for the very change asked, and only once (its
+nonce is consumed in the change's own database transaction).
+
+Actions and what ``key_id`` names: ``revoke`` and ``destroy`` (a key; ``version`` for one
+version; ``emergency`` for the emergency revoke and the retention-bypassing destroy),
+``policy`` (``policy:<digest>`` of the change to the home's recorded policy),
+``operator-add`` / ``operator-remove`` (the operator's key id) and ``rewrap`` (``<revoked key
+id>:<successor key id>``, re-encrypting a revoked key's blobs).
 
 Request bundle file::
 
@@ -27,9 +33,11 @@ from xpscerpto.errors import PolicyError
 from xpscerpto.secret import SecretBytes
 from xpscerpto.signing import PublisherKey, key_id, sign, verify
 
-__all__ = ["ApprovalRequest", "Approvals", "OperatorRegistry"]
+__all__ = ["ACTIONS", "ApprovalRequest", "Approvals", "OperatorRegistry"]
 
 _FORMAT = "xps-approval/1"
+#: What a request may ask for.
+ACTIONS = ("revoke", "destroy", "policy", "operator-add", "operator-remove", "rewrap")
 
 
 def _canonical(doc: Mapping[str, Any]) -> bytes:
@@ -109,7 +117,7 @@ def _write(path: Path, what: str, data: bytes, mode: int) -> None:
 class ApprovalRequest:
     """What approvers sign: one transition of one key, once, before ``expires``."""
 
-    action: str  # "revoke" | "destroy"
+    action: str  # one of ACTIONS
     key_id: str
     reason: str
     expires: float
@@ -121,8 +129,9 @@ class ApprovalRequest:
     def new(cls, action: str, key_id: str, *, reason: str, ttl: float, now: float,
             version: int | None = None, emergency: bool = False) -> ApprovalRequest:
         """A fresh request with a random nonce."""
-        if action not in ("revoke", "destroy"):
-            raise PolicyError(f"action: expected 'revoke' or 'destroy', got {action!r}")
+        if action not in ACTIONS:
+            raise PolicyError(f"action: expected one of {', '.join(ACTIONS)}, got "
+                              f"{action[:20]!r}" if isinstance(action, str) else "action: expected a str")
         return cls(action, key_id, reason, now + ttl, os.urandom(16).hex(), version, emergency)
 
     def to_json(self) -> dict[str, Any]:

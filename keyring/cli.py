@@ -37,8 +37,12 @@ __all__ = ["add_key_commands"]
 
 def _ring(args: argparse.Namespace) -> Keyring:
     config = context.config(args)
-    return Keyring(context.home(args), engine=Engine(config.engine), config=config.keyring,
-                   approvals=config.approvals, audit_config=config.audit, operator=args.operator)
+    # Without --config the keyring opens under the policy its home recorded; with one, the
+    # file's security keys must match that policy (`xps policy apply` changes it).
+    given = args.config is not None
+    return Keyring(context.home(args), engine=Engine(config.engine), config=config.keyring if given else None,
+                   approvals=config.approvals if given else None, audit_config=config.audit,
+                   operator=args.operator)
 
 
 def _info_json(info: KeyInfo) -> dict[str, Any]:

@@ -178,6 +178,23 @@ class KeyringConfig:
         out["kek"] = self.kek.to_mapping()
         return out
 
+    @staticmethod
+    def tightens(key: str, old: Any, new: Any) -> bool:
+        """Whether changing recorded security key ``key`` from ``old`` to ``new`` is stricter.
+
+        Shorter windows and retention, rotating sooner and fewer encryptions per version are;
+        anything else (the KEK above all) is not.
+        """
+        if key in ("dual_window", "destroy_after"):
+            return bool(new < old)
+        if key == "max_encryptions":
+            return set(new) == set(old) and all(new[a] <= old[a] for a in old)
+        if key == "default_policy":
+            (r_old, m_old), (r_new, m_new) = parse_policy(old), parse_policy(new)
+            sooner = r_new is not None and (r_old is None or r_new <= r_old)
+            return sooner and (m_old is None or (m_new is not None and m_new <= m_old))
+        return False
+
     def to_document(self) -> dict[str, Any]:
         """The Appendix C spelling (durations in days)."""
         out = dump_section(self, _KEYRING_DOC_FIELDS)
@@ -252,6 +269,15 @@ class ApprovalsConfig:
     def to_mapping(self) -> dict[str, Any]:
         """Every key as plain data."""
         return dump_section(self, _APPROVALS_FIELDS)
+
+    @staticmethod
+    def tightens(key: str, old: Any, new: Any) -> bool:
+        """More approvals, or a shorter-lived request, is stricter."""
+        if key in ("revoke", "destroy", "emergency_revoke"):
+            return bool(new > old)
+        if key == "request_ttl":
+            return bool(new < old)
+        return False
 
 
 _APPROVALS_FIELDS = (

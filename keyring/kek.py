@@ -759,13 +759,15 @@ class Pkcs11Kek(_ProviderBase):
 
 def open_kek(provider: str, home: Path, *, path: str = "kek.key", module: str | None = None,
              token_label: str = "xps",  # noqa: S107  (a token's name, not a password)
-             pin_env: str = "XPS_PKCS11_PIN", key_label: str = "xps-kek") -> KekProvider:
+             pin_env: str = "XPS_PKCS11_PIN", key_label: str = "xps-kek", create: bool = True) -> KekProvider:
     """Open the KEK the keyring configuration names.
 
     ``provider="file"``: :class:`FileKek` at ``home / path`` (an absolute ``path`` is used as
-    is), created on first use. ``provider="pkcs11"``: :class:`Pkcs11Kek` on ``module`` /
-    ``token_label`` with the PIN read from the environment variable ``pin_env`` (so it is never
-    in a config file), generating ``key_label`` on first use.
+    is), created if missing and ``create``. ``provider="pkcs11"``: :class:`Pkcs11Kek` on
+    ``module`` / ``token_label`` with the PIN read from the environment variable ``pin_env`` (so
+    it is never in a config file), generating ``key_label`` if missing and ``create``. The
+    keyring passes ``create=False`` once its home records the KEK: a lost KEK is a refusal,
+    never a new key.
 
     Raises:
         PolicyError: unknown provider, ``module`` missing for pkcs11, ``pin_env`` unset or empty,
@@ -782,7 +784,7 @@ def open_kek(provider: str, home: Path, *, path: str = "kek.key", module: str | 
     if provider == "file":
         if not isinstance(path, str) or not path:
             raise PolicyError(f"path: expected a non-empty str, got {type(path).__name__}")
-        return FileKek(Path(home) / path)
+        return FileKek(Path(home) / path, create=create)
     if provider == "pkcs11":
         if module is None:
             raise PolicyError("module: required for KEK provider 'pkcs11'")
@@ -791,6 +793,6 @@ def open_kek(provider: str, home: Path, *, path: str = "kek.key", module: str | 
         pin = os.environ.get(pin_env)
         if not pin:
             raise PolicyError(f"pin_env: environment variable {pin_env} is not set (it must hold the token PIN)")
-        return Pkcs11Kek(module, token_label, pin, key_label)
+        return Pkcs11Kek(module, token_label, pin, key_label, create=create)
     shown = provider if isinstance(provider, str) else type(provider).__name__
     raise PolicyError(f"provider: expected 'file' or 'pkcs11', got {shown[:40]!r}")

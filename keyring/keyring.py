@@ -10,13 +10,26 @@ is wiped when the key rotates away, is revoked or destroyed, or the keyring clos
 Usage counters: encryptions are reserved from the database in blocks (``usage_block``), so
 a version never exceeds its ``max_encryptions`` across all processes (a crash only wastes the
 rest of a block) and is rotated before it would. The call path pays an atomic counter step.
+
+The home decides, not the caller: a keyring opens under the security policy its home
+recorded when it was initialised (approval thresholds, the KEK, windows, retention, usage
+limits); a configuration that differs is refused (:meth:`Keyring.apply_policy` changes the
+recorded policy, with approvals when it loosens). Every row that decides what a key may do is
+sealed under a key the KEK wraps (:mod:`.integrity`), and every change is journaled if and
+only if it committed (:mod:`.outbox`).
+
+Another process's revocation reaches a long-lived keyring within :data:`RECHECK_SECONDS`
+(each cached key version re-reads its state at most that long after it last did); within one
+process it takes effect at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import itertools
+import json
 import math
 import os
 import re
@@ -24,13 +37,14 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from xpscerpto.audit import AuditLog
 from xpscerpto.audit.config import AuditConfig
+from xpscerpto.config import SECURITY_KEYS, XpsConfig, policy_changes
 from xpscerpto.engine import Engine, KeyedAead
 from xpscerpto.errors import KeyError_, PolicyError, XpsError
 from xpscerpto.home import Home
@@ -39,22 +53,33 @@ from xpscerpto.secret import SecretBytes
 from .approvals import Approvals, OperatorRegistry
 from .config import ApprovalsConfig, KeyringConfig, safe_max_encryptions
 from .envelope import CODES, HEADER, NONCE_SIZES, _opaque
+from .integrity import INTEGRITY_KEY_SIZE, KeyringTampered, Sealer
 from .kek import KekProvider, _random_secret, open_kek
+from .outbox import Outbox
 from .states import Action, KeyState, VersionState, decrypt_deadline, key_after, version_destroyable
-from .store import KeyRow, Store, VersionRow
+from .store import KeyRow, RewrapGrant, Store, VersionRow
 from .usage import parse_policy
 
-__all__ = ["MAX_CACHED_MISSES", "KeyInfo", "Keyring", "VersionInfo", "parse_policy"]
+__all__ = ["MAX_CACHED_MISSES", "RECHECK_SECONDS", "KeyInfo", "Keyring", "VersionInfo", "parse_policy"]
 
 #: Unknown (key id, version) pairs a keyring remembers for a second, so that forged blobs do not
 #: each cost a lock and a database read; the oldest are forgotten first.
 MAX_CACHED_MISSES = 4096
+#: How long a cached key version may go without re-reading its state: the bound on how late
+#: another process's revocation (or rotation) takes effect in a long-lived keyring.
+RECHECK_SECONDS = 1.0
+#: Highest version number a key may have (SQLite integers are 64-bit; this is plenty).
+MAX_VERSION = 2**31 - 1
+#: How long an approved rewrap of a revoked key's blobs stays usable (it may be resumed).
+REWRAP_GRANT_SECONDS = 7 * 86400.0
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _urandom = os.urandom
 _unpack = HEADER.unpack_from
 _ct_eq = hmac.compare_digest  # constant time; both sides are 32-byte bytes here
+_INTEGRITY_AAD = b"xps-keyring/integrity-key/v1"
+_RETENTION_EVERY = 60.0  # seconds between retention sweeps in a long-lived keyring
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +96,8 @@ class VersionInfo:
     decryptions: int
     last_used: float | None
     decrypts_until: float | None  # end of the dual-key window for a retired version
+    algorithm: str | None = None  # this version's AEAD (a rotation may change it)
+    destroy_after: float | None = None  # when retention destroys a retired version
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,14 +128,14 @@ class _Handle:
                  "header_size", "key_id", "last_used", "name", "nonce_size", "prefix", "recheck_at", "state",
                  "version")
 
-    def __init__(self, row: KeyRow, ver: VersionRow, aead: KeyedAead, commitment: bytes) -> None:
-        self.key_id, self.name, self.version, self.algorithm = row.key_id, row.name, ver.version, row.algorithm
+    def __init__(self, row: KeyRow, ver: VersionRow, algorithm: str, aead: KeyedAead, commitment: bytes) -> None:
+        self.key_id, self.name, self.version, self.algorithm = row.key_id, row.name, ver.version, algorithm
         self.state = ver.state
         self.decrypt_until = -math.inf  # set by the keyring from the version's state
         self.aead, self.commitment = aead, commitment
-        self.code = CODES[row.algorithm]
+        self.code = CODES[algorithm]
         self.prefix = HEADER.pack(1, bytes.fromhex(row.key_id), ver.version, self.code, commitment)
-        self.nonce_size = NONCE_SIZES[row.algorithm]
+        self.nonce_size = NONCE_SIZES[algorithm]
         self.header_size = HEADER.size + self.nonce_size
         self.counter = itertools.count()  # at >= 0: no encryptions reserved (see Keyring.encrypt)
         self.recheck_at = 0.0
@@ -120,13 +147,20 @@ class Keyring:
     """Named, versioned keys in SQLite under a KEK, with an audited lifecycle.
 
     Args:
-        home: the engine home (the database, KEK file and operators live there).
+        home: the engine home (the database, KEK file and the home's record live there).
         engine: the engine whose AEAD and HKDF the keyring uses (default: the module's).
-        config: keyring settings (defaults: ``KeyringConfig()``).
-        approvals: how many operator approvals revoke/destroy need.
-        kek: a KEK provider (default: from ``config.kek``).
+        config: keyring settings. ``None`` (and ``approvals=None``): the security policy the
+            home recorded. Given: its security keys must equal the recorded ones.
+        approvals: how many operator approvals revoke/destroy need (same rule as ``config``).
+        kek: a KEK provider (default: from the recorded ``keyring.kek``).
         audit: the journal (default: ``HOME/audit.log``).
         clock: seconds since the epoch (injectable for tests of time-based rules).
+        operator: who acts (recorded in the journal).
+
+    Raises:
+        PolicyError: the configuration differs from the home's recorded policy, a recorded
+            store (database, KEK, journal) is missing or unreadable, or ``home`` is not a path.
+        KeyringTampered: a row or the recorded policy fails its integrity seal.
 
     Example:
         >>> ring = Keyring("/tmp/xps-home")                          # doctest: +SKIP
@@ -141,33 +175,62 @@ class Keyring:
                  audit_config: AuditConfig | None = None, kek: KekProvider | None = None,
                  audit: AuditLog | None = None, clock: Callable[[], float] = time.time,
                  operator: str = "local") -> None:
+        for name, value, typ in (("config", config, KeyringConfig), ("approvals", approvals, ApprovalsConfig),
+                                 ("audit_config", audit_config, AuditConfig)):
+            if value is not None and not isinstance(value, typ):
+                raise PolicyError(f"{name}: expected a {typ.__name__}, got {type(value).__name__}")
+        if not callable(clock):
+            raise PolicyError(f"clock: expected a callable, got {type(clock).__name__}")
+        if not isinstance(operator, str) or not operator:
+            raise PolicyError("operator: expected a non-empty str")
+        if home is not None and not isinstance(home, str | os.PathLike | Home):
+            raise PolicyError(f"home: expected a path, got {type(home).__name__}")
         self.home = home if isinstance(home, Home) else Home.resolve(home)
-        self.config = config or KeyringConfig()
-        self.approvals_config = approvals or ApprovalsConfig()
+        self.clock = clock
+        self.operator = operator
+        self.config, self.approvals_config = self._bind_policy(config, approvals)
         self.audit_config = audit_config or AuditConfig()
         if engine is None:
             from xpscerpto import default_engine
 
             engine = default_engine()
         self.engine = engine
-        k = self.config.kek
-        self.kek = kek or open_kek(k.provider, self.home.root, path=k.path, module=k.module,
-                                   token_label=k.token_label, pin_env=k.pin_env, key_label=k.key_label)
         self.audit = audit or AuditLog(self.home.audit, checkpoint_every=self.audit_config.checkpoint_every)
-        self.store = Store(self.home.root / self.config.database)
-        self.operators_path = self.home.root / "operators.json"
-        self.clock = clock
-        self.operator = operator
+        if audit is None:
+            self._check_audit_store()
+        self.kek = kek or self._open_kek()
+        db_path = self.home.root / self.config.database
+        create = self.home.check_store("keyring", self.home.store_ref(db_path))
+        self.store = Store(db_path, create=create)
         self._lock = threading.RLock()  # slow paths only: loading, reserving, transitions
         self._active: dict[str, _Handle] = {}  # name -> the handle that encrypts
         self._handles: dict[tuple[bytes, int], _Handle] = {}  # (key id, version) -> handle
         self._misses: dict[tuple[bytes, int], float] = {}  # (key id, version) -> don't look again before
         self._aead = engine.aead
+        self.outbox = Outbox(self.store, self.audit, clock)
+        self._retention_at = 0.0
+        try:
+            self._attach_integrity(created=create)
+            if create:
+                self.home.register_store("keyring", self.home.store_ref(db_path))
+            self._check_policy_seal()
+            self.outbox.deliver()  # records a crash left queued (see .outbox)
+            self.enforce_retention()
+        except BaseException:
+            self.store.close()
+            if kek is None:
+                self.kek.close()
+            raise
 
     # -- the AEAD ---------------------------------------------------------------------------
 
     def encrypt(self, name: str, plaintext: bytes, aad: bytes = b"") -> bytes:
-        """Encrypt under the active version of key ``name``; returns the self-describing blob."""
+        """Encrypt under the active version of key ``name``; returns the self-describing blob.
+
+        Raises:
+            KeyError_: no usable key of that name (unknown, revoked, destroyed).
+            PolicyError: ``plaintext`` or ``aad`` is not bytes-like.
+        """
         try:
             h = self._active.get(name)
         except TypeError:
@@ -186,38 +249,56 @@ class Keyring:
         return header + h.aead.encrypt(plaintext, aad, nonce).ciphertext_and_tag
 
     def decrypt(self, blob: bytes, aad: bytes = b"") -> bytes:
-        """Open a blob from :meth:`encrypt`; any failure is one opaque AuthError naming no key."""
+        """Open a blob from :meth:`encrypt`; any failure is one opaque AuthError naming no key.
+
+        Every failure — malformed blob, unknown, revoked or destroyed key, version outside its
+        window, wrong tag — raises the same error from the same place, with no chained cause
+        or context, so neither the message nor the traceback tells a valid key from another.
+
+        Raises:
+            AuthError: ``keyring: decryption failed``.
+            PolicyError: ``aad`` is not bytes-like (checked before the blob is looked at).
+        """
+        if not isinstance(aad, bytes | bytearray | memoryview):
+            raise PolicyError(f"aad: expected bytes-like, got {type(aad).__name__}")
+        plaintext, ref = self._open(blob, aad)
+        if plaintext is None:
+            self._fail(ref)
+        return plaintext
+
+    def _open(self, blob: Any, aad: bytes | bytearray | memoryview) -> tuple[bytes | None, tuple[bytes, int] | None]:
+        """(plaintext, None) or (None, (key id, version) if the header parsed); never raises."""
         try:
             fmt, key_id, version, code, commitment = _unpack(blob)
-        except (struct.error, TypeError):
-            raise _opaque() from None
+        except (struct.error, TypeError, BufferError, ValueError):
+            return None, None
         h = self._handles.get((key_id, version))
         now = self.clock()
         if h is None or now >= h.recheck_at:
             miss = self._misses.get((key_id, version))
-            h = None if miss is not None and now < miss else self._decrypting_handle(key_id, version, now)
+            try:
+                h = None if miss is not None and now < miss else self._decrypting_handle(key_id, version, now)
+            except XpsError:
+                h = None
         # decrypt_until folds Appendix A into one number: +inf for the active version, the end
         # of the dual-key window for a retired one, -inf for anything unusable.
         if h is None or now >= h.decrypt_until or fmt != 1 or code != h.code or not _ct_eq(h.commitment, commitment):
-            self._fail(key_id, version)
+            return None, (key_id, version)
         n = h.header_size
         try:
-            aad = blob[:n] + aad
-        except TypeError:
-            raise PolicyError(f"aad: expected bytes-like, got {type(aad).__name__}") from None
-        try:
-            plaintext = h.aead.decrypt(blob[HEADER.size:n], memoryview(blob)[n:], aad)
-        except XpsError:
-            self._fail(key_id, version)
+            plaintext = h.aead.decrypt(blob[HEADER.size:n], memoryview(blob)[n:], bytes(blob[:n]) + aad)
+        except (XpsError, TypeError, BufferError, ValueError):
+            return None, (key_id, version)
         h.decryptions += 1
         h.last_used = now
-        return plaintext
+        return plaintext, None
 
-    def _fail(self, key_id: bytes, version: int) -> NoReturn:
+    def _fail(self, ref: tuple[bytes, int] | None) -> NoReturn:
         # The caller always gets the same opaque error, whatever happens to the audit record.
+        fields: dict[str, Any] = {"key_id": ref[0].hex(), "version": ref[1]} if ref is not None else {}
         with contextlib.suppress(XpsError, OSError):
             self.audit.record_rate_limited("CRYPTO_FAIL_AUTH", "keyring", self.audit_config.auth_fail_per_minute,
-                                           key_id=key_id.hex(), version=version)
+                                           **fields)
         raise _opaque()
 
     def rewrap(self, blobs: Sequence[bytes], aad: bytes = b"", *,
@@ -232,7 +313,7 @@ class Keyring:
         for i, blob in enumerate(blobs, 1):
             try:
                 _, key_id, version, _, _ = _unpack(blob)
-            except (struct.error, TypeError):
+            except (struct.error, TypeError, BufferError, ValueError):
                 raise _opaque() from None
             row = self.store.key(key_id.hex())
             active = self.store.active_version(row.key_id) if row is not None else None
@@ -251,75 +332,105 @@ class Keyring:
     def create(self, name: str, algorithm: str | None = None, policy: str | None = None) -> str:
         """Create key ``name`` with an active version 1; returns its key id.
 
-        Idempotent: creating an existing name with the same algorithm and policy returns its id.
+        ``algorithm`` defaults to the configured ``aead.default``. Idempotent: creating an
+        existing active name with the same algorithm and policy returns its id. A name that
+        belonged to a revoked or destroyed key is not reused.
+
+        Raises:
+            PolicyError: a bad name, algorithm or policy, or the name is taken.
         """
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise PolicyError(f"name: expected {_NAME.pattern}, got {name!r}")
-        algorithm = algorithm or self.config.default_algorithm
-        if not isinstance(algorithm, str) or algorithm not in CODES:
-            raise PolicyError(f"algorithm: {algorithm!r} is not a keyring AEAD ({', '.join(CODES)})")
+            raise PolicyError(f"name: expected a name like 'orders' (letters, digits, _.-; at most 128), got "
+                              f"{_shown(name)}")
+        algorithm = self._algorithm(algorithm, "algorithm")
         if _KEY_ID.fullmatch(name):
             raise PolicyError(f"name: {name!r} looks like a key id; names and ids share one namespace")
         policy = policy if policy is not None else self.config.default_policy
-        if not isinstance(policy, str):
-            raise PolicyError(f"policy: expected a string like 'rotate=90d', got {type(policy).__name__}")
         rotate_every, max_enc = parse_policy(policy)
-        # Never above the random-nonce bound of the algorithm, whatever the policy asks; and
-        # SQLite integers are signed 64-bit (2^63 - 1 is "unlimited" in practice).
-        max_enc = min(max_enc or self.config.max_encryptions[algorithm], safe_max_encryptions(algorithm), 2**63 - 1)
         now = self.clock()
         key_id = _urandom(8).hex()
         with self._lock:
+            self.outbox.deliver()
             try:
                 with self.store.write() as db:
                     existing = self.store.key(name, db)
                     if existing is not None:
+                        if existing.state is not KeyState.ACTIVE:
+                            raise PolicyError(f"name: {name!r} belonged to a key that is now {existing.state}; "
+                                              "names are not reused (the journal still refers to it)")
                         if (existing.algorithm, existing.policy) != (algorithm, policy):
                             raise PolicyError(f"name: a key named {name!r} exists with another algorithm or policy")
                         return existing.key_id
-                    db.execute("INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,NULL)",
-                               (key_id, name, algorithm, policy, rotate_every, max_enc, KeyState.ACTIVE, now, now))
+                    self.store.insert_key(db, KeyRow(key_id, name, algorithm, policy, rotate_every,
+                                                     self._max_encryptions(algorithm, max_enc), KeyState.ACTIVE,
+                                                     now, now, None))
                     self._insert_version(db, key_id, algorithm, 1, now)
-                    # Journaled inside the transaction: if the journal refuses, nothing happened.
-                    self.audit.record("KEY_CREATE", key_id=key_id, name=name, algorithm=algorithm, policy=policy,
-                                      version=1, operator=self.operator)
+                    self.outbox.add(db, "KEY_CREATE", key_id=key_id, name=name, algorithm=algorithm, policy=policy,
+                                    version=1, operator=self.operator)
             except sqlite3.IntegrityError:  # another process created the same name first
                 existing = self.store.key(name)
                 assert existing is not None
                 return existing.key_id
+        self._deliver()
         return key_id
 
-    def rotate(self, ref: str, *, expected_version: int | None = None, reason: str = "manual") -> int:
+    def rotate(self, ref: str, *, expected_version: int | None = None, reason: str = "manual",
+               algorithm: str | None = None) -> int:
         """Retire the active version and activate a new one; returns the active version.
 
         With ``expected_version`` the rotation happens only if that version is still active,
         so concurrent rotations (other threads or processes) produce exactly one new version.
+        ``algorithm`` moves the key to another suite from the new version on (old blobs still
+        open under their own version's algorithm during the dual-key window).
+
+        Raises:
+            PolicyError: the key cannot rotate (revoked, destroyed), a bad algorithm or
+                ``expected_version``.
+            KeyError_: no such key.
         """
+        expected = _optional_version(expected_version, "expected_version")
+        algo = self._algorithm(algorithm, "algorithm") if algorithm is not None else None
+        if not isinstance(reason, str) or not reason:
+            raise PolicyError("reason: expected a non-empty str")
         with self._lock:
+            self.outbox.deliver()
             with self.store.write() as db:
                 row = self._key_row(ref, db)
                 key_after(row.state, Action.ROTATE)
                 active = self.store.active_version(row.key_id, db)
                 assert active is not None
-                if expected_version is not None and active.version != expected_version:
+                if expected is not None and active.version != expected:
                     return active.version  # someone rotated away from it already
                 now = self.clock()
-                db.execute("UPDATE versions SET state = ?, retired_at = ? WHERE key_id = ? AND version = ?",
-                           (VersionState.RETIRED, now, row.key_id, active.version))
+                new_algo = algo or active.algorithm or row.algorithm
+                self.store.update_version(db, row.key_id, active.version, state=VersionState.RETIRED, retired_at=now)
                 new = active.version + 1
-                self._insert_version(db, row.key_id, row.algorithm, new, now)
-                db.execute("UPDATE keys SET updated = ? WHERE key_id = ?", (now, row.key_id))
-                self.audit.record("KEY_ROTATE", key_id=row.key_id, name=row.name, version=new,
-                                  retired=active.version, reason=reason, operator=self.operator)
+                self._insert_version(db, row.key_id, new_algo, new, now)
+                self.store.update_key(db, row.key_id, updated=now,
+                                      max_encryptions=self._max_encryptions(new_algo, parse_policy(row.policy)[1]))
+                fields: dict[str, Any] = {"algorithm": new_algo} if new_algo != (active.algorithm or row.algorithm) \
+                    else {}
+                self.outbox.add(db, "KEY_ROTATE", key_id=row.key_id, name=row.name, version=new,
+                                retired=active.version, reason=reason, operator=self.operator, **fields)
             self._forget(row.key_id, row.name)
+        self._deliver()
+        self.enforce_retention()
         return new
 
     def revoke(self, ref: str, reason: str, *, approvals: Approvals | None = None, emergency: bool = False) -> None:
-        """Make every version unusable (no encrypt, no decrypt). Idempotent."""
+        """Make every version unusable (no encrypt, no decrypt). Idempotent.
+
+        Raises:
+            PolicyError: no reason, too few or wrong approvals, or the key is destroyed.
+            KeyError_: no such key.
+        """
         if not isinstance(reason, str) or not reason.strip():
             raise PolicyError("reason: a revocation needs a reason")
+        if not isinstance(emergency, bool):
+            raise PolicyError("emergency: expected a bool")
         required = self.approvals_config.emergency_revoke if emergency else self.approvals_config.revoke
         with self._lock:
+            self.outbox.deliver()
             with self.store.write() as db:
                 row = self._key_row(ref, db)
                 if row.state is KeyState.REVOKED:
@@ -328,61 +439,318 @@ class Keyring:
                 signers = self._check_approvals(db, approvals, required, "revoke", row.key_id, None, emergency,
                                                 reason=reason)
                 now = self.clock()
-                db.execute("UPDATE versions SET state = ?, revoked_at = ? WHERE key_id = ? AND state IN (?, ?)",
-                           (VersionState.REVOKED, now, row.key_id, VersionState.ACTIVE, VersionState.RETIRED))
-                db.execute("UPDATE keys SET state = ?, updated = ?, revoke_reason = ? WHERE key_id = ?",
-                           (KeyState.REVOKED, now, reason, row.key_id))
-                self.audit.record("KEY_REVOKE", key_id=row.key_id, name=row.name, reason=reason, emergency=emergency,
-                                  approvers=sorted(signers), required_approvals=required, operator=self.operator)
+                for ver in self.store.versions(row.key_id, db):
+                    if ver.state in (VersionState.ACTIVE, VersionState.RETIRED):
+                        self.store.update_version(db, row.key_id, ver.version, state=VersionState.REVOKED,
+                                                  revoked_at=now)
+                self.store.update_key(db, row.key_id, state=KeyState.REVOKED, updated=now, revoke_reason=reason)
+                self.outbox.add(db, "KEY_REVOKE", key_id=row.key_id, name=row.name, reason=reason,
+                                emergency=emergency, approvers=sorted(signers), required_approvals=required,
+                                operator=self.operator)
             self._forget(row.key_id, row.name)
+        self._deliver()
 
-    def destroy(self, ref: str, *, version: int | None = None, approvals: Approvals | None = None) -> None:
-        """Erase material: of one retired/revoked version, or of a revoked key. Idempotent, one-way."""
+    def destroy(self, ref: str, *, version: int | None = None, approvals: Approvals | None = None,
+                emergency: bool = False) -> None:
+        """Erase material: of one retired/revoked version, or of a revoked key. Idempotent, one-way.
+
+        A retired version is kept (retention) until its dual-key window and then
+        ``keyring.destroy_after`` have passed, when it is destroyed automatically; destroying
+        it earlier needs an approved emergency destroy (``emergency=True``).
+
+        Raises:
+            PolicyError: the state does not allow it, retention is not over, or approvals
+                are short.
+            KeyError_: no such key or version.
+        """
+        target_version = _optional_version(version, "version")
+        if not isinstance(emergency, bool):
+            raise PolicyError("emergency: expected a bool")
         required = self.approvals_config.destroy
         with self._lock:
+            self.outbox.deliver()
             with self.store.write() as db:
                 row = self._key_row(ref, db)
-                if version is None:
+                now = self.clock()
+                if target_version is None:
                     if row.state is KeyState.DESTROYED:
                         return
                     key_after(row.state, Action.DESTROY)
                     targets = [v.version for v in self.store.versions(row.key_id, db)]
                 else:
-                    ver = self.store.version(row.key_id, version, db)
+                    ver = self.store.version(row.key_id, target_version, db)
                     if ver is None:
-                        raise KeyError_(f"version: key {row.name!r} has no version {version}")
+                        raise KeyError_(f"version: key {row.name!r} has no version {target_version}")
                     if ver.state is VersionState.DESTROYED:
                         return
                     version_destroyable(ver.state)
-                    targets = [version]
-                signers = self._check_approvals(db, approvals, required, "destroy", row.key_id, version, False)
-                now = self.clock()
-                for v in targets:
-                    db.execute("UPDATE versions SET state = ?, wrapped = NULL, kek_id = NULL, destroyed_at = ? "
-                               "WHERE key_id = ? AND version = ?", (VersionState.DESTROYED, now, row.key_id, v))
-                if version is None:
-                    db.execute("UPDATE keys SET state = ?, updated = ? WHERE key_id = ?",
-                               (KeyState.DESTROYED, now, row.key_id))
-                self.audit.record("KEY_DESTROY", key_id=row.key_id, name=row.name,
-                                  version=version if version else "all", approvers=sorted(signers),
-                                  required_approvals=required, operator=self.operator)
+                    until = self._retained_until(ver)
+                    if until is not None and now < until and not emergency:
+                        raise PolicyError(f"retention: version {target_version} of {row.name!r} is kept until "
+                                          f"{_utc(until)} (dual-key window, then keyring.destroy_after); destroying "
+                                          "it earlier needs an approved emergency destroy", reason="retention")
+                    targets = [target_version]
+                signers = self._check_approvals(db, approvals, required, "destroy", row.key_id, target_version,
+                                                emergency)
+                self._erase(db, row, targets, now, final=target_version is None)
+                self.outbox.add(db, "KEY_DESTROY", key_id=row.key_id, name=row.name,
+                                version=target_version if target_version else "all", approvers=sorted(signers),
+                                required_approvals=required, emergency=emergency, operator=self.operator)
             self._forget(row.key_id, row.name)
+        self._deliver()
         self.store.checkpoint()  # the erased wrapped material leaves the WAL as well
+
+    def enforce_retention(self) -> list[tuple[str, int]]:
+        """Destroy every retired version whose retention is over; returns (key id, version) pairs.
+
+        Runs when a keyring opens, after each rotation, and at most once a minute in a
+        long-lived keyring. Each destruction is journaled (``KEY_DESTROY`` with
+        ``reason: retention``); the versions' metadata and their records remain.
+        """
+        now = self.clock()
+        self._retention_at = now + _RETENTION_EVERY
+        due = [v for v in self.store.retired_versions() if (u := self._retained_until(v)) is not None and now >= u]
+        done: list[tuple[str, int]] = []
+        for ver in due:
+            with self._lock, self.store.write() as db:
+                current = self.store.version(ver.key_id, ver.version, db)
+                row = self.store.key(ver.key_id, db)
+                if current is None or row is None or current.state is not VersionState.RETIRED:
+                    continue
+                self._erase(db, row, [ver.version], now, final=False)
+                self.outbox.add(db, "KEY_DESTROY", key_id=row.key_id, name=row.name, version=ver.version,
+                                reason="retention", approvers=[], required_approvals=0, emergency=False,
+                                operator="retention")
+                done.append((row.key_id, ver.version))
+            self._forget(ver.key_id, row.name)
+        if done:
+            self._deliver()
+            self.store.checkpoint()
+        return done
+
+    # -- rewrap after a revocation -----------------------------------------------------------
+
+    def grant_rewrap(self, revoked: str, successor: str, *, reason: str,
+                     approvals: Approvals | None = None) -> RewrapGrant:
+        """Authorise re-encrypting a revoked key's blobs under ``successor`` (an active key).
+
+        The revoked key stays unusable for everything else; the grant only lets
+        :meth:`rewrap_revoked` open its blobs to re-encrypt them. It needs the home's
+        administrative approvals (``max(approvals.revoke, approvals.destroy)``), is journaled
+        (``REWRAP_GRANT``), and lasts :data:`REWRAP_GRANT_SECONDS` so an interrupted rewrap can
+        resume.
+
+        Raises:
+            PolicyError: the first key is not revoked, the successor is not active, or
+                approvals are short.
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise PolicyError("reason: a rewrap of a revoked key needs a reason")
+        with self._lock:
+            self.outbox.deliver()
+            with self.store.write() as db:
+                old, new = self._key_row(revoked, db), self._key_row(successor, db)
+                if old.state is not KeyState.REVOKED:
+                    raise PolicyError(f"revoked: {old.name!r} is {old.state}; only a revoked key's blobs are rewrapped "
+                                      "this way (use rewrap for rotated keys)")
+                if new.state is not KeyState.ACTIVE:
+                    raise PolicyError(f"successor: {new.name!r} is {new.state}; it must be active")
+                signers = self._check_approvals(db, approvals, self._admin_threshold, "rewrap",
+                                                f"{old.key_id}:{new.key_id}", None, False, reason=reason)
+                grant = RewrapGrant(old.key_id, new.key_id, self.clock() + REWRAP_GRANT_SECONDS,
+                                    tuple(sorted(signers)))
+                self.store.put_grant(db, grant)
+                self.outbox.add(db, "REWRAP_GRANT", key_id=old.key_id, name=old.name, successor=new.key_id,
+                                successor_name=new.name, reason=reason, approvers=sorted(signers),
+                                required_approvals=self._admin_threshold, expires=grant.expires,
+                                operator=self.operator)
+        self._deliver()
+        return grant
+
+    def rewrap_revoked(self, blobs: Sequence[bytes], aad: bytes = b"", *,
+                       progress: Callable[[int, int], None] | None = None) -> list[bytes]:
+        """Re-encrypt blobs of granted revoked keys under their successor; others pass through rewrap.
+
+        Blobs already under the successor's active version are kept as they are, so running it
+        again after an interruption resumes where it stopped. Each call is journaled once
+        (``REWRAP_REVOKED`` with the count per key).
+
+        Raises:
+            AuthError: a blob does not open (the same opaque error as :meth:`decrypt`).
+            PolicyError: a blob's key is revoked without a valid grant.
+        """
+        if not isinstance(blobs, list | tuple):
+            raise PolicyError(f"blobs: expected a list of blobs, got {type(blobs).__name__}")
+        counts: dict[str, int] = {}
+        out: list[bytes] = []
+        for i, blob in enumerate(blobs, 1):
+            try:
+                _, key_id, version, _, _ = _unpack(blob)
+            except (struct.error, TypeError, BufferError, ValueError):
+                raise _opaque() from None
+            grant = self.store.grant(key_id.hex())
+            if grant is None:
+                out.extend(self.rewrap([blob], aad))
+            else:
+                if self.clock() >= grant.expires:
+                    raise PolicyError(f"rewrap: the grant for {key_id.hex()} expired; request a new one",
+                                      reason="approvals")
+                successor = self._key_row(grant.successor)
+                plaintext = self._open_revoked(blob, aad, key_id.hex(), version)
+                out.append(self.encrypt(successor.name, plaintext, aad))
+                counts[key_id.hex()] = counts.get(key_id.hex(), 0) + 1
+            if progress is not None:
+                progress(i, len(blobs))
+        if counts:
+            with self._lock, self.store.write() as db:
+                for kid, n in sorted(counts.items()):
+                    self.outbox.add(db, "REWRAP_REVOKED", key_id=kid, blobs=n, operator=self.operator)
+            self._deliver()
+        return out
+
+    def _open_revoked(self, blob: bytes, aad: bytes, key_id: str, version: int) -> bytes:
+        """Open one blob of a revoked version for a granted rewrap (never cached, never encrypts)."""
+        row = self.store.key(key_id)
+        ver = self.store.version(key_id, version) if row is not None else None
+        if row is None or ver is None or ver.wrapped is None or ver.state is not VersionState.REVOKED:
+            self._fail((bytes.fromhex(key_id), version))
+        h = self._make_handle(row, ver, self.clock())
+        try:
+            fmt, _, _, code, commitment = _unpack(blob)
+            n = h.header_size
+            if fmt != 1 or code != h.code or not _ct_eq(h.commitment, commitment):
+                raise _opaque()
+            return h.aead.decrypt(blob[HEADER.size:n], memoryview(blob)[n:], bytes(blob[:n]) + aad)
+        except XpsError:
+            self._fail((bytes.fromhex(key_id), version))
+        finally:
+            h.aead.wipe()
+
+    # -- operators and the home's policy -----------------------------------------------------
+
+    def register_operator(self, public_key_path: str | Path, label: str = "", *,
+                          approvals: Approvals | None = None) -> str:
+        """Add an operator key allowed to approve; returns its key id.
+
+        The first operators are registered while the keyring holds no key yet (``xps init``).
+        Once a key exists, adding one needs the home's administrative approvals
+        (``max(approvals.revoke, approvals.destroy)``) — so whoever can run the CLI cannot
+        register two keys of their own and approve their own revocation. One transaction
+        with its journal record.
+        """
+        from xpscerpto.signing import load_public_key
+
+        if not isinstance(label, str):
+            raise PolicyError("label: expected a str")
+        key = load_public_key(public_key_path)
+        with self._lock:
+            self.outbox.deliver()
+            with self.store.write() as db:
+                setting_up = db.execute("SELECT 1 FROM keys LIMIT 1").fetchone() is None
+                required = 0 if setting_up else self._admin_threshold
+                signers = self._check_approvals(db, approvals, required, "operator-add", key.keyid, None, False)
+                if not self.store.add_operator(db, key.keyid, key.public_key, label, self.clock()):
+                    return key.keyid  # already registered: nothing changed, nothing to journal
+                self.outbox.add(db, "OPERATOR_ADD", keyid=key.keyid, label=label, approvers=sorted(signers),
+                                required_approvals=required, operator=self.operator)
+        self._deliver()
+        return key.keyid
+
+    def remove_operator(self, keyid: str, *, approvals: Approvals | None = None) -> None:
+        """Unregister an operator key (needs the administrative approvals); journaled."""
+        if not isinstance(keyid, str):
+            raise PolicyError("keyid: expected a str")
+        with self._lock:
+            self.outbox.deliver()
+            with self.store.write() as db:
+                if keyid not in self.store.operators(db):
+                    raise KeyError_(f"keyid: {keyid[:16]!r} is not a registered operator")
+                signers = self._check_approvals(db, approvals, self._admin_threshold, "operator-remove", keyid,
+                                                None, False)
+                self.store.remove_operator(db, keyid)
+                self.outbox.add(db, "OPERATOR_REMOVE", keyid=keyid, approvers=sorted(signers),
+                                required_approvals=self._admin_threshold, operator=self.operator)
+        self._deliver()
+
+    def operators(self) -> OperatorRegistry:
+        """The registered operator keys."""
+        from types import MappingProxyType
+
+        return OperatorRegistry(MappingProxyType(self.store.operators()))
+
+    @staticmethod
+    def policy_digest(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+        """What an approval of a policy change signs: ``policy:`` + 16 hex digits of its digest."""
+        doc = json.dumps([dict(old), dict(new)], sort_keys=True, separators=(",", ":")).encode()
+        return "policy:" + hashlib.sha256(doc).hexdigest()[:16]
+
+    def apply_policy(self, new: XpsConfig, *, reason: str, approvals: Approvals | None = None) -> list[Any]:
+        """Change the security policy the home recorded; returns the changes (empty: nothing to do).
+
+        Tightening needs only the operator who runs it; any loosening needs the current
+        administrative approvals over exactly this change (``ApprovalRequest`` action
+        ``policy``, subject :meth:`policy_digest`). The KEK cannot change this way (every key
+        would have to be re-wrapped). Journaled as ``POLICY_CHANGE`` with old and new values.
+
+        Raises:
+            PolicyError: the KEK changes, approvals are short, or no reason is given.
+        """
+        if not isinstance(new, XpsConfig):
+            raise PolicyError(f"new: expected an XpsConfig, got {type(new).__name__}")
+        if not isinstance(reason, str) or not reason.strip():
+            raise PolicyError("reason: a policy change needs a reason")
+        old = dict(self.home.record().policy)
+        target = new.security_policy()
+        changes = policy_changes(old, target)
+        if not changes:
+            return []
+        if any(c.key == "keyring.kek" for c in changes):
+            raise PolicyError("keyring.kek: a home keeps the KEK it was initialised with (every key is wrapped "
+                              "under it); migrating to another KEK is not supported")
+        loosening = [c for c in changes if c.loosens]
+        required = self._admin_threshold if loosening else 0
+        with self._lock:
+            self.outbox.deliver()
+            with self.store.write() as db:
+                signers = self._check_approvals(db, approvals, required, "policy", self.policy_digest(old, target),
+                                                None, False, reason=reason)
+                self._seal_policy(db, target)
+                self.outbox.add(db, "POLICY_CHANGE", reason=reason, approvers=sorted(signers),
+                                required_approvals=required, operator=self.operator,
+                                changes=[{"key": c.key, "old": c.old, "new": c.new, "loosens": c.loosens}
+                                         for c in changes])
+            self.home.replace_policy(target)
+            self.config, self.approvals_config = _sections(target, self.config)
+        self._deliver()
+        return changes
 
     # -- queries ----------------------------------------------------------------------------
 
     def get(self, ref: str, version: int | None = None) -> SecretBytes:
-        """The raw material of the active (or given) version, in a SecretBytes you should wipe."""
+        """The raw material of the active (or given) version, in a SecretBytes you should wipe.
+
+        Only a version that may still decrypt is exported: the active one, or a retired one
+        inside its dual-key window (journaled as ``KEY_EXPORT``).
+
+        Raises:
+            KeyError_: no such key or version, or the version may not decrypt any more.
+        """
+        wanted = _optional_version(version, "version")
         row = self._key_row(ref)
         if row.state is not KeyState.ACTIVE:
             raise KeyError_(f"key: {row.name!r} is {row.state}")
-        ver = (self.store.version(row.key_id, version) if version is not None
-               else self.store.active_version(row.key_id))
-        if ver is None or ver.wrapped is None:
-            raise KeyError_(f"version: key {row.name!r} has no usable version {version or ''}".rstrip())
+        ver = (self.store.active_version(row.key_id) if wanted is None
+               else self.store.version(row.key_id, wanted))
+        if ver is None or ver.wrapped is None or self.clock() >= decrypt_deadline(
+                ver.state, ver.retired_at, self.config.dual_window_seconds):
+            raise KeyError_(f"version: key {row.name!r} has no usable version {wanted or ''}".rstrip())
         material = self._unwrap(row, ver)
-        self.audit.record("KEY_EXPORT", key_id=row.key_id, name=row.name, version=ver.version,
-                          operator=self.operator)
+        try:
+            self.audit.record("KEY_EXPORT", key_id=row.key_id, name=row.name, version=ver.version,
+                              operator=self.operator)
+        except BaseException:
+            material.wipe()
+            raise
         return material
 
     def list(self) -> list[KeyInfo]:
@@ -396,20 +764,12 @@ class Keyring:
 
     def unused_for(self, ref: str, version: int) -> float | None:
         """Seconds since version ``version`` was last used, or None if it never was."""
+        wanted = _version_arg(version, "version")
         self._flush_usage()
-        ver = self.store.version(self._key_row(ref).key_id, version)
+        ver = self.store.version(self._key_row(ref).key_id, wanted)
         if ver is None:
-            raise KeyError_(f"version: no version {version}")
+            raise KeyError_(f"version: no version {wanted}")
         return None if ver.last_used is None else self.clock() - ver.last_used
-
-    def register_operator(self, public_key_path: str | Path, label: str = "") -> str:
-        """Add an operator key allowed to approve revoke/destroy; returns its key id."""
-        from xpscerpto.signing import load_public_key
-
-        key = load_public_key(public_key_path)
-        OperatorRegistry.load(self.operators_path).add(key, label).save(self.operators_path)
-        self.audit.record("OPERATOR_ADD", keyid=key.keyid, label=label, operator=self.operator)
-        return key.keyid
 
     def close(self) -> None:
         """Flush usage counters, wipe cached keys, close the database and the KEK.
@@ -431,53 +791,189 @@ class Keyring:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- opening: policy, stores, integrity --------------------------------------------------
+
+    def _bind_policy(self, config: KeyringConfig | None,
+                     approvals: ApprovalsConfig | None) -> tuple[KeyringConfig, ApprovalsConfig]:
+        """The effective sections: the home's recorded policy, checked against what was given."""
+        given = XpsConfig(keyring=config or KeyringConfig(), approvals=approvals or ApprovalsConfig())
+        record = self.home.initialise(policy=given.security_policy())
+        passed = {name for name, value in (("keyring", config), ("approvals", approvals)) if value is not None}
+        for change in policy_changes(record.policy, given.security_policy()):
+            if change.key.split(".")[0] in passed:
+                raise PolicyError(f"config key {change.key!r}: {_shown(change.new)} differs from the security policy "
+                                  f"this home recorded ({_shown(change.old)}); the home's policy changes only with "
+                                  "`xps policy apply`, audited, with approvals when it loosens")
+        return _sections(record.policy, given.keyring)
+
+    def _check_audit_store(self) -> None:
+        # Created by its first record; registered once it exists, so a later deletion is refused.
+        if self.home.check_store("audit") and self.home.audit.exists() and self.home.audit.stat().st_size > 0:
+            self.home.register_store("audit")
+
+    def _open_kek(self) -> KekProvider:
+        k = self.config.kek
+        ref = (f"pkcs11:{k.token_label}/{k.key_label}" if k.provider == "pkcs11"
+               else self.home.store_ref(self.home.root / k.path))
+        create = self.home.check_store("kek", ref)
+        kek = open_kek(k.provider, self.home.root, path=k.path, module=k.module, token_label=k.token_label,
+                       pin_env=k.pin_env, key_label=k.key_label, create=create)
+        if create:
+            self.home.register_store("kek", ref)
+        return kek
+
+    def _attach_integrity(self, *, created: bool) -> None:
+        """Unwrap the integrity key (or make it, for a new or just-upgraded database) and seal."""
+        wrapped = self.store.meta("integrity_key")
+        if wrapped is not None:
+            try:
+                with self.kek.unwrap(bytes.fromhex(wrapped), _INTEGRITY_AAD) as key:
+                    self.store.sealer = Sealer(key)
+            except (ValueError, XpsError):
+                raise KeyringTampered(f"keyring database {str(self.store.path)!r}: its integrity key does not unwrap "
+                                      "under this home's KEK (another KEK, or edited)") from None
+            return
+        upgrading = self.store.upgraded_from is not None or self.store.meta("upgrading") is not None
+        if not (created or upgrading):
+            raise KeyringTampered(f"keyring database {str(self.store.path)!r}: it has no integrity key (removed?); "
+                                  "restore the database from a backup")
+        with SecretBytes.take(_random_secret(INTEGRITY_KEY_SIZE)) as key:
+            self.store.sealer = Sealer(key)
+            wrapped_new = self.kek.wrap(key, _INTEGRITY_AAD).hex()
+        with self.store.write() as db:
+            self.store.set_meta(db, "integrity_key", wrapped_new)
+            sealed = self.store.seal_all(db)
+            db.execute("DELETE FROM meta WHERE k = 'upgrading'")
+            if upgrading:
+                self._import_operators(db)
+                self.outbox.add(db, "KEYRING_SEALED", rows=sealed, schema_from=self.store.upgraded_from or "1",
+                                operator=self.operator)
+
+    def _import_operators(self, db: sqlite3.Connection) -> None:
+        """Schema 1 kept operators in operators.json; they move into the sealed table once."""
+        path = self.home.root / "operators.json"
+        if not path.exists():
+            return
+        for keyid, (pk, label) in OperatorRegistry.load(path).keys.items():
+            self.store.add_operator(db, keyid, pk, label, self.clock())
+
+    def _check_policy_seal(self) -> None:
+        """The home's recorded policy must be the one this database sealed (or be sealed now)."""
+        recorded = dict(self.home.record().policy)
+        sealed, seal = self.store.meta("policy"), self.store.meta("policy_seal")
+        assert self.store.sealer is not None
+        if sealed is None:
+            with self.store.write() as db:
+                self._seal_policy(db, recorded)
+            return
+        self.store.sealer.check("policy", [sealed], seal, what="the sealed copy of the home's policy")
+        if json.loads(sealed) != recorded:
+            raise KeyringTampered(f"home record {str(self.home.record_path)!r}: its policy differs from the one this "
+                                  "keyring sealed (edited outside xps?); restore home.json, or change the policy "
+                                  "with `xps policy apply`")
+
+    def _seal_policy(self, db: sqlite3.Connection, policy: Mapping[str, Any]) -> None:
+        text = json.dumps({k: policy[k] for k in SECURITY_KEYS if k in policy}, sort_keys=True)
+        assert self.store.sealer is not None
+        self.store.set_meta(db, "policy", text)
+        self.store.set_meta(db, "policy_seal", self.store.sealer.seal("policy", [text]))
+
+    @property
+    def _admin_threshold(self) -> int:
+        """Approvals for changes to who approves and to the policy itself."""
+        return max(self.approvals_config.revoke, self.approvals_config.destroy)
+
     # -- internals --------------------------------------------------------------------------
+
+    def _deliver(self) -> None:
+        # The change is committed; its record is queued. If the journal fails now, the record
+        # stays queued and the next operation (or open) delivers it — never twice.
+        with contextlib.suppress(XpsError, OSError):
+            self.outbox.deliver()
+
+    def _algorithm(self, algorithm: object, field: str) -> str:
+        if algorithm is None:
+            return str(self.config.default_algorithm)
+        from xpscerpto.algorithms import AEAD
+
+        try:
+            name = str(AEAD.parse(algorithm))
+        except ValueError:
+            raise PolicyError(f"{field}: {_shown(algorithm)} is not a keyring AEAD ({', '.join(CODES)})") from None
+        return name
+
+    def _max_encryptions(self, algorithm: str, policy_max: int | None) -> int:
+        # Never above the random-nonce bound of the algorithm, whatever the policy asks; and
+        # SQLite integers are signed 64-bit (2^63 - 1 is "unlimited" in practice).
+        return min(policy_max or self.config.max_encryptions[algorithm], safe_max_encryptions(algorithm), 2**63 - 1)
 
     def _key_row(self, ref: str, db: sqlite3.Connection | None = None) -> KeyRow:
         row = self.store.key(ref, db) if isinstance(ref, str) else None
         if row is None:
-            raise KeyError_(f"key: no key named or identified by {ref!r}")
+            raise KeyError_(f"key: no key named or identified by {_shown(ref)}")
         return row
 
     def _aad(self, key_id: str, version: int, algorithm: str) -> bytes:
         return f"xps-keyring/v1|{key_id}|{version}|{algorithm}".encode()
 
     def _insert_version(self, db: sqlite3.Connection, key_id: str, algorithm: str, version: int, now: float) -> None:
+        if version > MAX_VERSION:
+            raise PolicyError(f"version: key {key_id} reached the highest version number")
         size = 16 if algorithm == "AES-128-GCM" else 32
         with SecretBytes.take(_random_secret(size)) as material:  # straight into a wipeable buffer
             wrapped = self.kek.wrap(material, self._aad(key_id, version, algorithm))
-        db.execute("INSERT INTO versions (key_id, version, state, kek_id, wrapped, created) VALUES (?,?,?,?,?,?)",
-                   (key_id, version, VersionState.ACTIVE, self.kek.kek_id, wrapped, now))
+        self.store.insert_version(db, VersionRow(key_id, version, VersionState.ACTIVE, self.kek.kek_id, wrapped, now,
+                                                 None, None, None, 0, 0, None, algorithm))
+
+    def _erase(self, db: sqlite3.Connection, row: KeyRow, versions: Sequence[int], now: float, *,
+               final: bool) -> None:
+        for v in versions:
+            self.store.update_version(db, row.key_id, v, state=VersionState.DESTROYED, wrapped=None, kek_id=None,
+                                      destroyed_at=now)
+        if final:
+            self.store.update_key(db, row.key_id, state=KeyState.DESTROYED, updated=now)
+
+    def _retained_until(self, ver: VersionRow) -> float | None:
+        """When retention lets a retired version be destroyed (None: not retired)."""
+        if ver.state is not VersionState.RETIRED or ver.retired_at is None:
+            return None
+        return ver.retired_at + self.config.dual_window_seconds + self.config.destroy_after_seconds
+
+    def _version_algorithm(self, row: KeyRow, ver: VersionRow) -> str:
+        return ver.algorithm or row.algorithm
 
     def _unwrap(self, row: KeyRow, ver: VersionRow) -> SecretBytes:
         assert ver.wrapped is not None
         if ver.kek_id != self.kek.kek_id:
             raise KeyError_(f"kek: version {ver.version} of {row.name!r} is wrapped under another KEK")
-        return self.kek.unwrap(ver.wrapped, self._aad(row.key_id, ver.version, row.algorithm))
+        return self.kek.unwrap(ver.wrapped, self._aad(row.key_id, ver.version, self._version_algorithm(row, ver)))
 
     def _make_handle(self, row: KeyRow, ver: VersionRow, now: float) -> _Handle:
+        algorithm = self._version_algorithm(row, ver)
         with self._unwrap(row, ver) as material:
-            info = struct.pack(">8sI", bytes.fromhex(row.key_id), ver.version) + row.algorithm.encode()
-            size = 16 if row.algorithm == "AES-128-GCM" else 32
+            info = struct.pack(">8sI", bytes.fromhex(row.key_id), ver.version) + algorithm.encode()
+            size = 16 if algorithm == "AES-128-GCM" else 32
             with self.engine.hkdf.derive(material, size + 32, salt=b"xps-keyring/v1", info=info) as okm:
                 view = okm.view()
-                aead = self._aead.keyed(row.algorithm, view[:size])  # keeps its own wipeable copy
+                aead = self._aead.keyed(algorithm, view[:size])  # keeps its own wipeable copy
                 commitment = bytes(view[size:])
                 del view
-        h = _Handle(row, ver, aead, commitment)
+        h = _Handle(row, ver, algorithm, aead, commitment)
         self._set_window(h, ver)
-        # Re-read state at least once a second so other processes' revocations take effect.
-        h.recheck_at = now + 1.0
+        # Re-read state at least every RECHECK_SECONDS so other processes' revocations take effect.
+        h.recheck_at = now + RECHECK_SECONDS
         return h
 
     def _encrypting_handle(self, name: str, now: float) -> _Handle:
         with self._lock:
+            if now >= self._retention_at:
+                self.enforce_retention()
             h = self._active.get(name)
             if h is not None and now < h.recheck_at and next(h.counter) < 0:
                 return h  # another thread refreshed it meanwhile
             row = self.store.key(name)
             if row is None:
-                raise KeyError_(f"key: no key named {name!r}")
+                raise KeyError_(f"key: no key named {_shown(name)}")
             if row.state is not KeyState.ACTIVE:
                 self._forget(row.key_id, row.name)
                 raise KeyError_(f"key: {name!r} is {row.state}; only an active key encrypts")
@@ -489,7 +985,8 @@ class Keyring:
             cached = self._handles.get((bytes.fromhex(row.key_id), ver.version))
             reuse = cached is not None and cached.state is VersionState.ACTIVE
             h = cached if reuse and cached is not None else self._make_handle(row, ver, now)
-            h.recheck_at = now + 1.0 if row.rotate_every is None else min(now + 1.0, ver.created + row.rotate_every)
+            h.recheck_at = now + RECHECK_SECONDS if row.rotate_every is None else min(
+                now + RECHECK_SECONDS, ver.created + row.rotate_every)
             if next(h.counter) >= 0 and not self._reserve(row, h):
                 self.rotate(row.key_id, expected_version=ver.version, reason="usage")
                 return self._encrypting_handle(name, now)
@@ -500,13 +997,12 @@ class Keyring:
     def _reserve(self, row: KeyRow, h: _Handle) -> bool:
         """Reserve the next block of encryptions for this process; False if the limit is reached."""
         with self.store.write() as db:
-            used = db.execute("SELECT encryptions FROM versions WHERE key_id = ? AND version = ?",
-                              (row.key_id, h.version)).fetchone()[0]
-            block = min(self.config.usage_block, row.max_encryptions - used)
+            current = self.store.version(row.key_id, h.version, db)
+            assert current is not None
+            block = min(self.config.usage_block, row.max_encryptions - current.encryptions)
             if block <= 0:
                 return False
-            db.execute("UPDATE versions SET encryptions = encryptions + ? WHERE key_id = ? AND version = ?",
-                       (block, row.key_id, h.version))
+            self.store.update_version(db, row.key_id, h.version, encryptions=current.encryptions + block)
         # This call uses one of the block; the rest are the negative values before zero. One new
         # counter object replaces the old, so no thread ever pairs an old count with a new bound.
         h.counter = itertools.count(1 - block)
@@ -521,10 +1017,12 @@ class Keyring:
             if until > now and len(misses) < MAX_CACHED_MISSES:
                 break
             del misses[oldest]
-        misses[ref] = now + 1.0
+        misses[ref] = now + RECHECK_SECONDS
 
     def _decrypting_handle(self, key_id: bytes, version: int, now: float) -> _Handle | None:
         with self._lock:
+            if now >= self._retention_at:
+                self.enforce_retention()
             kid = key_id.hex()
             row = self.store.key(kid)
             ver = self.store.version(kid, version) if row is not None else None
@@ -541,7 +1039,7 @@ class Keyring:
                 except XpsError:
                     return None
                 self._handles[(key_id, version)] = h
-            h.state, h.recheck_at = ver.state, now + 1.0
+            h.state, h.recheck_at = ver.state, now + RECHECK_SECONDS
             self._set_window(h, ver)
             return h
 
@@ -568,16 +1066,16 @@ class Keyring:
                 return
             with self.store.write() as db:
                 for n, used, kid, v in pending:
-                    db.execute("UPDATE versions SET decryptions = decryptions + ?, "
-                               "last_used = max(coalesce(last_used, 0), ?) WHERE key_id = ? AND version = ?",
-                               (n, used, kid, v))
+                    self.store.add_usage(db, kid, v, n, used)
             for h in self._handles.values():
                 h.decryptions = 0
 
     def _check_approvals(self, db: sqlite3.Connection, approvals: Approvals | None, required: int, action: str,
                          key_id: str, version: int | None, emergency: bool, *,
                          reason: str | None = None) -> frozenset[str]:
-        """Verify k-of-n operator approvals for exactly this transition and consume them."""
+        """Verify k-of-n operator approvals for exactly this change and consume them."""
+        if approvals is not None and not isinstance(approvals, Approvals):
+            raise PolicyError(f"approvals: expected Approvals, got {type(approvals).__name__}")
         if required <= 0 and approvals is None:
             return frozenset()
         if approvals is None:
@@ -591,14 +1089,13 @@ class Keyring:
             raise PolicyError("approvals.request: approves another reason than the one given", reason="approvals")
         if self.clock() >= req.expires:
             raise PolicyError("approvals.request: expired", reason="approvals")
-        signers = approvals.valid_signers(OperatorRegistry.load(self.operators_path))
+        registry = OperatorRegistry(self.store.operators(db))
+        signers = approvals.valid_signers(registry)
         if len(signers) < required:
             raise PolicyError(f"approvals: {action} requires {required} distinct operator approval(s), "
                               f"{len(signers)} valid", reason="approvals")
-        try:
-            db.execute("INSERT INTO approvals_used VALUES (?, ?)", (req.nonce, self.clock()))
-        except sqlite3.IntegrityError:
-            raise PolicyError("approvals.request: already used (replay)", reason="approvals") from None
+        if not self.store.use_approval(db, req.nonce, self.clock()):
+            raise PolicyError("approvals.request: already used (replay)", reason="approvals")
         return signers
 
     def _info(self, row: KeyRow) -> KeyInfo:
@@ -606,8 +1103,39 @@ class Keyring:
         versions = tuple(VersionInfo(
             v.version, v.state, v.created, v.retired_at, v.revoked_at, v.destroyed_at, v.encryptions,
             v.decryptions, v.last_used,
-            v.retired_at + window if v.state is VersionState.RETIRED and v.retired_at is not None else None)
+            v.retired_at + window if v.state is VersionState.RETIRED and v.retired_at is not None else None,
+            self._version_algorithm(row, v), self._retained_until(v))
             for v in self.store.versions(row.key_id))
         return KeyInfo(row.key_id, row.name, row.algorithm, row.policy, row.state, row.created, row.rotate_every,
                        row.max_encryptions, row.revoke_reason, versions)
+
+
+def _sections(policy: Mapping[str, Any], keyring: KeyringConfig) -> tuple[KeyringConfig, ApprovalsConfig]:
+    """Keyring and approvals sections under a recorded ``policy`` (other keyring keys kept)."""
+    recorded = XpsConfig(keyring=keyring).with_security_policy(policy)
+    return recorded.keyring, recorded.approvals
+
+
+def _optional_version(value: object, field: str) -> int | None:
+    return None if value is None else _version_arg(value, field)
+
+
+def _version_arg(value: object, field: str) -> int:
+    if type(value) is not int or not 1 <= value <= MAX_VERSION:
+        shown = "a huge int" if isinstance(value, int) and not isinstance(value, bool) else type(value).__name__
+        raise PolicyError(f"{field}: expected an int in 1..{MAX_VERSION}, got {shown}")
+    return value
+
+
+def _shown(value: object) -> str:
+    """A caller's value in a message: a short str or a number as written, anything else by type."""
+    if isinstance(value, str) and _NAME.fullmatch(value):  # a name: the journal records those anyway
+        return repr(value)
+    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 2**64:
+        return repr(value)
+    return f"a {type(value).__name__}" + (f" of {len(value)} characters" if isinstance(value, str) else "")
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 

@@ -1,40 +1,54 @@
-"""SQLite storage for keys and versions (WAL; every transition is one transaction).
+"""SQLite storage for keys, versions, operators and the journal outbox (WAL; one transaction per change).
 
 Only *wrapped* key material is stored (AEAD under the KEK, bound to key id, version and
 algorithm as associated data). ``secure_delete`` zeroes freed pages, and destroying material
 checkpoints the WAL so the erased bytes leave the log too. Writers take ``BEGIN IMMEDIATE``,
 so several processes on one file serialise their transitions.
+
+Every row that decides what a key may do is *sealed* (:mod:`xpscerpto.keyring.integrity`):
+writes go through the methods here, which seal the row they write; reads check the seal once a
+:class:`~xpscerpto.keyring.integrity.Sealer` is attached. Usage counters that only inform
+(``decryptions``, ``last_used``) are not sealed; the encryption count, which bounds nonce
+reuse, is.
+
+The database is never created implicitly: :class:`Store` opens an existing file unless told
+to create it (the home records which stores exist), so a deleted database is a refusal, not an
+empty keyring.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from xpscerpto.errors import InternalError
+from xpscerpto.errors import InternalError, PolicyError
 
+from .integrity import Sealer
 from .states import KeyState, VersionState
 
-__all__ = ["KeyRow", "Store", "VersionRow"]
+__all__ = ["KeyRow", "OutboxRow", "RewrapGrant", "Store", "VersionRow"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (
     key_id TEXT PRIMARY KEY,
     name TEXT UNIQUE NOT NULL,
-    algorithm TEXT NOT NULL,
+    algorithm TEXT NOT NULL,        -- the algorithm of version 1 (each version records its own)
     policy TEXT NOT NULL,
     rotate_every REAL,              -- seconds; NULL = no time-based rotation
     max_encryptions INTEGER NOT NULL,
     state TEXT NOT NULL,
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    revoke_reason TEXT
+    revoke_reason TEXT,
+    mac TEXT
 );
 CREATE TABLE IF NOT EXISTS versions (
     key_id TEXT NOT NULL REFERENCES keys(key_id),
@@ -49,11 +63,22 @@ CREATE TABLE IF NOT EXISTS versions (
     encryptions INTEGER NOT NULL DEFAULT 0,  -- reserved in blocks: an upper bound of use
     decryptions INTEGER NOT NULL DEFAULT 0,
     last_used REAL,
+    algorithm TEXT,                 -- this version's AEAD (a rotation may change the suite)
+    mac TEXT,
     PRIMARY KEY (key_id, version)
 );
 CREATE TABLE IF NOT EXISTS approvals_used (nonce TEXT PRIMARY KEY, used REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS operators (
+    keyid TEXT PRIMARY KEY, public_key TEXT NOT NULL, label TEXT NOT NULL, added REAL NOT NULL, mac TEXT);
+CREATE TABLE IF NOT EXISTS outbox (
+    txid TEXT PRIMARY KEY, created REAL NOT NULL, event TEXT NOT NULL, fields TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rewrap_grants (
+    revoked_key TEXT PRIMARY KEY, successor TEXT NOT NULL, expires REAL NOT NULL, approvers TEXT NOT NULL,
+    mac TEXT);
 """
-_SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+#: Columns schema 1 lacked, added in place by the upgrade (existing rows keep their values).
+_V2_COLUMNS = (("keys", "mac", "TEXT"), ("versions", "algorithm", "TEXT"), ("versions", "mac", "TEXT"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +95,12 @@ class KeyRow:
     created: float
     updated: float
     revoke_reason: str | None
+    mac: str | None = None
+
+    def sealed_fields(self) -> tuple[Any, ...]:
+        """What the seal covers (``updated`` is bookkeeping)."""
+        return (self.key_id, self.name, self.algorithm, self.policy, self.rotate_every, self.max_encryptions,
+                str(self.state), self.created, self.revoke_reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,27 +119,106 @@ class VersionRow:
     encryptions: int
     decryptions: int
     last_used: float | None
+    algorithm: str | None = None
+    mac: str | None = None
+
+    def sealed_fields(self) -> tuple[Any, ...]:
+        """What the seal covers (the informational counters are not)."""
+        return (self.key_id, self.version, str(self.state), self.kek_id, self.wrapped, self.created,
+                self.retired_at, self.revoked_at, self.destroyed_at, self.encryptions, self.algorithm)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A journal record committed with its change, not yet appended to the journal."""
+
+    txid: str
+    created: float
+    event: str
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RewrapGrant:
+    """An approved re-encryption of a revoked key's blobs under a successor key."""
+
+    revoked_key: str
+    successor: str
+    expires: float
+    approvers: tuple[str, ...]
+    mac: str | None = None
+
+    def sealed_fields(self) -> tuple[Any, ...]:
+        """What the seal covers."""
+        return (self.revoked_key, self.successor, self.expires, list(self.approvers))
 
 
 class Store:
-    """One SQLite database file; a connection per thread."""
+    """One SQLite database file; a connection per thread.
 
-    def __init__(self, path: str | Path) -> None:
+    Args:
+        path: the database file.
+        create: create it (and its schema) if missing; otherwise it must exist.
+
+    Raises:
+        PolicyError: the file is missing (and ``create`` is false), or is not a keyring
+            database of a known schema (the message names the file).
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = False) -> None:
         self.path = Path(path)
+        self._create = create
         self._local = threading.local()
-        db = self._db()
-        db.executescript(_SCHEMA)  # idempotent DDL; executescript manages its own transaction
+        self.sealer: Sealer | None = None
+        self.upgraded_from: str | None = None  # "1" if this open upgraded the schema
+        where = f"keyring database {str(self.path)!r}"
+        try:
+            db = self._db()
+            version_row = db.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone() if self._has_meta(db) \
+                else None
+            if version_row is None:
+                if not create:
+                    raise PolicyError(f"{where}: not a keyring database (no schema); restore it from a backup")
+                db.executescript(_SCHEMA)
+                with self.write() as w:
+                    w.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            elif version_row[0] == "1":
+                self._upgrade_from_1(db)
+            elif version_row[0] != SCHEMA_VERSION:
+                raise PolicyError(f"{where}: schema {version_row[0]!r}, this xpscerpto reads {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise PolicyError(f"{where}: unreadable ({type(exc).__name__}: not a keyring database or corrupted); "
+                              "restore it from a backup") from None
+
+    @staticmethod
+    def _has_meta(db: sqlite3.Connection) -> bool:
+        return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is not None
+
+    def _upgrade_from_1(self, db: sqlite3.Connection) -> None:
         with self.write() as w:
-            w.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
-        version = self._db().execute("SELECT v FROM meta WHERE k = 'schema'").fetchone()[0]
-        if version != _SCHEMA_VERSION:
-            raise InternalError(f"keyring database {str(self.path)!r}: schema {version}, expected {_SCHEMA_VERSION}")
+            have = {(t, c[1]) for t in ("keys", "versions") for c in w.execute(f"PRAGMA table_info({t})")}
+            for table, column, kind in _V2_COLUMNS:
+                if (table, column) not in have:
+                    w.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            w.execute("UPDATE versions SET algorithm = (SELECT algorithm FROM keys WHERE keys.key_id = versions.key_id)"
+                      " WHERE algorithm IS NULL")
+            for statement in _SCHEMA.split(";"):
+                if "operators" in statement or "outbox" in statement or "rewrap_grants" in statement:
+                    w.execute(statement)
+            w.execute("UPDATE meta SET v = ? WHERE k = 'schema'", (SCHEMA_VERSION,))
+        self.upgraded_from = "1"
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
+            mode = "rwc" if self._create else "rw"
             created = not self.path.exists()
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+            try:
+                db = sqlite3.connect(f"file:{quote(str(self.path))}?mode={mode}", uri=True, timeout=30,
+                                     isolation_level=None, check_same_thread=True)
+            except sqlite3.OperationalError as exc:
+                raise PolicyError(f"keyring database {str(self.path)!r}: cannot open ({exc}); restore it from a "
+                                  "backup") from None
             if created:
                 self.path.chmod(0o600)
             db.execute("PRAGMA journal_mode = WAL")
@@ -135,46 +245,213 @@ class Store:
         self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
-        """Close this thread's connection."""
+        """Close this thread's connection (the sealer stays: other threads may still read)."""
         db = getattr(self._local, "db", None)
         if db is not None:
             db.close()
             self._local.db = None
 
-    # -- reads (each a consistent snapshot of one statement) ---------------------------------
+    # -- meta -------------------------------------------------------------------------------
+
+    def meta(self, k: str, db: sqlite3.Connection | None = None) -> str | None:
+        """A value of the meta table."""
+        row = (db or self._db()).execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, db: sqlite3.Connection, k: str, v: str) -> None:
+        """Set a meta value (inside a write transaction)."""
+        db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", (k, v))
+
+    # -- reads (each a consistent snapshot of one statement; seals checked) -----------------
 
     def key(self, ref: str, db: sqlite3.Connection | None = None) -> KeyRow | None:
         """A key by id or by name."""
         row = (db or self._db()).execute(
             "SELECT * FROM keys WHERE key_id = ? OR name = ?", (ref, ref)).fetchone()
-        return _key(row) if row else None
+        return self._key(row) if row else None
 
     def all_keys(self) -> list[KeyRow]:
         """Every key, by name."""
-        return [_key(r) for r in self._db().execute("SELECT * FROM keys ORDER BY name")]
+        return [self._key(r) for r in self._db().execute("SELECT * FROM keys ORDER BY name")]
 
     def versions(self, key_id: str, db: sqlite3.Connection | None = None) -> list[VersionRow]:
         """A key's versions, oldest first."""
         rows = (db or self._db()).execute(
             "SELECT * FROM versions WHERE key_id = ? ORDER BY version", (key_id,))
-        return [_version(r) for r in rows]
+        return [self._version(r) for r in rows]
 
     def version(self, key_id: str, version: int, db: sqlite3.Connection | None = None) -> VersionRow | None:
         """One version."""
         row = (db or self._db()).execute(
             "SELECT * FROM versions WHERE key_id = ? AND version = ?", (key_id, version)).fetchone()
-        return _version(row) if row else None
+        return self._version(row) if row else None
 
     def active_version(self, key_id: str, db: sqlite3.Connection | None = None) -> VersionRow | None:
         """The version that encrypts, if the key has one."""
         row = (db or self._db()).execute(
             "SELECT * FROM versions WHERE key_id = ? AND state = 'active'", (key_id,)).fetchone()
-        return _version(row) if row else None
+        return self._version(row) if row else None
+
+    def retired_versions(self, db: sqlite3.Connection | None = None) -> list[VersionRow]:
+        """Every retired version (retention looks at these)."""
+        rows = (db or self._db()).execute("SELECT * FROM versions WHERE state = 'retired' ORDER BY key_id, version")
+        return [self._version(r) for r in rows]
+
+    def operators(self, db: sqlite3.Connection | None = None) -> dict[str, tuple[bytes, str]]:
+        """Registered operator keys: key id -> (public key, label)."""
+        out: dict[str, tuple[bytes, str]] = {}
+        for keyid, pk, label, added, mac in (db or self._db()).execute(
+                "SELECT keyid, public_key, label, added, mac FROM operators ORDER BY keyid"):
+            self._check("operator", (keyid, pk, label, added), mac, f"operator {keyid[:12]}")
+            out[keyid] = (bytes.fromhex(pk), label)
+        return out
+
+    def grant(self, revoked_key: str, db: sqlite3.Connection | None = None) -> RewrapGrant | None:
+        """The rewrap grant for a revoked key, if any."""
+        row = (db or self._db()).execute("SELECT * FROM rewrap_grants WHERE revoked_key = ?", (revoked_key,)).fetchone()
+        if row is None:
+            return None
+        grant = RewrapGrant(row[0], row[1], row[2], tuple(json.loads(row[3])), row[4])
+        self._check("grant", grant.sealed_fields(), grant.mac, f"rewrap grant of {grant.revoked_key}")
+        return grant
+
+    def outbox(self, db: sqlite3.Connection | None = None) -> list[OutboxRow]:
+        """Journal records waiting to be appended, oldest first."""
+        return [OutboxRow(t, c, e, json.loads(f)) for t, c, e, f in (db or self._db()).execute(
+            "SELECT txid, created, event, fields FROM outbox ORDER BY created, txid")]
+
+    def unsealed(self) -> int:
+        """Rows with no seal yet (only right after an upgrade from schema 1)."""
+        db = self._db()
+        return sum(db.execute(f"SELECT count(*) FROM {t} WHERE mac IS NULL").fetchone()[0]  # noqa: S608
+                   for t in ("keys", "versions", "operators"))
+
+    # -- writes (inside a write transaction; every sealed row is sealed here) ---------------
+
+    def insert_key(self, db: sqlite3.Connection, row: KeyRow) -> None:
+        """Add a key row."""
+        row = replace(row, mac=self._seal("key", row.sealed_fields()))
+        # Column names and placeholders come from the dataclass; every value is bound.
+        db.execute(f"INSERT INTO keys VALUES ({','.join('?' * len(fields(KeyRow)))})", _columns(row))  # noqa: S608
+
+    def update_key(self, db: sqlite3.Connection, key_id: str, **changes: Any) -> KeyRow:
+        """Change a key row's fields (re-read inside the transaction, checked, re-sealed)."""
+        current = self.key(key_id, db)
+        if current is None:
+            raise InternalError(f"keyring: no key {key_id} to update")
+        row = replace(current, **changes)
+        row = replace(row, mac=self._seal("key", row.sealed_fields()))
+        names = [f.name for f in fields(KeyRow) if f.name != "key_id"]
+        db.execute(f"UPDATE keys SET {', '.join(f'{n} = ?' for n in names)} WHERE key_id = ?",  # noqa: S608
+                   (*_columns(row)[1:], key_id))
+        return row
+
+    def insert_version(self, db: sqlite3.Connection, row: VersionRow) -> None:
+        """Add a version row."""
+        row = replace(row, mac=self._seal("version", row.sealed_fields()))
+        db.execute(f"INSERT INTO versions VALUES ({','.join('?' * len(fields(VersionRow)))})",  # noqa: S608
+                   _columns(row))
+
+    def update_version(self, db: sqlite3.Connection, key_id: str, version: int, **changes: Any) -> VersionRow:
+        """Change a version row's fields (re-read inside the transaction, checked, re-sealed)."""
+        current = self.version(key_id, version, db)
+        if current is None:
+            raise InternalError(f"keyring: no version {version} of {key_id} to update")
+        row = replace(current, **changes)
+        row = replace(row, mac=self._seal("version", row.sealed_fields()))
+        names = [f.name for f in fields(VersionRow) if f.name not in ("key_id", "version")]
+        values = [getattr(row, n) for n in names]
+        db.execute(f"UPDATE versions SET {', '.join(f'{n} = ?' for n in names)} "  # noqa: S608
+                   "WHERE key_id = ? AND version = ?",
+                   (*(str(v) if isinstance(v, VersionState) else v for v in values), key_id, version))
+        return row
+
+    def add_usage(self, db: sqlite3.Connection, key_id: str, version: int, decryptions: int, last_used: float) -> None:
+        """Add informational usage counters (not sealed)."""
+        db.execute("UPDATE versions SET decryptions = decryptions + ?, last_used = max(coalesce(last_used, 0), ?) "
+                   "WHERE key_id = ? AND version = ?", (decryptions, last_used, key_id, version))
+
+    def use_approval(self, db: sqlite3.Connection, nonce: str, now: float) -> bool:
+        """Consume an approval request's nonce; False if it was used before (a replay)."""
+        try:
+            db.execute("INSERT INTO approvals_used VALUES (?, ?)", (nonce, now))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def add_operator(self, db: sqlite3.Connection, keyid: str, public_key: bytes, label: str, now: float) -> bool:
+        """Register an operator key; False if it was registered already."""
+        values = (keyid, public_key.hex(), label, now)
+        try:
+            db.execute("INSERT INTO operators VALUES (?, ?, ?, ?, ?)", (*values, self._seal("operator", values)))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def remove_operator(self, db: sqlite3.Connection, keyid: str) -> bool:
+        """Unregister an operator key; False if it was not registered."""
+        return db.execute("DELETE FROM operators WHERE keyid = ?", (keyid,)).rowcount > 0
+
+    def put_grant(self, db: sqlite3.Connection, grant: RewrapGrant) -> None:
+        """Record (or replace) a rewrap grant."""
+        mac = self._seal("grant", grant.sealed_fields())
+        db.execute("INSERT OR REPLACE INTO rewrap_grants VALUES (?, ?, ?, ?, ?)",
+                   (grant.revoked_key, grant.successor, grant.expires, json.dumps(list(grant.approvers)), mac))
+
+    def add_outbox(self, db: sqlite3.Connection, txid: str, created: float, event: str,
+                   record: Mapping[str, Any]) -> None:
+        """Queue a journal record in the change's own transaction."""
+        db.execute("INSERT INTO outbox VALUES (?, ?, ?, ?)", (txid, created, event, json.dumps(dict(record))))
+
+    def remove_outbox(self, db: sqlite3.Connection, txid: str) -> None:
+        """Drop a journal record once it is in the journal."""
+        db.execute("DELETE FROM outbox WHERE txid = ?", (txid,))
+
+    def seal_all(self, db: sqlite3.Connection) -> int:
+        """Seal every unsealed row (once, after an upgrade from schema 1); returns how many."""
+        n = 0
+        for row in [self._key(r, check=False) for r in db.execute("SELECT * FROM keys WHERE mac IS NULL")]:
+            db.execute("UPDATE keys SET mac = ? WHERE key_id = ?", (self._seal("key", row.sealed_fields()),
+                                                                    row.key_id))
+            n += 1
+        for ver in [self._version(r, check=False) for r in db.execute("SELECT * FROM versions WHERE mac IS NULL")]:
+            db.execute("UPDATE versions SET mac = ? WHERE key_id = ? AND version = ?",
+                       (self._seal("version", ver.sealed_fields()), ver.key_id, ver.version))
+            n += 1
+        return n
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _seal(self, kind: str, values: tuple[Any, ...]) -> str:
+        if self.sealer is None:
+            raise InternalError("keyring: no integrity key attached; rows cannot be sealed")
+        return self.sealer.seal(kind, values)
+
+    def _check(self, kind: str, values: tuple[Any, ...], mac: str | None, what: str) -> None:
+        if self.sealer is not None:
+            self.sealer.check(kind, values, mac, what=what)
+
+    def _key(self, r: tuple[Any, ...], check: bool = True) -> KeyRow:
+        row = KeyRow(r[0], r[1], r[2], r[3], r[4], r[5], _state(KeyState, r[6]), r[7], r[8], r[9], r[10])
+        if check:
+            self._check("key", row.sealed_fields(), row.mac, f"key {row.key_id}")
+        return row
+
+    def _version(self, r: tuple[Any, ...], check: bool = True) -> VersionRow:
+        row = VersionRow(r[0], r[1], _state(VersionState, r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
+                         r[11], r[12], r[13])
+        if check:
+            self._check("version", row.sealed_fields(), row.mac, f"key {row.key_id} version {row.version}")
+        return row
 
 
-def _key(r: tuple[Any, ...]) -> KeyRow:
-    return KeyRow(r[0], r[1], r[2], r[3], r[4], r[5], KeyState(r[6]), r[7], r[8], r[9])
+def _state(kind: Any, value: object) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        raise PolicyError(f"keyring: unknown state {str(value)[:20]!r} in the database (edited outside xps?)",
+                          reason="seal") from None
 
 
-def _version(r: tuple[Any, ...]) -> VersionRow:
-    return VersionRow(r[0], r[1], VersionState(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11])
+def _columns(row: Any) -> tuple[Any, ...]:
+    return tuple(str(v) if isinstance(v, KeyState | VersionState) else v for v in astuple(row))

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from xpscerpto import KeyError_, PolicyError, SecretBytes, XpsError
-from xpscerpto.audit import GENESIS, AuditLog, AuditTampered, checkpoint_message, read_public_key
+from xpscerpto.audit import GENESIS, AuditLog, AuditTampered, checkpoint_message, read_public_key, record_message
 
 SECRET = bytes(range(0x41, 0x41 + 32))
 
@@ -98,7 +98,9 @@ def test_the_log_is_the_documented_chain(log: AuditLog, path: Path) -> None:
             assert rec["every"] == 5  # the interval it was written with
             pub.verify(bytes.fromhex(rec["sig"]), checkpoint_message(rec["signed_seq"], rec["signed_hash"]))
         else:
-            assert {"event", "time", "seq", "prev", "hash", "i", "sha256", "operator"} == set(rec)
+            assert {"event", "time", "seq", "prev", "hash", "rsig", "i", "sha256", "operator"} == set(rec)
+        # Every record carries its own signature over its content (prev included).
+        pub.verify(bytes.fromhex(rec["rsig"]), record_message(rec))
     report = log.verify()
     assert (report.records, report.checkpoints, report.last_seq) == (14, 2, 14)
     assert (report.last_checkpoint_seq, report.after_checkpoint, report.checkpoint_every) == (12, 2, 5)
@@ -281,12 +283,14 @@ def sign_checkpoint(path: Path, rec: dict[str, Any]) -> None:
 
 
 def rechain_signing(path: Path, recs: list[dict[str, Any]], start: int = 0) -> None:
-    """rechain(), renumbering, and re-signing every checkpoint with the genuine key."""
+    """rechain(), renumbering, and re-signing every checkpoint and every record with the genuine key."""
+    sk = Ed25519PrivateKey.from_private_bytes(path.with_suffix(".key").read_bytes())
     for i in range(start, len(recs)):
         recs[i]["seq"] = i + 1
         recs[i]["prev"] = recs[i - 1]["hash"] if i else GENESIS
         if recs[i]["event"] == "CHECKPOINT":
             sign_checkpoint(path, recs[i])
+        recs[i]["rsig"] = sk.sign(record_message(recs[i])).hex()  # the key's holder re-signs records too
         recs[i]["hash"] = rehash(recs[i])
 
 
@@ -395,12 +399,13 @@ def test_a_checkpoint_signed_by_another_key_is_detected(log: AuditLog, path: Pat
     mallory = Ed25519PrivateKey.generate()
     mallory_pub = mallory.public_key().public_bytes_raw().hex()
     recs = read(path)
-    for i in range(5, len(recs)):  # re-sign every checkpoint with mallory's key, re-chain the rest
+    for i in range(len(recs)):  # re-sign every checkpoint and record with mallory's key, re-chain
         rec = recs[i]
-        rec["prev"] = recs[i - 1]["hash"]
+        rec["prev"] = recs[i - 1]["hash"] if i else GENESIS
         if rec["event"] == "CHECKPOINT":
             rec["signed_hash"], rec["key"] = rec["prev"], mallory_pub
             rec["sig"] = mallory.sign(checkpoint_message(rec["signed_seq"], rec["signed_hash"])).hex()
+        rec["rsig"] = mallory.sign(record_message(rec)).hex()
         rec["hash"] = rehash(rec)
     write(path, recs)
     e = expect_tamper(log, 6, "bad checkpoint signature")

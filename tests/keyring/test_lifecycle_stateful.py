@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -20,6 +21,7 @@ from xpscerpto.errors import AuthError, KeyError_, PolicyError
 from xpscerpto.keyring import Keyring, KeyState, VersionState
 
 WINDOW = 10 * 86400.0
+DESTROY_AFTER = 20 * 86400.0  # retention after the window; then the keyring destroys the version itself
 NAMES = st.sampled_from(["alpha", "beta", "gamma"])
 
 
@@ -47,7 +49,8 @@ class KeyringLifecycle(RuleBasedStateMachine):
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="xps-lifecycle-"))
         self.clock = Clock()
-        config = XpsConfig.from_mapping({"keyring": {"dual_window": int(WINDOW), "usage_block": 3}}).keyring
+        config = XpsConfig.from_mapping({"keyring": {"dual_window": int(WINDOW), "usage_block": 3,
+                                                     "destroy_after": int(DESTROY_AFTER)}}).keyring
         self.ring = Keyring(self.tmp / "home", clock=self.clock, config=config)
         self.model: dict[str, ModelKey] = {}
         self.blobs: list[tuple[str, int, bytes, bytes]] = []
@@ -65,13 +68,34 @@ class KeyringLifecycle(RuleBasedStateMachine):
             return True
         return state is VersionState.RETIRED and self.clock.now < key.retired_at[version] + WINDOW
 
+    def _retention_over(self, key: ModelKey, version: int) -> bool:
+        return (key.versions[version] is VersionState.RETIRED
+                and self.clock.now >= key.retired_at[version] + WINDOW + DESTROY_AFTER)
+
+    def _sync_retention(self) -> None:
+        """Follow the keyring's own retention sweeps: it destroys retired versions once their
+        retention is over (when it opens, after a rotation, at most once a minute on a call)."""
+        for name, key in self.model.items():
+            states = {v.version: v.state for v in self.ring.describe(name).versions}
+            for v in key.versions:
+                if self._retention_over(key, v) and states[v] is VersionState.DESTROYED:
+                    key.versions[v] = VersionState.DESTROYED
+
     @rule(name=NAMES)
     def create(self, name: str) -> None:
+        self._sync_retention()
+        key = self.model.get(name)
+        if key is not None and key.state is not KeyState.ACTIVE:
+            # A revoked or destroyed key's name is not handed out again (nor its dead id).
+            with pytest.raises(PolicyError, match="names are not reused"):
+                self.ring.create(name, "AES-256-GCM", "rotate=never")
+            return
         self.ring.create(name, "AES-256-GCM", "rotate=never")
         self.model.setdefault(name, ModelKey())
 
     @rule(name=NAMES)
     def rotate(self, name: str) -> None:
+        self._sync_retention()
         key = self.model.get(name)
         if key is None:
             try:
@@ -94,6 +118,7 @@ class KeyringLifecycle(RuleBasedStateMachine):
 
     @rule(name=NAMES)
     def revoke(self, name: str) -> None:
+        self._sync_retention()
         key = self.model.get(name)
         if key is None or key.state is KeyState.DESTROYED:
             try:
@@ -130,6 +155,7 @@ class KeyringLifecycle(RuleBasedStateMachine):
             except KeyError_:
                 return
             raise AssertionError("destroyed a version that does not exist")
+        self._sync_retention()
         state = key.versions[pick]
         if state is VersionState.ACTIVE:
             try:
@@ -137,7 +163,12 @@ class KeyringLifecycle(RuleBasedStateMachine):
             except PolicyError:
                 return
             raise AssertionError("destroyed the active version")
-        self.ring.destroy(name, version=pick)
+        if state is VersionState.RETIRED and not self._retention_over(key, pick):
+            with pytest.raises(PolicyError, match="retention"):
+                self.ring.destroy(name, version=pick)
+            self.ring.destroy(name, version=pick, emergency=True)  # approvals.destroy is 0 here
+        else:
+            self.ring.destroy(name, version=pick)
         key.versions[pick] = VersionState.DESTROYED
 
     @rule(name=NAMES, data=st.binary(max_size=64))
@@ -159,10 +190,13 @@ class KeyringLifecycle(RuleBasedStateMachine):
 
     @invariant()
     def store_matches_model(self) -> None:
+        self._sync_retention()
         for name, key in self.model.items():
             info = self.ring.describe(name)
             assert info.state is key.state
-            assert {v.version: v.state for v in info.versions} == key.versions
+            states = {v.version: v.state for v in info.versions}
+            for v, s in key.versions.items():  # a version past retention may still wait for the sweep
+                assert states[v] is s or (self._retention_over(key, v) and states[v] is VersionState.DESTROYED)
             rows = self.ring.store.versions(info.key_id)
             assert all((r.wrapped is None) == (r.state is VersionState.DESTROYED) for r in rows)
             assert sum(s is VersionState.ACTIVE for s in key.versions.values()) == (key.state is KeyState.ACTIVE)
