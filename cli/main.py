@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     from xpscerpto.keyring.cli import add_key_commands
     from xpscerpto.signing.cli import add_trust_commands
 
+    from .home import add_home_commands
+
+    add_home_commands(sub)
     add_operator_commands(sub)
     add_trust_commands(sub)
     add_audit_commands(sub)

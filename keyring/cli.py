@@ -2,15 +2,19 @@
 
     xps key create NAME [--algo AEAD] [--policy rotate=90d,max_encryptions=N]
     xps key list|describe REF [--json]
-    xps key rotate REF [--if-version N]
-    xps key request revoke|destroy REF --reason R [--version N] [--emergency] --out REQ.json
+    xps key rotate REF [--if-version N] [--algorithm AEAD]
+    xps key request revoke|destroy|rewrap REF --reason R [--version N] [--emergency] [--to SUCCESSOR] --out REQ.json
     xps key approve REQ.json --key OPERATOR.key          (each approver, in turn)
     xps key revoke REF --reason R [--emergency] [--approvals REQ.json]
-    xps key destroy REF [--version N] [--approvals REQ.json]
+    xps key destroy REF [--version N] [--emergency] [--approvals REQ.json]
     xps key encrypt NAME [--aad TEXT] < plaintext > blob
     xps key decrypt [--aad TEXT] < blob > plaintext
     xps key rewrap FILE... [--aad TEXT]
-    xps operator add NAME.pub [--label L] | list
+    xps key rewrap --from-revoked REVOKED --to SUCCESSOR --reason R [--approvals REQ.json] FILE...
+    xps operator add NAME.pub [--label L] [--approvals REQ.json]
+    xps operator remove KEYID [--approvals REQ.json]
+    xps operator request add NAME.pub|remove KEYID --reason R --out REQ.json
+    xps operator list
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from xpscerpto.engine import Engine
 from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.signing import load_private_key
 
-from .approvals import ApprovalRequest, Approvals, OperatorRegistry
+from .approvals import ApprovalRequest, Approvals
 from .keyring import KeyInfo, Keyring
 
 __all__ = ["add_key_commands"]
@@ -91,9 +95,13 @@ def cmd_key(args: argparse.Namespace) -> int:
             else:
                 _print_info(info)
         elif action == "rotate":
-            print(f"active version {ring.rotate(args.ref, expected_version=args.if_version)}")
+            print(f"active version {ring.rotate(args.ref, expected_version=args.if_version, algorithm=args.algorithm)}")
         elif action == "request":
             kid = ring.describe(args.ref).key_id
+            if args.action == "rewrap":
+                if not args.to:
+                    raise PolicyError("--to: a rewrap request names the successor key")
+                kid = f"{kid}:{ring.describe(args.to).key_id}"
             req = ApprovalRequest.new(args.action, kid, reason=args.reason, version=args.version,
                                       emergency=args.emergency, ttl=ring.approvals_config.request_ttl_seconds,
                                       now=ring.clock())
@@ -103,14 +111,23 @@ def cmd_key(args: argparse.Namespace) -> int:
             ring.revoke(args.ref, args.reason, approvals=approvals, emergency=args.emergency)
             print(f"revoked {args.ref}")
         elif action == "destroy":
-            ring.destroy(args.ref, version=args.version, approvals=approvals)
+            ring.destroy(args.ref, version=args.version, approvals=approvals, emergency=args.emergency)
             print(f"destroyed {args.ref}" + (f" version {args.version}" if args.version else ""))
         elif action == "encrypt":
             sys.stdout.buffer.write(ring.encrypt(args.name, sys.stdin.buffer.read(), args.aad.encode()))
         elif action == "decrypt":
             sys.stdout.buffer.write(ring.decrypt(sys.stdin.buffer.read(), args.aad.encode()))
         elif action == "rewrap":
-            changed = _rewrap_files(ring, [Path(f) for f in args.files], args.aad.encode())
+            rewrap = ring.rewrap
+            if args.from_revoked:
+                if not args.to or not args.reason:
+                    raise PolicyError("--from-revoked: needs --to SUCCESSOR and --reason")
+                old = ring.describe(args.from_revoked).key_id
+                grant = ring.store.grant(old)
+                if grant is None or ring.clock() >= grant.expires or grant.successor != ring.describe(args.to).key_id:
+                    ring.grant_rewrap(args.from_revoked, args.to, reason=args.reason, approvals=approvals)
+                rewrap = ring.rewrap_revoked
+            changed = _rewrap_files(rewrap, [Path(f) for f in args.files], args.aad.encode())
             print(f"rewrapped {changed} of {len(args.files)} file(s)")
     return 0
 
@@ -150,43 +167,61 @@ class _Progress:
             self._open = False
 
 
-def _rewrap_files(ring: Keyring, paths: list[Path], aad: bytes) -> int:
-    """Rewrap blobs stored one per file, each replaced atomically; returns how many changed."""
-    blobs = []
-    for path in paths:
-        try:
-            blobs.append(path.read_bytes())
-        except OSError as exc:
-            raise PolicyError(f"rewrap: file {str(path)!r}: cannot read ({exc.strerror})") from None
-    progress = _Progress(len(blobs))
-    try:
-        new = ring.rewrap(blobs, aad, progress=progress)
-    except XpsError as exc:
-        progress.close()
-        # The callback ran once per finished blob, so the failing one is the next.
-        where = f"file {str(paths[progress.done])!r}" if progress.done < len(paths) else "files"
-        raise XpsError(f"rewrap: {where}: {exc.args[0]}", code=exc.code, reason=exc.reason) from None
+def _rewrap_files(rewrap: Any, paths: list[Path], aad: bytes) -> int:
+    """Rewrap blobs stored one per file, each replaced atomically as soon as it is done.
+
+    One file at a time, so an interrupted run leaves every file either old or rewrapped and
+    running it again resumes (rewrapped files are left as they are). Returns how many changed.
+    """
+    progress = _Progress(len(paths))
     changed = 0
-    for path, old, blob in zip(paths, blobs, new, strict=True):
-        if blob != old:
+    try:
+        for i, path in enumerate(paths, 1):
             try:
-                atomic_write(path, blob, 0o600)
+                old = path.read_bytes()
             except OSError as exc:
-                raise PolicyError(f"rewrap: file {str(path)!r}: cannot write ({exc.strerror}); "
+                raise PolicyError(f"rewrap: file {str(path)!r}: cannot read ({exc.strerror}); "
                                   f"{changed} file(s) before it were rewrapped") from None
-            changed += 1
+            try:
+                (blob,) = rewrap([old], aad)
+            except XpsError as exc:
+                raise XpsError(f"rewrap: file {str(path)!r}: {exc.args[0]}; {changed} file(s) before it were "
+                               "rewrapped (run again to resume)", code=exc.code, reason=exc.reason) from None
+            if blob != old:
+                try:
+                    atomic_write(path, blob, 0o600)
+                except OSError as exc:
+                    raise PolicyError(f"rewrap: file {str(path)!r}: cannot write ({exc.strerror}); "
+                                      f"{changed} file(s) before it were rewrapped") from None
+                changed += 1
+            progress(i, len(paths))
+    finally:
+        progress.close()
     return changed
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    """Register or list operator keys that approve revoke/destroy."""
-    home = context.home(args)
-    if args.operator_cmd == "add":
-        with _ring(args) as ring:
-            print(f"registered operator {ring.register_operator(args.pub, args.label or Path(args.pub).stem)}")
-    else:
-        for kid, (_, label) in OperatorRegistry.load(home.root / "operators.json").keys.items():
-            print(f"{kid}  {label}")
+    """Register, remove or list operator keys that approve dangerous changes."""
+    approvals = Approvals.load(args.approvals) if getattr(args, "approvals", None) else None
+    with _ring(args) as ring:
+        if args.operator_cmd == "add":
+            label = args.label or Path(args.pub).stem
+            print(f"registered operator {ring.register_operator(args.pub, label, approvals=approvals)}")
+        elif args.operator_cmd == "remove":
+            ring.remove_operator(args.keyid, approvals=approvals)
+            print(f"removed operator {args.keyid}")
+        elif args.operator_cmd == "request":
+            from xpscerpto.signing import load_public_key
+
+            subject = load_public_key(args.subject).keyid if args.what == "add" else args.subject
+            req = ApprovalRequest.new(f"operator-{args.what}", subject, reason=args.reason,
+                                      ttl=ring.approvals_config.request_ttl_seconds, now=ring.clock())
+            Approvals(req).save(args.out)
+            print(f"wrote {args.out}: operator-{args.what} of {subject}; have approvers run "
+                  f"`xps key approve {args.out}`")
+        else:
+            for kid, (_, label) in ring.operators().keys.items():
+                print(f"{kid}  {label}")
     return 0
 
 
@@ -207,12 +242,14 @@ def add_key_commands(sub: Any) -> None:
     k = ks.add_parser("rotate", help="retire the active version, activate a new one")
     k.add_argument("ref", metavar="NAME|ID")
     k.add_argument("--if-version", type=int, help="rotate only if this version is still active")
-    k = ks.add_parser("request", help="write an approval request for revoke/destroy")
-    k.add_argument("action", choices=["revoke", "destroy"])
+    k.add_argument("--algorithm", metavar="AEAD", help="move the key to this suite from the new version on")
+    k = ks.add_parser("request", help="write an approval request for revoke/destroy/rewrap")
+    k.add_argument("action", choices=["revoke", "destroy", "rewrap"])
     k.add_argument("ref", metavar="NAME|ID")
     k.add_argument("--reason", required=True)
     k.add_argument("--version", type=int)
     k.add_argument("--emergency", action="store_true")
+    k.add_argument("--to", metavar="SUCCESSOR", help="rewrap: the key that takes over the revoked key's blobs")
     k.add_argument("--out", required=True)
     k = ks.add_parser("approve", help="sign an approval request with an operator key")
     k.add_argument("request", metavar="REQ.json")
@@ -225,22 +262,36 @@ def add_key_commands(sub: Any) -> None:
     k = ks.add_parser("destroy", help="erase material of a revoked key or a retired version")
     k.add_argument("ref", metavar="NAME|ID")
     k.add_argument("--version", type=int)
+    k.add_argument("--emergency", action="store_true", help="before retention ends (needs approvals)")
     k.add_argument("--approvals", metavar="REQ.json")
     k = ks.add_parser("encrypt", help="stdin -> blob on stdout")
     k.add_argument("name")
     k.add_argument("--aad", default="")
     k = ks.add_parser("decrypt", help="blob on stdin -> plaintext on stdout")
     k.add_argument("--aad", default="")
-    k = ks.add_parser("rewrap", help="re-encrypt blob files under their key's newest version")
+    k = ks.add_parser("rewrap", help="re-encrypt blob files under their key's newest version (resumable)")
     k.add_argument("files", nargs="+", metavar="FILE")
     k.add_argument("--aad", default="")
+    k.add_argument("--from-revoked", metavar="REVOKED", help="re-encrypt a revoked key's blobs under --to")
+    k.add_argument("--to", metavar="SUCCESSOR")
+    k.add_argument("--reason")
+    k.add_argument("--approvals", metavar="REQ.json")
     p.set_defaults(func=cmd_key)
 
-    p = sub.add_parser("operator", help="operator keys that approve revoke/destroy")
+    p = sub.add_parser("operator", help="operator keys that approve dangerous changes")
     p.add_argument("--operator", default="cli")
     osub = p.add_subparsers(dest="operator_cmd", required=True)
-    o = osub.add_parser("add")
+    o = osub.add_parser("add", help="register an operator key (after the first key exists: with approvals)")
     o.add_argument("pub", metavar="NAME.pub")
     o.add_argument("--label")
+    o.add_argument("--approvals", metavar="REQ.json")
+    o = osub.add_parser("remove", help="unregister an operator key (with approvals)")
+    o.add_argument("keyid")
+    o.add_argument("--approvals", metavar="REQ.json")
+    o = osub.add_parser("request", help="write an approval request for adding or removing an operator")
+    o.add_argument("what", choices=["add", "remove"])
+    o.add_argument("subject", metavar="NAME.pub|KEYID")
+    o.add_argument("--reason", required=True)
+    o.add_argument("--out", required=True)
     osub.add_parser("list")
     p.set_defaults(func=cmd_operator)

@@ -507,3 +507,90 @@ def test_forged_blobs_naming_unknown_keys_do_not_grow_the_miss_cache_without_bou
             ring.decrypt(forged)
     assert len(ring._misses) <= MAX_CACHED_MISSES
     assert ring.decrypt(genuine) == b"kept"  # the real key is unaffected
+
+
+def test_every_decrypt_failure_is_the_same_error_from_the_same_place(ring: Keyring) -> None:
+    import traceback
+
+    ring.create("live")
+    ring.create("dead")
+    good = ring.encrypt("live", b"m", b"aad")
+    revoked = ring.encrypt("dead", b"m")
+    ring.revoke("dead", "r")
+    tampered = bytearray(good)
+    tampered[-1] ^= 1
+    unknown = HEADER.pack(1, b"\x00" * 8, 1, 1, bytes(32)) + bytes(28)
+    shapes = set()
+    for blob, aad in ((bytes(tampered), b"aad"), (good, b"other aad"), (revoked, b""), (unknown, b""),
+                      (b"\x01short", b""), (b"", b"")):
+        with pytest.raises(AuthError) as info:
+            ring.decrypt(blob, aad)
+        exc = info.value
+        assert str(exc) == "XPS_ERR_AUTH: keyring: decryption failed"
+        assert exc.__cause__ is None and exc.__context__ is None  # nothing chained tells a valid key
+        frames = [(f.name, f.lineno) for f in traceback.extract_tb(exc.__traceback__)]
+        shapes.add(tuple(frames[1:]))  # below the test's own frame
+    assert len(shapes) == 1
+
+
+def test_configuration_defaults_hand_out_no_mutable_state() -> None:
+    cfg = XpsConfig.defaults()
+    for mapping in (cfg.engine.prefer, cfg.keyring.max_encryptions):
+        with pytest.raises(TypeError):
+            mapping["x"] = 1  # type: ignore[index]
+    cfg.to_mapping()["engine"]["prefer"]["x"] = "y"  # a fresh copy every time
+    assert dict(XpsConfig.defaults().engine.prefer) == {}
+
+
+def test_retention_keeps_a_retired_version_then_destroys_it_itself(tmp_path: Path, clock: Clock) -> None:
+    cfg = XpsConfig.from_mapping({"crypto": {"keyring": {"dual_window_days": 2, "destroy_after_days": 3}}}).keyring
+    with Keyring(tmp_path / "h", clock=clock, config=cfg) as ring:
+        ring.create("k")
+        ring.rotate("k")
+        with pytest.raises(PolicyError, match=r"retention: version 1 .* kept until"):
+            ring.destroy("k", version=1)
+        clock.advance(5 * DAY - 1)
+        assert ring.enforce_retention() == []
+        clock.advance(1)
+        kid = ring.describe("k").key_id
+        assert ring.enforce_retention() == [(kid, 1)]
+        assert ring.describe("k").versions[0].state is VersionState.DESTROYED
+        record = [e for e in ring.audit.tail(20) if e["event"] == "KEY_DESTROY"][-1]
+        assert (record["reason"], record["version"], record["operator"]) == ("retention", 1, "retention")
+
+
+def test_a_key_changes_suite_on_rotation_and_old_blobs_still_open(ring: Keyring) -> None:
+    ring.create("k", "AES-256-GCM")
+    old = ring.encrypt("k", b"old")
+    assert ring.rotate("k", algorithm="XCHACHA20_POLY1305") == 2
+    new = ring.encrypt("k", b"new")
+    assert HEADER.unpack_from(new)[3] == 4 and HEADER.unpack_from(old)[3] == 1  # envelope algorithm codes
+    assert ring.decrypt(old) == b"old" and ring.decrypt(new) == b"new"
+    assert [v.algorithm for v in ring.describe("k").versions] == ["AES-256-GCM", "XCHACHA20-POLY1305"]
+    rotation = [e for e in ring.audit.tail(5) if e["event"] == "KEY_ROTATE"][-1]
+    assert rotation["algorithm"] == "XCHACHA20-POLY1305"
+    with pytest.raises(PolicyError, match="algorithm: a bytes is not a keyring AEAD"):
+        ring.rotate("k", algorithm=b"\x00secret")  # type: ignore[arg-type]
+
+
+def test_rewrap_from_revoked_moves_blobs_to_a_successor_and_nothing_else_opens_them(ring: Keyring,
+                                                                                     tmp_path: Path) -> None:
+    ring.create("old")
+    ring.create("new")
+    blobs = [ring.encrypt("old", f"m{i}".encode(), b"aad") for i in range(3)]
+    ring.revoke("old", "compromised")
+    with pytest.raises(PolicyError, match="only a revoked key"):
+        ring.grant_rewrap("new", "old", reason="x")
+    ring.grant_rewrap("old", "new", reason="incident 7")
+    first = ring.rewrap_revoked(blobs[:2], b"aad")
+    again = ring.rewrap_revoked([*first, blobs[2]], b"aad")  # resumed: done ones are kept as they are
+    assert again[:2] == first
+    assert [ring.decrypt(b, b"aad") for b in again] == [b"m0", b"m1", b"m2"]
+    new_id = ring.describe("new").key_id
+    assert all(HEADER.unpack_from(b)[1].hex() == new_id for b in again)
+    with pytest.raises(AuthError):
+        ring.decrypt(blobs[0], b"aad")  # the revoked key stays unusable for anything else
+    with pytest.raises(KeyError_):
+        ring.encrypt("old", b"x")
+    events = [e["event"] for e in ring.audit.tail(30)]
+    assert events.count("REWRAP_GRANT") == 1 and events.count("REWRAP_REVOKED") == 2

@@ -1,0 +1,111 @@
+"""``xps init`` and ``xps policy …``: create a home deliberately, and change its recorded policy.
+
+    xps init [--config FILE] [--operator NAME.pub ...] [--adopt]
+    xps policy show [--json]
+    xps policy request FILE --reason R --out REQ.json      (then: xps key approve REQ.json …)
+    xps policy apply FILE --reason R [--approvals REQ.json]
+
+``xps init`` creates the home's record with the security policy of ``--config`` (or the
+defaults), its KEK and keyring, its routing state, and registers the first operators — the
+only moment operators join without approvals. A home is also initialised by the first command
+run on an empty directory; ``init`` is the way to choose its policy on purpose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from xpscerpto.config import XpsConfig, policy_changes
+from xpscerpto.engine import Engine
+
+from . import context
+
+__all__ = ["add_home_commands"]
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Initialise a home: record its policy, create its KEK, keyring and routing state."""
+    from xpscerpto.capsules.store import RoutingState
+    from xpscerpto.keyring import Keyring
+
+    config = context.config(args)
+    home = context.home(args)
+    existed = home.record_path.exists()
+    record = home.initialise(policy=config.security_policy(), adopt=args.adopt)
+    given = args.config is not None
+    with Keyring(home, engine=Engine(config.engine), config=config.keyring if given else None,
+                 approvals=config.approvals if given else None, audit_config=config.audit,
+                 operator=args.operator_name) as ring:
+        operators = [ring.register_operator(pub) for pub in args.operator]
+        if home.check_store("routing"):
+            RoutingState().save(home.state)
+            home.register_store("routing")
+        if not existed:
+            ring.audit.record("HOME_INIT", stores=sorted(home.record().stores), operators=operators,
+                              adopted=bool(args.adopt), operator=args.operator_name)
+        if home.check_store("audit") and home.audit.exists():
+            home.register_store("audit")
+    print(f"{'initialised' if not existed else 'already initialised'} {home.root}: "
+          f"stores {', '.join(sorted(home.record().stores))}; "
+          f"{len(ring.operators().keys)} operator(s); approvals revoke {record.policy['approvals.revoke']}, "
+          f"destroy {record.policy['approvals.destroy']}")
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    """Show the home's recorded security policy, or change it (audited; approvals to loosen)."""
+    from xpscerpto.keyring import ApprovalRequest, Approvals, Keyring
+
+    home = context.home(args)
+    if args.policy_cmd == "show":
+        policy = dict(home.record().policy)
+        context.emit(args, policy, lambda: print("\n".join(f"{k} = {json.dumps(v)}" for k, v in policy.items())))
+        return 0
+    new = XpsConfig.load(args.file)
+    # Opened under the recorded policy: the new one only takes effect through apply_policy.
+    with Keyring(home, engine=Engine(new.engine), operator=args.operator_name) as ring:
+        old = dict(home.record().policy)
+        changes = policy_changes(old, new.security_policy())
+        if not changes:
+            print("no change: the file's security policy is the one this home recorded")
+            return 0
+        if args.policy_cmd == "request":
+            req = ApprovalRequest.new("policy", ring.policy_digest(old, new.security_policy()), reason=args.reason,
+                                      ttl=ring.approvals_config.request_ttl_seconds, now=ring.clock())
+            Approvals(req).save(args.out)
+            print(f"wrote {args.out}: policy change ({len(changes)} key(s)); have approvers run "
+                  f"`xps key approve {args.out}`")
+            return 0
+        approvals = Approvals.load(args.approvals) if args.approvals else None
+        done = ring.apply_policy(new, reason=args.reason, approvals=approvals)
+    for c in done:
+        print(f"{c.key}: {json.dumps(c.old)} -> {json.dumps(c.new)} ({'looser' if c.loosens else 'stricter'})")
+    return 0
+
+
+def add_home_commands(sub: Any) -> None:
+    """Register ``init`` and ``policy`` on the ``xps`` subparsers object."""
+    p = sub.add_parser("init", help=cmd_init.__doc__)
+    p.add_argument("--operator", action="append", default=[], metavar="NAME.pub",
+                   help="register this operator key (repeatable; the first operators join here)")
+    p.add_argument("--adopt", action="store_true", help="adopt a home that holds stores but no home.json")
+    p.add_argument("--as", dest="operator_name", default="cli", help="who is acting (journaled)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("policy", help=cmd_policy.__doc__)
+    p.add_argument("--as", dest="operator_name", default="cli", help="who is acting (journaled)")
+    psub = p.add_subparsers(dest="policy_cmd", required=True)
+    s = psub.add_parser("show", help="the security policy this home recorded")
+    s.add_argument("--json", action="store_true")
+    for name, text in (("request", "write an approval request for changing the policy to FILE's"),
+                       ("apply", "change the recorded policy to FILE's (stricter: the operator; looser: approvals)")):
+        s = psub.add_parser(name, help=text)
+        s.add_argument("file", metavar="FILE", help="a configuration file holding the new policy")
+        s.add_argument("--reason", required=True)
+        if name == "request":
+            s.add_argument("--out", required=True, metavar="REQ.json")
+        else:
+            s.add_argument("--approvals", metavar="REQ.json")
+    p.set_defaults(func=cmd_policy)
