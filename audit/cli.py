@@ -15,8 +15,6 @@ from typing import Any
 from xpscerpto.cli import context
 from xpscerpto.errors import PolicyError
 
-from .journal import AuditLog
-
 __all__ = ["add_audit_commands"]
 
 #: Chain and signature fields: ``tail`` shows what happened, ``verify`` checks these.
@@ -25,7 +23,8 @@ _NOT_SHOWN = frozenset({"seq", "time", "event", "prev", "hash", "sig", "rsig", "
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Verify the audit journal's chain and checkpoints, or show its newest events."""
-    log = AuditLog(context.home(args).audit, checkpoint_every=context.config(args).audit.checkpoint_every)
+    home = context.home(args)
+    log = context.config(args).audit.journal(home.root, home.audit)
     if args.audit_cmd == "tail":
         events = log.tail(args.n)
         if args.json:

@@ -8,9 +8,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from xpscerpto._config_fields import Field, build_section, count, dump_section
+from xpscerpto._config_fields import Field, build_section, count, dump_section, optional_text
+
+if TYPE_CHECKING:
+    from .journal import AuditLog
 
 __all__ = ["AuditConfig"]
 
@@ -21,6 +25,9 @@ class AuditConfig:
 
     checkpoint_every: int = 100
     auth_fail_per_minute: int = 10
+    #: The journal's Ed25519 signing key file; ``None``: ``audit.key`` beside the log. Put it
+    #: where the home's other writers cannot read it to make records unforgeable by them.
+    signing_key: str | None = None
 
     @classmethod
     def from_mapping(cls, data: object, prefix: str = "audit.") -> AuditConfig:
@@ -31,8 +38,16 @@ class AuditConfig:
         """Every key as plain data."""
         return dump_section(self, _FIELDS)
 
+    def journal(self, home_root: Path, log: Path) -> AuditLog:
+        """The journal at ``log`` with this section's settings (``signing_key`` relative to the home)."""
+        from .journal import AuditLog
+
+        key = None if self.signing_key is None else home_root / self.signing_key
+        return AuditLog(log, signing_key=key, checkpoint_every=self.checkpoint_every)
+
 
 _FIELDS = (
     Field("checkpoint_every", "checkpoint_every", count(1)),
     Field("auth_fail_per_minute", "auth_fail_per_minute", count(1)),
+    Field("signing_key", "signing_key", optional_text),
 )

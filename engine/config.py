@@ -67,6 +67,7 @@ key                                        default             meaning
 ``crypto.approvals.request_ttl``           ``1d``              how long an approval request stays open (> 0)
 ``crypto.audit.checkpoint_every``          ``100``             journal records per signed checkpoint (>= 1)
 ``crypto.audit.auth_fail_per_minute``      ``10``              CRYPTO_FAIL_AUTH records kept per minute and source
+``crypto.audit.signing_key``               ``null``            the journal's signing key (null: audit.key by the log)
 =========================================  ==================  =========================================================
 
 ``crypto.keyring.max_encryptions`` defaults: 2^32 for AES-128-GCM, AES-256-GCM and

@@ -195,7 +195,7 @@ class Keyring:
 
             engine = default_engine()
         self.engine = engine
-        self.audit = audit or AuditLog(self.home.audit, checkpoint_every=self.audit_config.checkpoint_every)
+        self.audit = audit or self.audit_config.journal(self.home.root, self.home.audit)
         if audit is None:
             self._check_audit_store()
         self.kek = kek or self._open_kek()

@@ -232,6 +232,7 @@ OVERRIDES: list[tuple[str, Any, Any]] = [
     ("channel.rekey_after", "30m", 1800.0),
     ("audit.checkpoint_every", 1, 1),
     ("audit.auth_fail_per_minute", 1, 1),
+    ("audit.signing_key", "/etc/xps/audit.key", "/etc/xps/audit.key"),
 ]
 _ATTRS = {"dual_window": "dual_window_seconds", "request_ttl": "request_ttl_seconds",
           "timeout": "timeout_seconds", "memory": "memory_bytes", "settle": "settle_seconds",
