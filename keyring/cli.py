@@ -118,7 +118,7 @@ def cmd_key(args: argparse.Namespace) -> int:
         elif action == "decrypt":
             sys.stdout.buffer.write(ring.decrypt(sys.stdin.buffer.read(), args.aad.encode()))
         elif action == "rewrap":
-            rewrap = ring.rewrap
+            files = [Path(f) for f in args.files]
             if args.from_revoked:
                 if not args.to or not args.reason:
                     raise PolicyError("--from-revoked: needs --to SUCCESSOR and --reason")
@@ -126,8 +126,9 @@ def cmd_key(args: argparse.Namespace) -> int:
                 grant = ring.store.grant(old)
                 if grant is None or ring.clock() >= grant.expires or grant.successor != ring.describe(args.to).key_id:
                     ring.grant_rewrap(args.from_revoked, args.to, reason=args.reason, approvals=approvals)
-                rewrap = ring.rewrap_revoked
-            changed = _rewrap_files(rewrap, [Path(f) for f in args.files], args.aad.encode())
+                changed = _rewrap_revoked_files(ring, files, args.aad.encode())
+            else:
+                changed = _rewrap_files(ring, files, args.aad.encode())
             print(f"rewrapped {changed} of {len(args.files)} file(s)")
     return 0
 
@@ -167,11 +168,31 @@ class _Progress:
             self._open = False
 
 
-def _rewrap_files(rewrap: Any, paths: list[Path], aad: bytes) -> int:
-    """Rewrap blobs stored one per file, each replaced atomically as soon as it is done.
+def _rewrap_files(ring: Keyring, paths: list[Path], aad: bytes) -> int:
+    """Rewrap blobs stored one per file: all are re-encrypted first, then each is replaced
+    atomically — so a file that is not a blob fails the run before anything is written."""
+    blobs = []
+    for path in paths:
+        try:
+            blobs.append(path.read_bytes())
+        except OSError as exc:
+            raise PolicyError(f"rewrap: file {str(path)!r}: cannot read ({exc.strerror})") from None
+    progress = _Progress(len(blobs))
+    try:
+        new = ring.rewrap(blobs, aad, progress=progress)
+    except XpsError as exc:
+        progress.close()
+        # The callback ran once per finished blob, so the failing one is the next.
+        where = f"file {str(paths[progress.done])!r}" if progress.done < len(paths) else "files"
+        raise XpsError(f"rewrap: {where}: {exc.args[0]}", code=exc.code, reason=exc.reason) from None
+    return _write_changed(paths, blobs, new)
 
-    One file at a time, so an interrupted run leaves every file either old or rewrapped and
-    running it again resumes (rewrapped files are left as they are). Returns how many changed.
+
+def _rewrap_revoked_files(ring: Keyring, paths: list[Path], aad: bytes) -> int:
+    """A revoked key's blobs, one file at a time, each replaced as soon as it is done.
+
+    An incident may involve many files; an interrupted run leaves every file either old or
+    rewrapped, and running it again resumes (files already under the successor are kept).
     """
     progress = _Progress(len(paths))
     changed = 0
@@ -181,22 +202,29 @@ def _rewrap_files(rewrap: Any, paths: list[Path], aad: bytes) -> int:
                 old = path.read_bytes()
             except OSError as exc:
                 raise PolicyError(f"rewrap: file {str(path)!r}: cannot read ({exc.strerror}); "
-                                  f"{changed} file(s) before it were rewrapped") from None
+                                  f"{changed} file(s) before it were rewrapped (run again to resume)") from None
             try:
-                (blob,) = rewrap([old], aad)
+                (blob,) = ring.rewrap_revoked([old], aad)
             except XpsError as exc:
                 raise XpsError(f"rewrap: file {str(path)!r}: {exc.args[0]}; {changed} file(s) before it were "
                                "rewrapped (run again to resume)", code=exc.code, reason=exc.reason) from None
-            if blob != old:
-                try:
-                    atomic_write(path, blob, 0o600)
-                except OSError as exc:
-                    raise PolicyError(f"rewrap: file {str(path)!r}: cannot write ({exc.strerror}); "
-                                      f"{changed} file(s) before it were rewrapped") from None
-                changed += 1
+            changed += _write_changed([path], [old], [blob])
             progress(i, len(paths))
     finally:
         progress.close()
+    return changed
+
+
+def _write_changed(paths: list[Path], old: list[bytes], new: list[bytes]) -> int:
+    changed = 0
+    for path, before, blob in zip(paths, old, new, strict=True):
+        if blob != before:
+            try:
+                atomic_write(path, blob, 0o600)
+            except OSError as exc:
+                raise PolicyError(f"rewrap: file {str(path)!r}: cannot write ({exc.strerror}); "
+                                  f"{changed} file(s) before it were rewrapped") from None
+            changed += 1
     return changed
 
 

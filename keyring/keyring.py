@@ -75,6 +75,7 @@ REWRAP_GRANT_SECONDS = 7 * 86400.0
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
+_HEXISH = re.compile(r"[0-9A-Fa-f]+")
 _urandom = os.urandom
 _unpack = HEADER.unpack_from
 _ct_eq = hmac.compare_digest  # constant time; both sides are 32-byte bytes here
@@ -345,6 +346,10 @@ class Keyring:
         algorithm = self._algorithm(algorithm, "algorithm")
         if _KEY_ID.fullmatch(name):
             raise PolicyError(f"name: {name!r} looks like a key id; names and ids share one namespace")
+        if len(name) > 16 and _HEXISH.fullmatch(name):
+            # A long run of hex digits is far more likely key material pasted in the wrong place
+            # than a name; names end up in messages and the journal, so refuse it.
+            raise PolicyError(f"name: a str of {len(name)} hex digits looks like key material, not a name")
         policy = policy if policy is not None else self.config.default_policy
         rotate_every, max_enc = parse_policy(policy)
         now = self.clock()
@@ -825,6 +830,11 @@ class Keyring:
     def _attach_integrity(self, *, created: bool) -> None:
         """Unwrap the integrity key (or make it, for a new or just-upgraded database) and seal."""
         wrapped = self.store.meta("integrity_key")
+        if wrapped is not None and self._operators_file.exists():
+            # Operators live in the sealed database now; a file dropped into the home later is
+            # not read (it would bypass the approvals operator changes need): refuse it.
+            raise PolicyError(f"operators {str(self._operators_file)!r}: operators are kept in the keyring database; "
+                              "this file is not read — remove it (register operators with `xps operator add`)")
         if wrapped is not None:
             try:
                 with self.kek.unwrap(bytes.fromhex(wrapped), _INTEGRITY_AAD) as key:
@@ -844,18 +854,32 @@ class Keyring:
             self.store.set_meta(db, "integrity_key", wrapped_new)
             sealed = self.store.seal_all(db)
             db.execute("DELETE FROM meta WHERE k = 'upgrading'")
+            imported = self._import_operators(db)
             if upgrading:
-                self._import_operators(db)
                 self.outbox.add(db, "KEYRING_SEALED", rows=sealed, schema_from=self.store.upgraded_from or "1",
                                 operator=self.operator)
+            if imported:
+                self.outbox.add(db, "OPERATORS_IMPORTED", keyids=list(imported), source="operators.json",
+                                operator=self.operator)
+        self._retire_operators_file()
 
-    def _import_operators(self, db: sqlite3.Connection) -> None:
-        """Schema 1 kept operators in operators.json; they move into the sealed table once."""
-        path = self.home.root / "operators.json"
-        if not path.exists():
-            return
-        for keyid, (pk, label) in OperatorRegistry.load(path).keys.items():
+    @property
+    def _operators_file(self) -> Path:
+        return self.home.root / "operators.json"
+
+    def _import_operators(self, db: sqlite3.Connection) -> tuple[str, ...]:
+        """Earlier releases kept operators in operators.json; they move into the sealed table once,
+        when the database is created or upgraded (a malformed file is refused, naming it)."""
+        if not self._operators_file.exists():
+            return ()
+        registry = OperatorRegistry.load(self._operators_file)
+        for keyid, (pk, label) in registry.keys.items():
             self.store.add_operator(db, keyid, pk, label, self.clock())
+        return tuple(sorted(registry.keys))
+
+    def _retire_operators_file(self) -> None:
+        if self._operators_file.exists():
+            os.replace(self._operators_file, self._operators_file.with_name("operators.json.imported"))
 
     def _check_policy_seal(self) -> None:
         """The home's recorded policy must be the one this database sealed (or be sealed now)."""
@@ -910,7 +934,9 @@ class Keyring:
     def _key_row(self, ref: str, db: sqlite3.Connection | None = None) -> KeyRow:
         row = self.store.key(ref, db) if isinstance(ref, str) else None
         if row is None:
-            raise KeyError_(f"key: no key named or identified by {_shown(ref)}")
+            # A key id (16 hex digits) is safe to name: it is not secret, and the journal has it.
+            shown = repr(ref) if isinstance(ref, str) and _KEY_ID.fullmatch(ref) else _shown(ref)
+            raise KeyError_(f"key: no key named or identified by {shown}")
         return row
 
     def _aad(self, key_id: str, version: int, algorithm: str) -> bytes:
@@ -965,6 +991,8 @@ class Keyring:
         return h
 
     def _encrypting_handle(self, name: str, now: float) -> _Handle:
+        if not isinstance(name, str):
+            raise KeyError_(f"name: expected str, got {type(name).__name__}")
         with self._lock:
             if now >= self._retention_at:
                 self.enforce_retention()
@@ -1128,8 +1156,13 @@ def _version_arg(value: object, field: str) -> int:
 
 
 def _shown(value: object) -> str:
-    """A caller's value in a message: a short str or a number as written, anything else by type."""
-    if isinstance(value, str) and _NAME.fullmatch(value):  # a name: the journal records those anyway
+    """A caller's value in a message: a short name or a number as written, anything else by type.
+
+    A long or hex-looking string is never echoed: it may be key material passed in the wrong
+    place (a hex key as a key name), and messages carry no caller bytes.
+    """
+    if (isinstance(value, str) and len(value) <= 24 and _NAME.fullmatch(value)
+            and not (len(value) >= 16 and _HEXISH.fullmatch(value))):
         return repr(value)
     if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 2**64:
         return repr(value)

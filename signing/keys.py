@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,9 +104,19 @@ def _hex_field(doc: dict[str, object], field: str, size: int, path: Path) -> byt
     return raw
 
 
+def _path(path: object, what: str) -> Path:
+    if not isinstance(path, str | os.PathLike) or not str(path) or "\x00" in str(path):
+        raise KeyError_(f"{what}: expected a file path, got {type(path).__name__}")
+    return Path(path)
+
+
 def load_public_key(path: str | Path) -> PublisherKey:
-    """Read a ``.pub`` file; its key id is recomputed, never trusted from the file."""
-    p = Path(path)
+    """Read a ``.pub`` file; its key id is recomputed, never trusted from the file.
+
+    Raises:
+        KeyError_: not a path, unreadable, or not an Ed25519 public key file.
+    """
+    p = _path(path, "public key")
     doc = _read_json(p, "public key")
     if doc.get("type") != "ed25519-public":
         raise KeyError_(f"public key {str(p)!r}: type must be 'ed25519-public'")
@@ -117,8 +128,12 @@ def load_public_key(path: str | Path) -> PublisherKey:
 
 
 def load_private_key(path: str | Path) -> tuple[PublisherKey, SecretBytes]:
-    """Read a ``.key`` file; refuses one readable by group or others."""
-    p = Path(path)
+    """Read a ``.key`` file; refuses one readable by group or others.
+
+    Raises:
+        KeyError_: not a path, unreadable, too open, or not an Ed25519 private key file.
+    """
+    p = _path(path, "private key")
     try:
         mode = p.stat().st_mode & 0o777
     except OSError as exc:

@@ -1,0 +1,62 @@
+"""A home written by the previous release (keyring schema 1, operators.json, no home.json) is
+adopted explicitly, upgraded in place, sealed and journaled — and then protected like a new one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from .test_home_policy import events, ok, refused, xps
+
+DATA = Path(__file__).with_name("data")
+
+
+@pytest.fixture
+def old_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    shutil.copytree(DATA / "v1-home", home)
+    home.chmod(0o700)
+    for secret in ("kek.key", "audit.key", "keyring.db", "audit.log", "operators.json"):
+        (home / secret).chmod(0o600)  # git keeps no modes; the release wrote these 0600
+    return home
+
+
+def test_an_old_home_is_refused_until_adopted_then_upgraded_and_sealed(old_home: Path) -> None:
+    refused(xps(old_home, "key", "list"), "no home.json", "xps init --adopt")
+    out = ok(xps(old_home, "init", "--adopt"))
+    assert "initialised" in out
+    names = [e["event"] for e in events(old_home)]
+    assert "KEYRING_SEALED" in names and "OPERATORS_IMPORTED" in names and "HOME_INIT" in names
+    # Operators moved into the sealed database; the file is set aside, not read again.
+    assert not (old_home / "operators.json").exists() and (old_home / "operators.json.imported").exists()
+    assert ok(xps(old_home, "operator", "list")).split()[0] == json.loads(
+        (DATA / "op1.pub").read_text())["keyid"]
+    # What the old release encrypted still opens; what it revoked stays revoked.
+    assert ok(xps(old_home, "key", "decrypt", stdin=(DATA / "orders.blob").read_bytes())) == "kept secret"
+    refused(xps(old_home, "key", "decrypt", stdin=(DATA / "gone.blob").read_bytes()), "XPS_ERR_AUTH")
+    info = json.loads(ok(xps(old_home, "key", "describe", "orders", "--json")))
+    assert [(v["version"], v["state"], v["algorithm"]) for v in info["versions"]] == [
+        (1, "retired", "AES-256-GCM"), (2, "active", "AES-256-GCM")]
+    # The old journal verifies: its records predate per-record signatures (a warned prefix).
+    report = ok(xps(old_home, "audit", "verify"))
+    assert "unsigned prefix" in report
+    refused(xps(old_home, "audit", "verify", "--strict"), "unsigned record")
+
+
+def test_after_the_upgrade_the_old_state_is_sealed_against_edits(old_home: Path) -> None:
+    ok(xps(old_home, "init", "--adopt"))
+    with sqlite3.connect(old_home / "keyring.db") as db:
+        db.execute("UPDATE keys SET state = 'active' WHERE name = 'gone'")
+        db.execute("UPDATE versions SET state = 'active' WHERE key_id = (SELECT key_id FROM keys WHERE name='gone')")
+    refused(xps(old_home, "key", "decrypt", stdin=(DATA / "gone.blob").read_bytes()), "XPS_ERR_AUTH")
+    refused(xps(old_home, "key", "describe", "gone"), "fails its integrity seal")
+
+
+def test_an_operators_file_dropped_in_later_is_refused_not_read(old_home: Path, tmp_path: Path) -> None:
+    ok(xps(old_home, "init", "--adopt"))
+    shutil.copy(old_home / "operators.json.imported", old_home / "operators.json")
+    refused(xps(old_home, "key", "list"), "operators are kept in the keyring database", "remove it")
