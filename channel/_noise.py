@@ -165,7 +165,7 @@ class CipherState:
 class SymmetricState:
     """Section 5.2: the chaining key ``ck``, the handshake hash ``h`` and a CipherState."""
 
-    __slots__ = ("_hash", "_kdf", "ck", "cipher", "h", "hashlen")
+    __slots__ = ("_hash", "_kdf", "cipher", "ck", "h", "hashlen")
 
     def __init__(self, engine: Engine, protocol: NoiseProtocol) -> None:
         """InitializeSymmetric(protocol_name)."""
@@ -306,7 +306,7 @@ class HandshakeState:
         return out
 
     def _pre_message_key(self, token: str, mine: bool) -> bytes:
-        if token == "s":
+        if token == "s":  # noqa: S105 - a Noise token name, not a password
             if mine:
                 if self._s is None:
                     raise KeyError_("s: the pattern's pre-message needs this side's static key")
@@ -361,7 +361,7 @@ class HandshakeState:
         if token in local_first:
             return local_first[token]
         # es: initiator's e with responder's s; se: initiator's s with responder's e.
-        mine_e = (token == "es") == self.initiator
+        mine_e = (token == "es") == self.initiator  # noqa: S105 - a Noise token name
         return (self._e, self.rs) if mine_e else (self._s, self.re)
 
     def _mix_dh(self, token: str) -> None:

@@ -1,12 +1,19 @@
-"""The secure channel's configuration section (``channel:``): rekey limits.
+"""The secure channel's configuration section (``channel:``): rekey limits and channel bounds.
+
+The three rekey limits are file keys (``channel.rekey_after_messages``, ``_bytes``,
+``rekey_after``). The other fields bound what a peer can cost and pick the protocol; they are
+set from Python or the ``xps channel`` flags (not yet from the configuration file).
 
 Example:
     >>> ChannelConfig.from_mapping({"rekey_after": "10m"}).rekey_after_seconds
     600.0
+    >>> ChannelConfig(require_pq=True).offered_protocol
+    'Noise_XXhfs_25519+MLKEM768_ChaChaPoly_SHA256'
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,17 +27,70 @@ from xpscerpto._config_fields import (
     positive,
     seconds_out,
 )
+from xpscerpto.errors import PolicyError
 
-__all__ = ["ChannelConfig"]
+__all__ = ["DEFAULT_PQ_PROTOCOL", "DEFAULT_PROTOCOL", "ChannelConfig"]
+
+DEFAULT_PROTOCOL = "Noise_XX_25519_ChaChaPoly_SHA256"
+DEFAULT_PQ_PROTOCOL = "Noise_XXhfs_25519+MLKEM768_ChaChaPoly_SHA256"
+_NOISE_MAX = 65535
+_MIN_FRAME = 64
 
 
 @dataclass(frozen=True, slots=True)
 class ChannelConfig:
-    """``channel:`` -- secure-channel rekey limits (whichever is reached first)."""
+    """``channel:`` -- secure-channel rekey limits (whichever is reached first) and bounds.
+
+    Attributes:
+        rekey_after_messages: a sending key encrypts at most this many records, then Rekey().
+        rekey_after_bytes: … or this many plaintext bytes (plus at most one record).
+        rekey_after_seconds: … or is this old.
+        protocol: the Noise protocol an initiator offers (``None``: the XX default, or its
+            hybrid ``XXhfs`` form when ``require_pq``).
+        accept: protocol names (``fnmatch`` globs) a responder accepts.
+        require_pq: the initiator only offers, and the responder only accepts, hybrid
+            post-quantum (``hfs``) protocols.
+        max_frame: the largest record on the wire, length prefix excluded (bytes, <= 65535).
+        max_message: the largest message ``recv`` reassembles (bytes).
+        handshake_timeout_seconds: a handshake not finished by then is dropped.
+        max_pending_handshakes: a responder refuses new connections beyond this many handshakes.
+    """
 
     rekey_after_messages: int = 1 << 20
     rekey_after_bytes: int = 1024**3
     rekey_after_seconds: float = 3600.0
+    protocol: str | None = None
+    accept: tuple[str, ...] = ("Noise_*",)
+    require_pq: bool = False
+    max_frame: int = _NOISE_MAX  # bytes
+    max_message: int = 16 * 1024**2  # bytes
+    handshake_timeout_seconds: float = 10.0
+    max_pending_handshakes: int = 64
+
+    def __post_init__(self) -> None:
+        _check_int("rekey_after_messages", self.rekey_after_messages, 1)
+        _check_int("rekey_after_bytes", self.rekey_after_bytes, 1)
+        _check_seconds("rekey_after_seconds", self.rekey_after_seconds)
+        _check_int("max_frame", self.max_frame, _MIN_FRAME, _NOISE_MAX)
+        _check_int("max_message", self.max_message, 1)
+        _check_seconds("handshake_timeout_seconds", self.handshake_timeout_seconds)
+        _check_int("max_pending_handshakes", self.max_pending_handshakes, 1)
+        if type(self.require_pq) is not bool:
+            raise PolicyError("require_pq: expected a bool")
+        if not isinstance(self.accept, tuple) or not all(isinstance(a, str) and a for a in self.accept):
+            raise PolicyError("accept: expected a tuple of protocol names or globs")
+        if self.protocol is not None:
+            from ._patterns import parse_protocol
+
+            if parse_protocol(self.protocol).hfs is False and self.require_pq:
+                raise PolicyError("protocol: require_pq needs a hybrid (hfs) protocol")
+
+    @property
+    def offered_protocol(self) -> str:
+        """The protocol an initiator offers."""
+        if self.protocol is not None:
+            return self.protocol
+        return DEFAULT_PQ_PROTOCOL if self.require_pq else DEFAULT_PROTOCOL
 
     @classmethod
     def from_mapping(cls, data: object, prefix: str = "channel.") -> ChannelConfig:
@@ -40,6 +100,17 @@ class ChannelConfig:
     def to_mapping(self) -> dict[str, Any]:
         """Every key as plain data."""
         return dump_section(self, _FIELDS)
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    if type(value) is not int or value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise PolicyError(f"{name}: expected an int {bound}")
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise PolicyError(f"{name}: expected a finite number of seconds > 0")
 
 
 _FIELDS = (

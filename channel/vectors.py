@@ -154,7 +154,7 @@ def _run(v: dict[str, Any], name: str, messages: list[Any], engine: Engine) -> N
                 raise VectorFailure(f"message {i}: handshake ciphertext differs")
             if receiver.read_message(got) != payload:
                 raise VectorFailure(f"message {i}: handshake payload differs")
-            if init.finished:
+            if sender.finished and receiver.finished:
                 _check_hash(v, init, resp)
                 ciphers = {True: init.split(), False: resp.split()}
             continue
