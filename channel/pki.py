@@ -257,7 +257,7 @@ def pem_chain(chain: Iterable[x509.Certificate]) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
 
 
-def write_static_key(path: Path, key: bytes | bytearray) -> None:
+def write_static_key(path: Path, key: bytes | bytearray | memoryview) -> None:
     """Write a raw 32-byte X25519 static key, 0600, never replacing a file."""
     if not create_exclusive(path, key, 0o600):
         raise PolicyError(f"{path.name}: already exists (refusing to replace a private key)")
