@@ -429,7 +429,7 @@ class HandshakeState:
         def take(n: int) -> memoryview:
             nonlocal pos
             if len(msg) - pos < n:
-                raise AuthError(f"handshake message {self._index + 1}: truncated")
+                raise AuthError(f"handshake message {self._index + 1}: truncated", reason="truncated")
             pos += n
             return msg[pos - n:pos]
 
@@ -459,7 +459,7 @@ class HandshakeState:
         self.payload_hash = ss.h
         rest = msg[pos:]
         if ss.cipher.has_key() and len(rest) < TAGLEN:
-            raise AuthError(f"handshake message {self._index + 1}: truncated")
+            raise AuthError(f"handshake message {self._index + 1}: truncated", reason="truncated")
         payload = ss.decrypt_and_hash(rest)
         self._advance()
         return payload
