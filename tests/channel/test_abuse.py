@@ -437,10 +437,11 @@ def test_a_message_over_max_message_is_refused_by_the_sender(pki: Pki) -> None:
     async def main() -> None:
         cfg = ChannelConfig(max_message=1000)
         async with await serve("127.0.0.1", 0, pki.server, pki.trust, lambda ch: asyncio.sleep(0)) as server:
-            async with await connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test",
-                                     config=cfg) as ch:
-                with pytest.raises(xps.PolicyError, match="max_message"):
-                    await ch.send(bytes(1001))
+            ch = await connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test",
+                               config=cfg)
+            with pytest.raises(xps.PolicyError, match="max_message"):
+                await ch.send(bytes(1001))
+            await ch.close()
 
     run(main())
 

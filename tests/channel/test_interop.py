@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest

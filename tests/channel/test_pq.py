@@ -54,7 +54,7 @@ def test_a_pq_requiring_server_refuses_a_classic_client(pki: Pki) -> None:
 
 
 def test_a_pq_requiring_client_refuses_a_server_without_pq(pki: Pki) -> None:
-    err, failures = run(_try(pki, PQ, ChannelConfig(accept=("Noise_XX_*",), handshake_timeout_seconds=2.0)))
+    err, _ = run(_try(pki, PQ, ChannelConfig(accept=("Noise_XX_*",), handshake_timeout_seconds=2.0)))
     assert isinstance(err, xps.PolicyError) and err.reason == "protocol-refused"
     with pytest.raises(xps.PolicyError, match="require_pq"):
         ChannelConfig(require_pq=True, protocol="Noise_XX_25519_ChaChaPoly_SHA256")
