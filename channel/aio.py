@@ -28,7 +28,7 @@ import contextlib
 import struct
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from xpscerpto.errors import AuthError, PolicyError, XpsError
 
@@ -250,6 +250,8 @@ class ChannelServer:
         self.handler_errors = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     async def start(self) -> ChannelServer:
         """Start listening (``serve`` does this)."""
@@ -263,11 +265,20 @@ class ChannelServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         self._writers.add(writer)
         try:
             await self._serve_one(reader, writer)
+        except asyncio.CancelledError:
+            # Cancelled by close(): end quietly (asyncio logs a connection task that ends cancelled).
+            if not self._closing:
+                raise
         finally:
             self._writers.discard(writer)
+            if task is not None:
+                self._tasks.discard(task)
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -308,11 +319,16 @@ class ChannelServer:
             await channel.close()
 
     async def close(self) -> None:
-        """Stop listening and drop every connection."""
+        """Stop listening, drop every connection and wait for their tasks to end."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
         for w in list(self._writers):
             w.transport.abort()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
