@@ -128,7 +128,7 @@ class Transport:
         if (self._sent_records >= self._msg_limit or self._sent_bytes >= self._byte_limit
                 or self._clock() - self._since >= self._age_limit):
             prefix = self._key_update()
-        ct = self._send.encrypt_with_ad(b"", _TYPES[kind] + bytes(body))
+        ct = self._send.encrypt_with_ad(b"", b"".join((_TYPES[kind], body)))  # one copy, even of a view
         self._sent_records += 1
         self._sent_bytes += len(body)
         return prefix + _U16(len(ct)) + ct
