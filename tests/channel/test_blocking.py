@@ -101,3 +101,33 @@ def test_blocking_handler_errors_do_not_stop_the_server(pki: Pki) -> None:
             with blocking.connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test") as ch:
                 assert ch.recv() == b""  # the server closed the channel cleanly after its handler failed
         _wait(lambda: server.handler_errors == 2)
+
+
+def test_threads_sending_on_one_channel_never_interleave_records(pki: Pki) -> None:
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def collect(ch: blocking.BlockingChannel) -> None:
+        while msg := ch.recv():
+            got.append(msg)
+        done.set()
+
+    with blocking.serve("127.0.0.1", 0, pki.server, pki.trust, collect) as server:
+        ch = blocking.connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test",
+                              config=ChannelConfig(rekey_after_messages=7))
+
+        def sender(t: int) -> None:
+            for i in range(50):
+                ch.send(b"%d:%d:" % (t, i) + bytes(70000 if i % 10 == 0 else 10))  # some fragmented
+
+        threads = [threading.Thread(target=sender, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        ch.close()
+        assert done.wait(10)
+    assert len(got) == 200
+    for t in range(4):
+        mine = [int(m.split(b":")[1]) for m in got if m.startswith(b"%d:" % t)]
+        assert mine == list(range(50))

@@ -16,6 +16,8 @@ import pytest
 import xpscerpto as xps
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from xpscerpto.channel import Channel, ChannelConfig, connect, serve
 from xpscerpto.channel._noise import CipherState
 from xpscerpto.channel.transport import Transport
@@ -207,3 +209,27 @@ def test_a_published_provider_takes_over_new_and_live_channels_and_a_rollback_ha
     assert seen["fresh"]["keys"] > seen["live"]["keys"]  # the new channel's handshake and transport keys
     assert seen["rollback"]["calls"] == seen["fresh"]["calls"]  # nothing more after the rollback
     assert seen["rekeys"] >= 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(record=st.binary(max_size=200))
+def test_arbitrary_records_only_raise_xps_errors_and_kill_the_transport(engine: xps.Engine, record: bytes) -> None:
+    _, b_recv, b_send, _ = _states(engine)
+    bob = Transport(b_send, b_recv, ChannelConfig())
+    with pytest.raises(xps.XpsError) as info:
+        bob.open(record)
+    assert bob.error is info.value
+    with pytest.raises(xps.XpsError):
+        bob.seal(b"after the failure")
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"max_frame": 65536}, "max_frame"), ({"max_frame": 10}, "max_frame"), ({"max_message": 0}, "max_message"),
+    ({"handshake_timeout_seconds": float("nan")}, "handshake_timeout"), ({"rekey_after_seconds": -1}, "rekey_after"),
+    ({"max_pending_handshakes": True}, "max_pending"), ({"require_pq": "yes"}, "require_pq"),
+    ({"accept": ["Noise_*"]}, "accept"), ({"protocol": "TLS"}, "protocol"),
+    ({"rekey_after_messages": 0}, "rekey_after_messages"),
+])
+def test_channel_config_refuses_bad_values(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(xps.PolicyError, match=field):
+        ChannelConfig(**kwargs)
