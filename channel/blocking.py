@@ -55,11 +55,13 @@ _READ = 256 * 1024
 class _Reader:
     """Buffered record reads from a socket, with an optional absolute deadline."""
 
-    __slots__ = ("_buf", "_sock", "deadline")
+    __slots__ = ("_buf", "_scratch", "_sock", "deadline")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buf = bytearray()
+        # recv_into a reused buffer: sock.recv(256 KiB) would allocate (and map) that much per call.
+        self._scratch = memoryview(bytearray(_READ))
         self.deadline: float | None = None
 
     def _fill(self, need: int, inside: bool) -> None:
@@ -70,16 +72,16 @@ class _Reader:
                     raise TimeoutError("channel: handshake timeout")
                 self._sock.settimeout(left)
             try:
-                chunk = self._sock.recv(_READ)
+                got = self._sock.recv_into(self._scratch)
             except TimeoutError:
                 raise TimeoutError("channel: handshake timeout") from None
             except OSError:
-                chunk = b""
-            if not chunk:
+                got = 0
+            if not got:
                 if inside or self._buf:
                     raise AuthError("channel: the connection ended inside a record", reason="truncated")
                 raise AuthError("channel: the peer closed the connection", reason="eof")
-            self._buf += chunk
+            self._buf += self._scratch[:got]
 
     def record(self, limit: int) -> bytes:
         self._fill(2, False)
