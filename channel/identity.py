@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ Purpose = Literal["client", "server"]
 E = TypeVar("E", bound=x509.ExtensionType)
 #: Largest certificate accepted in a chain (bytes of DER).
 MAX_CERT_DER = 16 * 1024
+#: Verified certificate/CRL signatures remembered per Trust.
+_MAX_VERIFIED = 4096
 _KNOWN_CRITICAL = frozenset({ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE,
                              ExtensionOID.EXTENDED_KEY_USAGE, ExtensionOID.SUBJECT_ALTERNATIVE_NAME})
 _EKU = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}
@@ -242,7 +245,7 @@ class Trust:
         engine: the engine verifying signatures.
     """
 
-    __slots__ = ("_anchors", "_crls", "_engine", "max_chain", "require_crl")
+    __slots__ = ("_anchors", "_crls", "_engine", "_verified", "max_chain", "require_crl")
 
     def __init__(self, cas: Iterable[x509.Certificate], crls: Iterable[x509.CertificateRevocationList] = (), *,
                  require_crl: bool | None = None, max_chain: int = 4, engine: Engine | None = None) -> None:
@@ -255,6 +258,10 @@ class Trust:
             raise PolicyError("max_chain: expected an int in 1..16")
         self.max_chain = max_chain
         self._engine = _engine(engine)
+        # SHA-256 of (issuer key, signed bytes, signature) for signatures that verified: a peer
+        # presents the same intermediates and the CRLs do not change, so each is checked once.
+        # Only successes are kept, bounded, and the key covers every input of the check.
+        self._verified: dict[bytes, None] = {}
 
     @classmethod
     def load(cls, ca_files: Iterable[str | Path], crl_files: Iterable[str | Path] = (), *,
@@ -388,19 +395,28 @@ class Trust:
     def _signed_by(self, cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         if cert.signature_algorithm_oid != SignatureAlgorithmOID.ED25519:
             return False
-        try:
-            self._engine.ed25519.verify(_ed25519_raw(issuer), cert.tbs_certificate_bytes, cert.signature)
-        except AuthError:
-            return False
-        return True
+        return self._verify(_ed25519_raw(issuer), cert.tbs_certificate_bytes, cert.signature)
 
     def _crl_signed_by(self, crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
         if crl.signature_algorithm_oid != SignatureAlgorithmOID.ED25519:
             return False
+        return self._verify(_ed25519_raw(issuer), crl.tbs_certlist_bytes, crl.signature)
+
+    def _verify(self, public_key: bytes, signed: bytes, signature: bytes) -> bool:
+        h = hashlib.sha256()
+        for part in (public_key, signed, signature):
+            h.update(len(part).to_bytes(4, "big"))
+            h.update(part)
+        key = h.digest()
+        if key in self._verified:
+            return True
         try:
-            self._engine.ed25519.verify(_ed25519_raw(issuer), crl.tbs_certlist_bytes, crl.signature)
+            self._engine.ed25519.verify(public_key, signed, signature)
         except AuthError:
             return False
+        if len(self._verified) >= _MAX_VERIFIED:
+            self._verified.clear()
+        self._verified[key] = None
         return True
 
 

@@ -134,3 +134,19 @@ def test_ca_directory_round_trip_and_corruption(tmp_path: Path) -> None:
     (tmp_path / "ca" / "ca.key").write_bytes(b"truncated")
     with pytest.raises(xps.KeyError_):
         CertificateAuthority.load(tmp_path / "ca")
+
+
+def test_remembered_signatures_never_vouch_for_a_different_one(pki: Pki) -> None:
+    trust = pki.trust_with()
+    good = pki.client.chain_der
+    trust.verify(good, purpose="client", expected_names=None)  # remembers the leaf's, the CA's and CRLs' signatures
+    forged = bytearray(good[0])
+    forged[-1] ^= 0x01  # the last byte of the signature
+    with pytest.raises(ChannelAuthError) as info:
+        trust.verify([bytes(forged), good[1]], purpose="client", expected_names=None)
+    assert info.value.reason in ("cert-untrusted", "cert-malformed")
+    other = CertificateAuthority.create("Test Intermediate", parent=CertificateAuthority.create("Test Root"))
+    chain, _ = other.issue("client", dns=["client.test"])  # same names, other keys
+    with pytest.raises(ChannelAuthError):
+        trust.verify([c.public_bytes(serialization.Encoding.DER) for c in chain], purpose="client",
+                     expected_names=None)
