@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 __all__ = ["Channel", "ChannelServer", "connect", "serve"]
 
 _U16 = struct.Struct(">H")
+#: StreamReader buffer: asyncio's 64 KiB default pauses the socket inside every full record.
+_STREAM_LIMIT = 1 << 20
 Handler = Callable[["Channel"], Awaitable[None]]
 
 
@@ -216,7 +218,7 @@ async def connect(host: str, port: int, identity: Identity, trust: Trust, *,
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(cfg.handshake_timeout_seconds):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port, limit=_STREAM_LIMIT)
             est = await _handshake(hs, reader, writer)
     except (XpsError, TimeoutError, OSError) as exc:
         hs.wipe()
@@ -255,7 +257,7 @@ class ChannelServer:
 
     async def start(self) -> ChannelServer:
         """Start listening (``serve`` does this)."""
-        self._server = await asyncio.start_server(self._on_client, self._host, self._port)
+        self._server = await asyncio.start_server(self._on_client, self._host, self._port, limit=_STREAM_LIMIT)
         return self
 
     @property
