@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     # `import xpscerpto.cli` stays cheap and the subsystems may use xpscerpto.cli.context.
     from xpscerpto.audit.cli import add_audit_commands
     from xpscerpto.capsules.cli import add_operator_commands
+    from xpscerpto.channel.cli import add_channel_commands
     from xpscerpto.keyring.cli import add_key_commands
     from xpscerpto.signing.cli import add_trust_commands
 
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_trust_commands(sub)
     add_audit_commands(sub)
     add_key_commands(sub)
+    add_channel_commands(sub)
     return parser
 
 

@@ -56,8 +56,15 @@ key                                        default             meaning
 ``crypto.hotpatch.settle``                 ``0.5s``            how long a capsule in the inbox must be unchanged ...
 ``crypto.hotpatch.drain_timeout``          ``30s``             how long to wait for calls on a replaced routing table
 ``crypto.tls.rekey_messages``              ``1048576``         a secure channel rekeys after this many messages (>= 1)
-``crypto.tls.rekey_minutes``               ``60``              ..
-``crypto.tls.rekey_bytes``                 ``1GiB``            ..
+``crypto.tls.rekey_minutes``               ``60``              ... or after this many minutes (> 0)
+``crypto.tls.protocol``                    ``null``            the Noise protocol an initiator offers (null: XX)
+``crypto.tls.accept``                      ``["Noise_*"]``     protocol globs a responder accepts
+``crypto.tls.require_pq``                  ``false``           only hybrid post-quantum (hfs) protocols
+``crypto.tls.max_frame``                   ``65535``           largest record on the wire (64..65535 bytes)
+``crypto.tls.max_message``                 ``16MiB``           largest message recv reassembles
+``crypto.tls.handshake_timeout``           ``10s``             a handshake not finished by then is dropped
+``crypto.tls.max_pending_handshakes``      ``64``              handshakes in progress a responder allows
+``crypto.tls.rekey_bytes``                 ``1GiB``            ... or this many bytes, whichever comes first
 ``crypto.engine.autoload_plugins``         ``null``            load third-party entry-point plugins
 ``crypto.engine.providers``                ``null``            list of provider names to restrict routing to
 ``crypto.engine.prefer``                   ``{}``              operation -> provider name that wins over priority

@@ -198,6 +198,8 @@ OPERATIONS: Mapping[str, OperationSpec] = MappingProxyType(dict([
     _op("kex.x25519", "kex", KeyAgreement, ("x25519", "ecdh")),
     _op("kem.mlkem768", "kem", Kem, ("mlkem", "mlkem768", "pq")),
     _op("kdf.hkdf_sha256", "kdf", Kdf, ("hkdf", "sha256")),
+    # HMAC-BLAKE2b-512 (block 128 bytes): the HKDF of Noise's BLAKE2b suites (the channel).
+    _op("kdf.hkdf_blake2b", "kdf", Kdf, ("hkdf", "blake2b")),
 ]))
 
 

@@ -151,6 +151,21 @@ class HkdfSha256Impl(Kdf):
         return bytearray(HKDFExpand(hashes.SHA256(), length, bytes(info)).derive(prk))
 
 
+class HkdfBlake2bImpl(Kdf):
+    """RFC 5869 over HMAC-BLAKE2b with a 64-byte digest (Noise's ``HKDF`` for its BLAKE2b suites)."""
+
+    hash_size = 64
+    max_output = 255 * 64
+
+    def extract(self, salt: Buffer, ikm: Buffer) -> bytearray:
+        h = hmac.HMAC(bytes(salt) if salt else b"\x00" * 64, hashes.BLAKE2b(64))
+        h.update(ikm)
+        return bytearray(h.finalize())
+
+    def expand(self, prk: Buffer, info: Buffer, length: int) -> bytearray:
+        return bytearray(HKDFExpand(hashes.BLAKE2b(64), length, bytes(info)).derive(prk))
+
+
 def _backend_version() -> str:
     from cryptography.hazmat.backends.openssl.backend import backend
 
@@ -170,6 +185,7 @@ def make_provider() -> Provider:
         "kex.x25519": X25519Impl(),
         "kem.mlkem768": MlKem768Impl(),
         "kdf.hkdf_sha256": HkdfSha256Impl(),
+        "kdf.hkdf_blake2b": HkdfBlake2bImpl(),
     }
     # AES-GCM-SIV needs OpenSSL >= 3.2; older builds just do not offer it.
     try:

@@ -230,6 +230,13 @@ OVERRIDES: list[tuple[str, Any, Any]] = [
     ("channel.rekey_after_messages", 1000, 1000),
     ("channel.rekey_after_bytes", "1MiB", 1024**2),
     ("channel.rekey_after", "30m", 1800.0),
+    ("channel.protocol", "Noise_IK_25519_AESGCM_SHA256", "Noise_IK_25519_AESGCM_SHA256"),
+    ("channel.accept", ["Noise_XX_*"], ("Noise_XX_*",)),
+    ("channel.require_pq", True, True),
+    ("channel.max_frame", 4096, 4096),
+    ("channel.max_message", "1MiB", 1024**2),
+    ("channel.handshake_timeout", "5s", 5.0),
+    ("channel.max_pending_handshakes", 8, 8),
     ("audit.checkpoint_every", 1, 1),
     ("audit.auth_fail_per_minute", 1, 1),
     ("audit.signing_key", "/etc/xps/audit.key", "/etc/xps/audit.key"),
@@ -237,7 +244,7 @@ OVERRIDES: list[tuple[str, Any, Any]] = [
 _ATTRS = {"dual_window": "dual_window_seconds", "request_ttl": "request_ttl_seconds",
           "timeout": "timeout_seconds", "memory": "memory_bytes", "settle": "settle_seconds",
           "drain_timeout": "drain_timeout_seconds", "rekey_after": "rekey_after_seconds",
-          "destroy_after": "destroy_after_seconds"}
+          "destroy_after": "destroy_after_seconds", "handshake_timeout": "handshake_timeout_seconds"}
 
 
 def _nest(key: str, value: Any) -> dict[str, Any]:

@@ -1,0 +1,82 @@
+"""Handshake failures: one closed set of reasons, counted, and journaled at a bounded rate.
+
+A failed handshake is counted per reason in memory and recorded in the audit journal as
+``CHANNEL_HANDSHAKE_FAIL`` through :meth:`AuditLog.record_rate_limited` (bucket ``channel``,
+so varying peers cannot widen the window set), like the keyring's ``CRYPTO_FAIL_AUTH``. The
+record holds only our own words: role, reason, error code, protocol and the peer's IP address
+-- nothing the peer sent. Successful handshakes are counted, never journaled one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from xpscerpto.errors import ErrorCode, XpsError
+
+if TYPE_CHECKING:
+    from xpscerpto.audit import AuditLog
+
+__all__ = ["EVENT", "REASONS", "FailureLog", "classify"]
+
+EVENT = "CHANNEL_HANDSHAKE_FAIL"
+#: Every reason a handshake failure is counted and journaled under (docs/CHANNEL.md).
+REASONS = frozenset({
+    "timeout", "eof", "truncated", "oversized", "malformed", "auth", "bad-signature",
+    "protocol-refused", "pq-required", "busy", "policy", "key", "internal",
+    "cert-missing", "cert-malformed", "cert-key-type", "cert-untrusted", "cert-expired", "cert-not-yet-valid",
+    "cert-usage", "cert-extension", "cert-name", "cert-revoked", "chain-too-long",
+    "crl-missing", "crl-expired", "crl-not-yet-valid",
+})
+_BY_CODE = {ErrorCode.AUTH: "auth", ErrorCode.KEY: "key", ErrorCode.POLICY: "policy", ErrorCode.NONCE: "internal",
+            ErrorCode.UPDATE: "internal", ErrorCode.INTERNAL: "internal"}
+
+
+def classify(exc: BaseException) -> str:
+    """The reason a handshake failed with ``exc``, from :data:`REASONS`."""
+    if isinstance(exc, XpsError):
+        if exc.reason in REASONS:
+            return exc.reason
+        return _BY_CODE.get(exc.code, "internal")
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, asyncio.IncompleteReadError | ConnectionError | EOFError):
+        return "eof"
+    return "internal"
+
+
+class FailureLog:
+    """Counts handshake outcomes and journals failures (rate-limited) when given a journal.
+
+    Args:
+        audit: the journal, or None to count only.
+        per_minute: journal records kept per rolling minute (``audit.auth_fail_per_minute``).
+    """
+
+    def __init__(self, audit: AuditLog | None = None, per_minute: int = 10) -> None:
+        self.audit = audit
+        self.per_minute = per_minute
+        self.failures: Counter[str] = Counter()
+        self.established = 0
+        self._lock = threading.Lock()
+
+    def success(self) -> None:
+        """One more established channel."""
+        with self._lock:
+            self.established += 1
+
+    def failure(self, role: str, exc: BaseException, *, protocol: str | None, peer: str | None) -> str:
+        """Count (and maybe journal) one failure; returns its reason. Never raises."""
+        reason = classify(exc)
+        code = exc.code if isinstance(exc, XpsError) else ErrorCode.INTERNAL
+        with self._lock:
+            self.failures[reason] += 1
+        if self.audit is not None:
+            # The caller's error stands whatever happens to the record (full disk, tampered log).
+            with contextlib.suppress(XpsError, OSError):
+                self.audit.record_rate_limited(EVENT, "channel", self.per_minute, role=role, reason=reason,
+                                               code=str(code), protocol=protocol, peer=peer)
+        return reason

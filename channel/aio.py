@@ -1,0 +1,364 @@
+"""The channel on asyncio streams: :func:`connect`, :func:`serve` and :class:`Channel`.
+
+Example:
+    >>> import asyncio
+    >>> from xpscerpto.channel import Trust
+    >>> from xpscerpto.channel.pki import CertificateAuthority
+    >>> ca = CertificateAuthority.create("CA")
+    >>> srv_id = ca.issue_identity("server", dns=["server.test"])
+    >>> cli_id = ca.issue_identity("client", dns=["client.test"])
+    >>> trust = Trust([ca.certificate])
+    >>> async def echo(ch: Channel) -> None:
+    ...     while msg := await ch.recv():
+    ...         await ch.send(msg)
+    >>> async def main() -> bytes:
+    ...     async with await serve("127.0.0.1", 0, srv_id, trust, echo) as server:
+    ...         async with await connect("127.0.0.1", server.port, cli_id, trust,
+    ...                                  expected_name="server.test") as ch:
+    ...             await ch.send(b"ping")
+    ...             return await ch.recv()
+    >>> asyncio.run(main())
+    b'ping'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from xpscerpto.errors import AuthError, PolicyError, XpsError
+
+from ._failures import FailureLog
+from ._noise import MAX_MESSAGE
+from ._session import Established, Handshake, HandshakeRefused, refusal
+from .config import ChannelConfig
+from .transport import MIN_RECORD, Transport
+
+if TYPE_CHECKING:
+    from xpscerpto.audit import AuditLog
+    from xpscerpto.engine import Engine
+
+    from .identity import Identity, PeerCertificate, Trust
+
+__all__ = ["Channel", "ChannelServer", "connect", "serve"]
+
+_U16 = struct.Struct(">H")
+#: StreamReader buffer: asyncio's 64 KiB default pauses the socket inside every full record.
+_STREAM_LIMIT = 1 << 20
+Handler = Callable[["Channel"], Awaitable[None]]
+
+
+def _engine(engine: Engine | None) -> Engine:
+    if engine is not None:
+        return engine
+    import xpscerpto
+
+    return xpscerpto.default_engine()
+
+
+def _names(expected: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    if expected is None:
+        return None
+    return (expected,) if isinstance(expected, str) else tuple(expected)
+
+
+async def _read_record(reader: asyncio.StreamReader, limit: int) -> bytes:
+    try:
+        head = await reader.readexactly(2)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            raise AuthError("channel: the peer closed the connection", reason="eof") from None
+        raise AuthError("channel: the connection ended inside a record header", reason="truncated") from None
+    (n,) = _U16.unpack(head)
+    if n > limit:
+        raise PolicyError(f"record: {n} bytes, more than the {limit} allowed", reason="oversized")
+    try:
+        return await reader.readexactly(n)
+    except asyncio.IncompleteReadError:
+        raise AuthError("channel: the connection ended inside a record", reason="truncated") from None
+
+
+async def _handshake(hs: Handshake, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Established:
+    if hs.initiator:
+        writer.write(hs.start())
+        await writer.drain()
+    while not hs.finished:
+        out = hs.receive(await _read_record(reader, MAX_MESSAGE))
+        if out:
+            writer.write(out)
+            await writer.drain()
+    return hs.established()
+
+
+class Channel:
+    """An established, mutually authenticated channel (a message stream).
+
+    ``send`` sends one message (split into records as needed; ``b""`` sends nothing); ``recv``
+    returns the next whole message, or ``b""`` once the peer closed the channel cleanly. A
+    connection cut without the peer's authenticated CLOSE raises :class:`AuthError`
+    (``reason="eof"`` or ``"truncated"``), so truncation is never mistaken for the end.
+    Any failure kills the channel: later calls raise the same error.
+
+    Attributes:
+        peer: the peer's verified certificate, chain, names and static key.
+        protocol: the Noise protocol name in use.
+        handshake_hash: the handshake hash (a channel binding both sides share).
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, est: Established,
+                 config: ChannelConfig) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._transport = Transport(est.send, est.recv, config)
+        self._limit = config.max_frame
+        self.peer: PeerCertificate = est.peer
+        self.protocol = est.protocol
+        self.handshake_hash = est.handshake_hash
+        self._send_lock = asyncio.Lock()
+
+    @property
+    def transport(self) -> Transport:
+        """The sans-I/O transport (counters, rekeys; for tests and diagnostics)."""
+        return self._transport
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and send one message."""
+        if not data and isinstance(data, bytes | bytearray | memoryview):
+            return
+        async with self._send_lock:
+            self._writer.write(self._transport.seal(data))
+            try:
+                await self._writer.drain()
+            except (ConnectionError, OSError):
+                raise self._kill(AuthError("channel: the connection was lost while sending", reason="eof")) from None
+
+    async def recv(self) -> bytes:
+        """The next message; ``b""`` after the peer's clean close."""
+        t = self._transport
+        while True:
+            if t.closed_by_peer:
+                return b""
+            if t.error is not None:
+                raise t.error
+            try:
+                body = await _read_record(self._reader, self._limit)
+                if len(body) < MIN_RECORD:
+                    raise AuthError("record: shorter than a type byte and a tag", reason="truncated")
+            except XpsError as exc:
+                self._kill(exc)
+                raise
+            except (ConnectionError, OSError):
+                raise self._kill(AuthError("channel: the connection was lost", reason="eof")) from None
+            try:
+                msg = t.open(body)
+            except XpsError:
+                self._writer.transport.abort()
+                raise
+            if msg is not None:
+                return msg
+
+    def _kill(self, exc: XpsError) -> XpsError:
+        self._transport.fail(exc)
+        self._writer.transport.abort()
+        return exc
+
+    async def close(self) -> None:
+        """Send CLOSE (if the channel is healthy) and close the connection."""
+        t = self._transport
+        if t.error is None and not t.closed_by_us:
+            with contextlib.suppress(XpsError, ConnectionError, OSError):
+                async with self._send_lock:
+                    self._writer.write(t.seal_close())
+                    await self._writer.drain()
+        t.wipe()
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.protocol} peer={self.peer.subject}>"
+
+
+async def connect(host: str, port: int, identity: Identity, trust: Trust, *,
+                  expected_name: str | Iterable[str] | None, config: ChannelConfig | None = None,
+                  peer_static: bytes | None = None, psk: bytes | None = None, engine: Engine | None = None,
+                  failures: FailureLog | None = None) -> Channel:
+    """Open a channel to ``host:port`` as the initiator.
+
+    Args:
+        expected_name: the DNS or URI name the server's certificate must carry (``None``
+            accepts any certificate the trusted CAs issued: only for tests).
+        config: protocol, PQ policy, limits (default :class:`ChannelConfig`).
+        peer_static: the server's static key, for IK/NK/KK.
+        psk: a pre-shared key for ``pskN`` protocols.
+        failures: counts and journals a failed handshake (:class:`FailureLog`).
+
+    Raises:
+        ChannelAuthError: the server's certificate or signature failed (``reason`` says which).
+        AuthError: a handshake message was altered, or the connection was cut (``eof``).
+        PolicyError: the server refused the offer (``reason``: ``pq-required``, ``busy`` …), or
+            a record was oversized.
+        TimeoutError: no channel within ``config.handshake_timeout_seconds``.
+    """
+    cfg = config or ChannelConfig()
+    eng = _engine(engine)
+    hs = Handshake(initiator=True, identity=identity, trust=trust, config=cfg, expected_names=_names(expected_name),
+                   engine=eng, peer_static=peer_static, psk=psk)
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(cfg.handshake_timeout_seconds):
+            reader, writer = await asyncio.open_connection(host, port, limit=_STREAM_LIMIT)
+            est = await _handshake(hs, reader, writer)
+    except (XpsError, TimeoutError, OSError) as exc:
+        hs.wipe()
+        if writer is not None:
+            writer.transport.abort()
+        if failures is not None:
+            failures.failure("initiator", exc, protocol=hs.protocol, peer=host)
+        raise
+    if failures is not None:
+        failures.success()
+    return Channel(reader, writer, est, cfg)
+
+
+class ChannelServer:
+    """A listening channel endpoint; see :func:`serve`.
+
+    Attributes:
+        failures: handshake outcomes (``failures.failures`` counts per reason).
+        pending: handshakes in progress now.
+    """
+
+    def __init__(self, host: str, port: int, identity: Identity, trust: Trust, handler: Handler, *,
+                 expected_names: str | Iterable[str] | None, config: ChannelConfig, peer_static: bytes | None,
+                 psk: bytes | None, engine: Engine, failures: FailureLog) -> None:
+        self._host, self._port = host, port
+        self._identity, self._trust, self._handler = identity, trust, handler
+        self._names = _names(expected_names)
+        self._config, self._peer_static, self._psk, self._engine = config, peer_static, psk, engine
+        self.failures = failures
+        self.pending = 0
+        self.handler_errors = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    async def start(self) -> ChannelServer:
+        """Start listening (``serve`` does this)."""
+        self._server = await asyncio.start_server(self._on_client, self._host, self._port, limit=_STREAM_LIMIT)
+        return self
+
+    @property
+    def port(self) -> int:
+        """The port listened on (useful with port 0)."""
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        self._writers.add(writer)
+        try:
+            await self._serve_one(reader, writer)
+        except asyncio.CancelledError:
+            # Cancelled by close(): end quietly (asyncio logs a connection task that ends cancelled).
+            if not self._closing:
+                raise
+        finally:
+            self._writers.discard(writer)
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        peer_host = str(peer[0]) if isinstance(peer, tuple) else None
+        cfg = self._config
+        if self.pending >= cfg.max_pending_handshakes:
+            # Refused before any cryptography: a flood costs one small write per connection.
+            self.failures.failure("responder", PolicyError("busy", reason="busy"), protocol=None, peer=peer_host)
+            writer.write(refusal("busy"))
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.drain()
+            writer.close()
+            return
+        self.pending += 1
+        hs = Handshake(initiator=False, identity=self._identity, trust=self._trust, config=cfg,
+                       expected_names=self._names, engine=self._engine, peer_static=self._peer_static, psk=self._psk)
+        try:
+            async with asyncio.timeout(cfg.handshake_timeout_seconds):
+                est = await _handshake(hs, reader, writer)
+        except (XpsError, TimeoutError, OSError) as exc:
+            hs.wipe()
+            if isinstance(exc, HandshakeRefused):
+                writer.write(exc.reply)
+                with contextlib.suppress(ConnectionError, OSError):
+                    await writer.drain()
+            writer.transport.abort()
+            await asyncio.to_thread(self.failures.failure, "responder", exc, protocol=hs.protocol, peer=peer_host)
+            return
+        finally:
+            self.pending -= 1
+        self.failures.success()
+        channel = Channel(reader, writer, est, cfg)
+        try:
+            await self._handler(channel)
+        except Exception:  # the server outlives any one handler's failure
+            self.handler_errors += 1
+        finally:
+            await channel.close()
+
+    async def close(self) -> None:
+        """Stop listening, drop every connection and wait for their tasks to end."""
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for w in list(self._writers):
+            w.transport.abort()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+
+async def serve(host: str, port: int, identity: Identity, trust: Trust, handler: Handler, *,
+                expected_names: str | Iterable[str] | None = None, config: ChannelConfig | None = None,
+                peer_static: bytes | None = None, psk: bytes | None = None, engine: Engine | None = None,
+                audit: AuditLog | None = None, audit_per_minute: int = 10) -> ChannelServer:
+    """Listen on ``host:port``; run ``handler(channel)`` for each authenticated client.
+
+    Args:
+        expected_names: names a client certificate must carry (``None``: any the CAs issued).
+        config: accepted protocols, PQ policy, limits, handshake timeout, pending-handshake cap.
+        peer_static: the one client static key KK expects.
+        audit: journal handshake failures (``CHANNEL_HANDSHAKE_FAIL``, at most
+            ``audit_per_minute`` records per minute).
+
+    A failed handshake closes that connection (with a refusal code when the offer itself is
+    refused) and the server keeps serving; a handler that raises is counted and its channel closed.
+    """
+    server = ChannelServer(host, port, identity, trust, handler, expected_names=expected_names,
+                           config=config or ChannelConfig(), peer_static=peer_static, psk=psk,
+                           engine=_engine(engine), failures=FailureLog(audit, audit_per_minute))
+    return await server.start()

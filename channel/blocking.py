@@ -1,0 +1,329 @@
+"""The channel on plain sockets and threads: blocking :func:`connect` and :func:`serve`.
+
+The same sans-I/O handshake and transport as :mod:`.aio`; only the I/O differs (a socket per
+channel, a thread per connection on the server, socket timeouts for the handshake deadline).
+
+Example:
+    >>> from xpscerpto.channel import Trust
+    >>> from xpscerpto.channel.pki import CertificateAuthority
+    >>> ca = CertificateAuthority.create("CA")
+    >>> srv_id = ca.issue_identity("server", dns=["server.test"])
+    >>> cli_id = ca.issue_identity("client", dns=["client.test"])
+    >>> trust = Trust([ca.certificate])
+    >>> def echo(ch: BlockingChannel) -> None:
+    ...     while msg := ch.recv():
+    ...         ch.send(msg)
+    >>> with serve("127.0.0.1", 0, srv_id, trust, echo) as server:
+    ...     with connect("127.0.0.1", server.port, cli_id, trust, expected_name="server.test") as ch:
+    ...         ch.send(b"ping")
+    ...         ch.recv()
+    b'ping'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+from xpscerpto.errors import AuthError, PolicyError, XpsError
+
+from ._failures import FailureLog
+from ._noise import MAX_MESSAGE
+from ._session import Established, Handshake, HandshakeRefused, refusal
+from .aio import _engine, _names
+from .config import ChannelConfig
+from .transport import MIN_RECORD, Transport
+
+if TYPE_CHECKING:
+    from xpscerpto.audit import AuditLog
+    from xpscerpto.engine import Engine
+
+    from .identity import Identity, PeerCertificate, Trust
+
+__all__ = ["BlockingChannel", "BlockingServer", "connect", "serve"]
+
+_U16 = struct.Struct(">H")
+_READ = 256 * 1024
+
+
+class _Reader:
+    """Buffered record reads from a socket, with an optional absolute deadline."""
+
+    __slots__ = ("_buf", "_scratch", "_sock", "deadline")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+        # recv_into a reused buffer: sock.recv(256 KiB) would allocate (and map) that much per call.
+        self._scratch = memoryview(bytearray(_READ))
+        self.deadline: float | None = None
+
+    def _fill(self, need: int, inside: bool) -> None:
+        while len(self._buf) < need:
+            if self.deadline is not None:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("channel: handshake timeout")
+                self._sock.settimeout(left)
+            try:
+                got = self._sock.recv_into(self._scratch)
+            except TimeoutError:
+                raise TimeoutError("channel: handshake timeout") from None
+            except OSError:
+                got = 0
+            if not got:
+                if inside or self._buf:
+                    raise AuthError("channel: the connection ended inside a record", reason="truncated")
+                raise AuthError("channel: the peer closed the connection", reason="eof")
+            self._buf += self._scratch[:got]
+
+    def record(self, limit: int) -> bytes:
+        self._fill(2, False)
+        (n,) = _U16.unpack_from(self._buf)
+        if n > limit:
+            raise PolicyError(f"record: {n} bytes, more than the {limit} allowed", reason="oversized")
+        self._fill(2 + n, True)
+        body = bytes(self._buf[2:2 + n])
+        del self._buf[:2 + n]
+        return body
+
+
+def _handshake(hs: Handshake, sock: socket.socket, reader: _Reader) -> Established:
+    if hs.initiator:
+        sock.sendall(hs.start())
+    while not hs.finished:
+        out = hs.receive(reader.record(MAX_MESSAGE))
+        if out:
+            sock.sendall(out)
+    return hs.established()
+
+
+class BlockingChannel:
+    """An established channel on a blocking socket; the API of :class:`~xpscerpto.channel.Channel`.
+
+    One thread may send while another receives; concurrent senders are serialised.
+    """
+
+    def __init__(self, sock: socket.socket, reader: _Reader, est: Established, config: ChannelConfig) -> None:
+        self._sock = sock
+        self._reader = reader
+        self._transport = Transport(est.send, est.recv, config)
+        self._limit = config.max_frame
+        self._send_lock = threading.Lock()
+        self.peer: PeerCertificate = est.peer
+        self.protocol = est.protocol
+        self.handshake_hash = est.handshake_hash
+
+    @property
+    def transport(self) -> Transport:
+        """The sans-I/O transport (counters, rekeys)."""
+        return self._transport
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and send one message (``b""`` sends nothing)."""
+        if not data and isinstance(data, bytes | bytearray | memoryview):
+            return
+        with self._send_lock:
+            wire = self._transport.seal(data)
+            try:
+                self._sock.sendall(wire)
+            except OSError:
+                raise self._kill(AuthError("channel: the connection was lost while sending", reason="eof")) from None
+
+    def recv(self) -> bytes:
+        """The next message; ``b""`` after the peer's clean close."""
+        t = self._transport
+        while True:
+            if t.closed_by_peer:
+                return b""
+            if t.error is not None:
+                raise t.error
+            try:
+                body = self._reader.record(self._limit)
+                if len(body) < MIN_RECORD:
+                    raise AuthError("record: shorter than a type byte and a tag", reason="truncated")
+            except XpsError as exc:
+                raise self._kill(exc) from None
+            try:
+                msg = t.open(body)
+            except XpsError:
+                self._abort()
+                raise
+            if msg is not None:
+                return msg
+
+    def _kill(self, exc: XpsError) -> XpsError:
+        self._transport.fail(exc)
+        self._abort()
+        return exc
+
+    def _abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Send CLOSE (if healthy) and close the socket."""
+        t = self._transport
+        if t.error is None and not t.closed_by_us:
+            with contextlib.suppress(XpsError, OSError), self._send_lock:
+                self._sock.sendall(t.seal_close())
+        t.wipe()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def connect(host: str, port: int, identity: Identity, trust: Trust, *,
+            expected_name: str | Iterable[str] | None, config: ChannelConfig | None = None,
+            peer_static: bytes | None = None, psk: bytes | None = None, engine: Engine | None = None,
+            failures: FailureLog | None = None) -> BlockingChannel:
+    """Blocking :func:`xpscerpto.channel.connect` (same arguments and errors)."""
+    cfg = config or ChannelConfig()
+    hs = Handshake(initiator=True, identity=identity, trust=trust, config=cfg, expected_names=_names(expected_name),
+                   engine=_engine(engine), peer_static=peer_static, psk=psk)
+    deadline = time.monotonic() + cfg.handshake_timeout_seconds
+    sock: socket.socket | None = None
+    try:
+        sock = socket.create_connection((host, port), timeout=cfg.handshake_timeout_seconds)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = _Reader(sock)
+        reader.deadline = deadline
+        est = _handshake(hs, sock, reader)
+    except (XpsError, OSError) as exc:  # TimeoutError is an OSError
+        hs.wipe()
+        if sock is not None:
+            sock.close()
+        if failures is not None:
+            failures.failure("initiator", exc, protocol=hs.protocol, peer=host)
+        raise
+    reader.deadline = None
+    sock.settimeout(None)
+    if failures is not None:
+        failures.success()
+    return BlockingChannel(sock, reader, est, cfg)
+
+
+class BlockingServer:
+    """A listening channel endpoint served by threads; see :func:`serve`."""
+
+    def __init__(self, host: str, port: int, identity: Identity, trust: Trust,
+                 handler: Callable[[BlockingChannel], None], *, expected_names: str | Iterable[str] | None,
+                 config: ChannelConfig, peer_static: bytes | None, psk: bytes | None, engine: Engine,
+                 failures: FailureLog) -> None:
+        self._identity, self._trust, self._handler = identity, trust, handler
+        self._names = _names(expected_names)
+        self._config, self._peer_static, self._psk, self._engine = config, peer_static, psk, engine
+        self.failures = failures
+        self.handler_errors = 0
+        self._pending = threading.BoundedSemaphore(config.max_pending_handshakes)
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener = socket.create_server((host, port))
+        self._thread = threading.Thread(target=self._accept_loop, name="xps-channel-accept", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        """The port listened on."""
+        return int(self._listener.getsockname()[1])
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, addr = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns.add(conn)
+            threading.Thread(target=self._serve_one, args=(conn, str(addr[0])), daemon=True).start()
+
+    def _serve_one(self, conn: socket.socket, peer: str) -> None:
+        try:
+            if not self._pending.acquire(blocking=False):
+                self.failures.failure("responder", PolicyError("busy", reason="busy"), protocol=None, peer=peer)
+                with contextlib.suppress(OSError):
+                    conn.sendall(refusal("busy"))
+                return
+            try:
+                est, reader = self._handshake(conn, peer)
+            finally:
+                self._pending.release()
+            if est is None:
+                return
+            conn.settimeout(None)
+            channel = BlockingChannel(conn, reader, est, self._config)
+            try:
+                self._handler(channel)
+            except Exception:  # the server outlives any one handler's failure
+                self.handler_errors += 1
+            finally:
+                channel.close()
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def _handshake(self, conn: socket.socket, peer: str) -> tuple[Established | None, _Reader]:
+        cfg = self._config
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = _Reader(conn)
+        reader.deadline = time.monotonic() + cfg.handshake_timeout_seconds
+        conn.settimeout(cfg.handshake_timeout_seconds)
+        hs = Handshake(initiator=False, identity=self._identity, trust=self._trust, config=cfg,
+                       expected_names=self._names, engine=self._engine, peer_static=self._peer_static, psk=self._psk)
+        try:
+            est = _handshake(hs, conn, reader)
+        except (XpsError, OSError) as exc:
+            hs.wipe()
+            if isinstance(exc, HandshakeRefused):
+                with contextlib.suppress(OSError):
+                    conn.sendall(exc.reply)
+            self.failures.failure("responder", exc, protocol=hs.protocol, peer=peer)
+            return None, reader
+        reader.deadline = None
+        self.failures.success()
+        return est, reader
+
+    def close(self) -> None:
+        """Stop accepting and drop every connection."""
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+        self._thread.join(5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def serve(host: str, port: int, identity: Identity, trust: Trust, handler: Callable[[BlockingChannel], None], *,
+          expected_names: str | Iterable[str] | None = None, config: ChannelConfig | None = None,
+          peer_static: bytes | None = None, psk: bytes | None = None, engine: Engine | None = None,
+          audit: AuditLog | None = None, audit_per_minute: int = 10) -> BlockingServer:
+    """Blocking :func:`xpscerpto.channel.serve`: accepts in a thread, one thread per connection."""
+    return BlockingServer(host, port, identity, trust, handler, expected_names=expected_names,
+                          config=config or ChannelConfig(), peer_static=peer_static, psk=psk,
+                          engine=_engine(engine), failures=FailureLog(audit, audit_per_minute))

@@ -1,0 +1,245 @@
+"""``xps pki …`` (a small CA for tests and demos) and ``xps channel serve|connect|vectors``.
+
+    xps pki init-ca DIR --name "Example CA" [--parent DIR] [--passphrase-env VAR]
+    xps pki issue --ca DIR --name svc --dns svc.example --out svc     # svc.crt svc.key svc.static
+    xps pki revoke --ca DIR svc.crt
+    xps pki crl --ca DIR --out ca.crl [--days 7]
+    xps channel serve --cert svc.crt --key svc.key --ca ca.crt --port 7443     # echo server
+    xps channel connect --cert cli.crt --key cli.key --ca ca.crt --port 7443 --expect-name svc.example
+    xps channel vectors cacophony.txt                                # passed / failed / unsupported
+
+Private keys are written 0600 and never replaced; passphrases come from environment variables
+named on the command line, never from the command line itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from xpscerpto.cli import context
+from xpscerpto.errors import PolicyError
+
+from .config import ChannelConfig
+from .pki import CertificateAuthority, passphrase_from_env, pem_chain, write_private_key, write_static_key
+
+__all__ = ["add_channel_commands"]
+
+
+# -- xps pki ---------------------------------------------------------------------------------
+
+
+def cmd_pki(args: argparse.Namespace) -> int:
+    """A small Ed25519 CA for channel tests and demos: init-ca, issue, revoke, crl."""
+    if args.pki_cmd == "init-ca":
+        parent = (CertificateAuthority.load(args.parent, passphrase_from_env(args.parent_passphrase_env))
+                  if args.parent else None)
+        folder = Path(args.dir)
+        if (folder / "ca.key").exists():
+            raise PolicyError(f"{folder.name}: already holds a CA (ca.key exists)")
+        ca = CertificateAuthority.create(args.name, days=args.days, parent=parent)
+        ca.save(folder, passphrase_from_env(args.passphrase_env))
+        print(f"CA {args.name!r} in {folder}: ca.crt, ca.key (0600), revoked.json")
+        return 0
+    ca = CertificateAuthority.load(args.ca, passphrase_from_env(args.ca_passphrase_env))
+    if args.pki_cmd == "issue":
+        if not args.dns and not args.uri:
+            raise PolicyError("issue: give at least one --dns or --uri name (peers check it)")
+        out = Path(args.out)
+        paths = [out.with_name(out.name + ext) for ext in (".crt", ".key", ".static")]
+        for p in paths:
+            if p.exists():
+                raise PolicyError(f"{p.name}: already exists")
+        chain, key = ca.issue(args.name, dns=args.dns, uris=args.uri, days=args.days)
+        write_private_key(paths[1], key, passphrase_from_env(args.passphrase_env))
+        import xpscerpto
+
+        pub, static = xpscerpto.x25519.generate_keypair()
+        with static:
+            write_static_key(paths[2], static.view())
+        paths[0].write_bytes(pem_chain(chain))
+        print(f"issued serial {chain[0].serial_number:x} to {args.name!r}: {paths[0].name}, {paths[1].name} (0600), "
+              f"{paths[2].name} (0600, static public key {pub.hex()})")
+        return 0
+    if args.pki_cmd == "revoke":
+        from .identity import load_certificates
+
+        try:
+            cert = load_certificates(Path(args.cert).read_bytes())[0]
+        except OSError as exc:
+            raise PolicyError(f"{Path(args.cert).name}: cannot read ({exc.strerror})") from None
+        if cert.issuer != ca.certificate.subject:
+            raise PolicyError(f"{Path(args.cert).name}: not issued by this CA")
+        ca.revoke(cert.serial_number, args.reason).save_revoked(args.ca)
+        print(f"revoked serial {cert.serial_number:x}; run `xps pki crl` to publish it")
+        return 0
+    from cryptography.hazmat.primitives import serialization
+    from xpscerpto._atomic import atomic_write
+
+    crl = ca.crl(days=args.days)
+    atomic_write(Path(args.out), crl.public_bytes(serialization.Encoding.PEM), 0o644)
+    print(f"CRL with {len(ca.revoked)} revoked serials, valid until "
+          f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC: {args.out}")
+    return 0
+
+
+# -- xps channel -----------------------------------------------------------------------------
+
+
+def _endpoint(args: argparse.Namespace) -> tuple[Any, Any, ChannelConfig]:
+    from .identity import Identity, Trust
+
+    identity = Identity.load(args.cert, args.key, passphrase=passphrase_from_env(args.passphrase_env),
+                             static_key=args.static_key)
+    trust = Trust.load(args.ca, args.crl or ())
+    cfg = ChannelConfig(protocol=args.protocol, require_pq=args.require_pq,
+                        handshake_timeout_seconds=args.handshake_timeout)
+    return identity, trust, cfg
+
+
+def _audit(args: argparse.Namespace) -> tuple[Any, int]:
+    from xpscerpto.audit import AuditLog
+
+    conf = context.config(args).audit
+    return AuditLog(context.home(args).audit, checkpoint_every=conf.checkpoint_every), conf.auth_fail_per_minute
+
+
+def cmd_channel(args: argparse.Namespace) -> int:
+    """Mutually authenticated channels: an echo server and client, and Noise vector replay."""
+    if args.channel_cmd == "vectors":
+        return _vectors(args)
+    identity, trust, cfg = _endpoint(args)
+    if args.channel_cmd == "serve":
+        return asyncio.run(_serve(args, identity, trust, cfg))
+    return asyncio.run(_connect(args, identity, trust, cfg))
+
+
+async def _serve(args: argparse.Namespace, identity: Any, trust: Any, cfg: ChannelConfig) -> int:
+    from .aio import Channel, serve
+
+    audit, per_minute = _audit(args)
+    done = asyncio.Event()
+
+    async def echo(ch: Channel) -> None:
+        print(f"channel from {', '.join(ch.peer.names) or ch.peer.subject} ({ch.protocol})", flush=True)
+        try:
+            while msg := await ch.recv():
+                await ch.send(msg)
+        finally:
+            if args.once:
+                done.set()
+
+    server = await serve(args.host, args.port, identity, trust, echo, expected_names=args.expect_name or None,
+                         config=cfg, peer_static=_hex_key(args.peer_static), audit=audit, audit_per_minute=per_minute)
+    async with server:
+        print(f"listening on {args.host}:{server.port}", flush=True)
+        await done.wait()
+    failed = sum(server.failures.failures.values())
+    print(f"served {server.failures.established} channels, {failed} failed handshakes")
+    return 0
+
+
+async def _connect(args: argparse.Namespace, identity: Any, trust: Any, cfg: ChannelConfig) -> int:
+    from .aio import connect
+
+    async with await connect(args.host, args.port, identity, trust, expected_name=args.expect_name,
+                             config=cfg, peer_static=_hex_key(args.peer_static)) as ch:
+        print(f"connected to {', '.join(ch.peer.names)} ({ch.protocol}), "
+              f"handshake hash {ch.handshake_hash.hex()[:16]}…")
+        await ch.send(args.message.encode())
+        reply = await ch.recv()
+    print(f"echo: {reply.decode(errors='replace')}")
+    return 0 if reply == args.message.encode() else 1
+
+
+def _hex_key(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise PolicyError("--peer-static: expected 64 hex digits (an X25519 public key)")
+    return key
+
+
+def _vectors(args: argparse.Namespace) -> int:
+    from .vectors import replay_file
+
+    report = replay_file(args.file, context.engine(args))
+
+    def text() -> None:
+        for name, reason in report.failed:
+            print(f"  FAIL {name}: {reason}")
+        unsupported = sum(report.unsupported.values())
+        print(f"{report.passed} passed, {len(report.failed)} failed, {unsupported} unsupported")
+        for reason, n in sorted(report.unsupported.items()):
+            print(f"  unsupported ({reason}): {n}")
+
+    context.emit(args, report.as_dict(), text)
+    return 0 if report else 1
+
+
+def add_channel_commands(sub: Any) -> None:
+    """Register ``pki`` and ``channel`` on the ``xps`` subparsers object."""
+    p = sub.add_parser("pki", help=cmd_pki.__doc__)
+    psub = p.add_subparsers(dest="pki_cmd", required=True)
+    a = psub.add_parser("init-ca", help="create a CA directory (root, or intermediate with --parent)")
+    a.add_argument("dir", metavar="DIR")
+    a.add_argument("--name", required=True, help="the CA's common name")
+    a.add_argument("--days", type=int, default=3650)
+    a.add_argument("--parent", metavar="DIR", help="sign with this CA (an intermediate)")
+    a.add_argument("--parent-passphrase-env", metavar="VAR")
+    a.add_argument("--passphrase-env", metavar="VAR", help="encrypt ca.key with the passphrase in $VAR")
+    a = psub.add_parser("issue", help="issue an Ed25519 leaf certificate, its key and a static X25519 key")
+    a.add_argument("--ca", required=True, metavar="DIR")
+    a.add_argument("--name", required=True, help="common name")
+    a.add_argument("--dns", action="append", default=[], metavar="NAME")
+    a.add_argument("--uri", action="append", default=[], metavar="URI")
+    a.add_argument("--days", type=int, default=365)
+    a.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.crt, PREFIX.key, PREFIX.static")
+    a.add_argument("--passphrase-env", metavar="VAR", help="encrypt PREFIX.key (PKCS#8) with the passphrase in $VAR")
+    a.add_argument("--ca-passphrase-env", metavar="VAR")
+    a = psub.add_parser("revoke", help="add a certificate's serial to the CA's revoked list")
+    a.add_argument("--ca", required=True, metavar="DIR")
+    a.add_argument("cert", metavar="CERT")
+    a.add_argument("--reason", default="")
+    a.add_argument("--ca-passphrase-env", metavar="VAR")
+    a = psub.add_parser("crl", help="write the CA's current CRL (PEM)")
+    a.add_argument("--ca", required=True, metavar="DIR")
+    a.add_argument("--out", required=True, metavar="FILE")
+    a.add_argument("--days", type=float, default=7.0, help="validity (an expired CRL fails every handshake)")
+    a.add_argument("--ca-passphrase-env", metavar="VAR")
+    p.set_defaults(func=cmd_pki)
+
+    p = sub.add_parser("channel", help=cmd_channel.__doc__)
+    csub = p.add_subparsers(dest="channel_cmd", required=True)
+    for name, helptext in (("serve", "echo server: every message comes back"),
+                           ("connect", "send one message to an echo server and print the reply")):
+        c = csub.add_parser(name, help=helptext)
+        c.add_argument("--cert", required=True, help="PEM chain, leaf first")
+        c.add_argument("--key", required=True, help="PKCS#8 Ed25519 key")
+        c.add_argument("--passphrase-env", metavar="VAR")
+        c.add_argument("--static-key", metavar="FILE", help="X25519 static key (NAME.static); fresh if omitted")
+        c.add_argument("--ca", action="append", required=True, metavar="FILE", help="trusted CA (repeatable)")
+        c.add_argument("--crl", action="append", metavar="FILE", help="CRL (repeatable; then CRLs are required)")
+        c.add_argument("--host", default="127.0.0.1")
+        c.add_argument("--protocol", help="Noise protocol name to offer (default XX, or XXhfs with --require-pq)")
+        c.add_argument("--require-pq", action="store_true", help="only hybrid post-quantum (hfs) protocols")
+        c.add_argument("--peer-static", metavar="HEX", help="the peer's static key (IK/NK/KK)")
+        c.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
+        if name == "serve":
+            c.add_argument("--port", type=int, default=0)
+            c.add_argument("--expect-name", action="append", metavar="NAME", help="client names allowed")
+            c.add_argument("--once", action="store_true", help="exit after the first channel ends")
+        else:
+            c.add_argument("--port", type=int, required=True)
+            c.add_argument("--expect-name", required=True, metavar="NAME", help="the server's DNS or URI name")
+            c.add_argument("--message", default="hello over XPScerpto")
+    c = csub.add_parser("vectors", help="replay Noise test vectors (cacophony JSON) through the core")
+    c.add_argument("file", metavar="FILE")
+    c.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_channel)

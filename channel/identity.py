@@ -1,0 +1,440 @@
+"""Who a channel endpoint is, and whom it trusts: X.509 certificates with Ed25519 keys.
+
+An :class:`Identity` is a certificate chain (leaf first), the leaf's Ed25519 key and a static
+X25519 key. A :class:`Trust` is a set of CA certificates, CRLs and limits; :meth:`Trust.verify`
+checks a peer's chain the way the handshake needs it, in order:
+
+1. ``check_shape``: 1..``max_chain`` certificates, each DER within bounds, Ed25519 keys only;
+2. ``check_path``: each certificate signed by the next, the last by (or equal to) a trusted CA;
+3. ``check_validity``: every certificate on the path valid at ``now``;
+4. ``check_ca_constraints`` / ``check_leaf_usage``: CAs have ``cA`` and ``keyCertSign`` (and
+   their path length), the leaf is no CA, has ``digitalSignature`` and, if it has an extended
+   key usage, the purpose of its role (clientAuth/serverAuth); no unknown critical extension;
+5. ``check_name``: one of the expected names among the leaf's DNS or URI SANs;
+6. ``check_revocation``: for every issued certificate, a CRL of its issuer, signed by it, current
+   (an expired CRL fails), not listing the serial.
+
+Every signature (certificates, CRLs, the handshake's) is verified through the engine's
+``ed25519`` route. Failures raise :class:`ChannelAuthError` with a ``reason`` from a closed set
+(``cert-untrusted``, ``cert-expired`` …) and a message that quotes nothing from the peer.
+
+Example:
+    >>> from xpscerpto.channel.pki import CertificateAuthority
+    >>> ca = CertificateAuthority.create("Example CA")
+    >>> ident = ca.issue_identity("svc", dns=["svc.example"])
+    >>> peer = Trust([ca.certificate]).verify(ident.chain_der, purpose="server", expected_names=["svc.example"])
+    >>> peer.names
+    ('svc.example',)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, SignatureAlgorithmOID
+from xpscerpto.errors import AuthError, KeyError_, PolicyError
+from xpscerpto.secret import SecretBytes
+
+if TYPE_CHECKING:
+    from xpscerpto.engine import Engine
+
+__all__ = ["ChannelAuthError", "Identity", "PeerCertificate", "Purpose", "Trust", "load_certificates", "load_crls"]
+
+Purpose = Literal["client", "server"]
+E = TypeVar("E", bound=x509.ExtensionType)
+#: Largest certificate accepted in a chain (bytes of DER).
+MAX_CERT_DER = 16 * 1024
+#: Verified certificate/CRL signatures remembered per Trust.
+_MAX_VERIFIED = 4096
+_KNOWN_CRITICAL = frozenset({ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE,
+                             ExtensionOID.EXTENDED_KEY_USAGE, ExtensionOID.SUBJECT_ALTERNATIVE_NAME})
+_EKU = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}
+
+
+class ChannelAuthError(AuthError):
+    """A peer failed authentication; ``reason`` names the check (never the peer's data)."""
+
+
+def _fail(reason: str, message: str) -> NoReturn:
+    raise ChannelAuthError(f"peer certificate: {message}", reason=reason)
+
+
+def _engine(engine: Engine | None) -> Engine:
+    if engine is not None:
+        return engine
+    import xpscerpto
+
+    return xpscerpto.default_engine()
+
+
+def _ed25519_raw(cert: x509.Certificate) -> bytes:
+    key = cert.public_key()
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        _fail("cert-key-type", "certificate key is not Ed25519")
+    return key.public_bytes_raw()
+
+
+def load_certificates(data: bytes) -> list[x509.Certificate]:
+    """Certificates from PEM (one or more) or a single DER certificate.
+
+    Raises:
+        PolicyError: nothing parseable.
+    """
+    try:
+        if b"-----BEGIN" in data:
+            certs = x509.load_pem_x509_certificates(data)
+        else:
+            certs = [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise PolicyError("certificate: not a PEM or DER X.509 certificate") from None
+    return certs
+
+
+def load_crls(data: bytes) -> list[x509.CertificateRevocationList]:
+    """CRLs from PEM (one or more) or a single DER CRL."""
+    try:
+        if b"-----BEGIN" in data:
+            blocks = [b"-----BEGIN" + part for part in data.split(b"-----BEGIN")[1:]]
+            return [x509.load_pem_x509_crl(b) for b in blocks]
+        return [x509.load_der_x509_crl(data)]
+    except ValueError:
+        raise PolicyError("crl: not a PEM or DER X.509 CRL") from None
+
+
+def _read(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"{what} {Path(path).name}: cannot read ({exc.strerror})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCertificate:
+    """The authenticated peer: its verified leaf, chain and names, and its static key.
+
+    Attributes:
+        certificate: the verified leaf certificate.
+        chain: the path as verified, leaf first, ending with the trusted CA.
+        names: the leaf's DNS and URI subject alternative names.
+        static_public: the X25519 static key the peer's signature bound (empty if it has none).
+    """
+
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    names: tuple[str, ...]
+    static_public: bytes = b""
+
+    @property
+    def subject(self) -> str:
+        """The leaf's subject as an RFC 4514 string."""
+        return self.certificate.subject.rfc4514_string()
+
+    def with_static(self, static_public: bytes) -> PeerCertificate:
+        """The same peer, with the static key its handshake signature bound."""
+        return PeerCertificate(self.certificate, self.chain, self.names, static_public)
+
+
+class Identity:
+    """An endpoint's certificate chain, Ed25519 signing key and static X25519 key.
+
+    Args:
+        chain: leaf first, then intermediates (not the root).
+        signing_key: the leaf's Ed25519 private key (32-byte seed).
+        static_key: the X25519 static private key; a fresh one is generated if omitted (fine
+            for XX; IK/KK peers must know it in advance, so load it from a file there).
+        engine: the engine used to derive public keys and sign.
+
+    Raises:
+        KeyError_: the signing key does not match the leaf, or a key has the wrong size.
+
+    Example:
+        >>> from xpscerpto.channel.pki import CertificateAuthority
+        >>> ident = CertificateAuthority.create("CA").issue_identity("svc", dns=["svc.example"])
+        >>> len(ident.static_public)
+        32
+    """
+
+    __slots__ = ("_engine", "_signing", "_static", "chain", "chain_der", "static_public")
+
+    def __init__(self, chain: Sequence[x509.Certificate], signing_key: bytes | bytearray | SecretBytes,
+                 static_key: bytes | bytearray | SecretBytes | None = None, *, engine: Engine | None = None) -> None:
+        eng = _engine(engine)
+        if not chain:
+            raise PolicyError("chain: at least the leaf certificate is needed")
+        self.chain = tuple(chain)
+        self.chain_der = tuple(c.public_bytes(serialization.Encoding.DER) for c in self.chain)
+        self._engine = eng
+        self._signing = SecretBytes(signing_key.view() if isinstance(signing_key, SecretBytes) else signing_key)
+        if len(self._signing) != 32:
+            raise KeyError_("signing_key: expected a 32-byte Ed25519 seed")
+        try:
+            leaf_pub = _ed25519_raw(self.chain[0])
+        except ChannelAuthError:
+            raise KeyError_("chain: the leaf certificate's key is not Ed25519") from None
+        if eng.ed25519.public_key(self._signing) != leaf_pub:
+            raise KeyError_("signing_key: does not match the leaf certificate's public key")
+        if static_key is None:
+            pub, sk = eng.x25519.generate_keypair()
+            self._static = sk
+        else:
+            self._static = SecretBytes(static_key.view() if isinstance(static_key, SecretBytes) else static_key)
+            if len(self._static) != 32:
+                raise KeyError_("static_key: expected a 32-byte X25519 private key")
+            pub = eng.x25519.public_key(self._static)
+        self.static_public = pub
+
+    @classmethod
+    def load(cls, cert: str | Path, key: str | Path, *, passphrase: bytes | None = None,
+             static_key: str | Path | None = None, engine: Engine | None = None) -> Identity:
+        """Load a PEM chain, a PKCS#8 Ed25519 key (optionally encrypted) and a static key file.
+
+        The static key file holds the 32 raw bytes (``xps pki issue`` writes ``NAME.static``).
+        """
+        chain = load_certificates(_read(cert, "certificate"))
+        raw = _read(key, "key")
+        try:
+            sk = serialization.load_pem_private_key(raw, password=passphrase)
+        except TypeError:
+            raise KeyError_("key: encrypted and no passphrase given (or a passphrase for a plain key)") from None
+        except ValueError:
+            raise KeyError_("key: not a PEM private key, or the passphrase is wrong") from None
+        if not isinstance(sk, ed25519.Ed25519PrivateKey):
+            raise KeyError_("key: not an Ed25519 private key")
+        static = _read(static_key, "static key") if static_key is not None else None
+        return cls(chain, bytearray(sk.private_bytes_raw()), static, engine=engine)
+
+    @property
+    def static_key(self) -> SecretBytes:
+        """The static X25519 private key (the handshake copies it)."""
+        return self._static
+
+    def sign(self, message: bytes) -> bytes:
+        """An Ed25519 signature with the leaf's key, through the engine."""
+        return self._engine.ed25519.sign(self._signing, message)
+
+    def wipe(self) -> None:
+        """Wipe both private keys; the identity is unusable afterwards."""
+        self._signing.wipe()
+        self._static.wipe()
+
+    def __repr__(self) -> str:
+        return f"<Identity {self.chain[0].subject.rfc4514_string()} (keys redacted)>"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("Identity holds private keys and cannot be pickled")
+
+
+class Trust:
+    """CA certificates, CRLs and chain limits: what a peer's certificate is checked against.
+
+    Args:
+        cas: trusted CA certificates (trust anchors).
+        crls: certificate revocation lists; each must be signed by the CA that issued it.
+        require_crl: fail a chain whose issuers have no CRL here (default: True when any CRL
+            is given, so a revocation check cannot be skipped by forgetting one file).
+        max_chain: the most certificates a peer may send (leaf included).
+        engine: the engine verifying signatures.
+    """
+
+    __slots__ = ("_anchors", "_crls", "_engine", "_verified", "max_chain", "require_crl")
+
+    def __init__(self, cas: Iterable[x509.Certificate], crls: Iterable[x509.CertificateRevocationList] = (), *,
+                 require_crl: bool | None = None, max_chain: int = 4, engine: Engine | None = None) -> None:
+        self._anchors = tuple(cas)
+        if not self._anchors:
+            raise PolicyError("trust: at least one CA certificate is needed")
+        self._crls = tuple(crls)
+        self.require_crl = bool(self._crls) if require_crl is None else bool(require_crl)
+        if type(max_chain) is not int or not 1 <= max_chain <= 16:
+            raise PolicyError("max_chain: expected an int in 1..16")
+        self.max_chain = max_chain
+        self._engine = _engine(engine)
+        # SHA-256 of (issuer key, signed bytes, signature) for signatures that verified: a peer
+        # presents the same intermediates and the CRLs do not change, so each is checked once.
+        # Only successes are kept, bounded, and the key covers every input of the check.
+        self._verified: dict[bytes, None] = {}
+
+    @classmethod
+    def load(cls, ca_files: Iterable[str | Path], crl_files: Iterable[str | Path] = (), *,
+             require_crl: bool | None = None, max_chain: int = 4, engine: Engine | None = None) -> Trust:
+        """A Trust from PEM/DER files."""
+        cas = [c for f in ca_files for c in load_certificates(_read(f, "CA certificate"))]
+        crls = [c for f in crl_files for c in load_crls(_read(f, "CRL"))]
+        return cls(cas, crls, require_crl=require_crl, max_chain=max_chain, engine=engine)
+
+    def verify(self, chain_der: Sequence[bytes], *, purpose: Purpose, expected_names: Iterable[str] | None,
+               now: dt.datetime | None = None) -> PeerCertificate:
+        """Verify a peer's chain (leaf first) for ``purpose``; see the module docstring for the steps.
+
+        ``expected_names=None`` accepts any name (the server authorising clients by CA only).
+
+        Raises:
+            ChannelAuthError: with ``reason`` naming the failed check.
+        """
+        when = now or dt.datetime.now(dt.UTC)
+        chain = self.check_shape(chain_der)
+        path, anchor = self.check_path(chain)
+        full = (*path, anchor)
+        self.check_validity(full, when)
+        self.check_ca_constraints(full)
+        self.check_leaf_usage(path[0], purpose)
+        names = _san_names(path[0])
+        self.check_name(names, expected_names)
+        self.check_revocation(full, when)
+        return PeerCertificate(path[0], full, names)
+
+    # -- the steps ---------------------------------------------------------------------
+
+    def check_shape(self, chain_der: Sequence[bytes]) -> list[x509.Certificate]:
+        """Count, size and parse each certificate; Ed25519 keys and signatures only."""
+        if not 1 <= len(chain_der) <= self.max_chain:
+            _fail("chain-too-long" if chain_der else "cert-missing",
+                  f"chain of {len(chain_der)} certificates (1..{self.max_chain} allowed)")
+        certs = []
+        for der in chain_der:
+            if len(der) > MAX_CERT_DER:
+                _fail("cert-malformed", f"a certificate is larger than {MAX_CERT_DER} bytes")
+            try:
+                cert = x509.load_der_x509_certificate(bytes(der))
+                _ed25519_raw(cert)
+                algo = cert.signature_algorithm_oid
+            except ValueError:
+                _fail("cert-malformed", "a certificate does not parse")
+            if algo != SignatureAlgorithmOID.ED25519:
+                _fail("cert-key-type", "a certificate is not signed with Ed25519")
+            certs.append(cert)
+        return certs
+
+    def check_path(self, chain: list[x509.Certificate]) -> tuple[tuple[x509.Certificate, ...], x509.Certificate]:
+        """Each certificate signed by the next; the last one by (or identical to) a trust anchor."""
+        for child, parent in itertools.pairwise(chain):
+            if child.issuer != parent.subject or not self._signed_by(child, parent):
+                _fail("cert-untrusted", "the chain is not in order or a signature does not verify")
+        last = chain[-1]
+        for anchor in self._anchors:
+            if last == anchor and len(chain) > 1:
+                return tuple(chain[:-1]), anchor
+            if last.issuer == anchor.subject and self._signed_by(last, anchor):
+                return tuple(chain), anchor
+        _fail("cert-untrusted", "not issued by a trusted CA")
+
+    def check_validity(self, path: Sequence[x509.Certificate], now: dt.datetime) -> None:
+        """Every certificate on the path, the anchor included, valid at ``now``."""
+        for cert in path:
+            if now < cert.not_valid_before_utc:
+                _fail("cert-not-yet-valid", "a certificate on the path is not valid yet")
+            if now > cert.not_valid_after_utc:
+                _fail("cert-expired", "a certificate on the path has expired")
+
+    def check_ca_constraints(self, path: Sequence[x509.Certificate]) -> None:
+        """Issuers are CAs allowed to sign certificates, within their path length; no unknown critical extension."""
+        for cert in path:
+            for ext in cert.extensions:
+                if ext.critical and ext.oid not in _KNOWN_CRITICAL:
+                    _fail("cert-extension", "a certificate has an unknown critical extension")
+        for depth, cert in enumerate(path[1:]):
+            bc = _ext(cert, x509.BasicConstraints)
+            ku = _ext(cert, x509.KeyUsage)
+            if bc is None or not bc.ca or ku is None or not ku.key_cert_sign:
+                _fail("cert-usage", "an issuer is not a CA allowed to sign certificates")
+            # ``depth`` CA certificates lie between this one and the leaf.
+            if bc.path_length is not None and depth > bc.path_length:
+                _fail("chain-too-long", "a CA's path length constraint is exceeded")
+
+    def check_leaf_usage(self, leaf: x509.Certificate, purpose: Purpose) -> None:
+        """The leaf is an end entity allowed to sign, for this role."""
+        bc = _ext(leaf, x509.BasicConstraints)
+        if bc is not None and bc.ca:
+            _fail("cert-usage", "the peer's certificate is a CA certificate")
+        ku = _ext(leaf, x509.KeyUsage)
+        if ku is None or not ku.digital_signature:
+            _fail("cert-usage", "the peer's certificate does not allow digitalSignature")
+        eku = _ext(leaf, x509.ExtendedKeyUsage)
+        if eku is not None and _EKU[purpose] not in eku and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
+            _fail("cert-usage", f"the peer's certificate is not for {purpose} authentication")
+
+    @staticmethod
+    def check_name(names: tuple[str, ...], expected: Iterable[str] | None) -> None:
+        """One expected name among the leaf's SANs (DNS case-insensitive, URI exact)."""
+        if expected is None:
+            return
+        wanted = {_norm(n) for n in expected}
+        if not wanted & {_norm(n) for n in names}:
+            _fail("cert-name", "the peer's certificate does not carry the expected name")
+
+    def check_revocation(self, path: Sequence[x509.Certificate], now: dt.datetime) -> None:
+        """Each issued certificate against a current CRL of its issuer."""
+        if not self.require_crl and not self._crls:
+            return
+        for cert, issuer in itertools.pairwise(path):
+            crls = [c for c in self._crls if c.issuer == issuer.subject]
+            good = [c for c in crls if self._crl_signed_by(c, issuer)]
+            if not good:
+                if self.require_crl:
+                    _fail("crl-missing", "no CRL signed by an issuer on the path")
+                continue
+            crl = max(good, key=lambda c: c.last_update_utc)
+            if crl.next_update_utc is None or now > crl.next_update_utc:
+                _fail("crl-expired", "the issuer's CRL has expired")
+            if now < crl.last_update_utc:
+                _fail("crl-not-yet-valid", "the issuer's CRL is not valid yet")
+            if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                _fail("cert-revoked", "a certificate on the path is revoked")
+
+    # -- signatures through the engine -------------------------------------------------
+
+    def _signed_by(self, cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+        if cert.signature_algorithm_oid != SignatureAlgorithmOID.ED25519:
+            return False
+        return self._verify(_ed25519_raw(issuer), cert.tbs_certificate_bytes, cert.signature)
+
+    def _crl_signed_by(self, crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+        if crl.signature_algorithm_oid != SignatureAlgorithmOID.ED25519:
+            return False
+        return self._verify(_ed25519_raw(issuer), crl.tbs_certlist_bytes, crl.signature)
+
+    def _verify(self, public_key: bytes, signed: bytes, signature: bytes) -> bool:
+        h = hashlib.sha256()
+        for part in (public_key, signed, signature):
+            h.update(len(part).to_bytes(4, "big"))
+            h.update(part)
+        key = h.digest()
+        if key in self._verified:
+            return True
+        try:
+            self._engine.ed25519.verify(public_key, signed, signature)
+        except AuthError:
+            return False
+        if len(self._verified) >= _MAX_VERIFIED:
+            self._verified.clear()
+        self._verified[key] = None
+        return True
+
+
+def _ext(cert: x509.Certificate, kind: type[E]) -> E | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+    except ValueError:  # a duplicated or malformed extension
+        _fail("cert-malformed", "a certificate has a malformed extension")
+
+
+def _san_names(cert: x509.Certificate) -> tuple[str, ...]:
+    san = _ext(cert, x509.SubjectAlternativeName)
+    if san is None:
+        return ()
+    return (*san.get_values_for_type(x509.DNSName), *san.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def _norm(name: str) -> str:
+    return name if "://" in name else name.lower().rstrip(".")

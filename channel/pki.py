@@ -1,0 +1,273 @@
+"""A small certificate authority for channel tests and demos: Ed25519 CAs, leaves and CRLs.
+
+Not a production CA (no OCSP, no policy OIDs, no HSM); it makes exactly the certificates the
+channel verifies (:mod:`.identity`): CAs with ``cA`` and ``keyCertSign``/``cRLSign``, leaves
+with ``digitalSignature``, clientAuth+serverAuth, DNS/URI SANs, key identifiers, 128-bit random
+serials. Issuance uses ``cryptography.x509`` builders directly (they need the key object).
+
+A CA directory holds ``ca.crt`` (this CA's certificate, then its parents up to the root),
+``ca.key`` (PKCS#8 PEM, 0600, encrypted when a passphrase is given) and ``revoked.json``
+(serials revoked so far, replaced atomically). ``xps pki init-ca|issue|revoke|crl`` are thin
+commands over this module.
+
+Example:
+    >>> ca = CertificateAuthority.create("Example CA")
+    >>> chain, key = ca.issue("svc", dns=["svc.example"])
+    >>> chain[0].issuer == ca.certificate.subject
+    True
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from xpscerpto._atomic import atomic_write, create_exclusive
+from xpscerpto.errors import KeyError_, PolicyError
+
+from .identity import Identity, load_certificates
+
+if TYPE_CHECKING:
+    from xpscerpto.engine import Engine
+
+__all__ = ["CertificateAuthority", "Revocation", "passphrase_from_env", "pem_chain", "write_private_key",
+           "write_static_key"]
+
+_DAY = dt.timedelta(days=1)
+_SKEW = dt.timedelta(minutes=5)  # backdate not_before so peers with slightly slow clocks agree
+_LEAF_KU = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                         data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                         encipher_only=False, decipher_only=False)
+_CA_KU = x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                       data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                       encipher_only=False, decipher_only=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One revoked serial: when, and why (free text kept for operators)."""
+
+    serial: int
+    time: dt.datetime
+    reason: str = ""
+
+
+def _name(common_name: str) -> x509.Name:
+    if not isinstance(common_name, str) or not common_name.strip() or len(common_name) > 64:
+        raise PolicyError("name: expected a non-empty common name of at most 64 characters")
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def write_private_key(path: Path, key: ed25519.Ed25519PrivateKey, passphrase: bytes | None = None) -> None:
+    """Write ``key`` as PKCS#8 PEM, 0600, never replacing a file (passphrase: encrypted PKCS#8)."""
+    enc: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption())
+    pem = bytearray(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc))
+    try:
+        if not create_exclusive(path, pem, 0o600):
+            raise PolicyError(f"{path.name}: already exists (refusing to replace a private key)")
+    finally:
+        pem[:] = bytes(len(pem))
+
+
+def _load_key(path: Path, passphrase: bytes | None) -> ed25519.Ed25519PrivateKey:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"{path.name}: cannot read ({exc.strerror})") from None
+    try:
+        key = serialization.load_pem_private_key(raw, password=passphrase)
+    except TypeError:
+        raise KeyError_(f"{path.name}: encrypted and no passphrase given (or a passphrase for a plain key)") from None
+    except ValueError:
+        raise KeyError_(f"{path.name}: not a PEM private key, or the passphrase is wrong") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise KeyError_(f"{path.name}: not an Ed25519 private key")
+    return key
+
+
+class CertificateAuthority:
+    """An Ed25519 CA: its certificate, its parents' and its key.
+
+    Use :meth:`create` or :meth:`load`; the constructor takes the parts as they are.
+    """
+
+    def __init__(self, chain: Sequence[x509.Certificate], key: ed25519.Ed25519PrivateKey,
+                 revoked: Iterable[Revocation] = ()) -> None:
+        self.chain = tuple(chain)
+        self._key = key
+        self.revoked = tuple(revoked)
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        """This CA's own certificate."""
+        return self.chain[0]
+
+    def __repr__(self) -> str:
+        return f"<CertificateAuthority {self.certificate.subject.rfc4514_string()} (key redacted)>"
+
+    # -- making certificates -----------------------------------------------------------
+
+    @classmethod
+    def create(cls, name: str, *, days: int = 3650, parent: CertificateAuthority | None = None,
+               path_length: int | None = None, not_before: dt.datetime | None = None,
+               not_after: dt.datetime | None = None) -> CertificateAuthority:
+        """A new root CA, or an intermediate signed by ``parent``."""
+        key = ed25519.Ed25519PrivateKey.generate()
+        now = dt.datetime.now(dt.UTC)
+        subject = _name(name)
+        issuer_key = parent._key if parent else key
+        builder = (x509.CertificateBuilder()
+                   .subject_name(subject)
+                   .issuer_name(parent.certificate.subject if parent else subject)
+                   .public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(not_before or now - _SKEW)
+                   .not_valid_after(not_after or now + days * _DAY)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+                   .add_extension(_CA_KU, critical=True)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                                  critical=False))
+        cert = builder.sign(issuer_key, None)
+        return cls((cert, *(parent.chain if parent else ())), key)
+
+    def issue(self, name: str, *, dns: Iterable[str] = (), uris: Iterable[str] = (), days: int = 365,
+              not_before: dt.datetime | None = None, not_after: dt.datetime | None = None,
+              key_usage: x509.KeyUsage | None = _LEAF_KU,
+              extended_key_usage: Sequence[x509.ObjectIdentifier] | None = (
+                  ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH),
+              key: ed25519.Ed25519PrivateKey | None = None,
+              ) -> tuple[list[x509.Certificate], ed25519.Ed25519PrivateKey]:
+        """A leaf certificate and its new key; the chain is the leaf then this CA's chain minus the root.
+
+        ``key_usage=None`` / ``extended_key_usage=None`` omit those extensions (tests of
+        certificates the verifier must refuse use them).
+        """
+        leaf_key = key or ed25519.Ed25519PrivateKey.generate()
+        now = dt.datetime.now(dt.UTC)
+        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+        sans += [x509.UniformResourceIdentifier(u) for u in uris]
+        builder = (x509.CertificateBuilder()
+                   .subject_name(_name(name))
+                   .issuer_name(self.certificate.subject)
+                   .public_key(leaf_key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(not_before or now - _SKEW)
+                   .not_valid_after(not_after or now + days * _DAY)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                                  critical=False))
+        if key_usage is not None:
+            builder = builder.add_extension(key_usage, critical=True)
+        if extended_key_usage is not None:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(list(extended_key_usage)), critical=False)
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        leaf = builder.sign(self._key, None)
+        return [leaf, *self._below_root()], leaf_key
+
+    def issue_identity(self, name: str, *, dns: Iterable[str] = (), uris: Iterable[str] = (), days: int = 365,
+                       engine: Engine | None = None) -> Identity:
+        """:meth:`issue`, as an :class:`~xpscerpto.channel.identity.Identity` with a fresh static key."""
+        chain, key = self.issue(name, dns=dns, uris=uris, days=days)
+        return Identity(chain, bytearray(key.private_bytes_raw()), engine=engine)
+
+    def _below_root(self) -> list[x509.Certificate]:
+        return [c for c in self.chain if c.issuer != c.subject]
+
+    def revoke(self, serial: int, reason: str = "", when: dt.datetime | None = None) -> CertificateAuthority:
+        """A CA with ``serial`` added to its revoked list (idempotent)."""
+        if any(r.serial == serial for r in self.revoked):
+            return self
+        rev = Revocation(serial, when or dt.datetime.now(dt.UTC), reason)
+        return CertificateAuthority(self.chain, self._key, (*self.revoked, rev))
+
+    def crl(self, *, days: float = 7, last_update: dt.datetime | None = None,
+            next_update: dt.datetime | None = None) -> x509.CertificateRevocationList:
+        """A CRL of every revoked serial, valid ``days`` from now (or the explicit window)."""
+        now = dt.datetime.now(dt.UTC)
+        builder = (x509.CertificateRevocationListBuilder()
+                   .issuer_name(self.certificate.subject)
+                   .last_update(last_update or now - _SKEW)
+                   .next_update(next_update or now + dt.timedelta(days=days)))
+        for r in self.revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(r.serial).revocation_date(r.time).build())
+        return builder.sign(self._key, None)
+
+    # -- files ---------------------------------------------------------------------------
+
+    def save(self, folder: str | Path, passphrase: bytes | None = None) -> None:
+        """Write a new CA directory (refuses to overwrite an existing key)."""
+        d = Path(folder)
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private_key(d / "ca.key", self._key, passphrase)
+        atomic_write(d / "ca.crt", pem_chain(self.chain), 0o644)
+        self._save_revoked(d)
+
+    def _save_revoked(self, d: Path) -> None:
+        doc = {"revoked": [{"serial": format(r.serial, "x"), "time": r.time.isoformat(), "reason": r.reason}
+                           for r in self.revoked]}
+        atomic_write(d / "revoked.json", (json.dumps(doc, indent=1) + "\n").encode(), 0o644)
+
+    def save_revoked(self, folder: str | Path) -> None:
+        """Replace the directory's ``revoked.json`` atomically."""
+        self._save_revoked(Path(folder))
+
+    @classmethod
+    def load(cls, folder: str | Path, passphrase: bytes | None = None) -> CertificateAuthority:
+        """Read a CA directory written by :meth:`save`.
+
+        Raises:
+            PolicyError: a file is missing or malformed (never silently reset).
+            KeyError_: the key is wrong, encrypted without a passphrase, or not the CA's.
+        """
+        d = Path(folder)
+        try:
+            chain = load_certificates((d / "ca.crt").read_bytes())
+            doc = json.loads((d / "revoked.json").read_bytes())
+        except OSError as exc:
+            raise PolicyError(f"CA directory {d.name}: cannot read ({exc.strerror})") from None
+        except ValueError:
+            raise PolicyError(f"CA directory {d.name}: revoked.json is not JSON") from None
+        key = _load_key(d / "ca.key", passphrase)
+        if key.public_key() != chain[0].public_key():
+            raise KeyError_(f"CA directory {d.name}: ca.key does not belong to ca.crt")
+        try:
+            revoked = [Revocation(int(r["serial"], 16), dt.datetime.fromisoformat(r["time"]), str(r.get("reason", "")))
+                       for r in doc["revoked"]]
+        except (KeyError, TypeError, ValueError):
+            raise PolicyError(f"CA directory {d.name}: revoked.json is malformed") from None
+        return cls(chain, key, revoked)
+
+
+def pem_chain(chain: Iterable[x509.Certificate]) -> bytes:
+    """Certificates as concatenated PEM."""
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+
+
+def write_static_key(path: Path, key: bytes | bytearray | memoryview) -> None:
+    """Write a raw 32-byte X25519 static key, 0600, never replacing a file."""
+    if not create_exclusive(path, key, 0o600):
+        raise PolicyError(f"{path.name}: already exists (refusing to replace a private key)")
+
+
+def passphrase_from_env(name: str | None) -> bytes | None:
+    """The passphrase held by environment variable ``name`` (never taken from the command line)."""
+    if name is None:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise PolicyError(f"passphrase: environment variable {name} is not set or empty")
+    return value.encode()

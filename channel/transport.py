@@ -1,0 +1,216 @@
+"""The channel's transport, sans I/O: framed Noise transport messages with in-band rekey.
+
+Each record on the wire is a 2-byte big-endian length and a Noise transport message (an AEAD
+ciphertext under the direction's key, counter nonce, empty associated data). Its plaintext
+starts with one type byte:
+
+========  ============  ==========================================================
+type      name          meaning
+========  ============  ==========================================================
+``0x00``  DATA          the last (or only) fragment of a message
+``0x01``  MORE          a fragment; more of the same message follows
+``0x02``  CLOSE         the sender will send nothing more (authenticated end of stream)
+``0x03``  KEY_UPDATE    the sender calls Rekey() on its sending key after this record
+========  ============  ==========================================================
+
+The sender decides when to rekey (``ChannelConfig.rekey_after_messages`` / ``_bytes`` /
+``_seconds``, whichever first) and says so with KEY_UPDATE, so both ends call Noise's Rekey()
+at the same record whatever their clocks or configurations. Records are ordered (counter
+nonces), so a replayed, reordered, dropped or altered record fails authentication and the
+channel is dead from then on; a message is delivered only when all its fragments verified.
+
+Example:
+    >>> from xpscerpto.channel._noise import CipherState
+    >>> import xpscerpto as xps
+    >>> eng = xps.default_engine()
+    >>> a, b = CipherState(eng, "ChaChaPoly"), CipherState(eng, "ChaChaPoly")
+    >>> a.initialize_key(bytes(32)); b.initialize_key(bytes(32))
+    >>> c, d = CipherState(eng, "ChaChaPoly"), CipherState(eng, "ChaChaPoly")
+    >>> c.initialize_key(bytes(range(32))); d.initialize_key(bytes(range(32)))
+    >>> alice, bob = Transport(a, c, ChannelConfig()), Transport(d, b, ChannelConfig())
+    >>> wire = alice.seal(b"hi")
+    >>> bob.open(wire[2:])
+    b'hi'
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from xpscerpto.errors import AuthError, PolicyError, XpsError
+
+from ._noise import TAGLEN
+from .config import ChannelConfig
+
+if TYPE_CHECKING:
+    from xpscerpto.interfaces import Buffer
+
+    from ._noise import CipherState
+
+__all__ = ["CLOSE", "DATA", "KEY_UPDATE", "MORE", "Transport"]
+
+DATA, MORE, CLOSE, KEY_UPDATE = 0, 1, 2, 3
+_TYPES = (b"\x00", b"\x01", b"\x02", b"\x03")
+_U16 = struct.Struct(">H").pack
+#: The smallest record: a type byte and the tag.
+MIN_RECORD = 1 + TAGLEN
+
+
+class Transport:
+    """Both directions of an established channel.
+
+    Not thread-safe: one sender and one receiver at a time (the drivers serialise sends).
+    After any failure the transport refuses everything with the first error.
+    """
+
+    __slots__ = ("_age_limit", "_buf", "_byte_limit", "_chunk", "_clock", "_error", "_max_message",
+                 "_msg_limit", "_recv", "_send", "_sent_bytes", "_sent_records", "_since",
+                 "closed_by_peer", "closed_by_us", "rekeys_received", "rekeys_sent")
+
+    def __init__(self, send: CipherState, recv: CipherState, config: ChannelConfig,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._send = send
+        self._recv = recv
+        self._msg_limit = config.rekey_after_messages
+        self._byte_limit = config.rekey_after_bytes
+        self._age_limit = config.rekey_after_seconds
+        self._chunk = config.max_frame - MIN_RECORD
+        self._max_message = config.max_message
+        self._clock = clock
+        self._since = clock()
+        self._sent_records = 0
+        self._sent_bytes = 0
+        self._buf: list[bytes] = []
+        self._error: XpsError | None = None
+        self.closed_by_peer = False
+        self.closed_by_us = False
+        self.rekeys_sent = 0
+        self.rekeys_received = 0
+
+    # -- sending -------------------------------------------------------------------------
+
+    def seal(self, data: Buffer) -> bytes:
+        """The records carrying one message (fragments, preceded by a KEY_UPDATE when one is due)."""
+        if self._error is not None:
+            raise self._error
+        if self.closed_by_us:
+            raise PolicyError("channel: closed")
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise PolicyError(f"data: expected bytes-like, got {type(data).__name__}")
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if n > self._max_message:
+            raise PolicyError(f"data: {n} bytes, more than max_message ({self._max_message})")
+        chunk = self._chunk
+        if n <= chunk:  # the common case: one record, one AEAD call
+            return self._record(DATA, view)
+        parts = []
+        for start in range(0, n, chunk):
+            end = min(start + chunk, n)
+            parts.append(self._record(DATA if end == n else MORE, view[start:end]))
+        return b"".join(parts)
+
+    def seal_close(self) -> bytes:
+        """The CLOSE record; nothing can be sent afterwards."""
+        if self._error is not None:
+            raise self._error
+        if self.closed_by_us:
+            return b""
+        out = self._record(CLOSE, b"")
+        self.closed_by_us = True
+        return out
+
+    def _record(self, kind: int, body: Buffer) -> bytes:
+        prefix = b""
+        if (self._sent_records >= self._msg_limit or self._sent_bytes >= self._byte_limit
+                or self._clock() - self._since >= self._age_limit):
+            prefix = self._key_update()
+        ct = self._send.encrypt_with_ad(b"", b"".join((_TYPES[kind], body)))  # one copy, even of a view
+        self._sent_records += 1
+        self._sent_bytes += len(body)
+        return prefix + _U16(len(ct)) + ct
+
+    def _key_update(self) -> bytes:
+        ct = self._send.encrypt_with_ad(b"", _TYPES[KEY_UPDATE])
+        self._send.rekey()
+        self._sent_records = self._sent_bytes = 0
+        self._since = self._clock()
+        self.rekeys_sent += 1
+        return _U16(len(ct)) + ct
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def open(self, body: Buffer) -> bytes | None:
+        """Decrypt one record body (length prefix removed): a whole message, or None.
+
+        None means a fragment, a KEY_UPDATE or the peer's CLOSE (then :attr:`closed_by_peer`).
+
+        Raises:
+            AuthError: the record was altered, replayed, reordered or truncated (channel dead).
+            PolicyError: a record after CLOSE, an unknown type, or a message over max_message.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._open(body)
+        except XpsError as exc:
+            self._fail(exc)
+            raise
+
+    def _open(self, body: Buffer) -> bytes | None:
+        if self.closed_by_peer:
+            raise PolicyError("channel: a record after the peer's CLOSE", reason="malformed")
+        if len(body) < MIN_RECORD:
+            raise AuthError("record: shorter than a type byte and a tag", reason="truncated")
+        try:
+            plain = self._recv.decrypt_with_ad(b"", body)
+        except AuthError:
+            raise AuthError("record: authentication failed (altered, replayed, reordered or cut)",
+                            reason="auth") from None
+        kind = plain[0]
+        if kind == DATA:
+            if not self._buf:
+                return plain[1:] if len(plain) > 1 else None
+            if sum(map(len, self._buf)) + len(plain) - 1 > self._max_message:
+                raise PolicyError(f"message: more than max_message ({self._max_message}) bytes", reason="oversized")
+            self._buf.append(plain[1:])
+            out = b"".join(self._buf)
+            self._buf = []
+            return out
+        if kind == MORE:
+            if sum(map(len, self._buf)) + len(plain) - 1 > self._max_message:
+                raise PolicyError(f"message: more than max_message ({self._max_message}) bytes", reason="oversized")
+            self._buf.append(plain[1:])
+            return None
+        if kind == KEY_UPDATE and len(plain) == 1:
+            self._recv.rekey()
+            self.rekeys_received += 1
+            return None
+        if kind == CLOSE and len(plain) == 1 and not self._buf:
+            self.closed_by_peer = True
+            return None
+        raise PolicyError("record: unknown or malformed record type", reason="malformed")
+
+    def _fail(self, exc: XpsError) -> None:
+        self._error = exc
+        self._buf = []
+        self._send.wipe()
+        self._recv.wipe()
+
+    def fail(self, exc: XpsError) -> None:
+        """Mark the transport dead with ``exc`` (a driver saw a truncated or oversized record)."""
+        if self._error is None:
+            self._fail(exc)
+
+    @property
+    def error(self) -> XpsError | None:
+        """The error that killed the transport, if any."""
+        return self._error
+
+    def wipe(self) -> None:
+        """Wipe both keys."""
+        self._send.wipe()
+        self._recv.wipe()

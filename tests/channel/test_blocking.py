@@ -1,0 +1,133 @@
+"""The blocking driver over real sockets, and its interop with the asyncio one."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections import Counter
+
+import pytest
+import xpscerpto as xps
+from xpscerpto.channel import ChannelConfig, blocking, connect, serve
+
+from .conftest import Pki, echo, run
+
+
+def _echo(ch: blocking.BlockingChannel) -> None:
+    while msg := ch.recv():
+        ch.send(msg)
+
+
+def _wait(cond: object, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:  # type: ignore[operator]
+        time.sleep(0.01)
+    assert cond(), "condition not reached"  # type: ignore[operator]
+
+
+def test_blocking_round_trip_large_and_small(pki: Pki) -> None:
+    big = bytes(range(256)) * 600
+    with blocking.serve("127.0.0.1", 0, pki.server, pki.trust, _echo) as server, \
+            blocking.connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test",
+                             config=ChannelConfig(rekey_after_messages=2)) as ch:
+        for m in (b"a", big, b"", b"c"):
+            ch.send(m)
+            if m:
+                assert ch.recv() == m
+        # records: a, big x3 (65518-byte chunks), c; a KEY_UPDATE before records 3 and 5
+        assert ch.peer.names == ("server.test",) and ch.transport.rekeys_sent == 2
+
+
+def test_blocking_client_with_asyncio_server_and_back(pki: Pki) -> None:
+    async def with_async_server() -> None:
+        async with await serve("127.0.0.1", 0, pki.server, pki.trust, echo) as server:
+            def client() -> bytes:
+                with blocking.connect("127.0.0.1", server.port, pki.client, pki.trust,
+                                      expected_name="server.test") as ch:
+                    ch.send(b"to async")
+                    return ch.recv()
+            assert await asyncio.to_thread(client) == b"to async"
+
+    run(with_async_server())
+
+    async def async_client(port: int) -> bytes:
+        async with await connect("127.0.0.1", port, pki.client, pki.trust, expected_name="server.test") as ch:
+            await ch.send(b"to blocking")
+            return await ch.recv()
+
+    with blocking.serve("127.0.0.1", 0, pki.server, pki.trust, _echo) as server:
+        assert run(async_client(server.port)) == b"to blocking"
+
+
+def test_blocking_server_drops_silent_clients_caps_pending_and_keeps_serving(pki: Pki) -> None:
+    cfg = ChannelConfig(handshake_timeout_seconds=0.4, max_pending_handshakes=2)
+    with blocking.serve("127.0.0.1", 0, pki.server, pki.trust, _echo, config=cfg) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+        _wait(lambda: server._pending._value == 0)  # both handshakes pending
+        with pytest.raises(xps.PolicyError) as info:
+            blocking.connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test", config=cfg)
+        assert info.value.reason == "busy"
+        for s in idle:
+            s.settimeout(5)
+            assert s.recv(10) == b""  # dropped at the deadline
+            s.close()
+        with blocking.connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test") as ch:
+            ch.send(b"ok")
+            assert ch.recv() == b"ok"
+        assert server.failures.failures == Counter({"busy": 1, "timeout": 2})
+
+
+def test_blocking_client_refuses_the_wrong_name_and_times_out_on_a_mute_server(pki: Pki) -> None:
+    with blocking.serve("127.0.0.1", 0, pki.server, pki.trust, _echo) as server:
+        with pytest.raises(xps.AuthError) as info:
+            blocking.connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="other.test")
+        assert info.value.reason == "cert-name"
+    with socket.create_server(("127.0.0.1", 0)) as mute:
+        stop = threading.Event()
+        with pytest.raises(TimeoutError):
+            blocking.connect("127.0.0.1", mute.getsockname()[1], pki.client, pki.trust, expected_name="server.test",
+                             config=ChannelConfig(handshake_timeout_seconds=0.3))
+        stop.set()
+
+
+def test_blocking_handler_errors_do_not_stop_the_server(pki: Pki) -> None:
+    def bad(ch: blocking.BlockingChannel) -> None:
+        raise RuntimeError("handler bug")
+
+    with blocking.serve("127.0.0.1", 0, pki.server, pki.trust, bad) as server:
+        for _ in range(2):
+            with blocking.connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test") as ch:
+                assert ch.recv() == b""  # the server closed the channel cleanly after its handler failed
+        _wait(lambda: server.handler_errors == 2)
+
+
+def test_threads_sending_on_one_channel_never_interleave_records(pki: Pki) -> None:
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def collect(ch: blocking.BlockingChannel) -> None:
+        while msg := ch.recv():
+            got.append(msg)
+        done.set()
+
+    with blocking.serve("127.0.0.1", 0, pki.server, pki.trust, collect) as server:
+        ch = blocking.connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test",
+                              config=ChannelConfig(rekey_after_messages=7))
+
+        def sender(t: int) -> None:
+            for i in range(50):
+                ch.send(b"%d:%d:" % (t, i) + bytes(70000 if i % 10 == 0 else 10))  # some fragmented
+
+        threads = [threading.Thread(target=sender, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        ch.close()
+        assert done.wait(10)
+    assert len(got) == 200
+    for t in range(4):
+        mine = [int(m.split(b":")[1]) for m in got if m.startswith(b"%d:" % t)]
+        assert mine == list(range(50))

@@ -1,0 +1,235 @@
+"""Rekey in step on both sides, and a replaced AEAD provider taking over live channels.
+
+Over real sockets: the sender's limits (messages, bytes, seconds; whichever first) trigger a
+KEY_UPDATE record and Noise Rekey() on both ends at the same record. A provider published
+into the engine's routing table (what a capsule's cutover does) serves new channels and
+existing ones from their next record; rekeys build their keyed AEAD on it; a rollback
+(publishing the old table) hands them back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import xpscerpto as xps
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from xpscerpto.channel import Channel, ChannelConfig, connect, serve
+from xpscerpto.channel._noise import CipherState
+from xpscerpto.channel.transport import Transport
+from xpscerpto.interfaces import Aead, Buffer, Provider
+
+from tests.fakes.providers import ProviderPlugin
+
+from .conftest import Pki, echo, run
+
+
+async def _exchange(pki: Pki, client_cfg: ChannelConfig, server_cfg: ChannelConfig, messages: list[bytes],
+                    pause: float = 0.0) -> tuple[list[bytes], dict[str, int]]:
+    stats: dict[str, int] = {}
+
+    async def handler(ch: Channel) -> None:
+        while m := await ch.recv():
+            await ch.send(m)
+        stats["server_received_rekeys"] = ch.transport.rekeys_received
+        stats["server_sent_rekeys"] = ch.transport.rekeys_sent
+
+    async with await serve("127.0.0.1", 0, pki.server, pki.trust, handler, config=server_cfg) as server:
+        replies = []
+        async with await connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test",
+                                 config=client_cfg) as ch:
+            for m in messages:
+                await ch.send(m)
+                replies.append(await ch.recv())
+                if pause:
+                    await asyncio.sleep(pause)
+        # after close: the CLOSE record may itself have been preceded by a due KEY_UPDATE
+        stats["client_sent_rekeys"] = ch.transport.rekeys_sent
+        stats["client_received_rekeys"] = ch.transport.rekeys_received
+        for _ in range(200):
+            if "server_received_rekeys" in stats:
+                break
+            await asyncio.sleep(0.01)
+    return replies, stats
+
+
+def test_rekey_after_messages_in_step(pki: Pki) -> None:
+    msgs = [b"m%d" % i for i in range(10)]
+    replies, stats = run(_exchange(pki, ChannelConfig(rekey_after_messages=3), ChannelConfig(rekey_after_messages=4),
+                                   msgs))
+    assert replies == msgs
+    # client: records 1-3 under key 0, then a KEY_UPDATE before records 4, 7 and 10
+    assert stats["client_sent_rekeys"] == stats["server_received_rekeys"] == 3
+    # server: before its replies 5 and 9 (4 records per key)
+    assert stats["server_sent_rekeys"] == stats["client_received_rekeys"] == 2
+
+
+def test_rekey_after_bytes_in_step_and_inside_a_fragmented_message(pki: Pki) -> None:
+    big = bytes(range(256)) * 1024  # 256 KiB: five records of at most 65518 bytes
+    cfg = ChannelConfig(rekey_after_bytes=100_000)
+    replies, stats = run(_exchange(pki, cfg, ChannelConfig(), [big, b"small", big]))
+    assert replies == [big, b"small", big]
+    assert stats["client_sent_rekeys"] == stats["server_received_rekeys"] == 4
+    assert stats["server_sent_rekeys"] == 0
+
+
+def test_rekey_after_seconds_in_step(pki: Pki) -> None:
+    replies, stats = run(_exchange(pki, ChannelConfig(rekey_after_seconds=0.05), ChannelConfig(),
+                                   [b"a", b"b", b"c"], pause=0.08))
+    assert replies == [b"a", b"b", b"c"]
+    assert stats["client_sent_rekeys"] == stats["server_received_rekeys"] >= 2
+
+
+def _states(engine: xps.Engine) -> tuple[CipherState, CipherState, CipherState, CipherState]:
+    out = []
+    for key in (bytes(32), bytes(range(32))):
+        for _ in range(2):
+            c = CipherState(engine, "ChaChaPoly")
+            c.initialize_key(key)
+            out.append(c)
+    return out[0], out[1], out[2], out[3]
+
+
+def test_whichever_limit_comes_first_with_a_clock(engine: xps.Engine) -> None:
+    t = [0.0]
+    a_send, b_recv, b_send, a_recv = _states(engine)
+    cfg = ChannelConfig(rekey_after_messages=5, rekey_after_bytes=50, rekey_after_seconds=10.0)
+    alice = Transport(a_send, a_recv, cfg, clock=lambda: t[0])
+    bob = Transport(b_send, b_recv, cfg, clock=lambda: t[0])
+
+    def deliver(wire: bytes) -> list[bytes | None]:
+        out, pos = [], 0
+        while pos < len(wire):
+            n = int.from_bytes(wire[pos:pos + 2], "big")
+            out.append(bob.open(wire[pos + 2:pos + 2 + n]))
+            pos += 2 + n
+        return out
+
+    for _ in range(5):
+        assert deliver(alice.seal(b"x")) == [b"x"]
+    assert alice.rekeys_sent == 0
+    assert deliver(alice.seal(b"y")) == [None, b"y"] and alice.rekeys_sent == bob.rekeys_received == 1  # messages
+    deliver(alice.seal(bytes(60)))
+    assert deliver(alice.seal(b"z"))[-1] == b"z" and alice.rekeys_sent == 2  # bytes
+    t[0] = 11.0
+    assert deliver(alice.seal(b"w")) == [None, b"w"] and alice.rekeys_sent == bob.rekeys_received == 3  # time
+
+
+def test_a_key_update_the_receiver_misses_kills_the_channel(engine: xps.Engine) -> None:
+    a_send, b_recv, b_send, a_recv = _states(engine)
+    alice = Transport(a_send, a_recv, ChannelConfig(rekey_after_messages=1))
+    bob = Transport(b_send, b_recv, ChannelConfig())
+    first = alice.seal(b"1")
+    second = alice.seal(b"2")  # KEY_UPDATE record, then the data record under the new key
+    assert bob.open(first[2:]) == b"1"
+    n = int.from_bytes(second[:2], "big")
+    with pytest.raises(xps.AuthError):  # the KEY_UPDATE record dropped in flight
+        bob.open(second[2 + n + 2:])
+    with pytest.raises(xps.AuthError):  # dead from then on, even for good records
+        bob.open(second[2:2 + n])
+
+
+# -- a provider swapped in, as a capsule's cutover does ---------------------------------------------
+
+class _Counting:
+    def __init__(self, key: Buffer, calls: dict[str, int]) -> None:
+        self._inner = ChaCha20Poly1305(bytes(key))
+        self._calls = calls
+        calls["keys"] += 1
+
+    def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+        self._calls["calls"] += 1
+        return self._inner.encrypt(nonce, data, aad)
+
+    def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+        self._calls["calls"] += 1
+        return self._inner.decrypt(nonce, data, aad)
+
+
+class CountingChaCha(Aead):
+    """A real ChaCha20-Poly1305 that counts the keys it is given and the calls it serves."""
+
+    key_sizes = (32,)
+    nonce_size = 12
+    tag_size = 16
+    auth_errors = (InvalidTag,)
+
+    def __init__(self) -> None:
+        self.calls = {"keys": 0, "calls": 0}
+
+    def cipher(self, key: Buffer) -> Any:
+        return _Counting(key, self.calls)
+
+
+def test_a_published_provider_takes_over_new_and_live_channels_and_a_rollback_hands_back(pki: Pki) -> None:
+    impl = CountingChaCha()
+    swapped = Provider(name="swapped", backend="test", version="2", priority=-1,
+                       implementations={"aead.chacha20poly1305": impl})
+    eng = xps.Engine(plugins=[ProviderPlugin((swapped,))])
+    assert eng.table.provider_for("aead.chacha20poly1305") == "openssl"
+    selftest = dict(impl.calls)  # its power-on self-test ran before it could be routed
+    prefer = xps.EngineConfig(prefer={"aead.chacha20poly1305": "swapped"})
+
+    async def main() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        async with await serve("127.0.0.1", 0, pki.server, pki.trust, echo, engine=eng,
+                               config=ChannelConfig(rekey_after_messages=2)) as server:
+            live = await connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test",
+                                 engine=eng, config=ChannelConfig(rekey_after_messages=2))
+            await live.send(b"before")
+            assert await live.recv() == b"before"
+            seen["before"] = dict(impl.calls)
+            old = eng.table
+            eng.publish(eng.build_table(config=prefer))  # cutover
+            for i in range(3):  # served by the swapped provider from the next record; rekeys rebuild on it
+                await live.send(b"after %d" % i)
+                assert await live.recv() == b"after %d" % i
+            seen["live"] = dict(impl.calls)
+            async with await connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test",
+                                     engine=eng) as fresh:
+                await fresh.send(b"new channel")
+                assert await fresh.recv() == b"new channel"
+            seen["fresh"] = dict(impl.calls)
+            eng.publish(eng.build_table(providers=eng.state.providers, config=xps.EngineConfig()))  # rollback
+            assert eng.table.provider_for("aead.chacha20poly1305") == old.provider_for("aead.chacha20poly1305")
+            await live.send(b"rolled back")
+            assert await live.recv() == b"rolled back"
+            seen["rollback"] = dict(impl.calls)
+            seen["rekeys"] = live.transport.rekeys_sent
+            await live.close()
+        return seen
+
+    seen = run(main())
+    assert seen["before"] == selftest  # no channel record went through it before the cutover
+    assert seen["live"]["calls"] > 0 and seen["live"]["keys"] >= 2  # live channel: rebound, and rekeyed on it
+    assert seen["fresh"]["keys"] > seen["live"]["keys"]  # the new channel's handshake and transport keys
+    assert seen["rollback"]["calls"] == seen["fresh"]["calls"]  # nothing more after the rollback
+    assert seen["rekeys"] >= 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(record=st.binary(max_size=200))
+def test_arbitrary_records_only_raise_xps_errors_and_kill_the_transport(engine: xps.Engine, record: bytes) -> None:
+    _, b_recv, b_send, _ = _states(engine)
+    bob = Transport(b_send, b_recv, ChannelConfig())
+    with pytest.raises(xps.XpsError) as info:
+        bob.open(record)
+    assert bob.error is info.value
+    with pytest.raises(xps.XpsError):
+        bob.seal(b"after the failure")
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"max_frame": 65536}, "max_frame"), ({"max_frame": 10}, "max_frame"), ({"max_message": 0}, "max_message"),
+    ({"handshake_timeout_seconds": float("nan")}, "handshake_timeout"), ({"rekey_after_seconds": -1}, "rekey_after"),
+    ({"max_pending_handshakes": True}, "max_pending"), ({"require_pq": "yes"}, "require_pq"),
+    ({"accept": ["Noise_*"]}, "accept"), ({"protocol": "TLS"}, "protocol"),
+    ({"rekey_after_messages": 0}, "rekey_after_messages"),
+])
+def test_channel_config_refuses_bad_values(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(xps.PolicyError, match=field):
+        ChannelConfig(**kwargs)
