@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -94,16 +95,22 @@ def _endpoint(args: argparse.Namespace) -> tuple[Any, Any, ChannelConfig]:
     identity = Identity.load(args.cert, args.key, passphrase=passphrase_from_env(args.passphrase_env),
                              static_key=args.static_key)
     trust = Trust.load(args.ca, args.crl or ())
-    cfg = ChannelConfig(protocol=args.protocol, require_pq=args.require_pq,
-                        handshake_timeout_seconds=args.handshake_timeout)
+    # The configuration's tls: section, with the command's flags on top.
+    base = context.config(args).channel
+    flags: dict[str, Any] = {"require_pq": base.require_pq or args.require_pq}
+    if args.protocol is not None:
+        flags["protocol"] = args.protocol
+    if args.handshake_timeout is not None:
+        flags["handshake_timeout_seconds"] = args.handshake_timeout
+    cfg = dataclasses.replace(base, **flags)
     return identity, trust, cfg
 
 
 def _audit(args: argparse.Namespace) -> tuple[Any, int]:
-    from xpscerpto.audit import AuditLog
 
+    home = context.home(args)
     conf = context.config(args).audit
-    return AuditLog(context.home(args).audit, checkpoint_every=conf.checkpoint_every), conf.auth_fail_per_minute
+    return conf.journal(home.root, home.audit), conf.auth_fail_per_minute
 
 
 def cmd_channel(args: argparse.Namespace) -> int:
@@ -230,7 +237,7 @@ def add_channel_commands(sub: Any) -> None:
         c.add_argument("--protocol", help="Noise protocol name to offer (default XX, or XXhfs with --require-pq)")
         c.add_argument("--require-pq", action="store_true", help="only hybrid post-quantum (hfs) protocols")
         c.add_argument("--peer-static", metavar="HEX", help="the peer's static key (IK/NK/KK)")
-        c.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
+        c.add_argument("--handshake-timeout", type=float, metavar="SECONDS", help="default: tls.handshake_timeout")
         if name == "serve":
             c.add_argument("--port", type=int, default=0)
             c.add_argument("--expect-name", action="append", metavar="NAME", help="client names allowed")
