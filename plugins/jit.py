@@ -247,7 +247,9 @@ class _WholeMessage(_Keyed):
             associated_data = _as_input(associated_data, "associated_data")
         if type(nonce) not in _DIRECT:
             nonce = _as_input(nonce, "nonce")
-        if len(data) < 16:
+        if len(data) < 16:  # no room for a tag: refused as the kernel would, key and nonce first
+            if len(self._key) != 32 or len(nonce) != self._nonce_size:
+                raise _length_error(self._key, nonce, self._nonce_size)
             raise AuthError("ciphertext: authentication failed")
         out = bytearray(len(data) - 16)
         ok = self._open(self._key, nonce, data, associated_data, out)
@@ -280,27 +282,39 @@ class _CompositeKeyed(_Keyed):
     _aead: Any = None  # cryptography's ChaCha20Poly1305, bound by warm_up()
     _invalid_tag: type[BaseException] = AuthError
 
-    def _subkey_cipher(self, nonce: Buffer) -> Any:
+    def _subkey_cipher(self, nonce: Buffer) -> tuple[Any, bytes]:
+        """OpenSSL's ChaCha20-Poly1305 under the subkey, and the 12-byte nonce to use with it."""
         if type(nonce) not in _DIRECT:
             nonce = _as_input(nonce, "nonce")
         sub = bytearray(32)
         if len(nonce) != 24 or self._hchacha(self._key, nonce, sub):
             raise _length_error(self._key, nonce, 24)
         try:
-            return self._aead(sub)
+            return self._aead(sub), _XNONCE_PREFIX + nonce[16:]
         finally:
             sub[:] = _ZEROS32
 
     def encrypt(self, nonce: bytes, data: Buffer, associated_data: Buffer) -> bytes:
         """Return ``ciphertext || tag``."""
-        return self._subkey_cipher(nonce).encrypt(  # type: ignore[no-any-return]
-            _XNONCE_PREFIX + nonce[16:], data, associated_data)
+        # OpenSSL takes any contiguous buffer in place; anything else is copied (or refused).
+        if type(data) not in _DIRECT and not (type(data) is memoryview and data.c_contiguous):
+            data = _as_input(data, "data")
+        if type(associated_data) not in _DIRECT and not (
+                type(associated_data) is memoryview and associated_data.c_contiguous):
+            associated_data = _as_input(associated_data, "associated_data")
+        cipher, nonce12 = self._subkey_cipher(nonce)
+        return cipher.encrypt(nonce12, data, associated_data)  # type: ignore[no-any-return]
 
     def decrypt(self, nonce: bytes, data: Buffer, associated_data: Buffer) -> bytes:
         """Open ``ciphertext || tag``; AuthError if it fails."""
-        cipher = self._subkey_cipher(nonce)
+        if type(data) not in _DIRECT and not (type(data) is memoryview and data.c_contiguous):
+            data = _as_input(data, "data")
+        if type(associated_data) not in _DIRECT and not (
+                type(associated_data) is memoryview and associated_data.c_contiguous):
+            associated_data = _as_input(associated_data, "associated_data")
+        cipher, nonce12 = self._subkey_cipher(nonce)
         try:
-            return cipher.decrypt(_XNONCE_PREFIX + nonce[16:], data, associated_data)  # type: ignore[no-any-return]
+            return cipher.decrypt(nonce12, data, associated_data)  # type: ignore[no-any-return]
         except self._invalid_tag:
             raise AuthError("ciphertext: authentication failed") from None
 
