@@ -11,14 +11,19 @@ directory; nothing else in the package may.
 
 Constant time, by construction:
 
-* ChaCha20/HChaCha20 are add-rotate-xor on 32-bit words (held in uint64 and masked, since numba
-  widens unsigned arithmetic to 64 bits): no table, no secret-dependent branch or index.
+* ChaCha20/HChaCha20 are add-rotate-xor on 32-bit words (held in uint64 and masked, or
+  truncated to uint32, since numba widens unsigned arithmetic to 64 bits): no table, no
+  secret-dependent branch or index.
 * Poly1305 uses five 26-bit limbs (poly1305-donna-32): every product of two limbs (< 2^26 and
   < 5 * 2^26) fits a uint64 with room for the five-term sums, carries are shifts and masks,
   and the final conditional subtraction of p = 2^130 - 5 is a mask select, not a branch.
 * The tag check ORs the XOR of all four tag words together and branches once, on the result.
   An AEAD open verifies the tag before it writes any plaintext.
-* Branches and indexes depend only on lengths (public). No division: block counts are shifts.
+* The wide paths (16 ChaCha20 blocks, or 8 Poly1305 lanes with powers of r, side by side in
+  arrays) and the two-block Poly1305 step do the same arithmetic in another order: no new
+  operation, and their loop bounds and array indexes are lengths and lane numbers.
+* Branches and indexes depend only on lengths (public). The only division instructions in the
+  compiled code are numba's array-view shape computations (on lengths); block counts are shifts.
 
 All integer constants are uint64 globals: numba types ``uint64 + <int literal>`` as int64 and
 ``uint64 op int64`` as float64, which would be wrong *and* not constant time; a test checks the
@@ -81,8 +86,9 @@ _U32 = np.uint32
 # per-lane loops LLVM vectorises (AVX-512 on this machine's CPU, SSE2 at least on any x86-64).
 # Below the thresholds the one-block-at-a-time code is faster than setting the lanes up.
 _LANES = 16
-_WIDE_MIN = 4 * 64  # more than this many message bytes left: a wide ChaCha20 batch
+_WIDE_MIN = 5 * 64  # more than this many message bytes left: a wide ChaCha20 batch
 _PLANES = 8
+_POLY_MIN = 16  # lane groups (16 * 128 B = 2 KiB) before the wide Poly1305 pays for its set-up
 _POLY_CHUNK = 64  # lane groups per chunk of the wide Poly1305 (bounds its scratch to 28 KiB)
 # The ChaCha20 block counter is 32 bits, so one nonce covers at most 2^32 blocks (RFC 8439 2.4).
 _MAX_BLOCKS = 1 << 32
@@ -221,24 +227,20 @@ def _xor_stream_wide(k, ctr, n0, n1, n2, src, dst, end):
     may compute blocks past the message; they are never used.
     """
     x = np.empty(16 * _LANES, np.uint32)  # word-major: x[w * _LANES + lane]
+    x0 = np.empty(16 * _LANES, np.uint32)  # the input states of the batch, same layout
     ks = np.empty(16 * _LANES, np.uint32)
     kb = ks.view(np.uint8)  # little-endian words: the keystream's byte order
-    lanes = _LANES
     L = _U(_LANES)
-    st = np.empty(16, np.uint32)  # the input state (counter word per lane, below)
-    st[0], st[1], st[2], st[3] = _C0, _C1, _C2, _C3
-    for w in range(8):
-        st[_U(4 + w)] = k[w]
-    st[12], st[13], st[14], st[15] = _ZERO, n0, n1, n2
+    init = (_C0, _C1, _C2, _C3, k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], _ZERO, n0, n1, n2)
+    for w in range(16):
+        for li in range(_LANES):
+            x0[_U(w) * L + _U(li)] = _U32(init[w])
     off = 0
     while end - off > _WIDE_MIN:
-        for w in range(16):
-            v = st[_U(w)]
-            row = _U(w) * L
-            for li in range(lanes):
-                x[row + _U(li)] = v
-        for li in range(lanes):
-            x[12 * L + _U(li)] = _U32(ctr + _U(li))
+        for li in range(_LANES):  # row 12: each lane's block counter
+            x0[12 * L + _U(li)] = _U32(ctr + _U(li))
+        for q in range(16 * _LANES):  # flat loops over whole arrays: plain vector code
+            x[_U(q)] = x0[_U(q)]
         for _ in range(10):
             _qr_lanes(x, _U(0), 4 * L, 8 * L, 12 * L)
             _qr_lanes(x, L, 5 * L, 9 * L, 13 * L)
@@ -248,17 +250,12 @@ def _xor_stream_wide(k, ctr, n0, n1, n2, src, dst, end):
             _qr_lanes(x, L, 6 * L, 11 * L, 12 * L)
             _qr_lanes(x, 2 * L, 7 * L, 8 * L, 13 * L)
             _qr_lanes(x, 3 * L, 4 * L, 9 * L, 14 * L)
-        for w in range(16):
-            v = st[_U(w)]
-            row = _U(w) * L
-            for li in range(lanes):
-                x[row + _U(li)] = _U32(x[row + _U(li)] + v)
-        for li in range(lanes):
-            x[12 * L + _U(li)] = _U32(x[12 * L + _U(li)] + ctr + _U(li))
-        for li in range(lanes):  # transpose to block-major: the keystream in byte order
+        for q in range(16 * _LANES):
+            x[_U(q)] = _U32(x[_U(q)] + x0[_U(q)])
+        for li in range(_LANES):  # transpose to block-major: the keystream in byte order
             for w in range(16):
                 ks[_U(li) * 16 + _U(w)] = x[_U(w) * L + _U(li)]
-        n = min(64 * lanes, end - off)
+        n = min(64 * _LANES, end - off)
         base = _U(off)
         for j in range(n):
             dst[base + _U(j)] = src[base + _U(j)] ^ kb[_U(j)]
@@ -346,8 +343,19 @@ def _poly_block(h, r, t0, t1, t2, t3, hibit):
 
 @njit
 def _poly_absorb(h, r, buf, start, end):
-    """Absorb ``buf[start:end]`` as the AEAD does: zero-padded to 16 bytes, every block full."""
+    """Absorb ``buf[start:end]`` as the AEAD does: zero-padded to 16 bytes, every block full.
+
+    Pairs of blocks go through :func:`_poly_pair` (two independent products per step instead of
+    one long dependency chain); the odd block and the padded tail one at a time.
+    """
     i = start
+    if end - start >= 64:
+        q = _mul(r[0], r[1], r[2], r[3], r[4], r[0], r[1], r[2], r[3], r[4])
+        q = _carry(q[0], q[1], q[2], q[3], q[4])
+        r2 = (q[0], q[1], q[2], q[3], q[4], q[1] * _FIVE, q[2] * _FIVE, q[3] * _FIVE, q[4] * _FIVE)
+        while i + 32 <= end:
+            h = _poly_pair(h, r, r2, buf, i)
+            i += 32
     while i + 16 <= end:
         h = _poly_block(h, r, _ld32(buf, i), _ld32(buf, i + 4), _ld32(buf, i + 8), _ld32(buf, i + 12), _HIBIT)
         i += 16
@@ -355,6 +363,60 @@ def _poly_absorb(h, r, buf, start, end):
         h = _poly_block(h, r, _ld32_tail(buf, i, end), _ld32_tail(buf, i + 4, end),
                         _ld32_tail(buf, i + 8, end), _ld32_tail(buf, i + 12, end), _HIBIT)
     return h
+
+
+@njit(inline="always")
+def _poly_pair(h, r, r2, buf, i):
+    """h = ((h + m1) * r + m2) * r = (h + m1) * r^2 + m2 * r for the blocks at ``buf[i:i+32]``.
+
+    The two products are independent, so they overlap in the CPU; their unreduced sums (below
+    2^58 each: limbs < 2^27.1 times 5 * limbs < 2^28.4, five terms) add without overflow before
+    one carry chain.
+    """
+    t0 = _ld32(buf, i)
+    t1 = _ld32(buf, i + 4)
+    t2 = _ld32(buf, i + 8)
+    t3 = _ld32(buf, i + 12)
+    u0 = _ld32(buf, i + 16)
+    u1 = _ld32(buf, i + 20)
+    u2 = _ld32(buf, i + 24)
+    u3 = _ld32(buf, i + 28)
+    a0 = h[0] + (t0 & _M26)
+    a1 = h[1] + (((t0 >> 26) | (t1 << 6)) & _M26)
+    a2 = h[2] + (((t1 >> 20) | (t2 << 12)) & _M26)
+    a3 = h[3] + (((t2 >> 14) | (t3 << 18)) & _M26)
+    a4 = h[4] + ((t3 >> 8) | _HIBIT)
+    b0 = u0 & _M26
+    b1 = ((u0 >> 26) | (u1 << 6)) & _M26
+    b2 = ((u1 >> 20) | (u2 << 12)) & _M26
+    b3 = ((u2 >> 14) | (u3 << 18)) & _M26
+    b4 = (u3 >> 8) | _HIBIT
+    p0, p1, p2, p3, p4, q1, q2, q3, q4 = r2
+    r0, r1, r2_, r3, r4, s1, s2, s3, s4 = r
+    d0 = a0 * p0 + a1 * q4 + a2 * q3 + a3 * q2 + a4 * q1 + b0 * r0 + b1 * s4 + b2 * s3 + b3 * s2 + b4 * s1
+    d1 = a0 * p1 + a1 * p0 + a2 * q4 + a3 * q3 + a4 * q2 + b0 * r1 + b1 * r0 + b2 * s4 + b3 * s3 + b4 * s2
+    d2 = a0 * p2 + a1 * p1 + a2 * p0 + a3 * q4 + a4 * q3 + b0 * r2_ + b1 * r1 + b2 * r0 + b3 * s4 + b4 * s3
+    d3 = a0 * p3 + a1 * p2 + a2 * p1 + a3 * p0 + a4 * q4 + b0 * r3 + b1 * r2_ + b2 * r1 + b3 * r0 + b4 * s4
+    d4 = a0 * p4 + a1 * p3 + a2 * p2 + a3 * p1 + a4 * p0 + b0 * r4 + b1 * r3 + b2 * r2_ + b3 * r1 + b4 * r0
+    c = d0 >> 26
+    h0 = d0 & _M26
+    d1 += c
+    c = d1 >> 26
+    h1 = d1 & _M26
+    d2 += c
+    c = d2 >> 26
+    h2 = d2 & _M26
+    d3 += c
+    c = d3 >> 26
+    h3 = d3 & _M26
+    d4 += c
+    c = d4 >> 26
+    h4 = d4 & _M26
+    h0 += c * _FIVE
+    c = h0 >> 26
+    h0 &= _M26
+    h1 += c
+    return h0, h1, h2, h3, h4
 
 
 @njit(inline="always")
@@ -467,10 +529,10 @@ def _poly_absorb_wide(h, r, buf, start, end):
     Lane j accumulates blocks j, j + P, j + 2P, ... (P = _PLANES) Horner-style with r^P; after
     the last group lane j is multiplied by r^(P - j) instead, so the lanes sum to exactly what
     one block at a time computes (h enters as part of lane 0's first block). Messages with fewer
-    than two groups, and the blocks after the last whole group, take the one-block path.
+    than ``_POLY_MIN`` groups, and the blocks after the last whole group, take the one-block path.
     """
     groups = ((end - start) >> 4) // _PLANES
-    if groups < 2:
+    if groups < _POLY_MIN:
         return _poly_absorb(h, r, buf, start, end)
     P = _U(_PLANES)
     p = _powers(r)
