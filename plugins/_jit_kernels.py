@@ -86,9 +86,9 @@ _U32 = np.uint32
 # per-lane loops LLVM vectorises (AVX-512 on this machine's CPU, SSE2 at least on any x86-64).
 # Below the thresholds the one-block-at-a-time code is faster than setting the lanes up.
 _LANES = 16
-_WIDE_MIN = 5 * 64  # more than this many message bytes left: a wide ChaCha20 batch
+_WIDE_MIN = 2 * 64  # more than this many message bytes left: a wide ChaCha20 batch
 _PLANES = 8
-_POLY_MIN = 16  # lane groups (16 * 128 B = 2 KiB) before the wide Poly1305 pays for its set-up
+_POLY_MIN = 8  # lane groups (8 * 128 B = 1 KiB) before the wide Poly1305 pays for its set-up
 _POLY_CHUNK = 64  # lane groups per chunk of the wide Poly1305 (bounds its scratch to 28 KiB)
 # The ChaCha20 block counter is 32 bits, so one nonce covers at most 2^32 blocks (RFC 8439 2.4).
 _MAX_BLOCKS = 1 << 32
@@ -231,10 +231,23 @@ def _xor_stream_wide(k, ctr, n0, n1, n2, src, dst, end):
     ks = np.empty(16 * _LANES, np.uint32)
     kb = ks.view(np.uint8)  # little-endian words: the keystream's byte order
     L = _U(_LANES)
-    init = (_C0, _C1, _C2, _C3, k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], _ZERO, n0, n1, n2)
-    for w in range(16):
-        for li in range(_LANES):
-            x0[_U(w) * L + _U(li)] = _U32(init[w])
+    for li in range(_LANES):  # one store per row and lane (a loop over a tuple would index it)
+        i = _U(li)
+        x0[i] = _U32(_C0)
+        x0[L + i] = _U32(_C1)
+        x0[2 * L + i] = _U32(_C2)
+        x0[3 * L + i] = _U32(_C3)
+        x0[4 * L + i] = _U32(k[0])
+        x0[5 * L + i] = _U32(k[1])
+        x0[6 * L + i] = _U32(k[2])
+        x0[7 * L + i] = _U32(k[3])
+        x0[8 * L + i] = _U32(k[4])
+        x0[9 * L + i] = _U32(k[5])
+        x0[10 * L + i] = _U32(k[6])
+        x0[11 * L + i] = _U32(k[7])
+        x0[13 * L + i] = _U32(n0)
+        x0[14 * L + i] = _U32(n1)
+        x0[15 * L + i] = _U32(n2)
     off = 0
     while end - off > _WIDE_MIN:
         for li in range(_LANES):  # row 12: each lane's block counter
@@ -453,18 +466,38 @@ def _carry(h0, h1, h2, h3, h4):
     return h0, h1, h2, h3, h4
 
 
-@njit
-def _powers(r):
-    """r^1 .. r^_PLANES as limbs, limb-major: ``p[i * _PLANES + k - 1]`` is limb i of r^k."""
-    p = np.empty(5 * _PLANES, np.uint64)
-    q = (r[0], r[1], r[2], r[3], r[4])
-    for k in range(_PLANES):
-        if k:
-            q = _mul(q[0], q[1], q[2], q[3], q[4], r[0], r[1], r[2], r[3], r[4])
-            q = _carry(q[0], q[1], q[2], q[3], q[4])
-        for i in range(5):
-            p[_U(i * _PLANES + k)] = q[i]
-    return p
+@njit(inline="always")
+def _times(a, b):
+    """a * b mod 2^130 - 5, carried: limbs below 2^26 except the second (below 2^26 + 2^10)."""
+    q = _mul(a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4])
+    return _carry(q[0], q[1], q[2], q[3], q[4])
+
+
+@njit(inline="always")
+def _put(p, k, q):
+    P = _U(_PLANES)
+    p[k] = q[0]
+    p[P + k] = q[1]
+    p[2 * P + k] = q[2]
+    p[3 * P + k] = q[3]
+    p[4 * P + k] = q[4]
+
+
+@njit(inline="always")
+def _powers(p, r):
+    """``p[i * _PLANES + k - 1]`` = limb i of r^k, for k = 1 .. 8 (a product tree: depth 3)."""
+    r1 = (r[0], r[1], r[2], r[3], r[4])
+    r2 = _times(r1, r1)
+    r3 = _times(r2, r1)
+    r4 = _times(r2, r2)
+    _put(p, _U(0), r1)
+    _put(p, _U(1), r2)
+    _put(p, _U(2), r3)
+    _put(p, _U(3), r4)
+    _put(p, _U(4), _times(r4, r1))
+    _put(p, _U(5), _times(r4, r2))
+    _put(p, _U(6), _times(r4, r3))
+    _put(p, _U(7), _times(r4, r4))
 
 
 @njit
@@ -523,6 +556,56 @@ def _lanes_times_r(a, m, p0, p1, p2, p3, p4, lanes, stride, base):
 
 
 @njit
+def _lanes_times_own_power(a, m, rev, lanes, stride, base):
+    """As :func:`_lanes_times_r`, with lane j's own multiplier ``rev[i * _PLANES + j]`` (limb i)."""
+    P = _U(_PLANES)
+    for li in range(lanes):
+        j = _U(li)
+        r0 = _U(_U32(rev[j]))
+        r1 = _U(_U32(rev[P + j]))
+        r2 = _U(_U32(rev[2 * P + j]))
+        r3 = _U(_U32(rev[3 * P + j]))
+        r4 = _U(_U32(rev[4 * P + j]))
+        s1 = _U(_U32(r1 * _FIVE))
+        s2 = _U(_U32(r2 * _FIVE))
+        s3 = _U(_U32(r3 * _FIVE))
+        s4 = _U(_U32(r4 * _FIVE))
+        h0 = _U(_U32(a[j] + m[base + j]))
+        h1 = _U(_U32(a[P + j] + m[stride + base + j]))
+        h2 = _U(_U32(a[2 * P + j] + m[2 * stride + base + j]))
+        h3 = _U(_U32(a[3 * P + j] + m[3 * stride + base + j]))
+        h4 = _U(_U32(a[4 * P + j] + m[4 * stride + base + j]))
+        d0 = h0 * r0 + h1 * s4 + h2 * s3 + h3 * s2 + h4 * s1
+        d1 = h0 * r1 + h1 * r0 + h2 * s4 + h3 * s3 + h4 * s2
+        d2 = h0 * r2 + h1 * r1 + h2 * r0 + h3 * s4 + h4 * s3
+        d3 = h0 * r3 + h1 * r2 + h2 * r1 + h3 * r0 + h4 * s4
+        d4 = h0 * r4 + h1 * r3 + h2 * r2 + h3 * r1 + h4 * r0
+        c = d0 >> 26
+        h0 = d0 & _M26
+        d1 += c
+        c = d1 >> 26
+        h1 = d1 & _M26
+        d2 += c
+        c = d2 >> 26
+        h2 = d2 & _M26
+        d3 += c
+        c = d3 >> 26
+        h3 = d3 & _M26
+        d4 += c
+        c = d4 >> 26
+        h4 = d4 & _M26
+        h0 += c * _FIVE
+        c = h0 >> 26
+        h0 &= _M26
+        h1 += c
+        a[j] = h0
+        a[P + j] = h1
+        a[2 * P + j] = h2
+        a[3 * P + j] = h3
+        a[4 * P + j] = h4
+
+
+@njit
 def _poly_absorb_wide(h, r, buf, start, end):
     """:func:`_poly_absorb`, with runs of ``_PLANES`` full blocks processed side by side.
 
@@ -535,17 +618,25 @@ def _poly_absorb_wide(h, r, buf, start, end):
     if groups < _POLY_MIN:
         return _poly_absorb(h, r, buf, start, end)
     P = _U(_PLANES)
-    p = _powers(r)
-    a = np.zeros(5 * _PLANES, np.uint64)
+    chunk = min(groups, _POLY_CHUNK) * _PLANES  # blocks per chunk
+    # One allocation: powers, reversed powers, lane accumulators, limbs, raw bytes (2 words/block).
+    scratch = np.empty(15 * _PLANES + 7 * chunk, np.uint64)
+    p = scratch[:5 * _PLANES]
+    rev = scratch[5 * _PLANES:10 * _PLANES]
+    a = scratch[10 * _PLANES:15 * _PLANES]
+    m = scratch[15 * _PLANES:15 * _PLANES + 5 * chunk]
+    raw = scratch[15 * _PLANES + 5 * chunk:].view(np.uint8)
+    words = raw.view(np.uint32)
+    _powers(p, r)
+    for q in range(5 * _PLANES):  # lane j of the last group is multiplied by r^(P - j)
+        rev[_U(q)] = p[_U(q - q % _PLANES + _PLANES - 1 - q % _PLANES)]
+    for q in range(5 * _PLANES):
+        a[_U(q)] = _ZERO
     a[_U(0)] = h[0]
     a[P] = h[1]
     a[2 * P] = h[2]
     a[3 * P] = h[3]
     a[4 * P] = h[4]
-    chunk = min(groups, _POLY_CHUNK) * _PLANES  # blocks per chunk
-    raw = np.empty(chunk * 16, np.uint8)
-    words = raw.view(np.uint32)
-    m = np.empty(5 * chunk, np.uint64)
     lanes = len(a) // 5  # not a literal: see _lanes_times_r
     done = 0
     while done < groups:
@@ -571,17 +662,8 @@ def _poly_absorb_wide(h, r, buf, start, end):
         for g in range(here - 1 if last else here):
             _lanes_times_r(a, m, p[P - 1], p[2 * P - 1], p[3 * P - 1], p[4 * P - 1], p[5 * P - 1],
                            lanes, stride, _U(g) * P)
-        if last:  # lane j times r^(P - j); once per message, so one lane at a time
-            base = _U(here - 1) * P
-            for li in range(_PLANES):
-                j = _U(li)
-                k = P - 1 - j
-                t = _mul(a[j] + m[base + j], a[P + j] + m[stride + base + j],
-                         a[2 * P + j] + m[2 * stride + base + j], a[3 * P + j] + m[3 * stride + base + j],
-                         a[4 * P + j] + m[4 * stride + base + j], p[k], p[P + k], p[2 * P + k], p[3 * P + k],
-                         p[4 * P + k])
-                for i in range(5):
-                    a[_U(i) * P + j] = t[i]
+        if last:
+            _lanes_times_own_power(a, m, rev, lanes, stride, _U(here - 1) * P)
     s0 = _ZERO
     s1 = _ZERO
     s2 = _ZERO

@@ -16,9 +16,9 @@ from xpscerpto.plugins import jit, openssl, sodium
 
 XCHACHA, CHACHA = "aead.xchacha20poly1305", "aead.chacha20poly1305"
 # The issue's edges, plus the kernels' own: the two-block Poly1305 step (from 64 B), 16-lane
-# ChaCha20 batches (above 320 B, 1 KiB each), 8-lane Poly1305 groups (from 2 KiB) and their
+# ChaCha20 batches (above 128 B, 1 KiB each), 8-lane Poly1305 groups (from 1 KiB) and their
 # 64-group chunks (8 KiB).
-SIZES = (0, 1, 15, 16, 17, 63, 64, 65, 96, 97, 127, 128, 129, 255, 256, 257, 320, 321, 1023, 1024, 1025,
+SIZES = (0, 1, 15, 16, 17, 63, 64, 65, 96, 97, 127, 128, 129, 193, 255, 256, 257, 1023, 1024, 1025,
          2047, 2048, 2049, 4095, 4096, 8191, 8192, 8193, 16384 + 17, 65536, 65536 + 1, (1 << 20) + 3)
 AAD_SIZES = (0, 1, 16, 17, 300)
 

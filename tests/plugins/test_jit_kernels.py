@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.poly1305 import Poly1305
 from xpscerpto.plugins import jit
 
 VECTORS = json.loads((Path(__file__).resolve().parents[2] / "kat" / "rfc8439" / "primitives.json").read_text())
-# Block (16/64 B), two-block Poly1305 step (from 64 B), wide ChaCha20 (above 320 B, 1 KiB batches),
-# wide Poly1305 (from 2 KiB, 8 KiB chunks) edges.
-SIZES = (0, 1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 95, 96, 97, 127, 128, 129, 255, 256, 257, 320, 321, 384,
+# Block (16/64 B), two-block Poly1305 step (from 64 B), wide ChaCha20 (above 128 B, 1 KiB batches),
+# wide Poly1305 (from 1 KiB, 8 KiB chunks) edges.
+SIZES = (0, 1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 95, 96, 97, 127, 128, 129, 192, 193, 255, 256, 257, 320, 321,
          1023, 1024, 1025, 2047, 2048, 2049, 2063, 4095, 4096, 8191, 8192, 8193, 65536, 65537)
 
 
