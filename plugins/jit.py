@@ -143,6 +143,8 @@ def mask_tokens(mask: str | None = None) -> frozenset[str]:
         >>> sorted(mask_tokens("-jit, -AVX512 +sse2"))
         ['avx512', 'jit']
     """
+    if mask is not None and not isinstance(mask, str):
+        raise PolicyError(f"mask: expected a string, got {type(mask).__name__}")
     text = os.environ.get(MASK_ENV, "") if mask is None else mask
     return frozenset(t[1:].lower() for t in re.split(r"[\s,]+", text) if t.startswith("-") and len(t) > 1)
 
@@ -367,6 +369,9 @@ def status(mask: str | None = None) -> JitStatus:
 
     Args:
         mask: an incident mask to apply instead of ``$XPS_SIMD_ISA_MASK``.
+
+    Raises:
+        PolicyError: ``mask`` is not a string.
     """
     current = _current.snapshot.status
     if "jit" in mask_tokens(mask):
@@ -414,7 +419,13 @@ def warm_up(cache_dir: str | os.PathLike[str] | None = None, *, mask: str | None
         cache_dir: where numba's cache lives (default: ``NUMBA_CACHE_DIR``, else
             ``$XDG_CACHE_HOME/xpscerpto/numba``); checked to be private to this user.
         mask: an incident mask to apply instead of ``$XPS_SIMD_ISA_MASK``.
+
+    Raises:
+        PolicyError: ``cache_dir`` is not a path or ``mask`` not a string (nothing changes).
     """
+    if cache_dir is not None and (not isinstance(cache_dir, str | os.PathLike) or "\x00" in os.fspath(cache_dir)):
+        # Refused before any state changes: a bad argument must not end jit for the process.
+        raise PolicyError(f"cache_dir: expected a path, got {type(cache_dir).__name__}")
     with _lock:
         if "jit" in mask_tokens(mask):
             return status(mask)

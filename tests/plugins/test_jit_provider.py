@@ -317,3 +317,26 @@ def test_any_inputs_give_an_answer_or_an_xps_error(jit_ready: jit.JitStatus, whi
     assert type(out) is bytes
     if not decrypt:
         assert len(out) == len(memoryview(data).cast("B")) + 16
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mask=st.one_of(st.text(max_size=40), st.sampled_from(["-jit", " -JIT,", "-openssl\t-avx512", "--", "-"])))
+def test_any_mask_text_is_read_without_error(jit_ready: jit.JitStatus, mask: str) -> None:
+    tokens = jit.mask_tokens(mask)
+    assert all(t and t == t.lower() for t in tokens)
+    providers = jit.make_providers(mask=mask)
+    assert (jit.status(mask=mask).state == "masked") == ("jit" in tokens)
+    assert not providers or "jit" not in tokens
+
+
+@pytest.mark.parametrize("bad", [5, b"/tmp/x", 2.5, ["/tmp"], "/tmp/a\x00b"])
+def test_bad_arguments_are_refused_and_change_nothing(jit_ready: jit.JitStatus, bad: Any) -> None:
+    before = jit.status(mask="")
+    if not isinstance(bad, str):
+        for call in (lambda: jit.mask_tokens(bad), lambda: jit.status(mask=bad), lambda: jit.make_providers(mask=bad),
+                     lambda: jit.warm_up(mask=bad)):
+            with pytest.raises(PolicyError, match=r"^XPS_ERR_POLICY: mask: expected a string"):
+                call()
+    with pytest.raises(PolicyError, match=r"^XPS_ERR_POLICY: cache_dir: expected a path"):
+        jit.warm_up(bad, mask="")
+    assert jit.status(mask="") is before
