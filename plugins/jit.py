@@ -3,7 +3,7 @@
 Two providers, because a provider offers one implementation per operation:
 
 * ``jit``: whole-message ChaCha20-Poly1305 and XChaCha20-Poly1305, one numba call per message
-  and no cipher object per call. Wins on small messages, where fixed costs dominate.
+  and no library object to build per call. Wins on small messages, where fixed costs dominate.
 * ``jit-openssl``: XChaCha20-Poly1305 as numba HChaCha20 feeding OpenSSL's ChaCha20-Poly1305
   (pyca/cryptography). Wins on large messages, where OpenSSL's vector code dominates.
 
@@ -400,11 +400,25 @@ def xps_register_providers(registry: Any) -> None:
         registry.add(provider)
 
 
-def start_warm_up(cache_dir: str | os.PathLike[str] | None = None) -> threading.Thread:
-    """Run :func:`warm_up` on a daemon thread and return it (join it to wait)."""
-    thread = threading.Thread(target=warm_up, args=(cache_dir,), name="xps-jit-warm-up", daemon=True)
+def start_warm_up(cache_dir: str | os.PathLike[str] | None = None, *, mask: str | None = None) -> threading.Thread:
+    """Run :func:`warm_up` on a daemon thread and return it (join it to wait).
+
+    Raises:
+        PolicyError: as :func:`warm_up`, here in the caller's thread (nothing was started).
+    """
+    _check_arguments(cache_dir, mask)
+    thread = threading.Thread(target=warm_up, args=(cache_dir,), kwargs={"mask": mask}, name="xps-jit-warm-up",
+                              daemon=True)
     thread.start()
     return thread
+
+
+def _check_arguments(cache_dir: object, mask: object) -> None:
+    # Refused before any state changes: a bad argument must not end jit for the process.
+    if cache_dir is not None and (not isinstance(cache_dir, str | os.PathLike) or "\x00" in os.fspath(cache_dir)):
+        raise PolicyError(f"cache_dir: expected a path, got {type(cache_dir).__name__}")
+    if mask is not None and not isinstance(mask, str):
+        raise PolicyError(f"mask: expected a string, got {type(mask).__name__}")
 
 
 def warm_up(cache_dir: str | os.PathLike[str] | None = None, *, mask: str | None = None) -> JitStatus:
@@ -423,9 +437,7 @@ def warm_up(cache_dir: str | os.PathLike[str] | None = None, *, mask: str | None
     Raises:
         PolicyError: ``cache_dir`` is not a path or ``mask`` not a string (nothing changes).
     """
-    if cache_dir is not None and (not isinstance(cache_dir, str | os.PathLike) or "\x00" in os.fspath(cache_dir)):
-        # Refused before any state changes: a bad argument must not end jit for the process.
-        raise PolicyError(f"cache_dir: expected a path, got {type(cache_dir).__name__}")
+    _check_arguments(cache_dir, mask)
     with _lock:
         if "jit" in mask_tokens(mask):
             return status(mask)

@@ -337,6 +337,7 @@ def test_bad_arguments_are_refused_and_change_nothing(jit_ready: jit.JitStatus, 
                      lambda: jit.warm_up(mask=bad)):
             with pytest.raises(PolicyError, match=r"^XPS_ERR_POLICY: mask: expected a string"):
                 call()
-    with pytest.raises(PolicyError, match=r"^XPS_ERR_POLICY: cache_dir: expected a path"):
-        jit.warm_up(bad, mask="")
+    for call in (lambda: jit.warm_up(bad, mask=""), lambda: jit.start_warm_up(bad, mask="")):
+        with pytest.raises(PolicyError, match=r"^XPS_ERR_POLICY: cache_dir: expected a path"):
+            call()
     assert jit.status(mask="") is before
