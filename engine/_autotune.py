@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._atomic import atomic_write
-from .interfaces import Aead, Provider
+from .interfaces import Aead, AeadCipher, Provider
 
 __all__ = [
     "BUCKET_BOUNDS",
@@ -227,12 +227,8 @@ def _measure(impls: Mapping[str, Aead], shape: Shape, size: int, budget: float, 
         key, nonce = os.urandom(max(impl.key_sizes)), os.urandom(impl.nonce_size)
         msg, aad = os.urandom(size), b"x" * 16
         wire = impl.cipher(key).encrypt(nonce, msg, aad)
-        if shape == "keyed":
-            c = impl.cipher(key)
-            calls[name] = lambda c=c, n=nonce, m=msg, a=aad, w=wire: (c.encrypt(n, m, a), c.decrypt(n, w, a))
-        else:
-            calls[name] = lambda i=impl, k=key, n=nonce, m=msg, a=aad, w=wire: (
-                i.cipher(k).encrypt(n, m, a), i.cipher(k).decrypt(n, w, a))
+        calls[name] = _keyed_call(impl.cipher(key), nonce, msg, aad, wire) if shape == "keyed" else \
+            _stateless_call(impl, key, nonce, msg, aad, wire)
     counts = {name: _calibrate(fn, budget) for name, fn in calls.items()}
     samples: dict[str, list[float]] = {name: [] for name in calls}
     order = sorted(calls)
@@ -250,6 +246,18 @@ def _measure(impls: Mapping[str, Aead], shape: Shape, size: int, budget: float, 
         if was_enabled:
             gc.enable()
     return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def _keyed_call(c: AeadCipher, nonce: bytes, msg: bytes, aad: bytes, wire: bytes) -> Callable[[], object]:
+    def call() -> object:
+        return c.encrypt(nonce, msg, aad), c.decrypt(nonce, wire, aad)
+    return call
+
+
+def _stateless_call(impl: Aead, key: bytes, nonce: bytes, msg: bytes, aad: bytes, wire: bytes) -> Callable[[], object]:
+    def call() -> object:
+        return impl.cipher(key).encrypt(nonce, msg, aad), impl.cipher(key).decrypt(nonce, wire, aad)
+    return call
 
 
 def _calibrate(fn: Callable[[], object], budget: float) -> int:
