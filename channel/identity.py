@@ -15,8 +15,12 @@ checks a peer's chain the way the handshake needs it, in order:
    (an expired CRL fails), not listing the serial.
 
 Every signature (certificates, CRLs, the handshake's) is verified through the engine's
-``ed25519`` route. Failures raise :class:`ChannelAuthError` with a ``reason`` from a closed set
-(``cert-untrusted``, ``cert-expired`` …) and a message that quotes nothing from the peer.
+``ed25519`` route. A chain that passed every check is remembered (by the SHA-256 of its DER,
+with the purpose): presenting it again re-runs only what depends on the clock or the caller,
+the validity periods, the name and the CRLs' update times, so a server's repeat clients cost
+a hash and a few comparisons rather than parsing and path building. Failures raise
+:class:`ChannelAuthError` with a ``reason`` from a closed set (``cert-untrusted``,
+``cert-expired`` …) and a message that quotes nothing from the peer.
 
 Example:
     >>> from xpscerpto.channel.pki import CertificateAuthority
@@ -55,6 +59,8 @@ E = TypeVar("E", bound=x509.ExtensionType)
 MAX_CERT_DER = 16 * 1024
 #: Verified certificate/CRL signatures remembered per Trust.
 _MAX_VERIFIED = 4096
+#: Chains that passed every check, remembered per Trust.
+_MAX_CHAINS = 1024
 _KNOWN_CRITICAL = frozenset({ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE,
                              ExtensionOID.EXTENDED_KEY_USAGE, ExtensionOID.SUBJECT_ALTERNATIVE_NAME})
 _EKU = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}
@@ -245,7 +251,7 @@ class Trust:
         engine: the engine verifying signatures.
     """
 
-    __slots__ = ("_anchors", "_crls", "_engine", "_verified", "max_chain", "require_crl")
+    __slots__ = ("_anchors", "_chains", "_crls", "_engine", "_verified", "max_chain", "require_crl")
 
     def __init__(self, cas: Iterable[x509.Certificate], crls: Iterable[x509.CertificateRevocationList] = (), *,
                  require_crl: bool | None = None, max_chain: int = 4, engine: Engine | None = None) -> None:
@@ -262,6 +268,8 @@ class Trust:
         # presents the same intermediates and the CRLs do not change, so each is checked once.
         # Only successes are kept, bounded, and the key covers every input of the check.
         self._verified: dict[bytes, None] = {}
+        # Chains that passed every check: digest -> what the time-dependent checks need.
+        self._chains: dict[bytes, _CheckedChain] = {}
 
     @classmethod
     def load(cls, ca_files: Iterable[str | Path], crl_files: Iterable[str | Path] = (), *,
@@ -281,6 +289,23 @@ class Trust:
             ChannelAuthError: with ``reason`` naming the failed check.
         """
         when = now or dt.datetime.now(dt.UTC)
+        digest = self._chain_digest(chain_der, purpose)
+        checked = None if digest is None else self._chains.get(digest)
+        if checked is not None:
+            # Same bytes, same purpose, same Trust: only the clock and the caller's names can
+            # change the outcome, checked in the order of the full verification below.
+            for not_before, not_after in checked.validity:
+                if when < not_before:
+                    _fail("cert-not-yet-valid", "a certificate on the path is not valid yet")
+                if when > not_after:
+                    _fail("cert-expired", "a certificate on the path has expired")
+            self.check_name(checked.peer.names, expected_names)
+            for last_update, next_update in checked.crl_windows:
+                if next_update is None or when > next_update:
+                    _fail("crl-expired", "the issuer's CRL has expired")
+                if when < last_update:
+                    _fail("crl-not-yet-valid", "the issuer's CRL is not valid yet")
+            return checked.peer
         chain = self.check_shape(chain_der)
         path, anchor = self.check_path(chain)
         full = (*path, anchor)
@@ -289,8 +314,26 @@ class Trust:
         self.check_leaf_usage(path[0], purpose)
         names = _san_names(path[0])
         self.check_name(names, expected_names)
-        self.check_revocation(full, when)
-        return PeerCertificate(path[0], full, names)
+        windows = self.check_revocation(full, when)
+        peer = PeerCertificate(path[0], full, names)
+        if digest is not None:
+            if len(self._chains) >= _MAX_CHAINS:
+                self._chains.clear()
+            self._chains[digest] = _CheckedChain(
+                peer, tuple((c.not_valid_before_utc, c.not_valid_after_utc) for c in full), windows)
+        return peer
+
+    def _chain_digest(self, chain_der: Sequence[bytes], purpose: Purpose) -> bytes | None:
+        """The cache key of a chain, or None for anything the full checks must refuse first."""
+        if not isinstance(chain_der, list | tuple) or not 1 <= len(chain_der) <= self.max_chain:
+            return None
+        h = hashlib.sha256(b"chain|" + purpose.encode() + b"|" + (b"1" if self.require_crl else b"0"))
+        for der in chain_der:
+            if type(der) is not bytes or len(der) > MAX_CERT_DER:
+                return None
+            h.update(len(der).to_bytes(4, "big"))
+            h.update(der)
+        return h.digest()
 
     # -- the steps ---------------------------------------------------------------------
 
@@ -371,10 +414,15 @@ class Trust:
         if not wanted & {_norm(n) for n in names}:
             _fail("cert-name", "the peer's certificate does not carry the expected name")
 
-    def check_revocation(self, path: Sequence[x509.Certificate], now: dt.datetime) -> None:
-        """Each issued certificate against a current CRL of its issuer."""
+    def check_revocation(self, path: Sequence[x509.Certificate], now: dt.datetime
+                         ) -> tuple[tuple[dt.datetime, dt.datetime | None], ...]:
+        """Each issued certificate against a current CRL of its issuer.
+
+        Returns the (last update, next update) of each CRL consulted, in path order.
+        """
+        windows: list[tuple[dt.datetime, dt.datetime | None]] = []
         if not self.require_crl and not self._crls:
-            return
+            return ()
         for cert, issuer in itertools.pairwise(path):
             crls = [c for c in self._crls if c.issuer == issuer.subject]
             good = [c for c in crls if self._crl_signed_by(c, issuer)]
@@ -383,12 +431,14 @@ class Trust:
                     _fail("crl-missing", "no CRL signed by an issuer on the path")
                 continue
             crl = max(good, key=lambda c: c.last_update_utc)
+            windows.append((crl.last_update_utc, crl.next_update_utc))
             if crl.next_update_utc is None or now > crl.next_update_utc:
                 _fail("crl-expired", "the issuer's CRL has expired")
             if now < crl.last_update_utc:
                 _fail("crl-not-yet-valid", "the issuer's CRL is not valid yet")
             if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
                 _fail("cert-revoked", "a certificate on the path is revoked")
+        return tuple(windows)
 
     # -- signatures through the engine -------------------------------------------------
 
@@ -418,6 +468,15 @@ class Trust:
             self._verified.clear()
         self._verified[key] = None
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class _CheckedChain:
+    """A chain that passed every check, and the time-dependent facts to check again."""
+
+    peer: PeerCertificate
+    validity: tuple[tuple[dt.datetime, dt.datetime], ...]
+    crl_windows: tuple[tuple[dt.datetime, dt.datetime | None], ...]
 
 
 def _ext(cert: x509.Certificate, kind: type[E]) -> E | None:

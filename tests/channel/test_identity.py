@@ -150,3 +150,70 @@ def test_remembered_signatures_never_vouch_for_a_different_one(pki: Pki) -> None
     with pytest.raises(ChannelAuthError):
         trust.verify([c.public_bytes(serialization.Encoding.DER) for c in chain], purpose="client",
                      expected_names=None)
+
+
+# -- the verified-chain cache ------------------------------------------------------------------------
+
+def _der(chain: list[x509.Certificate]) -> list[bytes]:
+    return [c.public_bytes(serialization.Encoding.DER) for c in chain]
+
+
+def test_a_remembered_chain_is_still_checked_against_the_clock_and_the_names(pki: Pki) -> None:
+    trust = pki.trust_with()
+    chain, _ = pki.inter.issue("short", dns=["short.test"], days=2)
+    der = _der(chain)
+    first = trust.verify(der, purpose="client", expected_names=["short.test"])
+    assert trust.verify(der, purpose="client", expected_names=["short.test"]) is first  # served from memory
+    cases = [
+        ({"expected_names": ["other.test"]}, "cert-name"),
+        ({"expected_names": None, "now": now() + dt.timedelta(days=3)}, "cert-expired"),
+        ({"expected_names": None, "now": now() - dt.timedelta(days=1)}, "cert-not-yet-valid"),
+    ]
+    for kwargs, reason in cases:
+        with pytest.raises(ChannelAuthError) as info:
+            trust.verify(der, purpose="client", **kwargs)  # type: ignore[arg-type]
+        assert info.value.reason == reason
+    long_lived = pki.client.chain_der
+    trust.verify(long_lived, purpose="client", expected_names=None)
+    with pytest.raises(ChannelAuthError) as info:
+        trust.verify(long_lived, purpose="client", expected_names=None, now=now() + dt.timedelta(days=8))
+    assert info.value.reason == "crl-expired"
+
+
+def test_a_chain_remembered_for_one_purpose_is_checked_afresh_for_the_other(pki: Pki) -> None:
+    trust = pki.trust_with()
+    chain, _ = pki.inter.issue("clientonly", dns=["c.test"],
+                               extended_key_usage=[x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH])
+    der = _der(chain)
+    trust.verify(der, purpose="client", expected_names=None)
+    with pytest.raises(ChannelAuthError) as info:
+        trust.verify(der, purpose="server", expected_names=None)
+    assert info.value.reason == "cert-usage"
+
+
+def test_a_refused_chain_is_not_remembered_and_limits_apply_before_memory(pki: Pki) -> None:
+    trust = pki.trust_with()
+    revoked_ca = CertificateAuthority.create("Test Intermediate", parent=pki.root)
+    chain, _ = revoked_ca.issue("r", dns=["r.test"])
+    der = _der(chain)
+    strict = Trust([pki.root.certificate], [pki.root.crl(), revoked_ca.crl()])
+    peer = strict.verify(der, purpose="client", expected_names=None)
+    revoked_ca = revoked_ca.revoke(chain[0].serial_number)
+    later = Trust([pki.root.certificate], [pki.root.crl(), revoked_ca.crl()])
+    for _ in range(2):  # a refusal is never remembered as a success
+        with pytest.raises(ChannelAuthError) as info:
+            later.verify(der, purpose="client", expected_names=None)
+        assert info.value.reason == "cert-revoked"
+    assert peer.names == ("r.test",)
+    good = pki.client.chain_der
+    trust.verify(good, purpose="client", expected_names=None)
+    trust.max_chain = 1
+    with pytest.raises(ChannelAuthError) as info:
+        trust.verify(good, purpose="client", expected_names=None)
+    assert info.value.reason == "chain-too-long"
+    trust.max_chain = 4
+    altered = [good[0][:-1] + bytes([good[0][-1] ^ 1]), good[1]]
+    with pytest.raises(ChannelAuthError):
+        trust.verify(altered, purpose="client", expected_names=None)
+    as_views = [bytearray(c) for c in good]  # not bytes: the full checks, same outcome
+    assert trust.verify(as_views, purpose="client", expected_names=None).names == ("client.test", "spiffe://test/client")
