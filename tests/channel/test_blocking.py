@@ -131,3 +131,30 @@ def test_threads_sending_on_one_channel_never_interleave_records(pki: Pki) -> No
     for t in range(4):
         mine = [int(m.split(b":")[1]) for m in got if m.startswith(b"%d:" % t)]
         assert mine == list(range(50))
+
+
+def _conn_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "xps-channel-conn"}
+
+
+def test_server_threads_are_reused_across_connections_and_end_with_the_server(pki: Pki) -> None:
+    before = _conn_threads()
+    with blocking.serve("127.0.0.1", 0, pki.server, pki.trust, _echo) as server:
+        for i in range(6):  # one after the other: one thread serves them all
+            with blocking.connect("127.0.0.1", server.port, pki.client, pki.trust,
+                                  expected_name="server.test") as ch:
+                ch.send(b"%d" % i)
+                assert ch.recv() == b"%d" % i
+            _wait(lambda: server._idle == 1)
+        assert len(_conn_threads() - before) == 1
+        # Three at once need three threads, each serving its own connection.
+        chans = [blocking.connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test")
+                 for _ in range(3)]
+        for i, ch in enumerate(chans):
+            ch.send(b"x%d" % i)
+        assert [ch.recv() for ch in chans] == [b"x0", b"x1", b"x2"]
+        for ch in chans:
+            ch.close()
+        _wait(lambda: server._idle == 3)
+        assert len(_conn_threads() - before) == 3
+    _wait(lambda: not (_conn_threads() - before))
