@@ -15,6 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
+# First, before anything loads OpenSSL: an incident mask with -avx512 sets OPENSSL_ia32cap,
+# which OpenSSL reads once, when it loads.
+from . import isa_mask as isa_mask
+
+# isort: split
 from .algorithms import AEAD
 from .engine import Engine, random_bytes
 from .errors import (

@@ -42,6 +42,7 @@ key                                        default             meaning
 ``crypto.keyring.kek.key_label``           ``xps-kek``         pkcs11 provider: label of the KEK object
 ``crypto.policy.allow``                    ``null``            list of operation globs that may be routed
 ``crypto.policy.forbid``                   ``[]``              algorithm tokens (sha1, aes128) or operation globs ...
+``crypto.policy.require_constant_time``    ``true``            route only implementations declared constant-time
 ``crypto.hotpatch.require_signature``      ``true``            capsules must carry enough trusted signatures
 ``crypto.hotpatch.run_selftests``          ``true``            capsules are validated (contract, KATs, differential, ...
 ``crypto.hotpatch.rollback_on_error``      ``true``            a provider fault after cutover rolls the capsule back ...
@@ -68,6 +69,8 @@ key                                        default             meaning
 ``crypto.engine.autoload_plugins``         ``null``            load third-party entry-point plugins
 ``crypto.engine.providers``                ``null``            list of provider names to restrict routing to
 ``crypto.engine.prefer``                   ``{}``              operation -> provider name that wins over priority
+``crypto.engine.isa_mask``                 ``[]``              incident mask (-avx512, -jit ...) on top of the env var
+``crypto.engine.autotune``                 ``true``            route each operation and size bucket by measurement
 ``crypto.approvals.revoke``                ``0``               distinct operator approvals required to revoke a key
 ``crypto.approvals.destroy``               ``0``               distinct operator approvals required to destroy a key
 ``crypto.approvals.emergency_revoke``      ``0``               approvals for an emergency revoke
@@ -142,7 +145,7 @@ __all__ = [
 #: for the life of the process), in the per-section spelling; :data:`DOCUMENT_KEYS` maps the
 #: Appendix C spellings (``crypto.policy.forbid`` …) onto them.
 EMERGENCY_KEYS: frozenset[str] = frozenset({
-    "engine.policy.forbid", "engine.policy.allow",
+    "engine.policy.forbid", "engine.policy.allow", "engine.isa_mask",
     "hotpatch.max_slowdown", "hotpatch.canary_share",
 })
 
@@ -152,6 +155,8 @@ DOCUMENT_KEYS: dict[str, str] = {
     "crypto.policy.forbid": "engine.policy.forbid", "crypto.policy.allow": "engine.policy.allow",
     "crypto.aead.nonce": "engine.nonce", "crypto.aead.default": "aead.default_algorithm",
     "crypto.hotpatch.max_slowdown": "hotpatch.max_slowdown", "crypto.hotpatch.canary_share": "hotpatch.canary_share",
+    "crypto.policy.require_constant_time": "engine.policy.require_constant_time",
+    "crypto.engine.isa_mask": "engine.isa_mask",
 }
 
 #: The security policy a home records when it is initialised (per-section spelling). Every

@@ -36,7 +36,8 @@ __all__ = ["AeadDefaults", "EngineConfig", "NonceMode", "Policy"]
 
 NonceMode = Literal["auto", "app"]
 
-_ENGINE_KEYS = frozenset({"policy", "nonce", "prefer", "providers", "autoload_plugins"})
+_ENGINE_KEYS = frozenset({"policy", "nonce", "prefer", "providers", "autoload_plugins", "isa_mask", "autotune"})
+_POLICY_KEYS = frozenset({"allow", "forbid", "require_constant_time"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +48,13 @@ class Policy:
         allow: glob patterns of operation names that may be routed (``None``: all).
         forbid: algorithm tokens or operation globs that must never be routed, e.g.
             ``("sha1", "des", "aes128")`` or ``("aead.aes128*",)``.
+        require_constant_time: route only implementations that declare themselves
+            constant-time (every built-in one does); a provider that does not is skipped.
     """
 
     allow: tuple[str, ...] | None = None
     forbid: tuple[str, ...] = ()
+    require_constant_time: bool = True
 
     def permits(self, operation: str, tokens: tuple[str, ...]) -> bool:
         """Whether ``operation`` (with its algorithm ``tokens``) may be routed."""
@@ -78,6 +82,11 @@ class EngineConfig:
         prefer: operation -> provider name that wins over priority for that operation.
         providers: if set, only these providers are considered (tests, pinning).
         autoload_plugins: load third-party entry points (``None``: follow the env var).
+        isa_mask: incident-mask tokens (without their ``-``) taken out of routing, on top of
+            ``$XPS_SIMD_ISA_MASK`` (see :mod:`xpscerpto.isa_mask`).
+        autotune: measure the eligible implementations in the background after start and
+            route each operation (and AEAD size bucket) to the fastest; ``False`` keeps the
+            static choice (preference, then priority).
     """
 
     policy: Policy = field(default_factory=Policy)
@@ -85,6 +94,8 @@ class EngineConfig:
     prefer: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     providers: tuple[str, ...] | None = None
     autoload_plugins: bool | None = None
+    isa_mask: tuple[str, ...] = ()
+    autotune: bool = True
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], prefix: str = "") -> EngineConfig:
@@ -114,11 +125,13 @@ class EngineConfig:
     @classmethod
     def _build(cls, policy_data: Mapping[str, Any], policy_at: str, nonce: object, nonce_at: str,
                data: Mapping[str, Any], at: str) -> EngineConfig:
-        no_unknown(policy_data, {"allow", "forbid"}, policy_at)
+        no_unknown(policy_data, _POLICY_KEYS, policy_at)
         allow = policy_data.get("allow")
         if allow is not None:
             allow = tuple(str_list(allow, f"{policy_at}allow"))
         forbid = tuple(str_list(policy_data.get("forbid", []), f"{policy_at}forbid"))
+        constant_time = policy_data.get("require_constant_time", True)
+        expect(constant_time, bool, f"{policy_at}require_constant_time")
         if nonce not in ("auto", "app"):
             raise PolicyError(f"config key '{nonce_at}': expected 'auto' or 'app', got {show(nonce)}")
         prefer = data.get("prefer", {})
@@ -132,8 +145,11 @@ class EngineConfig:
         autoload = data.get("autoload_plugins")
         if autoload is not None:
             expect(autoload, bool, f"{at}autoload_plugins")
-        return cls(Policy(allow, forbid), nonce, MappingProxyType(dict(prefer)), providers,
-                   autoload)
+        mask = _parse_mask(data.get("isa_mask", ()), f"{at}isa_mask")
+        autotune = data.get("autotune", True)
+        expect(autotune, bool, f"{at}autotune")
+        return cls(Policy(allow, forbid, constant_time), nonce, MappingProxyType(dict(prefer)), providers,
+                   autoload, mask, autotune)
 
     @classmethod
     def from_file(cls, path: str | Path) -> EngineConfig:
@@ -160,8 +176,11 @@ class EngineConfig:
             "autoload_plugins": self.autoload_plugins,
             "providers": None if self.providers is None else list(self.providers),
             "prefer": dict(self.prefer),
+            "isa_mask": ["-" + t for t in self.isa_mask],
+            "autotune": self.autotune,
             "policy": {"allow": None if self.policy.allow is None else list(self.policy.allow),
-                       "forbid": list(self.policy.forbid)},
+                       "forbid": list(self.policy.forbid),
+                       "require_constant_time": self.policy.require_constant_time},
         }
 
     def to_document(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -175,6 +194,22 @@ class EngineConfig:
     def is_engine_keys(data: Mapping[str, Any]) -> bool:
         """Whether ``data``'s keys are all ``engine:`` keys (the pre-Appendix C file layout)."""
         return bool(data) and set(data) <= _ENGINE_KEYS
+
+
+def _parse_mask(value: object, at: str) -> tuple[str, ...]:
+    """``isa_mask``: a string (``"-jit, -avx512"``) or a list of ``-token`` strings."""
+    from .isa_mask import parse
+
+    if isinstance(value, str):
+        text = value
+    else:
+        text = ",".join(str_list(value, at))
+        if any(not entry.startswith("-") for entry in str_list(value, at)):
+            raise PolicyError(f"config key '{at}': each entry is '-token' (the mask only removes)")
+    try:
+        return tuple(sorted(parse(text)))
+    except PolicyError:
+        raise PolicyError(f"config key '{at}': a token may hold only a-z, 0-9, '_', '.' and '-'") from None
 
 
 @dataclass(frozen=True, slots=True)
