@@ -6,35 +6,66 @@ All of that is decided when the adapter is built; a call pays only the checks it
 
 Provider exceptions never leak: an ``XpsError`` raised by the provider passes through, anything
 else is first re-diagnosed against the inputs (so a ``str`` key becomes XPS_ERR_KEY rather
-than a provider TypeError) and otherwise becomes :class:`ProviderError` naming the provider.
+than a provider TypeError, and a strided view never counts as a provider fault) and otherwise
+becomes :class:`ProviderError` naming the provider. Every XPS_ERR_AUTH is reported to the
+engine's sink as an :class:`AuthFailure` (error path only).
+
+A SecretBytes argument is read through its buffer and checked again after the provider
+returned: if it was wiped meanwhile the result is discarded (see :mod:`xpscerpto.secret`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from ._buffers import buffer_problem, byte_buffer, describe, describe_int
 from .errors import AuthError, KeyError_, NonceError, PolicyError, ProviderError, XpsError
 from .interfaces import Aead, AeadCipher, Buffer, Kdf, Kem, KeyAgreement, Signature
-from .secret import SecretBytes
+from .secret import SecretBytes, secure_wipe
 
-__all__ = ["AeadRoute", "FaultSink", "KdfRoute", "KemRoute", "KexRoute", "SignatureRoute"]
+__all__ = ["AeadRoute", "AuthFailure", "FaultSink", "KdfRoute", "KemRoute", "KexRoute", "SignatureRoute"]
 
-_BUFFERS = (bytes, bytearray, memoryview)
 _urandom = os.urandom
+
+#: Ciphertexts from this size on are joined to their tag in a buffer reused per thread (for
+#: providers without a tag-separate decrypt): a fresh buffer that large is served by mmap or
+#: trimmed back after use, so glibc would fault its pages in again on every call.
+JOIN_REUSE_FROM = 128 * 1024
+#: A reused join buffer larger than this is not kept after the call (memory per thread).
+JOIN_KEEP_MAX = 16 << 20
+#: AEADs whose security survives a repeated nonce (RFC 8452: AES-GCM-SIV then reveals only
+#: whether two messages were equal), so application nonces are not checked for reuse.
+NONCE_MISUSE_RESISTANT = frozenset({"aead.aes256gcmsiv"})
 
 
 def _buf(value: Any, field: str, error: type[XpsError]) -> Buffer:
-    """Validate one input as a byte buffer (slow path and non-hot APIs only)."""
+    """Validate one input as a byte buffer (error path and non-AEAD APIs)."""
     if isinstance(value, SecretBytes):
-        if value.wiped:
+        if value._wiped:
             raise error(f"{field}: SecretBytes was wiped")
         return value._buf
-    if not isinstance(value, _BUFFERS):
-        raise error(f"{field}: expected bytes-like, got {type(value).__name__}")
-    return value
+    return byte_buffer(value, field, error)
+
+
+def _secret_in(value: Any, field: str) -> tuple[Buffer, SecretBytes | None]:
+    """A secret input's buffer, and the SecretBytes to re-check after the call (or None)."""
+    if type(value) is SecretBytes:
+        if value._wiped:
+            raise KeyError_(f"{field}: SecretBytes was wiped")
+        return value._buf, value
+    return _buf(value, field, KeyError_), None
+
+
+def _wiped_during(secret: SecretBytes | None, field: str, result: bytearray | None = None) -> None:
+    """Raise KeyError_ (wiping ``result``) if ``secret`` was wiped while the provider ran."""
+    if secret is not None and secret._wiped:
+        if result is not None:
+            secure_wipe(result)
+        raise KeyError_(f"{field}: SecretBytes was wiped during the call")
 
 
 def _check_len(value: Buffer, sizes: tuple[int, ...], field: str, error: type[XpsError]) -> None:
@@ -48,6 +79,21 @@ def _secret(buf: bytearray | bytes) -> SecretBytes:
 
 
 FaultSink = Callable[[str, str, BaseException], None]
+
+
+class AuthFailure(AuthError):
+    """What a route reports (never raises) when a call fails authentication.
+
+    ``call`` is the API call's name; nothing of the caller's input is carried.
+    """
+
+    def __init__(self, call: str) -> None:
+        super().__init__(f"{call}: authentication failed")
+        self.call = call
+
+
+class _BadBuffer(TypeError):
+    """Raised by the engine's buffer check in front of a provider that does not check its own."""
 
 
 class _Route:
@@ -70,6 +116,17 @@ class _Route:
         # included). The original stays chained as __cause__ for a debugger, never formatted.
         raise ProviderError(f"{self.operation}: provider {self.provider!r} failed: {type(exc).__name__}") from exc
 
+    def _failed(self, exc: BaseException, secret: SecretBytes | None, field: str) -> NoReturn:
+        """A provider raised: the caller's wipe if the secret was wiped meanwhile, else a fault."""
+        _wiped_during(secret, field)
+        self._fault(exc)
+
+    def _auth_failed(self, call: str) -> None:
+        """Report a failed authentication (error path only); never masks the caller's error."""
+        if self._on_fault is not None:
+            with contextlib.suppress(Exception):
+                self._on_fault(self.provider, self.operation, AuthFailure(call))
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.operation} via {self.provider}>"
 
@@ -80,66 +137,184 @@ class AeadRoute(_Route):
     The call path lives in :class:`xpscerpto.engine.AeadAPI` so that a call runs one Python
     frame of the engine's; this object holds what that frame needs, resolved at build time.
     ``cipher`` is the provider's keyed-cipher factory: a feature that must act per call
-    (canary, size buckets, drain tracking) installs a different factory, not an ``if``.
+    (canary, size buckets, drain tracking, buffer checks for a provider that does not make
+    them) installs a different factory, not an ``if``.
+
+    ``decrypt_detached(key, nonce, ciphertext, tag, aad)`` opens a ciphertext of at least
+    ``detached_from`` bytes whose tag is held apart: the provider's own tag-separate decrypt,
+    or else a join into a buffer reused per thread (never a fresh large buffer per call).
     """
 
-    __slots__ = ("auth_errors", "auto_nonce", "cipher", "key_size", "key_sizes", "nonce_size",
-                 "tag_size")
+    __slots__ = ("auth_errors", "auto_nonce", "cipher", "decrypt_detached", "detached_from", "key_size",
+                 "key_sizes", "misuse_resistant", "nonce_size", "tag_size")
 
     cipher: Callable[[Buffer], AeadCipher]
+    decrypt_detached: Callable[[Buffer, bytes, Buffer, Buffer, Buffer], bytes]
+    detached_from: int
     auth_errors: tuple[type[BaseException], ...]
     key_sizes: frozenset[int]
     key_size: int
     nonce_size: int
     tag_size: int
     auto_nonce: bool
+    misuse_resistant: bool
 
     def __init__(self, operation: str, provider: str, impl: Aead, *, auto_nonce: bool,
                  on_fault: FaultSink | None = None) -> None:
         super().__init__(operation, provider, on_fault)
-        self.cipher = impl.cipher
+        self.cipher = impl.cipher if impl.checks_buffers else _checked_factory(impl.cipher)
+        if type(impl).decrypt_detached is not Aead.decrypt_detached:
+            detached = impl.decrypt_detached
+            self.decrypt_detached = detached if impl.checks_buffers else _checked_detached(detached)
+            self.detached_from = max(0, int(impl.detached_from))
+        else:
+            self.decrypt_detached = self._join_decrypt
+            self.detached_from = JOIN_REUSE_FROM
         self.auth_errors = (*impl.auth_errors, AuthError)
         self.key_sizes = frozenset(impl.key_sizes)
         self.key_size = max(impl.key_sizes)
         self.nonce_size = impl.nonce_size
         self.tag_size = impl.tag_size
         self.auto_nonce = auto_nonce
+        self.misuse_resistant = operation in NONCE_MISUSE_RESISTANT
 
-    def diagnose(self, exc: BaseException, key: Any, nonce: Any, *, nonce_required: bool,
-                 inputs: tuple[tuple[str, Any, type[XpsError]], ...]) -> XpsError:
-        """Turn a failure on the call path into the right typed error (slow path only).
+    def _join_decrypt(self, key: Buffer, nonce: bytes, ciphertext: Buffer, tag: Buffer, aad: Buffer) -> bytes:
+        """Join ``ciphertext || tag`` into this thread's reusable buffer, then decrypt.
+
+        The buffer holds only ciphertext (public), so it needs no wiping. It is taken off the
+        thread while in use, so a provider that re-enters the engine gets a buffer of its own.
+        """
+        # Byte counts: a buffer's len() counts the rows of a 2-D view.
+        ciphertext, tag = _flat(ciphertext), _flat(tag)
+        n_ct = len(ciphertext)
+        n = n_ct + len(tag)
+        buf: bytearray | None = getattr(_JOIN, "buf", None)
+        _JOIN.buf = None
+        if buf is None or len(buf) < n:
+            buf = bytearray(n)
+        try:
+            view = memoryview(buf)[:n]
+            view[:n_ct] = ciphertext
+            view[n_ct:] = tag
+            return self.cipher(key).decrypt(nonce, view, aad)
+        finally:
+            if len(buf) <= JOIN_KEEP_MAX:
+                _JOIN.buf = buf
+
+    def diagnose(self, exc: BaseException, key: Any, nonce: Any, call: str, *, nonce_required: bool,
+                 inputs: tuple[tuple[str, Any, type[XpsError]], ...], wire: Any = None) -> XpsError:
+        """Turn a failure on the call path into the right typed error (error path only).
+
+        An XPS_ERR_AUTH result is reported to the fault sink as an :class:`AuthFailure`.
 
         Args:
             exc: what the call path raised.
             key, nonce: the caller's key and nonce.
+            call: the API call's name (for the auth-failure report).
             nonce_required: False only for encrypt, where None means "draw one".
             inputs: (field name, value, error class) for every other byte input, in the
                 order the caller passed them.
+            wire: ``ciphertext || tag`` when the call had it whole (a too-short one is AUTH).
         """
+        err = self._diagnose(exc, key, nonce, nonce_required=nonce_required, inputs=inputs, wire=wire)
+        if isinstance(err, AuthError):
+            self._auth_failed(call)
+        return err
+
+    def _diagnose(self, exc: BaseException, key: Any, nonce: Any, *, nonce_required: bool,
+                  inputs: tuple[tuple[str, Any, type[XpsError]], ...], wire: Any) -> XpsError:
+        if type(key) is SecretBytes and key._wiped:
+            # Whatever the provider made of a zeroed key (a failed tag, say), the cause is the wipe.
+            return exc if isinstance(exc, KeyError_) else KeyError_("key: SecretBytes was wiped")
         if isinstance(exc, XpsError):
             return exc
-        if isinstance(exc, self.auth_errors):
-            return AuthError("ciphertext: authentication failed")
         try:
             if type(key) is not SecretBytes:
                 key = _buf(key, "key", KeyError_)
-            elif key.wiped:
-                raise KeyError_("key: SecretBytes was wiped")
             _check_len(key, tuple(sorted(self.key_sizes)), "key", KeyError_)
             if nonce is not None or nonce_required:
                 if nonce is None:
                     raise NonceError("nonce: required, got None")
-                _check_len(_buf(nonce, "nonce", NonceError), (self.nonce_size,), "nonce", NonceError)
+                _check_len(byte_buffer(nonce, "nonce", NonceError), (self.nonce_size,), "nonce", NonceError)
             for field, value, error in inputs:
                 if isinstance(value, SecretBytes):
                     raise error(f"{field}: pass secret data as SecretBytes.view(), not SecretBytes")
+                if value is None and field == "aad":
+                    continue  # None is empty associated data, as every provider takes it
                 _buf(value, field, error)
         except XpsError as typed:
-            return typed
+            return typed  # a bad input explains the failure, whatever the provider made of it
+        if isinstance(exc, self.auth_errors):
+            return AuthError("ciphertext: authentication failed")
+        if wire is not None and len(wire) < self.tag_size:
+            return AuthError(f"ciphertext: shorter than the {self.tag_size}-byte tag")
+        if isinstance(exc, _BadBuffer):
+            return PolicyError(f"{self.operation}: {exc}")
         try:
             self._fault(exc)
         except ProviderError as wrapped:
             return wrapped
+
+
+_JOIN = threading.local()
+
+
+def _flat(value: Buffer) -> Buffer:
+    """A byte buffer as one flat run of bytes (no copy)."""
+    if type(value) is bytes or type(value) is bytearray:
+        return value
+    return memoryview(value).cast("B")
+
+
+def _check_buffers(*values: Any) -> None:
+    for value in values:
+        if type(value) is not bytes and value is not None and buffer_problem(value) is not None:
+            raise _BadBuffer(f"input: {buffer_problem(value)}")
+
+
+class _CheckedCipher:
+    """A provider's keyed cipher behind the engine's buffer check (for ``checks_buffers=False``).
+
+    The provider's own cipher is made on the first call whose buffers pass, so no code of the
+    provider runs for a call the engine refuses; a keyed AEAD then keeps it.
+    """
+
+    __slots__ = ("_factory", "_inner", "_key")
+
+    def __init__(self, factory: Callable[[Buffer], AeadCipher], key: Buffer) -> None:
+        self._factory, self._key = factory, key
+        self._inner: AeadCipher | None = None
+
+    def _cipher(self) -> AeadCipher:
+        inner = self._inner
+        if inner is None:
+            inner = self._inner = self._factory(self._key)
+        return inner
+
+    def encrypt(self, nonce: bytes, data: Buffer, associated_data: Buffer) -> bytes:
+        _check_buffers(nonce, data, associated_data)
+        return self._cipher().encrypt(nonce, data, associated_data)
+
+    def decrypt(self, nonce: bytes, data: Buffer, associated_data: Buffer) -> bytes:
+        _check_buffers(nonce, data, associated_data)
+        return self._cipher().decrypt(nonce, data, associated_data)
+
+
+def _checked_factory(factory: Callable[[Buffer], AeadCipher]) -> Callable[[Buffer], AeadCipher]:
+    def cipher(key: Buffer) -> AeadCipher:
+        _check_buffers(key)
+        return _CheckedCipher(factory, key)
+
+    return cipher
+
+
+def _checked_detached(fn: Callable[[Buffer, bytes, Buffer, Buffer, Buffer], bytes],
+                      ) -> Callable[[Buffer, bytes, Buffer, Buffer, Buffer], bytes]:
+    def decrypt_detached(key: Buffer, nonce: bytes, ciphertext: Buffer, tag: Buffer, aad: Buffer) -> bytes:
+        _check_buffers(key, nonce, ciphertext, tag, aad)
+        return fn(key, nonce, ciphertext, tag, aad)
+
+    return decrypt_detached
 
 
 class _KeyPairRoute(_Route):
@@ -157,7 +332,11 @@ class _KeyPairRoute(_Route):
         self.secret_key_size = impl.secret_key_size
 
     def generate_keypair(self) -> tuple[bytes, SecretBytes]:
-        """Return ``(public_key, secret_key)``; the secret key is a fresh SecretBytes."""
+        """Return ``(public_key, secret_key)``; the secret key is a fresh SecretBytes.
+
+        Raises:
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
+        """
         try:
             pk, sk = self._impl.generate()
         except Exception as exc:
@@ -165,15 +344,24 @@ class _KeyPairRoute(_Route):
         return pk, _secret(sk)
 
     def public_key(self, secret_key: Buffer | SecretBytes) -> bytes:
-        """Derive the public key from a secret key."""
-        sk = _buf(secret_key, "secret_key", KeyError_)
+        """Derive the public key from a secret key.
+
+        Raises:
+            KeyError_: the secret key has the wrong size or type, or is a wiped SecretBytes
+                (also when wiped during the call).
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
+        """
+        sk, secret = _secret_in(secret_key, "secret_key")
         _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
         try:
-            return self._impl.public_key(sk)
+            pk = self._impl.public_key(sk)
         except XpsError:
+            _wiped_during(secret, "secret_key")
             raise
         except Exception as exc:
-            self._fault(exc)
+            self._failed(exc, secret, "secret_key")
+        _wiped_during(secret, "secret_key")
+        return pk
 
 
 class SignatureRoute(_KeyPairRoute):
@@ -189,33 +377,55 @@ class SignatureRoute(_KeyPairRoute):
         self.signature_size = impl.signature_size
 
     def sign(self, secret_key: Buffer | SecretBytes, message: Buffer, context: bytes = b"") -> bytes:
-        """Sign ``message`` (Ed25519 is deterministic; ML-DSA is hedged)."""
-        sk = _buf(secret_key, "secret_key", KeyError_)
+        """Sign ``message`` (Ed25519 is deterministic; ML-DSA is hedged).
+
+        Raises:
+            KeyError_: the secret key has the wrong size or type, or is a wiped SecretBytes
+                (also when wiped during the call: no signature is returned).
+            PolicyError: message or context not a byte buffer; a context Ed25519 cannot take.
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
+        """
+        sk, secret = _secret_in(secret_key, "secret_key")
         _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
         _buf(message, "message", PolicyError)
         self._check_context(context)
         try:
-            return self._impl.sign(sk, message, context)
+            sig = self._impl.sign(sk, message, context)
         except XpsError:
+            _wiped_during(secret, "secret_key")
             raise
         except Exception as exc:
-            self._fault(exc)
+            self._failed(exc, secret, "secret_key")
+        _wiped_during(secret, "secret_key")
+        return sig
 
     def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes = b"") -> None:
-        """Return if the signature is valid; raise AuthError otherwise."""
-        pk = _buf(public_key, "public_key", KeyError_)
-        _check_len(pk, (self.public_key_size,), "public_key", KeyError_)
-        sig = _buf(signature, "signature", AuthError)
-        if len(sig) != self.signature_size:
-            raise AuthError(f"signature: expected {self.signature_size} bytes, got {len(sig)}")
-        _buf(message, "message", PolicyError)
-        self._check_context(context)
+        """Return if the signature is valid; raise AuthError otherwise.
+
+        Raises:
+            AuthError: the signature does not verify or has the wrong size or type (reported
+                to the engine's auth-failure listeners).
+            KeyError_: the public key has the wrong size or type.
+            PolicyError: message or context not a byte buffer; a context Ed25519 cannot take.
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
+        """
         try:
-            self._impl.verify(pk, message, sig, context)
-        except XpsError:
+            pk = _buf(public_key, "public_key", KeyError_)
+            _check_len(pk, (self.public_key_size,), "public_key", KeyError_)
+            sig = _buf(signature, "signature", AuthError)
+            if len(sig) != self.signature_size:
+                raise AuthError(f"signature: expected {self.signature_size} bytes, got {len(sig)}")
+            _buf(message, "message", PolicyError)
+            self._check_context(context)
+            try:
+                self._impl.verify(pk, message, sig, context)
+            except XpsError:
+                raise
+            except Exception as exc:
+                self._fault(exc)
+        except AuthError:
+            self._auth_failed("verify")
             raise
-        except Exception as exc:
-            self._fault(exc)
 
     def _check_context(self, context: Any) -> None:
         ctx = _buf(context, "context", PolicyError)
@@ -233,17 +443,27 @@ class KexRoute(_KeyPairRoute):
     _impl: KeyAgreement
 
     def derive_shared(self, secret_key: Buffer | SecretBytes, peer_public_key: Buffer) -> SecretBytes:
-        """The raw shared secret; an all-zero result (low-order peer key) raises KeyError_."""
-        sk = _buf(secret_key, "secret_key", KeyError_)
+        """The raw shared secret; an all-zero result (low-order peer key) raises KeyError_.
+
+        Raises:
+            KeyError_: a key has the wrong size or type; the peer key is a low-order point; the
+                secret key is a wiped SecretBytes (also when wiped during the call: the
+                result is wiped, never returned).
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
+        """
+        sk, secret = _secret_in(secret_key, "secret_key")
         _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
         pk = _buf(peer_public_key, "peer_public_key", KeyError_)
         _check_len(pk, (self.public_key_size,), "peer_public_key", KeyError_)
         try:
             shared = self._impl.exchange(sk, pk)
         except XpsError:
+            _wiped_during(secret, "secret_key")
             raise
         except Exception as exc:
-            self._fault(exc)
+            self._failed(exc, secret, "secret_key")
+        # X25519 of a zeroed scalar is a value anyone can compute: never let it out.
+        _wiped_during(secret, "secret_key", shared if type(shared) is bytearray else None)
         # OR-accumulate so the check does not exit early on the first non-zero byte.
         acc = 0
         for b in shared:
@@ -266,7 +486,12 @@ class KemRoute(_KeyPairRoute):
         self.ciphertext_size = impl.ciphertext_size
 
     def encapsulate(self, public_key: Buffer) -> tuple[bytes, SecretBytes]:
-        """Return ``(ciphertext, shared_secret)``."""
+        """Return ``(ciphertext, shared_secret)``.
+
+        Raises:
+            KeyError_: the public key has the wrong size or type, or is not a valid key.
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
+        """
         pk = _buf(public_key, "public_key", KeyError_)
         _check_len(pk, (self.public_key_size,), "public_key", KeyError_)
         try:
@@ -278,18 +503,32 @@ class KemRoute(_KeyPairRoute):
         return ct, _secret(ss)
 
     def decapsulate(self, secret_key: Buffer | SecretBytes, ciphertext: Buffer) -> SecretBytes:
-        """Return the shared secret (a tampered ciphertext yields an unrelated one, per FIPS 203)."""
-        sk = _buf(secret_key, "secret_key", KeyError_)
+        """Return the shared secret (a tampered ciphertext yields an unrelated one, per FIPS 203).
+
+        Raises:
+            KeyError_: the secret key has the wrong size or type, or is a wiped SecretBytes
+                (also when wiped during the call: the result is wiped, never returned).
+            AuthError: the ciphertext has the wrong size or type (reported as an auth failure).
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
+        """
+        sk, secret = _secret_in(secret_key, "secret_key")
         _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
-        ct = _buf(ciphertext, "ciphertext", AuthError)
-        if len(ct) != self.ciphertext_size:
-            raise AuthError(f"ciphertext: expected {self.ciphertext_size} bytes, got {len(ct)}")
         try:
-            return _secret(self._impl.decapsulate(sk, ct))
+            ct = _buf(ciphertext, "ciphertext", AuthError)
+            if len(ct) != self.ciphertext_size:
+                raise AuthError(f"ciphertext: expected {self.ciphertext_size} bytes, got {len(ct)}")
+        except AuthError:
+            self._auth_failed("decapsulate")
+            raise
+        try:
+            shared = self._impl.decapsulate(sk, ct)
         except XpsError:
+            _wiped_during(secret, "secret_key")
             raise
         except Exception as exc:
-            self._fault(exc)
+            self._failed(exc, secret, "secret_key")
+        _wiped_during(secret, "secret_key", shared if type(shared) is bytearray else None)
+        return _secret(shared)
 
 
 class KdfRoute(_Route):
@@ -305,33 +544,59 @@ class KdfRoute(_Route):
         self.max_output = impl.max_output
 
     def extract(self, salt: Buffer, ikm: Buffer | SecretBytes) -> SecretBytes:
-        """The pseudo-random key ``PRK = HMAC(salt, ikm)``."""
+        """The pseudo-random key ``PRK = HMAC(salt, ikm)``.
+
+        Raises:
+            PolicyError: salt not a byte buffer.
+            KeyError_: ikm not a byte buffer, or a wiped SecretBytes (also when wiped during
+                the call: the result is wiped, never returned).
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
+        """
         salt_b = _buf(salt, "salt", PolicyError)
-        ikm_b = _buf(ikm, "ikm", KeyError_)
+        ikm_b, secret = _secret_in(ikm, "ikm")
         try:
-            return _secret(self._impl.extract(salt_b, ikm_b))
+            prk = self._impl.extract(salt_b, ikm_b)
         except XpsError:
+            _wiped_during(secret, "ikm")
             raise
         except Exception as exc:
-            self._fault(exc)
+            self._failed(exc, secret, "ikm")
+        _wiped_during(secret, "ikm", prk if type(prk) is bytearray else None)
+        return _secret(prk)
 
     def expand(self, prk: Buffer | SecretBytes, info: Buffer, length: int) -> SecretBytes:
-        """``length`` bytes of output keying material bound to ``info`` (e.g. a transcript hash)."""
-        prk_b = _buf(prk, "prk", KeyError_)
+        """``length`` bytes of output keying material bound to ``info`` (e.g. a transcript hash).
+
+        Raises:
+            KeyError_: prk shorter than the hash or not a byte buffer, or a wiped SecretBytes
+                (also when wiped during the call); ``length`` not an int in 1..8160.
+            PolicyError: info not a byte buffer.
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
+        """
+        prk_b, secret = _secret_in(prk, "prk")
         if len(prk_b) < self.hash_size:
             raise KeyError_(f"prk: expected at least {self.hash_size} bytes, got {len(prk_b)}")
         info_b = _buf(info, "info", PolicyError)
         self._check_length(length)
         try:
-            return _secret(self._impl.expand(prk_b, info_b, length))
+            okm = self._impl.expand(prk_b, info_b, length)
         except XpsError:
+            _wiped_during(secret, "prk")
             raise
         except Exception as exc:
-            self._fault(exc)
+            self._failed(exc, secret, "prk")
+        _wiped_during(secret, "prk", okm if type(okm) is bytearray else None)
+        return _secret(okm)
 
     def derive(self, ikm: Buffer | SecretBytes, length: int, *, salt: Buffer = b"",
                info: Buffer = b"") -> SecretBytes:
-        """Extract then expand in one call."""
+        """Extract then expand in one call.
+
+        Raises:
+            KeyError_: see :meth:`extract` and :meth:`expand`.
+            PolicyError: salt or info not a byte buffer.
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
+        """
         self._check_length(length)
         _buf(info, "info", PolicyError)
         with self.extract(salt, ikm) as prk:
@@ -339,6 +604,6 @@ class KdfRoute(_Route):
 
     def _check_length(self, length: Any) -> None:
         if type(length) is not int:
-            raise KeyError_(f"length: expected an int, got {type(length).__name__}")
+            raise KeyError_(f"length: expected an int, got {describe(length)}")
         if not 0 < length <= self.max_output:
-            raise KeyError_(f"length: expected 1..{self.max_output}, got {length}")
+            raise KeyError_(f"length: expected 1..{self.max_output}, got {describe_int(length)}")

@@ -13,14 +13,16 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from ._buffers import BYTE_FORMATS, byte_buffer, describe, describe_int
 from ._namespaces import HkdfAPI, KemAPI, KexAPI, SignatureAPI
-from ._routes import AeadRoute
+from ._routes import AeadRoute, AuthFailure, _BadBuffer
 from ._routing import RoutingTable, build_table
 from .errors import AuthError, InternalError, KeyError_, NonceError, PolicyError, XpsError
 from .interfaces import OPERATIONS, AeadCipher, Buffer, Provider
@@ -33,24 +35,53 @@ if TYPE_CHECKING:
 
     from ._plugins import PluginFailure
 
-__all__ = ["AeadAPI", "Engine", "HkdfAPI", "KemAPI", "KexAPI", "KeyedAead", "SignatureAPI", "random_bytes"]
+__all__ = [
+    "KEYED_NONCE_LIMIT",
+    "NONCE_CACHE_SIZE",
+    "AeadAPI",
+    "Engine",
+    "HkdfAPI",
+    "KemAPI",
+    "KexAPI",
+    "KeyedAead",
+    "SignatureAPI",
+    "random_bytes",
+]
 
 R = TypeVar("R")
 
 _MAX_RANDOM = 1 << 20
 
+#: Application-supplied nonces one :class:`KeyedAead` records (the default ``nonce_reuse="refuse"``).
+#: Each is kept until the object is dropped, about 100 bytes apiece (~6.5 MiB at the limit);
+#: past the limit the object refuses further explicit nonces (XPS_ERR_NONCE) and the key must
+#: be rotated. Auto (random) nonces are not recorded and not limited here.
+KEYED_NONCE_LIMIT = 1 << 16
+
+#: (key, nonce) pairs the stateless API remembers per process, as 64-bit keyed hashes (never
+#: the key): an explicit nonce repeated with the same key within the last this-many
+#: explicit-nonce encryptions is refused. About 80 bytes apiece (~5 MiB when full).
+NONCE_CACHE_SIZE = 1 << 16
+
+FaultListener = Callable[[str, str, BaseException], None]
+AuthListener = Callable[[str, str, str], None]
+NonceReuse = Literal["refuse", "caller"]
+
 
 def random_bytes(n: int) -> bytes:
     """``n`` bytes from the operating system's CSPRNG.
+
+    Raises:
+        KeyError_: ``n`` is not an int in 0..1048576.
 
     Example:
         >>> len(random_bytes(32))
         32
     """
     if type(n) is not int:
-        raise KeyError_(f"n: expected an int, got {type(n).__name__}")
+        raise KeyError_(f"n: expected an int, got {describe(n)}")
     if not 0 <= n <= _MAX_RANDOM:
-        raise KeyError_(f"n: expected 0..{_MAX_RANDOM}, got {n}")
+        raise KeyError_(f"n: expected 0..{_MAX_RANDOM}, got {describe_int(n)}")
     return os.urandom(n)
 
 
@@ -70,16 +101,30 @@ class Engine:
         config: routing policy, nonce mode and preferences (default: permissive, auto nonce).
         plugins: extra plugin objects registered after the built-ins (embedders, tests).
         lazy: defer loading providers and self-tests until the first call.
+
+    Raises:
+        PolicyError: ``config`` is not an EngineConfig, ``plugins`` not an iterable, or
+            ``lazy`` not a bool.
     """
 
     def __init__(self, config: EngineConfig | None = None, *, plugins: Iterable[object] = (),
                  lazy: bool = False) -> None:
+        if config is not None and not isinstance(config, EngineConfig):
+            raise PolicyError(f"config: expected an EngineConfig, got {describe(config)}")
+        try:
+            if isinstance(plugins, str | bytes | bytearray | memoryview):
+                raise TypeError
+            self._plugins = tuple(plugins)
+        except Exception:
+            raise PolicyError(f"plugins: expected an iterable of plugin objects, got {describe(plugins)}") from None
+        if type(lazy) is not bool:
+            raise PolicyError(f"lazy: expected a bool, got {describe(lazy)}")
         self._config = config or EngineConfig()
-        self._plugins = tuple(plugins)
         # Serialises start and publish; never taken on the call path.
         self._lock = threading.RLock()
         self._state: EngineState | None = None
-        self._fault_listeners: tuple[Callable[[str, str, BaseException], None], ...] = ()
+        self._fault_listeners: tuple[FaultListener, ...] = ()
+        self._auth_listeners: tuple[AuthListener, ...] = ()
         # Version 0 routes nothing: a call misses, and its error path starts the engine
         # (see route_missing), so a lazy engine costs its callers nothing once started.
         self._table: RoutingTable = RoutingTable.empty()
@@ -136,28 +181,88 @@ class Engine:
         """Build (not publish) the next table from ``providers`` (default: those loaded).
 
         Providers not loaded at start (capsules) must have passed their self-tests already.
+
+        Raises:
+            PolicyError: ``providers`` is not an iterable of Provider records, or ``config``
+                not an EngineConfig.
         """
+        if config is not None and not isinstance(config, EngineConfig):
+            raise PolicyError(f"config: expected an EngineConfig, got {describe(config)}")
+        if providers is not None:
+            try:
+                providers = tuple(providers)
+            except Exception:
+                raise PolicyError(f"providers: expected an iterable of Provider, got {describe(providers)}") from None
+            bad = next((p for p in providers if not isinstance(p, Provider)), None)
+            if bad is not None:
+                raise PolicyError(f"providers: expected Provider records, got {describe(bad)}")
         state = self.state
-        provs = state.providers if providers is None else tuple(providers)
+        provs = state.providers if providers is None else providers
         failures = {(r.provider, r.operation): r.failure or "failed"
                     for r in state.selftests if not r.passed}
         return build_table(provs, config or self._config, version=self._table.version + 1,
                            kat_failures=failures, on_fault=self._report_fault)
 
-    def add_fault_listener(self, listener: Callable[[str, str, BaseException], None]) -> None:
+    def add_fault_listener(self, listener: FaultListener) -> None:
         """Call ``listener(provider, operation, exc)`` when a routed provider raises unexpectedly.
 
-        Runs on the failing call's thread, on the error path only; keep it short.
+        Runs on the failing call's thread, on the error path only; keep it short. A caller's
+        bad input is diagnosed before this is considered, so it never reaches a listener.
+
+        Raises:
+            PolicyError: ``listener`` is not callable.
         """
+        _callable(listener, "listener")
         with self._lock:
             self._fault_listeners = (*self._fault_listeners, listener)
 
-    def remove_fault_listener(self, listener: Callable[[str, str, BaseException], None]) -> None:
-        """Stop calling ``listener``."""
+    def remove_fault_listener(self, listener: FaultListener) -> None:
+        """Stop calling ``listener`` (a no-op if it was never added)."""
         with self._lock:
             self._fault_listeners = tuple(f for f in self._fault_listeners if f != listener)
 
+    def add_auth_failure_listener(self, listener: AuthListener) -> None:
+        """Call ``listener(provider, operation, call)`` whenever a raw-API call fails authentication.
+
+        ``call`` names the API call (``"decrypt"``, ``"open"``, ``"keyed.decrypt"``,
+        ``"verify"``, ``"decapsulate"``); every XPS_ERR_AUTH the raw API raises is reported, and
+        nothing else: no key, nonce, ciphertext or message, only those three strings. This is the
+        hook for ``CRYPTO_FAIL_AUTH``: the owner of a journal attaches it (the engine has none)
+        and rate-limits there (``AuditLog.record_rate_limited`` does), because a flood of
+        forgeries calls it once per forgery. It runs on the failing call's thread, only on the
+        error path, so a successful call pays nothing for it; an exception it raises is
+        swallowed so that the caller still gets its AuthError.
+
+        Raises:
+            PolicyError: ``listener`` is not callable.
+
+        Example:
+            >>> import xpscerpto as xps
+            >>> eng = xps.Engine()
+            >>> seen = []
+            >>> eng.add_auth_failure_listener(lambda *event: seen.append(event))
+            >>> try:
+            ...     eng.ed25519.verify(bytes(32), b"m", bytes(64))
+            ... except xps.AuthError:
+            ...     pass
+            >>> seen
+            [('openssl', 'sig.ed25519', 'verify')]
+        """
+        _callable(listener, "listener")
+        with self._lock:
+            self._auth_listeners = (*self._auth_listeners, listener)
+
+    def remove_auth_failure_listener(self, listener: AuthListener) -> None:
+        """Stop calling ``listener`` (a no-op if it was never added)."""
+        with self._lock:
+            self._auth_listeners = tuple(f for f in self._auth_listeners if f != listener)
+
     def _report_fault(self, provider: str, operation: str, exc: BaseException) -> None:
+        # The routes report on one channel: authentication failures arrive as AuthFailure.
+        if isinstance(exc, AuthFailure):
+            for auth_listener in self._auth_listeners:
+                auth_listener(provider, operation, exc.call)
+            return
         for listener in self._fault_listeners:
             listener(provider, operation, exc)
 
@@ -169,12 +274,20 @@ class Engine:
         configuration ``table`` was built under and becomes :attr:`config` in the same step
         (the hot-patch updater's audited emergency changes); only the updater publishes at
         runtime.
+
+        Raises:
+            PolicyError: ``table`` is not a RoutingTable or ``config`` not an EngineConfig.
+            InternalError: ``table`` is not the next version.
         """
+        if not isinstance(table, RoutingTable):
+            raise PolicyError(f"table: expected a RoutingTable, got {describe(table)}")
+        if config is not None and not isinstance(config, EngineConfig):
+            raise PolicyError(f"config: expected an EngineConfig, got {describe(config)}")
         with self._lock:
             old = self._table
             if table.version != old.version + 1:
                 raise InternalError(
-                    f"table.version: expected {old.version + 1}, got {table.version}")
+                    f"table.version: expected {old.version + 1}, got {describe_int(table.version)}")
             if config is not None:
                 self._config = config
             self._table = table
@@ -198,6 +311,11 @@ class Engine:
         raise PolicyError(f"{operation}: not available ({reason})")
 
 
+def _callable(value: object, field: str) -> None:
+    if not callable(value):
+        raise PolicyError(f"{field}: expected a callable, got {describe(value)}")
+
+
 # -- API namespaces --------------------------------------------------------------------------
 
 
@@ -207,6 +325,22 @@ class AeadAPI:
     This is the hot path: one load of the routing table, one dict lookup, the checks the
     algorithm needs, and a direct call into the provider. Everything else (wrapping provider
     exceptions, naming the bad field) happens only on the error path.
+
+    Keys given as :class:`SecretBytes` may be wiped by another thread at any time: a call whose
+    key was wiped before it returned fails with XPS_ERR_KEY and returns nothing (see
+    :mod:`xpscerpto.secret`). Every XPS_ERR_AUTH is reported to
+    :meth:`Engine.add_auth_failure_listener` listeners.
+
+    Nonces you pass yourself (``nonce=``, required under nonce policy ``app``) are checked for
+    reuse, best-effort: sealing a *different* message (plaintext or aad) under an (algorithm,
+    key, nonce) triple used within the last :data:`NONCE_CACHE_SIZE` explicit-nonce encryptions
+    of this process (all engines) raises XPS_ERR_NONCE, and the ciphertext made under the
+    reused nonce is discarded, never returned. Sealing the same message again (a retry) yields
+    the same bytes, reveals nothing new and is allowed. Not detected: older repeats, repeats
+    across processes, an explicit nonce equal to one the engine drew itself, and (by design)
+    AES-256-GCM-SIV, which is nonce-misuse resistant (RFC 8452). Auto nonces (``nonce=None``)
+    are not recorded and cost nothing; ``nonce_reuse="caller"`` opts a call out. Keyed AEADs
+    (:meth:`keyed`) check exactly.
 
     Example:
         >>> import xpscerpto as xps
@@ -222,33 +356,44 @@ class AeadAPI:
         self._engine = engine
 
     def encrypt(self, algo: str, key: Buffer | SecretBytes, plaintext: Buffer, aad: Buffer = b"",
-                nonce: bytes | None = None) -> Sealed:
+                nonce: bytes | None = None, *, nonce_reuse: NonceReuse = "refuse") -> Sealed:
         """Encrypt; with ``nonce=None`` a fresh one is drawn from the CSPRNG (policy ``auto``).
 
+        ``nonce_reuse="caller"`` says the caller guarantees the uniqueness of the nonce it
+        passes (known-answer tests, a protocol's own nonce sequence): it is then not recorded
+        or checked. It has no effect on auto nonces.
+
         Raises:
-            PolicyError: unknown or unavailable algorithm.
-            KeyError_: wrong key size or type.
-            NonceError: wrong nonce size, or none given under nonce policy ``app``.
+            PolicyError: unknown or unavailable algorithm; plaintext or aad not a byte buffer.
+            KeyError_: wrong key size or type; a SecretBytes key wiped before the call returned.
+            NonceError: wrong nonce size or type, none given under nonce policy ``app``, or a
+                (key, nonce) pair this process already used (see the class docstring).
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
         """
         table = self._engine._table
+        secret: SecretBytes | None = None
         try:
             r = table.aead[algo]
             if type(key) is SecretBytes:
-                key = key._buf
+                secret, key = key, key._buf
             if len(key) not in r.key_sizes:
                 raise KeyError_(f"key: expected {r.key_size} bytes, got {len(key)}")
-            if nonce is None:
-                if not r.auto_nonce:
-                    raise NonceError("nonce: required (nonce policy is 'app')")
-                nonce = _urandom(r.nonce_size)
-            elif len(nonce) != r.nonce_size:
-                raise NonceError(f"nonce: expected {r.nonce_size} bytes, got {len(nonce)}")
-            return Sealed((nonce, r.cipher(key).encrypt(nonce, plaintext, aad), r.tag_size))
+            if nonce is not None:
+                return _seal_explicit(r, key, secret, plaintext, aad, nonce, nonce_reuse)
+            if not r.auto_nonce:
+                raise NonceError("nonce: required (nonce policy is 'app')")
+            nonce = _urandom(r.nonce_size)
+            wire = r.cipher(key).encrypt(nonce, plaintext, aad)
+            if secret is not None and secret._wiped:
+                raise KeyError_("key: SecretBytes was wiped during the call")
+            return _new_sealed(Sealed, (nonce, wire, r.tag_size))
         except Exception as exc:
+            if secret is not None:
+                key = secret
             if table.version == 0:  # first call on a lazy engine: the lookup missed before anything ran
                 self._engine.start()
-                return self.encrypt(algo, key, plaintext, aad, nonce)
-            err = _aead_error(table, algo, exc, key, nonce, nonce_required=False,
+                return self.encrypt(algo, key, plaintext, aad, nonce, nonce_reuse=nonce_reuse)
+            err = _aead_error(table, algo, exc, key, nonce, "encrypt", nonce_required=False,
                               inputs=(("plaintext", plaintext, PolicyError), ("aad", aad, PolicyError)))
             raise err from err.__cause__
 
@@ -256,38 +401,76 @@ class AeadAPI:
                 tag: Buffer, aad: Buffer = b"") -> bytes:
         """Decrypt and verify; on any mismatch raise AuthError and return no plaintext.
 
-        ``ciphertext`` and ``tag`` are joined for the provider (one copy); :meth:`open`
-        avoids that copy when you still hold the :class:`Sealed`.
+        Small messages are joined with their tag for the provider (one copy); large ones
+        (at least the provider's ``detached_from`` bytes) are opened without joining, by the
+        provider's tag-separate decrypt where it has one, else through a buffer reused per
+        thread. :meth:`open` never copies when you still hold the :class:`Sealed`.
+
+        Raises:
+            PolicyError: unknown or unavailable algorithm; ciphertext or aad not a byte buffer.
+            KeyError_: wrong key size or type; a SecretBytes key wiped before the call returned.
+            NonceError: wrong nonce size or type.
+            AuthError: the tag did not verify, or has the wrong size (no plaintext is returned).
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
         """
         table = self._engine._table
+        secret: SecretBytes | None = None
         try:
             r = table.aead[algo]
             if type(key) is SecretBytes:
-                key = key._buf
+                secret, key = key, key._buf
             if len(key) not in r.key_sizes:
                 raise KeyError_(f"key: expected {r.key_size} bytes, got {len(key)}")
             if len(nonce) != r.nonce_size:
                 raise NonceError(f"nonce: expected {r.nonce_size} bytes, got {len(nonce)}")
             if len(tag) != r.tag_size:
                 raise AuthError(f"tag: expected {r.tag_size} bytes, got {len(tag)}")
-            return r.cipher(key).decrypt(nonce, b"".join((ciphertext, tag)), aad)
+            if len(ciphertext) < r.detached_from:
+                # join() reads any contiguous buffer as raw bytes (a view of 4-byte ints too):
+                # let through only what the buffer rule accepts (attribute reads, no frame).
+                if not (type(ciphertext) is bytes or type(ciphertext) is bytearray or (
+                        ciphertext if type(ciphertext) is memoryview else memoryview(ciphertext)
+                ).format in BYTE_FORMATS):
+                    raise _BadBuffer("ciphertext: not a byte buffer")
+                if not (type(tag) is bytes or type(tag) is bytearray or (
+                        tag if type(tag) is memoryview else memoryview(tag)).format in BYTE_FORMATS):
+                    raise _BadBuffer("tag: not a byte buffer")
+                plaintext = r.cipher(key).decrypt(nonce, b"".join((ciphertext, tag)), aad)
+            else:
+                plaintext = r.decrypt_detached(key, nonce, ciphertext, tag, aad)
+            if secret is not None and secret._wiped:
+                raise KeyError_("key: SecretBytes was wiped during the call")
+            return plaintext
         except Exception as exc:
+            if secret is not None:
+                key = secret
             if table.version == 0:  # first call on a lazy engine: the lookup missed before anything ran
                 self._engine.start()
                 return self.decrypt(algo, key, nonce, ciphertext, tag, aad)
-            err = _aead_error(table, algo, exc, key, nonce, nonce_required=True,
+            err = _aead_error(table, algo, exc, key, nonce, "decrypt", nonce_required=True,
                               inputs=(("ciphertext", ciphertext, PolicyError), ("tag", tag, AuthError),
                                       ("aad", aad, PolicyError)))
             raise err from err.__cause__
 
     def open(self, algo: str, key: Buffer | SecretBytes, sealed: Sealed, aad: Buffer = b"") -> bytes:
-        """Decrypt a :class:`Sealed` without re-joining ciphertext and tag (zero copy)."""
+        """Decrypt a :class:`Sealed` without re-joining ciphertext and tag (zero copy).
+
+        Raises:
+            PolicyError: unknown or unavailable algorithm; ``sealed`` not a Sealed; aad not a
+                byte buffer.
+            KeyError_: wrong key size or type; a SecretBytes key wiped before the call returned.
+            NonceError: the sealed nonce has the wrong size.
+            AuthError: the tag did not verify, or the Sealed is of another tag size or too
+                short (no plaintext is returned).
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
+        """
         table = self._engine._table
+        secret: SecretBytes | None = None
         nonce = None
         try:
             r = table.aead[algo]
             if type(key) is SecretBytes:
-                key = key._buf
+                secret, key = key, key._buf
             if type(sealed) is not Sealed:  # a plain tuple must not pass for a Sealed
                 raise TypeError
             nonce, wire, tag_size = sealed.nonce, sealed.ciphertext_and_tag, sealed.tag_size
@@ -297,47 +480,151 @@ class AeadAPI:
                 raise NonceError(f"nonce: expected {r.nonce_size} bytes, got {len(nonce)}")
             if tag_size != r.tag_size:
                 raise AuthError(f"sealed: tag size {tag_size} does not match {r.operation}")
-            return r.cipher(key).decrypt(nonce, wire, aad)
+            plaintext = r.cipher(key).decrypt(nonce, wire, aad)
+            if secret is not None and secret._wiped:
+                raise KeyError_("key: SecretBytes was wiped during the call")
+            return plaintext
         except Exception as exc:
+            if secret is not None:
+                key = secret
             if table.version == 0:  # first call on a lazy engine: the lookup missed before anything ran
                 self._engine.start()
                 return self.open(algo, key, sealed, aad)
             if type(sealed) is not Sealed:
-                raise PolicyError(f"sealed: expected a Sealed, got {type(sealed).__name__}") from None
-            err = _aead_error(table, algo, exc, key, nonce, nonce_required=True,
+                raise PolicyError(f"sealed: expected a Sealed, got {describe(sealed)}") from None
+            err = _aead_error(table, algo, exc, key, nonce, "open", nonce_required=True,
                               inputs=(("sealed.ciphertext", sealed.ciphertext_and_tag, PolicyError),
-                                      ("aad", aad, PolicyError)))
+                                      ("aad", aad, PolicyError)), wire=sealed.ciphertext_and_tag)
             raise err from err.__cause__
 
-    def keyed(self, algo: str, key: Buffer | SecretBytes) -> KeyedAead:
+    def keyed(self, algo: str, key: Buffer | SecretBytes, *, nonce_reuse: NonceReuse = "refuse") -> KeyedAead:
         """An AEAD bound to one key, like Tink's primitive: no per-call key setup.
 
         The provider's keyed cipher is built once and rebuilt whenever a new routing table is
         published, so hot-patching applies to keyed AEADs too. The key is copied into a
         SecretBytes the object owns (``wipe()`` it when done); the provider's internal key
         schedule lives until the object is dropped.
+
+        Args:
+            algo: the AEAD algorithm.
+            key: the key; a SecretBytes is copied (wiping it later does not affect this object).
+            nonce_reuse: ``"refuse"`` (default): every nonce you pass to :meth:`KeyedAead.encrypt`
+                is recorded, exactly, and sealing another message under a recorded nonce raises
+                XPS_ERR_NONCE (the ciphertext is discarded, never returned; the same message
+                again is allowed). At most :data:`KEYED_NONCE_LIMIT` nonces are recorded; past
+                that, new explicit nonces are refused until the key is rotated. ``"caller"``:
+                the caller guarantees uniqueness and nothing is recorded, for protocols that own
+                their nonce sequence (a channel's counter nonces, the keyring's random nonces).
+                Auto nonces (``nonce=None``) are never recorded, and AES-256-GCM-SIV (nonce
+                misuse resistant) is not checked.
+
+        Raises:
+            PolicyError: unknown or unavailable algorithm, or an unknown ``nonce_reuse``.
+            KeyError_: wrong key size or type, or a wiped SecretBytes.
         """
-        return KeyedAead(self._engine, algo, key)
+        return KeyedAead(self._engine, algo, key, nonce_reuse=nonce_reuse)
 
     def info(self, algo: str) -> dict[str, Any]:
-        """Sizes and serving provider of ``algo``: key_size, nonce_size, tag_size, provider."""
+        """Sizes and serving provider of ``algo``: key_size, nonce_size, tag_size, provider.
+
+        Raises:
+            PolicyError: unknown or unavailable algorithm.
+        """
         table = self._engine.table
         try:
             r = table.aead[algo]
         except Exception as exc:
-            raise _aead_error(table, algo, exc, b"", None, nonce_required=False, inputs=()) from None
+            raise _aead_error(table, algo, exc, b"", None, "info", nonce_required=False, inputs=()) from None
         return {"operation": r.operation, "provider": r.provider, "key_size": r.key_size,
                 "nonce_size": r.nonce_size, "tag_size": r.tag_size}
 
 
+def _seal_explicit(r: AeadRoute, key: Buffer, secret: SecretBytes | None, plaintext: Buffer, aad: Buffer,
+                   nonce: object, nonce_reuse: object) -> Sealed:
+    """Encrypt under a caller's nonce: checked, copied to bytes, and recorded in the process cache."""
+    nonce_reuse = _nonce_reuse(nonce_reuse)
+    nonce_b = _nonce_bytes(nonce, r.nonce_size)
+    wire = r.cipher(key).encrypt(nonce_b, plaintext, aad)
+    if secret is not None and secret._wiped:
+        raise KeyError_("key: SecretBytes was wiped during the call")
+    if nonce_reuse == "refuse" and not r.misuse_resistant:
+        _NONCES.record(r.operation, key, nonce_b, wire, r.tag_size)
+    return _new_sealed(Sealed, (nonce_b, wire, r.tag_size))
+
+
+def _nonce_reuse(value: object) -> NonceReuse:
+    if value == "refuse" and type(value) is str:
+        return "refuse"
+    if value == "caller" and type(value) is str:
+        return "caller"
+    raise PolicyError(f"nonce_reuse: expected 'refuse' or 'caller', got {describe(value)}")
+
+
+def _nonce_bytes(nonce: object, size: int) -> bytes:
+    """A caller's nonce as immutable bytes of the right size (Sealed.nonce must not alias it)."""
+    nonce = byte_buffer(nonce, "nonce", NonceError)
+    if len(nonce) != size:
+        raise NonceError(f"nonce: expected {size} bytes, got {len(nonce)}")
+    return nonce if type(nonce) is bytes else bytes(nonce)
+
+
+def _tag64(wire: bytes, tag_size: int) -> int:
+    """64 bits of a ciphertext's tag: what tells two messages sealed under one (key, nonce) apart."""
+    return int.from_bytes(wire[len(wire) - tag_size:len(wire) - tag_size + 8], "big")
+
+
+_REUSED = ("nonce: already used with this key for another message (a nonce must never repeat "
+           "under one key)")
+
+
+class _NonceCache:
+    """The stateless API's best-effort record of explicit (key, nonce) pairs in this process.
+
+    Maps a 64-bit BLAKE2b digest of (algorithm, key, nonce), keyed with a per-process random key (so it
+    holds nothing of the key), to 64 bits of the tag that pair sealed, in insertion order; the
+    oldest is forgotten past ``size``. Sealing the same message again under the same pair
+    reproduces the same ciphertext and tag, reveals nothing new and is allowed (a retry); a
+    different message is refused and its ciphertext discarded, never returned. A lock makes
+    check-and-record one step; only explicit-nonce calls come here.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._seen: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._hash_key = os.urandom(32)
+
+    def record(self, operation: str, key: Buffer, nonce: bytes, wire: bytes, tag_size: int) -> None:
+        # The algorithm is part of the pair: one key under two algorithms is two keystreams.
+        h = hashlib.blake2b(operation.encode(), digest_size=8, key=self._hash_key, person=b"xps-nonce-v1")
+        h.update(bytes((len(key) & 0xFF,)))
+        h.update(key)
+        h.update(nonce)
+        pair, tag = int.from_bytes(h.digest(), "big"), _tag64(wire, tag_size)
+        with self._lock:
+            if self._seen.setdefault(pair, tag) != tag:
+                raise NonceError(_REUSED)
+            if len(self._seen) > self._size:
+                del self._seen[next(iter(self._seen))]
+
+
+_NONCES = _NonceCache(NONCE_CACHE_SIZE)
+
+
 class _Bound:
-    """A keyed cipher for one table version (replaced whole, never mutated)."""
+    """A keyed cipher for one table version (replaced whole, never mutated).
 
-    __slots__ = ("auto_nonce", "cipher", "nonce_size", "route", "tag_size", "version")
+    ``nonces`` is the KeyedAead's record of explicit nonces, or None when nothing is recorded
+    (``nonce_reuse="caller"``, or a nonce-misuse-resistant algorithm).
+    """
 
-    def __init__(self, version: int, route: AeadRoute, cipher: AeadCipher) -> None:
+    __slots__ = ("auto_nonce", "cipher", "nonce_size", "nonces", "route", "tag_size", "version")
+
+    def __init__(self, version: int, route: AeadRoute, cipher: AeadCipher,
+                 nonces: dict[bytes, int] | None = None) -> None:
         self.version, self.route, self.cipher = version, route, cipher
         self.nonce_size, self.tag_size, self.auto_nonce = route.nonce_size, route.tag_size, route.auto_nonce
+        self.nonces = None if route.misuse_resistant else nonces
 
 
 class _WipedCipher:
@@ -365,34 +652,49 @@ class KeyedAead:
         b'data'
     """
 
-    __slots__ = ("_algo", "_bound", "_engine", "_key")
+    __slots__ = ("_algo", "_bound", "_engine", "_key", "_nonces")
 
-    def __init__(self, engine: Engine, algo: str, key: Buffer | SecretBytes) -> None:
+    def __init__(self, engine: Engine, algo: str, key: Buffer | SecretBytes, *,
+                 nonce_reuse: NonceReuse = "refuse") -> None:
+        nonce_reuse = _nonce_reuse(nonce_reuse)
         self._engine = engine
         self._algo = algo
-        if isinstance(key, SecretBytes):
-            key = key.view()
+        self._nonces: dict[bytes, int] | None = {} if nonce_reuse == "refuse" else None
+        self._key = _own_copy(key)
         try:
-            self._key = SecretBytes(key)
-        except TypeError:
-            raise KeyError_(f"key: expected bytes-like, got {type(key).__name__}") from None
-        self._bound = self._bind(engine.table)
+            self._bound = self._bind(engine.table)
+        except BaseException:
+            self._key.wipe()
+            raise
 
     def _bind(self, table: RoutingTable) -> _Bound:
         try:
             r = table.aead[self._algo]
             if len(self._key) not in r.key_sizes:
                 raise KeyError_(f"key: expected {r.key_size} bytes, got {len(self._key)}")
-            bound = _Bound(table.version, r, r.cipher(self._key._buf))
+            bound = _Bound(table.version, r, r.cipher(self._key._buf), self._nonces)
         except Exception as exc:
-            raise _aead_error(table, self._algo, exc, self._key, None, nonce_required=False, inputs=()) from None
+            raise _aead_error(table, self._algo, exc, self._key, None, "keyed", nonce_required=False,
+                              inputs=()) from None
         # One attribute holds version and cipher together, so no call pairs a new table with an
         # old cipher; a call that loaded the old table keeps it (and so its drain) until it returns.
         self._bound = bound
+        if self._key._wiped:  # wipe() ran meanwhile: do not leave a live cipher installed
+            self._bound = _Bound(-1, r, _WIPED)
+            raise KeyError_("key: this KeyedAead was wiped")
         return bound
 
     def encrypt(self, plaintext: Buffer, aad: Buffer = b"", nonce: bytes | None = None) -> Sealed:
-        """Encrypt; with ``nonce=None`` a fresh one is drawn (nonce policy ``auto``)."""
+        """Encrypt; with ``nonce=None`` a fresh one is drawn (nonce policy ``auto``).
+
+        Raises:
+            PolicyError: plaintext or aad not a byte buffer; the algorithm is no longer routed.
+            KeyError_: the object was wiped (also when that happened during the call).
+            NonceError: wrong nonce size or type; none given under nonce policy ``app``; with
+                ``nonce_reuse="refuse"``, a nonce this object already used or past
+                :data:`KEYED_NONCE_LIMIT` explicit nonces.
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
+        """
         table = self._engine._table
         b = self._bound
         try:
@@ -402,16 +704,31 @@ class KeyedAead:
                 if not b.auto_nonce:
                     raise NonceError("nonce: required (nonce policy is 'app')")
                 nonce = _urandom(b.nonce_size)
-            elif len(nonce) != b.nonce_size:
-                raise NonceError(f"nonce: expected {b.nonce_size} bytes, got {len(nonce)}")
-            return Sealed((nonce, b.cipher.encrypt(nonce, plaintext, aad), b.tag_size))
+                wire = b.cipher.encrypt(nonce, plaintext, aad)
+            else:
+                if type(nonce) is not bytes or len(nonce) != b.nonce_size:
+                    nonce = _nonce_bytes(nonce, b.nonce_size)
+                wire = b.cipher.encrypt(nonce, plaintext, aad)
+                if b.nonces is not None:
+                    _record(b.nonces, nonce, wire, b.tag_size)
+            if self._key._wiped:
+                raise KeyError_("key: this KeyedAead was wiped during the call")
+            return _new_sealed(Sealed, (nonce, wire, b.tag_size))
         except Exception as exc:
-            err = _aead_error(table, self._algo, exc, self._key, nonce, nonce_required=False,
+            err = _aead_error(table, self._algo, exc, self._key, nonce, "keyed.encrypt", nonce_required=False,
                               inputs=(("plaintext", plaintext, PolicyError), ("aad", aad, PolicyError)))
             raise err from err.__cause__
 
     def decrypt(self, nonce: bytes, ciphertext_and_tag: Buffer, aad: Buffer = b"") -> bytes:
-        """Open ``ciphertext || tag``; AuthError (and no plaintext) if it does not verify."""
+        """Open ``ciphertext || tag``; AuthError (and no plaintext) if it does not verify.
+
+        Raises:
+            PolicyError: ciphertext_and_tag or aad not a byte buffer.
+            KeyError_: the object was wiped (also when that happened during the call).
+            NonceError: wrong nonce size or type.
+            AuthError: the tag did not verify, or the input is shorter than a tag.
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
+        """
         table = self._engine._table
         b = self._bound
         try:
@@ -419,43 +736,96 @@ class KeyedAead:
                 b = self._bind(table)
             if len(nonce) != b.nonce_size:
                 raise NonceError(f"nonce: expected {b.nonce_size} bytes, got {len(nonce)}")
-            return b.cipher.decrypt(nonce, ciphertext_and_tag, aad)
+            plaintext = b.cipher.decrypt(nonce, ciphertext_and_tag, aad)
+            if self._key._wiped:
+                raise KeyError_("key: this KeyedAead was wiped during the call")
+            return plaintext
         except Exception as exc:
-            err = _aead_error(table, self._algo, exc, self._key, nonce, nonce_required=True,
+            err = _aead_error(table, self._algo, exc, self._key, nonce, "keyed.decrypt", nonce_required=True,
                               inputs=(("ciphertext_and_tag", ciphertext_and_tag, PolicyError),
-                                      ("aad", aad, PolicyError)))
+                                      ("aad", aad, PolicyError)), wire=ciphertext_and_tag)
             raise err from err.__cause__
 
     def open(self, sealed: Sealed, aad: Buffer = b"") -> bytes:
-        """Decrypt a :class:`Sealed` from :meth:`encrypt`."""
+        """Decrypt a :class:`Sealed` from :meth:`encrypt`.
+
+        Raises:
+            PolicyError: ``sealed`` is not a Sealed; see :meth:`decrypt` for the rest.
+        """
         if type(sealed) is not Sealed:
-            raise PolicyError(f"sealed: expected a Sealed, got {type(sealed).__name__}")
+            raise PolicyError(f"sealed: expected a Sealed, got {describe(sealed)}")
         return self.decrypt(sealed.nonce, sealed.ciphertext_and_tag, aad)
 
     def wipe(self) -> None:
-        """Wipe the key copy and drop the provider's keyed cipher; the object is unusable after."""
-        self._key.wipe()
+        """Wipe the key copy and drop the provider's keyed cipher; the object is unusable after.
+
+        A call running on another thread meanwhile fails with XPS_ERR_KEY (its result is
+        discarded), as with any wiped SecretBytes.
+        """
+        self._key.wipe()  # marks the key wiped first: racing calls then discard their results
         self._bound = _Bound(-1, self._bound.route, _WIPED)
+        if self._nonces is not None:
+            self._nonces.clear()
 
     def __repr__(self) -> str:
         return f"<KeyedAead {self._algo} via {self._bound.route.provider}>"
 
 
-def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce: Any, *,
-                nonce_required: bool, inputs: tuple[tuple[str, Any, type[XpsError]], ...]) -> XpsError:
+def _record(seen: dict[bytes, int], nonce: bytes, wire: bytes, tag_size: int) -> None:
+    """Record a KeyedAead's explicit nonce; refuse one that sealed another message before.
+
+    Runs after the provider call (the tag tells the messages apart) and before the result is
+    returned, so a ciphertext under a reused nonce never leaves the KeyedAead.
+    """
+    tag = _tag64(wire, tag_size)
+    if len(seen) >= KEYED_NONCE_LIMIT and nonce not in seen:
+        raise NonceError(f"nonce: this key has sealed under {KEYED_NONCE_LIMIT} application-supplied "
+                         "nonces, the limit per key; rotate the key (or use auto nonces)")
+    # setdefault is one atomic step: of two threads sealing under the same nonce, one wins.
+    if seen.setdefault(nonce, tag) != tag:
+        raise NonceError(_REUSED)
+
+
+def _still_wiped(secret: SecretBytes) -> bool:
+    """Read the flag afresh (another thread may have set it since the last test)."""
+    return secret._wiped
+
+
+def _own_copy(key: object) -> SecretBytes:
+    """A SecretBytes copy of ``key`` that a wipe of the original during the copy cannot poison."""
+    if isinstance(key, SecretBytes):
+        if key._wiped:
+            raise KeyError_("key: SecretBytes was wiped")
+        view = key.view()
+        try:
+            copy = SecretBytes(view)
+        finally:
+            view.release()
+        if _still_wiped(key):  # wiped while copying: the copy may hold zeros
+            copy.wipe()
+            raise KeyError_("key: SecretBytes was wiped during the call")
+        return copy
+    return SecretBytes(byte_buffer(key, "key", KeyError_))
+
+
+def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce: Any, call: str, *,
+                nonce_required: bool, inputs: tuple[tuple[str, Any, type[XpsError]], ...],
+                wire: Any = None) -> XpsError:
     """The typed error for a failed AEAD call (error path only)."""
     try:
         r = table.aead[algo]
-    except (KeyError, TypeError):
+    except Exception:  # KeyError; TypeError (unhashable); ValueError (a released view's hash)
         op = _AEAD_NAMES.get(algo) if isinstance(algo, str) else None
-        if op is not None and op in table.unrouted:
-            return PolicyError(f"algo: {algo} is not available ({table.unrouted[op]})")
-        return PolicyError(f"algo: unknown AEAD algorithm {algo!r}")
-    return r.diagnose(exc, key, nonce, nonce_required=nonce_required, inputs=inputs)
+        if op is not None and op in table.unrouted:  # printed by its own public name, not the caller's value
+            return PolicyError(f"algo: {OPERATIONS[op].aliases[0]} is not available ({table.unrouted[op]})")
+        # Never the value itself: a key passed in the algorithm's place must not come back.
+        return PolicyError(f"algo: unknown AEAD algorithm ({describe(algo)}); known: {_KNOWN}")
+    return r.diagnose(exc, key, nonce, call, nonce_required=nonce_required, inputs=inputs, wire=wire)
 
 
 _AEAD_NAMES = {name: op for op, spec in OPERATIONS.items() if spec.kind == "aead"
                for name in (op, *spec.aliases)}
+_KNOWN = ", ".join(spec.aliases[0] for spec in OPERATIONS.values() if spec.kind == "aead")
 _urandom = os.urandom
-
-
+# tuple's constructor: builds a Sealed from checked parts without running Sealed.__new__.
+_new_sealed = tuple.__new__

@@ -26,6 +26,7 @@ __all__ = [
     "ErrorCode",
     "InternalError",
     "KeyError_",
+    "KeyTypeError",
     "NonceError",
     "PolicyError",
     "ProviderError",
@@ -75,8 +76,16 @@ class KeyError_(XpsError, ValueError):
     code = ErrorCode.KEY
 
 
+class KeyTypeError(KeyError_, TypeError):
+    """A secret was given as the wrong kind of object (``SecretBytes(None)``, ``secure_wipe(b"...")``).
+
+    Also a :class:`TypeError`, so code written against Python's conventions (``pickle``,
+    ``copy``, ``except TypeError``) keeps working.
+    """
+
+
 class NonceError(XpsError, ValueError):
-    """A nonce is missing, of the wrong size, or not allowed by the nonce policy."""
+    """A nonce is missing, of the wrong size, not allowed by the nonce policy, or reused."""
 
     code = ErrorCode.NONCE
 

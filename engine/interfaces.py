@@ -66,16 +66,38 @@ class Aead(abc.ABC):
     set ``cipher = AESGCM`` so no Python frame of its own runs per call. ``auth_errors`` lists
     the exceptions its ``decrypt`` raises when a tag does not verify; the engine turns those
     into :class:`~xpscerpto.errors.AuthError` and anything else into a provider fault.
+
+    Two optional parts make large messages and bad buffers cheaper to handle:
+    ``checks_buffers`` and :meth:`decrypt_detached` (both exercised by the self-tests).
     """
 
     key_sizes: ClassVar[tuple[int, ...]]
     nonce_size: ClassVar[int]
     tag_size: ClassVar[int]
     auth_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: True if ``cipher(key)``, its methods and ``decrypt_detached`` raise, before computing
+    #: anything, on any buffer that is not one C-contiguous run of single bytes (format ``B``
+    #: or ``c``) or is a released view; pyca/cryptography does. When False (the default) the
+    #: engine checks every buffer of every call before the provider sees it.
+    checks_buffers: ClassVar[bool] = False
+    #: Ciphertexts of at least this many bytes go to :meth:`decrypt_detached` (if defined)
+    #: instead of being joined to their tag; a provider whose tag-separate path costs more per
+    #: call than a small copy sets it where that path starts to win.
+    detached_from: ClassVar[int] = 0
 
     @abc.abstractmethod
     def cipher(self, key: Buffer) -> AeadCipher:
         """Return a keyed cipher object (key length already checked by the engine)."""
+
+    def decrypt_detached(self, key: Buffer, nonce: bytes, ciphertext: Buffer, tag: Buffer,
+                         associated_data: Buffer) -> bytes:
+        """Optional: open ``ciphertext`` whose ``tag`` is held apart, without joining them.
+
+        Must verify before returning anything (raise one of ``auth_errors`` otherwise) and
+        return ``bytes``. Providers that do not override it have their large ciphertexts joined
+        to the tag by the engine, in a buffer it reuses per thread.
+        """
+        raise NotImplementedError
 
 
 class Signature(abc.ABC):

@@ -4,6 +4,13 @@ Python cannot promise that no copy of a secret ever exists (immutable ``bytes`` 
 C library, the allocator's freed pages), so the goal is narrower and checkable: secrets the
 engine owns live in one mutable buffer that is zeroed on :meth:`SecretBytes.wipe` or at the
 end of a ``with`` block, and never appear in ``repr``, ``str``, pickles, logs or exceptions.
+
+A wipe can race a call on another thread that is reading the same secret. ``wipe()`` marks the
+secret first and zeroes it after, and every API call that reads a SecretBytes checks the mark
+once more after its provider returned: if the mark is set the result is discarded and the call
+fails with XPS_ERR_KEY. A result is therefore only ever returned if the whole provider call
+ran before the wipe began, so no result is ever computed from a zeroed or half-zeroed key, and
+the call path takes no lock (one attribute test per call).
 """
 
 from __future__ import annotations
@@ -13,6 +20,9 @@ import ctypes
 import hmac
 from types import TracebackType
 from typing import NoReturn, Self, final
+
+from ._buffers import byte_buffer, describe
+from .errors import KeyError_, KeyTypeError
 
 __all__ = ["SecretBytes", "constant_time_eq", "secure_wipe"]
 
@@ -25,36 +35,68 @@ def secure_wipe(buf: bytearray | memoryview) -> None:
     ``ctypes.memset`` is used rather than a Python loop so the write cannot be optimised
     into a new object, and it is fast for large buffers.
 
+    Raises:
+        KeyTypeError: ``buf`` is read-only (``bytes``), released, not contiguous, or not a buffer.
+
     Example:
         >>> b = bytearray(b"secret")
         >>> secure_wipe(b)
         >>> bytes(b)
         b'\\x00\\x00\\x00\\x00\\x00\\x00'
     """
-    view = memoryview(buf)
-    if view.readonly:
-        raise TypeError("secure_wipe: buffer is read-only (bytes cannot be wiped)")
-    n = view.nbytes
-    if n:
-        # from_buffer needs a writable, C-contiguous buffer; cast keeps the same memory.
-        c_buf = (ctypes.c_char * n).from_buffer(view.cast("B"))
-        ctypes.memset(ctypes.addressof(c_buf), 0, n)
-        del c_buf
-    view.release()
+    try:
+        view = memoryview(buf)
+    except (TypeError, ValueError):
+        raise KeyTypeError(f"buf: expected a writable buffer, got {describe(buf)}") from None
+    try:
+        if view.readonly:
+            raise KeyTypeError(f"buf: buffer is read-only ({type(buf).__name__} cannot be wiped)")
+        if not view.c_contiguous:
+            raise KeyTypeError("buf: expected a contiguous buffer, got a strided one")
+        n = view.nbytes
+        if n:
+            # from_buffer needs a writable, C-contiguous buffer; cast keeps the same memory.
+            c_buf = (ctypes.c_char * n).from_buffer(view.cast("B"))
+            ctypes.memset(ctypes.addressof(c_buf), 0, n)
+            del c_buf
+    finally:
+        view.release()
 
 
 def constant_time_eq(a: BytesLike | SecretBytes, b: BytesLike | SecretBytes) -> bool:
     """Compare two byte strings in time independent of where they differ.
 
+    Raises:
+        KeyTypeError: an argument is not a byte buffer (see :mod:`xpscerpto` for what that is).
+        KeyError_: an argument is a SecretBytes that was wiped (or was being wiped meanwhile).
+
     Example:
         >>> constant_time_eq(b"abc", b"abc")
         True
     """
-    if isinstance(a, SecretBytes):
-        a = a._buf
-    if isinstance(b, SecretBytes):
-        b = b._buf
-    return hmac.compare_digest(a, b)
+    sa, sb = _compare_operand(a, "a"), _compare_operand(b, "b")
+    equal = hmac.compare_digest(sa, sb)
+    # A wipe that ran while comparing may have compared zeros: the answer is void.
+    if (isinstance(a, SecretBytes) and a._wiped) or (isinstance(b, SecretBytes) and b._wiped):
+        raise KeyError_("a, b: SecretBytes was wiped during the comparison")
+    return equal
+
+
+def _compare_operand(value: object, field: str) -> BytesLike:
+    if isinstance(value, SecretBytes):
+        if value._wiped:
+            raise KeyError_(f"{field}: SecretBytes was wiped")
+        return value._buf
+    return byte_buffer(value, field, KeyTypeError)
+
+
+def _secret_source(data: object) -> BytesLike:
+    """``data`` if SecretBytes may copy it, else the KeyTypeError saying why not."""
+    if isinstance(data, int):  # bytearray(32) would be 32 zero bytes: never a secret
+        raise KeyTypeError("data: SecretBytes takes bytes; use xpscerpto.random_bytes(n) for fresh ones")
+    if isinstance(data, SecretBytes):
+        raise KeyTypeError("data: copy a SecretBytes explicitly with SecretBytes(s.view())")
+    return byte_buffer(data, "data", KeyTypeError)
 
 
 @final
@@ -62,6 +104,12 @@ class SecretBytes:
     """A bytearray-backed secret that can be wiped and is never printed or pickled.
 
     Pass it anywhere the API takes a key. Equality is constant-time; ``repr`` is redacted.
+
+    Args:
+        data: the secret's bytes (``bytes``, ``bytearray`` or a byte ``memoryview``); copied.
+
+    Raises:
+        KeyTypeError: ``data`` is not a byte buffer (an int, a list, None, another SecretBytes).
 
     Example:
         >>> with SecretBytes(b"\\x01" * 32) as k:
@@ -73,35 +121,45 @@ class SecretBytes:
 
     __slots__ = ("_buf", "_wiped")
 
-    def __init__(self, data: BytesLike | int) -> None:
-        if isinstance(data, int):
-            raise TypeError("SecretBytes: pass bytes; use xpscerpto.random_bytes(n) for fresh ones")
-        self._buf = bytearray(data)
+    def __init__(self, data: BytesLike) -> None:
+        # Set first: __del__ and __repr__ must work on an object whose construction failed.
+        self._buf = bytearray()
         self._wiped = False
+        self._buf = bytearray(_secret_source(data))
 
     @classmethod
     def take(cls, buf: bytearray) -> SecretBytes:
-        """Adopt ``buf`` without copying it (the caller must drop its own reference)."""
+        """Adopt ``buf`` without copying it (the caller must drop its own reference).
+
+        Raises:
+            KeyTypeError: ``buf`` is not a ``bytearray``.
+        """
+        if not isinstance(buf, bytearray):
+            raise KeyTypeError(f"buf: SecretBytes.take adopts a bytearray, got {describe(buf)}")
         obj = cls.__new__(cls)
         obj._buf = buf
         obj._wiped = False
         return obj
 
     def wipe(self) -> None:
-        """Zero the buffer; the object is unusable afterwards."""
+        """Zero the buffer; the object is unusable afterwards.
+
+        The secret is marked wiped *before* it is zeroed: a call reading it on another thread
+        checks the mark after its provider returns and then discards its result (see the module
+        docstring), so nothing is ever computed from a half-zeroed key and returned.
+        """
+        self._wiped = True
         secure_wipe(self._buf)
-        # Leave the secret empty: an empty key fails every key-length check, so a wiped secret
-        # can never be used as an all-zero key, and the call path pays for no flag test.
+        # Leave the secret empty too, so every later key-length check fails as well.
         # A live view forbids resizing; the zeroed buffer then stays with the view.
         try:
             del self._buf[:]
         except BufferError:
             self._buf = bytearray()
-        self._wiped = True
 
     @property
     def wiped(self) -> bool:
-        """True once :meth:`wipe` ran."""
+        """True once :meth:`wipe` began (a call racing it fails with XPS_ERR_KEY)."""
         return self._wiped
 
     def view(self) -> memoryview:
@@ -128,9 +186,15 @@ class SecretBytes:
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, SecretBytes):
-            return hmac.compare_digest(self._buf, other._buf)
+            if self._wiped or other._wiped:
+                return False
+            equal = hmac.compare_digest(self._buf, other._buf)
+            return equal and not (self._wiped or other._wiped)
         if isinstance(other, bytes | bytearray):
-            return hmac.compare_digest(self._buf, other)
+            if self._wiped:
+                return False
+            # A wipe during the comparison voids it (it may have compared zeros).
+            return hmac.compare_digest(self._buf, other) and not self._wiped
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]  # mutable and secret: never a dict key
@@ -153,10 +217,10 @@ class SecretBytes:
                 secure_wipe(buf)
 
     def __reduce_ex__(self, protocol: object) -> NoReturn:
-        raise TypeError("SecretBytes cannot be pickled")
+        raise KeyTypeError("SecretBytes cannot be pickled")
 
     def __copy__(self) -> NoReturn:
-        raise TypeError("SecretBytes cannot be copied implicitly; use SecretBytes(s.view())")
+        raise KeyTypeError("SecretBytes cannot be copied implicitly; use SecretBytes(s.view())")
 
     def __deepcopy__(self, memo: object) -> NoReturn:
-        raise TypeError("SecretBytes cannot be copied implicitly; use SecretBytes(s.view())")
+        raise KeyTypeError("SecretBytes cannot be copied implicitly; use SecretBytes(s.view())")

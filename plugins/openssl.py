@@ -2,6 +2,11 @@
 
 Adapters are thin: each builds the cryptography object from the raw key per call (the engine
 API is stateless over keys) and maps cryptography's exceptions to the contract's.
+
+cryptography reads every buffer through the buffer protocol and refuses a strided, released
+or wide-format one before computing (``checks_buffers``). AES-GCM also offers a tag-separate
+decrypt for large messages (OpenSSL's GCM mode takes the tag apart), so a 1 MiB ciphertext is
+never copied just to append its tag.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from xpscerpto.errors import AuthError, KeyError_
@@ -22,23 +28,42 @@ __all__ = ["PROVIDER_NAME", "make_provider", "xps_register_providers"]
 PROVIDER_NAME = "openssl"
 
 
-class AesGcm128(Aead):
-    key_sizes = (16,)
+class _CryptographyAead(Aead):
     nonce_size = 12
     tag_size = 16
     auth_errors = (InvalidTag,)
+    checks_buffers = True
+
+
+class AesGcm128(_CryptographyAead):
+    key_sizes = (16,)
     cipher: Any = AESGCM  # the class itself: AESGCM(key).encrypt(...) runs no Python frame of ours
+    # Below this the GCM mode's object set-up costs more than joining the tag (measured with
+    # tools/bench.py); above it, and at glibc's mmap threshold, the copy and its page faults win.
+    detached_from = 128 * 1024
+
+    def decrypt_detached(self, key: Buffer, nonce: bytes, ciphertext: Buffer, tag: Buffer,
+                         associated_data: Buffer) -> bytes:
+        # OpenSSL checks the tag in finalize(); the plaintext is returned only after that.
+        ctx = Cipher(algorithms.AES(key), modes.GCM(nonce, tag if type(tag) is bytes else bytes(tag))).decryptor()
+        if associated_data:
+            ctx.authenticate_additional_data(associated_data)
+        plaintext = ctx.update(ciphertext)
+        ctx.finalize()
+        return plaintext
 
 
 class AesGcm256(AesGcm128):
     key_sizes = (32,)
 
 
-class AesGcmSiv256(AesGcm256):
+class AesGcmSiv256(_CryptographyAead):
+    key_sizes = (32,)
     cipher = AESGCMSIV
 
 
-class ChaCha20Poly1305Impl(AesGcm256):
+class ChaCha20Poly1305Impl(_CryptographyAead):
+    key_sizes = (32,)
     cipher = ChaCha20Poly1305
 
 

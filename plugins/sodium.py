@@ -2,6 +2,10 @@
 
 PyNaCl's bindings accept only immutable ``bytes``, so a key held in a wipeable buffer is
 copied into a short-lived ``bytes`` for the call; that copy cannot be wiped (documented limit).
+
+The AEADs' tag-separate decrypt calls libsodium's ``*_decrypt_detached`` functions, which
+PyNaCl's bindings do not wrap, through cffi on the same library PyNaCl loaded (its extension
+exports libsodium's symbols); where they cannot be found the engine joins instead.
 """
 
 from __future__ import annotations
@@ -20,9 +24,41 @@ __all__ = ["PROVIDER_NAME", "make_provider", "xps_register_providers"]
 PROVIDER_NAME = "sodium"
 
 
+def _checked_view(x: Buffer) -> memoryview:
+    """A view of ``x``; refuses what the engine's buffer contract refuses, as cryptography does."""
+    view = memoryview(x)  # TypeError for a non-buffer (bytes() would turn an int into zeros)
+    if view.itemsize != 1 or view.format not in ("B", "c") or not view.c_contiguous:
+        raise BufferError("expected one contiguous run of single bytes")
+    return view
+
+
 def _bytes(x: Buffer) -> bytes:
-    # memoryview() first: bytes() alone would also accept a list of ints or an int (zeros).
-    return x if type(x) is bytes else bytes(memoryview(x))
+    return x if type(x) is bytes else _checked_view(x).tobytes()
+
+
+_DETACHED = ("crypto_aead_chacha20poly1305_ietf_decrypt_detached",
+             "crypto_aead_xchacha20poly1305_ietf_decrypt_detached",
+             "crypto_aead_aegis256_decrypt_detached")
+
+
+def _load_detached() -> tuple[Any, dict[str, Any]] | None:
+    """cffi handles on libsodium's detached AEAD decrypts, or None if this build lacks them."""
+    try:
+        import cffi  # type: ignore[import-untyped]  # ships no stubs
+        import nacl._sodium
+
+        ffi = cffi.FFI()
+        ffi.cdef("".join(
+            f"int {name}(unsigned char *m, unsigned char *nsec, const unsigned char *c, unsigned long long clen, "
+            "const unsigned char *mac, const unsigned char *ad, unsigned long long adlen, "
+            "const unsigned char *npub, const unsigned char *k);\n" for name in _DETACHED))
+        lib = ffi.dlopen(nacl._sodium.__file__)
+        return ffi, {name: getattr(lib, name) for name in _DETACHED}
+    except Exception:  # an optional speed-up: without it the engine joins ct and tag itself
+        return None
+
+
+_FFI = _load_detached()
 
 
 class _Keyed:
@@ -37,7 +73,7 @@ class _Keyed:
     _dec: Callable[[bytes, bytes, bytes, bytes], bytes]
 
     def __init__(self, key: Buffer) -> None:
-        self._key = key if type(key) is bytes else bytes(memoryview(key))
+        self._key = key if type(key) is bytes else _bytes(key)
 
     def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer | None) -> bytes:
         return self._enc(data if type(data) is bytes else _bytes(data),
@@ -69,25 +105,69 @@ class _AegisKeyed(_Keyed):
     _dec = staticmethod(b.crypto_aead_aegis256_decrypt)
 
 
-class ChaCha20Poly1305Impl(Aead):
+class _SodiumAead(Aead):
     key_sizes = (32,)
-    nonce_size = 12
     tag_size = 16
     auth_errors = (nacl.exceptions.CryptoError,)
+    checks_buffers = True  # every input goes through _bytes() or _pointer()
+    _detached_name: str
+
+    def decrypt_detached(self, key: Buffer, nonce: bytes, ciphertext: Buffer, tag: Buffer,
+                         associated_data: Buffer) -> bytes:
+        if _FFI is None:  # this libsodium build lacks the detached functions: join instead
+            wire = b"".join((_bytes(ciphertext), _bytes(tag)))
+            return self.cipher(key).decrypt(nonce, wire, associated_data)
+        ffi, fns = _FFI
+        aad = b"" if associated_data is None else associated_data
+        n = _size(ciphertext)
+        if _size(tag) != self.tag_size or _size(key) != 32 or _size(nonce) != self.nonce_size:
+            raise nacl.exceptions.CryptoError("Decryption failed. Ciphertext failed verification")
+        # Left uninitialised: libsodium writes it whole on success (and it is dropped otherwise).
+        out = _ALLOC("unsigned char[]", n or 1)
+        rc = fns[self._detached_name](out, ffi.NULL, _pointer(ffi, ciphertext), n, _pointer(ffi, tag),
+                                      _pointer(ffi, aad), _size(aad), _pointer(ffi, nonce), _pointer(ffi, key))
+        if rc != 0:
+            raise nacl.exceptions.CryptoError("Decryption failed. Ciphertext failed verification")
+        return ffi.buffer(out, n)[:]  # type: ignore[no-any-return]
+
+
+def _size(x: Buffer) -> int:
+    """Length in bytes (a 2-D view's len() counts rows), under the same buffer rules as _bytes()."""
+    if type(x) is bytes:
+        return len(x)
+    with _checked_view(x) as view:
+        return view.nbytes
+
+
+def _pointer(ffi: Any, x: Buffer) -> Any:
+    """A read-only C pointer into ``x`` (no copy), under the same buffer rules as _bytes()."""
+    if type(x) is not bytes:
+        _checked_view(x).release()
+    return ffi.from_buffer(x)
+
+
+_ALLOC: Any = _FFI[0].new_allocator(should_clear_after_alloc=False) if _FFI is not None else None
+
+
+class ChaCha20Poly1305Impl(_SodiumAead):
+    nonce_size = 12
     cipher: Any = _ChaChaKeyed
+    _detached_name = "crypto_aead_chacha20poly1305_ietf_decrypt_detached"
 
 
-class XChaCha20Poly1305Impl(ChaCha20Poly1305Impl):
+class XChaCha20Poly1305Impl(_SodiumAead):
     nonce_size = 24
     cipher: Any = _XChaChaKeyed
+    _detached_name = "crypto_aead_xchacha20poly1305_ietf_decrypt_detached"
 
 
-class Aegis256Impl(ChaCha20Poly1305Impl):
+class Aegis256Impl(_SodiumAead):
     """AEGIS-256 with the 256-bit tag libsodium uses (and the AEGIS draft recommends)."""
 
     nonce_size = 32
     tag_size = 32
     cipher: Any = _AegisKeyed
+    _detached_name = "crypto_aead_aegis256_decrypt_detached"
 
 
 class Ed25519Impl(Signature):

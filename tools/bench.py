@@ -10,7 +10,16 @@ each message size, it times
   ``crypto_aead_xchacha20poly1305_ietf_encrypt(pt, aad, os.urandom(24), key)``;
 * ``decrypt``: ``eng.aead.decrypt(algo, key, nonce, ct, tag, aad)`` (joins ct and tag: one copy)
   against the raw decrypt of ``ct || tag``;
-* ``open``: ``eng.aead.open(algo, key, sealed, aad)`` (zero copy) against the same raw decrypt.
+* ``open``: ``eng.aead.open(algo, key, sealed, aad)`` (zero copy) against the same raw decrypt;
+
+and with ``--shapes`` also (``all`` for every one)
+
+* ``encrypt-nonce``: ``eng.aead.encrypt(algo, key, pt, aad, nonce=n)`` (the caller's nonce, checked
+  for reuse; the same message under the same nonce each call, which the check allows) against
+  the raw encrypt with the same fixed nonce;
+* ``keyed-encrypt`` / ``keyed-nonce`` / ``keyed-decrypt``: a ``KeyedAead`` (auto nonce, a recorded
+  explicit nonce, ``ciphertext || tag``) against the library's keyed object built once
+  (``AESGCM(key)``; PyNaCl has none, so its raw call is the same as above).
 
 Noise control (the machine is shared): engine and raw loops are interleaved in every round
 (A B A B ..., order reversed on odd rounds to cancel drift), each sample runs a calibrated
@@ -22,10 +31,15 @@ The targets (at most +0.3 us per call at 64 B; at least 0.95x raw throughput at 
 1 MiB) are reported as MET/MISSED for information only: this is a report, not a test, and it
 always exits 0. Never read a bare absolute number as pass/fail; compare within the run.
 
+``--malloc cold`` leaves glibc's allocator as a plain process has it (the issue-11 setting: a
+fresh 1 MiB buffer per call is then served by mmap and trimmed back, so its pages fault in on
+every call); the default ``warm`` raises the thresholds first, so figures do not depend on order.
+
 Usage:
     python tools/bench.py [--quick] [--algos AES-256-GCM,...] [--provider NAME[,NAME]|all]
                           [--sizes 64,1024,65536,1048576] [--rounds N] [--sample-ms MS]
-                          [--json FILE]
+                          [--shapes encrypt,decrypt,open,encrypt-nonce,keyed-encrypt,...|all]
+                          [--malloc warm|cold] [--json FILE]
 """
 
 from __future__ import annotations
@@ -49,6 +63,7 @@ from _benchlib import Loop, Timing, parse_sizes, sample, size_label
 
 DEFAULT_SIZES = (64, 1024, 65536, 1048576)
 OPS = ("encrypt", "decrypt", "open")
+EXTRA_SHAPES = ("encrypt-nonce", "keyed-encrypt", "keyed-nonce", "keyed-decrypt")
 AAD_SIZE = 16
 OVERHEAD_TARGET_US = 0.3
 OVERHEAD_SIZE = 64
@@ -106,6 +121,54 @@ class CryptographyRaw:
 
         return run
 
+    def encrypt_nonce_loop(self, key: bytes, nonce: bytes, pt: bytes, aad: bytes) -> Loop:
+        cls = self.cls
+
+        def run(n: int) -> int:
+            c, k, nn, p, a, clock = cls, key, nonce, pt, aad, time.perf_counter_ns
+            t0 = clock()
+            for _ in repeat(None, n):
+                c(k).encrypt(nn, p, a)
+            return clock() - t0
+
+        return run
+
+    def keyed_encrypt_loop(self, key: bytes, pt: bytes, aad: bytes, nonce_size: int) -> Loop:
+        obj = self.cls(key)
+
+        def run(n: int) -> int:
+            o, p, a, ns, urandom, clock = obj, pt, aad, nonce_size, os.urandom, time.perf_counter_ns
+            t0 = clock()
+            for _ in repeat(None, n):
+                o.encrypt(urandom(ns), p, a)
+            return clock() - t0
+
+        return run
+
+    def keyed_nonce_loop(self, key: bytes, nonce: bytes, pt: bytes, aad: bytes) -> Loop:
+        obj = self.cls(key)
+
+        def run(n: int) -> int:
+            o, nn, p, a, clock = obj, nonce, pt, aad, time.perf_counter_ns
+            t0 = clock()
+            for _ in repeat(None, n):
+                o.encrypt(nn, p, a)
+            return clock() - t0
+
+        return run
+
+    def keyed_decrypt_loop(self, key: bytes, nonce: bytes, wire: bytes, aad: bytes) -> Loop:
+        obj = self.cls(key)
+
+        def run(n: int) -> int:
+            o, nn, w, a, clock = obj, nonce, wire, aad, time.perf_counter_ns
+            t0 = clock()
+            for _ in repeat(None, n):
+                o.decrypt(nn, w, a)
+            return clock() - t0
+
+        return run
+
 
 class NaclRaw:
     """PyNaCl bindings: ``crypto_aead_*_encrypt(msg, aad, nonce, key)``."""
@@ -147,6 +210,28 @@ class NaclRaw:
             return clock() - t0
 
         return run
+
+    def encrypt_nonce_loop(self, key: bytes, nonce: bytes, pt: bytes, aad: bytes) -> Loop:
+        fn = self.enc
+
+        def run(n: int) -> int:
+            f, k, nn, p, a, clock = fn, key, nonce, pt, aad, time.perf_counter_ns
+            t0 = clock()
+            for _ in repeat(None, n):
+                f(p, a, nn, k)
+            return clock() - t0
+
+        return run
+
+    # PyNaCl's bindings have no keyed object: the keyed shapes compare with the same calls.
+    def keyed_encrypt_loop(self, key: bytes, pt: bytes, aad: bytes, nonce_size: int) -> Loop:
+        return self.encrypt_loop(key, pt, aad, nonce_size)
+
+    def keyed_nonce_loop(self, key: bytes, nonce: bytes, pt: bytes, aad: bytes) -> Loop:
+        return self.encrypt_nonce_loop(key, nonce, pt, aad)
+
+    def keyed_decrypt_loop(self, key: bytes, nonce: bytes, wire: bytes, aad: bytes) -> Loop:
+        return self.decrypt_loop(key, nonce, wire, aad)
 
 
 Raw = CryptographyRaw | NaclRaw
@@ -213,6 +298,50 @@ def engine_open_loop(api: Any, algo: str, key: bytes, sealed: Any, aad: bytes) -
         t0 = clock()
         for _ in repeat(None, n):
             e.open(al, k, s, a)
+        return clock() - t0
+
+    return run
+
+
+def engine_encrypt_nonce_loop(api: Any, algo: str, key: bytes, nonce: bytes, pt: bytes, aad: bytes) -> Loop:
+    def run(n: int) -> int:
+        e, al, k, nn, p, a, clock = api, algo, key, nonce, pt, aad, time.perf_counter_ns
+        t0 = clock()
+        for _ in repeat(None, n):
+            e.encrypt(al, k, p, a, nonce=nn)
+        return clock() - t0
+
+    return run
+
+
+def engine_keyed_encrypt_loop(keyed: Any, pt: bytes, aad: bytes) -> Loop:
+    def run(n: int) -> int:
+        o, p, a, clock = keyed, pt, aad, time.perf_counter_ns
+        t0 = clock()
+        for _ in repeat(None, n):
+            o.encrypt(p, a)
+        return clock() - t0
+
+    return run
+
+
+def engine_keyed_nonce_loop(keyed: Any, nonce: bytes, pt: bytes, aad: bytes) -> Loop:
+    def run(n: int) -> int:
+        o, nn, p, a, clock = keyed, nonce, pt, aad, time.perf_counter_ns
+        t0 = clock()
+        for _ in repeat(None, n):
+            o.encrypt(p, a, nn)
+        return clock() - t0
+
+    return run
+
+
+def engine_keyed_decrypt_loop(keyed: Any, nonce: bytes, wire: bytes, aad: bytes) -> Loop:
+    def run(n: int) -> int:
+        o, nn, w, a, clock = keyed, nonce, wire, aad, time.perf_counter_ns
+        t0 = clock()
+        for _ in repeat(None, n):
+            o.decrypt(nn, w, a)
         return clock() - t0
 
     return run
@@ -390,7 +519,7 @@ def check_case(case: Case, key: bytes, pt: bytes, aad: bytes) -> None:
         raise SystemExit(f"{case.algo}: engine does not decrypt the raw reference's output")
 
 
-def run_case(case: Case, size: int, timing: Timing) -> list[dict[str, Any]]:
+def run_case(case: Case, size: int, timing: Timing, shapes: Sequence[str] = OPS) -> list[dict[str, Any]]:
     info = case.engine.aead.info(case.algo)
     key = os.urandom(info["key_size"])
     pt = os.urandom(size)
@@ -402,17 +531,40 @@ def run_case(case: Case, size: int, timing: Timing) -> list[dict[str, Any]]:
     nonce, wire = sealed.nonce, sealed.ciphertext_and_tag
     ct, tag = bytes(sealed.ciphertext), sealed.tag  # as parsed off a wire: separate bytes
 
-    enc_n, (raw_enc, eng_enc) = measure(
-        [case.raw.encrypt_loop(key, pt, aad, info["nonce_size"]),
-         engine_encrypt_loop(api, case.algo, key, pt, aad)], timing)
-    dec_n, (raw_dec, eng_dec, eng_open) = measure(
-        [case.raw.decrypt_loop(key, nonce, wire, aad),
-         engine_decrypt_loop(api, case.algo, key, nonce, ct, tag, aad),
-         engine_open_loop(api, case.algo, key, sealed, aad)], timing)
+    results: list[tuple[str, list[float], list[float], int]] = []
+    if "encrypt" in shapes:
+        enc_n, (raw_enc, eng_enc) = measure(
+            [case.raw.encrypt_loop(key, pt, aad, info["nonce_size"]),
+             engine_encrypt_loop(api, case.algo, key, pt, aad)], timing)
+        results.append(("encrypt", raw_enc, eng_enc, enc_n))
+    if "decrypt" in shapes or "open" in shapes:
+        dec_n, (raw_dec, eng_dec, eng_open) = measure(
+            [case.raw.decrypt_loop(key, nonce, wire, aad),
+             engine_decrypt_loop(api, case.algo, key, nonce, ct, tag, aad),
+             engine_open_loop(api, case.algo, key, sealed, aad)], timing)
+        results += [(op, raw_dec, eng, dec_n) for op, eng in (("decrypt", eng_dec), ("open", eng_open))
+                    if op in shapes]
+    fixed = os.urandom(info["nonce_size"])  # one caller nonce, the same message each call (a retry)
+    if "encrypt-nonce" in shapes:
+        n, (raw, eng) = measure([case.raw.encrypt_nonce_loop(key, fixed, pt, aad),
+                                 engine_encrypt_nonce_loop(api, case.algo, key, fixed, pt, aad)], timing)
+        results.append(("encrypt-nonce", raw, eng, n))
+    keyed = api.keyed(case.algo, key)
+    if "keyed-encrypt" in shapes:
+        n, (raw, eng) = measure([case.raw.keyed_encrypt_loop(key, pt, aad, info["nonce_size"]),
+                                 engine_keyed_encrypt_loop(keyed, pt, aad)], timing)
+        results.append(("keyed-encrypt", raw, eng, n))
+    if "keyed-nonce" in shapes:
+        n, (raw, eng) = measure([case.raw.keyed_nonce_loop(key, fixed, pt, aad),
+                                 engine_keyed_nonce_loop(keyed, fixed, pt, aad)], timing)
+        results.append(("keyed-nonce", raw, eng, n))
+    if "keyed-decrypt" in shapes:
+        n, (raw, eng) = measure([case.raw.keyed_decrypt_loop(key, nonce, wire, aad),
+                                 engine_keyed_decrypt_loop(keyed, nonce, wire, aad)], timing)
+        results.append(("keyed-decrypt", raw, eng, n))
 
     rows = []
-    for op, raw, eng, n in (("encrypt", raw_enc, eng_enc, enc_n), ("decrypt", raw_dec, eng_dec, dec_n),
-                            ("open", raw_dec, eng_open, dec_n)):
+    for op, raw, eng, n in results:
         row: dict[str, Any] = {"config": case.label, "algo": case.algo, "operation": case.operation,
                                "provider": case.provider, "size": size, "op": op,
                                "iterations": n, "rounds": timing.rounds}
@@ -537,13 +689,17 @@ def hot_path_line(rows: list[dict[str, Any]]) -> str:
     small, large = min(r["size"] for r in rows), max(r["size"] for r in rows)
     at = {(r["op"], r["size"]): r for r in rows}
     parts = []
-    for op in ("encrypt", "open", "decrypt"):
-        row = at[op, small]
+    for op in ("encrypt", "open", "decrypt", *EXTRA_SHAPES):
+        row = at.get((op, small))
+        if row is None:
+            continue
         mark = f" {verdict(row['target'])}" if small == OVERHEAD_SIZE else ""
         parts.append(f"{op} {row['delta_us']:+.3f}{mark}")
-    join = at["decrypt", large]["engine_us"] - at["open", large]["engine_us"]
-    return (f"  {rows[0]['algo']:<18} {rows[0]['provider']:<8} " + "  ".join(parts)
-            + f"  | decrypt-open at {size_label(large)}: {join:+.2f} us")
+    line = f"  {rows[0]['algo']:<18} {rows[0]['provider']:<8} " + "  ".join(parts)
+    if ("decrypt", large) in at and ("open", large) in at:
+        join = at["decrypt", large]["engine_us"] - at["open", large]["engine_us"]
+        line += f"  | decrypt-open at {size_label(large)}: {join:+.2f} us"
+    return line
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -564,6 +720,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                          "thresholds sit above the message sizes and figures do not depend on what ran "
                          "before; cold: leave the allocator as the process left it (large buffers may "
                          "be page-faulted in on every call)")
+    ap.add_argument("--shapes", default=",".join(OPS),
+                    help=f"comma-separated call shapes, or 'all' (default: {','.join(OPS)}; also "
+                         f"{','.join(EXTRA_SHAPES)})")
     ap.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     args = ap.parse_args(argv)
     if args.algos is not None:
@@ -577,6 +736,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.provider = [p.strip() for p in args.provider.split(",") if p.strip()]
     if args.rounds is not None and args.rounds < 1:
         ap.error("--rounds must be >= 1")
+    known = (*OPS, *EXTRA_SHAPES)
+    args.shapes = list(known) if args.shapes == "all" else [x.strip() for x in args.shapes.split(",") if x.strip()]
+    unknown = [x for x in args.shapes if x not in known]
+    if unknown or not args.shapes:
+        ap.error(f"unknown shape(s): {', '.join(unknown) or '(none)'} (known: {', '.join(known)})")
     return args
 
 
@@ -616,6 +780,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{c.raw.describe(0)[1]}" for c in cases})))
     print("  engine calls eng.aead.encrypt(algo, key, pt, aad); eng.aead.decrypt(algo, key, nonce, ct, tag, "
           "aad); eng.aead.open(algo, key, sealed, aad)")
+    if set(args.shapes) - set(OPS):
+        print("  more shapes  encrypt-nonce: eng.aead.encrypt(..., nonce=n); keyed-*: k = eng.aead.keyed(algo, key); "
+              "k.encrypt(pt, aad[, n]); k.decrypt(nonce, ct_and_tag, aad)\n"
+              "               raw keyed: Cls(key) built once (PyNaCl: the stateless call); the *-nonce shapes "
+              "reuse one nonce for one message")
     for note in notes:
         print(f"  note         {note}")
 
@@ -634,7 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for case in cases:
         case_rows: list[dict[str, Any]] = []
         for size in sizes:
-            for row in run_case(case, size, timing):
+            for row in run_case(case, size, timing, args.shapes):
                 print(row_line(row), flush=True)
                 case_rows.append(row)
         hot_paths.append(hot_path_line(case_rows))
@@ -677,7 +846,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = {
             "environment": {**env, "loadavg_end": load_end},
             "settings": {"rounds": rounds, "sample_ms": sample_ms, "quick": args.quick, "sizes": sizes,
-                         "malloc": args.malloc,
+                         "malloc": args.malloc, "shapes": args.shapes,
                          "algos": args.algos, "providers": args.provider, "aad_size": AAD_SIZE},
             "targets": {"overhead_us_at_64B": OVERHEAD_TARGET_US, "throughput_ratio": THROUGHPUT_TARGET,
                         "throughput_sizes": list(THROUGHPUT_SIZES)},

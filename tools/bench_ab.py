@@ -45,6 +45,12 @@ raw_pk = Ed25519PublicKey.from_public_bytes(pk)
 xpk, xsk = xps.x25519.generate_keypair()
 peer_pk, peer_sk = xps.x25519.generate_keypair()
 xseed = bytes(xsk.view()) if hasattr(xsk, "view") else bytes(xsk)
+skey = xps.SecretBytes(key)
+fixed = os.urandom(12)  # one caller nonce for one message: a retry, which reuse checks allow
+import nacl.bindings as nb
+xkey, xnonce = os.urandom(32), os.urandom(24)
+xs = A.encrypt("XCHACHA20-POLY1305", xkey, msg, aad)
+xct, xtag, xwire = bytes(xs.ciphertext), xs.tag, xs.ciphertext_and_tag
 
 cases = {
     "aead.encrypt AES-256-GCM 64B": (lambda: A.encrypt("AES-256-GCM", key, msg, aad),
@@ -55,6 +61,16 @@ cases = {
                                    lambda: AESGCM(key).decrypt(nonce, wire, aad)),
     "keyed.encrypt AES-256-GCM 64B": (lambda: keyed.encrypt(msg, aad),
                                        lambda: gcm.encrypt(ur(12), msg, aad)),
+    "aead.encrypt nonce= AES-GCM 64B": (lambda: A.encrypt("AES-256-GCM", key, msg, aad, nonce=fixed),
+                                        lambda: AESGCM(key).encrypt(fixed, msg, aad)),
+    "aead.encrypt SecretBytes 64B": (lambda: A.encrypt("AES-256-GCM", skey, msg, aad),
+                                     lambda: AESGCM(key).encrypt(ur(12), msg, aad)),
+    "keyed.encrypt nonce= 64B": (lambda: keyed.encrypt(msg, aad, fixed),
+                                 lambda: gcm.encrypt(fixed, msg, aad)),
+    "keyed.decrypt AES-256-GCM 64B": (lambda: keyed.decrypt(nonce, wire, aad),
+                                      lambda: gcm.decrypt(nonce, wire, aad)),
+    "aead.decrypt XCHACHA20 64B": (lambda: A.decrypt("XCHACHA20-POLY1305", xkey, xs.nonce, xct, xtag, aad),
+                                   lambda: nb.crypto_aead_xchacha20poly1305_ietf_decrypt(xwire, aad, xs.nonce, xkey)),
     "ed25519.sign 64B": (lambda: xps.ed25519.sign(sk, msg),
                           lambda: Ed25519PrivateKey.from_private_bytes(seed).sign(msg)),
     "ed25519.verify 64B": (lambda: xps.ed25519.verify(pk, msg, sig),

@@ -144,3 +144,147 @@ def test_import_is_lazy_about_numba_watchdog_pluggy_and_the_providers() -> None:
 def test_module_level_api_uses_the_default_engine() -> None:
     assert xps.aead._engine is xps.default_engine()
     assert xps.ed25519.provider == xps.default_engine().table.provider_for("sig.ed25519")
+
+
+# -- authentication failures on the raw API (CRYPTO_FAIL_AUTH) ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def auth_engine() -> tuple[xps.Engine, list[tuple[str, str, str]]]:
+    eng = xps.Engine()
+    events: list[tuple[str, str, str]] = []
+    eng.add_auth_failure_listener(lambda *event: events.append(event))
+    return eng, events
+
+
+SECRET_MARK = b"SECRET-CALLER-BYTES-9d2f"
+
+
+def _auth_failures(eng: xps.Engine) -> dict[str, tuple[tuple[str, str, str], object]]:
+    key = SECRET_MARK + bytes(8)
+    s = eng.aead.encrypt("AES-256-GCM", key, SECRET_MARK, SECRET_MARK)
+    xs = eng.aead.encrypt("XCHACHA20-POLY1305", key, SECRET_MARK)
+    keyed = eng.aead.keyed("AES-256-GCM", key)
+    pk, _sk = eng.ed25519.generate_keypair()
+    mpk, _msk = eng.mldsa65.generate_keypair()
+    _ek, dk = eng.mlkem768.generate_keypair()
+    return {
+        "decrypt, bad tag": (("openssl", "aead.aes256gcm", "decrypt"),
+                             lambda: eng.aead.decrypt("AES-256-GCM", key, s.nonce, s.ciphertext, bytes(16))),
+        "decrypt, short tag": (("openssl", "aead.aes256gcm", "decrypt"),
+                               lambda: eng.aead.decrypt("AES-256-GCM", key, s.nonce, s.ciphertext, b"t")),
+        "decrypt, large": (("sodium", "aead.xchacha20poly1305", "decrypt"),
+                           lambda: eng.aead.decrypt("XCHACHA20-POLY1305", key, xs.nonce, bytes(1 << 18), xs.tag)),
+        "open, wrong aad": (("openssl", "aead.aes256gcm", "open"),
+                            lambda: eng.aead.open("AES-256-GCM", key, s, b"other")),
+        "open, truncated": (("sodium", "aead.xchacha20poly1305", "open"),
+                            lambda: eng.aead.open("XCHACHA20-POLY1305", key, xps.Sealed.of(xs.nonce, b"x", 16))),
+        "keyed decrypt": (("openssl", "aead.aes256gcm", "keyed.decrypt"),
+                          lambda: keyed.decrypt(s.nonce, s.ciphertext_and_tag, b"wrong")),
+        "keyed open": (("openssl", "aead.aes256gcm", "keyed.decrypt"), lambda: keyed.open(s)),
+        "ed25519 verify": (("openssl", "sig.ed25519", "verify"), lambda: eng.ed25519.verify(pk, SECRET_MARK, bytes(64))),
+        "ed25519 short signature": (("openssl", "sig.ed25519", "verify"),
+                                    lambda: eng.ed25519.verify(pk, SECRET_MARK, SECRET_MARK)),
+        "mldsa65 verify": (("openssl", "sig.mldsa65", "verify"), lambda: eng.mldsa65.verify(mpk, SECRET_MARK, bytes(3309))),
+        "mlkem768 bad ciphertext size": (("openssl", "kem.mlkem768", "decapsulate"),
+                                         lambda: eng.mlkem768.decapsulate(dk, SECRET_MARK)),
+    }
+
+
+FAILURE_NAMES = list(_auth_failures(xps.Engine()))
+
+
+@pytest.mark.parametrize("name", FAILURE_NAMES)
+def test_every_auth_failure_reaches_the_listener_with_only_provider_operation_and_call(
+        auth_engine: tuple[xps.Engine, list[tuple[str, str, str]]], name: str) -> None:
+    eng, events = auth_engine
+    expected, call = _auth_failures(eng)[name]
+    events.clear()
+    with pytest.raises(xps.AuthError):
+        call()  # type: ignore[operator]
+    assert events == [expected]
+    assert all(type(x) is str for x in events[0])
+    assert SECRET_MARK.decode() not in repr(events)
+
+
+def test_is_valid_saying_false_is_reported_as_an_auth_failure(
+        auth_engine: tuple[xps.Engine, list[tuple[str, str, str]]]) -> None:
+    eng, events = auth_engine
+    events.clear()
+    pk, _sk = eng.ed25519.generate_keypair()
+    assert eng.ed25519.is_valid(pk, SECRET_MARK, bytes(64)) is False
+    assert events == [("openssl", "sig.ed25519", "verify")]
+
+
+def test_other_errors_and_successes_do_not_reach_the_auth_listener(
+        auth_engine: tuple[xps.Engine, list[tuple[str, str, str]]]) -> None:
+    eng, events = auth_engine
+    events.clear()
+    key = bytes(32)
+    s = eng.aead.encrypt("AES-256-GCM", key, b"m")
+    eng.aead.open("AES-256-GCM", key, s)
+    eng.aead.decrypt("AES-256-GCM", key, s.nonce, s.ciphertext, s.tag)
+    pk, sk = eng.ed25519.generate_keypair()
+    assert eng.ed25519.is_valid(pk, b"m", eng.ed25519.sign(sk, b"m"))
+    for bad in (lambda: eng.aead.open("AES-256-GCM", bytes(16), s), lambda: eng.aead.open("NOPE", key, s),
+                lambda: eng.aead.decrypt("AES-256-GCM", key, bytes(3), s.ciphertext, s.tag)):
+        with pytest.raises(xps.XpsError) as ei:
+            bad()
+        assert ei.value.code != "XPS_ERR_AUTH"
+    assert events == []
+
+
+def test_a_failing_auth_listener_does_not_mask_the_auth_error() -> None:
+    eng = xps.Engine()
+
+    def broken(*event: str) -> None:
+        raise RuntimeError("journal full")
+
+    eng.add_auth_failure_listener(broken)
+    with pytest.raises(xps.AuthError):
+        eng.ed25519.verify(bytes(32), b"m", bytes(64))
+    eng.remove_auth_failure_listener(broken)
+
+
+def test_auth_failures_are_not_provider_faults() -> None:
+    eng = xps.Engine()
+    faults: list[str] = []
+    eng.add_fault_listener(lambda p, o, e: faults.append(o))
+    for call in _auth_failures(eng).values():
+        with pytest.raises(xps.AuthError):
+            call[1]()  # type: ignore[operator]
+    assert faults == []
+
+
+@pytest.mark.parametrize("call", ["open", "decrypt", "keyed.decrypt"])
+def test_the_success_path_runs_no_frame_for_the_auth_listener(call: str) -> None:
+    eng = xps.Engine()
+    eng.add_auth_failure_listener(lambda *event: None)
+    eng.add_fault_listener(lambda *event: None)
+    key = bytes(32)
+    sealed = eng.aead.encrypt("AES-256-GCM", key, b"x" * 64)
+    nonce, ct, tag = sealed
+    keyed = eng.aead.keyed("AES-256-GCM", key)
+    calls = {
+        "open": lambda: eng.aead.open("AES-256-GCM", key, sealed),
+        "decrypt": lambda: eng.aead.decrypt("AES-256-GCM", key, nonce, ct, tag),
+        "keyed.decrypt": lambda: keyed.decrypt(nonce, sealed.ciphertext_and_tag),
+    }
+    frames = _python_frames_during(calls[call])
+    assert frames == ["test_engine.py:<lambda>", f"engine.py:{call.split('.')[-1]}"]
+
+
+def test_a_verify_success_runs_no_frame_of_the_reporting_path() -> None:
+    eng = xps.Engine()
+    eng.add_auth_failure_listener(lambda *event: None)
+    pk, sk = eng.ed25519.generate_keypair()
+    sig = eng.ed25519.sign(sk, b"m")
+    frames = _python_frames_during(lambda: eng.ed25519.verify(pk, b"m", sig))
+    assert frames[:3] == ["test_engine.py:<lambda>", "_namespaces.py:call", "_routes.py:verify"]
+    assert not any("_auth" in f or "_report" in f or f.endswith("<lambda>") for f in frames[1:])
+
+
+def test_the_keyed_encrypt_hot_path_runs_one_engine_frame() -> None:
+    keyed = xps.aead.keyed("AES-256-GCM", bytes(32))
+    frames = _python_frames_during(lambda: keyed.encrypt(b"x" * 64))
+    assert frames == ["test_engine.py:<lambda>", "engine.py:encrypt"]

@@ -451,3 +451,42 @@ CT_EQ: dict[str, tuple[Any, Any, bool]] = {
 def test_constant_time_eq(a: Any, b: Any, expected: bool) -> None:
     assert constant_time_eq(a, b) is expected
     assert constant_time_eq(b, a) is expected
+
+
+# -- the wipe mark (issue 10: calls racing a wipe) ---------------------------------------------------
+
+
+def test_wipe_marks_the_secret_before_zeroing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A call on another thread checks the mark after its provider returns: the mark must be set
+    # before a single byte is zeroed, or a call could finish on zeros and still see it clear.
+    import xpscerpto.secret as secret_mod
+
+    s = SecretBytes(SECRET)
+    seen: list[tuple[bool, bytes]] = []
+    real = secret_mod.secure_wipe
+
+    def spy(buf: Any) -> None:
+        seen.append((s.wiped, bytes(buf)))
+        real(buf)
+
+    monkeypatch.setattr(secret_mod, "secure_wipe", spy)
+    s.wipe()
+    assert seen == [(True, SECRET)]
+
+
+def test_a_wiped_secret_equals_nothing_not_even_empty_bytes() -> None:
+    s = SecretBytes(SECRET)
+    s.wipe()
+    assert s != b""
+    assert s != SecretBytes(b"")
+    assert not (s == bytearray())
+
+
+def test_secret_bytes_copies_any_byte_buffer_and_refuses_the_rest() -> None:
+    assert SecretBytes(array.array("B", SECRET)) == SECRET
+    assert SecretBytes(memoryview(SECRET).cast("c")) == SECRET
+    for bad in (None, [65] * 32, "A" * 32, 3.0, memoryview(bytes(64))[::2], array.array("I", [1] * 8)):
+        with pytest.raises(xps.KeyTypeError) as ei:
+            SecretBytes(bad)  # type: ignore[arg-type]
+        assert isinstance(ei.value, TypeError) and ei.value.code == "XPS_ERR_KEY"
+        assert "data:" in str(ei.value)

@@ -1,0 +1,87 @@
+"""What the API accepts as a byte buffer, and what an error message may say about a caller's value.
+
+A byte buffer is ``bytes``, ``bytearray``, or any other object with the buffer protocol (a
+``memoryview``, an ``array('B')``, an ``mmap``) whose buffer is not released and is one
+C-contiguous run of single bytes (format ``B`` or ``c``; its bytes are read in order whatever
+its shape). Those are exactly the buffers every built-in provider reads the same way; a strided
+or wide-format view would be read differently by different providers (or refused by one and not
+another), so the API refuses it with a typed error naming the argument instead of letting a
+provider decide. Lengths are checked with ``len()``, so give keys and nonces as flat buffers.
+
+Messages never quote a caller's value: :func:`describe` gives its type and, for sized values,
+its length (a key passed where an algorithm name belongs must not come back in an exception).
+"""
+
+from __future__ import annotations
+
+from .errors import XpsError
+
+__all__ = ["BYTE_FORMATS", "buffer_problem", "byte_buffer", "describe", "describe_int"]
+
+_PLAIN = (bytes, bytearray)
+#: Formats whose items are single bytes and that every built-in provider accepts.
+BYTE_FORMATS = ("B", "c")
+#: Ints with a magnitude below this are sizes or counts and may be printed; larger ones are not.
+_PRINTABLE_INT = 1 << 32
+
+
+def describe(value: object) -> str:
+    """The type of ``value`` and, for strings and buffers, its length; never its content.
+
+    Example:
+        >>> describe(b"\\x00secret")
+        'bytes of 7 bytes'
+    """
+    if isinstance(value, _PLAIN):
+        return f"{type(value).__name__} of {len(value)} bytes"
+    if isinstance(value, memoryview):
+        try:
+            return f"memoryview of {value.nbytes} bytes"
+        except ValueError:
+            return "released memoryview"
+    if isinstance(value, str):
+        return f"str of {len(value)} characters"
+    return type(value).__name__
+
+
+def describe_int(value: int) -> str:
+    """``value`` itself if it is a plausible size, else only how large it is."""
+    if -_PRINTABLE_INT < value < _PRINTABLE_INT:
+        return str(value)
+    return f"an int of {value.bit_length()} bits"
+
+
+def buffer_problem(value: object) -> str | None:
+    """Why ``value`` is not a byte buffer the API accepts, or None if it is one."""
+    if isinstance(value, _PLAIN):
+        return None
+    try:
+        view = value if isinstance(value, memoryview) else memoryview(value)  # type: ignore[arg-type]
+    except TypeError:
+        return f"expected a bytes-like object, got {describe(value)}"
+    except ValueError:
+        return "expected a byte buffer, got a released memoryview"
+    try:
+        if view.itemsize != 1 or view.format not in BYTE_FORMATS:
+            return f"expected a buffer of single bytes (format 'B'), got format {view.format!r}"
+        if not view.c_contiguous:
+            return "expected a contiguous buffer, got a strided one"
+    except ValueError:
+        return "expected a byte buffer, got a released memoryview"
+    finally:
+        if view is not value:
+            view.release()
+    return None
+
+
+def byte_buffer(value: object, field: str, error: type[XpsError]) -> bytes | bytearray | memoryview:
+    """``value`` as a buffer the providers read (itself, or a view of it), else ``error`` naming ``field``."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        problem = buffer_problem(value)
+        if problem is None:
+            return value
+    else:
+        problem = buffer_problem(value)
+        if problem is None:
+            return memoryview(value)  # type: ignore[arg-type]  # an array('B'), an mmap: same bytes, no copy
+    raise error(f"{field}: {problem}")
