@@ -9,6 +9,7 @@ Example:
     >>> log.record("KEY_CREATE", key_id="ab12…")                   # doctest: +SKIP
 """
 
+from .auth_failures import journal_auth_failures
 from .journal import (
     GENESIS,
     AuditLog,
@@ -26,6 +27,7 @@ __all__ = [
     "AuditTampered",
     "VerifyReport",
     "checkpoint_message",
+    "journal_auth_failures",
     "read_public_key",
     "record_hash",
     "record_message",

@@ -72,10 +72,11 @@ def keyed_aead(engine: Engine, algo: str, key: Buffer | SecretBytes) -> KeyedAea
     """The one place the channel creates a keyed AEAD.
 
     Its nonces are Noise's 64-bit counters, explicit and never repeated by construction
-    (CipherState refuses to wrap and Rekey() replaces the key), so any refusal the engine adds
-    for application-chosen nonces should exempt these objects here and only here.
+    (CipherState refuses to wrap and Rekey() replaces the key): the engine's check of
+    application-chosen nonces is waived here, and only here (``nonce_reuse="caller"``), so a
+    channel is neither limited to the check's 65536 recorded nonces nor pays for recording.
     """
-    return engine.aead.keyed(algo, key)
+    return engine.aead.keyed(algo, key, nonce_reuse="caller")
 
 
 class CipherState:

@@ -43,18 +43,31 @@ def run_demo(eng: Engine) -> int:
         print(f"  {algo:<20} via {info['provider']:<8} nonce {len(sealed.nonce):>2} B, "
               f"tag {len(sealed.tag)} B -> round trip ok")
 
-    _step("4. a tampered ciphertext is rejected, and no plaintext comes out")
+    _step("4. a tampered ciphertext is rejected, no plaintext comes out, CRYPTO_FAIL_AUTH is journaled")
+    import tempfile
+    from pathlib import Path
+
+    from xpscerpto.audit import AuditLog, journal_auth_failures
+
     key = random_bytes(32)
     sealed = eng.aead.encrypt("AES-256-GCM", key, message, aad)
     forged = bytearray(sealed.ciphertext)
     forged[0] ^= 0x01
-    try:
-        eng.aead.decrypt("AES-256-GCM", key, sealed.nonce, bytes(forged), sealed.tag, aad)
-    except AuthError as exc:
-        print(f"  rejected: {exc}")
-    else:
-        print("  ERROR: tampered ciphertext was accepted")
-        return 1
+    with tempfile.TemporaryDirectory(prefix="xps-demo-audit-") as d:
+        log = AuditLog(Path(d) / "audit.log")
+        detach = journal_auth_failures(eng, log)
+        try:
+            eng.aead.decrypt("AES-256-GCM", key, sealed.nonce, bytes(forged), sealed.tag, aad)
+        except AuthError as exc:
+            print(f"  rejected: {exc}")
+        else:
+            print("  ERROR: tampered ciphertext was accepted")
+            return 1
+        finally:
+            detach()
+        rec = log.tail(1)[0]
+        print(f"  journaled: {rec['event']} operation={rec['operation']} call={rec['call']} "
+              f"provider={rec['provider']} (no key, nonce or data in the record)")
 
     _step("5. signatures: Ed25519 and ML-DSA-65")
     pk, sk = eng.ed25519.generate_keypair()

@@ -201,7 +201,7 @@ class AeadRoute(_Route):
             if len(buf) <= JOIN_KEEP_MAX:
                 _JOIN.buf = buf
 
-    def diagnose(self, exc: BaseException, key: Any, nonce: Any, call: str, *, nonce_required: bool,
+    def diagnose(self, exc: BaseException, key: Any, nonce: Any, call: str | None, *, nonce_required: bool,
                  inputs: tuple[tuple[str, Any, type[XpsError]], ...], wire: Any = None) -> XpsError:
         """Turn a failure on the call path into the right typed error (error path only).
 
@@ -210,14 +210,14 @@ class AeadRoute(_Route):
         Args:
             exc: what the call path raised.
             key, nonce: the caller's key and nonce.
-            call: the API call's name (for the auth-failure report).
+            call: the API call's name (for the auth-failure report; None: not reported).
             nonce_required: False only for encrypt, where None means "draw one".
             inputs: (field name, value, error class) for every other byte input, in the
                 order the caller passed them.
             wire: ``ciphertext || tag`` when the call had it whole (a too-short one is AUTH).
         """
         err = self._diagnose(exc, key, nonce, nonce_required=nonce_required, inputs=inputs, wire=wire)
-        if isinstance(err, AuthError):
+        if isinstance(err, AuthError) and call is not None:
             self._auth_failed(call)
         return err
 

@@ -497,7 +497,8 @@ class AeadAPI:
                                       ("aad", aad, PolicyError)), wire=sealed.ciphertext_and_tag)
             raise err from err.__cause__
 
-    def keyed(self, algo: str, key: Buffer | SecretBytes, *, nonce_reuse: NonceReuse = "refuse") -> KeyedAead:
+    def keyed(self, algo: str, key: Buffer | SecretBytes, *, nonce_reuse: NonceReuse = "refuse",
+              report_auth_failures: bool = True) -> KeyedAead:
         """An AEAD bound to one key, like Tink's primitive: no per-call key setup.
 
         The provider's keyed cipher is built once and rebuilt whenever a new routing table is
@@ -517,12 +518,16 @@ class AeadAPI:
                 their nonce sequence (a channel's counter nonces, the keyring's random nonces).
                 Auto nonces (``nonce=None``) are never recorded, and AES-256-GCM-SIV (nonce
                 misuse resistant) is not checked.
+            report_auth_failures: report each failed decrypt to the engine's auth-failure
+                listeners (``CRYPTO_FAIL_AUTH``). ``False`` for an owner that journals its own
+                failures with more context (the keyring), so one failure is one record.
 
         Raises:
-            PolicyError: unknown or unavailable algorithm, or an unknown ``nonce_reuse``.
+            PolicyError: unknown or unavailable algorithm, an unknown ``nonce_reuse``, or
+                ``report_auth_failures`` not a bool.
             KeyError_: wrong key size or type, or a wiped SecretBytes.
         """
-        return KeyedAead(self._engine, algo, key, nonce_reuse=nonce_reuse)
+        return KeyedAead(self._engine, algo, key, nonce_reuse=nonce_reuse, report_auth_failures=report_auth_failures)
 
     def info(self, algo: str) -> dict[str, Any]:
         """Sizes and serving provider of ``algo``: key_size, nonce_size, tag_size, provider.
@@ -652,11 +657,15 @@ class KeyedAead:
         b'data'
     """
 
-    __slots__ = ("_algo", "_bound", "_engine", "_key", "_nonces")
+    __slots__ = ("_algo", "_bound", "_decrypt_call", "_engine", "_key", "_nonces")
 
     def __init__(self, engine: Engine, algo: str, key: Buffer | SecretBytes, *,
-                 nonce_reuse: NonceReuse = "refuse") -> None:
+                 nonce_reuse: NonceReuse = "refuse", report_auth_failures: bool = True) -> None:
         nonce_reuse = _nonce_reuse(nonce_reuse)
+        if type(report_auth_failures) is not bool:
+            raise PolicyError(f"report_auth_failures: expected a bool, got {describe(report_auth_failures)}")
+        # The call name reported to auth-failure listeners; None reports nothing.
+        self._decrypt_call = "keyed.decrypt" if report_auth_failures else None
         self._engine = engine
         self._algo = algo
         self._nonces: dict[bytes, int] | None = {} if nonce_reuse == "refuse" else None
@@ -741,7 +750,7 @@ class KeyedAead:
                 raise KeyError_("key: this KeyedAead was wiped during the call")
             return plaintext
         except Exception as exc:
-            err = _aead_error(table, self._algo, exc, self._key, nonce, "keyed.decrypt", nonce_required=True,
+            err = _aead_error(table, self._algo, exc, self._key, nonce, self._decrypt_call, nonce_required=True,
                               inputs=(("ciphertext_and_tag", ciphertext_and_tag, PolicyError),
                                       ("aad", aad, PolicyError)), wire=ciphertext_and_tag)
             raise err from err.__cause__
@@ -808,7 +817,7 @@ def _own_copy(key: object) -> SecretBytes:
     return SecretBytes(byte_buffer(key, "key", KeyError_))
 
 
-def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce: Any, call: str, *,
+def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce: Any, call: str | None, *,
                 nonce_required: bool, inputs: tuple[tuple[str, Any, type[XpsError]], ...],
                 wire: Any = None) -> XpsError:
     """The typed error for a failed AEAD call (error path only)."""

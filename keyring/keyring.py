@@ -981,7 +981,10 @@ class Keyring:
             size = 16 if algorithm == "AES-128-GCM" else 32
             with self.engine.hkdf.derive(material, size + 32, salt=b"xps-keyring/v1", info=info) as okm:
                 view = okm.view()
-                aead = self._aead.keyed(algorithm, view[:size])  # keeps its own wipeable copy
+                # Keeps its own wipeable copy. Nonces: drawn from the CSPRNG per call (encrypt()
+                # needs them before sealing, for the header), within the version's usage limit.
+                # Failures are journaled by _fail() with the key id, not again by the engine.
+                aead = self._aead.keyed(algorithm, view[:size], nonce_reuse="caller", report_auth_failures=False)
                 commitment = bytes(view[size:])
                 del view
         h = _Handle(row, ver, algorithm, aead, commitment)

@@ -382,7 +382,7 @@ def breakdown(subject: Subject, size: int, op: str, timing: Timing, reserve_us: 
     nonce = os.urandom(lib.nonce_size)
     header = prefix + nonce
     key_bytes = os.urandom(32)
-    keyed = eng.aead.keyed(algo, key_bytes)  # what a keyring handle holds
+    keyed = eng.aead.keyed(algo, key_bytes, nonce_reuse="caller")  # what a keyring handle holds
     sealed = keyed.encrypt(pt, header + aad, nonce)
     blob = header + sealed.ciphertext_and_tag  # a stand-in blob under the stand-in key
     hs, n = HEADER.size, len(header)

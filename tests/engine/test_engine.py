@@ -182,10 +182,12 @@ def _auth_failures(eng: xps.Engine) -> dict[str, tuple[tuple[str, str, str], obj
         "keyed decrypt": (("openssl", "aead.aes256gcm", "keyed.decrypt"),
                           lambda: keyed.decrypt(s.nonce, s.ciphertext_and_tag, b"wrong")),
         "keyed open": (("openssl", "aead.aes256gcm", "keyed.decrypt"), lambda: keyed.open(s)),
-        "ed25519 verify": (("openssl", "sig.ed25519", "verify"), lambda: eng.ed25519.verify(pk, SECRET_MARK, bytes(64))),
+        "ed25519 verify": (("openssl", "sig.ed25519", "verify"),
+                           lambda: eng.ed25519.verify(pk, SECRET_MARK, bytes(64))),
         "ed25519 short signature": (("openssl", "sig.ed25519", "verify"),
                                     lambda: eng.ed25519.verify(pk, SECRET_MARK, SECRET_MARK)),
-        "mldsa65 verify": (("openssl", "sig.mldsa65", "verify"), lambda: eng.mldsa65.verify(mpk, SECRET_MARK, bytes(3309))),
+        "mldsa65 verify": (("openssl", "sig.mldsa65", "verify"),
+                           lambda: eng.mldsa65.verify(mpk, SECRET_MARK, bytes(3309))),
         "mlkem768 bad ciphertext size": (("openssl", "kem.mlkem768", "decapsulate"),
                                          lambda: eng.mlkem768.decapsulate(dk, SECRET_MARK)),
     }
@@ -271,7 +273,7 @@ def test_the_success_path_runs_no_frame_for_the_auth_listener(call: str) -> None
         "keyed.decrypt": lambda: keyed.decrypt(nonce, sealed.ciphertext_and_tag),
     }
     frames = _python_frames_during(calls[call])
-    assert frames == ["test_engine.py:<lambda>", f"engine.py:{call.split('.')[-1]}"]
+    assert frames == ["test_engine.py:<lambda>", f"engine.py:{call.rsplit('.', 1)[-1]}"]
 
 
 def test_a_verify_success_runs_no_frame_of_the_reporting_path() -> None:

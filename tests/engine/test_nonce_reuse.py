@@ -129,7 +129,8 @@ def test_two_threads_sealing_different_messages_under_one_nonce_cannot_both_succ
         results: list[object] = []
         start = threading.Barrier(2)
 
-        def seal(msg: bytes, key: bytes = key, nonce: bytes = nonce, start: threading.Barrier = start) -> None:
+        def seal(msg: bytes, key: bytes = key, nonce: bytes = nonce, start: threading.Barrier = start,
+                 results: list[object] = results) -> None:
             start.wait()
             try:
                 results.append(xps.aead.encrypt("AES-256-GCM", key, msg, nonce=nonce))

@@ -479,7 +479,7 @@ def test_a_wiped_secret_equals_nothing_not_even_empty_bytes() -> None:
     s.wipe()
     assert s != b""
     assert s != SecretBytes(b"")
-    assert not (s == bytearray())
+    assert not (s == bytearray())  # noqa: SIM201 (__eq__ itself is under test)
 
 
 def test_secret_bytes_copies_any_byte_buffer_and_refuses_the_rest() -> None:

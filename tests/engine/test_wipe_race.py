@@ -156,7 +156,7 @@ def test_x25519_racing_a_wipe_never_returns_the_zero_scalars_secret(fast_switchi
 
 
 def test_signing_kdf_and_kem_racing_a_wipe_return_only_results_of_the_whole_key(fast_switching: None) -> None:
-    pk, sk = xps.ed25519.generate_keypair()
+    _pk, sk = xps.ed25519.generate_keypair()
     seed = sk.reveal()
     sigs, refused = _race(lambda s: xps.ed25519.sign(s, b"msg"), seed, calls=20)
     assert sigs and refused
