@@ -207,9 +207,16 @@ def check_compatibility(manifest: Manifest) -> None:
 
 
 def check_policy(manifest: Manifest, policy: Policy) -> None:
-    """Every provided operation must be routable under the engine's policy."""
+    """Every provided operation must be routable under the engine's policy.
+
+    Under ``require_constant_time`` (the default) that includes the publisher's signed claim
+    ``constant_time: true``: the engine would never route the capsule otherwise.
+    """
     for op in manifest.operations:
         why = policy.reason(op, OPERATIONS[op].tokens)
         if why is not None:
             raise refuse(Refusal.POLICY, f"operations.{op}: {why}")
+    if policy.require_constant_time and not manifest.constant_time:
+        raise refuse(Refusal.POLICY, "constant_time: the policy requires constant-time implementations and "
+                                     "the manifest does not claim it (crypto.policy.require_constant_time)")
 

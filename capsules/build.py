@@ -69,6 +69,8 @@ def manifest_document(source: Mapping[str, Any], files: Mapping[str, bytes],
             "kat": {op: list(paths) for op, paths in source.get("kat", {}).items()},
             "files": {p: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
                       for p, b in sorted(files.items())},
+            # Only when the source says so: capsules built without it stay byte-identical.
+            **({"constant_time": source["constant_time"]} if "constant_time" in source else {}),
         }
     except KeyError as exc:
         raise refuse(Refusal.MALFORMED, f"{SOURCE_FILE}: missing field {exc.args[0]!r}") from None

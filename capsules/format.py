@@ -198,6 +198,8 @@ class Manifest:
     operations: Mapping[str, str]
     kat: Mapping[str, tuple[str, ...]]
     files: Mapping[str, tuple[str, int]] = field(repr=False)  # path -> (sha256 hex, size)
+    #: The publisher's signed claim that every implementation is constant-time (default false).
+    constant_time: bool = False
 
     @property
     def version_tuple(self) -> tuple[int, int, int]:
@@ -271,7 +273,7 @@ def parse_manifest(raw: bytes) -> Manifest:
         raise _reject(f"manifest.format: {fmt!r} is not a supported format (want {FORMAT!r})",
                       Refusal.UNKNOWN_FORMAT)
     known = {"format", "name", "version", "publisher_keys", "created", "expires", "requires",
-             "operations", "kat", "files"}
+             "operations", "kat", "files", "constant_time"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise _reject(f"manifest: unknown field {unknown[0]!r}", Refusal.MALFORMED)
@@ -321,7 +323,11 @@ def parse_manifest(raw: bytes) -> Manifest:
                 raise _reject(f"manifest.kat.{op}: {p!r} is not a payload file", Refusal.MALFORMED)
         kat[op] = tuple(paths)
 
+    constant_time = doc.get("constant_time", False)
+    if type(constant_time) is not bool:
+        raise _reject("manifest.constant_time: expected true or false", Refusal.MALFORMED)
     return Manifest(
+        constant_time=constant_time,
         format=fmt, name=name, version=version, publisher_keys=tuple(keys),
         created=_time(doc, "created"), expires=_time(doc, "expires"),
         requires_engine_api=requires["engine_api"], requires_python=requires["python"],

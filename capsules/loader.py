@@ -106,5 +106,5 @@ def load_provider(capsule: VerifiedCapsule) -> Provider:
         obj = getattr(module, attr)
         impls[op] = obj() if isinstance(obj, type) else obj
     return Provider(name=name, backend=f"capsule {label} ({sha256[:12]})", version=version,
-                    implementations=impls, constant_time=False, priority=0,
+                    implementations=impls, constant_time=m.constant_time, priority=0,
                     kat={op: tuple(f"payload:{p}" for p in paths) for op, paths in kat.items()})

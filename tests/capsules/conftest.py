@@ -226,11 +226,13 @@ class CapsuleFactory:
     def source(self, body: str = GOOD_AEAD, *, name: str = "hotfix-aesgcm", version: str = "1.0.0",
                operations: Mapping[str, str] | None = None, kat: Mapping[str, bytes] | None = None,
                extra_files: Mapping[str, bytes] | None = None, requires: Mapping[str, str] | None = None,
-               expires_days: int | None = None, module: str = "hotfix.py", label: str = "custom") -> Source:
+               expires_days: int | None = None, module: str = "hotfix.py", label: str = "custom",
+               constant_time: bool | None = True) -> Source:
         """A source dir with one provider module (``body`` after the marker code).
 
         Args:
             kat: payload KAT files (path -> bytes), all declared for ``operations``' first op.
+            constant_time: the manifest's claim (None: not stated); the test bodies wrap OpenSSL.
         """
         d, marker = self._new_dir(label)
         operations = dict(operations or {OP: ENTRY})
@@ -241,6 +243,8 @@ class CapsuleFactory:
         lines = [f"name = {json.dumps(name)}", f"version = {json.dumps(version)}"]
         if expires_days is not None:
             lines.append(f"expires_days = {expires_days}")
+        if constant_time is not None:
+            lines.append(f"constant_time = {json.dumps(constant_time)}")
         if requires is not None:
             lines.append("[requires]")
             lines += [f"{k} = {json.dumps(v)}" for k, v in requires.items()]

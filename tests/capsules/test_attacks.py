@@ -425,6 +425,11 @@ ATTACKS = [
       id="unknown-manifest-field"),
     P(resigned(delitem("expires")), "malformed", "missing field 'expires'", id="manifest-field-missing"),
     P(resigned(setitem("name", "XChaCha")), "malformed", "manifest.name", id="bad-name-uppercase"),
+    P(resigned(setitem("constant_time", "yes")), "malformed", "manifest.constant_time", id="constant-time-not-bool"),
+    P(resigned(delitem("constant_time")), "policy", "does not claim it", error=PolicyError,
+      id="no-constant-time-claim-under-the-default-policy"),
+    P(resigned(setitem("constant_time", False)), "policy", "require_constant_time", error=PolicyError,
+      id="constant-time-disclaimed"),
     P(resigned(setitem("name", "../evil")), "malformed", "manifest.name", id="bad-name-path"),
     P(resigned(setitem("name", 7)), "malformed", "manifest.name: expected str", id="bad-name-not-a-string"),
     P(resigned(setitem("name", "openssl\n")), "malformed", "manifest.name", id="bad-name-trailing-newline"),
@@ -481,6 +486,19 @@ def test_honest_capsule_newer_than_highest_verifies(factory: CapsuleFactory) -> 
     _, cap = _honest(factory, version="1.0.2")
     v = verify_capsule(cap.raw, trust=factory.trust(), highest={DEMO_NAME: "1.0.1"}, now=datetime.now(UTC))
     assert v.manifest.version_tuple == (1, 0, 2)
+
+
+def test_a_capsule_without_the_constant_time_claim_is_applied_when_the_policy_allows(
+        factory: CapsuleFactory, make_updater: UpdaterMaker, tmp_path: Path) -> None:
+    factory.pin(tmp_path / "home")
+    up = make_updater(policy=Policy(require_constant_time=False))
+    src = factory.demo_source()
+    doc = factory.manifest_for(src)
+    del doc["constant_time"]
+    cap = factory.assemble(doc, src.files)
+    active = up.apply(cap)
+    assert up.engine.table.provider_for(DEMO_OP) == active.name == DEMO_NAME
+    assert up.engine.table.routes[DEMO_OP].constant_time is False
 
 
 def test_honest_demo_capsule_is_applied(factory: CapsuleFactory, make_updater: UpdaterMaker,

@@ -61,6 +61,7 @@ def test_built_manifest_is_canonical_and_lists_every_payload_file(factory: Capsu
         "operations": {DEMO_OP: "xchacha:XChaCha20Poly1305"},
         "kat": {DEMO_OP: ["kat/xchacha20poly1305.json"]},
         "files": {p: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for p, b in payload.items()},
+        "constant_time": True,
     }
     assert dict(container.files) == payload
     assert set(container.signatures) == {factory.signer().keyid}
