@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from xpscerpto._namespaces import HkdfAPI
 from xpscerpto.errors import AuthError, KeyError_, NonceError, PolicyError, XpsError
+from xpscerpto.keyed import KeyedExchange
 from xpscerpto.secret import SecretBytes
 
 from ._patterns import NoiseProtocol, parse_protocol
@@ -244,7 +245,8 @@ class HandshakeState:
         initiator: which side this is.
         engine: the engine whose routing table serves every primitive.
         prologue: bytes both sides must agree on (mixed into ``h`` first).
-        s: this side's static X25519 private key (32 bytes), if the pattern has one.
+        s: this side's static X25519 private key (32 bytes, or a keyed exchange its owner
+            keeps, such as an :class:`~xpscerpto.channel.Identity`'s), if the pattern has one.
         rs: the peer's static public key, for patterns with a responder/initiator pre-message.
         e: a fixed ephemeral private key (test vectors only; normally generated).
         psks: pre-shared keys (32 bytes each) in the order the pattern's ``psk`` tokens use them.
@@ -255,7 +257,8 @@ class HandshakeState:
     """
 
     def __init__(self, protocol: NoiseProtocol | str, *, initiator: bool, engine: Engine,
-                 prologue: Buffer = b"", s: Buffer | SecretBytes | None = None, rs: Buffer | None = None,
+                 prologue: Buffer = b"", s: Buffer | SecretBytes | KeyedExchange | None = None,
+                 rs: Buffer | None = None,
                  e: Buffer | SecretBytes | None = None, psks: Sequence[Buffer] = ()) -> None:
         self.protocol = parse_protocol(protocol) if isinstance(protocol, str) else protocol
         self.initiator = bool(initiator)
@@ -282,13 +285,20 @@ class HandshakeState:
 
     # -- construction helpers ------------------------------------------------------------
 
-    def _keypair(self, sk: Buffer | SecretBytes | None, name: str) -> tuple[bytes, SecretBytes] | None:
+    def _keypair(self, sk: Buffer | SecretBytes | KeyedExchange | None, name: str) -> _LocalKey | None:
         if sk is None:
             return None
+        if isinstance(sk, KeyedExchange):  # held by its owner (an Identity): used, never wiped here
+            return _LocalKey(sk.public_key, sk, owned=False)
         secret = SecretBytes(sk.view() if isinstance(sk, SecretBytes) else _as_buffer(sk, name, KeyError_))
         if len(secret) != DHLEN:
+            secret.wipe()
             raise KeyError_(f"{name}: expected a {DHLEN}-byte X25519 private key, got {len(secret)}")
-        return self._dh.public_key(secret), secret
+        try:
+            keyed = self._dh.keyed(secret)
+        finally:
+            secret.wipe()  # the keyed object holds its own copy
+        return _LocalKey(keyed.public_key, keyed, owned=True)
 
     @staticmethod
     def _public(pk: Buffer | None, name: str) -> bytes | None:
@@ -311,7 +321,7 @@ class HandshakeState:
             if mine:
                 if self._s is None:
                     raise KeyError_("s: the pattern's pre-message needs this side's static key")
-                return self._s[0]
+                return self._s.public
             if self.rs is None:
                 raise KeyError_("rs: the pattern's pre-message needs the peer's static public key")
             return self.rs
@@ -337,7 +347,7 @@ class HandshakeState:
     @property
     def static_public(self) -> bytes | None:
         """This side's static public key, if it has one."""
-        return None if self._s is None else self._s[0]
+        return None if self._s is None else self._s.public
 
     def is_my_turn(self) -> bool:
         """Whether the next handshake message is this side's to write."""
@@ -356,7 +366,7 @@ class HandshakeState:
         if self._index == len(self.protocol.pattern.messages):
             self._finished = True
 
-    def _dh_pair(self, token: str) -> tuple[tuple[bytes, SecretBytes] | None, bytes | None]:
+    def _dh_pair(self, token: str) -> tuple[_LocalKey | None, bytes | None]:
         """The (local key pair, remote public key) a DH token combines (section 5.3)."""
         local_first = {"ee": (self._e, self.re), "ss": (self._s, self.rs)}
         if token in local_first:
@@ -369,7 +379,7 @@ class HandshakeState:
         local, remote = self._dh_pair(token)
         if local is None or remote is None:
             raise KeyError_(f"handshake: token {token} needs a key this side does not have")
-        with self._dh.derive_shared(local[1], remote) as shared:
+        with local.keyed.exchange(remote) as shared:
             self.ss.mix_key(shared)
 
     # -- WriteMessage / ReadMessage ------------------------------------------------------
@@ -386,16 +396,18 @@ class HandshakeState:
         for t in tokens:
             if t == "e":
                 if self._e is None:
-                    pk, sk = self._dh.generate_keypair()
-                    self._e = (pk, sk)
-                out += self._e[0]
-                ss.mix_hash(self._e[0])
+                    _pk, sk = self._dh.generate_keypair()
+                    self._e = self._keypair(sk, "e")
+                    sk.wipe()
+                    assert self._e is not None
+                out += self._e.public
+                ss.mix_hash(self._e.public)
                 if self.protocol.psk:
-                    ss.mix_key(self._e[0])
+                    ss.mix_key(self._e.public)
             elif t == "s":
                 if self._s is None:
                     raise KeyError_("s: the pattern sends this side's static key; none was given")
-                out += ss.encrypt_and_hash(self._s[0])
+                out += ss.encrypt_and_hash(self._s.public)
             elif t == "psk":
                 ss.mix_key_and_hash(self._next_psk())
             elif t == "e1":
@@ -485,11 +497,26 @@ class HandshakeState:
     def wipe(self) -> None:
         """Wipe every secret this state holds (ephemeral, static copy, PSKs, ``ck``)."""
         self.ss.wipe()
-        for pair in (self._e, self._s, self._e1):
-            if pair is not None:
-                pair[1].wipe()
+        for local in (self._e, self._s):
+            if local is not None:
+                local.wipe()
+        if self._e1 is not None:
+            self._e1[1].wipe()
         for p in self._psks:
             p.wipe()
+
+
+class _LocalKey:
+    """One of this side's DH keys: its public key and the engine's keyed exchange holding it."""
+
+    __slots__ = ("keyed", "owned", "public")
+
+    def __init__(self, public: bytes, keyed: KeyedExchange, *, owned: bool) -> None:
+        self.public, self.keyed, self.owned = public, keyed, owned
+
+    def wipe(self) -> None:
+        if self.owned:
+            self.keyed.wipe()
 
 
 def _as_buffer(value: object, field: str, error: type[XpsError]) -> bytes | bytearray | memoryview:

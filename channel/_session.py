@@ -223,7 +223,7 @@ class Handshake:
         assert self._proto is not None
         psks = [self._psk] if self._proto.psk and self._psk is not None else []
         return HandshakeState(self._proto, initiator=self.initiator, engine=self._engine,
-                              prologue=PROLOGUE_LABEL + preamble, s=self._identity.static_key,
+                              prologue=PROLOGUE_LABEL + preamble, s=self._identity.static_for(self._engine),
                               rs=self._peer_static, psks=psks * _psk_count(self._proto))
 
     # -- driving -------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, SignatureAlgorithmOID
 from xpscerpto.errors import AuthError, KeyError_, PolicyError
+from xpscerpto.keyed import KeyedExchange
 from xpscerpto.secret import SecretBytes
 
 if TYPE_CHECKING:
@@ -169,7 +170,8 @@ class Identity:
         32
     """
 
-    __slots__ = ("_engine", "_signing", "_static", "chain", "chain_der", "static_public")
+    __slots__ = ("_engine", "_signer", "_signing", "_static", "_static_keyed", "chain", "chain_der",
+                 "static_public")
 
     def __init__(self, chain: Sequence[x509.Certificate], signing_key: bytes | bytearray | SecretBytes,
                  static_key: bytes | bytearray | SecretBytes | None = None, *, engine: Engine | None = None) -> None:
@@ -197,6 +199,10 @@ class Identity:
                 raise KeyError_("static_key: expected a 32-byte X25519 private key")
             pub = eng.x25519.public_key(self._static)
         self.static_public = pub
+        # The provider's key objects, built once: a handshake then signs and does its static
+        # DH without rebuilding either key (each rebuild is a scalar multiplication).
+        self._signer = eng.ed25519.keyed(self._signing)
+        self._static_keyed = eng.x25519.keyed(self._static)
 
     @classmethod
     def load(cls, cert: str | Path, key: str | Path, *, passphrase: bytes | None = None,
@@ -223,14 +229,20 @@ class Identity:
         """The static X25519 private key (the handshake copies it)."""
         return self._static
 
+    def static_for(self, engine: Engine) -> KeyedExchange | SecretBytes:
+        """The static key as ``engine`` should use it: held keyed if it is this identity's engine."""
+        return self._static_keyed if engine is self._engine else self._static
+
     def sign(self, message: bytes) -> bytes:
-        """An Ed25519 signature with the leaf's key, through the engine."""
-        return self._engine.ed25519.sign(self._signing, message)
+        """An Ed25519 signature with the leaf's key, through the engine (key object kept)."""
+        return self._signer.sign(message)
 
     def wipe(self) -> None:
-        """Wipe both private keys; the identity is unusable afterwards."""
+        """Wipe both private keys (and the keyed copies); the identity is unusable afterwards."""
         self._signing.wipe()
         self._static.wipe()
+        self._signer.wipe()
+        self._static_keyed.wipe()
 
     def __repr__(self) -> str:
         return f"<Identity {self.chain[0].subject.rfc4514_string()} (keys redacted)>"
