@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._atomic import atomic_write
-from .interfaces import Aead, AeadCipher, Provider
+from .interfaces import Aead, AeadCipher, KeyAgreement, Provider, Signature
 
 __all__ = [
     "BUCKET_BOUNDS",
@@ -185,22 +185,31 @@ def _cpu_identity() -> str:
     return f"{platform.machine()}|{model}|{hashlib.sha256(flags.encode()).hexdigest()[:16]}"
 
 
-def tune(candidates: Mapping[str, Mapping[str, Aead]], *, fp: str,
+def tune(candidates: Mapping[str, Mapping[str, object]], *, fp: str,
          budget: float = 0.02, rounds: int = 5,
          progress: Callable[[int, int], None] | None = None) -> TuneResult:
     """Measure every candidate of every operation, per bucket and shape; return the winners.
 
     Args:
         candidates: operation -> provider name -> implementation (already filtered by policy,
-            self-tests, the constant-time requirement and the mask). Operations with one
-            candidate are not measured.
+            self-tests, the constant-time requirement and the mask). AEADs are measured per
+            size bucket and call shape; signatures (sign + verify) and key agreement
+            (exchange) once, on a 64-byte message, their winner filling every bucket.
+            Operations with one candidate, and other kinds, are not measured.
         fp: the :func:`fingerprint` the result is valid for.
         budget: seconds per sample (each sample times a calibrated number of calls).
         rounds: interleaved rounds per (operation, shape, bucket); the median is kept.
-        progress: ``(done, total)`` after each (operation, shape, bucket).
+        progress: ``(done, total)`` after each measurement.
     """
-    jobs = [(op, shape, b) for op, impls in sorted(candidates.items()) if len(impls) > 1
-            for shape in SHAPES for b in range(len(SAMPLE_SIZES))]
+    jobs: list[tuple[str, Shape, int]] = []
+    for op, impls in sorted(candidates.items()):
+        if len(impls) < 2:
+            continue
+        kind = _kind(next(iter(impls.values())))
+        if kind == "aead":
+            jobs += [(op, shape, b) for shape in SHAPES for b in range(len(SAMPLE_SIZES))]
+        elif kind in ("sig", "kex"):
+            jobs.append((op, "stateless", 0))
     measurements: list[Measurement] = []
     winners: dict[str, dict[str, list[str]]] = {}
     for op, impls in candidates.items():
@@ -209,15 +218,55 @@ def tune(candidates: Mapping[str, Mapping[str, Aead]], *, fp: str,
             winners[op] = {s: [only] * len(SAMPLE_SIZES) for s in SHAPES}
     for done, (op, shape, bucket) in enumerate(jobs, 1):
         impls = candidates[op]
-        timed = _measure(impls, shape, SAMPLE_SIZES[bucket], budget, rounds)
+        if _kind(next(iter(impls.values()))) == "aead":
+            timed = _measure({n: i for n, i in impls.items() if isinstance(i, Aead)}, shape,
+                             SAMPLE_SIZES[bucket], budget, rounds)
+        else:
+            timed = _timed({n: _asymmetric_call(i) for n, i in impls.items()}, budget, rounds)
         for name, seconds in timed.items():
             measurements.append(Measurement(op, name, shape, bucket, seconds))
         best = min(sorted(timed), key=lambda n: timed[n])  # ties: the name decides, deterministically
-        winners.setdefault(op, {s: [""] * len(SAMPLE_SIZES) for s in SHAPES})[shape][bucket] = best
+        per_shape = winners.setdefault(op, {s: [""] * len(SAMPLE_SIZES) for s in SHAPES})
+        if _kind(next(iter(impls.values()))) == "aead":
+            per_shape[shape][bucket] = best
+        else:
+            per_shape.update({s: [best] * len(SAMPLE_SIZES) for s in SHAPES})
         if progress is not None:
             progress(done, len(jobs))
     return TuneResult(fp, {op: {s: tuple(w) for s, w in shapes.items()} for op, shapes in winners.items()},
                       tuple(measurements))
+
+
+def _kind(impl: object) -> str:
+    if isinstance(impl, Aead):
+        return "aead"
+    if isinstance(impl, Signature):
+        return "sig"
+    if isinstance(impl, KeyAgreement):
+        return "kex"
+    return "other"
+
+
+def _asymmetric_call(impl: object) -> Callable[[], object]:
+    """One sign + verify (signatures) or one exchange (key agreement), on fresh keys."""
+    if isinstance(impl, Signature):
+        pk, sk = impl.generate()
+        msg = bytes(64)
+        sig = impl.sign(sk, msg, b"")
+        signer = impl.load(sk)
+
+        def sign_verify() -> object:
+            return signer.sign(msg, b""), impl.verify(pk, msg, sig, b"")
+        return sign_verify
+    if isinstance(impl, KeyAgreement):
+        _, sk = impl.generate()
+        peer, _ = impl.generate()
+        holder = impl.load(sk)
+
+        def exchange() -> object:
+            return holder.exchange(peer)
+        return exchange
+    raise TypeError(type(impl).__name__)
 
 
 def _measure(impls: Mapping[str, Aead], shape: Shape, size: int, budget: float, rounds: int) -> dict[str, float]:
@@ -229,6 +278,11 @@ def _measure(impls: Mapping[str, Aead], shape: Shape, size: int, budget: float, 
         wire = impl.cipher(key).encrypt(nonce, msg, aad)
         calls[name] = _keyed_call(impl.cipher(key), nonce, msg, aad, wire) if shape == "keyed" else \
             _stateless_call(impl, key, nonce, msg, aad, wire)
+    return _timed(calls, budget, rounds)
+
+
+def _timed(calls: Mapping[str, Callable[[], object]], budget: float, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function, in interleaved rounds (A B C, then C B A …)."""
     counts = {name: _calibrate(fn, budget) for name, fn in calls.items()}
     samples: dict[str, list[float]] = {name: [] for name in calls}
     order = sorted(calls)

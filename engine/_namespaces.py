@@ -23,6 +23,8 @@ from .interfaces import Buffer
 if TYPE_CHECKING:
     from ._routing import RoutingTable
     from .engine import Engine
+    from .keyed import KeyedExchange, KeyedSigner
+    from .secret import SecretBytes
 
 __all__ = ["HkdfAPI", "KemAPI", "KexAPI", "SignatureAPI"]
 
@@ -97,6 +99,26 @@ class SignatureAPI(_KeyPairAPI[SignatureRoute]):
     sign = _forward(SignatureRoute.sign)
     verify = _forward(SignatureRoute.verify)
 
+    def keyed(self, secret_key: Buffer | SecretBytes) -> KeyedSigner:
+        """A signer holding the provider's key object: no key setup per signature.
+
+        The seed is copied into a SecretBytes the signer owns (``wipe()`` it when done); the
+        provider's key object is rebuilt when a new routing table is published.
+
+        Raises:
+            KeyError_: the secret key has the wrong size or type, or is a wiped SecretBytes.
+            PolicyError: the operation is not available.
+
+        Example:
+            >>> import xpscerpto as xps
+            >>> pk, sk = xps.ed25519.generate_keypair()
+            >>> xps.ed25519.is_valid(pk, b"m", xps.ed25519.keyed(sk).sign(b"m"))
+            True
+        """
+        from .keyed import KeyedSigner
+
+        return KeyedSigner(self._engine, self._op, secret_key)
+
     def is_valid(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes = b"") -> bool:
         """Boolean convenience over :meth:`verify` (bad key sizes still raise KeyError_)."""
         try:
@@ -122,6 +144,24 @@ class KexAPI(_KeyPairAPI[KexRoute]):
         super().__init__(engine, operation, _KEX)
 
     derive_shared = _forward(KexRoute.derive_shared)
+
+    def keyed(self, secret_key: Buffer | SecretBytes) -> KeyedExchange:
+        """A private key held as the provider's key object: no key setup per exchange.
+
+        Raises:
+            KeyError_: the secret key has the wrong size or type, or is a wiped SecretBytes.
+            PolicyError: the operation is not available.
+
+        Example:
+            >>> import xpscerpto as xps
+            >>> a_pk, a_sk = xps.x25519.generate_keypair(); b_pk, b_sk = xps.x25519.generate_keypair()
+            >>> k = xps.x25519.keyed(a_sk)
+            >>> k.exchange(b_pk) == xps.x25519.derive_shared(b_sk, k.public_key)
+            True
+        """
+        from .keyed import KeyedExchange
+
+        return KeyedExchange(self._engine, self._op, secret_key)
 
 
 class KemAPI(_KeyPairAPI[KemRoute]):

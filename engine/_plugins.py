@@ -9,8 +9,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import pluggy
 
@@ -31,7 +32,7 @@ ENTRY_POINT_GROUP = "xpscerpto.providers"
 #: Set to any non-empty value to skip third-party entry points (built-ins still load).
 DISABLE_AUTOLOAD_ENV = "XPS_DISABLE_PLUGIN_AUTOLOAD"
 
-_BUILTIN_PLUGINS = ("xpscerpto.plugins.openssl", "xpscerpto.plugins.sodium")
+_BUILTIN_PLUGINS = ("xpscerpto.plugins.openssl", "xpscerpto.plugins.sodium", "xpscerpto.plugins.jit")
 
 # Sizes a contract must declare as class attributes, per contract.
 _REQUIRED_ATTRS: dict[type, tuple[str, ...]] = {
@@ -60,7 +61,20 @@ class ProviderRegistry:
 
     providers: dict[str, Provider] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
+    deferred: list[tuple[str, Callable[[], Iterable[Provider]]]] = field(default_factory=list)
     _current_plugin: str = "?"
+
+    def add_later(self, source: object) -> None:
+        """Register providers that need slow preparation (compiling kernels) before they exist.
+
+        An engine that tunes itself calls ``source()`` on its background thread after start,
+        self-tests what it returns, and only then may route to it; an engine that does not
+        tune never calls it. ``source`` returns no providers when preparation failed.
+        """
+        if not callable(source):
+            self.failures.append(PluginFailure(self._current_plugin, "add_later: source is not callable"))
+            return
+        self.deferred.append((self._current_plugin, cast("Callable[[], Iterable[Provider]]", source)))
 
     def add(self, provider: Provider) -> None:
         """Register ``provider``; an invalid one is recorded as a failure, not raised."""

@@ -22,9 +22,20 @@ import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from ._autotune import NO_LIMIT
 from ._buffers import buffer_problem, byte_buffer, describe, describe_int
 from .errors import AuthError, KeyError_, NonceError, PolicyError, ProviderError, XpsError
-from .interfaces import Aead, AeadCipher, Buffer, Kdf, Kem, KeyAgreement, Signature
+from .interfaces import (
+    Aead,
+    AeadCipher,
+    Buffer,
+    Kdf,
+    Kem,
+    KeyAgreement,
+    LoadedAgreementKey,
+    LoadedSigningKey,
+    Signature,
+)
 from .secret import SecretBytes, secure_wipe
 
 __all__ = ["AeadRoute", "AuthFailure", "FaultSink", "KdfRoute", "KemRoute", "KexRoute", "SignatureRoute"]
@@ -143,10 +154,17 @@ class AeadRoute(_Route):
     ``decrypt_detached(key, nonce, ciphertext, tag, aad)`` opens a ciphertext of at least
     ``detached_from`` bytes whose tag is held apart: the provider's own tag-separate decrypt,
     or else a join into a buffer reused per thread (never a fresh large buffer per call).
+
+    Size split (autotune): messages up to ``limit`` bytes go to ``cipher``, larger ones to
+    ``large`` (``large_detached``); ``wire_limit`` is the same bound for ``ciphertext || tag``.
+    The call picks with one comparison. Without a split, ``limit`` is larger than any buffer
+    and ``large`` is ``cipher``. Keyed AEADs have their own measured split (``keyed_*``).
     """
 
     __slots__ = ("auth_errors", "auto_nonce", "cipher", "decrypt_detached", "detached_from", "key_size",
-                 "key_sizes", "misuse_resistant", "nonce_size", "tag_size")
+                 "key_sizes", "keyed_cipher", "keyed_large", "keyed_large_provider", "keyed_limit",
+                 "keyed_provider", "keyed_wire_limit", "large", "large_detached", "large_provider", "limit",
+                 "misuse_resistant", "nonce_size", "tag_size", "wire_limit")
 
     cipher: Callable[[Buffer], AeadCipher]
     decrypt_detached: Callable[[Buffer, bytes, Buffer, Buffer, Buffer], bytes]
@@ -177,29 +195,38 @@ class AeadRoute(_Route):
         self.tag_size = impl.tag_size
         self.auto_nonce = auto_nonce
         self.misuse_resistant = operation in NONCE_MISUSE_RESISTANT
+        self.limit = self.wire_limit = NO_LIMIT
+        self.large, self.large_detached, self.large_provider = self.cipher, self.decrypt_detached, provider
+        self.keyed_cipher, self.keyed_provider = self.cipher, provider
+        self.keyed_limit = self.keyed_wire_limit = NO_LIMIT
+        self.keyed_large, self.keyed_large_provider = self.cipher, provider
+
+    def _factories(self, impl: Aead) -> tuple[Callable[[Buffer], AeadCipher],
+                                              Callable[[Buffer, bytes, Buffer, Buffer, Buffer], bytes]]:
+        """``impl``'s cipher factory and tag-separate decrypt, behind the same checks as ours."""
+        cipher = impl.cipher if impl.checks_buffers else _checked_factory(impl.cipher)
+        if type(impl).decrypt_detached is not Aead.decrypt_detached and int(impl.detached_from) <= self.detached_from:
+            detached = impl.decrypt_detached
+            return cipher, detached if impl.checks_buffers else _checked_detached(detached)
+
+        def join_decrypt(key: Buffer, nonce: bytes, ciphertext: Buffer, tag: Buffer, aad: Buffer) -> bytes:
+            return _join_decrypt(cipher, key, nonce, ciphertext, tag, aad)
+
+        return cipher, join_decrypt
+
+    def serve_large(self, limit: int, impl: Aead, provider: str) -> None:
+        """Route messages larger than ``limit`` bytes to ``impl`` (while the table is built only)."""
+        self.large, self.large_detached = self._factories(impl)
+        self.limit, self.wire_limit, self.large_provider = limit, limit + self.tag_size, provider
+
+    def serve_keyed(self, small: Aead, small_provider: str, limit: int, large: Aead, large_provider: str) -> None:
+        """Keyed AEADs: ``small`` up to ``limit`` bytes, ``large`` above (while the table is built only)."""
+        self.keyed_cipher, self.keyed_provider = self._factories(small)[0], small_provider
+        self.keyed_large, self.keyed_large_provider = self._factories(large)[0], large_provider
+        self.keyed_limit, self.keyed_wire_limit = limit, limit + self.tag_size
 
     def _join_decrypt(self, key: Buffer, nonce: bytes, ciphertext: Buffer, tag: Buffer, aad: Buffer) -> bytes:
-        """Join ``ciphertext || tag`` into this thread's reusable buffer, then decrypt.
-
-        The buffer holds only ciphertext (public), so it needs no wiping. It is taken off the
-        thread while in use, so a provider that re-enters the engine gets a buffer of its own.
-        """
-        # Byte counts: a buffer's len() counts the rows of a 2-D view.
-        ciphertext, tag = _flat(ciphertext), _flat(tag)
-        n_ct = len(ciphertext)
-        n = n_ct + len(tag)
-        buf: bytearray | None = getattr(_JOIN, "buf", None)
-        _JOIN.buf = None
-        if buf is None or len(buf) < n:
-            buf = bytearray(n)
-        try:
-            view = memoryview(buf)[:n]
-            view[:n_ct] = ciphertext
-            view[n_ct:] = tag
-            return self.cipher(key).decrypt(nonce, view, aad)
-        finally:
-            if len(buf) <= JOIN_KEEP_MAX:
-                _JOIN.buf = buf
+        return _join_decrypt(self.cipher, key, nonce, ciphertext, tag, aad)
 
     def diagnose(self, exc: BaseException, key: Any, nonce: Any, call: str | None, *, nonce_required: bool,
                  inputs: tuple[tuple[str, Any, type[XpsError]], ...], wire: Any = None) -> XpsError:
@@ -270,6 +297,31 @@ def _check_buffers(*values: Any) -> None:
     for value in values:
         if type(value) is not bytes and value is not None and buffer_problem(value) is not None:
             raise _BadBuffer(f"input: {buffer_problem(value)}")
+
+
+def _join_decrypt(cipher: Callable[[Buffer], AeadCipher], key: Buffer, nonce: bytes, ciphertext: Buffer,
+              tag: Buffer, aad: Buffer) -> bytes:
+    """Join ``ciphertext || tag`` into this thread's reusable buffer, then decrypt.
+
+    The buffer holds only ciphertext (public), so it needs no wiping. It is taken off the
+    thread while in use, so a provider that re-enters the engine gets a buffer of its own.
+    """
+    # Byte counts: a buffer's len() counts the rows of a 2-D view.
+    ciphertext, tag = _flat(ciphertext), _flat(tag)
+    n_ct = len(ciphertext)
+    n = n_ct + len(tag)
+    buf: bytearray | None = getattr(_JOIN, "buf", None)
+    _JOIN.buf = None
+    if buf is None or len(buf) < n:
+        buf = bytearray(n)
+    try:
+        view = memoryview(buf)[:n]
+        view[:n_ct] = ciphertext
+        view[n_ct:] = tag
+        return cipher(key).decrypt(nonce, view, aad)
+    finally:
+        if len(buf) <= JOIN_KEEP_MAX:
+            _JOIN.buf = buf
 
 
 class _CheckedCipher:
@@ -427,6 +479,31 @@ class SignatureRoute(_KeyPairRoute):
             self._auth_failed("verify")
             raise
 
+    def _load_key(self, secret_key: Buffer) -> LoadedSigningKey:
+        """The provider's signing-key object for a checked seed (a keyed signer's setup)."""
+        _check_len(secret_key, (self.secret_key_size,), "secret_key", KeyError_)
+        try:
+            return self._impl.load(secret_key)
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._fault(exc)
+
+    def _sign_loaded(self, key: LoadedSigningKey, message: Buffer, context: bytes = b"") -> bytes:
+        """Sign with a loaded key: the checks of :meth:`sign`, none of the key setup."""
+        if type(message) is not bytes:
+            _buf(message, "message", PolicyError)
+        if context:
+            self._check_context(context)
+        elif type(context) is not bytes:
+            _buf(context, "context", PolicyError)
+        try:
+            return key.sign(message, context)
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._fault(exc)
+
     def _check_context(self, context: Any) -> None:
         ctx = _buf(context, "context", PolicyError)
         if len(ctx) > 255:
@@ -464,13 +541,39 @@ class KexRoute(_KeyPairRoute):
             self._failed(exc, secret, "secret_key")
         # X25519 of a zeroed scalar is a value anyone can compute: never let it out.
         _wiped_during(secret, "secret_key", shared if type(shared) is bytearray else None)
-        # OR-accumulate so the check does not exit early on the first non-zero byte.
-        acc = 0
-        for b in shared:
-            acc |= b
-        if acc == 0:
-            raise KeyError_("peer_public_key: low-order point (all-zero shared secret)")
-        return _secret(shared)
+        return _nonzero_secret(shared)
+
+    def _load_key(self, secret_key: Buffer) -> LoadedAgreementKey:
+        """The provider's private-key object for a checked secret (a keyed exchanger's setup)."""
+        _check_len(secret_key, (self.secret_key_size,), "secret_key", KeyError_)
+        try:
+            return self._impl.load(secret_key)
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._fault(exc)
+
+    def _exchange_loaded(self, key: LoadedAgreementKey, peer_public_key: Buffer) -> SecretBytes:
+        """:meth:`derive_shared` with a loaded key."""
+        pk = peer_public_key if type(peer_public_key) is bytes else _buf(peer_public_key, "peer_public_key", KeyError_)
+        _check_len(pk, (self.public_key_size,), "peer_public_key", KeyError_)
+        try:
+            shared = key.exchange(pk)
+        except XpsError:
+            raise
+        except Exception as exc:
+            self._fault(exc)
+        return _nonzero_secret(shared)
+
+
+def _nonzero_secret(shared: bytearray | bytes) -> SecretBytes:
+    """The shared secret as SecretBytes; the all-zero value (a low-order peer key) is refused."""
+    # int.from_bytes reads every byte: no early exit on the first non-zero one.
+    if not int.from_bytes(shared, "little"):
+        if type(shared) is bytearray:
+            secure_wipe(shared)
+        raise KeyError_("peer_public_key: low-order point (all-zero shared secret)")
+    return _secret(shared)
 
 
 class KemRoute(_KeyPairRoute):

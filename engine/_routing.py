@@ -10,6 +10,13 @@ complete table even while another is published.
 
 Staged capsules (canary, dual-run) install a different provider implementation for an
 operation; the call path stays the same dict lookup and call.
+
+An implementation is eligible when the configuration admits its provider, its self-test
+passed, the policy permits the operation and (by default) requires nothing it lacks
+(constant time), the incident mask does not name it, and this CPU has the features it needs.
+Among the eligible, a preference (``config.prefer``) wins; otherwise an autotune result
+(:mod:`._autotune`) chooses, per call shape, one provider for messages up to a size and
+another above it; otherwise priority (the static weight), then the name.
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from . import isa_mask
+from ._autotune import NO_LIMIT, SHAPES, Split, TuneResult, split
 from ._routes import AeadRoute, FaultSink, KdfRoute, KemRoute, KexRoute, SignatureRoute
 from .errors import InternalError
-from .interfaces import OPERATIONS, Aead, Kdf, Kem, KeyAgreement, Provider, Signature
+from .interfaces import OPERATIONS, Aead, ImplementationInfo, Kdf, Kem, KeyAgreement, Provider, Signature
 from .settings import EngineConfig
 
-__all__ = ["AnyRoute", "Candidate", "Route", "RoutingTable", "Unrouted", "build_table"]
+__all__ = ["AnyRoute", "Candidate", "Route", "RoutingTable", "Unrouted", "build_table", "info_of", "weight"]
 
 AnyRoute = AeadRoute | SignatureRoute | KexRoute | KemRoute | KdfRoute
 
@@ -39,7 +48,12 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """The chosen implementation of one operation."""
+    """The chosen implementation of one operation.
+
+    ``provider`` serves every call, unless autotune split the operation: then it serves
+    messages up to ``limit`` bytes and ``large_provider`` the larger ones (``keyed_*`` the
+    same for keyed AEADs, measured separately).
+    """
 
     operation: str
     provider: str
@@ -47,6 +61,18 @@ class Route:
     provider_version: str
     constant_time: bool
     candidates: tuple[Candidate, ...]
+    limit: int = NO_LIMIT
+    large_provider: str | None = None
+    keyed_provider: str | None = None
+    keyed_limit: int = NO_LIMIT
+    keyed_large_provider: str | None = None
+    chosen_by: str = "priority"
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """Every provider serving some calls of this operation, without repeats."""
+        names = (self.provider, self.large_provider, self.keyed_provider, self.keyed_large_provider)
+        return tuple(dict.fromkeys(n for n in names if n is not None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +100,10 @@ class RoutingTable:
         signature, kex, kem, kdf: the same for the other kinds.
         entries: every operation name and alias -> its adapter or :class:`Unrouted`
             (introspection: ``xps providers``, tests; never read by a call).
+        providers: the providers the table was built from, and ``build_config`` the
+            configuration (preferences included), so that it can be rebuilt the same way
+            with a new autotune result (:meth:`xpscerpto.engine.Engine.rebuild`).
+        tuned: the autotune result applied, if any.
     """
 
     version: int
@@ -85,6 +115,10 @@ class RoutingTable:
     kem: Mapping[str, KemRoute] = field(repr=False)
     kdf: Mapping[str, KdfRoute] = field(repr=False)
     entries: Mapping[str, AnyRoute | Unrouted] = field(repr=False)
+    providers: tuple[Provider, ...] = field(default=(), repr=False)
+    build_config: EngineConfig | None = field(default=None, repr=False)
+    kat_failures: Mapping[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    tuned: TuneResult | None = field(default=None, repr=False)
 
     def provider_for(self, operation: str) -> str | None:
         """The provider serving ``operation``, or None."""
@@ -105,25 +139,33 @@ def build_table(
     version: int,
     kat_failures: Mapping[tuple[str, str], str] = MappingProxyType({}),
     on_fault: FaultSink | None = None,
+    tuned: TuneResult | None = None,
 ) -> RoutingTable:
-    """Choose one implementation per operation and build the adapters.
+    """Choose the implementations of each operation and build the adapters.
 
-    Selection: drop providers excluded by ``config.providers``, then those whose KAT failed
-    for the operation; refuse the operation if the policy forbids it; among the rest the
-    ``config.prefer`` provider wins, then higher priority, then provider name (so the result
-    never depends on plugin load order).
+    Selection: drop what is not eligible (see the module docstring); among the rest the
+    ``config.prefer`` provider wins, then the ``tuned`` choice, then higher weight
+    (priority), then provider name (so the result never depends on plugin load order).
 
     Args:
         providers: the registered providers.
-        config: policy, nonce mode and preferences.
+        config: policy, nonce mode, preferences and the incident mask.
         version: the version number this table will carry.
         kat_failures: (provider, operation) -> reason for each failed self-test.
         on_fault: called (error path only) when a routed provider raises unexpectedly.
+        tuned: measured winners (:func:`xpscerpto._autotune.tune`); ignored for an operation
+            whose measured providers are not all eligible now.
+
+    Raises:
+        PolicyError: the incident mask in the environment is malformed.
     """
+    providers = tuple(providers)
     by_op: dict[str, list[Provider]] = {op: [] for op in OPERATIONS}
     for p in providers:
         for op in p.implementations:
             by_op[op].append(p)
+    mask = isa_mask.effective(config.isa_mask)
+    cpu = isa_mask.cpu_flags()
 
     routes: dict[str, Route] = {}
     unrouted: dict[str, str] = {}
@@ -135,25 +177,19 @@ def build_table(
     kdf: dict[str, KdfRoute] = {}
     for op, spec in OPERATIONS.items():
         preferred = config.prefer.get(op)
-        ordered = sorted(by_op[op], key=lambda p: (p.name != preferred, -p.priority, p.name))
+        ordered = sorted(by_op[op], key=lambda p: (p.name != preferred, -weight(p, op), p.name))
         candidates: list[Candidate] = []
-        chosen: Provider | None = None
+        eligible: list[Provider] = []
         policy_reason = config.policy.reason(op, spec.tokens)
         for p in ordered:
-            excluded = None
-            if config.providers is not None and p.name not in config.providers:
-                excluded = "not in config.providers"
-            elif (p.name, op) in kat_failures:
-                excluded = f"self-test failed: {kat_failures[(p.name, op)]}"
-            elif policy_reason is not None:
-                excluded = policy_reason
-            elif chosen is not None:
+            excluded = policy_reason or _ineligible(p, op, config, kat_failures, mask, cpu)
+            if excluded is None and eligible:
                 excluded = "lower preference"
-            else:
-                chosen = p
-            candidates.append(Candidate(p.name, p.priority, excluded))
+            if excluded is None or excluded == "lower preference":
+                eligible.append(p)
+            candidates.append(Candidate(p.name, weight(p, op), excluded))
 
-        if chosen is None:
+        if not eligible:
             if policy_reason is not None:
                 reason = policy_reason
             elif not candidates:
@@ -164,21 +200,46 @@ def build_table(
             unrouted[op] = reason
             entries.update(dict.fromkeys((op, *spec.aliases), Unrouted(op, reason)))
             continue
+        names = {p.name: p for p in eligible}
+        stateless = keyed = None
+        if tuned is not None and preferred not in names:
+            stateless, keyed = _tuned_split(tuned, op, names)
+        chosen = names[stateless.small] if stateless is not None else eligible[0]
+        measured = stateless is not None or keyed is not None
+        served = {chosen.name} | {n for sp in (stateless, keyed) if sp is not None for n in (sp.small, sp.large)}
+        # Eligible but not serving: "lower preference" statically, "measured slower" when tuned.
+        candidates = [c if c.excluded not in (None, "lower preference") else
+                      Candidate(c.provider, c.priority, None if c.provider in served else
+                                "measured slower" if measured else "lower preference")
+                      for c in candidates]
         adapter = _adapter(op, chosen, config, on_fault)
-        names = (op, *spec.aliases)
+        route_names = (op, *spec.aliases)
         if isinstance(adapter, AeadRoute):
-            aead.update(dict.fromkeys(names, adapter))
+            if stateless is not None:
+                large = names[stateless.large]
+                adapter.serve_large(stateless.limit, _aead_impl(large, op), large.name)
+            if keyed is not None:
+                adapter.serve_keyed(_aead_impl(names[keyed.small], op), names[keyed.small].name,
+                                    keyed.limit, _aead_impl(names[keyed.large], op), names[keyed.large].name)
+            aead.update(dict.fromkeys(route_names, adapter))
         elif isinstance(adapter, SignatureRoute):
-            signature.update(dict.fromkeys(names, adapter))
+            signature.update(dict.fromkeys(route_names, adapter))
         elif isinstance(adapter, KexRoute):
-            kex.update(dict.fromkeys(names, adapter))
+            kex.update(dict.fromkeys(route_names, adapter))
         elif isinstance(adapter, KemRoute):
-            kem.update(dict.fromkeys(names, adapter))
+            kem.update(dict.fromkeys(route_names, adapter))
         else:
-            kdf.update(dict.fromkeys(names, adapter))
-        routes[op] = Route(op, chosen.name, chosen.backend, chosen.version,
-                           chosen.constant_time, tuple(candidates))
-        entries.update(dict.fromkeys(names, adapter))
+            kdf.update(dict.fromkeys(route_names, adapter))
+        routes[op] = Route(
+            op, chosen.name, chosen.backend, chosen.version, _constant_time(chosen, op), tuple(candidates),
+            limit=stateless.limit if stateless is not None else NO_LIMIT,
+            large_provider=stateless.large if stateless is not None and stateless.limit != NO_LIMIT else None,
+            keyed_provider=keyed.small if keyed is not None else None,
+            keyed_limit=keyed.limit if keyed is not None else NO_LIMIT,
+            keyed_large_provider=keyed.large if keyed is not None and keyed.limit != NO_LIMIT else None,
+            chosen_by="preference" if preferred == chosen.name else "autotune" if stateless is not None
+            else "priority")
+        entries.update(dict.fromkeys(route_names, adapter))
 
     return RoutingTable(
         version=version,
@@ -186,7 +247,75 @@ def build_table(
         unrouted=MappingProxyType(unrouted),
         aead=aead, signature=signature, kex=kex, kem=kem, kdf=kdf,
         entries=MappingProxyType(entries),
+        providers=providers,
+        build_config=config,
+        kat_failures=MappingProxyType(dict(kat_failures)),
+        tuned=tuned,
     )
+
+
+def info_of(provider: Provider, op: str) -> ImplementationInfo:
+    """The routing metadata of ``provider``'s implementation of ``op`` (defaults if none declared)."""
+    return provider.info.get(op) or _NO_INFO
+
+
+_NO_INFO = ImplementationInfo()
+
+
+def weight(provider: Provider, op: str) -> int:
+    """The static preference of an implementation: its own weight, else the provider's priority."""
+    w = info_of(provider, op).weight
+    return provider.priority if w is None else w
+
+
+def _constant_time(provider: Provider, op: str) -> bool:
+    ct = info_of(provider, op).constant_time
+    return provider.constant_time if ct is None else ct
+
+
+def _ineligible(p: Provider, op: str, config: EngineConfig, kat_failures: Mapping[tuple[str, str], str],
+                mask: frozenset[str], cpu: frozenset[str]) -> str | None:
+    """Why ``p``'s implementation of ``op`` may not be routed, or None."""
+    info = info_of(p, op)
+    if config.providers is not None and p.name not in config.providers:
+        return "not in config.providers"
+    if (p.name, op) in kat_failures:
+        return f"self-test failed: {kat_failures[(p.name, op)]}"
+    if config.policy.require_constant_time and not _constant_time(p, op):
+        return "not constant-time (policy require_constant_time)"
+    token = isa_mask.masked_by((p.name, *info.backends), info.cpu_features, mask)
+    if token is not None:
+        return f"masked ({token}, {isa_mask.MASK_ENV} or crypto.engine.isa_mask)"
+    if cpu:
+        missing = sorted(f for f in info.cpu_features if f.lower() not in cpu)
+        if missing:
+            return "needs CPU features this machine lacks: " + ", ".join(missing)
+    return None
+
+
+def _tuned_split(tuned: TuneResult, op: str, names: Mapping[str, Provider]) -> tuple[Split | None, Split | None]:
+    """The measured splits for both call shapes, if every provider they name is eligible."""
+    out: list[Split | None] = []
+    for shape in SHAPES:
+        s = split(tuned, op, shape)
+        ok = s is not None and s.small in names and s.large in names and _same_sizes(
+            names[s.small].implementations[op], names[s.large].implementations[op])
+        out.append(s if ok else None)
+    return out[0], out[1]
+
+
+def _same_sizes(a: object, b: object) -> bool:
+    """Two AEADs one call may be routed between must take the same keys and nonces."""
+    if not (isinstance(a, Aead) and isinstance(b, Aead)):
+        return True  # other kinds are never split per call: only the small-size winner serves
+    return (tuple(a.key_sizes), a.nonce_size, a.tag_size) == (tuple(b.key_sizes), b.nonce_size, b.tag_size)
+
+
+def _aead_impl(provider: Provider, op: str) -> Aead:
+    impl = provider.implementations[op]
+    if not isinstance(impl, Aead):
+        raise InternalError(f"provider {provider.name!r}: its {op} does not implement Aead")
+    return impl
 
 
 def _adapter(op: str, provider: Provider, config: EngineConfig, on_fault: FaultSink | None) -> AnyRoute:

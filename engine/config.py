@@ -70,7 +70,7 @@ key                                        default             meaning
 ``crypto.engine.providers``                ``null``            list of provider names to restrict routing to
 ``crypto.engine.prefer``                   ``{}``              operation -> provider name that wins over priority
 ``crypto.engine.isa_mask``                 ``[]``              incident mask (-avx512, -jit ...) on top of the env var
-``crypto.engine.autotune``                 ``true``            route each operation and size bucket by measurement
+``crypto.engine.autotune``                 ``null``            route each operation and size bucket by measurement
 ``crypto.approvals.revoke``                ``0``               distinct operator approvals required to revoke a key
 ``crypto.approvals.destroy``               ``0``               distinct operator approvals required to destroy a key
 ``crypto.approvals.emergency_revoke``      ``0``               approvals for an emergency revoke

@@ -14,12 +14,15 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from . import _tuner
+from ._autotune import NO_LIMIT, TuneResult
 from ._buffers import BYTE_FORMATS, byte_buffer, describe, describe_int
 from ._namespaces import HkdfAPI, KemAPI, KexAPI, SignatureAPI
 from ._routes import AeadRoute, AuthFailure, _BadBuffer
@@ -49,6 +52,7 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+log = logging.getLogger("xpscerpto.engine")
 
 _MAX_RANDOM = 1 << 20
 
@@ -87,11 +91,16 @@ def random_bytes(n: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class EngineState:
-    """What an engine loaded at start: providers, plugin failures, self-test results."""
+    """What an engine loaded: providers, plugin failures, self-test results.
+
+    Set at start; providers prepared later (warmed-up kernels) are added, self-tested, by
+    the engine's background work (see :meth:`Engine.add_providers`).
+    """
 
     providers: tuple[Provider, ...]
     failures: tuple[PluginFailure, ...]
     selftests: tuple[KatResult, ...]
+    deferred: tuple[tuple[str, Callable[[], Iterable[Provider]]], ...] = ()
 
 
 class Engine:
@@ -125,6 +134,8 @@ class Engine:
         self._state: EngineState | None = None
         self._fault_listeners: tuple[FaultListener, ...] = ()
         self._auth_listeners: tuple[AuthListener, ...] = ()
+        self._tuned: TuneResult | None = None
+        self._background: threading.Thread | None = None
         # Version 0 routes nothing: a call misses, and its error path starts the engine
         # (see route_missing), so a lazy engine costs its callers nothing once started.
         self._table: RoutingTable = RoutingTable.empty()
@@ -155,8 +166,141 @@ class Engine:
                 for op, impl in sorted(p.implementations.items()):
                     results.append(run_selftest(p.name, op, OPERATIONS[op].kind, impl,
                                                 p.kat.get(op, ())))
-            self._state = EngineState(providers, tuple(registry.failures), tuple(results))
+            self._state = EngineState(providers, tuple(registry.failures), tuple(results),
+                                      tuple(registry.deferred))
             self.publish(self.build_table())
+            if _tuner.enabled(self._config):
+                self._background = threading.Thread(target=self._improve, name="xps-autotune", daemon=True)
+                self._background.start()
+
+    # -- after start: warm-ups and autotune, off the hot path -------------------------------
+
+    def _improve(self) -> None:
+        """Background: prepare deferred providers, then autotune, publishing after each step."""
+        try:
+            self.add_deferred_providers()
+            self.autotune()
+        except Exception:  # never let background work take the process down; the static table stands
+            log.exception("background autotune failed; the static routing table stays in force")
+
+    def wait_tuned(self, timeout: float | None = None) -> bool:
+        """Block until the background warm-up and autotune finished (True) or ``timeout`` passed.
+
+        Returns True at once when the engine does not tune itself.
+        """
+        self.start()
+        thread = self._background
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    @property
+    def tuned(self) -> TuneResult | None:
+        """The autotune result the table in force applies, if any."""
+        return self._tuned
+
+    def add_deferred_providers(self) -> tuple[Provider, ...]:
+        """Run the plugins' deferred sources (kernel warm-ups) and add what they prepared.
+
+        Blocks while kernels compile or load; the engine calls it on its background thread.
+        A source that fails adds nothing (``xps providers`` shows why, e.g. the jit status).
+        """
+        state = self.state
+        added: list[Provider] = []
+        for plugin, source in state.deferred:
+            try:
+                added.extend(p for p in source() if isinstance(p, Provider))
+            except Exception as exc:
+                log.warning("plugin %s: deferred providers failed: %s", plugin, type(exc).__name__)
+        with self._lock:
+            self._state = replace(self._state, deferred=()) if self._state is not None else None
+        return self.add_providers(added) if added else ()
+
+    def add_providers(self, providers: Iterable[Provider]) -> tuple[Provider, ...]:
+        """Self-test ``providers``, add them to the engine and publish a table that may route to them.
+
+        Providers whose names are taken are skipped. Returns those added.
+
+        Raises:
+            PolicyError: an element is not a Provider record.
+        """
+        new = tuple(providers)
+        if any(not isinstance(p, Provider) for p in new):
+            raise PolicyError("providers: expected Provider records")
+        from xpscerpto.kat import run_selftest
+
+        state = self.state
+        taken = {p.name for p in state.providers}
+        new = tuple(p for p in new if p.name not in taken)
+        if not new:
+            return ()
+        results = [run_selftest(p.name, op, OPERATIONS[op].kind, impl, p.kat.get(op, ()))
+                   for p in new for op, impl in sorted(p.implementations.items())]
+        with self._lock:
+            current = self.state
+            self._state = replace(current, providers=tuple(sorted((*current.providers, *new), key=lambda p: p.name)),
+                                  selftests=(*current.selftests, *results))
+            self.rebuild(providers=(*self._table.providers, *new))
+        return new
+
+    def autotune(self, *, use_cache: bool = True, progress: Callable[[int, int], None] | None = None,
+                 budget: float = 0.02, rounds: int = 5) -> TuneResult:
+        """Measure the eligible implementations (or reuse the cached measurement) and publish the winners.
+
+        Runs in the caller's thread (the engine calls it on its background thread after
+        start; ``xps tune`` in the foreground). Calls in flight finish on the table they
+        loaded; new calls use the winners.
+        """
+        from . import isa_mask
+
+        table = self.table
+        result = _tuner.tune_table(table, isa_mask.effective(table.build_config.isa_mask
+                                                              if table.build_config else self._config.isa_mask),
+                                   use_cache=use_cache, progress=progress, budget=budget, rounds=rounds)
+        with self._lock:
+            self._tuned = result
+            self.rebuild()
+        return result
+
+    def use_tuning(self, result: TuneResult | None) -> RoutingTable:
+        """Publish a table that applies ``result`` (one measured elsewhere, or None for static).
+
+        ``None`` rolls autotune back: the static choice (preference, then priority) again.
+
+        Raises:
+            PolicyError: ``result`` is not a TuneResult or None.
+        """
+        if result is not None and not isinstance(result, TuneResult):
+            raise PolicyError(f"result: expected a TuneResult or None, got {describe(result)}")
+        with self._lock:
+            self._tuned = result
+            return self.rebuild()
+
+    def rebuild(self, *, providers: Iterable[Provider] | None = None) -> RoutingTable:
+        """Rebuild the table in force (its providers and configuration, preferences included)
+        with the current autotune result, and publish it, in one step under the engine lock.
+
+        Raises:
+            PolicyError: ``providers`` holds something that is not a Provider record.
+        """
+        with self._lock:
+            current = self.table
+            provs = current.providers if providers is None else tuple(providers)
+            if any(not isinstance(p, Provider) for p in provs):
+                raise PolicyError("providers: expected Provider records")
+            config = current.build_config or self._config
+            failures = {**current.kat_failures, **self._kat_failures()}
+            table = build_table(provs, config, version=current.version + 1, kat_failures=failures,
+                                on_fault=self._report_fault, tuned=self._tuned)
+            self.publish(table)
+            return table
+
+    def _kat_failures(self) -> dict[tuple[str, str], str]:
+        state = self._state
+        if state is None:
+            return {}
+        return {(r.provider, r.operation): r.failure or "failed" for r in state.selftests if not r.passed}
 
     @property
     def config(self) -> EngineConfig:
@@ -198,10 +342,8 @@ class Engine:
                 raise PolicyError(f"providers: expected Provider records, got {describe(bad)}")
         state = self.state
         provs = state.providers if providers is None else providers
-        failures = {(r.provider, r.operation): r.failure or "failed"
-                    for r in state.selftests if not r.passed}
         return build_table(provs, config or self._config, version=self._table.version + 1,
-                           kat_failures=failures, on_fault=self._report_fault)
+                           kat_failures=self._kat_failures(), on_fault=self._report_fault, tuned=self._tuned)
 
     def add_fault_listener(self, listener: FaultListener) -> None:
         """Call ``listener(provider, operation, exc)`` when a routed provider raises unexpectedly.
@@ -383,7 +525,7 @@ class AeadAPI:
             if not r.auto_nonce:
                 raise NonceError("nonce: required (nonce policy is 'app')")
             nonce = _urandom(r.nonce_size)
-            wire = r.cipher(key).encrypt(nonce, plaintext, aad)
+            wire = (r.cipher if len(plaintext) <= r.limit else r.large)(key).encrypt(nonce, plaintext, aad)
             if secret is not None and secret._wiped:
                 raise KeyError_("key: SecretBytes was wiped during the call")
             return _new_sealed(Sealed, (nonce, wire, r.tag_size))
@@ -435,9 +577,11 @@ class AeadAPI:
                 if not (type(tag) is bytes or type(tag) is bytearray or (
                         tag if type(tag) is memoryview else memoryview(tag)).format in BYTE_FORMATS):
                     raise _BadBuffer("tag: not a byte buffer")
-                plaintext = r.cipher(key).decrypt(nonce, b"".join((ciphertext, tag)), aad)
+                plaintext = (r.cipher if len(ciphertext) <= r.limit else r.large)(key).decrypt(
+                    nonce, b"".join((ciphertext, tag)), aad)
             else:
-                plaintext = r.decrypt_detached(key, nonce, ciphertext, tag, aad)
+                plaintext = (r.decrypt_detached if len(ciphertext) <= r.limit else r.large_detached)(
+                    key, nonce, ciphertext, tag, aad)
             if secret is not None and secret._wiped:
                 raise KeyError_("key: SecretBytes was wiped during the call")
             return plaintext
@@ -480,7 +624,7 @@ class AeadAPI:
                 raise NonceError(f"nonce: expected {r.nonce_size} bytes, got {len(nonce)}")
             if tag_size != r.tag_size:
                 raise AuthError(f"sealed: tag size {tag_size} does not match {r.operation}")
-            plaintext = r.cipher(key).decrypt(nonce, wire, aad)
+            plaintext = (r.cipher if len(wire) <= r.wire_limit else r.large)(key).decrypt(nonce, wire, aad)
             if secret is not None and secret._wiped:
                 raise KeyError_("key: SecretBytes was wiped during the call")
             return plaintext
@@ -549,7 +693,7 @@ def _seal_explicit(r: AeadRoute, key: Buffer, secret: SecretBytes | None, plaint
     """Encrypt under a caller's nonce: checked, copied to bytes, and recorded in the process cache."""
     nonce_reuse = _nonce_reuse(nonce_reuse)
     nonce_b = _nonce_bytes(nonce, r.nonce_size)
-    wire = r.cipher(key).encrypt(nonce_b, plaintext, aad)
+    wire = (r.cipher if len(plaintext) <= r.limit else r.large)(key).encrypt(nonce_b, plaintext, aad)
     if secret is not None and secret._wiped:
         raise KeyError_("key: SecretBytes was wiped during the call")
     if nonce_reuse == "refuse" and not r.misuse_resistant:
@@ -623,11 +767,16 @@ class _Bound:
     (``nonce_reuse="caller"``, or a nonce-misuse-resistant algorithm).
     """
 
-    __slots__ = ("auto_nonce", "cipher", "nonce_size", "nonces", "route", "tag_size", "version")
+    __slots__ = ("auto_nonce", "cipher", "large", "limit", "nonce_size", "nonces", "route", "tag_size", "version",
+                 "wire_limit")
 
     def __init__(self, version: int, route: AeadRoute, cipher: AeadCipher,
-                 nonces: dict[bytes, int] | None = None) -> None:
+                 nonces: dict[bytes, int] | None = None, large: AeadCipher | None = None) -> None:
         self.version, self.route, self.cipher = version, route, cipher
+        # The measured split for keyed calls: ``cipher`` up to ``limit`` bytes, ``large`` above.
+        self.large = cipher if large is None else large
+        self.limit = route.keyed_limit if large is not None else NO_LIMIT
+        self.wire_limit = route.keyed_wire_limit if large is not None else NO_LIMIT
         self.nonce_size, self.tag_size, self.auto_nonce = route.nonce_size, route.tag_size, route.auto_nonce
         self.nonces = None if route.misuse_resistant else nonces
 
@@ -681,7 +830,9 @@ class KeyedAead:
             r = table.aead[self._algo]
             if len(self._key) not in r.key_sizes:
                 raise KeyError_(f"key: expected {r.key_size} bytes, got {len(self._key)}")
-            bound = _Bound(table.version, r, r.cipher(self._key._buf), self._nonces)
+            small = r.keyed_cipher(self._key._buf)
+            large = None if r.keyed_large is r.keyed_cipher else r.keyed_large(self._key._buf)
+            bound = _Bound(table.version, r, small, self._nonces, large)
         except Exception as exc:
             raise _aead_error(table, self._algo, exc, self._key, None, "keyed", nonce_required=False,
                               inputs=()) from None
@@ -713,11 +864,11 @@ class KeyedAead:
                 if not b.auto_nonce:
                     raise NonceError("nonce: required (nonce policy is 'app')")
                 nonce = _urandom(b.nonce_size)
-                wire = b.cipher.encrypt(nonce, plaintext, aad)
+                wire = (b.cipher if len(plaintext) <= b.limit else b.large).encrypt(nonce, plaintext, aad)
             else:
                 if type(nonce) is not bytes or len(nonce) != b.nonce_size:
                     nonce = _nonce_bytes(nonce, b.nonce_size)
-                wire = b.cipher.encrypt(nonce, plaintext, aad)
+                wire = (b.cipher if len(plaintext) <= b.limit else b.large).encrypt(nonce, plaintext, aad)
                 if b.nonces is not None:
                     _record(b.nonces, nonce, wire, b.tag_size)
             if self._key._wiped:
@@ -745,7 +896,8 @@ class KeyedAead:
                 b = self._bind(table)
             if len(nonce) != b.nonce_size:
                 raise NonceError(f"nonce: expected {b.nonce_size} bytes, got {len(nonce)}")
-            plaintext = b.cipher.decrypt(nonce, ciphertext_and_tag, aad)
+            plaintext = (b.cipher if len(ciphertext_and_tag) <= b.wire_limit else b.large).decrypt(
+                nonce, ciphertext_and_tag, aad)
             if self._key._wiped:
                 raise KeyError_("key: this KeyedAead was wiped during the call")
             return plaintext
@@ -777,7 +929,7 @@ class KeyedAead:
             self._nonces.clear()
 
     def __repr__(self) -> str:
-        return f"<KeyedAead {self._algo} via {self._bound.route.provider}>"
+        return f"<KeyedAead {self._algo} via {self._bound.route.keyed_provider}>"
 
 
 def _record(seen: dict[bytes, int], nonce: bytes, wire: bytes, tag_size: int) -> None:

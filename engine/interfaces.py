@@ -34,9 +34,12 @@ __all__ = [
     "Aead",
     "AeadCipher",
     "Buffer",
+    "ImplementationInfo",
     "Kdf",
     "Kem",
     "KeyAgreement",
+    "LoadedAgreementKey",
+    "LoadedSigningKey",
     "OperationSpec",
     "Provider",
     "Signature",
@@ -100,8 +103,61 @@ class Aead(abc.ABC):
         raise NotImplementedError
 
 
+class LoadedSigningKey(Protocol):
+    """A provider's signing-key object, built once from the seed (see :meth:`Signature.load`)."""
+
+    def sign(self, message: Buffer, context: bytes) -> bytes:
+        """Sign ``message`` (``context`` as :meth:`Signature.sign`)."""
+
+
+class LoadedAgreementKey(Protocol):
+    """A provider's key-agreement private key object (see :meth:`KeyAgreement.load`)."""
+
+    def exchange(self, peer_public_key: Buffer) -> bytearray:
+        """As :meth:`KeyAgreement.exchange` with the loaded key."""
+
+
+class _SeedSigner:
+    """The default :meth:`Signature.load`: a private copy of the seed, passed on every call."""
+
+    __slots__ = ("_impl", "_seed")
+
+    def __init__(self, impl: Signature, seed: Buffer) -> None:
+        self._impl, self._seed = impl, bytearray(seed)
+
+    def sign(self, message: Buffer, context: bytes) -> bytes:
+        return self._impl.sign(self._seed, message, context)
+
+    def __del__(self) -> None:
+        seed = getattr(self, "_seed", None)
+        if seed is not None:
+            seed[:] = bytes(len(seed))
+
+
+class _SecretExchanger:
+    """The default :meth:`KeyAgreement.load`: a private copy of the key, passed on every call."""
+
+    __slots__ = ("_impl", "_secret")
+
+    def __init__(self, impl: KeyAgreement, secret: Buffer) -> None:
+        self._impl, self._secret = impl, bytearray(secret)
+
+    def exchange(self, peer_public_key: Buffer) -> bytearray:
+        return self._impl.exchange(self._secret, peer_public_key)
+
+    def __del__(self) -> None:
+        secret = getattr(self, "_secret", None)
+        if secret is not None:
+            secret[:] = bytes(len(secret))
+
+
 class Signature(abc.ABC):
-    """A signature scheme whose private key is a fixed-size seed."""
+    """A signature scheme whose private key is a fixed-size seed.
+
+    :meth:`load` is optional: a provider whose library keeps a key object (OpenSSL's
+    ``Ed25519PrivateKey``, libsodium's expanded key) overrides it so that a keyed signer
+    (``engine.ed25519.keyed(seed)``) skips rebuilding the key on every signature.
+    """
 
     public_key_size: ClassVar[int]
     secret_key_size: ClassVar[int]
@@ -123,6 +179,10 @@ class Signature(abc.ABC):
     def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes) -> None:
         """Return if valid; raise AuthError if the signature does not verify."""
 
+    def load(self, secret_key: Buffer) -> LoadedSigningKey:
+        """A signing-key object for ``secret_key`` (length already checked by the engine)."""
+        return _SeedSigner(self, secret_key)
+
 
 class KeyAgreement(abc.ABC):
     """Diffie-Hellman style key agreement (X25519)."""
@@ -142,6 +202,10 @@ class KeyAgreement(abc.ABC):
     @abc.abstractmethod
     def exchange(self, secret_key: Buffer, peer_public_key: Buffer) -> bytearray:
         """Return the raw shared secret (the engine rejects the all-zero value)."""
+
+    def load(self, secret_key: Buffer) -> LoadedAgreementKey:
+        """A private-key object for ``secret_key`` (optional fast path; see :class:`Signature`)."""
+        return _SecretExchanger(self, secret_key)
 
 
 class Kem(abc.ABC):
@@ -225,6 +289,26 @@ OPERATIONS: Mapping[str, OperationSpec] = MappingProxyType(dict([
 ]))
 
 
+@dataclass(frozen=True, slots=True)
+class ImplementationInfo:
+    """What routing needs to know about one implementation beyond its contract.
+
+    Args:
+        backends: incident-mask tokens that remove it besides the provider's own name, e.g.
+            ``("openssl",)`` for an implementation that runs OpenSSL code underneath.
+        cpu_features: ``/proc/cpuinfo`` flags the implementation needs (it is skipped on a
+            machine without them, and an incident mask naming one removes it).
+        constant_time: overrides the provider's ``constant_time`` for this implementation.
+        weight: overrides the provider's ``priority`` for this implementation (the static
+            preference before anything is measured).
+    """
+
+    backends: tuple[str, ...] = ()
+    cpu_features: frozenset[str] = frozenset()
+    constant_time: bool | None = None
+    weight: int | None = None
+
+
 @dataclass(frozen=True)
 class Provider:
     """A provider's declaration: identity, capabilities and the KATs that gate it.
@@ -238,6 +322,8 @@ class Provider:
         priority: higher wins when several providers offer an operation.
         kat: operation name -> extra KAT vector files (paths) the provider ships; the engine's
             own self-test vectors for the operation always run as well.
+        info: operation name -> :class:`ImplementationInfo` (backends, CPU features,
+            constant-time flag and weight) where it differs from the provider's defaults.
     """
 
     name: str
@@ -247,6 +333,7 @@ class Provider:
     constant_time: bool = True
     priority: int = 0
     kat: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    info: Mapping[str, ImplementationInfo] = field(default_factory=dict)
 
     @property
     def operations(self) -> tuple[str, ...]:

@@ -86,7 +86,7 @@ class EngineConfig:
             ``$XPS_SIMD_ISA_MASK`` (see :mod:`xpscerpto.isa_mask`).
         autotune: measure the eligible implementations in the background after start and
             route each operation (and AEAD size bucket) to the fastest; ``False`` keeps the
-            static choice (preference, then priority).
+            static choice (preference, then priority); ``None``: on unless ``XPS_AUTOTUNE=0``.
     """
 
     policy: Policy = field(default_factory=Policy)
@@ -95,7 +95,7 @@ class EngineConfig:
     providers: tuple[str, ...] | None = None
     autoload_plugins: bool | None = None
     isa_mask: tuple[str, ...] = ()
-    autotune: bool = True
+    autotune: bool | None = None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], prefix: str = "") -> EngineConfig:
@@ -146,8 +146,9 @@ class EngineConfig:
         if autoload is not None:
             expect(autoload, bool, f"{at}autoload_plugins")
         mask = _parse_mask(data.get("isa_mask", ()), f"{at}isa_mask")
-        autotune = data.get("autotune", True)
-        expect(autotune, bool, f"{at}autotune")
+        autotune = data.get("autotune")
+        if autotune is not None:
+            expect(autotune, bool, f"{at}autotune")
         return cls(Policy(allow, forbid, constant_time), nonce, MappingProxyType(dict(prefer)), providers,
                    autoload, mask, autotune)
 

@@ -37,7 +37,6 @@ Example:
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -45,9 +44,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from xpscerpto import isa_mask
 from xpscerpto.errors import AuthError, InternalError, KeyError_, NonceError, PolicyError
 from xpscerpto.hookspecs import hookimpl
-from xpscerpto.interfaces import Aead, Buffer, Provider
+from xpscerpto.interfaces import Aead, Buffer, ImplementationInfo, Provider
 
 if TYPE_CHECKING:
     from xpscerpto.kat import KatResult
@@ -69,7 +69,7 @@ __all__ = [
 PROVIDER_NAME = "jit"
 COMPOSITE_PROVIDER_NAME = "jit-openssl"
 #: Incident mask: comma- or space-separated ``-token`` entries (``-jit``, ``-openssl``, ``-avx512``).
-MASK_ENV = "XPS_SIMD_ISA_MASK"
+MASK_ENV = isa_mask.MASK_ENV
 
 State = Literal["cold", "warming", "ready", "masked", "unavailable"]
 
@@ -145,8 +145,7 @@ def mask_tokens(mask: str | None = None) -> frozenset[str]:
     """
     if mask is not None and not isinstance(mask, str):
         raise PolicyError(f"mask: expected a string, got {type(mask).__name__}")
-    text = os.environ.get(MASK_ENV, "") if mask is None else mask
-    return frozenset(t[1:].lower() for t in re.split(r"[\s,]+", text) if t.startswith("-") and len(t) > 1)
+    return isa_mask.parse(os.environ.get(MASK_ENV, "") if mask is None else mask)
 
 
 def _masked_by(info: KernelInfo, tokens: frozenset[str]) -> str | None:
@@ -395,9 +394,21 @@ def make_providers(mask: str | None = None) -> tuple[Provider, ...]:
 
 @hookimpl
 def xps_register_providers(registry: Any) -> None:
-    """Register the ready providers (none while cold: this never compiles)."""
-    for provider in make_providers():
+    """Register the ready providers; while cold, a deferred source that warms them up.
+
+    Never compiles here: an engine that tunes itself runs the source on its background
+    thread (compiling, or loading numba's disk cache), then self-tests and routes.
+    """
+    ready = make_providers()
+    for provider in ready:
         registry.add(provider)
+    if not ready and status().state == "cold" and hasattr(registry, "add_later"):
+        registry.add_later(_warmed_providers)
+
+
+def _warmed_providers() -> tuple[Provider, ...]:
+    warm_up()
+    return make_providers()
 
 
 def start_warm_up(cache_dir: str | os.PathLike[str] | None = None, *, mask: str | None = None) -> threading.Thread:
@@ -602,14 +613,19 @@ def _build_providers(version: str, features: frozenset[str]) -> tuple[tuple[Prov
         KernelInfo(COMPOSITE_PROVIDER_NAME, "aead.xchacha20poly1305",
                    "numba HChaCha20 + OpenSSL ChaCha20-Poly1305", ("jit", "openssl"), True, features, priority),
     )
+    def info(provider: str) -> dict[str, ImplementationInfo]:
+        # What the engine's router reads (mask tokens, CPU features, constant time, weight).
+        return {k.operation: ImplementationInfo(k.backends, k.cpu_features, k.constant_time, k.weight)
+                for k in infos if k.provider == provider}
+
     providers = (
         Provider(name=PROVIDER_NAME, backend=f"numba {version} (LLVM {llvm_version})", version=version,
                  implementations={"aead.chacha20poly1305": JitChaCha20Poly1305(),
                                   "aead.xchacha20poly1305": JitXChaCha20Poly1305()},
-                 constant_time=True, priority=priority),
+                 constant_time=True, priority=priority, info=info(PROVIDER_NAME)),
         Provider(name=COMPOSITE_PROVIDER_NAME,
                  backend=f"numba {version} HChaCha20 + {openssl} via cryptography {cryptography.__version__}",
                  version=version, implementations={"aead.xchacha20poly1305": CompositeXChaCha20Poly1305()},
-                 constant_time=True, priority=priority),
+                 constant_time=True, priority=priority, info=info(COMPOSITE_PROVIDER_NAME)),
     )
     return providers, infos

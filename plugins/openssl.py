@@ -82,6 +82,9 @@ class Ed25519Impl(Signature):
     def sign(self, secret_key: Buffer, message: Buffer, context: bytes) -> bytes:
         return ed25519.Ed25519PrivateKey.from_private_bytes(secret_key).sign(message)
 
+    def load(self, secret_key: Buffer) -> _Ed25519Key:
+        return _Ed25519Key(ed25519.Ed25519PrivateKey.from_private_bytes(secret_key))
+
     def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes) -> None:
         try:
             ed25519.Ed25519PublicKey.from_public_bytes(bytes(public_key)).verify(signature, message)
@@ -126,9 +129,35 @@ class X25519Impl(KeyAgreement):
         return x25519.X25519PrivateKey.from_private_bytes(secret_key).public_key().public_bytes_raw()
 
     def exchange(self, secret_key: Buffer, peer_public_key: Buffer) -> bytearray:
-        sk = x25519.X25519PrivateKey.from_private_bytes(secret_key)
+        return _X25519Key(x25519.X25519PrivateKey.from_private_bytes(secret_key)).exchange(peer_public_key)
+
+    def load(self, secret_key: Buffer) -> _X25519Key:
+        return _X25519Key(x25519.X25519PrivateKey.from_private_bytes(secret_key))
+
+
+class _Ed25519Key:
+    """OpenSSL's key object, kept: signing no longer re-derives the key from the seed."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: ed25519.Ed25519PrivateKey) -> None:
+        self._key = key
+
+    def sign(self, message: Buffer, context: bytes) -> bytes:
+        return self._key.sign(message)
+
+
+class _X25519Key:
+    """OpenSSL's key object, kept: an exchange no longer re-derives the public key."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: x25519.X25519PrivateKey) -> None:
+        self._key = key
+
+    def exchange(self, peer_public_key: Buffer) -> bytearray:
         try:
-            return bytearray(sk.exchange(x25519.X25519PublicKey.from_public_bytes(bytes(peer_public_key))))
+            return bytearray(self._key.exchange(x25519.X25519PublicKey.from_public_bytes(bytes(peer_public_key))))
         except ValueError:
             # OpenSSL refuses an all-zero result itself; report it as the engine would.
             return bytearray(32)

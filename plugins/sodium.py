@@ -187,6 +187,9 @@ class Ed25519Impl(Signature):
         _, sk64 = b.crypto_sign_seed_keypair(_bytes(secret_key))
         return b.crypto_sign(_bytes(message), sk64)[:64]
 
+    def load(self, secret_key: Buffer) -> _Ed25519Key:
+        return _Ed25519Key(b.crypto_sign_seed_keypair(_bytes(secret_key))[1])
+
     def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes) -> None:
         try:
             b.crypto_sign_open(_bytes(signature) + _bytes(message), _bytes(public_key))
@@ -212,6 +215,22 @@ class X25519Impl(KeyAgreement):
         except nacl.exceptions.RuntimeError:
             # libsodium refuses an all-zero result itself; report it as the engine would.
             return bytearray(32)
+
+
+class _Ed25519Key:
+    """libsodium's expanded signing key (seed || public key), kept between signatures.
+
+    PyNaCl hands it over as immutable ``bytes``, which cannot be wiped (the module's
+    documented limit); it lives as long as the keyed signer holding it.
+    """
+
+    __slots__ = ("_sk64",)
+
+    def __init__(self, sk64: bytes) -> None:
+        self._sk64 = sk64
+
+    def sign(self, message: Buffer, context: bytes) -> bytes:
+        return b.crypto_sign(message if type(message) is bytes else _bytes(message), self._sk64)[:64]
 
 
 def make_provider() -> Provider:

@@ -111,7 +111,7 @@ def test_mask_from_the_environment(jit_ready: jit.JitStatus, monkeypatch: pytest
 @pytest.fixture(scope="module")
 def engines(jit_ready: jit.JitStatus) -> dict[str, Engine]:
     """One engine per jit provider, registered through the plugin hook and pinned to it."""
-    return {name: Engine(EngineConfig(providers=(name,), autoload_plugins=False), plugins=[jit])
+    return {name: Engine(EngineConfig(providers=(name,), autoload_plugins=False))
             for name in ("jit", "jit-openssl")}
 
 

@@ -45,7 +45,7 @@ def test_every_vector_is_parametrised() -> None:
 
 @pytest.fixture(scope="module")
 def engines(jit_ready: jit.JitStatus) -> dict[str, Engine]:
-    return {name: Engine(EngineConfig(providers=(name,), autoload_plugins=False), plugins=[jit])
+    return {name: Engine(EngineConfig(providers=(name,), autoload_plugins=False))
             for name in ("jit", "jit-openssl")}
 
 
