@@ -61,20 +61,21 @@ class ProviderRegistry:
 
     providers: dict[str, Provider] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
-    deferred: list[tuple[str, Callable[[], Iterable[Provider]]]] = field(default_factory=list)
+    deferred: list[tuple[str, tuple[str, ...], Callable[[], Iterable[Provider]]]] = field(default_factory=list)
     _current_plugin: str = "?"
 
-    def add_later(self, source: object) -> None:
+    def add_later(self, source: object, *, provides: tuple[str, ...]) -> None:
         """Register providers that need slow preparation (compiling kernels) before they exist.
 
         An engine that tunes itself calls ``source()`` on its background thread after start,
         self-tests what it returns, and only then may route to it; an engine that does not
-        tune never calls it. ``source`` returns no providers when preparation failed.
+        tune, or whose configuration or incident mask excludes every name in ``provides``,
+        never calls it. ``source`` returns no providers when preparation failed.
         """
-        if not callable(source):
-            self.failures.append(PluginFailure(self._current_plugin, "add_later: source is not callable"))
+        if not callable(source) or not isinstance(provides, tuple) or not all(isinstance(n, str) for n in provides):
+            self.failures.append(PluginFailure(self._current_plugin, "add_later: needs a callable and provider names"))
             return
-        self.deferred.append((self._current_plugin, cast("Callable[[], Iterable[Provider]]", source)))
+        self.deferred.append((self._current_plugin, provides, cast("Callable[[], Iterable[Provider]]", source)))
 
     def add(self, provider: Provider) -> None:
         """Register ``provider``; an invalid one is recorded as a failure, not raised."""

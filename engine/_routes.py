@@ -22,8 +22,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ._autotune import NO_LIMIT
 from ._buffers import buffer_problem, byte_buffer, describe, describe_int
+from ._tuning_model import NO_LIMIT
 from .errors import AuthError, KeyError_, NonceError, PolicyError, ProviderError, XpsError
 from .interfaces import (
     Aead,

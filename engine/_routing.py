@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from . import isa_mask
-from ._autotune import NO_LIMIT, SHAPES, Split, TuneResult, split
 from ._routes import AeadRoute, FaultSink, KdfRoute, KemRoute, KexRoute, SignatureRoute
+from ._tuning_model import NO_LIMIT, SHAPES, Split, TuneResult, split
 from .errors import InternalError
 from .interfaces import OPERATIONS, Aead, ImplementationInfo, Kdf, Kem, KeyAgreement, Provider, Signature
 from .settings import EngineConfig

@@ -14,19 +14,17 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from . import _tuner
-from ._autotune import NO_LIMIT, TuneResult
 from ._buffers import BYTE_FORMATS, byte_buffer, describe, describe_int
 from ._namespaces import HkdfAPI, KemAPI, KexAPI, SignatureAPI
 from ._routes import AeadRoute, AuthFailure, _BadBuffer
 from ._routing import RoutingTable, build_table
+from ._tuning_model import NO_LIMIT, TuneResult
 from .errors import AuthError, InternalError, KeyError_, NonceError, PolicyError, XpsError
 from .interfaces import OPERATIONS, AeadCipher, Buffer, Provider
 from .sealed import Sealed
@@ -52,7 +50,6 @@ __all__ = [
 ]
 
 R = TypeVar("R")
-log = logging.getLogger("xpscerpto.engine")
 
 _MAX_RANDOM = 1 << 20
 
@@ -100,7 +97,7 @@ class EngineState:
     providers: tuple[Provider, ...]
     failures: tuple[PluginFailure, ...]
     selftests: tuple[KatResult, ...]
-    deferred: tuple[tuple[str, Callable[[], Iterable[Provider]]], ...] = ()
+    deferred: tuple[tuple[str, tuple[str, ...], Callable[[], Iterable[Provider]]], ...] = ()
 
 
 class Engine:
@@ -169,6 +166,8 @@ class Engine:
             self._state = EngineState(providers, tuple(registry.failures), tuple(results),
                                       tuple(registry.deferred))
             self.publish(self.build_table())
+            from . import _tuner  # not at import: measuring code is for after start
+
             if _tuner.enabled(self._config):
                 self._background = threading.Thread(target=self._improve, name="xps-autotune", daemon=True)
                 self._background.start()
@@ -181,7 +180,7 @@ class Engine:
             self.add_deferred_providers()
             self.autotune()
         except Exception:  # never let background work take the process down; the static table stands
-            log.exception("background autotune failed; the static routing table stays in force")
+            _log().exception("background autotune failed; the static routing table stays in force")
 
     def wait_tuned(self, timeout: float | None = None) -> bool:
         """Block until the background warm-up and autotune finished (True) or ``timeout`` passed.
@@ -206,13 +205,20 @@ class Engine:
         Blocks while kernels compile or load; the engine calls it on its background thread.
         A source that fails adds nothing (``xps providers`` shows why, e.g. the jit status).
         """
+        from . import isa_mask
+
         state = self.state
+        config = self._config
+        mask = isa_mask.effective(config.isa_mask)
         added: list[Provider] = []
-        for plugin, source in state.deferred:
+        for plugin, names, source in state.deferred:
+            wanted = [n for n in names if (config.providers is None or n in config.providers) and n not in mask]
+            if not wanted:
+                continue  # nothing it would prepare could be routed: do not pay for it
             try:
                 added.extend(p for p in source() if isinstance(p, Provider))
             except Exception as exc:
-                log.warning("plugin %s: deferred providers failed: %s", plugin, type(exc).__name__)
+                _log().warning("plugin %s: deferred providers failed: %s", plugin, type(exc).__name__)
         with self._lock:
             self._state = replace(self._state, deferred=()) if self._state is not None else None
         return self.add_providers(added) if added else ()
@@ -252,7 +258,7 @@ class Engine:
         start; ``xps tune`` in the foreground). Calls in flight finish on the table they
         loaded; new calls use the winners.
         """
-        from . import isa_mask
+        from . import _tuner, isa_mask
 
         table = self.table
         result = _tuner.tune_table(table, isa_mask.effective(table.build_config.isa_mask
@@ -451,6 +457,12 @@ class Engine:
                 table = self._table
         reason = table.unrouted.get(operation, "not routed")
         raise PolicyError(f"{operation}: not available ({reason})")
+
+
+def _log() -> Any:
+    import logging  # the error paths of background work only: not worth its import time
+
+    return logging.getLogger("xpscerpto.engine")
 
 
 def _callable(value: object, field: str) -> None:

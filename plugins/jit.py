@@ -403,7 +403,7 @@ def xps_register_providers(registry: Any) -> None:
     for provider in ready:
         registry.add(provider)
     if not ready and status().state == "cold" and hasattr(registry, "add_later"):
-        registry.add_later(_warmed_providers)
+        registry.add_later(_warmed_providers, provides=(PROVIDER_NAME, COMPOSITE_PROVIDER_NAME))
 
 
 def _warmed_providers() -> tuple[Provider, ...]:

@@ -51,14 +51,40 @@ def _load_detached() -> tuple[Any, dict[str, Any]] | None:
         ffi.cdef("".join(
             f"int {name}(unsigned char *m, unsigned char *nsec, const unsigned char *c, unsigned long long clen, "
             "const unsigned char *mac, const unsigned char *ad, unsigned long long adlen, "
-            "const unsigned char *npub, const unsigned char *k);\n" for name in _DETACHED))
+            "const unsigned char *npub, const unsigned char *k);\n" for name in _DETACHED)
+            + "int crypto_sign_verify_detached(const unsigned char *sig, const unsigned char *m, "
+              "unsigned long long mlen, const unsigned char *pk);\n")
         lib = ffi.dlopen(nacl._sodium.__file__)
-        return ffi, {name: getattr(lib, name) for name in _DETACHED}
+        return ffi, {name: getattr(lib, name) for name in (*_DETACHED, "crypto_sign_verify_detached")}
     except Exception:  # an optional speed-up: without it the engine joins ct and tag itself
         return None
 
 
-_FFI = _load_detached()
+class _Native:
+    """The cffi handles, loaded on first use: parsing their declarations costs ~20 ms, which
+    an engine that never verifies a signature or opens a large message should not pay at start."""
+
+    __slots__ = ("alloc", "ffi", "fns", "loaded", "verify")
+
+    def __init__(self) -> None:
+        self.loaded = False
+        self.ffi: Any = None
+        self.fns: dict[str, Any] = {}
+        self.alloc: Any = None
+        self.verify: Any = None
+
+    def load(self) -> _Native:
+        if not self.loaded:
+            found = _load_detached()
+            if found is not None:
+                self.ffi, self.fns = found
+                self.alloc = self.ffi.new_allocator(should_clear_after_alloc=False)
+                self.verify = self.fns["crypto_sign_verify_detached"]
+            self.loaded = True  # last: another thread sees either nothing or everything
+        return self
+
+
+_NATIVE = _Native()
 
 
 class _Keyed:
@@ -114,16 +140,17 @@ class _SodiumAead(Aead):
 
     def decrypt_detached(self, key: Buffer, nonce: bytes, ciphertext: Buffer, tag: Buffer,
                          associated_data: Buffer) -> bytes:
-        if _FFI is None:  # this libsodium build lacks the detached functions: join instead
+        native = _NATIVE if _NATIVE.loaded else _NATIVE.load()
+        if native.ffi is None:  # this libsodium build lacks the detached functions: join instead
             wire = b"".join((_bytes(ciphertext), _bytes(tag)))
             return self.cipher(key).decrypt(nonce, wire, associated_data)
-        ffi, fns = _FFI
+        ffi, fns = native.ffi, native.fns
         aad = b"" if associated_data is None else associated_data
         n = _size(ciphertext)
         if _size(tag) != self.tag_size or _size(key) != 32 or _size(nonce) != self.nonce_size:
             raise nacl.exceptions.CryptoError("Decryption failed. Ciphertext failed verification")
         # Left uninitialised: libsodium writes it whole on success (and it is dropped otherwise).
-        out = _ALLOC("unsigned char[]", n or 1)
+        out = native.alloc("unsigned char[]", n or 1)
         rc = fns[self._detached_name](out, ffi.NULL, _pointer(ffi, ciphertext), n, _pointer(ffi, tag),
                                       _pointer(ffi, aad), _size(aad), _pointer(ffi, nonce), _pointer(ffi, key))
         if rc != 0:
@@ -146,7 +173,6 @@ def _pointer(ffi: Any, x: Buffer) -> Any:
     return ffi.from_buffer(x)
 
 
-_ALLOC: Any = _FFI[0].new_allocator(should_clear_after_alloc=False) if _FFI is not None else None
 
 
 class ChaCha20Poly1305Impl(_SodiumAead):
@@ -191,6 +217,13 @@ class Ed25519Impl(Signature):
         return _Ed25519Key(b.crypto_sign_seed_keypair(_bytes(secret_key))[1])
 
     def verify(self, public_key: Buffer, message: Buffer, signature: Buffer, context: bytes) -> None:
+        verify = (_NATIVE if _NATIVE.loaded else _NATIVE.load()).verify
+        if verify is not None:
+            # Detached: no signature || message copy and no output buffer (libsodium's
+            # crypto_sign_open builds both). Sizes were checked by the engine.
+            if verify(_bytes(signature), _bytes(message), _size(message), _bytes(public_key)) != 0:
+                raise AuthError("signature: verification failed")
+            return
         try:
             b.crypto_sign_open(_bytes(signature) + _bytes(message), _bytes(public_key))
         except nacl.exceptions.CryptoError:
