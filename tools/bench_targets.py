@@ -95,37 +95,44 @@ def aes_gcm(sizes: list[int], rounds: int, sample_s: float, results: list[dict[s
     eng = xps.default_engine()
     api, key, aad = eng.aead, os.urandom(32), b"header:v1"
     keyed, prebuilt = api.keyed("AES-256-GCM", key), AESGCM(key)
-    urandom = os.urandom
     print("AES-256-GCM (ratio = baseline time / engine time; targets from issue 13)")
     for size in sizes:
-        pt = os.urandom(size)
-        s = api.encrypt("AES-256-GCM", key, pt, aad)
-        nonce, ct, tag, wire = s.nonce, s.ciphertext, s.tag, s.ciphertext_and_tag
-        tw = tp.encrypt(pt, aad)
-        small = size <= 64
-        rows: list[tuple[str, dict[str, Cell], str]] = [
-            ("encrypt", {"engine": lambda: api.encrypt("AES-256-GCM", key, pt, aad),
-                         "raw": lambda: AESGCM(key).encrypt(urandom(12), pt, aad),
-                         "tink": lambda: tp.encrypt(pt, aad)},
-             "<=1.2x raw time and faster than Tink" if small else ">=0.95x raw"),
-            ("decrypt(nonce, ct, tag)", {"engine": lambda: api.decrypt("AES-256-GCM", key, nonce, ct, tag, aad),
-                                         "raw": lambda: AESGCM(key).decrypt(nonce, wire, aad),
-                                         "tink": lambda: tp.decrypt(tw, aad)},
-             "<=1.2x raw time and faster than Tink" if small else ">=0.95x raw"),
-            ("open(sealed)", {"engine": lambda: api.open("AES-256-GCM", key, s, aad),
-                              "raw": lambda: AESGCM(key).decrypt(nonce, wire, aad)},
-             "<=1.2x raw time" if small else ">=0.95x raw"),
-            ("keyed.encrypt", {"engine": lambda: keyed.encrypt(pt, aad),
-                               "raw": lambda: prebuilt.encrypt(urandom(12), pt, aad),
-                               "tink": lambda: tp.encrypt(pt, aad)},
-             "<=1.3x raw time and faster than Tink" if small else ">=0.95x raw"),
-            ("keyed.decrypt", {"engine": lambda: keyed.decrypt(nonce, wire, aad),
-                               "raw": lambda: prebuilt.decrypt(nonce, wire, aad),
-                               "tink": lambda: tp.decrypt(tw, aad)},
-             "<=1.3x raw time and faster than Tink" if small else ">=0.95x raw"),
-        ]
-        for name, cells, target in rows:
-            _row(f"{name} {_label(size)}", compare(cells, rounds, sample_s), "engine", target, results)
+        _aes_gcm_size(size, api, key, aad, keyed, prebuilt, tp, rounds, sample_s, results)
+
+
+def _aes_gcm_size(size: int, api: Any, key: bytes, aad: bytes, keyed: Any, prebuilt: Any, tp: Any, rounds: int,
+                  sample_s: float, results: list[dict[str, Any]]) -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    urandom = os.urandom
+    pt = os.urandom(size)
+    s = api.encrypt("AES-256-GCM", key, pt, aad)
+    nonce, ct, tag, wire = s.nonce, s.ciphertext, s.tag, s.ciphertext_and_tag
+    tw = tp.encrypt(pt, aad)
+    small = size <= 64
+    rows: list[tuple[str, dict[str, Cell], str]] = [
+        ("encrypt", {"engine": lambda: api.encrypt("AES-256-GCM", key, pt, aad),
+                     "raw": lambda: AESGCM(key).encrypt(urandom(12), pt, aad),
+                     "tink": lambda: tp.encrypt(pt, aad)},
+         "<=1.2x raw time and faster than Tink" if small else ">=0.95x raw"),
+        ("decrypt(nonce, ct, tag)", {"engine": lambda: api.decrypt("AES-256-GCM", key, nonce, ct, tag, aad),
+                                     "raw": lambda: AESGCM(key).decrypt(nonce, wire, aad),
+                                     "tink": lambda: tp.decrypt(tw, aad)},
+         "<=1.2x raw time and faster than Tink" if small else ">=0.95x raw"),
+        ("open(sealed)", {"engine": lambda: api.open("AES-256-GCM", key, s, aad),
+                          "raw": lambda: AESGCM(key).decrypt(nonce, wire, aad)},
+         "<=1.2x raw time" if small else ">=0.95x raw"),
+        ("keyed.encrypt", {"engine": lambda: keyed.encrypt(pt, aad),
+                           "raw": lambda: prebuilt.encrypt(urandom(12), pt, aad),
+                           "tink": lambda: tp.encrypt(pt, aad)},
+         "<=1.3x raw time and faster than Tink" if small else ">=0.95x raw"),
+        ("keyed.decrypt", {"engine": lambda: keyed.decrypt(nonce, wire, aad),
+                           "raw": lambda: prebuilt.decrypt(nonce, wire, aad),
+                           "tink": lambda: tp.decrypt(tw, aad)},
+         "<=1.3x raw time and faster than Tink" if small else ">=0.95x raw"),
+    ]
+    for name, cells, target in rows:
+        _row(f"{name} {_label(size)}", compare(cells, rounds, sample_s), "engine", target, results)
 
 
 def xchacha(sizes: list[int], rounds: int, sample_s: float, results: list[dict[str, Any]]) -> None:
@@ -145,25 +152,30 @@ def xchacha(sizes: list[int], rounds: int, sample_s: float, results: list[dict[s
     print(f"XChaCha20-Poly1305 (engine: {route.provider} <= {route.limit} B < {route.large_provider}; "
           f"target >= 1.0x the best single provider, >= 1.5x Tink at 64 KiB and 1 MiB, faster than Tink "
           "at 64 B and 1 KiB)")
-    urandom = os.urandom
     enc, dec = b.crypto_aead_xchacha20poly1305_ietf_encrypt, b.crypto_aead_xchacha20poly1305_ietf_decrypt
     for size in sizes:
-        pt = os.urandom(size)
-        s = api.encrypt("XCHACHA20-POLY1305", key, pt, aad)
-        nonce, wire = s.nonce, s.ciphertext_and_tag
-        tw = tp.encrypt(pt, aad)
-        e_cells: dict[str, Cell] = {"engine": lambda: api.encrypt("XCHACHA20-POLY1305", key, pt, aad),
-                                    "sodium": lambda: enc(pt, aad, urandom(24), key),
-                                    "tink": lambda: tp.encrypt(pt, aad)}
-        d_cells: dict[str, Cell] = {"engine": lambda: api.open("XCHACHA20-POLY1305", key, s, aad),
-                                    "sodium": lambda: dec(wire, aad, nonce, key),
-                                    "tink": lambda: tp.decrypt(tw, aad)}
-        for name, impl in kernels.items():
-            e_cells[name] = lambda impl=impl: impl.cipher(key).encrypt(urandom(24), pt, aad)
-            d_cells[name] = lambda impl=impl: impl.cipher(key).decrypt(nonce, wire, aad)
-        target = ">=1.0x best provider, >=1.5x Tink" if size >= 65536 else ">=1.0x best provider, >1x Tink"
-        _row(f"encrypt {_label(size)}", compare(e_cells, rounds, sample_s), "engine", target, results)
-        _row(f"open {_label(size)}", compare(d_cells, rounds, sample_s), "engine", target, results)
+        _xchacha_size(size, api, key, aad, tp, kernels, enc, dec, rounds, sample_s, results)
+
+
+def _xchacha_size(size: int, api: Any, key: bytes, aad: bytes, tp: Any, kernels: dict[str, Any], enc: Any,
+                  dec: Any, rounds: int, sample_s: float, results: list[dict[str, Any]]) -> None:
+    urandom = os.urandom
+    pt = os.urandom(size)
+    s = api.encrypt("XCHACHA20-POLY1305", key, pt, aad)
+    nonce, wire = s.nonce, s.ciphertext_and_tag
+    tw = tp.encrypt(pt, aad)
+    e_cells: dict[str, Cell] = {"engine": lambda: api.encrypt("XCHACHA20-POLY1305", key, pt, aad),
+                                "sodium": lambda: enc(pt, aad, urandom(24), key),
+                                "tink": lambda: tp.encrypt(pt, aad)}
+    d_cells: dict[str, Cell] = {"engine": lambda: api.open("XCHACHA20-POLY1305", key, s, aad),
+                                "sodium": lambda: dec(wire, aad, nonce, key),
+                                "tink": lambda: tp.decrypt(tw, aad)}
+    for name, impl in kernels.items():
+        e_cells[name] = lambda impl=impl: impl.cipher(key).encrypt(urandom(24), pt, aad)
+        d_cells[name] = lambda impl=impl: impl.cipher(key).decrypt(nonce, wire, aad)
+    target = ">=1.0x best provider, >=1.5x Tink" if size >= 65536 else ">=1.0x best provider, >1x Tink"
+    _row(f"encrypt {_label(size)}", compare(e_cells, rounds, sample_s), "engine", target, results)
+    _row(f"open {_label(size)}", compare(d_cells, rounds, sample_s), "engine", target, results)
 
 
 def ed25519(rounds: int, sample_s: float, results: list[dict[str, Any]]) -> None:
