@@ -53,13 +53,17 @@ OPENSSL_AVX512_OFF = ":~0xC0230000"
 _TOKEN = re.compile(r"^[a-z0-9_.-]{1,64}$")
 
 
-def parse(text: str) -> frozenset[str]:
+def parse(text: str, *, strict: bool = True) -> frozenset[str]:
     """The removed tokens of a mask string (``-token`` entries, comma or space separated).
 
-    ``+token`` entries and anything without a sign are ignored: the mask only removes.
+    ``+token`` entries and anything without a sign are ignored: the mask only removes. With
+    ``strict=False`` a malformed token is dropped instead of refused: plugin discovery uses
+    that, so an odd mask never breaks loading, while the engine (:func:`effective`) refuses it
+    when it builds a table and the operator learns of it there.
 
     Raises:
-        PolicyError: ``text`` is not a string, or a token has characters outside ``a-z0-9_.-``.
+        PolicyError: ``text`` is not a string, or (strict) a token has characters outside
+            ``a-z0-9_.-``.
     """
     if not isinstance(text, str):
         raise PolicyError(f"mask: expected a string, got {type(text).__name__}")
@@ -68,6 +72,8 @@ def parse(text: str) -> frozenset[str]:
         if entry.startswith("-") and len(entry) > 1:
             token = entry[1:].lower()
             if not _TOKEN.match(token):
+                if not strict:
+                    continue
                 raise PolicyError("mask: a token may hold only a-z, 0-9, '_', '.' and '-' (at most 64)")
             out.add(token)
     return frozenset(out)

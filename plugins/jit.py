@@ -145,7 +145,8 @@ def mask_tokens(mask: str | None = None) -> frozenset[str]:
     """
     if mask is not None and not isinstance(mask, str):
         raise PolicyError(f"mask: expected a string, got {type(mask).__name__}")
-    return isa_mask.parse(os.environ.get(MASK_ENV, "") if mask is None else mask)
+    # Lenient: discovery must not fail on an odd mask; the engine refuses it when it builds a table.
+    return isa_mask.parse(os.environ.get(MASK_ENV, "") if mask is None else mask, strict=False)
 
 
 def _masked_by(info: KernelInfo, tokens: frozenset[str]) -> str | None:
@@ -403,7 +404,18 @@ def xps_register_providers(registry: Any) -> None:
     for provider in ready:
         registry.add(provider)
     if not ready and status().state == "cold" and hasattr(registry, "add_later"):
-        registry.add_later(_warmed_providers, provides=(PROVIDER_NAME, COMPOSITE_PROVIDER_NAME))
+        registry.add_later(_warmed_providers, provides=(PROVIDER_NAME, COMPOSITE_PROVIDER_NAME),
+                           version=_numba_version())
+
+
+def _numba_version() -> str:
+    """numba's installed version, read from its metadata (importing numba takes a second)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"numba {version('numba')}"
+    except PackageNotFoundError:
+        return "numba missing"
 
 
 def _warmed_providers() -> tuple[Provider, ...]:

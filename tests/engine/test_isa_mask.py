@@ -112,3 +112,10 @@ def test_importing_cryptography_first_is_reported_not_hidden() -> None:
     value, said = _child(code, "-avx512").splitlines()
     assert value == "None"
     assert said.startswith("requested, but OpenSSL was loaded before")
+
+
+@pytest.mark.parametrize("bad", ["-jit;rm", "-" + "a" * 65, "-jït", "-:"])
+def test_lenient_parse_drops_odd_tokens_and_keeps_the_rest(bad: str) -> None:
+    assert isa_mask.parse(f"{bad} -jit", strict=False) == {"jit"}
+    with pytest.raises(PolicyError):
+        isa_mask.parse(f"{bad} -jit")
