@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from xpscerpto.config import XpsConfig
+from xpscerpto.engine import Engine
 from xpscerpto.errors import ErrorCode, XpsError
 
 from . import context
@@ -28,14 +29,40 @@ CHANGE_TIMEOUT = 30.0
 
 def cmd_providers(args: argparse.Namespace) -> int:
     """Print the routing table: operation -> provider, and why others were not chosen."""
-    eng = context.engine(args)
+    from dataclasses import replace
+
+    from xpscerpto import _tuner, isa_mask
+    from xpscerpto._autotune import load_cache
+    from xpscerpto.plugins import jit
+
+    from .tune import describe_route
+
+    cfg = context.config(args).engine
+    # What a running engine would route once tuned: the cached measurement, if this machine
+    # has one for these providers (measuring here would make a listing take seconds).
+    eng = Engine(replace(cfg, autotune=False))
+    mask = isa_mask.effective(cfg.isa_mask)
+    tuning = "off" if not _tuner.enabled(cfg) else "not measured yet on this machine (xps tune)"
+    if _tuner.enabled(cfg):
+        cached = load_cache(_tuner.cache_path(), eng.tuning_fingerprint())
+        if cached is not None:
+            eng.use_tuning(cached)
+            tuning = f"measured {cached.created} (cached)"
     table, state = eng.table, eng.state
+    jit_status = jit.status()
     data = {
         "table_version": table.version,
+        "autotune": tuning,
+        "isa_mask": sorted(mask),
+        "openssl_avx512": isa_mask.openssl_demotion(cfg.isa_mask),
+        "jit": {"state": jit_status.state, "reason": jit_status.reason},
         "providers": [{"name": p.name, "backend": p.backend, "version": p.version,
                        "priority": p.priority, "constant_time": p.constant_time,
                        "operations": list(p.operations)} for p in state.providers],
-        "routes": {op: {"provider": r.provider, "backend": r.backend,
+        "routes": {op: {"provider": r.provider, "backend": r.backend, "chosen_by": r.chosen_by,
+                        "limit": r.limit, "large_provider": r.large_provider,
+                        "keyed_provider": r.keyed_provider, "keyed_limit": r.keyed_limit,
+                        "keyed_large_provider": r.keyed_large_provider,
                         "candidates": [{"provider": c.provider, "excluded": c.excluded}
                                        for c in r.candidates]}
                    for op, r in table.routes.items()},
@@ -44,16 +71,20 @@ def cmd_providers(args: argparse.Namespace) -> int:
     }
 
     def text() -> None:
-        print(f"routing table v{table.version}")
-        print(f"  {'operation':<24} {'provider':<10} also offered by")
+        print(f"routing table v{table.version}; autotune: {tuning}; incident mask: "
+              f"{' '.join('-' + t for t in sorted(mask)) or 'none'}")
+        print(f"  {'operation':<24} {'served by':<32} also offered by")
         for op, r in table.routes.items():
-            others = ", ".join(f"{c.provider} ({c.excluded})" for c in r.candidates if c.excluded) or "-"
-            print(f"  {op:<24} {r.provider:<10} {others}")
+            others = ", ".join(f"{c.provider} ({c.excluded})" for c in r.candidates
+                               if c.excluded and c.provider not in r.providers) or "-"
+            print(f"  {op:<24} {describe_route(r):<32} {others}")
         for op, reason in table.unrouted.items():
-            print(f"  {op:<24} {'-':<10} NOT ROUTED: {reason}")
+            print(f"  {op:<24} {'-':<32} NOT ROUTED: {reason}")
         print("providers:")
         for p in state.providers:
-            print(f"  {p.name:<10} priority {p.priority:<4} {p.backend}")
+            print(f"  {p.name:<12} priority {p.priority:<4} {p.backend}")
+        print(f"  jit kernels: {jit_status.state}: {jit_status.reason}")
+        print(f"  OpenSSL AVX-512: {data['openssl_avx512']}")
         for f in state.failures:
             print(f"  FAILED plugin {f.plugin}: {f.reason}")
 
@@ -170,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     from xpscerpto.signing.cli import add_trust_commands
 
     from .home import add_home_commands
+    from .tune import add_tune_commands
 
     add_home_commands(sub)
+    add_tune_commands(sub)
     add_operator_commands(sub)
     add_trust_commands(sub)
     add_audit_commands(sub)

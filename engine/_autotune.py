@@ -60,11 +60,16 @@ __all__ = [
     "tune",
 ]
 
-def fingerprint(providers: Iterable[Provider], mask: str) -> str:
-    """What the measurements depend on: CPU, Python build, providers and their versions, the mask."""
+def fingerprint(providers: Iterable[Provider], mask: str, deferred: Iterable[str] = ()) -> str:
+    """What the measurements depend on: CPU, Python build, providers and their versions, the mask.
+
+    ``deferred`` describes providers prepared after start (names and version, e.g.
+    ``"jit,jit-openssl|numba 0.68.1"``), so that the fingerprint is the same before and after
+    their warm-up: ``xps providers`` can find a tuned engine's result without warming up.
+    """
     cpu = _cpu_identity()
     parts = [cpu, platform.python_implementation(), platform.python_version(), mask,
-             *sorted(f"{p.name}|{p.version}|{p.backend}" for p in providers)]
+             *sorted(f"{p.name}|{p.version}|{p.backend}" for p in providers), *sorted(f"later:{d}" for d in deferred)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

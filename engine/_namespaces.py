@@ -53,7 +53,8 @@ class _OpAPI(Generic[R_co]):
     @property
     def provider(self) -> str | None:
         """The provider currently serving this operation."""
-        return self._engine.table.provider_for(self._op)
+        self._engine.prepare(self._op)
+        return self._engine._table.provider_for(self._op)
 
 
 def _forward(method: Callable[Concatenate[R_co, P], T]) -> Callable[Concatenate[_OpAPI[R_co], P], T]:

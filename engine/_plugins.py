@@ -61,21 +61,23 @@ class ProviderRegistry:
 
     providers: dict[str, Provider] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
-    deferred: list[tuple[str, tuple[str, ...], Callable[[], Iterable[Provider]]]] = field(default_factory=list)
+    deferred: list[tuple[str, tuple[str, ...], str, Callable[[], Iterable[Provider]]]] = field(default_factory=list)
     _current_plugin: str = "?"
 
-    def add_later(self, source: object, *, provides: tuple[str, ...]) -> None:
+    def add_later(self, source: object, *, provides: tuple[str, ...], version: str = "") -> None:
         """Register providers that need slow preparation (compiling kernels) before they exist.
 
         An engine that tunes itself calls ``source()`` on its background thread after start,
         self-tests what it returns, and only then may route to it; an engine that does not
         tune, or whose configuration or incident mask excludes every name in ``provides``,
-        never calls it. ``source`` returns no providers when preparation failed.
+        never calls it. ``source`` returns no providers when preparation failed. ``version``
+        (of what the source builds with, e.g. numba's) is part of the autotune cache key.
         """
         if not callable(source) or not isinstance(provides, tuple) or not all(isinstance(n, str) for n in provides):
             self.failures.append(PluginFailure(self._current_plugin, "add_later: needs a callable and provider names"))
             return
-        self.deferred.append((self._current_plugin, provides, cast("Callable[[], Iterable[Provider]]", source)))
+        self.deferred.append((self._current_plugin, provides, str(version),
+                              cast("Callable[[], Iterable[Provider]]", source)))
 
     def add(self, provider: Provider) -> None:
         """Register ``provider``; an invalid one is recorded as a failure, not raised."""

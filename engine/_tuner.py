@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._autotune import TuneResult, fingerprint, load_cache, save_cache, tune
+from ._autotune import TuneResult, load_cache, save_cache, tune
 from .interfaces import OPERATIONS
 
 if TYPE_CHECKING:
@@ -60,12 +60,14 @@ def candidates(table: RoutingTable) -> dict[str, dict[str, object]]:
     return out
 
 
-def tune_table(table: RoutingTable, mask: frozenset[str], *, use_cache: bool = True, path: Path | None = None,
+def tune_table(table: RoutingTable, fp: str, *, use_cache: bool = True, path: Path | None = None,
                budget: float = 0.02, rounds: int = 5,
                progress: Callable[[int, int], None] | None = None) -> TuneResult:
-    """Measure (or load from the cache) the winners for ``table``'s eligible implementations."""
+    """Measure (or load from the cache) the winners for ``table``'s eligible implementations.
+
+    ``fp`` is the engine's :meth:`~xpscerpto.engine.Engine.tuning_fingerprint`.
+    """
     cands = candidates(table)
-    fp = fingerprint(table.providers, ",".join(sorted(mask)))
     where = path or cache_path()
     if use_cache:
         cached = load_cache(where, fp)

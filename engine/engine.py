@@ -97,7 +97,7 @@ class EngineState:
     providers: tuple[Provider, ...]
     failures: tuple[PluginFailure, ...]
     selftests: tuple[KatResult, ...]
-    deferred: tuple[tuple[str, tuple[str, ...], Callable[[], Iterable[Provider]]], ...] = ()
+    deferred: tuple[tuple[str, tuple[str, ...], str, Callable[[], Iterable[Provider]]], ...] = ()
 
 
 class Engine:
@@ -106,7 +106,10 @@ class Engine:
     Args:
         config: routing policy, nonce mode and preferences (default: permissive, auto nonce).
         plugins: extra plugin objects registered after the built-ins (embedders, tests).
-        lazy: defer loading providers and self-tests until the first call.
+        lazy: defer loading providers until the first call, and run each operation's
+            self-tests before its first use (FIPS 140-3 allows that) instead of all at start.
+            The module-level API's default engine is lazy: ``import xpscerpto`` and one
+            AEAD call pay for that one algorithm's self-test only.
 
     Raises:
         PolicyError: ``config`` is not an EngineConfig, ``plugins`` not an iterable, or
@@ -133,6 +136,10 @@ class Engine:
         self._auth_listeners: tuple[AuthListener, ...] = ()
         self._tuned: TuneResult | None = None
         self._background: threading.Thread | None = None
+        self._untested: frozenset[str] = frozenset()
+        self._lazy = lazy
+        self._base_providers: tuple[Provider, ...] = ()
+        self._deferred_done = False
         # Version 0 routes nothing: a call misses, and its error path starts the engine
         # (see route_missing), so a lazy engine costs its callers nothing once started.
         self._table: RoutingTable = RoutingTable.empty()
@@ -148,23 +155,24 @@ class Engine:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load plugins, run the power-on self-tests, publish the first table (idempotent)."""
+        """Load plugins, run the power-on self-tests, publish the first table (idempotent).
+
+        A lazy engine runs each operation's self-tests before its first use instead (see
+        :meth:`selftest`): its first table routes nothing yet, and a call's miss runs the
+        tests of its own operation and retries.
+        """
         with self._lock:
             if self._state is not None:
                 return
-            from xpscerpto.kat import run_selftest
-
             from ._plugins import load_providers
 
             registry = load_providers(self._plugins, autoload=self._config.autoload_plugins)
             providers = tuple(sorted(registry.providers.values(), key=lambda p: p.name))
-            results = []
-            for p in providers:
-                for op, impl in sorted(p.implementations.items()):
-                    results.append(run_selftest(p.name, op, OPERATIONS[op].kind, impl,
-                                                p.kat.get(op, ())))
-            self._state = EngineState(providers, tuple(registry.failures), tuple(results),
-                                      tuple(registry.deferred))
+            every = frozenset(op for p in providers for op in p.implementations)
+            self._untested = every if self._lazy else frozenset()
+            results = () if self._lazy else _run_selftests(providers, every)
+            self._state = EngineState(providers, tuple(registry.failures), results, tuple(registry.deferred))
+            self._base_providers = providers
             self.publish(self.build_table())
             from . import _tuner  # not at import: measuring code is for after start
 
@@ -211,7 +219,9 @@ class Engine:
         config = self._config
         mask = isa_mask.effective(config.isa_mask)
         added: list[Provider] = []
-        for plugin, names, source in state.deferred:
+        if self._deferred_done:
+            return ()
+        for plugin, names, _version, source in state.deferred:
             wanted = [n for n in names if (config.providers is None or n in config.providers) and n not in mask]
             if not wanted:
                 continue  # nothing it would prepare could be routed: do not pay for it
@@ -219,8 +229,7 @@ class Engine:
                 added.extend(p for p in source() if isinstance(p, Provider))
             except Exception as exc:
                 _log().warning("plugin %s: deferred providers failed: %s", plugin, type(exc).__name__)
-        with self._lock:
-            self._state = replace(self._state, deferred=()) if self._state is not None else None
+        self._deferred_done = True
         return self.add_providers(added) if added else ()
 
     def add_providers(self, providers: Iterable[Provider]) -> tuple[Provider, ...]:
@@ -258,16 +267,27 @@ class Engine:
         start; ``xps tune`` in the foreground). Calls in flight finish on the table they
         loaded; new calls use the winners.
         """
-        from . import _tuner, isa_mask
+        from . import _tuner
 
         table = self.table
-        result = _tuner.tune_table(table, isa_mask.effective(table.build_config.isa_mask
-                                                              if table.build_config else self._config.isa_mask),
-                                   use_cache=use_cache, progress=progress, budget=budget, rounds=rounds)
+        result = _tuner.tune_table(table, self.tuning_fingerprint(), use_cache=use_cache, progress=progress,
+                                   budget=budget, rounds=rounds)
         with self._lock:
             self._tuned = result
             self.rebuild()
         return result
+
+    def tuning_fingerprint(self) -> str:
+        """What an autotune result for this engine depends on (the cache key): CPU, Python, the
+        providers loaded at start and those plugins prepare later, and the incident mask."""
+        from . import isa_mask
+        from ._autotune import fingerprint
+
+        table = self.table
+        mask = isa_mask.effective(table.build_config.isa_mask if table.build_config else self._config.isa_mask)
+        assert self._state is not None
+        later = [f"{','.join(names)}|{version}" for _, names, version, _ in self._state.deferred]
+        return fingerprint(self._base_providers, ",".join(sorted(mask)), later)
 
     def use_tuning(self, result: TuneResult | None) -> RoutingTable:
         """Publish a table that applies ``result`` (one measured elsewhere, or None for static).
@@ -291,14 +311,15 @@ class Engine:
             PolicyError: ``providers`` holds something that is not a Provider record.
         """
         with self._lock:
-            current = self.table
+            self.start()
+            current = self._table
             provs = current.providers if providers is None else tuple(providers)
             if any(not isinstance(p, Provider) for p in provs):
                 raise PolicyError("providers: expected Provider records")
             config = current.build_config or self._config
             failures = {**current.kat_failures, **self._kat_failures()}
             table = build_table(provs, config, version=current.version + 1, kat_failures=failures,
-                                on_fault=self._report_fault, tuned=self._tuned)
+                                on_fault=self._report_fault, tuned=self._tuned, pending=self._untested)
             self.publish(table)
             return table
 
@@ -315,16 +336,50 @@ class Engine:
 
     @property
     def state(self) -> EngineState:
-        """Providers, plugin failures and self-test results (starts the engine if needed)."""
+        """Providers, plugin failures and every self-test result (starts the engine and runs
+        the self-tests not run yet)."""
         self.start()
+        if self._untested:
+            self.selftest()
         assert self._state is not None
         return self._state
 
     @property
     def table(self) -> RoutingTable:
-        """The routing table in force now (starts the engine if needed)."""
+        """The routing table in force now, every operation self-tested (introspection: a call
+        reads the table directly and self-tests only its own operation, on first use)."""
         self.start()
+        if self._untested:
+            self.selftest()
         return self._table
+
+    def selftest(self, operations: Iterable[str] | None = None) -> tuple[KatResult, ...]:
+        """Run the self-tests not run yet (of ``operations``, default all) and publish a table
+        that routes the tested operations; returns the results of this run.
+
+        Each provider's implementation of an operation runs the engine's vectors for it and
+        the provider's own; a failure keeps that implementation out of every table.
+        """
+        self.start()
+        with self._lock:
+            todo = self._untested if operations is None else self._untested & frozenset(operations)
+            if not todo:
+                return ()
+            assert self._state is not None
+            results = _run_selftests(self._state.providers, todo)
+            self._state = replace(self._state, selftests=(*self._state.selftests, *results))
+            self._untested = self._untested - todo
+            self.rebuild()
+            return results
+
+    def prepare(self, algorithm: object) -> None:
+        """Error path of a call that missed: start the engine, self-test the algorithm's operation."""
+        self.start()
+        from ._routing import OPERATION_OF
+
+        op = OPERATION_OF.get(algorithm) if isinstance(algorithm, str) else None
+        if op is not None and op in self._untested:
+            self.selftest((op,))
 
     def build_table(self, providers: Iterable[Provider] | None = None,
                     config: EngineConfig | None = None) -> RoutingTable:
@@ -346,10 +401,13 @@ class Engine:
             bad = next((p for p in providers if not isinstance(p, Provider)), None)
             if bad is not None:
                 raise PolicyError(f"providers: expected Provider records, got {describe(bad)}")
-        state = self.state
+        self.start()
+        state = self._state
+        assert state is not None
         provs = state.providers if providers is None else providers
         return build_table(provs, config or self._config, version=self._table.version + 1,
-                           kat_failures=self._kat_failures(), on_fault=self._report_fault, tuned=self._tuned)
+                           kat_failures=self._kat_failures(), on_fault=self._report_fault, tuned=self._tuned,
+                           pending=self._untested)
 
     def add_fault_listener(self, listener: FaultListener) -> None:
         """Call ``listener(provider, operation, exc)`` when a routed provider raises unexpectedly.
@@ -449,14 +507,34 @@ class Engine:
         from the first real table; otherwise it raises the PolicyError naming why nothing
         serves the operation.
         """
-        if table.version == 0:
-            self.start()
+        if table.version == 0 or operation in table.pending:
+            self.prepare(operation)
             try:
                 return select(self._table)[operation]
             except KeyError:
                 table = self._table
         reason = table.unrouted.get(operation, "not routed")
         raise PolicyError(f"{operation}: not available ({reason})")
+
+
+def _run_selftests(providers: Iterable[Provider], operations: frozenset[str]) -> tuple[KatResult, ...]:
+    """Each provider's implementation of each of ``operations``, against its vectors."""
+    from xpscerpto.kat import run_selftest
+
+    return tuple(run_selftest(p.name, op, OPERATIONS[op].kind, impl, p.kat.get(op, ()))
+                 for p in providers for op, impl in sorted(p.implementations.items()) if op in operations)
+
+
+def _pending(table: RoutingTable, algo: object) -> bool:
+    """Whether ``algo`` missed only because its self-test has not run (error path)."""
+    # Only a str (or the AEAD enum, a str) can be a name; hashing anything else may raise
+    # (a released view: ValueError), and so may a str subclass's own __hash__.
+    if not isinstance(algo, str):
+        return False
+    try:
+        return algo in table.pending
+    except Exception:
+        return False
 
 
 def _log() -> Any:
@@ -544,8 +622,8 @@ class AeadAPI:
         except Exception as exc:
             if secret is not None:
                 key = secret
-            if table.version == 0:  # first call on a lazy engine: the lookup missed before anything ran
-                self._engine.start()
+            if table.version == 0 or _pending(table, algo):  # first use: start, self-test, retry
+                self._engine.prepare(algo)
                 return self.encrypt(algo, key, plaintext, aad, nonce, nonce_reuse=nonce_reuse)
             err = _aead_error(table, algo, exc, key, nonce, "encrypt", nonce_required=False,
                               inputs=(("plaintext", plaintext, PolicyError), ("aad", aad, PolicyError)))
@@ -600,8 +678,8 @@ class AeadAPI:
         except Exception as exc:
             if secret is not None:
                 key = secret
-            if table.version == 0:  # first call on a lazy engine: the lookup missed before anything ran
-                self._engine.start()
+            if table.version == 0 or _pending(table, algo):  # first use: start, self-test, retry
+                self._engine.prepare(algo)
                 return self.decrypt(algo, key, nonce, ciphertext, tag, aad)
             err = _aead_error(table, algo, exc, key, nonce, "decrypt", nonce_required=True,
                               inputs=(("ciphertext", ciphertext, PolicyError), ("tag", tag, AuthError),
@@ -643,8 +721,8 @@ class AeadAPI:
         except Exception as exc:
             if secret is not None:
                 key = secret
-            if table.version == 0:  # first call on a lazy engine: the lookup missed before anything ran
-                self._engine.start()
+            if table.version == 0 or _pending(table, algo):  # first use: start, self-test, retry
+                self._engine.prepare(algo)
                 return self.open(algo, key, sealed, aad)
             if type(sealed) is not Sealed:
                 raise PolicyError(f"sealed: expected a Sealed, got {describe(sealed)}") from None
@@ -691,7 +769,8 @@ class AeadAPI:
         Raises:
             PolicyError: unknown or unavailable algorithm.
         """
-        table = self._engine.table
+        self._engine.prepare(algo)
+        table = self._engine._table
         try:
             r = table.aead[algo]
         except Exception as exc:
@@ -832,7 +911,8 @@ class KeyedAead:
         self._nonces: dict[bytes, int] | None = {} if nonce_reuse == "refuse" else None
         self._key = _own_copy(key)
         try:
-            self._bound = self._bind(engine.table)
+            engine.prepare(algo)
+            self._bound = self._bind(engine._table)
         except BaseException:
             self._key.wipe()
             raise
@@ -846,6 +926,9 @@ class KeyedAead:
             large = None if r.keyed_large is r.keyed_cipher else r.keyed_large(self._key._buf)
             bound = _Bound(table.version, r, small, self._nonces, large)
         except Exception as exc:
+            if _pending(table, self._algo):  # a table published since, for another operation's first use
+                self._engine.prepare(self._algo)
+                return self._bind(self._engine._table)
             raise _aead_error(table, self._algo, exc, self._key, None, "keyed", nonce_required=False,
                               inputs=()) from None
         # One attribute holds version and cipher together, so no call pairs a new table with an

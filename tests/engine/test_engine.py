@@ -14,20 +14,27 @@ from xpscerpto.interfaces import OPERATIONS
 ALL_NAMES = {name for op, spec in OPERATIONS.items() for name in (op, *spec.aliases)}
 
 
-def test_lazy_engine_starts_on_first_call_and_publishes_version_1() -> None:
+def test_lazy_engine_starts_on_first_call_and_self_tests_only_that_operation() -> None:
     eng = xps.Engine(lazy=True)
     assert eng._table.version == 0 and eng._state is None
     key = bytes(32)
     sealed = eng.aead.encrypt("AES-256-GCM", key, b"first call")
-    assert eng._table.version == 1
+    # Version 1: started, nothing self-tested yet; version 2: AES-256-GCM tested and routed.
+    assert eng._table.version == 2
+    assert eng._state is not None and {r.operation for r in eng._state.selftests} == {"aead.aes256gcm"}
+    assert "AES-256-GCM" not in eng._table.pending and "CHACHA20-POLY1305" in eng._table.pending
     assert eng.aead.open("AES-256-GCM", key, sealed) == b"first call"
+    assert eng._table.version == 2  # no more publishing once the operation is tested
+    assert all(r.passed for r in eng.state.selftests)  # introspection runs the rest
+    assert eng._table.pending == frozenset() and len({r.operation for r in eng._state.selftests}) > 5
 
 
 def test_lazy_engine_first_call_to_signature_api_starts_it() -> None:
     eng = xps.Engine(lazy=True)
     pk, sk = eng.ed25519.generate_keypair()
     eng.ed25519.verify(pk, b"m", eng.ed25519.sign(sk, b"m"))
-    assert eng._table.version == 1
+    assert eng._table.version == 2
+    assert eng._state is not None and {r.operation for r in eng._state.selftests} == {"sig.ed25519"}
 
 
 def test_publish_refuses_out_of_order_versions() -> None:
@@ -290,3 +297,71 @@ def test_the_keyed_encrypt_hot_path_runs_one_engine_frame() -> None:
     keyed = xps.aead.keyed("AES-256-GCM", bytes(32))
     frames = _python_frames_during(lambda: keyed.encrypt(b"x" * 64))
     assert frames == ["test_engine.py:<lambda>", "engine.py:encrypt"]
+
+
+class _WrongAesGcm:
+    """A provider whose AES-256-GCM gives wrong ciphertexts: its self-test must fail."""
+
+    @staticmethod
+    @xps.hookspecs.hookimpl
+    def xps_register_providers(registry: object) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from xpscerpto.interfaces import Aead, Provider
+
+        class Wrong(Aead):
+            key_sizes = (32,)
+            nonce_size = 12
+            tag_size = 16
+
+            def cipher(self, key: object) -> object:
+                inner = AESGCM(bytes(32))  # ignores the key
+
+                class C:
+                    def encrypt(self, n: bytes, d: bytes, a: bytes) -> bytes:
+                        return inner.encrypt(n, d, a)
+
+                    def decrypt(self, n: bytes, d: bytes, a: bytes) -> bytes:
+                        return inner.decrypt(n, d, a)
+                return C()
+
+        registry.add(Provider("wrong", "test", "1", {"aead.aes256gcm": Wrong()}, priority=1000))  # type: ignore[attr-defined]
+
+
+def test_a_lazy_engine_never_routes_an_implementation_whose_first_use_self_test_fails() -> None:
+    eng = xps.Engine(EngineConfig(autotune=False), plugins=[_WrongAesGcm], lazy=True)
+    key = bytes(range(32))
+    s = eng.aead.encrypt("AES-256-GCM", key, b"m")  # 'wrong' has the higher priority, but failed its test
+    assert eng._table.routes["aead.aes256gcm"].provider == "openssl"
+    reasons = {c.provider: c.excluded for c in eng._table.routes["aead.aes256gcm"].candidates}
+    assert reasons["wrong"].startswith("self-test failed")
+    assert eng.aead.open("AES-256-GCM", key, s) == b"m"
+    only = xps.Engine(EngineConfig(autotune=False, providers=("wrong",)), plugins=[_WrongAesGcm], lazy=True)
+    with pytest.raises(xps.PolicyError, match="self-test failed"):
+        only.aead.encrypt("AES-256-GCM", key, b"m")
+
+
+def test_threads_racing_the_first_use_of_a_lazy_engine_all_succeed_and_test_once() -> None:
+    eng = xps.Engine(EngineConfig(autotune=False), lazy=True)
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def first_use(i: int) -> None:
+        start.wait()
+        try:
+            key = bytes([i]) * 32
+            algo = ("AES-256-GCM", "CHACHA20-POLY1305")[i % 2]
+            assert eng.aead.open(algo, key, eng.aead.encrypt(algo, key, b"m")) == b"m"
+            pk, sk = eng.ed25519.generate_keypair()
+            eng.ed25519.verify(pk, b"m", eng.ed25519.keyed(sk).sign(b"m"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_use, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    tested = [(r.provider, r.operation) for r in eng._state.selftests]  # type: ignore[union-attr]
+    assert len(tested) == len(set(tested))  # each implementation tested once
+    assert {op for _, op in tested} == {"aead.aes256gcm", "aead.chacha20poly1305", "sig.ed25519"}
