@@ -102,7 +102,7 @@ def run_demo(eng: Engine) -> int:
     # The demo's own reference to the first table must not outlive the hot-patch step: that
     # table's drain is journaled in the step's temporary home when the last reference goes.
     del table
-    if not _hot_patch(eng) or not _keyring(eng) or not _channel(eng):
+    if not _hot_patch(eng) or not _keyring(eng) or not _channel(eng) or not _measured(eng):
         return 1
     print("\ndemo complete" if not failed else "\ndemo complete, but some self-tests FAILED")
     return 0 if not failed else 1
@@ -144,6 +144,7 @@ def _hot_patch(eng: Engine) -> bool:
         svc = WatchService(eng, inbox, home, plan=StagePlan(canary_share=0.25, canary_seconds=0.5,
                                                             dual_run_seconds=0.5)).start()
         stop, calls, failures = threading.Event(), [0], []
+        patched_from = eng.table.provider_for(op)
 
         def traffic() -> None:
             key = bytes(range(32))
@@ -160,7 +161,7 @@ def _hot_patch(eng: Engine) -> bool:
         try:
             for w in workers:
                 w.start()
-            print(f"  before: {op} served by {eng.table.provider_for(op)}; 2 threads calling it")
+            print(f"  before: {op} served by {patched_from}; 2 threads calling it")
             part = inbox / "xchacha20-openssl-1.0.0.capsule.part"
             part.write_bytes(raw)
             part.rename(inbox / "xchacha20-openssl-1.0.0.capsule")
@@ -185,7 +186,11 @@ def _hot_patch(eng: Engine) -> bool:
                 w.join()
             svc.stop()
         print(f"  {calls[0]} calls during swap and rollback, {len(failures)} failed")
-        return eng.table.provider_for(op) == "sodium" and not failures and calls[0] > 0
+        ok = eng.table.provider_for(op) == patched_from and not failures and calls[0] > 0
+        if not ok:
+            print(f"  ERROR: expected {op} back on {patched_from} with every call served; "
+                  f"first failures: {failures[:3]}")
+        return ok
 
 
 def _keyring(eng: Engine) -> bool:
@@ -270,3 +275,20 @@ def _channel(eng: Engine) -> bool:
         return True
 
     return asyncio.run(run())
+
+
+def _measured(eng: Engine) -> bool:
+    """Autotune in miniature: measure openssl against sodium per size and call shape, route the winners."""
+    from dataclasses import replace
+
+    from .tune import describe_route
+
+    _step("12. dispatch: measure the providers per size bucket and call shape, route the winners")
+    tuned = Engine(replace(eng.config, providers=("openssl", "sodium"), autotune=False))
+    result = tuned.autotune(budget=0.004, rounds=3)
+    ops = sorted({m.operation for m in result.measurements})
+    for op in ops:
+        print(f"  {op:<24} {describe_route(tuned.table.routes[op])}")
+    print(f"  {len(result.measurements)} measurements (result of {result.created}, cached for the engines of "
+          "this machine); `xps tune` shows winner and runner-up with their figures")
+    return bool(ops)

@@ -13,6 +13,7 @@ import select
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import NoReturn
 
 from xpscerpto.config import XpsConfig
@@ -29,8 +30,6 @@ CHANGE_TIMEOUT = 30.0
 
 def cmd_providers(args: argparse.Namespace) -> int:
     """Print the routing table: operation -> provider, and why others were not chosen."""
-    from dataclasses import replace
-
     from xpscerpto import _tuner, isa_mask
     from xpscerpto._autotune import load_cache
     from xpscerpto.plugins import jit
@@ -116,7 +115,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run the main job end to end (see xpscerpto.cli.demo)."""
     from .demo import run_demo
 
-    return run_demo(context.engine(args))
+    # Autotune off: the demo narrates one routing table and checks each step against it; a
+    # background measurement publishing another table mid-demo would change the story (step
+    # 12 shows measured routing on an engine of its own).
+    return run_demo(Engine(replace(context.config(args).engine, autotune=False)))
 
 
 def cmd_config(args: argparse.Namespace) -> int:
