@@ -79,8 +79,12 @@ def tls_context(pki: dict[str, Path], server: bool) -> ssl.SSLContext:
 
 
 def channel_parts(pki: dict[str, Path], name: str) -> tuple[Any, Any]:
+    from xpscerpto import default_engine
     from xpscerpto.channel import Identity, Trust
 
+    # Measure what a service sees once it has run a while: the background warm-up and
+    # autotune have finished (in each process: client and servers both call this).
+    default_engine().wait_tuned(300)
     return (Identity.load(pki[name], pki[f"{name}_key"]), Trust.load([pki["root"]], [pki["crls"]]))
 
 
