@@ -245,7 +245,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         answer = request(home.socket, {"cmd": "rollback", "target": args.target, "to": args.to,
                                        "operator": args.operator}, timeout=CHANGE_TIMEOUT)
     except NoEngineRunning:
-        cap = rollback_offline(home, args.target, to=args.to, operator=args.operator)
+        cap = rollback_offline(home, args.target, to=args.to, operator=args.operator,
+                               config_document=context.config(args).to_mapping())
         print(f"rolled back {cap.name} {cap.version} in the committed state (no engine running)")
         return 0
     r = result(answer).get("rolled_back") or {}

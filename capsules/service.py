@@ -40,8 +40,9 @@ class WatchService:
         base = config or XpsConfig.defaults()
         h = home if isinstance(home, Home) else Home.resolve(home)
         audit = AuditLog(h.audit, checkpoint_every=base.audit.checkpoint_every)
-        self.updater = Updater(engine, h, gates=gates, plan=plan, limits=limits, operator=operator, audit=audit)
         self.config = replace(base, engine=engine.config)
+        self.updater = Updater(engine, h, gates=gates, plan=plan, limits=limits, operator=operator, audit=audit,
+                               config_document=self.config.to_mapping())
         self._overrides_path = self.updater.home.root / "overrides.json"
         self.control = ControlServer(self.updater, self.updater.home.socket, service=self)
 
@@ -65,7 +66,8 @@ class WatchService:
         self.updater.reconfigure(
             self.config.engine,
             gates=replace(self.updater.gates, max_slowdown=self.config.hotpatch.max_slowdown),
-            plan=replace(self.updater.plan, canary_share=self.config.hotpatch.canary_share))
+            plan=replace(self.updater.plan, canary_share=self.config.hotpatch.canary_share),
+            config_document=self.config.to_mapping())
         self.updater.restore()
         try:
             self.control.start()
@@ -84,7 +86,7 @@ class WatchService:
         h = new.hotpatch
         gates = replace(self.updater.gates, max_slowdown=h.max_slowdown)
         plan = replace(self.updater.plan, canary_share=h.canary_share)
-        self.updater.reconfigure(new.engine, gates=gates, plan=plan)
+        self.updater.reconfigure(new.engine, gates=gates, plan=plan, config_document=new.to_mapping())
         self.config = new
         return new
 

@@ -40,6 +40,7 @@ from ._verifier import VerifiedCapsule, verify_capsule
 from .format import Limits, parse_version
 from .isolate import Gates, validate_isolated
 from .loader import load_provider
+from .policy_record import config_digest, policy_fields
 from .refusal import Refusal, refuse
 from .store import ActiveCapsule, CapsuleStore, RoutingState, state_lock
 
@@ -96,8 +97,12 @@ class Updater:
 
     def __init__(self, engine: Engine, home: str | Path | Home | None = None, *, gates: Gates = Gates(),
                  plan: StagePlan = StagePlan(), limits: Limits = Limits(), operator: str = "local",
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), audit: AuditLog | None = None) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), audit: AuditLog | None = None,
+                 config_document: Mapping[str, Any] | None = None) -> None:
         self.engine = engine
+        # The whole effective configuration when a service runs us (its digest goes into
+        # PATCH_ENABLE / PATCH_ROLLBACK); engine config, gates, plan and limits are always counted.
+        self._config_document = config_document
         self.home = home if isinstance(home, Home) else Home.resolve(home)
         self.gates, self.plan, self.limits, self.operator, self._clock = gates, plan, limits, operator, clock
         self.store = CapsuleStore(self.home)
@@ -195,7 +200,8 @@ class Updater:
         # state file; a crash between the two leaves an ENABLE that the restart's state denies
         # (the journal over-reports, never under-reports).
         self._audit("PATCH_ENABLE", sha256=sha, name=m.name, version=m.version, operations=list(cap.operations),
-                    publisher=sorted(capsule.signed_by), operator=operator, table_version=table.version)
+                    publisher=sorted(capsule.signed_by), operator=operator, table_version=table.version,
+                    policy=self._policy(capsule.signed_by, cap.operations))
         state.save(self.home.state)
         self._state = state
         self._publish(table)
@@ -222,7 +228,8 @@ class Updater:
                 return
             self._publish(self._table_for(self._state.active))
             self._audit("PATCH_ROLLBACK", sha256=loaded.capsule.sha256, name=m.name, version=m.version,
-                        phase=mode, operator="auto", reason=problem)
+                        phase=mode, operator="auto", reason=problem,
+                        policy=self._policy(loaded.capsule.signed_by, m.operations))
             fault = Refusal.CANARY_FAULT if mode == "canary" else Refusal.DUAL_RUN_FAULT
             raise refuse(fault, f"{mode}: {problem}; previous routing restored")
         finally:
@@ -263,16 +270,18 @@ class Updater:
             restore = ActiveCapsule(m.name, m.version, restore_sha, tuple(sorted(m.operations)))
         state = self._state.disable(cap, operator=operator, restore=restore)
         table = self._table_for(state.active)
+        gone = self._loaded.get(cap.sha256)
         self._audit("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
                     to=restore.version if restore else "built-in", operator=operator, reason=reason,
-                    table_version=table.version)
+                    table_version=table.version,
+                    policy=self._policy(gone.capsule.signed_by if gone else (), cap.operations))
         state.save(self.home.state)
         self._state = state
         self._publish(table)
         return cap
 
     def reconfigure(self, engine_config: EngineConfig, *, gates: Gates | None = None,
-                    plan: StagePlan | None = None) -> RoutingTable:
+                    plan: StagePlan | None = None, config_document: Mapping[str, Any] | None = None) -> RoutingTable:
         """Apply an (audited, emergency) configuration change: republish routing under it.
 
         Before :meth:`restore` it routes the built-in providers only; restore then verifies
@@ -283,6 +292,8 @@ class Updater:
                 self.gates = gates
             if plan is not None:
                 self.plan = plan
+            if config_document is not None:
+                self._config_document = config_document
             active = self._state.active if self._restored else ()
             return self._publish(self._table_for(active, config=engine_config), config=engine_config)
 
@@ -436,8 +447,15 @@ class Updater:
     def _audit(self, event: str, **fields: Any) -> None:
         self.audit.record(event, **fields)
 
+    def _policy(self, publishers: Any, operations: Any) -> dict[str, Any]:
+        """Trust-store digest, the signers' pins with their allow-lists, the configuration digest."""
+        digest = config_digest(self._config_document, self.engine.config.to_mapping(), self.gates, self.plan,
+                               self.limits)
+        return policy_fields(TrustStore.load(self.home.trust), publishers, operations, digest)
 
-def rollback_offline(home: Home, target: str, *, to: str | None = None, operator: str = "local") -> ActiveCapsule:
+
+def rollback_offline(home: Home, target: str, *, to: str | None = None, operator: str = "local",
+                     config_document: Mapping[str, Any] | None = None) -> ActiveCapsule:
     """Roll back in the committed state when no engine runs (verified again at next start)."""
     with state_lock(home):
         state = RoutingState.load(home.state)
@@ -452,7 +470,9 @@ def rollback_offline(home: Home, target: str, *, to: str | None = None, operator
         new.save(home.state)
     AuditLog(home.audit).record("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
                                 to=restore.version if restore else "built-in", operator=operator,
-                                mode="offline", reason="operator request")
+                                mode="offline", reason="operator request",
+                                policy=policy_fields(TrustStore.load(home.trust), (), cap.operations,
+                                                     config_digest(config_document)))
     return cap
 
 
