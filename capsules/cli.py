@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from xpscerpto._atomic import atomic_write
+from xpscerpto.errors import XpsError
 from xpscerpto.settings import Policy
 from xpscerpto.signing import TrustStore, generate_keypair, load_private_key, load_public_key
 
@@ -208,6 +209,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"active  {a['name']} {a['version']} ({a['sha256'][:12]}) {', '.join(a['operations'])}")
         if data.get("staging"):
             print(f"staging {data['staging']}")
+        for r in data.get("refused", ()):
+            print(f"refused {r['name']} {r['version']} ({str(r['sha256'])[:12]}) at start: {r['detail']}; "
+                  f"not routed (drop the same capsule again to restore its file, or `xps rollback {r['name']}`)")
         for r in data["retired"]:
             print(f"retired {r['name']} {r['version']} ({str(r['sha256'])[:12]})")
         for e in data["events"]:
@@ -221,12 +225,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _offline_status(home: Any) -> dict[str, Any]:
     from xpscerpto.audit import AuditLog
 
-    from .store import RoutingState
+    from .store import CapsuleStore, RoutingState
 
     state = RoutingState.load(home.state)
+    store = CapsuleStore(home)
+    refused = []
+    for a in state.active:
+        try:
+            store.get(a.sha256)
+        except XpsError as exc:
+            refused.append({"name": a.name, "version": a.version, "sha256": a.sha256,
+                            "reason": str(exc.reason), "detail": str(exc)})
     active = {a.sha256 for a in state.active}
-    retired = {e["sha256"]: e for e in state.history if e.get("sha256") not in active}
-    return {"running": False, "table_version": None, "routes": {}, "staging": None,
+    retired = {e.get("sha256"): e for e in state.history if e.get("sha256") not in active}
+    return {"running": False, "table_version": None, "routes": {}, "staging": None, "refused": refused,
             "active": [{"name": a.name, "version": a.version, "sha256": a.sha256,
                         "operations": list(a.operations)} for a in state.active],
             "retired": [{k: e.get(k) for k in ("name", "version", "sha256")} for e in retired.values()],

@@ -116,6 +116,8 @@ class RoutingState:
             raise refuse(Refusal.STATE, f"state {str(path)!r}: unreadable ({exc})") from None
         try:
             history = tuple(doc.get("history", ()))
+            if not all(isinstance(e, dict) for e in history):
+                raise TypeError("history entries must be objects")
             enabled: dict[str, dict[str, str]] = {n: dict(v) for n, v in doc.get("enabled", {}).items()}
             if "enabled" not in doc:  # written before "enabled" existed: what the history still shows
                 for e in history:
@@ -148,12 +150,19 @@ class CapsuleStore:
         self.dir = home.capsules
 
     def put(self, raw: bytes) -> str:
-        """Store ``raw`` (idempotent); returns its SHA-256."""
+        """Store ``raw`` (idempotent; a damaged copy under that name is replaced); returns its SHA-256."""
         sha = hashlib.sha256(raw).hexdigest()
         path = self.dir / f"{sha}.capsule"
-        if not path.exists():
+        if not self.intact(sha):
             atomic_write(path, raw, 0o600)
         return sha
+
+    def intact(self, sha256: str) -> bool:
+        """Whether the stored copy of ``sha256`` exists, is readable and still has that hash."""
+        try:
+            return hashlib.sha256((self.dir / f"{sha256}.capsule").read_bytes()).hexdigest() == sha256
+        except OSError:
+            return False
 
     def get(self, sha256: str) -> bytes:
         """The stored bytes; their hash is checked against the name."""

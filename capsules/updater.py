@@ -111,6 +111,7 @@ class Updater:
         self._loaded: dict[str, _Loaded] = {}
         self._state = RoutingState()
         self._restored = False
+        self._held: dict[str, dict[str, str]] = {}  # sha256 -> why its stored file was refused at start
         self._staging: str | None = None  # capsule name under canary/dual-run
         self._stage_fault: queue.Queue[str] = queue.Queue()
         self._faults: queue.Queue[tuple[str, str] | None] = queue.Queue()
@@ -123,15 +124,28 @@ class Updater:
     def restore(self) -> RoutingTable:
         """Re-verify and load the committed active capsules, then publish their table.
 
-        A capsule that no longer verifies (key unpinned, expired, store tampered) is dropped
-        from the committed state with a PATCH_REJECT event; the rest stay routed.
+        A capsule that no longer verifies (key unpinned, expired, refused by policy) is dropped
+        from the committed state with a PATCH_REJECT event; the rest stay routed. A capsule whose
+        *stored file* is missing or damaged is a storage fault, not a decision: it is refused
+        (not routed, PATCH_REJECT with ``held``), stays in the committed state and is listed
+        under ``refused`` by :meth:`status` until its file is restored (re-drop the capsule) or
+        an operator rolls it back.
         """
         with self._lock, state_lock(self.home):
             state = RoutingState.load(self.home.state)
-            keep = []
+            keep: list[ActiveCapsule] = []
+            held: dict[str, dict[str, str]] = {}
             for cap in state.active:
                 try:
                     raw = self.store.get(cap.sha256)
+                except XpsError as exc:
+                    held[cap.sha256] = {"name": cap.name, "version": cap.version, "sha256": cap.sha256,
+                                        "reason": str(exc.reason), "detail": str(exc)}
+                    self._audit("PATCH_REJECT", sha256=cap.sha256, name=cap.name, version=cap.version,
+                                phase="restore", reason=exc.reason, detail=str(exc), held=True)
+                    keep.append(cap)
+                    continue
+                try:
                     # The child validates again before this process runs the code: a capsule that
                     # crashes must not crash-loop the engine at every start.
                     validate_isolated(self._verify(raw, state, cap.version), {},
@@ -142,9 +156,10 @@ class Updater:
                     self._audit("PATCH_REJECT", sha256=cap.sha256, name=cap.name, version=cap.version,
                                 phase="restore", reason=exc.reason, detail=str(exc))
             if tuple(keep) != state.active:
-                state = RoutingState(tuple(keep), state.highest, state.history)
+                state = RoutingState(tuple(keep), state.highest, state.history, state.enabled)
                 state.save(self.home.state)
             self._state = state
+            self._held = held
             self._restored = True
             self._publish(self._table_for(state.active))
             return self.engine.table
@@ -177,7 +192,10 @@ class Updater:
                 raise
 
     def _apply(self, raw: bytes, sha: str, operator: str) -> ActiveCapsule:
-        capsule = self._verify(raw, self._state)
+        # The same capsule dropped again repairs a stored file refused at start: its version is
+        # the committed one, so the downgrade check must let exactly that version through.
+        held = self._held.get(sha)
+        capsule = self._verify(raw, self._state, held["version"] if held else None)
         m = capsule.manifest
         self._audit("PATCH_VERIFY", sha256=sha, name=m.name, version=m.version,
                     publisher=sorted(capsule.signed_by), operator=operator)
@@ -195,7 +213,8 @@ class Updater:
                 self._trial(loaded, mode, seconds, operator)
 
         state = self._state.enable(cap, operator=operator)
-        table = self._table_for(state.active)
+        held = {k: h for k, h in self._held.items() if h["name"] != m.name}  # replaced (or repaired) now
+        table = self._table_for(state.active, held=held)
         # Journal first: if the journal refuses, nothing is enabled. The commit point is the
         # state file; a crash between the two leaves an ENABLE that the restart's state denies
         # (the journal over-reports, never under-reports).
@@ -204,6 +223,7 @@ class Updater:
                     policy=self._policy(capsule.signed_by, cap.operations))
         state.save(self.home.state)
         self._state = state
+        self._held = held
         self._publish(table)
         # A KAT re-check in the live process, now that the provider serves traffic.
         failure = self._kat_failure(loaded)
@@ -277,6 +297,7 @@ class Updater:
                     policy=self._policy(gone.capsule.signed_by if gone else (), cap.operations))
         state.save(self.home.state)
         self._state = state
+        self._held.pop(cap.sha256, None)
         self._publish(table)
         return cap
 
@@ -318,6 +339,7 @@ class Updater:
             "active": [{"name": a.name, "version": a.version, "sha256": a.sha256,
                         "operations": list(a.operations)} for a in self._state.active],
             "staging": self._staging,
+            "refused": list(self._held.values()),
             "retired": retired,
             "highest": dict(self._state.highest),
             "events": self.audit.tail(events),
@@ -371,12 +393,15 @@ class Updater:
         return out
 
     def _all_providers(self, active: tuple[ActiveCapsule, ...]) -> list[Provider]:
-        return [*self.engine.state.providers, *(self._loaded[a.sha256].provider for a in active)]
+        return [*self.engine.state.providers,
+                *(self._loaded[a.sha256].provider for a in active if a.sha256 not in self._held)]
 
     def _table_for(self, active: tuple[ActiveCapsule, ...], trial: tuple[_Loaded, str] | None = None,
-                   config: EngineConfig | None = None) -> RoutingTable:
+                   config: EngineConfig | None = None, held: Mapping[str, Any] | None = None) -> RoutingTable:
         config = config or self.engine.config
-        providers = self._all_providers(active)
+        held = self._held if held is None else held
+        active = tuple(a for a in active if a.sha256 not in held)  # committed, but refused at start
+        providers = [*self.engine.state.providers, *(self._loaded[a.sha256].provider for a in active)]
         prefer = dict(config.prefer)
         for a in active:  # later capsules win for the operations they share
             for op in a.operations:

@@ -1,0 +1,87 @@
+"""A damaged capsule store or state file is a refusal the operator sees, never a silent reset.
+
+Issue 10, items 4 and 9: real ``xps watch`` / ``xps status`` processes over a real home.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .test_cli_service import NAME, OP, Watcher, audit_events, published, status, wait_for, watchers, xps
+
+__all__ = ["published", "watchers"]  # fixtures, re-exported for pytest
+
+DAMAGE: dict[str, Callable[[Path], None]] = {
+    "deleted": lambda p: p.unlink(),
+    "emptied": lambda p: p.write_bytes(b""),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "corrupted": lambda p: p.write_bytes(bytes([p.read_bytes()[0] ^ 1]) + p.read_bytes()[1:]),
+}
+
+
+def _enabled(home: Path, inbox: Path, capsule: Path, watchers: list[Watcher]) -> str:
+    w = Watcher(home, inbox)
+    watchers.append(w)
+    (inbox / NAME).write_bytes(capsule.read_bytes())
+    wait_for(lambda: status(home)["active"] != [], "the capsule to be enabled")
+    w.stop()
+    return str(status(home)["active"][0]["sha256"])
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_stored_capsule_is_refused_at_start_shown_and_audited(  # type: ignore[no-untyped-def]
+        damage: str, published, tmp_path: Path, watchers) -> None:
+    capsule, _, home = published
+    inbox = tmp_path / "inbox"
+    sha = _enabled(home, inbox, capsule, watchers)
+    DAMAGE[damage](home / "capsules" / f"{sha}.capsule")
+
+    # Offline: the committed state still names the capsule, and status says it cannot start.
+    offline = status(home)
+    assert [a["sha256"] for a in offline["active"]] == [sha]
+    assert [r["sha256"] for r in offline["refused"]] == [sha]
+    assert "refused xchacha20-openssl 1.0.0" in xps(home, "status").stdout
+
+    # A restart serves the built-in provider, audits the refusal, keeps the committed state.
+    watchers.append(Watcher(home, inbox))
+    live = status(home)
+    assert live["routes"][OP] == "sodium"
+    assert [r["sha256"] for r in live["refused"]] == [sha]
+    reject = [e for e in audit_events(home) if e["event"] == "PATCH_REJECT" and e.get("phase") == "restore"][-1]
+    assert reject["sha256"] == sha and reject["held"] is True
+    assert reject["reason"] in ("state", "digest-mismatch")
+    assert [a["sha256"] for a in json.loads((home / "state.json").read_bytes())["active"]] == [sha]
+
+    # Dropping the same capsule again repairs the store and routes it; nothing is refused now.
+    (inbox / "again.capsule").write_bytes(capsule.read_bytes())
+    wait_for(lambda: status(home)["routes"][OP] == "xchacha20-openssl", "the repaired capsule to route")
+    assert status(home)["refused"] == []
+    assert (home / "capsules" / f"{sha}.capsule").read_bytes() == capsule.read_bytes()
+
+
+def test_an_operator_can_roll_back_a_capsule_refused_at_start(published, tmp_path: Path, watchers) -> None:  # type: ignore[no-untyped-def]
+    capsule, _, home = published
+    inbox = tmp_path / "inbox"
+    sha = _enabled(home, inbox, capsule, watchers)
+    (home / "capsules" / f"{sha}.capsule").unlink()
+    watchers.append(Watcher(home, inbox))
+    assert "in the running engine" in xps(home, "rollback", "xchacha20-openssl").stdout
+    after = status(home)
+    assert after["active"] == [] and after["refused"] == [] and after["routes"][OP] == "sodium"
+
+
+@pytest.mark.parametrize("history", [[1, 2], ["x"], [None], {"a": 1}, "abc"])
+def test_status_on_a_malformed_state_history_is_one_typed_line(  # type: ignore[no-untyped-def]
+        history: object, published, tmp_path: Path, watchers) -> None:
+    capsule, _, home = published
+    _enabled(home, tmp_path / "inbox", capsule, watchers)
+    doc = json.loads((home / "state.json").read_bytes())
+    doc["history"] = history
+    (home / "state.json").write_text(json.dumps(doc))
+    out = xps(home, "status", check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1 and "XPS_ERR_UPDATE" in out.stderr and "state.json" in out.stderr
