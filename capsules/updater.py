@@ -194,8 +194,8 @@ class Updater:
     def _apply(self, raw: bytes, sha: str, operator: str) -> ActiveCapsule:
         # The same capsule dropped again repairs a stored file refused at start: its version is
         # the committed one, so the downgrade check must let exactly that version through.
-        held = self._held.get(sha)
-        capsule = self._verify(raw, self._state, held["version"] if held else None)
+        repair = self._held.get(sha)
+        capsule = self._verify(raw, self._state, repair["version"] if repair else None)
         m = capsule.manifest
         self._audit("PATCH_VERIFY", sha256=sha, name=m.name, version=m.version,
                     publisher=sorted(capsule.signed_by), operator=operator)
