@@ -531,8 +531,9 @@ class AuditLog:
                     if found is not None:
                         return found
                 if size > 0:
-                    # Existing journal: a key problem must surface before anything is written.
-                    self._signing_key()
+                    # Existing journal: a key problem must surface before anything is written. A
+                    # new key is made only while no record was completed (a torn first write).
+                    self._signing_key(create=_last_newline(fd, size) < 0)
                 prefix, head, repair = self._head(fd, size)
                 written, main = self._build(head, repair, event, fields)
                 data = prefix + b"".join(_canonical(r) + b"\n" for r in written)
@@ -643,14 +644,14 @@ class AuditLog:
 
     # ------------------------------------------------------------------ keys
 
-    def _signing_key(self, *, publish: bool = True) -> Ed25519PrivateKey:
+    def _signing_key(self, *, publish: bool = True, create: bool = True) -> Ed25519PrivateKey:
         """The signing key, created on first use; ``publish`` also writes/checks the ``.pub`` file.
 
         A new journal signs its first record before the ``.pub`` exists: the ``.pub`` is written
         after that record, so a ``.pub`` beside an empty or missing log still means deletion.
         """
         if self._sk is None:
-            seed = _load_or_create_seed(self.key_path)
+            seed = _load_or_create_seed(self.key_path, create=create)
             try:
                 sk = Ed25519PrivateKey.from_private_bytes(seed)
             finally:
@@ -662,6 +663,37 @@ class AuditLog:
             _ensure_pub(self.pub_path, self._pub_hex)
             self._published = True
         return self._sk
+
+    def check_writable(self) -> None:
+        """Raise now what the next :meth:`record` would raise about the journal itself.
+
+        A service calls this before it starts, so a journal it could not continue (a last line
+        that is not a record, a missing or foreign signing key) stops it with one typed line
+        instead of failing later on a background thread. Writes nothing; a torn last line is
+        left for the next record to repair (and audit).
+
+        Raises:
+            AuditTampered: the last complete line is not a record.
+            KeyError_: the signing key is missing, unreadable or does not match ``.pub``.
+            InternalError: the journal cannot be opened.
+        """
+        with self._lock:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | _OPEN_FLAGS)
+            except FileNotFoundError:
+                return  # a new journal: the first record creates it and its key
+            except OSError as exc:
+                raise InternalError(f"audit journal {self.path}: cannot open ({exc.strerror})") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                size = os.fstat(fd).st_size
+                if size > 0:
+                    nl = _last_newline(fd, size)
+                    if nl >= 0:  # a complete record exists: its key must too
+                        self._signing_key(create=False)
+                    self._last_complete(fd, nl)
+            finally:
+                os.close(fd)
 
     # ------------------------------------------------------------------ reading
 
@@ -1037,9 +1069,12 @@ def _coerce_public_key(key: bytes | str) -> str:
 
 
 
-def _load_or_create_seed(path: Path) -> bytearray:
+def _load_or_create_seed(path: Path, *, create: bool = True) -> bytearray:
     try:
         if not path.exists() and not path.is_symlink():
+            if not create:
+                raise KeyError_(f"audit signing key {path}: missing while the journal holds records; restore it "
+                                f"from a backup (a new key could not continue the chain)")
             create_exclusive(path, os.urandom(32), 0o600)
         fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
     except OSError as exc:

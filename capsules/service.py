@@ -59,6 +59,9 @@ class WatchService:
 
     def start(self) -> WatchService:
         """Re-apply emergency overrides, restore the committed state, then open socket and inbox."""
+        # Every change is journalled first; a journal we cannot continue must stop us here,
+        # with one line, not on a background thread later.
+        self.updater.audit.check_writable()
         for key, value in self._overrides().items():
             self.config = self.config.emergency_change(key, value, operator="restart",
                                                        reason=f"re-applied from {self._overrides_path.name}",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import queue
 import threading
 import time
@@ -45,6 +46,8 @@ from .refusal import Refusal, refuse
 from .store import ActiveCapsule, CapsuleStore, RoutingState, state_lock
 
 __all__ = ["Drain", "StagePlan", "Updater"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,12 +431,19 @@ class Updater:
         return table
 
     def _report_drain(self, drain: Drain, new_version: int) -> None:
-        if drain.wait(self.plan.drain_timeout):
-            self._audit("PATCH_DRAINED", table_version=drain.table_version, replaced_by=new_version,
-                        seconds=round(drain.seconds or 0.0, 6))
-        else:
-            self._audit("PATCH_DRAIN_TIMEOUT", table_version=drain.table_version, replaced_by=new_version,
-                        seconds=self.plan.drain_timeout)
+        done = drain.wait(self.plan.drain_timeout)
+        try:
+            if done:
+                self._audit("PATCH_DRAINED", table_version=drain.table_version, replaced_by=new_version,
+                            seconds=round(drain.seconds or 0.0, 6))
+            else:
+                self._audit("PATCH_DRAIN_TIMEOUT", table_version=drain.table_version, replaced_by=new_version,
+                            seconds=self.plan.drain_timeout)
+        except XpsError as exc:
+            # A report about a finished cutover; the change itself was journalled before it was
+            # made. Say so on one line and keep serving rather than die with a traceback.
+            _log.error("xps: audit: %s not recorded: %s", "PATCH_DRAINED" if done else "PATCH_DRAIN_TIMEOUT",
+                       exc)
 
     def _on_provider_fault(self, provider: str, operation: str, exc: BaseException) -> None:
         # Error path of a call: only enqueue; the watcher thread does the rollback. Only the

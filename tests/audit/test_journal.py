@@ -750,6 +750,7 @@ def test_an_explicit_key_path_is_used(tmp_path: Path) -> None:
 def test_a_bad_key_file_is_refused(path: Path, content: bytes, mode: int, message: str) -> None:
     log = AuditLog(path)
     log.record("PATCH_LOAD")
+    before = read(path)
     key = path.with_suffix(".key")
     key.unlink()
     path.with_suffix(".pub").unlink()
@@ -841,3 +842,40 @@ def test_rate_limit_arguments_are_checked(path: Path) -> None:
         log.record_rate_limited("CRYPTO_FAIL_AUTH", 7, 1)  # type: ignore[arg-type]
     with pytest.raises(PolicyError):
         log.record_rate_limited("CRYPTO_FAIL_AUTH", "b", 1, suppressed=4)
+
+
+# --- a journal a service could not continue is refused before it starts (issue 10 item 9) -------
+
+def test_a_deleted_key_is_not_silently_replaced_once_records_exist(log: AuditLog, path: Path) -> None:
+    log.record("PATCH_LOAD")
+    before = read(path)
+    key = path.with_suffix(".key")
+    key.unlink()
+    fresh = AuditLog(path)
+    with pytest.raises(KeyError_) as ei:
+        fresh.record("PATCH_LOAD")
+    assert "restore it from a backup" in str(ei.value)
+    assert not key.exists()
+    with pytest.raises(KeyError_):
+        fresh.check_writable()
+    assert not key.exists() and read(path) == before
+
+
+def test_check_writable_refuses_a_malformed_last_line_and_writes_nothing(log: AuditLog, path: Path) -> None:
+    log.record("PATCH_LOAD")
+    log.check_writable()
+    with path.open("ab") as f:
+        f.write(b"garbage\n")
+    size = path.stat().st_size
+    with pytest.raises(AuditTampered):
+        AuditLog(path).check_writable()
+    assert path.stat().st_size == size
+
+
+def test_check_writable_accepts_a_new_or_torn_journal_and_creates_nothing(tmp_path: Path) -> None:
+    AuditLog(tmp_path / "new.log").check_writable()
+    assert list(tmp_path.iterdir()) == []
+    torn = tmp_path / "torn.log"
+    torn.write_bytes(b'{"seq":1,"ev')
+    AuditLog(torn).check_writable()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["torn.log"]

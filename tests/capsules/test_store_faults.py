@@ -85,3 +85,42 @@ def test_status_on_a_malformed_state_history_is_one_typed_line(  # type: ignore[
     out = xps(home, "status", check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.count("\n") == 1 and "XPS_ERR_UPDATE" in out.stderr and "state.json" in out.stderr
+
+
+def _garbage_line(home: Path) -> None:
+    with (home / "audit.log").open("ab") as f:
+        f.write(b"\x00garbage{\n")
+
+
+def test_watch_keeps_running_with_one_line_errors_when_the_journal_breaks(  # type: ignore[no-untyped-def]
+        published, tmp_path: Path, watchers) -> None:
+    capsule, _, home = published
+    inbox = tmp_path / "inbox"
+    w = Watcher(home, inbox)
+    watchers.append(w)
+    _garbage_line(home)
+    (inbox / NAME).write_bytes(capsule.read_bytes())
+    wait_for(lambda: (inbox / "rejected" / f"{NAME}.reason").exists()
+             or (inbox / "accepted" / f"{NAME}.result").exists(), "the drop to be filed")
+    # The journal could not record the change, so nothing changed: journal first, always.
+    assert (inbox / "rejected" / f"{NAME}.reason").exists()
+    assert status(home)["routes"][OP] == "sodium"
+    assert w.proc.poll() is None  # still serving
+    w.stop()
+    err = w.proc.stderr.read() if w.proc.stderr else ""
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage", ["garbage last line", "deleted audit.key"])
+def test_watch_refuses_to_start_on_a_broken_journal_with_one_line(  # type: ignore[no-untyped-def]
+        damage: str, published, tmp_path: Path, watchers) -> None:
+    _, _, home = published
+    w = Watcher(home, tmp_path / "inbox")  # writes the journal's first records and key
+    w.stop()
+    if damage == "deleted audit.key":
+        (home / "audit.key").unlink()
+    else:
+        _garbage_line(home)
+    out = xps(home, "watch", str(tmp_path / "inbox"), check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1 and "audit" in out.stderr
