@@ -140,7 +140,10 @@ class RoutingState:
         """Commit atomically."""
         # Compact: json.dumps with indent runs the pure-Python encoder, which holds the GIL for
         # milliseconds on a long history, while API calls on other threads wait for it.
-        atomic_write(path, json.dumps(self.to_json(), separators=(",", ":")).encode() + b"\n")
+        try:
+            atomic_write(path, json.dumps(self.to_json(), separators=(",", ":")).encode() + b"\n")
+        except OSError as exc:  # the old state stays committed (atomic_write leaves no temp file)
+            raise refuse(Refusal.IO, f"state {str(path)!r}: cannot write ({exc.strerror})") from None
 
 
 class CapsuleStore:
@@ -154,7 +157,10 @@ class CapsuleStore:
         sha = hashlib.sha256(raw).hexdigest()
         path = self.dir / f"{sha}.capsule"
         if not self.intact(sha):
-            atomic_write(path, raw, 0o600)
+            try:
+                atomic_write(path, raw, 0o600)
+            except OSError as exc:  # ENOSPC, EDQUOT, EIO: a refusal with a reason, never a bare OSError
+                raise refuse(Refusal.IO, f"capsule store: cannot write {sha[:12]} ({exc.strerror})") from None
         return sha
 
     def intact(self, sha256: str) -> bool:

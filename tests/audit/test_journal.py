@@ -750,7 +750,6 @@ def test_an_explicit_key_path_is_used(tmp_path: Path) -> None:
 def test_a_bad_key_file_is_refused(path: Path, content: bytes, mode: int, message: str) -> None:
     log = AuditLog(path)
     log.record("PATCH_LOAD")
-    before = read(path)
     key = path.with_suffix(".key")
     key.unlink()
     path.with_suffix(".pub").unlink()

@@ -6,6 +6,9 @@ Issue 10, items 4 and 9: real ``xps watch`` / ``xps status`` processes over a re
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,3 +127,35 @@ def test_watch_refuses_to_start_on_a_broken_journal_with_one_line(  # type: igno
     out = xps(home, "watch", str(tmp_path / "inbox"), check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.count("\n") == 1 and "audit" in out.stderr
+
+
+def test_a_full_disk_during_a_drop_is_a_typed_audited_refusal(published, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A real full file system: the watcher runs in its own mount namespace, where the home's
+    capsule store is a 64 KiB tmpfs filled to the last page before the capsule arrives."""
+    capsule, _, home = published
+    inbox = tmp_path / "inbox"
+    (home / "capsules").mkdir(exist_ok=True)
+    script = ('mount -t tmpfs -o size=64k xps-full "$1" && { head -c 1048576 /dev/zero > "$1/filler" 2>/dev/null; '
+              'true; } && exec "$2" -m xpscerpto --home "$3" watch "$4"')
+    unshare = ["unshare", "-m"] if os.getuid() == 0 else ["unshare", "-rm"]
+    proc = subprocess.Popen([*unshare, "sh", "-c", script, "sh", str(home / "capsules"), sys.executable,
+                             str(home), str(inbox)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("watching"), line + (proc.stderr.read() if proc.stderr else "")
+        (inbox / NAME).write_bytes(capsule.read_bytes())
+        reason = inbox / "rejected" / f"{NAME}.reason"
+        wait_for(reason.exists, "the refusal to be filed")
+        assert reason.read_text().startswith("io: ") and "capsule store: cannot write" in reason.read_text()
+        assert "No space left on device" in reason.read_text()
+        reject = [e for e in audit_events(home) if e["event"] == "PATCH_REJECT"][-1]
+        assert reject["reason"] == "io"
+        assert "PATCH_ENABLE" not in {e["event"] for e in audit_events(home)}
+        live = status(home)
+        assert live["routes"][OP] == "sodium" and live["active"] == []
+        assert proc.poll() is None  # still serving
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
