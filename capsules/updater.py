@@ -215,6 +215,7 @@ class Updater:
             if seconds > 0:
                 self._trial(loaded, mode, seconds, operator)
 
+        previous, previous_held = self._state, self._held
         state = self._state.enable(cap, operator=operator)
         held = {k: h for k, h in self._held.items() if h["name"] != m.name}  # replaced (or repaired) now
         table = self._table_for(state.active, held=held)
@@ -231,9 +232,28 @@ class Updater:
         # A KAT re-check in the live process, now that the provider serves traffic.
         failure = self._kat_failure(loaded)
         if failure is not None:
-            self._rollback(cap, None, operator="auto", reason=f"KAT re-check failed: {failure}")
+            self._undo_enable(previous, previous_held, cap, signed_by=capsule.signed_by,
+                              reason=f"KAT re-check failed: {failure}")
             raise refuse(Refusal.KAT_RECHECK, f"enable: KAT re-check failed after cutover ({failure}); rolled back")
         return cap
+
+    def _undo_enable(self, previous: RoutingState, previous_held: dict[str, dict[str, str]], cap: ActiveCapsule,
+                     *, signed_by: Any, reason: str) -> None:
+        """Put back exactly the state before ``cap`` was enabled: routing, active set, version memory.
+
+        A refused capsule must not count as seen (its version would block fixed releases below
+        it) nor take its predecessor down with it; only the history says it was tried.
+        """
+        before = next((a for a in previous.active if a.name == cap.name), None)
+        restored = previous.disable(cap, operator="auto")  # same active set and highest; a history entry
+        self._held = previous_held
+        table = self._table_for(restored.active)
+        self._audit("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
+                    to=before.version if before else "built-in", operator="auto", reason=reason,
+                    table_version=table.version, policy=self._policy(signed_by, cap.operations))
+        restored.save(self.home.state)
+        self._state = restored
+        self._publish(table)
 
     def _trial(self, loaded: _Loaded, mode: str, seconds: float, operator: str) -> None:
         """Route through a canary or dual-run implementation; roll back on the first fault."""

@@ -1,0 +1,61 @@
+"""Cutover and rollback logic under faults (issue 8): refusals leave state exactly as before,
+faults are charged to the table that raised them, rollbacks never cascade."""
+
+from __future__ import annotations
+
+import pytest
+import xpscerpto as xps
+from xpscerpto.capsules.build import build_capsule
+from xpscerpto.capsules.store import RoutingState
+from xpscerpto.capsules.updater import StagePlan
+
+from .test_updater import ALGO, OP, Publisher, _updater, publisher
+
+__all__ = ["publisher"]
+
+# Passes every check in the validation child and in the engine's first KAT run, then turns
+# wrong a moment later in the engine process only: the second in-engine KAT run fails.
+LATE_WRONG = ("    def cipher(self, key: Buffer) -> _Keyed:\n        return _Keyed(key)",
+              "    def cipher(self, key: Buffer) -> _Keyed:\n"
+              "        import sys, time\n"
+              "        spec = getattr(sys.modules['__main__'], '__spec__', None)\n"
+              "        in_child = getattr(spec, 'name', '') == 'xpscerpto.capsules._child'\n"
+              "        if not in_child and time.monotonic() - _IMPORTED > 0.3:\n"
+              "            return _Keyed(bytes(32))\n"
+              "        return _Keyed(key)")
+LATE_WRONG_HEAD = ("_MASK = 0xFFFFFFFF\n", "_MASK = 0xFFFFFFFF\nimport time as _t\n_IMPORTED = _t.monotonic()\n")
+
+
+def _late_wrong(publisher: Publisher, version: str) -> bytes:
+    publisher.capsule(version, module_patch=LATE_WRONG)  # writes the patched source folder
+    module = publisher.tmp / f"src-{version}" / "xchacha.py"
+    module.write_text(module.read_text().replace(*LATE_WRONG_HEAD))
+    return build_capsule(module.parent, [publisher.signer])
+
+
+def test_a_kat_recheck_refusal_leaves_routing_active_set_and_versions_as_before(publisher: Publisher) -> None:
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home, StagePlan(canary_seconds=0.6, dual_run_seconds=0, drain_timeout=10))
+    good = up.apply(publisher.capsule("1.0.2"))
+    before = RoutingState.load(publisher.home.state)
+    with pytest.raises(xps.UpdateError) as ei:
+        up.apply(_late_wrong(publisher, "5.0.0"))
+    assert ei.value.reason == "kat-recheck"
+    after = RoutingState.load(publisher.home.state)
+    assert after.active == before.active and [a.version for a in after.active] == ["1.0.2"]
+    assert after.highest == before.highest == {"xchacha20-openssl": "1.0.2"}
+    assert eng.table.provider_for(OP) == "xchacha20-openssl"
+    assert up.status()["active"][0]["sha256"] == good.sha256
+    key = bytes(range(32))
+    assert eng.aead.open(ALGO, key, eng.aead.encrypt(ALGO, key, b"m")) == b"m"
+    # The journal tells the story: enabled, rolled back to 1.0.2, refused.
+    events = [(e["event"], e.get("version"), e.get("to")) for e in up.audit.tail(30)]
+    assert ("PATCH_ROLLBACK", "5.0.0", "1.0.2") in events
+    assert events[-1][0] in ("PATCH_REJECT", "PATCH_DRAINED")
+    # A restart agrees (nothing half-committed) and 5.0.0 is not remembered as seen.
+    eng2 = xps.Engine()
+    up2 = _updater(eng2, publisher.home)
+    assert eng2.table.provider_for(OP) == "xchacha20-openssl"
+    assert [a["version"] for a in up2.status()["active"]] == ["1.0.2"]
+    # A fixed 1.0.3 is still acceptable: version memory did not jump to 5.0.0.
+    assert up2.apply(publisher.capsule("1.0.3")).version == "1.0.3"
