@@ -49,6 +49,10 @@ __all__ = ["Drain", "StagePlan", "Updater"]
 
 _log = logging.getLogger(__name__)
 
+#: How many recent tables' capsule attributions are kept (a call older than that many swaps
+#: that faults is not charged to anyone).
+_SERVING_TABLES = 256
+
 
 @dataclass(frozen=True, slots=True)
 class StagePlan:
@@ -117,9 +121,12 @@ class Updater:
         self._held: dict[str, dict[str, str]] = {}  # sha256 -> why its stored file was refused at start
         self._staging: str | None = None  # capsule name under canary/dual-run
         self._stage_fault: queue.Queue[str] = queue.Queue()
-        self._faults: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._faults: queue.Queue[tuple[str, str, int] | None] = queue.Queue()
+        # table version -> capsule name -> sha256 of the capsule that served under that name in
+        # that table: a fault is charged to the capsule of the table the faulting call used.
+        self._serving: dict[int, dict[str, str]] = {}
         self.last_drain: Drain | None = None
-        engine.add_fault_listener(self._on_provider_fault)
+        engine.add_table_fault_listener(self._on_provider_fault)
         threading.Thread(target=self._watch_faults, name="xps-fault-watch", daemon=True).start()
 
     # -- start-up ---------------------------------------------------------------------------
@@ -438,7 +445,14 @@ class Updater:
             providers.append(replace(loaded.provider, implementations=impls))
             for op in impls:
                 prefer[op] = loaded.provider.name
-        return self.engine.build_table(providers, replace(config, prefer=prefer))
+        table = self.engine.build_table(providers, replace(config, prefer=prefer))
+        serving = {a.name: a.sha256 for a in active}
+        if trial is not None:
+            serving[trial[0].provider.name] = trial[0].capsule.sha256
+        self._serving[table.version] = serving
+        for old in sorted(self._serving)[:-_SERVING_TABLES]:
+            del self._serving[old]
+        return table
 
     def _publish(self, table: RoutingTable, config: EngineConfig | None = None) -> RoutingTable:
         old = self.engine.publish(table, config=config)
@@ -465,29 +479,34 @@ class Updater:
             _log.error("xps: audit: %s not recorded: %s", "PATCH_DRAINED" if done else "PATCH_DRAIN_TIMEOUT",
                        exc)
 
-    def _on_provider_fault(self, provider: str, operation: str, exc: BaseException) -> None:
+    def _on_provider_fault(self, provider: str, operation: str, exc: BaseException, table_version: int) -> None:
         # Error path of a call: only enqueue; the watcher thread does the rollback. Only the
         # exception's type is kept: a provider's message could carry anything, secrets included.
-        self._faults.put((provider, f"{operation}: {type(exc).__name__}"))
+        self._faults.put((provider, f"{operation}: {type(exc).__name__}", table_version))
 
     def _watch_faults(self) -> None:
         while True:
             item = self._faults.get()
             if item is None:  # close()
                 return
-            provider, detail = item
+            provider, detail, table_version = item
             if provider == self._staging:
                 self._stage_fault.put(detail)
                 continue
+            sha = self._serving.get(table_version, {}).get(provider)
+            if sha is None:  # a built-in provider, or a table this updater did not build
+                continue
             # Rolling back takes the update lock, which apply() may hold through a canary; do
             # it on its own thread so faults of a staged capsule are never queued behind it.
-            threading.Thread(target=self._auto_rollback, args=(provider, detail), daemon=True,
+            threading.Thread(target=self._auto_rollback, args=(provider, sha, detail), daemon=True,
                              name="xps-auto-rollback").start()
 
-    def _auto_rollback(self, provider: str, detail: str) -> None:
+    def _auto_rollback(self, provider: str, sha: str, detail: str) -> None:
         try:
             with self._lock, state_lock(self.home):
-                cap = next((a for a in self._state.active if a.name == provider), None)
+                # Only the capsule that raised, and only while it is still active: faults of
+                # calls that were in flight on its table must not roll back what replaced it.
+                cap = next((a for a in self._state.active if a.sha256 == sha), None)
                 if cap is not None:
                     self._rollback(cap, None, operator="auto", reason=f"provider fault after enable: {detail}")
         except Exception as exc:  # never let a failed rollback pass silently, nor kill anything

@@ -65,6 +65,7 @@ KEYED_NONCE_LIMIT = 1 << 16
 NONCE_CACHE_SIZE = 1 << 16
 
 FaultListener = Callable[[str, str, BaseException], None]
+TableFaultListener = Callable[[str, str, BaseException, int], None]
 AuthListener = Callable[[str, str, str], None]
 NonceReuse = Literal["refuse", "caller"]
 
@@ -133,6 +134,7 @@ class Engine:
         self._lock = threading.RLock()
         self._state: EngineState | None = None
         self._fault_listeners: tuple[FaultListener, ...] = ()
+        self._table_fault_listeners: tuple[TableFaultListener, ...] = ()
         self._auth_listeners: tuple[AuthListener, ...] = ()
         self._tuned: TuneResult | None = None
         self._background: threading.Thread | None = None
@@ -319,7 +321,8 @@ class Engine:
             config = current.build_config or self._config
             failures = {**current.kat_failures, **self._kat_failures()}
             table = build_table(provs, config, version=current.version + 1, kat_failures=failures,
-                                on_fault=self._report_fault, tuned=self._tuned, pending=self._untested)
+                                on_fault=self._fault_sink(current.version + 1), tuned=self._tuned,
+                                pending=self._untested)
             self.publish(table)
             return table
 
@@ -405,8 +408,9 @@ class Engine:
         state = self._state
         assert state is not None
         provs = state.providers if providers is None else providers
-        return build_table(provs, config or self._config, version=self._table.version + 1,
-                           kat_failures=self._kat_failures(), on_fault=self._report_fault, tuned=self._tuned,
+        version = self._table.version + 1
+        return build_table(provs, config or self._config, version=version,
+                           kat_failures=self._kat_failures(), on_fault=self._fault_sink(version), tuned=self._tuned,
                            pending=self._untested)
 
     def add_fault_listener(self, listener: FaultListener) -> None:
@@ -422,10 +426,33 @@ class Engine:
         with self._lock:
             self._fault_listeners = (*self._fault_listeners, listener)
 
-    def remove_fault_listener(self, listener: FaultListener) -> None:
+    def remove_fault_listener(self, listener: FaultListener | TableFaultListener) -> None:
         """Stop calling ``listener`` (a no-op if it was never added)."""
         with self._lock:
-            self._fault_listeners = tuple(f for f in self._fault_listeners if f != listener)
+            self._fault_listeners = tuple(f for f in self._fault_listeners if f is not listener and f != listener)
+            self._table_fault_listeners = tuple(f for f in self._table_fault_listeners
+                                                if f is not listener and f != listener)
+
+    def add_table_fault_listener(self, listener: TableFaultListener) -> None:
+        """Like :meth:`add_fault_listener`, plus the version of the table whose route faulted.
+
+        A call keeps the table it loaded, so a fault can arrive after that table was replaced:
+        the version says which routing (and so which provider instance) it belongs to, which
+        is what lets an updater charge a fault to the capsule that raised it and not to the one
+        serving now. Remove it with :meth:`remove_fault_listener`.
+
+        Raises:
+            PolicyError: ``listener`` is not callable.
+        """
+        _callable(listener, "listener")
+        with self._lock:
+            self._table_fault_listeners = (*self._table_fault_listeners, listener)
+
+    def _fault_sink(self, version: int) -> Callable[[str, str, BaseException], None]:
+        """The fault report of one table's routes: each report carries that table's version."""
+        def sink(provider: str, operation: str, exc: BaseException) -> None:
+            self._report_fault(provider, operation, exc, version)
+        return sink
 
     def add_auth_failure_listener(self, listener: AuthListener) -> None:
         """Call ``listener(provider, operation, call)`` whenever a raw-API call fails authentication.
@@ -463,7 +490,7 @@ class Engine:
         with self._lock:
             self._auth_listeners = tuple(f for f in self._auth_listeners if f != listener)
 
-    def _report_fault(self, provider: str, operation: str, exc: BaseException) -> None:
+    def _report_fault(self, provider: str, operation: str, exc: BaseException, table_version: int = 0) -> None:
         # The routes report on one channel: authentication failures arrive as AuthFailure.
         if isinstance(exc, AuthFailure):
             for auth_listener in self._auth_listeners:
@@ -471,6 +498,8 @@ class Engine:
             return
         for listener in self._fault_listeners:
             listener(provider, operation, exc)
+        for table_listener in self._table_fault_listeners:
+            table_listener(provider, operation, exc, table_version)
 
     def publish(self, table: RoutingTable, *, config: EngineConfig | None = None) -> RoutingTable:
         """Install ``table`` as the one every new call uses; returns the table it replaced.

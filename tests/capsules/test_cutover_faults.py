@@ -3,6 +3,9 @@ faults are charged to the table that raised them, rollbacks never cascade."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import xpscerpto as xps
 from xpscerpto.capsules.build import build_capsule
@@ -59,3 +62,59 @@ def test_a_kat_recheck_refusal_leaves_routing_active_set_and_versions_as_before(
     assert [a["version"] for a in up2.status()["active"]] == ["1.0.2"]
     # A fixed 1.0.3 is still acceptable: version memory did not jump to 5.0.0.
     assert up2.apply(publisher.capsule("1.0.3")).version == "1.0.3"
+
+
+# Serves correctly through validation and enable, then raises on every encrypt in the engine
+# process (a latent bug that shows under traffic a moment after cutover).
+LATE_FAULT = ("        sub = ChaCha20Poly1305(hchacha20(self._key, nonce[:16]))\n"
+              "        return sub.encrypt(",
+              "        import sys, time\n"
+              "        spec = getattr(sys.modules['__main__'], '__spec__', None)\n"
+              "        if getattr(spec, 'name', '') != 'xpscerpto.capsules._child' and "
+              "time.monotonic() - _IMPORTED > 0.5:\n"
+              "            raise RuntimeError('latent bug')\n"
+              "        sub = ChaCha20Poly1305(hchacha20(self._key, nonce[:16]))\n"
+              "        return sub.encrypt(")
+
+
+def test_faults_of_a_rolled_back_capsule_are_not_charged_to_the_version_it_restored(publisher: Publisher) -> None:
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home)
+    up.apply(publisher.capsule("1.0.1"))
+    publisher.capsule("1.0.2", module_patch=LATE_FAULT)
+    module = publisher.tmp / "src-1.0.2" / "xchacha.py"
+    module.write_text(module.read_text().replace(*LATE_WRONG_HEAD))
+    bad = build_capsule(module.parent, [publisher.signer])
+
+    stop = threading.Event()
+    failures = [0]
+
+    def traffic() -> None:
+        key = bytes(range(32))
+        while not stop.is_set():
+            try:
+                eng.aead.encrypt(ALGO, key, b"x" * 64)
+            except xps.ProviderError:
+                failures[0] += 1
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        up.apply(bad)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            active = RoutingState.load(publisher.home.state).active
+            if [a.version for a in active] == ["1.0.1"]:
+                break
+            time.sleep(0.05)
+        time.sleep(1.0)  # every in-flight fault of 1.0.2 has been reported by now
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures[0] > 0  # the fault really happened under traffic
+    assert [a.version for a in RoutingState.load(publisher.home.state).active] == ["1.0.1"]
+    assert eng.table.provider_for(OP) == "xchacha20-openssl"
+    rollbacks = [e for e in up.audit.tail(200) if e["event"] == "PATCH_ROLLBACK"]
+    assert [(e["version"], e["to"]) for e in rollbacks] == [("1.0.2", "1.0.1")]

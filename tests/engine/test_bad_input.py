@@ -337,6 +337,8 @@ TYPED: dict[str, tuple[type[XpsError], Callable[[], object]]] = {
     "Engine.publish(None)": (PolicyError, lambda: Engine(lazy=True).publish(None)),  # type: ignore[arg-type]
     "Engine.build_table(5)": (PolicyError, lambda: Engine(lazy=True).build_table(5)),  # type: ignore[arg-type]
     "Engine.add_fault_listener(5)": (PolicyError, lambda: Engine(lazy=True).add_fault_listener(5)),  # type: ignore[arg-type]
+    "Engine.add_table_fault_listener(5)": (PolicyError,
+                                           lambda: Engine(lazy=True).add_table_fault_listener(5)),  # type: ignore[arg-type]
     "keyed nonce_reuse='x'": (PolicyError, lambda: xps.aead.keyed("AES-256-GCM", KEY, nonce_reuse="x")),  # type: ignore[arg-type]
     "encrypt nonce_reuse=None": (PolicyError, lambda: xps.aead.encrypt("AES-256-GCM", KEY, b"m", nonce=bytes(12),
                                                                       nonce_reuse=None)),  # type: ignore[arg-type]
@@ -374,6 +376,7 @@ PUBLIC: dict[str, Callable[..., Any]] = {
     "constant_time_eq": xps.constant_time_eq, "secure_wipe": xps.secure_wipe, "random_bytes": xps.random_bytes,
     "Engine": Engine, "Engine.publish": Engine.publish, "Engine.build_table": Engine.build_table,
     "Engine.add_fault_listener": Engine.add_fault_listener,
+    "Engine.add_table_fault_listener": Engine.add_table_fault_listener,
     "Engine.add_auth_failure_listener": Engine.add_auth_failure_listener,
 }
 
