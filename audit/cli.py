@@ -15,10 +15,26 @@ from typing import Any
 from xpscerpto.cli import context
 from xpscerpto.errors import PolicyError
 
-__all__ = ["add_audit_commands"]
+__all__ = ["add_audit_commands", "terminal_safe"]
 
 #: Chain and signature fields: ``tail`` shows what happened, ``verify`` checks these.
 _NOT_SHOWN = frozenset({"seq", "time", "event", "prev", "hash", "sig", "rsig", "key"})
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every non-printable character escaped (``\\n``, ``\\x1b``, ``\\u202e``).
+
+    Journal fields hold what others chose (a dropped file's name, a capsule's detail): printed
+    raw, a newline or an escape sequence in them would forge lines or rewrite the operator's
+    terminal.
+
+    Example:
+        >>> terminal_safe("evil.capsule\\n     7 PATCH_ENABLE")
+        'evil.capsule\\\\n     7 PATCH_ENABLE'
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -32,7 +48,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             sys.stdout.write("\n")
         for e in events if not args.json else ():
             extra = " ".join(f"{k}={e[k]}" for k in sorted(e) if k not in _NOT_SHOWN)
-            print(f"{e.get('seq', '?')!s:>6} {e.get('time', '?')} {e.get('event', '?')!s:<22} {extra}")
+            print(terminal_safe(f"{e.get('seq', '?')!s:>6} {e.get('time', '?')} {e.get('event', '?')!s:<22} {extra}"))
         return 0
     pub = _public_key(args.public_key) if args.public_key is not None else None
     anchor = _anchor(args.anchor) if getattr(args, "anchor", None) is not None else None

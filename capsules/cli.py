@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Routing table, active/retired capsules and recent events (live if an engine runs)."""
+    from xpscerpto.audit.cli import terminal_safe
     from xpscerpto.cli import context
 
     from .control import NoEngineRunning, request, result
@@ -200,23 +201,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         data = _offline_status(home)
 
     def text() -> None:
-        print(f"engine: {'running' if data['running'] else 'not running (committed state)'}")
+        for line in lines():
+            print(terminal_safe(line))
+
+    def lines() -> Iterator[str]:
+        yield f"engine: {'running' if data['running'] else 'not running (committed state)'}"
         if data.get("table_version") is not None:
-            print(f"routing table v{data['table_version']}")
+            yield f"routing table v{data['table_version']}"
             for op, provider in data["routes"].items():
-                print(f"  {op:<24} {provider}")
+                yield f"  {op:<24} {provider}"
         for a in data["active"]:
-            print(f"active  {a['name']} {a['version']} ({a['sha256'][:12]}) {', '.join(a['operations'])}")
+            yield f"active  {a['name']} {a['version']} ({a['sha256'][:12]}) {', '.join(a['operations'])}"
         if data.get("staging"):
-            print(f"staging {data['staging']}")
+            yield f"staging {data['staging']}"
         for r in data.get("refused", ()):
-            print(f"refused {r['name']} {r['version']} ({str(r['sha256'])[:12]}) at start: {r['detail']}; "
-                  f"not routed (drop the same capsule again to restore its file, or `xps rollback {r['name']}`)")
+            yield (f"refused {r['name']} {r['version']} ({str(r['sha256'])[:12]}) at start: {r['detail']}; "
+                   f"not routed (drop the same capsule again to restore its file, or `xps rollback {r['name']}`)")
         for r in data["retired"]:
-            print(f"retired {r['name']} {r['version']} ({str(r['sha256'])[:12]})")
+            yield f"retired {r['name']} {r['version']} ({str(r['sha256'])[:12]})"
         for e in data["events"]:
             extra = " ".join(f"{k}={e[k]}" for k in ("name", "version", "reason", "operator") if e.get(k))
-            print(f"  {e.get('time', '?')} {e.get('event', '?')!s:<20} {extra}")
+            yield f"  {e.get('time', '?')} {e.get('event', '?')!s:<20} {extra}"
 
     context.emit(args, data, text)
     return 0

@@ -54,8 +54,14 @@ class WatchService:
                 return InboxResult(False, reason, str(exc))
             return InboxResult(True, "accepted", f"enabled {cap.name} {cap.version} for {', '.join(cap.operations)}")
 
+        def refused(name: str, reason: str, detail: str) -> None:
+            # Refusals the folder makes before any verification (too large, not a regular file,
+            # unreadable, an outcome folder it will not write into) are audited like the rest.
+            self.updater.audit.record("PATCH_REJECT", phase="inbox", source=name, operator=operator,
+                                      reason=reason, detail=detail)
+
         self.inbox = Inbox(directory, handle, polling=polling, settle_seconds=settle_seconds,
-                           max_bytes=limits.max_capsule_bytes)
+                           max_bytes=limits.max_capsule_bytes, on_refused=refused)
 
     def start(self) -> WatchService:
         """Re-apply emergency overrides, restore the committed state, then open socket and inbox."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import logging
 import os
 import stat
@@ -31,7 +32,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from xpscerpto._atomic import atomic_write, fsync_dir
 from xpscerpto.errors import PolicyError
 
 from .refusal import Refusal
@@ -135,7 +135,8 @@ class Inbox:
 
     def __init__(self, directory: str | Path, handler: Handler, *, polling: bool | None = None,
                  settle_seconds: float = 0.5, poll_interval: float = 0.5, pattern: str = "*.capsule",
-                 max_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_bytes: int = 64 * 1024 * 1024,
+                 on_refused: Callable[[str, str, str], None] | None = None) -> None:
         if settle_seconds < 0:
             raise PolicyError("settle_seconds: must be >= 0")
         if poll_interval <= 0:
@@ -152,6 +153,7 @@ class Inbox:
         self._check = max(0.01, min(self._poll_interval, self._settle / 5))
         self._pattern = pattern
         self._max_bytes = max_bytes
+        self._on_refused = on_refused
 
         self._cond = threading.Condition()
         self._pending: dict[str, _Pending] = {}
@@ -395,12 +397,12 @@ class Inbox:
 
     def _process(self, name: str, path: Path, st: os.stat_result, key: _Key, entry: _Pending) -> None:
         if not stat.S_ISREG(st.st_mode):
-            self._file(name, path, key, InboxResult(False, Refusal.NOT_REGULAR_FILE,
-                                                    "not a regular file (symlink, fifo…)"))
+            self._refuse(name, path, key, InboxResult(False, Refusal.NOT_REGULAR_FILE,
+                                                      "not a regular file (symlink, fifo…)"))
             return
         if st.st_size > self._max_bytes:
-            self._file(name, path, key, InboxResult(False, Refusal.TOO_LARGE,
-                                                    f"{st.st_size} bytes exceeds the {self._max_bytes}-byte limit"))
+            self._refuse(name, path, key, InboxResult(
+                False, Refusal.TOO_LARGE, f"{st.st_size} bytes exceeds the {self._max_bytes}-byte limit"))
             return
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -410,7 +412,8 @@ class Inbox:
             now = time.monotonic()
             first = entry.unreadable_since if entry.unreadable_since is not None else now
             if now - first >= _UNREADABLE_GIVE_UP_SECONDS:
-                self._file(name, path, key, InboxResult(False, Refusal.UNREADABLE, f"{type(exc).__name__}: {exc}"))
+                self._refuse(name, path, key, InboxResult(False, Refusal.UNREADABLE,
+                                                          f"{type(exc).__name__}: {exc.strerror}"))
             else:
                 self._requeue(name, unreadable_since=first)
             return
@@ -435,16 +438,33 @@ class Inbox:
             return InboxResult(False, Refusal.INTERNAL, f"handler returned {type(result).__name__}, not InboxResult")
         return result
 
+    def _refuse(self, name: str, path: Path, key: _Key, result: InboxResult) -> None:
+        """A refusal the folder makes itself (the handler never saw the file): report, then file."""
+        self._report(name, result)
+        self._file(name, path, key, result)
+
+    def _report(self, name: str, result: InboxResult) -> None:
+        if self._on_refused is not None:
+            try:
+                self._on_refused(name, str(result.reason), result.detail)
+            except Exception as exc:  # the report is best effort; filing must still happen
+                log.error("inbox: could not report the refusal of %r: %s", name, exc)
+
     def _file(self, name: str, path: Path, key: _Key, result: InboxResult) -> None:
-        """Write the outcome file, then move the capsule next to it."""
+        """Write the outcome file, then move the capsule next to it.
+
+        The outcome folders are opened without following links and re-checked (a directory of
+        ours, mode 0700) on every filing, and every name is resolved relative to those open
+        folders: replacing ``rejected/`` by a link while we run cannot make us write elsewhere.
+        """
         self._remember(name, key)
         try:
             now = os.lstat(path)
         except FileNotFoundError:
-            log.warning("inbox: %s vanished before its outcome (%s) was filed", name, result.reason)
+            log.warning("inbox: %r vanished before its outcome (%s) was filed", name, result.reason)
             return
         if _key(now) != key:
-            log.warning("inbox: %s changed while being processed; outcome %s not filed "
+            log.warning("inbox: %r changed while being processed; outcome %s not filed "
                         "(the new content is processed on its own)", name, result.reason)
             return
         reason, detail = _one_line(result.reason), _one_line(result.detail)
@@ -452,16 +472,33 @@ class Inbox:
             folder, suffix, text = self.accepted_dir, ".result", detail
         else:
             folder, suffix, text = self.rejected_dir, ".reason", f"{reason}: {detail}"
-        dest = _free_name(folder, name, suffix)
-        atomic_write(dest.with_name(dest.name + suffix), (text + "\n").encode())
-        os.replace(path, dest)
-        fsync_dir(folder)
-        with contextlib.suppress(OSError):
-            fsync_dir(self.directory)
+        try:
+            src_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.error("inbox: %s: %s; %r not filed (outcome %s)", self.directory, exc, name, reason)
+            return
+        try:
+            try:
+                dst_fd = _open_private_dir(folder)
+            except OSError as exc:
+                log.error("inbox: %s: %s; %r left in place (outcome %s)", folder, exc, name, reason)
+                self._report(name, InboxResult(False, Refusal.IO, f"outcome folder {folder.name}/ refused: {exc}"))
+                return
+            try:
+                dest = _free_name_at(dst_fd, _short_name(name, suffix), suffix)
+                _write_at(dst_fd, dest + suffix, (text + "\n").encode())
+                os.replace(name, dest, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+                os.fsync(dst_fd)
+                with contextlib.suppress(OSError):
+                    os.fsync(src_fd)
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
         if result.accepted:
-            log.info("inbox: accepted %s -> %s: %s", name, dest.name, detail)
+            log.info("inbox: accepted %r -> %r: %s", name, dest, detail)
         else:
-            log.warning("inbox: rejected %s -> %s: %s: %s", name, dest.name, reason, detail)
+            log.warning("inbox: rejected %r -> %r: %s: %s", name, dest, reason, detail)
 
     def _requeue(self, name: str, *, unreadable_since: float | None = None) -> None:
         with self._cond:
@@ -492,14 +529,62 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _free_name(folder: Path, name: str, companion: str) -> Path:
-    """``folder/name``, or ``folder/stem.N.ext`` for the first N where it and its companion are free."""
+#: Longest file name most file systems take (bytes); an outcome's companion must fit too.
+_NAME_MAX = 255
+
+
+def _short_name(name: str, companion: str) -> str:
+    """``name``, or a shortened unique form of it when ``name`` + a counter + ``companion`` would not fit."""
+    if len(os.fsencode(name + companion)) + 8 <= _NAME_MAX:
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    keep = os.fsencode(name)[: _NAME_MAX - len(companion) - 8 - 18].decode("utf-8", "ignore")
+    return f"{keep}.{digest}.capsule"
+
+
+def _exists_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _free_name_at(dir_fd: int, name: str, companion: str) -> str:
+    """``name``, or ``stem.N.ext`` for the first N where it and its companion are free in ``dir_fd``."""
     base = Path(name)
-    candidate, n = folder / name, 0
-    while candidate.exists() or candidate.is_symlink() or candidate.with_name(candidate.name + companion).exists():
+    candidate, n = name, 0
+    while _exists_at(dir_fd, candidate) or _exists_at(dir_fd, candidate + companion):
         n += 1
-        candidate = folder / f"{base.stem}.{n}{base.suffix}"
+        candidate = f"{base.stem}.{n}{base.suffix}"
     return candidate
+
+
+def _write_at(dir_fd: int, name: str, data: bytes) -> None:
+    """Atomically create ``name`` in the open folder ``dir_fd`` (never through a link)."""
+    tmp = f".{name[:64]}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def _open_private_dir(path: Path) -> int:
+    """Open ``path`` as a directory without following a link; ours, and writable by us alone."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o022:
+        os.close(fd)
+        raise PermissionError(f"not a directory of this user writable by it alone "
+                              f"(mode {stat.S_IMODE(st.st_mode):04o})")
+    return fd
 
 
 def _ensure_private_dir(path: Path) -> None:
