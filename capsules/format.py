@@ -92,6 +92,8 @@ def read_container(raw: bytes, limits: Limits = Limits()) -> Container:
     declared_total = 0
     for info in infos:
         name = info.filename
+        if "\x00" in info.orig_filename:  # zipfile cuts the name at a NUL before we see it
+            raise _reject(f"entry {info.orig_filename!r}: backslash or NUL in path", Refusal.PATH)
         if name in seen:
             raise _reject(f"entry {name!r}: duplicate name", Refusal.DUPLICATE)
         seen.add(name)
@@ -164,7 +166,7 @@ def _parse_signatures(raw: bytes) -> Mapping[str, bytes]:
             sigs[e["keyid"]] = sig
     except UpdateError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise _reject("signatures.json: malformed", Refusal.MALFORMED) from None
     if not sigs:
         raise _reject("signatures.json: no signatures", Refusal.UNSIGNED)
@@ -264,7 +266,7 @@ def parse_manifest(raw: bytes) -> Manifest:
     """Parse and schema-check manifest bytes; unknown fields and versions are refused."""
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nesting too deep
         raise _reject("manifest.json: not valid UTF-8 JSON", Refusal.MALFORMED) from None
     if not isinstance(doc, dict):
         raise _reject("manifest.json: not an object", Refusal.MALFORMED)

@@ -112,8 +112,8 @@ class RoutingState:
             doc = json.loads(path.read_bytes())
         except FileNotFoundError:
             return cls()
-        except (OSError, ValueError) as exc:
-            raise refuse(Refusal.STATE, f"state {str(path)!r}: unreadable ({exc})") from None
+        except (OSError, ValueError, RecursionError) as exc:
+            raise refuse(Refusal.STATE, f"state {str(path)!r}: unreadable ({type(exc).__name__})") from None
         try:
             history = tuple(doc.get("history", ()))
             if not all(isinstance(e, dict) for e in history):

@@ -86,7 +86,7 @@ def _read_json(path: Path, what: str) -> dict[str, object]:
         doc = json.loads(path.read_bytes())
     except OSError as exc:
         raise KeyError_(f"{what} {str(path)!r}: {exc.strerror}") from None
-    except ValueError:
+    except (ValueError, RecursionError):
         raise KeyError_(f"{what} {str(path)!r}: not a key file (invalid JSON)") from None
     if not isinstance(doc, dict):
         raise KeyError_(f"{what} {str(path)!r}: not a key file")

@@ -136,8 +136,8 @@ class TrustStore:
             doc = json.loads(p.read_bytes())
         except FileNotFoundError:
             return cls()
-        except (OSError, ValueError) as exc:
-            raise PolicyError(f"trust store {str(p)!r}: unreadable: {exc}") from None
+        except (OSError, ValueError, RecursionError) as exc:
+            raise PolicyError(f"trust store {str(p)!r}: unreadable: {type(exc).__name__}") from None
         return cls.from_json(doc, f"trust store {str(p)!r}")
 
     @classmethod
