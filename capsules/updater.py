@@ -314,10 +314,19 @@ class Updater:
         restore_sha, version = _restore_target(self._state, cap, to)
         restore = None
         if restore_sha is not None and version is not None:
-            raw = self.store.get(restore_sha)
-            loaded = self._load(raw, self._state, allow_version=version)
-            m = loaded.capsule.manifest
-            restore = ActiveCapsule(m.name, m.version, restore_sha, tuple(sorted(m.operations)))
+            try:
+                raw = self.store.get(restore_sha)
+                loaded = self._load(raw, self._state, allow_version=version)
+            except XpsError as exc:
+                if to is not None:  # the operator named that version: say why it cannot come back
+                    raise
+                # The version it replaced no longer passes today's policy (a raised signature
+                # threshold, an unpinned key, its store file damaged): taking the faulty capsule
+                # out still has to work, so the built-in provider serves instead, and we say so.
+                reason = f"{reason}; {cap.name} {version} not restored ({exc.reason}), built-in provider serves"
+            else:
+                m = loaded.capsule.manifest
+                restore = ActiveCapsule(m.name, m.version, restore_sha, tuple(sorted(m.operations)))
         state = self._state.disable(cap, operator=operator, restore=restore)
         table = self._table_for(state.active)
         gone = self._loaded.get(cap.sha256)

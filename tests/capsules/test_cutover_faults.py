@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import xpscerpto as xps
 from xpscerpto.capsules.build import build_capsule
 from xpscerpto.capsules.store import RoutingState
 from xpscerpto.capsules.updater import StagePlan
+from xpscerpto.signing import TrustStore, generate_keypair, load_private_key
 
 from .test_updater import ALGO, OP, Publisher, _updater, publisher
 
@@ -118,3 +120,27 @@ def test_faults_of_a_rolled_back_capsule_are_not_charged_to_the_version_it_resto
     assert eng.table.provider_for(OP) == "xchacha20-openssl"
     rollbacks = [e for e in up.audit.tail(200) if e["event"] == "PATCH_ROLLBACK"]
     assert [(e["version"], e["to"]) for e in rollbacks] == [("1.0.2", "1.0.1")]
+
+
+def test_rollback_works_after_the_threshold_rose_above_what_the_predecessor_has(publisher: Publisher,
+                                                                                tmp_path: Path) -> None:
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home)
+    up.apply(publisher.capsule("1.0.0"))  # one signature, threshold 1
+    generate_keypair(tmp_path / "bob")
+    bob = load_private_key(tmp_path / "bob.key")
+    TrustStore.load(publisher.home.trust).add(bob[0], ["aead.*"]).with_threshold(2).save(publisher.home.trust)
+    publisher.capsule("1.0.1")
+    up.apply(build_capsule(publisher.tmp / "src-1.0.1", [publisher.signer, bob]))
+    cap = up.rollback(OP)
+    assert cap.version == "1.0.1"
+    assert RoutingState.load(publisher.home.state).active == ()
+    assert eng.table.provider_for(OP) == "sodium"
+    record = [e for e in up.audit.tail(20) if e["event"] == "PATCH_ROLLBACK"][-1]
+    assert record["to"] == "built-in" and "1.0.0 not restored (threshold)" in record["reason"]
+    # Naming the old version explicitly still says why it cannot come back.
+    publisher.capsule("1.0.2")
+    up.apply(build_capsule(publisher.tmp / "src-1.0.2", [publisher.signer, bob]))
+    with pytest.raises(xps.UpdateError) as ei:
+        up.rollback(OP, to="1.0.0")
+    assert ei.value.reason == "threshold"
