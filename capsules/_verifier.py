@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import MappingProxyType
 
 from xpscerpto.errors import InternalError
 from xpscerpto.interfaces import API_VERSION, OPERATIONS
@@ -92,6 +93,7 @@ def verify_capsule(
     limits: Limits = Limits(),
     allow_version: str | None = None,
     reserved_names: frozenset[str] = frozenset(),
+    op_highest: Mapping[str, str] = MappingProxyType({}),
 ) -> VerifiedCapsule:
     """Run every verification step in order; return the verified capsule or raise.
 
@@ -105,6 +107,8 @@ def verify_capsule(
         allow_version: re-verifying an already accepted capsule (at restart or an operator's
             roll-forward) may match exactly this version instead of exceeding ``highest``.
         reserved_names: provider names a capsule may not take (the engine's built-ins).
+        op_highest: operation -> highest capsule version ever accepted for it, whatever the
+            capsule's name (old code re-signed under a new name is still a downgrade).
 
     Raises:
         UpdateError: ``reason`` names the refusing step (:class:`Refusal`).
@@ -115,6 +119,7 @@ def verify_capsule(
     signed_by = check_signatures(container, manifest, trust)  # arbitrary software, key compromise
     check_name(manifest, reserved_names)  # impersonating a built-in provider
     check_version(manifest, highest, allow_version)  # rollback and downgrade
+    check_operation_versions(manifest, op_highest, allow_version)  # downgrade under another name
     check_expiry(manifest, now)  # freeze
     check_payload(manifest, container.files)  # tampered payload, mix-and-match
     check_compatibility(manifest)
@@ -162,6 +167,17 @@ def check_version(manifest: Manifest, highest: Mapping[str, str], allow_version:
     if manifest.version_tuple <= parse_version(top):
         raise refuse(Refusal.ROLLBACK, f"version: {manifest.name} {manifest.version} is not newer than the "
                                        f"highest accepted version {top}")
+
+
+def check_operation_versions(manifest: Manifest, op_highest: Mapping[str, str], allow_version: str | None) -> None:
+    """The version must also exceed the highest ever accepted for each operation it provides."""
+    if manifest.version == allow_version:
+        return
+    for op in sorted(manifest.operations):
+        top = op_highest.get(op)
+        if top is not None and manifest.version_tuple <= parse_version(top):
+            raise refuse(Refusal.ROLLBACK, f"version: {manifest.name} {manifest.version} provides {op}, for which "
+                                           f"version {top} was already accepted (a newer capsule served it)")
 
 
 def check_expiry(manifest: Manifest, now: datetime) -> None:

@@ -55,6 +55,8 @@ class RoutingState:
     highest: Mapping[str, str] = field(default_factory=dict)
     history: tuple[Mapping[str, Any], ...] = ()
     enabled: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: operation -> highest capsule version ever enabled for it, by any capsule name.
+    op_highest: Mapping[str, str] = field(default_factory=dict)
 
     def find(self, target: str) -> ActiveCapsule | None:
         """The active capsule named ``target``, serving operation ``target``, or with that hash."""
@@ -83,7 +85,11 @@ class RoutingState:
             highest[cap.name] = cap.version
         enabled = {name: dict(versions) for name, versions in self.enabled.items()}
         enabled.setdefault(cap.name, {})[cap.version] = cap.sha256
-        return replace(self._with(active, highest, "enable", cap, operator), enabled=enabled)
+        op_highest = dict(self.op_highest)
+        for op in cap.operations:
+            if parse_version(cap.version) > parse_version(op_highest.get(op, "0.0.0")):
+                op_highest[op] = cap.version
+        return replace(self._with(active, highest, "enable", cap, operator), enabled=enabled, op_highest=op_highest)
 
     def disable(self, cap: ActiveCapsule, *, operator: str, restore: ActiveCapsule | None = None) -> RoutingState:
         """Deactivate ``cap``; optionally activate ``restore`` (an earlier version) in its place."""
@@ -97,12 +103,13 @@ class RoutingState:
               cap: ActiveCapsule, operator: str, **extra: Any) -> RoutingState:
         entry = {"time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "event": event, "name": cap.name,
                  "version": cap.version, "sha256": cap.sha256, "operator": operator, **extra}
-        return RoutingState(active, highest, (*self.history, entry)[-_HISTORY:], self.enabled)
+        return RoutingState(active, highest, (*self.history, entry)[-_HISTORY:], self.enabled, self.op_highest)
 
     def to_json(self) -> dict[str, Any]:
         """The ``state.json`` document."""
         return {"format": 1, "active": [asdict(a) | {"operations": list(a.operations)} for a in self.active],
                 "highest": dict(self.highest), "enabled": {n: dict(v) for n, v in self.enabled.items()},
+                "op_highest": dict(self.op_highest),
                 "history": list(self.history)}
 
     @classmethod
@@ -132,7 +139,13 @@ class RoutingState:
                                             None)
                 active.append(ActiveCapsule(a["name"], a["version"], a["sha256"], tuple(a["operations"]),
                                             replaced, replaced_version))
-            return cls(tuple(active), dict(doc["highest"]), history, enabled)
+            op_highest: dict[str, str] = {str(k): str(v) for k, v in doc.get("op_highest", {}).items()}
+            if "op_highest" not in doc:  # written before it existed: at least what is active now
+                for cap in active:
+                    for op in cap.operations:
+                        if parse_version(cap.version) > parse_version(op_highest.get(op, "0.0.0")):
+                            op_highest[op] = cap.version
+            return cls(tuple(active), dict(doc["highest"]), history, enabled, op_highest)
         except (KeyError, TypeError, AttributeError) as exc:
             raise refuse(Refusal.STATE, f"state {str(path)!r}: malformed ({exc})") from None
 

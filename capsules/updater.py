@@ -166,7 +166,7 @@ class Updater:
                     self._audit("PATCH_REJECT", sha256=cap.sha256, name=cap.name, version=cap.version,
                                 phase="restore", reason=exc.reason, detail=str(exc))
             if tuple(keep) != state.active:
-                state = RoutingState(tuple(keep), state.highest, state.history, state.enabled)
+                state = RoutingState(tuple(keep), state.highest, state.history, state.enabled, state.op_highest)
                 state.save(self.home.state)
             self._state = state
             self._held = held
@@ -303,12 +303,17 @@ class Updater:
 
     def _merge_committed_highest(self) -> None:
         """Never let the in-memory version memory fall below what is committed on disk."""
-        committed = RoutingState.load(self.home.state).highest
+        on_disk = RoutingState.load(self.home.state)
+        committed = on_disk.highest
         highest = dict(self._state.highest)
         for name, version in committed.items():
             if name not in highest or parse_version(version) > parse_version(highest[name]):
                 highest[name] = version
-        self._state = replace(self._state, highest=highest)
+        op_highest = dict(self._state.op_highest)
+        for op, version in on_disk.op_highest.items():
+            if op not in op_highest or parse_version(version) > parse_version(op_highest[op]):
+                op_highest[op] = version
+        self._state = replace(self._state, highest=highest, op_highest=op_highest)
 
     def _rollback(self, cap: ActiveCapsule, to: str | None, *, operator: str, reason: str) -> ActiveCapsule:
         restore_sha, version = _restore_target(self._state, cap, to)
@@ -388,6 +393,7 @@ class Updater:
 
     def _verify(self, raw: bytes, state: RoutingState, allow_version: str | None = None) -> VerifiedCapsule:
         return verify_capsule(raw, trust=TrustStore.load(self.home.trust), highest=state.highest,
+                              op_highest=state.op_highest,
                               now=self._clock(), policy=self.engine.config.policy, limits=self.limits,
                               allow_version=allow_version,
                               reserved_names=frozenset(p.name for p in self.engine.state.providers))

@@ -3,6 +3,8 @@ faults are charged to the table that raised them, rollbacks never cascade."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -144,3 +146,34 @@ def test_rollback_works_after_the_threshold_rose_above_what_the_predecessor_has(
     with pytest.raises(xps.UpdateError) as ei:
         up.rollback(OP, to="1.0.0")
     assert ei.value.reason == "threshold"
+
+
+def _renamed(publisher: Publisher, name: str, version: str) -> bytes:
+    """The demo code under another capsule name (old code re-signed by a trusted key)."""
+    publisher.capsule(version)
+    src = publisher.tmp / f"src-{version}"
+    renamed = publisher.tmp / f"src-{name}-{version}"
+    shutil.copytree(src, renamed)
+    toml = renamed / "capsule.toml"
+    toml.write_text(re.sub(r'name = "[^"]+"', f'name = "{name}"', toml.read_text(), count=1))
+    return build_capsule(renamed, [publisher.signer])
+
+
+def test_old_code_under_a_new_name_does_not_downgrade_an_operation(publisher: Publisher) -> None:
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home)
+    up.apply(publisher.capsule("1.0.0"))
+    up.apply(publisher.capsule("2.0.0"))
+    with pytest.raises(xps.UpdateError) as ei:
+        up.apply(_renamed(publisher, "renamed-xchacha", "1.0.0"))
+    assert ei.value.reason == "rollback" and OP in str(ei.value)
+    assert [a.version for a in RoutingState.load(publisher.home.state).active] == ["2.0.0"]
+    # The memory survives a restart.
+    up2 = _updater(xps.Engine(), publisher.home)
+    with pytest.raises(xps.UpdateError):
+        up2.apply(_renamed(publisher, "renamed-xchacha", "1.5.0"))
+    # An operator's explicit rollback to an enabled version still works...
+    assert up2.rollback("xchacha20-openssl", to="1.0.0").version == "2.0.0"
+    assert [a.version for a in RoutingState.load(publisher.home.state).active] == ["1.0.0"]
+    # ...and a genuinely newer release under the new name is accepted.
+    assert up2.apply(_renamed(publisher, "renamed-xchacha", "2.1.0")).name == "renamed-xchacha"
