@@ -109,19 +109,30 @@ def validate_isolated(capsule: VerifiedCapsule, references: Mapping[str, Any],
     return ValidationReport(result.get("kat", {}), tuple(sorted(inputs)), slowdown, result.get("seconds", 0.0))
 
 
+#: How long the supervisor gets to clean up after a timeout before its group is SIGKILLed.
+_SUPERVISOR_GRACE_SECONDS = 6.0
+
+
 def _run_child(request: bytes, gates: Gates) -> dict[str, Any]:
     # Result and stderr go to temporary files, not pipes: a capsule that floods stderr fills a
     # size-limited file (the child sets RLIMIT_FSIZE), never the engine's memory.
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         fd = out.fileno()
         # -I: isolated mode (no user site, no PYTHON* env, no cwd on sys.path).
-        cmd = [sys.executable, "-I", "-m", "xpscerpto.capsules._child", str(fd)]
+        # The child runs under a supervisor (_reaper, no capsule code) that is the subreaper of
+        # everything the child starts and kills all of it when the child ends.
+        cmd = [sys.executable, "-I", "-m", "xpscerpto.capsules._reaper", "--",
+               sys.executable, "-I", "-m", "xpscerpto.capsules._child", str(fd)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,  # noqa: S603 - own module
                                 stderr=err, pass_fds=(fd,), start_new_session=True)
         try:
             proc.communicate(request, timeout=gates.timeout_s)
         except subprocess.TimeoutExpired:
-            # The child leads its own session: kill the whole group, grandchildren included.
+            # Ask the supervisor to kill the child and every descendant; then the whole group.
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(_SUPERVISOR_GRACE_SECONDS)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import textwrap
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -315,3 +316,55 @@ def test_kat_failure_is_judged_in_the_child_even_without_a_current_route(
     assert_not_in_this_process(cap)
     assert up.engine.table.provider_for(DEMO_OP) is None
     assert list(home.capsules.iterdir()) == []
+
+
+# -- nothing outlives validation (issue 8 item 5) ------------------------------------------------
+
+_ESCAPE = '''
+import os as _os, sys as _sys, time as _time
+_spec = getattr(_sys.modules["__main__"], "__spec__", None)
+if getattr(_spec, "name", "") == "xpscerpto.capsules._child":  # only in the validation child
+    if _os.fork() == 0:
+        _os.setsid()  # leave the child's session and process group
+        if _os.fork() == 0:
+            with open(PIDFILE + ".tmp", "w") as _f:
+                _f.write(str(_os.getpid()))
+            _os.replace(PIDFILE + ".tmp", PIDFILE)
+            _time.sleep(300)
+        _os._exit(0)
+    _deadline = _time.monotonic() + 10
+    while not _os.path.exists(PIDFILE) and _time.monotonic() < _deadline:
+        _time.sleep(0.01)
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != b"Z"
+
+
+@pytest.mark.parametrize("body", [GOOD_AEAD, GOOD_AEAD + "\nraise SystemExit(3)\n"], ids=["accepted", "refused"])
+def test_a_double_forked_setsid_daemon_does_not_outlive_validation(
+        body: str, factory: CapsuleFactory, make_updater: UpdaterMaker, tmp_path: Path) -> None:
+    factory.pin(tmp_path / "home")
+    up = make_updater()
+    pidfile = tmp_path / "daemon.pid"
+    cap = factory.build(factory.source(f"PIDFILE = {str(pidfile)!r}\n" + _ESCAPE + body))
+    if "SystemExit" in body:
+        with pytest.raises(UpdateError):
+            up.apply(cap.raw)
+    else:
+        assert up.apply(cap.raw).name == "hotfix-aesgcm"
+    pid = int(pidfile.read_text())
+    try:
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(pid), "a process the capsule started outlived validation"
+    finally:
+        if _alive(pid):
+            os.kill(pid, 9)
