@@ -38,6 +38,7 @@ from xpscerpto.signing import TrustStore
 
 from ._canary import transitional
 from ._verifier import VerifiedCapsule, verify_capsule
+from .crash_guard import DEFAULT_CRASH_LIMIT, CrashGuard
 from .format import Limits, parse_version
 from .isolate import Gates, validate_isolated
 from .loader import load_provider
@@ -105,7 +106,7 @@ class Updater:
     def __init__(self, engine: Engine, home: str | Path | Home | None = None, *, gates: Gates = Gates(),
                  plan: StagePlan = StagePlan(), limits: Limits = Limits(), operator: str = "local",
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC), audit: AuditLog | None = None,
-                 config_document: Mapping[str, Any] | None = None) -> None:
+                 config_document: Mapping[str, Any] | None = None, crash_limit: int = DEFAULT_CRASH_LIMIT) -> None:
         self.engine = engine
         # The whole effective configuration when a service runs us (its digest goes into
         # PATCH_ENABLE / PATCH_ROLLBACK); engine config, gates, plan and limits are always counted.
@@ -113,6 +114,7 @@ class Updater:
         self.home = home if isinstance(home, Home) else Home.resolve(home)
         self.gates, self.plan, self.limits, self.operator, self._clock = gates, plan, limits, operator, clock
         self.store = CapsuleStore(self.home)
+        self._crash_guard = CrashGuard(self.home, crash_limit)
         self.audit = audit or AuditLog(self.home.audit)
         self._lock = threading.RLock()  # one update at a time; never taken by API calls
         self._loaded: dict[str, _Loaded] = {}
@@ -143,6 +145,10 @@ class Updater:
         """
         with self._lock, state_lock(self.home):
             state = RoutingState.load(self.home.state)
+            counts = self._crash_guard.begin(state.active)
+            for cap in state.active:
+                if counts.get(cap.sha256, 0) >= self._crash_guard.limit:
+                    state = self._quarantine(state, cap, counts[cap.sha256])
             keep: list[ActiveCapsule] = []
             held: dict[str, dict[str, str]] = {}
             for cap in state.active:
@@ -173,6 +179,20 @@ class Updater:
             self._restored = True
             self._publish(self._table_for(state.active))
             return self.engine.table
+
+    def _quarantine(self, state: RoutingState, cap: ActiveCapsule, crashes: int) -> RoutingState:
+        """Take ``cap`` out before it runs again: it was active through ``crashes`` abnormal ends."""
+        restore = None
+        if cap.replaced is not None and cap.replaced_version is not None:
+            restore = ActiveCapsule(cap.name, cap.replaced_version, cap.replaced, cap.operations)
+        new = state.disable(cap, operator="auto", restore=restore)
+        self._audit("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
+                    to=restore.version if restore else "built-in", operator="auto", phase="restore",
+                    reason=f"quarantined: active during {crashes} abnormal engine ends",
+                    policy=self._policy((), cap.operations))
+        new.save(self.home.state)
+        self._crash_guard.forget(cap.sha256)
+        return new
 
     def _ensure_restored(self) -> None:
         # Applying before restoring would check versions against an empty memory and could
@@ -532,6 +552,8 @@ class Updater:
         """Stop reacting to provider faults (the routing in force stays as it is)."""
         self.engine.remove_fault_listener(self._on_provider_fault)
         self._faults.put(None)
+        if self._restored:
+            self._crash_guard.clean_exit()
 
     def _audit(self, event: str, **fields: Any) -> None:
         self.audit.record(event, **fields)

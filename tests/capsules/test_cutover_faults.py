@@ -3,8 +3,12 @@ faults are charged to the table that raised them, rollbacks never cascade."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,6 +16,7 @@ from pathlib import Path
 import pytest
 import xpscerpto as xps
 from xpscerpto.capsules.build import build_capsule
+from xpscerpto.capsules.crash_guard import DEFAULT_CRASH_LIMIT
 from xpscerpto.capsules.store import RoutingState
 from xpscerpto.capsules.updater import StagePlan
 from xpscerpto.signing import TrustStore, generate_keypair, load_private_key
@@ -177,3 +182,54 @@ def test_old_code_under_a_new_name_does_not_downgrade_an_operation(publisher: Pu
     assert [a.version for a in RoutingState.load(publisher.home.state).active] == ["1.0.0"]
     # ...and a genuinely newer release under the new name is accepted.
     assert up2.apply(_renamed(publisher, "renamed-xchacha", "2.1.0")).name == "renamed-xchacha"
+
+
+# Passes validation (the child never starts the thread), then segfaults the engine process
+# from a background thread a moment after it is loaded there.
+SEGFAULT_LATER = ("_MASK = 0xFFFFFFFF\n",
+                  "_MASK = 0xFFFFFFFF\n"
+                  "import ctypes as _ct, sys as _sys, threading as _th\n"
+                  "_spec = getattr(_sys.modules['__main__'], '__spec__', None)\n"
+                  "if getattr(_spec, 'name', '') != 'xpscerpto.capsules._child':\n"
+                  "    _th.Timer(1.5, lambda: _ct.string_at(0)).start()\n")
+
+
+def _watch(home: Path, inbox: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "xpscerpto", "--home", str(home), "watch", str(inbox)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_capsule_that_keeps_crashing_the_engine_is_quarantined_not_reenabled(publisher: Publisher,
+                                                                                tmp_path: Path) -> None:
+    home, inbox = publisher.home.root, tmp_path / "inbox"
+    inbox.mkdir()
+    good = publisher.capsule("1.0.0")
+    publisher.capsule("1.0.1")
+    module = publisher.tmp / "src-1.0.1" / "xchacha.py"
+    module.write_text(module.read_text().replace(*SEGFAULT_LATER))
+    crashy = build_capsule(module.parent, [publisher.signer])
+    (inbox / "a.capsule").write_bytes(good)
+    (inbox / "b.capsule").write_bytes(crashy)  # files are taken in name order: good first
+    ends = []
+    for _ in range(DEFAULT_CRASH_LIMIT + 1):
+        proc = _watch(home, inbox)
+        try:
+            # The crash comes 1.5 s after the capsule is loaded (at the drop, or at start):
+            # a run still alive 12 s later did not load it.
+            ends.append(proc.wait(12))
+        except subprocess.TimeoutExpired:
+            ends.append(None)  # still running: it did not crash this time
+            proc.terminate()
+            proc.wait(20)
+            break
+    # It crashed while active (the drop, then every restart re-enabled it) until the limit...
+    assert ends[:DEFAULT_CRASH_LIMIT] == [-signal.SIGSEGV] * DEFAULT_CRASH_LIMIT
+    # ...then the next start quarantined it and kept running, on the predecessor.
+    assert ends[DEFAULT_CRASH_LIMIT] is None
+    state = RoutingState.load(publisher.home.state)
+    assert [a.version for a in state.active] == ["1.0.0"]
+    records = [json.loads(line) for line in (home / "audit.log").read_text().splitlines() if line.strip()]
+    quarantine = [r for r in records if r["event"] == "PATCH_ROLLBACK" and "quarantined" in r.get("reason", "")]
+    assert len(quarantine) == 1 and quarantine[0]["version"] == "1.0.1" and quarantine[0]["to"] == "1.0.0"
+    # A clean stop reset the counts: nothing is left to charge at the next start.
+    assert not (home / "crashes.json").exists() and not (home / "engine.run").exists()

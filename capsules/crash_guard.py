@@ -1,0 +1,113 @@
+"""Crash-loop guard: a capsule active while the engine died abnormally is counted, then quarantined.
+
+A capsule can pass every validation gate and still take the engine process down later (a
+background thread that segfaults a few seconds after enable). Every restart would re-enable it
+and die again. The guard notices an abnormal end — the previous run's marker is still there and
+the process that wrote it is gone — and charges one crash to every capsule that was active then.
+At ``limit`` crashes the updater quarantines the capsule at start (its predecessor, or the
+built-in provider, serves; audited) instead of re-enabling it. A clean stop clears the marker
+and the counts.
+
+Files (in the home, written atomically): ``engine.run`` (pid of the running engine) and
+``crashes.json`` (capsule sha256 -> abnormal ends while it was active).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from xpscerpto._atomic import atomic_write
+from xpscerpto.home import Home
+
+from .refusal import Refusal, refuse
+from .store import ActiveCapsule
+
+__all__ = ["DEFAULT_CRASH_LIMIT", "CrashGuard"]
+
+#: Abnormal ends with a capsule active before it is quarantined at the next start.
+DEFAULT_CRASH_LIMIT = 3
+
+
+class CrashGuard:
+    """Counts abnormal engine ends per active capsule.
+
+    Example:
+        >>> guard = CrashGuard(Home.resolve("/var/lib/xps"))            # doctest: +SKIP
+        >>> counts = guard.begin(state.active)  # at start                # doctest: +SKIP
+        >>> guard.clean_exit()                  # at a clean stop         # doctest: +SKIP
+    """
+
+    def __init__(self, home: Home, limit: int = DEFAULT_CRASH_LIMIT) -> None:
+        self.marker: Path = home.root / "engine.run"
+        self.counts_path: Path = home.root / "crashes.json"
+        self.limit = limit
+
+    def begin(self, active: Iterable[ActiveCapsule]) -> dict[str, int]:
+        """Account for an abnormal previous end, mark this run, return the crash counts.
+
+        Raises:
+            UpdateError: ``crashes.json`` is unreadable (``state``; never silently reset).
+        """
+        counts = self._load()
+        if self._previous_died():
+            for cap in active:
+                counts[cap.sha256] = counts.get(cap.sha256, 0) + 1
+            self._save(counts)
+        try:
+            atomic_write(self.marker, json.dumps({"pid": os.getpid()}).encode() + b"\n")
+        except OSError as exc:
+            raise refuse(Refusal.IO, f"run marker {str(self.marker)!r}: cannot write ({exc.strerror})") from None
+        return counts
+
+    def forget(self, sha256: str) -> None:
+        """Drop the count of a capsule that was quarantined (it is no longer active)."""
+        counts = self._load()
+        if counts.pop(sha256, None) is not None:
+            self._save(counts)
+
+    def clean_exit(self) -> None:
+        """The engine stops normally: the counts start again from zero."""
+        for path in (self.marker, self.counts_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _previous_died(self) -> bool:
+        try:
+            doc = json.loads(self.marker.read_bytes())
+            pid = int(doc["pid"])
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            return True  # a marker we cannot read was left by a run that did not stop cleanly
+        if pid == os.getpid():
+            return False  # another updater of this same process (tests, a second engine)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, another user's
+        return False  # alive: not an abnormal end (the home lock keeps two services apart)
+
+    def _load(self) -> dict[str, int]:
+        try:
+            doc = json.loads(self.counts_path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, RecursionError) as exc:
+            raise refuse(Refusal.STATE, f"crash counts {str(self.counts_path)!r}: unreadable "
+                                        f"({type(exc).__name__}); delete it to reset the counts") from None
+        if not isinstance(doc, dict) or not all(isinstance(k, str) and type(v) is int for k, v in doc.items()):
+            raise refuse(Refusal.STATE, f"crash counts {str(self.counts_path)!r}: malformed; delete it to reset "
+                                        f"the counts")
+        return doc
+
+    def _save(self, counts: dict[str, int]) -> None:
+        try:
+            atomic_write(self.counts_path, json.dumps(counts, sort_keys=True).encode() + b"\n")
+        except OSError as exc:
+            raise refuse(Refusal.IO, f"crash counts {str(self.counts_path)!r}: cannot write ({exc.strerror})") from None

@@ -1,0 +1,53 @@
+"""CrashGuard's own files: an abnormal end is counted once per active capsule; damage is refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from xpscerpto import UpdateError
+from xpscerpto.capsules.crash_guard import CrashGuard
+from xpscerpto.capsules.store import ActiveCapsule
+from xpscerpto.home import Home
+
+CAP = ActiveCapsule("x", "1.0.0", "ab" * 32, ("aead.aes256gcm",))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def guard(tmp_path: Path) -> CrashGuard:
+    return CrashGuard(Home.resolve(tmp_path / "home"), limit=2)
+
+
+def test_a_dead_writer_counts_one_crash_per_active_capsule(guard: CrashGuard) -> None:
+    assert guard.begin([CAP]) == {}
+    guard.marker.write_text(json.dumps({"pid": _dead_pid()}))
+    assert guard.begin([CAP]) == {CAP.sha256: 1}
+    assert guard.begin([CAP]) == {CAP.sha256: 1}  # our own marker now: no new crash
+    guard.marker.write_text(json.dumps({"pid": _dead_pid()}))
+    assert guard.begin([CAP]) == {CAP.sha256: 2}
+    guard.clean_exit()
+    assert guard.begin([CAP]) == {} and guard.marker.exists()
+
+
+@pytest.mark.parametrize("damage", [b"", b"{", b"[1]", b'{"x": "1"}', b"[" * 50000])
+def test_damaged_counts_are_refused_not_reset(guard: CrashGuard, damage: bytes) -> None:
+    guard.counts_path.write_bytes(damage)
+    with pytest.raises(UpdateError) as ei:
+        guard.begin([CAP])
+    assert ei.value.reason == "state" and "crashes.json" in str(ei.value)
+    assert guard.counts_path.read_bytes() == damage
+
+
+@pytest.mark.parametrize("marker", [b"", b"garbage", b'{"pid": "x"}', b"[" * 50000])
+def test_an_unreadable_marker_counts_as_an_abnormal_end(guard: CrashGuard, marker: bytes) -> None:
+    guard.marker.write_bytes(marker)
+    assert guard.begin([CAP]) == {CAP.sha256: 1}
