@@ -50,7 +50,15 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
                              highest={}, now=datetime.fromisoformat(request["now"]),
                              limits=Limits(**request["limits"]), policy=Policy(require_constant_time=False))
     files = capsule.files
+    # What the engine process holds when it imports a capsule: a payload that patches any of
+    # it (verifier, trust store, routing, updater) at import is refused here, before that.
+    from . import _tamper, updater  # noqa: F401 - imported so that the snapshot covers it
+
+    before = _tamper.snapshot()
     provider = load_provider(capsule)
+    changed = before.changes()
+    if changed:
+        return {"ok": False, "stage": "engine-state", "reason": f"import changed {', '.join(changed)}"}
     problem = validate_provider(provider)
     if problem is not None:
         return {"ok": False, "stage": "contract", "reason": problem}
@@ -67,6 +75,9 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
             out["diff"][op] = _diff.compute(kind, op, impl, inputs)
         if kind == "aead" and request["bench_bytes"] > 0:
             out["bench"][op] = _diff.bench_aead(impl, request["bench_bytes"], request["bench_seconds"])
+    changed = before.changes()
+    if changed:  # patched later, from a call rather than at import
+        return {**out, "ok": False, "stage": "engine-state", "reason": f"calls changed {', '.join(changed)}"}
     return out
 
 

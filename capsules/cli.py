@@ -214,6 +214,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             yield f"active  {a['name']} {a['version']} ({a['sha256'][:12]}) {', '.join(a['operations'])}"
         if data.get("staging"):
             yield f"staging {data['staging']}"
+        if data.get("tainted"):
+            yield f"tainted: {data['tainted']}; no capsule is applied until the engine restarts"
         for r in data.get("refused", ()):
             yield (f"refused {r['name']} {r['version']} ({str(r['sha256'])[:12]}) at start: {r['detail']}; "
                    f"not routed (drop the same capsule again to restore its file, or `xps rollback {r['name']}`)")

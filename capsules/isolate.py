@@ -85,7 +85,8 @@ def validate_isolated(capsule: VerifiedCapsule, references: Mapping[str, Any],
     result = _run_child(json.dumps(request).encode(), gates)
     if not result.get("ok"):
         stage = result.get("stage", "?")
-        reason = {"kat": Refusal.KAT_FAILED, "contract": Refusal.CONTRACT}.get(stage, Refusal.VALIDATION_FAILED)
+        reason = {"kat": Refusal.KAT_FAILED, "contract": Refusal.CONTRACT,
+                  "engine-state": Refusal.ENGINE_STATE}.get(stage, Refusal.VALIDATION_FAILED)
         raise _reject(f"validation ({stage}): {result.get('reason', 'no reason given')}", reason)
 
     for op, observed in result.get("diff", {}).items():

@@ -60,7 +60,9 @@ class Refusal(enum.StrEnum):
     TIMEOUT = "timeout"
     CRASHED = "crashed"
     VALIDATION_FAILED = "validation-failed"
+    ENGINE_STATE = "engine-state"  # its code changed the engine's own modules or classes
     # Loading and staging in the engine (updater.py)
+    TAINTED = "tainted"  # refused capsule code ran in this engine process: restart first
     LOAD_FAILED = "load-failed"
     KAT_RECHECK = "kat-recheck"
     CANARY_FAULT = "canary-fault"

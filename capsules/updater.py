@@ -36,6 +36,7 @@ from xpscerpto.kat.selftest import parse_vectors, run_selftest
 from xpscerpto.settings import EngineConfig
 from xpscerpto.signing import TrustStore
 
+from . import _tamper
 from ._canary import transitional
 from ._verifier import VerifiedCapsule, verify_capsule
 from .crash_guard import DEFAULT_CRASH_LIMIT, CrashGuard
@@ -121,6 +122,7 @@ class Updater:
         self._state = RoutingState()
         self._restored = False
         self._held: dict[str, dict[str, str]] = {}  # sha256 -> why its stored file was refused at start
+        self._tainted: str | None = None  # set once refused capsule code has run in this process
         self._staging: str | None = None  # capsule name under canary/dual-run
         self._stage_fault: queue.Queue[str] = queue.Queue()
         self._faults: queue.Queue[tuple[str, str, int] | None] = queue.Queue()
@@ -221,7 +223,17 @@ class Updater:
                             reason=reason, detail=str(exc))
                 raise
 
+    def _taint(self, why: str) -> None:
+        """Refused capsule code ran here: what it did cannot be undone, so no more capsules."""
+        if self._tainted is None:
+            self._tainted = why
+            with contextlib.suppress(XpsError):
+                self._audit("PATCH_REJECT", phase="engine", reason=Refusal.TAINTED, detail=why, engine_tainted=True)
+
     def _apply(self, raw: bytes, sha: str, operator: str) -> ActiveCapsule:
+        if self._tainted is not None:
+            raise refuse(Refusal.TAINTED, f"engine: refused capsule code ran in this process ({self._tainted}); "
+                                          f"restart the engine before applying another capsule")
         # The same capsule dropped again repairs a stored file refused at start: its version is
         # the committed one, so the downgrade check must let exactly that version through.
         repair = self._held.get(sha)
@@ -261,6 +273,7 @@ class Updater:
         if failure is not None:
             self._undo_enable(previous, previous_held, cap, signed_by=capsule.signed_by,
                               reason=f"KAT re-check failed: {failure}")
+            self._taint(f"{m.name} {m.version} failed its KAT re-check after cutover")
             raise refuse(Refusal.KAT_RECHECK, f"enable: KAT re-check failed after cutover ({failure}); rolled back")
         return cap
 
@@ -300,6 +313,7 @@ class Updater:
             self._audit("PATCH_ROLLBACK", sha256=loaded.capsule.sha256, name=m.name, version=m.version,
                         phase=mode, operator="auto", reason=problem,
                         policy=self._policy(loaded.capsule.signed_by, m.operations))
+            self._taint(f"{m.name} {m.version} faulted in {mode}")
             fault = Refusal.CANARY_FAULT if mode == "canary" else Refusal.DUAL_RUN_FAULT
             raise refuse(fault, f"{mode}: {problem}; previous routing restored")
         finally:
@@ -404,6 +418,7 @@ class Updater:
                         "operations": list(a.operations)} for a in self._state.active],
             "staging": self._staging,
             "refused": list(self._held.values()),
+            "tainted": self._tainted,
             "retired": retired,
             "highest": dict(self._state.highest),
             "events": self.audit.tail(events),
@@ -425,14 +440,22 @@ class Updater:
         cached = self._loaded.get(capsule.sha256)
         if cached is not None:
             return cached
+        m = capsule.manifest
+        before = _tamper.snapshot(strict=False)
         try:
             provider = load_provider(capsule)
         except Exception as exc:
             # Only the type: a capsule's exception message could carry anything.
+            self._taint(f"{m.name} {m.version} failed to import")
             raise refuse(Refusal.LOAD_FAILED, f"load: {type(exc).__name__}") from None
+        changed = before.changes()
+        if changed:
+            self._taint(f"{m.name} {m.version} changed {', '.join(changed)} at import")
+            raise refuse(Refusal.ENGINE_STATE, f"load: import changed {', '.join(changed)}")
         loaded = _Loaded(capsule, provider)
         failure = self._kat_failure(loaded)
         if failure is not None:
+            self._taint(f"{m.name} {m.version} failed its KAT after import")
             raise refuse(Refusal.KAT_FAILED, f"KAT in the engine process: {failure}")
         self._loaded[capsule.sha256] = loaded
         return loaded

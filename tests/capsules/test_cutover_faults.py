@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,22 @@ import xpscerpto as xps
 from xpscerpto.capsules.build import build_capsule
 from xpscerpto.capsules.crash_guard import DEFAULT_CRASH_LIMIT
 from xpscerpto.capsules.store import RoutingState
-from xpscerpto.capsules.updater import StagePlan
+from xpscerpto.capsules.updater import StagePlan, Updater
+from xpscerpto.home import Home
 from xpscerpto.signing import TrustStore, generate_keypair, load_private_key
 
-from .test_updater import ALGO, OP, Publisher, _updater, publisher
+from .test_updater import ALGO, FAST_GATES, NO_TRIAL, OP, Publisher, publisher
 
 __all__ = ["publisher"]
+
+# The benchmark gate is not under test here; a loaded machine must not refuse the good capsules.
+GATES = replace(FAST_GATES, max_slowdown=10.0)
+
+
+def _updater(engine: xps.Engine, home: Home, plan: StagePlan = NO_TRIAL) -> Updater:
+    up = Updater(engine, home, gates=GATES, plan=plan)
+    up.restore()
+    return up
 
 # Passes every check in the validation child and in the engine's first KAT run, then turns
 # wrong a moment later in the engine process only: the second in-engine KAT run fails.

@@ -13,6 +13,7 @@ import os
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -368,3 +369,64 @@ def test_a_double_forked_setsid_daemon_does_not_outlive_validation(
     finally:
         if _alive(pid):
             os.kill(pid, 9)
+
+
+# -- capsule code that changes the engine itself (issue 8 item 3) --------------------------------
+
+# Wraps TrustStore.verify (harmless here: it calls the original) — the identity change is what a
+# real attack (accept every signature) would also make.
+_PATCH_TRUST = '''
+import sys as _sys
+import xpscerpto.signing.trust as _trust
+_spec = getattr(_sys.modules["__main__"], "__spec__", None)
+if ONLY_IN_ENGINE is False or getattr(_spec, "name", "") != "xpscerpto.capsules._child":
+    _orig = _trust.TrustStore.verify
+    def _verify(self, *args, **kwargs):
+        return _orig(self, *args, **kwargs)
+    _verify.__xps_original__ = _orig
+    _trust.TrustStore.verify = _verify
+'''
+
+
+@pytest.fixture
+def trust_verify() -> Iterator[None]:
+    from xpscerpto.signing.trust import TrustStore
+    original = TrustStore.verify
+    yield
+    TrustStore.verify = original  # type: ignore[method-assign]
+
+
+def test_a_payload_that_patches_the_trust_store_is_refused_in_the_child(
+        factory: CapsuleFactory, make_updater: UpdaterMaker, tmp_path: Path, trust_verify: None) -> None:
+    factory.pin(tmp_path / "home")
+    up = make_updater()
+    cap = factory.build(factory.source("ONLY_IN_ENGINE = False\n" + _PATCH_TRUST + GOOD_AEAD))
+    with pytest.raises(UpdateError) as ei:
+        up.apply(cap.raw)
+    assert ei.value.reason == "engine-state"
+    assert "xpscerpto.signing.trust.TrustStore.verify" in str(ei.value)
+    assert_not_in_this_process(cap)
+    assert up.status()["tainted"] is None  # nothing ran here: the next capsule is judged normally
+    good = factory.build(factory.source(GOOD_AEAD, name="hotfix-two"))
+    assert up.apply(good.raw).name == "hotfix-two"
+
+
+def test_a_payload_that_patches_only_in_the_engine_taints_it_until_restart(
+        factory: CapsuleFactory, make_updater: UpdaterMaker, tmp_path: Path, trust_verify: None) -> None:
+    factory.pin(tmp_path / "home")
+    up = make_updater()
+    cap = factory.build(factory.source("ONLY_IN_ENGINE = True\n" + _PATCH_TRUST + GOOD_AEAD))
+    with pytest.raises(UpdateError) as ei:
+        up.apply(cap.raw)
+    assert ei.value.reason == "engine-state"
+    assert up.engine.table.provider_for(OP) == "openssl"
+    assert "TrustStore.verify" in (up.status()["tainted"] or "")
+    # Every later capsule is refused, honest or not, until the engine restarts.
+    good = factory.build(factory.source(GOOD_AEAD, name="hotfix-two"))
+    with pytest.raises(UpdateError) as later:
+        up.apply(good.raw)
+    assert later.value.reason == "tainted" and "restart the engine" in str(later.value)
+    assert [e for e in rejections(up) if e.get("engine_tainted")]
+    # A restarted engine (a new updater over the same home) is clean and applies it.
+    fresh = make_updater()
+    assert fresh.apply(good.raw).name == "hotfix-two"
