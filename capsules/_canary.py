@@ -11,6 +11,13 @@ tables published during staging, never in the steady-state one.
   ``old`` accepts) the call is answered by ``old`` and the fault reported. No call fails.
 - Dual-run: every call is answered by ``old`` and shadowed through ``new``; a difference
   (output, or accept/refuse) is reported.
+- Sampled (after cutover, for a while): ``new`` answers every call; one call in N is also
+  computed by ``old`` and compared. On a difference the caller gets ``old``'s answer and the
+  fault is reported (the updater rolls back). This is what catches a provider that behaves in
+  the validation child and in KATs and serves wrong results under real traffic.
+
+Canary calls are compared with ``old`` too, for the same reason: a canary that answers with a
+wrong ciphertext (a fixed key, say) is reported and its answer replaced by ``old``'s.
 
 AEAD is wrapped at the keyed-cipher level; other kinds per method.
 """
@@ -66,19 +73,27 @@ class _CanaryKeyed:
 
     def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
         out = _attempt(self._new.encrypt, nonce, data, aad)
-        if not isinstance(out, _Raised):
-            return out
-        self._fault(f"canary encrypt raised {type(out.exc).__name__}")
-        return self._old.encrypt(nonce, data, aad)
+        if isinstance(out, _Raised):
+            self._fault(f"canary encrypt raised {type(out.exc).__name__}")
+            return self._old.encrypt(nonce, data, aad)
+        ref = self._old.encrypt(nonce, data, aad)
+        if bytes(out) != bytes(ref):
+            self._fault("canary encrypt differs from the current implementation")
+            return ref
+        return out
 
     def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
         out = _attempt(self._new.decrypt, nonce, data, aad)
-        if not isinstance(out, _Raised):
-            return out
-        # Either a genuine forgery (old refuses too: re-raise old's verdict) or a capsule fault.
-        result = self._old.decrypt(nonce, data, aad)
-        self._fault(f"canary decrypt refused what the current implementation accepts ({type(out.exc).__name__})")
-        return result
+        ref = _attempt(self._old.decrypt, nonce, data, aad)
+        if isinstance(ref, _Raised):
+            if not isinstance(out, _Raised):  # the candidate accepts what the current one refuses
+                self._fault("canary decrypt accepted what the current implementation refuses")
+            raise ref.exc
+        if isinstance(out, _Raised):
+            self._fault(f"canary decrypt refused what the current implementation accepts ({type(out.exc).__name__})")
+        elif bytes(out) != bytes(ref):
+            self._fault("canary decrypt differs from the current implementation")
+        return ref
 
 
 class _ShadowKeyed:
@@ -105,6 +120,33 @@ class _ShadowKeyed:
         return out
 
 
+class _SampledKeyed:
+    """``new`` answers; ``old`` checks. Used for the sampled calls only."""
+
+    __slots__ = ("_fault", "_new", "_old")
+
+    def __init__(self, old: AeadCipher, new: AeadCipher, fault: Fault) -> None:
+        self._old, self._new, self._fault = old, new, fault
+
+    def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+        out = _attempt(self._new.encrypt, nonce, data, aad)
+        ref = self._old.encrypt(nonce, data, aad)
+        if isinstance(out, _Raised) or bytes(out) != bytes(ref):
+            self._fault("sampled encrypt differs from the previous implementation")
+            return ref
+        return out
+
+    def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+        out = _attempt(self._new.decrypt, nonce, data, aad)
+        ref = _attempt(self._old.decrypt, nonce, data, aad)
+        if isinstance(out, _Raised) != isinstance(ref, _Raised) or (
+                not isinstance(out, _Raised) and not isinstance(ref, _Raised) and bytes(out) != bytes(ref)):
+            self._fault("sampled decrypt differs from the previous implementation")
+        if isinstance(ref, _Raised):
+            raise ref.exc
+        return ref
+
+
 class _TransitionalAead:
     """Contract-compatible AEAD built per call from old and new keyed ciphers."""
 
@@ -118,7 +160,12 @@ class _TransitionalAead:
     def cipher(self, key: Any) -> Any:
         if self._mode == "dual-run":
             return _ShadowKeyed(self._old.cipher(key), self._new.cipher(key), self._fault)
-        if self._every and next(self._n) % self._every == 0:
+        sampled = self._every and next(self._n) % self._every == 0
+        if self._mode == "sampled":
+            if sampled:
+                return _SampledKeyed(self._old.cipher(key), self._new.cipher(key), self._fault)
+            return self._new.cipher(key)
+        if sampled:
             return _CanaryKeyed(self._old.cipher(key), self._new.cipher(key), self._fault)
         return self._old.cipher(key)
 
@@ -149,14 +196,22 @@ class _TransitionalOther:
                 if not ok_old:
                     raise out
                 return out
-            if self._every and next(self._n) % self._every == 0:
+            sampled = self._every and next(self._n) % self._every == 0
+            if self._mode == "sampled" and not sampled:
+                return new_fn(*args)
+            if sampled:
                 ok, out = _outcome(new_fn, *args)
-                if ok:
+                if ok and not comparable:  # nothing to compare (a fresh key pair, say)
                     return out
                 ok_old, ref = _outcome(old_fn, *args)
+                if ok and ok_old and out == ref:
+                    return out
                 if ok_old:
-                    self._fault(f"canary {method} raised {type(out).__name__}")
+                    what = f"raised {type(out).__name__}" if not ok else "differs from the current implementation"
+                    self._fault(f"{self._mode} {method} {what}")
                     return ref
+                if ok and comparable:
+                    self._fault(f"{self._mode} {method} accepted what the current implementation refuses")
                 raise ref
             return old_fn(*args)
 
@@ -164,7 +219,11 @@ class _TransitionalOther:
 
 
 def transitional(operation: str, old: Any, new: Any, *, mode: str, share: float, fault: Fault) -> Any:
-    """The implementation to route during staging (``mode``: ``"canary"`` or ``"dual-run"``)."""
+    """The implementation to route while staging or just after cutover.
+
+    ``mode``: ``"canary"``, ``"dual-run"`` or ``"sampled"`` (``share``: the fraction of calls
+    sampled or sent to the canary).
+    """
     kind = OPERATIONS[operation].kind
     if kind == "aead":
         obj: Any = _TransitionalAead(old, new, mode, share, fault)

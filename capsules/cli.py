@@ -172,7 +172,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         canary_share=h.canary_share if args.canary_share is None else args.canary_share,
         canary_seconds=h.canary_seconds if args.canary_seconds is None else args.canary_seconds,
         dual_run_seconds=h.dual_run_seconds if args.dual_run_seconds is None else args.dual_run_seconds,
-        drain_timeout=h.drain_timeout_seconds)
+        drain_timeout=h.drain_timeout_seconds, sample_every=h.sample_every, sample_seconds=h.sample_seconds)
     gates = Gates(timeout_s=h.timeout_seconds, memory_bytes=h.memory_bytes, bench_bytes=h.bench_bytes,
                   max_slowdown=h.max_slowdown)
     svc = WatchService(eng, args.dir, args.home, polling=args.polling or None, plan=plan, gates=gates,

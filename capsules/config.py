@@ -18,6 +18,7 @@ from typing import Any
 from xpscerpto._config_fields import (
     Field,
     build_section,
+    count,
     dump_section,
     flag,
     number,
@@ -44,6 +45,10 @@ class HotpatchConfig:
     bench_bytes: int = 64 * 1024
     settle_seconds: float = 0.5
     drain_timeout_seconds: float = 30.0
+    #: After cutover, 1 call in ``sample_every`` is also computed by the replaced implementation
+    #: for ``sample_seconds``; a difference rolls the capsule back (0 seconds: off).
+    sample_every: int = 64
+    sample_seconds: float = 30.0
     require_signature: bool = True
     run_selftests: bool = True
     rollback_on_error: bool = True
@@ -91,4 +96,6 @@ _FIELDS = (
     Field("bench_bytes", "bench_bytes", parse_size),
     Field("settle", "settle_seconds", parse_duration, seconds_out),
     Field("drain_timeout", "drain_timeout_seconds", parse_duration, seconds_out),
+    Field("sample_every", "sample_every", count(1)),
+    Field("sample", "sample_seconds", parse_duration, seconds_out),
 )

@@ -60,15 +60,19 @@ _SERVING_TABLES = 256
 class StagePlan:
     """How a verified capsule goes live.
 
-    A canary share routes that fraction of calls to the new implementation (falling back to
-    the current one on any fault); dual-run answers every call with the current one and
-    shadow-compares the new one. Zero seconds skips a phase.
+    A canary share routes that fraction of calls to the new implementation (compared with,
+    and falling back to, the current one on any fault or difference); dual-run answers every
+    call with the current one and shadow-compares the new one. After cutover, for
+    ``sample_seconds``, one call in ``sample_every`` is also computed by the implementation that
+    was replaced; a difference rolls the capsule back. Zero seconds skips a phase.
     """
 
     canary_share: float = 0.1
     canary_seconds: float = 0.0
     dual_run_seconds: float = 0.0
     drain_timeout: float = 30.0  # seconds to wait for calls on the old table before reporting
+    sample_every: int = 64  # after cutover, 1 call in this many is also computed by the replaced one
+    sample_seconds: float = 0.0  # ...for this long (0: no sampled check; `xps watch` runs 30 s by default)
 
 
 @dataclass
@@ -250,6 +254,7 @@ class Updater:
         cap = ActiveCapsule(m.name, m.version, sha, tuple(sorted(m.operations)))
         self._audit("PATCH_STAGE", sha256=sha, name=m.name, version=m.version, operations=list(cap.operations))
 
+        reference = self._current_impls(m.operations)  # what serves now: the sampled check's yardstick
         for mode, seconds in (("canary", self.plan.canary_seconds), ("dual-run", self.plan.dual_run_seconds)):
             if seconds > 0:
                 self._trial(loaded, mode, seconds, operator)
@@ -275,7 +280,34 @@ class Updater:
                               reason=f"KAT re-check failed: {failure}")
             self._taint(f"{m.name} {m.version} failed its KAT re-check after cutover")
             raise refuse(Refusal.KAT_RECHECK, f"enable: KAT re-check failed after cutover ({failure}); rolled back")
+        if self.plan.sample_seconds > 0 and reference:
+            self._start_sampling(loaded, reference)
         return cap
+
+    def _start_sampling(self, loaded: _Loaded, reference: Mapping[str, object]) -> None:
+        """For ``plan.sample_seconds`` after cutover, compare 1 call in ``plan.sample_every``
+        with the implementation it replaced; a difference is a fault of this capsule."""
+        name = loaded.provider.name
+        version: list[int] = []
+
+        def fault(detail: str) -> None:  # a sampled call's error path: enqueue only
+            self._faults.put((name, detail, version[0] if version else -1))
+
+        table = self._table_for(self._state.active, trial=(loaded, "sampled"), reference=reference, fault=fault)
+        version.append(table.version)
+        self._publish(table)
+        self._audit("PATCH_STAGE", sha256=loaded.capsule.sha256, name=name, version=loaded.capsule.manifest.version,
+                    phase="sampled", every=self.plan.sample_every, seconds=self.plan.sample_seconds,
+                    table_version=table.version)
+        timer = threading.Timer(self.plan.sample_seconds, self._end_sampling, args=(table.version,))
+        timer.daemon = True
+        timer.name = f"xps-sampling-{table.version}"
+        timer.start()
+
+    def _end_sampling(self, version: int) -> None:
+        with contextlib.suppress(Exception), self._lock:
+            if self.engine.table.version == version:  # nothing replaced the sampling table since
+                self._publish(self._table_for(self._state.active))
 
     def _undo_enable(self, previous: RoutingState, previous_held: dict[str, dict[str, str]], cap: ActiveCapsule,
                      *, signed_by: Any, reason: str) -> None:
@@ -485,7 +517,9 @@ class Updater:
                 *(self._loaded[a.sha256].provider for a in active if a.sha256 not in self._held)]
 
     def _table_for(self, active: tuple[ActiveCapsule, ...], trial: tuple[_Loaded, str] | None = None,
-                   config: EngineConfig | None = None, held: Mapping[str, Any] | None = None) -> RoutingTable:
+                   config: EngineConfig | None = None, held: Mapping[str, Any] | None = None, *,
+                   reference: Mapping[str, object] | None = None,
+                   fault: Callable[[str], None] | None = None) -> RoutingTable:
         config = config or self.engine.config
         held = self._held if held is None else held
         active = tuple(a for a in active if a.sha256 not in held)  # committed, but refused at start
@@ -496,10 +530,14 @@ class Updater:
                 prefer[op] = a.name
         if trial is not None:
             loaded, mode = trial
-            current = self._current_impls(tuple(loaded.provider.implementations))
-            impls = {op: transitional(op, current[op], new, mode=mode, share=self.plan.canary_share,
-                                      fault=self._stage_fault.put)
+            current = reference if reference is not None else self._current_impls(
+                tuple(loaded.provider.implementations))
+            share = 1 / self.plan.sample_every if mode == "sampled" else self.plan.canary_share
+            impls = {op: transitional(op, current[op], new, mode=mode, share=share,
+                                      fault=fault or self._stage_fault.put)
                      if op in current else new for op, new in loaded.provider.implementations.items()}
+            # Sampling wraps a capsule that is already active: it replaces that provider.
+            providers = [p for p in providers if p.name != loaded.provider.name]
             providers.append(replace(loaded.provider, implementations=impls))
             for op in impls:
                 prefer[op] = loaded.provider.name

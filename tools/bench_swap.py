@@ -11,7 +11,9 @@ Prints, in one run:
    a full capsule pipeline (child-process validation) runs; target p99 ratio <= 2x;
 3. hot-path cost of drain tracking: calls hold the table they loaded in a local; compared
    against the same API without that local, and an engine with an updater attached vs one
-   without. Ratios, not absolute pass/fail numbers.
+   without. Ratios, not absolute pass/fail numbers;
+4. the sampled differential check after cutover: cost per call while it runs, and the time
+   from a provider turning bad to its rollback.
 """
 
 from __future__ import annotations
@@ -41,11 +43,14 @@ from xpscerpto.signing import TrustStore, generate_keypair, load_private_key  # 
 OP, ALGO = "aead.xchacha20poly1305", "XCHACHA20-POLY1305"
 
 
-def _capsule(tmp: Path, signer: tuple, version: str) -> bytes:
+def _capsule(tmp: Path, signer: tuple, version: str, patch: tuple[str, str] | None = None) -> bytes:
     src = tmp / f"src-{version}"
     shutil.copytree(ROOT / "capsules" / "demo-capsule", src, ignore=shutil.ignore_patterns("__pycache__"))
     toml = src / "capsule.toml"
     toml.write_text(toml.read_text().replace('version = "1.0.0"', f'version = "{version}"'))
+    if patch is not None:
+        module = src / "xchacha.py"
+        module.write_text(module.read_text().replace(*patch))
     return build_capsule(src, [signer])
 
 
@@ -184,6 +189,59 @@ def drain_tracking_cost(quick: bool) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+# Serves a fixed key in the engine process once a switch file exists (the child never sees it).
+_WRONG_KEY = ("    def cipher(self, key: Buffer) -> _Keyed:\n        return _Keyed(key)",
+              "    def cipher(self, key: Buffer) -> _Keyed:\n"
+              "        import os\n"
+              "        return _Keyed(bytes(32) if os.path.exists(os.environ.get('XPS_BENCH_SWITCH', '/nonexistent'))"
+              " else key)")
+
+
+def sampled_check(tmp: Path, quick: bool) -> None:
+    """4. The sampled differential check after cutover: its cost per call, and how soon it
+    rolls back a provider that starts serving wrong results."""
+    home, signer = _setup(tmp / "sampled")
+    every = 64
+    eng = xps.Engine()
+    up = Updater(eng, home, gates=Gates(bench_seconds=0.1, max_slowdown=10),
+                 plan=StagePlan(canary_seconds=0, dual_run_seconds=0, sample_every=every, sample_seconds=3600))
+    up.restore()
+    up.apply(_capsule(tmp / "sampled", signer, "1.0.0"))
+    key, msg = bytes(range(32)), b"m" * 64  # not the fixed key the bad provider uses
+    n, rounds = (2000, 3) if quick else (20000, 7)
+
+    def per_call() -> float:
+        best = float("inf")
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for _ in range(n):
+                eng.aead.encrypt(ALGO, key, msg)
+            best = min(best, (time.perf_counter() - t) / n)
+        return best
+
+    sampled_table = eng.table.version
+    sampling = per_call()
+    up._end_sampling(sampled_table)  # the window ends: the plain table is published
+    plain = per_call()
+    print(f"4. sampled check (1 call in {every}, XChaCha20-Poly1305 64 B encrypt, best of {rounds}x{n}): "
+          f"{sampling * 1e6:.2f} us/call while sampling vs {plain * 1e6:.2f} us/call after "
+          f"({sampling / plain:.2f}x; +{(sampling - plain) * 1e6:.2f} us/call)")
+    # Time to roll back a provider that turns bad: 1.0.1 serves a fixed key once the switch exists.
+    switch = tmp / "sampled" / "switch"
+    os.environ["XPS_BENCH_SWITCH"] = str(switch)
+    up.apply(_capsule(tmp / "sampled", signer, "1.0.1", _WRONG_KEY))
+    switch.touch()
+    started, calls = time.perf_counter(), 0
+    while up.status()["active"][0]["version"] != "1.0.0" and time.perf_counter() - started < 30:
+        for _ in range(100):
+            eng.aead.encrypt(ALGO, key, msg)
+        calls += 100
+    took = time.perf_counter() - started
+    print(f"   a provider turning bad is rolled back after {took * 1e3:.1f} ms ({calls} calls at full speed, "
+          f"i.e. about {every} calls to the first sampled one, then the rollback)")
+    up.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -194,7 +252,8 @@ def main() -> None:
         tmp = Path(d)
         drop_to_serving(tmp, args.quick)
         latency_during_swaps(tmp, args.quick)
-    drain_tracking_cost(args.quick)
+        drain_tracking_cost(args.quick)
+        sampled_check(tmp, args.quick)
     sys.stdout.flush()
 
 

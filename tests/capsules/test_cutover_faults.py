@@ -244,3 +244,44 @@ def test_a_capsule_that_keeps_crashing_the_engine_is_quarantined_not_reenabled(p
     assert len(quarantine) == 1 and quarantine[0]["version"] == "1.0.1" and quarantine[0]["to"] == "1.0.0"
     # A clean stop reset the counts: nothing is left to charge at the next start.
     assert not (home / "crashes.json").exists() and not (home / "engine.run").exists()
+
+
+# Correct in the validation child and through every KAT, then — in the engine only, a moment
+# after import — encrypts under a fixed key: wrong results, no exception.
+WRONG_KEY_LATER = ("    def cipher(self, key: Buffer) -> _Keyed:\n        return _Keyed(key)",
+                   "    def cipher(self, key: Buffer) -> _Keyed:\n"
+                   "        import sys, time\n"
+                   "        spec = getattr(sys.modules['__main__'], '__spec__', None)\n"
+                   "        in_child = getattr(spec, 'name', '') == 'xpscerpto.capsules._child'\n"
+                   "        if not in_child and time.monotonic() - _IMPORTED > 1.0:\n"
+                   "            return _Keyed(bytes(32))\n"
+                   "        return _Keyed(key)")
+
+
+def test_the_sampled_check_after_cutover_rolls_back_a_provider_serving_wrong_results(publisher: Publisher) -> None:
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home, StagePlan(canary_seconds=0, dual_run_seconds=0, sample_every=16,
+                                                 sample_seconds=30))
+    up.apply(publisher.capsule("1.0.0"))
+    publisher.capsule("1.0.1", module_patch=WRONG_KEY_LATER)
+    module = publisher.tmp / "src-1.0.1" / "xchacha.py"
+    module.write_text(module.read_text().replace(*LATE_WRONG_HEAD))
+    up.apply(build_capsule(module.parent, [publisher.signer]))
+    key = bytes(range(32))
+    wrong = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 20:
+        sealed = eng.aead.encrypt(ALGO, key, b"m" * 64)
+        if eng.table.provider_for(OP) == "xchacha20-openssl" and \
+                [a.version for a in RoutingState.load(publisher.home.state).active] == ["1.0.0"]:
+            break
+        try:
+            eng.aead.open(ALGO, key, sealed)
+        except xps.AuthError:
+            wrong += 1  # a wrong ciphertext reached the caller (a non-sampled call)
+    else:
+        pytest.fail("the provider serving wrong results was not rolled back")
+    rollback = [e for e in up.audit.tail(50) if e["event"] == "PATCH_ROLLBACK"][-1]
+    assert rollback["version"] == "1.0.1" and rollback["to"] == "1.0.0" and "sampled" in rollback["reason"]
+    assert wrong > 0  # it really served wrong results before the check caught it
+    assert eng.aead.open(ALGO, key, eng.aead.encrypt(ALGO, key, b"m")) == b"m"  # 1.0.0 serves again

@@ -230,6 +230,8 @@ OVERRIDES: list[tuple[str, Any, Any]] = [
     ("hotpatch.bench_bytes", 0, 0),
     ("hotpatch.settle", 2.5, 2.5),
     ("hotpatch.drain_timeout", "2m", 120.0),
+    ("hotpatch.sample_every", 16, 16),
+    ("hotpatch.sample", "10s", 10.0),
     ("channel.rekey_after_messages", 1000, 1000),
     ("channel.rekey_after_bytes", "1MiB", 1024**2),
     ("channel.rekey_after", "30m", 1800.0),
@@ -247,7 +249,8 @@ OVERRIDES: list[tuple[str, Any, Any]] = [
 _ATTRS = {"dual_window": "dual_window_seconds", "request_ttl": "request_ttl_seconds",
           "timeout": "timeout_seconds", "memory": "memory_bytes", "settle": "settle_seconds",
           "drain_timeout": "drain_timeout_seconds", "rekey_after": "rekey_after_seconds",
-          "destroy_after": "destroy_after_seconds", "handshake_timeout": "handshake_timeout_seconds"}
+          "destroy_after": "destroy_after_seconds", "handshake_timeout": "handshake_timeout_seconds",
+          "sample": "sample_seconds"}
 
 
 def _nest(key: str, value: Any) -> dict[str, Any]:
