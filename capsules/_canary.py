@@ -65,34 +65,46 @@ def _attempt(fn: Callable[[bytes, Buffer, Buffer], bytes], nonce: bytes, data: B
         return _Raised(exc)
 
 
-class _CanaryKeyed:
-    __slots__ = ("_fault", "_new", "_old")
+def _differs(a: bytes | _Raised, b: bytes | _Raised) -> bool:
+    """Two outcomes disagree: one raised and the other did not, or they returned other bytes."""
+    if isinstance(a, _Raised) or isinstance(b, _Raised):
+        return isinstance(a, _Raised) != isinstance(b, _Raised)
+    return bytes(a) != bytes(b)
 
-    def __init__(self, old: AeadCipher, new: AeadCipher, fault: Fault) -> None:
-        self._old, self._new, self._fault = old, new, fault
+
+def _what(label: str, method: str, new: object) -> str:
+    if isinstance(new, _Raised):
+        return f"{label} {method} raised {type(new.exc).__name__} where the current implementation did not"
+    return f"{label} {method} differs from the current implementation"
+
+
+class _CheckedKeyed:
+    """Canary and sampled calls: ``new`` answers, checked against ``old``.
+
+    On any difference (output, an exception, or accept/refuse) the fault is reported and the
+    caller gets ``old``'s answer, so a wrong or failing candidate never reaches it.
+    """
+
+    __slots__ = ("_fault", "_label", "_new", "_old")
+
+    def __init__(self, old: AeadCipher, new: AeadCipher, fault: Fault, label: str) -> None:
+        self._old, self._new, self._fault, self._label = old, new, fault, label
 
     def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
         out = _attempt(self._new.encrypt, nonce, data, aad)
-        if isinstance(out, _Raised):
-            self._fault(f"canary encrypt raised {type(out.exc).__name__}")
-            return self._old.encrypt(nonce, data, aad)
         ref = self._old.encrypt(nonce, data, aad)
-        if bytes(out) != bytes(ref):
-            self._fault("canary encrypt differs from the current implementation")
+        if isinstance(out, _Raised) or bytes(out) != bytes(ref):
+            self._fault(_what(self._label, "encrypt", out))
             return ref
         return out
 
     def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
         out = _attempt(self._new.decrypt, nonce, data, aad)
         ref = _attempt(self._old.decrypt, nonce, data, aad)
+        if _differs(out, ref):
+            self._fault(_what(self._label, "decrypt", out))
         if isinstance(ref, _Raised):
-            if not isinstance(out, _Raised):  # the candidate accepts what the current one refuses
-                self._fault("canary decrypt accepted what the current implementation refuses")
             raise ref.exc
-        if isinstance(out, _Raised):
-            self._fault(f"canary decrypt refused what the current implementation accepts ({type(out.exc).__name__})")
-        elif bytes(out) != bytes(ref):
-            self._fault("canary decrypt differs from the current implementation")
         return ref
 
 
@@ -104,47 +116,17 @@ class _ShadowKeyed:
 
     def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
         out = self._old.encrypt(nonce, data, aad)
-        shadow = _attempt(self._new.encrypt, nonce, data, aad)
-        if isinstance(shadow, _Raised) or shadow != out:
+        if _differs(_attempt(self._new.encrypt, nonce, data, aad), out):
             self._fault("dual-run encrypt differs from the current implementation")
         return out
 
     def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
         out = _attempt(self._old.decrypt, nonce, data, aad)
-        shadow = _attempt(self._new.decrypt, nonce, data, aad)
-        if isinstance(out, _Raised) != isinstance(shadow, _Raised) or (
-                not isinstance(out, _Raised) and not isinstance(shadow, _Raised) and bytes(shadow) != bytes(out)):
+        if _differs(_attempt(self._new.decrypt, nonce, data, aad), out):
             self._fault("dual-run decrypt differs from the current implementation")
         if isinstance(out, _Raised):
             raise out.exc
         return out
-
-
-class _SampledKeyed:
-    """``new`` answers; ``old`` checks. Used for the sampled calls only."""
-
-    __slots__ = ("_fault", "_new", "_old")
-
-    def __init__(self, old: AeadCipher, new: AeadCipher, fault: Fault) -> None:
-        self._old, self._new, self._fault = old, new, fault
-
-    def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
-        out = _attempt(self._new.encrypt, nonce, data, aad)
-        ref = self._old.encrypt(nonce, data, aad)
-        if isinstance(out, _Raised) or bytes(out) != bytes(ref):
-            self._fault("sampled encrypt differs from the previous implementation")
-            return ref
-        return out
-
-    def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
-        out = _attempt(self._new.decrypt, nonce, data, aad)
-        ref = _attempt(self._old.decrypt, nonce, data, aad)
-        if isinstance(out, _Raised) != isinstance(ref, _Raised) or (
-                not isinstance(out, _Raised) and not isinstance(ref, _Raised) and bytes(out) != bytes(ref)):
-            self._fault("sampled decrypt differs from the previous implementation")
-        if isinstance(ref, _Raised):
-            raise ref.exc
-        return ref
 
 
 class _TransitionalAead:
@@ -160,14 +142,10 @@ class _TransitionalAead:
     def cipher(self, key: Any) -> Any:
         if self._mode == "dual-run":
             return _ShadowKeyed(self._old.cipher(key), self._new.cipher(key), self._fault)
-        sampled = self._every and next(self._n) % self._every == 0
-        if self._mode == "sampled":
-            if sampled:
-                return _SampledKeyed(self._old.cipher(key), self._new.cipher(key), self._fault)
-            return self._new.cipher(key)
-        if sampled:
-            return _CanaryKeyed(self._old.cipher(key), self._new.cipher(key), self._fault)
-        return self._old.cipher(key)
+        if self._every and next(self._n) % self._every == 0:
+            return _CheckedKeyed(self._old.cipher(key), self._new.cipher(key), self._fault, self._mode)
+        # Unchecked calls: the candidate serves after cutover (sampled), the current one before.
+        return (self._new if self._mode == "sampled" else self._old).cipher(key)
 
 
 class _TransitionalOther:

@@ -1,6 +1,7 @@
 """Supervisor of one validation child: nothing the capsule starts outlives validation.
 
-Run as ``python -I -m xpscerpto.capsules._reaper -- CMD...``. It runs no capsule code. It makes
+Run as ``python -I -m xpscerpto.capsules._reaper FD -- CMD...`` (``FD``: the child's result
+file descriptor, passed on to it). It runs no capsule code. It makes
 itself a *child subreaper* (Linux ``PR_SET_CHILD_SUBREAPER``), so every process the validation
 child leaves behind — double-forked, in a new session, in a new process group — is re-parented
 to it instead of to init. When the child ends (or on SIGTERM from the engine, after a
@@ -83,12 +84,11 @@ def kill_descendants() -> int:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    if argv[:1] == ["--"]:
-        argv = argv[1:]
+    result_fd, separator, *argv = sys.argv[1:]
+    if separator != "--" or not argv:
+        sys.exit("usage: python -m xpscerpto.capsules._reaper FD -- CMD...")
     _become_subreaper()
-    fds = tuple(int(a) for a in argv if a.isdigit())  # the child's result fd
-    child = subprocess.Popen(argv, pass_fds=fds)  # noqa: S603 - the engine's own child module
+    child = subprocess.Popen(argv, pass_fds=(int(result_fd),))  # noqa: S603 - the engine's own child module
 
     def on_term(signum: int, frame: object) -> None:
         child.kill()

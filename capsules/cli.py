@@ -232,7 +232,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _offline_status(home: Any) -> dict[str, Any]:
     from xpscerpto.audit import AuditLog
 
-    from .store import CapsuleStore, RoutingState
+    from .store import CapsuleStore, RoutingState, refused_entry
 
     state = RoutingState.load(home.state)
     store = CapsuleStore(home)
@@ -241,8 +241,7 @@ def _offline_status(home: Any) -> dict[str, Any]:
         try:
             store.get(a.sha256)
         except XpsError as exc:
-            refused.append({"name": a.name, "version": a.version, "sha256": a.sha256,
-                            "reason": str(exc.reason), "detail": str(exc)})
+            refused.append(refused_entry(a, exc))
     active = {a.sha256 for a in state.active}
     retired = {e.get("sha256"): e for e in state.history if e.get("sha256") not in active}
     return {"running": False, "table_version": None, "routes": {}, "staging": None, "refused": refused,

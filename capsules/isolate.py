@@ -122,7 +122,7 @@ def _run_child(request: bytes, gates: Gates) -> dict[str, Any]:
         # -I: isolated mode (no user site, no PYTHON* env, no cwd on sys.path).
         # The child runs under a supervisor (_reaper, no capsule code) that is the subreaper of
         # everything the child starts and kills all of it when the child ends.
-        cmd = [sys.executable, "-I", "-m", "xpscerpto.capsules._reaper", "--",
+        cmd = [sys.executable, "-I", "-m", "xpscerpto.capsules._reaper", str(fd), "--",
                sys.executable, "-I", "-m", "xpscerpto.capsules._child", str(fd)]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,  # noqa: S603 - own module
                                 stderr=err, pass_fds=(fd,), start_new_session=True)

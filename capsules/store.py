@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from xpscerpto._atomic import atomic_write
+from xpscerpto.errors import XpsError
 from xpscerpto.home import Home
 
 from .format import parse_version
 from .refusal import Refusal, refuse
 
-__all__ = ["ActiveCapsule", "CapsuleStore", "RoutingState", "state_lock"]
+__all__ = ["ActiveCapsule", "CapsuleStore", "RoutingState", "merged", "raised_to", "refused_entry", "state_lock"]
 
 _HISTORY = 200
 
@@ -80,15 +81,10 @@ class RoutingState:
         cap = replace(cap, replaced=previous.sha256 if previous else None,
                       replaced_version=previous.version if previous else None)
         active = (*(a for a in self.active if a.name != cap.name), cap)
-        highest = dict(self.highest)
-        if parse_version(cap.version) > parse_version(highest.get(cap.name, "0.0.0")):
-            highest[cap.name] = cap.version
+        highest = raised_to(self.highest, (cap.name,), cap.version)
         enabled = {name: dict(versions) for name, versions in self.enabled.items()}
         enabled.setdefault(cap.name, {})[cap.version] = cap.sha256
-        op_highest = dict(self.op_highest)
-        for op in cap.operations:
-            if parse_version(cap.version) > parse_version(op_highest.get(op, "0.0.0")):
-                op_highest[op] = cap.version
+        op_highest = raised_to(self.op_highest, cap.operations, cap.version)
         return replace(self._with(active, highest, "enable", cap, operator), enabled=enabled, op_highest=op_highest)
 
     def disable(self, cap: ActiveCapsule, *, operator: str, restore: ActiveCapsule | None = None) -> RoutingState:
@@ -142,9 +138,7 @@ class RoutingState:
             op_highest: dict[str, str] = {str(k): str(v) for k, v in doc.get("op_highest", {}).items()}
             if "op_highest" not in doc:  # written before it existed: at least what is active now
                 for cap in active:
-                    for op in cap.operations:
-                        if parse_version(cap.version) > parse_version(op_highest.get(op, "0.0.0")):
-                            op_highest[op] = cap.version
+                    op_highest = raised_to(op_highest, cap.operations, cap.version)
             return cls(tuple(active), dict(doc["highest"]), history, enabled, op_highest)
         except (KeyError, TypeError, AttributeError) as exc:
             raise refuse(Refusal.STATE, f"state {str(path)!r}: malformed ({exc})") from None
@@ -157,6 +151,29 @@ class RoutingState:
             atomic_write(path, json.dumps(self.to_json(), separators=(",", ":")).encode() + b"\n")
         except OSError as exc:  # the old state stays committed (atomic_write leaves no temp file)
             raise refuse(Refusal.IO, f"state {str(path)!r}: cannot write ({exc.strerror})") from None
+
+
+def raised_to(versions: Mapping[str, str], keys: Iterable[str], version: str) -> dict[str, str]:
+    """A copy of ``versions`` where each of ``keys`` is at least ``version`` (version memory only rises)."""
+    out = dict(versions)
+    for key in keys:
+        if key not in out or parse_version(version) > parse_version(out[key]):
+            out[key] = version
+    return out
+
+
+def merged(a: Mapping[str, str], b: Mapping[str, str]) -> dict[str, str]:
+    """The higher version of each key of ``a`` and ``b``."""
+    out = dict(a)
+    for key, version in b.items():
+        out = raised_to(out, (key,), version)
+    return out
+
+
+def refused_entry(cap: ActiveCapsule, exc: XpsError) -> dict[str, str]:
+    """How ``xps status`` lists a committed capsule whose stored file was refused."""
+    return {"name": cap.name, "version": cap.version, "sha256": cap.sha256, "reason": str(exc.reason),
+            "detail": str(exc)}
 
 
 class CapsuleStore:

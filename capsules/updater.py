@@ -40,12 +40,12 @@ from . import _tamper
 from ._canary import transitional
 from ._verifier import VerifiedCapsule, verify_capsule
 from .crash_guard import DEFAULT_CRASH_LIMIT, CrashGuard
-from .format import Limits, parse_version
+from .format import Limits
 from .isolate import Gates, validate_isolated
 from .loader import load_provider
 from .policy_record import config_digest, policy_fields
 from .refusal import Refusal, refuse
-from .store import ActiveCapsule, CapsuleStore, RoutingState, state_lock
+from .store import ActiveCapsule, CapsuleStore, RoutingState, merged, refused_entry, state_lock
 
 __all__ = ["Drain", "StagePlan", "Updater"]
 
@@ -161,8 +161,7 @@ class Updater:
                 try:
                     raw = self.store.get(cap.sha256)
                 except XpsError as exc:
-                    held[cap.sha256] = {"name": cap.name, "version": cap.version, "sha256": cap.sha256,
-                                        "reason": str(exc.reason), "detail": str(exc)}
+                    held[cap.sha256] = refused_entry(cap, exc)
                     self._audit("PATCH_REJECT", sha256=cap.sha256, name=cap.name, version=cap.version,
                                 phase="restore", reason=exc.reason, detail=str(exc), held=True)
                     keep.append(cap)
@@ -370,16 +369,8 @@ class Updater:
     def _merge_committed_highest(self) -> None:
         """Never let the in-memory version memory fall below what is committed on disk."""
         on_disk = RoutingState.load(self.home.state)
-        committed = on_disk.highest
-        highest = dict(self._state.highest)
-        for name, version in committed.items():
-            if name not in highest or parse_version(version) > parse_version(highest[name]):
-                highest[name] = version
-        op_highest = dict(self._state.op_highest)
-        for op, version in on_disk.op_highest.items():
-            if op not in op_highest or parse_version(version) > parse_version(op_highest[op]):
-                op_highest[op] = version
-        self._state = replace(self._state, highest=highest, op_highest=op_highest)
+        self._state = replace(self._state, highest=merged(self._state.highest, on_disk.highest),
+                              op_highest=merged(self._state.op_highest, on_disk.op_highest))
 
     def _rollback(self, cap: ActiveCapsule, to: str | None, *, operator: str, reason: str) -> ActiveCapsule:
         restore_sha, version = _restore_target(self._state, cap, to)

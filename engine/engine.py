@@ -429,9 +429,8 @@ class Engine:
     def remove_fault_listener(self, listener: FaultListener | TableFaultListener) -> None:
         """Stop calling ``listener`` (a no-op if it was never added)."""
         with self._lock:
-            self._fault_listeners = tuple(f for f in self._fault_listeners if f is not listener and f != listener)
-            self._table_fault_listeners = tuple(f for f in self._table_fault_listeners
-                                                if f is not listener and f != listener)
+            self._fault_listeners = tuple(f for f in self._fault_listeners if f != listener)
+            self._table_fault_listeners = tuple(f for f in self._table_fault_listeners if f != listener)
 
     def add_table_fault_listener(self, listener: TableFaultListener) -> None:
         """Like :meth:`add_fault_listener`, plus the version of the table whose route faulted.

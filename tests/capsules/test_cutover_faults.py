@@ -24,6 +24,7 @@ from xpscerpto.home import Home
 from xpscerpto.signing import TrustStore, generate_keypair, load_private_key
 
 from .test_updater import ALGO, FAST_GATES, NO_TRIAL, OP, Publisher, publisher
+from .test_updater import _updater as _updater_with
 
 __all__ = ["publisher"]
 
@@ -32,9 +33,8 @@ GATES = replace(FAST_GATES, max_slowdown=10.0)
 
 
 def _updater(engine: xps.Engine, home: Home, plan: StagePlan = NO_TRIAL) -> Updater:
-    up = Updater(engine, home, gates=GATES, plan=plan)
-    up.restore()
-    return up
+    return _updater_with(engine, home, plan, gates=GATES)
+
 
 # Passes every check in the validation child and in the engine's first KAT run, then turns
 # wrong a moment later in the engine process only: the second in-engine KAT run fails.

@@ -55,8 +55,8 @@ def publisher(tmp_path: Path) -> Publisher:
     return Publisher(tmp_path)
 
 
-def _updater(engine: xps.Engine, home: Home, plan: StagePlan = NO_TRIAL) -> Updater:
-    up = Updater(engine, home, gates=FAST_GATES, plan=plan)
+def _updater(engine: xps.Engine, home: Home, plan: StagePlan = NO_TRIAL, gates: Gates = FAST_GATES) -> Updater:
+    up = Updater(engine, home, gates=gates, plan=plan)
     up.restore()
     return up
 
