@@ -267,13 +267,15 @@ def test_the_sampled_check_after_cutover_rolls_back_a_provider_serving_wrong_res
     module = publisher.tmp / "src-1.0.1" / "xchacha.py"
     module.write_text(module.read_text().replace(*LATE_WRONG_HEAD))
     up.apply(build_capsule(module.parent, [publisher.signer]))
+    serving = eng.table.version
     key = bytes(range(32))
     wrong = 0
     started = time.monotonic()
     while time.monotonic() - started < 20:
         sealed = eng.aead.encrypt(ALGO, key, b"m" * 64)
-        if eng.table.provider_for(OP) == "xchacha20-openssl" and \
-                [a.version for a in RoutingState.load(publisher.home.state).active] == ["1.0.0"]:
+        # The rollback commits state.json before it publishes: wait for the published table,
+        # not the file, or the last encrypt above may still have gone to 1.0.1.
+        if eng.table.version != serving:
             break
         try:
             eng.aead.open(ALGO, key, sealed)
@@ -283,5 +285,8 @@ def test_the_sampled_check_after_cutover_rolls_back_a_provider_serving_wrong_res
         pytest.fail("the provider serving wrong results was not rolled back")
     rollback = [e for e in up.audit.tail(50) if e["event"] == "PATCH_ROLLBACK"][-1]
     assert rollback["version"] == "1.0.1" and rollback["to"] == "1.0.0" and "sampled" in rollback["reason"]
+    assert rollback["table_version"] == eng.table.version
+    assert [a.version for a in RoutingState.load(publisher.home.state).active] == ["1.0.0"]
+    assert eng.table.provider_for(OP) == "xchacha20-openssl"
     assert wrong > 0  # it really served wrong results before the check caught it
     assert eng.aead.open(ALGO, key, eng.aead.encrypt(ALGO, key, b"m")) == b"m"  # 1.0.0 serves again
