@@ -246,7 +246,7 @@ class Home:
         if record.stores[name] != ref:
             raise PolicyError(f"{name} store: this home records {record.stores[name]!r}, the configuration names "
                               f"{ref!r}; a home keeps its stores where they were created")
-        if ref.startswith(_TOKEN_PREFIX):
+        if ref.startswith((_TOKEN_PREFIX, "postgresql://")):
             return False  # not a file: its opener checks it exists (and is told not to create it)
         path = self.root / ref
         try:

@@ -45,6 +45,7 @@ from typing import Any, NoReturn
 from xpscerpto.audit import AuditLog
 from xpscerpto.audit.config import AuditConfig
 from xpscerpto.config import SECURITY_KEYS, XpsConfig, policy_changes
+from xpscerpto.db.postgres import check_dsn, is_dsn
 from xpscerpto.engine import Engine, KeyedAead
 from xpscerpto.errors import KeyError_, PolicyError, XpsError
 from xpscerpto.home import Home
@@ -57,7 +58,7 @@ from .integrity import INTEGRITY_KEY_SIZE, KeyringTampered, Sealer
 from .kek import KekProvider, _random_secret, open_kek
 from .outbox import Outbox
 from .states import Action, KeyState, VersionState, decrypt_deadline, key_after, version_destroyable
-from .store import KeyRow, RewrapGrant, Store, VersionRow
+from .store import Connection, KeyRow, RewrapGrant, Store, VersionRow
 from .usage import parse_policy
 
 __all__ = ["MAX_CACHED_MISSES", "RECHECK_SECONDS", "KeyInfo", "Keyring", "VersionInfo", "parse_policy"]
@@ -200,9 +201,7 @@ class Keyring:
         if audit is None:
             self._check_audit_store()
         self.kek = kek or self._open_kek()
-        db_path = self.home.root / self.config.database
-        create = self.home.check_store("keyring", self.home.store_ref(db_path))
-        self.store = Store(db_path, create=create)
+        self.store, ref, create = self._open_store()
         self._lock = threading.RLock()  # slow paths only: loading, reserving, transitions
         self._active: dict[str, _Handle] = {}  # name -> the handle that encrypts
         self._handles: dict[tuple[bytes, int], _Handle] = {}  # (key id, version) -> handle
@@ -211,9 +210,10 @@ class Keyring:
         self.outbox = Outbox(self.store, self.audit, clock)
         self._retention_at = 0.0
         try:
-            self._attach_integrity(created=create)
+            self._attach_integrity(created=create and self.store.empty())
             if create:
-                self.home.register_store("keyring", self.home.store_ref(db_path))
+                self.home.register_store("keyring", ref)
+            self.store.on_change(self._changed_elsewhere)
             self._check_policy_seal()
             self.outbox.deliver()  # records a crash left queued (see .outbox)
             self.enforce_retention()
@@ -816,6 +816,30 @@ class Keyring:
         if self.home.check_store("audit") and self.home.audit.exists() and self.home.audit.stat().st_size > 0:
             self.home.register_store("audit")
 
+    def _open_store(self) -> tuple[Store, str, bool]:
+        """The keyring database the policy names: a file in the home, or ``postgresql://…``."""
+        database = self.config.database
+        if is_dsn(database):
+            from xpscerpto.db.keyring_store import PgStore
+
+            ref = check_dsn(database)
+            create = self.home.check_store("keyring", ref)
+            return PgStore(ref, create=create), ref, create
+        db_path = self.home.root / database
+        ref = self.home.store_ref(db_path)
+        create = self.home.check_store("keyring", ref)
+        return Store(db_path, create=create), ref, create
+
+    def _changed_elsewhere(self, key_id: str) -> None:
+        """Another node changed ``key_id`` ("*": maybe any key): re-read it before next use.
+
+        Runs on the store's listener thread. Only the re-check deadlines move (one store each);
+        the hot path reads them as it always does, so no lock is taken here or there.
+        """
+        for h in list(self._handles.values()) + list(self._active.values()):
+            if key_id in ("*", h.key_id):
+                h.recheck_at = 0.0
+
     def _open_kek(self) -> KekProvider:
         k = self.config.kek
         ref = (f"pkcs11:{k.token_label}/{k.key_label}" if k.provider == "pkcs11"
@@ -840,12 +864,12 @@ class Keyring:
                 with self.kek.unwrap(bytes.fromhex(wrapped), _INTEGRITY_AAD) as key:
                     self.store.sealer = Sealer(key)
             except (ValueError, XpsError):
-                raise KeyringTampered(f"keyring database {str(self.store.path)!r}: its integrity key does not unwrap "
+                raise KeyringTampered(f"keyring database {self.store.name!r}: its integrity key does not unwrap "
                                       "under this home's KEK (another KEK, or edited)") from None
             return
         upgrading = self.store.upgraded_from is not None or self.store.meta("upgrading") is not None
         if not (created or upgrading):
-            raise KeyringTampered(f"keyring database {str(self.store.path)!r}: it has no integrity key (removed?); "
+            raise KeyringTampered(f"keyring database {self.store.name!r}: it has no integrity key (removed?); "
                                   "restore the database from a backup")
         with SecretBytes.take(_random_secret(INTEGRITY_KEY_SIZE)) as key:
             self.store.sealer = Sealer(key)
@@ -867,7 +891,7 @@ class Keyring:
     def _operators_file(self) -> Path:
         return self.home.root / "operators.json"
 
-    def _import_operators(self, db: sqlite3.Connection) -> tuple[str, ...]:
+    def _import_operators(self, db: Connection) -> tuple[str, ...]:
         """Earlier releases kept operators in operators.json; they move into the sealed table once,
         when the database is created or upgraded (a malformed file is refused, naming it)."""
         if not self._operators_file.exists():
@@ -896,7 +920,7 @@ class Keyring:
                                   "keyring sealed (edited outside xps?); restore home.json, or change the policy "
                                   "with `xps policy apply`")
 
-    def _seal_policy(self, db: sqlite3.Connection, policy: Mapping[str, Any]) -> None:
+    def _seal_policy(self, db: Connection, policy: Mapping[str, Any]) -> None:
         text = json.dumps({k: policy[k] for k in SECURITY_KEYS if k in policy}, sort_keys=True)
         assert self.store.sealer is not None
         self.store.set_meta(db, "policy", text)
@@ -931,7 +955,7 @@ class Keyring:
         # SQLite integers are signed 64-bit (2^63 - 1 is "unlimited" in practice).
         return min(policy_max or self.config.max_encryptions[algorithm], safe_max_encryptions(algorithm), 2**63 - 1)
 
-    def _key_row(self, ref: str, db: sqlite3.Connection | None = None) -> KeyRow:
+    def _key_row(self, ref: str, db: Connection | None = None) -> KeyRow:
         row = self.store.key(ref, db) if isinstance(ref, str) else None
         if row is None:
             # A key id (16 hex digits) is safe to name: it is not secret, and the journal has it.
@@ -942,7 +966,7 @@ class Keyring:
     def _aad(self, key_id: str, version: int, algorithm: str) -> bytes:
         return f"xps-keyring/v1|{key_id}|{version}|{algorithm}".encode()
 
-    def _insert_version(self, db: sqlite3.Connection, key_id: str, algorithm: str, version: int, now: float) -> None:
+    def _insert_version(self, db: Connection, key_id: str, algorithm: str, version: int, now: float) -> None:
         if version > MAX_VERSION:
             raise PolicyError(f"version: key {key_id} reached the highest version number")
         size = 16 if algorithm == "AES-128-GCM" else 32
@@ -951,7 +975,7 @@ class Keyring:
         self.store.insert_version(db, VersionRow(key_id, version, VersionState.ACTIVE, self.kek.kek_id, wrapped, now,
                                                  None, None, None, 0, 0, None, algorithm))
 
-    def _erase(self, db: sqlite3.Connection, row: KeyRow, versions: Sequence[int], now: float, *,
+    def _erase(self, db: Connection, row: KeyRow, versions: Sequence[int], now: float, *,
                final: bool) -> None:
         for v in versions:
             self.store.update_version(db, row.key_id, v, state=VersionState.DESTROYED, wrapped=None, kek_id=None,
@@ -1101,7 +1125,7 @@ class Keyring:
             for h in self._handles.values():
                 h.decryptions = 0
 
-    def _check_approvals(self, db: sqlite3.Connection, approvals: Approvals | None, required: int, action: str,
+    def _check_approvals(self, db: Connection, approvals: Approvals | None, required: int, action: str,
                          key_id: str, version: int | None, emergency: bool, *,
                          reason: str | None = None) -> frozenset[str]:
         """Verify k-of-n operator approvals for exactly this change and consume them."""

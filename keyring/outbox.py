@@ -28,13 +28,12 @@ Example:
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 from xpscerpto.audit import AuditLog
 
-from .store import Store
+from .store import Connection, Store
 
 __all__ = ["Outbox"]
 
@@ -47,7 +46,7 @@ class Outbox:
         self.audit = audit
         self.clock = clock
 
-    def add(self, db: sqlite3.Connection, event: str, **fields: Any) -> str:
+    def add(self, db: Connection, event: str, **fields: Any) -> str:
         """Queue ``event`` in the open write transaction ``db``; returns its transaction id."""
         txid = os.urandom(8).hex()
         self.store.add_outbox(db, txid, self.clock(), event, fields)

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from xpscerpto.errors import InternalError, PolicyError
@@ -33,7 +33,17 @@ from xpscerpto.errors import InternalError, PolicyError
 from .integrity import Sealer
 from .states import KeyState, VersionState
 
-__all__ = ["KeyRow", "OutboxRow", "RewrapGrant", "Store", "VersionRow"]
+__all__ = ["Connection", "KeyRow", "OutboxRow", "RewrapGrant", "Store", "VersionRow"]
+
+
+class Connection(Protocol):
+    """What the store needs of a database connection: ``execute`` returning a cursor.
+
+    ``sqlite3.Connection`` is one; the PostgreSQL backend (:mod:`xpscerpto.db`) hands out an
+    adapter with the same shape. SQL here is the common dialect of both, with ``?`` markers.
+    """
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -167,19 +177,22 @@ class Store:
 
     def __init__(self, path: str | Path, *, create: bool = False) -> None:
         self.path = Path(path)
+        self.name = str(self.path)  # how messages name the store
         self._create = create
         self._local = threading.local()
         self.sealer: Sealer | None = None
         self.upgraded_from: str | None = None  # "1" if this open upgraded the schema
+        self.is_new = False  # True if this open created the (empty) schema
         where = f"keyring database {str(self.path)!r}"
         try:
-            db = self._db()
+            db = self._sqlite()
             version_row = db.execute("SELECT v FROM meta WHERE k = 'schema'").fetchone() if self._has_meta(db) \
                 else None
             if version_row is None:
                 if not create:
                     raise PolicyError(f"{where}: not a keyring database (no schema); restore it from a backup")
                 db.executescript(_SCHEMA)
+                self.is_new = True
                 with self.write() as w:
                     w.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
             elif version_row[0] == "1":
@@ -194,7 +207,7 @@ class Store:
     def _has_meta(db: sqlite3.Connection) -> bool:
         return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is not None
 
-    def _upgrade_from_1(self, db: sqlite3.Connection) -> None:
+    def _upgrade_from_1(self, db: Connection) -> None:
         with self.write() as w:
             have = {(t, c[1]) for t in ("keys", "versions") for c in w.execute(f"PRAGMA table_info({t})")}
             for table, column, kind in _V2_COLUMNS:
@@ -208,7 +221,10 @@ class Store:
             w.execute("UPDATE meta SET v = ? WHERE k = 'schema'", (SCHEMA_VERSION,))
         self.upgraded_from = "1"
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> Connection:
+        return self._sqlite()
+
+    def _sqlite(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             mode = "rwc" if self._create else "rw"
@@ -229,7 +245,7 @@ class Store:
         return db
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[Connection]:
         """A write transaction, exclusive across processes from its first statement."""
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
@@ -244,6 +260,21 @@ class Store:
         """Fold the WAL into the database and truncate it (after erasing material)."""
         self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    def changed(self, db: Connection, key_id: str) -> None:
+        """Tell other processes that key ``key_id`` changed (inside the change's transaction).
+
+        SQLite has no channel for it: other processes see a change at their next re-read
+        (``RECHECK_SECONDS``). The PostgreSQL store notifies its listeners at commit.
+        """
+
+    def on_change(self, callback: Any) -> None:
+        """Call ``callback(key_id)`` when another process changes a key (where the store can tell)."""
+
+    def empty(self) -> bool:
+        """True if the store holds no key and no integrity key (nothing to protect yet)."""
+        db = self._db()
+        return db.execute("SELECT 1 FROM keys LIMIT 1").fetchone() is None and self.meta("integrity_key") is None
+
     def close(self) -> None:
         """Close this thread's connection (the sealer stays: other threads may still read)."""
         db = getattr(self._local, "db", None)
@@ -253,18 +284,18 @@ class Store:
 
     # -- meta -------------------------------------------------------------------------------
 
-    def meta(self, k: str, db: sqlite3.Connection | None = None) -> str | None:
+    def meta(self, k: str, db: Connection | None = None) -> str | None:
         """A value of the meta table."""
         row = (db or self._db()).execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
         return None if row is None else str(row[0])
 
-    def set_meta(self, db: sqlite3.Connection, k: str, v: str) -> None:
+    def set_meta(self, db: Connection, k: str, v: str) -> None:
         """Set a meta value (inside a write transaction)."""
         db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", (k, v))
 
     # -- reads (each a consistent snapshot of one statement; seals checked) -----------------
 
-    def key(self, ref: str, db: sqlite3.Connection | None = None) -> KeyRow | None:
+    def key(self, ref: str, db: Connection | None = None) -> KeyRow | None:
         """A key by id or by name."""
         row = (db or self._db()).execute(
             "SELECT * FROM keys WHERE key_id = ? OR name = ?", (ref, ref)).fetchone()
@@ -274,30 +305,30 @@ class Store:
         """Every key, by name."""
         return [self._key(r) for r in self._db().execute("SELECT * FROM keys ORDER BY name")]
 
-    def versions(self, key_id: str, db: sqlite3.Connection | None = None) -> list[VersionRow]:
+    def versions(self, key_id: str, db: Connection | None = None) -> list[VersionRow]:
         """A key's versions, oldest first."""
         rows = (db or self._db()).execute(
             "SELECT * FROM versions WHERE key_id = ? ORDER BY version", (key_id,))
         return [self._version(r) for r in rows]
 
-    def version(self, key_id: str, version: int, db: sqlite3.Connection | None = None) -> VersionRow | None:
+    def version(self, key_id: str, version: int, db: Connection | None = None) -> VersionRow | None:
         """One version."""
         row = (db or self._db()).execute(
             "SELECT * FROM versions WHERE key_id = ? AND version = ?", (key_id, version)).fetchone()
         return self._version(row) if row else None
 
-    def active_version(self, key_id: str, db: sqlite3.Connection | None = None) -> VersionRow | None:
+    def active_version(self, key_id: str, db: Connection | None = None) -> VersionRow | None:
         """The version that encrypts, if the key has one."""
         row = (db or self._db()).execute(
             "SELECT * FROM versions WHERE key_id = ? AND state = 'active'", (key_id,)).fetchone()
         return self._version(row) if row else None
 
-    def retired_versions(self, db: sqlite3.Connection | None = None) -> list[VersionRow]:
+    def retired_versions(self, db: Connection | None = None) -> list[VersionRow]:
         """Every retired version (retention looks at these)."""
         rows = (db or self._db()).execute("SELECT * FROM versions WHERE state = 'retired' ORDER BY key_id, version")
         return [self._version(r) for r in rows]
 
-    def operators(self, db: sqlite3.Connection | None = None) -> dict[str, tuple[bytes, str]]:
+    def operators(self, db: Connection | None = None) -> dict[str, tuple[bytes, str]]:
         """Registered operator keys: key id -> (public key, label)."""
         out: dict[str, tuple[bytes, str]] = {}
         for keyid, pk, label, added, mac in (db or self._db()).execute(
@@ -306,7 +337,7 @@ class Store:
             out[keyid] = (bytes.fromhex(pk), label)
         return out
 
-    def grant(self, revoked_key: str, db: sqlite3.Connection | None = None) -> RewrapGrant | None:
+    def grant(self, revoked_key: str, db: Connection | None = None) -> RewrapGrant | None:
         """The rewrap grant for a revoked key, if any."""
         row = (db or self._db()).execute("SELECT * FROM rewrap_grants WHERE revoked_key = ?", (revoked_key,)).fetchone()
         if row is None:
@@ -315,7 +346,7 @@ class Store:
         self._check("grant", grant.sealed_fields(), grant.mac, f"rewrap grant of {grant.revoked_key}")
         return grant
 
-    def outbox(self, db: sqlite3.Connection | None = None) -> list[OutboxRow]:
+    def outbox(self, db: Connection | None = None) -> list[OutboxRow]:
         """Journal records waiting to be appended, oldest first."""
         return [OutboxRow(t, c, e, json.loads(f)) for t, c, e, f in (db or self._db()).execute(
             "SELECT txid, created, event, fields FROM outbox ORDER BY created, txid")]
@@ -328,13 +359,14 @@ class Store:
 
     # -- writes (inside a write transaction; every sealed row is sealed here) ---------------
 
-    def insert_key(self, db: sqlite3.Connection, row: KeyRow) -> None:
+    def insert_key(self, db: Connection, row: KeyRow) -> None:
         """Add a key row."""
         row = replace(row, mac=self._seal("key", row.sealed_fields()))
         # Column names and placeholders come from the dataclass; every value is bound.
         db.execute(f"INSERT INTO keys VALUES ({','.join('?' * len(fields(KeyRow)))})", _columns(row))  # noqa: S608
+        self.changed(db, row.key_id)
 
-    def update_key(self, db: sqlite3.Connection, key_id: str, **changes: Any) -> KeyRow:
+    def update_key(self, db: Connection, key_id: str, **changes: Any) -> KeyRow:
         """Change a key row's fields (re-read inside the transaction, checked, re-sealed)."""
         current = self.key(key_id, db)
         if current is None:
@@ -344,15 +376,17 @@ class Store:
         names = [f.name for f in fields(KeyRow) if f.name != "key_id"]
         db.execute(f"UPDATE keys SET {', '.join(f'{n} = ?' for n in names)} WHERE key_id = ?",  # noqa: S608
                    (*_columns(row)[1:], key_id))
+        self.changed(db, key_id)
         return row
 
-    def insert_version(self, db: sqlite3.Connection, row: VersionRow) -> None:
+    def insert_version(self, db: Connection, row: VersionRow) -> None:
         """Add a version row."""
         row = replace(row, mac=self._seal("version", row.sealed_fields()))
         db.execute(f"INSERT INTO versions VALUES ({','.join('?' * len(fields(VersionRow)))})",  # noqa: S608
                    _columns(row))
+        self.changed(db, row.key_id)
 
-    def update_version(self, db: sqlite3.Connection, key_id: str, version: int, **changes: Any) -> VersionRow:
+    def update_version(self, db: Connection, key_id: str, version: int, **changes: Any) -> VersionRow:
         """Change a version row's fields (re-read inside the transaction, checked, re-sealed)."""
         current = self.version(key_id, version, db)
         if current is None:
@@ -364,50 +398,52 @@ class Store:
         db.execute(f"UPDATE versions SET {', '.join(f'{n} = ?' for n in names)} "  # noqa: S608
                    "WHERE key_id = ? AND version = ?",
                    (*(str(v) if isinstance(v, VersionState) else v for v in values), key_id, version))
+        if changes.keys() - {"encryptions"}:  # a block reservation changes nothing others cache
+            self.changed(db, key_id)
         return row
 
-    def add_usage(self, db: sqlite3.Connection, key_id: str, version: int, decryptions: int, last_used: float) -> None:
+    def add_usage(self, db: Connection, key_id: str, version: int, decryptions: int, last_used: float) -> None:
         """Add informational usage counters (not sealed)."""
-        db.execute("UPDATE versions SET decryptions = decryptions + ?, last_used = max(coalesce(last_used, 0), ?) "
-                   "WHERE key_id = ? AND version = ?", (decryptions, last_used, key_id, version))
+        # CASE, not max()/GREATEST(): the one spelling both SQLite and PostgreSQL accept.
+        db.execute("UPDATE versions SET decryptions = decryptions + ?, last_used = CASE WHEN "
+                   "coalesce(last_used, 0) > ? THEN last_used ELSE ? END WHERE key_id = ? AND version = ?",
+                   (decryptions, last_used, last_used, key_id, version))
 
-    def use_approval(self, db: sqlite3.Connection, nonce: str, now: float) -> bool:
+    def use_approval(self, db: Connection, nonce: str, now: float) -> bool:
         """Consume an approval request's nonce; False if it was used before (a replay)."""
-        try:
-            db.execute("INSERT INTO approvals_used VALUES (?, ?)", (nonce, now))
-        except sqlite3.IntegrityError:
-            return False
-        return True
+        # ON CONFLICT, not a caught IntegrityError: an error aborts a PostgreSQL transaction.
+        cur = db.execute("INSERT INTO approvals_used VALUES (?, ?) ON CONFLICT DO NOTHING", (nonce, now))
+        return bool(cur.rowcount == 1)
 
-    def add_operator(self, db: sqlite3.Connection, keyid: str, public_key: bytes, label: str, now: float) -> bool:
+    def add_operator(self, db: Connection, keyid: str, public_key: bytes, label: str, now: float) -> bool:
         """Register an operator key; False if it was registered already."""
         values = (keyid, public_key.hex(), label, now)
-        try:
-            db.execute("INSERT INTO operators VALUES (?, ?, ?, ?, ?)", (*values, self._seal("operator", values)))
-        except sqlite3.IntegrityError:
-            return False
-        return True
+        cur = db.execute("INSERT INTO operators VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                         (*values, self._seal("operator", values)))
+        return bool(cur.rowcount == 1)
 
-    def remove_operator(self, db: sqlite3.Connection, keyid: str) -> bool:
+    def remove_operator(self, db: Connection, keyid: str) -> bool:
         """Unregister an operator key; False if it was not registered."""
-        return db.execute("DELETE FROM operators WHERE keyid = ?", (keyid,)).rowcount > 0
+        return bool(db.execute("DELETE FROM operators WHERE keyid = ?", (keyid,)).rowcount > 0)
 
-    def put_grant(self, db: sqlite3.Connection, grant: RewrapGrant) -> None:
+    def put_grant(self, db: Connection, grant: RewrapGrant) -> None:
         """Record (or replace) a rewrap grant."""
         mac = self._seal("grant", grant.sealed_fields())
-        db.execute("INSERT OR REPLACE INTO rewrap_grants VALUES (?, ?, ?, ?, ?)",
+        db.execute("INSERT INTO rewrap_grants VALUES (?, ?, ?, ?, ?) ON CONFLICT (revoked_key) DO UPDATE SET "
+                   "successor = excluded.successor, expires = excluded.expires, approvers = excluded.approvers, "
+                   "mac = excluded.mac",
                    (grant.revoked_key, grant.successor, grant.expires, json.dumps(list(grant.approvers)), mac))
 
-    def add_outbox(self, db: sqlite3.Connection, txid: str, created: float, event: str,
+    def add_outbox(self, db: Connection, txid: str, created: float, event: str,
                    record: Mapping[str, Any]) -> None:
         """Queue a journal record in the change's own transaction."""
         db.execute("INSERT INTO outbox VALUES (?, ?, ?, ?)", (txid, created, event, json.dumps(dict(record))))
 
-    def remove_outbox(self, db: sqlite3.Connection, txid: str) -> None:
+    def remove_outbox(self, db: Connection, txid: str) -> None:
         """Drop a journal record once it is in the journal."""
         db.execute("DELETE FROM outbox WHERE txid = ?", (txid,))
 
-    def seal_all(self, db: sqlite3.Connection) -> int:
+    def seal_all(self, db: Connection) -> int:
         """Seal every unsealed row (once, after an upgrade from schema 1); returns how many."""
         n = 0
         for row in [self._key(r, check=False) for r in db.execute("SELECT * FROM keys WHERE mac IS NULL")]:

@@ -13,6 +13,15 @@ if ! command -v softhsm2-util >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq softhsm2 >/dev/null
 fi
 
+# PostgreSQL 15 backs the shared-store and multi-node tests (each test session starts its own
+# throwaway server from these binaries; nothing is configured system-wide).
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+
 python3 -m venv .venv
 .venv/bin/pip install -q '.[test]'
 exec .venv/bin/python -m pytest "$@"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,9 +40,11 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def ring(tmp_path: Path, clock: Clock) -> Keyring:
-    r = Keyring(tmp_path / "home", clock=clock, config=_keyring_config(dual_window="30d"))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ring(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Keyring:
+    """A keyring on each storage backend (the same tests, both stores)."""
+    database = request.getfixturevalue("pg_dsn") if request.param == "postgresql" else "keyring.db"
+    r = Keyring(tmp_path / "home", clock=clock, config=_keyring_config(dual_window="30d", database=database))
     yield r
     r.close()
 
@@ -271,9 +275,10 @@ def test_no_plaintext_key_material_on_disk(tmp_path: Path, clock: Clock) -> None
         assert s.hex().encode() not in blob
 
 
-def test_database_file_is_private(ring: Keyring) -> None:
-    ring.create("k")
-    assert (ring.store.path.stat().st_mode & 0o777) == 0o600
+def test_database_file_is_private(tmp_path: Path, clock: Clock) -> None:  # SQLite: the store is a file
+    with Keyring(tmp_path / "home", clock=clock) as ring:
+        ring.create("k")
+        assert (ring.store.path.stat().st_mode & 0o777) == 0o600
 
 
 def test_rewrap_moves_blobs_to_the_newest_version(ring: Keyring) -> None:
@@ -481,13 +486,38 @@ def test_decrypt_of_a_blob_naming_an_unknown_key_does_not_touch_the_database_eac
     blob[1:9] = bytes(8)  # a key id that does not exist
     with pytest.raises(AuthError):
         ring.decrypt(bytes(blob))
-    queries = []
-    ring.store._db().set_trace_callback(queries.append)
-    for _ in range(5):
-        with pytest.raises(AuthError):
-            ring.decrypt(bytes(blob))
-    ring.store._db().set_trace_callback(None)
+    queries: list[str] = []
+    with _traced(ring, queries):
+        for _ in range(5):
+            with pytest.raises(AuthError):
+                ring.decrypt(bytes(blob))
     assert queries == []
+
+
+@contextlib.contextmanager
+def _traced(ring: Keyring, queries: list[str]) -> Iterator[None]:
+    """Record every statement the ring's store sends (SQLite's trace hook; psycopg's execute)."""
+    from xpscerpto.db.keyring_store import PgStore
+    from xpscerpto.db.postgres import Session
+
+    if not isinstance(ring.store, PgStore):
+        ring.store._db().set_trace_callback(queries.append)
+        try:
+            yield
+        finally:
+            ring.store._db().set_trace_callback(None)
+        return
+    real = Session.execute
+
+    def execute(self: Session, sql: str, parameters: object = ()) -> object:
+        queries.append(sql)
+        return real(self, sql, parameters)  # type: ignore[arg-type]
+
+    Session.execute = execute  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Session.execute = real  # type: ignore[method-assign]
 
 
 def test_exporting_key_material_is_journaled(ring: Keyring) -> None:
