@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     from xpscerpto.capsules.cli import add_operator_commands
     from xpscerpto.channel.cli import add_channel_commands
     from xpscerpto.keyring.cli import add_key_commands
+    from xpscerpto.orchestrator.cli import add_db_commands, add_orch_commands
     from xpscerpto.signing.cli import add_trust_commands
 
     from .home import add_home_commands
@@ -212,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_commands(sub)
     add_key_commands(sub)
     add_channel_commands(sub)
+    add_orch_commands(sub)
+    add_db_commands(sub)
     return parser
 
 

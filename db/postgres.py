@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from xpscerpto.errors import InternalError, PolicyError
+from xpscerpto.errors import InternalError, PolicyError, XpsError
 
 __all__ = ["SCHEME", "Database", "Result", "Session", "check_dsn", "is_dsn"]
 
@@ -125,16 +125,12 @@ class Database:
         self.timeout = timeout
         try:
             import psycopg
-            import psycopg_pool
         except ImportError:
             raise PolicyError(f"database {self.name}: PostgreSQL support is not installed "
                               "(pip install 'xpscerpto[postgresql]')") from None
         self._psycopg = psycopg
-        self._pool_errors: tuple[type[BaseException], ...] = (psycopg.Error, psycopg_pool.PoolTimeout)
-        self._pool = psycopg_pool.ConnectionPool(
-            self.dsn, min_size=0, max_size=max_size, timeout=timeout, open=True,
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout))},
-            name="xps", check=psycopg_pool.ConnectionPool.check_connection)
+        self._pool_errors: tuple[type[BaseException], ...] = (psycopg.Error, _PoolTimeout)
+        self._pool = _Pool(self.dsn, max_size=max_size, timeout=timeout)
         self._listeners: list[_Listener] = []
 
     @contextlib.contextmanager
@@ -184,6 +180,67 @@ class Database:
         self._listeners.clear()
         with contextlib.suppress(Exception):
             self._pool.close()
+
+
+class _PoolTimeout(Exception):
+    """Every connection of the pool stayed busy for ``timeout`` seconds."""
+
+
+class _Pool:
+    """Idle connections kept for reuse, at most ``max_size`` in use; connects on demand.
+
+    Not psycopg_pool: its background reconnection backs off exponentially during an outage,
+    so service came back only minutes after the database did. Here a request connects itself
+    (bounded by ``connect_timeout``): the first call after the database returns succeeds.
+    """
+
+    def __init__(self, dsn: str, *, max_size: int, timeout: float) -> None:
+        self._dsn = dsn
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_size)
+        self._timeout = timeout
+        self._closed = False
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(self._dsn, autocommit=True, connect_timeout=max(1, round(self._timeout)))
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        if not self._slots.acquire(timeout=self._timeout):
+            raise _PoolTimeout
+        try:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None or conn.closed:
+                conn = self._connect()
+            try:
+                yield conn
+            except XpsError:  # refused by our own code (the transaction rolled back): reusable
+                self._release(conn)
+                raise
+            except BaseException:
+                conn.close()  # a failed connection is not reused
+                raise
+            self._release(conn)
+        finally:
+            self._slots.release()
+
+    def _release(self, conn: Any) -> None:
+        if self._closed or conn.closed or conn.info.transaction_status != 0:  # 0: idle, not in a transaction
+            conn.close()
+        else:
+            with self._lock:
+                self._idle.append(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 class _Listener(threading.Thread):

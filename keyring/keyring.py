@@ -380,13 +380,15 @@ class Keyring:
         return key_id
 
     def rotate(self, ref: str, *, expected_version: int | None = None, reason: str = "manual",
-               algorithm: str | None = None) -> int:
+               algorithm: str | None = None, claim: Callable[[Connection], None] | None = None) -> int:
         """Retire the active version and activate a new one; returns the active version.
 
         With ``expected_version`` the rotation happens only if that version is still active,
         so concurrent rotations (other threads or processes) produce exactly one new version.
         ``algorithm`` moves the key to another suite from the new version on (old blobs still
-        open under their own version's algorithm during the dual-key window).
+        open under their own version's algorithm during the dual-key window). ``claim`` runs
+        last inside the rotation's transaction (the orchestrator's fenced run record): if it
+        raises, nothing of the rotation is committed.
 
         Raises:
             PolicyError: the key cannot rotate (revoked, destroyed), a bad algorithm or
@@ -417,6 +419,8 @@ class Keyring:
                     else {}
                 self.outbox.add(db, "KEY_ROTATE", key_id=row.key_id, name=row.name, version=new,
                                 retired=active.version, reason=reason, operator=self.operator, **fields)
+                if claim is not None:
+                    claim(db)
             self._forget(row.key_id, row.name)
         self._deliver()
         self.enforce_retention()

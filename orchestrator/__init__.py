@@ -1,0 +1,16 @@
+"""Rotation orchestrator for several nodes on one PostgreSQL keyring (leader lease, fencing).
+
+Example:
+    >>> from xpscerpto.orchestrator import Orchestrator, Plan       # doctest: +SKIP
+    >>> orch = Orchestrator(ring, node="node-a")
+    >>> orch.track(Plan("orders", key="orders", policy="every=30d", grace="7d"))
+    >>> orch.start()
+"""
+
+from __future__ import annotations
+
+from .lease import FENCE, Lease, LeaseState
+from .orchestrator import LEASE, Fenced, Orchestrator, Plan
+from .schedule import Schedule
+
+__all__ = ["FENCE", "LEASE", "Fenced", "Lease", "LeaseState", "Orchestrator", "Plan", "Schedule"]

@@ -1,0 +1,138 @@
+"""``xps orch …`` (plans, the node loop, emergency) and ``xps db …`` (migrations)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from typing import Any
+
+from xpscerpto.cli import context
+from xpscerpto.errors import PolicyError
+
+__all__ = ["add_db_commands", "add_orch_commands"]
+
+
+def _orchestrator(args: argparse.Namespace) -> Any:
+    from xpscerpto.keyring.cli import _ring
+
+    from .orchestrator import Orchestrator
+
+    ring = _ring(args)
+    try:
+        return Orchestrator(ring, node=args.node, lease_ttl=args.lease_ttl, interval=args.interval)
+    except BaseException:
+        ring.close()
+        raise
+
+
+def _plan(args: argparse.Namespace) -> Any:
+    from .orchestrator import Plan
+
+    return Plan(args.plan, key=args.key, policy=args.policy, grace=args.grace, suite=args.suite, kek=args.kek)
+
+
+def cmd_orch(args: argparse.Namespace) -> int:
+    """Rotation plans and the orchestrator node loop (keyring on PostgreSQL)."""
+    if args.orch_cmd == "plan":  # validate and show; stores nothing
+        plan = _plan(args)
+        context.emit(args, {"plan": plan.name, "key": plan.key, "policy": plan.policy, "grace": plan.grace,
+                            "suite": plan.suite, "kek": plan.kek},
+                     lambda: print(f"plan {plan.name}: key {plan.key}, {plan.policy}, grace {plan.grace}, "
+                                   f"suite {plan.suite or '(unchanged)'}, kek {plan.kek}"))
+        return 0
+    orch = _orchestrator(args)
+    try:
+        if args.orch_cmd == "track":
+            orch.track(_plan(args))
+            print(f"tracking {args.plan}")
+        elif args.orch_cmd == "status":
+            status = orch.status()
+            context.emit(args, status, lambda: _print_status(status))
+        elif args.orch_cmd in ("pause", "resume"):
+            getattr(orch, args.orch_cmd)(args.plan)
+            print(f"{args.plan}: {args.orch_cmd}d")
+        elif args.orch_cmd == "emergency":
+            version = orch.emergency(args.plan, args.reason)
+            print(f"{args.plan}: rotated to version {version} (incident recorded)")
+        else:  # run: the node loop, until SIGTERM/SIGINT
+            done = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: done.set())
+            orch.start()
+            print(f"orchestrator node {args.node}: running", flush=True)
+            done.wait()
+            orch.stop()
+    finally:
+        orch.keyring.close()
+    return 0
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    print(f"node {status['node']}; leader {status['leader'] or '(none)'} token {status['token']} "
+          f"until {status['lease_expires'] or '-'}")
+    for p in status["plans"]:
+        print(f"  {p['plan']}: key {p['key']} {p['policy']}{' (paused)' if p['paused'] else ''}; "
+              f"next {p['next_run']}")
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    """Schema migrations of the PostgreSQL store."""
+    from xpscerpto.db import Database, applied, head, is_dsn, migrate
+
+    dsn = args.database or context.config(args).keyring.database
+    if not is_dsn(dsn):
+        raise PolicyError("database: expected --database postgresql://HOST/DATABASE (or keyring.database in --config)")
+    db = Database(dsn)
+    try:
+        if args.db_cmd == "migrate":
+            done = migrate(db)
+            context.emit(args, {"applied": done, "schema": applied(db)},
+                         lambda: print(f"applied {done}; schema {applied(db)}" if done
+                                       else f"up to date (schema {applied(db)})"))
+        else:
+            current = applied(db)
+            context.emit(args, {"schema": current, "head": head()},
+                         lambda: print(f"schema {current} of {head()}"))
+    finally:
+        db.close()
+    return 0
+
+
+def add_orch_commands(sub: Any) -> None:
+    """Register ``xps orch``."""
+    p = sub.add_parser("orch", help=cmd_orch.__doc__)
+    osub = p.add_subparsers(dest="orch_cmd", required=True)
+    for name, text in (("plan", "validate and show a plan (stores nothing)"), ("track", "add or replace a plan")):
+        s = osub.add_parser(name, help=text)
+        s.add_argument("plan")
+        s.add_argument("--key", required=True)
+        s.add_argument("--policy", required=True, help="monthly | every=30d | every=12h | …")
+        s.add_argument("--grace", default="7d")
+        s.add_argument("--suite", default=None, help="AEAD of the new versions (crypto migration)")
+        s.add_argument("--kek", default="file", choices=("file", "pkcs11"))
+    osub.add_parser("status", help="this node, the leader, its token and lease expiry, each plan's next run")
+    for name in ("pause", "resume"):
+        osub.add_parser(name, help=f"{name} a plan's scheduled runs").add_argument("plan")
+    e = osub.add_parser("emergency", help="rotate a plan's key now (leader only); records an incident")
+    e.add_argument("plan")
+    e.add_argument("--reason", required=True)
+    osub.add_parser("run", help="run this node's orchestrator until SIGTERM")
+    for s in osub.choices.values():
+        s.add_argument("--node", default="local", help="this node's name (unique in the fleet)")
+        s.add_argument("--lease-ttl", type=float, default=10.0, help="seconds (default 10)")
+        s.add_argument("--interval", type=float, default=1.0, help="seconds between ticks (default 1)")
+        s.add_argument("--operator", default="orchestrator")
+        s.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_orch)
+
+
+def add_db_commands(sub: Any) -> None:
+    """Register ``xps db``."""
+    p = sub.add_parser("db", help=cmd_db.__doc__)
+    dsub = p.add_subparsers(dest="db_cmd", required=True)
+    for name, text in (("migrate", "apply pending schema migrations"), ("status", "the applied schema migration")):
+        s = dsub.add_parser(name, help=text)
+        s.add_argument("--database", metavar="DSN", help="postgresql://HOST/DATABASE (default: keyring.database)")
+        s.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_db)

@@ -1,0 +1,267 @@
+"""Scheduled and emergency key rotation across nodes sharing one PostgreSQL keyring.
+
+Every node runs an :class:`Orchestrator`; the one holding the ``orchestrator`` lease rotates.
+A tick, for each plan that is not paused, asks the schedule for the latest due time (database
+clock) and, if no run is recorded for it, rotates the key *and* records the run in one
+transaction. The record is inserted by a fenced statement (:data:`~.lease.FENCE`): a leader
+whose lease lapsed inserts nothing, raises, and its whole rotation rolls back. A run recorded
+for (plan, due time) makes every later tick — a retry after a crash, another node, a skewed
+clock — skip it: exactly one new key version per due time.
+
+Example:
+    >>> orch = Orchestrator(ring, node="node-a")                         # doctest: +SKIP
+    >>> orch.track(Plan("orders-monthly", key="orders", policy="monthly", grace="7d"))
+    >>> orch.start()                                                     # ticks every second
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from xpscerpto.db.migrations import require
+from xpscerpto.db.postgres import Database
+from xpscerpto.errors import PolicyError, XpsError
+from xpscerpto.keyring import Keyring
+from xpscerpto.keyring.store import Connection
+
+from .lease import FENCE, Lease, LeaseState
+from .schedule import Schedule, parse_seconds
+
+__all__ = ["LEASE", "Fenced", "Orchestrator", "Plan"]
+
+LEASE = "orchestrator"
+_SUITES = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305", "XCHACHA20-POLY1305")
+
+
+class Fenced(PolicyError):
+    """A write by a node that no longer holds the lease (its token is stale): refused."""
+
+    reason = "fenced"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to rotate, when, and into which suite.
+
+    Args:
+        name: the plan's name (unique across the fleet).
+        key: the keyring key it rotates.
+        policy: ``monthly`` (UTC 00:00 on the 1st) or ``every=N`` (``30d``, ``12h``, ``90s``).
+        grace: how long a retired version keeps decrypting before hygiene may archive it.
+        suite: the AEAD of the versions it creates (None: the key's current one).
+        kek: the KEK provider the keyring wraps them under (``file`` or ``pkcs11``).
+
+    Raises:
+        PolicyError: any field malformed (the message names it).
+    """
+
+    name: str
+    key: str
+    policy: str
+    grace: str | float = "7d"
+    suite: str | None = None
+    kek: str = "file"
+
+    def __post_init__(self) -> None:
+        for field in ("name", "key"):
+            value = getattr(self, field)
+            if not isinstance(value, str) or not value or len(value) > 200 or not value.isprintable():
+                raise PolicyError(f"{field}: expected a printable str of 1 to 200 characters")
+        Schedule.parse(self.policy)
+        parse_seconds(self.grace, "grace")
+        if self.suite is not None and self.suite not in _SUITES:
+            raise PolicyError(f"suite: expected one of {', '.join(_SUITES)}")
+        if self.kek not in ("file", "pkcs11"):
+            raise PolicyError("kek: expected 'file' or 'pkcs11'")
+
+    @property
+    def schedule(self) -> Schedule:
+        """The parsed policy."""
+        return Schedule.parse(self.policy)
+
+
+class Orchestrator:
+    """Track plans and rotate on schedule while this node holds the lease.
+
+    Args:
+        keyring: a keyring on a PostgreSQL store (``keyring.database: postgresql://…``).
+        node: this node's name (unique in the fleet).
+        lease_ttl: seconds; the leader renews every tick, a dead leader's lease moves after it.
+        interval: seconds between ticks.
+
+    Raises:
+        PolicyError: the keyring is not on PostgreSQL, or the schema lacks migration 2.
+    """
+
+    def __init__(self, keyring: Keyring, *, node: str, lease_ttl: float = 10.0, interval: float = 1.0) -> None:
+        database = getattr(keyring.store, "database", None)
+        if not isinstance(database, Database):
+            raise PolicyError("keyring.database: the orchestrator needs a postgresql:// keyring (nodes share it)")
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0.01 <= interval <= lease_ttl:
+            raise PolicyError("interval: expected seconds between 0.01 and lease_ttl")
+        require(database, 2, "orchestrator database")
+        self.keyring = keyring
+        self.database = database
+        self.node = node
+        self.lease = Lease(database, LEASE, holder=node, ttl=lease_ttl)
+        self.interval = float(interval)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last: LeaseState | None = None
+        self.last_error: str | None = None
+
+    # -- plans (any node may change them; they are configuration, not leader writes) ---------
+
+    def track(self, plan: Plan) -> None:
+        """Add or replace ``plan`` (its schedule starts now, database time)."""
+        if not isinstance(plan, Plan):
+            raise PolicyError(f"plan: expected a Plan, got {type(plan).__name__}")
+        self.keyring.describe(plan.key)  # KeyError_ now, not at the first tick
+        self.database.execute(
+            "INSERT INTO xps_orch_plans (plan, key_name, policy, grace_seconds, suite, kek) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (plan) DO UPDATE SET key_name = excluded.key_name, policy = excluded.policy, "
+            "grace_seconds = excluded.grace_seconds, suite = excluded.suite, kek = excluded.kek",
+            (plan.name, plan.key, plan.policy, parse_seconds(plan.grace, "grace"), plan.suite, plan.kek))
+
+    def plans(self) -> list[tuple[Plan, datetime, bool]]:
+        """Every tracked plan with its anchor and whether it is paused."""
+        rows = self.database.execute("SELECT plan, key_name, policy, grace_seconds, suite, kek, anchor, paused "
+                                     "FROM xps_orch_plans ORDER BY plan").fetchall()
+        return [(Plan(r[0], r[1], r[2], r[3], r[4], r[5]), r[6], bool(r[7])) for r in rows]
+
+    def pause(self, plan: str) -> None:
+        """Stop scheduled runs of ``plan`` (emergency runs still happen)."""
+        self._set_paused(plan, True)
+
+    def resume(self, plan: str) -> None:
+        """Resume scheduled runs of ``plan``; a due time missed meanwhile runs at the next tick."""
+        self._set_paused(plan, False)
+
+    def _set_paused(self, plan: str, paused: bool) -> None:
+        if self.database.execute("UPDATE xps_orch_plans SET paused = ? WHERE plan = ?", (paused, plan)).rowcount != 1:
+            raise PolicyError("plan: no such plan")
+
+    # -- ticking ---------------------------------------------------------------------------
+
+    def tick(self) -> list[tuple[str, int]]:
+        """Renew or take the lease; as leader, run every due plan. Returns (plan, new version)s.
+
+        Raises:
+            InternalError: the database is unreachable (nothing was half done).
+            Fenced: the lease was lost between taking it and writing (the rotation rolled back).
+        """
+        state = self.lease.acquire()
+        self._last = state
+        if not state.mine:
+            return []
+        now = self._now()
+        done = []
+        for plan, anchor, paused in self.plans():
+            if paused:
+                continue
+            due = plan.schedule.due(anchor, now)
+            if due is None or self._ran(plan.name, due):
+                continue
+            done.append((plan.name, self._rotate(plan, due, state, reason=f"scheduled ({plan.policy})")))
+        return done
+
+    def emergency(self, plan: str, reason: str) -> int:
+        """Rotate ``plan``'s key now (leader only), and record an incident in the journal.
+
+        Raises:
+            PolicyError: no such plan, no reason, or this node does not hold the lease.
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise PolicyError("reason: an emergency rotation needs a reason")
+        found = next((p for p, _, _ in self.plans() if p.name == plan), None)
+        if found is None:
+            raise PolicyError("plan: no such plan")
+        state = self.lease.acquire()
+        self._last = state
+        if not state.mine:
+            raise PolicyError(f"orchestrator: {self.node} is not the leader ({state.holder or 'none'} is); "
+                              "run the emergency on the leader", reason="not-leader")
+        version = self._rotate(found, self._now(), state, reason=f"emergency: {reason}")
+        self.keyring.audit.record("INCIDENT", plan=plan, key=found.key, version=version, reason=reason,
+                                  node=self.node, token=state.token)
+        return version
+
+    def _rotate(self, plan: Plan, due: datetime, state: LeaseState, *, reason: str) -> int:
+        info = self.keyring.describe(plan.key)
+        active = info.active_version
+
+        def claim(db: Connection) -> None:
+            if db.execute(f"INSERT INTO xps_orch_runs (plan, due, token, holder, result) SELECT ?, ?, ?, ?, ? "
+                          f"WHERE {FENCE} ON CONFLICT DO NOTHING",
+                          (plan.name, due, state.token, self.node, f"rotated from {active}",
+                           *state.fence())).rowcount != 1:
+                raise self._refusal(plan.name, due, state)
+
+        return self.keyring.rotate(plan.key, expected_version=active, reason=reason, algorithm=plan.suite,
+                                   claim=claim)
+
+    def _refusal(self, plan: str, due: datetime, state: LeaseState) -> XpsError:
+        if self._ran(plan, due):
+            return PolicyError(f"plan {plan}: this due time already ran", reason="already-ran")
+        return Fenced(f"orchestrator: {self.node}'s lease token {state.token} is no longer current; "
+                      "its write was refused")
+
+    def _ran(self, plan: str, due: datetime) -> bool:
+        return self.database.execute("SELECT 1 FROM xps_orch_runs WHERE plan = ? AND due = ?",
+                                     (plan, due)).fetchone() is not None
+
+    def _now(self) -> datetime:
+        row = self.database.execute("SELECT clock_timestamp()").fetchone()
+        assert row is not None
+        value: datetime = row[0]
+        return value
+
+    # -- running ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Tick every ``interval`` seconds in a daemon thread until :meth:`stop`."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name=f"xps-orch-{self.node}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+                self.last_error = None
+            except XpsError as exc:  # the database away, a lost lease: the next tick retries
+                self.last_error = str(exc)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        """Stop ticking and hand the lease over at once (not after its expiry)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self._last is not None and self._last.mine:
+            with contextlib.suppress(XpsError):
+                self.lease.release(self._last.token)
+
+    def status(self) -> dict[str, Any]:
+        """This node, the leader, its fencing token and lease expiry, each plan's next run."""
+        lease = self.lease.state()
+        now = self._now()
+        plans = []
+        for plan, anchor, paused in self.plans():
+            last = self.database.execute("SELECT due, at, holder, token, result FROM xps_orch_runs WHERE plan = ? "
+                                         "ORDER BY due DESC LIMIT 1", (plan.name,)).fetchone()
+            plans.append({"plan": plan.name, "key": plan.key, "policy": plan.policy, "paused": paused,
+                          "suite": plan.suite, "kek": plan.kek,
+                          "next_run": plan.schedule.next_after(anchor, now).isoformat(),
+                          "last_run": None if last is None else {"due": last[0].isoformat(), "at": last[1].isoformat(),
+                                                                 "node": last[2], "token": last[3],
+                                                                 "result": last[4]}})
+        return {"node": self.node, "leader": lease.holder, "token": lease.token,
+                "lease_expires": lease.expires.isoformat() if lease.expires and lease.holder else None,
+                "is_leader": lease.mine, "plans": plans}
