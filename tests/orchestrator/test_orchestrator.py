@@ -1,0 +1,125 @@
+"""Lease, fencing and scheduled rotation on a real PostgreSQL, several orchestrators in one process."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from xpscerpto.db import Database
+from xpscerpto.errors import KeyError_, PolicyError
+from xpscerpto.keyring import Keyring
+from xpscerpto.orchestrator import Fenced, Lease, Orchestrator, Plan, Schedule
+
+from tests.db.test_postgres import _node
+
+
+@pytest.fixture
+def rings(pg_dsn: str, tmp_path: Path) -> list[Keyring]:
+    first = _node(tmp_path, "n0", pg_dsn)
+    nodes = [first] + [_node(tmp_path, f"n{i}", pg_dsn, like=tmp_path / "n0") for i in (1, 2)]
+    first.create("orders", "AES-256-GCM")
+    yield nodes
+    for r in nodes:
+        r.close()
+
+
+def _due_now(ring: Keyring, plan: str, period: float) -> None:
+    """Move the plan's anchor back so exactly one due time has passed."""
+    ring.store.database.execute(  # type: ignore[attr-defined]
+        "UPDATE xps_orch_plans SET anchor = clock_timestamp() - make_interval(secs => ?) WHERE plan = ?",
+        (period + 1.0, plan))
+
+
+@pytest.mark.parametrize("policy", [None, 3, "weekly", "every=", "every=0s", "every=11000d", "every=-1d"])
+def test_a_bad_schedule_is_refused_naming_the_field(policy: object) -> None:
+    with pytest.raises(PolicyError, match="policy"):
+        Plan("p", key="k", policy=policy)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("field", "kw"), [("name", {"name": ""}), ("key", {"key": 7}), ("grace", {"grace": "soon"}),
+                                           ("suite", {"suite": "ROT13"}), ("kek", {"kek": "usb"})])
+def test_a_bad_plan_field_is_refused_naming_it(field: str, kw: dict[str, object]) -> None:
+    args: dict[str, object] = {"name": "p", "key": "k", "policy": "monthly", **kw}
+    with pytest.raises(PolicyError, match=field):
+        Plan(**args)  # type: ignore[arg-type]
+
+
+def test_monthly_is_due_at_utc_midnight_on_the_first() -> None:
+    from datetime import UTC, datetime
+
+    s = Schedule.parse("monthly")
+    anchor = datetime(2026, 1, 15, tzinfo=UTC)
+    assert s.due(anchor, datetime(2026, 1, 31, 23, 59, tzinfo=UTC)) is None
+    assert s.due(anchor, datetime(2026, 2, 1, 0, 0, tzinfo=UTC)) == datetime(2026, 2, 1, tzinfo=UTC)
+    assert s.next_after(anchor, datetime(2026, 12, 5, tzinfo=UTC)) == datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def test_the_lease_moves_after_expiry_with_a_new_token_and_a_stale_leader_cannot_write(
+        rings: list[Keyring]) -> None:
+    db: Database = rings[0].store.database  # type: ignore[attr-defined]
+    a, b = Lease(db, "t", holder="a", ttl=0.3), Lease(db, "t", holder="b", ttl=0.3)
+    first = a.acquire()
+    assert first.mine and first.holder == "a"
+    assert not b.acquire().mine
+    assert a.acquire().token == first.token  # renewing keeps the token
+    time.sleep(0.4)
+    taken = b.acquire()
+    assert taken.mine and taken.token == first.token + 1
+    # a wakes up (a GC pause, SIGSTOP) and writes with its old token: refused, nothing rotated.
+    orch_a = Orchestrator(rings[0], node="a", lease_ttl=0.3, interval=0.1)
+    orch_a.lease = a
+    orch_a.track(Plan("p", key="orders", policy="every=1h"))
+    with pytest.raises(Fenced):
+        orch_a._rotate(Plan("p", key="orders", policy="every=1h"), orch_a._now(), first, reason="stale")
+    assert rings[0].describe("orders").active_version == 1
+
+
+def test_three_nodes_with_skewed_clocks_rotate_a_due_plan_exactly_once(rings: list[Keyring]) -> None:
+    for ring, skew in zip(rings, (-5.0, 0.0, 5.0), strict=True):
+        ring.clock = lambda skew=skew: time.time() + skew  # type: ignore[misc]
+    orchs = [Orchestrator(r, node=f"n{i}", lease_ttl=2, interval=0.05) for i, r in enumerate(rings)]
+    orchs[1].track(Plan("orders-hourly", key="orders", policy="every=1h"))
+    _due_now(rings[0], "orders-hourly", 3600)
+    done = []
+    for _ in range(5):
+        for o in orchs:
+            done += o.tick()
+    assert done == [("orders-hourly", 2)]  # one node led, once
+    assert rings[2].describe("orders").active_version == 2
+    status = orchs[2].status()
+    assert status["leader"] in ("n0", "n1", "n2") and status["node"] == "n2"
+    assert status["plans"][0]["last_run"]["result"] == "rotated from 1"
+    json.dumps(status)  # the --json form
+
+
+def test_a_paused_plan_waits_and_an_emergency_rotates_now_with_an_incident(rings: list[Keyring]) -> None:
+    leader, follower = (Orchestrator(r, node=f"n{i}", lease_ttl=5, interval=0.1) for i, r in enumerate(rings[:2]))
+    leader.track(Plan("p", key="orders", policy="every=1h"))
+    _due_now(rings[0], "p", 3600)
+    leader.pause("p")
+    assert leader.tick() == [] and rings[0].describe("orders").active_version == 1
+    with pytest.raises(PolicyError, match="not the leader"):
+        follower.emergency("p", "key leaked in a log")
+    assert leader.emergency("p", "key leaked in a log") == 2
+    incident = [e for e in rings[0].audit.tail(20) if e["event"] == "INCIDENT"]
+    assert incident and incident[-1]["reason"] == "key leaked in a log" and incident[-1]["version"] == 2
+    leader.resume("p")
+    assert leader.tick() == [("p", 3)]  # the missed due time runs once
+    assert leader.tick() == []
+    with pytest.raises(PolicyError, match="plan"):
+        leader.pause("nope")
+    with pytest.raises(KeyError_):
+        leader.track(Plan("q", key="no-such-key", policy="monthly"))
+
+
+def test_a_migration_plan_moves_the_key_to_the_target_suite(rings: list[Keyring]) -> None:
+    blob = rings[0].encrypt("orders", b"old suite")
+    orch = Orchestrator(rings[0], node="n0", lease_ttl=5, interval=0.1)
+    orch.track(Plan("migrate", key="orders", policy="every=1h", suite="XCHACHA20-POLY1305"))
+    _due_now(rings[0], "migrate", 3600)
+    assert orch.tick() == [("migrate", 2)]
+    versions = {v.version: v.algorithm for v in rings[1].describe("orders").versions}
+    assert versions == {1: "AES-256-GCM", 2: "XCHACHA20-POLY1305"}
+    assert rings[1].decrypt(blob) == b"old suite"  # the old suite still opens in its window
