@@ -797,20 +797,7 @@ class AuditLog:
         pinned: str | None = None
         if public_key is not None:
             pinned = _coerce_public_key(public_key)
-        exists = True
-        try:
-            fd = os.open(self.path, os.O_RDONLY | _OPEN_FLAGS)
-        except FileNotFoundError:
-            data, exists = b"", False
-        except OSError as exc:
-            raise InternalError(f"audit journal {self.path}: cannot open ({exc.strerror})") from exc
-        else:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH)  # appends wait; we see whole lines only
-                with os.fdopen(os.dup(fd), "rb") as f:
-                    data = f.read()
-            finally:
-                os.close(fd)
+        data, exists = self._read_all()
 
         warnings: list[str] = []
         pub_hex = pinned
@@ -867,6 +854,25 @@ class AuditLog:
             after_checkpoint=walk.last_seq - (walk.last_checkpoint or 0), public_key=pub_hex,
             checkpoint_every=every, torn_tail=len(torn), warnings=tuple(warnings), signed_records=walk.signed,
             unsigned_prefix=walk.unsigned)
+
+
+    def close(self) -> None:
+        """Release what the journal holds open (nothing for a file; connections for a database)."""
+
+    def _read_all(self) -> tuple[bytes, bool]:
+        """Every byte of the journal (whole lines, under a shared lock) and whether it exists."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _OPEN_FLAGS)
+        except FileNotFoundError:
+            return b"", False
+        except OSError as exc:
+            raise InternalError(f"audit journal {self.path}: cannot open ({exc.strerror})") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # appends wait; we see whole lines only
+            with os.fdopen(os.dup(fd), "rb") as f:
+                return f.read(), True
+        finally:
+            os.close(fd)
 
 
 class _Walk:

@@ -69,6 +69,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             token BIGINT NOT NULL, holder TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
             result TEXT NOT NULL, PRIMARY KEY (plan, due))""",
     )),
+    Migration(3, "audit journal shared by the nodes", (
+        # The file journal's canonical lines, one per seq; time copied out for record_once's window.
+        "CREATE TABLE xps_audit (seq BIGINT PRIMARY KEY, time TEXT NOT NULL, line TEXT NOT NULL)",
+    )),
 )
 
 

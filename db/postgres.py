@@ -43,10 +43,10 @@ def check_dsn(value: object, field: str = "keyring.database") -> str:
         'postgresql://xps@db.internal:5432/keys'
     """
     if not is_dsn(value):
-        raise PolicyError(f"{field}: expected a postgresql:// URL")
+        raise PolicyError(f"{field!r}: expected a postgresql:// URL")
     assert isinstance(value, str)
     if "\x00" in value or len(value) > 1024:
-        raise PolicyError(f"{field}: not a usable postgresql:// URL (NUL byte or over 1024 characters)")
+        raise PolicyError(f"{field!r}: not a usable postgresql:// URL (NUL byte or over 1024 characters)")
     from urllib.parse import parse_qs, urlsplit
 
     try:
@@ -54,11 +54,11 @@ def check_dsn(value: object, field: str = "keyring.database") -> str:
         query = parse_qs(parts.query, keep_blank_values=True)
         _ = parts.port  # raises on a bad port
     except ValueError:
-        raise PolicyError(f"{field}: not a parsable postgresql:// URL") from None
+        raise PolicyError(f"{field!r}: not a parsable postgresql:// URL") from None
     if parts.password is not None or any(k in query for k in _FORBIDDEN):
-        raise PolicyError(f"{field}: a password in the URL is refused; give it in PGPASSWORD or ~/.pgpass")
+        raise PolicyError(f"{field!r}: a password in the URL is refused; give it in PGPASSWORD or ~/.pgpass")
     if not parts.path.strip("/"):
-        raise PolicyError(f"{field}: the URL names no database (postgresql://HOST/DATABASE)")
+        raise PolicyError(f"{field!r}: the URL names no database (postgresql://HOST/DATABASE)")
     return value
 
 

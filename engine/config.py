@@ -31,7 +31,7 @@ key                                        default             meaning
 ``crypto.keyring.rotation_days``           ``365``             new keys rotate after this many days (never: no ...
 ``crypto.keyring.dual_window_days``        ``30``              how long a retired version still decrypts
 ``crypto.keyring.destroy_after_days``      ``180``             a retired version is destroyed this long after its ...
-``crypto.keyring.database``                ``keyring.db``      key store database, relative to the engine home
+``crypto.keyring.database``                ``keyring.db``      key store: a file in the home, or a postgresql:// URL
 ``crypto.keyring.usage_block``             ``16384``           encryptions reserved per database write (>= 1)
 ``crypto.keyring.max_encryptions.<AEAD>``  ``see below``       rotate before reaching it (>= 1)
 ``crypto.keyring.kek.provider``            ``file``            where the key-encryption key lives: file or pkcs11
@@ -80,6 +80,7 @@ key                                        default             meaning
 ``crypto.audit.checkpoint_every``          ``100``             journal records per signed checkpoint (>= 1)
 ``crypto.audit.auth_fail_per_minute``      ``10``              CRYPTO_FAIL_AUTH records kept per minute and source
 ``crypto.audit.signing_key``               ``null``            the journal's signing key (null: audit.key by the log)
+``crypto.audit.database``                  ``null``            postgresql:// URL: the nodes' shared journal (null: file)
 =========================================  ==================  =========================================================
 
 ``crypto.keyring.max_encryptions`` defaults: 2^32 for AES-128-GCM, AES-256-GCM and

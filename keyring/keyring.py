@@ -198,6 +198,7 @@ class Keyring:
             engine = default_engine()
         self.engine = engine
         self.audit = audit or self.audit_config.journal(self.home.root, self.home.audit)
+        self._owns_audit = audit is None
         if audit is None:
             self._check_audit_store()
         self.kek = kek or self._open_kek()
@@ -793,6 +794,8 @@ class Keyring:
             self._active.clear()
         self.store.close()
         self.kek.close()
+        if self._owns_audit:
+            self.audit.close()
 
     def __enter__(self) -> Keyring:
         return self

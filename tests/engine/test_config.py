@@ -245,6 +245,7 @@ OVERRIDES: list[tuple[str, Any, Any]] = [
     ("audit.checkpoint_every", 1, 1),
     ("audit.auth_fail_per_minute", 1, 1),
     ("audit.signing_key", "/etc/xps/audit.key", "/etc/xps/audit.key"),
+    ("audit.database", "postgresql://xps@db/keys", "postgresql://xps@db/keys"),
 ]
 _ATTRS = {"dual_window": "dual_window_seconds", "request_ttl": "request_ttl_seconds",
           "timeout": "timeout_seconds", "memory": "memory_bytes", "settle": "settle_seconds",
@@ -394,6 +395,9 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("checkpoint-0", {"audit": {"checkpoint_every": 0}}, "'audit.checkpoint_every': must be >= 1"),
     ("auth-fail-neg", {"audit": {"auth_fail_per_minute": -3}}, "'audit.auth_fail_per_minute': must be >= 1"),
     ("auth-fail-zero", {"audit": {"auth_fail_per_minute": 0}}, "'audit.auth_fail_per_minute': must be >= 1"),
+    ("audit-db-password", {"audit": {"database": "postgresql://xps:hunter2@db/keys"}},
+     "'audit.database': a password in the URL is refused"),
+    ("audit-db-scheme", {"audit": {"database": "mysql://db/keys"}}, "'audit.database': expected a postgresql:// URL"),
     ("max-enc-above-safe", {"keyring": {"max_encryptions": {"AES-256-GCM": 2**33}}},
      "exceeds the safe bound 4294967296 for random nonces"),
     ("root-not-mapping", [], "'config': expected Mapping"),  # type: ignore[list-item]

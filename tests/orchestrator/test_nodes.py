@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from xpscerpto.audit import AuditLog
 from xpscerpto.db import Database
+from xpscerpto.db.audit_store import PgAuditLog
 from xpscerpto.orchestrator import LEASE, Lease, Orchestrator, Plan
 
 from tests.db.test_postgres import _node
@@ -41,8 +42,11 @@ def fleet(pg_dsn: str, tmp_path: Path) -> Iterator[tuple[dict[str, subprocess.Po
         _node(tmp_path, f"n{i}", pg_dsn, like=tmp_path / "n0").close()
     Orchestrator(admin, node="admin").track(Plan("orders-hourly", key="orders", policy="every=1h"))
     admin.close()
-    config = tmp_path / "xps.json"  # the nodes' configuration names the shared database
-    config.write_text(json.dumps({"keyring": {"database": pg_dsn}}))
+    for i in (1, 2):  # one journal signing key for the fleet, as for the KEK
+        for suffix in (".key", ".pub"):
+            shutil.copy2(tmp_path / "n0" / f"audit{suffix}", tmp_path / f"n{i}" / f"audit{suffix}")
+    config = tmp_path / "xps.json"  # the nodes' keyring and journal are in the shared database
+    config.write_text(json.dumps({"keyring": {"database": pg_dsn}, "audit": {"database": pg_dsn}}))
     procs = {f"n{i}": subprocess.Popen(
         [sys.executable, "-m", "xpscerpto", "--config", str(config), "--home", str(tmp_path / f"n{i}"), "orch", "run",
          "--node", f"n{i}",
@@ -67,14 +71,16 @@ def _versions(db: Database) -> list[int]:
     return [r[0] for r in db.execute("SELECT version FROM versions ORDER BY version").fetchall()]
 
 
-def _rotations(root: Path) -> list[dict[str, object]]:
-    """KEY_ROTATE records across every node's journal, each journal's chain verified."""
-    found = []
-    for home in sorted(root.glob("n*")):
-        log = AuditLog(home / "audit.log")
-        if (home / "audit.log").exists():
+def _rotations(root: Path, dsn: str) -> list[dict[str, object]]:
+    """KEY_ROTATE records of the shared journal, its chain verified by every node's pinned key."""
+    found: list[dict[str, object]] = []
+    for home in ("n0", "n1", "n2"):
+        log = PgAuditLog(dsn, root / home / "audit.log")
+        try:
             log.verify()
-            found += [e for e in log.tail(1000) if e["event"] == "KEY_ROTATE"]
+            found = [e for e in log.tail(1000) if e["event"] == "KEY_ROTATE"]
+        finally:
+            log.close()
     return found
 
 
@@ -111,8 +117,8 @@ def test_killing_the_leader_mid_rotation_moves_the_lease_and_rotates_exactly_onc
     assert run == [(moved.holder, moved.token, "rotated from 1")]
     assert moved.token > leader.token
     # No journal record lost (the survivor delivered its own), none for the rolled-back attempt.
-    _wait("the rotation's journal record", lambda: _rotations(root))
-    assert [r["version"] for r in _rotations(root)] == [2]
+    _wait("the rotation's journal record", lambda: _rotations(root, pg_dsn))
+    assert [r["version"] for r in _rotations(root, pg_dsn)] == [2]
     print(f"\nlease failover after kill -9: {failover:.2f} s (ttl {TTL} s)")
     assert failover < TTL + 2.0
 
