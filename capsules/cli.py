@@ -175,8 +175,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         drain_timeout=h.drain_timeout_seconds, sample_every=h.sample_every, sample_seconds=h.sample_seconds)
     gates = Gates(timeout_s=h.timeout_seconds, memory_bytes=h.memory_bytes, bench_bytes=h.bench_bytes,
                   max_slowdown=h.max_slowdown)
+    if args.cluster is not None:
+        from xpscerpto.db.postgres import check_dsn
+
+        check_dsn(args.cluster, "--cluster")
     svc = WatchService(eng, args.dir, args.home, polling=args.polling or None, plan=plan, gates=gates,
-                       settle_seconds=h.settle_seconds, config=config).start()
+                       settle_seconds=h.settle_seconds, config=config, cluster=args.cluster, node=args.node).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -289,6 +293,9 @@ def add_operator_commands(sub: Any) -> None:
     p.add_argument("--canary-share", type=float, help="override hotpatch.canary_share")
     p.add_argument("--canary-seconds", type=float, help="override hotpatch.canary_seconds")
     p.add_argument("--dual-run-seconds", type=float, help="override hotpatch.dual_run_seconds")
+    p.add_argument("--cluster", metavar="DSN", help="postgresql:// database where nodes announce capsule "
+                   "enables and rollbacks to each other (each verifies them itself)")
+    p.add_argument("--node", default="local", help="this node's name in the cluster")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("rollback", help=cmd_rollback.__doc__)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from xpscerpto._atomic import atomic_write
-from xpscerpto.audit import AuditLog
 from xpscerpto.config import XpsConfig
 from xpscerpto.engine import Engine
 from xpscerpto.errors import PolicyError, XpsError
@@ -34,12 +33,12 @@ class WatchService:
     def __init__(self, engine: Engine, directory: str | Path, home: str | Path | Home | None = None, *,
                  polling: bool | None = None, plan: StagePlan = StagePlan(), gates: Gates = Gates(),
                  limits: Limits = Limits(), operator: str = "watch", settle_seconds: float = 0.5,
-                 config: XpsConfig | None = None) -> None:
+                 config: XpsConfig | None = None, cluster: str | None = None, node: str | None = None) -> None:
         from .watch import Inbox, InboxResult
 
         base = config or XpsConfig.defaults()
         h = home if isinstance(home, Home) else Home.resolve(home)
-        audit = AuditLog(h.audit, checkpoint_every=base.audit.checkpoint_every)
+        audit = base.audit.journal(h.root, h.audit)
         self.config = replace(base, engine=engine.config)
         self.updater = Updater(engine, h, gates=gates, plan=plan, limits=limits, operator=operator, audit=audit,
                                config_document=self.config.to_mapping())
@@ -62,6 +61,9 @@ class WatchService:
 
         self.inbox = Inbox(directory, handle, polling=polling, settle_seconds=settle_seconds,
                            max_bytes=limits.max_capsule_bytes, on_refused=refused)
+        self._cluster = cluster
+        self._node = node or "local"
+        self.announcer: Any = None
 
     def start(self) -> WatchService:
         """Re-apply emergency overrides, restore the committed state, then open socket and inbox."""
@@ -79,9 +81,15 @@ class WatchService:
             config_document=self.config.to_mapping())
         self.updater.restore()
         try:
+            if self._cluster is not None:  # other nodes' enables and rollbacks, and ours to them
+                from xpscerpto.db.capsule_announce import Announcer
+
+                self.announcer = Announcer(self._cluster, self.updater, node=self._node).start()
             self.control.start()
             self.inbox.start()
         except BaseException:
+            if self.announcer is not None:
+                self.announcer.stop()
             self.control.stop()
             self.updater.close()
             raise
@@ -113,5 +121,7 @@ class WatchService:
     def stop(self) -> None:
         """Close the inbox and the socket (routing stays as it is)."""
         self.inbox.stop()
+        if self.announcer is not None:
+            self.announcer.stop()
         self.control.stop()
         self.updater.close()

@@ -122,6 +122,7 @@ class Updater:
         self._crash_guard = CrashGuard(self.home, crash_limit)
         self.audit = audit or AuditLog(self.home.audit)
         self._lock = threading.RLock()  # one update at a time; never taken by API calls
+        self._event_listeners: tuple[Callable[[str, Mapping[str, Any]], None], ...] = ()
         self._loaded: dict[str, _Loaded] = {}
         self._state = RoutingState()
         self._restored = False
@@ -609,6 +610,21 @@ class Updater:
 
     def _audit(self, event: str, **fields: Any) -> None:
         self.audit.record(event, **fields)
+        for listener in self._event_listeners:
+            with contextlib.suppress(Exception):  # a listener never breaks an update
+                listener(event, fields)
+
+    @property
+    def state(self) -> RoutingState:
+        """The committed routing state this updater serves (active capsules, version memory)."""
+        return self._state
+
+    def add_event_listener(self, listener: Callable[[str, Mapping[str, Any]], None]) -> None:
+        """Call ``listener(event, fields)`` after each journaled update event (on the updater's thread).
+
+        Keep it short (enqueue): it runs inside the update, under the updater's lock.
+        """
+        self._event_listeners = (*self._event_listeners, listener)
 
     def _policy(self, publishers: Any, operations: Any) -> dict[str, Any]:
         """Trust-store digest, the signers' pins with their allow-lists, the configuration digest."""

@@ -73,6 +73,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         # The file journal's canonical lines, one per seq; time copied out for record_once's window.
         "CREATE TABLE xps_audit (seq BIGINT PRIMARY KEY, time TEXT NOT NULL, line TEXT NOT NULL)",
     )),
+    Migration(4, "capsule announcements between nodes", (
+        # The capsule bytes as published (each node verifies them itself before enabling).
+        """CREATE TABLE xps_capsules (sha256 TEXT PRIMARY KEY, raw BYTEA NOT NULL, name TEXT NOT NULL,
+            version TEXT NOT NULL, node TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())""",
+        """CREATE TABLE xps_capsule_events (id BIGSERIAL PRIMARY KEY,
+            action TEXT NOT NULL CHECK (action IN ('enable', 'rollback')), sha256 TEXT NOT NULL,
+            name TEXT NOT NULL, version TEXT NOT NULL, node TEXT NOT NULL,
+            at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())""",
+    )),
 )
 
 

@@ -1,0 +1,149 @@
+"""Capsule announcements between nodes: what one node enabled or rolled back, the others follow.
+
+A node that enables a capsule publishes its bytes and an ``enable`` event; a real rollback (of
+an enabled capsule: an operator's, the sampled check's, a fault's) publishes a ``rollback``.
+Both go out in one transaction with ``pg_notify('xps_capsules', id)``. Every other node's
+:class:`Announcer` wakes on the notification — or at its next poll, if the notification was
+lost — reduces the new events to the last action per capsule, and:
+
+- ``enable`` of a capsule not active here: hands the bytes to its own updater, which verifies
+  signature, pins and policy and validates in its own child as for a dropped file — a node
+  whose trust store or policy refuses the capsule stays as it is (and journals why);
+- ``rollback`` of a capsule active here: rolls it back here.
+
+What a node does because of an announcement is not announced again (operator
+``announce:NODE``), so the fleet converges without echo. Announcing never blocks an update: the
+updater's listener only enqueues; this object's thread talks to the database.
+
+Example:
+    >>> Announcer("postgresql://db/xps", updater, node="node-a").start()   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from xpscerpto.capsules.updater import Updater
+from xpscerpto.errors import XpsError
+
+from .migrations import require
+from .postgres import Database
+
+__all__ = ["CHANNEL", "PREFIX", "Announcer"]
+
+CHANNEL = "xps_capsules"
+PREFIX = "announce:"
+
+
+class Announcer:
+    """Publish this node's capsule changes; follow the other nodes' (see the module docstring).
+
+    Args:
+        database: ``postgresql://…`` (migration 4 applied).
+        updater: this node's updater.
+        node: this node's name (unique in the fleet).
+        poll: seconds between polls when no notification comes.
+    """
+
+    def __init__(self, database: str, updater: Updater, *, node: str, poll: float = 2.0) -> None:
+        self.database = Database(database)
+        try:
+            require(self.database, 4, "announcement database")
+        except BaseException:
+            self.database.close()
+            raise
+        self.updater = updater
+        self.node = node
+        self.poll = poll
+        self._outgoing: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._seen = 0
+        self._thread = threading.Thread(target=self._run, name=f"xps-announce-{node}", daemon=True)
+        self.last_error: str | None = None
+        updater.add_event_listener(self._on_event)
+
+    def _on_event(self, event: str, fields: Mapping[str, Any]) -> None:
+        operator = str(fields.get("operator", ""))
+        if operator.startswith(PREFIX):
+            return  # we did this because another node announced it
+        if event == "PATCH_ENABLE":
+            self._outgoing.put(("enable", dict(fields)))
+        elif event == "PATCH_ROLLBACK" and "to" in fields and "phase" not in fields:
+            self._outgoing.put(("rollback", dict(fields)))  # a real rollback, not a trial's refusal
+        else:
+            return
+        self._wake.set()
+
+    def start(self) -> Announcer:
+        """Catch up with what was announced while this node was away, then follow."""
+        self.database.listen(CHANNEL, lambda _payload: self._wake.set(), on_reconnect=self._wake.set)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop following and close the connections."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self.database.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._publish()
+                self._follow()
+                self.last_error = None
+            except XpsError as exc:  # the database away: keep what is queued, retry later
+                self.last_error = str(exc)
+            self._wake.wait(self.poll)
+            self._wake.clear()
+
+    def _publish(self) -> None:
+        while True:
+            try:
+                action, fields = self._outgoing.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._announce(action, fields)
+            except XpsError:
+                self._outgoing.put((action, fields))  # again at the next round
+                raise
+
+    def _announce(self, action: str, fields: Mapping[str, Any]) -> None:
+        sha, name, version = str(fields["sha256"]), str(fields["name"]), str(fields["version"])
+        raw = self.updater.store.get(sha) if action == "enable" else None
+        with self.database.transaction() as tx:
+            if raw is not None:
+                tx.execute("INSERT INTO xps_capsules (sha256, raw, name, version, node) VALUES (?, ?, ?, ?, ?) "
+                           "ON CONFLICT DO NOTHING", (sha, raw, name, version, self.node))
+            row = tx.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
+                             "VALUES (?, ?, ?, ?, ?) RETURNING id", (action, sha, name, version, self.node)).fetchone()
+            tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(row[0] if row else "")))
+
+    def _follow(self) -> None:
+        rows = self.database.execute("SELECT id, action, sha256, name, version, node FROM xps_capsule_events "
+                                     "WHERE id > ? ORDER BY id", (self._seen,)).fetchall()
+        if not rows:
+            return
+        last: dict[str, tuple[str, str]] = {}  # sha256 -> its newest (action, node)
+        for _id, action, sha, _name, _version, node in rows:
+            last[sha] = (action, node)
+        self._seen = rows[-1][0]
+        active = {a.sha256 for a in self.updater.state.active}
+        for sha, (action, node) in last.items():
+            if node == self.node:
+                continue
+            with contextlib.suppress(XpsError):  # refused here: journaled by the updater, the fleet may differ
+                if action == "enable" and sha not in active:
+                    raw = self.database.execute("SELECT raw FROM xps_capsules WHERE sha256 = ?", (sha,)).fetchone()
+                    if raw is not None:
+                        self.updater.apply(bytes(raw[0]), source=f"announced by {node}", operator=PREFIX + node)
+                elif action == "rollback" and sha in active:
+                    self.updater.rollback(sha, operator=PREFIX + node,
+                                          reason=f"rolled back on {node}")

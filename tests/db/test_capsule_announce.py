@@ -1,0 +1,97 @@
+"""Capsule announcements on a real PostgreSQL: one node enables or rolls back, the others follow."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+
+import pytest
+import xpscerpto as xps
+from xpscerpto.capsules.updater import Updater
+from xpscerpto.db import Database
+from xpscerpto.db.capsule_announce import Announcer
+from xpscerpto.home import Home
+
+from tests.capsules.test_updater import OP, Publisher, _updater, publisher
+
+__all__ = ["publisher"]
+
+
+def _wait(what: str, ok: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ok():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _other_node(publisher: Publisher, name: str, *, trusted: bool = True) -> tuple[xps.Engine, Updater]:
+    home = Home.resolve(publisher.tmp / name)
+    if trusted:
+        shutil.copy2(publisher.home.trust, home.trust)
+    eng = xps.Engine()
+    return eng, _updater(eng, home)
+
+
+def _events(up: Updater, event: str) -> list[dict[str, object]]:
+    return [e for e in up.audit.tail(200) if e["event"] == event]
+
+
+def test_an_enable_and_a_rollback_on_one_node_reach_the_others_which_verify_themselves(
+        publisher: Publisher, pg_dsn: str) -> None:
+    eng_a = xps.Engine()
+    a = _updater(eng_a, publisher.home)
+    eng_b, b = _other_node(publisher, "home-b")
+    eng_c, c = _other_node(publisher, "home-c", trusted=False)  # its trust store pins nobody
+    nodes = [Announcer(pg_dsn, up, node=n, poll=0.5).start() for up, n in ((a, "a"), (b, "b"), (c, "c"))]
+    try:
+        cap = a.apply(publisher.capsule("1.0.0"))
+        _wait("node b to enable the announced capsule", lambda: eng_b.table.provider_for(OP) == cap.name)
+        enable_b = _events(b, "PATCH_ENABLE")[-1]
+        assert enable_b["operator"] == "announce:a" and enable_b["sha256"] == cap.sha256
+        assert "PATCH_VERIFY" in [e["event"] for e in b.audit.tail(200)]  # b verified it itself
+        _wait("node c to refuse it", lambda: bool(_events(c, "PATCH_REJECT")))
+        assert eng_c.table.provider_for(OP) == "sodium"  # c's trust store refuses: c stays as it was
+        # A rollback on b (an operator there) is announced and followed by a.
+        b.rollback(OP, operator="ops")
+        _wait("node a to roll back", lambda: eng_a.table.provider_for(OP) == "sodium")
+        assert _events(a, "PATCH_ROLLBACK")[-1]["operator"] == "announce:b"
+        time.sleep(1.0)  # a few more polls: nothing echoes back and forth
+        db = Database(pg_dsn)
+        try:
+            rows = db.execute("SELECT action, node FROM xps_capsule_events ORDER BY id").fetchall()
+        finally:
+            db.close()
+        assert rows == [("enable", "a"), ("rollback", "b")]
+    finally:
+        for n in nodes:
+            n.stop()
+        for up in (a, b, c):
+            up.close()
+
+
+def test_a_node_that_starts_later_catches_up_with_what_was_announced(publisher: Publisher, pg_dsn: str) -> None:
+    a = _updater(xps.Engine(), publisher.home)
+    first = Announcer(pg_dsn, a, node="a", poll=0.5).start()
+    cap = a.apply(publisher.capsule("1.0.0"))
+    _wait("the announcement", lambda: first.last_error is None and _announced(pg_dsn) == 1)
+    eng_b, b = _other_node(publisher, "home-b")
+    late = Announcer(pg_dsn, b, node="b", poll=0.5).start()
+    try:
+        _wait("node b to catch up", lambda: eng_b.table.provider_for(OP) == cap.name)
+    finally:
+        late.stop()
+        first.stop()
+        a.close()
+        b.close()
+
+
+def _announced(dsn: str) -> int:
+    db = Database(dsn)
+    try:
+        row = db.execute("SELECT count(*) FROM xps_capsule_events").fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        db.close()
