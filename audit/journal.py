@@ -409,6 +409,19 @@ class AuditLog:
         self._published = False
         self._rl_lock = threading.Lock()
         self._windows: dict[tuple[str, str], _Window] = {}
+        self._listeners: tuple[Callable[[str, dict[str, Any]], None], ...] = ()
+
+    def add_listener(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
+        """Call ``listener(event, record)`` after each record this instance writes (metrics).
+
+        Runs on the writer's thread after the append; an exception it raises is swallowed.
+        """
+        self._listeners = (*self._listeners, listener)
+
+    def _written(self, record: dict[str, Any]) -> None:
+        for listener in self._listeners:
+            with contextlib.suppress(Exception):
+                listener(record["event"], record)
 
     # ------------------------------------------------------------------ writing
 
@@ -556,6 +569,7 @@ class AuditLog:
                 # First record of a new journal: the .pub comes after it, so a .pub next to
                 # an empty or missing log means the log was deleted (see verify).
                 self._signing_key()
+            self._written(main)
             return main
 
     def _head(self, fd: int, size: int) -> tuple[bytes, _Head, dict[str, Any] | None]:

@@ -166,7 +166,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from .updater import StagePlan
 
     config = context.config(args)
-    eng = Engine(config.engine)
+    metrics = None
+    if args.metrics is not None:
+        from xpscerpto.metrics import Metrics
+        from xpscerpto.metrics.prometheus import parse_address
+
+        parse_address(args.metrics)
+        metrics = Metrics()
+    eng = Engine(config.engine, count=metrics.operation_counter if metrics is not None else None)
     h = config.hotpatch
     plan = StagePlan(
         canary_share=h.canary_share if args.canary_share is None else args.canary_share,
@@ -180,7 +187,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
         check_dsn(args.cluster, "--cluster")
     svc = WatchService(eng, args.dir, args.home, polling=args.polling or None, plan=plan, gates=gates,
-                       settle_seconds=h.settle_seconds, config=config, cluster=args.cluster, node=args.node).start()
+                       settle_seconds=h.settle_seconds, config=config, cluster=args.cluster, node=args.node)
+    if metrics is not None:
+        from xpscerpto.metrics.prometheus import serve
+
+        metrics.watch_engine(eng)
+        metrics.watch_journal(svc.updater.audit)
+        serve(metrics, args.metrics)
+    svc.start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -296,6 +310,8 @@ def add_operator_commands(sub: Any) -> None:
     p.add_argument("--cluster", metavar="DSN", help="postgresql:// database where nodes announce capsule "
                    "enables and rollbacks to each other (each verifies them itself)")
     p.add_argument("--node", default="local", help="this node's name in the cluster")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there (operations per "
+                   "provider, auth failures, swaps, rollbacks); needs the metrics extra")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("rollback", help=cmd_rollback.__doc__)

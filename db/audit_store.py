@@ -78,6 +78,7 @@ class PgAuditLog(AuditLog):
                            (r["seq"], r["time"], _canonical(r).decode("ascii")))
         if not self._published:
             self._signing_key()
+        self._written(main)
         return main
 
     def _check_same_key(self, last: dict[str, Any]) -> None:

@@ -228,6 +228,27 @@ class AeadRoute(_Route):
     def _join_decrypt(self, key: Buffer, nonce: bytes, ciphertext: Buffer, tag: Buffer, aad: Buffer) -> bytes:
         return _join_decrypt(self.cipher, key, nonce, ciphertext, tag, aad)
 
+    def count_calls(self, counter: OperationCounter) -> None:
+        """Count every call into a provider (while the table is built only; metrics on).
+
+        Each factory and tag-separate decrypt is wrapped once, with the counter of the provider
+        it reaches: a stateless call or a keyed object's creation counts one. Tables built
+        without metrics have no wrapper at all.
+        """
+        op = self.operation
+        cipher, detached = self.cipher, self.decrypt_detached
+        self.cipher = _counted(cipher, counter(op, self.provider))
+        if detached != self._join_decrypt:  # the join calls self.cipher: counted there
+            self.decrypt_detached = _counted(detached, counter(op, self.provider))
+        # The size split's and keyed factories reach the provider directly (not via self.cipher).
+        self.large = self.cipher if self.large is cipher else _counted(self.large, counter(op, self.large_provider))
+        self.large_detached = (self.decrypt_detached if self.large_detached is detached
+                               else _counted(self.large_detached, counter(op, self.large_provider)))
+        self.keyed_cipher = (self.cipher if self.keyed_cipher is cipher
+                             else _counted(self.keyed_cipher, counter(op, self.keyed_provider)))
+        self.keyed_large = (self.cipher if self.keyed_large is cipher
+                            else _counted(self.keyed_large, counter(op, self.keyed_large_provider)))
+
     def diagnose(self, exc: BaseException, key: Any, nonce: Any, call: str | None, *, nonce_required: bool,
                  inputs: tuple[tuple[str, Any, type[XpsError]], ...], wire: Any = None) -> XpsError:
         """Turn a failure on the call path into the right typed error (error path only).
@@ -297,6 +318,18 @@ def _check_buffers(*values: Any) -> None:
     for value in values:
         if type(value) is not bytes and value is not None and buffer_problem(value) is not None:
             raise _BadBuffer(f"input: {buffer_problem(value)}")
+
+
+#: ``counter(operation, provider)`` -> a function that adds one (``itertools.count().__next__``).
+OperationCounter = Callable[[str, str], Callable[[], object]]
+
+
+def _counted(call: Callable[..., Any], tick: Callable[[], object]) -> Callable[..., Any]:
+    def counted(*args: Any) -> Any:
+        tick()
+        return call(*args)
+
+    return counted
 
 
 def _join_decrypt(cipher: Callable[[Buffer], AeadCipher], key: Buffer, nonce: bytes, ciphertext: Buffer,

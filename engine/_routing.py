@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from . import isa_mask
-from ._routes import AeadRoute, FaultSink, KdfRoute, KemRoute, KexRoute, SignatureRoute
+from ._routes import AeadRoute, FaultSink, KdfRoute, KemRoute, KexRoute, OperationCounter, SignatureRoute
 from ._tuning_model import NO_LIMIT, SHAPES, Split, TuneResult, split
 from .errors import InternalError
 from .interfaces import OPERATIONS, Aead, ImplementationInfo, Kdf, Kem, KeyAgreement, Provider, Signature
@@ -145,6 +145,7 @@ def build_table(
     on_fault: FaultSink | None = None,
     tuned: TuneResult | None = None,
     pending: frozenset[str] = frozenset(),
+    count: OperationCounter | None = None,
 ) -> RoutingTable:
     """Choose the implementations of each operation and build the adapters.
 
@@ -162,6 +163,8 @@ def build_table(
             whose measured providers are not all eligible now.
         pending: operations whose self-tests have not run yet (left unrouted, see
             :attr:`RoutingTable.pending`).
+        count: with metrics on, ``count(operation, provider)`` gives the tick each AEAD call
+            into that provider makes (:meth:`AeadRoute.count_calls`); None: no wrapper.
 
     Raises:
         PolicyError: the incident mask in the environment is malformed.
@@ -254,6 +257,9 @@ def build_table(
             else "priority")
         entries.update(dict.fromkeys(route_names, adapter))
 
+    if count is not None:
+        for adapter in {id(r): r for r in aead.values()}.values():
+            adapter.count_calls(count)
     return RoutingTable(
         version=version,
         routes=MappingProxyType(routes),

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._buffers import BYTE_FORMATS, byte_buffer, describe, describe_int
 from ._namespaces import HkdfAPI, KemAPI, KexAPI, SignatureAPI
-from ._routes import AeadRoute, AuthFailure, _BadBuffer
+from ._routes import AeadRoute, AuthFailure, OperationCounter, _BadBuffer
 from ._routing import RoutingTable, build_table
 from ._tuning_model import NO_LIMIT, TuneResult
 from .errors import AuthError, InternalError, KeyError_, NonceError, PolicyError, XpsError
@@ -111,14 +111,18 @@ class Engine:
             self-tests before its first use (FIPS 140-3 allows that) instead of all at start.
             The module-level API's default engine is lazy: ``import xpscerpto`` and one
             AEAD call pay for that one algorithm's self-test only.
+        count: metrics: ``count(operation, provider)`` returns the function each AEAD call
+            into that provider calls once (:class:`xpscerpto.metrics.Metrics` gives one).
+            Tables are built with the counting wrappers; ``None`` (default): no wrapper, no
+            cost on the call path.
 
     Raises:
-        PolicyError: ``config`` is not an EngineConfig, ``plugins`` not an iterable, or
-            ``lazy`` not a bool.
+        PolicyError: ``config`` is not an EngineConfig, ``plugins`` not an iterable,
+            ``lazy`` not a bool, or ``count`` not callable.
     """
 
     def __init__(self, config: EngineConfig | None = None, *, plugins: Iterable[object] = (),
-                 lazy: bool = False) -> None:
+                 lazy: bool = False, count: OperationCounter | None = None) -> None:
         if config is not None and not isinstance(config, EngineConfig):
             raise PolicyError(f"config: expected an EngineConfig, got {describe(config)}")
         try:
@@ -129,6 +133,9 @@ class Engine:
             raise PolicyError(f"plugins: expected an iterable of plugin objects, got {describe(plugins)}") from None
         if type(lazy) is not bool:
             raise PolicyError(f"lazy: expected a bool, got {describe(lazy)}")
+        if count is not None and not callable(count):
+            raise PolicyError(f"count: expected a callable, got {describe(count)}")
+        self._count = count
         self._config = config or EngineConfig()
         # Serialises start and publish; never taken on the call path.
         self._lock = threading.RLock()
@@ -322,7 +329,7 @@ class Engine:
             failures = {**current.kat_failures, **self._kat_failures()}
             table = build_table(provs, config, version=current.version + 1, kat_failures=failures,
                                 on_fault=self._fault_sink(current.version + 1), tuned=self._tuned,
-                                pending=self._untested)
+                                pending=self._untested, count=self._count)
             self.publish(table)
             return table
 
@@ -411,7 +418,7 @@ class Engine:
         version = self._table.version + 1
         return build_table(provs, config or self._config, version=version,
                            kat_failures=self._kat_failures(), on_fault=self._fault_sink(version), tuned=self._tuned,
-                           pending=self._untested)
+                           pending=self._untested, count=self._count)
 
     def add_fault_listener(self, listener: FaultListener) -> None:
         """Call ``listener(provider, operation, exc)`` when a routed provider raises unexpectedly.

@@ -56,6 +56,13 @@ def cmd_orch(args: argparse.Namespace) -> int:
             version = orch.emergency(args.plan, args.reason)
             print(f"{args.plan}: rotated to version {version} (incident recorded)")
         else:  # run: the node loop, until SIGTERM/SIGINT
+            if args.metrics is not None:
+                from xpscerpto.metrics import Metrics
+                from xpscerpto.metrics.prometheus import serve
+
+                metrics = Metrics()
+                metrics.watch_journal(orch.keyring.audit)
+                serve(metrics, args.metrics)
             done = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: done.set())
@@ -117,7 +124,8 @@ def add_orch_commands(sub: Any) -> None:
     e = osub.add_parser("emergency", help="rotate a plan's key now (leader only); records an incident")
     e.add_argument("plan")
     e.add_argument("--reason", required=True)
-    osub.add_parser("run", help="run this node's orchestrator until SIGTERM")
+    r = osub.add_parser("run", help="run this node's orchestrator until SIGTERM")
+    r.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (rotations) there")
     for s in osub.choices.values():
         s.add_argument("--node", default="local", help="this node's name (unique in the fleet)")
         s.add_argument("--lease-ttl", type=float, default=10.0, help="seconds (default 10)")
