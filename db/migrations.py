@@ -82,6 +82,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             name TEXT NOT NULL, version TEXT NOT NULL, node TEXT NOT NULL,
             at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())""",
     )),
+    Migration(5, "orchestrator: post-rotation hygiene and suite migrations", (
+        """CREATE TABLE xps_orch_archived (key_id TEXT NOT NULL, version BIGINT NOT NULL, token BIGINT NOT NULL,
+            holder TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (key_id, version))""",
+        """CREATE TABLE xps_suite_migrations (name TEXT PRIMARY KEY, keys TEXT NOT NULL, target TEXT NOT NULL,
+            canary DOUBLE PRECISION NOT NULL, watch_seconds DOUBLE PRECISION NOT NULL,
+            max_failure_rate DOUBLE PRECISION NOT NULL, phase TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',
+            since TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())""",
+    )),
 )
 
 

@@ -82,6 +82,9 @@ _unpack = HEADER.unpack_from
 _ct_eq = hmac.compare_digest  # constant time; both sides are 32-byte bytes here
 _INTEGRITY_AAD = b"xps-keyring/integrity-key/v1"
 _RETENTION_EVERY = 60.0  # seconds between retention sweeps in a long-lived keyring
+#: Seconds between writes of the usage counters (decryptions, last use) from the slow path, so
+#: other nodes' "unused for" proofs (orchestrator hygiene) are at most this much behind.
+USAGE_FLUSH_EVERY = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +213,7 @@ class Keyring:
         self._aead = engine.aead
         self.outbox = Outbox(self.store, self.audit, clock)
         self._retention_at = 0.0
+        self._usage_flush_at = 0.0
         try:
             self._attach_integrity(created=create and self.store.empty())
             if create:
@@ -1030,6 +1034,7 @@ class Keyring:
         with self._lock:
             if now >= self._retention_at:
                 self.enforce_retention()
+            self._flush_usage_if_due(now)
             h = self._active.get(name)
             if h is not None and now < h.recheck_at and next(h.counter) < 0:
                 return h  # another thread refreshed it meanwhile
@@ -1085,6 +1090,7 @@ class Keyring:
         with self._lock:
             if now >= self._retention_at:
                 self.enforce_retention()
+            self._flush_usage_if_due(now)
             kid = key_id.hex()
             row = self.store.key(kid)
             ver = self.store.version(kid, version) if row is not None else None
@@ -1119,6 +1125,12 @@ class Keyring:
         self._active.pop(name, None)
         for k in [k for k in self._handles if k[0] == kid]:
             del self._handles[k]
+
+    def _flush_usage_if_due(self, now: float) -> None:
+        if now >= self._usage_flush_at:
+            self._usage_flush_at = now + USAGE_FLUSH_EVERY
+            with contextlib.suppress(XpsError):  # informational counters: never fail a call for them
+                self._flush_usage()
 
     def _flush_usage(self) -> None:
         with self._lock:

@@ -25,7 +25,7 @@ from typing import Any
 from xpscerpto.db.migrations import require
 from xpscerpto.db.postgres import Database
 from xpscerpto.errors import PolicyError, XpsError
-from xpscerpto.keyring import Keyring
+from xpscerpto.keyring import Keyring, VersionState
 from xpscerpto.keyring.store import Connection
 
 from .lease import FENCE, Lease, LeaseState
@@ -121,6 +121,9 @@ class Orchestrator:
         if not isinstance(plan, Plan):
             raise PolicyError(f"plan: expected a Plan, got {type(plan).__name__}")
         self.keyring.describe(plan.key)  # KeyError_ now, not at the first tick
+        if plan.kek != self.keyring.config.kek.provider:
+            raise PolicyError(f"kek: the plan names {plan.kek!r}, this keyring's KEK is "
+                              f"{self.keyring.config.kek.provider!r}")
         self.database.execute(
             "INSERT INTO xps_orch_plans (plan, key_name, policy, grace_seconds, suite, kek) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (plan) DO UPDATE SET key_name = excluded.key_name, policy = excluded.policy, "
@@ -160,13 +163,52 @@ class Orchestrator:
             return []
         now = self._now()
         done = []
-        for plan, anchor, paused in self.plans():
+        plans = self.plans()
+        for plan, anchor, paused in plans:
             if paused:
                 continue
             due = plan.schedule.due(anchor, now)
             if due is None or self._ran(plan.name, due):
                 continue
             done.append((plan.name, self._rotate(plan, due, state, reason=f"scheduled ({plan.policy})")))
+        for plan, _, _ in plans:
+            self.hygiene(plan, state)
+        return done
+
+    def hygiene(self, plan: Plan, state: LeaseState) -> list[int]:
+        """Archive the retired versions of ``plan``'s key proven unused for at least its grace.
+
+        Proof: retired for ``grace`` and no use recorded for ``grace`` by any node (each
+        keyring writes its usage counters at least every ``USAGE_FLUSH_EVERY`` seconds, so
+        the grace should be well above that). Archiving records ``KEY_ARCHIVE`` once per
+        version (a fenced row, in the same transaction as the journal's outbox entry); the
+        material itself is destroyed by the keyring's retention, not earlier (an earlier
+        destroy needs operators' approvals). Returns the versions archived now.
+        """
+        grace = parse_seconds(plan.grace, "grace")
+        info = self.keyring.describe(plan.key)
+        now = self.keyring.clock()
+        done = []
+        for v in info.versions:
+            if v.state is not VersionState.RETIRED or v.retired_at is None or now - v.retired_at < grace:
+                continue
+            unused = self.keyring.unused_for(plan.key, v.version)
+            if unused is not None and unused < grace:
+                continue
+            if self.database.execute("SELECT 1 FROM xps_orch_archived WHERE key_id = ? AND version = ?",
+                                     (info.key_id, v.version)).fetchone() is not None:
+                continue
+            with self.keyring.store.write() as db:
+                if db.execute(f"INSERT INTO xps_orch_archived (key_id, version, token, holder) SELECT ?, ?, ?, ? "
+                              f"WHERE {FENCE} ON CONFLICT DO NOTHING",
+                              (info.key_id, v.version, state.token, self.node, *state.fence())).rowcount != 1:
+                    continue  # archived meanwhile, or our lease lapsed: nothing written
+                self.keyring.outbox.add(db, "KEY_ARCHIVE", key_id=info.key_id, name=info.name, version=v.version,
+                                        unused_seconds=None if unused is None else round(unused, 3),
+                                        grace_seconds=grace, plan=plan.name, node=self.node, token=state.token)
+            done.append(v.version)
+        if done:
+            self.keyring.outbox.deliver()
         return done
 
     def emergency(self, plan: str, reason: str) -> int:
@@ -256,7 +298,11 @@ class Orchestrator:
         for plan, anchor, paused in self.plans():
             last = self.database.execute("SELECT due, at, holder, token, result FROM xps_orch_runs WHERE plan = ? "
                                          "ORDER BY due DESC LIMIT 1", (plan.name,)).fetchone()
+            archived = [r[0] for r in self.database.execute(
+                "SELECT a.version FROM xps_orch_archived a JOIN keys k ON k.key_id = a.key_id WHERE k.name = ? "
+                "ORDER BY a.version", (plan.key,)).fetchall()]
             plans.append({"plan": plan.name, "key": plan.key, "policy": plan.policy, "paused": paused,
+                          "archived": archived,
                           "suite": plan.suite, "kek": plan.kek,
                           "next_run": plan.schedule.next_after(anchor, now).isoformat(),
                           "last_run": None if last is None else {"due": last[0].isoformat(), "at": last[1].isoformat(),

@@ -123,3 +123,45 @@ def test_a_migration_plan_moves_the_key_to_the_target_suite(rings: list[Keyring]
     versions = {v.version: v.algorithm for v in rings[1].describe("orders").versions}
     assert versions == {1: "AES-256-GCM", 2: "XCHACHA20-POLY1305"}
     assert rings[1].decrypt(blob) == b"old suite"  # the old suite still opens in its window
+
+
+def test_hygiene_archives_a_retired_version_only_once_no_node_used_it_for_the_grace(rings: list[Keyring]) -> None:
+    a, b = rings[0], rings[1]
+    blob = a.encrypt("orders", b"old")
+    orch = Orchestrator(a, node="n0", lease_ttl=5, interval=0.1)
+    plan = Plan("p", key="orders", policy="every=1h", grace="5s")
+    orch.track(plan)
+    state = orch.lease.acquire()
+    a.rotate("orders")
+    start = time.time()
+    b.clock = lambda: start + 4  # type: ignore[method-assign]
+    assert b.decrypt(blob) == b"old"  # node b still uses version 1 ...
+    b.unused_for("orders", 1)  # ... and its usage counters reach the database
+    a.clock = lambda: start + 6  # type: ignore[method-assign]
+    assert orch.hygiene(plan, state) == []  # retired 6 s ago, but used 2 s ago (b's time)
+    a.clock = lambda: start + 10  # type: ignore[method-assign]
+    assert orch.hygiene(plan, state) == [1]
+    assert orch.hygiene(plan, state) == []  # once
+    archived = [e for e in a.audit.tail(50) if e["event"] == "KEY_ARCHIVE"]
+    assert len(archived) == 1 and archived[0]["version"] == 1 and archived[0]["token"] == state.token
+    assert orch.status()["plans"][0]["archived"] == [1]
+
+
+def test_hygiene_by_a_leader_whose_lease_lapsed_writes_nothing(rings: list[Keyring]) -> None:
+    a = rings[0]
+    orch = Orchestrator(a, node="n0", lease_ttl=0.2, interval=0.1)
+    plan = Plan("p", key="orders", policy="every=1h", grace="1s")
+    orch.track(plan)
+    stale = orch.lease.acquire()
+    a.rotate("orders")
+    time.sleep(0.3)
+    assert Lease(orch.database, "orchestrator", holder="n1", ttl=5).acquire().mine
+    a.clock = lambda: time.time() + 10  # type: ignore[method-assign]
+    assert orch.hygiene(plan, stale) == []
+    assert not [e for e in a.audit.tail(50) if e["event"] == "KEY_ARCHIVE"]
+
+
+def test_a_plan_naming_another_kek_provider_is_refused(rings: list[Keyring]) -> None:
+    orch = Orchestrator(rings[0], node="n0")
+    with pytest.raises(PolicyError, match="kek"):
+        orch.track(Plan("p", key="orders", policy="monthly", kek="pkcs11"))
