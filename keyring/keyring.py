@@ -129,9 +129,9 @@ class KeyInfo:
 class _Handle:
     """A usable key version in memory: derived keys, header prefix, usage window."""
 
-    __slots__ = ("aead", "algorithm", "code", "commitment", "counter", "decrypt_until", "decryptions",
-                 "header_size", "key_id", "last_used", "name", "nonce_size", "prefix", "recheck_at", "state",
-                 "version")
+    __slots__ = ("aead", "algorithm", "code", "commitment", "counter", "decrypt_until", "decrypted_before",
+                 "decryptions", "header_size", "key_id", "last_used", "name", "nonce_size", "prefix", "recheck_at",
+                 "state", "version")
 
     def __init__(self, row: KeyRow, ver: VersionRow, algorithm: str, aead: KeyedAead, commitment: bytes) -> None:
         self.key_id, self.name, self.version, self.algorithm = row.key_id, row.name, ver.version, algorithm
@@ -145,6 +145,7 @@ class _Handle:
         self.counter = itertools.count()  # at >= 0: no encryptions reserved (see Keyring.encrypt)
         self.recheck_at = 0.0
         self.decryptions = 0
+        self.decrypted_before = 0  # decryptions already flushed (decrypt_counts adds both)
         self.last_used = 0.0  # flushed to the database with the counters
 
 
@@ -214,6 +215,7 @@ class Keyring:
         self.outbox = Outbox(self.store, self.audit, clock)
         self._retention_at = 0.0
         self._usage_flush_at = 0.0
+        self._failures: dict[tuple[bytes, int], itertools.count[int]] = {}  # (key id, version) -> failures
         try:
             self._attach_integrity(created=create and self.store.empty())
             if create:
@@ -301,6 +303,11 @@ class Keyring:
 
     def _fail(self, ref: tuple[bytes, int] | None) -> NoReturn:
         # The caller always gets the same opaque error, whatever happens to the audit record.
+        if ref is not None and ref in self._handles:  # counted for known versions only: forged
+            counter = self._failures.get(ref)         # blobs name endless key ids
+            if counter is None:
+                counter = self._failures.setdefault(ref, itertools.count(1))
+            next(counter)
         fields: dict[str, Any] = {"key_id": ref[0].hex(), "version": ref[1]} if ref is not None else {}
         with contextlib.suppress(XpsError, OSError):
             self.audit.record_rate_limited("CRYPTO_FAIL_AUTH", "keyring", self.audit_config.auth_fail_per_minute,
@@ -785,6 +792,19 @@ class Keyring:
             raise KeyError_(f"version: no version {wanted}")
         return None if ver.last_used is None else self.clock() - ver.last_used
 
+    def decrypt_counts(self, ref: str, version: int) -> tuple[int, int]:
+        """(successful, failed) decryptions of a version in this process since it was loaded here.
+
+        The counters the metrics export and a suite migration's canary decision reads. Failures
+        count blobs that named this version and did not open (wrong tag, aad, commitment).
+        """
+        wanted = _version_arg(version, "version")
+        kid = bytes.fromhex(self._key_row(ref).key_id)
+        h = self._handles.get((kid, wanted))
+        ok = 0 if h is None else h.decrypted_before + h.decryptions
+        failures = self._failures.get((kid, wanted))
+        return ok, 0 if failures is None else int(repr(failures)[6:-1]) - 1
+
     def close(self) -> None:
         """Flush usage counters, wipe cached keys, close the database and the KEK.
 
@@ -1142,6 +1162,7 @@ class Keyring:
                 for n, used, kid, v in pending:
                     self.store.add_usage(db, kid, v, n, used)
             for h in self._handles.values():
+                h.decrypted_before += h.decryptions
                 h.decryptions = 0
 
     def _check_approvals(self, db: Connection, approvals: Approvals | None, required: int, action: str,

@@ -31,6 +31,8 @@ COUNTERS = {
     "xps_rotations_total": "key rotations journaled by this process, per reason",
     "xps_swaps_total": "capsules enabled (routing table swaps to a new provider)",
     "xps_rollbacks_total": "capsule rollbacks (automatic and operator)",
+    "xps_keyring_decryptions_total": "keyring decryptions per key, version and result (what a suite "
+                                     "migration's canary decision reads)",
 }
 
 Labels = tuple[tuple[str, str], ...]
@@ -43,6 +45,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, Labels], itertools.count[int]] = {}
         self._gauges: dict[str, Callable[[], float]] = {}
+        self._sources: list[Callable[[], dict[str, dict[Labels, float]]]] = []
 
     def _counter(self, name: str, labels: Labels) -> itertools.count[int]:
         key = (name, labels)
@@ -81,6 +84,10 @@ class Metrics:
         for name, read in self._gauges.items():
             with contextlib.suppress(Exception):  # a gauge that cannot be read is left out of the scrape
                 out[name] = {(): float(read())}
+        for source in self._sources:
+            with contextlib.suppress(Exception):
+                for name, series in source().items():
+                    out.setdefault(name, {}).update(series)
         return out
 
     # -- sources -----------------------------------------------------------------------------
@@ -94,6 +101,20 @@ class Metrics:
     def watch_journal(self, journal: Any) -> None:
         """Count what this process journals (rotations the keyring delivers, among others)."""
         journal.add_listener(self.on_event)
+
+    def watch_keyring(self, ring: Any) -> None:
+        """Export the keyring's per-version decrypt counts (read at scrape time, nothing per call)."""
+
+        def read() -> dict[str, dict[Labels, float]]:
+            series: dict[Labels, float] = {}
+            for (kid, version), handle in list(ring._handles.items()):
+                ok, failed = ring.decrypt_counts(kid.hex(), version)
+                base = (("key", handle.name), ("version", str(version)))
+                series[(*base, ("result", "ok"))] = ok
+                series[(*base, ("result", "auth_failure"))] = failed
+            return {"xps_keyring_decryptions_total": series}
+
+        self._sources.append(read)
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
         """One journaled event (the journal's listener)."""

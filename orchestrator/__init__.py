@@ -12,5 +12,6 @@ from __future__ import annotations
 from .lease import FENCE, Lease, LeaseState
 from .orchestrator import LEASE, Fenced, Orchestrator, Plan
 from .schedule import Schedule
+from .suite_migration import SuiteMigration
 
-__all__ = ["FENCE", "LEASE", "Fenced", "Lease", "LeaseState", "Orchestrator", "Plan", "Schedule"]
+__all__ = ["FENCE", "LEASE", "Fenced", "Lease", "LeaseState", "Orchestrator", "Plan", "Schedule", "SuiteMigration"]

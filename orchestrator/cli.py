@@ -52,6 +52,13 @@ def cmd_orch(args: argparse.Namespace) -> int:
         elif args.orch_cmd in ("pause", "resume"):
             getattr(orch, args.orch_cmd)(args.plan)
             print(f"{args.plan}: {args.orch_cmd}d")
+        elif args.orch_cmd == "migrate":
+            from .suite_migration import SuiteMigration
+
+            orch.migrate(SuiteMigration(args.name, keys=tuple(k for k in args.keys.split(",") if k),
+                                        target=args.target, canary=args.canary, watch=args.watch,
+                                        max_failure_rate=args.max_failure_rate))
+            print(f"migration {args.name}: started (canary phase at the leader's next tick)")
         elif args.orch_cmd == "emergency":
             version = orch.emergency(args.plan, args.reason)
             print(f"{args.plan}: rotated to version {version} (incident recorded)")
@@ -62,6 +69,7 @@ def cmd_orch(args: argparse.Namespace) -> int:
 
                 metrics = Metrics()
                 metrics.watch_journal(orch.keyring.audit)
+                metrics.watch_keyring(orch.keyring)
                 serve(metrics, args.metrics)
             done = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -124,6 +132,13 @@ def add_orch_commands(sub: Any) -> None:
     e = osub.add_parser("emergency", help="rotate a plan's key now (leader only); records an incident")
     e.add_argument("plan")
     e.add_argument("--reason", required=True)
+    g = osub.add_parser("migrate", help="move keys to another AEAD suite: canary, watch, rollout, retire")
+    g.add_argument("name")
+    g.add_argument("--keys", required=True, help="comma-separated key names")
+    g.add_argument("--target", required=True, help="e.g. XCHACHA20-POLY1305")
+    g.add_argument("--canary", type=float, default=0.1, help="share of keys moved first (default 0.1)")
+    g.add_argument("--watch", default="1h", help="how long the canary is watched (default 1h)")
+    g.add_argument("--max-failure-rate", type=float, default=0.001, help="abort above this auth-failure rate")
     r = osub.add_parser("run", help="run this node's orchestrator until SIGTERM")
     r.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (rotations) there")
     for s in osub.choices.values():

@@ -17,10 +17,11 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xpscerpto.db.migrations import require
 from xpscerpto.db.postgres import Database
@@ -30,6 +31,9 @@ from xpscerpto.keyring.store import Connection
 
 from .lease import FENCE, Lease, LeaseState
 from .schedule import Schedule, parse_seconds
+
+if TYPE_CHECKING:
+    from .suite_migration import SuiteMigration
 
 __all__ = ["LEASE", "Fenced", "Orchestrator", "Plan"]
 
@@ -173,7 +177,37 @@ class Orchestrator:
             done.append((plan.name, self._rotate(plan, due, state, reason=f"scheduled ({plan.policy})")))
         for plan, _, _ in plans:
             self.hygiene(plan, state)
+        from .suite_migration import advance
+
+        advance(self, state)
         return done
+
+    def migrate(self, migration: SuiteMigration) -> None:
+        """Start moving ``migration.keys`` to its target suite (the leader's ticks advance it).
+
+        Raises:
+            PolicyError: not a SuiteMigration, a migration of that name exists, or a key is
+                unknown.
+        """
+        from .suite_migration import SuiteMigration
+
+        if not isinstance(migration, SuiteMigration):
+            raise PolicyError(f"migration: expected a SuiteMigration, got {type(migration).__name__}")
+        for key in migration.keys:
+            self.keyring.describe(key)
+        if self.database.execute(
+                "INSERT INTO xps_suite_migrations (name, keys, target, canary, watch_seconds, max_failure_rate, "
+                "phase) VALUES (?, ?, ?, ?, ?, ?, 'canary') ON CONFLICT DO NOTHING",
+                (migration.name, json.dumps(list(migration.keys)), migration.target, migration.canary,
+                 parse_seconds(migration.watch, "watch"), migration.max_failure_rate)).rowcount != 1:
+            raise PolicyError(f"migration: {migration.name!r} exists already")
+
+    def migration_status(self) -> list[dict[str, Any]]:
+        """Every suite migration: name, target, phase, since, detail."""
+        rows = self.database.execute("SELECT name, target, phase, since, detail FROM xps_suite_migrations "
+                                     "ORDER BY name").fetchall()
+        return [{"name": r[0], "target": r[1], "phase": r[2], "since": r[3].isoformat(),
+                 "detail": json.loads(r[4] or "{}")} for r in rows]
 
     def hygiene(self, plan: Plan, state: LeaseState) -> list[int]:
         """Archive the retired versions of ``plan``'s key proven unused for at least its grace.
@@ -310,4 +344,4 @@ class Orchestrator:
                                                                  "result": last[4]}})
         return {"node": self.node, "leader": lease.holder, "token": lease.token,
                 "lease_expires": lease.expires.isoformat() if lease.expires and lease.holder else None,
-                "is_leader": lease.mine, "plans": plans}
+                "is_leader": lease.mine, "plans": plans, "migrations": self.migration_status()}

@@ -132,3 +132,22 @@ def test_xps_watch_serves_metrics(tmp_path: Path) -> None:
                           str(tmp_path / "inbox"), "--metrics", "nowhere"],
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "XPS_ERR_POLICY: --metrics" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_keyring_decrypt_counts_are_exported_as_the_canary_reads_them(tmp_path: Path) -> None:
+    from xpscerpto.keyring import Keyring
+
+    with Keyring(tmp_path / "home") as ring:
+        ring.create("orders")
+        m = Metrics()
+        m.watch_keyring(ring)
+        blob = ring.encrypt("orders", b"x")
+        ring.decrypt(blob)
+        bad = bytearray(blob)
+        bad[-1] ^= 1
+        with pytest.raises(xps.AuthError):
+            ring.decrypt(bytes(bad))
+        series = m.snapshot()["xps_keyring_decryptions_total"]
+        ok = (("key", "orders"), ("version", "1"), ("result", "ok"))
+        failed = (("key", "orders"), ("version", "1"), ("result", "auth_failure"))
+        assert (series[ok], series[failed]) == ring.decrypt_counts("orders", 1) == (1, 1)

@@ -134,5 +134,27 @@ def test_orch_status_json_names_node_leader_token_expiry_and_next_run(
                          env={**os.environ}).stdout
     status = json.loads(out)
     assert status["node"] == "n1" and status["leader"] in ("n0", "n1", "n2")
+    assert status["migrations"] == []
     assert status["token"] >= 1 and status["lease_expires"]
     assert status["plans"][0]["plan"] == "orders-hourly" and status["plans"][0]["next_run"]
+
+
+def test_a_suite_migration_started_from_the_cli_is_carried_out_by_the_leader(
+        fleet: tuple[dict[str, subprocess.Popen[bytes]], Database, Path]) -> None:
+    _, db, root = fleet
+    base = [sys.executable, "-m", "xpscerpto", "--config", str(root / "xps.json"), "--home", str(root / "n2"),
+            "orch"]
+    subprocess.run([*base, "migrate", "to-xchacha", "--keys", "orders", "--target", "XCHACHA20-POLY1305",
+                    "--canary", "1", "--watch", "1s", "--node", "n2"], check=True, capture_output=True, timeout=60)
+
+    def phase() -> str:
+        out = subprocess.run([*base, "status", "--json", "--node", "n2"], check=True, capture_output=True,
+                             text=True, timeout=60).stdout
+        return str(json.loads(out)["migrations"][0]["phase"])
+
+    _wait("the leader to commit the migration", lambda: phase() == "committed")
+    row = db.execute("SELECT algorithm FROM versions WHERE state = 'active'").fetchone()
+    assert row == ("XCHACHA20-POLY1305",)
+    bad = subprocess.run([*base, "migrate", "m2", "--keys", "orders", "--target", "ROT13", "--node", "n2"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "XPS_ERR_POLICY: target" in bad.stderr

@@ -165,3 +165,98 @@ def test_a_plan_naming_another_kek_provider_is_refused(rings: list[Keyring]) -> 
     orch = Orchestrator(rings[0], node="n0")
     with pytest.raises(PolicyError, match="kek"):
         orch.track(Plan("p", key="orders", policy="monthly", kek="pkcs11"))
+
+
+def _suite_of(ring: Keyring, key: str) -> str | None:
+    info = ring.describe(key)
+    return next(v.algorithm for v in info.versions if v.version == info.active_version)
+
+
+def _migration_ring(rings: list[Keyring]) -> tuple[Keyring, Orchestrator, tuple[str, ...]]:
+    a = rings[0]
+    keys = ("orders", *(f"k{i}" for i in range(4)))
+    for k in keys[1:]:
+        a.create(k, "AES-256-GCM")
+    return a, Orchestrator(a, node="n0", lease_ttl=30, interval=0.1), keys
+
+
+def test_a_suite_migration_moves_a_canary_then_everyone_then_retires_the_old_suite(rings: list[Keyring]) -> None:
+    from xpscerpto.orchestrator import SuiteMigration
+
+    a, orch, keys = _migration_ring(rings)
+    old_blobs = {k: a.encrypt(k, b"old " + k.encode()) for k in keys}
+    m = SuiteMigration("to-xchacha", keys=keys, target="XCHACHA20-POLY1305", canary=0.2, watch="1s",
+                       max_failure_rate=0.01)
+    orch.migrate(m)
+    orch.tick()
+    (canary,) = m.canary_keys()
+    assert _suite_of(a, canary) == "XCHACHA20-POLY1305"
+    assert [k for k in keys if _suite_of(a, k) == "AES-256-GCM"] == [k for k in keys if k != canary]
+    for _ in range(30):  # healthy canary traffic
+        assert a.decrypt(a.encrypt(canary, b"x")) == b"x"
+    orch.tick()
+    assert orch.migration_status()[0]["phase"] == "watching"  # the watch is not over
+    time.sleep(1.1)
+    orch.tick()
+    orch.tick()
+    assert orch.migration_status()[0]["phase"] == "committed"
+    assert all(_suite_of(a, k) == "XCHACHA20-POLY1305" for k in keys)
+    assert all(a.decrypt(old_blobs[k]) == b"old " + k.encode() for k in keys)  # both suites open meanwhile
+    orch.tick()
+    assert orch.migration_status()[0]["phase"] == "committed"  # old versions still decrypt (dual window)
+    a.clock = lambda: time.time() + 31 * 86400  # type: ignore[method-assign]
+    orch.tick()
+    assert orch.migration_status()[0]["phase"] == "retired"
+    phases = [e["phase"] for e in a.audit.tail(200) if e["event"] == "SUITE_MIGRATION"]
+    assert phases == ["watching", "rollout", "committed", "retired"]
+
+
+def test_a_canary_with_too_many_auth_failures_aborts_and_moves_back(rings: list[Keyring]) -> None:
+    from xpscerpto.errors import AuthError
+    from xpscerpto.orchestrator import SuiteMigration
+
+    a, orch, keys = _migration_ring(rings)
+    m = SuiteMigration("to-xchacha", keys=keys, target="XCHACHA20-POLY1305", canary=0.2, watch="1h",
+                       max_failure_rate=0.05)
+    orch.migrate(m)
+    orch.tick()
+    (canary,) = m.canary_keys()
+    for i in range(30):
+        blob = bytearray(a.encrypt(canary, b"x"))
+        if i % 3 == 0:
+            blob[-1] ^= 1  # a third fail authentication
+            with pytest.raises(AuthError):
+                a.decrypt(bytes(blob))
+        else:
+            a.decrypt(bytes(blob))
+    assert a.decrypt_counts(canary, 2) == (20, 10)
+    orch.tick()
+    status = orch.migration_status()[0]
+    assert status["phase"] == "aborted" and status["detail"]["failures"] == 10
+    assert all(_suite_of(a, k) == "AES-256-GCM" for k in keys)  # the canary moved back
+    assert a.describe(canary).active_version == 3
+    incident = [e for e in a.audit.tail(100) if e["event"] == "INCIDENT"]
+    assert incident and incident[-1]["migration"] == "to-xchacha"
+
+
+@pytest.mark.parametrize(("kw", "field"), [({"keys": ()}, "keys"), ({"keys": ("a", "a")}, "keys"),
+                                           ({"target": "ROT13"}, "target"), ({"canary": 0}, "canary"),
+                                           ({"canary": 1.5}, "canary"), ({"max_failure_rate": -1}, "max_failure_rate"),
+                                           ({"watch": "soon"}, "watch"), ({"name": ""}, "name")])
+def test_a_bad_suite_migration_is_refused_naming_the_field(kw: dict[str, object], field: str) -> None:
+    from xpscerpto.orchestrator import SuiteMigration
+
+    args: dict[str, object] = {"name": "m", "keys": ("k",), "target": "XCHACHA20-POLY1305", **kw}
+    with pytest.raises(PolicyError, match=field):
+        SuiteMigration(**args)  # type: ignore[arg-type]
+
+
+def test_a_migration_name_is_used_once_and_its_keys_must_exist(rings: list[Keyring]) -> None:
+    from xpscerpto.orchestrator import SuiteMigration
+
+    orch = Orchestrator(rings[0], node="n0")
+    orch.migrate(SuiteMigration("m", keys=("orders",), target="XCHACHA20-POLY1305"))
+    with pytest.raises(PolicyError, match="exists"):
+        orch.migrate(SuiteMigration("m", keys=("orders",), target="XCHACHA20-POLY1305"))
+    with pytest.raises(KeyError_):
+        orch.migrate(SuiteMigration("n", keys=("nope",), target="XCHACHA20-POLY1305"))

@@ -1,0 +1,164 @@
+"""Moving a set of keys from one AEAD suite to another: canary first, watch, then everyone.
+
+Phases, advanced by the leader's ticks (each step idempotent, each phase change fenced):
+
+``canary``    a deterministic subset (``canary`` share, at least one key) is rotated to the target
+              suite; both suites stay allowed (old blobs open under their own version's suite);
+``watching``  for ``watch`` seconds the canary versions' decrypt and authentication-failure counts
+              (:meth:`Keyring.decrypt_counts`, the numbers the metrics export) are read; a failure
+              rate above ``max_failure_rate`` (over at least 20 decryptions) aborts;
+``rollout``   every other key is rotated to the target;
+``committed`` every key encrypts under the target;
+``retired``   no version of the old suites decrypts any more (dual-key windows over): the old
+              suite is no longer needed by these keys;
+``aborted``   the canary keys were rotated back to the suite they had, with an ``INCIDENT``.
+
+A crash mid-phase leaves the phase as it was: the next leader's tick redoes what is missing
+(keys already on the target are skipped).
+
+Example:
+    >>> orch.migrate(SuiteMigration("to-xchacha", keys=("orders", "users"),    # doctest: +SKIP
+    ...                             target="XCHACHA20-POLY1305", canary=0.1, watch="1h"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from xpscerpto.errors import PolicyError
+
+from .schedule import parse_seconds
+
+if TYPE_CHECKING:
+    from .lease import LeaseState
+    from .orchestrator import Orchestrator
+
+__all__ = ["MIN_SAMPLES", "SuiteMigration", "advance"]
+
+#: Decryptions the canary needs before its failure rate may abort the migration.
+MIN_SAMPLES = 20
+_SUITES = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305", "XCHACHA20-POLY1305", "AES-256-GCM-SIV")
+
+
+@dataclass(frozen=True, slots=True)
+class SuiteMigration:
+    """Keys to move, the suite to move them to, and how carefully.
+
+    Raises:
+        PolicyError: a field malformed (the message names it).
+    """
+
+    name: str
+    keys: tuple[str, ...]
+    target: str
+    canary: float = 0.1
+    watch: str | float = "1h"
+    max_failure_rate: float = 0.001
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or len(self.name) > 200 or not self.name.isprintable():
+            raise PolicyError("name: expected a printable str of 1 to 200 characters")
+        if (not isinstance(self.keys, tuple) or not self.keys or len(set(self.keys)) != len(self.keys)
+                or not all(isinstance(k, str) and k for k in self.keys)):
+            raise PolicyError("keys: expected a non-empty tuple of distinct key names")
+        if self.target not in _SUITES:
+            raise PolicyError(f"target: expected one of {', '.join(_SUITES)}")
+        for field, value, low, high in (("canary", self.canary, 0.0, 1.0),
+                                        ("max_failure_rate", self.max_failure_rate, 0.0, 1.0)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high \
+                    or (field == "canary" and value == 0):
+                raise PolicyError(f"{field}: expected a number in {'(0, 1]' if field == 'canary' else '[0, 1]'}")
+        parse_seconds(self.watch, "watch")
+
+    def canary_keys(self) -> tuple[str, ...]:
+        """The canary subset: ``ceil(canary * n)`` keys, spread by a hash of their names."""
+        n = max(1, math.ceil(self.canary * len(self.keys)))
+        return tuple(sorted(self.keys, key=lambda k: hashlib.sha256(k.encode()).digest())[:n])
+
+
+def advance(orch: Orchestrator, state: LeaseState) -> list[tuple[str, str]]:
+    """One leader tick over every migration that is not finished; returns (name, new phase)s."""
+    changed = []
+    rows = orch.database.execute("SELECT name, keys, target, canary, watch_seconds, max_failure_rate, phase, "
+                                 "detail, clock_timestamp() - since FROM xps_suite_migrations "
+                                 "WHERE phase NOT IN ('retired', 'aborted') ORDER BY name").fetchall()
+    for name, keys, target, canary, watch, max_rate, phase, detail, elapsed in rows:
+        m = SuiteMigration(name, tuple(json.loads(keys)), target, canary, watch, max_rate)
+        new = _step(orch, state, m, phase, json.loads(detail or "{}"), elapsed.total_seconds())
+        if new is not None:
+            changed.append((name, new))
+    return changed
+
+
+def _step(orch: Orchestrator, state: LeaseState, m: SuiteMigration, phase: str, detail: dict[str, Any],
+          elapsed: float) -> str | None:
+    ring = orch.keyring
+    if phase == "canary":
+        if "from" not in detail:  # remembered before any key moves: an abort moves them back
+            detail = {"from": {k: _suite(orch, k) for k in m.canary_keys()}}
+            if _set_phase(orch, state, m, "canary", "canary", detail) is None:
+                return None
+        for key in m.canary_keys():
+            _move(orch, key, m.target, f"suite migration {m.name}: canary")
+        return _set_phase(orch, state, m, "canary", "watching", detail)
+    if phase == "watching":
+        ok = failed = 0
+        for key in m.canary_keys():
+            version = ring.describe(key).active_version
+            if version is not None:
+                o, f = ring.decrypt_counts(key, version)
+                ok, failed = ok + o, failed + f
+        total = ok + failed
+        rate = failed / total if total else 0.0
+        if total >= MIN_SAMPLES and rate > m.max_failure_rate:
+            for key, suite in detail.get("from", {}).items():
+                _move(orch, key, suite, f"suite migration {m.name}: aborted")
+            ring.audit.record("INCIDENT", migration=m.name, reason="canary failure rate", failures=failed,
+                              decryptions=total, rate=round(rate, 6), max_rate=m.max_failure_rate, node=orch.node)
+            return _set_phase(orch, state, m, "watching", "aborted", {**detail, "failures": failed, "total": total})
+        if elapsed >= parse_seconds(m.watch, "watch"):
+            return _set_phase(orch, state, m, "watching", "rollout", {**detail, "failures": failed, "total": total})
+        return None
+    if phase == "rollout":
+        for key in m.keys:
+            _move(orch, key, m.target, f"suite migration {m.name}: rollout")
+        return _set_phase(orch, state, m, "rollout", "committed", detail)
+    if phase == "committed":
+        now = ring.clock()
+        for key in m.keys:
+            for v in ring.describe(key).versions:
+                if v.algorithm != m.target and v.decrypts_until is not None and v.decrypts_until > now:
+                    return None  # an old-suite version still opens blobs
+        return _set_phase(orch, state, m, "committed", "retired", detail)
+    return None
+
+
+def _suite(orch: Orchestrator, key: str) -> str:
+    info = orch.keyring.describe(key)
+    active = next((v for v in info.versions if v.version == info.active_version), None)
+    return (active.algorithm if active is not None else None) or info.algorithm
+
+
+def _move(orch: Orchestrator, key: str, suite: str, reason: str) -> None:
+    """Rotate ``key`` to ``suite`` unless it already encrypts under it (idempotent)."""
+    if _suite(orch, key) != suite:
+        orch.keyring.rotate(key, expected_version=orch.keyring.describe(key).active_version, reason=reason,
+                            algorithm=suite)
+
+
+def _set_phase(orch: Orchestrator, state: LeaseState, m: SuiteMigration, old: str, new: str,
+               detail: dict[str, Any]) -> str | None:
+    from .lease import FENCE
+
+    done = orch.database.execute(
+        "UPDATE xps_suite_migrations SET phase = ?, detail = ?, since = clock_timestamp() "  # noqa: S608 - FENCE is a constant
+        f"WHERE name = ? AND phase = ? AND {FENCE}",
+        (new, json.dumps(detail, sort_keys=True), m.name, old, *state.fence())).rowcount == 1
+    if done and new != old:
+        orch.keyring.audit.record("SUITE_MIGRATION", migration=m.name, phase=new, target=m.target, node=orch.node,
+                                  token=state.token)
+    return new if done else None
