@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from xpscerpto.db.migrations import require
 from xpscerpto.db.postgres import Database
-from xpscerpto.errors import PolicyError, XpsError
+from xpscerpto.errors import InternalError, PolicyError, XpsError
 from xpscerpto.keyring import Keyring, VersionState
+from xpscerpto.keyring.envelope import HEADER
 from xpscerpto.keyring.store import Connection
 
 from .lease import FENCE, Lease, LeaseState
@@ -171,7 +173,13 @@ class Orchestrator:
         for plan, anchor, paused in plans:
             if paused:
                 continue
-            due = plan.schedule.due(anchor, now)
+            schedule = plan.schedule
+            due = schedule.due(anchor, now)
+            if schedule.usage is not None:
+                info = self.keyring.describe(plan.key)
+                active = next((v for v in info.versions if v.version == info.active_version), None)
+                if active is not None and active.encryptions >= schedule.usage:
+                    due = schedule.usage_marker(active.version)
             if due is None or self._ran(plan.name, due):
                 continue
             done.append((plan.name, self._rotate(plan, due, state, reason=f"scheduled ({plan.policy})")))
@@ -262,9 +270,30 @@ class Orchestrator:
             raise PolicyError(f"orchestrator: {self.node} is not the leader ({state.holder or 'none'} is); "
                               "run the emergency on the leader", reason="not-leader")
         version = self._rotate(found, self._now(), state, reason=f"emergency: {reason}")
+        health = self._health(found.key, version)
         self.keyring.audit.record("INCIDENT", plan=plan, key=found.key, version=version, reason=reason,
-                                  node=self.node, token=state.token)
+                                  node=self.node, token=state.token, health=health)
+        if health != "ok":
+            raise InternalError(f"emergency rotation of {found.key!r}: version {version} failed its health check "
+                                f"({health}); incident recorded")
         return version
+
+    def _health(self, key: str, version: int) -> str:
+        """Encrypt and decrypt a probe under the key; it must be sealed by ``version`` and open again.
+
+        The keyring activates N+1 and retires N in one transition (Appendix A has no pending
+        state), so this check follows the switch; a failure is an incident and an error.
+        """
+        probe = os.urandom(16)
+        try:
+            blob = self.keyring.encrypt(key, probe, aad=b"xps-orchestrator-health")
+            if self.keyring.describe(key).active_version != version or HEADER.unpack_from(blob)[2] != version:
+                return "the probe was not sealed by the new version"
+            if self.keyring.decrypt(blob, aad=b"xps-orchestrator-health") != probe:
+                return "the probe did not open to itself"
+        except XpsError as exc:
+            return f"{type(exc).__name__}: {exc.code}"
+        return "ok"
 
     def _rotate(self, plan: Plan, due: datetime, state: LeaseState, *, reason: str) -> int:
         info = self.keyring.describe(plan.key)
@@ -338,7 +367,7 @@ class Orchestrator:
             plans.append({"plan": plan.name, "key": plan.key, "policy": plan.policy, "paused": paused,
                           "archived": archived,
                           "suite": plan.suite, "kek": plan.kek,
-                          "next_run": plan.schedule.next_after(anchor, now).isoformat(),
+                          "next_run": None if (n := plan.schedule.next_after(anchor, now)) is None else n.isoformat(),
                           "last_run": None if last is None else {"due": last[0].isoformat(), "at": last[1].isoformat(),
                                                                  "node": last[2], "token": last[3],
                                                                  "result": last[4]}})

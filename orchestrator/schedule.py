@@ -1,8 +1,10 @@
-"""When a plan's rotation is due: ``monthly`` (UTC 00:00 on the 1st) or ``every=N{d,h,m,s}``.
+"""When a plan's rotation is due: ``monthly`` (UTC 00:00 on the 1st), ``every=N{d,h,m,s}``, ``usage=N``.
 
-A schedule maps "now" to the latest due time at or before it (None: nothing due yet). The
+A time schedule maps "now" to the latest due time at or before it (None: nothing due yet). The
 orchestrator records one run per (plan, due time), so a due time is served once however many
-nodes tick, however often, and whatever their clocks say (now is the database's).
+nodes tick, however often, and whatever their clocks say (now is the database's). A usage
+schedule is due when the active version has reserved ``N`` encryptions; its run is recorded
+per version (:meth:`Schedule.usage_marker`).
 
 Example:
     >>> from datetime import datetime, timezone
@@ -48,7 +50,8 @@ class Schedule:
     """A rotation schedule (see the module docstring)."""
 
     policy: str
-    period: float | None  # seconds; None for monthly
+    period: float | None  # seconds; None for monthly and usage
+    usage: int | None = None  # encryptions of the active version that make a rotation due
 
     @classmethod
     def parse(cls, policy: object) -> Schedule:
@@ -62,18 +65,32 @@ class Schedule:
         if isinstance(policy, str) and policy.startswith("every="):
             period = parse_seconds(policy[len("every="):], "policy")
             return cls(policy, period)
-        raise PolicyError("policy: expected 'monthly' or 'every=N' with N like 30d, 12h, 90s")
+        if isinstance(policy, str) and policy.startswith("usage="):
+            count = policy[len("usage="):]
+            if not count.isdigit() or not 1 <= int(count) <= 2**64:
+                raise PolicyError("policy: usage=N needs N encryptions between 1 and 2^64")
+            return cls(policy, None, int(count))
+        raise PolicyError("policy: expected 'monthly', 'every=N' with N like 30d, 12h, 90s, or 'usage=N'")
+
+    @staticmethod
+    def usage_marker(version: int) -> datetime:
+        """The run record's "due time" for a usage rotation away from ``version`` (one per version)."""
+        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=version)
 
     def due(self, anchor: datetime, now: datetime) -> datetime | None:
         """The latest due time at or before ``now`` (after ``anchor``, when the plan started)."""
+        if self.usage is not None:
+            return None  # by use, not by time (see usage_marker)
         if self.period is None:
             first = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
             return first if first > anchor else None
         steps = math.floor((now - anchor).total_seconds() / self.period)
         return anchor + timedelta(seconds=steps * self.period) if steps >= 1 else None
 
-    def next_after(self, anchor: datetime, now: datetime) -> datetime:
-        """The first due time after ``now``."""
+    def next_after(self, anchor: datetime, now: datetime) -> datetime | None:
+        """The first due time after ``now`` (None for a usage schedule)."""
+        if self.usage is not None:
+            return None
         if self.period is None:
             n = now.astimezone(UTC)
             year, month = (n.year + 1, 1) if n.month == 12 else (n.year, n.month + 1)

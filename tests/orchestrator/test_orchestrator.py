@@ -105,6 +105,7 @@ def test_a_paused_plan_waits_and_an_emergency_rotates_now_with_an_incident(rings
     assert leader.emergency("p", "key leaked in a log") == 2
     incident = [e for e in rings[0].audit.tail(20) if e["event"] == "INCIDENT"]
     assert incident and incident[-1]["reason"] == "key leaked in a log" and incident[-1]["version"] == 2
+    assert incident[-1]["health"] == "ok"
     leader.resume("p")
     assert leader.tick() == [("p", 3)]  # the missed due time runs once
     assert leader.tick() == []
@@ -260,3 +261,22 @@ def test_a_migration_name_is_used_once_and_its_keys_must_exist(rings: list[Keyri
         orch.migrate(SuiteMigration("m", keys=("orders",), target="XCHACHA20-POLY1305"))
     with pytest.raises(KeyError_):
         orch.migrate(SuiteMigration("n", keys=("nope",), target="XCHACHA20-POLY1305"))
+
+
+def test_a_usage_plan_rotates_once_per_version_that_reached_its_count(rings: list[Keyring]) -> None:
+    a = rings[0]
+    orch = Orchestrator(a, node="n0", lease_ttl=5, interval=0.1)
+    orch.track(Plan("by-use", key="orders", policy="usage=10000"))
+    assert orch.tick() == []  # nothing encrypted yet
+    a.encrypt("orders", b"x")  # reserves a block of 16384 encryptions on version 1
+    assert orch.tick() == [("by-use", 2)]
+    assert orch.tick() == []  # version 2 has reserved nothing
+    a.encrypt("orders", b"x")
+    assert orch.tick() == [("by-use", 3)] and orch.tick() == []
+    assert orch.status()["plans"][0]["next_run"] is None
+
+
+@pytest.mark.parametrize("policy", ["usage=", "usage=0", "usage=-5", "usage=1e6", f"usage={2**64 + 1}"])
+def test_a_bad_usage_policy_is_refused(policy: str) -> None:
+    with pytest.raises(PolicyError, match="policy"):
+        Plan("p", key="k", policy=policy)
