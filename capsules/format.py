@@ -19,6 +19,7 @@ import re
 import stat
 import sys
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -83,7 +84,8 @@ def read_container(raw: bytes, limits: Limits = Limits()) -> Container:
     try:
         zf = zipfile.ZipFile(io.BytesIO(raw))
         infos = zf.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, zlib.error) as exc:
+        # NotImplementedError: zipfile's answer to an unknown "zip version" field (a flipped byte).
         raise _reject(f"capsule: not a capsule archive ({exc})", Refusal.MALFORMED) from None
     if len(infos) > limits.max_entries:
         raise _reject(f"capsule: {len(infos)} entries exceeds the {limits.max_entries}-entry limit",
@@ -126,7 +128,9 @@ def read_container(raw: bytes, limits: Limits = Limits()) -> Container:
         try:
             with zf.open(info) as member:
                 blob = member.read(info.file_size + 1)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, zlib.error) as exc:
+            # zlib.error: a deflated member whose bytes were altered (found by flipping bytes of
+            # announced capsules in the shared database).
             raise _reject(f"entry {info.filename!r}: unreadable ({exc})", Refusal.MALFORMED) from None
         if len(blob) != info.file_size:
             raise _reject(f"entry {info.filename!r}: size differs from its header", Refusal.MALFORMED)

@@ -95,3 +95,29 @@ def _announced(dsn: str) -> int:
         return int(row[0]) if row else 0
     finally:
         db.close()
+
+
+def test_announced_bytes_altered_in_the_database_are_refused_by_the_receiving_node(
+        publisher: Publisher, pg_dsn: str) -> None:
+    a = _updater(xps.Engine(), publisher.home)
+    eng_b, b = _other_node(publisher, "home-b")
+    first = Announcer(pg_dsn, a, node="a", poll=0.5).start()
+    cap = a.apply(publisher.capsule("1.0.0"))
+    _wait("the announcement", lambda: _announced(pg_dsn) == 1)
+    db = Database(pg_dsn)
+    try:  # someone with write access to the database swaps a byte of the capsule
+        raw = bytearray(db.execute("SELECT raw FROM xps_capsules").fetchone()[0])  # type: ignore[index]
+        raw[len(raw) // 2] ^= 1
+        db.execute("UPDATE xps_capsules SET raw = ?", (bytes(raw),))
+    finally:
+        db.close()
+    late = Announcer(pg_dsn, b, node="b", poll=0.5).start()
+    try:
+        _wait("node b to refuse the altered bytes", lambda: bool(_events(b, "PATCH_REJECT")))
+        assert eng_b.table.provider_for(OP) == "sodium"
+        assert cap.sha256 not in {x.sha256 for x in b.state.active}
+    finally:
+        late.stop()
+        first.stop()
+        a.close()
+        b.close()

@@ -280,3 +280,63 @@ def test_a_usage_plan_rotates_once_per_version_that_reached_its_count(rings: lis
 def test_a_bad_usage_policy_is_refused(policy: str) -> None:
     with pytest.raises(PolicyError, match="policy"):
         Plan("p", key="k", policy=policy)
+
+
+def test_the_database_going_away_mid_schedule_gives_typed_errors_and_one_rotation_after(
+        rings: list[Keyring], pg_server: object) -> None:
+    from xpscerpto.errors import InternalError
+
+    orchs = [Orchestrator(r, node=f"n{i}", lease_ttl=2, interval=0.05) for i, r in enumerate(rings)]
+    orchs[0].track(Plan("p", key="orders", policy="every=1h"))
+    for o in orchs:
+        o.start()  # the loops keep running through the outage
+    try:
+        pg_server.stop("immediate")  # type: ignore[attr-defined]
+        try:
+            with pytest.raises(InternalError):
+                orchs[1].tick()
+            time.sleep(0.5)
+            assert all(o.last_error is not None and "XPS_ERR_INTERNAL" in o.last_error for o in orchs)
+        finally:
+            pg_server.start()  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 20
+        while True:  # back: the plan becomes due once, and exactly one node rotates it
+            try:
+                _due_now(rings[0], "p", 3600)
+                break
+            except InternalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if rings[1].describe("orders").active_version == 2:
+                    break
+            except InternalError:
+                pass
+            time.sleep(0.1)
+        time.sleep(0.5)  # more ticks: nothing more happens
+        assert [v.version for v in rings[2].describe("orders").versions] == [1, 2]
+        runs = orchs[0].database.execute("SELECT plan FROM xps_orch_runs").fetchall()
+        assert runs == [("p",)]
+    finally:
+        for o in orchs:
+            o.stop()
+
+
+@pytest.mark.parametrize(("column", "value"), [("policy", "weekly"), ("grace_seconds", -5.0), ("kek", "usb"),
+                                               ("suite", "ROT13")])
+def test_a_plan_row_edited_outside_xps_is_a_typed_refusal_not_a_crash(rings: list[Keyring], column: str,
+                                                                      value: object) -> None:
+    orch = Orchestrator(rings[0], node="n0", lease_ttl=5, interval=0.05)
+    orch.track(Plan("p", key="orders", policy="every=1h"))
+    orch.database.execute(f"UPDATE xps_orch_plans SET {column} = ?", (value,))
+    _due_now(rings[0], "p", 3600)
+    with pytest.raises(PolicyError):
+        orch.tick()
+    orch.start()
+    time.sleep(0.3)
+    orch.stop()
+    assert orch.last_error is not None and "XPS_ERR_POLICY" in orch.last_error  # the loop lived on
+    assert rings[0].describe("orders").active_version == 1  # nothing rotated on a bad plan

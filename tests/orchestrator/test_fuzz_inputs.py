@@ -1,0 +1,64 @@
+"""Adversarial inputs to every public constructor and parser of issue 14: only XpsError, no echo.
+
+Values carry a marker substring; no refusal may repeat it (a DSN's password, a caller's text)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from xpscerpto.audit.config import AuditConfig
+from xpscerpto.db.postgres import check_dsn
+from xpscerpto.errors import XpsError
+from xpscerpto.metrics.prometheus import parse_address
+from xpscerpto.orchestrator import Lease, Plan, Schedule, SuiteMigration
+from xpscerpto.orchestrator.schedule import parse_seconds
+
+MARK = "s3cr3tMARK"
+
+anything = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**200), max_value=2**200),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40).map(lambda t: t + MARK),
+    st.binary(max_size=20), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(),
+                                                                                  max_size=2),
+    st.just(memoryview(b"abc")[::2]), st.just(float("nan")),
+    st.sampled_from([f"postgresql://u:{MARK}@h/db", f"postgresql://h/db?password={MARK}", "postgresql://h/" + MARK,
+                     f"every={MARK}", f"usage={MARK}", "monthly", "every=5d", "usage=7", "127.0.0.1:9", "AES-256-GCM",
+                     "XCHACHA20-POLY1305"]),
+)
+
+
+def _only_typed(call: Any, *args: Any, **kw: Any) -> None:
+    try:
+        call(*args, **kw)
+    except XpsError as exc:
+        assert MARK not in str(exc), str(exc)
+        assert "s3cr3t" not in str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(anything)
+def test_dsn_duration_schedule_address_parsers(value: object) -> None:
+    _only_typed(check_dsn, value)
+    _only_typed(parse_seconds, value, "grace")
+    _only_typed(Schedule.parse, value)
+    _only_typed(parse_address, value)
+    _only_typed(AuditConfig.from_mapping, {"database": value})
+
+
+@settings(max_examples=300, deadline=None)
+@given(anything, anything, anything, anything, anything, anything)
+def test_plan_and_suite_migration_constructors(a: object, b: object, c: object, d: object, e: object,
+                                               f: object) -> None:
+    _only_typed(Plan, a, key=b, policy=c, grace=d, suite=e, kek=f)  # type: ignore[arg-type]
+    keys = (b,) if not isinstance(b, list) else tuple(b)
+    _only_typed(SuiteMigration, a, keys=keys, target=c, canary=d, watch=e, max_failure_rate=f)  # type: ignore[arg-type]
+    _only_typed(SuiteMigration, "m", keys=("k",), target="AES-256-GCM", canary=d, watch=e,  # type: ignore[arg-type]
+                max_failure_rate=f)
+
+
+@settings(max_examples=200, deadline=None)
+@given(anything, anything, anything)
+def test_lease_arguments(name: object, holder: object, ttl: object) -> None:
+    _only_typed(Lease, None, name, holder=holder, ttl=ttl)  # type: ignore[arg-type]
