@@ -100,6 +100,8 @@ class Announcer:
                 self.last_error = None
             except XpsError as exc:  # the database away: keep what is queued, retry later
                 self.last_error = str(exc)
+            except Exception as exc:  # a bug must not end announcements for good
+                self.last_error = f"XPS_ERR_INTERNAL: {type(exc).__name__}"
             self._wake.wait(self.poll)
             self._wake.clear()
 

@@ -341,6 +341,8 @@ class Orchestrator:
                 self.last_error = None
             except XpsError as exc:  # the database away, a lost lease: the next tick retries
                 self.last_error = str(exc)
+            except Exception as exc:  # a bug must not stop the node's orchestrator
+                self.last_error = f"XPS_ERR_INTERNAL: {type(exc).__name__}"
             self._stop.wait(self.interval)
 
     def stop(self) -> None:
