@@ -102,7 +102,7 @@ def run_demo(eng: Engine) -> int:
     # The demo's own reference to the first table must not outlive the hot-patch step: that
     # table's drain is journaled in the step's temporary home when the last reference goes.
     del table
-    if not _hot_patch(eng) or not _keyring(eng) or not _channel(eng) or not _measured(eng):
+    if not _hot_patch(eng) or not _keyring(eng) or not _channel(eng) or not _measured(eng) or not _nodes(eng):
         return 1
     print("\ndemo complete" if not failed else "\ndemo complete, but some self-tests FAILED")
     return 0 if not failed else 1
@@ -292,3 +292,78 @@ def _measured(eng: Engine) -> bool:
     print(f"  {len(result.measurements)} measurements (result of {result.created}, cached for the engines of "
           "this machine); `xps tune` shows winner and runner-up with their figures")
     return bool(ops)
+
+
+def _nodes(eng: Engine) -> bool:
+    """Two nodes on one (throwaway) PostgreSQL: shared keys, one leader rotates once, revocation reach."""
+    import shutil
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from xpscerpto.config import XpsConfig
+    from xpscerpto.errors import KeyError_
+    from xpscerpto.home import Home
+    from xpscerpto.keyring import Keyring
+
+    _step("13. several nodes: keyring, lease and scheduled rotation on PostgreSQL")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        print("  skipped: install the postgresql extra (pip install 'xpscerpto[postgresql]')")
+        return True
+    from xpscerpto.db import Database, migrate
+    from xpscerpto.db.throwaway import ThrowawayServer, server_bin
+    from xpscerpto.orchestrator import Orchestrator, Plan
+
+    found = server_bin()
+    if found is None:
+        print("  skipped: no PostgreSQL server binaries (Debian: apt-get install postgresql)")
+        return True
+    server = ThrowawayServer(found)
+    rings: list[Keyring] = []
+    try:
+        dsn = server.create_database("xps_demo")
+        db = Database(dsn)
+        print(f"  throwaway PostgreSQL at {db.name}; `xps db migrate` applied {migrate(db)}")
+        db.close()
+        config = XpsConfig.from_mapping({"keyring": {"database": dsn}})
+        with tempfile.TemporaryDirectory(prefix="xps-demo-nodes-") as d:
+            a = Keyring(Path(d) / "node-a", engine=eng, config=config.keyring)
+            rings.append(a)
+            (Path(d) / "node-b").mkdir(mode=0o700)
+            shutil.copy2(Path(d) / "node-a" / "kek.key", Path(d) / "node-b" / "kek.key")
+            Home.resolve(Path(d) / "node-b").initialise(policy=config.security_policy(), adopt=True)
+            b = Keyring(Path(d) / "node-b", engine=eng, config=config.keyring)
+            rings.append(b)
+            a.create("orders", "AES-256-GCM")
+            blob = a.encrypt("orders", b"card 4111")
+            print(f"  node-a created 'orders'; node-b (own home, same KEK) opens its blob: {b.decrypt(blob)!r}")
+            orchs = [Orchestrator(r, node=n, lease_ttl=5, interval=0.2) for r, n in ((a, "node-a"), (b, "node-b"))]
+            orchs[0].track(Plan("orders-hourly", key="orders", policy="every=1h", grace="7d"))
+            orchs[0].database.execute("UPDATE xps_orch_plans SET anchor = clock_timestamp() - interval '61 minutes'")
+            done = [run for _ in range(3) for o in orchs for run in o.tick()]
+            status = orchs[1].status()
+            print(f"  plan due an hour ago; 3 ticks on each node: rotations {done} by leader {status['leader']} "
+                  f"(fencing token {status['token']})")
+            b.encrypt("orders", b"warm")
+            time.sleep(0.3)
+            a.revoke("orders", "demo: suspected compromise")
+            start = time.perf_counter()
+            while time.perf_counter() - start < 2:
+                try:
+                    b.encrypt("orders", b"x")
+                except KeyError_:
+                    print(f"  revoked on node-a; node-b refused to encrypt "
+                          f"{(time.perf_counter() - start) * 1e3:.0f} ms later (LISTEN/NOTIFY)")
+                    break
+            else:
+                return False
+            for r in rings:
+                r.close()
+            rings.clear()
+            return len(done) == 1
+    finally:
+        for r in rings:
+            r.close()
+        server.close()

@@ -29,7 +29,9 @@ def test_demo_runs_end_to_end(autotune: str | None) -> None:
                      "Ed25519", "ML-DSA-65", "X25519 shared secrets agree", "ML-KEM-768",
                      "served by xchacha20-openssl", "0 failed", "still opens inside the dual-key window",
                      "decryption now fails opaquely", "hash-chained records verified",
-                     "dispatch: measure the providers", "measurements (result of", "demo complete"):
+                     "dispatch: measure the providers", "measurements (result of",
+                     # The test environment has psycopg and the server binaries (tools/test.sh).
+                     "rotations [('orders-hourly', 2)] by leader", "node-b refused to encrypt", "demo complete"):
         assert expected in out.stdout
 
 
