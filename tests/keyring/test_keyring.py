@@ -41,6 +41,12 @@ def clock() -> Clock:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> str:
+    """``keyring.database`` for each backend (a fresh PostgreSQL database per test)."""
+    return str(request.getfixturevalue("pg_dsn")) if request.param == "postgresql" else "keyring.db"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 def ring(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Keyring:
     """A keyring on each storage backend (the same tests, both stores)."""
     database = request.getfixturevalue("pg_dsn") if request.param == "postgresql" else "keyring.db"
@@ -174,8 +180,8 @@ def test_destroying_a_retired_version_keeps_the_key_working(ring: Keyring) -> No
     assert ring.decrypt(ring.encrypt("k", b"new")) == b"new"
 
 
-def test_usage_limit_rotates_before_the_limit_is_reached(tmp_path: Path, clock: Clock) -> None:
-    cfg = XpsConfig.from_mapping({"keyring": {"usage_block": 4}}).keyring
+def test_usage_limit_rotates_before_the_limit_is_reached(tmp_path: Path, clock: Clock, database: str) -> None:
+    cfg = XpsConfig.from_mapping({"keyring": {"usage_block": 4, "database": database}}).keyring
     with Keyring(tmp_path / "h", clock=clock, config=cfg) as ring:
         ring.create("k", "AES-256-GCM", policy="rotate=never,max_encryptions=10")
         versions = [HEADER.unpack_from(ring.encrypt("k", b"x"))[2] for _ in range(25)]
@@ -316,9 +322,9 @@ def operators(tmp_path: Path) -> list:
 
 
 @pytest.fixture
-def gated(tmp_path: Path, clock: Clock, operators: list) -> Keyring:
+def gated(tmp_path: Path, clock: Clock, operators: list, database: str) -> Keyring:
     approvals = XpsConfig.from_mapping({"approvals": {"revoke": 2, "destroy": 2, "emergency_revoke": 1}}).approvals
-    ring = Keyring(tmp_path / "gated", clock=clock, approvals=approvals)
+    ring = Keyring(tmp_path / "gated", clock=clock, approvals=approvals, config=_keyring_config(database=database))
     for i in range(2):
         ring.register_operator(tmp_path / f"op{i + 1}.pub", f"op{i + 1}")
     yield ring
@@ -390,13 +396,13 @@ def test_keyring_uses_the_routed_engine(ring: Keyring) -> None:
     assert ring.engine is xps.default_engine()
 
 
-def test_threads_encrypting_and_decrypting_while_rotating_never_fail(tmp_path: Path) -> None:
+def test_threads_encrypting_and_decrypting_while_rotating_never_fail(tmp_path: Path, database: str) -> None:
     """Review finding C1: a rotation must not wipe a key another thread is still using."""
     import threading
 
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    ring = Keyring(tmp_path / "home", config=_keyring_config(usage_block=64))
+    ring = Keyring(tmp_path / "home", config=_keyring_config(usage_block=64, database=database))
     ring.create("k")
     stop = threading.Event()
     failures: list[str] = []
@@ -572,8 +578,10 @@ def test_configuration_defaults_hand_out_no_mutable_state() -> None:
     assert dict(XpsConfig.defaults().engine.prefer) == {}
 
 
-def test_retention_keeps_a_retired_version_then_destroys_it_itself(tmp_path: Path, clock: Clock) -> None:
-    cfg = XpsConfig.from_mapping({"crypto": {"keyring": {"dual_window_days": 2, "destroy_after_days": 3}}}).keyring
+def test_retention_keeps_a_retired_version_then_destroys_it_itself(tmp_path: Path, clock: Clock,
+                                                                   database: str) -> None:
+    cfg = XpsConfig.from_mapping({"crypto": {"keyring": {"dual_window_days": 2, "destroy_after_days": 3,
+                                                         "database": database}}}).keyring
     with Keyring(tmp_path / "h", clock=clock, config=cfg) as ring:
         ring.create("k")
         ring.rotate("k")
