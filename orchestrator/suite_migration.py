@@ -62,8 +62,8 @@ class SuiteMigration:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or len(self.name) > 200 or not self.name.isprintable():
             raise PolicyError("name: expected a printable str of 1 to 200 characters")
-        if (not isinstance(self.keys, tuple) or not self.keys or len(set(self.keys)) != len(self.keys)
-                or not all(isinstance(k, str) and k for k in self.keys)):
+        if (not isinstance(self.keys, tuple) or not self.keys or not all(isinstance(k, str) and k for k in self.keys)
+                or len(set(self.keys)) != len(self.keys)):  # types first: set() of a dict would raise
             raise PolicyError("keys: expected a non-empty tuple of distinct key names")
         if self.target not in _SUITES:
             raise PolicyError(f"target: expected one of {', '.join(_SUITES)}")
