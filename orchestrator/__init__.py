@@ -10,8 +10,9 @@ Example:
 from __future__ import annotations
 
 from .lease import FENCE, Lease, LeaseState
-from .orchestrator import LEASE, Fenced, Orchestrator, Plan
+from .orchestrator import LEASE, Fenced, Orchestrator, Plan, node_of
 from .schedule import Schedule
 from .suite_migration import SuiteMigration
 
-__all__ = ["FENCE", "LEASE", "Fenced", "Lease", "LeaseState", "Orchestrator", "Plan", "Schedule", "SuiteMigration"]
+__all__ = ["FENCE", "LEASE", "Fenced", "Lease", "LeaseState", "Orchestrator", "Plan", "Schedule", "SuiteMigration",
+           "node_of"]

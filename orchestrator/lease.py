@@ -49,7 +49,7 @@ class Lease:
     Args:
         database: the shared database (migration 2 applied).
         name: which lease (one per role).
-        holder: this node's name.
+        holder: who holds it — one process (the orchestrator passes ``node#instance``).
         ttl: seconds a lease lasts without renewal (the failover bound is about ``ttl``).
 
     Raises:

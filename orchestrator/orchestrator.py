@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,10 +38,15 @@ from .schedule import Schedule, parse_seconds
 if TYPE_CHECKING:
     from .suite_migration import SuiteMigration
 
-__all__ = ["LEASE", "Fenced", "Orchestrator", "Plan"]
+__all__ = ["LEASE", "Fenced", "Orchestrator", "Plan", "node_of"]
 
 LEASE = "orchestrator"
 _SUITES = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305", "XCHACHA20-POLY1305")
+
+
+def node_of(holder: str | None) -> str | None:
+    """The node name of a lease holder ``node#instance``."""
+    return None if holder is None else holder.split("#", 1)[0]
 
 
 class Fenced(PolicyError):
@@ -113,7 +119,11 @@ class Orchestrator:
         self.keyring = keyring
         self.database = database
         self.node = node
-        self.lease = Lease(database, LEASE, holder=node, ttl=lease_ttl)
+        # The lease is held by this *process* (node#instance): a node restarted before its old
+        # lease expired must not resume that lease and its fencing token — it takes over after
+        # the expiry with a new token, like any other node (found by the repeated kill -9 test).
+        self.instance = f"{node}#{secrets.token_hex(4)}"
+        self.lease = Lease(database, LEASE, holder=self.instance, ttl=lease_ttl)
         self.interval = float(interval)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -267,7 +277,7 @@ class Orchestrator:
         state = self.lease.acquire()
         self._last = state
         if not state.mine:
-            raise PolicyError(f"orchestrator: {self.node} is not the leader ({state.holder or 'none'} is); "
+            raise PolicyError(f"orchestrator: {self.node} is not the leader ({node_of(state.holder) or 'none'} is); "
                               "run the emergency on the leader", reason="not-leader")
         version = self._rotate(found, self._now(), state, reason=f"emergency: {reason}")
         health = self._health(found.key, version)
@@ -373,6 +383,7 @@ class Orchestrator:
                           "last_run": None if last is None else {"due": last[0].isoformat(), "at": last[1].isoformat(),
                                                                  "node": last[2], "token": last[3],
                                                                  "result": last[4]}})
-        return {"node": self.node, "leader": lease.holder, "token": lease.token,
+        return {"node": self.node, "instance": self.instance, "leader": node_of(lease.holder),
+                "leader_instance": lease.holder, "token": lease.token,
                 "lease_expires": lease.expires.isoformat() if lease.expires and lease.holder else None,
                 "is_leader": lease.mine, "plans": plans, "migrations": self.migration_status()}

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from xpscerpto.db import Database
 from xpscerpto.db.audit_store import PgAuditLog
-from xpscerpto.orchestrator import LEASE, Lease, Orchestrator, Plan
+from xpscerpto.orchestrator import LEASE, Lease, Orchestrator, Plan, node_of
 
 from tests.db.test_postgres import _node
 from tests.orchestrator.test_orchestrator import _due_now
@@ -31,7 +31,7 @@ def _wait(what: str, predicate: object, timeout: float = 30.0) -> object:
         if value:
             return value
         time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+    pytest.fail(f"timed out waiting for {what} (last: {value!r})")
 
 
 @pytest.fixture
@@ -47,11 +47,7 @@ def fleet(pg_dsn: str, tmp_path: Path) -> Iterator[tuple[dict[str, subprocess.Po
             shutil.copy2(tmp_path / "n0" / f"audit{suffix}", tmp_path / f"n{i}" / f"audit{suffix}")
     config = tmp_path / "xps.json"  # the nodes' keyring and journal are in the shared database
     config.write_text(json.dumps({"keyring": {"database": pg_dsn}, "audit": {"database": pg_dsn}}))
-    procs = {f"n{i}": subprocess.Popen(
-        [sys.executable, "-m", "xpscerpto", "--config", str(config), "--home", str(tmp_path / f"n{i}"), "orch", "run",
-         "--node", f"n{i}",
-         "--lease-ttl", str(TTL), "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for i in range(3)}
+    procs = {f"n{i}": _start_node(tmp_path, f"n{i}") for i in range(3)}
     db = Database(pg_dsn)
     try:
         yield procs, db, tmp_path
@@ -65,6 +61,14 @@ def fleet(pg_dsn: str, tmp_path: Path) -> Iterator[tuple[dict[str, subprocess.Po
             except subprocess.TimeoutExpired:
                 p.kill()
         db.close()
+
+
+def _start_node(root: Path, name: str) -> subprocess.Popen[bytes]:
+    """``xps orch run`` for node ``name`` (its home under ``root``, the fleet's xps.json)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "xpscerpto", "--config", str(root / "xps.json"), "--home", str(root / name), "orch",
+         "run", "--node", name, "--lease-ttl", str(TTL), "--interval", "0.2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _versions(db: Database) -> list[int]:
@@ -105,8 +109,8 @@ def test_killing_the_leader_mid_rotation_moves_the_lease_and_rotates_exactly_onc
         leader = lease.state()
         assert leader.holder == first
         killed = time.monotonic()
-        procs[str(leader.holder)].send_signal(signal.SIGKILL)
-        procs[str(leader.holder)].wait()
+        procs[str(node_of(leader.holder))].send_signal(signal.SIGKILL)
+        procs[str(node_of(leader.holder))].wait()
         moved = _wait("the lease to move", lambda: (s := lease.state()).holder not in (None, leader.holder) and s)
         failover = time.monotonic() - killed
         blocker.execute("ROLLBACK")
@@ -114,7 +118,7 @@ def test_killing_the_leader_mid_rotation_moves_the_lease_and_rotates_exactly_onc
     time.sleep(3 * 0.2)  # a few more ticks of every node: nothing more happens
     assert _versions(db) == [1, 2]  # exactly one new version
     run = db.execute("SELECT holder, token, result FROM xps_orch_runs").fetchall()
-    assert run == [(moved.holder, moved.token, "rotated from 1")]
+    assert run == [(node_of(moved.holder), moved.token, "rotated from 1")]
     assert moved.token > leader.token
     # No journal record lost (the survivor delivered its own), none for the rolled-back attempt.
     _wait("the rotation's journal record", lambda: _rotations(root, pg_dsn))
@@ -158,3 +162,58 @@ def test_a_suite_migration_started_from_the_cli_is_carried_out_by_the_leader(
     bad = subprocess.run([*base, "migrate", "m2", "--keys", "orders", "--target", "ROT13", "--node", "n2"],
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "XPS_ERR_POLICY: target" in bad.stderr
+
+
+def test_killing_leaders_again_and_again_during_a_suite_migration_moves_every_key_exactly_once(
+        fleet: tuple[dict[str, subprocess.Popen[bytes]], Database, Path], pg_dsn: str) -> None:
+    from xpscerpto.orchestrator import SuiteMigration
+
+    procs, db, root = fleet
+    keys = ("orders", "k1", "k2", "k3")
+    admin = _node(root, "n0-admin", pg_dsn, like=root / "n0")
+    try:
+        for k in keys[1:]:
+            admin.create(k, "AES-256-GCM")
+        Orchestrator(admin, node="admin").migrate(SuiteMigration("mig", keys=keys, target="XCHACHA20-POLY1305",
+                                                                 canary=0.5, watch="3s"))
+    finally:
+        admin.close()
+    lease = Lease(db, LEASE, holder="observer", ttl=TTL)
+
+    def phase() -> str:
+        row = db.execute("SELECT phase FROM xps_suite_migrations WHERE name = 'mig'").fetchone()
+        return str(row[0]) if row else ""
+
+    # kill -9 whichever node leads, at different moments of its work, and bring it back.
+    seen = []
+    for delay in (0.05, 0.15, 0.3, 0.5, 0.8):
+        current = _wait("a leader", lambda: (s := lease.state()).holder and s)
+        time.sleep(delay)
+        victim = str(node_of(current.holder))  # type: ignore[union-attr]
+        seen.append(phase())
+        procs[victim].send_signal(signal.SIGKILL)
+        procs[victim].wait()
+        procs[victim] = _start_node(root, victim)
+        # The next round kills the *next* leader: wait for the takeover (a new token).
+        _wait("the lease to be taken over", lambda c=current: (s := lease.state()).holder is not None
+              and s.token > c.token)  # type: ignore[union-attr]
+        if phase() == "committed":
+            break
+    _wait("the migration to commit", lambda: phase() == "committed", timeout=60)
+    # Leaders died (at least twice) while it was under way, not only after it finished.
+    assert len(seen) >= 2 and {"canary", "watching", "rollout"} & set(seen)
+    rows = db.execute("SELECT k.name, v.version, v.algorithm FROM versions v JOIN keys k ON k.key_id = v.key_id "
+                      "ORDER BY k.name, v.version").fetchall()
+    assert rows == [(k, v, alg) for k in sorted(keys)
+                    for v, alg in ((1, "AES-256-GCM"), (2, "XCHACHA20-POLY1305"))]  # each key moved once
+    phases = [e["phase"] for e in _journal(root, pg_dsn) if e["event"] == "SUITE_MIGRATION"]
+    assert phases == ["watching", "rollout", "committed"]
+
+
+def _journal(root: Path, dsn: str) -> list[dict[str, object]]:
+    log = PgAuditLog(dsn, root / "n1" / "audit.log")
+    try:
+        log.verify()
+        return log.tail(10000)
+    finally:
+        log.close()

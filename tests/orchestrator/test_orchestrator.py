@@ -340,3 +340,19 @@ def test_a_plan_row_edited_outside_xps_is_a_typed_refusal_not_a_crash(rings: lis
     orch.stop()
     assert orch.last_error is not None and "XPS_ERR_POLICY" in orch.last_error  # the loop lived on
     assert rings[0].describe("orders").active_version == 1  # nothing rotated on a bad plan
+
+
+def test_a_node_restarted_before_its_lease_expired_does_not_resume_the_old_token(rings: list[Keyring]) -> None:
+    old = Orchestrator(rings[0], node="n0", lease_ttl=0.5, interval=0.1)
+    first = old.lease.acquire()
+    assert first.mine
+    restarted = Orchestrator(rings[0], node="n0", lease_ttl=0.5, interval=0.1)  # same name, new process
+    assert not restarted.lease.acquire().mine  # the old instance's lease stands until it expires
+    time.sleep(0.6)
+    taken = restarted.lease.acquire()
+    assert taken.mine and taken.token == first.token + 1
+    assert restarted.status()["leader"] == "n0" and restarted.status()["leader_instance"] == restarted.instance
+    orders = Plan("p", key="orders", policy="every=1h")
+    restarted.track(orders)
+    with pytest.raises(Fenced):  # the old instance, same node name, cannot write with its token
+        old._rotate(orders, old._now(), first, reason="stale")
