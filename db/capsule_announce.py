@@ -136,16 +136,22 @@ class Announcer:
         last: dict[str, tuple[str, str]] = {}  # sha256 -> its newest (action, node)
         for _id, action, sha, _name, _version, node in rows:
             last[sha] = (action, node)
-        self._seen = rows[-1][0]
         active = {a.sha256 for a in self.updater.state.active}
         for sha, (action, node) in last.items():
             if node == self.node:
                 continue
-            with contextlib.suppress(XpsError):  # refused here: journaled by the updater, the fleet may differ
-                if action == "enable" and sha not in active:
-                    raw = self.database.execute("SELECT raw FROM xps_capsules WHERE sha256 = ?", (sha,)).fetchone()
-                    if raw is not None:
-                        self.updater.apply(bytes(raw[0]), source=f"announced by {node}", operator=PREFIX + node)
-                elif action == "rollback" and sha in active:
-                    self.updater.rollback(sha, operator=PREFIX + node,
-                                          reason=f"rolled back on {node}")
+            if action == "enable" and sha not in active:
+                # A database error here propagates: the events stay unseen and the next round
+                # retries them (the capsules already enabled are skipped then).
+                raw = self.database.execute("SELECT raw FROM xps_capsules WHERE sha256 = ?", (sha,)).fetchone()
+                if raw is None:  # an event without its bytes: the table was edited outside xps
+                    self.updater.audit.record("PATCH_REJECT", phase="announce", sha256=sha, source=node,
+                                              operator=PREFIX + node, reason="malformed",
+                                              detail="announced capsule bytes are missing from the database")
+                    continue
+                with contextlib.suppress(XpsError):  # refused here: journaled by the updater
+                    self.updater.apply(bytes(raw[0]), source=f"announced by {node}", operator=PREFIX + node)
+            elif action == "rollback" and sha in active:
+                with contextlib.suppress(XpsError):
+                    self.updater.rollback(sha, operator=PREFIX + node, reason=f"rolled back on {node}")
+        self._seen = rows[-1][0]

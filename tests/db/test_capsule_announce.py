@@ -121,3 +121,25 @@ def test_announced_bytes_altered_in_the_database_are_refused_by_the_receiving_no
         first.stop()
         a.close()
         b.close()
+
+
+def test_an_announcement_whose_bytes_were_deleted_is_a_journaled_refusal(publisher: Publisher, pg_dsn: str) -> None:
+    a = _updater(xps.Engine(), publisher.home)
+    eng_b, b = _other_node(publisher, "home-b")
+    first = Announcer(pg_dsn, a, node="a", poll=0.5).start()
+    a.apply(publisher.capsule("1.0.0"))
+    _wait("the announcement", lambda: _announced(pg_dsn) == 1)
+    db = Database(pg_dsn)
+    try:
+        db.execute("DELETE FROM xps_capsules")
+    finally:
+        db.close()
+    late = Announcer(pg_dsn, b, node="b", poll=0.5).start()
+    try:
+        _wait("node b to refuse", lambda: any(e.get("phase") == "announce" for e in _events(b, "PATCH_REJECT")))
+        assert eng_b.table.provider_for(OP) == "sodium" and late.last_error is None
+    finally:
+        late.stop()
+        first.stop()
+        a.close()
+        b.close()
