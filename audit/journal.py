@@ -94,7 +94,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -325,6 +325,19 @@ def _find_recent(fd: int, size: int, needle: bytes, cutoff: str) -> dict[str, An
                 return None
         pos = start
     return None
+
+
+def records_of(lines: Iterable[bytes | str]) -> list[dict[str, Any]]:
+    """The JSON objects among ``lines`` (what :meth:`AuditLog.tail` shows; unparsable lines skipped)."""
+    out = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
 
 
 def _parse_record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
@@ -744,15 +757,7 @@ class AuditLog:
         lines = buf.split(b"\n")[:-1]
         if pos > 0:
             lines = lines[1:]  # the first piece may be a partial line
-        out = []
-        for line in lines[-n:]:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-        return out
+        return records_of(lines[-n:])
 
     def verify(self, *, public_key: bytes | str | None = None, anchor: tuple[int, str] | None = None,
                strict: bool = False, checkpoint_every: int | None = None) -> VerifyReport:

@@ -22,11 +22,19 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from xpscerpto.audit.journal import GENESIS, AuditLog, AuditTampered, _canonical, _Head, _parse_record, record_message
+from xpscerpto.audit.journal import (
+    GENESIS,
+    AuditLog,
+    AuditTampered,
+    _canonical,
+    _Head,
+    _parse_record,
+    record_message,
+    records_of,
+)
 from xpscerpto.errors import KeyError_
 
-from .migrations import require
-from .postgres import Database
+from .migrations import open_migrated
 
 __all__ = ["AUDIT_LOCK", "PgAuditLog"]
 
@@ -46,12 +54,7 @@ class PgAuditLog(AuditLog):
 
     def __init__(self, database: str, local: str | Path, **kw: Any) -> None:
         super().__init__(local, **kw)
-        self.database = Database(database)
-        try:
-            require(self.database, 3, "audit database")
-        except BaseException:
-            self.database.close()
-            raise
+        self.database = open_migrated(database, 3, "audit database")
         self.name = self.database.name
 
     def _append(self, event: str, fields: dict[str, Any], once: tuple[bytes, str] | None = None) -> dict[str, Any]:
@@ -109,15 +112,7 @@ class PgAuditLog(AuditLog):
         if n <= 0:
             return []
         rows = self.database.execute("SELECT line FROM xps_audit ORDER BY seq DESC LIMIT ?", (n,)).fetchall()
-        out = []
-        for (line,) in reversed(rows):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-        return out
+        return records_of(line for (line,) in reversed(rows))
 
     def _read_all(self) -> tuple[bytes, bool]:
         rows = self.database.execute("SELECT line FROM xps_audit ORDER BY seq").fetchall()

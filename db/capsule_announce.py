@@ -30,8 +30,7 @@ from typing import Any
 from xpscerpto.capsules.updater import Updater
 from xpscerpto.errors import XpsError
 
-from .migrations import require
-from .postgres import Database
+from .migrations import open_migrated
 
 __all__ = ["CHANNEL", "PREFIX", "Announcer"]
 
@@ -50,12 +49,7 @@ class Announcer:
     """
 
     def __init__(self, database: str, updater: Updater, *, node: str, poll: float = 2.0) -> None:
-        self.database = Database(database)
-        try:
-            require(self.database, 4, "announcement database")
-        except BaseException:
-            self.database.close()
-            raise
+        self.database = open_migrated(database, 4, "announcement database")
         self.updater = updater
         self.node = node
         self.poll = poll

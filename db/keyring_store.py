@@ -20,8 +20,7 @@ from typing import Any
 
 from xpscerpto.keyring.store import Connection, Store
 
-from .migrations import require
-from .postgres import Database
+from .migrations import open_migrated
 
 __all__ = ["KEYRING_CHANNEL", "KEYRING_LOCK", "PgStore"]
 
@@ -42,17 +41,12 @@ class PgStore(Store):
     """
 
     def __init__(self, dsn: str, *, create: bool = False) -> None:
-        self.database = Database(dsn)
+        self.database = open_migrated(dsn, 1, "keyring database")
         self.path = Path(".")  # not a file; messages use .name
         self.name = self.database.name
         self.sealer = None
         self.upgraded_from = None
         self.is_new = False
-        try:
-            require(self.database, 1, "keyring database")
-        except BaseException:
-            self.database.close()
-            raise
 
     def _db(self) -> Connection:
         return self.database

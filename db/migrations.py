@@ -20,7 +20,7 @@ from xpscerpto.errors import PolicyError
 
 from .postgres import Database
 
-__all__ = ["MIGRATIONS", "Migration", "applied", "head", "migrate", "require"]
+__all__ = ["MIGRATIONS", "Migration", "applied", "head", "migrate", "open_migrated", "require"]
 
 #: The advisory lock ``migrate`` holds (any 64-bit number no other lock here uses).
 MIGRATE_LOCK = 0x7870_7300_0000_0001
@@ -145,3 +145,14 @@ def require(db: Database, version: int, what: str) -> None:
                           f"`xps db migrate --database {db.name}`")
     if current > head():
         raise PolicyError(f"{what} {db.name}: schema migration {current}, this xpscerpto knows up to {head()}")
+
+
+def open_migrated(dsn: str, version: int, what: str) -> Database:
+    """Connect to ``dsn`` and :func:`require` migration ``version`` (closing again if refused)."""
+    db = Database(dsn)
+    try:
+        require(db, version, what)
+    except BaseException:
+        db.close()
+        raise
+    return db

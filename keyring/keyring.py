@@ -799,10 +799,17 @@ class Keyring:
         count blobs that named this version and did not open (wrong tag, aad, commitment).
         """
         wanted = _version_arg(version, "version")
-        kid = bytes.fromhex(self._key_row(ref).key_id)
-        h = self._handles.get((kid, wanted))
+        return self._counts((bytes.fromhex(self._key_row(ref).key_id), wanted))
+
+    def loaded_decrypt_counts(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """:meth:`decrypt_counts` of every version loaded in this process: (name, version) -> counts."""
+        return {(h.name, h.version): self._counts(ref) for ref, h in list(self._handles.items())}
+
+    def _counts(self, ref: tuple[bytes, int]) -> tuple[int, int]:
+        h = self._handles.get(ref)
         ok = 0 if h is None else h.decrypted_before + h.decryptions
-        failures = self._failures.get((kid, wanted))
+        failures = self._failures.get(ref)
+        # repr is the one read-only view of an itertools.count ("count(N)": N - 1 so far).
         return ok, 0 if failures is None else int(repr(failures)[6:-1]) - 1
 
     def close(self) -> None:

@@ -107,9 +107,8 @@ class Metrics:
 
         def read() -> dict[str, dict[Labels, float]]:
             series: dict[Labels, float] = {}
-            for (kid, version), handle in list(ring._handles.items()):
-                ok, failed = ring.decrypt_counts(kid.hex(), version)
-                base = (("key", handle.name), ("version", str(version)))
+            for (name, version), (ok, failed) in ring.loaded_decrypt_counts().items():
+                base = (("key", name), ("version", str(version)))
                 series[(*base, ("result", "ok"))] = ok
                 series[(*base, ("result", "auth_failure"))] = failed
             return {"xps_keyring_decryptions_total": series}

@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 
-import pytest
 import xpscerpto as xps
 from xpscerpto.capsules.updater import Updater
 from xpscerpto.db import Database
 from xpscerpto.db.capsule_announce import Announcer
 from xpscerpto.home import Home
 
+from tests.capsules.test_cli_service import wait_for
 from tests.capsules.test_updater import OP, Publisher, _updater, publisher
 
 __all__ = ["publisher"]
-
-
-def _wait(what: str, ok: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ok():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def _other_node(publisher: Publisher, name: str, *, trusted: bool = True) -> tuple[xps.Engine, Updater]:
@@ -48,15 +38,15 @@ def test_an_enable_and_a_rollback_on_one_node_reach_the_others_which_verify_them
     nodes = [Announcer(pg_dsn, up, node=n, poll=0.5).start() for up, n in ((a, "a"), (b, "b"), (c, "c"))]
     try:
         cap = a.apply(publisher.capsule("1.0.0"))
-        _wait("node b to enable the announced capsule", lambda: eng_b.table.provider_for(OP) == cap.name)
+        wait_for(lambda: eng_b.table.provider_for(OP) == cap.name, "node b to enable the announced capsule")
         enable_b = _events(b, "PATCH_ENABLE")[-1]
         assert enable_b["operator"] == "announce:a" and enable_b["sha256"] == cap.sha256
         assert "PATCH_VERIFY" in [e["event"] for e in b.audit.tail(200)]  # b verified it itself
-        _wait("node c to refuse it", lambda: bool(_events(c, "PATCH_REJECT")))
+        wait_for(lambda: bool(_events(c, "PATCH_REJECT")), "node c to refuse it")
         assert eng_c.table.provider_for(OP) == "sodium"  # c's trust store refuses: c stays as it was
         # A rollback on b (an operator there) is announced and followed by a.
         b.rollback(OP, operator="ops")
-        _wait("node a to roll back", lambda: eng_a.table.provider_for(OP) == "sodium")
+        wait_for(lambda: eng_a.table.provider_for(OP) == "sodium", "node a to roll back")
         assert _events(a, "PATCH_ROLLBACK")[-1]["operator"] == "announce:b"
         time.sleep(1.0)  # a few more polls: nothing echoes back and forth
         db = Database(pg_dsn)
@@ -76,11 +66,11 @@ def test_a_node_that_starts_later_catches_up_with_what_was_announced(publisher: 
     a = _updater(xps.Engine(), publisher.home)
     first = Announcer(pg_dsn, a, node="a", poll=0.5).start()
     cap = a.apply(publisher.capsule("1.0.0"))
-    _wait("the announcement", lambda: first.last_error is None and _announced(pg_dsn) == 1)
+    wait_for(lambda: first.last_error is None and _announced(pg_dsn) == 1, "the announcement")
     eng_b, b = _other_node(publisher, "home-b")
     late = Announcer(pg_dsn, b, node="b", poll=0.5).start()
     try:
-        _wait("node b to catch up", lambda: eng_b.table.provider_for(OP) == cap.name)
+        wait_for(lambda: eng_b.table.provider_for(OP) == cap.name, "node b to catch up")
     finally:
         late.stop()
         first.stop()
@@ -103,7 +93,7 @@ def test_announced_bytes_altered_in_the_database_are_refused_by_the_receiving_no
     eng_b, b = _other_node(publisher, "home-b")
     first = Announcer(pg_dsn, a, node="a", poll=0.5).start()
     cap = a.apply(publisher.capsule("1.0.0"))
-    _wait("the announcement", lambda: _announced(pg_dsn) == 1)
+    wait_for(lambda: _announced(pg_dsn) == 1, "the announcement")
     db = Database(pg_dsn)
     try:  # someone with write access to the database swaps a byte of the capsule
         raw = bytearray(db.execute("SELECT raw FROM xps_capsules").fetchone()[0])  # type: ignore[index]
@@ -113,7 +103,7 @@ def test_announced_bytes_altered_in_the_database_are_refused_by_the_receiving_no
         db.close()
     late = Announcer(pg_dsn, b, node="b", poll=0.5).start()
     try:
-        _wait("node b to refuse the altered bytes", lambda: bool(_events(b, "PATCH_REJECT")))
+        wait_for(lambda: bool(_events(b, "PATCH_REJECT")), "node b to refuse the altered bytes")
         assert eng_b.table.provider_for(OP) == "sodium"
         assert cap.sha256 not in {x.sha256 for x in b.state.active}
     finally:
@@ -128,7 +118,7 @@ def test_an_announcement_whose_bytes_were_deleted_is_a_journaled_refusal(publish
     eng_b, b = _other_node(publisher, "home-b")
     first = Announcer(pg_dsn, a, node="a", poll=0.5).start()
     a.apply(publisher.capsule("1.0.0"))
-    _wait("the announcement", lambda: _announced(pg_dsn) == 1)
+    wait_for(lambda: _announced(pg_dsn) == 1, "the announcement")
     db = Database(pg_dsn)
     try:
         db.execute("DELETE FROM xps_capsules")
@@ -136,7 +126,7 @@ def test_an_announcement_whose_bytes_were_deleted_is_a_journaled_refusal(publish
         db.close()
     late = Announcer(pg_dsn, b, node="b", poll=0.5).start()
     try:
-        _wait("node b to refuse", lambda: any(e.get("phase") == "announce" for e in _events(b, "PATCH_REJECT")))
+        wait_for(lambda: any(e.get("phase") == "announce" for e in _events(b, "PATCH_REJECT")), "node b to refuse")
         assert eng_b.table.provider_for(OP) == "sodium" and late.last_error is None
     finally:
         late.stop()
