@@ -20,7 +20,7 @@ from xpscerpto.errors import ErrorCode, XpsError
 if TYPE_CHECKING:
     from xpscerpto.audit import AuditLog
 
-__all__ = ["EVENT", "REASONS", "FailureLog", "classify"]
+__all__ = ["EVENT", "REASONS", "FailureLog", "classify", "is_pq"]
 
 EVENT = "CHANNEL_HANDSHAKE_FAIL"
 #: Every reason a handshake failure is counted and journaled under (docs/CHANNEL.md).
@@ -48,6 +48,18 @@ def classify(exc: BaseException) -> str:
     return "internal"
 
 
+def is_pq(protocol: str | None) -> bool:
+    """Whether ``protocol`` names a hybrid post-quantum (``hfs``) handshake (False if unparsable)."""
+    if protocol is None:
+        return False
+    from ._patterns import parse_protocol
+
+    try:
+        return bool(parse_protocol(protocol).hfs)
+    except XpsError:
+        return False
+
+
 class FailureLog:
     """Counts handshake outcomes and journals failures (rate-limited) when given a journal.
 
@@ -61,12 +73,20 @@ class FailureLog:
         self.per_minute = per_minute
         self.failures: Counter[str] = Counter()
         self.established = 0
+        #: (post-quantum?, "ok" or a failure reason) -> count: what a PQ rollout's canary reads.
+        self.outcomes: Counter[tuple[bool, str]] = Counter()
         self._lock = threading.Lock()
 
-    def success(self) -> None:
-        """One more established channel."""
+    def success(self, protocol: str | None = None) -> None:
+        """One more established channel (over ``protocol``)."""
         with self._lock:
             self.established += 1
+            self.outcomes[(is_pq(protocol), "ok")] += 1
+
+    def outcome_counts(self) -> dict[tuple[bool, str], int]:
+        """A consistent copy of :attr:`outcomes`."""
+        with self._lock:
+            return dict(self.outcomes)
 
     def failure(self, role: str, exc: BaseException, *, protocol: str | None, peer: str | None) -> str:
         """Count (and maybe journal) one failure; returns its reason. Never raises."""
@@ -74,6 +94,7 @@ class FailureLog:
         code = exc.code if isinstance(exc, XpsError) else ErrorCode.INTERNAL
         with self._lock:
             self.failures[reason] += 1
+            self.outcomes[(is_pq(protocol), reason)] += 1
         if self.audit is not None:
             # The caller's error stands whatever happens to the record (full disk, tampered log).
             with contextlib.suppress(XpsError, OSError):

@@ -228,7 +228,7 @@ async def connect(host: str, port: int, identity: Identity, trust: Trust, *,
             failures.failure("initiator", exc, protocol=hs.protocol, peer=host)
         raise
     if failures is not None:
-        failures.success()
+        failures.success(hs.protocol)
     return Channel(reader, writer, est, cfg)
 
 
@@ -265,6 +265,24 @@ class ChannelServer:
         """The port listened on (useful with port 0)."""
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def config(self) -> ChannelConfig:
+        """The configuration new connections get."""
+        return self._config
+
+    def reconfigure(self, config: ChannelConfig) -> None:
+        """Serve new connections with ``config`` (accepted protocols, PQ policy, limits).
+
+        Channels already open keep the configuration they were made with (a PQ rollout's
+        posture, :mod:`xpscerpto.orchestrator.pq_rollout`, calls this on every node).
+
+        Raises:
+            PolicyError: ``config`` is not a ChannelConfig.
+        """
+        if not isinstance(config, ChannelConfig):
+            raise PolicyError(f"config: expected a ChannelConfig, got {type(config).__name__}")
+        self._config = config  # one assignment: a connection reads it once, at its start
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -311,7 +329,7 @@ class ChannelServer:
             return
         finally:
             self.pending -= 1
-        self.failures.success()
+        self.failures.success(hs.protocol)
         channel = Channel(reader, writer, est, cfg)
         try:
             await self._handler(channel)

@@ -216,7 +216,7 @@ def connect(host: str, port: int, identity: Identity, trust: Trust, *,
     reader.deadline = None
     sock.settimeout(None)
     if failures is not None:
-        failures.success()
+        failures.success(hs.protocol)
     return BlockingChannel(sock, reader, est, cfg)
 
 
@@ -247,6 +247,24 @@ class BlockingServer:
     def port(self) -> int:
         """The port listened on."""
         return int(self._listener.getsockname()[1])
+
+    @property
+    def config(self) -> ChannelConfig:
+        """The configuration new connections get."""
+        return self._config
+
+    def reconfigure(self, config: ChannelConfig) -> None:
+        """Serve new connections with ``config`` (accepted protocols, PQ policy, limits).
+
+        Channels already open keep the configuration they were made with; the cap on pending
+        handshakes stays the one the server started with.
+
+        Raises:
+            PolicyError: ``config`` is not a ChannelConfig.
+        """
+        if not isinstance(config, ChannelConfig):
+            raise PolicyError(f"config: expected a ChannelConfig, got {type(config).__name__}")
+        self._config = config  # one assignment: a connection reads it once, at its start
 
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
@@ -289,14 +307,15 @@ class BlockingServer:
                 with contextlib.suppress(OSError):
                     conn.sendall(refusal("busy"))
                 return
+            cfg = self._config  # one configuration per connection, even if reconfigured meanwhile
             try:
-                est, reader = self._handshake(conn, peer)
+                est, reader = self._handshake(conn, peer, cfg)
             finally:
                 self._pending.release()
             if est is None:
                 return
             conn.settimeout(None)
-            channel = BlockingChannel(conn, reader, est, self._config)
+            channel = BlockingChannel(conn, reader, est, cfg)
             try:
                 self._handler(channel)
             except Exception:  # the server outlives any one handler's failure
@@ -309,8 +328,7 @@ class BlockingServer:
             with contextlib.suppress(OSError):
                 conn.close()
 
-    def _handshake(self, conn: socket.socket, peer: str) -> tuple[Established | None, _Reader]:
-        cfg = self._config
+    def _handshake(self, conn: socket.socket, peer: str, cfg: ChannelConfig) -> tuple[Established | None, _Reader]:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = _Reader(conn)
         reader.deadline = time.monotonic() + cfg.handshake_timeout_seconds
@@ -327,7 +345,7 @@ class BlockingServer:
             self.failures.failure("responder", exc, protocol=hs.protocol, peer=peer)
             return None, reader
         reader.deadline = None
-        self.failures.success()
+        self.failures.success(hs.protocol)
         return est, reader
 
     def close(self) -> None:

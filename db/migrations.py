@@ -90,6 +90,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             max_failure_rate DOUBLE PRECISION NOT NULL, phase TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',
             since TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())""",
     )),
+    Migration(6, "fleet counters, post-quantum channel rollouts, emergency grace", (
+        # Each process's cumulative counters (one row per series), so a canary decision sees every
+        # node's numbers; a process keeps its own rows (instance = node#random), so a restart
+        # starts new rows instead of lowering old ones.
+        """CREATE TABLE xps_counters (instance TEXT NOT NULL, node TEXT NOT NULL, name TEXT NOT NULL,
+            labels TEXT NOT NULL, value DOUBLE PRECISION NOT NULL,
+            updated TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (instance, name, labels))""",
+        """CREATE TABLE xps_pq_rollouts (name TEXT PRIMARY KEY, nodes TEXT NOT NULL, protocol TEXT NOT NULL,
+            canary DOUBLE PRECISION NOT NULL, watch_seconds DOUBLE PRECISION NOT NULL,
+            max_failure_rate DOUBLE PRECISION NOT NULL, phase TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '',
+            since TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())""",
+        # The short grace an emergency rotation gave the version it retired (hygiene reads it).
+        """CREATE TABLE xps_orch_emergency (key_id TEXT NOT NULL, version BIGINT NOT NULL,
+            grace_seconds DOUBLE PRECISION NOT NULL, token BIGINT NOT NULL, holder TEXT NOT NULL,
+            at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (key_id, version))""",
+    )),
 )
 
 

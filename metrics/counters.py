@@ -33,6 +33,8 @@ COUNTERS = {
     "xps_rollbacks_total": "capsule rollbacks (automatic and operator)",
     "xps_keyring_decryptions_total": "keyring decryptions per key, version and result (what a suite "
                                      "migration's canary decision reads)",
+    "xps_channel_handshakes_total": "secure-channel handshakes per kind (pq: hybrid post-quantum or not) and "
+                                    "result (ok or the failure reason; what a PQ rollout's canary reads)",
 }
 
 Labels = tuple[tuple[str, str], ...]
@@ -87,7 +89,9 @@ class Metrics:
         for source in self._sources:
             with contextlib.suppress(Exception):
                 for name, series in source().items():
-                    out.setdefault(name, {}).update(series)
+                    into = out.setdefault(name, {})
+                    for labels, value in series.items():  # two channel endpoints add up
+                        into[labels] = into.get(labels, 0) + value
         return out
 
     # -- sources -----------------------------------------------------------------------------
@@ -112,6 +116,16 @@ class Metrics:
                 series[(*base, ("result", "ok"))] = ok
                 series[(*base, ("result", "auth_failure"))] = failed
             return {"xps_keyring_decryptions_total": series}
+
+        self._sources.append(read)
+
+    def watch_channel(self, failures: Any) -> None:
+        """Export a channel endpoint's handshake outcomes (its ``FailureLog``; several may be watched)."""
+
+        def read() -> dict[str, dict[Labels, float]]:
+            return {"xps_channel_handshakes_total": {
+                (("pq", "true" if pq else "false"), ("result", result)): n
+                for (pq, result), n in failures.outcome_counts().items()}}
 
         self._sources.append(read)
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from .lease import FENCE, Lease, LeaseState
 from .orchestrator import LEASE, Fenced, Orchestrator, Plan, node_of
+from .pq_rollout import PqPosture, PqRollout, channel_config
 from .schedule import Schedule
 from .suite_migration import SuiteMigration
 
-__all__ = ["FENCE", "LEASE", "Fenced", "Lease", "LeaseState", "Orchestrator", "Plan", "Schedule", "SuiteMigration",
-           "node_of"]
+__all__ = ["FENCE", "LEASE", "Fenced", "Lease", "LeaseState", "Orchestrator", "Plan", "PqPosture", "PqRollout",
+           "Schedule", "SuiteMigration", "channel_config", "node_of"]

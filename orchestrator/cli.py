@@ -59,8 +59,15 @@ def cmd_orch(args: argparse.Namespace) -> int:
                                         target=args.target, canary=args.canary, watch=args.watch,
                                         max_failure_rate=args.max_failure_rate))
             print(f"migration {args.name}: started (canary phase at the leader's next tick)")
+        elif args.orch_cmd == "pq":
+            from .pq_rollout import PqRollout
+
+            orch.roll_out_pq(PqRollout(args.name, nodes=tuple(n for n in args.nodes.split(",") if n),
+                                       canary=args.canary, watch=args.watch, max_failure_rate=args.max_failure_rate,
+                                       **({"protocol": args.protocol} if args.protocol else {})))
+            print(f"PQ rollout {args.name}: started (canary nodes offer hybrid post-quantum channels now)")
         elif args.orch_cmd == "emergency":
-            version = orch.emergency(args.plan, args.reason)
+            version = orch.emergency(args.plan, args.reason, grace=args.grace)
             print(f"{args.plan}: rotated to version {version} (incident recorded)")
         else:  # run: the node loop, until SIGTERM/SIGINT
             if args.metrics is not None:
@@ -70,6 +77,7 @@ def cmd_orch(args: argparse.Namespace) -> int:
                 metrics = Metrics()
                 metrics.watch_journal(orch.keyring.audit)
                 metrics.watch_keyring(orch.keyring)
+                orch.metrics = metrics  # shared with the fleet at each tick, for canary decisions
                 serve(metrics, args.metrics)
             done = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,6 +97,11 @@ def _print_status(status: dict[str, Any]) -> None:
     for p in status["plans"]:
         print(f"  {p['plan']}: key {p['key']} {p['policy']}{' (paused)' if p['paused'] else ''}; "
               f"next {p['next_run']}")
+    for m in status["migrations"]:
+        print(f"  migration {m['name']} -> {m['target']}: {m['phase']} since {m['since']}")
+    for r in status["pq_rollouts"]:
+        print(f"  PQ rollout {r['name']} ({', '.join(r['nodes'])}; canary {', '.join(r['canary_nodes'])}): "
+              f"{r['phase']} since {r['since']}")
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -132,6 +145,8 @@ def add_orch_commands(sub: Any) -> None:
     e = osub.add_parser("emergency", help="rotate a plan's key now (leader only); records an incident")
     e.add_argument("plan")
     e.add_argument("--reason", required=True)
+    e.add_argument("--grace", default=None, help="a short grace before the retired version is archived "
+                                                 "(default: the plan's)")
     g = osub.add_parser("migrate", help="move keys to another AEAD suite: canary, watch, rollout, retire")
     g.add_argument("name")
     g.add_argument("--keys", required=True, help="comma-separated key names")
@@ -139,6 +154,13 @@ def add_orch_commands(sub: Any) -> None:
     g.add_argument("--canary", type=float, default=0.1, help="share of keys moved first (default 0.1)")
     g.add_argument("--watch", default="1h", help="how long the canary is watched (default 1h)")
     g.add_argument("--max-failure-rate", type=float, default=0.001, help="abort above this auth-failure rate")
+    q = osub.add_parser("pq", help="roll hybrid post-quantum channels out over nodes: canary, watch, all, require")
+    q.add_argument("name")
+    q.add_argument("--nodes", required=True, help="comma-separated node names")
+    q.add_argument("--protocol", default=None, help="the hybrid Noise protocol (default XXhfs ChaChaPoly SHA256)")
+    q.add_argument("--canary", type=float, default=0.1, help="share of nodes that offer PQ first (default 0.1)")
+    q.add_argument("--watch", default="1h", help="how long each phase is watched (default 1h)")
+    q.add_argument("--max-failure-rate", type=float, default=0.001, help="abort above this handshake failure rate")
     r = osub.add_parser("run", help="run this node's orchestrator until SIGTERM")
     r.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (rotations) there")
     for s in osub.choices.values():

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from xpscerpto.db.counter_store import CounterStore
 from xpscerpto.db.migrations import require
 from xpscerpto.db.postgres import Database
 from xpscerpto.errors import InternalError, PolicyError, XpsError
@@ -36,6 +37,7 @@ from .lease import FENCE, Lease, LeaseState
 from .schedule import Schedule, parse_seconds
 
 if TYPE_CHECKING:
+    from .pq_rollout import PqRollout
     from .suite_migration import SuiteMigration
 
 __all__ = ["LEASE", "Fenced", "Orchestrator", "Plan", "node_of"]
@@ -104,18 +106,22 @@ class Orchestrator:
         node: this node's name (unique in the fleet).
         lease_ttl: seconds; the leader renews every tick, a dead leader's lease moves after it.
         interval: seconds between ticks.
+        metrics: this process's :class:`~xpscerpto.metrics.Metrics` (channel handshakes and the
+            rest), shared with the fleet at every tick beside the keyring's decrypt counts, so a
+            canary decision on the leader reads every node's numbers.
 
     Raises:
-        PolicyError: the keyring is not on PostgreSQL, or the schema lacks migration 2.
+        PolicyError: the keyring is not on PostgreSQL, or the schema lacks migration 6.
     """
 
-    def __init__(self, keyring: Keyring, *, node: str, lease_ttl: float = 10.0, interval: float = 1.0) -> None:
+    def __init__(self, keyring: Keyring, *, node: str, lease_ttl: float = 10.0, interval: float = 1.0,
+                 metrics: Any = None) -> None:
         database = getattr(keyring.store, "database", None)
         if not isinstance(database, Database):
             raise PolicyError("keyring.database: the orchestrator needs a postgresql:// keyring (nodes share it)")
         if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0.01 <= interval <= lease_ttl:
             raise PolicyError("interval: expected seconds between 0.01 and lease_ttl")
-        require(database, 2, "orchestrator database")
+        require(database, 6, "orchestrator database")
         self.keyring = keyring
         self.database = database
         self.node = node
@@ -124,6 +130,9 @@ class Orchestrator:
         # the expiry with a new token, like any other node (found by the repeated kill -9 test).
         self.instance = f"{node}#{secrets.token_hex(4)}"
         self.lease = Lease(database, LEASE, holder=self.instance, ttl=lease_ttl)
+        self.counters = CounterStore(database, instance=self.instance, node=node)
+        self.metrics = metrics
+        self._published: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self.interval = float(interval)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -173,6 +182,7 @@ class Orchestrator:
             InternalError: the database is unreachable (nothing was half done).
             Fenced: the lease was lost between taking it and writing (the rotation rolled back).
         """
+        self.publish_counters()
         state = self.lease.acquire()
         self._last = state
         if not state.mine:
@@ -195,10 +205,53 @@ class Orchestrator:
             done.append((plan.name, self._rotate(plan, due, state, reason=f"scheduled ({plan.policy})")))
         for plan, _, _ in plans:
             self.hygiene(plan, state)
-        from .suite_migration import advance
+        from . import pq_rollout, suite_migration
 
-        advance(self, state)
+        suite_migration.advance(self, state)
+        pq_rollout.advance(self, state)
         return done
+
+    def publish_counters(self) -> int:
+        """Share this process's counters with the fleet (the ones changed since last time).
+
+        The keyring's per-version decrypt counts, and everything ``metrics`` counts. Returns
+        the rows written.
+
+        Raises:
+            InternalError: the database failed (the next tick writes them again).
+        """
+        series: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        if self.metrics is not None:
+            from xpscerpto.metrics import COUNTERS
+
+            series = {k: dict(v) for k, v in self.metrics.snapshot().items() if k in COUNTERS}
+        decryptions = series.setdefault("xps_keyring_decryptions_total", {})
+        for (name, version), (ok, failed) in self.keyring.loaded_decrypt_counts().items():
+            base = (("key", name), ("version", str(version)))
+            decryptions[(*base, ("result", "ok"))] = ok
+            decryptions[(*base, ("result", "auth_failure"))] = failed
+        changed = {name: {labels: value for labels, value in by.items()
+                          if self._published.get((name, labels)) != value} for name, by in series.items()}
+        written = self.counters.publish(changed)
+        self._published.update({(name, labels): value for name, by in changed.items() for labels, value in by.items()})
+        return written
+
+    def roll_out_pq(self, rollout: PqRollout) -> None:
+        """Start moving ``rollout.nodes`` to hybrid post-quantum channels (canary first).
+
+        Raises:
+            PolicyError: not a PqRollout, a rollout of that name exists, or a node is in
+                another rollout that did not abort.
+        """
+        from .pq_rollout import start
+
+        start(self, rollout)
+
+    def pq_status(self) -> list[dict[str, Any]]:
+        """Every PQ rollout: name, nodes, canary nodes, protocol, phase, since, detail."""
+        from .pq_rollout import status
+
+        return status(self.database)
 
     def migrate(self, migration: SuiteMigration) -> None:
         """Start moving ``migration.keys`` to its target suite (the leader's ticks advance it).
@@ -237,11 +290,14 @@ class Orchestrator:
         material itself is destroyed by the keyring's retention, not earlier (an earlier
         destroy needs operators' approvals). Returns the versions archived now.
         """
-        grace = parse_seconds(plan.grace, "grace")
+        plan_grace = parse_seconds(plan.grace, "grace")
         info = self.keyring.describe(plan.key)
         now = self.keyring.clock()
+        short = {int(v): float(g) for v, g in self.database.execute(
+            "SELECT version, grace_seconds FROM xps_orch_emergency WHERE key_id = ?", (info.key_id,)).fetchall()}
         done = []
         for v in info.versions:
+            grace = min(plan_grace, short.get(v.version, plan_grace))  # an emergency's short grace
             if v.state is not VersionState.RETIRED or v.retired_at is None or now - v.retired_at < grace:
                 continue
             unused = self.keyring.unused_for(plan.key, v.version)
@@ -263,14 +319,21 @@ class Orchestrator:
             self.keyring.outbox.deliver()
         return done
 
-    def emergency(self, plan: str, reason: str) -> int:
+    def emergency(self, plan: str, reason: str, *, grace: str | float | None = None) -> int:
         """Rotate ``plan``'s key now (leader only), and record an incident in the journal.
 
+        Args:
+            grace: a short grace for the version this retires: hygiene archives it once it has
+                been unused for the shorter of this and the plan's grace (recorded with the
+                rotation, in its transaction).
+
         Raises:
-            PolicyError: no such plan, no reason, or this node does not hold the lease.
+            PolicyError: no such plan, no reason, a malformed grace, or this node does not
+                hold the lease.
         """
         if not isinstance(reason, str) or not reason.strip():
             raise PolicyError("reason: an emergency rotation needs a reason")
+        short = None if grace is None else parse_seconds(grace, "grace")
         found = next((p for p, _, _ in self.plans() if p.name == plan), None)
         if found is None:
             raise PolicyError("plan: no such plan")
@@ -279,10 +342,10 @@ class Orchestrator:
         if not state.mine:
             raise PolicyError(f"orchestrator: {self.node} is not the leader ({node_of(state.holder) or 'none'} is); "
                               "run the emergency on the leader", reason="not-leader")
-        version = self._rotate(found, self._now(), state, reason=f"emergency: {reason}")
+        version = self._rotate(found, self._now(), state, reason=f"emergency: {reason}", grace=short)
         health = self._health(found.key, version)
         self.keyring.audit.record("INCIDENT", plan=plan, key=found.key, version=version, reason=reason,
-                                  node=self.node, token=state.token, health=health)
+                                  node=self.node, token=state.token, health=health, grace_seconds=short)
         if health != "ok":
             raise InternalError(f"emergency rotation of {found.key!r}: version {version} failed its health check "
                                 f"({health}); incident recorded")
@@ -305,7 +368,8 @@ class Orchestrator:
             return f"{type(exc).__name__}: {exc.code}"
         return "ok"
 
-    def _rotate(self, plan: Plan, due: datetime, state: LeaseState, *, reason: str) -> int:
+    def _rotate(self, plan: Plan, due: datetime, state: LeaseState, *, reason: str,
+                grace: float | None = None) -> int:
         info = self.keyring.describe(plan.key)
         active = info.active_version
 
@@ -315,6 +379,11 @@ class Orchestrator:
                           (plan.name, due, state.token, self.node, f"rotated from {active}",
                            *state.fence())).rowcount != 1:
                 raise self._refusal(plan.name, due, state)
+            if grace is not None and active is not None:
+                db.execute(f"INSERT INTO xps_orch_emergency (key_id, version, grace_seconds, token, holder) "
+                           f"SELECT ?, ?, ?, ?, ? WHERE {FENCE} ON CONFLICT (key_id, version) DO UPDATE SET "
+                           "grace_seconds = least(xps_orch_emergency.grace_seconds, excluded.grace_seconds)",
+                           (info.key_id, active, grace, state.token, self.node, *state.fence()))
 
         return self.keyring.rotate(plan.key, expected_version=active, reason=reason, algorithm=plan.suite,
                                    claim=claim)
@@ -386,4 +455,5 @@ class Orchestrator:
         return {"node": self.node, "instance": self.instance, "leader": node_of(lease.holder),
                 "leader_instance": lease.holder, "token": lease.token,
                 "lease_expires": lease.expires.isoformat() if lease.expires and lease.holder else None,
-                "is_leader": lease.mine, "plans": plans, "migrations": self.migration_status()}
+                "is_leader": lease.mine, "plans": plans, "migrations": self.migration_status(),
+                "pq_rollouts": self.pq_status()}

@@ -5,8 +5,9 @@ Phases, advanced by the leader's ticks (each step idempotent, each phase change 
 ``canary``    a deterministic subset (``canary`` share, at least one key) is rotated to the target
               suite; both suites stay allowed (old blobs open under their own version's suite);
 ``watching``  for ``watch`` seconds the canary versions' decrypt and authentication-failure counts
-              (:meth:`Keyring.decrypt_counts`, the numbers the metrics export) are read; a failure
-              rate above ``max_failure_rate`` (over at least 20 decryptions) aborts;
+              on every node (:meth:`Keyring.decrypt_counts`, the numbers the metrics export,
+              shared through :mod:`xpscerpto.db.counter_store` at each node's ticks) are read; a
+              failure rate above ``max_failure_rate`` (over at least 20 decryptions) aborts;
 ``rollout``   every other key is rotated to the target;
 ``committed`` every key encrypts under the target;
 ``retired``   no version of the old suites decrypts any more (dual-key windows over): the old
@@ -106,12 +107,17 @@ def _step(orch: Orchestrator, state: LeaseState, m: SuiteMigration, phase: str, 
             _move(orch, key, m.target, f"suite migration {m.name}: canary")
         return _set_phase(orch, state, m, "canary", "watching", detail)
     if phase == "watching":
+        # Every node's counts (the fleet counters each orchestrator publishes at its ticks; this
+        # leader's own were published at the start of this tick), not only this process's.
+        watched = {(key, str(active)) for key in m.canary_keys()
+                   if (active := ring.describe(key).active_version) is not None}
         ok = failed = 0
-        for key in m.canary_keys():
-            version = ring.describe(key).active_version
-            if version is not None:
-                o, f = ring.decrypt_counts(key, version)
-                ok, failed = ok + o, failed + f
+        for _node, labels, value in orch.counters.rows("xps_keyring_decryptions_total"):
+            if (labels.get("key"), labels.get("version")) in watched:
+                if labels.get("result") == "ok":
+                    ok += int(value)
+                else:
+                    failed += int(value)
         total = ok + failed
         rate = failed / total if total else 0.0
         if total >= MIN_SAMPLES and rate > m.max_failure_rate:

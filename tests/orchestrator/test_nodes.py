@@ -164,6 +164,31 @@ def test_a_suite_migration_started_from_the_cli_is_carried_out_by_the_leader(
     assert bad.returncode == 2 and "XPS_ERR_POLICY: target" in bad.stderr
 
 
+def test_a_pq_rollout_started_from_the_cli_is_carried_through_to_required_by_the_leader(
+        fleet: tuple[dict[str, subprocess.Popen[bytes]], Database, Path]) -> None:
+    _, _db, root = fleet
+    base = [sys.executable, "-m", "xpscerpto", "--config", str(root / "xps.json"), "--home", str(root / "n1"),
+            "orch"]
+    bad = subprocess.run([*base, "pq", "pq1", "--nodes", "n0,n1", "--protocol", "Noise_XX_25519_ChaChaPoly_SHA256",
+                          "--node", "n1"], capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "XPS_ERR_POLICY: protocol" in bad.stderr
+    subprocess.run([*base, "pq", "pq1", "--nodes", "n0,n1,n2", "--canary", "0.3", "--watch", "1s", "--node", "n1"],
+                   check=True, capture_output=True, timeout=60)
+
+    def rollout() -> dict[str, object]:
+        out = subprocess.run([*base, "status", "--json", "--node", "n1"], check=True, capture_output=True,
+                             text=True, timeout=60).stdout
+        return dict(json.loads(out)["pq_rollouts"][0])
+
+    first = rollout()
+    assert first["nodes"] == ["n0", "n1", "n2"] and len(first["canary_nodes"]) == 1  # type: ignore[arg-type]
+    # No channel traffic: no failures, and no classic channel either, so each watch passes.
+    _wait("the leader to require PQ on every node", lambda: rollout()["phase"] == "retired")
+    text = subprocess.run([*base, "status", "--node", "n1"], check=True, capture_output=True, text=True,
+                          timeout=60).stdout
+    assert "PQ rollout pq1" in text and "retired" in text
+
+
 def test_killing_leaders_again_and_again_during_a_suite_migration_moves_every_key_exactly_once(
         fleet: tuple[dict[str, subprocess.Popen[bytes]], Database, Path], pg_dsn: str) -> None:
     from xpscerpto.orchestrator import SuiteMigration

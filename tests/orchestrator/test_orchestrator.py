@@ -148,6 +148,30 @@ def test_hygiene_archives_a_retired_version_only_once_no_node_used_it_for_the_gr
     assert orch.status()["plans"][0]["archived"] == [1]
 
 
+def test_an_emergency_with_a_short_grace_lets_hygiene_archive_the_leaked_version_early(
+        rings: list[Keyring]) -> None:
+    a = rings[0]
+    orch = Orchestrator(a, node="n0", lease_ttl=30, interval=0.1)
+    plan = Plan("p", key="orders", policy="every=30d", grace="7d")
+    orch.track(plan)
+    orch.tick()
+    with pytest.raises(PolicyError, match="grace"):
+        orch.emergency("p", "leaked", grace="soon")
+    assert a.describe("orders").active_version == 1  # a malformed grace rotates nothing
+    assert orch.emergency("p", "key leaked in a log", grace="1h") == 2
+    incident = [e for e in a.audit.tail(20) if e["event"] == "INCIDENT"][-1]
+    assert incident["grace_seconds"] == 3600.0
+    state = orch.lease.acquire()
+    start = time.time()
+    a.clock = lambda: start + 1800  # type: ignore[method-assign]
+    assert orch.hygiene(plan, state) == []  # the short grace is not over yet
+    a.clock = lambda: start + 3700  # type: ignore[method-assign]
+    assert orch.hygiene(plan, state) == [1]  # an hour, not the plan's seven days
+    assert orch.emergency("p", "again") == 3  # without a grace: version 2 keeps the plan's
+    a.clock = lambda: start + 3 * 86400  # type: ignore[method-assign]
+    assert orch.hygiene(plan, state) == []
+
+
 def test_hygiene_by_a_leader_whose_lease_lapsed_writes_nothing(rings: list[Keyring]) -> None:
     a = rings[0]
     orch = Orchestrator(a, node="n0", lease_ttl=0.2, interval=0.1)
@@ -238,6 +262,37 @@ def test_a_canary_with_too_many_auth_failures_aborts_and_moves_back(rings: list[
     assert a.describe(canary).active_version == 3
     incident = [e for e in a.audit.tail(100) if e["event"] == "INCIDENT"]
     assert incident and incident[-1]["migration"] == "to-xchacha"
+
+
+def test_the_canary_decision_reads_auth_failures_seen_on_another_node(rings: list[Keyring]) -> None:
+    from xpscerpto.errors import AuthError
+    from xpscerpto.orchestrator import SuiteMigration
+
+    a, orch, keys = _migration_ring(rings)
+    follower_ring = rings[1]
+    follower = Orchestrator(follower_ring, node="n1", lease_ttl=30, interval=0.1)
+    m = SuiteMigration("to-xchacha", keys=keys, target="XCHACHA20-POLY1305", canary=0.2, watch="1h",
+                       max_failure_rate=0.05)
+    orch.migrate(m)
+    orch.tick()
+    assert not follower.tick() and not follower.status()["is_leader"]
+    (canary,) = m.canary_keys()
+    for i in range(30):  # the traffic, and its failures, are on the follower only
+        blob = bytearray(follower_ring.encrypt(canary, b"x"))
+        if i % 3 == 0:
+            blob[-1] ^= 1
+            with pytest.raises(AuthError):
+                follower_ring.decrypt(bytes(blob))
+        else:
+            follower_ring.decrypt(bytes(blob))
+    assert a.decrypt_counts(canary, 2) == (0, 0)  # the leader's own process saw nothing
+    orch.tick()
+    assert orch.migration_status()[0]["phase"] == "watching"  # not published yet: no decision on no data
+    follower.tick()  # a follower's tick shares its counters
+    orch.tick()
+    status = orch.migration_status()[0]
+    assert status["phase"] == "aborted" and status["detail"] == {**status["detail"], "failures": 10, "total": 30}
+    assert all(_suite_of(a, k) == "AES-256-GCM" for k in keys)
 
 
 @pytest.mark.parametrize(("kw", "field"), [({"keys": ()}, "keys"), ({"keys": ("a", "a")}, "keys"),

@@ -1,0 +1,93 @@
+"""Every process's counters in one table, so a decision taken on one node sees the whole fleet.
+
+A suite migration's canary watches decryptions on every node, a post-quantum rollout watches
+handshakes on its canary nodes; the leader alone sees only its own process. Each process writes
+its cumulative counters (the series :class:`~xpscerpto.metrics.Metrics` exports) as rows keyed
+by its instance (``node#random``): a restarted process writes new rows rather than lowering the
+old ones, so a sum over instances never goes backwards. Writes happen every few seconds off the
+call path; readers sum rows.
+
+Example:
+    >>> store = CounterStore(db, instance="n1#a1b2", node="n1")          # doctest: +SKIP
+    >>> store.publish({"xps_channel_handshakes_total": {(("pq", "true"), ("result", "ok")): 3}})
+    >>> store.total("xps_channel_handshakes_total", pq="true", result="ok")
+    3.0
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+
+from .migrations import require
+from .postgres import Database
+
+__all__ = ["CounterStore", "Series"]
+
+Labels = tuple[tuple[str, str], ...]
+#: name -> {labels: value}, the shape of ``Metrics.snapshot()``.
+Series = Mapping[str, Mapping[Labels, float]]
+
+
+class CounterStore:
+    """This process's rows in ``xps_counters``, and sums over everyone's.
+
+    Raises:
+        PolicyError: the schema lacks migration 6 (names ``xps db migrate``).
+    """
+
+    def __init__(self, database: Database, *, instance: str, node: str) -> None:
+        require(database, 6, "counters database")
+        self.database = database
+        self.instance = instance
+        self.node = node
+
+    def publish(self, series: Series) -> int:
+        """Write this process's current values (one transaction); returns the rows written.
+
+        Raises:
+            InternalError: the database failed (nothing written; the next publish retries).
+        """
+        rows = [(name, json.dumps([list(p) for p in labels]), float(value))
+                for name, by_labels in series.items() for labels, value in by_labels.items()
+                if isinstance(value, int | float) and math.isfinite(value)]
+        if not rows:
+            return 0
+        with self.database.transaction() as tx:
+            for name, labels, value in rows:
+                tx.execute("INSERT INTO xps_counters (instance, node, name, labels, value) VALUES (?, ?, ?, ?, ?) "
+                           "ON CONFLICT (instance, name, labels) DO UPDATE SET value = excluded.value, "
+                           "updated = clock_timestamp()", (self.instance, self.node, name, labels, value))
+        return len(rows)
+
+    def rows(self, name: str, nodes: Iterable[str] | None = None) -> list[tuple[str, dict[str, str], float]]:
+        """(node, labels, value) of every instance's series ``name`` (of ``nodes`` only, if given)."""
+        wanted = None if nodes is None else set(nodes)
+        out = []
+        for node, labels, value in self.database.execute(
+                "SELECT node, labels, value FROM xps_counters WHERE name = ? ORDER BY instance, labels", (name,)):
+            if wanted is not None and node not in wanted:
+                continue
+            pairs = _labels(labels)
+            if pairs is None:  # a row edited outside xps counts for nothing
+                continue
+            out.append((str(node), pairs, float(value)))
+        return out
+
+    def total(self, name: str, *, nodes: Iterable[str] | None = None, **match: str) -> float:
+        """The sum of series ``name`` over every instance whose labels include ``match``."""
+        return sum(value for _, labels, value in self.rows(name, nodes)
+                   if all(labels.get(k) == v for k, v in match.items()))
+
+
+def _labels(text: str) -> dict[str, str] | None:
+    """The labels as :meth:`CounterStore.publish` wrote them (a list of [name, value]), or None."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in data):
+        return None
+    return dict(data)

@@ -1,0 +1,315 @@
+"""Rolling hybrid post-quantum channels out over a fleet: canary nodes first, watch, then everyone.
+
+The same canary-and-share mechanism as a suite migration (:mod:`.suite_migration`), for the
+secure channel's hybrid ``XXhfs`` handshake (X25519 + ML-KEM-768) instead of a keyring suite.
+The leader advances the phase; every node reads its *posture* from the shared table and
+reconfigures its channel endpoints (:class:`PqPosture`):
+
+``canary``    the canary nodes (a ``canary`` share, at least one, spread by a hash of their
+              names) offer the hybrid protocol; every node of the rollout accepts it. For
+              ``watch`` seconds the canary nodes' post-quantum handshakes are counted from the
+              fleet counters (``xps_channel_handshakes_total{pq="true"}``, every node's, see
+              :mod:`xpscerpto.db.counter_store`): a failure rate above ``max_failure_rate``
+              (over at least 20 handshakes) aborts;
+``committed`` every node offers the hybrid protocol (and still accepts classic peers) until no
+              node of the rollout has established a classic channel for ``watch`` seconds;
+``retired``   every node requires post-quantum: a classic offer is refused (``pq-required``);
+``aborted``   every node is back to its own configuration, with an ``INCIDENT`` in the journal.
+
+Postures: ``classic`` (the node's own configuration), ``accept``, ``offer``, ``require``.
+
+Example:
+    >>> orch.roll_out_pq(PqRollout("pq", nodes=("a", "b", "c"), canary=0.34, watch="1h"))  # doctest: +SKIP
+    >>> posture = PqPosture(database, node="a", base=ChannelConfig(), on_change=server.reconfigure)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fnmatch
+import hashlib
+import json
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from xpscerpto.channel.config import DEFAULT_PQ_PROTOCOL, ChannelConfig
+from xpscerpto.db.migrations import open_migrated
+from xpscerpto.errors import PolicyError, XpsError
+
+from .schedule import parse_seconds
+
+if TYPE_CHECKING:
+    from xpscerpto.db import Database
+
+    from .lease import LeaseState
+    from .orchestrator import Orchestrator
+
+__all__ = ["CHANNEL", "MIN_SAMPLES", "POSTURES", "PqPosture", "PqRollout", "advance", "channel_config", "posture_of"]
+
+#: PQ handshakes the canary nodes need before their failure rate may abort the rollout.
+MIN_SAMPLES = 20
+#: The advisory lock that makes "one live rollout per node" hold when two start at once.
+PQ_LOCK = 0x7870_7300_0000_0004
+#: The NOTIFY channel a phase change is announced on (followers also poll).
+CHANNEL = "xps_pq"
+POSTURES = ("classic", "accept", "offer", "require")
+_COUNTER = "xps_channel_handshakes_total"
+
+
+@dataclass(frozen=True, slots=True)
+class PqRollout:
+    """The nodes to move to hybrid post-quantum channels, the protocol, and how carefully.
+
+    Raises:
+        PolicyError: a field malformed (the message names it).
+    """
+
+    name: str
+    nodes: tuple[str, ...]
+    protocol: str = DEFAULT_PQ_PROTOCOL
+    canary: float = 0.1
+    watch: str | float = "1h"
+    max_failure_rate: float = 0.001
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or len(self.name) > 200 or not self.name.isprintable():
+            raise PolicyError("name: expected a printable str of 1 to 200 characters")
+        if (not isinstance(self.nodes, tuple) or not self.nodes
+                or not all(isinstance(n, str) and n and len(n) <= 200 and n.isprintable() for n in self.nodes)
+                or len(set(self.nodes)) != len(self.nodes)):
+            raise PolicyError("nodes: expected a non-empty tuple of distinct node names")
+        from xpscerpto.channel._patterns import parse_protocol
+
+        try:
+            hybrid = parse_protocol(self.protocol).hfs
+        except XpsError:
+            raise PolicyError("protocol: expected a Noise protocol name this engine builds") from None
+        if not hybrid:
+            raise PolicyError("protocol: expected a hybrid post-quantum (hfs) protocol")
+        for field, value in (("canary", self.canary), ("max_failure_rate", self.max_failure_rate)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1 \
+                    or (field == "canary" and value == 0):
+                raise PolicyError(f"{field}: expected a number in {'(0, 1]' if field == 'canary' else '[0, 1]'}")
+        parse_seconds(self.watch, "watch")
+
+    def canary_nodes(self) -> tuple[str, ...]:
+        """The canary subset: ``ceil(canary * n)`` nodes, spread by a hash of their names."""
+        n = max(1, math.ceil(self.canary * len(self.nodes)))
+        return tuple(sorted(self.nodes, key=lambda k: hashlib.sha256(k.encode()).digest())[:n])
+
+    def posture(self, phase: str, node: str) -> str:
+        """What ``node`` does in ``phase`` (``classic`` if it is not part of this rollout)."""
+        if node not in self.nodes or phase == "aborted":
+            return "classic"
+        if phase == "canary":
+            return "offer" if node in self.canary_nodes() else "accept"
+        return "offer" if phase == "committed" else "require"
+
+
+def channel_config(posture: str, base: ChannelConfig, protocol: str = DEFAULT_PQ_PROTOCOL) -> ChannelConfig:
+    """``base`` as a node in ``posture`` uses it (``protocol`` is the hybrid one rolled out)."""
+    if posture not in POSTURES:
+        raise PolicyError(f"posture: expected one of {', '.join(POSTURES)}")
+    if posture == "classic":
+        return base
+    accept = base.accept if any(fnmatch.fnmatchcase(protocol, a) for a in base.accept) else (*base.accept, protocol)
+    if posture == "accept":
+        return dataclasses.replace(base, accept=accept)
+    return dataclasses.replace(base, accept=accept, protocol=protocol, require_pq=posture == "require")
+
+
+def _load(row: tuple[Any, ...]) -> PqRollout:
+    name, nodes, protocol, canary, watch, max_rate = row[:6]
+    return PqRollout(name, tuple(json.loads(nodes)), protocol, canary, watch, max_rate)
+
+
+def posture_of(database: Database, node: str) -> tuple[str, str]:
+    """(posture, protocol) of ``node`` now: from the one rollout naming it that did not abort."""
+    for row in database.execute("SELECT name, nodes, protocol, canary, watch_seconds, max_failure_rate, phase "
+                                "FROM xps_pq_rollouts WHERE phase <> 'aborted' ORDER BY name").fetchall():
+        rollout = _load(row)
+        if node in rollout.nodes:
+            return rollout.posture(row[6], node), rollout.protocol
+    return "classic", DEFAULT_PQ_PROTOCOL
+
+
+# -- the leader's side --------------------------------------------------------------------------
+
+def start(orch: Orchestrator, rollout: PqRollout) -> None:
+    """Record ``rollout`` in phase ``canary`` (any node may; the leader's ticks advance it)."""
+    if not isinstance(rollout, PqRollout):
+        raise PolicyError(f"rollout: expected a PqRollout, got {type(rollout).__name__}")
+    with orch.database.transaction(lock=PQ_LOCK) as tx:
+        for row in tx.execute("SELECT name, nodes, protocol, canary, watch_seconds, max_failure_rate, phase "
+                              "FROM xps_pq_rollouts WHERE phase <> 'aborted'").fetchall():
+            taken = set(_load(row).nodes) & set(rollout.nodes)
+            if taken:
+                raise PolicyError(f"nodes: {', '.join(sorted(taken))} already in PQ rollout {row[0]!r}")
+        if tx.execute("INSERT INTO xps_pq_rollouts (name, nodes, protocol, canary, watch_seconds, max_failure_rate, "
+                      "phase) VALUES (?, ?, ?, ?, ?, ?, 'canary') ON CONFLICT DO NOTHING",
+                      (rollout.name, json.dumps(list(rollout.nodes)), rollout.protocol, rollout.canary,
+                       parse_seconds(rollout.watch, "watch"), rollout.max_failure_rate)).rowcount != 1:
+            raise PolicyError(f"rollout: {rollout.name!r} exists already")
+        tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, rollout.name))
+
+
+def status(database: Database) -> list[dict[str, Any]]:
+    """Every PQ rollout: name, nodes, canary nodes, protocol, phase, since, detail."""
+    out = []
+    for row in database.execute("SELECT name, nodes, protocol, canary, watch_seconds, max_failure_rate, phase, "
+                                "since, detail FROM xps_pq_rollouts ORDER BY name").fetchall():
+        r = _load(row)
+        out.append({"name": r.name, "nodes": list(r.nodes), "canary_nodes": list(r.canary_nodes()),
+                    "protocol": r.protocol, "phase": row[6], "since": row[7].isoformat(),
+                    "detail": json.loads(row[8] or "{}")})
+    return out
+
+
+def advance(orch: Orchestrator, state: LeaseState) -> list[tuple[str, str]]:
+    """One leader tick over every rollout not finished; returns (name, new phase)s."""
+    changed = []
+    rows = orch.database.execute("SELECT name, nodes, protocol, canary, watch_seconds, max_failure_rate, phase, "
+                                 "detail, clock_timestamp() - since FROM xps_pq_rollouts "
+                                 "WHERE phase IN ('canary', 'committed') ORDER BY name").fetchall()
+    for row in rows:
+        new = _step(orch, state, _load(row), row[6], json.loads(row[7] or "{}"), row[8].total_seconds())
+        if new is not None:
+            changed.append((row[0], new))
+    return changed
+
+
+def _counts(orch: Orchestrator, nodes: tuple[str, ...], pq: bool) -> tuple[float, float]:
+    """(established, failed) handshakes of kind ``pq`` on ``nodes``, over every instance."""
+    ok = failed = 0.0
+    for _node, labels, value in orch.counters.rows(_COUNTER, nodes):
+        if labels.get("pq") == ("true" if pq else "false"):
+            if labels.get("result") == "ok":
+                ok += value
+            else:
+                failed += value
+    return ok, failed
+
+
+def _step(orch: Orchestrator, state: LeaseState, r: PqRollout, phase: str, detail: dict[str, Any],
+          elapsed: float) -> str | None:
+    if phase == "canary":
+        ok, failed = _counts(orch, r.canary_nodes(), pq=True)
+        if "base" not in detail:  # the counts before the canary offered anything
+            _set_phase(orch, state, r, "canary", "canary", {"base": [ok, failed]})
+            return None
+        d_ok, d_failed = ok - detail["base"][0], failed - detail["base"][1]
+        total = d_ok + d_failed
+        rate = d_failed / total if total > 0 else 0.0
+        if total >= MIN_SAMPLES and rate > r.max_failure_rate:
+            orch.keyring.audit.record("INCIDENT", rollout=r.name, reason="PQ canary handshake failure rate",
+                                      failures=int(d_failed), handshakes=int(total), rate=round(rate, 6),
+                                      max_rate=r.max_failure_rate, node=orch.node)
+            return _set_phase(orch, state, r, "canary", "aborted", {**detail, "failures": d_failed, "total": total})
+        if elapsed >= parse_seconds(r.watch, "watch"):
+            classic, _ = _counts(orch, r.nodes, pq=False)
+            return _set_phase(orch, state, r, "canary", "committed",
+                              {**detail, "failures": d_failed, "total": total, "classic": classic})
+        return None
+    if phase == "committed":
+        classic, _ = _counts(orch, r.nodes, pq=False)
+        if classic != detail.get("classic"):  # a classic peer still connected: wait a full watch again
+            _set_phase(orch, state, r, "committed", "committed", {**detail, "classic": classic})
+            return None
+        if elapsed >= parse_seconds(r.watch, "watch"):
+            return _set_phase(orch, state, r, "committed", "retired", detail)
+    return None
+
+
+def _set_phase(orch: Orchestrator, state: LeaseState, r: PqRollout, old: str, new: str,
+               detail: dict[str, Any]) -> str | None:
+    """Fenced phase change; ``new == old`` restarts the phase's clock with a new ``detail``."""
+    from .lease import FENCE
+
+    with orch.database.transaction() as tx:
+        done = tx.execute(
+            "UPDATE xps_pq_rollouts SET phase = ?, detail = ?, since = clock_timestamp() "  # noqa: S608 - constant
+            f"WHERE name = ? AND phase = ? AND {FENCE}",
+            (new, json.dumps(detail, sort_keys=True), r.name, old, *state.fence())).rowcount == 1
+        if done and new != old:
+            tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, r.name))
+    if done and new != old:
+        orch.keyring.audit.record("PQ_ROLLOUT", rollout=r.name, phase=new, protocol=r.protocol, node=orch.node,
+                                  token=state.token)
+    return new if done else None
+
+
+# -- every node's side --------------------------------------------------------------------------
+
+class PqPosture:
+    """Follow this node's posture in the PQ rollouts and hand each change to ``on_change``.
+
+    Args:
+        database: ``postgresql://…`` (migration 6 applied).
+        node: this node's name, as the rollout lists it.
+        base: the node's own channel configuration (the ``classic`` posture).
+        on_change: called with the new :class:`ChannelConfig` (e.g. ``server.reconfigure``).
+        poll: seconds between polls when no notification comes.
+
+    :attr:`config` is the configuration to use now (pass it to ``connect``).
+    """
+
+    def __init__(self, database: str, *, node: str, base: ChannelConfig,
+                 on_change: Callable[[ChannelConfig], None] | None = None, poll: float = 2.0) -> None:
+        if not isinstance(base, ChannelConfig):
+            raise PolicyError(f"base: expected a ChannelConfig, got {type(base).__name__}")
+        self.database = open_migrated(database, 6, "PQ rollout database")
+        self.node, self.base, self.poll = node, base, poll
+        self._on_change = on_change
+        self.posture = "classic"
+        self.config = base
+        self.last_error: str | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"xps-pq-{node}", daemon=True)
+
+    def refresh(self) -> str:
+        """Read the posture now and apply it if it changed; returns it.
+
+        Raises:
+            InternalError: the database is unreachable (the posture stays as it was).
+        """
+        posture, protocol = posture_of(self.database, self.node)
+        config = channel_config(posture, self.base, protocol)
+        if config != self.config:
+            if self._on_change is not None:
+                self._on_change(config)  # first: if it fails, the next refresh tries again
+            self.config = config
+        self.posture = posture
+        return posture
+
+    def start(self) -> PqPosture:
+        """Read the posture, then follow notifications (and poll) in a daemon thread."""
+        with contextlib.suppress(XpsError):
+            self.refresh()
+        self.database.listen(CHANNEL, lambda _payload: self._wake.set(), on_reconnect=self._wake.set)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop following and close the connections."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self.database.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+                self.last_error = None
+            except XpsError as exc:  # the database away: keep the last posture, retry
+                self.last_error = str(exc)
+            except Exception as exc:  # a bug (or a failing on_change) must not end following for good
+                self.last_error = f"XPS_ERR_INTERNAL: {type(exc).__name__}"
+            self._wake.wait(self.poll)
+            self._wake.clear()
