@@ -3,6 +3,11 @@
 Every tamper test edits the real file the way an attacker with write access would — often
 re-computing hashes with an independent implementation of the documented format (below),
 so only the chain links and the checkpoint signatures stand in the way.
+
+Tests on the ``log`` fixture run twice: on the file journal and on the shared PostgreSQL
+journal (``xps_audit``), where the attacker rewrites the table's rows instead of the file's
+lines (row order is the table's ``seq`` column, as the verifier reads it). Tests of what only a
+file has (torn tails, permissions, a deleted file) are marked ``file_only``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +42,66 @@ def rehash(rec: dict[str, Any]) -> str:
     return hashlib.sha256(canon({k: v for k, v in rec.items() if k != "hash"})).hexdigest()
 
 
+#: journal path -> the PostgreSQL database holding its records (the ``postgresql`` backend).
+_PG: dict[Path, str] = {}
+
+
 def read(path: Path) -> list[dict[str, Any]]:
+    if path in _PG:
+        return [json.loads(line) for line in _pg_lines(_PG[path])]
     return [json.loads(line) for line in path.read_bytes().splitlines()]
 
 
 def write(path: Path, recs: list[dict[str, Any]]) -> None:
+    if path in _PG:  # the attacker rewrites the table: row i holds the i-th line, as a file would
+        _pg_rewrite(_PG[path], [canon(r).decode() for r in recs])
+        return
     path.write_bytes(b"".join(canon(r) + b"\n" for r in recs))
+
+
+def _pg_lines(dsn: str) -> list[str]:
+    from xpscerpto.db import Database
+
+    db = Database(dsn)
+    try:
+        return [line for (line,) in db.execute("SELECT line FROM xps_audit ORDER BY seq").fetchall()]
+    finally:
+        db.close()
+
+
+def _pg_rewrite(dsn: str, lines: list[str]) -> None:
+    from xpscerpto.db import Database
+
+    db = Database(dsn)
+    try:
+        with db.transaction() as tx:
+            tx.execute("DELETE FROM xps_audit")
+            for i, line in enumerate(lines, 1):
+                rec = json.loads(line)
+                tx.execute("INSERT INTO xps_audit (seq, time, line) VALUES (?, ?, ?)",
+                           (i, str(rec.get("time", "")) if isinstance(rec, dict) else "", line))
+    finally:
+        db.close()
+
+
+_OPENED: list[AuditLog] = []
+
+
+def reopen(path: Path, **kw: Any) -> AuditLog:
+    """Another handle on the journal at ``path``, on the same backend as the ``log`` fixture."""
+    if path in _PG:
+        from xpscerpto.db.audit_store import PgAuditLog
+
+        log: AuditLog = PgAuditLog(_PG[path], path, **kw)
+        _OPENED.append(log)
+        return log
+    return AuditLog(path, **kw)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        only_file = metafunc.definition.get_closest_marker("file_only") is not None
+        metafunc.parametrize("backend", ["file"] if only_file else ["file", "postgresql"])
 
 
 def rechain(recs: list[dict[str, Any]], start: int = 0, *, renumber: bool = False) -> None:
@@ -73,14 +133,27 @@ def path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def log(path: Path) -> AuditLog:
+def log(path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[AuditLog]:
     """12 events with a checkpoint after every 5: seq 1-5, CHECKPOINT 6, 7-11, CHECKPOINT 12, 13-14."""
-    log = AuditLog(path, checkpoint_every=5)
+    if backend == "postgresql":
+        from xpscerpto.db.audit_store import PgAuditLog
+
+        dsn = request.getfixturevalue("pg_dsn")
+        _PG[path] = dsn
+        log: AuditLog = PgAuditLog(dsn, path, checkpoint_every=5)
+    else:
+        log = AuditLog(path, checkpoint_every=5)
     for i in range(12):
         log.record("PATCH_LOAD", i=i, sha256=f"{i:064x}", operator="alice")
-    return log
+    yield log
+    if backend == "postgresql":
+        _PG.pop(path, None)
+        for opened in [log, *_OPENED]:
+            opened.close()  # type: ignore[attr-defined]
+        _OPENED.clear()
 
 
+@pytest.mark.file_only
 def test_the_log_is_the_documented_chain(log: AuditLog, path: Path) -> None:
     recs = read(path)
     assert [r["seq"] for r in recs] == list(range(1, 15))
@@ -416,10 +489,10 @@ def test_a_checkpoint_signed_by_another_key_is_detected(log: AuditLog, path: Pat
     assert log.verify().checkpoints == 2
     expect_tamper(log, 6, "bad checkpoint signature", public_key=pinned)
     expect_tamper(log, 6, "bad checkpoint signature", public_key=pinned.hex())
-    assert AuditLog(path, checkpoint_every=5).verify(public_key=mallory_pub).warnings == ()
+    assert reopen(path, checkpoint_every=5).verify(public_key=mallory_pub).warnings == ()
     # ...and the journal refuses to sign further checkpoints with a key that .pub disowns.
     with pytest.raises(KeyError_, match="does not match the signing key"):
-        AuditLog(path).record("PATCH_LOAD")
+        reopen(path).record("PATCH_LOAD")
 
 
 def test_a_checkpoint_without_a_public_key_is_not_trusted(log: AuditLog, path: Path) -> None:
@@ -438,6 +511,7 @@ def test_a_pinned_key_that_differs_from_the_pub_file_is_warned_about(log: AuditL
         log.verify(public_key="zz" * 32)
 
 
+@pytest.mark.file_only
 def test_malformed_lines_are_detected(log: AuditLog, path: Path) -> None:
     lines = path.read_bytes().splitlines(keepends=True)
 
@@ -476,6 +550,7 @@ def test_truncating_the_newest_records_needs_an_exported_anchor(log: AuditLog, p
         log.verify(anchor=(-1, "ab" * 32))
 
 
+@pytest.mark.file_only
 def test_a_deleted_or_emptied_log_with_its_key_left_behind_is_detected(log: AuditLog, path: Path) -> None:
     path.write_bytes(b"")
     expect_tamper(log, 1, "deleted")
@@ -505,6 +580,7 @@ def test_audit_tampered_pickles(log: AuditLog, path: Path) -> None:
 
 # --- torn tail -----------------------------------------------------------------------------------
 
+@pytest.mark.file_only
 def test_a_torn_tail_warns_and_the_next_record_repairs_it(log: AuditLog, path: Path) -> None:
     before = read(path)
     half = canon({"seq": 15, "event": "PATCH_ENABLE", "operator": "alice"})[:30]
@@ -531,6 +607,7 @@ def test_a_torn_tail_warns_and_the_next_record_repairs_it(log: AuditLog, path: P
     assert (report.last_seq, report.torn_tail, report.warnings) == (16, 0, ())
 
 
+@pytest.mark.file_only
 def test_a_record_missing_only_its_newline_is_kept(log: AuditLog, path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[:-1])
@@ -559,6 +636,7 @@ def test_a_crash_between_a_record_and_its_checkpoint_warns_and_is_caught_up(log:
     assert log.verify(strict=True).checkpoints == 2
 
 
+@pytest.mark.file_only
 @pytest.mark.parametrize("torn", ["checkpoint", "newline"])
 def test_a_torn_append_before_a_checkpoint_is_repaired_with_the_checkpoint_first(log: AuditLog, path: Path,
                                                                                 torn: str) -> None:
@@ -585,6 +663,7 @@ def test_a_log_that_is_only_a_torn_line_is_repaired(path: Path) -> None:
     assert log.verify(strict=True).last_seq == 2
 
 
+@pytest.mark.file_only
 def test_appending_after_a_malformed_last_line_is_refused(log: AuditLog, path: Path) -> None:
     with path.open("ab") as f:
         f.write(b"garbage\n")
@@ -850,7 +929,7 @@ def test_a_deleted_key_is_not_silently_replaced_once_records_exist(log: AuditLog
     before = read(path)
     key = path.with_suffix(".key")
     key.unlink()
-    fresh = AuditLog(path)
+    fresh = reopen(path)
     with pytest.raises(KeyError_) as ei:
         fresh.record("PATCH_LOAD")
     assert "restore it from a backup" in str(ei.value)
