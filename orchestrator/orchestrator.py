@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import threading
@@ -295,6 +296,9 @@ class Orchestrator:
         now = self.keyring.clock()
         short = {int(v): float(g) for v, g in self.database.execute(
             "SELECT version, grace_seconds FROM xps_orch_emergency WHERE key_id = ?", (info.key_id,)).fetchall()}
+        if not all(math.isfinite(g) and g >= 0 for g in short.values()):
+            raise PolicyError(f"xps_orch_emergency: a grace for key {plan.key!r} is malformed (edited outside xps?)",
+                              reason="malformed")
         done = []
         for v in info.versions:
             grace = min(plan_grace, short.get(v.version, plan_grace))  # an emergency's short grace

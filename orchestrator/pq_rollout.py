@@ -57,6 +57,7 @@ PQ_LOCK = 0x7870_7300_0000_0004
 #: The NOTIFY channel a phase change is announced on (followers also poll).
 CHANNEL = "xps_pq"
 POSTURES = ("classic", "accept", "offer", "require")
+PHASES = ("canary", "committed", "retired", "aborted")
 _COUNTER = "xps_channel_handshakes_total"
 
 
@@ -103,6 +104,8 @@ class PqRollout:
 
     def posture(self, phase: str, node: str) -> str:
         """What ``node`` does in ``phase`` (``classic`` if it is not part of this rollout)."""
+        if phase not in PHASES:
+            raise PolicyError(f"phase: expected one of {', '.join(PHASES)}")
         if node not in self.nodes or phase == "aborted":
             return "classic"
         if phase == "canary":
@@ -123,8 +126,18 @@ def channel_config(posture: str, base: ChannelConfig, protocol: str = DEFAULT_PQ
 
 
 def _load(row: tuple[Any, ...]) -> PqRollout:
+    """A row as a rollout; a row edited outside xps is a typed refusal naming it, not a crash."""
     name, nodes, protocol, canary, watch, max_rate = row[:6]
-    return PqRollout(name, tuple(json.loads(nodes)), protocol, canary, watch, max_rate)
+    try:
+        parsed = json.loads(nodes)
+        if len(row) > 6 and row[6] not in PHASES:
+            raise PolicyError("phase: unknown")
+        return PqRollout(name, tuple(parsed) if isinstance(parsed, list) else parsed, protocol, canary, watch,
+                         max_rate)
+    except (ValueError, TypeError, XpsError) as exc:
+        field = exc.args[0].split(":")[0] if isinstance(exc, XpsError) and exc.args else "nodes"
+        raise PolicyError(f"xps_pq_rollouts row {str(name)[:200]!r}: {field} is malformed (edited outside xps?)",
+                          reason="malformed") from None
 
 
 def posture_of(database: Database, node: str) -> tuple[str, str]:
@@ -162,10 +175,14 @@ def status(database: Database) -> list[dict[str, Any]]:
     out = []
     for row in database.execute("SELECT name, nodes, protocol, canary, watch_seconds, max_failure_rate, phase, "
                                 "since, detail FROM xps_pq_rollouts ORDER BY name").fetchall():
-        r = _load(row)
+        try:
+            r = _load(row)
+            detail = json.loads(row[8] or "{}")
+        except (PolicyError, ValueError):  # status shows the damage instead of failing altogether
+            out.append({"name": str(row[0]), "phase": "malformed", "since": row[7].isoformat()})
+            continue
         out.append({"name": r.name, "nodes": list(r.nodes), "canary_nodes": list(r.canary_nodes()),
-                    "protocol": r.protocol, "phase": row[6], "since": row[7].isoformat(),
-                    "detail": json.loads(row[8] or "{}")})
+                    "protocol": r.protocol, "phase": row[6], "since": row[7].isoformat(), "detail": detail})
     return out
 
 
@@ -174,9 +191,13 @@ def advance(orch: Orchestrator, state: LeaseState) -> list[tuple[str, str]]:
     changed = []
     rows = orch.database.execute("SELECT name, nodes, protocol, canary, watch_seconds, max_failure_rate, phase, "
                                  "detail, clock_timestamp() - since FROM xps_pq_rollouts "
-                                 "WHERE phase IN ('canary', 'committed') ORDER BY name").fetchall()
+                                 "WHERE phase NOT IN ('retired', 'aborted') ORDER BY name").fetchall()
     for row in rows:
-        new = _step(orch, state, _load(row), row[6], json.loads(row[7] or "{}"), row[8].total_seconds())
+        try:
+            detail = json.loads(row[7] or "{}")
+        except ValueError:
+            detail = None
+        new = _step(orch, state, _load(row), row[6], detail, row[8].total_seconds())
         if new is not None:
             changed.append((row[0], new))
     return changed
@@ -194,8 +215,11 @@ def _counts(orch: Orchestrator, nodes: tuple[str, ...], pq: bool) -> tuple[float
     return ok, failed
 
 
-def _step(orch: Orchestrator, state: LeaseState, r: PqRollout, phase: str, detail: dict[str, Any],
+def _step(orch: Orchestrator, state: LeaseState, r: PqRollout, phase: str, detail: Any,
           elapsed: float) -> str | None:
+    if not isinstance(detail, dict) or not _detail_ok(detail):
+        raise PolicyError(f"xps_pq_rollouts row {r.name!r}: detail is malformed (edited outside xps?)",
+                          reason="malformed")
     if phase == "canary":
         ok, failed = _counts(orch, r.canary_nodes(), pq=True)
         if "base" not in detail:  # the counts before the canary offered anything
@@ -222,6 +246,12 @@ def _step(orch: Orchestrator, state: LeaseState, r: PqRollout, phase: str, detai
         if elapsed >= parse_seconds(r.watch, "watch"):
             return _set_phase(orch, state, r, "committed", "retired", detail)
     return None
+
+
+def _detail_ok(detail: dict[str, Any]) -> bool:
+    base = detail.get("base", [0, 0])
+    numbers = [*base, detail.get("classic", 0)] if isinstance(base, list) and len(base) == 2 else None
+    return numbers is not None and all(type(n) in (int, float) and math.isfinite(n) for n in numbers)
 
 
 def _set_phase(orch: Orchestrator, state: LeaseState, r: PqRollout, old: str, new: str,

@@ -63,3 +63,31 @@ def test_plan_and_suite_migration_constructors(a: object, b: object, c: object, 
 @given(anything, anything, anything)
 def test_lease_arguments(name: object, holder: object, ttl: object) -> None:
     _only_typed(Lease, None, name, holder=holder, ttl=ttl)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(anything, anything, anything, anything, anything, anything)
+def test_pq_rollout_constructor_posture_and_channel_config(a: object, b: object, c: object, d: object, e: object,
+                                                           f: object) -> None:
+    from xpscerpto.channel import ChannelConfig
+    from xpscerpto.orchestrator import PqRollout, channel_config
+
+    nodes = tuple(b) if isinstance(b, list) else (b,)
+    _only_typed(PqRollout, a, nodes=nodes, protocol=c, canary=d, watch=e, max_failure_rate=f)  # type: ignore[arg-type]
+    _only_typed(PqRollout, "r", nodes=("n",), protocol=c)  # type: ignore[arg-type]
+    _only_typed(PqRollout("r", nodes=("n",)).posture, a, "n")  # type: ignore[arg-type]
+    _only_typed(channel_config, a, ChannelConfig(), "Noise_XXhfs_25519+MLKEM768_ChaChaPoly_SHA256")  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(anything)
+def test_handshake_outcomes_take_any_protocol_name(value: object) -> None:
+    from xpscerpto.channel._failures import FailureLog, is_pq
+    from xpscerpto.metrics import Metrics
+
+    assert is_pq(value) in (True, False)  # type: ignore[arg-type]
+    log = FailureLog()
+    log.success(value)  # type: ignore[arg-type]
+    m = Metrics()
+    m.watch_channel(log)
+    assert sum(m.snapshot()["xps_channel_handshakes_total"].values()) == 1

@@ -172,6 +172,22 @@ def test_an_emergency_with_a_short_grace_lets_hygiene_archive_the_leaked_version
     assert orch.hygiene(plan, state) == []
 
 
+@pytest.mark.parametrize("grace", ["-1", "NaN", "-Infinity"])
+def test_an_emergency_grace_edited_outside_xps_stops_hygiene_instead_of_archiving_at_once(
+        rings: list[Keyring], grace: str) -> None:
+    a = rings[0]
+    orch = Orchestrator(a, node="n0", lease_ttl=30, interval=0.1)
+    plan = Plan("p", key="orders", policy="every=30d", grace="7d")
+    orch.track(plan)
+    orch.tick()
+    orch.emergency("p", "leaked", grace="1h")
+    orch.database.execute("UPDATE xps_orch_emergency SET grace_seconds = ?::float8", (grace,))
+    a.clock = lambda: time.time() + 3700  # type: ignore[method-assign]
+    with pytest.raises(PolicyError, match="xps_orch_emergency"):
+        orch.hygiene(plan, orch.lease.acquire())
+    assert not [e for e in a.audit.tail(50) if e["event"] == "KEY_ARCHIVE"]
+
+
 def test_hygiene_by_a_leader_whose_lease_lapsed_writes_nothing(rings: list[Keyring]) -> None:
     a = rings[0]
     orch = Orchestrator(a, node="n0", lease_ttl=0.2, interval=0.1)

@@ -223,3 +223,41 @@ def test_a_posture_follower_keeps_its_posture_while_the_database_is_away(
     finally:
         pg_server.start()  # type: ignore[attr-defined]
     wait_for(lambda: node.posture.last_error is None, "the follower back", timeout=20)
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    ("nodes", "not json"), ("nodes", '{"n0": 1}'), ("nodes", "[1, 2]"), ("nodes", "[]"),
+    ("protocol", "Noise_XX_25519_ChaChaPoly_SHA256"), ("protocol", "garbage"), ("phase", "required-ish"),
+    ("canary", "-1"), ("max_failure_rate", "7"), ("watch_seconds", "-5"), ("detail", '{"base": "x"}'),
+    ("detail", "not json")])
+def test_a_rollout_row_edited_outside_xps_is_a_typed_refusal_and_no_silent_fallback(
+        pg_dsn: str, tmp_path: Path, column: str, value: str) -> None:
+    ring = _node(tmp_path, "n0", pg_dsn)
+    posture = PqPosture(pg_dsn, node="n0", base=BASE, poll=0.2).start()
+    node = Node("n0", ring, Orchestrator(ring, node="n0", lease_ttl=30), None, None, posture, None)  # type: ignore[arg-type]
+    try:
+        _edit_and_check(node, column, value)
+    finally:
+        posture.stop()
+        ring.close()
+
+
+def _edit_and_check(node: Node, column: str, value: str) -> None:
+    node.orch.roll_out_pq(PqRollout("pq", nodes=NAMES, canary=1.0))
+    node.orch.tick()  # leader; the rollout's baseline recorded
+    wait_for(lambda: node.posture.posture == "offer", "offer")
+    db = node.orch.database
+    if column in ("canary", "max_failure_rate", "watch_seconds"):
+        db.execute(f"UPDATE xps_pq_rollouts SET {column} = ?", (float(value),))
+    else:
+        db.execute(f"UPDATE xps_pq_rollouts SET {column} = ?", (value,))
+    if column != "detail":
+        with pytest.raises(PolicyError, match="malformed") as info:
+            node.posture.refresh()
+        assert "xps_pq_rollouts" in str(info.value)
+        assert node.posture.posture == "offer"  # kept, not reset to classic
+    with pytest.raises(PolicyError, match="malformed"):
+        node.orch.tick()
+    status = node.orch.pq_status()
+    shown = "canary" if (column, value) == ("detail", '{"base": "x"}') else "malformed"
+    assert (status[0]["name"], status[0]["phase"]) == ("pq", shown)  # status shows the damage, never crashes
