@@ -346,7 +346,11 @@ class Orchestrator:
         if not state.mine:
             raise PolicyError(f"orchestrator: {self.node} is not the leader ({node_of(state.holder) or 'none'} is); "
                               "run the emergency on the leader", reason="not-leader")
-        version = self._rotate(found, self._now(), state, reason=f"emergency: {reason}", grace=short)
+        # The incident is queued in the rotation's own transaction (outbox), so a kill -9 before
+        # the health check still leaves it in the journal; the health result follows it.
+        version = self._rotate(found, self._now(), state, reason=f"emergency: {reason}", grace=short,
+                               incident={"plan": plan, "key": found.key, "reason": reason, "node": self.node,
+                                         "token": state.token, "grace_seconds": short, "phase": "rotating"})
         health = self._health(found.key, version)
         self.keyring.audit.record("INCIDENT", plan=plan, key=found.key, version=version, reason=reason,
                                   node=self.node, token=state.token, health=health, grace_seconds=short)
@@ -373,7 +377,7 @@ class Orchestrator:
         return "ok"
 
     def _rotate(self, plan: Plan, due: datetime, state: LeaseState, *, reason: str,
-                grace: float | None = None) -> int:
+                grace: float | None = None, incident: dict[str, Any] | None = None) -> int:
         info = self.keyring.describe(plan.key)
         active = info.active_version
 
@@ -388,6 +392,8 @@ class Orchestrator:
                            f"SELECT ?, ?, ?, ?, ? WHERE {FENCE} ON CONFLICT (key_id, version) DO UPDATE SET "
                            "grace_seconds = least(xps_orch_emergency.grace_seconds, excluded.grace_seconds)",
                            (info.key_id, active, grace, state.token, self.node, *state.fence()))
+            if incident is not None:
+                self.keyring.outbox.add(db, "INCIDENT", **incident, from_version=active)
 
         return self.keyring.rotate(plan.key, expected_version=active, reason=reason, algorithm=plan.suite,
                                    claim=claim)

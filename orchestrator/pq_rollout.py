@@ -229,10 +229,11 @@ def _step(orch: Orchestrator, state: LeaseState, r: PqRollout, phase: str, detai
         total = d_ok + d_failed
         rate = d_failed / total if total > 0 else 0.0
         if total >= MIN_SAMPLES and rate > r.max_failure_rate:
-            orch.keyring.audit.record("INCIDENT", rollout=r.name, reason="PQ canary handshake failure rate",
-                                      failures=int(d_failed), handshakes=int(total), rate=round(rate, 6),
-                                      max_rate=r.max_failure_rate, node=orch.node)
-            return _set_phase(orch, state, r, "canary", "aborted", {**detail, "failures": d_failed, "total": total})
+            incident = {"rollout": r.name, "reason": "PQ canary handshake failure rate", "failures": int(d_failed),
+                        "handshakes": int(total), "rate": round(rate, 6), "max_rate": r.max_failure_rate,
+                        "node": orch.node}
+            return _set_phase(orch, state, r, "canary", "aborted", {**detail, "failures": d_failed, "total": total},
+                              incident=incident)
         if elapsed >= parse_seconds(r.watch, "watch"):
             classic, _ = _counts(orch, r.nodes, pq=False)
             return _set_phase(orch, state, r, "canary", "committed",
@@ -255,20 +256,28 @@ def _detail_ok(detail: dict[str, Any]) -> bool:
 
 
 def _set_phase(orch: Orchestrator, state: LeaseState, r: PqRollout, old: str, new: str,
-               detail: dict[str, Any]) -> str | None:
-    """Fenced phase change; ``new == old`` restarts the phase's clock with a new ``detail``."""
+               detail: dict[str, Any], *, incident: dict[str, Any] | None = None) -> str | None:
+    """Fenced phase change; ``new == old`` restarts the phase's clock with a new ``detail``.
+
+    The journal records go through the keyring's outbox in the same transaction, so a kill -9
+    right after the commit loses none (the next delivery, on any node, writes them once).
+    """
     from .lease import FENCE
 
-    with orch.database.transaction() as tx:
-        done = tx.execute(
+    ring = orch.keyring
+    with ring.store.write() as db:
+        done = db.execute(
             "UPDATE xps_pq_rollouts SET phase = ?, detail = ?, since = clock_timestamp() "  # noqa: S608 - constant
             f"WHERE name = ? AND phase = ? AND {FENCE}",
             (new, json.dumps(detail, sort_keys=True), r.name, old, *state.fence())).rowcount == 1
         if done and new != old:
-            tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, r.name))
+            db.execute("SELECT pg_notify(?, ?)", (CHANNEL, r.name))
+            if incident is not None:
+                ring.outbox.add(db, "INCIDENT", **incident)
+            ring.outbox.add(db, "PQ_ROLLOUT", rollout=r.name, phase=new, protocol=r.protocol, node=orch.node,
+                            token=state.token)
     if done and new != old:
-        orch.keyring.audit.record("PQ_ROLLOUT", rollout=r.name, phase=new, protocol=r.protocol, node=orch.node,
-                                  token=state.token)
+        ring.outbox.deliver()
     return new if done else None
 
 

@@ -123,9 +123,10 @@ def _step(orch: Orchestrator, state: LeaseState, m: SuiteMigration, phase: str, 
         if total >= MIN_SAMPLES and rate > m.max_failure_rate:
             for key, suite in detail.get("from", {}).items():
                 _move(orch, key, suite, f"suite migration {m.name}: aborted")
-            ring.audit.record("INCIDENT", migration=m.name, reason="canary failure rate", failures=failed,
-                              decryptions=total, rate=round(rate, 6), max_rate=m.max_failure_rate, node=orch.node)
-            return _set_phase(orch, state, m, "watching", "aborted", {**detail, "failures": failed, "total": total})
+            incident = {"migration": m.name, "reason": "canary failure rate", "failures": failed,
+                        "decryptions": total, "rate": round(rate, 6), "max_rate": m.max_failure_rate, "node": orch.node}
+            return _set_phase(orch, state, m, "watching", "aborted", {**detail, "failures": failed, "total": total},
+                              incident=incident)
         if elapsed >= parse_seconds(m.watch, "watch"):
             return _set_phase(orch, state, m, "watching", "rollout", {**detail, "failures": failed, "total": total})
         return None
@@ -157,14 +158,22 @@ def _move(orch: Orchestrator, key: str, suite: str, reason: str) -> None:
 
 
 def _set_phase(orch: Orchestrator, state: LeaseState, m: SuiteMigration, old: str, new: str,
-               detail: dict[str, Any]) -> str | None:
+               detail: dict[str, Any], *, incident: dict[str, Any] | None = None) -> str | None:
+    """Fenced phase change, journaled through the keyring's outbox in the same transaction (a
+    kill -9 after the commit loses no record: the next delivery, on any node, writes it)."""
     from .lease import FENCE
 
-    done = orch.database.execute(
-        "UPDATE xps_suite_migrations SET phase = ?, detail = ?, since = clock_timestamp() "  # noqa: S608 - FENCE is a constant
-        f"WHERE name = ? AND phase = ? AND {FENCE}",
-        (new, json.dumps(detail, sort_keys=True), m.name, old, *state.fence())).rowcount == 1
+    ring = orch.keyring
+    with ring.store.write() as db:
+        done = db.execute(
+            "UPDATE xps_suite_migrations SET phase = ?, detail = ?, since = clock_timestamp() "  # noqa: S608 - FENCE is a constant
+            f"WHERE name = ? AND phase = ? AND {FENCE}",
+            (new, json.dumps(detail, sort_keys=True), m.name, old, *state.fence())).rowcount == 1
+        if done and new != old:
+            if incident is not None:
+                ring.outbox.add(db, "INCIDENT", **incident)
+            ring.outbox.add(db, "SUITE_MIGRATION", migration=m.name, phase=new, target=m.target, node=orch.node,
+                            token=state.token)
     if done and new != old:
-        orch.keyring.audit.record("SUITE_MIGRATION", migration=m.name, phase=new, target=m.target, node=orch.node,
-                                  token=state.token)
+        ring.outbox.deliver()
     return new if done else None

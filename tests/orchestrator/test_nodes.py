@@ -242,3 +242,41 @@ def _journal(root: Path, dsn: str) -> list[dict[str, object]]:
         return log.tail(10000)
     finally:
         log.close()
+
+
+def test_killing_leaders_during_a_pq_rollout_journals_each_phase_exactly_once(
+        fleet: tuple[dict[str, subprocess.Popen[bytes]], Database, Path], pg_dsn: str) -> None:
+    from xpscerpto.orchestrator import PqRollout
+
+    procs, db, root = fleet
+    admin = _node(root, "n0-admin", pg_dsn, like=root / "n0")
+    try:
+        Orchestrator(admin, node="admin").roll_out_pq(PqRollout("pq", nodes=("n0", "n1", "n2"), canary=0.3,
+                                                                watch="2s"))
+    finally:
+        admin.close()
+    lease = Lease(db, LEASE, holder="observer", ttl=TTL)
+
+    def phase() -> str:
+        row = db.execute("SELECT phase FROM xps_pq_rollouts WHERE name = 'pq'").fetchone()
+        return str(row[0]) if row else ""
+
+    seen = []
+    for delay in (0.1, 0.4, 0.9, 1.5):
+        current = _wait("a leader", lambda: (s := lease.state()).holder and s)
+        time.sleep(delay)
+        victim = str(node_of(current.holder))  # type: ignore[union-attr]
+        seen.append(phase())
+        procs[victim].send_signal(signal.SIGKILL)
+        procs[victim].wait()
+        procs[victim] = _start_node(root, victim)
+        _wait("the lease to be taken over", lambda c=current: (s := lease.state()).holder is not None
+              and s.token > c.token)  # type: ignore[union-attr]
+        if phase() == "retired":
+            break
+    _wait("the rollout to retire classic", lambda: phase() == "retired", timeout=60)
+    assert len(seen) >= 2 and {"canary", "committed"} & set(seen)
+    _wait("every phase record delivered", lambda: [e["phase"] for e in _journal(root, pg_dsn)
+                                                   if e["event"] == "PQ_ROLLOUT"] == ["committed", "retired"])
+    time.sleep(1.0)  # more ticks: nothing more is journaled
+    assert [e["phase"] for e in _journal(root, pg_dsn) if e["event"] == "PQ_ROLLOUT"] == ["committed", "retired"]
