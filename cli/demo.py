@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from xpscerpto.engine import Engine
 from xpscerpto.errors import AuthError, KeyError_
 
@@ -306,7 +309,7 @@ def _nodes(eng: Engine) -> bool:
     from xpscerpto.home import Home
     from xpscerpto.keyring import Keyring
 
-    _step("13. several nodes: keyring, lease and scheduled rotation on PostgreSQL")
+    _step("13. several nodes: keyring, lease, scheduled rotation and a PQ channel rollout on PostgreSQL")
     try:
         import psycopg  # noqa: F401
     except ImportError:
@@ -359,11 +362,74 @@ def _nodes(eng: Engine) -> bool:
                     break
             else:
                 return False
+            pq_ok = _pq_rollout(eng, dsn, orchs)
             for r in rings:
                 r.close()
             rings.clear()
-            return len(done) == 1
+            return len(done) == 1 and pq_ok
     finally:
         for r in rings:
             r.close()
         server.close()
+
+
+def _pq_rollout(eng: Engine, dsn: str, orchs: list[Any]) -> bool:
+    """Step 13, continued: hybrid PQ channels rolled out over the two nodes, canary first."""
+    from xpscerpto.channel import ChannelConfig, Trust
+    from xpscerpto.channel import blocking as ch
+    from xpscerpto.channel.pki import CertificateAuthority
+    from xpscerpto.errors import XpsError
+    from xpscerpto.orchestrator import PqPosture, PqRollout
+
+    ca = CertificateAuthority.create("Fleet CA")
+    trust = Trust([ca.certificate], [ca.crl()], engine=eng)
+    base = ChannelConfig(handshake_timeout_seconds=5.0)
+    names = [o.node for o in orchs]
+    ids = {n: ca.issue_identity(n, dns=[f"{n}.internal"], engine=eng) for n in names}
+
+    def echo(c: ch.BlockingChannel) -> None:
+        while msg := c.recv():
+            c.send(msg)
+
+    servers = {n: ch.serve("127.0.0.1", 0, ids[n], trust, echo, config=base, engine=eng) for n in names}
+    postures = {n: PqPosture(dsn, node=n, base=base, on_change=servers[n].reconfigure, poll=0.1).start()
+                for n in names}
+
+    def dial(src: str, dst: str, config: ChannelConfig | None = None) -> str:
+        try:
+            with ch.connect("127.0.0.1", servers[dst].port, ids[src], trust, expected_name=f"{dst}.internal",
+                            config=config or postures[src].config, engine=eng) as c:
+                c.send(b"hi")
+                c.recv()
+                return c.protocol.split("_")[1]
+        except XpsError as exc:
+            return f"refused ({exc.reason})"
+
+    def settle(phase: str) -> None:
+        for _ in range(100):
+            for o in orchs:
+                o.tick()
+            if orchs[0].pq_status()[0]["phase"] == phase:
+                break
+            time.sleep(0.1)
+        time.sleep(0.3)  # the nodes follow by NOTIFY
+
+    try:
+        rollout = PqRollout("pq-demo", nodes=tuple(names), canary=0.5, watch="1s")
+        orchs[0].roll_out_pq(rollout)
+        canary = rollout.canary_nodes()[0]
+        other = next(n for n in names if n != canary)
+        time.sleep(0.3)
+        print(f"  PQ rollout: canary {canary} offers {dial(canary, other)}, {other} still offers "
+              f"{dial(other, canary)}")
+        settle("committed")
+        print(f"  canary healthy (fleet counters) -> committed: {other} offers {dial(other, canary)}")
+        settle("retired")
+        refused = dial(other, canary, base)
+        print(f"  no classic channel for a watch -> retired: a classic offer is {refused}")
+        return refused == "refused (pq-required)"
+    finally:
+        for posture in postures.values():
+            posture.stop()
+        for server in servers.values():
+            server.close()

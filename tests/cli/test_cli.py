@@ -31,7 +31,8 @@ def test_demo_runs_end_to_end(autotune: str | None) -> None:
                      "decryption now fails opaquely", "hash-chained records verified",
                      "dispatch: measure the providers", "measurements (result of",
                      # The test environment has psycopg and the server binaries (tools/test.sh).
-                     "rotations [('orders-hourly', 2)] by leader", "node-b refused to encrypt", "demo complete"):
+                     "rotations [('orders-hourly', 2)] by leader", "node-b refused to encrypt",
+                     "-> retired: a classic offer is refused (pq-required)", "demo complete"):
         assert expected in out.stdout
 
 
