@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xpscerpto._atomic import atomic_write
 from xpscerpto.errors import XpsError
@@ -33,6 +33,9 @@ from ._verifier import verify_capsule
 from .build import add_signature, build_capsule
 from .format import parse_manifest, read_container
 from .refusal import Refusal, refuse
+
+if TYPE_CHECKING:
+    from .state_store import StateStore
 
 __all__ = ["add_operator_commands", "add_publisher_commands", "main"]
 
@@ -216,7 +219,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         data = result(request(home.socket, {"cmd": "status"}, timeout=STATUS_TIMEOUT))
     except NoEngineRunning:
-        data = _offline_status(home)
+        data = _offline_status(home, context.config(args).hotpatch.state_store(home))
 
     def text() -> None:
         for line in lines():
@@ -247,12 +250,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _offline_status(home: Any) -> dict[str, Any]:
+def _offline_status(home: Any, states: StateStore) -> dict[str, Any]:
     from xpscerpto.audit import AuditLog
 
-    from .store import CapsuleStore, RoutingState, refused_entry
+    from .store import CapsuleStore, refused_entry
 
-    state = RoutingState.load(home.state)
+    try:
+        state = states.load()
+    finally:
+        states.close()
     store = CapsuleStore(home)
     refused = []
     for a in state.active:
@@ -281,8 +287,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         answer = request(home.socket, {"cmd": "rollback", "target": args.target, "to": args.to,
                                        "operator": args.operator}, timeout=CHANGE_TIMEOUT)
     except NoEngineRunning:
-        cap = rollback_offline(home, args.target, to=args.to, operator=args.operator,
-                               config_document=context.config(args).to_mapping())
+        config = context.config(args)
+        states = config.hotpatch.state_store(home)
+        try:
+            cap = rollback_offline(home, args.target, to=args.to, operator=args.operator,
+                                   config_document=config.to_mapping(), state_store=states)
+        finally:
+            states.close()
         print(f"rolled back {cap.name} {cap.version} in the committed state (no engine running)")
         return 0
     r = result(answer).get("rolled_back") or {}

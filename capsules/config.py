@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xpscerpto._config_fields import (
     Field,
@@ -28,6 +28,11 @@ from xpscerpto._config_fields import (
     seconds_out,
 )
 from xpscerpto.errors import PolicyError
+
+if TYPE_CHECKING:
+    from xpscerpto.home import Home
+
+    from .state_store import StateStore
 
 __all__ = ["HotpatchConfig"]
 
@@ -54,11 +59,19 @@ class HotpatchConfig:
     rollback_on_error: bool = True
     #: Explicitly allows switching signature checks or self-tests off (development only).
     development: bool = False
+    #: ``postgresql://…``: keep this node's routing state in the database (row ``node``)
+    #: instead of ``HOME/state.json``; ``None``: the file.
+    state_database: str | None = None
+    #: This node's name in ``state_database`` (required with it).
+    node: str | None = None
 
     @classmethod
     def from_mapping(cls, data: object, prefix: str = "hotpatch.") -> HotpatchConfig:
         """Validate and build; raises PolicyError naming the bad key."""
         cfg = build_section(cls, _FIELDS, data, prefix)
+        if cfg.state_database is not None and cfg.node is None:
+            raise PolicyError(f"config key '{prefix}node': required with '{prefix}state_database' (the row of this "
+                              "node's routing state)")
         for name in ("require_signature", "run_selftests"):
             if not getattr(cfg, name) and not cfg.development:
                 raise PolicyError(f"config key '{prefix}{name}': false removes a gate that keeps unreviewed code out "
@@ -81,6 +94,33 @@ class HotpatchConfig:
         """Every key as plain data (durations in seconds, sizes in bytes)."""
         return dump_section(self, _FIELDS)
 
+    def state_store(self, home: Home) -> StateStore:
+        """Where ``home``'s routing state lives under this configuration (file or database row)."""
+        if self.state_database is None:
+            from .state_store import FileStateStore
+
+            return FileStateStore(home)
+        from xpscerpto.db.capsule_state import PgStateStore
+
+        assert self.node is not None  # from_mapping requires it
+        return PgStateStore(self.state_database, node=self.node, home=home)
+
+
+def _database(value: object, key: str) -> str | None:
+    if value is None:
+        return None
+    from xpscerpto.db.postgres import check_dsn
+
+    return check_dsn(value, key)
+
+
+def _node(value: object, key: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 200 or not value.isprintable():
+        raise PolicyError(f"config key '{key}': expected a printable node name of 1 to 200 characters")
+    return value
+
 
 _FIELDS = (
     Field("require_signature", "require_signature", flag),
@@ -98,4 +138,6 @@ _FIELDS = (
     Field("drain_timeout", "drain_timeout_seconds", parse_duration, seconds_out),
     Field("sample_every", "sample_every", count(1)),
     Field("sample", "sample_seconds", parse_duration, seconds_out),
+    Field("state_database", "state_database", _database),
+    Field("node", "node", _node),
 )

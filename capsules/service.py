@@ -40,8 +40,9 @@ class WatchService:
         h = home if isinstance(home, Home) else Home.resolve(home)
         audit = base.audit.journal(h.root, h.audit)
         self.config = replace(base, engine=engine.config)
+        self._states = base.hotpatch.state_store(h)
         self.updater = Updater(engine, h, gates=gates, plan=plan, limits=limits, operator=operator, audit=audit,
-                               config_document=self.config.to_mapping())
+                               config_document=self.config.to_mapping(), state_store=self._states)
         self._overrides_path = self.updater.home.root / "overrides.json"
         self.control = ControlServer(self.updater, self.updater.home.socket, service=self)
 
@@ -125,3 +126,4 @@ class WatchService:
             self.announcer.stop()
         self.control.stop()
         self.updater.close()
+        self._states.close()

@@ -112,11 +112,20 @@ class RoutingState:
     def load(cls, path: Path) -> RoutingState:
         """Read ``state.json``; missing means nothing was ever enabled."""
         try:
-            doc = json.loads(path.read_bytes())
+            raw = path.read_bytes()
         except FileNotFoundError:
             return cls()
-        except (OSError, ValueError, RecursionError) as exc:
+        except OSError as exc:
             raise refuse(Refusal.STATE, f"state {str(path)!r}: unreadable ({type(exc).__name__})") from None
+        return cls.from_bytes(raw, str(path))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, where: str) -> RoutingState:
+        """Parse a state document (``where`` names its file or database row in refusals)."""
+        try:
+            doc = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise refuse(Refusal.STATE, f"state {where!r}: unreadable ({type(exc).__name__})") from None
         try:
             history = tuple(doc.get("history", ()))
             if not all(isinstance(e, dict) for e in history):
@@ -141,14 +150,18 @@ class RoutingState:
                     op_highest = raised_to(op_highest, cap.operations, cap.version)
             return cls(tuple(active), dict(doc["highest"]), history, enabled, op_highest)
         except (KeyError, TypeError, AttributeError) as exc:
-            raise refuse(Refusal.STATE, f"state {str(path)!r}: malformed ({exc})") from None
+            raise refuse(Refusal.STATE, f"state {where!r}: malformed ({exc})") from None
+
+    def to_bytes(self) -> bytes:
+        """The document as committed."""
+        # Compact: json.dumps with indent runs the pure-Python encoder, which holds the GIL for
+        # milliseconds on a long history, while API calls on other threads wait for it.
+        return json.dumps(self.to_json(), separators=(",", ":")).encode() + b"\n"
 
     def save(self, path: Path) -> None:
         """Commit atomically."""
-        # Compact: json.dumps with indent runs the pure-Python encoder, which holds the GIL for
-        # milliseconds on a long history, while API calls on other threads wait for it.
         try:
-            atomic_write(path, json.dumps(self.to_json(), separators=(",", ":")).encode() + b"\n")
+            atomic_write(path, self.to_bytes())
         except OSError as exc:  # the old state stays committed (atomic_write leaves no temp file)
             raise refuse(Refusal.IO, f"state {str(path)!r}: cannot write ({exc.strerror})") from None
 

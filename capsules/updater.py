@@ -45,7 +45,8 @@ from .isolate import Gates, validate_isolated
 from .loader import load_provider
 from .policy_record import config_digest, policy_fields
 from .refusal import Refusal, refuse
-from .store import ActiveCapsule, CapsuleStore, RoutingState, merged, refused_entry, state_lock
+from .state_store import FileStateStore, StateStore
+from .store import ActiveCapsule, CapsuleStore, RoutingState, merged, refused_entry
 
 __all__ = ["Drain", "StagePlan", "Updater"]
 
@@ -111,7 +112,8 @@ class Updater:
     def __init__(self, engine: Engine, home: str | Path | Home | None = None, *, gates: Gates = Gates(),
                  plan: StagePlan = StagePlan(), limits: Limits = Limits(), operator: str = "local",
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC), audit: AuditLog | None = None,
-                 config_document: Mapping[str, Any] | None = None, crash_limit: int = DEFAULT_CRASH_LIMIT) -> None:
+                 config_document: Mapping[str, Any] | None = None, crash_limit: int = DEFAULT_CRASH_LIMIT,
+                 state_store: StateStore | None = None) -> None:
         self.engine = engine
         # The whole effective configuration when a service runs us (its digest goes into
         # PATCH_ENABLE / PATCH_ROLLBACK); engine config, gates, plan and limits are always counted.
@@ -119,6 +121,8 @@ class Updater:
         self.home = home if isinstance(home, Home) else Home.resolve(home)
         self.gates, self.plan, self.limits, self.operator, self._clock = gates, plan, limits, operator, clock
         self.store = CapsuleStore(self.home)
+        #: Where the committed routing state lives (``state.json``, or a database row per node).
+        self.state_store: StateStore = state_store if state_store is not None else FileStateStore(self.home)
         self._crash_guard = CrashGuard(self.home, crash_limit)
         self.audit = audit or AuditLog(self.home.audit)
         self._lock = threading.RLock()  # one update at a time; never taken by API calls
@@ -150,8 +154,8 @@ class Updater:
         under ``refused`` by :meth:`status` until its file is restored (re-drop the capsule) or
         an operator rolls it back.
         """
-        with self._lock, state_lock(self.home):
-            state = RoutingState.load(self.home.state)
+        with self._lock, self.state_store.lock():
+            state = self.state_store.load()
             counts = self._crash_guard.begin(state.active)
             for cap in state.active:
                 if counts.get(cap.sha256, 0) >= self._crash_guard.limit:
@@ -179,7 +183,7 @@ class Updater:
                                 phase="restore", reason=exc.reason, detail=str(exc))
             if tuple(keep) != state.active:
                 state = RoutingState(tuple(keep), state.highest, state.history, state.enabled, state.op_highest)
-                state.save(self.home.state)
+                self.state_store.save(state)
             self._state = state
             self._held = held
             self._restored = True
@@ -196,7 +200,7 @@ class Updater:
                     to=restore.version if restore else "built-in", operator="auto", phase="restore",
                     reason=f"quarantined: active during {crashes} abnormal engine ends",
                     policy=self._policy((), cap.operations))
-        new.save(self.home.state)
+        self.state_store.save(new)
         self._crash_guard.forget(cap.sha256)
         return new
 
@@ -217,7 +221,7 @@ class Updater:
         sha = hashlib.sha256(raw).hexdigest()
         self._ensure_restored()
         self._audit("PATCH_LOAD", sha256=sha, source=source, operator=operator, bytes=len(raw))
-        with self._lock, state_lock(self.home):
+        with self._lock, self.state_store.lock():
             try:
                 self._merge_committed_highest()
                 return self._apply(raw, sha, operator)
@@ -269,7 +273,7 @@ class Updater:
         self._audit("PATCH_ENABLE", sha256=sha, name=m.name, version=m.version, operations=list(cap.operations),
                     publisher=sorted(capsule.signed_by), operator=operator, table_version=table.version,
                     policy=self._policy(capsule.signed_by, cap.operations))
-        state.save(self.home.state)
+        self.state_store.save(state)
         self._state = state
         self._held = held
         self._publish(table)
@@ -323,7 +327,7 @@ class Updater:
         self._audit("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
                     to=before.version if before else "built-in", operator="auto", reason=reason,
                     table_version=table.version, policy=self._policy(signed_by, cap.operations))
-        restored.save(self.home.state)
+        self.state_store.save(restored)
         self._state = restored
         self._publish(table)
 
@@ -361,7 +365,7 @@ class Updater:
         version of the same capsule is re-verified and enabled instead.
         """
         self._ensure_restored()
-        with self._lock, state_lock(self.home):
+        with self._lock, self.state_store.lock():
             cap = self._state.find(target)
             if cap is None:
                 raise refuse(Refusal.NOT_FOUND, f"rollback: no active capsule matches {target!r}")
@@ -369,7 +373,7 @@ class Updater:
 
     def _merge_committed_highest(self) -> None:
         """Never let the in-memory version memory fall below what is committed on disk."""
-        on_disk = RoutingState.load(self.home.state)
+        on_disk = self.state_store.load()
         self._state = replace(self._state, highest=merged(self._state.highest, on_disk.highest),
                               op_highest=merged(self._state.op_highest, on_disk.op_highest))
 
@@ -397,7 +401,7 @@ class Updater:
                     to=restore.version if restore else "built-in", operator=operator, reason=reason,
                     table_version=table.version,
                     policy=self._policy(gone.capsule.signed_by if gone else (), cap.operations))
-        state.save(self.home.state)
+        self.state_store.save(state)
         self._state = state
         self._held.pop(cap.sha256, None)
         self._publish(table)
@@ -591,7 +595,7 @@ class Updater:
 
     def _auto_rollback(self, provider: str, sha: str, detail: str) -> None:
         try:
-            with self._lock, state_lock(self.home):
+            with self._lock, self.state_store.lock():
                 # Only the capsule that raised, and only while it is still active: faults of
                 # calls that were in flight on its table must not roll back what replaced it.
                 cap = next((a for a in self._state.active if a.sha256 == sha), None)
@@ -634,10 +638,12 @@ class Updater:
 
 
 def rollback_offline(home: Home, target: str, *, to: str | None = None, operator: str = "local",
-                     config_document: Mapping[str, Any] | None = None) -> ActiveCapsule:
+                     config_document: Mapping[str, Any] | None = None,
+                     state_store: StateStore | None = None) -> ActiveCapsule:
     """Roll back in the committed state when no engine runs (verified again at next start)."""
-    with state_lock(home):
-        state = RoutingState.load(home.state)
+    states = state_store if state_store is not None else FileStateStore(home)
+    with states.lock():
+        state = states.load()
         cap = state.find(target)
         if cap is None:
             raise refuse(Refusal.NOT_FOUND, f"rollback: no active capsule matches {target!r}")
@@ -646,7 +652,7 @@ def rollback_offline(home: Home, target: str, *, to: str | None = None, operator
         if restore_sha is not None and version is not None:
             restore = ActiveCapsule(cap.name, version, restore_sha, cap.operations)
         new = state.disable(cap, operator=operator, restore=restore)
-        new.save(home.state)
+        states.save(new)
     AuditLog(home.audit).record("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
                                 to=restore.version if restore else "built-in", operator=operator,
                                 mode="offline", reason="operator request",

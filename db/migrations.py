@@ -106,6 +106,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             grace_seconds DOUBLE PRECISION NOT NULL, token BIGINT NOT NULL, holder TEXT NOT NULL,
             at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), PRIMARY KEY (key_id, version))""",
     )),
+    Migration(7, "routing state per node", (
+        # The state.json document of each node (each node verifies and enables capsules itself).
+        """CREATE TABLE xps_capsule_state (node TEXT PRIMARY KEY, doc TEXT NOT NULL,
+            updated TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())""",
+    )),
 )
 
 

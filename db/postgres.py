@@ -157,6 +157,27 @@ class Database:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
             yield Session(conn, self)
 
+    @contextlib.contextmanager
+    def session_lock(self, key: int) -> Iterator[None]:
+        """Hold advisory lock ``key`` on a connection of its own until the block ends.
+
+        For a read-modify-write that spans several statements and slow work in between (the
+        updater validating a capsule). A process that dies loses its connection, and the
+        server releases the lock with it.
+
+        Raises:
+            InternalError: the database is unreachable (the lock was not taken).
+        """
+        with self.errors(), self._pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                except Exception:  # a broken connection: closing it releases the lock
+                    conn.close()
+
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Result:
         """One statement in its own transaction (``?`` markers)."""
         with self.errors(), self._pool.connection() as conn:

@@ -1,10 +1,14 @@
-"""The updater end to end in-process: swaps under load, drain, persistence, automatic rollback."""
+"""The updater end to end in-process: swaps under load, drain, persistence, automatic rollback.
+
+Every test runs twice: with the routing state in ``HOME/state.json`` and in PostgreSQL
+(``xps_capsule_state``, one row per node, ``hotpatch.state_database``)."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ import xpscerpto as xps
 from cryptography.exceptions import InvalidTag
 from xpscerpto.capsules.build import build_capsule
 from xpscerpto.capsules.isolate import Gates
+from xpscerpto.capsules.state_store import FileStateStore, StateStore
 from xpscerpto.capsules.store import RoutingState
 from xpscerpto.capsules.updater import StagePlan, Updater, rollback_offline
 from xpscerpto.home import Home
@@ -50,13 +55,39 @@ class Publisher:
         return build_capsule(src, [self.signer])
 
 
-@pytest.fixture
-def publisher(tmp_path: Path) -> Publisher:
-    return Publisher(tmp_path)
+#: home root -> a factory of its routing-state store (the backend under test).
+_STATES: dict[Path, Callable[[], StateStore]] = {}
+_OPEN: list[StateStore] = []
+
+
+@pytest.fixture(params=["file", "postgresql"])
+def publisher(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Publisher]:
+    pub = Publisher(tmp_path)
+    if request.param == "postgresql":
+        from xpscerpto.db.capsule_state import PgStateStore
+
+        dsn = request.getfixturevalue("pg_dsn")
+        _STATES[pub.home.root] = lambda: PgStateStore(dsn, node="node-a", home=pub.home)
+    else:
+        _STATES[pub.home.root] = lambda: FileStateStore(pub.home)
+    yield pub
+    del _STATES[pub.home.root]
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def _states(home: Home) -> StateStore:
+    store = _STATES[home.root]()
+    _OPEN.append(store)
+    return store
+
+
+def _state(home: Home) -> RoutingState:
+    return _states(home).load()
 
 
 def _updater(engine: xps.Engine, home: Home, plan: StagePlan = NO_TRIAL, gates: Gates = FAST_GATES) -> Updater:
-    up = Updater(engine, home, gates=gates, plan=plan)
+    up = Updater(engine, home, gates=gates, plan=plan, state_store=_states(home))
     up.restore()
     return up
 
@@ -210,8 +241,8 @@ def test_committed_state_survives_restart_and_offline_rollback(publisher: Publis
     assert eng2.table.provider_for(OP) == "xchacha20-openssl"
     assert any(e["event"] == "PATCH_DRAINED" for e in up2.audit.tail(5))
     # No engine running: rollback edits the committed state.
-    rollback_offline(publisher.home, OP, operator="ops")
-    assert RoutingState.load(publisher.home.state).active == ()
+    rollback_offline(publisher.home, OP, operator="ops", state_store=_states(publisher.home))
+    assert _state(publisher.home).active == ()
     eng3 = xps.Engine()
     _updater(eng3, publisher.home)
     assert eng3.table.provider_for(OP) == "sodium"
@@ -227,7 +258,7 @@ def test_restart_drops_a_capsule_whose_key_was_unpinned(publisher: Publisher) ->
     eng = xps.Engine()
     up = _updater(eng, publisher.home)
     assert eng.table.provider_for(OP) == "sodium"
-    assert RoutingState.load(publisher.home.state).active == ()
+    assert _state(publisher.home).active == ()
     reject = [e for e in up.audit.tail(10) if e["event"] == "PATCH_REJECT"][-1]
     assert reject["phase"] == "restore" and reject["reason"] == "untrusted-key"
 
@@ -293,7 +324,7 @@ def test_canary_fault_rolls_back_before_enable_and_no_call_fails(publisher: Publ
     assert ei.value.reason == "canary-fault"
     assert errors == []  # the canary answered faulty calls with the current implementation
     assert eng.table.provider_for(OP) == "sodium"
-    assert RoutingState.load(publisher.home.state).active == ()
+    assert _state(publisher.home).active == ()
 
 
 DIVERGENT_PATCH = ("        sub = ChaCha20Poly1305(hchacha20(self._key, nonce[:16]))\n"
@@ -335,20 +366,21 @@ def test_rollback_still_finds_its_target_after_the_history_passed_its_cap(publis
     up.close()
     # 250 enable/rollback pairs of another capsule push both enables out of the 200-event
     # history (rollback offline used to end in a bare StopIteration then).
-    state = RoutingState.load(publisher.home.state)
+    state = _state(publisher.home)
     for i in range(250):
         other = ActiveCapsule("other", f"1.0.{i}", f"{i:064x}", ("aead.aes256gcm",))
         state = state.enable(other, operator="t")
         state = state.disable(state.find("other"), operator="t")  # type: ignore[arg-type]
-    state.save(publisher.home.state)
-    assert not any(e.get("name") == "xchacha20-openssl" for e in RoutingState.load(publisher.home.state).history)
+    _states(publisher.home).save(state)
+    assert not any(e.get("name") == "xchacha20-openssl" for e in _state(publisher.home).history)
 
     def active() -> list[str]:
-        return [a.version for a in RoutingState.load(publisher.home.state).active]
+        return [a.version for a in _state(publisher.home).active]
 
-    assert rollback_offline(publisher.home, "xchacha20-openssl").version == "1.0.1"
+    assert rollback_offline(publisher.home, "xchacha20-openssl", state_store=_states(publisher.home)).version == "1.0.1"
     assert active() == ["1.0.0"]  # what 1.0.1 replaced
-    assert rollback_offline(publisher.home, "xchacha20-openssl", to="1.0.1").version == "1.0.0"
+    assert rollback_offline(publisher.home, "xchacha20-openssl", to="1.0.1",
+                            state_store=_states(publisher.home)).version == "1.0.0"
     assert active() == ["1.0.1"]
     live = _updater(xps.Engine(), publisher.home)
     live.rollback("xchacha20-openssl", to="1.0.0")

@@ -232,6 +232,8 @@ OVERRIDES: list[tuple[str, Any, Any]] = [
     ("hotpatch.drain_timeout", "2m", 120.0),
     ("hotpatch.sample_every", 16, 16),
     ("hotpatch.sample", "10s", 10.0),
+    ("hotpatch.state_database", None, None),  # alone only null: a database needs hotpatch.node too
+    ("hotpatch.node", "node-a", "node-a"),
     ("channel.rekey_after_messages", 1000, 1000),
     ("channel.rekey_after_bytes", "1MiB", 1024**2),
     ("channel.rekey_after", "30m", 1800.0),
@@ -275,6 +277,19 @@ def _attr(cfg: XpsConfig, key: str) -> Any:
     return obj
 
 
+def test_a_state_database_needs_a_node_and_no_password() -> None:
+    cfg = XpsConfig.from_mapping({"hotpatch": {"state_database": "postgresql://db.internal/xps", "node": "a"}})
+    assert (cfg.hotpatch.state_database, cfg.hotpatch.node) == ("postgresql://db.internal/xps", "a")
+    with pytest.raises(PolicyError, match=r"'hotpatch\.node': required with"):
+        XpsConfig.from_mapping({"hotpatch": {"state_database": "postgresql://db.internal/xps"}})
+    with pytest.raises(PolicyError, match="password") as info:
+        XpsConfig.from_mapping({"hotpatch": {"state_database": "postgresql://u:hunter2@db/xps", "node": "a"}})
+    assert "hunter2" not in str(info.value)
+    for node in ("", "a\nb", 5, "x" * 201):
+        with pytest.raises(PolicyError, match=r"hotpatch\.node"):
+            XpsConfig.from_mapping({"hotpatch": {"node": node}})
+
+
 def test_override_table_covers_every_key() -> None:
     covered = {k for k, _, _ in OVERRIDES}
     expected = {k for k in ALL_KEYS if not k.startswith("keyring.max_encryptions.")}
@@ -288,7 +303,8 @@ def test_every_key_is_overridable(key: str, value: Any, expected: Any) -> None:
     assert _attr(cfg, key) == expected
     assert _attr(cfg, key) != _attr(XpsConfig.defaults(), key) or key in {
         "keyring.kek.provider", "approvals.emergency_revoke",  # default is the only legal lone value
-        "hotpatch.require_signature", "hotpatch.run_selftests"}  # false needs hotpatch.development too
+        "hotpatch.require_signature", "hotpatch.run_selftests",  # false needs hotpatch.development too
+        "hotpatch.state_database"}  # a database needs hotpatch.node too (test_a_state_database_needs_a_node)
     # nothing else moved
     assert {k: v for k, v in _flat(cfg).items() if k != key} == {
         k: v for k, v in _flat(XpsConfig.defaults()).items() if k != key}

@@ -1,0 +1,185 @@
+"""The routing state in PostgreSQL (``hotpatch.state_database``): one row per node, committed in
+one statement, locked across processes (and released by a killed holder), refused — never reset —
+when the row the home recorded is gone or damaged."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from xpscerpto.capsules.store import ActiveCapsule, RoutingState
+from xpscerpto.db import Database
+from xpscerpto.db.capsule_state import PgStateStore
+from xpscerpto.errors import PolicyError, UpdateError
+from xpscerpto.home import Home
+
+from tests.capsules.test_cli_service import NAME, OP, published, wait_for
+
+__all__ = ["published"]
+
+
+def _cap(i: int) -> ActiveCapsule:
+    return ActiveCapsule(f"cap-{i}", "1.0.0", f"{i:064x}", (f"aead.op{i}",))
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    h = Home.resolve(tmp_path / "home")
+    h.initialise(policy={})
+    return h
+
+
+def test_a_commit_is_the_row_and_a_recorded_row_that_vanished_is_refused_not_reset(pg_dsn: str, home: Home) -> None:
+    store = PgStateStore(pg_dsn, node="a", home=home)
+    assert store.load() == RoutingState()
+    with store.lock():
+        store.save(store.load().enable(_cap(1), operator="t"))
+    assert [a.name for a in PgStateStore(pg_dsn, node="a", home=home).load().active] == ["cap-1"]
+    assert home.record().stores["routing"] == store.ref and not home.state.exists()
+    db = Database(pg_dsn)
+    try:
+        db.execute("DELETE FROM xps_capsule_state WHERE node = 'a'")
+        with pytest.raises(UpdateError, match="missing, though this home recorded it") as info:
+            PgStateStore(pg_dsn, node="a", home=home).load()
+        assert info.value.reason == "state"
+        for doc in ("not json", "[]", '{"active": 7, "highest": {}}', '{"format": 1}'):
+            db.execute("INSERT INTO xps_capsule_state (node, doc) VALUES ('a', ?) ON CONFLICT (node) DO UPDATE "
+                       "SET doc = excluded.doc", (doc,))
+            with pytest.raises(UpdateError, match="xps_capsule_state node 'a'") as info:
+                store.load()
+            assert info.value.reason == "state"
+    finally:
+        db.close()
+        store.close()
+
+
+def test_a_home_keeps_its_routing_state_where_it_was_created(pg_dsn: str, home: Home) -> None:
+    RoutingState().save(home.state)
+    home.register_store("routing")
+    with pytest.raises(PolicyError, match="a home keeps its stores where they were created"):
+        PgStateStore(pg_dsn, node="a", home=home)
+    other = Home.resolve(home.root.parent / "other")
+    other.initialise(policy={})
+    PgStateStore(pg_dsn, node="b", home=other).save(RoutingState())
+    with pytest.raises(PolicyError, match="routing store"):
+        PgStateStore(pg_dsn, node="c", home=other)  # another node's row for this home: refused
+    for bad in ("", "x" * 201, "a\nb", 7):
+        with pytest.raises(PolicyError, match="node"):
+            PgStateStore(pg_dsn, node=bad, home=other)  # type: ignore[arg-type]
+
+
+def test_racing_writers_of_one_node_lose_no_update(pg_dsn: str, home: Home) -> None:
+    stores = [PgStateStore(pg_dsn, node="a", home=home) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def add(store: PgStateStore, first: int) -> None:
+        try:
+            for i in range(first, first + 10):
+                with store.lock():
+                    store.save(store.load().enable(_cap(i), operator="t"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(s, 100 * n)) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert len(stores[0].load().active) == 40
+    for s in stores:
+        s.close()
+
+
+def test_a_holder_killed_with_the_lock_releases_it(pg_dsn: str, tmp_path: Path, home: Home) -> None:
+    script = textwrap.dedent(f"""
+        import sys, time
+        from xpscerpto.db.capsule_state import PgStateStore
+        from xpscerpto.home import Home
+        store = PgStateStore({pg_dsn!r}, node="a", home=Home.resolve({str(home.root)!r}))
+        with store.lock():
+            print("locked", flush=True)
+            time.sleep(600)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        # Another home (another lock file), the same node: only the database lock stands between.
+        probe = PgStateStore(pg_dsn, node="a", home=Home.resolve(tmp_path / "probe"))
+        got = threading.Event()
+
+        def take() -> None:
+            with probe.lock():
+                got.set()
+
+        t = threading.Thread(target=take, daemon=True)
+        t.start()
+        assert not got.wait(0.5)  # held by the other process
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        assert got.wait(10)  # the server released it with the dead process's connection
+        t.join(5)
+        probe.close()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def test_a_database_outage_during_a_commit_keeps_the_previous_state(pg_dsn: str, home: Home,
+                                                                    pg_server: object) -> None:
+    store = PgStateStore(pg_dsn, node="a", home=home)
+    store.save(RoutingState().enable(_cap(1), operator="t"))
+    pg_server.stop("immediate")  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(UpdateError, match="cannot write") as info:
+            store.save(RoutingState().enable(_cap(2), operator="t"))
+        assert info.value.reason == "io"
+    finally:
+        pg_server.start()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            assert [a.name for a in store.load().active] == ["cap-1"]
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    store.close()
+
+
+def test_a_watch_service_configured_for_the_database_commits_there_and_offline_commands_follow(
+        published: tuple[Path, Path, Path], pg_dsn: str, tmp_path: Path) -> None:
+    capsule, _pub, home = published
+    config = tmp_path / "node.json"
+    config.write_text(json.dumps({"hotpatch": {"state_database": pg_dsn, "node": "node-a"}}))
+    base = [sys.executable, "-m", "xpscerpto", "--config", str(config), "--home", str(home)]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    proc = subprocess.Popen([*base, "watch", str(inbox), "--polling"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("watching")
+        shutil.copy2(capsule, inbox / NAME)
+
+        def status() -> dict[str, object]:
+            out = subprocess.run([*base, "status", "--json"], capture_output=True, text=True, check=True)
+            return dict(json.loads(out.stdout))
+
+        wait_for(lambda: status()["routes"].get(OP) == "xchacha20-openssl", "the capsule enabled")  # type: ignore[attr-defined]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    assert not (home / "state.json").exists()  # committed to the database row instead
+    offline = status()
+    assert offline["running"] is False and [a["name"] for a in offline["active"]] == ["xchacha20-openssl"]  # type: ignore[index, union-attr]
+    subprocess.run([*base, "rollback", OP], check=True, capture_output=True, text=True)
+    assert status()["active"] == []
