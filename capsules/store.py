@@ -148,8 +148,14 @@ class RoutingState:
             if "op_highest" not in doc:  # written before it existed: at least what is active now
                 for cap in active:
                     op_highest = raised_to(op_highest, cap.operations, cap.version)
-            return cls(tuple(active), dict(doc["highest"]), history, enabled, op_highest)
+            highest = doc["highest"]
+            if not isinstance(highest, dict):
+                raise TypeError("highest must be an object")
+            _check_document(active, highest, enabled, op_highest)
+            return cls(tuple(active), dict(highest), history, enabled, op_highest)
         except (KeyError, TypeError, AttributeError) as exc:
+            # A document edited outside xps (a file, or a database row) is refused, naming the
+            # field, before a wrong type reaches version comparisons or the verifier.
             raise refuse(Refusal.STATE, f"state {where!r}: malformed ({exc})") from None
 
     def to_bytes(self) -> bytes:
@@ -164,6 +170,38 @@ class RoutingState:
             atomic_write(path, self.to_bytes())
         except OSError as exc:  # the old state stays committed (atomic_write leaves no temp file)
             raise refuse(Refusal.IO, f"state {str(path)!r}: cannot write ({exc.strerror})") from None
+
+
+def _check_document(active: list[ActiveCapsule], highest: Mapping[Any, Any], enabled: Mapping[Any, Any],
+                    op_highest: Mapping[Any, Any]) -> None:
+    """Every field of a parsed state document has the type and shape ``save`` writes."""
+    for a in active:
+        if not (isinstance(a.name, str) and a.name and _is_sha(a.sha256) and isinstance(a.version, str)
+                and all(isinstance(op, str) and op for op in a.operations)):
+            raise TypeError("an active entry has a wrong name, version, sha256 or operations")
+        if not _is_version(a.version) or (a.replaced_version is not None and not _is_version(a.replaced_version)):
+            raise TypeError("an active entry's version is not MAJOR.MINOR.PATCH")
+        if a.replaced is not None and not _is_sha(a.replaced):
+            raise TypeError("an active entry's 'replaced' is not a sha256")
+    for what, versions in (("highest", highest), ("op_highest", op_highest)):
+        for key, version in versions.items():
+            if not isinstance(key, str) or not _is_version(version):
+                raise TypeError(f"{what} must map names to MAJOR.MINOR.PATCH versions")
+    for name, by_version in enabled.items():
+        if not isinstance(name, str) or not all(isinstance(v, str) and _is_sha(sha) for v, sha in by_version.items()):
+            raise TypeError("enabled must map names to {version: sha256}")
+
+
+def _is_version(value: object) -> bool:
+    try:
+        parse_version(value)  # type: ignore[arg-type]
+    except XpsError:
+        return False
+    return True
+
+
+def _is_sha(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def raised_to(versions: Mapping[str, str], keys: Iterable[str], version: str) -> dict[str, str]:

@@ -18,12 +18,11 @@ import pytest
 import xpscerpto as xps
 from xpscerpto.capsules.build import build_capsule
 from xpscerpto.capsules.crash_guard import DEFAULT_CRASH_LIMIT
-from xpscerpto.capsules.store import RoutingState
 from xpscerpto.capsules.updater import StagePlan, Updater
 from xpscerpto.home import Home
 from xpscerpto.signing import TrustStore, generate_keypair, load_private_key
 
-from .test_updater import ALGO, FAST_GATES, NO_TRIAL, OP, Publisher, publisher
+from .test_updater import ALGO, FAST_GATES, NO_TRIAL, OP, Publisher, _state, publisher
 from .test_updater import _updater as _updater_with
 
 __all__ = ["publisher"]
@@ -60,11 +59,11 @@ def test_a_kat_recheck_refusal_leaves_routing_active_set_and_versions_as_before(
     eng = xps.Engine()
     up = _updater(eng, publisher.home, StagePlan(canary_seconds=0.6, dual_run_seconds=0, drain_timeout=10))
     good = up.apply(publisher.capsule("1.0.2"))
-    before = RoutingState.load(publisher.home.state)
+    before = _state(publisher.home)
     with pytest.raises(xps.UpdateError) as ei:
         up.apply(_late_wrong(publisher, "5.0.0"))
     assert ei.value.reason == "kat-recheck"
-    after = RoutingState.load(publisher.home.state)
+    after = _state(publisher.home)
     assert after.active == before.active and [a.version for a in after.active] == ["1.0.2"]
     assert after.highest == before.highest == {"xchacha20-openssl": "1.0.2"}
     assert eng.table.provider_for(OP) == "xchacha20-openssl"
@@ -124,7 +123,7 @@ def test_faults_of_a_rolled_back_capsule_are_not_charged_to_the_version_it_resto
         up.apply(bad)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            active = RoutingState.load(publisher.home.state).active
+            active = _state(publisher.home).active
             if [a.version for a in active] == ["1.0.1"]:
                 break
             time.sleep(0.05)
@@ -134,7 +133,7 @@ def test_faults_of_a_rolled_back_capsule_are_not_charged_to_the_version_it_resto
         for t in threads:
             t.join()
     assert failures[0] > 0  # the fault really happened under traffic
-    assert [a.version for a in RoutingState.load(publisher.home.state).active] == ["1.0.1"]
+    assert [a.version for a in _state(publisher.home).active] == ["1.0.1"]
     assert eng.table.provider_for(OP) == "xchacha20-openssl"
     rollbacks = [e for e in up.audit.tail(200) if e["event"] == "PATCH_ROLLBACK"]
     assert [(e["version"], e["to"]) for e in rollbacks] == [("1.0.2", "1.0.1")]
@@ -152,7 +151,7 @@ def test_rollback_works_after_the_threshold_rose_above_what_the_predecessor_has(
     up.apply(build_capsule(publisher.tmp / "src-1.0.1", [publisher.signer, bob]))
     cap = up.rollback(OP)
     assert cap.version == "1.0.1"
-    assert RoutingState.load(publisher.home.state).active == ()
+    assert _state(publisher.home).active == ()
     assert eng.table.provider_for(OP) == "sodium"
     record = [e for e in up.audit.tail(20) if e["event"] == "PATCH_ROLLBACK"][-1]
     assert record["to"] == "built-in" and "1.0.0 not restored (threshold)" in record["reason"]
@@ -183,14 +182,14 @@ def test_old_code_under_a_new_name_does_not_downgrade_an_operation(publisher: Pu
     with pytest.raises(xps.UpdateError) as ei:
         up.apply(_renamed(publisher, "renamed-xchacha", "1.0.0"))
     assert ei.value.reason == "rollback" and OP in str(ei.value)
-    assert [a.version for a in RoutingState.load(publisher.home.state).active] == ["2.0.0"]
+    assert [a.version for a in _state(publisher.home).active] == ["2.0.0"]
     # The memory survives a restart.
     up2 = _updater(xps.Engine(), publisher.home)
     with pytest.raises(xps.UpdateError):
         up2.apply(_renamed(publisher, "renamed-xchacha", "1.5.0"))
     # An operator's explicit rollback to an enabled version still works...
     assert up2.rollback("xchacha20-openssl", to="1.0.0").version == "2.0.0"
-    assert [a.version for a in RoutingState.load(publisher.home.state).active] == ["1.0.0"]
+    assert [a.version for a in _state(publisher.home).active] == ["1.0.0"]
     # ...and a genuinely newer release under the new name is accepted.
     assert up2.apply(_renamed(publisher, "renamed-xchacha", "2.1.0")).name == "renamed-xchacha"
 
@@ -205,8 +204,9 @@ SEGFAULT_LATER = ("_MASK = 0xFFFFFFFF\n",
                   "    _th.Timer(1.5, lambda: _ct.string_at(0)).start()\n")
 
 
-def _watch(home: Path, inbox: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "xpscerpto", "--home", str(home), "watch", str(inbox)],
+def _watch(home: Path, inbox: Path, config: Path | None = None) -> subprocess.Popen[str]:
+    given = ["--config", str(config)] if config is not None else []
+    return subprocess.Popen([sys.executable, "-m", "xpscerpto", *given, "--home", str(home), "watch", str(inbox)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -214,6 +214,10 @@ def test_a_capsule_that_keeps_crashing_the_engine_is_quarantined_not_reenabled(p
                                                                                 tmp_path: Path) -> None:
     home, inbox = publisher.home.root, tmp_path / "inbox"
     inbox.mkdir()
+    config = None
+    if publisher.backend == "postgresql":  # the service keeps its routing state in the database row
+        config = tmp_path / "node.json"
+        config.write_text(json.dumps({"hotpatch": {"state_database": publisher.dsn, "node": home.name}}))
     good = publisher.capsule("1.0.0")
     publisher.capsule("1.0.1")
     module = publisher.tmp / "src-1.0.1" / "xchacha.py"
@@ -223,7 +227,7 @@ def test_a_capsule_that_keeps_crashing_the_engine_is_quarantined_not_reenabled(p
     (inbox / "b.capsule").write_bytes(crashy)  # files are taken in name order: good first
     ends = []
     for _ in range(DEFAULT_CRASH_LIMIT + 1):
-        proc = _watch(home, inbox)
+        proc = _watch(home, inbox, config)
         try:
             # The crash comes 1.5 s after the capsule is loaded (at the drop, or at start):
             # a run still alive 12 s later did not load it.
@@ -237,7 +241,7 @@ def test_a_capsule_that_keeps_crashing_the_engine_is_quarantined_not_reenabled(p
     assert ends[:DEFAULT_CRASH_LIMIT] == [-signal.SIGSEGV] * DEFAULT_CRASH_LIMIT
     # ...then the next start quarantined it and kept running, on the predecessor.
     assert ends[DEFAULT_CRASH_LIMIT] is None
-    state = RoutingState.load(publisher.home.state)
+    state = _state(publisher.home)
     assert [a.version for a in state.active] == ["1.0.0"]
     records = [json.loads(line) for line in (home / "audit.log").read_text().splitlines() if line.strip()]
     quarantine = [r for r in records if r["event"] == "PATCH_ROLLBACK" and "quarantined" in r.get("reason", "")]
@@ -286,7 +290,7 @@ def test_the_sampled_check_after_cutover_rolls_back_a_provider_serving_wrong_res
     rollback = [e for e in up.audit.tail(50) if e["event"] == "PATCH_ROLLBACK"][-1]
     assert rollback["version"] == "1.0.1" and rollback["to"] == "1.0.0" and "sampled" in rollback["reason"]
     assert rollback["table_version"] == eng.table.version
-    assert [a.version for a in RoutingState.load(publisher.home.state).active] == ["1.0.0"]
+    assert [a.version for a in _state(publisher.home).active] == ["1.0.0"]
     assert eng.table.provider_for(OP) == "xchacha20-openssl"
     assert wrong > 0  # it really served wrong results before the check caught it
     assert eng.aead.open(ALGO, key, eng.aead.encrypt(ALGO, key, b"m")) == b"m"  # 1.0.0 serves again

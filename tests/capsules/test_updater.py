@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,10 @@ NO_TRIAL = StagePlan(canary_seconds=0, dual_run_seconds=0, drain_timeout=10)
 class Publisher:
     """Builds signed demo capsules at any version, with a trust store pinned in a home."""
 
+    #: Where the routing state of ``home`` lives in this test: "file" or "postgresql" (``dsn``).
+    backend = "file"
+    dsn: str | None = None
+
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         generate_keypair(tmp / "pub")
@@ -55,8 +59,9 @@ class Publisher:
         return build_capsule(src, [self.signer])
 
 
-#: home root -> a factory of its routing-state store (the backend under test).
-_STATES: dict[Path, Callable[[], StateStore]] = {}
+#: a test's folder -> the PostgreSQL database of its routing states (None: state.json files).
+#: Every home under that folder (other nodes too) uses it, the home's folder name as node.
+_BACKENDS: dict[Path, str | None] = {}
 _OPEN: list[StateStore] = []
 
 
@@ -64,20 +69,20 @@ _OPEN: list[StateStore] = []
 def publisher(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Publisher]:
     pub = Publisher(tmp_path)
     if request.param == "postgresql":
-        from xpscerpto.db.capsule_state import PgStateStore
 
-        dsn = request.getfixturevalue("pg_dsn")
-        _STATES[pub.home.root] = lambda: PgStateStore(dsn, node="node-a", home=pub.home)
-    else:
-        _STATES[pub.home.root] = lambda: FileStateStore(pub.home)
+        pub.backend, pub.dsn = "postgresql", request.getfixturevalue("pg_dsn")
+    _BACKENDS[tmp_path] = pub.dsn
     yield pub
-    del _STATES[pub.home.root]
+    del _BACKENDS[tmp_path]
     while _OPEN:
         _OPEN.pop().close()
 
 
 def _states(home: Home) -> StateStore:
-    store = _STATES[home.root]()
+    from xpscerpto.db.capsule_state import PgStateStore
+
+    dsn = next((dsn for folder, dsn in _BACKENDS.items() if home.root.is_relative_to(folder)), None)
+    store: StateStore = FileStateStore(home) if dsn is None else PgStateStore(dsn, node=home.root.name, home=home)
     _OPEN.append(store)
     return store
 
@@ -200,6 +205,7 @@ class BlockingXChaCha(Aead):
 def test_cutover_waits_for_in_flight_calls_and_audits_the_drain(publisher: Publisher) -> None:
     slow = Provider(name="slowsodium", backend="test", version="1",
                     implementations={OP: BlockingXChaCha()}, priority=1000)
+    GATE.__init__()  # closed again: the test runs once per state backend
     eng = xps.Engine(plugins=[ProviderPlugin((slow,))])
     up = _updater(eng, publisher.home)
     assert eng.table.provider_for(OP) == "slowsodium"

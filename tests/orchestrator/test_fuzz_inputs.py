@@ -91,3 +91,27 @@ def test_handshake_outcomes_take_any_protocol_name(value: object) -> None:
     m = Metrics()
     m.watch_channel(log)
     assert sum(m.snapshot()["xps_channel_handshakes_total"].values()) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(anything, anything)
+def test_routing_state_location_keys(database: object, node: object) -> None:
+    from xpscerpto.capsules.config import HotpatchConfig
+
+    _only_typed(HotpatchConfig.from_mapping, {"state_database": database, "node": node})
+    _only_typed(HotpatchConfig.from_mapping, {"node": node})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode),
+                 st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                              lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                              max_leaves=12).map(lambda d: __import__("json").dumps(d).encode())))
+def test_a_damaged_routing_state_document_is_an_update_refusal(raw: bytes) -> None:
+    from xpscerpto.capsules.store import RoutingState
+    from xpscerpto.errors import UpdateError
+
+    try:
+        RoutingState.from_bytes(raw, "row")
+    except UpdateError as exc:
+        assert exc.reason == "state"
