@@ -16,14 +16,19 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Mapping
+
+from xpscerpto.errors import PolicyError, XpsError
 
 from .migrations import require
 from .postgres import Database
 
-__all__ = ["CounterStore", "Series"]
+__all__ = ["CounterShare", "CounterStore", "Series"]
 
 Labels = tuple[tuple[str, str], ...]
 #: name -> {labels: value}, the shape of ``Metrics.snapshot()``.
@@ -91,3 +96,62 @@ def _labels(text: str) -> dict[str, str] | None:
             isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in data):
         return None
     return dict(data)
+
+
+class CounterShare:
+    """Publish a process's counters every ``every`` seconds from a daemon thread.
+
+    For processes that serve traffic without an orchestrator (an application with channel
+    servers or a keyring): their numbers reach the fleet table, and so the leader's canary
+    decisions, at most ``every`` seconds late.
+
+    Args:
+        database: ``postgresql://…`` (migration 6 applied).
+        node: this node's name (the instance is ``node#random``).
+        read: what to publish, e.g. ``metrics.snapshot``.
+        every: seconds between publications.
+
+    Example:
+        >>> share = CounterShare(dsn, node="web-1", read=metrics.snapshot).start()   # doctest: +SKIP
+    """
+
+    def __init__(self, database: str, *, node: str, read: Callable[[], Series], every: float = 5.0) -> None:
+        if isinstance(every, bool) or not isinstance(every, int | float) or not 0.05 <= every <= 3600:
+            raise PolicyError("every: expected seconds between 0.05 and 3600")
+        from .migrations import open_migrated
+
+        self.store = CounterStore(open_migrated(database, 6, "counters database"),
+                                  instance=f"{node}#{secrets.token_hex(4)}", node=node)
+        self._read, self.every = read, float(every)
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"xps-counters-{node}", daemon=True)
+
+    def start(self) -> CounterShare:
+        """Publish now and then every ``every`` seconds."""
+        self._thread.start()
+        return self
+
+    def publish(self) -> int:
+        """Publish once now (what the thread does); returns the rows written."""
+        return self.store.publish(self._read())
+
+    def stop(self) -> None:
+        """Publish a last time (best effort), stop, and close the connections."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        with contextlib.suppress(XpsError):
+            self.publish()
+        self.store.database.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.publish()
+                self.last_error = None
+            except XpsError as exc:  # the database away: the next round writes the totals again
+                self.last_error = str(exc)
+            except Exception as exc:  # a failing read must not end sharing for good
+                self.last_error = f"XPS_ERR_INTERNAL: {type(exc).__name__}"
+            self._stop.wait(self.every)

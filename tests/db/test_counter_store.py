@@ -7,6 +7,7 @@ import math
 import pytest
 from xpscerpto.db import Database
 from xpscerpto.db.counter_store import CounterStore
+from xpscerpto.errors import XpsError
 
 NAME = "xps_channel_handshakes_total"
 OK = (("pq", "true"), ("result", "ok"))
@@ -45,3 +46,41 @@ def test_a_row_edited_outside_xps_counts_for_nothing_instead_of_failing_the_read
     db.execute("INSERT INTO xps_counters (instance, node, name, labels, value) VALUES ('x', 'x', ?, ?, 99)",
                (NAME, labels))
     assert store.total(NAME) == 4
+
+
+def test_a_sharing_thread_publishes_keeps_going_through_an_outage_and_publishes_on_stop(
+        pg_dsn: str, db: Database, pg_server: object) -> None:
+    import time
+
+    from xpscerpto.db.counter_store import CounterShare
+    from xpscerpto.errors import PolicyError
+    from xpscerpto.metrics import Metrics
+
+    from tests.capsules.test_watch import wait_for
+
+    m = Metrics()
+    m.inc("xps_swaps_total")
+    share = CounterShare(pg_dsn, node="web-1", read=m.snapshot, every=0.1).start()
+    reader = CounterStore(db, instance="reader", node="reader")
+    wait_for(lambda: reader.total("xps_swaps_total", nodes=["web-1"]) == 1, "the first publication")
+    pg_server.stop("immediate")  # type: ignore[attr-defined]
+    try:
+        wait_for(lambda: share.last_error is not None, "the outage noticed")
+        m.inc("xps_swaps_total")
+    finally:
+        pg_server.start()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 20
+    while True:  # the thread catches up by itself once the database is back
+        try:
+            if reader.total("xps_swaps_total", nodes=["web-1"]) == 2:
+                break
+        except XpsError:
+            pass
+        assert time.monotonic() < deadline, "the totals were not published after the outage"
+        time.sleep(0.1)
+    m.inc("xps_swaps_total")
+    share.stop()
+    assert reader.total("xps_swaps_total", nodes=["web-1"]) == 3  # the last count, written at stop
+    for every in (0, -1, True, "5", 10_000):
+        with pytest.raises(PolicyError, match="every"):
+            CounterShare(pg_dsn, node="x", read=m.snapshot, every=every)  # type: ignore[arg-type]
