@@ -868,10 +868,17 @@ class _NonceCache:
         self._seen: dict[int, int] = {}
         self._lock = threading.Lock()
         self._hash_key = os.urandom(32)
+        # One keyed hash state per operation, copied per call: the key block is compressed
+        # once, not on every explicit-nonce call (0.4 us of its cost).
+        self._prefix: dict[str, Any] = {}
 
     def record(self, operation: str, key: Buffer, nonce: bytes, wire: bytes, tag_size: int) -> None:
         # The algorithm is part of the pair: one key under two algorithms is two keystreams.
-        h = hashlib.blake2b(operation.encode(), digest_size=8, key=self._hash_key, person=b"xps-nonce-v1")
+        base = self._prefix.get(operation)
+        if base is None:
+            base = self._prefix.setdefault(operation, hashlib.blake2b(
+                operation.encode(), digest_size=8, key=self._hash_key, person=b"xps-nonce-v1"))
+        h = base.copy()
         h.update(bytes((len(key) & 0xFF,)))
         h.update(key)
         h.update(nonce)
