@@ -259,21 +259,30 @@ class Updater:
         self._audit("PATCH_STAGE", sha256=sha, name=m.name, version=m.version, operations=list(cap.operations))
 
         reference = self._current_impls(m.operations)  # what serves now: the sampled check's yardstick
-        for mode, seconds in (("canary", self.plan.canary_seconds), ("dual-run", self.plan.dual_run_seconds)):
-            if seconds > 0:
-                self._trial(loaded, mode, seconds, operator)
-
         previous, previous_held = self._state, self._held
-        state = self._state.enable(cap, operator=operator)
-        held = {k: h for k, h in self._held.items() if h["name"] != m.name}  # replaced (or repaired) now
-        table = self._table_for(state.active, held=held)
-        # Journal first: if the journal refuses, nothing is enabled. The commit point is the
-        # state file; a crash between the two leaves an ENABLE that the restart's state denies
-        # (the journal over-reports, never under-reports).
-        self._audit("PATCH_ENABLE", sha256=sha, name=m.name, version=m.version, operations=list(cap.operations),
-                    publisher=sorted(capsule.signed_by), operator=operator, table_version=table.version,
-                    policy=self._policy(capsule.signed_by, cap.operations))
-        self.state_store.save(state)
+        trialled = False
+        try:
+            for mode, seconds in (("canary", self.plan.canary_seconds), ("dual-run", self.plan.dual_run_seconds)):
+                if seconds > 0:
+                    trialled = True
+                    self._trial(loaded, mode, seconds, operator)
+            state = self._state.enable(cap, operator=operator)
+            held = {k: h for k, h in self._held.items() if h["name"] != m.name}  # replaced (or repaired) now
+            table = self._table_for(state.active, held=held)
+            # Journal first: if the journal refuses, nothing is enabled. The commit point is the
+            # state file; a crash between the two leaves an ENABLE that the restart's state denies
+            # (the journal over-reports, never under-reports).
+            self._audit("PATCH_ENABLE", sha256=sha, name=m.name, version=m.version,
+                        operations=list(cap.operations), publisher=sorted(capsule.signed_by), operator=operator,
+                        table_version=table.version, policy=self._policy(capsule.signed_by, cap.operations))
+            self.state_store.save(state)
+        except XpsError:
+            # A trial that passed left its table published; the journal or the state store then
+            # refusing (full disk, database away) must not leave the candidate serving traffic
+            # that nothing committed (found by stopping PostgreSQL during a canary).
+            if trialled:
+                self._publish(self._table_for(previous.active))
+            raise
         self._state = state
         self._held = held
         self._publish(table)

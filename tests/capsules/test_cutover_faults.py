@@ -18,6 +18,7 @@ import pytest
 import xpscerpto as xps
 from xpscerpto.capsules.build import build_capsule
 from xpscerpto.capsules.crash_guard import DEFAULT_CRASH_LIMIT
+from xpscerpto.capsules.store import RoutingState
 from xpscerpto.capsules.updater import StagePlan, Updater
 from xpscerpto.home import Home
 from xpscerpto.signing import TrustStore, generate_keypair, load_private_key
@@ -294,3 +295,37 @@ def test_the_sampled_check_after_cutover_rolls_back_a_provider_serving_wrong_res
     assert eng.table.provider_for(OP) == "xchacha20-openssl"
     assert wrong > 0  # it really served wrong results before the check caught it
     assert eng.aead.open(ALGO, key, eng.aead.encrypt(ALGO, key, b"m")) == b"m"  # 1.0.0 serves again
+
+
+def test_a_commit_failing_after_a_passed_canary_restores_the_previous_routing(tmp_path: Path) -> None:
+    """The canary passed and published its table; then the state commit fails for real (the
+    state file's place is taken by a directory, so the atomic rename fails): the candidate must
+    stop serving, since nothing committed it (it used to keep serving the canary table)."""
+    pub = Publisher(tmp_path)
+    eng = xps.Engine()
+    up = _updater(eng, pub.home, StagePlan(canary_share=1.0, canary_seconds=1.5, dual_run_seconds=0,
+                                           drain_timeout=10))
+    outcome: list[object] = []
+    worker = threading.Thread(target=lambda: outcome.append(_try(up.apply, pub.capsule("1.0.0"))))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while eng.table.provider_for(OP) != "xchacha20-openssl":  # the canary table is live
+        assert time.monotonic() < deadline and worker.is_alive(), outcome
+        time.sleep(0.01)
+    pub.home.state.unlink(missing_ok=True)
+    pub.home.state.mkdir()
+    worker.join(60)
+    assert len(outcome) == 1 and isinstance(outcome[0], xps.UpdateError) and outcome[0].reason == "io", outcome
+    assert eng.table.provider_for(OP) == "sodium"  # routing as it was before the apply
+    assert up.status()["active"] == []
+    pub.home.state.rmdir()
+    assert up.apply(pub.capsule("1.0.0")).version == "1.0.0"  # the disk fixed: the retry lands
+    assert [a.version for a in RoutingState.load(pub.home.state).active] == ["1.0.0"]
+    up.close()
+
+
+def _try(fn: object, *args: object) -> object:
+    try:
+        return fn(*args)  # type: ignore[operator]
+    except xps.XpsError as exc:
+        return exc

@@ -183,3 +183,49 @@ def test_a_watch_service_configured_for_the_database_commits_there_and_offline_c
     assert offline["running"] is False and [a["name"] for a in offline["active"]] == ["xchacha20-openssl"]  # type: ignore[index, union-attr]
     subprocess.run([*base, "rollback", OP], check=True, capture_output=True, text=True)
     assert status()["active"] == []
+
+
+def test_the_database_dying_during_a_cutover_leaves_routing_as_it_was_and_a_retry_lands(
+        tmp_path: Path, pg_dsn: str, pg_server: object) -> None:
+    import xpscerpto as xps
+    from xpscerpto.capsules.updater import StagePlan, Updater
+
+    from tests.capsules.test_updater import FAST_GATES, Publisher
+
+    pub = Publisher(tmp_path)
+    states = PgStateStore(pg_dsn, node="node-a", home=pub.home)
+    eng = xps.Engine()
+    up = Updater(eng, pub.home, gates=FAST_GATES, state_store=states,
+                 plan=StagePlan(canary_share=1.0, canary_seconds=2.0, dual_run_seconds=0, drain_timeout=10))
+    up.restore()
+    before = eng.table.provider_for(OP)
+    outcome: list[BaseException | str] = []
+
+    def apply() -> None:
+        try:
+            outcome.append(up.apply(pub.capsule("1.0.0")).version)
+        except BaseException as exc:  # reported below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=apply)
+    worker.start()
+    wait_for(lambda: eng.table.provider_for(OP) == "xchacha20-openssl", "the canary serving")
+    pg_server.stop("immediate")  # type: ignore[attr-defined]
+    try:
+        worker.join(60)
+        assert len(outcome) == 1 and isinstance(outcome[0], xps.XpsError), outcome  # typed, not a crash
+        assert eng.table.provider_for(OP) == before  # nothing committed: routing as it was
+    finally:
+        pg_server.start()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 30
+    while True:  # the same capsule again, once the database is back: it lands and is committed
+        try:
+            assert up.apply(pub.capsule("1.0.0")).version == "1.0.0"
+            break
+        except xps.XpsError:
+            assert time.monotonic() < deadline, "the retry never landed"
+            time.sleep(0.5)
+    assert eng.table.provider_for(OP) == "xchacha20-openssl"
+    assert [a.version for a in states.load().active] == ["1.0.0"]
+    up.close()
+    states.close()
