@@ -38,6 +38,8 @@ from .lease import FENCE, Lease, LeaseState
 from .schedule import Schedule, parse_seconds
 
 if TYPE_CHECKING:
+    from xpscerpto.metrics import Metrics
+
     from .pq_rollout import PqRollout
     from .suite_migration import SuiteMigration
 
@@ -116,7 +118,7 @@ class Orchestrator:
     """
 
     def __init__(self, keyring: Keyring, *, node: str, lease_ttl: float = 10.0, interval: float = 1.0,
-                 metrics: Any = None) -> None:
+                 metrics: Metrics | None = None) -> None:
         database = getattr(keyring.store, "database", None)
         if not isinstance(database, Database):
             raise PolicyError("keyring.database: the orchestrator needs a postgresql:// keyring (nodes share it)")

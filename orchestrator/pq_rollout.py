@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
-import hashlib
 import json
 import math
 import threading
@@ -40,6 +39,7 @@ from xpscerpto.channel.config import DEFAULT_PQ_PROTOCOL, ChannelConfig
 from xpscerpto.db.migrations import open_migrated
 from xpscerpto.errors import PolicyError, XpsError
 
+from ._canary import MIN_SAMPLES, canary_subset, check_fields
 from .schedule import parse_seconds
 
 if TYPE_CHECKING:
@@ -50,8 +50,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CHANNEL", "MIN_SAMPLES", "POSTURES", "PqPosture", "PqRollout", "advance", "channel_config", "posture_of"]
 
-#: PQ handshakes the canary nodes need before their failure rate may abort the rollout.
-MIN_SAMPLES = 20
 #: The advisory lock that makes "one live rollout per node" hold when two start at once.
 PQ_LOCK = 0x7870_7300_0000_0004
 #: The NOTIFY channel a phase change is announced on (followers also poll).
@@ -77,8 +75,7 @@ class PqRollout:
     max_failure_rate: float = 0.001
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name or len(self.name) > 200 or not self.name.isprintable():
-            raise PolicyError("name: expected a printable str of 1 to 200 characters")
+        check_fields(self.name, self.canary, self.watch, self.max_failure_rate)
         if (not isinstance(self.nodes, tuple) or not self.nodes
                 or not all(isinstance(n, str) and n and len(n) <= 200 and n.isprintable() for n in self.nodes)
                 or len(set(self.nodes)) != len(self.nodes)):
@@ -91,16 +88,10 @@ class PqRollout:
             raise PolicyError("protocol: expected a Noise protocol name this engine builds") from None
         if not hybrid:
             raise PolicyError("protocol: expected a hybrid post-quantum (hfs) protocol")
-        for field, value in (("canary", self.canary), ("max_failure_rate", self.max_failure_rate)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1 \
-                    or (field == "canary" and value == 0):
-                raise PolicyError(f"{field}: expected a number in {'(0, 1]' if field == 'canary' else '[0, 1]'}")
-        parse_seconds(self.watch, "watch")
 
     def canary_nodes(self) -> tuple[str, ...]:
         """The canary subset: ``ceil(canary * n)`` nodes, spread by a hash of their names."""
-        n = max(1, math.ceil(self.canary * len(self.nodes)))
-        return tuple(sorted(self.nodes, key=lambda k: hashlib.sha256(k.encode()).digest())[:n])
+        return canary_subset(self.nodes, self.canary)
 
     def posture(self, phase: str, node: str) -> str:
         """What ``node`` does in ``phase`` (``classic`` if it is not part of this rollout)."""

@@ -24,14 +24,13 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from xpscerpto.errors import PolicyError
 
+from ._canary import MIN_SAMPLES, canary_subset, check_fields
 from .schedule import parse_seconds
 
 if TYPE_CHECKING:
@@ -40,8 +39,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MIN_SAMPLES", "SuiteMigration", "advance"]
 
-#: Decryptions the canary needs before its failure rate may abort the migration.
-MIN_SAMPLES = 20
 _SUITES = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305", "XCHACHA20-POLY1305", "AES-256-GCM-SIV")
 
 
@@ -61,24 +58,16 @@ class SuiteMigration:
     max_failure_rate: float = 0.001
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name or len(self.name) > 200 or not self.name.isprintable():
-            raise PolicyError("name: expected a printable str of 1 to 200 characters")
+        check_fields(self.name, self.canary, self.watch, self.max_failure_rate)
         if (not isinstance(self.keys, tuple) or not self.keys or not all(isinstance(k, str) and k for k in self.keys)
                 or len(set(self.keys)) != len(self.keys)):  # types first: set() of a dict would raise
             raise PolicyError("keys: expected a non-empty tuple of distinct key names")
         if self.target not in _SUITES:
             raise PolicyError(f"target: expected one of {', '.join(_SUITES)}")
-        for field, value, low, high in (("canary", self.canary, 0.0, 1.0),
-                                        ("max_failure_rate", self.max_failure_rate, 0.0, 1.0)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high \
-                    or (field == "canary" and value == 0):
-                raise PolicyError(f"{field}: expected a number in {'(0, 1]' if field == 'canary' else '[0, 1]'}")
-        parse_seconds(self.watch, "watch")
 
     def canary_keys(self) -> tuple[str, ...]:
         """The canary subset: ``ceil(canary * n)`` keys, spread by a hash of their names."""
-        n = max(1, math.ceil(self.canary * len(self.keys)))
-        return tuple(sorted(self.keys, key=lambda k: hashlib.sha256(k.encode()).digest())[:n])
+        return canary_subset(self.keys, self.canary)
 
 
 def advance(orch: Orchestrator, state: LeaseState) -> list[tuple[str, str]]:

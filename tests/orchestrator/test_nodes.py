@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -209,9 +209,24 @@ def test_killing_leaders_again_and_again_during_a_suite_migration_moves_every_ke
         row = db.execute("SELECT phase FROM xps_suite_migrations WHERE name = 'mig'").fetchone()
         return str(row[0]) if row else ""
 
-    # kill -9 whichever node leads, at different moments of its work, and bring it back.
+    seen = _kill_leaders(procs, root, lease, phase, until="committed", delays=(0.05, 0.15, 0.3, 0.5, 0.8))
+    _wait("the migration to commit", lambda: phase() == "committed", timeout=60)
+    # Leaders died (at least twice) while it was under way, not only after it finished.
+    assert len(seen) >= 2 and {"canary", "watching", "rollout"} & set(seen)
+    rows = db.execute("SELECT k.name, v.version, v.algorithm FROM versions v JOIN keys k ON k.key_id = v.key_id "
+                      "ORDER BY k.name, v.version").fetchall()
+    assert rows == [(k, v, alg) for k in sorted(keys)
+                    for v, alg in ((1, "AES-256-GCM"), (2, "XCHACHA20-POLY1305"))]  # each key moved once
+    phases = [e["phase"] for e in _journal(root, pg_dsn) if e["event"] == "SUITE_MIGRATION"]
+    assert phases == ["watching", "rollout", "committed"]
+
+
+def _kill_leaders(procs: dict[str, subprocess.Popen[bytes]], root: Path, lease: Lease,
+                  phase: Callable[[], str], *, until: str, delays: tuple[float, ...]) -> list[str]:
+    """kill -9 whichever node leads, at different moments of its work, and bring it back, until
+    ``phase()`` reads ``until``; returns the phase seen at each kill."""
     seen = []
-    for delay in (0.05, 0.15, 0.3, 0.5, 0.8):
+    for delay in delays:
         current = _wait("a leader", lambda: (s := lease.state()).holder and s)
         time.sleep(delay)
         victim = str(node_of(current.holder))  # type: ignore[union-attr]
@@ -222,17 +237,9 @@ def test_killing_leaders_again_and_again_during_a_suite_migration_moves_every_ke
         # The next round kills the *next* leader: wait for the takeover (a new token).
         _wait("the lease to be taken over", lambda c=current: (s := lease.state()).holder is not None
               and s.token > c.token)  # type: ignore[union-attr]
-        if phase() == "committed":
+        if phase() == until:
             break
-    _wait("the migration to commit", lambda: phase() == "committed", timeout=60)
-    # Leaders died (at least twice) while it was under way, not only after it finished.
-    assert len(seen) >= 2 and {"canary", "watching", "rollout"} & set(seen)
-    rows = db.execute("SELECT k.name, v.version, v.algorithm FROM versions v JOIN keys k ON k.key_id = v.key_id "
-                      "ORDER BY k.name, v.version").fetchall()
-    assert rows == [(k, v, alg) for k in sorted(keys)
-                    for v, alg in ((1, "AES-256-GCM"), (2, "XCHACHA20-POLY1305"))]  # each key moved once
-    phases = [e["phase"] for e in _journal(root, pg_dsn) if e["event"] == "SUITE_MIGRATION"]
-    assert phases == ["watching", "rollout", "committed"]
+    return seen
 
 
 def _journal(root: Path, dsn: str) -> list[dict[str, object]]:
@@ -261,19 +268,7 @@ def test_killing_leaders_during_a_pq_rollout_journals_each_phase_exactly_once(
         row = db.execute("SELECT phase FROM xps_pq_rollouts WHERE name = 'pq'").fetchone()
         return str(row[0]) if row else ""
 
-    seen = []
-    for delay in (0.1, 0.4, 0.9, 1.5):
-        current = _wait("a leader", lambda: (s := lease.state()).holder and s)
-        time.sleep(delay)
-        victim = str(node_of(current.holder))  # type: ignore[union-attr]
-        seen.append(phase())
-        procs[victim].send_signal(signal.SIGKILL)
-        procs[victim].wait()
-        procs[victim] = _start_node(root, victim)
-        _wait("the lease to be taken over", lambda c=current: (s := lease.state()).holder is not None
-              and s.token > c.token)  # type: ignore[union-attr]
-        if phase() == "retired":
-            break
+    seen = _kill_leaders(procs, root, lease, phase, until="retired", delays=(0.1, 0.4, 0.9, 1.5))
     _wait("the rollout to retire classic", lambda: phase() == "retired", timeout=60)
     assert len(seen) >= 2 and {"canary", "committed"} & set(seen)
     _wait("every phase record delivered", lambda: [e["phase"] for e in _journal(root, pg_dsn)
