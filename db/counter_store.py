@@ -28,7 +28,7 @@ from xpscerpto.errors import PolicyError, XpsError
 from .migrations import require
 from .postgres import Database
 
-__all__ = ["CounterShare", "CounterStore", "Series"]
+__all__ = ["CounterShare", "CounterStore", "Series", "series_rows"]
 
 Labels = tuple[tuple[str, str], ...]
 #: name -> {labels: value}, the shape of ``Metrics.snapshot()``.
@@ -54,9 +54,7 @@ class CounterStore:
         Raises:
             InternalError: the database failed (nothing written; the next publish retries).
         """
-        rows = [(name, json.dumps([list(p) for p in labels]), float(value))
-                for name, by_labels in series.items() for labels, value in by_labels.items()
-                if isinstance(value, int | float) and math.isfinite(value)]
+        rows = series_rows(series)
         if not rows:
             return 0
         with self.database.transaction() as tx:
@@ -84,6 +82,27 @@ class CounterStore:
         """The sum of series ``name`` over every instance whose labels include ``match``."""
         return sum(value for _, labels, value in self.rows(name, nodes)
                    if all(labels.get(k) == v for k, v in match.items()))
+
+
+def series_rows(series: object) -> list[tuple[str, str, float]]:
+    """(name, labels as JSON, value) of every finite number in ``series`` (the snapshot shape).
+
+    Raises:
+        PolicyError: ``series`` is not name -> {((label, value), ...): number} (names the part).
+    """
+    if not isinstance(series, Mapping):
+        raise PolicyError(f"series: expected a mapping of counter names, got {type(series).__name__}")
+    rows = []
+    for name, by_labels in series.items():
+        if not isinstance(name, str) or not isinstance(by_labels, Mapping):
+            raise PolicyError("series: expected counter name (str) -> {labels: value}")
+        for labels, value in by_labels.items():
+            if not isinstance(labels, tuple) or not all(
+                    isinstance(p, tuple) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in labels):
+                raise PolicyError("series: labels must be a tuple of (name, value) string pairs")
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                rows.append((name, json.dumps([list(p) for p in labels]), float(value)))
+    return rows
 
 
 def _labels(text: str) -> dict[str, str] | None:

@@ -4,6 +4,7 @@ Values carry a marker substring; no refusal may repeat it (a DSN's password, a c
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from hypothesis import example, given, settings
@@ -115,3 +116,25 @@ def test_a_damaged_routing_state_document_is_an_update_refusal(raw: bytes) -> No
         RoutingState.from_bytes(raw, "row")
     except UpdateError as exc:
         assert exc.reason == "state"
+
+
+@settings(max_examples=300, deadline=None)
+@given(anything, anything, anything)
+def test_a_counter_series_of_any_shape_is_rows_or_a_policy_refusal(name: object, labels: object,
+                                                                   value: object) -> None:
+    from xpscerpto.db.counter_store import series_rows
+
+    _only_typed(series_rows, name)
+    _only_typed(series_rows, {"n": labels})
+    candidates: list[object] = [{"n": {(("k", "v"),): value}}]
+    with contextlib.suppress(TypeError):  # an unhashable key: no such mapping exists to pass
+        candidates.append({name: {(("k", "v"),): value}})
+    with contextlib.suppress(TypeError):
+        candidates.append({"n": {labels: value}})
+    for series in candidates:
+        try:
+            rows = series_rows(series)
+        except XpsError as exc:
+            assert MARK not in str(exc)
+            continue
+        assert all(isinstance(v, float) for _, _, v in rows)
