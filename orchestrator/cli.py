@@ -151,16 +151,15 @@ def add_orch_commands(sub: Any) -> None:
     g.add_argument("name")
     g.add_argument("--keys", required=True, help="comma-separated key names")
     g.add_argument("--target", required=True, help="e.g. XCHACHA20-POLY1305")
-    g.add_argument("--canary", type=float, default=0.1, help="share of keys moved first (default 0.1)")
-    g.add_argument("--watch", default="1h", help="how long the canary is watched (default 1h)")
-    g.add_argument("--max-failure-rate", type=float, default=0.001, help="abort above this auth-failure rate")
     q = osub.add_parser("pq", help="roll hybrid post-quantum channels out over nodes: canary, watch, all, require")
     q.add_argument("name")
     q.add_argument("--nodes", required=True, help="comma-separated node names")
     q.add_argument("--protocol", default=None, help="the hybrid Noise protocol (default XXhfs ChaChaPoly SHA256)")
-    q.add_argument("--canary", type=float, default=0.1, help="share of nodes that offer PQ first (default 0.1)")
-    q.add_argument("--watch", default="1h", help="how long each phase is watched (default 1h)")
-    q.add_argument("--max-failure-rate", type=float, default=0.001, help="abort above this handshake failure rate")
+    for parser, moved, failures in ((g, "keys moved", "auth-failure"), (q, "nodes that offer PQ", "handshake failure")):
+        # The careful-rollout fields both share (orchestrator/_canary.py checks them).
+        parser.add_argument("--canary", type=float, default=0.1, help=f"share of {moved} first (default 0.1)")
+        parser.add_argument("--watch", default="1h", help="how long each phase is watched (default 1h)")
+        parser.add_argument("--max-failure-rate", type=float, default=0.001, help=f"abort above this {failures} rate")
     r = osub.add_parser("run", help="run this node's orchestrator until SIGTERM")
     r.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (rotations) there")
     for s in osub.choices.values():

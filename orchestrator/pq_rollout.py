@@ -80,14 +80,7 @@ class PqRollout:
                 or not all(isinstance(n, str) and n and len(n) <= 200 and n.isprintable() for n in self.nodes)
                 or len(set(self.nodes)) != len(self.nodes)):
             raise PolicyError("nodes: expected a non-empty tuple of distinct node names")
-        from xpscerpto.channel._patterns import parse_protocol
-
-        try:
-            hybrid = parse_protocol(self.protocol).hfs
-        except XpsError:
-            raise PolicyError("protocol: expected a Noise protocol name this engine builds") from None
-        if not hybrid:
-            raise PolicyError("protocol: expected a hybrid post-quantum (hfs) protocol")
+        _check_hybrid(self.protocol)
 
     def canary_nodes(self) -> tuple[str, ...]:
         """The canary subset: ``ceil(canary * n)`` nodes, spread by a hash of their names."""
@@ -104,12 +97,26 @@ class PqRollout:
         return "offer" if phase == "committed" else "require"
 
 
+def _check_hybrid(protocol: object) -> None:
+    from xpscerpto.channel._patterns import parse_protocol
+
+    try:
+        hybrid = parse_protocol(protocol).hfs  # type: ignore[arg-type]  # it refuses a non-str, typed
+    except XpsError:
+        raise PolicyError("protocol: expected a Noise protocol name this engine builds") from None
+    if not hybrid:
+        raise PolicyError("protocol: expected a hybrid post-quantum (hfs) protocol")
+
+
 def channel_config(posture: str, base: ChannelConfig, protocol: str = DEFAULT_PQ_PROTOCOL) -> ChannelConfig:
     """``base`` as a node in ``posture`` uses it (``protocol`` is the hybrid one rolled out)."""
     if posture not in POSTURES:
         raise PolicyError(f"posture: expected one of {', '.join(POSTURES)}")
+    if not isinstance(base, ChannelConfig):
+        raise PolicyError(f"base: expected a ChannelConfig, got {type(base).__name__}")
     if posture == "classic":
         return base
+    _check_hybrid(protocol)
     accept = base.accept if any(fnmatch.fnmatchcase(protocol, a) for a in base.accept) else (*base.accept, protocol)
     if posture == "accept":
         return dataclasses.replace(base, accept=accept)
@@ -291,6 +298,8 @@ class PqPosture:
                  on_change: Callable[[ChannelConfig], None] | None = None, poll: float = 2.0) -> None:
         if not isinstance(base, ChannelConfig):
             raise PolicyError(f"base: expected a ChannelConfig, got {type(base).__name__}")
+        if not isinstance(node, str) or not node or len(node) > 200 or not node.isprintable():
+            raise PolicyError("node: expected a printable node name of 1 to 200 characters")
         self.database = open_migrated(database, 6, "PQ rollout database")
         self.node, self.base, self.poll = node, base, poll
         self._on_change = on_change

@@ -78,6 +78,9 @@ def test_pq_rollout_constructor_posture_and_channel_config(a: object, b: object,
     _only_typed(PqRollout, "r", nodes=("n",), protocol=c)  # type: ignore[arg-type]
     _only_typed(PqRollout("r", nodes=("n",)).posture, a, "n")  # type: ignore[arg-type]
     _only_typed(channel_config, a, ChannelConfig(), "Noise_XXhfs_25519+MLKEM768_ChaChaPoly_SHA256")  # type: ignore[arg-type]
+    _only_typed(channel_config, "accept", b, "Noise_XXhfs_25519+MLKEM768_ChaChaPoly_SHA256")  # type: ignore[arg-type]
+    for posture in ("accept", "offer", "require"):
+        _only_typed(channel_config, posture, ChannelConfig(), c)  # type: ignore[arg-type]
 
 
 @settings(max_examples=300, deadline=None)
