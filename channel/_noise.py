@@ -37,6 +37,7 @@ from ._patterns import NoiseProtocol, parse_protocol
 if TYPE_CHECKING:
     from xpscerpto.engine import Engine, KeyedAead
     from xpscerpto.interfaces import Buffer
+    from xpscerpto.sealed import Sealed
 
 __all__ = [
     "MAX_MESSAGE",
@@ -80,28 +81,66 @@ def keyed_aead(engine: Engine, algo: str, key: Buffer | SecretBytes) -> KeyedAea
     return engine.aead.keyed(algo, key, nonce_reuse="caller")
 
 
+class _HandshakeKey:
+    """A handshake key ``k``: MixKey replaces it after one or two messages.
+
+    It goes through the stateless AEAD API (one routing-table load per message) instead of a
+    keyed AEAD, whose provider cipher object would be built to serve one or two messages
+    (measured: building it cost more than the messages). Same routing, same nonces (Noise's
+    counters, never repeated for one key: ``nonce_reuse="caller"``), same checks.
+    """
+
+    __slots__ = ("_algo", "_api", "_key")
+
+    def __init__(self, engine: Engine, algo: str, key: Buffer | SecretBytes) -> None:
+        self._api, self._algo = engine.aead, algo
+        if isinstance(key, SecretBytes):
+            with key.view() as view:
+                self._key = SecretBytes(view)
+        else:
+            self._key = SecretBytes(_as_buffer(key, "key", KeyError_))
+
+    def encrypt(self, plaintext: Buffer, aad: Buffer, nonce: bytes) -> Sealed:
+        return self._api.encrypt(self._algo, self._key, plaintext, aad, nonce, nonce_reuse="caller")
+
+    def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+        view = memoryview(data)
+        return self._api.decrypt(self._algo, self._key, nonce, view[:-TAGLEN], view[-TAGLEN:], aad)
+
+    def wipe(self) -> None:
+        self._key.wipe()
+
+
 class CipherState:
     """Section 5.1: a key ``k`` (or none) and a 64-bit counter nonce ``n``.
 
-    The key lives in an engine :class:`~xpscerpto.engine.KeyedAead` (which rebinds to a newly
-    published routing table by itself); :meth:`rekey` builds a new one from the new key, so a
-    provider swapped in by a capsule serves every key made after the swap.
+    A transport key lives in an engine :class:`~xpscerpto.engine.KeyedAead` (which rebinds to
+    a newly published routing table by itself); :meth:`rekey` builds a new one from the new
+    key, so a provider swapped in by a capsule serves every key made after the swap. The
+    handshake's own CipherState (``handshake=True``) uses each key for one or two messages
+    only, through the stateless API (see :class:`_HandshakeKey`).
     """
 
-    __slots__ = ("_aead", "_algo", "_engine", "_pack", "n")
+    __slots__ = ("_aead", "_algo", "_engine", "_handshake", "_pack", "n")
 
-    def __init__(self, engine: Engine, cipher: str) -> None:
+    def __init__(self, engine: Engine, cipher: str, *, handshake: bool = False) -> None:
         self._engine = engine
         self._algo = _AEAD_ALGO[cipher]
         self._pack = _NONCE_PACK[cipher]
-        self._aead: KeyedAead | None = None
+        self._handshake = handshake
+        self._aead: KeyedAead | _HandshakeKey | None = None
         self.n = 0
+
+    def _bind(self, key: Buffer | SecretBytes) -> KeyedAead | _HandshakeKey:
+        if self._handshake:
+            return _HandshakeKey(self._engine, self._algo, key)
+        return keyed_aead(self._engine, self._algo, key)
 
     def initialize_key(self, key: Buffer | SecretBytes | None) -> None:
         """InitializeKey(key): set ``k`` (``None`` for empty) and reset ``n`` to 0."""
         if self._aead is not None:
             self._aead.wipe()
-        self._aead = None if key is None else keyed_aead(self._engine, self._algo, key)
+        self._aead = None if key is None else self._bind(key)
         self.n = 0
 
     def has_key(self) -> bool:
@@ -147,7 +186,7 @@ class CipherState:
             raise KeyError_("rekey: this CipherState has no key")
         with SecretBytes(aead.encrypt(_ZEROS32, b"", self._pack(MAX_NONCE)).ciphertext_and_tag[:32]) as k:
             aead.wipe()
-            self._aead = keyed_aead(self._engine, self._algo, k)
+            self._aead = self._bind(k)
 
     @property
     def provider(self) -> str | None:
@@ -177,7 +216,7 @@ class SymmetricState:
         name = protocol.name.encode("ascii")
         self.h = name.ljust(self.hashlen, b"\x00") if len(name) <= self.hashlen else self._hash(name)
         self.ck = SecretBytes(self.h)
-        self.cipher = CipherState(engine, protocol.cipher)
+        self.cipher = CipherState(engine, protocol.cipher, handshake=True)
 
     def _hkdf(self, ikm: Buffer | SecretBytes, outputs: int) -> list[SecretBytes]:
         """HKDF(ck, ikm, n): HKDF-Extract with ``ck`` as salt, then Expand with empty info."""
@@ -396,10 +435,8 @@ class HandshakeState:
         for t in tokens:
             if t == "e":
                 if self._e is None:
-                    _pk, sk = self._dh.generate_keypair()
-                    self._e = self._keypair(sk, "e")
-                    sk.wipe()
-                    assert self._e is not None
+                    keyed = self._dh.generate_keyed()
+                    self._e = _LocalKey(keyed.public_key, keyed, owned=True)
                 out += self._e.public
                 ss.mix_hash(self._e.public)
                 if self.protocol.psk:

@@ -88,6 +88,11 @@ class _Reader:
                 raise AuthError("channel: the peer closed the connection", reason="eof")
             self._buf += self._scratch[:got]
 
+    def has_record(self) -> bool:
+        """Whether a whole record is already buffered (reading it would not block)."""
+        buf = self._buf
+        return len(buf) >= 2 and len(buf) >= 2 + _U16.unpack_from(buf)[0]
+
     def record(self, limit: int) -> bytes:
         self._fill(2, False)
         (n,) = _U16.unpack_from(self._buf)
@@ -102,10 +107,17 @@ class _Reader:
 def _handshake(hs: Handshake, sock: socket.socket, reader: _Reader) -> Established:
     if hs.initiator:
         sock.sendall(hs.start())
+    out = b""
     while not hs.finished:
-        out = hs.receive(reader.record(MAX_MESSAGE))
-        if out:
+        out += hs.receive(reader.record(MAX_MESSAGE))
+        # Replies to records the peer sent together go out together (the responder's status
+        # and its first message): one segment, one wake-up of the peer. Nothing is held while
+        # no whole record is waiting, so a peer that waits for a reply always gets it.
+        if out and not reader.has_record():
             sock.sendall(out)
+            out = b""
+    if out:
+        sock.sendall(out)
     return hs.established()
 
 

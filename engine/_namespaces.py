@@ -164,6 +164,29 @@ class KexAPI(_KeyPairAPI[KexRoute]):
 
         return KeyedExchange(self._engine, self._op, secret_key)
 
+    def generate_keyed(self) -> KeyedExchange:
+        """A fresh private key, held as a keyed exchange (an ephemeral key, as in a handshake).
+
+        Same as ``keyed(generate_keypair()[1])`` without deriving the public key a second time
+        or leaving a copy of the secret with the caller: the secret exists only inside the
+        returned object (``wipe()`` it when done).
+
+        Raises:
+            PolicyError: the operation is not available.
+            ProviderError: the provider failed (XPS_ERR_INTERNAL).
+
+        Example:
+            >>> import xpscerpto as xps
+            >>> a, b = xps.x25519.generate_keyed(), xps.x25519.generate_keyed()
+            >>> a.exchange(b.public_key) == b.exchange(a.public_key)
+            True
+        """
+        from .keyed import KeyedExchange
+
+        public_key, secret = self.generate_keypair()
+        with secret:
+            return KeyedExchange(self._engine, self._op, secret, _public_key=public_key)
+
 
 class KemAPI(_KeyPairAPI[KemRoute]):
     """ML-KEM-768 key encapsulation; the decapsulation key is the 64-byte seed.

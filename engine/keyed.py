@@ -46,7 +46,8 @@ class _Bound:
 class _Keyed:
     __slots__ = ("_bound", "_engine", "_op", "_secret")
 
-    def __init__(self, engine: Engine, operation: str, secret_key: Buffer | SecretBytes) -> None:
+    def __init__(self, engine: Engine, operation: str, secret_key: Buffer | SecretBytes, *,
+                 _public_key: bytes | None = None) -> None:
         self._engine, self._op = engine, operation
         if isinstance(secret_key, SecretBytes):
             if secret_key.wiped:
@@ -64,7 +65,7 @@ class _Keyed:
         else:
             raise KeyError_(f"secret_key: expected bytes-like or SecretBytes, got {describe(secret_key)}")
         try:
-            self._bound: _Bound = self._bind()
+            self._bound: _Bound = self._bind(_public_key)
         except BaseException:
             self._secret.wipe()
             raise
@@ -72,7 +73,9 @@ class _Keyed:
     def _route(self, table: RoutingTable) -> SignatureRoute | KexRoute:
         raise NotImplementedError
 
-    def _bind(self) -> _Bound:
+    def _bind(self, public_key: bytes | None = None) -> _Bound:
+        # ``public_key``: the key the provider derived when it generated this secret (the
+        # engine's own call, never a caller's value), so it is not derived a second time.
         engine = self._engine
         engine.start()
         table = engine._table
@@ -80,7 +83,8 @@ class _Keyed:
         if self._secret.wiped:
             raise KeyError_("secret_key: this keyed object was wiped")
         key = route._load_key(self._secret._buf)
-        bound = _Bound(table.version, route, key, route.public_key(self._secret))
+        bound = _Bound(table.version, route, key,
+                       route.public_key(self._secret) if public_key is None else public_key)
         self._bound = bound
         if _still_wiped(self._secret):  # wipe() ran meanwhile: leave nothing live installed
             self._bound = _Bound(-1, route, None, b"")

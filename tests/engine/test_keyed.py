@@ -50,6 +50,26 @@ def test_keyed_exchange_matches_derive_shared_and_refuses_low_order_points(provi
         mine.exchange(b_pk)
 
 
+@pytest.mark.parametrize("provider", ["openssl", "sodium"])
+def test_generate_keyed_holds_a_fresh_key_whose_public_key_is_its_own(provider: str) -> None:
+    eng = xps.Engine(EngineConfig(prefer={"kex.x25519": provider}, autotune=False))
+    a, b = eng.x25519.generate_keyed(), eng.x25519.generate_keyed()
+    assert a.provider == provider and a.public_key != b.public_key
+    # The public key given at construction is the one the secret really has.
+    assert a.public_key == eng.x25519.public_key(a._secret)  # type: ignore[attr-defined]
+    c_pk, c_sk = eng.x25519.generate_keypair()
+    assert a.exchange(c_pk) == eng.x25519.derive_shared(c_sk, a.public_key)
+    assert a.exchange(b.public_key) == b.exchange(a.public_key)
+    # A new table rebinds it, and the public key stays right.
+    other = "sodium" if provider == "openssl" else "openssl"
+    eng.publish(eng.build_table(config=EngineConfig(prefer={"kex.x25519": other}, autotune=False)))
+    assert a.provider == other and a.exchange(c_pk) == eng.x25519.derive_shared(c_sk, a.public_key)
+    a.wipe()
+    with pytest.raises(KeyError_, match="wiped"):
+        a.exchange(c_pk)
+    assert b.exchange(c_pk) == eng.x25519.derive_shared(c_sk, b.public_key)
+
+
 def test_a_keyed_signer_follows_a_new_routing_table() -> None:
     eng = xps.Engine(EngineConfig(prefer={"sig.ed25519": "openssl"}, autotune=False))
     pk, sk = eng.ed25519.generate_keypair()

@@ -382,6 +382,18 @@ def test_secure_wipe_bytearray() -> None:
     assert len(b) == 32  # zeroed in place, not resized
 
 
+@pytest.mark.parametrize("size", [0, 1, 4096, 4097, 1 << 20])
+def test_secure_wipe_zeroes_a_bytearray_in_place_whatever_its_size(size: int) -> None:
+    # Small bytearrays take a different path (slice assignment) than large ones (memset): both
+    # must write the same storage a view taken before sees, not swap in a new buffer.
+    b = bytearray(b"\xa5" * size)
+    view = memoryview(b)
+    secure_wipe(b)
+    assert len(b) == size
+    assert view.tobytes() == bytes(size)
+    view.release()
+
+
 def test_secure_wipe_memoryview_zeroes_the_underlying_buffer() -> None:
     b = bytearray(SECRET)
     secure_wipe(memoryview(b))
