@@ -117,15 +117,17 @@ class _Route:
         self.provider = provider
         self._on_fault = on_fault
 
-    def _fault(self, exc: BaseException) -> NoReturn:
+    def _fault(self, exc: BaseException, provider: str | None = None) -> NoReturn:
         # Reported on the error path only (the updater rolls back a capsule that faults);
-        # a failing listener must not mask the caller's error.
+        # a failing listener must not mask the caller's error. ``provider``: the one that
+        # served the call when a size split routes it elsewhere than ``self.provider``.
+        provider = self.provider if provider is None else provider
         if self._on_fault is not None:
             with contextlib.suppress(Exception):
-                self._on_fault(self.provider, self.operation, exc)
+                self._on_fault(provider, self.operation, exc)
         # Only the type: a provider's message could carry anything (a capsule's, secrets
         # included). The original stays chained as __cause__ for a debugger, never formatted.
-        raise ProviderError(f"{self.operation}: provider {self.provider!r} failed: {type(exc).__name__}") from exc
+        raise ProviderError(f"{self.operation}: provider {provider!r} failed: {type(exc).__name__}") from exc
 
     def _failed(self, exc: BaseException, secret: SecretBytes | None, field: str) -> NoReturn:
         """A provider raised: the caller's wipe if the secret was wiped meanwhile, else a fault."""
@@ -218,12 +220,27 @@ class AeadRoute(_Route):
         """Route messages larger than ``limit`` bytes to ``impl`` (while the table is built only)."""
         self.large, self.large_detached = self._factories(impl)
         self.limit, self.wire_limit, self.large_provider = limit, limit + self.tag_size, provider
+        self._add_auth_errors(impl)
 
     def serve_keyed(self, small: Aead, small_provider: str, limit: int, large: Aead, large_provider: str) -> None:
         """Keyed AEADs: ``small`` up to ``limit`` bytes, ``large`` above (while the table is built only)."""
         self.keyed_cipher, self.keyed_provider = self._factories(small)[0], small_provider
         self.keyed_large, self.keyed_large_provider = self._factories(large)[0], large_provider
         self.keyed_limit, self.keyed_wire_limit = limit, limit + self.tag_size
+        self._add_auth_errors(small)
+        self._add_auth_errors(large)
+
+    def _add_auth_errors(self, impl: Aead) -> None:
+        # A forgery is an authentication failure whichever provider of the split saw it; with
+        # only the first provider's classes, another's (cryptography's InvalidTag behind a jit
+        # route) read as a provider fault: XPS_ERR_INTERNAL, and a fault charged to a provider.
+        self.auth_errors = (*self.auth_errors, *(e for e in impl.auth_errors if e not in self.auth_errors))
+
+    def served_by(self, size: int | None, *, keyed: bool) -> str:
+        """The provider that serves a message of ``size`` bytes (None: the small one)."""
+        if keyed:
+            return self.keyed_provider if size is None or size <= self.keyed_limit else self.keyed_large_provider
+        return self.provider if size is None or size <= self.limit else self.large_provider
 
     def _join_decrypt(self, key: Buffer, nonce: bytes, ciphertext: Buffer, tag: Buffer, aad: Buffer) -> bytes:
         return _join_decrypt(self.cipher, key, nonce, ciphertext, tag, aad)
@@ -250,7 +267,8 @@ class AeadRoute(_Route):
                             else _counted(self.keyed_large, counter(op, self.keyed_large_provider)))
 
     def diagnose(self, exc: BaseException, key: Any, nonce: Any, call: str | None, *, nonce_required: bool,
-                 inputs: tuple[tuple[str, Any, type[XpsError]], ...], wire: Any = None) -> XpsError:
+                 inputs: tuple[tuple[str, Any, type[XpsError]], ...], wire: Any = None,
+                 keyed: bool = False) -> XpsError:
         """Turn a failure on the call path into the right typed error (error path only).
 
         An XPS_ERR_AUTH result is reported to the fault sink as an :class:`AuthFailure`.
@@ -263,14 +281,15 @@ class AeadRoute(_Route):
             inputs: (field name, value, error class) for every other byte input, in the
                 order the caller passed them.
             wire: ``ciphertext || tag`` when the call had it whole (a too-short one is AUTH).
+            keyed: the call was a keyed AEAD's (its size split may differ from the stateless one).
         """
-        err = self._diagnose(exc, key, nonce, nonce_required=nonce_required, inputs=inputs, wire=wire)
+        err = self._diagnose(exc, key, nonce, nonce_required=nonce_required, inputs=inputs, wire=wire, keyed=keyed)
         if isinstance(err, AuthError) and call is not None:
             self._auth_failed(call)
         return err
 
     def _diagnose(self, exc: BaseException, key: Any, nonce: Any, *, nonce_required: bool,
-                  inputs: tuple[tuple[str, Any, type[XpsError]], ...], wire: Any) -> XpsError:
+                  inputs: tuple[tuple[str, Any, type[XpsError]], ...], wire: Any, keyed: bool) -> XpsError:
         if type(key) is SecretBytes and key._wiped:
             # Whatever the provider made of a zeroed key (a failed tag, say), the cause is the wipe.
             return exc if isinstance(exc, KeyError_) else KeyError_("key: SecretBytes was wiped")
@@ -299,9 +318,19 @@ class AeadRoute(_Route):
         if isinstance(exc, _BadBuffer):
             return PolicyError(f"{self.operation}: {exc}")
         try:
-            self._fault(exc)
+            self._fault(exc, self.served_by(_message_size(inputs, wire, self.tag_size), keyed=keyed))
         except ProviderError as wrapped:
             return wrapped
+
+
+def _message_size(inputs: tuple[tuple[str, Any, type[XpsError]], ...], wire: Any, tag_size: int) -> int | None:
+    """The message size a failed call was routed by (its inputs passed the checks already)."""
+    try:
+        if wire is not None:
+            return len(memoryview(wire).cast("B")) - tag_size
+        return len(memoryview(inputs[0][1]).cast("B")) if inputs else None
+    except Exception:  # an input that is no buffer after all: the small provider, as the call picked
+        return None
 
 
 _JOIN = threading.local()

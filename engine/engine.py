@@ -972,7 +972,7 @@ class KeyedAead:
                 self._engine.prepare(self._algo)
                 return self._bind(self._engine._table)
             raise _aead_error(table, self._algo, exc, self._key, None, "keyed", nonce_required=False,
-                              inputs=()) from None
+                              inputs=(), keyed=True) from None
         # One attribute holds version and cipher together, so no call pairs a new table with an
         # old cipher; a call that loaded the old table keeps it (and so its drain) until it returns.
         self._bound = bound
@@ -1013,7 +1013,7 @@ class KeyedAead:
             return _new_sealed(Sealed, (nonce, wire, b.tag_size))
         except Exception as exc:
             err = _aead_error(table, self._algo, exc, self._key, nonce, "keyed.encrypt", nonce_required=False,
-                              inputs=(("plaintext", plaintext, PolicyError), ("aad", aad, PolicyError)))
+                              inputs=(("plaintext", plaintext, PolicyError), ("aad", aad, PolicyError)), keyed=True)
             raise err from err.__cause__
 
     def decrypt(self, nonce: bytes, ciphertext_and_tag: Buffer, aad: Buffer = b"") -> bytes:
@@ -1041,7 +1041,7 @@ class KeyedAead:
         except Exception as exc:
             err = _aead_error(table, self._algo, exc, self._key, nonce, self._decrypt_call, nonce_required=True,
                               inputs=(("ciphertext_and_tag", ciphertext_and_tag, PolicyError),
-                                      ("aad", aad, PolicyError)), wire=ciphertext_and_tag)
+                                      ("aad", aad, PolicyError)), wire=ciphertext_and_tag, keyed=True)
             raise err from err.__cause__
 
     def open(self, sealed: Sealed, aad: Buffer = b"") -> bytes:
@@ -1108,7 +1108,7 @@ def _own_copy(key: object) -> SecretBytes:
 
 def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce: Any, call: str | None, *,
                 nonce_required: bool, inputs: tuple[tuple[str, Any, type[XpsError]], ...],
-                wire: Any = None) -> XpsError:
+                wire: Any = None, keyed: bool = False) -> XpsError:
     """The typed error for a failed AEAD call (error path only)."""
     try:
         r = table.aead[algo]
@@ -1118,7 +1118,7 @@ def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce:
             return PolicyError(f"algo: {OPERATIONS[op].aliases[0]} is not available ({table.unrouted[op]})")
         # Never the value itself: a key passed in the algorithm's place must not come back.
         return PolicyError(f"algo: unknown AEAD algorithm ({describe(algo)}); known: {_KNOWN}")
-    return r.diagnose(exc, key, nonce, call, nonce_required=nonce_required, inputs=inputs, wire=wire)
+    return r.diagnose(exc, key, nonce, call, nonce_required=nonce_required, inputs=inputs, wire=wire, keyed=keyed)
 
 
 _AEAD_NAMES = {name: op for op, spec in OPERATIONS.items() if spec.kind == "aead"

@@ -95,6 +95,85 @@ def test_each_call_shape_is_served_by_the_provider_of_its_size() -> None:
         assert served.calls == {"encrypt": 1, "decrypt": 1}, (size, keyed_by)
 
 
+class _SmallTagError(Exception):
+    """The small provider's own authentication failure (as the jit kernels raise AuthError)."""
+
+
+class _OwnErrors(_Counting):
+    """The small provider: its own auth error class, and a fault on demand (aad ``boom``)."""
+
+    auth_errors = (_SmallTagError,)
+
+    def cipher(self, key: Buffer) -> Any:
+        inner = super().cipher(key)
+
+        class C:
+            def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+                return inner.encrypt(nonce, data, aad)  # type: ignore[no-any-return]
+
+            def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+                if bytes(aad) == b"boom":
+                    raise RuntimeError("small provider bug")
+                try:
+                    return inner.decrypt(nonce, data, aad)  # type: ignore[no-any-return]
+                except InvalidTag:
+                    raise _SmallTagError from None
+
+        return C()
+
+
+class _FaultyLarge(_Counting):
+    def cipher(self, key: Buffer) -> Any:
+        inner = super().cipher(key)
+
+        class C:
+            def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+                return inner.encrypt(nonce, data, aad)  # type: ignore[no-any-return]
+
+            def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+                if bytes(aad) == b"boom":
+                    raise RuntimeError("large provider bug")
+                return inner.decrypt(nonce, data, aad)  # type: ignore[no-any-return]
+
+        return C()
+
+
+def test_forgeries_are_auth_errors_and_faults_are_charged_to_the_provider_that_served() -> None:
+    # Found by the adversarial pass: the route's auth error classes were only its first
+    # provider's, so a forgery opened by the other provider of a split was XPS_ERR_INTERNAL,
+    # and both that and a real fault were charged to the first provider.
+    plugin = _Plugin()
+    plugin.small, plugin.large = _OwnErrors(), _FaultyLarge()
+    eng = _engine(plugin)
+    faults: list[str] = []
+    eng.add_fault_listener(lambda provider, op, exc: faults.append(provider))
+    eng.use_tuning(_result(("small", "large", "large", "large"), ("small", "small", "large", "large")))
+    key = os.urandom(32)
+    keyed = eng.aead.keyed(OP, key)
+    for size, stateless_by, keyed_by in ((10, "small", "small"), (1000, "large", "small"), (9000, "large", "large")):
+        s = eng.aead.encrypt(OP, key, os.urandom(size), b"a")
+        bad_tag = bytes(16)
+        k = keyed.encrypt(os.urandom(size), b"a")
+        forged: list[tuple[Any, tuple[Any, ...]]] = [
+            (eng.aead.decrypt, (OP, key, s.nonce, s.ciphertext, bad_tag, b"a")),
+            (eng.aead.open, (OP, key, s, b"x")),
+            (keyed.decrypt, (k.nonce, k.ciphertext_and_tag, b"x")),
+            (keyed.open, (k, b"x"))]
+        for call, args in forged:
+            with pytest.raises(xps.AuthError):
+                call(*args)
+        assert faults == [], size
+        faulty: list[tuple[Any, tuple[Any, ...], str]] = [
+            (eng.aead.decrypt, (OP, key, s.nonce, s.ciphertext, s.tag, b"boom"), stateless_by),
+            (eng.aead.open, (OP, key, s, b"boom"), stateless_by),
+            (keyed.decrypt, (k.nonce, k.ciphertext_and_tag, b"boom"), keyed_by)]
+        for call, args, by in faulty:
+            with pytest.raises(xps.ProviderError, match=repr(by)):
+                call(*args)
+            assert faults.pop() == by, size
+        assert faults == []
+
+
 def test_a_preference_wins_over_measurement_and_none_rolls_back() -> None:
     plugin = _Plugin()
     eng = _engine(plugin, prefer={OP: "large"})
