@@ -85,7 +85,7 @@ def default_engine() -> Engine:
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
+        from importlib_metadata import PackageNotFoundError, version
 
         try:
             return version("xpscerpto")

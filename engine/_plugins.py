@@ -32,7 +32,8 @@ ENTRY_POINT_GROUP = "xpscerpto.providers"
 #: Set to any non-empty value to skip third-party entry points (built-ins still load).
 DISABLE_AUTOLOAD_ENV = "XPS_DISABLE_PLUGIN_AUTOLOAD"
 
-_BUILTIN_PLUGINS = ("xpscerpto.plugins.openssl", "xpscerpto.plugins.sodium", "xpscerpto.plugins.jit")
+# The jit kernels register through a light hook module (their own is imported when needed).
+_BUILTIN_PLUGINS = ("xpscerpto.plugins.openssl", "xpscerpto.plugins.sodium", "xpscerpto.plugins.jit_plugin")
 
 # Sizes a contract must declare as class attributes, per contract.
 _REQUIRED_ATTRS: dict[type, tuple[str, ...]] = {
@@ -61,22 +62,25 @@ class ProviderRegistry:
 
     providers: dict[str, Provider] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
-    deferred: list[tuple[str, tuple[str, ...], str, Callable[[], Iterable[Provider]]]] = field(default_factory=list)
+    deferred: list[tuple[str, tuple[str, ...], str | Callable[[], str], Callable[[], Iterable[Provider]]]] = field(
+        default_factory=list)
     _current_plugin: str = "?"
 
-    def add_later(self, source: object, *, provides: tuple[str, ...], version: str = "") -> None:
+    def add_later(self, source: object, *, provides: tuple[str, ...], version: str | Callable[[], str] = "") -> None:
         """Register providers that need slow preparation (compiling kernels) before they exist.
 
         An engine that tunes itself calls ``source()`` on its background thread after start,
         self-tests what it returns, and only then may route to it; an engine that does not
         tune, or whose configuration or incident mask excludes every name in ``provides``,
         never calls it. ``source`` returns no providers when preparation failed. ``version``
-        (of what the source builds with, e.g. numba's) is part of the autotune cache key.
+        (of what the source builds with, e.g. numba's) is part of the autotune cache key; a
+        function returning it is called only when the key is computed (on the background
+        thread), so reading package metadata costs an engine's first call nothing.
         """
         if not callable(source) or not isinstance(provides, tuple) or not all(isinstance(n, str) for n in provides):
             self.failures.append(PluginFailure(self._current_plugin, "add_later: needs a callable and provider names"))
             return
-        self.deferred.append((self._current_plugin, provides, str(version),
+        self.deferred.append((self._current_plugin, provides, version if callable(version) else str(version),
                               cast("Callable[[], Iterable[Provider]]", source)))
 
     def add(self, provider: Provider) -> None:

@@ -19,24 +19,17 @@ from typing import TYPE_CHECKING
 
 from ._autotune import TuneResult, load_cache, save_cache, tune
 from .interfaces import OPERATIONS
+from .settings import AUTOTUNE_ENV
+from .settings import autotune_enabled as enabled
 
 if TYPE_CHECKING:
     from ._routing import RoutingTable
-    from .settings import EngineConfig
 
 __all__ = ["AUTOTUNE_ENV", "CACHE_ENV", "cache_path", "candidates", "enabled", "tune_table"]
 
-AUTOTUNE_ENV = "XPS_AUTOTUNE"
 CACHE_ENV = "XPS_AUTOTUNE_CACHE"
 _TUNED_KINDS = ("aead", "sig", "kex")
 _ELIGIBLE = (None, "lower preference", "measured slower")
-
-
-def enabled(config: EngineConfig) -> bool:
-    """Whether the engine tunes itself: the configuration, else ``$XPS_AUTOTUNE`` (default on)."""
-    if config.autotune is not None:
-        return config.autotune
-    return os.environ.get(AUTOTUNE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def cache_path() -> Path:

@@ -29,7 +29,7 @@ from .errors import AuthError, InternalError, KeyError_, NonceError, PolicyError
 from .interfaces import OPERATIONS, AeadCipher, Buffer, Provider
 from .sealed import Sealed
 from .secret import SecretBytes
-from .settings import EngineConfig
+from .settings import EngineConfig, autotune_enabled
 
 if TYPE_CHECKING:
     from xpscerpto.kat import KatResult
@@ -63,6 +63,10 @@ KEYED_NONCE_LIMIT = 1 << 16
 #: the key): an explicit nonce repeated with the same key within the last this-many
 #: explicit-nonce encryptions is refused. About 80 bytes apiece (~5 MiB when full).
 NONCE_CACHE_SIZE = 1 << 16
+
+#: Seconds the background warm-up and autotune wait after start (a lazy engine: after its
+#: first operation is routed) before they begin, unless :meth:`Engine.wait_tuned` is called.
+BACKGROUND_DELAY_SECONDS = 1.0
 
 FaultListener = Callable[[str, str, BaseException], None]
 TableFaultListener = Callable[[str, str, BaseException, int], None]
@@ -98,7 +102,7 @@ class EngineState:
     providers: tuple[Provider, ...]
     failures: tuple[PluginFailure, ...]
     selftests: tuple[KatResult, ...]
-    deferred: tuple[tuple[str, tuple[str, ...], str, Callable[[], Iterable[Provider]]], ...] = ()
+    deferred: tuple[tuple[str, tuple[str, ...], str | Callable[[], str], Callable[[], Iterable[Provider]]], ...] = ()
 
 
 class Engine:
@@ -145,6 +149,7 @@ class Engine:
         self._auth_listeners: tuple[AuthListener, ...] = ()
         self._tuned: TuneResult | None = None
         self._background: threading.Thread | None = None
+        self._hurry = threading.Event()
         self._untested: frozenset[str] = frozenset()
         self._lazy = lazy
         self._base_providers: tuple[Provider, ...] = ()
@@ -183,16 +188,29 @@ class Engine:
             self._state = EngineState(providers, tuple(registry.failures), results, tuple(registry.deferred))
             self._base_providers = providers
             self.publish(self.build_table())
-            from . import _tuner  # not at import: measuring code is for after start
-
-            if _tuner.enabled(self._config):
+            if autotune_enabled(self._config):
                 self._background = threading.Thread(target=self._improve, name="xps-autotune", daemon=True)
-                self._background.start()
+                if not self._lazy:
+                    self._background.start()
+                # A lazy engine starts it once its first operation is self-tested and routed
+                # (selftest()): warming numba up competes for the GIL, and the call that
+                # started the engine should not wait for that.
+
+    def _start_background(self) -> None:
+        thread = self._background
+        if thread is not None and thread.ident is None:
+            with self._lock:
+                if thread.ident is None:
+                    thread.start()
 
     # -- after start: warm-ups and autotune, off the hot path -------------------------------
 
     def _improve(self) -> None:
         """Background: prepare deferred providers, then autotune, publishing after each step."""
+        # Wait a little first (unless wait_tuned() asks for it now): a short-lived process (a
+        # CLI command, a script) exits before this starts, instead of waiting at exit for a
+        # numba import in progress (it holds the GIL in long C calls: ~50 ms measured).
+        self._hurry.wait(BACKGROUND_DELAY_SECONDS)
         try:
             self.add_deferred_providers()
             self.autotune()
@@ -208,6 +226,8 @@ class Engine:
         thread = self._background
         if thread is None:
             return True
+        self._start_background()
+        self._hurry.set()
         thread.join(timeout)
         return not thread.is_alive()
 
@@ -295,7 +315,8 @@ class Engine:
         table = self.table
         mask = isa_mask.effective(table.build_config.isa_mask if table.build_config else self._config.isa_mask)
         assert self._state is not None
-        later = [f"{','.join(names)}|{version}" for _, names, version, _ in self._state.deferred]
+        later = [f"{','.join(names)}|{version() if callable(version) else version}"
+                 for _, names, version, _ in self._state.deferred]
         return fingerprint(self._base_providers, ",".join(sorted(mask)), later)
 
     def use_tuning(self, result: TuneResult | None) -> RoutingTable:
@@ -380,7 +401,8 @@ class Engine:
             self._state = replace(self._state, selftests=(*self._state.selftests, *results))
             self._untested = self._untested - todo
             self.rebuild()
-            return results
+        self._start_background()
+        return results
 
     def prepare(self, algorithm: object) -> None:
         """Error path of a call that missed: start the engine, self-test the algorithm's operation."""

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,9 @@ from ._config_fields import (
 from .algorithms import AEAD
 from .errors import PolicyError
 
-__all__ = ["AeadDefaults", "EngineConfig", "NonceMode", "Policy"]
+__all__ = ["AUTOTUNE_ENV", "AeadDefaults", "EngineConfig", "NonceMode", "Policy", "autotune_enabled"]
+
+AUTOTUNE_ENV = "XPS_AUTOTUNE"
 
 NonceMode = Literal["auto", "app"]
 
@@ -240,3 +243,14 @@ class AeadDefaults:
 
 _AEAD_FIELDS = (Field("default_algorithm", "default_algorithm", parse_aead_name, to_str),)
 _AEAD_DOC_FIELDS = (Field("default", "default_algorithm", parse_aead_name, to_str),)
+
+
+def autotune_enabled(config: EngineConfig) -> bool:
+    """Whether the engine tunes itself: the configuration, else ``$XPS_AUTOTUNE`` (default on).
+
+    Here rather than with the tuner, so that starting an engine need not import the
+    measuring code to learn it will not run.
+    """
+    if config.autotune is not None:
+        return config.autotune
+    return os.environ.get(AUTOTUNE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")

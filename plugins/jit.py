@@ -48,6 +48,7 @@ from xpscerpto import isa_mask
 from xpscerpto.errors import AuthError, InternalError, KeyError_, NonceError, PolicyError
 from xpscerpto.hookspecs import hookimpl
 from xpscerpto.interfaces import Aead, Buffer, ImplementationInfo, Provider
+from xpscerpto.plugins.jit_plugin import numba_version
 
 if TYPE_CHECKING:
     from xpscerpto.kat import KatResult
@@ -405,17 +406,7 @@ def xps_register_providers(registry: Any) -> None:
         registry.add(provider)
     if not ready and status().state == "cold" and hasattr(registry, "add_later"):
         registry.add_later(_warmed_providers, provides=(PROVIDER_NAME, COMPOSITE_PROVIDER_NAME),
-                           version=_numba_version())
-
-
-def _numba_version() -> str:
-    """numba's installed version, read from its metadata (importing numba takes a second)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"numba {version('numba')}"
-    except PackageNotFoundError:
-        return "numba missing"
+                           version=numba_version)
 
 
 def _warmed_providers() -> tuple[Provider, ...]:

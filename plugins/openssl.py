@@ -262,9 +262,11 @@ class HkdfBlake2bImpl(Kdf):
 
 
 def _backend_version() -> str:
-    from cryptography.hazmat.backends.openssl.backend import backend
+    # The Rust binding cryptography's backend object reads it from (importing that object costs
+    # ~4 ms on an engine's first call).
+    from cryptography.hazmat.bindings._rust import openssl as rust_openssl
 
-    return str(backend.openssl_version_text())
+    return str(rust_openssl.openssl_version_text())
 
 
 def make_provider() -> Provider:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -146,6 +147,25 @@ def test_import_is_lazy_about_numba_watchdog_pluggy_and_the_providers() -> None:
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_first_call_loads_only_what_it_needs_and_the_warm_up_waits() -> None:
+    # Issue 13's "import plus one AEAD call": the first call starts the engine but leaves the
+    # jit kernels' module, numba, the tuner and package-metadata parsing for later, and the
+    # background warm-up has not begun (a short-lived process exits without paying for it).
+    code = ("import sys, xpscerpto as x; x.aead.encrypt('AES-256-GCM', bytes(32), b'm'); "
+            "e = x.default_engine(); "
+            "print(sorted(m for m in ('numba', 'xpscerpto.plugins.jit', 'xpscerpto._tuner', 'email.parser') "
+            "if m in sys.modules)); "
+            "print(e._background is not None and e._background.ident is not None, "
+            "e._background is not None and e._hurry.is_set()); "
+            "print([names for _, names, _, _ in e.state.deferred])")
+    env = {k: v for k, v in os.environ.items() if k != "XPS_AUTOTUNE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    loaded, started, deferred = out.stdout.strip().splitlines()
+    assert loaded == "[]"
+    assert started == "True False"  # started after the first self-test, but still waiting
+    assert deferred == "[('jit', 'jit-openssl')]"
 
 
 def test_module_level_api_uses_the_default_engine() -> None:
