@@ -17,10 +17,13 @@ import pytest
 import xpscerpto as xps
 import xpscerpto._routes as routes
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from xpscerpto import AuthError, Engine, EngineConfig
 from xpscerpto.hookspecs import hookimpl
 from xpscerpto.interfaces import Aead, Provider
+from xpscerpto.plugins.openssl import ChaCha20Poly1305Impl
 
 ALGOS = ["AES-128-GCM", "AES-256-GCM", "CHACHA20-POLY1305", "XCHACHA20-POLY1305", "AES-256-GCM-SIV", "AEGIS-256"]
 SIZES = [0, 1, routes.JOIN_REUSE_FROM - 1, routes.JOIN_REUSE_FROM, 1 << 20]
@@ -210,3 +213,30 @@ def test_a_decrypt_detached_failure_returns_no_partial_plaintext() -> None:
     while e is not None:
         assert b"SECRET-PLAINTEXT" not in repr(e.args).encode()
         e = e.__cause__ or e.__context__
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(extra=st.integers(0, 70), aad_len=st.integers(0, 40), flip=st.one_of(st.none(), st.integers(0, 1 << 40)),
+       where=st.sampled_from(["ciphertext", "tag", "aad"]))
+def test_openssl_chacha_tag_separate_decrypt_agrees_with_the_one_shot_and_refuses_every_flipped_bit(
+        extra: int, aad_len: int, flip: int | None, where: str) -> None:
+    # The composed ChaCha20 + Poly1305 decrypt (from detached_from on) against cryptography's
+    # one-shot AEAD: same plaintext, and any single flipped bit (ciphertext, tag, aad; padding
+    # boundaries around the 16-byte blocks) is an authentication failure with nothing returned.
+    impl = ChaCha20Poly1305Impl()
+    size = impl.detached_from + extra
+    key, nonce = os.urandom(32), os.urandom(12)
+    pt, aad = os.urandom(size), os.urandom(aad_len)
+    wire = ChaCha20Poly1305(key).encrypt(nonce, pt, aad)
+    ct, tag = bytearray(wire[:-16]), bytearray(wire[-16:])
+    buf = bytearray(aad)
+    if flip is None:
+        assert impl.decrypt_detached(key, nonce, ct, tag, buf) == pt
+        return
+    target = {"ciphertext": ct, "tag": tag, "aad": buf}[where]
+    if not target:
+        return
+    bit = flip % (len(target) * 8)
+    target[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(InvalidTag):
+        impl.decrypt_detached(key, nonce, ct, tag, buf)

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import xpscerpto as xps
+from hypothesis import given
+from hypothesis import strategies as st
 from xpscerpto import KeyError_, SecretBytes, constant_time_eq, secure_wipe
 
 # A key nobody would mistake for filler: every byte distinct and printable, so a leak shows in
@@ -392,6 +394,19 @@ def test_secure_wipe_zeroes_a_bytearray_in_place_whatever_its_size(size: int) ->
     assert len(b) == size
     assert view.tobytes() == bytes(size)
     view.release()
+
+
+@given(data=st.binary(min_size=0, max_size=9000), start=st.integers(0, 9000), view_first=st.booleans())
+def test_secure_wipe_zeroes_any_bytearray_and_only_in_place(data: bytes, start: int, view_first: bool) -> None:
+    b = bytearray(data)
+    storage = memoryview(b) if view_first else None  # an exported view pins the storage
+    tail = memoryview(b)[min(start, len(b)):]
+    secure_wipe(b)
+    assert b == bytearray(len(data)) and tail.tobytes() == bytes(len(tail))
+    if storage is not None:
+        assert storage.tobytes() == bytes(len(data))
+        storage.release()
+    tail.release()
 
 
 def test_secure_wipe_memoryview_zeroes_the_underlying_buffer() -> None:
