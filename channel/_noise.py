@@ -221,11 +221,10 @@ class SymmetricState:
     def _hkdf(self, ikm: Buffer | SecretBytes, outputs: int) -> list[SecretBytes]:
         """HKDF(ck, ikm, n): HKDF-Extract with ``ck`` as salt, then Expand with empty info."""
         hl = self.hashlen
-        with self._kdf.extract(self.ck.view(), ikm) as prk, self._kdf.expand(prk, b"", outputs * hl) as okm:
-            view = okm.view()
-            out = [SecretBytes(view[i * hl:(i + 1) * hl]) for i in range(outputs)]
-            view.release()
-        return out
+        with self._kdf.extract(self.ck.view(), ikm) as prk, self._kdf.expand(prk, b"", outputs * hl) as okm, \
+                okm.view() as view:
+            # Each output its own buffer, adopted (the copy is the slice; no second one).
+            return [SecretBytes.take(bytearray(view[i * hl:(i + 1) * hl])) for i in range(outputs)]
 
     def mix_key(self, ikm: Buffer | SecretBytes) -> None:
         """MixKey(ikm): new ``ck``; the cipher key is the second output, truncated to 32 bytes."""

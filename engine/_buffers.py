@@ -76,6 +76,8 @@ def buffer_problem(value: object) -> str | None:
 
 def byte_buffer(value: object, field: str, error: type[XpsError]) -> bytes | bytearray | memoryview:
     """``value`` as a buffer the providers read (itself, or a view of it), else ``error`` naming ``field``."""
+    if type(value) is bytes or type(value) is bytearray:  # the common case, without the checks
+        return value
     if isinstance(value, bytes | bytearray | memoryview):
         problem = buffer_problem(value)
         if problem is None:

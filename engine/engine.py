@@ -406,12 +406,14 @@ class Engine:
 
     def prepare(self, algorithm: object) -> None:
         """Error path of a call that missed: start the engine, self-test the algorithm's operation."""
-        self.start()
-        from ._routing import OPERATION_OF
+        if self._state is None:  # set once, under the lock, by start(): no lock to read it
+            self.start()
+        if self._untested:
+            from ._routing import OPERATION_OF
 
-        op = OPERATION_OF.get(algorithm) if isinstance(algorithm, str) else None
-        if op is not None and op in self._untested:
-            self.selftest((op,))
+            op = OPERATION_OF.get(algorithm) if isinstance(algorithm, str) else None
+            if op is not None and op in self._untested:
+                self.selftest((op,))
 
     def build_table(self, providers: Iterable[Provider] | None = None,
                     config: EngineConfig | None = None) -> RoutingTable:

@@ -134,7 +134,10 @@ class SecretBytes:
         # Set first: __del__ and __repr__ must work on an object whose construction failed.
         self._buf = bytearray()
         self._wiped = False
-        self._buf = bytearray(_secret_source(data))
+        if type(data) is bytes or type(data) is bytearray:  # nothing to check: copy at once
+            self._buf = bytearray(data)
+        else:
+            self._buf = bytearray(_secret_source(data))
 
     @classmethod
     def take(cls, buf: bytearray) -> SecretBytes:
