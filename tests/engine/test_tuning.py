@@ -99,13 +99,18 @@ class _SmallTagError(Exception):
     """The small provider's own authentication failure (as the jit kernels raise AuthError)."""
 
 
-class _OwnErrors(_Counting):
-    """The small provider: its own auth error class, and a fault on demand (aad ``boom``)."""
+class _Faulty(_Counting):
+    """A provider that faults on demand (aad ``boom``); with ``own_error``, its auth failures
+    are its own class (as the jit kernels raise AuthError), not cryptography's InvalidTag."""
 
-    auth_errors = (_SmallTagError,)
+    def __init__(self, own_error: type[Exception] | None = None) -> None:
+        super().__init__()
+        self.own_error = own_error
+        if own_error is not None:
+            self.auth_errors = (own_error,)  # type: ignore[assignment]
 
     def cipher(self, key: Buffer) -> Any:
-        inner = super().cipher(key)
+        inner, own_error = super().cipher(key), self.own_error
 
         class C:
             def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
@@ -113,27 +118,13 @@ class _OwnErrors(_Counting):
 
             def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
                 if bytes(aad) == b"boom":
-                    raise RuntimeError("small provider bug")
+                    raise RuntimeError("provider bug")
                 try:
                     return inner.decrypt(nonce, data, aad)  # type: ignore[no-any-return]
                 except InvalidTag:
-                    raise _SmallTagError from None
-
-        return C()
-
-
-class _FaultyLarge(_Counting):
-    def cipher(self, key: Buffer) -> Any:
-        inner = super().cipher(key)
-
-        class C:
-            def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
-                return inner.encrypt(nonce, data, aad)  # type: ignore[no-any-return]
-
-            def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
-                if bytes(aad) == b"boom":
-                    raise RuntimeError("large provider bug")
-                return inner.decrypt(nonce, data, aad)  # type: ignore[no-any-return]
+                    if own_error is None:
+                        raise
+                    raise own_error from None
 
         return C()
 
@@ -143,7 +134,7 @@ def test_forgeries_are_auth_errors_and_faults_are_charged_to_the_provider_that_s
     # provider's, so a forgery opened by the other provider of a split was XPS_ERR_INTERNAL,
     # and both that and a real fault were charged to the first provider.
     plugin = _Plugin()
-    plugin.small, plugin.large = _OwnErrors(), _FaultyLarge()
+    plugin.small, plugin.large = _Faulty(_SmallTagError), _Faulty()
     eng = _engine(plugin)
     faults: list[str] = []
     eng.add_fault_listener(lambda provider, op, exc: faults.append(provider))
