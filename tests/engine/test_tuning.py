@@ -107,7 +107,7 @@ class _Faulty(_Counting):
         super().__init__()
         self.own_error = own_error
         if own_error is not None:
-            self.auth_errors = (own_error,)  # type: ignore[assignment]
+            self.auth_errors = (own_error,)  # type: ignore[assignment,misc]
 
     def cipher(self, key: Buffer) -> Any:
         inner, own_error = super().cipher(key), self.own_error
