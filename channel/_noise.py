@@ -27,6 +27,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from xpscerpto._buffers import byte_buffer
 from xpscerpto._namespaces import HkdfAPI
 from xpscerpto.errors import AuthError, KeyError_, NonceError, PolicyError, XpsError
 from xpscerpto.keyed import KeyedExchange
@@ -556,6 +557,7 @@ class _LocalKey:
 
 
 def _as_buffer(value: object, field: str, error: type[XpsError]) -> bytes | bytearray | memoryview:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return value
-    raise error(f"{field}: expected bytes-like, got {type(value).__name__}")
+    """``value`` as one contiguous run of bytes, else ``error`` naming ``field``: the engine's
+    buffer rule (a strided, released or wide-format view is refused, not met by a TypeError
+    further down)."""
+    return byte_buffer(value, field, error)

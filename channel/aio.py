@@ -127,10 +127,11 @@ class Channel:
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt and send one message."""
-        if not data and isinstance(data, bytes | bytearray | memoryview):
-            return
         async with self._send_lock:
-            self._writer.write(self._transport.seal(data))
+            wire = self._transport.seal(data)
+            if not wire:  # an empty message
+                return
+            self._writer.write(wire)
             try:
                 await self._writer.drain()
             except (ConnectionError, OSError):

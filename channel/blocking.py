@@ -99,7 +99,8 @@ class _Reader:
         if n > limit:
             raise PolicyError(f"record: {n} bytes, more than the {limit} allowed", reason="oversized")
         self._fill(2 + n, True)
-        body = bytes(self._buf[2:2 + n])
+        with memoryview(self._buf) as view:
+            body = view[2:2 + n].tobytes()  # one copy (a bytearray slice would make two)
         del self._buf[:2 + n]
         return body
 
@@ -144,10 +145,10 @@ class BlockingChannel:
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt and send one message (``b""`` sends nothing)."""
-        if not data and isinstance(data, bytes | bytearray | memoryview):
-            return
         with self._send_lock:
             wire = self._transport.seal(data)
+            if not wire:  # an empty message
+                return
             try:
                 self._sock.sendall(wire)
             except OSError:

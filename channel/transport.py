@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from xpscerpto._buffers import byte_buffer
 from xpscerpto.errors import AuthError, PolicyError, XpsError
 
 from ._noise import TAGLEN
@@ -93,15 +94,18 @@ class Transport:
     # -- sending -------------------------------------------------------------------------
 
     def seal(self, data: Buffer) -> bytes:
-        """The records carrying one message (fragments, preceded by a KEY_UPDATE when one is due)."""
+        """The records carrying one message (fragments, preceded by a KEY_UPDATE when one is due);
+        ``b""`` for an empty message."""
         if self._error is not None:
             raise self._error
         if self.closed_by_us:
             raise PolicyError("channel: closed")
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise PolicyError(f"data: expected bytes-like, got {type(data).__name__}")
-        view = memoryview(data).cast("B")
+        # bytes, the common case, needs no view to count or slice it; anything else must pass
+        # the engine's buffer rule (contiguous single bytes, not released) first.
+        view = data if type(data) is bytes else memoryview(byte_buffer(data, "data", PolicyError)).cast("B")
         n = len(view)
+        if not n:
+            return b""  # an empty message needs no record (the drivers then send nothing)
         if n > self._max_message:
             raise PolicyError(f"data: {n} bytes, more than max_message ({self._max_message})")
         chunk = self._chunk

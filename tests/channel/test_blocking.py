@@ -40,6 +40,21 @@ def test_blocking_round_trip_large_and_small(pki: Pki) -> None:
         assert ch.peer.names == ("server.test",) and ch.transport.rekeys_sent == 2
 
 
+def test_send_refuses_what_is_not_a_byte_buffer_and_the_channel_lives_on(pki: Pki) -> None:
+    # Found by the adversarial pass: a released view raised ValueError out of send()'s
+    # emptiness test, and a strided one a TypeError from the transport.
+    released = memoryview(b"gone")
+    released.release()
+    with blocking.serve("127.0.0.1", 0, pki.server, pki.trust, _echo) as server, \
+            blocking.connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test") as ch:
+        for bad in (released, memoryview(b"abcdef")[::2], "text", None, 42):
+            with pytest.raises(xps.PolicyError, match="data"):
+                ch.send(bad)  # type: ignore[arg-type]
+        ch.send(b"")  # nothing is sent for an empty message
+        ch.send(memoryview(b"after"))
+        assert ch.recv() == b"after"
+
+
 def test_blocking_client_with_asyncio_server_and_back(pki: Pki) -> None:
     async def with_async_server() -> None:
         async with await serve("127.0.0.1", 0, pki.server, pki.trust, echo) as server:

@@ -223,6 +223,53 @@ def test_arbitrary_records_only_raise_xps_errors_and_kill_the_transport(engine: 
         bob.seal(b"after the failure")
 
 
+def _odd_buffer(kind: str, data: bytes) -> Any:
+    import array
+
+    if kind == "bytes":
+        return data
+    if kind == "subclass":
+        return type("B", (bytes,), {})(data)
+    if kind == "bytearray":
+        return bytearray(data)
+    if kind == "view":
+        return memoryview(data)
+    if kind == "2d" and len(data) % 2 == 0 and data:
+        return memoryview(data).cast("B", (2, len(data) // 2))
+    if kind == "strided":
+        return memoryview(data + data)[::2]
+    if kind == "released":
+        view = memoryview(data)
+        view.release()
+        return view
+    if kind == "wide":
+        return memoryview(array.array("I", [1, 2]))
+    return {"str": "x", "int": 7, "none": None, "list": [1], "2d": 1.5}[kind]
+
+
+_GOOD = {"bytes", "subclass", "bytearray", "view", "2d"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(["bytes", "subclass", "bytearray", "view", "2d", "strided", "released", "wide",
+                             "str", "int", "none", "list"]), data=st.binary(min_size=2, max_size=64))
+def test_seal_takes_any_byte_buffer_and_refuses_the_rest_with_a_policy_error(engine: xps.Engine, kind: str,
+                                                                           data: bytes) -> None:
+    # Found by the adversarial pass: a strided or released view reached memoryview.cast and
+    # raised a raw TypeError/ValueError out of Channel.send; a view of 4-byte ints was sent.
+    a_send, b_recv, b_send, a_recv = _states(engine)
+    alice, bob = Transport(a_send, a_recv, ChannelConfig()), Transport(b_send, b_recv, ChannelConfig())
+    value = _odd_buffer(kind, data)
+    if kind in _GOOD and not isinstance(value, float):
+        wire = alice.seal(value)
+        assert bob.open(wire[2:]) == data
+    else:
+        with pytest.raises(xps.PolicyError) as info:
+            alice.seal(value)
+        assert data.hex() not in str(info.value)
+        assert alice.seal(b"still usable")  # a refused input does not kill the transport
+
+
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"max_frame": 65536}, "max_frame"), ({"max_frame": 10}, "max_frame"), ({"max_message": 0}, "max_message"),
     ({"handshake_timeout_seconds": float("nan")}, "handshake_timeout"), ({"rekey_after_seconds": -1}, "rekey_after"),
