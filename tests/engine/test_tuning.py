@@ -190,7 +190,7 @@ def test_a_measured_provider_that_is_no_longer_eligible_is_not_routed() -> None:
     route = eng.table.routes[OP]
     assert route.large_provider is None and route.keyed_large_provider is None
     assert route.provider == "small" and route.chosen_by == "priority"
-    assert {c.provider: c.excluded for c in route.candidates}["large"].startswith("masked (-large")
+    assert ({c.provider: c.excluded for c in route.candidates}["large"] or "").startswith("masked (-large")
 
 
 def test_mask_from_the_environment_and_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
