@@ -79,6 +79,7 @@ _MAX_MESSAGE = ((1 << 32) - 1) * 64
 _ZEROS32 = bytes(32)
 # Buffer types the kernels' entry points read in place (contiguous, one byte per item).
 _DIRECT = (bytes, bytearray)
+_BYTE_FORMATS = ("B", "c")
 _XNONCE_PREFIX = b"\x00\x00\x00\x00"
 # CPU feature families that decide which instructions LLVM may emit for the kernels.
 _ISA_FAMILIES = ("sse", "ssse3", "avx", "bmi", "fma", "adx")
@@ -168,14 +169,28 @@ def _not_warm(*_args: object) -> int:
     raise InternalError("jit: kernels are not warmed up (xpscerpto.plugins.jit.warm_up())")
 
 
+def _flat(view: memoryview) -> bool:
+    """One C-contiguous run of single bytes (a released view raises ValueError here)."""
+    return view.c_contiguous and view.itemsize == 1 and view.format in _BYTE_FORMATS
+
+
 def _as_input(value: object, field: str) -> bytes:
-    """Slow path: any other buffer (memoryview, array, strided) as contiguous bytes; a copy."""
+    """Slow path: any other byte buffer (a memoryview, an array('B')) as bytes; a copy.
+
+    Refuses, before anything is computed, what the engine's buffer rule refuses (a strided,
+    wide-format or released view): the provider declares ``checks_buffers``, so the engine
+    puts no check of its own in front of each call.
+    """
     if value is None and field == "associated_data":
         return b""
     try:
-        return bytes(memoryview(value))  # type: ignore[arg-type]
+        view = memoryview(value)  # type: ignore[arg-type]
     except TypeError:
         raise PolicyError(f"{field}: expected bytes-like, got {type(value).__name__}") from None
+    with view:
+        if not _flat(view):
+            raise BufferError(f"{field}: expected one contiguous run of single bytes")
+        return view.tobytes()
 
 
 def _length_error(key: Buffer, nonce: Buffer, nonce_size: int) -> Exception:
@@ -204,9 +219,13 @@ class _Keyed:
             self._key = bytearray(key)
         else:
             try:
-                self._key = bytearray(memoryview(key))
+                view = memoryview(key)
             except TypeError:
                 raise KeyError_(f"key: expected bytes-like, got {type(key).__name__}") from None
+            with view:
+                if not _flat(view):
+                    raise BufferError("key: expected one contiguous run of single bytes")
+                self._key = bytearray(view)
 
     def __del__(self) -> None:
         try:
@@ -300,20 +319,20 @@ class _CompositeKeyed(_Keyed):
     def encrypt(self, nonce: bytes, data: Buffer, associated_data: Buffer) -> bytes:
         """Return ``ciphertext || tag``."""
         # OpenSSL takes any contiguous buffer in place; anything else is copied (or refused).
-        if type(data) not in _DIRECT and not (type(data) is memoryview and data.c_contiguous):
+        if type(data) not in _DIRECT and not (type(data) is memoryview and _flat(data)):
             data = _as_input(data, "data")
         if type(associated_data) not in _DIRECT and not (
-                type(associated_data) is memoryview and associated_data.c_contiguous):
+                type(associated_data) is memoryview and _flat(associated_data)):
             associated_data = _as_input(associated_data, "associated_data")
         cipher, nonce12 = self._subkey_cipher(nonce)
         return cipher.encrypt(nonce12, data, associated_data)  # type: ignore[no-any-return]
 
     def decrypt(self, nonce: bytes, data: Buffer, associated_data: Buffer) -> bytes:
         """Open ``ciphertext || tag``; AuthError if it fails."""
-        if type(data) not in _DIRECT and not (type(data) is memoryview and data.c_contiguous):
+        if type(data) not in _DIRECT and not (type(data) is memoryview and _flat(data)):
             data = _as_input(data, "data")
         if type(associated_data) not in _DIRECT and not (
-                type(associated_data) is memoryview and associated_data.c_contiguous):
+                type(associated_data) is memoryview and _flat(associated_data)):
             associated_data = _as_input(associated_data, "associated_data")
         cipher, nonce12 = self._subkey_cipher(nonce)
         try:
@@ -328,6 +347,8 @@ class JitChaCha20Poly1305(Aead):
     key_sizes = (32,)
     nonce_size = 12
     tag_size = 16
+    # Every input is bytes/bytearray (taken as is) or goes through _as_input / _flat first.
+    checks_buffers = True
     cipher: Any = _ChaChaKeyed
 
 
