@@ -19,8 +19,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from xpscerpto.errors import PolicyError
 from xpscerpto.home import Home
 
+from .refusal import Refusal, refuse
 from .store import RoutingState, state_lock
 
 __all__ = ["FileStateStore", "StateStore"]
@@ -58,12 +60,24 @@ class FileStateStore:
         return str(self.home.state)
 
     def load(self) -> RoutingState:
-        """Read ``state.json`` (missing: nothing enabled yet)."""
+        """Read ``state.json``; missing means nothing was enabled yet, unless the home recorded it.
+
+        Raises:
+            UpdateError: ``state`` -- the home's record lists the file and it is missing or
+                empty (never read as "nothing enabled": that would silently drop every
+                hot-patched provider), or the document is malformed.
+        """
+        try:
+            self.home.check_store("routing")
+        except PolicyError as exc:
+            raise refuse(Refusal.STATE, str(exc).removeprefix(exc.code.value + ": ")) from None
         return RoutingState.load(self.home.state)
 
     def save(self, state: RoutingState) -> None:
-        """Replace ``state.json`` atomically."""
+        """Replace ``state.json`` atomically, and record it in the home (as every store is)."""
         state.save(self.home.state)
+        if self.home.record_path.exists():
+            self.home.register_store("routing")
 
     def lock(self) -> AbstractContextManager[None]:
         """The home's lock file (flock)."""

@@ -324,6 +324,28 @@ def test_a_commit_failing_after_a_passed_canary_restores_the_previous_routing(tm
     up.close()
 
 
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_a_recorded_state_file_deleted_or_emptied_is_refused_never_read_as_nothing_enabled(tmp_path: Path,
+                                                                                          damage: str) -> None:
+    """Found in the review: state.json was never recorded in home.json, so a deleted one read as
+    "nothing was ever enabled" and a restart silently dropped the hot-patched provider."""
+    pub = Publisher(tmp_path)
+    pub.home.initialise(policy={})
+    up = _updater(xps.Engine(), pub.home)
+    assert up.apply(pub.capsule("1.0.0")).version == "1.0.0"
+    up.close()
+    assert pub.home.store_exists("routing")
+    if damage == "deleted":
+        pub.home.state.unlink()
+    else:
+        pub.home.state.write_bytes(b"")
+    eng = xps.Engine()
+    with pytest.raises(xps.UpdateError) as info:
+        _updater(eng, pub.home)
+    assert info.value.reason == "state" and "state.json" in str(info.value), info.value
+    assert eng.table.provider_for(OP) == "sodium"  # nothing published from a guessed state
+
+
 def _try(fn: object, *args: object) -> object:
     try:
         return fn(*args)  # type: ignore[operator]
