@@ -83,7 +83,12 @@ class ChaCha20Poly1305Impl(_CryptographyAead):
         if n > _CHACHA_MAX or len(nonce) != 12:
             raise ValueError("ciphertext or nonce size out of range")
         stream = Cipher(algorithms.ChaCha20(key, _COUNTER0 + nonce), None).decryptor()
-        mac = Poly1305(stream.update(_BLOCK)[:32])
+        block0 = bytearray(64)  # the one-time key, in a buffer we zero (not an immutable bytes)
+        try:
+            stream.update_into(_BLOCK, block0)
+            mac = Poly1305(memoryview(block0)[:32])
+        finally:
+            block0[:] = _BLOCK
         aad = associated_data or b""
         with memoryview(aad) as view:
             a = view.nbytes
