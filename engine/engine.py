@@ -201,7 +201,13 @@ class Engine:
         if thread is not None and thread.ident is None:
             with self._lock:
                 if thread.ident is None:
-                    thread.start()
+                    try:
+                        thread.start()
+                    except RuntimeError:
+                        # Python 3.12+ refuses new threads at interpreter shutdown (a first call
+                        # from an atexit hook): the static table serves; the caller's call is not
+                        # failed for an optimisation.
+                        self._background = None
 
     # -- after start: warm-ups and autotune, off the hot path -------------------------------
 

@@ -168,6 +168,20 @@ def test_the_first_call_loads_only_what_it_needs_and_the_warm_up_waits() -> None
     assert deferred == "[('jit', 'jit-openssl')]"
 
 
+def test_a_first_call_when_no_thread_can_start_still_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Python 3.12+ refuses new threads at interpreter shutdown (this 3.11 does not, so the
+    # refusal is simulated): the call that would start the warm-up must still be served.
+    eng = xps.Engine(xps.EngineConfig(autotune=True), lazy=True)
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    key = bytes(32)
+    assert eng.aead.open("AES-256-GCM", key, eng.aead.encrypt("AES-256-GCM", key, b"m")) == b"m"
+    assert eng.wait_tuned(0) is True  # nothing left to wait for
+
+
 def test_module_level_api_uses_the_default_engine() -> None:
     assert xps.aead._engine is xps.default_engine()
     assert xps.ed25519.provider == xps.default_engine().table.provider_for("sig.ed25519")
