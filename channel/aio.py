@@ -321,12 +321,13 @@ class ChannelServer:
                 est = await _handshake(hs, reader, writer)
         except (XpsError, TimeoutError, OSError) as exc:
             hs.wipe()
+            # Counted before the refusal goes out: a peer that saw it finds it counted.
+            await asyncio.to_thread(self.failures.failure, "responder", exc, protocol=hs.protocol, peer=peer_host)
             if isinstance(exc, HandshakeRefused):
                 writer.write(exc.reply)
                 with contextlib.suppress(ConnectionError, OSError):
                     await writer.drain()
             writer.transport.abort()
-            await asyncio.to_thread(self.failures.failure, "responder", exc, protocol=hs.protocol, peer=peer_host)
             return
         finally:
             self.pending -= 1

@@ -352,10 +352,11 @@ class BlockingServer:
             est = _handshake(hs, conn, reader)
         except (XpsError, OSError) as exc:
             hs.wipe()
+            # Counted before the refusal goes out: a peer that saw it finds it counted.
+            self.failures.failure("responder", exc, protocol=hs.protocol, peer=peer)
             if isinstance(exc, HandshakeRefused):
                 with contextlib.suppress(OSError):
                     conn.sendall(exc.reply)
-            self.failures.failure("responder", exc, protocol=hs.protocol, peer=peer)
             return None, reader
         reader.deadline = None
         self.failures.success(hs.protocol)
