@@ -38,7 +38,6 @@ from ._patterns import NoiseProtocol, parse_protocol
 if TYPE_CHECKING:
     from xpscerpto.engine import Engine, KeyedAead
     from xpscerpto.interfaces import Buffer
-    from xpscerpto.sealed import Sealed
 
 __all__ = [
     "MAX_MESSAGE",
@@ -101,8 +100,8 @@ class _HandshakeKey:
         else:
             self._key = SecretBytes(_as_buffer(key, "key", KeyError_))
 
-    def encrypt(self, plaintext: Buffer, aad: Buffer, nonce: bytes) -> Sealed:
-        return self._api.encrypt(self._algo, self._key, plaintext, aad, nonce, nonce_reuse="caller")
+    def encrypt_wire(self, nonce: bytes, plaintext: Buffer, aad: Buffer) -> bytes:
+        return self._api.encrypt(self._algo, self._key, plaintext, aad, nonce, nonce_reuse="caller").ciphertext_and_tag
 
     def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
         view = memoryview(data)
@@ -162,7 +161,7 @@ class CipherState:
         n = self.n
         if n >= MAX_NONCE:
             raise NonceError("nonce: this key's 2^64-1 messages are used up (rekey does not reset it)")
-        out = aead.encrypt(plaintext, ad, self._pack(n)).ciphertext_and_tag
+        out = aead.encrypt_wire(self._pack(n), plaintext, ad)
         self.n = n + 1
         return out
 
@@ -185,7 +184,7 @@ class CipherState:
         aead = self._aead
         if aead is None:
             raise KeyError_("rekey: this CipherState has no key")
-        with SecretBytes(aead.encrypt(_ZEROS32, b"", self._pack(MAX_NONCE)).ciphertext_and_tag[:32]) as k:
+        with SecretBytes(aead.encrypt_wire(self._pack(MAX_NONCE), _ZEROS32, b"")[:32]) as k:
             aead.wipe()
             self._aead = self._bind(k)
 

@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 import xpscerpto as xps
 from xpscerpto.channel import ChannelConfig, blocking, connect, serve
+from xpscerpto.channel.transport import Transport
 
 from .conftest import Pki, echo, run
 
@@ -173,3 +174,87 @@ def test_server_threads_are_reused_across_connections_and_end_with_the_server(pk
         _wait(lambda: server._idle == 3)
         assert len(_conn_threads() - before) == 3
     _wait(lambda: not (_conn_threads() - before))
+
+
+def _channel_pair(config: ChannelConfig | None = None,
+                  ) -> tuple[blocking.BlockingChannel, socket.socket, Transport]:
+    """A BlockingChannel on one end of a socketpair; the raw other end; a Transport that seals for it."""
+    import os
+    import types
+
+    from xpscerpto.channel._noise import CipherState
+
+    def cs(key: bytes) -> CipherState:
+        c = CipherState(xps.default_engine(), "ChaChaPoly")
+        c.initialize_key(key)
+        return c
+
+    k1, k2 = os.urandom(32), os.urandom(32)
+    a, b = socket.socketpair()
+    cfg = config or ChannelConfig()
+    est = types.SimpleNamespace(send=cs(k1), recv=cs(k2), peer=None, protocol="test", handshake_hash=b"")
+    ch = blocking.BlockingChannel(a, blocking._Reader(a), est, cfg)  # type: ignore[arg-type]
+    return ch, b, Transport(cs(k2), cs(k1), cfg)
+
+
+@pytest.mark.parametrize("split", ["whole", "together", "byte-by-byte", "record-and-a-half", "header-first"])
+def test_recv_takes_records_however_the_socket_delivers_them(split: str) -> None:
+    ch, raw, peer = _channel_pair()
+    msgs = [b"a" * 64, b"b", b"c" * 70000, b"d" * 3]
+    wires = [peer.seal(m) for m in msgs]
+    stream = b"".join(wires)
+    with ch, raw:
+        if split == "whole":  # one record per read: the reader's fast path
+            for m, w in zip(msgs, wires, strict=True):
+                raw.sendall(w)
+                assert ch.recv() == m
+            return
+
+        def feed() -> None:
+            if split == "together":
+                raw.sendall(stream)
+            elif split == "byte-by-byte":
+                for i in range(len(wires[0]) + 5):
+                    raw.sendall(stream[i:i + 1])
+                    time.sleep(0.0005)
+                raw.sendall(stream[len(wires[0]) + 5:])
+            elif split == "record-and-a-half":
+                cut = len(wires[0]) + len(wires[1]) // 2
+                raw.sendall(stream[:cut])
+                time.sleep(0.02)
+                raw.sendall(stream[cut:])
+            else:
+                raw.sendall(stream[:2])
+                time.sleep(0.02)
+                raw.sendall(stream[2:])
+
+        t = threading.Thread(target=feed)
+        t.start()
+        assert [ch.recv() for _ in msgs] == msgs
+        t.join()
+
+
+def test_recv_refuses_a_short_or_oversized_record_arriving_alone_and_the_channel_stays_dead() -> None:
+    for wire, reason in ((b"\x00\x05hello", "truncated"), (b"\xff\xff" + bytes(100), "oversized")):
+        ch, raw, _ = _channel_pair(ChannelConfig(max_frame=1024))
+        with ch, raw:
+            raw.sendall(wire)
+            with pytest.raises(xps.XpsError) as e:
+                ch.recv()
+            assert e.value.reason == reason
+            assert b"hello" not in str(e.value).encode()
+            with pytest.raises(xps.XpsError):
+                ch.recv()
+            with pytest.raises(xps.XpsError):
+                ch.send(b"after the failure")
+
+
+def test_recv_after_the_peer_closes_mid_record_is_truncated_not_eof() -> None:
+    ch, raw, peer = _channel_pair()
+    wire = peer.seal(b"x" * 64)
+    with ch:
+        raw.sendall(wire[:30])
+        raw.close()
+        with pytest.raises(xps.AuthError) as e:
+            ch.recv()
+        assert e.value.reason == "truncated"

@@ -333,6 +333,12 @@ def test_the_keyed_encrypt_hot_path_runs_one_engine_frame() -> None:
     assert frames == ["test_engine.py:<lambda>", "engine.py:encrypt"]
 
 
+def test_the_keyed_encrypt_wire_hot_path_runs_one_engine_frame() -> None:
+    keyed = xps.aead.keyed("CHACHA20-POLY1305", bytes(32), nonce_reuse="caller")
+    frames = _python_frames_during(lambda: keyed.encrypt_wire(bytes(12), b"x" * 64))
+    assert frames == ["test_engine.py:<lambda>", "engine.py:encrypt_wire"]
+
+
 class _WrongAesGcm:
     """A provider whose AES-256-GCM gives wrong ciphertexts: its self-test must fail."""
 

@@ -254,8 +254,15 @@ def t_keyed(data: st.DataObject) -> None:
     keyed = out.result
     check("aead.keyed", before is not None, "accepted a bad key")
     for _ in range(data.draw(st.integers(1, 3))):
-        op = data.draw(st.sampled_from(["encrypt", "decrypt", "open", "wipe"]))
-        if op == "encrypt":
+        op = data.draw(st.sampled_from(["encrypt", "encrypt_wire", "decrypt", "open", "wipe"]))
+        if op == "encrypt_wire":
+            pt, aad = data.draw(values(st.integers(0, 40))), data.draw(values(near(0, 16)))
+            nonce = data.draw(values(near(n)))
+            r = call("KeyedAead.encrypt_wire", keyed.encrypt_wire, nonce, pt, aad)
+            if r.ok and before is not None:
+                opened = xps.aead.decrypt(algo, before, _plain(nonce), r.result[:-t], r.result[-t:], _plain(aad) or b"")
+                check("KeyedAead.encrypt_wire", opened == _plain(pt), "round trip")
+        elif op == "encrypt":
             pt, aad = data.draw(values(st.integers(0, 40))), data.draw(values(near(0, 16)))
             nonce = data.draw(st.one_of(st.none(), values(near(n))))
             r = call("KeyedAead.encrypt", keyed.encrypt, pt, aad, nonce)

@@ -159,6 +159,19 @@ def test_keyed_aead_refuses_a_nonce_it_already_used(algo: str) -> None:
     assert keyed.open(s) == b"one"
 
 
+@pytest.mark.parametrize("algo", REUSE_REFUSED)
+def test_keyed_encrypt_wire_shares_the_record_of_nonces_with_encrypt(algo: str) -> None:
+    keyed = xps.aead.keyed(algo, _key(algo))
+    nonce = os.urandom(NONCE_SIZES[algo])
+    wire = keyed.encrypt_wire(nonce, b"one", b"aad")
+    assert keyed.encrypt(b"one", b"aad", nonce=nonce).ciphertext_and_tag == wire
+    with pytest.raises(NonceError, match="already used"):
+        keyed.encrypt_wire(nonce, b"two")
+    with pytest.raises(NonceError, match="already used"):
+        keyed.encrypt(b"two", nonce=bytearray(nonce))
+    assert keyed.decrypt(nonce, wire, b"aad") == b"one"
+
+
 def test_keyed_aead_refuses_explicit_nonces_past_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_mod, "KEYED_NONCE_LIMIT", 5)
     keyed = xps.aead.keyed("AES-256-GCM", os.urandom(32))

@@ -10,6 +10,7 @@ inside the provider call, through a real provider with a hook (a race cannot be 
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
@@ -140,6 +141,44 @@ def test_keyed_aead_encrypt_racing_its_wipe_never_seals_under_a_zeroed_key(fast_
     assert sealed and refused
     for s in sealed:
         assert xps.aead.open("CHACHA20-POLY1305", key, s) == b"m" * 64
+
+
+def test_keyed_encrypt_wire_racing_its_wipe_never_seals_under_a_zeroed_key(fast_switching: None) -> None:
+    key = os.urandom(32)
+    sealed: list[tuple[bytes, bytes]] = []
+    refused = 0
+    counter = itertools.count()
+    for rnd in range(ROUNDS):
+        keyed = xps.aead.keyed("CHACHA20-POLY1305", key, nonce_reuse="caller")
+        start = threading.Barrier(3)
+        lock = threading.Lock()
+
+        def worker(keyed: Any = keyed, start: threading.Barrier = start, lock: threading.Lock = lock) -> None:
+            nonlocal refused
+            start.wait()
+            for _ in range(40):
+                nonce = next(counter).to_bytes(12, "little")
+                try:
+                    wire = keyed.encrypt_wire(nonce, b"m" * 64)
+                except KeyError_:
+                    with lock:
+                        refused += 1
+                else:
+                    sealed.append((nonce, wire))
+
+        def wiper(keyed: Any = keyed, start: threading.Barrier = start, rnd: int = rnd) -> None:
+            start.wait()
+            time.sleep(2e-5 * (rnd % 8))
+            keyed.wipe()
+
+        threads = [threading.Thread(target=worker), threading.Thread(target=worker), threading.Thread(target=wiper)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sealed and refused
+    for nonce, wire in sealed:
+        assert xps.aead.decrypt("CHACHA20-POLY1305", key, nonce, wire[:-16], wire[-16:]) == b"m" * 64
 
 
 def test_x25519_racing_a_wipe_never_returns_the_zero_scalars_secret(fast_switching: None) -> None:
