@@ -7,7 +7,6 @@ each naming its plugin). Routing tables are built from it; nothing here runs per
 from __future__ import annotations
 
 import inspect
-import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,8 +24,6 @@ __all__ = [
     "ProviderRegistry",
     "load_providers",
 ]
-
-log = logging.getLogger("xpscerpto.plugins")
 
 ENTRY_POINT_GROUP = "xpscerpto.providers"
 #: Set to any non-empty value to skip third-party entry points (built-ins still load).
@@ -91,7 +88,10 @@ class ProviderRegistry:
         if problem is not None:
             name = getattr(provider, "name", "?")
             self.failures.append(PluginFailure(self._current_plugin, f"provider {name!r}: {problem}"))
-            log.warning("plugin %s: provider %r rejected: %s", self._current_plugin, name, problem)
+            import logging  # a rejected provider only: the first call of every process need not import it
+
+            logging.getLogger("xpscerpto.plugins").warning("plugin %s: provider %r rejected: %s",
+                                                           self._current_plugin, name, problem)
             return
         self.providers[provider.name] = provider
 
@@ -131,9 +131,9 @@ def validate_provider(provider: object) -> str | None:
 
 
 def _entry_point_plugins() -> Iterable[tuple[str, object]]:
-    import importlib_metadata
+    from ._entry_points import entry_points
 
-    for ep in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in entry_points(ENTRY_POINT_GROUP):
         yield ep.name, ep
 
 
