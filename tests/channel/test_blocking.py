@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
 import time
@@ -10,6 +11,8 @@ from collections import Counter
 
 import pytest
 import xpscerpto as xps
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from xpscerpto.channel import ChannelConfig, blocking, connect, serve
 from xpscerpto.channel.transport import Transport
 
@@ -258,3 +261,24 @@ def test_recv_after_the_peer_closes_mid_record_is_truncated_not_eof() -> None:
         with pytest.raises(xps.AuthError) as e:
             ch.recv()
         assert e.value.reason == "truncated"
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 3000), min_size=1, max_size=8),
+       cuts=st.lists(st.integers(1, 4000), max_size=6))
+def test_recv_reassembles_any_split_of_the_record_stream(sizes: list[int], cuts: list[int]) -> None:
+    ch, raw, peer = _channel_pair(ChannelConfig(max_frame=1024))
+    msgs = [bytes([i]) * n for i, n in enumerate(sizes)]
+    stream = b"".join(peer.seal(m) for m in msgs)
+    points = sorted({c % len(stream) for c in cuts} | {0, len(stream)})
+
+    def feed() -> None:
+        for a, b in itertools.pairwise(points):
+            raw.sendall(stream[a:b])
+            time.sleep(0.001)
+
+    with ch, raw:
+        t = threading.Thread(target=feed)
+        t.start()
+        assert [ch.recv() for _ in msgs] == msgs
+        t.join()

@@ -280,3 +280,36 @@ def test_seal_takes_any_byte_buffer_and_refuses_the_rest_with_a_policy_error(eng
 def test_channel_config_refuses_bad_values(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(xps.PolicyError, match=field):
         ChannelConfig(**kwargs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(limits=st.tuples(st.integers(1, 4), st.integers(1, 300), st.floats(0.5, 5.0)),
+       max_frame=st.sampled_from([64, 200, 65535]),
+       steps=st.lists(st.tuples(st.integers(0, 700), st.sampled_from(["bytes", "bytearray", "view"]),
+                                st.floats(0.0, 2.0)), min_size=1, max_size=25))
+def test_any_sequence_arrives_whole_in_order_with_key_updates_in_step(
+        engine: xps.Engine, limits: tuple[int, int, float], max_frame: int,
+        steps: list[tuple[int, str, float]]) -> None:
+    # Sequences, not single steps: messages of any size (fragmented at small frames) under
+    # tiny rekey limits and a moving clock; every message arrives whole and in order, and
+    # the receiver has applied every KEY_UPDATE the sender made, however the limits interleave.
+    t = [0.0]
+    a_send, b_recv, b_send, a_recv = _states(engine)
+    cfg = ChannelConfig(rekey_after_messages=limits[0], rekey_after_bytes=limits[1],
+                        rekey_after_seconds=limits[2], max_frame=max_frame)
+    alice = Transport(a_send, a_recv, cfg, clock=lambda: t[0])
+    bob = Transport(b_send, b_recv, cfg, clock=lambda: t[0])
+    for i, (size, kind, dt) in enumerate(steps):
+        t[0] += dt
+        msg = bytes([i % 256]) * size
+        data = {"bytes": msg, "bytearray": bytearray(msg), "view": memoryview(msg)}[kind]
+        wire, pos, got = alice.seal(data), 0, []
+        while pos < len(wire):
+            n = int.from_bytes(wire[pos:pos + 2], "big")
+            assert n <= max_frame
+            out = bob.open(wire[pos + 2:pos + 2 + n])
+            if out is not None:
+                got.append(out)
+            pos += 2 + n
+        assert got == ([msg] if size else [])
+        assert bob.rekeys_received == alice.rekeys_sent
