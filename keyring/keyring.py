@@ -254,7 +254,7 @@ class Keyring:
             aad = header + aad
         except TypeError:
             raise PolicyError(f"aad: expected bytes-like, got {type(aad).__name__}") from None
-        return header + h.aead.encrypt(plaintext, aad, nonce).ciphertext_and_tag
+        return header + h.aead.encrypt_wire(nonce, plaintext, aad)
 
     def decrypt(self, blob: bytes, aad: bytes = b"") -> bytes:
         """Open a blob from :meth:`encrypt`; any failure is one opaque AuthError naming no key.
