@@ -127,6 +127,9 @@ _RESERVED_FIELDS = frozenset({"seq", "time", "event", "prev", "hash", "rsig", "s
 _RESERVED_EVENTS = frozenset({CHECKPOINT, REPAIRED})
 _EVENT_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# The last second datetime can print (9999-12-31T23:59:59Z): a later ``since`` has no cutoff to give.
+_MAX_SINCE = 253402300799
+
 _TXID = re.compile(r"[0-9a-f]{8,64}")
 _HEX128 = re.compile(r"[0-9a-f]{128}")
 #: One record (one line) at most; bounds memory for readers and keeps appends small.
@@ -536,8 +539,9 @@ class AuditLog:
         """
         if not isinstance(txid, str) or not _TXID.fullmatch(txid):
             raise PolicyError("txid: expected 8 to 64 lowercase hex digits", reason="bad-argument")
-        if not isinstance(since, int | float) or isinstance(since, bool) or not math.isfinite(since):
-            raise PolicyError("since: expected seconds since the epoch", reason="bad-argument")
+        if not isinstance(since, int | float) or isinstance(since, bool) or not -_MAX_SINCE <= since <= _MAX_SINCE:
+            # NaN fails the comparison too; a huge int is compared, never converted (OverflowError).
+            raise PolicyError("since: expected seconds since the epoch (before year 10000)", reason="bad-argument")
         clean = _check_fields({**fields, "txid": txid})
         cutoff = datetime.fromtimestamp(max(0.0, since - 600.0), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return self._append(_check_event(event), clean, once=(f'"txid":"{txid}"'.encode(), cutoff))

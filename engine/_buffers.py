@@ -74,11 +74,15 @@ def buffer_problem(value: object) -> str | None:
     return None
 
 
+# A tuple, not ``bytes | bytearray | memoryview``: that expression builds a new union per call (~0.1 us).
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
 def byte_buffer(value: object, field: str, error: type[XpsError]) -> bytes | bytearray | memoryview:
     """``value`` as a buffer the providers read (itself, or a view of it), else ``error`` naming ``field``."""
     if type(value) is bytes or type(value) is bytearray:  # the common case, without the checks
         return value
-    if isinstance(value, bytes | bytearray | memoryview):
+    if isinstance(value, _BYTES_LIKE):
         problem = buffer_problem(value)
         if problem is None:
             return value

@@ -79,6 +79,7 @@ _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _HEXISH = re.compile(r"[0-9A-Fa-f]+")
 _urandom = os.urandom
 _unpack = HEADER.unpack_from
+_BYTES_LIKE = (bytes, bytearray, memoryview)  # a tuple: ``bytes | bytearray | memoryview`` is built per call
 _ct_eq = hmac.compare_digest  # constant time; both sides are 32-byte bytes here
 _INTEGRITY_AAD = b"xps-keyring/integrity-key/v1"
 _RETENTION_EVERY = 60.0  # seconds between retention sweeps in a long-lived keyring
@@ -267,39 +268,46 @@ class Keyring:
             AuthError: ``keyring: decryption failed``.
             PolicyError: ``aad`` is not bytes-like (checked before the blob is looked at).
         """
-        if not isinstance(aad, bytes | bytearray | memoryview):
+        if not isinstance(aad, _BYTES_LIKE):
             raise PolicyError(f"aad: expected bytes-like, got {type(aad).__name__}")
-        plaintext, ref = self._open(blob, aad)
-        if plaintext is None:
-            self._fail(ref)
-        return plaintext
-
-    def _open(self, blob: Any, aad: bytes | bytearray | memoryview) -> tuple[bytes | None, tuple[bytes, int] | None]:
-        """(plaintext, None) or (None, (key id, version) if the header parsed); never raises."""
+        # One frame for the whole success path (a 64-byte decrypt is mostly fixed costs). Every
+        # failure leaves its except block first and ends at the one _fail() below, so the
+        # opaque error carries no context.
+        ref: tuple[bytes, int] | None = None
         try:
             fmt, key_id, version, code, commitment = _unpack(blob)
         except (struct.error, TypeError, BufferError, ValueError):
-            return None, None
-        h = self._handles.get((key_id, version))
-        now = self.clock()
-        if h is None or now >= h.recheck_at:
-            miss = self._misses.get((key_id, version))
-            try:
-                h = None if miss is not None and now < miss else self._decrypting_handle(key_id, version, now)
-            except XpsError:
-                h = None
-        # decrypt_until folds Appendix A into one number: +inf for the active version, the end
-        # of the dual-key window for a retired one, -inf for anything unusable.
-        if h is None or now >= h.decrypt_until or fmt != 1 or code != h.code or not _ct_eq(h.commitment, commitment):
-            return None, (key_id, version)
-        n = h.header_size
+            fmt = None
+        if fmt is not None:
+            ref = (key_id, version)
+            h = self._handles.get(ref)
+            now = self.clock()
+            if h is None or now >= h.recheck_at:
+                h = self._handle_for_decrypt(key_id, version, now)
+            # decrypt_until folds Appendix A into one number: +inf for the active version, the
+            # end of the dual-key window for a retired one, -inf for anything unusable.
+            if h is not None and now < h.decrypt_until and fmt == 1 and code == h.code and _ct_eq(
+                    h.commitment, commitment):
+                n = h.header_size
+                try:
+                    plaintext = h.aead.decrypt(blob[HEADER.size:n], memoryview(blob)[n:], bytes(blob[:n]) + aad)
+                except (XpsError, TypeError, BufferError, ValueError):
+                    plaintext = None
+                if plaintext is not None:
+                    h.decryptions += 1
+                    h.last_used = now
+                    return plaintext
+        self._fail(ref)
+
+    def _handle_for_decrypt(self, key_id: bytes, version: int, now: float) -> _Handle | None:
+        """The version's handle, or None (a recent miss is remembered; never raises)."""
+        miss = self._misses.get((key_id, version))
+        if miss is not None and now < miss:
+            return None
         try:
-            plaintext = h.aead.decrypt(blob[HEADER.size:n], memoryview(blob)[n:], bytes(blob[:n]) + aad)
-        except (XpsError, TypeError, BufferError, ValueError):
-            return None, (key_id, version)
-        h.decryptions += 1
-        h.last_used = now
-        return plaintext, None
+            return self._decrypting_handle(key_id, version, now)
+        except XpsError:
+            return None
 
     def _fail(self, ref: tuple[bytes, int] | None) -> NoReturn:
         # The caller always gets the same opaque error, whatever happens to the audit record.

@@ -957,3 +957,17 @@ def test_check_writable_accepts_a_new_or_torn_journal_and_creates_nothing(tmp_pa
     torn.write_bytes(b'{"seq":1,"ev')
     AuditLog(torn).check_writable()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["torn.log"]
+
+
+@pytest.mark.parametrize("since", [1e300, -1e300, 10**400, -(10**400), float("inf"), float("nan"), 253402300800])
+def test_record_once_refuses_a_since_no_date_can_hold_and_writes_nothing(tmp_path: Path, since: float) -> None:
+    # Found by the keyring fuzz pass: datetime raised OSError/ValueError/OverflowError here.
+    log = AuditLog(tmp_path / "audit.log")
+    with pytest.raises(PolicyError, match="since"):
+        log.record_once("KEY_CREATE", "0123abcd", since=since)
+    assert not (tmp_path / "audit.log").exists() or (tmp_path / "audit.log").stat().st_size == 0
+
+
+def test_record_once_takes_the_last_representable_second(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.log")
+    assert log.record_once("KEY_CREATE", "0123abcd", since=253402300799)["seq"] == 1
