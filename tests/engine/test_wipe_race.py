@@ -107,10 +107,22 @@ def test_aead_decrypt_racing_a_wipe_returns_only_what_the_key_sealed(algo: str, 
     assert set(opened) <= {b"genuine"}
 
 
-def test_keyed_aead_encrypt_racing_its_wipe_never_seals_under_a_zeroed_key(fast_switching: None) -> None:
+def _seal_and_open(call: str, key: bytes) -> tuple[Callable[[Any, int], Any], Callable[[Any], bytes]]:
+    """How to seal message ``i`` with a KeyedAead through ``call``, and how to open the result."""
+    if call == "encrypt":
+        return (lambda keyed, i: keyed.encrypt(b"m" * 64),
+                lambda s: xps.aead.open("CHACHA20-POLY1305", key, s))
+    return (lambda keyed, i: (i.to_bytes(12, "little"), keyed.encrypt_wire(i.to_bytes(12, "little"), b"m" * 64)),
+            lambda s: xps.aead.decrypt("CHACHA20-POLY1305", key, s[0], s[1][:-16], s[1][-16:]))
+
+
+@pytest.mark.parametrize("call", ["encrypt", "encrypt_wire"])
+def test_keyed_aead_encrypt_racing_its_wipe_never_seals_under_a_zeroed_key(fast_switching: None, call: str) -> None:
     key = os.urandom(32)
-    sealed: list[xps.Sealed] = []
+    seal, open_ = _seal_and_open(call, key)
+    sealed: list[Any] = []
     refused = 0
+    counter = itertools.count()  # distinct nonces for encrypt_wire, across threads and rounds
     for rnd in range(ROUNDS):
         keyed = xps.aead.keyed("CHACHA20-POLY1305", key)
         start = threading.Barrier(3)
@@ -121,7 +133,7 @@ def test_keyed_aead_encrypt_racing_its_wipe_never_seals_under_a_zeroed_key(fast_
             start.wait()
             for _ in range(40):
                 try:
-                    s = keyed.encrypt(b"m" * 64)
+                    s = seal(keyed, next(counter))
                 except KeyError_:
                     with lock:
                         refused += 1
@@ -140,45 +152,7 @@ def test_keyed_aead_encrypt_racing_its_wipe_never_seals_under_a_zeroed_key(fast_
             t.join()
     assert sealed and refused
     for s in sealed:
-        assert xps.aead.open("CHACHA20-POLY1305", key, s) == b"m" * 64
-
-
-def test_keyed_encrypt_wire_racing_its_wipe_never_seals_under_a_zeroed_key(fast_switching: None) -> None:
-    key = os.urandom(32)
-    sealed: list[tuple[bytes, bytes]] = []
-    refused = 0
-    counter = itertools.count()
-    for rnd in range(ROUNDS):
-        keyed = xps.aead.keyed("CHACHA20-POLY1305", key, nonce_reuse="caller")
-        start = threading.Barrier(3)
-        lock = threading.Lock()
-
-        def worker(keyed: Any = keyed, start: threading.Barrier = start, lock: threading.Lock = lock) -> None:
-            nonlocal refused
-            start.wait()
-            for _ in range(40):
-                nonce = next(counter).to_bytes(12, "little")
-                try:
-                    wire = keyed.encrypt_wire(nonce, b"m" * 64)
-                except KeyError_:
-                    with lock:
-                        refused += 1
-                else:
-                    sealed.append((nonce, wire))
-
-        def wiper(keyed: Any = keyed, start: threading.Barrier = start, rnd: int = rnd) -> None:
-            start.wait()
-            time.sleep(2e-5 * (rnd % 8))
-            keyed.wipe()
-
-        threads = [threading.Thread(target=worker), threading.Thread(target=worker), threading.Thread(target=wiper)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert sealed and refused
-    for nonce, wire in sealed:
-        assert xps.aead.decrypt("CHACHA20-POLY1305", key, nonce, wire[:-16], wire[-16:]) == b"m" * 64
+        assert open_(s) == b"m" * 64
 
 
 def test_x25519_racing_a_wipe_never_returns_the_zero_scalars_secret(fast_switching: None) -> None:
