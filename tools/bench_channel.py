@@ -347,12 +347,20 @@ def m_handshakes_interleaved(clients: list[Any], n: int) -> dict[str, float]:
     return {name: statistics.median(v) * 1e3 for name, v in times.items()}
 
 
-def m_roundtrips_interleaved(clients: list[Any], count: int, chunks: int = 10) -> dict[str, float]:
+def m_roundtrips_interleaved(clients: list[Any], count: int,
+                             chunks: int = 10) -> tuple[dict[str, float], dict[str, float]]:
     """64-byte round trips per second per stack, each over one connection, the stacks taking
-    turns every ``count // chunks`` round trips (order reversed every other turn)."""
+    turns every ``count // chunks`` round trips (order reversed every other turn): the rate
+    over all chunks, and the rate of the fastest chunk.
+
+    The fastest chunk is the stack's own cost: on this shared VM a round trip takes either
+    about 27 us or 80-120 us for every stack alike, depending on whether the peer's vCPU was
+    awake (seen chunk by chunk), so the overall rate mostly counts which mode each stack hit.
+    """
     msg = bytes(64)
     conns = {c.name: c.open(b"E") for c in clients}
     spent = dict.fromkeys(conns, 0.0)
+    best = dict.fromkeys(conns, float("inf"))
     per = max(1, count // chunks)
     for c in clients:
         for _ in range(min(per, 200)):  # warm: first records, caches, branch predictors
@@ -363,10 +371,13 @@ def m_roundtrips_interleaved(clients: list[Any], count: int, chunks: int = 10) -
             t = time.perf_counter()
             for _ in range(per):
                 rt(conn, msg)
-            spent[c.name] += time.perf_counter() - t
+            dt = time.perf_counter() - t
+            spent[c.name] += dt
+            best[c.name] = min(best[c.name], dt)
     for c in clients:
         c.close(conns[c.name])
-    return {name: per * chunks / dt for name, dt in spent.items()}
+    return ({name: per * chunks / dt for name, dt in spent.items()},
+            {name: per / dt for name, dt in best.items()})
 
 
 def m_throughput(client: Any, count: int, size: int = 65536) -> float:
@@ -497,13 +508,16 @@ def main(argv: list[str] | None = None) -> int:
                 streams = [c for c in clients if c.name != "channel-pq"]
                 for _ in range(rounds):
                     for c in clients:
-                        results.setdefault(c.name, {"handshake_ms": [], "mbps_64k": [], "rt_per_s": []})
+                        results.setdefault(c.name, {"handshake_ms": [], "mbps_64k": [], "rt_per_s": [],
+                                                    "rt_best_per_s": []})
                     for name, ms in m_handshakes_interleaved(clients, hs_n).items():
                         results[name]["handshake_ms"].append(ms)
                     for c in streams:
                         results[c.name]["mbps_64k"].append(m_throughput(c, tp_n))
-                    for name, rate in m_roundtrips_interleaved(streams, rt_n).items():
+                    rates, best = m_roundtrips_interleaved(streams, rt_n)
+                    for name, rate in rates.items():
                         results[name]["rt_per_s"].append(rate)
+                        results[name]["rt_best_per_s"].append(best[name])
             else:
                 runner = AsyncRunner(pki, tls_port, ch_port)
                 for _ in range(rounds):
@@ -519,15 +533,17 @@ def main(argv: list[str] | None = None) -> int:
     med = {k: {m: statistics.median(v) for m, v in r.items() if v} for k, r in results.items()}
     print(f"secure channel vs TLS 1.3 (ssl, mutual certs, CRLs) and noiseprotocol XX; api={args.api}, "
           f"{rounds} rounds, medians; 127.0.0.1, servers in separate processes")
-    print(f"  {'stack':<18} {'handshake ms':>13} {'64KiB MB/s':>11} {'64B rt/s':>10}")
+    print(f"  {'stack':<18} {'handshake ms':>13} {'64KiB MB/s':>11} {'64B rt/s':>10} {'(best chunk)':>13}")
     for k, r in med.items():
         print(f"  {k:<18} {r.get('handshake_ms', 0):>13.3f} {r.get('mbps_64k', 0):>11.1f} "
-              f"{r.get('rt_per_s', 0):>10.0f}")
+              f"{r.get('rt_per_s', 0):>10.0f} {r.get('rt_best_per_s', 0):>13.0f}")
     ratios: dict[str, float] = {}
     ch, tls = med["channel"], med["tls13"]
     ratios["handshake_vs_tls"] = ch["handshake_ms"] / tls["handshake_ms"]
     ratios["throughput_vs_tls"] = ch["mbps_64k"] / tls["mbps_64k"]
     ratios["roundtrips_vs_tls"] = ch["rt_per_s"] / tls["rt_per_s"]
+    if "rt_best_per_s" in ch:
+        ratios["roundtrips_best_chunk_vs_tls"] = ch["rt_best_per_s"] / tls["rt_best_per_s"]
     if "noiseprotocol-xx" in med:
         nz = med["noiseprotocol-xx"]
         ratios["handshake_vs_noiseprotocol"] = ch["handshake_ms"] / nz["handshake_ms"]

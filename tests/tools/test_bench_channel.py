@@ -19,6 +19,7 @@ def test_bench_channel_quick_reports_every_ratio(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert set(doc["medians"]) == {"tls13", "channel", "noiseprotocol-xx", "channel-pq"}
     assert set(doc["ratios"]) == {"handshake_vs_tls", "throughput_vs_tls", "roundtrips_vs_tls",
+                                  "roundtrips_best_chunk_vs_tls",
                                   "handshake_vs_noiseprotocol", "throughput_vs_noiseprotocol",
                                   "roundtrips_vs_noiseprotocol", "pq_handshake_vs_classic"}
     assert all(math.isfinite(v) and v > 0 for v in doc["ratios"].values())
