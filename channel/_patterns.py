@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -134,6 +135,13 @@ def parse_protocol(name: str) -> NoiseProtocol:
     """
     if not isinstance(name, str) or len(name) > _MAX_NAME:
         raise PolicyError("protocol: expected a Noise protocol name (str, at most 255 characters)")
+    # An exact str for the cache: a subclass could answer == and hash() as it likes.
+    return _parse(name if type(name) is str else str.__str__(name))
+
+
+# Every handshake parses its protocol: cached (bounded; a name that fails is not cached).
+@functools.lru_cache(maxsize=256)
+def _parse(name: str) -> NoiseProtocol:
     m = _NAME_RE.fullmatch(name)
     if m is None:
         raise PolicyError("protocol: not a Noise protocol name (Noise_<pattern>_<dh>_<cipher>_<hash>)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import functools
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -62,12 +63,15 @@ def signed_content(protocol: str, initiator: bool, handshake_hash: bytes, static
                      bytes([len(handshake_hash)]), handshake_hash, bytes([len(static_public)]), static_public))
 
 
+# Pure functions of an immutable pattern, asked on every handshake: cached (bounded).
+@functools.lru_cache(maxsize=256)
 def _has_static(pattern: HandshakePattern, initiator: bool) -> bool:
     pre = pattern.pre_initiator if initiator else pattern.pre_responder
     return "s" in pre or any("s" in m for i, m in enumerate(pattern.messages)
                              if pattern.sender_is_initiator(i) == initiator)
 
 
+@functools.lru_cache(maxsize=256)
 def auth_slot(pattern: HandshakePattern, initiator: bool) -> int | None:
     """The message in which a party sends its certificate and signature, or None if it has none.
 

@@ -27,6 +27,29 @@ def test_bad_protocol_names(name: str, error: type[xps.XpsError], match: str) ->
         parse_protocol(name)
 
 
+@pytest.mark.parametrize("name", [["Noise_XX_25519_ChaChaPoly_SHA256"], None, b"Noise_XX_25519_ChaChaPoly_SHA256",
+                                  {"a": 1}, 10**400])
+def test_a_protocol_name_that_is_not_a_str_is_a_policy_error_even_unhashable(name: object) -> None:
+    # parse_protocol is cached: the type check comes before the cache, which would raise TypeError.
+    with pytest.raises(xps.PolicyError, match="expected a Noise protocol name"):
+        parse_protocol(name)  # type: ignore[arg-type]
+
+
+def test_a_str_subclass_cannot_poison_the_protocol_cache() -> None:
+    class Liar(str):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        def __hash__(self) -> int:
+            return hash("Noise_XX_25519_ChaChaPoly_SHA256")
+
+    good = parse_protocol("Noise_XX_25519_ChaChaPoly_SHA256")
+    assert parse_protocol(Liar("Noise_IK_25519_AESGCM_BLAKE2b")).name == "Noise_IK_25519_AESGCM_BLAKE2b"
+    assert parse_protocol("Noise_XX_25519_ChaChaPoly_SHA256") == good
+    with pytest.raises(xps.PolicyError, match="not a Noise protocol name"):
+        parse_protocol(Liar("not a protocol"))
+
+
 def test_modifiers_are_applied_by_rule() -> None:
     p = parse_protocol("Noise_XXhfs_25519+MLKEM768_AESGCM_BLAKE2b")
     assert p.pattern.messages == (("e", "e1"), ("e", "ee", "ekem1", "s", "es"), ("s", "se"))
