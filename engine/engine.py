@@ -1049,8 +1049,8 @@ class KeyedAead:
     def encrypt_wire(self, nonce: bytes, plaintext: Buffer, aad: Buffer = b"") -> bytes:
         """``ciphertext || tag`` under an explicit ``nonce``: :meth:`encrypt` without the
         :class:`Sealed` around it, for protocols that keep their own nonces (the secure
-        channel's counters send only ``ciphertext || tag``; building and unpacking a Sealed
-        was a fifth of its per-record cost). Same checks, same errors, and with
+        channel's counters, the keyring's blobs: they send only ``ciphertext || tag``, so a
+        Sealed per record was built only to be unpacked). Same checks, same errors, and with
         ``nonce_reuse="refuse"`` the same record of nonces.
 
         Example:
