@@ -179,6 +179,13 @@ def test_status_and_rollback_without_a_running_engine(published, tmp_path: Path,
                                       "'nothing-like-this'")
 
 
+def _committed(home: Path) -> bool:
+    try:
+        return bool(json.loads((home / "state.json").read_text())["active"])
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def test_kill_9_during_cutover_and_after_commit_restarts_consistent(published, tmp_path: Path, watchers) -> None:  # type: ignore[no-untyped-def]
     capsule, _, home = published
     inbox = tmp_path / "inbox"
@@ -201,6 +208,11 @@ def test_kill_9_during_cutover_and_after_commit_restarts_consistent(published, t
     watchers.append(w3)
     (inbox3 / NAME).write_bytes(capsule.read_bytes())  # same version: it was never accepted
     wait_for(lambda: any(e["event"] == "PATCH_ENABLE" for e in audit_events(home)), "PATCH_ENABLE")
+    # The commit point is the state file, written just after PATCH_ENABLE is journaled (the
+    # journal over-reports, never under-reports): kill once the commit is on disk. Killing
+    # between the two is a different step (the restart then denies the ENABLE); waiting on the
+    # journal alone made this step land there now and then under load.
+    wait_for(lambda: _committed(home), "the committed state")
     w3.kill9()
     w4 = Watcher(home, tmp_path / "inbox4")
     watchers.append(w4)
