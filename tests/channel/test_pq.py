@@ -77,11 +77,24 @@ def _flip(offset: int) -> Callable[[bytes], bytes]:
     return edit
 
 
+def _coefficient_over_q(offset: int) -> Callable[[bytes], bytes]:
+    def edit(body: bytes) -> bytes:
+        b = bytearray(body)
+        b[offset] = 0xFF  # the first 12-bit coefficient of the key becomes 4095 (q = 3329)
+        b[offset + 1] |= 0x0F
+        return bytes(b)
+    return edit
+
+
 @pytest.mark.parametrize(("c2s", "s2c", "client_reason", "server_reason"), [
     # message 1 without the KEM public key: the server finds it truncated
     (_edit(1, lambda b: b[:E]), passthrough, "eof", "truncated"),
-    # an altered KEM public key: hashed, so the client fails on message 2
-    (_edit(1, _flip(E + 100)), passthrough, None, None),
+    # an altered KEM public key that is still a valid one (a bit of its seed rho): hashed, so
+    # the client fails on message 2. (The bit this case used to flip, in a coefficient, made an
+    # invalid key for about 1 random key in 13, refused as such: the next case, made deterministic.)
+    (_edit(1, _flip(E + EK - 8)), passthrough, None, None),
+    # a KEM public key with a coefficient >= q: FIPS 203's modulus check refuses it as a key
+    (_edit(1, _coefficient_over_q(E)), passthrough, None, "key"),
     # an altered KEM ciphertext (encrypted under the ee key): the client fails on message 2
     (passthrough, _edit(1, _flip(E + 10)), None, None),
     # the ciphertext stripped from message 2
