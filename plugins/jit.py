@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from xpscerpto import isa_mask
+from xpscerpto._buffers import BYTE_FORMATS
 from xpscerpto.errors import AuthError, InternalError, KeyError_, NonceError, PolicyError
 from xpscerpto.hookspecs import hookimpl
 from xpscerpto.interfaces import Aead, Buffer, ImplementationInfo, Provider
@@ -79,7 +80,6 @@ _MAX_MESSAGE = ((1 << 32) - 1) * 64
 _ZEROS32 = bytes(32)
 # Buffer types the kernels' entry points read in place (contiguous, one byte per item).
 _DIRECT = (bytes, bytearray)
-_BYTE_FORMATS = ("B", "c")
 _XNONCE_PREFIX = b"\x00\x00\x00\x00"
 # CPU feature families that decide which instructions LLVM may emit for the kernels.
 _ISA_FAMILIES = ("sse", "ssse3", "avx", "bmi", "fma", "adx")
@@ -171,7 +171,7 @@ def _not_warm(*_args: object) -> int:
 
 def _flat(view: memoryview) -> bool:
     """One C-contiguous run of single bytes (a released view raises ValueError here)."""
-    return view.c_contiguous and view.itemsize == 1 and view.format in _BYTE_FORMATS
+    return view.c_contiguous and view.itemsize == 1 and view.format in BYTE_FORMATS
 
 
 def _as_input(value: object, field: str) -> bytes:
