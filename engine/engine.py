@@ -1033,11 +1033,12 @@ class KeyedAead:
                 nonce = _urandom(b.nonce_size)
                 wire = (b.cipher if len(plaintext) <= b.limit else b.large).encrypt(nonce, plaintext, aad)
             else:
+                # Converted here too: the Sealed keeps an immutable copy of the caller's nonce.
                 if type(nonce) is not bytes or len(nonce) != b.nonce_size:
                     nonce = _nonce_bytes(nonce, b.nonce_size)
-                wire = (b.cipher if len(plaintext) <= b.limit else b.large).encrypt(nonce, plaintext, aad)
-                if b.nonces is not None:
-                    _record(b.nonces, nonce, wire, b.tag_size)
+                # One implementation of an explicit nonce (its checks and the record of nonces);
+                # its XpsError passes through the handler below unchanged.
+                return _new_sealed(Sealed, (nonce, self.encrypt_wire(nonce, plaintext, aad), b.tag_size))
             if self._key._wiped:
                 raise KeyError_("key: this KeyedAead was wiped during the call")
             return _new_sealed(Sealed, (nonce, wire, b.tag_size))
