@@ -6,7 +6,7 @@ itself (email parsing, zipp, importlib.resources), for what is, in the usual lay
 directory listing and a small ini file per installed distribution. This module reads those
 files itself for that layout:
 
-* every ``sys.path`` entry is a directory (or missing), and
+* every ``sys.path`` entry is a ``str`` naming a directory (or nothing), and
 * no finder on ``sys.meta_path`` offers distributions of its own (``find_distributions``,
   other than the standard path finder's and importlib_metadata's own path finder).
 
@@ -101,6 +101,8 @@ def _plain_layout() -> bool:
         if getattr(finder, "find_distributions", None) is not None:
             return False
     for entry in sys.path:
+        if type(entry) is not str:  # a Path or bytes someone put there: the library's own handling
+            return False
         path = entry or "."
         if path.endswith(".egg") or (os.path.exists(path) and not os.path.isdir(path)):
             return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import zipfile
 from pathlib import Path
@@ -68,6 +69,30 @@ def test_a_zip_on_sys_path_is_read_by_importlib_metadata(tmp_path: Path, monkeyp
     assert not _entry_points._plain_layout()
     assert ("zipped", "zmod:obj") in _ours("xps.test.group")
     assert _ours("xps.test.group") == _theirs("xps.test.group")
+
+
+def test_a_sys_path_entry_that_is_a_path_object_defers_to_importlib_metadata(
+        sites: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    first, _ = sites
+    _dist(first, "pathdist-1.0.dist-info", "[xps.test.group]\nfound = pmod:obj\n")
+    monkeypatch.setattr(sys, "path", [Path(first), *sys.path])
+    assert not _entry_points._plain_layout()
+    assert ("found", "pmod:obj") in _ours("xps.test.group")
+    assert _ours("xps.test.group") == _theirs("xps.test.group")
+
+
+def test_a_bytes_sys_path_entry_fails_the_scan_as_importlib_metadata_does_and_the_engine_serves(
+        sites: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    first, _ = sites
+    monkeypatch.setattr(sys, "path", [os.fsencode(first), *sys.path])
+    monkeypatch.delenv("XPS_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    with pytest.raises(TypeError):
+        _theirs("xps.test.group")
+    with pytest.raises(TypeError):
+        _ours("xps.test.group")
+    registry = load_providers()
+    assert [f.plugin for f in registry.failures] == [ENTRY_POINT_GROUP]
+    assert {"openssl", "sodium"} <= set(registry.providers)
 
 
 def test_a_distribution_finder_on_meta_path_defers_to_importlib_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
