@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from xpscerpto._nonce_source import NONCES
+from xpscerpto._nonce_source import refill as refill_nonces
 from xpscerpto.audit import AuditLog
 from xpscerpto.audit.config import AuditConfig
 from xpscerpto.config import SECURITY_KEYS, XpsConfig, policy_changes
@@ -78,6 +80,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _HEXISH = re.compile(r"[0-9A-Fa-f]+")
 _urandom = os.urandom
+_next = next  # blob nonces: a batch of os.urandom output (xpscerpto._nonce_source)
 _unpack = HEADER.unpack_from
 _BYTES_LIKE = (bytes, bytearray, memoryview)  # a tuple: ``bytes | bytearray | memoryview`` is built per call
 _ct_eq = hmac.compare_digest  # constant time; both sides are 32-byte bytes here
@@ -249,7 +252,7 @@ class Keyring:
         if h is None or now >= h.recheck_at or next(h.counter) >= 0:
             h = self._encrypting_handle(name, now)
         h.last_used = now
-        nonce = _urandom(h.nonce_size)
+        nonce = _next(NONCES[h.nonce_size], None) or refill_nonces(h.nonce_size)
         header = h.prefix + nonce
         try:
             aad = header + aad
