@@ -105,6 +105,10 @@ class ChaCha20Poly1305Impl(_CryptographyAead):
 
 
 _COUNTER0 = bytes(4)
+# RFC 5869 2.2: an absent salt is HashLen zeros. A given salt is passed as the caller's buffer:
+# in Noise it is the chaining key, a secret that a bytes() copy would leave unwipeable.
+_ZERO_SALT32 = bytes(32)
+_ZERO_SALT64 = bytes(64)
 _BLOCK = bytes(64)
 _PAD = bytes(16)
 _LENGTHS = struct.Struct("<QQ").pack
@@ -243,7 +247,7 @@ class HkdfSha256Impl(Kdf):
     max_output = 255 * 32
 
     def extract(self, salt: Buffer, ikm: Buffer) -> bytearray:
-        h = hmac.HMAC(bytes(salt) if salt else b"\x00" * 32, hashes.SHA256())
+        h = hmac.HMAC(salt if len(salt) else _ZERO_SALT32, hashes.SHA256())  # no bytes() copy of a secret salt
         h.update(ikm)
         return bytearray(h.finalize())
 
@@ -258,7 +262,7 @@ class HkdfBlake2bImpl(Kdf):
     max_output = 255 * 64
 
     def extract(self, salt: Buffer, ikm: Buffer) -> bytearray:
-        h = hmac.HMAC(bytes(salt) if salt else b"\x00" * 64, hashes.BLAKE2b(64))
+        h = hmac.HMAC(salt if len(salt) else _ZERO_SALT64, hashes.BLAKE2b(64))
         h.update(ikm)
         return bytearray(h.finalize())
 
