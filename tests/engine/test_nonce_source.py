@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import xpscerpto as xps
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from xpscerpto import _nonce_source as ns
 from xpscerpto.errors import XpsError
 
@@ -170,3 +172,13 @@ def test_without_a_gil_every_draw_is_its_own_urandom_call(monkeypatch: pytest.Mo
     got = {draw(12) for _ in range(100)}
     assert len(got) == 100
     assert next(ns.NONCES[12], None) is None  # nothing was buffered
+
+
+@given(size=st.integers(min_value=0, max_value=3 * ns.BATCH_BYTES))
+@settings(max_examples=200, deadline=None)
+def test_any_size_a_provider_may_declare_gets_that_many_fresh_bytes(size: int) -> None:
+    first, second = draw(size), draw(size)
+    assert type(first) is bytes and len(first) == len(second) == size
+    if size >= 8:
+        assert first != second
+    assert all(0 < k <= ns.BATCH_BYTES for k in ns.NONCES)
