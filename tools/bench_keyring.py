@@ -333,7 +333,7 @@ Parts = tuple[tuple[str, str, str | None], ...]
 ENCRYPT_PARTS: Parts = (
     ("work", "library AEAD work, key schedule cached", None),
     ("dispatch", "= KeyedAead.encrypt: checks, Sealed", None),
-    ("nonce", "nonce: os.urandom(nonce size)", "urandom(ns)"),
+    ("nonce", "nonce: next of a batch of os.urandom output", "next_(NONCES[ns], None) or refill(ns)"),
     ("header", "header: prefix + nonce", "prefix + nonce"),
     ("aad", "associated data: header + aad", "header + aad"),
     ("join", "output: header + ct||tag", "header + ct"),
@@ -342,7 +342,7 @@ ENCRYPT_PARTS: Parts = (
     ("reserve", "usage reservation, amortized (below)", None),
     ("residual", "= residual (method frame, loads)", None),
 )
-SHORT_LABELS = {"work": "library work", "dispatch": "engine dispatch", "nonce": "urandom nonce",
+SHORT_LABELS = {"work": "library work", "dispatch": "engine dispatch", "nonce": "nonce draw",
                 "header": "header build", "aad": "aad concat", "join": "output join", "book": "bookkeeping",
                 "reserve": "usage reservation", "residual": "residual", "parse": "header unpack",
                 "commit": "commitment check"}
@@ -400,7 +400,10 @@ def breakdown(subject: Subject, size: int, op: str, timing: Timing, reserve_us: 
         loops["engine"] = timed("k.encrypt(pt, aad, nonce).ciphertext_and_tag", k=keyed, pt=pt,
                                 aad=header + aad, nonce=nonce)
         loops["work"] = timed(lib.work_encrypt, **lib.bind(lib_key, pt=pt, aad=header + aad, nonce=nonce))
-        names = {"urandom": os.urandom, "ns": lib.nonce_size, "prefix": prefix, "nonce": nonce, "header": header,
+        from xpscerpto._nonce_source import NONCES, refill  # what Keyring.encrypt draws its nonce from
+
+        names = {"NONCES": NONCES, "refill": refill, "next_": next, "ns": lib.nonce_size, "prefix": prefix,
+                 "nonce": nonce, "header": header,
                  "aad": aad, "ct": sealed.ciphertext_and_tag, "st": st, "name": subject.name}
         parts = ENCRYPT_PARTS
     else:
