@@ -221,8 +221,7 @@ class SymmetricState:
     def _hkdf(self, ikm: Buffer | SecretBytes, outputs: int) -> list[SecretBytes]:
         """HKDF(ck, ikm, n): HKDF-Extract with ``ck`` as salt, then Expand with empty info."""
         hl = self.hashlen
-        with self._kdf.extract(self.ck.view(), ikm) as prk, self._kdf.expand(prk, b"", outputs * hl) as okm, \
-                okm.view() as view:
+        with self._kdf.derive(ikm, outputs * hl, salt=self.ck.view()) as okm, okm.view() as view:
             # Each output its own buffer, adopted (the copy is the slice; no second one).
             return [SecretBytes.take(bytearray(view[i * hl:(i + 1) * hl])) for i in range(outputs)]
 

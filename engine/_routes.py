@@ -763,9 +763,27 @@ class KdfRoute(_Route):
             ProviderError: the provider failed (XPS_ERR_INTERNAL).
         """
         self._check_length(length)
-        _buf(info, "info", PolicyError)
-        with self.extract(salt, ikm) as prk:
-            return self.expand(prk, info, length)
+        info_b = _buf(info, "info", PolicyError)
+        salt_b = _buf(salt, "salt", PolicyError)
+        ikm_b, secret = _secret_in(ikm, "ikm")
+        # The provider's two steps back to back: the PRK is ours, so it skips the public
+        # expand()'s checks and SecretBytes and is zeroed here (Noise runs this per MixKey).
+        prk: Any = None
+        try:
+            prk = self._impl.extract(salt_b, ikm_b)
+            if len(prk) < self.hash_size:
+                raise ValueError("extract returned a PRK shorter than the hash")
+            okm = self._impl.expand(prk, info_b, length)
+        except XpsError:
+            _wiped_during(secret, "ikm")
+            raise
+        except Exception as exc:
+            self._failed(exc, secret, "ikm")
+        finally:
+            if type(prk) is bytearray:
+                secure_wipe(prk)
+        _wiped_during(secret, "ikm", okm if type(okm) is bytearray else None)
+        return _secret(okm)
 
     def _check_length(self, length: Any) -> None:
         if type(length) is not int:
