@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from xpscerpto import _nonce_source as ns
 from xpscerpto.errors import XpsError
 
+from tests.forked import in_forked_child
+
 
 def fresh_batch(size: int) -> None:
     """Leave a whole batch (less one nonce) buffered in this process."""
@@ -76,19 +78,7 @@ def _child_draws(conn: Any, n: int) -> None:
 def test_a_forked_child_never_hands_out_the_parents_buffered_nonces() -> None:
     fresh_batch(12)
     n = ns.BATCH_BYTES // 12
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.write(w, b"".join(draw(12) for _ in range(n)))
-        finally:
-            os._exit(0)
-    os.close(w)
-    child = b""
-    while chunk := os.read(r, 1 << 16):
-        child += chunk
-    os.close(r)
-    assert os.waitpid(pid, 0)[1] == 0
+    child = in_forked_child(lambda: b"".join(draw(12) for _ in range(n)))
     theirs = {child[i:i + 12] for i in range(0, len(child), 12)}
     ours = {draw(12) for _ in range(n)}
     assert len(theirs) == n
@@ -119,19 +109,7 @@ def test_sealed_nonces_from_the_api_are_distinct_after_fork() -> None:
     key = os.urandom(32)
     keyed = eng.aead.keyed("AES-256-GCM", key)
     fresh_batch(12)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.write(w, b"".join(keyed.encrypt(b"x").nonce for _ in range(100)))
-        finally:
-            os._exit(0)
-    os.close(w)
-    child = b""
-    while chunk := os.read(r, 1 << 16):
-        child += chunk
-    os.close(r)
-    assert os.waitpid(pid, 0)[1] == 0
+    child = in_forked_child(lambda: b"".join(keyed.encrypt(b"x").nonce for _ in range(100)))
     ours = {keyed.encrypt(b"x").nonce for _ in range(100)}
     theirs = {child[i:i + 12] for i in range(0, len(child), 12)}
     assert len(theirs) == 100 and not ours & theirs

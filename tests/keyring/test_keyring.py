@@ -636,9 +636,9 @@ def test_rewrap_from_revoked_moves_blobs_to_a_successor_and_nothing_else_opens_t
 
 def test_blob_nonces_differ_between_a_forked_child_and_its_parent(tmp_path: Path, clock: Clock) -> None:
     # Blob nonces come from batches of os.urandom output; a child must not reuse the parent's.
-    import os
-
     from xpscerpto import _nonce_source
+
+    from tests.forked import in_forked_child
 
     r = Keyring(tmp_path / "home", clock=clock, config=_keyring_config(database="keyring.db"))
     try:
@@ -647,19 +647,7 @@ def test_blob_nonces_differ_between_a_forked_child_and_its_parent(tmp_path: Path
         _nonce_source.NONCES[12] = iter(())
         r.encrypt("k", b"batch")  # a whole batch is now buffered in this process
         start = HEADER.size
-        rd, wr = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            try:
-                os.write(wr, b"".join(r.encrypt("k", b"x")[start:start + 12] for _ in range(50)))
-            finally:
-                os._exit(0)
-        os.close(wr)
-        child = b""
-        while chunk := os.read(rd, 1 << 16):
-            child += chunk
-        os.close(rd)
-        assert os.waitpid(pid, 0)[1] == 0
+        child = in_forked_child(lambda: b"".join(r.encrypt("k", b"x")[start:start + 12] for _ in range(50)))
         theirs = {child[i:i + 12] for i in range(0, len(child), 12)}
         ours = {r.encrypt("k", b"x")[start:start + 12] for _ in range(50)}
         assert len(theirs) == len(ours) == 50
