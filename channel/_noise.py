@@ -221,7 +221,9 @@ class SymmetricState:
     def _hkdf(self, ikm: Buffer | SecretBytes, outputs: int) -> list[SecretBytes]:
         """HKDF(ck, ikm, n): HKDF-Extract with ``ck`` as salt, then Expand with empty info."""
         hl = self.hashlen
-        with self._kdf.derive(ikm, outputs * hl, salt=self.ck.view()) as okm, okm.view() as view:
+        # ck itself, not a view of it: a wiped ck is refused (a view of it would read as an
+        # empty salt, which HKDF takes as all zeros).
+        with self._kdf.derive(ikm, outputs * hl, salt=self.ck) as okm, okm.view() as view:
             # Each output its own buffer, adopted (the copy is the slice; no second one).
             return [SecretBytes.take(bytearray(view[i * hl:(i + 1) * hl])) for i in range(outputs)]
 

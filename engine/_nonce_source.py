@@ -10,38 +10,66 @@ Why that cannot repeat a nonce:
 
 * **Threads.** A batch is a tuple read through one ``tuple_iterator``; with the GIL, handing
   out its next item is one C call, so two threads never get the same item. Two threads that
-  find the batch used up both refill; the later swap drops the other's unused rest (dropping
-  nonces is harmless). A free-threaded build (no GIL) does not batch at all: each draw is
+  find the batch used up both refill; the later store drops the other's unused rest (dropping
+  nonces is harmless). A free-threaded build (no GIL) does not batch: each draw is
   ``os.urandom``.
-* **fork.** A child would inherit the parent's unused batch and hand out the same nonces as the
-  parent. ``os.register_at_fork`` drops every batch in the child before ``os.fork()`` returns
-  there: the mechanism the ``random`` module relies on, and what every fork from Python goes
-  through (``os.fork``, ``os.forkpty``, ``multiprocessing``'s fork and forkserver). A C
-  extension that calls ``fork()`` itself and then runs Python in the child bypasses it; CPython
-  does not support that.
+* **fork, however it is made.** A child would inherit the parent's unused batch. Every draw
+  first reads a byte on a page mapped with ``MADV_WIPEONFORK``: the kernel hands every child of
+  ``fork()`` that page zeroed, whether Python made the fork (``os.fork``, ``multiprocessing``)
+  or C did (uWSGI's prefork runs no Python at-fork hooks). A zero sends the draw to
+  :func:`refill`, which drops every batch and re-arms the page. A fork while a batch is being
+  drawn (from a signal handler or a GC callback) is caught by a second look at the page
+  before the batch is kept and its first nonce returned: the child draws again. BoringSSL's
+  random generator detects forks with the same kind of page.
+  Without the page (not Linux, a kernel older than 4.14, or a refused ``madvise``) nothing is
+  batched: each draw is ``os.urandom``.
 * **VM snapshots** are out of reach of any user-space buffer, as for OpenSSL's and BoringSSL's
-  random generators: at most one batch (about 4 KiB) could repeat in a clone.
+  random generators: at most one batch per nonce size could repeat in a clone.
 
-Draw on the hot path as ``next(NONCES[size], None) or refill(size)``: a dict look-up and one C
-call, about 0.1 us.
+What no source of nonces can prevent: a fork in the middle of one encryption (a signal handler
+that forks after the nonce was drawn) leaves that one call's nonce in both processes, exactly
+as with ``os.urandom``. Every later draw differs.
+
+Draw on the hot path as ``(GUARD[0] and next(NONCES[size], None)) or refill(size)``: a byte
+read, a dict look-up and one C call, about 0.12 us.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import sys
 from collections.abc import Iterator
 
-__all__ = ["BATCH_BYTES", "NONCES", "refill"]
+from .errors import InternalError
+
+__all__ = ["BATCH_BYTES", "GUARD", "NONCES", "refill"]
 
 #: Bytes of CSPRNG output fetched per refill (rounded down to whole nonces).
 BATCH_BYTES = 4096
 
 _urandom = os.urandom
 _EMPTY: Iterator[bytes] = iter(())
-# Free-threaded builds (3.13t) do not make a tuple_iterator's next() atomic: no batching there.
-_BATCHING = getattr(sys, "_is_gil_enabled", lambda: True)()
+_gil_enabled = getattr(sys, "_is_gil_enabled", lambda: True)
+
+
+def _fork_guard() -> mmap.mmap | None:
+    """One private anonymous page the kernel zeroes in every fork child, or None."""
+    advice = getattr(mmap, "MADV_WIPEONFORK", None)
+    if advice is None and sys.platform == "linux" and not os.uname().machine.startswith("parisc"):
+        # Python built against headers older than Linux 4.14 lacks the name; the value is
+        # the generic one (asm-generic/mman-common.h; only parisc differs). A kernel that does
+        # not know it refuses it (EINVAL) and nothing is batched.
+        advice = 18
+    if advice is None:
+        return None
+    try:
+        page = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE)
+        page.madvise(advice)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return page
 
 
 class _Batches(dict[int, Iterator[bytes]]):
@@ -52,30 +80,47 @@ class _Batches(dict[int, Iterator[bytes]]):
 
 
 NONCES: dict[int, Iterator[bytes]] = _Batches()
+#: ``GUARD[0]`` is 1 while the batches in NONCES were drawn by this process; 0 in a fork's child
+#: (the kernel zeroes the page) and before the first draw. Without a guard page it is a
+#: ``bytes`` whose byte is always 0: every draw then goes to :func:`refill`, which does not batch.
+GUARD: mmap.mmap | bytes = _fork_guard() or bytes(1)
 _SPLITTERS: dict[int, struct.Struct] = {}
 
 
 def refill(size: int) -> bytes:
     """A fresh nonce of ``size`` bytes, and a new batch for the next draws (the slow path).
 
-    ``size`` is a provider's nonce size (a positive int); ``os.urandom``'s errors pass through
-    and leave the used-up batch in place, so the next draw tries again.
+    ``size`` is a provider's nonce size. Anything but a plain int in 1..BATCH_BYTES is served
+    by ``os.urandom(size)`` unbatched, as before batching existed.
+
+    Raises:
+        InternalError: the OS random generator failed (the used-up batch stays in place, so
+            the next draw tries again).
+        ValueError, TypeError: ``size`` is negative or not an integer (as ``os.urandom``).
     """
-    if not _BATCHING or not 0 < size <= BATCH_BYTES:
-        return _urandom(size)
+    guard = GUARD
+    if isinstance(guard, bytes) or type(size) is not int or not 0 < size <= BATCH_BYTES or not _gil_enabled():
+        return _draw(size)
     split = _SPLITTERS.get(size)
     if split is None:
         split = _SPLITTERS[size] = struct.Struct(f"{size}s" * (BATCH_BYTES // size))
-    batch: Iterator[bytes] = iter(split.unpack(_urandom(split.size)))
-    nonce = next(batch)
-    NONCES[size] = batch
-    return nonce
+    while True:
+        if not guard[0]:
+            # The first draw in this process, or the first since a fork: any batch here was
+            # the parent's.
+            NONCES.clear()
+            guard[0] = 1
+        batch: Iterator[bytes] = iter(split.unpack(_draw(split.size)))
+        nonce = next(batch)
+        if guard[0]:
+            NONCES[size] = batch
+            return nonce
+        # A fork happened while drawing (a handler ran between two bytecodes): in the child
+        # these bytes are the parent's too. Draw again.
 
 
-def _forget() -> None:
-    # In a fork's child: the parent keeps handing out its batches, so the child must not.
-    for size in list(NONCES):
-        NONCES[size] = _EMPTY
-
-
-os.register_at_fork(after_in_child=_forget)
+def _draw(n: int) -> bytes:
+    try:
+        return _urandom(n)
+    except OSError as exc:
+        raise InternalError(f"nonce: the OS random generator failed ({type(exc).__name__})") from None

@@ -708,11 +708,11 @@ class KdfRoute(_Route):
         self.hash_size = impl.hash_size
         self.max_output = impl.max_output
 
-    def extract(self, salt: Buffer, ikm: Buffer | SecretBytes) -> SecretBytes:
+    def extract(self, salt: Buffer | SecretBytes, ikm: Buffer | SecretBytes) -> SecretBytes:
         """The pseudo-random key ``PRK = HMAC(salt, ikm)``.
 
         Raises:
-            PolicyError: salt not a byte buffer.
+            PolicyError: salt not a byte buffer, or a wiped SecretBytes.
             KeyError_: ikm not a byte buffer, or a wiped SecretBytes (also when wiped during
                 the call: the result is wiped, never returned).
             ProviderError: the provider failed (XPS_ERR_INTERNAL).
@@ -753,14 +753,19 @@ class KdfRoute(_Route):
         _wiped_during(secret, "prk", okm if type(okm) is bytearray else None)
         return _secret(okm)
 
-    def derive(self, ikm: Buffer | SecretBytes, length: int, *, salt: Buffer = b"",
+    def derive(self, ikm: Buffer | SecretBytes, length: int, *, salt: Buffer | SecretBytes = b"",
                info: Buffer = b"") -> SecretBytes:
-        """Extract then expand in one call.
+        """Extract then expand in one call (the PRK never leaves the call; it is zeroed).
+
+        ``salt`` may be a SecretBytes (Noise's chaining key is one): a wiped one is refused.
 
         Raises:
-            KeyError_: see :meth:`extract` and :meth:`expand`.
-            PolicyError: salt or info not a byte buffer.
-            ProviderError: the provider failed (XPS_ERR_INTERNAL).
+            KeyError_: ikm not a byte buffer, or a wiped SecretBytes (also when wiped during
+                the call: the result is wiped, never returned); ``length`` not an int in
+                1..``max_output``.
+            PolicyError: salt or info not a byte buffer, or a wiped SecretBytes salt.
+            ProviderError: the provider failed, or its extract returned a PRK shorter than
+                the hash (XPS_ERR_INTERNAL).
         """
         self._check_length(length)
         info_b = _buf(info, "info", PolicyError)

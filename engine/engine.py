@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._buffers import BYTE_FORMATS, byte_buffer, describe, describe_int
 from ._namespaces import HkdfAPI, KemAPI, KexAPI, SignatureAPI
+from ._nonce_source import GUARD as NONCE_GUARD
 from ._nonce_source import NONCES
 from ._nonce_source import refill as refill_nonces
 from ._routes import AeadRoute, AuthFailure, OperationCounter, _BadBuffer
@@ -681,7 +682,7 @@ class AeadAPI:
                 return _seal_explicit(r, key, secret, plaintext, aad, nonce, nonce_reuse)
             if not r.auto_nonce:
                 raise NonceError("nonce: required (nonce policy is 'app')")
-            nonce = _next_nonce(NONCES[r.nonce_size], None) or refill_nonces(r.nonce_size)
+            nonce = (NONCE_GUARD[0] and _next_nonce(NONCES[r.nonce_size], None)) or refill_nonces(r.nonce_size)
             wire = (r.cipher if len(plaintext) <= r.limit else r.large)(key).encrypt(nonce, plaintext, aad)
             if secret is not None and secret._wiped:
                 raise KeyError_("key: SecretBytes was wiped during the call")
@@ -1032,7 +1033,7 @@ class KeyedAead:
             if nonce is None:
                 if not b.auto_nonce:
                     raise NonceError("nonce: required (nonce policy is 'app')")
-                nonce = _next_nonce(NONCES[b.nonce_size], None) or refill_nonces(b.nonce_size)
+                nonce = (NONCE_GUARD[0] and _next_nonce(NONCES[b.nonce_size], None)) or refill_nonces(b.nonce_size)
                 wire = (b.cipher if len(plaintext) <= b.limit else b.large).encrypt(nonce, plaintext, aad)
             else:
                 # Converted here too: the Sealed keeps an immutable copy of the caller's nonce.
@@ -1189,8 +1190,8 @@ def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce:
 _AEAD_NAMES = {name: op for op, spec in OPERATIONS.items() if spec.kind == "aead"
                for name in (op, *spec.aliases)}
 _KNOWN = ", ".join(spec.aliases[0] for spec in OPERATIONS.values() if spec.kind == "aead")
-# Auto nonces: the next of a batch of os.urandom output (see _nonce_source), about 0.35 us
-# less per call than a system call each.
+# Auto nonces: the next of a batch of os.urandom output, unless the fork guard says the batch
+# may be a parent's (see _nonce_source); about 0.3 us less per call than a system call each.
 _next_nonce = next
 # tuple's constructor: builds a Sealed from checked parts without running Sealed.__new__.
 _new_sealed = tuple.__new__

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from xpscerpto._nonce_source import GUARD as NONCE_GUARD
 from xpscerpto._nonce_source import NONCES
 from xpscerpto._nonce_source import refill as refill_nonces
 from xpscerpto.audit import AuditLog
@@ -252,7 +253,7 @@ class Keyring:
         if h is None or now >= h.recheck_at or next(h.counter) >= 0:
             h = self._encrypting_handle(name, now)
         h.last_used = now
-        nonce = _next(NONCES[h.nonce_size], None) or refill_nonces(h.nonce_size)
+        nonce = (NONCE_GUARD[0] and _next(NONCES[h.nonce_size], None)) or refill_nonces(h.nonce_size)
         header = h.prefix + nonce
         try:
             aad = header + aad

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable
 
 
-def in_forked_child(produce: Callable[[], bytes]) -> bytes:
-    """``produce()`` run in a child made by ``os.fork()``; its bytes, read over a pipe.
+def c_fork() -> int:
+    """``fork()`` called from C, as uWSGI's prefork does: no Python at-fork hooks run.
+
+    Through ``PyDLL`` so the GIL stays held across the call (the child keeps it).
+    """
+    return int(ctypes.PyDLL(None).fork())
+
+
+def in_forked_child(produce: Callable[[], bytes], fork: Callable[[], int] = os.fork) -> bytes:
+    """``produce()`` run in a child made by ``fork()``; its bytes, read over a pipe.
 
     The child exits with ``os._exit`` (no atexit, no pytest teardown in the child); a child
     that fails exits 1 and the assertion here says so.
     """
     r, w = os.pipe()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # pragma: no cover - the child
         status = 1
         try:

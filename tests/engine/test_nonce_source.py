@@ -1,8 +1,10 @@
 """Auto nonces come from batches of os.urandom output: never the same nonce twice, across
-threads, refills and fork, and a failing CSPRNG is an error that loses nothing."""
+threads, refills and every kind of fork (Python's, C's, one in the middle of a refill), and a
+failing CSPRNG is a typed error that loses nothing."""
 
 from __future__ import annotations
 
+import enum
 import multiprocessing
 import os
 import threading
@@ -13,9 +15,9 @@ import xpscerpto as xps
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from xpscerpto import _nonce_source as ns
-from xpscerpto.errors import XpsError
+from xpscerpto.errors import InternalError, XpsError
 
-from tests.forked import in_forked_child
+from tests.forked import c_fork, in_forked_child
 
 
 def fresh_batch(size: int) -> None:
@@ -26,7 +28,14 @@ def fresh_batch(size: int) -> None:
 
 def draw(size: int) -> bytes:
     # The hot path's own expression (engine.py, keyring.py).
-    return next(ns.NONCES[size], None) or ns.refill(size)
+    return (ns.GUARD[0] and next(ns.NONCES[size], None)) or ns.refill(size)
+
+
+def test_this_machine_has_the_fork_guard_page() -> None:
+    # Linux >= 4.14: without the page nothing is batched (correct, but not what we measure).
+    assert not isinstance(ns.GUARD, bytes)
+    draw(12)
+    assert ns.GUARD[0] == 1
 
 
 @pytest.mark.parametrize("size", [12, 24, 32])
@@ -145,11 +154,90 @@ def test_a_failing_csprng_is_a_typed_error_and_the_next_call_works(monkeypatch: 
 
 
 def test_without_a_gil_every_draw_is_its_own_urandom_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ns, "_BATCHING", False)
+    monkeypatch.setattr(ns, "_gil_enabled", lambda: False)
     monkeypatch.setitem(ns.NONCES, 12, iter(()))
     got = {draw(12) for _ in range(100)}
     assert len(got) == 100
     assert next(ns.NONCES[12], None) is None  # nothing was buffered
+
+
+def test_without_a_guard_page_every_draw_is_its_own_urandom_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ns, "GUARD", bytes(1))  # what _fork_guard() leaves where madvise fails
+    monkeypatch.setitem(ns.NONCES, 12, iter(()))
+    calls: list[int] = []
+    real = ns._urandom
+    monkeypatch.setattr(ns, "_urandom", lambda n: calls.append(n) or real(n))
+    got = {draw(12) for _ in range(50)}
+    assert len(got) == 50 and calls == [12] * 50
+    assert next(ns.NONCES[12], None) is None
+
+
+def test_a_c_level_fork_child_never_hands_out_the_parents_buffered_nonces() -> None:
+    # uWSGI's prefork: fork() from C, no Python at-fork hook runs in the child.
+    fresh_batch(12)
+    n = ns.BATCH_BYTES // 12
+    child = in_forked_child(lambda: b"".join(draw(12) for _ in range(n)), fork=c_fork)
+    theirs = {child[i:i + 12] for i in range(0, len(child), 12)}
+    ours = {draw(12) for _ in range(n)}
+    assert len(theirs) == n
+    assert not theirs & ours
+
+
+def test_a_fork_in_the_middle_of_a_refill_is_caught_before_the_batch_is_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A signal handler or GC callback that forks after getrandom returned and before the batch
+    # is stored: the child must not keep (and hand out) the bytes the parent keeps.
+    real = ns._urandom
+    parent = os.getpid()
+    r, w = os.pipe()
+    forked: list[int] = []
+
+    def urandom_then_fork(n: int) -> bytes:
+        data = real(n)
+        if not forked:
+            forked.append(os.fork())
+        return data
+
+    ns.NONCES[12] = iter(())
+    monkeypatch.setattr(ns, "_urandom", urandom_then_fork)
+    first = draw(12)  # the refill forks inside; both processes return from it
+    monkeypatch.setattr(ns, "_urandom", real)
+    n = ns.BATCH_BYTES // 12
+    if os.getpid() != parent:  # pragma: no cover - the child
+        status = 1
+        try:
+            os.close(r)
+            os.write(w, first + b"".join(draw(12) for _ in range(n - 1)))
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(w)
+    ours = {first} | {draw(12) for _ in range(n - 1)}
+    child = b""
+    while chunk := os.read(r, 1 << 16):
+        child += chunk
+    os.close(r)
+    assert os.waitpid(forked[0], 0)[1] == 0
+    theirs = {child[i:i + 12] for i in range(0, len(child), 12)}
+    assert len(theirs) == n
+    assert not theirs & ours
+
+
+@pytest.mark.parametrize("size", [True, enum.IntEnum("NonceSize", {"GCM": 12}).GCM])
+def test_a_size_that_is_not_a_plain_int_is_served_as_os_urandom_would(size: int) -> None:
+    assert len(draw(size)) == int(size)
+
+
+def test_a_failing_csprng_is_an_internal_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    ns.NONCES[12] = iter(())
+
+    def failing(n: int) -> bytes:
+        raise OSError(5, "getrandom failed")
+
+    monkeypatch.setattr(ns, "_urandom", failing)
+    with pytest.raises(InternalError) as info:
+        draw(12)
+    assert info.value.code == "XPS_ERR_INTERNAL"
 
 
 @given(size=st.integers(min_value=0, max_value=3 * ns.BATCH_BYTES))

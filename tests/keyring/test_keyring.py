@@ -654,3 +654,27 @@ def test_blob_nonces_differ_between_a_forked_child_and_its_parent(tmp_path: Path
         assert not theirs & ours
     finally:
         r.close()
+
+
+def test_a_failing_csprng_makes_encrypt_a_typed_error_and_the_next_one_works(
+        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fault we cannot cause for real: getrandom failing while a blob's nonce is drawn.
+    from xpscerpto import _nonce_source
+    from xpscerpto.errors import InternalError
+
+    r = Keyring(tmp_path / "home", clock=clock, config=_keyring_config(database="keyring.db"))
+    try:
+        r.create("k", "XCHACHA20-POLY1305")
+        real = _nonce_source._urandom
+
+        def failing(n: int) -> bytes:
+            raise OSError(5, "getrandom failed")
+
+        _nonce_source.NONCES[24] = iter(())
+        monkeypatch.setattr(_nonce_source, "_urandom", failing)
+        with pytest.raises(InternalError):
+            r.encrypt("k", b"secret")
+        monkeypatch.setattr(_nonce_source, "_urandom", real)
+        assert r.decrypt(r.encrypt("k", b"secret")) == b"secret"
+    finally:
+        r.close()
