@@ -6,7 +6,7 @@ import pytest
 import xpscerpto as xps
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from xpscerpto.channel._noise import MAX_NONCE, CipherState, HandshakeState, keyed_aead
+from xpscerpto.channel._noise import MAX_NONCE, CipherState, HandshakeState, SymmetricState, keyed_aead
 from xpscerpto.channel._patterns import PATTERNS, UnsupportedProtocol, parse_protocol
 from xpscerpto.channel._session import auth_slot
 
@@ -167,3 +167,17 @@ def test_arbitrary_bytes_never_escape_as_anything_but_xps_errors(engine: xps.Eng
             i.read_message(r.write_message(b""))  # i expects message 2 from r: fed r's real one
         except xps.XpsError as exc:
             assert len(data) < 4 or data.hex() not in str(exc)
+
+
+@pytest.mark.parametrize("step", ["mix_key", "mix_key_and_hash", "split"])
+def test_a_wiped_chaining_key_is_refused_not_read_as_an_empty_salt(step: str) -> None:
+    # HKDF takes an empty salt as HashLen zeros: a wiped ck must not quietly become one.
+    eng = xps.default_engine()
+    ss = SymmetricState(eng, parse_protocol("Noise_XX_25519_ChaChaPoly_SHA256"))
+    ss.ck.wipe()
+    with pytest.raises(xps.PolicyError):
+        if step == "split":
+            ss.split(eng, "ChaChaPoly")
+        else:
+            getattr(ss, step)(b"k" * 32)
+    assert not ss.cipher.has_key()
