@@ -11,7 +11,7 @@ Why that cannot repeat a nonce:
 * **Threads.** A batch is a tuple read through one ``tuple_iterator``; with the GIL, handing
   out its next item is one C call, so two threads never get the same item. Two threads that
   find the batch used up both refill; the later store drops the other's unused rest (dropping
-  nonces is harmless). A free-threaded build (no GIL) does not batch: each draw is
+  nonces is harmless). A free-threaded build does not batch at all: each draw is
   ``os.urandom``.
 * **fork, however it is made.** A child would inherit the parent's unused batch. Every draw
   first reads a byte on a page mapped with ``MADV_WIPEONFORK``: the kernel hands every child of
@@ -51,6 +51,9 @@ BATCH_BYTES = 4096
 
 _urandom = os.urandom
 _EMPTY: Iterator[bytes] = iter(())
+# A free-threaded build ("t" in its ABI flags) never batches: its GIL can be off, even if it
+# was on when this module was imported, and a tuple_iterator is not atomic without it.
+_FREE_THREADED_BUILD = "t" in getattr(sys, "abiflags", "")
 _gil_enabled = getattr(sys, "_is_gil_enabled", lambda: True)
 
 
@@ -99,7 +102,8 @@ def refill(size: int) -> bytes:
         ValueError, TypeError: ``size`` is negative or not an integer (as ``os.urandom``).
     """
     guard = GUARD
-    if isinstance(guard, bytes) or type(size) is not int or not 0 < size <= BATCH_BYTES or not _gil_enabled():
+    if (isinstance(guard, bytes) or _FREE_THREADED_BUILD or type(size) is not int or not 0 < size <= BATCH_BYTES
+            or not _gil_enabled()):
         return _draw(size)
     split = _SPLITTERS.get(size)
     if split is None:

@@ -153,8 +153,9 @@ def test_a_failing_csprng_is_a_typed_error_and_the_next_call_works(monkeypatch: 
     assert eng.aead.open("CHACHA20-POLY1305", key, sealed) == b"again"
 
 
-def test_without_a_gil_every_draw_is_its_own_urandom_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ns, "_gil_enabled", lambda: False)
+@pytest.mark.parametrize("switch", ["_gil_enabled", "_FREE_THREADED_BUILD"])
+def test_without_a_gil_every_draw_is_its_own_urandom_call(monkeypatch: pytest.MonkeyPatch, switch: str) -> None:
+    monkeypatch.setattr(ns, switch, (lambda: False) if switch == "_gil_enabled" else True)
     monkeypatch.setitem(ns.NONCES, 12, iter(()))
     got = {draw(12) for _ in range(100)}
     assert len(got) == 100
