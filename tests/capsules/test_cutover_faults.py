@@ -86,25 +86,29 @@ def test_a_kat_recheck_refusal_leaves_routing_active_set_and_versions_as_before(
 
 # Serves correctly through validation and enable, then raises on every encrypt in the engine
 # process (a latent bug that shows under traffic a moment after cutover).
+# Raises in the engine process once the test sets the variable (after the cutover committed),
+# never in the validation child: a latent bug that shows only under live traffic. (A time since
+# import raced the cutover itself on a loaded machine: the KAT re-check then met the fault.)
+LATENT_FAULT_ENV = "XPS_TEST_LATENT_FAULT"
 LATE_FAULT = ("        sub = ChaCha20Poly1305(hchacha20(self._key, nonce[:16]))\n"
               "        return sub.encrypt(",
-              "        import sys, time\n"
+              "        import os, sys\n"
               "        spec = getattr(sys.modules['__main__'], '__spec__', None)\n"
               "        if getattr(spec, 'name', '') != 'xpscerpto.capsules._child' and "
-              "time.monotonic() - _IMPORTED > 0.5:\n"
+              f"os.environ.get('{LATENT_FAULT_ENV}') == '1':\n"
               "            raise RuntimeError('latent bug')\n"
               "        sub = ChaCha20Poly1305(hchacha20(self._key, nonce[:16]))\n"
               "        return sub.encrypt(")
 
 
-def test_faults_of_a_rolled_back_capsule_are_not_charged_to_the_version_it_restored(publisher: Publisher) -> None:
+def test_faults_of_a_rolled_back_capsule_are_not_charged_to_the_version_it_restored(
+        publisher: Publisher, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(LATENT_FAULT_ENV, raising=False)
     eng = xps.Engine()
     up = _updater(eng, publisher.home)
     up.apply(publisher.capsule("1.0.1"))
     publisher.capsule("1.0.2", module_patch=LATE_FAULT)
-    module = publisher.tmp / "src-1.0.2" / "xchacha.py"
-    module.write_text(module.read_text().replace(*LATE_WRONG_HEAD))
-    bad = build_capsule(module.parent, [publisher.signer])
+    bad = build_capsule(publisher.tmp / "src-1.0.2", [publisher.signer])
 
     stop = threading.Event()
     failures = [0]
@@ -121,7 +125,9 @@ def test_faults_of_a_rolled_back_capsule_are_not_charged_to_the_version_it_resto
     for t in threads:
         t.start()
     try:
-        up.apply(bad)
+        up.apply(bad)  # validated, staged, cut over and committed: the bug has not shown yet
+        assert [a.version for a in _state(publisher.home).active] == ["1.0.2"]
+        monkeypatch.setenv(LATENT_FAULT_ENV, "1")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             active = _state(publisher.home).active
