@@ -71,12 +71,18 @@ def _secret_in(value: Any, field: str) -> tuple[Buffer, SecretBytes | None]:
     return _buf(value, field, KeyError_), None
 
 
-def _wiped_during(secret: SecretBytes | None, field: str, result: bytearray | None = None) -> None:
-    """Raise KeyError_ (wiping ``result``) if ``secret`` was wiped while the provider ran."""
+def _wiped_during(secret: SecretBytes | None, field: str, result: bytearray | None = None,
+                  error: type[XpsError] = KeyError_) -> None:
+    """Raise ``error`` (wiping ``result``) if ``secret`` was wiped while the provider ran."""
     if secret is not None and secret._wiped:
         if result is not None:
             secure_wipe(result)
-        raise KeyError_(f"{field}: SecretBytes was wiped during the call")
+        raise error(f"{field}: SecretBytes was wiped during the call")
+
+
+def _secret_salt(salt: Any) -> SecretBytes | None:
+    """A salt that is a SecretBytes, to re-check after the call (HKDF salts may be secrets)."""
+    return salt if type(salt) is SecretBytes else None
 
 
 def _check_len(value: Buffer, sizes: tuple[int, ...], field: str, error: type[XpsError]) -> None:
@@ -712,7 +718,8 @@ class KdfRoute(_Route):
         """The pseudo-random key ``PRK = HMAC(salt, ikm)``.
 
         Raises:
-            PolicyError: salt not a byte buffer, or a wiped SecretBytes.
+            PolicyError: salt not a byte buffer, or a wiped SecretBytes (also when wiped during
+                the call: the result is wiped, never returned).
             KeyError_: ikm not a byte buffer, or a wiped SecretBytes (also when wiped during
                 the call: the result is wiped, never returned).
             ProviderError: the provider failed (XPS_ERR_INTERNAL).
@@ -726,7 +733,9 @@ class KdfRoute(_Route):
             raise
         except Exception as exc:
             self._failed(exc, secret, "ikm")
-        _wiped_during(secret, "ikm", prk if type(prk) is bytearray else None)
+        mine = prk if type(prk) is bytearray else None
+        _wiped_during(secret, "ikm", mine)
+        _wiped_during(_secret_salt(salt), "salt", mine, PolicyError)
         return _secret(prk)
 
     def expand(self, prk: Buffer | SecretBytes, info: Buffer, length: int) -> SecretBytes:
@@ -763,7 +772,8 @@ class KdfRoute(_Route):
             KeyError_: ikm not a byte buffer, or a wiped SecretBytes (also when wiped during
                 the call: the result is wiped, never returned); ``length`` not an int in
                 1..``max_output``.
-            PolicyError: salt or info not a byte buffer, or a wiped SecretBytes salt.
+            PolicyError: salt or info not a byte buffer, or a SecretBytes salt wiped before or
+                during the call (the result is wiped, never returned).
             ProviderError: the provider failed, or its extract returned a PRK shorter than
                 the hash (XPS_ERR_INTERNAL).
         """
@@ -787,7 +797,9 @@ class KdfRoute(_Route):
         finally:
             if type(prk) is bytearray:
                 secure_wipe(prk)
-        _wiped_during(secret, "ikm", okm if type(okm) is bytearray else None)
+        mine = okm if type(okm) is bytearray else None
+        _wiped_during(secret, "ikm", mine)
+        _wiped_during(_secret_salt(salt), "salt", mine, PolicyError)
         return _secret(okm)
 
     def _check_length(self, length: Any) -> None:

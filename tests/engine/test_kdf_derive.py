@@ -20,13 +20,17 @@ class _Spy(Kdf):
     hash_size = 32
     max_output = 255 * 32
 
-    def __init__(self, *, short_prk: bool = False, expand_fails: bool = False) -> None:
+    def __init__(self, *, short_prk: bool = False, expand_fails: bool = False,
+                 during_extract: Any = None) -> None:
         self.real = HkdfSha256Impl()
         self.prks: list[bytearray] = []
         self.short_prk, self.expand_fails = short_prk, expand_fails
+        self.during_extract = during_extract  # what "another thread" does while extract runs
 
     def extract(self, salt: Buffer, ikm: Buffer) -> bytearray:
         prk = self.real.extract(salt, ikm)
+        if self.during_extract is not None:
+            self.during_extract()
         if self.short_prk:
             prk = prk[:16]
         self.prks.append(prk)
@@ -99,3 +103,19 @@ def test_a_wiped_ikm_is_refused() -> None:
     ikm.wipe()
     with pytest.raises(KeyError_):
         eng.hkdf.derive(ikm, 32)
+
+
+@pytest.mark.parametrize("call", ["derive", "extract"])
+def test_a_secret_salt_wiped_during_the_call_gives_no_result(call: str) -> None:
+    # Another thread wiping the salt while the provider runs (done from inside the provider,
+    # so the interleaving is certain): the output may come from a zeroed salt, so none is returned.
+    salt = SecretBytes(os.urandom(32))
+    spy = _Spy(during_extract=salt.wipe)
+    eng = _engine(spy)
+    with pytest.raises(PolicyError) as info:
+        if call == "derive":
+            eng.hkdf.derive(b"k" * 32, 64, salt=salt)
+        else:
+            eng.hkdf.extract(salt, b"k" * 32)
+    assert "during the call" in str(info.value)
+    assert spy.prks == [bytearray(32)]  # the PRK was zeroed in place either way
