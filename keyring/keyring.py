@@ -85,6 +85,10 @@ _next = next  # blob nonces: a batch of os.urandom output (xpscerpto._nonce_sour
 _unpack = HEADER.unpack_from
 _BYTES_LIKE = (bytes, bytearray, memoryview)  # a tuple: ``bytes | bytearray | memoryview`` is built per call
 _ct_eq = hmac.compare_digest  # constant time; both sides are 32-byte bytes here
+_PREFIX_SIZE = HEADER.size
+#: Below this many bytes after the header, a bytes blob's ciphertext is sliced (one small copy,
+#: cheaper than a memoryview and its slice); from here on it is read in place.
+_SLICE_BELOW = 4096
 _INTEGRITY_AAD = b"xps-keyring/integrity-key/v1"
 _RETENTION_EVERY = 60.0  # seconds between retention sweeps in a long-lived keyring
 #: Seconds between writes of the usage counters (decryptions, last use) from the slow path, so
@@ -215,6 +219,9 @@ class Keyring:
         self._lock = threading.RLock()  # slow paths only: loading, reserving, transitions
         self._active: dict[str, _Handle] = {}  # name -> the handle that encrypts
         self._handles: dict[tuple[bytes, int], _Handle] = {}  # (key id, version) -> handle
+        # The same handles by their blobs' 46-byte header prefix, for decrypt's one-lookup path;
+        # changed only with _handles, through _keep_handle and _drop_handle.
+        self._by_prefix: dict[bytes, _Handle] = {}
         self._misses: dict[tuple[bytes, int], float] = {}  # (key id, version) -> don't look again before
         self._aead = engine.aead
         self.outbox = Outbox(self.store, self.audit, clock)
@@ -278,29 +285,50 @@ class Keyring:
         # failure leaves its except block first and ends at the one _fail() below, so the
         # opaque error carries no context.
         ref: tuple[bytes, int] | None = None
-        try:
-            fmt, key_id, version, code, commitment = _unpack(blob)
-        except (struct.error, TypeError, BufferError, ValueError):
-            fmt = None
-        if fmt is not None:
-            ref = (key_id, version)
-            h = self._handles.get(ref)
-            now = self.clock()
-            if h is None or now >= h.recheck_at:
-                h = self._handle_for_decrypt(key_id, version, now)
-            # decrypt_until folds Appendix A into one number: +inf for the active version, the
-            # end of the dual-key window for a retired one, -inf for anything unusable.
-            if h is not None and now < h.decrypt_until and fmt == 1 and code == h.code and _ct_eq(
-                    h.commitment, commitment):
-                n = h.header_size
-                try:
-                    plaintext = h.aead.decrypt(blob[HEADER.size:n], memoryview(blob)[n:], bytes(blob[:n]) + aad)
-                except (XpsError, TypeError, BufferError, ValueError):
-                    plaintext = None
-                if plaintext is not None:
-                    h.decryptions += 1
-                    h.last_used = now
-                    return plaintext
+        # Fast path: the header prefix (format, key id, version, algorithm, commitment) names a
+        # loaded handle outright, which replaces the unpack and the field checks. A dict lookup
+        # is not a constant-time comparison, and need not be: the prefix, commitment included,
+        # is written in clear into every blob of that version, so equality with it reveals
+        # nothing (and where a probe goes depends on a keyed hash, not on matching bytes).
+        h = self._by_prefix.get(blob[:_PREFIX_SIZE]) if type(blob) is bytes else None
+        now = self.clock()
+        # Past its re-check deadline, or outside its window, the full path decides.
+        if h is not None and now < h.recheck_at and now < h.decrypt_until:
+            n = h.header_size
+            try:
+                plaintext = h.aead.decrypt(blob[_PREFIX_SIZE:n],
+                                           blob[n:] if len(blob) - n < _SLICE_BELOW else memoryview(blob)[n:],
+                                           blob[:n] + aad)
+            except (XpsError, TypeError, BufferError, ValueError):
+                plaintext = None
+            if plaintext is not None:
+                h.decryptions += 1
+                h.last_used = now
+                return plaintext
+            ref = (blob[1:9], h.version)
+        else:
+            try:
+                fmt, key_id, version, code, commitment = _unpack(blob)
+            except (struct.error, TypeError, BufferError, ValueError):
+                fmt = None
+            if fmt is not None:
+                ref = (key_id, version)
+                h = self._handles.get(ref)
+                if h is None or now >= h.recheck_at:
+                    h = self._handle_for_decrypt(key_id, version, now)
+                # decrypt_until folds Appendix A into one number: +inf for the active version,
+                # the end of the dual-key window for a retired one, -inf for anything unusable.
+                if h is not None and now < h.decrypt_until and fmt == 1 and code == h.code and _ct_eq(
+                        h.commitment, commitment):
+                    n = h.header_size
+                    try:
+                        plaintext = h.aead.decrypt(blob[HEADER.size:n], memoryview(blob)[n:], bytes(blob[:n]) + aad)
+                    except (XpsError, TypeError, BufferError, ValueError):
+                        plaintext = None
+                    if plaintext is not None:
+                        h.decryptions += 1
+                        h.last_used = now
+                        return plaintext
         self._fail(ref)
 
     def _handle_for_decrypt(self, key_id: bytes, version: int, now: float) -> _Handle | None:
@@ -833,6 +861,7 @@ class Keyring:
         with self._lock:
             for h in self._handles.values():
                 h.aead.wipe()
+            self._by_prefix.clear()
             self._handles.clear()
             self._active.clear()
         self.store.close()
@@ -1096,7 +1125,7 @@ class Keyring:
             if next(h.counter) >= 0 and not self._reserve(row, h):
                 self.rotate(row.key_id, expected_version=ver.version, reason="usage")
                 return self._encrypting_handle(name, now)
-            self._handles[(bytes.fromhex(row.key_id), ver.version)] = h
+            self._keep_handle((bytes.fromhex(row.key_id), ver.version), h)
             self._active[name] = h
             return h
 
@@ -1136,7 +1165,7 @@ class Keyring:
             if row is None or ver is None or ver.wrapped is None or row.state is not KeyState.ACTIVE:
                 # Remember the miss for a second: forged blobs naming unknown keys must not
                 # cost a lock and database reads each.
-                self._handles.pop((key_id, version), None)
+                self._drop_handle((key_id, version))
                 self._remember_miss((key_id, version), now)
                 return None
             h = self._handles.get((key_id, version))
@@ -1145,7 +1174,7 @@ class Keyring:
                     h = self._make_handle(row, ver, now)
                 except XpsError:
                     return None
-                self._handles[(key_id, version)] = h
+                self._keep_handle((key_id, version), h)
             h.state, h.recheck_at = ver.state, now + RECHECK_SECONDS
             self._set_window(h, ver)
             return h
@@ -1163,7 +1192,22 @@ class Keyring:
         self._flush_usage()
         self._active.pop(name, None)
         for k in [k for k in self._handles if k[0] == kid]:
-            del self._handles[k]
+            self._drop_handle(k)
+
+    def _keep_handle(self, ref: tuple[bytes, int], h: _Handle) -> None:
+        """Cache a handle under both keys (its prefix is fixed by ``ref`` and the version's key)."""
+        old = self._handles.get(ref)
+        if old is not None and old.prefix != h.prefix:
+            self._by_prefix.pop(old.prefix, None)
+        self._by_prefix[h.prefix] = h
+        self._handles[ref] = h
+
+    def _drop_handle(self, ref: tuple[bytes, int]) -> None:
+        # The fast path's index first: from then on a decrypt goes through the slow path.
+        h = self._handles.get(ref)
+        if h is not None:
+            self._by_prefix.pop(h.prefix, None)
+        self._handles.pop(ref, None)
 
     def _flush_usage_if_due(self, now: float) -> None:
         if now >= self._usage_flush_at:
