@@ -129,24 +129,36 @@ def _ld32_tail(b, i, end):
 
 @njit(inline="always")
 def _qr(a, b, c, d):
-    a = (a + b) & _M32
+    """One quarter round on uint32 words: LLVM sees the 32-bit rotates and emits ``rol``.
+
+    numba widens uint32 arithmetic to uint64, so each sum and rotate is truncated back
+    (a truncation, as the masks of the uint64 form would be, but one LLVM folds into 32-bit ops).
+    """
+    a = _U32(a + b)
     d ^= a
-    d = ((d << 16) | (d >> 16)) & _M32
-    c = (c + d) & _M32
+    d = _U32((d << 16) | (d >> 16))
+    c = _U32(c + d)
     b ^= c
-    b = ((b << 12) | (b >> 20)) & _M32
-    a = (a + b) & _M32
+    b = _U32((b << 12) | (b >> 20))
+    a = _U32(a + b)
     d ^= a
-    d = ((d << 8) | (d >> 24)) & _M32
-    c = (c + d) & _M32
+    d = _U32((d << 8) | (d >> 24))
+    c = _U32(c + d)
     b ^= c
-    b = ((b << 7) | (b >> 25)) & _M32
+    b = _U32((b << 7) | (b >> 25))
     return a, b, c, d
 
 
 @njit
 def _rounds(x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15):
-    """The 20 ChaCha rounds (10 column + diagonal double rounds), without the final addition."""
+    """The 20 ChaCha rounds (10 column + diagonal double rounds), without the final addition.
+
+    Takes and returns uint64 words below 2^32 (the rest of the code's representation); the
+    rounds themselves run on uint32.
+    """
+    x0, x1, x2, x3, x4, x5, x6, x7 = _U32(x0), _U32(x1), _U32(x2), _U32(x3), _U32(x4), _U32(x5), _U32(x6), _U32(x7)
+    x8, x9, x10, x11 = _U32(x8), _U32(x9), _U32(x10), _U32(x11)
+    x12, x13, x14, x15 = _U32(x12), _U32(x13), _U32(x14), _U32(x15)
     for _ in range(10):
         x0, x4, x8, x12 = _qr(x0, x4, x8, x12)
         x1, x5, x9, x13 = _qr(x1, x5, x9, x13)
@@ -156,7 +168,8 @@ def _rounds(x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15
         x1, x6, x11, x12 = _qr(x1, x6, x11, x12)
         x2, x7, x8, x13 = _qr(x2, x7, x8, x13)
         x3, x4, x9, x14 = _qr(x3, x4, x9, x14)
-    return x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15
+    return (_U(x0), _U(x1), _U(x2), _U(x3), _U(x4), _U(x5), _U(x6), _U(x7), _U(x8), _U(x9), _U(x10), _U(x11),
+            _U(x12), _U(x13), _U(x14), _U(x15))
 
 
 @njit
