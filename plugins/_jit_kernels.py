@@ -239,9 +239,10 @@ def _xor_stream_wide(k, ctr, n0, n1, n2, src, dst, end):
     Returns the offset and block counter where the one-block code takes over. The last batch
     may compute blocks past the message; they are never used.
     """
-    x = np.empty(16 * _LANES, np.uint32)  # word-major: x[w * _LANES + lane]
-    x0 = np.empty(16 * _LANES, np.uint32)  # the input states of the batch, same layout
-    ks = np.empty(16 * _LANES, np.uint32)
+    scratch = np.empty(48 * _LANES, np.uint32)  # one allocation for the three arrays
+    x = scratch[:16 * _LANES]  # word-major: x[w * _LANES + lane]
+    x0 = scratch[16 * _LANES:32 * _LANES]  # the input states of the batch, same layout
+    ks = scratch[32 * _LANES:]
     kb = ks.view(np.uint8)  # little-endian words: the keystream's byte order
     L = _U(_LANES)
     for li in range(_LANES):  # one store per row and lane (a loop over a tuple would index it)
