@@ -725,20 +725,22 @@ class AeadAPI:
                 raise NonceError(f"nonce: expected {r.nonce_size} bytes, got {len(nonce)}")
             if len(tag) != r.tag_size:
                 raise AuthError(f"tag: expected {r.tag_size} bytes, got {len(tag)}")
-            if len(ciphertext) < r.detached_from:
-                # join() reads any contiguous buffer as raw bytes (a view of 4-byte ints too):
+            n = len(ciphertext)
+            if n < r.detached_from:
+                # Joining reads any contiguous buffer as raw bytes (a view of 4-byte ints too):
                 # let through only what the buffer rule accepts (attribute reads, no frame).
-                if not (type(ciphertext) is bytes or type(ciphertext) is bytearray or (
+                if type(ciphertext) is bytes is type(tag):  # the common case: one check, one copy
+                    wire = ciphertext + tag
+                elif (type(ciphertext) is bytes or type(ciphertext) is bytearray or (
                         ciphertext if type(ciphertext) is memoryview else memoryview(ciphertext)
-                ).format in BYTE_FORMATS):
-                    raise _BadBuffer("ciphertext: not a byte buffer")
-                if not (type(tag) is bytes or type(tag) is bytearray or (
+                ).format in BYTE_FORMATS) and (type(tag) is bytes or type(tag) is bytearray or (
                         tag if type(tag) is memoryview else memoryview(tag)).format in BYTE_FORMATS):
-                    raise _BadBuffer("tag: not a byte buffer")
-                plaintext = (r.cipher if len(ciphertext) <= r.limit else r.large)(key).decrypt(
-                    nonce, b"".join((ciphertext, tag)), aad)
+                    wire = b"".join((ciphertext, tag))
+                else:
+                    raise _BadBuffer("ciphertext or tag: not a byte buffer")
+                plaintext = (r.cipher if n <= r.limit else r.large)(key).decrypt(nonce, wire, aad)
             else:
-                plaintext = (r.decrypt_detached if len(ciphertext) <= r.limit else r.large_detached)(
+                plaintext = (r.decrypt_detached if n <= r.limit else r.large_detached)(
                     key, nonce, ciphertext, tag, aad)
             if secret is not None and secret._wiped:
                 raise KeyError_("key: SecretBytes was wiped during the call")
