@@ -6,7 +6,9 @@ C-contiguous run of single bytes (format ``B`` or ``c``; its bytes are read in o
 its shape). Those are exactly the buffers every built-in provider reads the same way; a strided
 or wide-format view would be read differently by different providers (or refused by one and not
 another), so the API refuses it with a typed error naming the argument instead of letting a
-provider decide. Lengths are checked with ``len()``, so give keys and nonces as flat buffers.
+provider decide. Keys and nonces must be flat buffers (their length is ``len()`` of one
+dimension). A subclass of ``bytes`` or ``bytearray`` is read through a view of the bytes it holds,
+so a ``__len__`` or ``__bytes__`` of its own cannot make a check see other bytes than a provider.
 
 Messages never quote a caller's value: :func:`describe` gives its type and, for sized values,
 its length (a key passed where an algorithm name belongs must not come back in an exception).
@@ -14,11 +16,12 @@ its length (a key passed where an algorithm name belongs must not come back in a
 
 from __future__ import annotations
 
+from typing import Any
+
 from .errors import XpsError
 
-__all__ = ["BYTE_FORMATS", "buffer_problem", "byte_buffer", "describe", "describe_int"]
+__all__ = ["BYTE_FORMATS", "buffer_problem", "byte_buffer", "describe", "describe_int", "immutable"]
 
-_PLAIN = (bytes, bytearray)
 #: Formats whose items are single bytes and that every built-in provider accepts.
 BYTE_FORMATS = ("B", "c")
 #: Ints with a magnitude below this are sizes or counts and may be printed; larger ones are not.
@@ -32,15 +35,18 @@ def describe(value: object) -> str:
         >>> describe(b"\\x00secret")
         'bytes of 7 bytes'
     """
-    if isinstance(value, _PLAIN):
-        return f"{type(value).__name__} of {len(value)} bytes"
+    # The built-in types' own lengths: a subclass's __len__ may lie or raise.
+    if isinstance(value, bytes):
+        return f"{type(value).__name__} of {bytes.__len__(value)} bytes"
+    if isinstance(value, bytearray):
+        return f"{type(value).__name__} of {bytearray.__len__(value)} bytes"
     if isinstance(value, memoryview):
         try:
             return f"memoryview of {value.nbytes} bytes"
         except ValueError:
             return "released memoryview"
     if isinstance(value, str):
-        return f"str of {len(value)} characters"
+        return f"{type(value).__name__} of {str.__len__(value)} characters"
     return type(value).__name__
 
 
@@ -53,7 +59,7 @@ def describe_int(value: int) -> str:
 
 def buffer_problem(value: object) -> str | None:
     """Why ``value`` is not a byte buffer the API accepts, or None if it is one."""
-    if isinstance(value, _PLAIN):
+    if type(value) is bytes or type(value) is bytearray:
         return None
     try:
         view = value if isinstance(value, memoryview) else memoryview(value)  # type: ignore[arg-type]
@@ -74,20 +80,36 @@ def buffer_problem(value: object) -> str | None:
     return None
 
 
-# A tuple, not ``bytes | bytearray | memoryview``: that expression builds a new union per call (~0.1 us).
-_BYTES_LIKE = (bytes, bytearray, memoryview)
-
-
 def byte_buffer(value: object, field: str, error: type[XpsError]) -> bytes | bytearray | memoryview:
     """``value`` as a buffer the providers read (itself, or a view of it), else ``error`` naming ``field``."""
     if type(value) is bytes or type(value) is bytearray:  # the common case, without the checks
         return value
-    if isinstance(value, _BYTES_LIKE):
-        problem = buffer_problem(value)
-        if problem is None:
-            return value
-    else:
-        problem = buffer_problem(value)
-        if problem is None:
-            return memoryview(value)  # type: ignore[arg-type]  # an array('B'), an mmap: same bytes, no copy
+    problem = buffer_problem(value)
+    if problem is None:
+        # A memoryview as it is; anything else (an array('B'), an mmap, a subclass of bytes whose
+        # __len__ or __bytes__ could say otherwise) as a view of the bytes it holds: no copy.
+        return value if type(value) is memoryview else memoryview(value)  # type: ignore[arg-type]
     raise error(f"{field}: {problem}")
+
+
+def immutable(value: Any) -> Any:
+    """``value`` if nothing can change its bytes any more, else a ``bytes`` copy of them.
+
+    ``bytes`` and read-only views of ``bytes`` are kept; any other byte buffer (a bytearray, a
+    writable view, an mmap, a subclass) is copied once. A decryption reads its ciphertext twice in
+    some providers (tag, then plaintext): the copy makes both reads see the same bytes whatever
+    another thread or process does to the caller's buffer meanwhile. A value that is not a
+    contiguous byte buffer is returned unchanged, for the caller's usual checks to refuse.
+    """
+    if type(value) is bytes:
+        return value
+    try:
+        view = memoryview(value)
+    except (TypeError, ValueError):
+        return value
+    with view:
+        if view.readonly and type(view.obj) is bytes:
+            return value
+        if view.itemsize != 1 or view.format not in BYTE_FORMATS or not view.c_contiguous:
+            return value
+        return view.tobytes()

@@ -172,7 +172,7 @@ class AeadRoute(_Route):
     __slots__ = ("auth_errors", "auto_nonce", "cipher", "decrypt_detached", "detached_from", "key_size",
                  "key_sizes", "keyed_cipher", "keyed_large", "keyed_large_provider", "keyed_limit",
                  "keyed_provider", "keyed_wire_limit", "large", "large_detached", "large_provider", "limit",
-                 "misuse_resistant", "nonce_size", "tag_size", "wire_limit")
+                 "max_input", "misuse_resistant", "nonce_size", "tag_size", "wire_limit")
 
     cipher: Callable[[Buffer], AeadCipher]
     decrypt_detached: Callable[[Buffer, bytes, Buffer, Buffer, Buffer], bytes]
@@ -197,6 +197,8 @@ class AeadRoute(_Route):
             self.decrypt_detached = self._join_decrypt
             self.detached_from = JOIN_REUSE_FROM
         self.auth_errors = (*impl.auth_errors, AuthError)
+        self.max_input: int | None = None
+        self._add_max_input(impl)
         self.key_sizes = frozenset(impl.key_sizes)
         self.key_size = max(impl.key_sizes)
         self.nonce_size = impl.nonce_size
@@ -227,6 +229,7 @@ class AeadRoute(_Route):
         self.large, self.large_detached = self._factories(impl)
         self.limit, self.wire_limit, self.large_provider = limit, limit + self.tag_size, provider
         self._add_auth_errors(impl)
+        self._add_max_input(impl)
 
     def serve_keyed(self, small: Aead, small_provider: str, limit: int, large: Aead, large_provider: str) -> None:
         """Keyed AEADs: ``small`` up to ``limit`` bytes, ``large`` above (while the table is built only)."""
@@ -235,6 +238,14 @@ class AeadRoute(_Route):
         self.keyed_limit, self.keyed_wire_limit = limit, limit + self.tag_size
         self._add_auth_errors(small)
         self._add_auth_errors(large)
+        self._add_max_input(small)
+        self._add_max_input(large)
+
+    def _add_max_input(self, impl: Aead) -> None:
+        # The smallest limit of any provider the route may call (error path only: no split here).
+        limit = getattr(impl, "max_input", None)
+        if type(limit) is int and limit >= 0 and (self.max_input is None or limit < self.max_input):
+            self.max_input = limit
 
     def _add_auth_errors(self, impl: Aead) -> None:
         # A forgery is an authentication failure whichever provider of the split saw it; with
@@ -317,16 +328,59 @@ class AeadRoute(_Route):
                 _buf(value, field, error)
         except XpsError as typed:
             return typed  # a bad input explains the failure, whatever the provider made of it
+        too_long = self._too_long(inputs)
+        if too_long is not None:
+            return too_long
         if isinstance(exc, self.auth_errors):
             return AuthError("ciphertext: authentication failed")
         if wire is not None and len(wire) < self.tag_size:
             return AuthError(f"ciphertext: shorter than the {self.tag_size}-byte tag")
         if isinstance(exc, _BadBuffer):
             return PolicyError(f"{self.operation}: {exc}")
+        odd = _subclassed((("key", key, KeyError_), ("nonce", nonce, NonceError), *inputs))
+        if odd is not None:
+            return odd
         try:
             self._fault(exc, self.served_by(_message_size(inputs, wire, self.tag_size), keyed=keyed))
         except ProviderError as wrapped:
             return wrapped
+
+    def _too_long(self, inputs: tuple[tuple[str, Any, type[XpsError]], ...]) -> XpsError | None:
+        """PolicyError if an input is longer than a provider of this route takes (error path only)."""
+        limit = self.max_input
+        if limit is None:
+            return None
+        for field, value, _ in inputs:
+            size = _nbytes(value)
+            if size is not None and size > limit:
+                return PolicyError(f"{field}: {size} bytes is more than {self.operation} takes ({limit} bytes)")
+        return None
+
+
+def _nbytes(value: Any) -> int | None:
+    """How many bytes a buffer holds; None for None (empty aad) or no buffer (checked elsewhere)."""
+    try:
+        with memoryview(value) as view:
+            return view.nbytes
+    except Exception:
+        return None
+
+
+def _subclassed(inputs: tuple[tuple[str, Any, type[XpsError]], ...]) -> XpsError | None:
+    """A subclass of bytes or bytearray among the inputs of a call whose provider failed.
+
+    Its own ``__len__``, ``__bytes__`` or ``__hash__`` can make a provider fail in ways no
+    provider is to blame for, so the failure is the caller's, not a fault (error path only).
+    """
+    for field, given, error in inputs:
+        # A SecretBytes holds what SecretBytes.take adopted: maybe a subclass of bytearray.
+        value = given._buf if type(given) is SecretBytes else given
+        cls = type(value)
+        if cls is not bytes and cls is not bytearray and isinstance(value, bytes | bytearray):
+            base = "bytes" if isinstance(value, bytes) else "bytearray"
+            return error(f"{field}: a {cls.__name__} (a subclass of {base}) could not be read as plain "
+                         f"{base}; pass {base}")
+    return None
 
 
 def _message_size(inputs: tuple[tuple[str, Any, type[XpsError]], ...], wire: Any, tag_size: int) -> int | None:

@@ -18,9 +18,9 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-from ._buffers import BYTE_FORMATS, byte_buffer, describe, describe_int
+from ._buffers import BYTE_FORMATS, byte_buffer, describe, describe_int, immutable
 from ._namespaces import HkdfAPI, KemAPI, KexAPI, SignatureAPI
 from ._nonce_source import GUARD as NONCE_GUARD
 from ._nonce_source import NONCES
@@ -278,9 +278,7 @@ class Engine:
         Raises:
             PolicyError: an element is not a Provider record.
         """
-        new = tuple(providers)
-        if any(not isinstance(p, Provider) for p in new):
-            raise PolicyError("providers: expected Provider records")
+        new = _provider_records(providers)
         from xpscerpto.kat import run_selftest
 
         state = self.state
@@ -352,9 +350,7 @@ class Engine:
         with self._lock:
             self.start()
             current = self._table
-            provs = current.providers if providers is None else tuple(providers)
-            if any(not isinstance(p, Provider) for p in provs):
-                raise PolicyError("providers: expected Provider records")
+            provs = current.providers if providers is None else _provider_records(providers)
             config = current.build_config or self._config
             failures = {**current.kat_failures, **self._kat_failures()}
             table = build_table(provs, config, version=current.version + 1, kat_failures=failures,
@@ -400,9 +396,14 @@ class Engine:
         Each provider's implementation of an operation runs the engine's vectors for it and
         the provider's own; a failure keeps that implementation out of every table.
         """
+        if operations is not None:
+            try:
+                operations = frozenset(operations)
+            except Exception:
+                raise PolicyError(f"operations: expected operation names, got {describe(operations)}") from None
         self.start()
         with self._lock:
-            todo = self._untested if operations is None else self._untested & frozenset(operations)
+            todo = self._untested if operations is None else self._untested & operations
             if not todo:
                 return ()
             assert self._state is not None
@@ -420,7 +421,10 @@ class Engine:
         if self._untested:
             from ._routing import OPERATION_OF
 
-            op = OPERATION_OF.get(algorithm) if isinstance(algorithm, str) else None
+            try:  # a str subclass's own __hash__ or __eq__ may raise: then it names nothing here
+                op = OPERATION_OF.get(algorithm) if isinstance(algorithm, str) else None
+            except Exception:
+                op = None
             if op is not None and op in self._untested:
                 self.selftest((op,))
 
@@ -437,13 +441,7 @@ class Engine:
         if config is not None and not isinstance(config, EngineConfig):
             raise PolicyError(f"config: expected an EngineConfig, got {describe(config)}")
         if providers is not None:
-            try:
-                providers = tuple(providers)
-            except Exception:
-                raise PolicyError(f"providers: expected an iterable of Provider, got {describe(providers)}") from None
-            bad = next((p for p in providers if not isinstance(p, Provider)), None)
-            if bad is not None:
-                raise PolicyError(f"providers: expected Provider records, got {describe(bad)}")
+            providers = _provider_records(providers)
         self.start()
         state = self._state
         assert state is not None
@@ -674,8 +672,11 @@ class AeadAPI:
         secret: SecretBytes | None = None
         try:
             r = table.aead[algo]
-            if type(key) is SecretBytes:
-                secret, key = key, key._buf
+            if type(key) is not bytes:
+                if type(key) is SecretBytes:
+                    secret, key = key, key._buf
+                elif type(key) is not bytearray:  # its len() must be the bytes a provider reads
+                    key = byte_buffer(key, "key", KeyError_)
             if len(key) not in r.key_sizes:
                 raise KeyError_(f"key: expected {r.key_size} bytes, got {len(key)}")
             if nonce is not None:
@@ -717,12 +718,17 @@ class AeadAPI:
         secret: SecretBytes | None = None
         try:
             r = table.aead[algo]
-            if type(key) is SecretBytes:
-                secret, key = key, key._buf
+            if type(key) is not bytes:
+                if type(key) is SecretBytes:
+                    secret, key = key, key._buf
+                elif type(key) is not bytearray:  # its len() must be the bytes a provider reads
+                    key = byte_buffer(key, "key", KeyError_)
             if len(key) not in r.key_sizes:
                 raise KeyError_(f"key: expected {r.key_size} bytes, got {len(key)}")
-            if len(nonce) != r.nonce_size:
-                raise NonceError(f"nonce: expected {r.nonce_size} bytes, got {len(nonce)}")
+            if type(nonce) is not bytes or len(nonce) != r.nonce_size:
+                nonce = _nonce_bytes(nonce, r.nonce_size)
+            if type(tag) is not bytes:
+                tag = byte_buffer(tag, "tag", AuthError)
             if len(tag) != r.tag_size:
                 raise AuthError(f"tag: expected {r.tag_size} bytes, got {len(tag)}")
             n = len(ciphertext)
@@ -740,8 +746,10 @@ class AeadAPI:
                     raise _BadBuffer("ciphertext or tag: not a byte buffer")
                 plaintext = (r.cipher if n <= r.limit else r.large)(key).decrypt(nonce, wire, aad)
             else:
+                # Read once: a provider that checks the tag and then decrypts must see one set of
+                # bytes, whatever happens to a mutable buffer of the caller's meanwhile.
                 plaintext = (r.decrypt_detached if n <= r.limit else r.large_detached)(
-                    key, nonce, ciphertext, tag, aad)
+                    key, nonce, immutable(ciphertext), tag, aad)
             if secret is not None and secret._wiped:
                 raise KeyError_("key: SecretBytes was wiped during the call")
             return plaintext
@@ -773,8 +781,11 @@ class AeadAPI:
         nonce = None
         try:
             r = table.aead[algo]
-            if type(key) is SecretBytes:
-                secret, key = key, key._buf
+            if type(key) is not bytes:
+                if type(key) is SecretBytes:
+                    secret, key = key, key._buf
+                elif type(key) is not bytearray:  # its len() must be the bytes a provider reads
+                    key = byte_buffer(key, "key", KeyError_)
             if type(sealed) is not Sealed:  # a plain tuple must not pass for a Sealed
                 raise TypeError
             nonce, wire, tag_size = sealed.nonce, sealed.ciphertext_and_tag, sealed.tag_size
@@ -1099,8 +1110,12 @@ class KeyedAead:
         try:
             if b.version != table.version:
                 b = self._bind(table)
-            if len(nonce) != b.nonce_size:
-                raise NonceError(f"nonce: expected {b.nonce_size} bytes, got {len(nonce)}")
+            if type(nonce) is not bytes or len(nonce) != b.nonce_size:
+                nonce = _nonce_bytes(nonce, b.nonce_size)
+            if type(ciphertext_and_tag) is not bytes:
+                # Read once: a provider that checks the tag and then decrypts must see one set of
+                # bytes, whatever happens to a mutable buffer of the caller's meanwhile.
+                ciphertext_and_tag = immutable(ciphertext_and_tag)
             plaintext = (b.cipher if len(ciphertext_and_tag) <= b.wire_limit else b.large).decrypt(
                 nonce, ciphertext_and_tag, aad)
             if self._key._wiped:
@@ -1174,6 +1189,20 @@ def _own_copy(key: object) -> SecretBytes:
     return SecretBytes(byte_buffer(key, "key", KeyError_))
 
 
+def _provider_records(value: object) -> tuple[Provider, ...]:
+    """``value`` as a tuple of Provider records, else PolicyError (never the iterable's own error)."""
+    try:
+        items = tuple(cast("Iterable[object]", value))
+    except Exception:
+        raise PolicyError(f"providers: expected an iterable of Provider, got {describe(value)}") from None
+    records: list[Provider] = []
+    for p in items:
+        if not isinstance(p, Provider):
+            raise PolicyError(f"providers: expected Provider records, got {describe(p)}")
+        records.append(p)
+    return tuple(records)
+
+
 def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce: Any, call: str | None, *,
                 nonce_required: bool, inputs: tuple[tuple[str, Any, type[XpsError]], ...],
                 wire: Any = None, keyed: bool = False) -> XpsError:
@@ -1181,12 +1210,33 @@ def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce:
     try:
         r = table.aead[algo]
     except Exception:  # KeyError; TypeError (unhashable); ValueError (a released view's hash)
-        op = _AEAD_NAMES.get(algo) if isinstance(algo, str) else None
+        try:  # a str subclass's own __hash__ or __eq__ may raise too
+            op = _AEAD_NAMES.get(algo) if isinstance(algo, str) else None
+        except Exception:
+            op = None
         if op is not None and op in table.unrouted:  # printed by its own public name, not the caller's value
             return PolicyError(f"algo: {OPERATIONS[op].aliases[0]} is not available ({table.unrouted[op]})")
         # Never the value itself: a key passed in the algorithm's place must not come back.
         return PolicyError(f"algo: unknown AEAD algorithm ({describe(algo)}); known: {_KNOWN}")
-    return r.diagnose(exc, key, nonce, call, nonce_required=nonce_required, inputs=inputs, wire=wire, keyed=keyed)
+    err = r.diagnose(exc, key, nonce, call, nonce_required=nonce_required, inputs=inputs, wire=wire, keyed=keyed)
+    if isinstance(err, AuthError):
+        # What failed to verify stays behind: the provider's frames (a plaintext decrypted
+        # before its tag was checked, the key) are not reachable from the error the caller
+        # gets, through its context or its own traceback.
+        _drop_frames(exc)
+        err.__traceback__ = None
+    return err
+
+
+def _drop_frames(exc: BaseException | None) -> None:
+    """Clear the tracebacks of ``exc`` and of the exceptions chained to it (error path only)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and len(seen) < 16:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        if exc.__cause__ is not None:
+            _drop_frames(exc.__cause__)
+        exc = exc.__context__
 
 
 _AEAD_NAMES = {name: op for op, spec in OPERATIONS.items() if spec.kind == "aead"

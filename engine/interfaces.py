@@ -87,6 +87,11 @@ class Aead(abc.ABC):
     #: instead of being joined to their tag; a provider whose tag-separate path costs more per
     #: call than a small copy sets it where that path starts to win.
     detached_from: ClassVar[int] = 0
+    #: The longest plaintext, ciphertext or associated data (bytes) the provider takes, or None
+    #: for no limit of its own. A call that failed with a longer input is the caller's error
+    #: (XPS_ERR_POLICY), never a provider fault: fault listeners (the capsule updater's
+    #: automatic rollback) are not told about it.
+    max_input: ClassVar[int | None] = None
 
     @abc.abstractmethod
     def cipher(self, key: Buffer) -> AeadCipher:

@@ -58,9 +58,18 @@ class Sealed(tuple):  # type: ignore[type-arg]  # a tuple: AeadAPI builds one wi
         """Check and freeze ``(nonce, ciphertext_and_tag, tag_size)`` (the API builds its own unchecked)."""
         if isinstance(parts, Sealed):
             return parts
-        if not isinstance(parts, tuple | list) or len(parts) != 3:
+        # Exactly a tuple or a list (a subclass's own __len__ or __iter__ could say anything), read
+        # through the built-in type's own methods.
+        given: object = parts
+        items: Iterator[Any] = iter(())
+        count = -1
+        if type(given) is tuple:
+            items, count = tuple.__iter__(given), tuple.__len__(given)
+        elif type(given) is list:
+            items, count = list.__iter__(given), list.__len__(given)
+        if count != 3:
             raise PolicyError(f"sealed: expected (nonce, ciphertext_and_tag, tag_size), got {describe(parts)}")
-        nonce, wire, tag_size = (_frozen(v, f) for v, f in zip(parts, ("nonce", "ciphertext_and_tag", "tag_size"),
+        nonce, wire, tag_size = (_frozen(v, f) for v, f in zip(items, ("nonce", "ciphertext_and_tag", "tag_size"),
                                                                 strict=True))
         if type(tag_size) is not int:
             raise PolicyError(f"sealed.tag_size: expected an int, got {describe(tag_size)}")
@@ -127,7 +136,8 @@ def _frozen(value: Any, field: str) -> Any:
     if type(value) is bytes or field == "tag_size":
         return value
     if buffer_problem(value) is None:
-        return bytes(value)
+        with memoryview(value) as view:  # not bytes(value): a subclass's __bytes__ could say anything
+            return view.tobytes()
     try:
         memoryview(value).release()
     except TypeError:

@@ -183,7 +183,7 @@ class SecretBytes:
         return bytes(self._buf)
 
     def __len__(self) -> int:
-        return len(self._buf)
+        return bytearray.__len__(self._buf)  # the buffer's own length (take() may adopt a subclass)
 
     def __enter__(self) -> Self:
         return self
@@ -212,19 +212,19 @@ class SecretBytes:
     __hash__ = None  # type: ignore[assignment]  # mutable and secret: never a dict key
 
     def __repr__(self) -> str:
-        state = "wiped" if self._wiped else f"{len(self._buf)} bytes"
+        state = "wiped" if self._wiped else f"{bytearray.__len__(self._buf)} bytes"
         return f"SecretBytes(<redacted, {state}>)"
 
     __str__ = __repr__
 
     def __bool__(self) -> bool:
-        return not self._wiped and len(self._buf) > 0
+        return not self._wiped and bytearray.__len__(self._buf) > 0
 
     def __del__(self) -> None:
         # A secret dropped without wipe() is still zeroed when collected: callers that share a
         # SecretBytes across threads can let the last holder's reference end its life.
         buf = getattr(self, "_buf", None)
-        if buf:
+        if isinstance(buf, bytearray) and bytearray.__len__(buf):  # not len(): a subclass's may lie or raise
             with contextlib.suppress(Exception):
                 secure_wipe(buf)
 

@@ -363,6 +363,7 @@ class CompositeXChaCha20Poly1305(JitXChaCha20Poly1305):
     """XChaCha20-Poly1305: numba HChaCha20, then OpenSSL ChaCha20-Poly1305."""
 
     cipher: Any = _CompositeKeyed
+    max_input = 2**31 - 1  # pyca/cryptography's ChaCha20Poly1305 raises OverflowError beyond
 
 
 # -- readiness ------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ class _CryptographyAead(Aead):
     tag_size = 16
     auth_errors = (InvalidTag,)
     checks_buffers = True
+    max_input = 2**31 - 1  # pyca/cryptography's AEADs raise OverflowError beyond
 
 
 class AesGcm128(_CryptographyAead):
@@ -53,7 +54,11 @@ class AesGcm128(_CryptographyAead):
         if associated_data:
             ctx.authenticate_additional_data(associated_data)
         plaintext = ctx.update(ciphertext)
-        ctx.finalize()
+        try:
+            ctx.finalize()
+        except BaseException:
+            del plaintext  # unverified: not kept alive by this frame in the exception's traceback
+            raise
         return plaintext
 
 
