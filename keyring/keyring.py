@@ -135,6 +135,17 @@ class KeyInfo:
         return next((v.version for v in self.versions if v.state is VersionState.ACTIVE), None)
 
 
+def _aad_bytes(aad: object) -> bytes:
+    """A caller's associated data as plain bytes, else PolicyError (checked before the blob is read)."""
+    if not isinstance(aad, _BYTES_LIKE):
+        raise PolicyError(f"aad: expected bytes-like, got {type(aad).__name__}")
+    try:
+        with memoryview(aad) as view:
+            return view.tobytes()
+    except ValueError:
+        raise PolicyError("aad: expected bytes-like, got a released memoryview") from None
+
+
 class _Handle:
     """A usable key version in memory: derived keys, header prefix, usage window."""
 
@@ -279,8 +290,9 @@ class Keyring:
             AuthError: ``keyring: decryption failed``.
             PolicyError: ``aad`` is not bytes-like (checked before the blob is looked at).
         """
-        if not isinstance(aad, _BYTES_LIKE):
-            raise PolicyError(f"aad: expected bytes-like, got {type(aad).__name__}")
+        if type(aad) is not bytes:
+            # Plain bytes from here on: a subclass's own __radd__ could change what is authenticated.
+            aad = _aad_bytes(aad)
         # One frame for the whole success path (a 64-byte decrypt is mostly fixed costs). Every
         # failure leaves its except block first and ends at the one _fail() below, so the
         # opaque error carries no context.
@@ -307,8 +319,14 @@ class Keyring:
                 return plaintext
             ref = (blob[1:9], h.version)
         else:
+            src: Any = blob
+            if type(src) is not bytes and type(src) is not bytearray and type(src) is not memoryview:
+                try:  # a subclass is read through a view: its own __getitem__ is not called
+                    src = memoryview(src)
+                except (TypeError, ValueError):
+                    src = None
             try:
-                fmt, key_id, version, code, commitment = _unpack(blob)
+                fmt, key_id, version, code, commitment = _unpack(src)
             except (struct.error, TypeError, BufferError, ValueError):
                 fmt = None
             if fmt is not None:
@@ -322,7 +340,7 @@ class Keyring:
                         h.commitment, commitment):
                     n = h.header_size
                     try:
-                        plaintext = h.aead.decrypt(blob[HEADER.size:n], memoryview(blob)[n:], bytes(blob[:n]) + aad)
+                        plaintext = h.aead.decrypt(src[HEADER.size:n], memoryview(src)[n:], bytes(src[:n]) + aad)
                     except (XpsError, TypeError, BufferError, ValueError):
                         plaintext = None
                     if plaintext is not None:
@@ -1190,9 +1208,15 @@ class Keyring:
         """
         kid = bytes.fromhex(key_id)
         self._flush_usage()
-        self._active.pop(name, None)
-        for k in [k for k in self._handles if k[0] == kid]:
-            self._drop_handle(k)
+        # Under the lock (an RLock: transitions already hold it), so no encrypt or decrypt slow
+        # path caches a handle of this key between the two indexes being cleared.
+        with self._lock:
+            self._active.pop(name, None)
+            for k in [k for k in list(self._handles) if k[0] == kid]:
+                self._drop_handle(k)
+            # And whatever the prefix index still holds for this key id (bytes 1-9 of a prefix).
+            for prefix in [p for p in list(self._by_prefix) if p[1:9] == kid]:
+                self._by_prefix.pop(prefix, None)
 
     def _keep_handle(self, ref: tuple[bytes, int], h: _Handle) -> None:
         """Cache a handle under both keys (its prefix is fixed by ``ref`` and the version's key)."""
