@@ -84,6 +84,8 @@ def timed(stmt: str, **names: Any) -> Loop:
     loop overhead and name lookups are identical everywhere and the statement printed is exactly
     the statement timed (no lambda or helper frame inside the loop).
     """
+    if "n" in names:
+        raise ValueError("timed(): 'n' is the loop count; bind the value under another name")
     binds = "".join(f"    {k} = _names[{k!r}]\n" for k in names)
     src = (f"def run(n):\n{binds}    clock = _clock\n    t0 = clock()\n"
            f"    for _ in _repeat(None, n):\n        {stmt}\n    return clock() - t0\n")
@@ -349,8 +351,8 @@ DECRYPT_PARTS: Parts = (
     ("work", "library AEAD work, key schedule cached", None),
     ("dispatch", "= KeyedAead.decrypt: checks", None),
     ("parse", "header: prefix lookup, nonce and ciphertext slices", "h = st._by_prefix.get(blob[:hs]); "
-     "nonce = blob[hs:n]; wire = blob[n:] if len(blob) - n < 4096 else memoryview(blob)[n:]"),
-    ("aad", "associated data: header + aad", "blob[:n] + aad"),
+     "nonce = blob[hs:hn]; wire = blob[hn:] if len(blob) - hn < 4096 else memoryview(blob)[hn:]"),
+    ("aad", "associated data: header + aad", "blob[:hn] + aad"),
     ("book", "clock, deadlines, counters", "now = st.clock(); h is not None and now < h.recheck_at "
      "and now < h.decrypt_until; h.decryptions += 1; h.last_used = now"),
     ("residual", "= residual (method frame, loads)", None),
@@ -402,11 +404,12 @@ def breakdown(subject: Subject, size: int, op: str, timing: Timing, reserve_us: 
                  "aad": aad, "ct": sealed.ciphertext_and_tag, "st": st, "name": subject.name}
         parts = ENCRYPT_PARTS
     else:
-        wire = memoryview(blob)[n:]
+        wire = blob[n:] if len(blob) - n < 4096 else memoryview(blob)[n:]  # as Keyring.decrypt passes it
         loops["engine"] = timed("k.decrypt(nonce, wire, aad)", k=keyed, nonce=nonce, wire=wire, aad=header + aad)
         loops["work"] = timed(lib.work_decrypt, **lib.bind(
             lib_key, nonce=nonce, aad=header + aad, wire=wire if lib.buffers_ok else bytes(wire)))
-        names = {"blob": blob, "hs": hs, "n": n, "aad": aad, "st": st, "h": st.handle}
+        # "hn", not "n": timed() binds names as locals of run(n), and "n" would shadow its count.
+        names = {"blob": blob, "hs": hs, "hn": n, "aad": aad, "st": st, "h": st.handle}
         parts = DECRYPT_PARTS
     for key_, _, stmt in parts:
         if stmt is not None:
