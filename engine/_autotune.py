@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -227,7 +228,10 @@ def _calibrate(fn: Callable[[], object], budget: float) -> int:
 def load_cache(path: Path, fp: str) -> TuneResult | None:
     """A cached result for this fingerprint, or None (missing, another fingerprint, unreadable)."""
     try:
-        doc = json.loads(path.read_bytes())
+        raw = _read_cache_file(path)
+        if raw is None:
+            return None
+        doc = json.loads(raw)
         if doc.get("format") != CACHE_FORMAT or doc.get("fingerprint") != fp:
             return None
         winners = {str(op): {str(s): tuple(str(p) for p in w) for s, w in shapes.items()}
@@ -238,9 +242,33 @@ def load_cache(path: Path, fp: str) -> TuneResult | None:
         measurements = tuple(Measurement(str(m["operation"]), str(m["provider"]), m["shape"], int(m["bucket"]),
                                          float(m["seconds"])) for m in doc["measurements"])
         return TuneResult(fp, winners, measurements, str(doc["created"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        # A cache is a cache: a damaged one is measured again, never trusted.
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError):
+        # A cache is a cache: a damaged one is measured again, never trusted. (RecursionError:
+        # JSON nested thousands deep; MemoryError: a huge file that passed the size check.)
         return None
+
+
+#: A cache larger than this is not read (a real one is a few KiB).
+MAX_CACHE_BYTES = 1 << 20
+
+
+def _read_cache_file(path: Path) -> bytes | None:
+    """The cache file's bytes if it is a regular file of a sane size, else None.
+
+    The cache is shared by every install on the machine: a symlink to /dev/zero, a FIFO or a
+    device must cost neither memory nor a hang (O_NONBLOCK: opening a FIFO without a writer
+    would block), only a re-measure.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CACHE_BYTES:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_CACHE_BYTES + 1)
+        return data if len(data) <= MAX_CACHE_BYTES else None
+    finally:
+        os.close(fd)
 
 
 def save_cache(path: Path, result: TuneResult) -> None:

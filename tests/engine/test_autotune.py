@@ -196,3 +196,23 @@ def test_cache_path_that_is_a_directory_is_not_fatal(tmp_path: Path) -> None:
     path.mkdir()
     at.save_cache(path, _tuned())
     assert at.load_cache(path, "fp1") is None
+
+
+@pytest.mark.parametrize("kind", ["symlink to /dev/zero", "fifo", "nested json", "oversized"])
+def test_a_hostile_cache_file_costs_only_a_re_measure(tmp_path: Path, kind: str) -> None:
+    # The cache is shared by every install on the machine: none of these may hang, exhaust
+    # memory or raise (found by a review: /dev/zero read until MemoryError, a FIFO blocked).
+    path = tmp_path / "autotune.json"
+    if kind == "symlink to /dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "nested json":
+        path.write_bytes(b"[" * 100_000)
+    else:
+        good = tmp_path / "good.json"
+        at.save_cache(good, _tuned())
+        path.write_bytes(good.read_bytes().rstrip() + b" " * at.MAX_CACHE_BYTES)
+    assert at.load_cache(path, "fp1") is None
+    at.save_cache(path, _tuned())  # replaced by a regular file: usable again
+    assert stat.S_ISREG(os.lstat(path).st_mode) and at.load_cache(path, "fp1") is not None
