@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from xpscerpto._atomic import atomic_write
+from xpscerpto._stored_file import read_stored
 from xpscerpto.errors import XpsError
 from xpscerpto.home import Home
 
@@ -112,11 +113,12 @@ class RoutingState:
     def load(cls, path: Path) -> RoutingState:
         """Read ``state.json``; missing means nothing was ever enabled."""
         try:
-            raw = path.read_bytes()
+            raw = read_stored(path)
         except FileNotFoundError:
             return cls()
         except OSError as exc:
-            raise refuse(Refusal.STATE, f"state {str(path)!r}: unreadable ({type(exc).__name__})") from None
+            raise refuse(Refusal.STATE, f"state {str(path)!r}: unreadable ({exc.strerror or type(exc).__name__})"
+                         ) from None
         return cls.from_bytes(raw, str(path))
 
     @classmethod
@@ -124,7 +126,7 @@ class RoutingState:
         """Parse a state document (``where`` names its file or database row in refusals)."""
         try:
             doc = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
+        except (ValueError, RecursionError, MemoryError) as exc:
             raise refuse(Refusal.STATE, f"state {where!r}: unreadable ({type(exc).__name__})") from None
         try:
             history = tuple(doc.get("history", ()))
@@ -153,7 +155,7 @@ class RoutingState:
                 raise TypeError("highest must be an object")
             _check_document(active, highest, enabled, op_highest)
             return cls(tuple(active), dict(highest), history, enabled, op_highest)
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             # A document edited outside xps (a file, or a database row) is refused, naming the
             # field, before a wrong type reaches version comparisons or the verifier.
             raise refuse(Refusal.STATE, f"state {where!r}: malformed ({exc})") from None

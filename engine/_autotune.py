@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import platform
-import stat
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -256,19 +255,14 @@ def _read_cache_file(path: Path) -> bytes | None:
     """The cache file's bytes if it is a regular file of a sane size, else None.
 
     The cache is shared by every install on the machine: a symlink to /dev/zero, a FIFO or a
-    device must cost neither memory nor a hang (O_NONBLOCK: opening a FIFO without a writer
-    would block), only a re-measure.
+    device costs neither memory nor a hang, only a re-measure.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    from ._stored_file import read_stored
+
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CACHE_BYTES:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_CACHE_BYTES + 1)
-        return data if len(data) <= MAX_CACHE_BYTES else None
-    finally:
-        os.close(fd)
+        return read_stored(path, MAX_CACHE_BYTES)
+    except OSError:
+        return None
 
 
 def save_cache(path: Path, result: TuneResult) -> None:

@@ -44,6 +44,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ._atomic import atomic_write
+from ._stored_file import read_stored
 from .errors import InternalError, PolicyError
 
 __all__ = ["STORES", "Home", "HomeRecord"]
@@ -182,14 +183,14 @@ class Home:
     def _read_record(self) -> HomeRecord | None:
         where = f"home record {str(self.record_path)!r}"
         try:
-            raw = self.record_path.read_bytes()
+            raw = read_stored(self.record_path)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise PolicyError(f"{where}: unreadable ({exc.strerror}); restore it from a backup") from None
         try:
             doc = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError, MemoryError):
             raise PolicyError(f"{where}: not JSON (emptied or corrupted); restore it from a backup") from None
         return HomeRecord.from_json(doc, where)
 

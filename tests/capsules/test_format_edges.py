@@ -87,3 +87,46 @@ def test_every_flipped_byte_of_a_capsule_is_a_typed_refusal(factory: CapsuleFact
         # Some flips land in bytes the container format ignores (zip comments, padding) or in
         # the signed content itself: the container still parses, and the signature check
         # (not this function) refuses it.
+
+
+def _hostile(path: Path, kind: str) -> None:
+    """Replace a stored file by something that is not a document (found by a review)."""
+    import os
+
+    path.unlink(missing_ok=True)
+    if kind == "symlink to /dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:  # a mapping whose values are not pairs
+        path.write_bytes(b'{"active": [], "highest": {}, "enabled": {"x": ["a", "b"]}}')
+
+
+HOSTILE = ["symlink to /dev/zero", "fifo", "directory", "bad enabled"]
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_a_state_file_that_is_no_document_is_a_typed_refusal(kind: str, make_updater: UpdaterMaker,
+                                                             tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    make_updater(home)
+    _hostile(home / "state.json", kind)
+    with pytest.raises(UpdateError) as ei:  # quickly: no hang on the FIFO, no read of /dev/zero
+        RoutingState.load(home / "state.json")
+    assert ei.value.reason == "state"
+
+
+@pytest.mark.parametrize("kind", HOSTILE[:3] + ["nested"])
+def test_a_home_record_that_is_no_document_is_a_typed_refusal(kind: str, tmp_path: Path) -> None:
+    from xpscerpto.home import Home
+
+    home = Home.resolve(tmp_path / "home")
+    home.initialise(policy={})
+    if kind == "nested":
+        home.record_path.write_bytes(DEEP)
+    else:
+        _hostile(home.record_path, kind)
+    with pytest.raises(PolicyError, match="home record .*(unreadable|not JSON)"):
+        Home.resolve(tmp_path / "home").record()
