@@ -249,7 +249,7 @@ class CapsuleStore:
     def intact(self, sha256: str) -> bool:
         """Whether the stored copy of ``sha256`` exists, is readable and still has that hash."""
         try:
-            return hashlib.sha256((self.dir / f"{sha256}.capsule").read_bytes()).hexdigest() == sha256
+            return hashlib.sha256(read_stored(self.dir / f"{sha256}.capsule")).hexdigest() == sha256
         except OSError:
             return False
 
@@ -257,7 +257,7 @@ class CapsuleStore:
         """The stored bytes; their hash is checked against the name."""
         path = self.dir / f"{sha256}.capsule"
         try:
-            raw = path.read_bytes()
+            raw = read_stored(path)  # a regular file of sane size: not a FIFO, not /dev/zero
         except OSError as exc:
             raise refuse(Refusal.STATE, f"capsule store: {sha256[:12]} unreadable ({exc.strerror})") from None
         if hashlib.sha256(raw).hexdigest() != sha256:

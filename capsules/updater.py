@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -152,7 +153,10 @@ class Updater:
         *stored file* is missing or damaged is a storage fault, not a decision: it is refused
         (not routed, PATCH_REJECT with ``held``), stays in the committed state and is listed
         under ``refused`` by :meth:`status` until its file is restored (re-drop the capsule) or
-        an operator rolls it back.
+        an operator rolls it back. So is every committed capsule while the trust store is
+        unreadable, damaged or missing (not an unpinning: a storage fault), and one whose
+        validation child crashes or times out at restore (this machine, not the capsule, may be
+        the cause): held, never silently dropped.
         """
         with self._lock, self.state_store.lock():
             state = self.state_store.load()
@@ -162,14 +166,14 @@ class Updater:
                     state = self._quarantine(state, cap, counts[cap.sha256])
             keep: list[ActiveCapsule] = []
             held: dict[str, dict[str, str]] = {}
+            trust_fault = self._trust_fault(state)
             for cap in state.active:
                 try:
+                    if trust_fault is not None:
+                        raise trust_fault
                     raw = self.store.get(cap.sha256)
                 except XpsError as exc:
-                    held[cap.sha256] = refused_entry(cap, exc)
-                    self._audit("PATCH_REJECT", sha256=cap.sha256, name=cap.name, version=cap.version,
-                                phase="restore", reason=exc.reason, detail=str(exc), held=True)
-                    keep.append(cap)
+                    self._hold(cap, exc, keep, held)
                     continue
                 try:
                     # The child validates again before this process runs the code: a capsule that
@@ -179,6 +183,12 @@ class Updater:
                     loaded = self._load(raw, state, allow_version=cap.version)
                     keep.append(replace(cap, operations=tuple(sorted(loaded.capsule.manifest.operations))))
                 except XpsError as exc:
+                    if exc.reason in (Refusal.CRASHED, Refusal.TIMEOUT):
+                        # The validation child died or ran out of time: this machine's state now
+                        # (limits, memory, load) may be the cause, not the capsule, which passed
+                        # that check when it was enabled. Held, never silently dropped.
+                        self._hold(cap, exc, keep, held)
+                        continue
                     self._audit("PATCH_REJECT", sha256=cap.sha256, name=cap.name, version=cap.version,
                                 phase="restore", reason=exc.reason, detail=str(exc))
             if tuple(keep) != state.active:
@@ -189,6 +199,32 @@ class Updater:
             self._restored = True
             self._publish(self._table_for(state.active))
             return self.engine.table
+
+    def _hold(self, cap: ActiveCapsule, exc: XpsError, keep: list[ActiveCapsule],
+              held: dict[str, dict[str, str]]) -> None:
+        """Keep ``cap`` committed but unrouted, listed as refused until the fault is repaired."""
+        held[cap.sha256] = refused_entry(cap, exc)
+        self._audit("PATCH_REJECT", sha256=cap.sha256, name=cap.name, version=cap.version,
+                    phase="restore", reason=exc.reason, detail=str(exc), held=True)
+        keep.append(cap)
+
+    def _trust_fault(self, state: RoutingState) -> XpsError | None:
+        """Why the trust store cannot judge the committed capsules (a storage fault), or None.
+
+        An unreadable, damaged or missing trust file is not an unpinning: deciding against every
+        committed capsule on it would silently retire them all. They are held instead.
+        """
+        if not state.active:
+            return None
+        where = str(self.home.trust)
+        if not os.path.lexists(self.home.trust):
+            return refuse(Refusal.IO, f"trust store {where!r}: missing while {len(state.active)} capsule(s) are "
+                                      "committed; restore it from a backup, or roll them back")
+        try:
+            TrustStore.load(self.home.trust)
+        except XpsError as exc:
+            return refuse(Refusal.IO, f"{str(exc).removeprefix(exc.code.value + ': ')}; restore it from a backup")
+        return None
 
     def _quarantine(self, state: RoutingState, cap: ActiveCapsule, crashes: int) -> RoutingState:
         """Take ``cap`` out before it runs again: it was active through ``crashes`` abnormal ends."""

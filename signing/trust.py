@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from xpscerpto._atomic import atomic_write
+from xpscerpto._stored_file import read_stored
 from xpscerpto.errors import PolicyError
 
 from .keys import PublisherKey, key_id, verify
@@ -133,10 +134,10 @@ class TrustStore:
         """Read the trust file; a missing file is an empty store (threshold 1)."""
         p = Path(path)
         try:
-            doc = json.loads(p.read_bytes())
+            doc = json.loads(read_stored(p))
         except FileNotFoundError:
             return cls()
-        except (OSError, ValueError, RecursionError) as exc:
+        except (OSError, ValueError, RecursionError, MemoryError) as exc:
             raise PolicyError(f"trust store {str(p)!r}: unreadable: {type(exc).__name__}") from None
         return cls.from_json(doc, f"trust store {str(p)!r}")
 

@@ -357,3 +357,44 @@ def _try(fn: object, *args: object) -> object:
         return fn(*args)  # type: ignore[operator]
     except xps.XpsError as exc:
         return exc
+
+
+# Crashes the validation child (never this process) once the test sets the variable: a capsule
+# that passed every check when enabled, then meets a machine where its child cannot run.
+CHILD_CRASH_ENV = "XPS_TEST_CHILD_CRASH"
+CHILD_CRASH = ("    def cipher(self, key: Buffer) -> _Keyed:\n        return _Keyed(key)",
+               "    def cipher(self, key: Buffer) -> _Keyed:\n"
+               "        import os, sys\n"
+               "        spec = getattr(sys.modules['__main__'], '__spec__', None)\n"
+               "        if getattr(spec, 'name', '') == 'xpscerpto.capsules._child' and "
+               f"os.environ.get('{CHILD_CRASH_ENV}') == '1':\n"
+               "            os._exit(3)\n"
+               "        return _Keyed(key)")
+
+
+def test_a_validation_child_that_crashes_at_restart_holds_the_capsule_never_retires_it(
+        publisher: Publisher, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by a review: a child that died at restore (a resource limit of the new environment)
+    # dropped the capsule from the committed state, as if it had been refused.
+    monkeypatch.delenv(CHILD_CRASH_ENV, raising=False)
+    up = _updater(xps.Engine(), publisher.home)
+    publisher.capsule("1.0.1", module_patch=CHILD_CRASH)
+    cap = up.apply(build_capsule(publisher.tmp / "src-1.0.1", [publisher.signer]))
+    up.close()
+
+    monkeypatch.setenv(CHILD_CRASH_ENV, "1")
+    eng = xps.Engine()
+    held = _updater(eng, publisher.home)
+    assert eng.table.provider_for(OP) != "xchacha20-openssl"
+    assert [a.version for a in _state(publisher.home).active] == ["1.0.1"]
+    assert [r["sha256"] for r in held.status()["refused"]] == [cap.sha256]
+    reject = [e for e in held.audit.tail(20) if e["event"] == "PATCH_REJECT"][-1]
+    assert reject["held"] is True and reject["reason"] == "crashed"
+    held.close()
+
+    monkeypatch.delenv(CHILD_CRASH_ENV)
+    eng = xps.Engine()
+    again = _updater(eng, publisher.home)
+    assert eng.table.provider_for(OP) == "xchacha20-openssl"
+    assert again.status()["refused"] == []
+    again.close()

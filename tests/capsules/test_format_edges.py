@@ -118,7 +118,7 @@ def test_a_state_file_that_is_no_document_is_a_typed_refusal(kind: str, make_upd
     assert ei.value.reason == "state"
 
 
-@pytest.mark.parametrize("kind", HOSTILE[:3] + ["nested"])
+@pytest.mark.parametrize("kind", [*HOSTILE[:3], "nested"])
 def test_a_home_record_that_is_no_document_is_a_typed_refusal(kind: str, tmp_path: Path) -> None:
     from xpscerpto.home import Home
 
@@ -128,5 +128,5 @@ def test_a_home_record_that_is_no_document_is_a_typed_refusal(kind: str, tmp_pat
         home.record_path.write_bytes(DEEP)
     else:
         _hostile(home.record_path, kind)
-    with pytest.raises(PolicyError, match="home record .*(unreadable|not JSON)"):
+    with pytest.raises(PolicyError, match=r"home record .*(unreadable|not JSON)"):
         Home.resolve(tmp_path / "home").record()

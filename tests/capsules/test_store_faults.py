@@ -23,6 +23,9 @@ DAMAGE: dict[str, Callable[[Path], None]] = {
     "emptied": lambda p: p.write_bytes(b""),
     "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
     "corrupted": lambda p: p.write_bytes(bytes([p.read_bytes()[0] ^ 1]) + p.read_bytes()[1:]),
+    # Not a file at all (review): must neither hang nor read without end.
+    "fifo": lambda p: (p.unlink(), os.mkfifo(p)),
+    "symlink to /dev/zero": lambda p: (p.unlink(), p.symlink_to("/dev/zero")),
 }
 
 
@@ -159,3 +162,32 @@ def test_a_full_disk_during_a_drop_is_a_typed_audited_refusal(published, tmp_pat
         proc.terminate()
         proc.wait(20)
     assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_trust_store_holds_the_committed_capsules_never_retires_them(  # type: ignore[no-untyped-def]
+        damage: str, published, tmp_path: Path, watchers) -> None:
+    # Found by a review: an unreadable trust.json at restart read as "nothing is pinned any
+    # more", and restore() dropped every committed capsule from state.json.
+    capsule, _, home = published
+    inbox = tmp_path / "inbox"
+    sha = _enabled(home, inbox, capsule, watchers)
+    trust = home / "trust.json"
+    good = trust.read_bytes()
+    DAMAGE[damage](trust)
+
+    watchers.append(Watcher(home, inbox))
+    live = status(home)
+    assert live["routes"][OP] == "sodium"
+    assert [r["sha256"] for r in live["refused"]] == [sha]
+    reject = [e for e in audit_events(home) if e["event"] == "PATCH_REJECT" and e.get("phase") == "restore"][-1]
+    assert reject["sha256"] == sha and reject["held"] is True and reject["reason"] == "io"
+    assert "trust store" in reject["detail"]
+    assert [a["sha256"] for a in json.loads((home / "state.json").read_bytes())["active"]] == [sha]
+
+    # The operator restores trust.json: the next start routes the capsule again.
+    watchers.pop().stop()
+    trust.write_bytes(good)
+    watchers.append(Watcher(home, inbox))
+    wait_for(lambda: status(home)["routes"][OP] == "xchacha20-openssl", "the held capsule to route again")
+    assert status(home)["refused"] == []
