@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from ._stored_file import read_stored
 from ._tuning_model import (
     BUCKET_BOUNDS,
     BUCKET_NAMES,
@@ -227,10 +228,9 @@ def _calibrate(fn: Callable[[], object], budget: float) -> int:
 def load_cache(path: Path, fp: str) -> TuneResult | None:
     """A cached result for this fingerprint, or None (missing, another fingerprint, unreadable)."""
     try:
-        raw = _read_cache_file(path)
-        if raw is None:
-            return None
-        doc = json.loads(raw)
+        # A regular file of sane size only: shared by every install, it may be anything (a
+        # symlink to /dev/zero, a FIFO); read_stored's OSError is a re-measure like any other.
+        doc = json.loads(read_stored(path, MAX_CACHE_BYTES))
         if doc.get("format") != CACHE_FORMAT or doc.get("fingerprint") != fp:
             return None
         winners = {str(op): {str(s): tuple(str(p) for p in w) for s, w in shapes.items()}
@@ -249,20 +249,6 @@ def load_cache(path: Path, fp: str) -> TuneResult | None:
 
 #: A cache larger than this is not read (a real one is a few KiB).
 MAX_CACHE_BYTES = 1 << 20
-
-
-def _read_cache_file(path: Path) -> bytes | None:
-    """The cache file's bytes if it is a regular file of a sane size, else None.
-
-    The cache is shared by every install on the machine: a symlink to /dev/zero, a FIFO or a
-    device costs neither memory nor a hang, only a re-measure.
-    """
-    from ._stored_file import read_stored
-
-    try:
-        return read_stored(path, MAX_CACHE_BYTES)
-    except OSError:
-        return None
 
 
 def save_cache(path: Path, result: TuneResult) -> None:
