@@ -45,6 +45,10 @@ class ActiveCapsule:
     replaced_version: str | None = None  # and its version
 
 
+#: ``state.json``'s format: 2 has every field (1, older, may lack ``enabled``/``op_highest``).
+STATE_FORMAT = 2
+
+
 @dataclass(frozen=True)
 class RoutingState:
     """The committed routing state (immutable; methods return new states).
@@ -104,7 +108,7 @@ class RoutingState:
 
     def to_json(self) -> dict[str, Any]:
         """The ``state.json`` document."""
-        return {"format": 1, "active": [asdict(a) | {"operations": list(a.operations)} for a in self.active],
+        return {"format": STATE_FORMAT, "active": [asdict(a) | {"operations": list(a.operations)} for a in self.active],
                 "highest": dict(self.highest), "enabled": {n: dict(v) for n, v in self.enabled.items()},
                 "op_highest": dict(self.op_highest),
                 "history": list(self.history)}
@@ -129,6 +133,13 @@ class RoutingState:
         except (ValueError, RecursionError, MemoryError) as exc:
             raise refuse(Refusal.STATE, f"state {where!r}: unreadable ({type(exc).__name__})") from None
         try:
+            fmt = doc.get("format", 1)
+            if fmt not in (1, STATE_FORMAT) or type(fmt) is not int:
+                raise ValueError(f"format must be 1 or {STATE_FORMAT}")
+            if fmt == STATE_FORMAT and not {"active", "highest", "enabled", "op_highest", "history"} <= doc.keys():
+                # Only documents written before these fields existed may lack them (and have them
+                # derived); from format 2 on, a missing one is a lost field, not an old file.
+                raise KeyError("active, highest, enabled, op_highest and history are all required")
             history = tuple(doc.get("history", ()))
             if not all(isinstance(e, dict) for e in history):
                 raise TypeError("history entries must be objects")
@@ -192,6 +203,21 @@ def _check_document(active: list[ActiveCapsule], highest: Mapping[Any, Any], ena
     for name, by_version in enabled.items():
         if not isinstance(name, str) or not all(isinstance(v, str) and _is_sha(sha) for v, sha in by_version.items()):
             raise TypeError("enabled must map names to {version: sha256}")
+    # Version memory only rises, and every enable raised it: a document whose memory is below
+    # what it says was enabled lost the memory (an edit, a damaged byte in a version) and would
+    # accept a downgrade. Refused, never read as "nothing remembered".
+    for name, by_version in enabled.items():
+        for version in by_version:
+            if not _is_version(version):
+                raise TypeError(f"enabled: {name!r} lists a version that is not MAJOR.MINOR.PATCH")
+            if name not in highest or parse_version(highest[name]) < parse_version(version):
+                raise ValueError(f"highest: below version {version} of {name!r}, which was enabled here "
+                                 "(version memory lost or damaged)")
+    for a in active:
+        for op in a.operations:
+            if op not in op_highest or parse_version(op_highest[op]) < parse_version(a.version):
+                raise ValueError(f"op_highest: below version {a.version} of {a.name!r}, which serves {op!r} "
+                                 "(version memory lost or damaged)")
 
 
 def _is_version(value: object) -> bool:
