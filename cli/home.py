@@ -60,6 +60,11 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
     home = context.home(args)
     if args.policy_cmd == "show":
+        if home.store_exists("keyring"):
+            # Shown only once the keyring's sealed copy confirms it: home.json alone is a file
+            # anyone who can write the home can edit.
+            with Keyring(home, operator=args.operator_name):
+                pass
         policy = dict(home.record().policy)
         context.emit(args, policy, lambda: print("\n".join(f"{k} = {json.dumps(v)}" for k, v in policy.items())))
         return 0
@@ -97,7 +102,7 @@ def add_home_commands(sub: Any) -> None:
     p = sub.add_parser("policy", help=cmd_policy.__doc__)
     p.add_argument("--as", dest="operator_name", default="cli", help="who is acting (journaled)")
     psub = p.add_subparsers(dest="policy_cmd", required=True)
-    s = psub.add_parser("show", help="the security policy this home recorded")
+    s = psub.add_parser("show", help="the security policy this home recorded (checked against the keyring's seal)")
     s.add_argument("--json", action="store_true")
     for name, text in (("request", "write an approval request for changing the policy to FILE's"),
                        ("apply", "change the recorded policy to FILE's (stricter: the operator; looser: approvals)")):

@@ -17,6 +17,11 @@ that can roll back the running engine.
   Once the home has a keyring, the keyring keeps its own sealed copy of the policy (sealed
   under a key the KEK wraps) and refuses to open if ``home.json`` says otherwise, so an edit
   of ``home.json`` outside xps is detected where the keyring opens.
+* ``sealed``: stores that sealed their rows (the keyring, from its first open). A keyring the
+  record lists here but that has no integrity key or no sealed policy is refused: it is never
+  sealed afresh, which would bless whatever rows someone who can write only the database left
+  (a database on PostgreSQL, say). Records written before this field existed get it at the
+  keyring's next open.
 
 The record is created by ``xps init`` or by the first run on an empty home (no record and no
 store file). A home that holds stores but no record is refused rather than adopted silently;
@@ -70,11 +75,17 @@ class HomeRecord:
     stores: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     policy: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     format: int = RECORD_FORMAT
+    #: Stores that sealed their rows (the keyring): from then on a store without its seals is
+    #: refused, never sealed afresh — re-sealing would bless whatever rows an editor left.
+    sealed: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The ``home.json`` document."""
-        return {"format": self.format, "created": self.created, "stores": dict(self.stores),
-                "policy": dict(self.policy)}
+        doc = {"format": self.format, "created": self.created, "stores": dict(self.stores),
+               "policy": dict(self.policy)}
+        if self.sealed:  # absent until a store seals (records written before it existed stay as they were)
+            doc["sealed"] = list(self.sealed)
+        return doc
 
     @classmethod
     def from_json(cls, doc: object, where: str) -> HomeRecord:
@@ -83,9 +94,14 @@ class HomeRecord:
             raise PolicyError(f"{where}: expected a JSON object")
         if doc.get("format") != RECORD_FORMAT:
             raise PolicyError(f"{where}: format must be {RECORD_FORMAT}")
-        if set(doc) != {"format", "created", "stores", "policy"}:
+        if not {"format", "created", "stores", "policy"} <= set(doc) <= {"format", "created", "stores", "policy",
+                                                                          "sealed"}:
             raise PolicyError(f"{where}: unexpected or missing fields")
         created, stores, policy = doc["created"], doc["stores"], doc["policy"]
+        sealed = doc.get("sealed", [])
+        if not isinstance(sealed, list) or (not sealed and "sealed" in doc) or not all(
+                isinstance(s, str) and s in STORES for s in sealed) or len(set(sealed)) != len(sealed):
+            raise PolicyError(f"{where}: 'sealed' must list known store names, once each")
         if not isinstance(created, str):
             raise PolicyError(f"{where}: 'created' must be a string")
         if not isinstance(stores, dict) or not all(
@@ -93,7 +109,7 @@ class HomeRecord:
             raise PolicyError(f"{where}: 'stores' must map known store names to file names")
         if not isinstance(policy, dict) or not all(isinstance(k, str) for k in policy):
             raise PolicyError(f"{where}: 'policy' must be an object")
-        return cls(created, MappingProxyType(dict(stores)), MappingProxyType(dict(policy)))
+        return cls(created, MappingProxyType(dict(stores)), MappingProxyType(dict(policy)), sealed=tuple(sealed))
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +287,18 @@ class Home:
             if record.stores.get(name) == ref:
                 return
             self._write_record(replace(record, stores=MappingProxyType({**record.stores, name: ref})))
+
+    def is_sealed(self, name: str) -> bool:
+        """Whether store ``name`` sealed its rows here (so a store without seals is tampered)."""
+        found = self._read_record()
+        return found is not None and name in found.sealed
+
+    def mark_sealed(self, name: str) -> None:
+        """Record that store ``name`` holds seals from now on (never undone)."""
+        with self.locked():
+            record = self.record()
+            if name not in record.sealed:
+                self._write_record(replace(record, sealed=(*record.sealed, name)))
 
     def replace_policy(self, policy: Mapping[str, Any]) -> HomeRecord:
         """Write a new policy; callers have authorised and committed the change."""

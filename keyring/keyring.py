@@ -965,6 +965,11 @@ class Keyring:
                                       "under this home's KEK (another KEK, or edited)") from None
             return
         upgrading = self.store.upgraded_from is not None or self.store.meta("upgrading") is not None
+        if not created and self.home.is_sealed("keyring"):
+            # The database's own "upgrading" marks are rows anyone who can write it can add; the
+            # home says this keyring was sealed, so sealing it afresh would seal an editor's rows.
+            raise KeyringTampered(f"keyring database {self.store.name!r}: it has no integrity key, though this home "
+                                  "recorded it sealed (removed, or the database replaced); restore it from a backup")
         if not (created or upgrading):
             raise KeyringTampered(f"keyring database {self.store.name!r}: it has no integrity key (removed?); "
                                   "restore the database from a backup")
@@ -1008,14 +1013,20 @@ class Keyring:
         sealed, seal = self.store.meta("policy"), self.store.meta("policy_seal")
         assert self.store.sealer is not None
         if sealed is None:
+            if self.home.is_sealed("keyring"):  # sealing home.json's policy now would bless any edit of it
+                raise KeyringTampered(f"keyring database {self.store.name!r}: its sealed copy of the home's policy is "
+                                      "missing (removed?); restore the database from a backup")
             with self.store.write() as db:
                 self._seal_policy(db, recorded)
-            return
-        self.store.sealer.check("policy", [sealed], seal, what="the sealed copy of the home's policy")
-        if json.loads(sealed) != recorded:
-            raise KeyringTampered(f"home record {str(self.home.record_path)!r}: its policy differs from the one this "
-                                  "keyring sealed (edited outside xps?); restore home.json, or change the policy "
-                                  "with `xps policy apply`")
+        else:
+            self.store.sealer.check("policy", [sealed], seal, what="the sealed copy of the home's policy")
+            if json.loads(sealed) != recorded:
+                raise KeyringTampered(f"home record {str(self.home.record_path)!r}: its policy differs from the one "
+                                      "this keyring sealed (edited outside xps?); restore home.json, or change the "
+                                      "policy with `xps policy apply`")
+        # Last, once the integrity key and the policy are sealed in the database (a crash before
+        # this leaves a sealed database the next open marks).
+        self.home.mark_sealed("keyring")
 
     def _seal_policy(self, db: Connection, policy: Mapping[str, Any]) -> None:
         text = json.dumps({k: policy[k] for k in SECURITY_KEYS if k in policy}, sort_keys=True)

@@ -60,3 +60,63 @@ def test_an_operators_file_dropped_in_later_is_refused_not_read(old_home: Path, 
     ok(xps(old_home, "init", "--adopt"))
     shutil.copy(old_home / "operators.json.imported", old_home / "operators.json")
     refused(xps(old_home, "key", "list"), "operators are kept in the keyring database", "remove it")
+
+
+def _forge(home: Path, script: str) -> None:
+    with sqlite3.connect(home / "keyring.db") as db:
+        db.executescript(script)
+
+
+#: Unseal every row, revive the revoked key, reset its nonce budget, and make the database say it
+#: is still being upgraded: a write to keyring.db alone, no KEK (review F1).
+RESEAL = """
+UPDATE keys SET state = 'active' WHERE name = 'gone';
+UPDATE versions SET state = 'active', encryptions = 0 WHERE key_id = (SELECT key_id FROM keys WHERE name = 'gone');
+UPDATE keys SET mac = NULL; UPDATE versions SET mac = NULL;
+DELETE FROM meta WHERE k IN ('integrity_key', 'policy', 'policy_seal');
+"""
+
+
+@pytest.mark.parametrize("marker", ["INSERT INTO meta VALUES ('upgrading', '1')",
+                                    "UPDATE meta SET v = '1' WHERE k = 'schema'"])
+def test_a_sealed_keyring_is_never_sealed_afresh(old_home: Path, marker: str) -> None:
+    ok(xps(old_home, "init", "--adopt"))  # upgraded and sealed; the home records it
+    assert json.loads((old_home / "home.json").read_text())["sealed"] == ["keyring"]
+    _forge(old_home, RESEAL + marker + ";")
+    for command in (("key", "list"), ("key", "describe", "gone")):
+        refused(xps(old_home, *command), "no integrity key, though this home recorded it sealed")
+    refused(xps(old_home, "key", "decrypt", stdin=(DATA / "gone.blob").read_bytes()), "XPS_ERR_POLICY")
+    # Nothing was sealed meanwhile: the database still has no integrity key.
+    with sqlite3.connect(old_home / "keyring.db") as db:
+        assert db.execute("SELECT v FROM meta WHERE k = 'integrity_key'").fetchone() is None
+
+
+def test_a_removed_policy_seal_is_refused_not_resealed_from_home_json(old_home: Path) -> None:
+    """Review F2: delete the database's sealed policy, then loosen home.json's approvals."""
+    ok(xps(old_home, "init", "--adopt"))
+    _forge(old_home, "DELETE FROM meta WHERE k IN ('policy', 'policy_seal');")
+    record = json.loads((old_home / "home.json").read_text())
+    record["policy"]["approvals.revoke"] = record["policy"]["approvals.destroy"] = 0
+    (old_home / "home.json").write_text(json.dumps(record))
+    refused(xps(old_home, "key", "list"), "sealed copy of the home's policy is missing")
+    refused(xps(old_home, "policy", "show"), "XPS_ERR_POLICY")
+    with sqlite3.connect(old_home / "keyring.db") as db:
+        assert db.execute("SELECT v FROM meta WHERE k = 'policy'").fetchone() is None
+
+
+def test_a_home_recorded_before_the_seal_mark_is_marked_at_its_next_open(old_home: Path) -> None:
+    ok(xps(old_home, "init", "--adopt"))
+    record = json.loads((old_home / "home.json").read_text())
+    del record["sealed"]  # as every home.json written before the mark existed
+    (old_home / "home.json").write_text(json.dumps(record))
+    ok(xps(old_home, "key", "list"))
+    assert json.loads((old_home / "home.json").read_text())["sealed"] == ["keyring"]
+
+
+@pytest.mark.parametrize("sealed", [[], ["keyring", "keyring"], ["nope"], "keyring", [1]])
+def test_a_malformed_seal_mark_is_refused(old_home: Path, sealed: object) -> None:
+    ok(xps(old_home, "init", "--adopt"))
+    record = json.loads((old_home / "home.json").read_text())
+    record["sealed"] = sealed
+    (old_home / "home.json").write_text(json.dumps(record))
+    refused(xps(old_home, "key", "list"), "'sealed' must list known store names")
