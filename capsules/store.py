@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -44,6 +45,10 @@ class ActiveCapsule:
     replaced: str | None = None  # sha256 of the same-name capsule it replaced, if any
     replaced_version: str | None = None  # and its version
 
+
+_ACTIVE_FIELDS = frozenset({"name", "version", "sha256", "operations", "replaced", "replaced_version"})
+
+_FORMAT_1_FIELDS = frozenset({"format", "active", "highest", "history", "enabled", "op_highest"})
 
 #: ``state.json``'s format: 2 has every field (1, older, may lack ``enabled``/``op_highest``).
 STATE_FORMAT = 2
@@ -136,10 +141,20 @@ class RoutingState:
             fmt = doc.get("format", 1)
             if fmt not in (1, STATE_FORMAT) or type(fmt) is not int:
                 raise ValueError(f"format must be 1 or {STATE_FORMAT}")
-            if fmt == STATE_FORMAT and not {"active", "highest", "enabled", "op_highest", "history"} <= doc.keys():
+            if fmt != STATE_FORMAT and not set(doc) <= _FORMAT_1_FIELDS:  # a damaged "format" key, say
+                unknown = ", ".join(sorted(set(doc) - _FORMAT_1_FIELDS))
+                raise KeyError(f"unknown fields in a format 1 document: {unknown}")
+            if fmt == STATE_FORMAT:
                 # Only documents written before these fields existed may lack them (and have them
                 # derived); from format 2 on, a missing one is a lost field, not an old file.
-                raise KeyError("active, highest, enabled, op_highest and history are all required")
+                if set(doc) != {"format", "active", "highest", "enabled", "op_highest", "history", "digest"}:
+                    raise KeyError("format, active, highest, enabled, op_highest, history and digest, exactly")
+                # A damaged byte that keeps the JSON well-formed (a version digit, a name) is
+                # refused here rather than read as another state. Not a seal: whoever edits the
+                # file on purpose can recompute it; the checks below catch inconsistent edits.
+                body = {k: v for k, v in doc.items() if k != "digest"}
+                if not isinstance(doc["digest"], str) or not hmac.compare_digest(doc["digest"], _digest(body)):
+                    raise ValueError("digest: does not match the document (edited outside xps, or damaged)")
             history = tuple(doc.get("history", ()))
             if not all(isinstance(e, dict) for e in history):
                 raise TypeError("history entries must be objects")
@@ -150,6 +165,8 @@ class RoutingState:
                         enabled.setdefault(e["name"], {})[e["version"]] = e["sha256"]
             active = []
             for a in doc["active"]:
+                if fmt == STATE_FORMAT and set(a) != _ACTIVE_FIELDS:  # a damaged field name reads as absent
+                    raise KeyError(f"an active entry must have exactly {', '.join(sorted(_ACTIVE_FIELDS))}")
                 replaced = a.get("replaced")
                 replaced_version = a.get("replaced_version")
                 if replaced is not None and replaced_version is None:
@@ -164,7 +181,7 @@ class RoutingState:
             highest = doc["highest"]
             if not isinstance(highest, dict):
                 raise TypeError("highest must be an object")
-            _check_document(active, highest, enabled, op_highest)
+            _check_document(active, highest, enabled, op_highest, complete=fmt == STATE_FORMAT)
             return cls(tuple(active), dict(highest), history, enabled, op_highest)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             # A document edited outside xps (a file, or a database row) is refused, naming the
@@ -175,7 +192,8 @@ class RoutingState:
         """The document as committed."""
         # Compact: json.dumps with indent runs the pure-Python encoder, which holds the GIL for
         # milliseconds on a long history, while API calls on other threads wait for it.
-        return json.dumps(self.to_json(), separators=(",", ":")).encode() + b"\n"
+        doc = self.to_json()
+        return json.dumps({**doc, "digest": _digest(doc)}, separators=(",", ":")).encode() + b"\n"
 
     def save(self, path: Path) -> None:
         """Commit atomically."""
@@ -186,8 +204,12 @@ class RoutingState:
 
 
 def _check_document(active: list[ActiveCapsule], highest: Mapping[Any, Any], enabled: Mapping[Any, Any],
-                    op_highest: Mapping[Any, Any]) -> None:
-    """Every field of a parsed state document has the type and shape ``save`` writes."""
+                    op_highest: Mapping[Any, Any], *, complete: bool) -> None:
+    """Every field of a parsed state document has the type and shape ``save`` writes.
+
+    ``complete``: the document has every field (format 2), so ``enabled`` lists every active
+    capsule by the same name, version and hash.
+    """
     for a in active:
         if not (isinstance(a.name, str) and a.name and _is_sha(a.sha256) and isinstance(a.version, str)
                 and all(isinstance(op, str) and op for op in a.operations)):
@@ -214,10 +236,28 @@ def _check_document(active: list[ActiveCapsule], highest: Mapping[Any, Any], ena
                 raise ValueError(f"highest: below version {version} of {name!r}, which was enabled here "
                                  "(version memory lost or damaged)")
     for a in active:
+        # A damaged name, version or hash of an active entry would otherwise read as another
+        # capsule: restore would then retire it (un-routing a security patch) for a wrong reason.
+        if complete and enabled.get(a.name, {}).get(a.version) != a.sha256:
+            raise ValueError(f"active: {a.name!r} {a.version} is not the capsule 'enabled' records "
+                             "(edited or damaged)")
+        if complete and (a.replaced is not None or a.replaced_version is not None) and (
+                a.replaced is None or enabled.get(a.name, {}).get(a.replaced_version) != a.replaced):
+            raise ValueError(f"active: what {a.name!r} {a.version} replaced is not what 'enabled' records "
+                             "(edited or damaged)")
+        if a.name not in highest or parse_version(highest[a.name]) < parse_version(a.version):
+            raise ValueError(f"highest: below version {a.version} of {a.name!r}, which is active "
+                             "(version memory lost or damaged)")
         for op in a.operations:
             if op not in op_highest or parse_version(op_highest[op]) < parse_version(a.version):
                 raise ValueError(f"op_highest: below version {a.version} of {a.name!r}, which serves {op!r} "
                                  "(version memory lost or damaged)")
+
+
+def _digest(doc: Mapping[str, Any]) -> str:
+    """``sha256:HEX`` over the document's canonical JSON (sorted keys, compact, ASCII)."""
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()
 
 
 def _is_version(value: object) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from xpscerpto import UpdateError
-from xpscerpto.capsules.store import ActiveCapsule, RoutingState
+from xpscerpto.capsules.store import ActiveCapsule, RoutingState, _digest
 
 SHA1, SHA2, SHA3 = "a" * 64, "b" * 64, "c" * 64
 
@@ -26,9 +26,13 @@ def _state() -> RoutingState:
     return state.disable(state.active[-1], operator="t")  # rolled back: memory stays
 
 
-def _edit(change: Callable[[dict[str, Any]], None]) -> bytes:
+def _edit(change: Callable[[dict[str, Any]], None], *, redigest: bool = True) -> bytes:
+    """The document changed by ``change``; by default as a deliberate edit that also recomputes
+    the digest (the digest catches damage, the consistency checks an edit)."""
     doc = json.loads(_state().to_bytes())
     change(doc)
+    if redigest and "digest" in doc:
+        doc["digest"] = _digest({k: v for k, v in doc.items() if k != "digest"})
     return json.dumps(doc).encode()
 
 
@@ -58,6 +62,14 @@ def test_a_document_that_lost_version_memory_is_refused(edit: str) -> None:
     assert "version memory lost or damaged" in str(ei.value)
 
 
+@pytest.mark.parametrize("edit", sorted(LOST))
+def test_an_edit_that_leaves_the_digest_is_refused_as_damage(edit: str) -> None:
+    with pytest.raises(UpdateError) as ei:
+        RoutingState.from_bytes(_edit(LOST[edit], redigest=False), "state.json")
+    assert ei.value.reason == "state"
+    assert "digest: does not match the document" in str(ei.value)
+
+
 def test_raising_the_memory_is_not_a_loss() -> None:
     """A higher remembered version only refuses more (no silent downgrade path)."""
     raw = _edit(lambda d: d["highest"].update({"fast-aes": "9.0.0"}))
@@ -71,7 +83,7 @@ def test_an_enabled_version_that_is_no_version_is_refused() -> None:
     assert ei.value.reason == "state"
 
 
-@pytest.mark.parametrize("field", ["enabled", "op_highest", "highest", "history", "active"])
+@pytest.mark.parametrize("field", ["enabled", "op_highest", "highest", "history", "active", "digest"])
 def test_a_current_document_missing_a_field_is_refused_not_derived(field: str) -> None:
     raw = _edit(lambda d: d.pop(field))
     with pytest.raises(UpdateError) as ei:
@@ -93,3 +105,39 @@ def test_a_format_1_document_without_the_later_fields_still_reads() -> None:
     state = RoutingState.from_bytes(json.dumps(legacy).encode(), "state.json")
     assert state.enabled["fast-aes"] == {"1.0.0": SHA1, "1.2.0": SHA2}
     assert state.op_highest == {"aead.aes256gcm": "1.2.0"}
+
+
+DAMAGED_ACTIVE: dict[str, Callable[[dict[str, Any]], None]] = {
+    # Each is one flipped bit in a real state.json (review F4): read as another capsule, restore
+    # un-routed the patch ("not newer than the highest") or dropped it without an audit record.
+    "name": lambda d: d["active"][0].update(name="fast-aeq"),
+    "version": lambda d: d["active"][0].update(version="1.2.1"),
+    "sha256": lambda d: d["active"][0].update(sha256="b" * 63 + "c"),
+}
+
+
+@pytest.mark.parametrize("field", sorted(DAMAGED_ACTIVE))
+def test_an_active_entry_that_disagrees_with_enabled_is_refused(field: str) -> None:
+    with pytest.raises(UpdateError) as ei:
+        RoutingState.from_bytes(_edit(DAMAGED_ACTIVE[field]), "state.json")
+    assert ei.value.reason == "state"
+    assert "edited or damaged" in str(ei.value)
+
+
+def test_every_flipped_bit_of_the_document_is_refused() -> None:
+    """One bit at every byte, three bits each: a typed refusal, or (whitespace) the same state."""
+    raw = _state().to_bytes()
+    base = RoutingState.from_bytes(raw, "state.json")
+    accepted = []
+    for i in range(len(raw)):
+        for bit in (0, 1, 5):
+            damaged = bytearray(raw)
+            damaged[i] ^= 1 << bit
+            try:
+                state = RoutingState.from_bytes(bytes(damaged), "state.json")
+            except UpdateError as exc:
+                assert exc.reason == "state"
+                continue
+            assert state == base, (i, bit)
+            accepted.append(i)
+    assert set(accepted) <= {len(raw) - 1}  # only the final newline can change into other whitespace

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from xpscerpto.capsules.store import _digest
 
 from .test_cli_service import NAME, OP, Watcher, audit_events, published, status, wait_for, watchers, xps
 
@@ -87,6 +88,7 @@ def test_status_on_a_malformed_state_history_is_one_typed_line(  # type: ignore[
     _enabled(home, tmp_path / "inbox", capsule, watchers)
     doc = json.loads((home / "state.json").read_bytes())
     doc["history"] = history
+    doc["digest"] = _digest({k: v for k, v in doc.items() if k != "digest"})  # the history check, not the digest's
     (home / "state.json").write_text(json.dumps(doc))
     out = xps(home, "status", check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -130,6 +132,21 @@ def test_watch_refuses_to_start_on_a_broken_journal_with_one_line(  # type: igno
     out = xps(home, "watch", str(tmp_path / "inbox"), check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.count("\n") == 1 and "audit" in out.stderr
+
+
+@pytest.mark.parametrize("damage", ["fifo", "symlink to /dev/zero", "corrupted"])
+def test_watch_refuses_to_start_on_damaged_overrides_with_one_line(  # type: ignore[no-untyped-def]
+        damage: str, published, tmp_path: Path, watchers) -> None:
+    """Review F9: a FIFO in place of overrides.json hung `xps watch` at start."""
+    _, _, home = published
+    w = Watcher(home, tmp_path / "inbox")
+    watchers.append(w)
+    xps(home, "config", "emergency", "engine.policy.forbid", '["aes128"]', "--reason", "CVE-2026-0001")
+    w.stop()
+    DAMAGE[damage](home / "overrides.json")
+    out = xps(home, "watch", str(tmp_path / "inbox"), check=False)  # xps() times out instead of hanging
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1 and "overrides" in out.stderr
 
 
 def test_a_full_disk_during_a_drop_is_a_typed_audited_refusal(published, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
