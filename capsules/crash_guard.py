@@ -21,12 +21,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from xpscerpto._atomic import atomic_write
+from xpscerpto._stored_file import read_stored
 from xpscerpto.home import Home
 
 from .refusal import Refusal, refuse
 from .store import ActiveCapsule
 
 __all__ = ["DEFAULT_CRASH_LIMIT", "CrashGuard"]
+
+#: The marker and the counts are a few hundred bytes; anything larger is not ours.
+_SMALL = 1 << 20
 
 #: Abnormal ends with a capsule active before it is quarantined at the next start.
 DEFAULT_CRASH_LIMIT = 3
@@ -77,11 +81,11 @@ class CrashGuard:
 
     def _previous_died(self) -> bool:
         try:
-            doc = json.loads(self.marker.read_bytes())
+            doc = json.loads(read_stored(self.marker, _SMALL))
             pid = int(doc["pid"])
         except FileNotFoundError:
             return False
-        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError, MemoryError):
             return True  # a marker we cannot read was left by a run that did not stop cleanly
         if pid == os.getpid():
             return False  # another updater of this same process (tests, a second engine)
@@ -95,13 +99,14 @@ class CrashGuard:
 
     def _load(self) -> dict[str, int]:
         try:
-            doc = json.loads(self.counts_path.read_bytes())
+            doc = json.loads(read_stored(self.counts_path, _SMALL))
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError, RecursionError) as exc:
+        except (OSError, ValueError, RecursionError, MemoryError) as exc:
             raise refuse(Refusal.STATE, f"crash counts {str(self.counts_path)!r}: unreadable "
                                         f"({type(exc).__name__}); delete it to reset the counts") from None
-        if not isinstance(doc, dict) or not all(isinstance(k, str) and type(v) is int for k, v in doc.items()):
+        if not isinstance(doc, dict) or not all(
+                isinstance(k, str) and type(v) is int and v >= 0 for k, v in doc.items()):
             raise refuse(Refusal.STATE, f"crash counts {str(self.counts_path)!r}: malformed; delete it to reset "
                                         f"the counts")
         return doc

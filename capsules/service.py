@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from xpscerpto._atomic import atomic_write
+from xpscerpto._stored_file import read_stored
 from xpscerpto.config import XpsConfig
 from xpscerpto.engine import Engine
 from xpscerpto.errors import PolicyError, XpsError
@@ -110,11 +111,13 @@ class WatchService:
 
     def _overrides(self) -> dict[str, Any]:
         try:
-            data = json.loads(self._overrides_path.read_bytes())
+            data = json.loads(read_stored(self._overrides_path))
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
-            raise PolicyError(f"overrides {str(self._overrides_path)!r}: unreadable ({exc})") from None
+        except OSError as exc:  # a FIFO, /dev/zero, a directory: refused, never waited on or read without end
+            raise PolicyError(f"overrides {str(self._overrides_path)!r}: unreadable ({exc.strerror})") from None
+        except (ValueError, RecursionError, MemoryError) as exc:
+            raise PolicyError(f"overrides {str(self._overrides_path)!r}: unreadable ({type(exc).__name__})") from None
         if not isinstance(data, dict):
             raise PolicyError(f"overrides {str(self._overrides_path)!r}: expected a JSON object")
         return data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,36 @@ def test_damaged_counts_are_refused_not_reset(guard: CrashGuard, damage: bytes) 
 def test_an_unreadable_marker_counts_as_an_abnormal_end(guard: CrashGuard, marker: bytes) -> None:
     guard.marker.write_bytes(marker)
     assert guard.begin([CAP]) == {CAP.sha256: 1}
+
+
+def _not_a_file(path: Path, kind: str) -> None:
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink to /dev/zero":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink to /dev/zero", "directory"])
+def test_counts_that_are_no_file_are_refused_without_waiting(guard: CrashGuard, kind: str) -> None:
+    """Review F10: a FIFO in place of crashes.json hung the engine's start."""
+    _not_a_file(guard.counts_path, kind)
+    with pytest.raises(UpdateError) as ei:
+        guard.begin([CAP])
+    assert ei.value.reason == "state" and "crashes.json" in str(ei.value)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink to /dev/zero", "directory"])
+def test_a_marker_that_is_no_file_counts_as_an_abnormal_end(guard: CrashGuard, kind: str) -> None:
+    _not_a_file(guard.marker, kind)
+    assert guard._previous_died()
+
+
+def test_a_negative_count_is_refused_not_read_as_fewer_crashes(guard: CrashGuard) -> None:
+    """Review F10: -2 passed the type check and postponed quarantine of a crash-looping capsule."""
+    guard.counts_path.write_text(json.dumps({CAP.sha256: -2}))
+    with pytest.raises(UpdateError) as ei:
+        guard.begin([CAP])
+    assert ei.value.reason == "state"
