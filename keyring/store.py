@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 from xpscerpto.errors import InternalError, PolicyError
 
+from ._checked_sqlite import CheckedConnection
 from .integrity import Sealer
 from .states import KeyState, VersionState
 
@@ -230,8 +231,11 @@ class Store:
             mode = "rwc" if self._create else "rw"
             created = not self.path.exists()
             try:
-                db = sqlite3.connect(f"file:{quote(str(self.path))}?mode={mode}", uri=True, timeout=30,
-                                     isolation_level=None, check_same_thread=True)
+                checked = sqlite3.connect(
+                    f"file:{quote(str(self.path))}?mode={mode}", uri=True, timeout=30, isolation_level=None,
+                    check_same_thread=True, factory=CheckedConnection)
+                checked.where = str(self.path)
+                db = checked
             except sqlite3.OperationalError as exc:
                 raise PolicyError(f"keyring database {str(self.path)!r}: cannot open ({exc}); restore it from a "
                                   "backup") from None
@@ -348,8 +352,19 @@ class Store:
 
     def outbox(self, db: Connection | None = None) -> list[OutboxRow]:
         """Journal records waiting to be appended, oldest first."""
-        return [OutboxRow(t, c, e, json.loads(f)) for t, c, e, f in (db or self._db()).execute(
-            "SELECT txid, created, event, fields FROM outbox ORDER BY created, txid")]
+        rows = []
+        for t, c, e, f in (db or self._db()).execute(
+                "SELECT txid, created, event, fields FROM outbox ORDER BY created, txid"):
+            try:
+                fields = json.loads(f)
+                if not (isinstance(t, str) and type(c) in (int, float) and isinstance(e, str)
+                        and isinstance(fields, dict)):
+                    raise TypeError
+            except (TypeError, ValueError, RecursionError):
+                raise PolicyError(f"keyring database {self.name!r}: a queued journal record is damaged; "
+                                  "restore it from a backup") from None
+            rows.append(OutboxRow(t, float(c), e, fields))
+        return rows
 
     def unsealed(self) -> int:
         """Rows with no seal yet (only right after an upgrade from schema 1)."""

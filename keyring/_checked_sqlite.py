@@ -1,0 +1,107 @@
+"""SQLite connections whose errors from a damaged database are the keyring's typed refusal.
+
+A keyring.db damaged on disk (a flipped bit in a page, a text column that is no longer UTF-8)
+makes SQLite raise ``DatabaseError`` or ``OperationalError`` from whatever statement or fetch
+first touches the bad page — anywhere in the keyring, long after the database opened. Those
+must reach the caller as one typed error that names the file and the fix, and never carry
+SQLite's own message: it can quote the damaged column's content (a wrapped key, say).
+
+Constraint violations (``IntegrityError``) stay as they are: the store uses them for its own
+checks. A busy database (``SQLITE_BUSY``, after the connection's timeout) is an internal error,
+not damage.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+from xpscerpto.errors import InternalError, PolicyError, XpsError
+
+__all__ = ["CheckedConnection"]
+
+_BUSY = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_BUSY_SNAPSHOT", "SQLITE_BUSY_RECOVERY"})
+
+
+def _refusal(exc: sqlite3.DatabaseError, where: str) -> XpsError:
+    # Only SQLite's error *name* (SQLITE_CORRUPT, ...) or the class: its message may quote data.
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    if name in _BUSY:
+        return InternalError(f"keyring database {where!r}: busy ({name}); retry")
+    return PolicyError(f"keyring database {where!r}: damaged ({name}); restore it from a backup")
+
+
+class _CheckedCursor(sqlite3.Cursor):
+    def _where(self) -> str:
+        return str(getattr(self.connection, "where", "?"))
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _CheckedCursor:
+        try:
+            super().execute(sql, parameters)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise _refusal(exc, self._where()) from None
+        return self
+
+    def executemany(self, sql: str, seq: Iterable[Any], /) -> _CheckedCursor:
+        try:
+            super().executemany(sql, seq)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise _refusal(exc, self._where()) from None
+        return self
+
+    def executescript(self, script: str, /) -> _CheckedCursor:
+        try:
+            super().executescript(script)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise _refusal(exc, self._where()) from None
+        return self
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise _refusal(exc, self._where()) from None
+
+    def fetchmany(self, size: int | None = 1) -> list[Any]:
+        try:
+            return super().fetchmany(size)
+        except sqlite3.DatabaseError as exc:
+            raise _refusal(exc, self._where()) from None
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return super().fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise _refusal(exc, self._where()) from None
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except sqlite3.DatabaseError as exc:
+            raise _refusal(exc, self._where()) from None
+
+
+class CheckedConnection(sqlite3.Connection):
+    """``sqlite3.connect(..., factory=CheckedConnection)``; set ``where`` to name the file."""
+
+    where: str = "?"
+
+    def cursor(self, factory: Any = None) -> Any:
+        return super().cursor(factory or _CheckedCursor)
+
+    # The C implementations of these make a plain cursor, not through cursor() above.
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq: Iterable[Any], /) -> Any:
+        return self.cursor().executemany(sql, seq)
+
+    def executescript(self, script: str, /) -> Any:
+        return self.cursor().executescript(script)

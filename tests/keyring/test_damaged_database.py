@@ -1,0 +1,86 @@
+"""A keyring.db damaged on disk is one typed refusal wherever the damage is first read.
+
+Review F11: a flipped bit in a page made SQLite raise ``DatabaseError``/``OperationalError``
+from whatever statement first touched it (raw, not an XpsError), and one variant quoted the
+damaged column — a wrapped key — in its message.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from xpscerpto.errors import XpsError
+from xpscerpto.keyring import Keyring
+
+PAGE = 4096
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes, bytes]:
+    """A home with two keys (one rotated), its keyring closed; and one blob of each key."""
+    home = tmp_path_factory.mktemp("pristine") / "home"
+    with Keyring(home) as ring:
+        ring.create("orders")
+        ring.create("logs", "XCHACHA20-POLY1305")
+        ring.rotate("orders")
+        blobs = ring.encrypt("orders", b"card 4111"), ring.encrypt("logs", b"line")
+    with sqlite3.connect(home / "keyring.db") as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return home, *blobs
+
+
+def _use(home: Path, blobs: tuple[bytes, ...]) -> list[object]:
+    """Everything a service does with the keyring: open, list, describe, decrypt, encrypt."""
+    with Keyring(home) as ring:
+        out: list[object] = [sorted(k.name for k in ring.list()), ring.describe("orders").name]
+        out += [ring.decrypt(b) for b in blobs]
+        out.append(len(ring.encrypt("logs", b"x")))
+        return out
+
+
+def _copy(pristine: tuple[Path, bytes, bytes], tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    shutil.copytree(pristine[0], home)
+    return home
+
+
+def test_the_pristine_copy_works(pristine: tuple[Path, bytes, bytes], tmp_path: Path) -> None:
+    home = _copy(pristine, tmp_path)
+    assert _use(home, pristine[1:])[:4] == [["logs", "orders"], "orders", b"card 4111", b"line"]
+
+
+def test_every_page_header_flip_is_refused_or_harmless(pristine: tuple[Path, bytes, bytes], tmp_path: Path) -> None:
+    """One bit in the b-tree header of every page (type, cell count, content offset)."""
+    raw = (pristine[0] / "keyring.db").read_bytes()
+    outcomes = {"refused": 0, "same": 0}
+    for page in range(1, len(raw) // PAGE):  # page 1 holds the file header: SQLite refuses to open it
+        for offset in (0, 3, 4, 5, 6):
+            at = page * PAGE + offset
+            home = _copy(pristine, tmp_path / f"p{page}-{offset}")
+            damaged = bytearray(raw)
+            damaged[at] ^= 0x04
+            (home / "keyring.db").write_bytes(bytes(damaged))
+            try:
+                _use(home, pristine[1:])
+            except XpsError as exc:
+                assert "keyring" in str(exc) or "key" in str(exc)
+                outcomes["refused"] += 1
+            else:
+                outcomes["same"] += 1
+    assert outcomes["refused"] > 0  # the damage was read, and refused as typed
+
+
+def test_a_column_that_is_no_longer_text_is_refused_without_quoting_it(
+        pristine: tuple[Path, bytes, bytes], tmp_path: Path) -> None:
+    home = _copy(pristine, tmp_path)
+    with sqlite3.connect(home / "keyring.db") as db:
+        # The wrapped key's bytes, now typed as text (one flipped serial-type bit in the page
+        # does this): not UTF-8, so reading the row fails, and SQLite's message quotes them.
+        db.execute("UPDATE versions SET wrapped = CAST(wrapped AS TEXT)")
+    with pytest.raises(XpsError) as ei:
+        _use(home, pristine[1:])
+    assert "damaged" in str(ei.value) and "restore it from a backup" in str(ei.value)
+    assert str(ei.value).endswith("damaged (OperationalError); restore it from a backup")
