@@ -475,7 +475,9 @@ class Keyring:
                 row = self._key_row(ref, db)
                 key_after(row.state, Action.ROTATE)
                 active = self.store.active_version(row.key_id, db)
-                assert active is not None
+                if active is None:
+                    raise KeyringTampered(f"keyring database {self.store.name!r}: key {_shown(row.name)} has no "
+                                          "active version (a row removed?); restore it from a backup")
                 if expected is not None and active.version != expected:
                     return active.version  # someone rotated away from it already
                 now = self.clock()
@@ -1142,7 +1144,9 @@ class Keyring:
                 self._forget(row.key_id, row.name)
                 raise KeyError_(f"key: {name!r} is {row.state}; only an active key encrypts")
             ver = self.store.active_version(row.key_id)
-            assert ver is not None
+            if ver is None:  # every transition keeps one: its row was removed outside xps
+                raise KeyringTampered(f"keyring database {self.store.name!r}: key {_shown(name)} is active but has "
+                                      "no active version (a row removed?); restore the database from a backup")
             if row.rotate_every is not None and now >= ver.created + row.rotate_every:
                 self.rotate(row.key_id, expected_version=ver.version, reason="time")
                 return self._encrypting_handle(name, now)
@@ -1162,7 +1166,9 @@ class Keyring:
         """Reserve the next block of encryptions for this process; False if the limit is reached."""
         with self.store.write() as db:
             current = self.store.version(row.key_id, h.version, db)
-            assert current is not None
+            if current is None:
+                raise KeyringTampered(f"keyring database {self.store.name!r}: version {h.version} of key "
+                                      f"{_shown(row.name)} is gone (a row removed?); restore it from a backup")
             block = min(self.config.usage_block, row.max_encryptions - current.encryptions)
             if block <= 0:
                 return False

@@ -84,3 +84,16 @@ def test_a_column_that_is_no_longer_text_is_refused_without_quoting_it(
         _use(home, pristine[1:])
     assert "damaged" in str(ei.value) and "restore it from a backup" in str(ei.value)
     assert str(ei.value).endswith("damaged (OperationalError); restore it from a backup")
+
+
+def test_a_removed_active_version_row_is_refused_typed(pristine: tuple[Path, bytes, bytes], tmp_path: Path) -> None:
+    """Review F7: deleting the active version's row raised AssertionError from encrypt."""
+    home = _copy(pristine, tmp_path)
+    with sqlite3.connect(home / "keyring.db") as db:
+        db.execute("DELETE FROM versions WHERE state = 'active' AND key_id = "
+                   "(SELECT key_id FROM keys WHERE name = 'logs')")
+    with Keyring(home) as ring:
+        with pytest.raises(XpsError, match="no active version"):
+            ring.encrypt("logs", b"x")
+        with pytest.raises(XpsError, match="no active version"):
+            ring.rotate("logs")
