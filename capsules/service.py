@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,19 @@ class WatchService:
 
         base = config or XpsConfig.defaults()
         h = home if isinstance(home, Home) else Home.resolve(home)
+        # The home's record lists every store once created (state.json among them), so a store
+        # deleted later is a refusal, never "nothing was enabled". A first run on an empty home
+        # creates it; a home holding stores but no record is refused (`xps init --adopt`).
+        h.initialise(policy=base.security_policy())
         audit = base.audit.journal(h.root, h.audit)
+        if not _record_audit_store(h):  # created by its first record: recorded then, once
+            recorded = threading.Event()
+
+            def record_store(_event: str, _record: Mapping[str, Any]) -> None:
+                if not recorded.is_set() and _record_audit_store(h):
+                    recorded.set()
+
+            audit.add_listener(record_store)
         self.config = replace(base, engine=engine.config)
         self._states = base.hotpatch.state_store(h)
         self.updater = Updater(engine, h, gates=gates, plan=plan, limits=limits, operator=operator, audit=audit,
@@ -130,3 +144,12 @@ class WatchService:
         self.control.stop()
         self.updater.close()
         self._states.close()
+
+
+def _record_audit_store(home: Home) -> bool:
+    """Record the journal in the home once it has a record (a deleted journal is then refused)."""
+    if home.check_store("audit"):
+        if not (home.audit.exists() and home.audit.stat().st_size > 0):
+            return False
+        home.register_store("audit")
+    return True

@@ -149,6 +149,24 @@ def test_watch_refuses_to_start_on_damaged_overrides_with_one_line(  # type: ign
     assert out.stderr.count("\n") == 1 and "overrides" in out.stderr
 
 
+@pytest.mark.parametrize("store", ["state.json", "audit.log", "home.json"])
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_a_home_run_only_by_watch_refuses_a_lost_store(  # type: ignore[no-untyped-def]
+        store: str, damage: str, published, tmp_path: Path, watchers) -> None:
+    """Found in this session's sweep: a home that only `xps watch` ever ran had no home.json, so a
+    deleted state.json read as "nothing enabled" (the patch and its version memory gone)."""
+    capsule, _, home = published
+    _enabled(home, tmp_path / "inbox", capsule, watchers)
+    assert {"routing", "audit"} <= set(json.loads((home / "home.json").read_bytes())["stores"])
+    DAMAGE[damage](home / store)
+    out = xps(home, "watch", str(tmp_path / "inbox"), check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+    assert (store if store != "home.json" else "home.json") in out.stderr
+    if store == "state.json":
+        status_out = xps(home, "status", check=False)
+        assert status_out.returncode == 2 and "state.json" in status_out.stderr
+
+
 def test_a_full_disk_during_a_drop_is_a_typed_audited_refusal(published, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A real full file system: the watcher runs in its own mount namespace, where the home's
     capsule store is a 64 KiB tmpfs filled to the last page before the capsule arrives."""
