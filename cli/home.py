@@ -19,6 +19,7 @@ from typing import Any
 
 from xpscerpto.config import XpsConfig, policy_changes
 from xpscerpto.engine import Engine
+from xpscerpto.errors import PolicyError
 
 from . import context
 
@@ -33,11 +34,16 @@ def cmd_init(args: argparse.Namespace) -> int:
     config = context.config(args)
     home = context.home(args)
     existed = home.record_path.exists()
+    if args.adopt and existed:
+        # Adoption seals the home's files as they are; a home with a record has nothing to adopt,
+        # and sealing its database again would bless an edit of it.
+        raise PolicyError(f"home {str(home.root)!r}: it has a home.json already; --adopt only adopts a home "
+                          "that has none")
     record = home.initialise(policy=config.security_policy(), adopt=args.adopt)
     given = args.config is not None
     with Keyring(home, engine=Engine(config.engine), config=config.keyring if given else None,
                  approvals=config.approvals if given else None, audit_config=config.audit,
-                 operator=args.operator_name) as ring:
+                 operator=args.operator_name, adopt=args.adopt) as ring:
         operators = [ring.register_operator(pub) for pub in args.operator]
         if home.check_store("routing"):
             RoutingState().save(home.state)

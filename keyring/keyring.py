@@ -182,6 +182,9 @@ class Keyring:
         audit: the journal (default: ``HOME/audit.log``).
         clock: seconds since the epoch (injectable for tests of time-based rules).
         operator: who acts (recorded in the journal).
+        adopt: seal a database that has no seals yet (one written by an earlier release), as
+            it is; only ``xps init --adopt`` passes it. Without it such a database is refused:
+            its rows could be anyone's, and sealing them would make them look genuine.
 
     Raises:
         PolicyError: the configuration differs from the home's recorded policy, a recorded
@@ -200,7 +203,7 @@ class Keyring:
                  config: KeyringConfig | None = None, approvals: ApprovalsConfig | None = None,
                  audit_config: AuditConfig | None = None, kek: KekProvider | None = None,
                  audit: AuditLog | None = None, clock: Callable[[], float] = time.time,
-                 operator: str = "local") -> None:
+                 operator: str = "local", adopt: bool = False) -> None:
         for name, value, typ in (("config", config, KeyringConfig), ("approvals", approvals, ApprovalsConfig),
                                  ("audit_config", audit_config, AuditConfig)):
             if value is not None and not isinstance(value, typ):
@@ -214,6 +217,7 @@ class Keyring:
         self.home = home if isinstance(home, Home) else Home.resolve(home)
         self.clock = clock
         self.operator = operator
+        self._adopt = adopt is True
         self.config, self.approvals_config = self._bind_policy(config, approvals)
         self.audit_config = audit_config or AuditConfig()
         if engine is None:
@@ -966,15 +970,17 @@ class Keyring:
                 raise KeyringTampered(f"keyring database {self.store.name!r}: its integrity key does not unwrap "
                                       "under this home's KEK (another KEK, or edited)") from None
             return
-        upgrading = self.store.upgraded_from is not None or self.store.meta("upgrading") is not None
-        if not created and self.home.is_sealed("keyring"):
-            # The database's own "upgrading" marks are rows anyone who can write it can add; the
-            # home says this keyring was sealed, so sealing it afresh would seal an editor's rows.
+        upgrading = not created
+        if upgrading and self.home.is_sealed("keyring"):
+            # Sealing it afresh would seal whatever rows an editor of the database left.
             raise KeyringTampered(f"keyring database {self.store.name!r}: it has no integrity key, though this home "
                                   "recorded it sealed (removed, or the database replaced); restore it from a backup")
-        if not (created or upgrading):
+        if upgrading and not self._adopt:
+            # Only an operator's explicit adoption seals an unsealed database: its schema number
+            # and markers are the database's own rows, which anyone who can write it can forge.
             raise KeyringTampered(f"keyring database {self.store.name!r}: it has no integrity key (removed?); "
-                                  "restore the database from a backup")
+                                  "restore the database from a backup — a database written by an earlier release "
+                                  "is sealed once, by `xps init --adopt`")
         with SecretBytes.take(_random_secret(INTEGRITY_KEY_SIZE)) as key:
             self.store.sealer = Sealer(key)
             wrapped_new = self.kek.wrap(key, _INTEGRITY_AAD).hex()

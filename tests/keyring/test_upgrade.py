@@ -120,3 +120,23 @@ def test_a_malformed_seal_mark_is_refused(old_home: Path, sealed: object) -> Non
     record["sealed"] = sealed
     (old_home / "home.json").write_text(json.dumps(record))
     refused(xps(old_home, "key", "list"), "'sealed' must list known store names")
+
+
+def test_without_the_home_mark_an_unsealed_database_is_still_only_sealed_by_adoption(old_home: Path) -> None:
+    """Someone who can write the whole home removes the mark too: a service's open still does
+    not seal the forged rows; only an operator's explicit `xps init --adopt` would."""
+    ok(xps(old_home, "init", "--adopt"))
+    record = json.loads((old_home / "home.json").read_text())
+    del record["sealed"]
+    (old_home / "home.json").write_text(json.dumps(record))
+    _forge(old_home, RESEAL + "UPDATE meta SET v = '1' WHERE k = 'schema';")
+    for command in (("key", "list"), ("key", "describe", "gone"), ("policy", "show")):
+        refused(xps(old_home, *command), "no integrity key", "sealed once, by `xps init --adopt`")
+    with sqlite3.connect(old_home / "keyring.db") as db:
+        assert db.execute("SELECT v FROM meta WHERE k = 'integrity_key'").fetchone() is None
+
+
+def test_adopting_a_home_that_has_a_record_is_refused(old_home: Path) -> None:
+    ok(xps(old_home, "init", "--adopt"))
+    refused(xps(old_home, "init", "--adopt"), "has a home.json already")
+    ok(xps(old_home, "init"))  # without --adopt: "already initialised", nothing sealed afresh
