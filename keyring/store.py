@@ -164,6 +164,10 @@ class RewrapGrant:
         return (self.revoked_key, self.successor, self.expires, list(self.approvers))
 
 
+#: Where a queued journal record's seal is kept, inside its fields (never a field of a record).
+_OUTBOX_SEAL = "_seal"
+
+
 class Store:
     """One SQLite database file; a connection per thread.
 
@@ -363,6 +367,13 @@ class Store:
             except (TypeError, ValueError, RecursionError):
                 raise PolicyError(f"keyring database {self.name!r}: a queued journal record is damaged; "
                                   "restore it from a backup") from None
+            # Delivered records become genuine, chained journal records: one queued by someone
+            # who can write only the database must be refused here, like any unsealed row.
+            seal = fields.pop(_OUTBOX_SEAL, None)
+            if self.sealer is None:
+                raise InternalError("keyring store: queued journal records read before the integrity key was attached")
+            self.sealer.check("outbox", [t, float(c), e, json.dumps(fields, sort_keys=True)], seal,
+                              what="a queued journal record")
             rows.append(OutboxRow(t, float(c), e, fields))
         return rows
 
@@ -451,8 +462,16 @@ class Store:
 
     def add_outbox(self, db: Connection, txid: str, created: float, event: str,
                    record: Mapping[str, Any]) -> None:
-        """Queue a journal record in the change's own transaction."""
-        db.execute("INSERT INTO outbox VALUES (?, ?, ?, ?)", (txid, created, event, json.dumps(dict(record))))
+        """Queue a journal record in the change's own transaction, sealed like every row.
+
+        The seal travels inside the fields column (``_seal``), so the table keeps its columns.
+        """
+        if self.sealer is None:
+            raise InternalError("keyring store: a journal record queued before the integrity key was attached")
+        fields = json.dumps(dict(record), sort_keys=True)
+        seal = self.sealer.seal("outbox", [txid, float(created), event, fields])
+        db.execute("INSERT INTO outbox VALUES (?, ?, ?, ?)",
+                   (txid, created, event, json.dumps({**dict(record), _OUTBOX_SEAL: seal}, sort_keys=True)))
 
     def remove_outbox(self, db: Connection, txid: str) -> None:
         """Drop a journal record once it is in the journal."""

@@ -97,3 +97,30 @@ def test_a_removed_active_version_row_is_refused_typed(pristine: tuple[Path, byt
             ring.encrypt("logs", b"x")
         with pytest.raises(XpsError, match="no active version"):
             ring.rotate("logs")
+
+
+@pytest.mark.parametrize("forged", [
+    # Review F6: a row in the outbox became a chained, genuine-looking journal record.
+    '{"key_id": "00", "name": "orders", "operator": "admin"}',
+    '{"key_id": "00", "name": "orders", "operator": "admin", "_seal": "' + "0" * 64 + '"}',
+])
+def test_a_journal_record_queued_outside_xps_is_refused_not_delivered(
+        pristine: tuple[Path, bytes, bytes], tmp_path: Path, forged: str) -> None:
+    home = _copy(pristine, tmp_path)
+    journal = (home / "audit.log").read_bytes()
+    with sqlite3.connect(home / "keyring.db") as db:
+        db.execute("INSERT INTO outbox VALUES ('deadbeefdeadbeef', 0, 'KEY_DESTROY', ?)", (forged,))
+    with pytest.raises(XpsError, match="queued journal record fails its integrity seal"):
+        Keyring(home)
+    assert (home / "audit.log").read_bytes() == journal
+
+
+def test_a_genuine_queued_record_is_delivered_once(pristine: tuple[Path, bytes, bytes], tmp_path: Path) -> None:
+    """What a kill -9 between a change's commit and its delivery leaves: sealed, so delivered."""
+    home = _copy(pristine, tmp_path)
+    with Keyring(home) as ring:
+        with ring.store.write() as db:
+            ring.outbox.add(db, "KEY_ROTATE", name="orders", operator="t")
+    with Keyring(home) as ring:
+        events = [e["event"] for e in ring.audit.tail(3)]
+        assert events[-1] == "KEY_ROTATE" and ring.store.outbox() == []
