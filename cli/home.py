@@ -51,7 +51,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         if not existed:
             ring.audit.record("HOME_INIT", stores=sorted(home.record().stores), operators=operators,
                               adopted=bool(args.adopt), operator=args.operator_name)
-        if home.check_store("audit") and home.audit.exists():
+        # Only a journal with a record: a kill before the first one leaves an empty file, and
+        # recording it then would make every later command refuse the home as damaged.
+        if home.check_store("audit") and home.audit.exists() and home.audit.stat().st_size > 0:
             home.register_store("audit")
     print(f"{'initialised' if not existed else 'already initialised'} {home.root}: "
           f"stores {', '.join(sorted(home.record().stores))}; "

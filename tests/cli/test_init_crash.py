@@ -1,0 +1,62 @@
+"""`xps init` killed (SIGKILL, a real process) at each of its file steps, then run again.
+
+Found by this session's kill sweep: killed while the journal was being created (its file
+there, still empty), the retried `xps init` recorded the empty journal as a store, and every
+later command refused the home as damaged — with no backup of a home that was never used.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Runs `xps init` and kills itself with SIGKILL at the Nth file-system step (link or replace):
+# the durable steps of creating a home (KEK, audit key and public key, home.json, state.json).
+KILLER = """
+import os, signal, sys
+at, n = int(sys.argv[1]), [0]
+def step(orig):
+    def call(*a, **k):
+        n[0] += 1
+        if n[0] == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return orig(*a, **k)
+    return call
+os.link, os.replace = step(os.link), step(os.replace)
+from xpscerpto.cli import main
+sys.exit(main(["--home", sys.argv[2], "init"]))
+"""
+
+
+def _xps(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "xpscerpto", "--home", str(home), *args], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+STEPS = 10  # link/replace calls of a complete `xps init` (test_the_steps_are_all_covered)
+
+
+def test_the_steps_are_all_covered(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", KILLER, str(STEPS + 1), str(tmp_path / "home")],
+                          capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("step", range(1, STEPS + 1))
+def test_init_killed_at_any_step_then_retried_gives_a_working_home(tmp_path: Path, step: int) -> None:
+    home = tmp_path / "home"
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(step), str(home)], capture_output=True,
+                            timeout=120, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    retry = _xps(home, "init")
+    assert retry.returncode == 0, retry.stderr
+    for args in (("key", "create", "k"), ("key", "list"), ("status",), ("audit", "verify")):
+        out = _xps(home, *args)
+        assert out.returncode == 0, (args, out.stderr)
+    assert "audit" in {p.name.split(".")[0] for p in home.iterdir()}
+    assert os.path.getsize(home / "audit.log") > 0
