@@ -7,6 +7,7 @@ later command refused the home as damaged — with no backup of a home that was 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ def step(orig):
     return call
 os.link, os.replace = step(os.link), step(os.replace)
 from xpscerpto.cli import main
-sys.exit(main(["--home", sys.argv[2], "init"]))
+sys.exit(main(["--home", sys.argv[2], "init", *sys.argv[3:]]))
 """
 
 
@@ -58,5 +59,28 @@ def test_init_killed_at_any_step_then_retried_gives_a_working_home(tmp_path: Pat
     for args in (("key", "create", "k"), ("key", "list"), ("status",), ("audit", "verify")):
         out = _xps(home, *args)
         assert out.returncode == 0, (args, out.stderr)
-    assert "audit" in {p.name.split(".")[0] for p in home.iterdir()}
     assert os.path.getsize(home / "audit.log") > 0
+    events = [json.loads(line)["event"] for line in (home / "audit.log").read_text().splitlines()]
+    assert events.count("HOME_INIT") == 1  # the home's creation is journaled once, whichever init finished it
+
+
+def test_init_with_an_operator_killed_at_each_step_journals_the_home_once(tmp_path: Path) -> None:
+    """Registering an operator journals before HOME_INIT: a retry must still add HOME_INIT."""
+    tool = Path(__file__).resolve().parents[2] / "tools" / "make_capsule.py"
+    subprocess.run([sys.executable, str(tool), "keygen", "--out", str(tmp_path / "op")], check=True,
+                   capture_output=True, timeout=120)
+    pub = tmp_path / "op.pub"
+    step = 1
+    while True:
+        home = tmp_path / f"home-{step}"
+        run = subprocess.run([sys.executable, "-c", KILLER, str(step), str(home), "--operator", str(pub)],
+                             capture_output=True, timeout=120, check=False)
+        if run.returncode == 0:
+            break
+        assert run.returncode == -signal.SIGKILL, run.stderr
+        retry = _xps(home, "init", "--operator", str(pub))
+        assert retry.returncode == 0, (step, retry.stderr)
+        events = [json.loads(line)["event"] for line in (home / "audit.log").read_text().splitlines()]
+        assert events.count("HOME_INIT") == 1, (step, events)
+        step += 1
+    assert step > STEPS  # the operator's registration added steps; every one was tried

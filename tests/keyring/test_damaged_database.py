@@ -118,9 +118,8 @@ def test_a_journal_record_queued_outside_xps_is_refused_not_delivered(
 def test_a_genuine_queued_record_is_delivered_once(pristine: tuple[Path, bytes, bytes], tmp_path: Path) -> None:
     """What a kill -9 between a change's commit and its delivery leaves: sealed, so delivered."""
     home = _copy(pristine, tmp_path)
-    with Keyring(home) as ring:
-        with ring.store.write() as db:
-            ring.outbox.add(db, "KEY_ROTATE", name="orders", operator="t")
+    with Keyring(home) as ring, ring.store.write() as db:
+        ring.outbox.add(db, "KEY_ROTATE", name="orders", operator="t")
     with Keyring(home) as ring:
         events = [e["event"] for e in ring.audit.tail(3)]
         assert events[-1] == "KEY_ROTATE" and ring.store.outbox() == []
