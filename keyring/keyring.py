@@ -1028,6 +1028,11 @@ class Keyring:
                 self._seal_policy(db, recorded)
         else:
             self.store.sealer.check("policy", [sealed], seal, what="the sealed copy of the home's policy")
+            if json.loads(sealed) != recorded and self._policy_change_pending(json.loads(sealed), recorded):
+                # apply_policy committed here and was killed before it rewrote home.json: the
+                # database (sealed, with the change's journal record queued) is the truth.
+                self.home.replace_policy(json.loads(sealed))
+                recorded = dict(self.home.record().policy)
             if json.loads(sealed) != recorded:
                 raise KeyringTampered(f"home record {str(self.home.record_path)!r}: its policy differs from the one "
                                       "this keyring sealed (edited outside xps?); restore home.json, or change the "
@@ -1035,6 +1040,27 @@ class Keyring:
         # Last, once the integrity key and the policy are sealed in the database (a crash before
         # this leaves a sealed database the next open marks).
         self.home.mark_sealed("keyring")
+
+    def _policy_change_pending(self, sealed: Mapping[str, Any], recorded: Mapping[str, Any]) -> bool:
+        """A queued (sealed, undelivered) POLICY_CHANGE turns exactly ``recorded`` into ``sealed``."""
+        def plain(value: Any) -> Any:
+            return json.loads(json.dumps(value))
+
+        for row in self.store.outbox():
+            changes = row.fields.get("changes")
+            if row.event != "POLICY_CHANGE" or not isinstance(changes, list):
+                continue
+            after = {k: plain(v) for k, v in recorded.items()}
+            try:
+                for c in changes:
+                    if plain(after.get(c["key"])) != plain(c["old"]):
+                        raise ValueError
+                    after[c["key"]] = plain(c["new"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if after == {k: plain(v) for k, v in sealed.items()}:
+                return True
+        return False
 
     def _seal_policy(self, db: Connection, policy: Mapping[str, Any]) -> None:
         text = json.dumps({k: policy[k] for k in SECURITY_KEYS if k in policy}, sort_keys=True)

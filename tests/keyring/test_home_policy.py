@@ -395,3 +395,49 @@ def test_a_home_with_stores_but_no_record_is_refused_until_adopted(tmp_path: Pat
     ok(xps(home, "init", "--adopt"))
     # Adopted: the keyring's sealed policy copy must agree with the adopted record.
     ok(xps(home, "key", "list"))
+
+
+# `xps policy apply`, killed with SIGKILL (a real process) as it replaces home.json: after the
+# database committed the sealed policy and queued the journal record, before home.json changed.
+_KILL_AT_HOME_JSON = """
+import os, signal, sys
+replace = os.replace
+def killing(src, dst, *a, **k):
+    if str(dst).endswith("home.json"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return replace(src, dst, *a, **k)
+os.replace = killing
+from xpscerpto.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_policy_apply_killed_before_home_json_is_finished_at_the_next_open(
+        strict_home: tuple[Path, Path], tmp_path: Path) -> None:
+    """Found by this session's kill sweep: the keyring then refused every command as tampered,
+    and `xps policy apply` itself could not run to repair it."""
+    home, _ = strict_home
+    tight = tmp_path / "tight.yaml"
+    tight.write_text("crypto:\n  approvals:\n    revoke: 3\n    destroy: 2\n  keyring:\n    dual_window_days: 1\n")
+    killed = subprocess.run([sys.executable, "-c", _KILL_AT_HOME_JSON, "--home", str(home), "policy", "apply",
+                             str(tight), "--reason", "audit finding"], capture_output=True, timeout=120, check=False)
+    assert killed.returncode == -9, killed.stderr
+    assert json.loads((home / "home.json").read_text())["policy"]["approvals.revoke"] == 2  # not yet written
+    ok(xps(home, "key", "list"))  # the open finishes the committed change
+    assert json.loads(ok(xps(home, "policy", "show", "--json")))["approvals.revoke"] == 3
+    assert [e["reason"] for e in events(home) if e["event"] == "POLICY_CHANGE"] == ["audit finding"]
+
+
+def test_home_json_edited_while_a_policy_change_is_queued_is_still_refused(
+        strict_home: tuple[Path, Path], tmp_path: Path) -> None:
+    """The roll-forward takes home.json only to the policy the database sealed, from the exact
+    old values the queued change names; any other home.json stays a tampering refusal."""
+    home, _ = strict_home
+    tight = tmp_path / "tight.yaml"
+    tight.write_text("crypto:\n  approvals:\n    revoke: 3\n    destroy: 2\n  keyring:\n    dual_window_days: 1\n")
+    subprocess.run([sys.executable, "-c", _KILL_AT_HOME_JSON, "--home", str(home), "policy", "apply", str(tight),
+                    "--reason", "r"], capture_output=True, timeout=120, check=False)
+    record = json.loads((home / "home.json").read_text())
+    record["policy"]["approvals.destroy"] = 0
+    (home / "home.json").write_text(json.dumps(record))
+    refused(xps(home, "key", "list"), "its policy differs from the one this keyring sealed")
