@@ -697,12 +697,14 @@ def rollback_offline(home: Home, target: str, *, to: str | None = None, operator
         if restore_sha is not None and version is not None:
             restore = ActiveCapsule(cap.name, version, restore_sha, cap.operations)
         new = state.disable(cap, operator=operator, restore=restore)
+        # Journal first, as every change: killed between the two, the journal over-reports (a
+        # retry rolls back and journals again); the other order lost the record for good.
+        AuditLog(home.audit).record("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
+                                    to=restore.version if restore else "built-in", operator=operator,
+                                    mode="offline", reason="operator request",
+                                    policy=policy_fields(TrustStore.load(home.trust), (), cap.operations,
+                                                         config_digest(config_document)))
         states.save(new)
-    AuditLog(home.audit).record("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
-                                to=restore.version if restore else "built-in", operator=operator,
-                                mode="offline", reason="operator request",
-                                policy=policy_fields(TrustStore.load(home.trust), (), cap.operations,
-                                                     config_digest(config_document)))
     return cap
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import xpscerpto as xps
 from xpscerpto.capsules.policy_record import config_digest, policy_fields, trust_digest
 from xpscerpto.capsules.updater import Updater, rollback_offline
@@ -76,3 +77,19 @@ def test_digests_ignore_key_order_and_name_no_key_bytes() -> None:
     fields = policy_fields(TrustStore(), ["not-pinned"], ["aead.aes256gcm"], config_digest(None))
     assert fields["pins"] == [] and fields["threshold"] == 1
     assert trust_digest(TrustStore().with_threshold(2)) != trust_digest(TrustStore())
+
+
+def test_an_offline_rollback_that_cannot_be_journaled_changes_nothing(tmp_path: Path) -> None:
+    """Kill sweep finding: the state was saved first, so a failure (or a kill) before the
+    journal append left a rolled-back capsule with no PATCH_ROLLBACK record, for good."""
+    pub = Publisher(tmp_path)
+    up = Updater(xps.Engine(), pub.home, gates=FAST_GATES, plan=NO_TRIAL)
+    up.restore()
+    up.apply(pub.capsule("1.0.0"))
+    up.close()
+    before = pub.home.state.read_bytes()
+    pub.home.trust.write_text("{")  # the policy fields of the record cannot be read: a real fault
+    with pytest.raises(xps.XpsError):
+        rollback_offline(pub.home, OP, operator="ops")
+    assert pub.home.state.read_bytes() == before  # still active, and nothing journaled
+    assert all(r["event"] != "PATCH_ROLLBACK" for r in _records(up, "PATCH_ROLLBACK"))
