@@ -100,10 +100,16 @@ class RoutingState:
     def disable(self, cap: ActiveCapsule, *, operator: str, restore: ActiveCapsule | None = None) -> RoutingState:
         """Deactivate ``cap``; optionally activate ``restore`` (an earlier version) in its place."""
         active = tuple(a for a in self.active if a.sha256 != cap.sha256)
+        highest, op_highest = self.highest, self.op_highest
         if restore is not None:
             active = (*active, restore)
-        return self._with(active, self.highest, "rollback", cap, operator,
-                          to=(restore.version if restore else None))
+            # What becomes active is remembered as any enable is (memory only rises): a
+            # rollback --to a higher version, or one serving another operation, keeps the
+            # document's invariant that memory covers every active capsule.
+            highest = raised_to(highest, (restore.name,), restore.version)
+            op_highest = raised_to(op_highest, restore.operations, restore.version)
+        return replace(self._with(active, highest, "rollback", cap, operator,
+                                  to=(restore.version if restore else None)), op_highest=op_highest)
 
     def _with(self, active: tuple[ActiveCapsule, ...], highest: Mapping[str, str], event: str,
               cap: ActiveCapsule, operator: str, **extra: Any) -> RoutingState:

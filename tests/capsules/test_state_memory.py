@@ -141,3 +141,15 @@ def test_every_flipped_bit_of_the_document_is_refused() -> None:
             assert state == base, (i, bit)
             accepted.append(i)
     assert set(accepted) <= {len(raw) - 1}  # only the final newline can change into other whitespace
+
+
+def test_a_rollback_that_restores_a_version_keeps_the_memory_covering_it() -> None:
+    """Review: rolling back *to* a version (offline `--to`, or a restore serving another
+    operation) saved a document the next load refused, since memory did not cover it."""
+    state = _state()
+    current = state.active[0]  # fast-aes 1.2.0, which replaced 1.0.0
+    restore = ActiveCapsule("fast-aes", "1.0.0", SHA1, ("aead.aes256gcm", "aead.aes128gcm"))
+    after = state.disable(current, operator="t", restore=restore)
+    reloaded = RoutingState.from_bytes(after.to_bytes(), "state.json")
+    assert reloaded.active == after.active
+    assert reloaded.op_highest["aead.aes128gcm"] == "1.0.0" and reloaded.highest["fast-aes"] == "1.2.0"
