@@ -26,10 +26,15 @@ _BUSY = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_BUSY_SNAPSHOT", "SQLI
 
 def _refusal(exc: sqlite3.DatabaseError, where: str) -> XpsError:
     # Only SQLite's error *name* (SQLITE_CORRUPT, ...) or the class: its message may quote data.
-    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-    if name in _BUSY:
+    code = getattr(exc, "sqlite_errorname", None)
+    name = code or type(exc).__name__
+    if code in _BUSY:
         return InternalError(f"keyring database {where!r}: busy ({name}); retry")
-    return PolicyError(f"keyring database {where!r}: damaged ({name}); restore it from a backup")
+    # Damage: SQLite says so, or a value that no longer decodes (the module's own error, no code).
+    if code is None or code.startswith("SQLITE_CORRUPT") or code == "SQLITE_NOTADB":
+        return PolicyError(f"keyring database {where!r}: damaged ({name}); restore it from a backup")
+    # A full disk, an I/O or permission error: the store is not necessarily damaged.
+    return InternalError(f"keyring database {where!r}: cannot be read or written ({name})")
 
 
 class _CheckedCursor(sqlite3.Cursor):

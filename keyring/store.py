@@ -372,8 +372,13 @@ class Store:
             seal = fields.pop(_OUTBOX_SEAL, None)
             if self.sealer is None:
                 raise InternalError("keyring store: queued journal records read before the integrity key was attached")
-            self.sealer.check("outbox", [t, float(c), e, json.dumps(fields, sort_keys=True)], seal,
-                              what="a queued journal record")
+            if seal is None:
+                # Queued by a release before records were sealed (a crash left it, or an older node
+                # of a shared database still queues so): delivered, marked, never passed as sealed.
+                fields["unsealed"] = True
+            else:
+                self.sealer.check("outbox", [t, float(c), e, json.dumps(fields, sort_keys=True)], seal,
+                                  what="a queued journal record")
             rows.append(OutboxRow(t, float(c), e, fields))
         return rows
 
@@ -468,6 +473,8 @@ class Store:
         """
         if self.sealer is None:
             raise InternalError("keyring store: a journal record queued before the integrity key was attached")
+        if _OUTBOX_SEAL in record or "unsealed" in record:
+            raise InternalError(f"keyring store: {_OUTBOX_SEAL!r} and 'unsealed' are not record fields")
         fields = json.dumps(dict(record), sort_keys=True)
         seal = self.sealer.seal("outbox", [txid, float(created), event, fields])
         db.execute("INSERT INTO outbox VALUES (?, ?, ?, ?)",

@@ -99,20 +99,30 @@ def test_a_removed_active_version_row_is_refused_typed(pristine: tuple[Path, byt
             ring.rotate("logs")
 
 
-@pytest.mark.parametrize("forged", [
-    # Review F6: a row in the outbox became a chained, genuine-looking journal record.
-    '{"key_id": "00", "name": "orders", "operator": "admin"}',
-    '{"key_id": "00", "name": "orders", "operator": "admin", "_seal": "' + "0" * 64 + '"}',
-])
-def test_a_journal_record_queued_outside_xps_is_refused_not_delivered(
-        pristine: tuple[Path, bytes, bytes], tmp_path: Path, forged: str) -> None:
+def test_a_journal_record_queued_with_a_forged_seal_is_refused_not_delivered(
+        pristine: tuple[Path, bytes, bytes], tmp_path: Path) -> None:
+    """Review F6: a row in the outbox became a chained, genuine-looking journal record."""
     home = _copy(pristine, tmp_path)
     journal = (home / "audit.log").read_bytes()
+    forged = '{"key_id": "00", "name": "orders", "operator": "admin", "_seal": "' + "0" * 64 + '"}'
     with sqlite3.connect(home / "keyring.db") as db:
         db.execute("INSERT INTO outbox VALUES ('deadbeefdeadbeef', 0, 'KEY_DESTROY', ?)", (forged,))
     with pytest.raises(XpsError, match="queued journal record fails its integrity seal"):
         Keyring(home)
     assert (home / "audit.log").read_bytes() == journal
+
+
+def test_an_unsealed_queued_record_is_delivered_marked_unsealed(
+        pristine: tuple[Path, bytes, bytes], tmp_path: Path) -> None:
+    """What an earlier release queued (a crash before delivery, or an older node of a shared
+    database): the keyring still opens, and the journal says the record carried no seal."""
+    home = _copy(pristine, tmp_path)
+    with sqlite3.connect(home / "keyring.db") as db:
+        db.execute("INSERT INTO outbox VALUES ('deadbeefdeadbeef', 0, 'KEY_ROTATE', ?)",
+                   ('{"name": "orders", "operator": "old-release"}',))
+    with Keyring(home) as ring:
+        record = ring.audit.tail(1)[-1]
+        assert record["event"] == "KEY_ROTATE" and record["unsealed"] is True and ring.store.outbox() == []
 
 
 def test_a_genuine_queued_record_is_delivered_once(pristine: tuple[Path, bytes, bytes], tmp_path: Path) -> None:
