@@ -46,7 +46,9 @@ class WatchService:
         # creates it; a home holding stores but no record is refused (`xps init --adopt`).
         h.initialise(policy=base.security_policy())
         audit = base.audit.journal(h.root, h.audit)
-        if not _record_audit_store(h):  # created by its first record: recorded then, once
+        # The home's own journal file is recorded once it has a record (a journal elsewhere,
+        # PostgreSQL say, is not a file of the home).
+        if Path(getattr(audit, "path", "")) == h.audit and not _record_audit_store(h):
             recorded = threading.Event()
 
             def record_store(_event: str, _record: Mapping[str, Any]) -> None:
