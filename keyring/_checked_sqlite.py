@@ -13,8 +13,9 @@ not damage.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from xpscerpto.errors import InternalError, PolicyError, XpsError
@@ -37,60 +38,27 @@ def _refusal(exc: sqlite3.DatabaseError, where: str) -> XpsError:
     return InternalError(f"keyring database {where!r}: cannot be read or written ({name})")
 
 
+def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` of ``sqlite3.Cursor``, its damage errors turned into the typed refusal."""
+    @functools.wraps(method)
+    def call(self: sqlite3.Cursor, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.IntegrityError:  # the store's own constraint checks
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise _refusal(exc, str(getattr(self.connection, "where", "?"))) from None
+    return call
+
+
 class _CheckedCursor(sqlite3.Cursor):
-    def _where(self) -> str:
-        return str(getattr(self.connection, "where", "?"))
-
-    def execute(self, sql: str, parameters: Any = (), /) -> _CheckedCursor:
-        try:
-            super().execute(sql, parameters)
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.DatabaseError as exc:
-            raise _refusal(exc, self._where()) from None
-        return self
-
-    def executemany(self, sql: str, seq: Iterable[Any], /) -> _CheckedCursor:
-        try:
-            super().executemany(sql, seq)
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.DatabaseError as exc:
-            raise _refusal(exc, self._where()) from None
-        return self
-
-    def executescript(self, script: str, /) -> _CheckedCursor:
-        try:
-            super().executescript(script)
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.DatabaseError as exc:
-            raise _refusal(exc, self._where()) from None
-        return self
-
-    def fetchone(self) -> Any:
-        try:
-            return super().fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise _refusal(exc, self._where()) from None
-
-    def fetchmany(self, size: int | None = 1) -> list[Any]:
-        try:
-            return super().fetchmany(size)
-        except sqlite3.DatabaseError as exc:
-            raise _refusal(exc, self._where()) from None
-
-    def fetchall(self) -> list[Any]:
-        try:
-            return super().fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise _refusal(exc, self._where()) from None
-
-    def __next__(self) -> Any:
-        try:
-            return super().__next__()
-        except sqlite3.DatabaseError as exc:
-            raise _refusal(exc, self._where()) from None
+    execute = _translating(sqlite3.Cursor.execute)
+    executemany = _translating(sqlite3.Cursor.executemany)
+    executescript = _translating(sqlite3.Cursor.executescript)
+    fetchone = _translating(sqlite3.Cursor.fetchone)
+    fetchmany = _translating(sqlite3.Cursor.fetchmany)
+    fetchall = _translating(sqlite3.Cursor.fetchall)
+    __next__ = _translating(sqlite3.Cursor.__next__)
 
 
 class CheckedConnection(sqlite3.Connection):
