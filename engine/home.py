@@ -294,7 +294,13 @@ class Home:
         return found is not None and name in found.sealed
 
     def mark_sealed(self, name: str) -> None:
-        """Record that store ``name`` holds seals from now on (never undone)."""
+        """Record that store ``name`` holds seals from now on (never undone).
+
+        Raises:
+            PolicyError: ``name`` is not a store name, or the home has no record.
+        """
+        if not isinstance(name, str) or name not in STORES:
+            raise PolicyError(f"store: expected one of {', '.join(sorted(STORES))}")
         with self.locked():
             record = self.record()
             if name not in record.sealed:
