@@ -48,11 +48,11 @@ class WatchService:
         audit = base.audit.journal(h.root, h.audit)
         # The home's own journal file is recorded once it has a record (a journal elsewhere,
         # PostgreSQL say, is not a file of the home).
-        if Path(getattr(audit, "path", "")) == h.audit and not _record_audit_store(h):
+        if Path(getattr(audit, "path", "")) == h.audit and not h.register_journal():
             recorded = threading.Event()
 
             def record_store(_event: str, _record: Mapping[str, Any]) -> None:
-                if not recorded.is_set() and _record_audit_store(h):
+                if not recorded.is_set() and h.register_journal():
                     recorded.set()
 
             audit.add_listener(record_store)
@@ -146,12 +146,3 @@ class WatchService:
         self.control.stop()
         self.updater.close()
         self._states.close()
-
-
-def _record_audit_store(home: Home) -> bool:
-    """Record the journal in the home once it has a record (a deleted journal is then refused)."""
-    if home.check_store("audit"):
-        if not (home.audit.exists() and home.audit.stat().st_size > 0):
-            return False
-        home.register_store("audit")
-    return True

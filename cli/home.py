@@ -55,10 +55,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         if not existed or unjournaled:
             ring.audit.record("HOME_INIT", stores=sorted(home.record().stores), operators=operators,
                               adopted=bool(args.adopt), operator=args.operator_name)
-        # Only a journal with a record: a kill before the first one leaves an empty file, and
-        # recording it then would make every later command refuse the home as damaged.
-        if home.check_store("audit") and home.audit.exists() and home.audit.stat().st_size > 0:
-            home.register_store("audit")
+        home.register_journal()
     print(f"{'initialised' if not existed else 'already initialised'} {home.root}: "
           f"stores {', '.join(sorted(home.record().stores))}; "
           f"{len(ring.operators().keys)} operator(s); approvals revoke {record.policy['approvals.revoke']}, "

@@ -288,6 +288,21 @@ class Home:
                 return
             self._write_record(replace(record, stores=MappingProxyType({**record.stores, name: ref})))
 
+    def register_journal(self) -> bool:
+        """Record ``HOME/audit.log`` as a store once it holds a record; True if it is recorded.
+
+        Not before: a process killed while creating the journal leaves an empty file, and
+        recording that would make every later command refuse the home as damaged.
+
+        Raises:
+            PolicyError: the record lists the journal and it is missing or empty.
+        """
+        if self.check_store("audit"):
+            if not (self.audit.exists() and self.audit.stat().st_size > 0):
+                return False
+            self.register_store("audit")
+        return True
+
     def is_sealed(self, name: str) -> bool:
         """Whether store ``name`` sealed its rows here (so a store without seals is tampered)."""
         found = self._read_record()

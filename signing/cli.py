@@ -26,17 +26,29 @@ def cmd_trust(args: argparse.Namespace) -> int:
     """Manage pinned publisher keys: add, list, remove, threshold."""
     home = context.home(args)
     store = TrustStore.load(home.trust)
-    if args.trust_cmd == "add":
-        key = load_public_key(args.pub)
-        store = store.add(key, args.ops, args.label or Path(args.pub).stem)
-        store.save(home.trust)
-        print(f"trusted {key.keyid} for {', '.join(args.ops)}")
-    elif args.trust_cmd == "remove":
-        store.remove(args.keyid).save(home.trust)
-        print(f"removed {args.keyid}")
-    elif args.trust_cmd == "threshold":
-        store.with_threshold(args.k).save(home.trust)
-        print(f"threshold set to {args.k}")
+    if args.trust_cmd in ("add", "remove", "threshold"):
+        if args.trust_cmd == "add":
+            key = load_public_key(args.pub)
+            new = store.add(key, args.ops, args.label or Path(args.pub).stem)
+            change: dict[str, Any] = {"keyid": key.keyid, "ops": list(args.ops)}
+            done = f"trusted {key.keyid} for {', '.join(args.ops)}"
+        elif args.trust_cmd == "remove":
+            new = store.remove(args.keyid)
+            change, done = {"keyid": args.keyid}, f"removed {args.keyid}"
+        else:
+            new = store.with_threshold(args.k)
+            change, done = {}, f"threshold set to {args.k}"
+        # Who may ship code into the engine is the most security-relevant setting there is:
+        # journaled first (a kill before the save over-reports, never hides a change).
+        config = context.config(args)
+        home.initialise(policy=config.security_policy())  # the first command on an empty home records it
+        journal = config.audit.journal(home.root, home.audit)
+        journal.record("TRUST_CHANGE", action=args.trust_cmd, threshold=new.threshold,
+                       pins=sorted(new.keys), operator="cli", **change)
+        if Path(getattr(journal, "path", "")) == home.audit:
+            home.register_journal()
+        new.save(home.trust)
+        print(done)
     else:
         data = store.to_json()
         if args.json:
