@@ -985,17 +985,30 @@ class Keyring:
             self.store.sealer = Sealer(key)
             wrapped_new = self.kek.wrap(key, _INTEGRITY_AAD).hex()
         with self.store.write() as db:
-            self.store.set_meta(db, "integrity_key", wrapped_new)
-            sealed = self.store.seal_all(db)
-            db.execute("DELETE FROM meta WHERE k = 'upgrading'")
-            imported = self._import_operators(db)
-            if upgrading:
-                self.outbox.add(db, "KEYRING_SEALED", rows=sealed, schema_from=self.store.upgraded_from or "1",
-                                operator=self.operator)
-            if imported:
-                self.outbox.add(db, "OPERATORS_IMPORTED", keyids=list(imported), source="operators.json",
-                                operator=self.operator)
+            if self.store.meta("integrity_key", db) is not None:
+                raced = True  # another process's first open made it while we made ours: theirs stands
+            else:
+                raced = False
+                self._seal_new(db, wrapped_new, upgrading)
+        if raced:
+            self.store.sealer.wipe()
+            self.store.sealer = None
+            self._attach_integrity(created=created)
+            return
         self._retire_operators_file()
+
+    def _seal_new(self, db: Connection, wrapped_new: str, upgrading: bool) -> None:
+        """Store the new integrity key and seal every row (inside the write transaction ``db``)."""
+        self.store.set_meta(db, "integrity_key", wrapped_new)
+        sealed = self.store.seal_all(db)
+        db.execute("DELETE FROM meta WHERE k = 'upgrading'")
+        imported = self._import_operators(db)
+        if upgrading:
+            self.outbox.add(db, "KEYRING_SEALED", rows=sealed, schema_from=self.store.upgraded_from or "1",
+                            operator=self.operator)
+        if imported:
+            self.outbox.add(db, "OPERATORS_IMPORTED", keyids=list(imported), source="operators.json",
+                            operator=self.operator)
 
     @property
     def _operators_file(self) -> Path:

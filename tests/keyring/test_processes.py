@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from xpscerpto.config import XpsConfig
 from xpscerpto.keyring import Keyring, VersionState
 
@@ -124,3 +125,27 @@ def test_processes_sharing_a_key_never_exceed_its_usage_limit(tmp_path: Path) ->
         assert all(n <= 50 for n in per_version.values())
         assert len(info.versions) >= 4  # 180 encryptions at <= 50 each
     assert os.path.exists(home / "keyring.db")
+
+
+def test_a_first_open_that_lost_the_race_for_the_integrity_key_uses_the_winners(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Diff review: two first opens of a new database could each write an integrity key, the
+    second overwriting the first, after which every row the first had sealed failed its seal.
+
+    The interleaving (B reads "no integrity key" just before A writes one) is forced by making
+    B's first read of it return nothing: the one fault here we cannot schedule for real.
+    """
+    home = tmp_path / "home"
+    with Keyring(home) as a:
+        a.create("k")
+        blob = a.encrypt("k", b"sealed by A's key")
+    with Keyring(home) as b:
+        real = b.store.meta
+        reads = iter([None])
+        monkeypatch.setattr(b.store, "meta", lambda k, db=None: next(reads, real(k, db)) if k == "integrity_key"
+                            and db is None else real(k, db))
+        b._attach_integrity(created=True)  # B's first open, having lost the race
+        monkeypatch.undo()
+        assert b.decrypt(blob) == b"sealed by A's key" and b.describe("k").name == "k"
+    with Keyring(home) as c:
+        assert c.decrypt(blob) == b"sealed by A's key"
