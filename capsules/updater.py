@@ -635,8 +635,11 @@ class Updater:
                 continue
             # Rolling back takes the update lock, which apply() may hold through a canary; do
             # it on its own thread so faults of a staged capsule are never queued behind it.
-            threading.Thread(target=self._auto_rollback, args=(provider, sha, detail), daemon=True,
-                             name="xps-auto-rollback").start()
+            try:
+                threading.Thread(target=self._auto_rollback, args=(provider, sha, detail), daemon=True,
+                                 name="xps-auto-rollback").start()
+            except RuntimeError:  # no thread to spare (a thread or memory limit): here, late rather than never
+                self._auto_rollback(provider, sha, detail)
 
     def _auto_rollback(self, provider: str, sha: str, detail: str) -> None:
         try:

@@ -306,6 +306,32 @@ def test_a_provider_fault_after_enable_rolls_back_automatically(publisher: Publi
     assert eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")  # served by libsodium now
 
 
+def test_a_fault_rolls_back_even_when_no_thread_can_be_started(publisher: Publisher,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI showed the fault watcher die on "can't start new thread" (a long test process): after
+    that no fault rolled anything back. Thread exhaustion cannot be caused here without starving
+    the test process itself, so only the rollback thread's start fails."""
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home)
+    up.apply(publisher.capsule("1.0.0", module_patch=FAULTY_PATCH))
+    start = threading.Thread.start
+
+    def no_thread(self: threading.Thread) -> None:
+        if self.name == "xps-auto-rollback":
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    with pytest.raises(xps.ProviderError):
+        eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")
+    for _ in range(100):
+        if eng.table.provider_for(OP) == "sodium":
+            break
+        threading.Event().wait(0.05)
+    assert eng.table.provider_for(OP) == "sodium"  # rolled back on the watcher's own thread
+    assert [e for e in up.audit.tail(10) if e["event"] == "PATCH_ROLLBACK"][-1]["operator"] == "auto"
+
+
 def test_canary_fault_rolls_back_before_enable_and_no_call_fails(publisher: Publisher) -> None:
     eng = xps.Engine()
     up = _updater(eng, publisher.home, StagePlan(canary_share=1.0, canary_seconds=5, dual_run_seconds=0))
