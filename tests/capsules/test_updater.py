@@ -279,6 +279,14 @@ def test_restart_refuses_a_stored_capsule_modified_on_disk(publisher: Publisher)
     assert [e for e in up.audit.tail(10) if e["event"] == "PATCH_REJECT"][-1]["reason"] == "digest-mismatch"
 
 
+def _wait_for_route(eng: xps.Engine, provider: str) -> None:
+    """Up to 5 s for the watcher's rollback to route OP to ``provider`` (the caller asserts it)."""
+    for _ in range(100):
+        if eng.table.provider_for(OP) == provider:
+            return
+        threading.Event().wait(0.05)
+
+
 # A capsule that passes every validation gate but faults on a rare input once live.
 FAULTY_PATCH = ("        sub = ChaCha20Poly1305(hchacha20(self._key, nonce[:16]))\n"
                 "        return sub.encrypt(",
@@ -295,10 +303,7 @@ def test_a_provider_fault_after_enable_rolls_back_automatically(publisher: Publi
     assert eng.table.provider_for(OP) == "xchacha20-openssl"
     with pytest.raises(xps.ProviderError):
         eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")
-    for _ in range(100):
-        if eng.table.provider_for(OP) == "sodium":
-            break
-        threading.Event().wait(0.05)
+    _wait_for_route(eng, "sodium")
     assert eng.table.provider_for(OP) == "sodium"
     rb = [e for e in up.audit.tail(10) if e["event"] == "PATCH_ROLLBACK"][-1]
     assert rb["operator"] == "auto" and "RuntimeError" in rb["reason"]
@@ -324,10 +329,7 @@ def test_a_fault_rolls_back_even_when_no_thread_can_be_started(publisher: Publis
     monkeypatch.setattr(threading.Thread, "start", no_thread)
     with pytest.raises(xps.ProviderError):
         eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")
-    for _ in range(100):
-        if eng.table.provider_for(OP) == "sodium":
-            break
-        threading.Event().wait(0.05)
+    _wait_for_route(eng, "sodium")
     assert eng.table.provider_for(OP) == "sodium"  # rolled back on the watcher's own thread
     assert [e for e in up.audit.tail(10) if e["event"] == "PATCH_ROLLBACK"][-1]["operator"] == "auto"
 
