@@ -48,7 +48,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ._atomic import atomic_write
+from ._atomic import atomic_write, sweep_stale_temps
 from ._stored_file import read_stored
 from .errors import InternalError, PolicyError
 
@@ -140,7 +140,33 @@ class Home:
             raise InternalError(f"{type(exc).__name__}: home: cannot use {str(home)!r} ({exc.strerror})") from None
         except ValueError:
             raise PolicyError("home: not a usable path (NUL byte?)") from None
+        if create:
+            h.sweep_stale_temps()
         return h
+
+    def sweep_stale_temps(self) -> list[Path]:
+        """Remove the temp files that writers killed mid-write left in the home; the paths removed.
+
+        Run by :meth:`resolve` (every command and service opens its home through it). Swept: the
+        home folder and ``capsules/`` — every durable write in the home goes to one of the two —
+        each with one listing, for any name; and the folder of each file store the record places
+        elsewhere (a KEK file outside the home, say), for temps of that store's file only. Only
+        temps as :mod:`xpscerpto._atomic` names them, regular files last written at least
+        :data:`~xpscerpto._atomic.STALE_TEMP_SECONDS` ago (a live writer's temp is left alone).
+        Never raises: failures are logged and left for the next open.
+        """
+        removed = [folder / name for folder in (self.root, self.capsules) for name in sweep_stale_temps(folder)]
+        try:
+            record = self._read_record()
+        except PolicyError:
+            record = None  # reported, with how to restore it, by whatever reads the record next
+        for ref in record.stores.values() if record is not None else ():
+            if ref.startswith((_TOKEN_PREFIX, "postgresql://")):
+                continue
+            path = self.root / ref
+            if path.parent not in (self.root, self.capsules):
+                removed += [path.parent / name for name in sweep_stale_temps(path.parent, target=path.name)]
+        return removed
 
     @property
     def trust(self) -> Path:
