@@ -47,6 +47,7 @@ class PgStore(Store):
         self.sealer = None
         self.upgraded_from = None
         self.is_new = False
+        self.roster_on = False
 
     def _db(self) -> Connection:
         return self.database

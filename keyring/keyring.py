@@ -90,6 +90,10 @@ _PREFIX_SIZE = HEADER.size
 #: cheaper than a memoryview and its slice); from here on it is read in place.
 _SLICE_BELOW = 4096
 _INTEGRITY_AAD = b"xps-keyring/integrity-key/v1"
+#: The integrity key's wrapping once the database keeps a roster (see store.py). The roster's
+#: presence is bound to the KEK this way: deleting the roster row cannot make the database look
+#: like one from before rosters, which would be given a fresh roster over whatever rows are left.
+_INTEGRITY_AAD_ROSTER = b"xps-keyring/integrity-key/v2+roster"
 _RETENTION_EVERY = 60.0  # seconds between retention sweeps in a long-lived keyring
 #: Seconds between writes of the usage counters (decryptions, last use) from the slow path, so
 #: other nodes' "unused for" proofs (orchestrator hygiene) are at most this much behind.
@@ -955,7 +959,8 @@ class Keyring:
         return kek
 
     def _attach_integrity(self, *, created: bool) -> None:
-        """Unwrap the integrity key (or make it, for a new or just-upgraded database) and seal."""
+        """Unwrap the integrity key (or make it, for a new or just-upgraded database), seal, and
+        check the roster."""
         wrapped = self.store.meta("integrity_key")
         if wrapped is not None and self._operators_file.exists():
             # Operators live in the sealed database now; a file dropped into the home later is
@@ -963,12 +968,20 @@ class Keyring:
             raise PolicyError(f"operators {str(self._operators_file)!r}: operators are kept in the keyring database; "
                               "this file is not read — remove it (register operators with `xps operator add`)")
         if wrapped is not None:
-            try:
-                with self.kek.unwrap(bytes.fromhex(wrapped), _INTEGRITY_AAD) as key:
-                    self.store.sealer = Sealer(key)
-            except (ValueError, XpsError):
+            if self._unwrap_integrity(wrapped, _INTEGRITY_AAD_ROSTER):
+                self.store.roster_on = True
+                with self.store.write() as db:
+                    if self.store.meta("policy_seal", db) is None:  # the roster would say so too; this names it
+                        raise KeyringTampered(f"keyring database {self.store.name!r}: its sealed copy of the home's "
+                                              "policy is missing (removed?); restore the database from a backup")
+                    self.store.check_roster(db)
+                return
+            if not self._unwrap_integrity(wrapped, _INTEGRITY_AAD):
                 raise KeyringTampered(f"keyring database {self.store.name!r}: its integrity key does not unwrap "
                                       "under this home's KEK (another KEK, or edited)") from None
+            if not self._add_roster(wrapped):
+                self.store.sealer = None  # another process added it first: read theirs
+                self._attach_integrity(created=created)
             return
         upgrading = not created
         if upgrading and self.home.is_sealed("keyring"):
@@ -983,7 +996,7 @@ class Keyring:
                                   "is sealed once, by `xps init --adopt`")
         with SecretBytes.take(_random_secret(INTEGRITY_KEY_SIZE)) as key:
             self.store.sealer = Sealer(key)
-            wrapped_new = self.kek.wrap(key, _INTEGRITY_AAD).hex()
+            wrapped_new = self.kek.wrap(key, _INTEGRITY_AAD_ROSTER).hex()
         with self.store.write() as db:
             if self.store.meta("integrity_key", db) is not None:
                 raced = True  # another process's first open made it while we made ours: theirs stands
@@ -997,12 +1010,43 @@ class Keyring:
             return
         self._retire_operators_file()
 
+    def _unwrap_integrity(self, wrapped: str, aad: bytes) -> bool:
+        """Attach the integrity key if ``wrapped`` unwraps under ``aad``."""
+        try:
+            with self.kek.unwrap(bytes.fromhex(wrapped), aad) as key:
+                self.store.sealer = Sealer(key)
+        except (ValueError, XpsError):
+            return False
+        return True
+
+    def _add_roster(self, wrapped: str) -> bool:
+        """Give a database sealed by an earlier release its roster, once (False: another process
+        changed the integrity key meanwhile). Rewrapping the same key under the roster's
+        associated data marks the database as one that has a roster, in the same transaction."""
+        assert self.store.sealer is not None
+        with self.store.write() as db:
+            if self.store.meta("integrity_key", db) != wrapped:
+                return False
+            if self.store.meta("policy", db) is None:
+                if self.home.is_sealed("keyring"):  # sealing home.json's policy now would bless any edit of it
+                    raise KeyringTampered(f"keyring database {self.store.name!r}: its sealed copy of the home's "
+                                          "policy is missing (removed?); restore the database from a backup")
+                self._seal_policy(db, self.home.record().policy)
+            with self.kek.unwrap(bytes.fromhex(wrapped), _INTEGRITY_AAD) as key:
+                self.store.set_meta(db, "integrity_key", self.kek.wrap(key, _INTEGRITY_AAD_ROSTER).hex())
+            self.store.build_roster(db)
+            self.outbox.add(db, "KEYRING_SEALED", scope="roster", operator=self.operator)
+        return True
+
     def _seal_new(self, db: Connection, wrapped_new: str, upgrading: bool) -> None:
-        """Store the new integrity key and seal every row (inside the write transaction ``db``)."""
+        """Store the new integrity key, seal every row and the policy, and build the roster
+        (inside the write transaction ``db``: a database has all of them or none)."""
         self.store.set_meta(db, "integrity_key", wrapped_new)
         sealed = self.store.seal_all(db)
         db.execute("DELETE FROM meta WHERE k = 'upgrading'")
         imported = self._import_operators(db)
+        self._seal_policy(db, self.home.record().policy)
+        self.store.build_roster(db)
         if upgrading:
             self.outbox.add(db, "KEYRING_SEALED", rows=sealed, schema_from=self.store.upgraded_from or "1",
                             operator=self.operator)
@@ -1034,22 +1078,20 @@ class Keyring:
         sealed, seal = self.store.meta("policy"), self.store.meta("policy_seal")
         assert self.store.sealer is not None
         if sealed is None:
-            if self.home.is_sealed("keyring"):  # sealing home.json's policy now would bless any edit of it
-                raise KeyringTampered(f"keyring database {self.store.name!r}: its sealed copy of the home's policy is "
-                                      "missing (removed?); restore the database from a backup")
-            with self.store.write() as db:
-                self._seal_policy(db, recorded)
-        else:
-            self.store.sealer.check("policy", [sealed], seal, what="the sealed copy of the home's policy")
-            if json.loads(sealed) != recorded and self._policy_change_pending(json.loads(sealed), recorded):
-                # apply_policy committed here and was killed before it rewrote home.json: the
-                # database (sealed, with the change's journal record queued) is the truth.
-                self.home.replace_policy(json.loads(sealed))
-                recorded = dict(self.home.record().policy)
-            if json.loads(sealed) != recorded:
-                raise KeyringTampered(f"home record {str(self.home.record_path)!r}: its policy differs from the one "
-                                      "this keyring sealed (edited outside xps?); restore home.json, or change the "
-                                      "policy with `xps policy apply`")
+            # The policy is sealed with the integrity key, in one transaction: a database with
+            # the one and not the other was edited.
+            raise KeyringTampered(f"keyring database {self.store.name!r}: its sealed copy of the home's policy is "
+                                  "missing (removed?); restore the database from a backup")
+        self.store.sealer.check("policy", [sealed], seal, what="the sealed copy of the home's policy")
+        if json.loads(sealed) != recorded and self._policy_change_pending(json.loads(sealed), recorded):
+            # apply_policy committed here and was killed before it rewrote home.json: the
+            # database (sealed, with the change's journal record queued) is the truth.
+            self.home.replace_policy(json.loads(sealed))
+            recorded = dict(self.home.record().policy)
+        if json.loads(sealed) != recorded:
+            raise KeyringTampered(f"home record {str(self.home.record_path)!r}: its policy differs from the one "
+                                  "this keyring sealed (edited outside xps?); restore home.json, or change the "
+                                  "policy with `xps policy apply`")
         # Last, once the integrity key and the policy are sealed in the database (a crash before
         # this leaves a sealed database the next open marks).
         self.home.mark_sealed("keyring")
@@ -1076,10 +1118,7 @@ class Keyring:
         return False
 
     def _seal_policy(self, db: Connection, policy: Mapping[str, Any]) -> None:
-        text = json.dumps({k: policy[k] for k in SECURITY_KEYS if k in policy}, sort_keys=True)
-        assert self.store.sealer is not None
-        self.store.set_meta(db, "policy", text)
-        self.store.set_meta(db, "policy_seal", self.store.sealer.seal("policy", [text]))
+        self.store.seal_policy(db, json.dumps({k: policy[k] for k in SECURITY_KEYS if k in policy}, sort_keys=True))
 
     @property
     def _admin_threshold(self) -> int:

@@ -11,6 +11,14 @@ writes go through the methods here, which seal the row they write; reads check t
 (``decryptions``, ``last_used``) are not sealed; the encryption count, which bounds nonce
 reuse, is.
 
+Rows are sealed one by one, so a seal alone cannot tell a deleted row, or an older copy of a row
+put back, from the real thing. The *roster* closes that: one meta value holding the XOR of a
+keyed tag per row (its table, primary key and seal), itself sealed. Every write here updates it
+in the write's own transaction (writers are serialised, so read-modify-write is safe), and the
+keyring checks it against every row at each open: a deleted row, an added one or an older copy
+of one no longer adds up. The roster's own seal keeps an editor from combining the values of
+several old copies into a new one.
+
 The database is never created implicitly: :class:`Store` opens an existing file unless told
 to create it (the home records which stores exist), so a deleted database is a refusal, not an
 empty keyring.
@@ -18,10 +26,12 @@ empty keyring.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
@@ -31,7 +41,7 @@ from urllib.parse import quote
 from xpscerpto.errors import InternalError, PolicyError
 
 from ._checked_sqlite import CheckedConnection
-from .integrity import Sealer
+from .integrity import KeyringTampered, Sealer
 from .states import KeyState, VersionState
 
 __all__ = ["Connection", "KeyRow", "OutboxRow", "RewrapGrant", "Store", "VersionRow"]
@@ -164,6 +174,9 @@ class RewrapGrant:
         return (self.revoked_key, self.successor, self.expires, list(self.approvers))
 
 
+#: The meta key of the roster (see the module docstring).
+_ROSTER = "roster"
+
 #: Where a queued journal record's seal is kept, inside its fields (never a field of a record).
 _OUTBOX_SEAL = "_seal"
 
@@ -188,6 +201,7 @@ class Store:
         self.sealer: Sealer | None = None
         self.upgraded_from: str | None = None  # "1" if this open upgraded the schema
         self.is_new = False  # True if this open created the (empty) schema
+        self.roster_on = False  # writes keep the roster (set by the keyring once it is built)
         where = f"keyring database {str(self.path)!r}"
         try:
             db = self._sqlite()
@@ -395,6 +409,7 @@ class Store:
         row = replace(row, mac=self._seal("key", row.sealed_fields()))
         # Column names and placeholders come from the dataclass; every value is bound.
         db.execute(f"INSERT INTO keys VALUES ({','.join('?' * len(fields(KeyRow)))})", _columns(row))  # noqa: S608
+        self._roster(db, add=[_key_entry(row)])
         self.changed(db, row.key_id)
 
     def update_key(self, db: Connection, key_id: str, **changes: Any) -> KeyRow:
@@ -407,6 +422,7 @@ class Store:
         names = [f.name for f in fields(KeyRow) if f.name != "key_id"]
         db.execute(f"UPDATE keys SET {', '.join(f'{n} = ?' for n in names)} WHERE key_id = ?",  # noqa: S608
                    (*_columns(row)[1:], key_id))
+        self._roster(db, add=[_key_entry(row)], remove=[_key_entry(current)])
         self.changed(db, key_id)
         return row
 
@@ -415,6 +431,7 @@ class Store:
         row = replace(row, mac=self._seal("version", row.sealed_fields()))
         db.execute(f"INSERT INTO versions VALUES ({','.join('?' * len(fields(VersionRow)))})",  # noqa: S608
                    _columns(row))
+        self._roster(db, add=[_version_entry(row)])
         self.changed(db, row.key_id)
 
     def update_version(self, db: Connection, key_id: str, version: int, **changes: Any) -> VersionRow:
@@ -429,6 +446,7 @@ class Store:
         db.execute(f"UPDATE versions SET {', '.join(f'{n} = ?' for n in names)} "  # noqa: S608
                    "WHERE key_id = ? AND version = ?",
                    (*(str(v) if isinstance(v, VersionState) else v for v in values), key_id, version))
+        self._roster(db, add=[_version_entry(row)], remove=[_version_entry(current)])
         if changes.keys() - {"encryptions"}:  # a block reservation changes nothing others cache
             self.changed(db, key_id)
         return row
@@ -444,26 +462,40 @@ class Store:
         """Consume an approval request's nonce; False if it was used before (a replay)."""
         # ON CONFLICT, not a caught IntegrityError: an error aborts a PostgreSQL transaction.
         cur = db.execute("INSERT INTO approvals_used VALUES (?, ?) ON CONFLICT DO NOTHING", (nonce, now))
-        return bool(cur.rowcount == 1)
+        if cur.rowcount != 1:
+            return False
+        self._roster(db, add=[["approvals_used", nonce, _number(now)]])
+        return True
 
     def add_operator(self, db: Connection, keyid: str, public_key: bytes, label: str, now: float) -> bool:
         """Register an operator key; False if it was registered already."""
         values = (keyid, public_key.hex(), label, now)
-        cur = db.execute("INSERT INTO operators VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                         (*values, self._seal("operator", values)))
-        return bool(cur.rowcount == 1)
+        mac = self._seal("operator", values)
+        cur = db.execute("INSERT INTO operators VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (*values, mac))
+        if cur.rowcount != 1:
+            return False
+        self._roster(db, add=[["operators", keyid, mac]])
+        return True
 
     def remove_operator(self, db: Connection, keyid: str) -> bool:
         """Unregister an operator key; False if it was not registered."""
-        return bool(db.execute("DELETE FROM operators WHERE keyid = ?", (keyid,)).rowcount > 0)
+        old = db.execute("SELECT mac FROM operators WHERE keyid = ?", (keyid,)).fetchone()
+        if old is None:
+            return False
+        db.execute("DELETE FROM operators WHERE keyid = ?", (keyid,))
+        self._roster(db, remove=[["operators", keyid, old[0]]])
+        return True
 
     def put_grant(self, db: Connection, grant: RewrapGrant) -> None:
         """Record (or replace) a rewrap grant."""
         mac = self._seal("grant", grant.sealed_fields())
+        old = db.execute("SELECT mac FROM rewrap_grants WHERE revoked_key = ?", (grant.revoked_key,)).fetchone()
         db.execute("INSERT INTO rewrap_grants VALUES (?, ?, ?, ?, ?) ON CONFLICT (revoked_key) DO UPDATE SET "
                    "successor = excluded.successor, expires = excluded.expires, approvers = excluded.approvers, "
                    "mac = excluded.mac",
                    (grant.revoked_key, grant.successor, grant.expires, json.dumps(list(grant.approvers)), mac))
+        self._roster(db, add=[["rewrap_grants", grant.revoked_key, mac]],
+                     remove=[["rewrap_grants", grant.revoked_key, old[0]]] if old is not None else [])
 
     def add_outbox(self, db: Connection, txid: str, created: float, event: str,
                    record: Mapping[str, Any]) -> None:
@@ -477,12 +509,90 @@ class Store:
             raise InternalError(f"keyring store: {_OUTBOX_SEAL!r} and 'unsealed' are not record fields")
         fields = json.dumps(dict(record), sort_keys=True)
         seal = self.sealer.seal("outbox", [txid, float(created), event, fields])
-        db.execute("INSERT INTO outbox VALUES (?, ?, ?, ?)",
-                   (txid, created, event, json.dumps({**dict(record), _OUTBOX_SEAL: seal}, sort_keys=True)))
+        stored = json.dumps({**dict(record), _OUTBOX_SEAL: seal}, sort_keys=True)
+        db.execute("INSERT INTO outbox VALUES (?, ?, ?, ?)", (txid, created, event, stored))
+        self._roster(db, add=[_outbox_entry(txid, created, event, stored)])
 
     def remove_outbox(self, db: Connection, txid: str) -> None:
         """Drop a journal record once it is in the journal."""
+        old = db.execute("SELECT txid, created, event, fields FROM outbox WHERE txid = ?", (txid,)).fetchone()
+        if old is None:
+            return
         db.execute("DELETE FROM outbox WHERE txid = ?", (txid,))
+        self._roster(db, remove=[_outbox_entry(*old)])
+
+    def seal_policy(self, db: Connection, text: str) -> None:
+        """Store the sealed copy of the home's policy (``text``: canonical JSON)."""
+        old = self.meta("policy_seal", db)
+        seal = self._seal("policy", (text,))
+        self.set_meta(db, "policy", text)
+        self.set_meta(db, "policy_seal", seal)
+        self._roster(db, add=[["policy", seal]], remove=[["policy", old]] if old is not None else [])
+
+    # -- the roster (see the module docstring) ------------------------------------------------
+
+    def build_roster(self, db: Connection) -> None:
+        """Compute the roster from every row and keep it from now on (inside a write)."""
+        self._store_roster(db, self._roster_of_rows(db))
+        self.roster_on = True
+
+    def check_roster(self, db: Connection) -> None:
+        """Refuse the database unless its rows add up to its sealed roster (inside a write, so
+        no other writer's change is half-seen)."""
+        stored = self._stored_roster(db)
+        actual = self._roster_of_rows(db).to_bytes(32, "big")
+        if not hmac.compare_digest(stored.to_bytes(32, "big"), actual):
+            raise KeyringTampered(f"keyring database {self.name!r}: its rows do not match its sealed roster (a row "
+                                  "deleted or added, or an older copy of one put back); restore it from a backup")
+
+    def _roster(self, db: Connection, *, add: Sequence[Sequence[Any]] = (),
+                remove: Sequence[Sequence[Any]] = ()) -> None:
+        if not self.roster_on:
+            return
+        value = self._stored_roster(db)
+        for entry in (*add, *remove):
+            value ^= self._tag(entry)
+        self._store_roster(db, value)
+
+    def _tag(self, entry: Sequence[Any]) -> int:
+        return int(self._seal("roster-entry", tuple(entry)), 16)
+
+    def _roster_of_rows(self, db: Connection) -> int:
+        value = 0
+        for entry in self._entries(db):
+            value ^= self._tag(entry)
+        return value
+
+    def _entries(self, db: Connection) -> Iterator[list[Any]]:
+        for key_id, mac in db.execute("SELECT key_id, mac FROM keys"):
+            yield ["keys", key_id, mac]
+        for key_id, version, mac in db.execute("SELECT key_id, version, mac FROM versions"):
+            yield ["versions", key_id, version, mac]
+        for keyid, mac in db.execute("SELECT keyid, mac FROM operators"):
+            yield ["operators", keyid, mac]
+        for revoked, mac in db.execute("SELECT revoked_key, mac FROM rewrap_grants"):
+            yield ["rewrap_grants", revoked, mac]
+        for nonce, used in db.execute("SELECT nonce, used FROM approvals_used"):
+            yield ["approvals_used", nonce, _number(used)]
+        for row in db.execute("SELECT txid, created, event, fields FROM outbox"):
+            yield _outbox_entry(*row)
+        policy_seal = self.meta("policy_seal", db)
+        if policy_seal is not None:
+            yield ["policy", policy_seal]
+
+    def _stored_roster(self, db: Connection) -> int:
+        raw = self.meta(_ROSTER, db)
+        value, _, seal = (raw or "").partition(":")
+        if raw is None or len(value) != 64 or not all(c in "0123456789abcdef" for c in value):
+            raise KeyringTampered(f"keyring database {self.name!r}: its roster is missing or damaged (removed or "
+                                  "edited?); restore it from a backup")
+        assert self.sealer is not None  # the roster is on only with a sealer
+        self.sealer.check("roster", [value], seal, what="the roster of its rows")
+        return int(value, 16)
+
+    def _store_roster(self, db: Connection, value: int) -> None:
+        text = f"{value:064x}"
+        self.set_meta(db, _ROSTER, f"{text}:{self._seal('roster', (text,))}")
 
     def seal_all(self, db: Connection) -> int:
         """Seal every unsealed row (once, after an upgrade from schema 1); returns how many."""
@@ -528,6 +638,25 @@ def _state(kind: Any, value: object) -> Any:
     except ValueError:
         raise PolicyError(f"keyring: unknown state {str(value)[:20]!r} in the database (edited outside xps?)",
                           reason="seal") from None
+
+
+def _key_entry(row: KeyRow) -> list[Any]:
+    return ["keys", row.key_id, row.mac]
+
+
+def _version_entry(row: VersionRow) -> list[Any]:
+    return ["versions", row.key_id, row.version, row.mac]
+
+
+def _outbox_entry(txid: object, created: object, event: object, stored: object) -> list[Any]:
+    # The stored text by digest: a queued record's content is covered without repeating it.
+    text = stored if isinstance(stored, str) else repr(stored)
+    return ["outbox", txid, _number(created), event, hashlib.sha256(text.encode()).hexdigest()]
+
+
+def _number(value: object) -> object:
+    # A REAL column reads back 5 written as 5.0: the tag must not depend on which was written.
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 def _columns(row: Any) -> tuple[Any, ...]:

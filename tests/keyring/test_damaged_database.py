@@ -89,14 +89,16 @@ def test_a_column_that_is_no_longer_text_is_refused_without_quoting_it(
 def test_a_removed_active_version_row_is_refused_typed(pristine: tuple[Path, bytes, bytes], tmp_path: Path) -> None:
     """Review F7: deleting the active version's row raised AssertionError from encrypt."""
     home = _copy(pristine, tmp_path)
-    with sqlite3.connect(home / "keyring.db") as db:
-        db.execute("DELETE FROM versions WHERE state = 'active' AND key_id = "
-                   "(SELECT key_id FROM keys WHERE name = 'logs')")
-    with Keyring(home) as ring:
+    with Keyring(home) as ring:  # deleted under a running keyring: its reads refuse, typed
+        with sqlite3.connect(home / "keyring.db") as db:
+            db.execute("DELETE FROM versions WHERE state = 'active' AND key_id = "
+                       "(SELECT key_id FROM keys WHERE name = 'logs')")
         with pytest.raises(XpsError, match="no active version"):
             ring.encrypt("logs", b"x")
         with pytest.raises(XpsError, match="no active version"):
             ring.rotate("logs")
+    with pytest.raises(XpsError, match="do not match its sealed roster"):  # and every later open
+        Keyring(home)
 
 
 def test_a_journal_record_queued_with_a_forged_seal_is_refused_not_delivered(
@@ -105,24 +107,34 @@ def test_a_journal_record_queued_with_a_forged_seal_is_refused_not_delivered(
     home = _copy(pristine, tmp_path)
     journal = (home / "audit.log").read_bytes()
     forged = '{"key_id": "00", "name": "orders", "operator": "admin", "_seal": "' + "0" * 64 + '"}'
-    with sqlite3.connect(home / "keyring.db") as db:
-        db.execute("INSERT INTO outbox VALUES ('deadbeefdeadbeef', 0, 'KEY_DESTROY', ?)", (forged,))
-    with pytest.raises(XpsError, match="queued journal record fails its integrity seal"):
+    with Keyring(home) as ring:  # queued under a running keyring: its next delivery refuses it
+        with sqlite3.connect(home / "keyring.db") as db:
+            db.execute("INSERT INTO outbox VALUES ('deadbeefdeadbeef', 0, 'KEY_DESTROY', ?)", (forged,))
+        with pytest.raises(XpsError, match="queued journal record fails its integrity seal"):
+            ring.outbox.deliver()
+    with pytest.raises(XpsError, match="do not match its sealed roster"):  # and every later open
         Keyring(home)
     assert (home / "audit.log").read_bytes() == journal
 
 
 def test_an_unsealed_queued_record_is_delivered_marked_unsealed(
         pristine: tuple[Path, bytes, bytes], tmp_path: Path) -> None:
-    """What an earlier release queued (a crash before delivery, or an older node of a shared
-    database): the keyring still opens, and the journal says the record carried no seal."""
+    """What an earlier release queued (a crash before delivery) in a database from before the
+    roster: the keyring still opens, and the journal says the record carried no seal. The same
+    row added to a database that has a roster is refused with it."""
+    old = tmp_path / "old"
+    shutil.copytree(Path(__file__).with_name("data") / "v2-home", old)
+    (old / "capsules").mkdir()
     home = _copy(pristine, tmp_path)
-    with sqlite3.connect(home / "keyring.db") as db:
-        db.execute("INSERT INTO outbox VALUES ('deadbeefdeadbeef', 0, 'KEY_ROTATE', ?)",
-                   ('{"name": "orders", "operator": "old-release"}',))
-    with Keyring(home) as ring:
-        record = ring.audit.tail(1)[-1]
-        assert record["event"] == "KEY_ROTATE" and record["unsealed"] is True and ring.store.outbox() == []
+    for where in (old, home):
+        with sqlite3.connect(where / "keyring.db") as db:
+            db.execute("INSERT INTO outbox VALUES ('deadbeefdeadbeef', 0, 'KEY_ROTATE', ?)",
+                       ('{"name": "orders", "operator": "old-release"}',))
+    with Keyring(old) as ring:
+        record = [e for e in ring.audit.tail(5) if e["event"] == "KEY_ROTATE"][-1]
+        assert record["unsealed"] is True and record["operator"] == "old-release" and ring.store.outbox() == []
+    with pytest.raises(XpsError, match="do not match its sealed roster"):
+        Keyring(home)
 
 
 def test_a_genuine_queued_record_is_delivered_once(pristine: tuple[Path, bytes, bytes], tmp_path: Path) -> None:

@@ -1,0 +1,260 @@
+"""The roster: rows deleted, added, or put back from an older copy of the database are refused.
+
+Row seals bind a row's content; the roster binds the set of rows (review F3/F7). Every scenario
+edits the real database file with sqlite3 (what someone who can write only keyring.db can do)
+and then opens the keyring as a service would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from xpscerpto.config import XpsConfig
+from xpscerpto.errors import ErrorCode, XpsError
+from xpscerpto.keyring import ApprovalRequest, Approvals, Keyring
+from xpscerpto.keyring.integrity import KeyringTampered
+from xpscerpto.signing import generate_keypair, load_private_key
+
+from .test_home_policy import events, ok, refused, xps
+
+DATA = Path(__file__).with_name("data")
+DAY = 86400.0
+
+
+def _open(home: Path, database: str = "keyring.db", *, approvals: int = 1, **kw: object) -> Keyring:
+    """Each home is always opened with the same policy (the home records it)."""
+    gates = XpsConfig.from_mapping({"approvals": {"revoke": approvals, "destroy": approvals}}).approvals
+    config = XpsConfig.from_mapping({"keyring": {"database": database}}).keyring
+    return Keyring(home, approvals=gates, config=config, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def populated(tmp_path: Path) -> Iterator[Path]:
+    """A home whose database has a row of every kind the roster covers, one journal record
+    still queued, and a used approval."""
+    generate_keypair(tmp_path / "op1")
+    signer = load_private_key(tmp_path / "op1.key")
+    home = tmp_path / "home"
+    ring = _open(home)
+    ring.register_operator(tmp_path / "op1.pub", "op1")
+    ring.create("k")
+    ring.rotate("k")  # version 1 retired, version 2 active
+    ring.create("gone")
+    ring.create("next")
+    kid = ring.describe("gone").key_id
+    ring.revoke("gone", "ticket-1", approvals=Approvals(ApprovalRequest.new(
+        "revoke", kid, reason="ticket-1", ttl=DAY, now=ring.clock())).signed_by(*signer))
+    grant_kid = f"{kid}:{ring.describe('next').key_id}"
+    ring.grant_rewrap("gone", "next", reason="ticket-2", approvals=Approvals(ApprovalRequest.new(
+        "rewrap", grant_kid, reason="ticket-2", ttl=DAY, now=ring.clock())).signed_by(*signer))
+    with ring.store.write() as db:  # as if the journal append had failed: the record stays queued
+        ring.outbox.add(db, "KEY_CREATE", name="queued")
+    ring.close()
+    yield home
+
+
+def _sql(home: Path, *statements: str) -> None:
+    with sqlite3.connect(home / "keyring.db") as db:
+        for statement in statements:
+            db.execute(statement)
+
+
+def _rows(home: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(home / "keyring.db") as db:
+        return db.execute(sql).fetchall()
+
+
+def _refused_as_roster(home: Path, text: str = "do not match its sealed roster") -> None:
+    with pytest.raises(KeyringTampered) as caught:
+        _open(home)
+    assert caught.value.code is ErrorCode.POLICY and text in str(caught.value)
+
+
+def test_the_populated_home_opens_and_every_covered_table_has_rows(populated: Path) -> None:
+    for table in ("keys", "versions", "operators", "rewrap_grants", "approvals_used", "outbox"):
+        assert _rows(populated, f"SELECT count(*) FROM {table}")[0][0] > 0, table
+    with _open(populated, clock=lambda: 1e12) as ring:  # far later: not an expired-grant artefact either
+        assert ring.describe("k").active_version == 2
+
+
+@pytest.mark.parametrize("delete", [
+    "DELETE FROM keys WHERE name = 'next'",
+    "DELETE FROM versions WHERE version = 1",
+    "DELETE FROM operators",
+    "DELETE FROM rewrap_grants",
+    "DELETE FROM approvals_used",  # what a replayed approval needs
+    "DELETE FROM outbox",  # a journal record lost before delivery
+])
+def test_a_deleted_row_is_refused(populated: Path, delete: str) -> None:
+    # Foreign keys are off in this plain connection, as for any editor of the file.
+    _sql(populated, delete)
+    _refused_as_roster(populated)
+
+
+def test_an_added_copy_of_a_sealed_row_is_refused(populated: Path) -> None:
+    # A used approval's nonce is a row anyone could add (no seal of its own): the roster notices.
+    _sql(populated, "INSERT INTO approvals_used VALUES ('f' || hex(randomblob(16)), 1.0)")
+    _refused_as_roster(populated)
+
+
+def test_an_older_copy_of_a_revoked_keys_rows_put_back_is_refused(tmp_path: Path) -> None:
+    """Review F3: copy a key's rows from a backup taken before its revocation."""
+    home = tmp_path / "home"
+    with _open(home, approvals=0) as ring:
+        ring.create("k")
+    backup = tmp_path / "backup.db"
+    shutil.copy(home / "keyring.db", backup)
+    with _open(home, approvals=0) as ring:
+        ring.revoke("k", "compromised")
+    with sqlite3.connect(home / "keyring.db") as db:
+        db.execute("ATTACH DATABASE ? AS old", (str(backup),))
+        db.execute("DELETE FROM keys WHERE name = 'k'")
+        db.execute("DELETE FROM versions WHERE key_id NOT IN (SELECT key_id FROM keys)")
+        db.execute("INSERT INTO keys SELECT * FROM old.keys WHERE name = 'k'")
+        db.execute("INSERT INTO versions SELECT * FROM old.versions")
+    assert _rows(home, "SELECT state FROM keys WHERE name = 'k'") == [("active",)]  # each row's seal holds
+    with pytest.raises(KeyringTampered, match="do not match its sealed roster"):
+        _open(home, approvals=0)
+
+
+def test_a_missing_or_edited_roster_is_refused(populated: Path) -> None:
+    roster = _rows(populated, "SELECT v FROM meta WHERE k = 'roster'")[0][0]
+    value, seal = roster.split(":")
+    _sql(populated, "DELETE FROM meta WHERE k = 'roster'")
+    _refused_as_roster(populated, "roster is missing or damaged")
+    flipped = f"{int(value, 16) ^ 1:064x}:{seal}"
+    _sql(populated, f"INSERT INTO meta VALUES ('roster', '{flipped}')")
+    _refused_as_roster(populated, "roster of its rows fails its integrity seal")
+    for damaged in ("", "zz", value, f"{value[:-1]}:{seal}", f"{value}:"):
+        _sql(populated, "UPDATE meta SET v = ? WHERE k = 'roster'".replace("?", f"'{damaged}'"))
+        with pytest.raises(KeyringTampered):
+            _open(populated)
+
+
+def test_rosters_of_several_old_copies_cannot_be_combined(tmp_path: Path) -> None:
+    """XOR of three past rosters is the roster of a mix of their rows: it has no seal."""
+    home = tmp_path / "home"
+    copies = []
+    with _open(home, approvals=0) as ring:
+        ring.create("a")
+        ring.create("b")
+    for step in ("a", "b"):
+        copies.append(_rows(home, "SELECT v FROM meta WHERE k = 'roster'")[0][0])
+        with _open(home, approvals=0) as ring:
+            ring.rotate(step)
+    copies.append(_rows(home, "SELECT v FROM meta WHERE k = 'roster'")[0][0])
+    mixed = 0
+    for c in copies:
+        mixed ^= int(c.split(":")[0], 16)
+    for c in copies:
+        _sql(home, f"UPDATE meta SET v = '{mixed:064x}:{c.split(':')[1]}' WHERE k = 'roster'")
+        with pytest.raises(KeyringTampered, match="roster of its rows fails its integrity seal"):
+            _open(home, approvals=0)
+
+
+def test_a_removed_policy_seal_is_refused_even_without_the_home_mark(populated: Path) -> None:
+    """Someone who writes the whole home (not the KEK) deletes the sealed policy *and* the mark
+    in home.json, then loosens the approvals: the policy is sealed with the integrity key, so
+    the database alone says it was removed."""
+    _sql(populated, "DELETE FROM meta WHERE k IN ('policy', 'policy_seal')")
+    record = json.loads((populated / "home.json").read_text())
+    record.pop("sealed", None)
+    record["policy"]["approvals.revoke"] = record["policy"]["approvals.destroy"] = 0
+    (populated / "home.json").write_text(json.dumps(record))
+    with pytest.raises(KeyringTampered, match="sealed copy of the home's policy is missing"):
+        _open(populated, approvals=0)
+    assert _rows(populated, "SELECT v FROM meta WHERE k = 'policy'") == []
+
+
+def test_writers_racing_keep_the_roster_exact(tmp_path: Path) -> None:
+    """Four keyrings on one database (SQLite serialises their writers) create, rotate and
+    encrypt past many block reservations at once; the roster still adds up afterwards."""
+    home = tmp_path / "home"
+    config = XpsConfig.from_mapping(
+        {"keyring": {"database": "keyring.db", "default_policy": "max_encryptions=64"}}).keyring
+    Keyring(home, config=config).close()
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            with Keyring(home, config=config) as ring:
+                ring.create(f"k{i}")
+                for n in range(300):
+                    ring.encrypt(f"k{i}", b"x")
+                    if n % 100 == 99:
+                        ring.rotate(f"k{i}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with Keyring(home, config=config) as ring:
+        assert {k.name for k in ring.list()} == {"k0", "k1", "k2", "k3"}
+        assert all(ring.describe(f"k{i}").active_version >= 4 for i in range(4))
+
+
+def test_the_roster_is_kept_on_postgresql_too(tmp_path: Path, pg_dsn: str) -> None:
+    import psycopg
+
+    home = tmp_path / "home"
+    with _open(home, pg_dsn, approvals=0) as ring:
+        ring.create("k")
+        ring.rotate("k")
+    with _open(home, pg_dsn, approvals=0) as ring:  # two opens, each checking it
+        assert ring.describe("k").active_version == 2
+    with psycopg.connect(pg_dsn, autocommit=True) as db:
+        db.execute("DELETE FROM versions WHERE version = 1")
+    with pytest.raises(KeyringTampered, match="do not match its sealed roster"):
+        _open(home, pg_dsn, approvals=0)
+
+
+# -- a home from the release before the roster ---------------------------------------------
+
+
+@pytest.fixture
+def v2_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    shutil.copytree(DATA / "v2-home", home)
+    home.chmod(0o700)
+    for name in ("kek.key", "audit.key", "keyring.db", "audit.log", "home.json", "state.json"):
+        (home / name).chmod(0o600)  # git keeps no modes; the release wrote these 0600
+    (home / "capsules").mkdir(mode=0o700)  # git keeps no empty folders
+    return home
+
+
+def test_a_home_from_the_previous_release_gets_its_roster_once(v2_home: Path) -> None:
+    before = _rows(v2_home, "SELECT v FROM meta WHERE k = 'integrity_key'")[0][0]
+    assert _rows(v2_home, "SELECT v FROM meta WHERE k = 'roster'") == []
+    assert "orders" in ok(xps(v2_home, "key", "list"))
+    # The same integrity key, wrapped again to mark the roster; every old seal still verifies.
+    assert _rows(v2_home, "SELECT v FROM meta WHERE k = 'integrity_key'")[0][0] != before
+    assert ok(xps(v2_home, "key", "decrypt", stdin=(DATA / "v2-orders.blob").read_bytes())) == "kept secret"
+    refused(xps(v2_home, "key", "decrypt", stdin=(DATA / "v2-gone.blob").read_bytes()), "XPS_ERR_AUTH")
+    ok(xps(v2_home, "key", "rotate", "orders"))
+    sealed = [e for e in events(v2_home) if e["event"] == "KEYRING_SEALED"]
+    assert [e.get("scope") for e in sealed] == ["roster"]  # once, not at every open
+    _sql(v2_home, "DELETE FROM versions WHERE version = 1 AND key_id = "
+                  "(SELECT key_id FROM keys WHERE name = 'orders')")
+    refused(xps(v2_home, "key", "list"), "do not match its sealed roster")
+
+
+def test_a_previous_release_home_missing_its_sealed_policy_is_not_given_a_roster(v2_home: Path) -> None:
+    _sql(v2_home, "DELETE FROM meta WHERE k IN ('policy', 'policy_seal')")
+    refused(xps(v2_home, "key", "list"), "sealed copy of the home's policy is missing")
+    assert _rows(v2_home, "SELECT v FROM meta WHERE k = 'roster'") == []
+
+
+def test_errors_here_are_xps_errors(populated: Path) -> None:
+    _sql(populated, "DELETE FROM keys WHERE name = 'k'")
+    with pytest.raises(XpsError):
+        _open(populated)
