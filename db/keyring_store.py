@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from xpscerpto.keyring.store import Connection, Store
+from xpscerpto.keyring.store import PRIMARY_KEYS, Connection, Store
 
 from .migrations import open_migrated
 
@@ -57,6 +57,42 @@ class PgStore(Store):
         """A write transaction, serialised across every node by an advisory lock."""
         with self.database.transaction(lock=KEYRING_LOCK) as tx:
             yield tx
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read-only transaction that sees one snapshot of the database (REPEATABLE READ)."""
+        with self.database.transaction() as tx:
+            tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield tx
+
+    def check_schema(self, db: Connection) -> None:
+        """Refuse tables that lost their primary key or key-name uniqueness, or gained a trigger
+        or rule (see the SQLite store's check)."""
+        tables = list(PRIMARY_KEYS)
+        marks = ", ".join("?" * len(tables))
+        if db.execute(f"SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "  # noqa: S608
+                      f"WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace "
+                      f"AND c.relname IN ({marks})", tables).fetchone()[0]:
+            raise self._schema_edited("a trigger was added")
+        if db.execute(f"SELECT count(*) FROM pg_rules WHERE schemaname = current_schema() "  # noqa: S608
+                      f"AND tablename IN ({marks})", tables).fetchone()[0]:
+            raise self._schema_edited("a rule was added")
+        declared: dict[str, list[tuple[int, str]]] = {}
+        unique_name = False
+        for table, kind, column, position in db.execute(
+                "SELECT tc.table_name, tc.constraint_type, k.column_name, k.ordinal_position "
+                "FROM information_schema.table_constraints tc JOIN information_schema.key_column_usage k "
+                "ON k.constraint_name = tc.constraint_name AND k.table_schema = tc.table_schema "
+                "WHERE tc.table_schema = current_schema() AND tc.constraint_type IN ('PRIMARY KEY', 'UNIQUE')"):
+            if kind == "PRIMARY KEY":
+                declared.setdefault(table, []).append((position, column))
+            elif table == "keys" and column == "name":
+                unique_name = True
+        for table, key in PRIMARY_KEYS.items():
+            if tuple(c for _, c in sorted(declared.get(table, []))) != key:
+                raise self._schema_edited(f"table {table} lost its primary key")
+        if not unique_name:
+            raise self._schema_edited("key names are no longer unique")
 
     def checkpoint(self) -> None:
         """Nothing to fold: PostgreSQL reclaims erased tuples at VACUUM (see SECURITY.md)."""

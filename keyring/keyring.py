@@ -970,7 +970,8 @@ class Keyring:
         if wrapped is not None:
             if self._unwrap_integrity(wrapped, _INTEGRITY_AAD_ROSTER):
                 self.store.roster_on = True
-                with self.store.write() as db:
+                with self.store.snapshot() as db:  # one moment of the database; writers go on
+                    self.store.check_schema(db)
                     if self.store.meta("policy_seal", db) is None:  # the roster would say so too; this names it
                         raise KeyringTampered(f"keyring database {self.store.name!r}: its sealed copy of the home's "
                                               "policy is missing (removed?); restore the database from a backup")
@@ -1021,21 +1022,37 @@ class Keyring:
 
     def _add_roster(self, wrapped: str) -> bool:
         """Give a database sealed by an earlier release its roster, once (False: another process
-        changed the integrity key meanwhile). Rewrapping the same key under the roster's
-        associated data marks the database as one that has a roster, in the same transaction."""
+        changed the integrity key meanwhile).
+
+        Every row is checked under the old integrity key and sealed again under a new one,
+        wrapped with the roster's associated data, in one transaction. So the wrapped old key —
+        which any backup from before this moment holds — no longer verifies a single current
+        row: putting it back cannot make the database pass for a pre-roster one. Nothing from
+        home.json is sealed here: a database without its sealed policy is refused.
+        """
         assert self.store.sealer is not None
+        with SecretBytes.take(_random_secret(INTEGRITY_KEY_SIZE)) as key:
+            new = Sealer(key)
+            wrapped_new = self.kek.wrap(key, _INTEGRITY_AAD_ROSTER).hex()
         with self.store.write() as db:
             if self.store.meta("integrity_key", db) != wrapped:
+                new.wipe()
                 return False
+            self.store.check_schema(db)
             if self.store.meta("policy", db) is None:
-                if self.home.is_sealed("keyring"):  # sealing home.json's policy now would bless any edit of it
-                    raise KeyringTampered(f"keyring database {self.store.name!r}: its sealed copy of the home's "
-                                          "policy is missing (removed?); restore the database from a backup")
-                self._seal_policy(db, self.home.record().policy)
-            with self.kek.unwrap(bytes.fromhex(wrapped), _INTEGRITY_AAD) as key:
-                self.store.set_meta(db, "integrity_key", self.kek.wrap(key, _INTEGRITY_AAD_ROSTER).hex())
+                new.wipe()
+                raise KeyringTampered(f"keyring database {self.store.name!r}: its sealed copy of the home's policy is "
+                                      "missing (removed?); restore the database from a backup")
+            old = self.store.sealer
+            try:
+                self.store.reseal(db, new)
+            except BaseException:
+                new.wipe()
+                raise
+            self.store.set_meta(db, "integrity_key", wrapped_new)
             self.store.build_roster(db)
             self.outbox.add(db, "KEYRING_SEALED", scope="roster", operator=self.operator)
+        old.wipe()
         return True
 
     def _seal_new(self, db: Connection, wrapped_new: str, upgrading: bool) -> None:
@@ -1049,6 +1066,9 @@ class Keyring:
         self.store.build_roster(db)
         if upgrading:
             self.outbox.add(db, "KEYRING_SEALED", rows=sealed, schema_from=self.store.upgraded_from or "1",
+                            operator=self.operator)
+        else:  # a new database is journaled: one that replaced a deleted one shows in the journal
+            self.outbox.add(db, "KEYRING_CREATE", store="postgresql" if is_dsn(self.config.database) else "sqlite",
                             operator=self.operator)
         if imported:
             self.outbox.add(db, "OPERATORS_IMPORTED", keyids=list(imported), source="operators.json",

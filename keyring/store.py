@@ -12,12 +12,15 @@ writes go through the methods here, which seal the row they write; reads check t
 reuse, is.
 
 Rows are sealed one by one, so a seal alone cannot tell a deleted row, or an older copy of a row
-put back, from the real thing. The *roster* closes that: one meta value holding the XOR of a
-keyed tag per row (its table, primary key and seal), itself sealed. Every write here updates it
-in the write's own transaction (writers are serialised, so read-modify-write is safe), and the
-keyring checks it against every row at each open: a deleted row, an added one or an older copy
-of one no longer adds up. The roster's own seal keeps an editor from combining the values of
-several old copies into a new one.
+put back, from the real thing. The *roster* closes that: one meta value holding the sum (mod
+2^256) of a keyed tag per row (its table, primary key and seal), itself sealed. A sum, not an
+XOR: two copies of one row must not cancel out. Every write here updates it in the write's own
+transaction (writers are serialised, so read-modify-write is safe), and the keyring checks it
+against every row, in one read snapshot, at each open: a deleted row, an added one, a second
+copy of one or an older copy put back no longer adds up. The roster's own seal keeps an editor
+from combining the values of several old copies into a new one. The open also refuses a schema
+that lost a primary key or gained a trigger or view (what duplicate rows, or rows that quietly
+come back, would need).
 
 The database is never created implicitly: :class:`Store` opens an existing file unless told
 to create it (the home records which stores exist), so a deleted database is a refusal, not an
@@ -176,6 +179,11 @@ class RewrapGrant:
 
 #: The meta key of the roster (see the module docstring).
 _ROSTER = "roster"
+_MOD = 1 << 256
+#: Each table's primary key, as the schema declares it (checked at open).
+PRIMARY_KEYS = {"meta": ("k",), "keys": ("key_id",), "versions": ("key_id", "version"),
+                "approvals_used": ("nonce",), "operators": ("keyid",), "outbox": ("txid",),
+                "rewrap_grants": ("revoked_key",)}
 
 #: Where a queued journal record's seal is kept, inside its fields (never a field of a record).
 _OUTBOX_SEAL = "_seal"
@@ -217,7 +225,9 @@ class Store:
             elif version_row[0] == "1":
                 self._upgrade_from_1(db)
             elif version_row[0] != SCHEMA_VERSION:
-                raise PolicyError(f"{where}: schema {version_row[0]!r}, this xpscerpto reads {SCHEMA_VERSION}")
+                shown = repr(version_row[0]) if str(version_row[0]).isdigit() and len(str(version_row[0])) < 8 \
+                    else "unknown"
+                raise PolicyError(f"{where}: schema {shown}, this xpscerpto reads {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise PolicyError(f"{where}: unreadable ({type(exc).__name__}: not a keyring database or corrupted); "
                               "restore it from a backup") from None
@@ -355,7 +365,7 @@ class Store:
         out: dict[str, tuple[bytes, str]] = {}
         for keyid, pk, label, added, mac in (db or self._db()).execute(
                 "SELECT keyid, public_key, label, added, mac FROM operators ORDER BY keyid"):
-            self._check("operator", (keyid, pk, label, added), mac, f"operator {keyid[:12]}")
+            self._check("operator", (keyid, pk, label, added), mac, f"operator {_id(keyid)[:12]}")
             out[keyid] = (bytes.fromhex(pk), label)
         return out
 
@@ -364,8 +374,15 @@ class Store:
         row = (db or self._db()).execute("SELECT * FROM rewrap_grants WHERE revoked_key = ?", (revoked_key,)).fetchone()
         if row is None:
             return None
-        grant = RewrapGrant(row[0], row[1], row[2], tuple(json.loads(row[3])), row[4])
-        self._check("grant", grant.sealed_fields(), grant.mac, f"rewrap grant of {grant.revoked_key}")
+        try:
+            approvers = json.loads(row[3])
+            if not isinstance(approvers, list):
+                raise TypeError
+        except (TypeError, ValueError, RecursionError):
+            raise KeyringTampered(f"keyring database {self.name!r}: the rewrap grant of a key is damaged (edited "
+                                  "outside xps?); restore it from a backup") from None
+        grant = RewrapGrant(row[0], row[1], row[2], tuple(approvers), row[4])
+        self._check("grant", grant.sealed_fields(), grant.mac, f"rewrap grant of {_id(grant.revoked_key)}")
         return grant
 
     def outbox(self, db: Connection | None = None) -> list[OutboxRow]:
@@ -420,8 +437,9 @@ class Store:
         row = replace(current, **changes)
         row = replace(row, mac=self._seal("key", row.sealed_fields()))
         names = [f.name for f in fields(KeyRow) if f.name != "key_id"]
-        db.execute(f"UPDATE keys SET {', '.join(f'{n} = ?' for n in names)} WHERE key_id = ?",  # noqa: S608
-                   (*_columns(row)[1:], key_id))
+        cur = db.execute(f"UPDATE keys SET {', '.join(f'{n} = ?' for n in names)} WHERE key_id = ?",  # noqa: S608
+                         (*_columns(row)[1:], key_id))
+        _one_row(cur, self.name)
         self._roster(db, add=[_key_entry(row)], remove=[_key_entry(current)])
         self.changed(db, key_id)
         return row
@@ -443,9 +461,10 @@ class Store:
         row = replace(row, mac=self._seal("version", row.sealed_fields()))
         names = [f.name for f in fields(VersionRow) if f.name not in ("key_id", "version")]
         values = [getattr(row, n) for n in names]
-        db.execute(f"UPDATE versions SET {', '.join(f'{n} = ?' for n in names)} "  # noqa: S608
-                   "WHERE key_id = ? AND version = ?",
-                   (*(str(v) if isinstance(v, VersionState) else v for v in values), key_id, version))
+        cur = db.execute(f"UPDATE versions SET {', '.join(f'{n} = ?' for n in names)} "  # noqa: S608
+                         "WHERE key_id = ? AND version = ?",
+                         (*(str(v) if isinstance(v, VersionState) else v for v in values), key_id, version))
+        _one_row(cur, self.name)
         self._roster(db, add=[_version_entry(row)], remove=[_version_entry(current)])
         if changes.keys() - {"encryptions"}:  # a block reservation changes nothing others cache
             self.changed(db, key_id)
@@ -537,31 +556,59 @@ class Store:
         self.roster_on = True
 
     def check_roster(self, db: Connection) -> None:
-        """Refuse the database unless its rows add up to its sealed roster (inside a write, so
-        no other writer's change is half-seen)."""
+        """Refuse the database unless its rows add up to its sealed roster (inside a snapshot or
+        a write, so no other writer's change is half-seen)."""
         stored = self._stored_roster(db)
         actual = self._roster_of_rows(db).to_bytes(32, "big")
         if not hmac.compare_digest(stored.to_bytes(32, "big"), actual):
             raise KeyringTampered(f"keyring database {self.name!r}: its rows do not match its sealed roster (a row "
                                   "deleted or added, or an older copy of one put back); restore it from a backup")
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read transaction: every statement in it sees the database at one moment, and no
+        writer waits for it (WAL)."""
+        db = self._db()
+        db.execute("BEGIN")  # deferred: the snapshot is taken at its first read
+        try:
+            yield db
+        finally:
+            db.execute("COMMIT")
+
+    def check_schema(self, db: Connection) -> None:
+        """Refuse a database whose tables lost a primary key or uniqueness, or gained a trigger or
+        a view: duplicate rows, or rows a trigger quietly puts back, would get past the seals."""
+        if db.execute("SELECT count(*) FROM sqlite_master WHERE type IN ('trigger', 'view')").fetchone()[0]:
+            raise self._schema_edited("a trigger or view was added")
+        for table, key in PRIMARY_KEYS.items():
+            declared = sorted((int(pk), str(name)) for _, name, _, _, _, pk in db.execute(
+                f"PRAGMA table_info({table})") if pk)
+            if tuple(name for _, name in declared) != key:
+                raise self._schema_edited(f"table {table} lost its primary key")
+        unique = [row for row in db.execute("PRAGMA index_list(keys)") if row[2]]
+        if not any([c[2] for c in db.execute(f"PRAGMA index_info({row[1]!r})")] == ["name"] for row in unique):
+            raise self._schema_edited("key names are no longer unique")
+
+    def _schema_edited(self, what: str) -> KeyringTampered:
+        return KeyringTampered(f"keyring database {self.name!r}: its schema was edited ({what}); restore it from "
+                               "a backup")
+
     def _roster(self, db: Connection, *, add: Sequence[Sequence[Any]] = (),
                 remove: Sequence[Sequence[Any]] = ()) -> None:
         if not self.roster_on:
             return
         value = self._stored_roster(db)
-        for entry in (*add, *remove):
-            value ^= self._tag(entry)
-        self._store_roster(db, value)
+        for entry in add:
+            value += self._tag(entry)
+        for entry in remove:
+            value -= self._tag(entry)
+        self._store_roster(db, value % _MOD)
 
     def _tag(self, entry: Sequence[Any]) -> int:
         return int(self._seal("roster-entry", tuple(entry)), 16)
 
     def _roster_of_rows(self, db: Connection) -> int:
-        value = 0
-        for entry in self._entries(db):
-            value ^= self._tag(entry)
-        return value
+        return sum(self._tag(entry) for entry in self._entries(db)) % _MOD
 
     def _entries(self, db: Connection) -> Iterator[list[Any]]:
         for key_id, mac in db.execute("SELECT key_id, mac FROM keys"):
@@ -594,6 +641,49 @@ class Store:
         text = f"{value:064x}"
         self.set_meta(db, _ROSTER, f"{text}:{self._seal('roster', (text,))}")
 
+    def reseal(self, db: Connection, new: Sealer) -> None:
+        """Check every sealed row under the attached sealer, seal it again under ``new`` and
+        attach ``new`` (inside a write). A row that fails its current seal stops it: rows are
+        never sealed afresh unchecked."""
+        old = self.sealer
+        if old is None:
+            raise InternalError("keyring store: nothing to reseal without the current integrity key")
+        keys = [self._key(r) for r in db.execute("SELECT * FROM keys")]
+        versions = [self._version(r) for r in db.execute("SELECT * FROM versions")]
+        operators = db.execute("SELECT keyid, public_key, label, added, mac FROM operators").fetchall()
+        for keyid, pk, label, added, mac in operators:
+            self._check("operator", (keyid, pk, label, added), mac, f"operator {_id(keyid)[:12]}")
+        grants = [self.grant(r[0], db) for r in db.execute("SELECT revoked_key FROM rewrap_grants").fetchall()]
+        queued = db.execute("SELECT txid, created, event, fields FROM outbox").fetchall()
+        sealed_outbox = []
+        for row in self.outbox(db):  # checks each sealed record (unsealed ones stay unsealed)
+            if not row.fields.get("unsealed"):
+                sealed_outbox.append(row)
+        policy, policy_seal = self.meta("policy", db), self.meta("policy_seal", db)
+        if policy is not None:
+            old.check("policy", [policy], policy_seal, what="the sealed copy of the home's policy")
+        for k in keys:
+            db.execute("UPDATE keys SET mac = ? WHERE key_id = ?", (new.seal("key", k.sealed_fields()), k.key_id))
+        for v in versions:
+            db.execute("UPDATE versions SET mac = ? WHERE key_id = ? AND version = ?",
+                       (new.seal("version", v.sealed_fields()), v.key_id, v.version))
+        for keyid, pk, label, added, _ in operators:
+            db.execute("UPDATE operators SET mac = ? WHERE keyid = ?",
+                       (new.seal("operator", (keyid, pk, label, added)), keyid))
+        for g in grants:
+            if g is not None:
+                db.execute("UPDATE rewrap_grants SET mac = ? WHERE revoked_key = ?",
+                           (new.seal("grant", g.sealed_fields()), g.revoked_key))
+        created = {t: c for t, c, _, _ in queued}
+        for row in sealed_outbox:
+            text = json.dumps(row.fields, sort_keys=True)
+            seal = new.seal("outbox", [row.txid, float(created[row.txid]), row.event, text])
+            db.execute("UPDATE outbox SET fields = ? WHERE txid = ?",
+                       (json.dumps({**row.fields, _OUTBOX_SEAL: seal}, sort_keys=True), row.txid))
+        if policy is not None:
+            self.set_meta(db, "policy_seal", new.seal("policy", (policy,)))
+        self.sealer = new
+
     def seal_all(self, db: Connection) -> int:
         """Seal every unsealed row (once, after an upgrade from schema 1); returns how many."""
         n = 0
@@ -621,14 +711,20 @@ class Store:
     def _key(self, r: tuple[Any, ...], check: bool = True) -> KeyRow:
         row = KeyRow(r[0], r[1], r[2], r[3], r[4], r[5], _state(KeyState, r[6]), r[7], r[8], r[9], r[10])
         if check:
-            self._check("key", row.sealed_fields(), row.mac, f"key {row.key_id}")
+            self._check("key", row.sealed_fields(), row.mac, f"key {_id(row.key_id)}")
         return row
 
     def _version(self, r: tuple[Any, ...], check: bool = True) -> VersionRow:
         row = VersionRow(r[0], r[1], _state(VersionState, r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
                          r[11], r[12], r[13])
         if check:
-            self._check("version", row.sealed_fields(), row.mac, f"key {row.key_id} version {row.version}")
+            self._check("version", row.sealed_fields(), row.mac, f"key {_id(row.key_id)} version {_id(row.version)}")
+        # The usage counters are not sealed (they only inform): damage to them is refused here,
+        # typed, rather than failing later in arithmetic.
+        if type(row.decryptions) is not int or row.decryptions < 0 or not (
+                row.last_used is None or type(row.last_used) in (int, float)):
+            raise PolicyError(f"keyring database {self.name!r}: the usage counters of key {_id(row.key_id)} are "
+                              "damaged; restore it from a backup")
         return row
 
 
@@ -636,8 +732,21 @@ def _state(kind: Any, value: object) -> Any:
     try:
         return kind(value)
     except ValueError:
-        raise PolicyError(f"keyring: unknown state {str(value)[:20]!r} in the database (edited outside xps?)",
-                          reason="seal") from None
+        raise PolicyError("keyring: a row has an unknown state (edited outside xps?); restore the database from a "
+                          "backup", reason="seal") from None
+
+
+def _id(value: object) -> str:
+    """An id read from the database, for a message: shown only if it looks like one."""
+    text = str(value)
+    return text if len(text) <= 32 and text.isascii() and text.isalnum() else "(damaged id)"
+
+
+def _one_row(cursor: Any, where: str) -> None:
+    # A second row under one primary key would take the update too: the schema was edited.
+    if cursor.rowcount != 1:
+        raise KeyringTampered(f"keyring database {where!r}: an update changed {cursor.rowcount} rows, not one "
+                              "(edited outside xps?); restore it from a backup")
 
 
 def _key_entry(row: KeyRow) -> list[Any]:

@@ -77,12 +77,12 @@ def test_audit_verify_detects_a_modified_record(tmp_path: Path) -> None:
     home = tmp_path / "home"
     ok(xps(home, "key", "create", "a"))
     ok(xps(home, "key", "create", "b"))
-    assert "audit journal OK: 2 records" in ok(xps(home, "audit", "verify"))
+    assert "audit journal OK: 3 records" in ok(xps(home, "audit", "verify"))  # KEYRING_CREATE, 2 KEY_CREATE
     log = home / "audit.log"
     log.write_text(log.read_text().replace('"name":"a"', '"name":"z"'))
     out = xps(home, "audit", "verify")
     assert out.returncode == 2
-    assert "modified" in out.stderr.decode() and "1" in out.stderr.decode()
+    assert "modified" in out.stderr.decode() and "record seq 2 " in out.stderr.decode()  # a's KEY_CREATE
 
 
 def test_config_check_and_show(tmp_path: Path) -> None:

@@ -290,6 +290,9 @@ def journal(tmp_path: Path) -> Path:
     for name in ("a", "b", "c", "d"):
         ok(xps(home, "key", "create", name, config=cfg))
     ok(xps(home, "key", "rotate", "a", config=cfg))
+    ok(xps(home, "key", "rotate", "b", config=cfg))
+    events = [r["event"] for r in _log(home)]
+    assert "CHECKPOINT" in events and events[-1] != "CHECKPOINT"  # what the docstring promises
     return home
 
 

@@ -258,3 +258,125 @@ def test_errors_here_are_xps_errors(populated: Path) -> None:
     _sql(populated, "DELETE FROM keys WHERE name = 'k'")
     with pytest.raises(XpsError):
         _open(populated)
+
+
+# -- review of the roster: schema edits, the old integrity key, damaged columns -------------------
+
+#: Rebuild a table without its primary key and put a second copy of a row in (review F1: with an
+#: XOR roster, two copies cancelled out; the sum would notice, the schema check refuses first).
+NO_PRIMARY_KEY = {
+    "keys": "CREATE TABLE t2 AS SELECT * FROM keys WHERE 0; INSERT INTO t2 SELECT * FROM keys; "
+            "INSERT INTO t2 SELECT * FROM keys WHERE name = 'k'; DROP TABLE keys; ALTER TABLE t2 RENAME TO keys;",
+    "operators": "CREATE TABLE t2 AS SELECT * FROM operators WHERE 0; INSERT INTO t2 SELECT * FROM operators; "
+                 "DROP TABLE operators; ALTER TABLE t2 RENAME TO operators;",
+    "approvals_used": "CREATE TABLE t2 (nonce TEXT, used REAL); INSERT INTO t2 SELECT * FROM approvals_used; "
+                      "DROP TABLE approvals_used; ALTER TABLE t2 RENAME TO approvals_used;",
+    "key names": "CREATE TABLE t2 (key_id TEXT PRIMARY KEY, name TEXT, algorithm TEXT, policy TEXT, "
+                 "rotate_every REAL, max_encryptions INTEGER, state TEXT, created REAL, updated REAL, "
+                 "revoke_reason TEXT, mac TEXT); INSERT INTO t2 SELECT * FROM keys; DROP TABLE keys; "
+                 "ALTER TABLE t2 RENAME TO keys;",
+    "trigger": "CREATE TRIGGER keep AFTER UPDATE OF state ON keys BEGIN SELECT 1; END;",
+    "view": "CREATE VIEW v AS SELECT * FROM keys;",
+}
+
+
+@pytest.mark.parametrize("edit", sorted(NO_PRIMARY_KEY))
+def test_a_schema_that_could_hold_duplicates_or_revive_rows_is_refused(populated: Path, edit: str) -> None:
+    with sqlite3.connect(populated / "keyring.db") as db:
+        db.executescript(NO_PRIMARY_KEY[edit])
+    with pytest.raises(KeyringTampered, match="its schema was edited"):
+        _open(populated)
+
+
+def test_two_copies_of_a_row_do_not_cancel_out(populated: Path) -> None:
+    """The accumulator itself: a sum, where XOR let a doubled row vanish."""
+    with _open(populated) as ring, ring.store.snapshot() as db:
+        entries = list(ring.store._entries(db))
+        doubled = sum(ring.store._tag(e) for e in [*entries, entries[0], entries[0]]) % (1 << 256)
+        assert doubled != ring.store._roster_of_rows(db)
+
+
+def test_the_old_integrity_key_put_back_after_the_upgrade_is_refused(v2_home: Path) -> None:
+    """Review F2: the pre-roster wrapped key is in every older backup. The upgrade resealed every
+    row under a new key, so the old one verifies none of them: no fresh roster is built."""
+    legacy = _rows(v2_home, "SELECT v FROM meta WHERE k = 'integrity_key'")[0][0]
+    ok(xps(v2_home, "key", "list"))
+    _sql(v2_home, f"UPDATE meta SET v = '{legacy}' WHERE k = 'integrity_key'", "DELETE FROM meta WHERE k = 'roster'")
+    refused(xps(v2_home, "key", "list"), "fails its integrity seal")
+    assert _rows(v2_home, "SELECT v FROM meta WHERE k = 'roster'") == []
+    # And with the sealed policy gone too and home.json loosened: refused, nothing sealed from home.json.
+    _sql(v2_home, "DELETE FROM meta WHERE k IN ('policy', 'policy_seal')")
+    record = json.loads((v2_home / "home.json").read_text())
+    record.pop("sealed", None)
+    record["policy"]["approvals.revoke"] = 0
+    (v2_home / "home.json").write_text(json.dumps(record))
+    refused(xps(v2_home, "key", "list"), "XPS_ERR_POLICY")
+    assert _rows(v2_home, "SELECT v FROM meta WHERE k IN ('policy', 'roster')") == []
+
+
+def test_the_upgrade_never_seals_home_json_policy(v2_home: Path) -> None:
+    _sql(v2_home, "DELETE FROM meta WHERE k IN ('policy', 'policy_seal')")
+    record = json.loads((v2_home / "home.json").read_text())
+    record.pop("sealed", None)  # the mark gone too: still refused
+    (v2_home / "home.json").write_text(json.dumps(record))
+    refused(xps(v2_home, "key", "list"), "sealed copy of the home's policy is missing")
+    assert _rows(v2_home, "SELECT v FROM meta WHERE k = 'roster'") == []
+
+
+def test_a_new_keyring_database_is_journaled(tmp_path: Path) -> None:
+    """Review F7: a database deleted and its record removed from home.json comes back empty;
+    the journal shows a second KEYRING_CREATE."""
+    home = tmp_path / "home"
+    with _open(home, approvals=0) as ring:
+        assert [e["event"] for e in ring.audit.tail(5)] == ["KEYRING_CREATE"]
+        assert ring.audit.tail(1)[0]["store"] == "sqlite"
+
+
+@pytest.mark.parametrize("value", ["'not json'", "42", "x'00'"])
+def test_a_damaged_rewrap_grant_is_refused_typed(populated: Path, value: str) -> None:
+    """Review F5: a grant's approvers were parsed before its seal was checked (JSONDecodeError)."""
+    with _open(populated) as ring:
+        kid = ring.describe("gone").key_id
+        _sql(populated, f"UPDATE rewrap_grants SET approvers = {value}")
+        with pytest.raises(KeyringTampered, match="rewrap grant of a key is damaged") as caught:
+            ring.store.grant(kid)
+        assert "not json" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["'yesterday'", "x'01'", "-1"])
+def test_damaged_usage_counters_are_refused_typed(populated: Path, value: str) -> None:
+    """Usage counters are not sealed (they inform); damage to them is a typed refusal, not a
+    TypeError later in arithmetic (review F5)."""
+    column = "decryptions" if value == "-1" else "last_used"
+    with _open(populated) as ring:
+        _sql(populated, f"UPDATE versions SET {column} = {value}")
+        with pytest.raises(XpsError, match="usage counters") as caught:
+            ring.unused_for("k", 2)
+        assert "yesterday" not in str(caught.value)
+
+
+def test_a_huge_schema_value_is_not_echoed(populated: Path) -> None:
+    _sql(populated, "UPDATE meta SET v = '" + "9" * 100_000 + "' WHERE k = 'schema'")
+    with pytest.raises(XpsError) as caught:
+        _open(populated)
+    assert len(str(caught.value)) < 400 and "999999" not in str(caught.value)
+
+
+def test_opening_does_not_wait_for_a_writer(tmp_path: Path) -> None:
+    """The roster is checked in a read snapshot: an open proceeds while another process holds a
+    write transaction (on PostgreSQL the write lock is shared by every node)."""
+    populated = tmp_path / "home"
+    with _open(populated) as ring:
+        ring.create("k")
+    writer = sqlite3.connect(populated / "keyring.db", isolation_level=None, timeout=0.1)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE versions SET decryptions = decryptions")  # holds the write lock, commits nothing
+    try:
+        done: list[object] = []
+        t = threading.Thread(target=lambda: done.append(_open(populated).close()), daemon=True)
+        t.start()
+        t.join(20)
+        assert done == [None], "the open waited for the writer"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
