@@ -37,8 +37,6 @@ class WatchService:
                  polling: bool | None = None, plan: StagePlan = StagePlan(), gates: Gates = Gates(),
                  limits: Limits = Limits(), operator: str = "watch", settle_seconds: float = 0.5,
                  config: XpsConfig | None = None, cluster: str | None = None, node: str | None = None) -> None:
-        from .watch import Inbox, InboxResult
-
         base = config or XpsConfig.defaults()
         h = home if isinstance(home, Home) else Home.resolve(home)
         # The home's record lists every store once created (state.json among them), so a store
@@ -60,6 +58,23 @@ class WatchService:
         self._states = base.hotpatch.state_store(h)
         self.updater = Updater(engine, h, gates=gates, plan=plan, limits=limits, operator=operator, audit=audit,
                                config_document=self.config.to_mapping(), state_store=self._states)
+        try:
+            self._build(directory, operator, polling, settle_seconds, limits)
+        except BaseException:
+            # A refused argument (a negative settle time…) must not leave the updater's threads
+            # running with no service object left to stop them.
+            self.updater.close()
+            self._states.close()
+            raise
+        self._cluster = cluster
+        self._node = node or "local"
+        self.announcer: Any = None
+
+    def _build(self, directory: str | Path, operator: str, polling: bool | None, settle_seconds: float,
+               limits: Limits) -> None:
+        """The control socket and the watched inbox (whose arguments are checked here)."""
+        from .watch import Inbox, InboxResult
+
         self._overrides_path = self.updater.home.root / "overrides.json"
         self.control = ControlServer(self.updater, self.updater.home.socket, service=self)
 
@@ -79,26 +94,27 @@ class WatchService:
 
         self.inbox = Inbox(directory, handle, polling=polling, settle_seconds=settle_seconds,
                            max_bytes=limits.max_capsule_bytes, on_refused=refused)
-        self._cluster = cluster
-        self._node = node or "local"
-        self.announcer: Any = None
 
     def start(self) -> WatchService:
-        """Re-apply emergency overrides, restore the committed state, then open socket and inbox."""
-        # Every change is journalled first; a journal we cannot continue must stop us here,
-        # with one line, not on a background thread later.
-        self.updater.audit.check_writable()
-        for key, value in self._overrides().items():
-            self.config = self.config.emergency_change(key, value, operator="restart",
-                                                       reason=f"re-applied from {self._overrides_path.name}",
-                                                       audit=self.updater.audit)
-        self.updater.reconfigure(
-            self.config.engine,
-            gates=replace(self.updater.gates, max_slowdown=self.config.hotpatch.max_slowdown),
-            plan=replace(self.updater.plan, canary_share=self.config.hotpatch.canary_share),
-            config_document=self.config.to_mapping())
-        self.updater.restore()
+        """Re-apply emergency overrides, restore the committed state, then open socket and inbox.
+
+        A failed start closes what it opened (the updater's threads too): make a new service
+        to try again.
+        """
         try:
+            # Every change is journalled first; a journal we cannot continue must stop us here,
+            # with one line, not on a background thread later.
+            self.updater.audit.check_writable()
+            for key, value in self._overrides().items():
+                self.config = self.config.emergency_change(key, value, operator="restart",
+                                                           reason=f"re-applied from {self._overrides_path.name}",
+                                                           audit=self.updater.audit)
+            self.updater.reconfigure(
+                self.config.engine,
+                gates=replace(self.updater.gates, max_slowdown=self.config.hotpatch.max_slowdown),
+                plan=replace(self.updater.plan, canary_share=self.config.hotpatch.canary_share),
+                config_document=self.config.to_mapping())
+            self.updater.restore()
             if self._cluster is not None:  # other nodes' enables and rollbacks, and ours to them
                 from xpscerpto.db.capsule_announce import Announcer
 

@@ -57,6 +57,12 @@ _log = logging.getLogger(__name__)
 #: that faults is not charged to anyone).
 _SERVING_TABLES = 256
 
+#: Seconds between a drain report's looks at whether the updater was closed meanwhile.
+_DRAIN_POLL = 0.1
+
+#: Seconds :meth:`Updater.close` waits in all for the updater's threads to end.
+CLOSE_TIMEOUT = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class StagePlan:
@@ -140,8 +146,16 @@ class Updater:
         # that table: a fault is charged to the capsule of the table the faulting call used.
         self._serving: dict[int, dict[str, str]] = {}
         self.last_drain: Drain | None = None
+        # Every thread this updater starts (drain reports, rollbacks, sampling timers) is listed
+        # here until it ends, so that close() can end or wait for each: an updater that outlived
+        # its close() kept them, and a long-lived process making updaters ran out of threads.
+        self._threads_lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+        self._rolling_back: set[str] = set()  # sha256 of each capsule a rollback thread is taking out
+        self._closed = threading.Event()
         engine.add_table_fault_listener(self._on_provider_fault)
-        threading.Thread(target=self._watch_faults, name="xps-fault-watch", daemon=True).start()
+        self._watcher = threading.Thread(target=self._watch_faults, name="xps-fault-watch", daemon=True)
+        self._watcher.start()
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -348,10 +362,10 @@ class Updater:
         self._audit("PATCH_STAGE", sha256=loaded.capsule.sha256, name=name, version=loaded.capsule.manifest.version,
                     phase="sampled", every=self.plan.sample_every, seconds=self.plan.sample_seconds,
                     table_version=table.version)
-        timer = threading.Timer(self.plan.sample_seconds, self._end_sampling, args=(table.version,))
+        timer = threading.Timer(self.plan.sample_seconds, self._run_tracked, args=(self._end_sampling, table.version))
         timer.daemon = True
         timer.name = f"xps-sampling-{table.version}"
-        timer.start()
+        self._start_tracked(timer)
 
     def _end_sampling(self, version: int) -> None:
         with contextlib.suppress(Exception), self._lock:
@@ -597,12 +611,44 @@ class Updater:
         weakref.finalize(old, drain._finished)
         del old  # from here only in-flight calls keep the old table alive
         self.last_drain = drain
-        threading.Thread(target=self._report_drain, args=(drain, table.version), daemon=True,
-                         name=f"xps-drain-{drain.table_version}").start()
+        self._spawn(self._report_drain, drain, table.version, name=f"xps-drain-{drain.table_version}")
         return table
 
+    def _spawn(self, target: Callable[..., object], *args: object, name: str) -> threading.Thread:
+        """Start a daemon thread running ``target(*args)``, listed until it ends (see close())."""
+        thread = threading.Thread(target=self._run_tracked, args=(target, *args), name=name, daemon=True)
+        self._start_tracked(thread)
+        return thread
+
+    def _start_tracked(self, thread: threading.Thread) -> None:
+        with self._threads_lock:
+            self._threads.add(thread)
+        try:
+            thread.start()
+        except BaseException:  # RuntimeError: no thread to spare; the caller decides what then
+            with self._threads_lock:
+                self._threads.discard(thread)
+            raise
+
+    def _run_tracked(self, target: Callable[..., object], *args: object) -> None:
+        try:
+            target(*args)
+        finally:
+            with self._threads_lock:
+                self._threads.discard(threading.current_thread())
+
     def _report_drain(self, drain: Drain, new_version: int) -> None:
-        done = drain.wait(self.plan.drain_timeout)
+        # Waits in short steps so that close() need not wait out the drain timeout: once closed,
+        # a drain still running is not reported (its timeout would say "closed", not "stuck").
+        deadline = time.monotonic() + self.plan.drain_timeout
+        done = drain.done.is_set()
+        while not done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closed.is_set():
+                break
+            done = drain.wait(min(remaining, _DRAIN_POLL))
+        if not done and self._closed.is_set():
+            return
         try:
             if done:
                 self._audit("PATCH_DRAINED", table_version=drain.table_version, replaced_by=new_version,
@@ -633,11 +679,19 @@ class Updater:
             sha = self._serving.get(table_version, {}).get(provider)
             if sha is None:  # a built-in provider, or a table this updater did not build
                 continue
+            # One rollback per capsule at a time: a faulty capsule under traffic faults on every
+            # call, and a thread per fault (each waiting for the update lock, then finding the
+            # capsule gone) piled up by the thousand until no thread could start. No look at the
+            # state here: a capsule faulting in its canary is not active yet, and the rollback
+            # waiting for apply() to finish is what takes it out then.
+            with self._threads_lock:
+                if sha in self._rolling_back:
+                    continue
+                self._rolling_back.add(sha)
             # Rolling back takes the update lock, which apply() may hold through a canary; do
             # it on its own thread so faults of a staged capsule are never queued behind it.
             try:
-                threading.Thread(target=self._auto_rollback, args=(provider, sha, detail), daemon=True,
-                                 name="xps-auto-rollback").start()
+                self._spawn(self._auto_rollback, provider, sha, detail, name="xps-auto-rollback")
             except RuntimeError:  # no thread to spare (a thread or memory limit): here, late rather than never
                 self._auto_rollback(provider, sha, detail)
 
@@ -652,13 +706,54 @@ class Updater:
         except Exception as exc:  # never let a failed rollback pass silently, nor kill anything
             with contextlib.suppress(Exception):
                 self._audit("PATCH_ROLLBACK_FAILED", name=provider, reason=f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._threads_lock:
+                self._rolling_back.discard(sha)
 
-    def close(self) -> None:
-        """Stop reacting to provider faults (the routing in force stays as it is)."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop reacting to provider faults and end this updater's threads (routing stays as it is).
+
+        Faults reported before the call are still acted on: a rollback they started finishes
+        first. Sampled checks not yet due are cancelled; drain reports still waiting are dropped.
+        Waits up to ``timeout`` seconds in all (a thread still running then is logged). Calling
+        it again does nothing.
+
+        Example:
+            >>> up = Updater(Engine(), "/var/lib/xps"); up.restore()    # doctest: +SKIP
+            >>> up.close()                                              # doctest: +SKIP
+        """
+        with self._threads_lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
         self.engine.remove_fault_listener(self._on_provider_fault)
         self._faults.put(None)
+        deadline = time.monotonic() + timeout
+        me = threading.current_thread()
+        if self._watcher is not me:  # first the watcher: it may still start a rollback
+            self._watcher.join(timeout)
+        while True:
+            with self._threads_lock:
+                threads = [t for t in self._threads if t is not me and t.is_alive()]
+            remaining = deadline - time.monotonic()
+            if not threads or remaining <= 0:
+                break
+            for thread in threads:
+                if isinstance(thread, threading.Timer):
+                    thread.cancel()
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        late = sorted(t.name for t in (self._watcher, *threads) if t is not me and t.is_alive())
+        if late:
+            _log.warning("xps: updater closed with threads still running after %ss: %s", timeout, ", ".join(late))
         if self._restored:
             self._crash_guard.clean_exit()
+
+    def __enter__(self) -> Updater:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _audit(self, event: str, **fields: Any) -> None:
         self.audit.record(event, **fields)

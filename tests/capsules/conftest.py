@@ -352,6 +352,38 @@ def rejections(updater: Updater) -> list[dict[str, Any]]:
     return [e for e in updater.audit.tail(200) if e["event"] == "PATCH_REJECT"]
 
 
+#: Updaters made during the running test (each owns threads): closed when it ends, pass or fail.
+_UPDATERS: list[Updater] = []
+
+
+def closed_at_teardown(up: Updater) -> Updater:
+    """``up``, closed at the end of the running test (its fault watcher, drain and rollback threads)."""
+    _UPDATERS.append(up)
+    return up
+
+
+def close_updaters() -> None:
+    """Close every updater made so far in this test (the fixture ``publisher`` does it before its stores)."""
+    while _UPDATERS:
+        _UPDATERS.pop().close()
+
+
+@pytest.fixture(autouse=True)
+def _updaters_closed() -> Iterator[None]:
+    yield
+    close_updaters()
+
+
+def restored(up: Updater) -> Updater:
+    """``up.restore()`` (as a service does at start); an updater whose restore raised is closed."""
+    try:
+        up.restore()
+    except BaseException:
+        up.close()
+        raise
+    return up
+
+
 @dataclass
 class UpdaterMaker:
     """Builds ``Updater`` objects over fresh engines and a home under the test's tmp dir."""
@@ -365,16 +397,15 @@ class UpdaterMaker:
         kwargs: dict[str, Any] = {"gates": gates, "plan": PLAN, "limits": limits}
         if clock is not None:
             kwargs["clock"] = clock
-        up = Updater(engine, home=home or self.tmp_path / "home", **kwargs)
-        if restore:  # as a service does at start; tests of the un-restored path pass False
-            up.restore()
-        return up
+        up = closed_at_teardown(Updater(engine, home=home or self.tmp_path / "home", **kwargs))
+        # tests of the un-restored path pass restore=False
+        return restored(up) if restore else up
 
 
 @pytest.fixture
 def make_updater(tmp_path: Path) -> UpdaterMaker:
     """``make_updater(home=None, gates=GATES, limits=..., policy=..., clock=..., engine=..., restore=True)``
-    -> a restored Updater over a fresh ``Engine()`` and ``tmp_path / "home"``."""
+    -> a restored Updater over a fresh ``Engine()`` and ``tmp_path / "home"``, closed after the test."""
     return UpdaterMaker(tmp_path)
 
 

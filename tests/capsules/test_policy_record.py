@@ -11,6 +11,7 @@ from xpscerpto.capsules.updater import Updater, rollback_offline
 from xpscerpto.config import XpsConfig
 from xpscerpto.signing import TrustStore, generate_keypair, load_private_key
 
+from .conftest import closed_at_teardown
 from .test_updater import FAST_GATES, NO_TRIAL, OP, Publisher
 
 
@@ -21,7 +22,8 @@ def _records(up: Updater, event: str) -> list[dict]:
 def test_enable_and_rollback_name_trust_digest_pin_allow_list_and_config_digest(tmp_path: Path) -> None:
     pub = Publisher(tmp_path)
     doc = XpsConfig.defaults().to_mapping()
-    up = Updater(xps.Engine(), pub.home, gates=FAST_GATES, plan=NO_TRIAL, config_document=doc)
+    up = closed_at_teardown(Updater(xps.Engine(), pub.home, gates=FAST_GATES, plan=NO_TRIAL,
+                                    config_document=doc))
     up.restore()
     up.apply(pub.capsule("1.0.0"))
     up.rollback(OP)
@@ -38,8 +40,8 @@ def test_enable_and_rollback_name_trust_digest_pin_allow_list_and_config_digest(
 
 def test_a_changed_trust_store_or_configuration_shows_in_the_next_record(tmp_path: Path) -> None:
     pub = Publisher(tmp_path)
-    up = Updater(xps.Engine(), pub.home, gates=FAST_GATES, plan=NO_TRIAL,
-                 config_document=XpsConfig.defaults().to_mapping())
+    up = closed_at_teardown(Updater(xps.Engine(), pub.home, gates=FAST_GATES, plan=NO_TRIAL,
+                                    config_document=XpsConfig.defaults().to_mapping()))
     up.restore()
     up.apply(pub.capsule("1.0.0"))
     first = _records(up, "PATCH_ENABLE")[-1]["policy"]
@@ -60,7 +62,7 @@ def test_a_changed_trust_store_or_configuration_shows_in_the_next_record(tmp_pat
 
 def test_offline_rollback_names_the_pins_that_cover_the_operation(tmp_path: Path) -> None:
     pub = Publisher(tmp_path)
-    up = Updater(xps.Engine(), pub.home, gates=FAST_GATES, plan=NO_TRIAL)
+    up = closed_at_teardown(Updater(xps.Engine(), pub.home, gates=FAST_GATES, plan=NO_TRIAL))
     up.restore()
     up.apply(pub.capsule("1.0.0"))
     up.close()
@@ -83,7 +85,7 @@ def test_an_offline_rollback_that_cannot_be_journaled_changes_nothing(tmp_path: 
     """Kill sweep finding: the state was saved first, so a failure (or a kill) before the
     journal append left a rolled-back capsule with no PATCH_ROLLBACK record, for good."""
     pub = Publisher(tmp_path)
-    up = Updater(xps.Engine(), pub.home, gates=FAST_GATES, plan=NO_TRIAL)
+    up = closed_at_teardown(Updater(xps.Engine(), pub.home, gates=FAST_GATES, plan=NO_TRIAL))
     up.restore()
     up.apply(pub.capsule("1.0.0"))
     up.close()

@@ -27,6 +27,8 @@ from xpscerpto.signing import TrustStore, generate_keypair, load_private_key
 
 from tests.fakes.providers import ProviderPlugin
 
+from .conftest import close_updaters, closed_at_teardown, restored
+
 DEMO = Path(__file__).resolve().parents[2] / "capsules" / "demo-capsule"
 OP, ALGO = "aead.xchacha20poly1305", "XCHACHA20-POLY1305"
 FAST_GATES = Gates(timeout_s=60, bench_seconds=0.05, diff_samples=11)
@@ -74,6 +76,7 @@ def publisher(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Publis
     _BACKENDS[tmp_path] = pub.dsn
     yield pub
     del _BACKENDS[tmp_path]
+    close_updaters()  # before the stores they use
     while _OPEN:
         _OPEN.pop().close()
 
@@ -92,9 +95,8 @@ def _state(home: Home) -> RoutingState:
 
 
 def _updater(engine: xps.Engine, home: Home, plan: StagePlan = NO_TRIAL, gates: Gates = FAST_GATES) -> Updater:
-    up = Updater(engine, home, gates=gates, plan=plan, state_store=_states(home))
-    up.restore()
-    return up
+    """A restored updater, closed at the end of the test."""
+    return restored(closed_at_teardown(Updater(engine, home, gates=gates, plan=plan, state_store=_states(home))))
 
 
 def _events(up: Updater) -> list[str]:
@@ -332,6 +334,57 @@ def test_a_fault_rolls_back_even_when_no_thread_can_be_started(publisher: Publis
     _wait_for_route(eng, "sodium")
     assert eng.table.provider_for(OP) == "sodium"  # rolled back on the watcher's own thread
     assert [e for e in up.audit.tail(10) if e["event"] == "PATCH_ROLLBACK"][-1]["operator"] == "auto"
+
+
+def _started_since(before: set[threading.Thread]) -> list[str]:
+    """Names of the threads alive now that were not alive in ``before``."""
+    return sorted(t.name for t in threading.enumerate() if t not in before and t.is_alive())
+
+
+def test_a_fault_storm_starts_one_rollback_thread_per_capsule(publisher: Publisher) -> None:
+    """A faulty capsule under traffic faults on every call, and every fault started a rollback
+    thread of its own: each waited for the update lock, then found the capsule gone. One test
+    module left ~2000 of them behind, and CI saw "can't start new thread"."""
+    before = set(threading.enumerate())
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home)
+    up.apply(publisher.capsule("1.0.0", module_patch=FAULTY_PATCH))
+    with up.state_store.lock():  # the lock a rollback takes: held, so its threads stay alive here
+        for _ in range(50):
+            with pytest.raises(xps.ProviderError):
+                eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")
+        for _ in range(600):  # up to 30 s for the watcher to take every fault off its queue
+            if up._faults.empty():
+                break
+            threading.Event().wait(0.05)
+        assert up._faults.empty()
+        rollbacks = [name for name in _started_since(before) if name == "xps-auto-rollback"]
+    assert rollbacks == ["xps-auto-rollback"]
+    _wait_for_route(eng, "sodium")
+    assert eng.table.provider_for(OP) == "sodium"
+    assert [e["version"] for e in up.audit.tail(200) if e["event"] == "PATCH_ROLLBACK"] == ["1.0.0"]
+    up.close()
+    assert _started_since(before) == []
+
+
+def test_close_ends_every_thread_the_updater_started(publisher: Publisher) -> None:
+    """close() only asked the fault watcher to stop: the watcher, a sampled check's timer and a
+    drain report still waiting for calls outlived it (the last two for up to a minute here)."""
+    before = set(threading.enumerate())
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home, StagePlan(canary_seconds=0, dual_run_seconds=0, drain_timeout=60,
+                                                 sample_seconds=60))
+    in_flight = eng.table  # as a call running on it would: its drain is not over until released
+    up.apply(publisher.capsule("1.0.0"))
+    alive = _started_since(before)
+    assert "xps-fault-watch" in alive
+    assert any(name.startswith("xps-sampling-") for name in alive), alive
+    assert any(name.startswith("xps-drain-") for name in alive), alive
+    up.close()
+    assert _started_since(before) == []
+    assert eng.table.provider_for(OP) == "xchacha20-openssl"  # routing stays as it is
+    up.close()  # a second close does nothing
+    del in_flight
 
 
 def test_canary_fault_rolls_back_before_enable_and_no_call_fails(publisher: Publisher) -> None:

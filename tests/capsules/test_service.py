@@ -1,0 +1,57 @@
+"""The hot-patch service in-process: whatever it started (the updater's fault watcher, the
+control socket, the inbox observer and worker) ends with it, also when it fails to start."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import xpscerpto as xps
+from xpscerpto.capsules.service import WatchService
+
+
+def _started_since(before: set[threading.Thread]) -> list[str]:
+    """Names of the threads alive now that were not alive in ``before``."""
+    return sorted(t.name for t in threading.enumerate() if t not in before and t.is_alive())
+
+
+@pytest.fixture
+def short_root() -> Iterator[Path]:
+    """A folder with a short path (an AF_UNIX socket path is limited to 107 bytes)."""
+    root = Path(tempfile.mkdtemp(prefix="xps-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_service_refused_at_construction_leaves_no_thread_behind(tmp_path: Path) -> None:
+    """The updater (and its fault watcher) was made before the inbox refused its arguments, and
+    nothing was left to stop it: every refused WatchService kept a thread for good."""
+    before = set(threading.enumerate())
+    with pytest.raises(xps.PolicyError, match="settle_seconds"):
+        WatchService(xps.Engine(), tmp_path / "inbox", tmp_path / "home", settle_seconds=-1)
+    assert _started_since(before) == []
+
+
+def test_a_failed_start_leaves_no_thread_behind(tmp_path: Path) -> None:
+    """A start refused before the socket opened (here: an unreadable overrides file) left the
+    updater's fault watcher running."""
+    home = tmp_path / "home"
+    before = set(threading.enumerate())
+    svc = WatchService(xps.Engine(), tmp_path / "inbox", home)
+    (home / "overrides.json").write_text("[")
+    with pytest.raises(xps.PolicyError, match="overrides"):
+        svc.start()
+    assert _started_since(before) == []
+
+
+def test_stop_ends_every_thread_of_a_running_service(short_root: Path) -> None:
+    before = set(threading.enumerate())
+    svc = WatchService(xps.Engine(), short_root / "inbox", short_root / "home", polling=True).start()
+    alive = _started_since(before)
+    assert "xps-fault-watch" in alive and "xps-control" in alive and "xps-inbox" in alive, alive
+    svc.stop()
+    assert _started_since(before) == []
