@@ -291,7 +291,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         states = config.hotpatch.state_store(home)
         try:
             cap = rollback_offline(home, args.target, to=args.to, operator=args.operator,
-                                   config_document=config.to_mapping(), state_store=states)
+                                   config_document=config.to_mapping(), state_store=states,
+                                   trust_path=config.hotpatch.trust_path(home))
         finally:
             states.close()
         print(f"rolled back {cap.name} {cap.version} in the committed state (no engine running)")

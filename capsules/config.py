@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xpscerpto._config_fields import (
@@ -22,6 +23,7 @@ from xpscerpto._config_fields import (
     dump_section,
     flag,
     number,
+    optional_text,
     parse_duration,
     parse_size,
     positive,
@@ -64,6 +66,10 @@ class HotpatchConfig:
     state_database: str | None = None
     #: This node's name in ``state_database`` (required with it).
     node: str | None = None
+    #: The pinned publisher keys (``trust.json``): a path, relative to the home unless absolute;
+    #: ``None``: ``HOME/trust.json``. Outside the home, read-only to the engine's user, it keeps
+    #: whoever can write the home from pinning their own key (and so running their code).
+    trust_store: str | None = None
 
     @classmethod
     def from_mapping(cls, data: object, prefix: str = "hotpatch.") -> HotpatchConfig:
@@ -93,6 +99,10 @@ class HotpatchConfig:
     def to_mapping(self) -> dict[str, Any]:
         """Every key as plain data (durations in seconds, sizes in bytes)."""
         return dump_section(self, _FIELDS)
+
+    def trust_path(self, home: Home) -> Path:
+        """Where ``home``'s pinned publisher keys are read (and ``xps trust`` writes them)."""
+        return home.trust if self.trust_store is None else home.root / self.trust_store
 
     def state_store(self, home: Home) -> StateStore:
         """Where ``home``'s routing state lives under this configuration (file or database row)."""
@@ -140,4 +150,5 @@ _FIELDS = (
     Field("sample", "sample_seconds", parse_duration, seconds_out),
     Field("state_database", "state_database", _database),
     Field("node", "node", _node),
+    Field("trust_store", "trust_store", optional_text),
 )

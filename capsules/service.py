@@ -57,7 +57,8 @@ class WatchService:
         self.config = replace(base, engine=engine.config)
         self._states = base.hotpatch.state_store(h)
         self.updater = Updater(engine, h, gates=gates, plan=plan, limits=limits, operator=operator, audit=audit,
-                               config_document=self.config.to_mapping(), state_store=self._states)
+                               config_document=self.config.to_mapping(), state_store=self._states,
+                               trust_path=base.hotpatch.trust_path(h))
         try:
             self._build(directory, operator, polling, settle_seconds, limits)
         except BaseException:

@@ -120,12 +120,15 @@ class Updater:
                  plan: StagePlan = StagePlan(), limits: Limits = Limits(), operator: str = "local",
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC), audit: AuditLog | None = None,
                  config_document: Mapping[str, Any] | None = None, crash_limit: int = DEFAULT_CRASH_LIMIT,
-                 state_store: StateStore | None = None) -> None:
+                 state_store: StateStore | None = None, trust_path: str | Path | None = None) -> None:
         self.engine = engine
         # The whole effective configuration when a service runs us (its digest goes into
         # PATCH_ENABLE / PATCH_ROLLBACK); engine config, gates, plan and limits are always counted.
         self._config_document = config_document
         self.home = home if isinstance(home, Home) else Home.resolve(home)
+        # The pinned publisher keys: the home's trust.json unless the configuration puts them
+        # elsewhere (``hotpatch.trust_store``), out of reach of whoever can write the home.
+        self.trust_path = self.home.trust if trust_path is None else Path(trust_path)
         self.gates, self.plan, self.limits, self.operator, self._clock = gates, plan, limits, operator, clock
         self.store = CapsuleStore(self.home)
         #: Where the committed routing state lives (``state.json``, or a database row per node).
@@ -230,12 +233,12 @@ class Updater:
         """
         if not state.active:
             return None
-        where = str(self.home.trust)
-        if not os.path.lexists(self.home.trust):
+        where = str(self.trust_path)
+        if not os.path.lexists(self.trust_path):
             return refuse(Refusal.IO, f"trust store {where!r}: missing while {len(state.active)} capsule(s) are "
                                       "committed; restore it from a backup, or roll them back")
         try:
-            TrustStore.load(self.home.trust)
+            TrustStore.load(self.trust_path)
         except XpsError as exc:
             return refuse(Refusal.IO, f"{str(exc).removeprefix(exc.code.value + ': ')}; restore it from a backup")
         return None
@@ -514,7 +517,7 @@ class Updater:
     # -- internals --------------------------------------------------------------------------
 
     def _verify(self, raw: bytes, state: RoutingState, allow_version: str | None = None) -> VerifiedCapsule:
-        return verify_capsule(raw, trust=TrustStore.load(self.home.trust), highest=state.highest,
+        return verify_capsule(raw, trust=TrustStore.load(self.trust_path), highest=state.highest,
                               op_highest=state.op_highest,
                               now=self._clock(), policy=self.engine.config.policy, limits=self.limits,
                               allow_version=allow_version,
@@ -777,12 +780,12 @@ class Updater:
         """Trust-store digest, the signers' pins with their allow-lists, the configuration digest."""
         digest = config_digest(self._config_document, self.engine.config.to_mapping(), self.gates, self.plan,
                                self.limits)
-        return policy_fields(TrustStore.load(self.home.trust), publishers, operations, digest)
+        return policy_fields(TrustStore.load(self.trust_path), publishers, operations, digest)
 
 
 def rollback_offline(home: Home, target: str, *, to: str | None = None, operator: str = "local",
                      config_document: Mapping[str, Any] | None = None,
-                     state_store: StateStore | None = None) -> ActiveCapsule:
+                     state_store: StateStore | None = None, trust_path: str | Path | None = None) -> ActiveCapsule:
     """Roll back in the committed state when no engine runs (verified again at next start)."""
     states = state_store if state_store is not None else FileStateStore(home)
     with states.lock():
@@ -800,7 +803,8 @@ def rollback_offline(home: Home, target: str, *, to: str | None = None, operator
         AuditLog(home.audit).record("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
                                     to=restore.version if restore else "built-in", operator=operator,
                                     mode="offline", reason="operator request",
-                                    policy=policy_fields(TrustStore.load(home.trust), (), cap.operations,
+                                    policy=policy_fields(TrustStore.load(Path(trust_path or home.trust)),
+                                                         (), cap.operations,
                                                          config_digest(config_document)))
         states.save(new)
     return cap

@@ -60,6 +60,7 @@ key                                        default             meaning
 ``crypto.hotpatch.sample``                 ``30s``             ... against the replaced implementation, this long
 ``crypto.hotpatch.state_database``         ``null``            ``postgresql://…``: routing state in a row per node
 ``crypto.hotpatch.node``                   ``null``            this node's row (required with ``state_database``)
+``crypto.hotpatch.trust_store``            ``null``            the pinned publisher keys (null: HOME/trust.json)
 ``crypto.tls.rekey_messages``              ``1048576``         a secure channel rekeys after this many messages (>= 1)
 ``crypto.tls.rekey_minutes``               ``60``              ... or after this many minutes (> 0)
 ``crypto.tls.protocol``                    ``null``            the Noise protocol an initiator offers (null: XX)

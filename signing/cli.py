@@ -25,7 +25,9 @@ __all__ = ["add_trust_commands"]
 def cmd_trust(args: argparse.Namespace) -> int:
     """Manage pinned publisher keys: add, list, remove, threshold."""
     home = context.home(args)
-    store = TrustStore.load(home.trust)
+    config = context.config(args)
+    path = config.hotpatch.trust_path(home)  # hotpatch.trust_store: outside the home, if set
+    store = TrustStore.load(path)
     if args.trust_cmd in ("add", "remove", "threshold"):
         if args.trust_cmd == "add":
             key = load_public_key(args.pub)
@@ -40,14 +42,13 @@ def cmd_trust(args: argparse.Namespace) -> int:
             change, done = {}, f"threshold set to {args.k}"
         # Who may ship code into the engine is the most security-relevant setting there is:
         # journaled first (a kill before the save over-reports, never hides a change).
-        config = context.config(args)
         home.initialise(policy=config.security_policy())  # the first command on an empty home records it
         journal = config.audit.journal(home.root, home.audit)
         journal.record("TRUST_CHANGE", action=args.trust_cmd, threshold=new.threshold,
-                       pins=sorted(new.keys), operator="cli", **change)
+                       pins=sorted(new.keys), store=str(path), operator="cli", **change)
         if Path(getattr(journal, "path", "")) == home.audit:
             home.register_journal()
-        new.save(home.trust)
+        new.save(path)
         print(done)
     else:
         data = store.to_json()

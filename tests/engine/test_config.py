@@ -234,6 +234,7 @@ OVERRIDES: list[tuple[str, Any, Any]] = [
     ("hotpatch.sample", "10s", 10.0),
     ("hotpatch.state_database", None, None),  # alone only null: a database needs hotpatch.node too
     ("hotpatch.node", "node-a", "node-a"),
+    ("hotpatch.trust_store", "/etc/xps/trust.json", "/etc/xps/trust.json"),
     ("channel.rekey_after_messages", 1000, 1000),
     ("channel.rekey_after_bytes", "1MiB", 1024**2),
     ("channel.rekey_after", "30m", 1800.0),

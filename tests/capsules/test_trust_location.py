@@ -1,0 +1,70 @@
+"""``hotpatch.trust_store``: the pinned publisher keys can live outside the home.
+
+Whoever can write the home can write its trust.json: pinning their own key there would let
+their capsule's code run in the engine. With the trust store outside the home (read-only to the
+engine's user), that pin is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from xpscerpto import Engine
+from xpscerpto.capsules.updater import Updater
+from xpscerpto.errors import XpsError
+from xpscerpto.home import Home
+
+from .conftest import DEMO_OP, GATES, PLAN, CapsuleFactory, assert_never_ran, closed_at_teardown, restored
+
+
+def _updater(home: Path, trust: Path | None) -> Updater:
+    return restored(closed_at_teardown(Updater(Engine(), home=home, gates=GATES, plan=PLAN, trust_path=trust)))
+
+
+def test_a_key_pinned_in_the_home_is_not_read_when_the_trust_store_is_elsewhere(
+        factory: CapsuleFactory, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    outside = tmp_path / "etc" / "trust.json"
+    outside.parent.mkdir()
+    factory.trust(factory.signer("alice")).save(outside)  # the operator's pins
+    factory.pin(home, factory.signer("mallory"))  # someone who can write the home pins their key
+    up = _updater(home, outside)
+    evil = factory.build(factory.demo_source(), [factory.signer("mallory")])
+    with pytest.raises(XpsError, match="not a trusted key"):
+        up.apply(evil.raw)
+    assert_never_ran(evil)
+    assert up.engine.table.provider_for(DEMO_OP) != "capsule"
+    good = factory.build(factory.demo_source(version="1.0.1"), [factory.signer("alice")])
+    up.apply(good.raw)
+    assert [(a.name, a.version) for a in up.state.active] == [("xchacha20-openssl", "1.0.1")]
+
+
+def test_the_default_is_the_homes_trust_json(factory: CapsuleFactory, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    factory.pin(home, factory.signer("alice"))
+    up = _updater(home, None)
+    assert up.trust_path == Home.resolve(home).trust
+    up.apply(factory.build(factory.demo_source()).raw)
+    assert len(up.state.active) == 1
+
+
+def test_xps_trust_writes_where_the_configuration_says(factory: CapsuleFactory, tmp_path: Path) -> None:
+    home, outside, cfg = tmp_path / "home", tmp_path / "etc" / "trust.json", tmp_path / "xps.yaml"
+    outside.parent.mkdir()
+    cfg.write_text(f"crypto:\n  hotpatch:\n    trust_store: {outside}\n")
+    pub = factory.root / "keys" / "alice.pub"
+    factory.signer("alice")
+    run = [sys.executable, "-m", "xpscerpto", "--home", str(home), "--config", str(cfg), "trust"]
+    out = subprocess.run([*run, "add", str(pub), "--ops", "aead.*"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(outside.read_text())["keys"]
+    assert not (home / "trust.json").exists()
+    listed = subprocess.run([*run, "list", "--json"], capture_output=True, text=True, check=False)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == json.loads(outside.read_text())
+    change = [json.loads(line) for line in (home / "audit.log").read_text().splitlines()
+              if '"TRUST_CHANGE"' in line][-1]
+    assert change["store"] == str(outside)
