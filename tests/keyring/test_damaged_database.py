@@ -124,7 +124,10 @@ def test_an_unsealed_queued_record_is_delivered_marked_unsealed(
     row added to a database that has a roster is refused with it."""
     old = tmp_path / "old"
     shutil.copytree(Path(__file__).with_name("data") / "v2-home", old)
-    (old / "capsules").mkdir()
+    old.chmod(0o700)
+    for f in old.iterdir():
+        f.chmod(0o600)  # git keeps no modes; the release wrote these 0600
+    (old / "capsules").mkdir(mode=0o700)
     home = _copy(pristine, tmp_path)
     for where in (old, home):
         with sqlite3.connect(where / "keyring.db") as db:
