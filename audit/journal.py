@@ -763,6 +763,35 @@ class AuditLog:
             lines = lines[1:]  # the first piece may be a partial line
         return records_of(lines[-n:])
 
+    def mentions(self, event: str) -> bool:
+        """Whether any record of the journal is of ``event`` (a scan; for rare questions like init's).
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> log = AuditLog(pathlib.Path(tempfile.mkdtemp()) / "audit.log")
+            >>> _ = log.record("HOME_INIT")
+            >>> log.mentions("HOME_INIT"), log.mentions("KEY_DESTROY")
+            (True, False)
+        """
+        needle = _event_needle(event)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _OPEN_FLAGS)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise InternalError(f"audit journal {self.path}: cannot open ({exc.strerror})") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            pos, carry = 0, b""
+            while chunk := os.pread(fd, _CHUNK, pos):
+                if needle in carry + chunk:
+                    return True
+                carry = chunk[-len(needle):]  # a needle split across two chunks
+                pos += len(chunk)
+            return False
+        finally:
+            os.close(fd)
+
     def verify(self, *, public_key: bytes | str | None = None, anchor: tuple[int, str] | None = None,
                strict: bool = False, checkpoint_every: int | None = None) -> VerifyReport:
         """Check the whole journal; raise :class:`AuditTampered` on the first problem.
@@ -1071,6 +1100,15 @@ class _Walk:
                              f"{self.every} (they sit at multiples of {self.every + 1})", line)
         self.checkpoints += 1
         self.last_checkpoint = seq
+
+
+def _event_needle(event: str) -> bytes:
+    """The bytes a record of ``event`` holds: canonical JSON has no spaces, and a quote inside a
+    string value is escaped, so only a record's own ``event`` (or a nested key of that name) matches."""
+    if not isinstance(event, str) or not _EVENT_RE.fullmatch(event):
+        raise PolicyError("audit event: expected an UPPER_SNAKE_CASE name of at most 64 characters",
+                          reason="bad-event")
+    return b'"event":"' + str.__str__(event).encode("ascii") + b'"'
 
 
 def _checkpoint_due(seq: int, every: int) -> bool:

@@ -17,11 +17,9 @@ import argparse
 import json
 from typing import Any
 
-from xpscerpto._stored_file import read_stored
 from xpscerpto.config import XpsConfig, policy_changes
 from xpscerpto.engine import Engine
 from xpscerpto.errors import PolicyError
-from xpscerpto.home import Home
 
 from . import context
 
@@ -41,8 +39,6 @@ def cmd_init(args: argparse.Namespace) -> int:
         # and sealing its database again would bless an edit of it.
         raise PolicyError(f"home {str(home.root)!r}: it has a home.json and a sealed keyring already; --adopt "
                           "only adopts a home that has neither")
-    # A first init killed before it journaled the home's creation is finished by the next one.
-    unjournaled = not _journaled_init(home)
     record = home.initialise(policy=config.security_policy(), adopt=args.adopt)
     given = args.config is not None
     with Keyring(home, engine=Engine(config.engine), config=config.keyring if given else None,
@@ -52,7 +48,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         if home.check_store("routing"):
             RoutingState().save(home.state)
             home.register_store("routing")
-        if not existed or unjournaled:
+        # A first init killed before it journaled the home's creation is finished by the next
+        # one; the journal asked is the configured one (a file, or PostgreSQL for a fleet).
+        if not existed or not ring.audit.mentions("HOME_INIT"):
             ring.audit.record("HOME_INIT", stores=sorted(home.record().stores), operators=operators,
                               adopted=bool(args.adopt), operator=args.operator_name)
         home.register_journal()
@@ -94,16 +92,6 @@ def cmd_policy(args: argparse.Namespace) -> int:
     for c in done:
         print(f"{c.key}: {json.dumps(c.old)} -> {json.dumps(c.new)} ({'looser' if c.loosens else 'stricter'})")
     return 0
-
-
-def _journaled_init(home: Home) -> bool:
-    """Whether the journal records the home's creation (a record-format search; init is rare)."""
-    try:
-        return b'"event":"HOME_INIT"' in read_stored(home.audit)
-    except FileNotFoundError:
-        return False
-    except OSError:  # larger than any first init leaves, or not a file: not ours to repair here
-        return True
 
 
 def add_home_commands(sub: Any) -> None:

@@ -27,6 +27,7 @@ from xpscerpto.audit.journal import (
     AuditLog,
     AuditTampered,
     _canonical,
+    _event_needle,
     _Head,
     _parse_record,
     record_message,
@@ -113,6 +114,12 @@ class PgAuditLog(AuditLog):
             return []
         rows = self.database.execute("SELECT line FROM xps_audit ORDER BY seq DESC LIMIT ?", (n,)).fetchall()
         return records_of(line for (line,) in reversed(rows))
+
+    def mentions(self, event: str) -> bool:
+        """Whether any row of the journal is a record of ``event``."""
+        row = self.database.execute("SELECT 1 FROM xps_audit WHERE position(? in line) > 0 LIMIT 1",
+                                    (_event_needle(event).decode("ascii"),)).fetchone()
+        return row is not None
 
     def _read_all(self) -> tuple[bytes, bool]:
         rows = self.database.execute("SELECT line FROM xps_audit ORDER BY seq").fetchall()

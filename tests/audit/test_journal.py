@@ -971,3 +971,38 @@ def test_record_once_refuses_a_since_no_date_can_hold_and_writes_nothing(tmp_pat
 def test_record_once_takes_the_last_representable_second(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "audit.log")
     assert log.record_once("KEY_CREATE", "0123abcd", since=253402300799)["seq"] == 1
+
+
+# --- mentions ----------------------------------------------------------------------------------
+
+def test_mentions_finds_an_event_and_only_a_records_own(path: Path) -> None:
+    log = AuditLog(path)
+    assert not log.mentions("HOME_INIT")  # no journal yet
+    log.record("NOTE", text='"event":"HOME_INIT"', detail={"k": "HOME_INIT"})  # escaped inside values
+    assert not log.mentions("HOME_INIT")
+    log.record("HOME_INIT")
+    assert log.mentions("HOME_INIT") and log.mentions("NOTE") and not log.mentions("HOME")
+
+
+def test_mentions_finds_a_record_split_across_read_chunks(tmp_path: Path) -> None:
+    needle = b'"event":"HOME_INIT"'
+
+    def journal(name: str, pad: int) -> AuditLog:
+        log = AuditLog(tmp_path / name)
+        log.record("NOTE", pad="x" * 40_000)  # records are at most 64 KiB: two make the distance
+        log.record("NOTE", pad="x" * pad)
+        log.record("HOME_INIT")
+        return log
+
+    probe = journal("probe.log", 1000)
+    # Pad so that the last record's event straddles the 64 KiB read boundary.
+    log = journal("audit.log", 1000 + 64 * 1024 - probe.path.read_bytes().index(needle) - 5)
+    at = log.path.read_bytes().index(needle)
+    assert at < 64 * 1024 < at + len(needle)
+    assert log.mentions("HOME_INIT")
+
+
+@pytest.mark.parametrize("event", ["", "home_init", "X" * 65, 7, None, b"HOME_INIT", '"event"'])
+def test_mentions_refuses_what_is_no_event_name(path: Path, event: object) -> None:
+    with pytest.raises(PolicyError, match="audit event"):
+        AuditLog(path).mentions(event)  # type: ignore[arg-type]

@@ -84,3 +84,22 @@ def test_init_with_an_operator_killed_at_each_step_journals_the_home_once(tmp_pa
         assert events.count("HOME_INIT") == 1, (step, events)
         step += 1
     assert step > STEPS  # the operator's registration added steps; every one was tried
+
+
+def test_init_run_again_with_the_journal_on_postgresql_journals_the_home_once(pg_dsn: str, tmp_path: Path) -> None:
+    """The journal asked is the configured one: with it in PostgreSQL, HOME/audit.log never exists."""
+    from xpscerpto.db.audit_store import PgAuditLog
+
+    config = tmp_path / "xps.json"
+    config.write_text(json.dumps({"audit": {"database": pg_dsn}}))
+    home = tmp_path / "home"
+    for _ in range(3):
+        out = _xps(home, "--config", str(config), "init")
+        assert out.returncode == 0, out.stderr
+    assert not (home / "audit.log").exists()
+    log = PgAuditLog(pg_dsn, home / "audit.log")
+    try:
+        assert [e["event"] for e in log.tail(1000)].count("HOME_INIT") == 1
+        assert log.verify().records >= 2
+    finally:
+        log.close()

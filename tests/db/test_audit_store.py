@@ -124,3 +124,15 @@ def test_the_configuration_selects_the_shared_journal(pg_dsn: str, tmp_path: Pat
     log.close()
     with pytest.raises(PolicyError, match=r"audit\.database"):
         AuditConfig.from_mapping({"database": "postgresql://u:pw@h/db"})
+
+
+def test_mentions_asks_the_shared_journal(pg_dsn: str, tmp_path: Path) -> None:
+    (tmp_path / "n0").mkdir()
+    log = PgAuditLog(pg_dsn, tmp_path / "n0" / "audit.log")
+    log.record("NOTE", text='"event":"HOME_INIT"')  # a value holding the words is no record of the event
+    assert not log.mentions("HOME_INIT") and log.mentions("NOTE")
+    log.record("HOME_INIT")
+    assert log.mentions("HOME_INIT")
+    with pytest.raises(PolicyError, match="audit event"):
+        log.mentions("home'); DROP TABLE xps_audit; --")
+    log.close()
