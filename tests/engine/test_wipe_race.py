@@ -304,3 +304,23 @@ def test_a_secret_wiped_while_a_keyed_aead_copies_it_is_refused() -> None:
             xps.aead.keyed("AES-256-GCM", secret)
     finally:
         SecretBytes.view = original_view  # type: ignore[method-assign]
+
+
+SODIUM_AEADS = {"CHACHA20-POLY1305": "aead.chacha20poly1305", "XCHACHA20-POLY1305": "aead.xchacha20poly1305",
+                "AEGIS-256": "aead.aegis256"}
+
+
+@pytest.mark.parametrize("algo", sorted(SODIUM_AEADS))
+def test_sodium_reading_the_key_in_place_never_seals_under_a_wiped_key(algo: str, fast_switching: None) -> None:
+    """libsodium reads a SecretBytes key in place, with the GIL released: a wipe can zero it
+    mid-call, and the engine must then discard the result (stateless and keyed)."""
+    eng = Engine(EngineConfig(prefer={SODIUM_AEADS[algo]: "sodium"}, autotune=False))
+    assert eng.aead.info(algo)["provider"] == "sodium"
+    key = os.urandom(32)
+    sealed, refused = _race(lambda s: eng.aead.encrypt(algo, s, b"m" * 64), key)
+    keyed_sealed, keyed_refused = _race(lambda s: eng.aead.keyed(algo, s).encrypt(b"m" * 64), key, calls=10)
+    assert sealed and refused and keyed_refused
+    for s in sealed + keyed_sealed:
+        assert eng.aead.open(algo, key, s) == b"m" * 64
+        with pytest.raises(xps.AuthError):
+            eng.aead.open(algo, ZERO, s)
