@@ -327,7 +327,8 @@ class Updater:
             # (the journal over-reports, never under-reports).
             self._audit("PATCH_ENABLE", sha256=sha, name=m.name, version=m.version,
                         operations=list(cap.operations), publisher=sorted(capsule.signed_by), operator=operator,
-                        table_version=table.version, policy=self._policy(capsule.signed_by, cap.operations))
+                        table_version=table.version,
+                        policy=self._policy(capsule.signed_by, cap.operations, capsule.trust))
             self.state_store.save(state)
         except XpsError:
             # A trial that passed left its table published; the journal or the state store then
@@ -776,11 +777,27 @@ class Updater:
         """
         self._event_listeners = (*self._event_listeners, listener)
 
-    def _policy(self, publishers: Any, operations: Any) -> dict[str, Any]:
-        """Trust-store digest, the signers' pins with their allow-lists, the configuration digest."""
+    def _policy(self, publishers: Any, operations: Any, trust: TrustStore | None = None) -> dict[str, Any]:
+        """Trust-store digest, the signers' pins with their allow-lists, the configuration digest.
+
+        ``trust`` is the store a capsule was verified against (an enable names what let it in,
+        not a later reading). Without it the store is read now; a rollback must work even when
+        that read fails, so the record then says the store was unreadable instead of refusing.
+        """
         digest = config_digest(self._config_document, self.engine.config.to_mapping(), self.gates, self.plan,
                                self.limits)
-        return policy_fields(TrustStore.load(self.trust_path), publishers, operations, digest)
+        return _policy_now(self.trust_path, publishers, operations, digest, trust)
+
+
+def _policy_now(path: Path, publishers: Any, operations: Any, digest: str,
+                trust: TrustStore | None = None) -> dict[str, Any]:
+    if trust is None:
+        try:
+            trust = TrustStore.load(path)
+        except XpsError as exc:
+            return {"trust_digest": None, "trust_error": exc.code, "threshold": None, "pins": [],
+                    "config_digest": digest}
+    return policy_fields(trust, publishers, operations, digest)
 
 
 def rollback_offline(home: Home, target: str, *, to: str | None = None, operator: str = "local",
@@ -803,9 +820,8 @@ def rollback_offline(home: Home, target: str, *, to: str | None = None, operator
         AuditLog(home.audit).record("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
                                     to=restore.version if restore else "built-in", operator=operator,
                                     mode="offline", reason="operator request",
-                                    policy=policy_fields(TrustStore.load(Path(trust_path or home.trust)),
-                                                         (), cap.operations,
-                                                         config_digest(config_document)))
+                                    policy=_policy_now(Path(trust_path or home.trust), (), cap.operations,
+                                                       config_digest(config_document)))
         states.save(new)
     return cap
 

@@ -90,8 +90,13 @@ def test_an_offline_rollback_that_cannot_be_journaled_changes_nothing(tmp_path: 
     up.apply(pub.capsule("1.0.0"))
     up.close()
     before = pub.home.state.read_bytes()
-    pub.home.trust.write_text("{")  # the policy fields of the record cannot be read: a real fault
+    # The journal cannot be appended to: a real fault. (This test used a damaged trust store
+    # until a rollback learned to journal that store as unreadable instead of refusing.)
+    pub.home.audit.rename(pub.home.audit.with_name("audit.moved"))
+    pub.home.audit.mkdir()
     with pytest.raises(xps.XpsError):
         rollback_offline(pub.home, OP, operator="ops")
     assert pub.home.state.read_bytes() == before  # still active, and nothing journaled
+    pub.home.audit.rmdir()
+    pub.home.audit.with_name("audit.moved").rename(pub.home.audit)
     assert all(r["event"] != "PATCH_ROLLBACK" for r in _records(up, "PATCH_ROLLBACK"))

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 from xpscerpto import Engine
+from xpscerpto.capsules.policy_record import trust_digest
 from xpscerpto.capsules.updater import Updater
 from xpscerpto.errors import XpsError
 from xpscerpto.home import Home
+from xpscerpto.signing import TrustStore
 
 from .conftest import DEMO_OP, GATES, PLAN, CapsuleFactory, assert_never_ran, closed_at_teardown, restored
 
@@ -68,3 +70,57 @@ def test_xps_trust_writes_where_the_configuration_says(factory: CapsuleFactory, 
     change = [json.loads(line) for line in (home / "audit.log").read_text().splitlines()
               if '"TRUST_CHANGE"' in line][-1]
     assert change["store"] == str(outside)
+
+
+def _journal(home: Path, event: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (home / "audit.log").read_text().splitlines() if f'"{event}"' in line]
+
+
+def test_patch_enable_names_the_trust_store_the_capsule_was_verified_against(
+        factory: CapsuleFactory, tmp_path: Path) -> None:
+    """The store changes between verification and enable (an unpin during the stages): the
+    record says what let the capsule in, not what a later reading finds."""
+    home, outside = tmp_path / "home", tmp_path / "etc" / "trust.json"
+    outside.parent.mkdir()
+    alice, bob = factory.signer("alice"), factory.signer("bob")
+    factory.trust(alice, bob).save(outside)
+    used = trust_digest(TrustStore.load(outside))
+    up = _updater(home, outside)
+
+    def unpin_during_stages(event: str, fields: object) -> None:
+        if event == "PATCH_STAGE":
+            factory.trust(bob).save(outside)
+
+    up.add_event_listener(unpin_during_stages)
+    up.apply(factory.build(factory.demo_source(), [alice]).raw)
+    enable = _journal(home, "PATCH_ENABLE")[-1]
+    policy = enable["policy"]
+    assert isinstance(policy, dict)
+    assert policy["trust_digest"] == used != trust_digest(TrustStore.load(outside))
+    assert [p["keyid"] for p in policy["pins"]] == [alice.keyid]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "directory"])
+def test_a_damaged_trust_store_does_not_block_taking_a_capsule_out(
+        factory: CapsuleFactory, tmp_path: Path, damage: str) -> None:
+    home, outside = tmp_path / "home", tmp_path / "etc" / "trust.json"
+    outside.parent.mkdir()
+    factory.trust(factory.signer("alice")).save(outside)
+    up = _updater(home, outside)
+    cap = up.apply(factory.build(factory.demo_source(), [factory.signer("alice")]).raw)
+    assert up.engine.table.provider_for(DEMO_OP) == cap.name
+    if damage == "truncated":
+        outside.write_text(outside.read_text()[:30])
+    else:
+        outside.unlink()
+        if damage == "directory":
+            outside.mkdir()
+    up.rollback(cap.name, operator="oncall")
+    assert up.state.active == () and up.engine.table.provider_for(DEMO_OP) != cap.name
+    record = _journal(home, "PATCH_ROLLBACK")[-1]
+    policy = record["policy"]
+    assert isinstance(policy, dict) and policy["pins"] == []
+    if damage == "deleted":  # no store pins nobody: the record says so, as for a home without one
+        assert policy["trust_digest"] == trust_digest(TrustStore())
+    else:
+        assert policy["trust_digest"] is None and policy["trust_error"] == "XPS_ERR_POLICY"
