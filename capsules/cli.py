@@ -292,7 +292,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         try:
             cap = rollback_offline(home, args.target, to=args.to, operator=args.operator,
                                    config_document=config.to_mapping(), state_store=states,
-                                   trust_path=config.hotpatch.trust_path(home))
+                                   # only named in the record: taking a capsule out needs no pins
+                                   trust_path=config.hotpatch.trust_store)
         finally:
             states.close()
         print(f"rolled back {cap.name} {cap.version} in the committed state (no engine running)")

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,9 +67,10 @@ class HotpatchConfig:
     state_database: str | None = None
     #: This node's name in ``state_database`` (required with it).
     node: str | None = None
-    #: The pinned publisher keys (``trust.json``): a path, relative to the home unless absolute;
-    #: ``None``: ``HOME/trust.json``. Outside the home, read-only to the engine's user, it keeps
-    #: whoever can write the home from pinning their own key (and so running their code).
+    #: The pinned publisher keys (``trust.json``): an absolute path outside the home; ``None``:
+    #: ``HOME/trust.json``. Outside the home, read-only to the engine's user, it keeps whoever
+    #: can write the home from pinning their own key (and so running their code). The home
+    #: records it, so an engine started without the configuration refuses to start.
     trust_store: str | None = None
 
     @classmethod
@@ -78,6 +80,9 @@ class HotpatchConfig:
         if cfg.state_database is not None and cfg.node is None:
             raise PolicyError(f"config key '{prefix}node': required with '{prefix}state_database' (the row of this "
                               "node's routing state)")
+        if cfg.trust_store is not None and (not os.path.isabs(cfg.trust_store) or ".." in Path(cfg.trust_store).parts):
+            raise PolicyError(f"config key '{prefix}trust_store': expected an absolute path without '..' (the trust "
+                              "store belongs outside the home, where whoever can write the home cannot write it)")
         for name in ("require_signature", "run_selftests"):
             if not getattr(cfg, name) and not cfg.development:
                 raise PolicyError(f"config key '{prefix}{name}': false removes a gate that keeps unreviewed code out "
@@ -101,8 +106,28 @@ class HotpatchConfig:
         return dump_section(self, _FIELDS)
 
     def trust_path(self, home: Home) -> Path:
-        """Where ``home``'s pinned publisher keys are read (and ``xps trust`` writes them)."""
-        return home.trust if self.trust_store is None else home.root / self.trust_store
+        """Where ``home``'s pinned publisher keys are read (and ``xps trust`` writes them).
+
+        A trust store outside the home is recorded in ``home.json`` once it exists, so an engine
+        started without the configuration (or naming another store) is refused rather than
+        reading ``HOME/trust.json`` — which whoever can write the home could have filled.
+
+        Raises:
+            PolicyError: the store is inside the home (through a symlink too), or the home
+                records another trust store, or records this one and it is missing.
+        """
+        if self.trust_store is None:
+            home.check_store("trust")
+            return home.trust
+        path = Path(self.trust_store)
+        root = home.root.resolve()
+        real = path.resolve()
+        if real == root or root in real.parents:
+            raise PolicyError(f"config key 'hotpatch.trust_store': {str(path)!r} is inside the home {str(root)!r}; "
+                              "keep the trust store where whoever can write the home cannot write it")
+        if home.check_store("trust", str(path)) and os.path.isfile(path) and home.record_path.exists():
+            home.register_store("trust", str(path))
+        return path
 
     def state_store(self, home: Home) -> StateStore:
         """Where ``home``'s routing state lives under this configuration (file or database row)."""

@@ -128,7 +128,8 @@ class Updater:
         self.home = home if isinstance(home, Home) else Home.resolve(home)
         # The pinned publisher keys: the home's trust.json unless the configuration puts them
         # elsewhere (``hotpatch.trust_store``), out of reach of whoever can write the home.
-        self.trust_path = self.home.trust if trust_path is None else Path(trust_path)
+        # A home that recorded a trust store elsewhere refuses an updater not told where it is.
+        self.trust_path = _default_trust(self.home) if trust_path is None else Path(trust_path)
         self.gates, self.plan, self.limits, self.operator, self._clock = gates, plan, limits, operator, clock
         self.store = CapsuleStore(self.home)
         #: Where the committed routing state lives (``state.json``, or a database row per node).
@@ -789,11 +790,17 @@ class Updater:
         return _policy_now(self.trust_path, publishers, operations, digest, trust)
 
 
-def _policy_now(path: Path, publishers: Any, operations: Any, digest: str,
+def _default_trust(home: Home) -> Path:
+    home.check_store("trust")
+    return home.trust
+
+
+def _policy_now(path: Path | Home, publishers: Any, operations: Any, digest: str,
                 trust: TrustStore | None = None) -> dict[str, Any]:
+    """The record's policy fields; ``path`` a home: its own trust store, unless it records another."""
     if trust is None:
         try:
-            trust = TrustStore.load(path)
+            trust = TrustStore.load(_default_trust(path) if isinstance(path, Home) else path)
         except XpsError as exc:
             return {"trust_digest": None, "trust_error": exc.code, "threshold": None, "pins": [],
                     "config_digest": digest}
@@ -820,7 +827,7 @@ def rollback_offline(home: Home, target: str, *, to: str | None = None, operator
         AuditLog(home.audit).record("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
                                     to=restore.version if restore else "built-in", operator=operator,
                                     mode="offline", reason="operator request",
-                                    policy=_policy_now(Path(trust_path or home.trust), (), cap.operations,
+                                    policy=_policy_now(Path(trust_path) if trust_path else home, (), cap.operations,
                                                        config_digest(config_document)))
         states.save(new)
     return cap

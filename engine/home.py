@@ -64,6 +64,8 @@ STORES: Mapping[str, tuple[str, str]] = MappingProxyType({
     "routing": ("state.json", "restore it from a backup of the home (routing state and version memory)"),
     "audit": ("audit.log", "restore it from a backup (the journal cannot restart without losing its chain)"),
     "overrides": ("overrides.json", "restore it from a backup, or undo the emergency change with a new one"),
+    # Recorded only when the configuration places it outside the home (hotpatch.trust_store).
+    "trust": ("trust.json", "restore it from a backup, or pin the publishers again with `xps trust add`"),
 })
 
 
@@ -251,7 +253,9 @@ class Home:
             found = self._read_record()
             if found is not None:
                 return found
-            present = {name: rel for name, (rel, _) in STORES.items() if (self.root / rel).exists()}
+            # HOME/trust.json alone is no state to protect (pins come and go with `xps trust`).
+            present = {name: rel for name, (rel, _) in STORES.items()
+                       if name != "trust" and (self.root / rel).exists()}
             if present and not adopt:
                 files = ", ".join(sorted(present.values()))
                 raise PolicyError(f"home {str(self.root)!r}: it holds {files} but no home.json (lost or from an "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from xpscerpto.cli import context
+from xpscerpto.errors import PolicyError
 
 from .keys import load_public_key
 from .trust import TrustStore
@@ -40,6 +41,9 @@ def cmd_trust(args: argparse.Namespace) -> int:
         else:
             new = store.with_threshold(args.k)
             change, done = {}, f"threshold set to {args.k}"
+        if not path.parent.is_dir():  # refused before the journal records a change never made
+            raise PolicyError(f"trust store {str(path)!r}: its folder does not exist; create it (writable only "
+                              "by operators) first")
         # Who may ship code into the engine is the most security-relevant setting there is:
         # journaled first (a kill before the save over-reports, never hides a change).
         home.initialise(policy=config.security_policy())  # the first command on an empty home records it
@@ -49,6 +53,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
         if Path(getattr(journal, "path", "")) == home.audit:
             home.register_journal()
         new.save(path)
+        config.hotpatch.trust_path(home)  # records a store outside the home, now that it exists
         print(done)
     else:
         data = store.to_json()

@@ -16,7 +16,8 @@ import pytest
 from xpscerpto import Engine
 from xpscerpto.capsules.policy_record import trust_digest
 from xpscerpto.capsules.updater import Updater
-from xpscerpto.errors import XpsError
+from xpscerpto.config import XpsConfig
+from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.home import Home
 from xpscerpto.signing import TrustStore
 
@@ -124,3 +125,62 @@ def test_a_damaged_trust_store_does_not_block_taking_a_capsule_out(
         assert policy["trust_digest"] == trust_digest(TrustStore())
     else:
         assert policy["trust_digest"] is None and policy["trust_error"] == "XPS_ERR_POLICY"
+
+
+def _xps(home: Path, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    cfg = ("--config", str(config)) if config is not None else ()
+    return subprocess.run([sys.executable, "-m", "xpscerpto", "--home", str(home), *cfg, *args], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("value", ["trust.json", "etc/trust.json", "/etc/xps/../xps/trust.json", "./trust.json"])
+def test_a_trust_store_that_is_not_an_absolute_plain_path_is_refused(value: str) -> None:
+    with pytest.raises(PolicyError, match=r"hotpatch\.trust_store': expected an absolute path"):
+        XpsConfig.from_mapping({"crypto": {"hotpatch": {"trust_store": value}}})
+
+
+@pytest.mark.parametrize("where", ["inside", "symlink-to-inside", "home-itself"])
+def test_a_trust_store_inside_the_home_is_refused(tmp_path: Path, where: str) -> None:
+    home = Home.resolve(tmp_path / "home")
+    path = {"inside": home.root / "pins.json", "symlink-to-inside": tmp_path / "etc" / "trust.json",
+            "home-itself": home.root}[where]
+    if where == "symlink-to-inside":
+        path.parent.mkdir()
+        path.symlink_to(home.root / "pins.json")
+    cfg = XpsConfig.from_mapping({"crypto": {"hotpatch": {"trust_store": str(path)}}})
+    with pytest.raises(PolicyError, match="inside the home"):
+        cfg.hotpatch.trust_path(home)
+
+
+def test_the_home_records_its_trust_store_and_refuses_an_engine_that_forgot_it(
+        factory: CapsuleFactory, tmp_path: Path) -> None:
+    home, outside, cfg = tmp_path / "home", tmp_path / "etc" / "trust.json", tmp_path / "xps.yaml"
+    outside.parent.mkdir()
+    cfg.write_text(f"crypto:\n  hotpatch:\n    trust_store: {outside}\n")
+    factory.signer("alice")
+    added = _xps(home, "trust", "add", str(factory.root / "keys" / "alice.pub"), "--ops", "aead.*", config=cfg)
+    assert added.returncode == 0, added.stderr
+    assert json.loads((home / "home.json").read_text())["stores"]["trust"] == str(outside)
+    factory.pin(home, factory.signer("mallory"))  # someone who can write the home pins their key there
+    forgot = _xps(home, "trust", "list")  # started without the configuration
+    assert forgot.returncode == 2 and "XPS_ERR_POLICY" in forgot.stderr and str(outside) in forgot.stderr
+    with pytest.raises(PolicyError, match="trust store"):
+        Updater(Engine(), home=home, gates=GATES, plan=PLAN)
+    up = _updater(home, outside)  # told where: the home's pin is never read
+    evil = factory.build(factory.demo_source(), [factory.signer("mallory")])
+    with pytest.raises(XpsError, match="not a trusted key"):
+        up.apply(evil.raw)
+    assert_never_ran(evil)
+    outside.unlink()  # a recorded store that disappears is refused, never read as "no pins"
+    gone = _xps(home, "trust", "list", config=cfg)
+    assert gone.returncode == 2 and "missing, though this home recorded it" in gone.stderr
+
+
+def test_trust_add_into_a_missing_folder_is_refused_before_anything_is_journaled(tmp_path: Path,
+                                                                                  factory: CapsuleFactory) -> None:
+    home, cfg = tmp_path / "home", tmp_path / "xps.yaml"
+    cfg.write_text(f"crypto:\n  hotpatch:\n    trust_store: {tmp_path / 'nowhere' / 'trust.json'}\n")
+    factory.signer("alice")
+    out = _xps(home, "trust", "add", str(factory.root / "keys" / "alice.pub"), "--ops", "aead.*", config=cfg)
+    assert out.returncode == 2 and "XPS_ERR_POLICY" in out.stderr and "folder does not exist" in out.stderr
+    assert not (home / "audit.log").exists() or '"TRUST_CHANGE"' not in (home / "audit.log").read_text()
