@@ -184,3 +184,26 @@ def test_trust_add_into_a_missing_folder_is_refused_before_anything_is_journaled
     out = _xps(home, "trust", "add", str(factory.root / "keys" / "alice.pub"), "--ops", "aead.*", config=cfg)
     assert out.returncode == 2 and "XPS_ERR_POLICY" in out.stderr and "folder does not exist" in out.stderr
     assert not (home / "audit.log").exists() or '"TRUST_CHANGE"' not in (home / "audit.log").read_text()
+
+
+def test_an_offline_rollback_without_the_configuration_still_takes_the_capsule_out(
+        factory: CapsuleFactory, tmp_path: Path) -> None:
+    """The home records a trust store elsewhere and the operator forgot --config: the rollback
+    needs no pins, so it happens, and its record says the store was not read (never the digest
+    of HOME/trust.json, which a home writer may have filled)."""
+    home, outside, cfg = tmp_path / "home", tmp_path / "etc" / "trust.json", tmp_path / "xps.yaml"
+    outside.parent.mkdir()
+    cfg.write_text(f"crypto:\n  hotpatch:\n    trust_store: {outside}\n")
+    factory.signer("alice")
+    assert _xps(home, "trust", "add", str(factory.root / "keys" / "alice.pub"), "--ops", "aead.*",
+                config=cfg).returncode == 0
+    factory.pin(home, factory.signer("mallory"))
+    up = _updater(home, outside)
+    cap = up.apply(factory.build(factory.demo_source(), [factory.signer("alice")]).raw)
+    up.close()
+    out = _xps(home, "rollback", cap.name)  # no engine running, no --config
+    assert out.returncode == 0, out.stderr
+    after = closed_at_teardown(Updater(Engine(), home=home, gates=GATES, plan=PLAN, trust_path=outside))
+    assert after.state.active == ()
+    policy = _journal(home, "PATCH_ROLLBACK")[-1]["policy"]
+    assert isinstance(policy, dict) and policy["trust_digest"] is None and policy["trust_error"] == "XPS_ERR_POLICY"
