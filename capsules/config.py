@@ -120,8 +120,11 @@ class HotpatchConfig:
             home.check_store("trust")
             return home.trust
         path = Path(self.trust_store)
-        root = home.root.resolve()
-        real = path.resolve()
+        try:
+            root, real = home.root.resolve(), path.resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop is a RuntimeError before Python 3.13
+            raise PolicyError(f"config key 'hotpatch.trust_store': {str(path)!r} cannot be resolved "
+                              f"({type(exc).__name__}; a symlink loop?)") from None
         if real == root or root in real.parents:
             raise PolicyError(f"config key 'hotpatch.trust_store': {str(path)!r} is inside the home {str(root)!r}; "
                               "keep the trust store where whoever can write the home cannot write it")

@@ -152,6 +152,15 @@ def test_a_trust_store_inside_the_home_is_refused(tmp_path: Path, where: str) ->
         cfg.hotpatch.trust_path(home)
 
 
+def test_a_trust_store_behind_a_symlink_loop_is_a_typed_refusal(tmp_path: Path) -> None:
+    home = Home.resolve(tmp_path / "home")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    cfg = XpsConfig.from_mapping({"crypto": {"hotpatch": {"trust_store": str(tmp_path / "a")}}})
+    with pytest.raises(PolicyError, match="cannot be resolved"):
+        cfg.hotpatch.trust_path(home)
+
+
 def test_the_home_records_its_trust_store_and_refuses_an_engine_that_forgot_it(
         factory: CapsuleFactory, tmp_path: Path) -> None:
     home, outside, cfg = tmp_path / "home", tmp_path / "etc" / "trust.json", tmp_path / "xps.yaml"
