@@ -40,6 +40,7 @@ from xpscerpto.signing import TrustStore
 from . import _tamper
 from ._canary import transitional
 from ._verifier import VerifiedCapsule, verify_capsule
+from .config import HotpatchConfig
 from .crash_guard import DEFAULT_CRASH_LIMIT, CrashGuard
 from .format import Limits
 from .isolate import Gates, validate_isolated
@@ -129,7 +130,7 @@ class Updater:
         # The pinned publisher keys: the home's trust.json unless the configuration puts them
         # elsewhere (``hotpatch.trust_store``), out of reach of whoever can write the home.
         # A home that recorded a trust store elsewhere refuses an updater not told where it is.
-        self.trust_path = _default_trust(self.home) if trust_path is None else Path(trust_path)
+        self.trust_path = HotpatchConfig().trust_path(self.home) if trust_path is None else Path(trust_path)
         self.gates, self.plan, self.limits, self.operator, self._clock = gates, plan, limits, operator, clock
         self.store = CapsuleStore(self.home)
         #: Where the committed routing state lives (``state.json``, or a database row per node).
@@ -790,17 +791,12 @@ class Updater:
         return _policy_now(self.trust_path, publishers, operations, digest, trust)
 
 
-def _default_trust(home: Home) -> Path:
-    home.check_store("trust")
-    return home.trust
-
-
 def _policy_now(path: Path | Home, publishers: Any, operations: Any, digest: str,
                 trust: TrustStore | None = None) -> dict[str, Any]:
     """The record's policy fields; ``path`` a home: its own trust store, unless it records another."""
     if trust is None:
         try:
-            trust = TrustStore.load(_default_trust(path) if isinstance(path, Home) else path)
+            trust = TrustStore.load(HotpatchConfig().trust_path(path) if isinstance(path, Home) else path)
         except XpsError as exc:
             return {"trust_digest": None, "trust_error": exc.code, "threshold": None, "pins": [],
                     "config_digest": digest}
