@@ -71,6 +71,7 @@ class Refusal(enum.StrEnum):
     NOT_FOUND = "not-found"
     STATE = "state"
     IO = "io"
+    CLOSED = "closed"  # the updater was closed: no more changes through it
     # Refused by the watched folder before the pipeline (watch.py)
     UNREADABLE = "unreadable"
     INTERNAL = "internal"

@@ -178,6 +178,7 @@ class Updater:
         the cause): held, never silently dropped.
         """
         with self._lock, self.state_store.lock():
+            self._check_open("restore")
             state = self.state_store.load()
             counts = self._crash_guard.begin(state.active)
             for cap in state.active:
@@ -259,6 +260,11 @@ class Updater:
         self._crash_guard.forget(cap.sha256)
         return new
 
+    def _check_open(self, action: str) -> None:
+        if self._closed.is_set():
+            raise refuse(Refusal.CLOSED, f"{action}: this updater was closed; use a new one (or `xps rollback` "
+                                         "offline)")
+
     def _ensure_restored(self) -> None:
         # Applying before restoring would check versions against an empty memory and could
         # overwrite the committed downgrade protection; restore first, always.
@@ -275,9 +281,15 @@ class Updater:
         operator = operator or self.operator
         sha = hashlib.sha256(raw).hexdigest()
         self._ensure_restored()
-        self._audit("PATCH_LOAD", sha256=sha, source=source, operator=operator, bytes=len(raw))
+        with self._lock:
+            # Checked under the lock, before anything is journaled: close() waits for an update
+            # already holding it, and one that starts later must not enable a capsule (or start
+            # threads) with nobody left to roll it back on a fault.
+            self._check_open("apply")
+            self._audit("PATCH_LOAD", sha256=sha, source=source, operator=operator, bytes=len(raw))
         with self._lock, self.state_store.lock():
             try:
+                self._check_open("apply")  # closed while this call waited for the lock
                 self._merge_committed_highest()
                 return self._apply(raw, sha, operator)
             except XpsError as exc:
@@ -431,6 +443,7 @@ class Updater:
         """
         self._ensure_restored()
         with self._lock, self.state_store.lock():
+            self._check_open("rollback")
             cap = self._state.find(target)
             if cap is None:
                 raise refuse(Refusal.NOT_FOUND, f"rollback: no active capsule matches {target!r}")
@@ -480,6 +493,7 @@ class Updater:
         and routes the committed capsules under the new configuration.
         """
         with self._lock:
+            self._check_open("reconfigure")
             if gates is not None:
                 self.gates = gates
             if plan is not None:
@@ -719,8 +733,11 @@ class Updater:
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Stop reacting to provider faults and end this updater's threads (routing stays as it is).
 
-        Faults reported before the call are still acted on: a rollback they started finishes
-        first. Sampled checks not yet due are cancelled; drain reports still waiting are dropped.
+        An update already under way (an apply in its canary) finishes first, with faults still
+        acted on; from then on :meth:`apply`, :meth:`rollback`, :meth:`restore` and
+        :meth:`reconfigure` are refused (XPS_ERR_UPDATE, reason ``closed``). Faults reported
+        before the call are still acted on: a rollback they started finishes first. Sampled
+        checks not yet due are cancelled; drain reports still waiting are dropped.
         Waits up to ``timeout`` seconds in all (a thread still running then is logged). Calling
         it again does nothing.
 
@@ -732,12 +749,16 @@ class Updater:
             if self._closed.is_set():
                 return
             self._closed.set()
+        deadline = time.monotonic() + timeout
+        # An update already under way finishes with the fault watcher still listening (what it
+        # enables can still be rolled back); later ones are refused (_check_open).
+        if self._lock.acquire(timeout=timeout):
+            self._lock.release()
         self.engine.remove_fault_listener(self._on_provider_fault)
         self._faults.put(None)
-        deadline = time.monotonic() + timeout
         me = threading.current_thread()
         if self._watcher is not me:  # first the watcher: it may still start a rollback
-            self._watcher.join(timeout)
+            self._watcher.join(max(0.0, deadline - time.monotonic()))
         while True:
             with self._threads_lock:
                 threads = [t for t in self._threads if t is not me and t.is_alive()]

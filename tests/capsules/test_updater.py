@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -385,6 +386,94 @@ def test_close_ends_every_thread_the_updater_started(publisher: Publisher) -> No
     assert eng.table.provider_for(OP) == "xchacha20-openssl"  # routing stays as it is
     up.close()  # a second close does nothing
     del in_flight
+
+
+def test_a_closed_updater_refuses_every_change(publisher: Publisher) -> None:
+    """apply() after close() enabled the capsule with no fault watcher left to roll it back, and
+    started a sampling thread that no second close() ended."""
+    before = set(threading.enumerate())
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home, StagePlan(canary_seconds=0, dual_run_seconds=0, sample_seconds=60))
+    up.apply(publisher.capsule("1.0.0"))
+    up.close()
+    journal = up.audit.tail(200)
+    calls: list[Callable[[], object]] = [
+        lambda: up.apply(publisher.capsule("1.0.1")),
+        lambda: up.rollback("xchacha20-openssl"),
+        lambda: up.reconfigure(eng.config),
+    ]
+    for call in calls:
+        with pytest.raises(xps.UpdateError) as ei:
+            call()
+        assert ei.value.reason == "closed"
+    assert up.audit.tail(200) == journal  # nothing journaled, not even PATCH_LOAD
+    assert eng.table.provider_for(OP) == "xchacha20-openssl"  # routing stays as close() left it
+    assert _state(publisher.home).active[0].version == "1.0.0"
+    assert _started_since(before) == []
+    unrestored = Updater(xps.Engine(), publisher.home, state_store=_states(publisher.home))
+    unrestored.close()
+    with pytest.raises(xps.UpdateError, match="restore: this updater was closed"):
+        unrestored.restore()
+
+
+def _apply_in_background(up: Updater, raw: bytes) -> tuple[threading.Thread, list[object]]:
+    """Start ``up.apply(raw)`` on a thread; return it once the canary runs, and where its outcome goes."""
+    outcome: list[object] = []
+
+    def apply() -> None:
+        try:
+            outcome.append(up.apply(raw))
+        except BaseException as exc:  # the test asserts what it was
+            outcome.append(exc)
+
+    applier = threading.Thread(target=apply)
+    applier.start()
+    for _ in range(500):
+        if up._staging is not None or outcome:
+            break
+        time.sleep(0.01)
+    assert up._staging is not None, f"the canary did not start: {outcome}"
+    return applier, outcome
+
+
+def test_close_during_a_canary_waits_for_the_update_and_ends_what_it_started(publisher: Publisher) -> None:
+    """close() returned while an apply() was in its canary: the apply went on to enable the
+    capsule with the fault watcher gone, and its sampling thread outlived close()."""
+    before = set(threading.enumerate())
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home, StagePlan(canary_seconds=1, dual_run_seconds=0, sample_seconds=60))
+    applier, outcome = _apply_in_background(up, publisher.capsule("1.0.0"))
+    up.close()
+    assert outcome and not isinstance(outcome[0], BaseException), outcome  # close() waited for it
+    applier.join()
+    assert eng.table.provider_for(OP) == "xchacha20-openssl"
+    assert _started_since(before) == []  # the fault watcher, the sampling timer, the drain report
+
+
+def test_close_during_a_faulty_canary_lets_the_canary_roll_back(publisher: Publisher) -> None:
+    before = set(threading.enumerate())
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home, StagePlan(canary_share=1.0, canary_seconds=3, dual_run_seconds=0))
+    applier, outcome = _apply_in_background(up, publisher.capsule("1.0.0", module_patch=FAULTY_PATCH))
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    try:
+        up.close()
+    finally:
+        stop.set()
+        t.join()
+        applier.join()
+    (result,) = outcome
+    assert isinstance(result, xps.UpdateError) and result.reason == "canary-fault"
+    assert eng.table.provider_for(OP) == "sodium"
+    assert _state(publisher.home).active == ()
+    assert _started_since(before) == []
 
 
 def test_canary_fault_rolls_back_before_enable_and_no_call_fails(publisher: Publisher) -> None:
