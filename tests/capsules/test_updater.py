@@ -450,6 +450,40 @@ def test_close_during_a_canary_waits_for_the_update_and_ends_what_it_started(pub
     assert _started_since(before) == []  # the fault watcher, the sampling timer, the drain report
 
 
+def test_close_racing_an_operator_rollback_either_refuses_it_or_lets_it_finish(publisher: Publisher) -> None:
+    raw = publisher.capsule("1.0.0")
+    for _ in range(5):
+        before = set(threading.enumerate())
+        eng = xps.Engine()
+        up = _updater(eng, publisher.home)
+        if not up.state.active:
+            up.apply(raw)
+        go = threading.Barrier(2)
+        outcome: list[object] = []
+
+        def rollback(up: Updater = up, go: threading.Barrier = go, outcome: list[object] = outcome) -> None:
+            go.wait()
+            try:
+                outcome.append(up.rollback("xchacha20-openssl"))
+            except xps.XpsError as exc:
+                outcome.append(exc)
+
+        t = threading.Thread(target=rollback)
+        t.start()
+        go.wait()
+        up.close()
+        t.join()
+        (result,) = outcome
+        committed = _state(publisher.home).active
+        if isinstance(result, xps.XpsError):
+            assert isinstance(result, xps.UpdateError) and result.reason == "closed"
+            assert [a.version for a in committed] == ["1.0.0"]
+            assert eng.table.provider_for(OP) == "xchacha20-openssl"
+        else:
+            assert committed == () and eng.table.provider_for(OP) == "sodium"
+        assert _started_since(before) == []
+
+
 def test_close_during_a_faulty_canary_lets_the_canary_roll_back(publisher: Publisher) -> None:
     before = set(threading.enumerate())
     eng = xps.Engine()
