@@ -158,6 +158,7 @@ class Updater:
         self._threads: set[threading.Thread] = set()
         self._rolling_back: set[str] = set()  # sha256 of each capsule a rollback thread is taking out
         self._closed = threading.Event()
+        self._abandoned = threading.Event()  # close() stopped waiting for an update under way
         engine.add_table_fault_listener(self._on_provider_fault)
         self._watcher = threading.Thread(target=self._watch_faults, name="xps-fault-watch", daemon=True)
         self._watcher.start()
@@ -333,6 +334,11 @@ class Updater:
                 if seconds > 0:
                     trialled = True
                     self._trial(loaded, mode, seconds, operator)
+            # close() may have stopped waiting for this update (its timeout shorter than the
+            # trials): then no fault watcher is left to roll back what this would enable.
+            if self._abandoned.is_set():
+                raise refuse(Refusal.CLOSED, "apply: the updater was closed during the trials and stopped "
+                                             "watching for faults; nothing enabled")
             state = self._state.enable(cap, operator=operator)
             held = {k: h for k, h in self._held.items() if h["name"] != m.name}  # replaced (or repaired) now
             table = self._table_for(state.active, held=held)
@@ -631,7 +637,11 @@ class Updater:
         weakref.finalize(old, drain._finished)
         del old  # from here only in-flight calls keep the old table alive
         self.last_drain = drain
-        self._spawn(self._report_drain, drain, table.version, name=f"xps-drain-{drain.table_version}")
+        try:
+            self._spawn(self._report_drain, drain, table.version, name=f"xps-drain-{drain.table_version}")
+        except RuntimeError:  # no thread to spare: the cutover is done, only its drain report is lost
+            _log.error("xps: no thread left for the drain report of table %d; the new table serves",
+                       drain.table_version)
         return table
 
     def _spawn(self, target: Callable[..., object], *args: object, name: str) -> threading.Thread:
@@ -754,6 +764,8 @@ class Updater:
         # enables can still be rolled back); later ones are refused (_check_open).
         if self._lock.acquire(timeout=timeout):
             self._lock.release()
+        else:
+            self._abandoned.set()  # the update under way must not enable anything now
         self.engine.remove_fault_listener(self._on_provider_fault)
         self._faults.put(None)
         me = threading.current_thread()

@@ -337,6 +337,34 @@ def test_a_fault_rolls_back_even_when_no_thread_can_be_started(publisher: Publis
     assert [e for e in up.audit.tail(10) if e["event"] == "PATCH_ROLLBACK"][-1]["operator"] == "auto"
 
 
+def test_a_rollback_with_no_thread_for_its_drain_report_is_still_a_rollback(publisher: Publisher,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drain report's thread failing to start turned a committed, serving rollback into a
+    bare RuntimeError (operator) or a PATCH_ROLLBACK_FAILED after PATCH_ROLLBACK (automatic)."""
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home)
+    up.apply(publisher.capsule("1.0.0", module_patch=FAULTY_PATCH))
+    start = threading.Thread.start
+
+    def no_thread(self: threading.Thread) -> None:
+        if self.name.startswith("xps-drain-") or self.name == "xps-auto-rollback":
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    with pytest.raises(xps.ProviderError):
+        eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")
+    _wait_for_route(eng, "sodium")
+    assert eng.table.provider_for(OP) == "sodium"
+    up.apply(publisher.capsule("1.0.1"))  # a new version, then an operator rollback
+    assert eng.table.provider_for(OP) == "xchacha20-openssl"
+    assert up.rollback("xchacha20-openssl").version == "1.0.1"
+    assert eng.table.provider_for(OP) == "sodium"
+    events = [e["event"] for e in up.audit.tail(50)]
+    assert events.count("PATCH_ROLLBACK") == 2 and "PATCH_ROLLBACK_FAILED" not in events
+    assert _state(publisher.home).active == ()
+
+
 def _started_since(before: set[threading.Thread]) -> list[str]:
     """Names of the threads alive now that were not alive in ``before``."""
     return sorted(t.name for t in threading.enumerate() if t not in before and t.is_alive())
@@ -482,6 +510,27 @@ def test_close_racing_an_operator_rollback_either_refuses_it_or_lets_it_finish(p
         else:
             assert committed == () and eng.table.provider_for(OP) == "sodium"
         assert _started_since(before) == []
+
+
+def test_close_that_stops_waiting_for_a_long_canary_leaves_the_capsule_out(publisher: Publisher) -> None:
+    """With a canary longer than close()'s timeout, the apply went on to enable the capsule after
+    close() had returned, with no fault watcher left (review of the updater races)."""
+    before = set(threading.enumerate())
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home, StagePlan(canary_seconds=2, dual_run_seconds=0, sample_seconds=60))
+    applier, outcome = _apply_in_background(up, publisher.capsule("1.0.0"))
+    up.close(timeout=0.3)
+    applier.join()
+    (result,) = outcome
+    assert isinstance(result, xps.UpdateError) and result.reason == "closed"
+    assert eng.table.provider_for(OP) == "sodium"  # the canary's table is gone again
+    assert _state(publisher.home).active == ()
+    assert "PATCH_ENABLE" not in _events(up)
+    for _ in range(100):  # the drain report of the table put back ends with the closed updater
+        if not _started_since(before):
+            break
+        time.sleep(0.05)
+    assert _started_since(before) == []
 
 
 def test_close_during_a_faulty_canary_lets_the_canary_roll_back(publisher: Publisher) -> None:
