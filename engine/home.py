@@ -149,14 +149,20 @@ class Home:
     def sweep_stale_temps(self) -> list[Path]:
         """Remove the temp files that writers killed mid-write left in the home; the paths removed.
 
-        Run by :meth:`resolve` (every command and service opens its home through it). Swept: the
-        home folder and ``capsules/`` — every durable write in the home goes to one of the two —
-        each with one listing, for any name; and the folder of each file store the record places
-        elsewhere (a KEK file outside the home, say), for temps of that store's file only. Only
-        temps as :mod:`xpscerpto._atomic` names them, regular files last written at least
+        Run by :meth:`resolve` (every command and service opens its home through it). Swept, once
+        the folder is a home (``home.json`` exists, readable or not): the home folder and
+        ``capsules/`` — every durable write in the home goes to one of the two — each with one
+        listing, for any name; and the folder of each file store the record places elsewhere (a
+        KEK file outside the home, say), for temps of that store's file only. A folder without
+        ``home.json`` may be anything the caller pointed ``--home`` at (their own folder, ``/tmp``):
+        there only temps of ``home.json`` itself go (an ``xps init`` killed before its record
+        landed); temps of any other name are removed by the next write of that name instead.
+        Only temps as :mod:`xpscerpto._atomic` names them, regular files last written at least
         :data:`~xpscerpto._atomic.STALE_TEMP_SECONDS` ago (a live writer's temp is left alone).
         Never raises: failures are logged and left for the next open.
         """
+        if not os.path.lexists(self.record_path):
+            return [self.root / name for name in sweep_stale_temps(self.root, target=self.record_path.name)]
         removed = [folder / name for folder in (self.root, self.capsules) for name in sweep_stale_temps(folder)]
         try:
             record = self._read_record()

@@ -172,6 +172,7 @@ def test_a_symlink_named_like_a_temp_is_neither_followed_nor_removed(
     secret.write_bytes(b"S" * 32)
     _age(secret)
     home = Home.resolve(tmp_path / "home")
+    home.initialise(policy={})  # a home: every temp-shaped name in it is looked at
     links = [home.root / ".audit.key.0123456789abcdef.tmp", home.root / ".home.json.abcdefgh.tmp",
              home.capsules / ".x.capsule.abcdefgh.tmp"]
     for link in links:
@@ -265,3 +266,20 @@ def test_a_sweep_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.WARNING, logger="xpscerpto._atomic"):
         assert sweep_stale_temps(f"{tmp_path}/bad\0name") == []  # unlistable: reported, not raised
     assert "cannot list" in caplog.text
+
+
+def test_a_folder_that_is_not_a_home_is_not_swept_beyond_the_homes_own_record(tmp_path: Path) -> None:
+    """``--home`` pointed at someone's folder: their temp-shaped files stay until it becomes a home."""
+    theirs = [tmp_path / ".notes.txt.abcdefgh.tmp", tmp_path / f".draft.{os.urandom(8).hex()}.tmp",
+              tmp_path / "capsules" / ".x.capsule.abcdefgh.tmp"]
+    ours = tmp_path / ".home.json.abcdefgh.tmp"  # an `xps init` killed before its record landed
+    (tmp_path / "capsules").mkdir()
+    for p in [*theirs, ours]:
+        p.write_bytes(b"data")
+        _age(p)
+    home = Home.resolve(tmp_path)
+    assert all(p.read_bytes() == b"data" for p in theirs) and not ours.exists()
+
+    home.initialise(policy={})  # now it is a home: every temp-shaped name in it is ours
+    assert sorted(p.name for p in home.sweep_stale_temps()) == sorted(p.name for p in theirs)
+    assert not any(p.exists() for p in theirs)
