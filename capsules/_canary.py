@@ -140,10 +140,17 @@ class _TransitionalAead:
         self._n = itertools.count()
 
     def cipher(self, key: Any) -> Any:
-        if self._mode == "dual-run":
-            return _ShadowKeyed(self._old.cipher(key), self._new.cipher(key), self._fault)
-        if self._every and next(self._n) % self._every == 0:
-            return _CheckedKeyed(self._old.cipher(key), self._new.cipher(key), self._fault, self._mode)
+        if self._mode == "dual-run" or (self._every and next(self._n) % self._every == 0):
+            old = self._old.cipher(key)
+            try:
+                new = self._new.cipher(key)
+            except Exception as exc:  # the candidate's fault, reported; the current one answers
+                self._fault(f"{self._mode} cipher raised {type(exc).__name__} where the current "
+                            f"implementation did not")
+                return old
+            if self._mode == "dual-run":
+                return _ShadowKeyed(old, new, self._fault)
+            return _CheckedKeyed(old, new, self._fault, self._mode)
         # Unchecked calls: the candidate serves after cutover (sampled), the current one before.
         return (self._new if self._mode == "sampled" else self._old).cipher(key)
 

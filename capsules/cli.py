@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,8 @@ __all__ = ["add_operator_commands", "add_publisher_commands", "main"]
 STATUS_TIMEOUT = 10.0
 #: Seconds ``xps rollback`` waits (the engine re-verifies and may wait for a lock).
 CHANGE_TIMEOUT = 30.0
+#: Seconds ``xps rollback`` waits for an engine that holds the home to open its socket.
+STARTING_WAIT = 10.0
 
 
 def _read(path: str) -> bytes:
@@ -283,21 +286,31 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from .updater import rollback_offline
 
     home = context.home(args)
-    try:
-        answer = request(home.socket, {"cmd": "rollback", "target": args.target, "to": args.to,
-                                       "operator": args.operator}, timeout=CHANGE_TIMEOUT)
-    except NoEngineRunning:
-        config = context.config(args)
-        states = config.hotpatch.state_store(home)
+    starting_until = time.monotonic() + STARTING_WAIT
+    while True:
         try:
-            cap = rollback_offline(home, args.target, to=args.to, operator=args.operator,
-                                   config_document=config.to_mapping(), state_store=states,
-                                   # only named in the record: taking a capsule out needs no pins
-                                   trust_path=config.hotpatch.trust_store)
-        finally:
-            states.close()
-        print(f"rolled back {cap.name} {cap.version} in the committed state (no engine running)")
-        return 0
+            answer = request(home.socket, {"cmd": "rollback", "target": args.target, "to": args.to,
+                                           "operator": args.operator}, timeout=CHANGE_TIMEOUT)
+            break
+        except NoEngineRunning:
+            config = context.config(args)
+            states = config.hotpatch.state_store(home)
+            try:
+                cap = rollback_offline(home, args.target, to=args.to, operator=args.operator,
+                                       config_document=config.to_mapping(), state_store=states,
+                                       # only named in the record: taking a capsule out needs no pins
+                                       trust_path=config.hotpatch.trust_store)
+            except XpsError as exc:
+                # An engine holds the home but its socket is not open yet (it is restoring):
+                # ask it once it listens rather than edit the state under it.
+                if getattr(exc, "reason", None) is Refusal.ENGINE_RUNNING and time.monotonic() < starting_until:
+                    time.sleep(0.2)
+                    continue
+                raise
+            finally:
+                states.close()
+            print(f"rolled back {cap.name} {cap.version} in the committed state (no engine running)")
+            return 0
     r = result(answer).get("rolled_back") or {}
     print(f"rolled back {r.get('name', '?')} {r.get('version', '?')} in the running engine")
     return 0

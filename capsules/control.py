@@ -13,7 +13,6 @@ JSON line each::
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -25,6 +24,7 @@ from typing import Any
 
 from xpscerpto.errors import ErrorCode, XpsError
 
+from .engine_lock import engine_lock_path, take_engine_lock
 from .updater import Updater
 
 __all__ = ["ControlServer", "NoEngineRunning", "request", "result"]
@@ -44,8 +44,9 @@ class ControlServer:
     timeout), so a client that connects and stays silent cannot hold up the others.
     Changes (rollback, emergency) still run one at a time.
 
-    While serving, the server holds an exclusive lock on ``<socket>.lock``: a second engine
-    on the same home fails to start with an XpsError instead of taking the socket over.
+    While serving (from :meth:`claim` on), the server holds an exclusive lock on
+    ``<socket>.lock`` (:mod:`.engine_lock`): a second engine on the same home fails to start
+    with an XpsError instead of taking the socket over, and an offline rollback is refused.
     """
 
     #: Seconds a connection may take to send its request and read the answer.
@@ -63,12 +64,17 @@ class ControlServer:
     @property
     def lock_path(self) -> Path:
         """The lock file held while serving (next to the socket)."""
-        return self.path.with_name(self.path.name + ".lock")
+        return engine_lock_path(self.path)
+
+    def claim(self) -> None:
+        """Take the home's engine lock now (a service does, before it restores the state)."""
+        if self._lock_fd is None:
+            self._lock_fd = take_engine_lock(self.path, f"control socket {str(self.path)!r}")
 
     def start(self) -> None:
         """Bind (replacing a stale socket file) and serve until :meth:`stop`."""
         where = f"control socket {str(self.path)!r}"
-        self._take_lock(where)
+        self.claim()
         try:
             self._remove_stale(where)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -85,18 +91,6 @@ class ControlServer:
         self._sock = sock
         self._thread = threading.Thread(target=self._serve, args=(sock,), name="xps-control", daemon=True)
         self._thread.start()
-
-    def _take_lock(self, where: str) -> None:
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise XpsError(f"{where}: cannot open lock file {str(self.lock_path)!r} ({exc.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise XpsError(f"{where}: another engine is already running here") from None
-        self._lock_fd = fd
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:

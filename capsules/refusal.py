@@ -72,6 +72,7 @@ class Refusal(enum.StrEnum):
     STATE = "state"
     IO = "io"
     CLOSED = "closed"  # the updater was closed: no more changes through it
+    ENGINE_RUNNING = "engine-running"  # an offline change while an engine holds the home
     # Refused by the watched folder before the pipeline (watch.py)
     UNREADABLE = "unreadable"
     INTERNAL = "internal"

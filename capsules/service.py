@@ -103,6 +103,9 @@ class WatchService:
         to try again.
         """
         try:
+            # Held from before the restore: an offline rollback between the restore and the
+            # socket opening would be overwritten by the state this process serves and saves.
+            self.control.claim()
             # Every change is journalled first; a journal we cannot continue must stop us here,
             # with one line, not on a background thread later.
             self.updater.audit.check_writable()

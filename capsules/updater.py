@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from xpscerpto._routing import RoutingTable
 from xpscerpto.audit import AuditLog
@@ -42,6 +42,7 @@ from ._canary import transitional
 from ._verifier import VerifiedCapsule, verify_capsule
 from .config import HotpatchConfig
 from .crash_guard import DEFAULT_CRASH_LIMIT, CrashGuard
+from .engine_lock import EngineLockHeld, take_engine_lock
 from .format import Limits
 from .isolate import Gates, validate_isolated
 from .loader import load_provider
@@ -328,17 +329,21 @@ class Updater:
 
         reference = self._current_impls(m.operations)  # what serves now: the sampled check's yardstick
         previous, previous_held = self._state, self._held
-        trialled = False
+        trialled: str | None = None  # the last trial's mode
         try:
             for mode, seconds in (("canary", self.plan.canary_seconds), ("dual-run", self.plan.dual_run_seconds)):
                 if seconds > 0:
-                    trialled = True
+                    trialled = mode
                     self._trial(loaded, mode, seconds, operator)
             # close() may have stopped waiting for this update (its timeout shorter than the
             # trials): then no fault watcher is left to roll back what this would enable.
             if self._abandoned.is_set():
                 raise refuse(Refusal.CLOSED, "apply: the updater was closed during the trials and stopped "
                                              "watching for faults; nothing enabled")
+            # The trial's table serves until the enable is published: a fault it reported after
+            # the window closed counts as the trial's.
+            if trialled is not None and (late := self._late_trial_fault()) is not None:
+                self._fail_trial(loaded, trialled, late)
             state = self._state.enable(cap, operator=operator)
             held = {k: h for k, h in self._held.items() if h["name"] != m.name}  # replaced (or repaired) now
             table = self._table_for(state.active, held=held)
@@ -360,6 +365,13 @@ class Updater:
         self._state = state
         self._held = held
         self._publish(table)
+        # Faults the trial's table reported while the enable was being journalled and saved.
+        if trialled is not None and (late := self._late_trial_fault()) is not None:
+            self._undo_enable(previous, previous_held, cap, signed_by=capsule.signed_by,
+                              reason=f"{trialled} fault reported at cutover: {late}")
+            self._taint(f"{m.name} {m.version} faulted in {trialled}")
+            fault = Refusal.CANARY_FAULT if trialled == "canary" else Refusal.DUAL_RUN_FAULT
+            raise refuse(fault, f"{trialled}: {late} (reported at cutover); rolled back")
         # A KAT re-check in the live process, now that the provider serves traffic.
         failure = self._kat_failure(loaded)
         if failure is not None:
@@ -428,15 +440,26 @@ class Updater:
                 problem = self._stage_fault.get(timeout=seconds)
             except queue.Empty:
                 return
-            self._publish(self._table_for(self._state.active))
-            self._audit("PATCH_ROLLBACK", sha256=loaded.capsule.sha256, name=m.name, version=m.version,
-                        phase=mode, operator="auto", reason=problem,
-                        policy=self._policy(loaded.capsule.signed_by, m.operations))
-            self._taint(f"{m.name} {m.version} faulted in {mode}")
-            fault = Refusal.CANARY_FAULT if mode == "canary" else Refusal.DUAL_RUN_FAULT
-            raise refuse(fault, f"{mode}: {problem}; previous routing restored")
+            self._fail_trial(loaded, mode, problem)
         finally:
             self._staging = None
+
+    def _late_trial_fault(self) -> str | None:
+        try:
+            return self._stage_fault.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _fail_trial(self, loaded: _Loaded, mode: str, problem: str) -> NoReturn:
+        """Put the routing from before the trial back, journal it and refuse the capsule."""
+        m = loaded.capsule.manifest
+        self._publish(self._table_for(self._state.active))
+        self._audit("PATCH_ROLLBACK", sha256=loaded.capsule.sha256, name=m.name, version=m.version,
+                    phase=mode, operator="auto", reason=problem,
+                    policy=self._policy(loaded.capsule.signed_by, m.operations))
+        self._taint(f"{m.name} {m.version} faulted in {mode}")
+        fault = Refusal.CANARY_FAULT if mode == "canary" else Refusal.DUAL_RUN_FAULT
+        raise refuse(fault, f"{mode}: {problem}; previous routing restored")
 
     # -- rollback ---------------------------------------------------------------------------
 
@@ -624,8 +647,14 @@ class Updater:
                 prefer[op] = loaded.provider.name
         table = self.engine.build_table(providers, replace(config, prefer=prefer))
         serving = {a.name: a.sha256 for a in active}
-        if trial is not None:
+        if trial is not None and trial[1] == "sampled":
             serving[trial[0].provider.name] = trial[0].capsule.sha256
+        elif trial is not None:
+            # Canary and dual-run catch every exception of the candidate and report it to the
+            # trial; what escapes their table is the replaced implementation's, which the trial
+            # is about to replace: charged to no capsule (not the candidate, and not an active
+            # version of the same name, which may not be what served the operation).
+            serving.pop(trial[0].provider.name, None)
         self._serving[table.version] = serving
         for old in sorted(self._serving)[:-_SERVING_TABLES]:
             del self._serving[old]
@@ -703,9 +732,8 @@ class Updater:
             if item is None:  # close()
                 return
             provider, detail, table_version = item
-            if provider == self._staging:
-                self._stage_fault.put(detail)
-                continue
+            # Charged by the table the faulting call used, never by name alone: a fault of the
+            # version serving while its replacement is in canary is not the canary's.
             sha = self._serving.get(table_version, {}).get(provider)
             if sha is None:  # a built-in provider, or a table this updater did not build
                 continue
@@ -839,8 +867,27 @@ def _policy_now(path: Path | Home, publishers: Any, operations: Any, digest: str
 def rollback_offline(home: Home, target: str, *, to: str | None = None, operator: str = "local",
                      config_document: Mapping[str, Any] | None = None,
                      state_store: StateStore | None = None, trust_path: str | Path | None = None) -> ActiveCapsule:
-    """Roll back in the committed state when no engine runs (verified again at next start)."""
+    """Roll back in the committed state when no engine runs (verified again at next start).
+
+    Raises:
+        UpdateError: reason ``engine-running`` when an engine holds the home (it may be
+            starting, its control socket not open yet): roll back through it instead.
+    """
     states = state_store if state_store is not None else FileStateStore(home)
+    try:
+        running = take_engine_lock(home.socket, "rollback")
+    except EngineLockHeld:
+        raise refuse(Refusal.ENGINE_RUNNING, "rollback: an engine holds this home (starting, or its control "
+                                             "socket not answering); roll back through it") from None
+    try:
+        return _rollback_committed(home, states, target, to=to, operator=operator,
+                                   config_document=config_document, trust_path=trust_path)
+    finally:
+        os.close(running)  # releases the lock
+
+
+def _rollback_committed(home: Home, states: StateStore, target: str, *, to: str | None, operator: str,
+                        config_document: Mapping[str, Any] | None, trust_path: str | Path | None) -> ActiveCapsule:
     with states.lock():
         state = states.load()
         cap = state.find(target)

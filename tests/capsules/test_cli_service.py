@@ -179,6 +179,37 @@ def test_status_and_rollback_without_a_running_engine(published, tmp_path: Path,
                                       "'nothing-like-this'")
 
 
+def test_rollback_waits_for_an_engine_that_holds_the_home_before_editing_the_state(  # type: ignore[no-untyped-def]
+        published, tmp_path: Path, watchers) -> None:
+    """An engine starting (lock held, socket not open yet): `xps rollback` waits rather than edit
+    the state under it; here the holder goes away after a moment and the offline rollback runs."""
+    capsule, _, home = published
+    inbox = tmp_path / "inbox"
+    w = Watcher(home, inbox)
+    watchers.append(w)
+    (inbox / NAME).write_bytes(capsule.read_bytes())
+    wait_for(lambda: status(home)["active"] != [], "the capsule to be enabled")
+    w.stop()
+    hold = ("import pathlib, sys, time\nfrom xpscerpto.capsules.engine_lock import take_engine_lock\n"
+            "take_engine_lock(sys.argv[1], 'test')\nprint('held', flush=True)\ntime.sleep(1.5)\n"
+            "pathlib.Path(sys.argv[2]).touch()\n")  # then exits, which releases the lock
+    released = tmp_path / "released"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(home / "control.sock"), str(released)],
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        out = xps(home, "rollback", "xchacha20-openssl")
+        assert released.exists()  # the rollback waited for the holder; it did not edit the state under it
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert "committed state (no engine running)" in out.stdout
+    assert status(home)["active"] == []
+
+
 def _committed(home: Path) -> bool:
     try:
         return bool(json.loads((home / "state.json").read_text())["active"])

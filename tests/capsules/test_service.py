@@ -55,3 +55,34 @@ def test_stop_ends_every_thread_of_a_running_service(short_root: Path) -> None:
     assert "xps-fault-watch" in alive and "xps-control" in alive and "xps-inbox" in alive, alive
     svc.stop()
     assert _started_since(before) == []
+
+
+def test_an_offline_rollback_during_the_services_restore_is_refused(short_root: Path) -> None:
+    """An offline rollback ran while a just-started service restored the home, before its control
+    socket opened; the service then served, and later saved, the state it had loaded over it
+    (review of the updater races). The rollback is made at the restore itself."""
+    from xpscerpto.capsules.updater import rollback_offline
+    from xpscerpto.home import Home
+
+    home = Home.resolve(short_root / "home")
+    svc = WatchService(xps.Engine(), short_root / "inbox", home, polling=True)
+    restore = svc.updater.restore
+    refused: list[BaseException] = []
+
+    def restore_under_an_offline_rollback() -> object:
+        try:
+            rollback_offline(home, "aead.xchacha20poly1305")
+        except xps.XpsError as exc:
+            refused.append(exc)
+        return restore()
+
+    svc.updater.restore = restore_under_an_offline_rollback  # type: ignore[method-assign]
+    try:
+        svc.start()
+    finally:
+        svc.stop()
+    (exc,) = refused
+    assert isinstance(exc, xps.UpdateError) and exc.reason == "engine-running"
+    with pytest.raises(xps.UpdateError) as ei:  # the engine is gone: the rollback runs (and finds nothing)
+        rollback_offline(home, "aead.xchacha20poly1305")
+    assert ei.value.reason == "not-found"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -259,6 +261,38 @@ def test_committed_state_survives_restart_and_offline_rollback(publisher: Publis
     with pytest.raises(xps.UpdateError) as ei:
         _updater(xps.Engine(), publisher.home).apply(publisher.capsule("1.0.0"))
     assert ei.value.reason == "rollback"
+
+
+# A process holding the home's engine lock, as a service does from before its restore on.
+HOLD_ENGINE_LOCK = """
+import sys, time
+from xpscerpto.capsules.engine_lock import take_engine_lock
+take_engine_lock(sys.argv[1], "test")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_an_offline_rollback_is_refused_while_an_engine_holds_the_home(publisher: Publisher) -> None:
+    eng = xps.Engine()
+    _updater(eng, publisher.home).apply(publisher.capsule("1.0.0"))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_ENGINE_LOCK, str(publisher.home.socket)],
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        with pytest.raises(xps.UpdateError) as ei:
+            rollback_offline(publisher.home, OP, operator="ops", state_store=_states(publisher.home))
+        assert ei.value.reason == "engine-running"
+        assert [a.version for a in _state(publisher.home).active] == ["1.0.0"]
+        assert not [e for e in _updater(xps.Engine(), publisher.home).audit.tail(5) if e.get("mode") == "offline"]
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    # Killed (kill -9): the kernel released its lock, and the offline rollback goes through.
+    assert rollback_offline(publisher.home, OP, operator="ops", state_store=_states(publisher.home)).version == "1.0.0"
+    assert _state(publisher.home).active == ()
 
 
 def test_restart_drops_a_capsule_whose_key_was_unpinned(publisher: Publisher) -> None:
@@ -584,6 +618,60 @@ def test_canary_fault_rolls_back_before_enable_and_no_call_fails(publisher: Publ
     assert errors == []  # the canary answered faulty calls with the current implementation
     assert eng.table.provider_for(OP) == "sodium"
     assert _state(publisher.home).active == ()
+
+
+def test_a_fault_of_the_serving_version_during_its_replacements_canary_is_not_the_canarys(
+        publisher: Publisher) -> None:
+    """A fault of 1.0.0 (the same provider name) while 1.1.0 was in canary failed the canary and
+    kept the faulty 1.0.0 serving (review of the updater races)."""
+    eng = xps.Engine()
+    first = _updater(eng, publisher.home)
+    first.apply(publisher.capsule("1.0.0", module_patch=FAULTY_PATCH))
+    first.close()
+    up = _updater(eng, publisher.home, StagePlan(canary_share=1.0, canary_seconds=1, dual_run_seconds=0))
+    applier, outcome = _apply_in_background(up, publisher.capsule("1.1.0"))
+    with pytest.raises(xps.ProviderError):  # 1.0.0 still answers, and faults
+        eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")
+    applier.join()
+    (result,) = outcome
+    assert not isinstance(result, BaseException), result
+    assert [a.version for a in _state(publisher.home).active] == ["1.1.0"]
+    assert eng.table.provider_for(OP) == "xchacha20-openssl"
+    assert eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")  # 1.1.0 serves it
+    assert "PATCH_ROLLBACK" not in _events(up) and up._tainted is None
+
+
+class _TrafficAtEnable:
+    """A state store that makes one call through ``engine`` before it saves an enable."""
+
+    def __init__(self, inner: StateStore, engine: xps.Engine) -> None:
+        self.inner, self.engine = inner, engine
+        self.answered: list[bytes] = []
+        self.where, self.load, self.lock, self.close = inner.where, inner.load, inner.lock, inner.close
+
+    def save(self, state: RoutingState) -> None:
+        if state.active:  # the enable: a call on the canary's table first
+            self.answered.append(self.engine.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT"))
+        self.inner.save(state)
+
+
+def test_a_canary_fault_reported_while_the_enable_is_saved_rolls_the_capsule_back(publisher: Publisher) -> None:
+    """The canary's table serves until the enable is published; a fault it reported after the
+    window closed was dropped and the faulty capsule enabled (review of the updater races). The
+    traffic runs inside the state store's save, the one moment that cannot be hit by timing."""
+    eng = xps.Engine()
+    store = _TrafficAtEnable(_states(publisher.home), eng)
+    up = restored(closed_at_teardown(Updater(
+        eng, publisher.home, gates=FAST_GATES, state_store=store,
+        plan=StagePlan(canary_share=1.0, canary_seconds=0.2, dual_run_seconds=0))))
+    with pytest.raises(xps.UpdateError) as ei:
+        up.apply(publisher.capsule("1.0.0", module_patch=FAULTY_PATCH))
+    assert ei.value.reason == "canary-fault" and "at cutover" in str(ei.value)
+    assert store.answered and store.answered[0]  # the current implementation answered the call
+    assert _state(publisher.home).active == ()
+    assert eng.table.provider_for(OP) == "sodium"
+    rb = [e for e in up.audit.tail(20) if e["event"] == "PATCH_ROLLBACK"][-1]
+    assert rb["version"] == "1.0.0" and "at cutover" in rb["reason"] and rb["to"] == "built-in"
 
 
 DIVERGENT_PATCH = ("        sub = ChaCha20Poly1305(hchacha20(self._key, nonce[:16]))\n"
