@@ -9,7 +9,10 @@ each message size, it times
   ``AESGCM(key).encrypt(os.urandom(12), pt, aad)`` or
   ``crypto_aead_xchacha20poly1305_ietf_encrypt(pt, aad, os.urandom(24), key)``;
 * ``decrypt``: ``eng.aead.decrypt(algo, key, nonce, ct, tag, aad)`` (joins ct and tag: one copy)
-  against the raw decrypt of ``ct || tag``;
+  against the raw decrypt of a prebuilt ``ct || tag``; and ``decrypt/join``, the same engine
+  call against the raw library in the same call shape — the caller holds ``ct`` and ``tag``
+  apart and joins them (``AESGCM(key).decrypt(nonce, ct + tag, aad)``), as a user of a
+  library without a tag-separate decrypt must;
 * ``open``: ``eng.aead.open(algo, key, sealed, aad)`` (zero copy) against the same raw decrypt;
 
 and with ``--shapes`` also (``all`` for every one)
@@ -121,6 +124,18 @@ class CryptographyRaw:
 
         return run
 
+    def decrypt_join_loop(self, key: bytes, nonce: bytes, ct: bytes, tag: bytes, aad: bytes) -> Loop:
+        cls = self.cls
+
+        def run(n: int) -> int:
+            c, k, nn, ct_, t, a, clock = cls, key, nonce, ct, tag, aad, time.perf_counter_ns
+            t0 = clock()
+            for _ in repeat(None, n):
+                c(k).decrypt(nn, ct_ + t, a)
+            return clock() - t0
+
+        return run
+
     def encrypt_nonce_loop(self, key: bytes, nonce: bytes, pt: bytes, aad: bytes) -> Loop:
         cls = self.cls
 
@@ -207,6 +222,18 @@ class NaclRaw:
             t0 = clock()
             for _ in repeat(None, n):
                 f(w, a, nn, k)
+            return clock() - t0
+
+        return run
+
+    def decrypt_join_loop(self, key: bytes, nonce: bytes, ct: bytes, tag: bytes, aad: bytes) -> Loop:
+        fn = self.dec
+
+        def run(n: int) -> int:
+            f, k, nn, ct_, t, a, clock = fn, key, nonce, ct, tag, aad, time.perf_counter_ns
+            t0 = clock()
+            for _ in repeat(None, n):
+                f(ct_ + t, a, nn, k)
             return clock() - t0
 
         return run
@@ -538,12 +565,14 @@ def run_case(case: Case, size: int, timing: Timing, shapes: Sequence[str] = OPS)
              engine_encrypt_loop(api, case.algo, key, pt, aad)], timing)
         results.append(("encrypt", raw_enc, eng_enc, enc_n))
     if "decrypt" in shapes or "open" in shapes:
-        dec_n, (raw_dec, eng_dec, eng_open) = measure(
+        dec_n, (raw_dec, raw_join, eng_dec, eng_open) = measure(
             [case.raw.decrypt_loop(key, nonce, wire, aad),
+             case.raw.decrypt_join_loop(key, nonce, ct, tag, aad),
              engine_decrypt_loop(api, case.algo, key, nonce, ct, tag, aad),
              engine_open_loop(api, case.algo, key, sealed, aad)], timing)
-        results += [(op, raw_dec, eng, dec_n) for op, eng in (("decrypt", eng_dec), ("open", eng_open))
-                    if op in shapes]
+        results += [(op, raw, eng, dec_n) for op, raw, eng in (
+            ("decrypt", raw_dec, eng_dec), ("decrypt/join", raw_join, eng_dec), ("open", raw_dec, eng_open))
+            if op.split("/")[0] in shapes]
     fixed = os.urandom(info["nonce_size"])  # one caller nonce, the same message each call (a retry)
     if "encrypt-nonce" in shapes:
         n, (raw, eng) = measure([case.raw.encrypt_nonce_loop(key, fixed, pt, aad),
@@ -670,7 +699,7 @@ def fmt_gbps(g: float) -> str:
     return f"{g:.3f}" if g < 10 else f"{g:.2f}"
 
 
-HEADER = (f"{'algo':<18} {'provider':<8} {'size':>6} {'op':<7} {'raw us':>9} {'eng us':>9} "
+HEADER = (f"{'algo':<18} {'provider':<8} {'size':>6} {'op':<13} {'raw us':>9} {'eng us':>9} "
           f"{'delta us':>15} {'raw GB/s':>8} {'eng GB/s':>8} {'raw/eng':>7}  target")
 
 
@@ -678,7 +707,7 @@ def row_line(row: dict[str, Any]) -> str:
     delta = f"{row['delta_us']:+.3f}±{row['delta_spread_us']:.3f}"
     t = row["target"]
     target = "" if t is None else f"{t['target']}: {verdict(t)}"
-    return (f"{row['algo']:<18} {row['provider']:<8} {size_label(row['size']):>6} {row['op']:<7} "
+    return (f"{row['algo']:<18} {row['provider']:<8} {size_label(row['size']):>6} {row['op']:<13} "
             f"{fmt_us(row['raw_us']):>9} {fmt_us(row['engine_us']):>9} {delta:>15} "
             f"{fmt_gbps(row['raw_gbps']):>8} {fmt_gbps(row['engine_gbps']):>8} {row['ratio']:>7.3f}  "
             f"{target}").rstrip()
