@@ -341,7 +341,9 @@ def add_operator_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("rollback", help=cmd_rollback.__doc__)
-    p.add_argument("target", metavar="OPERATION|CAPSULE")
+    p.add_argument("target", metavar="OPERATION|CAPSULE|SHA256",
+                   help="by sha256 (or its first 8+ hex digits) exactly that version, refused once it is gone; "
+                        "by name or operation whatever serves under it when the request arrives")
     p.add_argument("--to", metavar="VERSION")
     p.add_argument("--operator", default="cli")
     p.set_defaults(func=cmd_rollback)

@@ -348,6 +348,27 @@ def test_a_provider_fault_after_enable_rolls_back_automatically(publisher: Publi
     assert eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")  # served by libsodium now
 
 
+def test_an_operator_rollback_by_sha_after_the_automatic_one_takes_out_nothing_more(publisher: Publisher) -> None:
+    """By name, a rollback arriving just after the automatic one takes out the version that one
+    restored; by sha256 it names one version and is refused once that version is gone."""
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home)
+    up.apply(publisher.capsule("1.0.0"))
+    faulty = up.apply(publisher.capsule("1.1.0", module_patch=FAULTY_PATCH))
+    with pytest.raises(xps.ProviderError):
+        eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")
+    for _ in range(100):
+        if [a.version for a in up.state.active] == ["1.0.0"]:
+            break
+        threading.Event().wait(0.05)
+    assert [a.version for a in up.state.active] == ["1.0.0"]  # the automatic rollback restored 1.0.0
+    with pytest.raises(xps.UpdateError) as ei:
+        up.rollback(faulty.sha256[:12], operator="ops")
+    assert ei.value.reason == "not-found"
+    assert [a.version for a in _state(publisher.home).active] == ["1.0.0"]
+    assert eng.table.provider_for(OP) == "xchacha20-openssl"
+
+
 def test_a_fault_rolls_back_even_when_no_thread_can_be_started(publisher: Publisher,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """CI showed the fault watcher die on "can't start new thread" (a long test process): after
