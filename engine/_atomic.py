@@ -53,8 +53,18 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 def fsync_dir(path: Path) -> None:
-    """Make a directory entry change (create, rename, unlink) in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
+    """Make a directory entry change (create, rename, unlink) in ``path`` durable.
+
+    A folder its user may write but not read (mode ``-wx``) cannot be opened to be synced: the
+    change is made and stays; only its durability across a power loss is not ensured, which is
+    logged — raising would report a write that took place as failed.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except PermissionError:
+        _log.warning("cannot open folder %r to sync its entries (no read permission): the change is made "
+                     "but may not survive a power loss", os.fspath(path))
+        return
     try:
         os.fsync(fd)
     finally:
@@ -120,10 +130,10 @@ def sweep_stale_temps(directory: str | os.PathLike[str], *, target: str | None =
     Removed: entries of ``directory`` itself (not below it) named exactly as this module names
     its temps (``.NAME.<8 of [a-z0-9_]>.tmp`` or ``.NAME.<16 hex>.tmp``; with ``target``, only
     temps of that NAME), that are regular files owned by this process's user and were last
-    written ``older_than`` seconds ago or more. Each is checked with ``lstat`` and unlinked
-    relative to the open folder: a symbolic link is never followed, and one named like a temp is
-    left in place, as is a folder, FIFO or socket (this module never creates one under such a
-    name, so it is reported). Nothing is opened or read.
+    written ``older_than`` seconds ago or more (or carry an mtime that far in the future). Each
+    is checked with ``lstat`` and unlinked relative to the open folder: a symbolic link is never
+    followed, and one named like a temp is left in place, as is a folder, FIFO or socket (this
+    module never creates one under such a name, so it is reported). Nothing is opened or read.
 
     The files are unlinked, not overwritten first: a temp of :func:`create_exclusive` killed
     after its ``link`` is the *same inode* as the file it created (an audit key, a KEK), which
@@ -177,8 +187,11 @@ def _remove_stale(directory: str | os.PathLike[str], names: list[str], older_tha
                     _log.warning("stale temp files: %r is named like an xpscerpto temp file but belongs to uid %d; "
                                  "left in place", where, st.st_uid)
                     continue
-                if now - st.st_mtime < older_than:
-                    continue  # maybe a live writer's (or its clock is ahead): left alone
+                if abs(now - st.st_mtime) < older_than:
+                    # Maybe a live writer's. An mtime further ahead than that is no live write of
+                    # this clock (set by another host's clock, or before the clock was set back):
+                    # taken as stale, or it would never be removed.
+                    continue
                 # Between the lstat and here the name may have been replaced: unlink never follows a
                 # symbolic link (it would remove the link itself) and refuses a folder (reported below).
                 os.unlink(name, dir_fd=dir_fd)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -283,3 +284,55 @@ def test_a_folder_that_is_not_a_home_is_not_swept_beyond_the_homes_own_record(tm
     home.initialise(policy={})  # now it is a home: every temp-shaped name in it is ours
     assert sorted(p.name for p in home.sweep_stale_temps()) == sorted(p.name for p in theirs)
     assert not any(p.exists() for p in theirs)
+
+
+def test_a_temp_dated_in_the_future_is_stale_not_kept_for_ever(tmp_path: Path) -> None:
+    """A temp whose mtime is ahead (another host's clock, a clock set back) was never removed."""
+    ahead = tmp_path / ".state.json.abcdefgh.tmp"
+    near = tmp_path / ".trust.json.abcdefgh.tmp"
+    for p, offset in ((ahead, STALE_TEMP_SECONDS + 60), (near, 30)):
+        p.write_bytes(b"x")
+        t = time.time() + offset
+        os.utime(p, (t, t))
+    assert sweep_stale_temps(tmp_path) == [ahead.name]
+    assert near.exists()  # a few seconds ahead: maybe a live writer's
+
+
+WRITE_AS_NOBODY = """
+import os, sys
+from pathlib import Path
+from xpscerpto._atomic import atomic_write  # imported first: nobody cannot read root's Python
+if os.geteuid() == 0:
+    os.setgid(65534)
+    os.setuid(65534)
+atomic_write(Path(sys.argv[1]), b"new", 0o600)
+print("written")
+"""
+
+
+def test_a_write_into_a_folder_it_cannot_read_succeeds_and_says_it_was_not_synced(tmp_path: Path) -> None:
+    """The folder's fsync needs read permission: after the rename had replaced the file, the
+    write raised PermissionError as if it had failed. Root is not refused by modes, so as root
+    the writer is a child running as nobody."""
+    root = Path(tempfile.mkdtemp(prefix="xps-wx-"))
+    try:
+        folder = root / "wx"
+        folder.mkdir()
+        target = folder / "blob"
+        target.write_bytes(b"old")
+        if os.geteuid() == 0:
+            os.chmod(root, 0o711)
+            for p in (folder, target):
+                os.chown(p, 65534, 65534)
+        os.chmod(folder, 0o300)  # write and search, no read
+        run = subprocess.run([sys.executable, "-c", WRITE_AS_NOBODY, str(target)], check=False,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and run.stdout == "written\n", run.stderr[-2000:]
+        assert "cannot open folder" in run.stderr and "may not survive a power loss" in run.stderr
+        os.chmod(folder, 0o700)
+        assert target.read_bytes() == b"new"
+        assert [n for n in os.listdir(folder) if n != "blob"] == []  # no temp left behind
+    finally:
+        if (root / "wx").exists():
+            os.chmod(root / "wx", 0o700)
+        shutil.rmtree(root, ignore_errors=True)
