@@ -470,6 +470,7 @@ class Updater:
         Without ``to``, the version it replaced (if any) comes back; with ``to``, that stored
         version of the same capsule is re-verified and enabled instead.
         """
+        _check_rollback_request(target, to)
         self._ensure_restored()
         with self._lock, self.state_store.lock():
             self._check_open("rollback")
@@ -873,6 +874,7 @@ def rollback_offline(home: Home, target: str, *, to: str | None = None, operator
         UpdateError: reason ``engine-running`` when an engine holds the home (it may be
             starting, its control socket not open yet): roll back through it instead.
     """
+    _check_rollback_request(target, to)
     states = state_store if state_store is not None else FileStateStore(home)
     try:
         running = take_engine_lock(home.socket, "rollback")
@@ -907,6 +909,23 @@ def _rollback_committed(home: Home, states: StateStore, target: str, *, to: str 
                                                        config_digest(config_document)))
         states.save(new)
     return cap
+
+
+_MAX_TARGET = 200  # longer than any capsule name, operation or sha256
+
+
+def _check_rollback_request(target: object, to: object) -> None:
+    """A rollback names what to take out (and maybe a version) as short printable text.
+
+    Checked before anything is looked up, so a wrong type is a typed refusal, and a refusal
+    never repeats a huge or unprintable value back to the caller (or into the journal).
+    """
+    for name, value, optional in (("target", target, False), ("to", to, True)):
+        if value is None and optional:
+            continue
+        if type(value) is not str or not 0 < len(value) <= _MAX_TARGET or not value.isprintable():
+            raise refuse(Refusal.NOT_FOUND, f"rollback: {name} must be text of 1 to {_MAX_TARGET} printable "
+                                            f"characters (a capsule name, operation, sha256 or version)")
 
 
 def _restore_target(state: RoutingState, cap: ActiveCapsule, to: str | None) -> tuple[str | None, str | None]:

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import xpscerpto as xps
 from cryptography.exceptions import InvalidTag
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from xpscerpto.capsules.build import build_capsule
 from xpscerpto.capsules.isolate import Gates
 from xpscerpto.capsules.state_store import FileStateStore, StateStore
@@ -366,6 +368,44 @@ def test_an_operator_rollback_by_sha_after_the_automatic_one_takes_out_nothing_m
         up.rollback(faulty.sha256[:12], operator="ops")
     assert ei.value.reason == "not-found"
     assert [a.version for a in _state(publisher.home).active] == ["1.0.0"]
+    assert eng.table.provider_for(OP) == "xchacha20-openssl"
+
+
+_ANY = st.one_of(st.none(), st.integers(), st.floats(), st.binary(max_size=64), st.text(max_size=300),
+                 st.lists(st.text(max_size=8), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(),
+                                                                           max_size=2))
+
+
+def test_a_malformed_rollback_request_is_a_typed_refusal_that_changes_nothing(publisher: Publisher) -> None:
+    """Adversarial pass: None, numbers, bytes or lists as target or version raised TypeError out
+    of the updater (through the control socket: a connection closed without an answer), and a
+    100 kB target came back in the refusal."""
+    eng = xps.Engine()
+    up = _updater(eng, publisher.home)
+    up.apply(publisher.capsule("1.0.0"))
+    before = _state(publisher.home)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(target=_ANY, to=_ANY)
+    def check(target: Any, to: Any) -> None:
+        for rollback in (up.rollback, lambda t, to: rollback_offline(publisher.home, t, to=to,
+                                                                     state_store=_states(publisher.home))):
+            with pytest.raises(xps.XpsError) as ei:
+                rollback(target, to=to)
+            for name, value, optional in (("target", target, False), ("to", to, True)):
+                if not ((value is None and optional) or
+                        (isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable())):
+                    # a fixed text: nothing of the caller's value comes back
+                    assert ei.value.reason == "not-found" and str(ei.value) == (
+                        f"XPS_ERR_UPDATE: rollback: {name} must be text of 1 to 200 printable characters "
+                        f"(a capsule name, operation, sha256 or version)")
+                    break
+
+    try:
+        check()
+    finally:
+        up.close()
+    assert _state(publisher.home).active == before.active
     assert eng.table.provider_for(OP) == "xchacha20-openssl"
 
 
