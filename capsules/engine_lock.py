@@ -13,12 +13,14 @@ import fcntl
 import os
 from pathlib import Path
 
-from xpscerpto.errors import XpsError
+from xpscerpto.errors import UpdateError
+
+from .refusal import Refusal, refuse
 
 __all__ = ["EngineLockHeld", "engine_lock_path", "take_engine_lock"]
 
 
-class EngineLockHeld(XpsError):
+class EngineLockHeld(UpdateError):
     """Another process (an engine, or an offline change) holds the home's engine lock."""
 
 
@@ -33,13 +35,14 @@ def take_engine_lock(socket_path: str | os.PathLike[str], where: str) -> int:
 
     Raises:
         EngineLockHeld: another process holds it.
-        XpsError: the lock file cannot be opened (the OS error named).
+        UpdateError: reason ``io``, the lock file cannot be opened (the OS error named).
     """
     path = engine_lock_path(socket_path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Never through a symbolic link: a lock file elsewhere would lock nothing here.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
-        raise XpsError(f"{where}: cannot open lock file {str(path)!r} ({exc.strerror})") from None
+        raise refuse(Refusal.IO, f"{where}: cannot open lock file {str(path)!r} ({exc.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -86,3 +86,21 @@ def test_an_offline_rollback_during_the_services_restore_is_refused(short_root: 
     with pytest.raises(xps.UpdateError) as ei:  # the engine is gone: the rollback runs (and finds nothing)
         rollback_offline(home, "aead.xchacha20poly1305")
     assert ei.value.reason == "not-found"
+
+
+@pytest.mark.parametrize("plant", ["symlink", "folder"])
+def test_a_lock_file_that_is_a_link_or_a_folder_is_a_typed_refusal(tmp_path: Path, plant: str) -> None:
+    from xpscerpto.capsules.updater import rollback_offline
+    from xpscerpto.home import Home
+
+    home = Home.resolve(tmp_path / "home")
+    lock = home.root / "control.sock.lock"
+    elsewhere = tmp_path / "elsewhere"
+    if plant == "symlink":
+        lock.symlink_to(elsewhere)  # followed, it would lock (and create) a file outside the home
+    else:
+        lock.mkdir()
+    with pytest.raises(xps.UpdateError) as ei:
+        rollback_offline(home, "aead.xchacha20poly1305")
+    assert ei.value.reason == "io" and "cannot open lock file" in str(ei.value)
+    assert not elsewhere.exists()
