@@ -173,6 +173,12 @@ class ControlServer:
         except XpsError as exc:
             conn.sendall(_line({"ok": False, "error": str(exc), "code": str(exc.code), "reason": exc.reason}))
             return
+        except (KeyError, TypeError, ValueError) as exc:
+            # A field missing or of the wrong kind: answered, never a connection dropped unanswered.
+            field = exc.args[0] if isinstance(exc, KeyError) and _printable_name(exc.args[0]) else None
+            conn.sendall(_line({"ok": False, "error": f"malformed request: field {field!r} missing" if field
+                                else "malformed request: a field has the wrong type"}))
+            return
         conn.sendall(_line({"ok": True, "result": result}))
 
     def _dispatch(self, cmd: str, req: dict[str, Any]) -> Any:
@@ -191,7 +197,12 @@ class ControlServer:
                                                 reason=str(req.get("reason") or ""))
             return {"key": req["key"], "value": new.get(str(req["key"])),
                     "routes": self.updater.status(events=0)["routes"]}
-        raise XpsError(f"cmd: unknown command {cmd!r}")
+        raise XpsError(f"cmd: unknown command {cmd!r}" if _printable_name(cmd) else "cmd: unknown command")
+
+
+def _printable_name(value: object) -> bool:
+    """Short printable text: safe to repeat in an answer (anything else is not echoed)."""
+    return type(value) is str and 0 < len(value) <= 64 and value.isprintable()
 
 
 def _line(doc: Any) -> bytes:

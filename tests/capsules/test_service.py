@@ -104,3 +104,29 @@ def test_a_lock_file_that_is_a_link_or_a_folder_is_a_typed_refusal(tmp_path: Pat
         rollback_offline(home, "aead.xchacha20poly1305")
     assert ei.value.reason == "io" and "cannot open lock file" in str(ei.value)
     assert not elsewhere.exists()
+
+
+def test_malformed_control_requests_are_answered_and_never_echo_the_callers_value(short_root: Path) -> None:
+    """Adversarial pass: a request missing a field or with one of the wrong type closed the
+    connection without an answer (the handler thread died on KeyError/TypeError), and an
+    unknown command came back in full."""
+    from xpscerpto.capsules.control import request
+
+    svc = WatchService(xps.Engine(), short_root / "inbox", short_root / "home", polling=True).start()
+    try:
+        sock = svc.updater.home.socket
+        huge = ["x" * 5000]
+        cases = [
+            ({"cmd": "rollback"}, "malformed request: field 'target' missing"),
+            ({"cmd": "emergency", "value": 1}, "malformed request: field 'key' missing"),
+            ({"cmd": "rollback", "target": "aead.x", "to": [1]}, "to must be text"),
+            ({"cmd": huge}, "cmd: unknown command"),
+            ({"cmd": "nope"}, "cmd: unknown command 'nope'"),
+        ]
+        for payload, expected in cases:
+            answer = request(sock, payload, timeout=10)
+            assert answer["ok"] is False and expected in answer["error"], (payload, answer)
+            assert "xxxxxxxxxx" not in answer["error"]
+        assert request(sock, {"cmd": "ping"}, timeout=10)["result"] == "pong"  # still serving
+    finally:
+        svc.stop()
