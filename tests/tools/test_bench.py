@@ -17,7 +17,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench.py"
 SIZES = (64, 1024, 65536, 1048576)
 LABELS = {64: "64B", 1024: "1KiB", 65536: "64KiB", 1048576: "1MiB"}
-OPS = ("encrypt", "decrypt", "open")
+OPS = ("encrypt", "decrypt", "decrypt/join", "open")  # decrypt/join: the same engine call vs raw joining ct + tag
 POSITIVE = ("raw_us", "engine_us", "raw_min_us", "engine_min_us", "raw_all_median_us", "engine_all_median_us",
             "raw_gbps", "engine_gbps", "ratio", "rounds_used")
 FINITE = ("delta_us", "delta_spread_us", "ratio_spread")
