@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import struct
@@ -22,12 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xpscerpto.errors import ErrorCode, XpsError
+from xpscerpto.errors import ErrorCode, PolicyError, XpsError
 
 from .engine_lock import engine_lock_path, take_engine_lock
 from .updater import Updater
 
 __all__ = ["ControlServer", "NoEngineRunning", "request", "result"]
+
+_log = logging.getLogger(__name__)
 
 _MAX_REQUEST = 64 * 1024
 _MAX_ANSWER = 64 * 1024 * 1024
@@ -173,11 +176,13 @@ class ControlServer:
         except XpsError as exc:
             conn.sendall(_line({"ok": False, "error": str(exc), "code": str(exc.code), "reason": exc.reason}))
             return
-        except (KeyError, TypeError, ValueError) as exc:
-            # A field missing or of the wrong kind: answered, never a connection dropped unanswered.
-            field = exc.args[0] if isinstance(exc, KeyError) and _printable_name(exc.args[0]) else None
-            conn.sendall(_line({"ok": False, "error": f"malformed request: field {field!r} missing" if field
-                                else "malformed request: a field has the wrong type"}))
+        except Exception as exc:
+            # A bug of ours, never the caller's fault: answered (a client must not see its
+            # connection dropped unanswered) and logged by type only (no request data in logs).
+            _log.error("control socket: %s failed: %s", cmd if _printable_name(cmd) else "a request",
+                       type(exc).__name__)
+            conn.sendall(_line({"ok": False, "error": f"{ErrorCode.INTERNAL}: internal error (see the engine's log)",
+                                "code": str(ErrorCode.INTERNAL)}))
             return
         conn.sendall(_line({"ok": True, "result": result}))
 
@@ -187,17 +192,25 @@ class ControlServer:
         if cmd == "status":
             return self.updater.status()
         if cmd == "rollback":
-            cap = self.updater.rollback(str(req["target"]), to=req.get("to"),
+            # As sent: the updater checks what a rollback names (a list is refused, not str()-ed).
+            cap = self.updater.rollback(_required(req, "target"), to=req.get("to"),
                                         operator=str(req.get("operator") or "control-socket"))
             return {"rolled_back": {"name": cap.name, "version": cap.version, "sha256": cap.sha256},
                     "routes": self.updater.status(events=0)["routes"]}
         if cmd == "emergency" and self.service is not None:
-            new = self.service.emergency_change(str(req["key"]), req.get("value"),
+            key = str(_required(req, "key"))
+            new = self.service.emergency_change(key, req.get("value"),
                                                 operator=str(req.get("operator") or ""),
                                                 reason=str(req.get("reason") or ""))
-            return {"key": req["key"], "value": new.get(str(req["key"])),
+            return {"key": key, "value": new.get(key),
                     "routes": self.updater.status(events=0)["routes"]}
         raise XpsError(f"cmd: unknown command {cmd!r}" if _printable_name(cmd) else "cmd: unknown command")
+
+
+def _required(req: dict[str, Any], field: str) -> Any:
+    if field not in req:
+        raise PolicyError(f"malformed request: field {field!r} missing")
+    return req[field]
 
 
 def _printable_name(value: object) -> bool:

@@ -130,3 +130,27 @@ def test_malformed_control_requests_are_answered_and_never_echo_the_callers_valu
         assert request(sock, {"cmd": "ping"}, timeout=10)["result"] == "pong"  # still serving
     finally:
         svc.stop()
+
+
+def test_a_bug_while_serving_a_request_is_answered_as_internal_and_logged_by_type_only(
+        short_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A handler that raised anything but XpsError died and the client saw the connection close
+    unanswered. A bug cannot be caused on demand, so the status call is made to raise one."""
+    import logging
+
+    from xpscerpto.capsules.control import request
+
+    svc = WatchService(xps.Engine(), short_root / "inbox", short_root / "home", polling=True).start()
+    try:
+        def broken(events: int = 20) -> dict[str, object]:
+            raise RuntimeError("detail that must not be logged or answered")
+
+        svc.updater.status = broken  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR, logger="xpscerpto.capsules.control"):
+            answer = request(svc.updater.home.socket, {"cmd": "status"}, timeout=10)
+        assert answer == {"ok": False, "code": "XPS_ERR_INTERNAL",
+                          "error": "XPS_ERR_INTERNAL: internal error (see the engine's log)"}
+        assert "status failed: RuntimeError" in caplog.text and "must not" not in caplog.text
+        assert request(svc.updater.home.socket, {"cmd": "ping"}, timeout=10)["result"] == "pong"
+    finally:
+        svc.stop()
