@@ -287,13 +287,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     home = context.home(args)
     starting_until = time.monotonic() + STARTING_WAIT
+    config = None
     while True:
         try:
             answer = request(home.socket, {"cmd": "rollback", "target": args.target, "to": args.to,
                                            "operator": args.operator}, timeout=CHANGE_TIMEOUT)
             break
         except NoEngineRunning:
-            config = context.config(args)
+            config = config or context.config(args)
             states = config.hotpatch.state_store(home)
             try:
                 cap = rollback_offline(home, args.target, to=args.to, operator=args.operator,
@@ -303,7 +304,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             except XpsError as exc:
                 # An engine holds the home but its socket is not open yet (it is restoring):
                 # ask it once it listens rather than edit the state under it.
-                if getattr(exc, "reason", None) is Refusal.ENGINE_RUNNING and time.monotonic() < starting_until:
+                if exc.reason is Refusal.ENGINE_RUNNING and time.monotonic() < starting_until:
                     time.sleep(0.2)
                     continue
                 raise

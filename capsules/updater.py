@@ -43,7 +43,7 @@ from ._verifier import VerifiedCapsule, verify_capsule
 from .config import HotpatchConfig
 from .crash_guard import DEFAULT_CRASH_LIMIT, CrashGuard
 from .engine_lock import EngineLockHeld, take_engine_lock
-from .format import Limits
+from .format import Limits, Manifest
 from .isolate import Gates, validate_isolated
 from .loader import load_provider
 from .policy_record import config_digest, policy_fields
@@ -369,9 +369,7 @@ class Updater:
         if trialled is not None and (late := self._late_trial_fault()) is not None:
             self._undo_enable(previous, previous_held, cap, signed_by=capsule.signed_by,
                               reason=f"{trialled} fault reported at cutover: {late}")
-            self._taint(f"{m.name} {m.version} faulted in {trialled}")
-            fault = Refusal.CANARY_FAULT if trialled == "canary" else Refusal.DUAL_RUN_FAULT
-            raise refuse(fault, f"{trialled}: {late} (reported at cutover); rolled back")
+            self._refuse_trial(m, trialled, f"{late} (reported at cutover); rolled back")
         # A KAT re-check in the live process, now that the provider serves traffic.
         failure = self._kat_failure(loaded)
         if failure is not None:
@@ -457,9 +455,12 @@ class Updater:
         self._audit("PATCH_ROLLBACK", sha256=loaded.capsule.sha256, name=m.name, version=m.version,
                     phase=mode, operator="auto", reason=problem,
                     policy=self._policy(loaded.capsule.signed_by, m.operations))
+        self._refuse_trial(m, mode, f"{problem}; previous routing restored")
+
+    def _refuse_trial(self, m: Manifest, mode: str, detail: str) -> NoReturn:
+        """A candidate faulted in its trial: its code ran here (taint), and it is refused."""
         self._taint(f"{m.name} {m.version} faulted in {mode}")
-        fault = Refusal.CANARY_FAULT if mode == "canary" else Refusal.DUAL_RUN_FAULT
-        raise refuse(fault, f"{mode}: {problem}; previous routing restored")
+        raise refuse(Refusal.CANARY_FAULT if mode == "canary" else Refusal.DUAL_RUN_FAULT, f"{mode}: {detail}")
 
     # -- rollback ---------------------------------------------------------------------------
 

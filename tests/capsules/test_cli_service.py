@@ -160,14 +160,18 @@ def test_watch_drop_status_and_rollback_in_a_running_engine(published, tmp_path:
     assert (inbox / "rejected" / "again.capsule.reason").read_text().startswith("rollback:")
 
 
-def test_status_and_rollback_without_a_running_engine(published, tmp_path: Path, watchers) -> None:  # type: ignore[no-untyped-def]
-    capsule, _, home = published
-    inbox = tmp_path / "inbox"
+def _enable_then_stop_the_engine(home: Path, capsule: Path, inbox: Path, watchers: list[Watcher]) -> None:
+    """An `xps watch` enables ``capsule`` from ``inbox``, then stops: the capsule stays committed."""
     w = Watcher(home, inbox)
     watchers.append(w)
     (inbox / NAME).write_bytes(capsule.read_bytes())
     wait_for(lambda: status(home)["active"] != [], "the capsule to be enabled")
     w.stop()
+
+
+def test_status_and_rollback_without_a_running_engine(published, tmp_path: Path, watchers) -> None:  # type: ignore[no-untyped-def]
+    capsule, _, home = published
+    _enable_then_stop_the_engine(home, capsule, tmp_path / "inbox", watchers)
     offline = status(home)
     assert offline["running"] is False and offline["active"][0]["name"] == "xchacha20-openssl"
     out = xps(home, "rollback", "xchacha20-openssl")
@@ -184,12 +188,7 @@ def test_rollback_waits_for_an_engine_that_holds_the_home_before_editing_the_sta
     """An engine starting (lock held, socket not open yet): `xps rollback` waits rather than edit
     the state under it; here the holder goes away after a moment and the offline rollback runs."""
     capsule, _, home = published
-    inbox = tmp_path / "inbox"
-    w = Watcher(home, inbox)
-    watchers.append(w)
-    (inbox / NAME).write_bytes(capsule.read_bytes())
-    wait_for(lambda: status(home)["active"] != [], "the capsule to be enabled")
-    w.stop()
+    _enable_then_stop_the_engine(home, capsule, tmp_path / "inbox", watchers)
     hold = ("import pathlib, sys, time\nfrom xpscerpto.capsules.engine_lock import take_engine_lock\n"
             "take_engine_lock(sys.argv[1], 'test')\nprint('held', flush=True)\ntime.sleep(1.5)\n"
             "pathlib.Path(sys.argv[2]).touch()\n")  # then exits, which releases the lock

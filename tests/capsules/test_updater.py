@@ -409,6 +409,18 @@ def test_a_malformed_rollback_request_is_a_typed_refusal_that_changes_nothing(pu
     assert eng.table.provider_for(OP) == "xchacha20-openssl"
 
 
+def _no_thread_for(monkeypatch: pytest.MonkeyPatch, refused: Callable[[str], bool]) -> None:
+    """Threads whose name ``refused`` picks fail to start, as when the process has none to spare."""
+    start = threading.Thread.start
+
+    def no_thread(self: threading.Thread) -> None:
+        if refused(self.name):
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+
+
 def test_a_fault_rolls_back_even_when_no_thread_can_be_started(publisher: Publisher,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """CI showed the fault watcher die on "can't start new thread" (a long test process): after
@@ -417,14 +429,7 @@ def test_a_fault_rolls_back_even_when_no_thread_can_be_started(publisher: Publis
     eng = xps.Engine()
     up = _updater(eng, publisher.home)
     up.apply(publisher.capsule("1.0.0", module_patch=FAULTY_PATCH))
-    start = threading.Thread.start
-
-    def no_thread(self: threading.Thread) -> None:
-        if self.name == "xps-auto-rollback":
-            raise RuntimeError("can't start new thread")
-        start(self)
-
-    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    _no_thread_for(monkeypatch, lambda name: name == "xps-auto-rollback")
     with pytest.raises(xps.ProviderError):
         eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")
     _wait_for_route(eng, "sodium")
@@ -439,14 +444,7 @@ def test_a_rollback_with_no_thread_for_its_drain_report_is_still_a_rollback(publ
     eng = xps.Engine()
     up = _updater(eng, publisher.home)
     up.apply(publisher.capsule("1.0.0", module_patch=FAULTY_PATCH))
-    start = threading.Thread.start
-
-    def no_thread(self: threading.Thread) -> None:
-        if self.name.startswith("xps-drain-") or self.name == "xps-auto-rollback":
-            raise RuntimeError("can't start new thread")
-        start(self)
-
-    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    _no_thread_for(monkeypatch, lambda name: name.startswith("xps-drain-") or name == "xps-auto-rollback")
     with pytest.raises(xps.ProviderError):
         eng.aead.encrypt(ALGO, bytes(32), b"TRIGGER-FAULT")
     _wait_for_route(eng, "sodium")
