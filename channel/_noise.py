@@ -121,7 +121,7 @@ class CipherState:
     only, through the stateless API (see :class:`_HandshakeKey`).
     """
 
-    __slots__ = ("_aead", "_algo", "_engine", "_handshake", "_pack", "n")
+    __slots__ = ("_aead", "_algo", "_engine", "_handshake", "_pack", "_wiped", "n")
 
     def __init__(self, engine: Engine, cipher: str, *, handshake: bool = False) -> None:
         self._engine = engine
@@ -129,6 +129,7 @@ class CipherState:
         self._pack = _NONCE_PACK[cipher]
         self._handshake = handshake
         self._aead: KeyedAead | _HandshakeKey | None = None
+        self._wiped = False
         self.n = 0
 
     def _bind(self, key: Buffer | SecretBytes) -> KeyedAead | _HandshakeKey:
@@ -141,6 +142,8 @@ class CipherState:
         if self._aead is not None:
             self._aead.wipe()
         self._aead = None if key is None else self._bind(key)
+        if key is not None:
+            self._wiped = False
         self.n = 0
 
     def has_key(self) -> bool:
@@ -157,6 +160,8 @@ class CipherState:
         """EncryptWithAd(ad, plaintext): the plaintext itself while there is no key."""
         aead = self._aead
         if aead is None:
+            if self._wiped:  # no key after wipe() is not Noise's "no key yet": never pass through
+                raise KeyError_("channel key: wiped (the channel is closed)")
             return bytes(plaintext)
         n = self.n
         if n >= MAX_NONCE:
@@ -169,6 +174,8 @@ class CipherState:
         """DecryptWithAd(ad, ciphertext): AuthError, and ``n`` unchanged, if it does not verify."""
         aead = self._aead
         if aead is None:
+            if self._wiped:
+                raise KeyError_("channel key: wiped (the channel is closed)")
             return bytes(ciphertext)
         n = self.n
         if n >= MAX_NONCE:
@@ -198,6 +205,7 @@ class CipherState:
         if self._aead is not None:
             self._aead.wipe()
         self._aead = None
+        self._wiped = True
 
     def __repr__(self) -> str:
         return f"<CipherState {self._algo} n={self.n}{'' if self._aead else ' no key'}>"

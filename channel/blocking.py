@@ -206,6 +206,7 @@ class BlockingChannel:
             with contextlib.suppress(XpsError, OSError), self._send_lock:
                 self._sock.sendall(t.seal_close())
         t.wipe()
+        self._abort()  # wakes a recv() blocked in another thread (close() alone does not)
         with contextlib.suppress(OSError):
             self._sock.close()
 

@@ -227,6 +227,13 @@ class Transport:
         return self._error
 
     def wipe(self) -> None:
-        """Wipe both keys."""
+        """Wipe both keys; every later seal or open is refused (the channel is closed).
+
+        A record already buffered, or one a receiver blocked in another thread reads next,
+        is refused too: with no key there is nothing to authenticate it with.
+        """
+        if self._error is None:
+            self._error = PolicyError("channel: closed", reason="closed")
+        self._buf = []
         self._send.wipe()
         self._recv.wipe()
