@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,9 +123,15 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> N
         raise PolicyError(f"{name}: expected an int {bound}")
 
 
+#: Upper bounds, so that every accepted value fits a socket timeout and a float deadline.
+_MAX_SECONDS = {"handshake_timeout_seconds": 86_400, "rekey_after_seconds": 10 * 365 * 86_400}
+
+
 def _check_seconds(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise PolicyError(f"{name}: expected a finite number of seconds > 0")
+    high = _MAX_SECONDS[name]
+    # Compared, never converted: NaN fails the comparison, a huge int is no OverflowError.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= high:
+        raise PolicyError(f"{name}: expected a number of seconds > 0 and <= {high}")
 
 
 def _build(schema: tuple[Field, ...], data: object, prefix: str) -> ChannelConfig:
@@ -136,8 +141,10 @@ def _build(schema: tuple[Field, ...], data: object, prefix: str) -> ChannelConfi
         message = str(exc.args[0])
         if message.startswith(("config", prefix)):
             raise
-        # A cross-field rule of __post_init__ ("protocol: …"): name it with its section.
-        raise PolicyError(f"config key '{prefix}{message}") from None
+        # A rule of __post_init__ ("protocol: …"): name the key as the file spells it.
+        attr, _, rest = message.partition(":")
+        key = next((f.key for f in schema if f.attr == attr), attr)
+        raise PolicyError(f"config key {prefix + key!r}:{rest}") from None
 
 
 def _protocol(value: object, key: str) -> str | None:

@@ -276,10 +276,21 @@ def test_seal_takes_any_byte_buffer_and_refuses_the_rest_with_a_policy_error(eng
     ({"max_pending_handshakes": True}, "max_pending"), ({"require_pq": "yes"}, "require_pq"),
     ({"accept": ["Noise_*"]}, "accept"), ({"protocol": "TLS"}, "protocol"),
     ({"rekey_after_messages": 0}, "rekey_after_messages"),
+    # Larger than a socket timeout or a float deadline can hold: refused here, not a raw
+    # OverflowError in the driver later.
+    ({"handshake_timeout_seconds": 1e10}, "handshake_timeout"), ({"handshake_timeout_seconds": 10**400}, "handshake"),
+    ({"rekey_after_seconds": 10**400}, "rekey_after"), ({"rekey_after_seconds": float("inf")}, "rekey_after"),
 ])
 def test_channel_config_refuses_bad_values(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(xps.PolicyError, match=field):
         ChannelConfig(**kwargs)
+
+
+@pytest.mark.parametrize(("doc", "key"), [({"handshake_timeout": 1e10}, "'crypto.tls.handshake_timeout'"),
+                                          ({"handshake_timeout": "2d"}, "'crypto.tls.handshake_timeout'")])
+def test_channel_config_from_a_file_names_the_key_as_the_file_spells_it(doc: dict[str, Any], key: str) -> None:
+    with pytest.raises(xps.PolicyError, match=key):
+        ChannelConfig.from_document(doc)
 
 
 @settings(max_examples=60, deadline=None)
