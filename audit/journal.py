@@ -549,13 +549,12 @@ class AuditLog:
     def _append(self, event: str, fields: dict[str, Any],
                 once: tuple[bytes, str] | None = None) -> dict[str, Any]:
         with self._lock:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _OPEN_FLAGS, 0o600)
-            except OSError as exc:
-                raise InternalError(f"audit journal {self.path}: cannot open ({exc.strerror})") from exc
+            fd = self._open_for_append()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # released by close
                 size = os.fstat(fd).st_size
+                if size == 0:
+                    self._refuse_restart("empty")
                 if once is not None:
                     found = _find_recent(fd, size, *once)
                     if found is not None:
@@ -588,6 +587,35 @@ class AuditLog:
                 self._signing_key()
             self._written(main)
             return main
+
+    def _open_for_append(self) -> int:
+        flags = os.O_RDWR | os.O_APPEND | _OPEN_FLAGS
+        try:
+            try:
+                return os.open(self.path, flags)
+            except FileNotFoundError:
+                self._refuse_restart("missing")  # before O_CREAT: a refusal leaves no empty log behind
+                return os.open(self.path, flags | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise InternalError(f"audit journal {self.path}: cannot open ({exc.strerror})") from exc
+
+    def _refuse_restart(self, state: str) -> None:
+        """Refuse to start a new chain where one existed: it would hide the deletion for good.
+
+        The ``.pub`` is written after a journal's first record, so a ``.pub`` beside an empty or
+        missing log means records were removed (as :meth:`verify` reports); so does an empty log
+        under a writer that has already appended to it.
+        """
+        if self.pub_path.exists():
+            why = f"{self.pub_path.name} exists (written after the first record)"
+        elif self._published:
+            why = "this writer has appended to it"
+        else:
+            return
+        raise AuditTampered(self.path, 1, "deleted", f"the journal is {state} but {why}: "
+                                "every record was removed; nothing is "
+                                "written over it (to start a new journal on purpose, move the log, "
+                                f"{self.pub_path.name} and {self.key_path.name} aside first)")
 
     def _head(self, fd: int, size: int) -> tuple[bytes, _Head, dict[str, Any] | None]:
         """The last record's (seq, hash), repairing a torn final line first.
@@ -739,6 +767,8 @@ class AuditLog:
             >>> [e["i"] for e in log.tail(2)]
             [3, 4]
         """
+        if type(n) is not int:
+            raise PolicyError(f"n: expected an int, got {type(n).__name__}")
         if n <= 0:
             return []
         try:

@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -557,6 +558,47 @@ def test_a_deleted_or_emptied_log_with_its_key_left_behind_is_detected(log: Audi
     path.unlink()
     e = expect_tamper(log, 1, "deleted")
     assert "missing" in str(e)
+
+
+@pytest.mark.file_only
+@pytest.mark.parametrize("how", ["unlink", "empty"])
+@pytest.mark.parametrize("writer", ["same", "new"])
+def test_a_deleted_or_emptied_log_is_not_restarted_by_the_next_record(
+        log: AuditLog, path: Path, how: str, writer: str) -> None:
+    # A new chain from genesis would verify again and hide the deletion for good.
+    if how == "unlink":
+        path.unlink()
+    else:
+        path.write_bytes(b"")
+    w = log if writer == "same" else AuditLog(path)
+    for record in (lambda: w.record("KEY_REVOKE", name="k1"),
+                   lambda: w.record_once("KEY_ROTATE", "ab" * 8, since=time.time(), name="k1")):
+        with pytest.raises(AuditTampered) as ei:
+            record()
+        assert (ei.value.reason, ei.value.code) == ("deleted", "XPS_ERR_INTERNAL")
+        assert path.exists() == (how == "empty")  # a refusal creates no empty log either
+        expect_tamper(AuditLog(path), 1, "deleted")
+
+
+@pytest.mark.file_only
+def test_a_writer_whose_log_and_pub_were_both_deleted_does_not_restart_them(log: AuditLog, path: Path) -> None:
+    log.pub_path.unlink()
+    path.unlink()
+    with pytest.raises(AuditTampered, match="this writer has appended"):
+        log.record("KEY_REVOKE", name="k1")
+    assert not path.exists()
+    # A new writer cannot tell (both files are gone, as documented); it starts a new journal.
+    assert AuditLog(path).record("KEY_CREATE", name="k2")["seq"] == 1
+
+
+@pytest.mark.parametrize("n", [None, "3", b"3", 3.0, True, [3]])
+def test_tail_refuses_what_is_not_an_int(log: AuditLog, n: object) -> None:
+    with pytest.raises(PolicyError, match="n: expected an int"):
+        log.tail(n)  # type: ignore[arg-type]
+
+
+def test_tail_of_a_huge_count_is_every_record(log: AuditLog) -> None:
+    assert [r["seq"] for r in log.tail(10**400)] == list(range(1, 15))
 
 
 def test_a_fresh_log_verifies_empty_and_creates_nothing(tmp_path: Path) -> None:
