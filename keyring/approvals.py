@@ -21,6 +21,7 @@ Request bundle file::
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ class OperatorRegistry:
             raise PolicyError(f"{where}: unreadable ({exc.strerror})") from None
         except ValueError as exc:  # also UnicodeDecodeError
             raise PolicyError(f"{where}: not JSON ({exc})") from None
+        except RecursionError:
+            raise PolicyError(f"{where}: not JSON (nested too deeply)") from None
         if not isinstance(doc, dict):
             raise PolicyError(f"{where}: expected a JSON object, got {type(doc).__name__}")
         if doc.get("format") != 1:
@@ -155,10 +158,20 @@ class ApprovalRequest:
                 raise ValueError
             if type(doc["emergency"]) is not bool:
                 raise ValueError
-            return cls(str(doc["action"]), str(doc["key_id"]), str(doc["reason"]), float(doc["expires"]),
+            expires = doc["expires"]
+            # A number, finite: NaN would compare as never expired, a 400-digit int overflows.
+            if type(expires) not in (int, float) or not math.isfinite(expires := float(expires)):
+                raise ValueError
+            return cls(str(doc["action"]), str(doc["key_id"]), str(doc["reason"]), expires,
                        str(doc["nonce"]), version, doc["emergency"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise PolicyError("approvals.request: malformed approval request") from None
+
+
+def _keyid(value: object) -> str:
+    if type(value) is not str:  # the bundle is saved sorted by keyid: one type only
+        raise TypeError
+    return value
 
 
 @dataclass(frozen=True)
@@ -191,11 +204,11 @@ class Approvals:
         p = Path(path)
         try:
             doc = json.loads(p.read_bytes())
-            sigs = {e["keyid"]: bytes.fromhex(e["sig"]) for e in doc["signatures"]}
+            sigs = {_keyid(e["keyid"]): bytes.fromhex(e["sig"]) for e in doc["signatures"]}
             request = doc["request"]
         except OSError as exc:
             raise PolicyError(f"approvals {str(p)!r}: {exc.strerror}") from None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise PolicyError(f"approvals {str(p)!r}: malformed bundle") from None
         return cls(ApprovalRequest.from_json(request), MappingProxyType(sigs))
 

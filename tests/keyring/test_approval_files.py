@@ -1,0 +1,62 @@
+"""Approval bundles and operator registries read from files: every malformation is a PolicyError."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from xpscerpto.errors import PolicyError
+from xpscerpto.keyring import ApprovalRequest, Approvals
+from xpscerpto.keyring.approvals import OperatorRegistry
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def _request() -> dict[str, Any]:
+    return ApprovalRequest.new("revoke", "0123456789abcdef", reason="r", ttl=60, now=1_000.0).to_json()
+
+
+def _bundle(request: dict[str, Any], signatures: list[Any] | None = None) -> str:
+    return json.dumps({"request": request, "signatures": signatures or []})
+
+
+BUNDLES: dict[str, Callable[[], str]] = {
+    "nested too deeply": lambda: DEEP,
+    "expires a 400-digit int": lambda: _bundle({**_request(), "expires": 0}).replace(
+        '"expires": 0', '"expires": ' + "9" * 400),
+    "expires NaN": lambda: _bundle({**_request(), "expires": 0}).replace('"expires": 0', '"expires": NaN'),
+    "expires Infinity": lambda: _bundle({**_request(), "expires": 0}).replace('"expires": 0', '"expires": Infinity'),
+    "expires a string": lambda: _bundle({**_request(), "expires": "9999999999"}),
+    "expires a bool": lambda: _bundle({**_request(), "expires": True}),
+    "keyids of two types": lambda: _bundle(_request(), [{"keyid": 1, "sig": "00"}, {"keyid": "a", "sig": "00"}]),
+    "keyid a list": lambda: _bundle(_request(), [{"keyid": ["a"], "sig": "00"}]),
+    "signature not hex": lambda: _bundle(_request(), [{"keyid": "a", "sig": "zz"}]),
+}
+
+
+def test_a_well_formed_bundle_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "ok.json"
+    path.write_text(_bundle(_request(), [{"keyid": "a", "sig": "00ff"}]))
+    bundle = Approvals.load(path)
+    assert bundle.request.expires == 1_060.0 and dict(bundle.signatures) == {"a": b"\x00\xff"}
+    bundle.save(tmp_path / "again.json")
+    assert Approvals.load(tmp_path / "again.json") == bundle
+
+
+@pytest.mark.parametrize("case", sorted(BUNDLES))
+def test_a_malformed_bundle_is_refused_and_names_nothing_of_its_content(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "bundle.json"
+    path.write_text(BUNDLES[case]())
+    with pytest.raises(PolicyError, match="malformed") as ei:
+        Approvals.load(path)
+    assert "9999" not in str(ei.value) and "zz" not in str(ei.value)
+
+
+def test_an_operator_registry_nested_too_deeply_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "operators.json"
+    path.write_text(DEEP)
+    with pytest.raises(PolicyError, match="nested too deeply"):
+        OperatorRegistry.load(path)
