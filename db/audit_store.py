@@ -33,7 +33,7 @@ from xpscerpto.audit.journal import (
     record_message,
     records_of,
 )
-from xpscerpto.errors import KeyError_
+from xpscerpto.errors import KeyError_, PolicyError
 
 from .migrations import open_migrated
 
@@ -110,9 +110,12 @@ class PgAuditLog(AuditLog):
 
     def tail(self, n: int = 20) -> list[dict[str, Any]]:
         """The newest ``n`` records, oldest first."""
+        if type(n) is not int:
+            raise PolicyError(f"n: expected an int, got {type(n).__name__}")
         if n <= 0:
             return []
-        rows = self.database.execute("SELECT line FROM xps_audit ORDER BY seq DESC LIMIT ?", (n,)).fetchall()
+        limit = min(n, 2**62)  # a huge n means all of them (and must fit a bigint)
+        rows = self.database.execute("SELECT line FROM xps_audit ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
         return records_of(line for (line,) in reversed(rows))
 
     def mentions(self, event: str) -> bool:

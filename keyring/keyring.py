@@ -388,6 +388,8 @@ class Keyring:
         """
         if not isinstance(blobs, list | tuple):
             raise PolicyError(f"blobs: expected a list of blobs, got {type(blobs).__name__}")
+        if progress is not None and not callable(progress):  # checked before any blob is done
+            raise PolicyError(f"progress: expected a callable or None, got {type(progress).__name__}")
         out: list[bytes] = []
         for i, blob in enumerate(blobs, 1):
             try:
@@ -670,6 +672,8 @@ class Keyring:
         """
         if not isinstance(blobs, list | tuple):
             raise PolicyError(f"blobs: expected a list of blobs, got {type(blobs).__name__}")
+        if progress is not None and not callable(progress):  # checked before any blob is done
+            raise PolicyError(f"progress: expected a callable or None, got {type(progress).__name__}")
         counts: dict[str, int] = {}
         out: list[bytes] = []
         for i, blob in enumerate(blobs, 1):

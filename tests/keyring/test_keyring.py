@@ -299,6 +299,17 @@ def test_rewrap_moves_blobs_to_the_newest_version(ring: Keyring) -> None:
     assert out[5] == ring.rewrap([out[5]], b"a")[0]  # already newest: unchanged
 
 
+@pytest.mark.parametrize("method", ["rewrap", "rewrap_revoked"])
+def test_rewrap_refuses_a_progress_that_is_not_callable_before_any_blob(ring: Keyring, method: str) -> None:
+    ring.create("k")
+    blob = ring.encrypt("k", b"m", b"a")
+    ring.rotate("k")
+    events = len(ring.audit.tail(10**6))
+    with pytest.raises(PolicyError, match="progress: expected a callable"):
+        getattr(ring, method)([blob], b"a", progress="bar")
+    assert len(ring.audit.tail(10**6)) == events  # nothing re-encrypted, nothing journaled
+
+
 def test_usage_counters_and_unused_for(ring: Keyring, clock: Clock) -> None:
     ring.create("k")
     blob = ring.encrypt("k", b"x")
