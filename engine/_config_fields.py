@@ -53,13 +53,29 @@ _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "Ti
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+_SHOWN_MAX = 64  # a longer value is described, not repeated
+
+
 def show(value: object) -> str:
-    """A value for an error message: scalars as written, anything else by type only."""
+    """A value for an error message: short scalars as written, anything else described."""
     if value is None:
         return "null"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**_SHOWN_MAX:
+        # repr() of a huge int is long, and past 4300 digits a ValueError of its own.
+        return f"an int of about {int(value.bit_length() * 0.30103)} digits"
+    if isinstance(value, str) and len(value) > _SHOWN_MAX:
+        return f"a string of {len(value)} characters"
     if isinstance(value, bool | int | float | str):
         return repr(value)
     return type(value).__name__
+
+
+def _as_float(value: int | float, key: str, what: str) -> float:
+    """``float(value)``, with an int too large for a float refused instead of OverflowError."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise PolicyError(f"config key {key!r}: {what} out of range, got {show(value)}") from None
 
 
 def _type_name(value: object) -> str:
@@ -76,7 +92,7 @@ def parse_duration(value: object, key: str = "duration") -> float:
     (5400.0, 2.0, 0.25)
     """
     if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        seconds = _as_float(value, key, "a duration")
     elif isinstance(value, str) and (m := _DURATION_RE.fullmatch(value.strip())):
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     else:
@@ -116,7 +132,7 @@ def parse_days(value: object, key: str) -> float:
     """
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise PolicyError(f"config key {key!r}: expected a number of days, got {show(value)}")
-    days = float(value)
+    days = _as_float(value, key, "a number of days")
     if not math.isfinite(days) or days < 0:
         raise PolicyError(f"config key {key!r}: a number of days must be finite and >= 0, got {show(value)}")
     return days
@@ -137,7 +153,7 @@ def minutes_as_seconds(value: object, key: str) -> float:
     """A number of minutes (as the seed writes ``rekey_minutes: 60``), in seconds."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise PolicyError(f"config key {key!r}: expected a number of minutes, got {show(value)}")
-    minutes = float(value)
+    minutes = _as_float(value, key, "a number of minutes")
     if not math.isfinite(minutes) or minutes <= 0:
         raise PolicyError(f"config key {key!r}: a number of minutes must be finite and > 0, got {show(value)}")
     return minutes * 60.0
@@ -182,7 +198,7 @@ def number(low: float, high: float = math.inf) -> Callable[[object, str], float]
     def parse(value: object, key: str) -> float:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise PolicyError(f"config key {key!r}: expected a number, got {show(value)}")
-        out = float(value)
+        out = _as_float(value, key, "a number")
         if not (math.isfinite(out) and low <= out <= high):
             bound = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
             raise PolicyError(f"config key {key!r}: must be {bound}, got {show(value)}")

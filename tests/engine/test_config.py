@@ -418,6 +418,14 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("max-enc-above-safe", {"keyring": {"max_encryptions": {"AES-256-GCM": 2**33}}},
      "exceeds the safe bound 4294967296 for random nonces"),
     ("root-not-mapping", [], "'config': expected Mapping"),  # type: ignore[list-item]
+    # Too large for a float: a typed refusal, never OverflowError, and the number not repeated.
+    ("huge-rekey-minutes", {"crypto": {"tls": {"rekey_minutes": 10**400}}},
+     "'crypto.tls.rekey_minutes': a number of minutes out of range, got an int of about 400 digits"),
+    ("huge-days", {"crypto": {"keyring": {"rotation_days": 10**5000}}},
+     "'crypto.keyring.rotation_days': a number of days out of range, got an int of about 5000 digits"),
+    ("huge-duration", {"hotpatch": {"timeout": 10**400}}, "'hotpatch.timeout': a duration out of range"),
+    ("huge-number", {"hotpatch": {"max_slowdown": -(10**400)}}, "'hotpatch.max_slowdown': a number out of range"),
+    ("long-string", {"hotpatch": {"timeout": "9" * 5000}}, "got a string of 5000 characters"),
 ]
 
 
