@@ -3,7 +3,7 @@
 The seed's three switches are here as it spells them: ``require_signature``,
 ``run_selftests`` and ``rollback_on_error`` (all true by default). Turning either of the first
 two off removes a gate that keeps unreviewed code out of the engine, so it is refused unless
-``development: true`` is set as well; the engine journals the resulting configuration.
+``development: true`` is set as well; the home records them (a later file that differs is refused).
 
 Example:
     >>> HotpatchConfig.from_mapping({"canary_seconds": "30s"}).canary_seconds
@@ -98,7 +98,7 @@ class HotpatchConfig:
 
     @property
     def insecure(self) -> tuple[str, ...]:
-        """The seed switches that are off (journaled whenever an engine starts with them)."""
+        """The seed switches that are off."""
         return tuple(n for n in ("require_signature", "run_selftests", "rollback_on_error") if not getattr(self, n))
 
     def to_mapping(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from xpscerpto._atomic import atomic_write
 from xpscerpto._stored_file import read_stored
-from xpscerpto.config import XpsConfig
+from xpscerpto.config import XpsConfig, policy_changes
 from xpscerpto.engine import Engine
 from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.home import Home
@@ -23,6 +23,20 @@ from .refusal import Refusal
 from .updater import StagePlan, Updater
 
 __all__ = ["WatchService"]
+
+
+def _check_recorded_gates(recorded: Mapping[str, Any], config: XpsConfig) -> None:
+    """Refuse a configuration whose hot-patch gates differ from those the home recorded.
+
+    The gates are part of the home's security policy: a later file must not switch one off
+    (or development mode on) by being passed to ``xps watch``; ``xps policy apply`` changes
+    them, audited, with approvals where the keyring requires them.
+    """
+    for change in policy_changes(recorded, config.security_policy()):
+        if change.key.startswith("hotpatch."):
+            raise PolicyError(f"config key 'crypto.{change.key}': {change.new!r} differs from the security policy "
+                              f"this home recorded ({change.old!r}); the home's policy changes only with "
+                              "`xps policy apply`, audited, with approvals when it loosens")
 
 
 class WatchService:
@@ -42,7 +56,9 @@ class WatchService:
         # The home's record lists every store once created (state.json among them), so a store
         # deleted later is a refusal, never "nothing was enabled". A first run on an empty home
         # creates it; a home holding stores but no record is refused (`xps init --adopt`).
-        h.initialise(policy=base.security_policy())
+        record = h.initialise(policy=base.security_policy())
+        if config is not None:
+            _check_recorded_gates(record.policy, base)
         audit = base.audit.journal(h.root, h.audit)
         # The home's own journal file is recorded once it has a record (a journal elsewhere,
         # PostgreSQL say, is not a file of the home).

@@ -3,6 +3,7 @@ control socket, the inbox observer and worker) ends with it, also when it fails 
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import xpscerpto as xps
 from xpscerpto.capsules.service import WatchService
+from xpscerpto.config import XpsConfig
 
 
 def _started_since(before: set[threading.Thread]) -> list[str]:
@@ -154,3 +156,31 @@ def test_a_bug_while_serving_a_request_is_answered_as_internal_and_logged_by_typ
         assert request(svc.updater.home.socket, {"cmd": "ping"}, timeout=10)["result"] == "pong"
     finally:
         svc.stop()
+
+
+DEVELOPMENT = {"crypto": {"hotpatch": {"development": True, "require_signature": False, "run_selftests": False}}}
+
+
+@pytest.mark.parametrize("later", [
+    DEVELOPMENT,  # loosens: the gates off
+    {"crypto": {"hotpatch": {"rollback_on_error": False}}},  # loosens one switch
+])
+def test_a_later_config_cannot_switch_the_recorded_gates_off(tmp_path: Path, later: dict) -> None:
+    home = tmp_path / "home"
+    WatchService(xps.Engine(), tmp_path / "inbox", home, config=XpsConfig.defaults()).updater.close()
+    before = set(threading.enumerate())
+    with pytest.raises(xps.PolicyError, match=r"crypto\.hotpatch\..*differs from the security policy this home"):
+        WatchService(xps.Engine(), tmp_path / "inbox", home, config=XpsConfig.from_mapping(later))
+    assert _started_since(before) == []
+    recorded = json.loads((home / "home.json").read_text())["policy"]
+    assert (recorded["hotpatch.require_signature"], recorded["hotpatch.development"]) == (True, False)
+
+
+def test_the_gates_a_home_recorded_in_development_are_kept(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    dev = XpsConfig.from_mapping(DEVELOPMENT)
+    WatchService(xps.Engine(), tmp_path / "inbox", home, config=dev).updater.close()
+    WatchService(xps.Engine(), tmp_path / "inbox", home, config=dev).updater.close()  # the same file: accepted
+    # Tightening goes through `xps policy apply` as well.
+    with pytest.raises(xps.PolicyError, match="require_signature': True differs"):
+        WatchService(xps.Engine(), tmp_path / "inbox", home, config=XpsConfig.defaults())
