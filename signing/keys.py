@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 from xpscerpto._atomic import create_exclusive
 from xpscerpto.errors import KeyError_
 from xpscerpto.secret import SecretBytes
@@ -110,6 +111,16 @@ def _path(path: object, what: str) -> Path:
     return Path(path)
 
 
+def is_publisher_key(public_key: bytes) -> bool:
+    """True iff ``public_key`` is a canonical Ed25519 point of the prime-order subgroup.
+
+    A key of small order (the identity, say) accepts a forged signature of *any* message
+    (R = identity, S = 0) under cofactored or lenient verification, so pinning one would let
+    anyone sign capsules. Every key made by :func:`generate_keypair` passes.
+    """
+    return type(public_key) is bytes and len(public_key) == 32 and crypto_core_ed25519_is_valid_point(public_key)
+
+
 def load_public_key(path: str | Path) -> PublisherKey:
     """Read a ``.pub`` file; its key id is recomputed, never trusted from the file.
 
@@ -121,6 +132,8 @@ def load_public_key(path: str | Path) -> PublisherKey:
     if doc.get("type") != "ed25519-public":
         raise KeyError_(f"public key {str(p)!r}: type must be 'ed25519-public'")
     pk = _hex_field(doc, "public_key", 32, p)
+    if not is_publisher_key(pk):
+        raise KeyError_(f"public key {str(p)!r}: not a valid Ed25519 public key (small order, or not on the curve)")
     kid = key_id(pk)
     if doc.get("keyid") not in (None, kid):
         raise KeyError_(f"public key {str(p)!r}: keyid does not match the key")
@@ -155,6 +168,8 @@ def sign(seed: SecretBytes, data: bytes) -> bytes:
 
 def verify(public_key: bytes, data: bytes, signature: bytes) -> bool:
     """True iff ``signature`` is a valid Ed25519 signature of ``data`` (pinned implementation)."""
+    if not is_publisher_key(public_key):
+        return False
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
     except (InvalidSignature, ValueError):

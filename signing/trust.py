@@ -20,7 +20,7 @@ from xpscerpto._atomic import atomic_write
 from xpscerpto._stored_file import read_stored
 from xpscerpto.errors import PolicyError
 
-from .keys import PublisherKey, key_id, verify
+from .keys import PublisherKey, is_publisher_key, key_id, verify
 
 __all__ = ["Rejection", "TrustStore", "TrustedKey", "VerificationResult"]
 
@@ -82,6 +82,9 @@ class TrustStore:
         ops = tuple(ops)
         if not ops:
             raise PolicyError("ops: a trusted key must be allowed at least one operation glob")
+        if not is_publisher_key(key.public_key):
+            raise PolicyError(f"key {key.keyid[:12]}: not a valid Ed25519 public key "
+                              "(small order, or not on the curve)")
         keys = dict(self.keys)
         keys[key.keyid] = TrustedKey(key.keyid, key.public_key, ops, label)
         return replace(self, keys=MappingProxyType(keys))
@@ -155,6 +158,9 @@ class TrustStore:
                 pk = bytes.fromhex(k["public_key"])
                 if len(pk) != 32 or key_id(pk) != k["keyid"]:
                     raise PolicyError(f"{where}: key {str(k['keyid'])[:12]} does not match its public key")
+                if not is_publisher_key(pk):
+                    raise PolicyError(f"{where}: key {k['keyid'][:12]} is not a valid Ed25519 public key "
+                                      "(small order, or not on the curve)")
                 ops = k["ops"]
                 if not isinstance(ops, list) or not ops or not all(isinstance(o, str) for o in ops):
                     raise PolicyError(f"{where}: key {k['keyid'][:12]}: ops must be a non-empty list of globs")

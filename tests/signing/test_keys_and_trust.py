@@ -274,3 +274,25 @@ def test_verify_rejects_a_signature_over_other_bytes(tmp_path: Path, alice: Publ
 def test_allow_list_globs(alice: PublisherKey, globs: tuple[str, ...], ops: tuple[str, ...],
                           allowed: bool) -> None:
     assert TrustStore().add(alice, globs).keys[alice.keyid].allows(ops) is allowed
+
+
+SMALL_ORDER = json.loads((Path(__file__).parent / "data" / "small_order_ed25519_keys.json").read_text())["keys"]
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_ORDER))
+def test_a_small_order_key_is_never_pinned_and_verifies_nothing(tmp_path: Path, alice: PublisherKey,
+                                                                 name: str) -> None:
+    pk = bytes.fromhex(SMALL_ORDER[name])
+    forged = (1).to_bytes(32, "little") + bytes(32)  # R = identity, S = 0: "valid" under a lenient check
+    assert not verify(pk, b"any manifest", forged)
+    path = tmp_path / "evil.pub"
+    path.write_text(json.dumps({"type": "ed25519-public", "public_key": pk.hex()}))
+    with pytest.raises(KeyError_, match="not a valid Ed25519 public key"):
+        load_public_key(path)
+    evil = PublisherKey(key_id(pk), pk)
+    with pytest.raises(PolicyError, match="not a valid Ed25519 public key"):
+        TrustStore().add(evil, ["aead.*"])
+    doc = TrustStore().add(alice, ["aead.*"]).to_json()
+    doc["keys"].append({"keyid": evil.keyid, "public_key": pk.hex(), "ops": ["aead.*"], "label": ""})
+    with pytest.raises(PolicyError, match="not a valid Ed25519 public key"):
+        TrustStore.from_json(doc)
