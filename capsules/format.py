@@ -185,7 +185,7 @@ _VERSION = re.compile(r"^(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})\.(0|[1-9]\d{0,5})$")
 _KEYID = re.compile(r"^[0-9a-f]{32}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
-_SPEC = re.compile(r"^(>=|<=|==|<|>)(\d+(?:\.\d+){0,2})$")
+_SPEC = re.compile(r"^(>=|<=|==|<|>)(\d{1,6}(?:\.\d{1,6}){0,2})$")  # bounded: int() of 5000 digits raises
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -217,7 +217,8 @@ def parse_version(text: str) -> tuple[int, int, int]:
     """``"1.2.3"`` -> ``(1, 2, 3)``; raises UpdateError for anything else."""
     m = _VERSION.fullmatch(text) if isinstance(text, str) else None
     if m is None:
-        raise _reject(f"version: {text!r} is not MAJOR.MINOR.PATCH", Refusal.MALFORMED)
+        shown = repr(text) if isinstance(text, str) and len(text) <= 64 else "the value"
+        raise _reject(f"version: {shown} is not MAJOR.MINOR.PATCH", Refusal.MALFORMED)
     return int(m[1]), int(m[2]), int(m[3])
 
 
@@ -230,7 +231,8 @@ def satisfies(version: tuple[int, ...], spec: str) -> bool:
     for clause in spec.split(","):
         m = _SPEC.fullmatch(clause.strip())
         if m is None:
-            raise _reject(f"requires: bad version specifier {spec!r}", Refusal.MALFORMED)
+            shown = repr(spec) if len(spec) <= 64 else f"of {len(spec)} characters"
+            raise _reject(f"requires: bad version specifier {shown}", Refusal.MALFORMED)
         want_raw = tuple(int(x) for x in m[2].split("."))
         width = max(len(want_raw), len(version))
         want = want_raw + (0,) * (width - len(want_raw))
