@@ -108,6 +108,8 @@ Example:
 from __future__ import annotations
 
 import json
+import os
+import stat
 import tomllib
 import warnings
 from collections.abc import Mapping
@@ -440,12 +442,36 @@ def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def read_file(p: Path, kind: str) -> object:
-    """Parse ``p`` as ``kind`` (yaml/toml/json); every failure is a PolicyError naming the file."""
+#: A configuration file is a few kilobytes; anything past this is refused unread.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _read_regular(p: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_CONFIG_BYTES: a FIFO would block for ever and
+    a device (a link to /dev/zero) never end, so neither is read."""
     try:
-        raw = p.read_bytes()
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # O_NONBLOCK: a FIFO opens at once
     except OSError as exc:
         raise PolicyError(f"config file {str(p)!r}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PolicyError(f"config file {str(p)!r}: not a regular file")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_CONFIG_BYTES:
+                raise PolicyError(f"config file {str(p)!r}: larger than {MAX_CONFIG_BYTES} bytes")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise PolicyError(f"config file {str(p)!r}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def read_file(p: Path, kind: str) -> object:
+    """Parse ``p`` as ``kind`` (yaml/toml/json); every failure is a PolicyError naming the file."""
+    raw = _read_regular(p)
     try:
         text = raw.decode()
         if kind == "yaml":
@@ -463,6 +489,8 @@ def read_file(p: Path, kind: str) -> object:
         raise PolicyError(f"config file {str(p)!r}: duplicate key {dup.key!r}{at}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise PolicyError(f"config file {str(p)!r}: not valid {kind}: {exc}") from None
+    except RecursionError:
+        raise PolicyError(f"config file {str(p)!r}: not valid {kind}: nested too deeply") from None
     except Exception as exc:  # yaml's errors: importing yaml only to name them would cost every import
         from ._yaml import describe_error
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import doctest
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,31 @@ def test_bad_config_file_is_a_typed_error(
         path.write_text(content)
     with pytest.raises(PolicyError, match=message):
         EngineConfig.from_file(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory", "too-large", "nested-json", "nested-yaml"])
+def test_a_config_path_that_is_not_a_small_regular_file_is_refused_without_blocking(
+        tmp_path: Path, kind: str) -> None:
+    # A FIFO would block the reader for ever and /dev/zero never end: neither may be read.
+    path = tmp_path / ("config.json" if kind == "nested-json" else "config.yaml")
+    message = "not a regular file"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "too-large":
+        path.write_text("# padding\n" * 200_000)
+        message = "larger than 1048576 bytes"
+    elif kind == "nested-json":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+        message = "not valid json"
+    else:
+        path.write_text("[" * 100_000 + "]" * 100_000)
+        message = "not valid yaml"
+    with pytest.raises(PolicyError, match=message):
+        XpsConfig.load(path)
 
 
 # --------------------------------------------------------------------------- Appendix C: XpsConfig
