@@ -140,7 +140,10 @@ def parse_days(value: object, key: str) -> float:
 
 def days_as_seconds(value: object, key: str) -> float:
     """:func:`parse_days`, in seconds."""
-    return parse_days(value, key) * 86400.0
+    seconds = parse_days(value, key) * 86400.0
+    if not math.isfinite(seconds):  # 1e305 days is finite, its seconds are not
+        raise PolicyError(f"config key {key!r}: a number of days out of range, got {show(value)}")
+    return seconds
 
 
 def days_out(seconds: float) -> int | float:
@@ -156,6 +159,8 @@ def minutes_as_seconds(value: object, key: str) -> float:
     minutes = _as_float(value, key, "a number of minutes")
     if not math.isfinite(minutes) or minutes <= 0:
         raise PolicyError(f"config key {key!r}: a number of minutes must be finite and > 0, got {show(value)}")
+    if not math.isfinite(minutes * 60.0):
+        raise PolicyError(f"config key {key!r}: a number of minutes out of range, got {show(value)}")
     return minutes * 60.0
 
 

@@ -218,7 +218,12 @@ def _rotation_days(value: object, key: str) -> str:
     if value == "never":
         return "rotate=never"
     days = positive(parse_days)(value, key)
-    return f"rotate={_number_text(days)}d"
+    policy = f"rotate={_number_text(days)}d"
+    try:  # what the keyring will parse: a period too short or too long to write is refused here
+        parse_policy(policy)
+    except PolicyError:
+        raise PolicyError(f"config key {key!r}: a rotation period of {show(value)} days is out of range") from None
+    return policy
 
 
 def _rotation_days_out(policy: str) -> int | float | str:
@@ -227,7 +232,8 @@ def _rotation_days_out(policy: str) -> int | float | str:
 
 
 def _number_text(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+    # Never in exponent form ('1e-07'), which a usage policy does not parse.
+    return str(int(value)) if float(value).is_integer() else format(float(value), ".12f").rstrip("0").rstrip(".")
 
 
 _KEYRING_FIELDS = (

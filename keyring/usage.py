@@ -43,7 +43,8 @@ def parse_policy(policy: str) -> tuple[float | None, int | None]:
                     raise PolicyError(f"policy.rotate: expected a positive duration like 90d or 'never', got "
                                       f"{value[:32]!r}")
         elif field == "max_encryptions":
-            if not value.isdigit() or int(value) < 1 or len(value) > 20:
+            # isascii: str.isdigit() is also true of '²', which int() refuses.
+            if not (value.isascii() and value.isdigit()) or len(value) > 20 or int(value) < 1:
                 raise PolicyError(f"policy.max_encryptions: expected a positive integer, got {value[:32]!r}")
             max_enc = int(value)
         else:

@@ -452,6 +452,17 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("huge-duration", {"hotpatch": {"timeout": 10**400}}, "'hotpatch.timeout': a duration out of range"),
     ("huge-number", {"hotpatch": {"max_slowdown": -(10**400)}}, "'hotpatch.max_slowdown': a number out of range"),
     ("long-string", {"hotpatch": {"timeout": "9" * 5000}}, "got a string of 5000 characters"),
+    # Finite days or minutes whose seconds are not: 'config show' would print Infinity.
+    ("days-to-inf", {"crypto": {"keyring": {"dual_window_days": 1e305}}},
+     "'crypto.keyring.dual_window_days': a number of days out of range"),
+    ("retention-to-inf", {"crypto": {"keyring": {"destroy_after_days": 1e305}}},
+     "'crypto.keyring.destroy_after_days': a number of days out of range"),
+    ("minutes-to-inf", {"crypto": {"tls": {"rekey_minutes": 1e307}}},
+     "'crypto.tls.rekey_minutes': a number of minutes out of range"),
+    ("rotation-too-short", {"crypto": {"keyring": {"rotation_days": 1e-15}}},
+     "'crypto.keyring.rotation_days': a rotation period of 1e-15 days is out of range"),
+    ("policy-superscript-digit", {"keyring": {"default_policy": "rotate=90d,max_encryptions=\u00b2"}},
+     "policy.max_encryptions: expected a positive integer"),
 ]
 
 
@@ -718,3 +729,10 @@ def test_get_names_unknown_keys() -> None:
     assert XpsConfig.defaults().get("hotpatch.memory") == 2 * 1024**3
     with pytest.raises(PolicyError, match=r"'hotpatch\.nope': no such key"):
         XpsConfig.defaults().get("hotpatch.nope")
+
+
+@pytest.mark.parametrize("days", [1e-7, 0.5, 1.25, 365, 1e300])
+def test_any_accepted_rotation_days_round_trips_through_config_show(days: float) -> None:
+    cfg = XpsConfig.from_mapping({"crypto": {"keyring": {"rotation_days": days}}})
+    shown = cfg.to_document()
+    assert XpsConfig.from_mapping(json.loads(json.dumps(shown))).keyring.default_policy == cfg.keyring.default_policy
