@@ -108,8 +108,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import stat
 import tomllib
 import warnings
 from collections.abc import Mapping
@@ -123,6 +121,7 @@ from xpscerpto.channel.config import ChannelConfig
 from xpscerpto.keyring.config import ApprovalsConfig, KekConfig, KeyringConfig, safe_max_encryptions
 
 from ._config_fields import expect, no_unknown, parse_duration, parse_size, show
+from ._stored_file import read_stored
 from .errors import PolicyError
 from .settings import AeadDefaults, EngineConfig, Policy
 
@@ -446,32 +445,12 @@ def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 MAX_CONFIG_BYTES = 1 << 20
 
 
-def _read_regular(p: Path) -> bytes:
-    """The bytes of a regular file of at most MAX_CONFIG_BYTES: a FIFO would block for ever and
-    a device (a link to /dev/zero) never end, so neither is read."""
-    try:
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # O_NONBLOCK: a FIFO opens at once
-    except OSError as exc:
-        raise PolicyError(f"config file {str(p)!r}: {exc.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PolicyError(f"config file {str(p)!r}: not a regular file")
-        chunks, size = [], 0
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_CONFIG_BYTES:
-                raise PolicyError(f"config file {str(p)!r}: larger than {MAX_CONFIG_BYTES} bytes")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise PolicyError(f"config file {str(p)!r}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-
-
 def read_file(p: Path, kind: str) -> object:
     """Parse ``p`` as ``kind`` (yaml/toml/json); every failure is a PolicyError naming the file."""
-    raw = _read_regular(p)
+    try:  # a regular file of bounded size: a FIFO would block for ever, /dev/zero never end
+        raw = read_stored(p, MAX_CONFIG_BYTES)
+    except OSError as exc:
+        raise PolicyError(f"config file {str(p)!r}: {exc.strerror}") from None
     try:
         text = raw.decode()
         if kind == "yaml":
