@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Any
 
 from xpscerpto._atomic import atomic_write
+from xpscerpto._stored_file import read_stored
 from xpscerpto.errors import PolicyError
 from xpscerpto.secret import SecretBytes
 from xpscerpto.signing import PublisherKey, key_id, sign, verify
@@ -37,6 +38,7 @@ from xpscerpto.signing import PublisherKey, key_id, sign, verify
 __all__ = ["ACTIONS", "ApprovalRequest", "Approvals", "OperatorRegistry"]
 
 _FORMAT = "xps-approval/1"
+_MAX_FILE = 1 << 20  # a bundle or registry is a few kilobytes
 #: What a request may ask for.
 ACTIONS = ("revoke", "destroy", "policy", "operator-add", "operator-remove", "rewrap")
 
@@ -63,7 +65,7 @@ class OperatorRegistry:
         p = Path(path)
         where = f"operators {str(p)!r}"
         try:
-            doc = json.loads(p.read_bytes())
+            doc = json.loads(read_stored(p, _MAX_FILE))  # never a FIFO, /dev/zero or a huge file
         except FileNotFoundError:
             return cls()
         except OSError as exc:
@@ -203,7 +205,7 @@ class Approvals:
         """Read a bundle file."""
         p = Path(path)
         try:
-            doc = json.loads(p.read_bytes())
+            doc = json.loads(read_stored(p, _MAX_FILE))
             sigs = {_keyid(e["keyid"]): bytes.fromhex(e["sig"]) for e in doc["signatures"]}
             request = doc["request"]
         except OSError as exc:

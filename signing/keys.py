@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nacl.bindings import crypto_core_ed25519_is_valid_point
 from xpscerpto._atomic import create_exclusive
+from xpscerpto._stored_file import read_stored
 from xpscerpto.errors import KeyError_
 from xpscerpto.secret import SecretBytes
 
@@ -82,9 +83,12 @@ def generate_keypair(stem: str | Path) -> PublisherKey:
     return pub
 
 
+_MAX_KEY_FILE = 64 << 10  # a key file is a few hundred bytes
+
+
 def _read_json(path: Path, what: str) -> dict[str, object]:
     try:
-        doc = json.loads(path.read_bytes())
+        doc = json.loads(read_stored(path, _MAX_KEY_FILE))  # never a FIFO, /dev/zero or a huge file
     except OSError as exc:
         raise KeyError_(f"{what} {str(path)!r}: {exc.strerror}") from None
     except (ValueError, RecursionError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,3 +61,16 @@ def test_an_operator_registry_nested_too_deeply_is_refused(tmp_path: Path) -> No
     path.write_text(DEEP)
     with pytest.raises(PolicyError, match="nested too deeply"):
         OperatorRegistry.load(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+@pytest.mark.parametrize("loader", [Approvals.load, OperatorRegistry.load])
+def test_a_path_that_is_not_a_regular_file_is_refused_without_blocking(
+        tmp_path: Path, kind: str, loader: Callable[[Path], object]) -> None:
+    path = tmp_path / "file.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    with pytest.raises(PolicyError, match="not a regular file"):
+        loader(path)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -296,3 +297,21 @@ def test_a_small_order_key_is_never_pinned_and_verifies_nothing(tmp_path: Path, 
     doc["keys"].append({"keyid": evil.keyid, "public_key": pk.hex(), "ops": ["aead.*"], "label": ""})
     with pytest.raises(PolicyError, match="not a valid Ed25519 public key"):
         TrustStore.from_json(doc)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
+@pytest.mark.parametrize("loader", [load_public_key, load_private_key])
+def test_a_key_path_that_is_not_a_regular_file_is_refused_without_blocking(
+        tmp_path: Path, kind: str, loader: Callable[[Path], object]) -> None:
+    # A FIFO would block the reader for ever and /dev/zero never end.
+    path = tmp_path / "key"
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir(mode=0o700)
+    # /dev/zero is mode 0666: the private-key loader refuses it on its permissions first.
+    expected = "too open" if (loader, kind) == (load_private_key, "dev-zero") else "not a regular file"
+    with pytest.raises(KeyError_, match=expected):
+        loader(path)
