@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from xpscerpto._config_fields import show
 from xpscerpto.errors import UpdateError
 from xpscerpto.interfaces import OPERATIONS
 
@@ -217,8 +218,7 @@ def parse_version(text: str) -> tuple[int, int, int]:
     """``"1.2.3"`` -> ``(1, 2, 3)``; raises UpdateError for anything else."""
     m = _VERSION.fullmatch(text) if isinstance(text, str) else None
     if m is None:
-        shown = repr(text) if isinstance(text, str) and len(text) <= 64 else "the value"
-        raise _reject(f"version: {shown} is not MAJOR.MINOR.PATCH", Refusal.MALFORMED)
+        raise _reject(f"version: {show(text)} is not MAJOR.MINOR.PATCH", Refusal.MALFORMED)
     return int(m[1]), int(m[2]), int(m[3])
 
 
@@ -231,8 +231,7 @@ def satisfies(version: tuple[int, ...], spec: str) -> bool:
     for clause in spec.split(","):
         m = _SPEC.fullmatch(clause.strip())
         if m is None:
-            shown = repr(spec) if len(spec) <= 64 else f"of {len(spec)} characters"
-            raise _reject(f"requires: bad version specifier {shown}", Refusal.MALFORMED)
+            raise _reject(f"requires: bad version specifier {show(spec)}", Refusal.MALFORMED)
         want_raw = tuple(int(x) for x in m[2].split("."))
         width = max(len(want_raw), len(version))
         want = want_raw + (0,) * (width - len(want_raw))

@@ -76,10 +76,10 @@ class ChannelConfig:
     def __post_init__(self) -> None:
         _check_int("rekey_after_messages", self.rekey_after_messages, 1)
         _check_int("rekey_after_bytes", self.rekey_after_bytes, 1)
-        _check_seconds("rekey_after_seconds", self.rekey_after_seconds)
+        _check_seconds("rekey_after_seconds", self.rekey_after_seconds, 10 * 365 * 86_400)
         _check_int("max_frame", self.max_frame, _MIN_FRAME, _NOISE_MAX)
         _check_int("max_message", self.max_message, 1)
-        _check_seconds("handshake_timeout_seconds", self.handshake_timeout_seconds)
+        _check_seconds("handshake_timeout_seconds", self.handshake_timeout_seconds, 86_400)
         _check_int("max_pending_handshakes", self.max_pending_handshakes, 1)
         if type(self.require_pq) is not bool:
             raise PolicyError("require_pq: expected a bool")
@@ -123,13 +123,9 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> N
         raise PolicyError(f"{name}: expected an int {bound}")
 
 
-#: Upper bounds, so that every accepted value fits a socket timeout and a float deadline.
-_MAX_SECONDS = {"handshake_timeout_seconds": 86_400, "rekey_after_seconds": 10 * 365 * 86_400}
-
-
-def _check_seconds(name: str, value: object) -> None:
-    high = _MAX_SECONDS[name]
-    # Compared, never converted: NaN fails the comparison, a huge int is no OverflowError.
+def _check_seconds(name: str, value: object, high: int) -> None:
+    # Bounded so that a value fits a socket timeout and a float deadline; compared, never
+    # converted: NaN fails the comparison, a huge int is no OverflowError.
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= high:
         raise PolicyError(f"{name}: expected a number of seconds > 0 and <= {high}")
 

@@ -452,9 +452,9 @@ ATTACKS = [
       id="unknown-requires-key"),
     # int() of more than 4300 digits raises ValueError: refused as malformed, the digits not echoed.
     P(resigned(nested("requires", "python", ">=" + "9" * 5000)), "malformed",
-      "bad version specifier of 5002 characters", id="requires-specifier-of-5000-digits"),
-    P(resigned(setitem("version", "1.0." + "9" * 5000)), "malformed", "version: the value is not MAJOR.MINOR.PATCH",
-      id="version-of-5000-digits"),
+      "bad version specifier a string of 5002 characters", id="requires-specifier-of-5000-digits"),
+    P(resigned(setitem("version", "1.0." + "9" * 5000)), "malformed",
+      "version: a string of 5004 characters is not MAJOR.MINOR.PATCH", id="version-of-5000-digits"),
     P(resigned(kat_not_in_payload), "malformed", "is not a payload file", id="kat-file-not-in-payload"),
     P(resigned(bad_sha), "malformed", "bad sha256 or size", id="files-digest-not-hex"),
     P(resigned(setitem("created", "yesterday")), "malformed", "is not YYYY-MM-DDTHH:MM:SSZ",
