@@ -604,6 +604,31 @@ def test_yaml_merge_keys_and_aliases_are_not_duplicates(tmp_path: Path) -> None:
     assert cfg.engine.prefer == {"a": "x", "b": "y"}
 
 
+@pytest.mark.parametrize(("text", "key"), [
+    # an explicit key after a merge would silently replace the merged value
+    ("engine:\n  policy:\n    <<: {forbid: [sha1, des]}\n    forbid: []\n", "engine.policy.forbid"),
+    ("engine:\n  policy:\n    forbid: []\n    <<: {forbid: [sha1, des]}\n", "engine.policy.forbid"),
+    # so would a second merged mapping, or the same one merged twice
+    ("a: &a {forbid: [sha1]}\nb: &b {forbid: []}\nengine:\n  policy:\n    <<: [*a, *b]\n",
+     "engine.policy.forbid"),
+    ("a: &a {forbid: [sha1]}\nengine:\n  policy:\n    <<: [*a, *a]\n", "engine.policy.forbid"),
+    # and a merge of a mapping that itself merged the key
+    ("a: &a {forbid: [sha1]}\nb: &b {<<: *a}\nengine:\n  policy:\n    <<: *b\n    forbid: []\n",
+     "engine.policy.forbid"),
+])
+def test_yaml_merge_cannot_override_a_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(PolicyError, match=f"duplicate key '{re.escape(key)}'"):
+        XpsConfig.load(_write(tmp_path, "merge.yaml", text))
+
+
+def test_yaml_merge_chains_are_checked_once(tmp_path: Path) -> None:
+    # forty levels of merges, each level merged from two places: every node is walked once
+    text = "x0: &x0 {k0: 1}\n" + "".join(
+        f"x{i}: &x{i} {{<<: [*x{i - 1}], k{i}: 1}}\n" for i in range(1, 40)) + "y: [*x39, *x39]\n"
+    with pytest.raises(PolicyError, match="unknown key 'x0'"):
+        XpsConfig.load(_write(tmp_path, "chain.yaml", text))
+
+
 @pytest.mark.parametrize(("name", "text", "message"), [
     ("bad.yaml", "engine:\n  nonce: [auto\n", r"not valid yaml: .* at line \d+, column \d+"),
     ("tabs.yaml", "engine:\n\tnonce: app\n", "not valid yaml"),
