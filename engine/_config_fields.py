@@ -49,6 +49,7 @@ T = TypeVar("T")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _SIZE_RE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|TiB)?")
+_SIZE_DIGITS = 30  # 10**30 bytes is past any real size; the bound keeps int() of the digits cheap
 _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -115,6 +116,8 @@ def parse_size(value: object, key: str = "size") -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         size = value
     elif isinstance(value, str) and (m := _SIZE_RE.fullmatch(value.strip())):
+        if len(m.group(1)) > _SIZE_DIGITS:  # int() refuses past 4,300 digits with a ValueError
+            raise PolicyError(f"config key {key!r}: a size out of range, got {show(value)}")
         size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
     else:
         raise PolicyError(f"config key {key!r}: expected a size (bytes, or a string like '64KiB', "

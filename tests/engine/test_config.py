@@ -503,13 +503,14 @@ def test_bad_durations(text: object) -> None:
 
 @pytest.mark.parametrize(("text", "size"), [
     (0, 0), (512, 512), ("512", 512), ("512B", 512), ("64KiB", 65536), ("1MiB", 1048576),
-    ("2GiB", 2147483648), ("1TiB", 1024**4), ("8 KiB", 8192),
+    ("2GiB", 2147483648), ("1TiB", 1024**4), ("8 KiB", 8192), ("9" * 30, 10**30 - 1),
 ])
 def test_size_parsing(text: object, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "1.5GiB", "2GB", "1kib", "-1KiB", "KiB", True, 1.0, None, -1])
+@pytest.mark.parametrize("text", ["", "1.5GiB", "2GB", "1kib", "-1KiB", "KiB", True, 1.0, None, -1,
+                                  "9" * 5000, "9" * 5000 + "KiB", "1" * 31 + "B"])
 def test_bad_sizes(text: object) -> None:
     with pytest.raises(PolicyError, match=r"'t\.key'"):
         parse_size(text, "t.key")
