@@ -215,9 +215,11 @@ def number(low: float, high: float = math.inf) -> Callable[[object, str], float]
 
 
 def text(value: object, key: str) -> str:
-    """A non-empty string."""
+    """A non-empty string without NUL (these are paths, labels and DSNs, all C strings below)."""
     if not isinstance(value, str) or not value.strip():
         raise PolicyError(f"config key {key!r}: expected a non-empty string, got {show(value)}")
+    if "\x00" in value:  # refused here, or much later as a ValueError from open()/resolve()
+        raise PolicyError(f"config key {key!r}: a NUL character is not allowed")
     return value
 
 

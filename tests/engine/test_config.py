@@ -463,6 +463,13 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
      "'crypto.keyring.rotation_days': a rotation period of 1e-15 days is out of range"),
     ("policy-superscript-digit", {"keyring": {"default_policy": "rotate=90d,max_encryptions=\u00b2"}},
      "policy.max_encryptions: expected a positive integer"),
+    # NUL passed as text and failed later as a raw ValueError from the path or C library
+    ("nul-trust-store", {"hotpatch": {"trust_store": "/etc/xps/tr\x00ust.json"}},
+     "'hotpatch.trust_store': a NUL character is not allowed"),
+    ("nul-audit-key", {"audit": {"signing_key": "/etc/a\x00.key"}}, "'audit.signing_key': a NUL character"),
+    ("nul-kek-path", {"keyring": {"kek": {"path": "kek\x00"}}}, "'keyring.kek.path': a NUL character"),
+    ("nul-kek-module", {"keyring": {"kek": {"module": "/usr/lib/x\x00.so"}}}, "'keyring.kek.module': a NUL"),
+    ("nul-token-label", {"keyring": {"kek": {"token_label": "x\x00"}}}, "'keyring.kek.token_label': a NUL"),
 ]
 
 
