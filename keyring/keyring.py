@@ -153,9 +153,9 @@ def _aad_bytes(aad: object) -> bytes:
 class _Handle:
     """A usable key version in memory: derived keys, header prefix, usage window."""
 
-    __slots__ = ("aead", "algorithm", "code", "commitment", "counter", "decrypt_until", "decrypted_before",
-                 "decryptions", "header_size", "key_id", "last_used", "name", "nonce_size", "prefix", "recheck_at",
-                 "state", "version")
+    __slots__ = ("aead", "algorithm", "checked_at", "code", "commitment", "counter", "decrypt_until",
+                 "decrypted_before", "decryptions", "header_size", "key_id", "last_used", "name", "nonce_size",
+                 "prefix", "recheck_at", "state", "version")
 
     def __init__(self, row: KeyRow, ver: VersionRow, algorithm: str, aead: KeyedAead, commitment: bytes) -> None:
         self.key_id, self.name, self.version, self.algorithm = row.key_id, row.name, ver.version, algorithm
@@ -167,7 +167,10 @@ class _Handle:
         self.nonce_size = NONCE_SIZES[algorithm]
         self.header_size = HEADER.size + self.nonce_size
         self.counter = itertools.count()  # at >= 0: no encryptions reserved (see Keyring.encrypt)
+        # Usable without a re-read while checked_at <= now < recheck_at: a clock stepped back
+        # (now < checked_at) re-reads at once instead of trusting the cache until it catches up.
         self.recheck_at = 0.0
+        self.checked_at = 0.0
         self.decryptions = 0
         self.decrypted_before = 0  # decryptions already flushed (decrypt_counts adds both)
         self.last_used = 0.0  # flushed to the database with the counters
@@ -276,7 +279,7 @@ class Keyring:
             raise KeyError_(f"name: expected str, got {type(name).__name__}") from None
         now = self.clock()
         # The counter runs from minus the reserved block up to zero: one atomic step per call.
-        if h is None or now >= h.recheck_at or next(h.counter) >= 0:
+        if h is None or not h.checked_at <= now < h.recheck_at or next(h.counter) >= 0:
             h = self._encrypting_handle(name, now)
         h.last_used = now
         nonce = (NONCE_GUARD[0] and _next(NONCES[h.nonce_size], None)) or refill_nonces(h.nonce_size)
@@ -313,7 +316,7 @@ class Keyring:
         h = self._by_prefix.get(blob[:_PREFIX_SIZE]) if type(blob) is bytes else None
         now = self.clock()
         # Past its re-check deadline, or outside its window, the full path decides.
-        if h is not None and now < h.recheck_at and now < h.decrypt_until:
+        if h is not None and h.checked_at <= now < h.recheck_at and now < h.decrypt_until:
             n = h.header_size
             try:
                 plaintext = h.aead.decrypt(blob[_PREFIX_SIZE:n],
@@ -340,7 +343,7 @@ class Keyring:
             if fmt is not None:
                 ref = (key_id, version)
                 h = self._handles.get(ref)
-                if h is None or now >= h.recheck_at:
+                if h is None or not h.checked_at <= now < h.recheck_at:
                     h = self._handle_for_decrypt(key_id, version, now)
                 # decrypt_until folds Appendix A into one number: +inf for the active version,
                 # the end of the dual-key window for a retired one, -inf for anything unusable.
@@ -360,7 +363,7 @@ class Keyring:
     def _handle_for_decrypt(self, key_id: bytes, version: int, now: float) -> _Handle | None:
         """The version's handle, or None (a recent miss is remembered; never raises)."""
         miss = self._misses.get((key_id, version))
-        if miss is not None and now < miss:
+        if miss is not None and miss - RECHECK_SECONDS <= now < miss:
             return None
         try:
             return self._decrypting_handle(key_id, version, now)
@@ -1232,7 +1235,7 @@ class Keyring:
         h = _Handle(row, ver, algorithm, aead, commitment)
         self._set_window(h, ver)
         # Re-read state at least every RECHECK_SECONDS so other processes' revocations take effect.
-        h.recheck_at = now + RECHECK_SECONDS
+        h.checked_at, h.recheck_at = now, now + RECHECK_SECONDS
         return h
 
     def _encrypting_handle(self, name: str, now: float) -> _Handle:
@@ -1243,7 +1246,7 @@ class Keyring:
                 self.enforce_retention()
             self._flush_usage_if_due(now)
             h = self._active.get(name)
-            if h is not None and now < h.recheck_at and next(h.counter) < 0:
+            if h is not None and h.checked_at <= now < h.recheck_at and next(h.counter) < 0:
                 return h  # another thread refreshed it meanwhile
             row = self.store.key(name)
             if row is None:
@@ -1261,6 +1264,7 @@ class Keyring:
             cached = self._handles.get((bytes.fromhex(row.key_id), ver.version))
             reuse = cached is not None and cached.state is VersionState.ACTIVE
             h = cached if reuse and cached is not None else self._make_handle(row, ver, now)
+            h.checked_at = now
             h.recheck_at = now + RECHECK_SECONDS if row.rotate_every is None else min(
                 now + RECHECK_SECONDS, ver.created + row.rotate_every)
             if next(h.counter) >= 0 and not self._reserve(row, h):
@@ -1318,7 +1322,7 @@ class Keyring:
                 except XpsError:
                     return None
                 self._keep_handle((key_id, version), h)
-            h.state, h.recheck_at = ver.state, now + RECHECK_SECONDS
+            h.state, h.checked_at, h.recheck_at = ver.state, now, now + RECHECK_SECONDS
             self._set_window(h, ver)
             return h
 
