@@ -48,7 +48,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     # decision, already made there (allow/forbid and the constant-time requirement).
     capsule = verify_capsule(bytes.fromhex(request["capsule"]), trust=TrustStore.from_json(request["trust"]),
                              highest={}, now=datetime.fromisoformat(request["now"]),
-                             limits=Limits(**request["limits"]), policy=Policy(require_constant_time=False))
+                             limits=Limits(**request["limits"]), policy=Policy(require_constant_time=False),
+                             require_signature=request["require_signature"])
     files = capsule.files
     # What the engine process holds when it imports a capsule: a payload that patches any of
     # it (verifier, trust store, routing, updater) at import is refused here, before that.

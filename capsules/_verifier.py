@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
-from xpscerpto.errors import InternalError
+from xpscerpto.errors import InternalError, UpdateError
 from xpscerpto.interfaces import API_VERSION, OPERATIONS
 from xpscerpto.settings import Policy
 from xpscerpto.signing import Rejection, TrustStore
@@ -53,8 +53,11 @@ class VerifiedCapsule:
     :func:`verify_capsule`.
 
     ``files`` are the verified payload bytes: the only bytes ever executed for this capsule.
-    ``trust``, ``verified_at`` and ``limits`` are what it was verified against (the validation
-    child verifies the same bytes again with them before it runs anything).
+    ``trust``, ``verified_at``, ``limits`` and ``signature_required`` are what it was verified
+    against (the validation child verifies the same bytes again with them before it runs
+    anything). ``signature_required`` is False only under ``hotpatch.require_signature: false``
+    (development mode); ``signed_by`` is then empty unless the signatures did satisfy the trust
+    store.
     """
 
     sha256: str
@@ -66,6 +69,7 @@ class VerifiedCapsule:
     trust: TrustStore = field(repr=False)
     verified_at: datetime
     limits: Limits = field(repr=False)
+    signature_required: bool = True
     _mint: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +98,7 @@ def verify_capsule(
     allow_version: str | None = None,
     reserved_names: frozenset[str] = frozenset(),
     op_highest: Mapping[str, str] = MappingProxyType({}),
+    require_signature: bool = True,
 ) -> VerifiedCapsule:
     """Run every verification step in order; return the verified capsule or raise.
 
@@ -109,6 +114,9 @@ def verify_capsule(
         reserved_names: provider names a capsule may not take (the engine's built-ins).
         op_highest: operation -> highest capsule version ever accepted for it, whatever the
             capsule's name (old code re-signed under a new name is still a downgrade).
+        require_signature: False (``hotpatch.require_signature: false``, development only)
+            accepts a capsule whose signatures do not satisfy ``trust``; every other step,
+            the payload hashes above all, still runs.
 
     Raises:
         UpdateError: ``reason`` names the refusing step (:class:`Refusal`).
@@ -116,7 +124,12 @@ def verify_capsule(
     """
     container = read_container(raw, limits)  # endless data, path tricks, symlinks, duplicates
     manifest = parse_manifest(container.manifest_bytes)  # malformed or unknown-format manifests
-    signed_by = check_signatures(container, manifest, trust)  # arbitrary software, key compromise
+    try:
+        signed_by = check_signatures(container, manifest, trust)  # arbitrary software, key compromise
+    except UpdateError:
+        if require_signature is not False:  # only an explicit False skips the trust decision
+            raise
+        signed_by = frozenset()
     check_name(manifest, reserved_names)  # impersonating a built-in provider
     check_version(manifest, highest, allow_version)  # rollback and downgrade
     check_operation_versions(manifest, op_highest, allow_version)  # downgrade under another name
@@ -125,7 +138,7 @@ def verify_capsule(
     check_compatibility(manifest)
     check_policy(manifest, policy)
     verified = VerifiedCapsule(hashlib.sha256(raw).hexdigest(), raw, manifest, container.manifest_bytes,
-                               container.files, signed_by, trust, now, limits, _MINT)
+                               container.files, signed_by, trust, now, limits, require_signature is not False, _MINT)
     _MINTED[id(verified)] = verified
     return verified
 

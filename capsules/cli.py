@@ -240,6 +240,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             yield f"staging {data['staging']}"
         if data.get("tainted"):
             yield f"tainted: {data['tainted']}; no capsule is applied until the engine restarts"
+        if data.get("gates_off"):
+            yield f"hot-patch switches off (development): {', '.join(data['gates_off'])}"
         for r in data.get("refused", ()):
             yield (f"refused {r['name']} {r['version']} ({str(r['sha256'])[:12]}) at start: {r['detail']}; "
                    f"not routed (drop the same capsule again to restore its file, or `xps rollback {r['name']}`)")

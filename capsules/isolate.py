@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from xpscerpto.errors import UpdateError
+from xpscerpto.errors import PolicyError, UpdateError
 from xpscerpto.interfaces import OPERATIONS
 
 from . import _diff
@@ -44,6 +44,28 @@ class Gates:
     bench_bytes: int = 64 * 1024  # AEAD micro-benchmark message size; 0 disables the gate
     bench_seconds: float = 0.3
     max_slowdown: float = 2.0  # refuse a candidate slower than this multiple of the current one
+    #: ``hotpatch.require_signature``: False accepts a capsule whose signatures do not satisfy
+    #: the trust store (hashes and every other check still run).
+    require_signature: bool = True
+    #: ``hotpatch.run_selftests``: False skips the validation child, the KATs in the engine
+    #: process and the KAT re-check after cutover.
+    run_selftests: bool = True
+    #: ``hotpatch.development``: required for either switch above to be False.
+    development: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("require_signature", "run_selftests", "development"):
+            if not isinstance(getattr(self, name), bool):
+                raise PolicyError(f"gates: {name} must be a bool")
+        for name in self.off:
+            if not self.development:
+                raise PolicyError(f"gates: {name}=False removes a gate that keeps unreviewed code out of the "
+                                  "engine; it needs development=True as well (never in production)")
+
+    @property
+    def off(self) -> tuple[str, ...]:
+        """The gates switched off (development mode), as ``hotpatch.*`` names them."""
+        return tuple(n for n in ("require_signature", "run_selftests") if not getattr(self, n))
 
 
 @dataclass(frozen=True)
@@ -78,6 +100,7 @@ def validate_isolated(capsule: VerifiedCapsule, references: Mapping[str, Any],
         # only a VerifiedCapsule); the trust store, time and limits are the ones used here.
         "capsule": capsule.raw.hex(), "trust": capsule.trust.to_json(),
         "now": capsule.verified_at.isoformat(), "limits": dataclasses.asdict(capsule.limits),
+        "require_signature": capsule.signature_required,
         "kat": {op: list(p) for op, p in m.kat.items()},
         "diff_inputs": inputs, "bench_bytes": gates.bench_bytes if references else 0,
         "bench_seconds": gates.bench_seconds, "memory_bytes": gates.memory_bytes,

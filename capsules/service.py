@@ -42,6 +42,10 @@ def _check_recorded_gates(recorded: Mapping[str, Any], config: XpsConfig) -> Non
 class WatchService:
     """Watch ``directory`` for capsules and serve the control socket for ``engine``.
 
+    The hot-patch switches (``require_signature``, ``run_selftests``, ``rollback_on_error``,
+    ``development``) are taken from the security policy the home recorded, replacing those of
+    ``gates`` and ``plan``; a start with any of them off is journaled (PATCH_GATES).
+
     Example:
         >>> svc = WatchService(engine, "/srv/xps/inbox", "/var/lib/xps").start()   # doctest: +SKIP
         >>> svc.stop()                                                 # doctest: +SKIP
@@ -59,6 +63,12 @@ class WatchService:
         record = h.initialise(policy=base.security_policy())
         if config is not None:
             _check_recorded_gates(record.policy, base)
+        # The hot-patch switches are the home's, whatever `gates` and `plan` say: the record
+        # equals a configuration passed in (checked above) and stands in for a missing one.
+        switches = base.with_security_policy(record.policy).hotpatch
+        gates = replace(gates, require_signature=switches.require_signature, run_selftests=switches.run_selftests,
+                        development=switches.development)
+        plan = replace(plan, rollback_on_error=switches.rollback_on_error)
         audit = base.audit.journal(h.root, h.audit)
         # The home's own journal file is recorded once it has a record (a journal elsewhere,
         # PostgreSQL say, is not a file of the home).

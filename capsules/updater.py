@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 from xpscerpto._routing import RoutingTable
 from xpscerpto.audit import AuditLog
 from xpscerpto.engine import Engine
-from xpscerpto.errors import XpsError
+from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.home import Home
 from xpscerpto.interfaces import OPERATIONS, Provider
 from xpscerpto.kat.selftest import parse_vectors, run_selftest
@@ -74,7 +74,8 @@ class StagePlan:
     and falling back to, the current one on any fault or difference); dual-run answers every
     call with the current one and shadow-compares the new one. After cutover, for
     ``sample_seconds``, one call in ``sample_every`` is also computed by the implementation that
-    was replaced; a difference rolls the capsule back. Zero seconds skips a phase.
+    was replaced; a difference rolls the capsule back (``rollback_on_error`` or not: a wrong
+    answer is not an error the caller sees). Zero seconds skips a phase.
     """
 
     canary_share: float = 0.1
@@ -83,6 +84,13 @@ class StagePlan:
     drain_timeout: float = 30.0  # seconds to wait for calls on the old table before reporting
     sample_every: int = 64  # after cutover, 1 call in this many is also computed by the replaced one
     sample_seconds: float = 0.0  # ...for this long (0: no sampled check; `xps watch` runs 30 s by default)
+    #: ``hotpatch.rollback_on_error``: False keeps a capsule whose calls fault after cutover
+    #: (the first fault of each capsule is journaled as PATCH_FAULT) instead of rolling it back.
+    rollback_on_error: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rollback_on_error, bool):  # 0 or None must not switch rollback off
+            raise PolicyError(f"plan: rollback_on_error must be a bool, got {type(self.rollback_on_error).__name__}")
 
 
 @dataclass
@@ -141,13 +149,16 @@ class Updater:
         self._lock = threading.RLock()  # one update at a time; never taken by API calls
         self._event_listeners: tuple[Callable[[str, Mapping[str, Any]], None], ...] = ()
         self._loaded: dict[str, _Loaded] = {}
+        self._selftested: set[str] = set()  # sha256 of each loaded capsule whose KATs passed here
         self._state = RoutingState()
         self._restored = False
         self._held: dict[str, dict[str, str]] = {}  # sha256 -> why its stored file was refused at start
         self._tainted: str | None = None  # set once refused capsule code has run in this process
         self._staging: str | None = None  # capsule name under canary/dual-run
         self._stage_fault: queue.Queue[str] = queue.Queue()
-        self._faults: queue.Queue[tuple[str, str, int] | None] = queue.Queue()
+        # (provider, detail, table version, wrong answer): a sampled call whose answer differs
+        # from the replaced implementation's is rolled back whatever rollback_on_error says.
+        self._faults: queue.Queue[tuple[str, str, int, bool] | None] = queue.Queue()
         # table version -> capsule name -> sha256 of the capsule that served under that name in
         # that table: a fault is charged to the capsule of the table the faulting call used.
         self._serving: dict[int, dict[str, str]] = {}
@@ -158,6 +169,7 @@ class Updater:
         self._threads_lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
         self._rolling_back: set[str] = set()  # sha256 of each capsule a rollback thread is taking out
+        self._faults_kept: set[str] = set()  # sha256 of each capsule whose kept fault was journaled
         self._closed = threading.Event()
         self._abandoned = threading.Event()  # close() stopped waiting for an update under way
         engine.add_table_fault_listener(self._on_provider_fault)
@@ -181,6 +193,9 @@ class Updater:
         """
         with self._lock, self.state_store.lock():
             self._check_open("restore")
+            # Journaled before anything is verified under the relaxed gates: a journal that
+            # refuses stops the start here.
+            self._journal_gates_off("restore")
             state = self.state_store.load()
             counts = self._crash_guard.begin(state.active)
             for cap in state.active:
@@ -200,8 +215,9 @@ class Updater:
                 try:
                     # The child validates again before this process runs the code: a capsule that
                     # crashes must not crash-loop the engine at every start.
-                    validate_isolated(self._verify(raw, state, cap.version), {},
-                                      replace(self.gates, bench_bytes=0))
+                    if self.gates.run_selftests:
+                        validate_isolated(self._verify(raw, state, cap.version), {},
+                                          replace(self.gates, bench_bytes=0))
                     loaded = self._load(raw, state, allow_version=cap.version)
                     keep.append(replace(cap, operations=tuple(sorted(loaded.capsule.manifest.operations))))
                 except XpsError as exc:
@@ -317,11 +333,15 @@ class Updater:
         capsule = self._verify(raw, self._state, repair["version"] if repair else None)
         m = capsule.manifest
         self._audit("PATCH_VERIFY", sha256=sha, name=m.name, version=m.version,
-                    publisher=sorted(capsule.signed_by), operator=operator)
-        report = validate_isolated(capsule, self._current_impls(m.operations), self.gates)
-        self._audit("PATCH_KAT", sha256=sha, name=m.name, version=m.version, kat=report.kat,
-                    differential=list(report.diff_checked), slowdown=report.slowdown,
-                    child_seconds=round(report.seconds, 3))
+                    publisher=sorted(capsule.signed_by), operator=operator, **self._gates_off_field())
+        if self.gates.run_selftests:
+            report = validate_isolated(capsule, self._current_impls(m.operations), self.gates)
+            self._audit("PATCH_KAT", sha256=sha, name=m.name, version=m.version, kat=report.kat,
+                        differential=list(report.diff_checked), slowdown=report.slowdown,
+                        child_seconds=round(report.seconds, 3))
+        else:
+            self._audit("PATCH_KAT", sha256=sha, name=m.name, version=m.version, skipped="run_selftests",
+                        **self._gates_off_field())
         loaded = self._load(raw, self._state, verified=capsule)
         self.store.put(raw)
         cap = ActiveCapsule(m.name, m.version, sha, tuple(sorted(m.operations)))
@@ -353,7 +373,8 @@ class Updater:
             self._audit("PATCH_ENABLE", sha256=sha, name=m.name, version=m.version,
                         operations=list(cap.operations), publisher=sorted(capsule.signed_by), operator=operator,
                         table_version=table.version,
-                        policy=self._policy(capsule.signed_by, cap.operations, capsule.trust))
+                        policy=self._policy(capsule.signed_by, cap.operations, capsule.trust),
+                        **self._gates_off_field())
             self.state_store.save(state)
         except XpsError:
             # A trial that passed left its table published; the journal or the state store then
@@ -371,7 +392,7 @@ class Updater:
                               reason=f"{trialled} fault reported at cutover: {late}")
             self._refuse_trial(m, trialled, f"{late} (reported at cutover); rolled back")
         # A KAT re-check in the live process, now that the provider serves traffic.
-        failure = self._kat_failure(loaded)
+        failure = self._kat_failure(loaded) if self.gates.run_selftests else None
         if failure is not None:
             self._undo_enable(previous, previous_held, cap, signed_by=capsule.signed_by,
                               reason=f"KAT re-check failed: {failure}")
@@ -388,7 +409,7 @@ class Updater:
         version: list[int] = []
 
         def fault(detail: str) -> None:  # a sampled call's error path: enqueue only
-            self._faults.put((name, detail, version[0] if version else -1))
+            self._faults.put((name, detail, version[0] if version else -1, True))
 
         table = self._table_for(self._state.active, trial=(loaded, "sampled"), reference=reference, fault=fault)
         version.append(table.version)
@@ -525,10 +546,18 @@ class Updater:
         """
         with self._lock:
             self._check_open("reconfigure")
+            old_gates, old_plan = self.gates, self.plan
+            before = self._switches_off()
             if gates is not None:
                 self.gates = gates
             if plan is not None:
                 self.plan = plan
+            if self._restored and self._switches_off() != before:
+                try:
+                    self._journal_gates_off("reconfigure")
+                except XpsError:
+                    self.gates, self.plan = old_gates, old_plan
+                    raise
             if config_document is not None:
                 self._config_document = config_document
             active = self._state.active if self._restored else ()
@@ -557,6 +586,7 @@ class Updater:
             "staging": self._staging,
             "refused": list(self._held.values()),
             "tainted": self._tainted,
+            "gates_off": list(self._switches_off()),
             "retired": retired,
             "highest": dict(self._state.highest),
             "events": self.audit.tail(events),
@@ -568,17 +598,24 @@ class Updater:
         return verify_capsule(raw, trust=TrustStore.load(self.trust_path), highest=state.highest,
                               op_highest=state.op_highest,
                               now=self._clock(), policy=self.engine.config.policy, limits=self.limits,
-                              allow_version=allow_version,
+                              allow_version=allow_version, require_signature=self.gates.require_signature,
                               reserved_names=frozenset(p.name for p in self.engine.state.providers))
 
     def _load(self, raw: bytes, state: RoutingState, *, verified: VerifiedCapsule | None = None,
               allow_version: str | None = None) -> _Loaded:
         """Verify (unless given), import from the verified bytes, and run the KATs in-process."""
         capsule = verified or self._verify(raw, state, allow_version)
+        m = capsule.manifest
         cached = self._loaded.get(capsule.sha256)
         if cached is not None:
+            # Loaded while run_selftests was off: with it back on, its KATs run before it serves again.
+            if self.gates.run_selftests and capsule.sha256 not in self._selftested:
+                failure = self._kat_failure(cached)
+                if failure is not None:
+                    self._taint(f"{m.name} {m.version} failed its KAT after import")
+                    raise refuse(Refusal.KAT_FAILED, f"KAT in the engine process: {failure}")
+                self._selftested.add(capsule.sha256)
             return cached
-        m = capsule.manifest
         before = _tamper.snapshot(strict=False)
         try:
             provider = load_provider(capsule)
@@ -591,10 +628,12 @@ class Updater:
             self._taint(f"{m.name} {m.version} changed {', '.join(changed)} at import")
             raise refuse(Refusal.ENGINE_STATE, f"load: import changed {', '.join(changed)}")
         loaded = _Loaded(capsule, provider)
-        failure = self._kat_failure(loaded)
+        failure = self._kat_failure(loaded) if self.gates.run_selftests else None
         if failure is not None:
             self._taint(f"{m.name} {m.version} failed its KAT after import")
             raise refuse(Refusal.KAT_FAILED, f"KAT in the engine process: {failure}")
+        if self.gates.run_selftests:
+            self._selftested.add(capsule.sha256)
         self._loaded[capsule.sha256] = loaded
         return loaded
 
@@ -726,18 +765,21 @@ class Updater:
     def _on_provider_fault(self, provider: str, operation: str, exc: BaseException, table_version: int) -> None:
         # Error path of a call: only enqueue; the watcher thread does the rollback. Only the
         # exception's type is kept: a provider's message could carry anything, secrets included.
-        self._faults.put((provider, f"{operation}: {type(exc).__name__}", table_version))
+        self._faults.put((provider, f"{operation}: {type(exc).__name__}", table_version, False))
 
     def _watch_faults(self) -> None:
         while True:
             item = self._faults.get()
             if item is None:  # close()
                 return
-            provider, detail, table_version = item
+            provider, detail, table_version, wrong = item
             # Charged by the table the faulting call used, never by name alone: a fault of the
             # version serving while its replacement is in canary is not the canary's.
             sha = self._serving.get(table_version, {}).get(provider)
             if sha is None:  # a built-in provider, or a table this updater did not build
+                continue
+            if not self.plan.rollback_on_error and not wrong:
+                self._journal_kept_fault(provider, sha, detail)
                 continue
             # One rollback per capsule at a time: a faulty capsule under traffic faults on every
             # call, and a thread per fault (each waiting for the update lock, then finding the
@@ -754,6 +796,35 @@ class Updater:
                 self._spawn(self._auto_rollback, provider, sha, detail, name="xps-auto-rollback")
             except RuntimeError:  # no thread to spare (a thread or memory limit): here, late rather than never
                 self._auto_rollback(provider, sha, detail)
+
+    def _journal_kept_fault(self, provider: str, sha: str, detail: str) -> None:
+        """``rollback_on_error: false``: the capsule stays; its first fault is journaled.
+
+        Only the first per capsule: under traffic a faulty capsule faults on every call.
+        """
+        if sha in self._faults_kept:
+            return
+        self._faults_kept.add(sha)
+        try:
+            self._audit("PATCH_FAULT", sha256=sha, name=provider, detail=detail, action="kept",
+                        why="hotpatch.rollback_on_error is false")
+        except XpsError as exc:
+            _log.error("xps: audit: PATCH_FAULT not recorded: %s", exc)
+
+    def _switches_off(self) -> tuple[str, ...]:
+        """The hot-patch switches that are off, as ``hotpatch.*`` names them."""
+        return (*self.gates.off, *(() if self.plan.rollback_on_error else ("rollback_on_error",)))
+
+    def _gates_off_field(self) -> dict[str, Any]:
+        off = self._switches_off()
+        return {"gates_off": list(off)} if off else {}
+
+    def _journal_gates_off(self, phase: str) -> None:
+        """Journal which hot-patch switches are off (at start, and when a reconfigure changes them)."""
+        off = self._switches_off()
+        if off or phase != "restore":
+            self._audit("PATCH_GATES", phase=phase, gates_off=list(off), development=self.gates.development,
+                        operator=self.operator)
 
     def _auto_rollback(self, provider: str, sha: str, detail: str) -> None:
         try:
