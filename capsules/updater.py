@@ -424,7 +424,8 @@ class Updater:
 
     def _end_sampling(self, version: int) -> None:
         with contextlib.suppress(Exception), self._lock:
-            if self.engine.table.version == version:  # nothing replaced the sampling table since
+            # Nothing replaced the sampling table since, except the engine's own rebuilds of it.
+            if self._built_for(self.engine.table.version) == version:
                 self._publish(self._table_for(self._state.active))
 
     def _undo_enable(self, previous: RoutingState, previous_held: dict[str, dict[str, str]], cap: ActiveCapsule,
@@ -775,7 +776,8 @@ class Updater:
             provider, detail, table_version, wrong = item
             # Charged by the table the faulting call used, never by name alone: a fault of the
             # version serving while its replacement is in canary is not the canary's.
-            sha = self._serving.get(table_version, {}).get(provider)
+            built = self._built_for(table_version)
+            sha = None if built is None else self._serving[built].get(provider)
             if sha is None:  # a built-in provider, or a table this updater did not build
                 continue
             if not self.plan.rollback_on_error and not wrong:
@@ -796,6 +798,18 @@ class Updater:
                 self._spawn(self._auto_rollback, provider, sha, detail, name="xps-auto-rollback")
             except RuntimeError:  # no thread to spare (a thread or memory limit): here, late rather than never
                 self._auto_rollback(provider, sha, detail)
+
+    def _built_for(self, table_version: int) -> int | None:
+        """The version of the table this updater built that ``table_version`` serves with.
+
+        The table itself, or for a table the engine rebuilt (autotune, a first-use self-test,
+        added providers: each copies the providers of the table in force), the newest one this
+        updater built before it. None: no table of ours, so no capsule of ours, serves there.
+        """
+        if table_version in self._serving:
+            return table_version
+        earlier = [v for v in list(self._serving) if v < table_version]
+        return max(earlier) if earlier else None
 
     def _journal_kept_fault(self, provider: str, sha: str, detail: str) -> None:
         """``rollback_on_error: false``: the capsule stays; its first fault is journaled.
