@@ -61,7 +61,7 @@ from .integrity import INTEGRITY_KEY_SIZE, KeyringTampered, Sealer
 from .kek import KekProvider, _random_secret, open_kek
 from .outbox import Outbox
 from .states import Action, KeyState, VersionState, decrypt_deadline, key_after, version_destroyable
-from .store import Connection, KeyRow, RewrapGrant, Store, VersionRow
+from .store import Connection, KeyRow, RewrapGrant, RosterCheck, Store, VersionRow
 from .usage import parse_policy
 
 __all__ = ["MAX_CACHED_MISSES", "RECHECK_SECONDS", "KeyInfo", "Keyring", "VersionInfo", "parse_policy"]
@@ -245,6 +245,8 @@ class Keyring:
         # changed only with _handles, through _keep_handle and _drop_handle.
         self._by_prefix: dict[bytes, _Handle] = {}
         self._misses: dict[tuple[bytes, int], float] = {}  # (key id, version) -> don't look again before
+        # The last roster check that passed, at open or later: re-reads compare with it (see _check_rows).
+        self._roster_check: RosterCheck | None = None
         self._aead = engine.aead
         self.outbox = Outbox(self.store, self.audit, clock)
         self._retention_at = 0.0
@@ -982,7 +984,7 @@ class Keyring:
                     if self.store.meta("policy_seal", db) is None:  # the roster would say so too; this names it
                         raise KeyringTampered(f"keyring database {self.store.name!r}: its sealed copy of the home's "
                                               "policy is missing (removed?); restore the database from a backup")
-                    self.store.check_roster(db)
+                    self._roster_check = self.store.checked_rows(db)
                 return
             if not self._unwrap_integrity(wrapped, _INTEGRITY_AAD):
                 raise KeyringTampered(f"keyring database {self.store.name!r}: its integrity key does not unwrap "
@@ -1248,13 +1250,15 @@ class Keyring:
             h = self._active.get(name)
             if h is not None and h.checked_at <= now < h.recheck_at and next(h.counter) < 0:
                 return h  # another thread refreshed it meanwhile
-            row = self.store.key(name)
+            with self.store.snapshot() as db:
+                row = self.store.key(name, db)
+                ver = self.store.active_version(row.key_id, db) if row is not None else None
+                self._check_rows(db, row, ver)
             if row is None:
                 raise KeyError_(f"key: no key named {_shown(name)}")
             if row.state is not KeyState.ACTIVE:
                 self._forget(row.key_id, row.name)
                 raise KeyError_(f"key: {name!r} is {row.state}; only an active key encrypts")
-            ver = self.store.active_version(row.key_id)
             if ver is None:  # every transition keeps one: its row was removed outside xps
                 raise KeyringTampered(f"keyring database {self.store.name!r}: key {_shown(name)} is active but has "
                                       "no active version (a row removed?); restore the database from a backup")
@@ -1307,8 +1311,10 @@ class Keyring:
                 self.enforce_retention()
             self._flush_usage_if_due(now)
             kid = key_id.hex()
-            row = self.store.key(kid)
-            ver = self.store.version(kid, version) if row is not None else None
+            with self.store.snapshot() as db:
+                row = self.store.key(kid, db)
+                ver = self.store.version(kid, version, db) if row is not None else None
+                self._check_rows(db, row, ver)
             if row is None or ver is None or ver.wrapped is None or row.state is not KeyState.ACTIVE:
                 # Remember the miss for a second: forged blobs naming unknown keys must not
                 # cost a lock and database reads each.
@@ -1325,6 +1331,24 @@ class Keyring:
             h.state, h.checked_at, h.recheck_at = ver.state, now, now + RECHECK_SECONDS
             self._set_window(h, ver)
             return h
+
+    def _check_rows(self, db: Connection, *rows: KeyRow | VersionRow | None) -> None:
+        """Refuse rows re-read for a cached key unless the roster still vouches for them.
+
+        The roster is checked against every row at open; a row put back later from an older
+        copy (a revoked key's active rows, say) passes its own seal. So a re-read that finds
+        the roster, or one of the rows read, changed since the last check passing checks the
+        whole roster again, in the same snapshot; unchanged, nothing more is read.
+
+        Raises:
+            KeyringTampered: the rows no longer add up to the sealed roster.
+        """
+        if not self.store.roster_on:
+            return
+        last = self._roster_check
+        if last is not None and last.unchanged(self.store.roster_text(db), rows):
+            return
+        self._roster_check = self.store.checked_rows(db)
 
     def _set_window(self, h: _Handle, ver: VersionRow) -> None:
         h.decrypt_until = decrypt_deadline(ver.state, ver.retired_at, self.config.dual_window_seconds)

@@ -558,11 +558,25 @@ class Store:
     def check_roster(self, db: Connection) -> None:
         """Refuse the database unless its rows add up to its sealed roster (inside a snapshot or
         a write, so no other writer's change is half-seen)."""
+        self.checked_rows(db)
+
+    def checked_rows(self, db: Connection) -> RosterCheck:
+        """:meth:`check_roster`, returning what was checked: the stored roster and each key and
+        version row's seal, by primary key (what later reads are compared with)."""
         stored = self._stored_roster(db)
-        actual = self._roster_of_rows(db).to_bytes(32, "big")
-        if not hmac.compare_digest(stored.to_bytes(32, "big"), actual):
+        total, macs = 0, {}
+        for entry in self._entries(db):
+            total += self._tag(entry)
+            if entry[0] in ("keys", "versions"):
+                macs[tuple(entry[:-1])] = entry[-1]
+        if not hmac.compare_digest(stored.to_bytes(32, "big"), (total % _MOD).to_bytes(32, "big")):
             raise KeyringTampered(f"keyring database {self.name!r}: its rows do not match its sealed roster (a row "
                                   "deleted or added, or an older copy of one put back); restore it from a backup")
+        return RosterCheck(self.meta(_ROSTER, db), macs)
+
+    def roster_text(self, db: Connection) -> str | None:
+        """The stored roster as written (compared, not checked: :meth:`checked_rows` checks it)."""
+        return self.meta(_ROSTER, db)
 
     @contextmanager
     def snapshot(self) -> Iterator[Connection]:
@@ -747,6 +761,27 @@ def _one_row(cursor: Any, where: str) -> None:
     if cursor.rowcount != 1:
         raise KeyringTampered(f"keyring database {where!r}: an update changed {cursor.rowcount} rows, not one "
                               "(edited outside xps?); restore it from a backup")
+
+
+@dataclass(frozen=True)
+class RosterCheck:
+    """A roster check that passed: the roster text then, and the seal of each key and version
+    row by primary key (``("keys", key_id)``, ``("versions", key_id, version)``)."""
+
+    roster: str | None
+    macs: Mapping[tuple[Any, ...], str | None]
+
+    def unchanged(self, roster: str | None, rows: Sequence[KeyRow | VersionRow | None]) -> bool:
+        """Whether ``roster`` and every row read are exactly as this check saw them."""
+        if roster != self.roster:
+            return False
+        for row in rows:
+            if row is not None:
+                entry = _key_entry(row) if isinstance(row, KeyRow) else _version_entry(row)
+                key = tuple(entry[:-1])
+                if key not in self.macs or self.macs[key] != entry[-1]:
+                    return False
+        return True
 
 
 def _key_entry(row: KeyRow) -> list[Any]:

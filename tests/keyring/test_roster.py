@@ -380,3 +380,92 @@ def test_opening_does_not_wait_for_a_writer(tmp_path: Path) -> None:
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+# -- an open keyring: rows put back while it runs ------------------------------------------------
+
+
+def _two_open(tmp_path: Path) -> tuple[Keyring, Keyring, Clock]:
+    from .test_keyring import Clock, _keyring_config
+
+    clock = Clock()
+    config = _keyring_config(database="keyring.db")
+    return (Keyring(tmp_path / "home", clock=clock, config=config),
+            Keyring(tmp_path / "home", clock=clock, config=config), clock)
+
+
+def _put_back(home: Path, kid: str, keys: list[tuple], versions: list[tuple]) -> None:
+    with sqlite3.connect(home / "keyring.db") as db:
+        db.execute("DELETE FROM versions WHERE key_id = ?", (kid,))
+        db.execute("DELETE FROM keys WHERE key_id = ?", (kid,))
+        for row in keys:
+            db.execute(f"INSERT INTO keys VALUES ({', '.join('?' * len(row))})", row)
+        for row in versions:
+            db.execute(f"INSERT INTO versions VALUES ({', '.join('?' * len(row))})", row)
+
+
+@pytest.mark.parametrize("seen_revoked", [False, True])
+def test_a_revoked_key_s_older_rows_put_back_do_not_revive_it_in_an_open_keyring(
+        tmp_path: Path, seen_revoked: bool) -> None:
+    from xpscerpto.errors import AuthError
+    from xpscerpto.keyring.keyring import RECHECK_SECONDS
+
+    a, b, clock = _two_open(tmp_path)
+    home = tmp_path / "home"
+    try:
+        a.create("k")
+        blob = a.encrypt("k", b"m")
+        assert b.decrypt(blob) == b"m" and b.decrypt(b.encrypt("k", b"n")) == b"n"  # b holds k
+        kid = a.describe("k").key_id
+        keys = _rows(home, f"SELECT * FROM keys WHERE key_id = '{kid}'")
+        versions = _rows(home, f"SELECT * FROM versions WHERE key_id = '{kid}'")
+        a.revoke("k", "compromised")
+        if seen_revoked:  # b re-reads and sees the revocation (its roster check passes then)
+            clock.advance(RECHECK_SECONDS)
+            with pytest.raises(AuthError):
+                b.decrypt(blob)
+        _put_back(home, kid, keys, versions)  # sealed rows, from before the revocation
+        clock.advance(RECHECK_SECONDS)
+        with pytest.raises(KeyringTampered, match="do not match its sealed roster"):
+            b.encrypt("k", b"m")
+        with pytest.raises(AuthError):
+            b.decrypt(blob)
+    finally:
+        b.close()
+        a.close()
+    from .test_keyring import _keyring_config
+
+    with pytest.raises(KeyringTampered, match="do not match its sealed roster"):  # and at the next open, as before
+        Keyring(home, config=_keyring_config(database="keyring.db"))
+
+
+def test_an_open_keyring_rechecks_the_roster_only_when_something_changed(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from xpscerpto.keyring.keyring import RECHECK_SECONDS
+
+    a, b, clock = _two_open(tmp_path)
+    checks = [0]
+    real = type(b.store).checked_rows
+
+    def counted(self: object, db: object) -> object:
+        checks[0] += 1
+        return real(self, db)  # type: ignore[arg-type]
+
+    try:
+        a.create("k")
+        blob = a.encrypt("k", b"m")
+        monkeypatch.setattr(type(b.store), "checked_rows", counted)
+        assert b.decrypt(blob) == b"m"
+        first = checks[0]
+        assert first == 1  # a's writes changed the roster since b opened
+        for _ in range(3):  # nothing changed: re-reads compare, they do not sum every row
+            clock.advance(RECHECK_SECONDS)
+            assert b.decrypt(blob) == b"m"
+        assert checks[0] == first
+        a.create("other")  # a legitimate change elsewhere: one more full check, and it passes
+        clock.advance(RECHECK_SECONDS)
+        assert b.decrypt(blob) == b"m"
+        assert checks[0] == first + 1
+    finally:
+        b.close()
+        a.close()
