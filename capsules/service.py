@@ -66,6 +66,7 @@ class WatchService:
         # The hot-patch switches are the home's, whatever `gates` and `plan` say: the record
         # equals a configuration passed in (checked above) and stands in for a missing one.
         switches = base.with_security_policy(record.policy).hotpatch
+        base = replace(base, hotpatch=switches)  # what PATCH_* records' config digest and `config show` name
         gates = replace(gates, require_signature=switches.require_signature, run_selftests=switches.run_selftests,
                         development=switches.development)
         plan = replace(plan, rollback_on_error=switches.rollback_on_error)

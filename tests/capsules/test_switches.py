@@ -384,6 +384,7 @@ def test_the_service_takes_the_switches_the_home_recorded(tmp_path: Path) -> Non
     try:
         assert svc.updater.gates.off == ("require_signature", "run_selftests")
         assert svc.updater.plan.rollback_on_error is False
+        assert svc.config.hotpatch.require_signature is False  # the configuration it reports says so too
         svc.start()
         start, = _events(svc.updater, "PATCH_GATES")
         assert start["gates_off"] == ["require_signature", "run_selftests", "rollback_on_error"]
