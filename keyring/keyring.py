@@ -72,6 +72,9 @@ MAX_CACHED_MISSES = 4096
 #: How long a cached key version may go without re-reading its state: the bound on how late
 #: another process's revocation (or rotation) takes effect in a long-lived keyring.
 RECHECK_SECONDS = 1.0
+#: How old the last full roster check may get before a re-read checks every row again (see
+#: Keyring._check_rows); one check costs about 12 ms per 1,000 keys.
+ROSTER_FULL_SECONDS = 10.0
 #: Highest version number a key may have (SQLite integers are 64-bit; this is plenty).
 MAX_VERSION = 2**31 - 1
 #: How long an approved rewrap of a revoked key's blobs stays usable (it may be resumed).
@@ -708,8 +711,10 @@ class Keyring:
 
     def _open_revoked(self, blob: bytes, aad: bytes, key_id: str, version: int) -> bytes:
         """Open one blob of a revoked version for a granted rewrap (never cached, never encrypts)."""
-        row = self.store.key(key_id)
-        ver = self.store.version(key_id, version) if row is not None else None
+        with self._lock, self.store.snapshot() as db:
+            row = self.store.key(key_id, db)
+            ver = self.store.version(key_id, version, db) if row is not None else None
+            self._check_rows(db, row, ver)
         if row is None or ver is None or ver.wrapped is None or ver.state is not VersionState.REVOKED:
             self._fail((bytes.fromhex(key_id), version))
         h = self._make_handle(row, ver, self.clock())
@@ -834,11 +839,13 @@ class Keyring:
             KeyError_: no such key or version, or the version may not decrypt any more.
         """
         wanted = _optional_version(version, "version")
-        row = self._key_row(ref)
+        with self._lock, self.store.snapshot() as db:  # exported material: rows the roster vouches for
+            row = self._key_row(ref, db)
+            ver = (self.store.active_version(row.key_id, db) if wanted is None
+                   else self.store.version(row.key_id, wanted, db))
+            self._check_rows(db, row, ver)
         if row.state is not KeyState.ACTIVE:
             raise KeyError_(f"key: {row.name!r} is {row.state}")
-        ver = (self.store.active_version(row.key_id) if wanted is None
-               else self.store.version(row.key_id, wanted))
         if ver is None or ver.wrapped is None or self.clock() >= decrypt_deadline(
                 ver.state, ver.retired_at, self.config.dual_window_seconds):
             raise KeyError_(f"version: key {row.name!r} has no usable version {wanted or ''}".rstrip())
@@ -1338,7 +1345,9 @@ class Keyring:
         The roster is checked against every row at open; a row put back later from an older
         copy (a revoked key's active rows, say) passes its own seal. So a re-read that finds
         the roster, or one of the rows read, changed since the last check passing checks the
-        whole roster again, in the same snapshot; unchanged, nothing more is read.
+        whole roster again, in the same snapshot; unchanged, nothing more is read. Rows put back
+        together with the roster exactly as the last check saw them match that check, so the
+        whole roster is also checked again once that check is ROSTER_FULL_SECONDS old.
 
         Raises:
             KeyringTampered: the rows no longer add up to the sealed roster.
@@ -1346,7 +1355,8 @@ class Keyring:
         if not self.store.roster_on:
             return
         last = self._roster_check
-        if last is not None and last.unchanged(self.store.roster_text(db), rows):
+        if (last is not None and time.monotonic() - last.at < ROSTER_FULL_SECONDS
+                and last.unchanged(self.store.roster_text(db), rows)):
             return
         self._roster_check = self.store.checked_rows(db)
 

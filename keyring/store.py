@@ -34,6 +34,7 @@ import hmac
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields, replace
@@ -572,7 +573,7 @@ class Store:
         if not hmac.compare_digest(stored.to_bytes(32, "big"), (total % _MOD).to_bytes(32, "big")):
             raise KeyringTampered(f"keyring database {self.name!r}: its rows do not match its sealed roster (a row "
                                   "deleted or added, or an older copy of one put back); restore it from a backup")
-        return RosterCheck(self.meta(_ROSTER, db), macs)
+        return RosterCheck(self.meta(_ROSTER, db), macs, time.monotonic())
 
     def roster_text(self, db: Connection) -> str | None:
         """The stored roster as written (compared, not checked: :meth:`checked_rows` checks it)."""
@@ -770,6 +771,8 @@ class RosterCheck:
 
     roster: str | None
     macs: Mapping[tuple[Any, ...], str | None]
+    #: ``time.monotonic()`` when it passed (a full check is redone after a while regardless).
+    at: float = 0.0
 
     def unchanged(self, roster: str | None, rows: Sequence[KeyRow | VersionRow | None]) -> bool:
         """Whether ``roster`` and every row read are exactly as this check saw them."""

@@ -22,6 +22,7 @@ from xpscerpto.keyring.integrity import KeyringTampered
 from xpscerpto.signing import generate_keypair, load_private_key
 
 from .test_home_policy import events, ok, refused, xps
+from .test_keyring import Clock, _keyring_config
 
 DATA = Path(__file__).with_name("data")
 DAY = 86400.0
@@ -386,15 +387,13 @@ def test_opening_does_not_wait_for_a_writer(tmp_path: Path) -> None:
 
 
 def _two_open(tmp_path: Path) -> tuple[Keyring, Keyring, Clock]:
-    from .test_keyring import Clock, _keyring_config
-
     clock = Clock()
     config = _keyring_config(database="keyring.db")
     return (Keyring(tmp_path / "home", clock=clock, config=config),
             Keyring(tmp_path / "home", clock=clock, config=config), clock)
 
 
-def _put_back(home: Path, kid: str, keys: list[tuple], versions: list[tuple]) -> None:
+def _put_back(home: Path, kid: str, keys: list[tuple], versions: list[tuple], roster: str | None = None) -> None:
     with sqlite3.connect(home / "keyring.db") as db:
         db.execute("DELETE FROM versions WHERE key_id = ?", (kid,))
         db.execute("DELETE FROM keys WHERE key_id = ?", (kid,))
@@ -402,6 +401,8 @@ def _put_back(home: Path, kid: str, keys: list[tuple], versions: list[tuple]) ->
             db.execute(f"INSERT INTO keys VALUES ({', '.join('?' * len(row))})", row)
         for row in versions:
             db.execute(f"INSERT INTO versions VALUES ({', '.join('?' * len(row))})", row)
+        if roster is not None:
+            db.execute("UPDATE meta SET v = ? WHERE k = 'roster'", (roster,))
 
 
 @pytest.mark.parametrize("seen_revoked", [False, True])
@@ -433,8 +434,6 @@ def test_a_revoked_key_s_older_rows_put_back_do_not_revive_it_in_an_open_keyring
     finally:
         b.close()
         a.close()
-    from .test_keyring import _keyring_config
-
     with pytest.raises(KeyringTampered, match="do not match its sealed roster"):  # and at the next open, as before
         Keyring(home, config=_keyring_config(database="keyring.db"))
 
@@ -466,6 +465,78 @@ def test_an_open_keyring_rechecks_the_roster_only_when_something_changed(tmp_pat
         clock.advance(RECHECK_SECONDS)
         assert b.decrypt(blob) == b"m"
         assert checks[0] == first + 1
+    finally:
+        b.close()
+        a.close()
+
+
+def test_rows_and_roster_put_back_as_the_last_check_saw_them_are_caught_by_the_next_full_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Everything b reads matches its last check exactly; only a later full check (other rows
+    # changed since) can tell. It runs once that check is ROSTER_FULL_SECONDS old.
+    import time
+
+    from xpscerpto.keyring import keyring as keyring_module
+
+    monkeypatch.setattr(keyring_module, "ROSTER_FULL_SECONDS", 0.3)
+    a, b, clock = _two_open(tmp_path)
+    home = tmp_path / "home"
+    try:
+        a.create("k")
+        blob = a.encrypt("k", b"m")
+        assert b.decrypt(blob) == b"m"  # b's last check: now
+        kid = a.describe("k").key_id
+        keys = _rows(home, f"SELECT * FROM keys WHERE key_id = '{kid}'")
+        versions = _rows(home, f"SELECT * FROM versions WHERE key_id = '{kid}'")
+        roster = _rows(home, "SELECT v FROM meta WHERE k = 'roster'")[0][0]
+        a.revoke("k", "compromised")
+        a.create("other")  # a later change that stays: this is a mix, not a whole-database rollback
+        _put_back(home, kid, keys, versions, roster)
+        time.sleep(0.4)
+        clock.advance(1.0)
+        with pytest.raises(KeyringTampered, match="do not match its sealed roster"):
+            b.encrypt("k", b"m")
+    finally:
+        b.close()
+        a.close()
+
+
+def test_exported_material_comes_only_from_rows_the_roster_vouches_for(tmp_path: Path) -> None:
+    a, b, _ = _two_open(tmp_path)
+    home = tmp_path / "home"
+    try:
+        a.create("k")
+        kid = a.describe("k").key_id
+        keys = _rows(home, f"SELECT * FROM keys WHERE key_id = '{kid}'")
+        versions = _rows(home, f"SELECT * FROM versions WHERE key_id = '{kid}'")
+        a.revoke("k", "compromised")
+        _put_back(home, kid, keys, versions)  # the revoked key's rows, from before
+        with pytest.raises(KeyringTampered, match="do not match its sealed roster"):
+            b.get("k")
+    finally:
+        b.close()
+        a.close()
+
+
+def test_a_granted_rewrap_does_not_open_a_destroyed_version_put_back(tmp_path: Path) -> None:
+    a, b, _ = _two_open(tmp_path)
+    home = tmp_path / "home"
+    try:
+        a.create("k")
+        a.create("next")
+        blob = a.encrypt("k", b"secret")
+        kid = a.describe("k").key_id
+        a.revoke("k", "compromised")
+        versions = _rows(home, f"SELECT * FROM versions WHERE key_id = '{kid}'")  # revoked, material there
+        a.grant_rewrap("k", "next", reason="migrate")
+        a.destroy("k")
+        b.encrypt("next", b"warm")  # b's check passes after the destroy; next's handle is fresh
+        with sqlite3.connect(home / "keyring.db") as db:  # only the version row put back
+            db.execute("DELETE FROM versions WHERE key_id = ?", (kid,))
+            for row in versions:
+                db.execute(f"INSERT INTO versions VALUES ({', '.join('?' * len(row))})", row)
+        with pytest.raises(KeyringTampered, match="do not match its sealed roster"):
+            b.rewrap_revoked([blob])
     finally:
         b.close()
         a.close()
