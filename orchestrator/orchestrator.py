@@ -20,12 +20,14 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from xpscerpto._config_fields import show
 from xpscerpto.db.counter_store import CounterStore
 from xpscerpto.db.migrations import require
 from xpscerpto.db.postgres import Database
@@ -52,6 +54,10 @@ _SUITES = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305", "XCHACHA20-POLY130
 def node_of(holder: str | None) -> str | None:
     """The node name of a lease holder ``node#instance``."""
     return None if holder is None else holder.split("#", 1)[0]
+
+
+_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_MAX_TTL = 86400.0
 
 
 class Fenced(PolicyError):
@@ -122,6 +128,12 @@ class Orchestrator:
         database = getattr(keyring.store, "database", None)
         if not isinstance(database, Database):
             raise PolicyError("keyring.database: the orchestrator needs a postgresql:// keyring (nodes share it)")
+        if not isinstance(node, str) or not _NODE.fullmatch(node):
+            # '#' separates node and instance in the lease holder: "a#b" would lead as "a".
+            raise PolicyError("node: expected 1 to 64 letters, digits, '.', '_', ':' or '-', starting with a letter "
+                              "or digit")
+        if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, int | float) or not 0 < lease_ttl <= _MAX_TTL:
+            raise PolicyError(f"lease_ttl: expected seconds above 0 and at most {_MAX_TTL:g}")
         if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0.01 <= interval <= lease_ttl:
             raise PolicyError("interval: expected seconds between 0.01 and lease_ttl")
         require(database, 6, "orchestrator database")
@@ -159,10 +171,27 @@ class Orchestrator:
             (plan.name, plan.key, plan.policy, parse_seconds(plan.grace, "grace"), plan.suite, plan.kek))
 
     def plans(self) -> list[tuple[Plan, datetime, bool]]:
-        """Every tracked plan with its anchor and whether it is paused."""
+        """Every tracked plan with its anchor and whether it is paused.
+
+        Raises:
+            PolicyError: a stored plan no longer validates (edited in the database); names it.
+        """
+        plans, refused = self._stored_plans()
+        if refused:
+            raise PolicyError("; ".join(refused))
+        return plans
+
+    def _stored_plans(self) -> tuple[list[tuple[Plan, datetime, bool]], list[str]]:
+        """The plans that validate, and one message per stored plan that does not."""
         rows = self.database.execute("SELECT plan, key_name, policy, grace_seconds, suite, kek, anchor, paused "
                                      "FROM xps_orch_plans ORDER BY plan").fetchall()
-        return [(Plan(r[0], r[1], r[2], r[3], r[4], r[5]), r[6], bool(r[7])) for r in rows]
+        plans, refused = [], []
+        for r in rows:
+            try:
+                plans.append((Plan(r[0], r[1], r[2], r[3], r[4], r[5]), r[6], bool(r[7])))
+            except PolicyError as exc:
+                refused.append(f"plan {show(r[0])}: its stored row no longer validates ({exc.args[0]})")
+        return plans, refused
 
     def pause(self, plan: str) -> None:
         """Stop scheduled runs of ``plan`` (emergency runs still happen)."""
@@ -184,6 +213,8 @@ class Orchestrator:
         Raises:
             InternalError: the database is unreachable (nothing was half done).
             Fenced: the lease was lost between taking it and writing (the rotation rolled back).
+            PolicyError: a stored plan no longer validates; it is named, after every other
+                plan, hygiene and migration step of this tick ran.
         """
         self.publish_counters()
         state = self.lease.acquire()
@@ -192,7 +223,7 @@ class Orchestrator:
             return []
         now = self._now()
         done = []
-        plans = self.plans()
+        plans, refused = self._stored_plans()  # one bad row must not stop every other plan
         for plan, anchor, paused in plans:
             if paused:
                 continue
@@ -212,6 +243,8 @@ class Orchestrator:
 
         suite_migration.advance(self, state)
         pq_rollout.advance(self, state)
+        if refused:
+            raise PolicyError("; ".join(refused))
         return done
 
     def publish_counters(self) -> int:

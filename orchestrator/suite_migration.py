@@ -93,7 +93,7 @@ def _step(orch: Orchestrator, state: LeaseState, m: SuiteMigration, phase: str, 
             if _set_phase(orch, state, m, "canary", "canary", detail) is None:
                 return None
         for key in m.canary_keys():
-            _move(orch, key, m.target, f"suite migration {m.name}: canary")
+            _move(orch, state, m, "canary", key, m.target, f"suite migration {m.name}: canary")
         return _set_phase(orch, state, m, "canary", "watching", detail)
     if phase == "watching":
         # Every node's counts (the fleet counters each orchestrator publishes at its ticks; this
@@ -111,7 +111,7 @@ def _step(orch: Orchestrator, state: LeaseState, m: SuiteMigration, phase: str, 
         rate = failed / total if total else 0.0
         if total >= MIN_SAMPLES and rate > m.max_failure_rate:
             for key, suite in detail.get("from", {}).items():
-                _move(orch, key, suite, f"suite migration {m.name}: aborted")
+                _move(orch, state, m, "watching", key, suite, f"suite migration {m.name}: aborted")
             incident = {"migration": m.name, "reason": "canary failure rate", "failures": failed,
                         "decryptions": total, "rate": round(rate, 6), "max_rate": m.max_failure_rate, "node": orch.node}
             return _set_phase(orch, state, m, "watching", "aborted", {**detail, "failures": failed, "total": total},
@@ -121,7 +121,7 @@ def _step(orch: Orchestrator, state: LeaseState, m: SuiteMigration, phase: str, 
         return None
     if phase == "rollout":
         for key in m.keys:
-            _move(orch, key, m.target, f"suite migration {m.name}: rollout")
+            _move(orch, state, m, "rollout", key, m.target, f"suite migration {m.name}: rollout")
         return _set_phase(orch, state, m, "rollout", "committed", detail)
     if phase == "committed":
         now = ring.clock()
@@ -139,11 +139,30 @@ def _suite(orch: Orchestrator, key: str) -> str:
     return (active.algorithm if active is not None else None) or info.algorithm
 
 
-def _move(orch: Orchestrator, key: str, suite: str, reason: str) -> None:
-    """Rotate ``key`` to ``suite`` unless it already encrypts under it (idempotent)."""
-    if _suite(orch, key) != suite:
-        orch.keyring.rotate(key, expected_version=orch.keyring.describe(key).active_version, reason=reason,
-                            algorithm=suite)
+def _move(orch: Orchestrator, state: LeaseState, m: SuiteMigration, phase: str, key: str, suite: str,
+          reason: str) -> None:
+    """Rotate ``key`` to ``suite`` unless it already encrypts under it (idempotent).
+
+    Fenced like a phase change, in the rotation's own transaction: a leader that paused past
+    its lease (or past a newer leader's abort, which changed the phase) must not move a key.
+
+    Raises:
+        Fenced: the lease is no longer this leader's, or the migration left ``phase``.
+    """
+    from .lease import FENCE
+    from .orchestrator import Fenced
+
+    if _suite(orch, key) == suite:
+        return
+
+    def claim(db: Any) -> None:
+        if db.execute(f"SELECT 1 FROM xps_suite_migrations WHERE name = ? AND phase = ? AND {FENCE}",  # noqa: S608
+                      (m.name, phase, *state.fence())).fetchone() is None:
+            raise Fenced(f"suite migration {m.name}: {orch.node}'s lease token {state.token} is no longer current, "
+                         f"or the migration left phase {phase!r}; {key!r} was not moved")
+
+    orch.keyring.rotate(key, expected_version=orch.keyring.describe(key).active_version, reason=reason,
+                        algorithm=suite, claim=claim)
 
 
 def _set_phase(orch: Orchestrator, state: LeaseState, m: SuiteMigration, old: str, new: str,

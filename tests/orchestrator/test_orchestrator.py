@@ -46,6 +46,38 @@ def test_a_bad_plan_field_is_refused_naming_it(field: str, kw: dict[str, object]
         Plan(**args)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("kw", "field"), [
+    ({"node": 7}, "node"), ({"node": b"n0"}, "node"), ({"node": ["n0"]}, "node"), ({"node": ""}, "node"),
+    ({"node": None}, "node"), ({"node": "a#b"}, "node"),  # '#' would make it lead as "a"
+    ({"node": "\udcff"}, "node"), ({"node": "n" * 65}, "node"), ({"node": " n0"}, "node"),
+    ({"lease_ttl": "10"}, "lease_ttl"), ({"lease_ttl": None}, "lease_ttl"), ({"lease_ttl": True}, "lease_ttl"),
+    ({"lease_ttl": float("nan")}, "lease_ttl"), ({"lease_ttl": float("inf")}, "lease_ttl"),
+    ({"lease_ttl": 0}, "lease_ttl"), ({"lease_ttl": 10**400}, "lease_ttl"),
+])
+def test_a_bad_node_or_lease_is_refused_naming_it(rings: list[Keyring], kw: dict[str, object], field: str) -> None:
+    args: dict[str, object] = {"node": "n0", "lease_ttl": 10.0, "interval": 1.0, **kw}
+    with pytest.raises(PolicyError, match=f"^XPS_ERR_POLICY: {field}: ") as ei:
+        Orchestrator(rings[0], **args)  # type: ignore[arg-type]
+    assert "\udcff" not in str(ei.value) and "a#b" not in str(ei.value)  # the value is not repeated
+
+
+def test_one_plan_edited_in_the_database_does_not_stop_the_others(rings: list[Keyring]) -> None:
+    a = rings[0]
+    a.create("users", "AES-256-GCM")
+    orch = Orchestrator(a, node="n0", lease_ttl=30, interval=0.1)
+    orch.track(Plan("good", key="orders", policy="every=1h"))
+    orch.track(Plan("bad", key="users", policy="every=1h"))
+    a.store.database.execute("UPDATE xps_orch_plans SET policy = 'weekly' WHERE plan = 'bad'")  # type: ignore[attr-defined]
+    for plan in ("good", "bad"):
+        _due_now(a, plan, 3600)
+    with pytest.raises(PolicyError, match="plan 'bad': its stored row no longer validates"):
+        orch.tick()
+    assert a.describe("orders").active_version == 2  # the good plan rotated on that tick
+    assert a.describe("users").active_version == 1
+    with pytest.raises(PolicyError, match="plan 'bad'"):
+        orch.plans()
+
+
 def test_monthly_is_due_at_utc_midnight_on_the_first() -> None:
     from datetime import UTC, datetime
 
@@ -309,6 +341,43 @@ def test_the_canary_decision_reads_auth_failures_seen_on_another_node(rings: lis
     status = orch.migration_status()[0]
     assert status["phase"] == "aborted" and status["detail"] == {**status["detail"], "failures": 10, "total": 30}
     assert all(_suite_of(a, k) == "AES-256-GCM" for k in keys)
+
+
+def test_a_leader_paused_past_its_lease_moves_no_key_of_a_migration(rings: list[Keyring]) -> None:
+    # A takes the lease and pauses before its canary step; B leads, canaries, sees the canary
+    # fail and aborts (the key back on its suite). A's late canary step must not move the key.
+    from xpscerpto.errors import AuthError
+    from xpscerpto.orchestrator import SuiteMigration, suite_migration
+
+    a, b = rings[0], rings[1]
+    stale = Orchestrator(a, node="n0", lease_ttl=1.0, interval=0.1)
+    leader = Orchestrator(b, node="n1", lease_ttl=30, interval=0.1)
+    m = SuiteMigration("to-xchacha", keys=("orders",), target="XCHACHA20-POLY1305", canary=1.0, watch="1h",
+                       max_failure_rate=0.05)
+    stale.migrate(m)
+    state = stale.lease.acquire()
+    assert state.mine
+    time.sleep(1.3)  # its lease lapses while it is paused
+    leader.tick()
+    assert _suite_of(b, "orders") == "XCHACHA20-POLY1305"
+    for i in range(30):
+        blob = bytearray(b.encrypt("orders", b"x"))
+        if i % 3 == 0:
+            blob[-1] ^= 1
+            with pytest.raises(AuthError):
+                b.decrypt(bytes(blob))
+        else:
+            b.decrypt(bytes(blob))
+    leader.tick()
+    assert leader.migration_status()[0]["phase"] == "aborted" and _suite_of(b, "orders") == "AES-256-GCM"
+    before = b.describe("orders").active_version
+    with pytest.raises(Fenced, match="no longer current"):  # A wakes up inside its canary step
+        suite_migration._move(stale, state, m, "canary", "orders", m.target, "suite migration: canary")
+    assert b.describe("orders").active_version == before and _suite_of(a, "orders") == "AES-256-GCM"
+    # The current leader is refused too once the migration left the phase it acts for.
+    with pytest.raises(Fenced, match="left phase 'canary'"):
+        suite_migration._move(leader, leader.lease.acquire(), m, "canary", "orders", m.target, "late")
+    assert b.describe("orders").active_version == before
 
 
 @pytest.mark.parametrize(("kw", "field"), [({"keys": ()}, "keys"), ({"keys": ("a", "a")}, "keys"),
