@@ -16,7 +16,8 @@ put back, from the real thing. The *roster* closes that: one meta value holding 
 2^256) of a keyed tag per row (its table, primary key and seal), itself sealed. A sum, not an
 XOR: two copies of one row must not cancel out. Every write here updates it in the write's own
 transaction (writers are serialised, so read-modify-write is safe), and the keyring checks it
-against every row, in one read snapshot, at each open: a deleted row, an added one, a second
+against every row, in one read snapshot, at each open, and again in an open keyring when a
+re-read finds a change (see ``Keyring._check_rows``): a deleted row, an added one, a second
 copy of one or an older copy put back no longer adds up. The roster's own seal keeps an editor
 from combining the values of several old copies into a new one. The open also refuses a schema
 that lost a primary key or gained a trigger or view (what duplicate rows, or rows that quietly
