@@ -250,6 +250,7 @@ class Keyring:
         self._misses: dict[tuple[bytes, int], float] = {}  # (key id, version) -> don't look again before
         # The last roster check that passed, at open or later: re-reads compare with it (see _check_rows).
         self._roster_check: RosterCheck | None = None
+        self.store.roster_listener = self._roster_written
         self._aead = engine.aead
         self.outbox = Outbox(self.store, self.audit, clock)
         self._retention_at = 0.0
@@ -1359,6 +1360,16 @@ class Keyring:
                 and last.unchanged(self.store.roster_text(db), rows)):
             return
         self._roster_check = self.store.checked_rows(db)
+
+    def _roster_written(self, before: str | None, after: str, add: Sequence[Sequence[Any]],
+                        remove: Sequence[Sequence[Any]]) -> None:
+        """Carry the last roster check past this process's own write, so that the write (a
+        usage reservation, say) does not cost the next re-read a full check. Runs inside the
+        write, on the writing thread, without the keyring's lock (a thread holding that lock may
+        be waiting for this write)."""
+        last = self._roster_check
+        if last is not None and (moved := last.carried(before, after, add, remove)) is not None:
+            self._roster_check = moved
 
     def _set_window(self, h: _Handle, ver: VersionRow) -> None:
         h.decrypt_until = decrypt_deadline(ver.state, ver.retired_at, self.config.dual_window_seconds)

@@ -36,7 +36,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
@@ -212,6 +212,10 @@ class Store:
         self.upgraded_from: str | None = None  # "1" if this open upgraded the schema
         self.is_new = False  # True if this open created the (empty) schema
         self.roster_on = False  # writes keep the roster (set by the keyring once it is built)
+        #: Told of each roster update this process writes: (roster before, after, rows added,
+        #: rows removed), inside the write (it may still roll back).
+        self.roster_listener: Callable[[str | None, str, Sequence[Sequence[Any]], Sequence[Sequence[Any]]],
+                                       None] | None = None
         where = f"keyring database {str(self.path)!r}"
         try:
             db = self._sqlite()
@@ -613,12 +617,16 @@ class Store:
                 remove: Sequence[Sequence[Any]] = ()) -> None:
         if not self.roster_on:
             return
+        before = self.meta(_ROSTER, db)
         value = self._stored_roster(db)
         for entry in add:
             value += self._tag(entry)
         for entry in remove:
             value -= self._tag(entry)
-        self._store_roster(db, value % _MOD)
+        after = self._store_roster(db, value % _MOD)
+        listener = self.roster_listener
+        if listener is not None:
+            listener(before, after, add, remove)
 
     def _tag(self, entry: Sequence[Any]) -> int:
         return int(self._seal("roster-entry", tuple(entry)), 16)
@@ -653,9 +661,11 @@ class Store:
         self.sealer.check("roster", [value], seal, what="the roster of its rows")
         return int(value, 16)
 
-    def _store_roster(self, db: Connection, value: int) -> None:
+    def _store_roster(self, db: Connection, value: int) -> str:
         text = f"{value:064x}"
-        self.set_meta(db, _ROSTER, f"{text}:{self._seal('roster', (text,))}")
+        stored = f"{text}:{self._seal('roster', (text,))}"
+        self.set_meta(db, _ROSTER, stored)
+        return stored
 
     def reseal(self, db: Connection, new: Sealer) -> None:
         """Check every sealed row under the attached sealer, seal it again under ``new`` and
@@ -774,6 +784,25 @@ class RosterCheck:
     macs: Mapping[tuple[Any, ...], str | None]
     #: ``time.monotonic()`` when it passed (a full check is redone after a while regardless).
     at: float = 0.0
+
+    def carried(self, before: str | None, after: str, add: Sequence[Sequence[Any]],
+                remove: Sequence[Sequence[Any]]) -> RosterCheck | None:
+        """This check moved past one of this process's own roster updates, or None if the
+        roster had changed since the check (``before`` differs): then only a full check will do.
+
+        The rows it adds and removes are the writer's own, so they need no re-reading. If the
+        write rolls back, the roster read next differs from ``after`` and a full check follows.
+        """
+        if before != self.roster:
+            return None
+        macs = dict(self.macs)
+        for entry in remove:
+            if entry[0] in ("keys", "versions"):
+                macs.pop(tuple(entry[:-1]), None)
+        for entry in add:
+            if entry[0] in ("keys", "versions"):
+                macs[tuple(entry[:-1])] = entry[-1]
+        return RosterCheck(after, macs, self.at)  # its age stands: the periodic full check still runs
 
     def unchanged(self, roster: str | None, rows: Sequence[KeyRow | VersionRow | None]) -> bool:
         """Whether ``roster`` and every row read are exactly as this check saw them."""

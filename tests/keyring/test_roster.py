@@ -540,3 +540,41 @@ def test_a_granted_rewrap_does_not_open_a_destroyed_version_put_back(tmp_path: P
     finally:
         b.close()
         a.close()
+
+
+def test_a_keyring_s_own_writes_do_not_cost_its_next_re_read_a_full_check(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # usage_block 1: every encryption reserves (writes the version row and the roster). The
+    # last check is carried past those writes; only another process's change needs a full one.
+    from xpscerpto.keyring.keyring import RECHECK_SECONDS
+
+    clock = Clock()
+    ring = Keyring(tmp_path / "home", clock=clock, config=_keyring_config(database="keyring.db", usage_block=1))
+    checks = [0]
+    real = type(ring.store).checked_rows
+
+    def counted(self: object, db: object) -> object:
+        checks[0] += 1
+        return real(self, db)  # type: ignore[arg-type]
+
+    try:
+        ring.create("k")
+        monkeypatch.setattr(type(ring.store), "checked_rows", counted)
+        blobs = []
+        for _ in range(20):
+            blobs.append(ring.encrypt("k", b"m"))
+            clock.advance(RECHECK_SECONDS)  # every call re-reads
+        assert all(ring.decrypt(b) == b"m" for b in blobs)
+        assert checks[0] <= 1  # at most the one after create (made before the count started)
+        assert ring.describe("k").versions[0].encryptions == 20
+        other = Keyring(tmp_path / "home", clock=clock, config=_keyring_config(database="keyring.db", usage_block=1))
+        try:
+            other.create("elsewhere")  # another process's write: the next re-read checks in full
+        finally:
+            other.close()
+        clock.advance(RECHECK_SECONDS)
+        before = checks[0]
+        ring.encrypt("k", b"m")
+        assert checks[0] == before + 1
+    finally:
+        ring.close()
