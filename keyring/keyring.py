@@ -1261,7 +1261,8 @@ class Keyring:
             with self.store.snapshot() as db:
                 row = self.store.key(name, db)
                 ver = self.store.active_version(row.key_id, db) if row is not None else None
-                self._check_rows(db, row, ver)
+                if row is not None and row.state is KeyState.ACTIVE and ver is not None:
+                    self._check_rows(db, row, ver)  # only rows about to be used (a refusal needs none)
             if row is None:
                 raise KeyError_(f"key: no key named {_shown(name)}")
             if row.state is not KeyState.ACTIVE:
@@ -1322,8 +1323,13 @@ class Keyring:
             with self.store.snapshot() as db:
                 row = self.store.key(kid, db)
                 ver = self.store.version(kid, version, db) if row is not None else None
-                self._check_rows(db, row, ver)
-            if row is None or ver is None or ver.wrapped is None or row.state is not KeyState.ACTIVE:
+                usable = row is not None and ver is not None and ver.wrapped is not None and (
+                    row.state is KeyState.ACTIVE)
+                if usable:
+                    # Only rows about to be used: a forged blob naming an unknown key must not
+                    # cost a full roster check whenever another process has written.
+                    self._check_rows(db, row, ver)
+            if not usable or row is None or ver is None:
                 # Remember the miss for a second: forged blobs naming unknown keys must not
                 # cost a lock and database reads each.
                 self._drop_handle((key_id, version))

@@ -578,3 +578,35 @@ def test_a_keyring_s_own_writes_do_not_cost_its_next_re_read_a_full_check(tmp_pa
         assert checks[0] == before + 1
     finally:
         ring.close()
+
+
+def test_forged_blobs_naming_unknown_keys_cost_no_roster_check(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only rows about to be used are checked: a forged blob after another process's write
+    # would otherwise cost a full check (about 12 ms per 1,000 keys) under the keyring's lock.
+    import os
+
+    from xpscerpto.errors import AuthError
+
+    a, b, _ = _two_open(tmp_path)
+    checks = [0]
+    real = type(b.store).checked_rows
+
+    def counted(self: object, db: object) -> object:
+        checks[0] += 1
+        return real(self, db)  # type: ignore[arg-type]
+
+    try:
+        a.create("k")
+        blob = a.encrypt("k", b"m")
+        monkeypatch.setattr(type(b.store), "checked_rows", counted)
+        for i in range(20):
+            a.create(f"other{i}")  # another process writes between every forged blob
+            forged = blob[:1] + os.urandom(8) + blob[9:]  # a key id nobody has
+            with pytest.raises(AuthError):
+                b.decrypt(forged)
+        assert checks[0] == 0
+        assert b.decrypt(blob) == b"m" and checks[0] == 1  # a real key's rows: checked once
+    finally:
+        b.close()
+        a.close()
