@@ -124,10 +124,11 @@ def verify_capsule(
     """
     container = read_container(raw, limits)  # endless data, path tricks, symlinks, duplicates
     manifest = parse_manifest(container.manifest_bytes)  # malformed or unknown-format manifests
+    required = require_signature is not False  # only an explicit False skips the trust decision
     try:
         signed_by = check_signatures(container, manifest, trust)  # arbitrary software, key compromise
     except UpdateError:
-        if require_signature is not False:  # only an explicit False skips the trust decision
+        if required:
             raise
         signed_by = frozenset()
     check_name(manifest, reserved_names)  # impersonating a built-in provider
@@ -138,7 +139,7 @@ def verify_capsule(
     check_compatibility(manifest)
     check_policy(manifest, policy)
     verified = VerifiedCapsule(hashlib.sha256(raw).hexdigest(), raw, manifest, container.manifest_bytes,
-                               container.files, signed_by, trust, now, limits, require_signature is not False, _MINT)
+                               container.files, signed_by, trust, now, limits, required, _MINT)
     _MINTED[id(verified)] = verified
     return verified
 

@@ -96,11 +96,6 @@ class HotpatchConfig:
             return new is True
         return key == "development" and new is False
 
-    @property
-    def insecure(self) -> tuple[str, ...]:
-        """The seed switches that are off."""
-        return tuple(n for n in ("require_signature", "run_selftests", "rollback_on_error") if not getattr(self, n))
-
     def to_mapping(self) -> dict[str, Any]:
         """Every key as plain data (durations in seconds, sizes in bytes)."""
         return dump_section(self, _FIELDS)

@@ -57,10 +57,9 @@ class Gates:
         for name in ("require_signature", "run_selftests", "development"):
             if not isinstance(getattr(self, name), bool):
                 raise PolicyError(f"gates: {name} must be a bool")
-        for name in self.off:
-            if not self.development:
-                raise PolicyError(f"gates: {name}=False removes a gate that keeps unreviewed code out of the "
-                                  "engine; it needs development=True as well (never in production)")
+        if self.off and not self.development:
+            raise PolicyError(f"gates: {self.off[0]}=False removes a gate that keeps unreviewed code out of the "
+                              "engine; it needs development=True as well (never in production)")
 
     @property
     def off(self) -> tuple[str, ...]:

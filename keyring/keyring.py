@@ -1323,13 +1323,13 @@ class Keyring:
             with self.store.snapshot() as db:
                 row = self.store.key(kid, db)
                 ver = self.store.version(kid, version, db) if row is not None else None
-                usable = row is not None and ver is not None and ver.wrapped is not None and (
-                    row.state is KeyState.ACTIVE)
-                if usable:
-                    # Only rows about to be used: a forged blob naming an unknown key must not
-                    # cost a full roster check whenever another process has written.
+                if row is not None and ver is not None and ver.wrapped is not None and row.state is KeyState.ACTIVE:
                     self._check_rows(db, row, ver)
-            if not usable or row is None or ver is None:
+                else:
+                    # Unusable: a miss. It uses no key material, so it needs no roster check (a
+                    # forged blob must not cost one whenever another process has written).
+                    row = None
+            if row is None or ver is None:
                 # Remember the miss for a second: forged blobs naming unknown keys must not
                 # cost a lock and database reads each.
                 self._drop_handle((key_id, version))
