@@ -27,6 +27,7 @@ import os
 import shutil
 import stat
 import sys
+import time
 import tomllib
 import warnings
 import zipfile
@@ -392,9 +393,9 @@ class UpdaterMaker:
 
     def __call__(self, home: Path | None = None, *, gates: Gates = GATES, limits: Limits = Limits(),
                  policy: Policy | None = None, clock: Callable[[], datetime] | None = None,
-                 engine: Engine | None = None, restore: bool = True) -> Updater:
+                 engine: Engine | None = None, restore: bool = True, plan: StagePlan = PLAN) -> Updater:
         engine = engine or Engine(EngineConfig(policy=policy) if policy is not None else None)
-        kwargs: dict[str, Any] = {"gates": gates, "plan": PLAN, "limits": limits}
+        kwargs: dict[str, Any] = {"gates": gates, "plan": plan, "limits": limits}
         if clock is not None:
             kwargs["clock"] = clock
         up = closed_at_teardown(Updater(engine, home=home or self.tmp_path / "home", **kwargs))
@@ -402,9 +403,18 @@ class UpdaterMaker:
         return restored(up) if restore else up
 
 
+def wait_until(done: Callable[[], Any], seconds: float = 20.0) -> Any:
+    """Poll ``done()`` (a background rollback, a journal record) until it is truthy or time is up;
+    returns its last value, so the caller asserts on what it found."""
+    deadline = time.monotonic() + seconds
+    while not (found := done()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
 @pytest.fixture
 def make_updater(tmp_path: Path) -> UpdaterMaker:
-    """``make_updater(home=None, gates=GATES, limits=..., policy=..., clock=..., engine=..., restore=True)``
+    """``make_updater(home=None, gates=GATES, limits=..., policy=..., clock=..., engine=..., restore=True, plan=PLAN)``
     -> a restored Updater over a fresh ``Engine()`` and ``tmp_path / "home"``, closed after the test."""
     return UpdaterMaker(tmp_path)
 

@@ -34,12 +34,12 @@ from .conftest import (
     aes_vector,
     assert_never_ran,
     assert_not_in_this_process,
-    closed_at_teardown,
     kat_file,
     marker_pids,
-    restored,
     round_trip,
+    wait_until,
 )
+from .test_isolation import wrapped
 
 DEV = replace(GATES, development=True)
 UNSIGNED_OK = replace(DEV, require_signature=False)
@@ -58,34 +58,11 @@ LATENT_FAULT = GOOD_AEAD.replace(
 # Correct until the test sets WRONG_ENV; then every encryption comes out with its first byte
 # flipped, and no exception: only the sampled check after cutover can tell.
 WRONG_ENV = "XPS_TEST_SWITCH_WRONG"
-LATENT_WRONG = f'''
-import os
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from xpscerpto.interfaces import Aead
-
-
-class _Cipher:
-    def __init__(self, key):
-        self._aead = AESGCM(bytes(key))
-
-    def encrypt(self, nonce, data, aad):
-        out = self._aead.encrypt(nonce, data, aad)
-        return bytes([out[0] ^ 1]) + out[1:] if os.environ.get({WRONG_ENV!r}) == "1" else out
-
-    def decrypt(self, nonce, data, aad):
-        return self._aead.decrypt(nonce, data, aad)
-
-
-class Impl(Aead):
-    key_sizes = (32,)
-    nonce_size = 12
-    tag_size = 16
-    auth_errors = (InvalidTag,)
-
-    def cipher(self, key):
-        return _Cipher(key)
-'''
+LATENT_WRONG = wrapped(encrypt=f"""
+    import os
+    out = self.inner.encrypt(nonce, data, aad)
+    return bytes([out[0] ^ 1]) + out[1:] if os.environ.get({WRONG_ENV!r}) == "1" else out
+""")
 
 
 def _events(up: Updater, name: str) -> list[dict[str, Any]]:
@@ -194,7 +171,8 @@ def test_an_unsigned_capsule_is_dropped_at_restart_once_the_gate_is_back_on(
     reject, = [e for e in _events(up, "PATCH_REJECT") if e.get("phase") == "restore"]
     assert reject["sha256"] == cap.sha256 and reject["reason"] == "untrusted-key"
     assert up.state.active == ()
-    assert _events(up, "PATCH_GATES") == [e for e in _events(up, "PATCH_GATES") if e["phase"] == "restore"]
+    # The first updater's start is journaled; the second, all gates on, journals none.
+    assert [(e["phase"], e["gates_off"]) for e in _events(up, "PATCH_GATES")] == [("restore", ["require_signature"])]
 
 
 # -- run_selftests ------------------------------------------------------------------------------
@@ -240,25 +218,19 @@ def test_run_selftests_false_skips_the_child_and_the_kats(
 # -- rollback_on_error --------------------------------------------------------------------------
 
 
-def _wait_for(up: Updater, event: str, seconds: float = 20.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = _events(up, event)
-        if found:
-            return found
-        time.sleep(0.05)
-    return []
+def _wait_for(up: Updater, event: str) -> list[dict[str, Any]]:
+    return wait_until(lambda: _events(up, event))  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("rollback_on_error", [True, False])
 def test_rollback_on_error_decides_what_a_fault_after_cutover_does(
-        factory: CapsuleFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rollback_on_error: bool) -> None:
+        factory: CapsuleFactory, make_updater: UpdaterMaker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        rollback_on_error: bool) -> None:
     monkeypatch.delenv(FAULT_ENV, raising=False)
     factory.pin(tmp_path / "home")
     cap = factory.build(factory.source(LATENT_FAULT))
     eng = xps.Engine()
-    up = restored(closed_at_teardown(Updater(eng, tmp_path / "home", gates=GATES,
-                                             plan=replace(PLAN, rollback_on_error=rollback_on_error))))
+    up = make_updater(engine=eng, plan=replace(PLAN, rollback_on_error=rollback_on_error))
     up.apply(cap.raw)
     assert eng.table.provider_for(OP) == "hotfix-aesgcm"
 
@@ -284,15 +256,14 @@ def test_rollback_on_error_decides_what_a_fault_after_cutover_does(
 
 
 def test_a_wrong_answer_in_the_sampled_check_rolls_back_whatever_rollback_on_error_says(
-        factory: CapsuleFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        factory: CapsuleFactory, make_updater: UpdaterMaker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # rollback_on_error is about calls that raise; a capsule answering differently from the
     # implementation it replaced would otherwise serve ciphertext nobody can open.
     monkeypatch.delenv(WRONG_ENV, raising=False)
     factory.pin(tmp_path / "home")
     cap = factory.build(factory.source(LATENT_WRONG))
     eng = xps.Engine()
-    plan = replace(PLAN, sample_seconds=30.0, sample_every=3, rollback_on_error=False)
-    up = restored(closed_at_teardown(Updater(eng, tmp_path / "home", gates=GATES, plan=plan)))
+    up = make_updater(engine=eng, plan=replace(PLAN, sample_seconds=30.0, sample_every=3, rollback_on_error=False))
     up.apply(cap.raw)
     monkeypatch.setenv(WRONG_ENV, "1")
     for _ in range(6):  # every third call is sampled

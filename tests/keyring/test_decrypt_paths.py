@@ -15,6 +15,7 @@ import pytest
 from xpscerpto.errors import AuthError, KeyError_
 from xpscerpto.keyring import Keyring, VersionState
 from xpscerpto.keyring.envelope import HEADER
+from xpscerpto.keyring.keyring import RECHECK_SECONDS
 
 from .test_keyring import Clock, _keyring_config
 
@@ -106,69 +107,56 @@ def test_a_retired_version_stops_at_the_end_of_its_window(ring: Keyring, clock: 
     assert ring.decrypt(ring.encrypt("k", b"new")) == b"new"
 
 
-def test_another_keyring_s_revocation_takes_effect_within_the_recheck_interval(tmp_path: Path, clock: Clock) -> None:
-    from xpscerpto.keyring.keyring import RECHECK_SECONDS
+@pytest.fixture
+def other(tmp_path: Path, clock: Clock, ring: Keyring) -> Iterator[Keyring]:
+    """A second keyring on ``ring``'s home (another process, as far as the database can tell)."""
+    r = Keyring(tmp_path / "home", clock=clock, config=_keyring_config(dual_window="30d"))
+    yield r
+    r.close()
 
-    config = _keyring_config(dual_window="30d")
-    a = Keyring(tmp_path / "home", clock=clock, config=config)
-    b = Keyring(tmp_path / "home", clock=clock, config=config)
-    try:
-        a.create("k")
-        blob = a.encrypt("k", b"m")
-        assert a.decrypt(blob) == b"m" and b.decrypt(blob) == b"m"
-        a.revoke("k", "compromised")
-        clock.advance(RECHECK_SECONDS)
-        with pytest.raises(AuthError):
-            b.decrypt(blob)
-        assert b.describe("k").versions[0].state is VersionState.REVOKED
-    finally:
-        b.close()
-        a.close()
+
+def test_another_keyring_s_revocation_takes_effect_within_the_recheck_interval(
+        ring: Keyring, other: Keyring, clock: Clock) -> None:
+    ring.create("k")
+    blob = ring.encrypt("k", b"m")
+    assert ring.decrypt(blob) == b"m" and other.decrypt(blob) == b"m"
+    ring.revoke("k", "compromised")
+    clock.advance(RECHECK_SECONDS)
+    with pytest.raises(AuthError):
+        other.decrypt(blob)
+    assert other.describe("k").versions[0].state is VersionState.REVOKED
 
 
 @pytest.mark.parametrize("step_back", [0.5, 3600.0, 400 * 86400.0])
 def test_another_keyring_s_revocation_takes_effect_when_the_clock_steps_back(
-        tmp_path: Path, clock: Clock, step_back: float) -> None:
+        ring: Keyring, other: Keyring, clock: Clock, step_back: float) -> None:
     # A clock stepped back (NTP, a VM restored) must not stretch the re-check interval by the
     # size of the step: the cached versions are re-read at once.
-    config = _keyring_config(dual_window="30d")
-    a = Keyring(tmp_path / "home", clock=clock, config=config)
-    b = Keyring(tmp_path / "home", clock=clock, config=config)
-    try:
-        a.create("k")
-        blob = a.encrypt("k", b"m")
-        assert b.decrypt(blob) == b"m" and b.decrypt(b.encrypt("k", b"n")) == b"n"  # both paths loaded
-        a.revoke("k", "compromised")
-        clock.advance(-step_back)
-        with pytest.raises(AuthError):
-            b.decrypt(blob)
-        with pytest.raises(AuthError):
-            b.decrypt(bytearray(blob))
-        with pytest.raises(KeyError_):
-            b.encrypt("k", b"m")
-    finally:
-        b.close()
-        a.close()
+    ring.create("k")
+    blob = ring.encrypt("k", b"m")
+    assert other.decrypt(blob) == b"m" and other.decrypt(other.encrypt("k", b"n")) == b"n"  # both paths loaded
+    ring.revoke("k", "compromised")
+    clock.advance(-step_back)
+    with pytest.raises(AuthError):
+        other.decrypt(blob)
+    with pytest.raises(AuthError):
+        other.decrypt(bytearray(blob))
+    with pytest.raises(KeyError_):
+        other.encrypt("k", b"m")
 
 
-def test_a_version_rotated_in_elsewhere_is_found_when_the_clock_steps_back(tmp_path: Path, clock: Clock) -> None:
+def test_a_version_rotated_in_elsewhere_is_found_when_the_clock_steps_back(
+        ring: Keyring, other: Keyring, clock: Clock) -> None:
     # The one-second memory of an unknown version must not last as long as the step back.
-    config = _keyring_config(dual_window="30d")
-    a = Keyring(tmp_path / "home", clock=clock, config=config)
-    b = Keyring(tmp_path / "home", clock=clock, config=config)
-    try:
-        a.create("k")
-        blob = a.encrypt("k", b"m")
-        ahead = bytearray(blob)
-        ahead[9:13] = (2).to_bytes(4, "big")  # names version 2, which does not exist yet
-        with pytest.raises(AuthError):
-            b.decrypt(bytes(ahead))  # b remembers the miss of (k, 2)
-        a.rotate("k")
-        clock.advance(-3600.0)
-        assert b.decrypt(a.encrypt("k", b"v2")) == b"v2"
-    finally:
-        b.close()
-        a.close()
+    ring.create("k")
+    blob = ring.encrypt("k", b"m")
+    ahead = bytearray(blob)
+    ahead[9:13] = (2).to_bytes(4, "big")  # names version 2, which does not exist yet
+    with pytest.raises(AuthError):
+        other.decrypt(bytes(ahead))  # other remembers the miss of (k, 2)
+    ring.rotate("k")
+    clock.advance(-3600.0)
+    assert other.decrypt(ring.encrypt("k", b"v2")) == b"v2"
 
 
 def test_close_empties_the_lookup_index(ring: Keyring) -> None:

@@ -8,17 +8,23 @@ and then opens the keyring as a service would.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from xpscerpto.config import XpsConfig
-from xpscerpto.errors import ErrorCode, XpsError
+from xpscerpto.errors import AuthError, ErrorCode, XpsError
 from xpscerpto.keyring import ApprovalRequest, Approvals, Keyring
+from xpscerpto.keyring import keyring as keyring_module
 from xpscerpto.keyring.integrity import KeyringTampered
+from xpscerpto.keyring.keyring import RECHECK_SECONDS
+from xpscerpto.keyring.store import RosterCheck, Store
 from xpscerpto.signing import generate_keypair, load_private_key
 
 from .test_home_policy import events, ok, refused, xps
@@ -386,17 +392,42 @@ def test_opening_does_not_wait_for_a_writer(tmp_path: Path) -> None:
 # -- an open keyring: rows put back while it runs ------------------------------------------------
 
 
-def _two_open(tmp_path: Path) -> tuple[Keyring, Keyring, Clock]:
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[Keyring, Keyring, Clock]]:
+    """Two keyrings open on one home (two processes, as far as the database can tell), one clock."""
     clock = Clock()
     config = _keyring_config(database="keyring.db")
-    return (Keyring(tmp_path / "home", clock=clock, config=config),
-            Keyring(tmp_path / "home", clock=clock, config=config), clock)
+    a = Keyring(tmp_path / "home", clock=clock, config=config)
+    b = Keyring(tmp_path / "home", clock=clock, config=config)
+    yield a, b, clock
+    b.close()
+    a.close()
+
+
+def _full_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, count the full roster checks (every keyring of the test)."""
+    checks = [0]
+    real = Store.checked_rows
+
+    def counted(self: Store, db: Any) -> RosterCheck:
+        checks[0] += 1
+        return real(self, db)
+
+    monkeypatch.setattr(Store, "checked_rows", counted)
+    return checks
+
+
+def _key_rows(home: Path, kid: str) -> tuple[list[tuple], list[tuple]]:
+    """The key's row and its version rows as they are now (the "older copy" put back later)."""
+    return (_rows(home, f"SELECT * FROM keys WHERE key_id = '{kid}'"),
+            _rows(home, f"SELECT * FROM versions WHERE key_id = '{kid}'"))
 
 
 def _put_back(home: Path, kid: str, keys: list[tuple], versions: list[tuple], roster: str | None = None) -> None:
     with sqlite3.connect(home / "keyring.db") as db:
         db.execute("DELETE FROM versions WHERE key_id = ?", (kid,))
-        db.execute("DELETE FROM keys WHERE key_id = ?", (kid,))
+        if keys:
+            db.execute("DELETE FROM keys WHERE key_id = ?", (kid,))
         for row in keys:
             db.execute(f"INSERT INTO keys VALUES ({', '.join('?' * len(row))})", row)
         for row in versions:
@@ -407,159 +438,110 @@ def _put_back(home: Path, kid: str, keys: list[tuple], versions: list[tuple], ro
 
 @pytest.mark.parametrize("seen_revoked", [False, True])
 def test_a_revoked_key_s_older_rows_put_back_do_not_revive_it_in_an_open_keyring(
-        tmp_path: Path, seen_revoked: bool) -> None:
-    from xpscerpto.errors import AuthError
-    from xpscerpto.keyring.keyring import RECHECK_SECONDS
-
-    a, b, clock = _two_open(tmp_path)
+        tmp_path: Path, pair: tuple[Keyring, Keyring, Clock], seen_revoked: bool) -> None:
+    a, b, clock = pair
     home = tmp_path / "home"
-    try:
-        a.create("k")
-        blob = a.encrypt("k", b"m")
-        assert b.decrypt(blob) == b"m" and b.decrypt(b.encrypt("k", b"n")) == b"n"  # b holds k
-        kid = a.describe("k").key_id
-        keys = _rows(home, f"SELECT * FROM keys WHERE key_id = '{kid}'")
-        versions = _rows(home, f"SELECT * FROM versions WHERE key_id = '{kid}'")
-        a.revoke("k", "compromised")
-        if seen_revoked:  # b re-reads and sees the revocation (its roster check passes then)
-            clock.advance(RECHECK_SECONDS)
-            with pytest.raises(AuthError):
-                b.decrypt(blob)
-        _put_back(home, kid, keys, versions)  # sealed rows, from before the revocation
+    a.create("k")
+    blob = a.encrypt("k", b"m")
+    assert b.decrypt(blob) == b"m" and b.decrypt(b.encrypt("k", b"n")) == b"n"  # b holds k
+    kid = a.describe("k").key_id
+    keys, versions = _key_rows(home, kid)
+    a.revoke("k", "compromised")
+    if seen_revoked:  # b re-reads and sees the revocation (its roster check passes then)
         clock.advance(RECHECK_SECONDS)
-        with pytest.raises(KeyringTampered, match="do not match its sealed roster"):
-            b.encrypt("k", b"m")
         with pytest.raises(AuthError):
             b.decrypt(blob)
-    finally:
-        b.close()
-        a.close()
+    _put_back(home, kid, keys, versions)  # sealed rows, from before the revocation
+    clock.advance(RECHECK_SECONDS)
+    with pytest.raises(KeyringTampered, match="do not match its sealed roster"):
+        b.encrypt("k", b"m")
+    with pytest.raises(AuthError):
+        b.decrypt(blob)
     with pytest.raises(KeyringTampered, match="do not match its sealed roster"):  # and at the next open, as before
         Keyring(home, config=_keyring_config(database="keyring.db"))
 
 
-def test_an_open_keyring_rechecks_the_roster_only_when_something_changed(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from xpscerpto.keyring.keyring import RECHECK_SECONDS
-
-    a, b, clock = _two_open(tmp_path)
-    checks = [0]
-    real = type(b.store).checked_rows
-
-    def counted(self: object, db: object) -> object:
-        checks[0] += 1
-        return real(self, db)  # type: ignore[arg-type]
-
-    try:
-        a.create("k")
-        blob = a.encrypt("k", b"m")
-        monkeypatch.setattr(type(b.store), "checked_rows", counted)
-        assert b.decrypt(blob) == b"m"
-        first = checks[0]
-        assert first == 1  # a's writes changed the roster since b opened
-        for _ in range(3):  # nothing changed: re-reads compare, they do not sum every row
-            clock.advance(RECHECK_SECONDS)
-            assert b.decrypt(blob) == b"m"
-        assert checks[0] == first
-        a.create("other")  # a legitimate change elsewhere: one more full check, and it passes
+def test_an_open_keyring_rechecks_the_roster_only_when_something_changed(
+        pair: tuple[Keyring, Keyring, Clock], monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, clock = pair
+    a.create("k")
+    blob = a.encrypt("k", b"m")
+    checks = _full_checks(monkeypatch)
+    assert b.decrypt(blob) == b"m"
+    assert checks[0] == 1  # a's writes changed the roster since b opened
+    for _ in range(3):  # nothing changed: re-reads compare, they do not sum every row
         clock.advance(RECHECK_SECONDS)
         assert b.decrypt(blob) == b"m"
-        assert checks[0] == first + 1
-    finally:
-        b.close()
-        a.close()
+    assert checks[0] == 1
+    a.create("other")  # a legitimate change elsewhere: one more full check, and it passes
+    clock.advance(RECHECK_SECONDS)
+    assert b.decrypt(blob) == b"m"
+    assert checks[0] == 2
 
 
 def test_rows_and_roster_put_back_as_the_last_check_saw_them_are_caught_by_the_next_full_check(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, pair: tuple[Keyring, Keyring, Clock], monkeypatch: pytest.MonkeyPatch) -> None:
     # Everything b reads matches its last check exactly; only a later full check (other rows
     # changed since) can tell. It runs once that check is ROSTER_FULL_SECONDS old.
-    import time
-
-    from xpscerpto.keyring import keyring as keyring_module
-
     monkeypatch.setattr(keyring_module, "ROSTER_FULL_SECONDS", 0.3)
-    a, b, clock = _two_open(tmp_path)
+    a, b, clock = pair
     home = tmp_path / "home"
-    try:
-        a.create("k")
-        blob = a.encrypt("k", b"m")
-        assert b.decrypt(blob) == b"m"  # b's last check: now
-        kid = a.describe("k").key_id
-        keys = _rows(home, f"SELECT * FROM keys WHERE key_id = '{kid}'")
-        versions = _rows(home, f"SELECT * FROM versions WHERE key_id = '{kid}'")
-        roster = _rows(home, "SELECT v FROM meta WHERE k = 'roster'")[0][0]
-        a.revoke("k", "compromised")
-        a.create("other")  # a later change that stays: this is a mix, not a whole-database rollback
-        _put_back(home, kid, keys, versions, roster)
-        time.sleep(0.4)
-        clock.advance(1.0)
-        with pytest.raises(KeyringTampered, match="do not match its sealed roster"):
-            b.encrypt("k", b"m")
-    finally:
-        b.close()
-        a.close()
+    a.create("k")
+    blob = a.encrypt("k", b"m")
+    assert b.decrypt(blob) == b"m"  # b's last check: now
+    kid = a.describe("k").key_id
+    keys, versions = _key_rows(home, kid)
+    roster = _rows(home, "SELECT v FROM meta WHERE k = 'roster'")[0][0]
+    a.revoke("k", "compromised")
+    a.create("other")  # a later change that stays: this is a mix, not a whole-database rollback
+    _put_back(home, kid, keys, versions, roster)
+    time.sleep(0.4)
+    clock.advance(1.0)
+    with pytest.raises(KeyringTampered, match="do not match its sealed roster"):
+        b.encrypt("k", b"m")
 
 
-def test_exported_material_comes_only_from_rows_the_roster_vouches_for(tmp_path: Path) -> None:
-    a, b, _ = _two_open(tmp_path)
+def test_exported_material_comes_only_from_rows_the_roster_vouches_for(
+        tmp_path: Path, pair: tuple[Keyring, Keyring, Clock]) -> None:
+    a, b, _ = pair
     home = tmp_path / "home"
-    try:
-        a.create("k")
-        kid = a.describe("k").key_id
-        keys = _rows(home, f"SELECT * FROM keys WHERE key_id = '{kid}'")
-        versions = _rows(home, f"SELECT * FROM versions WHERE key_id = '{kid}'")
-        a.revoke("k", "compromised")
-        _put_back(home, kid, keys, versions)  # the revoked key's rows, from before
-        with pytest.raises(KeyringTampered, match="do not match its sealed roster"):
-            b.get("k")
-    finally:
-        b.close()
-        a.close()
+    a.create("k")
+    kid = a.describe("k").key_id
+    keys, versions = _key_rows(home, kid)
+    a.revoke("k", "compromised")
+    _put_back(home, kid, keys, versions)  # the revoked key's rows, from before
+    with pytest.raises(KeyringTampered, match="do not match its sealed roster"):
+        b.get("k")
 
 
-def test_a_granted_rewrap_does_not_open_a_destroyed_version_put_back(tmp_path: Path) -> None:
-    a, b, _ = _two_open(tmp_path)
+def test_a_granted_rewrap_does_not_open_a_destroyed_version_put_back(
+        tmp_path: Path, pair: tuple[Keyring, Keyring, Clock]) -> None:
+    a, b, _ = pair
     home = tmp_path / "home"
-    try:
-        a.create("k")
-        a.create("next")
-        blob = a.encrypt("k", b"secret")
-        kid = a.describe("k").key_id
-        a.revoke("k", "compromised")
-        versions = _rows(home, f"SELECT * FROM versions WHERE key_id = '{kid}'")  # revoked, material there
-        a.grant_rewrap("k", "next", reason="migrate")
-        a.destroy("k")
-        b.encrypt("next", b"warm")  # b's check passes after the destroy; next's handle is fresh
-        with sqlite3.connect(home / "keyring.db") as db:  # only the version row put back
-            db.execute("DELETE FROM versions WHERE key_id = ?", (kid,))
-            for row in versions:
-                db.execute(f"INSERT INTO versions VALUES ({', '.join('?' * len(row))})", row)
-        with pytest.raises(KeyringTampered, match="do not match its sealed roster"):
-            b.rewrap_revoked([blob])
-    finally:
-        b.close()
-        a.close()
+    a.create("k")
+    a.create("next")
+    blob = a.encrypt("k", b"secret")
+    kid = a.describe("k").key_id
+    a.revoke("k", "compromised")
+    _, versions = _key_rows(home, kid)  # revoked, material still there
+    a.grant_rewrap("k", "next", reason="migrate")
+    a.destroy("k")
+    b.encrypt("next", b"warm")  # b's check passes after the destroy; next's handle is fresh
+    _put_back(home, kid, [], versions)  # only the version row put back
+    with pytest.raises(KeyringTampered, match="do not match its sealed roster"):
+        b.rewrap_revoked([blob])
 
 
 def test_a_keyring_s_own_writes_do_not_cost_its_next_re_read_a_full_check(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     # usage_block 1: every encryption reserves (writes the version row and the roster). The
     # last check is carried past those writes; only another process's change needs a full one.
-    from xpscerpto.keyring.keyring import RECHECK_SECONDS
-
     clock = Clock()
-    ring = Keyring(tmp_path / "home", clock=clock, config=_keyring_config(database="keyring.db", usage_block=1))
-    checks = [0]
-    real = type(ring.store).checked_rows
-
-    def counted(self: object, db: object) -> object:
-        checks[0] += 1
-        return real(self, db)  # type: ignore[arg-type]
-
+    config = _keyring_config(database="keyring.db", usage_block=1)
+    ring = Keyring(tmp_path / "home", clock=clock, config=config)
     try:
         ring.create("k")
-        monkeypatch.setattr(type(ring.store), "checked_rows", counted)
+        checks = _full_checks(monkeypatch)
         blobs = []
         for _ in range(20):
             blobs.append(ring.encrypt("k", b"m"))
@@ -567,7 +549,7 @@ def test_a_keyring_s_own_writes_do_not_cost_its_next_re_read_a_full_check(tmp_pa
         assert all(ring.decrypt(b) == b"m" for b in blobs)
         assert checks[0] <= 1  # at most the one after create (made before the count started)
         assert ring.describe("k").versions[0].encryptions == 20
-        other = Keyring(tmp_path / "home", clock=clock, config=_keyring_config(database="keyring.db", usage_block=1))
+        other = Keyring(tmp_path / "home", clock=clock, config=config)
         try:
             other.create("elsewhere")  # another process's write: the next re-read checks in full
         finally:
@@ -580,33 +562,18 @@ def test_a_keyring_s_own_writes_do_not_cost_its_next_re_read_a_full_check(tmp_pa
         ring.close()
 
 
-def test_forged_blobs_naming_unknown_keys_cost_no_roster_check(tmp_path: Path,
+def test_forged_blobs_naming_unknown_keys_cost_no_roster_check(pair: tuple[Keyring, Keyring, Clock],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # Only rows about to be used are checked: a forged blob after another process's write
     # would otherwise cost a full check (about 12 ms per 1,000 keys) under the keyring's lock.
-    import os
-
-    from xpscerpto.errors import AuthError
-
-    a, b, _ = _two_open(tmp_path)
-    checks = [0]
-    real = type(b.store).checked_rows
-
-    def counted(self: object, db: object) -> object:
-        checks[0] += 1
-        return real(self, db)  # type: ignore[arg-type]
-
-    try:
-        a.create("k")
-        blob = a.encrypt("k", b"m")
-        monkeypatch.setattr(type(b.store), "checked_rows", counted)
-        for i in range(20):
-            a.create(f"other{i}")  # another process writes between every forged blob
-            forged = blob[:1] + os.urandom(8) + blob[9:]  # a key id nobody has
-            with pytest.raises(AuthError):
-                b.decrypt(forged)
-        assert checks[0] == 0
-        assert b.decrypt(blob) == b"m" and checks[0] == 1  # a real key's rows: checked once
-    finally:
-        b.close()
-        a.close()
+    a, b, _ = pair
+    a.create("k")
+    blob = a.encrypt("k", b"m")
+    checks = _full_checks(monkeypatch)
+    for i in range(20):
+        a.create(f"other{i}")  # another process writes between every forged blob
+        forged = blob[:1] + os.urandom(8) + blob[9:]  # a key id nobody has
+        with pytest.raises(AuthError):
+            b.decrypt(forged)
+    assert checks[0] == 0
+    assert b.decrypt(blob) == b"m" and checks[0] == 1  # a real key's rows: checked once
