@@ -561,14 +561,10 @@ class Store:
         self._store_roster(db, self._roster_of_rows(db))
         self.roster_on = True
 
-    def check_roster(self, db: Connection) -> None:
-        """Refuse the database unless its rows add up to its sealed roster (inside a snapshot or
-        a write, so no other writer's change is half-seen)."""
-        self.checked_rows(db)
-
     def checked_rows(self, db: Connection) -> RosterCheck:
-        """:meth:`check_roster`, returning what was checked: the stored roster and each key and
-        version row's seal, by primary key (what later reads are compared with)."""
+        """Refuse the database unless its rows add up to its sealed roster (inside a snapshot or
+        a write, so no other writer's change is half-seen); returns what was checked: the stored
+        roster and each key and version row's seal, by primary key (what later reads compare)."""
         stored = self._stored_roster(db)
         total, macs = 0, {}
         for entry in self._entries(db):
