@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from xpscerpto.engine import Engine
@@ -343,8 +344,8 @@ def _nodes(eng: Engine) -> bool:
             blob = a.encrypt("orders", b"card 4111")
             print(f"  node-a created 'orders'; node-b (own home, same KEK) opens its blob: {b.decrypt(blob)!r}")
             orchs = [Orchestrator(r, node=n, lease_ttl=5, interval=0.2) for r, n in ((a, "node-a"), (b, "node-b"))]
-            orchs[0].track(Plan("orders-hourly", key="orders", policy="every=1h", grace="7d"))
-            orchs[0].database.execute("UPDATE xps_orch_plans SET anchor = clock_timestamp() - interval '61 minutes'")
+            orchs[0].track(Plan("orders-hourly", key="orders", policy="every=1h", grace="7d"),
+                           anchor=datetime.now(UTC) - timedelta(minutes=61))
             done = [run for _ in range(3) for o in orchs for run in o.tick()]
             status = orchs[1].status()
             print(f"  plan due an hour ago; 3 ticks on each node: rotations {done} by leader {status['leader']} "
@@ -362,7 +363,7 @@ def _nodes(eng: Engine) -> bool:
                     break
             else:
                 return False
-            pq_ok = _pq_rollout(eng, dsn, orchs)
+            pq_ok = _pq_rollout(eng, orchs)
             for r in rings:
                 r.close()
             rings.clear()
@@ -373,7 +374,7 @@ def _nodes(eng: Engine) -> bool:
         server.close()
 
 
-def _pq_rollout(eng: Engine, dsn: str, orchs: list[Any]) -> bool:
+def _pq_rollout(eng: Engine, orchs: list[Any]) -> bool:
     """Step 13, continued: hybrid PQ channels rolled out over the two nodes, canary first."""
     from xpscerpto.channel import ChannelConfig, Trust
     from xpscerpto.channel import blocking as ch
@@ -392,8 +393,8 @@ def _pq_rollout(eng: Engine, dsn: str, orchs: list[Any]) -> bool:
             c.send(msg)
 
     servers = {n: ch.serve("127.0.0.1", 0, ids[n], trust, echo, config=base, engine=eng) for n in names}
-    postures = {n: PqPosture(dsn, node=n, base=base, on_change=servers[n].reconfigure, poll=0.1).start()
-                for n in names}
+    postures = {o.node: PqPosture(o.keyring, node=o.node, base=base, on_change=servers[o.node].reconfigure,
+                                  poll=0.1).start() for o in orchs}
 
     def dial(src: str, dst: str, config: ChannelConfig | None = None) -> str:
         try:

@@ -94,6 +94,12 @@ class PgStore(Store):
         if not unique_name:
             raise self._schema_edited("key names are no longer unique")
 
+    def _other_entries(self, db: Connection) -> Iterator[list[Any]]:
+        """The orchestration tables' sealed rows (:mod:`.sealed_tables`), once adopted."""
+        from .sealed_tables import roster_entries
+
+        return roster_entries(self, db)
+
     def checkpoint(self) -> None:
         """Nothing to fold: PostgreSQL reclaims erased tuples at VACUUM (see SECURITY.md)."""
 

@@ -111,6 +111,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         """CREATE TABLE xps_capsule_state (node TEXT PRIMARY KEY, doc TEXT NOT NULL,
             updated TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())""",
     )),
+    Migration(8, "seals on the orchestration tables", tuple(
+        # Each row's HMAC under the keyring's integrity key (db/sealed_tables.py); NULL until the
+        # first orchestrator or PQ posture with the keyring seals the rows written before.
+        f"ALTER TABLE {table} ADD COLUMN mac TEXT" for table in (
+            "xps_orch_plans", "xps_orch_runs", "xps_orch_emergency", "xps_orch_archived", "xps_suite_migrations",
+            "xps_pq_rollouts"))),
 )
 
 

@@ -554,6 +554,27 @@ class Store:
         self.set_meta(db, "policy_seal", seal)
         self._roster(db, add=[["policy", seal]], remove=[["policy", old]] if old is not None else [])
 
+    # -- rows of other subsystems' tables (see xpscerpto.db.sealed_tables) ---------------------
+
+    def row_seal(self, table: str, values: Sequence[Any]) -> str:
+        """The seal of a row of ``table`` (another subsystem's, in this database) over ``values``,
+        its columns in a fixed order (primary key first)."""
+        return self._seal(f"row:{table}", tuple(values))
+
+    def check_row(self, table: str, values: Sequence[Any], mac: object, *, what: str) -> None:
+        """Raise :class:`KeyringTampered` naming ``what`` unless ``mac`` seals ``values``."""
+        if self.sealer is None:
+            raise InternalError("keyring: no integrity key attached; rows cannot be checked")
+        self.sealer.check(f"row:{table}", tuple(values), mac, what=what)
+
+    def roster_rows(self, db: Connection, *, add: Sequence[Sequence[Any]] = (),
+                    remove: Sequence[Sequence[Any]] = ()) -> None:
+        """Enter rows another subsystem wrote in ``db`` (a write) into the roster, and take out
+        the ones it replaced; each entry is ``[table, *primary key, seal]``."""
+        if not self.roster_on:
+            raise InternalError("keyring: the roster is not kept yet; rows cannot enter it")
+        self._roster(db, add=add, remove=remove)
+
     # -- the roster (see the module docstring) ------------------------------------------------
 
     def build_roster(self, db: Connection) -> None:
@@ -646,6 +667,11 @@ class Store:
         policy_seal = self.meta("policy_seal", db)
         if policy_seal is not None:
             yield ["policy", policy_seal]
+        yield from self._other_entries(db)
+
+    def _other_entries(self, db: Connection) -> Iterator[list[Any]]:
+        """Roster entries of other subsystems' tables (the PostgreSQL store has some)."""
+        return iter(())
 
     def _stored_roster(self, db: Connection) -> int:
         raw = self.meta(_ROSTER, db)

@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from xpscerpto._config_fields import show
+from xpscerpto.db import sealed_tables as sealed
 from xpscerpto.db.counter_store import CounterStore
 from xpscerpto.db.migrations import require
 from xpscerpto.db.postgres import Database
@@ -45,10 +46,31 @@ if TYPE_CHECKING:
     from .pq_rollout import PqRollout
     from .suite_migration import SuiteMigration
 
-__all__ = ["LEASE", "Fenced", "Orchestrator", "Plan", "node_of"]
+__all__ = ["LEASE", "SCHEMA", "Fenced", "Orchestrator", "Plan", "adopt_rows", "node_of"]
 
 LEASE = "orchestrator"
+#: The schema migration the orchestration needs (8: its rows are sealed).
+SCHEMA = 8
 _SUITES = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305", "XCHACHA20-POLY1305")
+
+
+def adopt_rows(keyring: Keyring) -> None:
+    """Seal the orchestration rows an earlier release wrote, once (journaled as
+    ``KEYRING_SEALED`` with ``scope: orchestration``); nothing if they are sealed already.
+
+    Raises:
+        KeyringTampered: sealed rows in a database not marked as sealed (see
+            :func:`~xpscerpto.db.sealed_tables.adopt`).
+    """
+    with keyring.store.snapshot() as db:
+        if keyring.store.meta(sealed.MARK, db) is not None:
+            return
+    with keyring.store.write() as db:
+        rows = sealed.adopt(keyring.store, db)
+        if rows is not None:
+            keyring.outbox.add(db, "KEYRING_SEALED", scope="orchestration", rows=rows, operator=keyring.operator)
+    if rows is not None:
+        keyring.outbox.deliver()
 
 
 def node_of(holder: str | None) -> str | None:
@@ -120,7 +142,8 @@ class Orchestrator:
             canary decision on the leader reads every node's numbers.
 
     Raises:
-        PolicyError: the keyring is not on PostgreSQL, or the schema lacks migration 6.
+        PolicyError: the keyring is not on PostgreSQL, or the schema lacks migration 8.
+        KeyringTampered: the orchestration rows' seals are damaged (see :func:`adopt_rows`).
     """
 
     def __init__(self, keyring: Keyring, *, node: str, lease_ttl: float = 10.0, interval: float = 1.0,
@@ -136,7 +159,8 @@ class Orchestrator:
             raise PolicyError(f"lease_ttl: expected seconds above 0 and at most {_MAX_TTL:g}")
         if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0.01 <= interval <= lease_ttl:
             raise PolicyError("interval: expected seconds between 0.01 and lease_ttl")
-        require(database, 6, "orchestrator database")
+        require(database, SCHEMA, "orchestrator database")
+        adopt_rows(keyring)
         self.keyring = keyring
         self.database = database
         self.node = node
@@ -156,19 +180,33 @@ class Orchestrator:
 
     # -- plans (any node may change them; they are configuration, not leader writes) ---------
 
-    def track(self, plan: Plan) -> None:
-        """Add or replace ``plan`` (its schedule starts now, database time)."""
+    def track(self, plan: Plan, *, anchor: datetime | None = None) -> None:
+        """Add or replace ``plan``.
+
+        Args:
+            anchor: where its schedule starts (timezone-aware; default: now, database time). A
+                plan replaced keeps its anchor and pause unless ``anchor`` is given.
+
+        Raises:
+            PolicyError: not a Plan, a naive or non-datetime anchor, or a KEK other than the
+                keyring's.
+            KeyError_: no such key.
+        """
         if not isinstance(plan, Plan):
             raise PolicyError(f"plan: expected a Plan, got {type(plan).__name__}")
+        if anchor is not None and (not isinstance(anchor, datetime) or anchor.utcoffset() is None):
+            raise PolicyError("anchor: expected a timezone-aware datetime")
         self.keyring.describe(plan.key)  # KeyError_ now, not at the first tick
         if plan.kek != self.keyring.config.kek.provider:
             raise PolicyError(f"kek: the plan names {plan.kek!r}, this keyring's KEK is "
                               f"{self.keyring.config.kek.provider!r}")
-        self.database.execute(
-            "INSERT INTO xps_orch_plans (plan, key_name, policy, grace_seconds, suite, kek) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (plan) DO UPDATE SET key_name = excluded.key_name, policy = excluded.policy, "
-            "grace_seconds = excluded.grace_seconds, suite = excluded.suite, kek = excluded.kek",
-            (plan.name, plan.key, plan.policy, parse_seconds(plan.grace, "grace"), plan.suite, plan.kek))
+        with self.keyring.store.write() as db:
+            old = sealed.read(self.keyring.store, db, sealed.PLANS, "plan = ?", (plan.name,))
+            sealed.put(self.keyring.store, db, sealed.PLANS, {
+                "plan": plan.name, "key_name": plan.key, "policy": plan.policy,
+                "grace_seconds": parse_seconds(plan.grace, "grace"), "suite": plan.suite, "kek": plan.kek,
+                "anchor": anchor or (old[0]["anchor"] if old else sealed.now(db)),
+                "paused": bool(old[0]["paused"]) if old else False})
 
     def plans(self) -> list[tuple[Plan, datetime, bool]]:
         """Every tracked plan with its anchor and whether it is paused.
@@ -183,14 +221,17 @@ class Orchestrator:
 
     def _stored_plans(self) -> tuple[list[tuple[Plan, datetime, bool]], list[str]]:
         """The plans that validate, and one message per stored plan that does not."""
-        rows = self.database.execute("SELECT plan, key_name, policy, grace_seconds, suite, kek, anchor, paused "
-                                     "FROM xps_orch_plans ORDER BY plan").fetchall()
+        with self.keyring.store.snapshot() as db:
+            rows = sealed.read_each(self.keyring.store, db, sealed.PLANS)
         plans, refused = [], []
-        for r in rows:
+        for r, damaged in sorted(rows, key=lambda item: str(item[0]["plan"])):
             try:
-                plans.append((Plan(r[0], r[1], r[2], r[3], r[4], r[5]), r[6], bool(r[7])))
-            except PolicyError as exc:
-                refused.append(f"plan {show(r[0])}: its stored row no longer validates ({exc.args[0]})")
+                if damaged is not None:
+                    raise damaged
+                plans.append((Plan(r["plan"], r["key_name"], r["policy"], r["grace_seconds"], r["suite"], r["kek"]),
+                              r["anchor"], bool(r["paused"])))
+            except XpsError as exc:
+                refused.append(f"plan {show(r['plan'])}: its stored row no longer validates ({exc.args[0]})")
         return plans, refused
 
     def pause(self, plan: str) -> None:
@@ -202,8 +243,11 @@ class Orchestrator:
         self._set_paused(plan, False)
 
     def _set_paused(self, plan: str, paused: bool) -> None:
-        if self.database.execute("UPDATE xps_orch_plans SET paused = ? WHERE plan = ?", (paused, plan)).rowcount != 1:
-            raise PolicyError("plan: no such plan")
+        with self.keyring.store.write() as db:
+            rows = sealed.read(self.keyring.store, db, sealed.PLANS, "plan = ?", (plan,))
+            if not rows:
+                raise PolicyError("plan: no such plan")
+            sealed.put(self.keyring.store, db, sealed.PLANS, {**rows[0], "paused": paused})
 
     # -- ticking ---------------------------------------------------------------------------
 
@@ -234,7 +278,11 @@ class Orchestrator:
                 active = next((v for v in info.versions if v.version == info.active_version), None)
                 if active is not None and active.encryptions >= schedule.usage:
                     due = schedule.usage_marker(active.version)
-            if due is None or self._ran(plan.name, due):
+            try:
+                if due is None or self._ran(plan.name, due):
+                    continue
+            except XpsError as exc:  # a forged or damaged run record: named, the other plans go on
+                refused.append(f"plan {show(plan.name)}: {exc.args[0]}")
                 continue
             done.append((plan.name, self._rotate(plan, due, state, reason=f"scheduled ({plan.policy})")))
         for plan, _, _ in plans:
@@ -287,7 +335,7 @@ class Orchestrator:
         """Every PQ rollout: name, nodes, canary nodes, protocol, phase, since, detail."""
         from .pq_rollout import status
 
-        return status(self.database)
+        return status(self.keyring)
 
     def migrate(self, migration: SuiteMigration) -> None:
         """Start moving ``migration.keys`` to its target suite (the leader's ticks advance it).
@@ -302,19 +350,30 @@ class Orchestrator:
             raise PolicyError(f"migration: expected a SuiteMigration, got {type(migration).__name__}")
         for key in migration.keys:
             self.keyring.describe(key)
-        if self.database.execute(
-                "INSERT INTO xps_suite_migrations (name, keys, target, canary, watch_seconds, max_failure_rate, "
-                "phase) VALUES (?, ?, ?, ?, ?, ?, 'canary') ON CONFLICT DO NOTHING",
-                (migration.name, json.dumps(list(migration.keys)), migration.target, migration.canary,
-                 parse_seconds(migration.watch, "watch"), migration.max_failure_rate)).rowcount != 1:
-            raise PolicyError(f"migration: {migration.name!r} exists already")
+        with self.keyring.store.write() as db:
+            row = {"name": migration.name, "keys": json.dumps(list(migration.keys)), "target": migration.target,
+                   "canary": migration.canary, "watch_seconds": parse_seconds(migration.watch, "watch"),
+                   "max_failure_rate": migration.max_failure_rate, "phase": "canary", "detail": "",
+                   "since": sealed.now(db)}
+            if not sealed.put(self.keyring.store, db, sealed.MIGRATIONS, row, replace=False):
+                raise PolicyError(f"migration: {migration.name!r} exists already")
 
     def migration_status(self) -> list[dict[str, Any]]:
         """Every suite migration: name, target, phase, since, detail."""
-        rows = self.database.execute("SELECT name, target, phase, since, detail FROM xps_suite_migrations "
-                                     "ORDER BY name").fetchall()
-        return [{"name": r[0], "target": r[1], "phase": r[2], "since": r[3].isoformat(),
-                 "detail": json.loads(r[4] or "{}")} for r in rows]
+        with self.keyring.store.snapshot() as db:
+            rows = sealed.read_each(self.keyring.store, db, sealed.MIGRATIONS)
+        out = []
+        for r, damaged in sorted(rows, key=lambda item: str(item[0]["name"])):
+            if damaged is not None:  # status shows the damage instead of failing altogether
+                out.append({"name": str(r["name"]), "phase": "tampered", "since": r["since"].isoformat()})
+                continue
+            try:
+                detail = json.loads(r["detail"] or "{}")
+            except ValueError:
+                detail = {"malformed": True}
+            out.append({"name": r["name"], "target": r["target"], "phase": r["phase"],
+                        "since": r["since"].isoformat(), "detail": detail})
+        return out
 
     def hygiene(self, plan: Plan, state: LeaseState) -> list[int]:
         """Archive the retired versions of ``plan``'s key proven unused for at least its grace.
@@ -329,8 +388,9 @@ class Orchestrator:
         plan_grace = parse_seconds(plan.grace, "grace")
         info = self.keyring.describe(plan.key)
         now = self.keyring.clock()
-        short = {int(v): float(g) for v, g in self.database.execute(
-            "SELECT version, grace_seconds FROM xps_orch_emergency WHERE key_id = ?", (info.key_id,)).fetchall()}
+        with self.keyring.store.snapshot() as db:
+            short = {int(r["version"]): float(r["grace_seconds"]) for r in sealed.read(
+                self.keyring.store, db, sealed.EMERGENCY, "key_id = ?", (info.key_id,))}
         if not all(math.isfinite(g) and g >= 0 for g in short.values()):
             raise PolicyError(f"xps_orch_emergency: a grace for key {plan.key!r} is malformed (edited outside xps?)",
                               reason="malformed")
@@ -342,13 +402,15 @@ class Orchestrator:
             unused = self.keyring.unused_for(plan.key, v.version)
             if unused is not None and unused < grace:
                 continue
-            if self.database.execute("SELECT 1 FROM xps_orch_archived WHERE key_id = ? AND version = ?",
-                                     (info.key_id, v.version)).fetchone() is not None:
-                continue
+            with self.keyring.store.snapshot() as db:
+                if sealed.read(self.keyring.store, db, sealed.ARCHIVED, "key_id = ? AND version = ?",
+                               (info.key_id, v.version)):
+                    continue
             with self.keyring.store.write() as db:
-                if db.execute(f"INSERT INTO xps_orch_archived (key_id, version, token, holder) SELECT ?, ?, ?, ? "
-                              f"WHERE {FENCE} ON CONFLICT DO NOTHING",
-                              (info.key_id, v.version, state.token, self.node, *state.fence())).rowcount != 1:
+                row = {"key_id": info.key_id, "version": v.version, "token": state.token, "holder": self.node,
+                       "at": sealed.now(db)}
+                if not sealed.put(self.keyring.store, db, sealed.ARCHIVED, row, only_if=(FENCE, state.fence()),
+                                  replace=False):
                     continue  # archived meanwhile, or our lease lapsed: nothing written
                 self.keyring.outbox.add(db, "KEY_ARCHIVE", key_id=info.key_id, name=info.name, version=v.version,
                                         unused_seconds=None if unused is None else round(unused, 3),
@@ -417,16 +479,18 @@ class Orchestrator:
         active = info.active_version
 
         def claim(db: Connection) -> None:
-            if db.execute(f"INSERT INTO xps_orch_runs (plan, due, token, holder, result) SELECT ?, ?, ?, ?, ? "
-                          f"WHERE {FENCE} ON CONFLICT DO NOTHING",
-                          (plan.name, due, state.token, self.node, f"rotated from {active}",
-                           *state.fence())).rowcount != 1:
+            store = self.keyring.store
+            run = {"plan": plan.name, "due": due, "token": state.token, "holder": self.node, "at": sealed.now(db),
+                   "result": f"rotated from {active}"}
+            if not sealed.put(store, db, sealed.RUNS, run, only_if=(FENCE, state.fence()), replace=False):
                 raise self._refusal(plan.name, due, state)
             if grace is not None and active is not None:
-                db.execute(f"INSERT INTO xps_orch_emergency (key_id, version, grace_seconds, token, holder) "
-                           f"SELECT ?, ?, ?, ?, ? WHERE {FENCE} ON CONFLICT (key_id, version) DO UPDATE SET "
-                           "grace_seconds = least(xps_orch_emergency.grace_seconds, excluded.grace_seconds)",
-                           (info.key_id, active, grace, state.token, self.node, *state.fence()))
+                old = sealed.read(store, db, sealed.EMERGENCY, "key_id = ? AND version = ?", (info.key_id, active))
+                shortest = min(grace, float(old[0]["grace_seconds"])) if old else grace
+                sealed.put(store, db, sealed.EMERGENCY,
+                           {"key_id": info.key_id, "version": active, "grace_seconds": shortest,
+                            "token": state.token, "holder": self.node, "at": sealed.now(db)},
+                           only_if=(FENCE, state.fence()))
             if incident is not None:
                 self.keyring.outbox.add(db, "INCIDENT", **incident, from_version=active)
 
@@ -440,8 +504,9 @@ class Orchestrator:
                       "its write was refused")
 
     def _ran(self, plan: str, due: datetime) -> bool:
-        return self.database.execute("SELECT 1 FROM xps_orch_runs WHERE plan = ? AND due = ?",
-                                     (plan, due)).fetchone() is not None
+        """Whether a run is recorded for (plan, due); a forged one is refused, not obeyed."""
+        with self.keyring.store.snapshot() as db:
+            return bool(sealed.read(self.keyring.store, db, sealed.RUNS, "plan = ? AND due = ?", (plan, due)))
 
     def _now(self) -> datetime:
         row = self.database.execute("SELECT clock_timestamp()").fetchone()
@@ -484,12 +549,14 @@ class Orchestrator:
         lease = self.lease.state()
         now = self._now()
         plans = []
+        store = self.keyring.store
         for plan, anchor, paused in self.plans():
-            last = self.database.execute("SELECT due, at, holder, token, result FROM xps_orch_runs WHERE plan = ? "
-                                         "ORDER BY due DESC LIMIT 1", (plan.name,)).fetchone()
-            archived = [r[0] for r in self.database.execute(
-                "SELECT a.version FROM xps_orch_archived a JOIN keys k ON k.key_id = a.key_id WHERE k.name = ? "
-                "ORDER BY a.version", (plan.key,)).fetchall()]
+            with store.snapshot() as db:
+                runs = sealed.read(store, db, sealed.RUNS, "plan = ? ORDER BY due DESC LIMIT 1", (plan.name,))
+                archived = sorted(int(r["version"]) for r in sealed.read(
+                    store, db, sealed.ARCHIVED, "key_id = (SELECT key_id FROM keys WHERE name = ?)", (plan.key,)))
+            last = (runs[0]["due"], runs[0]["at"], runs[0]["holder"], runs[0]["token"], runs[0]["result"]) if runs \
+                else None
             plans.append({"plan": plan.name, "key": plan.key, "policy": plan.policy, "paused": paused,
                           "archived": archived,
                           "suite": plan.suite, "kek": plan.kek,

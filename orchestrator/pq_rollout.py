@@ -20,7 +20,7 @@ Postures: ``classic`` (the node's own configuration), ``accept``, ``offer``, ``r
 
 Example:
     >>> orch.roll_out_pq(PqRollout("pq", nodes=("a", "b", "c"), canary=0.34, watch="1h"))  # doctest: +SKIP
-    >>> posture = PqPosture(database, node="a", base=ChannelConfig(), on_change=server.reconfigure)
+    >>> posture = PqPosture(ring, node="a", base=ChannelConfig(), on_change=server.reconfigure)
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from xpscerpto.channel.config import DEFAULT_PQ_PROTOCOL, ChannelConfig
+from xpscerpto.db import sealed_tables as sealed
 from xpscerpto.db.migrations import open_migrated
 from xpscerpto.errors import PolicyError, XpsError
 
@@ -43,15 +44,14 @@ from ._canary import MIN_SAMPLES, canary_subset, check_fields
 from .schedule import parse_seconds
 
 if TYPE_CHECKING:
-    from xpscerpto.db import Database
+    from xpscerpto.keyring import Keyring
+    from xpscerpto.keyring.store import Connection
 
     from .lease import LeaseState
     from .orchestrator import Orchestrator
 
 __all__ = ["CHANNEL", "MIN_SAMPLES", "POSTURES", "PqPosture", "PqRollout", "advance", "channel_config", "posture_of"]
 
-#: The advisory lock that makes "one live rollout per node" hold when two start at once.
-PQ_LOCK = 0x7870_7300_0000_0004
 #: The NOTIFY channel a phase change is announced on (followers also poll).
 CHANNEL = "xps_pq"
 POSTURES = ("classic", "accept", "offer", "require")
@@ -123,12 +123,13 @@ def channel_config(posture: str, base: ChannelConfig, protocol: str = DEFAULT_PQ
     return dataclasses.replace(base, accept=accept, protocol=protocol, require_pq=posture == "require")
 
 
-def _load(row: tuple[Any, ...]) -> PqRollout:
-    """A row as a rollout; a row edited outside xps is a typed refusal naming it, not a crash."""
-    name, nodes, protocol, canary, watch, max_rate = row[:6]
+def _load(row: dict[str, Any]) -> PqRollout:
+    """A row as a rollout; a row that does not validate is a typed refusal naming it, not a crash."""
+    name, nodes, protocol = row["name"], row["nodes"], row["protocol"]
+    canary, watch, max_rate = row["canary"], row["watch_seconds"], row["max_failure_rate"]
     try:
         parsed = json.loads(nodes)
-        if len(row) > 6 and row[6] not in PHASES:
+        if row["phase"] not in PHASES:
             raise PolicyError("phase: unknown")
         return PqRollout(name, tuple(parsed) if isinstance(parsed, list) else parsed, protocol, canary, watch,
                          max_rate)
@@ -138,13 +139,33 @@ def _load(row: tuple[Any, ...]) -> PqRollout:
                           reason="malformed") from None
 
 
-def posture_of(database: Database, node: str) -> tuple[str, str]:
-    """(posture, protocol) of ``node`` now: from the one rollout naming it that did not abort."""
-    for row in database.execute("SELECT name, nodes, protocol, canary, watch_seconds, max_failure_rate, phase "
-                                "FROM xps_pq_rollouts WHERE phase <> 'aborted' ORDER BY name").fetchall():
+def _rows(keyring: Keyring, db: Connection) -> list[dict[str, Any]]:
+    """Every rollout's row, each checked against its seal, by name.
+
+    Raises:
+        KeyringTampered: a row fails its seal (a phase edited to 'aborted' must not send
+            every node back to classic channels).
+    """
+    return sorted(sealed.read(keyring.store, db, sealed.ROLLOUTS), key=lambda r: str(r["name"]))
+
+
+def posture_of(keyring: Keyring, node: str) -> tuple[str, str]:
+    """(posture, protocol) of ``node`` now: from the one rollout naming it that did not abort.
+
+    Raises:
+        KeyringTampered: a rollout's row fails its seal.
+        PolicyError: a rollout's row does not validate.
+    """
+    with keyring.store.snapshot() as db:
+        rows = _rows(keyring, db)
+    return _posture(rows, node)
+
+
+def _posture(rows: list[dict[str, Any]], node: str) -> tuple[str, str]:
+    for row in rows:
         rollout = _load(row)
-        if node in rollout.nodes:
-            return rollout.posture(row[6], node), rollout.protocol
+        if row["phase"] != "aborted" and node in rollout.nodes:
+            return rollout.posture(row["phase"], node), rollout.protocol
     return "classic", DEFAULT_PQ_PROTOCOL
 
 
@@ -154,50 +175,58 @@ def start(orch: Orchestrator, rollout: PqRollout) -> None:
     """Record ``rollout`` in phase ``canary`` (any node may; the leader's ticks advance it)."""
     if not isinstance(rollout, PqRollout):
         raise PolicyError(f"rollout: expected a PqRollout, got {type(rollout).__name__}")
-    with orch.database.transaction(lock=PQ_LOCK) as tx:
-        for row in tx.execute("SELECT name, nodes, protocol, canary, watch_seconds, max_failure_rate, phase "
-                              "FROM xps_pq_rollouts WHERE phase <> 'aborted'").fetchall():
-            taken = set(_load(row).nodes) & set(rollout.nodes)
+    ring = orch.keyring
+    with ring.store.write() as tx:  # the keyring's write lock: two starts at once are serialised
+        for row in _rows(ring, tx):
+            taken = set(_load(row).nodes) & set(rollout.nodes) if row["phase"] != "aborted" else set()
             if taken:
-                raise PolicyError(f"nodes: {', '.join(sorted(taken))} already in PQ rollout {row[0]!r}")
-        if tx.execute("INSERT INTO xps_pq_rollouts (name, nodes, protocol, canary, watch_seconds, max_failure_rate, "
-                      "phase) VALUES (?, ?, ?, ?, ?, ?, 'canary') ON CONFLICT DO NOTHING",
-                      (rollout.name, json.dumps(list(rollout.nodes)), rollout.protocol, rollout.canary,
-                       parse_seconds(rollout.watch, "watch"), rollout.max_failure_rate)).rowcount != 1:
+                raise PolicyError(f"nodes: {', '.join(sorted(taken))} already in PQ rollout {row['name']!r}")
+        row = {"name": rollout.name, "nodes": json.dumps(list(rollout.nodes)), "protocol": rollout.protocol,
+               "canary": rollout.canary, "watch_seconds": parse_seconds(rollout.watch, "watch"),
+               "max_failure_rate": rollout.max_failure_rate, "phase": "canary", "detail": "",
+               "since": sealed.now(tx)}
+        if not sealed.put(ring.store, tx, sealed.ROLLOUTS, row, replace=False):
             raise PolicyError(f"rollout: {rollout.name!r} exists already")
         tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, rollout.name))
 
 
-def status(database: Database) -> list[dict[str, Any]]:
+def status(keyring: Keyring) -> list[dict[str, Any]]:
     """Every PQ rollout: name, nodes, canary nodes, protocol, phase, since, detail."""
     out = []
-    for row in database.execute("SELECT name, nodes, protocol, canary, watch_seconds, max_failure_rate, phase, "
-                                "since, detail FROM xps_pq_rollouts ORDER BY name").fetchall():
+    with keyring.store.snapshot() as db:
+        rows = sealed.read_each(keyring.store, db, sealed.ROLLOUTS)
+    for row, damaged in sorted(rows, key=lambda item: str(item[0]["name"])):
+        if damaged is not None:  # status shows the damage instead of failing altogether
+            out.append({"name": str(row["name"]), "phase": "tampered", "since": row["since"].isoformat()})
+            continue
         try:
             r = _load(row)
-            detail = json.loads(row[8] or "{}")
-        except (PolicyError, ValueError):  # status shows the damage instead of failing altogether
-            out.append({"name": str(row[0]), "phase": "malformed", "since": row[7].isoformat()})
+            detail = json.loads(row["detail"] or "{}")
+        except (PolicyError, ValueError):
+            out.append({"name": str(row["name"]), "phase": "malformed", "since": row["since"].isoformat()})
             continue
         out.append({"name": r.name, "nodes": list(r.nodes), "canary_nodes": list(r.canary_nodes()),
-                    "protocol": r.protocol, "phase": row[6], "since": row[7].isoformat(), "detail": detail})
+                    "protocol": r.protocol, "phase": row["phase"], "since": row["since"].isoformat(),
+                    "detail": detail})
     return out
 
 
 def advance(orch: Orchestrator, state: LeaseState) -> list[tuple[str, str]]:
     """One leader tick over every rollout not finished; returns (name, new phase)s."""
     changed = []
-    rows = orch.database.execute("SELECT name, nodes, protocol, canary, watch_seconds, max_failure_rate, phase, "
-                                 "detail, clock_timestamp() - since FROM xps_pq_rollouts "
-                                 "WHERE phase NOT IN ('retired', 'aborted') ORDER BY name").fetchall()
+    with orch.keyring.store.snapshot() as db:
+        rows = _rows(orch.keyring, db)
+        clock = sealed.now(db)
     for row in rows:
+        if row["phase"] in ("retired", "aborted"):
+            continue
         try:
-            detail = json.loads(row[7] or "{}")
+            detail = json.loads(row["detail"] or "{}")
         except ValueError:
             detail = None
-        new = _step(orch, state, _load(row), row[6], detail, row[8].total_seconds())
+        new = _step(orch, state, _load(row), row["phase"], detail, (clock - row["since"]).total_seconds())
         if new is not None:
-            changed.append((row[0], new))
+            changed.append((row["name"], new))
     return changed
 
 
@@ -264,10 +293,11 @@ def _set_phase(orch: Orchestrator, state: LeaseState, r: PqRollout, old: str, ne
 
     ring = orch.keyring
     with ring.store.write() as db:
-        done = db.execute(
-            "UPDATE xps_pq_rollouts SET phase = ?, detail = ?, since = clock_timestamp() "  # noqa: S608 - constant
-            f"WHERE name = ? AND phase = ? AND {FENCE}",
-            (new, json.dumps(detail, sort_keys=True), r.name, old, *state.fence())).rowcount == 1
+        rows = sealed.read(ring.store, db, sealed.ROLLOUTS, "name = ?", (r.name,))
+        done = bool(rows) and rows[0]["phase"] == old and sealed.put(
+            ring.store, db, sealed.ROLLOUTS,
+            {**rows[0], "phase": new, "detail": json.dumps(detail, sort_keys=True), "since": sealed.now(db)},
+            only_if=(FENCE, state.fence()))
         if done and new != old:
             db.execute("SELECT pg_notify(?, ?)", (CHANNEL, r.name))
             if incident is not None:
@@ -284,8 +314,14 @@ def _set_phase(orch: Orchestrator, state: LeaseState, r: PqRollout, old: str, ne
 class PqPosture:
     """Follow this node's posture in the PQ rollouts and hand each change to ``on_change``.
 
+    The rollouts' rows are sealed under the keyring's integrity key (see
+    :mod:`xpscerpto.db.sealed_tables`), so a follower needs the node's keyring (on the shared
+    PostgreSQL database) to tell a phase the leader wrote from one someone edited. A row that
+    fails its seal, or rows that changed without the keyring's roster changing (one deleted, or
+    put back from an older copy), leave the posture as it was and set :attr:`last_error`.
+
     Args:
-        database: ``postgresql://…`` (migration 6 applied).
+        keyring: this node's keyring on the shared database (migration 8 applied).
         node: this node's name, as the rollout lists it.
         base: the node's own channel configuration (the ``classic`` posture).
         on_change: called with the new :class:`ChannelConfig` (e.g. ``server.reconfigure``).
@@ -294,13 +330,31 @@ class PqPosture:
     :attr:`config` is the configuration to use now (pass it to ``connect``).
     """
 
-    def __init__(self, database: str, *, node: str, base: ChannelConfig,
+    def __init__(self, keyring: Keyring, *, node: str, base: ChannelConfig,
                  on_change: Callable[[ChannelConfig], None] | None = None, poll: float = 2.0) -> None:
+        from xpscerpto.db.postgres import Database
+        from xpscerpto.keyring import Keyring
+
+        from .orchestrator import SCHEMA, adopt_rows
+
+        database = getattr(keyring.store, "database", None) if isinstance(keyring, Keyring) else None
+        if not isinstance(database, Database):
+            raise PolicyError("keyring: expected this node's Keyring on the shared postgresql:// database (the "
+                              "rollouts' rows are checked against its integrity key)")
         if not isinstance(base, ChannelConfig):
             raise PolicyError(f"base: expected a ChannelConfig, got {type(base).__name__}")
         if not isinstance(node, str) or not node or len(node) > 200 or not node.isprintable():
             raise PolicyError("node: expected a printable node name of 1 to 200 characters")
-        self.database = open_migrated(database, 6, "PQ rollout database")
+        # Its own connections: LISTEN holds one, and stop() closes them, not the keyring's.
+        self.database = open_migrated(database.dsn, SCHEMA, "PQ rollout database")
+        try:
+            adopt_rows(keyring)
+        except BaseException:
+            self.database.close()
+            raise
+        self.keyring = keyring
+        #: The roster and rows of the last read whose roster was checked (see refresh).
+        self._seen: tuple[str | None, str] | None = None
         self.node, self.base, self.poll = node, base, poll
         self._on_change = on_change
         self.posture = "classic"
@@ -315,8 +369,22 @@ class PqPosture:
 
         Raises:
             InternalError: the database is unreachable (the posture stays as it was).
+            KeyringTampered: a row fails its seal, or the rows no longer add up to the
+                keyring's roster (the posture stays as it was).
+            PolicyError: a rollout's row does not validate (the posture stays as it was).
         """
-        posture, protocol = posture_of(self.database, self.node)
+        store = self.keyring.store
+        with store.snapshot() as db:
+            roster = store.roster_text(db)
+            rows = _rows(self.keyring, db)
+            seen = (roster, repr(rows))
+            # Every write of a rollout changes the roster. Rows that changed while it did not
+            # were deleted or put back from an older copy: check every row against it now
+            # rather than at the keyring's next full check (a deleted rollout reads as classic).
+            if seen != self._seen:
+                store.checked_rows(db)
+        posture, protocol = _posture(rows, self.node)
+        self._seen = seen
         config = channel_config(posture, self.base, protocol)
         if config != self.config:
             if self._on_change is not None:

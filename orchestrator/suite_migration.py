@@ -28,7 +28,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from xpscerpto.errors import PolicyError
+from xpscerpto.db import sealed_tables as sealed
+from xpscerpto.errors import PolicyError, XpsError
 
 from ._canary import MIN_SAMPLES, canary_subset, check_fields
 from .schedule import parse_seconds
@@ -71,16 +72,30 @@ class SuiteMigration:
 
 
 def advance(orch: Orchestrator, state: LeaseState) -> list[tuple[str, str]]:
-    """One leader tick over every migration that is not finished; returns (name, new phase)s."""
+    """One leader tick over every migration that is not finished; returns (name, new phase)s.
+
+    Raises:
+        KeyringTampered: a migration's row fails its seal (named, after the others advanced).
+    """
     changed = []
-    rows = orch.database.execute("SELECT name, keys, target, canary, watch_seconds, max_failure_rate, phase, "
-                                 "detail, clock_timestamp() - since FROM xps_suite_migrations "
-                                 "WHERE phase NOT IN ('retired', 'aborted') ORDER BY name").fetchall()
-    for name, keys, target, canary, watch, max_rate, phase, detail, elapsed in rows:
-        m = SuiteMigration(name, tuple(json.loads(keys)), target, canary, watch, max_rate)
-        new = _step(orch, state, m, phase, json.loads(detail or "{}"), elapsed.total_seconds())
+    with orch.keyring.store.snapshot() as db:
+        # Every row, finished or not, is checked: a phase forged to 'aborted' must not hide one.
+        rows = sealed.read_each(orch.keyring.store, db, sealed.MIGRATIONS)
+        clock = sealed.now(db)
+    damaged: list[XpsError] = []
+    for r, error in sorted(rows, key=lambda item: str(item[0]["name"])):
+        if error is not None:
+            damaged.append(error)
+            continue
+        if r["phase"] in ("retired", "aborted"):
+            continue
+        m = SuiteMigration(r["name"], tuple(json.loads(r["keys"])), r["target"], r["canary"], r["watch_seconds"],
+                           r["max_failure_rate"])
+        new = _step(orch, state, m, r["phase"], json.loads(r["detail"] or "{}"), (clock - r["since"]).total_seconds())
         if new is not None:
-            changed.append((name, new))
+            changed.append((r["name"], new))
+    if damaged:
+        raise damaged[0]
     return changed
 
 
@@ -156,8 +171,9 @@ def _move(orch: Orchestrator, state: LeaseState, m: SuiteMigration, phase: str, 
         return
 
     def claim(db: Any) -> None:
-        if db.execute(f"SELECT 1 FROM xps_suite_migrations WHERE name = ? AND phase = ? AND {FENCE}",  # noqa: S608
-                      (m.name, phase, *state.fence())).fetchone() is None:
+        rows = sealed.read(orch.keyring.store, db, sealed.MIGRATIONS, "name = ?", (m.name,))
+        if not rows or rows[0]["phase"] != phase or db.execute(
+                f"SELECT 1 WHERE {FENCE}", state.fence()).fetchone() is None:
             raise Fenced(f"suite migration {m.name}: {orch.node}'s lease token {state.token} is no longer current, "
                          f"or the migration left phase {phase!r}; {key!r} was not moved")
 
@@ -173,10 +189,11 @@ def _set_phase(orch: Orchestrator, state: LeaseState, m: SuiteMigration, old: st
 
     ring = orch.keyring
     with ring.store.write() as db:
-        done = db.execute(
-            "UPDATE xps_suite_migrations SET phase = ?, detail = ?, since = clock_timestamp() "  # noqa: S608 - FENCE is a constant
-            f"WHERE name = ? AND phase = ? AND {FENCE}",
-            (new, json.dumps(detail, sort_keys=True), m.name, old, *state.fence())).rowcount == 1
+        rows = sealed.read(ring.store, db, sealed.MIGRATIONS, "name = ?", (m.name,))
+        done = bool(rows) and rows[0]["phase"] == old and sealed.put(
+            ring.store, db, sealed.MIGRATIONS,
+            {**rows[0], "phase": new, "detail": json.dumps(detail, sort_keys=True), "since": sealed.now(db)},
+            only_if=(FENCE, state.fence()))
         if done and new != old:
             if incident is not None:
                 ring.outbox.add(db, "INCIDENT", **incident)

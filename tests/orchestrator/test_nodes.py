@@ -105,7 +105,7 @@ def test_killing_the_leader_mid_rotation_moves_the_lease_and_rotates_exactly_onc
             admin.close()
         _wait("the leader blocked inside its rotation", lambda: db.execute(
             "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE ?",
-            ("INSERT INTO xps_orch_runs%",)).fetchone())
+            ("%FROM xps_orch_runs WHERE % FOR UPDATE",)).fetchone())
         leader = lease.state()
         assert leader.holder == first
         killed = time.monotonic()

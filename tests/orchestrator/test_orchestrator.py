@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 from xpscerpto.db import Database
+from xpscerpto.db import sealed_tables as sealed
 from xpscerpto.errors import KeyError_, PolicyError
 from xpscerpto.keyring import Keyring
 from xpscerpto.orchestrator import Fenced, Lease, Orchestrator, Plan, Schedule
 
 from tests.db.test_postgres import _node
+from tests.orchestrator.rows import due_now, edit_sealed
 
 
 @pytest.fixture
@@ -25,11 +27,7 @@ def rings(pg_dsn: str, tmp_path: Path) -> list[Keyring]:
         r.close()
 
 
-def _due_now(ring: Keyring, plan: str, period: float) -> None:
-    """Move the plan's anchor back so exactly one due time has passed."""
-    ring.store.database.execute(  # type: ignore[attr-defined]
-        "UPDATE xps_orch_plans SET anchor = clock_timestamp() - make_interval(secs => ?) WHERE plan = ?",
-        (period + 1.0, plan))
+_due_now = due_now
 
 
 @pytest.mark.parametrize("policy", [None, 3, "weekly", "every=", "every=0s", "every=11000d", "every=-1d"])
@@ -67,7 +65,11 @@ def test_one_plan_edited_in_the_database_does_not_stop_the_others(rings: list[Ke
     orch = Orchestrator(a, node="n0", lease_ttl=30, interval=0.1)
     orch.track(Plan("good", key="orders", policy="every=1h"))
     orch.track(Plan("bad", key="users", policy="every=1h"))
-    a.store.database.execute("UPDATE xps_orch_plans SET policy = 'weekly' WHERE plan = 'bad'")  # type: ignore[attr-defined]
+    edit_sealed(a, sealed.PLANS, "policy", "weekly")  # both rows: then 'good' gets its policy back
+    edit_sealed(a, sealed.PLANS, "policy", "every=1h")
+    with a.store.write() as db:  # 'bad' alone, sealed (a keyed writer's malformed row)
+        row = sealed.read(a.store, db, sealed.PLANS, "plan = 'bad'")[0]
+        sealed.put(a.store, db, sealed.PLANS, {**row, "policy": "weekly"})
     for plan in ("good", "bad"):
         _due_now(a, plan, 3600)
     with pytest.raises(PolicyError, match="plan 'bad': its stored row no longer validates"):
@@ -213,7 +215,7 @@ def test_an_emergency_grace_edited_outside_xps_stops_hygiene_instead_of_archivin
     orch.track(plan)
     orch.tick()
     orch.emergency("p", "leaked", grace="1h")
-    orch.database.execute("UPDATE xps_orch_emergency SET grace_seconds = ?::float8", (grace,))
+    edit_sealed(a, sealed.EMERGENCY, "grace_seconds", float(grace))
     a.clock = lambda: time.time() + 3700  # type: ignore[method-assign]
     with pytest.raises(PolicyError, match="xps_orch_emergency"):
         orch.hygiene(plan, orch.lease.acquire())
@@ -471,7 +473,7 @@ def test_a_plan_row_edited_outside_xps_is_a_typed_refusal_not_a_crash(rings: lis
                                                                       value: object) -> None:
     orch = Orchestrator(rings[0], node="n0", lease_ttl=5, interval=0.05)
     orch.track(Plan("p", key="orders", policy="every=1h"))
-    orch.database.execute(f"UPDATE xps_orch_plans SET {column} = ?", (value,))
+    edit_sealed(rings[0], sealed.PLANS, column, value)
     _due_now(rings[0], "p", 3600)
     with pytest.raises(PolicyError):
         orch.tick()

@@ -15,6 +15,7 @@ from xpscerpto.channel import blocking as ch
 from xpscerpto.channel._failures import FailureLog
 from xpscerpto.channel.config import DEFAULT_PQ_PROTOCOL, DEFAULT_PROTOCOL
 from xpscerpto.channel.pki import CertificateAuthority
+from xpscerpto.db import sealed_tables as sealed
 from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.keyring import Keyring
 from xpscerpto.metrics import Metrics
@@ -22,6 +23,7 @@ from xpscerpto.orchestrator import Orchestrator, PqPosture, PqRollout, channel_c
 
 from tests.capsules.test_watch import wait_for
 from tests.db.test_postgres import _node
+from tests.orchestrator.rows import edit_sealed
 
 BASE = ChannelConfig(handshake_timeout_seconds=3.0)
 NAMES = ("n0", "n1", "n2")
@@ -86,7 +88,7 @@ def fleet(pg_dsn: str, tmp_path: Path, pki: Pki) -> Iterator[list[Node]]:
             dialled = FailureLog()
             metrics.watch_channel(dialled)
             orch = Orchestrator(ring, node=name, lease_ttl=30, interval=0.1, metrics=metrics)
-            posture = PqPosture(pg_dsn, node=name, base=BASE, on_change=server.reconfigure, poll=0.2).start()
+            posture = PqPosture(ring, node=name, base=BASE, on_change=server.reconfigure, poll=0.2).start()
             stack.callback(posture.stop)
             nodes.append(Node(name, ring, orch, identity, server, posture, dialled))
         yield nodes
@@ -233,7 +235,7 @@ def test_a_posture_follower_keeps_its_posture_while_the_database_is_away(
 def test_a_rollout_row_edited_outside_xps_is_a_typed_refusal_and_no_silent_fallback(
         pg_dsn: str, tmp_path: Path, column: str, value: str) -> None:
     ring = _node(tmp_path, "n0", pg_dsn)
-    posture = PqPosture(pg_dsn, node="n0", base=BASE, poll=0.2).start()
+    posture = PqPosture(ring, node="n0", base=BASE, poll=0.2).start()
     node = Node("n0", ring, Orchestrator(ring, node="n0", lease_ttl=30), None, None, posture, None)  # type: ignore[arg-type]
     try:
         _edit_and_check(node, column, value)
@@ -246,11 +248,9 @@ def _edit_and_check(node: Node, column: str, value: str) -> None:
     node.orch.roll_out_pq(PqRollout("pq", nodes=NAMES, canary=1.0))
     node.orch.tick()  # leader; the rollout's baseline recorded
     wait_for(lambda: node.posture.posture == "offer", "offer")
-    db = node.orch.database
-    if column in ("canary", "max_failure_rate", "watch_seconds"):
-        db.execute(f"UPDATE xps_pq_rollouts SET {column} = ?", (float(value),))
-    else:
-        db.execute(f"UPDATE xps_pq_rollouts SET {column} = ?", (value,))
+    # Sealed again: a keyed writer's malformed row, which the validation behind the seal refuses.
+    edit_sealed(node.ring, sealed.ROLLOUTS, column,
+                float(value) if column in ("canary", "max_failure_rate", "watch_seconds") else value)
     if column != "detail":
         with pytest.raises(PolicyError, match="malformed") as info:
             node.posture.refresh()

@@ -1,0 +1,224 @@
+"""The orchestration tables' rows, sealed and counted in the keyring's roster.
+
+What the fleet does to its keys and channels is decided by rows in the shared database: plans
+(which suite, how often, what grace), run records (a due time already rotated), emergency
+graces, archive records, suite migrations and post-quantum rollouts (which phase, since when).
+Someone who can write the database but holds no node's KEK must not steer those decisions —
+downgrade a plan's suite, record a run that never happened so a rotation is skipped, move a
+rollout back to ``canary`` or mark it ``aborted`` so the nodes fall back to classic channels.
+
+So each row carries a seal (HMAC under the keyring's integrity key, over every column in a fixed
+order: :meth:`~xpscerpto.keyring.store.Store.row_seal`) and enters the keyring's *roster* in the
+transaction that writes it. A row edited is refused when read (naming the table and the row);
+a row deleted, added, or put back from an older copy makes the roster fail to add up, which
+every open keyring notices (at its next full check) and :func:`verified` notices at once. All
+writers hold the keyring's write lock, so the roster's read-modify-write stays serialised.
+
+A database migrated to schema 8 holds the earlier release's rows unsealed: :func:`adopt` seals
+them once, in one write with the ``sealed_tables`` mark (itself a roster entry, so removing it
+is noticed, never taken for a database that still needs adopting), journaled by the caller.
+
+Example:
+    >>> with ring.store.write() as db:                                       # doctest: +SKIP
+    ...     put(ring.store, db, ROLLOUTS, {**row, "phase": "committed", "since": now(db)})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from xpscerpto._config_fields import show
+from xpscerpto.errors import PolicyError, XpsError
+from xpscerpto.keyring.integrity import KeyringTampered
+from xpscerpto.keyring.store import Connection, Store
+
+__all__ = ["ARCHIVED", "EMERGENCY", "MARK", "MIGRATIONS", "PLANS", "ROLLOUTS", "RUNS", "TABLES", "RowTampered", "Table",
+           "adopt", "now", "put", "read", "read_each", "roster_entries"]
+
+#: The meta key set once every orchestration row is sealed (see :func:`adopt`).
+MARK = "sealed_tables"
+
+
+class RowTampered(PolicyError):
+    """An orchestration row fails its seal: edited, or written by someone without the key."""
+
+    reason = "seal"
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """One sealed table: its primary key, the other columns, and how values are normalised
+    (a DOUBLE column reads back 5 written as 5.0; a timestamp's text depends on the session's
+    time zone, so it is sealed as whole microseconds since the epoch)."""
+
+    name: str
+    key: tuple[str, ...]
+    fields: tuple[str, ...]
+    floats: frozenset[str] = field(default_factory=frozenset)
+    times: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every sealed column: the primary key first."""
+        return self.key + self.fields
+
+
+PLANS = Table("xps_orch_plans", ("plan",), ("key_name", "policy", "grace_seconds", "suite", "kek", "anchor", "paused"),
+              frozenset({"grace_seconds"}), frozenset({"anchor"}))
+RUNS = Table("xps_orch_runs", ("plan", "due"), ("token", "holder", "at", "result"), times=frozenset({"due", "at"}))
+EMERGENCY = Table("xps_orch_emergency", ("key_id", "version"), ("grace_seconds", "token", "holder", "at"),
+                  frozenset({"grace_seconds"}), frozenset({"at"}))
+ARCHIVED = Table("xps_orch_archived", ("key_id", "version"), ("token", "holder", "at"), times=frozenset({"at"}))
+_PHASED = ("canary", "watch_seconds", "max_failure_rate", "phase", "detail", "since")
+MIGRATIONS = Table("xps_suite_migrations", ("name",), ("keys", "target", *_PHASED),
+                   frozenset({"canary", "watch_seconds", "max_failure_rate"}), frozenset({"since"}))
+ROLLOUTS = Table("xps_pq_rollouts", ("name",), ("nodes", "protocol", *_PHASED),
+                 frozenset({"canary", "watch_seconds", "max_failure_rate"}), frozenset({"since"}))
+TABLES = (PLANS, RUNS, EMERGENCY, ARCHIVED, MIGRATIONS, ROLLOUTS)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+
+
+def now(db: Connection) -> datetime:
+    """The database's clock (what ``anchor``, ``at`` and ``since`` hold)."""
+    value: datetime = db.execute("SELECT clock_timestamp()").fetchone()[0]
+    return value
+
+
+def read(store: Store, db: Connection, table: Table, where: str = "",
+         params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """The rows of ``table`` (``WHERE where``), each checked against its seal.
+
+    Raises:
+        RowTampered: a row fails its seal (names the table and the row).
+    """
+    out = []
+    for row, error in read_each(store, db, table, where, params):
+        if error is not None:
+            raise error
+        out.append(row)
+    return out
+
+
+def read_each(store: Store, db: Connection, table: Table, where: str = "",
+              params: Sequence[Any] = ()) -> list[tuple[dict[str, Any], XpsError | None]]:
+    """Every row of ``table`` (``WHERE where``) with the refusal of its seal, or None: for
+    callers that go on past one damaged row (and name it afterwards)."""
+    sql = f"SELECT {', '.join(table.columns)}, mac FROM {table.name}"  # noqa: S608 - names are constants
+    rows = db.execute(f"{sql} WHERE {where}" if where else sql, tuple(params)).fetchall()
+    out: list[tuple[dict[str, Any], XpsError | None]] = []
+    for r in rows:
+        row = dict(zip(table.columns, r[:-1], strict=True))
+        out.append((row, _refusal(store, table, row, r[-1])))
+    return out
+
+
+def put(store: Store, db: Connection, table: Table, row: Mapping[str, Any], *,
+        only_if: tuple[str, Sequence[Any]] | None = None, replace: bool = True) -> bool:
+    """Write ``row`` (every column of ``table``) sealed, inside the keyring write ``db``.
+
+    Args:
+        only_if: a condition and its parameters, checked in the writing statement (the
+            orchestrator's lease fence: a leader whose lease lapsed writes nothing).
+        replace: overwrite a row with the same primary key (its seal is checked first: a
+            tampered row is never laundered by an overwrite), or leave it and return False.
+
+    Returns whether the row was written; the roster changes only if it was.
+
+    Raises:
+        RowTampered: the row it would replace fails its seal.
+    """
+    key = tuple(row[c] for c in table.key)
+    where = " AND ".join(f"{c} = ?" for c in table.key)
+    cols = ", ".join(table.columns)
+    old = db.execute(f"SELECT {cols}, mac FROM {table.name} WHERE {where} FOR UPDATE",  # noqa: S608 - constants
+                     key).fetchone()
+    if old is not None:
+        if not replace:
+            return False
+        previous = dict(zip(table.columns, old[:-1], strict=True))
+        error = _refusal(store, table, previous, old[-1])
+        if error is not None:
+            raise error
+    values = [row[c] for c in table.columns]
+    mac = store.row_seal(table.name, _normal(table, row))
+    conflict = (f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in (*table.fields, 'mac'))}" if replace
+                else "DO NOTHING")
+    written = bool(db.execute(
+        f"INSERT INTO {table.name} ({cols}, mac) SELECT {', '.join('?' * (len(values) + 1))} "
+        f"WHERE {only_if[0] if only_if else 'true'} ON CONFLICT ({', '.join(table.key)}) {conflict}",
+        (*values, mac, *(only_if[1] if only_if else ()))).rowcount == 1)
+    if written:
+        store.roster_rows(db, add=[_entry(table, row, mac)],
+                          remove=[_entry(table, previous, old[-1])] if old is not None else [])
+    return written
+
+
+def roster_entries(store: Store, db: Connection) -> Iterator[list[Any]]:
+    """The roster entries of every sealed row (none before :func:`adopt`)."""
+    if store.meta(MARK, db) is None:
+        return
+    yield [MARK]
+    for table in TABLES:
+        for r in db.execute(f"SELECT {', '.join(table.columns)}, mac FROM {table.name}"):  # noqa: S608 - constants
+            yield _entry(table, dict(zip(table.columns, r[:-1], strict=True)), r[-1])
+
+
+def adopt(store: Store, db: Connection) -> int | None:
+    """Seal the rows an earlier release wrote, once, and set the mark (inside a keyring write).
+
+    Returns how many rows it sealed, or None if the mark was set already.
+
+    Raises:
+        KeyringTampered: a row carries a seal though the database is not marked as sealed
+            (the mark was removed: the roster says so too).
+    """
+    if store.meta(MARK, db) is not None:
+        return None
+    entries: list[list[Any]] = [[MARK]]
+    for table in TABLES:
+        where = " AND ".join(f"{c} = ?" for c in table.key)
+        for r in db.execute(f"SELECT {', '.join(table.columns)}, mac FROM {table.name} FOR UPDATE").fetchall():  # noqa: S608
+            row = dict(zip(table.columns, r[:-1], strict=True))
+            if r[-1] is not None:
+                raise KeyringTampered(f"keyring database {store.name!r}: {table.name} has sealed rows but the "
+                                      "database is not marked as sealed (the mark removed?); restore it from a backup")
+            mac = store.row_seal(table.name, _normal(table, row))
+            db.execute(f"UPDATE {table.name} SET mac = ? WHERE {where}",  # noqa: S608 - constants
+                       (mac, *(row[c] for c in table.key)))
+            entries.append(_entry(table, row, mac))
+    store.set_meta(db, MARK, "1")
+    store.roster_rows(db, add=entries)
+    return len(entries) - 1
+
+
+def _refusal(store: Store, table: Table, row: Mapping[str, Any], mac: object) -> XpsError | None:
+    what = f"{table.name} row {', '.join(show(row[c]) for c in table.key if c not in table.times)}"
+    try:
+        store.check_row(table.name, _normal(table, row), mac, what=what)
+    except KeyringTampered:
+        return RowTampered(f"{what} fails its integrity seal (edited outside xps, or written by a node without "
+                           "this keyring's integrity key); restore it from a backup")
+    return None
+
+
+def _normal(table: Table, row: Mapping[str, Any]) -> list[Any]:
+    return [_value(table, c, row[c]) for c in table.columns]
+
+
+def _value(table: Table, column: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if column in table.times:
+        return (value - _EPOCH) // _MICRO
+    if column in table.floats:
+        return float(value)
+    return value
+
+
+def _entry(table: Table, row: Mapping[str, Any], mac: object) -> list[Any]:
+    return [table.name, *(_value(table, c, row[c]) for c in table.key), mac]
