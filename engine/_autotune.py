@@ -43,6 +43,7 @@ from ._tuning_model import (
     TuneResult,
     split,
 )
+from .errors import XpsError
 from .interfaces import Aead, AeadCipher, KeyAgreement, Provider, Signature
 
 __all__ = [
@@ -123,7 +124,8 @@ def tune(candidates: Mapping[str, Mapping[str, object]], *, fp: str,
         else:
             timed = _timed({n: _asymmetric_call(i) for n, i in impls.items()}, budget, rounds)
         for name, seconds in timed.items():
-            measurements.append(Measurement(op, name, shape, bucket, seconds))
+            # Never 0: a timer too coarse for a call must not make a figure no split can divide by.
+            measurements.append(Measurement(op, name, shape, bucket, max(float(seconds), 1e-12)))
         best = min(sorted(timed), key=lambda n: timed[n])  # ties: the name decides, deterministically
         per_shape = winners.setdefault(op, {s: [""] * len(SAMPLE_SIZES) for s in SHAPES})
         if _kind(next(iter(impls.values()))) == "aead":
@@ -238,10 +240,11 @@ def load_cache(path: Path, fp: str) -> TuneResult | None:
         if any(set(shapes) != set(SHAPES) or any(len(w) != len(SAMPLE_SIZES) for w in shapes.values())
                for shapes in winners.values()):
             return None
-        measurements = tuple(Measurement(str(m["operation"]), str(m["provider"]), m["shape"], int(m["bucket"]),
-                                         float(m["seconds"])) for m in doc["measurements"])
-        return TuneResult(fp, winners, measurements, str(doc["created"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError):
+        measurements = tuple(Measurement(m["operation"], m["provider"], m["shape"], m["bucket"],
+                                         m["seconds"]) for m in doc["measurements"])
+        return TuneResult(fp, winners, measurements, str(doc["created"]))  # checks every field
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError, ArithmeticError,
+            XpsError):
         # A cache is a cache: a damaged one is measured again, never trusted. (RecursionError:
         # JSON nested thousands deep; MemoryError: a huge file that passed the size check.)
         return None

@@ -10,10 +10,13 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from .errors import PolicyError
 
 __all__ = [
     "BUCKET_BOUNDS",
@@ -61,6 +64,25 @@ class TuneResult:
     winners: Mapping[str, Mapping[str, tuple[str, ...]]]
     measurements: tuple[Measurement, ...] = ()
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    def __post_init__(self) -> None:
+        # A result decides routes: one read from a damaged cache, or handed to use_tuning, must
+        # fail here (a re-measure, a typed refusal), not later in every table build.
+        if not isinstance(self.fingerprint, str) or not isinstance(self.created, str):
+            raise PolicyError("fingerprint and created: expected str")
+        if not isinstance(self.winners, Mapping) or not all(
+                isinstance(op, str) and isinstance(shapes, Mapping) and set(shapes) == set(SHAPES)
+                and all(isinstance(w, tuple) and len(w) == len(SAMPLE_SIZES) and all(isinstance(p, str) for p in w)
+                        for w in shapes.values())
+                for op, shapes in self.winners.items()):
+            raise PolicyError("winners: expected operation -> {shape: one provider name per bucket}")
+        if not isinstance(self.measurements, tuple) or not all(
+                isinstance(m, Measurement) and isinstance(m.operation, str) and isinstance(m.provider, str)
+                and m.shape in SHAPES and type(m.bucket) is int and 0 <= m.bucket < len(SAMPLE_SIZES)
+                and type(m.seconds) in (int, float) and math.isfinite(m.seconds) and m.seconds > 0
+                for m in self.measurements):
+            raise PolicyError("measurements: expected Measurements of a known shape and bucket, seconds finite "
+                              "and above 0")
 
     def winner(self, operation: str, shape: Shape, bucket: int) -> str | None:
         """The provider measured fastest, or None if the operation was not tuned."""

@@ -312,9 +312,7 @@ class Engine:
         table = self.table
         result = _tuner.tune_table(table, self.tuning_fingerprint(), use_cache=use_cache, progress=progress,
                                    budget=budget, rounds=rounds)
-        with self._lock:
-            self._tuned = result
-            self.rebuild()
+        self._publish_tuning(result)
         return result
 
     def tuning_fingerprint(self) -> str:
@@ -340,9 +338,18 @@ class Engine:
         """
         if result is not None and not isinstance(result, TuneResult):
             raise PolicyError(f"result: expected a TuneResult or None, got {describe(result)}")
+        return self._publish_tuning(result)
+
+    def _publish_tuning(self, result: TuneResult | None) -> RoutingTable:
+        """Rebuild with ``result``; if that fails, the result in force stays (a result that
+        breaks the build must not break every later build, an incident's mask change included)."""
         with self._lock:
-            self._tuned = result
-            return self.rebuild()
+            previous, self._tuned = self._tuned, result
+            try:
+                return self.rebuild()
+            except BaseException:
+                self._tuned = previous
+                raise
 
     def rebuild(self, *, providers: Iterable[Provider] | None = None) -> RoutingTable:
         """Rebuild the table in force (its providers and configuration, preferences included)

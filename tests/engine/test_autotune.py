@@ -216,3 +216,70 @@ def test_a_hostile_cache_file_costs_only_a_re_measure(tmp_path: Path, kind: str)
     assert at.load_cache(path, "fp1") is None
     at.save_cache(path, _tuned())  # replaced by a regular file: usable again
     assert stat.S_ISREG(os.lstat(path).st_mode) and at.load_cache(path, "fp1") is not None
+
+
+def _edited(doc: bytes, **measurement: object) -> bytes:
+    parsed = json.loads(doc)
+    parsed["measurements"][0].update(measurement)
+    return json.dumps(parsed).replace('"__inf__"', "1e400").encode()
+
+
+@pytest.mark.parametrize("edit", [
+    {"seconds": 0.0}, {"seconds": -0.0}, {"seconds": -1.0}, {"seconds": "__inf__"}, {"seconds": "1"},
+    {"bucket": "__inf__"}, {"bucket": 7}, {"bucket": -1}, {"bucket": True}, {"bucket": 1.0},
+    {"shape": "sideways"}, {"provider": 3}, {"operation": None},
+])
+def test_a_cache_whose_figures_a_build_cannot_use_is_measured_again(tmp_path: Path, edit: dict[str, object]) -> None:
+    # Found by a review: one "seconds": 0.0 passed the shape checks and then divided by zero in
+    # every table build — the incident mask's included; "bucket": 1e400 raised OverflowError.
+    path = tmp_path / "autotune.json"
+    at.save_cache(path, _tuned())
+    path.write_bytes(_edited(path.read_bytes(), **edit))
+    assert at.load_cache(path, "fp1") is None
+
+
+@pytest.mark.parametrize("winners", [
+    {"aead.x": {"stateless": ("a",) * 4}}, {"aead.x": {"stateless": ("a",) * 3, "keyed": ("a",) * 4}},
+    {"aead.x": {"stateless": ("a",) * 4, "keyed": (1, 2, 3, 4)}}, {7: {}}, ["aead.x"],
+])
+def test_a_tune_result_that_routes_cannot_use_is_refused_typed(winners: object) -> None:
+    from xpscerpto.errors import PolicyError
+
+    with pytest.raises(PolicyError, match=r"^XPS_ERR_POLICY: winners: "):
+        at.TuneResult("fp", winners)  # type: ignore[arg-type]
+
+
+def test_a_build_that_fails_leaves_the_tuning_in_force_so_a_mask_change_still_applies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from xpscerpto import _routing, engine
+    from xpscerpto.settings import EngineConfig
+
+    cfg = replace(EngineConfig(), autotune=False)
+    eng = engine.Engine(cfg)
+    before = eng.tuned
+    real = _routing.build_table
+    calls = {"n": 0}
+
+    def failing_once(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ZeroDivisionError  # a fault in a build we cannot cause any more through a result
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "build_table", failing_once)
+    with pytest.raises(ZeroDivisionError):
+        eng.use_tuning(_tuned())
+    assert eng.tuned is before  # not the result whose build failed
+    served = eng.table.routes["sig.ed25519"].provider
+    eng.rebuild()  # later builds work: the next table is built without it
+    masked = replace(cfg, isa_mask=(served,))
+    from xpscerpto.capsules.updater import Updater
+
+    up = Updater(eng, tmp_path / "home")
+    try:
+        up.reconfigure(masked)  # the incident's mask: applied
+    finally:
+        up.close()
+    assert eng.table.routes["sig.ed25519"].provider != served
