@@ -25,9 +25,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CacheDirError", "check_cache_dir", "directed", "resolve_cache_dir"]
+__all__ = ["MAX_CACHE_ENTRIES", "MAX_CACHE_FILE_BYTES", "CacheDirError", "check_cache_dir", "check_cache_files",
+           "directed", "resolve_cache_dir"]
 
 _GROUP_OR_OTHER_WRITE = stat.S_IWGRP | stat.S_IWOTH
+#: A compiled kernel's file is some hundred KiB; anything far larger is not numba's.
+MAX_CACHE_FILE_BYTES = 64 << 20
+#: Entries walked below the cache directory before it is refused as not numba's own.
+MAX_CACHE_ENTRIES = 10_000
 
 
 class CacheDirError(Exception):
@@ -82,6 +87,48 @@ def check_cache_dir(path: Path) -> Path:
     for parent in path.resolve().parents:
         _refuse_writable_by_others(parent, parent.stat(), "directory")
     return path
+
+
+def check_cache_files(path: Path) -> None:
+    """Refuse a cache tree holding anything numba would block on or read without limit.
+
+    numba opens and reads its index and data files without looking at what they are: a FIFO
+    in their place blocks the warm-up forever, a symlink to ``/dev/zero`` reads until memory
+    runs out (found by a review). Every entry below ``path`` must be a directory of this
+    user's, writable by nobody else, or a regular file of at most :data:`MAX_CACHE_FILE_BYTES`;
+    symlinks are refused, whatever they point to.
+
+    Raises:
+        CacheDirError: names the first entry that fails (remove it, and numba recompiles).
+    """
+    seen = 0
+    pending = [path]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            raise CacheDirError(f"cache directory {folder} cannot be listed ({exc.strerror})") from None
+        for entry in entries:
+            seen += 1
+            if seen > MAX_CACHE_ENTRIES:
+                raise CacheDirError(f"cache directory {path} holds more than {MAX_CACHE_ENTRIES} entries; "
+                                    "point the cache at a directory of its own")
+            where = Path(entry.path)
+            try:
+                st = os.lstat(where)
+            except OSError as exc:
+                raise CacheDirError(f"cache entry {where} cannot be read ({exc.strerror})") from None
+            if stat.S_ISDIR(st.st_mode):
+                if st.st_uid != os.geteuid() or st.st_mode & _GROUP_OR_OTHER_WRITE:
+                    raise CacheDirError(f"cache directory {where} is another user's or writable by others")
+                pending.append(where)
+            elif not stat.S_ISREG(st.st_mode):
+                raise CacheDirError(f"cache entry {where} is not a regular file (a symlink, FIFO or device); "
+                                    "remove it to recompile")
+            elif st.st_size > MAX_CACHE_FILE_BYTES:
+                raise CacheDirError(f"cache file {where} is {st.st_size} bytes, more than a kernel's; remove it "
+                                    "to recompile")
 
 
 @contextlib.contextmanager

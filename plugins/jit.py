@@ -372,6 +372,9 @@ class CompositeXChaCha20Poly1305(JitXChaCha20Poly1305):
 class _Snapshot:
     status: JitStatus
     providers: tuple[Provider, ...] = ()
+    #: An unusable cache directory is the caller's to fix (an argument, a file to remove): a
+    #: later warm-up tries again, unlike a broken compiler, which is not retried every start.
+    retry: bool = False
 
 
 class _Current:
@@ -477,7 +480,7 @@ def warm_up(cache_dir: str | os.PathLike[str] | None = None, *, mask: str | None
     with _lock:
         if "jit" in mask_tokens(mask):
             return status(mask)
-        if _current.snapshot.status.state in ("ready", "unavailable"):
+        if _current.snapshot.status.state in ("ready", "unavailable") and not _current.snapshot.retry:
             return _current.snapshot.status
         _current.snapshot = _Snapshot(JitStatus("warming", "compiling or loading the kernels"))
         try:
@@ -525,8 +528,9 @@ def _load(cache_dir: str | os.PathLike[str] | None) -> _Snapshot:
 
     try:
         path = _jit_cache.check_cache_dir(_jit_cache.resolve_cache_dir(cache_dir))
+        _jit_cache.check_cache_files(path)
     except (_jit_cache.CacheDirError, RuntimeError) as exc:  # RuntimeError: no home directory
-        return _unavailable(f"cache: {exc}", numba_version=version)
+        return replace(_unavailable(f"cache: {exc}", numba_version=version), retry=True)
 
     start = time.perf_counter()
     try:

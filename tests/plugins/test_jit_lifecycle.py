@@ -234,6 +234,48 @@ def test_a_damaged_cache_is_refused_with_its_path_not_silently_rebuilt(jit_ready
     assert snapshot(cache) == before, "the damaged cache was changed"
 
 
+@pytest.mark.parametrize("damage", ["index a fifo", "data a fifo", "data a symlink to /dev/zero", "data huge",
+                                    "a subdirectory others can write"])
+def test_a_cache_entry_numba_would_hang_on_or_read_forever_is_refused_before_import(
+        jit_ready: jit.JitStatus, jit_cache: Path, tmp_path: Path, damage: str) -> None:
+    # Found by a review: numba opened a FIFO in place of its index and blocked the warm-up (and
+    # `xps tune`) forever; a symlink to /dev/zero was read until memory ran out.
+    cache = tmp_path / "cache"
+    shutil.copytree(jit_cache, cache)
+    (sub,) = [p for p in cache.iterdir() if p.is_dir()]
+    index = sorted(sub.glob("*xchacha20poly1305_seal*.nbi"))[0]
+    data = sorted(sub.glob("*xchacha20poly1305_seal*.nbc"))[0]
+    victim = index if damage == "index a fifo" else data
+    if "fifo" in damage:
+        victim.unlink()
+        os.mkfifo(victim)
+    elif "symlink" in damage:
+        victim.unlink()
+        victim.symlink_to("/dev/zero")
+    elif damage == "data huge":
+        with victim.open("r+b") as f:
+            f.truncate(65 << 20)
+    else:
+        sub.chmod(0o777)
+    out = run("report(warm=jit.warm_up().state)", env={"NUMBA_CACHE_DIR": str(cache)})
+    assert out["state"] == "unavailable" and out["providers"] == [] and out["kernels"] is False
+    assert out["reason"].startswith("cache: cache "), out["reason"]
+    assert str(sub) in out["reason"]
+
+
+def test_a_refused_cache_directory_does_not_end_jit_for_the_process(jit_ready: jit.JitStatus, jit_cache: Path,
+                                                                    tmp_path: Path) -> None:
+    # Found by a review: one refused cache_dir (the caller's to fix) made jit unavailable for good.
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o700)
+    shared.chmod(0o777)
+    out = run(f"""
+first = jit.warm_up({str(shared)!r}).state
+report(first=first, second=jit.warm_up({str(jit_cache)!r}).state)
+""")
+    assert (out["first"], out["second"], out["state"]) == ("unavailable", "ready", "ready")
+
+
 def test_a_cache_directory_others_can_write_is_refused(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o700)
