@@ -32,7 +32,6 @@ def cmd_providers(args: argparse.Namespace) -> int:
     """Print the routing table: operation -> provider, and why others were not chosen."""
     from xpscerpto import _tuner, isa_mask
     from xpscerpto._autotune import load_cache
-    from xpscerpto.plugins import jit
 
     from .tune import describe_route
 
@@ -48,7 +47,11 @@ def cmd_providers(args: argparse.Namespace) -> int:
             eng.use_tuning(cached)
             tuning = f"measured {cached.created} (cached)"
     table, state = eng.table, eng.state
-    jit_status = jit.status()
+    # Imported only now: while masked its hook registers nothing, and loaded before the engine
+    # it would have changed the engine's fingerprint from a running one's (found by a review).
+    from xpscerpto.plugins import jit
+
+    jit_status = jit.status(" ".join(f"-{t}" for t in sorted(mask)))
     data = {
         "table_version": table.version,
         "autotune": tuning,

@@ -20,6 +20,7 @@ from .interfaces import OPERATIONS, Aead, Kdf, Kem, KeyAgreement, Provider, Sign
 __all__ = [
     "DISABLE_AUTOLOAD_ENV",
     "ENTRY_POINT_GROUP",
+    "Deferred",
     "PluginFailure",
     "ProviderRegistry",
     "load_providers",
@@ -50,6 +51,19 @@ class PluginFailure:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """Providers a plugin prepares later (see :meth:`ProviderRegistry.add_later`)."""
+
+    plugin: str
+    provides: tuple[str, ...]
+    version: str | Callable[[], str]
+    source: Callable[[], Iterable[Provider]]
+    #: The backends every provider it prepares runs code of: a mask naming one means the
+    #: source is never called (its code must not even load during that incident).
+    backends: tuple[str, ...] = ()
+
+
 @dataclass
 class ProviderRegistry:
     """Collects providers during registration; validates each as it is added.
@@ -59,11 +73,11 @@ class ProviderRegistry:
 
     providers: dict[str, Provider] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
-    deferred: list[tuple[str, tuple[str, ...], str | Callable[[], str], Callable[[], Iterable[Provider]]]] = field(
-        default_factory=list)
+    deferred: list[Deferred] = field(default_factory=list)
     _current_plugin: str = "?"
 
-    def add_later(self, source: object, *, provides: tuple[str, ...], version: str | Callable[[], str] = "") -> None:
+    def add_later(self, source: object, *, provides: tuple[str, ...], version: str | Callable[[], str] = "",
+                  backends: tuple[str, ...] = ()) -> None:
         """Register providers that need slow preparation (compiling kernels) before they exist.
 
         An engine that tunes itself calls ``source()`` on its background thread after start,
@@ -72,13 +86,18 @@ class ProviderRegistry:
         never calls it. ``source`` returns no providers when preparation failed. ``version``
         (of what the source builds with, e.g. numba's) is part of the autotune cache key; a
         function returning it is called only when the key is computed (on the background
-        thread), so reading package metadata costs an engine's first call nothing.
+        thread), so reading package metadata costs an engine's first call nothing. ``backends``
+        are those every provider it prepares runs code of (``("jit",)``): an incident mask
+        naming one keeps the source from being called at all.
         """
-        if not callable(source) or not isinstance(provides, tuple) or not all(isinstance(n, str) for n in provides):
-            self.failures.append(PluginFailure(self._current_plugin, "add_later: needs a callable and provider names"))
+        if (not callable(source) or not isinstance(provides, tuple) or not all(isinstance(n, str) for n in provides)
+                or not isinstance(backends, tuple) or not all(isinstance(b, str) for b in backends)):
+            self.failures.append(PluginFailure(self._current_plugin, "add_later: needs a callable and provider and "
+                                                                     "backend names"))
             return
-        self.deferred.append((self._current_plugin, provides, version if callable(version) else str(version),
-                              cast("Callable[[], Iterable[Provider]]", source)))
+        self.deferred.append(Deferred(self._current_plugin, provides, version if callable(version) else str(version),
+                                      cast("Callable[[], Iterable[Provider]]", source),
+                                      tuple(b.lower() for b in backends)))
 
     def add(self, provider: Provider) -> None:
         """Register ``provider``; an invalid one is recorded as a failure, not raised."""

@@ -37,7 +37,7 @@ from .settings import EngineConfig, autotune_enabled
 if TYPE_CHECKING:
     from xpscerpto.kat import KatResult
 
-    from ._plugins import PluginFailure
+    from ._plugins import Deferred, PluginFailure
 
 __all__ = [
     "KEYED_NONCE_LIMIT",
@@ -109,7 +109,7 @@ class EngineState:
     providers: tuple[Provider, ...]
     failures: tuple[PluginFailure, ...]
     selftests: tuple[KatResult, ...]
-    deferred: tuple[tuple[str, tuple[str, ...], str | Callable[[], str], Callable[[], Iterable[Provider]]], ...] = ()
+    deferred: tuple[Deferred, ...] = ()
 
 
 class Engine:
@@ -263,14 +263,14 @@ class Engine:
         added: list[Provider] = []
         if self._deferred_done:
             return ()
-        for plugin, names, _version, source in state.deferred:
-            wanted = [n for n in names if (config.providers is None or n in config.providers) and n not in mask]
-            if not wanted:
-                continue  # nothing it would prepare could be routed: do not pay for it
+        for d in state.deferred:
+            wanted = [n for n in d.provides if (config.providers is None or n in config.providers) and n not in mask]
+            if not wanted or mask.intersection(d.backends):
+                continue  # nothing it would prepare could be routed: do not pay for it (nor run it)
             try:
-                added.extend(p for p in source() if isinstance(p, Provider))
+                added.extend(p for p in d.source() if isinstance(p, Provider))
             except Exception as exc:
-                _log().warning("plugin %s: deferred providers failed: %s", plugin, type(exc).__name__)
+                _log().warning("plugin %s: deferred providers failed: %s", d.plugin, type(exc).__name__)
         self._deferred_done = True
         return self.add_providers(added) if added else ()
 
@@ -324,8 +324,8 @@ class Engine:
         table = self.table
         mask = isa_mask.effective(table.build_config.isa_mask if table.build_config else self._config.isa_mask)
         assert self._state is not None
-        later = [f"{','.join(names)}|{version() if callable(version) else version}"
-                 for _, names, version, _ in self._state.deferred]
+        later = [f"{','.join(d.provides)}|{d.version() if callable(d.version) else d.version}"
+                 for d in self._state.deferred]
         return fingerprint(self._base_providers, ",".join(sorted(mask)), later)
 
     def use_tuning(self, result: TuneResult | None) -> RoutingTable:

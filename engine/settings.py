@@ -100,6 +100,11 @@ class EngineConfig:
     isa_mask: tuple[str, ...] = ()
     autotune: bool | None = None
 
+    def __post_init__(self) -> None:
+        # Built in code, not only parsed from a file: ("-jit",), ("JIT",) or "-jit" once masked
+        # nothing at all, silently (found by a review) — an incident control must not do that.
+        object.__setattr__(self, "isa_mask", _mask_tokens(self.isa_mask))
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], prefix: str = "") -> EngineConfig:
         """Validate and build from plain data; raises PolicyError naming the bad key.
@@ -198,6 +203,20 @@ class EngineConfig:
     def is_engine_keys(data: Mapping[str, Any]) -> bool:
         """Whether ``data``'s keys are all ``engine:`` keys (the pre-Appendix C file layout)."""
         return bool(data) and set(data) <= _ENGINE_KEYS
+
+
+def _mask_tokens(value: object) -> tuple[str, ...]:
+    """``EngineConfig.isa_mask`` as given in code: tokens, each with or without its ``-``."""
+    from .isa_mask import _TOKEN
+
+    if not isinstance(value, tuple | list):
+        raise PolicyError(f"isa_mask: expected a tuple of mask tokens (such as ('jit',)), got {type(value).__name__}")
+    if not all(isinstance(t, str) for t in value):
+        raise PolicyError("isa_mask: each token must be a str (such as 'jit')")
+    tokens = {(t[1:] if t.startswith("-") else t).lower() for t in value}
+    if not all(_TOKEN.fullmatch(t) for t in tokens):
+        raise PolicyError("isa_mask: a token may hold only a-z, 0-9, '_', '.' and '-' (1 to 64)")
+    return tuple(sorted(tokens))
 
 
 def _parse_mask(value: object, at: str) -> tuple[str, ...]:

@@ -431,7 +431,7 @@ def xps_register_providers(registry: Any) -> None:
         registry.add(provider)
     if not ready and status().state == "cold" and hasattr(registry, "add_later"):
         registry.add_later(_warmed_providers, provides=(PROVIDER_NAME, COMPOSITE_PROVIDER_NAME),
-                           version=numba_version)
+                           version=numba_version, backends=("jit",))
 
 
 def _warmed_providers() -> tuple[Provider, ...]:

@@ -29,7 +29,7 @@ def xps_register_providers(registry: Any) -> None:
     if kernels is not None:
         kernels.xps_register_providers(registry)
     elif hasattr(registry, "add_later"):
-        registry.add_later(_warmed_providers, provides=_PROVIDES, version=numba_version)
+        registry.add_later(_warmed_providers, provides=_PROVIDES, version=numba_version, backends=("jit",))
 
 
 def _warmed_providers() -> tuple[Provider, ...]:

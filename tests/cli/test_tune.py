@@ -56,6 +56,25 @@ def test_tune_measures_writes_the_cache_and_providers_shows_the_tuned_routes(env
     assert text.returncode == 0 and "routed:" in text.stdout and "one eligible implementation" in text.stdout
 
 
+def test_providers_sees_the_measurement_a_running_engine_uses_while_jit_is_masked(env: dict[str, str],
+                                                                                 tmp_path: Path) -> None:
+    # Found by a review: `xps providers` imported the jit module before building its engine, so
+    # with -jit masked it computed another fingerprint and reported "not measured yet".
+    masked = {**env, "XPS_SIMD_ISA_MASK": "-jit"}
+    assert xps(masked, tmp_path, "tune", "--json", "--budget", "0.002", "--rounds", "1").returncode == 0
+    shown = xps(masked, tmp_path, "providers", "--json")
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert data["autotune"].startswith("measured ") and data["jit"]["state"] == "masked"
+
+
+def test_providers_reports_jit_masked_by_the_configuration(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "xps.yaml").write_text(CONFIG + "    isa_mask: [-jit]\n")
+    shown = xps(env, tmp_path, "providers", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["jit"]["state"] == "masked"
+
+
 def test_tune_refuses_bad_arguments_and_a_missing_cache_with_typed_errors(env: dict[str, str],
                                                                          tmp_path: Path) -> None:
     for args in (("--rounds", "0"), ("--rounds", "x"), ("--budget", "-1"), ("--budget", "nan"), ("--budget", "99")):

@@ -160,7 +160,7 @@ def test_the_first_call_loads_only_what_it_needs_and_the_warm_up_waits() -> None
             "'importlib_metadata', 'importlib.metadata', 'logging') if m in sys.modules)); "
             "print(e._background is not None and e._background.ident is not None, "
             "e._background is not None and e._hurry.is_set()); "
-            "print([names for _, names, _, _ in e.state.deferred])")
+            "print([d.provides for d in e.state.deferred])")
     env = {k: v for k, v in os.environ.items() if k != "XPS_AUTOTUNE"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     loaded, started, deferred = out.stdout.strip().splitlines()

@@ -119,3 +119,23 @@ def test_lenient_parse_drops_odd_tokens_and_keeps_the_rest(bad: str) -> None:
     assert isa_mask.parse(f"{bad} -jit", strict=False) == {"jit"}
     with pytest.raises(PolicyError):
         isa_mask.parse(f"{bad} -jit")
+
+
+@pytest.mark.parametrize(("given", "tokens"), [
+    (("jit",), ("jit",)), (("-jit",), ("jit",)), (("JIT", "-Avx512"), ("avx512", "jit")), (["sodium"], ("sodium",)),
+    ((), ()),
+])
+def test_an_engine_config_built_in_code_takes_the_mask_as_the_file_does(given: object, tokens: tuple[str, ...]) -> None:
+    # Found by a review: ("-jit",) and ("JIT",) were kept as given and masked nothing, silently.
+    from xpscerpto.settings import EngineConfig
+
+    assert EngineConfig(isa_mask=given).isa_mask == tokens  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("given", ["-jit", ("jit\n",), (42,), ("",), ("-",), ("a b",), ("x" * 65,), None, {"jit"}])
+def test_an_engine_config_refuses_a_mask_it_cannot_apply(given: object) -> None:
+    from xpscerpto.settings import EngineConfig
+
+    with pytest.raises(PolicyError, match=r"^XPS_ERR_POLICY: isa_mask: ") as info:
+        EngineConfig(isa_mask=given)  # type: ignore[arg-type]
+    assert "jit\n" not in str(info.value) and "a b" not in str(info.value)

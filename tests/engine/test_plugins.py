@@ -73,7 +73,7 @@ def test_builtins_load_first_and_both_register() -> None:
     registry = load_providers(autoload=False)
     warm = _warm_jit()
     assert list(registry.providers) == ["openssl", "sodium", *warm]
-    assert [names for _, names, _, _ in registry.deferred] == ([] if warm else [("jit", "jit-openssl")])
+    assert [d.provides for d in registry.deferred] == ([] if warm else [("jit", "jit-openssl")])
     assert registry.failures == []
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +87,37 @@ def test_deferred_kernels_are_not_prepared_for_an_engine_that_cannot_route_them(
     eng3 = xps.Engine(EngineConfig(autotune=True, providers=("openssl", "later", "broken")), plugins=[Plugin])
     assert eng3.wait_tuned(120) and calls == ["prepared"]  # the broken one failed quietly, the engine runs
     assert eng3.aead.open("AES-256-GCM", bytes(32), eng3.aead.encrypt("AES-256-GCM", bytes(32), b"m")) == b"m"
+
+
+def test_a_backend_masked_in_the_configuration_keeps_its_deferred_source_from_running(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Found by a review: with crypto.engine.isa_mask [-jit] the engine still imported numba and
+    # ran the kernels (nothing was routed to them, but the suspect code executed): "jit-openssl"
+    # is not named by "-jit", only its backends are.
+    calls: list[str] = []
+
+    class Plugin:
+        @staticmethod
+        @xps.hookspecs.hookimpl
+        def xps_register_providers(registry: Any) -> None:
+            registry.add_later(lambda: calls.append("prepared") or (), provides=("k", "k-openssl"), backends=("jit",))
+
+    monkeypatch.setenv("XPS_AUTOTUNE_CACHE", str(tmp_path / "autotune.json"))
+    eng = xps.Engine(EngineConfig(autotune=True, isa_mask=("jit",)), plugins=[Plugin])
+    assert eng.wait_tuned(120) and calls == []
+    eng2 = xps.Engine(EngineConfig(autotune=True, isa_mask=("openssl",)), plugins=[Plugin])
+    assert eng2.wait_tuned(120) and calls == ["prepared"]  # "k" is still wanted, its backend is not masked
+
+
+def test_the_configured_jit_mask_does_not_import_numba(tmp_path: Path) -> None:
+    code = textwrap.dedent("""
+        import sys, xpscerpto
+        eng = xpscerpto.Engine(xpscerpto.EngineConfig(autotune=True, isa_mask=("-jit",)))
+        assert eng.wait_tuned(120)
+        print("numba" in sys.modules, "xpscerpto.plugins._jit_kernels" in sys.modules)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "XPS_"))}
+    env["XPS_AUTOTUNE_CACHE"] = str(tmp_path / "autotune.json")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env,
+                         check=True)
+    assert out.stdout.split() == ["False", "False"], out.stderr
