@@ -235,7 +235,8 @@ class Updater:
             self._state = state
             self._held = held
             self._restored = True
-            self._publish(self._table_for(state.active))
+            with self.engine.publishing():
+                self._publish(self._table_for(state.active))
             return self.engine.table
 
     def _hold(self, cap: ActiveCapsule, exc: XpsError, keep: list[ActiveCapsule],
@@ -350,6 +351,8 @@ class Updater:
         reference = self._current_impls(m.operations)  # what serves now: the sampled check's yardstick
         previous, previous_held = self._state, self._held
         trialled: str | None = None  # the last trial's mode
+        # The engine's table lock, held from building the enabled table to publishing it.
+        hold = contextlib.ExitStack()
         try:
             for mode, seconds in (("canary", self.plan.canary_seconds), ("dual-run", self.plan.dual_run_seconds)):
                 if seconds > 0:
@@ -366,6 +369,7 @@ class Updater:
                 self._fail_trial(loaded, trialled, late)
             state = self._state.enable(cap, operator=operator)
             held = {k: h for k, h in self._held.items() if h["name"] != m.name}  # replaced (or repaired) now
+            hold.enter_context(self.engine.publishing())  # from building the table to publishing it
             table = self._table_for(state.active, held=held)
             # Journal first: if the journal refuses, nothing is enabled. The commit point is the
             # state file; a crash between the two leaves an ENABLE that the restart's state denies
@@ -380,12 +384,18 @@ class Updater:
             # A trial that passed left its table published; the journal or the state store then
             # refusing (full disk, database away) must not leave the candidate serving traffic
             # that nothing committed (found by stopping PostgreSQL during a canary).
+            hold.close()
             if trialled:
-                self._publish(self._table_for(previous.active))
+                with self.engine.publishing():
+                    self._publish(self._table_for(previous.active))
+            raise
+        except BaseException:
+            hold.close()
             raise
         self._state = state
         self._held = held
-        self._publish(table)
+        with hold:
+            self._publish(table)
         # Faults the trial's table reported while the enable was being journalled and saved.
         if trialled is not None and (late := self._late_trial_fault()) is not None:
             self._undo_enable(previous, previous_held, cap, signed_by=capsule.signed_by,
@@ -411,9 +421,10 @@ class Updater:
         def fault(detail: str) -> None:  # a sampled call's error path: enqueue only
             self._faults.put((name, detail, version[0] if version else -1, True))
 
-        table = self._table_for(self._state.active, trial=(loaded, "sampled"), reference=reference, fault=fault)
-        version.append(table.version)
-        self._publish(table)
+        with self.engine.publishing():
+            table = self._table_for(self._state.active, trial=(loaded, "sampled"), reference=reference, fault=fault)
+            version.append(table.version)
+            self._publish(table)
         self._audit("PATCH_STAGE", sha256=loaded.capsule.sha256, name=name, version=loaded.capsule.manifest.version,
                     phase="sampled", every=self.plan.sample_every, seconds=self.plan.sample_seconds,
                     table_version=table.version)
@@ -426,7 +437,8 @@ class Updater:
         with contextlib.suppress(Exception), self._lock:
             # Nothing replaced the sampling table since, except the engine's own rebuilds of it.
             if self._built_for(self.engine.table.version) == version:
-                self._publish(self._table_for(self._state.active))
+                with self.engine.publishing():
+                    self._publish(self._table_for(self._state.active))
 
     def _undo_enable(self, previous: RoutingState, previous_held: dict[str, dict[str, str]], cap: ActiveCapsule,
                      *, signed_by: Any, reason: str) -> None:
@@ -438,13 +450,14 @@ class Updater:
         before = next((a for a in previous.active if a.name == cap.name), None)
         restored = previous.disable(cap, operator="auto")  # same active set and highest; a history entry
         self._held = previous_held
-        table = self._table_for(restored.active)
-        self._audit("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
-                    to=before.version if before else "built-in", operator="auto", reason=reason,
-                    table_version=table.version, policy=self._policy(signed_by, cap.operations))
-        self.state_store.save(restored)
-        self._state = restored
-        self._publish(table)
+        with self.engine.publishing():  # from building the table to publishing it
+            table = self._table_for(restored.active)
+            self._audit("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
+                        to=before.version if before else "built-in", operator="auto", reason=reason,
+                        table_version=table.version, policy=self._policy(signed_by, cap.operations))
+            self.state_store.save(restored)
+            self._state = restored
+            self._publish(table)
 
     def _trial(self, loaded: _Loaded, mode: str, seconds: float, operator: str) -> None:
         """Route through a canary or dual-run implementation; roll back on the first fault."""
@@ -453,7 +466,8 @@ class Updater:
             self._stage_fault.get_nowait()
         self._staging = m.name
         try:
-            self._publish(self._table_for(self._state.active, trial=(loaded, mode)))
+            with self.engine.publishing():
+                self._publish(self._table_for(self._state.active, trial=(loaded, mode)))
             self._audit("PATCH_STAGE", sha256=loaded.capsule.sha256, name=m.name, version=m.version,
                         phase=mode, share=self.plan.canary_share if mode == "canary" else 1.0, seconds=seconds)
             try:
@@ -473,7 +487,8 @@ class Updater:
     def _fail_trial(self, loaded: _Loaded, mode: str, problem: str) -> NoReturn:
         """Put the routing from before the trial back, journal it and refuse the capsule."""
         m = loaded.capsule.manifest
-        self._publish(self._table_for(self._state.active))
+        with self.engine.publishing():
+            self._publish(self._table_for(self._state.active))
         self._audit("PATCH_ROLLBACK", sha256=loaded.capsule.sha256, name=m.name, version=m.version,
                     phase=mode, operator="auto", reason=problem,
                     policy=self._policy(loaded.capsule.signed_by, m.operations))
@@ -526,16 +541,17 @@ class Updater:
                 m = loaded.capsule.manifest
                 restore = ActiveCapsule(m.name, m.version, restore_sha, tuple(sorted(m.operations)))
         state = self._state.disable(cap, operator=operator, restore=restore)
-        table = self._table_for(state.active)
-        gone = self._loaded.get(cap.sha256)
-        self._audit("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
-                    to=restore.version if restore else "built-in", operator=operator, reason=reason,
-                    table_version=table.version,
-                    policy=self._policy(gone.capsule.signed_by if gone else (), cap.operations))
-        self.state_store.save(state)
-        self._state = state
-        self._held.pop(cap.sha256, None)
-        self._publish(table)
+        with self.engine.publishing():  # from building the table to publishing it
+            table = self._table_for(state.active)
+            gone = self._loaded.get(cap.sha256)
+            self._audit("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
+                        to=restore.version if restore else "built-in", operator=operator, reason=reason,
+                        table_version=table.version,
+                        policy=self._policy(gone.capsule.signed_by if gone else (), cap.operations))
+            self.state_store.save(state)
+            self._state = state
+            self._held.pop(cap.sha256, None)
+            self._publish(table)
         return cap
 
     def reconfigure(self, engine_config: EngineConfig, *, gates: Gates | None = None,
@@ -562,7 +578,8 @@ class Updater:
             if config_document is not None:
                 self._config_document = config_document
             active = self._state.active if self._restored else ()
-            return self._publish(self._table_for(active, config=engine_config), config=engine_config)
+            with self.engine.publishing():
+                return self._publish(self._table_for(active, config=engine_config), config=engine_config)
 
     # -- status -----------------------------------------------------------------------------
 

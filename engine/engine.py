@@ -13,10 +13,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -261,8 +262,10 @@ class Engine:
         config = self._config
         mask = isa_mask.effective(config.isa_mask)
         added: list[Provider] = []
-        if self._deferred_done:
-            return ()
+        with self._lock:  # claimed once: two callers must not both run the sources
+            if self._deferred_done:
+                return ()
+            self._deferred_done = True
         for d in state.deferred:
             wanted = [n for n in d.provides if (config.providers is None or n in config.providers) and n not in mask]
             if not wanted or mask.intersection(d.backends):
@@ -271,7 +274,6 @@ class Engine:
                 added.extend(p for p in d.source() if isinstance(p, Provider))
             except Exception as exc:
                 _log().warning("plugin %s: deferred providers failed: %s", d.plugin, type(exc).__name__)
-        self._deferred_done = True
         return self.add_providers(added) if added else ()
 
     def add_providers(self, providers: Iterable[Provider]) -> tuple[Provider, ...]:
@@ -294,8 +296,15 @@ class Engine:
                    for p in new for op, impl in sorted(p.implementations.items())]
         with self._lock:
             current = self.state
+            # Checked again: the self-tests ran outside the lock, and another caller may have
+            # added a provider of the same name meanwhile (found by a review: duplicates).
+            taken = {p.name for p in current.providers}
+            new = tuple(p for p in new if p.name not in taken)
+            if not new:
+                return ()
+            kept = {p.name for p in new}
             self._state = replace(current, providers=tuple(sorted((*current.providers, *new), key=lambda p: p.name)),
-                                  selftests=(*current.selftests, *results))
+                                  selftests=(*current.selftests, *(r for r in results if r.provider in kept)))
             self.rebuild(providers=(*self._table.providers, *new))
         return new
 
@@ -548,6 +557,22 @@ class Engine:
             listener(provider, operation, exc)
         for table_listener in self._table_fault_listeners:
             table_listener(provider, operation, exc, table_version)
+
+    @contextlib.contextmanager
+    def publishing(self) -> Iterator[None]:
+        """Hold the table lock from building a table to publishing it.
+
+        The engine republishes on its own (an autotune result, kernels warmed up): a table
+        built outside this lock can be overtaken by one of those and then refused by
+        :meth:`publish` as not the next version. Calls take this lock only at an operation's
+        first use (its self-test); hold it for building and publishing, not for slow work.
+
+        Example:
+            >>> with engine.publishing():                                    # doctest: +SKIP
+            ...     engine.publish(engine.build_table(config=new_config), config=new_config)
+        """
+        with self._lock:
+            yield
 
     def publish(self, table: RoutingTable, *, config: EngineConfig | None = None) -> RoutingTable:
         """Install ``table`` as the one every new call uses; returns the table it replaced.

@@ -80,3 +80,82 @@ def test_a_sampling_window_ends_though_the_engine_rebuilt_its_table(
     assert sampled()
     wait_until(lambda: not any(t.name.startswith("xps-sampling") for t in threading.enumerate()))
     assert not sampled() and eng.table.provider_for(OP) == "hotfix-aesgcm"
+
+
+def _rebuilding(eng: xps.Engine) -> tuple[threading.Event, threading.Thread]:
+    """The engine republishing its table without pause (what an autotune result does, often)."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            eng.rebuild()
+
+    thread = threading.Thread(target=run, name="test-rebuilds")
+    thread.start()
+    return stop, thread
+
+
+def test_an_emergency_mask_change_racing_the_engines_own_rebuilds_is_applied(make_updater: UpdaterMaker) -> None:
+    # Found by a review: the updater built its table outside the engine's lock, so a rebuild in
+    # between made 91 of 100 reconfigure calls fail with InternalError (table.version).
+    import sys
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads switch often: the race shows within a few calls
+    cfg = replace(xps.EngineConfig(), autotune=False)
+    eng = xps.Engine(cfg)
+    up = make_updater(engine=eng)
+    masked = replace(cfg, isa_mask=("sodium",))
+    stop, thread = _rebuilding(eng)
+    try:
+        for i in range(60):
+            up.reconfigure(masked if i % 2 == 0 else cfg)
+            served = {r.provider for r in eng.table.routes.values()}
+            assert ("sodium" in served) is (i % 2 == 1), i
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(switch)
+
+
+def test_a_capsule_enabled_and_rolled_back_while_the_engine_rebuilds_goes_live_and_comes_out(
+        factory: CapsuleFactory, make_updater: UpdaterMaker, tmp_path: Path) -> None:
+    factory.pin(tmp_path / "home")
+    cap = factory.build(factory.source(GOOD_AEAD))
+    eng = xps.Engine()
+    up = make_updater(engine=eng)
+    stop, thread = _rebuilding(eng)
+    try:
+        up.apply(cap.raw)
+        assert eng.table.provider_for(OP) == "hotfix-aesgcm"
+        up.rollback("hotfix-aesgcm")
+        assert eng.table.provider_for(OP) == "openssl"
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_providers_added_by_racing_callers_are_added_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by a review: the names were checked before the self-tests and not again after them.
+    import time
+
+    import xpscerpto.kat as kat
+    from xpscerpto.plugins import openssl
+
+    real = kat.run_selftest
+
+    def slow(*args: object, **kwargs: object) -> object:
+        time.sleep(0.02)  # widens the window between the check and the add, as a loaded machine does
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kat, "run_selftest", slow)
+    eng = xps.Engine(replace(xps.EngineConfig(), autotune=False))
+    extra = replace(openssl.make_provider(), name="openssl-x")
+    threads = [threading.Thread(target=eng.add_providers, args=([extra],)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    names = [p.name for p in eng.state.providers]
+    assert names.count("openssl-x") == 1 and len(names) == len(set(names))
+    assert len([r for r in eng.state.selftests if r.provider == "openssl-x"]) == len(extra.implementations)
