@@ -160,6 +160,7 @@ class Inbox:
         self._busy: str | None = None
         self._stopping = False
         self._memo: OrderedDict[tuple[str, _Key], None] = OrderedDict()
+        self._unlisted = False  # the last listing of the inbox failed (logged once until one works)
         self._life = threading.Lock()
         self._observer: Any = None
         self._worker: threading.Thread | None = None
@@ -299,12 +300,21 @@ class Inbox:
                         continue
                     try:
                         st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
+                    except OSError:  # gone meanwhile, or no descriptor to spare: the next scan sees it
                         continue
                     if not stat.S_ISDIR(st.st_mode):
                         found.append((entry.name, st))
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            # Out of file descriptors, say: this scan is lost, the watcher is not (a review ran
+            # a process out of them and the inbox thread died, so no capsule applied again).
+            if not self._unlisted:
+                log.warning("inbox %s: cannot be listed (%s); retrying at each scan", self.directory,
+                            exc.strerror or type(exc).__name__)
+            self._unlisted = True
+            return found
+        self._unlisted = False
         return found
 
     def _scan(self) -> None:

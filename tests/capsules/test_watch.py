@@ -261,3 +261,31 @@ def test_import_xpscerpto_does_not_import_watchdog() -> None:
     code = ("import sys, xpscerpto, xpscerpto.capsules, xpscerpto.capsules.watch; "
             "assert 'watchdog' not in sys.modules, sorted(m for m in sys.modules if 'watchdog' in m)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_inbox_that_cannot_be_listed_for_a_while_is_watched_again_after(
+        inbox_dir: Path, recorder: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by a review: out of file descriptors, os.scandir raised EMFILE, the worker thread
+    # died, and no capsule was applied again. (EMFILE stands in here: exhausting the test
+    # process's descriptors would break the run itself.)
+    import errno
+
+    from xpscerpto.capsules import watch
+
+    failures = {"left": 0}
+    real = os.scandir
+
+    def scandir(path: object) -> object:
+        if failures["left"] and Path(str(path)) == inbox_dir:
+            failures["left"] -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(watch, "_RESCAN_SECONDS", 0.05)
+    with Inbox(inbox_dir, recorder, polling=False, settle_seconds=SETTLE) as box:
+        monkeypatch.setattr(watch.os, "scandir", scandir)
+        failures["left"] = 5
+        wait_for(lambda: failures["left"] == 0, "the failing listings")
+        drop(inbox_dir, "late.capsule", b"GOOD after")
+        wait_for((inbox_dir / "accepted" / "late.capsule").exists, "accepted/late.capsule")
+        assert box.wait_idle(DEADLINE)

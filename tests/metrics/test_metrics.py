@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -151,3 +152,47 @@ def test_keyring_decrypt_counts_are_exported_as_the_canary_reads_them(tmp_path: 
         ok = (("key", "orders"), ("version", "1"), ("result", "ok"))
         failed = (("key", "orders"), ("version", "1"), ("result", "auth_failure"))
         assert (series[ok], series[failed]) == ring.decrypt_counts("orders", 1) == (1, 1)
+
+
+@pytest.mark.parametrize("address", ["h:\u00b2", "h:\u0661\u0662", ":+80", ": 80", "h:080000"])
+def test_a_port_that_is_not_ascii_digits_is_refused_typed(address: str) -> None:
+    with pytest.raises(PolicyError, match="--metrics"):  # not int()'s ValueError
+        parse_address(address)
+
+
+def test_idle_connections_cannot_exhaust_the_service_that_embeds_the_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by a review: the client library's server kept a thread and a descriptor per idle
+    # connection forever; 1,023 of them ran `xps watch` out of descriptors.
+    import threading
+
+    from xpscerpto.metrics import prometheus
+
+    monkeypatch.setattr(prometheus._Handler, "timeout", 0.5)
+    server, _ = serve(Metrics(), "127.0.0.1:0")
+    idle: list[socket.socket] = []
+    try:
+        before = threading.active_count()
+        for _ in range(100):
+            idle.append(socket.create_connection(("127.0.0.1", server.server_port), timeout=5))
+        time.sleep(0.2)
+        assert threading.active_count() <= before + prometheus.MAX_CONNECTIONS
+        time.sleep(1.0)  # past the read timeout: the idle ones were closed by the server
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=5) as reply:
+            assert reply.status == 200  # scraped while the 100 idle sockets are still open
+        assert threading.active_count() <= before + 1
+    finally:
+        for s in idle:
+            s.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_exporter_answers_only_its_paths() -> None:
+    server, _ = serve(Metrics(), "127.0.0.1:0")
+    try:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/admin", timeout=5)
+        assert info.value.code == 404
+    finally:
+        server.shutdown()
+        server.server_close()
