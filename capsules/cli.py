@@ -161,9 +161,11 @@ def add_publisher_commands(sub: Any) -> None:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Watch a folder for capsules and serve the control socket until interrupted."""
+    import dataclasses
     import signal
     import threading
 
+    from xpscerpto._config_fields import number, parse_duration
     from xpscerpto.cli import context
     from xpscerpto.engine import Engine
 
@@ -179,13 +181,22 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
         parse_address(args.metrics)
         metrics = Metrics()
+    # The overrides become the configuration in force (what the service re-reads at start and
+    # at each emergency change, and what `config show` reports): a plan alone was overwritten
+    # by the file's canary_share at start, silently (found by a review).
+    overrides: dict[str, Any] = {}
+    if args.canary_share is not None:
+        overrides["canary_share"] = number(0.0, 1.0)(args.canary_share, "--canary-share")
+    for option, attr in (("canary_seconds", "canary_seconds"), ("dual_run_seconds", "dual_run_seconds")):
+        if getattr(args, option) is not None:
+            overrides[attr] = parse_duration(getattr(args, option), "--" + option.replace("_", "-"))
+    if overrides:
+        config = dataclasses.replace(config, hotpatch=dataclasses.replace(config.hotpatch, **overrides))
     eng = Engine(config.engine, count=metrics.operation_counter if metrics is not None else None)
     h = config.hotpatch
-    plan = StagePlan(
-        canary_share=h.canary_share if args.canary_share is None else args.canary_share,
-        canary_seconds=h.canary_seconds if args.canary_seconds is None else args.canary_seconds,
-        dual_run_seconds=h.dual_run_seconds if args.dual_run_seconds is None else args.dual_run_seconds,
-        drain_timeout=h.drain_timeout_seconds, sample_every=h.sample_every, sample_seconds=h.sample_seconds)
+    plan = StagePlan(canary_share=h.canary_share, canary_seconds=h.canary_seconds, dual_run_seconds=h.dual_run_seconds,
+                     drain_timeout=h.drain_timeout_seconds, sample_every=h.sample_every,
+                     sample_seconds=h.sample_seconds)
     gates = Gates(timeout_s=h.timeout_seconds, memory_bytes=h.memory_bytes, bench_bytes=h.bench_bytes,
                   max_slowdown=h.max_slowdown)
     if args.cluster is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -27,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from xpscerpto._config_fields import MAX_DURATION
 from xpscerpto._routing import RoutingTable
 from xpscerpto.audit import AuditLog
 from xpscerpto.engine import Engine
@@ -91,6 +93,20 @@ class StagePlan:
     def __post_init__(self) -> None:
         if not isinstance(self.rollback_on_error, bool):  # 0 or None must not switch rollback off
             raise PolicyError(f"plan: rollback_on_error must be a bool, got {type(self.rollback_on_error).__name__}")
+        # Checked here, not only in the configuration: `xps watch --canary-share nan` once went
+        # straight into a plan, and a canary of 1e300 s overflowed the trial's wait.
+        if not _number_in(self.canary_share, 0.0, 1.0):
+            raise PolicyError("plan: canary_share must be a number from 0 to 1")
+        for name in ("canary_seconds", "dual_run_seconds", "drain_timeout", "sample_seconds"):
+            if not _number_in(getattr(self, name), 0.0, MAX_DURATION):
+                raise PolicyError(f"plan: {name} must be seconds from 0 to {MAX_DURATION:.0f} (100 years)")
+        if type(self.sample_every) is not int or self.sample_every < 1:
+            raise PolicyError("plan: sample_every must be an int of at least 1")
+
+
+def _number_in(value: object, low: float, high: float) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            and low <= value <= high)
 
 
 @dataclass
@@ -390,7 +406,12 @@ class Updater:
                     self._publish(self._table_for(previous.active))
             raise
         except BaseException:
+            # Not a refusal but a bug or an interrupt: still, a trial table must not keep serving
+            # a capsule that nothing enabled.
             hold.close()
+            if trialled:
+                with self.engine.publishing():
+                    self._publish(self._table_for(previous.active))
             raise
         self._state = state
         self._held = held

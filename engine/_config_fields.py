@@ -18,6 +18,7 @@ from .algorithms import AEAD
 from .errors import PolicyError
 
 __all__ = [
+    "MAX_DURATION",
     "Field",
     "build_section",
     "count",
@@ -46,6 +47,10 @@ __all__ = [
 
 T = TypeVar("T")
 
+#: The longest duration a setting takes (100 years): longer ones are a typo, and past about
+#: 292 years a thread wait with that timeout raises OverflowError (found by a review: a
+#: canary of 1e300 seconds left a refused capsule's trial table serving).
+MAX_DURATION = 36500 * 86400.0
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _SIZE_RE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|TiB)?")
@@ -101,6 +106,8 @@ def parse_duration(value: object, key: str = "duration") -> float:
                           f"'90m', '12h', '30d'), got {show(value)}")
     if not math.isfinite(seconds) or seconds < 0:
         raise PolicyError(f"config key {key!r}: a duration must be finite and >= 0, got {show(value)}")
+    if seconds > MAX_DURATION:
+        raise PolicyError(f"config key {key!r}: a duration must be at most 36500d (100 years), got {show(value)}")
     return seconds
 
 

@@ -279,3 +279,25 @@ def test_emergency_change_survives_a_restart(published, tmp_path: Path, watchers
     assert "forbidden by policy" in live["unrouted"]["aead.aes128gcm"]
     reapplied = [e for e in live["events"] if e["event"] == "CONFIG_EMERGENCY_CHANGE"][-1]
     assert reapplied["operator"] == "restart" and reapplied["new"] == ["aes128"]
+
+
+def test_watch_canary_overrides_are_the_plan_in_force(published, tmp_path: Path, watchers) -> None:  # type: ignore[no-untyped-def]
+    # Found by a review: --canary-share was replaced by the file's canary_share at start, silently.
+    capsule, _, home = published
+    inbox = tmp_path / "inbox"
+    watchers.append(Watcher(home, inbox, "--canary-share", "0.77", "--canary-seconds", "0.5"))
+    (inbox / NAME).write_bytes(capsule.read_bytes())
+    wait_for(lambda: status(home)["routes"][OP] == "xchacha20-openssl", "the capsule to be enabled")
+    stage = [e for e in audit_events(home) if e["event"] == "PATCH_STAGE" and e.get("phase") == "canary"]
+    assert [(e["share"], e["seconds"]) for e in stage] == [(0.77, 0.5)]
+
+
+@pytest.mark.parametrize(("option", "value"), [("--canary-share", "nan"), ("--canary-share", "-1"),
+                                               ("--canary-share", "5"), ("--canary-seconds", "1e300"),
+                                               ("--dual-run-seconds", "-3"), ("--canary-seconds", "inf")])
+def test_watch_refuses_a_canary_override_it_cannot_apply(tmp_path: Path, option: str, value: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "xpscerpto", "--home", str(tmp_path / "home"), "watch",
+                          str(tmp_path / "inbox"), option, value], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert option in out.stderr and "XPS_ERR_POLICY" in out.stderr

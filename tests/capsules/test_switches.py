@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -373,3 +374,34 @@ def test_the_service_defaults_keep_every_gate_on(tmp_path: Path) -> None:
         assert svc.updater.gates.off == () and svc.updater.plan.rollback_on_error is True
     finally:
         svc.updater.close()
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("canary_share", float("nan")), ("canary_share", -0.1), ("canary_share", 1.5), ("canary_share", "0.5"),
+    ("canary_seconds", 1e300), ("canary_seconds", -1), ("dual_run_seconds", float("inf")),
+    ("drain_timeout", None), ("sample_seconds", 4e9), ("sample_every", 0), ("sample_every", 2.0),
+    ("canary_share", True),
+])
+def test_a_stage_plan_it_cannot_run_is_refused_naming_the_field(field: str, value: object) -> None:
+    # Found by a review: a canary of 1e300 s overflowed the trial's wait and left the refused
+    # capsule's trial table serving; nan and out-of-range shares went straight into the plan.
+    with pytest.raises(xps.PolicyError, match=rf"^XPS_ERR_POLICY: plan: {field} "):
+        StagePlan(**{field: value})  # type: ignore[arg-type]
+
+
+def test_a_trial_that_fails_with_an_unexpected_error_does_not_leave_its_table_serving(
+        factory: CapsuleFactory, make_updater: UpdaterMaker, tmp_path: Path) -> None:
+    factory.pin(tmp_path / "home")
+    cap = factory.build(factory.source(GOOD_AEAD))
+    eng = xps.Engine()
+    up = make_updater(engine=eng, plan=StagePlan(canary_seconds=5, dual_run_seconds=0))
+
+    class Broken(queue.Queue[str]):  # the trial's wait failing as nothing of ours should (a bug, an interrupt)
+        def get(self, block: bool = True, timeout: float | None = None) -> str:
+            assert eng.table.provider_for(OP) == "hotfix-aesgcm"  # the trial table serves now
+            raise RuntimeError("unexpected")
+
+    up._stage_fault = Broken()
+    with pytest.raises(RuntimeError):
+        up.apply(cap.raw)
+    assert eng.table.provider_for(OP) == "openssl" and up.state.active == ()
