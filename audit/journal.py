@@ -555,6 +555,8 @@ class AuditLog:
                 size = os.fstat(fd).st_size
                 if size == 0:
                     self._refuse_restart("empty")
+                elif _last_newline(fd, size) < 0:  # not one complete record: as good as empty
+                    self._refuse_restart("torn to less than one record")
                 if once is not None:
                     found = _find_recent(fd, size, *once)
                     if found is not None:
@@ -732,7 +734,8 @@ class AuditLog:
         left for the next record to repair (and audit).
 
         Raises:
-            AuditTampered: the last complete line is not a record.
+            AuditTampered: the last complete line is not a record, or the journal lost every
+                record (empty, or torn to less than one, beside its ``.pub``).
             KeyError_: the signing key is missing, unreadable or does not match ``.pub``.
             InternalError: the journal cannot be opened.
         """
@@ -746,10 +749,14 @@ class AuditLog:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH)
                 size = os.fstat(fd).st_size
-                if size > 0:
+                if size == 0:
+                    self._refuse_restart("empty")
+                else:
                     nl = _last_newline(fd, size)
                     if nl >= 0:  # a complete record exists: its key must too
                         self._signing_key(create=False)
+                    else:
+                        self._refuse_restart("torn to less than one record")
                     self._last_complete(fd, nl)
             finally:
                 os.close(fd)
@@ -893,10 +900,13 @@ class AuditLog:
 
         lines = data.split(b"\n")
         torn = lines.pop()  # b"" when the file ends with a newline (or is empty)
-        if not lines and not torn and pub_file is not None:
-            raise AuditTampered(self.path, 1, "deleted", f"the journal is {'empty' if exists else 'missing'} "
-                                f"but {self.pub_path.name} exists (written after the first record): "
-                                "every record was removed")
+        if not lines and pub_file is not None:
+            # Torn to less than its first line counts too: the .pub follows a complete first
+            # record, so no crash leaves it beside a journal without one (found by a review: a
+            # journal cut to one byte verified as "OK: 0 records" and was then restarted).
+            state = "torn to less than one record" if torn else "empty" if exists else "missing"
+            raise AuditTampered(self.path, 1, "deleted", f"the journal is {state} but {self.pub_path.name} exists "
+                                "(written after the first record): every record was removed")
         walk = _Walk(self.path, lines, pub_hex, "pinned" if pinned else str(self.pub_path), every)
         walk.run()
 

@@ -581,6 +581,33 @@ def test_a_deleted_or_emptied_log_is_not_restarted_by_the_next_record(
 
 
 @pytest.mark.file_only
+@pytest.mark.parametrize("keep", [1, 40, -1])
+def test_a_log_cut_to_less_than_its_first_record_is_not_restarted(log: AuditLog, path: Path, keep: int) -> None:
+    # Found by a review: a journal cut to one byte verified as "OK: 0 records" (a warning), and
+    # the next record "repaired" it to nothing and started a new chain from genesis.
+    first = path.read_bytes().split(b"\n", 1)[0]
+    path.write_bytes(first[:keep])
+    e = expect_tamper(AuditLog(path), 1, "deleted")
+    assert "torn to less than one record" in str(e)
+    for w in (log, AuditLog(path)):
+        with pytest.raises(AuditTampered, match="torn to less than one record"):
+            w.record("KEY_REVOKE", name="k1")
+        with pytest.raises(AuditTampered, match="torn to less than one record"):
+            w.check_writable()
+    assert path.read_bytes() == first[:keep]  # nothing repaired, nothing written
+
+
+@pytest.mark.file_only
+def test_a_first_record_torn_by_a_crash_before_the_key_was_published_is_still_repaired(tmp_path: Path) -> None:
+    # What the refusal above must not break: no .pub yet, so a torn first line is a crash.
+    path = tmp_path / "fresh.log"
+    path.write_bytes(b'{"seq":1,"tim')
+    AuditLog(path).record("KEY_CREATE", name="k")
+    assert [r["event"] for r in AuditLog(path).tail(5)] == ["AUDIT_REPAIRED", "KEY_CREATE"]
+    AuditLog(path).verify()
+
+
+@pytest.mark.file_only
 def test_a_writer_whose_log_and_pub_were_both_deleted_does_not_restart_them(log: AuditLog, path: Path) -> None:
     log.pub_path.unlink()
     path.unlink()
