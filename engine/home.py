@@ -133,6 +133,10 @@ class Home:
                 os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "xpscerpto"
         if not isinstance(home, str | os.PathLike):
             raise PolicyError(f"home: expected a path, got {type(home).__name__}")
+        if not os.fspath(home):
+            # Path("") is the current directory: an unset variable in `--home "$DIR"` must not
+            # make whatever directory a script runs in a home (found by a review).
+            raise PolicyError("home: expected a path, got an empty one")
         try:
             h = cls(Path(home).expanduser().resolve())
             if create:
@@ -142,6 +146,8 @@ class Home:
             raise InternalError(f"{type(exc).__name__}: home: cannot use {str(home)!r} ({exc.strerror})") from None
         except ValueError:
             raise PolicyError("home: not a usable path (NUL byte?)") from None
+        except RuntimeError:  # a symlink loop, or ~user with no such user (Python 3.11's resolve)
+            raise PolicyError("home: cannot be resolved (a symlink loop, or ~ of an unknown user)") from None
         if create:
             h.sweep_stale_temps()
         return h

@@ -1484,7 +1484,10 @@ def _optional_version(value: object, field: str) -> int | None:
 
 def _version_arg(value: object, field: str) -> int:
     if type(value) is not int or not 1 <= value <= MAX_VERSION:
-        shown = "a huge int" if isinstance(value, int) and not isinstance(value, bool) else type(value).__name__
+        if isinstance(value, int) and not isinstance(value, bool):
+            shown = str(value) if abs(value) < 10**12 else "a huge int"
+        else:
+            shown = type(value).__name__
         raise PolicyError(f"{field}: expected an int in 1..{MAX_VERSION}, got {shown}")
     return value
 

@@ -689,3 +689,13 @@ def test_a_failing_csprng_makes_encrypt_a_typed_error_and_the_next_one_works(
         assert r.decrypt(r.encrypt("k", b"secret")) == b"secret"
     finally:
         r.close()
+
+
+@pytest.mark.parametrize(("value", "shown"), [(0, "got 0"), (-1, "got -1"), (2**31, "got 2147483648"),
+                                              (10**40, "got a huge int"), ("1", "got str")])
+def test_a_version_out_of_range_is_named_as_given(value: object, shown: str) -> None:
+    # Found by a review: every int out of range was called "a huge int", 0 and -1 included.
+    from xpscerpto.keyring.keyring import _version_arg
+
+    with pytest.raises(PolicyError, match=rf"version: expected an int in 1\.\.\d+, {shown}$"):
+        _version_arg(value, "version")
