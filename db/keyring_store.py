@@ -67,8 +67,14 @@ class PgStore(Store):
 
     def check_schema(self, db: Connection) -> None:
         """Refuse tables that lost their primary key or key-name uniqueness, or gained a trigger
-        or rule (see the SQLite store's check)."""
-        tables = list(PRIMARY_KEYS)
+        or rule (see the SQLite store's check) — the orchestration tables' too, once sealed (a
+        trigger there could swallow an operator's write without the roster noticing)."""
+        from .sealed_tables import MARK, TABLES
+
+        keys = dict(PRIMARY_KEYS)
+        if self.meta(MARK, db) is not None:
+            keys.update({t.name: t.key for t in TABLES})
+        tables = list(keys)
         marks = ", ".join("?" * len(tables))
         if db.execute(f"SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "  # noqa: S608
                       f"WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace "
@@ -88,7 +94,7 @@ class PgStore(Store):
                 declared.setdefault(table, []).append((position, column))
             elif table == "keys" and column == "name":
                 unique_name = True
-        for table, key in PRIMARY_KEYS.items():
+        for table, key in keys.items():
             if tuple(c for _, c in sorted(declared.get(table, []))) != key:
                 raise self._schema_edited(f"table {table} lost its primary key")
         if not unique_name:

@@ -10,9 +10,11 @@ rollout back to ``canary`` or mark it ``aborted`` so the nodes fall back to clas
 So each row carries a seal (HMAC under the keyring's integrity key, over every column in a fixed
 order: :meth:`~xpscerpto.keyring.store.Store.row_seal`) and enters the keyring's *roster* in the
 transaction that writes it. A row edited is refused when read (naming the table and the row);
-a row deleted, added, or put back from an older copy makes the roster fail to add up, which
-every open keyring notices (at its next full check) and :func:`verified` notices at once. All
-writers hold the keyring's write lock, so the roster's read-modify-write stays serialised.
+a row deleted, added, or put back from an older copy makes the roster fail to add up. Seals
+alone cannot see that, so whoever acts on these rows reads them in a snapshot a :class:`Guard`
+has checked (the whole roster, whenever the roster or these rows changed since its last check),
+and every :func:`put` checks the roster and the tables' schema inside its own write. All writers
+hold the keyring's write lock, so the roster's read-modify-write stays serialised.
 
 A database migrated to schema 8 holds the earlier release's rows unsealed: :func:`adopt` seals
 them once, in one write with the ``sealed_tables`` mark (itself a roster entry, so removing it
@@ -35,8 +37,8 @@ from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.keyring.integrity import KeyringTampered
 from xpscerpto.keyring.store import Connection, Store
 
-__all__ = ["ARCHIVED", "EMERGENCY", "MARK", "MIGRATIONS", "PLANS", "ROLLOUTS", "RUNS", "TABLES", "RowTampered", "Table",
-           "adopt", "now", "put", "read", "read_each", "roster_entries"]
+__all__ = ["ARCHIVED", "EMERGENCY", "MARK", "MIGRATIONS", "PLANS", "ROLLOUTS", "RUNS", "TABLES", "Guard", "RowTampered",
+           "Table", "adopt", "now", "put", "read", "read_each", "roster_entries"]
 
 #: The meta key set once every orchestration row is sealed (see :func:`adopt`).
 MARK = "sealed_tables"
@@ -81,6 +83,37 @@ TABLES = (PLANS, RUNS, EMERGENCY, ARCHIVED, MIGRATIONS, ROLLOUTS)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
+
+
+class Guard:
+    """Checks that the orchestration rows a reader is about to act on add up to the roster.
+
+    Per-row seals refuse an edited row, not a deleted one or an older genuine copy put back (a
+    plan's earlier suite, a migration's phase before its abort). :meth:`check` runs the
+    keyring's full roster check, in the reader's snapshot, unless the roster text and every
+    orchestration row's primary key and seal are exactly what the last check that passed saw:
+    a legitimate write changes the roster, so rows that changed while it did not were put there
+    by someone else — and that is the case the full check then refuses.
+
+    Not thread-safe on its own: one per reader (an orchestrator, a posture follower).
+    """
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: tuple[str | None, tuple[tuple[Any, ...], ...]] | None = None
+
+    def check(self, store: Store, db: Connection) -> None:
+        """Refuse the rows of ``db`` (a snapshot) unless they add up to its roster.
+
+        Raises:
+            KeyringTampered: they do not, or an orchestration table's schema was edited.
+        """
+        seen = (store.roster_text(db), tuple(tuple(e) for e in roster_entries(store, db)))
+        if seen != self._seen:
+            store.check_schema(db)
+            store.checked_rows(db)
+            self._seen = seen
 
 
 def now(db: Connection) -> datetime:
@@ -131,7 +164,13 @@ def put(store: Store, db: Connection, table: Table, row: Mapping[str, Any], *,
 
     Raises:
         RowTampered: the row it would replace fails its seal.
+        KeyringTampered: the rows no longer add up to the roster, an orchestration table's
+            schema was edited (a trigger, a rule), or the write silently did not happen.
     """
+    # Checked inside the write (the keyring's lock is held): what this write builds on —
+    # the row it replaces, the phase a caller just read — is what the roster vouches for.
+    store.check_schema(db)
+    store.checked_rows(db)
     key = tuple(row[c] for c in table.key)
     where = " AND ".join(f"{c} = ?" for c in table.key)
     cols = ", ".join(table.columns)
@@ -155,6 +194,11 @@ def put(store: Store, db: Connection, table: Table, row: Mapping[str, Any], *,
     if written:
         store.roster_rows(db, add=[_entry(table, row, mac)],
                           remove=[_entry(table, previous, old[-1])] if old is not None else [])
+    elif only_if is None or db.execute(f"SELECT 1 WHERE {only_if[0]}", tuple(only_if[1])).fetchone() is not None:
+        # Nothing conflicted (the row was read under the lock) and no condition failed: the
+        # statement was swallowed — a trigger or rule added outside xps (found by a review).
+        raise KeyringTampered(f"keyring database {store.name!r}: a write to {table.name} did not take effect "
+                              "(a trigger or rule added?); restore it from a backup")
     return written
 
 
@@ -179,6 +223,10 @@ def adopt(store: Store, db: Connection) -> int | None:
     """
     if store.meta(MARK, db) is not None:
         return None
+    # The roster first: a mark removed by someone (to have forged rows sealed here) leaves
+    # roster entries without their rows, and this refuses it (found by a review).
+    store.check_schema(db)
+    store.checked_rows(db)
     entries: list[list[Any]] = [[MARK]]
     for table in TABLES:
         where = " AND ".join(f"{c} = ?" for c in table.key)

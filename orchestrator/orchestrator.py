@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -172,11 +173,28 @@ class Orchestrator:
         self.counters = CounterStore(database, instance=self.instance, node=node)
         self.metrics = metrics
         self._published: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._guard = sealed.Guard()
+        self._guard_lock = threading.Lock()
         self.interval = float(interval)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last: LeaseState | None = None
         self.last_error: str | None = None
+
+    @contextlib.contextmanager
+    def verified(self) -> Iterator[Connection]:
+        """A read snapshot whose orchestration rows add up to the keyring's roster.
+
+        Every decision reads its rows in one (a seal alone does not refuse a deleted row or an
+        older genuine copy put back; see :class:`~xpscerpto.db.sealed_tables.Guard`).
+
+        Raises:
+            KeyringTampered: they do not.
+        """
+        with self.keyring.store.snapshot() as db:
+            with self._guard_lock:
+                self._guard.check(self.keyring.store, db)
+            yield db
 
     # -- plans (any node may change them; they are configuration, not leader writes) ---------
 
@@ -221,7 +239,7 @@ class Orchestrator:
 
     def _stored_plans(self) -> tuple[list[tuple[Plan, datetime, bool]], list[str]]:
         """The plans that validate, and one message per stored plan that does not."""
-        with self.keyring.store.snapshot() as db:
+        with self.verified() as db:
             rows = sealed.read_each(self.keyring.store, db, sealed.PLANS)
         plans, refused = [], []
         for r, damaged in sorted(rows, key=lambda item: str(item[0]["plan"])):
@@ -335,7 +353,7 @@ class Orchestrator:
         """Every PQ rollout: name, nodes, canary nodes, protocol, phase, since, detail."""
         from .pq_rollout import status
 
-        return status(self.keyring)
+        return status(self)
 
     def migrate(self, migration: SuiteMigration) -> None:
         """Start moving ``migration.keys`` to its target suite (the leader's ticks advance it).
@@ -360,7 +378,7 @@ class Orchestrator:
 
     def migration_status(self) -> list[dict[str, Any]]:
         """Every suite migration: name, target, phase, since, detail."""
-        with self.keyring.store.snapshot() as db:
+        with self.verified() as db:
             rows = sealed.read_each(self.keyring.store, db, sealed.MIGRATIONS)
         out = []
         for r, damaged in sorted(rows, key=lambda item: str(item[0]["name"])):
@@ -388,7 +406,7 @@ class Orchestrator:
         plan_grace = parse_seconds(plan.grace, "grace")
         info = self.keyring.describe(plan.key)
         now = self.keyring.clock()
-        with self.keyring.store.snapshot() as db:
+        with self.verified() as db:
             short = {int(r["version"]): float(r["grace_seconds"]) for r in sealed.read(
                 self.keyring.store, db, sealed.EMERGENCY, "key_id = ?", (info.key_id,))}
         if not all(math.isfinite(g) and g >= 0 for g in short.values()):
@@ -402,7 +420,7 @@ class Orchestrator:
             unused = self.keyring.unused_for(plan.key, v.version)
             if unused is not None and unused < grace:
                 continue
-            with self.keyring.store.snapshot() as db:
+            with self.verified() as db:
                 if sealed.read(self.keyring.store, db, sealed.ARCHIVED, "key_id = ? AND version = ?",
                                (info.key_id, v.version)):
                     continue
@@ -505,7 +523,7 @@ class Orchestrator:
 
     def _ran(self, plan: str, due: datetime) -> bool:
         """Whether a run is recorded for (plan, due); a forged one is refused, not obeyed."""
-        with self.keyring.store.snapshot() as db:
+        with self.verified() as db:
             return bool(sealed.read(self.keyring.store, db, sealed.RUNS, "plan = ? AND due = ?", (plan, due)))
 
     def _now(self) -> datetime:
@@ -551,7 +569,7 @@ class Orchestrator:
         plans = []
         store = self.keyring.store
         for plan, anchor, paused in self.plans():
-            with store.snapshot() as db:
+            with self.verified() as db:
                 runs = sealed.read(store, db, sealed.RUNS, "plan = ? ORDER BY due DESC LIMIT 1", (plan.name,))
                 archived = sorted(int(r["version"]) for r in sealed.read(
                     store, db, sealed.ARCHIVED, "key_id = (SELECT key_id FROM keys WHERE name = ?)", (plan.key,)))

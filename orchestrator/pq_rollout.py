@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from xpscerpto.channel.config import DEFAULT_PQ_PROTOCOL, ChannelConfig
 from xpscerpto.db import sealed_tables as sealed
 from xpscerpto.db.migrations import open_migrated
-from xpscerpto.errors import PolicyError, XpsError
+from xpscerpto.errors import InternalError, PolicyError, XpsError
 
 from ._canary import MIN_SAMPLES, canary_subset, check_fields
 from .schedule import parse_seconds
@@ -153,10 +153,12 @@ def posture_of(keyring: Keyring, node: str) -> tuple[str, str]:
     """(posture, protocol) of ``node`` now: from the one rollout naming it that did not abort.
 
     Raises:
-        KeyringTampered: a rollout's row fails its seal.
+        KeyringTampered: a rollout's row fails its seal, or the rows do not add up to the
+            keyring's roster (a rollout deleted, or an older copy put back).
         PolicyError: a rollout's row does not validate.
     """
     with keyring.store.snapshot() as db:
+        sealed.Guard().check(keyring.store, db)
         rows = _rows(keyring, db)
     return _posture(rows, node)
 
@@ -190,11 +192,15 @@ def start(orch: Orchestrator, rollout: PqRollout) -> None:
         tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, rollout.name))
 
 
-def status(keyring: Keyring) -> list[dict[str, Any]]:
-    """Every PQ rollout: name, nodes, canary nodes, protocol, phase, since, detail."""
+def status(orch: Orchestrator) -> list[dict[str, Any]]:
+    """Every PQ rollout: name, nodes, canary nodes, protocol, phase, since, detail.
+
+    Raises:
+        KeyringTampered: the rows do not add up to the keyring's roster.
+    """
     out = []
-    with keyring.store.snapshot() as db:
-        rows = sealed.read_each(keyring.store, db, sealed.ROLLOUTS)
+    with orch.verified() as db:
+        rows = sealed.read_each(orch.keyring.store, db, sealed.ROLLOUTS)
     for row, damaged in sorted(rows, key=lambda item: str(item[0]["name"])):
         if damaged is not None:  # status shows the damage instead of failing altogether
             out.append({"name": str(row["name"]), "phase": "tampered", "since": row["since"].isoformat()})
@@ -214,7 +220,7 @@ def status(keyring: Keyring) -> list[dict[str, Any]]:
 def advance(orch: Orchestrator, state: LeaseState) -> list[tuple[str, str]]:
     """One leader tick over every rollout not finished; returns (name, new phase)s."""
     changed = []
-    with orch.keyring.store.snapshot() as db:
+    with orch.verified() as db:
         rows = _rows(orch.keyring, db)
         clock = sealed.now(db)
     for row in rows:
@@ -353,8 +359,7 @@ class PqPosture:
             self.database.close()
             raise
         self.keyring = keyring
-        #: The roster and rows of the last read whose roster was checked (see refresh).
-        self._seen: tuple[str | None, str] | None = None
+        self._guard = sealed.Guard()
         self.node, self.base, self.poll = node, base, poll
         self._on_change = on_change
         self.posture = "classic"
@@ -375,16 +380,11 @@ class PqPosture:
         """
         store = self.keyring.store
         with store.snapshot() as db:
-            roster = store.roster_text(db)
+            # A deleted rollout reads as classic: the rows must add up to the roster now, not
+            # at the keyring's next full check.
+            self._guard.check(store, db)
             rows = _rows(self.keyring, db)
-            seen = (roster, repr(rows))
-            # Every write of a rollout changes the roster. Rows that changed while it did not
-            # were deleted or put back from an older copy: check every row against it now
-            # rather than at the keyring's next full check (a deleted rollout reads as classic).
-            if seen != self._seen:
-                store.checked_rows(db)
         posture, protocol = _posture(rows, self.node)
-        self._seen = seen
         config = channel_config(posture, self.base, protocol)
         if config != self.config:
             if self._on_change is not None:
@@ -394,8 +394,16 @@ class PqPosture:
         return posture
 
     def start(self) -> PqPosture:
-        """Read the posture, then follow notifications (and poll) in a daemon thread."""
-        with contextlib.suppress(XpsError):
+        """Read the posture, then follow notifications (and poll) in a daemon thread.
+
+        Raises:
+            KeyringTampered: the rollout rows fail their seals or the roster (nothing started:
+                a node must not begin on its classic default over rows someone edited). The
+                database being away is not raised: the follower starts and retries.
+        """
+        # The database away: follow anyway, the poll retries. Rows that fail their seal or the
+        # roster are raised to the caller instead of starting on the classic default.
+        with contextlib.suppress(InternalError):
             self.refresh()
         self.database.listen(CHANNEL, lambda _payload: self._wake.set(), on_reconnect=self._wake.set)
         self._thread.start()

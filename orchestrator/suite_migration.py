@@ -78,7 +78,7 @@ def advance(orch: Orchestrator, state: LeaseState) -> list[tuple[str, str]]:
         KeyringTampered: a migration's row fails its seal (named, after the others advanced).
     """
     changed = []
-    with orch.keyring.store.snapshot() as db:
+    with orch.verified() as db:
         # Every row, finished or not, is checked: a phase forged to 'aborted' must not hide one.
         rows = sealed.read_each(orch.keyring.store, db, sealed.MIGRATIONS)
         clock = sealed.now(db)

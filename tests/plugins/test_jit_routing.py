@@ -103,9 +103,10 @@ def test_a_backend_masked_in_the_configuration_keeps_its_deferred_source_from_ru
             registry.add_later(lambda: calls.append("prepared") or (), provides=("k", "k-openssl"), backends=("jit",))
 
     monkeypatch.setenv("XPS_AUTOTUNE_CACHE", str(tmp_path / "autotune.json"))
-    eng = xps.Engine(EngineConfig(autotune=True, isa_mask=("jit",)), plugins=[Plugin])
+    eng = xps.Engine(EngineConfig(autotune=True, isa_mask=("jit",), providers=("sodium", "k")), plugins=[Plugin])
     assert eng.wait_tuned(120) and calls == []
-    eng2 = xps.Engine(EngineConfig(autotune=True, isa_mask=("openssl",)), plugins=[Plugin])
+    # The real kernels left out (providers): only the source under test may run here.
+    eng2 = xps.Engine(EngineConfig(autotune=True, isa_mask=("openssl",), providers=("sodium", "k")), plugins=[Plugin])
     assert eng2.wait_tuned(120) and calls == ["prepared"]  # "k" is still wanted, its backend is not masked
 
 
