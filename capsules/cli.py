@@ -165,7 +165,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from xpscerpto._config_fields import number, parse_duration
+    from xpscerpto._config_fields import number, timer_duration
     from xpscerpto.cli import context
     from xpscerpto.engine import Engine
 
@@ -189,7 +189,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         overrides["canary_share"] = number(0.0, 1.0)(args.canary_share, "--canary-share")
     for option, attr in (("canary_seconds", "canary_seconds"), ("dual_run_seconds", "dual_run_seconds")):
         if getattr(args, option) is not None:
-            overrides[attr] = parse_duration(getattr(args, option), "--" + option.replace("_", "-"))
+            overrides[attr] = timer_duration(getattr(args, option), "--" + option.replace("_", "-"))
     if overrides:
         config = dataclasses.replace(config, hotpatch=dataclasses.replace(config.hotpatch, **overrides))
     eng = Engine(config.engine, count=metrics.operation_counter if metrics is not None else None)

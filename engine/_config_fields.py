@@ -42,14 +42,15 @@ __all__ = [
     "show",
     "str_list",
     "text",
+    "timer_duration",
     "to_str",
 ]
 
 T = TypeVar("T")
 
-#: The longest duration a setting takes (100 years): longer ones are a typo, and past about
-#: 292 years a thread wait with that timeout raises OverflowError (found by a review: a
-#: canary of 1e300 seconds left a refused capsule's trial table serving).
+#: The longest duration a setting that becomes a wait takes (100 years): past about 292 years
+#: a thread wait with that timeout raises OverflowError (found by a review: a canary of 1e300
+#: seconds left a refused capsule's trial table serving). See :func:`timer_duration`.
 MAX_DURATION = 36500 * 86400.0
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?")
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -106,6 +107,17 @@ def parse_duration(value: object, key: str = "duration") -> float:
                           f"'90m', '12h', '30d'), got {show(value)}")
     if not math.isfinite(seconds) or seconds < 0:
         raise PolicyError(f"config key {key!r}: a duration must be finite and >= 0, got {show(value)}")
+    return seconds
+
+
+def timer_duration(value: object, key: str = "duration") -> float:
+    """:func:`parse_duration` for a setting that becomes a wait or a timer: at most
+    :data:`MAX_DURATION` (a rotation period may be longer; a thread cannot wait that long).
+
+    Raises:
+        PolicyError: naming ``key``, as parse_duration, or past 36500d.
+    """
+    seconds = parse_duration(value, key)
     if seconds > MAX_DURATION:
         raise PolicyError(f"config key {key!r}: a duration must be at most 36500d (100 years), got {show(value)}")
     return seconds
