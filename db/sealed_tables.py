@@ -116,8 +116,7 @@ class Guard:
         # per 10,000 of them, several times per tick.)
         seen = (store.roster_text(db), store.meta(MARK, db), tuple(db.execute(_DIGEST).fetchall()))
         if seen != self._seen:
-            store.check_schema(db)
-            store.checked_rows(db)
+            _check_all(store, db)
             self._seen = seen
 
 
@@ -179,8 +178,7 @@ def put(store: Store, db: Connection, table: Table, row: Mapping[str, Any], *,
     """
     # Checked inside the write (the keyring's lock is held): what this write builds on —
     # the row it replaces, the phase a caller just read — is what the roster vouches for.
-    store.check_schema(db)
-    store.checked_rows(db)
+    _check_all(store, db)
     key = tuple(row[c] for c in table.key)
     where = " AND ".join(f"{c} = ?" for c in table.key)
     cols = ", ".join(table.columns)
@@ -235,8 +233,7 @@ def adopt(store: Store, db: Connection) -> int | None:
         return None
     # The roster first: a mark removed by someone (to have forged rows sealed here) leaves
     # roster entries without their rows, and this refuses it (found by a review).
-    store.check_schema(db)
-    store.checked_rows(db)
+    _check_all(store, db)
     entries: list[list[Any]] = [[MARK]]
     for table in TABLES:
         where = " AND ".join(f"{c} = ?" for c in table.key)
@@ -252,6 +249,12 @@ def adopt(store: Store, db: Connection) -> int | None:
     store.set_meta(db, MARK, "1")
     store.roster_rows(db, add=entries)
     return len(entries) - 1
+
+
+def _check_all(store: Store, db: Connection) -> None:
+    """The schema (no trigger or rule, primary keys intact) and the whole roster, in ``db``."""
+    store.check_schema(db)
+    store.checked_rows(db)
 
 
 def _refusal(store: Store, table: Table, row: Mapping[str, Any], mac: object) -> XpsError | None:

@@ -30,6 +30,20 @@ def rings(pg_dsn: str, tmp_path: Path) -> list[Keyring]:
 _due_now = due_now
 
 
+def _traffic(ring: Keyring, key: str) -> None:
+    """30 decryptions under ``key``, every third of a tampered blob (10 authentication failures)."""
+    from xpscerpto.errors import AuthError
+
+    for i in range(30):
+        blob = bytearray(ring.encrypt(key, b"x"))
+        if i % 3 == 0:
+            blob[-1] ^= 1
+            with pytest.raises(AuthError):
+                ring.decrypt(bytes(blob))
+        else:
+            ring.decrypt(bytes(blob))
+
+
 @pytest.mark.parametrize("policy", [None, 3, "weekly", "every=", "every=0s", "every=11000d", "every=-1d"])
 def test_a_bad_schedule_is_refused_naming_the_field(policy: object) -> None:
     with pytest.raises(PolicyError, match="policy"):
@@ -315,7 +329,6 @@ def test_a_canary_with_too_many_auth_failures_aborts_and_moves_back(rings: list[
 
 
 def test_the_canary_decision_reads_auth_failures_seen_on_another_node(rings: list[Keyring]) -> None:
-    from xpscerpto.errors import AuthError
     from xpscerpto.orchestrator import SuiteMigration
 
     a, orch, keys = _migration_ring(rings)
@@ -327,14 +340,7 @@ def test_the_canary_decision_reads_auth_failures_seen_on_another_node(rings: lis
     orch.tick()
     assert not follower.tick() and not follower.status()["is_leader"]
     (canary,) = m.canary_keys()
-    for i in range(30):  # the traffic, and its failures, are on the follower only
-        blob = bytearray(follower_ring.encrypt(canary, b"x"))
-        if i % 3 == 0:
-            blob[-1] ^= 1
-            with pytest.raises(AuthError):
-                follower_ring.decrypt(bytes(blob))
-        else:
-            follower_ring.decrypt(bytes(blob))
+    _traffic(follower_ring, canary)  # the traffic, and its failures, are on the follower only
     assert a.decrypt_counts(canary, 2) == (0, 0)  # the leader's own process saw nothing
     orch.tick()
     assert orch.migration_status()[0]["phase"] == "watching"  # not published yet: no decision on no data
@@ -348,7 +354,6 @@ def test_the_canary_decision_reads_auth_failures_seen_on_another_node(rings: lis
 def test_a_leader_paused_past_its_lease_moves_no_key_of_a_migration(rings: list[Keyring]) -> None:
     # A takes the lease and pauses before its canary step; B leads, canaries, sees the canary
     # fail and aborts (the key back on its suite). A's late canary step must not move the key.
-    from xpscerpto.errors import AuthError
     from xpscerpto.orchestrator import SuiteMigration, suite_migration
 
     a, b = rings[0], rings[1]
@@ -362,14 +367,7 @@ def test_a_leader_paused_past_its_lease_moves_no_key_of_a_migration(rings: list[
     time.sleep(1.3)  # its lease lapses while it is paused
     leader.tick()
     assert _suite_of(b, "orders") == "XCHACHA20-POLY1305"
-    for i in range(30):
-        blob = bytearray(b.encrypt("orders", b"x"))
-        if i % 3 == 0:
-            blob[-1] ^= 1
-            with pytest.raises(AuthError):
-                b.decrypt(bytes(blob))
-        else:
-            b.decrypt(bytes(blob))
+    _traffic(b, "orders")
     leader.tick()
     assert leader.migration_status()[0]["phase"] == "aborted" and _suite_of(b, "orders") == "AES-256-GCM"
     before = b.describe("orders").active_version

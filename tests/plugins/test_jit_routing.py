@@ -68,17 +68,28 @@ def test_masking_jit_takes_the_kernels_out_of_the_tuned_table(jit_ready: jit.Jit
     assert reasons["jit"].startswith("masked (-jit") and reasons["jit-openssl"].startswith("masked (-jit")
 
 
-def test_deferred_kernels_are_not_prepared_for_an_engine_that_cannot_route_them(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    calls: list[str] = []
+def _deferring(calls: list[str], *sources: dict[str, Any]) -> type:
+    """A plugin registering one deferred source per entry (``provides``, ``backends``), each
+    appending "prepared" to ``calls`` when run, or raising if ``fails``."""
+
+    def source(fails: bool) -> Any:
+        return (lambda: 1 / 0) if fails else (lambda: calls.append("prepared") or ())
 
     class Plugin:
         @staticmethod
         @xps.hookspecs.hookimpl
         def xps_register_providers(registry: Any) -> None:
-            registry.add_later(lambda: calls.append("prepared") or (), provides=("later",))
-            registry.add_later(lambda: 1 / 0, provides=("broken",))
+            for spec in sources:
+                registry.add_later(source(spec.get("fails", False)), provides=spec["provides"],
+                                   backends=spec.get("backends", ()))
 
+    return Plugin
+
+
+def test_deferred_kernels_are_not_prepared_for_an_engine_that_cannot_route_them(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[str] = []
+    Plugin = _deferring(calls, {"provides": ("later",)}, {"provides": ("broken",), "fails": True})
     monkeypatch.setenv("XPS_AUTOTUNE_CACHE", str(tmp_path / "autotune.json"))
     eng = xps.Engine(EngineConfig(autotune=True, providers=("openssl", "sodium")), plugins=[Plugin])
     assert eng.wait_tuned(120) and calls == []
@@ -95,13 +106,7 @@ def test_a_backend_masked_in_the_configuration_keeps_its_deferred_source_from_ru
     # ran the kernels (nothing was routed to them, but the suspect code executed): "jit-openssl"
     # is not named by "-jit", only its backends are.
     calls: list[str] = []
-
-    class Plugin:
-        @staticmethod
-        @xps.hookspecs.hookimpl
-        def xps_register_providers(registry: Any) -> None:
-            registry.add_later(lambda: calls.append("prepared") or (), provides=("k", "k-openssl"), backends=("jit",))
-
+    Plugin = _deferring(calls, {"provides": ("k", "k-openssl"), "backends": ("jit",)})
     monkeypatch.setenv("XPS_AUTOTUNE_CACHE", str(tmp_path / "autotune.json"))
     eng = xps.Engine(EngineConfig(autotune=True, isa_mask=("jit",), providers=("sodium", "k")), plugins=[Plugin])
     assert eng.wait_tuned(120) and calls == []
