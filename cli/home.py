@@ -7,7 +7,8 @@
 
 ``xps init`` creates the home's record with the security policy of ``--config`` (or the
 defaults), its KEK and keyring, its routing state, and registers the first operators — the
-only moment operators join without approvals. A home is also initialised by the first command
+only moment operators join without approvals (all of them in one transaction, and only while
+the home has neither an operator nor a key). A home is also initialised by the first command
 run on an empty directory; ``init`` is the way to choose its policy on purpose.
 """
 
@@ -44,7 +45,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     with Keyring(home, engine=Engine(config.engine), config=config.keyring if given else None,
                  approvals=config.approvals if given else None, audit_config=config.audit,
                  operator=args.operator_name, adopt=args.adopt) as ring:
-        operators = [ring.register_operator(pub) for pub in args.operator]
+        operators = ring.register_operators(args.operator) if args.operator else []
         if home.check_store("routing"):
             RoutingState().save(home.state)
             home.register_store("routing")

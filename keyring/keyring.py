@@ -736,29 +736,58 @@ class Keyring:
                           approvals: Approvals | None = None) -> str:
         """Add an operator key allowed to approve; returns its key id.
 
-        The first operators are registered while the keyring holds no key yet (``xps init``).
-        Once a key exists, adding one needs the home's administrative approvals
+        The home's first operator joins without approvals (see :meth:`register_operators`);
+        every later one needs the home's administrative approvals
         (``max(approvals.revoke, approvals.destroy)``) — so whoever can run the CLI cannot
-        register two keys of their own and approve their own revocation. One transaction
-        with its journal record.
+        register two keys of their own and approve their own revocation or a looser policy.
+        One transaction with its journal record.
+        """
+        return self.register_operators([public_key_path], label, approvals=approvals)[0]
+
+    def register_operators(self, public_key_paths: Sequence[str | Path], label: str = "", *,
+                           approvals: Approvals | None = None,
+                           labels: Sequence[str] | None = None) -> list[str]:
+        """Add several operator keys in one transaction (each journaled); returns their key ids.
+
+        Only a home with no operator registered and no key yet — the set-up ``xps init`` does —
+        takes its first operators without approvals, all of them at once; after that, the set-up
+        window is closed for good, whether or not a key was created. A key registered already
+        is left as it is (nothing to approve, nothing journaled).
+
+        Args:
+            label: the label of every key, unless ``labels`` gives one per key.
+
+        Raises:
+            PolicyError: approvals short of the administrative threshold, a bad label, or
+                ``labels`` of another length.
         """
         from xpscerpto.signing import load_public_key
 
-        if not isinstance(label, str):
-            raise PolicyError("label: expected a str")
-        key = load_public_key(public_key_path)
+        if isinstance(public_key_paths, (str, bytes)) or not isinstance(public_key_paths, Sequence):
+            raise PolicyError("public_key_paths: expected a list of paths")
+        names = [label] * len(public_key_paths) if labels is None else labels
+        if isinstance(names, (str, bytes)) or not isinstance(names, Sequence) or len(names) != len(public_key_paths) \
+                or not all(isinstance(n, str) for n in names):
+            raise PolicyError("label: expected a str (labels: one str per key)")
+        keys = [load_public_key(path) for path in public_key_paths]
         with self._lock:
             self.outbox.deliver()
             with self.store.write() as db:
-                setting_up = db.execute("SELECT 1 FROM keys LIMIT 1").fetchone() is None
+                known = self.store.operators(db)
+                setting_up = not known and db.execute("SELECT 1 FROM keys LIMIT 1").fetchone() is None
                 required = 0 if setting_up else self._admin_threshold
-                signers = self._check_approvals(db, approvals, required, "operator-add", key.keyid, None, False)
-                if not self.store.add_operator(db, key.keyid, key.public_key, label, self.clock()):
-                    return key.keyid  # already registered: nothing changed, nothing to journal
-                self.outbox.add(db, "OPERATOR_ADD", keyid=key.keyid, label=label, approvers=sorted(signers),
-                                required_approvals=required, operator=self.operator)
+                for key, name in zip(keys, names, strict=True):
+                    if key.keyid in known:
+                        continue
+                    signers = self._check_approvals(db, approvals, required, "operator-add", key.keyid, None,
+                                                    False)
+                    if self.store.add_operator(db, key.keyid, key.public_key, name, self.clock()):
+                        known[key.keyid] = (key.public_key, name)
+                        self.outbox.add(db, "OPERATOR_ADD", keyid=key.keyid, label=name,
+                                        approvers=sorted(signers), required_approvals=required,
+                                        operator=self.operator)
         self._deliver()
-        return key.keyid
+        return [key.keyid for key in keys]
 
     def remove_operator(self, keyid: str, *, approvals: Approvals | None = None) -> None:
         """Unregister an operator key (needs the administrative approvals); journaled."""

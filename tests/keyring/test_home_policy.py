@@ -169,6 +169,22 @@ def test_operator_add_needs_the_current_approvals_once_a_key_exists(strict_home:
     refused(xps(home, "operator", "add", str(mallory[1]), "--approvals", str(req)), "approves operator-add of")
 
 
+def test_operators_join_without_approvals_only_at_set_up_even_before_any_key(tmp_path: Path) -> None:
+    # Review finding: the set-up window was "no key yet", so before the first key anyone who could
+    # run xps registered two keys of their own and loosened the policy (or the capsule gates).
+    home, cfg = tmp_path / "home", tmp_path / "strict.yaml"
+    cfg.write_text("crypto:\n  approvals:\n    revoke: 2\n    destroy: 2\n")
+    pubs = [keygen(tmp_path, f"op{i}") for i in (1, 2)]
+    mallory = keygen(tmp_path, "mallory")
+    ok(xps(home, "init", "--operator", str(pubs[0]), "--operator", str(pubs[1]), config=cfg))
+    refused(xps(home, "operator", "add", str(mallory)), "operator-add requires 2 operator approval")
+    refused(xps(home, "init", "--operator", str(mallory)), "operator-add requires 2 operator approval")
+    ok(xps(home, "init", "--operator", str(pubs[0])))  # a retried init with the same operators
+    assert len(ok(xps(home, "operator", "list")).splitlines()) == 2
+    added = [e for e in events(home) if e["event"] == "OPERATOR_ADD"]
+    assert len(added) == 2 and all(e["required_approvals"] == 0 for e in added)
+
+
 def test_ten_concurrent_operator_adds_journal_exactly_what_registered(tmp_path: Path) -> None:
     home = tmp_path / "home"
     ok(xps(home, "init"))

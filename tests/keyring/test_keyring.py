@@ -336,8 +336,7 @@ def operators(tmp_path: Path) -> list:
 def gated(tmp_path: Path, clock: Clock, operators: list, database: str) -> Keyring:
     approvals = XpsConfig.from_mapping({"approvals": {"revoke": 2, "destroy": 2, "emergency_revoke": 1}}).approvals
     ring = Keyring(tmp_path / "gated", clock=clock, approvals=approvals, config=_keyring_config(database=database))
-    for i in range(2):
-        ring.register_operator(tmp_path / f"op{i + 1}.pub", f"op{i + 1}")
+    ring.register_operators([tmp_path / "op1.pub", tmp_path / "op2.pub"], labels=["op1", "op2"])
     yield ring
     ring.close()
 
