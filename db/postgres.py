@@ -23,6 +23,11 @@ from xpscerpto.errors import InternalError, PolicyError, XpsError
 __all__ = ["SCHEME", "Database", "Result", "Session", "check_dsn", "is_dsn"]
 
 SCHEME = "postgresql://"
+#: Seconds a session may sit idle inside a transaction before the server ends it (and rolls it
+#: back). A process paused or cut off mid-transaction otherwise holds its locks — the keyring's
+#: advisory lock, the lease row a fenced write holds — and stalls every node's writes until it
+#: comes back (found by a review: a SIGSTOPped leader stopped the fleet's writes for good).
+IDLE_IN_TRANSACTION_SECONDS = 30.0
 _FORBIDDEN = ("password", "passfile")
 
 
@@ -111,6 +116,8 @@ class Database:
         dsn: ``postgresql://[USER@]HOST[:PORT]/DATABASE[?host=/socket/dir]`` (no password).
         max_size: most connections this process holds.
         timeout: seconds to wait for a connection (the server down: an InternalError after it).
+        idle_in_transaction: seconds a transaction may wait between statements before the
+            server ends it, releasing its locks (see :data:`IDLE_IN_TRANSACTION_SECONDS`).
 
     Example:
         >>> db = Database("postgresql://localhost/xps")          # doctest: +SKIP
@@ -119,8 +126,12 @@ class Database:
         (1,)
     """
 
-    def __init__(self, dsn: str, *, max_size: int = 8, timeout: float = 5.0) -> None:
+    def __init__(self, dsn: str, *, max_size: int = 8, timeout: float = 5.0,
+                 idle_in_transaction: float = IDLE_IN_TRANSACTION_SECONDS) -> None:
         self.dsn = check_dsn(dsn)
+        if isinstance(idle_in_transaction, bool) or not isinstance(idle_in_transaction, int | float) \
+                or not 0.001 <= idle_in_transaction <= 86400:
+            raise PolicyError("idle_in_transaction: expected seconds between 0.001 and 86400")
         self.name = _shown(dsn)
         self.timeout = timeout
         try:
@@ -130,7 +141,8 @@ class Database:
                               "(pip install 'xpscerpto[postgresql]')") from None
         self._psycopg = psycopg
         self._pool_errors: tuple[type[BaseException], ...] = (psycopg.Error, _PoolTimeout)
-        self._pool = _Pool(self.dsn, max_size=max_size, timeout=timeout)
+        self._pool = _Pool(self.dsn, max_size=max_size, timeout=timeout,
+                           idle_in_transaction_ms=max(1, round(idle_in_transaction * 1000)))
         self._listeners: list[_Listener] = []
 
     @contextlib.contextmanager
@@ -215,8 +227,9 @@ class _Pool:
     (bounded by ``connect_timeout``): the first call after the database returns succeeds.
     """
 
-    def __init__(self, dsn: str, *, max_size: int, timeout: float) -> None:
+    def __init__(self, dsn: str, *, max_size: int, timeout: float, idle_in_transaction_ms: int) -> None:
         self._dsn = dsn
+        self._idle_ms = idle_in_transaction_ms
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_size)
@@ -226,7 +239,13 @@ class _Pool:
     def _connect(self) -> Any:
         import psycopg
 
-        return psycopg.connect(self._dsn, autocommit=True, connect_timeout=max(1, round(self._timeout)))
+        conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=max(1, round(self._timeout)))
+        try:
+            conn.execute(f"SET idle_in_transaction_session_timeout = {int(self._idle_ms)}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Any]:

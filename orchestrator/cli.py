@@ -67,7 +67,10 @@ def cmd_orch(args: argparse.Namespace) -> int:
                                        **({"protocol": args.protocol} if args.protocol else {})))
             print(f"PQ rollout {args.name}: started (canary nodes offer hybrid post-quantum channels now)")
         elif args.orch_cmd == "emergency":
-            version = orch.emergency(args.plan, args.reason, grace=args.grace)
+            try:
+                version = orch.emergency(args.plan, args.reason, grace=args.grace)
+            finally:
+                orch.stop()  # a lease this command took (no `orch run` led) is handed back now
             print(f"{args.plan}: rotated to version {version} (incident recorded)")
         else:  # run: the node loop, until SIGTERM/SIGINT
             if args.metrics is not None:

@@ -3,7 +3,11 @@
 Taking the lease over (it expired, or was never held) increments the token; renewing keeps it.
 Every write a leader makes checks, *in the same statement*, that the lease is still its own
 with that token and unexpired (:data:`FENCE`), so a leader that paused past its expiry (GC,
-SIGSTOP, a partition) and wakes up cannot write: its statement matches no row. Times are the
+SIGSTOP, a partition) and wakes up cannot write: its statement matches no row. The check also
+holds the lease row (``FOR SHARE``) until the transaction ends, so no other node takes the
+lease over while a write it passed is still uncommitted: a leader paused between its fenced
+statement and its commit delays the takeover until the server ends its idle transaction
+(:data:`~xpscerpto.db.postgres.IDLE_IN_TRANSACTION_SECONDS`), and that rolls it back. Times are the
 database's ``clock_timestamp()``; the nodes' clocks never decide who leads.
 
 Example:
@@ -25,7 +29,7 @@ __all__ = ["FENCE", "Lease", "LeaseState"]
 
 #: The condition every fenced statement carries: parameters (lease name, holder, token).
 FENCE = ("EXISTS (SELECT 1 FROM xps_lease WHERE name = ? AND holder = ? AND token = ? "
-         "AND expires > clock_timestamp())")
+         "AND expires > clock_timestamp() FOR SHARE)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ import re
 import secrets
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -441,6 +441,9 @@ class Orchestrator:
     def emergency(self, plan: str, reason: str, *, grace: str | float | None = None) -> int:
         """Rotate ``plan``'s key now (leader only), and record an incident in the journal.
 
+        On the leading node: this object holds the lease, or another process of the same node
+        does (the node's ``xps orch run``; the emergency then writes under that lease).
+
         Args:
             grace: a short grace for the version this retires: hygiene archives it once it has
                 been unused for the shorter of this and the plan's grace (recorded with the
@@ -457,8 +460,13 @@ class Orchestrator:
         if found is None:
             raise PolicyError("plan: no such plan")
         state = self.lease.acquire()
-        self._last = state
-        if not state.mine:
+        if state.mine:
+            self._last = state  # ours to release at stop()
+        elif node_of(state.holder) == self.node:
+            # Another process of this node leads (`xps orch run`): `xps orch emergency` acts for
+            # the node under that lease — its writes pass the fence only while it is current.
+            state = replace(state, mine=True)
+        else:
             raise PolicyError(f"orchestrator: {self.node} is not the leader ({node_of(state.holder) or 'none'} is); "
                               "run the emergency on the leader", reason="not-leader")
         # The incident is queued in the rotation's own transaction (outbox), so a kill -9 before
@@ -505,10 +513,13 @@ class Orchestrator:
             if grace is not None and active is not None:
                 old = sealed.read(store, db, sealed.EMERGENCY, "key_id = ? AND version = ?", (info.key_id, active))
                 shortest = min(grace, float(old[0]["grace_seconds"])) if old else grace
-                sealed.put(store, db, sealed.EMERGENCY,
-                           {"key_id": info.key_id, "version": active, "grace_seconds": shortest,
-                            "token": state.token, "holder": self.node, "at": sealed.now(db)},
-                           only_if=(FENCE, state.fence()))
+                if not sealed.put(store, db, sealed.EMERGENCY,
+                                  {"key_id": info.key_id, "version": active, "grace_seconds": shortest,
+                                   "token": state.token, "holder": self.node, "at": sealed.now(db)},
+                                  only_if=(FENCE, state.fence())):
+                    # The lease lapsed after the run record's statement: the whole rotation
+                    # rolls back rather than commit without the grace its incident announces.
+                    raise self._refusal(plan.name, due, state)
             if incident is not None:
                 self.keyring.outbox.add(db, "INCIDENT", **incident, from_version=active)
 

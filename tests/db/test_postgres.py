@@ -144,3 +144,34 @@ def test_the_database_going_away_gives_typed_errors_and_loses_nothing(pg_server:
         assert [k.name for k in ring.list()] == ["later", "orders"]
     finally:
         ring.close()
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan"), float("inf"), True, "30", None, 10**6])
+def test_a_bad_idle_in_transaction_bound_is_refused(value: object) -> None:
+    with pytest.raises(PolicyError, match="idle_in_transaction"):
+        Database("postgresql://localhost/xps", idle_in_transaction=value)  # type: ignore[arg-type]
+
+
+def test_a_transaction_left_idle_is_ended_by_the_server_and_frees_its_lock(pg_dsn: str) -> None:
+    # Review finding: a process paused inside a keyring write held the advisory lock, and every
+    # node's writes waited until it came back. The server now ends an idle transaction.
+    paused, other = Database(pg_dsn, idle_in_transaction=0.5), Database(pg_dsn)
+    got: list[float] = []
+
+    def write() -> None:
+        with other.transaction(lock=4242):
+            got.append(time.monotonic())
+
+    waiter = threading.Thread(target=write)
+    try:
+        with pytest.raises(InternalError, match="did not happen"), paused.transaction(lock=4242) as tx:
+            tx.execute("CREATE TEMP TABLE idle_probe (x int)")
+            waiter.start()
+            time.sleep(2.0)  # "paused": no statement for longer than the bound
+            woke = time.monotonic()
+            tx.execute("SELECT 1")
+        waiter.join(timeout=30)
+        assert got and got[0] < woke  # the lock went to the other writer while this one slept
+    finally:
+        paused.close()
+        other.close()

@@ -275,3 +275,29 @@ def test_killing_leaders_during_a_pq_rollout_journals_each_phase_exactly_once(
                                                    if e["event"] == "PQ_ROLLOUT"] == ["committed", "retired"])
     time.sleep(1.0)  # more ticks: nothing more is journaled
     assert [e["phase"] for e in _journal(root, pg_dsn) if e["event"] == "PQ_ROLLOUT"] == ["committed", "retired"]
+
+
+def test_orch_emergency_on_the_leading_node_runs_under_its_daemons_lease(
+        fleet: tuple[dict[str, subprocess.Popen[bytes]], Database, Path]) -> None:
+    # Review finding: the command was a new lease holder (node#random), so with `orch run` leading
+    # on the node it was always "not the leader" and the documented emergency never ran.
+    _, db, root = fleet
+    lease = Lease(db, LEASE, holder="observer", ttl=TTL)
+    leader = _wait("a leader", lambda: (s := lease.state()).holder and s)
+    node = str(node_of(leader.holder))
+    other = next(n for n in ("n0", "n1", "n2") if n != node)
+
+    def emergency(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "xpscerpto", "--config", str(root / "xps.json"), "--home",
+                               str(root / name), "orch", "emergency", "orders-hourly", "--reason", "leaked",
+                               "--node", name], capture_output=True, text=True, check=False, timeout=120)
+
+    refused = emergency(other)
+    assert refused.returncode == 2 and "not the leader" in refused.stderr and "Traceback" not in refused.stderr
+    done = emergency(node)
+    assert done.returncode == 0, done.stderr
+    assert "rotated to version 2" in done.stdout
+    run = db.execute("SELECT holder, token, result FROM xps_orch_runs").fetchall()
+    now = lease.state()
+    assert run == [(node, now.token, "rotated from 1")] and now.holder == leader.holder  # the daemon still leads
+    assert _versions(db) == [1, 2]

@@ -236,6 +236,54 @@ def test_an_emergency_grace_edited_outside_xps_stops_hygiene_instead_of_archivin
     assert not [e for e in a.audit.tail(50) if e["event"] == "KEY_ARCHIVE"]
 
 
+def test_an_emergency_whose_lease_lapses_mid_rotation_rolls_back_with_its_grace(
+        rings: list[Keyring], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Review finding: the grace row's fenced write failed (the lease lapsed after the run
+    # record's statement) but its False was ignored: the rotation committed without the grace
+    # its incident announced. A real lapse: the lease runs out while the rotation writes.
+    a = rings[0]
+    orch = Orchestrator(a, node="n0", lease_ttl=0.3, interval=0.1)
+    orch.track(Plan("p", key="orders", policy="every=30d", grace="7d"))
+    real_put = sealed.put
+
+    def put_then_stall(store: object, db: object, table: sealed.Table, *args: object, **kw: object) -> bool:
+        written = real_put(store, db, table, *args, **kw)  # type: ignore[arg-type]
+        if table is sealed.RUNS:
+            time.sleep(0.5)  # past the lease's expiry, inside the rotation's transaction
+        return written
+
+    monkeypatch.setattr(sealed, "put", put_then_stall)
+    with pytest.raises(Fenced):
+        orch.emergency("p", "leaked", grace="1h")
+    monkeypatch.undo()
+    assert a.describe("orders").active_version == 1
+    with orch.verified() as db:
+        assert sealed.read(a.store, db, sealed.RUNS) == [] and sealed.read(a.store, db, sealed.EMERGENCY) == []
+
+
+def test_a_takeover_waits_until_a_fenced_write_it_passed_has_committed(rings: list[Keyring]) -> None:
+    # The fence is checked in the writing statement; without holding the lease row, another node
+    # took the lease over while that write was still uncommitted, and both "led" at once.
+    import threading
+
+    from xpscerpto.orchestrator import FENCE
+
+    db: Database = rings[0].store.database  # type: ignore[attr-defined]
+    a, b = Lease(db, "t", holder="a", ttl=0.3), Lease(db, "t", holder="b", ttl=30)
+    first = a.acquire()
+    taken: list[float] = []
+    thread = threading.Thread(target=lambda: (time.sleep(0.4), b.acquire(), taken.append(time.monotonic())))
+    with rings[0].store.write() as tx:
+        assert tx.execute(f"SELECT 1 WHERE {FENCE}", first.fence()).fetchone() is not None
+        thread.start()
+        time.sleep(1.0)  # the lease expires meanwhile; b tries to take it over at 0.4 s
+        assert taken == []
+        committed = time.monotonic()
+    thread.join(timeout=30)
+    assert taken and taken[0] >= committed
+    assert b.state().mine and b.state().token == first.token + 1
+
+
 def test_hygiene_by_a_leader_whose_lease_lapsed_writes_nothing(rings: list[Keyring]) -> None:
     a = rings[0]
     orch = Orchestrator(a, node="n0", lease_ttl=0.2, interval=0.1)
