@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from xpscerpto.capsules.updater import Updater
-from xpscerpto.errors import XpsError
+from xpscerpto.errors import PolicyError, XpsError
 
 from .migrations import open_migrated
 
@@ -36,6 +36,12 @@ __all__ = ["CHANNEL", "PREFIX", "Announcer"]
 
 CHANNEL = "xps_capsules"
 PREFIX = "announce:"
+#: Events read per query: catching up after a long absence (or a flood) is done in slices.
+BATCH = 500
+#: Refusals journaled one by one per batch; the rest are counted in one record.
+MAX_REFUSALS = 10
+#: The longest node name an event may carry.
+MAX_NODE = 200
 
 
 class Announcer:
@@ -49,6 +55,8 @@ class Announcer:
     """
 
     def __init__(self, database: str, updater: Updater, *, node: str, poll: float = 2.0) -> None:
+        if not _is_node(node):
+            raise PolicyError(f"node: expected a printable ASCII name of 1 to {MAX_NODE} characters")
         self.database = open_migrated(database, 4, "announcement database")
         self.updater = updater
         self.node = node
@@ -123,14 +131,27 @@ class Announcer:
             tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(row[0] if row else "")))
 
     def _follow(self) -> None:
+        while self._follow_batch():
+            pass
+
+    def _follow_batch(self) -> bool:
+        """Follow the next ``BATCH`` events; True if there may be more."""
         rows = self.database.execute("SELECT id, action, sha256, name, version, node FROM xps_capsule_events "
-                                     "WHERE id > ? ORDER BY id", (self._seen,)).fetchall()
+                                     "WHERE id > ? ORDER BY id LIMIT ?", (self._seen, BATCH)).fetchall()
         if not rows:
-            return
+            return False
         last: dict[str, tuple[str, str]] = {}  # sha256 -> its newest (action, node)
+        malformed = 0
         for _id, action, sha, _name, _version, node in rows:
+            # Anyone who can write the table can write anything into it: a row we cannot read is
+            # counted, never echoed, and never stops the rows after it (one oversized sha256 used
+            # to fail its own refusal record at every poll, so no node followed anything again).
+            if action not in ("enable", "rollback") or not _is_sha256(sha) or not _is_node(node):
+                malformed += 1
+                continue
             last[sha] = (action, node)
         active = {a.sha256 for a in self.updater.state.active}
+        missing = []
         for sha, (action, node) in last.items():
             if node == self.node:
                 continue
@@ -139,13 +160,32 @@ class Announcer:
                 # retries them (the capsules already enabled are skipped then).
                 raw = self.database.execute("SELECT raw FROM xps_capsules WHERE sha256 = ?", (sha,)).fetchone()
                 if raw is None:  # an event without its bytes: the table was edited outside xps
-                    self.updater.audit.record("PATCH_REJECT", phase="announce", sha256=sha, source=node,
-                                              operator=PREFIX + node, reason="malformed",
-                                              detail="announced capsule bytes are missing from the database")
+                    missing.append((sha, node))
                     continue
                 with contextlib.suppress(XpsError):  # refused here: journaled by the updater
                     self.updater.apply(bytes(raw[0]), source=f"announced by {node}", operator=PREFIX + node)
             elif action == "rollback" and sha in active:
                 with contextlib.suppress(XpsError):
                     self.updater.rollback(sha, operator=PREFIX + node, reason=f"rolled back on {node}")
+        # Refusals are journaled per batch, a bounded number of them: a flood of forged rows
+        # must not become a flood of journal records.
+        for sha, node in missing[:MAX_REFUSALS]:
+            self.updater.audit.record("PATCH_REJECT", phase="announce", sha256=sha, source=node,
+                                      operator=PREFIX + node, reason="malformed",
+                                      detail="announced capsule bytes are missing from the database")
+        skipped = malformed + max(0, len(missing) - MAX_REFUSALS)
+        if skipped:
+            self.updater.audit.record("PATCH_REJECT", phase="announce", operator=PREFIX + "database",
+                                      reason="malformed", first_id=rows[0][0], last_id=rows[-1][0],
+                                      detail=f"{skipped} announcement row(s) ignored: unreadable (edited outside "
+                                             "xps?) or their capsule bytes are missing")
         self._seen = rows[-1][0]
+        return len(rows) == BATCH
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _is_node(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_NODE and value.isprintable() and value.isascii()

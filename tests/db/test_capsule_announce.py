@@ -133,3 +133,72 @@ def test_an_announcement_whose_bytes_were_deleted_is_a_journaled_refusal(publish
         first.stop()
         a.close()
         b.close()
+
+
+def test_an_unreadable_event_row_does_not_stop_the_rows_after_it(publisher: Publisher, pg_dsn: str) -> None:
+    # Review finding: an 'enable' whose sha256 was 70 KB of text failed its own refusal record at
+    # every poll (the journal refuses a record that large), so the node never followed anything
+    # again — here, a genuine rollback announced after it.
+    a = _updater(xps.Engine(), publisher.home)
+    eng_b, b = _other_node(publisher, "home-b")
+    nodes = [Announcer(pg_dsn, up, node=n, poll=0.3).start() for up, n in ((a, "a"), (b, "b"))]
+    try:
+        cap = a.apply(publisher.capsule("1.0.0"))
+        wait_for(lambda: eng_b.table.provider_for(OP) == cap.name, "node b to enable the announced capsule")
+        db = Database(pg_dsn)
+        try:
+            for sha, node in (("f" * 70000, "ghost"), ("0" * 64, "\x1b[2J" * 100), ("F" * 64, "ghost")):
+                db.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
+                           "VALUES ('enable', ?, 'x', '1.0.0', ?)", (sha, node))
+        finally:
+            db.close()
+        a.rollback(OP, operator="ops")
+        wait_for(lambda: eng_b.table.provider_for(OP) == "sodium", "node b to follow the rollback after them")
+        refusal = [e for e in _events(b, "PATCH_REJECT") if e.get("phase") == "announce"][-1]
+        assert "3 announcement row(s) ignored" in str(refusal["detail"])
+        assert "ghost" not in str(refusal) and "fff" not in str(refusal) and nodes[1].last_error is None
+    finally:
+        for n in nodes:
+            n.stop()
+        a.close()
+        b.close()
+
+
+def test_a_flood_of_events_without_bytes_is_journaled_in_bounded_records(publisher: Publisher,
+                                                                          pg_dsn: str) -> None:
+    from xpscerpto.db.capsule_announce import BATCH, MAX_REFUSALS
+
+    eng_b, b = _other_node(publisher, "home-b")
+    Announcer(pg_dsn, b, node="b", poll=0.3).start().stop()  # migrates the database
+    db = Database(pg_dsn)
+    try:
+        with db.transaction() as tx:
+            for i in range(3 * BATCH):
+                tx.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
+                           "VALUES ('enable', ?, 'x', '1.0.0', 'ghost')", (f"{i:064x}",))
+        before = len(b.audit.tail(100000))
+        late = Announcer(pg_dsn, b, node="b", poll=0.3).start()
+        try:
+            wait_for(lambda: late._seen >= 3 * BATCH, "node b to read every event")
+        finally:
+            late.stop()
+        added = b.audit.tail(100000)[before:]
+        assert all(e["event"] == "PATCH_REJECT" for e in added)
+        assert len(added) == 3 * (MAX_REFUSALS + 1)  # per batch: ten named, one count of the rest
+        assert eng_b.table.provider_for(OP) == "sodium"
+    finally:
+        db.close()
+        b.close()
+
+
+def test_a_node_name_that_others_could_not_read_is_refused(publisher: Publisher, pg_dsn: str) -> None:
+    import pytest
+    from xpscerpto.errors import PolicyError
+
+    _, b = _other_node(publisher, "home-b")
+    try:
+        for name in ("", "n" * 201, "a\nb", "nœud", 7):
+            with pytest.raises(PolicyError, match="node"):
+                Announcer(pg_dsn, b, node=name)  # type: ignore[arg-type]
+    finally:
+        b.close()
