@@ -108,6 +108,7 @@ from xpscerpto.secret import SecretBytes
 
 __all__ = [
     "GENESIS",
+    "STATEMENT_PREFIX",
     "AuditLog",
     "AuditTampered",
     "VerifyReport",
@@ -220,6 +221,10 @@ def record_message(rec: Mapping[str, Any]) -> bytes:
     """
     body = {k: v for k, v in rec.items() if k not in ("hash", "rsig")}
     return b"XPSCERPTO-AUDIT-RECORD/1\nseq=" + str(rec["seq"]).encode() + b"\n" + _canonical(body)
+
+
+#: What every :meth:`AuditLog.sign_statement` signature covers first (domain separation).
+STATEMENT_PREFIX = b"XPSCERPTO-NODE-STATEMENT/1\n"
 
 
 def checkpoint_message(signed_seq: int, signed_hash: str) -> bytes:
@@ -724,6 +729,32 @@ class AuditLog:
             _ensure_pub(self.pub_path, self._pub_hex)
             self._published = True
         return self._sk
+
+    def sign_statement(self, statement: bytes) -> tuple[bytes, bytes]:
+        """Sign a statement this node makes to others with the journal's key.
+
+        The signed bytes are ``STATEMENT_PREFIX + statement``; no record or checkpoint message
+        starts that way, so a statement is never mistaken for either. Returns (public key,
+        signature), raw bytes.
+
+        Raises:
+            PolicyError: ``statement`` is not bytes.
+            KeyError_: the signing key is unreadable.
+        """
+        if type(statement) is not bytes:
+            raise PolicyError(f"statement: expected bytes, got {type(statement).__name__}")
+        with self._lock:  # never creates a key: a missing one is the journal's damage to report
+            sk = self._signing_key(publish=False, create=False)
+        return sk.public_key().public_bytes_raw(), sk.sign(STATEMENT_PREFIX + statement)
+
+    def public_key(self) -> bytes:
+        """The journal's Ed25519 public key, raw.
+
+        Raises:
+            KeyError_: the journal has no signing key (yet) or it is unreadable.
+        """
+        with self._lock:
+            return self._signing_key(publish=False, create=False).public_key().public_bytes_raw()
 
     def check_writable(self) -> None:
         """Raise now what the next :meth:`record` would raise about the journal itself.

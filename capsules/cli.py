@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xpscerpto._atomic import atomic_write
-from xpscerpto.errors import XpsError
+from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.settings import Policy
 from xpscerpto.signing import TrustStore, generate_keypair, load_private_key, load_public_key
 
@@ -199,12 +199,18 @@ def cmd_watch(args: argparse.Namespace) -> int:
                      sample_seconds=h.sample_seconds)
     gates = Gates(timeout_s=h.timeout_seconds, memory_bytes=h.memory_bytes, bench_bytes=h.bench_bytes,
                   max_slowdown=h.max_slowdown)
+    peers: list[bytes] = []
     if args.cluster is not None:
+        from xpscerpto.audit.journal import read_public_key
         from xpscerpto.db.postgres import check_dsn
 
         check_dsn(args.cluster, "--cluster")
+        peers = [read_public_key(path) for path in args.peer_key]
+    elif args.peer_key:
+        raise PolicyError("--peer-key: only with --cluster")
     svc = WatchService(eng, args.dir, args.home, polling=args.polling or None, plan=plan, gates=gates,
-                       settle_seconds=h.settle_seconds, config=config, cluster=args.cluster, node=args.node)
+                       settle_seconds=h.settle_seconds, config=config, cluster=args.cluster, node=args.node,
+                       peers=peers)
     if metrics is not None:
         from xpscerpto.metrics.prometheus import serve
 
@@ -350,6 +356,9 @@ def add_operator_commands(sub: Any) -> None:
     p.add_argument("--cluster", metavar="DSN", help="postgresql:// database where nodes announce capsule "
                    "enables and rollbacks to each other (each verifies them itself)")
     p.add_argument("--node", default="local", help="this node's name in the cluster")
+    p.add_argument("--peer-key", action="append", default=[], metavar="AUDIT.pub",
+                   help="follow rollbacks announced by the node whose journal key this is (repeatable; a node "
+                        "always trusts its own journal key, so a fleet sharing one needs none)")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there (operations per "
                    "provider, auth failures, swaps, rollbacks); needs the metrics extra")
     p.set_defaults(func=cmd_watch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,8 @@ class WatchService:
     def __init__(self, engine: Engine, directory: str | Path, home: str | Path | Home | None = None, *,
                  polling: bool | None = None, plan: StagePlan = StagePlan(), gates: Gates = Gates(),
                  limits: Limits = Limits(), operator: str = "watch", settle_seconds: float = 0.5,
-                 config: XpsConfig | None = None, cluster: str | None = None, node: str | None = None) -> None:
+                 config: XpsConfig | None = None, cluster: str | None = None, node: str | None = None,
+                 peers: Sequence[bytes] = ()) -> None:
         base = config or XpsConfig.defaults()
         h = home if isinstance(home, Home) else Home.resolve(home)
         # The home's record lists every store once created (state.json among them), so a store
@@ -96,6 +97,7 @@ class WatchService:
             raise
         self._cluster = cluster
         self._node = node or "local"
+        self._peers = list(peers)
         self.announcer: Any = None
 
     def _build(self, directory: str | Path, operator: str, polling: bool | None, settle_seconds: float,
@@ -149,7 +151,7 @@ class WatchService:
             if self._cluster is not None:  # other nodes' enables and rollbacks, and ours to them
                 from xpscerpto.db.capsule_announce import Announcer
 
-                self.announcer = Announcer(self._cluster, self.updater, node=self._node).start()
+                self.announcer = Announcer(self._cluster, self.updater, node=self._node, peers=self._peers).start()
             self.control.start()
             self.inbox.start()
         except BaseException:

@@ -9,7 +9,13 @@ lost — reduces the new events to the last action per capsule, and:
 - ``enable`` of a capsule not active here: hands the bytes to its own updater, which verifies
   signature, pins and policy and validates in its own child as for a dropped file — a node
   whose trust store or policy refuses the capsule stays as it is (and journals why);
-- ``rollback`` of a capsule active here: rolls it back here.
+- ``rollback`` of a capsule active here: rolls it back here — only if the event is signed by
+  a node this one trusts: its own journal's key (a fleet sharing one journal key, as the
+  PostgreSQL fleet does) or a key in ``peers``. An enable needs no such signature (each node
+  verifies the capsule itself); a rollback carries nothing else to verify, so without one a
+  database writer could take the fix out of every node. A refused rollback is journaled. A
+  signed rollback put back into the table again does nothing: a capsule rolled back is never
+  enabled again (the updater's version memory), so its rollback has nothing left to take out.
 
 What a node does because of an announcement is not announced again (operator
 ``announce:NODE``), so the fleet converges without echo. Announcing never blocks an update: the
@@ -22,11 +28,15 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hmac
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from xpscerpto.audit.journal import STATEMENT_PREFIX
 from xpscerpto.capsules.updater import Updater
 from xpscerpto.errors import PolicyError, XpsError
 
@@ -48,16 +58,25 @@ class Announcer:
     """Publish this node's capsule changes; follow the other nodes' (see the module docstring).
 
     Args:
-        database: ``postgresql://…`` (migration 4 applied).
+        database: ``postgresql://…`` (migration 9 applied).
         updater: this node's updater.
         node: this node's name (unique in the fleet).
         poll: seconds between polls when no notification comes.
+        peers: Ed25519 public keys (32 raw bytes each: the other nodes' journal keys, their
+            ``audit.pub``) whose rollbacks this node follows, besides its own journal's key.
+
+    Raises:
+        PolicyError: a bad node name or peer key; the database is not migrated.
     """
 
-    def __init__(self, database: str, updater: Updater, *, node: str, poll: float = 2.0) -> None:
+    def __init__(self, database: str, updater: Updater, *, node: str, poll: float = 2.0,
+                 peers: Iterable[bytes] = ()) -> None:
         if not _is_node(node):
             raise PolicyError(f"node: expected a printable ASCII name of 1 to {MAX_NODE} characters")
-        self.database = open_migrated(database, 4, "announcement database")
+        if isinstance(peers, (str, bytes, bytearray, memoryview)) or not isinstance(peers, Iterable):
+            raise PolicyError("peers: expected a list of 32-byte Ed25519 public keys")
+        self._peers = [_peer_key(k) for k in peers]
+        self.database = open_migrated(database, 9, "announcement database")
         self.updater = updater
         self.node = node
         self.poll = poll
@@ -122,12 +141,14 @@ class Announcer:
     def _announce(self, action: str, fields: Mapping[str, Any]) -> None:
         sha, name, version = str(fields["sha256"]), str(fields["name"]), str(fields["version"])
         raw = self.updater.store.get(sha) if action == "enable" else None
+        signer, sig = self.updater.audit.sign_statement(_statement(action, sha, name, version, self.node))
         with self.database.transaction() as tx:
             if raw is not None:
                 tx.execute("INSERT INTO xps_capsules (sha256, raw, name, version, node) VALUES (?, ?, ?, ?, ?) "
                            "ON CONFLICT DO NOTHING", (sha, raw, name, version, self.node))
-            row = tx.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
-                             "VALUES (?, ?, ?, ?, ?) RETURNING id", (action, sha, name, version, self.node)).fetchone()
+            row = tx.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node, signer, sig) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                             (action, sha, name, version, self.node, signer.hex(), sig.hex())).fetchone()
             tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(row[0] if row else "")))
 
     def _follow(self) -> None:
@@ -136,19 +157,28 @@ class Announcer:
 
     def _follow_batch(self) -> bool:
         """Follow the next ``BATCH`` events; True if there may be more."""
-        rows = self.database.execute("SELECT id, action, sha256, name, version, node FROM xps_capsule_events "
-                                     "WHERE id > ? ORDER BY id LIMIT ?", (self._seen, BATCH)).fetchall()
+        rows = self.database.execute("SELECT id, action, sha256, name, version, node, signer, sig "
+                                     "FROM xps_capsule_events WHERE id > ? ORDER BY id LIMIT ?",
+                                     (self._seen, BATCH)).fetchall()
         if not rows:
             return False
         last: dict[str, tuple[str, str]] = {}  # sha256 -> its newest (action, node)
         malformed = 0
-        for _id, action, sha, _name, _version, node in rows:
+        unsigned: list[tuple[str, str]] = []
+        trusted = self._trusted()
+        for _id, action, sha, name, version, node, signer, sig in rows:
             # Anyone who can write the table can write anything into it: a row we cannot read is
             # counted, never echoed, and never stops the rows after it (one oversized sha256 used
             # to fail its own refusal record at every poll, so no node followed anything again).
-            if action not in ("enable", "rollback") or not _is_sha256(sha) or not _is_node(node):
+            if action not in ("enable", "rollback") or not _is_sha256(sha) or not _is_node(node) \
+                    or not isinstance(name, str) or not isinstance(version, str):
                 malformed += 1
                 continue
+            if action == "rollback" and not _signed(trusted, _statement(action, sha, name, version, node),
+                                                    signer, sig):
+                if node != self.node:
+                    unsigned.append((sha, node))
+                continue  # not an event at all: the newest genuine one for this capsule stands
             last[sha] = (action, node)
         active = {a.sha256 for a in self.updater.state.active}
         missing = []
@@ -173,7 +203,12 @@ class Announcer:
             self.updater.audit.record("PATCH_REJECT", phase="announce", sha256=sha, source=node,
                                       operator=PREFIX + node, reason="malformed",
                                       detail="announced capsule bytes are missing from the database")
-        skipped = malformed + max(0, len(missing) - MAX_REFUSALS)
+        for sha, node in unsigned[:MAX_REFUSALS]:
+            self.updater.audit.record("PATCH_REJECT", phase="announce", sha256=sha, source=node,
+                                      operator=PREFIX + node, reason="untrusted",
+                                      detail="an announced rollback is not signed by a node this one trusts "
+                                             "(its own journal key or a configured peer); not followed")
+        skipped = malformed + max(0, len(missing) - MAX_REFUSALS) + max(0, len(unsigned) - MAX_REFUSALS)
         if skipped:
             self.updater.audit.record("PATCH_REJECT", phase="announce", operator=PREFIX + "database",
                                       reason="malformed", first_id=rows[0][0], last_id=rows[-1][0],
@@ -181,6 +216,45 @@ class Announcer:
                                              "xps?) or their capsule bytes are missing")
         self._seen = rows[-1][0]
         return len(rows) == BATCH
+
+
+    def _trusted(self) -> list[Ed25519PublicKey]:
+        keys = list(self._peers)
+        with contextlib.suppress(XpsError):  # no journal key yet: only the configured peers
+            keys.append(Ed25519PublicKey.from_public_bytes(self.updater.audit.public_key()))
+        return keys
+
+
+def _statement(action: str, sha: str, name: str, version: str, node: str) -> bytes:
+    """What an event's signature covers (each field length-prefixed: no two events share it)."""
+    parts = [b"capsule-event", action.encode(), sha.encode(), name.encode(), version.encode(), node.encode()]
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def _signed(trusted: list[Ed25519PublicKey], statement: bytes, signer: object, sig: object) -> bool:
+    if not isinstance(signer, str) or not isinstance(sig, str) or len(signer) != 64 or len(sig) != 128:
+        return False
+    try:
+        signer_raw, sig_raw = bytes.fromhex(signer), bytes.fromhex(sig)
+    except ValueError:
+        return False
+    for key in trusted:
+        if hmac.compare_digest(key.public_bytes_raw(), signer_raw):
+            try:
+                key.verify(sig_raw, STATEMENT_PREFIX + statement)
+            except InvalidSignature:
+                return False
+            return True
+    return False
+
+
+def _peer_key(value: object) -> Ed25519PublicKey:
+    if type(value) is not bytes or len(value) != 32:
+        raise PolicyError("peers: expected 32-byte Ed25519 public keys (raw bytes)")
+    try:
+        return Ed25519PublicKey.from_public_bytes(value)
+    except ValueError:
+        raise PolicyError("peers: not an Ed25519 public key") from None
 
 
 def _is_sha256(value: object) -> bool:

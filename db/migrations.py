@@ -117,6 +117,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         f"ALTER TABLE {table} ADD COLUMN mac TEXT" for table in (
             "xps_orch_plans", "xps_orch_runs", "xps_orch_emergency", "xps_orch_archived", "xps_suite_migrations",
             "xps_pq_rollouts"))),
+    Migration(9, "signed capsule rollback announcements", (
+        # The announcing node's journal key and its Ed25519 signature over the event
+        # (db/capsule_announce.py): a database writer could roll every node back otherwise.
+        "ALTER TABLE xps_capsule_events ADD COLUMN signer TEXT, ADD COLUMN sig TEXT",
+    )),
 )
 
 

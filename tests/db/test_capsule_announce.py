@@ -5,10 +5,12 @@ from __future__ import annotations
 import shutil
 import time
 
+import pytest
 import xpscerpto as xps
 from xpscerpto.capsules.updater import Updater
 from xpscerpto.db import Database
 from xpscerpto.db.capsule_announce import Announcer
+from xpscerpto.errors import PolicyError
 from xpscerpto.home import Home
 
 from tests.capsules.test_cli_service import wait_for
@@ -25,6 +27,13 @@ def _other_node(publisher: Publisher, name: str, *, trusted: bool = True) -> tup
     return eng, _updater(eng, home)
 
 
+def _journal_key(up: Updater) -> bytes:
+    """The node's journal key (a journal gets its key with its first record)."""
+    if not up.audit.tail(1):
+        up.audit.record("TEST_NODE_START")
+    return up.audit.public_key()
+
+
 def _events(up: Updater, event: str) -> list[dict[str, object]]:
     return [e for e in up.audit.tail(200) if e["event"] == event]
 
@@ -35,7 +44,9 @@ def test_an_enable_and_a_rollback_on_one_node_reach_the_others_which_verify_them
     a = _updater(eng_a, publisher.home)
     eng_b, b = _other_node(publisher, "home-b")
     eng_c, c = _other_node(publisher, "home-c", trusted=False)  # its trust store pins nobody
-    nodes = [Announcer(pg_dsn, up, node=n, poll=0.5).start() for up, n in ((a, "a"), (b, "b"), (c, "c"))]
+    # a follows b's rollbacks: it pins b's journal key (a fleet sharing one key would need none).
+    nodes = [Announcer(pg_dsn, up, node=n, poll=0.5, peers=peers).start()
+             for up, n, peers in ((a, "a", [_journal_key(b)]), (b, "b", []), (c, "c", []))]
     try:
         cap = a.apply(publisher.capsule("1.0.0"))
         wait_for(lambda: eng_b.table.provider_for(OP) == cap.name, "node b to enable the announced capsule")
@@ -141,7 +152,8 @@ def test_an_unreadable_event_row_does_not_stop_the_rows_after_it(publisher: Publ
     # again — here, a genuine rollback announced after it.
     a = _updater(xps.Engine(), publisher.home)
     eng_b, b = _other_node(publisher, "home-b")
-    nodes = [Announcer(pg_dsn, up, node=n, poll=0.3).start() for up, n in ((a, "a"), (b, "b"))]
+    nodes = [Announcer(pg_dsn, a, node="a", poll=0.3).start(),
+             Announcer(pg_dsn, b, node="b", poll=0.3, peers=[_journal_key(a)]).start()]
     try:
         cap = a.apply(publisher.capsule("1.0.0"))
         wait_for(lambda: eng_b.table.provider_for(OP) == cap.name, "node b to enable the announced capsule")
@@ -154,6 +166,8 @@ def test_an_unreadable_event_row_does_not_stop_the_rows_after_it(publisher: Publ
             db.close()
         a.rollback(OP, operator="ops")
         wait_for(lambda: eng_b.table.provider_for(OP) == "sodium", "node b to follow the rollback after them")
+        wait_for(lambda: [e for e in _events(b, "PATCH_REJECT") if e.get("phase") == "announce"],
+                 "node b to journal the rows it ignored")  # after the batch they were in
         refusal = [e for e in _events(b, "PATCH_REJECT") if e.get("phase") == "announce"][-1]
         assert "3 announcement row(s) ignored" in str(refusal["detail"])
         assert "ghost" not in str(refusal) and "fff" not in str(refusal) and nodes[1].last_error is None
@@ -192,13 +206,68 @@ def test_a_flood_of_events_without_bytes_is_journaled_in_bounded_records(publish
 
 
 def test_a_node_name_that_others_could_not_read_is_refused(publisher: Publisher, pg_dsn: str) -> None:
-    import pytest
-    from xpscerpto.errors import PolicyError
-
     _, b = _other_node(publisher, "home-b")
     try:
         for name in ("", "n" * 201, "a\nb", "nœud", 7):
             with pytest.raises(PolicyError, match="node"):
                 Announcer(pg_dsn, b, node=name)  # type: ignore[arg-type]
+    finally:
+        b.close()
+
+
+def test_a_rollback_event_needs_the_signature_of_a_trusted_node(publisher: Publisher, pg_dsn: str) -> None:
+    # Review finding: one INSERT of a 'rollback' event (node 'ghost') took the capsule out of every
+    # node, and version memory then refused it again: the fleet stayed on the old provider.
+    a = _updater(xps.Engine(), publisher.home)
+    a_key = _journal_key(a)
+    # c's journal signs with a's key (copied before c's first record), as a fleet's nodes do.
+    home_c = Home.resolve(publisher.tmp / "home-c")
+    shutil.copy2(publisher.home.audit.with_suffix(".key"), home_c.audit.with_suffix(".key"))
+    eng_b, b = _other_node(publisher, "home-b")
+    eng_c, c = _other_node(publisher, "home-c")
+    assert c.audit.public_key() == a_key
+    nodes = [Announcer(pg_dsn, a, node="a", poll=0.3).start(),
+             Announcer(pg_dsn, b, node="b", poll=0.3).start(),  # trusts only its own journal key
+             Announcer(pg_dsn, c, node="c", poll=0.3).start()]  # shares a's journal key
+    try:
+        cap = a.apply(publisher.capsule("1.0.0"))
+        for eng in (eng_b, eng_c):
+            wait_for(lambda eng=eng: eng.table.provider_for(OP) == cap.name, "the nodes to enable the capsule")
+        db = Database(pg_dsn)
+        try:  # a database writer's forgeries: unsigned, garbage, and a signature by an unknown key
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+            from xpscerpto.audit.journal import STATEMENT_PREFIX
+            from xpscerpto.db.capsule_announce import _statement
+
+            mallory = Ed25519PrivateKey.generate()
+            forged = mallory.sign(STATEMENT_PREFIX + _statement("rollback", cap.sha256, cap.name, cap.version, "a"))
+            for signer, sig in ((None, None), ("00" * 32, "11" * 64), (a_key.hex(), forged.hex()),
+                                (mallory.public_key().public_bytes_raw().hex(), forged.hex())):
+                db.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node, signer, sig) "
+                           "VALUES ('rollback', ?, ?, ?, 'a', ?, ?)", (cap.sha256, cap.name, cap.version, signer, sig))
+        finally:
+            db.close()
+        wait_for(lambda: len([e for e in _events(c, "PATCH_REJECT") if e.get("reason") == "untrusted"]) == 4,
+                 "node c to refuse the four forged rollbacks")
+        assert eng_b.table.provider_for(OP) == cap.name and eng_c.table.provider_for(OP) == cap.name
+        # A genuine rollback on a: c (same journal key) follows it, b (another key, no peers) does not.
+        a.rollback(OP, operator="ops")
+        wait_for(lambda: eng_c.table.provider_for(OP) == "sodium", "node c to follow a's signed rollback")
+        wait_for(lambda: len([e for e in _events(b, "PATCH_REJECT") if e.get("reason") == "untrusted"]) == 5,
+                 "node b to refuse a rollback by a node it does not trust")
+        assert eng_b.table.provider_for(OP) == cap.name
+    finally:
+        for n in nodes:
+            n.stop()
+        for up in (a, b, c):
+            up.close()
+
+
+@pytest.mark.parametrize("peers", [b"x" * 32, [b"short"], [bytearray(32)], ["00" * 32], [None], 7])
+def test_a_bad_peer_key_is_refused(publisher: Publisher, pg_dsn: str, peers: object) -> None:
+    _, b = _other_node(publisher, "home-b")
+    try:
+        with pytest.raises(PolicyError, match="peers"):
+            Announcer(pg_dsn, b, node="b", peers=peers)  # type: ignore[arg-type]
     finally:
         b.close()

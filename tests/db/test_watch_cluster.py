@@ -18,8 +18,11 @@ def test_a_capsule_dropped_on_one_node_is_verified_and_enabled_on_the_other(
     inbox_a, inbox_b = tmp_path / "inbox-a", tmp_path / "inbox-b"
     inbox_a.mkdir()
     inbox_b.mkdir()
-    watchers.append(Watcher(home_a, inbox_a, "--polling", "--cluster", pg_dsn, "--node", "a"))
-    watchers.append(Watcher(home_b, inbox_b, "--polling", "--cluster", pg_dsn, "--node", "b"))
+    # Separate journal keys: each node pins the other's, so it follows the other's rollbacks.
+    watchers.append(Watcher(home_a, inbox_a, "--polling", "--cluster", pg_dsn, "--node", "a",
+                            "--peer-key", str(home_b / "audit.pub")))
+    watchers.append(Watcher(home_b, inbox_b, "--polling", "--cluster", pg_dsn, "--node", "b",
+                            "--peer-key", str(home_a / "audit.pub")))
     shutil.copy2(capsule, inbox_a / NAME)
     wait_for(lambda: status(home_b)["routes"].get(OP) == "xchacha20-openssl",
              "node b to serve the capsule dropped on node a")
