@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -121,7 +122,7 @@ class CipherState:
     only, through the stateless API (see :class:`_HandshakeKey`).
     """
 
-    __slots__ = ("_aead", "_algo", "_engine", "_handshake", "_pack", "_wiped", "n")
+    __slots__ = ("_aead", "_algo", "_engine", "_handshake", "_lock", "_pack", "_wiped", "n")
 
     def __init__(self, engine: Engine, cipher: str, *, handshake: bool = False) -> None:
         self._engine = engine
@@ -130,6 +131,10 @@ class CipherState:
         self._handshake = handshake
         self._aead: KeyedAead | _HandshakeKey | None = None
         self._wiped = False
+        # Serialises rekey() and wipe(): a channel is wiped from another thread (close(), or the
+        # receiving thread failing) while its sender may be inside rekey(), which would otherwise
+        # install the new key after wipe() dropped the old one, leaving a live key behind.
+        self._lock = threading.Lock()
         self.n = 0
 
     def _bind(self, key: Buffer | SecretBytes) -> KeyedAead | _HandshakeKey:
@@ -151,9 +156,17 @@ class CipherState:
         return self._aead is not None
 
     def set_nonce(self, nonce: int) -> None:
-        """SetNonce(nonce): for out-of-order transports and tests; never lowers below use."""
+        """SetNonce(nonce): for out-of-order transports and tests; never lowers below use.
+
+        Raises:
+            NonceError: not an int in 0..2^64-1, or below the next nonce (a lower one would
+                encrypt again under a nonce already used, and the channel's keys waive the
+                engine's reuse check: the counter is the only guard).
+        """
         if type(nonce) is not int or not 0 <= nonce <= MAX_NONCE:
             raise NonceError(f"nonce: expected 0..{MAX_NONCE}")
+        if nonce < self.n:
+            raise NonceError(f"nonce: {nonce} is below the next unused nonce ({self.n}); nonces never go back")
         self.n = nonce
 
     def encrypt_with_ad(self, ad: Buffer, plaintext: Buffer) -> bytes:
@@ -188,12 +201,15 @@ class CipherState:
 
     def rekey(self) -> None:
         """Rekey(): ``k = REKEY(k)``, the first 32 bytes of ENCRYPT(k, 2^64-1, "", zeros); ``n`` is kept."""
-        aead = self._aead
-        if aead is None:
-            raise KeyError_("rekey: this CipherState has no key")
-        with SecretBytes(aead.encrypt_wire(self._pack(MAX_NONCE), _ZEROS32, b"")[:32]) as k:
-            aead.wipe()
-            self._aead = self._bind(k)
+        with self._lock:
+            aead = self._aead
+            if aead is None:
+                if self._wiped:
+                    raise KeyError_("channel key: wiped (the channel is closed)")
+                raise KeyError_("rekey: this CipherState has no key")
+            with SecretBytes(aead.encrypt_wire(self._pack(MAX_NONCE), _ZEROS32, b"")[:32]) as k:
+                aead.wipe()
+                self._aead = self._bind(k)
 
     @property
     def provider(self) -> str | None:
@@ -202,10 +218,11 @@ class CipherState:
 
     def wipe(self) -> None:
         """Drop the key (wiped); the state is unusable afterwards."""
-        if self._aead is not None:
-            self._aead.wipe()
-        self._aead = None
-        self._wiped = True
+        with self._lock:
+            if self._aead is not None:
+                self._aead.wipe()
+            self._aead = None
+            self._wiped = True
 
     def __repr__(self) -> str:
         return f"<CipherState {self._algo} n={self.n}{'' if self._aead else ' no key'}>"
@@ -324,7 +341,8 @@ class HandshakeState:
         self._finished = False
         self.payload_hash = b""
         pat = self.protocol.pattern
-        self.ss.mix_hash(bytes(prologue))
+        # Checked as a buffer: bytes(n) of an int would allocate n zero bytes as the prologue.
+        self.ss.mix_hash(_as_buffer(prologue, "prologue", PolicyError))
         # Section 7.1: pre-messages are hashed initiator's first, then the responder's.
         for tokens, mine in ((pat.pre_initiator, self.initiator), (pat.pre_responder, not self.initiator)):
             for t in tokens:

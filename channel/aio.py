@@ -30,12 +30,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from xpscerpto.errors import AuthError, PolicyError, XpsError
+from xpscerpto.errors import AuthError, InternalError, PolicyError, XpsError
 
 from ._failures import FailureLog
 from ._noise import MAX_MESSAGE
 from ._session import Established, Handshake, HandshakeRefused, refusal
 from .config import ChannelConfig
+from .identity import _expected
 from .transport import MIN_RECORD, Transport
 
 if TYPE_CHECKING:
@@ -61,9 +62,36 @@ def _engine(engine: Engine | None) -> Engine:
 
 
 def _names(expected: str | Iterable[str] | None) -> tuple[str, ...] | None:
-    if expected is None:
-        return None
-    return (expected,) if isinstance(expected, str) else tuple(expected)
+    return _expected(expected)
+
+
+def _endpoint(host: object, port: object, identity: object, trust: object, config: object) -> ChannelConfig:
+    """The arguments :func:`connect` and :func:`serve` share, checked; the configuration to use.
+
+    Checked here so a wrong type is a PolicyError naming it, not an OverflowError from bind()
+    or an AttributeError deep in the handshake.
+    """
+    from .identity import Identity, Trust
+
+    if not isinstance(host, str):
+        raise PolicyError("host: expected a host name or address (str)")
+    if type(port) is not int or not 0 <= port <= 65535:
+        raise PolicyError("port: expected an int in 0..65535")
+    if not isinstance(identity, Identity):
+        raise PolicyError("identity: expected an Identity")
+    if not isinstance(trust, Trust):
+        raise PolicyError("trust: expected a Trust")
+    if config is None:
+        return ChannelConfig()
+    if not isinstance(config, ChannelConfig):
+        raise PolicyError("config: expected a ChannelConfig")
+    return config
+
+
+def _unexpected() -> InternalError:
+    """What a handshake failure outside the typed errors becomes (a bug, or a library's surprise):
+    a typed error that quotes nothing of the original, whose text may hold the peer's bytes."""
+    return InternalError("channel: the handshake failed on an unexpected error", reason="internal")
 
 
 async def _read_record(reader: asyncio.StreamReader, limit: int) -> bytes:
@@ -212,7 +240,7 @@ async def connect(host: str, port: int, identity: Identity, trust: Trust, *,
             a record was oversized.
         TimeoutError: no channel within ``config.handshake_timeout_seconds``.
     """
-    cfg = config or ChannelConfig()
+    cfg = _endpoint(host, port, identity, trust, config)
     eng = _engine(engine)
     hs = Handshake(initiator=True, identity=identity, trust=trust, config=cfg, expected_names=_names(expected_name),
                    engine=eng, peer_static=peer_static, psk=psk)
@@ -228,6 +256,14 @@ async def connect(host: str, port: int, identity: Identity, trust: Trust, *,
         if failures is not None:
             failures.failure("initiator", exc, protocol=hs.protocol, peer=host)
         raise
+    except Exception as exc:  # last resort: still wiped, closed and counted, and typed for the caller
+        hs.wipe()
+        if writer is not None:
+            writer.transport.abort()
+        err = _unexpected()
+        if failures is not None:
+            failures.failure("initiator", err, protocol=hs.protocol, peer=host)
+        raise err from exc
     if failures is not None:
         failures.success(hs.protocol)
     return Channel(reader, writer, est, cfg)
@@ -329,6 +365,14 @@ class ChannelServer:
                     await writer.drain()
             writer.transport.abort()
             return
+        except Exception:
+            # Last resort (a bug, or a library raising what it does not document): the server
+            # outlives it like any failed handshake, wiped, counted as internal and closed.
+            hs.wipe()
+            await asyncio.to_thread(self.failures.failure, "responder", _unexpected(), protocol=hs.protocol,
+                                    peer=peer_host)
+            writer.transport.abort()
+            return
         finally:
             self.pending -= 1
         self.failures.success(hs.protocol)
@@ -378,7 +422,10 @@ async def serve(host: str, port: int, identity: Identity, trust: Trust, handler:
     A failed handshake closes that connection (with a refusal code when the offer itself is
     refused) and the server keeps serving; a handler that raises is counted and its channel closed.
     """
+    cfg = _endpoint(host, port, identity, trust, config)
+    if not callable(handler):
+        raise PolicyError("handler: expected an async function of the channel")
     server = ChannelServer(host, port, identity, trust, handler, expected_names=expected_names,
-                           config=config or ChannelConfig(), peer_static=peer_static, psk=psk,
+                           config=cfg, peer_static=peer_static, psk=psk,
                            engine=_engine(engine), failures=FailureLog(audit, audit_per_minute))
     return await server.start()

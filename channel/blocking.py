@@ -25,6 +25,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import queue
 import socket
 import struct
@@ -39,7 +41,7 @@ from xpscerpto.errors import AuthError, PolicyError, XpsError
 from ._failures import FailureLog
 from ._noise import MAX_MESSAGE
 from ._session import Established, Handshake, HandshakeRefused, refusal
-from .aio import _engine, _names
+from .aio import _endpoint, _engine, _names, _unexpected
 from .config import ChannelConfig
 from .transport import Transport
 
@@ -55,6 +57,16 @@ _U16 = struct.Struct(">H")
 _READ = 256 * 1024
 #: How long a server thread with no connection waits for the next one before it ends.
 _IDLE_SECONDS = 30.0
+#: How long the accept loop pauses after accept() failed for want of a resource (a descriptor,
+#: memory, a thread), so that it does not spin while the shortage lasts.
+_ACCEPT_PAUSE = 0.05
+#: accept() errors that mean the listening socket is gone (closed, shut down): the loop ends.
+#: Any other (EMFILE, ENFILE, ENOBUFS, ENOMEM, ECONNABORTED, EPROTO …) concerns one connection
+#: or passes, and ending the loop on it would stop the server accepting for good.
+_LISTENER_GONE = frozenset({errno.EBADF, errno.EINVAL, errno.ENOTSOCK})
+#: accept() errors about the connection being accepted only: retried at once, no pause.
+_NO_PAUSE = frozenset({errno.ECONNABORTED, errno.EINTR, errno.EAGAIN, errno.EPROTO})
+_log = logging.getLogger("xpscerpto.channel")
 
 
 class _Reader:
@@ -223,7 +235,7 @@ def connect(host: str, port: int, identity: Identity, trust: Trust, *,
             peer_static: bytes | None = None, psk: bytes | None = None, engine: Engine | None = None,
             failures: FailureLog | None = None) -> BlockingChannel:
     """Blocking :func:`xpscerpto.channel.connect` (same arguments and errors)."""
-    cfg = config or ChannelConfig()
+    cfg = _endpoint(host, port, identity, trust, config)
     hs = Handshake(initiator=True, identity=identity, trust=trust, config=cfg, expected_names=_names(expected_name),
                    engine=_engine(engine), peer_static=peer_static, psk=psk)
     deadline = time.monotonic() + cfg.handshake_timeout_seconds
@@ -241,6 +253,14 @@ def connect(host: str, port: int, identity: Identity, trust: Trust, *,
         if failures is not None:
             failures.failure("initiator", exc, protocol=hs.protocol, peer=host)
         raise
+    except Exception as exc:  # last resort: still wiped, closed and counted, and typed for the caller
+        hs.wipe()
+        if sock is not None:
+            sock.close()
+        err = _unexpected()
+        if failures is not None:
+            failures.failure("initiator", err, protocol=hs.protocol, peer=host)
+        raise err from exc
     reader.deadline = None
     sock.settimeout(None)
     if failures is not None:
@@ -260,6 +280,8 @@ class BlockingServer:
         self._config, self._peer_static, self._psk, self._engine = config, peer_static, psk, engine
         self.failures = failures
         self.handler_errors = 0
+        #: accept() failures (and connection threads that could not start) survived so far.
+        self.accept_errors = 0
         self._pending = threading.BoundedSemaphore(config.max_pending_handshakes)
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -298,16 +320,51 @@ class BlockingServer:
         while not self._stop.is_set():
             try:
                 conn, addr = self._listener.accept()
-            except OSError:
-                return
+            except OSError as exc:
+                if self._stop.is_set() or self._listener.fileno() == -1 or exc.errno in _LISTENER_GONE:
+                    return
+                # Out of descriptors or memory, or a connection aborted before it was taken:
+                # it passes (the connections holding them end), so pause and accept again.
+                self._accept_trouble(f"accept() failed ({exc.strerror or type(exc).__name__})",
+                                     pause=exc.errno not in _NO_PAUSE)
+                continue
+            peer = str(addr[0])
             with self._lock:
                 self._conns.add(conn)
                 spawn = self._idle == 0
                 if not spawn:
                     self._idle -= 1  # that thread is taken, whichever one wakes
-            self._queue.put((conn, str(addr[0])))
+                    self._queue.put((conn, peer))
             if spawn:
-                threading.Thread(target=self._worker, name="xps-channel-conn", daemon=True).start()
+                # The thread first, the connection queued once it runs: a thread that cannot start
+                # (RuntimeError: the process is at its thread limit) leaves nothing queued for it.
+                try:
+                    threading.Thread(target=self._worker, name="xps-channel-conn", daemon=True).start()
+                except RuntimeError:
+                    self._refuse_busy(conn, peer)
+                    self._accept_trouble("cannot start a connection thread", pause=True)
+                    continue
+                self._queue.put((conn, peer))
+
+    def _accept_trouble(self, what: str, *, pause: bool) -> None:
+        """Count an accept-side failure, log the first one, and pause (``close()`` cuts it short)."""
+        with self._lock:
+            self.accept_errors += 1
+            first = self.accept_errors == 1
+        if first:  # once: under a descriptor flood it recurs for every connection
+            _log.warning("channel server on port %d: %s; still accepting (logged once)", self.port, what)
+        if pause:
+            self._stop.wait(_ACCEPT_PAUSE)
+
+    def _refuse_busy(self, conn: socket.socket, peer: str) -> None:
+        """Close a connection no thread can serve, with the ``busy`` refusal and its count."""
+        self.failures.failure("responder", PolicyError("busy", reason="busy"), protocol=None, peer=peer)
+        with self._lock:
+            self._conns.discard(conn)
+        with contextlib.suppress(OSError):
+            conn.sendall(refusal("busy"))
+        with contextlib.suppress(OSError):
+            conn.close()
 
     def _worker(self) -> None:
         while True:
@@ -357,13 +414,14 @@ class BlockingServer:
                 conn.close()
 
     def _handshake(self, conn: socket.socket, peer: str, cfg: ChannelConfig) -> tuple[Established | None, _Reader]:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = _Reader(conn)
         reader.deadline = time.monotonic() + cfg.handshake_timeout_seconds
-        conn.settimeout(cfg.handshake_timeout_seconds)
         hs = Handshake(initiator=False, identity=self._identity, trust=self._trust, config=cfg,
                        expected_names=self._names, engine=self._engine, peer_static=self._peer_static, psk=self._psk)
         try:
+            # Inside the try: on a connection the peer already reset, these can fail too.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.settimeout(cfg.handshake_timeout_seconds)
             est = _handshake(hs, conn, reader)
         except (XpsError, OSError) as exc:
             hs.wipe()
@@ -372,6 +430,13 @@ class BlockingServer:
             if isinstance(exc, HandshakeRefused):
                 with contextlib.suppress(OSError):
                     conn.sendall(exc.reply)
+            return None, reader
+        except Exception:
+            # Last resort (a bug, or a library raising what it does not document): this thread
+            # lives on to serve the next connection; the handshake is wiped, counted as internal,
+            # and the caller closes the connection.
+            hs.wipe()
+            self.failures.failure("responder", _unexpected(), protocol=hs.protocol, peer=peer)
             return None, reader
         reader.deadline = None
         self.failures.success(hs.protocol)
@@ -407,6 +472,9 @@ def serve(host: str, port: int, identity: Identity, trust: Trust, handler: Calla
           peer_static: bytes | None = None, psk: bytes | None = None, engine: Engine | None = None,
           audit: AuditLog | None = None, audit_per_minute: int = 10) -> BlockingServer:
     """Blocking :func:`xpscerpto.channel.serve`: accepts in a thread, one thread per connection."""
+    cfg = _endpoint(host, port, identity, trust, config)
+    if not callable(handler):
+        raise PolicyError("handler: expected a function of the channel")
     return BlockingServer(host, port, identity, trust, handler, expected_names=expected_names,
-                          config=config or ChannelConfig(), peer_static=peer_static, psk=psk,
+                          config=cfg, peer_static=peer_static, psk=psk,
                           engine=_engine(engine), failures=FailureLog(audit, audit_per_minute))

@@ -4,13 +4,15 @@ An :class:`Identity` is a certificate chain (leaf first), the leaf's Ed25519 key
 X25519 key. A :class:`Trust` is a set of CA certificates, CRLs and limits; :meth:`Trust.verify`
 checks a peer's chain the way the handshake needs it, in order:
 
-1. ``check_shape``: 1..``max_chain`` certificates, each DER within bounds, Ed25519 keys only;
+1. ``check_shape``: 1..``max_chain`` certificates, each DER within bounds and every field of it
+   parsed (cryptography parses lazily), Ed25519 keys only;
 2. ``check_path``: each certificate signed by the next, the last by (or equal to) a trusted CA;
 3. ``check_validity``: every certificate on the path valid at ``now``;
 4. ``check_ca_constraints`` / ``check_leaf_usage``: CAs have ``cA`` and ``keyCertSign`` (and
    their path length), the leaf is no CA, has ``digitalSignature`` and, if it has an extended
    key usage, the purpose of its role (clientAuth/serverAuth); no unknown critical extension;
-5. ``check_name``: one of the expected names among the leaf's DNS or URI SANs;
+5. ``check_name``: one of the expected names among the leaf's DNS or URI SANs (ASCII; a name
+   with ``://`` matches URI SANs only, any other DNS SANs only);
 6. ``check_revocation``: for every issued certificate, a CRL of its issuer, signed by it, current
    (an expired CRL fails), not listing the serial.
 
@@ -42,9 +44,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, SignatureAlgorithmOID
+from xpscerpto._buffers import byte_buffer
 from xpscerpto.errors import AuthError, KeyError_, PolicyError
 from xpscerpto.keyed import KeyedExchange
 from xpscerpto.secret import SecretBytes
@@ -56,6 +60,7 @@ __all__ = ["ChannelAuthError", "Identity", "PeerCertificate", "Purpose", "Trust"
 
 Purpose = Literal["client", "server"]
 E = TypeVar("E", bound=x509.ExtensionType)
+T = TypeVar("T")
 #: Largest certificate accepted in a chain (bytes of DER).
 MAX_CERT_DER = 16 * 1024
 #: Verified certificate/CRL signatures remembered per Trust.
@@ -65,6 +70,16 @@ _MAX_CHAINS = 1024
 _KNOWN_CRITICAL = frozenset({ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE,
                              ExtensionOID.EXTENDED_KEY_USAGE, ExtensionOID.SUBJECT_ALTERNATIVE_NAME})
 _EKU = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}
+#: What cryptography raises for DER it cannot read: lazily, on the first access to a field, and
+#: not only as ValueError (an unknown key algorithm, an unknown X.509 version).
+_PARSE_ERRORS = (ValueError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension,
+                 x509.UnsupportedGeneralNameType)
+#: CRL extensions understood here, so allowed to be critical. A delta CRL (DeltaCRLIndicator) or
+#: a scoped one (IssuingDistributionPoint) lists only part of the issuer's revocations: taken for
+#: the full CRL it would un-revoke every certificate it leaves out, so both are refused outright.
+_KNOWN_CRL_CRITICAL = frozenset({ExtensionOID.CRL_NUMBER, ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+                                 ExtensionOID.ISSUER_ALTERNATIVE_NAME})
+_PARTIAL_CRL = frozenset({ExtensionOID.DELTA_CRL_INDICATOR, ExtensionOID.ISSUING_DISTRIBUTION_POINT})
 
 
 class ChannelAuthError(AuthError):
@@ -84,7 +99,12 @@ def _engine(engine: Engine | None) -> Engine:
 
 
 def _ed25519_raw(cert: x509.Certificate) -> bytes:
-    key = cert.public_key()
+    try:
+        key = cert.public_key()
+    except UnsupportedAlgorithm:  # a key algorithm cryptography does not know is not Ed25519 either
+        _fail("cert-key-type", "certificate key is not Ed25519")
+    except ValueError:
+        _fail("cert-malformed", "a certificate's public key does not parse")
     if not isinstance(key, ed25519.Ed25519PublicKey):
         _fail("cert-key-type", "certificate key is not Ed25519")
     return key.public_bytes_raw()
@@ -101,7 +121,7 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
             certs = x509.load_pem_x509_certificates(data)
         else:
             certs = [x509.load_der_x509_certificate(data)]
-    except ValueError:
+    except _PARSE_ERRORS:
         raise PolicyError("certificate: not a PEM or DER X.509 certificate") from None
     return certs
 
@@ -113,7 +133,7 @@ def load_crls(data: bytes) -> list[x509.CertificateRevocationList]:
             blocks = [b"-----BEGIN" + part for part in data.split(b"-----BEGIN")[1:]]
             return [x509.load_pem_x509_crl(b) for b in blocks]
         return [x509.load_der_x509_crl(data)]
-    except ValueError:
+    except _PARSE_ERRORS:
         raise PolicyError("crl: not a PEM or DER X.509 CRL") from None
 
 
@@ -176,6 +196,9 @@ class Identity:
     def __init__(self, chain: Sequence[x509.Certificate], signing_key: bytes | bytearray | SecretBytes,
                  static_key: bytes | bytearray | SecretBytes | None = None, *, engine: Engine | None = None) -> None:
         eng = _engine(engine)
+        # A str or bytes is iterable too: checked here, not met as an AttributeError below.
+        if not isinstance(chain, list | tuple) or not all(isinstance(c, x509.Certificate) for c in chain):
+            raise PolicyError("chain: expected a list of x509.Certificate, leaf first")
         if not chain:
             raise PolicyError("chain: at least the leaf certificate is needed")
         self.chain = tuple(chain)
@@ -256,7 +279,9 @@ class Trust:
 
     Args:
         cas: trusted CA certificates (trust anchors).
-        crls: certificate revocation lists; each must be signed by the CA that issued it.
+        crls: certificate revocation lists; each must be signed by the CA that issued it, and be
+            a full CRL: a delta or scoped one, or one with an unknown critical extension, is
+            refused here (PolicyError), since taken as complete it would un-revoke certificates.
         require_crl: fail a chain whose issuers have no CRL here (default: True when any CRL
             is given, so a revocation check cannot be skipped by forgetting one file).
         max_chain: the most certificates a peer may send (leaf included).
@@ -267,10 +292,14 @@ class Trust:
 
     def __init__(self, cas: Iterable[x509.Certificate], crls: Iterable[x509.CertificateRevocationList] = (), *,
                  require_crl: bool | None = None, max_chain: int = 4, engine: Engine | None = None) -> None:
-        self._anchors = tuple(cas)
+        self._anchors = _items(cas, x509.Certificate, "cas")
         if not self._anchors:
             raise PolicyError("trust: at least one CA certificate is needed")
-        self._crls = tuple(crls)
+        for cert in self._anchors:
+            _check_anchor(cert)
+        self._crls = _items(crls, x509.CertificateRevocationList, "crls")
+        for crl in self._crls:
+            _check_crl(crl)
         self.require_crl = bool(self._crls) if require_crl is None else bool(require_crl)
         if type(max_chain) is not int or not 1 <= max_chain <= 16:
             raise PolicyError("max_chain: expected an int in 1..16")
@@ -299,7 +328,18 @@ class Trust:
 
         Raises:
             ChannelAuthError: with ``reason`` naming the failed check.
+            PolicyError: an argument of the wrong type (a caller's error, not the peer's).
         """
+        if purpose not in ("client", "server"):  # a tuple: an unhashable argument is no TypeError
+            raise PolicyError("purpose: expected 'client' or 'server'")
+        if not isinstance(chain_der, Sequence) or isinstance(chain_der, str | bytes | bytearray | memoryview):
+            raise PolicyError("chain_der: expected a list of DER certificates, leaf first")
+        for der in chain_der:
+            if type(der) is not bytes:  # the handshake's own case is bytes; a caller's view is checked
+                byte_buffer(der, "chain_der", PolicyError)
+        expected_names = _expected(expected_names)
+        if now is not None and (not isinstance(now, dt.datetime) or now.tzinfo is None):
+            raise PolicyError("now: expected an aware datetime")
         when = now or dt.datetime.now(dt.UTC)
         digest = self._chain_digest(chain_der, purpose)
         checked = None if digest is None else self._chains.get(digest)
@@ -362,7 +402,12 @@ class Trust:
                 cert = x509.load_der_x509_certificate(bytes(der))
                 _ed25519_raw(cert)
                 algo = cert.signature_algorithm_oid
-            except ValueError:
+                # cryptography parses names, extensions and times on first access: read every
+                # field the later steps use now, so a malformed one fails here, typed, and not
+                # as a bare ValueError halfway through the path or name checks.
+                _ = (cert.issuer, cert.subject, cert.extensions, cert.serial_number, cert.not_valid_before_utc,
+                     cert.not_valid_after_utc, cert.tbs_certificate_bytes, cert.signature)
+            except _PARSE_ERRORS:
                 _fail("cert-malformed", "a certificate does not parse")
             if algo != SignatureAlgorithmOID.ED25519:
                 _fail("cert-key-type", "a certificate is not signed with Ed25519")
@@ -419,11 +464,16 @@ class Trust:
 
     @staticmethod
     def check_name(names: tuple[str, ...], expected: Iterable[str] | None) -> None:
-        """One expected name among the leaf's SANs (DNS case-insensitive, URI exact)."""
+        """One expected name among the leaf's SANs (DNS case-insensitive, URI exact).
+
+        A name with ``://`` is a URI and matches URI SANs only, any other a DNS SAN only
+        (:func:`_san_names` keeps each type on its side of that line); ASCII only.
+        """
+        expected = _expected(expected)
         if expected is None:
             return
         wanted = {_norm(n) for n in expected}
-        if not wanted & {_norm(n) for n in names}:
+        if not wanted & {_norm(n) for n in names if _printable_ascii(n)}:
             _fail("cert-name", "the peer's certificate does not carry the expected name")
 
     def check_revocation(self, path: Sequence[x509.Certificate], now: dt.datetime
@@ -496,16 +546,95 @@ def _ext(cert: x509.Certificate, kind: type[E]) -> E | None:
         return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
         return None
-    except ValueError:  # a duplicated or malformed extension
+    except _PARSE_ERRORS:  # a duplicated or malformed extension
         _fail("cert-malformed", "a certificate has a malformed extension")
 
 
 def _san_names(cert: x509.Certificate) -> tuple[str, ...]:
+    """The leaf's DNS and URI SANs that can match an expected name.
+
+    An expected name is a URI when it holds ``://`` and a DNS name otherwise (:func:`_norm`), so
+    a DNS SAN spelled like a URI, or a URI SAN without ``://``, is left out: neither may stand in
+    for a name of the other type. So is a SAN that is not printable ASCII: IA5String allows no
+    more, and case folding beyond ASCII maps other names onto ours (U+212A KELVIN SIGN lowers to
+    "k"); internationalised names are compared in their IDNA ``xn--`` form.
+    """
     san = _ext(cert, x509.SubjectAlternativeName)
     if san is None:
         return ()
-    return (*san.get_values_for_type(x509.DNSName), *san.get_values_for_type(x509.UniformResourceIdentifier))
+    dns = [n for n in san.get_values_for_type(x509.DNSName) if _printable_ascii(n) and "://" not in n]
+    uris = [n for n in san.get_values_for_type(x509.UniformResourceIdentifier) if _printable_ascii(n) and "://" in n]
+    return (*dns, *uris)
+
+
+def _printable_ascii(name: str) -> bool:
+    return name.isascii() and name.isprintable() and bool(name)
 
 
 def _norm(name: str) -> str:
+    # ASCII only by the time it gets here (_san_names, _expected): lower() folds A-Z and nothing else.
     return name if "://" in name else name.lower().rstrip(".")
+
+
+def _expected(expected: Iterable[str] | None) -> tuple[str, ...] | None:
+    """The caller's expected names, checked: str each, printable ASCII (IDNA ``xn--`` for others)."""
+    if expected is None:
+        return None
+    names = (expected,) if isinstance(expected, str) else expected
+    try:
+        out = tuple(names)
+    except (TypeError, ValueError):  # not iterable, or a released memoryview
+        raise PolicyError("expected_names: expected a list of DNS or URI names") from None
+    for name in out:
+        if not isinstance(name, str) or not _printable_ascii(name):
+            raise PolicyError("expected_names: each name must be a non-empty printable ASCII str "
+                              "(internationalised names in their xn-- form)")
+    return out
+
+
+def _items(values: Iterable[object], kind: type[T], field: str) -> tuple[T, ...]:
+    """``values`` as a tuple of ``kind``, else PolicyError naming ``field``."""
+    if isinstance(values, str | bytes | bytearray | memoryview):
+        raise PolicyError(f"{field}: expected a list of {kind.__name__}")
+    try:
+        out = tuple(values)
+    except (TypeError, ValueError):  # not iterable, or a released memoryview
+        raise PolicyError(f"{field}: expected a list of {kind.__name__}") from None
+    if not all(isinstance(v, kind) for v in out):
+        raise PolicyError(f"{field}: expected a list of {kind.__name__}")
+    return out  # type: ignore[return-value]
+
+
+def _check_anchor(cert: x509.Certificate) -> None:
+    """Parse what the path checks read from a trust anchor now: a broken CA file fails here, once."""
+    try:
+        _ = (cert.issuer, cert.subject, cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc)
+    except _PARSE_ERRORS:
+        raise PolicyError("cas: a CA certificate does not parse") from None
+
+
+def _check_crl(crl: x509.CertificateRevocationList) -> None:
+    """A CRL the revocation check may take as its issuer's complete list, else PolicyError.
+
+    Every lazily parsed field is read here (so a malformed CRL fails at load, not mid-handshake);
+    a delta or scoped CRL, or one with a critical extension (of the CRL or of an entry) not
+    understood here, is refused (RFC 5280 5.2, 5.3: such a CRL must not be used as a full one).
+    """
+    try:
+        _ = (crl.issuer, crl.last_update_utc, crl.next_update_utc, crl.tbs_certlist_bytes, crl.signature,
+             crl.signature_algorithm_oid)
+        exts = list(crl.extensions)
+        entry_exts = [ext for entry in crl for ext in entry.extensions]
+        _ = [entry.serial_number for entry in crl]
+    except _PARSE_ERRORS:
+        raise PolicyError("crls: a CRL does not parse") from None
+    for ext in exts:
+        if ext.oid in _PARTIAL_CRL:
+            raise PolicyError("crls: a delta or scoped CRL (DeltaCRLIndicator, IssuingDistributionPoint) "
+                              "cannot stand in for the issuer's full CRL")
+        if ext.critical and ext.oid not in _KNOWN_CRL_CRITICAL:
+            raise PolicyError("crls: a CRL has an unknown critical extension")
+    if any(ext.critical for ext in entry_exts):
+        # The only critical entry extension RFC 5280 defines is CertificateIssuer, which belongs
+        # to indirect CRLs: they name certificates of other issuers, which this check cannot tell.
+        raise PolicyError("crls: a CRL entry has a critical extension (an indirect CRL)")

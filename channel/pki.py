@@ -43,6 +43,8 @@ __all__ = ["CertificateAuthority", "Revocation", "passphrase_from_env", "pem_cha
            "write_static_key"]
 
 _DAY = dt.timedelta(days=1)
+#: The longest validity issued (a century): far past any use, far below datetime's year 9999.
+MAX_DAYS = 36_500
 _SKEW = dt.timedelta(minutes=5)  # backdate not_before so peers with slightly slow clocks agree
 _LEAF_KU = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                          data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
@@ -59,6 +61,29 @@ class Revocation:
     serial: int
     time: dt.datetime
     reason: str = ""
+
+
+def _check_days(days: object) -> None:
+    """``days`` a finite number in (0, MAX_DAYS], else PolicyError (not an OverflowError later)."""
+    # Compared, never converted first: NaN and inf fail the comparison, a huge int is no OverflowError.
+    if isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= MAX_DAYS:
+        raise PolicyError(f"days: expected a number of days > 0 and <= {MAX_DAYS}")
+
+
+def _sans(dns: Iterable[str], uris: Iterable[str]) -> list[x509.GeneralName]:
+    """The SANs, in the form the verifier matches (identity._san_names ignores any other)."""
+    if isinstance(dns, str) or isinstance(uris, str):
+        raise PolicyError("dns, uris: expected lists of names")
+    sans: list[x509.GeneralName] = []
+    for d in dns:
+        if not isinstance(d, str) or not d or not d.isascii() or not d.isprintable() or "://" in d:
+            raise PolicyError("dns: expected ASCII DNS names (internationalised ones in their xn-- form)")
+        sans.append(x509.DNSName(d))
+    for u in uris:
+        if not isinstance(u, str) or not u.isascii() or not u.isprintable() or "://" not in u:
+            raise PolicyError("uris: expected ASCII URIs of the form scheme://…")
+        sans.append(x509.UniformResourceIdentifier(u))
+    return sans
 
 
 def _name(common_name: str) -> x509.Name:
@@ -122,6 +147,7 @@ class CertificateAuthority:
                path_length: int | None = None, not_before: dt.datetime | None = None,
                not_after: dt.datetime | None = None) -> CertificateAuthority:
         """A new root CA, or an intermediate signed by ``parent``."""
+        _check_days(days)
         key = ed25519.Ed25519PrivateKey.generate()
         now = dt.datetime.now(dt.UTC)
         subject = _name(name)
@@ -153,10 +179,10 @@ class CertificateAuthority:
         ``key_usage=None`` / ``extended_key_usage=None`` omit those extensions (tests of
         certificates the verifier must refuse use them).
         """
+        _check_days(days)
+        sans = _sans(dns, uris)
         leaf_key = key or ed25519.Ed25519PrivateKey.generate()
         now = dt.datetime.now(dt.UTC)
-        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-        sans += [x509.UniformResourceIdentifier(u) for u in uris]
         builder = (x509.CertificateBuilder()
                    .subject_name(_name(name))
                    .issuer_name(self.certificate.subject)
@@ -196,6 +222,7 @@ class CertificateAuthority:
     def crl(self, *, days: float = 7, last_update: dt.datetime | None = None,
             next_update: dt.datetime | None = None) -> x509.CertificateRevocationList:
         """A CRL of every revoked serial, valid ``days`` from now (or the explicit window)."""
+        _check_days(days)
         now = dt.datetime.now(dt.UTC)
         builder = (x509.CertificateRevocationListBuilder()
                    .issuer_name(self.certificate.subject)

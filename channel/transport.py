@@ -18,6 +18,8 @@ The sender decides when to rekey (``ChannelConfig.rekey_after_messages`` / ``_by
 at the same record whatever their clocks or configurations. Records are ordered (counter
 nonces), so a replayed, reordered, dropped or altered record fails authentication and the
 channel is dead from then on; a message is delivered only when all its fragments verified.
+Every MORE fragment carries at least :data:`MIN_FRAGMENT` bytes (a sender fills it to its
+``max_frame``), so a message has a bounded number of fragments.
 
 Example:
     >>> from xpscerpto.channel._noise import CipherState
@@ -44,7 +46,7 @@ from xpscerpto._buffers import byte_buffer
 from xpscerpto.errors import AuthError, PolicyError, XpsError
 
 from ._noise import TAGLEN
-from .config import ChannelConfig
+from .config import _MIN_FRAME, ChannelConfig
 
 if TYPE_CHECKING:
     from xpscerpto.interfaces import Buffer
@@ -58,6 +60,10 @@ _TYPES = (b"\x00", b"\x01", b"\x02", b"\x03")
 _U16 = struct.Struct(">H").pack
 #: The smallest record: a type byte and the tag.
 MIN_RECORD = 1 + TAGLEN
+#: The least a MORE fragment carries. A sender fills every fragment but the last to its
+#: max_frame, which is at least _MIN_FRAME: a smaller one is no sender of ours, and would let a
+#: peer make a message of millions of tiny fragments (each a record to decrypt and an object kept).
+MIN_FRAGMENT = _MIN_FRAME - MIN_RECORD
 
 
 class Transport:
@@ -67,7 +73,7 @@ class Transport:
     After any failure the transport refuses everything with the first error.
     """
 
-    __slots__ = ("_age_limit", "_buf", "_byte_limit", "_chunk", "_clock", "_error", "_max_message",
+    __slots__ = ("_age_limit", "_buf", "_buf_len", "_byte_limit", "_chunk", "_clock", "_error", "_max_message",
                  "_msg_limit", "_recv", "_rekey_at", "_send", "_sent_bytes", "_sent_records", "_single",
                  "closed_by_peer", "closed_by_us", "rekeys_received", "rekeys_sent")
 
@@ -87,6 +93,7 @@ class Transport:
         self._sent_records = 0
         self._sent_bytes = 0
         self._buf: list[bytes] = []
+        self._buf_len = 0  # bytes in _buf, kept as fragments arrive (summing them each time is quadratic)
         self._error: XpsError | None = None
         self.closed_by_peer = False
         self.closed_by_us = False
@@ -165,10 +172,13 @@ class Transport:
 
         Raises:
             AuthError: the record was altered, replayed, reordered or truncated (channel dead).
-            PolicyError: a record after CLOSE, an unknown type, or a message over max_message.
+            PolicyError: a record after CLOSE, an unknown type, a MORE fragment under
+                :data:`MIN_FRAGMENT` bytes, or a message over max_message (even in one record).
         """
         if self._error is not None:
             raise self._error
+        if type(body) is not bytes:  # the drivers' case is bytes; a caller's buffer is checked first
+            body = byte_buffer(body, "record", PolicyError)
         try:
             if self.closed_by_peer:
                 raise PolicyError("channel: a record after the peer's CLOSE", reason="malformed")
@@ -180,6 +190,9 @@ class Transport:
                 raise AuthError("record: authentication failed (altered, replayed, reordered or cut)",
                                 reason="auth") from None
             if plain[0] == DATA and not self._buf:  # the common case: a whole message in one record
+                if len(plain) - 1 > self._max_message:  # one record can exceed a small max_message too
+                    raise PolicyError(f"message: more than max_message ({self._max_message}) bytes",
+                                      reason="oversized")
                 return plain[1:] if len(plain) > 1 else None
             return self._other(plain)
         except XpsError as exc:
@@ -189,18 +202,20 @@ class Transport:
     def _other(self, plain: bytes) -> bytes | None:
         """A fragment, the last fragment, a KEY_UPDATE or a CLOSE."""
         kind = plain[0]
-        if kind == DATA:
-            if sum(map(len, self._buf)) + len(plain) - 1 > self._max_message:
+        if kind in (DATA, MORE):
+            size = self._buf_len + len(plain) - 1
+            if size > self._max_message:
                 raise PolicyError(f"message: more than max_message ({self._max_message}) bytes", reason="oversized")
+            if kind == MORE and len(plain) - 1 < MIN_FRAGMENT:
+                raise PolicyError(f"record: a fragment of less than {MIN_FRAGMENT} bytes", reason="malformed")
             self._buf.append(plain[1:])
+            if kind == MORE:
+                self._buf_len = size
+                return None
             out = b"".join(self._buf)
             self._buf = []
+            self._buf_len = 0
             return out
-        if kind == MORE:
-            if sum(map(len, self._buf)) + len(plain) - 1 > self._max_message:
-                raise PolicyError(f"message: more than max_message ({self._max_message}) bytes", reason="oversized")
-            self._buf.append(plain[1:])
-            return None
         if kind == KEY_UPDATE and len(plain) == 1:
             self._recv.rekey()
             self.rekeys_received += 1
@@ -213,6 +228,7 @@ class Transport:
     def _fail(self, exc: XpsError) -> None:
         self._error = exc
         self._buf = []
+        self._buf_len = 0
         self._send.wipe()
         self._recv.wipe()
 
@@ -235,5 +251,6 @@ class Transport:
         if self._error is None:
             self._error = PolicyError("channel: closed", reason="closed")
         self._buf = []
+        self._buf_len = 0
         self._send.wipe()
         self._recv.wipe()
