@@ -212,11 +212,10 @@ class Announcer:
         if skipped:
             self.updater.audit.record("PATCH_REJECT", phase="announce", operator=PREFIX + "database",
                                       reason="malformed", first_id=rows[0][0], last_id=rows[-1][0],
-                                      detail=f"{skipped} announcement row(s) ignored: unreadable (edited outside "
-                                             "xps?) or their capsule bytes are missing")
+                                      detail=f"{skipped} announcement row(s) ignored: unreadable or unsigned (edited "
+                                             "outside xps?), or their capsule bytes are missing")
         self._seen = rows[-1][0]
         return len(rows) == BATCH
-
 
     def _trusted(self) -> list[Ed25519PublicKey]:
         keys = list(self._peers)
@@ -227,7 +226,8 @@ class Announcer:
 
 def _statement(action: str, sha: str, name: str, version: str, node: str) -> bytes:
     """What an event's signature covers (each field length-prefixed: no two events share it)."""
-    parts = [b"capsule-event", action.encode(), sha.encode(), name.encode(), version.encode(), node.encode()]
+    # surrogatepass: whatever a row holds encodes (a UnicodeEncodeError would stop following).
+    parts = [b"capsule-event", *(f.encode("utf-8", "surrogatepass") for f in (action, sha, name, version, node))]
     return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
 
