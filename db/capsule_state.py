@@ -11,6 +11,12 @@ missing row is a refusal naming it, never a silent empty state, and a configurat
 another database or node for this home is refused (a home keeps its stores where they were
 created).
 
+The row is anchored in the home: ``state.anchor`` (the ``routing_anchor`` store) holds the
+SHA-256 of the document this node last committed, so a row edited in the database, or an older
+copy of it put back (which would take a fix out and lower the version memory), is refused when
+read. A save writes the anchor with both the committed and the next digest first, then the row,
+then the anchor with the next digest alone: a crash anywhere leaves a row the anchor accepts.
+
 Example:
     >>> store = PgStateStore("postgresql://db/xps", node="node-a", home=home)   # doctest: +SKIP
     >>> Updater(engine, home, state_store=store).restore()                      # doctest: +SKIP
@@ -20,11 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
+import json
 from collections.abc import Iterator
 
+from xpscerpto._atomic import atomic_write
+from xpscerpto._stored_file import read_stored
 from xpscerpto.capsules.refusal import Refusal, refuse
 from xpscerpto.capsules.store import RoutingState, state_lock
-from xpscerpto.errors import InternalError, PolicyError
+from xpscerpto.errors import InternalError, PolicyError, UpdateError
 from xpscerpto.home import STORES, Home
 
 from .migrations import open_migrated
@@ -48,9 +58,12 @@ class PgStateStore:
         self.ref = f"{self.database.name}#{node}"
         try:
             self._create = home.check_store("routing", self.ref)
+            self._anchor_new = home.check_store("routing_anchor")
         except BaseException:
             self.database.close()
             raise
+        self._anchor = home.root / STORES["routing_anchor"][0]
+        self._held = 0  # lock() depth in this object: a reader outside it re-checks under it
         digest = hashlib.sha256(b"xps-routing-state\0" + node.encode()).digest()
         self._key = int.from_bytes(digest[:8], "big", signed=True)
 
@@ -72,7 +85,64 @@ class PgStateStore:
                 raise refuse(Refusal.STATE, f"state {self.where}: missing, though this home recorded it; "
                                             f"{STORES['routing'][1]}; xpscerpto never re-creates a recorded store")
             return RoutingState()
-        return RoutingState.from_bytes(str(row[0]).encode(), self.where)
+        raw = str(row[0]).encode()
+        state = RoutingState.from_bytes(raw, self.where)
+        try:
+            self._check_anchor(raw)
+        except UpdateError:
+            if self._held:
+                raise
+            with self.lock():  # a save may have run between our two reads: read both again under it
+                return self.load()
+        return state
+
+    def _check_anchor(self, raw: bytes) -> None:
+        """Refuse a row other than the one this node last committed (or is committing)."""
+        if self._anchor_new and not self.home.store_exists("routing_anchor"):
+            # Written before anchors existed (or the first read after an upgrade): adopted as it
+            # is, once; from then on the home records the anchor and a missing one is refused.
+            self._write_anchor(_digest(raw))
+            return
+        accepted = self._read_anchor()
+        digest = _digest(raw)
+        if not any(hmac.compare_digest(digest, d) for d in accepted):
+            raise refuse(Refusal.STATE, f"state {self.where}: not the state this node last committed (edited in "
+                                        "the database, or an older copy put back); restore the row from a backup "
+                                        f"taken with the home's {self._anchor.name}")
+        if len(accepted) > 1 and self._held:
+            # A save ended between its writes (a crash): the row says which one committed, and
+            # from now on only that one is accepted (else the other could be put back later).
+            self._write_anchor(digest)
+
+    def _read_anchor(self) -> list[str]:
+        try:
+            raw = read_stored(self._anchor, 4096)
+        except FileNotFoundError:
+            raise refuse(Refusal.STATE, f"state anchor {str(self._anchor)!r}: missing, though this home recorded it; "
+                                        f"{STORES['routing_anchor'][1]}") from None
+        except OSError as exc:
+            raise refuse(Refusal.STATE, f"state anchor {str(self._anchor)!r}: unreadable ({exc.strerror})") from None
+        try:
+            doc = json.loads(raw)
+            digests = doc["digests"]
+            if doc.get("node") != self.node or doc.get("format") != 1 or not isinstance(digests, list) \
+                    or not 1 <= len(digests) <= 3 or not all(_is_digest(d) for d in digests):
+                raise ValueError
+        except (ValueError, TypeError, KeyError, RecursionError):
+            raise refuse(Refusal.STATE, f"state anchor {str(self._anchor)!r}: malformed (damaged, or another "
+                                        "node's); " + STORES["routing_anchor"][1]) from None
+        return list(digests)
+
+    def _write_anchor(self, *digests: str) -> None:
+        doc = {"format": 1, "node": self.node, "digests": list(digests)}
+        try:
+            atomic_write(self._anchor, json.dumps(doc, sort_keys=True).encode())
+        except OSError as exc:
+            raise refuse(Refusal.IO, f"state anchor {str(self._anchor)!r}: cannot write ({exc.strerror}); the "
+                                     "previous state stays committed") from None
+        if self._anchor_new and self.home.record_path.exists():
+            self.home.register_store("routing_anchor")
+            self._anchor_new = False
 
     def save(self, state: RoutingState) -> None:
         """Replace the row in one statement.
@@ -80,14 +150,21 @@ class PgStateStore:
         Raises:
             UpdateError: ``io`` -- the database is unreachable; the previous state stays.
         """
+        doc = state.to_bytes()
+        # Both digests while the row may be either (a crash, or a commit whose reply was lost):
+        # what the anchor accepts now (one digest, two after a save that crashed and no locked
+        # load since) and the new one.
+        committed = [] if self._anchor_new and not self.home.store_exists("routing_anchor") else self._read_anchor()
+        self._write_anchor(*committed[-2:], _digest(doc))
         try:
             self.database.execute(
                 "INSERT INTO xps_capsule_state (node, doc) VALUES (?, ?) ON CONFLICT (node) DO UPDATE "
                 "SET doc = excluded.doc, updated = clock_timestamp()",
-                (self.node, state.to_bytes().decode("ascii")))
+                (self.node, doc.decode("ascii")))
         except InternalError:
             raise refuse(Refusal.IO, f"state {self.where}: cannot write (database unavailable); the previous "
                                      "state stays committed") from None
+        self._write_anchor(_digest(doc))
         if self._create and self.home.record_path.exists():
             self.home.register_store("routing", self.ref)
             self._create = False
@@ -96,8 +173,21 @@ class PgStateStore:
     def lock(self) -> Iterator[None]:
         """The home's lock file, then the node's advisory lock in the database."""
         with state_lock(self.home), self.database.session_lock(self._key):
-            yield
+            self._held += 1
+            try:
+                yield
+            finally:
+                self._held -= 1
 
     def close(self) -> None:
         """Close the database connections."""
         self.database.close()
+
+
+def _digest(doc: bytes) -> str:
+    return "sha256:" + hashlib.sha256(doc).hexdigest()
+
+
+def _is_digest(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 71 and value.startswith("sha256:") \
+        and all(c in "0123456789abcdef" for c in value[7:])

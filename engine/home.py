@@ -64,6 +64,10 @@ STORES: Mapping[str, tuple[str, str]] = MappingProxyType({
     "routing": ("state.json", "restore it from a backup of the home (routing state and version memory)"),
     "audit": ("audit.log", "restore it from a backup (the journal cannot restart without losing its chain)"),
     "overrides": ("overrides.json", "restore it from a backup, or undo the emergency change with a new one"),
+    # Routing state in PostgreSQL: the digest of the row this node last committed, kept in the
+    # home so that a database writer cannot edit the row or put an older copy back unseen.
+    "routing_anchor": ("state.anchor", "restore it from a backup of the home taken with the database's; "
+                                       "it names the routing-state row this node last committed"),
     # Recorded only when the configuration places it outside the home (hotpatch.trust_store).
     "trust": ("trust.json", "restore it from a backup, or pin the publishers again with `xps trust add`"),
 })

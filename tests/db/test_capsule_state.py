@@ -229,3 +229,141 @@ def test_the_database_dying_during_a_cutover_leaves_routing_as_it_was_and_a_retr
     assert [a.version for a in states.load().active] == ["1.0.0"]
     up.close()
     states.close()
+
+
+def _put_row(dsn: str, doc: bytes | str) -> None:
+    db = Database(dsn)
+    try:
+        db.execute("UPDATE xps_capsule_state SET doc = ? WHERE node = 'a'",
+                   (doc.decode("ascii") if isinstance(doc, bytes) else doc,))
+    finally:
+        db.close()
+
+
+def _row(dsn: str) -> str:
+    db = Database(dsn)
+    try:
+        row = db.execute("SELECT doc FROM xps_capsule_state WHERE node = 'a'").fetchone()
+        assert row is not None
+        return str(row[0])
+    finally:
+        db.close()
+
+
+def test_a_row_edited_or_put_back_in_the_database_is_refused(pg_dsn: str, home: Home) -> None:
+    # Review finding: the row's digest is one anyone can recompute, so a database writer rewrote
+    # it to "nothing enabled" with empty version memory; the node served the built-in provider
+    # after a restart, journaled nothing, and took an older capsule again.
+    store = PgStateStore(pg_dsn, node="a", home=home)
+    with store.lock():
+        store.save(store.load().enable(_cap(1), operator="t"))
+    older = _row(pg_dsn)
+    with store.lock():
+        store.save(store.load().enable(_cap(2), operator="t"))
+    current = _row(pg_dsn)
+    for forged in (RoutingState().to_bytes(), RoutingState().enable(_cap(3), operator="x").to_bytes(), older):
+        _put_row(pg_dsn, forged)
+        with pytest.raises(UpdateError, match="not the state this node last committed") as info:
+            PgStateStore(pg_dsn, node="a", home=home).load()
+        assert info.value.reason == "state"
+    _put_row(pg_dsn, current)
+    assert [a.name for a in store.load().active] == ["cap-1", "cap-2"]
+    store.close()
+
+
+@pytest.mark.parametrize("damage", ["delete", "empty", "truncate", "garbage", "another node", "directory"])
+def test_a_damaged_anchor_is_a_clear_refusal_never_a_reset(pg_dsn: str, home: Home, damage: str) -> None:
+    store = PgStateStore(pg_dsn, node="a", home=home)
+    with store.lock():
+        store.save(store.load().enable(_cap(1), operator="t"))
+    anchor = home.root / "state.anchor"
+    text = anchor.read_text()
+    assert home.record().stores["routing_anchor"] == "state.anchor"
+    if damage == "delete":
+        anchor.unlink()
+    elif damage == "empty":
+        anchor.write_text("")
+    elif damage == "truncate":
+        anchor.write_text(text[: len(text) // 2])
+    elif damage == "garbage":
+        anchor.write_bytes(b"\xff\x00" * 10)
+    elif damage == "another node":
+        anchor.write_text(text.replace('"node": "a"', '"node": "b"'))
+    else:
+        anchor.unlink()
+        anchor.mkdir()
+    with pytest.raises((UpdateError, PolicyError), match="anchor") as info:
+        PgStateStore(pg_dsn, node="a", home=home).load()
+    assert "sha256:" not in str(info.value)
+    with pytest.raises((UpdateError, PolicyError), match="anchor"), store.lock():
+        store.save(RoutingState())  # never re-created by a save either
+    assert "cap-1" in _row(pg_dsn)
+    store.close()
+
+
+def test_a_row_written_before_anchors_existed_is_adopted_once(pg_dsn: str, home: Home) -> None:
+    store = PgStateStore(pg_dsn, node="a", home=home)
+    with store.lock():
+        store.save(store.load().enable(_cap(1), operator="t"))
+    # As an earlier release left it: the row, and a home that records no anchor.
+    (home.root / "state.anchor").unlink()
+    record = json.loads(home.record_path.read_text())
+    del record["stores"]["routing_anchor"]
+    home.record_path.write_text(json.dumps(record))
+    upgraded = PgStateStore(pg_dsn, node="a", home=home)
+    assert [a.name for a in upgraded.load().active] == ["cap-1"]
+    assert home.record().stores["routing_anchor"] == "state.anchor"
+    _put_row(pg_dsn, RoutingState().to_bytes())
+    with pytest.raises(UpdateError, match="not the state this node last committed"):
+        PgStateStore(pg_dsn, node="a", home=home).load()
+    upgraded.close()
+    store.close()
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from xpscerpto.capsules.store import ActiveCapsule
+    from xpscerpto.db import capsule_state
+    from xpscerpto.home import Home
+    dsn, root, point = sys.argv[1], sys.argv[2], sys.argv[3]
+    writes = []
+    real = capsule_state.PgStateStore._write_anchor
+    def write_then_die(self, *digests):
+        real(self, *digests)
+        writes.append(digests)
+        if point == "before-row" and len(digests) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    capsule_state.PgStateStore._write_anchor = write_then_die
+    if point == "after-row":
+        from xpscerpto.db.postgres import Database
+        real_execute = Database.execute
+        def execute_then_die(self, sql, parameters=()):
+            out = real_execute(self, sql, parameters)
+            if sql.startswith("INSERT INTO xps_capsule_state"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+        Database.execute = execute_then_die
+    store = capsule_state.PgStateStore(dsn, node="a", home=Home.resolve(root))
+    with store.lock():
+        store.save(store.load().enable(ActiveCapsule("cap-2", "1.0.0", "2" * 64, ("aead.op2",)), operator="t"))
+""")
+
+
+@pytest.mark.parametrize(("point", "expected"), [("before-row", ["cap-1"]), ("after-row", ["cap-1", "cap-2"])])
+def test_a_save_killed_between_its_writes_is_read_back_never_as_tampering(
+        pg_dsn: str, home: Home, point: str, expected: list[str]) -> None:
+    store = PgStateStore(pg_dsn, node="a", home=home)
+    with store.lock():
+        store.save(store.load().enable(_cap(1), operator="t"))
+    before = _row(pg_dsn)
+    run = subprocess.run([sys.executable, "-c", KILLER, pg_dsn, str(home.root), point], check=False, timeout=120)
+    assert run.returncode == -signal.SIGKILL
+    assert len(json.loads((home.root / "state.anchor").read_text())["digests"]) == 2
+    with store.lock():  # the updater's restore: a locked load, which settles the anchor
+        assert [a.name for a in store.load().active] == expected
+    assert len(json.loads((home.root / "state.anchor").read_text())["digests"]) == 1
+    if point == "after-row":  # the row from before the killed save may not come back now
+        _put_row(pg_dsn, before)
+        with pytest.raises(UpdateError, match="not the state this node last committed"):
+            store.load()
+    store.close()
