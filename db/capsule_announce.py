@@ -13,9 +13,10 @@ lost — reduces the new events to the last action per capsule, and:
   a node this one trusts: its own journal's key (a fleet sharing one journal key, as the
   PostgreSQL fleet does) or a key in ``peers``. An enable needs no such signature (each node
   verifies the capsule itself); a rollback carries nothing else to verify, so without one a
-  database writer could take the fix out of every node. A refused rollback is journaled. A
-  signed rollback put back into the table again does nothing: a capsule rolled back is never
-  enabled again (the updater's version memory), so its rollback has nothing left to take out.
+  database writer could take the fix out of every node. A refused rollback is journaled, and it
+  still keeps a node that catches up from enabling that capsule by an earlier event. A signed
+  rollback put back into the table later takes the capsule out again if an operator brought it
+  back meanwhile (``xps rollback --to``): the signature names no time (see SECURITY.md).
 
 What a node does because of an announcement is not announced again (operator
 ``announce:NODE``), so the fleet converges without echo. Announcing never blocks an update: the
@@ -178,7 +179,12 @@ class Announcer:
                                                     signer, sig):
                 if node != self.node:
                     unsigned.append((sha, node))
-                continue  # not an event at all: the newest genuine one for this capsule stands
+                # Not followed, but it still ends the enables before it: a node catching up must
+                # not enable a capsule the fleet rolled back since (an unsigned rollback from an
+                # earlier release, or one by a node this one does not trust). Blocking is the safe
+                # side: whoever can insert the row could as well delete the enable.
+                last[sha] = ("blocked", node)
+                continue
             last[sha] = (action, node)
         active = {a.sha256 for a in self.updater.state.active}
         missing = []

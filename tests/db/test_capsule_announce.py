@@ -271,3 +271,27 @@ def test_a_bad_peer_key_is_refused(publisher: Publisher, pg_dsn: str, peers: obj
             Announcer(pg_dsn, b, node="b", peers=peers)  # type: ignore[arg-type]
     finally:
         b.close()
+
+
+def test_a_node_catching_up_never_enables_a_capsule_rolled_back_by_a_node_it_does_not_trust(
+        publisher: Publisher, pg_dsn: str) -> None:
+    # Review finding: the unverified rollback was skipped altogether, so the enable before it was
+    # the capsule's last event and a node starting later enabled the rolled-back version.
+    a = _updater(xps.Engine(), publisher.home)
+    first = Announcer(pg_dsn, a, node="a", poll=0.3).start()
+    v1 = a.apply(publisher.capsule("1.0.0"))
+    v2 = a.apply(publisher.capsule("2.0.0"))
+    a.rollback(v2.sha256, operator="ops")  # a signed rollback; a is back on 1.0.0
+    wait_for(lambda: _announced(pg_dsn) == 3, "the three announcements")
+    eng_b, b = _other_node(publisher, "home-b")  # its own journal key, a not among its peers
+    late = Announcer(pg_dsn, b, node="b", poll=0.3).start()
+    try:
+        wait_for(lambda: eng_b.table.provider_for(OP) == v1.name and b.state.active, "node b to catch up")
+        wait_for(lambda: [e for e in _events(b, "PATCH_REJECT") if e.get("reason") == "untrusted"],
+                 "node b to journal the rollback it cannot verify")
+        assert [x.sha256 for x in b.state.active] == [v1.sha256]
+    finally:
+        late.stop()
+        first.stop()
+        a.close()
+        b.close()
