@@ -26,9 +26,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xpscerpto._atomic import atomic_write
 from xpscerpto._config_fields import show
+from xpscerpto._stored_file import read_stored
 from xpscerpto.db import sealed_tables as sealed
 from xpscerpto.db.counter_store import CounterStore
 from xpscerpto.db.migrations import require
@@ -81,6 +84,8 @@ def node_of(holder: str | None) -> str | None:
 
 _NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _MAX_TTL = 86400.0
+#: Where ``start()`` records the running instance in the home (for ``xps orch emergency``).
+INSTANCE_FILE = "orchestrator.instance"
 
 
 class Fenced(PolicyError):
@@ -441,8 +446,9 @@ class Orchestrator:
     def emergency(self, plan: str, reason: str, *, grace: str | float | None = None) -> int:
         """Rotate ``plan``'s key now (leader only), and record an incident in the journal.
 
-        On the leading node: this object holds the lease, or another process of the same node
-        does (the node's ``xps orch run``; the emergency then writes under that lease).
+        On the leading node: this object holds the lease, or the orchestrator this home runs
+        (``xps orch run``, started from the same home) does; the emergency then writes under
+        that lease.
 
         Args:
             grace: a short grace for the version this retires: hygiene archives it once it has
@@ -462,9 +468,11 @@ class Orchestrator:
         state = self.lease.acquire()
         if state.mine:
             self._last = state  # ours to release at stop()
-        elif node_of(state.holder) == self.node:
-            # Another process of this node leads (`xps orch run`): `xps orch emergency` acts for
-            # the node under that lease — its writes pass the fence only while it is current.
+        elif node_of(state.holder) == self.node and state.holder == self._running_here():
+            # This home's `xps orch run` leads: `xps orch emergency` acts for the node under that
+            # lease (its writes pass the fence only while it is current). The holder must be the
+            # instance this home runs, not just carry the node's name: a cloned configuration or
+            # a mistyped --node elsewhere must not write under the leader's token.
             state = replace(state, mine=True)
         else:
             raise PolicyError(f"orchestrator: {self.node} is not the leader ({node_of(state.holder) or 'none'} is); "
@@ -546,11 +554,28 @@ class Orchestrator:
     # -- running ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Tick every ``interval`` seconds in a daemon thread until :meth:`stop`."""
+        """Tick every ``interval`` seconds in a daemon thread until :meth:`stop`.
+
+        Writes this instance's name to ``HOME/orchestrator.instance``, so that an
+        :meth:`emergency` run from the same home can act under its lease.
+        """
         if self._thread is not None:
             return
+        with contextlib.suppress(OSError):  # unwritable: an emergency must then run on this object
+            atomic_write(self._instance_file, self.instance.encode())
         self._thread = threading.Thread(target=self._loop, name=f"xps-orch-{self.node}", daemon=True)
         self._thread.start()
+
+    @property
+    def _instance_file(self) -> Path:
+        return self.keyring.home.root / INSTANCE_FILE
+
+    def _running_here(self) -> str | None:
+        """The instance this home's running orchestrator wrote (None: none, or unreadable)."""
+        try:
+            return read_stored(self._instance_file, 256).decode("ascii")
+        except (OSError, UnicodeDecodeError):
+            return None
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -569,6 +594,9 @@ class Orchestrator:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+            if self._running_here() == self.instance:
+                with contextlib.suppress(OSError):
+                    self._instance_file.unlink()
         if self._last is not None and self._last.mine:
             with contextlib.suppress(XpsError):
                 self.lease.release(self._last.token)

@@ -284,6 +284,33 @@ def test_a_takeover_waits_until_a_fenced_write_it_passed_has_committed(rings: li
     assert b.state().mine and b.state().token == first.token + 1
 
 
+def test_an_emergency_borrows_the_lease_only_of_the_orchestrator_its_home_runs(rings: list[Keyring]) -> None:
+    # Review finding: matching the node *name* let a process of another home, started with
+    # --node n0 by mistake or from a cloned configuration, write under n0's lease.
+    daemon = Orchestrator(rings[0], node="n0", lease_ttl=30, interval=0.1)
+    daemon.track(Plan("p", key="orders", policy="every=30d"))
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 30
+        while daemon.lease.state().holder != daemon.instance:
+            assert time.monotonic() < deadline, "the daemon never took the lease"
+            time.sleep(0.05)
+        impostor = Orchestrator(rings[1], node="n0", lease_ttl=30, interval=0.1)  # another home
+        with pytest.raises(PolicyError, match="not the leader"):
+            impostor.emergency("p", "leaked")
+        assert rings[0].describe("orders").active_version == 1
+        same_home = Orchestrator(rings[0], node="n0", lease_ttl=30, interval=0.1)
+        assert same_home.emergency("p", "leaked") == 2
+        with same_home.verified() as db:
+            [run] = [r for r in sealed.read(rings[0].store, db, sealed.RUNS) if r["result"] == "rotated from 1"]
+        assert run["token"] == daemon.lease.state().token
+        same_home.stop()
+        assert daemon.lease.state().holder == daemon.instance  # the borrower released nothing
+    finally:
+        daemon.stop()
+    assert not (rings[0].home.root / "orchestrator.instance").exists()
+
+
 def test_hygiene_by_a_leader_whose_lease_lapsed_writes_nothing(rings: list[Keyring]) -> None:
     a = rings[0]
     orch = Orchestrator(a, node="n0", lease_ttl=0.2, interval=0.1)
