@@ -15,12 +15,17 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from xpscerpto.errors import AuthError
+from xpscerpto._stored_file import read_stored
+from xpscerpto.errors import AuthError, PolicyError
 from xpscerpto.interfaces import Aead
 
 __all__ = ["KatResult", "parse_vectors", "run_selftest", "selftest_vectors"]
 
 _DIR = Path(__file__).with_name("selftest")
+#: A self-test file holds a handful of vectors (a few kilobytes); a capsule's, a few more.
+MAX_KAT_FILE = 4 << 20
+#: Fields that are text, not hex byte strings.
+_TEXT = frozenset({"result", "source"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,16 +47,56 @@ class KatFailure(Exception):
     """A known answer did not match (internal to this module)."""
 
 
-def parse_vectors(raw: bytes | str) -> tuple[dict[str, Any], ...]:
-    """Parse a self-test vector file (``{"vectors": [...]}``, hex strings) into dicts of bytes."""
-    doc = json.loads(raw)
-    return tuple({k: (bytes.fromhex(x) if isinstance(x, str) and k not in ("result", "source") else x)
-                  for k, x in v.items()} for v in doc["vectors"])
+def parse_vectors(raw: bytes | str, name: str = "KAT file") -> tuple[dict[str, Any], ...]:
+    """Parse a self-test vector file (``{"vectors": [...]}``, hex strings) into dicts of bytes.
+
+    Raises:
+        PolicyError: naming ``name`` and the vector and field, never their content: not JSON,
+            not that shape, a hex field that is not hex (a vector must not pass or fail for
+            a reason other than its known answer), or larger than :data:`MAX_KAT_FILE`.
+    """
+    if not isinstance(raw, bytes | str):
+        raise PolicyError(f"{name}: expected bytes or str, got {type(raw).__name__}")
+    if len(raw) > MAX_KAT_FILE:
+        raise PolicyError(f"{name}: larger than {MAX_KAT_FILE} bytes")
+    try:
+        doc = json.loads(raw)
+    except ValueError:  # also UnicodeDecodeError
+        raise PolicyError(f"{name}: not JSON") from None
+    except RecursionError:
+        raise PolicyError(f"{name}: not JSON (nested too deeply)") from None
+    vectors = doc.get("vectors") if isinstance(doc, dict) else None
+    if not isinstance(vectors, list):
+        raise PolicyError(f"{name}: expected an object with a 'vectors' list")
+    out = []
+    for i, v in enumerate(vectors):
+        if not isinstance(v, dict):
+            raise PolicyError(f"{name}: vectors[{i}]: expected an object")
+        parsed: dict[str, Any] = {}
+        for k, x in v.items():
+            parsed[k] = x
+            if isinstance(x, str) and k not in _TEXT:
+                try:
+                    parsed[k] = bytes.fromhex(x)
+                except ValueError:
+                    raise PolicyError(f"{name}: vectors[{i}].{_field(k)}: expected hex digits") from None
+        out.append(parsed)
+    return tuple(out)
+
+
+def _field(key: str) -> str:
+    # A field name from the file, shown only if it looks like one (the file may be anyone's).
+    return key if len(key) <= 32 and key.isascii() and key.isidentifier() else "a field"
 
 
 @cache
 def _load(path: Path) -> tuple[dict[str, Any], ...]:
-    return parse_vectors(path.read_bytes())
+    name = f"KAT file {str(path)!r}"
+    try:
+        raw = read_stored(path, MAX_KAT_FILE)  # never a FIFO, /dev/zero or a huge file
+    except OSError as exc:
+        raise PolicyError(f"{name}: unreadable ({exc.strerror})") from None
+    return parse_vectors(raw, name)
 
 
 def selftest_vectors(operation: str, extra_files: Iterable[str | Path] = ()) -> tuple[dict[str, Any], ...]:

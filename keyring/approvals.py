@@ -2,16 +2,20 @@
 
 An operator registers an Ed25519 public key (``xps operator add NAME.pub``; the first ones at
 ``xps init``, later ones with the current approvals). A request is a canonical JSON document
-naming the action, its subject, the reason, whether it is an emergency, a random nonce and an
-expiry; approvers sign its exact bytes. The keyring accepts a request only with enough
-distinct registered signatures, before expiry, for the very change asked, and only once (its
-nonce is consumed in the change's own database transaction).
+naming the action, its subject, the reason, whether it is an emergency, a random nonce, when it
+was created and its expiry; approvers sign its exact bytes. The keyring accepts a request only
+with enough distinct registered signatures, before expiry, for the very change asked, and only
+once (its nonce is consumed in the change's own database transaction). Since the expiry is the
+requester's to write, the keyring also refuses one that stays open longer than the home's
+``approvals.request_ttl`` after its signed creation time, or that was created in the future.
 
 Actions and what ``key_id`` names: ``revoke`` and ``destroy`` (a key; ``version`` for one
 version; ``emergency`` for the emergency revoke and the retention-bypassing destroy),
 ``policy`` (``policy:<digest>`` of the change to the home's recorded policy),
 ``operator-add`` / ``operator-remove`` (the operator's key id) and ``rewrap`` (``<revoked key
-id>:<successor key id>``, re-encrypting a revoked key's blobs).
+id>:<successor key id>``, re-encrypting a revoked key's blobs). Every field is checked when a
+request is built or read — the action is one of :data:`ACTIONS`, the subject has its action's
+format — so messages and ``xps key approve`` can show them: they are never arbitrary bytes.
 
 Request bundle file::
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +40,33 @@ from xpscerpto.errors import PolicyError
 from xpscerpto.secret import SecretBytes
 from xpscerpto.signing import PublisherKey, key_id, sign, verify
 
-__all__ = ["ACTIONS", "ApprovalRequest", "Approvals", "OperatorRegistry"]
+__all__ = ["ACTIONS", "SUBJECTS", "ApprovalRequest", "Approvals", "OperatorRegistry"]
 
-_FORMAT = "xps-approval/1"
+#: Version 2 added the signed ``created`` time; a version-1 request has none and is refused.
+_FORMAT = "xps-approval/2"
+_OLD_FORMATS = ("xps-approval/1",)
+_FIELDS = frozenset({"format", "action", "key_id", "version", "reason", "emergency", "nonce", "created", "expires"})
 _MAX_FILE = 1 << 20  # a bundle or registry is a few kilobytes
 #: What a request may ask for.
 ACTIONS = ("revoke", "destroy", "policy", "operator-add", "operator-remove", "rewrap")
+_KEY = "[0-9a-f]{16}"  # a keyring key id (8 random bytes)
+#: The subject each action names: a key id, the revoked and successor key ids, the SHA-256 of a
+#: policy change (Keyring.policy_digest), or an operator key id (signing.key_id: 32 hex digits).
+SUBJECTS = MappingProxyType({
+    "revoke": re.compile(_KEY), "destroy": re.compile(_KEY), "rewrap": re.compile(f"{_KEY}:{_KEY}"),
+    "policy": re.compile("policy:[0-9a-f]{64}"), "operator-add": re.compile("[0-9a-f]{32}"),
+    "operator-remove": re.compile("[0-9a-f]{32}"),
+})
+_NONCE = re.compile("[0-9a-f]{32}")
+_MAX_REASON = 1000  # characters: a ticket reference and a sentence, shown to every approver
+_MAX_VERSION = 2**31 - 1  # the keyring's highest version number
+#: Times are seconds since the epoch before the year 10000, so every one prints as a UTC date.
+_MAX_TIME = 253402300800.0
+#: How far ahead of the keyring's clock a request's creation time may be (hosts' clocks differ
+#: by a little).
+CLOCK_SKEW = 300.0
+#: ``created + ttl`` as written, minus ``created``, may differ from ``ttl`` by a float rounding.
+_TTL_ROUNDING = 1.0
 
 
 def _canonical(doc: Mapping[str, Any]) -> bytes:
@@ -118,31 +144,97 @@ def _write(path: Path, what: str, data: bytes, mode: int) -> None:
         raise PolicyError(f"{what} {str(path)!r}: cannot write ({exc.strerror})") from None
 
 
+def _bad(field: str, expected: str) -> PolicyError:
+    # Names the field, never its value: a bundle is anyone's file.
+    return PolicyError(f"approvals.request.{field}: malformed approval request ({expected})")
+
+
+def _time(value: object, field: str) -> float:
+    """Seconds since the epoch: an int or float, finite, in 0 .. the year 10000."""
+    # NaN would compare as never expired, a 400-digit int overflows, a bool is no time.
+    if type(value) not in (int, float):
+        raise _bad(field, "expected seconds since the epoch")
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        seconds = math.inf
+    if not 0 <= seconds < _MAX_TIME:  # False for NaN as well
+        raise _bad(field, "expected finite seconds since the epoch, before the year 10000")
+    return seconds
+
+
 @dataclass(frozen=True)
 class ApprovalRequest:
-    """What approvers sign: one transition of one key, once, before ``expires``."""
+    """What approvers sign: one transition of one key, once, before ``expires``.
+
+    Every field is checked on construction (a PolicyError naming the field, never its value):
+    a request built in code is held to what a request file is.
+    """
 
     action: str  # one of ACTIONS
-    key_id: str
+    key_id: str  # the subject, in the format SUBJECTS gives for the action
     reason: str
     expires: float
     nonce: str
     version: int | None = None
     emergency: bool = False
+    #: When the request was written (signed). Optional in the signature only so that a request
+    #: built without it fails with a PolicyError naming it rather than a TypeError.
+    created: float | None = None
+
+    def __post_init__(self) -> None:
+        if type(self.action) is not str or self.action not in ACTIONS:
+            raise _bad("action", f"expected one of {', '.join(ACTIONS)}")
+        if type(self.key_id) is not str or not SUBJECTS[self.action].fullmatch(self.key_id):
+            raise _bad("key_id", f"not the subject format of a {self.action} request")
+        if type(self.reason) is not str or len(self.reason) > _MAX_REASON or not self.reason.isprintable():
+            # Printable: approvers read it on a terminal before they sign.
+            raise _bad("reason", f"expected printable text of at most {_MAX_REASON} characters")
+        if type(self.nonce) is not str or not _NONCE.fullmatch(self.nonce):
+            raise _bad("nonce", "expected 32 hex digits")
+        if self.version is not None and (type(self.version) is not int or not 1 <= self.version <= _MAX_VERSION):
+            raise _bad("version", f"expected null or an int in 1..{_MAX_VERSION}")
+        if type(self.emergency) is not bool:
+            raise _bad("emergency", "expected true or false")
+        if self.created is None:
+            raise _bad("created", "missing: the signed time the request was written")
+        object.__setattr__(self, "created", _time(self.created, "created"))
+        object.__setattr__(self, "expires", _time(self.expires, "expires"))
 
     @classmethod
     def new(cls, action: str, key_id: str, *, reason: str, ttl: float, now: float,
             version: int | None = None, emergency: bool = False) -> ApprovalRequest:
-        """A fresh request with a random nonce."""
-        if action not in ACTIONS:
-            raise PolicyError(f"action: expected one of {', '.join(ACTIONS)}, got "
-                              f"{action[:20]!r}" if isinstance(action, str) else "action: expected a str")
-        return cls(action, key_id, reason, now + ttl, os.urandom(16).hex(), version, emergency)
+        """A fresh request with a random nonce, created ``now``, open for ``ttl`` seconds."""
+        if type(ttl) not in (int, float) or not 0 < ttl < _MAX_TIME:
+            raise PolicyError("ttl: expected a positive number of seconds")
+        created = _time(now, "created")
+        return cls(action, key_id, reason, created + ttl, os.urandom(16).hex(), version, emergency, created)
+
+    def check_open_window(self, now: float, request_ttl: float) -> None:
+        """Refuse a request open longer than ``request_ttl`` or created after ``now`` (+ skew).
+
+        ``expires`` is the requester's to write; without this, a request would stay usable for
+        as long as its file says (years), whatever the home's ``approvals.request_ttl``. The
+        bound runs from the signed ``created`` (approvers see both before they sign), and a
+        ``created`` ahead of the keyring's clock cannot stretch it.
+
+        Raises:
+            PolicyError: naming ``approvals.request.expires`` or ``approvals.request.created``.
+        """
+        assert self.created is not None  # __post_init__ refuses a request without one
+        if self.expires - self.created > request_ttl + _TTL_ROUNDING:
+            raise PolicyError(f"approvals.request.expires: {(self.expires - self.created) / 3600:.1f} h after the "
+                              f"request's creation, longer than approvals.request_ttl ({request_ttl / 3600:.1f} h)",
+                              reason="approvals")
+        if self.created > now + CLOCK_SKEW:
+            raise PolicyError(f"approvals.request.created: {self.created - now:.0f} s ahead of this keyring's clock "
+                              f"(more than {CLOCK_SKEW:.0f} s: a requester's clock is wrong)", reason="approvals")
 
     def to_json(self) -> dict[str, Any]:
         """The signed document."""
         return {"format": _FORMAT, "action": self.action, "key_id": self.key_id, "version": self.version,
-                "reason": self.reason, "emergency": self.emergency, "nonce": self.nonce, "expires": self.expires}
+                "reason": self.reason, "emergency": self.emergency, "nonce": self.nonce, "created": self.created,
+                "expires": self.expires}
 
     def message(self) -> bytes:
         """The exact bytes approvers sign."""
@@ -150,24 +242,19 @@ class ApprovalRequest:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ApprovalRequest:
-        """Parse a request document strictly."""
-        try:
-            if doc["format"] != _FORMAT or set(doc) != {"format", "action", "key_id", "version", "reason",
-                                                        "emergency", "nonce", "expires"}:
-                raise ValueError
-            version = doc["version"]
-            if version is not None and (type(version) is not int or version < 1):
-                raise ValueError
-            if type(doc["emergency"]) is not bool:
-                raise ValueError
-            expires = doc["expires"]
-            # A number, finite: NaN would compare as never expired, a 400-digit int overflows.
-            if type(expires) not in (int, float) or not math.isfinite(expires := float(expires)):
-                raise ValueError
-            return cls(str(doc["action"]), str(doc["key_id"]), str(doc["reason"]), expires,
-                       str(doc["nonce"]), version, doc["emergency"])
-        except (KeyError, TypeError, ValueError, OverflowError):
-            raise PolicyError("approvals.request: malformed approval request") from None
+        """Parse a request document strictly (a PolicyError naming the first bad field)."""
+        if not isinstance(doc, Mapping):
+            raise PolicyError("approvals.request: malformed approval request (expected an object)")
+        if doc.get("format") in _OLD_FORMATS:
+            raise PolicyError("approvals.request.format: a request written by an earlier release (no signed "
+                              "creation time); write a new one with `xps key request` and have it approved again")
+        if doc.get("format") != _FORMAT:
+            raise _bad("format", f"expected {_FORMAT!r}")
+        if set(doc) != _FIELDS:
+            raise PolicyError(f"approvals.request: malformed approval request (expected exactly the fields "
+                              f"{', '.join(sorted(_FIELDS))})")
+        return cls(doc["action"], doc["key_id"], doc["reason"], doc["expires"], doc["nonce"], doc["version"],
+                   doc["emergency"], doc["created"])
 
 
 def _keyid(value: object) -> str:
@@ -182,6 +269,14 @@ class Approvals:
 
     request: ApprovalRequest
     signatures: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        # Checked here, so the keyring never meets another object where a request should be.
+        if not isinstance(self.request, ApprovalRequest):
+            raise PolicyError(f"approvals.request: expected an ApprovalRequest, got {type(self.request).__name__}")
+        if not isinstance(self.signatures, Mapping) or not all(
+                type(k) is str and type(v) is bytes for k, v in self.signatures.items()):
+            raise PolicyError("approvals.signatures: expected a mapping of operator key id (str) to signature (bytes)")
 
     def signed_by(self, key: PublisherKey, seed: SecretBytes) -> Approvals:
         """Add an operator's signature."""

@@ -72,6 +72,9 @@ def cmd_key(args: argparse.Namespace) -> int:
     action = args.key_cmd
     if action == "approve":
         bundle = Approvals.load(args.request)
+        # The whole signed request, before signing: the requester wrote every field of it
+        # (an emergency flag, a version, an expiry), and the approver signs all of them.
+        _print_request(bundle.request)
         key, seed = load_private_key(args.key)
         bundle.signed_by(key, seed).save(args.request)
         seed.wipe()
@@ -130,7 +133,43 @@ def cmd_key(args: argparse.Namespace) -> int:
             else:
                 changed = _rewrap_files(ring, files, args.aad.encode())
             print(f"rewrapped {changed} of {len(args.files)} file(s)")
+        _warn_if_not_journaled(ring)
     return 0
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _print_request(req: ApprovalRequest) -> None:
+    """Every field of a request, one per line (ApprovalRequest checked each: printable, bounded)."""
+    assert req.created is not None  # a request without one is refused when read
+    print(f"request: {req.action} of {req.key_id}")
+    print(f"  version:   {req.version if req.version is not None else 'all'}")
+    print(f"  emergency: {'yes' if req.emergency else 'no'}")
+    print(f"  created:   {_utc(req.created)}")
+    print(f"  expires:   {_utc(req.expires)} ({(req.expires - req.created) / 3600:.1f} h after creation)")
+    print(f"  reason:    {json.dumps(req.reason, ensure_ascii=False)}")
+    print(f"  nonce:     {req.nonce}")
+
+
+def _warn_if_not_journaled(ring: Keyring) -> None:
+    """Say so when a committed change's journal record could not be written.
+
+    The keyring keeps the record queued in its database and delivers it at the next open or
+    change (it does not fail a change that committed); without this line the command would look
+    fully done. One more delivery attempt gives the reason (and delivers if the cause passed).
+    """
+    try:
+        ring.outbox.deliver()
+    except XpsError as exc:
+        problem = " ".join(str(exc).split())
+    except OSError as exc:
+        problem = f"{type(exc).__name__}: {exc.strerror}"
+    else:
+        return
+    print(f"warning: journal not written: {problem}; the record stays queued in the keyring database "
+          "and is journaled once the journal is repaired", file=sys.stderr)
 
 
 _BAR = 30
@@ -250,6 +289,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         else:
             for kid, (_, label) in ring.operators().keys.items():
                 print(f"{kid}  {label}")
+        _warn_if_not_journaled(ring)
     return 0
 
 

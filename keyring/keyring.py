@@ -54,7 +54,7 @@ from xpscerpto.errors import KeyError_, PolicyError, XpsError
 from xpscerpto.home import Home
 from xpscerpto.secret import SecretBytes
 
-from .approvals import Approvals, OperatorRegistry
+from .approvals import SUBJECTS, Approvals, OperatorRegistry
 from .config import ApprovalsConfig, KeyringConfig, safe_max_encryptions
 from .envelope import CODES, HEADER, NONCE_SIZES, _opaque
 from .integrity import INTEGRITY_KEY_SIZE, KeyringTampered, Sealer
@@ -281,7 +281,7 @@ class Keyring:
         """
         try:
             h = self._active.get(name)
-        except TypeError:
+        except (TypeError, ValueError):  # ValueError: a writable or released memoryview is not hashable
             raise KeyError_(f"name: expected str, got {type(name).__name__}") from None
         now = self.clock()
         # The counter runs from minus the reserved block up to zero: one atomic step per call.
@@ -441,7 +441,7 @@ class Keyring:
             raise PolicyError(f"name: a str of {len(name)} hex digits looks like key material, not a name")
         policy = policy if policy is not None else self.config.default_policy
         rotate_every, max_enc = parse_policy(policy)
-        now = self.clock()
+        now = self._now()
         key_id = _urandom(8).hex()
         with self._lock:
             self.outbox.deliver()
@@ -499,7 +499,7 @@ class Keyring:
                                           "active version (a row removed?); restore it from a backup")
                 if expected is not None and active.version != expected:
                     return active.version  # someone rotated away from it already
-                now = self.clock()
+                now = self._now()
                 new_algo = algo or active.algorithm or row.algorithm
                 self.store.update_version(db, row.key_id, active.version, state=VersionState.RETIRED, retired_at=now)
                 new = active.version + 1
@@ -538,7 +538,7 @@ class Keyring:
                 key_after(row.state, Action.REVOKE)
                 signers = self._check_approvals(db, approvals, required, "revoke", row.key_id, None, emergency,
                                                 reason=reason)
-                now = self.clock()
+                now = self._now()
                 for ver in self.store.versions(row.key_id, db):
                     if ver.state in (VersionState.ACTIVE, VersionState.RETIRED):
                         self.store.update_version(db, row.key_id, ver.version, state=VersionState.REVOKED,
@@ -571,7 +571,7 @@ class Keyring:
             self.outbox.deliver()
             with self.store.write() as db:
                 row = self._key_row(ref, db)
-                now = self.clock()
+                now = self._now()
                 if target_version is None:
                     if row.state is KeyState.DESTROYED:
                         return
@@ -607,7 +607,7 @@ class Keyring:
         long-lived keyring. Each destruction is journaled (``KEY_DESTROY`` with
         ``reason: retention``); the versions' metadata and their records remain.
         """
-        now = self.clock()
+        now = self._now()
         self._retention_at = now + _RETENTION_EVERY
         due = [v for v in self.store.retired_versions() if (u := self._retained_until(v)) is not None and now >= u]
         done: list[tuple[str, int]] = []
@@ -657,7 +657,7 @@ class Keyring:
                     raise PolicyError(f"successor: {new.name!r} is {new.state}; it must be active")
                 signers = self._check_approvals(db, approvals, self._admin_threshold, "rewrap",
                                                 f"{old.key_id}:{new.key_id}", None, False, reason=reason)
-                grant = RewrapGrant(old.key_id, new.key_id, self.clock() + REWRAP_GRANT_SECONDS,
+                grant = RewrapGrant(old.key_id, new.key_id, self._now() + REWRAP_GRANT_SECONDS,
                                     tuple(sorted(signers)))
                 self.store.put_grant(db, grant)
                 self.outbox.add(db, "REWRAP_GRANT", key_id=old.key_id, name=old.name, successor=new.key_id,
@@ -694,7 +694,7 @@ class Keyring:
             if grant is None:
                 out.extend(self.rewrap([blob], aad))
             else:
-                if self.clock() >= grant.expires:
+                if self._now() >= grant.expires:
                     raise PolicyError(f"rewrap: the grant for {key_id.hex()} expired; request a new one",
                                       reason="approvals")
                 successor = self._key_row(grant.successor)
@@ -781,7 +781,7 @@ class Keyring:
                         continue
                     signers = self._check_approvals(db, approvals, required, "operator-add", key.keyid, None,
                                                     False)
-                    if self.store.add_operator(db, key.keyid, key.public_key, name, self.clock()):
+                    if self.store.add_operator(db, key.keyid, key.public_key, name, self._now()):
                         known[key.keyid] = (key.public_key, name)
                         self.outbox.add(db, "OPERATOR_ADD", keyid=key.keyid, label=name,
                                         approvers=sorted(signers), required_approvals=required,
@@ -797,7 +797,10 @@ class Keyring:
             self.outbox.deliver()
             with self.store.write() as db:
                 if keyid not in self.store.operators(db):
-                    raise KeyError_(f"keyid: {keyid[:16]!r} is not a registered operator")
+                    # An operator key id (32 hex digits) is public, like a key id; anything else
+                    # is described, not repeated.
+                    shown = repr(keyid) if SUBJECTS["operator-remove"].fullmatch(keyid) else _shown(keyid)
+                    raise KeyError_(f"keyid: {shown} is not a registered operator")
                 signers = self._check_approvals(db, approvals, self._admin_threshold, "operator-remove", keyid,
                                                 None, False)
                 self.store.remove_operator(db, keyid)
@@ -813,9 +816,13 @@ class Keyring:
 
     @staticmethod
     def policy_digest(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-        """What an approval of a policy change signs: ``policy:`` + 16 hex digits of its digest."""
+        """What an approval of a policy change signs: ``policy:`` + the SHA-256 of the change, in hex.
+
+        All 256 bits: with fewer (64 once), two policy files crafted to collide would let an
+        approval of a harmless change apply a loosening one.
+        """
         doc = json.dumps([dict(old), dict(new)], sort_keys=True, separators=(",", ":")).encode()
-        return "policy:" + hashlib.sha256(doc).hexdigest()[:16]
+        return "policy:" + hashlib.sha256(doc).hexdigest()
 
     def apply_policy(self, new: XpsConfig, *, reason: str, approvals: Approvals | None = None) -> list[Any]:
         """Change the security policy the home recorded; returns the changes (empty: nothing to do).
@@ -1193,6 +1200,24 @@ class Keyring:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _now(self) -> float:
+        """The clock, read for a transition: finite seconds, else a PolicyError.
+
+        A NaN makes every ``now < deadline`` false: retention would let a retired version be
+        destroyed, an expired request or grant would not look expired, and the database would
+        refuse the time only later, as a raw error. encrypt and decrypt read the clock
+        unchecked: there a bad value can only make a cached version be re-read.
+        """
+        now = self.clock()
+        try:
+            ok = isinstance(now, int | float) and not isinstance(now, bool) and math.isfinite(now)
+        except OverflowError:  # an int too large for a float
+            ok = False
+        if not ok:
+            raise PolicyError(f"clock: expected finite seconds since the epoch, got "
+                              f"{'a non-finite float' if isinstance(now, float) else 'a ' + type(now).__name__}")
+        return float(now)
+
     def _deliver(self) -> None:
         # The change is committed; its record is queued. If the journal fails now, the record
         # stays queued and the next operation (or open) delivers it — never twice.
@@ -1473,19 +1498,23 @@ class Keyring:
             raise PolicyError(f"approvals: {action} requires {required} operator approval(s), got none",
                               reason="approvals")
         req = approvals.request
+        # Shown as they are: ApprovalRequest checked each (a known action, a subject of its format).
         if (req.action, req.key_id, req.version, req.emergency) != (action, key_id, version, emergency):
             raise PolicyError(f"approvals.request: approves {req.action} of {req.key_id} (version {req.version}, "
                               f"emergency {req.emergency}), not this {action}", reason="approvals")
         if reason is not None and req.reason != reason:
             raise PolicyError("approvals.request: approves another reason than the one given", reason="approvals")
-        if self.clock() >= req.expires:
+        now = self._now()
+        if now >= req.expires:
             raise PolicyError("approvals.request: expired", reason="approvals")
+        # The expiry is the requester's to write: held to this home's request_ttl.
+        req.check_open_window(now, self.approvals_config.request_ttl_seconds)
         registry = OperatorRegistry(self.store.operators(db))
         signers = approvals.valid_signers(registry)
         if len(signers) < required:
             raise PolicyError(f"approvals: {action} requires {required} distinct operator approval(s), "
                               f"{len(signers)} valid", reason="approvals")
-        if not self.store.use_approval(db, req.nonce, self.clock()):
+        if not self.store.use_approval(db, req.nonce, now):
             raise PolicyError("approvals.request: already used (replay)", reason="approvals")
         return signers
 

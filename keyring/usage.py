@@ -20,16 +20,18 @@ __all__ = ["parse_policy"]
 def parse_policy(policy: str) -> tuple[float | None, int | None]:
     """``"rotate=365d,max_encryptions=1000000"`` -> (rotate_every seconds, max encryptions).
 
-    ``rotate=never`` disables time-based rotation. Unknown fields are an error naming them.
+    ``rotate=never`` disables time-based rotation. An unknown field is an error naming its position.
 
     Raises:
-        PolicyError: a malformed policy (the message names the field, not the whole string).
+        PolicyError: a malformed policy (the message names the field or its position, never the text).
     """
     if not isinstance(policy, str):
         raise PolicyError(f"policy: expected a string like 'rotate=90d', got {type(policy).__name__}")
     rotate: float | None = None
     max_enc: int | None = None
-    for part in filter(None, (p.strip() for p in policy.split(","))):
+    # Messages name the field and the part's position, never the text: a policy string is the
+    # caller's, and anything pasted into it (a key, a token) must not reach logs through an error.
+    for i, part in enumerate(filter(None, (p.strip() for p in policy.split(","))), 1):
         field, _, value = part.partition("=")
         if field == "rotate":
             if value == "never":
@@ -40,13 +42,19 @@ def parse_policy(policy: str) -> tuple[float | None, int | None]:
                 except PolicyError:
                     rotate = 0.0
                 if rotate <= 0:
-                    raise PolicyError(f"policy.rotate: expected a positive duration like 90d or 'never', got "
-                                      f"{value[:32]!r}")
+                    raise PolicyError("policy.rotate: expected a positive duration like 90d or 'never', got "
+                                      f"{_described(value)}")
         elif field == "max_encryptions":
             # isascii: str.isdigit() is also true of '²', which int() refuses.
             if not (value.isascii() and value.isdigit()) or len(value) > 20 or int(value) < 1:
-                raise PolicyError(f"policy.max_encryptions: expected a positive integer, got {value[:32]!r}")
+                raise PolicyError(f"policy.max_encryptions: expected a positive integer, got {_described(value)}")
             max_enc = int(value)
         else:
-            raise PolicyError(f"policy: unknown field {field[:32]!r} (known: rotate, max_encryptions)")
+            raise PolicyError(f"policy: part {i} names an unknown field (known: rotate, max_encryptions)")
     return rotate, max_enc
+
+
+def _described(value: str) -> str:
+    # This module cannot use the keyring's _shown() (the keyring imports it, and the configuration
+    # loader, which checks policies, must not import the keyring): so only the length.
+    return f"a str of {len(value)} character(s)" if value else "nothing"

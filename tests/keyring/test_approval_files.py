@@ -35,6 +35,19 @@ BUNDLES: dict[str, Callable[[], str]] = {
     "keyids of two types": lambda: _bundle(_request(), [{"keyid": 1, "sig": "00"}, {"keyid": "a", "sig": "00"}]),
     "keyid a list": lambda: _bundle(_request(), [{"keyid": ["a"], "sig": "00"}]),
     "signature not hex": lambda: _bundle(_request(), [{"keyid": "a", "sig": "zz"}]),
+    # Review finding F3: every field is checked before anything shows it.
+    "action unknown, with a terminal escape": lambda: _bundle({**_request(), "action": "revoke\n\x1b[2Jzz"}),
+    "key_id not a key id": lambda: _bundle({**_request(), "key_id": "zz" * 5000}),
+    "key_id of another action": lambda: _bundle({**_request(), "key_id": "policy:" + "ab" * 32}),
+    "reason with a terminal escape": lambda: _bundle({**_request(), "reason": "ok\x1b[2Jzz"}),
+    "reason too long": lambda: _bundle({**_request(), "reason": "zz" * 501}),
+    "nonce not hex": lambda: _bundle({**_request(), "nonce": "zz" * 16}),
+    "version a huge int": lambda: _bundle({**_request(), "version": 0}).replace(
+        '"version": 0', '"version": ' + "9" * 400),
+    "emergency a string": lambda: _bundle({**_request(), "emergency": "zz"}),
+    "created missing": lambda: _bundle({k: v for k, v in _request().items() if k != "created"}),
+    "created past the year 10000": lambda: _bundle({**_request(), "created": 99999999999999}),
+    "request not an object": lambda: _bundle(["zz"]),  # type: ignore[arg-type]
 }
 
 
@@ -53,7 +66,7 @@ def test_a_malformed_bundle_is_refused_and_names_nothing_of_its_content(tmp_path
     path.write_text(BUNDLES[case]())
     with pytest.raises(PolicyError, match="malformed") as ei:
         Approvals.load(path)
-    assert "9999" not in str(ei.value) and "zz" not in str(ei.value)
+    assert "9999" not in str(ei.value) and "zz" not in str(ei.value) and "\x1b" not in str(ei.value)
 
 
 def test_an_operator_registry_nested_too_deeply_is_refused(tmp_path: Path) -> None:

@@ -52,7 +52,9 @@ def test_approved_revoke_and_destroy_with_two_operators(tmp_path: Path) -> None:
     config.write_text("approvals:\n  revoke: 2\n  destroy: 2\n  emergency_revoke: 1\n")
     for name in ("op1", "op2"):
         keygen(tmp_path, name)
-        ok(xps(home, "operator", "add", str(tmp_path / f"{name}.pub"), config=config))
+    # The first operators join together at init (one by one, the second needs the first's approval).
+    ok(xps(home, "init", "--operator", str(tmp_path / "op1.pub"), "--operator", str(tmp_path / "op2.pub"),
+           config=config))
     ok(xps(home, "key", "create", "k", config=config))
     refused = xps(home, "key", "revoke", "k", "--reason", "r", config=config)
     assert refused.returncode == 2 and "requires 2 operator approval" in refused.stderr.decode()
