@@ -47,6 +47,16 @@ class KatFailure(Exception):
     """A known answer did not match (internal to this module)."""
 
 
+def json_document(raw: bytes | str, name: str) -> Any:
+    """``raw`` parsed as JSON, or a PolicyError naming ``name`` (never a JSON or recursion error)."""
+    try:
+        return json.loads(raw)
+    except ValueError:  # also UnicodeDecodeError
+        raise PolicyError(f"{name}: not JSON") from None
+    except RecursionError:
+        raise PolicyError(f"{name}: not JSON (nested too deeply)") from None
+
+
 def parse_vectors(raw: bytes | str, name: str = "KAT file") -> tuple[dict[str, Any], ...]:
     """Parse a self-test vector file (``{"vectors": [...]}``, hex strings) into dicts of bytes.
 
@@ -59,12 +69,7 @@ def parse_vectors(raw: bytes | str, name: str = "KAT file") -> tuple[dict[str, A
         raise PolicyError(f"{name}: expected bytes or str, got {type(raw).__name__}")
     if len(raw) > MAX_KAT_FILE:
         raise PolicyError(f"{name}: larger than {MAX_KAT_FILE} bytes")
-    try:
-        doc = json.loads(raw)
-    except ValueError:  # also UnicodeDecodeError
-        raise PolicyError(f"{name}: not JSON") from None
-    except RecursionError:
-        raise PolicyError(f"{name}: not JSON (nested too deeply)") from None
+    doc = json_document(raw, name)
     vectors = doc.get("vectors") if isinstance(doc, dict) else None
     if not isinstance(vectors, list):
         raise PolicyError(f"{name}: expected an object with a 'vectors' list")

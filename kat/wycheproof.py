@@ -6,7 +6,6 @@ hex field decoded, so tests can be parametrised directly over the cases.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any
 
 from xpscerpto._stored_file import read_stored
 from xpscerpto.errors import PolicyError
+
+from .selftest import json_document
 
 __all__ = ["WycheproofCase", "load_wycheproof"]
 
@@ -74,13 +75,10 @@ def load_wycheproof(path: str | Path) -> Iterator[WycheproofCase]:
 def _cases(p: Path) -> list[WycheproofCase]:
     name = f"Wycheproof file {str(p)!r}"
     try:
-        doc = json.loads(read_stored(p, MAX_WYCHEPROOF_FILE))  # never a FIFO, /dev/zero or a huge file
+        raw = read_stored(p, MAX_WYCHEPROOF_FILE)  # never a FIFO, /dev/zero or a huge file
     except OSError as exc:
         raise PolicyError(f"{name}: unreadable ({exc.strerror})") from None
-    except ValueError:  # also UnicodeDecodeError
-        raise PolicyError(f"{name}: not JSON") from None
-    except RecursionError:
-        raise PolicyError(f"{name}: not JSON (nested too deeply)") from None
+    doc = json_document(raw, name)
     groups = doc.get("testGroups") if isinstance(doc, dict) else None
     if not isinstance(groups, list):
         raise PolicyError(f"{name}: expected an object with a 'testGroups' list")
