@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import os
 from collections.abc import Iterator
 
 from xpscerpto._atomic import atomic_write
@@ -98,9 +99,10 @@ class PgStateStore:
 
     def _check_anchor(self, raw: bytes) -> None:
         """Refuse a row other than the one this node last committed (or is committing)."""
-        if self._anchor_new and not self.home.store_exists("routing_anchor"):
-            # Written before anchors existed (or the first read after an upgrade): adopted as it
-            # is, once; from then on the home records the anchor and a missing one is refused.
+        if self._unanchored():
+            # Written before anchors existed (the first read after an upgrade): adopted as it
+            # is, once; from then on the anchor is checked, and once the home records it, a
+            # missing one is refused.
             self._write_anchor(_digest(raw))
             return
         accepted = self._read_anchor()
@@ -113,6 +115,11 @@ class PgStateStore:
             # A save ended between its writes (a crash): the row says which one committed, and
             # from now on only that one is accepted (else the other could be put back later).
             self._write_anchor(digest)
+
+    def _unanchored(self) -> bool:
+        """No anchor yet: neither recorded by the home nor on disk (a home without home.json
+        cannot tell a deleted anchor from none; an anchor on disk is always checked)."""
+        return self._anchor_new and not self.home.store_exists("routing_anchor") and not os.path.lexists(self._anchor)
 
     def _read_anchor(self) -> list[str]:
         try:
@@ -154,7 +161,7 @@ class PgStateStore:
         # Both digests while the row may be either (a crash, or a commit whose reply was lost):
         # what the anchor accepts now (one digest, two after a save that crashed and no locked
         # load since) and the new one.
-        committed = [] if self._anchor_new and not self.home.store_exists("routing_anchor") else self._read_anchor()
+        committed = [] if self._unanchored() else self._read_anchor()
         self._write_anchor(*committed[-2:], _digest(doc))
         try:
             self.database.execute(

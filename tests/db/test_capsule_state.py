@@ -367,3 +367,17 @@ def test_a_save_killed_between_its_writes_is_read_back_never_as_tampering(
         with pytest.raises(UpdateError, match="not the state this node last committed"):
             store.load()
     store.close()
+
+
+def test_a_home_without_a_record_still_checks_the_anchor_it_wrote(pg_dsn: str, tmp_path: Path) -> None:
+    # Found re-running the review's script: with no home.json (an Updater used as a library) the
+    # anchor was never recorded, so every read adopted whatever row it found.
+    bare = Home.resolve(tmp_path / "bare")
+    assert not bare.record_path.exists()
+    store = PgStateStore(pg_dsn, node="a", home=bare)
+    with store.lock():
+        store.save(store.load().enable(_cap(1), operator="t"))
+    _put_row(pg_dsn, RoutingState().to_bytes())
+    with pytest.raises(UpdateError, match="not the state this node last committed"):
+        PgStateStore(pg_dsn, node="a", home=bare).load()
+    store.close()
