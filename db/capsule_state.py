@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import json
 import os
+import threading
 from collections.abc import Iterator
 
 from xpscerpto._atomic import atomic_write
@@ -64,7 +65,8 @@ class PgStateStore:
             self.database.close()
             raise
         self._anchor = home.root / STORES["routing_anchor"][0]
-        self._held = 0  # lock() depth in this object: a reader outside it re-checks under it
+        # lock() depth of each thread in this object: a reader outside it re-checks under it.
+        self._local = threading.local()
         digest = hashlib.sha256(b"xps-routing-state\0" + node.encode()).digest()
         self._key = int.from_bytes(digest[:8], "big", signed=True)
 
@@ -115,6 +117,10 @@ class PgStateStore:
             # A save ended between its writes (a crash): the row says which one committed, and
             # from now on only that one is accepted (else the other could be put back later).
             self._write_anchor(digest)
+
+    @property
+    def _held(self) -> int:
+        return int(getattr(self._local, "depth", 0))
 
     def _unanchored(self) -> bool:
         """No anchor yet: neither recorded by the home nor on disk (a home without home.json
@@ -180,11 +186,11 @@ class PgStateStore:
     def lock(self) -> Iterator[None]:
         """The home's lock file, then the node's advisory lock in the database."""
         with state_lock(self.home), self.database.session_lock(self._key):
-            self._held += 1
+            self._local.depth = self._held + 1
             try:
                 yield
             finally:
-                self._held -= 1
+                self._local.depth -= 1
 
     def close(self) -> None:
         """Close the database connections."""
