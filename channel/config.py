@@ -41,6 +41,12 @@ DEFAULT_PROTOCOL = "Noise_XX_25519_ChaChaPoly_SHA256"
 DEFAULT_PQ_PROTOCOL = "Noise_XXhfs_25519+MLKEM768_ChaChaPoly_SHA256"
 _NOISE_MAX = 65535
 _MIN_FRAME = 64
+#: The largest rekey limits a configuration may set. They bound what one key carries whatever
+#: the sender's configuration, so a receiver can refuse a peer that stays past them
+#: (:data:`~xpscerpto.channel.transport.RECV_BYTES_PER_KEY`); 2^38 bytes keeps AES-256-GCM's
+#: per-key advantage far below 2^-57 with full-size records, ChaCha20-Poly1305's too.
+MAX_REKEY_MESSAGES = 1 << 32
+MAX_REKEY_BYTES = 1 << 38
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +54,10 @@ class ChannelConfig:
     """``channel:`` -- secure-channel rekey limits (whichever is reached first) and bounds.
 
     Attributes:
-        rekey_after_messages: a sending key encrypts at most this many records, then Rekey().
-        rekey_after_bytes: … or this many plaintext bytes (plus at most one record).
+        rekey_after_messages: a sending key encrypts at most this many records, then Rekey()
+            (at most 2^32).
+        rekey_after_bytes: … or this many plaintext bytes (plus at most one record; at most
+            2^38).
         rekey_after_seconds: … or is this old.
         protocol: the Noise protocol an initiator offers (``None``: the XX default, or its
             hybrid ``XXhfs`` form when ``require_pq``).
@@ -74,8 +82,8 @@ class ChannelConfig:
     max_pending_handshakes: int = 64
 
     def __post_init__(self) -> None:
-        _check_int("rekey_after_messages", self.rekey_after_messages, 1)
-        _check_int("rekey_after_bytes", self.rekey_after_bytes, 1)
+        _check_int("rekey_after_messages", self.rekey_after_messages, 1, MAX_REKEY_MESSAGES)
+        _check_int("rekey_after_bytes", self.rekey_after_bytes, 1, MAX_REKEY_BYTES)
         _check_seconds("rekey_after_seconds", self.rekey_after_seconds, 10 * 365 * 86_400)
         _check_int("max_frame", self.max_frame, _MIN_FRAME, _NOISE_MAX)
         _check_int("max_message", self.max_message, 1)

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
     from ._noise import CipherState
 
-__all__ = ["CLOSE", "DATA", "KEY_UPDATE", "MORE", "Transport"]
+__all__ = ["CLOSE", "DATA", "KEY_UPDATE", "MORE", "RECV_BYTES_PER_KEY", "Transport"]
 
 DATA, MORE, CLOSE, KEY_UPDATE = 0, 1, 2, 3
 _TYPES = (b"\x00", b"\x01", b"\x02", b"\x03")
@@ -64,6 +64,13 @@ MIN_RECORD = 1 + TAGLEN
 #: max_frame, which is at least _MIN_FRAME: a smaller one is no sender of ours, and would let a
 #: peer make a message of millions of tiny fragments (each a record to decrypt and an object kept).
 MIN_FRAGMENT = _MIN_FRAME - MIN_RECORD
+#: The most record bytes (type, body and tag) a receiving key accepts before the peer's
+#: KEY_UPDATE. A sender of any valid configuration stays below it: under one key it sends at
+#: most config.MAX_REKEY_BYTES + one record of body, in at most config.MAX_REKEY_MESSAGES + 2
+#: records (data, KEY_UPDATE, CLOSE) of MIN_RECORD overhead each -- under 3 * 2^37. A peer
+#: past it never rekeys, whatever it was told: its key is refused (the limits are not only
+#: the sender's).
+RECV_BYTES_PER_KEY = 1 << 39
 
 
 class Transport:
@@ -74,7 +81,7 @@ class Transport:
     """
 
     __slots__ = ("_age_limit", "_buf", "_buf_len", "_byte_limit", "_chunk", "_clock", "_error", "_max_message",
-                 "_msg_limit", "_recv", "_rekey_at", "_send", "_sent_bytes", "_sent_records", "_single",
+                 "_msg_limit", "_recv", "_recv_left", "_rekey_at", "_send", "_sent_bytes", "_sent_records", "_single",
                  "closed_by_peer", "closed_by_us", "rekeys_received", "rekeys_sent")
 
     def __init__(self, send: CipherState, recv: CipherState, config: ChannelConfig,
@@ -92,6 +99,7 @@ class Transport:
         self._rekey_at = clock() + self._age_limit
         self._sent_records = 0
         self._sent_bytes = 0
+        self._recv_left = RECV_BYTES_PER_KEY  # record bytes the peer's current key may still carry
         self._buf: list[bytes] = []
         self._buf_len = 0  # bytes in _buf, kept as fragments arrive (summing them each time is quadratic)
         self._error: XpsError | None = None
@@ -173,7 +181,8 @@ class Transport:
         Raises:
             AuthError: the record was altered, replayed, reordered or truncated (channel dead).
             PolicyError: a record after CLOSE, an unknown type, a MORE fragment under
-                :data:`MIN_FRAGMENT` bytes, or a message over max_message (even in one record).
+                :data:`MIN_FRAGMENT` bytes, a message over max_message (even in one record), or
+                a record past :data:`RECV_BYTES_PER_KEY` without a KEY_UPDATE.
         """
         if self._error is not None:
             raise self._error
@@ -184,6 +193,11 @@ class Transport:
                 raise PolicyError("channel: a record after the peer's CLOSE", reason="malformed")
             if len(body) < MIN_RECORD:
                 raise AuthError("record: shorter than a type byte and a tag", reason="truncated")
+            left = self._recv_left - len(body)
+            if left < 0:
+                raise PolicyError(f"record: the peer's key carried more than {RECV_BYTES_PER_KEY} bytes without a "
+                                  "KEY_UPDATE (a sender never goes past it)", reason="policy")
+            self._recv_left = left
             try:
                 plain = self._recv.decrypt_with_ad(b"", body)
             except AuthError:
@@ -218,6 +232,7 @@ class Transport:
             return out
         if kind == KEY_UPDATE and len(plain) == 1:
             self._recv.rekey()
+            self._recv_left = RECV_BYTES_PER_KEY
             self.rekeys_received += 1
             return None
         if kind == CLOSE and len(plain) == 1 and not self._buf:

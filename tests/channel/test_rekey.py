@@ -119,6 +119,51 @@ def test_whichever_limit_comes_first_with_a_clock(engine: xps.Engine) -> None:
     assert deliver(alice.seal(b"w")) == [None, b"w"] and alice.rekeys_sent == bob.rekeys_received == 3  # time
 
 
+def test_the_receive_bound_is_above_anything_a_valid_sender_puts_under_one_key() -> None:
+    # Under one key a sender sends at most MAX_REKEY_BYTES plus one record's body, in at most
+    # MAX_REKEY_MESSAGES data records, a KEY_UPDATE and a CLOSE, each with MIN_RECORD of overhead.
+    from xpscerpto.channel import config as channel_config
+    from xpscerpto.channel import transport
+
+    worst = (channel_config.MAX_REKEY_BYTES + 65535
+             + (channel_config.MAX_REKEY_MESSAGES + 2) * transport.MIN_RECORD)
+    assert worst < transport.RECV_BYTES_PER_KEY
+    ChannelConfig(rekey_after_messages=channel_config.MAX_REKEY_MESSAGES,
+                  rekey_after_bytes=channel_config.MAX_REKEY_BYTES)  # the ceilings themselves are valid
+
+
+def test_a_peer_that_never_rekeys_is_refused_past_the_receive_bound(engine: xps.Engine,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # 2^39 bytes is out of a test's reach: the bound is lowered (read when a transport starts),
+    # the rule is the same. A sender that rekeys within it is never refused; a peer that
+    # sends past it without a KEY_UPDATE is, and the channel is dead.
+    from xpscerpto.channel import transport
+
+    monkeypatch.setattr(transport, "RECV_BYTES_PER_KEY", 1000)
+    a_send, b_recv, b_send, a_recv = _states(engine)
+    alice = Transport(a_send, a_recv, ChannelConfig(rekey_after_bytes=200, max_frame=64))
+    bob = Transport(b_send, b_recv, ChannelConfig())
+    for i in range(200):  # 200 * (300 body + 17 * records) bytes: many times the bound, in keys under it
+        wire, pos = alice.seal(bytes([i]) * 300), 0
+        while pos < len(wire):
+            n = int.from_bytes(wire[pos:pos + 2], "big")
+            bob.open(wire[pos + 2:pos + 2 + n])
+            pos += 2 + n
+    assert alice.rekeys_sent == bob.rekeys_received > 100
+    # A hostile peer: the same kind of key schedule, records straight from its CipherState.
+    h_send, m_recv, m_send, _h_recv = _states(engine)
+    me = Transport(m_send, m_recv, ChannelConfig())
+    sent = 0
+    with pytest.raises(xps.PolicyError, match="without a KEY_UPDATE") as err:
+        for _ in range(20):  # 20 * 117 bytes: past 1000 on the ninth record
+            ct = h_send.encrypt_with_ad(b"", b"\x00" + bytes(100))
+            me.open(ct)
+            sent += len(ct)
+    assert 1000 - 117 < sent <= 1000 and err.value.code == xps.ErrorCode.POLICY
+    with pytest.raises(xps.PolicyError):  # dead from then on
+        me.open(h_send.encrypt_with_ad(b"", b"\x00x"))
+
+
 def test_a_key_update_the_receiver_misses_kills_the_channel(engine: xps.Engine) -> None:
     a_send, b_recv, b_send, a_recv = _states(engine)
     alice = Transport(a_send, a_recv, ChannelConfig(rekey_after_messages=1))
@@ -280,6 +325,9 @@ def test_seal_takes_any_byte_buffer_and_refuses_the_rest_with_a_policy_error(eng
     # OverflowError in the driver later.
     ({"handshake_timeout_seconds": 1e10}, "handshake_timeout"), ({"handshake_timeout_seconds": 10**400}, "handshake"),
     ({"rekey_after_seconds": 10**400}, "rekey_after"), ({"rekey_after_seconds": float("inf")}, "rekey_after"),
+    # Past the ceilings a receiver enforces whatever its own configuration says.
+    ({"rekey_after_messages": (1 << 32) + 1}, "rekey_after_messages"),
+    ({"rekey_after_bytes": (1 << 38) + 1}, "rekey_after_bytes"), ({"rekey_after_bytes": 10**400}, "rekey_after_bytes"),
 ])
 def test_channel_config_refuses_bad_values(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(xps.PolicyError, match=field):
@@ -287,7 +335,9 @@ def test_channel_config_refuses_bad_values(kwargs: dict[str, Any], field: str) -
 
 
 @pytest.mark.parametrize(("doc", "key"), [({"handshake_timeout": 1e10}, "'crypto.tls.handshake_timeout'"),
-                                          ({"handshake_timeout": "2d"}, "'crypto.tls.handshake_timeout'")])
+                                          ({"handshake_timeout": "2d"}, "'crypto.tls.handshake_timeout'"),
+                                          ({"rekey_bytes": "1TiB"}, "'crypto.tls.rekey_bytes'"),
+                                          ({"rekey_messages": 1 << 33}, "'crypto.tls.rekey_messages'")])
 def test_channel_config_from_a_file_names_the_key_as_the_file_spells_it(doc: dict[str, Any], key: str) -> None:
     with pytest.raises(xps.PolicyError, match=key):
         ChannelConfig.from_document(doc)
