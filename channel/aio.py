@@ -35,6 +35,7 @@ from xpscerpto.errors import AuthError, InternalError, PolicyError, XpsError
 from ._failures import FailureLog
 from ._noise import MAX_MESSAGE
 from ._session import Established, Handshake, HandshakeRefused, refusal
+from ._slots import SourceSlots
 from .config import ChannelConfig
 from .identity import _expected
 from .transport import MIN_RECORD, Transport
@@ -286,6 +287,7 @@ class ChannelServer:
         self._config, self._peer_static, self._psk, self._engine = config, peer_static, psk, engine
         self.failures = failures
         self.pending = 0
+        self._sources = SourceSlots()
         self.handler_errors = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -341,7 +343,8 @@ class ChannelServer:
         peer = writer.get_extra_info("peername")
         peer_host = str(peer[0]) if isinstance(peer, tuple) else None
         cfg = self._config
-        if self.pending >= cfg.max_pending_handshakes:
+        per_source = cfg.max_pending_per_source
+        if self.pending >= cfg.max_pending_handshakes or not self._sources.take(peer_host, per_source):
             # Refused before any cryptography: a flood costs one small write per connection.
             self.failures.failure("responder", PolicyError("busy", reason="busy"), protocol=None, peer=peer_host)
             writer.write(refusal("busy"))
@@ -375,6 +378,7 @@ class ChannelServer:
             return
         finally:
             self.pending -= 1
+            self._sources.release(peer_host, per_source)
         self.failures.success(hs.protocol)
         channel = Channel(reader, writer, est, cfg)
         try:

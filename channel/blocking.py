@@ -41,6 +41,7 @@ from xpscerpto.errors import AuthError, PolicyError, XpsError
 from ._failures import FailureLog
 from ._noise import MAX_MESSAGE
 from ._session import Established, Handshake, HandshakeRefused, refusal
+from ._slots import SourceSlots
 from .aio import _endpoint, _engine, _names, _unexpected
 from .config import ChannelConfig
 from .transport import Transport
@@ -283,6 +284,7 @@ class BlockingServer:
         #: accept() failures (and connection threads that could not start) survived so far.
         self.accept_errors = 0
         self._pending = threading.BoundedSemaphore(config.max_pending_handshakes)
+        self._sources = SourceSlots()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -356,13 +358,17 @@ class BlockingServer:
         if pause:
             self._stop.wait(_ACCEPT_PAUSE)
 
-    def _refuse_busy(self, conn: socket.socket, peer: str) -> None:
-        """Close a connection no thread can serve, with the ``busy`` refusal and its count."""
+    def _busy(self, conn: socket.socket, peer: str) -> None:
+        """Refuse a connection beyond a pending-handshake cap (it is closed by the caller)."""
         self.failures.failure("responder", PolicyError("busy", reason="busy"), protocol=None, peer=peer)
-        with self._lock:
-            self._conns.discard(conn)
         with contextlib.suppress(OSError):
             conn.sendall(refusal("busy"))
+
+    def _refuse_busy(self, conn: socket.socket, peer: str) -> None:
+        """Close a connection no thread can serve, with the ``busy`` refusal and its count."""
+        with self._lock:
+            self._conns.discard(conn)
+        self._busy(conn, peer)
         with contextlib.suppress(OSError):
             conn.close()
 
@@ -387,15 +393,19 @@ class BlockingServer:
 
     def _serve_one(self, conn: socket.socket, peer: str) -> None:
         try:
-            if not self._pending.acquire(blocking=False):
-                self.failures.failure("responder", PolicyError("busy", reason="busy"), protocol=None, peer=peer)
-                with contextlib.suppress(OSError):
-                    conn.sendall(refusal("busy"))
-                return
             cfg = self._config  # one configuration per connection, even if reconfigured meanwhile
+            per_source = cfg.max_pending_per_source
+            if not self._pending.acquire(blocking=False):
+                self._busy(conn, peer)
+                return
+            if not self._sources.take(peer, per_source):
+                self._pending.release()
+                self._busy(conn, peer)
+                return
             try:
                 est, reader = self._handshake(conn, peer, cfg)
             finally:
+                self._sources.release(peer, per_source)
                 self._pending.release()
             if est is None:
                 return

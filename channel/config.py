@@ -2,7 +2,8 @@
 
 In an Appendix C document it is the seed's ``tls:`` section (``rekey_messages``,
 ``rekey_minutes``, and ``rekey_bytes``, ``protocol``, ``accept``, ``require_pq``,
-``max_frame``, ``max_message``, ``handshake_timeout``, ``max_pending_handshakes`` beside
+``max_frame``, ``max_message``, ``handshake_timeout``, ``max_pending_handshakes``,
+``max_pending_per_source`` beside
 them); the pre-Appendix C layout calls it ``channel:`` (``rekey_after_messages``,
 ``rekey_after``, ``rekey_after_bytes`` and the same other names).
 
@@ -68,6 +69,8 @@ class ChannelConfig:
         max_message: the largest message ``recv`` reassembles (bytes).
         handshake_timeout_seconds: a handshake not finished by then is dropped.
         max_pending_handshakes: a responder refuses new connections beyond this many handshakes.
+        max_pending_per_source: … and beyond this many from one IP address (``None``: no cap
+            per address; clients behind one NAT or proxy share one).
     """
 
     rekey_after_messages: int = 1 << 20
@@ -80,6 +83,7 @@ class ChannelConfig:
     max_message: int = 16 * 1024**2  # bytes
     handshake_timeout_seconds: float = 10.0
     max_pending_handshakes: int = 64
+    max_pending_per_source: int | None = None
 
     def __post_init__(self) -> None:
         _check_int("rekey_after_messages", self.rekey_after_messages, 1, MAX_REKEY_MESSAGES)
@@ -89,6 +93,8 @@ class ChannelConfig:
         _check_int("max_message", self.max_message, 1)
         _check_seconds("handshake_timeout_seconds", self.handshake_timeout_seconds, 86_400)
         _check_int("max_pending_handshakes", self.max_pending_handshakes, 1)
+        if self.max_pending_per_source is not None:
+            _check_int("max_pending_per_source", self.max_pending_per_source, 1)
         if type(self.require_pq) is not bool:
             raise PolicyError("require_pq: expected a bool")
         if not isinstance(self.accept, tuple) or not all(isinstance(a, str) and a for a in self.accept):
@@ -162,6 +168,10 @@ def _globs(value: object, key: str) -> tuple[str, ...]:
     return names
 
 
+def _optional_count(value: object, key: str) -> int | None:
+    return None if value is None else count(1)(value, key)
+
+
 def _frame(value: object, key: str) -> int:
     size = parse_size(value, key)
     if not _MIN_FRAME <= size <= _NOISE_MAX:
@@ -178,6 +188,7 @@ _BOUNDS = (
     Field("max_message", "max_message", positive(parse_size)),
     Field("handshake_timeout", "handshake_timeout_seconds", positive(parse_duration), seconds_out),
     Field("max_pending_handshakes", "max_pending_handshakes", count(1)),
+    Field("max_pending_per_source", "max_pending_per_source", _optional_count),
 )
 _FIELDS = (
     Field("rekey_after_messages", "rekey_after_messages", count(1)),

@@ -70,6 +70,7 @@ key                                        default             meaning
 ``crypto.tls.max_message``                 ``16MiB``           largest message recv reassembles
 ``crypto.tls.handshake_timeout``           ``10s``             a handshake not finished by then is dropped
 ``crypto.tls.max_pending_handshakes``      ``64``              handshakes in progress a responder allows
+``crypto.tls.max_pending_per_source``      ``null``            ... from one IP address (null: no cap per address)
 ``crypto.tls.rekey_bytes``                 ``1GiB``            ... or this many bytes, whichever comes first
 ``crypto.engine.autoload_plugins``         ``null``            load third-party entry-point plugins
 ``crypto.engine.providers``                ``null``            list of provider names to restrict routing to

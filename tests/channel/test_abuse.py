@@ -501,6 +501,42 @@ def test_pending_handshakes_are_capped(pki: Pki) -> None:
     assert reason == "busy" and failures == Counter({"busy": 1, "timeout": 4})
 
 
+def _from(source: str, port: int) -> socket.socket:
+    """A raw connection to 127.0.0.1 from another loopback address (any 127/8 works on Linux)."""
+    s = socket.socket()
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    s.settimeout(5)
+    return s
+
+
+def test_one_source_holds_at_most_max_pending_per_source_slots(pki: Pki) -> None:
+    # Idle sockets from one address fill its share only: another address still gets in, and
+    # the first address's next connection gets `busy` at once, until its slots free up.
+    from xpscerpto.channel._session import refusal
+
+    cfg = ChannelConfig(handshake_timeout_seconds=1.0, max_pending_handshakes=8, max_pending_per_source=2)
+
+    async def main() -> tuple[bytes, bytes, Counter[str]]:
+        async with await serve("127.0.0.1", 0, pki.server, pki.trust, lambda ch: asyncio.sleep(0),
+                               config=cfg) as server:
+            idle = [_from("127.0.0.2", server.port) for _ in range(2)]
+            await _wait_for(lambda: server.pending == 2)
+            third = _from("127.0.0.2", server.port)
+            refused = await asyncio.to_thread(third.recv, 100)
+            await _still_serves(server, pki)  # from 127.0.0.1: a full handshake and a message
+            await _wait_for(lambda: server.pending == 0, timeout=10)  # the idle ones hit the deadline
+            again = _from("127.0.0.2", server.port)  # its slots are free again
+            await _wait_for(lambda: server.pending == 1)
+            for s in (*idle, third, again):
+                s.close()
+            await _wait_for(lambda: server.pending == 0, timeout=10)
+            return refused, refusal("busy"), server.failures.failures
+
+    refused, busy, failures = run(main(), timeout=30)
+    assert refused == busy and failures["busy"] == 1 and failures["timeout"] >= 2
+
+
 def test_200_concurrent_handshakes(pki: Pki) -> None:
     cfg = ChannelConfig(handshake_timeout_seconds=15.0, max_pending_handshakes=256)
 

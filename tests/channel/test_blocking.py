@@ -98,6 +98,31 @@ def test_blocking_server_drops_silent_clients_caps_pending_and_keeps_serving(pki
         assert server.failures.failures == Counter({"busy": 1, "timeout": 2})
 
 
+def test_blocking_server_caps_pending_handshakes_per_source_address(pki: Pki) -> None:
+    from xpscerpto.channel._session import refusal
+
+    cfg = ChannelConfig(handshake_timeout_seconds=0.5, max_pending_handshakes=8, max_pending_per_source=2)
+    with blocking.serve("127.0.0.1", 0, pki.server, pki.trust, _echo, config=cfg) as server:
+        idle = []
+        for _ in range(3):
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.connect(("127.0.0.1", server.port))
+            s.settimeout(5)
+            idle.append(s)
+        assert idle[2].recv(100) == refusal("busy")  # the third from 127.0.0.2, at once
+        assert server._pending._value == 6  # two slots taken; the refused one gave its slot back
+        with blocking.connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test") as ch:
+            ch.send(b"ok")  # another address is not held up
+            assert ch.recv() == b"ok"
+        for s in idle[:2]:
+            assert s.recv(10) == b""  # dropped at the deadline, and the address's slots freed
+        _wait(lambda: server._pending._value == 8 and not len(server._sources))
+        for s in idle:
+            s.close()
+        assert server.failures.failures == Counter({"busy": 1, "timeout": 2})
+
+
 def test_blocking_client_refuses_the_wrong_name_and_times_out_on_a_mute_server(pki: Pki) -> None:
     with blocking.serve("127.0.0.1", 0, pki.server, pki.trust, _echo) as server:
         with pytest.raises(xps.AuthError) as info:

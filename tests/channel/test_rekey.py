@@ -318,7 +318,8 @@ def test_seal_takes_any_byte_buffer_and_refuses_the_rest_with_a_policy_error(eng
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"max_frame": 65536}, "max_frame"), ({"max_frame": 10}, "max_frame"), ({"max_message": 0}, "max_message"),
     ({"handshake_timeout_seconds": float("nan")}, "handshake_timeout"), ({"rekey_after_seconds": -1}, "rekey_after"),
-    ({"max_pending_handshakes": True}, "max_pending"), ({"require_pq": "yes"}, "require_pq"),
+    ({"max_pending_handshakes": True}, "max_pending"), ({"max_pending_per_source": 0}, "max_pending_per_source"),
+    ({"max_pending_per_source": 1.5}, "max_pending_per_source"), ({"require_pq": "yes"}, "require_pq"),
     ({"accept": ["Noise_*"]}, "accept"), ({"protocol": "TLS"}, "protocol"),
     ({"rekey_after_messages": 0}, "rekey_after_messages"),
     # Larger than a socket timeout or a float deadline can hold: refused here, not a raw
@@ -337,7 +338,10 @@ def test_channel_config_refuses_bad_values(kwargs: dict[str, Any], field: str) -
 @pytest.mark.parametrize(("doc", "key"), [({"handshake_timeout": 1e10}, "'crypto.tls.handshake_timeout'"),
                                           ({"handshake_timeout": "2d"}, "'crypto.tls.handshake_timeout'"),
                                           ({"rekey_bytes": "1TiB"}, "'crypto.tls.rekey_bytes'"),
-                                          ({"rekey_messages": 1 << 33}, "'crypto.tls.rekey_messages'")])
+                                          ({"rekey_messages": 1 << 33}, "'crypto.tls.rekey_messages'"),
+                                          ({"max_pending_per_source": 0}, "'crypto.tls.max_pending_per_source'"),
+                                          ({"max_pending_per_source": "2"},
+                                           "'crypto.tls.max_pending_per_source'")])
 def test_channel_config_from_a_file_names_the_key_as_the_file_spells_it(doc: dict[str, Any], key: str) -> None:
     with pytest.raises(xps.PolicyError, match=key):
         ChannelConfig.from_document(doc)

@@ -271,6 +271,7 @@ OVERRIDES: list[tuple[str, Any, Any]] = [
     ("channel.max_message", "1MiB", 1024**2),
     ("channel.handshake_timeout", "5s", 5.0),
     ("channel.max_pending_handshakes", 8, 8),
+    ("channel.max_pending_per_source", 4, 4),
     ("audit.checkpoint_every", 1, 1),
     ("audit.auth_fail_per_minute", 1, 1),
     ("audit.signing_key", "/etc/xps/audit.key", "/etc/xps/audit.key"),
