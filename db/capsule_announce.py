@@ -14,9 +14,13 @@ lost — reduces the new events to the last action per capsule, and:
   PostgreSQL fleet does) or a key in ``peers``. An enable needs no such signature (each node
   verifies the capsule itself); a rollback carries nothing else to verify, so without one a
   database writer could take the fix out of every node. A refused rollback is journaled, and it
-  still keeps a node that catches up from enabling that capsule by an earlier event. A signed
-  rollback put back into the table later takes the capsule out again if an operator brought it
-  back meanwhile (``xps rollback --to``): the signature names no time (see SECURITY.md).
+  still keeps a node that catches up from enabling that capsule by an earlier event.
+
+An event's signature covers its id, and each node keeps the id it followed up to in its home
+(:class:`~xpscerpto.db.announce_cursor.AnnounceCursor`): a signed event copied into a new row
+does not verify (its id changed), and the original row is behind every cursor, so a database
+writer cannot replay a rollback after an operator brought the capsule back. A restarted node
+resumes after the events it followed.
 
 What a node does because of an announcement is not announced again (operator
 ``announce:NODE``), so the fleet converges without echo. Announcing never blocks an update: the
@@ -41,6 +45,7 @@ from xpscerpto.audit.journal import STATEMENT_PREFIX
 from xpscerpto.capsules.updater import Updater
 from xpscerpto.errors import PolicyError, XpsError
 
+from .announce_cursor import AnnounceCursor
 from .migrations import open_migrated
 
 __all__ = ["CHANNEL", "PREFIX", "Announcer"]
@@ -67,7 +72,8 @@ class Announcer:
             ``audit.pub``) whose rollbacks this node follows, besides its own journal's key.
 
     Raises:
-        PolicyError: a bad node name or peer key; the database is not migrated.
+        PolicyError: a bad node name or peer key; the database is not migrated; the home's
+            announcement cursor is damaged, or another node's or database's.
     """
 
     def __init__(self, database: str, updater: Updater, *, node: str, poll: float = 2.0,
@@ -78,13 +84,18 @@ class Announcer:
             raise PolicyError("peers: expected a list of 32-byte Ed25519 public keys")
         self._peers = [_peer_key(k) for k in peers]
         self.database = open_migrated(database, 9, "announcement database")
+        try:
+            self._cursor = AnnounceCursor(updater.home, node=node, database=self.database.name)
+            self._seen = self._cursor.load()
+        except BaseException:
+            self.database.close()
+            raise
         self.updater = updater
         self.node = node
         self.poll = poll
         self._outgoing: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._seen = 0
         self._thread = threading.Thread(target=self._run, name=f"xps-announce-{node}", daemon=True)
         self.last_error: str | None = None
         updater.add_event_listener(self._on_event)
@@ -102,7 +113,18 @@ class Announcer:
         self._wake.set()
 
     def start(self) -> Announcer:
-        """Catch up with what was announced while this node was away, then follow."""
+        """Catch up with what was announced while this node was away, then follow.
+
+        Raises:
+            PolicyError: the cursor is past the newest event (the table was reset, or restored
+                from an older backup): following it would skip every new event unseen.
+        """
+        row = self.database.execute("SELECT coalesce(max(id), 0) FROM xps_capsule_events").fetchone()
+        newest = int(row[0]) if row else 0
+        if self._seen > newest:
+            raise PolicyError(f"announce cursor {str(self._cursor.path)!r}: this node followed events up to id "
+                              f"{self._seen}, the database's newest is {newest} (the table was reset or restored "
+                              "from an older backup); restore the database, or the home from a backup taken with it")
         self.database.listen(CHANNEL, lambda _payload: self._wake.set(), on_reconnect=self._wake.set)
         self._thread.start()
         return self
@@ -142,15 +164,20 @@ class Announcer:
     def _announce(self, action: str, fields: Mapping[str, Any]) -> None:
         sha, name, version = str(fields["sha256"]), str(fields["name"]), str(fields["version"])
         raw = self.updater.store.get(sha) if action == "enable" else None
-        signer, sig = self.updater.audit.sign_statement(_statement(action, sha, name, version, self.node))
         with self.database.transaction() as tx:
             if raw is not None:
                 tx.execute("INSERT INTO xps_capsules (sha256, raw, name, version, node) VALUES (?, ?, ?, ?, ?) "
                            "ON CONFLICT DO NOTHING", (sha, raw, name, version, self.node))
-            row = tx.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node, signer, sig) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                             (action, sha, name, version, self.node, signer.hex(), sig.hex())).fetchone()
-            tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(row[0] if row else "")))
+            # The id first, then the signature over it, in one transaction: no node ever reads
+            # the row unsigned, and a copy of it in another row does not verify.
+            row = tx.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
+                             "VALUES (?, ?, ?, ?, ?) RETURNING id", (action, sha, name, version, self.node)).fetchone()
+            event_id = int(row[0]) if row else 0
+            signer, sig = self.updater.audit.sign_statement(_statement(action, sha, name, version, self.node,
+                                                                       event_id))
+            tx.execute("UPDATE xps_capsule_events SET signer = ?, sig = ? WHERE id = ?",
+                       (signer.hex(), sig.hex(), event_id))
+            tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(event_id)))
 
     def _follow(self) -> None:
         while self._follow_batch():
@@ -167,7 +194,7 @@ class Announcer:
         malformed = 0
         unsigned: list[tuple[str, str]] = []
         trusted = self._trusted()
-        for _id, action, sha, name, version, node, signer, sig in rows:
+        for event_id, action, sha, name, version, node, signer, sig in rows:
             # Anyone who can write the table can write anything into it: a row we cannot read is
             # counted, never echoed, and never stops the rows after it (one oversized sha256 used
             # to fail its own refusal record at every poll, so no node followed anything again).
@@ -175,7 +202,7 @@ class Announcer:
                     or not isinstance(name, str) or not isinstance(version, str):
                 malformed += 1
                 continue
-            if action == "rollback" and not _signed(trusted, _statement(action, sha, name, version, node),
+            if action == "rollback" and not _signed(trusted, _statement(action, sha, name, version, node, event_id),
                                                     signer, sig):
                 if node != self.node:
                     unsigned.append((sha, node))
@@ -221,6 +248,7 @@ class Announcer:
                                       detail=f"{skipped} announcement row(s) ignored: unreadable or unsigned (edited "
                                              "outside xps?), or their capsule bytes are missing")
         self._seen = rows[-1][0]
+        self._cursor.save(self._seen)  # after acting: a crash before it repeats the batch, which is idempotent
         return len(rows) == BATCH
 
     def _trusted(self) -> list[Ed25519PublicKey]:
@@ -230,10 +258,11 @@ class Announcer:
         return keys
 
 
-def _statement(action: str, sha: str, name: str, version: str, node: str) -> bytes:
-    """What an event's signature covers (each field length-prefixed: no two events share it)."""
+def _statement(action: str, sha: str, name: str, version: str, node: str, event_id: object) -> bytes:
+    """What an event's signature covers, its id included (each field length-prefixed)."""
     # surrogatepass: whatever a row holds encodes (a UnicodeEncodeError would stop following).
-    parts = [b"capsule-event", *(f.encode("utf-8", "surrogatepass") for f in (action, sha, name, version, node))]
+    parts = [b"capsule-event/2", *(f.encode("utf-8", "surrogatepass") for f in (action, sha, name, version, node)),
+             str(event_id).encode()]
     return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
 
 

@@ -68,6 +68,9 @@ STORES: Mapping[str, tuple[str, str]] = MappingProxyType({
     # home so that a database writer cannot edit the row or put an older copy back unseen.
     "routing_anchor": ("state.anchor", "restore it from a backup of the home taken with the database's; "
                                        "it names the routing-state row this node last committed"),
+    # How far this node followed the fleet's capsule announcements (`xps watch --cluster`).
+    "announce_cursor": ("announce.json", "restore it from a backup of the home; it names the last capsule "
+                                         "announcement this node followed"),
     # Recorded only when the configuration places it outside the home (hotpatch.trust_store).
     "trust": ("trust.json", "restore it from a backup, or pin the publishers again with `xps trust add`"),
 })

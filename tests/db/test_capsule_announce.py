@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import xpscerpto as xps
@@ -240,7 +242,7 @@ def test_a_rollback_event_needs_the_signature_of_a_trusted_node(publisher: Publi
             from xpscerpto.db.capsule_announce import _statement
 
             mallory = Ed25519PrivateKey.generate()
-            forged = mallory.sign(STATEMENT_PREFIX + _statement("rollback", cap.sha256, cap.name, cap.version, "a"))
+            forged = mallory.sign(STATEMENT_PREFIX + _statement("rollback", cap.sha256, cap.name, cap.version, "a", 3))
             for signer, sig in ((None, None), ("00" * 32, "11" * 64), (a_key.hex(), forged.hex()),
                                 (mallory.public_key().public_bytes_raw().hex(), forged.hex())):
                 db.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node, signer, sig) "
@@ -294,4 +296,151 @@ def test_a_node_catching_up_never_enables_a_capsule_rolled_back_by_a_node_it_doe
         late.stop()
         first.stop()
         a.close()
+        b.close()
+
+
+def test_a_signed_rollback_copied_into_a_new_row_does_not_take_back_a_capsule_an_operator_restored(
+        publisher: Publisher, pg_dsn: str) -> None:
+    # Review finding (fifth session): the signature named no time or place, so a database
+    # writer could re-insert an old signed rollback after an operator had brought the capsule
+    # back (`rollback --to`), and every node trusting the signer took it out again.
+    a = _updater(xps.Engine(), publisher.home)
+    _journal_key(a)
+    home_c = Home.resolve(publisher.tmp / "home-c")
+    shutil.copy2(publisher.home.audit.with_suffix(".key"), home_c.audit.with_suffix(".key"))  # a fleet's key
+    eng_c, c = _other_node(publisher, "home-c")
+    nodes = [Announcer(pg_dsn, a, node="a", poll=0.3).start(), Announcer(pg_dsn, c, node="c", poll=0.3).start()]
+    try:
+        v1 = a.apply(publisher.capsule("1.0.0"))
+        wait_for(lambda: [x.sha256 for x in c.state.active] == [v1.sha256], "node c to enable 1.0.0")
+        a.rollback(OP, operator="ops")
+        wait_for(lambda: not c.state.active, "node c to follow the signed rollback")
+        # On c an operator brings 1.0.0 back: 2.0.0 first, then `rollback --to` 1.0.0.
+        v2 = c.apply(publisher.capsule("2.0.0"))
+        c.rollback(v2.sha256, to=v1.version, operator="ops")
+        assert [x.sha256 for x in c.state.active] == [v1.sha256]
+        db = Database(pg_dsn)
+        try:  # the database writer copies a's genuine, signed rollback of 1.0.0 into a new row
+            db.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node, signer, sig) "
+                       "SELECT action, sha256, name, version, node, signer, sig FROM xps_capsule_events "
+                       "WHERE action = 'rollback' AND node = 'a'")
+        finally:
+            db.close()
+        wait_for(lambda: [e for e in _events(c, "PATCH_REJECT") if e.get("reason") == "untrusted"],
+                 "node c to refuse the copied rollback")
+        assert [x.sha256 for x in c.state.active] == [v1.sha256] and eng_c.table.provider_for(OP) == v1.name
+    finally:
+        for n in nodes:
+            n.stop()
+        a.close()
+        c.close()
+
+
+def test_a_restarted_node_resumes_after_the_events_it_followed(publisher: Publisher, pg_dsn: str) -> None:
+    # It used to read the table from the start at every restart: each refusal journaled again,
+    # and every old event a chance to act again.
+    eng_b, b = _other_node(publisher, "home-b")
+    Announcer(pg_dsn, b, node="b", poll=0.3).start().stop()
+    db = Database(pg_dsn)
+    try:
+        db.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
+                   "VALUES ('rollback', ?, 'x', '1.0.0', 'ghost')", ("ab" * 32,))
+        newest = int(db.execute("SELECT max(id) FROM xps_capsule_events").fetchone()[0])  # type: ignore[index]
+    finally:
+        db.close()
+
+    def untrusted() -> int:
+        return len([e for e in _events(b, "PATCH_REJECT") if e.get("reason") == "untrusted"])
+
+    follower = Announcer(pg_dsn, b, node="b", poll=0.3).start()
+    try:
+        wait_for(lambda: untrusted() == 1 and follower._seen == newest, "node b to refuse the unsigned rollback")
+    finally:
+        follower.stop()
+    cursor = json.loads((b.home.root / "announce.json").read_text())
+    assert cursor["seen"] == newest and cursor["node"] == "b"
+    again = Announcer(pg_dsn, b, node="b", poll=0.3).start()
+    try:
+        assert again._seen == newest
+        time.sleep(1.0)  # a few polls
+        assert untrusted() == 1 and again.last_error is None
+    finally:
+        again.stop()
+        b.close()
+    assert eng_b.table.provider_for(OP) == "sodium"
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "deleted":
+        path.unlink()
+    elif how == "emptied":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[:20])
+    elif how == "garbage":
+        path.write_bytes(b"\xff\x00not json")
+    elif how == "negative":
+        doc = json.loads(path.read_text())
+        path.write_text(json.dumps({**doc, "seen": -1}))
+    elif how == "another-node":
+        doc = json.loads(path.read_text())
+        path.write_text(json.dumps({**doc, "node": "z"}))
+    elif how == "directory":
+        path.unlink()
+        path.mkdir()
+
+
+@pytest.mark.parametrize("how", ["deleted", "emptied", "truncated", "garbage", "negative", "another-node",
+                                 "directory"])
+def test_a_damaged_cursor_is_a_refusal_never_a_restart_from_the_first_event(publisher: Publisher, pg_dsn: str,
+                                                                             how: str) -> None:
+    _, b = _other_node(publisher, "home-b")
+    try:
+        if not b.home.record_path.exists():
+            b.home.initialise(policy={}, adopt=True)
+        Announcer(pg_dsn, b, node="b", poll=0.3).start().stop()  # no event yet: nothing saved
+        db = Database(pg_dsn)
+        try:
+            db.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
+                       "VALUES ('enable', ?, 'x', '1.0.0', 'ghost')", ("cd" * 32,))
+        finally:
+            db.close()
+        follower = Announcer(pg_dsn, b, node="b", poll=0.3).start()
+        try:
+            wait_for(lambda: follower._seen > 0, "node b to read the event")
+        finally:
+            follower.stop()
+        assert b.home.store_exists("announce_cursor")
+        _damage(b.home.root / "announce.json", how)
+        with pytest.raises(PolicyError, match=r"announce\.json") as err:
+            Announcer(pg_dsn, b, node="b", poll=0.3)
+        assert "ghost" not in str(err.value)
+    finally:
+        b.close()
+
+
+def test_a_cursor_past_the_newest_event_is_refused_at_start(publisher: Publisher, pg_dsn: str) -> None:
+    # The table was reset or restored from an older backup: following from the cursor would
+    # skip every new event unseen.
+    _, b = _other_node(publisher, "home-b")
+    try:
+        db = Database(pg_dsn)
+        try:
+            db.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
+                       "VALUES ('enable', ?, 'x', '1.0.0', 'ghost')", ("cd" * 32,))
+            follower = Announcer(pg_dsn, b, node="b", poll=0.3).start()
+            try:
+                wait_for(lambda: follower._seen > 0, "node b to read the event")
+            finally:
+                follower.stop()
+            db.execute("TRUNCATE xps_capsule_events")
+        finally:
+            db.close()
+        late = Announcer(pg_dsn, b, node="b", poll=0.3)
+        try:
+            with pytest.raises(PolicyError, match="newest is 0"):
+                late.start()
+        finally:
+            late.database.close()
+    finally:
         b.close()
