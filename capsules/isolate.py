@@ -105,25 +105,42 @@ def validate_isolated(capsule: VerifiedCapsule, references: Mapping[str, Any],
         "bench_seconds": gates.bench_seconds, "memory_bytes": gates.memory_bytes,
     }
     result = _run_child(json.dumps(request).encode(), gates)
+    try:
+        return _judge(result, capsule, references, inputs, gates)
+    except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError, RecursionError):
+        # The result file is written by the process that ran the capsule's code: whatever it
+        # holds is the capsule's answer, and an answer we cannot read is a refusal, journaled
+        # like any other (it used to escape as a bare exception, unjournaled).
+        raise _reject("validation: malformed result from the child", Refusal.CRASHED) from None
+
+
+def _judge(result: dict[str, Any], capsule: VerifiedCapsule, references: Mapping[str, Any],
+           inputs: Mapping[str, Any], gates: Gates) -> ValidationReport:
+    """The child's result against the references: the report, or the refusal it earns."""
     if not result.get("ok"):
         stage = result.get("stage", "?")
         reason = {"kat": Refusal.KAT_FAILED, "contract": Refusal.CONTRACT,
                   "engine-state": Refusal.ENGINE_STATE}.get(stage, Refusal.VALIDATION_FAILED)
         raise _reject(f"validation ({stage}): {result.get('reason', 'no reason given')}", reason)
 
-    for op, observed in result.get("diff", {}).items():
+    diff, bench = result.get("diff", {}), result.get("bench", {})
+    if not isinstance(diff, dict) or not isinstance(bench, dict) or not set(diff) <= set(inputs) \
+            or not set(bench) <= set(references) \
+            or not all(type(v) is float and 0 < v < float("inf") for v in bench.values()):
+        raise _reject("validation: malformed result from the child", Refusal.CRASHED)
+    for op, observed in diff.items():
         ref = references[op]
         expected = _diff.compute(OPERATIONS[op].kind, op, ref, inputs[op])
         problem = _diff.compare(OPERATIONS[op].kind, op, ref, inputs[op], observed, expected)
         if problem is not None:
             reason, detail = problem
             raise _reject(f"differential check {op}: {detail}", reason)
-    missing = set(inputs) - set(result.get("diff", {}))
+    missing = set(inputs) - set(diff)
     if missing:
         raise _reject(f"differential check: no result for {sorted(missing)[0]}", Refusal.VALIDATION_FAILED)
 
     slowdown: dict[str, float] = {}
-    for op, cand_s in result.get("bench", {}).items():
+    for op, cand_s in bench.items():
         ref_s = _diff.bench_aead(references[op], gates.bench_bytes, gates.bench_seconds)
         slowdown[op] = cand_s / ref_s
         if slowdown[op] > gates.max_slowdown:
@@ -146,8 +163,12 @@ def _run_child(request: bytes, gates: Gates) -> dict[str, Any]:
         # everything the child starts and kills all of it when the child ends.
         cmd = [sys.executable, "-I", "-m", "xpscerpto.capsules._reaper", str(fd), "--",
                sys.executable, "-I", "-m", "xpscerpto.capsules._child", str(fd)]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,  # noqa: S603 - own module
-                                stderr=err, pass_fds=(fd,), start_new_session=True)
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,  # noqa: S603 - own module
+                                    stderr=err, pass_fds=(fd,), start_new_session=True)
+        except OSError as exc:  # out of processes or memory: no verdict, so no capsule either
+            raise _reject(f"validation: cannot start the child ({exc.strerror or type(exc).__name__})",
+                          Refusal.CRASHED) from None
         try:
             proc.communicate(request, timeout=gates.timeout_s)
         except subprocess.TimeoutExpired:
@@ -166,7 +187,7 @@ def _run_child(request: bytes, gates: Gates) -> dict[str, Any]:
         err.seek(max(0, os.fstat(err.fileno()).st_size - 4096))
         tail = err.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
         if proc.returncode < 0:
-            name = signal.Signals(-proc.returncode).name
+            name = _signal_name(-proc.returncode)
             raise _reject(f"validation: child killed by {name} {tail[0][:200]}".rstrip(), Refusal.CRASHED)
         out.seek(0)
         raw = out.read()
@@ -174,7 +195,17 @@ def _run_child(request: bytes, gates: Gates) -> dict[str, Any]:
             raise _reject(f"validation: child exited with status {proc.returncode} and no result "
                           f"{tail[0][:200]}".rstrip(), Refusal.CRASHED)
         try:
-            result: dict[str, Any] = json.loads(raw)
-        except ValueError:
+            result = json.loads(raw)
+        except (ValueError, RecursionError):
             raise _reject("validation: unreadable result from child", Refusal.CRASHED) from None
+        if not isinstance(result, dict):
+            raise _reject("validation: malformed result from the child", Refusal.CRASHED)
         return result
+
+
+def _signal_name(number: int) -> str:
+    """``SIGSEGV``; ``signal 40`` for one the enum does not name (realtime signals)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

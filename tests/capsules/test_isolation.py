@@ -122,6 +122,19 @@ FAULTS = [
     pytest.param(Fault(GOOD_AEAD + "\nimport os, sys\nprint('{\"ok\": true, \"kat\": {}, \"diff\": {}}')\n"
                        "sys.stdout.flush()\nos._exit(0)\n"),
                  "crashed", "child exited with status 0 and no result", id="forges-success-on-stdout-and-exits"),
+    # Review findings: a signal the enum does not name, and answers that are JSON but not the
+    # shape of a result, escaped as bare exceptions with no PATCH_REJECT (at restart: no start).
+    pytest.param(Fault(GOOD_AEAD + "\nimport os\nos.kill(os.getpid(), 40)\n"),
+                 "crashed", "child killed by signal 40", id="import-dies-of-a-realtime-signal"),
+    pytest.param(Fault(GOOD_AEAD + "\nimport os, sys\nos.write(int(sys.argv[-1]), b'[]')\nos._exit(0)\n"),
+                 "crashed", "malformed result from the child", id="writes-a-list-as-its-result"),
+    pytest.param(Fault(GOOD_AEAD + "\nimport os, sys\nos.write(int(sys.argv[-1]), "
+                       "b'{\"ok\": true, \"kat\": {}, \"diff\": [1], \"bench\": {}}')\nos._exit(0)\n"),
+                 "crashed", "malformed result from the child", id="writes-a-result-with-a-list-for-diff"),
+    pytest.param(Fault(GOOD_AEAD + "\nimport os, sys\nos.write(int(sys.argv[-1]), "
+                       "b'{\"ok\": true, \"kat\": {}, \"diff\": {\"aead.aes256gcm\": 7}, \"bench\": "
+                       "{\"aead.aes256gcm\": \"fast\"}}')\nos._exit(0)\n"),
+                 "crashed", "malformed result from the child", id="writes-a-result-with-wrong-types"),
     # -- the provider contract ---------------------------------------------------------------------
     pytest.param(Fault(GOOD_AEAD.replace("class Impl(Aead):", "class Impl:")),
                  "contract", "implementation does not subclass Aead", id="entry-not-an-aead"),
