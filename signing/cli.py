@@ -9,16 +9,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xpscerpto.cli import context
 from xpscerpto.errors import PolicyError
 
 from .keys import load_public_key
 from .trust import TrustStore
+
+if TYPE_CHECKING:
+    from xpscerpto.config import XpsConfig
+    from xpscerpto.home import Home
 
 __all__ = ["add_trust_commands"]
 
@@ -28,42 +36,66 @@ def cmd_trust(args: argparse.Namespace) -> int:
     home = context.home(args)
     config = context.config(args)
     path = config.hotpatch.trust_path(home)  # hotpatch.trust_store: outside the home, if set
-    store = TrustStore.load(path)
     if args.trust_cmd in ("add", "remove", "threshold"):
-        if args.trust_cmd == "add":
-            key = load_public_key(args.pub)
-            new = store.add(key, args.ops, args.label or Path(args.pub).stem)
-            change: dict[str, Any] = {"keyid": key.keyid, "ops": list(args.ops)}
-            done = f"trusted {key.keyid} for {', '.join(args.ops)}"
-        elif args.trust_cmd == "remove":
-            new = store.remove(args.keyid)
-            change, done = {"keyid": args.keyid}, f"removed {args.keyid}"
-        else:
-            new = store.with_threshold(args.k)
-            change, done = {}, f"threshold set to {args.k}"
         if not path.parent.is_dir():  # refused before the journal records a change never made
             raise PolicyError(f"trust store {str(path)!r}: its folder does not exist; create it (writable only "
                               "by operators) first")
-        # Who may ship code into the engine is the most security-relevant setting there is:
-        # journaled first (a kill before the save over-reports, never hides a change).
-        home.initialise(policy=config.security_policy())  # the first command on an empty home records it
-        journal = config.audit.journal(home.root, home.audit)
-        journal.record("TRUST_CHANGE", action=args.trust_cmd, threshold=new.threshold,
-                       pins=sorted(new.keys), store=str(path), operator="cli", **change)
-        if Path(getattr(journal, "path", "")) == home.audit:
-            home.register_journal()
-        new.save(path)
-        config.hotpatch.trust_path(home)  # records a store outside the home, now that it exists
-        print(done)
+        with _locked(path):
+            return _change(args, home, config, path)
+    store = TrustStore.load(path)
+    data = store.to_json()
+    if args.json:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
     else:
-        data = store.to_json()
-        if args.json:
-            json.dump(data, sys.stdout, indent=2)
-            sys.stdout.write("\n")
-        else:
-            print(f"threshold {store.threshold}")
-            for k in store.keys.values():
-                print(f"  {k.keyid}  {k.label:<16} ops: {', '.join(k.ops)}")
+        print(f"threshold {store.threshold}")
+        for k in store.keys.values():
+            print(f"  {k.keyid}  {k.label:<16} ops: {', '.join(k.ops)}")
+    return 0
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the trust store's lock file: two commands racing would each save their own change
+    over a store loaded before the other's (a pin ``remove`` reported done, yet still pinned)."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise PolicyError(f"trust store lock {str(lock)!r}: cannot open ({exc.strerror or type(exc).__name__})") \
+            from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _change(args: argparse.Namespace, home: Home, config: XpsConfig, path: Path) -> int:
+    """add / remove / threshold, under the lock: load, journal, save."""
+    store = TrustStore.load(path)
+    if args.trust_cmd == "add":
+        key = load_public_key(args.pub)
+        new = store.add(key, args.ops, args.label or Path(args.pub).stem)
+        change: dict[str, Any] = {"keyid": key.keyid, "ops": list(args.ops)}
+        done = f"trusted {key.keyid} for {', '.join(args.ops)}"
+    elif args.trust_cmd == "remove":
+        new = store.remove(args.keyid)
+        change, done = {"keyid": args.keyid}, f"removed {args.keyid}"
+    else:
+        new = store.with_threshold(args.k)
+        change, done = {}, f"threshold set to {args.k}"
+    # Who may ship code into the engine is the most security-relevant setting there is:
+    # journaled first (a kill before the save over-reports, never hides a change).
+    home.initialise(policy=config.security_policy())  # the first command on an empty home records it
+    journal = config.audit.journal(home.root, home.audit)
+    journal.record("TRUST_CHANGE", action=args.trust_cmd, threshold=new.threshold,
+                   pins=sorted(new.keys), store=str(path), operator="cli", **change)
+    if Path(getattr(journal, "path", "")) == home.audit:
+        home.register_journal()
+    new.save(path)
+    config.hotpatch.trust_path(home)  # records a store outside the home, now that it exists
+    print(done)
     return 0
 
 
