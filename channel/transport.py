@@ -191,9 +191,10 @@ class Transport:
         try:
             if self.closed_by_peer:
                 raise PolicyError("channel: a record after the peer's CLOSE", reason="malformed")
-            if len(body) < MIN_RECORD:
+            n = len(body)
+            if n < MIN_RECORD:
                 raise AuthError("record: shorter than a type byte and a tag", reason="truncated")
-            left = self._recv_left - len(body)
+            left = self._recv_left - n
             if left < 0:
                 raise PolicyError(f"record: the peer's key carried more than {RECV_BYTES_PER_KEY} bytes without a "
                                   "KEY_UPDATE (a sender never goes past it)", reason="policy")
