@@ -32,6 +32,7 @@ from xpscerpto._config_fields import (
     parse_size,
     positive,
     seconds_out,
+    show,
     str_list,
 )
 from xpscerpto.errors import PolicyError
@@ -176,7 +177,7 @@ def _frame(value: object, key: str) -> int:
     size = parse_size(value, key)
     if not _MIN_FRAME <= size <= _NOISE_MAX:
         raise PolicyError(f"config key {key!r}: must be in {_MIN_FRAME}..{_NOISE_MAX} bytes (Noise's limit), got "
-                          f"{size}")
+                          f"{show(size)}")
     return size
 
 

@@ -341,7 +341,9 @@ def test_channel_config_refuses_bad_values(kwargs: dict[str, Any], field: str) -
                                           ({"rekey_messages": 1 << 33}, "'crypto.tls.rekey_messages'"),
                                           ({"max_pending_per_source": 0}, "'crypto.tls.max_pending_per_source'"),
                                           ({"max_pending_per_source": "2"},
-                                           "'crypto.tls.max_pending_per_source'")])
+                                           "'crypto.tls.max_pending_per_source'"),
+                                          # Past 4300 digits an int cannot even be printed: described.
+                                          ({"max_frame": 10**5000}, "'crypto.tls.max_frame'.*5000 digits")])
 def test_channel_config_from_a_file_names_the_key_as_the_file_spells_it(doc: dict[str, Any], key: str) -> None:
     with pytest.raises(xps.PolicyError, match=key):
         ChannelConfig.from_document(doc)
