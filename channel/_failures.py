@@ -96,8 +96,10 @@ class FailureLog:
             self.failures[reason] += 1
             self.outcomes[(is_pq(protocol), reason)] += 1
         if self.audit is not None:
-            # The caller's error stands whatever happens to the record (full disk, tampered log).
-            with contextlib.suppress(XpsError, OSError):
+            # The caller's error stands whatever happens to the record (full disk, tampered log,
+            # a journal tail nested so deep that reading it raised RecursionError): Exception, so
+            # KeyboardInterrupt and SystemExit still reach the service.
+            with contextlib.suppress(Exception):
                 self.audit.record_rate_limited(EVENT, "channel", self.per_minute, role=role, reason=reason,
                                                code=str(code), protocol=protocol, peer=peer)
         return reason

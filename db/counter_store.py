@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +32,7 @@ from .postgres import Database
 __all__ = ["CounterShare", "CounterStore", "Series", "series_rows"]
 
 Labels = tuple[tuple[str, str], ...]
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 #: name -> {labels: value}, the shape of ``Metrics.snapshot()``.
 Series = Mapping[str, Mapping[Labels, float]]
 
@@ -39,14 +41,15 @@ class CounterStore:
     """This process's rows in ``xps_counters``, and sums over everyone's.
 
     Raises:
-        PolicyError: the schema lacks migration 6 (names ``xps db migrate``).
+        PolicyError: the schema lacks migration 6 (names ``xps db migrate``), or ``instance`` or
+            ``node`` is not text PostgreSQL stores (a NUL, a lone surrogate, over 255 characters).
     """
 
     def __init__(self, database: Database, *, instance: str, node: str) -> None:
+        self.instance = _text("instance", instance, 300)  # node#random
+        self.node = _text("node", node)
         require(database, 6, "counters database")
         self.database = database
-        self.instance = instance
-        self.node = node
 
     def publish(self, series: Series) -> int:
         """Write this process's current values (one transaction); returns the rows written.
@@ -94,22 +97,41 @@ def series_rows(series: object) -> list[tuple[str, str, float]]:
         raise PolicyError(f"series: expected a mapping of counter names, got {type(series).__name__}")
     rows = []
     for name, by_labels in series.items():
-        if not isinstance(name, str) or not isinstance(by_labels, Mapping):
-            raise PolicyError("series: expected counter name (str) -> {labels: value}")
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or not isinstance(by_labels, Mapping):
+            raise PolicyError("series: expected counter name (letters, digits, '_', ':') -> {labels: value}")
         for labels, value in by_labels.items():
             if not isinstance(labels, tuple) or not all(
                     isinstance(p, tuple) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in labels):
                 raise PolicyError("series: labels must be a tuple of (name, value) string pairs")
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-                rows.append((name, json.dumps([list(p) for p in labels]), float(value)))
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            try:  # an int past float's range: math.isfinite and float() raise OverflowError
+                number = float(value)
+            except OverflowError:
+                raise PolicyError("series: a value is too large for a float") from None
+            if math.isfinite(number):
+                # json.dumps escapes lone surrogates and NULs: the JSON text is plain ASCII.
+                rows.append((name, json.dumps([list(p) for p in labels]), number))
     return rows
+
+
+def _text(field: str, value: object, limit: int = 255) -> str:
+    # The driver's UTF-8 encoding refuses a lone surrogate and PostgreSQL's text a NUL: refused
+    # here, typed, instead of failing every publish with a UnicodeEncodeError or a DataError.
+    if isinstance(value, str) and 1 <= len(value) <= limit and "\x00" not in value:
+        with contextlib.suppress(UnicodeEncodeError):
+            value.encode("utf-8")
+            return value
+    raise PolicyError(f"{field}: expected 1 to {limit} characters of text (no NUL, no lone surrogate)")
 
 
 def _labels(text: str) -> dict[str, str] | None:
     """The labels as :meth:`CounterStore.publish` wrote them (a list of [name, value]), or None."""
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, TypeError, RecursionError, MemoryError):
+        # RecursionError: a database writer's '[[[[…' 100,000 deep must count for nothing, like
+        # other rows edited outside xps, not fail every canary tick that reads the totals.
         return None
     if not isinstance(data, list) or not all(
             isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in data):
@@ -137,6 +159,7 @@ class CounterShare:
     def __init__(self, database: str, *, node: str, read: Callable[[], Series], every: float = 5.0) -> None:
         if isinstance(every, bool) or not isinstance(every, int | float) or not 0.05 <= every <= 3600:
             raise PolicyError("every: expected seconds between 0.05 and 3600")
+        _text("node", node)  # before a connection is opened, so a refusal leaves none open
         from .migrations import open_migrated
 
         self.store = CounterStore(open_migrated(database, 6, "counters database"),
@@ -158,11 +181,17 @@ class CounterShare:
     def stop(self) -> None:
         """Publish a last time (best effort), stop, and close the connections."""
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
-        with contextlib.suppress(XpsError):
-            self.publish()
-        self.store.database.close()
+        try:
+            if self._thread.is_alive():
+                self._thread.join(timeout=10)
+            try:
+                self.publish()
+            except XpsError as exc:
+                self.last_error = str(exc)
+            except Exception as exc:  # a failing read at shutdown must not keep the connection open
+                self.last_error = f"XPS_ERR_INTERNAL: {type(exc).__name__}"
+        finally:
+            self.store.database.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from xpscerpto.errors import PolicyError
 
 __all__ = ["COUNTERS", "Metrics"]
 
@@ -38,6 +41,25 @@ COUNTERS = {
 }
 
 Labels = tuple[tuple[str, str], ...]
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def clean_value(value: str) -> str:
+    """``value`` as UTF-8 can carry it (a lone surrogate becomes ``\\udcff``)."""
+    # argv and file names decode invalid bytes to lone surrogates; one such label value made
+    # every later scrape fail to encode (found by a review), so it is escaped once, here.
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _clean(labels: Mapping[str, object]) -> Labels:
+    pairs = []
+    for key, value in labels.items():
+        if not _LABEL_NAME.fullmatch(key) or not isinstance(value, str):
+            raise PolicyError("labels: expected names of letters, digits and '_' with str values")
+        pairs.append((key, clean_value(value)))
+    return tuple(sorted(pairs))
 
 
 class Metrics:
@@ -58,22 +80,33 @@ class Metrics:
         return found
 
     def inc(self, name: str, **labels: str) -> None:
-        """Add one to counter ``name`` with ``labels`` (off the call path)."""
-        if name not in COUNTERS:
-            raise ValueError(f"unknown counter {name!r}")
-        next(self._counter(name, tuple(sorted(labels.items()))))
+        """Add one to counter ``name`` with ``labels`` (off the call path).
+
+        Raises:
+            PolicyError: ``name`` is not in :data:`COUNTERS`, or a label is not name=str.
+        """
+        if not isinstance(name, str) or name not in COUNTERS:
+            raise PolicyError("name: not one of the counters in COUNTERS")
+        next(self._counter(name, _clean(labels)))
 
     def operation_counter(self, operation: str, provider: str) -> Callable[[], int]:
         """The tick of (operation, provider): pass this method as ``Engine(count=…)``."""
-        return self._counter("xps_operations_total", (("operation", operation), ("provider", provider))).__next__
+        labels = _clean({"operation": str(operation), "provider": str(provider)})
+        return self._counter("xps_operations_total", labels).__next__
 
     def gauge(self, name: str, read: Callable[[], float]) -> None:
-        """A value read at scrape time (e.g. the routing table's version)."""
+        """A value read at scrape time (e.g. the routing table's version).
+
+        Raises:
+            PolicyError: ``name`` is not a Prometheus metric name.
+        """
+        if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):
+            raise PolicyError("name: expected a metric name of letters, digits, '_' and ':'")
         self._gauges[name] = read
 
     def count(self, name: str, **labels: str) -> int:
         """The current value of one counter (0 if never incremented)."""
-        counter = self._counts.get((name, tuple(sorted(labels.items()))))
+        counter = self._counts.get((name, _clean(labels)))
         return 0 if counter is None else _value(counter)
 
     def snapshot(self) -> dict[str, dict[Labels, float]]:

@@ -84,3 +84,66 @@ def test_a_sharing_thread_publishes_keeps_going_through_an_outage_and_publishes_
     for every in (0, -1, True, "5", 10_000):
         with pytest.raises(PolicyError, match="every"):
             CounterShare(pg_dsn, node="x", read=m.snapshot, every=every)  # type: ignore[arg-type]
+
+
+def test_a_row_nested_past_the_recursion_limit_counts_for_nothing_instead_of_failing_the_reader(db: Database) -> None:
+    # Found by a review: '[' 100,000 deep made total() (the canary decision's read) raise
+    # RecursionError at every tick.
+    store = CounterStore(db, instance="a#1", node="a")
+    store.publish({NAME: {OK: 4}})
+    db.execute("INSERT INTO xps_counters (instance, node, name, labels, value) VALUES ('x', 'x', ?, ?, 99)",
+               (NAME, "[" * 100_000))
+    assert store.total(NAME) == 4
+    assert store.total(NAME) == 4  # and the next tick too
+
+
+def test_values_names_and_nodes_postgresql_cannot_take_are_refused_typed_naming_the_field(
+        pg_dsn: str, db: Database) -> None:
+    from xpscerpto.db.counter_store import CounterShare, series_rows
+    from xpscerpto.errors import PolicyError
+
+    with pytest.raises(PolicyError, match="series"):
+        series_rows({NAME: {OK: 10**400}})  # past float's range: not an OverflowError
+    store = CounterStore(db, instance="a#1", node="a")
+    for name in ("x\udcffy", "x\x00y", "sk_live 4111"):
+        with pytest.raises(PolicyError, match="series") as info:
+            store.publish({name: {(): 1}})
+        assert name not in str(info.value)
+    for node in ("a\udcffb", "a\x00b", "", "n" * 256):
+        with pytest.raises(PolicyError, match="node"):
+            CounterStore(db, instance="a#1", node=node)
+    before = _connections(db)
+    for node in ("a\udcffb", "a\x00b"):
+        with pytest.raises(PolicyError, match="node"):
+            CounterShare(pg_dsn, node=node, read=dict)
+    assert _connections(db) == before  # refused before a connection was opened
+    assert store.publish({NAME: {OK: 2}}) == 1 and store.total(NAME) == 2
+
+
+def _connections(db: Database) -> int:
+    row = db.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                     "AND pid <> pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_stop_closes_the_connection_even_when_the_last_read_fails(pg_dsn: str, db: Database) -> None:
+    # Found by a review: a read() raising KeyError at the last publish escaped stop() and left
+    # the sharing connection open.
+    from xpscerpto.db.counter_store import CounterShare
+
+    from tests.capsules.test_watch import wait_for
+
+    failing = [False]
+
+    def read() -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+        if failing[0]:
+            raise KeyError("labels")
+        return {"xps_swaps_total": {(): 1}}
+
+    share = CounterShare(pg_dsn, node="n1", read=read, every=0.05).start()
+    wait_for(lambda: _connections(db) == 1, "the sharing connection")
+    failing[0] = True
+    share.stop()  # does not raise
+    assert share.last_error == "XPS_ERR_INTERNAL: KeyError"
+    wait_for(lambda: _connections(db) == 0, "the sharing connection closed")
