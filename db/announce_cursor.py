@@ -1,14 +1,21 @@
-"""Where a node's announcement follower got to: the newest capsule event it has acted on.
+"""Where a node's announcements stand: the last capsule event it followed, and what it has yet to
+announce.
 
-Kept in the home (``announce.json``, the ``announce_cursor`` store) so that a restarted node
-resumes after the events it followed instead of reading the whole table again. Together with
-event signatures that name the event's id, this is what makes a copied event worthless: a
-re-inserted row gets a new id, which its signature does not name, and an old id is behind
-every follower's cursor.
+Kept in the home (``announce.json``, the ``announce_cursor`` store):
 
-A missing file in a home that never recorded one is "from the start"; once recorded, a
-missing, empty or malformed file -- or one written for another node or database -- is a
-refusal, never a silent restart from zero.
+- ``seen``: the newest event id this node acted on. A restarted node resumes after it instead of
+  reading the whole table again. Together with event signatures that name the event's id, this
+  makes a copied event worthless: a re-inserted row gets a new id, which its signature does not
+  name, and an old id is behind every follower's cursor.
+- ``pending``: this node's own changes not yet in the table (the outbox). A change is written
+  here when the updater reports it, and taken out once its event is committed, so one made
+  while the database was away, or just before a kill -9, is announced after the restart. A
+  crash between the commit and taking it out announces it twice, which followers treat as once
+  (an enable of an active capsule, or a rollback of an inactive one, does nothing).
+
+A missing file in a home that never recorded one is "from the start, nothing pending"; once
+recorded, a missing, empty or malformed file -- or one written for another node or database --
+is a refusal, never a silent restart from zero.
 
 Example:
     >>> cursor = AnnounceCursor(home, node="node-a", database="postgresql://db/xps")  # doctest: +SKIP
@@ -19,20 +26,28 @@ Example:
 from __future__ import annotations
 
 import json
+import threading
 
 from xpscerpto._atomic import atomic_write
 from xpscerpto._stored_file import read_stored
 from xpscerpto.errors import PolicyError, UpdateError
 from xpscerpto.home import STORES, Home
 
-__all__ = ["FORMAT", "AnnounceCursor"]
+__all__ = ["FORMAT", "MAX_PENDING", "AnnounceCursor", "Pending"]
 
 FORMAT = "xps-announce-cursor/1"
+#: Changes kept for announcing at most; beyond, the oldest is dropped (and the drop reported).
+MAX_PENDING = 1000
 _MAX_ID = (1 << 63) - 1  # a bigserial
+_MAX_TEXT = 256
+#: (action, sha256, name, version) of one change to announce.
+Pending = tuple[str, str, str, str]
 
 
 class AnnounceCursor:
-    """The last capsule event id one node followed, in its home.
+    """The last capsule event id one node followed, and its changes not yet announced.
+
+    Thread-safe: the updater's thread adds changes while the announcer's thread follows.
 
     Args:
         home: the node's home.
@@ -47,16 +62,19 @@ class AnnounceCursor:
         self.home, self.node, self.database = home, node, database
         self.path = home.root / STORES["announce_cursor"][0]
         self._new = home.check_store("announce_cursor")
+        self._lock = threading.Lock()
+        self._seen = 0
+        self.pending: list[Pending] = []
 
     def load(self) -> int:
-        """The last event id followed (0: none yet).
+        """Read the file: the last event id followed (0: none yet); :attr:`pending` is filled.
 
         Raises:
             PolicyError: the file is unreadable, malformed, or another node's or database's.
         """
         restore = STORES["announce_cursor"][1]
         try:
-            raw = read_stored(self.path, 4096)
+            raw = read_stored(self.path, 1 << 20)
         except FileNotFoundError:
             if self._new and not self.home.store_exists("announce_cursor"):
                 return 0
@@ -66,15 +84,19 @@ class AnnounceCursor:
             raise PolicyError(f"announce cursor {str(self.path)!r}: unreadable ({exc.strerror}); {restore}") from None
         try:
             doc = json.loads(raw)
-            seen = doc["seen"]
+            seen, pending = doc["seen"], doc["pending"]
             if not isinstance(doc, dict) or doc.get("format") != FORMAT or type(seen) is not int \
-                    or not 0 <= seen <= _MAX_ID:
+                    or not 0 <= seen <= _MAX_ID or not isinstance(pending, list) or len(pending) > MAX_PENDING \
+                    or not all(_is_pending(p) for p in pending):
                 raise ValueError
         except (ValueError, TypeError, KeyError, RecursionError):
             raise PolicyError(f"announce cursor {str(self.path)!r}: malformed (damaged?); {restore}") from None
         if doc.get("node") != self.node or doc.get("database") != self.database:
             raise PolicyError(f"announce cursor {str(self.path)!r}: written for another node or database than "
                               f"node {self.node!r} on {self.database}; a home follows one fleet under one name")
+        with self._lock:
+            self._seen = seen
+            self.pending = [(p[0], p[1], p[2], p[3]) for p in pending]
         return seen
 
     def save(self, seen: int) -> None:
@@ -83,7 +105,39 @@ class AnnounceCursor:
         Raises:
             UpdateError: the file cannot be written (``io``); the events are followed again later.
         """
-        doc = {"format": FORMAT, "node": self.node, "database": self.database, "seen": seen}
+        with self._lock:
+            self._seen = seen
+            self._write()
+
+    def add(self, item: Pending) -> bool:
+        """Keep ``item`` for announcing; False if the oldest pending change had to be dropped.
+
+        Raises:
+            UpdateError: the file cannot be written (the change is then announced only if this
+                process lives until the database answers).
+        """
+        with self._lock:
+            self.pending.append(item)
+            dropped = len(self.pending) > MAX_PENDING
+            if dropped:
+                del self.pending[0]
+            self._write()
+            return not dropped
+
+    def done(self, item: Pending) -> None:
+        """``item`` is in the table: take it out (the first one equal to it).
+
+        Raises:
+            UpdateError: the file cannot be written (then it is announced again after a restart).
+        """
+        with self._lock:
+            if item in self.pending:
+                self.pending.remove(item)
+                self._write()
+
+    def _write(self) -> None:
+        doc = {"format": FORMAT, "node": self.node, "database": self.database, "seen": self._seen,
+               "pending": [list(p) for p in self.pending]}
         try:
             atomic_write(self.path, json.dumps(doc, sort_keys=True).encode() + b"\n")
         except OSError as exc:
@@ -92,3 +146,9 @@ class AnnounceCursor:
         if self._new and self.home.record_path.exists():
             self.home.register_store("announce_cursor")
             self._new = False
+
+
+def _is_pending(value: object) -> bool:
+    return isinstance(value, list) and len(value) == 4 and value[0] in ("enable", "rollback") \
+        and all(isinstance(v, str) and 0 < len(v) <= _MAX_TEXT for v in value) \
+        and len(value[1]) == 64 and all(c in "0123456789abcdef" for c in value[1])

@@ -23,8 +23,10 @@ writer cannot replay a rollback after an operator brought the capsule back. A re
 resumes after the events it followed.
 
 What a node does because of an announcement is not announced again (operator
-``announce:NODE``), so the fleet converges without echo. Announcing never blocks an update: the
-updater's listener only enqueues; this object's thread talks to the database.
+``announce:NODE``), so the fleet converges without echo. Announcing never blocks an update on
+the database: the updater's listener writes the change to the home's outbox (``announce.json``)
+and enqueues it; this object's thread talks to the database, in order, and retries the first
+change until it is committed.
 
 Example:
     >>> Announcer("postgresql://db/xps", updater, node="node-a").start()   # doctest: +SKIP
@@ -34,8 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import queue
 import threading
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -45,7 +47,7 @@ from xpscerpto.audit.journal import STATEMENT_PREFIX
 from xpscerpto.capsules.updater import Updater
 from xpscerpto.errors import PolicyError, XpsError
 
-from .announce_cursor import AnnounceCursor
+from .announce_cursor import AnnounceCursor, Pending
 from .migrations import open_migrated
 
 __all__ = ["CHANNEL", "PREFIX", "Announcer"]
@@ -93,7 +95,8 @@ class Announcer:
         self.updater = updater
         self.node = node
         self.poll = poll
-        self._outgoing: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        # This node's changes to announce, oldest first; the cursor file keeps a copy (the outbox).
+        self._outgoing: deque[Pending] = deque(self._cursor.pending)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"xps-announce-{node}", daemon=True)
@@ -105,11 +108,23 @@ class Announcer:
         if operator.startswith(PREFIX):
             return  # we did this because another node announced it
         if event == "PATCH_ENABLE":
-            self._outgoing.put(("enable", dict(fields)))
+            action = "enable"
         elif event == "PATCH_ROLLBACK" and "to" in fields and "phase" not in fields:
-            self._outgoing.put(("rollback", dict(fields)))  # a real rollback, not a trial's refusal
+            action = "rollback"  # a real rollback, not a trial's refusal
         else:
             return
+        item = (action, str(fields.get("sha256", "")), str(fields.get("name", "")), str(fields.get("version", "")))
+        if not _is_sha256(item[1]) or not all(0 < len(f) <= 256 for f in item[2:]):
+            self.last_error = "XPS_ERR_INTERNAL: announcements: a change without a readable capsule; not announced"
+            return
+        # Into the outbox file first: a change made while the database is away, or just before a
+        # kill -9, is announced after the restart instead of being lost with this process.
+        try:
+            if not self._cursor.add(item):
+                self.last_error = "XPS_ERR_UPDATE: announcements: too many waiting; the oldest was dropped"
+        except XpsError as exc:  # the updater's change stands: announced if this process lives on
+            self.last_error = str(exc)
+        self._outgoing.append(item)
         self._wake.set()
 
     def start(self) -> Announcer:
@@ -150,20 +165,32 @@ class Announcer:
             self._wake.clear()
 
     def _publish(self) -> None:
-        while True:
+        while self._outgoing:
+            item = self._outgoing[0]
+            # In order, the first one again at the next round if it fails: an enable and the
+            # rollback after it must reach the table in that order (putting the failed one at the
+            # back swapped them, and the fleet then followed the enable).
+            raw = None
+            if item[0] == "enable":
+                try:
+                    raw = self.updater.store.get(item[1])
+                except XpsError as exc:
+                    # Its bytes are gone from this home (a damaged store): there is nothing to
+                    # announce, and the changes after it must not wait on it for ever.
+                    self.last_error = f"{exc.code}: announcements: capsule {item[1][:12]} not announced " \
+                                      "(its stored bytes are unreadable)"
+                    self._outgoing.popleft()
+                    with contextlib.suppress(XpsError):
+                        self._cursor.done(item)
+                    continue
+            self._announce(*item, raw)
+            self._outgoing.popleft()
             try:
-                action, fields = self._outgoing.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                self._announce(action, fields)
-            except XpsError:
-                self._outgoing.put((action, fields))  # again at the next round
-                raise
+                self._cursor.done(item)
+            except XpsError as exc:  # announced again after a restart: followers treat it as once
+                self.last_error = str(exc)
 
-    def _announce(self, action: str, fields: Mapping[str, Any]) -> None:
-        sha, name, version = str(fields["sha256"]), str(fields["name"]), str(fields["version"])
-        raw = self.updater.store.get(sha) if action == "enable" else None
+    def _announce(self, action: str, sha: str, name: str, version: str, raw: bytes | None) -> None:
         with self.database.transaction() as tx:
             if raw is not None:
                 tx.execute("INSERT INTO xps_capsules (sha256, raw, name, version, node) VALUES (?, ?, ?, ?, ?) "

@@ -444,3 +444,60 @@ def test_a_cursor_past_the_newest_event_is_refused_at_start(publisher: Publisher
             late.database.close()
     finally:
         b.close()
+
+
+def _table_away(dsn: str, away: bool) -> None:
+    """Make the events table unreachable for writers (a real database error), or bring it back."""
+    db = Database(dsn)
+    try:
+        if away:
+            db.execute("ALTER TABLE xps_capsule_events RENAME TO xps_capsule_events_away")
+        else:
+            db.execute("ALTER TABLE xps_capsule_events_away RENAME TO xps_capsule_events")
+    finally:
+        db.close()
+
+
+def test_changes_made_while_the_database_is_away_survive_a_restart_and_keep_their_order(
+        publisher: Publisher, pg_dsn: str) -> None:
+    # The outgoing queue was in memory: a change made while the database refused writes, or just
+    # before a kill -9, was never announced; and a failed announcement went to the back of the
+    # queue, so an enable and its rollback could reach the table swapped.
+    a = _updater(xps.Engine(), publisher.home)
+    _journal_key(a)
+    first = Announcer(pg_dsn, a, node="a", poll=0.2).start()
+    _table_away(pg_dsn, True)
+    try:
+        v1 = a.apply(publisher.capsule("1.0.0"))
+        a.rollback(OP, operator="ops")
+        v2 = a.apply(publisher.capsule("2.0.0"))
+        wait_for(lambda: first.last_error is not None, "an announcement to fail")
+        time.sleep(0.7)  # a few more failing rounds
+        pending = json.loads((publisher.home.root / "announce.json").read_text())["pending"]
+        assert [(p[0], p[1]) for p in pending] == [("enable", v1.sha256), ("rollback", v1.sha256),
+                                                   ("enable", v2.sha256)]
+    finally:
+        first.stop()  # the process ends here: its in-memory queue is gone
+        _table_away(pg_dsn, False)
+    again = Announcer(pg_dsn, a, node="a", poll=0.2).start()  # the restart
+    try:
+        wait_for(lambda: _announced(pg_dsn) == 3, "the three changes to be announced after the restart")
+        db = Database(pg_dsn)
+        try:
+            rows = db.execute("SELECT action, sha256 FROM xps_capsule_events ORDER BY id").fetchall()
+        finally:
+            db.close()
+        assert rows == [("enable", v1.sha256), ("rollback", v1.sha256), ("enable", v2.sha256)]
+        wait_for(lambda: not json.loads((publisher.home.root / "announce.json").read_text())["pending"],
+                 "the outbox to empty")
+    finally:
+        again.stop()
+    eng_b, b = _other_node(publisher, "home-b")
+    late = Announcer(pg_dsn, b, node="b", poll=0.2, peers=[_journal_key(a)]).start()
+    try:
+        wait_for(lambda: [x.sha256 for x in b.state.active] == [v2.sha256], "node b to end on 2.0.0")
+        assert eng_b.table.provider_for(OP) == v2.name
+    finally:
+        late.stop()
+        a.close()
+        b.close()
