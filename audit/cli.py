@@ -80,9 +80,14 @@ def _public_key(text: str) -> bytes:
 def _anchor(text: str) -> tuple[int, str]:
     """``--anchor``: ``SEQ:HASH`` as ``xps audit anchor`` prints it."""
     seq, _, digest = text.strip().partition(":")
-    if not seq.isdigit() or len(seq) > 19 or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+    # isdigit() alone also takes superscripts (which int() then rejects, untyped) and other
+    # scripts' digits (which int() reads as numbers the operator never typed).
+    if (not (seq.isascii() and seq.isdigit()) or len(seq) > 19 or len(digest) != 64
+            or any(c not in "0123456789abcdef" for c in digest)):
         raise PolicyError(f"--anchor: expected SEQ:HASH (a record number and 64 lowercase hex digits), got "
                           f"{len(text)} characters")
+    if int(seq) == 0 and digest != "0" * 64:
+        raise PolicyError("--anchor: seq 0 (an empty journal) has the hash 000…0; any other is no anchor")
     return int(seq), digest
 
 

@@ -15,14 +15,28 @@ after the record they changed — that is what the checkpoints are for: after ev
 signature over the seq and hash of the record before it (:func:`checkpoint_message`).
 
 Where the checkpoints are is a pure function of ``seq``: exactly the seqs that are multiples
-of ``checkpoint_every + 1`` hold one (with the default 100: 101, 202, …), and each records the
-interval it was written with in its ``every`` field. :meth:`AuditLog.verify` checks this both
-ways against *its own* interval (the instance's ``checkpoint_every`` unless given): a due seq
-holding another event is ``"missing checkpoint"``, a CHECKPOINT anywhere else is
-``"unexpected checkpoint"``, an ``every`` that differs is ``"checkpoint interval"``. So
-stripping the checkpoints and re-chaining the hashes does not verify. ``every`` is not signed
-and never widens what is accepted; it only names a writer/verifier mismatch — verify with the
-interval the writers use.
+of the interval + 1 hold one (with the default 100: 101, 202, …), and each records the
+interval it was written with in its ``every`` field (covered by the record's own signature).
+
+**One journal, one interval.** The interval is the journal's, not each writer's: the
+configured ``checkpoint_every`` (``audit.checkpoint_every``) applies only to a journal that
+has no checkpoint yet. Once one exists, every writer keeps the ``every`` of the newest
+checkpoint, whatever it is configured with — a command run without the writers'
+configuration must not write a second interval into the journal, which would then verify
+under none. A journal without a checkpoint whose length already passed a position due under
+the configured interval was written with a larger one (or stripped of its checkpoints); a
+writer refuses to append to it (:class:`PolicyError`, reason ``checkpoint-interval``) rather
+than make it unverifiable.
+
+:meth:`AuditLog.verify` checks positions both ways against one interval: the journal's (the
+``every`` of its first checkpoint; the instance's ``checkpoint_every`` while there is none),
+or the caller's when ``verify(checkpoint_every=…)`` asks for it explicitly. A due seq holding
+another event is ``"missing checkpoint"``, a CHECKPOINT anywhere else is ``"unexpected
+checkpoint"``, an ``every`` that differs is ``"checkpoint interval"``. The first checkpoint
+must sit at the first position due under its own ``every``, so that field cannot be changed
+to widen what is accepted; stripping every checkpoint and re-chaining falls back to the
+configured interval and is ``"missing checkpoint"`` once the journal is longer than it. An
+interval that differs from the configured one is a warning, not an error.
 
 A checkpoint is only as strong as the secrecy of its key, and **by default the key lives next
 to the log** (``audit.key``, 0600, beside ``audit.pub``). Whoever can write the home can
@@ -84,6 +98,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -98,11 +113,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from xpscerpto._atomic import create_exclusive, fsync_dir
+from xpscerpto._stored_file import read_stored
 from xpscerpto.errors import ErrorCode, InternalError, KeyError_, PolicyError, XpsError
 from xpscerpto.secret import SecretBytes
 
@@ -121,6 +137,9 @@ __all__ = [
 #: ``prev`` of the first record.
 GENESIS = "0" * 64
 CHECKPOINT = "CHECKPOINT"
+# A checkpoint's line holds this (canonical JSON has no spaces); lines without it are not parsed
+# when looking for one.
+_CHECKPOINT_NEEDLE = b'"event":"CHECKPOINT"'
 REPAIRED = "AUDIT_REPAIRED"
 #: Keys the journal sets itself; a caller passing one would forge the chain's own fields.
 _RESERVED_FIELDS = frozenset({"seq", "time", "event", "prev", "hash", "rsig", "suppressed"})
@@ -136,13 +155,23 @@ _HEX128 = re.compile(r"[0-9a-f]{128}")
 #: One record (one line) at most; bounds memory for readers and keeps appends small.
 MAX_RECORD_BYTES = 64 * 1024
 _MAX_DEPTH = 16
+# The interpreter refuses to print ints of more than 4300 digits (and may be set as low as 640):
+# 2048 bits is about 617 digits.
+_MAX_INT_BITS = 2048
+# A field name as code writes one: short and without a run of digits, so a refusal never
+# carries a token passed as a name (``**{"sk_live_4111…": …}``).
+_FIELD_NAME = re.compile(r"(?![a-z0-9_]*[0-9]{4})[a-z][a-z0-9_]{0,31}")
 #: Rate-limit windows kept per process; beyond this, new (event, bucket) pairs share one
 #: overflow window so an attacker varying the bucket (e.g. a peer id) cannot exhaust memory.
 _MAX_BUCKETS = 1024
 _WINDOW_SECONDS = 60.0
 _CHUNK = 64 * 1024
 _FORBIDDEN = (bytes, bytearray, memoryview, SecretBytes)
-_OPEN_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW
+# O_NONBLOCK: opening a FIFO planted at one of the journal's paths returns at once instead of
+# waiting for a writer that never comes; on the regular files we accept it changes nothing.
+_OPEN_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+#: A ``.pub`` is 64 hex digits and a newline; anything far bigger is not one.
+_MAX_PUB_BYTES = 4096
 
 
 class AuditTampered(XpsError):
@@ -238,11 +267,13 @@ def checkpoint_message(signed_seq: int, signed_hash: str) -> bytes:
 
 
 def read_public_key(path: str | Path) -> bytes:
-    """Read a ``.pub`` file (64 hex digits) as 32 raw bytes; :class:`KeyError_` if it is not one."""
+    """Read a ``.pub`` file (64 hex digits) as 32 raw bytes; :class:`KeyError_` if it is not one
+    (missing, unreadable, a directory or FIFO, or not 64 hex digits)."""
     try:
-        text = Path(path).read_text(encoding="ascii").strip()
+        text = read_stored(Path(path), _MAX_PUB_BYTES).decode("ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise KeyError_(f"audit public key {path}: cannot read it ({type(exc).__name__})") from exc
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise KeyError_(f"audit public key {path}: cannot read it ({why})") from exc
     if not _HEX64.fullmatch(text):
         raise KeyError_(f"audit public key {path}: expected 64 lowercase hex digits")
     return bytes.fromhex(text)
@@ -250,6 +281,23 @@ def read_public_key(path: str | Path) -> bytes:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _open_regular(path: Path, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that accepts only a regular file.
+
+    A directory opens read-only and only fails at the first read (an untyped IsADirectoryError
+    far from here); a FIFO would be written into. Both are refused here as an ``OSError`` whose
+    ``strerror`` says so, for the caller's typed refusal; FileNotFoundError passes through.
+    """
+    fd = os.open(path, flags | _OPEN_FLAGS, mode)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _plain(value: Any, where: str, depth: int = 0) -> Any:
@@ -261,6 +309,11 @@ def _plain(value: Any, where: str, depth: int = 0) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
+        if value.bit_length() > _MAX_INT_BITS:
+            # Beyond the interpreter's int-to-text limit json.dumps raises an untyped ValueError;
+            # no count or size a caller audits comes near this anyway.
+            raise PolicyError(f"audit field {where}: int wider than {_MAX_INT_BITS} bits refused; record a "
+                              "hex digest or a str instead", reason="not-json")
         return int(value)  # IntEnum and friends become plain ints, as they would read back
     if isinstance(value, float):
         # JSON has no NaN/Infinity; a measurement that came out non-finite is kept as text
@@ -272,11 +325,12 @@ def _plain(value: Any, where: str, depth: int = 0) -> Any:
         raise PolicyError(f"audit field {where}: nested deeper than {_MAX_DEPTH} levels", reason="not-json")
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
-        for k, v in value.items():
+        for i, (k, v) in enumerate(value.items()):
             if not isinstance(k, str):
                 raise PolicyError(f"audit field {where}: mapping keys must be str, got {type(k).__name__}",
                                   reason="not-json")
-            out[str.__str__(k)] = _plain(v, f"{where}.{k}", depth + 1)
+            # A nested key is data (a token, a password as a dict key): named by its position.
+            out[str.__str__(k)] = _plain(v, f"{where}{{key {i}}}", depth + 1)
         return out
     if isinstance(value, list | tuple):
         return [_plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
@@ -293,11 +347,17 @@ def _check_event(event: Any) -> str:
     return str.__str__(event)
 
 
+def _field_name(key: str, index: int) -> str:
+    """How a refusal names a top-level field: its name when that looks like one (what the
+    caller's code wrote), else its position — ``**{secret: …}`` must not echo the secret."""
+    return key if _FIELD_NAME.fullmatch(key) else f"#{index}"
+
+
 def _check_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     clash = sorted(_RESERVED_FIELDS.intersection(fields))
     if clash:
         raise PolicyError(f"audit fields: {', '.join(clash)} are set by the journal itself", reason="reserved-field")
-    clean = {k: _plain(v, k) for k, v in fields.items()}
+    clean = {k: _plain(v, _field_name(k, i)) for i, (k, v) in enumerate(fields.items())}
     # Checked before the log is touched; the margin covers seq, time, event, prev and hash.
     if len(_canonical(clean)) > MAX_RECORD_BYTES - 512:
         raise PolicyError(f"audit fields: larger than {MAX_RECORD_BYTES - 512} bytes once encoded", reason="too-large")
@@ -335,13 +395,49 @@ def _find_recent(fd: int, size: int, needle: bytes, cutoff: str) -> dict[str, An
     return None
 
 
+def _newest_checkpoint(fd: int, end: int) -> dict[str, Any] | None:
+    """The newest CHECKPOINT record in the first ``end`` bytes, searching backwards; None if none.
+
+    In a journal that verifies, at most ``every + 1`` records lie after it, so an append reads
+    little. A line too long to be a record is skipped without being held whole.
+    """
+    pos, carry = end, b""
+    while pos > 0:
+        start = max(0, pos - _CHUNK)
+        lines = (os.pread(fd, pos - start, start) + carry).split(b"\n")
+        carry, lines = (lines[0], lines[1:]) if start > 0 else (b"", lines)
+        if len(carry) > MAX_RECORD_BYTES:
+            carry = b"\x00"  # stands for the rest of an overlong line: never parses as a record
+        for line in reversed(lines):
+            if _CHECKPOINT_NEEDLE in line:
+                rec, _ = _parse_record(line)
+                if rec is not None and rec["event"] == CHECKPOINT:
+                    return rec
+        pos = start
+    return None
+
+
+def _first_checkpoint_every(lines: Iterable[bytes]) -> int | None:
+    """The ``every`` of the first CHECKPOINT record among ``lines``; None if there is none or it
+    records no valid interval."""
+    for raw in lines:
+        if _CHECKPOINT_NEEDLE in raw:
+            rec, _ = _parse_record(raw)
+            if rec is not None and rec["event"] == CHECKPOINT:
+                every = rec.get("every")
+                return every if _is_count(every) else None
+    return None
+
+
 def records_of(lines: Iterable[bytes | str]) -> list[dict[str, Any]]:
     """The JSON objects among ``lines`` (what :meth:`AuditLog.tail` shows; unparsable lines skipped)."""
     out = []
     for line in lines:
         try:
             rec = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError, MemoryError):
+            # Nesting deeper than the interpreter's stack or a line too big to hold is as
+            # unreadable as bad JSON; whoever can write one line must not crash every reader.
             continue
         if isinstance(rec, dict):
             out.append(rec)
@@ -356,6 +452,10 @@ def _parse_record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
         rec = json.loads(raw)
     except ValueError:
         return None, "not JSON"
+    except (RecursionError, MemoryError):
+        # One line of ``[[[[…`` (a few dozen KB) exhausts the parser's stack: a malformed line
+        # like any other, never an untyped crash of verify, record or tail.
+        return None, "not JSON (nested too deeply)"
     if not isinstance(rec, dict):
         return None, "not a JSON object"
     seq, h, prev = rec.get("seq"), rec.get("hash"), rec.get("prev")
@@ -367,7 +467,7 @@ def _parse_record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
         return None, "no event/time"
     try:
         canonical = _canonical(rec)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, "not canonical JSON"
     # Byte-exact canonical form: duplicate keys, re-spacing or re-escaping are edits too.
     if canonical != raw:
@@ -453,7 +553,10 @@ class AuditLog:
         None, lists, dicts). Bytes-like values and SecretBytes are refused. If the log ends in
         a torn line (a crash mid-append) it is repaired first and an ``AUDIT_REPAIRED``
         record says so. Raises :class:`AuditTampered` if the last line is not a record (the
-        chain cannot be continued — run :meth:`verify`), :class:`InternalError` on I/O errors.
+        chain cannot be continued — run :meth:`verify`), :class:`InternalError` on I/O errors
+        (or a log that is not a regular file), :class:`PolicyError` (``checkpoint-interval``) if
+        the journal has no checkpoint yet but already passed one due under ``checkpoint_every``
+        (see the module docs: a journal keeps one interval).
 
         Example:
             >>> import tempfile, pathlib
@@ -570,8 +673,10 @@ class AuditLog:
                     # Existing journal: a key problem must surface before anything is written. A
                     # new key is made only while no record was completed (a torn first write).
                     self._signing_key(create=_last_newline(fd, size) < 0)
+                # Before _head: a refusal must not have cut a torn tail off unrecorded.
+                every = self._journal_interval(fd, self._last_complete(fd, _last_newline(fd, size)).seq)
                 prefix, head, repair = self._head(fd, size)
-                written, main = self._build(head, repair, event, fields)
+                written, main = self._build(head, repair, event, fields, every=every)
                 data = prefix + b"".join(_canonical(r) + b"\n" for r in written)
                 end = os.fstat(fd).st_size
                 try:
@@ -596,13 +701,13 @@ class AuditLog:
             return main
 
     def _open_for_append(self) -> int:
-        flags = os.O_RDWR | os.O_APPEND | _OPEN_FLAGS
+        flags = os.O_RDWR | os.O_APPEND
         try:
             try:
-                return os.open(self.path, flags)
+                return _open_regular(self.path, flags)
             except FileNotFoundError:
                 self._refuse_restart("missing")  # before O_CREAT: a refusal leaves no empty log behind
-                return os.open(self.path, flags | os.O_CREAT, 0o600)
+                return _open_regular(self.path, flags | os.O_CREAT, 0o600)
         except OSError as exc:
             raise InternalError(f"audit journal {self.path}: cannot open ({exc.strerror})") from exc
 
@@ -668,8 +773,40 @@ class AuditLog:
                                 "continued — run verify")
         return _Head(rec["seq"], rec["hash"])
 
+    def _journal_interval(self, fd: int, head_seq: int) -> int:
+        """The checkpoint interval the next records keep (see the module docs).
+
+        A journal that has a checkpoint keeps the interval it records, whatever this writer is
+        configured with: positions are a pure function of seq, so a second interval in the same
+        journal would leave it verifying under none. Only a journal without one yet takes the
+        configured interval — unless a position due under it has already passed without a
+        checkpoint: the journal was written with a larger interval (or its checkpoints were
+        stripped), and continuing with ours would make it unverifiable, so that is refused.
+
+        Raises:
+            PolicyError: no checkpoint yet, and ``checkpoint_every`` does not fit the journal.
+        """
+        if head_seq == 0:
+            return self.checkpoint_every
+        newest = _newest_checkpoint(fd, os.fstat(fd).st_size)
+        if newest is not None:
+            every = newest.get("every")
+            # One that records no valid interval is damage for verify to report, not a reason
+            # to stop writing.
+            return every if _is_count(every) else self.checkpoint_every
+        if head_seq > self.checkpoint_every:
+            raise PolicyError(
+                f"checkpoint_every: {self.checkpoint_every} does not fit the audit journal {self.path}: its "
+                f"{head_seq} records hold no checkpoint, although one is due at seq {self.checkpoint_every + 1} "
+                f"with this interval, so its writers use an interval of at least {head_seq} (the default is 100); "
+                "configure theirs (or verify it: checkpoints may have been stripped)", reason="checkpoint-interval")
+        return self.checkpoint_every
+
     def _build(self, head: _Head, repair: dict[str, Any] | None, event: str,
-               fields: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+               fields: dict[str, Any], *, every: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The records to append after ``head``, with checkpoints every ``every`` records (the
+        journal's interval; ``None``: this instance's, for a backend that does not look it up)."""
+        every = self.checkpoint_every if every is None else every
         now = _now()
         out: list[dict[str, Any]] = []
         seq, prev = head.seq, head.hash
@@ -688,12 +825,12 @@ class AuditLog:
             return rec
 
         def checkpoint_if_due() -> None:
-            # Positions are a pure function of seq (see _checkpoint_due), so processes
-            # appending to the same log agree on them without any other shared state, and
-            # verify() can insist on them.
-            if _checkpoint_due(seq + 1, self.checkpoint_every):
+            # Positions are a pure function of seq and the journal's interval (see
+            # _checkpoint_due, _journal_interval), so processes appending to the same log agree
+            # on them without any other shared state, and verify() can insist on them.
+            if _checkpoint_due(seq + 1, every):
                 chain(CHECKPOINT, {"signed_seq": seq, "signed_hash": prev, "key": self._pub_hex,
-                                   "every": self.checkpoint_every,
+                                   "every": every,
                                    "sig": sk.sign(checkpoint_message(seq, prev)).hex()})
 
         # One owed by the journal as it stands: a crash that kept the record but not the
@@ -766,15 +903,20 @@ class AuditLog:
 
         Raises:
             AuditTampered: the last complete line is not a record, or the journal lost every
-                record (empty, or torn to less than one, beside its ``.pub``).
+                record (missing, empty, or torn to less than one, beside its ``.pub``).
             KeyError_: the signing key is missing, unreadable or does not match ``.pub``.
-            InternalError: the journal cannot be opened.
+            InternalError: the journal cannot be opened, or is not a regular file.
+            PolicyError: ``checkpoint_every`` does not fit a journal without checkpoints (as
+                :meth:`record` would refuse).
         """
         with self._lock:
             try:
-                fd = os.open(self.path, os.O_RDONLY | _OPEN_FLAGS)
+                fd = _open_regular(self.path, os.O_RDONLY)
             except FileNotFoundError:
-                return  # a new journal: the first record creates it and its key
+                # A new journal (the first record creates it and its key) — unless its .pub says
+                # it held records: then record() refuses, and so must this.
+                self._refuse_restart("missing")
+                return
             except OSError as exc:
                 raise InternalError(f"audit journal {self.path}: cannot open ({exc.strerror})") from exc
             try:
@@ -788,7 +930,7 @@ class AuditLog:
                         self._signing_key(create=False)
                     else:
                         self._refuse_restart("torn to less than one record")
-                    self._last_complete(fd, nl)
+                    self._journal_interval(fd, self._last_complete(fd, nl).seq)
             finally:
                 os.close(fd)
 
@@ -810,7 +952,7 @@ class AuditLog:
         if n <= 0:
             return []
         try:
-            fd = os.open(self.path, os.O_RDONLY | _OPEN_FLAGS)
+            fd = _open_regular(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -843,7 +985,7 @@ class AuditLog:
         """
         needle = _event_needle(event)
         try:
-            fd = os.open(self.path, os.O_RDONLY | _OPEN_FLAGS)
+            fd = _open_regular(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return False
         except OSError as exc:
@@ -878,11 +1020,14 @@ class AuditLog:
           ``checkpoint_every + 1``) holds another event: checkpoints were stripped and the
           chain re-hashed, or the journal was written with a larger interval;
         * ``unexpected checkpoint`` — a correctly signed CHECKPOINT where none is due;
-        * ``checkpoint interval`` — a CHECKPOINT's ``every`` field is not ``checkpoint_every``
-          (writer and verifier disagree; pass the writers' interval).
+        * ``checkpoint interval`` — a CHECKPOINT's ``every`` field is not the interval checked
+          against (the journal's checkpoints disagree, or the caller asked for another one).
 
-        ``checkpoint_every`` defaults to this instance's. Positions are checked against it,
-        never against what the journal claims.
+        Without ``checkpoint_every`` the interval is the journal's own: the ``every`` of its
+        first checkpoint, which must sit at the first position due under it (so the field
+        cannot widen what is accepted), or this instance's ``checkpoint_every`` while the
+        journal has no checkpoint; one that differs from the instance's is a warning. With
+        ``checkpoint_every`` the journal must have been written with exactly that interval.
 
         A **torn final line** (crash mid-append: bytes after the last newline) is *not* an
         error: a crash legitimately leaves one, the chain before it is intact, and the next
@@ -896,6 +1041,7 @@ class AuditLog:
         ``anchor=(seq, hash)`` is an externally kept earlier state (e.g. an exported
         ``last_seq``/``last_hash``): the journal must still contain that record unchanged.
         Without it, removal of the newest records is undetectable (see the module docs).
+        Seq 0 is the state before the first record; its only hash is :data:`GENESIS`.
         A missing or empty log whose ``.pub`` exists counts as deleted (the key is written
         only after the first record).
 
@@ -906,14 +1052,18 @@ class AuditLog:
             >>> log.verify(anchor=(1, r["hash"])).last_seq
             1
         """
-        every = self.checkpoint_every if checkpoint_every is None else checkpoint_every
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        if checkpoint_every is not None and not _is_count(checkpoint_every):
             raise PolicyError("checkpoint_every: expected an int >= 1", reason="bad-argument")
         if anchor is not None and not (
                 isinstance(anchor, tuple) and len(anchor) == 2 and isinstance(anchor[0], int)
                 and not isinstance(anchor[0], bool) and anchor[0] >= 0 and isinstance(anchor[1], str)
                 and _HEX64.fullmatch(anchor[1])):
             raise PolicyError("anchor: expected (seq >= 0, 64 lowercase hex digits)", reason="bad-argument")
+        if anchor is not None and anchor[0] == 0 and anchor[1] != GENESIS:
+            # Seq 0 is "before the first record": its only hash is the genesis value, so any
+            # other is not an anchor this journal (or any) ever exported.
+            raise PolicyError("anchor: seq 0 (an empty journal) has the hash 000…0; any other is no anchor",
+                              reason="bad-argument")
         pinned: str | None = None
         if public_key is not None:
             pinned = _coerce_public_key(public_key)
@@ -931,6 +1081,14 @@ class AuditLog:
 
         lines = data.split(b"\n")
         torn = lines.pop()  # b"" when the file ends with a newline (or is empty)
+        every = checkpoint_every
+        if every is None:
+            # The journal's own interval, fixed by its first checkpoint (whose position the walk
+            # then checks against it); the configured one only while it has none.
+            every = _first_checkpoint_every(lines) or self.checkpoint_every
+            if every != self.checkpoint_every:
+                warnings.append(f"checkpoint interval: the journal is checkpointed every {every} records, not every "
+                                f"{self.checkpoint_every} as configured here; writers keep the journal's interval")
         if not lines and pub_file is not None:
             # Torn to less than its first line counts too: the .pub follows a complete first
             # record, so no crash leaves it beside a journal without one (found by a review: a
@@ -985,7 +1143,7 @@ class AuditLog:
     def _read_all(self) -> tuple[bytes, bool]:
         """Every byte of the journal (whole lines, under a shared lock) and whether it exists."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | _OPEN_FLAGS)
+            fd = _open_regular(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return b"", False
         except OSError as exc:
@@ -1118,6 +1276,11 @@ class _Walk:
                 return f" (its checkpoints say checkpoint_every={every})"
         return ""
 
+    def _no_public_key(self) -> str:
+        return (f"no public key to check it against ({self.pub_source} is missing; pass public_key= to pin one. "
+                "A crash right after a new journal's first record leaves it missing too: the next record, "
+                "or check_writable(), writes it)")
+
     def _record_signature(self, rec: dict[str, Any], line: int) -> None:
         seq, rsig = rec["seq"], rec.get("rsig")
         if rsig is None:
@@ -1128,8 +1291,7 @@ class _Walk:
             return
         bad = "bad record signature"
         if self.pub_hex is None:
-            raise self._fail(seq, bad, f"no public key to check it against ({self.pub_source} is missing; "
-                             "pass public_key= to pin one)", line)
+            raise self._fail(seq, bad, self._no_public_key(), line)
         if not isinstance(rsig, str) or not _HEX128.fullmatch(rsig):
             raise self._fail(seq, bad, "the signature is not 64 bytes of hex", line)
         try:
@@ -1146,11 +1308,12 @@ class _Walk:
         seq = rec["seq"]
         bad = "bad checkpoint signature"
         if self.pub_hex is None:
-            raise self._fail(seq, bad, f"no public key to check it against ({self.pub_source} is missing; "
-                             "pass public_key= to pin one)", line)
+            raise self._fail(seq, bad, self._no_public_key(), line)
         key, sig = rec.get("key"), rec.get("sig")
         if not isinstance(key, str) or key != self.pub_hex:
-            raise self._fail(seq, bad, f"signed by key {str(key)[:16]}…, not the expected key "
+            # Not str(key): the repr of a value nested near the parser's limit can exhaust the stack.
+            shown = key[:16] if isinstance(key, str) else f"of type {type(key).__name__}"
+            raise self._fail(seq, bad, f"signed by key {shown}…, not the expected key "
                              f"{self.pub_hex[:16]}… ({self.pub_source})", line)
         if rec.get("signed_seq") != seq - 1 or rec.get("signed_hash") != rec["prev"]:
             raise self._fail(seq, bad, "it does not cover the record just before it", line)
@@ -1165,7 +1328,8 @@ class _Walk:
         if not _is_count(every) or every != self.every:
             claim = f"written with checkpoint_every={every}" if _is_count(every) else "it records no valid interval"
             raise self._fail(seq, "checkpoint interval", f"{claim}, verified with checkpoint_every={self.every}: "
-                             "verify with the interval the writers use", line)
+                             "a journal holds one interval (the field was edited, the caller asked for another "
+                             "interval, or writers of an older version disagreed)", line)
         if not due:
             raise self._fail(seq, "unexpected checkpoint", f"none is due at seq {seq} with checkpoint_every="
                              f"{self.every} (they sit at multiples of {self.every + 1})", line)
@@ -1192,7 +1356,7 @@ def _checkpoint_due(seq: int, every: int) -> bool:
     return seq % (every + 1) == 0
 
 
-def _is_count(value: Any) -> bool:
+def _is_count(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 

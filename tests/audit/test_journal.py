@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from xpscerpto import KeyError_, PolicyError, SecretBytes, XpsError
+from xpscerpto import InternalError, KeyError_, PolicyError, SecretBytes, XpsError
 from xpscerpto.audit import GENESIS, AuditLog, AuditTampered, checkpoint_message, read_public_key, record_message
 
 SECRET = bytes(range(0x41, 0x41 + 32))
@@ -418,8 +418,13 @@ def test_a_log_written_with_another_interval_does_not_verify(path: Path) -> None
     for i in range(12):
         writer.record("PATCH_LOAD", i=i)
     assert writer.verify().checkpoints == 2
-    # The verifier expects fewer checkpoints: the first one it meets names both intervals.
-    e = expect_tamper(AuditLog(path, checkpoint_every=10), 6, "checkpoint interval")
+    # A verifier configured otherwise checks the journal's own interval (review finding: a
+    # command run without the writers' configuration called a genuine journal tampered) ...
+    report = AuditLog(path, checkpoint_every=10).verify()
+    assert (report.checkpoint_every, report.checkpoints) == (5, 2)
+    assert any("checkpointed every 5 records, not every 10" in w for w in report.warnings)
+    # ... unless it asks for its interval explicitly: the first checkpoint names both intervals.
+    e = expect_tamper(AuditLog(path, checkpoint_every=10), 6, "checkpoint interval", checkpoint_every=10)
     assert "checkpoint_every=5" in str(e) and "checkpoint_every=10" in str(e)
     expect_tamper(AuditLog(path), 6, "checkpoint interval", checkpoint_every=10)
     assert AuditLog(path).verify(checkpoint_every=5).checkpoints == 2
@@ -1075,3 +1080,262 @@ def test_mentions_finds_a_record_split_across_read_chunks(tmp_path: Path) -> Non
 def test_mentions_refuses_what_is_no_event_name(path: Path, event: object) -> None:
     with pytest.raises(PolicyError, match="audit event"):
         AuditLog(path).mentions(event)  # type: ignore[arg-type]
+
+
+# --- review findings: hostile lines, hostile files, the journal's own interval ------------------
+
+#: One line of ``[`` far deeper than the JSON parser's stack, yet shorter than a record may be.
+NESTED = b"[" * 60_000
+
+
+def append_raw(path: Path, line: bytes) -> None:
+    """A line no writer made (a home-writer's, or a database writer's row) after the newest record."""
+    if path in _PG:
+        from xpscerpto.db import Database
+
+        db = Database(_PG[path])
+        try:
+            (top,) = db.execute("SELECT max(seq) FROM xps_audit").fetchone() or (0,)
+            db.execute("INSERT INTO xps_audit (seq, time, line) VALUES (?, ?, ?)", (top + 1, "2099", line.decode()))
+        finally:
+            db.close()
+        return
+    with path.open("ab") as f:
+        f.write(line + b"\n")
+
+
+def stored_lines(path: Path) -> list[bytes]:
+    if path in _PG:
+        return [line.encode() for line in _pg_lines(_PG[path])]
+    return path.read_bytes().splitlines()
+
+
+def test_a_deeply_nested_line_is_a_malformed_line_to_every_reader(log: AuditLog, path: Path) -> None:
+    # Found by a review: verify, record, record_once, check_writable and tail all raised an
+    # untyped RecursionError (and `xps audit verify` printed a traceback).
+    append_raw(path, NESTED)
+    before = stored_lines(path)
+    e = expect_tamper(log, 15, "malformed line")
+    assert "nested too deeply" in str(e) and e.line == 15
+    for attempt in (lambda: log.record("PATCH_LOAD"), lambda: reopen(path).record("PATCH_LOAD"),
+                    lambda: log.record_once("KEY_CREATE", "ab" * 8, since=time.time()),
+                    lambda: log.record_rate_limited("CRYPTO_FAIL_AUTH", "b", 5), log.check_writable):
+        with pytest.raises(AuditTampered) as ei:
+            attempt()
+        assert ei.value.reason == "malformed line", str(ei.value)
+    assert [r["seq"] for r in log.tail(100)] == list(range(1, 15))  # shown as what it is: not a record
+    assert stored_lines(path) == before  # nothing written after it
+
+
+@pytest.mark.file_only
+def test_a_deeply_nested_line_inside_or_torn_at_the_end_is_handled_as_any_bad_line(log: AuditLog,
+                                                                                     path: Path) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([*lines[:3], NESTED + b"\n", *lines[3:]]))
+    e = expect_tamper(log, 4, "malformed line")
+    assert e.line == 4
+    assert len(log.tail(100)) == 14
+    # A crash mid-append leaves a torn last line; one of nesting is repaired like any other.
+    path.write_bytes(b"".join(lines) + NESTED)
+    assert log.verify().torn_tail == len(NESTED)
+    log.check_writable()
+    log.record("PATCH_LOAD")
+    assert [r["event"] for r in log.tail(2)] == ["AUDIT_REPAIRED", "PATCH_LOAD"]
+    assert log.tail(2)[0]["action"] == "truncated"
+    assert log.verify(strict=True).records == 16
+
+
+def test_records_of_skips_lines_nested_beyond_the_parser() -> None:
+    from xpscerpto.audit.journal import records_of
+
+    assert records_of([NESTED, b'{"seq":1}', NESTED.decode(), "[1]"]) == [{"seq": 1}]
+
+
+# The journal's checkpoint interval is its own (review finding: a command run without the
+# writers' --config wrote checkpoints at another interval, and then no interval verified).
+
+@pytest.mark.file_only
+def test_a_writer_configured_otherwise_keeps_the_journals_interval(path: Path) -> None:
+    first = AuditLog(path, checkpoint_every=2)
+    for i in range(4):
+        first.record("PATCH_LOAD", i=i)  # 1, 2, CHECKPOINT 3, 4, 5, CHECKPOINT 6
+    other = AuditLog(path)  # the default 100: a command run without the writers' configuration
+    for i in range(4):
+        other.record("KEY_CREATE", i=i)
+    first.record("PATCH_LOAD", i=4)
+    recs = read(path)
+    checkpoints = [r for r in recs if r["event"] == "CHECKPOINT"]
+    assert [r["seq"] for r in checkpoints] == [3, 6, 9, 12]
+    assert {r["every"] for r in checkpoints} == {2}
+    for verifier in (AuditLog(path), AuditLog(path, checkpoint_every=2), AuditLog(path, checkpoint_every=7)):
+        report = verifier.verify(strict=True)
+        assert (report.records, report.checkpoints, report.checkpoint_every) == (13, 4, 2)
+    assert AuditLog(path, checkpoint_every=2).verify().warnings == ()
+    (warning,) = AuditLog(path).verify().warnings
+    assert "checkpointed every 2 records, not every 100" in warning
+    # Asked for explicitly, another interval is still checked (and refused).
+    e = expect_tamper(AuditLog(path), 3, "checkpoint interval", checkpoint_every=100)
+    assert "checkpoint_every=2" in str(e)
+
+
+@pytest.mark.file_only
+def test_a_writer_refuses_an_interval_the_journal_has_already_passed(path: Path) -> None:
+    old = AuditLog(path)  # the default 100: four records, no checkpoint yet
+    for i in range(4):
+        old.record("PATCH_LOAD", i=i)
+    with path.open("ab") as f:
+        f.write(b'{"seq":5,"ti')  # and a torn tail, which a refusal must not cut off unrecorded
+    before = path.read_bytes()
+    small = AuditLog(path, checkpoint_every=2)  # due at seq 3, which holds a record
+    for attempt in (lambda: small.record("KEY_CREATE"), small.check_writable,
+                    lambda: small.record_once("KEY_CREATE", "ab" * 8, since=time.time())):
+        with pytest.raises(PolicyError) as ei:
+            attempt()
+        assert ei.value.reason == "checkpoint-interval"
+        assert "checkpoint_every: 2" in str(ei.value) and "at least 4" in str(ei.value)
+    assert path.read_bytes() == before
+    # An interval whose first position is still ahead (here: just due) is the journal's from then on.
+    AuditLog(path, checkpoint_every=4).record("KEY_CREATE")
+    assert [r["event"] for r in read(path)][4:] == ["CHECKPOINT", "AUDIT_REPAIRED", "KEY_CREATE"]  # owed one first
+    old.record("KEY_ROTATE")
+    report = AuditLog(path, checkpoint_every=4).verify(strict=True)
+    assert (report.records, report.checkpoints, report.checkpoint_every) == (8, 1, 4)
+
+
+def test_the_journals_interval_cannot_be_widened_by_editing_it(log: AuditLog, path: Path) -> None:
+    # Re-signed with the key beside the log: only the position of the first checkpoint, which
+    # must be the first one due under its own `every`, gives the edit away.
+    recs = read(path)
+    for rec in recs:
+        if rec["event"] == "CHECKPOINT":
+            rec["every"] = 11
+    rechain_signing(path, recs)
+    write(path, recs)
+    e = expect_tamper(log, 6, "unexpected checkpoint")
+    assert "multiples of 12" in str(e)
+
+
+def test_an_anchor_at_seq_0_must_carry_the_genesis_hash(log: AuditLog, tmp_path: Path) -> None:
+    # Found by a review: `--anchor 0:<any hex>` was accepted without a look at the hash.
+    with pytest.raises(PolicyError, match="seq 0") as ei:
+        log.verify(anchor=(0, "ab" * 32))
+    assert "ab" * 32 not in str(ei.value)
+    assert log.verify(anchor=(0, GENESIS)).last_seq == 14
+    assert AuditLog(tmp_path / "empty.log").verify(anchor=(0, GENESIS)).anchor == f"0:{GENESIS}"
+
+
+# A directory or FIFO where the journal keeps a file (found by a review: untyped
+# IsADirectoryError, and reads or writes that waited forever on a FIFO).
+
+_PROBE = """
+import sys
+from xpscerpto.audit import AuditLog
+from xpscerpto.errors import XpsError
+log = AuditLog(sys.argv[1], checkpoint_every=5)
+op = {"verify": log.verify, "record": lambda: log.record("PATCH_LOAD"), "check_writable": log.check_writable,
+      "tail": log.tail, "mentions": lambda: log.mentions("PATCH_LOAD")}[sys.argv[2]]
+try:
+    op()
+    print("ok")
+except XpsError as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def probe(path: Path, op: str) -> str:
+    """What ``op`` does on the journal at ``path``, in a child that is killed if it waits."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _PROBE, str(path), op], capture_output=True, text=True,
+                             timeout=20, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{op} waited on the FIFO instead of refusing it")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.mark.file_only
+@pytest.mark.parametrize(("name", "refused"), [
+    ("audit.log", {"verify", "record", "check_writable", "tail", "mentions"}),
+    ("audit.key", {"record", "check_writable"}),
+    ("audit.pub", {"verify", "record", "check_writable"}),
+], ids=["log", "key", "pub"])
+def test_a_fifo_in_place_of_a_journal_file_is_refused_without_waiting(log: AuditLog, path: Path, name: str,
+                                                                      refused: set[str]) -> None:
+    victim = path.with_name(name)
+    victim.unlink()
+    os.mkfifo(victim, 0o600)
+    for op in ("verify", "record", "check_writable", "tail", "mentions"):
+        out = probe(path, op)
+        if op in refused:
+            kind = "InternalError" if name == "audit.log" else "KeyError_"
+            assert out.startswith(kind) and f"{victim}" in out and "not a regular file" in out, (op, out)
+        else:
+            assert out == "ok", (op, out)
+    assert stat.S_ISFIFO(victim.lstat().st_mode)  # refused, not replaced
+
+
+@pytest.mark.file_only
+def test_a_directory_in_place_of_the_log_is_refused_typed(log: AuditLog, path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+    for attempt in (log.verify, log.check_writable, log.tail, lambda: log.mentions("PATCH_LOAD"),
+                    lambda: log.record("PATCH_LOAD"), lambda: AuditLog(path).record("PATCH_LOAD")):
+        with pytest.raises(InternalError, match="cannot open") as ei:
+            attempt()
+        assert str(path) in str(ei.value)
+    assert path.is_dir() and not any(path.iterdir())
+
+
+@pytest.mark.file_only
+@pytest.mark.parametrize("writer", ["same", "new"])
+def test_check_writable_refuses_a_deleted_log_as_record_does(log: AuditLog, path: Path, writer: str) -> None:
+    # Found by a review: check_writable() passed while record() refused 'deleted'.
+    path.unlink()
+    w = log if writer == "same" else AuditLog(path)
+    with pytest.raises(AuditTampered) as by_check:
+        w.check_writable()
+    with pytest.raises(AuditTampered) as by_record:
+        w.record("PATCH_LOAD")
+    assert by_check.value.reason == by_record.value.reason == "deleted"
+    assert "missing" in str(by_check.value)
+    assert not path.exists()
+
+
+@pytest.mark.file_only
+def test_a_pub_lost_to_a_crash_after_the_first_record_is_named_and_rewritten(path: Path) -> None:
+    # The .pub follows a new journal's first record (so a .pub beside a missing log means
+    # deletion); kill -9 between the two leaves a journal without one.
+    AuditLog(path).record("HOME_INIT", operator="cli")
+    path.with_suffix(".pub").unlink()
+    e = expect_tamper(AuditLog(path), 1, "bad record signature")
+    assert "crash right after a new journal's first record" in str(e)
+    AuditLog(path).check_writable()
+    assert AuditLog(path).verify(strict=True).records == 1
+
+
+@pytest.mark.parametrize("n", [10**5000, -(10**5000), 2**2048], ids=["5001-digits", "minus-5001-digits", "2049-bits"])
+def test_an_int_too_large_to_write_is_refused_typed(path: Path, n: int) -> None:
+    # Found by a review: an untyped ValueError ("Exceeds the limit ... for integer string conversion").
+    with pytest.raises(PolicyError) as ei:
+        AuditLog(path).record("PATCH_LOAD", count={"n": [n]})
+    assert ei.value.reason == "not-json"
+    assert "audit field count{key 0}[0]: int wider than 2048 bits" in str(ei.value)
+    assert not path.exists()
+    assert AuditLog(path).record("PATCH_LOAD", n=2**2048 - 1)["n"] == 2**2048 - 1  # the widest kept
+    assert AuditLog(path).verify().records == 1
+
+
+def test_a_refusal_names_a_field_by_position_not_by_a_key_the_caller_chose(path: Path) -> None:
+    # Found by a review: `audit field data.sk_live_…: bytes refused` echoed a secret used as a key.
+    token = "sk_live_4111111111111111"
+    for fields, where in (({"data": {"ok": 1, token: b"\x00"}}, "audit field data{key 1}: bytes refused"),
+                          ({"data": [{token: {"x": SECRET}}]}, "audit field data[0]{key 0}{key 0}: bytes refused"),
+                          ({token: b"\x00"}, "audit field #0: bytes refused"),
+                          ({"key_id": "k", "Password=hunter2": SECRET}, "audit field #1: bytes refused")):
+        with pytest.raises(PolicyError) as ei:
+            AuditLog(path).record("KEY_CREATED", **fields)
+        assert where in str(ei.value)
+        assert token not in str(ei.value) and "4111" not in str(ei.value) and "hunter2" not in str(ei.value)
+    with pytest.raises(PolicyError, match="audit field operator: bytes refused"):
+        AuditLog(path).record("KEY_CREATED", operator=b"alice")  # a name as code writes one is shown
+    assert not path.exists()
