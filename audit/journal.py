@@ -788,7 +788,10 @@ class AuditLog:
         """
         if head_seq == 0:
             return self.checkpoint_every
-        newest = _newest_checkpoint(fd, os.fstat(fd).st_size)
+        return self._interval_after(_newest_checkpoint(fd, os.fstat(fd).st_size), head_seq)
+
+    def _interval_after(self, newest: dict[str, Any] | None, head_seq: int) -> int:
+        """:meth:`_journal_interval`, given the journal's newest checkpoint (None: it has none)."""
         if newest is not None:
             every = newest.get("every")
             # One that records no valid interval is damage for verify to report, not a reason

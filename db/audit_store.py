@@ -16,7 +16,6 @@ never trusting a key stored in the database it checks.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +62,11 @@ class PgAuditLog(AuditLog):
             if once is not None:
                 found = tx.execute("SELECT line FROM xps_audit WHERE time >= ? AND position(? in line) > 0 "
                                    "ORDER BY seq DESC LIMIT 1", (once[1], once[0].decode())).fetchone()
-                if found is not None:
-                    return dict(json.loads(found[0]))
+                # Parsed as any row is: a database writer's line nested past the parser's limit
+                # (or not JSON at all) is no earlier record, and the append below checks the chain.
+                earlier = None if found is None else _parse_record(str(found[0]).encode())[0]
+                if earlier is not None:
+                    return earlier
             row = tx.execute("SELECT line FROM xps_audit ORDER BY seq DESC LIMIT 1").fetchone()
             head = _Head(0, GENESIS)
             if row is not None:
@@ -76,7 +78,16 @@ class PgAuditLog(AuditLog):
                 self._signing_key(create=False)
                 self._check_same_key(rec)
                 head = _Head(rec["seq"], rec["hash"])
-            written, main = self._build(head, None, event, fields)
+            every = self.checkpoint_every
+            if head.seq:
+                # One journal, one interval (see audit.journal): the newest checkpoint's, found by
+                # walking back from the head (at most one interval of rows in a sound journal).
+                found = tx.execute("SELECT line FROM xps_audit WHERE position(? in line) > 0 ORDER BY seq DESC "
+                                   "LIMIT 1", ('"event":"CHECKPOINT"',)).fetchone()
+                newest = None if found is None else _parse_record(str(found[0]).encode())[0]
+                every = self._interval_after(newest if newest and newest.get("event") == "CHECKPOINT" else None,
+                                             head.seq)
+            written, main = self._build(head, None, event, fields, every=every)
             for r in written:
                 tx.execute("INSERT INTO xps_audit (seq, time, line) VALUES (?, ?, ?)",
                            (r["seq"], r["time"], _canonical(r).decode("ascii")))

@@ -136,3 +136,35 @@ def test_mentions_asks_the_shared_journal(pg_dsn: str, tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="audit event"):
         log.mentions("home'); DROP TABLE xps_audit; --")
     log.close()
+
+
+def test_a_nested_row_matching_a_txid_is_no_earlier_delivery_and_no_untyped_error(pg_dsn: str,
+                                                                                   tmp_path: Path) -> None:
+    # Review finding: record_once parsed the row it found with a bare json.loads, so a database
+    # writer's line nested 100,000 deep that mentions the txid raised RecursionError.
+    import time
+
+    (log,) = _nodes(tmp_path, pg_dsn, 1)
+    nested = "[" * 100_000 + '"txid":"00aa11bb22cc"' + "]" * 100_000
+    _rows(pg_dsn, "INSERT INTO xps_audit (seq, time, line) VALUES (2, '2999-01-01T00:00:00.000000Z', ?)", (nested,))
+    with pytest.raises(AuditTampered, match="malformed line"):  # the chain's last row is no record
+        log.record_once("KEY_ROTATE", "00aa11bb22cc", since=time.time())
+    _rows(pg_dsn, "DELETE FROM xps_audit WHERE seq = 2")
+    first = log.record_once("KEY_ROTATE", "00aa11bb22cc", since=time.time())
+    assert log.record_once("KEY_ROTATE", "00aa11bb22cc", since=time.time()) == first  # delivered once
+    log.close()
+
+
+def test_a_node_configured_with_another_interval_keeps_the_journals(pg_dsn: str, tmp_path: Path) -> None:
+    # One journal, one interval: a node started without the fleet's audit.checkpoint_every wrote
+    # checkpoints at its own, and the shared chain then verified under none.
+    a, b = _nodes(tmp_path, pg_dsn, 2, every=3)
+    for k in range(5):
+        a.record("KEY_ROTATE", k=k)
+    other = PgAuditLog(pg_dsn, tmp_path / "n1" / "audit.log")  # default interval (100)
+    for k in range(8):
+        other.record("KEY_ROTATE", k=k)
+    report = a.verify()
+    assert report.checkpoints == report.records // 4 and report.records == 1 + 13 + report.checkpoints
+    for log in (a, b, other):
+        log.close()
