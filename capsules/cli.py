@@ -18,6 +18,7 @@ Operator (``xps``)::
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -26,16 +27,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xpscerpto._atomic import atomic_write
+from xpscerpto._stored_file import read_stored
 from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.settings import Policy
 from xpscerpto.signing import TrustStore, generate_keypair, load_private_key, load_public_key
 
 from ._verifier import verify_capsule
 from .build import add_signature, build_capsule
-from .format import parse_manifest, read_container
+from .format import Limits, parse_manifest, read_container
 from .refusal import Refusal, refuse
 
 if TYPE_CHECKING:
+    from xpscerpto.audit.config import AuditConfig
+
     from .state_store import StateStore
 
 __all__ = ["add_operator_commands", "add_publisher_commands", "main"]
@@ -49,10 +53,22 @@ STARTING_WAIT = 10.0
 
 
 def _read(path: str) -> bytes:
+    # read_stored: a FIFO or /dev/zero given as the capsule must not hang the command or fill
+    # memory; nothing larger than the engine would accept is worth reading.
+    limit = Limits().max_capsule_bytes
     try:
-        return Path(path).read_bytes()
+        return read_stored(Path(path), limit)
     except OSError as exc:
-        raise refuse(Refusal.IO, f"capsule file {path!r}: {exc.strerror}") from None
+        shown = repr(path) if len(path) <= _SHOWN_PATH else f"(a path of {len(path)} characters)"
+        if exc.errno == errno.EFBIG:
+            raise refuse(Refusal.TOO_LARGE, f"capsule file {shown}: larger than {limit} bytes") from None
+        raise refuse(Refusal.IO, f"capsule file {shown}: {exc.strerror or type(exc).__name__}") from None
+    except ValueError:  # a NUL byte in the path
+        raise refuse(Refusal.IO, "capsule file: not a usable path") from None
+
+
+#: Longer paths are described in error messages, not repeated.
+_SHOWN_PATH = 256
 
 
 def _write(path: str, raw: bytes) -> None:
@@ -239,7 +255,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         data = result(request(home.socket, {"cmd": "status"}, timeout=STATUS_TIMEOUT))
     except NoEngineRunning:
-        data = _offline_status(home, context.config(args).hotpatch.state_store(home))
+        config = context.config(args)
+        data = _offline_status(home, config.hotpatch.state_store(home), config.audit)
 
     def text() -> None:
         for line in lines():
@@ -272,13 +289,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _offline_status(home: Any, states: StateStore) -> dict[str, Any]:
-    from xpscerpto.audit import AuditLog
-
+def _offline_status(home: Any, states: StateStore, audit: AuditConfig) -> dict[str, Any]:
+    """The committed state, and the last events of the journal the engine writes (maybe elsewhere)."""
     from .store import CapsuleStore, refused_entry
 
     try:
         state = states.load()
+        journal = audit.journal(home.root, home.audit)
+        try:
+            events = journal.tail(20)
+        finally:
+            journal.close()
     finally:
         states.close()
     store = CapsuleStore(home)
@@ -294,7 +315,7 @@ def _offline_status(home: Any, states: StateStore) -> dict[str, Any]:
             "active": [{"name": a.name, "version": a.version, "sha256": a.sha256,
                         "operations": list(a.operations)} for a in state.active],
             "retired": [{k: e.get(k) for k in ("name", "version", "sha256")} for e in retired.values()],
-            "highest": dict(state.highest), "events": AuditLog(home.audit).tail(20)}
+            "highest": dict(state.highest), "events": events}
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -315,11 +336,15 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         except NoEngineRunning:
             config = config or context.config(args)
             states = config.hotpatch.state_store(home)
+            journal = None
             try:
+                # The engine's own journal: its key may live outside the home (as SECURITY.md
+                # advises), or the journal in a database; HOME/audit.log would fork the chain.
+                journal = config.audit.journal(home.root, home.audit)
                 cap = rollback_offline(home, args.target, to=args.to, operator=args.operator,
                                        config_document=config.to_mapping(), state_store=states,
                                        # only named in the record: taking a capsule out needs no pins
-                                       trust_path=config.hotpatch.trust_store)
+                                       trust_path=config.hotpatch.trust_store, audit=journal)
             except XpsError as exc:
                 # An engine holds the home but its socket is not open yet (it is restoring):
                 # ask it once it listens rather than edit the state under it.
@@ -329,6 +354,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                 raise
             finally:
                 states.close()
+                if journal is not None:
+                    journal.close()
             print(f"rolled back {cap.name} {cap.version} in the committed state (no engine running)")
             return 0
     r = result(answer).get("rolled_back") or {}

@@ -43,17 +43,21 @@ class NoEngineRunning(Exception):
 class ControlServer:
     """Serves status and rollback requests for one updater.
 
-    One accepting thread, and one short-lived thread per connection (each with a 5 s
-    timeout), so a client that connects and stays silent cannot hold up the others.
-    Changes (rollback, emergency) still run one at a time.
+    One accepting thread, and one short-lived thread per connection, so a client that
+    connects and stays silent cannot hold up the others. Each connection has 5 s in all to
+    send its request (and again to read the answer), however it trickles its bytes; at most
+    :attr:`max_connections` are handled at once, and a connection beyond them is answered
+    "busy" and closed. Changes (rollback, emergency) still run one at a time.
 
     While serving (from :meth:`claim` on), the server holds an exclusive lock on
     ``<socket>.lock`` (:mod:`.engine_lock`): a second engine on the same home fails to start
     with an XpsError instead of taking the socket over, and an offline rollback is refused.
     """
 
-    #: Seconds a connection may take to send its request and read the answer.
+    #: Seconds a connection may take to send its whole request, and again to read the answer.
     connection_timeout = 5.0
+    #: Connections handled at once (each holds a thread).
+    max_connections = 16
 
     def __init__(self, updater: Updater, path: str | Path, service: Any = None) -> None:
         self.updater = updater
@@ -63,6 +67,9 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
         self._change_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        #: Connections closed unanswered because no thread could be started for them.
+        self.start_failures = 0
 
     @property
     def lock_path(self) -> Path:
@@ -140,16 +147,44 @@ class ControlServer:
                     time.sleep(0.05)
                     continue
                 return
+            try:
+                self._dispatch_connection(conn)
+            except Exception as exc:  # e.g. MemoryError: this client is lost, the server is not
+                _log.error("control socket: a connection could not be handled: %s", type(exc).__name__)
+                with contextlib.suppress(OSError):
+                    conn.close()
+                time.sleep(0.05)
+
+    def _dispatch_connection(self, conn: socket.socket) -> None:
+        if not self._slots.acquire(blocking=False):
+            # Every handler is busy (maybe with silent clients): answer at once rather than
+            # start threads without bound.
+            _refuse_connection(conn, "busy: too many control connections; try again")
+            return
+        try:
             threading.Thread(target=self._connection, args=(conn,), name="xps-control-conn", daemon=True).start()
+        except BaseException as exc:
+            self._slots.release()
+            if not isinstance(exc, RuntimeError):
+                raise
+            # No thread to spare (memory, a thread limit): this client is turned away, the
+            # server keeps accepting (this thread once died here for good).
+            self.start_failures += 1
+            _refuse_connection(conn, "busy: the engine cannot start a handler now; try again")
+            time.sleep(0.05)
 
     def _connection(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(self.connection_timeout)
-            try:
-                self._handle(conn)
-            except Exception as exc:  # a bad client must not stop the server
-                with contextlib.suppress(OSError):
-                    conn.sendall(_line({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
+        try:
+            with conn:
+                try:
+                    conn.settimeout(self.connection_timeout)
+                    self._handle(conn)
+                except Exception as exc:  # a bad client must not stop the server
+                    with contextlib.suppress(OSError):
+                        conn.settimeout(self.connection_timeout)
+                        conn.sendall(_line({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
+        finally:
+            self._slots.release()
 
     def _handle(self, conn: socket.socket) -> None:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -157,7 +192,8 @@ class ControlServer:
         if uid != os.getuid():
             conn.sendall(_line({"ok": False, "error": "permission denied: not the engine's owner"}))
             return
-        data = _read_line(conn, _MAX_REQUEST)
+        data = _read_line(conn, _MAX_REQUEST, deadline=time.monotonic() + self.connection_timeout)
+        conn.settimeout(self.connection_timeout)  # sendall: the whole answer within this time
         if data is None:
             conn.sendall(_line({"ok": False, "error": "request too large"}))
             return
@@ -194,17 +230,23 @@ class ControlServer:
         if cmd == "rollback":
             # As sent: the updater checks what a rollback names (a list is refused, not str()-ed).
             cap = self.updater.rollback(_required(req, "target"), to=req.get("to"),
-                                        operator=str(req.get("operator") or "control-socket"))
+                                        operator=_text(req, "rollback", "operator", _MAX_OPERATOR) or "control-socket")
             return {"rolled_back": {"name": cap.name, "version": cap.version, "sha256": cap.sha256},
                     "routes": self.updater.status(events=0)["routes"]}
         if cmd == "emergency" and self.service is not None:
-            key = str(_required(req, "key"))
+            key = _required(req, "key")
+            # Checked here: the configuration's refusal of an unknown key repeats it, and this
+            # answer goes to whoever can reach the socket (a 40 KB key came back whole).
+            if not _printable_name(key):
+                raise PolicyError(f"emergency: key must be text of 1 to {_MAX_NAME} printable characters "
+                                  "(a configuration key such as engine.policy.forbid)")
             new = self.service.emergency_change(key, req.get("value"),
-                                                operator=str(req.get("operator") or ""),
-                                                reason=str(req.get("reason") or ""))
+                                                operator=_text(req, "emergency", "operator", _MAX_OPERATOR),
+                                                reason=_text(req, "emergency", "reason", _MAX_REASON))
             return {"key": key, "value": new.get(key),
                     "routes": self.updater.status(events=0)["routes"]}
-        raise XpsError(f"cmd: unknown command {cmd!r}" if _printable_name(cmd) else "cmd: unknown command")
+        # A request the caller got wrong, like any other malformed field: a policy refusal.
+        raise PolicyError(f"cmd: unknown command {cmd!r}" if _printable_name(cmd) else "cmd: unknown command")
 
 
 def _required(req: dict[str, Any], field: str) -> Any:
@@ -213,19 +255,51 @@ def _required(req: dict[str, Any], field: str) -> Any:
     return req[field]
 
 
+_MAX_NAME = 64
+_MAX_OPERATOR = 200
+_MAX_REASON = 1000
+
+
+def _text(req: dict[str, Any], cmd: str, field: str, limit: int) -> str:
+    """An optional text field (missing or null: ""), journaled as sent: so str, printable, bounded."""
+    value = req.get(field)
+    if value is None:
+        return ""
+    if type(value) is not str or len(value) > limit or not value.isprintable():
+        raise PolicyError(f"{cmd}: {field} must be text of at most {limit} printable characters")
+    return value
+
+
 def _printable_name(value: object) -> bool:
     """Short printable text: safe to repeat in an answer (anything else is not echoed)."""
-    return type(value) is str and 0 < len(value) <= 64 and value.isprintable()
+    return type(value) is str and 0 < len(value) <= _MAX_NAME and value.isprintable()
+
+
+def _refuse_connection(conn: socket.socket, message: str) -> None:
+    """Answer one line without waiting (the accepting thread must not block) and close."""
+    with conn, contextlib.suppress(OSError):
+        conn.setblocking(False)
+        conn.send(_line({"ok": False, "error": message, "code": str(ErrorCode.INTERNAL)}))
 
 
 def _line(doc: Any) -> bytes:
     return json.dumps(doc, default=str).encode() + b"\n"
 
 
-def _read_line(sock: socket.socket, limit: int) -> bytes | None:
-    """Bytes up to and including a newline (or until the peer closes); None past ``limit``."""
+def _read_line(sock: socket.socket, limit: int, deadline: float | None = None) -> bytes | None:
+    """Bytes up to and including a newline (or until the peer closes); None past ``limit``.
+
+    With ``deadline`` (``time.monotonic()``), TimeoutError once it passes, however the peer
+    paces its bytes: a per-recv timeout let a client sending one byte every 4 s hold its
+    handler for good.
+    """
     data = b""
     while not data.endswith(b"\n"):
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out")
+            sock.settimeout(remaining)
         chunk = sock.recv(65536)
         if not chunk:
             break

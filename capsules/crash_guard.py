@@ -8,8 +8,13 @@ At ``limit`` crashes the updater quarantines the capsule at start (its predecess
 built-in provider, serves; audited) instead of re-enabling it. A clean stop clears the marker
 and the counts.
 
-Files (in the home, written atomically): ``engine.run`` (pid of the running engine) and
-``crashes.json`` (capsule sha256 -> abnormal ends while it was active).
+Files (in the home, written atomically): ``engine.run`` (the running engine's pid, shown to
+people, and a random token of its run) and ``crashes.json`` (capsule sha256 -> abnormal ends
+while it was active).
+
+The token, not the pid, tells whose marker it is: an engine restarted in a container or a PID
+namespace has the pid its dead predecessor had (PID 1, every time), and a pid comparison took
+that crash for our own marker, so a crash-looping capsule was never quarantined.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,6 +40,18 @@ _SMALL = 1 << 20
 
 #: Abnormal ends with a capsule active before it is quarantined at the next start.
 DEFAULT_CRASH_LIMIT = 3
+
+#: This process's run. Every updater of one process shares it (two of them on one home are
+#: not a crash); a forked child gets its own, since it is a run that can die on its own.
+_run_token = secrets.token_hex(16)
+
+
+def _new_run_token() -> None:
+    global _run_token  # noqa: PLW0603 -- one value per process, renewed in a forked child
+    _run_token = secrets.token_hex(16)
+
+
+os.register_at_fork(after_in_child=_new_run_token)
 
 
 class CrashGuard:
@@ -62,7 +80,7 @@ class CrashGuard:
                 counts[cap.sha256] = counts.get(cap.sha256, 0) + 1
             self._save(counts)
         try:
-            atomic_write(self.marker, json.dumps({"pid": os.getpid()}).encode() + b"\n")
+            atomic_write(self.marker, json.dumps({"pid": os.getpid(), "run": _run_token}).encode() + b"\n")
         except OSError as exc:
             raise refuse(Refusal.IO, f"run marker {str(self.marker)!r}: cannot write ({exc.strerror})") from None
         return counts
@@ -83,12 +101,20 @@ class CrashGuard:
         try:
             doc = json.loads(read_stored(self.marker, _SMALL))
             pid = int(doc["pid"])
+            run = doc.get("run")  # absent in a marker written before runs had tokens
         except FileNotFoundError:
             return False
-        except (OSError, ValueError, KeyError, TypeError, RecursionError, MemoryError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError):
             return True  # a marker we cannot read was left by a run that did not stop cleanly
-        if pid == os.getpid():
-            return False  # another updater of this same process (tests, a second engine)
+        if not 0 < pid < 1 << 31:
+            return True  # damaged: kill(0) or kill(-1) would find "a live process", a huge one overflow
+        if run is not None:
+            if run == _run_token:
+                return False  # another updater of this same process (tests, a second engine)
+            if pid == os.getpid():
+                return True  # our pid, another run's token: that run died and we got its pid
+        elif pid == os.getpid():
+            return False  # an old-format marker: judged by pid, as before tokens
         try:
             os.kill(pid, 0)
         except ProcessLookupError:

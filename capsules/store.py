@@ -10,10 +10,13 @@ replaced atomically, so a crash at any moment leaves either the previous or the 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import hmac
 import json
+import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -339,10 +342,39 @@ class CapsuleStore:
 
 @contextmanager
 def state_lock(home: Home) -> Iterator[None]:
-    """Exclusive lock for read-modify-write of ``state.json`` across processes."""
-    with open(home.lock, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    """Exclusive lock for read-modify-write of ``state.json`` across processes.
+
+    Raises:
+        UpdateError: ``state`` -- the lock file cannot be opened or locked (replaced by a
+            directory, a symlink, a FIFO; out of descriptors): nothing is read or changed.
+    """
+    where = f"state lock {str(home.lock)!r}"
+    try:
+        # O_NOFOLLOW: a symlink planted here must not make us create or lock a file elsewhere;
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
+        fd = os.open(home.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise refuse(Refusal.STATE, f"{where}: cannot open ({_why(exc)}); remove it so it is created again") \
+            from None
+    try:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise refuse(Refusal.STATE, f"{where}: cannot lock ({_why(exc)}); remove it so it is created "
+                                        "again") from None
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symlink"
+    if exc.errno == errno.EISDIR:
+        return "a directory"
+    return exc.strerror or type(exc).__name__

@@ -236,7 +236,16 @@ class Updater:
                                           replace(self.gates, bench_bytes=0))
                     loaded = self._load(raw, state, allow_version=cap.version)
                     keep.append(replace(cap, operations=tuple(sorted(loaded.capsule.manifest.operations))))
-                except XpsError as exc:
+                except Exception as exc:
+                    if not isinstance(exc, XpsError):
+                        # Not the capsule's verdict but a failure of ours or of this machine (no
+                        # process or thread to spare): held and journaled like a crashed child,
+                        # never escaping unjournaled and stopping the start.
+                        _log.error("xps: restoring capsule %s failed: %s", cap.sha256[:12], type(exc).__name__)
+                        self._hold(cap, refuse(Refusal.INTERNAL, f"restore: validating {cap.name} {cap.version} "
+                                                                 f"failed ({type(exc).__name__}); see the "
+                                                                 "engine's log"), keep, held)
+                        continue
                     if exc.reason in (Refusal.CRASHED, Refusal.TIMEOUT):
                         # The validation child died or ran out of time: this machine's state now
                         # (limits, memory, load) may be the cause, not the capsule, which passed
@@ -315,23 +324,50 @@ class Updater:
         """
         operator = operator or self.operator
         sha = hashlib.sha256(raw).hexdigest()
-        self._ensure_restored()
+        self._check_open("apply")  # a closed updater journals nothing more
+        try:
+            self._ensure_restored()
+        except XpsError as exc:
+            # The capsule is refused because the start failed (the state lock or file damaged):
+            # still a refusal, so still journaled.
+            self._reject(exc, sha256=sha, source=source, operator=operator)
+            raise
+        except Exception as exc:
+            raise self._reject(exc, sha256=sha, source=source, operator=operator) from exc
         with self._lock:
             # Checked under the lock, before anything is journaled: close() waits for an update
             # already holding it, and one that starts later must not enable a capsule (or start
             # threads) with nobody left to roll it back on a fault.
             self._check_open("apply")
             self._audit("PATCH_LOAD", sha256=sha, source=source, operator=operator, bytes=len(raw))
-        with self._lock, self.state_store.lock():
+        with self._lock:
             try:
-                self._check_open("apply")  # closed while this call waited for the lock
-                self._merge_committed_highest()
-                return self._apply(raw, sha, operator)
+                # Taking the state lock is inside: a damaged lock file refuses this capsule like
+                # any other step does (it once escaped as an unjournaled IsADirectoryError).
+                with self.state_store.lock():
+                    self._check_open("apply")  # closed while this call waited for the lock
+                    self._merge_committed_highest()
+                    return self._apply(raw, sha, operator)
             except XpsError as exc:
-                reason = exc.reason if isinstance(exc.reason, Refusal) else Refusal.INTERNAL
-                self._audit("PATCH_REJECT", sha256=sha, source=source, operator=operator,
-                            reason=reason, detail=str(exc))
+                self._reject(exc, sha256=sha, source=source, operator=operator)
                 raise
+            except Exception as exc:
+                raise self._reject(exc, sha256=sha, source=source, operator=operator) from exc
+
+    def _reject(self, exc: Exception, **fields: Any) -> XpsError:
+        """Journal PATCH_REJECT for ``exc`` and return the typed error to raise.
+
+        Anything not an XpsError (a bug, or the machine failing under us) becomes an ``internal``
+        refusal named by its type only: its text may carry paths or caller bytes.
+        """
+        if isinstance(exc, XpsError):
+            err = exc
+        else:
+            _log.error("xps: capsule %s refused: %s", str(fields.get("sha256", "?"))[:12], type(exc).__name__)
+            err = refuse(Refusal.INTERNAL, f"internal error ({type(exc).__name__}); see the engine's log")
+        reason = err.reason if isinstance(err.reason, Refusal) else Refusal.INTERNAL
+        self._audit("PATCH_REJECT", **fields, reason=reason, detail=str(err))
+        return err
 
     def _taint(self, why: str) -> None:
         """Refused capsule code ran here: what it did cannot be undone, so no more capsules."""
@@ -991,8 +1027,13 @@ def _policy_now(path: Path | Home, publishers: Any, operations: Any, digest: str
 
 def rollback_offline(home: Home, target: str, *, to: str | None = None, operator: str = "local",
                      config_document: Mapping[str, Any] | None = None,
-                     state_store: StateStore | None = None, trust_path: str | Path | None = None) -> ActiveCapsule:
+                     state_store: StateStore | None = None, trust_path: str | Path | None = None,
+                     audit: AuditLog | None = None) -> ActiveCapsule:
     """Roll back in the committed state when no engine runs (verified again at next start).
+
+    ``audit`` is the journal the engine writes (``config.audit.journal(...)``: its signing key
+    may be outside the home, or the journal in a database); ``None``: ``HOME/audit.log`` with
+    its default key.
 
     Raises:
         UpdateError: reason ``engine-running`` when an engine holds the home (it may be
@@ -1007,13 +1048,15 @@ def rollback_offline(home: Home, target: str, *, to: str | None = None, operator
                                              "socket not answering); roll back through it") from None
     try:
         return _rollback_committed(home, states, target, to=to, operator=operator,
-                                   config_document=config_document, trust_path=trust_path)
+                                   config_document=config_document, trust_path=trust_path,
+                                   audit=audit if audit is not None else AuditLog(home.audit))
     finally:
         os.close(running)  # releases the lock
 
 
 def _rollback_committed(home: Home, states: StateStore, target: str, *, to: str | None, operator: str,
-                        config_document: Mapping[str, Any] | None, trust_path: str | Path | None) -> ActiveCapsule:
+                        config_document: Mapping[str, Any] | None, trust_path: str | Path | None,
+                        audit: AuditLog) -> ActiveCapsule:
     with states.lock():
         state = states.load()
         cap = state.find(target)
@@ -1026,11 +1069,11 @@ def _rollback_committed(home: Home, states: StateStore, target: str, *, to: str 
         new = state.disable(cap, operator=operator, restore=restore)
         # Journal first, as every change: killed between the two, the journal over-reports (a
         # retry rolls back and journals again); the other order lost the record for good.
-        AuditLog(home.audit).record("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
-                                    to=restore.version if restore else "built-in", operator=operator,
-                                    mode="offline", reason="operator request",
-                                    policy=_policy_now(Path(trust_path) if trust_path else home, (), cap.operations,
-                                                       config_digest(config_document)))
+        audit.record("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
+                     to=restore.version if restore else "built-in", operator=operator,
+                     mode="offline", reason="operator request",
+                     policy=_policy_now(Path(trust_path) if trust_path else home, (), cap.operations,
+                                        config_digest(config_document)))
         states.save(new)
     return cap
 

@@ -119,6 +119,10 @@ class Inbox:
     ``NAME.reason`` (``reason: detail``) written first. Files already present at
     :meth:`start` are processed too.
 
+    ``DIR`` must not be inside an engine home (``home``, and any folder holding ``home.json``
+    and ``capsules/``): the inbox files away what it finds, and in the capsule store that
+    is the engine's own stored capsules (PolicyError naming the inbox).
+
     ``polling``: ``False`` uses the native observer, ``True`` forces
     ``watchdog.observers.polling.PollingObserver`` (every ``poll_interval`` seconds), ``None``
     tries the native one and falls back to polling if it cannot start. Files larger than
@@ -136,7 +140,8 @@ class Inbox:
     def __init__(self, directory: str | Path, handler: Handler, *, polling: bool | None = None,
                  settle_seconds: float = 0.5, poll_interval: float = 0.5, pattern: str = "*.capsule",
                  max_bytes: int = 64 * 1024 * 1024,
-                 on_refused: Callable[[str, str, str], None] | None = None) -> None:
+                 on_refused: Callable[[str, str, str], None] | None = None,
+                 home: str | Path | None = None) -> None:
         if settle_seconds < 0:
             raise PolicyError("settle_seconds: must be >= 0")
         if poll_interval <= 0:
@@ -144,6 +149,8 @@ class Inbox:
         if max_bytes <= 0:
             raise PolicyError("max_bytes: must be > 0")
         self.directory = Path(os.path.abspath(directory))
+        self._home = None if home is None else Path(os.path.realpath(home))
+        _check_outside_home(self.directory, self._home)
         self.accepted_dir = self.directory / "accepted"
         self.rejected_dir = self.directory / "rejected"
         self._handler = handler
@@ -177,6 +184,7 @@ class Inbox:
         with self._life:
             if self._worker is not None:
                 raise PolicyError("inbox: already started")
+            _check_outside_home(self.directory, self._home)  # again: a symlink may point elsewhere now
             for d in (self.directory, self.accepted_dir, self.rejected_dir):
                 _ensure_private_dir(d)
             dev = self.directory.stat().st_dev
@@ -595,6 +603,28 @@ def _open_private_dir(path: Path) -> int:
         raise PermissionError(f"not a directory of this user writable by it alone "
                               f"(mode {stat.S_IMODE(st.st_mode):04o})")
     return fd
+
+
+def _check_outside_home(directory: Path, home: Path | None) -> None:
+    """Refuse an inbox inside an engine home.
+
+    Filing a drop moves it out of the inbox: pointed at ``HOME/capsules`` the engine moved its
+    own stored capsule away and refused it at the next start. Without ``home`` (the caller did
+    not say), any folder up the path holding a home record and a capsule store is one.
+    """
+    try:
+        real = Path(os.path.realpath(directory))
+    except ValueError:  # a NUL byte
+        raise PolicyError("inbox: not a usable path") from None
+    for folder in (real, *real.parents):
+        if folder == home or (os.path.lexists(folder / "home.json") and os.path.isdir(folder / "capsules")):
+            raise PolicyError(f"inbox {_shown(directory)}: inside the engine home {_shown(folder)}; watch a "
+                              "folder outside it (drops are moved away once handled)")
+
+
+def _shown(path: Path) -> str:
+    text = str(path)
+    return repr(text) if len(text) <= 256 else f"(a path of {len(text)} characters)"
 
 
 def _ensure_private_dir(path: Path) -> None:

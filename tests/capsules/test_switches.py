@@ -402,6 +402,11 @@ def test_a_trial_that_fails_with_an_unexpected_error_does_not_leave_its_table_se
             raise RuntimeError("unexpected")
 
     up._stage_fault = Broken()
-    with pytest.raises(RuntimeError):
+    # Not a verdict on the capsule, still a refusal: typed, and journaled like any other.
+    with pytest.raises(xps.UpdateError) as ei:
         up.apply(cap.raw)
+    assert ei.value.reason == "internal" and isinstance(ei.value.__cause__, RuntimeError)
+    assert "unexpected" not in str(ei.value)  # named by type only
     assert eng.table.provider_for(OP) == "openssl" and up.state.active == ()
+    reject = [r for r in up.audit.tail(50) if r["event"] == "PATCH_REJECT"]
+    assert reject and reject[-1]["reason"] == "internal" and reject[-1]["sha256"] == cap.sha256
