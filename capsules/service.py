@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -10,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from xpscerpto._atomic import atomic_write
+from xpscerpto._config_fields import show
 from xpscerpto._stored_file import read_stored
-from xpscerpto.config import XpsConfig, policy_changes
+from xpscerpto.config import XpsConfig, canonical_key, policy_changes
 from xpscerpto.engine import Engine
 from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.home import Home
@@ -22,7 +24,7 @@ from .isolate import Gates
 from .refusal import Refusal
 from .updater import StagePlan, Updater
 
-__all__ = ["WatchService"]
+__all__ = ["OVERRIDES_FILE", "WatchService", "read_overrides"]
 
 
 def _check_recorded_gates(recorded: Mapping[str, Any], config: XpsConfig) -> None:
@@ -37,6 +39,55 @@ def _check_recorded_gates(recorded: Mapping[str, Any], config: XpsConfig) -> Non
             raise PolicyError(f"config key 'crypto.{change.key}': {change.new!r} differs from the security policy "
                               f"this home recorded ({change.old!r}); the home's policy changes only with "
                               "`xps policy apply`, audited, with approvals when it loosens")
+
+
+OVERRIDES_FILE = "overrides.json"
+
+
+def read_overrides(home: Home) -> dict[str, Any]:
+    """The emergency overrides a home holds, by per-section key (``engine.policy.forbid`` …).
+
+    No file is no override only while the home has not recorded the store; once recorded, a
+    missing or empty file is refused (a deleted file silently undid every emergency change).
+    A file from before keys were stored in one spelling may hold two spellings of one key:
+    equal values merge; different ones are refused, since the file does not say which came
+    last (replaying them in sorted order let an older value win).
+
+    Raises:
+        PolicyError: naming the file, when it is unreadable, damaged, recorded but missing or
+            empty, or holds two spellings of one key with different values.
+    """
+    path = home.root / OVERRIDES_FILE
+    where = f"overrides {str(path)!r}"
+    home.check_store("overrides")
+    try:
+        data = json.loads(read_stored(path))
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:  # a FIFO, /dev/zero, a directory: refused, never waited on or read without end
+        raise PolicyError(f"{where}: unreadable ({exc.strerror})") from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise PolicyError(f"{where}: unreadable ({type(exc).__name__}); restore it from a backup") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{where}: expected a JSON object")
+    merged: dict[str, tuple[str, Any]] = {}
+    for key, value in data.items():
+        canon = canonical_key(key)
+        if canon in merged and merged[canon][1] != value:
+            raise PolicyError(f"{where}: {show(merged[canon][0])} and {show(key)} are one key ({canon}) with "
+                              "different values, and the file does not say which was written last; keep the one "
+                              "in force (the journal's last CONFIG_EMERGENCY_CHANGE of it) and delete the other")
+        merged[canon] = (key, value)
+    return {key: value for key, (_, value) in merged.items()}
+
+
+def _write_json(path: Path, overrides: Mapping[str, Any]) -> None:
+    atomic_write(path, json.dumps(overrides, indent=1, sort_keys=True).encode() + b"\n")
+
+
+def _brief(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 class WatchService:
@@ -105,7 +156,7 @@ class WatchService:
         """The control socket and the watched inbox (whose arguments are checked here)."""
         from .watch import Inbox, InboxResult
 
-        self._overrides_path = self.updater.home.root / "overrides.json"
+        self._overrides_path = self.updater.home.root / OVERRIDES_FILE
         self.control = ControlServer(self.updater, self.updater.home.socket, service=self)
 
         def handle(raw: bytes, path: Path) -> InboxResult:
@@ -123,7 +174,7 @@ class WatchService:
                                       reason=reason, detail=detail)
 
         self.inbox = Inbox(directory, handle, polling=polling, settle_seconds=settle_seconds,
-                           max_bytes=limits.max_capsule_bytes, on_refused=refused)
+                           max_bytes=limits.max_capsule_bytes, on_refused=refused, home=self.updater.home.root)
 
     def start(self) -> WatchService:
         """Re-apply emergency overrides, restore the committed state, then open socket and inbox.
@@ -138,15 +189,29 @@ class WatchService:
             # Every change is journalled first; a journal we cannot continue must stop us here,
             # with one line, not on a background thread later.
             self.updater.audit.check_writable()
+            replayed = []
+            config = self.config
             for key, value in self._overrides().items():
-                self.config = self.config.emergency_change(key, value, operator="restart",
-                                                           reason=f"re-applied from {self._overrides_path.name}",
-                                                           audit=self.updater.audit)
-            self.updater.reconfigure(
-                self.config.engine,
-                gates=replace(self.updater.gates, max_slowdown=self.config.hotpatch.max_slowdown),
-                plan=replace(self.updater.plan, canary_share=self.config.hotpatch.canary_share),
-                config_document=self.config.to_mapping())
+                change = config.plan_emergency_change(key, value, operator="restart",
+                                                      reason=f"re-applied from {self._overrides_path.name}")
+                if change.new != change.old:
+                    # The override wins over the file given now, even a stricter one shipped
+                    # after the incident (found by a review): say so, every start.
+                    self._notice(f"emergency override {change.key} = {_brief(change.new)} from "
+                                 f"{self._overrides_path} replaces the configuration's {_brief(change.old)}; "
+                                 "undo it with `xps config emergency` once the file covers the incident")
+                config = change.config
+                replayed.append(change)
+            self._apply(config)
+            # Journaled once in force, not before (the journal must not claim what a failed
+            # step did not do).
+            for change in replayed:
+                change.record(self.updater.audit)
+            self.config = config
+            if replayed and self.updater.home.check_store("overrides"):
+                # A file from before overrides.json was a recorded store: recorded now, so
+                # that deleting it later is a refusal, not a silent reset.
+                self.updater.home.register_store("overrides")
             self.updater.restore()
             if self._cluster is not None:  # other nodes' enables and rollbacks, and ours to them
                 from xpscerpto.db.capsule_announce import Announcer
@@ -163,29 +228,47 @@ class WatchService:
         return self
 
     def emergency_change(self, key: str, value: Any, *, operator: str, reason: str) -> XpsConfig:
-        """An audited runtime change (see ``XpsConfig.emergency_change``), applied to this engine."""
-        new = self.config.emergency_change(key, value, operator=operator, reason=reason, audit=self.updater.audit)
-        overrides = {**self._overrides(), key: new.get(key)}
-        atomic_write(self._overrides_path, json.dumps(overrides, indent=1, sort_keys=True).encode() + b"\n")
-        h = new.hotpatch
-        gates = replace(self.updater.gates, max_slowdown=h.max_slowdown)
-        plan = replace(self.updater.plan, canary_share=h.canary_share)
-        self.updater.reconfigure(new.engine, gates=gates, plan=plan, config_document=new.to_mapping())
-        self.config = new
-        return new
+        """An audited runtime change (see ``XpsConfig.emergency_change``), applied to this engine.
+
+        In this order: validate, read ``overrides.json`` (a damaged one refuses the change),
+        write it, apply the change, then journal ``CONFIG_EMERGENCY_CHANGE``. If applying or
+        journaling fails, the file and the engine are put back as they were, so the journal
+        never claims a change that did not happen, nor the file hold one never journaled.
+        The file is keyed by the per-section spelling, whichever spelling the caller used.
+        """
+        change = self.config.plan_emergency_change(key, value, operator=operator, reason=reason)
+        overrides = self._overrides()
+        self.updater.audit.check_writable()
+        path, home = self._overrides_path, self.updater.home
+        previous = read_stored(path) if path.exists() else None
+        _write_json(path, {**overrides, change.key: change.new})
+        try:
+            home.register_store("overrides")
+            self._apply(change.config)
+            change.record(self.updater.audit)
+        except BaseException:
+            try:
+                # Registered or not, "no override" is an empty object, never a missing file.
+                atomic_write(path, previous if previous else b"{}\n")
+                self._apply(self.config)
+            except Exception:  # noqa: S110 -- the first failure is the one to report
+                pass
+            raise
+        self.config = change.config
+        return change.config
+
+    def _apply(self, config: XpsConfig) -> None:
+        h = config.hotpatch
+        self.updater.reconfigure(config.engine, gates=replace(self.updater.gates, max_slowdown=h.max_slowdown),
+                                 plan=replace(self.updater.plan, canary_share=h.canary_share),
+                                 config_document=config.to_mapping())
+
+    @staticmethod
+    def _notice(message: str) -> None:
+        print(f"xps watch: notice: {message}", file=sys.stderr, flush=True)
 
     def _overrides(self) -> dict[str, Any]:
-        try:
-            data = json.loads(read_stored(self._overrides_path))
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:  # a FIFO, /dev/zero, a directory: refused, never waited on or read without end
-            raise PolicyError(f"overrides {str(self._overrides_path)!r}: unreadable ({exc.strerror})") from None
-        except (ValueError, RecursionError, MemoryError) as exc:
-            raise PolicyError(f"overrides {str(self._overrides_path)!r}: unreadable ({type(exc).__name__})") from None
-        if not isinstance(data, dict):
-            raise PolicyError(f"overrides {str(self._overrides_path)!r}: expected a JSON object")
-        return data
+        return read_overrides(self.updater.home)
 
     def stop(self) -> None:
         """Close the inbox and the socket (routing stays as it is)."""

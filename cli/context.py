@@ -16,12 +16,35 @@ from xpscerpto.config import XpsConfig
 from xpscerpto.engine import Engine
 from xpscerpto.home import Home
 
-__all__ = ["config", "emit", "engine", "home"]
+__all__ = ["config", "effective_config", "emit", "engine", "home"]
 
 
 def config(args: argparse.Namespace) -> XpsConfig:
     """The configuration ``--config`` names, or every default."""
     return XpsConfig.load(args.config) if args.config else XpsConfig.defaults()
+
+
+def effective_config(args: argparse.Namespace) -> XpsConfig:
+    """What ``xps config show`` prints: the configuration ``--config`` names (else every default)
+    under what the home imposes on it, as ``xps watch`` would start with it.
+
+    The home's recorded security policy replaces the file's security keys, and the home's
+    emergency overrides (``overrides.json``) are applied; a home with no record changes
+    nothing (and is not created). A running engine's ``--canary-*`` flags are not known here.
+
+    Raises:
+        PolicyError: the file, the home's record or ``overrides.json`` is unreadable or invalid.
+    """
+    cfg = config(args)
+    h = Home.resolve(args.home, create=False)
+    if not h.record_path.exists():
+        return cfg
+    cfg = cfg.with_security_policy(h.record().policy)
+    from xpscerpto.capsules.service import read_overrides
+
+    for key, value in read_overrides(h).items():
+        cfg = cfg.plan_emergency_change(key, value, operator="config show", reason="overrides.json").config
+    return cfg
 
 
 def engine(args: argparse.Namespace) -> Engine:

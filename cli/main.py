@@ -131,8 +131,9 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(f"{args.file}: OK")
         return 0
     if args.config_cmd == "show":
-        # The Appendix C shape; JSON is also YAML, so the output loads back with --config.
-        print(json.dumps(context.config(args).to_document(), indent=2))
+        # The Appendix C shape; JSON is also YAML, so the output loads back with --config. The
+        # home's record and overrides apply: the file alone was not what an engine here runs.
+        print(json.dumps(context.effective_config(args).to_document(), indent=2))
         return 0
     from xpscerpto.capsules.control import NoEngineRunning, request, result
 

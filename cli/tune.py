@@ -19,6 +19,7 @@ from typing import Any
 from xpscerpto import _tuner
 from xpscerpto._autotune import load_cache, split
 from xpscerpto._tuning_model import BUCKET_NAMES, SHAPES, TuneResult
+from xpscerpto.audit.cli import terminal_safe
 from xpscerpto.engine import Engine
 from xpscerpto.errors import ErrorCode, XpsError
 
@@ -45,38 +46,51 @@ def cmd_tune(args: argparse.Namespace) -> int:
                               rounds=args.rounds)
         if not args.json:
             print(file=sys.stderr)
+    # Only implementations routing may pick here: a cache names what it names (a masked or
+    # uninstalled provider, terminal escapes), and was listed as the winner (found by a review).
+    eligible = {op: set(names) for op, names in _tuner.candidates(eng.table).items()}
     eng.use_tuning(result)
-    data = _document(eng, result)
+    data = _document(eng, result, eligible)
 
     def text() -> None:
-        print(f"autotune {result.created} (cache {_tuner.cache_path()})")
+        for line in lines():
+            print(terminal_safe(line))
+
+    def lines() -> Any:
+        yield f"autotune {result.created} (cache {_tuner.cache_path()})"
         measured = {m.operation for m in result.measurements}
         for op, shapes in sorted(data["operations"].items()):
             if op not in measured:
                 continue  # one eligible implementation: nothing to choose
-            print(f"{op}")
+            yield f"{op}"
             aead = op.startswith("aead.")
             for shape in SHAPES if aead else SHAPES[:1]:
                 rows = shapes[shape] if aead else shapes[shape][:1]
                 label = shape if aead else "per call"
-                print(f"  {label:<9} " + "  ".join(
+                yield f"  {label:<9} " + "  ".join(
                     (f"{r['bucket']}: " if aead else "") + f"{r['winner']} {r['winner_us']}" + (
                         f" (next {r['runner_up']} {r['runner_up_ratio']}x)" if r["runner_up"] else "")
-                    for r in rows))
+                    for r in rows)
             route = data["routes"].get(op)
             if route:
-                print(f"  routed:   {route['describe']}")
+                yield f"  routed:   {route['describe']}"
         single = sorted(op for op in data["operations"] if op not in measured)
         if single:
-            print("one eligible implementation (not measured): " + ", ".join(single))
+            yield "one eligible implementation (not measured): " + ", ".join(single)
+        if data["ignored"]:
+            yield "cached winners not eligible here (routing ignores them): " + ", ".join(data["ignored"])
 
     context.emit(args, data, text)
     return 0
 
 
-def _document(eng: Engine, result: TuneResult) -> dict[str, Any]:
+def _document(eng: Engine, result: TuneResult, eligible: dict[str, set[str]]) -> dict[str, Any]:
     ops: dict[str, Any] = {}
+    ignored = []
     for op, per_shape in sorted(result.winners.items()):
+        if not all(w in eligible.get(op, ()) for shape in SHAPES for w in per_shape[shape]):
+            ignored.append(op)
+            continue
         shapes: dict[str, Any] = {}
         for shape in SHAPES:
             rows = []
@@ -84,6 +98,8 @@ def _document(eng: Engine, result: TuneResult) -> dict[str, Any]:
                 best = next((m for m in result.measurements
                              if (m.operation, m.shape, m.bucket, m.provider) == (op, shape, bucket, winner)), None)
                 runner = result.runner_up(op, shape, bucket)
+                if runner is not None and runner.provider not in eligible[op]:
+                    runner = None
                 rows.append({
                     "bucket": BUCKET_NAMES[bucket], "winner": winner,
                     "winner_us": f"{best.seconds * 1e6:.2f}us" if best else "-",
@@ -100,7 +116,8 @@ def _document(eng: Engine, result: TuneResult) -> dict[str, Any]:
             routes[op] = {"provider": r.provider, "limit": r.limit, "large_provider": r.large_provider,
                           "keyed_provider": r.keyed_provider, "keyed_limit": r.keyed_limit,
                           "keyed_large_provider": r.keyed_large_provider, "describe": describe_route(r)}
-    return {"created": result.created, "fingerprint": result.fingerprint, "operations": ops, "routes": routes}
+    return {"created": result.created, "fingerprint": result.fingerprint, "operations": ops, "routes": routes,
+            "ignored": ignored}
 
 
 def describe_route(r: Any) -> str:

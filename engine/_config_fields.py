@@ -161,10 +161,15 @@ def parse_days(value: object, key: str) -> float:
 
 
 def days_as_seconds(value: object, key: str) -> float:
-    """:func:`parse_days`, in seconds."""
+    """:func:`parse_days`, in seconds: at most :data:`MAX_DURATION` (36500 days).
+
+    These become deadlines (``retired_at + window``) that the keyring turns into dates; 1e300
+    days loaded, then ``xps key describe`` died of an OverflowError (found by a review).
+    """
     seconds = parse_days(value, key) * 86400.0
-    if not math.isfinite(seconds):  # 1e305 days is finite, its seconds are not
-        raise PolicyError(f"config key {key!r}: a number of days out of range, got {show(value)}")
+    if not seconds <= MAX_DURATION:  # also catches 1e305 days, finite as days but not in seconds
+        raise PolicyError(f"config key {key!r}: a number of days out of range (at most 36500, 100 years), "
+                          f"got {show(value)}")
     return seconds
 
 
@@ -215,7 +220,7 @@ def count(minimum: int = 0) -> Callable[[object, str], int]:
         if not isinstance(value, int) or isinstance(value, bool):
             raise PolicyError(f"config key {key!r}: expected an integer, got {show(value)}")
         if value < minimum:
-            raise PolicyError(f"config key {key!r}: must be >= {minimum}, got {value}")
+            raise PolicyError(f"config key {key!r}: must be >= {minimum}, got {show(value)}")
         return value
     return parse
 
@@ -289,8 +294,11 @@ def no_unknown(data: Mapping[Any, Any], known: set[str] | frozenset[str], prefix
     """Refuse keys not in ``known``, naming the first with its dotted path."""
     for key in data:
         if key not in known:
-            at = f" at '{prefix}{key}'" if prefix else ""
-            raise PolicyError(f"config: unknown key {key!r}{at} (known: {', '.join(sorted(known))})")
+            # The key is the caller's: a long or unprintable one is described, not repeated.
+            shown = show(key)
+            printable = isinstance(key, str) and key.isprintable() and shown == repr(key)
+            at = f" at '{prefix}{key}'" if prefix and printable else ""
+            raise PolicyError(f"config: unknown key {shown}{at} (known: {', '.join(sorted(known))})")
 
 
 def str_list(value: object, key: str) -> list[str]:

@@ -135,6 +135,7 @@ __all__ = [
     "AuditConfig",
     "AuditSink",
     "ChannelConfig",
+    "EmergencyChange",
     "EngineConfig",
     "HotpatchConfig",
     "KekConfig",
@@ -142,6 +143,7 @@ __all__ = [
     "Policy",
     "PolicyChange",
     "XpsConfig",
+    "canonical_key",
     "parse_duration",
     "parse_size",
     "policy_changes",
@@ -191,9 +193,11 @@ class PolicyChange:
 def policy_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[PolicyChange]:
     """The keys of :data:`SECURITY_KEYS` whose values differ, each judged tighter or looser.
 
-    Tighter: more approvals, shorter request lifetime, shorter dual-key window, shorter
-    retention, rotating sooner, fewer encryptions per version, a hot-patch gate switched on,
-    development mode switched off. Anything else (the KEK above all) counts as loosening.
+    Tighter: more approvals, shorter request lifetime, rotating sooner, fewer encryptions per
+    version, a hot-patch gate switched on, development mode switched off. Anything else (the
+    KEK above all) counts as loosening: so does any change of the dual-key window or of the
+    retention, since a shorter one lets retired versions be destroyed sooner, which only the
+    approvals a destroy needs may allow.
     """
     out = []
     for key in SECURITY_KEYS:
@@ -387,7 +391,7 @@ class XpsConfig:
         node: Any = self.to_document() if key.startswith("crypto.") else self.to_mapping()
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
-                raise PolicyError(f"config key {key!r}: no such key")
+                raise PolicyError(f"config key {show(key)}: no such key")
             node = node[part]
         return node
 
@@ -398,15 +402,30 @@ class XpsConfig:
         Only :data:`EMERGENCY_KEYS` may change. The value is validated exactly as loading
         would (including cross-key rules), then ``CONFIG_EMERGENCY_CHANGE`` is recorded with
         ``key``, ``old``, ``new``, ``operator`` and ``reason``; if recording fails, nothing
-        changes. ``self`` is never modified.
+        changes. ``self`` is never modified. A caller that must persist or apply the change
+        before it is journaled uses :meth:`plan_emergency_change`.
 
         Raises:
             PolicyError: the key is not changeable at runtime, the value is invalid, or the
                 operator/reason is missing.
         """
-        key = DOCUMENT_KEYS.get(key, key)
-        if key not in EMERGENCY_KEYS:
-            raise PolicyError(f"config key {key!r}: not changeable at runtime "
+        change = self.plan_emergency_change(key, value, operator=operator, reason=reason)
+        change.record(audit)
+        return change.config
+
+    def plan_emergency_change(self, key: str, value: Any, *, operator: str, reason: str) -> EmergencyChange:
+        """Validate an emergency change as :meth:`emergency_change` does, recording nothing.
+
+        The caller applies :attr:`EmergencyChange.config`, then calls
+        :meth:`EmergencyChange.record`: the journal must not claim a change that a later step
+        (writing ``overrides.json``, reconfiguring the engine) failed to make.
+
+        Raises:
+            PolicyError: as :meth:`emergency_change`.
+        """
+        key = canonical_key(key)
+        if not isinstance(key, str) or key not in EMERGENCY_KEYS:
+            raise PolicyError(f"config key {show(key)}: not changeable at runtime "
                               f"(emergency changes allowed for: {', '.join(sorted(EMERGENCY_KEYS))})")
         for name, given in (("operator", operator), ("reason", reason)):
             if not isinstance(given, str) or not given.strip():
@@ -419,9 +438,29 @@ class XpsConfig:
         old = node[leaf]
         node[leaf] = value
         new_cfg = XpsConfig._from_sections(data)
-        new = new_cfg.get(key)
-        audit.record("CONFIG_EMERGENCY_CHANGE", key=key, old=old, new=new, operator=operator, reason=reason)
-        return new_cfg
+        return EmergencyChange(key, old, new_cfg.get(key), operator, reason, new_cfg)
+
+
+def canonical_key(key: str) -> str:
+    """The per-section spelling of a key (``crypto.policy.forbid`` -> ``engine.policy.forbid``)."""
+    return DOCUMENT_KEYS.get(key, key) if isinstance(key, str) else key
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencyChange:
+    """A validated, not yet journaled emergency change (see :meth:`XpsConfig.plan_emergency_change`)."""
+
+    key: str  # per-section spelling
+    old: Any
+    new: Any
+    operator: str
+    reason: str
+    config: XpsConfig
+
+    def record(self, audit: AuditSink) -> None:
+        """Journal ``CONFIG_EMERGENCY_CHANGE``: call once the change is in force."""
+        audit.record("CONFIG_EMERGENCY_CHANGE", key=self.key, old=self.old, new=self.new, operator=self.operator,
+                     reason=self.reason)
 
 
 # --------------------------------------------------------------------------- files

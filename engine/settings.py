@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ from ._config_fields import (
 from .algorithms import AEAD
 from .errors import PolicyError
 
-__all__ = ["AUTOTUNE_ENV", "AeadDefaults", "EngineConfig", "NonceMode", "Policy", "autotune_enabled"]
+__all__ = ["AUTOTUNE_ENV", "FOREIGN_TOKENS", "AeadDefaults", "EngineConfig", "NonceMode", "Policy", "autotune_enabled",
+           "forbid_entries", "prefer_entries", "resolve_forbid", "resolve_operation"]
 
 AUTOTUNE_ENV = "XPS_AUTOTUNE"
 
@@ -58,6 +60,17 @@ class Policy:
     allow: tuple[str, ...] | None = None
     forbid: tuple[str, ...] = ()
     require_constant_time: bool = True
+
+    def __post_init__(self) -> None:
+        # Built in code too: forbid="aes128" forbade nothing (a str is not a tuple of entries),
+        # forbid=42 failed later as a TypeError, and a caller's list could be changed after
+        # the fact without an audited change (found by a review).
+        object.__setattr__(self, "forbid", forbid_entries(self.forbid, "policy.forbid"))
+        if self.allow is not None:
+            object.__setattr__(self, "allow", _str_tuple(self.allow, "policy.allow"))
+        if not isinstance(self.require_constant_time, bool):
+            raise PolicyError(f"config key 'policy.require_constant_time': expected true or false, "
+                              f"got {show(self.require_constant_time)}")
 
     def permits(self, operation: str, tokens: tuple[str, ...]) -> bool:
         """Whether ``operation`` (with its algorithm ``tokens``) may be routed."""
@@ -104,6 +117,16 @@ class EngineConfig:
         # Built in code, not only parsed from a file: ("-jit",), ("JIT",) or "-jit" once masked
         # nothing at all, silently (found by a review) — an incident control must not do that.
         object.__setattr__(self, "isa_mask", _mask_tokens(self.isa_mask))
+        if not isinstance(self.policy, Policy):
+            raise PolicyError(f"config key 'policy': expected a Policy, got {type(self.policy).__name__}")
+        if self.nonce not in ("auto", "app"):
+            raise PolicyError(f"config key 'nonce': expected 'auto' or 'app', got {show(self.nonce)}")
+        object.__setattr__(self, "prefer", prefer_entries(self.prefer, "prefer"))
+        if self.providers is not None:
+            object.__setattr__(self, "providers", _str_tuple(self.providers, "providers"))
+        for name in ("autoload_plugins", "autotune"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise PolicyError(f"config key {name!r}: expected true, false or null, got {show(getattr(self, name))}")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], prefix: str = "") -> EngineConfig:
@@ -137,16 +160,12 @@ class EngineConfig:
         allow = policy_data.get("allow")
         if allow is not None:
             allow = tuple(str_list(allow, f"{policy_at}allow"))
-        forbid = tuple(str_list(policy_data.get("forbid", []), f"{policy_at}forbid"))
+        forbid = forbid_entries(str_list(policy_data.get("forbid", []), f"{policy_at}forbid"), f"{policy_at}forbid")
         constant_time = policy_data.get("require_constant_time", True)
         expect(constant_time, bool, f"{policy_at}require_constant_time")
         if nonce not in ("auto", "app"):
             raise PolicyError(f"config key '{nonce_at}': expected 'auto' or 'app', got {show(nonce)}")
-        prefer = data.get("prefer", {})
-        expect(prefer, Mapping, f"{at}prefer")
-        for k, v in prefer.items():
-            expect(k, str, f"{at}prefer (key)")
-            expect(v, str, f"{at}prefer.{k}")
+        prefer = prefer_entries(data.get("prefer", {}), f"{at}prefer")
         providers = data.get("providers")
         if providers is not None:
             providers = tuple(str_list(providers, f"{at}providers"))
@@ -157,8 +176,7 @@ class EngineConfig:
         autotune = data.get("autotune")
         if autotune is not None:
             expect(autotune, bool, f"{at}autotune")
-        return cls(Policy(allow, forbid, constant_time), nonce, MappingProxyType(dict(prefer)), providers,
-                   autoload, mask, autotune)
+        return cls(Policy(allow, forbid, constant_time), nonce, prefer, providers, autoload, mask, autotune)
 
     @classmethod
     def from_file(cls, path: str | Path) -> EngineConfig:
@@ -203,6 +221,93 @@ class EngineConfig:
     def is_engine_keys(data: Mapping[str, Any]) -> bool:
         """Whether ``data``'s keys are all ``engine:`` keys (the pre-Appendix C file layout)."""
         return bool(data) and set(data) <= _ENGINE_KEYS
+
+
+#: Algorithms xpscerpto does not offer, named by the seed's example (``forbid: [sha1, des]``)
+#: and by operators' policies elsewhere: forbidding one is valid and forbids nothing routable.
+FOREIGN_TOKENS = frozenset({"sha1", "md5", "md4", "des", "3des", "tdes", "rc4", "rc2"})
+
+
+def _squash(name: str) -> str:
+    # Documented names differ only in case and in '-' versus '_' (AES-128-GCM, AES_128_GCM).
+    return name.strip().lower().replace("-", "").replace("_", "")
+
+
+@functools.cache
+def _operation_names() -> dict[str, str]:
+    from .interfaces import OPERATIONS
+
+    return {_squash(name): op for op, spec in OPERATIONS.items() for name in (op, *spec.aliases)}
+
+
+def resolve_operation(name: str) -> str | None:
+    """The operation a public name means (``"AES-128-GCM"``, ``"aes_gcm"``, ``"aead.aes128gcm"``), or None."""
+    return _operation_names().get(_squash(name))
+
+
+def resolve_forbid(entry: str, key: str) -> str:
+    """What one ``forbid`` entry forbids, in the form :meth:`Policy.reason` matches.
+
+    An algorithm name in any documented spelling becomes its operation name; a token
+    (``aes128``, ``sha-1``) its lower-case form; a glob stays a glob. Before, the documented
+    names (``AES-128-GCM``) matched nothing and forbade nothing, silently (found by a review).
+
+    Raises:
+        PolicyError: naming ``key``, when the entry matches no operation, alias, token or glob.
+    """
+    from .interfaces import OPERATIONS
+
+    op = resolve_operation(entry)
+    if op is not None:
+        return op
+    token = _squash(entry)
+    if token in FOREIGN_TOKENS or any(token in spec.tokens for spec in OPERATIONS.values()):
+        return token
+    glob = entry.strip().lower()
+    if any(c in glob for c in "*?[") and any(fnmatch.fnmatchcase(op, glob) for op in OPERATIONS):
+        return glob
+    raise PolicyError(f"config key {key!r}: {show(entry)} names no algorithm, token or operation glob xpscerpto "
+                      "knows (such as 'AES-128-GCM', 'aes128', 'aead.aes128*' or 'sha1'); it would forbid nothing")
+
+
+def forbid_entries(value: object, key: str) -> tuple[str, ...]:
+    """``forbid`` as given in a file or in code: each entry resolved by :func:`resolve_forbid`."""
+    return tuple(resolve_forbid(entry, key) for entry in _str_tuple(value, key))
+
+
+def prefer_entries(value: object, key: str) -> Mapping[str, str]:
+    """``prefer`` with each key resolved to its operation (unknown names refused); read-only.
+
+    A provider name is kept as given: a capsule may install that provider later.
+    """
+    if not isinstance(value, Mapping):
+        raise PolicyError(f"config key {key!r}: expected a mapping of operation -> provider, "
+                          f"got {type(value).__name__}")
+    out: dict[str, str] = {}
+    for name, provider in value.items():
+        expect(name, str, f"{key} (key)")
+        # The name is the caller's: a long or odd one is described, not repeated.
+        at = f"{key}.{name}" if show(name) == repr(name) else key
+        expect(provider, str, at)
+        op = resolve_operation(name)
+        if op is None:
+            raise PolicyError(f"config key {key!r}: {show(name)} is not an operation (such as "
+                              "'aead.chacha20poly1305' or 'CHACHA20-POLY1305')")
+        if not provider.strip():
+            raise PolicyError(f"config key {at!r}: expected a provider name, got {show(provider)}")
+        if op in out and out[op] != provider:
+            raise PolicyError(f"config key {key!r}: {op!r} is given twice (under two of its names)")
+        out[op] = provider
+    return MappingProxyType(out)
+
+
+def _str_tuple(value: object, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise PolicyError(f"config key {key!r}: expected a list of strings, got one string "
+                          f"({show(value)}); write a one-entry list")
+    if not isinstance(value, tuple | list) or not all(isinstance(v, str) for v in value):
+        raise PolicyError(f"config key {key!r}: expected a list of strings")
+    return tuple(value)
 
 
 def _mask_tokens(value: object) -> tuple[str, ...]:

@@ -34,11 +34,11 @@ from xpscerpto._config_fields import (
     optional_text,
     parse_aead_name,
     parse_days,
-    parse_duration,
     positive,
     seconds_out,
     show,
     text,
+    timer_duration,
     to_str,
 )
 from xpscerpto.algorithms import AEAD
@@ -117,12 +117,21 @@ def _max_encryptions(data: object, key: str) -> Mapping[str, int]:
     expect(data, Mapping, key)
     merged = dict(_default_max_encryptions())
     limit_of = count(1)
+    seen: dict[AEAD, str] = {}
     for name, limit in cast("Mapping[Any, Any]", data).items():
-        algo = parse_aead_name(name, f"{key}.{name}")
-        value = limit_of(limit, f"{key}.{name}")
+        # The name is the file's: a long or odd one is described, not repeated.
+        at = f"{key}.{name}" if isinstance(name, str) and show(name) == repr(name) else key
+        algo = parse_aead_name(name, at)
+        if algo in seen:
+            # AES-256-GCM and AES_GCM are one algorithm: the later line silently replaced the
+            # operator's limit, a duplicate key that the file parser cannot see (found by a review).
+            raise PolicyError(f"config key {at!r}: {algo.value} is already limited as {seen[algo]!r} in "
+                              "this section; give each algorithm once")
+        seen[algo] = name
+        value = limit_of(limit, at)
         # Lower is allowed (rotate sooner); higher would let random nonces repeat.
         if value > safe_max_encryptions(algo.value):
-            raise PolicyError(f"config key '{key}.{name}': {value} exceeds the safe bound "
+            raise PolicyError(f"config key {at!r}: {show(value)} exceeds the safe bound "
                               f"{safe_max_encryptions(algo.value)} for random nonces")
         merged[algo.value] = value
     return MappingProxyType(merged)
@@ -182,11 +191,13 @@ class KeyringConfig:
     def tightens(key: str, old: Any, new: Any) -> bool:
         """Whether changing recorded security key ``key`` from ``old`` to ``new`` is stricter.
 
-        Shorter windows and retention, rotating sooner and fewer encryptions per version are;
-        anything else (the KEK above all) is not.
+        Rotating sooner and fewer encryptions per version are; anything else (the KEK above
+        all) is not. A shorter dual-key window or retention is not: it makes retired versions
+        destroyable sooner, so one operator could destroy versions that a destroy needs
+        approvals for (found by a review). Either way it needs the approvals a loosening does.
         """
         if key in ("dual_window", "destroy_after"):
-            return bool(new < old)
+            return False
         if key == "max_encryptions":
             return set(new) == set(old) and all(new[a] <= old[a] for a in old)
         if key == "default_policy":
@@ -240,8 +251,8 @@ _KEYRING_FIELDS = (
     Field("database", "database", text),
     Field("default_algorithm", "default_algorithm", parse_aead_name, to_str),
     Field("default_policy", "default_policy", _usage_policy),
-    Field("dual_window", "dual_window_seconds", parse_duration, seconds_out),
-    Field("destroy_after", "destroy_after_seconds", parse_duration, seconds_out),
+    Field("dual_window", "dual_window_seconds", timer_duration, seconds_out),
+    Field("destroy_after", "destroy_after_seconds", timer_duration, seconds_out),
     Field("usage_block", "usage_block", count(1)),
 )
 _KEYRING_DOC_FIELDS = (
@@ -268,8 +279,8 @@ class ApprovalsConfig:
         cfg = build_section(cls, _APPROVALS_FIELDS, data, prefix)
         if cfg.emergency_revoke > cfg.revoke:
             raise PolicyError(f"config key '{prefix}emergency_revoke': must be <= {prefix}revoke "
-                              f"({cfg.revoke}); an emergency may need fewer approvals, not more, "
-                              f"got {cfg.emergency_revoke}")
+                              f"({show(cfg.revoke)}); an emergency may need fewer approvals, not more, "
+                              f"got {show(cfg.emergency_revoke)}")
         return cfg
 
     def to_mapping(self) -> dict[str, Any]:
@@ -290,5 +301,7 @@ _APPROVALS_FIELDS = (
     Field("revoke", "revoke", count()),
     Field("destroy", "destroy", count()),
     Field("emergency_revoke", "emergency_revoke", count()),
-    Field("request_ttl", "request_ttl_seconds", positive(parse_duration), seconds_out),
+    # Bounded like a timer: a request's expiry becomes a date (1e300 loaded, then every
+    # request was refused without naming this key).
+    Field("request_ttl", "request_ttl_seconds", positive(timer_duration), seconds_out),
 )

@@ -211,7 +211,8 @@ def test_sections_are_frozen() -> None:
     with pytest.raises(TypeError):
         cfg.keyring.max_encryptions["AES-256-GCM"] = 1  # type: ignore[index]
     with pytest.raises(TypeError):
-        XpsConfig.from_mapping({"engine": {"prefer": {"a": "b"}}}).engine.prefer["a"] = "c"  # type: ignore[index]
+        XpsConfig.from_mapping({"engine": {"prefer": {"aead.aes256gcm": "b"}}}).engine.prefer[  # type: ignore[index]
+            "aead.aes256gcm"] = "c"
 
 
 OVERRIDES: list[tuple[str, Any, Any]] = [
@@ -608,9 +609,9 @@ def test_duplicate_json_keys_are_refused(tmp_path: Path) -> None:
 def test_yaml_merge_keys_and_aliases_are_not_duplicates(tmp_path: Path) -> None:
     text = "approvals: &a\n  revoke: 2\n  destroy: 2\nhotpatch: {canary_share: 0.5}\n"
     assert XpsConfig.load(_write(tmp_path, "ok.yaml", text)).approvals.revoke == 2
-    merged = "engine:\n  policy: &p {forbid: [sha1]}\n  prefer:\n    <<: {a: x}\n    b: y\n"
+    merged = "engine:\n  policy: &p {forbid: [sha1]}\n  prefer:\n    <<: {aead.aes256gcm: x}\n    sig.ed25519: y\n"
     cfg = XpsConfig.load(_write(tmp_path, "merge.yaml", merged))
-    assert cfg.engine.prefer == {"a": "x", "b": "y"}
+    assert cfg.engine.prefer == {"aead.aes256gcm": "x", "sig.ed25519": "y"}
 
 
 @pytest.mark.parametrize(("text", "key"), [
