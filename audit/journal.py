@@ -528,6 +528,8 @@ class AuditLog:
         self._sk: Ed25519PrivateKey | None = None
         self._pub_hex: str | None = None
         self._published = False
+        #: (journal identity, seq of a checkpoint, its interval): see _known_interval.
+        self._interval_seen: tuple[object, int, int] | None = None
         self._rl_lock = threading.Lock()
         self._windows: dict[tuple[str, str], _Window] = {}
         self._listeners: tuple[Callable[[str, dict[str, Any]], None], ...] = ()
@@ -788,7 +790,30 @@ class AuditLog:
         """
         if head_seq == 0:
             return self.checkpoint_every
-        return self._interval_after(_newest_checkpoint(fd, os.fstat(fd).st_size), head_seq)
+        st = os.fstat(fd)
+        ident = (st.st_dev, st.st_ino)
+        known = self._known_interval(ident, head_seq)
+        if known is not None:
+            return known
+        newest = _newest_checkpoint(fd, st.st_size)
+        return self._remember_interval(ident, newest, self._interval_after(newest, head_seq))
+
+    def _known_interval(self, ident: object, head_seq: int) -> int | None:
+        """The interval found before for this journal, while its head is not behind that checkpoint.
+
+        Once a journal has a checkpoint its interval never changes, and looking it up walks back
+        over up to an interval of records: done at every append that made filling a journal
+        quadratic in its interval (found by a review).
+        """
+        known = self._interval_seen
+        if known is not None and known[0] == ident and known[1] <= head_seq:
+            return known[2]
+        return None
+
+    def _remember_interval(self, ident: object, newest: dict[str, Any] | None, every: int) -> int:
+        if newest is not None and type(newest.get("seq")) is int and _is_count(newest.get("every")):
+            self._interval_seen = (ident, newest["seq"], every)
+        return every
 
     def _interval_after(self, newest: dict[str, Any] | None, head_seq: int) -> int:
         """:meth:`_journal_interval`, given the journal's newest checkpoint (None: it has none)."""

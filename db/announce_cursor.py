@@ -30,6 +30,7 @@ import threading
 
 from xpscerpto._atomic import atomic_write
 from xpscerpto._stored_file import read_stored
+from xpscerpto.capsules.format import _NAME, _VERSION
 from xpscerpto.errors import PolicyError, UpdateError
 from xpscerpto.home import STORES, Home
 
@@ -52,7 +53,7 @@ class AnnounceCursor:
     Args:
         home: the node's home.
         node: the node's name (the file names it: another node's file is refused).
-        database: the database as shown in messages (no password; the file names it too).
+        database: the database's name on its server (the file names it too).
 
     Raises:
         PolicyError: the home recorded the file and it is missing or empty.
@@ -149,6 +150,9 @@ class AnnounceCursor:
 
 
 def _is_pending(value: object) -> bool:
+    # Name and version as a manifest allows them: an entry the database cannot take (a NUL, a
+    # lone surrogate) would be retried first for ever, holding every later change back.
     return isinstance(value, list) and len(value) == 4 and value[0] in ("enable", "rollback") \
         and all(isinstance(v, str) and 0 < len(v) <= _MAX_TEXT for v in value) \
-        and len(value[1]) == 64 and all(c in "0123456789abcdef" for c in value[1])
+        and len(value[1]) == 64 and all(c in "0123456789abcdef" for c in value[1]) \
+        and _NAME.fullmatch(value[2]) is not None and _VERSION.fullmatch(value[3]) is not None

@@ -22,6 +22,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from xpscerpto.audit.journal import (
+    CHECKPOINT,
     GENESIS,
     AuditLog,
     AuditTampered,
@@ -80,13 +81,12 @@ class PgAuditLog(AuditLog):
                 head = _Head(rec["seq"], rec["hash"])
             every = self.checkpoint_every
             if head.seq:
-                # One journal, one interval (see audit.journal): the newest checkpoint's, found by
-                # walking back from the head (at most one interval of rows in a sound journal).
-                found = tx.execute("SELECT line FROM xps_audit WHERE position(? in line) > 0 ORDER BY seq DESC "
-                                   "LIMIT 1", ('"event":"CHECKPOINT"',)).fetchone()
-                newest = None if found is None else _parse_record(str(found[0]).encode())[0]
-                every = self._interval_after(newest if newest and newest.get("event") == "CHECKPOINT" else None,
-                                             head.seq)
+                # One journal, one interval (see audit.journal): the newest checkpoint's.
+                known = self._known_interval(self.name, head.seq)
+                if known is None:
+                    newest = _newest_checkpoint_row(tx, head.seq)
+                    known = self._remember_interval(self.name, newest, self._interval_after(newest, head.seq))
+                every = known
             written, main = self._build(head, None, event, fields, every=every)
             for r in written:
                 tx.execute("INSERT INTO xps_audit (seq, time, line) VALUES (?, ?, ?)",
@@ -142,3 +142,22 @@ class PgAuditLog(AuditLog):
     def close(self) -> None:
         """Close the database connections."""
         self.database.close()
+
+
+def _newest_checkpoint_row(tx: Any, head_seq: int) -> dict[str, Any] | None:
+    """The newest CHECKPOINT record at or below ``head_seq``, walking back; None if there is none.
+
+    A row mentioning the text is not enough: a record may carry ``{"event": "CHECKPOINT"}`` in a
+    field of its own, and taking that for the newest checkpoint refused every later append.
+    """
+    before = head_seq + 1
+    while True:
+        rows = tx.execute("SELECT seq, line FROM xps_audit WHERE seq < ? AND position(? in line) > 0 "
+                          "ORDER BY seq DESC LIMIT 64", (before, '"event":"CHECKPOINT"')).fetchall()
+        if not rows:
+            return None
+        for _seq, line in rows:
+            rec = _parse_record(str(line).encode())[0]
+            if rec is not None and rec.get("event") == CHECKPOINT:
+                return rec
+        before = rows[-1][0]

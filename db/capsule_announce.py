@@ -60,6 +60,9 @@ BATCH = 500
 MAX_REFUSALS = 10
 #: The longest node name an event may carry.
 MAX_NODE = 200
+#: The advisory lock a publisher holds from taking an event id to its commit: ids then become
+#: visible in id order, so a follower past id N never misses an id below N still being written.
+ANNOUNCE_LOCK = 0x7870_7300_0000_0004
 
 
 class Announcer:
@@ -87,7 +90,10 @@ class Announcer:
         self._peers = [_peer_key(k) for k in peers]
         self.database = open_migrated(database, 9, "announcement database")
         try:
-            self._cursor = AnnounceCursor(updater.home, node=node, database=self.database.name)
+            # The database by its name on the server, not by how this DSN spells the host: a
+            # standby's address, or localhost for 127.0.0.1, is the same fleet's table.
+            row = self.database.execute("SELECT current_database()").fetchone()
+            self._cursor = AnnounceCursor(updater.home, node=node, database=str(row[0]) if row else "")
             self._seen = self._cursor.load()
         except BaseException:
             self.database.close()
@@ -134,13 +140,18 @@ class Announcer:
             PolicyError: the cursor is past the newest event (the table was reset, or restored
                 from an older backup): following it would skip every new event unseen.
         """
-        row = self.database.execute("SELECT coalesce(max(id), 0) FROM xps_capsule_events").fetchone()
-        newest = int(row[0]) if row else 0
-        if self._seen > newest:
-            raise PolicyError(f"announce cursor {str(self._cursor.path)!r}: this node followed events up to id "
-                              f"{self._seen}, the database's newest is {newest} (the table was reset or restored "
-                              "from an older backup); restore the database, or the home from a backup taken with it")
-        self.database.listen(CHANNEL, lambda _payload: self._wake.set(), on_reconnect=self._wake.set)
+        try:
+            row = self.database.execute("SELECT coalesce(max(id), 0) FROM xps_capsule_events").fetchone()
+            newest = int(row[0]) if row else 0
+            if self._seen > newest:
+                raise PolicyError(f"announce cursor {str(self._cursor.path)!r}: this node followed events up to id "
+                                  f"{self._seen}, the database's newest is {newest} (the table was reset or "
+                                  "restored from an older backup); restore the database, or the home from a backup "
+                                  "taken with it")
+            self.database.listen(CHANNEL, lambda _payload: self._wake.set(), on_reconnect=self._wake.set)
+        except BaseException:
+            self.database.close()  # the caller never gets this object back to stop() it
+            raise
         self._thread.start()
         return self
 
@@ -191,7 +202,7 @@ class Announcer:
                 self.last_error = str(exc)
 
     def _announce(self, action: str, sha: str, name: str, version: str, raw: bytes | None) -> None:
-        with self.database.transaction() as tx:
+        with self.database.transaction(lock=ANNOUNCE_LOCK) as tx:
             if raw is not None:
                 tx.execute("INSERT INTO xps_capsules (sha256, raw, name, version, node) VALUES (?, ?, ?, ?, ?) "
                            "ON CONFLICT DO NOTHING", (sha, raw, name, version, self.node))

@@ -33,6 +33,9 @@ __all__ = ["CounterShare", "CounterStore", "Series", "series_rows"]
 
 Labels = tuple[tuple[str, str], ...]
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+#: The longest counter name, and the longest labels (as stored JSON) a row may have.
+MAX_NAME = 200
+MAX_LABELS_TEXT = 2000
 #: name -> {labels: value}, the shape of ``Metrics.snapshot()``.
 Series = Mapping[str, Mapping[Labels, float]]
 
@@ -97,8 +100,10 @@ def series_rows(series: object) -> list[tuple[str, str, float]]:
         raise PolicyError(f"series: expected a mapping of counter names, got {type(series).__name__}")
     rows = []
     for name, by_labels in series.items():
-        if not isinstance(name, str) or not _NAME.fullmatch(name) or not isinstance(by_labels, Mapping):
-            raise PolicyError("series: expected counter name (letters, digits, '_', ':') -> {labels: value}")
+        if not isinstance(name, str) or len(name) > MAX_NAME or not _NAME.fullmatch(name) \
+                or not isinstance(by_labels, Mapping):
+            raise PolicyError(f"series: expected counter name (up to {MAX_NAME} letters, digits, '_', ':') -> "
+                              "{labels: value}")
         for labels, value in by_labels.items():
             if not isinstance(labels, tuple) or not all(
                     isinstance(p, tuple) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in labels):
@@ -109,9 +114,12 @@ def series_rows(series: object) -> list[tuple[str, str, float]]:
                 number = float(value)
             except OverflowError:
                 raise PolicyError("series: a value is too large for a float") from None
-            if math.isfinite(number):
-                # json.dumps escapes lone surrogates and NULs: the JSON text is plain ASCII.
-                rows.append((name, json.dumps([list(p) for p in labels]), number))
+            # json.dumps escapes lone surrogates and NULs: the JSON text is plain ASCII.
+            text = json.dumps([list(p) for p in labels])
+            # (name, labels) is the table's key, and an index entry holds about 2.7 KB: one longer
+            # row failed every publish of the process, so it is left out (as unreadable rows are).
+            if math.isfinite(number) and len(text) <= MAX_LABELS_TEXT:
+                rows.append((name, text, number))
     return rows
 
 

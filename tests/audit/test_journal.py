@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import stat
 import subprocess
 import sys
@@ -1339,3 +1340,31 @@ def test_a_refusal_names_a_field_by_position_not_by_a_key_the_caller_chose(path:
     with pytest.raises(PolicyError, match="audit field operator: bytes refused"):
         AuditLog(path).record("KEY_CREATED", operator=b"alice")  # a name as code writes one is shown
     assert not path.exists()
+
+
+def test_the_interval_is_looked_up_once_per_journal_not_at_every_append(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Review finding: every append walked back to the newest checkpoint, so filling a journal
+    # with a large interval cost time quadratic in it (30 ms per append at 20,000 records).
+    from xpscerpto.audit import journal
+
+    calls = []
+    real = journal._newest_checkpoint
+
+    def counted(fd: int, end: int) -> object:
+        calls.append(end)
+        return real(fd, end)
+
+    monkeypatch.setattr(journal, "_newest_checkpoint", counted)
+    log = AuditLog(tmp_path / "audit.log", checkpoint_every=3)
+    for k in range(40):
+        log.record("KEY_ROTATE", k=k)
+    assert len(calls) <= 4  # until the first checkpoint is seen, then never again
+    report = log.verify()
+    assert report.checkpoints == report.records // 4 == 13
+    # A journal restored from a backup (another file) is looked up again.
+    shutil.copy2(tmp_path / "audit.log", tmp_path / "copy")
+    os.replace(tmp_path / "copy", tmp_path / "audit.log")
+    before = len(calls)
+    log.record("KEY_ROTATE", k=40)
+    assert len(calls) == before + 1

@@ -168,3 +168,20 @@ def test_a_node_configured_with_another_interval_keeps_the_journals(pg_dsn: str,
     assert report.checkpoints == report.records // 4 and report.records == 1 + 13 + report.checkpoints
     for log in (a, b, other):
         log.close()
+
+
+def test_a_record_carrying_checkpoint_text_does_not_hide_the_real_checkpoint(pg_dsn: str, tmp_path: Path) -> None:
+    # Review finding: the newest checkpoint was the newest row *mentioning* one; a record with
+    # {"event": "CHECKPOINT"} in a field of its own hid the real one, and every later append on
+    # every node was refused as if the journal had none.
+    (log,) = _nodes(tmp_path, pg_dsn, 1, every=5)
+    for k in range(6):
+        log.record("KEY_ROTATE", k=k)
+    log.record("CONFIG_CHANGE", value={"event": "CHECKPOINT"})
+    fresh = PgAuditLog(pg_dsn, tmp_path / "n0" / "audit.log", checkpoint_every=5)  # nothing cached
+    for k in range(6):
+        fresh.record("KEY_ROTATE", k=k)
+    report = fresh.verify()
+    assert report.checkpoints == report.records // 6 >= 2
+    for j in (log, fresh):
+        j.close()

@@ -388,10 +388,13 @@ def _damage(path: Path, how: str) -> None:
     elif how == "directory":
         path.unlink()
         path.mkdir()
+    elif how == "unpublishable-pending":  # a NUL in a name: the database would refuse it for ever
+        doc = json.loads(path.read_text())
+        path.write_text(json.dumps({**doc, "pending": [["enable", "ab" * 32, "x\u0000y", "1.0.0"]]}))
 
 
 @pytest.mark.parametrize("how", ["deleted", "emptied", "truncated", "garbage", "negative", "another-node",
-                                 "directory"])
+                                 "directory", "unpublishable-pending"])
 def test_a_damaged_cursor_is_a_refusal_never_a_restart_from_the_first_event(publisher: Publisher, pg_dsn: str,
                                                                              how: str) -> None:
     _, b = _other_node(publisher, "home-b")
@@ -500,4 +503,102 @@ def test_changes_made_while_the_database_is_away_survive_a_restart_and_keep_thei
     finally:
         late.stop()
         a.close()
+        b.close()
+
+
+def test_a_slow_publisher_is_not_skipped_by_followers(publisher: Publisher, pg_dsn: str) -> None:
+    # Review finding: an event id was taken early in the publisher's transaction and committed
+    # seconds later (signing waits on the journal's lock); a faster publisher's later id became
+    # visible first, followers moved their cursor past the slow one, and never read it (the
+    # cursor is on disk now, so no restart healed it). Publishers now hold one advisory lock
+    # from taking an id to committing it. The slow signing stands in for a journal that waits.
+    a = _updater(xps.Engine(), publisher.home)
+    _, b = _other_node(publisher, "home-b")
+    _, c = _other_node(publisher, "home-c")
+    real_sign = a.audit.sign_statement
+
+    def slow_sign(statement: bytes) -> tuple[bytes, bytes]:
+        time.sleep(2.0)
+        return real_sign(statement)
+
+    a.audit.sign_statement = slow_sign  # type: ignore[method-assign]
+    nodes = [Announcer(pg_dsn, up, node=n, poll=0.2).start() for up, n in ((a, "a"), (b, "b"), (c, "c"))]
+    try:
+        v1 = a.apply(publisher.capsule("1.0.0"))  # its event: id taken now, committed 2 s later
+        time.sleep(0.5)
+        v2 = b.apply(publisher.capsule("2.0.0"))
+        b.rollback(v2.sha256, operator="ops")
+        wait_for(lambda: _announced(pg_dsn) == 3, "the three announcements", timeout=30)
+        db = Database(pg_dsn)
+        try:
+            rows = db.execute("SELECT action, node FROM xps_capsule_events ORDER BY id").fetchall()
+        finally:
+            db.close()
+        assert rows == [("enable", "a"), ("enable", "b"), ("rollback", "b")]  # ids in commit order
+        wait_for(lambda: v1.sha256 in {x.sha256 for x in c.state.active}, "node c to enable a's capsule")
+    finally:
+        for n in nodes:
+            n.stop()
+        for up in (a, b, c):
+            up.close()
+
+
+def test_the_cursor_names_the_database_not_the_dsn_spelling(publisher: Publisher, pg_dsn: str) -> None:
+    # Review finding: the cursor compared the DSN's host text, so reaching the same database as
+    # localhost instead of 127.0.0.1 (or through a standby's address) refused every start.
+    _, b = _other_node(publisher, "home-b")
+    try:
+        db = Database(pg_dsn)
+        try:
+            db.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
+                       "VALUES ('enable', ?, 'x', '1.0.0', 'ghost')", ("cd" * 32,))
+        finally:
+            db.close()
+        first = Announcer(pg_dsn, b, node="b", poll=0.3).start()
+        try:
+            wait_for(lambda: first._seen > 0, "node b to read the event")
+        finally:
+            first.stop()
+        other = pg_dsn.replace("127.0.0.1", "localhost") if "127.0.0.1" in pg_dsn else pg_dsn.replace(
+            "localhost", "127.0.0.1")
+        assert other != pg_dsn
+        again = Announcer(other, b, node="b", poll=0.3).start()
+        try:
+            assert again._seen == first._seen
+        finally:
+            again.stop()
+    finally:
+        b.close()
+
+
+def test_a_refused_start_leaves_no_connection_open(publisher: Publisher, pg_dsn: str) -> None:
+    _, b = _other_node(publisher, "home-b")
+
+    def connections() -> int:
+        db = Database(pg_dsn)
+        try:
+            row = db.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()").fetchone()
+            return int(row[0]) if row else 0
+        finally:
+            db.close()
+
+    try:
+        db = Database(pg_dsn)
+        try:
+            db.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
+                       "VALUES ('enable', ?, 'x', '1.0.0', 'ghost')", ("cd" * 32,))
+            follower = Announcer(pg_dsn, b, node="b", poll=0.3).start()
+            try:
+                wait_for(lambda: follower._seen > 0, "node b to read the event")
+            finally:
+                follower.stop()
+            db.execute("TRUNCATE xps_capsule_events")
+        finally:
+            db.close()
+        before = connections()
+        for _ in range(3):
+            with pytest.raises(PolicyError, match="newest is 0"):
+                Announcer(pg_dsn, b, node="b", poll=0.3).start()
+        assert connections() == before
+    finally:
         b.close()

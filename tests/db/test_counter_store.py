@@ -147,3 +147,15 @@ def test_stop_closes_the_connection_even_when_the_last_read_fails(pg_dsn: str, d
     share.stop()  # does not raise
     assert share.last_error == "XPS_ERR_INTERNAL: KeyError"
     wait_for(lambda: _connections(db) == 0, "the sharing connection closed")
+
+
+def test_a_row_too_long_for_the_tables_key_is_left_out_and_the_others_still_publish(db: Database) -> None:
+    # Review finding: one label of 6,000 characters failed every publish of the process with
+    # ProgramLimitExceeded (the labels are part of the key's index), so no counter reached the
+    # fleet; and the message said to retry when the database was back.
+    from xpscerpto.errors import PolicyError
+
+    store = CounterStore(db, instance="a#1", node="a")
+    assert store.publish({NAME: {OK: 3, (("reason", "r" * 6000),): 1}}) == 1 and store.total(NAME) == 3
+    with pytest.raises(PolicyError, match="series"):
+        store.publish({"x" * 201: {(): 1}})
