@@ -259,6 +259,11 @@ class Announcer:
             if action == "enable" and sha not in active:
                 # A database error here propagates: the events stay unseen and the next round
                 # retries them (the capsules already enabled are skipped then).
+                if self.database.execute("SELECT 1 FROM xps_capsule_events WHERE sha256 = ? AND id > ? LIMIT 1",
+                                         (sha, rows[-1][0])).fetchone() is not None:
+                    # A later event of this capsule decides (a node catching up must not enable
+                    # what a rollback in a later batch took out, verified or not).
+                    continue
                 raw = self.database.execute("SELECT raw FROM xps_capsules WHERE sha256 = ?", (sha,)).fetchone()
                 if raw is None:  # an event without its bytes: the table was edited outside xps
                     missing.append((sha, node))

@@ -602,3 +602,33 @@ def test_a_refused_start_leaves_no_connection_open(publisher: Publisher, pg_dsn:
         assert connections() == before
     finally:
         b.close()
+
+
+def test_a_node_catching_up_does_not_enable_what_a_rollback_in_a_later_batch_took_out(
+        publisher: Publisher, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Review finding: an unverified rollback blocked the enables before it only within its own
+    # batch of 500; with the enable in one batch and the rollback in the next, a node catching up
+    # enabled the capsule. Batches of one event make every pair straddle a boundary.
+    from xpscerpto.db import capsule_announce
+
+    a = _updater(xps.Engine(), publisher.home)
+    first = Announcer(pg_dsn, a, node="a", poll=0.3).start()
+    v1 = a.apply(publisher.capsule("1.0.0"))
+    wait_for(lambda: _announced(pg_dsn) == 1, "the announcement")
+    first.stop()
+    db = Database(pg_dsn)
+    try:  # a rollback that node b cannot verify (an earlier release's, or a forgery)
+        db.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
+                   "VALUES ('rollback', ?, ?, ?, 'a')", (v1.sha256, v1.name, v1.version))
+    finally:
+        db.close()
+    monkeypatch.setattr(capsule_announce, "BATCH", 1)
+    eng_b, b = _other_node(publisher, "home-b")
+    late = Announcer(pg_dsn, b, node="b", poll=0.3).start()
+    try:
+        wait_for(lambda: late._seen == 2, "node b to read both events")
+        assert not b.state.active and eng_b.table.provider_for(OP) == "sodium"
+    finally:
+        late.stop()
+        a.close()
+        b.close()
