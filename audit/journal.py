@@ -395,17 +395,18 @@ def _find_recent(fd: int, size: int, needle: bytes, cutoff: str) -> dict[str, An
     return None
 
 
-def _newest_checkpoint(fd: int, end: int) -> dict[str, Any] | None:
-    """The newest CHECKPOINT record in the first ``end`` bytes, searching backwards; None if none.
+def _newest_checkpoint(fd: int, end: int, begin: int = 0) -> dict[str, Any] | None:
+    """The newest CHECKPOINT record in bytes ``begin`` to ``end`` (``begin`` a line start),
+    searching backwards; None if none.
 
     In a journal that verifies, at most ``every + 1`` records lie after it, so an append reads
     little. A line too long to be a record is skipped without being held whole.
     """
     pos, carry = end, b""
-    while pos > 0:
-        start = max(0, pos - _CHUNK)
+    while pos > begin:
+        start = max(begin, pos - _CHUNK)
         lines = (os.pread(fd, pos - start, start) + carry).split(b"\n")
-        carry, lines = (lines[0], lines[1:]) if start > 0 else (b"", lines)
+        carry, lines = (lines[0], lines[1:]) if start > begin else (b"", lines)
         if len(carry) > MAX_RECORD_BYTES:
             carry = b"\x00"  # stands for the rest of an overlong line: never parses as a record
         for line in reversed(lines):
@@ -530,6 +531,8 @@ class AuditLog:
         self._published = False
         #: (journal identity, seq of a checkpoint, its interval): see _known_interval.
         self._interval_seen: tuple[object, int, int] | None = None
+        #: (journal identity, offset): the journal holds no checkpoint before that offset.
+        self._no_checkpoint_below: tuple[object, int] | None = None
         self._rl_lock = threading.Lock()
         self._windows: dict[tuple[str, str], _Window] = {}
         self._listeners: tuple[Callable[[str, dict[str, Any]], None], ...] = ()
@@ -795,7 +798,16 @@ class AuditLog:
         known = self._known_interval(ident, head_seq)
         if known is not None:
             return known
-        newest = _newest_checkpoint(fd, st.st_size)
+        # The complete lines only: a torn tail is cut and rewritten, never completed.
+        end = _last_newline(fd, st.st_size) + 1
+        # No checkpoint up to an offset seen before: only the lines added since are read (a
+        # journal with a large interval has none for long, and re-reading it all at every
+        # append made filling it quadratic).
+        below = self._no_checkpoint_below
+        begin = below[1] if below is not None and below[0] == ident and below[1] <= end else 0
+        newest = _newest_checkpoint(fd, end, begin)
+        if newest is None:
+            self._no_checkpoint_below = (ident, end)
         return self._remember_interval(ident, newest, self._interval_after(newest, head_seq))
 
     def _known_interval(self, ident: object, head_seq: int) -> int | None:

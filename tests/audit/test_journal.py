@@ -1351,9 +1351,9 @@ def test_the_interval_is_looked_up_once_per_journal_not_at_every_append(tmp_path
     calls = []
     real = journal._newest_checkpoint
 
-    def counted(fd: int, end: int) -> object:
+    def counted(fd: int, end: int, begin: int = 0) -> object:
         calls.append(end)
-        return real(fd, end)
+        return real(fd, end, begin)
 
     monkeypatch.setattr(journal, "_newest_checkpoint", counted)
     log = AuditLog(tmp_path / "audit.log", checkpoint_every=3)
@@ -1368,3 +1368,26 @@ def test_the_interval_is_looked_up_once_per_journal_not_at_every_append(tmp_path
     before = len(calls)
     log.record("KEY_ROTATE", k=40)
     assert len(calls) == before + 1
+
+
+def test_a_journal_without_a_checkpoint_yet_is_read_only_where_it_grew(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # With a large interval a journal has no checkpoint for long: each append read it all back.
+    from xpscerpto.audit import journal
+
+    spans = []
+    real = journal._newest_checkpoint
+
+    def counted(fd: int, end: int, begin: int = 0) -> object:
+        spans.append(end - begin)
+        return real(fd, end, begin)
+
+    monkeypatch.setattr(journal, "_newest_checkpoint", counted)
+    log = AuditLog(tmp_path / "audit.log", checkpoint_every=1000)
+    for k in range(200):
+        log.record("KEY_ROTATE", k=k, detail="x" * 200)
+    assert len(spans) == 199 and max(spans[1:]) < 2 * 600  # one record's line, not the journal
+    other = AuditLog(tmp_path / "audit.log", checkpoint_every=1000)  # another writer reads it once
+    other.record("KEY_ROTATE", k=200)
+    assert spans[-1] > 100 * 300
+    assert log.verify().records == 201
