@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 
 __all__ = ["SourceSlots"]
@@ -11,7 +12,9 @@ class SourceSlots:
     """How many handshakes each source address has in progress; thread-safe.
 
     Only addresses with a handshake in progress are kept, so the table is bounded by the
-    server's ``max_pending_handshakes``.
+    server's ``max_pending_handshakes``. An IPv6 source counts by its /64 (one host usually
+    holds a whole /64, so counting per address let it take every slot), an IPv4-mapped one as
+    its IPv4 address.
 
     Example:
         >>> slots = SourceSlots()
@@ -34,6 +37,7 @@ class SourceSlots:
         """
         if limit is None or source is None:
             return True
+        source = _group(source)
         with self._lock:
             n = self._counts.get(source, 0)
             if n >= limit:
@@ -45,6 +49,7 @@ class SourceSlots:
         """The end of a handshake :meth:`take` admitted with the same arguments."""
         if limit is None or source is None:
             return
+        source = _group(source)
         with self._lock:
             n = self._counts.get(source, 0) - 1
             if n > 0:
@@ -56,3 +61,16 @@ class SourceSlots:
         """Addresses with a handshake in progress."""
         with self._lock:
             return len(self._counts)
+
+
+def _group(source: str) -> str:
+    """What one source counts as: an IPv4 address, an IPv6 /64, or the text as given."""
+    try:
+        address = ipaddress.ip_address(source.split("%", 1)[0])  # without an IPv6 zone (fe80::1%eth0)
+    except ValueError:
+        return source
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
