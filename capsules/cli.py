@@ -189,7 +189,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from .service import WatchService
     from .updater import StagePlan
 
-    config = context.config(args)
+    config = context.home_config(args)
     metrics = None
     if args.metrics is not None:
         from xpscerpto.metrics import Metrics

@@ -115,6 +115,9 @@ class WatchService:
         record = h.initialise(policy=base.security_policy())
         if config is not None:
             _check_recorded_gates(record.policy, base)
+        # The engine routes under a policy at least as strict as the home's record (a later
+        # file, or an engine built in code, must not drop a recorded forbid silently).
+        XpsConfig(engine=engine.config).under_recorded_routing(record.policy, given=True)
         # The hot-patch switches are the home's, whatever `gates` and `plan` say: the record
         # equals a configuration passed in (checked above) and stands in for a missing one.
         switches = base.with_security_policy(record.policy).hotpatch
@@ -202,6 +205,10 @@ class WatchService:
                                  "undo it with `xps config emergency` once the file covers the incident")
                 config = change.config
                 replayed.append(change)
+            try:
+                config.under_recorded_routing(self.updater.home.record().policy, given=True)
+            except PolicyError as exc:
+                raise PolicyError(f"overrides {str(self._overrides_path)!r}: {exc}") from None
             self._apply(config)
             # Journaled once in force, not before (the journal must not claim what a failed
             # step did not do).
@@ -237,6 +244,9 @@ class WatchService:
         The file is keyed by the per-section spelling, whichever spelling the caller used.
         """
         change = self.config.plan_emergency_change(key, value, operator=operator, reason=reason)
+        # An incident may forbid more at once; going below the home's recorded routing policy
+        # takes `xps policy apply` (approvals), not an emergency change.
+        change.config.under_recorded_routing(self.updater.home.record().policy, given=True)
         overrides = self._overrides()
         self.updater.audit.check_writable()
         path, home = self._overrides_path, self.updater.home

@@ -39,12 +39,31 @@ def effective_config(args: argparse.Namespace) -> XpsConfig:
     h = Home.resolve(args.home, create=False)
     if not h.record_path.exists():
         return cfg
-    cfg = cfg.with_security_policy(h.record().policy)
+    policy = h.record().policy
+    cfg = cfg.with_security_policy(policy).under_recorded_routing(policy, given=args.config is not None)
     from xpscerpto.capsules.service import read_overrides
 
     for key, value in read_overrides(h).items():
         cfg = cfg.plan_emergency_change(key, value, operator="config show", reason="overrides.json").config
     return cfg
+
+
+def home_config(args: argparse.Namespace) -> XpsConfig:
+    """The configuration of a command that runs against the home (``xps key``, ``xps watch`` …).
+
+    ``--config`` (else every default) with its routing policy bound by the one the home
+    recorded: without a file the record's ``forbid``/``allow``/``require_constant_time``
+    apply; a file may add to them, and one that drops a recorded entry is refused. A home
+    with no record binds nothing (and is not created here).
+
+    Raises:
+        PolicyError: the file is invalid, or looser than the home's recorded routing policy.
+    """
+    cfg = config(args)
+    h = Home.resolve(args.home, create=False)
+    if not h.record_path.exists():
+        return cfg
+    return cfg.under_recorded_routing(h.record().policy, given=args.config is not None)
 
 
 def engine(args: argparse.Namespace) -> Engine:

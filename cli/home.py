@@ -42,6 +42,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                           "only adopts a home that has neither")
     record = home.initialise(policy=config.security_policy(), adopt=args.adopt)
     given = args.config is not None
+    config = config.under_recorded_routing(record.policy, given=given)
     with Keyring(home, engine=Engine(config.engine), config=config.keyring if given else None,
                  approvals=config.approvals if given else None, audit_config=config.audit,
                  operator=args.operator_name, adopt=args.adopt) as ring:

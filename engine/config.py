@@ -129,6 +129,7 @@ from .settings import AeadDefaults, EngineConfig, Policy
 __all__ = [
     "DOCUMENT_KEYS",
     "EMERGENCY_KEYS",
+    "ROUTING_KEYS",
     "SECURITY_KEYS",
     "AeadDefaults",
     "ApprovalsConfig",
@@ -177,7 +178,14 @@ SECURITY_KEYS: tuple[str, ...] = (
     "keyring.kek", "keyring.dual_window", "keyring.destroy_after", "keyring.default_policy",
     "keyring.max_encryptions",
     "hotpatch.require_signature", "hotpatch.run_selftests", "hotpatch.rollback_on_error", "hotpatch.development",
+    "engine.policy.forbid", "engine.policy.allow", "engine.policy.require_constant_time",
 )
+
+#: The routing policy among :data:`SECURITY_KEYS`. Unlike the other keys, a file may tighten
+#: these without ``xps policy apply`` (forbidding one more algorithm during an incident must
+#: not wait for a policy change); what the home recorded is a floor that only ``xps policy
+#: apply`` lowers. See :meth:`XpsConfig.under_recorded_routing`.
+ROUTING_KEYS: tuple[str, ...] = ("engine.policy.forbid", "engine.policy.allow", "engine.policy.require_constant_time")
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +213,16 @@ def policy_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Polic
         if a != b:
             out.append(PolicyChange(key, a, b, not _tightens(key, a, b)))
     return out
+
+
+def _loosening(change: PolicyChange) -> str:
+    """What a routing change gives up, in the record's own (already validated) values."""
+    if change.key == "engine.policy.forbid":
+        dropped = sorted(set(change.old or ()) - set(change.new or ()))
+        return f"drops {', '.join(show(e) for e in dropped[:8])}{' …' if len(dropped) > 8 else ''} from"
+    if change.key == "engine.policy.allow":
+        return "allows more than"
+    return "no longer requires constant time, unlike"
 
 
 def _tightens(key: str, old: Any, new: Any) -> bool:
@@ -373,14 +391,45 @@ class XpsConfig:
     def with_security_policy(self, policy: Mapping[str, Any]) -> XpsConfig:
         """A new configuration with ``policy``'s values (a home's record) in place of its own.
 
+        The routing keys (:data:`ROUTING_KEYS`) are left to :meth:`under_recorded_routing`:
+        a file may be stricter than the record there.
+
         Raises:
             PolicyError: a recorded value no longer validates (the record was edited).
         """
+        return self._with_values({k: policy[k] for k in SECURITY_KEYS if k in policy and k not in ROUTING_KEYS})
+
+    def under_recorded_routing(self, policy: Mapping[str, Any], *, given: bool) -> XpsConfig:
+        """This configuration's routing policy bound by the one a home recorded (``policy``).
+
+        ``given``: the configuration is a file the operator passed. A file may forbid more
+        than the record (it is used as it is) but not less: a routing key that loosens the
+        record is refused, so a later file cannot drop a recorded ``forbid`` silently. Without
+        a file the record's routing policy replaces the defaults. A record from before these
+        keys were recorded binds nothing.
+
+        Raises:
+            PolicyError: ``given`` and a routing key loosens the record (naming the key), or a
+                recorded value no longer validates.
+        """
+        recorded = {k: policy[k] for k in ROUTING_KEYS if k in policy}
+        if not given:
+            return self._with_values(recorded)
+        for change in policy_changes(recorded, self.security_policy()):
+            if change.key in recorded and change.loosens:
+                raise PolicyError(f"config key 'crypto.{change.key.removeprefix('engine.')}': {_loosening(change)} "
+                                  "the routing policy this home recorded; a file may only tighten it; "
+                                  "`xps policy apply` loosens it, audited, with approvals")
+        return self
+
+    def _with_values(self, values: Mapping[str, Any]) -> XpsConfig:
         data = self.to_mapping()
-        for key in SECURITY_KEYS:
-            if key in policy:
-                section, _, leaf = key.partition(".")
-                data[section][leaf] = policy[key]
+        for key, value in values.items():
+            *parents, leaf = key.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
         return XpsConfig._from_sections(data)
 
     def get(self, key: str) -> Any:

@@ -196,6 +196,23 @@ class EngineConfig:
         expect(data, Mapping, "config")
         return cls.from_mapping(cast("Mapping[str, Any]", data))
 
+    @staticmethod
+    def tightens(key: str, old: Any, new: Any) -> bool:
+        """Whether a routing-policy value is at least as strict as the one it replaces.
+
+        Stricter: every old ``forbid`` entry kept (more may be added); an allow-list that
+        only drops patterns (or one set where all was allowed); constant time required. A
+        value a record never held (``None``) is the loosest. Entries are compared as
+        written: ``aead.aes128*`` in place of ``aes128`` counts as a loosening.
+        """
+        if key == "policy.forbid":
+            return set(new or ()) >= set(old or ())
+        if key == "policy.allow":
+            return new is not None and (old is None or set(new) <= set(old))
+        if key == "policy.require_constant_time":
+            return new is True or old is not True
+        return False
+
     def to_mapping(self) -> dict[str, Any]:
         """Plain data (lists, dicts) that :meth:`from_mapping` turns back into an equal config."""
         return {

@@ -40,9 +40,10 @@ __all__ = ["add_key_commands"]
 
 
 def _ring(args: argparse.Namespace) -> Keyring:
-    config = context.config(args)
+    config = context.home_config(args)
     # Without --config the keyring opens under the policy its home recorded; with one, the
-    # file's security keys must match that policy (`xps policy apply` changes it).
+    # file's security keys must match that policy (`xps policy apply` changes it), and its
+    # routing policy may only add to the recorded one.
     given = args.config is not None
     return Keyring(context.home(args), engine=Engine(config.engine), config=config.keyring if given else None,
                    approvals=config.approvals if given else None, audit_config=config.audit,
