@@ -393,6 +393,30 @@ def _damage(path: Path, how: str) -> None:
         path.write_text(json.dumps({**doc, "pending": [["enable", "ab" * 32, "x\u0000y", "1.0.0"]]}))
 
 
+def _sql(dsn: str, statement: str, params: tuple[object, ...] = ()) -> None:
+    db = Database(dsn)
+    try:
+        db.execute(statement, params)
+    finally:
+        db.close()
+
+
+def _ghost_enable(dsn: str) -> None:
+    """An unsigned enable from a node nobody trusts: a row to follow past, never to act on."""
+    _sql(dsn, "INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
+              "VALUES ('enable', ?, 'x', '1.0.0', 'ghost')", ("cd" * 32,))
+
+
+def _follow_once(dsn: str, node: Updater) -> int:
+    """Start a follower on ``node``, let it read the newest event, stop it; its cursor."""
+    follower = Announcer(dsn, node, node="b", poll=0.3).start()
+    try:
+        wait_for(lambda: follower._seen > 0, "node b to read the event")
+    finally:
+        follower.stop()
+    return follower._seen
+
+
 @pytest.mark.parametrize("how", ["deleted", "emptied", "truncated", "garbage", "negative", "another-node",
                                  "directory", "unpublishable-pending"])
 def test_a_damaged_cursor_is_a_refusal_never_a_restart_from_the_first_event(publisher: Publisher, pg_dsn: str,
@@ -402,17 +426,8 @@ def test_a_damaged_cursor_is_a_refusal_never_a_restart_from_the_first_event(publ
         if not b.home.record_path.exists():
             b.home.initialise(policy={}, adopt=True)
         Announcer(pg_dsn, b, node="b", poll=0.3).start().stop()  # no event yet: nothing saved
-        db = Database(pg_dsn)
-        try:
-            db.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
-                       "VALUES ('enable', ?, 'x', '1.0.0', 'ghost')", ("cd" * 32,))
-        finally:
-            db.close()
-        follower = Announcer(pg_dsn, b, node="b", poll=0.3).start()
-        try:
-            wait_for(lambda: follower._seen > 0, "node b to read the event")
-        finally:
-            follower.stop()
+        _ghost_enable(pg_dsn)
+        _follow_once(pg_dsn, b)
         assert b.home.store_exists("announce_cursor")
         _damage(b.home.root / "announce.json", how)
         with pytest.raises(PolicyError, match=r"announce\.json") as err:
@@ -427,18 +442,9 @@ def test_a_cursor_past_the_newest_event_is_refused_at_start(publisher: Publisher
     # skip every new event unseen.
     _, b = _other_node(publisher, "home-b")
     try:
-        db = Database(pg_dsn)
-        try:
-            db.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
-                       "VALUES ('enable', ?, 'x', '1.0.0', 'ghost')", ("cd" * 32,))
-            follower = Announcer(pg_dsn, b, node="b", poll=0.3).start()
-            try:
-                wait_for(lambda: follower._seen > 0, "node b to read the event")
-            finally:
-                follower.stop()
-            db.execute("TRUNCATE xps_capsule_events")
-        finally:
-            db.close()
+        _ghost_enable(pg_dsn)
+        _follow_once(pg_dsn, b)
+        _sql(pg_dsn, "TRUNCATE xps_capsule_events")
         late = Announcer(pg_dsn, b, node="b", poll=0.3)
         try:
             with pytest.raises(PolicyError, match="newest is 0"):
@@ -548,23 +554,14 @@ def test_the_cursor_names_the_database_not_the_dsn_spelling(publisher: Publisher
     # localhost instead of 127.0.0.1 (or through a standby's address) refused every start.
     _, b = _other_node(publisher, "home-b")
     try:
-        db = Database(pg_dsn)
-        try:
-            db.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
-                       "VALUES ('enable', ?, 'x', '1.0.0', 'ghost')", ("cd" * 32,))
-        finally:
-            db.close()
-        first = Announcer(pg_dsn, b, node="b", poll=0.3).start()
-        try:
-            wait_for(lambda: first._seen > 0, "node b to read the event")
-        finally:
-            first.stop()
+        _ghost_enable(pg_dsn)
+        seen = _follow_once(pg_dsn, b)
         other = pg_dsn.replace("127.0.0.1", "localhost") if "127.0.0.1" in pg_dsn else pg_dsn.replace(
             "localhost", "127.0.0.1")
         assert other != pg_dsn
         again = Announcer(other, b, node="b", poll=0.3).start()
         try:
-            assert again._seen == first._seen
+            assert again._seen == seen
         finally:
             again.stop()
     finally:
@@ -583,18 +580,9 @@ def test_a_refused_start_leaves_no_connection_open(publisher: Publisher, pg_dsn:
             db.close()
 
     try:
-        db = Database(pg_dsn)
-        try:
-            db.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
-                       "VALUES ('enable', ?, 'x', '1.0.0', 'ghost')", ("cd" * 32,))
-            follower = Announcer(pg_dsn, b, node="b", poll=0.3).start()
-            try:
-                wait_for(lambda: follower._seen > 0, "node b to read the event")
-            finally:
-                follower.stop()
-            db.execute("TRUNCATE xps_capsule_events")
-        finally:
-            db.close()
+        _ghost_enable(pg_dsn)
+        _follow_once(pg_dsn, b)
+        _sql(pg_dsn, "TRUNCATE xps_capsule_events")
         before = connections()
         for _ in range(3):
             with pytest.raises(PolicyError, match="newest is 0"):
