@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -344,7 +345,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                 cap = rollback_offline(home, args.target, to=args.to, operator=args.operator,
                                        config_document=config.to_mapping(), state_store=states,
                                        # only named in the record: taking a capsule out needs no pins
-                                       trust_path=config.hotpatch.trust_store, audit=journal)
+                                       trust_path=config.hotpatch.trust_store, audit=journal,
+                                       notice=lambda m: print(f"xps rollback: warning: {m}", file=sys.stderr))
             except XpsError as exc:
                 # An engine holds the home but its socket is not open yet (it is restoring):
                 # ask it once it listens rather than edit the state under it.

@@ -1028,12 +1028,18 @@ def _policy_now(path: Path | Home, publishers: Any, operations: Any, digest: str
 def rollback_offline(home: Home, target: str, *, to: str | None = None, operator: str = "local",
                      config_document: Mapping[str, Any] | None = None,
                      state_store: StateStore | None = None, trust_path: str | Path | None = None,
-                     audit: AuditLog | None = None) -> ActiveCapsule:
+                     audit: AuditLog | None = None, notice: Callable[[str], None] | None = None) -> ActiveCapsule:
     """Roll back in the committed state when no engine runs (verified again at next start).
 
     ``audit`` is the journal the engine writes (``config.audit.journal(...)``: its signing key
     may be outside the home, or the journal in a database); ``None``: ``HOME/audit.log`` with
     its default key.
+
+    A home that follows a fleet (it has an ``announce.json``) gets the rollback in its outbox,
+    so the engine announces it to the other nodes when it next starts with ``--cluster``.
+    Queued before the state is saved (a kill between the two announces a rollback the retry
+    then makes); a damaged outbox does not block the rollback: ``notice`` is told it was not
+    queued.
 
     Raises:
         UpdateError: reason ``engine-running`` when an engine holds the home (it may be
@@ -1049,14 +1055,14 @@ def rollback_offline(home: Home, target: str, *, to: str | None = None, operator
     try:
         return _rollback_committed(home, states, target, to=to, operator=operator,
                                    config_document=config_document, trust_path=trust_path,
-                                   audit=audit if audit is not None else AuditLog(home.audit))
+                                   audit=audit if audit is not None else AuditLog(home.audit), notice=notice)
     finally:
         os.close(running)  # releases the lock
 
 
 def _rollback_committed(home: Home, states: StateStore, target: str, *, to: str | None, operator: str,
                         config_document: Mapping[str, Any] | None, trust_path: str | Path | None,
-                        audit: AuditLog) -> ActiveCapsule:
+                        audit: AuditLog, notice: Callable[[str], None] | None = None) -> ActiveCapsule:
     with states.lock():
         state = states.load()
         cap = state.find(target)
@@ -1074,8 +1080,26 @@ def _rollback_committed(home: Home, states: StateStore, target: str, *, to: str 
                      mode="offline", reason="operator request",
                      policy=_policy_now(Path(trust_path) if trust_path else home, (), cap.operations,
                                         config_digest(config_document)))
+        _queue_announcement(home, cap, notice)
         states.save(new)
     return cap
+
+
+def _queue_announcement(home: Home, cap: ActiveCapsule, notice: Callable[[str], None] | None) -> None:
+    """Put an offline rollback in the home's announcement outbox, if it follows a fleet.
+
+    The announcer only hears changes an engine makes; without this, the other nodes kept
+    serving a capsule this node's operator had taken out while no engine ran here.
+    """
+    from xpscerpto.db.announce_cursor import AnnounceCursor  # only homes in a fleet need it
+
+    try:
+        cursor = AnnounceCursor.of_home(home)
+        if cursor is not None:
+            cursor.add(("rollback", cap.sha256, cap.name, cap.version))
+    except XpsError as exc:
+        if notice is not None:
+            notice(f"the rollback was not queued for the fleet ({exc}); roll it back on the other nodes too")
 
 
 _MAX_TARGET = 200  # longer than any capsule name, operation or sha256

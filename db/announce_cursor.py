@@ -61,11 +61,30 @@ class AnnounceCursor:
 
     def __init__(self, home: Home, *, node: str, database: str) -> None:
         self.home, self.node, self.database = home, node, database
+        self._any_owner = False
         self.path = home.root / STORES["announce_cursor"][0]
         self._new = home.check_store("announce_cursor")
         self._lock = threading.Lock()
         self._seen = 0
         self.pending: list[Pending] = []
+
+    @classmethod
+    def of_home(cls, home: Home) -> AnnounceCursor | None:
+        """The recorded cursor of a home that follows a fleet, read as its file names it.
+
+        For a change made without the announcer (``xps rollback`` with no engine running):
+        the node and database are the file's, since the command is not told them. None when
+        the home has none and never recorded one (it follows no fleet).
+
+        Raises:
+            PolicyError: as :meth:`load`, but for another node or database.
+        """
+        if not home.store_exists("announce_cursor") and not (home.root / STORES["announce_cursor"][0]).exists():
+            return None
+        cursor = cls(home, node="", database="")
+        cursor._any_owner = True
+        cursor.load()
+        return cursor
 
     def load(self) -> int:
         """Read the file: the last event id followed (0: none yet); :attr:`pending` is filled.
@@ -92,6 +111,8 @@ class AnnounceCursor:
                 raise ValueError
         except (ValueError, TypeError, KeyError, RecursionError):
             raise PolicyError(f"announce cursor {str(self.path)!r}: malformed (damaged?); {restore}") from None
+        if self._any_owner and isinstance(doc.get("node"), str) and isinstance(doc.get("database"), str):
+            self.node, self.database = doc["node"], doc["database"]
         if doc.get("node") != self.node or doc.get("database") != self.database:
             raise PolicyError(f"announce cursor {str(self.path)!r}: written for another node or database than "
                               f"node {self.node!r} on {self.database}; a home follows one fleet under one name")

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import xpscerpto as xps
-from xpscerpto.capsules.updater import Updater
+from xpscerpto.capsules.updater import Updater, rollback_offline
 from xpscerpto.db import Database
 from xpscerpto.db.capsule_announce import Announcer
 from xpscerpto.errors import PolicyError
 from xpscerpto.home import Home
 
 from tests.capsules.test_cli_service import wait_for
-from tests.capsules.test_updater import OP, Publisher, _updater, publisher
+from tests.capsules.test_updater import OP, Publisher, _states, _updater, publisher
 
 __all__ = ["publisher"]
 
@@ -620,3 +620,68 @@ def test_a_node_catching_up_does_not_enable_what_a_rollback_in_a_later_batch_too
         late.stop()
         a.close()
         b.close()
+
+
+# -- a rollback made while no engine runs -------------------------------------------------------
+
+
+def test_an_offline_rollback_is_announced_when_the_engine_next_starts(publisher: Publisher, pg_dsn: str) -> None:
+    # Review finding: `xps rollback` with no engine running changed only the committed state;
+    # the fleet kept serving the capsule this node's operator had taken out.
+    a = _updater(xps.Engine(), publisher.home)
+    _journal_key(a)
+    eng_b, b = _other_node(publisher, "home-b")
+    followers = [Announcer(pg_dsn, a, node="a", poll=0.2).start(),
+                 Announcer(pg_dsn, b, node="b", poll=0.2, peers=[_journal_key(a)]).start()]
+    try:
+        cap = a.apply(publisher.capsule("1.0.0"))
+        wait_for(lambda: eng_b.table.provider_for(OP) == cap.name, "node b to enable the capsule")
+        followers[0].stop()
+        a.close()  # node a's engine stops
+        notices: list[str] = []
+        rollback_offline(publisher.home, OP, operator="ops", notice=notices.append,
+                         state_store=_states(publisher.home))
+        assert notices == []
+        pending = json.loads((publisher.home.root / "announce.json").read_text())["pending"]
+        assert pending == [["rollback", cap.sha256, cap.name, cap.version]]
+        eng_a = xps.Engine()
+        again = _updater(eng_a, publisher.home)  # the restart: restores the rolled-back state
+        assert eng_a.table.provider_for(OP) == "sodium"
+        followers[0] = Announcer(pg_dsn, again, node="a", poll=0.2).start()
+        wait_for(lambda: eng_b.table.provider_for(OP) == "sodium", "node b to follow the offline rollback")
+        assert _events(b, "PATCH_ROLLBACK")[-1]["operator"] == "announce:a"
+        wait_for(lambda: not json.loads((publisher.home.root / "announce.json").read_text())["pending"],
+                 "the outbox to empty")
+    finally:
+        for f in followers:
+            f.stop()
+        b.close()
+
+
+def test_a_damaged_outbox_does_not_block_an_offline_rollback(publisher: Publisher, pg_dsn: str) -> None:
+    eng = xps.Engine()
+    a = _updater(eng, publisher.home)
+    first = Announcer(pg_dsn, a, node="a", poll=0.2).start()
+    try:
+        cap = a.apply(publisher.capsule("1.0.0"))
+        wait_for(lambda: _announced(pg_dsn) == 1, "the announcement")
+    finally:
+        first.stop()
+        a.close()
+    (publisher.home.root / "announce.json").write_text("{")
+    notices: list[str] = []
+    assert rollback_offline(publisher.home, OP, operator="ops", notice=notices.append,
+                            state_store=_states(publisher.home)).sha256 == cap.sha256
+    assert len(notices) == 1 and "not queued for the fleet" in notices[0] and "announce.json" in notices[0]
+    eng_a = xps.Engine()
+    _updater(eng_a, publisher.home)
+    assert eng_a.table.provider_for(OP) == "sodium"  # rolled back all the same
+
+
+def test_an_offline_rollback_in_a_home_outside_any_fleet_writes_no_outbox(publisher: Publisher) -> None:
+    a = _updater(xps.Engine(), publisher.home)
+    a.apply(publisher.capsule("1.0.0"))
+    a.close()
+    rollback_offline(publisher.home, OP, operator="ops", state_store=_states(publisher.home))
+    assert not (publisher.home.root / "announce.json").exists()
+    assert not publisher.home.store_exists("announce_cursor")
