@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,9 @@ def cmd_pki(args: argparse.Namespace) -> int:
         parent = (CertificateAuthority.load(args.parent, passphrase_from_env(args.parent_passphrase_env))
                   if args.parent else None)
         folder = Path(args.dir)
-        if (folder / "ca.key").exists():
-            raise PolicyError(f"{folder.name}: already holds a CA (ca.key exists)")
+        passphrase = passphrase_from_env(args.passphrase_env)
         ca = CertificateAuthority.create(args.name, days=args.days, parent=parent)
-        ca.save(folder, passphrase_from_env(args.passphrase_env))
+        ca.save(folder, passphrase)  # refuses a directory holding any CA file (ca.crt, ca.key, revoked.json)
         print(f"CA {args.name!r} in {folder}: ca.crt, ca.key (0600), revoked.json")
         return 0
     ca = CertificateAuthority.load(args.ca, passphrase_from_env(args.ca_passphrase_env))
@@ -73,6 +73,8 @@ def cmd_pki(args: argparse.Namespace) -> int:
             raise PolicyError(f"{Path(args.cert).name}: cannot read ({exc.strerror})") from None
         if cert.issuer != ca.certificate.subject:
             raise PolicyError(f"{Path(args.cert).name}: not issued by this CA")
+        # save_revoked re-reads revoked.json under the CA directory's lock: a revocation saved by
+        # a parallel `xps pki revoke` since `ca` was loaded is kept.
         ca.revoke(cert.serial_number, args.reason).save_revoked(args.ca)
         print(f"revoked serial {cert.serial_number:x}; run `xps pki crl` to publish it")
         return 0
@@ -151,14 +153,31 @@ async def _serve(args: argparse.Namespace, identity: Any, trust: Any, cfg: Chann
 async def _connect(args: argparse.Namespace, identity: Any, trust: Any, cfg: ChannelConfig) -> int:
     from .aio import connect
 
-    async with await connect(args.host, args.port, identity, trust, expected_name=args.expect_name,
-                             config=cfg, peer_static=_hex_key(args.peer_static)) as ch:
+    # The bytes as given on the command line: a non-UTF-8 one is sent, not met as an encoding error.
+    message = os.fsencode(args.message)
+    try:
+        ch = await connect(args.host, args.port, identity, trust, expected_name=args.expect_name,
+                           config=cfg, peer_static=_hex_key(args.peer_static))
+    except TimeoutError:
+        raise PolicyError(f"--host/--port: no channel to {_address(args)} within "
+                          f"{cfg.handshake_timeout_seconds:g} s", reason="timeout") from None
+    except OSError as exc:
+        # Refused, unreachable, or a name that does not resolve: the operator's address, not a fault of ours.
+        raise PolicyError(f"--host/--port: cannot connect to {_address(args)} "
+                          f"({exc.strerror or type(exc).__name__})", reason="unreachable") from None
+    async with ch:
         print(f"connected to {', '.join(ch.peer.names)} ({ch.protocol}), "
               f"handshake hash {ch.handshake_hash.hex()[:16]}…")
-        await ch.send(args.message.encode())
+        await ch.send(message)
         reply = await ch.recv()
     print(f"echo: {reply.decode(errors='replace')}")
-    return 0 if reply == args.message.encode() else 1
+    return 0 if reply == message else 1
+
+
+def _address(args: argparse.Namespace) -> str:
+    """``host:port`` for an error message; a host that is not printable ASCII is not echoed."""
+    host = args.host if args.host.isascii() and args.host.isprintable() and len(args.host) <= 253 else "(--host)"
+    return f"{host}:{args.port}"
 
 
 def _hex_key(text: str | None) -> bytes | None:

@@ -9,8 +9,10 @@ checks a peer's chain the way the handshake needs it, in order:
 2. ``check_path``: each certificate signed by the next, the last by (or equal to) a trusted CA;
 3. ``check_validity``: every certificate on the path valid at ``now``;
 4. ``check_ca_constraints`` / ``check_leaf_usage``: CAs have ``cA`` and ``keyCertSign`` (and
-   their path length), the leaf is no CA, has ``digitalSignature`` and, if it has an extended
-   key usage, the purpose of its role (clientAuth/serverAuth); no unknown critical extension;
+   their path length), and every DNS, URI and IP SAN below a CA lies within that CA's
+   NameConstraints, critical or not (a constraint of another type fails the chain); the leaf is
+   no CA, has ``digitalSignature`` and, if it has an extended key usage, the purpose of its role
+   (clientAuth/serverAuth); no unknown critical extension;
 5. ``check_name``: one of the expected names among the leaf's DNS or URI SANs (ASCII; a name
    with ``://`` matches URI SANs only, any other DNS SANs only);
 6. ``check_revocation``: for every issued certificate, a CRL of its issuer, signed by it, current
@@ -37,11 +39,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -68,7 +72,12 @@ _MAX_VERIFIED = 4096
 #: Chains that passed every check, remembered per Trust.
 _MAX_CHAINS = 1024
 _KNOWN_CRITICAL = frozenset({ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE,
-                             ExtensionOID.EXTENDED_KEY_USAGE, ExtensionOID.SUBJECT_ALTERNATIVE_NAME})
+                             ExtensionOID.EXTENDED_KEY_USAGE, ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+                             ExtensionOID.NAME_CONSTRAINTS})
+#: NameConstraints subtree types enforced (:func:`_check_name_constraints`); a CA constraining any
+#: other type is refused whatever the extension's criticality, since skipping a constraint widens
+#: what that CA may vouch for.
+_CONSTRAINED_TYPES = (x509.DNSName, x509.UniformResourceIdentifier, x509.IPAddress)
 _EKU = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}
 #: What cryptography raises for DER it cannot read: lazily, on the first access to a field, and
 #: not only as ValueError (an unknown key algorithm, an unknown X.509 version).
@@ -436,7 +445,8 @@ class Trust:
                 _fail("cert-expired", "a certificate on the path has expired")
 
     def check_ca_constraints(self, path: Sequence[x509.Certificate]) -> None:
-        """Issuers are CAs allowed to sign certificates, within their path length; no unknown critical extension."""
+        """Issuers are CAs allowed to sign certificates, within their path length and name
+        constraints; no unknown critical extension."""
         for cert in path:
             for ext in cert.extensions:
                 if ext.critical and ext.oid not in _KNOWN_CRITICAL:
@@ -449,6 +459,11 @@ class Trust:
             # ``depth`` CA certificates lie between this one and the leaf.
             if bc.path_length is not None and depth > bc.path_length:
                 _fail("chain-too-long", "a CA's path length constraint is exceeded")
+            # RFC 5280 6.1.3-6.1.4: a CA's name constraints bind every certificate below it,
+            # whether or not the extension is marked critical.
+            nc = _ext(cert, x509.NameConstraints)
+            if nc is not None:
+                _check_name_constraints(nc, path[:depth + 1])
 
     def check_leaf_usage(self, leaf: x509.Certificate, purpose: Purpose) -> None:
         """The leaf is an end entity allowed to sign, for this role."""
@@ -548,6 +563,75 @@ def _ext(cert: x509.Certificate, kind: type[E]) -> E | None:
         return None
     except _PARSE_ERRORS:  # a duplicated or malformed extension
         _fail("cert-malformed", "a certificate has a malformed extension")
+
+
+def _check_name_constraints(nc: x509.NameConstraints, below: Sequence[x509.Certificate]) -> None:
+    """Every DNS, URI and IP SAN of ``below`` (the certificates a CA issued, down to the leaf)
+    inside ``nc``'s permitted subtrees of its type, if it has any, and outside its excluded ones.
+
+    A subtree of a type not enforced here fails the chain (``cert-extension``); a name these
+    rules cannot place (a URI without a host name, a DNS name that is not ASCII) counts as
+    outside every permitted subtree and inside every excluded one (``cert-name``).
+    """
+    subtrees = [*(nc.permitted_subtrees or ()), *(nc.excluded_subtrees or ())]
+    if not all(isinstance(t, _CONSTRAINED_TYPES) for t in subtrees):
+        _fail("cert-extension", "a CA's name constraints use a name type not supported here")
+    for cert in below:
+        san = _ext(cert, x509.SubjectAlternativeName)
+        for name in san or ():
+            if not isinstance(name, _CONSTRAINED_TYPES):
+                continue  # no constraint of its type exists (checked above)
+            permitted = [t for t in nc.permitted_subtrees or () if type(t) is type(name)]
+            excluded = [t for t in nc.excluded_subtrees or () if type(t) is type(name)]
+            if (permitted and not any(_within(name, t, permitted=True) for t in permitted)) or any(
+                    _within(name, t, permitted=False) for t in excluded):
+                _fail("cert-name", "a certificate name is outside a CA's name constraints")
+
+
+def _within(name: x509.GeneralName, subtree: x509.GeneralName, *, permitted: bool) -> bool:
+    """Whether ``name`` falls in ``subtree`` (same type), reading any doubt the strict way:
+    an unplaceable name is in no permitted subtree and in every excluded one."""
+    if isinstance(name, x509.IPAddress) and isinstance(subtree, x509.IPAddress):
+        net, addr = subtree.value, name.value
+        return (isinstance(net, ipaddress.IPv4Network | ipaddress.IPv6Network)
+                and isinstance(addr, ipaddress.IPv4Address | ipaddress.IPv6Address)
+                and addr.version == net.version and addr in net)
+    if isinstance(name, x509.DNSName):
+        host: str | None = name.value
+        # A DNS constraint "a.test" covers a.test and its subdomains (RFC 5280 4.2.1.10).
+        exact_host_only = False
+    else:
+        host = _uri_host(str(name.value))
+        # For URIs "a.test" names that host only, ".a.test" its subdomains; an excluded one is
+        # read as covering both, the side that refuses more.
+        exact_host_only = permitted
+    if host is None or not _printable_ascii(host):
+        return not permitted
+    return _domain_within(host.lower().rstrip("."), str(subtree.value).lower().rstrip("."), exact_host_only)
+
+
+def _domain_within(host: str, constraint: str, exact_host_only: bool) -> bool:
+    if not constraint:
+        return True  # an empty constraint covers every name of its type
+    if constraint.startswith("."):
+        return host.endswith(constraint)
+    return host == constraint or (not exact_host_only and host.endswith("." + constraint))
+
+
+def _uri_host(uri: str) -> str | None:
+    """The host name of a URI, or None without one (no authority, or an IP literal: RFC 5280
+    4.2.1.10 has such URIs refused where constraints apply)."""
+    try:
+        host = urlsplit(uri).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return None
 
 
 def _san_names(cert: x509.Certificate) -> tuple[str, ...]:

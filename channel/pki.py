@@ -7,8 +7,8 @@ serials. Issuance uses ``cryptography.x509`` builders directly (they need the ke
 
 A CA directory holds ``ca.crt`` (this CA's certificate, then its parents up to the root),
 ``ca.key`` (PKCS#8 PEM, 0600, encrypted when a passphrase is given) and ``revoked.json``
-(serials revoked so far, replaced atomically). ``xps pki init-ca|issue|revoke|crl`` are thin
-commands over this module.
+(serials revoked so far, replaced atomically under the lock file ``revoked.json.lock``).
+``xps pki init-ca|issue|revoke|crl`` are thin commands over this module.
 
 Example:
     >>> ca = CertificateAuthority.create("Example CA")
@@ -19,13 +19,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -52,6 +55,14 @@ _LEAF_KU = x509.KeyUsage(digital_signature=True, content_commitment=False, key_e
 _CA_KU = x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
                        data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
                        encipher_only=False, decipher_only=False)
+#: The files of a CA directory; ``init-ca`` refuses a directory holding any of them.
+CA_FILES = ("ca.crt", "ca.key", "revoked.json")
+#: Serials as ``revoked.json`` spells them (lowercase hex, as written), and the range X.509
+#: allows (RFC 5280 4.1.2.2: positive, at most 20 octets), so a CRL can carry every one.
+_SERIAL_HEX = re.compile(r"[0-9a-fA-F]{1,40}")
+_MAX_SERIAL = 2**159
+#: The earliest revocation time a CRL entry can carry (UTCTime starts in 1950).
+_MIN_TIME = dt.datetime(1950, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,21 +247,58 @@ class CertificateAuthority:
     # -- files ---------------------------------------------------------------------------
 
     def save(self, folder: str | Path, passphrase: bytes | None = None) -> None:
-        """Write a new CA directory (refuses to overwrite an existing key)."""
+        """Write a new CA directory.
+
+        Raises:
+            PolicyError: the directory holds any CA file already (``ca.crt``, ``ca.key``,
+                ``revoked.json``): a CA whose key went missing is not silently replaced, and
+                its revocations are kept.
+        """
         d = Path(folder)
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private_key(d / "ca.key", self._key, passphrase)
-        atomic_write(d / "ca.crt", pem_chain(self.chain), 0o644)
-        self._save_revoked(d)
-
-    def _save_revoked(self, d: Path) -> None:
-        doc = {"revoked": [{"serial": format(r.serial, "x"), "time": r.time.isoformat(), "reason": r.reason}
-                           for r in self.revoked]}
-        atomic_write(d / "revoked.json", (json.dumps(doc, indent=1) + "\n").encode(), 0o644)
+        with _locked(d):
+            present = [name for name in CA_FILES if (d / name).exists() or (d / name).is_symlink()]
+            if present:
+                raise PolicyError(f"CA directory {d.name}: already holds a CA (or part of one): {', '.join(present)}; "
+                                  "restore the missing files from a backup, or use a new directory")
+            written: list[Path] = []
+            try:
+                write_private_key(d / "ca.key", self._key, passphrase)
+                written.append(d / "ca.key")
+                # Created, never replaced: a writer outside these commands is not overwritten either.
+                for name, data in (("ca.crt", pem_chain(self.chain)), ("revoked.json", _revoked_doc(self.revoked))):
+                    if not create_exclusive(d / name, data, 0o644):
+                        raise PolicyError(f"CA directory {d.name}: {name} appeared while the CA was being written")
+                    written.append(d / name)
+            except BaseException:
+                # A part of a CA would make the next init-ca refuse the directory: none is left.
+                for path in written:
+                    path.unlink(missing_ok=True)
+                raise
 
     def save_revoked(self, folder: str | Path) -> None:
-        """Replace the directory's ``revoked.json`` atomically."""
-        self._save_revoked(Path(folder))
+        """Add this CA's revocations to the directory's ``revoked.json`` (never removing one).
+
+        The file is re-read and replaced under the directory's lock (``revoked.json.lock``), so
+        revocations saved by another process since this CA was loaded are kept, not overwritten.
+
+        Raises:
+            PolicyError: the lock cannot be taken, or ``revoked.json`` is malformed (nothing written).
+        """
+        d = Path(folder)
+        with _locked(d):
+            try:
+                doc = json.loads((d / "revoked.json").read_bytes())
+            except FileNotFoundError:
+                doc = {"revoked": []}
+            except OSError as exc:
+                raise PolicyError(f"CA directory {d.name}: cannot read revoked.json ({exc.strerror})") from None
+            except ValueError:
+                raise PolicyError(f"CA directory {d.name}: revoked.json is not JSON") from None
+            saved = _parse_revoked(doc, d)
+            known = {r.serial for r in saved}
+            merged = [*saved, *(r for r in self.revoked if r.serial not in known)]
+            atomic_write(d / "revoked.json", _revoked_doc(merged), 0o644)
 
     @classmethod
     def load(cls, folder: str | Path, passphrase: bytes | None = None) -> CertificateAuthority:
@@ -268,15 +316,80 @@ class CertificateAuthority:
             raise PolicyError(f"CA directory {d.name}: cannot read ({exc.strerror})") from None
         except ValueError:
             raise PolicyError(f"CA directory {d.name}: revoked.json is not JSON") from None
+        revoked = _parse_revoked(doc, d)
         key = _load_key(d / "ca.key", passphrase)
         if key.public_key() != chain[0].public_key():
             raise KeyError_(f"CA directory {d.name}: ca.key does not belong to ca.crt")
-        try:
-            revoked = [Revocation(int(r["serial"], 16), dt.datetime.fromisoformat(r["time"]), str(r.get("reason", "")))
-                       for r in doc["revoked"]]
-        except (KeyError, TypeError, ValueError):
-            raise PolicyError(f"CA directory {d.name}: revoked.json is malformed") from None
         return cls(chain, key, revoked)
+
+
+@contextlib.contextmanager
+def _locked(d: Path) -> Iterator[None]:
+    """Hold the CA directory's lock file from reading ``revoked.json`` to replacing it: two
+    revocations racing would each write their own list over one read before the other's, and
+    one revocation, reported done, would be lost (the same scheme as ``trust.json.lock``)."""
+    lock = d / "revoked.json.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise PolicyError(f"CA directory {d.name}: cannot open revoked.json.lock "
+                          f"({exc.strerror or type(exc).__name__})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _revoked_doc(revoked: Iterable[Revocation]) -> bytes:
+    doc = {"revoked": [{"serial": format(r.serial, "x"), "time": r.time.isoformat(), "reason": r.reason}
+                       for r in revoked]}
+    return (json.dumps(doc, indent=1) + "\n").encode()
+
+
+def _parse_revoked(doc: Any, d: Path) -> list[Revocation]:
+    """``revoked.json``'s entries, each one a CRL can carry, else PolicyError naming the entry and field.
+
+    Checked here rather than met when a CRL is signed, where cryptography's own ValueError
+    would name neither the file nor the field.
+    """
+    entries = doc.get("revoked") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise PolicyError(f"CA directory {d.name}: revoked.json is malformed (no \"revoked\" list)")
+    out = []
+    for i, entry in enumerate(entries, 1):
+        field = _bad_field(entry)
+        if field is not None:
+            raise PolicyError(f"CA directory {d.name}: revoked.json is malformed (entry {i}: {field})")
+        out.append(Revocation(int(entry["serial"], 16), _utc(entry["time"]), entry.get("reason", "")))
+    return out
+
+
+def _bad_field(entry: object) -> str | None:
+    """The first field of a ``revoked.json`` entry that is missing or out of range, or None."""
+    if not isinstance(entry, dict):
+        return "not an object"
+    serial = entry.get("serial")
+    if not isinstance(serial, str) or not _SERIAL_HEX.fullmatch(serial) or not 1 <= int(serial, 16) < _MAX_SERIAL:
+        return "serial"
+    time = entry.get("time")
+    if not isinstance(time, str):
+        return "time"
+    try:
+        when = _utc(time)
+    except (ValueError, OverflowError):  # not ISO 8601, or an offset that leaves datetime's range
+        return "time"
+    if when < _MIN_TIME:
+        return "time"
+    if not isinstance(entry.get("reason", ""), str):
+        return "reason"
+    return None
+
+
+def _utc(text: str) -> dt.datetime:
+    """An ISO 8601 time in UTC; one without an offset is taken as UTC (as ``revoke`` writes it)."""
+    when = dt.datetime.fromisoformat(text)
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
 
 
 def pem_chain(chain: Iterable[x509.Certificate]) -> bytes:
@@ -291,10 +404,25 @@ def write_static_key(path: Path, key: bytes | bytearray | memoryview) -> None:
 
 
 def passphrase_from_env(name: str | None) -> bytes | None:
-    """The passphrase held by environment variable ``name`` (never taken from the command line)."""
+    """The passphrase held by environment variable ``name`` (never taken from the command line).
+
+    Raises:
+        PolicyError: the variable is unset, empty, or not UTF-8 text (the same passphrase typed
+            in another locale would give other bytes); the message names the variable only.
+    """
     if name is None:
         return None
+    if not isinstance(name, str) or not name.isascii() or not name.isprintable() or not name:
+        raise PolicyError("passphrase: expected the name of an environment variable")
     value = os.environ.get(name)
     if not value:
         raise PolicyError(f"passphrase: environment variable {name} is not set or empty")
-    return value.encode()
+    try:
+        raw: bytes | None = value.encode()
+    except UnicodeEncodeError:
+        raw = None
+    # Raised outside the handler: the UnicodeEncodeError quotes a byte of the secret and its
+    # position, and would ride along as the refusal's __context__.
+    if raw is None:
+        raise PolicyError(f"passphrase: environment variable {name} is not valid UTF-8 text")
+    return raw
