@@ -20,9 +20,11 @@ from xpscerpto.errors import ErrorCode, XpsError
 if TYPE_CHECKING:
     from xpscerpto.audit import AuditLog
 
-__all__ = ["EVENT", "REASONS", "FailureLog", "classify", "is_pq"]
+__all__ = ["EVENT", "REASONS", "UNAUTHENTICATED", "FailureLog", "classify", "is_pq"]
 
 EVENT = "CHANNEL_HANDSHAKE_FAIL"
+#: The outcome (with ``pq`` False) of a failure before the peer authenticated (see FailureLog.failure).
+UNAUTHENTICATED = "unauthenticated"
 #: Every reason a handshake failure is counted and journaled under (docs/CHANNEL.md).
 REASONS = frozenset({
     "timeout", "eof", "truncated", "oversized", "malformed", "auth", "bad-signature",
@@ -73,7 +75,8 @@ class FailureLog:
         self.per_minute = per_minute
         self.failures: Counter[str] = Counter()
         self.established = 0
-        #: (post-quantum?, "ok" or a failure reason) -> count: what a PQ rollout's canary reads.
+        #: (post-quantum?, "ok", a failure reason or UNAUTHENTICATED) -> count: what a PQ
+        #: rollout's canary reads.
         self.outcomes: Counter[tuple[bool, str]] = Counter()
         self._lock = threading.Lock()
 
@@ -88,13 +91,23 @@ class FailureLog:
         with self._lock:
             return dict(self.outcomes)
 
-    def failure(self, role: str, exc: BaseException, *, protocol: str | None, peer: str | None) -> str:
-        """Count (and maybe journal) one failure; returns its reason. Never raises."""
+    def failure(self, role: str, exc: BaseException, *, protocol: str | None, peer: str | None,
+                pre_auth: bool = False) -> str:
+        """Count (and maybe journal) one failure; returns its reason. Never raises.
+
+        ``pre_auth``: a responder failed before the initiator's certificate chain and signature
+        verified. Then ``protocol`` is only what that peer named, and anyone who reaches the port
+        can fail a handshake naming the hybrid protocol, for free: the outcome is counted as
+        ``(False, UNAUTHENTICATED)``, never as a post-quantum failure a PQ canary reads. The
+        reason is still counted in :attr:`failures` and journaled. An initiator's failures keep
+        their kind: the protocol is its own offer, to a peer it chose.
+        """
         reason = classify(exc)
         code = exc.code if isinstance(exc, XpsError) else ErrorCode.INTERNAL
+        outcome = (False, UNAUTHENTICATED) if pre_auth else (is_pq(protocol), reason)
         with self._lock:
             self.failures[reason] += 1
-            self.outcomes[(is_pq(protocol), reason)] += 1
+            self.outcomes[outcome] += 1
         if self.audit is not None:
             # The caller's error stands whatever happens to the record (full disk, tampered log,
             # a journal tail nested so deep that reading it raised RecursionError): Exception, so

@@ -26,11 +26,11 @@ import hashlib
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from xpscerpto._buffers import byte_buffer
 from xpscerpto._namespaces import HkdfAPI
-from xpscerpto.errors import AuthError, KeyError_, NonceError, PolicyError, XpsError
+from xpscerpto.errors import AuthError, KeyError_, KeyTypeError, NonceError, PolicyError, XpsError
 from xpscerpto.keyed import KeyedExchange
 from xpscerpto.secret import SecretBytes
 
@@ -226,6 +226,19 @@ class CipherState:
 
     def __repr__(self) -> str:
         return f"<CipherState {self._algo} n={self.n}{'' if self._aead else ' no key'}>"
+
+    # A copy would share the key but count nonces on its own, so both would encrypt under the
+    # same nonces; the channel's keys waive the engine's reuse check, so nothing else would stop
+    # it. Refused whatever the state: a copy taken before the key is set would receive it too.
+    # KeyTypeError is also a TypeError, the error copy and pickle users expect.
+    def __copy__(self) -> NoReturn:
+        raise KeyTypeError("CipherState cannot be copied: a copy would reuse its nonces")
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        raise KeyTypeError("CipherState cannot be copied: a copy would reuse its nonces")
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise KeyTypeError("CipherState holds a transport key and cannot be pickled")
 
 
 class SymmetricState:

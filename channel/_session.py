@@ -238,6 +238,15 @@ class Handshake:
         return None if self._proto is None else self._proto.name
 
     @property
+    def peer_authenticated(self) -> bool:
+        """Whether the peer's certificate chain and its signature over the handshake verified.
+
+        Until then the peer has proved nothing: the protocol a responder read from the
+        initiator's preamble is only that peer's claim.
+        """
+        return self._peer is not None
+
+    @property
     def finished(self) -> bool:
         """Whether the handshake completed (both sides authenticated as far as this side can see)."""
         return self._hs is not None and self._hs.finished and self._peer is not None

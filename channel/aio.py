@@ -51,6 +51,9 @@ __all__ = ["Channel", "ChannelServer", "connect", "serve"]
 _U16 = struct.Struct(">H")
 #: StreamReader buffer: asyncio's 64 KiB default pauses the socket inside every full record.
 _STREAM_LIMIT = 1 << 20
+#: How long close() waits for a send in progress and for its CLOSE record to go out before it
+#: cuts the connection: a sender parked in drain() on a peer that stopped reading would hold it forever.
+_CLOSE_SECONDS = 1.0
 Handler = Callable[["Channel"], Awaitable[None]]
 
 
@@ -164,7 +167,13 @@ class Channel:
             try:
                 await self._writer.drain()
             except (ConnectionError, OSError):
+                if self._transport.error is not None:
+                    raise self._transport.error from None
                 raise self._kill(AuthError("channel: the connection was lost while sending", reason="eof")) from None
+            if self._transport.error is not None:
+                # close() (or a failed recv) aborted the connection under this drain(), which then
+                # returns as if the data had gone out: it was dropped, so this send failed.
+                raise self._transport.error
 
     async def recv(self) -> bytes:
         """The next message; ``b""`` after the peer's clean close."""
@@ -197,17 +206,31 @@ class Channel:
         return exc
 
     async def close(self) -> None:
-        """Send CLOSE (if the channel is healthy) and close the connection."""
-        t = self._transport
-        if t.error is None and not t.closed_by_us:
-            with contextlib.suppress(XpsError, ConnectionError, OSError):
-                async with self._send_lock:
-                    self._writer.write(t.seal_close())
-                    await self._writer.drain()
-        t.wipe()
-        self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
+        """Send CLOSE (if the channel is healthy) and close the connection; returns within about a second.
+
+        A ``send()`` parked in another task on a peer that stopped reading gets no CLOSE after
+        it: the connection is aborted, and that ``send()`` raises ``PolicyError`` (``reason="closed"``).
+        """
+        t, writer = self._transport, self._writer
+        flushed = False
+        try:
+            if t.error is None and not t.closed_by_us:
+                with contextlib.suppress(XpsError, ConnectionError, OSError):  # TimeoutError is an OSError
+                    async with asyncio.timeout(_CLOSE_SECONDS), self._send_lock:
+                        writer.write(t.seal_close())
+                        await writer.drain()
+                        flushed = True
+        finally:
+            # Also when cancelled while waiting: the keys and the connection never outlive close().
+            t.wipe()
+            if not flushed:
+                writer.transport.abort()  # also wakes a send() parked in drain()
+        writer.close()
+        with contextlib.suppress(ConnectionError, OSError):  # TimeoutError is an OSError
+            async with asyncio.timeout(_CLOSE_SECONDS):
+                await writer.wait_closed()
+        # What is still buffered after the bound will not be read (the peer stopped): drop it.
+        writer.transport.abort()
 
     async def __aenter__(self) -> Self:
         return self
@@ -361,7 +384,8 @@ class ChannelServer:
         except (XpsError, TimeoutError, OSError) as exc:
             hs.wipe()
             # Counted before the refusal goes out: a peer that saw it finds it counted.
-            await asyncio.to_thread(self.failures.failure, "responder", exc, protocol=hs.protocol, peer=peer_host)
+            await asyncio.to_thread(self.failures.failure, "responder", exc, protocol=hs.protocol, peer=peer_host,
+                                    pre_auth=not hs.peer_authenticated)
             if isinstance(exc, HandshakeRefused):
                 writer.write(exc.reply)
                 with contextlib.suppress(ConnectionError, OSError):
@@ -373,7 +397,7 @@ class ChannelServer:
             # outlives it like any failed handshake, wiped, counted as internal and closed.
             hs.wipe()
             await asyncio.to_thread(self.failures.failure, "responder", _unexpected(), protocol=hs.protocol,
-                                    peer=peer_host)
+                                    peer=peer_host, pre_auth=not hs.peer_authenticated)
             writer.transport.abort()
             return
         finally:

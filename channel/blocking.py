@@ -67,6 +67,9 @@ _ACCEPT_PAUSE = 0.05
 _LISTENER_GONE = frozenset({errno.EBADF, errno.EINVAL, errno.ENOTSOCK})
 #: accept() errors about the connection being accepted only: retried at once, no pause.
 _NO_PAUSE = frozenset({errno.ECONNABORTED, errno.EINTR, errno.EAGAIN, errno.EPROTO})
+#: How long close() waits for a send in progress and for its CLOSE record to go out before it
+#: cuts the connection: a sender blocked on a peer that stopped reading would hold it forever.
+_CLOSE_SECONDS = 1.0
 _log = logging.getLogger("xpscerpto.channel")
 
 
@@ -181,6 +184,9 @@ class BlockingChannel:
             try:
                 self._sock.sendall(wire)
             except OSError:
+                if self._transport.error is not None:
+                    # close() (or a failed recv) cut the socket under this send: say why, typed.
+                    raise self._transport.error from None
                 raise self._kill(AuthError("channel: the connection was lost while sending", reason="eof")) from None
 
     def recv(self) -> bytes:
@@ -213,15 +219,28 @@ class BlockingChannel:
             self._sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        """Send CLOSE (if healthy) and close the socket."""
+        """Send CLOSE (if healthy) and close the socket; returns within about a second.
+
+        A ``send()`` blocked in another thread on a peer that stopped reading gets no CLOSE after
+        it: the socket is cut, and that ``send()`` raises ``PolicyError`` (``reason="closed"``).
+        """
         t = self._transport
-        if t.error is None and not t.closed_by_us:
-            with contextlib.suppress(XpsError, OSError), self._send_lock:
-                self._sock.sendall(t.seal_close())
-        t.wipe()
-        self._abort()  # wakes a recv() blocked in another thread (close() alone does not)
-        with contextlib.suppress(OSError):
-            self._sock.close()
+        try:
+            deadline = time.monotonic() + _CLOSE_SECONDS
+            if t.error is None and not t.closed_by_us and self._send_lock.acquire(timeout=_CLOSE_SECONDS):
+                try:
+                    with contextlib.suppress(XpsError, OSError):  # TimeoutError is an OSError
+                        wire = t.seal_close()
+                        self._sock.settimeout(max(deadline - time.monotonic(), 0.01))
+                        self._sock.sendall(wire)
+                finally:
+                    self._send_lock.release()
+        finally:
+            # Also on an interrupt while waiting: the keys and the socket never outlive close().
+            t.wipe()
+            self._abort()  # wakes a recv() or a send() blocked in another thread (close() alone does not)
+            with contextlib.suppress(OSError):
+                self._sock.close()
 
     def __enter__(self) -> Self:
         return self
@@ -436,7 +455,8 @@ class BlockingServer:
         except (XpsError, OSError) as exc:
             hs.wipe()
             # Counted before the refusal goes out: a peer that saw it finds it counted.
-            self.failures.failure("responder", exc, protocol=hs.protocol, peer=peer)
+            self.failures.failure("responder", exc, protocol=hs.protocol, peer=peer,
+                                  pre_auth=not hs.peer_authenticated)
             if isinstance(exc, HandshakeRefused):
                 with contextlib.suppress(OSError):
                     conn.sendall(exc.reply)
@@ -446,7 +466,8 @@ class BlockingServer:
             # lives on to serve the next connection; the handshake is wiped, counted as internal,
             # and the caller closes the connection.
             hs.wipe()
-            self.failures.failure("responder", _unexpected(), protocol=hs.protocol, peer=peer)
+            self.failures.failure("responder", _unexpected(), protocol=hs.protocol, peer=peer,
+                                  pre_auth=not hs.peer_authenticated)
             return None, reader
         reader.deadline = None
         self.failures.success(hs.protocol)

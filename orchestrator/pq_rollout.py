@@ -10,7 +10,9 @@ reconfigures its channel endpoints (:class:`PqPosture`):
               ``watch`` seconds the canary nodes' post-quantum handshakes are counted from the
               fleet counters (``xps_channel_handshakes_total{pq="true"}``, every node's, see
               :mod:`xpscerpto.db.counter_store`): a failure rate above ``max_failure_rate``
-              (over at least 20 handshakes) aborts;
+              (over at least 20 handshakes) aborts. A server's failures before its peer
+              authenticated are not among them (``result="unauthenticated"``): anyone who
+              reaches a port could name the hybrid protocol and hang up;
 ``committed`` every node offers the hybrid protocol (and still accepts classic peers) until no
               node of the rollout has established a classic channel for ``watch`` seconds;
 ``retired``   every node requires post-quantum: a classic offer is refused (``pq-required``);
@@ -35,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from xpscerpto.channel._failures import UNAUTHENTICATED
 from xpscerpto.channel.config import DEFAULT_PQ_PROTOCOL, ChannelConfig
 from xpscerpto.db import sealed_tables as sealed
 from xpscerpto.db.migrations import open_migrated
@@ -237,13 +240,18 @@ def advance(orch: Orchestrator, state: LeaseState) -> list[tuple[str, str]]:
 
 
 def _counts(orch: Orchestrator, nodes: tuple[str, ...], pq: bool) -> tuple[float, float]:
-    """(established, failed) handshakes of kind ``pq`` on ``nodes``, over every instance."""
+    """(established, failed) handshakes of kind ``pq`` on ``nodes``, over every instance.
+
+    Failures before the peer authenticated are left out whatever their ``pq`` label (the
+    channel counts them as classic already): a peer with no credentials must not sway the decision.
+    """
     ok = failed = 0.0
     for _node, labels, value in orch.counters.rows(_COUNTER, nodes):
         if labels.get("pq") == ("true" if pq else "false"):
-            if labels.get("result") == "ok":
+            result = labels.get("result")
+            if result == "ok":
                 ok += value
-            else:
+            elif result != UNAUTHENTICATED:
                 failed += value
     return ok, failed
 
