@@ -166,6 +166,10 @@ _FIELD_NAME = re.compile(r"(?![a-z0-9_]*[0-9]{4})[a-z][a-z0-9_]{0,31}")
 _MAX_BUCKETS = 1024
 _WINDOW_SECONDS = 60.0
 _CHUNK = 64 * 1024
+#: Lines record_once searches for its txid whatever their times (see _find_recent). A queued
+#: record is delivered at the next keyring open or change; far fewer records come in between.
+#: Every call reads them (about 0.5 MB of a typical journal), so the bound keeps that cost fixed.
+_ONCE_NEWEST = 1024
 _FORBIDDEN = (bytes, bytearray, memoryview, SecretBytes)
 # O_NONBLOCK: opening a FIFO planted at one of the journal's paths returns at once instead of
 # waiting for a writer that never comes; on the regular files we accept it changes nothing.
@@ -377,20 +381,32 @@ def _last_newline(fd: int, end: int) -> int:
 
 
 def _find_recent(fd: int, size: int, needle: bytes, cutoff: str) -> dict[str, Any] | None:
-    """The newest record whose line contains ``needle``, searching back to time ``cutoff``."""
-    pos, carry = _last_newline(fd, size) + 1, b""  # carry: a line's start that lies before ``pos``
+    """The newest record whose line contains ``needle``: searched in the last ``_ONCE_NEWEST``
+    lines whatever their times, and on back to the first record older than time ``cutoff``.
+
+    Times alone cannot bound the search: after the wall clock steps back, records appended
+    later carry earlier times than the one looked for.
+    """
+    pos, carry, seen = _last_newline(fd, size) + 1, b"", 0  # carry: a line's start that lies before ``pos``
     while pos > 0:
         start = max(0, pos - _CHUNK)
-        lines = (os.pread(fd, pos - start, start) + carry).split(b"\n")
+        data = os.pread(fd, pos - start, start) + carry
+        lines = data.split(b"\n")
         carry, lines = (lines[0], lines[1:]) if start > 0 else (b"", lines)
+        if seen + len(lines) <= _ONCE_NEWEST and needle not in data:
+            seen += len(lines)  # nothing to parse: no candidate, and no time to look at yet
+            pos = start
+            continue
         for line in reversed(lines):
-            rec, _ = _parse_record(line) if line else (None, "")
-            if rec is None:
-                continue
+            seen += 1
             if needle in line:
-                return rec
-            if rec["time"] < cutoff:
-                return None
+                rec, _ = _parse_record(line)
+                if rec is not None:
+                    return rec
+            elif seen > _ONCE_NEWEST and line:
+                rec, _ = _parse_record(line)
+                if rec is not None and rec["time"] < cutoff:
+                    return None
         pos = start
     return None
 
@@ -638,9 +654,10 @@ class AuditLog:
 
         For records committed elsewhere first (the keyring's outbox): whoever delivers them —
         the process that made the change, or a later one reconciling after a crash — delivers
-        each exactly once. The check and the append happen under the journal's lock; records
-        older than ``since`` (seconds since the epoch, the change's time) minus ten minutes
-        are not searched.
+        each exactly once. The check and the append happen under the journal's lock. The
+        newest 1,024 records are searched whatever their times (a wall clock stepped back makes
+        later records look older); beyond them the search stops at the first record older than
+        ``since`` (seconds since the epoch, the change's time) minus ten minutes.
 
         Example:
             >>> import tempfile, pathlib, time

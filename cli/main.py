@@ -234,8 +234,10 @@ def run_command(prog: str, call: Callable[[], int]) -> int:
     """Run a command; any failure is one line ``PROG: error: CODE: message`` on stderr and exit 2.
 
     XpsError carries its code; a few standard exceptions that bad input or a failing disk
-    raise are reported as ``XPS_ERR_INTERNAL: <Type>: <message>``. Ctrl-C exits 130, a
-    closed stdout (``xps … | head``) 141, both quietly.
+    raise are reported as ``XPS_ERR_INTERNAL: <Type>: <message>`` (a UnicodeError without the
+    text it quotes). Text holding non-UTF-8 bytes of argv or the environment, unchecked by
+    the command, is ``XPS_ERR_POLICY``. Ctrl-C exits 130, a closed stdout (``xps … | head``)
+    141, both quietly.
     """
     try:
         return int(call())
@@ -252,12 +254,27 @@ def run_command(prog: str, call: Callable[[], int]) -> int:
         with open(os.devnull, "wb") as null:
             os.dup2(null.fileno(), sys.stdout.fileno())
         return 141
+    except UnicodeEncodeError as exc:
+        if exc.reason != "surrogates not allowed":
+            return _internal(prog, exc)
+        # A lone surrogate is how Python hands over non-UTF-8 bytes of argv, the environment
+        # or a file name: bad input that a command did not check by name. Which one is not
+        # known here, and the text (maybe a PIN) is not shown.
+        print(f"{prog}: error: {ErrorCode.POLICY}: an argument, environment variable or file name is not valid "
+              "UTF-8 (it holds bytes that are not UTF-8 text)", file=sys.stderr)
+        return 2
     except _LAST_RESORT as exc:
         return _internal(prog, exc)
 
 
 def _internal(prog: str, exc: BaseException) -> int:
-    print(f"{prog}: error: {ErrorCode.INTERNAL}: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
+    # A UnicodeError's message quotes the offending character or byte and its position, which
+    # may come from a secret; its codec and reason say enough.
+    if isinstance(exc, UnicodeEncodeError | UnicodeDecodeError):
+        detail = f"{exc.encoding} codec: {exc.reason}"
+    else:
+        detail = _one_line(str(exc))
+    print(f"{prog}: error: {ErrorCode.INTERNAL}: {type(exc).__name__}: {detail}", file=sys.stderr)
     return 2
 
 

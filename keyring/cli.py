@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -37,6 +38,27 @@ from .approvals import ApprovalRequest, Approvals
 from .keyring import KeyInfo, Keyring
 
 __all__ = ["add_key_commands"]
+
+
+#: Arguments read as text, by attribute, with the name the command line gives them. A lone
+#: surrogate in one stands for a non-UTF-8 byte of argv: no key name, reason or AAD can hold it,
+#: and past this point it would fail deep in the database or the AEAD as an untyped error. File
+#: names are not here: any bytes are a valid path, and the OS gets them back unchanged.
+_TEXT_ARGS: dict[str, str] = {
+    "name": "NAME", "ref": "NAME|ID", "to": "--to", "from_revoked": "--from-revoked", "reason": "--reason",
+    "aad": "--aad", "algo": "--algo", "algorithm": "--algorithm", "policy": "--policy", "keyid": "KEYID",
+}
+_SURROGATE = re.compile("[\\ud800-\\udfff]")
+
+
+def _check_text_args(args: argparse.Namespace) -> None:
+    """Refuse a non-UTF-8 text argument by its name, never echoing it, before anything is opened."""
+    given = [(shown, getattr(args, attr, None)) for attr, shown in _TEXT_ARGS.items()]
+    if getattr(args, "what", None) == "remove":  # `operator request remove KEYID`; for add it is a file
+        given.append(("KEYID", args.subject))
+    for shown, value in given:
+        if isinstance(value, str) and _SURROGATE.search(value):
+            raise PolicyError(f"{shown}: not valid UTF-8 (the command line held bytes that are not UTF-8 text)")
 
 
 def _ring(args: argparse.Namespace) -> Keyring:
@@ -71,6 +93,7 @@ def _print_info(info: KeyInfo) -> None:
 def cmd_key(args: argparse.Namespace) -> int:
     """Dispatch ``xps key`` subcommands."""
     action = args.key_cmd
+    _check_text_args(args)
     if action == "approve":
         bundle = Approvals.load(args.request)
         # The whole signed request, before signing: the requester wrote every field of it
@@ -270,6 +293,7 @@ def _write_changed(paths: list[Path], old: list[bytes], new: list[bytes]) -> int
 
 def cmd_operator(args: argparse.Namespace) -> int:
     """Register, remove or list operator keys that approve dangerous changes."""
+    _check_text_args(args)
     approvals = Approvals.load(args.approvals) if getattr(args, "approvals", None) else None
     with _ring(args) as ring:
         if args.operator_cmd == "add":

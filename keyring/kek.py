@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import re
 import stat
 import threading
 import weakref
@@ -431,6 +432,19 @@ def _pin_mac(pin: str) -> bytes:
     return hmac.new(_PIN_MAC_KEY, pin.encode("utf-8"), hashlib.sha256).digest()
 
 
+_SURROGATE: Final = re.compile("[\\ud800-\\udfff]")
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8, found without raising.
+
+    Only lone surrogates (what ``os.environ`` gives for non-UTF-8 bytes) fail to encode. A
+    UnicodeEncodeError would carry the whole PIN in ``.object``, and one caught here would still
+    sit on the ``__context__`` of the error raised instead.
+    """
+    return _SURROGATE.search(text) is None
+
+
 class _ModuleRef:
     """A loaded PKCS#11 library and how many providers use it."""
 
@@ -615,6 +629,8 @@ class Pkcs11Kek(_ProviderBase):
                 raise PolicyError(f"{field}: expected a non-empty str, got {type(value).__name__}")
         if not isinstance(pin, str) or not pin:
             raise PolicyError(f"pin: expected a non-empty str, got {type(pin).__name__}")
+        if not _encodable(pin):
+            raise PolicyError("pin: not valid UTF-8 (PKCS#11 PINs are UTF-8 text)")
         if not os.path.isabs(module):
             raise PolicyError(f"module: expected an absolute path to a PKCS#11 library, got {module!r}")
         if not os.path.isfile(module):
@@ -757,6 +773,20 @@ class Pkcs11Kek(_ProviderBase):
 # -- factory -------------------------------------------------------------------------------------
 
 
+def _env_pin(pin_env: str) -> str:
+    """The PIN in environment variable ``pin_env``; refused (by the variable's name) if unset,
+    empty, or not UTF-8."""
+    pin = os.environ.get(pin_env)
+    if not pin:
+        raise PolicyError(f"pin_env: environment variable {pin_env} is not set (it must hold the token PIN)")
+    if _encodable(pin):
+        return pin
+    # A traceback keeps this frame's locals, and error reporters record them.
+    del pin
+    raise PolicyError(f"pin_env: environment variable {pin_env} does not hold valid UTF-8 "
+                      "(non-UTF-8 bytes in the PIN)")
+
+
 def open_kek(provider: str, home: Path, *, path: str = "kek.key", module: str | None = None,
              token_label: str = "xps",  # noqa: S107  (a token's name, not a password)
              pin_env: str = "XPS_PKCS11_PIN", key_label: str = "xps-kek", create: bool = True) -> KekProvider:
@@ -790,9 +820,6 @@ def open_kek(provider: str, home: Path, *, path: str = "kek.key", module: str | 
             raise PolicyError("module: required for KEK provider 'pkcs11'")
         if not isinstance(pin_env, str) or not pin_env:
             raise PolicyError(f"pin_env: expected a non-empty str, got {type(pin_env).__name__}")
-        pin = os.environ.get(pin_env)
-        if not pin:
-            raise PolicyError(f"pin_env: environment variable {pin_env} is not set (it must hold the token PIN)")
-        return Pkcs11Kek(module, token_label, pin, key_label, create=create)
+        return Pkcs11Kek(module, token_label, _env_pin(pin_env), key_label, create=create)
     shown = provider if isinstance(provider, str) else type(provider).__name__
     raise PolicyError(f"provider: expected 'file' or 'pkcs11', got {shown[:40]!r}")
