@@ -62,6 +62,18 @@ def _buf(value: Any, field: str, error: type[XpsError]) -> Buffer:
     return byte_buffer(value, field, error)
 
 
+def _data(value: Any, field: str) -> Buffer:
+    """A message or context: a byte buffer, never a SecretBytes.
+
+    A SecretBytes is refused as the AEAD API refuses one: passed on, the provider's TypeError
+    would be reported as its fault (XPS_ERR_INTERNAL and the fault listeners), and a caller's
+    argument is never a provider's fault.
+    """
+    if isinstance(value, SecretBytes):
+        raise PolicyError(f"{field}: pass secret data as SecretBytes.view(), not SecretBytes")
+    return byte_buffer(value, field, PolicyError)
+
+
 def _secret_in(value: Any, field: str) -> tuple[Buffer, SecretBytes | None]:
     """A secret input's buffer, and the SecretBytes to re-check after the call (or None)."""
     if type(value) is SecretBytes:
@@ -373,7 +385,8 @@ def _subclassed(inputs: tuple[tuple[str, Any, type[XpsError]], ...]) -> XpsError
     provider is to blame for, so the failure is the caller's, not a fault (error path only).
     """
     for field, given, error in inputs:
-        # A SecretBytes holds what SecretBytes.take adopted: maybe a subclass of bytearray.
+        # A SecretBytes' buffer is a plain bytearray (take() adopts no subclass): looked at
+        # all the same, on this error path only, in case a buffer was set some other way.
         value = given._buf if type(given) is SecretBytes else given
         cls = type(value)
         if cls is not bytes and cls is not bytearray and isinstance(value, bytes | bytearray):
@@ -561,7 +574,7 @@ class SignatureRoute(_KeyPairRoute):
         """
         sk, secret = _secret_in(secret_key, "secret_key")
         _check_len(sk, (self.secret_key_size,), "secret_key", KeyError_)
-        _buf(message, "message", PolicyError)
+        message = _data(message, "message")  # what is checked is what the provider reads
         self._check_context(context)
         try:
             sig = self._impl.sign(sk, message, context)
@@ -589,7 +602,7 @@ class SignatureRoute(_KeyPairRoute):
             sig = _buf(signature, "signature", AuthError)
             if len(sig) != self.signature_size:
                 raise AuthError(f"signature: expected {self.signature_size} bytes, got {len(sig)}")
-            _buf(message, "message", PolicyError)
+            message = _data(message, "message")
             self._check_context(context)
             try:
                 self._impl.verify(pk, message, sig, context)
@@ -614,11 +627,9 @@ class SignatureRoute(_KeyPairRoute):
     def _sign_loaded(self, key: LoadedSigningKey, message: Buffer, context: bytes = b"") -> bytes:
         """Sign with a loaded key: the checks of :meth:`sign`, none of the key setup."""
         if type(message) is not bytes:
-            _buf(message, "message", PolicyError)
-        if context:
+            message = _data(message, "message")
+        if type(context) is not bytes or context:
             self._check_context(context)
-        elif type(context) is not bytes:
-            _buf(context, "context", PolicyError)
         try:
             return key.sign(message, context)
         except XpsError:
@@ -627,7 +638,7 @@ class SignatureRoute(_KeyPairRoute):
             self._fault(exc)
 
     def _check_context(self, context: Any) -> None:
-        ctx = _buf(context, "context", PolicyError)
+        ctx = _data(context, "context")
         if len(ctx) > 255:
             raise PolicyError(f"context: at most 255 bytes, got {len(ctx)}")
         if ctx and self.operation == "sig.ed25519":

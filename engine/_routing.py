@@ -176,6 +176,10 @@ def build_table(
             by_op[op].append(p)
     mask = isa_mask.effective(config.isa_mask)
     cpu = isa_mask.cpu_flags()
+    if mask:
+        # A token that matches nothing is kept (it may name a capsule still to come) but said once.
+        isa_mask.report_unmatched(mask, ((p.name, {b for op in p.implementations for b in info_of(p, op).backends})
+                                         for p in providers))
 
     routes: dict[str, Route] = {}
     unrouted: dict[str, str] = {}

@@ -11,6 +11,14 @@ union is the mask. A token names:
 * a CPU feature family, matched as a prefix of ``/proc/cpuinfo`` flag names
   (``-avx512`` removes every implementation that needs any ``avx512*`` flag).
 
+Every entry is an ASCII ``-`` and a well-formed token. An entry that would remove nothing for
+its spelling (``jit`` without its sign, ``+jit``, ``--jit``, ``\u2212jit`` with a Unicode minus)
+is refused: an emergency control must not fail silently. A well-formed token that names no
+built-in backend (:data:`BUILTIN_BACKENDS`), no CPU feature (:data:`CPU_FEATURES`, or a flag of
+this machine) and no loaded provider (a typo such as ``-jti``, or a capsule not loaded yet) is
+kept, since it may name a capsule's or a plugin's provider, and reported once as a warning on
+the ``xpscerpto`` logger when a table is built (:func:`report_unmatched`).
+
 Implementations the mask removes are skipped when a table is built (``xps providers`` says
 why); a call never reads the mask. ``-avx512`` also demotes OpenSSL's own AVX-512 code paths,
 through ``OPENSSL_ia32cap``, which OpenSSL reads once when it loads: :func:`demote_openssl`
@@ -18,7 +26,7 @@ sets it when ``xpscerpto`` is imported before ``cryptography`` is (the ``xps`` c
 is), and :func:`openssl_demotion` reports whether it took effect in this process.
 
 Example:
-    >>> sorted(parse("-jit, -AVX512 +sse2"))
+    >>> sorted(parse("-jit, -AVX512"))
     ['avx512', 'jit']
     >>> masked_by(("jit", "openssl"), frozenset({"avx512f"}), frozenset({"openssl"}))
     '-openssl'
@@ -26,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -36,6 +45,8 @@ from pathlib import Path
 from .errors import PolicyError
 
 __all__ = [
+    "BUILTIN_BACKENDS",
+    "CPU_FEATURES",
     "MASK_ENV",
     "OPENSSL_AVX512_OFF",
     "cpu_flags",
@@ -44,52 +55,128 @@ __all__ = [
     "masked_by",
     "openssl_demotion",
     "parse",
+    "report_unmatched",
+    "unmatched",
 ]
 
 MASK_ENV = "XPS_SIMD_ISA_MASK"
 #: ``OPENSSL_ia32cap`` value that clears AVX512F, DQ, IFMA, BW and VL in the CPUID(7).EBX word
 #: OpenSSL consults, so it takes its AVX2 paths instead (see OpenSSL's ``OPENSSL_ia32cap(3)``).
 OPENSSL_AVX512_OFF = ":~0xC0230000"
-_TOKEN = re.compile(r"^[a-z0-9_.-]{1,64}$")
+_TOKEN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_CHARS = "a token may hold only a-z, 0-9, '_', '.' and '-' (at most 64)"
+#: The built-in providers' names and the libraries they declare (``-openssl`` also removes
+#: ``jit-openssl``). Other providers' names are known only to the program that registers them.
+BUILTIN_BACKENDS = frozenset({"openssl", "sodium", "jit", "jit-openssl"})
+#: CPU-feature tokens known on every machine, spelled as ``/proc/cpuinfo`` spells them: a
+#: fleet-wide incident mask names features some machines lack (``-avx512`` on an AMD Zen 2,
+#: ``-sha2`` on x86), and must not stop those machines. Families first (a token removes every
+#: flag it is a prefix of), then the flags of the ISA extensions crypto code uses, x86-64 and
+#: arm64. A flag this machine reports is known as well (:func:`cpu_flags`).
+CPU_FEATURES = frozenset({
+    "avx512", "avx", "sse", "sse4", "bmi", "fma", "sha", "sve", "sm",
+    "sse2", "sse3", "ssse3", "sse4_1", "sse4_2", "sse4a", "avx2", "avx512f", "avx512dq", "avx512cd",
+    "avx512bw", "avx512vl", "avx512ifma", "avx512vbmi", "avx512_vbmi2", "avx512_vnni", "avx512_bitalg",
+    "avx512_vpopcntdq", "avx512_bf16", "avx512_fp16", "avx_vnni", "avx_ifma", "fma4", "xop", "f16c",
+    "bmi1", "bmi2", "adx", "aes", "vaes", "pclmulqdq", "vpclmulqdq", "sha_ni", "gfni", "rdrand",
+    "rdseed", "movbe", "popcnt", "asimd", "neon", "pmull", "sha1", "sha2", "sha3", "sha512", "sm3",
+    "sm4", "crc32", "sve2",
+})
 
 
-def parse(text: str, *, strict: bool = True) -> frozenset[str]:
+def parse(text: str, *, strict: bool = True, field: str = "mask") -> frozenset[str]:
     """The removed tokens of a mask string (``-token`` entries, comma or space separated).
 
-    ``+token`` entries and anything without a sign are ignored: the mask only removes. With
-    ``strict=False`` a malformed token is dropped instead of refused: plugin discovery uses
-    that, so an odd mask never breaks loading, while the engine (:func:`effective`) refuses it
-    when it builds a table and the operator learns of it there.
+    With ``strict=False`` an entry that is not an ASCII ``-`` and a well-formed token is dropped
+    instead of refused: plugin discovery uses that, so an odd mask never breaks loading, while
+    the engine (:func:`effective`) refuses it when it builds a table and the operator learns
+    of it there.
+
+    Args:
+        field: what the error names (``XPS_SIMD_ISA_MASK``, a configuration key).
 
     Raises:
-        PolicyError: ``text`` is not a string, or (strict) a token has characters outside
-            ``a-z0-9_.-``.
+        PolicyError: ``text`` is not a string, or (strict) an entry is not an ASCII ``-`` and a
+            well-formed token (see the module docstring). The message describes the entry by
+            its position, never repeating it.
     """
     if not isinstance(text, str):
-        raise PolicyError(f"mask: expected a string, got {type(text).__name__}")
+        raise PolicyError(f"{field}: expected a string, got {type(text).__name__}")
     out = set()
-    for entry in re.split(r"[\s,]+", text.strip()):
-        if entry.startswith("-") and len(entry) > 1:
-            token = entry[1:].lower()
-            if not _TOKEN.match(token):
-                if not strict:
-                    continue
-                raise PolicyError("mask: a token may hold only a-z, 0-9, '_', '.' and '-' (at most 64)")
-            out.add(token)
+    for n, entry in enumerate((e for e in re.split(r"[\s,]+", text.strip()) if e), start=1):
+        token = entry[1:].lower()
+        problem = _entry_problem(entry, token, n)
+        if problem is not None:
+            if not strict:
+                continue
+            raise PolicyError(f"{field}: {problem}")
+        out.add(token)
     return frozenset(out)
+
+
+#: Tokens already reported by :func:`report_unmatched` in this process.
+_REPORTED: set[str] = set()
+
+
+def unmatched(tokens: Iterable[str], providers: Iterable[tuple[str, Iterable[str]]]) -> frozenset[str]:
+    """The tokens that name no built-in backend, no known CPU feature and none of ``providers``
+    (``(name, backends)`` pairs): a typo such as ``-jti``, or a provider not loaded yet.
+
+    A well-formed unknown token is not refused: it may name a capsule's or a plugin's provider
+    (one that arrives later is masked when it does).
+    """
+    known = set(BUILTIN_BACKENDS) | CPU_FEATURES | cpu_flags()
+    for name, backends in providers:
+        known.add(name.lower())
+        known.update(b.lower() for b in backends)
+    return frozenset(t for t in tokens if t not in known and not any(k.startswith(t) for k in known))
+
+
+def report_unmatched(tokens: Iterable[str], providers: Iterable[tuple[str, Iterable[str]]]) -> frozenset[str]:
+    """Warn (once per token and process, on the ``xpscerpto`` logger) about :func:`unmatched` tokens.
+
+    Called when a routing table is built, never per operation. Returns the unmatched tokens.
+    """
+    found = unmatched(tokens, providers)
+    new = sorted(found - _REPORTED)
+    if new:
+        _REPORTED.update(new)
+        shown = ", ".join(f"-{t}" if len(t) <= 24 else f"(a {len(t)}-character token)" for t in new[:8])
+        logging.getLogger("xpscerpto").warning(
+            "incident mask: %s removes nothing: no provider, backend or CPU feature known here has that "
+            "name (a typo, or a provider not loaded yet)", shown)
+    return found
+
+
+def _entry_problem(entry: str, token: str, n: int) -> str | None:
+    """Why entry ``n`` removes nothing, in words that never repeat it (None if well-formed)."""
+    first = entry[0]
+    if not first.isascii():
+        return f"entry {n} starts with U+{ord(first):04X}, not an ASCII '-'"
+    if first == "+":
+        return f"entry {n} starts with '+': the mask only removes (write '-token')"
+    if first != "-":
+        return f"entry {n} has no '-': the mask only removes (write '-token')"
+    if not token:
+        return f"entry {n} is a '-' without a token"
+    if token.startswith("-"):
+        return f"entry {n} starts with more than one '-'"
+    if not entry.isascii():  # before lower(): the Kelvin sign lower-cases to an ASCII 'k'
+        return f"entry {n} holds a non-ASCII character"
+    if not _TOKEN.match(token):
+        return f"{_CHARS} (entry {n})"
+    return None
 
 
 def effective(configured: Iterable[str] = ()) -> frozenset[str]:
     """The mask in force: ``$XPS_SIMD_ISA_MASK`` together with the configuration's tokens.
 
+    The configuration's tokens were checked when it was built.
+
     Raises:
-        PolicyError: the environment variable holds a malformed token.
+        PolicyError: the environment variable holds an entry that is not ``-`` and a well-formed token.
     """
-    try:
-        from_env = parse(os.environ.get(MASK_ENV, ""))
-    except PolicyError:
-        raise PolicyError(f"{MASK_ENV}: a token may hold only a-z, 0-9, '_', '.' and '-'") from None
-    return from_env | frozenset(configured)
+    return parse(os.environ.get(MASK_ENV, ""), field=MASK_ENV) | frozenset(configured)
 
 
 def masked_by(backends: Iterable[str], cpu_features: Iterable[str], tokens: frozenset[str]) -> str | None:

@@ -143,11 +143,16 @@ class SecretBytes:
     def take(cls, buf: bytearray) -> SecretBytes:
         """Adopt ``buf`` without copying it (the caller must drop its own reference).
 
+        Only a plain ``bytearray`` is adopted: every call path reads a secret's buffer with
+        ``len()``, and a subclass's own ``__len__`` could make a 16-byte key pass as a 32-byte
+        one. Copy a subclass with ``SecretBytes(buf)`` instead.
+
         Raises:
-            KeyTypeError: ``buf`` is not a ``bytearray``.
+            KeyTypeError: ``buf`` is not a ``bytearray`` (a subclass of it included).
         """
-        if not isinstance(buf, bytearray):
-            raise KeyTypeError(f"buf: SecretBytes.take adopts a bytearray, got {describe(buf)}")
+        if type(buf) is not bytearray:
+            raise KeyTypeError(f"buf: SecretBytes.take adopts a plain bytearray, got {describe(buf)}; "
+                               "copy other buffers with SecretBytes(buf)")
         obj = cls.__new__(cls)
         obj._buf = buf
         obj._wiped = False
@@ -183,7 +188,7 @@ class SecretBytes:
         return bytes(self._buf)
 
     def __len__(self) -> int:
-        return bytearray.__len__(self._buf)  # the buffer's own length (take() may adopt a subclass)
+        return bytearray.__len__(self._buf)  # the buffer's own length, whatever else changes
 
     def __enter__(self) -> Self:
         return self

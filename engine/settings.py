@@ -328,7 +328,11 @@ def _str_tuple(value: object, key: str) -> tuple[str, ...]:
 
 
 def _mask_tokens(value: object) -> tuple[str, ...]:
-    """``EngineConfig.isa_mask`` as given in code: tokens, each with or without its ``-``."""
+    """``EngineConfig.isa_mask`` as given in code: tokens, each with or without its ``-``.
+
+    Any well-formed name is kept (a program may mask a provider it registers itself); an odd
+    spelling that would remove nothing (``--jit``, ``+jit``, a Unicode minus) is refused.
+    """
     from .isa_mask import _TOKEN
 
     if not isinstance(value, tuple | list):
@@ -336,25 +340,26 @@ def _mask_tokens(value: object) -> tuple[str, ...]:
     if not all(isinstance(t, str) for t in value):
         raise PolicyError("isa_mask: each token must be a str (such as 'jit')")
     tokens = {(t[1:] if t.startswith("-") else t).lower() for t in value}
-    if not all(_TOKEN.fullmatch(t) for t in tokens):
-        raise PolicyError("isa_mask: a token may hold only a-z, 0-9, '_', '.' and '-' (1 to 64)")
+    # isascii() of what was given, not of its lower(): the Kelvin sign lower-cases to a 'k'.
+    if not all(t.isascii() for t in value) or not all(_TOKEN.fullmatch(t) for t in tokens):
+        raise PolicyError("isa_mask: a token is an ASCII letter or digit, then a-z, 0-9, '_', '.' or '-' "
+                          "(1 to 64), with at most one '-' before it")
     return tuple(sorted(tokens))
 
 
 def _parse_mask(value: object, at: str) -> tuple[str, ...]:
-    """``isa_mask``: a string (``"-jit, -avx512"``) or a list of ``-token`` strings."""
+    """``isa_mask``: a string (``"-jit, -avx512"``) or a list of ``-token`` strings, each a known
+    backend or CPU feature (see :mod:`xpscerpto.isa_mask`)."""
     from .isa_mask import parse
 
     if isinstance(value, str):
         text = value
     else:
-        text = ",".join(str_list(value, at))
-        if any(not entry.startswith("-") for entry in str_list(value, at)):
+        entries = str_list(value, at)
+        if any(not entry.startswith("-") for entry in entries):
             raise PolicyError(f"config key '{at}': each entry is '-token' (the mask only removes)")
-    try:
-        return tuple(sorted(parse(text)))
-    except PolicyError:
-        raise PolicyError(f"config key '{at}': a token may hold only a-z, 0-9, '_', '.' and '-'") from None
+        text = ",".join(entries)
+    return tuple(sorted(parse(text, field=f"config key '{at}'")))
 
 
 @dataclass(frozen=True, slots=True)

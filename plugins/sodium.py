@@ -30,12 +30,16 @@ def _checked_view(x: Buffer) -> memoryview:
     """A view of ``x``; refuses what the engine's buffer contract refuses, as cryptography does."""
     view = memoryview(x)  # TypeError for a non-buffer (bytes() would turn an int into zeros)
     if view.itemsize != 1 or view.format not in ("B", "c") or not view.c_contiguous:
+        view.release()  # not left to the refusal's traceback: it may pin the caller's buffer
         raise BufferError("expected one contiguous run of single bytes")
     return view
 
 
 def _bytes(x: Buffer) -> bytes:
-    return x if type(x) is bytes else _checked_view(x).tobytes()
+    if type(x) is bytes:
+        return x
+    with _checked_view(x) as view:
+        return view.tobytes()
 
 
 _DETACHED = ("crypto_aead_chacha20poly1305_ietf_decrypt_detached",
@@ -108,31 +112,48 @@ class _Keyed:
     libsodium reads exactly a key's and a nonce's size from the pointers it is given.
     """
 
-    __slots__ = ("_key",)
+    __slots__ = ("_direct", "_key")
     _enc: Any  # crypto_aead_*_encrypt(c, clen_p, m, mlen, ad, adlen, nsec, npub, k)
     _dec: Any  # crypto_aead_*_decrypt(m, mlen_p, nsec, c, clen, ad, adlen, npub, k)
     _npub: int
     _abytes: int
 
     def __init__(self, key: Buffer) -> None:
-        if type(key) is not bytes:
-            key = _pointer(_FFI, key)
-        if len(key) != 32:
+        if _size(key) != 32:
             raise nacl.exceptions.TypeError("Key must be a 32 bytes long bytes sequence")
-        self._key = key
+        # bytes, or a pointer held for the cipher's life into a bytearray (the engine's own
+        # copy of the key: held, it cannot be resized or moved). Any other buffer (a caller's
+        # view) is pinned only for the length of each call (see _pin): a pointer held between
+        # calls would keep that view exported as long as the cipher lives, which may be in a
+        # refused call's traceback. A bytearray is no garbage-collected container, so no cycle
+        # can free it under the pointer.
+        self._direct = type(key) is bytes or type(key) is bytearray
+        self._key = _FFI.from_buffer(key) if type(key) is bytearray else key
 
     def encrypt(self, nonce: bytes, data: Buffer, aad: Buffer | None) -> bytes:
         if type(nonce) is not bytes:
             nonce = _bytes(nonce)
         if len(nonce) != self._npub:
             raise nacl.exceptions.TypeError(f"Nonce must be a {self._npub} bytes long bytes sequence")
-        if type(data) is not bytes:
-            data = _pointer(_FFI, data)
-        if type(aad) is not bytes:
-            aad = b"" if aad is None else _pointer(_FFI, aad)  # None is empty, as cryptography has it
-        n = len(data)
-        out = _ALLOC("unsigned char[]", n + self._abytes)
-        self._enc(out, _NULL, data, n, aad, len(aad), _NULL, nonce, self._key)
+        if aad is None:
+            aad = b""  # None is empty, as cryptography has it
+        if self._direct and type(data) is bytes and type(aad) is bytes:
+            # The usual call (and a 64-byte one is mostly fixed costs): nothing to pin.
+            n = len(data)
+            out = _ALLOC("unsigned char[]", n + self._abytes)
+            self._enc(out, _NULL, data, n, aad, len(aad), _NULL, nonce, self._key)
+            return _OUT(out)[:]  # type: ignore[no-any-return]
+        pinned = _pin(_FFI, data, aad) if self._direct else _pin(_FFI, data, aad, self._key)
+        try:
+            data, aad = pinned[0], pinned[1]
+            key = self._key if self._direct else pinned[2]
+            if len(key) != 32:  # a caller's buffer resized since this cipher was made
+                raise nacl.exceptions.TypeError("Key must be a 32 bytes long bytes sequence")
+            n = len(data)
+            out = _ALLOC("unsigned char[]", n + self._abytes)
+            self._enc(out, _NULL, data, n, aad, len(aad), _NULL, nonce, key)
+        finally:
+            _unpin(_FFI, pinned)
         return _OUT(out)[:]  # type: ignore[no-any-return]
 
     def decrypt(self, nonce: bytes, data: Buffer, aad: Buffer | None) -> bytes:
@@ -140,16 +161,30 @@ class _Keyed:
             nonce = _bytes(nonce)
         if len(nonce) != self._npub:
             raise nacl.exceptions.TypeError(f"Nonce must be a {self._npub} bytes long bytes sequence")
-        if type(data) is not bytes:
-            data = _pointer(_FFI, data)
-        if type(aad) is not bytes:
-            aad = b"" if aad is None else _pointer(_FFI, aad)
-        n = len(data) - self._abytes
-        if n < 0:
-            raise nacl.exceptions.CryptoError(_FAILED)
-        out = _ALLOC("unsigned char[]", n)
-        if self._dec(out, _NULL, _NULL, data, n + self._abytes, aad, len(aad), nonce, self._key) != 0:
-            raise nacl.exceptions.CryptoError(_FAILED)  # the uninitialised buffer is dropped unread
+        if aad is None:
+            aad = b""
+        if self._direct and type(data) is bytes and type(aad) is bytes:
+            n = len(data) - self._abytes
+            if n < 0:
+                raise nacl.exceptions.CryptoError(_FAILED)
+            out = _ALLOC("unsigned char[]", n)
+            if self._dec(out, _NULL, _NULL, data, len(data), aad, len(aad), nonce, self._key) != 0:
+                raise nacl.exceptions.CryptoError(_FAILED)  # the uninitialised buffer is dropped unread
+            return _OUT(out, n)[:]  # type: ignore[no-any-return]
+        pinned = _pin(_FFI, data, aad) if self._direct else _pin(_FFI, data, aad, self._key)
+        try:
+            data, aad = pinned[0], pinned[1]
+            key = self._key if self._direct else pinned[2]
+            if len(key) != 32:
+                raise nacl.exceptions.TypeError("Key must be a 32 bytes long bytes sequence")
+            n = len(data) - self._abytes
+            if n < 0:
+                raise nacl.exceptions.CryptoError(_FAILED)
+            out = _ALLOC("unsigned char[]", n)
+            if self._dec(out, _NULL, _NULL, data, n + self._abytes, aad, len(aad), nonce, key) != 0:
+                raise nacl.exceptions.CryptoError(_FAILED)
+        finally:
+            _unpin(_FFI, pinned)
         return _OUT(out, n)[:]  # type: ignore[no-any-return]
 
 
@@ -178,7 +213,7 @@ class _SodiumAead(Aead):
     key_sizes = (32,)
     tag_size = 16
     auth_errors = (nacl.exceptions.CryptoError,)
-    checks_buffers = True  # every input goes through _bytes() or _pointer()
+    checks_buffers = True  # every input goes through _bytes(), _size() or _pin()
     _detached_name: str
 
     def decrypt_detached(self, key: Buffer, nonce: bytes, ciphertext: Buffer, tag: Buffer,
@@ -188,34 +223,58 @@ class _SodiumAead(Aead):
             wire = b"".join((_bytes(ciphertext), _bytes(tag)))
             return self.cipher(key).decrypt(nonce, wire, associated_data)
         ffi, fns = native.ffi, native.fns
-        aad = b"" if associated_data is None else associated_data
-        n = _size(ciphertext)
-        if _size(tag) != self.tag_size or _size(key) != 32 or _size(nonce) != self.nonce_size:
-            raise nacl.exceptions.CryptoError("Decryption failed. Ciphertext failed verification")
-        # Left uninitialised: libsodium writes it whole on success (and it is dropped otherwise).
-        out = native.alloc("unsigned char[]", n or 1)
-        rc = fns[self._detached_name](out, ffi.NULL, _pointer(ffi, ciphertext), n, _pointer(ffi, tag),
-                                      _pointer(ffi, aad), _size(aad), _pointer(ffi, nonce), _pointer(ffi, key))
-        if rc != 0:
-            raise nacl.exceptions.CryptoError("Decryption failed. Ciphertext failed verification")
+        pinned = _pin(ffi, ciphertext, tag, b"" if associated_data is None else associated_data, nonce, key)
+        try:
+            ct, tag, aad, npub, k = pinned
+            n = len(ct)
+            if len(tag) != self.tag_size or len(k) != 32 or len(npub) != self.nonce_size:
+                raise nacl.exceptions.CryptoError(_FAILED)
+            # Left uninitialised: libsodium writes it whole on success (and it is dropped otherwise).
+            out = native.alloc("unsigned char[]", n or 1)
+            if fns[self._detached_name](out, ffi.NULL, ct, n, tag, aad, len(aad), npub, k) != 0:
+                raise nacl.exceptions.CryptoError(_FAILED)
+        finally:
+            _unpin(ffi, pinned)
         return ffi.buffer(out, n)[:]  # type: ignore[no-any-return]
 
 
 def _size(x: Buffer) -> int:
     """Length in bytes (a 2-D view's len() counts rows), under the same buffer rules as _bytes()."""
-    if type(x) is bytes:
+    if type(x) is bytes or type(x) is bytearray:
         return len(x)
     with _checked_view(x) as view:
         return view.nbytes
 
 
-def _pointer(ffi: Any, x: Buffer) -> Any:
-    """A read-only C pointer into ``x`` (no copy), under the same buffer rules as _bytes()."""
-    if type(x) is not bytes:
-        _checked_view(x).release()
-    return ffi.from_buffer(x)
+def _pin(ffi: Any, *buffers: Buffer) -> list[Any]:
+    """``buffers`` as libsodium reads them: ``bytes`` as they are, any other buffer as a pointer
+    into it (no copy). Every buffer is checked before the first pointer is taken, and a failure
+    releases the pointers already taken, so a refusal leaves no export of a caller's buffer.
+
+    The caller releases the result with :func:`_unpin` in a ``finally``: a pointer left to the
+    garbage collector can sit in a reference cycle with the memoryview it exports (a refused
+    call's traceback), and CPython may then clear the view first and free the memory the pointer
+    still releases later (a crash of the process). Sizes are read from the pointers, not from the
+    checks: a buffer resized between the two cannot make libsodium read past its end.
+    """
+    for x in buffers:
+        if type(x) is not bytes and type(x) is not bytearray:
+            _checked_view(x).release()
+    pinned: list[Any] = []
+    try:
+        for x in buffers:
+            pinned.append(x if type(x) is bytes else ffi.from_buffer(x))
+    except BaseException:
+        _unpin(ffi, pinned)
+        raise
+    return pinned
 
 
+def _unpin(ffi: Any, pinned: list[Any]) -> None:
+    """Release the pointers :func:`_pin` took, now rather than at a later collection."""
+    for p in pinned:
+        if type(p) is not bytes:
+            ffi.release(p)
 
 
 class ChaCha20Poly1305Impl(_SodiumAead):

@@ -97,6 +97,6 @@ def test_a_wipeable_key_is_read_in_place_so_wiping_leaves_no_copy() -> None:
     cipher = _XChaChaKeyed(secret._buf)
     before = cipher.encrypt(nonce, b"m", b"")
     assert before == b.crypto_aead_xchacha20poly1305_ietf_encrypt(b"m", b"", nonce, bytes(range(32)))
-    secret.wipe()  # the cipher's view keeps the buffer; its bytes are now zeros
+    secret.wipe()  # the cipher's pointer keeps the buffer; its bytes are now zeros
     assert cipher.encrypt(nonce, b"m", b"") == b.crypto_aead_xchacha20poly1305_ietf_encrypt(b"m", b"", nonce,
                                                                                             bytes(32))
