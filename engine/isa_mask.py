@@ -34,7 +34,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
@@ -142,6 +141,8 @@ def report_unmatched(tokens: Iterable[str], providers: Iterable[tuple[str, Itera
     if new:
         _REPORTED.update(new)
         shown = ", ".join(f"-{t}" if len(t) <= 24 else f"(a {len(t)}-character token)" for t in new[:8])
+        import logging  # only when there is something to say: `import xpscerpto` stays lean
+
         logging.getLogger("xpscerpto").warning(
             "incident mask: %s removes nothing: no provider, backend or CPU feature known here has that "
             "name (a typo, or a provider not loaded yet)", shown)
