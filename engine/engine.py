@@ -19,7 +19,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, cast
 
 from ._buffers import BYTE_FORMATS, byte_buffer, describe, describe_int, immutable, whole_wire
 from ._namespaces import HkdfAPI, KemAPI, KexAPI, SignatureAPI
@@ -57,15 +57,18 @@ R = TypeVar("R")
 
 _MAX_RANDOM = 1 << 20
 
-#: Application-supplied nonces one :class:`KeyedAead` records (the default ``nonce_reuse="refuse"``).
-#: Each is kept until the object is dropped, about 100 bytes apiece (~6.5 MiB at the limit);
-#: past the limit the object refuses further explicit nonces (XPS_ERR_NONCE) and the key must
-#: be rotated. Auto (random) nonces are not recorded and not limited here.
+#: Application-supplied nonces :class:`KeyedAead` objects seal under one key (the default
+#: ``nonce_reuse="refuse"``), counted across every KeyedAead of the process over the same key
+#: bytes and algorithm (the counts of the last :data:`NONCE_CACHE_SIZE` such keys are kept).
+#: Each object also keeps its own nonces until it is dropped, about 100 bytes apiece (~6.5 MiB
+#: at the limit). Past the limit, new explicit nonces under that key are refused (XPS_ERR_NONCE)
+#: and the key must be rotated. Auto (random) nonces are not recorded and not limited here.
 KEYED_NONCE_LIMIT = 1 << 16
 
-#: (key, nonce) pairs the stateless API remembers per process, as 64-bit keyed hashes (never
-#: the key): an explicit nonce repeated with the same key within the last this-many
-#: explicit-nonce encryptions is refused. About 80 bytes apiece (~5 MiB when full).
+#: (key, nonce) pairs the process remembers, from the stateless API and every KeyedAead, as
+#: 64-bit keyed hashes (never the key): an explicit nonce repeated with the same key within the
+#: last this-many explicit-nonce encryptions is refused. About 80 bytes apiece (~5 MiB when
+#: full), and up to as many per-key counts of :data:`KEYED_NONCE_LIMIT`, about 100 bytes each.
 NONCE_CACHE_SIZE = 1 << 16
 
 #: Ciphertext size from which ``decrypt(nonce, ct, tag)`` checks whether ``ct`` is a view of a
@@ -668,13 +671,16 @@ class AeadAPI:
     Nonces you pass yourself (``nonce=``, required under nonce policy ``app``) are checked for
     reuse, best-effort: sealing a *different* message (plaintext or aad) under an (algorithm,
     key, nonce) triple used within the last :data:`NONCE_CACHE_SIZE` explicit-nonce encryptions
-    of this process (all engines) raises XPS_ERR_NONCE, and the ciphertext made under the
-    reused nonce is discarded, never returned. Sealing the same message again (a retry) yields
-    the same bytes, reveals nothing new and is allowed. Not detected: older repeats, repeats
-    across processes, an explicit nonce equal to one the engine drew itself, and (by design)
-    AES-256-GCM-SIV, which is nonce-misuse resistant (RFC 8452). Auto nonces (``nonce=None``)
-    are not recorded and cost nothing; ``nonce_reuse="caller"`` opts a call out. Keyed AEADs
-    (:meth:`keyed`) check exactly.
+    of this process raises XPS_ERR_NONCE, and the ciphertext made under the reused nonce is
+    discarded, never returned. That record is one per process: these calls and every
+    :class:`KeyedAead` (:meth:`keyed`) of every engine check and feed it, whatever object or
+    buffer type holds the key. A KeyedAead also remembers every nonce it used itself, exactly.
+    Sealing the same message again (a retry) yields the same bytes, reveals nothing new and is
+    allowed. Not detected: older repeats (except of a KeyedAead's own nonces), repeats across
+    processes, an explicit nonce equal to one the engine drew itself, calls and keyed AEADs with
+    ``nonce_reuse="caller"`` (neither checked nor recorded), and (by design) AES-256-GCM-SIV,
+    which is nonce-misuse resistant (RFC 8452). Auto nonces (``nonce=None``) are not recorded
+    and cost nothing.
 
     Example:
         >>> import xpscerpto as xps
@@ -732,7 +738,10 @@ class AeadAPI:
                 return self.encrypt(algo, key, plaintext, aad, nonce, nonce_reuse=nonce_reuse)
             err = _aead_error(table, algo, exc, key, nonce, "encrypt", nonce_required=False,
                               inputs=(("plaintext", plaintext, PolicyError), ("aad", aad, PolicyError)))
-            raise err from err.__cause__
+            try:
+                raise err from err.__cause__
+            finally:
+                del err  # else the error and this frame hold each other (see _aead_error)
 
     def decrypt(self, algo: str, key: Buffer | SecretBytes, nonce: bytes, ciphertext: Buffer,
                 tag: Buffer, aad: Buffer = b"") -> bytes:
@@ -803,7 +812,10 @@ class AeadAPI:
             err = _aead_error(table, algo, exc, key, nonce, "decrypt", nonce_required=True,
                               inputs=(("ciphertext", ciphertext, PolicyError), ("tag", tag, AuthError),
                                       ("aad", aad, PolicyError)))
-            raise err from err.__cause__
+            try:
+                raise err from err.__cause__
+            finally:
+                del err  # else the error and this frame hold each other (see _aead_error)
 
     def open(self, algo: str, key: Buffer | SecretBytes, sealed: Sealed, aad: Buffer = b"") -> bytes:
         """Decrypt a :class:`Sealed` without re-joining ciphertext and tag (zero copy).
@@ -851,7 +863,10 @@ class AeadAPI:
             err = _aead_error(table, algo, exc, key, nonce, "open", nonce_required=True,
                               inputs=(("sealed.ciphertext", sealed.ciphertext_and_tag, PolicyError),
                                       ("aad", aad, PolicyError)), wire=sealed.ciphertext_and_tag)
-            raise err from err.__cause__
+            try:
+                raise err from err.__cause__
+            finally:
+                del err  # else the error and this frame hold each other (see _aead_error)
 
     def keyed(self, algo: str, key: Buffer | SecretBytes, *, nonce_reuse: NonceReuse = "refuse",
               report_auth_failures: bool = True) -> KeyedAead:
@@ -866,11 +881,15 @@ class AeadAPI:
             algo: the AEAD algorithm.
             key: the key; a SecretBytes is copied (wiping it later does not affect this object).
             nonce_reuse: ``"refuse"`` (default): every nonce you pass to :meth:`KeyedAead.encrypt`
-                is recorded, exactly, and sealing another message under a recorded nonce raises
-                XPS_ERR_NONCE (the ciphertext is discarded, never returned; the same message
-                again is allowed). At most :data:`KEYED_NONCE_LIMIT` nonces are recorded; past
-                that, new explicit nonces are refused until the key is rotated. ``"caller"``:
-                the caller guarantees uniqueness and nothing is recorded, for protocols that own
+                is recorded, exactly by the object and in the process's record that the
+                stateless API and every other KeyedAead share (see :class:`AeadAPI`); sealing
+                another message under a nonce already used with this key, by this object or
+                any other of the process within that record, raises XPS_ERR_NONCE (the
+                ciphertext is discarded, never returned; the same message again is allowed).
+                At most :data:`KEYED_NONCE_LIMIT` explicit nonces are sealed per key, counted
+                across every KeyedAead of the process over the same key bytes; past that, new
+                explicit nonces are refused until the key is rotated. ``"caller"``: the caller
+                guarantees uniqueness and nothing is recorded or checked, for protocols that own
                 their nonce sequence (a channel's counter nonces, the keyring's random nonces).
                 Auto nonces (``nonce=None``) are never recorded, and AES-256-GCM-SIV (nonce
                 misuse resistant) is not checked.
@@ -940,41 +959,87 @@ _REUSED = ("nonce: already used with this key for another message (a nonce must 
 
 
 class _NonceCache:
-    """The stateless API's best-effort record of explicit (key, nonce) pairs in this process.
+    """The process's best-effort record of explicit (key, nonce) pairs: the stateless API's and
+    every KeyedAead's.
 
-    Maps a 64-bit BLAKE2b digest of (algorithm, key, nonce), keyed with a per-process random key (so it
-    holds nothing of the key), to 64 bits of the tag that pair sealed, in insertion order; the
-    oldest is forgotten past ``size``. Sealing the same message again under the same pair
-    reproduces the same ciphertext and tag, reveals nothing new and is allowed (a retry); a
-    different message is refused and its ciphertext discarded, never returned. A lock makes
-    check-and-record one step; only explicit-nonce calls come here.
+    A key is known by its *key id*, a 128-bit BLAKE2b of (algorithm, key) keyed with a
+    per-process random key: nothing here holds the key, and one key has one id whatever object
+    or buffer it came in. Maps a 64-bit keyed digest of (key id, nonce) to 64 bits of the tag
+    that pair sealed, in insertion order; the oldest is forgotten past ``size``. Sealing the same
+    message again under the same pair reproduces the same ciphertext and tag, reveals nothing
+    new and is allowed (a retry); a different message is refused and its ciphertext discarded,
+    never returned. KeyedAeads also count, per key id, the pairs new to the record they sealed
+    (for :data:`KEYED_NONCE_LIMIT`); the counts of at most ``size`` keys are kept, the oldest key
+    forgotten first. A lock makes check-and-record one step; only explicit-nonce calls come here.
     """
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._seen: dict[int, int] = {}
+        self._counts: dict[bytes, int] = {}
         self._lock = threading.Lock()
         self._hash_key = os.urandom(32)
-        # One keyed hash state per operation, copied per call: the key block is compressed
-        # once, not on every explicit-nonce call (0.4 us of its cost).
+        # Keyed hash states copied per call: the key block is compressed once, not on every
+        # explicit-nonce call (0.4 us of its cost). One per operation for the key ids.
         self._prefix: dict[str, Any] = {}
+        self._pair = hashlib.blake2b(digest_size=8, key=self._hash_key, person=b"xps-nonce-v2")
 
-    def record(self, operation: str, key: Buffer, nonce: bytes, wire: bytes, tag_size: int) -> None:
-        # The algorithm is part of the pair: one key under two algorithms is two keystreams.
+    def key_id(self, operation: str, key: Buffer) -> bytes:
+        """What stands for ``key`` under ``operation`` in this record (never the key)."""
+        # The algorithm is part of it: one key under two algorithms is two keystreams.
         base = self._prefix.get(operation)
         if base is None:
             base = self._prefix.setdefault(operation, hashlib.blake2b(
-                operation.encode(), digest_size=8, key=self._hash_key, person=b"xps-nonce-v1"))
+                operation.encode(), digest_size=16, key=self._hash_key, person=b"xps-key-v1"))
         h = base.copy()
         h.update(bytes((len(key) & 0xFF,)))
         h.update(key)
+        key_id: bytes = h.digest()
+        return key_id
+
+    def _pair_of(self, key_id: bytes, nonce: bytes) -> int:
+        h = self._pair.copy()
+        h.update(key_id)
         h.update(nonce)
-        pair, tag = int.from_bytes(h.digest(), "big"), _tag64(wire, tag_size)
+        return int.from_bytes(h.digest(), "big")
+
+    def record(self, operation: str, key: Buffer, nonce: bytes, wire: bytes, tag_size: int) -> None:
+        """Record a stateless call's explicit nonce; refuse one that sealed another message."""
+        pair, tag = self._pair_of(self.key_id(operation, key), nonce), _tag64(wire, tag_size)
         with self._lock:
             if self._seen.setdefault(pair, tag) != tag:
                 raise NonceError(_REUSED)
             if len(self._seen) > self._size:
                 del self._seen[next(iter(self._seen))]
+
+    def record_keyed(self, own: dict[bytes, int], key_id: bytes, nonce: bytes, wire: bytes, tag_size: int) -> None:
+        """Record a KeyedAead's explicit nonce in its exact record ``own`` and in the process's.
+
+        Refuses a nonce that sealed another message under this key (in ``own`` or in the
+        process's record), and one new to both once this key (counted across KeyedAeads) or
+        this object has sealed under :data:`KEYED_NONCE_LIMIT` of them. Runs after the provider
+        call (the tag tells the messages apart) and before the result is returned, so a
+        ciphertext under a reused nonce never leaves the KeyedAead.
+        """
+        pair, tag = self._pair_of(key_id, nonce), _tag64(wire, tag_size)
+        with self._lock:
+            mine, known = own.get(nonce), self._seen.get(pair)
+            if (mine is not None and mine != tag) or (known is not None and known != tag):
+                raise NonceError(_REUSED)
+            if mine is None:
+                count = self._counts.get(key_id, 0)
+                if len(own) >= KEYED_NONCE_LIMIT or (known is None and count >= KEYED_NONCE_LIMIT):
+                    raise NonceError(f"nonce: this key has sealed under {KEYED_NONCE_LIMIT} application-supplied "
+                                     "nonces, the limit per key; rotate the key (or use auto nonces)")
+                own[nonce] = tag
+                if known is None:  # a retry of another object's message is not a new nonce for the key
+                    self._counts[key_id] = count + 1
+                    if len(self._counts) > self._size:
+                        del self._counts[next(iter(self._counts))]
+            if known is None:
+                self._seen[pair] = tag
+                if len(self._seen) > self._size:
+                    del self._seen[next(iter(self._seen))]
 
 
 _NONCES = _NonceCache(NONCE_CACHE_SIZE)
@@ -1026,7 +1091,7 @@ class KeyedAead:
         b'data'
     """
 
-    __slots__ = ("_algo", "_bound", "_decrypt_call", "_engine", "_key", "_nonces")
+    __slots__ = ("_algo", "_bound", "_decrypt_call", "_engine", "_key", "_key_id", "_nonces")
 
     def __init__(self, engine: Engine, algo: str, key: Buffer | SecretBytes, *,
                  nonce_reuse: NonceReuse = "refuse", report_auth_failures: bool = True) -> None:
@@ -1038,6 +1103,9 @@ class KeyedAead:
         self._engine = engine
         self._algo = algo
         self._nonces: dict[bytes, int] | None = {} if nonce_reuse == "refuse" else None
+        # The key's id in the process's record of nonces, made at the first explicit nonce: an
+        # object used with auto nonces only never pays for it.
+        self._key_id: bytes | None = None
         self._key = _own_copy(key)
         try:
             engine.prepare(algo)
@@ -1075,8 +1143,10 @@ class KeyedAead:
             PolicyError: plaintext or aad not a byte buffer; the algorithm is no longer routed.
             KeyError_: the object was wiped (also when that happened during the call).
             NonceError: wrong nonce size or type; none given under nonce policy ``app``; with
-                ``nonce_reuse="refuse"``, a nonce this object already used or past
-                :data:`KEYED_NONCE_LIMIT` explicit nonces.
+                ``nonce_reuse="refuse"``, a nonce already used with this key for another message
+                (by this object, another KeyedAead or the stateless API of this process, see
+                :meth:`AeadAPI.keyed`) or past :data:`KEYED_NONCE_LIMIT` explicit nonces under
+                this key.
             ProviderError: the provider failed (XPS_ERR_INTERNAL).
         """
         table = self._engine._table
@@ -1102,7 +1172,10 @@ class KeyedAead:
         except Exception as exc:
             err = _aead_error(table, self._algo, exc, self._key, nonce, "keyed.encrypt", nonce_required=False,
                               inputs=(("plaintext", plaintext, PolicyError), ("aad", aad, PolicyError)), keyed=True)
-            raise err from err.__cause__
+            try:
+                raise err from err.__cause__
+            finally:
+                del err  # else the error and this frame hold each other (see _aead_error)
 
     def encrypt_wire(self, nonce: bytes, plaintext: Buffer, aad: Buffer = b"") -> bytes:
         """``ciphertext || tag`` under an explicit ``nonce``: :meth:`encrypt` without the
@@ -1127,14 +1200,20 @@ class KeyedAead:
                 nonce = _nonce_bytes(nonce, b.nonce_size)
             wire = (b.cipher if len(plaintext) <= b.limit else b.large).encrypt(nonce, plaintext, aad)
             if b.nonces is not None:
-                _record(b.nonces, nonce, wire, b.tag_size)
+                key_id = self._key_id
+                if key_id is None:
+                    key_id = self._key_id = _NONCES.key_id(b.route.operation, self._key._buf)
+                _NONCES.record_keyed(b.nonces, key_id, nonce, wire, b.tag_size)
             if self._key._wiped:
                 raise KeyError_("key: this KeyedAead was wiped during the call")
             return wire
         except Exception as exc:
             err = _aead_error(table, self._algo, exc, self._key, nonce, "keyed.encrypt", nonce_required=True,
                               inputs=(("plaintext", plaintext, PolicyError), ("aad", aad, PolicyError)), keyed=True)
-            raise err from err.__cause__
+            try:
+                raise err from err.__cause__
+            finally:
+                del err  # else the error and this frame hold each other (see _aead_error)
 
     def decrypt(self, nonce: bytes, ciphertext_and_tag: Buffer, aad: Buffer = b"") -> bytes:
         """Open ``ciphertext || tag``; AuthError (and no plaintext) if it does not verify.
@@ -1166,7 +1245,10 @@ class KeyedAead:
             err = _aead_error(table, self._algo, exc, self._key, nonce, self._decrypt_call, nonce_required=True,
                               inputs=(("ciphertext_and_tag", ciphertext_and_tag, PolicyError),
                                       ("aad", aad, PolicyError)), wire=ciphertext_and_tag, keyed=True)
-            raise err from err.__cause__
+            try:
+                raise err from err.__cause__
+            finally:
+                del err  # else the error and this frame hold each other (see _aead_error)
 
     def open(self, sealed: Sealed, aad: Buffer = b"") -> bytes:
         """Decrypt a :class:`Sealed` from :meth:`encrypt`.
@@ -1192,20 +1274,17 @@ class KeyedAead:
     def __repr__(self) -> str:
         return f"<KeyedAead {self._algo} via {self._bound.route.keyed_provider}>"
 
+    # Like the other key objects: a pickle would carry the key (a provider's keyed cipher may
+    # pickle its raw key), and a copy would alias this one's key and nonce record, so that
+    # wiping the copy wipes the original.
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise PolicyError("KeyedAead holds a secret and cannot be pickled")
 
-def _record(seen: dict[bytes, int], nonce: bytes, wire: bytes, tag_size: int) -> None:
-    """Record a KeyedAead's explicit nonce; refuse one that sealed another message before.
+    def __copy__(self) -> NoReturn:
+        raise PolicyError("KeyedAead holds a secret and cannot be copied; call aead.keyed() again")
 
-    Runs after the provider call (the tag tells the messages apart) and before the result is
-    returned, so a ciphertext under a reused nonce never leaves the KeyedAead.
-    """
-    tag = _tag64(wire, tag_size)
-    if len(seen) >= KEYED_NONCE_LIMIT and nonce not in seen:
-        raise NonceError(f"nonce: this key has sealed under {KEYED_NONCE_LIMIT} application-supplied "
-                         "nonces, the limit per key; rotate the key (or use auto nonces)")
-    # setdefault is one atomic step: of two threads sealing under the same nonce, one wins.
-    if seen.setdefault(nonce, tag) != tag:
-        raise NonceError(_REUSED)
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        raise PolicyError("KeyedAead holds a secret and cannot be copied; call aead.keyed() again")
 
 
 def _still_wiped(secret: SecretBytes) -> bool:
@@ -1247,7 +1326,13 @@ def _provider_records(value: object) -> tuple[Provider, ...]:
 def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce: Any, call: str | None, *,
                 nonce_required: bool, inputs: tuple[tuple[str, Any, type[XpsError]], ...],
                 wire: Any = None, keyed: bool = False) -> XpsError:
-    """The typed error for a failed AEAD call (error path only)."""
+    """The typed error for a failed AEAD call (error path only).
+
+    A frame that raises it must not keep it in a local (``del`` it in a ``finally``): its
+    traceback leads back to that frame, and the cycle would keep the caller's buffers (and a
+    provider's pointer on one) alive until a garbage collection, which may clear an exported
+    memoryview before its export and crash the interpreter.
+    """
     try:
         r = table.aead[algo]
     except Exception:  # KeyError; TypeError (unhashable); ValueError (a released view's hash)
@@ -1260,12 +1345,13 @@ def _aead_error(table: RoutingTable, algo: Any, exc: Exception, key: Any, nonce:
         # Never the value itself: a key passed in the algorithm's place must not come back.
         return PolicyError(f"algo: unknown AEAD algorithm ({describe(algo)}); known: {_KNOWN}")
     err = r.diagnose(exc, key, nonce, call, nonce_required=nonce_required, inputs=inputs, wire=wire, keyed=keyed)
-    if isinstance(err, AuthError):
-        # What failed to verify stays behind: the provider's frames (a plaintext decrypted
-        # before its tag was checked, the key) are not reachable from the error the caller
-        # gets, through its context or its own traceback.
+    if not isinstance(err, InternalError):
+        # A caller's input (or a failed tag) explains it, so the provider's frames are no help:
+        # they are not reachable from the error the caller gets, through its context or its own
+        # traceback. They may hold a plaintext decrypted before its tag was checked, the key, or
+        # a pointer on the caller's buffer that would keep it exported while the error is held.
         _drop_frames(exc)
-        err.__traceback__ = None
+        _drop_frames(err)
     return err
 
 
