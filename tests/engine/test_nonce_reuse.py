@@ -3,8 +3,9 @@
 Keyed AEADs record every explicit nonce exactly, and refuse further explicit nonces once
 KEYED_NONCE_LIMIT have been sealed under the key (by any KeyedAead of the process); the
 stateless API and every KeyedAead share one bounded per-process record of keyed hashes of
-(algorithm, key, nonce) (tests/engine/test_review_api_nonces.py). Sealing the same message again under the same pair reproduces the
-same ciphertext and is allowed; another message is refused and its ciphertext never returned.
+(algorithm, key, nonce) (tests/engine/test_review_api_nonces.py). Sealing the same message
+again under the same pair reproduces the same ciphertext and is allowed; another message is
+refused and its ciphertext never returned.
 Auto nonces, ``nonce_reuse="caller"`` and AES-GCM-SIV are not recorded.
 """
 
