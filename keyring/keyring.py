@@ -20,7 +20,8 @@ only if it committed (:mod:`.outbox`).
 
 Another process's revocation reaches a long-lived keyring within :data:`RECHECK_SECONDS`
 (each cached key version re-reads its state at most that long after it last did); within one
-process it takes effect at once.
+process it takes effect at once. Another process's policy change reaches it at its next
+transition or retention sweep, each of which re-reads the database's sealed copy of the policy.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ from .states import Action, KeyState, VersionState, decrypt_deadline, key_after,
 from .store import Connection, KeyRow, RewrapGrant, RosterCheck, Store, VersionRow
 from .usage import parse_policy
 
-__all__ = ["MAX_CACHED_MISSES", "RECHECK_SECONDS", "KeyInfo", "Keyring", "VersionInfo", "parse_policy"]
+__all__ = ["MAX_CACHED_MISSES", "MIN_REQUEST_TTL_SECONDS", "RECHECK_SECONDS", "KeyInfo", "Keyring", "VersionInfo",
+           "parse_policy"]
 
 #: Unknown (key id, version) pairs a keyring remembers for a second, so that forged blobs do not
 #: each cost a lock and a database read; the oldest are forgotten first.
@@ -79,6 +81,10 @@ ROSTER_FULL_SECONDS = 10.0
 MAX_VERSION = 2**31 - 1
 #: How long an approved rewrap of a revoked key's blobs stays usable (it may be resumed).
 REWRAP_GRANT_SECONDS = 7 * 86400.0
+#: The shortest ``approvals.request_ttl`` :meth:`Keyring.apply_policy` accepts: a request must live
+#: long enough to be signed by each approver and applied, or nothing (not even undoing the change)
+#: could be approved again.
+MIN_REQUEST_TTL_SECONDS = 300.0
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
@@ -255,6 +261,7 @@ class Keyring:
         self.outbox = Outbox(self.store, self.audit, clock)
         self._retention_at = 0.0
         self._usage_flush_at = 0.0
+        self._policy_text: str | None = None  # the sealed policy (JSON) self.config was last taken from
         self._failures: dict[tuple[bytes, int], itertools.count[int]] = {}  # (key id, version) -> failures
         try:
             self._attach_integrity(created=create and self.store.empty())
@@ -439,14 +446,18 @@ class Keyring:
             # A long run of hex digits is far more likely key material pasted in the wrong place
             # than a name; names end up in messages and the journal, so refuse it.
             raise PolicyError(f"name: a str of {len(name)} hex digits looks like key material, not a name")
-        policy = policy if policy is not None else self.config.default_policy
-        rotate_every, max_enc = parse_policy(policy)
+        if policy is not None:
+            parse_policy(policy)  # a bad policy is refused before anything is read
+        self._routable(algorithm, "algorithm")
         now = self._now()
         key_id = _urandom(8).hex()
         with self._lock:
             self.outbox.deliver()
             try:
                 with self.store.write() as db:
+                    self._refresh_policy(db)
+                    policy = policy if policy is not None else self.config.default_policy
+                    rotate_every, max_enc = parse_policy(policy)
                     existing = self.store.key(name, db)
                     if existing is not None:
                         if existing.state is not KeyState.ACTIVE:
@@ -486,11 +497,15 @@ class Keyring:
         """
         expected = _optional_version(expected_version, "expected_version")
         algo = self._algorithm(algorithm, "algorithm") if algorithm is not None else None
+        if algo is not None:
+            self._routable(algo, "algorithm")
         if not isinstance(reason, str) or not reason:
             raise PolicyError("reason: expected a non-empty str")
+        _utf8(reason, "reason")
         with self._lock:
             self.outbox.deliver()
             with self.store.write() as db:
+                self._refresh_policy(db)
                 row = self._key_row(ref, db)
                 key_after(row.state, Action.ROTATE)
                 active = self.store.active_version(row.key_id, db)
@@ -526,12 +541,14 @@ class Keyring:
         """
         if not isinstance(reason, str) or not reason.strip():
             raise PolicyError("reason: a revocation needs a reason")
+        _utf8(reason, "reason")
         if not isinstance(emergency, bool):
             raise PolicyError("emergency: expected a bool")
-        required = self.approvals_config.emergency_revoke if emergency else self.approvals_config.revoke
         with self._lock:
             self.outbox.deliver()
             with self.store.write() as db:
+                self._refresh_policy(db)
+                required = self.approvals_config.emergency_revoke if emergency else self.approvals_config.revoke
                 row = self._key_row(ref, db)
                 if row.state is KeyState.REVOKED:
                     return
@@ -566,10 +583,11 @@ class Keyring:
         target_version = _optional_version(version, "version")
         if not isinstance(emergency, bool):
             raise PolicyError("emergency: expected a bool")
-        required = self.approvals_config.destroy
         with self._lock:
             self.outbox.deliver()
             with self.store.write() as db:
+                self._refresh_policy(db)
+                required = self.approvals_config.destroy
                 row = self._key_row(ref, db)
                 now = self._now()
                 if target_version is None:
@@ -609,13 +627,17 @@ class Keyring:
         """
         now = self._now()
         self._retention_at = now + _RETENTION_EVERY
+        self._refresh_policy_now()
         due = [v for v in self.store.retired_versions() if (u := self._retained_until(v)) is not None and now >= u]
         done: list[tuple[str, int]] = []
         for ver in due:
             with self._lock, self.store.write() as db:
+                # Decided again in the destroying transaction, under the policy sealed now.
+                self._refresh_policy(db)
                 current = self.store.version(ver.key_id, ver.version, db)
                 row = self.store.key(ver.key_id, db)
-                if current is None or row is None or current.state is not VersionState.RETIRED:
+                if (current is None or row is None or current.state is not VersionState.RETIRED
+                        or (until := self._retained_until(current)) is None or now < until):
                     continue
                 self._erase(db, row, [ver.version], now, final=False)
                 self.outbox.add(db, "KEY_DESTROY", key_id=row.key_id, name=row.name, version=ver.version,
@@ -646,10 +668,12 @@ class Keyring:
         """
         if not isinstance(reason, str) or not reason.strip():
             raise PolicyError("reason: a rewrap of a revoked key needs a reason")
+        _utf8(reason, "reason")
         with self._lock:
             self.outbox.deliver()
             with self.store.write() as db:
-                old, new = self._key_row(revoked, db), self._key_row(successor, db)
+                self._refresh_policy(db)
+                old, new = self._key_row(revoked, db, "revoked"), self._key_row(successor, db, "successor")
                 if old.state is not KeyState.REVOKED:
                     raise PolicyError(f"revoked: {old.name!r} is {old.state}; only a revoked key's blobs are rewrapped "
                                       "this way (use rewrap for rotated keys)")
@@ -769,10 +793,13 @@ class Keyring:
         if isinstance(names, (str, bytes)) or not isinstance(names, Sequence) or len(names) != len(public_key_paths) \
                 or not all(isinstance(n, str) for n in names):
             raise PolicyError("label: expected a str (labels: one str per key)")
+        for name in names:
+            _utf8(name, "label")
         keys = [load_public_key(path) for path in public_key_paths]
         with self._lock:
             self.outbox.deliver()
             with self.store.write() as db:
+                self._refresh_policy(db)
                 known = self.store.operators(db)
                 setting_up = not known and db.execute("SELECT 1 FROM keys LIMIT 1").fetchone() is None
                 required = 0 if setting_up else self._admin_threshold
@@ -790,7 +817,13 @@ class Keyring:
         return [key.keyid for key in keys]
 
     def remove_operator(self, keyid: str, *, approvals: Approvals | None = None) -> None:
-        """Unregister an operator key (needs the administrative approvals); journaled."""
+        """Unregister an operator key (needs the administrative approvals); journaled.
+
+        Raises:
+            PolicyError: approvals are short, or fewer operators would be left than an
+                approval threshold of the policy (nothing it gates could be approved again).
+            KeyError_: ``keyid`` is not a registered operator.
+        """
         if not isinstance(keyid, str):
             raise PolicyError("keyid: expected a str")
         with self._lock:
@@ -801,6 +834,8 @@ class Keyring:
                     # is described, not repeated.
                     shown = repr(keyid) if SUBJECTS["operator-remove"].fullmatch(keyid) else _shown(keyid)
                     raise KeyError_(f"keyid: {shown} is not a registered operator")
+                self._refresh_policy(db)
+                self._check_operators_left(len(self.store.operators(db)) - 1)
                 signers = self._check_approvals(db, approvals, self._admin_threshold, "operator-remove", keyid,
                                                 None, False)
                 self.store.remove_operator(db, keyid)
@@ -832,26 +867,37 @@ class Keyring:
         ``policy``, subject :meth:`policy_digest`). The KEK cannot change this way (every key
         would have to be re-wrapped). Journaled as ``POLICY_CHANGE`` with old and new values.
 
+        Whatever approvals it has, a change is refused that would leave the home unable to
+        approve anything: an approval threshold it sets above the operators registered now, or
+        an ``approvals.request_ttl`` below :data:`MIN_REQUEST_TTL_SECONDS` (both count as
+        "tightening", so would otherwise need no approvals, and could then never be undone).
+
         Raises:
-            PolicyError: the KEK changes, approvals are short, or no reason is given.
+            PolicyError: the KEK changes, a threshold exceeds the registered operators, the
+                request lifetime is below the floor, approvals are short, or no reason is given.
         """
         if not isinstance(new, XpsConfig):
             raise PolicyError(f"new: expected an XpsConfig, got {type(new).__name__}")
         if not isinstance(reason, str) or not reason.strip():
             raise PolicyError("reason: a policy change needs a reason")
-        old = dict(self.home.record().policy)
+        _utf8(reason, "reason")
         target = new.security_policy()
-        changes = policy_changes(old, target)
-        if not changes:
-            return []
-        if any(c.key == "keyring.kek" for c in changes):
-            raise PolicyError("keyring.kek: a home keeps the KEK it was initialised with (every key is wrapped "
-                              "under it); migrating to another KEK is not supported")
-        loosening = [c for c in changes if c.loosens]
-        required = self._admin_threshold if loosening else 0
         with self._lock:
             self.outbox.deliver()
             with self.store.write() as db:
+                # The change is judged against the policy sealed now (another process may have
+                # changed it since this keyring opened), and applied in the same transaction.
+                self._refresh_policy(db)
+                assert self._policy_text is not None
+                old = json.loads(self._policy_text)
+                changes = policy_changes(old, target)
+                if not changes:
+                    return []
+                if any(c.key == "keyring.kek" for c in changes):
+                    raise PolicyError("keyring.kek: a home keeps the KEK it was initialised with (every key is "
+                                      "wrapped under it); migrating to another KEK is not supported")
+                self._check_reachable(db, target, {c.key for c in changes})
+                required = self._admin_threshold if any(c.loosens for c in changes) else 0
                 signers = self._check_approvals(db, approvals, required, "policy", self.policy_digest(old, target),
                                                 None, False, reason=reason)
                 self._seal_policy(db, target)
@@ -860,9 +906,38 @@ class Keyring:
                                 changes=[{"key": c.key, "old": c.old, "new": c.new, "loosens": c.loosens}
                                          for c in changes])
             self.home.replace_policy(target)
-            self.config, self.approvals_config = _sections(target, self.config)
+            # Committed: act on it now (without waiting for the next transition to re-read it).
+            with self.store.snapshot() as db:
+                self._refresh_policy(db)
         self._deliver()
         return changes
+
+    def _check_reachable(self, db: Connection, target: Mapping[str, Any], changed: set[str]) -> None:
+        """Refuse a policy change after which no approval could be given (see :meth:`apply_policy`).
+
+        Only the keys the change sets are judged: a home may have been initialised with
+        thresholds before its operators joined, and an unrelated change must not be refused for it.
+        """
+        _, proposed = _sections(target, self.config)
+        operators = len(self.store.operators(db))
+        for key in ("revoke", "destroy", "emergency_revoke"):
+            wanted = getattr(proposed, key)
+            if f"approvals.{key}" in changed and wanted > operators:
+                raise PolicyError(f"approvals.{key}: {_shown(wanted)} approvals would be more than the {operators} "
+                                  "operator(s) registered in this home, so nothing it gates could be approved "
+                                  "again; register operators first (`xps operator add`)")
+        if "approvals.request_ttl" in changed and proposed.request_ttl_seconds < MIN_REQUEST_TTL_SECONDS:
+            raise PolicyError(f"approvals.request_ttl: below the floor of {MIN_REQUEST_TTL_SECONDS:g} seconds; a "
+                              "shorter-lived request expires before it can be approved and applied")
+
+    def _check_operators_left(self, left: int) -> None:
+        """Refuse leaving fewer operators than the highest approval threshold (a lock-out)."""
+        cfg = self.approvals_config
+        key, highest = max((("revoke", cfg.revoke), ("destroy", cfg.destroy),
+                            ("emergency_revoke", cfg.emergency_revoke)), key=lambda kv: kv[1])
+        if left < highest:
+            raise PolicyError(f"keyid: removing this operator would leave {left} registered operator(s), fewer "
+                              f"than approvals.{key} ({highest}); lower that threshold first (`xps policy apply`)")
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -877,6 +952,7 @@ class Keyring:
         """
         wanted = _optional_version(version, "version")
         with self._lock, self.store.snapshot() as db:  # exported material: rows the roster vouches for
+            self._refresh_policy(db)  # the dual-key window sealed now decides what may be exported
             row = self._key_row(ref, db)
             ver = (self.store.active_version(row.key_id, db) if wanted is None
                    else self.store.version(row.key_id, wanted, db))
@@ -897,11 +973,13 @@ class Keyring:
 
     def list(self) -> list[KeyInfo]:
         """Every key with its versions."""
+        self._refresh_policy_now()  # the windows and retention shown are the ones in force
         return [self._info(r) for r in self.store.all_keys()]
 
     def describe(self, ref: str) -> KeyInfo:
         """One key with its versions and usage counters."""
         self._flush_usage()
+        self._refresh_policy_now()
         return self._info(self._key_row(ref))
 
     def unused_for(self, ref: str, version: int) -> float | None:
@@ -1165,6 +1243,7 @@ class Keyring:
             raise KeyringTampered(f"home record {str(self.home.record_path)!r}: its policy differs from the one "
                                   "this keyring sealed (edited outside xps?); restore home.json, or change the "
                                   "policy with `xps policy apply`")
+        self._use_policy(sealed)
         # Last, once the integrity key and the policy are sealed in the database (a crash before
         # this leaves a sealed database the next open marks).
         self.home.mark_sealed("keyring")
@@ -1192,6 +1271,43 @@ class Keyring:
 
     def _seal_policy(self, db: Connection, policy: Mapping[str, Any]) -> None:
         self.store.seal_policy(db, json.dumps({k: policy[k] for k in SECURITY_KEYS if k in policy}, sort_keys=True))
+
+    def _refresh_policy(self, db: Connection) -> None:
+        """Act on the policy the database has sealed now, read in ``db`` (the caller's transaction).
+
+        Another process's ``xps policy apply`` changes only that process's keyring; a long-lived
+        one would otherwise revoke, destroy and sweep under the policy it opened with. Called by
+        every transition and the retention sweep, never by encrypt or decrypt: one small read,
+        compared as text with the last one taken; a changed text is checked against its seal and
+        the roster (a sealed copy put back from a backup passes its own seal, not the roster).
+        Called with the keyring's lock held.
+
+        Raises:
+            KeyringTampered: the sealed copy is missing or fails its seal or the roster.
+        """
+        text = self.store.meta("policy", db)
+        if text is not None and text == self._policy_text:
+            return
+        seal = self.store.meta("policy_seal", db)
+        if text is None or seal is None:
+            raise KeyringTampered(f"keyring database {self.store.name!r}: its sealed copy of the home's policy is "
+                                  "missing (removed?); restore the database from a backup")
+        assert self.store.sealer is not None
+        self.store.sealer.check("policy", [text], seal, what="the sealed copy of the home's policy")
+        if self.store.roster_on:
+            self._roster_check = self.store.checked_rows(db)
+        self._use_policy(text)
+
+    def _refresh_policy_now(self) -> None:
+        """:meth:`_refresh_policy` in a read snapshot of its own."""
+        with self._lock, self.store.snapshot() as db:
+            self._refresh_policy(db)
+
+    def _use_policy(self, text: str) -> None:
+        """Take the keyring and approvals sections from a sealed policy's JSON ``text``."""
+        if text != self._policy_text:
+            self.config, self.approvals_config = _sections(json.loads(text), self.config)
+            self._policy_text = text
 
     @property
     def _admin_threshold(self) -> int:
@@ -1235,12 +1351,26 @@ class Keyring:
             raise PolicyError(f"{field}: {_shown(algorithm)} is not a keyring AEAD ({', '.join(CODES)})") from None
         return name
 
+    def _routable(self, algorithm: str, field: str) -> None:
+        """Refuse an AEAD this keyring's engine may not route (forbidden by its policy, or no
+        provider): a key or version made for it could never encrypt. Checked once, at create or
+        rotate; the engine's routing table is asked, not the encrypt path."""
+        try:
+            self.engine.aead.info(algorithm)
+        except PolicyError as exc:
+            # exc names the AEAD by its public name and the engine's reason; no caller bytes.
+            why = str(exc.args[0]).removeprefix("algo: ")
+            raise PolicyError(f"{field}: {algorithm} is forbidden or not routable by this keyring's engine, so "
+                              f"nothing could be encrypted under it ({why})") from None
+
     def _max_encryptions(self, algorithm: str, policy_max: int | None) -> int:
         # Never above the random-nonce bound of the algorithm, whatever the policy asks; and
         # SQLite integers are signed 64-bit (2^63 - 1 is "unlimited" in practice).
         return min(policy_max or self.config.max_encryptions[algorithm], safe_max_encryptions(algorithm), 2**63 - 1)
 
-    def _key_row(self, ref: str, db: Connection | None = None) -> KeyRow:
+    def _key_row(self, ref: str, db: Connection | None = None, field: str = "name") -> KeyRow:
+        if isinstance(ref, str):
+            _utf8(ref, field)
         row = self.store.key(ref, db) if isinstance(ref, str) else None
         if row is None:
             # A key id (16 hex digits) is safe to name: it is not secret, and the journal has it.
@@ -1305,6 +1435,7 @@ class Keyring:
     def _encrypting_handle(self, name: str, now: float) -> _Handle:
         if not isinstance(name, str):
             raise KeyError_(f"name: expected str, got {type(name).__name__}")
+        _utf8(name, "name")
         with self._lock:
             if now >= self._retention_at:
                 self.enforce_retention()
@@ -1445,7 +1576,12 @@ class Keyring:
         # Under the lock (an RLock: transitions already hold it), so no encrypt or decrypt slow
         # path caches a handle of this key between the two indexes being cleared.
         with self._lock:
+            # encrypt() caches a handle under whatever the caller named the key by: its name or
+            # its id. Every entry of this key goes, or one naming it by id would keep encrypting
+            # under a revoked key (or a retired version) until its re-check.
             self._active.pop(name, None)
+            for ref in [ref for ref, h in list(self._active.items()) if h.key_id == key_id]:
+                self._active.pop(ref, None)
             for k in [k for k in list(self._handles) if k[0] == kid]:
                 self._drop_handle(k)
             # And whatever the prefix index still holds for this key id (bytes 1-9 of a prefix).
@@ -1548,6 +1684,16 @@ def _version_arg(value: object, field: str) -> int:
             shown = type(value).__name__
         raise PolicyError(f"{field}: expected an int in 1..{MAX_VERSION}, got {shown}")
     return value
+
+
+def _utf8(value: str, field: str) -> None:
+    """Refuse a str that is not UTF-8 text: a lone surrogate, which is what ``os.fsdecode`` and
+    argv make of stray bytes, would fail only in the database driver, as an untyped error.
+    The value is not shown (nor chained: the codec's error carries it)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PolicyError(f"{field}: not valid UTF-8 text (it holds a lone surrogate)") from None
 
 
 def _shown(value: object) -> str:

@@ -88,12 +88,14 @@ def test_a_file_that_lowers_the_thresholds_is_refused_not_applied(strict_home: t
 def test_tightening_needs_only_the_operator_and_is_journaled(strict_home: tuple[Path, Path], tmp_path: Path) -> None:
     home, _ = strict_home
     tight = tmp_path / "tight.yaml"
-    tight.write_text("crypto:\n  approvals:\n    revoke: 3\n    destroy: 2\n  keyring:\n    dual_window_days: 7\n")
+    # Up to the 2 registered operators (above them is refused: test_review2_policy_live.py).
+    tight.write_text("crypto:\n  approvals:\n    revoke: 2\n    destroy: 2\n    emergency_revoke: 1\n"
+                     "  keyring:\n    dual_window_days: 7\n")
     out = ok(xps(home, "policy", "apply", str(tight), "--reason", "audit finding"))
-    assert out.strip() == "approvals.revoke: 2 -> 3 (stricter)"
+    assert out.strip() == "approvals.emergency_revoke: 0 -> 1 (stricter)"
     change = [e for e in events(home) if e["event"] == "POLICY_CHANGE"][-1]
     assert change["reason"] == "audit finding" and change["required_approvals"] == 0
-    assert json.loads(ok(xps(home, "policy", "show", "--json")))["approvals.revoke"] == 3
+    assert json.loads(ok(xps(home, "policy", "show", "--json")))["approvals.emergency_revoke"] == 1
 
 
 def test_loosening_with_the_current_approvals_is_applied_once(strict_home: tuple[Path, Path], tmp_path: Path) -> None:
@@ -437,13 +439,15 @@ def test_a_policy_apply_killed_before_home_json_is_finished_at_the_next_open(
     and `xps policy apply` itself could not run to repair it."""
     home, _ = strict_home
     tight = tmp_path / "tight.yaml"
-    tight.write_text("crypto:\n  approvals:\n    revoke: 3\n    destroy: 2\n  keyring:\n    dual_window_days: 7\n")
+    # Within the 2 registered operators (a threshold above them is refused: test_review2_policy_live.py).
+    tight.write_text("crypto:\n  approvals:\n    revoke: 2\n    destroy: 2\n    emergency_revoke: 1\n"
+                     "  keyring:\n    dual_window_days: 7\n")
     killed = subprocess.run([sys.executable, "-c", _KILL_AT_HOME_JSON, "--home", str(home), "policy", "apply",
                              str(tight), "--reason", "audit finding"], capture_output=True, timeout=120, check=False)
     assert killed.returncode == -9, killed.stderr
-    assert json.loads((home / "home.json").read_text())["policy"]["approvals.revoke"] == 2  # not yet written
+    assert json.loads((home / "home.json").read_text())["policy"]["approvals.emergency_revoke"] == 0  # not yet
     ok(xps(home, "key", "list"))  # the open finishes the committed change
-    assert json.loads(ok(xps(home, "policy", "show", "--json")))["approvals.revoke"] == 3
+    assert json.loads(ok(xps(home, "policy", "show", "--json")))["approvals.emergency_revoke"] == 1
     assert [e["reason"] for e in events(home) if e["event"] == "POLICY_CHANGE"] == ["audit finding"]
 
 
@@ -453,7 +457,8 @@ def test_home_json_edited_while_a_policy_change_is_queued_is_still_refused(
     old values the queued change names; any other home.json stays a tampering refusal."""
     home, _ = strict_home
     tight = tmp_path / "tight.yaml"
-    tight.write_text("crypto:\n  approvals:\n    revoke: 3\n    destroy: 2\n  keyring:\n    dual_window_days: 7\n")
+    tight.write_text("crypto:\n  approvals:\n    revoke: 2\n    destroy: 2\n    emergency_revoke: 1\n"
+                     "  keyring:\n    dual_window_days: 7\n")
     subprocess.run([sys.executable, "-c", _KILL_AT_HOME_JSON, "--home", str(home), "policy", "apply", str(tight),
                     "--reason", "r"], capture_output=True, timeout=120, check=False)
     record = json.loads((home / "home.json").read_text())

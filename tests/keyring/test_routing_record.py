@@ -45,8 +45,7 @@ def test_a_home_records_its_routing_policy(home: Path) -> None:
 
 def test_without_a_file_the_recorded_forbid_is_in_force(home: Path) -> None:
     # The defaults forbid nothing; before, leaving out --config routed AES-128-GCM again.
-    ok(xps(home, "key", "create", "a", "--algo", "AES-128-GCM"))
-    refused(xps(home, "key", "encrypt", "a", stdin=b"x"), "forbidden by policy", "aes128")
+    refused(xps(home, "key", "create", "a", "--algo", "AES-128-GCM"), "forbidden by policy", "aes128")
     assert json.loads(ok(xps(home, "config", "show")))["crypto"]["policy"]["forbid"] == ["aes128"]
 
 
@@ -54,7 +53,6 @@ def test_without_a_file_the_recorded_forbid_is_in_force(home: Path) -> None:
                                   "crypto:\n  policy:\n    forbid: ['aead.aes128*']\n"])
 def test_a_file_that_drops_a_recorded_forbid_is_refused(home: Path, tmp_path: Path, text: str) -> None:
     lax = config(tmp_path, "lax.yaml", text)
-    ok(xps(home, "key", "create", "a", "--algo", "AES-128-GCM"))
     for args in (("key", "encrypt", "a"), ("config", "show")):
         refused(xps(home, *args, stdin=b"x", config=lax), "crypto.policy.forbid", "drops 'aes128'",
                 "xps policy apply")
@@ -106,8 +104,8 @@ def test_policy_apply_that_only_forbids_more_needs_no_approvals(tmp_path: Path) 
     ok(xps(home, "init", "--operator", str(keygen(tmp_path, "op1")),
            config=config(tmp_path, "a.yaml", "crypto:\n  approvals:\n    destroy: 1\n")))
     more = config(tmp_path, "b.yaml", "crypto:\n  approvals:\n    destroy: 1\n  policy:\n    forbid: [aes128]\n")
-    ok(xps(home, "policy", "apply", str(more), "--reason", "incident"))
     ok(xps(home, "key", "create", "a", "--algo", "AES-128-GCM"))
+    ok(xps(home, "policy", "apply", str(more), "--reason", "incident"))
     refused(xps(home, "key", "encrypt", "a", stdin=b"x"), "forbidden by policy")
 
 
