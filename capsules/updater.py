@@ -53,7 +53,7 @@ from .refusal import Refusal, refuse
 from .state_store import FileStateStore, StateStore
 from .store import ActiveCapsule, CapsuleStore, RoutingState, merged, refused_entry
 
-__all__ = ["Drain", "StagePlan", "Updater"]
+__all__ = ["BUILT_IN", "COMMITTED", "Drain", "StagePlan", "Updater"]
 
 _log = logging.getLogger(__name__)
 
@@ -66,6 +66,14 @@ _DRAIN_POLL = 0.1
 
 #: Seconds :meth:`Updater.close` waits in all for the updater's threads to end.
 CLOSE_TIMEOUT = 10.0
+
+#: ``rollback(..., to=BUILT_IN)``: take the capsule out with no stored version restored (the
+#: built-in provider serves); what a PATCH_ROLLBACK record's ``to`` says then. Never a version.
+BUILT_IN = "built-in"
+
+#: Suffix of the event listeners hear once a journaled change is committed to the state store
+#: (``PATCH_ENABLE`` + COMMITTED): what may be announced to other nodes.
+COMMITTED = "_COMMITTED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,11 +304,13 @@ class Updater:
         if cap.replaced is not None and cap.replaced_version is not None:
             restore = ActiveCapsule(cap.name, cap.replaced_version, cap.replaced, cap.operations)
         new = state.disable(cap, operator="auto", restore=restore)
-        self._audit("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
-                    to=restore.version if restore else "built-in", operator="auto", phase="restore",
-                    reason=f"quarantined: active during {crashes} abnormal engine ends",
-                    policy=self._policy((), cap.operations))
+        fields = {"sha256": cap.sha256, "name": cap.name, "version": cap.version,
+                  "to": restore.version if restore else BUILT_IN, "operator": "auto", "phase": "restore",
+                  "reason": f"quarantined: active during {crashes} abnormal engine ends",
+                  "policy": self._policy((), cap.operations)}
+        self._audit("PATCH_ROLLBACK", **fields)
         self.state_store.save(new)
+        self._committed("PATCH_ROLLBACK", fields)
         self._crash_guard.forget(cap.sha256)
         return new
 
@@ -426,12 +436,13 @@ class Updater:
             # Journal first: if the journal refuses, nothing is enabled. The commit point is the
             # state file; a crash between the two leaves an ENABLE that the restart's state denies
             # (the journal over-reports, never under-reports).
-            self._audit("PATCH_ENABLE", sha256=sha, name=m.name, version=m.version,
-                        operations=list(cap.operations), publisher=sorted(capsule.signed_by), operator=operator,
-                        table_version=table.version,
-                        policy=self._policy(capsule.signed_by, cap.operations, capsule.trust),
-                        **self._gates_off_field())
+            enabled = {"sha256": sha, "name": m.name, "version": m.version, "operations": list(cap.operations),
+                       "publisher": sorted(capsule.signed_by), "operator": operator, "table_version": table.version,
+                       "policy": self._policy(capsule.signed_by, cap.operations, capsule.trust),
+                       **self._gates_off_field()}
+            self._audit("PATCH_ENABLE", **enabled)
             self.state_store.save(state)
+            self._committed("PATCH_ENABLE", enabled)
         except XpsError:
             # A trial that passed left its table published; the journal or the state store then
             # refusing (full disk, database away) must not leave the candidate serving traffic
@@ -509,10 +520,12 @@ class Updater:
         self._held = previous_held
         with self.engine.publishing():  # from building the table to publishing it
             table = self._table_for(restored.active)
-            self._audit("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
-                        to=before.version if before else "built-in", operator="auto", reason=reason,
-                        table_version=table.version, policy=self._policy(signed_by, cap.operations))
+            fields = {"sha256": cap.sha256, "name": cap.name, "version": cap.version,
+                      "to": before.version if before else BUILT_IN, "operator": "auto", "reason": reason,
+                      "table_version": table.version, "policy": self._policy(signed_by, cap.operations)}
+            self._audit("PATCH_ROLLBACK", **fields)
             self.state_store.save(restored)
+            self._committed("PATCH_ROLLBACK", fields)
             self._state = restored
             self._publish(table)
 
@@ -563,7 +576,8 @@ class Updater:
         """Deactivate the capsule named ``target`` (or serving operation ``target``).
 
         Without ``to``, the version it replaced (if any) comes back; with ``to``, that stored
-        version of the same capsule is re-verified and enabled instead.
+        version of the same capsule is re-verified and enabled instead (``to=BUILT_IN``: none,
+        the built-in provider serves).
         """
         _check_rollback_request(target, to)
         self._ensure_restored()
@@ -601,11 +615,15 @@ class Updater:
         with self.engine.publishing():  # from building the table to publishing it
             table = self._table_for(state.active)
             gone = self._loaded.get(cap.sha256)
-            self._audit("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
-                        to=restore.version if restore else "built-in", operator=operator, reason=reason,
-                        table_version=table.version,
-                        policy=self._policy(gone.capsule.signed_by if gone else (), cap.operations))
+            fields = {"sha256": cap.sha256, "name": cap.name, "version": cap.version,
+                      "to": restore.version if restore else BUILT_IN, "operator": operator, "reason": reason,
+                      "table_version": table.version,
+                      "policy": self._policy(gone.capsule.signed_by if gone else (), cap.operations)}
+            self._audit("PATCH_ROLLBACK", **fields)
             self.state_store.save(state)
+            # The version the caller chose (None: what the capsule replaced), for other nodes
+            # to restore the same one instead of their own predecessor.
+            self._committed("PATCH_ROLLBACK", {**fields, "requested_to": to})
             self._state = state
             self._held.pop(cap.sha256, None)
             self._publish(table)
@@ -985,6 +1003,14 @@ class Updater:
 
     def _audit(self, event: str, **fields: Any) -> None:
         self.audit.record(event, **fields)
+        self._tell(event, fields)
+
+    def _committed(self, event: str, fields: Mapping[str, Any]) -> None:
+        # Only now may the change leave this node: told before the save, the other nodes acted
+        # on a change that a failed save, or a kill -9 during it, then undid here.
+        self._tell(event + COMMITTED, fields)
+
+    def _tell(self, event: str, fields: Mapping[str, Any]) -> None:
         for listener in self._event_listeners:
             with contextlib.suppress(Exception):  # a listener never breaks an update
                 listener(event, fields)
@@ -997,6 +1023,10 @@ class Updater:
     def add_event_listener(self, listener: Callable[[str, Mapping[str, Any]], None]) -> None:
         """Call ``listener(event, fields)`` after each journaled update event (on the updater's thread).
 
+        A change to the committed state (``PATCH_ENABLE``, ``PATCH_ROLLBACK``) is journaled
+        before it is saved; once the save succeeded the listener hears it again as
+        ``event + COMMITTED`` (a rollback's fields then add ``requested_to``: the version the
+        caller asked for, or None). Only the committed event says the change happened.
         Keep it short (enqueue): it runs inside the update, under the updater's lock.
         """
         self._event_listeners = (*self._event_listeners, listener)
@@ -1037,9 +1067,9 @@ def rollback_offline(home: Home, target: str, *, to: str | None = None, operator
 
     A home that follows a fleet (it has an ``announce.json``) gets the rollback in its outbox,
     so the engine announces it to the other nodes when it next starts with ``--cluster``.
-    Queued before the state is saved (a kill between the two announces a rollback the retry
-    then makes); a damaged outbox does not block the rollback: ``notice`` is told it was not
-    queued.
+    Queued after the state is saved, so only a committed rollback is announced (a kill between
+    the two loses the announcement: roll it back on the other nodes too); a damaged outbox does
+    not block the rollback: ``notice`` is told it was not queued.
 
     Raises:
         UpdateError: reason ``engine-running`` when an engine holds the home (it may be
@@ -1076,27 +1106,29 @@ def _rollback_committed(home: Home, states: StateStore, target: str, *, to: str 
         # Journal first, as every change: killed between the two, the journal over-reports (a
         # retry rolls back and journals again); the other order lost the record for good.
         audit.record("PATCH_ROLLBACK", sha256=cap.sha256, name=cap.name, version=cap.version,
-                     to=restore.version if restore else "built-in", operator=operator,
+                     to=restore.version if restore else BUILT_IN, operator=operator,
                      mode="offline", reason="operator request",
                      policy=_policy_now(Path(trust_path) if trust_path else home, (), cap.operations,
                                         config_digest(config_document)))
-        _queue_announcement(home, cap, notice)
         states.save(new)
+        _queue_announcement(home, cap, to, notice)
     return cap
 
 
-def _queue_announcement(home: Home, cap: ActiveCapsule, notice: Callable[[str], None] | None) -> None:
-    """Put an offline rollback in the home's announcement outbox, if it follows a fleet.
+def _queue_announcement(home: Home, cap: ActiveCapsule, to: str | None,
+                        notice: Callable[[str], None] | None) -> None:
+    """Put a committed offline rollback in the home's announcement outbox, if it follows a fleet.
 
     The announcer only hears changes an engine makes; without this, the other nodes kept
-    serving a capsule this node's operator had taken out while no engine ran here.
+    serving a capsule this node's operator had taken out while no engine ran here. Called
+    after the state is saved: a rollback whose save failed must not reach the other nodes.
     """
     from xpscerpto.db.announce_cursor import AnnounceCursor  # only homes in a fleet need it
 
     try:
         cursor = AnnounceCursor.of_home(home)
         if cursor is not None:
-            cursor.add(("rollback", cap.sha256, cap.name, cap.version))
+            cursor.add(("rollback", cap.sha256, cap.name, cap.version, to or ""))
     except XpsError as exc:
         if notice is not None:
             notice(f"the rollback was not queued for the fleet ({exc}); roll it back on the other nodes too")
@@ -1121,6 +1153,8 @@ def _check_rollback_request(target: object, to: object) -> None:
 
 def _restore_target(state: RoutingState, cap: ActiveCapsule, to: str | None) -> tuple[str | None, str | None]:
     """(sha256, version) of what rolling back ``cap`` re-enables: ``to``, else what it replaced."""
+    if to == BUILT_IN:
+        return None, None
     if to is not None:
         sha = state.sha_of(cap.name, to)
         if sha is None:

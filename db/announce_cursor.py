@@ -15,7 +15,10 @@ Kept in the home (``announce.json``, the ``announce_cursor`` store):
 
 A missing file in a home that never recorded one is "from the start, nothing pending"; once
 recorded, a missing, empty or malformed file -- or one written for another node or database --
-is a refusal, never a silent restart from zero.
+is a refusal, never a silent restart from zero. A home without ``home.json`` (made through the
+API) cannot record it: there the database remembers the node names that followed it, and the
+announcer refuses a missing file under a name it knows
+(:class:`~xpscerpto.db.capsule_announce.Announcer`).
 
 Example:
     >>> cursor = AnnounceCursor(home, node="node-a", database="postgresql://db/xps")  # doctest: +SKIP
@@ -31,6 +34,7 @@ import threading
 from xpscerpto._atomic import atomic_write
 from xpscerpto._stored_file import read_stored
 from xpscerpto.capsules.format import _NAME, _VERSION
+from xpscerpto.capsules.updater import BUILT_IN
 from xpscerpto.errors import PolicyError, UpdateError
 from xpscerpto.home import STORES, Home
 
@@ -41,8 +45,10 @@ FORMAT = "xps-announce-cursor/1"
 MAX_PENDING = 1000
 _MAX_ID = (1 << 63) - 1  # a bigserial
 _MAX_TEXT = 256
-#: (action, sha256, name, version) of one change to announce.
-Pending = tuple[str, str, str, str]
+#: (action, sha256, name, version, to) of one change to announce; ``to`` is the version a
+#: ``rollback --to`` restored (or ``built-in``), else "". The file omits an empty ``to`` (entries written before it
+#: existed have four fields).
+Pending = tuple[str, str, str, str, str]
 
 
 class AnnounceCursor:
@@ -67,6 +73,8 @@ class AnnounceCursor:
         self._lock = threading.Lock()
         self._seen = 0
         self.pending: list[Pending] = []
+        #: Whether :meth:`load` found the file (False: this home starts following now).
+        self.existed = False
 
     @classmethod
     def of_home(cls, home: Home) -> AnnounceCursor | None:
@@ -117,8 +125,9 @@ class AnnounceCursor:
             raise PolicyError(f"announce cursor {str(self.path)!r}: written for another node or database than "
                               f"node {self.node!r} on {self.database}; a home follows one fleet under one name")
         with self._lock:
+            self.existed = True
             self._seen = seen
-            self.pending = [(p[0], p[1], p[2], p[3]) for p in pending]
+            self.pending = [(p[0], p[1], p[2], p[3], p[4] if len(p) == 5 else "") for p in pending]
         return seen
 
     def save(self, seen: int) -> None:
@@ -159,7 +168,7 @@ class AnnounceCursor:
 
     def _write(self) -> None:
         doc = {"format": FORMAT, "node": self.node, "database": self.database, "seen": self._seen,
-               "pending": [list(p) for p in self.pending]}
+               "pending": [list(p if p[4] else p[:4]) for p in self.pending]}
         try:
             atomic_write(self.path, json.dumps(doc, sort_keys=True).encode() + b"\n")
         except OSError as exc:
@@ -173,7 +182,9 @@ class AnnounceCursor:
 def _is_pending(value: object) -> bool:
     # Name and version as a manifest allows them: an entry the database cannot take (a NUL, a
     # lone surrogate) would be retried first for ever, holding every later change back.
-    return isinstance(value, list) and len(value) == 4 and value[0] in ("enable", "rollback") \
+    return isinstance(value, list) and len(value) in (4, 5) and value[0] in ("enable", "rollback") \
         and all(isinstance(v, str) and 0 < len(v) <= _MAX_TEXT for v in value) \
         and len(value[1]) == 64 and all(c in "0123456789abcdef" for c in value[1]) \
-        and _NAME.fullmatch(value[2]) is not None and _VERSION.fullmatch(value[3]) is not None
+        and _NAME.fullmatch(value[2]) is not None and _VERSION.fullmatch(value[3]) is not None \
+        and (len(value) == 4 or (value[0] == "rollback"
+                                 and (value[4] == BUILT_IN or _VERSION.fullmatch(value[4]) is not None)))

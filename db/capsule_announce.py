@@ -12,21 +12,28 @@ lost — reduces the new events to the last action per capsule, and:
 - ``rollback`` of a capsule active here: rolls it back here — only if the event is signed by
   a node this one trusts: its own journal's key (a fleet sharing one journal key, as the
   PostgreSQL fleet does) or a key in ``peers``. An enable needs no such signature (each node
-  verifies the capsule itself); a rollback carries nothing else to verify, so without one a
-  database writer could take the fix out of every node. A refused rollback is journaled, and it
-  still keeps a node that catches up from enabling that capsule by an earlier event.
+  verifies the capsule itself, and the bytes must hash to the event's sha256); a rollback
+  carries nothing else to verify, so without one a database writer could take the fix out of
+  every node. A refused rollback is journaled, and it still keeps a node that catches up from
+  enabling that capsule by an earlier event; and an enable no trusted node signed never brings
+  back a capsule a trusted node's rollback took out. A rollback made with ``to`` (a version the
+  operator chose) names it, signed: followers restore that version, or, if they cannot, take
+  the capsule out for the built-in provider and journal why.
 
-An event's signature covers its id, and each node keeps the id it followed up to in its home
-(:class:`~xpscerpto.db.announce_cursor.AnnounceCursor`): a signed event copied into a new row
-does not verify (its id changed), and the original row is behind every cursor, so a database
-writer cannot replay a rollback after an operator brought the capsule back. A restarted node
-resumes after the events it followed.
+Event ids come from the table's sequence; a row above the highest id it handed out was given
+its id by hand and is journaled and never followed (it would move every cursor past every later
+event). An event's signature covers its id, and each node keeps the id it followed up to in its
+home (:class:`~xpscerpto.db.announce_cursor.AnnounceCursor`): a signed event copied into a new
+row does not verify (its id changed), and the original row is behind every cursor, so a
+database writer cannot replay a rollback after an operator brought the capsule back. A
+restarted node resumes after the events it followed.
 
 What a node does because of an announcement is not announced again (operator
-``announce:NODE``), so the fleet converges without echo. Announcing never blocks an update on
-the database: the updater's listener writes the change to the home's outbox (``announce.json``)
-and enqueues it; this object's thread talks to the database, in order, and retries the first
-change until it is committed.
+``announce:NODE``), so the fleet converges without echo. Only committed changes are announced
+(the updater's ``…_COMMITTED`` notification, after its state is saved). Announcing never blocks
+an update on the database: the updater's listener writes the change to the home's outbox
+(``announce.json``) and enqueues it; this object's thread talks to the database, in order, and
+retries the first change until it is committed.
 
 Example:
     >>> Announcer("postgresql://db/xps", updater, node="node-a").start()   # doctest: +SKIP
@@ -35,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import threading
 from collections import deque
@@ -44,8 +52,10 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from xpscerpto.audit.journal import STATEMENT_PREFIX
-from xpscerpto.capsules.updater import Updater
+from xpscerpto.capsules.format import _VERSION
+from xpscerpto.capsules.updater import BUILT_IN, COMMITTED, Updater
 from xpscerpto.errors import PolicyError, XpsError
+from xpscerpto.home import STORES
 
 from .announce_cursor import AnnounceCursor, Pending
 from .migrations import open_migrated
@@ -63,13 +73,15 @@ MAX_NODE = 200
 #: The advisory lock a publisher holds from taking an event id to its commit: ids then become
 #: visible in id order, so a follower past id N never misses an id below N still being written.
 ANNOUNCE_LOCK = 0x7870_7300_0000_0004
+_UNSIGNED_ENABLE = ("an announced enable of a capsule a trusted node rolled back is not signed by a node this one "
+                    "trusts; not followed")
 
 
 class Announcer:
     """Publish this node's capsule changes; follow the other nodes' (see the module docstring).
 
     Args:
-        database: ``postgresql://…`` (migration 9 applied).
+        database: ``postgresql://…`` (migration 10 applied).
         updater: this node's updater.
         node: this node's name (unique in the fleet).
         poll: seconds between polls when no notification comes.
@@ -88,7 +100,7 @@ class Announcer:
         if isinstance(peers, (str, bytes, bytearray, memoryview)) or not isinstance(peers, Iterable):
             raise PolicyError("peers: expected a list of 32-byte Ed25519 public keys")
         self._peers = [_peer_key(k) for k in peers]
-        self.database = open_migrated(database, 9, "announcement database")
+        self.database = open_migrated(database, 10, "announcement database")
         try:
             # The database by its name on the server, not by how this DSN spells the host: a
             # standby's address, or localhost for 127.0.0.1, is the same fleet's table.
@@ -107,20 +119,26 @@ class Announcer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"xps-announce-{node}", daemon=True)
         self.last_error: str | None = None
+        self._forged_told: tuple[int, ...] = ()  # the rows above the sequence last journaled
         updater.add_event_listener(self._on_event)
 
     def _on_event(self, event: str, fields: Mapping[str, Any]) -> None:
         operator = str(fields.get("operator", ""))
         if operator.startswith(PREFIX):
             return  # we did this because another node announced it
-        if event == "PATCH_ENABLE":
+        # Committed changes only: one announced before its save told the fleet of a change that
+        # a failed save (or a kill -9 during it) then undid here.
+        if event == "PATCH_ENABLE" + COMMITTED:
             action = "enable"
-        elif event == "PATCH_ROLLBACK" and "to" in fields and "phase" not in fields:
+        elif event == "PATCH_ROLLBACK" + COMMITTED and "to" in fields and "phase" not in fields:
             action = "rollback"  # a real rollback, not a trial's refusal
         else:
             return
-        item = (action, str(fields.get("sha256", "")), str(fields.get("name", "")), str(fields.get("version", "")))
-        if not _is_sha256(item[1]) or not all(0 < len(f) <= 256 for f in item[2:]):
+        to = fields.get("requested_to")
+        item = (action, str(fields.get("sha256", "")), str(fields.get("name", "")), str(fields.get("version", "")),
+                to if isinstance(to, str) else "")
+        if not _is_sha256(item[1]) or not all(0 < len(f) <= 256 for f in item[2:4]) \
+                or not (item[4] == "" or _is_target(item[4])):
             self.last_error = "XPS_ERR_INTERNAL: announcements: a change without a readable capsule; not announced"
             return
         # Into the outbox file first: a change made while the database is away, or just before a
@@ -138,22 +156,46 @@ class Announcer:
 
         Raises:
             PolicyError: the cursor is past the newest event (the table was reset, or restored
-                from an older backup): following it would skip every new event unseen.
+                from an older backup): following it would skip every new event unseen; or a
+                home without ``home.json`` has no cursor file under a node name that followed
+                this database before.
+            UpdateError: the first cursor file cannot be written.
         """
         try:
-            row = self.database.execute("SELECT coalesce(max(id), 0) FROM xps_capsule_events").fetchone()
+            # The newest id the sequence handed out: a cursor past it was moved there by a row
+            # inserted with an id by hand (by an earlier release), and would skip every new event.
+            row = self.database.execute("SELECT coalesce(max(id), 0) FROM xps_capsule_events WHERE id <= ?",
+                                        (self._handed_out(),)).fetchone()
             newest = int(row[0]) if row else 0
             if self._seen > newest:
                 raise PolicyError(f"announce cursor {str(self._cursor.path)!r}: this node followed events up to id "
                                   f"{self._seen}, the database's newest is {newest} (the table was reset or "
-                                  "restored from an older backup); restore the database, or the home from a backup "
-                                  "taken with it")
+                                  "restored from an older backup, or a row was inserted with an id outside its "
+                                  "sequence); restore the database, or the home from a backup taken with it")
+            self._claim_name()
             self.database.listen(CHANNEL, lambda _payload: self._wake.set(), on_reconnect=self._wake.set)
         except BaseException:
             self.database.close()  # the caller never gets this object back to stop() it
             raise
         self._thread.start()
         return self
+
+    def _claim_name(self) -> None:
+        """Record that this node name follows the database; refuse a home that lost its cursor.
+
+        A home without ``home.json`` cannot record its cursor file, so a deleted one looked like
+        a new node: it followed every event again from the first (an old signed rollback then
+        took out a capsule an operator had brought back since). The database remembers the name.
+        """
+        if not self._cursor.existed:
+            if not self.updater.home.record_path.exists() and self.database.execute(
+                    "SELECT 1 FROM xps_announce_nodes WHERE node = ?", (self.node,)).fetchone() is not None:
+                raise PolicyError(f"announce cursor {str(self._cursor.path)!r}: missing, though node {self.node!r} "
+                                  "followed this database before (deleted, or another home uses this name); "
+                                  f"{STORES['announce_cursor'][1]}, or start this home under a new node name")
+            # The file first: killed before the row is written, the name is only not yet claimed.
+            self._cursor.save(self._seen)
+        self.database.execute("INSERT INTO xps_announce_nodes (node) VALUES (?) ON CONFLICT DO NOTHING", (self.node,))
 
     def stop(self) -> None:
         """Stop following and close the connections."""
@@ -201,18 +243,19 @@ class Announcer:
             except XpsError as exc:  # announced again after a restart: followers treat it as once
                 self.last_error = str(exc)
 
-    def _announce(self, action: str, sha: str, name: str, version: str, raw: bytes | None) -> None:
+    def _announce(self, action: str, sha: str, name: str, version: str, to: str, raw: bytes | None) -> None:
         with self.database.transaction(lock=ANNOUNCE_LOCK) as tx:
             if raw is not None:
                 tx.execute("INSERT INTO xps_capsules (sha256, raw, name, version, node) VALUES (?, ?, ?, ?, ?) "
                            "ON CONFLICT DO NOTHING", (sha, raw, name, version, self.node))
             # The id first, then the signature over it, in one transaction: no node ever reads
             # the row unsigned, and a copy of it in another row does not verify.
-            row = tx.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) "
-                             "VALUES (?, ?, ?, ?, ?) RETURNING id", (action, sha, name, version, self.node)).fetchone()
+            row = tx.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node, restore_to) "
+                             "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                             (action, sha, name, version, self.node, to or None)).fetchone()
             event_id = int(row[0]) if row else 0
             signer, sig = self.updater.audit.sign_statement(_statement(action, sha, name, version, self.node,
-                                                                       event_id))
+                                                                       event_id, to))
             tx.execute("UPDATE xps_capsule_events SET signer = ?, sig = ? WHERE id = ?",
                        (signer.hex(), sig.hex(), event_id))
             tx.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(event_id)))
@@ -223,76 +266,151 @@ class Announcer:
 
     def _follow_batch(self) -> bool:
         """Follow the next ``BATCH`` events; True if there may be more."""
-        rows = self.database.execute("SELECT id, action, sha256, name, version, node, signer, sig "
+        rows = self.database.execute("SELECT id, action, sha256, name, version, node, signer, sig, restore_to "
                                      "FROM xps_capsule_events WHERE id > ? ORDER BY id LIMIT ?",
                                      (self._seen, BATCH)).fetchall()
+        # Read after the rows, never before: an id those rows show was taken before the query
+        # ran, so the sequence now stands at or above every id a publisher got from it.
+        handed = self._handed_out()
+        # A row above that was given its id by hand (a database writer): following it would move
+        # the cursor past every id the sequence will ever hand out, and no node would follow a
+        # later event again. Such ids sort after all the others, so the rest stay in order.
+        self._refuse_forged([int(r[0]) for r in rows if int(r[0]) > handed])
+        rows = [r for r in rows if int(r[0]) <= handed]
         if not rows:
             return False
-        last: dict[str, tuple[str, str]] = {}  # sha256 -> its newest (action, node)
+        # sha256 -> its newest (action, node, event id, signed by a node this one trusts, to)
+        last: dict[str, tuple[str, str, int, bool, str | None]] = {}
         malformed = 0
-        unsigned: list[tuple[str, str]] = []
+        refusals: list[tuple[str, str, str, str]] = []  # (sha256, node, reason, detail)
         trusted = self._trusted()
-        for event_id, action, sha, name, version, node, signer, sig in rows:
+        for event_id, action, sha, name, version, node, signer, sig, to in rows:
             # Anyone who can write the table can write anything into it: a row we cannot read is
             # counted, never echoed, and never stops the rows after it (one oversized sha256 used
             # to fail its own refusal record at every poll, so no node followed anything again).
             if action not in ("enable", "rollback") or not _is_sha256(sha) or not _is_node(node) \
-                    or not isinstance(name, str) or not isinstance(version, str):
+                    or not isinstance(name, str) or not isinstance(version, str) \
+                    or not (to is None or (action == "rollback" and _is_target(to))):
                 malformed += 1
                 continue
-            if action == "rollback" and not _signed(trusted, _statement(action, sha, name, version, node, event_id),
-                                                    signer, sig):
+            signed = _event_signed(trusted, (action, sha, name, version, node, event_id, to), signer, sig)
+            if action == "rollback" and not signed:
                 if node != self.node:
-                    unsigned.append((sha, node))
+                    refusals.append((sha, node, "untrusted", "an announced rollback is not signed by a node this "
+                                                             "one trusts (its own journal key or a configured peer); "
+                                                             "not followed"))
                 # Not followed, but it still ends the enables before it: a node catching up must
                 # not enable a capsule the fleet rolled back since (an unsigned rollback from an
                 # earlier release, or one by a node this one does not trust). Blocking is the safe
                 # side: whoever can insert the row could as well delete the enable.
-                last[sha] = ("blocked", node)
+                last[sha] = ("blocked", node, event_id, False, None)
                 continue
-            last[sha] = (action, node)
+            if action == "enable" and not signed and last.get(sha, ("",))[0] == "rollback":
+                # An enable slipped in after a signed rollback must not cancel it (on a node
+                # still serving the capsule, the rollback would never be followed).
+                refusals.append((sha, node, "untrusted", _UNSIGNED_ENABLE))
+                continue
+            last[sha] = (action, node, event_id, signed, to)
         active = {a.sha256 for a in self.updater.state.active}
-        missing = []
-        for sha, (action, node) in last.items():
+        for sha, (action, node, event_id, signed, to) in last.items():
             if node == self.node:
                 continue
             if action == "enable" and sha not in active:
-                # A database error here propagates: the events stay unseen and the next round
-                # retries them (the capsules already enabled are skipped then).
-                if self.database.execute("SELECT 1 FROM xps_capsule_events WHERE sha256 = ? AND id > ? LIMIT 1",
-                                         (sha, rows[-1][0])).fetchone() is not None:
-                    # A later event of this capsule decides (a node catching up must not enable
-                    # what a rollback in a later batch took out, verified or not).
-                    continue
-                raw = self.database.execute("SELECT raw FROM xps_capsules WHERE sha256 = ?", (sha,)).fetchone()
-                if raw is None:  # an event without its bytes: the table was edited outside xps
-                    missing.append((sha, node))
-                    continue
-                with contextlib.suppress(XpsError):  # refused here: journaled by the updater
-                    self.updater.apply(bytes(raw[0]), source=f"announced by {node}", operator=PREFIX + node)
+                refusal = self._follow_enable(sha, node, event_id, signed, rows[-1][0], trusted)
+                if refusal is not None:
+                    refusals.append((sha, node, *refusal))
             elif action == "rollback" and sha in active:
-                with contextlib.suppress(XpsError):
-                    self.updater.rollback(sha, operator=PREFIX + node, reason=f"rolled back on {node}")
+                refusal = self._follow_rollback(sha, node, to)
+                if refusal is not None:
+                    refusals.append((sha, node, *refusal))
         # Refusals are journaled per batch, a bounded number of them: a flood of forged rows
         # must not become a flood of journal records.
-        for sha, node in missing[:MAX_REFUSALS]:
+        for sha, node, reason, detail in refusals[:MAX_REFUSALS]:
             self.updater.audit.record("PATCH_REJECT", phase="announce", sha256=sha, source=node,
-                                      operator=PREFIX + node, reason="malformed",
-                                      detail="announced capsule bytes are missing from the database")
-        for sha, node in unsigned[:MAX_REFUSALS]:
-            self.updater.audit.record("PATCH_REJECT", phase="announce", sha256=sha, source=node,
-                                      operator=PREFIX + node, reason="untrusted",
-                                      detail="an announced rollback is not signed by a node this one trusts "
-                                             "(its own journal key or a configured peer); not followed")
-        skipped = malformed + max(0, len(missing) - MAX_REFUSALS) + max(0, len(unsigned) - MAX_REFUSALS)
+                                      operator=PREFIX + node, reason=reason, detail=detail)
+        skipped = malformed + max(0, len(refusals) - MAX_REFUSALS)
         if skipped:
             self.updater.audit.record("PATCH_REJECT", phase="announce", operator=PREFIX + "database",
                                       reason="malformed", first_id=rows[0][0], last_id=rows[-1][0],
                                       detail=f"{skipped} announcement row(s) ignored: unreadable or unsigned (edited "
-                                             "outside xps?), or their capsule bytes are missing")
+                                             "outside xps?), or their capsule bytes are missing or altered")
         self._seen = rows[-1][0]
         self._cursor.save(self._seen)  # after acting: a crash before it repeats the batch, which is idempotent
         return len(rows) == BATCH
+
+    def _follow_enable(self, sha: str, node: str, event_id: int, signed: bool, newest: int,
+                       trusted: list[Ed25519PublicKey]) -> tuple[str, str] | None:
+        """Enable the announced capsule here; (reason, detail) of a refusal to journal, or None."""
+        # A database error here propagates: the events stay unseen and the next round
+        # retries them (the capsules already enabled are skipped then).
+        if self.database.execute("SELECT 1 FROM xps_capsule_events WHERE sha256 = ? AND id > ? LIMIT 1",
+                                 (sha, newest)).fetchone() is not None:
+            # A later event of this capsule decides (a node catching up must not enable
+            # what a rollback in a later batch took out, verified or not).
+            return None
+        if not signed and self._rolled_back(sha, event_id, trusted):
+            # Anyone who can write the table could otherwise bring back, on a node that was
+            # away or is new, a capsule the fleet took out with a signed rollback.
+            return "untrusted", _UNSIGNED_ENABLE
+        raw = self.database.execute("SELECT raw FROM xps_capsules WHERE sha256 = ?", (sha,)).fetchone()
+        if raw is None:  # an event without its bytes: the table was edited outside xps
+            return "malformed", "announced capsule bytes are missing from the database"
+        data = bytes(raw[0])
+        if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), sha):
+            # Other bytes under this event's name (publisher-signed, maybe, but not the capsule
+            # the announcing node enabled).
+            return "malformed", "announced capsule bytes do not match the event's sha256"
+        with contextlib.suppress(XpsError):  # refused here: journaled by the updater
+            self.updater.apply(data, source=f"announced by {node}", operator=PREFIX + node)
+        return None
+
+    def _follow_rollback(self, sha: str, node: str, to: str | None) -> tuple[str, str] | None:
+        """Roll the capsule back here as announced; (reason, detail) of a refusal to journal, or None."""
+        operator, reason = PREFIX + node, f"rolled back on {node}"
+        try:
+            self.updater.rollback(sha, to=to, operator=operator, reason=reason)
+        except XpsError as exc:
+            if to is None or to == BUILT_IN:
+                return None  # nothing matched here any more, or refused: the updater says why
+            # The announcing operator chose that version; this node cannot serve it (never
+            # enabled here, or refused now). Guessing another one could bring back the very
+            # version the operator skipped: the capsule still goes, the built-in provider serves.
+            with contextlib.suppress(XpsError):
+                self.updater.rollback(sha, to=BUILT_IN, operator=operator,
+                                      reason=f"{reason}; {to} cannot be restored here, built-in provider serves")
+            return "restore", (f"the announced rollback restores version {to}, which this node cannot restore "
+                               f"({exc.code}); the built-in provider serves instead")
+        return None
+
+    def _rolled_back(self, sha: str, before: int, trusted: list[Ed25519PublicKey]) -> bool:
+        """Whether an event before id ``before`` rolled capsule ``sha`` back, signed by a trusted node."""
+        claimed = {k.public_bytes_raw().hex() for k in trusted}
+        rows = self.database.execute(
+            "SELECT id, action, sha256, name, version, node, signer, sig, restore_to FROM xps_capsule_events "
+            "WHERE sha256 = ? AND action = 'rollback' AND id < ? AND signer IS NOT NULL ORDER BY id",
+            (sha, before)).fetchall()
+        # Only rows naming a trusted signer are worth a verification.
+        return any(r[6] in claimed and isinstance(r[3], str) and isinstance(r[4], str) and _is_node(r[5])
+                   and (r[8] is None or _is_target(r[8]))
+                   and _event_signed(trusted, (r[1], r[2], r[3], r[4], r[5], r[0], r[8]), r[6], r[7]) for r in rows)
+
+    def _handed_out(self) -> int:
+        """The highest event id the table's sequence has handed out (0: none yet)."""
+        row = self.database.execute("SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence("
+                                    "'xps_capsule_events', 'id')::regclass), 0)").fetchone()
+        return int(row[0]) if row else 0
+
+    def _refuse_forged(self, ids: list[int]) -> None:
+        """Journal rows whose ids the sequence never handed out: once while they stay the same."""
+        if not ids or tuple(ids) == self._forged_told:
+            return
+        self._forged_told = tuple(ids)
+        if ids:
+            self.updater.audit.record("PATCH_REJECT", phase="announce", operator=PREFIX + "database",
+                                      reason="forged", first_id=ids[0], count=len(ids),
+                                      detail=f"{len(ids)} announcement row(s) carry an id the event sequence never "
+                                             "handed out (inserted outside xps); not followed, and this node's "
+                                             "cursor does not move past them")
 
     def _trusted(self) -> list[Ed25519PublicKey]:
         keys = list(self._peers)
@@ -301,12 +419,32 @@ class Announcer:
         return keys
 
 
-def _statement(action: str, sha: str, name: str, version: str, node: str, event_id: object) -> bytes:
-    """What an event's signature covers, its id included (each field length-prefixed)."""
+def _statement(action: str, sha: str, name: str, version: str, node: str, event_id: object, to: str = "") -> bytes:
+    """What an event's signature covers, its id and a rollback's ``to`` ("": none) included
+    (each field length-prefixed)."""
+    return _encode(b"capsule-event/3", action, sha, name, version, node, to, str(event_id))
+
+
+def _statement_v2(action: str, sha: str, name: str, version: str, node: str, event_id: object) -> bytes:
+    """What an event signed before rollbacks named a version covered (migration 9's rows)."""
+    return _encode(b"capsule-event/2", action, sha, name, version, node, str(event_id))
+
+
+def _encode(tag: bytes, *fields: str) -> bytes:
     # surrogatepass: whatever a row holds encodes (a UnicodeEncodeError would stop following).
-    parts = [b"capsule-event/2", *(f.encode("utf-8", "surrogatepass") for f in (action, sha, name, version, node)),
-             str(event_id).encode()]
+    parts = [tag, *(f.encode("utf-8", "surrogatepass") for f in fields)]
     return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def _event_signed(trusted: list[Ed25519PublicKey], event: tuple[str, str, str, str, str, int, str | None],
+                  signer: object, sig: object) -> bool:
+    """Whether a trusted node signed ``event`` (action, sha256, name, version, node, id, to)."""
+    action, sha, name, version, node, event_id, to = event
+    if _signed(trusted, _statement(action, sha, name, version, node, event_id, to or ""), signer, sig):
+        return True
+    # Signed by an earlier release: its statement names no version to restore, so it stands
+    # only for a row that names none (a plain rollback); a `to` added to such a row fails.
+    return to is None and _signed(trusted, _statement_v2(action, sha, name, version, node, event_id), signer, sig)
 
 
 def _signed(trusted: list[Ed25519PublicKey], statement: bytes, signer: object, sig: object) -> bool:
@@ -341,3 +479,8 @@ def _is_sha256(value: object) -> bool:
 
 def _is_node(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_NODE and value.isprintable() and value.isascii()
+
+
+def _is_target(value: object) -> bool:
+    """A rollback's ``to``: a capsule version, or the built-in provider."""
+    return isinstance(value, str) and (value == BUILT_IN or _VERSION.fullmatch(value) is not None)

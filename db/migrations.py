@@ -122,6 +122,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         # (db/capsule_announce.py): a database writer could roll every node back otherwise.
         "ALTER TABLE xps_capsule_events ADD COLUMN signer TEXT, ADD COLUMN sig TEXT",
     )),
+    Migration(10, "capsule rollbacks name the version restored; announcing nodes", (
+        # `xps rollback --to VERSION`: the version the operator chose, signed with the rest;
+        # NULL for a plain rollback (each node restores what the capsule replaced there).
+        "ALTER TABLE xps_capsule_events ADD COLUMN restore_to TEXT",
+        # Each node name that follows the events: a home without home.json cannot record its
+        # cursor file, so a deleted one would restart from the first event (db/capsule_announce.py).
+        """CREATE TABLE xps_announce_nodes (node TEXT PRIMARY KEY,
+            since TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())""",
+    )),
 )
 
 

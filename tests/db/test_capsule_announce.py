@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import xpscerpto as xps
-from xpscerpto.capsules.updater import Updater, rollback_offline
+from xpscerpto.capsules.updater import COMMITTED, Updater, rollback_offline
 from xpscerpto.db import Database
 from xpscerpto.db.capsule_announce import Announcer
-from xpscerpto.errors import PolicyError
+from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.home import Home
 
 from tests.capsules.test_cli_service import wait_for
-from tests.capsules.test_updater import OP, Publisher, _states, _updater, publisher
+from tests.capsules.test_updater import FAST_GATES, OP, Publisher, _states, _updater, publisher
 
 __all__ = ["publisher"]
 
@@ -425,7 +428,7 @@ def test_a_damaged_cursor_is_a_refusal_never_a_restart_from_the_first_event(publ
     try:
         if not b.home.record_path.exists():
             b.home.initialise(policy={}, adopt=True)
-        Announcer(pg_dsn, b, node="b", poll=0.3).start().stop()  # no event yet: nothing saved
+        Announcer(pg_dsn, b, node="b", poll=0.3).start().stop()  # no event yet: the cursor starts at 0
         _ghost_enable(pg_dsn)
         _follow_once(pg_dsn, b)
         assert b.home.store_exists("announce_cursor")
@@ -685,3 +688,341 @@ def test_an_offline_rollback_in_a_home_outside_any_fleet_writes_no_outbox(publis
     rollback_offline(publisher.home, OP, operator="ops", state_store=_states(publisher.home))
     assert not (publisher.home.root / "announce.json").exists()
     assert not publisher.home.store_exists("announce_cursor")
+
+
+# -- rows a database writer adds, changes announced before they were committed --------------------
+
+
+def _rejects(up: Updater, reason: str) -> list[dict[str, object]]:
+    return [e for e in _events(up, "PATCH_REJECT") if e.get("phase") == "announce" and e.get("reason") == reason]
+
+
+def test_a_row_with_an_id_the_sequence_never_handed_out_moves_no_cursor(publisher: Publisher, pg_dsn: str) -> None:
+    # Review finding G7: one row inserted with id 9e18 moved every follower's cursor there; every
+    # later event (ids from the sequence, far below) was behind every cursor and never followed:
+    # a signed rollback of a faulty capsule no longer reached any node, silently.
+    a = _updater(xps.Engine(), publisher.home)
+    eng_b, b = _other_node(publisher, "home-b")
+    nodes = [Announcer(pg_dsn, a, node="a", poll=0.2).start(),
+             Announcer(pg_dsn, b, node="b", poll=0.2, peers=[_journal_key(a)]).start()]
+    try:
+        v1 = a.apply(publisher.capsule("1.0.0"))
+        v2 = a.apply(publisher.capsule("2.0.0"))
+        wait_for(lambda: [x.sha256 for x in b.state.active] == [v2.sha256], "node b to follow 2.0.0")
+        _sql(pg_dsn, "INSERT INTO xps_capsule_events (id, action, sha256, name, version, node) "
+                     "VALUES (9000000000000000000, 'rollback', ?, 'x', '1.0.0', 'x')", ("0" * 64,))
+        wait_for(lambda: _rejects(b, "forged"), "node b to journal the forged row")
+        a.rollback(v2.sha256, operator="ops")
+        wait_for(lambda: [x.sha256 for x in b.state.active] == [v1.sha256], "node b to follow the signed rollback")
+        time.sleep(1.0)  # a few more polls: the forged row is journaled once, not at every poll
+        assert len(_rejects(b, "forged")) == 1 and nodes[1].last_error is None
+        assert "9000000000000000000" not in str(_rejects(b, "forged")[0]["detail"])
+        assert json.loads((b.home.root / "announce.json").read_text())["seen"] == 3
+    finally:
+        for n in nodes:
+            n.stop()
+    again = Announcer(pg_dsn, b, node="b", poll=0.2).start()  # a restart is not refused either
+    again.stop()
+    assert eng_b.table.provider_for(OP) == v1.name
+
+
+def test_a_cursor_an_earlier_release_moved_past_the_sequence_is_refused_at_start(
+        publisher: Publisher, pg_dsn: str) -> None:
+    # A node that followed such a row before this fix: its cursor would skip every new event.
+    _, b = _other_node(publisher, "home-b")
+    try:
+        _ghost_enable(pg_dsn)
+        _follow_once(pg_dsn, b)
+        _sql(pg_dsn, "INSERT INTO xps_capsule_events (id, action, sha256, name, version, node) "
+                     "VALUES (9000000000000000000, 'enable', ?, 'x', '1.0.0', 'x')", ("0" * 64,))
+        path = b.home.root / "announce.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "seen": 9000000000000000000}))
+        with pytest.raises(PolicyError, match="newest is 1 "):
+            Announcer(pg_dsn, b, node="b", poll=0.3).start()
+    finally:
+        b.close()
+
+
+def _lock_waiters(dsn: str) -> list[int]:
+    db = Database(dsn)
+    try:
+        rows = db.execute("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE ?",
+                          ("%xps_capsule_state%",)).fetchall()
+        return [int(r[0]) for r in rows]
+    finally:
+        db.close()
+
+
+def _save_fails(dsn: str, node: str, action: Callable[[], object]) -> BaseException | None:
+    """Run ``action`` while another session holds ``node``'s routing-state row; once its write
+    waits on that lock, end its backend (the database fails the save for real). What it raised."""
+    raised: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            action()
+            raised.append(None)
+        except BaseException as exc:  # handed to the test
+            raised.append(exc)
+
+    blocker = Database(dsn)
+    try:
+        with blocker.transaction() as tx:
+            tx.execute("SELECT 1 FROM xps_capsule_state WHERE node = ? FOR UPDATE", (node,))
+            thread = threading.Thread(target=run)
+            thread.start()
+            wait_for(lambda: bool(_lock_waiters(dsn)), "the state write to wait on the row lock")
+            for pid in _lock_waiters(dsn):
+                _sql(dsn, "SELECT pg_terminate_backend(?)", (pid,))
+            thread.join(60)
+    finally:
+        blocker.close()
+    return raised[0]
+
+
+def _actions(dsn: str) -> list[tuple[str, str]]:
+    db = Database(dsn)
+    try:
+        return [(str(r[0]), str(r[1])) for r in db.execute("SELECT action, sha256 FROM xps_capsule_events "
+                                                           "ORDER BY id").fetchall()]
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("publisher", ["postgresql"], indirect=True)  # the save is made to fail in the database
+@pytest.mark.parametrize("change", ["rollback", "enable"])
+def test_a_change_whose_state_save_fails_is_never_announced(publisher: Publisher, pg_dsn: str, change: str) -> None:
+    # Review finding G5: the rollback reached the outbox and the fleet before its state was
+    # saved; the save then failed (the operator got XPS_ERR_UPDATE), this node kept serving the
+    # capsule, and every other node had rolled it back on its word.
+    eng_a = xps.Engine()
+    a = _updater(eng_a, publisher.home)
+    eng_b, b = _other_node(publisher, "home-b")
+    nodes = [Announcer(pg_dsn, a, node="a", poll=0.2).start(),
+             Announcer(pg_dsn, b, node="b", poll=0.2, peers=[_journal_key(a)]).start()]
+    try:
+        v1 = a.apply(publisher.capsule("1.0.0"))
+        wait_for(lambda: eng_b.table.provider_for(OP) == v1.name, "node b to follow 1.0.0")
+        v2_raw = publisher.capsule("2.0.0")
+        act: Callable[[], object] = (lambda: a.rollback(OP, operator="ops")) if change == "rollback" else (
+            lambda: a.apply(v2_raw))
+        exc = _save_fails(pg_dsn, publisher.home.root.name, act)
+        assert isinstance(exc, XpsError) and exc.code.value == "XPS_ERR_UPDATE"
+        time.sleep(1.5)  # several rounds of both announcers
+        assert _actions(pg_dsn) == [("enable", v1.sha256)]
+        assert json.loads((publisher.home.root / "announce.json").read_text())["pending"] == []
+        assert [x.sha256 for x in a.state.active] == [v1.sha256] == [x.sha256 for x in b.state.active]
+        assert eng_a.table.provider_for(OP) == v1.name == eng_b.table.provider_for(OP)
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_the_committed_notification_comes_after_the_save(publisher: Publisher) -> None:
+    # What the announcer hears: the change is in the state store by then.
+    a = _updater(xps.Engine(), publisher.home)
+    heard: list[tuple[str, list[str]]] = []
+
+    def listener(event: str, fields: Mapping[str, object]) -> None:
+        if event in ("PATCH_ENABLE" + COMMITTED, "PATCH_ROLLBACK" + COMMITTED, "PATCH_ENABLE", "PATCH_ROLLBACK"):
+            heard.append((event, [x.version for x in _states(publisher.home).load().active]))
+
+    a.add_event_listener(listener)
+    a.apply(publisher.capsule("1.0.0"))
+    a.rollback(OP, operator="ops")
+    assert heard == [("PATCH_ENABLE", []), ("PATCH_ENABLE" + COMMITTED, ["1.0.0"]),
+                     ("PATCH_ROLLBACK", ["1.0.0"]), ("PATCH_ROLLBACK" + COMMITTED, [])]
+
+
+@pytest.mark.parametrize("publisher", ["postgresql"], indirect=True)  # the save is made to fail in the database
+def test_an_offline_rollback_whose_save_fails_is_not_queued(publisher: Publisher, pg_dsn: str) -> None:
+    a = _updater(xps.Engine(), publisher.home)
+    first = Announcer(pg_dsn, a, node="a", poll=0.2).start()
+    try:
+        cap = a.apply(publisher.capsule("1.0.0"))
+        wait_for(lambda: _announced(pg_dsn) == 1, "the announcement")
+    finally:
+        first.stop()
+        a.close()
+    notices: list[str] = []
+    exc = _save_fails(pg_dsn, publisher.home.root.name,
+                      lambda: rollback_offline(publisher.home, OP, operator="ops", notice=notices.append,
+                                               state_store=_states(publisher.home)))
+    assert isinstance(exc, XpsError) and exc.code.value == "XPS_ERR_UPDATE"
+    assert json.loads((publisher.home.root / "announce.json").read_text())["pending"] == [] and notices == []
+    assert [x.sha256 for x in _states(publisher.home).load().active] == [cap.sha256]
+
+
+def test_an_unsigned_enable_does_not_bring_back_a_capsule_a_trusted_node_rolled_back(
+        publisher: Publisher, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Review finding G1: after a signed rollback of 2.0.0, one unsigned 'enable' row made every
+    # node that was away (or new) enable 2.0.0 again: the last event per capsule decided.
+    a = _updater(xps.Engine(), publisher.home)
+    first = Announcer(pg_dsn, a, node="a", poll=0.2).start()
+    v1 = a.apply(publisher.capsule("1.0.0"))
+    v2 = a.apply(publisher.capsule("2.0.0"))
+    a.rollback(v2.sha256, operator="ops")  # signed
+    wait_for(lambda: _announced(pg_dsn) == 3, "the three announcements")
+    first.stop()
+    _sql(pg_dsn, "INSERT INTO xps_capsule_events (action, sha256, name, version, node) VALUES ('enable', ?, ?, ?, "
+                 "'ghost')", (v2.sha256, v2.name, v2.version))
+    for batch, home in ((500, "home-b"), (1, "home-c")):  # the rollback in the enable's batch, or in an earlier one
+        from xpscerpto.db import capsule_announce
+
+        monkeypatch.setattr(capsule_announce, "BATCH", batch)
+        eng, node = _other_node(publisher, home)
+        late = Announcer(pg_dsn, node, node=home, poll=0.2, peers=[_journal_key(a)]).start()
+        try:
+            wait_for(lambda late=late: late._seen == 4, f"{home} to read the four events")
+            assert [x.sha256 for x in node.state.active] == [v1.sha256] and eng.table.provider_for(OP) == v1.name
+            assert [e["sha256"] for e in _rejects(node, "untrusted")] == [v2.sha256]
+        finally:
+            late.stop()
+            node.close()
+    a.close()
+
+
+def test_an_unsigned_enable_right_after_a_signed_rollback_does_not_cancel_it(publisher: Publisher,
+                                                                           pg_dsn: str) -> None:
+    # Both in one batch on a node still serving the capsule: the enable was the capsule's last
+    # action, so the rollback was never followed there.
+    a = _updater(xps.Engine(), publisher.home)
+    eng_b, b = _other_node(publisher, "home-b")
+    first = Announcer(pg_dsn, a, node="a", poll=0.2).start()
+    follower = Announcer(pg_dsn, b, node="b", poll=0.2, peers=[_journal_key(a)]).start()
+    try:
+        v1 = a.apply(publisher.capsule("1.0.0"))
+        wait_for(lambda: eng_b.table.provider_for(OP) == v1.name, "node b to follow 1.0.0")
+        follower.stop()
+        a.rollback(OP, operator="ops")
+        wait_for(lambda: _announced(pg_dsn) == 2, "the signed rollback")
+        _sql(pg_dsn, "INSERT INTO xps_capsule_events (action, sha256, name, version, node) VALUES ('enable', ?, ?, "
+                     "?, 'ghost')", (v1.sha256, v1.name, v1.version))
+        follower = Announcer(pg_dsn, b, node="b", poll=0.2, peers=[_journal_key(a)]).start()
+        wait_for(lambda: follower._seen == 3, "node b to read the three events")
+        assert not b.state.active and eng_b.table.provider_for(OP) == "sodium"
+        assert [e["sha256"] for e in _rejects(b, "untrusted")] == [v1.sha256]
+    finally:
+        follower.stop()
+        first.stop()
+        a.close()
+        b.close()
+
+
+def test_capsule_bytes_stored_under_another_events_sha256_are_refused(publisher: Publisher, pg_dsn: str) -> None:
+    # Review finding G1 (variant): the follower applied whatever bytes the row held, so a writer
+    # could put a rolled-back (but publisher-signed) capsule under a new event's sha256.
+    a = _updater(xps.Engine(), publisher.home)
+    first = Announcer(pg_dsn, a, node="a", poll=0.2).start()
+    v1 = a.apply(publisher.capsule("1.0.0"))
+    wait_for(lambda: _announced(pg_dsn) == 1, "the announcement")
+    first.stop()
+    a.close()
+    other = "ab" * 32
+    _sql(pg_dsn, "INSERT INTO xps_capsules (sha256, raw, name, version, node) VALUES (?, ?, 'x', '2.0.0', 'ghost')",
+         (other, publisher.capsule("2.0.0")))
+    _sql(pg_dsn, "INSERT INTO xps_capsule_events (action, sha256, name, version, node) VALUES ('enable', ?, 'x', "
+                 "'2.0.0', 'ghost')", (other,))
+    eng_b, b = _other_node(publisher, "home-b")
+    late = Announcer(pg_dsn, b, node="b", poll=0.2).start()
+    try:
+        wait_for(lambda: late._seen == 2, "node b to read both events")
+        assert [x.sha256 for x in b.state.active] == [v1.sha256] and eng_b.table.provider_for(OP) == v1.name
+        refusal = _rejects(b, "malformed")
+        assert len(refusal) == 1 and refusal[0]["sha256"] == other and "do not match" in str(refusal[0]["detail"])
+    finally:
+        late.stop()
+        b.close()
+
+
+def test_a_rollback_to_a_chosen_version_restores_that_version_on_the_followers(
+        publisher: Publisher, pg_dsn: str) -> None:
+    # Review finding G6: `rollback --to 1.0.0` was announced as a plain rollback; each follower
+    # restored its own predecessor, 2.0.0, the version the operator had skipped on purpose.
+    # Three versions enabled on three nodes: the speed gate (not what this is about) is loose
+    # here, so a busy test machine does not refuse one.
+    gates = replace(FAST_GATES, max_slowdown=20.0)
+    a = _updater(xps.Engine(), publisher.home, gates=gates)
+    homes = {name: Home.resolve(publisher.tmp / name) for name in ("home-b", "home-c")}
+    for home in homes.values():
+        shutil.copy2(publisher.home.trust, home.trust)
+    eng_b, eng_c = xps.Engine(), xps.Engine()
+    b, c = _updater(eng_b, homes["home-b"], gates=gates), _updater(eng_c, homes["home-c"], gates=gates)
+    nodes = [Announcer(pg_dsn, a, node="a", poll=0.2).start(),
+             Announcer(pg_dsn, b, node="b", poll=0.2, peers=[_journal_key(a)]).start()]
+    try:
+        v1 = a.apply(publisher.capsule("1.0.0"))
+        a.apply(publisher.capsule("2.0.0"))
+        v3_raw = publisher.capsule("3.0.0")
+        v3 = a.apply(v3_raw)
+        wait_for(lambda: [x.sha256 for x in b.state.active] == [v3.sha256], "node b to follow 3.0.0")
+        c.apply(v3_raw)  # c has 3.0.0 but never had 1.0.0 (not following yet)
+        a.rollback(v3.sha256, to="1.0.0", operator="ops")
+        wait_for(lambda: [x.sha256 for x in b.state.active] == [v1.sha256], "node b to restore 1.0.0")
+        assert _events(b, "PATCH_ROLLBACK")[-1]["to"] == "1.0.0" and eng_b.table.provider_for(OP) == v1.name
+        nodes.append(Announcer(pg_dsn, c, node="c", poll=0.2, peers=[_journal_key(a)]).start())
+        wait_for(lambda: not c.state.active, "node c to take 3.0.0 out")
+        assert eng_c.table.provider_for(OP) == "sodium"  # never its own predecessor, nor a guess
+        assert _events(c, "PATCH_ROLLBACK")[-1]["to"] == "built-in"
+        wait_for(lambda: _rejects(c, "restore"), "node c to journal why")
+        refusal = _rejects(c, "restore")
+        assert len(refusal) == 1 and "1.0.0" in str(refusal[0]["detail"])
+    finally:
+        for n in nodes:
+            n.stop()
+        for up in (a, b, c):
+            up.close()
+
+
+def test_a_rollback_signed_before_events_named_a_version_still_verifies_unless_one_is_added(
+        publisher: Publisher, pg_dsn: str) -> None:
+    # Rows signed by the previous release (statement capsule-event/2) are plain rollbacks: they
+    # stand as they are; a `to` a database writer adds to one is not covered by its signature.
+    from xpscerpto.db.capsule_announce import _statement_v2
+
+    a = _updater(xps.Engine(), publisher.home)
+    _, b = _other_node(publisher, "home-b")
+    nodes = [Announcer(pg_dsn, a, node="a", poll=0.2).start(),
+             Announcer(pg_dsn, b, node="b", poll=0.2, peers=[_journal_key(a)]).start()]
+    try:
+        v1 = a.apply(publisher.capsule("1.0.0"))
+        v2 = a.apply(publisher.capsule("2.0.0"))
+        wait_for(lambda: [x.sha256 for x in b.state.active] == [v2.sha256], "node b to follow 2.0.0")
+        db = Database(pg_dsn)
+        try:
+            for to in ("1.0.0", None):  # the first one with a `to` added after signing
+                with db.transaction() as tx:
+                    row = tx.execute("INSERT INTO xps_capsule_events (action, sha256, name, version, node) VALUES "
+                                     "('rollback', ?, ?, ?, 'a') RETURNING id", (v2.sha256, v2.name, v2.version))
+                    event_id = int(row.fetchone()[0])  # type: ignore[index]
+                    signer, sig = a.audit.sign_statement(_statement_v2("rollback", v2.sha256, v2.name, v2.version,
+                                                                       "a", event_id))
+                    tx.execute("UPDATE xps_capsule_events SET signer = ?, sig = ?, restore_to = ? WHERE id = ?",
+                               (signer.hex(), sig.hex(), to, event_id))
+        finally:
+            db.close()
+        wait_for(lambda: [x.sha256 for x in b.state.active] == [v1.sha256], "node b to follow the old-style rollback")
+        # The one with a `to` its signature does not cover (journaled after the batch's actions).
+        wait_for(lambda: len(_rejects(b, "untrusted")) == 1, "node b to refuse the altered row")
+    finally:
+        for n in nodes:
+            n.stop()
+        a.close()
+        b.close()
+
+
+def test_a_deleted_cursor_in_a_home_without_a_record_is_refused(publisher: Publisher, pg_dsn: str) -> None:
+    # Review finding G2: a home made through the API has no home.json to record announce.json
+    # in; deleting the file restarted following from the first event, silently.
+    _, b = _other_node(publisher, "home-b")
+    try:
+        assert not b.home.record_path.exists()
+        _ghost_enable(pg_dsn)
+        _follow_once(pg_dsn, b)
+        (b.home.root / "announce.json").unlink()
+        with pytest.raises(PolicyError, match=r"announce\.json.*followed this database before"):
+            Announcer(pg_dsn, b, node="b", poll=0.3).start()
+        again = Announcer(pg_dsn, b, node="b2", poll=0.3).start()  # under a new name it starts afresh
+        again.stop()
+    finally:
+        b.close()
