@@ -40,7 +40,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -370,9 +370,17 @@ class Home:
             if name not in record.sealed:
                 self._write_record(replace(record, sealed=(*record.sealed, name)))
 
-    def replace_policy(self, policy: Mapping[str, Any]) -> HomeRecord:
-        """Write a new policy; callers have authorised and committed the change."""
+    def replace_policy(self, policy: Mapping[str, Any],
+                       latest: Callable[[], Mapping[str, Any]] | None = None) -> HomeRecord:
+        """Write a new policy; callers have authorised and committed the change.
+
+        ``latest``, if given, is called under the home's lock and its result written instead of
+        ``policy``: the policy committed last (two changes committed in one order could
+        otherwise reach ``home.json`` in the other, leaving it behind the database).
+        """
         with self.locked():
+            if latest is not None:
+                policy = latest()
             record = self.record()
             if dict(record.policy) == dict(policy):
                 return record

@@ -905,7 +905,9 @@ class Keyring:
                                 required_approvals=required, operator=self.operator,
                                 changes=[{"key": c.key, "old": c.old, "new": c.new, "loosens": c.loosens}
                                          for c in changes])
-            self.home.replace_policy(target)
+            # The policy sealed last, read under the home's lock: of two changes committed one
+            # after the other, the one committed last must be the one home.json keeps.
+            self.home.replace_policy(target, latest=self._sealed_policy)
             # Committed: act on it now (without waiting for the next transition to re-read it).
             with self.store.snapshot() as db:
                 self._refresh_policy(db)
@@ -1297,6 +1299,16 @@ class Keyring:
         if self.store.roster_on:
             self._roster_check = self.store.checked_rows(db)
         self._use_policy(text)
+
+    def _sealed_policy(self) -> dict[str, Any]:
+        """The policy the database has sealed now (read in a snapshot of its own)."""
+        with self.store.snapshot() as db:
+            text = self.store.meta("policy", db)
+        if text is None:
+            raise KeyringTampered(f"keyring database {self.store.name!r}: its sealed copy of the home's policy is "
+                                  "missing (removed?); restore the database from a backup")
+        policy: dict[str, Any] = json.loads(text)
+        return policy
 
     def _refresh_policy_now(self) -> None:
         """:meth:`_refresh_policy` in a read snapshot of its own."""
