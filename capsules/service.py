@@ -205,10 +205,13 @@ class WatchService:
                                  "undo it with `xps config emergency` once the file covers the incident")
                 config = change.config
                 replayed.append(change)
-            try:
-                config.under_recorded_routing(self.updater.home.record().policy, given=True)
-            except PolicyError as exc:
-                raise PolicyError(f"overrides {str(self._overrides_path)!r}: {exc}") from None
+            # An override stored before a stricter `xps policy apply` may lie below the floor the
+            # home records now: the floor wins (refusing the start left no way to undo it).
+            config, raised = config.raised_to_recorded_routing(self.updater.home.record().policy)
+            if raised:
+                self._notice(f"emergency override(s) in {self._overrides_path} below the routing policy this "
+                             f"home records ({', '.join(raised)}): the recorded entries are kept; undo the "
+                             "override with `xps config emergency` once the policy covers the incident")
             self._apply(config)
             # Journaled once in force, not before (the journal must not claim what a failed
             # step did not do).

@@ -45,7 +45,7 @@ def effective_config(args: argparse.Namespace) -> XpsConfig:
 
     for key, value in read_overrides(h).items():
         cfg = cfg.plan_emergency_change(key, value, operator="config show", reason="overrides.json").config
-    return cfg
+    return cfg.raised_to_recorded_routing(policy)[0]  # as `xps watch` starts: never below the floor
 
 
 def home_config(args: argparse.Namespace) -> XpsConfig:

@@ -422,6 +422,30 @@ class XpsConfig:
                                   "`xps policy apply` loosens it, audited, with approvals")
         return self
 
+    def raised_to_recorded_routing(self, policy: Mapping[str, Any]) -> tuple[XpsConfig, tuple[str, ...]]:
+        """This configuration with its routing policy raised to the floor a home recorded.
+
+        Where a routing key is looser than ``policy``'s: ``forbid`` gains the recorded entries
+        it lacks, ``allow`` keeps only what the record allows too, constant time is required.
+        For what may be older than the record (an emergency override stored before a stricter
+        ``xps policy apply``): it stays in force where it is stricter, the record where it is not.
+        Returns the new configuration and the keys raised (empty: ``self`` as it was).
+        """
+        recorded = {k: policy[k] for k in ROUTING_KEYS if k in policy}
+        mine = self.security_policy()
+        raised: dict[str, Any] = {}
+        for change in policy_changes(recorded, mine):
+            if change.key not in recorded or not change.loosens:
+                continue
+            old, new = change.old, change.new
+            if change.key == "engine.policy.forbid":
+                raised[change.key] = [*(old or ()), *(e for e in new or () if e not in (old or ()))]
+            elif change.key == "engine.policy.allow":
+                raised[change.key] = list(old) if new is None else [p for p in new if p in old]
+            else:
+                raised[change.key] = True
+        return (self._with_values(raised), tuple(raised)) if raised else (self, ())
+
     def _with_values(self, values: Mapping[str, Any]) -> XpsConfig:
         data = self.to_mapping()
         for key, value in values.items():

@@ -166,14 +166,45 @@ def test_an_emergency_change_may_forbid_more_but_not_less(root: Path) -> None:
         svc.updater.close()
 
 
-def test_a_stored_override_below_the_record_refuses_the_start(root: Path) -> None:
-    cfg = XpsConfig(engine=EngineConfig(policy=Policy(forbid=("aes128",))))
+def test_a_stored_override_below_the_record_is_raised_to_it_at_start(root: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # Review finding (session 7, F1): an incident override stored before a stricter `xps policy
+    # apply` refused every later start, and no supported command could undo it (`xps config
+    # emergency` needs a running engine). The floor now wins where the override is looser.
+    cfg = XpsConfig(engine=EngineConfig(policy=Policy(forbid=("aes128", "chacha20"))))
     home = root / "home"
     WatchService(xps_api.Engine(cfg.engine), root / "inbox", home, polling=True, config=cfg).updater.close()
-    (home / "overrides.json").write_text(json.dumps({"engine.policy.forbid": []}))
-    svc = WatchService(xps_api.Engine(cfg.engine), root / "inbox", home, polling=True, config=cfg)
-    with pytest.raises(PolicyError, match=r"overrides .*drops 'aes128'"):
-        svc.start()
+    (home / "overrides.json").write_text(json.dumps({"engine.policy.forbid": ["aes128", "aes256"]}))
+    svc = WatchService(xps_api.Engine(cfg.engine), root / "inbox", home, polling=True, config=cfg).start()
+    try:
+        assert svc.config.engine.policy.forbid == ("aes128", "chacha20", "aes256")
+        routed = set(svc.updater.engine.table.routes)
+        assert not routed & {"aead.aes128gcm", "aead.chacha20poly1305", "aead.aes256gcm"}, routed
+        assert "below the routing policy this home records (engine.policy.forbid)" in capsys.readouterr().err
+    finally:
+        svc.stop()
+        svc.updater.close()
+    shown = json.loads(ok(xps(home, "config", "show")))["crypto"]["policy"]["forbid"]
+    assert shown == ["aes128", "chacha20", "aes256"]  # what `xps watch` starts with
+
+
+@pytest.mark.parametrize(("recorded", "given", "raised"), [
+    ({"engine.policy.forbid": ["aes128", "des"]}, {"forbid": ("des", "chacha20")},
+     {"forbid": ("aes128", "des", "chacha20")}),
+    ({"engine.policy.allow": ["aead.*", "sig.*"]}, {"allow": ("aead.*", "kex.*")}, {"allow": ("aead.*",)}),
+    ({"engine.policy.allow": ["aead.*"]}, {"allow": None}, {"allow": ("aead.*",)}),
+    ({"engine.policy.require_constant_time": True}, {"require_constant_time": False},
+     {"require_constant_time": True}),
+])
+def test_what_raising_to_the_floor_keeps(recorded: dict[str, object], given: dict[str, object],
+                                         raised: dict[str, object]) -> None:
+    kw: dict[str, object] = {"forbid": ("sha1",)} if "forbid" not in given else {}
+    before = XpsConfig(engine=EngineConfig(policy=Policy(**{**kw, **given})))  # type: ignore[arg-type]
+    after, keys = before.raised_to_recorded_routing(recorded)
+    assert keys == tuple(recorded)
+    for name, value in raised.items():
+        assert getattr(after.engine.policy, name) == value
+    assert after.raised_to_recorded_routing(recorded) == (after, ())
 
 
 @pytest.mark.parametrize(("key", "old", "new", "tighter"), [
