@@ -54,6 +54,9 @@ _STREAM_LIMIT = 1 << 20
 #: How long close() waits for a send in progress and for its CLOSE record to go out before it
 #: cuts the connection: a sender parked in drain() on a peer that stopped reading would hold it forever.
 _CLOSE_SECONDS = 1.0
+#: How long close() lets data already accepted by send() (and CLOSE) drain to a peer that reads
+#: slowly before it cuts the connection.
+_FLUSH_SECONDS = 10.0
 Handler = Callable[["Channel"], Awaitable[None]]
 
 
@@ -206,31 +209,37 @@ class Channel:
         return exc
 
     async def close(self) -> None:
-        """Send CLOSE (if the channel is healthy) and close the connection; returns within about a second.
+        """Send CLOSE (if the channel is healthy), let what was sent reach the peer, and close.
 
-        A ``send()`` parked in another task on a peer that stopped reading gets no CLOSE after
-        it: the connection is aborted, and that ``send()`` raises ``PolicyError`` (``reason="closed"``).
+        A ``send()`` parked in another task on a peer that stopped reading does not hold it up:
+        after about a second without the send lock the connection is aborted, and that ``send()``
+        raises ``PolicyError`` (``reason="closed"``). Data already accepted by ``send()`` gets up
+        to :data:`_FLUSH_SECONDS` to reach a peer that reads slowly; only a peer that reads
+        nothing for that long loses it (the connection is then cut).
         """
         t, writer = self._transport, self._writer
-        flushed = False
+        sent_close = False
         try:
             if t.error is None and not t.closed_by_us:
                 with contextlib.suppress(XpsError, ConnectionError, OSError):  # TimeoutError is an OSError
                     async with asyncio.timeout(_CLOSE_SECONDS), self._send_lock:
                         writer.write(t.seal_close())
-                        await writer.drain()
-                        flushed = True
+                        sent_close = True
         finally:
             # Also when cancelled while waiting: the keys and the connection never outlive close().
             t.wipe()
-            if not flushed:
+            if not sent_close and not writer.transport.is_closing():
                 writer.transport.abort()  # also wakes a send() parked in drain()
-        writer.close()
-        with contextlib.suppress(ConnectionError, OSError):  # TimeoutError is an OSError
-            async with asyncio.timeout(_CLOSE_SECONDS):
+        writer.close()  # flushes what is buffered, then closes
+        try:
+            async with asyncio.timeout(_FLUSH_SECONDS if sent_close else _CLOSE_SECONDS):
                 await writer.wait_closed()
-        # What is still buffered after the bound will not be read (the peer stopped): drop it.
-        writer.transport.abort()
+        except TimeoutError:
+            # The peer read nothing for that long: what it did not take is dropped. Still open
+            # here (wait_closed did not finish), so abort() has a loop to run on.
+            writer.transport.abort()
+        except (ConnectionError, OSError):
+            pass
 
     async def __aenter__(self) -> Self:
         return self

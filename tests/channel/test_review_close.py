@@ -102,3 +102,43 @@ def test_aio_close_returns_while_another_task_is_stuck_in_send(pki: Pki) -> None
                 release.set()
 
     run(main(), timeout=40)
+
+
+@pytest.mark.parametrize("pause", [1.6, 2.5])
+def test_aio_close_delivers_what_send_accepted_to_a_peer_busy_for_a_moment(pki: Pki, pause: float) -> None:
+    # Review of this session's fix: close() cut the connection one second after CLOSE, dropping
+    # what asyncio still buffered for a healthy peer busy for a moment (it saw a truncated
+    # record), or raised a bare AttributeError when the flush finished just in time.
+    async def main() -> tuple[int, int, str]:
+        got: list[bytes] = []
+        end: list[str] = []
+        done = asyncio.Event()
+
+        async def handler(ch: Channel) -> None:
+            try:
+                got.append(await ch.recv())
+                await asyncio.sleep(pause)  # busy: a slow write, a GC pause
+                while m := await ch.recv():
+                    got.append(m)
+                end.append("clean CLOSE")
+            except XpsError as exc:
+                end.append(type(exc).__name__)
+            finally:
+                done.set()
+
+        async with await serve("127.0.0.1", 0, pki.server, pki.trust, handler) as server:
+            ch = await connect("127.0.0.1", server.port, pki.client, pki.trust, expected_name="server.test")
+            buffered, sent = ch._writer.transport, 0
+            while True:  # until asyncio holds bytes the peer has not taken yet
+                await ch.send(sent.to_bytes(4, "big") * 15_000)
+                sent += 1
+                if buffered.get_write_buffer_size() > 0:
+                    await asyncio.sleep(0.3)
+                    if buffered.get_write_buffer_size() > 0:
+                        break
+            await ch.close()  # no exception, whatever the timing
+            await asyncio.wait_for(done.wait(), 30)
+        return sent, len(got), end[0]
+
+    sent, received, end = run(main(), timeout=60)
+    assert (received, end) == (sent, "clean CLOSE")
