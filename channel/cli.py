@@ -141,7 +141,8 @@ async def _serve(args: argparse.Namespace, identity: Any, trust: Any, cfg: Chann
                 done.set()
 
     server = await serve(args.host, args.port, identity, trust, echo, expected_names=args.expect_name or None,
-                         config=cfg, peer_static=_hex_key(args.peer_static), audit=audit, audit_per_minute=per_minute)
+                         config=cfg, peer_static=_hex_key(args.peer_static), audit=audit, audit_per_minute=per_minute,
+                         engine=_engine(args))
     async with server:
         print(f"listening on {args.host}:{server.port}", flush=True)
         await done.wait()
@@ -157,7 +158,7 @@ async def _connect(args: argparse.Namespace, identity: Any, trust: Any, cfg: Cha
     message = os.fsencode(args.message)
     try:
         ch = await connect(args.host, args.port, identity, trust, expected_name=args.expect_name,
-                           config=cfg, peer_static=_hex_key(args.peer_static))
+                           config=cfg, peer_static=_hex_key(args.peer_static), engine=_engine(args))
     except TimeoutError:
         raise PolicyError(f"--host/--port: no channel to {_address(args)} within "
                           f"{cfg.handshake_timeout_seconds:g} s", reason="timeout") from None
@@ -172,6 +173,15 @@ async def _connect(args: argparse.Namespace, identity: Any, trust: Any, cfg: Cha
         reply = await ch.recv()
     print(f"echo: {reply.decode(errors='replace')}")
     return 0 if reply == message else 1
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    """An engine under the file's routing policy, bound by the home's recorded floor: the
+    channel's AEAD and hash go through it, so a forbidden cipher is refused here as anywhere."""
+    from xpscerpto.cli import context
+    from xpscerpto.engine import Engine
+
+    return Engine(context.home_config(args).engine)
 
 
 def _address(args: argparse.Namespace) -> str:

@@ -83,3 +83,22 @@ def test_serve_connect_revoke(pkidir: Path) -> None:
         proc.communicate()
     log = (pkidir / "home" / "audit.log").read_text()
     assert "CHANNEL_HANDSHAKE_FAIL" in log and "pq-required" in log
+
+
+def test_serve_and_connect_run_under_the_homes_recorded_routing_floor(pkidir: Path) -> None:
+    # Review of this session's fixes: the channel commands used a default engine, so a home
+    # recording forbid: [chacha20] (and a --config saying so) still ran ChaChaPoly.
+    home = pkidir / "home"
+    (pkidir / "forbid.yaml").write_text("crypto:\n  policy:\n    forbid: [chacha20]\n")
+    assert _xps("--config", str(pkidir / "forbid.yaml"), "init", home=home) == 0
+    proc, port = _serve(pkidir)
+    try:
+        res = subprocess.run([sys.executable, "-m", "xpscerpto", "--home", str(home), "channel", "connect", "--cert",
+                              "cli.crt", "--key", "cli.key", "--ca", "root/ca.crt", "--crl", "root.crl", "--crl",
+                              "inter.crl", "--port", port, "--expect-name", "srv.test"],
+                             check=False, cwd=pkidir, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and "connected to" not in res.stdout, (res.stdout, res.stderr)
+    finally:
+        proc.kill()
+        out, _ = proc.communicate()
+    assert "channel from" not in out
