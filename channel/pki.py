@@ -293,7 +293,7 @@ class CertificateAuthority:
                 doc = {"revoked": []}
             except OSError as exc:
                 raise PolicyError(f"CA directory {d.name}: cannot read revoked.json ({exc.strerror})") from None
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
                 raise PolicyError(f"CA directory {d.name}: revoked.json is not JSON") from None
             saved = _parse_revoked(doc, d)
             known = {r.serial for r in saved}
@@ -314,7 +314,7 @@ class CertificateAuthority:
             doc = json.loads((d / "revoked.json").read_bytes())
         except OSError as exc:
             raise PolicyError(f"CA directory {d.name}: cannot read ({exc.strerror})") from None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
             raise PolicyError(f"CA directory {d.name}: revoked.json is not JSON") from None
         revoked = _parse_revoked(doc, d)
         key = _load_key(d / "ca.key", passphrase)

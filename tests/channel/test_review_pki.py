@@ -151,6 +151,19 @@ def test_malformed_revoked_json_is_refused_at_load_naming_file_and_field(
     assert not (cadir / "x.crl").exists()
 
 
+def test_a_revoked_json_nested_too_deep_is_refused_by_crl_and_revoke(cadir: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # Review of this session's fixes: json.loads raised RecursionError, a traceback from the CLI.
+    (cadir / "ca" / "revoked.json").write_text('{"revoked": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    capsys.readouterr()
+    assert _xps("pki", "crl", "--ca", "ca", "--out", "x.crl") == 2
+    ca = CertificateAuthority.create("Other")
+    with pytest.raises(xps.PolicyError, match=r"revoked\.json is not JSON"):
+        ca.save_revoked(cadir / "ca")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "XPS_ERR_POLICY" in err and "revoked.json is not JSON" in err, err
+
+
 def test_revoked_json_time_without_offset_is_utc(cadir: Path) -> None:
     entry = {"serial": "2a", "time": "2026-01-01T00:00:00"}
     (cadir / "ca" / "revoked.json").write_text(json.dumps({"revoked": [entry]}))
