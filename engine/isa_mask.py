@@ -124,11 +124,13 @@ def unmatched(tokens: Iterable[str], providers: Iterable[tuple[str, Iterable[str
     A well-formed unknown token is not refused: it may name a capsule's or a plugin's provider
     (one that arrives later is masked when it does).
     """
-    known = set(BUILTIN_BACKENDS) | CPU_FEATURES | cpu_flags()
+    names = set(BUILTIN_BACKENDS)
     for name, backends in providers:
-        known.add(name.lower())
-        known.update(b.lower() for b in backends)
-    return frozenset(t for t in tokens if t not in known and not any(k.startswith(t) for k in known))
+        names.add(name.lower())
+        names.update(b.lower() for b in backends)
+    features = CPU_FEATURES | cpu_flags()
+    # As masked_by matches: names exactly (``-sodiu`` removes nothing), features by prefix.
+    return frozenset(t for t in tokens if t not in names and not any(f.startswith(t) for f in features))
 
 
 def report_unmatched(tokens: Iterable[str], providers: Iterable[tuple[str, Iterable[str]]]) -> frozenset[str]:

@@ -101,6 +101,10 @@ def test_a_token_naming_nothing_known_is_kept_and_reported_once(monkeypatch: pyt
     assert "-jit," not in said[0] and "y" * 30 not in said[0]
     assert "jit" not in (eng.table.provider_for("aead.xchacha20poly1305") or "")  # the known token still masks
     assert isa_mask.unmatched({"jti", "jit", "avx512", "mycapsule"}, [("mycapsule", ())]) == {"jti"}
+    # A truncated name removes nothing (names match exactly), so it is said too; a feature
+    # family prefix does remove (features match by prefix).
+    assert isa_mask.unmatched({"sodiu", "sod", "openss", "avx5", "mycaps"}, [("mycapsule", ())]) == {
+        "sodiu", "sod", "openss", "mycaps"}
 
 
 def test_a_misspelled_entry_in_the_environment_stops_a_real_process_with_the_typed_error() -> None:
