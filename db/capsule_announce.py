@@ -18,7 +18,10 @@ lost — reduces the new events to the last action per capsule, and:
   enabling that capsule by an earlier event; and an enable no trusted node signed never brings
   back a capsule a trusted node's rollback took out. A rollback made with ``to`` (a version the
   operator chose) names it, signed: followers restore that version, or, if they cannot, take
-  the capsule out for the built-in provider and journal why.
+  the capsule out for the built-in provider and journal why. Such a signed rollback decides the
+  capsule's name, not only the version it took out: a node that never had that version (it was
+  away, or is new) still moves from whatever version of the name it serves to the chosen one,
+  and enables of the name before the rollback are not followed.
 
 Event ids come from the table's sequence; a row above the highest id it handed out was given
 its id by hand and is journaled and never followed (it would move every cursor past every later
@@ -52,7 +55,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from xpscerpto.audit.journal import STATEMENT_PREFIX
-from xpscerpto.capsules.format import _VERSION
+from xpscerpto.capsules.format import _VERSION, parse_manifest, read_container
 from xpscerpto.capsules.updater import BUILT_IN, COMMITTED, Updater
 from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.home import STORES
@@ -281,6 +284,9 @@ class Announcer:
             return False
         # sha256 -> its newest (action, node, event id, signed by a node this one trusts, to)
         last: dict[str, tuple[str, str, int, bool, str | None]] = {}
+        names: dict[str, str] = {}  # sha256 -> its capsule name
+        # capsule name -> (sha256, node, event id, to) of the newest signed rollback naming a `to`
+        decided: dict[str, tuple[str, str, int, str]] = {}
         malformed = 0
         refusals: list[tuple[str, str, str, str]] = []  # (sha256, node, reason, detail)
         trusted = self._trusted()
@@ -304,13 +310,23 @@ class Announcer:
                 # earlier release, or one by a node this one does not trust). Blocking is the safe
                 # side: whoever can insert the row could as well delete the enable.
                 last[sha] = ("blocked", node, event_id, False, None)
+                names[sha] = name
                 continue
             if action == "enable" and not signed and last.get(sha, ("",))[0] == "rollback":
                 # An enable slipped in after a signed rollback must not cancel it (on a node
                 # still serving the capsule, the rollback would never be followed).
                 refusals.append((sha, node, "untrusted", _UNSIGNED_ENABLE))
                 continue
+            if action == "rollback" and to is not None:
+                # The operator chose the version of this name the fleet serves: an earlier enable
+                # of the name (a version the rollback skipped, on a node catching up) is superseded.
+                for earlier in [s for s, e in last.items() if e[0] == "enable" and names.get(s) == name]:
+                    del last[earlier]
+                decided[name] = (sha, node, event_id, to)
+            else:
+                decided.pop(name, None)  # a later change of the name decides instead
             last[sha] = (action, node, event_id, signed, to)
+            names[sha] = name
         active = {a.sha256 for a in self.updater.state.active}
         for sha, (action, node, event_id, signed, to) in last.items():
             if node == self.node:
@@ -319,8 +335,13 @@ class Announcer:
                 refusal = self._follow_enable(sha, node, event_id, signed, rows[-1][0], trusted)
                 if refusal is not None:
                     refusals.append((sha, node, *refusal))
-            elif action == "rollback" and sha in active:
+            elif action == "rollback" and sha in active and decided.get(names[sha], ("",))[0] != sha:
                 refusal = self._follow_rollback(sha, node, to)
+                if refusal is not None:
+                    refusals.append((sha, node, *refusal))
+        for name, (sha, node, _, to) in decided.items():
+            if node != self.node:
+                refusal = self._follow_restore(name, node, to)
                 if refusal is not None:
                     refusals.append((sha, node, *refusal))
         # Refusals are journaled per batch, a bounded number of them: a flood of forged rows
@@ -381,6 +402,57 @@ class Announcer:
             return "restore", (f"the announced rollback restores version {to}, which this node cannot restore "
                                f"({exc.code}); the built-in provider serves instead")
         return None
+
+    def _follow_restore(self, name: str, node: str, to: str) -> tuple[str, str] | None:
+        """Serve version ``to`` of capsule ``name`` here, as a signed rollback chose; (reason, detail)
+        of a refusal to journal, or None."""
+        operator, reason = PREFIX + node, f"rolled back on {node}"
+        cap = next((a for a in reversed(self.updater.state.active) if a.name == name), None)
+        if (cap.version if cap is not None else BUILT_IN) == to:
+            return None
+        code = "XPS_ERR_UPDATE"
+        if cap is not None:
+            try:
+                self.updater.rollback(cap.sha256, to=to, operator=operator, reason=reason)
+                return None
+            except XpsError as exc:
+                if to == BUILT_IN:
+                    return None  # refused: the updater says why
+                code = exc.code
+        if to != BUILT_IN:
+            # Never enabled here (this node was away, or is new): the announced bytes of that
+            # version, verified here as any announced enable.
+            failed = self._apply_stored(name, to, node)
+            if failed is None:
+                return None
+            code = failed if cap is None else code
+        if cap is not None:
+            # Guessing another version could bring back the very one the operator skipped.
+            with contextlib.suppress(XpsError):
+                self.updater.rollback(cap.sha256, to=BUILT_IN, operator=operator,
+                                      reason=f"{reason}; {to} cannot be restored here, built-in provider serves")
+        return "restore", (f"the announced rollback restores version {to}, which this node cannot restore "
+                           f"({code}); the built-in provider serves instead")
+
+    def _apply_stored(self, name: str, version: str, node: str) -> str | None:
+        """Enable ``name`` ``version`` from the bytes announced to the database; None, or why not."""
+        code = "XPS_ERR_UPDATE"
+        for sha, raw in self.database.execute("SELECT sha256, raw FROM xps_capsules WHERE name = ? AND version = ? "
+                                              "ORDER BY sha256 LIMIT 10", (name, version)).fetchall():
+            data = bytes(raw)
+            if not isinstance(sha, str) or not hmac.compare_digest(hashlib.sha256(data).hexdigest(), sha):
+                continue
+            try:
+                # The row's name and version are anyone's writing: the capsule's own manifest
+                # must be the chosen version, or another one would be enabled in its place.
+                manifest = parse_manifest(read_container(data).manifest_bytes)
+                if (manifest.name, manifest.version) != (name, version):
+                    continue
+                self.updater.apply(data, source=f"announced by {node}", operator=PREFIX + node)
+                return None
+            except XpsError as exc:  # refused here: journaled by the updater
+                code = exc.code
+        return code
 
     def _rolled_back(self, sha: str, before: int, trusted: list[Ed25519PublicKey]) -> bool:
         """Whether an event before id ``before`` rolled capsule ``sha`` back, signed by a trusted node."""

@@ -974,6 +974,45 @@ def test_a_rollback_to_a_chosen_version_restores_that_version_on_the_followers(
             up.close()
 
 
+def test_a_rollback_to_a_chosen_version_reaches_the_nodes_that_missed_the_rolled_back_one(
+        publisher: Publisher, pg_dsn: str) -> None:
+    # Review finding F2: b was down while 3.0.0 came and `rollback 3.0.0 --to 1.0.0` took it out;
+    # b never had 3.0.0, so it ignored the rollback and kept 2.0.0, the version the operator
+    # skipped. A new node c catching up enabled 1.0.0, then 2.0.0, and ignored it too.
+    gates = replace(FAST_GATES, max_slowdown=20.0)
+    a = _updater(xps.Engine(), publisher.home, gates=gates)
+    homes = {name: Home.resolve(publisher.tmp / name) for name in ("home-b", "home-c")}
+    for home in homes.values():
+        shutil.copy2(publisher.home.trust, home.trust)
+    eng_b, eng_c = xps.Engine(), xps.Engine()
+    b, c = _updater(eng_b, homes["home-b"], gates=gates), _updater(eng_c, homes["home-c"], gates=gates)
+    peers = [_journal_key(a)]
+    nodes = [Announcer(pg_dsn, a, node="a", poll=0.2).start()]
+    try:
+        node_b = Announcer(pg_dsn, b, node="b", poll=0.2, peers=peers).start()
+        v1 = a.apply(publisher.capsule("1.0.0"))
+        wait_for(lambda: [x.sha256 for x in b.state.active] == [v1.sha256], "node b to follow 1.0.0")
+        v2 = a.apply(publisher.capsule("2.0.0"))
+        wait_for(lambda: [x.sha256 for x in b.state.active] == [v2.sha256], "node b to follow 2.0.0")
+        node_b.stop()  # b is down while 3.0.0 comes and goes
+        v3 = a.apply(publisher.capsule("3.0.0"))
+        a.rollback(v3.sha256, to="1.0.0", operator="ops")
+        nodes.append(Announcer(pg_dsn, b, node="b", poll=0.2, peers=peers).start())
+        nodes.append(Announcer(pg_dsn, c, node="c", poll=0.2, peers=peers).start())  # a new node
+        wait_for(lambda: [x.sha256 for x in b.state.active] == [v1.sha256], "node b to restore 1.0.0")
+        wait_for(lambda: [x.sha256 for x in c.state.active] == [v1.sha256], "node c to enable 1.0.0")
+        assert eng_b.table.provider_for(OP) == eng_c.table.provider_for(OP) == v1.name
+        assert _events(b, "PATCH_ROLLBACK")[-1]["to"] == "1.0.0"
+        # c never served a version the rollback superseded on its way to 1.0.0.
+        assert [e["sha256"] for e in _events(c, "PATCH_ENABLE")] == [v1.sha256]
+        assert not _rejects(b, "restore") and not _rejects(c, "restore")
+    finally:
+        for n in nodes:
+            n.stop()
+        for up in (a, b, c):
+            up.close()
+
+
 def test_a_rollback_signed_before_events_named_a_version_still_verifies_unless_one_is_added(
         publisher: Publisher, pg_dsn: str) -> None:
     # Rows signed by the previous release (statement capsule-event/2) are plain rollbacks: they
