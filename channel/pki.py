@@ -19,13 +19,11 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from xpscerpto._atomic import atomic_write, create_exclusive
+from xpscerpto._atomic import atomic_write, create_exclusive, locked_beside
 from xpscerpto.errors import KeyError_, PolicyError
 
 from .identity import Identity, load_certificates
@@ -256,7 +254,7 @@ class CertificateAuthority:
         """
         d = Path(folder)
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with _locked(d):
+        with locked_beside(d / "revoked.json", f"CA directory {d.name}: revoked.json"):
             present = [name for name in CA_FILES if (d / name).exists() or (d / name).is_symlink()]
             if present:
                 raise PolicyError(f"CA directory {d.name}: already holds a CA (or part of one): {', '.join(present)}; "
@@ -286,7 +284,7 @@ class CertificateAuthority:
             PolicyError: the lock cannot be taken, or ``revoked.json`` is malformed (nothing written).
         """
         d = Path(folder)
-        with _locked(d):
+        with locked_beside(d / "revoked.json", f"CA directory {d.name}: revoked.json"):
             try:
                 doc = json.loads((d / "revoked.json").read_bytes())
             except FileNotFoundError:
@@ -321,24 +319,6 @@ class CertificateAuthority:
         if key.public_key() != chain[0].public_key():
             raise KeyError_(f"CA directory {d.name}: ca.key does not belong to ca.crt")
         return cls(chain, key, revoked)
-
-
-@contextlib.contextmanager
-def _locked(d: Path) -> Iterator[None]:
-    """Hold the CA directory's lock file from reading ``revoked.json`` to replacing it: two
-    revocations racing would each write their own list over one read before the other's, and
-    one revocation, reported done, would be lost (the same scheme as ``trust.json.lock``)."""
-    lock = d / "revoked.json.lock"
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise PolicyError(f"CA directory {d.name}: cannot open revoked.json.lock "
-                          f"({exc.strerror or type(exc).__name__})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _revoked_doc(revoked: Iterable[Revocation]) -> bytes:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["STALE_TEMP_SECONDS", "atomic_write", "create_exclusive", "fsync_dir", "sweep_stale_temps", "temp_target"]
+from .errors import PolicyError
+
+__all__ = ["STALE_TEMP_SECONDS", "atomic_write", "create_exclusive", "fsync_dir", "locked_beside", "sweep_stale_temps",
+           "temp_target"]
 
 _log = logging.getLogger(__name__)
 
@@ -50,6 +56,29 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def locked_beside(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``PATH.lock`` (created 0600, never through a symlink).
+
+    For a read-modify-write of ``path`` by several processes (``xps trust``, ``xps pki revoke``):
+    each would otherwise save its change over a copy loaded before the other's, and one change,
+    reported done, would be lost. ``what`` names the file in the error.
+
+    Raises:
+        PolicyError: the lock file cannot be opened (a directory, a symlink, no permission).
+    """
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise PolicyError(f"{what} lock {str(lock)!r}: cannot open ({exc.strerror or type(exc).__name__})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def fsync_dir(path: Path) -> None:

@@ -9,15 +9,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xpscerpto._atomic import locked_beside
 from xpscerpto.cli import context
 from xpscerpto.errors import PolicyError
 
@@ -40,7 +37,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
         if not path.parent.is_dir():  # refused before the journal records a change never made
             raise PolicyError(f"trust store {str(path)!r}: its folder does not exist; create it (writable only "
                               "by operators) first")
-        with _locked(path):
+        with locked_beside(path, "trust store"):
             return _change(args, home, config, path)
     store = TrustStore.load(path)
     data = store.to_json()
@@ -52,23 +49,6 @@ def cmd_trust(args: argparse.Namespace) -> int:
         for k in store.keys.values():
             print(f"  {k.keyid}  {k.label:<16} ops: {', '.join(k.ops)}")
     return 0
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold the trust store's lock file: two commands racing would each save their own change
-    over a store loaded before the other's (a pin ``remove`` reported done, yet still pinned)."""
-    lock = path.with_name(path.name + ".lock")
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise PolicyError(f"trust store lock {str(lock)!r}: cannot open ({exc.strerror or type(exc).__name__})") \
-            from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _change(args: argparse.Namespace, home: Home, config: XpsConfig, path: Path) -> int:
