@@ -44,6 +44,7 @@ __all__ = [
     "text",
     "timer_duration",
     "to_str",
+    "utf8_text",
 ]
 
 T = TypeVar("T")
@@ -61,6 +62,7 @@ _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 _SHOWN_MAX = 64  # a longer value is described, not repeated
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def show(value: object) -> str:
@@ -245,6 +247,16 @@ def text(value: object, key: str) -> str:
     if "\x00" in value:  # refused here, or much later as a ValueError from open()/resolve()
         raise PolicyError(f"config key {key!r}: a NUL character is not allowed")
     return value
+
+
+def utf8_text(value: str) -> bool:
+    """Whether ``value`` encodes as UTF-8: only a lone surrogate, which is what Python makes of
+    non-UTF-8 bytes in argv, the environment or a file name, does not.
+
+    Found without raising: a UnicodeEncodeError carries the whole text (maybe a PIN) in
+    ``.object``, and one caught would ride on the refusal as its ``__context__``.
+    """
+    return _SURROGATE.search(value) is None
 
 
 def optional_text(value: object, key: str) -> str | None:

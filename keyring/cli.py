@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from dataclasses import asdict
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from xpscerpto._atomic import atomic_write
+from xpscerpto._config_fields import utf8_text
 from xpscerpto.cli import context
 from xpscerpto.engine import Engine
 from xpscerpto.errors import PolicyError, XpsError
@@ -48,7 +48,6 @@ _TEXT_ARGS: dict[str, str] = {
     "name": "NAME", "ref": "NAME|ID", "to": "--to", "from_revoked": "--from-revoked", "reason": "--reason",
     "aad": "--aad", "algo": "--algo", "algorithm": "--algorithm", "policy": "--policy", "keyid": "KEYID",
 }
-_SURROGATE = re.compile("[\\ud800-\\udfff]")
 
 
 def _check_text_args(args: argparse.Namespace) -> None:
@@ -57,7 +56,7 @@ def _check_text_args(args: argparse.Namespace) -> None:
     if getattr(args, "what", None) == "remove":  # `operator request remove KEYID`; for add it is a file
         given.append(("KEYID", args.subject))
     for shown, value in given:
-        if isinstance(value, str) and _SURROGATE.search(value):
+        if isinstance(value, str) and not utf8_text(value):
             raise PolicyError(f"{shown}: not valid UTF-8 (the command line held bytes that are not UTF-8 text)")
 
 

@@ -36,7 +36,6 @@ import contextlib
 import hashlib
 import hmac
 import os
-import re
 import stat
 import threading
 import weakref
@@ -49,6 +48,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from xpscerpto._atomic import create_exclusive
+from xpscerpto._config_fields import utf8_text
 from xpscerpto.errors import AuthError, KeyError_, PolicyError, ProviderError
 from xpscerpto.secret import SecretBytes, secure_wipe
 
@@ -432,19 +432,6 @@ def _pin_mac(pin: str) -> bytes:
     return hmac.new(_PIN_MAC_KEY, pin.encode("utf-8"), hashlib.sha256).digest()
 
 
-_SURROGATE: Final = re.compile("[\\ud800-\\udfff]")
-
-
-def _encodable(text: str) -> bool:
-    """Whether ``text`` encodes as UTF-8, found without raising.
-
-    Only lone surrogates (what ``os.environ`` gives for non-UTF-8 bytes) fail to encode. A
-    UnicodeEncodeError would carry the whole PIN in ``.object``, and one caught here would still
-    sit on the ``__context__`` of the error raised instead.
-    """
-    return _SURROGATE.search(text) is None
-
-
 class _ModuleRef:
     """A loaded PKCS#11 library and how many providers use it."""
 
@@ -629,7 +616,7 @@ class Pkcs11Kek(_ProviderBase):
                 raise PolicyError(f"{field}: expected a non-empty str, got {type(value).__name__}")
         if not isinstance(pin, str) or not pin:
             raise PolicyError(f"pin: expected a non-empty str, got {type(pin).__name__}")
-        if not _encodable(pin):
+        if not utf8_text(pin):
             raise PolicyError("pin: not valid UTF-8 (PKCS#11 PINs are UTF-8 text)")
         if not os.path.isabs(module):
             raise PolicyError(f"module: expected an absolute path to a PKCS#11 library, got {module!r}")
@@ -779,7 +766,7 @@ def _env_pin(pin_env: str) -> str:
     pin = os.environ.get(pin_env)
     if not pin:
         raise PolicyError(f"pin_env: environment variable {pin_env} is not set (it must hold the token PIN)")
-    if _encodable(pin):
+    if utf8_text(pin):
         return pin
     # A traceback keeps this frame's locals, and error reporters record them.
     del pin

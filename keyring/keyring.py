@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from xpscerpto._config_fields import utf8_text
 from xpscerpto._nonce_source import GUARD as NONCE_GUARD
 from xpscerpto._nonce_source import NONCES
 from xpscerpto._nonce_source import refill as refill_nonces
@@ -1701,10 +1702,8 @@ def _version_arg(value: object, field: str) -> int:
 def _utf8(value: str, field: str) -> None:
     """Refuse a str that is not UTF-8 text: a lone surrogate, which is what ``os.fsdecode`` and
     argv make of stray bytes, would fail only in the database driver, as an untyped error.
-    The value is not shown (nor chained: the codec's error carries it)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
+    The value is not shown."""
+    if not utf8_text(value):
         raise PolicyError(f"{field}: not valid UTF-8 text (it holds a lone surrogate)") from None
 
 
