@@ -69,6 +69,16 @@ async def echo(ch: Channel) -> None:
 Handler = Callable[[Channel], Awaitable[None]]
 
 
+def handshake_records(wire: bytes) -> list[bytes]:
+    """The handshake messages in ``wire`` (each behind its 2-byte big-endian length)."""
+    out = []
+    while wire:
+        n = int.from_bytes(wire[:2], "big")
+        out.append(wire[2:2 + n])
+        wire = wire[2 + n:]
+    return out
+
+
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

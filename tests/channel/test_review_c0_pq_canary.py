@@ -23,7 +23,7 @@ from xpscerpto.channel.config import DEFAULT_PQ_PROTOCOL
 from xpscerpto.channel.pki import CertificateAuthority
 from xpscerpto.errors import PolicyError, XpsError
 
-from .conftest import FAST, Pki, run
+from .conftest import FAST, Pki, handshake_records, run
 
 PQ = ChannelConfig(protocol=DEFAULT_PQ_PROTOCOL, handshake_timeout_seconds=2.0)
 HANGUPS = 5
@@ -136,7 +136,7 @@ def test_a_responder_knows_its_peer_authenticated_only_once_the_signature_verifi
                          config=PQ, expected_names=["server.test"] if initiator else None, engine=engine)
 
     def step(hs: Handshake, wire: bytes) -> bytes:
-        return b"".join(hs.receive(r) for r in _records(wire))
+        return b"".join(hs.receive(r) for r in handshake_records(wire))
 
     ini, res = side(True), side(False)
     seen: list[bool] = []
@@ -148,11 +148,3 @@ def test_a_responder_knows_its_peer_authenticated_only_once_the_signature_verifi
     assert seen == [False] * (len(seen) - 1) + [True]  # XX: the client's chain comes in the last message
     assert res.protocol == DEFAULT_PQ_PROTOCOL
 
-
-def _records(wire: bytes) -> list[bytes]:
-    out = []
-    while wire:
-        n = int.from_bytes(wire[:2], "big")
-        out.append(wire[2:2 + n])
-        wire = wire[2 + n:]
-    return out

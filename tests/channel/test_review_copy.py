@@ -19,7 +19,7 @@ from xpscerpto.channel._session import Handshake
 from xpscerpto.channel.transport import Transport
 from xpscerpto.errors import KeyTypeError, XpsError
 
-from .conftest import Pki
+from .conftest import Pki, handshake_records
 
 COPIES: dict[str, Callable[[object], object]] = {
     "copy": copy.copy,
@@ -81,8 +81,8 @@ def test_the_transport_keys_of_a_real_handshake_cannot_be_duplicated(pki: Pki, e
                     expected_names=None, engine=engine)
     to_res = ini.start()
     while not (ini.finished and res.finished):
-        to_ini = b"".join(res.receive(r) for r in _records(to_res))
-        to_res = b"".join(ini.receive(r) for r in _records(to_ini))
+        to_ini = b"".join(res.receive(r) for r in handshake_records(to_res))
+        to_res = b"".join(ini.receive(r) for r in handshake_records(to_ini))
     est = ini.established()
     for obj in (est.send, est.recv, Transport(est.send, est.recv, cfg)):
         with pytest.raises(KeyTypeError):
@@ -90,11 +90,3 @@ def test_the_transport_keys_of_a_real_handshake_cannot_be_duplicated(pki: Pki, e
     with pytest.raises(KeyTypeError):
         copy.copy(est.send)
 
-
-def _records(wire: bytes) -> list[bytes]:
-    out = []
-    while wire:
-        n = int.from_bytes(wire[:2], "big")
-        out.append(wire[2:2 + n])
-        wire = wire[2 + n:]
-    return out
