@@ -477,12 +477,11 @@ class Announcer:
         if not ids or tuple(ids) == self._forged_told:
             return
         self._forged_told = tuple(ids)
-        if ids:
-            self.updater.audit.record("PATCH_REJECT", phase="announce", operator=PREFIX + "database",
-                                      reason="forged", first_id=ids[0], count=len(ids),
-                                      detail=f"{len(ids)} announcement row(s) carry an id the event sequence never "
-                                             "handed out (inserted outside xps); not followed, and this node's "
-                                             "cursor does not move past them")
+        self.updater.audit.record("PATCH_REJECT", phase="announce", operator=PREFIX + "database",
+                                  reason="forged", first_id=ids[0], count=len(ids),
+                                  detail=f"{len(ids)} announcement row(s) carry an id the event sequence never "
+                                         "handed out (inserted outside xps); not followed, and this node's "
+                                         "cursor does not move past them")
 
     def _trusted(self) -> list[Ed25519PublicKey]:
         keys = list(self._peers)
