@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from xpscerpto._stored_file import read_stored
 from xpscerpto.cli import context
 from xpscerpto.errors import PolicyError
 
@@ -68,7 +69,7 @@ def cmd_pki(args: argparse.Namespace) -> int:
         from .identity import load_certificates
 
         try:
-            cert = load_certificates(Path(args.cert).read_bytes())[0]
+            cert = load_certificates(read_stored(Path(args.cert)))[0]
         except OSError as exc:
             raise PolicyError(f"{Path(args.cert).name}: cannot read ({exc.strerror})") from None
         if cert.issuer != ca.certificate.subject:

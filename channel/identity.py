@@ -53,6 +53,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, SignatureAlgorithmOID
 from xpscerpto._buffers import byte_buffer
+from xpscerpto._stored_file import read_stored
 from xpscerpto.errors import AuthError, KeyError_, PolicyError
 from xpscerpto.keyed import KeyedExchange
 from xpscerpto.secret import SecretBytes
@@ -148,7 +149,7 @@ def load_crls(data: bytes) -> list[x509.CertificateRevocationList]:
 
 def _read(path: str | Path, what: str) -> bytes:
     try:
-        return Path(path).read_bytes()
+        return read_stored(Path(path))
     except OSError as exc:
         raise PolicyError(f"{what} {Path(path).name}: cannot read ({exc.strerror})") from None
 

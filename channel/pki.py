@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from xpscerpto._atomic import atomic_write, create_exclusive, locked_beside
+from xpscerpto._stored_file import read_stored
 from xpscerpto.errors import KeyError_, PolicyError
 
 from .identity import Identity, load_certificates
@@ -115,7 +116,7 @@ def write_private_key(path: Path, key: ed25519.Ed25519PrivateKey, passphrase: by
 
 def _load_key(path: Path, passphrase: bytes | None) -> ed25519.Ed25519PrivateKey:
     try:
-        raw = path.read_bytes()
+        raw = read_stored(path)
     except OSError as exc:
         raise PolicyError(f"{path.name}: cannot read ({exc.strerror})") from None
     try:
@@ -286,7 +287,7 @@ class CertificateAuthority:
         d = Path(folder)
         with locked_beside(d / "revoked.json", f"CA directory {d.name}: revoked.json"):
             try:
-                doc = json.loads((d / "revoked.json").read_bytes())
+                doc = json.loads(read_stored(d / "revoked.json"))
             except FileNotFoundError:
                 doc = {"revoked": []}
             except OSError as exc:
@@ -308,8 +309,8 @@ class CertificateAuthority:
         """
         d = Path(folder)
         try:
-            chain = load_certificates((d / "ca.crt").read_bytes())
-            doc = json.loads((d / "revoked.json").read_bytes())
+            chain = load_certificates(read_stored(d / "ca.crt"))
+            doc = json.loads(read_stored(d / "revoked.json"))
         except OSError as exc:
             raise PolicyError(f"CA directory {d.name}: cannot read ({exc.strerror})") from None
         except (ValueError, RecursionError):  # RecursionError: nested too deep to parse

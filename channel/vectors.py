@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xpscerpto._stored_file import read_stored
 from xpscerpto.errors import PolicyError, XpsError
 
 from ._noise import CipherState, HandshakeState
@@ -69,7 +70,7 @@ def load_vectors(path: str | Path) -> list[dict[str, Any]]:
         size = p.stat().st_size
         if size > MAX_FILE:
             raise PolicyError(f"vectors file {p.name}: {size} bytes, more than {MAX_FILE}")
-        doc = json.loads(p.read_bytes())
+        doc = json.loads(read_stored(p, MAX_FILE))  # a FIFO or a device: refused, never waited on
     except OSError as exc:
         raise PolicyError(f"vectors file {p.name}: cannot read ({exc.strerror})") from None
     except (ValueError, RecursionError):

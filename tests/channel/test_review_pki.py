@@ -240,3 +240,27 @@ def test_save_refuses_a_directory_holding_part_of_a_ca(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) == ["revoked.json"]
     CertificateAuthority.create("Root").save(tmp_path / "fresh")  # an empty or new directory is fine
     assert CertificateAuthority.load(tmp_path / "fresh").revoked == ()
+
+
+# -- a FIFO where a file is read: refused, never waited on ---------------------------------------
+
+
+@pytest.mark.parametrize(("fifo", "argv"), [
+    ("ca/revoked.json", ("pki", "crl", "--ca", "ca", "--out", "x.crl")),
+    ("ca/ca.crt", ("pki", "crl", "--ca", "ca", "--out", "x.crl")),
+    ("ca/ca.key", ("pki", "crl", "--ca", "ca", "--out", "x.crl")),
+    ("ca/revoked.json", ("pki", "revoke", "--ca", "ca", "svc.crt")),
+    ("svc.crt", ("pki", "revoke", "--ca", "ca", "svc.crt")),
+    ("svc.crt", ("channel", "connect", "--cert", "svc.crt", "--key", "svc.key", "--ca", "ca/ca.crt",
+                 "--port", "1", "--expect-name", "cli.test")),
+    ("vectors.json", ("channel", "vectors", "vectors.json")),
+])
+def test_a_fifo_in_place_of_a_file_is_refused_not_waited_on(cadir: Path, fifo: str, argv: tuple[str, ...]) -> None:
+    # Review of the whole change: these files were read with read_bytes(), and opening a FIFO
+    # without a writer blocks for ever (`xps pki crl` hung). They go through read_stored now.
+    path = cadir / fifo
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    out = subprocess.run([sys.executable, "-m", "xpscerpto", *argv], cwd=cadir, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 2 and "not a regular file" in out.stderr and out.stderr.count("\n") == 1, out.stderr
