@@ -223,6 +223,14 @@ def _wait_for(up: Updater, event: str) -> list[dict[str, Any]]:
     return wait_until(lambda: _events(up, event))  # type: ignore[no-any-return]
 
 
+def _rolled_back(up: Updater) -> list[dict[str, Any]]:
+    """The PATCH_ROLLBACK records once the rollback is also committed: the journal record comes
+    first by design (journal, then save), so seeing it does not yet mean the state changed."""
+    records = _wait_for(up, "PATCH_ROLLBACK")
+    wait_until(lambda: up.state.active == ())
+    return records
+
+
 @pytest.mark.parametrize("rollback_on_error", [True, False])
 def test_rollback_on_error_decides_what_a_fault_after_cutover_does(
         factory: CapsuleFactory, make_updater: UpdaterMaker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -240,7 +248,7 @@ def test_rollback_on_error_decides_what_a_fault_after_cutover_does(
         with pytest.raises(xps.ProviderError):
             eng.aead.encrypt(aead_alias(OP), os.urandom(32), b"x" * 64)
     if rollback_on_error:
-        assert _wait_for(up, "PATCH_ROLLBACK")
+        assert _rolled_back(up)
         assert up.state.active == () and eng.table.provider_for(OP) == "openssl"
         assert _events(up, "PATCH_FAULT") == []
         return
@@ -269,7 +277,7 @@ def test_a_wrong_answer_in_the_sampled_check_rolls_back_whatever_rollback_on_err
     monkeypatch.setenv(WRONG_ENV, "1")
     for _ in range(6):  # every third call is sampled
         eng.aead.encrypt(aead_alias(OP), os.urandom(32), b"m" * 32)
-    rollback, = _wait_for(up, "PATCH_ROLLBACK")
+    rollback, = _rolled_back(up)
     assert rollback["sha256"] == cap.sha256 and rollback["operator"] == "auto"
     assert up.state.active == () and eng.table.provider_for(OP) == "openssl"
     assert _events(up, "PATCH_FAULT") == []
