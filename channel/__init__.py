@@ -20,7 +20,7 @@ Example:
 
 from ._failures import EVENT as HANDSHAKE_FAIL_EVENT
 from ._failures import FailureLog
-from .aio import Channel, ChannelServer, connect, serve
+from .aio import Channel, ChannelServer, ConnectError, ConnectTimeout, connect, serve
 from .config import ChannelConfig
 from .identity import ChannelAuthError, Identity, PeerCertificate, Trust
 
@@ -30,6 +30,8 @@ __all__ = [
     "ChannelAuthError",
     "ChannelConfig",
     "ChannelServer",
+    "ConnectError",
+    "ConnectTimeout",
     "FailureLog",
     "Identity",
     "PeerCertificate",

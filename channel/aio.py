@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import struct
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 
     from .identity import Identity, PeerCertificate, Trust
 
-__all__ = ["Channel", "ChannelServer", "connect", "serve"]
+__all__ = ["Channel", "ChannelServer", "ConnectError", "ConnectTimeout", "connect", "serve"]
 
 _U16 = struct.Struct(">H")
 #: StreamReader buffer: asyncio's 64 KiB default pauses the socket inside every full record.
@@ -95,6 +97,56 @@ def _endpoint(host: object, port: object, identity: object, trust: object, confi
     return config
 
 
+class ConnectError(AuthError, ConnectionError):
+    """No channel to the peer: the connection was refused, the host is unreachable, its name does
+    not resolve, or the connection broke during the handshake.
+
+    ``XPS_ERR_AUTH`` with ``reason="eof"``, as for a peer that goes away on an open channel;
+    ``__cause__`` is the original :class:`OSError`, whose ``errno`` and ``strerror`` it carries.
+    It is also a :class:`ConnectionError`: code written when ``connect()`` let the bare
+    ``OSError`` through still catches it.
+    """
+
+
+class ConnectTimeout(AuthError, TimeoutError):
+    """No channel within the handshake deadline (TCP connect included): ``XPS_ERR_AUTH``,
+    ``reason="timeout"``; also the :class:`TimeoutError` ``connect()`` raised before."""
+
+
+#: The longest host name DNS allows: a longer host string is described, not quoted.
+_MAX_HOST = 253
+
+
+def _shown(host: str) -> str:
+    """``host`` for an error message: repr, so a control character cannot start a forged line."""
+    return repr(host) if len(host) <= _MAX_HOST else f"a host of {len(host)} characters"
+
+
+def _no_channel(host: str, port: int, exc: OSError, seconds: float) -> XpsError:
+    """The typed error for an OSError (or the deadline) that ended :func:`connect`."""
+    where = f"{_shown(host)} port {port}"
+    if isinstance(exc, TimeoutError):
+        return ConnectTimeout(f"channel: no channel to {where} within {seconds:g} s", reason="timeout")
+    why = _why(exc)
+    err = ConnectError(f"channel: no channel to {where} ({why})", reason="eof")
+    err.errno, err.strerror = exc.errno, why
+    return err
+
+
+def _why(exc: OSError) -> str:
+    """The system's words for ``exc``: asyncio's own ``strerror`` quotes the address it dialled."""
+    if isinstance(exc, socket.gaierror | socket.herror) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc.errno, int) and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return type(exc).__name__
+
+
+def _bad_host(host: str) -> PolicyError:
+    """A host the resolver cannot even encode (a NUL, a label over 63 characters, a lone surrogate)."""
+    return PolicyError(f"host: {_shown(host)} is not a host name or address")
+
+
 def _unexpected() -> InternalError:
     """What a handshake failure outside the typed errors becomes (a bug, or a library's surprise):
     a typed error that quotes nothing of the original, whose text may hold the peer's bytes."""
@@ -115,6 +167,13 @@ async def _read_record(reader: asyncio.StreamReader, limit: int) -> bytes:
         return await reader.readexactly(n)
     except asyncio.IncompleteReadError:
         raise AuthError("channel: the connection ended inside a record", reason="truncated") from None
+
+
+async def _open(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    try:
+        return await asyncio.open_connection(host, port, limit=_STREAM_LIMIT)
+    except ValueError as exc:  # UnicodeError is one: raised before any socket exists
+        raise _bad_host(host) from exc
 
 
 async def _handshake(hs: Handshake, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Established:
@@ -269,9 +328,16 @@ async def connect(host: str, port: int, identity: Identity, trust: Trust, *,
     Raises:
         ChannelAuthError: the server's certificate or signature failed (``reason`` says which).
         AuthError: a handshake message was altered, or the connection was cut (``eof``).
-        PolicyError: the server refused the offer (``reason``: ``pq-required``, ``busy`` …), or
-            a record was oversized.
-        TimeoutError: no channel within ``config.handshake_timeout_seconds``.
+        ConnectError: no connection to ``host:port`` (refused, unreachable, a name that does not
+            resolve) or it broke during the handshake: ``XPS_ERR_AUTH``, ``reason="eof"``, the
+            channel's code for a peer that is gone; the message names host (repr) and port, the
+            ``OSError`` is ``__cause__``.
+        ConnectTimeout: no channel within ``config.handshake_timeout_seconds`` (``XPS_ERR_AUTH``,
+            ``reason="timeout"``; also a ``TimeoutError``).
+        PolicyError: the server refused the offer (``reason``: ``pq-required``, ``busy`` …), a
+            record was oversized, or ``host`` is not a name or address the resolver can encode.
+
+    No socket stays open after a failure.
     """
     cfg = _endpoint(host, port, identity, trust, config)
     eng = _engine(engine)
@@ -280,15 +346,18 @@ async def connect(host: str, port: int, identity: Identity, trust: Trust, *,
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(cfg.handshake_timeout_seconds):
-            reader, writer = await asyncio.open_connection(host, port, limit=_STREAM_LIMIT)
+            reader, writer = await _open(host, port)
             est = await _handshake(hs, reader, writer)
-    except (XpsError, TimeoutError, OSError) as exc:
+    except (XpsError, OSError) as exc:  # TimeoutError is an OSError
         hs.wipe()
         if writer is not None:
             writer.transport.abort()
+        err = exc if isinstance(exc, XpsError) else _no_channel(host, port, exc, cfg.handshake_timeout_seconds)
         if failures is not None:
-            failures.failure("initiator", exc, protocol=hs.protocol, peer=host)
-        raise
+            failures.failure("initiator", err, protocol=hs.protocol, peer=host)
+        if err is exc:
+            raise
+        raise err from exc
     except Exception as exc:  # last resort: still wiped, closed and counted, and typed for the caller
         hs.wipe()
         if writer is not None:

@@ -42,7 +42,7 @@ from ._failures import FailureLog
 from ._noise import MAX_MESSAGE
 from ._session import Established, Handshake, HandshakeRefused, refusal
 from ._slots import SourceSlots
-from .aio import _endpoint, _engine, _names, _unexpected
+from .aio import _bad_host, _endpoint, _engine, _names, _no_channel, _unexpected
 from .config import ChannelConfig
 from .transport import Transport
 
@@ -135,6 +135,13 @@ class _Reader:
             body = view[2:2 + n].tobytes()  # one copy (a bytearray slice would make two)
         del self._buf[:2 + n]
         return body
+
+
+def _open(host: str, port: int, timeout: float) -> socket.socket:
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except ValueError as exc:  # UnicodeError is one: raised before any socket exists
+        raise _bad_host(host) from exc
 
 
 def _handshake(hs: Handshake, sock: socket.socket, reader: _Reader) -> Established:
@@ -254,14 +261,29 @@ def connect(host: str, port: int, identity: Identity, trust: Trust, *,
             expected_name: str | Iterable[str] | None, config: ChannelConfig | None = None,
             peer_static: bytes | None = None, psk: bytes | None = None, engine: Engine | None = None,
             failures: FailureLog | None = None) -> BlockingChannel:
-    """Blocking :func:`xpscerpto.channel.connect` (same arguments and errors)."""
+    """Blocking :func:`xpscerpto.channel.connect` (same arguments and errors).
+
+    Raises:
+        ChannelAuthError: the server's certificate or signature failed (``reason`` says which).
+        AuthError: a handshake message was altered, or the connection was cut (``eof``).
+        ConnectError: no connection to ``host:port`` (refused, unreachable, a name that does not
+            resolve) or it broke during the handshake: ``XPS_ERR_AUTH``, ``reason="eof"``, the
+            channel's code for a peer that is gone; the message names host (repr) and port, the
+            ``OSError`` is ``__cause__``.
+        ConnectTimeout: no channel within ``config.handshake_timeout_seconds`` (``XPS_ERR_AUTH``,
+            ``reason="timeout"``; also a ``TimeoutError``).
+        PolicyError: the server refused the offer, a record was oversized, or ``host`` is not a
+            name or address the resolver can encode.
+
+    No socket stays open after a failure.
+    """
     cfg = _endpoint(host, port, identity, trust, config)
     hs = Handshake(initiator=True, identity=identity, trust=trust, config=cfg, expected_names=_names(expected_name),
                    engine=_engine(engine), peer_static=peer_static, psk=psk)
     deadline = time.monotonic() + cfg.handshake_timeout_seconds
     sock: socket.socket | None = None
     try:
-        sock = socket.create_connection((host, port), timeout=cfg.handshake_timeout_seconds)
+        sock = _open(host, port, cfg.handshake_timeout_seconds)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = _Reader(sock)
         reader.deadline = deadline
@@ -270,9 +292,12 @@ def connect(host: str, port: int, identity: Identity, trust: Trust, *,
         hs.wipe()
         if sock is not None:
             sock.close()
+        err = exc if isinstance(exc, XpsError) else _no_channel(host, port, exc, cfg.handshake_timeout_seconds)
         if failures is not None:
-            failures.failure("initiator", exc, protocol=hs.protocol, peer=host)
-        raise
+            failures.failure("initiator", err, protocol=hs.protocol, peer=host)
+        if err is exc:
+            raise
+        raise err from exc
     except Exception as exc:  # last resort: still wiped, closed and counted, and typed for the caller
         hs.wipe()
         if sock is not None:
