@@ -809,13 +809,14 @@ class KdfRoute(_Route):
         Raises:
             KeyError_: prk shorter than the hash or not a byte buffer, or a wiped SecretBytes
                 (also when wiped during the call); ``length`` not an int in 1..8160.
-            PolicyError: info not a byte buffer.
+            PolicyError: info not a byte buffer, or a SecretBytes (``info`` is public context:
+                refused before anything is computed; pass ``SecretBytes.view()`` if it must be one).
             ProviderError: the provider failed (XPS_ERR_INTERNAL).
         """
         prk_b, secret = _secret_in(prk, "prk")
         if len(prk_b) < self.hash_size:
             raise KeyError_(f"prk: expected at least {self.hash_size} bytes, got {len(prk_b)}")
-        info_b = _buf(info, "info", PolicyError)
+        info_b = _data(info, "info")
         self._check_length(length)
         try:
             okm = self._impl.expand(prk_b, info_b, length)
@@ -832,18 +833,21 @@ class KdfRoute(_Route):
         """Extract then expand in one call (the PRK never leaves the call; it is zeroed).
 
         ``salt`` may be a SecretBytes (Noise's chaining key is one): a wiped one is refused.
+        ``info`` may not: it is public context, so a SecretBytes there is a caller's mistake.
 
         Raises:
             KeyError_: ikm not a byte buffer, or a wiped SecretBytes (also when wiped during
                 the call: the result is wiped, never returned); ``length`` not an int in
                 1..``max_output``.
-            PolicyError: salt or info not a byte buffer, or a SecretBytes salt wiped before or
-                during the call (the result is wiped, never returned).
+            PolicyError: salt or info not a byte buffer; info a SecretBytes (refused before
+                anything is computed; pass ``SecretBytes.view()`` if it must be one); a
+                SecretBytes salt wiped before or during the call (the result is wiped, never
+                returned).
             ProviderError: the provider failed, or its extract returned a PRK shorter than
                 the hash (XPS_ERR_INTERNAL).
         """
         self._check_length(length)
-        info_b = _buf(info, "info", PolicyError)
+        info_b = _data(info, "info")
         salt_b = _buf(salt, "salt", PolicyError)
         ikm_b, secret = _secret_in(ikm, "ikm")
         # The provider's two steps back to back: the PRK is ours, so it skips the public
