@@ -223,10 +223,18 @@ class CertificateAuthority:
         return [c for c in self.chain if c.issuer != c.subject]
 
     def revoke(self, serial: int, reason: str = "", when: dt.datetime | None = None) -> CertificateAuthority:
-        """A CA with ``serial`` added to its revoked list (idempotent)."""
+        """A CA with ``serial`` added to its revoked list (idempotent); ``when`` defaults to now.
+
+        Raises:
+            PolicyError: ``when`` is not a timezone-aware datetime from 1950-01-01 UTC on that
+                stays within datetime's range in UTC (a CRL cannot carry an earlier time; a
+                naive one would be read back as UTC whatever zone was meant). Checked even
+                for a serial already revoked; this CA is left unchanged.
+        """
+        time = dt.datetime.now(dt.UTC) if when is None else _revocation_time(when)
         if any(r.serial == serial for r in self.revoked):
             return self
-        rev = Revocation(serial, when or dt.datetime.now(dt.UTC), reason)
+        rev = Revocation(serial, time, reason)
         return CertificateAuthority(self.chain, self._key, (*self.revoked, rev))
 
     def crl(self, *, days: float = 7, last_update: dt.datetime | None = None,
@@ -367,8 +375,29 @@ def _bad_field(entry: object) -> str | None:
     return None
 
 
+def _revocation_time(when: object) -> dt.datetime:
+    """``when`` in UTC if a CRL entry can carry it, else PolicyError naming ``when``.
+
+    Refused here, not when a CRL is signed: once stored it would make every later ``crl``
+    (and every ``load`` of the saved ``revoked.json``) fail.
+    """
+    if not isinstance(when, dt.datetime):
+        raise PolicyError("when: expected a timezone-aware datetime")
+    try:
+        utc = None if when.utcoffset() is None else when.astimezone(dt.UTC)
+    except (ValueError, TypeError, OverflowError):
+        # A tzinfo giving no valid offset, or a time that leaves years 1..9999 once in UTC.
+        raise PolicyError("when: expected a datetime within years 1950..9999 in UTC") from None
+    if utc is None:
+        # Written without an offset it would be read back as UTC, whatever zone was meant.
+        raise PolicyError("when: expected a timezone-aware datetime, got a naive one")
+    if utc < _MIN_TIME:
+        raise PolicyError("when: expected a time from 1950-01-01 UTC on (a CRL cannot carry an earlier one)")
+    return utc
+
+
 def _utc(text: str) -> dt.datetime:
-    """An ISO 8601 time in UTC; one without an offset is taken as UTC (as ``revoke`` writes it)."""
+    """An ISO 8601 time in UTC; one without an offset is taken as UTC (older ``revoke`` wrote naive ones)."""
     when = dt.datetime.fromisoformat(text)
     return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
 
