@@ -226,12 +226,17 @@ class CertificateAuthority:
         """A CA with ``serial`` added to its revoked list (idempotent); ``when`` defaults to now.
 
         Raises:
-            PolicyError: ``when`` is not a timezone-aware datetime from 1950-01-01 UTC on that
-                stays within datetime's range in UTC (a CRL cannot carry an earlier time; a
-                naive one would be read back as UTC whatever zone was meant). Checked even
-                for a serial already revoked; this CA is left unchanged.
+            PolicyError: ``serial`` is not an int in 1..2**159 - 1 (what a certificate serial can
+                be); ``reason`` is not a str; ``when`` is not a timezone-aware datetime from
+                1950-01-01 UTC on that stays within datetime's range in UTC (a CRL cannot carry
+                an earlier time; a naive one would be read back as UTC whatever zone was meant).
+                Checked even for a serial already revoked; this CA is left unchanged.
         """
-        time = dt.datetime.now(dt.UTC) if when is None else _revocation_time(when)
+        if isinstance(serial, bool) or not isinstance(serial, int) or not 1 <= serial < _MAX_SERIAL:
+            raise PolicyError("serial: expected an int in 1..2**159 - 1")
+        if not isinstance(reason, str):
+            raise PolicyError("reason: expected a str")
+        time = dt.datetime.now(dt.UTC) if when is None else _crl_time(when, "when")
         if any(r.serial == serial for r in self.revoked):
             return self
         rev = Revocation(serial, time, reason)
@@ -239,8 +244,17 @@ class CertificateAuthority:
 
     def crl(self, *, days: float = 7, last_update: dt.datetime | None = None,
             next_update: dt.datetime | None = None) -> x509.CertificateRevocationList:
-        """A CRL of every revoked serial, valid ``days`` from now (or the explicit window)."""
+        """A CRL of every revoked serial, valid ``days`` from now (or the explicit window).
+
+        Raises:
+            PolicyError: ``days`` out of range, or ``last_update``/``next_update`` not a
+                timezone-aware datetime a CRL can carry (see :meth:`revoke`).
+        """
         _check_days(days)
+        if last_update is not None:
+            last_update = _crl_time(last_update, "last_update")
+        if next_update is not None:
+            next_update = _crl_time(next_update, "next_update")
         now = dt.datetime.now(dt.UTC)
         builder = (x509.CertificateRevocationListBuilder()
                    .issuer_name(self.certificate.subject)
@@ -375,24 +389,24 @@ def _bad_field(entry: object) -> str | None:
     return None
 
 
-def _revocation_time(when: object) -> dt.datetime:
-    """``when`` in UTC if a CRL entry can carry it, else PolicyError naming ``when``.
+def _crl_time(when: object, field: str) -> dt.datetime:
+    """``when`` in UTC if a CRL can carry it, else PolicyError naming ``field``.
 
     Refused here, not when a CRL is signed: once stored it would make every later ``crl``
     (and every ``load`` of the saved ``revoked.json``) fail.
     """
     if not isinstance(when, dt.datetime):
-        raise PolicyError("when: expected a timezone-aware datetime")
+        raise PolicyError(f"{field}: expected a timezone-aware datetime")
     try:
         utc = None if when.utcoffset() is None else when.astimezone(dt.UTC)
     except (ValueError, TypeError, OverflowError):
         # A tzinfo giving no valid offset, or a time that leaves years 1..9999 once in UTC.
-        raise PolicyError("when: expected a datetime within years 1950..9999 in UTC") from None
+        raise PolicyError(f"{field}: expected a datetime within years 1950..9999 in UTC") from None
     if utc is None:
         # Written without an offset it would be read back as UTC, whatever zone was meant.
-        raise PolicyError("when: expected a timezone-aware datetime, got a naive one")
+        raise PolicyError(f"{field}: expected a timezone-aware datetime, got a naive one")
     if utc < _MIN_TIME:
-        raise PolicyError("when: expected a time from 1950-01-01 UTC on (a CRL cannot carry an earlier one)")
+        raise PolicyError(f"{field}: expected a time from 1950-01-01 UTC on (a CRL cannot carry an earlier one)")
     return utc
 
 

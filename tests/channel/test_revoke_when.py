@@ -115,3 +115,40 @@ def test_default_when_is_now(cadir: Path) -> None:
     assert start <= rev.time <= dt.datetime.now(UTC)
     (entry,) = [r for r in ca.crl() if r.serial_number == 2222]
     assert entry.revocation_date_utc is not None
+
+
+BAD_SERIAL = {"zero": 0, "negative": -5, "2**159": 2**159, "huge": 10**400, "a bool": True, "a str": "2222",
+              "a float": 2222.0}
+
+
+@pytest.mark.parametrize("serial", BAD_SERIAL.values(), ids=BAD_SERIAL.keys())
+def test_bad_serial_is_refused_and_nothing_changes(cadir: Path, serial: Any) -> None:
+    ca = CertificateAuthority.load(cadir / "ca")
+    with pytest.raises(PolicyError, match="POLICY: serial: ") as ei:
+        ca.revoke(serial, "second")
+    assert ei.value.code is ErrorCode.POLICY
+    assert [r.serial for r in ca.revoked] == [1111]
+    assert [r.serial_number for r in ca.crl()] == [1111]
+
+
+@pytest.mark.parametrize("reason", [b"bytes", 7, None], ids=["bytes", "int", "None"])
+def test_reason_that_is_no_str_is_refused(cadir: Path, reason: Any) -> None:
+    ca = CertificateAuthority.load(cadir / "ca")
+    with pytest.raises(PolicyError, match="POLICY: reason: "):
+        ca.revoke(2222, reason)
+    ca.save_revoked(cadir / "ca")
+    assert [r.serial for r in CertificateAuthority.load(cadir / "ca").revoked] == [1111]
+
+
+@pytest.mark.parametrize("field", ["last_update", "next_update"])
+@pytest.mark.parametrize("when", BAD.values(), ids=BAD.keys())
+def test_crl_window_that_no_crl_can_carry_is_refused(cadir: Path, field: str, when: Any) -> None:
+    with pytest.raises(PolicyError, match=f"POLICY: {field}: "):
+        CertificateAuthority.load(cadir / "ca").crl(**{field: when})
+
+
+def test_crl_window_from_another_zone_is_kept_in_utc(cadir: Path) -> None:
+    last = dt.datetime(2030, 6, 1, 12, 0, tzinfo=_PLUS1)
+    crl = CertificateAuthority.load(cadir / "ca").crl(last_update=last, next_update=last + dt.timedelta(days=2))
+    assert crl.last_update_utc == last
+    assert crl.next_update_utc == last + dt.timedelta(days=2)
