@@ -9,7 +9,7 @@
     xps key destroy REF [--version N] [--emergency] [--approvals REQ.json]
     xps key encrypt NAME [--aad TEXT] < plaintext > blob
     xps key decrypt [--aad TEXT] < blob > plaintext
-    xps key rewrap FILE... [--aad TEXT]
+    xps key rewrap FILE... [--aad TEXT]                   (each FILE a regular file of at most 1 GiB)
     xps key rewrap --from-revoked REVOKED --to SUCCESSOR --reason R [--approvals REQ.json] FILE...
     xps operator add NAME.pub [--label L] [--approvals REQ.json]
     xps operator remove KEYID [--approvals REQ.json]
@@ -29,6 +29,7 @@ from typing import Any
 
 from xpscerpto._atomic import atomic_write
 from xpscerpto._config_fields import utf8_text
+from xpscerpto._stored_file import read_stored
 from xpscerpto.cli import context
 from xpscerpto.engine import Engine
 from xpscerpto.errors import PolicyError, XpsError
@@ -197,6 +198,12 @@ def _warn_if_not_journaled(ring: Keyring) -> None:
 
 _BAR = 30
 
+#: The largest blob file ``xps key rewrap`` reads (1 GiB). Blobs are read whole, and the plain
+#: rewrap holds every file (old and new) in memory before it writes one, so the bound also keeps
+#: a mistyped path (``/dev/zero``, a disk image) from exhausting memory. Larger blobs can be
+#: rewrapped through the API (:meth:`Keyring.rewrap`).
+MAX_BLOB_FILE = 1 << 30
+
 
 class _Progress:
     """``(done, total)`` callback of :meth:`Keyring.rewrap`: a bar on stderr, if wanted.
@@ -232,11 +239,13 @@ class _Progress:
 
 def _rewrap_files(ring: Keyring, paths: list[Path], aad: bytes) -> int:
     """Rewrap blobs stored one per file: all are re-encrypted first, then each is replaced
-    atomically — so a file that is not a blob fails the run before anything is written."""
+    atomically — so a file that is not a blob (or not a regular file of at most
+    :data:`MAX_BLOB_FILE` bytes) fails the run before anything is written."""
     blobs = []
     for path in paths:
         try:
-            blobs.append(path.read_bytes())
+            # Never a FIFO (its open would wait for a writer for ever), a device or a huge file.
+            blobs.append(read_stored(path, MAX_BLOB_FILE))
         except OSError as exc:
             raise PolicyError(f"rewrap: file {str(path)!r}: cannot read ({exc.strerror})") from None
     progress = _Progress(len(blobs))
@@ -254,14 +263,16 @@ def _rewrap_revoked_files(ring: Keyring, paths: list[Path], aad: bytes) -> int:
     """A revoked key's blobs, one file at a time, each replaced as soon as it is done.
 
     An incident may involve many files; an interrupted run leaves every file either old or
-    rewrapped, and running it again resumes (files already under the successor are kept).
+    rewrapped, and running it again resumes (files already under the successor are kept). A
+    file that cannot be read (missing, not a regular file, over :data:`MAX_BLOB_FILE` bytes)
+    stops the run there, like a blob that does not open.
     """
     progress = _Progress(len(paths))
     changed = 0
     try:
         for i, path in enumerate(paths, 1):
             try:
-                old = path.read_bytes()
+                old = read_stored(path, MAX_BLOB_FILE)
             except OSError as exc:
                 raise PolicyError(f"rewrap: file {str(path)!r}: cannot read ({exc.strerror}); "
                                   f"{changed} file(s) before it were rewrapped (run again to resume)") from None
@@ -362,7 +373,8 @@ def add_key_commands(sub: Any) -> None:
     k = ks.add_parser("decrypt", help="blob on stdin -> plaintext on stdout")
     k.add_argument("--aad", default="")
     k = ks.add_parser("rewrap", help="re-encrypt blob files under their key's newest version (resumable)")
-    k.add_argument("files", nargs="+", metavar="FILE")
+    k.add_argument("files", nargs="+", metavar="FILE",
+                   help=f"blob files, each a regular file of at most {MAX_BLOB_FILE >> 30} GiB")
     k.add_argument("--aad", default="")
     k.add_argument("--from-revoked", metavar="REVOKED", help="re-encrypt a revoked key's blobs under --to")
     k.add_argument("--to", metavar="SUCCESSOR")
