@@ -14,22 +14,28 @@ A source directory holds the provider's modules, its KAT files, and ``capsule.to
     "aead.aes256gcm" = ["kat/aes256gcm.json"]
 
 Every other regular file under the directory (except ``__pycache__`` and dotfiles) becomes
-payload, listed in the manifest with its SHA-256 and size.
+payload, listed in the manifest with its SHA-256 and size. Anything else there (a FIFO, a
+device, a socket, a symlink) is refused, and so is a source an engine would refuse to read
+back: a file over the format's member limit, more payload than its total or entry limits
+(``capsules.format.Limits``), a ``capsule.toml`` over the manifest limit.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from xpscerpto._stored_file import read_stored
 from xpscerpto.secret import SecretBytes
 from xpscerpto.signing import PublisherKey, sign
 
-from .format import FORMAT, canonical_json, parse_manifest, read_container, write_container
+from .format import FORMAT, Limits, canonical_json, parse_manifest, read_container, write_container
 from .refusal import Refusal, refuse
 
 __all__ = ["SOURCE_FILE", "add_signature", "build_capsule", "collect_payload", "manifest_document"]
@@ -37,17 +43,59 @@ __all__ = ["SOURCE_FILE", "add_signature", "build_capsule", "collect_payload", "
 SOURCE_FILE = "capsule.toml"
 
 
-def collect_payload(src: Path) -> dict[str, bytes]:
-    """Every payload file under ``src`` by relative POSIX path; symlinks are refused."""
+def _read_source_file(path: Path, shown: str, limit: int, unreadable: Refusal) -> bytes:
+    """The bytes of one source file, refused (naming it as ``shown``) unless regular and within ``limit``.
+
+    A file that is missing or cannot be read is refused with ``unreadable``.
+    """
+    try:
+        # Opened without blocking and checked after opening: a FIFO put in place of the file
+        # is refused, never waited on, and a huge file or a device is never read.
+        return read_stored(path, limit)
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise refuse(Refusal.TOO_LARGE, f"source: {shown}: larger than {limit} bytes") from None
+        if exc.errno == errno.EINVAL:
+            raise refuse(Refusal.NOT_REGULAR_FILE, f"source: {shown}: not a regular file") from None
+        raise refuse(unreadable, f"source: {shown}: cannot read ({exc.strerror or type(exc).__name__})") from None
+
+
+def collect_payload(src: Path, limits: Limits = Limits()) -> dict[str, bytes]:
+    """Every payload file under ``src`` by relative POSIX path.
+
+    Symlinks and other non-regular files are refused; so is payload an engine reading the
+    capsule within ``limits`` would refuse (a file over ``max_file_bytes``, more than
+    ``max_total_bytes`` in all, more members than ``max_entries`` leaves beside the manifest and
+    the signatures).
+
+    Raises:
+        UpdateError: the file's refusal (``symlink``, ``not-regular-file``, ``too-large``,
+            ``too-many-entries``, ``io``), naming it by its path under ``src``.
+    """
     files: dict[str, bytes] = {}
+    total = 0
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
         if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
             continue
-        if path.is_symlink():
+        try:
+            mode = path.lstat().st_mode
+        except OSError as exc:
+            raise refuse(Refusal.IO, f"source: {rel}: cannot read ({exc.strerror})") from None
+        if stat.S_ISLNK(mode):
             raise refuse(Refusal.SYMLINK, f"source: {rel} is a symlink; capsules carry regular files only")
-        if path.is_file() and rel.as_posix() != SOURCE_FILE:
-            files[rel.as_posix()] = path.read_bytes()
+        if stat.S_ISDIR(mode) or rel.as_posix() == SOURCE_FILE:
+            continue
+        if not stat.S_ISREG(mode):  # told by what it is before it is opened: opening a device may act
+            raise refuse(Refusal.NOT_REGULAR_FILE, f"source: {rel}: not a regular file; capsules carry "
+                         "regular files only")
+        if len(files) >= limits.max_entries - 2:  # the manifest and the signatures are members too
+            raise refuse(Refusal.TOO_MANY_ENTRIES, f"source: more than {limits.max_entries - 2} payload files")
+        blob = _read_source_file(path, str(rel), limits.max_file_bytes, Refusal.IO)
+        total += len(blob)
+        if total > limits.max_total_bytes:
+            raise refuse(Refusal.TOO_LARGE, f"source: payload larger than {limits.max_total_bytes} bytes in all")
+        files[rel.as_posix()] = blob
     return files
 
 
@@ -82,12 +130,19 @@ def build_capsule(src_dir: str | Path, signers: Iterable[tuple[PublisherKey, Sec
 
     ``cosigners`` are listed in the manifest without signing now; each adds a signature
     later with :func:`add_signature` (k-of-n with keys held by different people).
+
+    Raises:
+        UpdateError: ``capsule.toml`` is missing, malformed (``malformed``), not a regular file
+            (``not-regular-file``) or over the manifest limit (``too-large``); the payload is
+            refused by :func:`collect_payload`; no signing key is given (``unsigned``).
     """
     src = Path(src_dir)
+    # Its fields become the manifest, so a file over the manifest limit makes no capsule.
+    raw = _read_source_file(src / SOURCE_FILE, str(src / SOURCE_FILE), Limits().max_manifest_bytes, Refusal.MALFORMED)
     try:
-        source = tomllib.loads((src / SOURCE_FILE).read_text())
-    except OSError as exc:
-        raise refuse(Refusal.MALFORMED, f"source: cannot read {src / SOURCE_FILE}: {exc.strerror}") from None
+        source = tomllib.loads(raw.decode())
+    except UnicodeDecodeError:
+        raise refuse(Refusal.MALFORMED, f"{SOURCE_FILE}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise refuse(Refusal.MALFORMED, f"{SOURCE_FILE}: {exc}") from None
     signers = list(signers)
