@@ -90,8 +90,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     """Build and sign a capsule from a source directory."""
     signers = [load_private_key(k) for k in args.key]
     raw = build_capsule(args.src, signers, cosigners=[load_public_key(p) for p in args.cosigner])
-    _write(args.out, raw)
+    # Read back as an engine will, before it is written: a capsule every engine refuses (a
+    # member deflated beyond the format's ratio) is not left on disk.
     m = parse_manifest(read_container(raw).manifest_bytes)
+    _write(args.out, raw)
     print(f"built {args.out} ({len(raw)} bytes): {m.name} {m.version}, {len(m.files)} files, "
           f"signed by {len(signers)} key(s)")
     return 0

@@ -143,3 +143,11 @@ def test_the_demo_source_still_builds_and_verifies(src: Path, key: Path, tmp_pat
     verified = tool("verify", str(out), "--trust", str(key.with_suffix(".pub")))
     assert verified.returncode == 0, verified.stderr
     assert "2 payload files verified" in verified.stdout
+
+
+def test_a_compression_bomb_is_refused_before_the_capsule_is_written(src: Path, key: Path, tmp_path: Path) -> None:
+    # Within every size limit, but deflated far beyond the reader's ratio: the engine would
+    # refuse the capsule, so the build must not leave one behind.
+    (src / "zeros.bin").write_bytes(bytes(LIMITS.max_file_bytes))
+    line = _refused(src, key, tmp_path / "x.capsule")
+    assert "compression ratio above" in line
