@@ -1261,7 +1261,8 @@ class _Walk:
                 self._checkpoint(rec, line, due)
             elif due:
                 raise self._fail(seq, "missing checkpoint", f"a CHECKPOINT is due at seq {seq} (checkpoint_every="
-                                 f"{self.every}: after every {self.every} records) but it holds {rec['event']}: "
+                                 f"{self.every}: after every {self.every} records) but it holds "
+                                 f"{_shown_event(rec['event'])}: "
                                  "checkpoints were removed and the chain re-hashed, or the journal was written with "
                                  f"another interval{self._interval_hint()}", line)
             self.hashes.append(rec["hash"])
@@ -1369,8 +1370,14 @@ class _Walk:
         key, sig = rec.get("key"), rec.get("sig")
         if not isinstance(key, str) or key != self.pub_hex:
             # Not str(key): the repr of a value nested near the parser's limit can exhaust the stack.
-            shown = key[:16] if isinstance(key, str) else f"of type {type(key).__name__}"
-            raise self._fail(seq, bad, f"signed by key {shown}…, not the expected key "
+            # Nor the text of a key that is not hex: whoever forged the record chose it (escape sequences).
+            if isinstance(key, str) and _HEX64.fullmatch(key):
+                shown = f"{key[:16]}…"
+            elif isinstance(key, str):
+                shown = "that is not 64 lowercase hex digits"
+            else:
+                shown = f"of type {type(key).__name__}"
+            raise self._fail(seq, bad, f"signed by key {shown}, not the expected key "
                              f"{self.pub_hex[:16]}… ({self.pub_source})", line)
         if rec.get("signed_seq") != seq - 1 or rec.get("signed_hash") != rec["prev"]:
             raise self._fail(seq, bad, "it does not cover the record just before it", line)
@@ -1401,6 +1408,15 @@ def _event_needle(event: str) -> bytes:
         raise PolicyError("audit event: expected an UPPER_SNAKE_CASE name of at most 64 characters",
                           reason="bad-event")
     return b'"event":"' + str.__str__(event).encode("ascii") + b'"'
+
+
+def _shown_event(event: str) -> str:
+    """A record's event name as a refusal may quote it: a name xps writes, else no text of it.
+
+    A forged record's event is anyone's text of any length (escape sequences that rewrite the
+    operator's terminal, 60 KB of it); only a name record() would accept is shown.
+    """
+    return event if _EVENT_RE.fullmatch(event) else "an event name that is not UPPER_SNAKE_CASE"
 
 
 def _checkpoint_due(seq: int, every: int) -> bool:

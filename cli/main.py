@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import select
 import sqlite3
 import sys
@@ -168,7 +169,8 @@ class OneLineParser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog.split()[0]}: error: XPS_ERR_POLICY: {message} (see --help)\n")
+        # argparse quotes unrecognized arguments as typed: escaped, like every error line.
+        self.exit(2, f"{self.prog.split()[0]}: error: XPS_ERR_POLICY: {_one_line(message)} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,8 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
 _LAST_RESORT = (OSError, sqlite3.Error, ValueError, KeyError, UnicodeError, json.JSONDecodeError)
 
 
+#: Line breaks and blanks an error message may hold: joined into one line. Every other character
+#: that is not printable (C0, DEL, C1, U+2028, bidi overrides) is escaped, not collapsed.
+_BLANKS = re.compile(r"[ \t\n\r\f\v]+")
+
+
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    """``text`` as one printable line: the last line of defence for whatever a message quotes.
+
+    Messages may carry text others chose (a forged journal record, a file name, an argument);
+    an escape sequence printed raw would rewrite the operator's terminal, e.g. hide a refusal
+    behind a fake "OK" line.
+    """
+    from xpscerpto.audit.cli import terminal_safe  # not at import: the audit CLI imports xpscerpto.cli
+
+    return terminal_safe(_BLANKS.sub(" ", text).strip())
 
 
 def run_command(prog: str, call: Callable[[], int]) -> int:
