@@ -36,6 +36,9 @@ _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 #: The longest counter name, and the longest labels (as stored JSON) a row may have.
 MAX_NAME = 200
 MAX_LABELS_TEXT = 2000
+#: The largest value a row may hold to count: past 2^53 a float no longer counts by ones, and no
+#: process's counter gets there; a bound keeps sums over many rows finite (int() of them works).
+MAX_VALUE = float(2**53)
 #: name -> {labels: value}, the shape of ``Metrics.snapshot()``.
 Series = Mapping[str, Mapping[Labels, float]]
 
@@ -71,7 +74,11 @@ class CounterStore:
         return len(rows)
 
     def rows(self, name: str, nodes: Iterable[str] | None = None) -> list[tuple[str, dict[str, str], float]]:
-        """(node, labels, value) of every instance's series ``name`` (of ``nodes`` only, if given)."""
+        """(node, labels, value) of every instance's series ``name`` (of ``nodes`` only, if given).
+
+        Only rows as :meth:`publish` writes them: a value that is not a count (NaN, infinite,
+        negative, past :data:`MAX_VALUE`) or labels that are not its JSON count for nothing.
+        """
         wanted = None if nodes is None else set(nodes)
         out = []
         for node, labels, value in self.database.execute(
@@ -79,9 +86,10 @@ class CounterStore:
             if wanted is not None and node not in wanted:
                 continue
             pairs = _labels(labels)
-            if pairs is None:  # a row edited outside xps counts for nothing
+            count = _count(value)
+            if pairs is None or count is None:  # a row edited outside xps counts for nothing
                 continue
-            out.append((str(node), pairs, float(value)))
+            out.append((str(node), pairs, count))
         return out
 
     def total(self, name: str, *, nodes: Iterable[str] | None = None, **match: str) -> float:
@@ -131,6 +139,22 @@ def _text(field: str, value: object, limit: int = 255) -> str:
             value.encode("utf-8")
             return value
     raise PolicyError(f"{field}: expected 1 to {limit} characters of text (no NUL, no lone surrogate)")
+
+
+def _count(value: object) -> float | None:
+    """The row's value if it is a count a process could have published, else None.
+
+    ``xps_counters`` is unsealed: a database writer can store 'NaN' or '-Infinity', which no xps
+    process writes (:func:`series_rows` drops them); a reader that int()s it must not fail every
+    canary tick with an untyped ValueError.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if 0.0 <= number <= MAX_VALUE else None  # NaN fails every comparison
 
 
 def _labels(text: str) -> dict[str, str] | None:
