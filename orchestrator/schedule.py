@@ -26,6 +26,8 @@ __all__ = ["Schedule", "parse_seconds"]
 
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 _AMOUNT = re.compile(r"([0-9]+(?:\.[0-9]+)?)([dhms])")
+#: N of ``usage=N``: 2^64 has 20 digits.
+_USAGE = re.compile(r"[0-9]{1,20}")
 
 
 def parse_seconds(text: object, field: str) -> float:
@@ -55,7 +57,7 @@ class Schedule:
 
     @classmethod
     def parse(cls, policy: object) -> Schedule:
-        """``monthly`` or ``every=DURATION``.
+        """``monthly``, ``every=DURATION`` or ``usage=N`` (N in ASCII digits, 1 to 2^64).
 
         Raises:
             PolicyError: any other text (the message names ``policy``).
@@ -67,7 +69,9 @@ class Schedule:
             return cls(policy, period)
         if isinstance(policy, str) and policy.startswith("usage="):
             count = policy[len("usage="):]
-            if not count.isdigit() or not 1 <= int(count) <= 2**64:
+            # ASCII digits only: isdigit() passes '²' (int() then raises a ValueError quoting it)
+            # and other scripts' digits; at most 20 of them keeps int() far below its 4300-digit limit.
+            if not _USAGE.fullmatch(count) or not 1 <= int(count) <= 2**64:
                 raise PolicyError("policy: usage=N needs N encryptions between 1 and 2^64")
             return cls(policy, None, int(count))
         raise PolicyError("policy: expected 'monthly', 'every=N' with N like 30d, 12h, 90s, or 'usage=N'")
