@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from xpscerpto._config_fields import show
 from xpscerpto.channel._failures import UNAUTHENTICATED
 from xpscerpto.channel.config import DEFAULT_PQ_PROTOCOL, ChannelConfig
 from xpscerpto.db import sealed_tables as sealed
@@ -221,21 +222,50 @@ def status(orch: Orchestrator) -> list[dict[str, Any]]:
 
 
 def advance(orch: Orchestrator, state: LeaseState) -> list[tuple[str, str]]:
-    """One leader tick over every rollout not finished; returns (name, new phase)s."""
+    """One leader tick over every rollout not finished; returns (name, new phase)s.
+
+    Each rollout steps on its own: one whose row fails its seal or does not validate is named
+    after the others advanced (``status`` shows it as ``tampered`` or ``malformed``), not a
+    stop for every rollout.
+
+    Raises:
+        KeyringTampered: a rollout's row fails its seal, or the rows do not add up to the roster.
+        PolicyError: a rollout could not go on (each named with the reason).
+        Fenced: this leader's lease is no longer current (nothing more is tried this tick).
+        InternalError: the database failed (the next tick retries).
+    """
+    from .orchestrator import Fenced
+
     changed = []
     with orch.verified() as db:
-        rows = _rows(orch.keyring, db)
+        # Finished rows are checked too: a phase forged to 'aborted' must not hide one.
+        rows = sealed.read_each(orch.keyring.store, db, sealed.ROLLOUTS)
         clock = sealed.now(db)
-    for row in rows:
+    damaged: list[XpsError] = []
+    refused: list[str] = []
+    for row, error in sorted(rows, key=lambda item: str(item[0]["name"])):
+        if error is not None:
+            damaged.append(error)
+            continue
         if row["phase"] in ("retired", "aborted"):
             continue
         try:
-            detail = json.loads(row["detail"] or "{}")
-        except ValueError:
-            detail = None
-        new = _step(orch, state, _load(row), row["phase"], detail, (clock - row["since"]).total_seconds())
-        if new is not None:
-            changed.append((row["name"], new))
+            try:
+                detail = json.loads(row["detail"] or "{}")
+            except ValueError:
+                detail = None
+            new = _step(orch, state, _load(row), row["phase"], detail, (clock - row["since"]).total_seconds())
+        except (InternalError, Fenced):
+            raise  # the database away or the lease lost: every other step would fail the same way
+        except XpsError as exc:
+            refused.append(f"PQ rollout {show(row['name'])}: {exc.args[0]}")
+        else:
+            if new is not None:
+                changed.append((row["name"], new))
+    if refused:
+        raise PolicyError("; ".join([*(str(d.args[0]) for d in damaged), *refused]), reason="blocked")
+    if damaged:
+        raise damaged[0]
     return changed
 
 
