@@ -16,9 +16,13 @@ has checked (the whole roster, whenever the roster or these rows changed since i
 and every :func:`put` checks the roster and the tables' schema inside its own write. All writers
 hold the keyring's write lock, so the roster's read-modify-write stays serialised.
 
-A database migrated to schema 8 holds the earlier release's rows unsealed: :func:`adopt` seals
-them once, in one write with the ``sealed_tables`` mark (itself a roster entry, so removing it
-is noticed, never taken for a database that still needs adopting), journaled by the caller.
+The ``sealed_tables`` mark (itself a roster entry, so removing it is noticed, never taken for a
+database that still needs adopting) says every row is sealed. A keyring database this release
+creates gets it in its creating transaction (:func:`mark_new`), so no row unsealed ever passes
+there. A database migrated to schema 8 holds the earlier release's rows unsealed: :func:`adopt`
+seals them once, in one write with the mark, journaled by the caller — only when an operator
+asks for it (``xps orch adopt``): rows a database writer inserted are indistinguishable from the
+earlier release's, so a program starting up marks such a database only while it holds none.
 
 Example:
     >>> with ring.store.write() as db:                                       # doctest: +SKIP
@@ -38,7 +42,7 @@ from xpscerpto.keyring.integrity import KeyringTampered
 from xpscerpto.keyring.store import Connection, Store
 
 __all__ = ["ARCHIVED", "EMERGENCY", "MARK", "MIGRATIONS", "PLANS", "ROLLOUTS", "RUNS", "TABLES", "Guard", "RowTampered",
-           "Table", "adopt", "now", "put", "read", "read_each", "roster_entries"]
+           "Table", "UnsealedRows", "adopt", "mark_new", "now", "put", "read", "read_each", "roster_entries"]
 
 #: The meta key set once every orchestration row is sealed (see :func:`adopt`).
 MARK = "sealed_tables"
@@ -48,6 +52,12 @@ class RowTampered(PolicyError):
     """An orchestration row fails its seal: edited, or written by someone without the key."""
 
     reason = "seal"
+
+
+class UnsealedRows(PolicyError):
+    """Orchestration rows no keyring sealed, where sealing them needs an operator's decision."""
+
+    reason = "unsealed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,12 +230,17 @@ def roster_entries(store: Store, db: Connection) -> Iterator[list[Any]]:
             yield _entry(table, dict(zip(table.columns, r[:-1], strict=True)), r[-1])
 
 
-def adopt(store: Store, db: Connection) -> int | None:
+def adopt(store: Store, db: Connection, *, rows: bool) -> list[tuple[str, tuple[Any, ...]]] | None:
     """Seal the rows an earlier release wrote, once, and set the mark (inside a keyring write).
 
-    Returns how many rows it sealed, or None if the mark was set already.
+    Args:
+        rows: whether rows may be sealed (an operator's explicit adoption, who reviewed them);
+            False marks the database only if it holds no orchestration row.
+
+    Returns (table, primary key) of each row it sealed, or None if the mark was set already.
 
     Raises:
+        UnsealedRows: ``rows`` is False and there are rows (names the tables and counts).
         KeyringTampered: a row carries a seal though the database is not marked as sealed
             (the mark was removed: the roster says so too).
     """
@@ -234,21 +249,59 @@ def adopt(store: Store, db: Connection) -> int | None:
     # The roster first: a mark removed by someone (to have forged rows sealed here) leaves
     # roster entries without their rows, and this refuses it (found by a review).
     _check_all(store, db)
+    found = _unsealed(store, db)
+    if found and not rows:
+        raise UnsealedRows(f"keyring database {store.name!r}: {_counted(found)} that no keyring sealed, and the "
+                           "database is not yet marked as sealed (written by an earlier release, or by someone who "
+                           "can write the database); review them, then seal them with `xps orch adopt`")
     entries: list[list[Any]] = [[MARK]]
-    for table in TABLES:
+    for table, row in found:
         where = " AND ".join(f"{c} = ?" for c in table.key)
-        for r in db.execute(f"SELECT {', '.join(table.columns)}, mac FROM {table.name} FOR UPDATE").fetchall():  # noqa: S608
-            row = dict(zip(table.columns, r[:-1], strict=True))
-            if r[-1] is not None:
-                raise KeyringTampered(f"keyring database {store.name!r}: {table.name} has sealed rows but the "
-                                      "database is not marked as sealed (the mark removed?); restore it from a backup")
-            mac = store.row_seal(table.name, _normal(table, row))
-            db.execute(f"UPDATE {table.name} SET mac = ? WHERE {where}",  # noqa: S608 - constants
-                       (mac, *(row[c] for c in table.key)))
-            entries.append(_entry(table, row, mac))
+        mac = store.row_seal(table.name, _normal(table, row))
+        db.execute(f"UPDATE {table.name} SET mac = ? WHERE {where}",  # noqa: S608 - constants
+                   (mac, *(row[c] for c in table.key)))
+        entries.append(_entry(table, row, mac))
     store.set_meta(db, MARK, "1")
     store.roster_rows(db, add=entries)
-    return len(entries) - 1
+    return [(table.name, tuple(row[c] for c in table.key)) for table, row in found]
+
+
+def mark_new(store: Store, db: Connection) -> None:
+    """Set the mark in the transaction that creates a keyring database, before its roster is
+    built (which then counts it); nothing below schema 8, where the tables are not sealed yet.
+
+    Raises:
+        UnsealedRows: the database holds orchestration rows already (no keyring wrote them).
+    """
+    if db.execute("SELECT 1 FROM xps_migrations WHERE version = 8").fetchone() is None:
+        return
+    found = _unsealed(store, db, new=True)
+    if found:
+        raise UnsealedRows(f"keyring database {store.name!r}: a new keyring, yet it holds {_counted(found)} (no "
+                           "keyring wrote them: inserted by someone who can write the database?); delete them, or "
+                           "use a fresh database")
+    store.set_meta(db, MARK, "1")
+
+
+def _unsealed(store: Store, db: Connection, *, new: bool = False) -> list[tuple[Table, dict[str, Any]]]:
+    """Every orchestration row, locked (inside a write, the mark not set); in a database not
+    ``new``, a row with a seal is refused."""
+    found = []
+    for table in TABLES:
+        for r in db.execute(f"SELECT {', '.join(table.columns)}, mac FROM {table.name} FOR UPDATE").fetchall():  # noqa: S608
+            if r[-1] is not None and not new:
+                raise KeyringTampered(f"keyring database {store.name!r}: {table.name} has sealed rows but the "
+                                      "database is not marked as sealed (the mark removed?); restore it from a backup")
+            found.append((table, dict(zip(table.columns, r[:-1], strict=True))))
+    return found
+
+
+def _counted(found: Sequence[tuple[Table, Mapping[str, Any]]]) -> str:
+    """``xps_orch_plans: 1 row, …``: table names and counts only (the rows' text is anyone's)."""
+    counts: dict[str, int] = {}
+    for table, _ in found:
+        counts[table.name] = counts.get(table.name, 0) + 1
+    return "orchestration rows (" + ", ".join(f"{name}: {n} row{'s' * (n != 1)}" for name, n in counts.items()) + ")"
 
 
 def _check_all(store: Store, db: Connection) -> None:

@@ -1197,6 +1197,12 @@ class Keyring:
         db.execute("DELETE FROM meta WHERE k = 'upgrading'")
         imported = self._import_operators(db)
         self._seal_policy(db, self.home.record().policy)
+        if not upgrading and is_dsn(self.config.database):
+            from xpscerpto.db.sealed_tables import mark_new
+
+            # Sealed from its first transaction: an unmarked shared database would take rows a
+            # database writer inserts before the first orchestrator for an earlier release's.
+            mark_new(self.store, db)
         self.store.build_roster(db)
         if upgrading:
             self.outbox.add(db, "KEYRING_SEALED", rows=sealed, schema_from=self.store.upgraded_from or "1",

@@ -32,8 +32,44 @@ def _plan(args: argparse.Namespace) -> Any:
     return Plan(args.plan, key=args.key, policy=args.policy, grace=args.grace, suite=args.suite, kek=args.kek)
 
 
+def _adopt(args: argparse.Namespace) -> int:
+    """``xps orch adopt``: seal an earlier release's orchestration rows, listing each one."""
+    from xpscerpto.keyring.cli import _ring
+
+    from .orchestrator import adopt_orchestration
+
+    ring = _ring(args)
+    try:
+        done = adopt_orchestration(ring)
+    finally:
+        ring.close()
+    rows = None if done is None else [{"table": table, "key": [_shown(v) for v in key]} for table, key in done]
+
+    def text() -> None:
+        if rows is None:
+            print("orchestration rows: sealed already; nothing to adopt")
+            return
+        print(f"sealed {len(rows)} orchestration row{'s' * (len(rows) != 1)}")
+        for row in rows:
+            print(f"  {row['table']} {', '.join(row['key'])}")
+
+    context.emit(args, {"sealed": rows}, text)
+    return 0
+
+
+def _shown(value: object) -> str:
+    """A primary key value as the operator can compare it (text bounded, escaped: anyone's)."""
+    from datetime import datetime
+
+    from xpscerpto._config_fields import show
+
+    return value.isoformat() if isinstance(value, datetime) else show(value)
+
+
 def cmd_orch(args: argparse.Namespace) -> int:
     """Rotation plans and the orchestrator node loop (keyring on PostgreSQL)."""
+    if args.orch_cmd == "adopt":  # before Orchestrator(): it refuses a database with rows to adopt
+        return _adopt(args)
     if args.orch_cmd == "plan":  # validate and show; stores nothing
         plan = _plan(args)
         context.emit(args, {"plan": plan.name, "key": plan.key, "policy": plan.policy, "grace": plan.grace,
@@ -143,6 +179,8 @@ def add_orch_commands(sub: Any) -> None:
         s.add_argument("--suite", default=None, help="AEAD of the new versions (crypto migration)")
         s.add_argument("--kek", default="file", choices=("file", "pkcs11"))
     osub.add_parser("status", help="this node, the leader, its token and lease expiry, each plan's next run")
+    osub.add_parser("adopt", help="seal the orchestration rows an earlier release wrote, once (review them first); "
+                                  "lists each row sealed")
     for name in ("pause", "resume"):
         osub.add_parser(name, help=f"{name} a plan's scheduled runs").add_argument("plan")
     e = osub.add_parser("emergency", help="rotate a plan's key now (leader only); records an incident")

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from .pq_rollout import PqRollout
     from .suite_migration import SuiteMigration
 
-__all__ = ["LEASE", "SCHEMA", "Fenced", "Orchestrator", "Plan", "adopt_rows", "node_of"]
+__all__ = ["LEASE", "SCHEMA", "Fenced", "Orchestrator", "Plan", "adopt_orchestration", "adopt_rows", "node_of"]
 
 LEASE = "orchestrator"
 #: The schema migration the orchestration needs (8: its rows are sealed).
@@ -59,22 +59,64 @@ _SUITES = ("AES-256-GCM", "AES-128-GCM", "CHACHA20-POLY1305", "XCHACHA20-POLY130
 
 
 def adopt_rows(keyring: Keyring) -> None:
-    """Seal the orchestration rows an earlier release wrote, once (journaled as
-    ``KEYRING_SEALED`` with ``scope: orchestration``); nothing if they are sealed already.
+    """Mark a database an earlier release migrated as sealed, if it holds no orchestration row
+    (journaled as ``KEYRING_SEALED`` with ``scope: orchestration``); nothing if it is marked.
 
     Raises:
+        UnsealedRows: it holds rows: only :func:`adopt_orchestration` (``xps orch adopt``), once
+            an operator reviewed them, seals them (a database writer's rows look the same).
         KeyringTampered: sealed rows in a database not marked as sealed (see
             :func:`~xpscerpto.db.sealed_tables.adopt`).
     """
+    _adopt(keyring, rows=False)
+
+
+def adopt_orchestration(keyring: Keyring) -> list[tuple[str, tuple[Any, ...]]] | None:
+    """Seal the orchestration rows of a database an earlier release wrote, once: the operator's
+    step after reviewing them (journaled as ``KEYRING_SEALED`` with ``scope: orchestration``).
+
+    Returns (table, primary key) of each row sealed, or None if the rows are sealed already.
+
+    Raises:
+        PolicyError: not a keyring on PostgreSQL, or the schema lacks migration 8.
+        KeyringTampered: the roster does not add up, or sealed rows in a database not marked
+            as sealed.
+    """
+    require(_database(keyring), SCHEMA, "orchestrator database")
+    return _adopt(keyring, rows=True)
+
+
+def _adopt(keyring: Keyring, *, rows: bool) -> list[tuple[str, tuple[Any, ...]]] | None:
     with keyring.store.snapshot() as db:
         if keyring.store.meta(sealed.MARK, db) is not None:
-            return
+            return None
     with keyring.store.write() as db:
-        rows = sealed.adopt(keyring.store, db)
-        if rows is not None:
-            keyring.outbox.add(db, "KEYRING_SEALED", scope="orchestration", rows=rows, operator=keyring.operator)
-    if rows is not None:
+        done = sealed.adopt(keyring.store, db, rows=rows)
+        if done is not None:
+            counts: dict[str, int] = {}
+            for table, _ in done:
+                counts[table] = counts.get(table, 0) + 1
+            keyring.outbox.add(db, "KEYRING_SEALED", scope="orchestration", rows=len(done), tables=counts,
+                               operator=keyring.operator)
+    if done is not None:
         keyring.outbox.deliver()
+    return done
+
+
+def _database(keyring: Keyring) -> Database:
+    """The keyring's PostgreSQL database (orchestration needs the nodes to share one)."""
+    database = getattr(keyring.store, "database", None) if isinstance(keyring, Keyring) else None
+    if not isinstance(database, Database):
+        raise PolicyError("keyring.database: the orchestrator needs a postgresql:// keyring (nodes share it)")
+    return database
+
+
+def _plan_name(value: object, field: str) -> str:
+    """A plan's or key's name as stored: printable (so no lone surrogate the database cannot
+    encode), 1 to 200 characters."""
+    if not isinstance(value, str) or not value or len(value) > 200 or not value.isprintable():
+        raise PolicyError(f"{field}: expected a printable str of 1 to 200 characters")
+    return value
 
 
 def node_of(holder: str | None) -> str | None:
@@ -118,10 +160,8 @@ class Plan:
     kek: str = "file"
 
     def __post_init__(self) -> None:
-        for field in ("name", "key"):
-            value = getattr(self, field)
-            if not isinstance(value, str) or not value or len(value) > 200 or not value.isprintable():
-                raise PolicyError(f"{field}: expected a printable str of 1 to 200 characters")
+        _plan_name(self.name, "name")
+        _plan_name(self.key, "key")
         Schedule.parse(self.policy)
         parse_seconds(self.grace, "grace")
         if self.suite is not None and self.suite not in _SUITES:
@@ -149,14 +189,14 @@ class Orchestrator:
 
     Raises:
         PolicyError: the keyring is not on PostgreSQL, or the schema lacks migration 8.
-        KeyringTampered: the orchestration rows' seals are damaged (see :func:`adopt_rows`).
+        UnsealedRows: orchestration rows no keyring sealed, in a database an earlier release
+            wrote: an operator reviews them and runs ``xps orch adopt`` (see :func:`adopt_rows`).
+        KeyringTampered: the orchestration rows' seals are damaged.
     """
 
     def __init__(self, keyring: Keyring, *, node: str, lease_ttl: float = 10.0, interval: float = 1.0,
                  metrics: Metrics | None = None) -> None:
-        database = getattr(keyring.store, "database", None)
-        if not isinstance(database, Database):
-            raise PolicyError("keyring.database: the orchestrator needs a postgresql:// keyring (nodes share it)")
+        database = _database(keyring)
         if not isinstance(node, str) or not _NODE.fullmatch(node):
             # '#' separates node and instance in the lease holder: "a#b" would lead as "a".
             raise PolicyError("node: expected 1 to 64 letters, digits, '.', '_', ':' or '-', starting with a letter "
@@ -258,14 +298,23 @@ class Orchestrator:
         return plans, refused
 
     def pause(self, plan: str) -> None:
-        """Stop scheduled runs of ``plan`` (emergency runs still happen)."""
+        """Stop scheduled runs of ``plan`` (emergency runs still happen).
+
+        Raises:
+            PolicyError: not a plan's name, or no such plan.
+        """
         self._set_paused(plan, True)
 
     def resume(self, plan: str) -> None:
-        """Resume scheduled runs of ``plan``; a due time missed meanwhile runs at the next tick."""
+        """Resume scheduled runs of ``plan``; a due time missed meanwhile runs at the next tick.
+
+        Raises:
+            PolicyError: not a plan's name, or no such plan.
+        """
         self._set_paused(plan, False)
 
     def _set_paused(self, plan: str, paused: bool) -> None:
+        _plan_name(plan, "plan")
         with self.keyring.store.write() as db:
             rows = sealed.read(self.keyring.store, db, sealed.PLANS, "plan = ?", (plan,))
             if not rows:
@@ -365,7 +414,8 @@ class Orchestrator:
 
         Raises:
             PolicyError: not a SuiteMigration, a migration of that name exists, or a key is
-                unknown.
+                in another migration not yet retired or aborted.
+            KeyError_: a key is unknown.
         """
         from .suite_migration import SuiteMigration
 
@@ -373,7 +423,25 @@ class Orchestrator:
             raise PolicyError(f"migration: expected a SuiteMigration, got {type(migration).__name__}")
         for key in migration.keys:
             self.keyring.describe(key)
-        with self.keyring.store.write() as db:
+        with self.keyring.store.write() as db:  # the keyring's write lock: two starts are serialised
+            # Two unfinished migrations of one key would move it back and forth each tick, each
+            # canary watching the other's version, and both end 'committed' (found by a review).
+            for other in sorted(sealed.read(self.keyring.store, db, sealed.MIGRATIONS), key=lambda r: str(r["name"])):
+                if other["name"] == migration.name:
+                    raise PolicyError(f"migration: {migration.name!r} exists already")
+                if other["phase"] in ("retired", "aborted"):
+                    continue
+                try:
+                    held = json.loads(other["keys"])
+                except ValueError:
+                    held = None
+                if not isinstance(held, list):
+                    raise PolicyError(f"migration {show(other['name'])}: its stored keys are malformed",
+                                      reason="malformed")
+                taken = [k for k in migration.keys if k in held]
+                if taken:
+                    raise PolicyError(f"keys: {show(taken[0])} is already in suite migration {show(other['name'])} "
+                                      f"(phase {show(other['phase'])}); a key moves in one migration at a time")
             row = {"name": migration.name, "keys": json.dumps(list(migration.keys)), "target": migration.target,
                    "canary": migration.canary, "watch_seconds": parse_seconds(migration.watch, "watch"),
                    "max_failure_rate": migration.max_failure_rate, "phase": "canary", "detail": "",
@@ -407,7 +475,15 @@ class Orchestrator:
         version (a fenced row, in the same transaction as the journal's outbox entry); the
         material itself is destroyed by the keyring's retention, not earlier (an earlier
         destroy needs operators' approvals). Returns the versions archived now.
+
+        Raises:
+            PolicyError: not a Plan and a LeaseState, or an emergency grace is malformed.
+            KeyError_: the plan's key is unknown.
         """
+        if not isinstance(plan, Plan):
+            raise PolicyError(f"plan: expected a Plan, got {type(plan).__name__}")
+        if not isinstance(state, LeaseState):
+            raise PolicyError(f"state: expected a LeaseState, got {type(state).__name__}")
         plan_grace = parse_seconds(plan.grace, "grace")
         info = self.keyring.describe(plan.key)
         now = self.keyring.clock()

@@ -21,6 +21,7 @@ from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.keyring import Keyring
 from xpscerpto.keyring.integrity import KeyringTampered
 from xpscerpto.orchestrator import Orchestrator, Plan, PqPosture, PqRollout, SuiteMigration
+from xpscerpto.orchestrator.orchestrator import adopt_orchestration
 
 from tests.capsules.test_watch import wait_for
 from tests.db.test_postgres import _node
@@ -247,6 +248,9 @@ def test_an_earlier_releases_rows_are_sealed_once_when_the_schema_is_migrated(sc
         with pytest.raises(PolicyError, match="needs 8; run `xps db migrate"):
             Orchestrator(ring, node="n0")
         assert migrate(db) == list(range(8, head() + 1))  # 8 seals these tables; later ones follow
+        with pytest.raises(PolicyError, match="xps orch adopt"):  # rows are sealed by the operator's step only
+            Orchestrator(ring, node="n0")
+        assert adopt_orchestration(ring) == [("xps_orch_plans", ("p",)), ("xps_pq_rollouts", ("pq",))]
         orch = Orchestrator(ring, node="n0", lease_ttl=30)
         assert [p.name for p, _, _ in orch.plans()] == ["p"]
         assert orch.pq_status()[0]["phase"] == "canary"
@@ -365,8 +369,8 @@ def test_the_sealed_mark_removed_to_have_forged_rows_sealed_again_is_refused(rin
     db.execute("UPDATE xps_orch_plans SET suite = 'AES-128-GCM', mac = NULL")
     with pytest.raises(KeyringTampered, match="roster"):
         Orchestrator(ring, node="n1", lease_ttl=30)
-    assert [e for e in ring.audit.tail(50) if e["event"] == "KEYRING_SEALED"] == [
-        next(e for e in ring.audit.tail(50) if e["event"] == "KEYRING_SEALED")]  # the first adoption only
+    # Marked when the keyring was created: nothing was adopted then, and nothing now.
+    assert [e for e in ring.audit.tail(50) if e["event"] == "KEYRING_SEALED"] == []
     _reopens_refused(tmp_path, pg_dsn)
 
 
