@@ -361,8 +361,20 @@ class Orchestrator:
             self.hygiene(plan, state)
         from . import pq_rollout, suite_migration
 
-        suite_migration.advance(self, state)
-        pq_rollout.advance(self, state)
+        # Each runs whatever the other raised: a migration that cannot go on must not stall
+        # every PQ rollout (found by a review). A lost lease or database stops the tick at once.
+        damaged: list[XpsError] = []
+        for advance in (suite_migration.advance, pq_rollout.advance):
+            try:
+                advance(self, state)
+            except (Fenced, InternalError):
+                raise
+            except PolicyError as exc:
+                refused.append(str(exc.args[0]))
+            except XpsError as exc:  # a tampered row (KeyringTampered): raised as itself, after the rest
+                damaged.append(exc)
+        if damaged:
+            raise damaged[0]
         if refused:
             raise PolicyError("; ".join(refused))
         return done
@@ -417,7 +429,7 @@ class Orchestrator:
                 in another migration not yet retired or aborted.
             KeyError_: a key is unknown.
         """
-        from .suite_migration import SuiteMigration
+        from .suite_migration import FINISHED, SuiteMigration
 
         if not isinstance(migration, SuiteMigration):
             raise PolicyError(f"migration: expected a SuiteMigration, got {type(migration).__name__}")
@@ -429,7 +441,7 @@ class Orchestrator:
             for other in sorted(sealed.read(self.keyring.store, db, sealed.MIGRATIONS), key=lambda r: str(r["name"])):
                 if other["name"] == migration.name:
                     raise PolicyError(f"migration: {migration.name!r} exists already")
-                if other["phase"] in ("retired", "aborted"):
+                if other["phase"] in FINISHED:
                     continue
                 try:
                     held = json.loads(other["keys"])

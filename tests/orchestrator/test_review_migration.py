@@ -255,3 +255,26 @@ def test_a_pq_rollout_that_cannot_go_on_stops_no_other_rollout(ring: Keyring, da
         orch.tick()
     assert "pq-a" in str(info.value) and "pq-b" not in str(info.value)
     assert "base" in next(r for r in orch.pq_status() if r["name"] == "pq-b")["detail"]  # its baseline recorded
+
+
+def test_a_migration_stuck_on_a_revoked_key_stops_no_pq_rollout(ring: Keyring) -> None:
+    orch = Orchestrator(ring, node="n0", lease_ttl=30, interval=0.1)
+    stuck = SuiteMigration("a-first", keys=("orders", "users", "k3"), target=TARGET, canary=1.0, watch="1h")
+    ring.revoke("orders", "compromised", emergency=True)
+    orch.migrate(stuck)
+    orch.roll_out_pq(PqRollout("pq-a", nodes=("a1", "a2"), canary=0.5, watch="1h"))
+    with pytest.raises(PolicyError) as info:
+        orch.tick()
+    assert "suite migration 'a-first'" in str(info.value) and "'orders'" in str(info.value)
+    # The rollout's first step (its baseline) ran in the same tick, after the migration failed.
+    assert "base" in next(r for r in orch.pq_status() if r["name"] == "pq-a")["detail"]
+
+
+def test_a_key_of_a_failed_migration_may_join_a_new_one(ring: Keyring) -> None:
+    orch = Orchestrator(ring, node="n0", lease_ttl=30, interval=0.1)
+    orch.migrate(SuiteMigration("a-first", keys=("orders",), target=TARGET, canary=1.0, watch="1h"))
+    with ring.store.write() as db:  # as the leader leaves it when the key was moved off the target
+        row = sealed.read(ring.store, db, sealed.MIGRATIONS, "name = ?", ("a-first",))[0]
+        sealed.put(ring.store, db, sealed.MIGRATIONS, {**row, "phase": "failed"})
+    orch.migrate(SuiteMigration("b-second", keys=("orders",), target=TARGET, canary=1.0, watch="1h"))
+    assert _migration(orch, "b-second")["phase"] == "canary"
