@@ -264,6 +264,9 @@ class Keyring:
         self._usage_flush_at = 0.0
         self._policy_text: str | None = None  # the sealed policy (JSON) self.config was last taken from
         self._failures: dict[tuple[bytes, int], itertools.count[int]] = {}  # (key id, version) -> failures
+        # Successful decryptions of handles dropped at a transition, and their names: the counts
+        # stay monotonic (a canary's evidence must survive a rotation during its watch).
+        self._dropped: dict[tuple[bytes, int], tuple[str, int]] = {}
         try:
             self._attach_integrity(created=create and self.store.empty())
             if create:
@@ -1005,11 +1008,14 @@ class Keyring:
 
     def loaded_decrypt_counts(self) -> dict[tuple[str, int], tuple[int, int]]:
         """:meth:`decrypt_counts` of every version loaded in this process: (name, version) -> counts."""
-        return {(h.name, h.version): self._counts(ref) for ref, h in list(self._handles.items())}
+        names = {ref: name for ref, (name, _) in list(self._dropped.items())}
+        names.update((ref, h.name) for ref, h in list(self._handles.items()))
+        return {(name, ref[1]): self._counts(ref) for ref, name in names.items()}
 
     def _counts(self, ref: tuple[bytes, int]) -> tuple[int, int]:
         h = self._handles.get(ref)
-        ok = 0 if h is None else h.decrypted_before + h.decryptions
+        dropped = self._dropped.get(ref)
+        ok = (0 if h is None else h.decrypted_before + h.decryptions) + (0 if dropped is None else dropped[1])
         failures = self._failures.get(ref)
         # repr is the one read-only view of an itertools.count ("count(N)": N - 1 so far).
         return ok, 0 if failures is None else int(repr(failures)[6:-1]) - 1
@@ -1620,6 +1626,10 @@ class Keyring:
         h = self._handles.get(ref)
         if h is not None:
             self._by_prefix.pop(h.prefix, None)
+            # Kept for decrypt_counts (a reloaded handle counts from 0 again). A decrypt still
+            # running on the dropped handle may add one after this read: at most one per thread.
+            before = self._dropped.get(ref, ("", 0))[1]
+            self._dropped[ref] = (h.name, before + h.decrypted_before + h.decryptions)
         self._handles.pop(ref, None)
 
     def _flush_usage_if_due(self, now: float) -> None:

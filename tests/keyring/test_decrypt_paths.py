@@ -213,3 +213,22 @@ def test_revoke_drops_a_lookup_entry_that_outlived_its_handle(ring: Keyring) -> 
     assert not ring._by_prefix
     with pytest.raises(AuthError):
         ring.decrypt(blob)
+
+
+def test_decrypt_counts_survive_a_rotation_that_drops_the_loaded_version(ring: Keyring) -> None:
+    # A suite migration's canary reads these counts: a rotation during its watch drops the
+    # version's handle, and the counts must not restart (or vanish) with it.
+    ring.create("k")
+    blob = ring.encrypt("k", b"m", b"ctx")
+    for _ in range(5):
+        assert ring.decrypt(blob, b"ctx") == b"m"
+    for _ in range(3):
+        with pytest.raises(AuthError):
+            ring.decrypt(blob, b"other")
+    ring.rotate("k")
+    assert ring.decrypt_counts("k", 1) == (5, 3)
+    assert ring.loaded_decrypt_counts()[("k", 1)] == (5, 3)
+    assert ring.decrypt(blob, b"ctx") == b"m"  # reloaded within its dual-key window: counted on top
+    assert ring.decrypt_counts("k", 1) == (6, 3)
+    ring.rotate("k")
+    assert ring.loaded_decrypt_counts()[("k", 1)] == (6, 3)
