@@ -37,9 +37,11 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -228,13 +230,30 @@ class Home:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Exclusive lock for read-modify-write of ``home.json`` across processes."""
-        fd = os.open(self.root / "home.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """Exclusive lock for read-modify-write of ``home.json`` across processes.
+
+        Raises:
+            PolicyError: ``HOME/home.lock`` cannot be opened or locked (replaced by a directory,
+                a symlink, a FIFO; out of descriptors): nothing is read or changed.
+        """
+        lock = self.root / "home.lock"
+        where = f"home lock {str(lock)!r}"
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            # O_NOFOLLOW: a symlink planted here must not make us create, open or lock a file
+            # elsewhere (/etc/passwd, another home's lock); O_NONBLOCK: a FIFO must not hang us.
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise PolicyError(f"{where}: cannot open ({_why(exc)}); remove it so it is created again") from None
+        try:
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise PolicyError(f"{where}: cannot lock ({_why(exc)}); remove it so it is created again") from None
             yield
         finally:
-            os.close(fd)
+            os.close(fd)  # closing releases the lock
 
     def record(self) -> HomeRecord:
         """The record; PolicyError if the home has none or it is unreadable (naming the fix)."""
@@ -272,18 +291,43 @@ class Home:
             found = self._read_record()
             if found is not None:
                 return found
-            # HOME/trust.json alone is no state to protect (pins come and go with `xps trust`).
-            present = {name: rel for name, (rel, _) in STORES.items()
-                       if name != "trust" and (self.root / rel).exists()}
+            present = self._unrecorded_stores()
             if present and not adopt:
-                files = ", ".join(sorted(present.values()))
-                raise PolicyError(f"home {str(self.root)!r}: it holds {files} but no home.json (lost or from an "
-                                  "older xpscerpto); restore home.json from a backup, or adopt the home as it is "
-                                  "with `xps init --adopt --config FILE`")
+                raise self._lost_record(present)
             record = HomeRecord(datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                                 MappingProxyType(present), MappingProxyType(dict(policy)))
             self._write_record(record)
             return record
+
+    def refuse_lost_record(self) -> None:
+        """Refuse a home that holds stores but lost its ``home.json``, as :meth:`initialise` does.
+
+        For commands that read or write the home's stores without creating its record (``xps
+        status``, an offline ``xps rollback``): without the record nothing says where the stores
+        are or what protects them, and a missing ``state.json`` would read as "nothing enabled".
+        A home with a record, or with no store yet, passes (nothing is created or locked here).
+
+        Raises:
+            PolicyError: the home holds a store file but no ``home.json`` (the message says how to
+                restore or adopt it), or its ``home.json`` is unreadable.
+        """
+        if self._read_record() is not None:
+            return
+        present = self._unrecorded_stores()
+        # Read again: a first run on this empty home may have written its record, then created a
+        # store, between the two looks; that home is whole.
+        if present and self._read_record() is None:
+            raise self._lost_record(present)
+
+    def _unrecorded_stores(self) -> dict[str, str]:
+        # HOME/trust.json alone is no state to protect (pins come and go with `xps trust`).
+        return {name: rel for name, (rel, _) in STORES.items() if name != "trust" and (self.root / rel).exists()}
+
+    def _lost_record(self, present: Mapping[str, str]) -> PolicyError:
+        files = ", ".join(sorted(present.values()))
+        return PolicyError(f"home {str(self.root)!r}: it holds {files} but no home.json (lost or from an older "
+                           "xpscerpto); restore home.json from a backup, or adopt the home as it is with "
+                           "`xps init --adopt --config FILE`")
 
     def store_exists(self, name: str) -> bool:
         """Whether the record lists store ``name`` (so it must be there, and is never re-created)."""
@@ -394,3 +438,12 @@ class Home:
                          0o600)
         except OSError as exc:
             raise PolicyError(f"home record {str(self.record_path)!r}: cannot write ({exc.strerror})") from None
+
+
+def _why(exc: OSError) -> str:
+    # errno's "Too many levels of symbolic links" does not tell an operator a symlink was planted.
+    if exc.errno == errno.ELOOP:
+        return "a symlink"
+    if exc.errno == errno.EISDIR:
+        return "a directory"
+    return exc.strerror or type(exc).__name__
