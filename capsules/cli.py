@@ -258,6 +258,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         data = result(request(home.socket, {"cmd": "status"}, timeout=STATUS_TIMEOUT))
     except NoEngineRunning:
+        # Offline the stores are read without knowing where the lost record put them: with
+        # state.json gone too, that reads as "nothing enabled". A running engine answers from
+        # the record it bound at start.
+        home.refuse_lost_record()
         config = context.config(args)
         data = _offline_status(home, config.hotpatch.state_store(home), config.audit)
 
@@ -337,6 +341,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                                            "operator": args.operator}, timeout=CHANGE_TIMEOUT)
             break
         except NoEngineRunning:
+            # Offline, this command rewrites state.json and the journal itself: never in a home
+            # whose record is lost (where its stores are, and what protects them, is unknown).
+            home.refuse_lost_record()
             config = config or context.config(args)
             states = config.hotpatch.state_store(home)
             journal = None

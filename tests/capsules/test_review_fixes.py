@@ -73,6 +73,7 @@ def test_offline_rollback_journals_with_the_configured_signing_key_outside_the_h
     """SECURITY.md puts the journal's key outside the home: offline `xps rollback` looked for
     HOME/audit.key instead and refused (or, with no journal yet, would have forked the chain)."""
     pub = Publisher(tmp_path)
+    pub.home.initialise(policy={})  # `xps` refuses a home with stores but no record (review F3)
     keydir = tmp_path / "etc"
     keydir.mkdir(mode=0o700)
     cfg = tmp_path / "xps.yaml"
@@ -294,6 +295,7 @@ def _damage_lock(lock: Path, kind: str, elsewhere: Path) -> None:
 @pytest.mark.parametrize("kind", ["directory", "fifo", "symlink"])
 def test_a_state_lock_that_is_no_file_refuses_the_capsule_typed_and_journaled(tmp_path: Path, kind: str) -> None:
     pub = Publisher(tmp_path)
+    pub.home.initialise(policy={})  # `xps` refuses a home with stores but no record (review F3)
     up = _updater(pub.home, state_store=FileStateStore(pub.home))
     up.apply(pub.capsule("1.0.0"))
     elsewhere = tmp_path / "elsewhere.lock"

@@ -115,7 +115,8 @@ def test_audit_verify_rejects_a_bad_public_key(tmp_path: Path) -> None:
 
 def test_audit_tail_and_status_show_records_without_time_or_event(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    home.mkdir(mode=0o700)
+    # A home with its record: one holding a journal but no home.json is refused (review F3).
+    ok(xps(home, "init"))
     (home / "audit.log").write_text(json.dumps({"seq": 1, "event": "NO_TIME"}) + "\n"
                                     + json.dumps({"seq": {"odd": 1}}) + "\n" + json.dumps({"other": "x"}) + "\n")
     out = xps(home, "audit", "tail")
