@@ -31,6 +31,9 @@ __all__ = ["add_trust_commands"]
 def cmd_trust(args: argparse.Namespace) -> int:
     """Manage pinned publisher keys: add, list, remove, threshold."""
     home = context.home(args)
+    # Without its record nothing says where the home keeps its trust store: listing the default
+    # one could show pins the engine does not use.
+    home.refuse_lost_record()
     config = context.config(args)
     path = config.hotpatch.trust_path(home)  # hotpatch.trust_store: outside the home, if set
     if args.trust_cmd in ("add", "remove", "threshold"):

@@ -105,3 +105,13 @@ def test_an_empty_home_still_shows_an_empty_state_and_gets_no_record(tmp_path: P
     out = xps(h, "status", "--json")
     assert '"active": []' in out.stdout
     assert sorted(p.name for p in h.iterdir()) == ["capsules"]
+
+
+@pytest.mark.parametrize("command", [("trust", "list"), ("trust", "list", "--json")])
+def test_trust_list_refuses_a_home_that_lost_its_record(home: Path, command: tuple[str, ...]) -> None:
+    (home / "home.json").unlink()
+    before = _digests(home)
+    out = xps(home, *command, check=False)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == _refusal(home)
+    assert _digests(home) == before
