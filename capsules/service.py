@@ -24,7 +24,42 @@ from .isolate import Gates
 from .refusal import Refusal
 from .updater import StagePlan, Updater
 
-__all__ = ["OVERRIDES_FILE", "WatchService", "read_overrides"]
+__all__ = ["OVERRIDES_FILE", "WatchService", "check_sealed_policy", "read_overrides"]
+
+
+def check_sealed_policy(home: Home, config: XpsConfig | None = None, *, engine: Engine | None = None,
+                        operator: str = "watch") -> None:
+    """Refuse a home whose ``home.json`` policy differs from the copy its keyring sealed.
+
+    The routing floor (a ``forbid`` recorded after an incident …) is read from ``home.json``,
+    which anyone who can write the home can edit; the keyring keeps a copy sealed under a key
+    the KEK wraps. Opening the keyring once compares the two, as every keyring command does,
+    and finishes an ``xps policy apply`` killed between its database commit and its
+    ``home.json`` write: re-read ``home.record()`` after this call. The open has the keyring's
+    usual effects (queued journal records delivered, retention enforced).
+
+    A home with no keyring has no sealed copy, and nothing is checked. A keyring that cannot be
+    opened (its KEK missing, a PKCS#11 PIN variable not set, its PostgreSQL database down) is a
+    refusal too, not a warning: whoever made the open fail would otherwise choose the floor.
+
+    Raises:
+        KeyringTampered: the recorded policy differs from the sealed one (or the seal fails).
+        XpsError: the keyring cannot be opened (its own message, naming the store or variable).
+    """
+    if not home.record_path.exists():
+        return
+    record = home.record()
+    # Not only `sealed`: an editor who drops the marker from home.json must not skip the check
+    # (the keyring itself opens a sealed database whether or not the record says so).
+    if "keyring" not in record.stores and "keyring" not in record.sealed and not (home.root / "keyring.db").exists():
+        return
+    from xpscerpto.keyring import Keyring
+
+    cfg = config or XpsConfig.defaults()
+    # The file's keyring section says where the database is (a PostgreSQL keyring); its security
+    # keys are the record's here, since this open checks the record, not the file.
+    ring = cfg.with_security_policy(record.policy).keyring
+    Keyring(home, engine=engine, config=ring, audit_config=cfg.audit, operator=operator).close()
 
 
 def _check_recorded_gates(recorded: Mapping[str, Any], config: XpsConfig) -> None:
@@ -112,7 +147,10 @@ class WatchService:
         # The home's record lists every store once created (state.json among them), so a store
         # deleted later is a refusal, never "nothing was enabled". A first run on an empty home
         # creates it; a home holding stores but no record is refused (`xps init --adopt`).
-        record = h.initialise(policy=base.security_policy())
+        h.initialise(policy=base.security_policy())
+        # Before the floor is read: home.json alone is editable; the keyring's sealed copy is not.
+        check_sealed_policy(h, base, engine=engine, operator=operator)
+        record = h.record()
         if config is not None:
             _check_recorded_gates(record.policy, base)
         # The engine routes under a policy at least as strict as the home's record (a later

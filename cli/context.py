@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from xpscerpto.config import XpsConfig
 from xpscerpto.engine import Engine
 from xpscerpto.home import Home
 
-__all__ = ["config", "effective_config", "emit", "engine", "home"]
+__all__ = ["config", "effective_config", "emit", "engine", "home", "home_config", "recorded_policy"]
 
 
 def config(args: argparse.Namespace) -> XpsConfig:
@@ -34,12 +34,13 @@ def effective_config(args: argparse.Namespace) -> XpsConfig:
 
     Raises:
         PolicyError: the file, the home's record or ``overrides.json`` is unreadable or invalid.
+        KeyringTampered: the record's policy differs from the one the home's keyring sealed.
     """
     cfg = config(args)
     h = Home.resolve(args.home, create=False)
     if not h.record_path.exists():
         return cfg
-    policy = h.record().policy
+    policy = recorded_policy(h, cfg)
     cfg = cfg.with_security_policy(policy).under_recorded_routing(policy, given=args.config is not None)
     from xpscerpto.capsules.service import read_overrides
 
@@ -58,12 +59,30 @@ def home_config(args: argparse.Namespace) -> XpsConfig:
 
     Raises:
         PolicyError: the file is invalid, or looser than the home's recorded routing policy.
+        KeyringTampered: the record's policy differs from the one the home's keyring sealed.
     """
     cfg = config(args)
     h = Home.resolve(args.home, create=False)
     if not h.record_path.exists():
         return cfg
-    return cfg.under_recorded_routing(h.record().policy, given=args.config is not None)
+    return cfg.under_recorded_routing(recorded_policy(h, cfg), given=args.config is not None)
+
+
+def recorded_policy(h: Home, cfg: XpsConfig) -> Mapping[str, Any]:
+    """The policy ``h`` records, once checked against its keyring's sealed copy (if it has one).
+
+    ``home.json`` alone is editable by whoever can write the home; a floor read from it
+    unchecked let ``xps watch`` route what an incident forbade (found by a review). ``cfg``
+    says where the keyring and journal are (a PostgreSQL keyring, say).
+
+    Raises:
+        KeyringTampered: the record's policy differs from the sealed one.
+        XpsError: the home has a keyring that cannot be opened (a PKCS#11 PIN not set …).
+    """
+    from xpscerpto.capsules.service import check_sealed_policy
+
+    check_sealed_policy(h, cfg, operator="cli")
+    return h.record().policy  # re-read: the open finishes a `policy apply` killed before home.json
 
 
 def engine(args: argparse.Namespace) -> Engine:

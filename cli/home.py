@@ -69,9 +69,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
     home = context.home(args)
     if args.policy_cmd == "show":
-        # What home.json records; every keyring open compares it with the database's sealed
-        # copy (opening one here would need the KEK and deliver, retain and journal as a side effect).
-        policy = dict(home.record().policy)
+        # What home.json records, once the keyring's open compared it with the database's sealed
+        # copy: shown unchecked, an edited floor looked like the one in force (found by a review).
+        policy = dict(context.recorded_policy(home, context.config(args)))
         context.emit(args, policy, lambda: print("\n".join(f"{k} = {json.dumps(v)}" for k, v in policy.items())))
         return 0
     new = XpsConfig.load(args.file)

@@ -36,7 +36,9 @@ def cmd_providers(args: argparse.Namespace) -> int:
 
     from .tune import describe_route
 
-    cfg = context.config(args).engine
+    # As `xps watch` would route here: under the home's recorded floor and emergency overrides
+    # (the plain file listed routes the home forbids; found by a review).
+    cfg = context.effective_config(args).engine
     # What a running engine would route once tuned: the cached measurement, if this machine
     # has one for these providers (measuring here would make a listing take seconds).
     eng = Engine(replace(cfg, autotune=False))
