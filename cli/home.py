@@ -20,7 +20,7 @@ from typing import Any
 
 from xpscerpto.config import XpsConfig, policy_changes
 from xpscerpto.engine import Engine
-from xpscerpto.errors import PolicyError
+from xpscerpto.errors import PolicyError, XpsError
 
 from . import context
 
@@ -43,16 +43,25 @@ def cmd_init(args: argparse.Namespace) -> int:
     record = home.initialise(policy=config.security_policy(), adopt=args.adopt)
     given = args.config is not None
     config = config.under_recorded_routing(record.policy, given=given)
-    with Keyring(home, engine=Engine(config.engine), config=config.keyring if given else None,
-                 approvals=config.approvals if given else None, audit_config=config.audit,
-                 operator=args.operator_name, adopt=args.adopt) as ring:
+    try:
+        ring = Keyring(home, engine=Engine(config.engine), config=config.keyring if given else None,
+                       approvals=config.approvals if given else None, audit_config=config.audit,
+                       operator=args.operator_name, adopt=args.adopt)
+    except XpsError:
+        if args.adopt and not existed:
+            # The record this adoption wrote, refused by the keyring (a policy other than the one
+            # it sealed, say): left in place it would stand as the home's policy for commands
+            # that do not open the keyring, and block the corrected retry.
+            home.record_path.unlink(missing_ok=True)
+        raise
+    with ring:
         operators = ring.register_operators(args.operator) if args.operator else []
         if home.check_store("routing"):
             RoutingState().save(home.state)
             home.register_store("routing")
         # A first init killed before it journaled the home's creation is finished by the next
         # one; the journal asked is the configured one (a file, or PostgreSQL for a fleet).
-        if not existed or not ring.audit.mentions("HOME_INIT"):
+        if not ring.adopted and (not existed or not ring.audit.mentions("HOME_INIT")):  # adopted: journaled
             ring.audit.record("HOME_INIT", stores=sorted(home.record().stores), operators=operators,
                               adopted=bool(args.adopt), operator=args.operator_name)
         home.register_journal()

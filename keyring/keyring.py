@@ -235,6 +235,8 @@ class Keyring:
         self.clock = clock
         self.operator = operator
         self._adopt = adopt is True
+        #: True once this open sealed an earlier release's database (its HOME_INIT is journaled).
+        self.adopted = False
         self.config, self.approvals_config = self._bind_policy(config, approvals)
         self.audit_config = audit_config or AuditConfig()
         if engine is None:
@@ -1102,6 +1104,9 @@ class Keyring:
         """Unwrap the integrity key (or make it, for a new or just-upgraded database), seal, and
         check the roster."""
         wrapped = self.store.meta("integrity_key")
+        if wrapped is not None and self._operators_file.exists() and self._operators_file_imported():
+            # The upgrade committed its import and was killed before it renamed the file: finish that.
+            self._retire_operators_file()
         if wrapped is not None and self._operators_file.exists():
             # Operators live in the sealed database now; a file dropped into the home later is
             # not read (it would bypass the approvals operator changes need): refuse it.
@@ -1213,6 +1218,11 @@ class Keyring:
         if upgrading:
             self.outbox.add(db, "KEYRING_SEALED", rows=sealed, schema_from=self.store.upgraded_from or "1",
                             operator=self.operator)
+            # Only `xps init --adopt` seals an earlier release's database: its HOME_INIT goes in
+            # this transaction, so an adoption killed after it committed is still journaled.
+            self.outbox.add(db, "HOME_INIT", stores=sorted(self.home.record().stores), operators=[],
+                            adopted=True, operator=self.operator)
+            self.adopted = True
         else:  # a new database is journaled: one that replaced a deleted one shows in the journal
             self.outbox.add(db, "KEYRING_CREATE", store="postgresql" if is_dsn(self.config.database) else "sqlite",
                             operator=self.operator)
@@ -1233,6 +1243,20 @@ class Keyring:
         for keyid, (pk, label) in registry.keys.items():
             self.store.add_operator(db, keyid, pk, label, self.clock())
         return tuple(sorted(registry.keys))
+
+    def _operators_file_imported(self) -> bool:
+        """Whether operators.json is the file an upgrade imported and was killed before setting
+        aside: no ``operators.json.imported`` yet, and only operators the database has, with
+        their keys (any other file is refused, not read)."""
+        if self._operators_file.with_name("operators.json.imported").exists():
+            return False
+        try:
+            registry = OperatorRegistry.load(self._operators_file)
+        except XpsError:
+            return False
+        known = self.store.operators()
+        return bool(registry.keys) and all(known.get(keyid, (None,))[0] == pk
+                                           for keyid, (pk, _) in registry.keys.items())
 
     def _retire_operators_file(self) -> None:
         if self._operators_file.exists():

@@ -22,6 +22,14 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 
+# strace kills a command at its N-th syscall in the crash tests (kill -9 at every step).
+if ! command -v strace >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq strace >/dev/null
+fi
+
 python3 -m venv .venv
 .venv/bin/pip install -q '.[test]'
 exec .venv/bin/python -m pytest "$@"

@@ -147,7 +147,8 @@ def test_an_adoption_that_failed_halfway_can_be_retried(old_home: Path) -> None:
     good = (old_home / "operators.json").read_bytes()
     (old_home / "operators.json").write_text("{")
     refused(xps(old_home, "init", "--adopt"), "operators")
-    assert (old_home / "home.json").exists()
+    # The refused adoption's record is removed (a record left behind stood as the home's policy).
+    assert not (old_home / "home.json").exists()
     (old_home / "operators.json").write_bytes(good)
     ok(xps(old_home, "init", "--adopt"))
     assert ok(xps(old_home, "key", "decrypt", stdin=(DATA / "orders.blob").read_bytes())) == "kept secret"
