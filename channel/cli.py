@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from xpscerpto._atomic import atomic_write, create_exclusive
 from xpscerpto._stored_file import read_stored
 from xpscerpto.cli import context
 from xpscerpto.errors import PolicyError
@@ -50,20 +51,21 @@ def cmd_pki(args: argparse.Namespace) -> int:
         if not args.dns and not args.uri:
             raise PolicyError("issue: give at least one --dns or --uri name (peers check it)")
         out = Path(args.out)
-        paths = [out.with_name(out.name + ext) for ext in (".crt", ".key", ".static")]
-        for p in paths:
-            if p.exists():
-                raise PolicyError(f"{p.name}: already exists")
+        crt, key_file, static_file = (out.with_name(out.name + ext) for ext in (".crt", ".key", ".static"))
+        _refuse_existing(crt, key_file, static_file)
         chain, key = ca.issue(args.name, dns=args.dns, uris=args.uri, days=args.days)
-        write_private_key(paths[1], key, passphrase_from_env(args.passphrase_env))
+        write_private_key(key_file, key, passphrase_from_env(args.passphrase_env))
         import xpscerpto
 
         pub, static = xpscerpto.x25519.generate_keypair()
         with static:
-            write_static_key(paths[2], static.view())
-        paths[0].write_bytes(pem_chain(chain))
-        print(f"issued serial {chain[0].serial_number:x} to {args.name!r}: {paths[0].name}, {paths[1].name} (0600), "
-              f"{paths[2].name} (0600, static public key {pub.hex()})")
+            write_static_key(static_file, static.view())
+        # Last, and like the keys created whole or not at all (temp, fsync, link): a .crt under its
+        # final name means the issue finished, so a killed one is told apart from a finished one.
+        if not create_exclusive(crt, pem_chain(chain), 0o644):
+            raise PolicyError(f"{crt.name}: already exists")
+        print(f"issued serial {chain[0].serial_number:x} to {args.name!r}: {crt.name}, {key_file.name} (0600), "
+              f"{static_file.name} (0600, static public key {pub.hex()})")
         return 0
     if args.pki_cmd == "revoke":
         from .identity import load_certificates
@@ -80,13 +82,26 @@ def cmd_pki(args: argparse.Namespace) -> int:
         print(f"revoked serial {cert.serial_number:x}; run `xps pki crl` to publish it")
         return 0
     from cryptography.hazmat.primitives import serialization
-    from xpscerpto._atomic import atomic_write
 
     crl = ca.crl(days=args.days)
     atomic_write(Path(args.out), crl.public_bytes(serialization.Encoding.PEM), 0o644)
     print(f"CRL with {len(ca.revoked)} revoked serials, valid until "
           f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC: {args.out}")
     return 0
+
+
+def _refuse_existing(crt: Path, key_file: Path, static_file: Path) -> None:
+    """PolicyError if any output of ``issue`` exists; one killed before its certificate is named as such."""
+    present = [p for p in (crt, key_file, static_file) if p.exists() or p.is_symlink()]
+    if not present:
+        return
+    if crt in present:
+        raise PolicyError(f"{crt.name}: already exists")
+    # The certificate is written last: without it these are the keys of an issue that never
+    # finished. Removed by hand, not here: a private key is never deleted or replaced by xps.
+    names = ", ".join(p.name for p in present)
+    raise PolicyError(f"{crt.name}: missing, but {names} already exist(s): an issue killed before it wrote the "
+                      "certificate leaves this; remove them (unless they are keys you keep) and issue again")
 
 
 # -- xps channel -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ serials. Issuance uses ``cryptography.x509`` builders directly (they need the ke
 A CA directory holds ``ca.crt`` (this CA's certificate, then its parents up to the root),
 ``ca.key`` (PKCS#8 PEM, 0600, encrypted when a passphrase is given) and ``revoked.json``
 (serials revoked so far, replaced atomically under the lock file ``revoked.json.lock``).
+While ``init-ca`` writes them, the marker ``init-ca.unfinished`` is there (see :meth:`CertificateAuthority.save`).
 ``xps pki init-ca|issue|revoke|crl`` are thin commands over this module.
 
 Example:
@@ -32,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from xpscerpto._atomic import atomic_write, create_exclusive, locked_beside
+from xpscerpto._atomic import atomic_write, create_exclusive, fsync_dir, locked_beside, sweep_stale_temps
 from xpscerpto._stored_file import read_stored
 from xpscerpto.errors import KeyError_, PolicyError
 
@@ -56,6 +57,10 @@ _CA_KU = x509.KeyUsage(digital_signature=False, content_commitment=False, key_en
                        encipher_only=False, decipher_only=False)
 #: The files of a CA directory; ``init-ca`` refuses a directory holding any of them.
 CA_FILES = ("ca.crt", "ca.key", "revoked.json")
+#: Created before the first CA file and removed after the last: while it is there the directory
+#: is an init-ca that was killed before it finished, never a CA (load refuses it, init-ca replaces it).
+UNFINISHED = "init-ca.unfinished"
+_UNFINISHED_NOTE = b"xps pki init-ca is writing this CA (or was killed doing so: run it again)\n"
 #: Serials as ``revoked.json`` spells them (lowercase hex, as written), and the range X.509
 #: allows (RFC 5280 4.1.2.2: positive, at most 20 octets), so a CRL can carry every one.
 _SERIAL_HEX = re.compile(r"[0-9a-fA-F]{1,40}")
@@ -268,20 +273,33 @@ class CertificateAuthority:
     # -- files ---------------------------------------------------------------------------
 
     def save(self, folder: str | Path, passphrase: bytes | None = None) -> None:
-        """Write a new CA directory.
+        """Write a new CA directory: after a crash (even kill -9) it holds a whole CA or an unfinished one.
+
+        The marker ``init-ca.unfinished`` is created first and removed only once ``ca.key``,
+        ``ca.crt`` and ``revoked.json`` have all landed (each written atomically). A directory
+        holding the marker was never a CA: :meth:`load` refuses it, and the next ``save``
+        replaces its parts.
 
         Raises:
             PolicyError: the directory holds any CA file already (``ca.crt``, ``ca.key``,
-                ``revoked.json``): a CA whose key went missing is not silently replaced, and
-                its revocations are kept.
+                ``revoked.json``) and no marker: a CA whose key went missing is not silently
+                replaced, and its revocations are kept.
         """
         d = Path(folder)
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        marker = d / UNFINISHED
         with locked_beside(d / "revoked.json", f"CA directory {d.name}: revoked.json"):
-            present = [name for name in CA_FILES if (d / name).exists() or (d / name).is_symlink()]
-            if present:
-                raise PolicyError(f"CA directory {d.name}: already holds a CA (or part of one): {', '.join(present)}; "
-                                  "restore the missing files from a backup, or use a new directory")
+            if _exists(marker):
+                self._discard_unfinished(d)
+            else:
+                present = [name for name in CA_FILES if _exists(d / name)]
+                if present:
+                    raise PolicyError(f"CA directory {d.name}: already holds a CA (or part of one): "
+                                      f"{', '.join(present)}; restore the missing files from a backup, "
+                                      "or use a new directory")
+                _sweep_temps(d)  # of an init-ca killed before its marker landed
+                if not create_exclusive(marker, _UNFINISHED_NOTE, 0o600):
+                    raise PolicyError(f"CA directory {d.name}: {UNFINISHED} appeared while the CA was being written")
             written: list[Path] = []
             try:
                 write_private_key(d / "ca.key", self._key, passphrase)
@@ -292,10 +310,26 @@ class CertificateAuthority:
                         raise PolicyError(f"CA directory {d.name}: {name} appeared while the CA was being written")
                     written.append(d / name)
             except BaseException:
-                # A part of a CA would make the next init-ca refuse the directory: none is left.
+                # Parts first, marker last: killed in between, the marker still says "unfinished".
                 for path in written:
                     path.unlink(missing_ok=True)
+                marker.unlink(missing_ok=True)
                 raise
+            # The commit: from here on the directory is a CA.
+            marker.unlink()
+            fsync_dir(d)
+
+    @staticmethod
+    def _discard_unfinished(d: Path) -> None:
+        """Remove what a killed ``save`` left in ``d`` (caller holds the directory's lock; the marker stays).
+
+        Those parts were never a CA (``load`` refuses a directory with the marker) and nothing was
+        reported: replacing them loses nothing.
+        """
+        for name in CA_FILES:
+            (d / name).unlink(missing_ok=True)
+        _sweep_temps(d)
+        fsync_dir(d)
 
     def save_revoked(self, folder: str | Path) -> None:
         """Add this CA's revocations to the directory's ``revoked.json`` (never removing one).
@@ -304,10 +338,12 @@ class CertificateAuthority:
         revocations saved by another process since this CA was loaded are kept, not overwritten.
 
         Raises:
-            PolicyError: the lock cannot be taken, or ``revoked.json`` is malformed (nothing written).
+            PolicyError: the lock cannot be taken, ``revoked.json`` is malformed, or the directory
+                is an unfinished init-ca (nothing written).
         """
         d = Path(folder)
         with locked_beside(d / "revoked.json", f"CA directory {d.name}: revoked.json"):
+            _refuse_unfinished(d)
             try:
                 doc = json.loads(read_stored(d / "revoked.json"))
             except FileNotFoundError:
@@ -326,10 +362,12 @@ class CertificateAuthority:
         """Read a CA directory written by :meth:`save`.
 
         Raises:
-            PolicyError: a file is missing or malformed (never silently reset).
+            PolicyError: a file is missing or malformed (never silently reset), or an init-ca
+                of the directory was killed before it finished (``init-ca.unfinished``).
             KeyError_: the key is wrong, encrypted without a passphrase, or not the CA's.
         """
         d = Path(folder)
+        _refuse_unfinished(d)
         try:
             chain = load_certificates(read_stored(d / "ca.crt"))
             doc = json.loads(read_stored(d / "revoked.json"))
@@ -342,6 +380,27 @@ class CertificateAuthority:
         if key.public_key() != chain[0].public_key():
             raise KeyError_(f"CA directory {d.name}: ca.key does not belong to ca.crt")
         return cls(chain, key, revoked)
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _sweep_temps(d: Path) -> None:
+    """Remove the temps a killed init-ca left in ``d`` (caller holds the directory's lock).
+
+    At once, not after the usual delay: every writer of these names (``save``, ``save_revoked``)
+    holds that lock, so none of them is a live writer's. One may hold the CA's private key.
+    """
+    for name in (*CA_FILES, UNFINISHED):
+        sweep_stale_temps(d, target=name, older_than=0)
+
+
+def _refuse_unfinished(d: Path) -> None:
+    """PolicyError if an init-ca of ``d`` was killed before it finished (its parts are no CA)."""
+    if _exists(d / UNFINISHED):
+        raise PolicyError(f"CA directory {d.name}: an init-ca of it was interrupted before it finished "
+                          f"({UNFINISHED} is there): it holds no CA; run `xps pki init-ca` on it again")
 
 
 def _revoked_doc(revoked: Iterable[Revocation]) -> bytes:
