@@ -126,6 +126,7 @@ __all__ = [
     "GENESIS",
     "STATEMENT_PREFIX",
     "AuditLog",
+    "AuditPublicKeyMissing",
     "AuditTampered",
     "VerifyReport",
     "checkpoint_message",
@@ -195,6 +196,27 @@ class AuditTampered(XpsError):
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable despite the richer __init__
         return (type(self), (self.path, self.seq, self.reason, self.detail, self.line))
+
+
+class AuditPublicKeyMissing(KeyError_):
+    """The journal's records are signed but its ``.pub`` file is missing: nothing could be checked.
+
+    Not a finding about the records (no signature was checked, none failed): a first write or
+    ``xps init`` killed before it published the key leaves this, and so does deleting the file.
+    ``.path`` is the log, ``.pub_path`` the missing file, ``.seq``/``.line`` the first signed record.
+    """
+
+    def __init__(self, path: Path, pub_path: str, seq: int, line: int) -> None:
+        super().__init__(
+            f"audit journal {path}: record seq {seq} (line {line}) is signed but the journal's public key file "
+            f"{pub_path} is missing, so no signature was checked (a first write or `xps init` killed before it "
+            "published the key leaves this, as does deleting the file). Restore it: re-run `xps init` on the home "
+            "(it writes the file from the journal's signing key), or verify with the public key exported earlier "
+            "(--public-key, public_key=)", reason="public key missing")
+        self.path, self.pub_path, self.seq, self.line = path, pub_path, seq, line
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable despite the richer __init__
+        return (type(self), (self.path, self.pub_path, self.seq, self.line))
 
 
 @dataclass(frozen=True)
@@ -1100,7 +1122,8 @@ class AuditLog:
         Without it, removal of the newest records is undetectable (see the module docs).
         Seq 0 is the state before the first record; its only hash is :data:`GENESIS`.
         A missing or empty log whose ``.pub`` exists counts as deleted (the key is written
-        only after the first record).
+        only after the first record). Signed records with no ``.pub`` and no ``public_key``
+        raise :class:`AuditPublicKeyMissing` (``XPS_ERR_KEY``): no signature could be checked.
 
         Example:
             >>> import tempfile, pathlib
@@ -1334,10 +1357,11 @@ class _Walk:
                 return f" (its checkpoints say checkpoint_every={every})"
         return ""
 
-    def _no_public_key(self) -> str:
-        return (f"no public key to check it against ({self.pub_source} is missing; pass public_key= to pin one. "
-                "A crash right after a new journal's first record leaves it missing too: the next record, "
-                "or check_writable(), writes it)")
+    def _no_public_key(self, seq: int, line: int) -> AuditPublicKeyMissing:
+        # A typed KEY error naming the missing file, not a "bad signature": none was checked. The
+        # .pub is not rebuilt from the signing key here: verify stays read-only and trusts only
+        # the .pub (or a pinned key), which is what an independent verifier holds.
+        return AuditPublicKeyMissing(self.path, self.pub_source, seq, line)
 
     def _record_signature(self, rec: dict[str, Any], line: int) -> None:
         seq, rsig = rec["seq"], rec.get("rsig")
@@ -1349,7 +1373,7 @@ class _Walk:
             return
         bad = "bad record signature"
         if self.pub_hex is None:
-            raise self._fail(seq, bad, self._no_public_key(), line)
+            raise self._no_public_key(seq, line)
         if not isinstance(rsig, str) or not _HEX128.fullmatch(rsig):
             raise self._fail(seq, bad, "the signature is not 64 bytes of hex", line)
         try:
@@ -1366,7 +1390,7 @@ class _Walk:
         seq = rec["seq"]
         bad = "bad checkpoint signature"
         if self.pub_hex is None:
-            raise self._fail(seq, bad, self._no_public_key(), line)
+            raise self._no_public_key(seq, line)
         key, sig = rec.get("key"), rec.get("sig")
         if not isinstance(key, str) or key != self.pub_hex:
             # Not str(key): the repr of a value nested near the parser's limit can exhaust the stack.
