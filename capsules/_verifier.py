@@ -109,8 +109,9 @@ def verify_capsule(
         now: the current time (freeze protection).
         policy: the engine's routing policy; every provided operation must be allowed.
         limits: container input limits.
-        allow_version: re-verifying an already accepted capsule (at restart or an operator's
-            roll-forward) may match exactly this version instead of exceeding ``highest``.
+        allow_version: re-verifying an already accepted capsule (at restart, an operator's
+            roll-forward, or the active capsule's exact bytes dropped again) may match exactly
+            this version instead of exceeding ``highest``.
         reserved_names: provider names a capsule may not take (the engine's built-ins).
         op_highest: operation -> highest capsule version ever accepted for it, whatever the
             capsule's name (old code re-signed under a new name is still a downgrade).

@@ -330,7 +330,9 @@ class Updater:
     def apply(self, raw: bytes, *, source: str = "api", operator: str | None = None) -> ActiveCapsule:
         """Verify, validate, stage and enable a capsule; raise UpdateError/PolicyError if refused.
 
-        Every step is audited; a refusal leaves routing and committed state untouched.
+        Every step is audited; a refusal leaves routing and committed state untouched. The exact
+        bytes of a capsule already active and routed are verified again and returned as that
+        capsule, changing nothing (journaled as ``PATCH_VERIFY`` with ``already_active: true``).
         """
         operator = operator or self.operator
         sha = hashlib.sha256(raw).hexdigest()
@@ -390,6 +392,9 @@ class Updater:
         if self._tainted is not None:
             raise refuse(Refusal.TAINTED, f"engine: refused capsule code ran in this process ({self._tainted}); "
                                           f"restart the engine before applying another capsule")
+        serving = next((a for a in self._state.active if a.sha256 == sha), None)
+        if serving is not None and sha not in self._held:
+            return self._already_active(raw, serving, operator)
         # The same capsule dropped again repairs a stored file refused at start: its version is
         # the committed one, so the downgrade check must let exactly that version through.
         repair = self._held.get(sha)
@@ -478,6 +483,22 @@ class Updater:
             raise refuse(Refusal.KAT_RECHECK, f"enable: KAT re-check failed after cutover ({failure}); rolled back")
         if self.plan.sample_seconds > 0 and reference:
             self._start_sampling(loaded, reference)
+        return cap
+
+    def _already_active(self, raw: bytes, cap: ActiveCapsule, operator: str) -> ActiveCapsule:
+        """``raw`` is exactly ``cap``, committed and routed: nothing to change; journal that.
+
+        A watch killed after committing an enable but before filing the dropped file finds the
+        file again at its next start. Its version is the highest accepted, so the rollback check
+        refused the very capsule that serves, and the inbox and journal said the fix was refused.
+        Verified again (exactly this version allowed), so that a capsule today's trust store or
+        policy refuses is refused; nothing is staged, committed or republished.
+        """
+        capsule = self._verify(raw, self._state, cap.version)
+        m = capsule.manifest
+        self._audit("PATCH_VERIFY", sha256=cap.sha256, name=m.name, version=m.version,
+                    publisher=sorted(capsule.signed_by), operator=operator, already_active=True,
+                    **self._gates_off_field())
         return cap
 
     def _start_sampling(self, loaded: _Loaded, reference: Mapping[str, object]) -> None:
