@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from xpscerpto._atomic import atomic_write
+from xpscerpto._atomic import atomic_write, lock_file_problem
 from xpscerpto._stored_file import read_stored
 from xpscerpto.errors import XpsError
 from xpscerpto.home import Home
@@ -354,15 +354,15 @@ def state_lock(home: Home) -> Iterator[None]:
         # O_NONBLOCK: opening a FIFO must not wait for a writer.
         fd = os.open(home.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise refuse(Refusal.STATE, f"{where}: cannot open ({_why(exc)}); remove it so it is created again") \
-            from None
+        raise refuse(Refusal.STATE, f"{where}: cannot open ({lock_file_problem(exc)}); remove it so it is "
+                                    "created again") from None
     try:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EINVAL, "not a regular file")
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:
-            raise refuse(Refusal.STATE, f"{where}: cannot lock ({_why(exc)}); remove it so it is created "
+            raise refuse(Refusal.STATE, f"{where}: cannot lock ({lock_file_problem(exc)}); remove it so it is created "
                                         "again") from None
         try:
             yield
@@ -371,10 +371,3 @@ def state_lock(home: Home) -> Iterator[None]:
     finally:
         os.close(fd)
 
-
-def _why(exc: OSError) -> str:
-    if exc.errno == errno.ELOOP:
-        return "a symlink"
-    if exc.errno == errno.EISDIR:
-        return "a directory"
-    return exc.strerror or type(exc).__name__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -15,8 +16,8 @@ from pathlib import Path
 
 from .errors import PolicyError
 
-__all__ = ["STALE_TEMP_SECONDS", "atomic_write", "create_exclusive", "fsync_dir", "locked_beside", "sweep_stale_temps",
-           "temp_target"]
+__all__ = ["STALE_TEMP_SECONDS", "atomic_write", "create_exclusive", "fsync_dir", "lock_file_problem", "locked_beside",
+           "sweep_stale_temps", "temp_target"]
 
 _log = logging.getLogger(__name__)
 
@@ -79,6 +80,18 @@ def locked_beside(path: Path, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def lock_file_problem(exc: OSError) -> str:
+    """What is wrong with a lock file that could not be opened or locked, in an operator's words.
+
+    errno's "Too many levels of symbolic links" does not say that a symlink was planted there.
+    """
+    if exc.errno == errno.ELOOP:
+        return "a symlink"
+    if exc.errno == errno.EISDIR:
+        return "a directory"
+    return exc.strerror or type(exc).__name__
 
 
 def fsync_dir(path: Path) -> None:

@@ -50,7 +50,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ._atomic import atomic_write, sweep_stale_temps
+from ._atomic import atomic_write, lock_file_problem, sweep_stale_temps
 from ._stored_file import read_stored
 from .errors import InternalError, PolicyError
 
@@ -243,14 +243,16 @@ class Home:
             # elsewhere (/etc/passwd, another home's lock); O_NONBLOCK: a FIFO must not hang us.
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise PolicyError(f"{where}: cannot open ({_why(exc)}); remove it so it is created again") from None
+            raise PolicyError(f"{where}: cannot open ({lock_file_problem(exc)}); remove it so it is created "
+                              "again") from None
         try:
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise OSError(errno.EINVAL, "not a regular file")
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError as exc:
-                raise PolicyError(f"{where}: cannot lock ({_why(exc)}); remove it so it is created again") from None
+                raise PolicyError(f"{where}: cannot lock ({lock_file_problem(exc)}); remove it so it is created "
+                                  "again") from None
             yield
         finally:
             os.close(fd)  # closing releases the lock
@@ -439,11 +441,3 @@ class Home:
         except OSError as exc:
             raise PolicyError(f"home record {str(self.record_path)!r}: cannot write ({exc.strerror})") from None
 
-
-def _why(exc: OSError) -> str:
-    # errno's "Too many levels of symbolic links" does not tell an operator a symlink was planted.
-    if exc.errno == errno.ELOOP:
-        return "a symlink"
-    if exc.errno == errno.EISDIR:
-        return "a directory"
-    return exc.strerror or type(exc).__name__
