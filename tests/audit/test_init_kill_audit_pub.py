@@ -10,7 +10,6 @@ restores it, and a record altered meanwhile is still refused.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +18,7 @@ import pytest
 from xpscerpto.audit.journal import AuditLog
 from xpscerpto.errors import KeyError_
 
-STRACE = shutil.which("strace")
-pytestmark = pytest.mark.skipif(STRACE is None, reason="needs strace to kill xps init at a syscall")
+from tests.strace_kill import cannot_trace, strace
 
 
 def _xps(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -31,15 +29,13 @@ def _xps(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def killed_home(tmp_path: Path) -> Path:
     """A home whose ``xps init`` was killed at the link of ``audit.pub``."""
-    assert STRACE is not None
     home = (tmp_path / "home").resolve()
     pub = home / "audit.pub"
-    proc = subprocess.run([STRACE, "-f", "-qq", "-o", "/dev/null", "-P", str(pub), "-e", "trace=link",
+    proc = subprocess.run([strace(), "-f", "-qq", "-o", "/dev/null", "-P", str(pub), "-e", "trace=link",
                            "-e", "inject=link:signal=KILL:when=1",
                            sys.executable, "-m", "xpscerpto", "--home", str(home), "init"],
                           capture_output=True, text=True, timeout=120, check=False)
-    if "ptrace" in proc.stderr and "Operation not permitted" in proc.stderr:
-        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
+    cannot_trace(proc.stderr)
     assert proc.returncode in (-9, 128 + 9), proc.stderr[-2000:]  # killed (strace dies of the same signal)
     assert not pub.exists()
     assert (home / "audit.key").exists()

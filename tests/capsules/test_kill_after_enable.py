@@ -19,12 +19,13 @@ import pytest
 from xpscerpto.capsules.updater import Updater
 from xpscerpto.errors import UpdateError
 
+from tests.strace_kill import cannot_trace, strace
+
 from .conftest import CapsuleFactory, UpdaterMaker, rejections
 from .test_cli_service import DEMO, NAME, OP, Watcher, audit_events, published, status, tool, wait_for, watchers
 
 __all__ = ["published", "watchers"]
 
-STRACE = shutil.which("strace")
 
 
 def _drop(inbox: Path, name: str, raw: bytes) -> None:
@@ -36,10 +37,9 @@ def _drop(inbox: Path, name: str, raw: bytes) -> None:
 
 def _watch_killed_when_filing(home: Path, inbox: Path) -> subprocess.Popen[str]:
     """``xps watch`` under strace, killed (SIGKILL) on entering its first open of ``accepted/``."""
-    assert STRACE is not None
     accepted = inbox.resolve() / "accepted"  # created by the watch itself, opened only to file a drop
     proc = subprocess.Popen(
-        [STRACE, "-f", "-qq", "-o", "/dev/null", "-P", str(accepted), "-e", "trace=openat",
+        [strace(), "-f", "-qq", "-o", "/dev/null", "-P", str(accepted), "-e", "trace=openat",
          "-e", "inject=openat:signal=KILL:when=1",
          sys.executable, "-m", "xpscerpto", "--home", str(home), "watch", str(inbox)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -48,8 +48,7 @@ def _watch_killed_when_filing(home: Path, inbox: Path) -> subprocess.Popen[str]:
     if not line.startswith("watching"):
         proc.kill()
         _, err = proc.communicate(timeout=30)
-        if "ptrace" in err or "Operation not permitted" in err:
-            pytest.skip(f"strace cannot trace here: {err.strip()[:200]}")
+        cannot_trace(err)
         raise AssertionError(f"xps watch under strace did not start: {line!r} {err[:2000]}")
     return proc
 
@@ -58,7 +57,6 @@ def _events_since(home: Path, seq: int) -> list[dict]:
     return [e for e in audit_events(home) if e["seq"] > seq]
 
 
-@pytest.mark.skipif(STRACE is None, reason="needs strace to kill the watch at the filing")
 def test_a_drop_committed_before_a_kill_is_filed_as_accepted_at_the_next_start(  # type: ignore[no-untyped-def]
         published, tmp_path: Path, watchers) -> None:
     capsule, _, home = published

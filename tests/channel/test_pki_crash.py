@@ -19,8 +19,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from xpscerpto.channel.identity import load_certificates
 from xpscerpto.channel.pki import CertificateAuthority
 
-STRACE = shutil.which("strace")
-pytestmark = pytest.mark.skipif(STRACE is None, reason="needs strace to kill the command at a syscall")
+from tests.strace_kill import cannot_trace, strace
 
 _MAX_POINTS = 40  # far above the syscalls of one init-ca or issue: the loops end at the clean run
 
@@ -32,14 +31,12 @@ def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _killed_at(cwd: Path, syscall: str, n: int, *args: str, path: Path | None = None) -> bool:
     """Run ``xps ARGS`` killed at its ``n``-th ``syscall`` (on ``path`` only, if given); True if it was killed."""
-    assert STRACE is not None
     only = ["-P", str(path)] if path is not None else []
-    proc = subprocess.run([STRACE, "-f", "-qq", "-o", "/dev/null", *only, "-e", f"trace={syscall}",
+    proc = subprocess.run([strace(), "-f", "-qq", "-o", "/dev/null", *only, "-e", f"trace={syscall}",
                            "-e", f"inject={syscall}:signal=KILL:when={n}",
                            sys.executable, "-m", "xpscerpto", "--home", "home", *args],
                           cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
-    if "ptrace" in proc.stderr and "Operation not permitted" in proc.stderr:
-        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
+    cannot_trace(proc.stderr)
     if proc.returncode == 0:
         return False
     assert proc.returncode in (-9, 128 + 9), proc.stderr[-2000:]  # strace dies of the same signal

@@ -13,12 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.strace_kill import strace
 
 from .test_home_policy import events, ok, refused, xps
 from .test_upgrade import DATA
-
-STRACE = shutil.which("strace")
 
 
 def _old_home(path: Path) -> Path:
@@ -30,7 +28,7 @@ def _old_home(path: Path) -> Path:
 
 
 def _adopt_killed_at(home: Path, n: int) -> int:
-    cmd = [str(STRACE), "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync,fdatasync",
+    cmd = [strace(), "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync,fdatasync",
            "-e", f"inject=fsync,fdatasync:signal=KILL:when={n}",
            sys.executable, "-m", "xpscerpto", "--home", str(home), "init", "--adopt"]
     return subprocess.run(cmd, capture_output=True, timeout=120, check=False).returncode
@@ -38,7 +36,7 @@ def _adopt_killed_at(home: Path, n: int) -> int:
 
 def _syncs(tmp: Path) -> int:
     home = _old_home(tmp / "count")
-    out = subprocess.run([str(STRACE), "-f", "-qq", "-c", "-e", "trace=fsync,fdatasync", "-o", str(tmp / "c.txt"),
+    out = subprocess.run([strace(), "-f", "-qq", "-c", "-e", "trace=fsync,fdatasync", "-o", str(tmp / "c.txt"),
                           sys.executable, "-m", "xpscerpto", "--home", str(home), "init", "--adopt"],
                          capture_output=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
@@ -46,7 +44,6 @@ def _syncs(tmp: Path) -> int:
                                                       re.M))
 
 
-@pytest.mark.skipif(STRACE is None, reason="needs strace (tools/test.sh installs it)")
 def test_an_adoption_killed_at_any_sync_is_journaled_as_an_adoption_once_it_committed(tmp_path: Path) -> None:
     total = _syncs(tmp_path)
     assert total >= 3
