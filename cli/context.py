@@ -49,13 +49,14 @@ def effective_config(args: argparse.Namespace) -> XpsConfig:
     return cfg.raised_to_recorded_routing(policy)[0]  # as `xps watch` starts: never below the floor
 
 
-def home_config(args: argparse.Namespace) -> XpsConfig:
+def home_config(args: argparse.Namespace, *, verify: bool = True) -> XpsConfig:
     """The configuration of a command that runs against the home (``xps key``, ``xps watch`` …).
 
     ``--config`` (else every default) with its routing policy bound by the one the home
     recorded: without a file the record's ``forbid``/``allow``/``require_constant_time``
     apply; a file may add to them, and one that drops a recorded entry is refused. A home
-    with no record binds nothing (and is not created here).
+    with no record binds nothing (and is not created here). ``verify=False`` reads the record
+    without opening the keyring, for a caller that opens it next (the open checks the record).
 
     Raises:
         PolicyError: the file is invalid, or looser than the home's recorded routing policy.
@@ -65,7 +66,8 @@ def home_config(args: argparse.Namespace) -> XpsConfig:
     h = Home.resolve(args.home, create=False)
     if not h.record_path.exists():
         return cfg
-    return cfg.under_recorded_routing(recorded_policy(h, cfg), given=args.config is not None)
+    policy = recorded_policy(h, cfg) if verify else h.record().policy
+    return cfg.under_recorded_routing(policy, given=args.config is not None)
 
 
 def recorded_policy(h: Home, cfg: XpsConfig) -> Mapping[str, Any]:

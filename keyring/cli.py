@@ -33,6 +33,7 @@ from xpscerpto._stored_file import read_stored
 from xpscerpto.cli import context
 from xpscerpto.engine import Engine
 from xpscerpto.errors import PolicyError, XpsError
+from xpscerpto.home import Home
 from xpscerpto.signing import load_private_key
 
 from .approvals import ApprovalRequest, Approvals
@@ -62,12 +63,25 @@ def _check_text_args(args: argparse.Namespace) -> None:
 
 
 def _ring(args: argparse.Namespace) -> Keyring:
-    config = context.home_config(args)
     # Without --config the keyring opens under the policy its home recorded; with one, the
     # file's security keys must match that policy (`xps policy apply` changes it), and its
-    # routing policy may only add to the recorded one.
+    # routing policy may only add to the recorded one. The open itself checks the record
+    # against the keyring's sealed copy, so the record is read here unchecked (one open, not two).
+    home = context.home(args)
+    before = home.record().policy if home.record_path.exists() else None
+    ring = _open_ring(args, home)
+    if before is not None and home.record().policy != before:
+        # The open finished a `policy apply` killed before its home.json write: the engine must
+        # route under the policy now recorded, not the one read before.
+        ring.close()
+        ring = _open_ring(args, home)
+    return ring
+
+
+def _open_ring(args: argparse.Namespace, home: Home) -> Keyring:
+    config = context.home_config(args, verify=False)
     given = args.config is not None
-    return Keyring(context.home(args), engine=Engine(config.engine), config=config.keyring if given else None,
+    return Keyring(home, engine=Engine(config.engine), config=config.keyring if given else None,
                    approvals=config.approvals if given else None, audit_config=config.audit,
                    operator=args.operator)
 

@@ -135,3 +135,18 @@ def test_a_home_without_a_keyring_is_unchanged(root: Path) -> None:
     assert not (home / "keyring.db").exists()
     assert json.loads(ok(xps(home, "policy", "show", "--json")))["engine.policy.forbid"] == []
     assert not (home / "keyring.db").exists() and not (home / "kek.key").exists()
+
+
+def test_a_key_command_after_a_killed_policy_apply_routes_under_the_floor_it_sealed(root: Path) -> None:
+    """The key command's own open finishes the change; its engine must then route under the new
+    floor, not the one home.json said before the open (a key of a just-forbidden suite)."""
+    home = init(root, "{}\n")
+    incident = root / "incident.yaml"
+    incident.write_text("crypto:\n  policy:\n    forbid: [aes128]\n")
+    killed = subprocess.run([sys.executable, "-c", _KILL_AT_HOME_JSON, "--home", str(home), "policy", "apply",
+                             str(incident), "--reason", "incident"], capture_output=True, timeout=120, check=False)
+    assert killed.returncode == -9, killed.stderr
+    assert json.loads((home / "home.json").read_text())["policy"]["engine.policy.forbid"] == []  # not yet
+    refused(xps(home, "key", "create", "k", "--algo", "AES-128-GCM"), "AES-128-GCM is forbidden")
+    assert json.loads((home / "home.json").read_text())["policy"]["engine.policy.forbid"] == ["aes128"]
+    assert "k" not in ok(xps(home, "key", "list")).split()
