@@ -10,13 +10,9 @@ replaced atomically, so a crash at any moment leaves either the previous or the 
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import hmac
 import json
-import os
-import stat
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -24,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from xpscerpto._atomic import atomic_write, lock_file_problem
+from xpscerpto._atomic import atomic_write, locked_file
 from xpscerpto._stored_file import read_stored
 from xpscerpto.errors import XpsError
 from xpscerpto.home import Home
@@ -348,26 +344,6 @@ def state_lock(home: Home) -> Iterator[None]:
         UpdateError: ``state`` -- the lock file cannot be opened or locked (replaced by a
             directory, a symlink, a FIFO; out of descriptors): nothing is read or changed.
     """
-    where = f"state lock {str(home.lock)!r}"
-    try:
-        # O_NOFOLLOW: a symlink planted here must not make us create or lock a file elsewhere;
-        # O_NONBLOCK: opening a FIFO must not wait for a writer.
-        fd = os.open(home.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise refuse(Refusal.STATE, f"{where}: cannot open ({lock_file_problem(exc)}); remove it so it is "
-                                    "created again") from None
-    try:
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EINVAL, "not a regular file")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            raise refuse(Refusal.STATE, f"{where}: cannot lock ({lock_file_problem(exc)}); remove it so it is created "
-                                        "again") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    with locked_file(home.lock, f"state lock {str(home.lock)!r}", lambda message: refuse(Refusal.STATE, message)):
+        yield
 

@@ -11,12 +11,12 @@ import re
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import PolicyError
 
-__all__ = ["STALE_TEMP_SECONDS", "atomic_write", "create_exclusive", "fsync_dir", "lock_file_problem", "locked_beside",
+__all__ = ["STALE_TEMP_SECONDS", "atomic_write", "create_exclusive", "fsync_dir", "locked_beside", "locked_file",
            "sweep_stale_temps", "temp_target"]
 
 _log = logging.getLogger(__name__)
@@ -82,11 +82,32 @@ def locked_beside(path: Path, what: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def lock_file_problem(exc: OSError) -> str:
-    """What is wrong with a lock file that could not be opened or locked, in an operator's words.
+@contextlib.contextmanager
+def locked_file(lock: Path, where: str, fail: Callable[[str], Exception]) -> Iterator[None]:
+    """Hold an exclusive lock on the regular file ``lock`` (created 0600), for a home's own locks.
 
-    errno's "Too many levels of symbolic links" does not say that a symlink was planted there.
+    Never through a symlink (a planted one must not make us create, open or lock a file
+    elsewhere: /etc/passwd, another home's lock), never waiting on a FIFO. ``fail(message)``
+    makes the caller's typed error; the message names ``where`` and the fix.
     """
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise fail(f"{where}: cannot open ({_lock_problem(exc)}); remove it so it is created again") from None
+    try:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise fail(f"{where}: cannot lock ({_lock_problem(exc)}); remove it so it is created again") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _lock_problem(exc: OSError) -> str:
+    # errno's "Too many levels of symbolic links" does not say that a symlink was planted there.
     if exc.errno == errno.ELOOP:
         return "a symlink"
     if exc.errno == errno.EISDIR:

@@ -37,11 +37,8 @@ Example:
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
-import stat
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -50,7 +47,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ._atomic import atomic_write, lock_file_problem, sweep_stale_temps
+from ._atomic import atomic_write, locked_file, sweep_stale_temps
 from ._stored_file import read_stored
 from .errors import InternalError, PolicyError
 
@@ -237,25 +234,8 @@ class Home:
                 a symlink, a FIFO; out of descriptors): nothing is read or changed.
         """
         lock = self.root / "home.lock"
-        where = f"home lock {str(lock)!r}"
-        try:
-            # O_NOFOLLOW: a symlink planted here must not make us create, open or lock a file
-            # elsewhere (/etc/passwd, another home's lock); O_NONBLOCK: a FIFO must not hang us.
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise PolicyError(f"{where}: cannot open ({lock_file_problem(exc)}); remove it so it is created "
-                              "again") from None
-        try:
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise OSError(errno.EINVAL, "not a regular file")
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                raise PolicyError(f"{where}: cannot lock ({lock_file_problem(exc)}); remove it so it is created "
-                                  "again") from None
+        with locked_file(lock, f"home lock {str(lock)!r}", PolicyError):
             yield
-        finally:
-            os.close(fd)  # closing releases the lock
 
     def record(self) -> HomeRecord:
         """The record; PolicyError if the home has none or it is unreadable (naming the fix)."""
