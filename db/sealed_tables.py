@@ -31,6 +31,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,8 +44,9 @@ from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.keyring.integrity import KeyringTampered
 from xpscerpto.keyring.store import Connection, Store
 
-__all__ = ["ARCHIVED", "EMERGENCY", "MARK", "MIGRATIONS", "PLANS", "ROLLOUTS", "RUNS", "TABLES", "Guard", "RowTampered",
-           "Table", "UnsealedRows", "adopt", "mark_new", "now", "put", "read", "read_each", "roster_entries"]
+__all__ = ["ARCHIVED", "EMERGENCY", "MARK", "MIGRATIONS", "PLANS", "ROLLOUTS", "RUNS", "TABLES", "Guard",
+           "RowTampered", "RowsChanged", "Table", "UnsealedRows", "adopt", "fingerprint", "mark_new", "now", "put",
+           "read", "read_each", "review", "roster_entries"]
 
 #: The meta key set once every orchestration row is sealed (see :func:`adopt`).
 MARK = "sealed_tables"
@@ -58,6 +62,12 @@ class UnsealedRows(PolicyError):
     """Orchestration rows no keyring sealed, where sealing them needs an operator's decision."""
 
     reason = "unsealed"
+
+
+class RowsChanged(PolicyError):
+    """The rows to adopt are not the ones the operator reviewed (``--expect`` does not match)."""
+
+    reason = "changed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,17 +240,43 @@ def roster_entries(store: Store, db: Connection) -> Iterator[list[Any]]:
             yield _entry(table, dict(zip(table.columns, r[:-1], strict=True)), r[-1])
 
 
-def adopt(store: Store, db: Connection, *, rows: bool) -> list[tuple[str, tuple[Any, ...]]] | None:
+def review(store: Store, db: Connection) -> tuple[list[tuple[str, dict[str, Any]]], str] | None:
+    """The rows :func:`adopt` would seal, each as (table, every column), and their
+    :func:`fingerprint`; None if the mark is set (nothing to adopt). Reads only.
+
+    Raises:
+        KeyringTampered: as :func:`adopt`.
+    """
+    if store.meta(MARK, db) is not None:
+        return None
+    _check_all(store, db)
+    found = _unsealed(store, db, lock=False)
+    return [(table.name, row) for table, row in found], fingerprint(found)
+
+
+def fingerprint(found: Sequence[tuple[Table, Mapping[str, Any]]]) -> str:
+    """``sha256:…`` over every column of every row, in a fixed order: what an operator compares
+    between the review of the rows and their adoption (``xps orch adopt --expect``)."""
+    canonical = sorted(json.dumps([table.name, _normal(table, row)], default=repr, separators=(",", ":"))
+                       for table, row in found)
+    return "sha256:" + hashlib.sha256("\n".join(canonical).encode()).hexdigest()
+
+
+def adopt(store: Store, db: Connection, *, rows: bool,
+          expect: str | None = None) -> list[tuple[str, tuple[Any, ...]]] | None:
     """Seal the rows an earlier release wrote, once, and set the mark (inside a keyring write).
 
     Args:
         rows: whether rows may be sealed (an operator's explicit adoption, who reviewed them);
             False marks the database only if it holds no orchestration row.
+        expect: the :func:`fingerprint` of the rows the operator reviewed; anything else —
+            a row inserted, edited or deleted since — is refused and nothing is sealed.
 
     Returns (table, primary key) of each row it sealed, or None if the mark was set already.
 
     Raises:
         UnsealedRows: ``rows`` is False and there are rows (names the tables and counts).
+        RowsChanged: ``expect`` is not the rows' fingerprint.
         KeyringTampered: a row carries a seal though the database is not marked as sealed
             (the mark was removed: the roster says so too).
     """
@@ -254,6 +290,11 @@ def adopt(store: Store, db: Connection, *, rows: bool) -> list[tuple[str, tuple[
         raise UnsealedRows(f"keyring database {store.name!r}: {_counted(found)} that no keyring sealed, and the "
                            "database is not yet marked as sealed (written by an earlier release, or by someone who "
                            "can write the database); review them, then seal them with `xps orch adopt`")
+    # Compared under the rows' locks (FOR UPDATE above), so what is sealed is what was reviewed.
+    if expect is not None and not hmac.compare_digest(fingerprint(found).encode(), expect.encode()):
+        raise RowsChanged(f"keyring database {store.name!r}: the orchestration rows ({_counted(found)}) are not "
+                          "the ones reviewed (their fingerprint differs from --expect); nothing sealed: review "
+                          "them again with `xps orch adopt --review`")
     entries: list[list[Any]] = [[MARK]]
     for table, row in found:
         where = " AND ".join(f"{c} = ?" for c in table.key)
@@ -283,12 +324,14 @@ def mark_new(store: Store, db: Connection) -> None:
     store.set_meta(db, MARK, "1")
 
 
-def _unsealed(store: Store, db: Connection, *, new: bool = False) -> list[tuple[Table, dict[str, Any]]]:
-    """Every orchestration row, locked (inside a write, the mark not set); in a database not
-    ``new``, a row with a seal is refused."""
+def _unsealed(store: Store, db: Connection, *, new: bool = False,
+              lock: bool = True) -> list[tuple[Table, dict[str, Any]]]:
+    """Every orchestration row, locked unless ``lock`` is False (inside a write, the mark not
+    set); in a database not ``new``, a row with a seal is refused."""
     found = []
     for table in TABLES:
-        for r in db.execute(f"SELECT {', '.join(table.columns)}, mac FROM {table.name} FOR UPDATE").fetchall():  # noqa: S608
+        sql = f"SELECT {', '.join(table.columns)}, mac FROM {table.name}" + (" FOR UPDATE" if lock else "")  # noqa: S608
+        for r in db.execute(sql).fetchall():
             if r[-1] is not None and not new:
                 raise KeyringTampered(f"keyring database {store.name!r}: {table.name} has sealed rows but the "
                                       "database is not marked as sealed (the mark removed?); restore it from a backup")

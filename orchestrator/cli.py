@@ -33,14 +33,19 @@ def _plan(args: argparse.Namespace) -> Any:
 
 
 def _adopt(args: argparse.Namespace) -> int:
-    """``xps orch adopt``: seal an earlier release's orchestration rows, listing each one."""
+    """``xps orch adopt``: seal an earlier release's orchestration rows, listing each one; with
+    ``--review``, list every column of each and their fingerprint, sealing nothing."""
     from xpscerpto.keyring.cli import _ring
 
-    from .orchestrator import adopt_orchestration
+    from .orchestrator import adopt_orchestration, review_orchestration
 
+    if args.review and args.expect is not None:
+        raise PolicyError("--review and --expect: review first, then adopt with the fingerprint it shows")
     ring = _ring(args)
     try:
-        done = adopt_orchestration(ring)
+        if args.review:
+            return _review(args, review_orchestration(ring))
+        done = adopt_orchestration(ring, expect=args.expect)
     finally:
         ring.close()
     rows = None if done is None else [{"table": table, "key": [_shown(v) for v in key]} for table, key in done]
@@ -54,6 +59,26 @@ def _adopt(args: argparse.Namespace) -> int:
             print(f"  {row['table']} {', '.join(row['key'])}")
 
     context.emit(args, {"sealed": rows}, text)
+    return 0
+
+
+def _review(args: argparse.Namespace, found: tuple[list[tuple[str, dict[str, Any]]], str] | None) -> int:
+    """Print the rows an adoption would seal, every column escaped, and their fingerprint."""
+    rows: list[dict[str, Any]] | None = None if found is None else [
+        {"table": table, "row": {c: _shown(v) for c, v in row.items()}} for table, row in found[0]]
+    fingerprint = None if found is None else found[1]
+
+    def text() -> None:
+        if rows is None:
+            print("orchestration rows: sealed already; nothing to adopt")
+            return
+        print(f"{len(rows)} orchestration row{'s' * (len(rows) != 1)} to review (nothing sealed yet)")
+        for row in rows:
+            print(f"  {row['table']}: " + ", ".join(f"{c}={v}" for c, v in row["row"].items()))
+        print(f"fingerprint {fingerprint}")
+        print(f"to seal exactly these: xps orch adopt --expect {fingerprint}")
+
+    context.emit(args, {"review": rows, "fingerprint": fingerprint}, text)
     return 0
 
 
@@ -179,8 +204,11 @@ def add_orch_commands(sub: Any) -> None:
         s.add_argument("--suite", default=None, help="AEAD of the new versions (crypto migration)")
         s.add_argument("--kek", default="file", choices=("file", "pkcs11"))
     osub.add_parser("status", help="this node, the leader, its token and lease expiry, each plan's next run")
-    osub.add_parser("adopt", help="seal the orchestration rows an earlier release wrote, once (review them first); "
-                                  "lists each row sealed")
+    a = osub.add_parser("adopt", help="seal the orchestration rows an earlier release wrote, once (review them "
+                                      "first: --review); lists each row sealed")
+    a.add_argument("--review", action="store_true", help="list every row to adopt and their fingerprint; seal nothing")
+    a.add_argument("--expect", metavar="FINGERPRINT", default=None,
+                   help="seal only if the rows are exactly those reviewed (the fingerprint --review showed)")
     for name in ("pause", "resume"):
         osub.add_parser(name, help=f"{name} a plan's scheduled runs").add_argument("plan")
     e = osub.add_parser("emergency", help="rotate a plan's key now (leader only); records an incident")

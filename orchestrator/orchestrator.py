@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     from .pq_rollout import PqRollout
     from .suite_migration import SuiteMigration
 
-__all__ = ["LEASE", "SCHEMA", "Fenced", "Orchestrator", "Plan", "adopt_orchestration", "adopt_rows", "node_of"]
+__all__ = ["LEASE", "SCHEMA", "Fenced", "Orchestrator", "Plan", "adopt_orchestration", "adopt_rows", "node_of",
+           "review_orchestration"]
 
 LEASE = "orchestrator"
 #: The schema migration the orchestration needs (8: its rows are sealed).
@@ -71,27 +72,58 @@ def adopt_rows(keyring: Keyring) -> None:
     _adopt(keyring, rows=False)
 
 
-def adopt_orchestration(keyring: Keyring) -> list[tuple[str, tuple[Any, ...]]] | None:
+def review_orchestration(keyring: Keyring) -> tuple[list[tuple[str, dict[str, Any]]], str] | None:
+    """The orchestration rows :func:`adopt_orchestration` would seal, each as (table, every
+    column), and their fingerprint (``sha256:…``) to pass as its ``expect``; None if the rows
+    are sealed already. Seals nothing (``xps orch adopt --review``).
+
+    Example:
+        >>> rows, fp = review_orchestration(ring)                      # doctest: +SKIP
+        >>> adopt_orchestration(ring, expect=fp)                       # doctest: +SKIP
+
+    Raises:
+        PolicyError: not a keyring on PostgreSQL, or the schema lacks migration 8.
+        KeyringTampered: as :func:`adopt_orchestration`.
+    """
+    require(_database(keyring), SCHEMA, "orchestrator database")
+    with keyring.store.snapshot() as db:
+        return sealed.review(keyring.store, db)
+
+
+def adopt_orchestration(keyring: Keyring, *, expect: str | None = None) -> list[tuple[str, tuple[Any, ...]]] | None:
     """Seal the orchestration rows of a database an earlier release wrote, once: the operator's
     step after reviewing them (journaled as ``KEYRING_SEALED`` with ``scope: orchestration``).
+
+    Args:
+        expect: the fingerprint :func:`review_orchestration` showed the operator; the rows are
+            sealed only if they are still exactly those (a row a database writer inserted after
+            the review is refused, not sealed with them). None seals whatever rows are there.
 
     Returns (table, primary key) of each row sealed, or None if the rows are sealed already.
 
     Raises:
-        PolicyError: not a keyring on PostgreSQL, or the schema lacks migration 8.
+        PolicyError: not a keyring on PostgreSQL, the schema lacks migration 8, or ``expect``
+            is not a fingerprint (``sha256:`` and 64 hex digits).
+        RowsChanged: ``expect`` is not the rows' fingerprint; nothing is sealed.
         KeyringTampered: the roster does not add up, or sealed rows in a database not marked
             as sealed.
     """
+    if expect is not None and not (isinstance(expect, str) and _FINGERPRINT.fullmatch(expect)):
+        raise PolicyError("expect: expected a fingerprint, 'sha256:' and 64 lowercase hex digits "
+                          "(from `xps orch adopt --review`)")
     require(_database(keyring), SCHEMA, "orchestrator database")
-    return _adopt(keyring, rows=True)
+    return _adopt(keyring, rows=True, expect=expect)
 
 
-def _adopt(keyring: Keyring, *, rows: bool) -> list[tuple[str, tuple[Any, ...]]] | None:
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _adopt(keyring: Keyring, *, rows: bool, expect: str | None = None) -> list[tuple[str, tuple[Any, ...]]] | None:
     with keyring.store.snapshot() as db:
         if keyring.store.meta(sealed.MARK, db) is not None:
             return None
     with keyring.store.write() as db:
-        done = sealed.adopt(keyring.store, db, rows=rows)
+        done = sealed.adopt(keyring.store, db, rows=rows, expect=expect)
         if done is not None:
             counts: dict[str, int] = {}
             for table, _ in done:

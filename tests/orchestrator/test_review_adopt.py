@@ -202,6 +202,83 @@ def test_cli_orch_adopt_lists_what_it_sealed(pg_server: PgServer, tmp_path: Path
     assert status.returncode == 0 and [p["plan"] for p in json.loads(status.stdout)["plans"]] == ["evil"]
 
 
+# -- The review-to-adopt window: --review shows a fingerprint, --expect seals only those rows -------
+
+_SECOND_PLAN = _FORGED_PLAN.replace("'evil'", "'later'")
+
+
+def test_adopt_with_the_reviewed_fingerprint_refuses_a_row_inserted_after_the_review(pg_server: PgServer,
+                                                                                     tmp_path: Path) -> None:
+    from xpscerpto.orchestrator import adopt_orchestration, review_orchestration
+
+    ring, _ = _earlier_release(pg_server, tmp_path, rows=True)
+    try:
+        reviewed = review_orchestration(ring)
+        assert reviewed is not None
+        rows, fingerprint = reviewed
+        assert [(t, r["plan"], r["suite"]) for t, r in rows] == [("xps_orch_plans", "evil", "AES-128-GCM")]
+        assert _mark(_db(ring)) is None and review_orchestration(ring) == reviewed  # reads only, stable
+        _db(ring).execute(_SECOND_PLAN)  # a database writer, between the review and the adoption
+        with pytest.raises(sealed.RowsChanged, match=r"xps_orch_plans: 2 rows.*--review") as info:
+            adopt_orchestration(ring, expect=fingerprint)
+        assert "later" not in str(info.value) and info.value.code == "XPS_ERR_POLICY"
+        assert _mark(_db(ring)) is None and _sealed_records(ring) == []  # nothing sealed
+        # An edit of a reviewed row is refused the same way.
+        _db(ring).execute("DELETE FROM xps_orch_plans WHERE plan = 'later'")
+        _db(ring).execute("UPDATE xps_orch_plans SET suite = 'CHACHA20-POLY1305'")
+        with pytest.raises(sealed.RowsChanged):
+            adopt_orchestration(ring, expect=fingerprint)
+        _db(ring).execute("UPDATE xps_orch_plans SET suite = 'AES-128-GCM'")
+        assert adopt_orchestration(ring, expect=fingerprint) == [("xps_orch_plans", ("evil",))]
+        assert _sealed_records(ring) == [("orchestration", 1)]
+        assert review_orchestration(ring) is None and adopt_orchestration(ring, expect=fingerprint) is None
+    finally:
+        ring.close()
+
+
+@pytest.mark.parametrize("expect", ["", "sha256:", "sha256:" + "A" * 64, "sha256:" + "0" * 63, "md5:" + "0" * 64,
+                                    "sha256:" + "0" * 64 + "\n", "\udcff", 7, b"sha256:" + b"0" * 64])
+def test_adopt_refuses_an_expect_that_is_not_a_fingerprint(pg_server: PgServer, tmp_path: Path,
+                                                           expect: object) -> None:
+    from xpscerpto.orchestrator import adopt_orchestration
+
+    ring, _ = _earlier_release(pg_server, tmp_path, rows=True)
+    try:
+        with pytest.raises(PolicyError, match="expect: expected a fingerprint") as info:
+            adopt_orchestration(ring, expect=expect)  # type: ignore[arg-type]
+        assert "\udcff" not in str(info.value)
+        assert _mark(_db(ring)) is None and _sealed_records(ring) == []
+    finally:
+        ring.close()
+
+
+def test_cli_orch_adopt_review_then_expect(pg_server: PgServer, tmp_path: Path) -> None:
+    ring, dsn = _earlier_release(pg_server, tmp_path, rows=True)
+    database = _db(ring)
+    (tmp_path / "xps.json").write_text(json.dumps({"keyring": {"database": dsn}}))
+    try:
+        review = _xps(tmp_path, "n0", "orch", "adopt", "--review", "--json")
+        assert review.returncode == 0, review.stderr
+        shown = json.loads(review.stdout)
+        assert [(r["table"], r["row"]["plan"], r["row"]["suite"]) for r in shown["review"]] == [
+            ("xps_orch_plans", "'evil'", "'AES-128-GCM'")]
+        assert _mark(database) is None  # --review seals nothing
+        text = _xps(tmp_path, "n0", "orch", "adopt", "--review")
+        assert f"xps orch adopt --expect {shown['fingerprint']}" in text.stdout and "suite='AES-128-GCM'" in text.stdout
+        both = _xps(tmp_path, "n0", "orch", "adopt", "--review", "--expect", shown["fingerprint"])
+        assert both.returncode == 2 and "Traceback" not in both.stderr
+        database.execute(_SECOND_PLAN)
+        refused = _xps(tmp_path, "n0", "orch", "adopt", "--expect", shown["fingerprint"])
+        assert refused.returncode == 2 and "not the ones reviewed" in refused.stderr, refused
+        assert "later" not in refused.stderr and "Traceback" not in refused.stderr and _mark(database) is None
+        database.execute("DELETE FROM xps_orch_plans WHERE plan = 'later'")
+        adopted = _xps(tmp_path, "n0", "orch", "adopt", "--expect", shown["fingerprint"])
+        assert adopted.returncode == 0 and "sealed 1 orchestration row" in adopted.stdout, adopted
+        assert _mark(database) is not None
+    finally:
+        ring.close()
+
+
 # -- O3: a key in an unfinished migration is not started in another -----------------------------
 
 def _set_phase(ring: Keyring, name: str, phase: str) -> None:
