@@ -5,10 +5,12 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +23,15 @@ from tests.pg_server import PgServer, require_server_bin
 os.environ.setdefault("XPS_AUTOTUNE", "0")
 # Measurements made by tests never land in (or come from) the user's cache.
 os.environ.setdefault("XPS_AUTOTUNE_CACHE", os.path.join(tempfile.mkdtemp(prefix="xps-test-tune-"), "autotune.json"))
+
+
+@pytest.fixture
+def short_root() -> Iterator[Path]:
+    """A folder with a short path: an AF_UNIX socket path (a home's ``control.sock``) is limited
+    to 107 bytes, which pytest's ``tmp_path`` can exceed."""
+    root = Path(tempfile.mkdtemp(prefix="xps-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 # -- PostgreSQL (issue 14): one throwaway server per session, one fresh database per test --------

@@ -5,10 +5,8 @@ never claims a change that was not made. Real ``xps watch`` / ``config emergency
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,11 +57,8 @@ class Watcher:
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    """A folder with a short path (an AF_UNIX socket path is limited to 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="xps-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def root(short_root: Path) -> Path:
+    return short_root
 
 
 @pytest.fixture

@@ -13,11 +13,9 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +41,6 @@ __all__ = ["published"]  # a fixture, re-exported for pytest
 CAP = ActiveCapsule("x", "1.0.0", "ab" * 32, ("aead.aes256gcm",))
 #: Connections a control socket handles at once (HANDLERS).
 HANDLERS = 16
-
-
-@pytest.fixture
-def short_root() -> Iterator[Path]:
-    """A folder with a short path (an AF_UNIX socket path is limited to 107 bytes)."""
-    root = Path(tempfile.mkdtemp(prefix="xps-"))
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def _updater(home: Home, **kwargs: Any) -> Updater:

@@ -4,10 +4,7 @@ control socket, the inbox observer and worker) ends with it, also when it fails 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,14 +16,6 @@ from xpscerpto.config import XpsConfig
 def _started_since(before: set[threading.Thread]) -> list[str]:
     """Names of the threads alive now that were not alive in ``before``."""
     return sorted(t.name for t in threading.enumerate() if t not in before and t.is_alive())
-
-
-@pytest.fixture
-def short_root() -> Iterator[Path]:
-    """A folder with a short path (an AF_UNIX socket path is limited to 107 bytes)."""
-    root = Path(tempfile.mkdtemp(prefix="xps-"))
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_service_refused_at_construction_leaves_no_thread_behind(tmp_path: Path) -> None:

@@ -6,14 +6,12 @@ Each case runs the real ``xps`` (or ``tools/make_capsule.py``) in a subprocess.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +58,9 @@ def fails(out: subprocess.CompletedProcess[str], *expected: str, prog: str = "xp
 
 
 @pytest.fixture
-def short_home() -> Iterator[Path]:
+def short_home(short_root: Path) -> Path:
     """A home with a short path (an AF_UNIX socket path is limited to 107 bytes)."""
-    root = Path(tempfile.mkdtemp(prefix="xps-"))
-    yield root / "home"
-    shutil.rmtree(root, ignore_errors=True)
+    return short_root / "home"
 
 
 # -- keyring -------------------------------------------------------------------------------

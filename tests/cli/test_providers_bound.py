@@ -5,17 +5,14 @@ routing floor and its emergency overrides (``overrides.json``), like ``xps confi
 from __future__ import annotations
 
 import json
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.keyring.test_watch_sealed_floor import serving_watch
 
 
 def xps(home: Path, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -36,11 +33,9 @@ def providers(home: Path, config: Path | None = None) -> dict[str, Any]:
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="xps-"))  # short: an AF_UNIX socket path has 107 bytes
-    (path / "inbox").mkdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def root(short_root: Path) -> Path:
+    (short_root / "inbox").mkdir()
+    return short_root
 
 
 def test_providers_follows_the_recorded_floor(root: Path) -> None:
@@ -59,18 +54,8 @@ def test_providers_follows_the_homes_emergency_overrides(root: Path) -> None:
     home = root / "home"
     ok(xps(home, "init"))
     assert "aead.aes128gcm" in providers(home)["routes"]  # the defaults route it
-    proc = subprocess.Popen([sys.executable, "-m", "xpscerpto", "--home", str(home), "watch", str(root / "inbox"),
-                             "--polling"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while not (home / "control.sock").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "xps watch did not open its socket"
-            time.sleep(0.2)
+    with serving_watch(home, root / "inbox"):
         ok(xps(home, "config", "emergency", "engine.policy.forbid", '["aes128"]', "--reason", "incident"))
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
     assert json.loads((home / "overrides.json").read_text()) == {"engine.policy.forbid": ["aes128"]}
     doc = providers(home)  # no engine running: what the next start would route
     assert "aead.aes128gcm" not in doc["routes"], doc["routes"].get("aead.aes128gcm")

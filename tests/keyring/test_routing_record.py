@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -135,10 +133,8 @@ def test_a_home_from_before_binds_nothing_until_a_policy_apply_records_it(tmp_pa
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="xps-"))  # short: an AF_UNIX socket path has 107 bytes
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def root(short_root: Path) -> Path:
+    return short_root
 
 
 def test_an_engine_looser_than_the_record_is_refused_by_the_watch_service(root: Path) -> None:

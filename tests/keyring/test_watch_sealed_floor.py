@@ -5,13 +5,12 @@ incident forbade (review F1). Real homes, real ``xps`` processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,11 +27,9 @@ SEALED = "its policy differs from the one this keyring sealed"
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="xps-"))  # short: an AF_UNIX socket path has 107 bytes
-    (path / "inbox").mkdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def root(short_root: Path) -> Path:
+    (short_root / "inbox").mkdir()
+    return short_root
 
 
 def init(root: Path, text: str) -> Path:
@@ -61,9 +58,11 @@ def watch_refused(home: Path, root: Path, *expected: str) -> None:
     refused(out, *expected)
 
 
-def routed_by_running_watch(home: Path, root: Path) -> str:
-    """Start ``xps watch`` (no --config), return ``xps status`` while it serves, stop it."""
-    proc = subprocess.Popen([sys.executable, "-m", "xpscerpto", "--home", str(home), "watch", str(root / "inbox"),
+@contextlib.contextmanager
+def serving_watch(home: Path, inbox: Path) -> Iterator[None]:
+    """``xps watch INBOX --polling`` (no --config) in a process, serving its control socket
+    inside the block; interrupted (SIGINT) after it."""
+    proc = subprocess.Popen([sys.executable, "-m", "xpscerpto", "--home", str(home), "watch", str(inbox),
                              "--polling"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 90
@@ -71,12 +70,18 @@ def routed_by_running_watch(home: Path, root: Path) -> str:
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "xps watch did not open its socket"
             time.sleep(0.2)
-        status = ok(xps(home, "status"))
-        assert status.startswith("engine: running"), status
-        return status
+        yield
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
+
+
+def routed_by_running_watch(home: Path, root: Path) -> str:
+    """Start ``xps watch`` (no --config), return ``xps status`` while it serves, stop it."""
+    with serving_watch(home, root / "inbox"):
+        status = ok(xps(home, "status"))
+    assert status.startswith("engine: running"), status
+    return status
 
 
 @pytest.mark.parametrize("drop_sealed_marker", [False, True])

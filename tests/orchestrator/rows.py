@@ -8,11 +8,38 @@ tests/orchestrator/test_sealed_rows.py checks.
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from typing import Any
 
+from xpscerpto.db import Database
 from xpscerpto.db import sealed_tables as sealed
+from xpscerpto.db.migrations import MIGRATIONS
 from xpscerpto.keyring import Keyring
+
+from tests.pg_server import PgServer
+
+_databases = itertools.count()
+
+
+def schema7_database(pg_server: PgServer) -> str:
+    """A fresh database at the schema of the release before sealed orchestration rows (7): what
+    an earlier release left, before ``migrate`` brings it to schema 8."""
+    dsn = pg_server.create_database(f"xps_schema7_{next(_databases)}")
+    db = Database(dsn)
+    try:
+        with db.transaction() as tx:
+            tx.execute("CREATE TABLE xps_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+                       "applied TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())")
+            for m in MIGRATIONS:
+                if m.version <= 7:
+                    for statement in m.statements:
+                        tx.execute(statement)
+                    tx.execute("INSERT INTO xps_migrations (version, description) VALUES (?, ?)",
+                               (m.version, m.description))
+    finally:
+        db.close()
+    return dsn
 
 
 def due_now(ring: Keyring, plan: str, period: float) -> None:

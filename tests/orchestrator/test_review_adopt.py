@@ -28,13 +28,14 @@ from hypothesis import strategies as st
 from xpscerpto.channel import ChannelConfig
 from xpscerpto.db import Database
 from xpscerpto.db import sealed_tables as sealed
-from xpscerpto.db.migrations import MIGRATIONS, migrate
+from xpscerpto.db.migrations import migrate
 from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.keyring import Keyring
 from xpscerpto.keyring.integrity import KeyringTampered
 from xpscerpto.orchestrator import Orchestrator, Plan, PqPosture, SuiteMigration
 
 from tests.db.test_postgres import _node
+from tests.orchestrator.rows import schema7_database
 from tests.pg_server import PgServer
 
 BASE = ChannelConfig(handshake_timeout_seconds=5.0)
@@ -68,28 +69,9 @@ def _sealed_records(ring: Keyring) -> list[tuple[object, object]]:
     return [(e.get("scope"), e.get("rows")) for e in ring.audit.tail(100) if e["event"] == "KEYRING_SEALED"]
 
 
-def _schema7(pg_server: PgServer) -> str:
-    """A database at the schema of the release before sealed orchestration rows (no mark can be set)."""
-    dsn = pg_server.create_database(f"xps_adopt7_{next(_names)}")
-    db = Database(dsn)
-    try:
-        with db.transaction() as tx:
-            tx.execute("CREATE TABLE xps_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
-                       "applied TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())")
-            for m in MIGRATIONS:
-                if m.version <= 7:
-                    for statement in m.statements:
-                        tx.execute(statement)
-                    tx.execute("INSERT INTO xps_migrations (version, description) VALUES (?, ?)",
-                               (m.version, m.description))
-    finally:
-        db.close()
-    return dsn
-
-
 def _earlier_release(pg_server: PgServer, root: Path, rows: bool) -> tuple[Keyring, str]:
     """A keyring an earlier release created (schema 7), migrated now; with a plan it wrote if ``rows``."""
-    dsn = _schema7(pg_server)
+    dsn = schema7_database(pg_server)
     ring = _node(root, "n0", dsn)
     ring.create("orders", "AES-256-GCM")
     if rows:

@@ -16,7 +16,7 @@ import pytest
 from xpscerpto.channel import ChannelConfig
 from xpscerpto.db import Database
 from xpscerpto.db import sealed_tables as sealed
-from xpscerpto.db.migrations import MIGRATIONS, head, migrate
+from xpscerpto.db.migrations import head, migrate
 from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.keyring import Keyring
 from xpscerpto.keyring.integrity import KeyringTampered
@@ -25,7 +25,7 @@ from xpscerpto.orchestrator.orchestrator import adopt_orchestration
 
 from tests.capsules.test_watch import wait_for
 from tests.db.test_postgres import _node
-from tests.orchestrator.rows import due_now
+from tests.orchestrator.rows import due_now, schema7_database
 from tests.pg_server import PgServer
 
 BASE = ChannelConfig(handshake_timeout_seconds=5.0)
@@ -217,21 +217,7 @@ def test_the_posture_follower_needs_the_nodes_keyring(pg_dsn: str) -> None:
 
 @pytest.fixture
 def schema7(pg_server: PgServer) -> str:
-    dsn = pg_server.create_database(f"xps_s7_{next(_names)}")
-    db = Database(dsn)
-    try:
-        with db.transaction() as tx:
-            tx.execute("CREATE TABLE xps_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
-                       "applied TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())")
-            for m in MIGRATIONS:
-                if m.version <= 7:
-                    for statement in m.statements:
-                        tx.execute(statement)
-                    tx.execute("INSERT INTO xps_migrations (version, description) VALUES (?, ?)",
-                               (m.version, m.description))
-    finally:
-        db.close()
-    return dsn
+    return schema7_database(pg_server)
 
 
 def test_an_earlier_releases_rows_are_sealed_once_when_the_schema_is_migrated(schema7: str, tmp_path: Path) -> None:
