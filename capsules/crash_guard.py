@@ -68,14 +68,21 @@ class CrashGuard:
         self.counts_path: Path = home.root / "crashes.json"
         self.limit = limit
 
-    def begin(self, active: Iterable[ActiveCapsule]) -> dict[str, int]:
+    def begin(self, active: Iterable[ActiveCapsule], *, sole_engine: bool = False) -> dict[str, int]:
         """Account for an abnormal previous end, mark this run, return the crash counts.
+
+        Args:
+            sole_engine: this process holds the home's engine lock (a service does from
+                before its restore), so no other engine runs here: a marker of another run is
+                one that never reached :meth:`clean_exit`, even if a live process has its pid
+                now (the pid of a dead engine is reused, and ``kill(pid, 0)`` then finds it
+                "alive"). Without the lock, a live pid is taken for a running engine.
 
         Raises:
             UpdateError: ``crashes.json`` is unreadable (``state``; never silently reset).
         """
         counts = self._load()
-        if self._previous_died():
+        if self._previous_died(sole_engine):
             for cap in active:
                 counts[cap.sha256] = counts.get(cap.sha256, 0) + 1
             self._save(counts)
@@ -97,7 +104,7 @@ class CrashGuard:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def _previous_died(self) -> bool:
+    def _previous_died(self, sole_engine: bool = False) -> bool:
         try:
             doc = json.loads(read_stored(self.marker, _SMALL))
             pid = int(doc["pid"])
@@ -115,6 +122,8 @@ class CrashGuard:
                 return True  # our pid, another run's token: that run died and we got its pid
         elif pid == os.getpid():
             return False  # an old-format marker: judged by pid, as before tokens
+        if sole_engine:
+            return True  # not this run's, and no other engine can be running: it died
         try:
             os.kill(pid, 0)
         except ProcessLookupError:

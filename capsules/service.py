@@ -260,7 +260,7 @@ class WatchService:
                 # A file from before overrides.json was a recorded store: recorded now, so
                 # that deleting it later is a refusal, not a silent reset.
                 self.updater.home.register_store("overrides")
-            self.updater.restore()
+            self.updater.restore(sole_engine=True)  # the engine lock is ours (claimed above)
             if self._cluster is not None:  # other nodes' enables and rollbacks, and ours to them
                 from xpscerpto.db.capsule_announce import Announcer
 

@@ -202,8 +202,12 @@ class Updater:
 
     # -- start-up ---------------------------------------------------------------------------
 
-    def restore(self) -> RoutingTable:
+    def restore(self, *, sole_engine: bool = False) -> RoutingTable:
         """Re-verify and load the committed active capsules, then publish their table.
+
+        ``sole_engine``: the caller holds the home's engine lock (a :class:`WatchService` does),
+        so the crash guard counts any earlier run's marker as an abnormal end, whatever
+        process has its pid now (see :meth:`CrashGuard.begin`).
 
         A capsule that no longer verifies (key unpinned, expired, refused by policy) is dropped
         from the committed state with a PATCH_REJECT event; the rest stay routed. A capsule whose
@@ -221,7 +225,7 @@ class Updater:
             # refuses stops the start here.
             self._journal_gates_off("restore")
             state = self.state_store.load()
-            counts = self._crash_guard.begin(state.active)
+            counts = self._crash_guard.begin(state.active, sole_engine=sole_engine)
             for cap in state.active:
                 if counts.get(cap.sha256, 0) >= self._crash_guard.limit:
                     state = self._quarantine(state, cap, counts[cap.sha256])

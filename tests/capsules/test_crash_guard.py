@@ -85,3 +85,20 @@ def test_a_negative_count_is_refused_not_read_as_fewer_crashes(guard: CrashGuard
     with pytest.raises(UpdateError) as ei:
         guard.begin([CAP])
     assert ei.value.reason == "state"
+
+
+def test_a_live_process_with_the_markers_pid_is_a_dead_run_for_the_sole_engine(guard: CrashGuard) -> None:
+    """The dead engine's pid, reused by a live process: without the engine lock the guard cannot
+    tell it from a running engine; holding it (a service), it counts the crash."""
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        guard.marker.write_text(json.dumps({"pid": other.pid, "run": "0" * 32}))
+        assert guard.begin([CAP]) == {}  # a live pid, no lock: taken for a running engine
+        guard.marker.write_text(json.dumps({"pid": other.pid, "run": "0" * 32}))
+        assert guard.begin([CAP], sole_engine=True) == {CAP.sha256: 1}
+        assert guard.begin([CAP], sole_engine=True) == {CAP.sha256: 1}  # our own marker now
+        guard.marker.write_text(json.dumps({"pid": other.pid}))  # a marker from before run tokens
+        assert guard.begin([CAP], sole_engine=True) == {CAP.sha256: 2}
+    finally:
+        other.kill()
+        other.wait()

@@ -257,6 +257,43 @@ def test_a_capsule_that_keeps_crashing_the_engine_is_quarantined_not_reenabled(p
     assert not (home / "crashes.json").exists() and not (home / "engine.run").exists()
 
 
+def test_an_engine_killed_whose_pid_a_live_process_took_counts_a_crash(publisher: Publisher, tmp_path: Path) -> None:
+    """The crash guard asked ``kill(pid, 0)`` about the marker's pid: once the dead engine's pid
+    belonged to another live process, the abnormal end was never counted (a crash-looping
+    capsule on a busy host could escape quarantine). A service holds the engine lock, so any
+    other run's marker is a run that died."""
+    home, inbox = publisher.home.root, tmp_path / "inbox"
+    inbox.mkdir()
+    config = None
+    if publisher.backend == "postgresql":
+        config = tmp_path / "node.json"
+        config.write_text(json.dumps({"hotpatch": {"state_database": publisher.dsn, "node": home.name}}))
+    (inbox / "a.capsule").write_bytes(publisher.capsule("1.0.0"))
+    proc = _watch(home, inbox, config)
+    other = subprocess.Popen(["sleep", "120"])  # the process that gets the dead engine's pid
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("watching")
+        deadline = time.monotonic() + 60
+        while [a.version for a in _state(publisher.home).active] != ["1.0.0"]:
+            assert time.monotonic() < deadline, "the capsule was not enabled"
+            time.sleep(0.2)
+        proc.kill()  # kill -9: no clean_exit()
+        proc.wait(20)
+        marker = json.loads((home / "engine.run").read_text())
+        assert marker["pid"] == proc.pid
+        (home / "engine.run").write_text(json.dumps({**marker, "pid": other.pid}))  # pid reused
+        proc = _watch(home, inbox, config)
+        assert proc.stdout is not None and proc.stdout.readline().startswith("watching"), proc.stderr
+        sha = _state(publisher.home).active[0].sha256
+        assert json.loads((home / "crashes.json").read_text()) == {sha: 1}
+        assert json.loads((home / "engine.run").read_text())["pid"] == proc.pid
+    finally:
+        other.kill()
+        other.wait()
+        proc.terminate()
+        proc.wait(20)
+
+
 # Correct in the validation child and through every KAT, then — in the engine only, a moment
 # after import — encrypts under a fixed key: wrong results, no exception.
 WRONG_KEY_LATER = ("    def cipher(self, key: Buffer) -> _Keyed:\n        return _Keyed(key)",
