@@ -85,10 +85,33 @@ def _check_days(days: object) -> None:
         raise PolicyError(f"days: expected a number of days > 0 and <= {MAX_DAYS}")
 
 
+def _usages(value: object) -> list[x509.ObjectIdentifier]:
+    """Extended key usages as a list of OIDs (a string is not a list of them)."""
+    problem = PolicyError("extended_key_usage: expected a list of x509 ObjectIdentifiers")
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise problem
+    usages = list(value)
+    if not all(isinstance(u, x509.ObjectIdentifier) for u in usages):
+        raise problem
+    return usages
+
+
+def _validity(not_before: object, not_after: object, days: float) -> tuple[dt.datetime, dt.datetime]:
+    """The certificate's validity: explicit times checked (aware, from 1950 on; a naive one would
+    be read as UTC whatever zone was meant), else now minus the clock skew, plus ``days``."""
+    now = dt.datetime.now(dt.UTC)
+    start = now - _SKEW if not_before is None else _crl_time(not_before, "not_before")
+    end = now + days * _DAY if not_after is None else _crl_time(not_after, "not_after")
+    if end <= start:
+        raise PolicyError("not_after: expected a time later than not_before")
+    return start, end
+
+
 def _sans(dns: Iterable[str], uris: Iterable[str]) -> list[x509.GeneralName]:
     """The SANs, in the form the verifier matches (identity._san_names ignores any other)."""
-    if isinstance(dns, str) or isinstance(uris, str):
-        raise PolicyError("dns, uris: expected lists of names")
+    for field, names in (("dns", dns), ("uris", uris)):
+        if isinstance(names, str | bytes) or not isinstance(names, Iterable):
+            raise PolicyError(f"{field}: expected a list of names")
     sans: list[x509.GeneralName] = []
     for d in dns:
         if not isinstance(d, str) or not d or not d.isascii() or not d.isprintable() or "://" in d:
@@ -161,19 +184,28 @@ class CertificateAuthority:
     def create(cls, name: str, *, days: int = 3650, parent: CertificateAuthority | None = None,
                path_length: int | None = None, not_before: dt.datetime | None = None,
                not_after: dt.datetime | None = None) -> CertificateAuthority:
-        """A new root CA, or an intermediate signed by ``parent``."""
+        """A new root CA, or an intermediate signed by ``parent``.
+
+        Raises:
+            PolicyError: a bad ``name``, ``days``, ``parent`` (not a CertificateAuthority),
+                ``path_length`` (not an int in 0..2**31 - 1) or validity (see :meth:`issue`).
+        """
         _check_days(days)
-        key = ed25519.Ed25519PrivateKey.generate()
-        now = dt.datetime.now(dt.UTC)
+        if parent is not None and not isinstance(parent, CertificateAuthority):
+            raise PolicyError("parent: expected a CertificateAuthority")
+        if path_length is not None and (type(path_length) is not int or not 0 <= path_length < 1 << 31):
+            raise PolicyError("path_length: expected an int in 0..2**31 - 1")
         subject = _name(name)
+        not_before, not_after = _validity(not_before, not_after, days)
+        key = ed25519.Ed25519PrivateKey.generate()
         issuer_key = parent._key if parent else key
         builder = (x509.CertificateBuilder()
                    .subject_name(subject)
                    .issuer_name(parent.certificate.subject if parent else subject)
                    .public_key(key.public_key())
                    .serial_number(x509.random_serial_number())
-                   .not_valid_before(not_before or now - _SKEW)
-                   .not_valid_after(not_after or now + days * _DAY)
+                   .not_valid_before(not_before)
+                   .not_valid_after(not_after)
                    .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
                    .add_extension(_CA_KU, critical=True)
                    .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -193,18 +225,31 @@ class CertificateAuthority:
 
         ``key_usage=None`` / ``extended_key_usage=None`` omit those extensions (tests of
         certificates the verifier must refuse use them).
+
+        Raises:
+            PolicyError: a bad ``name``, ``dns``/``uris`` (lists of ASCII names), ``days``,
+                ``key``, ``key_usage`` or ``extended_key_usage`` (OIDs); ``not_before`` or
+                ``not_after`` not a timezone-aware datetime from 1950-01-01 UTC on, or
+                ``not_after`` not later than ``not_before``.
         """
         _check_days(days)
+        _name(name)
         sans = _sans(dns, uris)
+        if key is not None and not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise PolicyError("key: expected an Ed25519 private key")
+        if key_usage is not None and not isinstance(key_usage, x509.KeyUsage):
+            raise PolicyError("key_usage: expected an x509.KeyUsage")
+        if extended_key_usage is not None:
+            extended_key_usage = _usages(extended_key_usage)
+        not_before, not_after = _validity(not_before, not_after, days)
         leaf_key = key or ed25519.Ed25519PrivateKey.generate()
-        now = dt.datetime.now(dt.UTC)
         builder = (x509.CertificateBuilder()
                    .subject_name(_name(name))
                    .issuer_name(self.certificate.subject)
                    .public_key(leaf_key.public_key())
                    .serial_number(x509.random_serial_number())
-                   .not_valid_before(not_before or now - _SKEW)
-                   .not_valid_after(not_after or now + days * _DAY)
+                   .not_valid_before(not_before)
+                   .not_valid_after(not_after)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                    .add_extension(x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False)
                    .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
