@@ -60,12 +60,12 @@ def test_an_offline_rollback_during_the_services_restore_is_refused(short_root: 
     restore = svc.updater.restore
     refused: list[BaseException] = []
 
-    def restore_under_an_offline_rollback() -> object:
+    def restore_under_an_offline_rollback(*, sole_engine: bool = False) -> object:
         try:
             rollback_offline(home, "aead.xchacha20poly1305")
         except xps.XpsError as exc:
             refused.append(exc)
-        return restore()
+        return restore(sole_engine=sole_engine)
 
     svc.updater.restore = restore_under_an_offline_rollback  # type: ignore[method-assign]
     try:
