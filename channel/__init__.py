@@ -20,7 +20,7 @@ Example:
 
 from ._failures import EVENT as HANDSHAKE_FAIL_EVENT
 from ._failures import FailureLog
-from .aio import Channel, ChannelServer, ConnectError, ConnectTimeout, connect, serve
+from .aio import Channel, ChannelServer, ConnectError, ConnectTimeout, IdleTimeout, connect, serve
 from .config import ChannelConfig
 from .identity import ChannelAuthError, Identity, PeerCertificate, Trust
 
@@ -34,6 +34,7 @@ __all__ = [
     "ConnectTimeout",
     "FailureLog",
     "Identity",
+    "IdleTimeout",
     "PeerCertificate",
     "Trust",
     "connect",

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from .identity import Identity, PeerCertificate, Trust
 
-__all__ = ["Channel", "ChannelServer", "ConnectError", "ConnectTimeout", "connect", "serve"]
+__all__ = ["Channel", "ChannelServer", "ConnectError", "ConnectTimeout", "IdleTimeout", "connect", "serve"]
 
 _U16 = struct.Struct(">H")
 #: StreamReader buffer: asyncio's 64 KiB default pauses the socket inside every full record.
@@ -111,6 +111,18 @@ class ConnectError(AuthError, ConnectionError):
 class ConnectTimeout(AuthError, TimeoutError):
     """No channel within the handshake deadline (TCP connect included): ``XPS_ERR_AUTH``,
     ``reason="timeout"``; also the :class:`TimeoutError` ``connect()`` raised before."""
+
+
+class IdleTimeout(AuthError, TimeoutError):
+    """``recv()`` on an established channel waited ``ChannelConfig.idle_timeout_seconds`` for a
+    record of the peer: ``XPS_ERR_AUTH``, ``reason="idle"``; also a :class:`TimeoutError`.
+
+    The connection is cut and the channel dead, as after any failed ``recv()``.
+    """
+
+
+def _idle(seconds: float) -> IdleTimeout:
+    return IdleTimeout(f"channel: no record from the peer within {seconds:g} s (idle_timeout)", reason="idle")
 
 
 #: The longest host name DNS allows: a longer host string is described, not quoted.
@@ -209,6 +221,7 @@ class Channel:
         self._writer = writer
         self._transport = Transport(est.send, est.recv, config)
         self._limit = config.max_frame
+        self._idle = config.idle_timeout_seconds
         self.peer: PeerCertificate = est.peer
         self.protocol = est.protocol
         self.handshake_hash = est.handshake_hash
@@ -238,15 +251,31 @@ class Channel:
                 raise self._transport.error
 
     async def recv(self) -> bytes:
-        """The next message; ``b""`` after the peer's clean close."""
+        """The next message; ``b""`` after the peer's clean close.
+
+        Raises:
+            IdleTimeout: ``config.idle_timeout_seconds`` passed without a whole record of the peer
+                (each record, a KEY_UPDATE too, starts the wait again); the connection is cut.
+        """
         t = self._transport
+        idle = self._idle
         while True:
             if t.closed_by_peer:
                 return b""
             if t.error is not None:
                 raise t.error
             try:
-                body = await _read_record(self._reader, self._limit)
+                if idle is None:
+                    body = await _read_record(self._reader, self._limit)
+                else:
+                    timer = asyncio.timeout(idle)
+                    try:
+                        async with timer:
+                            body = await _read_record(self._reader, self._limit)
+                    except TimeoutError:
+                        if not timer.expired():
+                            raise  # the socket's own (ETIMEDOUT): the connection was lost
+                        raise _idle(idle) from None
                 if len(body) < MIN_RECORD:
                     raise AuthError("record: shorter than a type byte and a tag", reason="truncated")
             except XpsError as exc:

@@ -27,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import queue
+import select
 import socket
 import struct
 import threading
@@ -42,7 +44,7 @@ from ._failures import FailureLog
 from ._noise import MAX_MESSAGE
 from ._session import Established, Handshake, HandshakeRefused, refusal
 from ._slots import SourceSlots
-from .aio import _bad_host, _endpoint, _engine, _names, _no_channel, _unexpected
+from .aio import _bad_host, _endpoint, _engine, _idle, _names, _no_channel, _unexpected
 from .config import ChannelConfig
 from .transport import Transport
 
@@ -70,13 +72,16 @@ _NO_PAUSE = frozenset({errno.ECONNABORTED, errno.EINTR, errno.EAGAIN, errno.EPRO
 #: How long close() waits for a send in progress and for its CLOSE record to go out before it
 #: cuts the connection: a sender blocked on a peer that stopped reading would hold it forever.
 _CLOSE_SECONDS = 1.0
+#: A read after poll() said "readable" must not block if the readiness was spurious.
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _log = logging.getLogger("xpscerpto.channel")
 
 
 class _Reader:
-    """Buffered record reads from a socket, with an optional absolute deadline."""
+    """Buffered record reads from a socket, with an optional absolute deadline (the handshake's)
+    or an idle limit per record (an established channel's)."""
 
-    __slots__ = ("_buf", "_scratch", "_sock", "deadline")
+    __slots__ = ("_buf", "_poll", "_scratch", "_sock", "deadline", "idle")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
@@ -84,20 +89,51 @@ class _Reader:
         # recv_into a reused buffer: sock.recv(256 KiB) would allocate (and map) that much per call.
         self._scratch = memoryview(bytearray(_READ))
         self.deadline: float | None = None
+        self.idle: float | None = None
+        self._poll: select.poll | None = None
 
-    def _fill(self, need: int, inside: bool) -> None:
-        while len(self._buf) < need:
-            if self.deadline is not None:
-                left = self.deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("channel: handshake timeout")
-                self._sock.settimeout(left)
+    def watch_idle(self, seconds: float | None) -> None:
+        """Wait at most ``seconds`` for each record (``None``: for ever), then raise IdleTimeout.
+
+        The wait is a poll() on the socket, not a socket timeout: that one is shared with
+        sendall(), and a send in another thread waiting on a slow reader would be cut by it.
+        """
+        self.idle = seconds
+        if seconds is not None and self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self._sock, select.POLLIN)
+
+    def _recv_by(self, until: float) -> int:
+        """recv_into the scratch buffer once the peer sent something, by ``until`` at the latest."""
+        poll = self._poll
+        assert poll is not None and self.idle is not None
+        while True:
+            # Polled even once ``until`` has passed: what already arrived is still read.
+            if not poll.poll(max(math.ceil((until - time.monotonic()) * 1000), 0)):
+                raise _idle(self.idle)
             try:
-                got = self._sock.recv_into(self._scratch)
-            except TimeoutError:
-                raise TimeoutError("channel: handshake timeout") from None
+                return self._sock.recv_into(self._scratch, 0, _DONTWAIT)
+            except BlockingIOError:
+                continue  # readiness without data: wait again
             except OSError:
-                got = 0
+                return 0
+
+    def _fill(self, need: int, inside: bool, until: float | None = None) -> None:
+        while len(self._buf) < need:
+            if until is not None:
+                got = self._recv_by(until)
+            else:
+                if self.deadline is not None:
+                    left = self.deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("channel: handshake timeout")
+                    self._sock.settimeout(left)
+                try:
+                    got = self._sock.recv_into(self._scratch)
+                except TimeoutError:
+                    raise TimeoutError("channel: handshake timeout") from None
+                except OSError:
+                    got = 0
             if not got:
                 if inside or self._buf:
                     raise AuthError("channel: the connection ended inside a record", reason="truncated")
@@ -110,15 +146,21 @@ class _Reader:
         return len(buf) >= 2 and len(buf) >= 2 + _U16.unpack_from(buf)[0]
 
     def record(self, limit: int) -> bytes:
+        # The idle limit counts from here to the record's last byte: a peer trickling a byte at
+        # a time does not hold the connection longer than one that sends nothing.
+        until = None if self.idle is None else time.monotonic() + self.idle
         if not self._buf and self.deadline is None:
             # Request/response traffic: the socket holds exactly one record. Read it into the
             # scratch buffer and return its body from there, without passing it through the
             # bytearray (a 64-byte round trip is mostly per-record steps like these).
             scratch = self._scratch
-            try:
-                got = self._sock.recv_into(scratch)
-            except OSError:
-                got = 0
+            if until is None:
+                try:
+                    got = self._sock.recv_into(scratch)
+                except OSError:
+                    got = 0
+            else:
+                got = self._recv_by(until)
             if not got:
                 raise AuthError("channel: the peer closed the connection", reason="eof")
             if got >= 2:
@@ -126,11 +168,11 @@ class _Reader:
                 if got == n + 2 and n <= limit:
                     return scratch[2:got].tobytes()
             self._buf += scratch[:got]  # less, or more, than one record: the general path
-        self._fill(2, False)
+        self._fill(2, False, until)
         (n,) = _U16.unpack_from(self._buf)
         if n > limit:
             raise PolicyError(f"record: {n} bytes, more than the {limit} allowed", reason="oversized")
-        self._fill(2 + n, True)
+        self._fill(2 + n, True, until)
         with memoryview(self._buf) as view:
             body = view[2:2 + n].tobytes()  # one copy (a bytearray slice would make two)
         del self._buf[:2 + n]
@@ -171,6 +213,7 @@ class BlockingChannel:
         self._sock = sock
         self._reader = reader
         self._transport = Transport(est.send, est.recv, config)
+        reader.watch_idle(config.idle_timeout_seconds)
         self._limit = config.max_frame
         self._send_lock = threading.Lock()
         self.peer: PeerCertificate = est.peer
@@ -197,7 +240,13 @@ class BlockingChannel:
                 raise self._kill(AuthError("channel: the connection was lost while sending", reason="eof")) from None
 
     def recv(self) -> bytes:
-        """The next message; ``b""`` after the peer's clean close."""
+        """The next message; ``b""`` after the peer's clean close.
+
+        Raises:
+            IdleTimeout: ``config.idle_timeout_seconds`` passed without a whole record of the peer
+                (each record starts the wait again); the connection is cut. A ``send()`` in
+                another thread is not bounded by it.
+        """
         t = self._transport
         while True:
             if t.closed_by_peer:

@@ -2,8 +2,8 @@
 
 In an Appendix C document it is the seed's ``tls:`` section (``rekey_messages``,
 ``rekey_minutes``, and ``rekey_bytes``, ``protocol``, ``accept``, ``require_pq``,
-``max_frame``, ``max_message``, ``handshake_timeout``, ``max_pending_handshakes``,
-``max_pending_per_source`` beside
+``max_frame``, ``max_message``, ``handshake_timeout``, ``idle_timeout``,
+``max_pending_handshakes``, ``max_pending_per_source`` beside
 them); the pre-Appendix C layout calls it ``channel:`` (``rekey_after_messages``,
 ``rekey_after``, ``rekey_after_bytes`` and the same other names).
 
@@ -69,6 +69,9 @@ class ChannelConfig:
         max_frame: the largest record on the wire, length prefix excluded (bytes, <= 65535).
         max_message: the largest message ``recv`` reassembles (bytes).
         handshake_timeout_seconds: a handshake not finished by then is dropped.
+        idle_timeout_seconds: on an established channel, ``recv()`` waiting this long for a
+            record of the peer raises ``IdleTimeout`` and cuts the connection (``None``: wait for
+            ever, the default; sending is no activity of the peer).
         max_pending_handshakes: a responder refuses new connections beyond this many handshakes.
         max_pending_per_source: … and beyond this many from one IP address (``None``: no cap
             per address; clients behind one NAT or proxy share one).
@@ -85,6 +88,7 @@ class ChannelConfig:
     handshake_timeout_seconds: float = 10.0
     max_pending_handshakes: int = 64
     max_pending_per_source: int | None = None
+    idle_timeout_seconds: float | None = None  # last: the fields before it stay positional
 
     def __post_init__(self) -> None:
         _check_int("rekey_after_messages", self.rekey_after_messages, 1, MAX_REKEY_MESSAGES)
@@ -93,6 +97,9 @@ class ChannelConfig:
         _check_int("max_frame", self.max_frame, _MIN_FRAME, _NOISE_MAX)
         _check_int("max_message", self.max_message, 1)
         _check_seconds("handshake_timeout_seconds", self.handshake_timeout_seconds, 86_400)
+        if self.idle_timeout_seconds is not None:
+            # A day at most: the blocking driver waits in poll(), whose milliseconds are a C int.
+            _check_seconds("idle_timeout_seconds", self.idle_timeout_seconds, 86_400)
         _check_int("max_pending_handshakes", self.max_pending_handshakes, 1)
         if self.max_pending_per_source is not None:
             _check_int("max_pending_per_source", self.max_pending_per_source, 1)
@@ -173,6 +180,14 @@ def _optional_count(value: object, key: str) -> int | None:
     return None if value is None else count(1)(value, key)
 
 
+def _optional_duration(value: object, key: str) -> float | None:
+    return None if value is None else _duration(value, key)
+
+
+def _optional_seconds_out(value: float | None) -> int | float | None:
+    return None if value is None else seconds_out(value)
+
+
 def _frame(value: object, key: str) -> int:
     size = parse_size(value, key)
     if not _MIN_FRAME <= size <= _NOISE_MAX:
@@ -181,13 +196,15 @@ def _frame(value: object, key: str) -> int:
     return size
 
 
+_duration = positive(parse_duration)
 _BOUNDS = (
     Field("protocol", "protocol", _protocol),
     Field("accept", "accept", _globs, list),
     Field("require_pq", "require_pq", flag),
     Field("max_frame", "max_frame", _frame),
     Field("max_message", "max_message", positive(parse_size)),
-    Field("handshake_timeout", "handshake_timeout_seconds", positive(parse_duration), seconds_out),
+    Field("handshake_timeout", "handshake_timeout_seconds", _duration, seconds_out),
+    Field("idle_timeout", "idle_timeout_seconds", _optional_duration, _optional_seconds_out),
     Field("max_pending_handshakes", "max_pending_handshakes", count(1)),
     Field("max_pending_per_source", "max_pending_per_source", _optional_count),
 )

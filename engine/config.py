@@ -69,6 +69,7 @@ key                                        default             meaning
 ``crypto.tls.max_frame``                   ``65535``           largest record on the wire (64..65535 bytes)
 ``crypto.tls.max_message``                 ``16MiB``           largest message recv reassembles
 ``crypto.tls.handshake_timeout``           ``10s``             a handshake not finished by then is dropped
+``crypto.tls.idle_timeout``                ``null``            recv() cuts a channel whose peer is quiet this long
 ``crypto.tls.max_pending_handshakes``      ``64``              handshakes in progress a responder allows
 ``crypto.tls.max_pending_per_source``      ``null``            ... from one IP address (null: no cap per address)
 ``crypto.tls.rekey_bytes``                 ``1GiB``            ... or this many bytes, whichever comes first

@@ -271,6 +271,7 @@ OVERRIDES: list[tuple[str, Any, Any]] = [
     ("channel.max_frame", 4096, 4096),
     ("channel.max_message", "1MiB", 1024**2),
     ("channel.handshake_timeout", "5s", 5.0),
+    ("channel.idle_timeout", "5m", 300.0),
     ("channel.max_pending_handshakes", 8, 8),
     ("channel.max_pending_per_source", 4, 4),
     ("audit.checkpoint_every", 1, 1),
@@ -282,6 +283,7 @@ _ATTRS = {"dual_window": "dual_window_seconds", "request_ttl": "request_ttl_seco
           "timeout": "timeout_seconds", "memory": "memory_bytes", "settle": "settle_seconds",
           "drain_timeout": "drain_timeout_seconds", "rekey_after": "rekey_after_seconds",
           "destroy_after": "destroy_after_seconds", "handshake_timeout": "handshake_timeout_seconds",
+          "idle_timeout": "idle_timeout_seconds",
           "sample": "sample_seconds"}
 
 
