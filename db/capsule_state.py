@@ -17,6 +17,11 @@ copy of it put back (which would take a fix out and lower the version memory), i
 read. A save writes the anchor with both the committed and the next digest first, then the row,
 then the anchor with the next digest alone: a crash anywhere leaves a row the anchor accepts.
 
+A home that has not committed to the row yet never adopts one it finds under its node name (a
+database writer's, or another home's with the same ``hotpatch.node``): that is refused. Only a
+home whose record names the row but which has no anchor yet (an earlier release's) adopts it,
+once.
+
 Example:
     >>> store = PgStateStore("postgresql://db/xps", node="node-a", home=home)   # doctest: +SKIP
     >>> Updater(engine, home, state_store=store).restore()                      # doctest: +SKIP
@@ -79,7 +84,8 @@ class PgStateStore:
         """The node's state; no row yet (and none recorded): the empty state.
 
         Raises:
-            UpdateError: the home recorded the row and it is gone, or the document is malformed.
+            UpdateError: the home recorded the row and it is gone, the document is malformed, or
+                a row this home never committed to is there (``state``).
             InternalError: the database is unreachable.
         """
         row = self.database.execute("SELECT doc FROM xps_capsule_state WHERE node = ?", (self.node,)).fetchone()
@@ -102,6 +108,9 @@ class PgStateStore:
     def _check_anchor(self, raw: bytes) -> None:
         """Refuse a row other than the one this node last committed (or is committing)."""
         if self._unanchored():
+            # A home that never committed here adopting the row would take a database writer's
+            # version memory, or another home's state under the same node name, as its own.
+            self._refuse_foreign()
             # Written before anchors existed (the first read after an upgrade): adopted as it
             # is, once; from then on the anchor is checked, and once the home records it, a
             # missing one is refused.
@@ -126,6 +135,23 @@ class PgStateStore:
         """No anchor yet: neither recorded by the home nor on disk (a home without home.json
         cannot tell a deleted anchor from none; an anchor on disk is always checked)."""
         return self._anchor_new and not self.home.store_exists("routing_anchor") and not os.path.lexists(self._anchor)
+
+    def _refuse_foreign(self) -> None:
+        """Refuse a row this home never committed: only a home that records it (an earlier
+        release's, from before anchors) may adopt one without an anchor."""
+        if self._create:
+            raise refuse(Refusal.STATE, f"state {self.where}: already exists, though this home never committed "
+                                        "to it (another home's under the same hotpatch.node, or written outside "
+                                        "xpscerpto); choose another hotpatch.node for this home, or remove the row "
+                                        "if no node uses it")
+
+    def _row_exists(self) -> bool:
+        try:
+            return self.database.execute("SELECT 1 FROM xps_capsule_state WHERE node = ?",
+                                         (self.node,)).fetchone() is not None
+        except InternalError:
+            raise refuse(Refusal.IO, f"state {self.where}: cannot write (database unavailable); the previous "
+                                     "state stays committed") from None
 
     def _read_anchor(self) -> list[str]:
         try:
@@ -162,12 +188,20 @@ class PgStateStore:
 
         Raises:
             UpdateError: ``io`` -- the database is unreachable; the previous state stays.
+                ``state`` -- a first save finds a row this home never committed to.
         """
         doc = state.to_bytes()
         # Both digests while the row may be either (a crash, or a commit whose reply was lost):
         # what the anchor accepts now (one digest, two after a save that crashed and no locked
         # load since) and the new one.
-        committed = [] if self._unanchored() else self._read_anchor()
+        if self._unanchored():
+            committed = []
+            # A first save, even one without a load before it, must not overwrite another
+            # home's row.
+            if self._create and self._row_exists():
+                self._refuse_foreign()
+        else:
+            committed = self._read_anchor()
         self._write_anchor(*committed[-2:], _digest(doc))
         try:
             self.database.execute(
