@@ -7,6 +7,10 @@ Kept in the home (``announce.json``, the ``announce_cursor`` store):
   reading the whole table again. Together with event signatures that name the event's id, this
   makes a copied event worthless: a re-inserted row gets a new id, which its signature does not
   name, and an old id is behind every follower's cursor.
+- ``home``: a random id of this home, also recorded with the node name in the database
+  (``xps_announce_nodes``): a second home started under a name another home claimed is refused
+  (each would take the other's events for its own and skip them). A file written by an
+  earlier release has none; the announcer claims the name for the home once.
 - ``pending``: this node's own changes not yet in the table (the outbox). A change is written
   here when the updater reports it, and taken out once its event is committed, so one made
   while the database was away, or just before a kill -9, is announced after the restart. A
@@ -16,8 +20,8 @@ Kept in the home (``announce.json``, the ``announce_cursor`` store):
 A missing file in a home that never recorded one is "from the start, nothing pending"; once
 recorded, a missing, empty or malformed file -- or one written for another node or database --
 is a refusal, never a silent restart from zero. A home without ``home.json`` (made through the
-API) cannot record it: there the database remembers the node names that followed it, and the
-announcer refuses a missing file under a name it knows
+API) cannot record it: the database remembers the node names that followed it, and the
+announcer refuses a missing file under a name it knows, in any home
 (:class:`~xpscerpto.db.capsule_announce.Announcer`).
 
 Example:
@@ -29,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 from xpscerpto._atomic import atomic_write
@@ -38,13 +43,15 @@ from xpscerpto.capsules.updater import BUILT_IN
 from xpscerpto.errors import PolicyError, UpdateError
 from xpscerpto.home import STORES, Home
 
-__all__ = ["FORMAT", "MAX_PENDING", "AnnounceCursor", "Pending"]
+__all__ = ["FORMAT", "HOME_ID", "MAX_PENDING", "AnnounceCursor", "Pending"]
 
 FORMAT = "xps-announce-cursor/1"
 #: Changes kept for announcing at most; beyond, the oldest is dropped (and the drop reported).
 MAX_PENDING = 1000
 _MAX_ID = (1 << 63) - 1  # a bigserial
 _MAX_TEXT = 256
+#: A home's id (:attr:`AnnounceCursor.home_id`): 128 random bits, hex.
+HOME_ID = re.compile(r"[0-9a-f]{32}")
 #: (action, sha256, name, version, to) of one change to announce; ``to`` is the version a
 #: ``rollback --to`` restored (or ``built-in``), else "". The file omits an empty ``to`` (entries written before it
 #: existed have four fields).
@@ -73,6 +80,8 @@ class AnnounceCursor:
         self._lock = threading.Lock()
         self._seen = 0
         self.pending: list[Pending] = []
+        #: This home's id in the fleet's database (None: not claimed yet, or by an earlier release).
+        self.home_id: str | None = None
         #: Whether :meth:`load` found the file (False: this home starts following now).
         self.existed = False
 
@@ -112,10 +121,11 @@ class AnnounceCursor:
             raise PolicyError(f"announce cursor {str(self.path)!r}: unreadable ({exc.strerror}); {restore}") from None
         try:
             doc = json.loads(raw)
-            seen, pending = doc["seen"], doc["pending"]
+            seen, pending, home_id = doc["seen"], doc["pending"], doc.get("home")
             if not isinstance(doc, dict) or doc.get("format") != FORMAT or type(seen) is not int \
                     or not 0 <= seen <= _MAX_ID or not isinstance(pending, list) or len(pending) > MAX_PENDING \
-                    or not all(_is_pending(p) for p in pending):
+                    or not all(_is_pending(p) for p in pending) \
+                    or not (home_id is None or (isinstance(home_id, str) and HOME_ID.fullmatch(home_id))):
                 raise ValueError
         except (ValueError, TypeError, KeyError, RecursionError):
             raise PolicyError(f"announce cursor {str(self.path)!r}: malformed (damaged?); {restore}") from None
@@ -127,6 +137,7 @@ class AnnounceCursor:
         with self._lock:
             self.existed = True
             self._seen = seen
+            self.home_id = home_id
             self.pending = [(p[0], p[1], p[2], p[3], p[4] if len(p) == 5 else "") for p in pending]
         return seen
 
@@ -140,8 +151,20 @@ class AnnounceCursor:
             self._seen = seen
             self._write()
 
-    def add(self, item: Pending) -> bool:
-        """Keep ``item`` for announcing; False if the oldest pending change had to be dropped.
+    def claim(self, home_id: str, seen: int) -> None:
+        """Record this home's id (written before the database records it) and ``seen``.
+
+        Raises:
+            UpdateError: the file cannot be written (``io``).
+        """
+        with self._lock:
+            self.home_id = home_id
+            self._seen = seen
+            self._write()
+
+    def add(self, item: Pending) -> Pending | None:
+        """Keep ``item`` for announcing; the oldest pending change if it had to be dropped for
+        room (it will not be announced after a restart), else None.
 
         Raises:
             UpdateError: the file cannot be written (the change is then announced only if this
@@ -149,11 +172,9 @@ class AnnounceCursor:
         """
         with self._lock:
             self.pending.append(item)
-            dropped = len(self.pending) > MAX_PENDING
-            if dropped:
-                del self.pending[0]
+            dropped = self.pending.pop(0) if len(self.pending) > MAX_PENDING else None
             self._write()
-            return not dropped
+            return dropped
 
     def done(self, item: Pending) -> None:
         """``item`` is in the table: take it out (the first one equal to it).
@@ -167,8 +188,10 @@ class AnnounceCursor:
                 self._write()
 
     def _write(self) -> None:
-        doc = {"format": FORMAT, "node": self.node, "database": self.database, "seen": self._seen,
-               "pending": [list(p if p[4] else p[:4]) for p in self.pending]}
+        doc: dict[str, object] = {"format": FORMAT, "node": self.node, "database": self.database, "seen": self._seen,
+                                  "pending": [list(p if p[4] else p[:4]) for p in self.pending]}
+        if self.home_id is not None:
+            doc["home"] = self.home_id
         try:
             atomic_write(self.path, json.dumps(doc, sort_keys=True).encode() + b"\n")
         except OSError as exc:

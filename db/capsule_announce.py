@@ -21,7 +21,10 @@ lost — reduces the new events to the last action per capsule, and:
   the capsule out for the built-in provider and journal why. Such a signed rollback decides the
   capsule's name, not only the version it took out: a node that never had that version (it was
   away, or is new) still moves from whatever version of the name it serves to the chosen one,
-  and enables of the name before the rollback are not followed.
+  and enables of the name before the rollback are not followed. Only a signed event changes a
+  signed decision: an unsigned rollback never cancels a signed one read with it, and an
+  unsigned enable of a version such a rollback took out (any version of the name up to the one
+  it rolled back) is journaled and not followed, in the same batch or a later one.
 
 Event ids come from the table's sequence; a row above the highest id it handed out was given
 its id by hand and is journaled and never followed (it would move every cursor past every later
@@ -29,14 +32,20 @@ event). An event's signature covers its id, and each node keeps the id it follow
 home (:class:`~xpscerpto.db.announce_cursor.AnnounceCursor`): a signed event copied into a new
 row does not verify (its id changed), and the original row is behind every cursor, so a
 database writer cannot replay a rollback after an operator brought the capsule back. A
-restarted node resumes after the events it followed.
+restarted node resumes after the events it followed. A node name belongs to one home: the
+home's random id is recorded with the name (``xps_announce_nodes``), and another home started
+under it is refused (both would skip each other's events as their own).
 
 What a node does because of an announcement is not announced again (operator
 ``announce:NODE``), so the fleet converges without echo. Only committed changes are announced
 (the updater's ``…_COMMITTED`` notification, after its state is saved). Announcing never blocks
 an update on the database: the updater's listener writes the change to the home's outbox
 (``announce.json``) and enqueues it; this object's thread talks to the database, in order, and
-retries the first change until it is committed.
+retries the first change until it is committed. A change dropped without being announced (too
+many waiting, or its stored bytes unreadable) is journaled (``PATCH_REJECT``, reason
+``not-announced``): the other nodes will not follow it. An announced enable this node refuses by
+version memory while another capsule serves the same name or operation here is journaled as
+``diverged``, naming both: the fleet then routes that operation to different capsules.
 
 Example:
     >>> Announcer("postgresql://db/xps", updater, node="node-a").start()   # doctest: +SKIP
@@ -47,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import secrets
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -55,7 +65,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from xpscerpto.audit.journal import STATEMENT_PREFIX
-from xpscerpto.capsules.format import _VERSION, parse_manifest, read_container
+from xpscerpto.capsules.format import _VERSION, parse_manifest, parse_version, read_container
 from xpscerpto.capsules.updater import BUILT_IN, COMMITTED, Updater
 from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.home import STORES
@@ -76,15 +86,20 @@ MAX_NODE = 200
 #: The advisory lock a publisher holds from taking an event id to its commit: ids then become
 #: visible in id order, so a follower past id N never misses an id below N still being written.
 ANNOUNCE_LOCK = 0x7870_7300_0000_0004
-_UNSIGNED_ENABLE = ("an announced enable of a capsule a trusted node rolled back is not signed by a node this one "
-                    "trusts; not followed")
+_UNSIGNED_ENABLE = ("an announced enable of a capsule a trusted node rolled back (that capsule, or its version by a "
+                    "rollback that chose another version of the name) is not signed by a node this one trusts; "
+                    "not followed")
+_UNSIGNED_ROLLBACK = ("an announced rollback is not signed by a node this one trusts (its own journal key or a "
+                      "configured peer); not followed")
+_UNSIGNED_OWN_ROLLBACK = ("an announced rollback names this node, but this node did not sign it (written outside "
+                          "xps?); not followed")
 
 
 class Announcer:
     """Publish this node's capsule changes; follow the other nodes' (see the module docstring).
 
     Args:
-        database: ``postgresql://…`` (migration 10 applied).
+        database: ``postgresql://…`` (migration 11 applied).
         updater: this node's updater.
         node: this node's name (unique in the fleet).
         poll: seconds between polls when no notification comes.
@@ -103,7 +118,7 @@ class Announcer:
         if isinstance(peers, (str, bytes, bytearray, memoryview)) or not isinstance(peers, Iterable):
             raise PolicyError("peers: expected a list of 32-byte Ed25519 public keys")
         self._peers = [_peer_key(k) for k in peers]
-        self.database = open_migrated(database, 10, "announcement database")
+        self.database = open_migrated(database, 11, "announcement database")
         try:
             # The database by its name on the server, not by how this DSN spells the host: a
             # standby's address, or localhost for 127.0.0.1, is the same fleet's table.
@@ -118,12 +133,27 @@ class Announcer:
         self.poll = poll
         # This node's changes to announce, oldest first; the cursor file keeps a copy (the outbox).
         self._outgoing: deque[Pending] = deque(self._cursor.pending)
+        # Changes the outbox file dropped for room (the updater's thread adds them): this
+        # object's thread takes them out of the queue too, and journals them.
+        self._dropped: deque[Pending] = deque()
+        self._not_announced = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"xps-announce-{node}", daemon=True)
         self.last_error: str | None = None
         self._forged_told: tuple[int, ...] = ()  # the rows above the sequence last journaled
         updater.add_event_listener(self._on_event)
+
+    @property
+    def pending(self) -> int:
+        """This node's changes waiting to be announced (the database away, or slow)."""
+        return len(self._outgoing)
+
+    @property
+    def not_announced(self) -> int:
+        """This node's changes dropped without being announced since this object was made
+        (each journaled as ``PATCH_REJECT`` ``not-announced``): the other nodes diverge."""
+        return self._not_announced
 
     def _on_event(self, event: str, fields: Mapping[str, Any]) -> None:
         operator = str(fields.get("operator", ""))
@@ -147,8 +177,9 @@ class Announcer:
         # Into the outbox file first: a change made while the database is away, or just before a
         # kill -9, is announced after the restart instead of being lost with this process.
         try:
-            if not self._cursor.add(item):
-                self.last_error = "XPS_ERR_UPDATE: announcements: too many waiting; the oldest was dropped"
+            dropped = self._cursor.add(item)
+            if dropped is not None:
+                self._dropped.append(dropped)
         except XpsError as exc:  # the updater's change stands: announced if this process lives on
             self.last_error = str(exc)
         self._outgoing.append(item)
@@ -159,9 +190,9 @@ class Announcer:
 
         Raises:
             PolicyError: the cursor is past the newest event (the table was reset, or restored
-                from an older backup): following it would skip every new event unseen; or a
-                home without ``home.json`` has no cursor file under a node name that followed
-                this database before.
+                from an older backup): following it would skip every new event unseen; this
+                home has no cursor file under a node name that followed this database before;
+                or another home claimed this node name.
             UpdateError: the first cursor file cannot be written.
         """
         try:
@@ -184,21 +215,41 @@ class Announcer:
         return self
 
     def _claim_name(self) -> None:
-        """Record that this node name follows the database; refuse a home that lost its cursor.
+        """Claim this node name for this home in the database; refuse a name another home claimed.
 
-        A home without ``home.json`` cannot record its cursor file, so a deleted one looked like
-        a new node: it followed every event again from the first (an old signed rollback then
-        took out a capsule an operator had brought back since). The database remembers the name.
+        Each node skips the events that name it (its own changes): a second home under the same
+        name (the default ``local`` on two machines, a copied unit file) followed neither the
+        other's changes nor was followed, silently. And a home that lost its cursor file looked
+        like a new node: it followed every event again from the first (an old signed rollback
+        then took out a capsule an operator had brought back since).
         """
-        if not self._cursor.existed:
-            if not self.updater.home.record_path.exists() and self.database.execute(
-                    "SELECT 1 FROM xps_announce_nodes WHERE node = ?", (self.node,)).fetchone() is not None:
-                raise PolicyError(f"announce cursor {str(self._cursor.path)!r}: missing, though node {self.node!r} "
-                                  "followed this database before (deleted, or another home uses this name); "
-                                  f"{STORES['announce_cursor'][1]}, or start this home under a new node name")
-            # The file first: killed before the row is written, the name is only not yet claimed.
-            self._cursor.save(self._seen)
-        self.database.execute("INSERT INTO xps_announce_nodes (node) VALUES (?) ON CONFLICT DO NOTHING", (self.node,))
+        row = self.database.execute("SELECT home FROM xps_announce_nodes WHERE node = ?", (self.node,)).fetchone()
+        if row is not None and not self._cursor.existed:
+            raise PolicyError(f"announce cursor {str(self._cursor.path)!r}: missing, though node {self.node!r} "
+                              "followed this database before (another home uses this name, or this home's file "
+                              "was deleted); start this home under another node name (xps watch --node), or "
+                              f"{STORES['announce_cursor'][1]}")
+        if row is not None and row[0] is not None and row[0] != self._cursor.home_id:
+            raise self._name_taken()
+        if self._cursor.home_id is None:
+            # The file first: killed before the row is written, the name is only not yet claimed
+            # (a file written by an earlier release gets its id here, once).
+            self._cursor.claim(secrets.token_hex(16), self._seen)
+        mine = self._cursor.home_id
+        self.database.execute("INSERT INTO xps_announce_nodes (node, home) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                              (self.node, mine))
+        # A name an earlier release claimed recorded no home: the first home to start under it
+        # since (one that followed under it: its cursor file exists) takes it.
+        self.database.execute("UPDATE xps_announce_nodes SET home = ? WHERE node = ? AND home IS NULL",
+                              (mine, self.node))
+        row = self.database.execute("SELECT home FROM xps_announce_nodes WHERE node = ?", (self.node,)).fetchone()
+        if row is None or row[0] != mine:  # another home claimed it in the meantime
+            raise self._name_taken()
+
+    def _name_taken(self) -> PolicyError:
+        return PolicyError(f"node: {self.node!r} is the name of another home on announcement database "
+                           f"{self.database.name} (each would skip the other's changes as its own); start this "
+                           "home under another node name (xps watch --node)")
 
     def stop(self) -> None:
         """Stop following and close the connections."""
@@ -221,6 +272,13 @@ class Announcer:
             self._wake.clear()
 
     def _publish(self) -> None:
+        while self._dropped:
+            dropped = self._dropped.popleft()
+            if dropped in self._outgoing:  # else announced meanwhile, before the drop reached here
+                self._journal_not_announced(dropped, "too many changes waited for the database; the oldest "
+                                                     "was dropped")
+                self._outgoing.remove(dropped)
+                self._not_announced += 1  # after: a reader counting it no longer finds it waiting
         while self._outgoing:
             item = self._outgoing[0]
             # In order, the first one again at the next round if it fails: an enable and the
@@ -233,9 +291,9 @@ class Announcer:
                 except XpsError as exc:
                     # Its bytes are gone from this home (a damaged store): there is nothing to
                     # announce, and the changes after it must not wait on it for ever.
-                    self.last_error = f"{exc.code}: announcements: capsule {item[1][:12]} not announced " \
-                                      "(its stored bytes are unreadable)"
+                    self._journal_not_announced(item, f"its stored bytes are unreadable: {exc.code}")
                     self._outgoing.popleft()
+                    self._not_announced += 1
                     with contextlib.suppress(XpsError):
                         self._cursor.done(item)
                     continue
@@ -245,6 +303,21 @@ class Announcer:
                 self._cursor.done(item)
             except XpsError as exc:  # announced again after a restart: followers treat it as once
                 self.last_error = str(exc)
+
+    def _journal_not_announced(self, item: Pending, why: str) -> None:
+        """Journal that this node's change ``item`` will never reach the other nodes (before it
+        leaves the queue: whoever no longer finds it waiting finds the record)."""
+        action, sha, name, version, _ = item
+        self.last_error = f"XPS_ERR_UPDATE: announcements: {action} of capsule {sha[:12]} not announced ({why})"
+        try:
+            # The change stands here; the fleet will not follow it: the operator must repeat it
+            # on the other nodes (a last_error nobody reads was the only trace before).
+            self.updater.audit.record("PATCH_REJECT", phase="announce", action=action, sha256=sha, name=name,
+                                      version=version, operator=PREFIX + self.node, reason="not-announced",
+                                      detail=f"this node's {action} of this capsule was not announced ({why}); "
+                                             "the other nodes do not follow it: repeat it on them")
+        except XpsError as exc:
+            self.last_error = str(exc)
 
     def _announce(self, action: str, sha: str, name: str, version: str, to: str, raw: bytes | None) -> None:
         with self.database.transaction(lock=ANNOUNCE_LOCK) as tx:
@@ -285,8 +358,10 @@ class Announcer:
         # sha256 -> its newest (action, node, event id, signed by a node this one trusts, to)
         last: dict[str, tuple[str, str, int, bool, str | None]] = {}
         names: dict[str, str] = {}  # sha256 -> its capsule name
-        # capsule name -> (sha256, node, event id, to) of the newest signed rollback naming a `to`
-        decided: dict[str, tuple[str, str, int, str]] = {}
+        versions: dict[str, str] = {}  # sha256 -> its version
+        # capsule name -> (sha256, node, event id, to, version rolled back) of the newest signed
+        # rollback naming a `to`
+        decided: dict[str, tuple[str, str, int, str, str]] = {}
         malformed = 0
         refusals: list[tuple[str, str, str, str]] = []  # (sha256, node, reason, detail)
         trusted = self._trusted()
@@ -301,20 +376,28 @@ class Announcer:
                 continue
             signed = _event_signed(trusted, (action, sha, name, version, node, event_id, to), signer, sig)
             if action == "rollback" and not signed:
-                if node != self.node:
-                    refusals.append((sha, node, "untrusted", "an announced rollback is not signed by a node this "
-                                                             "one trusts (its own journal key or a configured peer); "
-                                                             "not followed"))
+                # Journaled even when it names this node: this node signs its own rows, so an
+                # unsigned one under its name was written outside xps (skipping it silently hid
+                # that a rollback read with it had been cancelled).
+                refusals.append((sha, node, "untrusted",
+                                 _UNSIGNED_ROLLBACK if node != self.node else _UNSIGNED_OWN_ROLLBACK))
                 # Not followed, but it still ends the enables before it: a node catching up must
                 # not enable a capsule the fleet rolled back since (an unsigned rollback from an
                 # earlier release, or one by a node this one does not trust). Blocking is the safe
-                # side: whoever can insert the row could as well delete the enable.
-                last[sha] = ("blocked", node, event_id, False, None)
-                names[sha] = name
+                # side: whoever can insert the row could as well delete the enable. It only ever
+                # weakens an enable: a signed rollback read before it stands (replaced by
+                # "blocked", it was never followed, and the fleet's rollback was undone here).
+                if last.get(sha, ("",))[0] != "rollback":
+                    last[sha] = ("blocked", node, event_id, False, None)
+                    names[sha] = name
                 continue
-            if action == "enable" and not signed and last.get(sha, ("",))[0] == "rollback":
+            decision = decided.get(name)
+            if action == "enable" and not signed and (
+                    last.get(sha, ("",))[0] == "rollback"
+                    or (decision is not None and not _newer(version, decision[4]))):
                 # An enable slipped in after a signed rollback must not cancel it (on a node
-                # still serving the capsule, the rollback would never be followed).
+                # still serving the capsule, the rollback would never be followed), nor bring
+                # back a version a signed `rollback --to` took out of the name.
                 refusals.append((sha, node, "untrusted", _UNSIGNED_ENABLE))
                 continue
             if action == "rollback" and to is not None:
@@ -322,24 +405,28 @@ class Announcer:
                 # of the name (a version the rollback skipped, on a node catching up) is superseded.
                 for earlier in [s for s, e in last.items() if e[0] == "enable" and names.get(s) == name]:
                     del last[earlier]
-                decided[name] = (sha, node, event_id, to)
+                decided[name] = (sha, node, event_id, to, version)
             else:
-                decided.pop(name, None)  # a later change of the name decides instead
+                # A later change of the name decides instead: a signed one, or (unsigned but
+                # verified by each node) an enable newer than every version the decision took out.
+                decided.pop(name, None)
             last[sha] = (action, node, event_id, signed, to)
             names[sha] = name
+            versions[sha] = version
         active = {a.sha256 for a in self.updater.state.active}
         for sha, (action, node, event_id, signed, to) in last.items():
             if node == self.node:
                 continue
             if action == "enable" and sha not in active:
-                refusal = self._follow_enable(sha, node, event_id, signed, rows[-1][0], trusted)
+                refusal = self._follow_enable(sha, names[sha], versions[sha], node, event_id, signed, rows[-1][0],
+                                              trusted)
                 if refusal is not None:
                     refusals.append((sha, node, *refusal))
             elif action == "rollback" and sha in active and decided.get(names[sha], ("",))[0] != sha:
                 refusal = self._follow_rollback(sha, node, to)
                 if refusal is not None:
                     refusals.append((sha, node, *refusal))
-        for name, (sha, node, _, to) in decided.items():
+        for name, (sha, node, _, to, _) in decided.items():
             if node != self.node:
                 refusal = self._follow_restore(name, node, to)
                 if refusal is not None:
@@ -359,8 +446,8 @@ class Announcer:
         self._cursor.save(self._seen)  # after acting: a crash before it repeats the batch, which is idempotent
         return len(rows) == BATCH
 
-    def _follow_enable(self, sha: str, node: str, event_id: int, signed: bool, newest: int,
-                       trusted: list[Ed25519PublicKey]) -> tuple[str, str] | None:
+    def _follow_enable(self, sha: str, name: str, version: str, node: str, event_id: int, signed: bool,
+                       newest: int, trusted: list[Ed25519PublicKey]) -> tuple[str, str] | None:
         """Enable the announced capsule here; (reason, detail) of a refusal to journal, or None."""
         # A database error here propagates: the events stay unseen and the next round
         # retries them (the capsules already enabled are skipped then).
@@ -369,7 +456,7 @@ class Announcer:
             # A later event of this capsule decides (a node catching up must not enable
             # what a rollback in a later batch took out, verified or not).
             return None
-        if not signed and self._rolled_back(sha, event_id, trusted):
+        if not signed and self._rolled_back(sha, name, version, event_id, trusted):
             # Anyone who can write the table could otherwise bring back, on a node that was
             # away or is new, a capsule the fleet took out with a signed rollback.
             return "untrusted", _UNSIGNED_ENABLE
@@ -381,8 +468,25 @@ class Announcer:
             # Other bytes under this event's name (publisher-signed, maybe, but not the capsule
             # the announcing node enabled).
             return "malformed", "announced capsule bytes do not match the event's sha256"
-        with contextlib.suppress(XpsError):  # refused here: journaled by the updater
+        try:
             self.updater.apply(data, source=f"announced by {node}", operator=PREFIX + node)
+        except XpsError as exc:  # refused here: journaled by the updater
+            if exc.reason == "rollback":
+                return self._diverged(sha, data)
+        return None
+
+    def _diverged(self, sha: str, data: bytes) -> tuple[str, str] | None:
+        """("diverged", detail) if another capsule serves the refused one's name or an operation
+        of it here: the announcing node and this one now route it to different capsules."""
+        with contextlib.suppress(XpsError):
+            manifest = parse_manifest(read_container(data).manifest_bytes)
+            for other in reversed(self.updater.state.active):
+                shared = sorted(set(other.operations) & set(manifest.operations))
+                if other.sha256 != sha and (other.name == manifest.name or shared):
+                    what = ", ".join(shared) if shared else "the same capsule name"
+                    return "diverged", (f"announced capsule {sha} is refused here by version memory while capsule "
+                                        f"{other.sha256} serves {what}: the announcing node and this one route it "
+                                        "to different capsules until a newer version reaches both")
         return None
 
     def _follow_rollback(self, sha: str, node: str, to: str | None) -> tuple[str, str] | None:
@@ -454,17 +558,30 @@ class Announcer:
                 code = exc.code
         return code
 
-    def _rolled_back(self, sha: str, before: int, trusted: list[Ed25519PublicKey]) -> bool:
-        """Whether an event before id ``before`` rolled capsule ``sha`` back, signed by a trusted node."""
+    def _rolled_back(self, sha: str, name: str, version: str, before: int,
+                     trusted: list[Ed25519PublicKey]) -> bool:
+        """Whether an event before id ``before``, signed by a trusted node, took out an enable of
+        capsule ``sha`` (``name`` ``version``): a rollback of that capsule, or a ``rollback --to``
+        of the name that no later signed event of the name superseded and that took out that
+        version (one not newer than the version it rolled back)."""
         claimed = {k.public_bytes_raw().hex() for k in trusted}
         rows = self.database.execute(
             "SELECT id, action, sha256, name, version, node, signer, sig, restore_to FROM xps_capsule_events "
-            "WHERE sha256 = ? AND action = 'rollback' AND id < ? AND signer IS NOT NULL ORDER BY id",
-            (sha, before)).fetchall()
-        # Only rows naming a trusted signer are worth a verification.
-        return any(r[6] in claimed and isinstance(r[3], str) and isinstance(r[4], str) and _is_node(r[5])
-                   and (r[8] is None or _is_target(r[8]))
-                   and _event_signed(trusted, (r[1], r[2], r[3], r[4], r[5], r[0], r[8]), r[6], r[7]) for r in rows)
+            "WHERE (sha256 = ? OR name = ?) AND id < ? AND signer IS NOT NULL ORDER BY id",
+            (sha, name, before)).fetchall()
+        decision: str | None = None  # the version a standing signed `rollback --to` of the name rolled back
+        for r in rows:
+            # Only rows naming a trusted signer are worth a verification.
+            if not (r[6] in claimed and r[1] in ("enable", "rollback") and isinstance(r[2], str)
+                    and isinstance(r[3], str) and isinstance(r[4], str) and _is_node(r[5])
+                    and (r[8] is None or (r[1] == "rollback" and _is_target(r[8])))
+                    and _event_signed(trusted, (r[1], r[2], r[3], r[4], r[5], r[0], r[8]), r[6], r[7])):
+                continue
+            if r[1] == "rollback" and r[2] == sha:
+                return True
+            if r[3] == name:  # as in a batch: the newest signed change of the name decides
+                decision = r[4] if r[1] == "rollback" and r[8] is not None else None
+        return decision is not None and not _newer(version, decision)
 
     def _handed_out(self) -> int:
         """The highest event id the table's sequence has handed out (0: none yet)."""
@@ -550,6 +667,14 @@ def _is_sha256(value: object) -> bool:
 
 def _is_node(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_NODE and value.isprintable() and value.isascii()
+
+
+def _newer(version: str, than: str) -> bool:
+    """Whether capsule version ``version`` is above ``than`` (False if either is unreadable)."""
+    try:
+        return parse_version(version) > parse_version(than)
+    except XpsError:
+        return False
 
 
 def _is_target(value: object) -> bool:

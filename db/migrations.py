@@ -131,6 +131,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         """CREATE TABLE xps_announce_nodes (node TEXT PRIMARY KEY,
             since TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())""",
     )),
+    Migration(11, "the home that claimed each announcing node name", (
+        # A random id of the home (its announce.json keeps it too): two homes started under one
+        # node name each skipped the other's events as their own, silently. NULL: claimed by an
+        # earlier release; the first home to start under the name since claims it.
+        "ALTER TABLE xps_announce_nodes ADD COLUMN home TEXT",
+    )),
 )
 
 
