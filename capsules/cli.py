@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from xpscerpto._atomic import atomic_write
 from xpscerpto._stored_file import read_stored
+from xpscerpto.audit.cli import terminal_safe
+from xpscerpto.cli import context
 from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.settings import Policy
 from xpscerpto.signing import TrustStore, generate_keypair, load_private_key, load_public_key
@@ -72,17 +75,23 @@ def _read(path: str) -> bytes:
 _SHOWN_PATH = 256
 
 
-def _write(path: str, raw: bytes) -> None:
+def _write(args: argparse.Namespace, path: str, raw: bytes, option: str = "--out") -> None:
+    target = context.check_out(args, path, option)
     try:
-        atomic_write(Path(path), raw, 0o644)
+        atomic_write(target, raw, 0o644)
     except OSError as exc:
         raise refuse(Refusal.IO, f"--out {path!r}: cannot write ({exc.strerror})") from None
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Create a publisher key pair."""
+    for suffix in (".key", ".pub"):
+        # Never replaced (generate_keypair refuses an existing one), but not created in the home either.
+        if not os.path.lexists(args.out + suffix):
+            context.check_out(args, args.out + suffix)
     key = generate_keypair(args.out)
-    print(f"wrote {args.out}.key (0600) and {args.out}.pub; key id {key.keyid}")
+    out = terminal_safe(args.out)
+    print(f"wrote {out}.key (0600) and {out}.pub; key id {key.keyid}")
     return 0
 
 
@@ -93,8 +102,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     # Read back as an engine will, before it is written: a capsule every engine refuses (a
     # member deflated beyond the format's ratio) is not left on disk.
     m = parse_manifest(read_container(raw).manifest_bytes)
-    _write(args.out, raw)
-    print(f"built {args.out} ({len(raw)} bytes): {m.name} {m.version}, {len(m.files)} files, "
+    _write(args, args.out, raw)
+    print(f"built {terminal_safe(args.out)} ({len(raw)} bytes): {m.name} {m.version}, {len(m.files)} files, "
           f"signed by {len(signers)} key(s)")
     return 0
 
@@ -103,8 +112,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
     """Add a signature to an existing capsule."""
     key, seed = load_private_key(args.key)
     raw = add_signature(_read(args.file), key, seed)
-    _write(args.out or args.file, raw)
-    print(f"signed {args.out or args.file} with {key.keyid}")
+    _write(args, args.out or args.file, raw, "--out" if args.out else "FILE")
+    print(f"signed {terminal_safe(args.out or args.file)} with {key.keyid}")
     return 0
 
 
@@ -128,11 +137,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"{info['name']} {info['version']}  ({info['format']})")
     print(f"  created {info['created']}, expires {info['expires']}")
     print(f"  requires engine API {info['requires']['engine_api']}, Python {info['requires']['python']}")
+    # Nothing here is verified: names and key ids are the capsule author's text, escaped so that
+    # none can rewrite the terminal or forge a line ("OK: signed by the release key").
     for op, entry in info["operations"].items():
-        print(f"  provides {op} -> {entry}")
-    print(f"  publisher keys: {', '.join(info['publisher_keys'])}; signatures by: {', '.join(info['signatures'])}")
+        print(f"  provides {terminal_safe(op)} -> {terminal_safe(entry)}")
+    print(f"  publisher keys: {terminal_safe(', '.join(info['publisher_keys']))}; "
+          f"signatures by: {terminal_safe(', '.join(info['signatures']))}")
     for p, meta in info["files"].items():
-        print(f"  {meta['size']:>8}  {meta['sha256'][:16]}…  {p}")
+        print(f"  {meta['size']:>8}  {meta['sha256'][:16]}…  {terminal_safe(p)}")
     return 0
 
 

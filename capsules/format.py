@@ -68,6 +68,10 @@ def _reject(message: str, reason: Refusal) -> UpdateError:
 def _check_member_name(name: str) -> None:
     if "\\" in name or "\x00" in name:
         raise _reject(f"entry {name!r}: backslash or NUL in path", Refusal.PATH)
+    if not name.isprintable():
+        # A name is shown to operators (`xps capsule inspect`, errors): a newline or an escape
+        # sequence in it would forge lines or rewrite their terminal. No provider needs one.
+        raise _reject(f"entry {name!r}: a character that is not printable in path", Refusal.PATH)
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
         raise _reject(f"entry {name!r}: absolute path", Refusal.PATH)
     parts = name.split("/")
@@ -164,7 +168,9 @@ def _parse_signatures(raw: bytes) -> Mapping[str, bytes]:
             if set(e) != {"keyid", "sig"}:
                 raise ValueError
             sig = bytes.fromhex(e["sig"])
-            if not isinstance(e["keyid"], str) or len(sig) != 64:
+            # A key id as keys have them (like manifest.publisher_keys): anything else is no key's,
+            # and would be shown to the operator as the capsule author wrote it.
+            if not isinstance(e["keyid"], str) or not _KEYID.fullmatch(e["keyid"]) or len(sig) != 64:
                 raise ValueError
             if e["keyid"] in sigs:
                 raise _reject(f"signatures.json: key {e['keyid'][:12]} signs twice", Refusal.MALFORMED)

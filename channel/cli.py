@@ -23,6 +23,7 @@ from typing import Any
 
 from xpscerpto._atomic import atomic_write, create_exclusive
 from xpscerpto._stored_file import read_stored
+from xpscerpto.audit.cli import terminal_safe
 from xpscerpto.cli import context
 from xpscerpto.errors import PolicyError
 
@@ -44,7 +45,7 @@ def cmd_pki(args: argparse.Namespace) -> int:
         passphrase = passphrase_from_env(args.passphrase_env)
         ca = CertificateAuthority.create(args.name, days=args.days, parent=parent)
         ca.save(folder, passphrase)  # refuses a directory holding any CA file (ca.crt, ca.key, revoked.json)
-        print(f"CA {args.name!r} in {folder}: ca.crt, ca.key (0600), revoked.json")
+        print(f"CA {args.name!r} in {terminal_safe(str(folder))}: ca.crt, ca.key (0600), revoked.json")
         return 0
     ca = CertificateAuthority.load(args.ca, passphrase_from_env(args.ca_passphrase_env))
     if args.pki_cmd == "issue":
@@ -53,6 +54,8 @@ def cmd_pki(args: argparse.Namespace) -> int:
         out = Path(args.out)
         crt, key_file, static_file = (out.with_name(out.name + ext) for ext in (".crt", ".key", ".static"))
         _refuse_existing(crt, key_file, static_file)
+        for path in (crt, key_file, static_file):
+            context.check_out(args, path)  # none exists: the home's folder is what is left to refuse
         chain, key = ca.issue(args.name, dns=args.dns, uris=args.uri, days=args.days)
         write_private_key(key_file, key, passphrase_from_env(args.passphrase_env))
         import xpscerpto
@@ -64,8 +67,9 @@ def cmd_pki(args: argparse.Namespace) -> int:
         # final name means the issue finished, so a killed one is told apart from a finished one.
         if not create_exclusive(crt, pem_chain(chain), 0o644):
             raise PolicyError(f"{crt.name}: already exists")
-        print(f"issued serial {chain[0].serial_number:x} to {args.name!r}: {crt.name}, {key_file.name} (0600), "
-              f"{static_file.name} (0600, static public key {pub.hex()})")
+        print(f"issued serial {chain[0].serial_number:x} to {args.name!r}: "
+              f"{terminal_safe(crt.name)}, {terminal_safe(key_file.name)} (0600), "
+              f"{terminal_safe(static_file.name)} (0600, static public key {pub.hex()})")
         return 0
     if args.pki_cmd == "revoke":
         from .identity import load_certificates
@@ -84,9 +88,9 @@ def cmd_pki(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
 
     crl = ca.crl(days=args.days)
-    atomic_write(Path(args.out), crl.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(context.check_out(args, args.out), crl.public_bytes(serialization.Encoding.PEM), 0o644)
     print(f"CRL with {len(ca.revoked)} revoked serials, valid until "
-          f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC: {args.out}")
+          f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC: {terminal_safe(args.out)}")
     return 0
 
 
@@ -148,7 +152,8 @@ async def _serve(args: argparse.Namespace, identity: Any, trust: Any, cfg: Chann
     done = asyncio.Event()
 
     async def echo(ch: Channel) -> None:
-        print(f"channel from {', '.join(ch.peer.names) or ch.peer.subject} ({ch.protocol})", flush=True)
+        print(f"channel from {terminal_safe(', '.join(ch.peer.names) or str(ch.peer.subject))} ({ch.protocol})",
+              flush=True)
         try:
             while msg := await ch.recv():
                 await ch.send(msg)
@@ -183,11 +188,12 @@ async def _connect(args: argparse.Namespace, identity: Any, trust: Any, cfg: Cha
         raise PolicyError(f"--host/--port: cannot connect to {_address(args)} "
                           f"({exc.strerror or type(exc).__name__})", reason="unreachable") from None
     async with ch:
-        print(f"connected to {', '.join(ch.peer.names)} ({ch.protocol}), "
+        print(f"connected to {terminal_safe(', '.join(ch.peer.names))} ({ch.protocol}), "
               f"handshake hash {ch.handshake_hash.hex()[:16]}…")
         await ch.send(message)
         reply = await ch.recv()
-    print(f"echo: {reply.decode(errors='replace')}")
+    # The peer chose these bytes: an escape sequence or a newline in them must not reach the terminal.
+    print(f"echo: {terminal_safe(reply.decode(errors='replace'))}")
     return 0 if reply == message else 1
 
 
@@ -225,11 +231,11 @@ def _vectors(args: argparse.Namespace) -> int:
 
     def text() -> None:
         for name, reason in report.failed:
-            print(f"  FAIL {name}: {reason}")
+            print(f"  FAIL {terminal_safe(name)}: {terminal_safe(reason)}")
         unsupported = sum(report.unsupported.values())
         print(f"{report.passed} passed, {len(report.failed)} failed, {unsupported} unsupported")
         for reason, n in sorted(report.unsupported.items()):
-            print(f"  unsupported ({reason}): {n}")
+            print(f"  unsupported ({terminal_safe(reason)}): {n}")
 
     context.emit(args, report.as_dict(), text)
     return 0 if report else 1

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from xpscerpto.config import XpsConfig
 from xpscerpto.engine import Engine
+from xpscerpto.errors import PolicyError, XpsError
 from xpscerpto.home import Home
 
-__all__ = ["config", "effective_config", "emit", "engine", "home", "home_config", "recorded_policy"]
+__all__ = ["check_out", "config", "effective_config", "emit", "engine", "home", "home_config", "recorded_policy"]
 
 
 def config(args: argparse.Namespace) -> XpsConfig:
@@ -104,3 +108,69 @@ def emit(args: argparse.Namespace, data: Any, text: Callable[[], None]) -> None:
         sys.stdout.write("\n")
     else:
         text()
+
+
+#: What ``check_out`` calls a file type it refuses to replace.
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a device"),
+          (stat.S_ISBLK, "a device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_out(args: argparse.Namespace, path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """``path`` as a file an output option may write; PolicyError naming ``option`` if not.
+
+    Output writers replace the target whole (temp file, rename). That is wanted for a file of
+    the caller's (a CRL refreshed, a capsule rebuilt or signed in place), never for what the
+    rename would destroy: a device node, FIFO, socket or directory, a symbolic link (replaced
+    itself, while the caller meant its target), or a file of the engine home (``kek.key``
+    replaced by a request loses every key for good). The home is the one ``--home`` /
+    ``$XPS_HOME`` names, compared by resolved paths, with any file store its record places
+    outside it, and any other folder that is a home (``home.json`` beside a KEK, keyring or
+    journal; or its ``capsules/``); no home is created or opened. The message does not repeat
+    the path.
+    """
+    target = Path(path)
+    try:
+        st = os.lstat(target)
+    except OSError:
+        st = None  # missing, or not reachable (a name too long, a parent that is a file): the write says which
+    except ValueError:  # a NUL byte
+        raise PolicyError(f"{option}: not a usable path") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+        raise PolicyError(f"{option}: the path is {kind}; only a regular file is replaced")
+    resolved = Path(os.path.realpath(target.parent)) / target.name
+    found = [what for protected, what in _home_files(args) if resolved == protected or protected in resolved.parents]
+    # Another home than the one named (``pki crl`` needs none): its folder, or its capsules/.
+    found += ["inside an engine home" for folder in resolved.parents[:2] if _is_home(folder)]
+    if found:
+        raise PolicyError(f"{option}: the path is {found[0]}; the home's files are xps's own (write the output "
+                          "elsewhere)")
+    return target
+
+
+#: Files that, next to a home.json, make a folder an engine home (a home.json alone may be anyone's).
+_HOME_MARKS = ("kek.key", "keyring.db", "audit.log", "audit.key")
+
+
+def _is_home(folder: Path) -> bool:
+    try:
+        return (folder / "home.json").is_file() and any(os.path.lexists(folder / m) for m in _HOME_MARKS)
+    except OSError:
+        return False
+
+
+def _home_files(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    """The engine home's folder and the file stores its record keeps outside it, resolved."""
+    try:
+        h = Home.resolve(getattr(args, "home", None), create=False)
+    except XpsError:
+        return []  # no usable home: nothing of one to protect
+    found = [(Path(os.path.realpath(h.root)), "inside the engine home")]
+    try:
+        record = h.record() if h.record_path.is_file() else None
+    except (XpsError, OSError):
+        record = None  # unreadable: whoever opens the home reports it
+    for ref in record.stores.values() if record is not None else ():
+        if not ref.startswith(("pkcs11:", "postgresql://")):
+            found.append((Path(os.path.realpath(h.root / ref)), "a store file of the engine home"))
+    return found

@@ -94,9 +94,11 @@ def cmd_policy(args: argparse.Namespace) -> int:
         if args.policy_cmd == "request":
             req = ApprovalRequest.new("policy", ring.policy_digest(old, new.security_policy()), reason=args.reason,
                                       ttl=ring.approvals_config.request_ttl_seconds, now=ring.clock())
-            Approvals(req).save(args.out)
-            print(f"wrote {args.out}: policy change ({len(changes)} key(s)); have approvers run "
-                  f"`xps key approve {args.out}`")
+            from xpscerpto.audit.cli import terminal_safe  # not at import: the audit CLI imports xpscerpto.cli
+
+            Approvals(req).save(context.check_out(args, args.out))
+            out = terminal_safe(args.out)
+            print(f"wrote {out}: policy change ({len(changes)} key(s)); have approvers run `xps key approve {out}`")
             return 0
         approvals = Approvals.load(args.approvals) if args.approvals else None
         done = ring.apply_policy(new, reason=args.reason, approvals=approvals)

@@ -227,7 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Raised by the standard library on bad input or I/O; reported as XPS_ERR_INTERNAL, without a traceback.
-_LAST_RESORT = (OSError, sqlite3.Error, ValueError, KeyError, UnicodeError, json.JSONDecodeError)
+#: MemoryError: input larger than the memory a limit (ulimit, cgroup) leaves; the stack is unwound
+#: by the time it is reported, so the one line can still be printed.
+_LAST_RESORT = (OSError, sqlite3.Error, ValueError, KeyError, UnicodeError, json.JSONDecodeError,
+                MemoryError)
 
 
 #: Line breaks and blanks an error message may hold: joined into one line. Every other character
@@ -252,9 +255,9 @@ def run_command(prog: str, call: Callable[[], int]) -> int:
 
     XpsError carries its code; a few standard exceptions that bad input or a failing disk
     raise are reported as ``XPS_ERR_INTERNAL: <Type>: <message>`` (a UnicodeError without the
-    text it quotes). Text holding non-UTF-8 bytes of argv or the environment, unchecked by
-    the command, is ``XPS_ERR_POLICY``. Ctrl-C exits 130, a closed stdout (``xps … | head``)
-    141, both quietly.
+    text it quotes), and so is running out of memory. Text holding non-UTF-8 bytes of argv or
+    the environment, unchecked by the command, is ``XPS_ERR_POLICY``. Ctrl-C exits 130, a
+    closed stdout (``xps … | head``) 141, both quietly.
     """
     try:
         return int(call())
@@ -289,6 +292,8 @@ def _internal(prog: str, exc: BaseException) -> int:
     # may come from a secret; its codec and reason say enough.
     if isinstance(exc, UnicodeEncodeError | UnicodeDecodeError):
         detail = f"{exc.encoding} codec: {exc.reason}"
+    elif isinstance(exc, MemoryError):
+        detail = "out of memory (an input too large for the memory this process may use?)"
     else:
         detail = _one_line(str(exc))
     print(f"{prog}: error: {ErrorCode.INTERNAL}: {type(exc).__name__}: {detail}", file=sys.stderr)

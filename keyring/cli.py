@@ -7,8 +7,8 @@
     xps key approve REQ.json --key OPERATOR.key          (each approver, in turn)
     xps key revoke REF --reason R [--emergency] [--approvals REQ.json]
     xps key destroy REF [--version N] [--emergency] [--approvals REQ.json]
-    xps key encrypt NAME [--aad TEXT] < plaintext > blob
-    xps key decrypt [--aad TEXT] < blob > plaintext
+    xps key encrypt NAME [--aad TEXT] < plaintext > blob  (stdin: at most 1 GiB)
+    xps key decrypt [--aad TEXT] < blob > plaintext      (stdin: at most 1 GiB)
     xps key rewrap FILE... [--aad TEXT]                   (each FILE a regular file of at most 1 GiB)
     xps key rewrap --from-revoked REVOKED --to SUCCESSOR --reason R [--approvals REQ.json] FILE...
     xps operator add NAME.pub [--label L] [--approvals REQ.json]
@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -30,6 +31,7 @@ from typing import Any
 from xpscerpto._atomic import atomic_write
 from xpscerpto._config_fields import utf8_text
 from xpscerpto._stored_file import read_stored
+from xpscerpto.audit.cli import terminal_safe
 from xpscerpto.cli import context
 from xpscerpto.engine import Engine
 from xpscerpto.errors import PolicyError, XpsError
@@ -146,8 +148,9 @@ def cmd_key(args: argparse.Namespace) -> int:
             req = ApprovalRequest.new(args.action, kid, reason=args.reason, version=args.version,
                                       emergency=args.emergency, ttl=ring.approvals_config.request_ttl_seconds,
                                       now=ring.clock())
-            Approvals(req).save(args.out)
-            print(f"wrote {args.out}: {args.action} of {kid}; have approvers run `xps key approve {args.out}`")
+            Approvals(req).save(context.check_out(args, args.out))
+            out = terminal_safe(args.out)
+            print(f"wrote {out}: {args.action} of {kid}; have approvers run `xps key approve {out}`")
         elif action == "revoke":
             ring.revoke(args.ref, args.reason, approvals=approvals, emergency=args.emergency)
             print(f"revoked {args.ref}")
@@ -155,9 +158,9 @@ def cmd_key(args: argparse.Namespace) -> int:
             ring.destroy(args.ref, version=args.version, approvals=approvals, emergency=args.emergency)
             print(f"destroyed {args.ref}" + (f" version {args.version}" if args.version else ""))
         elif action == "encrypt":
-            sys.stdout.buffer.write(ring.encrypt(args.name, sys.stdin.buffer.read(), args.aad.encode()))
+            sys.stdout.buffer.write(ring.encrypt(args.name, _read_stdin(), args.aad.encode()))
         elif action == "decrypt":
-            sys.stdout.buffer.write(ring.decrypt(sys.stdin.buffer.read(), args.aad.encode()))
+            sys.stdout.buffer.write(ring.decrypt(_read_stdin(), args.aad.encode()))
         elif action == "rewrap":
             files = [Path(f) for f in args.files]
             if args.from_revoked:
@@ -217,6 +220,28 @@ _BAR = 30
 #: a mistyped path (``/dev/zero``, a disk image) from exhausting memory. Larger blobs can be
 #: rewrapped through the API (:meth:`Keyring.rewrap`).
 MAX_BLOB_FILE = 1 << 30
+
+
+#: Bytes read from stdin per step: memory grows with what actually arrives, not with the cap.
+_STDIN_CHUNK = 1 << 20
+
+
+def _read_stdin() -> bytes:
+    """All of stdin, at most :data:`MAX_BLOB_FILE` bytes (read at call time, so tests may lower it).
+
+    ``xps key decrypt < /dev/zero`` or an endless pipe would otherwise grow the process until
+    the OS stops it; past the cap the input is refused, as ``key rewrap`` refuses a larger file.
+
+    Raises:
+        PolicyError: stdin holds more than :data:`MAX_BLOB_FILE` bytes.
+    """
+    limit = MAX_BLOB_FILE
+    buf = io.BytesIO()
+    while chunk := sys.stdin.buffer.read(min(_STDIN_CHUNK, limit + 1 - buf.tell())):
+        buf.write(chunk)
+        if buf.tell() > limit:
+            raise PolicyError(f"stdin: more than {limit} bytes, the most `xps key encrypt|decrypt` reads")
+    return buf.getvalue()
 
 
 class _Progress:
@@ -332,9 +357,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
             subject = load_public_key(args.subject).keyid if args.what == "add" else args.subject
             req = ApprovalRequest.new(f"operator-{args.what}", subject, reason=args.reason,
                                       ttl=ring.approvals_config.request_ttl_seconds, now=ring.clock())
-            Approvals(req).save(args.out)
-            print(f"wrote {args.out}: operator-{args.what} of {subject}; have approvers run "
-                  f"`xps key approve {args.out}`")
+            Approvals(req).save(context.check_out(args, args.out))
+            out = terminal_safe(args.out)
+            print(f"wrote {out}: operator-{args.what} of {terminal_safe(subject)}; have approvers run "
+                  f"`xps key approve {out}`")
         else:
             for kid, (_, label) in ring.operators().keys.items():
                 print(f"{kid}  {label}")
