@@ -295,6 +295,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             yield f"tainted: {data['tainted']}; no capsule is applied until the engine restarts"
         if data.get("gates_off"):
             yield f"hot-patch switches off (development): {', '.join(data['gates_off'])}"
+        if isinstance(data.get("cluster"), dict):
+            yield _cluster_line(data["cluster"])
         for r in data.get("refused", ()):
             yield (f"refused {r['name']} {r['version']} ({str(r['sha256'])[:12]}) at start: {r['detail']}; "
                    f"not routed (drop the same capsule again to restore its file, or `xps rollback {r['name']}`)")
@@ -306,6 +308,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     context.emit(args, data, text)
     return 0
+
+
+def _cluster_line(cluster: dict[str, Any]) -> str:
+    """The announcer's state (``xps watch --cluster``) as one line; the caller escapes it."""
+    waiting, error = cluster.get("waiting"), cluster.get("last_error")
+    if isinstance(waiting, int) and waiting > 0:
+        queue = f"{waiting} change{'s' if waiting != 1 else ''} waiting to be announced"
+    elif waiting == 0:
+        queue = "nothing waiting"
+    else:
+        queue = "changes waiting: unknown"
+    state = f"{queue}; last error: {error}" if error else f"announcing and following, {queue}"
+    dropped = cluster.get("not_announced")
+    if isinstance(dropped, int) and dropped > 0:
+        state += (f"; {dropped} change{'s' if dropped != 1 else ''} never announced since the start "
+                  "(journaled as PATCH_REJECT not-announced): the other nodes diverge")
+    return f"cluster node {cluster.get('node')}: {state}"
 
 
 def _offline_status(home: Any, states: StateStore, audit: AuditConfig) -> dict[str, Any]:

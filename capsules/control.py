@@ -226,7 +226,11 @@ class ControlServer:
         if cmd == "ping":
             return "pong"
         if cmd == "status":
-            return self.updater.status()
+            status = self.updater.status()
+            cluster = self.service.cluster_status() if self.service is not None else None
+            if cluster is not None:
+                status["cluster"] = cluster
+            return status
         if cmd == "rollback":
             # As sent: the updater checks what a rollback names (a list is refused, not str()-ed).
             cap = self.updater.rollback(_required(req, "target"), to=req.get("to"),

@@ -275,6 +275,20 @@ class WatchService:
             raise
         return self
 
+    def cluster_status(self) -> dict[str, Any] | None:
+        """The announcer's state for ``xps status``; None unless started with ``cluster``.
+
+        ``last_error`` is the announcer's own message about its last failed round (None once a
+        round succeeds); ``waiting`` counts this node's changes not yet announced, and
+        ``not_announced`` those dropped unannounced since the start.
+        """
+        announcer = self.announcer
+        if announcer is None:
+            return None
+        last_error = announcer.last_error
+        return {"node": self._node, "last_error": None if last_error is None else str(last_error),
+                "waiting": announcer.pending, "not_announced": announcer.not_announced}
+
     def emergency_change(self, key: str, value: Any, *, operator: str, reason: str) -> XpsConfig:
         """An audited runtime change (see ``XpsConfig.emergency_change``), applied to this engine.
 
