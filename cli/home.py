@@ -84,8 +84,14 @@ def cmd_policy(args: argparse.Namespace) -> int:
         context.emit(args, policy, lambda: print("\n".join(f"{k} = {json.dumps(v)}" for k, v in policy.items())))
         return 0
     new = XpsConfig.load(args.file)
-    # Opened under the recorded policy: the new one only takes effect through apply_policy.
-    with Keyring(home, engine=Engine(new.engine), operator=args.operator_name) as ring:
+    # Opened under the recorded policy (the new one only takes effect through apply_policy), but
+    # where the home's configuration puts its database and journal: opened with the defaults, a
+    # PostgreSQL keyring was refused, and a journal configured elsewhere (a signing key outside
+    # the home, the fleet's database) never got the POLICY_CHANGE (found by a review).
+    located = (context.config(args) if args.config is not None else new).with_security_policy(
+        home.record().policy)
+    with Keyring(home, engine=Engine(new.engine), config=located.keyring, audit_config=located.audit,
+                 operator=args.operator_name) as ring:
         old = dict(home.record().policy)
         changes = policy_changes(old, new.security_policy())
         if not changes:
@@ -102,6 +108,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
             return 0
         approvals = Approvals.load(args.approvals) if args.approvals else None
         done = ring.apply_policy(new, reason=args.reason, approvals=approvals)
+        from xpscerpto.keyring.cli import _warn_if_not_journaled
+
+        _warn_if_not_journaled(ring)
     for c in done:
         print(f"{c.key}: {json.dumps(c.old)} -> {json.dumps(c.new)} ({'looser' if c.loosens else 'stricter'})")
     return 0
