@@ -127,6 +127,10 @@ def _sans(dns: Iterable[str], uris: Iterable[str]) -> list[x509.GeneralName]:
 def _name(common_name: str) -> x509.Name:
     if not isinstance(common_name, str) or not common_name.strip() or len(common_name) > 64:
         raise PolicyError("name: expected a non-empty common name of at most 64 characters")
+    if not common_name.isprintable():
+        # A lone surrogate cannot be encoded into the certificate (UnicodeEncodeError escaped),
+        # and a control character would reach every terminal that shows the name.
+        raise PolicyError("name: expected a printable common name (no control characters or lone surrogates)")
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
@@ -306,10 +310,16 @@ class CertificateAuthority:
         if next_update is not None:
             next_update = _crl_time(next_update, "next_update")
         now = dt.datetime.now(dt.UTC)
+        last = last_update or now - _SKEW
+        nxt = next_update or now + dt.timedelta(days=days)
+        if nxt <= last:
+            # The builder refuses this too, but untyped (ValueError) and naming no field.
+            raise PolicyError("next_update: must be after last_update (with the default window, last_update "
+                              "must be before now + days)")
         builder = (x509.CertificateRevocationListBuilder()
                    .issuer_name(self.certificate.subject)
-                   .last_update(last_update or now - _SKEW)
-                   .next_update(next_update or now + dt.timedelta(days=days)))
+                   .last_update(last)
+                   .next_update(nxt))
         for r in self.revoked:
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder().serial_number(r.serial).revocation_date(r.time).build())

@@ -266,9 +266,12 @@ class Home:
         protected. With ``adopt`` the store files present are recorded as they are.
 
         Raises:
-            PolicyError: the home holds state but no record (and ``adopt`` is false), or the
-                existing record is unreadable.
+            PolicyError: ``policy`` is not a security policy (a key outside
+                :data:`~xpscerpto.config.SECURITY_KEYS`, or a value it refuses, named), the home
+                holds state but no record (and ``adopt`` is false), or the existing record is
+                unreadable.
         """
+        _check_policy(policy)
         with self.locked():
             found = self._read_record()
             if found is not None:
@@ -300,6 +303,33 @@ class Home:
         # store, between the two looks; that home is whole.
         if present and self._read_record() is None:
             raise self._lost_record(present)
+
+    def refuse_foreign_directory(self) -> None:
+        """Refuse to initialise, implicitly, a directory that holds files of something else.
+
+        Only a missing or empty directory (or one holding only what a home makes before its
+        record: lock files, ``capsules/``, audit keys, trust pins) becomes a home by a first
+        command; a read-only ``xps key list`` pointed at a project directory wrote a KEK, a
+        database and a journal into it. ``xps init`` (and ``--adopt``) writes the record first,
+        so this passes for it.
+
+        Raises:
+            PolicyError: the directory has no ``home.json``, no store, and other entries.
+        """
+        if self.record_path.exists() or self._unrecorded_stores():
+            return
+        own = {rel for rel, _ in STORES.values()} | {"capsules", "home.json", "audit.key", "audit.pub"}
+        try:
+            names = [p.name for p in self.root.iterdir()]
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise PolicyError(f"home {str(self.root)!r}: unreadable ({exc.strerror})") from None
+        foreign = [n for n in names if n not in own and not n.endswith(".lock") and not n.startswith(".")]
+        if foreign:
+            raise PolicyError(f"home {str(self.root)!r}: not empty and not a home ({len(foreign)} other "
+                              "entr(ies), no home.json); only an empty directory is initialised by a first "
+                              "command: use an empty directory, or run `xps init` there on purpose")
 
     def _unrecorded_stores(self) -> dict[str, str]:
         # HOME/trust.json alone is no state to protect (pins come and go with `xps trust`).
@@ -421,3 +451,24 @@ class Home:
         except OSError as exc:
             raise PolicyError(f"home record {str(self.record_path)!r}: cannot write ({exc.strerror})") from None
 
+
+def _check_policy(policy: object) -> None:
+    """Refuse what no open could read back, before it is recorded.
+
+    An unchecked record was written as given: an unknown key or a float made every later open
+    refuse (as "edited outside xps?"), a value JSON cannot hold escaped untyped.
+    """
+    from ._config_fields import show
+    from .config import SECURITY_KEYS, XpsConfig
+
+    if not isinstance(policy, Mapping):
+        raise PolicyError("policy: expected a mapping of security-policy keys")
+    for key in policy:
+        if key not in SECURITY_KEYS:
+            raise PolicyError(f"policy: {show(key)} is not a security-policy key")
+    XpsConfig().with_security_policy(policy)
+    XpsConfig().under_recorded_routing(policy, given=False)
+    try:
+        json.dumps(dict(policy), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        raise PolicyError("policy: a value is not plain data (JSON)") from None

@@ -297,10 +297,23 @@ class ApprovalsConfig:
         return False
 
 
+# No home has anywhere near this many operators; a larger threshold (10**29 was accepted) can
+# never be met, and would lock whatever it gates for good.
+MAX_APPROVALS = 1000
+
+
+def _threshold(value: object, key: str) -> int:
+    """An approval count in ``0..MAX_APPROVALS``."""
+    got = count()(value, key)
+    if got > MAX_APPROVALS:
+        raise PolicyError(f"config key {key!r}: must be <= {MAX_APPROVALS}, got {show(got)}")
+    return got
+
+
 _APPROVALS_FIELDS = (
-    Field("revoke", "revoke", count()),
-    Field("destroy", "destroy", count()),
-    Field("emergency_revoke", "emergency_revoke", count()),
+    Field("revoke", "revoke", _threshold),
+    Field("destroy", "destroy", _threshold),
+    Field("emergency_revoke", "emergency_revoke", _threshold),
     # Bounded like a timer: a request's expiry becomes a date (1e300 loaded, then every
     # request was refused without naming this key).
     Field("request_ttl", "request_ttl_seconds", positive(timer_duration), seconds_out),

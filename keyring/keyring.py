@@ -819,6 +819,10 @@ class Keyring:
                         self.outbox.add(db, "OPERATOR_ADD", keyid=key.keyid, label=name,
                                         approvers=sorted(signers), required_approvals=required,
                                         operator=self.operator)
+                if setting_up:
+                    # The set-up window closes now: thresholds above the roster it leaves could
+                    # never be met (no operator could join, nothing gated be approved again).
+                    self._check_roster(len(known))
         self._deliver()
         return [key.keyid for key in keys]
 
@@ -938,6 +942,16 @@ class Keyring:
             raise PolicyError(f"approvals.request_ttl: below the floor of {MIN_REQUEST_TTL_SECONDS:g} seconds; a "
                               "shorter-lived request expires before it can be approved and applied")
 
+    def _check_roster(self, operators: int) -> None:
+        """Refuse a first roster smaller than an approval threshold of the policy (a lock-out)."""
+        cfg = self.approvals_config
+        for key in ("revoke", "destroy", "emergency_revoke"):
+            wanted = getattr(cfg, key)
+            if wanted > operators:
+                raise PolicyError(f"approvals.{key}: {_shown(wanted)} approvals would be more than the {operators} "
+                                  "operator(s) registered at set-up, so nothing it gates could be approved "
+                                  "again; register at least that many operators, or lower the threshold")
+
     def _check_operators_left(self, left: int) -> None:
         """Refuse leaving fewer operators than the highest approval threshold (a lock-out)."""
         cfg = self.approvals_config
@@ -1051,6 +1065,7 @@ class Keyring:
                      approvals: ApprovalsConfig | None) -> tuple[KeyringConfig, ApprovalsConfig]:
         """The effective sections: the home's recorded policy, checked against what was given."""
         given = XpsConfig(keyring=config or KeyringConfig(), approvals=approvals or ApprovalsConfig())
+        self.home.refuse_foreign_directory()
         record = self.home.initialise(policy=given.security_policy())
         passed = {name for name, value in (("keyring", config), ("approvals", approvals)) if value is not None}
         for change in policy_changes(record.policy, given.security_policy()):

@@ -31,14 +31,21 @@ def parse_policy(policy: str) -> tuple[float | None, int | None]:
     max_enc: int | None = None
     # Messages name the field and the part's position, never the text: a policy string is the
     # caller's, and anything pasted into it (a key, a token) must not reach logs through an error.
+    seen: set[str] = set()
     for i, part in enumerate(filter(None, (p.strip() for p in policy.split(","))), 1):
         field, _, value = part.partition("=")
+        if field in seen:
+            # A second value would quietly replace the first ("rotate=90d,rotate=never").
+            raise PolicyError(f"policy: part {i} repeats {field}")
+        if field in ("rotate", "max_encryptions"):
+            seen.add(field)
         if field == "rotate":
             if value == "never":
                 rotate = None
             else:
                 try:
-                    rotate = parse_duration(value, "policy.rotate")
+                    # isascii: the duration pattern's \d also matches other scripts' digits (Arabic-Indic, say).
+                    rotate = parse_duration(value, "policy.rotate") if value.isascii() else 0.0
                 except PolicyError:
                     rotate = 0.0
                 if rotate <= 0:
