@@ -654,6 +654,31 @@ class Updater:
             self._publish(table)
         return cap
 
+    def withdraw(self, sha256: str, *, operator: str, reason: str) -> bool:
+        """Forget ``sha256`` as the predecessor of the active capsules of its name; True if any did.
+
+        Routing does not change. Another node's signed rollback took that capsule out of the
+        fleet while it was no longer active here: a later plain rollback must then not bring it
+        back (the built-in provider serves instead, as for a capsule that replaced nothing).
+        Journaled as ``PATCH_ROLLBACK`` with ``active: false``; never told to other nodes.
+        """
+        self._ensure_restored()
+        with self._lock, self.state_store.lock():
+            self._check_open("withdraw")
+            affected = [a for a in self._state.active if a.replaced == sha256 and a.sha256 != sha256]
+            if not affected:
+                return False  # followed again, or never this node's predecessor: nothing to forget
+            active = tuple(replace(a, replaced=None, replaced_version=None) if a in affected else a
+                           for a in self._state.active)
+            state = replace(self._state, active=active)
+            for cap in affected:
+                self._audit("PATCH_ROLLBACK", sha256=sha256, name=cap.name, version=cap.replaced_version,
+                            to=cap.version, active=False, operator=operator,
+                            reason=f"{reason}; not active here: a later rollback will not restore it")
+            self.state_store.save(state)
+            self._state = state
+            return True
+
     def reconfigure(self, engine_config: EngineConfig, *, gates: Gates | None = None,
                     plan: StagePlan | None = None, config_document: Mapping[str, Any] | None = None) -> RoutingTable:
         """Apply an (audited, emergency) configuration change: republish routing under it.

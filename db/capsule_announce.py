@@ -426,6 +426,10 @@ class Announcer:
                 refusal = self._follow_rollback(sha, node, to)
                 if refusal is not None:
                     refusals.append((sha, node, *refusal))
+            elif action == "rollback" and sha not in active and signed:
+                # Taken out of the fleet while this node had moved on from it: a later plain
+                # rollback here must not bring it back as "the version it replaced".
+                self.updater.withdraw(sha, operator=PREFIX + node, reason=f"rolled back on {node}")
         for name, (sha, node, _, to, _) in decided.items():
             if node != self.node:
                 refusal = self._follow_restore(name, node, to)

@@ -166,7 +166,8 @@ class Metrics:
         """One journaled event (the journal's listener)."""
         if event == "PATCH_ENABLE":
             self.inc("xps_swaps_total")
-        elif event == "PATCH_ROLLBACK":
+        elif event == "PATCH_ROLLBACK" and fields.get("active") is not False:
+            # ``active: false``: a predecessor forgotten after another node's rollback, no swap.
             self.inc("xps_rollbacks_total")
         elif event == "KEY_ROTATE":
             self.inc("xps_rotations_total", reason=str(fields.get("reason", "")).split(":")[0][:40])

@@ -62,6 +62,8 @@ def test_auth_failures_and_journaled_events_are_counted(tmp_path: Path) -> None:
     m.watch_journal(log)
     log.record("PATCH_ENABLE", name="c", version="1.0.0")
     log.record("PATCH_ROLLBACK", name="c", version="1.0.0")
+    # A predecessor forgotten after another node's rollback changes no routing: not counted.
+    log.record("PATCH_ROLLBACK", name="c", version="0.9.0", active=False)
     log.record("KEY_ROTATE", key_id="ab", version=2, reason="scheduled (monthly)")
     assert (m.count("xps_swaps_total"), m.count("xps_rollbacks_total")) == (1, 1)
     assert m.count("xps_rotations_total", reason="scheduled (monthly)") == 1
