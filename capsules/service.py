@@ -51,7 +51,10 @@ def check_sealed_policy(home: Home, config: XpsConfig | None = None, *, engine: 
     record = home.record()
     # Not only `sealed`: an editor who drops the marker from home.json must not skip the check
     # (the keyring itself opens a sealed database whether or not the record says so).
-    if "keyring" not in record.stores and "keyring" not in record.sealed and not (home.root / "keyring.db").exists():
+    # A recorded KEK (made only with a keyring) counts too: an editor who took the keyring out of
+    # home.json must get the keyring's refusal, not a floor read from the file unchecked.
+    if "keyring" not in record.stores and "keyring" not in record.sealed and "kek" not in record.stores \
+            and not (home.root / "keyring.db").exists() and not (home.root / "kek.key").exists():
         return
     from xpscerpto.keyring import Keyring
 

@@ -99,7 +99,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
             return 0
         if args.policy_cmd == "request":
             req = ApprovalRequest.new("policy", ring.policy_digest(old, new.security_policy()), reason=args.reason,
-                                      ttl=ring.approvals_config.request_ttl_seconds, now=ring.clock())
+                                      ttl=ring.approvals_config.request_ttl_seconds, now=ring.clock(),
+                                      keyring=ring.keyring_id,
+                                      policy=(old, new.security_policy()))
             from xpscerpto.audit.cli import terminal_safe  # not at import: the audit CLI imports xpscerpto.cli
 
             Approvals(req).save(context.check_out(args, args.out))

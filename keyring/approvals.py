@@ -24,6 +24,7 @@ Request bundle file::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -40,12 +41,17 @@ from xpscerpto.errors import PolicyError
 from xpscerpto.secret import SecretBytes
 from xpscerpto.signing import PublisherKey, key_id, sign, verify
 
-__all__ = ["ACTIONS", "SUBJECTS", "ApprovalRequest", "Approvals", "OperatorRegistry"]
+__all__ = ["ACTIONS", "SUBJECTS", "ApprovalRequest", "Approvals", "OperatorRegistry", "policy_digest"]
 
-#: Version 2 added the signed ``created`` time; a version-1 request has none and is refused.
-_FORMAT = "xps-approval/2"
-_OLD_FORMATS = ("xps-approval/1",)
-_FIELDS = frozenset({"format", "action", "key_id", "version", "reason", "emergency", "nonce", "created", "expires"})
+#: Version 2 added the signed ``created`` time, version 3 the ``keyring`` the request is for;
+#: an earlier request lacks one of them and is refused.
+_FORMAT = "xps-approval/3"
+_OLD_FORMATS = ("xps-approval/1", "xps-approval/2")
+_FIELDS = frozenset({"format", "action", "key_id", "version", "reason", "emergency", "nonce", "created", "expires",
+                     "keyring", "policy"})
+_MAX_POLICY = 1 << 16  # bytes of a policy request's old and new policy as JSON (a few dozen keys)
+#: A keyring's id (Keyring.keyring_id): 128 bits of an HMAC under its integrity key.
+_KEYRING = re.compile("[0-9a-f]{32}")
 _MAX_FILE = 1 << 20  # a bundle or registry is a few kilobytes
 #: What a request may ask for.
 ACTIONS = ("revoke", "destroy", "policy", "operator-add", "operator-remove", "rewrap")
@@ -71,6 +77,16 @@ _TTL_ROUNDING = 1.0
 
 def _canonical(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def policy_digest(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """What an approval of a policy change names: ``policy:`` + the SHA-256 of the change, in hex.
+
+    All 256 bits: with fewer (64 once), two policy files crafted to collide would let an
+    approval of a harmless change apply a loosening one.
+    """
+    doc = json.dumps([dict(old), dict(new)], sort_keys=True, separators=(",", ":")).encode()
+    return "policy:" + hashlib.sha256(doc).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -181,6 +197,14 @@ class ApprovalRequest:
     #: When the request was written (signed). Optional in the signature only so that a request
     #: built without it fails with a PolicyError naming it rather than a TypeError.
     created: float | None = None
+    #: The keyring it is for (:attr:`Keyring.keyring_id`), signed: homes of one fleet share
+    #: operators and policy files, so without it an approval for one home applied in another
+    #: (its nonce is spent only where it is used). Optional here for the same reason as ``created``.
+    keyring: str | None = None
+    #: A policy request's ``{"old": …, "new": …}`` security policies, which ``key_id`` hashes
+    #: (:func:`policy_digest`): what approvers are shown change, not only a hash of it. None
+    #: for every other action.
+    policy: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if type(self.action) is not str or self.action not in ACTIONS:
@@ -198,17 +222,47 @@ class ApprovalRequest:
             raise _bad("emergency", "expected true or false")
         if self.created is None:
             raise _bad("created", "missing: the signed time the request was written")
+        if type(self.keyring) is not str or not _KEYRING.fullmatch(self.keyring):
+            raise _bad("keyring", "expected the 32 hex digits of the keyring it is for")
+        self._check_policy()
         object.__setattr__(self, "created", _time(self.created, "created"))
         object.__setattr__(self, "expires", _time(self.expires, "expires"))
 
+    def _check_policy(self) -> None:
+        if self.action != "policy":
+            if self.policy is not None:
+                raise _bad("policy", "expected null for a request that is not a policy change")
+            return
+        p = self.policy
+        if not isinstance(p, Mapping) or set(p) != {"old", "new"} or not all(
+                isinstance(p[k], Mapping) for k in ("old", "new")):
+            raise _bad("policy", "expected the old and new security policy the request's subject hashes")
+        try:
+            if len(_canonical(p)) > _MAX_POLICY or policy_digest(p["old"], p["new"]) != self.key_id:
+                raise _bad("policy", "the old and new policy do not hash to the request's subject")
+        except (TypeError, ValueError, RecursionError):  # not JSON data (a set, NaN is fine; a cycle)
+            raise _bad("policy", "expected the old and new security policy as JSON data") from None
+        object.__setattr__(self, "policy", MappingProxyType({"old": dict(p["old"]), "new": dict(p["new"])}))
+
+    def changes(self) -> list[tuple[str, Any, Any]]:
+        """(key, old, new) of each setting a policy request changes, sorted (empty otherwise)."""
+        if self.policy is None:
+            return []
+        old, new = self.policy["old"], self.policy["new"]
+        return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
     @classmethod
-    def new(cls, action: str, key_id: str, *, reason: str, ttl: float, now: float,
-            version: int | None = None, emergency: bool = False) -> ApprovalRequest:
-        """A fresh request with a random nonce, created ``now``, open for ``ttl`` seconds."""
+    def new(cls, action: str, key_id: str, *, reason: str, ttl: float, now: float, keyring: str,
+            version: int | None = None, emergency: bool = False,
+            policy: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None) -> ApprovalRequest:
+        """A fresh request for ``keyring`` (:attr:`Keyring.keyring_id`) with a random nonce,
+        created ``now``, open for ``ttl`` seconds; a policy change names its (old, new) policy."""
         if type(ttl) not in (int, float) or not 0 < ttl < _MAX_TIME:
             raise PolicyError("ttl: expected a positive number of seconds")
         created = _time(now, "created")
-        return cls(action, key_id, reason, created + ttl, os.urandom(16).hex(), version, emergency, created)
+        detail = None if policy is None else {"old": policy[0], "new": policy[1]}
+        return cls(action, key_id, reason, created + ttl, os.urandom(16).hex(), version, emergency, created, keyring,
+                   detail)
 
     def check_open_window(self, now: float, request_ttl: float) -> None:
         """Refuse a request open longer than ``request_ttl`` or created after ``now`` (+ skew).
@@ -234,7 +288,8 @@ class ApprovalRequest:
         """The signed document."""
         return {"format": _FORMAT, "action": self.action, "key_id": self.key_id, "version": self.version,
                 "reason": self.reason, "emergency": self.emergency, "nonce": self.nonce, "created": self.created,
-                "expires": self.expires}
+                "expires": self.expires, "keyring": self.keyring,
+                "policy": None if self.policy is None else {k: dict(v) for k, v in self.policy.items()}}
 
     def message(self) -> bytes:
         """The exact bytes approvers sign."""
@@ -247,14 +302,15 @@ class ApprovalRequest:
             raise PolicyError("approvals.request: malformed approval request (expected an object)")
         if doc.get("format") in _OLD_FORMATS:
             raise PolicyError("approvals.request.format: a request written by an earlier release (no signed "
-                              "creation time); write a new one with `xps key request` and have it approved again")
+                              "creation time or keyring); write a new one with `xps key request` and have it "
+                              "approved again")
         if doc.get("format") != _FORMAT:
             raise _bad("format", f"expected {_FORMAT!r}")
         if set(doc) != _FIELDS:
             raise PolicyError(f"approvals.request: malformed approval request (expected exactly the fields "
                               f"{', '.join(sorted(_FIELDS))})")
         return cls(doc["action"], doc["key_id"], doc["reason"], doc["expires"], doc["nonce"], doc["version"],
-                   doc["emergency"], doc["created"])
+                   doc["emergency"], doc["created"], doc["keyring"], doc["policy"])
 
 
 def _keyid(value: object) -> str:

@@ -147,7 +147,7 @@ def cmd_key(args: argparse.Namespace) -> int:
                 kid = f"{kid}:{ring.describe(args.to).key_id}"
             req = ApprovalRequest.new(args.action, kid, reason=args.reason, version=args.version,
                                       emergency=args.emergency, ttl=ring.approvals_config.request_ttl_seconds,
-                                      now=ring.clock())
+                                      now=ring.clock(), keyring=ring.keyring_id)
             Approvals(req).save(context.check_out(args, args.out))
             out = terminal_safe(args.out)
             print(f"wrote {out}: {args.action} of {kid}; have approvers run `xps key approve {out}`")
@@ -186,12 +186,15 @@ def _print_request(req: ApprovalRequest) -> None:
     """Every field of a request, one per line (ApprovalRequest checked each: printable, bounded)."""
     assert req.created is not None  # a request without one is refused when read
     print(f"request: {req.action} of {req.key_id}")
+    print(f"  keyring:   {req.keyring} (the requester's `xps key request` names it; compare)")
     print(f"  version:   {req.version if req.version is not None else 'all'}")
     print(f"  emergency: {'yes' if req.emergency else 'no'}")
     print(f"  created:   {_utc(req.created)}")
     print(f"  expires:   {_utc(req.expires)} ({(req.expires - req.created) / 3600:.1f} h after creation)")
     print(f"  reason:    {json.dumps(req.reason, ensure_ascii=False)}")
     print(f"  nonce:     {req.nonce}")
+    for key, old, new in req.changes():  # JSON with ASCII escapes: nothing a terminal acts on
+        print(f"  change:    {json.dumps(key)}: {json.dumps(old)} -> {json.dumps(new)}")
 
 
 def _warn_if_not_journaled(ring: Keyring) -> None:
@@ -356,7 +359,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
             subject = load_public_key(args.subject).keyid if args.what == "add" else args.subject
             req = ApprovalRequest.new(f"operator-{args.what}", subject, reason=args.reason,
-                                      ttl=ring.approvals_config.request_ttl_seconds, now=ring.clock())
+                                      ttl=ring.approvals_config.request_ttl_seconds, now=ring.clock(),
+                                      keyring=ring.keyring_id)
             Approvals(req).save(context.check_out(args, args.out))
             out = terminal_safe(args.out)
             print(f"wrote {out}: operator-{args.what} of {terminal_safe(subject)}; have approvers run "

@@ -27,7 +27,6 @@ transition or retention sweep, each of which re-reads the database's sealed copy
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import itertools
 import json
@@ -56,7 +55,7 @@ from xpscerpto.errors import KeyError_, PolicyError, XpsError
 from xpscerpto.home import Home
 from xpscerpto.secret import SecretBytes
 
-from .approvals import SUBJECTS, Approvals, OperatorRegistry
+from .approvals import SUBJECTS, Approvals, OperatorRegistry, policy_digest
 from .config import ApprovalsConfig, KeyringConfig, safe_max_encryptions
 from .envelope import CODES, HEADER, NONCE_SIZES, _opaque
 from .integrity import INTEGRITY_KEY_SIZE, KeyringTampered, Sealer
@@ -248,8 +247,18 @@ class Keyring:
         self._owns_audit = audit is None
         if audit is None:
             self._check_audit_store()
-        self.kek = kek or self._open_kek()
-        self.store, ref, create = self._open_store()
+        # A new KEK is recorded only with its keyring (below): a home that records a KEK always
+        # had a keyring, so one whose keyring is missing from the record is refused, not re-made.
+        owns_kek, new_kek = kek is None, None
+        if kek is None:
+            kek, new_kek = self._open_kek()
+        self.kek = kek
+        try:
+            self.store, ref, create = self._open_store()
+        except BaseException:
+            if owns_kek:
+                self.kek.close()
+            raise
         self._lock = threading.RLock()  # slow paths only: loading, reserving, transitions
         self._active: dict[str, _Handle] = {}  # name -> the handle that encrypts
         self._handles: dict[tuple[bytes, int], _Handle] = {}  # (key id, version) -> handle
@@ -273,13 +282,15 @@ class Keyring:
             self._attach_integrity(created=create and self.store.empty())
             if create:
                 self.home.register_store("keyring", ref)
+            if new_kek is not None:
+                self.home.register_store("kek", new_kek)
             self.store.on_change(self._changed_elsewhere)
             self._check_policy_seal()
             self.outbox.deliver()  # records a crash left queued (see .outbox)
             self.enforce_retention()
         except BaseException:
             self.store.close()
-            if kek is None:
+            if owns_kek:
                 self.kek.close()
             raise
 
@@ -535,7 +546,11 @@ class Keyring:
                     claim(db)
             self._forget(row.key_id, row.name)
         self._deliver()
-        self.enforce_retention()
+        # Committed: a database gone now must not make the caller think the rotation did not
+        # happen (an operator retrying rotated twice: found by a review). Retention runs again
+        # at the next operation.
+        with contextlib.suppress(XpsError):
+            self.enforce_retention()
         return new
 
     def revoke(self, ref: str, reason: str, *, approvals: Approvals | None = None, emergency: bool = False) -> None:
@@ -853,6 +868,20 @@ class Keyring:
                                 required_approvals=self._admin_threshold, operator=self.operator)
         self._deliver()
 
+    @property
+    def keyring_id(self) -> str:
+        """This keyring's id, which every approval request names (32 hex digits).
+
+        An HMAC under the keyring's integrity key: the same for every node that shares the
+        database, different for every other keyring, and not something anyone without the KEK
+        can make match another keyring.
+
+        Example:
+            >>> ApprovalRequest.new("revoke", kid, reason="INC-7", ttl=3600, now=ring.clock(),  # doctest: +SKIP
+            ...                     keyring=ring.keyring_id)
+        """
+        return self.store.row_seal("xps-keyring-id", ())[:32]
+
     def operators(self) -> OperatorRegistry:
         """The registered operator keys."""
         from types import MappingProxyType
@@ -861,13 +890,8 @@ class Keyring:
 
     @staticmethod
     def policy_digest(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-        """What an approval of a policy change signs: ``policy:`` + the SHA-256 of the change, in hex.
-
-        All 256 bits: with fewer (64 once), two policy files crafted to collide would let an
-        approval of a harmless change apply a loosening one.
-        """
-        doc = json.dumps([dict(old), dict(new)], sort_keys=True, separators=(",", ":")).encode()
-        return "policy:" + hashlib.sha256(doc).hexdigest()
+        """What an approval of a policy change signs (:func:`~.approvals.policy_digest`)."""
+        return policy_digest(old, new)
 
     def apply_policy(self, new: XpsConfig, *, reason: str, approvals: Approvals | None = None) -> list[Any]:
         """Change the security policy the home recorded; returns the changes (empty: nothing to do).
@@ -1092,7 +1116,28 @@ class Keyring:
         db_path = self.home.root / database
         ref = self.home.store_ref(db_path)
         create = self.home.check_store("keyring", ref)
+        if create and not db_path.exists():
+            self._refuse_lost_keyring(db_path)
         return Store(db_path, create=create), ref, create
+
+    def _refuse_lost_keyring(self, db_path: Path) -> None:
+        """Refuse to create a keyring in a home that had one.
+
+        Someone who can write the home (no KEK needed) moved ``keyring.db`` away and took it out
+        of ``home.json``: the next command made a new, empty keyring under whatever policy the
+        edited record said — every key gone, the approvals thresholds theirs, the setup window
+        for operators open again (found by a review). A home records its KEK only with its
+        keyring, and the journal records each keyring made, so either says one existed.
+        """
+        if self.home.store_exists("kek") or self.home.is_sealed("keyring"):
+            why = "records a KEK (made with its keyring)"
+        elif self.audit_config.database is None and self.audit.mentions("KEYRING_CREATE"):
+            why = "has a journal that records its keyring's creation"
+        else:
+            return
+        raise KeyringTampered(f"keyring database {str(db_path)!r}: missing, and not in home.json, though this home "
+                              f"{why}: keyring.db was moved away or home.json edited; restore both from a backup "
+                              "of the home (a keyring is never made again in place of a lost one)")
 
     def _changed_elsewhere(self, key_id: str) -> None:
         """Another node changed ``key_id`` ("*": maybe any key): re-read it before next use.
@@ -1104,16 +1149,20 @@ class Keyring:
             if key_id in ("*", h.key_id):
                 h.recheck_at = 0.0
 
-    def _open_kek(self) -> KekProvider:
+    def _open_kek(self) -> tuple[KekProvider, str | None]:
+        """The KEK the configuration names, and its reference if the home does not record it yet
+        (recorded only with the keyring: see ``__init__``)."""
         k = self.config.kek
         ref = (f"pkcs11:{k.token_label}/{k.key_label}" if k.provider == "pkcs11"
                else self.home.store_ref(self.home.root / k.path))
-        create = self.home.check_store("kek", ref)
+        unrecorded = self.home.check_store("kek", ref)
+        # A keyring database already here was made with a KEK: a new one (a fresh key on a
+        # token, say, while adopting a home whose KEK object was deleted) could never unwrap it,
+        # and would stay on the token beside the original once that is restored (a review).
+        existing = not is_dsn(self.config.database) and (self.home.root / self.config.database).exists()
         kek = open_kek(k.provider, self.home.root, path=k.path, module=k.module, token_label=k.token_label,
-                       pin_env=k.pin_env, key_label=k.key_label, create=create)
-        if create:
-            self.home.register_store("kek", ref)
-        return kek
+                       pin_env=k.pin_env, key_label=k.key_label, create=unrecorded and not existing)
+        return kek, ref if unrecorded else None
 
     def _attach_integrity(self, *, created: bool) -> None:
         """Unwrap the integrity key (or make it, for a new or just-upgraded database), seal, and
@@ -1708,6 +1757,9 @@ class Keyring:
                               f"emergency {req.emergency}), not this {action}", reason="approvals")
         if reason is not None and req.reason != reason:
             raise PolicyError("approvals.request: approves another reason than the one given", reason="approvals")
+        if not hmac.compare_digest(str(req.keyring).encode(), self.keyring_id.encode()):
+            raise PolicyError(f"approvals.request.keyring: approves a change in keyring {req.keyring}, not in this "
+                              f"one ({self.keyring_id})", reason="approvals")
         now = self._now()
         if now >= req.expires:
             raise PolicyError("approvals.request: expired", reason="approvals")

@@ -17,7 +17,8 @@ DEEP = "[" * 100_000 + "]" * 100_000
 
 
 def _request() -> dict[str, Any]:
-    return ApprovalRequest.new("revoke", "0123456789abcdef", reason="r", ttl=60, now=1_000.0).to_json()
+    return ApprovalRequest.new("revoke", "0123456789abcdef", reason="r", ttl=60, now=1_000.0,
+                               keyring="0" * 32).to_json()
 
 
 def _bundle(request: dict[str, Any], signatures: list[Any] | None = None) -> str:

@@ -20,15 +20,20 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from xpscerpto.config import XpsConfig
 from xpscerpto.errors import KeyError_, PolicyError
 from xpscerpto.keyring import ApprovalRequest, Approvals, Keyring, VersionState, parse_policy
+from xpscerpto.keyring.approvals import SUBJECTS
 from xpscerpto.signing import generate_keypair, load_private_key
 
 from .test_home_policy import keygen, ok, refused, xps
 from .test_keyring import Clock
+
+KEYRING = "0" * 32  # a keyring id for requests never applied to a keyring
+POLICY_CHANGE = ({"approvals.revoke": 2}, {"approvals.revoke": 1})
 
 DAY = 86400.0
 SECRET = "SECRETKEYMATERIAL" + "a1" * 32
@@ -68,7 +73,7 @@ def _signed(request: ApprovalRequest, operators: list) -> Approvals:
 
 def _revoke_request(ring: Keyring, *, created: float, expires: float, emergency: bool = False) -> ApprovalRequest:
     return ApprovalRequest("revoke", ring.describe("k").key_id, "ticket-7", expires, os.urandom(16).hex(),
-                           None, emergency, created)
+                           None, emergency, created, ring.keyring_id)
 
 
 # -- F2: the expiry is bounded by the home's request_ttl ------------------------------------------
@@ -110,7 +115,7 @@ def test_a_request_created_ahead_of_the_keyring_clock_is_refused(gated: Keyring,
 def test_the_creation_time_is_signed(gated: Keyring, operators: list, clock: Clock) -> None:
     gated.create("k")
     signed = _signed(ApprovalRequest.new("revoke", gated.describe("k").key_id, reason="ticket-7", ttl=DAY,
-                                         now=clock()), operators)
+                                         now=clock(), keyring=gated.keyring_id), operators)
     moved = ApprovalRequest(**{**signed.request.__dict__, "created": signed.request.created + 60})
     with pytest.raises(PolicyError, match="0 valid"):
         gated.revoke("k", "ticket-7", approvals=Approvals(moved, signed.signatures))
@@ -158,7 +163,8 @@ def test_approve_shows_every_field_and_the_keyring_refuses_a_stretched_expiry(tm
 
 
 def _bundle_file(tmp_path: Path, **fields: object) -> Path:
-    request = {**ApprovalRequest.new("revoke", "0123456789abcdef", reason="r", ttl=60, now=time.time()).to_json(),
+    request = {**ApprovalRequest.new("revoke", "0123456789abcdef", reason="r", ttl=60, now=time.time(),
+                                    keyring=KEYRING).to_json(),
                **fields}
     path = tmp_path / "bundle.json"
     path.write_text(json.dumps({"request": request, "signatures": []}))
@@ -183,15 +189,17 @@ def test_a_bundle_with_a_forged_action_or_subject_is_refused_on_the_cli_repeatin
 
 @pytest.mark.parametrize(("action", "subject"), [
     ("revoke", "0123456789abcdef"), ("destroy", "0123456789abcdef"),
-    ("rewrap", "0123456789abcdef:fedcba9876543210"), ("policy", "policy:" + "ab" * 32),
+    ("rewrap", "0123456789abcdef:fedcba9876543210"), ("policy", Keyring.policy_digest(*POLICY_CHANGE)),
     ("operator-add", "0123456789abcdef" * 2), ("operator-remove", "0123456789abcdef" * 2)])
 def test_each_action_takes_its_own_subject_format_only(action: str, subject: str) -> None:
-    assert ApprovalRequest.new(action, subject, reason="r", ttl=60, now=1e9).key_id == subject
+    # A policy request carries the policies its subject hashes (review s9-ops F3).
+    kw: dict[str, Any] = {"policy": POLICY_CHANGE} if action == "policy" else {}
+    assert ApprovalRequest.new(action, subject, reason="r", ttl=60, now=1e9, keyring=KEYRING, **kw).key_id == subject
     for other in ("0123456789abcdef", "0123456789abcdef:fedcba9876543210", "policy:" + "ab" * 32,
                   "0123456789abcdef" * 2, "policy:" + "ab" * 8, "0123456789ABCDEF"):
-        if other != subject:
+        if other != subject and not SUBJECTS[action].fullmatch(other):
             with pytest.raises(PolicyError, match=rf"approvals\.request\.key_id: .*format of a {action} request"):
-                ApprovalRequest.new(action, other, reason="r", ttl=60, now=1e9)
+                ApprovalRequest.new(action, other, reason="r", ttl=60, now=1e9, keyring=KEYRING)
 
 
 def test_the_policy_subject_is_the_full_sha256_of_the_change() -> None:
@@ -199,7 +207,8 @@ def test_the_policy_subject_is_the_full_sha256_of_the_change() -> None:
     digest = Keyring.policy_digest(old, new)
     doc = json.dumps([old, new], sort_keys=True, separators=(",", ":")).encode()
     assert digest == "policy:" + hashlib.sha256(doc).hexdigest() and len(digest) == 7 + 64
-    assert ApprovalRequest.new("policy", digest, reason="r", ttl=60, now=1e9).key_id == digest
+    assert ApprovalRequest.new("policy", digest, reason="r", ttl=60, now=1e9, keyring=KEYRING,
+                               policy=(old, new)).key_id == digest
 
 
 # -- F4: typed errors, no caller text ----------------------------------------------------------------
@@ -217,9 +226,9 @@ def test_odd_arguments_give_typed_errors_that_repeat_nothing(gated: Keyring, clo
             gated.revoke("k", "r", approvals=Approvals(request))  # type: ignore[arg-type]
     for ttl in ("60", None, math.nan, -1, b"", True):
         with pytest.raises(PolicyError, match="ttl: expected a positive number of seconds"):
-            ApprovalRequest.new("revoke", "0123456789abcdef", reason="r", ttl=ttl, now=clock())  # type: ignore[arg-type]
+            ApprovalRequest.new("revoke", "0123456789abcdef", reason="r", ttl=ttl, now=clock(), keyring=KEYRING)  # type: ignore[arg-type]
     with pytest.raises(PolicyError) as ei:
-        ApprovalRequest.new(SECRET, "0123456789abcdef", reason="r", ttl=60, now=clock())
+        ApprovalRequest.new(SECRET, "0123456789abcdef", reason="r", ttl=60, now=clock(), keyring=KEYRING)
     assert "SECRET" not in str(ei.value) and "approvals.request.action" in str(ei.value)
     with pytest.raises(KeyError_) as ei:
         gated.remove_operator(SECRET)

@@ -343,7 +343,8 @@ def gated(tmp_path: Path, clock: Clock, operators: list, database: str) -> Keyri
 
 def _request(ring: Keyring, action: str, ref: str, clock: Clock, **kw: object) -> Approvals:
     kid = ring.describe(ref).key_id
-    return Approvals(ApprovalRequest.new(action, kid, reason="ticket-7", ttl=DAY, now=clock(), **kw))
+    return Approvals(ApprovalRequest.new(action, kid, reason="ticket-7", ttl=DAY, now=clock(),
+                                         keyring=ring.keyring_id, **kw))
 
 
 def test_revoke_needs_two_distinct_registered_approvals(gated: Keyring, operators: list, clock: Clock) -> None:

@@ -56,10 +56,11 @@ def populated(tmp_path: Path) -> Iterator[Path]:
     ring.create("next")
     kid = ring.describe("gone").key_id
     ring.revoke("gone", "ticket-1", approvals=Approvals(ApprovalRequest.new(
-        "revoke", kid, reason="ticket-1", ttl=DAY, now=ring.clock())).signed_by(*signer))
+        "revoke", kid, reason="ticket-1", ttl=DAY, now=ring.clock(), keyring=ring.keyring_id)).signed_by(*signer))
     grant_kid = f"{kid}:{ring.describe('next').key_id}"
     ring.grant_rewrap("gone", "next", reason="ticket-2", approvals=Approvals(ApprovalRequest.new(
-        "rewrap", grant_kid, reason="ticket-2", ttl=DAY, now=ring.clock())).signed_by(*signer))
+        "rewrap", grant_kid, reason="ticket-2", ttl=DAY, now=ring.clock(),
+        keyring=ring.keyring_id)).signed_by(*signer))
     with ring.store.write() as db:  # as if the journal append had failed: the record stays queued
         ring.outbox.add(db, "KEY_CREATE", name="queued")
     ring.close()
