@@ -318,7 +318,9 @@ class Home:
         """
         if self.record_path.exists() or self._unrecorded_stores():
             return
-        own = {rel for rel, _ in STORES.values()} | {"capsules", "home.json", "audit.key", "audit.pub"}
+        # operators.json: what an earlier release kept operators in, imported at the first open.
+        own = {rel for rel, _ in STORES.values()} | {"capsules", "home.json", "audit.key", "audit.pub",
+                                                      "operators.json", "operators.json.imported"}
         try:
             names = [p.name for p in self.root.iterdir()]
         except FileNotFoundError:
