@@ -87,11 +87,13 @@ def _check_days(days: object) -> None:
 
 def _usages(value: object) -> list[x509.ObjectIdentifier]:
     """Extended key usages as a list of OIDs (a string is not a list of them)."""
-    problem = PolicyError("extended_key_usage: expected a list of x509 ObjectIdentifiers")
+    # Empty is refused too: an ExtendedKeyUsage extension must name at least one usage (None
+    # omits the extension).
+    problem = PolicyError("extended_key_usage: expected a non-empty list of x509 ObjectIdentifiers, or None")
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         raise problem
     usages = list(value)
-    if not all(isinstance(u, x509.ObjectIdentifier) for u in usages):
+    if not usages or not all(isinstance(u, x509.ObjectIdentifier) for u in usages):
         raise problem
     return usages
 

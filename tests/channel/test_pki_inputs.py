@@ -25,7 +25,7 @@ BAD_ISSUE: list[tuple[str, Any]] = [
     ("key", "k"), ("key", b"\x00" * 32), ("key", x25519.X25519PrivateKey.generate()),
     ("key_usage", 1), ("key_usage", "digital_signature"), ("key_usage", [1]),
     ("extended_key_usage", "1.3.6.1.5.5.7.3.1"), ("extended_key_usage", b"x"), ("extended_key_usage", 3),
-    ("extended_key_usage", ["1.3.6.1.5.5.7.3.1"]),
+    ("extended_key_usage", ["1.3.6.1.5.5.7.3.1"]), ("extended_key_usage", []),
     ("not_before", 0), ("not_before", "2030-01-01T00:00:00+00:00"), ("not_before", NOW.replace(tzinfo=None)),
     ("not_before", dt.datetime(1900, 1, 1, tzinfo=dt.UTC)),
     ("not_after", b"x"), ("not_after", 1.0e9), ("not_after", NOW - dt.timedelta(days=3650)),
