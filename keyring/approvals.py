@@ -237,12 +237,14 @@ class ApprovalRequest:
         if not isinstance(p, Mapping) or set(p) != {"old", "new"} or not all(
                 isinstance(p[k], Mapping) for k in ("old", "new")):
             raise _bad("policy", "expected the old and new security policy the request's subject hashes")
+        # Plain dicts whatever mapping was given (a request's own read-only one, rebuilt in code).
+        plain = {"old": dict(p["old"]), "new": dict(p["new"])}
         try:
-            if len(_canonical(p)) > _MAX_POLICY or policy_digest(p["old"], p["new"]) != self.key_id:
+            if len(_canonical(plain)) > _MAX_POLICY or policy_digest(plain["old"], plain["new"]) != self.key_id:
                 raise _bad("policy", "the old and new policy do not hash to the request's subject")
         except (TypeError, ValueError, RecursionError):  # not JSON data (a set, NaN is fine; a cycle)
             raise _bad("policy", "expected the old and new security policy as JSON data") from None
-        object.__setattr__(self, "policy", MappingProxyType({"old": dict(p["old"]), "new": dict(p["new"])}))
+        object.__setattr__(self, "policy", MappingProxyType(plain))
 
     def changes(self) -> list[tuple[str, Any, Any]]:
         """(key, old, new) of each setting a policy request changes, sorted (empty otherwise)."""

@@ -133,3 +133,12 @@ def test_a_policy_request_whose_policies_do_not_hash_to_its_subject_is_refused(t
     for bad in (None, {"old": {}}, {"old": {}, "new": []}, {"old": {}, "new": {}, "x": 1}, "policy"):
         with pytest.raises(PolicyError, match=r"approvals\.request\.policy: malformed"):
             ApprovalRequest("policy", "policy:" + "ab" * 32, "r", 2e9, "ab" * 16, None, False, 1e9, "0" * 32, bad)  # type: ignore[arg-type]
+
+
+def test_a_policy_request_rebuilt_from_another_keeps_its_policies() -> None:
+    old, new = {"approvals.revoke": 2}, {"approvals.revoke": 1}
+    request = ApprovalRequest.new("policy", Keyring.policy_digest(old, new), reason="r", ttl=60, now=1e9,
+                                  keyring="0" * 32, policy=(old, new))
+    again = ApprovalRequest(**{**request.__dict__, "reason": "other"})  # its policy: a read-only mapping
+    assert again.changes() == [("approvals.revoke", 2, 1)]
+    assert ApprovalRequest.from_json(json.loads(json.dumps(again.to_json()))).changes() == again.changes()
